@@ -1,0 +1,247 @@
+//! The HTTP transport: the REST API under `/api/v1` (axum on hyper), its OpenAPI document
+//! generated from the handlers (utoipa), health, readiness and metrics endpoints, API-key
+//! authentication, and the plain and TLS listeners.
+
+pub mod error;
+mod registry;
+mod telemetry;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use axum::Router;
+use axum::extract::{Request, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use utoipa::OpenApi;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa_axum::router::OpenApiRouter;
+
+pub use error::ApiError;
+pub use registry::{CreatedDevice, Page};
+pub use telemetry::{LatestValues, TelemetryPage};
+
+use crate::services::Services;
+
+pub type ApiResult<T> = Result<T, ApiError>;
+
+/// Largest page a listing returns.
+pub const MAX_PAGE: usize = 1000;
+const DEFAULT_PAGE: usize = 100;
+
+pub fn page_limit(limit: Option<usize>) -> ApiResult<usize> {
+    match limit {
+        None => Ok(DEFAULT_PAGE),
+        Some(n) if (1..=MAX_PAGE).contains(&n) => Ok(n),
+        Some(_) => Err(ApiError::bad_request(
+            "invalid_limit",
+            format!("limit must be 1 to {MAX_PAGE}"),
+        )),
+    }
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "Corral REST API", description = "Manage workspaces, fleets and devices, and read device data. Authenticate with `Authorization: Bearer <api key>`."),
+    servers((url = "/api/v1")),
+    modifiers(&BearerAuth),
+    security(("api_key" = [])),
+)]
+struct ApiDoc;
+
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "api_key",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+    }
+}
+
+/// Readiness, flipped by `app` once every listener runs and again at shutdown.
+#[derive(Default)]
+pub struct Readiness(AtomicBool);
+
+impl Readiness {
+    pub fn set(&self, ready: bool) {
+        self.0.store(ready, Ordering::SeqCst);
+    }
+    pub fn get(&self) -> bool {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+/// The authenticated `/api/v1` routes and their OpenAPI document.
+fn api_v1() -> (Router<Arc<Services>>, utoipa::openapi::OpenApi) {
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .merge(registry::routes())
+        .merge(telemetry::routes())
+        .split_for_parts()
+}
+
+/// The OpenAPI document of every `/api/v1` route.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    api_v1().1
+}
+
+/// Builds the whole HTTP surface without a socket, so tests can call it in-process.
+pub fn router(services: Arc<Services>, ready: Arc<Readiness>) -> Router {
+    let (api, doc) = api_v1();
+    let doc = Arc::new(doc);
+    let api = api.layer(middleware::from_fn_with_state(
+        services.clone(),
+        require_api_key,
+    ));
+    let public = Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route(
+            "/readyz",
+            get(move || {
+                let ready = ready.clone();
+                async move {
+                    if ready.get() {
+                        (StatusCode::OK, "ready")
+                    } else {
+                        (StatusCode::SERVICE_UNAVAILABLE, "not ready")
+                    }
+                }
+            }),
+        )
+        .route("/metrics", get(metrics))
+        .route(
+            "/api/v1/openapi.json",
+            get(move || async move { axum::Json(doc.as_ref().clone()) }),
+        )
+        .route("/api/v1/ca.pem", get(ca_pem));
+    Router::new()
+        .nest("/api/v1", api)
+        .merge(public)
+        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no_route", "no such route") })
+        .layer(middleware::from_fn_with_state(
+            services.clone(),
+            count_requests,
+        ))
+        .with_state(services)
+}
+
+async fn metrics(State(s): State<Arc<Services>>) -> Response {
+    let mut r = s.metrics.render().into_response();
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
+    );
+    r
+}
+
+async fn ca_pem(State(s): State<Arc<Services>>) -> Response {
+    let mut r = s.pki.ca_pem().to_string().into_response();
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/x-pem-file"),
+    );
+    r
+}
+
+async fn count_requests(State(s): State<Arc<Services>>, req: Request, next: Next) -> Response {
+    s.metrics.http_requests.inc();
+    next.run(req).await
+}
+
+async fn require_api_key(State(s): State<Arc<Services>>, req: Request, next: Next) -> Response {
+    let presented = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    match presented.map(|k| s.auth.verify(k)) {
+        Some(Ok(Some(_key))) => next.run(req).await,
+        Some(Err(e)) => ApiError::internal(e).into_response(),
+        _ => ApiError::unauthorized().into_response(),
+    }
+}
+
+/// Resolves when the watched flag becomes true (or its sender is gone).
+async fn until_true(rx: &mut watch::Receiver<bool>) {
+    // Drop the borrow guard inside: it is not `Send`.
+    let _ = rx.wait_for(|s| *s).await.map(drop);
+}
+
+/// Serves `router` on `listener` until `shutdown` turns true, then lets open requests finish.
+/// With `tls`, every connection is a TLS connection (ALPN h2 and http/1.1).
+pub async fn serve(
+    listener: TcpListener,
+    router: Router,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    loop {
+        let (tcp, peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = until_true(&mut shutdown) => break,
+        };
+        let _ = tcp.set_nodelay(true);
+        let svc = hyper_util::service::TowerToHyperService::new(router.clone());
+        let watcher = graceful.watcher();
+        let acceptor = acceptor.clone();
+        tokio::spawn(async move {
+            let builder = auto::Builder::new(TokioExecutor::new());
+            let res = match acceptor {
+                Some(acc) => {
+                    let tls = match tokio::time::timeout(
+                        std::time::Duration::from_secs(10),
+                        acc.accept(tcp),
+                    )
+                    .await
+                    {
+                        Ok(Ok(t)) => t,
+                        Ok(Err(e)) => {
+                            tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                            return;
+                        }
+                        Err(_) => return,
+                    };
+                    watcher
+                        .watch(
+                            builder
+                                .serve_connection_with_upgrades(TokioIo::new(tls), svc)
+                                .into_owned(),
+                        )
+                        .await
+                }
+                None => {
+                    watcher
+                        .watch(
+                            builder
+                                .serve_connection_with_upgrades(TokioIo::new(tcp), svc)
+                                .into_owned(),
+                        )
+                        .await
+                }
+            };
+            if let Err(e) = res {
+                tracing::debug!(%peer, error = %e, "HTTP connection ended with an error");
+            }
+        });
+    }
+    // Bounded: clients holding idle keep-alive connections must not block shutdown.
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(10), graceful.shutdown()).await;
+}

@@ -1,0 +1,175 @@
+//! REST routes reading a device's telemetry back: raw ranges with cursor pagination and latest
+//! values (`/api/v1/devices/{id}/telemetry`, `/telemetry/latest`).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use axum::extract::State;
+use base64::Engine;
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::{router::OpenApiRouter, routes};
+
+use super::error::{ApiError, ApiPath, ApiQuery, ErrorBody};
+use super::{ApiResult, page_limit};
+use crate::data::DEFAULT_WINDOW_MS;
+use crate::model::{DEFAULT_TAG, DeviceId, Millis, Point, now_ms};
+use crate::services::Services;
+use crate::store::RawQuery;
+
+pub fn routes() -> OpenApiRouter<Arc<Services>> {
+    OpenApiRouter::new()
+        .routes(routes!(get_telemetry))
+        .routes(routes!(get_latest))
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Order {
+    #[default]
+    Asc,
+    Desc,
+}
+
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct TelemetryParams {
+    /// Comma-separated keys; all keys when absent.
+    keys: Option<String>,
+    /// Start, inclusive, in ms since the epoch (default: 24 hours before `to`).
+    from: Option<Millis>,
+    /// End, inclusive, in ms since the epoch (default: now).
+    to: Option<Millis>,
+    /// Points per page across keys, 1 to 1000 (default 100).
+    limit: Option<usize>,
+    /// `asc` (default) or `desc` by time within each key.
+    order: Option<Order>,
+    /// `next_cursor` of the previous page.
+    cursor: Option<String>,
+    /// Tag (default `default`).
+    tag: Option<String>,
+}
+
+/// Points grouped by key; keys in name order, points by time.
+#[derive(Serialize, Deserialize, ToSchema)]
+pub struct TelemetryPage {
+    pub device_id: DeviceId,
+    pub tag: String,
+    pub data: BTreeMap<String, Vec<Point>>,
+    pub next_cursor: Option<String>,
+}
+
+fn split_keys(keys: Option<&str>) -> Option<Vec<String>> {
+    keys.map(|k| {
+        k.split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(String::from)
+            .collect()
+    })
+}
+
+fn encode_cursor(key: &str, ts: Millis) -> String {
+    let raw = serde_json::to_vec(&(key, ts)).unwrap_or_default();
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw)
+}
+
+fn decode_cursor(c: &str) -> Result<(String, Millis), ApiError> {
+    let bad = || ApiError::bad_request("invalid_cursor", "cursor is not one this API returned");
+    let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(c)
+        .map_err(|_| bad())?;
+    serde_json::from_slice(&raw).map_err(|_| bad())
+}
+
+#[utoipa::path(get, path = "/devices/{id}/telemetry", tag = "telemetry",
+    params(("id" = String, Path, description = "device id"), TelemetryParams),
+    responses((status = 200, body = TelemetryPage), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+async fn get_telemetry(
+    State(s): State<Arc<Services>>,
+    ApiPath(id): ApiPath<DeviceId>,
+    ApiQuery(q): ApiQuery<TelemetryParams>,
+) -> ApiResult<axum::Json<TelemetryPage>> {
+    s.registry.device_record(id)?;
+    let to = q.to.unwrap_or_else(now_ms);
+    let from = q.from.unwrap_or(to.saturating_sub(DEFAULT_WINDOW_MS));
+    if from > to {
+        return Err(ApiError::bad_request(
+            "invalid_range",
+            "from must not be after to",
+        ));
+    }
+    let tag = q.tag.unwrap_or_else(|| DEFAULT_TAG.to_string());
+    let query = RawQuery {
+        tag: tag.clone(),
+        keys: split_keys(q.keys.as_deref()),
+        from,
+        to,
+        descending: matches!(q.order.unwrap_or_default(), Order::Desc),
+        limit: page_limit(q.limit)?,
+        after: q.cursor.as_deref().map(decode_cursor).transpose()?,
+    };
+    let page = s.data.raw(id, &query)?;
+    Ok(axum::Json(TelemetryPage {
+        device_id: id,
+        tag,
+        data: page.series.into_iter().collect(),
+        next_cursor: page.next.map(|(k, ts)| encode_cursor(&k, ts)),
+    }))
+}
+
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct LatestParams {
+    /// Comma-separated keys; all keys when absent.
+    keys: Option<String>,
+    /// Tag (default `default`).
+    tag: Option<String>,
+}
+
+/// The latest point of each key.
+#[derive(Serialize, Deserialize, ToSchema)]
+pub struct LatestValues {
+    pub device_id: DeviceId,
+    pub tag: String,
+    pub data: BTreeMap<String, Point>,
+}
+
+#[utoipa::path(get, path = "/devices/{id}/telemetry/latest", tag = "telemetry",
+    params(("id" = String, Path, description = "device id"), LatestParams),
+    responses((status = 200, body = LatestValues), (status = 404, body = ErrorBody)))]
+async fn get_latest(
+    State(s): State<Arc<Services>>,
+    ApiPath(id): ApiPath<DeviceId>,
+    ApiQuery(q): ApiQuery<LatestParams>,
+) -> ApiResult<axum::Json<LatestValues>> {
+    s.registry.device_record(id)?;
+    let tag = q.tag.unwrap_or_else(|| DEFAULT_TAG.to_string());
+    let keys = split_keys(q.keys.as_deref());
+    let data = s
+        .data
+        .latest(id, &tag, keys.as_deref())?
+        .into_iter()
+        .collect();
+    Ok(axum::Json(LatestValues {
+        device_id: id,
+        tag,
+        data,
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cursor_round_trips_and_rejects_garbage() {
+        let c = encode_cursor("temp,x", -5);
+        assert_eq!(
+            decode_cursor(&c).expect("valid"),
+            ("temp,x".to_string(), -5)
+        );
+        assert!(decode_cursor("!!").is_err());
+        assert!(decode_cursor("e30").is_err());
+    }
+}

@@ -1,0 +1,191 @@
+//! Wiring and lifecycle: builds `Services` from a `Config`, starts every listener on sockets the
+//! caller bound (so tests use `127.0.0.1:0`), and shuts down in order: stop accepting, let
+//! in-flight writes finish, flush, exit.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::api::{self, Readiness};
+use crate::auth::Bootstrap;
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::mqtt::{self, MqttListeners, MqttServerHandle};
+use crate::pki::{Pki, PkiInit};
+use crate::services::Services;
+use crate::store::{Store, StoreOptions};
+
+/// Sockets for every listener, bound before the app starts.
+pub struct Listeners {
+    pub mqtt_tls: std::net::TcpListener,
+    pub mqtt_plain: Option<std::net::TcpListener>,
+    pub http: std::net::TcpListener,
+    pub https: Option<std::net::TcpListener>,
+}
+
+impl Listeners {
+    /// Binds the addresses of `config`, naming the one that fails.
+    pub fn bind(config: &Config) -> anyhow::Result<Listeners> {
+        let bind = |what: &str, addr: &str| {
+            std::net::TcpListener::bind(addr).with_context(|| {
+                format!("cannot listen on {addr} for {what} (is another process using it?)")
+            })
+        };
+        Ok(Listeners {
+            mqtt_tls: bind("MQTT over TLS", &config.mqtt.tls_listen)?,
+            mqtt_plain: match config.mqtt.plain_enabled {
+                true => Some(bind("plain MQTT", &config.mqtt.plain_listen)?),
+                false => None,
+            },
+            http: bind("HTTP", &config.http.listen)?,
+            https: match config.https.enabled {
+                true => Some(bind("HTTPS", &config.https.listen)?),
+                false => None,
+            },
+        })
+    }
+}
+
+/// Where a running app listens.
+#[derive(Debug, Clone, Copy)]
+pub struct Addrs {
+    pub mqtt_tls: SocketAddr,
+    pub mqtt_plain: Option<SocketAddr>,
+    pub http: SocketAddr,
+    pub https: Option<SocketAddr>,
+}
+
+/// A running Corral.
+pub struct App {
+    pub services: Arc<Services>,
+    pub addrs: Addrs,
+    /// What happened to the admin key at start; `Generated` carries the key to show once.
+    pub bootstrap: Bootstrap,
+    pub pki_init: PkiInit,
+    ready: Arc<Readiness>,
+    mqtt: MqttServerHandle,
+    http_tasks: Vec<JoinHandle<()>>,
+    shutdown: watch::Sender<bool>,
+}
+
+/// Opens the data directory: store and PKI. Shared by `serve` and `init`.
+pub async fn open_state(
+    config: &Config,
+    metrics: Arc<Metrics>,
+) -> anyhow::Result<(Store, Pki, PkiInit)> {
+    let dir = &config.data_dir;
+    std::fs::create_dir_all(dir).with_context(|| {
+        format!(
+            "cannot create the data directory {} (is the volume mounted and writable?)",
+            dir.display()
+        )
+    })?;
+    restrict_dir(dir)?;
+    let store = Store::open(
+        &dir.join("store"),
+        StoreOptions {
+            cache_capacity_bytes: config.store.cache_capacity_mb << 20,
+            group_commit_delay: Duration::from_millis(config.store.group_commit_delay_ms),
+        },
+        metrics,
+    )?;
+    let (pki, init) = Pki::load_or_init(dir, &config.pki)?;
+    Ok((store, pki, init))
+}
+
+/// Keeps the data directory private to the service user: it holds keys and device data.
+fn restrict_dir(dir: &std::path::Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let meta = std::fs::metadata(dir)?;
+    if meta.permissions().mode() & 0o077 != 0 {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+            .with_context(|| format!("cannot restrict permissions of {}", dir.display()))?;
+    }
+    Ok(())
+}
+
+impl App {
+    /// Starts Corral on pre-bound listeners. Must run inside a multi-thread tokio runtime.
+    pub async fn start(config: Config, listeners: Listeners) -> anyhow::Result<App> {
+        let metrics = Arc::new(Metrics::new());
+        let (store, pki, pki_init) = open_state(&config, metrics.clone()).await?;
+        let admin_key = config.admin_key_secret().map_err(anyhow::Error::msg)?;
+        let services = Arc::new(Services::new(config, store, pki, metrics));
+        let bootstrap = services.auth.bootstrap(admin_key.as_deref()).await?;
+
+        let addrs = Addrs {
+            mqtt_tls: listeners.mqtt_tls.local_addr()?,
+            mqtt_plain: listeners
+                .mqtt_plain
+                .as_ref()
+                .map(|l| l.local_addr())
+                .transpose()?,
+            http: listeners.http.local_addr()?,
+            https: listeners
+                .https
+                .as_ref()
+                .map(|l| l.local_addr())
+                .transpose()?,
+        };
+        let mqtt = mqtt::start(
+            services.clone(),
+            MqttListeners {
+                tls: listeners.mqtt_tls,
+                plain: listeners.mqtt_plain,
+            },
+        )?;
+
+        let ready = Arc::new(Readiness::default());
+        let router = api::router(services.clone(), ready.clone());
+        let (shutdown, rx) = watch::channel(false);
+        let mut http_tasks = Vec::new();
+        let to_tokio = |l: std::net::TcpListener| -> anyhow::Result<tokio::net::TcpListener> {
+            l.set_nonblocking(true)?;
+            Ok(tokio::net::TcpListener::from_std(l)?)
+        };
+        http_tasks.push(tokio::spawn(api::serve(
+            to_tokio(listeners.http)?,
+            router.clone(),
+            None,
+            rx.clone(),
+        )));
+        if let Some(l) = listeners.https {
+            let tls = services.pki.server_config(&[b"h2", b"http/1.1"])?;
+            http_tasks.push(tokio::spawn(api::serve(
+                to_tokio(l)?,
+                router,
+                Some(tls),
+                rx,
+            )));
+        }
+        ready.set(true);
+        Ok(App {
+            services,
+            addrs,
+            bootstrap,
+            pki_init,
+            ready,
+            mqtt,
+            http_tasks,
+            shutdown,
+        })
+    }
+
+    /// Graceful stop: refuse new work, let in-flight device writes finish and become durable,
+    /// flush the store.
+    pub async fn shutdown(self) -> anyhow::Result<()> {
+        self.ready.set(false);
+        let _ = self.shutdown.send(true);
+        self.mqtt.stop().await;
+        for t in self.http_tasks {
+            let _ = t.await;
+        }
+        self.services.store.commit().await?;
+        self.services.store.flush_now()?;
+        Ok(())
+    }
+}

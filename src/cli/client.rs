@@ -1,0 +1,122 @@
+//! A small typed client for the REST API, used by the admin commands (and by tests and the
+//! simulator through `ApiClient`). Errors carry the server's stable code and message.
+
+use std::time::Duration;
+
+use anyhow::Context;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use super::ClientArgs;
+
+#[derive(Debug, thiserror::Error)]
+#[error("{status}: {code}: {message}")]
+pub struct ServerError {
+    pub status: u16,
+    pub code: String,
+    pub message: String,
+}
+
+#[derive(Clone)]
+pub struct ApiClient {
+    http: reqwest::Client,
+    base: String,
+    key: Option<String>,
+}
+
+impl ApiClient {
+    pub fn from_args(a: &ClientArgs) -> anyhow::Result<Self> {
+        let ca = match &a.ca_file {
+            Some(p) => Some(
+                std::fs::read_to_string(p)
+                    .with_context(|| format!("cannot read {}", p.display()))?,
+            ),
+            None => None,
+        };
+        Self::new(&a.server, a.api_key.clone(), ca.as_deref())
+    }
+
+    pub fn new(server: &str, key: Option<String>, ca_pem: Option<&str>) -> anyhow::Result<Self> {
+        crate::pki::install_crypto_provider();
+        let mut b = reqwest::Client::builder().timeout(Duration::from_secs(60));
+        if let Some(pem) = ca_pem {
+            let certs = reqwest::Certificate::from_pem_bundle(pem.as_bytes())?;
+            b = b.tls_certs_only(certs);
+        }
+        Ok(Self {
+            http: b.build()?,
+            base: server.trim_end_matches('/').to_string(),
+            key,
+        })
+    }
+
+    fn req(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        let r = self
+            .http
+            .request(method, format!("{}/api/v1{path}", self.base));
+        match &self.key {
+            Some(k) => r.bearer_auth(k),
+            None => r,
+        }
+    }
+
+    async fn send<T: DeserializeOwned>(&self, r: reqwest::RequestBuilder) -> anyhow::Result<T> {
+        let resp = r
+            .send()
+            .await
+            .with_context(|| format!("cannot reach {}", self.base))?;
+        let status = resp.status();
+        let bytes = resp.bytes().await?;
+        if !status.is_success() {
+            let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
+            return Err(ServerError {
+                status: status.as_u16(),
+                code: v["error"]["code"]
+                    .as_str()
+                    .unwrap_or("http_error")
+                    .to_string(),
+                message: v["error"]["message"].as_str().unwrap_or("").to_string(),
+            }
+            .into());
+        }
+        let body = if bytes.is_empty() {
+            &b"null"[..]
+        } else {
+            &bytes[..]
+        };
+        serde_json::from_slice(body).context("unexpected response from the server")
+    }
+
+    pub async fn get<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        query: &[(&str, String)],
+    ) -> anyhow::Result<T> {
+        self.send(self.req(reqwest::Method::GET, path).query(query))
+            .await
+    }
+
+    pub async fn post<B: Serialize, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> anyhow::Result<T> {
+        self.send(self.req(reqwest::Method::POST, path).json(body))
+            .await
+    }
+
+    pub async fn patch<B: Serialize, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> anyhow::Result<T> {
+        self.send(self.req(reqwest::Method::PATCH, path).json(body))
+            .await
+    }
+
+    pub async fn delete(&self, path: &str) -> anyhow::Result<()> {
+        self.send::<serde_json::Value>(self.req(reqwest::Method::DELETE, path))
+            .await
+            .map(drop)
+    }
+}

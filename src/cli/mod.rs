@@ -1,0 +1,145 @@
+//! The command line: `serve`, `init`, `config`, `ca`, `healthcheck` run locally; the noun-verb
+//! admin commands (`workspace`, `fleet`, `device`, `telemetry`) call the REST API; `simulate`
+//! runs virtual devices.
+
+mod admin;
+pub mod client;
+mod output;
+mod serve;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::LogFormat;
+
+#[derive(Parser)]
+#[command(
+    name = "corral",
+    version,
+    about = "Corral: the whole IoT device manager in one binary"
+)]
+pub struct Cli {
+    /// Log output format (overrides the config file).
+    #[arg(long, global = true, value_enum)]
+    log_format: Option<LogFormat>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the appliance: MQTT, HTTP API, store.
+    Serve(ConfigArg),
+    /// Create the data directory, CA, server certificate and admin key, then exit.
+    Init(ConfigArg),
+    /// Print or check configuration.
+    #[command(subcommand)]
+    Config(ConfigCmd),
+    /// The CA devices must trust.
+    #[command(subcommand)]
+    Ca(CaCmd),
+    /// Exit 0 when the server answers /healthz (for container health checks).
+    Healthcheck {
+        #[arg(long, default_value = "http://127.0.0.1:8080/healthz")]
+        url: String,
+    },
+    /// Manage workspaces.
+    #[command(subcommand)]
+    Workspace(admin::WorkspaceCmd),
+    /// Manage fleets.
+    #[command(subcommand)]
+    Fleet(admin::FleetCmd),
+    /// Manage devices.
+    #[command(subcommand)]
+    Device(admin::DeviceCmd),
+    /// Read a device's telemetry.
+    Telemetry(admin::TelemetryArgs),
+    /// Run virtual devices against an MQTT server (demos, tests, benchmarks).
+    Simulate(crate::sim::SimulateArgs),
+}
+
+#[derive(Args)]
+struct ConfigArg {
+    /// Configuration file (optional: defaults apply without one).
+    #[arg(long, short, env = "CORRAL_CONFIG")]
+    config: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum ConfigCmd {
+    /// Print the documented default configuration file.
+    PrintDefault,
+    /// Validate a configuration (file + CORRAL_* environment) and report every problem.
+    Check {
+        #[arg(env = "CORRAL_CONFIG")]
+        file: Option<PathBuf>,
+        /// Also print the effective configuration (secrets masked).
+        #[arg(long)]
+        print: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum CaCmd {
+    /// Print the CA certificate (PEM) from the local data directory.
+    Show(ConfigArg),
+}
+
+/// Flags shared by every command that talks to a server.
+#[derive(Args, Clone)]
+pub struct ClientArgs {
+    /// Base URL of the Corral HTTP API.
+    #[arg(long, env = "CORRAL_SERVER", default_value = "http://127.0.0.1:8080")]
+    pub server: String,
+    /// Admin API key.
+    #[arg(long, env = "CORRAL_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+    /// CA certificate to trust for an https:// server (default: the system has none; pass Corral's ca.pem).
+    #[arg(long, env = "CORRAL_CA_FILE")]
+    pub ca_file: Option<PathBuf>,
+    /// Print JSON instead of tables.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Entry point of the binary.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?)
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Serve(a) => serve::serve(a.config, cli.log_format),
+        Command::Init(a) => serve::init(a.config),
+        Command::Config(ConfigCmd::PrintDefault) => {
+            print!("{}", crate::config::DEFAULT_TOML);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Config(ConfigCmd::Check { file, print }) => Ok(serve::check(file, print)),
+        Command::Ca(CaCmd::Show(a)) => serve::ca_show(a.config),
+        Command::Healthcheck { url } => runtime()?.block_on(serve::healthcheck(&url)),
+        Command::Workspace(c) => runtime()?.block_on(admin::workspace(c)),
+        Command::Fleet(c) => runtime()?.block_on(admin::fleet(c)),
+        Command::Device(c) => runtime()?.block_on(admin::device(c)),
+        Command::Telemetry(a) => runtime()?.block_on(admin::telemetry(a)),
+        Command::Simulate(a) => {
+            serve::init_logging("info", cli.log_format.unwrap_or(LogFormat::Human))?;
+            runtime()?.block_on(crate::sim::run(a))
+        }
+    }
+}

@@ -1,0 +1,166 @@
+//! Local commands: `serve` (logging, signals, banner), `init`, `config check`, `ca show` and
+//! `healthcheck`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+
+use crate::app::{App, Listeners};
+use crate::auth::Bootstrap;
+use crate::config::{Config, LogFormat};
+
+fn load(path: Option<PathBuf>) -> anyhow::Result<Config> {
+    Config::load(path.as_deref(), std::env::vars())
+        .map_err(|e| anyhow::anyhow!("invalid configuration:\n  {}", e.problems.join("\n  ")))
+}
+
+pub fn init_logging(level: &str, format: LogFormat) -> anyhow::Result<()> {
+    // A bare level also quiets the libraries' start-up chatter; a full directive is taken as is.
+    let directive = if level.contains('=') {
+        level.to_string()
+    } else {
+        format!(
+            "{level},ntex_server=warn,ntex_rt=warn,ntex_service=warn,ntex_io=warn,ntex_net=warn,rustls=error"
+        )
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(directive))?;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let res = match format {
+        LogFormat::Human => builder.try_init(),
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+    };
+    res.map_err(|e| anyhow::anyhow!("cannot set up logging: {e}"))
+}
+
+pub fn serve(path: Option<PathBuf>, log_format: Option<LogFormat>) -> anyhow::Result<ExitCode> {
+    let config = load(path)?;
+    init_logging(&config.log.level, log_format.unwrap_or(config.log.format))?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("corral")
+        .build()?;
+    rt.block_on(async move {
+        let started = std::time::Instant::now();
+        let listeners = Listeners::bind(&config)?;
+        let data_dir = config.data_dir.clone();
+        let app = App::start(config, listeners).await?;
+        banner(&app, &data_dir, started.elapsed());
+        wait_for_signal().await?;
+        tracing::info!("shutting down: refusing new connections, finishing in-flight writes");
+        app.shutdown().await?;
+        tracing::info!("stopped cleanly");
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+async fn wait_for_signal() -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    tokio::select! {
+        _ = term.recv() => {},
+        _ = int.recv() => {},
+    }
+    Ok(())
+}
+
+fn banner(app: &App, data_dir: &std::path::Path, took: std::time::Duration) {
+    let a = &app.addrs;
+    tracing::info!(
+        mqtt_tls = %a.mqtt_tls,
+        mqtt_plain = ?a.mqtt_plain,
+        http = %a.http,
+        https = ?a.https,
+        data_dir = %data_dir.display(),
+        startup_ms = took.as_millis() as u64,
+        "corral is running"
+    );
+    if let Bootstrap::Generated(key) = &app.bootstrap {
+        // Printed once, on the terminal (or container log), not through the logger: secrets are
+        // never logged. Only its SHA-256 is stored.
+        eprintln!(
+            "\n================================================================\n\
+             First start: an admin API key was generated. It is shown only now.\n\n    \
+             {key}\n\n\
+             Use it with the CLI:  export CORRAL_API_KEY={key}\n\
+             CA for devices:       {}\n\
+             ================================================================\n",
+            data_dir.join("pki/ca.pem").display()
+        );
+    }
+}
+
+pub fn init(path: Option<PathBuf>) -> anyhow::Result<ExitCode> {
+    let config = load(path)?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        let metrics = std::sync::Arc::new(crate::metrics::Metrics::new());
+        let (store, pki, _) = crate::app::open_state(&config, metrics).await?;
+        let admin = config.admin_key_secret().map_err(anyhow::Error::msg)?;
+        let auth = crate::auth::AuthService::new(store.clone());
+        match auth.bootstrap(admin.as_deref()).await? {
+            Bootstrap::Generated(key) => println!("admin API key (shown once): {key}"),
+            Bootstrap::Configured => println!("admin API key: the configured one"),
+            Bootstrap::Existing => println!("admin API key: already set up"),
+        }
+        store.flush_now()?;
+        println!("data directory: {}", config.data_dir.display());
+        println!("CA certificate: {}", pki.dir().join("ca.pem").display());
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+pub fn check(path: Option<PathBuf>, print: bool) -> ExitCode {
+    match Config::load(path.as_deref(), std::env::vars()) {
+        Ok(c) => {
+            if print {
+                print!("{}", c.to_masked_toml());
+            }
+            eprintln!("configuration is valid");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{} problem(s) found:", e.problems.len());
+            for p in &e.problems {
+                eprintln!("  - {p}");
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+pub fn ca_show(path: Option<PathBuf>) -> anyhow::Result<ExitCode> {
+    let config = load(path)?;
+    let file = config.data_dir.join("pki").join("ca.pem");
+    let pem = std::fs::read_to_string(&file).with_context(|| {
+        format!(
+            "cannot read {} (run `corral init` or start the server once)",
+            file.display()
+        )
+    })?;
+    print!("{pem}");
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn healthcheck(url: &str) -> anyhow::Result<ExitCode> {
+    let client = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(5))
+        .build()?;
+    match client.get(url).send().await {
+        Ok(r) if r.status().is_success() => Ok(ExitCode::SUCCESS),
+        Ok(r) => {
+            eprintln!("unhealthy: HTTP {}", r.status());
+            Ok(ExitCode::FAILURE)
+        }
+        Err(e) => {
+            eprintln!("unhealthy: {e}");
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}

@@ -1,0 +1,477 @@
+//! Configuration: the `Config` type, its documented defaults (`assets/corral.toml`), loading from
+//! file and `CORRAL_*` environment, and validation that reports every problem at once.
+//! It owns no I/O beyond reading the config file and secret files.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// The documented default configuration file, printed by `corral config print-default`.
+pub const DEFAULT_TOML: &str = include_str!("../assets/corral.toml");
+
+/// Environment variables with the `CORRAL_` prefix that are not configuration keys: they belong
+/// to the command line (`--config`, `--server`, `--api-key`, `--ca-file`).
+const RESERVED_ENV: &[&str] = &["CONFIG", "SERVER", "API_KEY", "CA_FILE"];
+
+/// Everything Corral reads from its TOML file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Directory holding the store, the PKI material and instance state.
+    pub data_dir: PathBuf,
+    /// Bootstrap admin API key (prefer `admin_key_file`).
+    pub admin_key: Option<String>,
+    /// File holding the bootstrap admin API key.
+    pub admin_key_file: Option<PathBuf>,
+    pub log: LogConfig,
+    pub mqtt: MqttConfig,
+    pub http: HttpConfig,
+    pub https: HttpsConfig,
+    pub pki: PkiConfig,
+    pub store: StoreConfig,
+}
+
+/// `[log]`: how Corral reports what it does.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// A level or a full tracing filter directive.
+    pub level: String,
+    /// Output format.
+    pub format: LogFormat,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Human,
+    Json,
+}
+
+/// `[mqtt]`: the device listeners.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MqttConfig {
+    pub tls_listen: String,
+    pub plain_enabled: bool,
+    pub plain_listen: String,
+    pub max_packet_size: u32,
+    pub connect_timeout_secs: u16,
+    pub max_inflight: u16,
+    pub workers: usize,
+}
+
+/// `[http]`: the plain HTTP listener.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpConfig {
+    pub listen: String,
+}
+
+/// `[https]`: the TLS HTTP listener.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpsConfig {
+    pub enabled: bool,
+    pub listen: String,
+}
+
+/// `[pki]`: the generated CA and server certificate.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PkiConfig {
+    pub hosts: Vec<String>,
+    pub ca_name: String,
+    pub ca_validity_days: u32,
+    pub server_validity_days: u32,
+}
+
+/// `[store]`: the embedded database.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StoreConfig {
+    pub cache_capacity_mb: u64,
+    pub group_commit_delay_ms: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from("./data"),
+            admin_key: None,
+            admin_key_file: None,
+            log: LogConfig::default(),
+            mqtt: MqttConfig::default(),
+            http: HttpConfig::default(),
+            https: HttpsConfig::default(),
+            pki: PkiConfig::default(),
+            store: StoreConfig::default(),
+        }
+    }
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            level: "info".into(),
+            format: LogFormat::Human,
+        }
+    }
+}
+
+impl Default for MqttConfig {
+    fn default() -> Self {
+        Self {
+            tls_listen: "0.0.0.0:8883".into(),
+            plain_enabled: false,
+            plain_listen: "0.0.0.0:1883".into(),
+            max_packet_size: 65536,
+            connect_timeout_secs: 5,
+            max_inflight: 16,
+            workers: 0,
+        }
+    }
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            listen: "0.0.0.0:8080".into(),
+        }
+    }
+}
+
+impl Default for HttpsConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            listen: "0.0.0.0:8443".into(),
+        }
+    }
+}
+
+impl Default for PkiConfig {
+    fn default() -> Self {
+        Self {
+            hosts: vec!["localhost".into(), "127.0.0.1".into(), "::1".into()],
+            ca_name: "Corral Device CA".into(),
+            ca_validity_days: 3650,
+            server_validity_days: 825,
+        }
+    }
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self {
+            cache_capacity_mb: 64,
+            group_commit_delay_ms: 0,
+        }
+    }
+}
+
+/// Every problem found in a configuration, reported together.
+#[derive(Debug, thiserror::Error)]
+#[error("{}", .problems.join("\n"))]
+pub struct ConfigErrors {
+    pub problems: Vec<String>,
+}
+
+impl Config {
+    /// Loads defaults, then `file` (if any), then `CORRAL_*` variables from `env`, then validates.
+    /// Secret files (`admin_key_file`) are read here so that a missing file is a config problem.
+    pub fn load(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigErrors> {
+        let mut problems = Vec::new();
+        let mut table = match file {
+            None => toml::Table::new(),
+            Some(path) => match std::fs::read_to_string(path) {
+                Ok(text) => match text.parse::<toml::Table>() {
+                    Ok(t) => t,
+                    Err(e) => {
+                        problems.push(format!("{}: {}", path.display(), e.message()));
+                        return Err(ConfigErrors { problems });
+                    }
+                },
+                Err(e) => {
+                    problems.push(format!("cannot read config file {}: {e}", path.display()));
+                    return Err(ConfigErrors { problems });
+                }
+            },
+        };
+        apply_env(&mut table, env, &mut problems);
+        let config = deserialize_collecting(table, &mut problems);
+        if let Some(c) = &config {
+            c.validate(&mut problems);
+        }
+        match config {
+            Some(c) if problems.is_empty() => Ok(c),
+            _ => Err(ConfigErrors { problems }),
+        }
+    }
+
+    fn validate(&self, problems: &mut Vec<String>) {
+        let addr = |key: &str, v: &str, problems: &mut Vec<String>| {
+            if v.parse::<SocketAddr>().is_err() {
+                problems.push(format!(
+                    "{key}: \"{v}\" is not an address like 0.0.0.0:8883"
+                ));
+            }
+        };
+        addr("mqtt.tls_listen", &self.mqtt.tls_listen, problems);
+        addr("mqtt.plain_listen", &self.mqtt.plain_listen, problems);
+        addr("http.listen", &self.http.listen, problems);
+        addr("https.listen", &self.https.listen, problems);
+        // MQTT 5 §2.2.3: the largest encodable packet is 268,435,455 bytes; below 1 KiB the
+        // ThingsBoard SDKs cannot even send their session-limits request.
+        if !(1024..=268_435_455).contains(&self.mqtt.max_packet_size) {
+            problems.push(format!(
+                "mqtt.max_packet_size: {} is outside 1024..=268435455",
+                self.mqtt.max_packet_size
+            ));
+        }
+        if self.mqtt.connect_timeout_secs == 0 {
+            problems.push("mqtt.connect_timeout_secs: must be at least 1".into());
+        }
+        if self.mqtt.max_inflight == 0 {
+            problems.push("mqtt.max_inflight: must be at least 1".into());
+        }
+        if self.pki.hosts.is_empty() {
+            problems.push("pki.hosts: at least one host name or IP address is needed".into());
+        }
+        for h in &self.pki.hosts {
+            if h.trim().is_empty() || h.contains(char::is_whitespace) {
+                problems.push(format!(
+                    "pki.hosts: \"{h}\" is not a host name or IP address"
+                ));
+            }
+        }
+        if self.pki.ca_validity_days == 0 || self.pki.server_validity_days == 0 {
+            problems.push("pki: validity days must be at least 1".into());
+        }
+        if self.pki.server_validity_days > self.pki.ca_validity_days {
+            problems.push("pki.server_validity_days: cannot exceed ca_validity_days".into());
+        }
+        if self.store.cache_capacity_mb == 0 {
+            problems.push("store.cache_capacity_mb: must be at least 1".into());
+        }
+        if self.store.group_commit_delay_ms > 1000 {
+            problems.push("store.group_commit_delay_ms: at most 1000".into());
+        }
+        if let Err(e) = self.log.level.parse::<tracing_subscriber::EnvFilter>() {
+            problems.push(format!(
+                "log.level: \"{}\" is not a valid filter: {e}",
+                self.log.level
+            ));
+        }
+        if self.admin_key.is_some() && self.admin_key_file.is_some() {
+            problems.push("admin_key and admin_key_file are both set; keep one".into());
+        }
+        match self.admin_key_secret() {
+            Ok(Some(k)) if k.len() < 32 => {
+                problems.push("admin key: must be at least 32 characters".into())
+            }
+            Err(e) => problems.push(e),
+            _ => {}
+        }
+    }
+
+    /// The bootstrap admin key from `admin_key` or the file named by `admin_key_file`.
+    pub fn admin_key_secret(&self) -> Result<Option<String>, String> {
+        if let Some(k) = &self.admin_key {
+            return Ok(Some(k.trim().to_string()));
+        }
+        match &self.admin_key_file {
+            None => Ok(None),
+            Some(p) => std::fs::read_to_string(p)
+                .map(|s| Some(s.trim().to_string()))
+                .map_err(|e| format!("admin_key_file: cannot read {}: {e}", p.display())),
+        }
+    }
+
+    /// The configuration as TOML with secrets masked, for `corral config check --print`.
+    pub fn to_masked_toml(&self) -> String {
+        let mut c = self.clone();
+        if c.admin_key.is_some() {
+            c.admin_key = Some("********".into());
+        }
+        toml::to_string_pretty(&c).unwrap_or_default()
+    }
+}
+
+/// Writes `CORRAL_KEY` and `CORRAL_SECTION__KEY` variables into `table`.
+fn apply_env(
+    table: &mut toml::Table,
+    env: impl IntoIterator<Item = (String, String)>,
+    problems: &mut Vec<String>,
+) {
+    // Sorted so that the reported problems are deterministic.
+    let vars: BTreeMap<String, String> = env
+        .into_iter()
+        .filter(|(k, _)| k.starts_with("CORRAL_"))
+        .collect();
+    for (name, raw) in vars {
+        let rest = &name["CORRAL_".len()..];
+        if RESERVED_ENV.contains(&rest) {
+            continue;
+        }
+        let path: Vec<String> = rest.split("__").map(|s| s.to_ascii_lowercase()).collect();
+        if path.iter().any(String::is_empty) || path.len() > 2 {
+            problems.push(format!("{name}: not a configuration variable"));
+            continue;
+        }
+        // A value that parses as TOML (a number, a boolean, an array) keeps its type; anything
+        // else is a string, so paths and host names need no quoting.
+        let value = format!("v = {raw}")
+            .parse::<toml::Table>()
+            .ok()
+            .and_then(|mut t| t.remove("v"))
+            .unwrap_or_else(|| toml::Value::String(raw.clone()));
+        insert_path(table, &path, value, &name, problems);
+    }
+}
+
+fn insert_path(
+    table: &mut toml::Table,
+    path: &[String],
+    value: toml::Value,
+    name: &str,
+    problems: &mut Vec<String>,
+) {
+    match path {
+        [last] => {
+            table.insert(last.clone(), value);
+        }
+        [section, rest @ ..] => {
+            let entry = table
+                .entry(section.clone())
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            match entry {
+                toml::Value::Table(t) => insert_path(t, rest, value, name, problems),
+                _ => problems.push(format!("{name}: \"{section}\" is not a section")),
+            }
+        }
+        [] => {}
+    }
+}
+
+/// Deserializes section by section so that one bad section does not hide problems in another.
+fn deserialize_collecting(table: toml::Table, problems: &mut Vec<String>) -> Option<Config> {
+    match Config::deserialize(toml::Value::Table(table.clone())) {
+        Ok(c) => Some(c),
+        Err(_) => {
+            let mut top = toml::Table::new();
+            for (key, value) in table {
+                let res = match key.as_str() {
+                    "log" => LogConfig::deserialize(value).map(drop),
+                    "mqtt" => MqttConfig::deserialize(value).map(drop),
+                    "http" => HttpConfig::deserialize(value).map(drop),
+                    "https" => HttpsConfig::deserialize(value).map(drop),
+                    "pki" => PkiConfig::deserialize(value).map(drop),
+                    "store" => StoreConfig::deserialize(value).map(drop),
+                    "data_dir" | "admin_key" | "admin_key_file" => {
+                        top.insert(key.clone(), value);
+                        continue;
+                    }
+                    _ => {
+                        problems.push(format!("unknown key `{key}`"));
+                        continue;
+                    }
+                };
+                if let Err(e) = res {
+                    problems.push(format!("[{key}]: {}", e.message().trim()));
+                }
+            }
+            if let Err(e) = Config::deserialize(toml::Value::Table(top)) {
+                problems.push(e.message().trim().to_string());
+            }
+            None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn printed_default_parses_back_to_default() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("corral.toml");
+        std::fs::write(&path, DEFAULT_TOML).expect("write");
+        let loaded = Config::load(Some(&path), Vec::new()).expect("default file is valid");
+        assert_eq!(loaded, Config::default());
+    }
+
+    #[test]
+    fn env_overrides_file_with_types() {
+        let c = Config::load(
+            None,
+            env(&[
+                ("CORRAL_DATA_DIR", "/data"),
+                ("CORRAL_MQTT__PLAIN_ENABLED", "true"),
+                ("CORRAL_MQTT__MAX_PACKET_SIZE", "4096"),
+                ("CORRAL_PKI__HOSTS", r#"["corral.lan", "10.0.0.5"]"#),
+                ("CORRAL_SERVER", "http://x"),
+                ("PATH", "/bin"),
+            ]),
+        )
+        .expect("valid");
+        assert_eq!(c.data_dir, PathBuf::from("/data"));
+        assert!(c.mqtt.plain_enabled);
+        assert_eq!(c.mqtt.max_packet_size, 4096);
+        assert_eq!(c.pki.hosts, vec!["corral.lan", "10.0.0.5"]);
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("bad.toml");
+        std::fs::write(
+            &path,
+            "colour = 1\n[mqtt]\ntls_listen = \"nowhere\"\nmax_packet_size = 10\n[http]\nlisten = 5\n[pki]\nhosts = []\n",
+        )
+        .expect("write");
+        let err = Config::load(Some(&path), env(&[("CORRAL_NOPE__X", "1")])).expect_err("invalid");
+        let all = err.problems.join("\n");
+        assert!(all.contains("colour"), "{all}");
+        assert!(all.contains("[http]"), "{all}");
+        assert!(all.contains("nope"), "{all}");
+        // Semantic problems need a structurally valid file; check them separately.
+        std::fs::write(
+            &path,
+            "[mqtt]\ntls_listen = \"nowhere\"\nmax_packet_size = 10\n[pki]\nhosts = []\n",
+        )
+        .expect("write");
+        let err = Config::load(Some(&path), Vec::new()).expect_err("invalid");
+        assert_eq!(err.problems.len(), 3, "{:?}", err.problems);
+    }
+
+    #[test]
+    fn admin_key_file_is_read_and_checked() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let key = dir.path().join("key");
+        std::fs::write(&key, "short\n").expect("write");
+        let err = Config::load(
+            None,
+            env(&[("CORRAL_ADMIN_KEY_FILE", key.to_str().expect("utf8"))]),
+        )
+        .expect_err("too short");
+        assert!(err.problems[0].contains("32"));
+        let missing = Config::load(None, env(&[("CORRAL_ADMIN_KEY_FILE", "/nonexistent/k")]))
+            .expect_err("missing");
+        assert!(missing.problems[0].contains("cannot read"));
+    }
+}

@@ -1,0 +1,87 @@
+//! The data service: ingesting device telemetry (parse, store, make durable, announce) and
+//! reading it back (raw ranges, latest values). Aggregation, export and retention build on it.
+
+use std::sync::Arc;
+
+use crate::devices::protocol::{self, PayloadError};
+use crate::events::{Event, EventBus};
+use crate::metrics::Metrics;
+use crate::model::{DEFAULT_TAG, DeviceId, Millis, Point, now_ms};
+use crate::store::{RawPage, RawQuery, SeriesKey, Store, StoreError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    #[error(transparent)]
+    Payload(#[from] PayloadError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Whether the caller needs the data on disk before it answers (QoS 1, HTTP 200) or not (QoS 0).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    Durable,
+    BestEffort,
+}
+
+#[derive(Clone)]
+pub struct DataService {
+    store: Store,
+    events: EventBus,
+    metrics: Arc<Metrics>,
+}
+
+impl DataService {
+    pub fn new(store: Store, events: EventBus, metrics: Arc<Metrics>) -> Self {
+        Self {
+            store,
+            events,
+            metrics,
+        }
+    }
+
+    /// Parses and stores a telemetry payload of `device`. With `Durability::Durable` it returns
+    /// only once the data is on disk. A payload error stores nothing.
+    pub async fn ingest_telemetry(
+        &self,
+        device: DeviceId,
+        payload: &[u8],
+        durability: Durability,
+    ) -> Result<usize, IngestError> {
+        let telemetry = protocol::parse_telemetry(payload, now_ms())?;
+        if telemetry.is_empty() {
+            return Ok(0);
+        }
+        let n = self.store.put_points(device, DEFAULT_TAG, &telemetry)?;
+        if durability == Durability::Durable {
+            self.store.commit().await?;
+        }
+        self.metrics.points_stored.inc_by(n as u64);
+        self.events.publish(Event::TelemetryStored {
+            device_id: device,
+            tag: DEFAULT_TAG.into(),
+            values: n,
+        });
+        Ok(n)
+    }
+
+    pub fn raw(&self, device: DeviceId, q: &RawQuery) -> Result<RawPage, StoreError> {
+        self.store.raw(device, q)
+    }
+
+    pub fn latest(
+        &self,
+        device: DeviceId,
+        tag: &str,
+        keys: Option<&[String]>,
+    ) -> Result<Vec<(String, Point)>, StoreError> {
+        self.store.latest(device, tag, keys)
+    }
+
+    pub fn series(&self, device: DeviceId) -> Result<Vec<SeriesKey>, StoreError> {
+        self.store.device_series(device)
+    }
+}
+
+/// Default time window of a raw query when `from` is not given: the last 24 hours.
+pub const DEFAULT_WINDOW_MS: Millis = 24 * 3600 * 1000;

@@ -1,0 +1,242 @@
+//! The ThingsBoard device protocol, transport-neutral: the topic grammar of
+//! `thingsboard-device-api.md` §3 and the telemetry value model of §4. MQTT and the HTTP device
+//! API both call into this module; nothing here knows about sockets.
+
+use serde_json::{Map, Value as Json};
+
+use crate::model::{Millis, Value};
+
+pub const TELEMETRY_TOPIC: &str = "v1/devices/me/telemetry";
+pub const ATTRIBUTES_TOPIC: &str = "v1/devices/me/attributes";
+pub const ATTRIBUTES_RESPONSE_FILTER: &str = "v1/devices/me/attributes/response/+";
+pub const RPC_REQUEST_FILTER: &str = "v1/devices/me/rpc/request/+";
+pub const RPC_RESPONSE_FILTER: &str = "v1/devices/me/rpc/response/+";
+
+/// The subscriptions a device session is granted (§3: sent by the SDK on every connect).
+pub const DEVICE_FILTERS: &[&str] = &[
+    ATTRIBUTES_TOPIC,
+    ATTRIBUTES_RESPONSE_FILTER,
+    RPC_REQUEST_FILTER,
+    RPC_RESPONSE_FILTER,
+];
+
+/// Longest telemetry key, in bytes (keys are length-prefixed with one byte in the store).
+pub const MAX_KEY_LEN: usize = 255;
+
+/// What a device publish is, by its topic.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DeviceTopic {
+    Telemetry,
+    /// A topic this server does not handle.
+    Unknown,
+}
+
+impl DeviceTopic {
+    pub fn parse(topic: &str) -> DeviceTopic {
+        match topic {
+            TELEMETRY_TOPIC => DeviceTopic::Telemetry,
+            _ => DeviceTopic::Unknown,
+        }
+    }
+}
+
+/// Whether a SUBSCRIBE filter is one a device may hold.
+pub fn is_device_filter(filter: &str) -> bool {
+    DEVICE_FILTERS.contains(&filter)
+}
+
+/// Telemetry grouped by timestamp: `[(ts, [(key, value)])]`.
+pub type Telemetry = Vec<(Millis, Vec<(String, Value)>)>;
+
+/// Why a payload was refused. The message is safe to return to the device.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PayloadError {
+    #[error("payload is not valid JSON: {0}")]
+    NotJson(String),
+    #[error(
+        "telemetry must be a JSON object, an array of objects, or {{\"ts\":..,\"values\":{{..}}}}"
+    )]
+    Shape,
+    #[error("\"ts\" must be an integer number of milliseconds")]
+    BadTs,
+    #[error("\"values\" must be a JSON object")]
+    BadValues,
+    #[error("keys must be 1 to {MAX_KEY_LEN} bytes")]
+    BadKey,
+}
+
+/// Parses telemetry in its three forms (§4): `{k:v}`, `{"ts":ms,"values":{k:v}}`, or an array
+/// of either. Points without `ts` get `now`. `null` values are skipped, as ThingsBoard does.
+pub fn parse_telemetry(payload: &[u8], now: Millis) -> Result<Telemetry, PayloadError> {
+    let json: Json =
+        serde_json::from_slice(payload).map_err(|e| PayloadError::NotJson(e.to_string()))?;
+    let mut out = Vec::new();
+    match json {
+        Json::Object(obj) => out.push(parse_item(obj, now)?),
+        Json::Array(items) => {
+            for item in items {
+                match item {
+                    Json::Object(obj) => out.push(parse_item(obj, now)?),
+                    _ => return Err(PayloadError::Shape),
+                }
+            }
+        }
+        _ => return Err(PayloadError::Shape),
+    }
+    out.retain(|(_, vals)| !vals.is_empty());
+    Ok(out)
+}
+
+fn parse_item(
+    mut obj: Map<String, Json>,
+    now: Millis,
+) -> Result<(Millis, Vec<(String, Value)>), PayloadError> {
+    // ThingsBoard takes the ts form only when both keys are present; otherwise "ts" is data.
+    if obj.contains_key("ts") && obj.contains_key("values") {
+        let ts = obj
+            .get("ts")
+            .and_then(Json::as_i64)
+            .ok_or(PayloadError::BadTs)?;
+        let Some(Json::Object(values)) = obj.remove("values") else {
+            return Err(PayloadError::BadValues);
+        };
+        return Ok((ts, parse_values(values)?));
+    }
+    Ok((now, parse_values(obj)?))
+}
+
+/// Converts a JSON object of key → value into typed values, skipping nulls.
+pub fn parse_values(obj: Map<String, Json>) -> Result<Vec<(String, Value)>, PayloadError> {
+    let mut out = Vec::with_capacity(obj.len());
+    for (k, v) in obj {
+        if k.is_empty() || k.len() > MAX_KEY_LEN {
+            return Err(PayloadError::BadKey);
+        }
+        if let Some(v) = typed(v) {
+            out.push((k, v));
+        }
+    }
+    Ok(out)
+}
+
+/// §4: integers without a fraction are longs, other numbers doubles; strings that parse as
+/// numbers become numbers (ThingsBoard's JSON_TYPE_CAST_ENABLED default); nested values stay JSON.
+fn typed(v: Json) -> Option<Value> {
+    Some(match v {
+        Json::Null => return None,
+        Json::Bool(b) => Value::Bool(b),
+        Json::Number(n) => number(&n),
+        Json::String(s) => cast_string(s),
+        j @ (Json::Array(_) | Json::Object(_)) => Value::Json(j),
+    })
+}
+
+fn number(n: &serde_json::Number) -> Value {
+    match n.as_i64() {
+        Some(i) => Value::Long(i),
+        None => Value::Double(n.as_f64().unwrap_or(f64::NAN)),
+    }
+}
+
+fn cast_string(s: String) -> Value {
+    let t = s.trim();
+    if !t.is_empty()
+        && t.bytes()
+            .all(|b| b.is_ascii_digit() || b == b'-' || b == b'+')
+        && let Ok(i) = t.parse::<i64>()
+    {
+        return Value::Long(i);
+    }
+    if !t.is_empty()
+        && t.bytes()
+            .all(|b| b.is_ascii_digit() || b"+-.eE".contains(&b))
+        && let Ok(d) = t.parse::<f64>()
+        && d.is_finite()
+    {
+        return Value::Double(d);
+    }
+    Value::Str(s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(s: &str) -> Result<Telemetry, PayloadError> {
+        parse_telemetry(s.as_bytes(), 1000)
+    }
+
+    #[test]
+    fn three_forms() {
+        assert_eq!(
+            p(r#"{"t":1}"#),
+            Ok(vec![(1000, vec![("t".into(), Value::Long(1))])])
+        );
+        assert_eq!(
+            p(r#"{"ts":5,"values":{"t":1.5}}"#),
+            Ok(vec![(5, vec![("t".into(), Value::Double(1.5))])])
+        );
+        assert_eq!(
+            p(r#"[{"a":true},{"ts":7,"values":{"b":"x"}}]"#),
+            Ok(vec![
+                (1000, vec![("a".into(), Value::Bool(true))]),
+                (7, vec![("b".into(), Value::Str("x".into()))])
+            ])
+        );
+    }
+
+    #[test]
+    fn value_typing() {
+        let t = p(r#"{"l":42,"d":4.0,"s":"hi","sl":"17","sd":"2.5","n":null,"j":{"x":[1]},"big":18446744073709551615,"inf":"inf","e":"1e3"}"#)
+            .expect("valid");
+        let vals: std::collections::HashMap<_, _> = t[0].1.iter().cloned().collect();
+        assert_eq!(vals["l"], Value::Long(42));
+        assert_eq!(vals["d"], Value::Double(4.0));
+        assert_eq!(vals["s"], Value::Str("hi".into()));
+        assert_eq!(vals["sl"], Value::Long(17));
+        assert_eq!(vals["sd"], Value::Double(2.5));
+        assert_eq!(vals["j"], Value::Json(serde_json::json!({"x":[1]})));
+        assert_eq!(vals["big"], Value::Double(18446744073709551615.0));
+        assert_eq!(vals["inf"], Value::Str("inf".into()));
+        assert_eq!(vals["e"], Value::Double(1000.0));
+        assert!(!vals.contains_key("n"));
+    }
+
+    #[test]
+    fn ts_is_data_unless_values_present() {
+        assert_eq!(
+            p(r#"{"ts":5,"t":1}"#),
+            Ok(vec![(
+                1000,
+                vec![("t".into(), Value::Long(1)), ("ts".into(), Value::Long(5))]
+            )])
+        );
+    }
+
+    #[test]
+    fn refusals() {
+        assert!(matches!(p("{"), Err(PayloadError::NotJson(_))));
+        assert_eq!(p("42"), Err(PayloadError::Shape));
+        assert_eq!(p("[1]"), Err(PayloadError::Shape));
+        assert_eq!(p(r#"{"ts":"x","values":{}}"#), Err(PayloadError::BadTs));
+        assert_eq!(p(r#"{"ts":1,"values":[]}"#), Err(PayloadError::BadValues));
+        assert_eq!(p(r#"{"":1}"#), Err(PayloadError::BadKey));
+        let long = format!(r#"{{"{}":1}}"#, "k".repeat(256));
+        assert_eq!(p(&long), Err(PayloadError::BadKey));
+        assert_eq!(p("{}"), Ok(vec![]));
+    }
+
+    #[test]
+    fn topics() {
+        assert_eq!(
+            DeviceTopic::parse("v1/devices/me/telemetry"),
+            DeviceTopic::Telemetry
+        );
+        assert_eq!(
+            DeviceTopic::parse("v1/devices/other/telemetry"),
+            DeviceTopic::Unknown
+        );
+        assert!(is_device_filter("v1/devices/me/rpc/request/+"));
+        assert!(!is_device_filter("#"));
+    }
+}

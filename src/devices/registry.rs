@@ -1,0 +1,611 @@
+//! The registry service: rules for workspaces, fleets and devices (names, containment,
+//! deletion), device access tokens, and device status combining the stored record with live
+//! presence. Storage is the store's business; transports call this.
+
+use std::sync::Arc;
+
+use rand::Rng;
+use rand::distr::Alphanumeric;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use utoipa::ToSchema;
+
+use super::presence::{Liveness, Presence};
+use crate::model::{
+    AccessToken, Device, DeviceId, Fleet, FleetId, Millis, Workspace, WorkspaceId, now_ms,
+};
+use crate::store::{NameClash, Page, Store, StoreError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    #[error("{0} not found")]
+    NotFound(&'static str),
+    #[error("a {kind} named \"{name}\" already exists")]
+    NameTaken { kind: &'static str, name: String },
+    #[error("{field}: {message}")]
+    Invalid {
+        field: &'static str,
+        message: String,
+    },
+    #[error("the {0} is not empty: delete what it holds first")]
+    NotEmpty(&'static str),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+type Result<T> = std::result::Result<T, RegistryError>;
+
+/// Fields of a new workspace.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewWorkspace {
+    pub name: String,
+    #[serde(default)]
+    pub description: String,
+}
+
+/// Changes to a workspace; absent fields stay as they are.
+#[derive(Debug, Clone, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct WorkspacePatch {
+    pub name: Option<String>,
+    pub description: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewFleet {
+    pub workspace_id: WorkspaceId,
+    pub name: String,
+    #[serde(default)]
+    pub description: String,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FleetPatch {
+    pub name: Option<String>,
+    pub description: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewDevice {
+    pub fleet_id: FleetId,
+    pub name: String,
+    #[serde(default)]
+    pub label: String,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DevicePatch {
+    pub name: Option<String>,
+    pub label: Option<String>,
+    /// Move the device to another fleet of the same workspace.
+    pub fleet_id: Option<FleetId>,
+    pub enabled: Option<bool>,
+}
+
+/// Connection status of a device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum DeviceStatus {
+    Online,
+    Offline,
+}
+
+/// A device as the API shows it: the record plus live status.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct DeviceView {
+    pub id: DeviceId,
+    pub workspace_id: WorkspaceId,
+    pub fleet_id: FleetId,
+    pub name: String,
+    pub label: String,
+    pub enabled: bool,
+    pub status: DeviceStatus,
+    /// Open connections right now.
+    pub connections: u32,
+    pub created_at: Millis,
+    pub updated_at: Millis,
+    pub last_connect_at: Option<Millis>,
+    pub last_disconnect_at: Option<Millis>,
+    pub last_activity_at: Option<Millis>,
+}
+
+/// Filters for listing devices.
+#[derive(Debug, Clone, Default)]
+pub struct DeviceFilter {
+    pub workspace_id: Option<WorkspaceId>,
+    pub fleet_id: Option<FleetId>,
+    /// Case-insensitive substring of the name.
+    pub name: Option<String>,
+    pub status: Option<DeviceStatus>,
+}
+
+/// The registry service.
+#[derive(Clone)]
+pub struct Registry {
+    store: Store,
+    presence: Arc<Presence>,
+}
+
+const MAX_NAME: usize = 128;
+const MAX_TEXT: usize = 1024;
+
+fn check_name(name: &str) -> Result<String> {
+    let n = name.trim();
+    if n.is_empty() || n.chars().count() > MAX_NAME || n.chars().any(char::is_control) {
+        return Err(RegistryError::Invalid {
+            field: "name",
+            message: format!("must be 1 to {MAX_NAME} printable characters"),
+        });
+    }
+    Ok(n.to_string())
+}
+
+fn check_text(field: &'static str, s: &str) -> Result<String> {
+    if s.chars().count() > MAX_TEXT {
+        return Err(RegistryError::Invalid {
+            field,
+            message: format!("at most {MAX_TEXT} characters"),
+        });
+    }
+    Ok(s.to_string())
+}
+
+fn clash(kind: &'static str, name: &str) -> RegistryError {
+    RegistryError::NameTaken {
+        kind,
+        name: name.to_string(),
+    }
+}
+
+/// SHA-256 of a device token or API key: what the store indexes.
+pub fn secret_hash(secret: &str) -> [u8; 32] {
+    Sha256::digest(secret.as_bytes()).into()
+}
+
+/// A new device access token: 20 alphanumerics (~119 bits), the length ThingsBoard uses.
+fn new_token() -> String {
+    rand::rng()
+        .sample_iter(&Alphanumeric)
+        .take(20)
+        .map(char::from)
+        .collect()
+}
+
+impl Registry {
+    pub fn new(store: Store, presence: Arc<Presence>) -> Self {
+        Self { store, presence }
+    }
+
+    // ---- workspaces -------------------------------------------------------------------
+
+    pub async fn create_workspace(&self, new: NewWorkspace) -> Result<Workspace> {
+        let now = now_ms();
+        let ws = Workspace {
+            id: WorkspaceId::new(),
+            name: check_name(&new.name)?,
+            description: check_text("description", &new.description)?,
+            created_at: now,
+            updated_at: now,
+        };
+        self.store
+            .put_workspace(&ws, None)?
+            .map_err(|NameClash| clash("workspace", &ws.name))?;
+        self.store.commit().await?;
+        Ok(ws)
+    }
+
+    pub fn workspace(&self, id: WorkspaceId) -> Result<Workspace> {
+        self.store
+            .get_workspace(id)?
+            .ok_or(RegistryError::NotFound("workspace"))
+    }
+
+    pub fn list_workspaces(
+        &self,
+        name: Option<&str>,
+        after: Option<WorkspaceId>,
+        limit: usize,
+    ) -> Result<Page<Workspace>> {
+        let needle = name.map(str::to_lowercase);
+        Ok(self
+            .store
+            .list_workspaces(after, limit, |w| matches_name(&w.name, needle.as_deref()))?)
+    }
+
+    pub async fn update_workspace(
+        &self,
+        id: WorkspaceId,
+        patch: WorkspacePatch,
+    ) -> Result<Workspace> {
+        let old = self.workspace(id)?;
+        let mut ws = old.clone();
+        if let Some(n) = &patch.name {
+            ws.name = check_name(n)?;
+        }
+        if let Some(d) = &patch.description {
+            ws.description = check_text("description", d)?;
+        }
+        ws.updated_at = now_ms();
+        self.store
+            .put_workspace(&ws, Some(&old.name))?
+            .map_err(|NameClash| clash("workspace", &ws.name))?;
+        self.store.commit().await?;
+        Ok(ws)
+    }
+
+    pub async fn delete_workspace(&self, id: WorkspaceId) -> Result<()> {
+        let ws = self.workspace(id)?;
+        if !self.store.delete_workspace(&ws)? {
+            return Err(RegistryError::NotEmpty("workspace"));
+        }
+        self.store.commit().await?;
+        Ok(())
+    }
+
+    // ---- fleets -----------------------------------------------------------------------
+
+    pub async fn create_fleet(&self, new: NewFleet) -> Result<Fleet> {
+        self.store
+            .get_workspace(new.workspace_id)?
+            .ok_or(RegistryError::Invalid {
+                field: "workspace_id",
+                message: "no such workspace".into(),
+            })?;
+        let now = now_ms();
+        let fleet = Fleet {
+            id: FleetId::new(),
+            workspace_id: new.workspace_id,
+            name: check_name(&new.name)?,
+            description: check_text("description", &new.description)?,
+            created_at: now,
+            updated_at: now,
+        };
+        self.store
+            .put_fleet(&fleet, None)?
+            .map_err(|NameClash| clash("fleet", &fleet.name))?;
+        self.store.commit().await?;
+        Ok(fleet)
+    }
+
+    pub fn fleet(&self, id: FleetId) -> Result<Fleet> {
+        self.store
+            .get_fleet(id)?
+            .ok_or(RegistryError::NotFound("fleet"))
+    }
+
+    pub fn list_fleets(
+        &self,
+        workspace: Option<WorkspaceId>,
+        name: Option<&str>,
+        after: Option<FleetId>,
+        limit: usize,
+    ) -> Result<Page<Fleet>> {
+        let needle = name.map(str::to_lowercase);
+        Ok(self.store.list_fleets(after, limit, |f| {
+            workspace.is_none_or(|w| f.workspace_id == w)
+                && matches_name(&f.name, needle.as_deref())
+        })?)
+    }
+
+    pub async fn update_fleet(&self, id: FleetId, patch: FleetPatch) -> Result<Fleet> {
+        let old = self.fleet(id)?;
+        let mut fleet = old.clone();
+        if let Some(n) = &patch.name {
+            fleet.name = check_name(n)?;
+        }
+        if let Some(d) = &patch.description {
+            fleet.description = check_text("description", d)?;
+        }
+        fleet.updated_at = now_ms();
+        self.store
+            .put_fleet(&fleet, Some(&old.name))?
+            .map_err(|NameClash| clash("fleet", &fleet.name))?;
+        self.store.commit().await?;
+        Ok(fleet)
+    }
+
+    pub async fn delete_fleet(&self, id: FleetId) -> Result<()> {
+        let fleet = self.fleet(id)?;
+        if !self.store.delete_fleet(&fleet)? {
+            return Err(RegistryError::NotEmpty("fleet"));
+        }
+        self.store.commit().await?;
+        Ok(())
+    }
+
+    // ---- devices ----------------------------------------------------------------------
+
+    /// Creates a device with a fresh access token, returned once in clear.
+    pub async fn create_device(&self, new: NewDevice) -> Result<(DeviceView, String)> {
+        let fleet = self
+            .store
+            .get_fleet(new.fleet_id)?
+            .ok_or(RegistryError::Invalid {
+                field: "fleet_id",
+                message: "no such fleet".into(),
+            })?;
+        let now = now_ms();
+        let dev = Device {
+            id: DeviceId::new(),
+            workspace_id: fleet.workspace_id,
+            fleet_id: fleet.id,
+            name: check_name(&new.name)?,
+            label: check_text("label", &new.label)?,
+            enabled: true,
+            created_at: now,
+            updated_at: now,
+            last_connect_at: None,
+            last_disconnect_at: None,
+            last_activity_at: None,
+        };
+        let token = new_token();
+        let cred = AccessToken {
+            device_id: dev.id,
+            token_sha256: secret_hash(&token),
+            hint: token.chars().take(4).collect(),
+            created_at: now,
+        };
+        self.store
+            .create_device(&dev, &cred)?
+            .map_err(|NameClash| clash("device", &dev.name))?;
+        self.store.commit().await?;
+        Ok((self.view(dev), token))
+    }
+
+    pub fn device(&self, id: DeviceId) -> Result<DeviceView> {
+        Ok(self.view(self.device_record(id)?))
+    }
+
+    pub fn device_record(&self, id: DeviceId) -> Result<Device> {
+        self.store
+            .get_device(id)?
+            .ok_or(RegistryError::NotFound("device"))
+    }
+
+    pub fn list_devices(
+        &self,
+        f: &DeviceFilter,
+        after: Option<DeviceId>,
+        limit: usize,
+    ) -> Result<Page<DeviceView>> {
+        let needle = f.name.as_deref().map(str::to_lowercase);
+        let page = self.store.list_devices(f.fleet_id, after, limit, |d| {
+            f.workspace_id.is_none_or(|w| d.workspace_id == w)
+                && matches_name(&d.name, needle.as_deref())
+                && f.status.is_none_or(|s| self.status_of(d.id) == s)
+        })?;
+        Ok(Page {
+            items: page.items.into_iter().map(|d| self.view(d)).collect(),
+            next_cursor: page.next_cursor,
+        })
+    }
+
+    pub async fn update_device(&self, id: DeviceId, patch: DevicePatch) -> Result<DeviceView> {
+        let old = self.device_record(id)?;
+        let mut dev = old.clone();
+        if let Some(n) = &patch.name {
+            dev.name = check_name(n)?;
+        }
+        if let Some(l) = &patch.label {
+            dev.label = check_text("label", l)?;
+        }
+        if let Some(fid) = patch.fleet_id {
+            let fleet = self.store.get_fleet(fid)?.ok_or(RegistryError::Invalid {
+                field: "fleet_id",
+                message: "no such fleet".into(),
+            })?;
+            if fleet.workspace_id != dev.workspace_id {
+                return Err(RegistryError::Invalid {
+                    field: "fleet_id",
+                    message: "the fleet belongs to another workspace".into(),
+                });
+            }
+            dev.fleet_id = fid;
+        }
+        if let Some(e) = patch.enabled {
+            dev.enabled = e;
+        }
+        dev.updated_at = now_ms();
+        self.store
+            .update_device(&dev, &old)?
+            .map_err(|NameClash| clash("device", &dev.name))?;
+        self.store.commit().await?;
+        Ok(self.view(dev))
+    }
+
+    pub async fn delete_device(&self, id: DeviceId) -> Result<()> {
+        let dev = self.device_record(id)?;
+        self.store.delete_device(&dev)?;
+        self.store.delete_device_telemetry(dev.id)?;
+        self.store.commit().await?;
+        Ok(())
+    }
+
+    // ---- device sessions --------------------------------------------------------------
+
+    /// The enabled device an access token belongs to, if any.
+    pub fn authenticate_token(&self, token: &str) -> Result<Option<Device>> {
+        let Some(id) = self.store.device_for_token(&secret_hash(token))? else {
+            return Ok(None);
+        };
+        Ok(self.store.get_device(id)?)
+    }
+
+    /// Marks a device connected; the returned liveness is touched on every message.
+    pub fn connected(&self, id: DeviceId) -> Arc<Liveness> {
+        let live = self.presence.connect(id);
+        // Bookkeeping is best effort: a failure here must not refuse the device.
+        if let Ok(Some(mut d)) = self.store.get_device(id) {
+            d.last_connect_at = Some(now_ms());
+            if let Err(e) = self.store.put_device_record(&d) {
+                tracing::warn!(device = %id, error = %e, "cannot record connect time");
+            }
+        }
+        live
+    }
+
+    /// Marks one connection of a device closed, saving last activity when it goes offline.
+    pub fn disconnected(&self, id: DeviceId) {
+        let (last_activity, offline) = self.presence.disconnect(id);
+        if let Ok(Some(mut d)) = self.store.get_device(id) {
+            d.last_disconnect_at = Some(now_ms());
+            d.last_activity_at = Some(last_activity.max(d.last_activity_at.unwrap_or(0)));
+            let _ = offline;
+            if let Err(e) = self.store.put_device_record(&d) {
+                tracing::warn!(device = %id, error = %e, "cannot record disconnect time");
+            }
+        }
+    }
+
+    fn status_of(&self, id: DeviceId) -> DeviceStatus {
+        if self.presence.get(id).is_some() {
+            DeviceStatus::Online
+        } else {
+            DeviceStatus::Offline
+        }
+    }
+
+    fn view(&self, d: Device) -> DeviceView {
+        let live = self.presence.get(d.id);
+        DeviceView {
+            status: if live.is_some() {
+                DeviceStatus::Online
+            } else {
+                DeviceStatus::Offline
+            },
+            connections: live.map_or(0, |l| l.connections),
+            last_activity_at: match live {
+                Some(l) => Some(l.last_activity),
+                None => d.last_activity_at,
+            },
+            id: d.id,
+            workspace_id: d.workspace_id,
+            fleet_id: d.fleet_id,
+            name: d.name,
+            label: d.label,
+            enabled: d.enabled,
+            created_at: d.created_at,
+            updated_at: d.updated_at,
+            last_connect_at: d.last_connect_at,
+            last_disconnect_at: d.last_disconnect_at,
+        }
+    }
+}
+
+fn matches_name(name: &str, needle: Option<&str>) -> bool {
+    needle.is_none_or(|n| name.to_lowercase().contains(n))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::test_util::open_temp;
+
+    #[tokio::test]
+    async fn names_are_unique_per_scope_and_containers_must_be_empty() {
+        let (_d, store) = open_temp();
+        let r = Registry::new(store, Arc::new(Presence::default()));
+        let ws = r
+            .create_workspace(NewWorkspace {
+                name: "Plant".into(),
+                description: String::new(),
+            })
+            .await
+            .expect("ws");
+        assert!(matches!(
+            r.create_workspace(NewWorkspace {
+                name: "plant".into(),
+                description: String::new()
+            })
+            .await,
+            Err(RegistryError::NameTaken { .. })
+        ));
+        let fleet = r
+            .create_fleet(NewFleet {
+                workspace_id: ws.id,
+                name: "pumps".into(),
+                description: String::new(),
+            })
+            .await
+            .expect("fleet");
+        let (dev, token) = r
+            .create_device(NewDevice {
+                fleet_id: fleet.id,
+                name: "pump-1".into(),
+                label: String::new(),
+            })
+            .await
+            .expect("device");
+        assert_eq!(token.len(), 20);
+        assert_eq!(
+            r.authenticate_token(&token).expect("auth").map(|d| d.id),
+            Some(dev.id)
+        );
+        assert!(r.authenticate_token("nope").expect("auth").is_none());
+        assert!(matches!(
+            r.create_device(NewDevice {
+                fleet_id: fleet.id,
+                name: "PUMP-1".into(),
+                label: String::new()
+            })
+            .await,
+            Err(RegistryError::NameTaken { .. })
+        ));
+        assert!(matches!(
+            r.delete_fleet(fleet.id).await,
+            Err(RegistryError::NotEmpty(_))
+        ));
+        assert!(matches!(
+            r.delete_workspace(ws.id).await,
+            Err(RegistryError::NotEmpty(_))
+        ));
+        // Rename frees the old name.
+        r.update_device(
+            dev.id,
+            DevicePatch {
+                name: Some("pump-2".into()),
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("rename");
+        r.create_device(NewDevice {
+            fleet_id: fleet.id,
+            name: "pump-1".into(),
+            label: String::new(),
+        })
+        .await
+        .expect("old name is free");
+        let page = r
+            .list_devices(
+                &DeviceFilter {
+                    fleet_id: Some(fleet.id),
+                    ..Default::default()
+                },
+                None,
+                1,
+            )
+            .expect("list");
+        assert_eq!(page.items.len(), 1);
+        let next: DeviceId = page.next_cursor.expect("more").parse().expect("id");
+        let page2 = r
+            .list_devices(
+                &DeviceFilter {
+                    fleet_id: Some(fleet.id),
+                    ..Default::default()
+                },
+                Some(next),
+                1,
+            )
+            .expect("list");
+        assert_eq!(page2.items.len(), 1);
+        assert!(page2.next_cursor.is_none());
+        r.delete_device(dev.id).await.expect("delete");
+        assert!(r.authenticate_token(&token).expect("auth").is_none());
+    }
+}

@@ -1,0 +1,55 @@
+//! The in-process event bus (tokio broadcast): device connectivity and data arrival, for live
+//! views and metrics. Subscribers that lag lose events; anything that must not lose data reads a
+//! durable queue in the store instead.
+
+use serde::Serialize;
+use tokio::sync::broadcast;
+
+use crate::model::DeviceId;
+
+/// Something that happened, as seen by observers.
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Event {
+    DeviceConnected {
+        device_id: DeviceId,
+        transport: &'static str,
+    },
+    DeviceDisconnected {
+        device_id: DeviceId,
+    },
+    TelemetryStored {
+        device_id: DeviceId,
+        tag: String,
+        values: usize,
+    },
+}
+
+/// Cloneable handle to the bus.
+#[derive(Clone)]
+pub struct EventBus {
+    tx: broadcast::Sender<Event>,
+}
+
+impl Default for EventBus {
+    fn default() -> Self {
+        Self::new(1024)
+    }
+}
+
+impl EventBus {
+    pub fn new(capacity: usize) -> Self {
+        Self {
+            tx: broadcast::channel(capacity).0,
+        }
+    }
+
+    /// Publishes to current subscribers; having none is normal.
+    pub fn publish(&self, e: Event) {
+        let _ = self.tx.send(e);
+    }
+
+    pub fn subscribe(&self) -> broadcast::Receiver<Event> {
+        self.tx.subscribe()
+    }
+}

@@ -1,0 +1,336 @@
+//! `corral simulate`: virtual devices for demos, tests and benchmarks. N MQTT connections (rumqttc)
+//! each with its own credentials, pipelined QoS 1 publishes of ThingsBoard telemetry, an optional
+//! per-device rate, and a summary of what the server acknowledged. Runs against Corral or any
+//! MQTT broker, over TLS or plain TCP, and stops by itself after `--duration`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use clap::Args;
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS, TlsConfiguration, Transport};
+use serde::Serialize;
+use tokio::sync::Semaphore;
+
+use crate::cli::ClientArgs;
+
+#[derive(Args, Clone)]
+pub struct SimulateArgs {
+    /// MQTT server host.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub host: String,
+    /// MQTT server port.
+    #[arg(long, default_value_t = 8883)]
+    pub port: u16,
+    /// CA certificate for TLS; without it the connection is plain TCP.
+    #[arg(long)]
+    pub ca: Option<PathBuf>,
+    /// Number of device connections.
+    #[arg(long, default_value_t = 10)]
+    pub connections: usize,
+    /// File of access tokens, one per line (one per connection).
+    #[arg(long)]
+    pub tokens: Option<PathBuf>,
+    /// Create this many devices in --fleet over the REST API first and use their tokens.
+    #[arg(long)]
+    pub create: Option<usize>,
+    /// Fleet (id or name) for --create.
+    #[arg(long)]
+    pub fleet: Option<String>,
+    /// Connect with usernames sim-0, sim-1, ... (for brokers without Corral's credentials).
+    #[arg(long)]
+    pub anonymous: bool,
+    /// Messages per second per device; 0 publishes as fast as acknowledgements allow.
+    #[arg(long, default_value_t = 0.0)]
+    pub rate: f64,
+    /// QoS 1 publishes each connection keeps in flight.
+    #[arg(long, default_value_t = 16)]
+    pub inflight: u16,
+    /// Seconds to publish for, after every connection is up.
+    #[arg(long, default_value_t = 10)]
+    pub duration: u64,
+    /// Most connections opened at once while ramping up.
+    #[arg(long, default_value_t = 200)]
+    pub connect_concurrency: usize,
+    /// Use MQTT 5 (default 3.1.1). Not yet supported by the generator.
+    #[arg(long, hide = true)]
+    pub mqtt5: bool,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+/// What a run achieved.
+#[derive(Debug, Clone, Serialize)]
+pub struct SimReport {
+    pub connections_requested: usize,
+    pub connections_up: usize,
+    pub connect_failures: u64,
+    pub published: u64,
+    pub acked: u64,
+    pub seconds: f64,
+    pub acked_per_sec: f64,
+}
+
+#[derive(Default)]
+struct Counters {
+    up: AtomicU64,
+    connect_failures: AtomicU64,
+    published: AtomicU64,
+    acked: AtomicU64,
+}
+
+pub async fn run(a: SimulateArgs) -> anyhow::Result<ExitCode> {
+    let report = simulate(a).await?;
+    println!("{}", serde_json::to_string(&report)?);
+    Ok(if report.connections_up == report.connections_requested {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// Credentials for each connection, in order.
+async fn usernames(a: &SimulateArgs) -> anyhow::Result<Vec<String>> {
+    if a.anonymous {
+        return Ok((0..a.connections).map(|i| format!("sim-{i}")).collect());
+    }
+    let mut tokens: Vec<String> = match &a.tokens {
+        Some(p) if p.exists() => std::fs::read_to_string(p)
+            .with_context(|| format!("cannot read {}", p.display()))?
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .map(String::from)
+            .collect(),
+        _ => Vec::new(),
+    };
+    if let Some(n) = a.create {
+        let fleet = a.fleet.clone().context("--create needs --fleet")?;
+        let created = create_devices(&a.client, &fleet, n).await?;
+        if let Some(p) = &a.tokens {
+            let mut all = tokens.clone();
+            all.extend(created.iter().cloned());
+            std::fs::write(p, all.join("\n") + "\n")?;
+        }
+        tokens.extend(created);
+    }
+    anyhow::ensure!(
+        tokens.len() >= a.connections,
+        "{} connections need as many tokens; have {} (use --tokens, --create or --anonymous)",
+        a.connections,
+        tokens.len()
+    );
+    tokens.truncate(a.connections);
+    Ok(tokens)
+}
+
+async fn create_devices(client: &ClientArgs, fleet: &str, n: usize) -> anyhow::Result<Vec<String>> {
+    let api = crate::cli::client::ApiClient::from_args(client)?;
+    let fleet_id = if uuid::Uuid::parse_str(fleet).is_ok() {
+        fleet.to_string()
+    } else {
+        let page: crate::api::Page<serde_json::Value> = api
+            .get(
+                "/fleets",
+                &[("name", fleet.to_string()), ("limit", "1000".into())],
+            )
+            .await?;
+        page.items
+            .iter()
+            .find(|f| {
+                f["name"]
+                    .as_str()
+                    .is_some_and(|x| x.eq_ignore_ascii_case(fleet))
+            })
+            .and_then(|f| f["id"].as_str().map(String::from))
+            .with_context(|| format!("no fleet named \"{fleet}\""))?
+    };
+    let run_id = &uuid::Uuid::new_v4().simple().to_string()[..8];
+    let sem = Arc::new(Semaphore::new(16));
+    let mut tasks = Vec::with_capacity(n);
+    for i in 0..n {
+        let (api, sem, fleet_id) = (api.clone(), sem.clone(), fleet_id.clone());
+        let name = format!("sim-{run_id}-{i}");
+        tasks.push(tokio::spawn(async move {
+            let _p = sem.acquire().await;
+            let d: crate::api::CreatedDevice = api
+                .post(
+                    "/devices",
+                    &serde_json::json!({"fleet_id": fleet_id, "name": name}),
+                )
+                .await?;
+            anyhow::Ok(d.credentials.token)
+        }));
+    }
+    let mut out = Vec::with_capacity(n);
+    for t in tasks {
+        out.push(t.await??);
+    }
+    Ok(out)
+}
+
+/// Runs the simulation and returns its report.
+pub async fn simulate(a: SimulateArgs) -> anyhow::Result<SimReport> {
+    crate::pki::install_crypto_provider();
+    let users = usernames(&a).await?;
+    let tls = match &a.ca {
+        Some(p) => {
+            let pem = std::fs::read_to_string(p)
+                .with_context(|| format!("cannot read {}", p.display()))?;
+            Some(Arc::new(crate::pki::client_config_trusting(&pem)?))
+        }
+        None => None,
+    };
+    let counters = Arc::new(Counters::default());
+    let connect_gate = Arc::new(Semaphore::new(a.connect_concurrency.max(1)));
+    let (start_tx, start_rx) = tokio::sync::watch::channel(false);
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut tasks = Vec::with_capacity(users.len());
+    for (i, user) in users.into_iter().enumerate() {
+        let mut opts = MqttOptions::new(
+            format!("sim-{i}-{}", std::process::id()),
+            a.host.clone(),
+            a.port,
+        );
+        opts.set_credentials(user, "");
+        opts.set_keep_alive(Duration::from_secs(60));
+        opts.set_inflight(a.inflight.max(1));
+        opts.set_clean_session(true);
+        if let Some(cfg) = &tls {
+            opts.set_transport(Transport::Tls(TlsConfiguration::Rustls(cfg.clone())));
+        }
+        let ctx = DeviceTask {
+            counters: counters.clone(),
+            gate: connect_gate.clone(),
+            start: start_rx.clone(),
+            stop: stop_rx.clone(),
+            rate: a.rate,
+            inflight: a.inflight.max(1) as usize,
+        };
+        tasks.push(tokio::spawn(ctx.run(opts, i)));
+    }
+    // Wait until every connection is up or has failed, bounded in time.
+    let ramp_deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let done =
+            counters.up.load(Ordering::Relaxed) + counters.connect_failures.load(Ordering::Relaxed);
+        if done as usize >= tasks.len() || Instant::now() > ramp_deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let acked_before = counters.acked.load(Ordering::Relaxed);
+    let started = Instant::now();
+    let _ = start_tx.send(true);
+    tokio::time::sleep(Duration::from_secs(a.duration)).await;
+    let acked = counters.acked.load(Ordering::Relaxed) - acked_before;
+    let seconds = started.elapsed().as_secs_f64();
+    let _ = stop_tx.send(true);
+    for t in tasks {
+        let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
+    }
+    Ok(SimReport {
+        connections_requested: a.connections,
+        connections_up: counters.up.load(Ordering::Relaxed) as usize,
+        connect_failures: counters.connect_failures.load(Ordering::Relaxed),
+        published: counters.published.load(Ordering::Relaxed),
+        acked,
+        seconds,
+        acked_per_sec: acked as f64 / seconds,
+    })
+}
+
+struct DeviceTask {
+    counters: Arc<Counters>,
+    gate: Arc<Semaphore>,
+    start: tokio::sync::watch::Receiver<bool>,
+    stop: tokio::sync::watch::Receiver<bool>,
+    rate: f64,
+    inflight: usize,
+}
+
+impl DeviceTask {
+    async fn run(mut self, opts: MqttOptions, i: usize) {
+        let (client, mut eventloop) = AsyncClient::new(opts, self.inflight * 2);
+        // Ramp-up: hold a permit until CONNACK so connects are spread out.
+        {
+            let _permit = self.gate.acquire().await;
+            loop {
+                match tokio::time::timeout(Duration::from_secs(30), eventloop.poll()).await {
+                    Ok(Ok(Event::Incoming(Packet::ConnAck(_)))) => break,
+                    Ok(Ok(_)) => continue,
+                    Ok(Err(e)) => {
+                        tracing::warn!(connection = i, error = %e, "connect failed");
+                        self.counters
+                            .connect_failures
+                            .fetch_add(1, Ordering::Relaxed);
+                        return;
+                    }
+                    Err(_) => {
+                        self.counters
+                            .connect_failures
+                            .fetch_add(1, Ordering::Relaxed);
+                        return;
+                    }
+                }
+            }
+        }
+        self.counters.up.fetch_add(1, Ordering::Relaxed);
+        let counters = self.counters.clone();
+        let mut stop = self.stop.clone();
+        let stopping = self.stop.clone();
+        let poller = tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    ev = eventloop.poll() => match ev {
+                        Ok(Event::Incoming(Packet::PubAck(_))) => { counters.acked.fetch_add(1, Ordering::Relaxed); }
+                        Ok(_) => {}
+                        Err(e) => {
+                            if !*stopping.borrow() {
+                                tracing::warn!(connection = i, error = %e, "connection lost");
+                            }
+                            return;
+                        }
+                    },
+                    _ = stop.wait_for(|s| *s) => return,
+                }
+            }
+        });
+        let _ = self.start.wait_for(|s| *s).await;
+        let mut tick = (self.rate > 0.0).then(|| {
+            let mut t = tokio::time::interval(Duration::from_secs_f64(1.0 / self.rate));
+            t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            t
+        });
+        let mut n: u64 = 0;
+        while !*self.stop.borrow() {
+            if let Some(t) = tick.as_mut() {
+                tokio::select! {
+                    _ = t.tick() => {},
+                    _ = self.stop.wait_for(|s| *s) => break,
+                }
+            }
+            n += 1;
+            let payload = format!(
+                r#"{{"seq":{n},"temperature":{}.5,"ok":true}}"#,
+                20 + (n % 10)
+            );
+            let publish = client.publish(
+                crate::devices::protocol::TELEMETRY_TOPIC,
+                QoS::AtLeastOnce,
+                false,
+                payload,
+            );
+            tokio::select! {
+                r = publish => if r.is_err() { break },
+                _ = self.stop.wait_for(|s| *s) => break,
+            }
+            self.counters.published.fetch_add(1, Ordering::Relaxed);
+        }
+        let _ = client.try_disconnect();
+        let _ = tokio::time::timeout(Duration::from_secs(2), poller).await;
+    }
+}

@@ -1,0 +1,289 @@
+//! The only module that touches sled. It exposes a narrow typed API in domain types
+//! (registry records, telemetry points), the group-commit durability point, and the
+//! schema version with its migrations. A second engine must be possible by changing only this
+//! module.
+
+mod codec;
+mod commit;
+mod registry;
+mod telemetry;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use registry::{NameClash, Page};
+pub use telemetry::{RawPage, RawQuery, SeriesKey};
+
+use crate::metrics::Metrics;
+
+/// Current on-disk schema. Bump it and add a step to `migrate` when the layout changes.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// Store failures. A store error is never "not found": lookups return `Option`.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot open the store at {path}: {source}")]
+    Open { path: PathBuf, source: sled::Error },
+    #[error(
+        "the store at {path} has schema version {found}, newer than this binary understands ({SCHEMA_VERSION}); run a newer corral"
+    )]
+    TooNew { path: PathBuf, found: u32 },
+    #[error("storage error: {0}")]
+    Sled(#[from] sled::Error),
+    #[error("corrupt record in {tree}: {detail}")]
+    Corrupt { tree: &'static str, detail: String },
+    #[error("the store is shutting down")]
+    Closed,
+}
+
+impl From<sled::transaction::TransactionError<StoreError>> for StoreError {
+    fn from(e: sled::transaction::TransactionError<StoreError>) -> Self {
+        match e {
+            sled::transaction::TransactionError::Abort(e) => e,
+            sled::transaction::TransactionError::Storage(e) => StoreError::Sled(e),
+        }
+    }
+}
+
+pub type Result<T> = std::result::Result<T, StoreError>;
+
+/// Handle to the embedded store; cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    db: sled::Db,
+    path: PathBuf,
+    trees: Trees,
+    commit: commit::Committer,
+}
+
+/// Every tree, opened once.
+struct Trees {
+    meta: sled::Tree,
+    workspaces: sled::Tree,
+    workspace_names: sled::Tree,
+    fleets: sled::Tree,
+    fleet_names: sled::Tree,
+    devices: sled::Tree,
+    device_names: sled::Tree,
+    fleet_devices: sled::Tree,
+    tokens: sled::Tree,
+    device_tokens: sled::Tree,
+    api_keys: sled::Tree,
+    api_key_hashes: sled::Tree,
+    ts: sled::Tree,
+    ts_latest: sled::Tree,
+}
+
+/// Options for opening the store.
+pub struct StoreOptions {
+    pub cache_capacity_bytes: u64,
+    pub group_commit_delay: Duration,
+}
+
+impl Store {
+    /// Opens the store in `path`, creating it only when the directory holds no store yet.
+    /// Must be called inside a tokio runtime: it spawns the group-commit task there.
+    pub fn open(path: &Path, opts: StoreOptions, metrics: Arc<Metrics>) -> Result<Store> {
+        let open_err = |source| StoreError::Open {
+            path: path.to_path_buf(),
+            source,
+        };
+        // A directory that exists but lacks sled's `conf` file, or an unreadable one, must not be
+        // silently replaced by an empty store: sled would create one, so check first.
+        if path.exists() {
+            let entries = std::fs::read_dir(path)
+                .map_err(|e| open_err(sled::Error::Io(e)))?
+                .count();
+            if entries > 0 && !path.join("conf").exists() {
+                return Err(open_err(sled::Error::Unsupported(
+                    "the directory is not empty and holds no Corral store".into(),
+                )));
+            }
+        }
+        let db = sled::Config::new()
+            .path(path)
+            .cache_capacity(opts.cache_capacity_bytes)
+            // Durability comes from our group commit, never from a timer.
+            .flush_every_ms(None)
+            .open()
+            .map_err(open_err)?;
+        let t = |name: &str| db.open_tree(name).map_err(open_err);
+        let trees = Trees {
+            meta: t("meta")?,
+            workspaces: t("workspaces")?,
+            workspace_names: t("workspace_names")?,
+            fleets: t("fleets")?,
+            fleet_names: t("fleet_names")?,
+            devices: t("devices")?,
+            device_names: t("device_names")?,
+            fleet_devices: t("fleet_devices")?,
+            tokens: t("tokens")?,
+            device_tokens: t("device_tokens")?,
+            api_keys: t("api_keys")?,
+            api_key_hashes: t("api_key_hashes")?,
+            ts: t("ts")?,
+            ts_latest: t("ts_latest")?,
+        };
+        migrate(path, &trees.meta)?;
+        db.flush().map_err(open_err)?;
+        let commit = commit::Committer::spawn(db.clone(), opts.group_commit_delay, metrics);
+        Ok(Store {
+            inner: Arc::new(Inner {
+                db,
+                path: path.to_path_buf(),
+                trees,
+                commit,
+            }),
+        })
+    }
+
+    /// Waits until every write made before this call is on disk. Concurrent callers share one
+    /// flush (group commit), so the cost of fsync is spread over everything waiting.
+    pub async fn commit(&self) -> Result<()> {
+        self.inner.commit.commit().await
+    }
+
+    /// Flushes synchronously; used at shutdown after the listeners have stopped.
+    pub fn flush_now(&self) -> Result<()> {
+        self.inner.db.flush()?;
+        Ok(())
+    }
+
+    /// Directory of the store.
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    /// Bytes the store occupies on disk.
+    pub fn size_on_disk(&self) -> Result<u64> {
+        Ok(self.inner.db.size_on_disk()?)
+    }
+
+    /// The schema version recorded in the store.
+    pub fn schema_version(&self) -> Result<u32> {
+        read_version(&self.inner.trees.meta).map(|v| v.unwrap_or(0))
+    }
+
+    fn trees(&self) -> &Trees {
+        &self.inner.trees
+    }
+}
+
+const VERSION_KEY: &[u8] = b"schema_version";
+
+fn read_version(meta: &sled::Tree) -> Result<Option<u32>> {
+    match meta.get(VERSION_KEY)? {
+        None => Ok(None),
+        Some(v) => {
+            let b: [u8; 4] = v.as_ref().try_into().map_err(|_| StoreError::Corrupt {
+                tree: "meta",
+                detail: "schema_version is not 4 bytes".into(),
+            })?;
+            Ok(Some(u32::from_be_bytes(b)))
+        }
+    }
+}
+
+/// Brings the store to `SCHEMA_VERSION`, one step function per version.
+fn migrate(path: &Path, meta: &sled::Tree) -> Result<()> {
+    let mut version = read_version(meta)?.unwrap_or(0);
+    if version > SCHEMA_VERSION {
+        return Err(StoreError::TooNew {
+            path: path.to_path_buf(),
+            found: version,
+        });
+    }
+    while version < SCHEMA_VERSION {
+        match version {
+            // 0 → 1: a new store; nothing to convert.
+            0 => {}
+            _ => unreachable_version(version)?,
+        }
+        version += 1;
+        meta.insert(VERSION_KEY, &version.to_be_bytes())?;
+    }
+    Ok(())
+}
+
+fn unreachable_version(v: u32) -> Result<()> {
+    Err(StoreError::Corrupt {
+        tree: "meta",
+        detail: format!("no migration from version {v}"),
+    })
+}
+
+#[cfg(test)]
+pub(crate) mod test_util {
+    use super::*;
+
+    pub fn open_temp() -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(
+            &dir.path().join("db"),
+            StoreOptions {
+                cache_capacity_bytes: 8 << 20,
+                group_commit_delay: Duration::ZERO,
+            },
+            Arc::new(Metrics::new()),
+        )
+        .expect("open");
+        (dir, store)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn new_store_records_schema_version_and_reopens() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("db");
+        let opts = || StoreOptions {
+            cache_capacity_bytes: 1 << 20,
+            group_commit_delay: Duration::ZERO,
+        };
+        {
+            let s = Store::open(&path, opts(), Arc::new(Metrics::new())).expect("open");
+            assert_eq!(s.schema_version().expect("version"), SCHEMA_VERSION);
+            s.commit().await.expect("commit");
+        }
+        // The group-commit task lets go of the database when it next runs; give it the chance.
+        let mut reopened = None;
+        for _ in 0..100 {
+            tokio::task::yield_now().await;
+            if let Ok(s) = Store::open(&path, opts(), Arc::new(Metrics::new())) {
+                reopened = Some(s);
+                break;
+            }
+        }
+        let s = reopened.expect("reopen");
+        assert_eq!(s.schema_version().expect("version"), SCHEMA_VERSION);
+    }
+
+    #[tokio::test]
+    async fn foreign_directory_is_refused_not_recreated() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join("precious.txt"), "data").expect("write");
+        let err = Store::open(
+            dir.path(),
+            StoreOptions {
+                cache_capacity_bytes: 1 << 20,
+                group_commit_delay: Duration::ZERO,
+            },
+            Arc::new(Metrics::new()),
+        )
+        .err()
+        .expect("refused");
+        assert!(
+            err.to_string().contains(&dir.path().display().to_string()),
+            "{err}"
+        );
+        assert!(dir.path().join("precious.txt").exists());
+    }
+}

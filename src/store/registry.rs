@@ -1,0 +1,442 @@
+//! Registry records: workspaces, fleets, devices, device access tokens and admin API keys,
+//! with their name and lookup indexes kept consistent by sled transactions.
+
+use sled::Transactional;
+use sled::transaction::{ConflictableTransactionError, TransactionalTree};
+
+use super::codec::{concat, decode_json, encode_json};
+use super::{Result, Store, StoreError};
+use crate::model::{
+    AccessToken, ApiKey, ApiKeyId, Device, DeviceId, Fleet, FleetId, Workspace, WorkspaceId,
+};
+
+/// The name is already used by another record in the same scope.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NameClash;
+
+/// One page of a listing, in creation order.
+#[derive(Debug, Clone)]
+pub struct Page<T> {
+    pub items: Vec<T>,
+    /// Id of the last item when more may follow.
+    pub next_cursor: Option<String>,
+}
+
+type TxResult<T> = std::result::Result<T, ConflictableTransactionError<StoreError>>;
+
+fn name_key(name: &str) -> Vec<u8> {
+    // Names are unique case-insensitively: "Pump-1" and "pump-1" would confuse operators.
+    name.to_lowercase().into_bytes()
+}
+
+fn abort_clash<T>() -> TxResult<std::result::Result<T, NameClash>> {
+    Ok(Err(NameClash))
+}
+
+impl Store {
+    // ---- workspaces -------------------------------------------------------------------
+
+    /// Inserts or updates a workspace, keeping its name unique. `old_name` is the stored name
+    /// when updating.
+    pub fn put_workspace(
+        &self,
+        ws: &Workspace,
+        old_name: Option<&str>,
+    ) -> Result<std::result::Result<(), NameClash>> {
+        let t = self.trees();
+        let new_key = name_key(&ws.name);
+        let old_key = old_name.map(name_key);
+        let res = (&t.workspaces, &t.workspace_names).transaction(|(recs, names)| {
+            if old_key.as_deref() != Some(&new_key[..]) {
+                if names.get(&new_key)?.is_some() {
+                    return abort_clash();
+                }
+                if let Some(k) = &old_key {
+                    names.remove(k.as_slice())?;
+                }
+                names.insert(new_key.as_slice(), ws.id.as_bytes())?;
+            }
+            recs.insert(ws.id.as_bytes(), encode_json(ws))?;
+            Ok(Ok(()))
+        })?;
+        Ok(res)
+    }
+
+    pub fn get_workspace(&self, id: WorkspaceId) -> Result<Option<Workspace>> {
+        get(&self.trees().workspaces, "workspaces", id.as_bytes())
+    }
+
+    pub fn list_workspaces(
+        &self,
+        after: Option<WorkspaceId>,
+        limit: usize,
+        pred: impl Fn(&Workspace) -> bool,
+    ) -> Result<Page<Workspace>> {
+        scan(
+            &self.trees().workspaces,
+            "workspaces",
+            after.map(|a| a.as_bytes().to_vec()),
+            limit,
+            pred,
+            |w| w.id.to_string(),
+        )
+    }
+
+    /// Deletes a workspace if it holds no fleet. Returns false when it still has fleets.
+    pub fn delete_workspace(&self, ws: &Workspace) -> Result<bool> {
+        let t = self.trees();
+        if t.fleet_names
+            .scan_prefix(ws.id.as_bytes())
+            .next()
+            .transpose()?
+            .is_some()
+        {
+            return Ok(false);
+        }
+        (&t.workspaces, &t.workspace_names)
+            .transaction(|(recs, names)| {
+                recs.remove(ws.id.as_bytes())?;
+                names.remove(name_key(&ws.name))?;
+                Ok(())
+            })
+            .map_err(StoreError::from)?;
+        Ok(true)
+    }
+
+    // ---- fleets -----------------------------------------------------------------------
+
+    pub fn put_fleet(
+        &self,
+        fleet: &Fleet,
+        old_name: Option<&str>,
+    ) -> Result<std::result::Result<(), NameClash>> {
+        let t = self.trees();
+        let ws = fleet.workspace_id.as_bytes();
+        let new_key = concat(&[ws, &name_key(&fleet.name)]);
+        let old_key = old_name.map(|n| concat(&[ws, &name_key(n)]));
+        let res = (&t.fleets, &t.fleet_names).transaction(|(recs, names)| {
+            if old_key.as_deref() != Some(&new_key[..]) {
+                if names.get(&new_key)?.is_some() {
+                    return abort_clash();
+                }
+                if let Some(k) = &old_key {
+                    names.remove(k.as_slice())?;
+                }
+                names.insert(new_key.as_slice(), fleet.id.as_bytes())?;
+            }
+            recs.insert(fleet.id.as_bytes(), encode_json(fleet))?;
+            Ok(Ok(()))
+        })?;
+        Ok(res)
+    }
+
+    pub fn get_fleet(&self, id: FleetId) -> Result<Option<Fleet>> {
+        get(&self.trees().fleets, "fleets", id.as_bytes())
+    }
+
+    pub fn list_fleets(
+        &self,
+        after: Option<FleetId>,
+        limit: usize,
+        pred: impl Fn(&Fleet) -> bool,
+    ) -> Result<Page<Fleet>> {
+        scan(
+            &self.trees().fleets,
+            "fleets",
+            after.map(|a| a.as_bytes().to_vec()),
+            limit,
+            pred,
+            |f| f.id.to_string(),
+        )
+    }
+
+    /// Deletes a fleet if it holds no device. Returns false when it still has devices.
+    pub fn delete_fleet(&self, fleet: &Fleet) -> Result<bool> {
+        let t = self.trees();
+        if t.fleet_devices
+            .scan_prefix(fleet.id.as_bytes())
+            .next()
+            .transpose()?
+            .is_some()
+        {
+            return Ok(false);
+        }
+        let key = concat(&[fleet.workspace_id.as_bytes(), &name_key(&fleet.name)]);
+        (&t.fleets, &t.fleet_names)
+            .transaction(|(recs, names)| {
+                recs.remove(fleet.id.as_bytes())?;
+                names.remove(key.as_slice())?;
+                Ok(())
+            })
+            .map_err(StoreError::from)?;
+        Ok(true)
+    }
+
+    // ---- devices ----------------------------------------------------------------------
+
+    /// Inserts a new device with its first access token.
+    pub fn create_device(
+        &self,
+        dev: &Device,
+        token: &AccessToken,
+    ) -> Result<std::result::Result<(), NameClash>> {
+        let t = self.trees();
+        let name = concat(&[dev.workspace_id.as_bytes(), &name_key(&dev.name)]);
+        let membership = concat(&[dev.fleet_id.as_bytes(), dev.id.as_bytes()]);
+        let token_key = concat(&[dev.id.as_bytes(), &token.token_sha256]);
+        let trees = [
+            &t.devices,
+            &t.device_names,
+            &t.fleet_devices,
+            &t.tokens,
+            &t.device_tokens,
+        ];
+        let res = trees[..].transaction(|tx: &Vec<TransactionalTree>| {
+            let [devices, names, members, tokens, dev_tokens] = &tx[..] else {
+                return Err(ConflictableTransactionError::Abort(StoreError::Closed));
+            };
+            if names.get(&name)?.is_some() {
+                return abort_clash();
+            }
+            names.insert(name.as_slice(), dev.id.as_bytes())?;
+            members.insert(membership.as_slice(), &[])?;
+            tokens.insert(&token.token_sha256, dev.id.as_bytes())?;
+            dev_tokens.insert(token_key.as_slice(), encode_json(token))?;
+            devices.insert(dev.id.as_bytes(), encode_json(dev))?;
+            Ok(Ok(()))
+        })?;
+        Ok(res)
+    }
+
+    /// Updates a device record, moving its name and fleet indexes when those changed.
+    pub fn update_device(
+        &self,
+        dev: &Device,
+        old: &Device,
+    ) -> Result<std::result::Result<(), NameClash>> {
+        let t = self.trees();
+        let new_name = concat(&[dev.workspace_id.as_bytes(), &name_key(&dev.name)]);
+        let old_name = concat(&[old.workspace_id.as_bytes(), &name_key(&old.name)]);
+        let new_member = concat(&[dev.fleet_id.as_bytes(), dev.id.as_bytes()]);
+        let old_member = concat(&[old.fleet_id.as_bytes(), old.id.as_bytes()]);
+        let res = (&t.devices, &t.device_names, &t.fleet_devices).transaction(
+            |(devices, names, members)| {
+                if new_name != old_name {
+                    if names.get(&new_name)?.is_some() {
+                        return abort_clash();
+                    }
+                    names.remove(old_name.as_slice())?;
+                    names.insert(new_name.as_slice(), dev.id.as_bytes())?;
+                }
+                if new_member != old_member {
+                    members.remove(old_member.as_slice())?;
+                    members.insert(new_member.as_slice(), &[])?;
+                }
+                devices.insert(dev.id.as_bytes(), encode_json(dev))?;
+                Ok(Ok(()))
+            },
+        )?;
+        Ok(res)
+    }
+
+    /// Writes bookkeeping fields (connect times) without touching indexes.
+    pub fn put_device_record(&self, dev: &Device) -> Result<()> {
+        self.trees()
+            .devices
+            .insert(dev.id.as_bytes(), encode_json(dev))?;
+        Ok(())
+    }
+
+    pub fn get_device(&self, id: DeviceId) -> Result<Option<Device>> {
+        get(&self.trees().devices, "devices", id.as_bytes())
+    }
+
+    pub fn list_devices(
+        &self,
+        fleet: Option<FleetId>,
+        after: Option<DeviceId>,
+        limit: usize,
+        pred: impl Fn(&Device) -> bool,
+    ) -> Result<Page<Device>> {
+        let t = self.trees();
+        let Some(fleet) = fleet else {
+            return scan(
+                &t.devices,
+                "devices",
+                after.map(|a| a.as_bytes().to_vec()),
+                limit,
+                pred,
+                |d| d.id.to_string(),
+            );
+        };
+        // Walk the fleet's membership index instead of every device.
+        let prefix = fleet.as_bytes().to_vec();
+        let start = match after {
+            Some(a) => concat(&[&prefix, a.as_bytes(), &[0]]),
+            None => prefix.clone(),
+        };
+        let mut items = Vec::new();
+        for kv in t.fleet_devices.range(start..) {
+            let (k, _) = kv?;
+            if !k.starts_with(&prefix) {
+                break;
+            }
+            let Some(id) = DeviceId::from_slice(&k[16..]) else {
+                continue;
+            };
+            if let Some(d) = self.get_device(id)?
+                && pred(&d)
+            {
+                if items.len() == limit {
+                    let next = items.last().map(|d: &Device| d.id.to_string());
+                    return Ok(Page {
+                        items,
+                        next_cursor: next,
+                    });
+                }
+                items.push(d);
+            }
+        }
+        Ok(Page {
+            items,
+            next_cursor: None,
+        })
+    }
+
+    /// Deletes a device, its indexes and its credentials. Telemetry is removed separately
+    /// (`delete_device_telemetry`) because it can be large.
+    pub fn delete_device(&self, dev: &Device) -> Result<()> {
+        let t = self.trees();
+        let name = concat(&[dev.workspace_id.as_bytes(), &name_key(&dev.name)]);
+        let member = concat(&[dev.fleet_id.as_bytes(), dev.id.as_bytes()]);
+        let tokens: Vec<(Vec<u8>, [u8; 32])> = t
+            .device_tokens
+            .scan_prefix(dev.id.as_bytes())
+            .map(|kv| {
+                let (k, v) = kv?;
+                let tok: AccessToken = decode_json("device_tokens", &v)?;
+                Ok((k.to_vec(), tok.token_sha256))
+            })
+            .collect::<Result<_>>()?;
+        let trees = [
+            &t.devices,
+            &t.device_names,
+            &t.fleet_devices,
+            &t.tokens,
+            &t.device_tokens,
+        ];
+        trees[..]
+            .transaction(|tx: &Vec<TransactionalTree>| {
+                let [devices, names, members, tok, dev_tok] = &tx[..] else {
+                    return Err(ConflictableTransactionError::Abort(StoreError::Closed));
+                };
+                devices.remove(dev.id.as_bytes())?;
+                names.remove(name.as_slice())?;
+                members.remove(member.as_slice())?;
+                for (k, h) in &tokens {
+                    dev_tok.remove(k.as_slice())?;
+                    tok.remove(&h[..])?;
+                }
+                Ok(())
+            })
+            .map_err(StoreError::from)?;
+        Ok(())
+    }
+
+    /// The device an access token (by its SHA-256) belongs to.
+    pub fn device_for_token(&self, sha256: &[u8; 32]) -> Result<Option<DeviceId>> {
+        Ok(self
+            .trees()
+            .tokens
+            .get(sha256)?
+            .and_then(|v| DeviceId::from_slice(&v)))
+    }
+
+    /// A device's access tokens.
+    pub fn device_tokens(&self, id: DeviceId) -> Result<Vec<AccessToken>> {
+        self.trees()
+            .device_tokens
+            .scan_prefix(id.as_bytes())
+            .map(|kv| decode_json("device_tokens", &kv?.1))
+            .collect()
+    }
+
+    // ---- admin API keys ---------------------------------------------------------------
+
+    pub fn put_api_key(&self, key: &ApiKey) -> Result<()> {
+        let t = self.trees();
+        (&t.api_keys, &t.api_key_hashes)
+            .transaction(|(keys, hashes)| {
+                keys.insert(key.id.as_bytes(), encode_json(key))?;
+                hashes.insert(&key.key_sha256, key.id.as_bytes())?;
+                Ok(())
+            })
+            .map_err(StoreError::from)?;
+        Ok(())
+    }
+
+    pub fn api_key_by_hash(&self, sha256: &[u8; 32]) -> Result<Option<ApiKey>> {
+        let t = self.trees();
+        match t
+            .api_key_hashes
+            .get(sha256)?
+            .and_then(|v| ApiKeyId::from_slice(&v))
+        {
+            None => Ok(None),
+            Some(id) => get(&t.api_keys, "api_keys", id.as_bytes()),
+        }
+    }
+
+    pub fn api_key_count(&self) -> Result<usize> {
+        // Few keys exist; a scan is fine.
+        Ok(self.trees().api_keys.iter().count())
+    }
+}
+
+fn get<T: serde::de::DeserializeOwned>(
+    tree: &sled::Tree,
+    name: &'static str,
+    key: &[u8],
+) -> Result<Option<T>> {
+    match tree.get(key)? {
+        None => Ok(None),
+        Some(v) => decode_json(name, &v).map(Some),
+    }
+}
+
+/// Lists records after `after` (exclusive) in key order, keeping those that match.
+fn scan<T: serde::de::DeserializeOwned>(
+    tree: &sled::Tree,
+    name: &'static str,
+    after: Option<Vec<u8>>,
+    limit: usize,
+    pred: impl Fn(&T) -> bool,
+    cursor_of: impl Fn(&T) -> String,
+) -> Result<Page<T>> {
+    let iter = match after {
+        Some(mut a) => {
+            a.push(0);
+            tree.range(a..)
+        }
+        None => tree.range::<&[u8], _>(..),
+    };
+    let mut items = Vec::new();
+    for kv in iter {
+        let (_, v) = kv?;
+        let rec: T = decode_json(name, &v)?;
+        if pred(&rec) {
+            if items.len() == limit {
+                let next = items.last().map(&cursor_of);
+                return Ok(Page {
+                    items,
+                    next_cursor: next,
+                });
+            }
+            items.push(rec);
+        }
+    }
+    Ok(Page {
+        items,
+        next_cursor: None,
+    })
+}

@@ -1,0 +1,503 @@
+//! MQTT ingest over real TLS with real clients (rumqttc, MQTT 3.1.1 and 5): telemetry in all three
+//! payload forms stored and read back over REST, PUBACK semantics, every CONNECT refusal, unknown
+//! topics, bad payloads, oversize packets, subscriptions and presence.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{TestApp, eventually};
+use rumqttc::v5::mqttbytes::v5::{ConnectReturnCode as V5Code, Packet as V5Packet, PubAckReason};
+use rumqttc::v5::{AsyncClient as V5Client, ConnectionError as V5Error, Event as V5Event};
+use rumqttc::{AsyncClient, ConnectReturnCode, ConnectionError, Event, Packet, QoS};
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+
+/// Drives a v3 event loop, forwarding incoming packets and the final error.
+fn spawn_v3(
+    opts: rumqttc::MqttOptions,
+) -> (
+    AsyncClient,
+    mpsc::UnboundedReceiver<Result<Packet, ConnectionError>>,
+) {
+    let (client, mut el) = AsyncClient::new(opts, 64);
+    let (tx, rx) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        loop {
+            match el.poll().await {
+                Ok(Event::Incoming(p)) => {
+                    if tx.send(Ok(p)).is_err() {
+                        return;
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    let _ = tx.send(Err(e));
+                    return;
+                }
+            }
+        }
+    });
+    (client, rx)
+}
+
+fn spawn_v5(
+    opts: rumqttc::v5::MqttOptions,
+) -> (V5Client, mpsc::UnboundedReceiver<Result<V5Packet, V5Error>>) {
+    let (client, mut el) = V5Client::new(opts, 64);
+    let (tx, rx) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        loop {
+            match el.poll().await {
+                Ok(V5Event::Incoming(p)) => {
+                    if tx.send(Ok(p)).is_err() {
+                        return;
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    let _ = tx.send(Err(e));
+                    return;
+                }
+            }
+        }
+    });
+    (client, rx)
+}
+
+async fn next<T>(rx: &mut mpsc::UnboundedReceiver<T>) -> T {
+    tokio::time::timeout(Duration::from_secs(10), rx.recv())
+        .await
+        .expect("event within 10 s")
+        .expect("event")
+}
+
+/// Skips pings and returns the next interesting v3 packet.
+async fn next_v3(
+    rx: &mut mpsc::UnboundedReceiver<Result<Packet, ConnectionError>>,
+) -> Result<Packet, ConnectionError> {
+    loop {
+        match next(rx).await {
+            Ok(Packet::PingResp) => continue,
+            other => return other,
+        }
+    }
+}
+
+async fn next_v5(
+    rx: &mut mpsc::UnboundedReceiver<Result<V5Packet, V5Error>>,
+) -> Result<V5Packet, V5Error> {
+    loop {
+        match next(rx).await {
+            Ok(V5Packet::PingResp(_)) => continue,
+            other => return other,
+        }
+    }
+}
+
+fn points(t: &Value, key: &str) -> Vec<Value> {
+    t["data"][key].as_array().cloned().unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn v3_telemetry_in_all_forms_is_stored_and_read_back() {
+    let mut t = TestApp::start().await;
+    let (dev, token) = t.device("thermo-1").await;
+    let id = dev["id"].as_str().expect("id");
+    let (client, mut rx) = spawn_v3(t.v3_options("", &token, ""));
+    assert!(matches!(next_v3(&mut rx).await, Ok(Packet::ConnAck(_))));
+
+    let now = corral::model::now_ms();
+    let payloads = [
+        json!({"temperature": 21.5, "enabled": false, "count": 7, "label": "ok", "cast": "42", "gone": null}),
+        json!({"ts": now - 60_000, "values": {"humidity": 70}}),
+        json!([{"ts": now - 30_000, "values": {"humidity": 71}}, {"nested": {"a": [1, 2]}}]),
+    ];
+    for p in &payloads {
+        client
+            .publish(
+                "v1/devices/me/telemetry",
+                QoS::AtLeastOnce,
+                false,
+                p.to_string(),
+            )
+            .await
+            .expect("publish");
+        assert!(
+            matches!(next_v3(&mut rx).await, Ok(Packet::PubAck(_))),
+            "PUBACK after durable store"
+        );
+    }
+
+    let all = t
+        .telemetry(id, &[("from", (now - 3_600_000).to_string())])
+        .await;
+    assert_eq!(points(&all, "temperature")[0]["value"], json!(21.5));
+    assert_eq!(points(&all, "enabled")[0]["value"], json!(false));
+    assert_eq!(points(&all, "count")[0]["value"], json!(7));
+    assert_eq!(points(&all, "label")[0]["value"], json!("ok"));
+    assert_eq!(
+        points(&all, "cast")[0]["value"],
+        json!(42),
+        "numeric strings are cast"
+    );
+    assert!(all["data"].get("gone").is_none(), "nulls are skipped");
+    assert_eq!(points(&all, "nested")[0]["value"], json!({"a": [1, 2]}));
+    let hum = points(&all, "humidity");
+    assert_eq!(hum.len(), 2);
+    assert_eq!(
+        hum[0],
+        json!({"ts": now - 60_000, "value": 70}),
+        "device timestamps are kept"
+    );
+    assert_eq!(hum[1]["ts"], json!(now - 30_000));
+
+    let latest: Value = t
+        .api
+        .get(
+            &format!("/devices/{id}/telemetry/latest"),
+            &[("keys", "humidity,count".into())],
+        )
+        .await
+        .expect("latest");
+    assert_eq!(latest["data"]["humidity"]["value"], json!(71));
+    assert_eq!(latest["data"]["count"]["value"], json!(7));
+    assert!(latest["data"].get("temperature").is_none());
+
+    // Pagination with a cursor covers everything exactly once.
+    let mut seen = 0;
+    let mut cursor: Option<String> = None;
+    loop {
+        let mut q = vec![
+            ("from", (now - 3_600_000).to_string()),
+            ("limit", "2".to_string()),
+        ];
+        if let Some(c) = &cursor {
+            q.push(("cursor", c.clone()));
+        }
+        let page = t.telemetry(id, &q).await;
+        seen += page["data"]
+            .as_object()
+            .expect("data")
+            .values()
+            .map(|v| v.as_array().map_or(0, Vec::len))
+            .sum::<usize>();
+        match page["next_cursor"].as_str() {
+            Some(c) => cursor = Some(c.to_string()),
+            None => break,
+        }
+    }
+    assert_eq!(seen, 8);
+
+    // Presence: online while connected, offline with timestamps afterwards.
+    let d: Value = t
+        .api
+        .get(&format!("/devices/{id}"), &[])
+        .await
+        .expect("device");
+    assert_eq!(d["status"], "online");
+    assert!(d["last_connect_at"].is_i64());
+    client.disconnect().await.expect("disconnect");
+    eventually(10, || async {
+        let d: Value = t.api.get(&format!("/devices/{id}"), &[]).await.ok()?;
+        (d["status"] == "offline"
+            && d["last_disconnect_at"].is_i64()
+            && d["last_activity_at"].is_i64())
+        .then_some(())
+    })
+    .await;
+    let metrics = reqwest::get(format!("{}/metrics", t.http_base()))
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    assert!(
+        metrics.contains("corral_messages_in_total{transport=\"mqtt-tls\"} 3"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("corral_store_flushes_total"));
+    t.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn v5_refusals_keep_the_session_and_lose_nothing() {
+    let mut t = TestApp::start().await;
+    let (dev, token) = t.device("v5-dev").await;
+    let id = dev["id"].as_str().expect("id");
+    let mut opts = t.v5_options("", &token, "");
+    opts.set_max_packet_size(Some(1 << 20));
+    let (client, mut rx) = spawn_v5(opts);
+    match next_v5(&mut rx).await {
+        Ok(V5Packet::ConnAck(ack)) => {
+            assert_eq!(ack.code, V5Code::Success);
+            let props = ack.properties.expect("properties");
+            assert_eq!(
+                props.max_packet_size,
+                Some(65536),
+                "maximum packet size advertised"
+            );
+        }
+        other => panic!("expected CONNACK, got {other:?}"),
+    }
+    let publish = |topic: &'static str, body: String| {
+        let c = client.clone();
+        async move {
+            c.publish(topic, rumqttc::v5::mqttbytes::QoS::AtLeastOnce, false, body)
+                .await
+                .expect("publish")
+        }
+    };
+    publish("v1/devices/me/telemetry", json!({"a": 1}).to_string()).await;
+    match next_v5(&mut rx).await {
+        Ok(V5Packet::PubAck(a)) => assert_eq!(a.reason, PubAckReason::Success),
+        other => panic!("{other:?}"),
+    }
+    publish("v1/devices/me/unknown", json!({"a": 2}).to_string()).await;
+    match next_v5(&mut rx).await {
+        Ok(V5Packet::PubAck(a)) => assert_eq!(a.reason, PubAckReason::TopicNameInvalid),
+        other => panic!("{other:?}"),
+    }
+    publish("v1/devices/me/telemetry", "{not json".to_string()).await;
+    match next_v5(&mut rx).await {
+        Ok(V5Packet::PubAck(a)) => assert_eq!(a.reason, PubAckReason::PayloadFormatInvalid),
+        other => panic!("{other:?}"),
+    }
+    publish("v1/devices/me/telemetry", json!([1, 2]).to_string()).await;
+    match next_v5(&mut rx).await {
+        Ok(V5Packet::PubAck(a)) => assert_eq!(a.reason, PubAckReason::PayloadFormatInvalid),
+        other => panic!("{other:?}"),
+    }
+    // The session is still open and still stores data.
+    publish("v1/devices/me/telemetry", json!({"a": 3}).to_string()).await;
+    match next_v5(&mut rx).await {
+        Ok(V5Packet::PubAck(a)) => assert_eq!(a.reason, PubAckReason::Success),
+        other => panic!("{other:?}"),
+    }
+    // Subscriptions: the device topics are granted QoS 1, anything else is refused.
+    client
+        .subscribe(
+            "v1/devices/me/rpc/request/+",
+            rumqttc::v5::mqttbytes::QoS::AtLeastOnce,
+        )
+        .await
+        .expect("sub");
+    match next_v5(&mut rx).await {
+        Ok(V5Packet::SubAck(s)) => assert_eq!(
+            s.return_codes,
+            vec![rumqttc::v5::mqttbytes::v5::SubscribeReasonCode::Success(
+                rumqttc::v5::mqttbytes::QoS::AtLeastOnce
+            )]
+        ),
+        other => panic!("{other:?}"),
+    }
+    client
+        .subscribe(
+            "v1/devices/other/#",
+            rumqttc::v5::mqttbytes::QoS::AtLeastOnce,
+        )
+        .await
+        .expect("sub");
+    match next_v5(&mut rx).await {
+        Ok(V5Packet::SubAck(s)) => assert_eq!(
+            s.return_codes,
+            vec![rumqttc::v5::mqttbytes::v5::SubscribeReasonCode::NotAuthorized]
+        ),
+        other => panic!("{other:?}"),
+    }
+    // An oversize packet is refused and the connection closed; earlier data stays.
+    publish(
+        "v1/devices/me/telemetry",
+        format!(r#"{{"big":"{}"}}"#, "x".repeat(70_000)),
+    )
+    .await;
+    loop {
+        match next(&mut rx).await {
+            Ok(V5Packet::Disconnect(d)) => {
+                assert_eq!(
+                    d.reason_code,
+                    rumqttc::v5::mqttbytes::v5::DisconnectReasonCode::PacketTooLarge
+                );
+                break;
+            }
+            Err(_) => break,
+            Ok(V5Packet::PingResp(_)) => continue,
+            Ok(other) => panic!("expected the connection to close, got {other:?}"),
+        }
+    }
+    let data = t.telemetry(id, &[]).await;
+    let a: Vec<_> = points(&data, "a")
+        .iter()
+        .map(|p| p["value"].clone())
+        .collect();
+    assert_eq!(
+        a,
+        vec![json!(1), json!(3)],
+        "only the accepted publishes are stored"
+    );
+    assert!(data["data"].get("big").is_none());
+    t.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn v3_bad_payload_closes_the_session_without_storing() {
+    let mut t = TestApp::start().await;
+    let (dev, token) = t.device("v3-bad").await;
+    let id = dev["id"].as_str().expect("id");
+    let (client, mut rx) = spawn_v3(t.v3_options("", &token, ""));
+    assert!(matches!(next_v3(&mut rx).await, Ok(Packet::ConnAck(_))));
+    // Unknown topic on 3.1.1: acknowledged (no negative PUBACK exists), session stays open.
+    client
+        .publish("v1/devices/me/nowhere", QoS::AtLeastOnce, false, "{}")
+        .await
+        .expect("publish");
+    assert!(matches!(next_v3(&mut rx).await, Ok(Packet::PubAck(_))));
+    client
+        .publish("v1/devices/me/telemetry", QoS::AtLeastOnce, false, "[1,2")
+        .await
+        .expect("publish");
+    assert!(
+        next_v3(&mut rx).await.is_err(),
+        "the server closes a 3.1.1 session on a bad payload"
+    );
+    let data = t.telemetry(id, &[]).await;
+    assert_eq!(data["data"], json!({}));
+    t.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_refusals_use_thingsboard_codes() {
+    let mut t = TestApp::start().await;
+    let (dev, token) = t.device("gate").await;
+
+    let v3 = |client_id: &str, user: &str, pass: &str| {
+        let (_c, rx) = spawn_v3(t.v3_options(client_id, user, pass));
+        rx
+    };
+    let refused = |r: Result<Packet, ConnectionError>| match r {
+        Err(ConnectionError::ConnectionRefused(code)) => code,
+        other => panic!("expected a refusal, got {other:?}"),
+    };
+    assert_eq!(
+        refused(next_v3(&mut v3("", "wrong-token", "")).await),
+        ConnectReturnCode::BadUserNamePassword
+    );
+    assert_eq!(
+        refused(next_v3(&mut v3("", "wrong-user", "secret")).await),
+        ConnectReturnCode::NotAuthorized
+    );
+    assert_eq!(
+        refused(next_v3(&mut v3("some-client", "", "")).await),
+        ConnectReturnCode::BadClientId
+    );
+    assert_eq!(
+        refused(next_v3(&mut v3("", "", "")).await),
+        ConnectReturnCode::NotAuthorized
+    );
+
+    let v5 = |client_id: &str, user: &str, pass: &str| {
+        let (_c, rx) = spawn_v5(t.v5_options(client_id, user, pass));
+        rx
+    };
+    let refused5 = |r: Result<V5Packet, V5Error>| match r {
+        Err(V5Error::ConnectionRefused(code)) => code,
+        other => panic!("expected a refusal, got {other:?}"),
+    };
+    assert_eq!(
+        refused5(next_v5(&mut v5("", "wrong-token", "")).await),
+        V5Code::BadUserNamePassword
+    );
+    assert_eq!(
+        refused5(next_v5(&mut v5("", "wrong-user", "pw")).await),
+        V5Code::NotAuthorized
+    );
+    assert_eq!(
+        refused5(next_v5(&mut v5("cid", "", "")).await),
+        V5Code::ClientIdentifierNotValid
+    );
+
+    // A disabled device is refused; enabled again, it connects (v3 and v5, empty client ids).
+    let id = dev["id"].as_str().expect("id");
+    let _: Value = t
+        .api
+        .patch(&format!("/devices/{id}"), &json!({"enabled": false}))
+        .await
+        .expect("disable");
+    assert_eq!(
+        refused(next_v3(&mut v3("", &token, "")).await),
+        ConnectReturnCode::NotAuthorized
+    );
+    assert_eq!(
+        refused5(next_v5(&mut v5("", &token, "")).await),
+        V5Code::NotAuthorized
+    );
+    let _: Value = t
+        .api
+        .patch(&format!("/devices/{id}"), &json!({"enabled": true}))
+        .await
+        .expect("enable");
+    assert!(matches!(
+        next_v3(&mut v3("", &token, "")).await,
+        Ok(Packet::ConnAck(_))
+    ));
+    assert!(matches!(
+        next_v5(&mut v5("", &token, "")).await,
+        Ok(V5Packet::ConnAck(_))
+    ));
+
+    let metrics = reqwest::get(format!("{}/metrics", t.http_base()))
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    assert!(
+        metrics.contains("reason=\"bad_username_or_password\""),
+        "{metrics}"
+    );
+    t.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn v3_subscriptions_and_tls12_only_clients() {
+    let mut t = TestApp::start().await;
+    let (_dev, token) = t.device("tls12").await;
+    // The ThingsBoard Python SDK offers only TLS 1.2.
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls::pki_types::CertificateDer::pem_slice_iter(t.ca_pem.as_bytes()) {
+        roots.add(c.expect("pem")).expect("root");
+    }
+    let cfg = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_protocol_versions(&[&rustls::version::TLS12])
+    .expect("tls12")
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let mut opts = t.v3_options("", &token, "");
+    opts.set_transport(rumqttc::Transport::Tls(rumqttc::TlsConfiguration::Rustls(
+        std::sync::Arc::new(cfg),
+    )));
+    let (client, mut rx) = spawn_v3(opts);
+    assert!(matches!(next_v3(&mut rx).await, Ok(Packet::ConnAck(_))));
+    client
+        .subscribe("v1/devices/me/attributes", QoS::AtLeastOnce)
+        .await
+        .expect("sub");
+    match next_v3(&mut rx).await {
+        Ok(Packet::SubAck(s)) => assert_eq!(
+            s.return_codes,
+            vec![rumqttc::SubscribeReasonCode::Success(QoS::AtLeastOnce)]
+        ),
+        other => panic!("{other:?}"),
+    }
+    client.subscribe("#", QoS::AtLeastOnce).await.expect("sub");
+    match next_v3(&mut rx).await {
+        Ok(Packet::SubAck(s)) => {
+            assert_eq!(s.return_codes, vec![rumqttc::SubscribeReasonCode::Failure])
+        }
+        other => panic!("{other:?}"),
+    }
+    t.stop().await;
+}
