@@ -55,9 +55,6 @@ pub struct SimulateArgs {
     /// Most connections opened at once while ramping up.
     #[arg(long, default_value_t = 200)]
     pub connect_concurrency: usize,
-    /// Use MQTT 5 (default 3.1.1). Not yet supported by the generator.
-    #[arg(long, hide = true)]
-    pub mqtt5: bool,
     #[command(flatten)]
     pub client: ClientArgs,
 }

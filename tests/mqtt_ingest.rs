@@ -362,6 +362,69 @@ async fn v3_bad_payload_closes_the_session_without_storing() {
     );
     let data = t.telemetry(id, &[]).await;
     assert_eq!(data["data"], json!({}));
+
+    // Oversize on 3.1.1: the connection is closed, what was acknowledged before stays.
+    let mut opts = t.v3_options("", &token, "");
+    opts.set_max_packet_size(1 << 20, 1 << 20);
+    let (client, mut rx) = spawn_v3(opts);
+    assert!(matches!(next_v3(&mut rx).await, Ok(Packet::ConnAck(_))));
+    client
+        .publish(
+            "v1/devices/me/telemetry",
+            QoS::AtLeastOnce,
+            false,
+            r#"{"kept":1}"#,
+        )
+        .await
+        .expect("publish");
+    assert!(matches!(next_v3(&mut rx).await, Ok(Packet::PubAck(_))));
+    let big = format!(r#"{{"big":"{}"}}"#, "x".repeat(70_000));
+    client
+        .publish("v1/devices/me/telemetry", QoS::AtLeastOnce, false, big)
+        .await
+        .expect("publish");
+    assert!(
+        next_v3(&mut rx).await.is_err(),
+        "oversize packets close the connection"
+    );
+    let data = t.telemetry(id, &[]).await;
+    assert_eq!(points(&data, "kept").len(), 1);
+    assert!(data["data"].get("big").is_none());
+    t.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_connections_are_closed_after_the_connect_timeout() {
+    use tokio::io::AsyncReadExt;
+    let mut t = TestApp::start_with(|c| c.mqtt.connect_timeout_secs = 1).await;
+    // No TLS handshake at all.
+    let mut tcp = tokio::net::TcpStream::connect(("127.0.0.1", t.mqtt_port()))
+        .await
+        .expect("connect");
+    let mut buf = [0u8; 16];
+    let n = tokio::time::timeout(Duration::from_secs(5), tcp.read(&mut buf))
+        .await
+        .expect("closed within 5 s");
+    assert!(
+        matches!(n, Ok(0) | Err(_)),
+        "server closes a silent connection"
+    );
+    // TLS done, but no CONNECT.
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(
+        corral::pki::client_config_trusting(&t.ca_pem).expect("tls"),
+    ));
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", t.mqtt_port()))
+        .await
+        .expect("connect");
+    let name = rustls::pki_types::ServerName::try_from("127.0.0.1").expect("name");
+    let mut tls = connector.connect(name, tcp).await.expect("handshake");
+    let n = tokio::time::timeout(Duration::from_secs(5), tls.read(&mut buf))
+        .await
+        .expect("closed within 5 s");
+    assert!(
+        matches!(n, Ok(0) | Err(_)),
+        "server closes a connection that never sends CONNECT"
+    );
     t.stop().await;
 }
 

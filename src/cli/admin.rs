@@ -448,8 +448,7 @@ pub async fn device(cmd: DeviceCmd) -> anyhow::Result<ExitCode> {
             if client.json {
                 output::json(&d)?;
             } else {
-                show_device_fields(&d.device);
-                output::fields(&[("access token", d.credentials.token.clone())]);
+                show_device_fields(&d.device, Some(&d.credentials.token));
                 eprintln!("(the access token is shown only now: it is the device's MQTT username)");
             }
             Ok(ExitCode::SUCCESS)
@@ -502,7 +501,7 @@ pub async fn device(cmd: DeviceCmd) -> anyhow::Result<ExitCode> {
             if client.json {
                 output::json(&d)?;
             } else {
-                show_device_fields(&d);
+                show_device_fields(&d, None);
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -537,7 +536,7 @@ pub async fn device(cmd: DeviceCmd) -> anyhow::Result<ExitCode> {
             if client.json {
                 output::json(&d)?;
             } else {
-                show_device_fields(&d);
+                show_device_fields(&d, None);
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -551,8 +550,8 @@ pub async fn device(cmd: DeviceCmd) -> anyhow::Result<ExitCode> {
     }
 }
 
-fn show_device_fields(d: &DeviceView) {
-    output::fields(&[
+fn show_device_fields(d: &DeviceView, token: Option<&str>) {
+    let mut pairs = vec![
         ("id", d.id.to_string()),
         ("name", d.name.clone()),
         ("label", d.label.clone()),
@@ -565,7 +564,11 @@ fn show_device_fields(d: &DeviceView) {
         ("last disconnect", output::time(d.last_disconnect_at)),
         ("last activity", output::time(d.last_activity_at)),
         ("created", output::time(Some(d.created_at))),
-    ]);
+    ];
+    if let Some(t) = token {
+        pairs.push(("access token", t.to_string()));
+    }
+    output::fields(&pairs);
 }
 
 pub async fn telemetry(a: TelemetryArgs) -> anyhow::Result<ExitCode> {

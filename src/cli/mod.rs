@@ -106,6 +106,7 @@ pub struct ClientArgs {
 
 /// Entry point of the binary.
 pub fn main() -> ExitCode {
+    crate::pki::install_crypto_provider();
     let cli = Cli::parse();
     match run(cli) {
         Ok(code) => code,

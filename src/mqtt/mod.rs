@@ -99,7 +99,7 @@ fn shared_cfg(services: &Services) -> SharedCfg {
                 .set_max_size(c.max_packet_size)
                 .set_max_receive(c.max_inflight)
                 .set_connect_timeout(Seconds(c.connect_timeout_secs))
-                .set_handshake_timeout(Seconds(c.connect_timeout_secs)),
+                .protocol_version_timeout(Seconds(c.connect_timeout_secs)),
         )
         .add(TlsConfig::new().set_handshake_timeout(Seconds(c.connect_timeout_secs)))
         .build()

@@ -1,0 +1,507 @@
+#!/usr/bin/env bash
+# bench/ingest.sh — owns the ingest benchmark: Corral vs Debian's mosquitto under the same load
+# generator (`corral simulate`), plus an optional check of that generator against mqttwrk.
+# It starts and kills its own servers on 127.0.0.1 only; results go to bench/out/ (git-ignored).
+# See bench/README.md for what is measured and how to read it.
+set -euo pipefail
+
+# ---------------------------------------------------------------- settings (all env-overridable)
+CONNS_A=${CONNS_A:-10}          # scenario A: connections, unthrottled
+DUR_A=${DUR_A:-20}              #             seconds of publishing
+CONNS_B=${CONNS_B:-10000}       # scenario B: connections
+RATE_B=${RATE_B:-10}            #             msg/s per connection
+DUR_B=${DUR_B:-30}              #             seconds of publishing
+INFLIGHT=${INFLIGHT:-16}        # QoS 1 publishes in flight per connection
+CONNECT_CONCURRENCY=${CONNECT_CONCURRENCY:-200}
+SCENARIOS=${SCENARIOS:-"A B"}
+SERVERS=${SERVERS:-"corral mosquitto"}
+SKIP_BUILD=${SKIP_BUILD:-0}
+CHECK_GENERATOR=${CHECK_GENERATOR:-0}
+CHECK_CONNS=${CHECK_CONNS:-$CONNS_A}   # generator check = scenario A settings
+CHECK_DUR=${CHECK_DUR:-$DUR_A}
+CHECK_PAYLOAD=${CHECK_PAYLOAD:-40}     # bytes; corral simulate's JSON is ~40 bytes
+RAMP_TIMEOUT=${RAMP_TIMEOUT:-125}      # the generator itself gives up ramping after 120 s
+CORRAL_MQTT_PORT=${CORRAL_MQTT_PORT:-18883}
+CORRAL_PLAIN_PORT=${CORRAL_PLAIN_PORT:-11883}
+CORRAL_HTTP_PORT=${CORRAL_HTTP_PORT:-18080}
+MOSQ_PORT=${MOSQ_PORT:-18884}
+MOSQ_PLAIN_PORT=${MOSQ_PLAIN_PORT:-11884}
+MQTTWRK_VERSION=${MQTTWRK_VERSION:-0.2.0}
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+BIN=${CORRAL_BIN:-$ROOT/target/release/corral}
+MQTTWRK_ROOT=${MQTTWRK_ROOT:-$ROOT/target/bench-tools}
+STAMP=$(date +%Y%m%d-%H%M%S)
+OUT_DIR=$ROOT/bench/out
+RUN_DIR=$OUT_DIR/ingest-$STAMP          # logs and raw generator output of this run
+REPORT=$OUT_DIR/ingest-$STAMP.md
+TMP=$(mktemp -d /tmp/corral-bench.XXXXXX)
+CLK_TCK=$(getconf CLK_TCK)
+ADMIN_KEY=$(openssl rand -hex 24)
+
+SRV_PID="" GEN_PID="" AUX_PID=""
+
+log() { printf '[ingest %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+die() { log "ERROR: $*"; exit 1; }
+
+cleanup() {
+    local p
+    for p in $GEN_PID $AUX_PID $SRV_PID; do
+        kill -TERM "$p" 2>/dev/null || true
+    done
+    for p in $GEN_PID $AUX_PID $SRV_PID; do
+        for _ in $(seq 50); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
+        kill -KILL "$p" 2>/dev/null || true
+    done
+    if [[ ${KEEP_TMP:-0} == 1 ]]; then log "kept $TMP"; else rm -rf "$TMP"; fi
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# ---------------------------------------------------------------- /proc sampling helpers
+now() { date +%s.%N; }
+# utime+stime of the whole process (all threads), in clock ticks. Fields after "(comm) ".
+cpu_ticks() { sed 's/^.*) //' "/proc/$1/stat" | awk '{print $12 + $13}'; }
+rss_kib() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
+# whole-machine busy and total jiffies
+host_ticks() { awk '/^cpu / {t=0; for (i=2;i<=NF;i++) t+=$i; print t - $5 - $6, t}' /proc/stat; }
+# established TCP connections whose local port is $1 (server side of each connection)
+established() { ss -Htn state established "( sport = :$1 )" | wc -l; }
+listening() { [[ -n $(ss -Hltn "( sport = :$1 )") ]]; }
+calc() { awk "BEGIN { printf \"$1\", $2 }"; }
+
+port_free() { ! listening "$1" || die "port $1 is already in use on this machine; set another (see bench/README.md)"; }
+
+# ---------------------------------------------------------------- prerequisites
+prepare() {
+    mkdir -p "$OUT_DIR" "$RUN_DIR"
+    if [[ $SKIP_BUILD != 1 ]]; then
+        log "building release (cargo build --release)"
+        (cd "$ROOT" && cargo build --release --ignore-rust-version)
+    fi
+    [[ -x $BIN ]] || die "$BIN not found (build it, or unset SKIP_BUILD)"
+    if ! command -v mosquitto >/dev/null && [[ ! -x /usr/sbin/mosquitto ]]; then
+        log "mosquitto not installed; installing Debian's package"
+        apt-get install -y mosquitto >/dev/null || die "apt-get install -y mosquitto failed"
+    fi
+    MOSQ=$(command -v mosquitto || echo /usr/sbin/mosquitto)
+    local t
+    for t in openssl ss curl jq awk; do command -v "$t" >/dev/null || die "$t is required"; done
+
+    # File descriptors: RLIMIT_NOFILE is per process, so each of server and generator needs
+    # N + slack; ask for 2N + slack (and at least 65536) and settle for the hard limit.
+    local maxc=0 s c
+    for s in $SCENARIOS; do c=$(conns_of "$s"); ((c > maxc)) && maxc=$c; done
+    local want=$((2 * maxc + 1024)) need=$((maxc + 512))
+    ((want < 65536)) && want=65536
+    ulimit -n "$want" 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+    local have; have=$(ulimit -n)
+    ((have >= need)) || die "ulimit -n is $have (hard limit $(ulimit -Hn)); $maxc connections need at least $need per process. Raise the hard limit (e.g. run as root, or 'ulimit -Hn $want' in a privileged shell) or lower CONNS_B."
+    ((have >= 2 * maxc + 1024)) || log "note: ulimit -n is $have (hard limit); enough, since each process needs only ~$need"
+    ULIMIT_N=$have
+    for p in $CORRAL_MQTT_PORT $CORRAL_PLAIN_PORT $CORRAL_HTTP_PORT $MOSQ_PORT $MOSQ_PLAIN_PORT; do port_free "$p"; done
+}
+
+conns_of() { case $1 in A) echo "$CONNS_A" ;; B) echo "$CONNS_B" ;; *) die "unknown scenario $1" ;; esac; }
+rate_of() { case $1 in A) echo 0 ;; B) echo "$RATE_B" ;; esac; }
+dur_of() { case $1 in A) echo "$DUR_A" ;; B) echo "$DUR_B" ;; esac; }
+
+# ---------------------------------------------------------------- mosquitto: TLS material + config
+mosquitto_setup() {
+    local d=$TMP/mosq
+    mkdir -p "$d"
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
+        -subj "/CN=corral-bench CA" -keyout "$d/ca.key" -out "$d/ca.pem" \
+        -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign" \
+        2>/dev/null
+    openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes \
+        -subj "/CN=localhost" -keyout "$d/server.key" -out "$d/server.csr" 2>/dev/null
+    printf '%s\n' "basicConstraints=critical,CA:FALSE" "keyUsage=critical,digitalSignature" \
+        "extendedKeyUsage=serverAuth" "subjectAltName=DNS:localhost,IP:127.0.0.1" >"$d/ext.cnf"
+    openssl x509 -req -in "$d/server.csr" -CA "$d/ca.pem" -CAkey "$d/ca.key" -CAcreateserial \
+        -days 2 -extfile "$d/ext.cnf" -out "$d/server.pem" 2>/dev/null
+    cat >"$d/mosquitto.conf" <<EOF
+# written by bench/ingest.sh
+per_listener_settings false
+allow_anonymous true
+persistence false
+max_inflight_messages 1000
+max_queued_messages 100000
+log_dest stderr
+log_type error
+connection_messages false
+user $(id -un)
+
+listener $MOSQ_PORT 127.0.0.1
+cafile $d/ca.pem
+certfile $d/server.pem
+keyfile $d/server.key
+
+# plain TCP, used only by the generator check when mqttwrk cannot do TLS
+listener $MOSQ_PLAIN_PORT 127.0.0.1
+EOF
+    MOSQ_CA=$d/ca.pem
+    MOSQ_CONF=$d/mosquitto.conf
+}
+
+# ---------------------------------------------------------------- server start/stop
+wait_until() { # wait_until SECONDS CMD...: poll CMD every 0.1 s, bounded
+    local deadline; deadline=$(($(date +%s) + $1)); shift
+    until "$@"; do
+        (($(date +%s) < deadline)) || return 1
+        sleep 0.1
+    done
+}
+corral_ready() { curl -fsS -o /dev/null "http://127.0.0.1:$CORRAL_HTTP_PORT/readyz" 2>/dev/null; }
+
+start_corral() { # start_corral DATA_DIR LOG
+    CORRAL_DATA_DIR=$1 CORRAL_ADMIN_KEY=$ADMIN_KEY \
+        CORRAL_MQTT__TLS_LISTEN=127.0.0.1:$CORRAL_MQTT_PORT \
+        CORRAL_MQTT__PLAIN_ENABLED=true CORRAL_MQTT__PLAIN_LISTEN=127.0.0.1:$CORRAL_PLAIN_PORT \
+        CORRAL_HTTP__LISTEN=127.0.0.1:$CORRAL_HTTP_PORT CORRAL_HTTPS__ENABLED=false \
+        CORRAL_LOG__LEVEL=warn CORRAL_CONFIG='' \
+        "$BIN" serve >>"$2" 2>&1 &
+    SRV_PID=$!
+    wait_until 60 corral_ready || die "corral did not become ready in 60 s; see $2"
+    listening "$CORRAL_MQTT_PORT" || die "corral is not listening on MQTT port $CORRAL_MQTT_PORT; see $2"
+}
+
+start_mosquitto() { # start_mosquitto LOG
+    "$MOSQ" -c "$MOSQ_CONF" >>"$1" 2>&1 &
+    SRV_PID=$!
+    wait_until 30 listening "$MOSQ_PORT" || die "mosquitto did not listen in 30 s; see $1"
+    kill -0 "$SRV_PID" 2>/dev/null || die "mosquitto exited; see $1"
+}
+
+stop_server() {
+    [[ -n $SRV_PID ]] || return 0
+    kill -TERM "$SRV_PID" 2>/dev/null || true
+    wait_until 20 eval "! kill -0 $SRV_PID 2>/dev/null" || { log "server $SRV_PID ignored SIGTERM; killing"; kill -KILL "$SRV_PID" 2>/dev/null || true; }
+    wait "$SRV_PID" 2>/dev/null || true
+    SRV_PID=""
+    # let the other side's TIME_WAIT/closing sockets drain a little before the next start
+    sleep 1
+}
+
+# ---------------------------------------------------------------- corral devices, once per run
+# Devices are created once, in a template data dir; every corral run starts on a fresh copy of it.
+corral_seed() {
+    local maxc=0 s c
+    for s in $SCENARIOS; do c=$(conns_of "$s"); ((c > maxc)) && maxc=$c; done
+    TEMPLATE=$TMP/corral-template
+    TOKENS=$TMP/tokens.txt
+    mkdir -p "$TEMPLATE"
+    log "corral: creating $maxc devices in a template data dir"
+    start_corral "$TEMPLATE" "$RUN_DIR/corral-seed.log"
+    local api=http://127.0.0.1:$CORRAL_HTTP_PORT/api/v1 ws fleet
+    ws=$(curl -fsS -H "Authorization: Bearer $ADMIN_KEY" -H 'content-type: application/json' \
+        -d '{"name":"bench"}' "$api/workspaces" | jq -r .id)
+    fleet=$(curl -fsS -H "Authorization: Bearer $ADMIN_KEY" -H 'content-type: application/json' \
+        -d "{\"workspace_id\":\"$ws\",\"name\":\"bench\"}" "$api/fleets" | jq -r .id)
+    [[ -n $fleet && $fleet != null ]] || die "could not create a workspace/fleet over REST"
+    local t0; t0=$(now)
+    "$BIN" simulate --host 127.0.0.1 --port "$CORRAL_MQTT_PORT" --connections 0 --duration 0 \
+        --create "$maxc" --fleet "$fleet" --tokens "$TOKENS" \
+        --server "http://127.0.0.1:$CORRAL_HTTP_PORT" --api-key "$ADMIN_KEY" \
+        >"$RUN_DIR/corral-seed.json" 2>>"$RUN_DIR/corral-seed.log" ||
+        die "device creation failed; see $RUN_DIR/corral-seed.log"
+    local n; n=$(grep -c . "$TOKENS")
+    ((n >= maxc)) || die "wanted $maxc tokens, got $n"
+    SEED_SECONDS=$(calc %.1f "$(now) - $t0")
+    log "corral: $n devices created in ${SEED_SECONDS} s"
+    CORRAL_CA_SAVED=$TMP/corral-ca.pem
+    cp "$TEMPLATE/pki/ca.pem" "$CORRAL_CA_SAVED"
+    stop_server
+}
+
+# ---------------------------------------------------------------- one measured run
+# run_case SERVER SCENARIO: appends a result row to $TMP/rows.tsv
+run_case() {
+    local server=$1 sc=$2 conns rate dur tag
+    conns=$(conns_of "$sc") rate=$(rate_of "$sc") dur=$(dur_of "$sc")
+    tag=$server-$sc
+    local slog=$RUN_DIR/$tag.server.log
+    local port ca
+    local -a auth
+    case $server in
+    corral)
+        local dd=$TMP/corral-$sc
+        rm -rf "$dd" && cp -a "$TEMPLATE" "$dd"
+        start_corral "$dd" "$slog"
+        port=$CORRAL_MQTT_PORT ca=$dd/pki/ca.pem
+        auth=(--tokens "$TOKENS")
+        ;;
+    mosquitto)
+        start_mosquitto "$slog"
+        port=$MOSQ_PORT ca=$MOSQ_CA
+        auth=(--anonymous)
+        ;;
+    *) die "unknown server $server" ;;
+    esac
+    sleep 1
+    local rss_idle; rss_idle=$(rss_kib "$SRV_PID")
+
+    log "$tag: $conns connections, rate $rate/s each (0 = unthrottled), ${dur} s, TLS"
+    local t_start; t_start=$(now)
+    "$BIN" simulate --host 127.0.0.1 --port "$port" --ca "$ca" --connections "$conns" \
+        --rate "$rate" --inflight "$INFLIGHT" --duration "$dur" \
+        --connect-concurrency "$CONNECT_CONCURRENCY" "${auth[@]}" \
+        >"$RUN_DIR/$tag.gen.json" 2>"$RUN_DIR/$tag.gen.log" &
+    GEN_PID=$!
+
+    # Ramp: wait until the server holds every connection (or the count stops moving for 3 s,
+    # e.g. refused connections), bounded. The generator starts its window ~50 ms after the last
+    # CONNACK; the CPU window below starts a settle period later and ends one before the end.
+    local est=0 last=-1 still=0 deadline=$(($(date +%s) + RAMP_TIMEOUT))
+    while kill -0 "$GEN_PID" 2>/dev/null && (($(date +%s) < deadline)); do
+        est=$(established "$port")
+        ((est >= conns)) && break
+        if ((est == last && est > 0)); then
+            still=$((still + 1)); ((still >= 30)) && break
+        else still=0; fi
+        last=$est
+        sleep 0.1
+    done
+    local ramp; ramp=$(calc %.1f "$(now) - $t_start")
+    kill -0 "$GEN_PID" 2>/dev/null || log "$tag: generator exited during ramp (see $RUN_DIR/$tag.gen.log)"
+
+    local settle=1
+    ((dur < 4)) && settle=0
+    sleep "$settle"
+    local ok=1 s0 g0 h0 w0 s1 g1 h1 w1 rss_loaded=0 gen_rss=0 est_end=0
+    s0=$(cpu_ticks "$SRV_PID" 2>/dev/null) && g0=$(cpu_ticks "$GEN_PID" 2>/dev/null) || ok=0
+    h0=$(host_ticks) w0=$(now)
+    sleep "$((dur - 2 * settle))"
+    s1=$(cpu_ticks "$SRV_PID" 2>/dev/null) && g1=$(cpu_ticks "$GEN_PID" 2>/dev/null) || ok=0
+    h1=$(host_ticks) w1=$(now)
+    rss_loaded=$(rss_kib "$SRV_PID" 2>/dev/null || echo 0)
+    gen_rss=$(rss_kib "$GEN_PID" 2>/dev/null || echo 0)
+    est_end=$(established "$port")
+
+    # The generator stops by itself after its window; bounded wait, then kill.
+    local rc=0
+    wait_until "$((dur + 30))" eval "! kill -0 $GEN_PID 2>/dev/null" || {
+        log "$tag: generator still running ${dur}+30 s after the ramp; killing it"
+        kill -TERM "$GEN_PID" 2>/dev/null || true
+    }
+    wait "$GEN_PID" || rc=$?
+    GEN_PID=""
+    kill -0 "$SRV_PID" 2>/dev/null || log "$tag: SERVER DIED during the run (see $slog)"
+    stop_server
+
+    local js; js=$(tail -n1 "$RUN_DIR/$tag.gen.json" 2>/dev/null || true)
+    [[ $js == \{* ]] || js='{}'
+    local up req fail msgs
+    up=$(jq -r '.connections_up // 0' <<<"$js")
+    req=$(jq -r '.connections_requested // 0' <<<"$js")
+    fail=$(jq -r '.connect_failures // 0' <<<"$js")
+    msgs=$(jq -r '.acked_per_sec // 0' <<<"$js")
+    ((rc == 0)) || log "$tag: generator exit status $rc ($up/$req connections up, $fail failures)"
+    local scpu=NaN gcpu=NaN hbusy=NaN
+    if ((ok)); then
+        local wall; wall=$(calc %.6f "$w1 - $w0")
+        scpu=$(calc %.0f "($s1 - $s0) / $CLK_TCK / $wall * 100")
+        gcpu=$(calc %.0f "($g1 - $g0) / $CLK_TCK / $wall * 100")
+        read -r hb0 ht0 <<<"$h0"
+        read -r hb1 ht1 <<<"$h1"
+        hbusy=$(calc %.0f "($hb1 - $hb0) / ($ht1 - $ht0) * 100")
+    fi
+    local per_conn=NaN
+    ((up > 0)) && per_conn=$(calc %.1f "($rss_loaded - $rss_idle) / $up")
+    local srv_errs gen_warns
+    srv_errs=$(grep -c . "$slog" || true)
+    gen_warns=$(grep -ciE 'warn|error' "$RUN_DIR/$tag.gen.log" || true)
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' \
+        "$sc" "$server" "$up" "$req" "$msgs" "$scpu" "$gcpu" "$hbusy" "$rss_idle" "$rss_loaded" \
+        "$per_conn" "$gen_rss" "$ramp" "$est_end" "$srv_errs" "$gen_warns" "$rc" >>"$TMP/rows.tsv"
+    log "$tag: $(calc %.0f "$msgs") msg/s, server CPU ${scpu}%, generator CPU ${gcpu}%, host busy ${hbusy}%, RSS $((rss_idle / 1024))→$((rss_loaded / 1024)) MiB, ${per_conn} KiB/conn, $up/$req up"
+}
+
+# ---------------------------------------------------------------- generator check (mqttwrk)
+mqttwrk_bin() {
+    if [[ -x $MQTTWRK_ROOT/bin/mqttwrk ]]; then echo "$MQTTWRK_ROOT/bin/mqttwrk"; return; fi
+    if command -v mqttwrk >/dev/null; then command -v mqttwrk; return; fi
+    log "installing mqttwrk $MQTTWRK_VERSION into $MQTTWRK_ROOT (cargo install --locked)"
+    cargo install mqttwrk --version "$MQTTWRK_VERSION" --locked --ignore-rust-version \
+        --root "$MQTTWRK_ROOT" >"$RUN_DIR/mqttwrk-install.log" 2>&1 ||
+        cargo install mqttwrk --version "$MQTTWRK_VERSION" --ignore-rust-version \
+            --root "$MQTTWRK_ROOT" >>"$RUN_DIR/mqttwrk-install.log" 2>&1 || return 1
+    echo "$MQTTWRK_ROOT/bin/mqttwrk"
+}
+
+# check_one NAME TRANSPORT CMD...: run a generator against a fresh mosquitto, sample CPU over
+# the whole run (both tools are count- or duration-bounded), append a row to $TMP/check.tsv
+check_one() {
+    local name=$1 transport=$2; shift 2
+    local slog=$RUN_DIR/check-$name-$transport.server.log out=$RUN_DIR/check-$name-$transport.out
+    start_mosquitto "$slog"
+    sleep 0.5
+    local s0 h0 w0 t_lim=$((CHECK_DUR * 3 + 60))
+    s0=$(cpu_ticks "$SRV_PID") w0=$(now)
+    "$@" >"$out" 2>&1 &
+    AUX_PID=$!
+    local g_last=0 rc=0
+    # sample the generator's CPU until it exits (ticks are lost once it is reaped)
+    local deadline=$(($(date +%s) + t_lim))
+    while kill -0 "$AUX_PID" 2>/dev/null; do
+        g_last=$(cpu_ticks "$AUX_PID" 2>/dev/null || echo "$g_last")
+        if (($(date +%s) >= deadline)); then
+            log "check $name: still running after ${t_lim} s; killing it"
+            kill -TERM "$AUX_PID" 2>/dev/null || true
+            break
+        fi
+        sleep 0.2
+    done
+    wait "$AUX_PID" || rc=$?
+    AUX_PID=""
+    local w1 s1; w1=$(now) s1=$(cpu_ticks "$SRV_PID")
+    stop_server
+    local wall; wall=$(calc %.2f "$w1 - $w0")
+    local scpu gcpu
+    scpu=$(calc %.0f "($s1 - $s0) / $CLK_TCK / $wall * 100")
+    gcpu=$(calc %.0f "$g_last / $CLK_TCK / $wall * 100")
+    local msgs extra
+    if [[ $name == mqttwrk ]]; then
+        # mqttwrk prints the sum of per-publisher count/elapsed; elapsed starts before the barrier
+        msgs=$(awk '/Aggregate PubStats/ {p=1} p && /throughput:/ {gsub(/[^0-9.]/,"",$2); print $2; exit}' "$out")
+        local acked
+        acked=$(awk '/Aggregate PubStats/ {p=1} p && /outgoing_publish:/ {gsub(/[^0-9]/,"",$2); print $2; exit}' "$out")
+        extra="acked ${acked:-?} in ${wall} s wall incl. connect = $(calc %.0f "${acked:-0} / $wall") msg/s"
+    else
+        local js; js=$(tail -n1 "$out")
+        msgs=$(jq -r '.acked_per_sec // 0' <<<"$js" 2>/dev/null || echo 0)
+        extra="$(jq -r '"\(.connections_up)/\(.connections_requested) up, acked \(.acked) in \(.seconds|.*10|round/10) s window"' <<<"$js" 2>/dev/null || echo '?')"
+    fi
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$name" "$transport" "${msgs:-0}" "$scpu" "$gcpu" "$rc" "$extra" >>"$TMP/check.tsv"
+    log "check $name ($transport): ${msgs:-0} msg/s, mosquitto CPU ${scpu}%, generator CPU ${gcpu}% (exit $rc)"
+}
+
+generator_check() {
+    : >"$TMP/check.tsv"
+    local wrk
+    if ! wrk=$(mqttwrk_bin); then
+        log "mqttwrk could not be installed (see $RUN_DIR/mqttwrk-install.log); skipping the generator check"
+        CHECK_NOTE="mqttwrk $MQTTWRK_VERSION could not be installed; see $RUN_DIR/mqttwrk-install.log"
+        return 0
+    fi
+    "$wrk" bench --help >"$RUN_DIR/mqttwrk-help.txt" 2>&1 || true
+    # Probe TLS: mqttwrk 0.2 (rustls 0.20/webpki 0.22) cannot verify IP-address SANs, so it
+    # connects by name (localhost); if the probe fails, both tools use plain TCP.
+    local transport=tls
+    start_mosquitto "$RUN_DIR/check-probe.server.log"
+    if ! timeout 20 "$wrk" bench -S localhost -P "$MOSQ_PORT" -R "$MOSQ_CA" -p 1 -n 10 \
+        --publish-qos 1 -i "$INFLIGHT" >"$RUN_DIR/check-probe.out" 2>&1 ||
+        ! grep -q 'outgoing_publish: 10' "$RUN_DIR/check-probe.out"; then
+        log "mqttwrk over TLS failed (see $RUN_DIR/check-probe.out); comparing over plain TCP"
+        transport=plain
+    fi
+    stop_server
+
+    local port=$MOSQ_PORT host_wrk=localhost
+    local -a ca_sim=(--ca "$MOSQ_CA") ca_wrk=(-R "$MOSQ_CA")
+    if [[ $transport == plain ]]; then
+        port=$MOSQ_PLAIN_PORT host_wrk=127.0.0.1
+        ca_sim=() ca_wrk=()
+    fi
+
+    # corral simulate first: its rate sizes mqttwrk's message count (mqttwrk is count-bounded)
+    check_one simulate "$transport" "$BIN" simulate --host 127.0.0.1 --port "$port" "${ca_sim[@]}" \
+        --connections "$CHECK_CONNS" --inflight "$INFLIGHT" --duration "$CHECK_DUR" --anonymous
+    local rate count
+    rate=$(awk -F'\t' '$1=="simulate" {print $3}' "$TMP/check.tsv")
+    count=$(calc %.0f "$rate * $CHECK_DUR / $CHECK_CONNS")
+    ((count >= 100)) || count=100
+    check_one mqttwrk "$transport" "$wrk" bench -S "$host_wrk" -P "$port" "${ca_wrk[@]}" \
+        -p "$CHECK_CONNS" -s 0 -n "$count" --publish-qos 1 -i "$INFLIGHT" -m "$CHECK_PAYLOAD" -k 60
+    CHECK_NOTE="mqttwrk $("$wrk" --version 2>/dev/null | awk '{print $2}'): \`mqttwrk bench -p $CHECK_CONNS -s 0 -n $count --publish-qos 1 -i $INFLIGHT -m $CHECK_PAYLOAD\` ($transport) vs \`corral simulate --anonymous --connections $CHECK_CONNS --inflight $INFLIGHT --duration $CHECK_DUR\` ($transport), each against a fresh mosquitto"
+}
+
+# ---------------------------------------------------------------- report
+report() {
+    local model kernel corral_v git_rev mosq_v
+    model=$(lscpu | awk -F: '/^Model name/ {gsub(/^ +/, "", $2); print $2; exit}')
+    kernel=$(uname -r)
+    corral_v=$("$BIN" --version 2>/dev/null | awk '{print $2}')
+    git_rev=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?')
+    git -C "$ROOT" diff --quiet HEAD -- src Cargo.toml Cargo.lock 2>/dev/null || git_rev="$git_rev+dirty"
+    mosq_v=$("$MOSQ" -h 2>&1 | awk '/version/ {print $3; exit}')
+    {
+        echo "### Ingest: Corral vs mosquitto ($(date -u +%Y-%m-%dT%H:%MZ))"
+        echo
+        echo "Machine: $model, $(nproc) cores, kernel $kernel, ulimit -n $ULIMIT_N. Corral $corral_v ($git_rev), Debian mosquitto $mosq_v (persistence off)."
+        echo "Load: \`corral simulate\` (rumqttc, MQTT 3.1.1, QoS 1, TLS 1.3, ThingsBoard JSON ~40 B, inflight $INFLIGHT, connect concurrency $CONNECT_CONCURRENCY) on the same host; Corral acknowledges each QoS 1 publish only after it is fsynced, mosquitto keeps nothing."
+        echo
+        echo "| scenario | server | conns up | msg/s | server CPU % | msg per server CPU-s | generator CPU % | host busy % | server RSS idle → loaded (MiB) | RSS per conn (KiB) | ramp (s) |"
+        echo "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"
+        local sc server up req msgs scpu gcpu hbusy ri rl pc ramp est errs gw rc desc
+        while IFS=$'\t' read -r sc server up req msgs scpu gcpu hbusy ri rl pc _ ramp est errs gw rc; do
+            case $sc in
+            A) desc="A: $CONNS_A conns, unthrottled, ${DUR_A} s" ;;
+            B) desc="B: $CONNS_B conns × $RATE_B msg/s, ${DUR_B} s" ;;
+            esac
+            local eff=NaN
+            [[ $scpu != NaN && $scpu != 0 ]] && eff=$(calc %.0f "$msgs / ($scpu / 100)")
+            printf '| %s | %s | %s/%s | %s | %s | %s | %s | %s | %s → %s | %s | %s |\n' \
+                "$desc" "$server" "$up" "$req" "$(calc %.0f "$msgs")" "$scpu" "$eff" "$gcpu" "$hbusy" \
+                "$(calc %.1f "$ri / 1024")" "$(calc %.1f "$rl / 1024")" "$pc" "$ramp"
+        done <"$TMP/rows.tsv"
+        echo
+        for sc in $SCENARIOS; do
+            local c m
+            c=$(awk -F'\t' -v s="$sc" '$1==s && $2=="corral" {print $5}' "$TMP/rows.tsv")
+            m=$(awk -F'\t' -v s="$sc" '$1==s && $2=="mosquitto" {print $5}' "$TMP/rows.tsv")
+            if [[ -n $c && -n $m ]] && awk "BEGIN {exit !($m > 0)}"; then
+                echo "- Scenario $sc: corral/mosquitto msg/s = **$(calc %.2f "$c / $m")**"
+            fi
+        done
+        [[ " $SCENARIOS " == *" B "* ]] && echo "- Scenario B offers $((CONNS_B * RATE_B)) msg/s in total; a server that keeps up shows about that."
+        echo "- CPU % is of one core (200 % = both cores of this machine), sampled from /proc/PID/stat over the publishing window minus 1 s at each end; host busy % is the whole machine. Generator and server share the machine: when host busy is near 100 % the figures are bound by the machine, not by the server alone."
+        echo "- RSS per conn = (RSS with every connection open − idle RSS before connecting) / connections; with few connections it is dominated by buffers, not per-connection state."
+        if [[ -n ${SEED_SECONDS:-} ]]; then echo "- Corral's devices were created once over REST (${SEED_SECONDS} s) in a template data dir; each Corral run starts on a fresh copy of it."; fi
+        local anomalies=""
+        while IFS=$'\t' read -r sc server up req msgs scpu gcpu hbusy ri rl pc _ ramp est errs gw rc; do
+            ((up == req)) || anomalies+="  - $server $sc: only $up of $req connections came up (generator exit $rc)"$'\n'
+            ((errs == 0)) || anomalies+="  - $server $sc: $errs line(s) in the server log ($RUN_DIR/$server-$sc.server.log)"$'\n'
+            ((gw == 0)) || anomalies+="  - $server $sc: $gw warning/error line(s) from the generator ($RUN_DIR/$server-$sc.gen.log)"$'\n'
+            ((est >= up)) || anomalies+="  - $server $sc: $est connections established at the end of the window, $up came up"$'\n'
+        done <"$TMP/rows.tsv"
+        if [[ -n $anomalies ]]; then echo "- Anomalies:"; printf '%s' "$anomalies"; fi
+        if [[ -s $TMP/check.tsv || -n ${CHECK_NOTE:-} ]]; then
+            echo
+            echo "#### Generator check against mosquitto"
+            echo
+            echo "${CHECK_NOTE:-}"
+            echo
+            if [[ -s $TMP/check.tsv ]]; then
+                echo "| generator | transport | msg/s | mosquitto CPU % | generator CPU % | exit | notes |"
+                echo "|---|---|---:|---:|---:|---:|---|"
+                local name tr m sc2 gc2 rc2 ex
+                while IFS=$'\t' read -r name tr m sc2 gc2 rc2 ex; do
+                    echo "| $name | $tr | $(calc %.0f "$m") | $sc2 | $gc2 | $rc2 | $ex |"
+                done <"$TMP/check.tsv"
+                echo
+                echo "CPU here is averaged over each tool's whole run, connect included."
+            fi
+        fi
+        echo
+        echo "Raw output and logs: \`${RUN_DIR#"$ROOT"/}/\`."
+    } >"$REPORT"
+    cat "$REPORT"
+    log "report written to $REPORT"
+}
+
+# ---------------------------------------------------------------- main
+main() {
+    prepare
+    mosquitto_setup
+    : >"$TMP/rows.tsv"
+    if [[ " $SERVERS " == *" corral "* ]]; then corral_seed; fi
+    local sc server
+    for sc in $SCENARIOS; do
+        for server in $SERVERS; do run_case "$server" "$sc"; done
+    done
+    if [[ $CHECK_GENERATOR == 1 ]]; then generator_check; fi
+    report
+}
+
+main "$@"
