@@ -21,6 +21,9 @@ pub fn bin() -> &'static str {
 }
 
 impl Server {
+    // If start-up fails the test panics and the child is killed with the test process group;
+    // once started, `Drop` reaps it.
+    #[allow(clippy::zombie_processes)]
     pub fn spawn(data_dir: &Path, admin_key: &str) -> Server {
         let mut child = Command::new(bin())
             .args(["serve", "--log-format", "json"])
