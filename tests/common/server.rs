@@ -21,9 +21,6 @@ pub fn bin() -> &'static str {
 }
 
 impl Server {
-    // If start-up fails the test panics and the child is killed with the test process group;
-    // once started, `Drop` reaps it.
-    #[allow(clippy::zombie_processes)]
     pub fn spawn(data_dir: &Path, admin_key: &str) -> Server {
         let mut child = Command::new(bin())
             .args(["serve", "--log-format", "json"])
@@ -49,28 +46,30 @@ impl Server {
             }
         });
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        loop {
-            let line = rx
-                .recv_timeout(deadline.saturating_duration_since(std::time::Instant::now()))
-                .expect("corral did not report that it is running");
+        let mut found = None;
+        while let Ok(line) =
+            rx.recv_timeout(deadline.saturating_duration_since(std::time::Instant::now()))
+        {
             let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) else {
                 continue;
             };
             if v["message"] == "corral is running" {
-                let addr = |k: &str| {
-                    v[k].as_str()
-                        .expect("address")
-                        .parse()
-                        .expect("socket address")
-                };
-                return Server {
-                    child,
-                    http: addr("http"),
-                    mqtt_tls: addr("mqtt_tls"),
-                    data_dir: data_dir.to_path_buf(),
-                    logs: rx,
-                };
+                let addr = |k: &str| v[k].as_str().and_then(|a| a.parse().ok());
+                found = addr("http").zip(addr("mqtt_tls"));
+                break;
             }
+        }
+        let Some((http, mqtt_tls)) = found else {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("corral did not report that it is running");
+        };
+        Server {
+            child,
+            http,
+            mqtt_tls,
+            data_dir: data_dir.to_path_buf(),
+            logs: rx,
         }
     }
 
