@@ -52,10 +52,12 @@ impl DataService {
         if telemetry.is_empty() {
             return Ok(0);
         }
-        let n = self.store.put_points(device, DEFAULT_TAG, &telemetry)?;
-        if durability == Durability::Durable {
-            self.store.commit().await?;
-        }
+        // Applied on the store's writer thread: no runtime thread ever blocks on sled.
+        let write = move |db: &crate::store::Db| db.put_points(device, DEFAULT_TAG, &telemetry);
+        let n = match durability {
+            Durability::Durable => self.store.durable(write).await?,
+            Durability::BestEffort => self.store.applied(write).await?,
+        };
         self.metrics.points_stored.inc_by(n as u64);
         self.events.publish(Event::TelemetryStored {
             device_id: device,

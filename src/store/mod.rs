@@ -33,6 +33,8 @@ pub enum StoreError {
     Sled(#[from] sled::Error),
     #[error("corrupt record in {tree}: {detail}")]
     Corrupt { tree: &'static str, detail: String },
+    #[error("flush to disk failed: {0}")]
+    Flush(String),
     #[error("the store is shutting down")]
     Closed,
 }
@@ -48,17 +50,27 @@ impl From<sled::transaction::TransactionError<StoreError>> for StoreError {
 
 pub type Result<T> = std::result::Result<T, StoreError>;
 
-/// Handle to the embedded store; cheap to clone.
+/// Handle to the embedded store; cheap to clone. Reads go straight to `Db` (through `Deref`);
+/// writes that must be durable go through the write pipeline (`durable`, `commit`).
 #[derive(Clone)]
 pub struct Store {
-    inner: Arc<Inner>,
+    db: Arc<Db>,
+    pipeline: Arc<commit::Pipeline>,
 }
 
-struct Inner {
+/// The opened database: every tree, and the typed operations on them (in `registry` and
+/// `telemetry`). Write jobs of the pipeline receive a `&Db`.
+pub struct Db {
     db: sled::Db,
     path: PathBuf,
     trees: Trees,
-    commit: commit::Committer,
+}
+
+impl std::ops::Deref for Store {
+    type Target = Db;
+    fn deref(&self) -> &Db {
+        &self.db
+    }
 }
 
 /// Every tree, opened once.
@@ -87,7 +99,7 @@ pub struct StoreOptions {
 
 impl Store {
     /// Opens the store in `path`, creating it only when the directory holds no store yet.
-    /// Must be called inside a tokio runtime: it spawns the group-commit task there.
+    /// Starts the writer and flusher threads.
     pub fn open(path: &Path, opts: StoreOptions, metrics: Arc<Metrics>) -> Result<Store> {
         let open_err = |source| StoreError::Open {
             path: path.to_path_buf(),
@@ -131,46 +143,70 @@ impl Store {
         };
         migrate(path, &trees.meta)?;
         db.flush().map_err(open_err)?;
-        let commit = commit::Committer::spawn(db.clone(), opts.group_commit_delay, metrics);
+        let db = Arc::new(Db {
+            db,
+            path: path.to_path_buf(),
+            trees,
+        });
+        let pipeline = commit::Pipeline::spawn(db.clone(), opts.group_commit_delay, metrics)
+            .map_err(|e| open_err(sled::Error::Io(e)))?;
         Ok(Store {
-            inner: Arc::new(Inner {
-                db,
-                path: path.to_path_buf(),
-                trees,
-                commit,
-            }),
+            db,
+            pipeline: Arc::new(pipeline),
         })
     }
 
-    /// Waits until every write made before this call is on disk. Concurrent callers share one
-    /// flush (group commit), so the cost of fsync is spread over everything waiting.
-    pub async fn commit(&self) -> Result<()> {
-        self.inner.commit.commit().await
+    /// Runs `write` on the store's writer thread and returns its result once it is on disk.
+    /// Concurrent writers share one flush (group commit).
+    pub async fn durable<R: Send + 'static>(
+        &self,
+        write: impl FnOnce(&Db) -> Result<R> + Send + 'static,
+    ) -> Result<R> {
+        self.pipeline.durable(write).await
     }
 
+    /// Runs `write` on the writer thread; durable with the next flush, which is not awaited.
+    pub async fn applied<R: Send + 'static>(
+        &self,
+        write: impl FnOnce(&Db) -> Result<R> + Send + 'static,
+    ) -> Result<R> {
+        self.pipeline.applied(write).await
+    }
+
+    /// Waits until every write made before this call is on disk.
+    pub async fn commit(&self) -> Result<()> {
+        self.pipeline.durable(|_| Ok(())).await
+    }
+}
+
+impl Db {
     /// Flushes synchronously; used at shutdown after the listeners have stopped.
     pub fn flush_now(&self) -> Result<()> {
-        self.inner.db.flush()?;
+        self.db.flush()?;
         Ok(())
+    }
+
+    pub(super) fn flush(&self) -> sled::Result<usize> {
+        self.db.flush()
     }
 
     /// Directory of the store.
     pub fn path(&self) -> &Path {
-        &self.inner.path
+        &self.path
     }
 
     /// Bytes the store occupies on disk.
     pub fn size_on_disk(&self) -> Result<u64> {
-        Ok(self.inner.db.size_on_disk()?)
+        Ok(self.db.size_on_disk()?)
     }
 
     /// The schema version recorded in the store.
     pub fn schema_version(&self) -> Result<u32> {
-        read_version(&self.inner.trees.meta).map(|v| v.unwrap_or(0))
+        read_version(&self.trees.meta).map(|v| v.unwrap_or(0))
     }
 
     fn trees(&self) -> &Trees {
-        &self.inner.trees
+        &self.trees
     }
 }
 

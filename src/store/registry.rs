@@ -5,7 +5,7 @@ use sled::Transactional;
 use sled::transaction::{ConflictableTransactionError, TransactionalTree};
 
 use super::codec::{concat, decode_json, encode_json};
-use super::{Result, Store, StoreError};
+use super::{Db, Result, StoreError};
 use crate::model::{
     AccessToken, ApiKey, ApiKeyId, Device, DeviceId, Fleet, FleetId, Workspace, WorkspaceId,
 };
@@ -33,7 +33,7 @@ fn abort_clash<T>() -> TxResult<std::result::Result<T, NameClash>> {
     Ok(Err(NameClash))
 }
 
-impl Store {
+impl Db {
     // ---- workspaces -------------------------------------------------------------------
 
     /// Inserts or updates a workspace, keeping its name unique. `old_name` is the stored name

@@ -3,7 +3,7 @@
 //! the latest value and the directory of a device's series.
 
 use super::codec::{decode_value, encode_value, push_str, read_str, ts_bytes, ts_from};
-use super::{Result, Store, StoreError};
+use super::{Db, Result, StoreError};
 use crate::model::{DeviceId, Millis, Point, Value};
 
 /// One series of a device: a key under a tag.
@@ -48,7 +48,7 @@ fn series_key(device: DeviceId, tag: &str, key: &str) -> Vec<u8> {
     k
 }
 
-impl Store {
+impl Db {
     /// Writes points of one tag: `(ts, [(key, value)])`. Not durable until `commit()`.
     /// Returns the number of values written.
     pub fn put_points(
