@@ -3,7 +3,7 @@
 # generator (`corral simulate`), plus an optional check of that generator against mqttwrk.
 # It starts and kills its own servers on 127.0.0.1 only; results go to bench/out/ (git-ignored).
 # See bench/README.md for what is measured and how to read it.
-set -euo pipefail
+set -Eeuo pipefail
 
 # ---------------------------------------------------------------- settings (all env-overridable)
 CONNS_A=${CONNS_A:-10}          # scenario A: connections, unthrottled
@@ -13,8 +13,8 @@ RATE_B=${RATE_B:-10}            #             msg/s per connection
 DUR_B=${DUR_B:-30}              #             seconds of publishing
 INFLIGHT=${INFLIGHT:-16}        # QoS 1 publishes in flight per connection
 CONNECT_CONCURRENCY=${CONNECT_CONCURRENCY:-200}
-SCENARIOS=${SCENARIOS:-"A B"}
-SERVERS=${SERVERS:-"corral mosquitto"}
+SCENARIOS=${SCENARIOS-"A B"}   # may be empty (e.g. only the generator check)
+SERVERS=${SERVERS-"corral mosquitto"}
 SKIP_BUILD=${SKIP_BUILD:-0}
 CHECK_GENERATOR=${CHECK_GENERATOR:-0}
 CHECK_CONNS=${CHECK_CONNS:-$CONNS_A}   # generator check = scenario A settings
@@ -35,8 +35,9 @@ STAMP=$(date +%Y%m%d-%H%M%S)
 OUT_DIR=$ROOT/bench/out
 RUN_DIR=$OUT_DIR/ingest-$STAMP          # logs and raw generator output of this run
 REPORT=$OUT_DIR/ingest-$STAMP.md
-TMP=$(mktemp -d /tmp/corral-bench.XXXXXX)
+TMP=$(mktemp -d "${TMPDIR:-/tmp}/corral-bench.XXXXXX")   # certificates, data dirs, tokens
 CLK_TCK=$(getconf CLK_TCK)
+NCPU=$(nproc)
 ADMIN_KEY=$(openssl rand -hex 24)
 
 SRV_PID="" GEN_PID="" AUX_PID=""
@@ -56,6 +57,7 @@ cleanup() {
     if [[ ${KEEP_TMP:-0} == 1 ]]; then log "kept $TMP"; else rm -rf "$TMP"; fi
 }
 trap cleanup EXIT
+trap 'log "failed (exit $?) at line $LINENO: $BASH_COMMAND"' ERR
 trap 'exit 130' INT TERM
 
 # ---------------------------------------------------------------- /proc sampling helpers
@@ -63,8 +65,24 @@ now() { date +%s.%N; }
 # utime+stime of the whole process (all threads), in clock ticks. Fields after "(comm) ".
 cpu_ticks() { sed 's/^.*) //' "/proc/$1/stat" | awk '{print $12 + $13}'; }
 rss_kib() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
-# whole-machine busy and total jiffies
-host_ticks() { awk '/^cpu / {t=0; for (i=2;i<=NF;i++) t+=$i; print t - $5 - $6, t}' /proc/stat; }
+# whole machine, in jiffies: busy (user nice system irq softirq), steal, total (guest is in user)
+host_ticks() { awk '/^cpu / {print $2 + $3 + $4 + $7 + $8, $9, $2 + $3 + $4 + $5 + $6 + $7 + $8 + $9}' /proc/stat; }
+# per-thread CPU ticks of process $1: "tid name ticks" lines
+thread_ticks() {
+    local t
+    for t in /proc/"$1"/task/*; do
+        printf '%s %s %s\n' "${t##*/}" "$(tr ' ' _ <"$t/comm" 2>/dev/null)" \
+            "$(sed 's/^.*) //' "$t/stat" 2>/dev/null | awk '{print $12 + $13}')"
+    done 2>/dev/null || true
+}
+# thread_top FILE0 FILE1 WALL: CPU % per thread name (trailing digits folded into *), top 6
+thread_top() {
+    awk -v hz="$CLK_TCK" -v wall="$3" '
+        NR == FNR { t0[$1] = $3; next }
+        $3 != "" { n = $2; sub(/[0-9]+$/, "*", n); d[n] += $3 - ($1 in t0 ? t0[$1] : 0) }
+        END { for (n in d) if (d[n] > 0) printf "%.0f %s\n", d[n] / hz / wall * 100, n }' "$1" "$2" |
+        sort -rn | head -6 | awk '{printf "%s%s %s%%", (NR > 1 ? ", " : ""), $2, $1}'
+}
 # established TCP connections whose local port is $1 (server side of each connection)
 established() { ss -Htn state established "( sport = :$1 )" | wc -l; }
 listening() { [[ -n $(ss -Hltn "( sport = :$1 )") ]]; }
@@ -99,6 +117,13 @@ prepare() {
     ((have >= need)) || die "ulimit -n is $have (hard limit $(ulimit -Hn)); $maxc connections need at least $need per process. Raise the hard limit (e.g. run as root, or 'ulimit -Hn $want' in a privileged shell) or lower CONNS_B."
     ((have >= 2 * maxc + 1024)) || log "note: ulimit -n is $have (hard limit); enough, since each process needs only ~$need"
     ULIMIT_N=$have
+    # How busy is the machine before we start? (2 s of /proc/stat; a benchmark wants ~0 %)
+    local a b ab at bb bt
+    a=$(host_ticks); sleep 2; b=$(host_ticks)
+    read -r ab _ at <<<"$a"
+    read -r bb _ bt <<<"$b"
+    BASELINE_BUSY=$(calc %.0f "($bb - $ab) / ($bt - $at) * 100")
+    ((BASELINE_BUSY <= 5)) || log "warning: the machine is already ${BASELINE_BUSY}% busy before the benchmark; figures will be disturbed"
     for p in $CORRAL_MQTT_PORT $CORRAL_PLAIN_PORT $CORRAL_HTTP_PORT $MOSQ_PORT $MOSQ_PLAIN_PORT; do port_free "$p"; done
 }
 
@@ -144,6 +169,23 @@ EOF
     MOSQ_CONF=$d/mosquitto.conf
 }
 
+# Corral's own counters over the same window: telemetry stored, group-commit flushes.
+scrape_metrics() { curl -fsS -m 2 "http://127.0.0.1:$CORRAL_HTTP_PORT/metrics" >"$1" 2>/dev/null || : >"$1"; }
+store_stats() { # store_stats M0 M1 WALL SCENARIO
+    awk -v wall="$3" -v sc="$4" '
+        NR == FNR { a[$1] = $2; next }
+        { d[$1] = $2 - a[$1] }
+        END {
+            f = d["corral_store_flushes_total"]
+            if (f <= 0) { printf "  - corral %s: no flush counters (is /metrics served?)\n", sc; exit }
+            p = d["corral_telemetry_points_stored_total"] / wall
+            printf "  - corral %s: %.0f telemetry points stored/s (the generator sends 3 per message: %.0f msg/s), %.0f flushes/s, mean batch %.1f, mean flush %.2f ms\n", sc,
+                p, p / 3, f / wall,
+                d["corral_store_flush_batch_size_sum"] / d["corral_store_flush_batch_size_count"],
+                d["corral_store_flush_seconds_sum"] / d["corral_store_flush_seconds_count"] * 1000
+        }' "$1" "$2"
+}
+
 # ---------------------------------------------------------------- server start/stop
 wait_until() { # wait_until SECONDS CMD...: poll CMD every 0.1 s, bounded
     local deadline; deadline=$(($(date +%s) + $1)); shift
@@ -152,14 +194,19 @@ wait_until() { # wait_until SECONDS CMD...: poll CMD every 0.1 s, bounded
         sleep 0.1
     done
 }
-corral_ready() { curl -fsS -o /dev/null "http://127.0.0.1:$CORRAL_HTTP_PORT/readyz" 2>/dev/null; }
+corral_ready() {
+    kill -0 "$SRV_PID" 2>/dev/null || die "corral exited during start-up; see its log in $RUN_DIR"
+    curl -fsS -o /dev/null "http://127.0.0.1:$CORRAL_HTTP_PORT/readyz" 2>/dev/null
+}
 
 start_corral() { # start_corral DATA_DIR LOG
-    CORRAL_DATA_DIR=$1 CORRAL_ADMIN_KEY=$ADMIN_KEY \
-        CORRAL_MQTT__TLS_LISTEN=127.0.0.1:$CORRAL_MQTT_PORT \
-        CORRAL_MQTT__PLAIN_ENABLED=true CORRAL_MQTT__PLAIN_LISTEN=127.0.0.1:$CORRAL_PLAIN_PORT \
-        CORRAL_HTTP__LISTEN=127.0.0.1:$CORRAL_HTTP_PORT CORRAL_HTTPS__ENABLED=false \
-        CORRAL_LOG__LEVEL=warn CORRAL_CONFIG='' \
+    # env execs corral, so $! is corral's pid. A CORRAL_CONFIG file in the caller's environment is
+    # dropped; other CORRAL_* variables pass through on purpose (e.g. CORRAL_MQTT__WORKERS=1).
+    env -u CORRAL_CONFIG CORRAL_DATA_DIR="$1" CORRAL_ADMIN_KEY="$ADMIN_KEY" \
+        CORRAL_MQTT__TLS_LISTEN="127.0.0.1:$CORRAL_MQTT_PORT" \
+        CORRAL_MQTT__PLAIN_ENABLED=true CORRAL_MQTT__PLAIN_LISTEN="127.0.0.1:$CORRAL_PLAIN_PORT" \
+        CORRAL_HTTP__LISTEN="127.0.0.1:$CORRAL_HTTP_PORT" CORRAL_HTTPS__ENABLED=false \
+        CORRAL_LOG__LEVEL=warn \
         "$BIN" serve >>"$2" 2>&1 &
     SRV_PID=$!
     wait_until 60 corral_ready || die "corral did not become ready in 60 s; see $2"
@@ -249,16 +296,25 @@ run_case() {
         >"$RUN_DIR/$tag.gen.json" 2>"$RUN_DIR/$tag.gen.log" &
     GEN_PID=$!
 
-    # Ramp: wait until the server holds every connection (or the count stops moving for 3 s,
+    # Ramp: wait until the server holds every connection (or the count has not moved for 3 s,
     # e.g. refused connections), bounded. The generator starts its window ~50 ms after the last
-    # CONNACK; the CPU window below starts a settle period later and ends one before the end.
-    local est=0 last=-1 still=0 deadline=$(($(date +%s) + RAMP_TIMEOUT))
+    # CONNACK, so after t_seen (when the last poll that still saw too few connections began):
+    # its window ends at or after t_seen + dur. The measured window starts `settle` after the
+    # ramp is seen and ends `settle` before t_seen + dur, so it lies inside the generator's even
+    # when `ss` is slow (it is, with 10k sockets on a loaded machine).
+    local est=0 last=-1 still_since t_seen tb deadline=$(($(date +%s) + RAMP_TIMEOUT))
+    t_seen=$t_start still_since=$t_start
     while kill -0 "$GEN_PID" 2>/dev/null && (($(date +%s) < deadline)); do
+        tb=$(now)
         est=$(established "$port")
         ((est >= conns)) && break
-        if ((est == last && est > 0)); then
-            still=$((still + 1)); ((still >= 30)) && break
-        else still=0; fi
+        t_seen=$tb
+        if ((est != last || est == 0)); then
+            still_since=$tb
+        elif awk "BEGIN {exit !($tb - $still_since >= 3)}"; then
+            log "$tag: connection count stuck at $est of $conns for 3 s; measuring anyway"
+            break
+        fi
         last=$est
         sleep 0.1
     done
@@ -267,16 +323,32 @@ run_case() {
 
     local settle=1
     ((dur < 4)) && settle=0
+    local win_end; win_end=$(calc %.3f "$t_seen + $dur - $settle")
     sleep "$settle"
-    local ok=1 s0 g0 h0 w0 s1 g1 h1 w1 rss_loaded=0 gen_rss=0 est_end=0
-    s0=$(cpu_ticks "$SRV_PID" 2>/dev/null) && g0=$(cpu_ticks "$GEN_PID" 2>/dev/null) || ok=0
+    local s0 g0 h0 w0 s1 g1 h1 w1 rss_loaded=0 gen_rss=0 est_end=0 left tt0 tt1 mt0 mt1
+    s0=$(cpu_ticks "$SRV_PID" 2>/dev/null || echo NaN)
+    g0=$(cpu_ticks "$GEN_PID" 2>/dev/null || echo NaN)
     h0=$(host_ticks) w0=$(now)
-    sleep "$((dur - 2 * settle))"
-    s1=$(cpu_ticks "$SRV_PID" 2>/dev/null) && g1=$(cpu_ticks "$GEN_PID" 2>/dev/null) || ok=0
+    tt0=$(now)
+    thread_ticks "$SRV_PID" >"$TMP/threads0"
+    mt0=$(now)
+    [[ $server != corral ]] || scrape_metrics "$TMP/metrics0"
+    left=$(calc %.3f "$win_end - $(now)")
+    if awk "BEGIN {exit !($left < 1)}"; then
+        log "$tag: only ${left} s left for the measured window (slow ramp detection); use a longer duration"
+        left=$(calc %.3f "($left < 0.2) ? 0.2 : $left")
+    fi
+    sleep "$left"
+    s1=$(cpu_ticks "$SRV_PID" 2>/dev/null || echo NaN)
+    g1=$(cpu_ticks "$GEN_PID" 2>/dev/null || echo NaN)
     h1=$(host_ticks) w1=$(now)
     rss_loaded=$(rss_kib "$SRV_PID" 2>/dev/null || echo 0)
     gen_rss=$(rss_kib "$GEN_PID" 2>/dev/null || echo 0)
-    est_end=$(established "$port")
+    tt1=$(now)
+    thread_ticks "$SRV_PID" >"$TMP/threads1"
+    mt1=$(now)
+    [[ $server != corral ]] || scrape_metrics "$TMP/metrics1"
+    est_end=$(established "$port") # last: slow with many sockets; anomaly check only
 
     # The generator stops by itself after its window; bounded wait, then kill.
     local rc=0
@@ -297,24 +369,36 @@ run_case() {
     fail=$(jq -r '.connect_failures // 0' <<<"$js")
     msgs=$(jq -r '.acked_per_sec // 0' <<<"$js")
     ((rc == 0)) || log "$tag: generator exit status $rc ($up/$req connections up, $fail failures)"
-    local scpu=NaN gcpu=NaN hbusy=NaN
-    if ((ok)); then
-        local wall; wall=$(calc %.6f "$w1 - $w0")
-        scpu=$(calc %.0f "($s1 - $s0) / $CLK_TCK / $wall * 100")
-        gcpu=$(calc %.0f "($g1 - $g0) / $CLK_TCK / $wall * 100")
-        read -r hb0 ht0 <<<"$h0"
-        read -r hb1 ht1 <<<"$h1"
-        hbusy=$(calc %.0f "($hb1 - $hb0) / ($ht1 - $ht0) * 100")
+    local scpu=NaN gcpu=NaN hbusy steal wall hb0 hs0 ht0 hb1 hs1 ht1 threads
+    wall=$(calc %.6f "$w1 - $w0")
+    [[ $s0 == NaN || $s1 == NaN ]] || scpu=$(calc %.0f "($s1 - $s0) / $CLK_TCK / $wall * 100")
+    [[ $g0 == NaN || $g1 == NaN ]] || gcpu=$(calc %.0f "($g1 - $g0) / $CLK_TCK / $wall * 100")
+    read -r hb0 hs0 ht0 <<<"$h0"
+    read -r hb1 hs1 ht1 <<<"$h1"
+    hbusy=$(calc %.0f "($hb1 - $hb0) / ($ht1 - $ht0) * 100")
+    steal=$(calc %.0f "($hs1 - $hs0) / ($ht1 - $ht0) * 100")
+    threads=$(thread_top "$TMP/threads0" "$TMP/threads1" "$(calc %.6f "$tt1 - $tt0")")
+    if [[ $server == corral ]]; then
+        store_stats "$TMP/metrics0" "$TMP/metrics1" "$(calc %.6f "$mt1 - $mt0")" "$sc" >>"$TMP/store.txt"
     fi
+    # CPU used by everything except server and generator (of one core): other load on the box
+    local other=NaN
+    [[ $scpu == NaN || $gcpu == NaN ]] ||
+        other=$(calc %.0f "($hb1 - $hb0) / ($ht1 - $ht0) * 100 * $NCPU - $scpu - $gcpu")
     local per_conn=NaN
     ((up > 0)) && per_conn=$(calc %.1f "($rss_loaded - $rss_idle) / $up")
     local srv_errs gen_warns
-    srv_errs=$(grep -c . "$slog" || true)
+    # Known, harmless lines are counted apart: mosquitto's warning when run as root, and OpenSSL's
+    # "unexpected eof" when a generator connection closes without a TLS close_notify at the end.
+    local eof_lines
+    eof_lines=$(grep -c 'unexpected eof while reading' "$slog" || true)
+    srv_errs=$(grep -v -e 'unexpected eof while reading' -e 'should not be run as root' "$slog" | grep -c . || true)
     gen_warns=$(grep -ciE 'warn|error' "$RUN_DIR/$tag.gen.log" || true)
-    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' \
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' \
         "$sc" "$server" "$up" "$req" "$msgs" "$scpu" "$gcpu" "$hbusy" "$rss_idle" "$rss_loaded" \
-        "$per_conn" "$gen_rss" "$ramp" "$est_end" "$srv_errs" "$gen_warns" "$rc" >>"$TMP/rows.tsv"
-    log "$tag: $(calc %.0f "$msgs") msg/s, server CPU ${scpu}%, generator CPU ${gcpu}%, host busy ${hbusy}%, RSS $((rss_idle / 1024))→$((rss_loaded / 1024)) MiB, ${per_conn} KiB/conn, $up/$req up"
+        "$per_conn" "$gen_rss" "$ramp" "$est_end" "$srv_errs" "$gen_warns" "$rc" "$eof_lines" "$other" \
+        "$steal" "$threads" >>"$TMP/rows.tsv"
+    log "$tag: $(calc %.0f "$msgs") msg/s, server CPU ${scpu}%, generator CPU ${gcpu}%, host busy ${hbusy}% (other ${other}%, steal ${steal}%), RSS $((rss_idle / 1024))→$((rss_loaded / 1024)) MiB, ${per_conn} KiB/conn, $up/$req up"
 }
 
 # ---------------------------------------------------------------- generator check (mqttwrk)
@@ -419,30 +503,31 @@ generator_check() {
 # ---------------------------------------------------------------- report
 report() {
     local model kernel corral_v git_rev mosq_v
-    model=$(lscpu | awk -F: '/^Model name/ {gsub(/^ +/, "", $2); print $2; exit}')
+    model=$(lscpu | awk -F: '/^Model name/ && !n++ {gsub(/^ +/, "", $2); print $2}')
     kernel=$(uname -r)
     corral_v=$("$BIN" --version 2>/dev/null | awk '{print $2}')
     git_rev=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?')
     git -C "$ROOT" diff --quiet HEAD -- src Cargo.toml Cargo.lock 2>/dev/null || git_rev="$git_rev+dirty"
-    mosq_v=$("$MOSQ" -h 2>&1 | awk '/version/ {print $3; exit}')
+    mosq_v=$({ "$MOSQ" -h 2>&1 || true; } | awk '/version/ && !n++ {print $3}')
+    local fs; fs=$(df -PT "$TMP" | awk 'NR == 2 {print $2 " (" $1 ")"}')
     {
         echo "### Ingest: Corral vs mosquitto ($(date -u +%Y-%m-%dT%H:%MZ))"
         echo
-        echo "Machine: $model, $(nproc) cores, kernel $kernel, ulimit -n $ULIMIT_N. Corral $corral_v ($git_rev), Debian mosquitto $mosq_v (persistence off)."
+        echo "Machine: $model, $(nproc) cores, kernel $kernel, ulimit -n $ULIMIT_N, ${BASELINE_BUSY}% busy before the run, Corral data on $fs. Corral $corral_v (tree $git_rev; binary built $(date -u -r "$BIN" +%Y-%m-%dT%H:%MZ)), Debian mosquitto $mosq_v (persistence off)."
         echo "Load: \`corral simulate\` (rumqttc, MQTT 3.1.1, QoS 1, TLS 1.3, ThingsBoard JSON ~40 B, inflight $INFLIGHT, connect concurrency $CONNECT_CONCURRENCY) on the same host; Corral acknowledges each QoS 1 publish only after it is fsynced, mosquitto keeps nothing."
         echo
-        echo "| scenario | server | conns up | msg/s | server CPU % | msg per server CPU-s | generator CPU % | host busy % | server RSS idle → loaded (MiB) | RSS per conn (KiB) | ramp (s) |"
-        echo "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"
-        local sc server up req msgs scpu gcpu hbusy ri rl pc ramp est errs gw rc desc
-        while IFS=$'\t' read -r sc server up req msgs scpu gcpu hbusy ri rl pc _ ramp est errs gw rc; do
+        echo "| scenario | server | conns up | msg/s | server CPU % | msg per server CPU-s | generator CPU % | kernel + other CPU % | host busy % | server RSS idle → loaded (MiB) | RSS per conn (KiB) | ramp (s) |"
+        echo "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+        local sc server up req msgs scpu gcpu hbusy ri rl pc ramp est errs gw rc desc other
+        while IFS=$'\t' read -r sc server up req msgs scpu gcpu hbusy ri rl pc _ ramp est errs gw rc _ other _; do
             case $sc in
             A) desc="A: $CONNS_A conns, unthrottled, ${DUR_A} s" ;;
             B) desc="B: $CONNS_B conns × $RATE_B msg/s, ${DUR_B} s" ;;
             esac
             local eff=NaN
             [[ $scpu != NaN && $scpu != 0 ]] && eff=$(calc %.0f "$msgs / ($scpu / 100)")
-            printf '| %s | %s | %s/%s | %s | %s | %s | %s | %s | %s → %s | %s | %s |\n' \
-                "$desc" "$server" "$up" "$req" "$(calc %.0f "$msgs")" "$scpu" "$eff" "$gcpu" "$hbusy" \
+            printf '| %s | %s | %s/%s | %s | %s | %s | %s | %s | %s | %s → %s | %s | %s |\n' \
+                "$desc" "$server" "$up" "$req" "$(calc %.0f "$msgs")" "$scpu" "$eff" "$gcpu" "$other" "$hbusy" \
                 "$(calc %.1f "$ri / 1024")" "$(calc %.1f "$rl / 1024")" "$pc" "$ramp"
         done <"$TMP/rows.tsv"
         echo
@@ -455,17 +540,27 @@ report() {
             fi
         done
         [[ " $SCENARIOS " == *" B "* ]] && echo "- Scenario B offers $((CONNS_B * RATE_B)) msg/s in total; a server that keeps up shows about that."
-        echo "- CPU % is of one core (200 % = both cores of this machine), sampled from /proc/PID/stat over the publishing window minus 1 s at each end; host busy % is the whole machine. Generator and server share the machine: when host busy is near 100 % the figures are bound by the machine, not by the server alone."
+        echo "- CPU % is of one core (200 % = both cores of this machine), sampled from /proc/PID/stat over the publishing window minus 1 s at each end; host busy % is the whole machine (steal excluded). Kernel + other = host busy × $NCPU − server − generator: softirq for the loopback traffic, kernel I/O threads (jbd2, kworker) working for fsyncs, and anything else running. Generator and server share the machine: when host busy is near 100 % the figures are bound by the machine, not by the server alone."
         echo "- RSS per conn = (RSS with every connection open − idle RSS before connecting) / connections; with few connections it is dominated by buffers, not per-connection state."
         if [[ -n ${SEED_SECONDS:-} ]]; then echo "- Corral's devices were created once over REST (${SEED_SECONDS} s) in a template data dir; each Corral run starts on a fresh copy of it."; fi
-        local anomalies=""
-        while IFS=$'\t' read -r sc server up req msgs scpu gcpu hbusy ri rl pc _ ramp est errs gw rc; do
+        local anomalies="" notes="" thread_lines="" eof steal threads
+        while IFS=$'\t' read -r sc server up req msgs scpu gcpu hbusy ri rl pc _ ramp est errs gw rc eof other steal threads; do
+            thread_lines+="  - $server $sc: ${threads:-?}"$'\n'
+            ((steal <= 5)) || anomalies+="  - $server $sc: ${steal}% of the machine's CPU time was stolen by the hypervisor during the window"$'\n'
+            ((eof == 0)) || notes+="  - $server $sc: $eof \"unexpected eof while reading\" line(s) from the server's TLS (generator connections closed without close_notify at the end of the run)"$'\n'
             ((up == req)) || anomalies+="  - $server $sc: only $up of $req connections came up (generator exit $rc)"$'\n'
             ((errs == 0)) || anomalies+="  - $server $sc: $errs line(s) in the server log ($RUN_DIR/$server-$sc.server.log)"$'\n'
             ((gw == 0)) || anomalies+="  - $server $sc: $gw warning/error line(s) from the generator ($RUN_DIR/$server-$sc.gen.log)"$'\n'
             ((est >= up)) || anomalies+="  - $server $sc: $est connections established at the end of the window, $up came up"$'\n'
         done <"$TMP/rows.tsv"
+        echo "- Server CPU by thread (% of one core, same window):"
+        printf '%s' "$thread_lines"
+        if [[ -s $TMP/store.txt ]]; then
+            echo "- Corral's store over the same window (from its /metrics):"
+            cat "$TMP/store.txt"
+        fi
         if [[ -n $anomalies ]]; then echo "- Anomalies:"; printf '%s' "$anomalies"; fi
+        if [[ -n $notes ]]; then echo "- Known, harmless:"; printf '%s' "$notes"; fi
         if [[ -s $TMP/check.tsv || -n ${CHECK_NOTE:-} ]]; then
             echo
             echo "#### Generator check against mosquitto"

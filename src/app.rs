@@ -185,7 +185,7 @@ impl App {
             let _ = t.await;
         }
         self.services.store.commit().await?;
-        self.services.store.flush_now()?;
+        self.services.store.checkpoint().await?;
         Ok(())
     }
 }

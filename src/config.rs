@@ -130,7 +130,7 @@ impl Default for MqttConfig {
             plain_listen: "0.0.0.0:1883".into(),
             max_packet_size: 65536,
             connect_timeout_secs: 5,
-            max_inflight: 16,
+            max_inflight: 64,
             workers: 0,
         }
     }

@@ -7,7 +7,7 @@ use crate::devices::protocol::{self, PayloadError};
 use crate::events::{Event, EventBus};
 use crate::metrics::Metrics;
 use crate::model::{DEFAULT_TAG, DeviceId, Millis, Point, now_ms};
-use crate::store::{RawPage, RawQuery, SeriesKey, Store, StoreError};
+use crate::store::{PointsOp, RawPage, RawQuery, SeriesKey, Store, StoreError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum IngestError {
@@ -52,12 +52,16 @@ impl DataService {
         if telemetry.is_empty() {
             return Ok(0);
         }
-        // Applied on the store's writer thread: no runtime thread ever blocks on sled.
-        let write = move |db: &crate::store::Db| db.put_points(device, DEFAULT_TAG, &telemetry);
-        let n = match durability {
-            Durability::Durable => self.store.durable(write).await?,
-            Durability::BestEffort => self.store.applied(write).await?,
+        // Logged and applied on the store's writer thread: no runtime thread blocks on disk.
+        let op = PointsOp {
+            device,
+            tag: DEFAULT_TAG.into(),
+            points: telemetry,
         };
+        let n = self
+            .store
+            .append_points(op, durability == Durability::Durable)
+            .await?;
         self.metrics.points_stored.inc_by(n as u64);
         self.events.publish(Event::TelemetryStored {
             device_id: device,

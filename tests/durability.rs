@@ -120,6 +120,17 @@ async fn publish_until_killed(
     (client, pub_task)
 }
 
+/// After `kill -9` the data comes back through the write-ahead log, not by luck of a flush.
+fn assert_replayed(srv: &Server) {
+    assert!(
+        srv.startup_logs
+            .iter()
+            .any(|l| l.contains("replayed the write-ahead log")),
+        "no WAL replay after kill -9: {:?}",
+        srv.startup_logs
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_acknowledged_message_survives_kill_9() {
     corral::pki::install_crypto_provider();
@@ -136,6 +147,7 @@ async fn every_acknowledged_message_survives_kill_9() {
     for round in 0..3 {
         if round > 0 {
             srv = Server::spawn(dir.path(), &key);
+            assert_replayed(&srv);
         }
         let before = acked.lock().expect("lock").len();
         let (client, pub_task) = publish_until_killed(&srv, &token, next, acked.clone()).await;
@@ -151,6 +163,7 @@ async fn every_acknowledged_message_survives_kill_9() {
         );
     }
     let srv = Server::spawn(dir.path(), &key);
+    assert_replayed(&srv);
     let stored = stored_seqs(&srv.base(), &key, &device).await;
     let acked = acked.lock().expect("lock").clone();
     let lost: Vec<_> = acked.difference(&stored).take(10).collect();
@@ -186,6 +199,12 @@ async fn sigterm_stops_cleanly_and_keeps_acknowledged_data() {
     );
     drop(srv);
     let srv = Server::spawn(dir.path(), &key);
+    assert!(
+        !srv.startup_logs
+            .iter()
+            .any(|l| l.contains("replayed the write-ahead log")),
+        "a clean stop checkpoints: nothing to replay"
+    );
     let stored = stored_seqs(&srv.base(), &key, &device).await;
     let acked = acked.lock().expect("lock").clone();
     assert!(!acked.is_empty());

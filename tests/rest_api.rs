@@ -298,13 +298,19 @@ async fn registry_crud_pagination_and_errors() {
     // Everything written survives a restart of the app on the same data directory.
     let dir_config = t.config.clone();
     t.stop().await;
-    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-    let app = corral::app::App::start(
-        dir_config.clone(),
-        corral::app::Listeners::bind(&dir_config).expect("bind"),
-    )
-    .await
-    .expect("restart");
+    // The store's writer thread releases the database shortly after the last handle is gone.
+    let mut app = None;
+    for _ in 0..100 {
+        let listeners = corral::app::Listeners::bind(&dir_config).expect("bind");
+        match corral::app::App::start(dir_config.clone(), listeners).await {
+            Ok(a) => {
+                app = Some(a);
+                break;
+            }
+            Err(_) => tokio::time::sleep(std::time::Duration::from_millis(50)).await,
+        }
+    }
+    let app = app.expect("restart on the same data directory");
     let base = format!("http://{}", app.addrs.http);
     let r: Value = reqwest::Client::new()
         .get(format!("{base}/api/v1/devices/{}", ids[0]))

@@ -1,33 +1,51 @@
-//! The write pipeline and group commit (DESIGN.md §3). Device writes are applied by one writer
-//! thread and made durable by one flusher thread:
+//! The device-data write pipeline and group commit (DESIGN.md §3):
 //!
 //! ```text
-//! callers ──jobs──▶ writer thread (apply to sled) ──applied batches──▶ flusher thread (fsync) ──▶ replies
+//! callers ──ops──▶ writer thread: log to WAL, apply to sled ──batches──▶ flusher: fdatasync WAL ──▶ replies
 //! ```
 //!
-//! Callers never block a runtime thread on sled: they queue a job and await its reply. The
-//! flusher drains every batch applied so far before each flush, so one fsync covers everything
-//! that was waiting, and a reply says "durable" only for writes applied before that flush
-//! started. While one flush runs, the writer keeps applying the next batch.
+//! Callers never block a runtime thread on disk: they queue an op and await its reply. The
+//! flusher drains every batch written so far before each sync, so one `fdatasync` covers
+//! everything waiting, and a reply says "durable" only for records written before that sync
+//! started. While one sync runs, the writer keeps logging and applying the next batch. Every
+//! `CHECKPOINT_BYTES` of log, the writer flushes sled and drops the old segments.
 
+use std::fs::File;
 use std::sync::Arc;
 use std::sync::mpsc as std_mpsc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot};
 
+use super::wal::{PointsOp, Wal};
 use super::{Db, Result, StoreError};
 use crate::metrics::Metrics;
 
-/// Completes a durable job once the flush covering it has finished.
-type Finish = Box<dyn FnOnce(std::result::Result<(), String>) + Send>;
-/// A write to apply on the writer thread; returns its completion if it waits for durability.
-type Job = Box<dyn FnOnce(&Db) -> Option<Finish> + Send>;
+type Reply = oneshot::Sender<Result<usize>>;
+
+enum Job {
+    /// Log and apply; reply once durable (`durable`) or once applied.
+    Points {
+        op: PointsOp,
+        reply: Reply,
+        durable: bool,
+    },
+    /// Flush sled and drop the log written so far.
+    Checkpoint(oneshot::Sender<Result<()>>),
+}
+
+/// Durable replies waiting for the sync of the segment their records went to.
+struct Batch {
+    file: Arc<File>,
+    waiting: Vec<(Reply, Result<usize>)>,
+}
 
 /// Jobs queued before callers feel backpressure.
 const QUEUE: usize = 16_384;
-/// Jobs applied before the batch is handed to the flusher, bounding latency under load.
+/// Jobs handled before the batch is handed to the flusher, bounding latency under load.
 const MAX_BATCH: usize = 4_096;
+/// Log size after which sled is flushed and the log truncated; bounds replay time after a crash.
+const CHECKPOINT_BYTES: u64 = 64 << 20;
 
 pub(super) struct Pipeline {
     tx: mpsc::Sender<Job>,
@@ -36,95 +54,158 @@ pub(super) struct Pipeline {
 impl Pipeline {
     pub(super) fn spawn(
         db: Arc<Db>,
+        wal: Wal,
         delay: Duration,
         metrics: Arc<Metrics>,
     ) -> std::io::Result<Self> {
         let (tx, rx) = mpsc::channel::<Job>(QUEUE);
-        let (applied_tx, applied_rx) = std_mpsc::channel::<Vec<Finish>>();
-        let writer_db = db.clone();
+        let (batches_tx, batches_rx) = std_mpsc::channel::<Batch>();
         std::thread::Builder::new()
             .name("store-writer".into())
-            .spawn(move || write_loop(&writer_db, rx, applied_tx))?;
+            .spawn(move || write_loop(&db, wal, rx, batches_tx))?;
         std::thread::Builder::new()
             .name("store-flusher".into())
-            .spawn(move || flush_loop(&db, applied_rx, delay, &metrics))?;
+            .spawn(move || flush_loop(batches_rx, delay, &metrics))?;
         Ok(Self { tx })
     }
 
-    /// Applies `write` on the writer thread and returns its result once it is on disk.
-    pub(super) async fn durable<R: Send + 'static>(
-        &self,
-        write: impl FnOnce(&Db) -> Result<R> + Send + 'static,
-    ) -> Result<R> {
-        let (tx, rx) = oneshot::channel();
-        let job: Job = Box::new(move |db| {
-            let res = write(db);
-            Some(Box::new(move |flushed: std::result::Result<(), String>| {
-                let out = match (res, flushed) {
-                    (Ok(v), Ok(())) => Ok(v),
-                    (Err(e), _) => Err(e),
-                    (Ok(_), Err(e)) => Err(StoreError::Flush(e)),
-                };
-                let _ = tx.send(out);
-            }))
-        });
-        self.tx.send(job).await.map_err(|_| StoreError::Closed)?;
+    pub(super) async fn points(&self, op: PointsOp, durable: bool) -> Result<usize> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Job::Points { op, reply, durable })
+            .await
+            .map_err(|_| StoreError::Closed)?;
         rx.await.map_err(|_| StoreError::Closed)?
     }
 
-    /// Applies `write` on the writer thread and returns once applied; it becomes durable with
-    /// the next flush (for QoS 0 data, which has no acknowledgement to hold back).
-    pub(super) async fn applied<R: Send + 'static>(
-        &self,
-        write: impl FnOnce(&Db) -> Result<R> + Send + 'static,
-    ) -> Result<R> {
-        let (tx, rx) = oneshot::channel();
-        let job: Job = Box::new(move |db| {
-            let _ = tx.send(write(db));
-            None
-        });
-        self.tx.send(job).await.map_err(|_| StoreError::Closed)?;
+    pub(super) async fn checkpoint(&self) -> Result<()> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Job::Checkpoint(reply))
+            .await
+            .map_err(|_| StoreError::Closed)?;
         rx.await.map_err(|_| StoreError::Closed)?
     }
 }
 
-fn write_loop(db: &Db, mut rx: mpsc::Receiver<Job>, applied: std_mpsc::Sender<Vec<Finish>>) {
+fn write_loop(
+    db: &Db,
+    mut wal: Wal,
+    mut rx: mpsc::Receiver<Job>,
+    batches: std_mpsc::Sender<Batch>,
+) {
+    let mut buf = Vec::with_capacity(1 << 16);
     while let Some(first) = rx.blocking_recv() {
-        let mut finishes = Vec::new();
-        finishes.extend(first(db));
-        let mut n = 1;
-        while n < MAX_BATCH {
-            let Ok(job) = rx.try_recv() else { break };
-            finishes.extend(job(db));
-            n += 1;
+        let mut jobs = vec![first];
+        while jobs.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(j) => jobs.push(j),
+                Err(_) => break,
+            }
         }
-        if !finishes.is_empty() && applied.send(finishes).is_err() {
+        buf.clear();
+        let mut staged = sled::Batch::default();
+        // (reply, values staged or the error staging them, waits for durability)
+        let mut done: Vec<(Reply, Result<usize>, bool)> = Vec::with_capacity(jobs.len());
+        let mut checkpoints = Vec::new();
+        for job in jobs {
+            match job {
+                Job::Points { op, reply, durable } => {
+                    op.encode(&mut buf);
+                    let res = op.stage(db, &mut staged);
+                    done.push((reply, res, durable));
+                }
+                Job::Checkpoint(reply) => checkpoints.push(reply),
+            }
+        }
+        // One atomic sled batch for the whole group: per-batch overhead dominates small writes.
+        let applied = db.apply_points(staged);
+        let mut waiting = Vec::new();
+        for (reply, res, durable) in done {
+            let res = match (&applied, res) {
+                (Ok(()), r) => r,
+                (Err(e), _) => Err(StoreError::Flush(e.to_string())),
+            };
+            if durable {
+                waiting.push((reply, res));
+            } else {
+                let _ = reply.send(res);
+            }
+        }
+        if let Err(e) = wal.append(&buf) {
+            tracing::error!(error = %e, "cannot append to the write-ahead log; the writes are refused");
+            for (reply, _) in waiting.drain(..) {
+                let _ = reply.send(Err(StoreError::Flush(e.to_string())));
+            }
+        }
+        if !waiting.is_empty()
+            && batches
+                .send(Batch {
+                    file: wal.current(),
+                    waiting,
+                })
+                .is_err()
+        {
             return;
         }
+        if !checkpoints.is_empty() || wal.bytes >= CHECKPOINT_BYTES {
+            let res = wal.checkpoint(db);
+            if let Err(e) = &res {
+                tracing::error!(error = %e, "checkpoint failed; the log keeps growing until one succeeds");
+            }
+            for reply in checkpoints {
+                let _ = reply.send(
+                    res.as_ref()
+                        .map(drop)
+                        .map_err(|e| StoreError::Flush(e.to_string())),
+                );
+            }
+        }
+    }
+    // Senders are gone (shutdown): leave sled complete so the next start replays nothing.
+    if let Err(e) = wal.checkpoint(db) {
+        tracing::warn!(error = %e, "final checkpoint failed; the log will be replayed at next start");
     }
 }
 
-fn flush_loop(db: &Db, rx: std_mpsc::Receiver<Vec<Finish>>, delay: Duration, m: &Metrics) {
+fn flush_loop(rx: std_mpsc::Receiver<Batch>, delay: Duration, m: &Metrics) {
     while let Ok(first) = rx.recv() {
         if !delay.is_zero() {
             std::thread::sleep(delay);
         }
-        let mut waiting = first;
-        // Everything already applied is covered by the flush that starts now.
+        let mut batches = vec![first];
+        // Everything already written is covered by the sync that starts now.
         while let Ok(more) = rx.try_recv() {
-            waiting.extend(more);
+            batches.push(more);
         }
         let started = Instant::now();
-        let res = db.flush().map(drop).map_err(|e| e.to_string());
+        let mut synced: Vec<*const File> = Vec::new();
+        let mut result: std::result::Result<(), String> = Ok(());
+        for b in &batches {
+            let ptr = Arc::as_ptr(&b.file);
+            if !synced.contains(&ptr) {
+                synced.push(ptr);
+                if let Err(e) = b.file.sync_data() {
+                    result = Err(e.to_string());
+                }
+            }
+        }
+        let n: usize = batches.iter().map(|b| b.waiting.len()).sum();
         m.store_flushes.inc();
         m.store_flush_seconds
             .observe(started.elapsed().as_secs_f64());
-        m.store_flush_batch.observe(waiting.len() as f64);
-        if let Err(e) = &res {
-            tracing::error!(error = %e, "store flush failed; writers are told their data is not durable");
+        m.store_flush_batch.observe(n as f64);
+        if let Err(e) = &result {
+            tracing::error!(error = %e, "log sync failed; writers are told their data is not durable");
         }
-        for finish in waiting {
-            finish(res.clone());
+        for b in batches {
+            for (reply, res) in b.waiting {
+                let out = match (&result, res) {
+                    (Ok(()), r) => r,
+                    (Err(e), _) => Err(StoreError::Flush(e.clone())),
+                };
+                let _ = reply.send(out);
+            }
         }
     }
 }

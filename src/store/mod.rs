@@ -7,6 +7,7 @@ mod codec;
 mod commit;
 mod registry;
 mod telemetry;
+mod wal;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -14,6 +15,7 @@ use std::time::Duration;
 
 pub use registry::{NameClash, Page};
 pub use telemetry::{RawPage, RawQuery, SeriesKey};
+pub use wal::{Points, PointsOp};
 
 use crate::metrics::Metrics;
 
@@ -33,6 +35,11 @@ pub enum StoreError {
     Sled(#[from] sled::Error),
     #[error("corrupt record in {tree}: {detail}")]
     Corrupt { tree: &'static str, detail: String },
+    #[error("write-ahead log at {path}: {source}")]
+    Wal {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("flush to disk failed: {0}")]
     Flush(String),
     #[error("the store is shutting down")]
@@ -50,8 +57,9 @@ impl From<sled::transaction::TransactionError<StoreError>> for StoreError {
 
 pub type Result<T> = std::result::Result<T, StoreError>;
 
-/// Handle to the embedded store; cheap to clone. Reads go straight to `Db` (through `Deref`);
-/// writes that must be durable go through the write pipeline (`durable`, `commit`).
+/// Handle to the embedded store; cheap to clone. Reads and registry writes go straight to `Db`
+/// (through `Deref`) and are made durable with `commit`; device data goes through the
+/// write-ahead-logged pipeline (`append_points`).
 #[derive(Clone)]
 pub struct Store {
     db: Arc<Db>,
@@ -88,7 +96,7 @@ struct Trees {
     api_keys: sled::Tree,
     api_key_hashes: sled::Tree,
     ts: sled::Tree,
-    ts_latest: sled::Tree,
+    series: sled::Tree,
 }
 
 /// Options for opening the store.
@@ -139,7 +147,7 @@ impl Store {
             api_keys: t("api_keys")?,
             api_key_hashes: t("api_key_hashes")?,
             ts: t("ts")?,
-            ts_latest: t("ts_latest")?,
+            series: t("series")?,
         };
         migrate(path, &trees.meta)?;
         db.flush().map_err(open_err)?;
@@ -148,7 +156,14 @@ impl Store {
             path: path.to_path_buf(),
             trees,
         });
-        let pipeline = commit::Pipeline::spawn(db.clone(), opts.group_commit_delay, metrics)
+        let (wal, replayed) = wal::Wal::open_and_replay(&path.with_extension("wal"), &db)?;
+        if replayed > 0 {
+            tracing::info!(
+                records = replayed,
+                "replayed the write-ahead log after an unclean stop"
+            );
+        }
+        let pipeline = commit::Pipeline::spawn(db.clone(), wal, opts.group_commit_delay, metrics)
             .map_err(|e| open_err(sled::Error::Io(e)))?;
         Ok(Store {
             db,
@@ -156,26 +171,23 @@ impl Store {
         })
     }
 
-    /// Runs `write` on the store's writer thread and returns its result once it is on disk.
-    /// Concurrent writers share one flush (group commit).
-    pub async fn durable<R: Send + 'static>(
-        &self,
-        write: impl FnOnce(&Db) -> Result<R> + Send + 'static,
-    ) -> Result<R> {
-        self.pipeline.durable(write).await
+    /// Logs and stores telemetry points of one device. With `durable`, returns once the write is
+    /// on disk (group commit); otherwise once it is applied, durable with the next sync.
+    pub async fn append_points(&self, op: PointsOp, durable: bool) -> Result<usize> {
+        self.pipeline.points(op, durable).await
     }
 
-    /// Runs `write` on the writer thread; durable with the next flush, which is not awaited.
-    pub async fn applied<R: Send + 'static>(
-        &self,
-        write: impl FnOnce(&Db) -> Result<R> + Send + 'static,
-    ) -> Result<R> {
-        self.pipeline.applied(write).await
-    }
-
-    /// Waits until every write made before this call is on disk.
+    /// Makes every registry write made before this call durable (a sled flush; device data has
+    /// its own log and does not need this).
     pub async fn commit(&self) -> Result<()> {
-        self.pipeline.durable(|_| Ok(())).await
+        self.db.db.flush_async().await?;
+        Ok(())
+    }
+
+    /// Flushes sled and truncates the write-ahead log (at shutdown, so the next start has
+    /// nothing to replay).
+    pub async fn checkpoint(&self) -> Result<()> {
+        self.pipeline.checkpoint().await
     }
 }
 
@@ -184,10 +196,6 @@ impl Db {
     pub fn flush_now(&self) -> Result<()> {
         self.db.flush()?;
         Ok(())
-    }
-
-    pub(super) fn flush(&self) -> sled::Result<usize> {
-        self.db.flush()
     }
 
     /// Directory of the store.
@@ -289,10 +297,11 @@ mod tests {
             assert_eq!(s.schema_version().expect("version"), SCHEMA_VERSION);
             s.commit().await.expect("commit");
         }
-        // The group-commit task lets go of the database when it next runs; give it the chance.
+        // The writer thread checkpoints and lets go of the database after the last handle is
+        // dropped; give it time.
         let mut reopened = None;
-        for _ in 0..100 {
-            tokio::task::yield_now().await;
+        for _ in 0..500 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
             if let Ok(s) = Store::open(&path, opts(), Arc::new(Metrics::new())) {
                 reopened = Some(s);
                 break;

@@ -1,6 +1,7 @@
 //! Telemetry time series. Layout: `ts` holds `device ‖ tag ‖ key ‖ ts → value`, so one series
-//! is one contiguous, time-ordered range; `ts_latest` holds `device ‖ tag ‖ key → ts ‖ value`,
-//! the latest value and the directory of a device's series.
+//! is one contiguous, time-ordered range, and its latest point is the last key of that range;
+//! `series` holds `device ‖ tag ‖ key → ()`, the directory of a device's series, written only
+//! when a series first appears so that ingest costs one write per value.
 
 use super::codec::{decode_value, encode_value, push_str, read_str, ts_bytes, ts_from};
 use super::{Db, Result, StoreError};
@@ -49,52 +50,59 @@ fn series_key(device: DeviceId, tag: &str, key: &str) -> Vec<u8> {
 }
 
 impl Db {
-    /// Writes points of one tag: `(ts, [(key, value)])`. Not durable until `commit()`.
-    /// Returns the number of values written.
+    /// Writes points of one tag: `(ts, [(key, value)])`. Not durable until the log or a flush
+    /// covers it. Returns the number of values written.
     pub fn put_points(
         &self,
         device: DeviceId,
         tag: &str,
         points: &[(Millis, Vec<(String, Value)>)],
     ) -> Result<usize> {
-        let t = self.trees();
         let mut batch = sled::Batch::default();
-        let mut latest: std::collections::BTreeMap<&str, (Millis, &Value)> = Default::default();
+        let n = self.stage_points(&mut batch, device, tag, points)?;
+        self.trees().ts.apply_batch(batch)?;
+        Ok(n)
+    }
+
+    /// Adds points to a batch for the `ts` tree (applied by the caller, so many devices' points
+    /// share one atomic sled batch); registers series seen for the first time.
+    pub(super) fn stage_points(
+        &self,
+        batch: &mut sled::Batch,
+        device: DeviceId,
+        tag: &str,
+        points: &[(Millis, Vec<(String, Value)>)],
+    ) -> Result<usize> {
+        let t = self.trees();
         let mut n = 0;
         for (ts, values) in points {
             for (key, value) in values {
                 let mut k = series_key(device, tag, key);
+                let series_len = k.len();
                 k.extend_from_slice(&ts_bytes(*ts));
                 let mut v = Vec::with_capacity(16);
                 encode_value(&mut v, value);
+                // A read is far cheaper than a write in sled: write the directory entry only once.
+                if !t.series.contains_key(&k[..series_len])? {
+                    t.series.insert(&k[..series_len], &[])?;
+                }
                 batch.insert(k, v);
                 n += 1;
-                let e = latest.entry(key.as_str()).or_insert((*ts, value));
-                if *ts >= e.0 {
-                    *e = (*ts, value);
-                }
             }
         }
-        t.ts.apply_batch(batch)?;
-        for (key, (ts, value)) in latest {
-            let mut enc = ts_bytes(ts).to_vec();
-            encode_value(&mut enc, value);
-            // Only move "latest" forward: a device may upload old points after new ones.
-            t.ts_latest
-                .fetch_and_update(series_key(device, tag, key), |old| match old {
-                    Some(o) if o.len() >= 8 && ts_from(&o[..8]).is_some_and(|ot| ot > ts) => {
-                        Some(o.to_vec())
-                    }
-                    _ => Some(enc.clone()),
-                })?;
-        }
         Ok(n)
+    }
+
+    /// Applies a batch staged with `stage_points`.
+    pub(super) fn apply_points(&self, batch: sled::Batch) -> Result<()> {
+        self.trees().ts.apply_batch(batch)?;
+        Ok(())
     }
 
     /// Every series (tag, key) a device has.
     pub fn device_series(&self, device: DeviceId) -> Result<Vec<SeriesKey>> {
         let mut out = Vec::new();
-        for kv in self.trees().ts_latest.scan_prefix(device.as_bytes()) {
+        for kv in self.trees().series.scan_prefix(device.as_bytes()) {
             let (k, _) = kv?;
             let mut pos = 16;
             let tag = read_str(&k, &mut pos).ok_or_else(|| corrupt("series key"))?;
@@ -115,23 +123,26 @@ impl Db {
         keys: Option<&[String]>,
     ) -> Result<Vec<(String, Point)>> {
         let prefix = series_prefix(device, tag);
+        let t = self.trees();
         let mut out = Vec::new();
-        for kv in self.trees().ts_latest.scan_prefix(&prefix) {
-            let (k, v) = kv?;
+        for kv in t.series.scan_prefix(&prefix) {
+            let (series, _) = kv?;
             let mut pos = prefix.len();
-            let key = read_str(&k, &mut pos).ok_or_else(|| corrupt("latest key"))?;
+            let key = read_str(&series, &mut pos).ok_or_else(|| corrupt("series key"))?;
             if keys.is_some_and(|ks| !ks.iter().any(|x| x == key)) {
                 continue;
             }
-            let ts = ts_from(v.get(..8).ok_or_else(|| corrupt("latest value"))?)
-                .ok_or_else(|| corrupt("latest ts"))?;
-            out.push((
-                key.to_string(),
-                Point {
-                    ts,
-                    value: decode_value(&v[8..])?,
-                },
-            ));
+            if let Some(kv) = t.ts.scan_prefix(&series).next_back() {
+                let (k, v) = kv?;
+                let ts = ts_from(&k[series.len()..]).ok_or_else(|| corrupt("ts key"))?;
+                out.push((
+                    key.to_string(),
+                    Point {
+                        ts,
+                        value: decode_value(&v)?,
+                    },
+                ));
+            }
         }
         Ok(out)
     }
@@ -211,7 +222,7 @@ impl Db {
 
     /// Removes every point and latest value of a device, in bounded batches.
     pub fn delete_device_telemetry(&self, device: DeviceId) -> Result<()> {
-        for tree in [&self.trees().ts, &self.trees().ts_latest] {
+        for tree in [&self.trees().ts, &self.trees().series] {
             loop {
                 let mut batch = sled::Batch::default();
                 let mut n = 0;

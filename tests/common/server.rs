@@ -14,6 +14,8 @@ pub struct Server {
     pub mqtt_tls: SocketAddr,
     pub data_dir: PathBuf,
     pub logs: mpsc::Receiver<String>,
+    /// Log lines up to and including "corral is running".
+    pub startup_logs: Vec<String>,
 }
 
 pub fn bin() -> &'static str {
@@ -47,9 +49,11 @@ impl Server {
         });
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
         let mut found = None;
+        let mut startup_logs = Vec::new();
         while let Ok(line) =
             rx.recv_timeout(deadline.saturating_duration_since(std::time::Instant::now()))
         {
+            startup_logs.push(line.clone());
             let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) else {
                 continue;
             };
@@ -70,6 +74,7 @@ impl Server {
             mqtt_tls,
             data_dir: data_dir.to_path_buf(),
             logs: rx,
+            startup_logs,
         }
     }
 
