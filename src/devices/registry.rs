@@ -436,29 +436,35 @@ impl Registry {
         Ok(self.store.get_device(id)?)
     }
 
-    /// Marks a device connected; the returned liveness is touched on every message.
+    /// Marks a device connected; the returned liveness is touched on every message. The
+    /// stored connect time is written by the store's writer thread: this runs on a connection
+    /// thread, which must never wait for the disk.
     pub fn connected(&self, id: DeviceId) -> Arc<Liveness> {
         let live = self.presence.connect(id);
-        // Bookkeeping is best effort: a failure here must not refuse the device.
-        if let Ok(Some(mut d)) = self.store.get_device(id) {
-            d.last_connect_at = Some(now_ms());
-            if let Err(e) = self.store.put_device_record(&d) {
-                tracing::warn!(device = %id, error = %e, "cannot record connect time");
-            }
-        }
+        let now = now_ms();
+        self.record(id, move |d| d.last_connect_at = Some(now));
         live
     }
 
-    /// Marks one connection of a device closed, saving last activity when it goes offline.
+    /// Marks one connection of a device closed, saving its last activity.
     pub fn disconnected(&self, id: DeviceId) {
-        let (last_activity, offline) = self.presence.disconnect(id);
-        if let Ok(Some(mut d)) = self.store.get_device(id) {
-            d.last_disconnect_at = Some(now_ms());
+        let (last_activity, _offline) = self.presence.disconnect(id);
+        let now = now_ms();
+        self.record(id, move |d| {
+            d.last_disconnect_at = Some(now);
             d.last_activity_at = Some(last_activity.max(d.last_activity_at.unwrap_or(0)));
-            let _ = offline;
-            if let Err(e) = self.store.put_device_record(&d) {
-                tracing::warn!(device = %id, error = %e, "cannot record disconnect time");
+        });
+    }
+
+    /// Updates a device's bookkeeping fields in the background; best effort by design.
+    fn record(&self, id: DeviceId, update: impl Fn(&mut Device) + Send + 'static) {
+        let res = self.store.apply_later(move |db| {
+            if let Err(e) = db.update_device_record(id, &update) {
+                tracing::warn!(device = %id, error = %e, "cannot record connection times");
             }
+        });
+        if let Err(e) = res {
+            tracing::warn!(device = %id, error = %e, "connection times not recorded");
         }
     }
 
@@ -491,7 +497,8 @@ impl Registry {
             enabled: d.enabled,
             created_at: d.created_at,
             updated_at: d.updated_at,
-            last_connect_at: d.last_connect_at,
+            // While online, presence knows the connect time before the background write lands.
+            last_connect_at: live.map(|l| l.connected_at).or(d.last_connect_at),
             last_disconnect_at: d.last_disconnect_at,
         }
     }

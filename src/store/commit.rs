@@ -32,6 +32,9 @@ enum Job {
     },
     /// Flush sled and drop the log written so far.
     Checkpoint(oneshot::Sender<Result<()>>),
+    /// Bookkeeping applied in order on the writer thread, durable at the next checkpoint or
+    /// `commit`; keeps sled writes (which can block) off the callers' threads.
+    Apply(Box<dyn FnOnce(&Db) + Send>),
 }
 
 /// Durable replies waiting for the sync of the segment their records went to.
@@ -78,6 +81,13 @@ impl Pipeline {
         rx.await.map_err(|_| StoreError::Closed)?
     }
 
+    /// Queues `f` without waiting; refused (not queued) when the queue is full.
+    pub(super) fn apply_later(&self, f: impl FnOnce(&Db) + Send + 'static) -> Result<()> {
+        self.tx
+            .try_send(Job::Apply(Box::new(f)))
+            .map_err(|_| StoreError::Busy)
+    }
+
     pub(super) async fn checkpoint(&self) -> Result<()> {
         let (reply, rx) = oneshot::channel();
         self.tx
@@ -116,6 +126,7 @@ fn write_loop(
                     done.push((reply, res, durable));
                 }
                 Job::Checkpoint(reply) => checkpoints.push(reply),
+                Job::Apply(f) => f(db),
             }
         }
         // One atomic sled batch for the whole group: per-batch overhead dominates small writes.

@@ -44,6 +44,8 @@ pub enum StoreError {
     Flush(String),
     #[error("the store is shutting down")]
     Closed,
+    #[error("the store's write queue is full")]
+    Busy,
 }
 
 impl From<sled::transaction::TransactionError<StoreError>> for StoreError {
@@ -175,6 +177,12 @@ impl Store {
     /// on disk (group commit); otherwise once it is applied, durable with the next sync.
     pub async fn append_points(&self, op: PointsOp, durable: bool) -> Result<usize> {
         self.pipeline.points(op, durable).await
+    }
+
+    /// Applies bookkeeping `f` on the writer thread, in order, without waiting; durable at the
+    /// next checkpoint or `commit`. Fails with `Busy` instead of blocking when the queue is full.
+    pub fn apply_later(&self, f: impl FnOnce(&Db) + Send + 'static) -> Result<()> {
+        self.pipeline.apply_later(f)
     }
 
     /// Makes every registry write made before this call durable (a sled flush; device data has

@@ -239,11 +239,22 @@ impl Db {
         Ok(res)
     }
 
-    /// Writes bookkeeping fields (connect times) without touching indexes.
-    pub fn put_device_record(&self, dev: &Device) -> Result<()> {
+    /// Updates bookkeeping fields (connect times) of an existing device without touching
+    /// indexes. Atomic against a concurrent delete: a deleted device is not brought back.
+    pub fn update_device_record(&self, id: DeviceId, f: impl Fn(&mut Device)) -> Result<()> {
         self.trees()
             .devices
-            .insert(dev.id.as_bytes(), encode_json(dev))?;
+            .fetch_and_update(id.as_bytes(), |old| {
+                let old = old?;
+                match decode_json::<Device>("devices", old) {
+                    Ok(mut d) => {
+                        f(&mut d);
+                        Some(encode_json(&d))
+                    }
+                    // Never replace what cannot be read.
+                    Err(_) => Some(old.to_vec()),
+                }
+            })?;
         Ok(())
     }
 
