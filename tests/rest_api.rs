@@ -458,3 +458,45 @@ async fn https_listener_serves_the_api_with_the_generated_certificate() {
     );
     t.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_creates_all_complete() {
+    // Many writers committing at once share flushes; none may stall.
+    let mut t = TestApp::start().await;
+    let ws: Value = t
+        .api
+        .post("/workspaces", &json!({"name": "busy"}))
+        .await
+        .expect("ws");
+    let fleet: Value = t
+        .api
+        .post("/fleets", &json!({"workspace_id": ws["id"], "name": "f"}))
+        .await
+        .expect("fleet");
+    let mut tasks = Vec::new();
+    for i in 0..200 {
+        let api = t.api.clone();
+        let fleet_id = fleet["id"].clone();
+        tasks.push(tokio::spawn(async move {
+            api.post::<_, Value>(
+                "/devices",
+                &json!({"fleet_id": fleet_id, "name": format!("d{i}")}),
+            )
+            .await
+        }));
+    }
+    let done = tokio::time::timeout(std::time::Duration::from_secs(30), async {
+        for task in tasks {
+            task.await.expect("join").expect("created");
+        }
+    })
+    .await;
+    assert!(done.is_ok(), "concurrent creates stalled");
+    let page: Value = t
+        .api
+        .get("/devices", &[("limit", "1000".into())])
+        .await
+        .expect("list");
+    assert_eq!(page["items"].as_array().expect("items").len(), 200);
+    t.stop().await;
+}

@@ -32,6 +32,9 @@ enum Job {
     },
     /// Flush sled and drop the log written so far.
     Checkpoint(oneshot::Sender<Result<()>>),
+    /// Flush sled: makes registry writes made on other threads durable. Serialized here
+    /// because concurrent sled flushes can stall each other.
+    Commit(oneshot::Sender<Result<()>>),
     /// Bookkeeping applied in order on the writer thread, durable at the next checkpoint or
     /// `commit`; keeps sled writes (which can block) off the callers' threads.
     Apply(Box<dyn FnOnce(&Db) + Send>),
@@ -88,6 +91,15 @@ impl Pipeline {
             .map_err(|_| StoreError::Busy)
     }
 
+    pub(super) async fn commit(&self) -> Result<()> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Job::Commit(reply))
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
     pub(super) async fn checkpoint(&self) -> Result<()> {
         let (reply, rx) = oneshot::channel();
         self.tx
@@ -118,6 +130,7 @@ fn write_loop(
         // (reply, values staged or the error staging them, waits for durability)
         let mut done: Vec<(Reply, Result<usize>, bool)> = Vec::with_capacity(jobs.len());
         let mut checkpoints = Vec::new();
+        let mut commits = Vec::new();
         for job in jobs {
             match job {
                 Job::Points { op, reply, durable } => {
@@ -126,6 +139,7 @@ fn write_loop(
                     done.push((reply, res, durable));
                 }
                 Job::Checkpoint(reply) => checkpoints.push(reply),
+                Job::Commit(reply) => commits.push(reply),
                 Job::Apply(f) => f(db),
             }
         }
@@ -158,6 +172,17 @@ fn write_loop(
                 .is_err()
         {
             return;
+        }
+        if !commits.is_empty() {
+            // One flush answers every commit of the group.
+            let res = db.flush_now();
+            for reply in commits {
+                let _ = reply.send(
+                    res.as_ref()
+                        .map(drop)
+                        .map_err(|e| StoreError::Flush(e.to_string())),
+                );
+            }
         }
         if !checkpoints.is_empty() || wal.bytes >= CHECKPOINT_BYTES {
             let res = wal.checkpoint(db);

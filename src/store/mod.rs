@@ -188,8 +188,7 @@ impl Store {
     /// Makes every registry write made before this call durable (a sled flush; device data has
     /// its own log and does not need this).
     pub async fn commit(&self) -> Result<()> {
-        self.db.db.flush_async().await?;
-        Ok(())
+        self.pipeline.commit().await
     }
 
     /// Flushes sled and truncates the write-ahead log (at shutdown, so the next start has
