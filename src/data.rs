@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use crate::devices::protocol::{self, PayloadError};
+use crate::devices::protocol::{self, PayloadError, Telemetry};
 use crate::events::{Event, EventBus};
 use crate::metrics::Metrics;
 use crate::model::{DEFAULT_TAG, DeviceId, Millis, Point, now_ms};
@@ -48,7 +48,24 @@ impl DataService {
         payload: &[u8],
         durability: Durability,
     ) -> Result<usize, IngestError> {
-        let telemetry = protocol::parse_telemetry(payload, now_ms())?;
+        let telemetry = Self::parse_telemetry(payload)?;
+        self.store_telemetry(device, telemetry, durability).await
+    }
+
+    /// Parses a telemetry payload (thingsboard-device-api.md §4), stamping points without `ts`
+    /// with the receive time. Transports parse first and then drop the payload before waiting
+    /// for the store: a payload often shares, and would pin, a whole network read buffer.
+    pub fn parse_telemetry(payload: &[u8]) -> Result<Telemetry, PayloadError> {
+        protocol::parse_telemetry(payload, now_ms())
+    }
+
+    /// Stores parsed telemetry; see `ingest_telemetry`.
+    pub async fn store_telemetry(
+        &self,
+        device: DeviceId,
+        telemetry: Telemetry,
+        durability: Durability,
+    ) -> Result<usize, IngestError> {
         if telemetry.is_empty() {
             return Ok(0);
         }

@@ -458,14 +458,11 @@ impl Registry {
 
     /// Updates a device's bookkeeping fields in the background; best effort by design.
     fn record(&self, id: DeviceId, update: impl Fn(&mut Device) + Send + 'static) {
-        let res = self.store.apply_later(move |db| {
+        self.store.apply_later(move |db| {
             if let Err(e) = db.update_device_record(id, &update) {
                 tracing::warn!(device = %id, error = %e, "cannot record connection times");
             }
         });
-        if let Err(e) = res {
-            tracing::warn!(device = %id, error = %e, "connection times not recorded");
-        }
     }
 
     fn status_of(&self, id: DeviceId) -> DeviceStatus {

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use ntex_bytes::Bytes;
 use ntex_mqtt::{Control, QoS, v3, v5};
 
-use crate::data::{Durability, IngestError};
+use crate::data::{DataService, Durability};
 use crate::devices::presence::Liveness;
 use crate::devices::protocol::{self, DeviceTopic};
 use crate::events::Event;
@@ -224,7 +224,15 @@ enum Outcome {
     Storage,
 }
 
-async fn handle_publish(s: &DeviceSession, topic: &str, payload: &Bytes, qos: QoS) -> Outcome {
+/// Handles one device publish. Takes the payload by value and drops it before any await: the
+/// payload shares ntex's read buffer, and holding it while the store works would pin a whole
+/// buffer per in-flight message.
+async fn handle_publish(
+    s: &DeviceSession,
+    topic: DeviceTopic,
+    payload: Bytes,
+    qos: QoS,
+) -> Outcome {
     s.live.touch();
     let m = &s.services.metrics;
     let label = TransportLabel {
@@ -239,9 +247,19 @@ async fn handle_publish(s: &DeviceSession, topic: &str, payload: &Bytes, qos: Qo
             .get_or_create(&ReasonLabel { reason })
             .inc()
     };
-    match DeviceTopic::parse(topic) {
+    match topic {
         DeviceTopic::Telemetry => {
-            // QoS 0 has no acknowledgement to delay; its data rides the next flush.
+            let parsed = DataService::parse_telemetry(&payload);
+            drop(payload);
+            let telemetry = match parsed {
+                Ok(t) => t,
+                Err(e) => {
+                    reject("bad_payload");
+                    tracing::debug!(device = %s.device_id, error = %e, "telemetry refused");
+                    return Outcome::BadPayload(e.to_string());
+                }
+            };
+            // QoS 0 has no acknowledgement to delay; its data rides the next sync.
             let durability = if qos == QoS::AtMostOnce {
                 Durability::BestEffort
             } else {
@@ -250,16 +268,11 @@ async fn handle_publish(s: &DeviceSession, topic: &str, payload: &Bytes, qos: Qo
             match s
                 .services
                 .data
-                .ingest_telemetry(s.device_id, payload, durability)
+                .store_telemetry(s.device_id, telemetry, durability)
                 .await
             {
                 Ok(_) => Outcome::Stored,
-                Err(IngestError::Payload(e)) => {
-                    reject("bad_payload");
-                    tracing::debug!(device = %s.device_id, error = %e, "telemetry refused");
-                    Outcome::BadPayload(e.to_string())
-                }
-                Err(IngestError::Store(e)) => {
+                Err(e) => {
                     reject("storage");
                     tracing::error!(device = %s.device_id, error = %e, "telemetry not stored");
                     Outcome::Storage
@@ -268,7 +281,7 @@ async fn handle_publish(s: &DeviceSession, topic: &str, payload: &Bytes, qos: Qo
         }
         DeviceTopic::Unknown => {
             reject("unknown_topic");
-            tracing::debug!(device = %s.device_id, topic, "publish to an unknown topic");
+            tracing::debug!(device = %s.device_id, "publish to an unknown topic");
             Outcome::UnknownTopic
         }
     }
@@ -276,7 +289,10 @@ async fn handle_publish(s: &DeviceSession, topic: &str, payload: &Bytes, qos: Qo
 
 pub async fn publish_v3(s: &v3::Session<DeviceSession>, p: v3::Publish) -> Result<(), MqttErr> {
     let payload = p.read_all().await.map_err(|_| MqttErr::Protocol)?;
-    match handle_publish(s, p.publish_topic(), &payload, p.qos()).await {
+    let (topic, qos) = (DeviceTopic::parse(p.publish_topic()), p.qos());
+    // The packet (its topic) shares the read buffer too; the v3 ack needs nothing from it.
+    drop(p);
+    match handle_publish(s, topic, payload, qos).await {
         Outcome::Stored => Ok(()),
         // MQTT 3.1.1 has no negative PUBACK; acknowledging keeps the session usable, as
         // ThingsBoard does, and the message is counted and logged as rejected.
@@ -294,23 +310,17 @@ pub async fn publish_v5(
 ) -> Result<v5::PublishAck, MqttErr> {
     use v5::codec::PublishAckReason as R;
     let payload = p.read_all().await.map_err(|_| MqttErr::Protocol)?;
-    Ok(
-        match handle_publish(s, p.publish_topic(), &payload, p.qos()).await {
-            Outcome::Stored => p.ack(),
-            Outcome::UnknownTopic => p
-                .ack()
-                .reason_code(R::TopicNameInvalid)
-                .reason("unknown topic".into()),
-            Outcome::BadPayload(e) => p
-                .ack()
-                .reason_code(R::PayloadFormatInvalid)
-                .reason(e.into()),
-            Outcome::Storage => p
-                .ack()
-                .reason_code(R::UnspecifiedError)
-                .reason("not stored".into()),
-        },
-    )
+    let (topic, qos) = (DeviceTopic::parse(p.publish_topic()), p.qos());
+    // The dispatcher matches the ack to the packet id itself: the packet can go.
+    drop(p);
+    Ok(match handle_publish(s, topic, payload, qos).await {
+        Outcome::Stored => v5::PublishAck::new(R::Success),
+        Outcome::UnknownTopic => {
+            v5::PublishAck::new(R::TopicNameInvalid).reason("unknown topic".into())
+        }
+        Outcome::BadPayload(e) => v5::PublishAck::new(R::PayloadFormatInvalid).reason(e.into()),
+        Outcome::Storage => v5::PublishAck::new(R::UnspecifiedError).reason("not stored".into()),
+    })
 }
 
 pub async fn protocol_v3(

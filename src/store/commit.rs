@@ -11,8 +11,8 @@
 //! `CHECKPOINT_BYTES` of log, the writer flushes sled and drops the old segments.
 
 use std::fs::File;
-use std::sync::Arc;
 use std::sync::mpsc as std_mpsc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot};
@@ -35,10 +35,12 @@ enum Job {
     /// Flush sled: makes registry writes made on other threads durable. Serialized here
     /// because concurrent sled flushes can stall each other.
     Commit(oneshot::Sender<Result<()>>),
-    /// Bookkeeping applied in order on the writer thread, durable at the next checkpoint or
-    /// `commit`; keeps sled writes (which can block) off the callers' threads.
-    Apply(Box<dyn FnOnce(&Db) + Send>),
+    /// Wakes the writer to run the bookkeeping queued in `Pipeline::later`.
+    Wake,
 }
+
+/// Bookkeeping applied on the writer thread, durable at the next checkpoint or `commit`.
+type Later = Box<dyn FnOnce(&Db) + Send>;
 
 /// Durable replies waiting for the sync of the segment their records went to.
 struct Batch {
@@ -55,6 +57,9 @@ const CHECKPOINT_BYTES: u64 = 64 << 20;
 
 pub(super) struct Pipeline {
     tx: mpsc::Sender<Job>,
+    /// Unbounded on purpose: it grows with connection churn (two entries per connection), not
+    /// with message rate, and must not be dropped when the data queue is full.
+    later: Arc<Mutex<Vec<Later>>>,
 }
 
 impl Pipeline {
@@ -66,13 +71,15 @@ impl Pipeline {
     ) -> std::io::Result<Self> {
         let (tx, rx) = mpsc::channel::<Job>(QUEUE);
         let (batches_tx, batches_rx) = std_mpsc::channel::<Batch>();
+        let later = Arc::new(Mutex::new(Vec::new()));
+        let writer_later = later.clone();
         std::thread::Builder::new()
             .name("store-writer".into())
-            .spawn(move || write_loop(&db, wal, rx, batches_tx))?;
+            .spawn(move || write_loop(&db, wal, rx, &writer_later, batches_tx))?;
         std::thread::Builder::new()
             .name("store-flusher".into())
             .spawn(move || flush_loop(batches_rx, delay, &metrics))?;
-        Ok(Self { tx })
+        Ok(Self { tx, later })
     }
 
     pub(super) async fn points(&self, op: PointsOp, durable: bool) -> Result<usize> {
@@ -84,11 +91,14 @@ impl Pipeline {
         rx.await.map_err(|_| StoreError::Closed)?
     }
 
-    /// Queues `f` without waiting; refused (not queued) when the queue is full.
-    pub(super) fn apply_later(&self, f: impl FnOnce(&Db) + Send + 'static) -> Result<()> {
-        self.tx
-            .try_send(Job::Apply(Box::new(f)))
-            .map_err(|_| StoreError::Busy)
+    /// Queues `f` without waiting, in order with other bookkeeping.
+    pub(super) fn apply_later(&self, f: impl FnOnce(&Db) + Send + 'static) {
+        self.later
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(Box::new(f));
+        // A full data queue means the writer is busy and will see the bookkeeping anyway.
+        let _ = self.tx.try_send(Job::Wake);
     }
 
     pub(super) async fn commit(&self) -> Result<()> {
@@ -114,6 +124,7 @@ fn write_loop(
     db: &Db,
     mut wal: Wal,
     mut rx: mpsc::Receiver<Job>,
+    later: &Mutex<Vec<Later>>,
     batches: std_mpsc::Sender<Batch>,
 ) {
     let mut buf = Vec::with_capacity(1 << 16);
@@ -140,8 +151,12 @@ fn write_loop(
                 }
                 Job::Checkpoint(reply) => checkpoints.push(reply),
                 Job::Commit(reply) => commits.push(reply),
-                Job::Apply(f) => f(db),
+                Job::Wake => {}
             }
+        }
+        let pending = std::mem::take(&mut *later.lock().unwrap_or_else(|p| p.into_inner()));
+        for f in pending {
+            f(db);
         }
         // One atomic sled batch for the whole group: per-batch overhead dominates small writes.
         let applied = db.apply_points(staged);

@@ -44,8 +44,6 @@ pub enum StoreError {
     Flush(String),
     #[error("the store is shutting down")]
     Closed,
-    #[error("the store's write queue is full")]
-    Busy,
 }
 
 impl From<sled::transaction::TransactionError<StoreError>> for StoreError {
@@ -180,8 +178,8 @@ impl Store {
     }
 
     /// Applies bookkeeping `f` on the writer thread, in order, without waiting; durable at the
-    /// next checkpoint or `commit`. Fails with `Busy` instead of blocking when the queue is full.
-    pub fn apply_later(&self, f: impl FnOnce(&Db) + Send + 'static) -> Result<()> {
+    /// next checkpoint or `commit`.
+    pub fn apply_later(&self, f: impl FnOnce(&Db) + Send + 'static) {
         self.pipeline.apply_later(f)
     }
 
