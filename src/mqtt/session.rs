@@ -323,6 +323,20 @@ pub async fn publish_v5(
     })
 }
 
+/// The QoS granted for a SUBSCRIBE filter: device topics at most QoS 1, as ThingsBoard grants
+/// (thingsboard-device-api.md §1); `None` refuses anything else.
+fn grant(s: &DeviceSession, filter: &str, requested: QoS) -> Option<QoS> {
+    if !protocol::is_device_filter(filter) {
+        tracing::info!(device = %s.device_id, filter, "subscription refused");
+        return None;
+    }
+    Some(if requested == QoS::AtMostOnce {
+        QoS::AtMostOnce
+    } else {
+        QoS::AtLeastOnce
+    })
+}
+
 pub async fn protocol_v3(
     s: &v3::Session<DeviceSession>,
     m: v3::ProtocolMessage,
@@ -331,16 +345,9 @@ pub async fn protocol_v3(
     Ok(match m {
         v3::ProtocolMessage::Subscribe(mut sub) => {
             for mut t in sub.iter_mut() {
-                if protocol::is_device_filter(t.topic()) {
-                    let qos = if t.qos() == QoS::AtMostOnce {
-                        QoS::AtMostOnce
-                    } else {
-                        QoS::AtLeastOnce
-                    };
-                    t.confirm(qos);
-                } else {
-                    tracing::info!(device = %s.device_id, filter = %t.topic(), "subscription refused");
-                    t.fail();
+                match grant(s, t.topic(), t.qos()) {
+                    Some(qos) => t.confirm(qos),
+                    None => t.fail(),
                 }
             }
             sub.ack()
@@ -357,16 +364,9 @@ pub async fn protocol_v5(
     Ok(match m {
         v5::ProtocolMessage::Subscribe(mut sub) => {
             for mut t in sub.iter_mut() {
-                if protocol::is_device_filter(t.topic()) {
-                    let qos = if t.options().qos == QoS::AtMostOnce {
-                        QoS::AtMostOnce
-                    } else {
-                        QoS::AtLeastOnce
-                    };
-                    t.confirm(qos);
-                } else {
-                    tracing::info!(device = %s.device_id, filter = %t.topic(), "subscription refused");
-                    t.fail(v5::codec::SubscribeAckReason::NotAuthorized);
+                match grant(s, t.topic(), t.options().qos) {
+                    Some(qos) => t.confirm(qos),
+                    None => t.fail(v5::codec::SubscribeAckReason::NotAuthorized),
                 }
             }
             sub.ack()

@@ -44,22 +44,15 @@ impl Db {
         old_name: Option<&str>,
     ) -> Result<std::result::Result<(), NameClash>> {
         let t = self.trees();
-        let new_key = name_key(&ws.name);
         let old_key = old_name.map(name_key);
-        let res = (&t.workspaces, &t.workspace_names).transaction(|(recs, names)| {
-            if old_key.as_deref() != Some(&new_key[..]) {
-                if names.get(&new_key)?.is_some() {
-                    return abort_clash();
-                }
-                if let Some(k) = &old_key {
-                    names.remove(k.as_slice())?;
-                }
-                names.insert(new_key.as_slice(), ws.id.as_bytes())?;
-            }
-            recs.insert(ws.id.as_bytes(), encode_json(ws))?;
-            Ok(Ok(()))
-        })?;
-        Ok(res)
+        put_named(
+            &t.workspaces,
+            &t.workspace_names,
+            ws.id.as_bytes(),
+            &name_key(&ws.name),
+            old_key.as_deref(),
+            encode_json(ws),
+        )
     }
 
     pub fn get_workspace(&self, id: WorkspaceId) -> Result<Option<Workspace>> {
@@ -114,20 +107,14 @@ impl Db {
         let ws = fleet.workspace_id.as_bytes();
         let new_key = concat(&[ws, &name_key(&fleet.name)]);
         let old_key = old_name.map(|n| concat(&[ws, &name_key(n)]));
-        let res = (&t.fleets, &t.fleet_names).transaction(|(recs, names)| {
-            if old_key.as_deref() != Some(&new_key[..]) {
-                if names.get(&new_key)?.is_some() {
-                    return abort_clash();
-                }
-                if let Some(k) = &old_key {
-                    names.remove(k.as_slice())?;
-                }
-                names.insert(new_key.as_slice(), fleet.id.as_bytes())?;
-            }
-            recs.insert(fleet.id.as_bytes(), encode_json(fleet))?;
-            Ok(Ok(()))
-        })?;
-        Ok(res)
+        put_named(
+            &t.fleets,
+            &t.fleet_names,
+            fleet.id.as_bytes(),
+            &new_key,
+            old_key.as_deref(),
+            encode_json(fleet),
+        )
     }
 
     pub fn get_fleet(&self, id: FleetId) -> Result<Option<Fleet>> {
@@ -402,6 +389,32 @@ impl Db {
         // Few keys exist; a scan is fine.
         Ok(self.trees().api_keys.iter().count())
     }
+}
+
+/// Writes a record and keeps its name index unique, in one transaction: `new_key` must be free
+/// unless it is the record's own `old_key`.
+fn put_named(
+    records: &sled::Tree,
+    names: &sled::Tree,
+    id: &[u8],
+    new_key: &[u8],
+    old_key: Option<&[u8]>,
+    value: Vec<u8>,
+) -> Result<std::result::Result<(), NameClash>> {
+    let res = (records, names).transaction(|(recs, names)| {
+        if old_key != Some(new_key) {
+            if names.get(new_key)?.is_some() {
+                return abort_clash();
+            }
+            if let Some(k) = old_key {
+                names.remove(k)?;
+            }
+            names.insert(new_key, id)?;
+        }
+        recs.insert(id, value.as_slice())?;
+        Ok(Ok(()))
+    })?;
+    Ok(res)
 }
 
 fn get<T: serde::de::DeserializeOwned>(
