@@ -142,6 +142,7 @@ impl App {
         let ready = Arc::new(Readiness::default());
         let router = api::router(services.clone(), ready.clone());
         let (shutdown, rx) = watch::channel(false);
+        let rx_activity = rx.clone();
         let mut http_tasks = Vec::new();
         let to_tokio = |l: std::net::TcpListener| -> anyhow::Result<tokio::net::TcpListener> {
             l.set_nonblocking(true)?;
@@ -162,6 +163,18 @@ impl App {
                 rx,
             )));
         }
+        // "Last seen" of connected devices reaches the disk every minute, not only on disconnect.
+        let activity = services.clone();
+        http_tasks.push(tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(60));
+            let mut stop = rx_activity;
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => activity.registry.persist_activity(),
+                    _ = stop.changed() => return,
+                }
+            }
+        }));
         ready.set(true);
         Ok(App {
             services,

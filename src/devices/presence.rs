@@ -78,6 +78,12 @@ impl Presence {
         })
     }
 
+    /// Last activity of every connected device.
+    pub fn activity(&self) -> Vec<(DeviceId, Millis)> {
+        let map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        map.iter().map(|(id, e)| (*id, e.last_activity())).collect()
+    }
+
     pub fn online_count(&self) -> usize {
         self.map.lock().unwrap_or_else(|p| p.into_inner()).len()
     }

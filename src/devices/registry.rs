@@ -456,6 +456,16 @@ impl Registry {
         });
     }
 
+    /// Saves the last activity of every connected device, so that "last seen" survives a crash
+    /// and not only a clean disconnect. Called periodically by the app.
+    pub fn persist_activity(&self) {
+        for (id, last) in self.presence.activity() {
+            self.record(id, move |d| {
+                d.last_activity_at = Some(last.max(d.last_activity_at.unwrap_or(0)))
+            });
+        }
+    }
+
     /// Updates a device's bookkeeping fields in the background; best effort by design.
     fn record(&self, id: DeviceId, update: impl Fn(&mut Device) + Send + 'static) {
         self.store.apply_later(move |db| {
@@ -611,5 +621,42 @@ mod tests {
         assert!(page2.next_cursor.is_none());
         r.delete_device(dev.id).await.expect("delete");
         assert!(r.authenticate_token(&token).expect("auth").is_none());
+    }
+
+    #[tokio::test]
+    async fn activity_of_connected_devices_is_persisted() {
+        let (_d, store) = open_temp();
+        let r = Registry::new(store.clone(), Arc::new(Presence::default()));
+        let ws = r
+            .create_workspace(NewWorkspace {
+                name: "w".into(),
+                description: String::new(),
+            })
+            .await
+            .expect("ws");
+        let fleet = r
+            .create_fleet(NewFleet {
+                workspace_id: ws.id,
+                name: "f".into(),
+                description: String::new(),
+            })
+            .await
+            .expect("fleet");
+        let (dev, _) = r
+            .create_device(NewDevice {
+                fleet_id: fleet.id,
+                name: "d".into(),
+                label: String::new(),
+            })
+            .await
+            .expect("device");
+        let live = r.connected(dev.id);
+        live.touch();
+        r.persist_activity();
+        // Bookkeeping runs on the writer thread before the commit it queues behind.
+        store.commit().await.expect("commit");
+        let stored = store.get_device(dev.id).expect("get").expect("exists");
+        assert_eq!(stored.last_activity_at, Some(live.last_activity()));
+        assert!(stored.last_connect_at.is_some());
     }
 }
