@@ -72,6 +72,9 @@ pub struct Db {
     db: sled::Db,
     path: PathBuf,
     trees: Trees,
+    /// Series known to be in the `series` directory, so that ingest skips the lookup. Only the
+    /// writer thread (and replay) touches it; bounded by `SERIES_CACHE_MAX`.
+    known_series: std::sync::Mutex<std::collections::HashSet<Vec<u8>>>,
 }
 
 impl std::ops::Deref for Store {
@@ -155,6 +158,7 @@ impl Store {
             db,
             path: path.to_path_buf(),
             trees,
+            known_series: Default::default(),
         });
         let (wal, replayed) = wal::Wal::open_and_replay(&path.with_extension("wal"), &db)?;
         if replayed > 0 {

@@ -37,6 +37,9 @@ pub struct RawPage {
     pub next: Option<(String, Millis)>,
 }
 
+/// Series remembered as registered; past this the memory is given back and relearnt.
+const SERIES_CACHE_MAX: usize = 1 << 20;
+
 fn series_prefix(device: DeviceId, tag: &str) -> Vec<u8> {
     let mut k = device.as_bytes().to_vec();
     push_str(&mut k, tag);
@@ -74,18 +77,26 @@ impl Db {
         points: &[(Millis, Vec<(String, Value)>)],
     ) -> Result<usize> {
         let t = self.trees();
+        let mut known = self.known_series.lock().unwrap_or_else(|p| p.into_inner());
         let mut n = 0;
         for (ts, values) in points {
             for (key, value) in values {
                 let mut k = series_key(device, tag, key);
                 let series_len = k.len();
+                // Write the directory entry only the first time a series is seen.
+                if !known.contains(&k) {
+                    if !t.series.contains_key(&k)? {
+                        t.series.insert(k.as_slice(), &[])?;
+                    }
+                    if known.len() >= SERIES_CACHE_MAX {
+                        known.clear();
+                    }
+                    known.insert(k.clone());
+                }
+                k.truncate(series_len);
                 k.extend_from_slice(&ts_bytes(*ts));
                 let mut v = Vec::with_capacity(16);
                 encode_value(&mut v, value);
-                // A read is far cheaper than a write in sled: write the directory entry only once.
-                if !t.series.contains_key(&k[..series_len])? {
-                    t.series.insert(&k[..series_len], &[])?;
-                }
                 batch.insert(k, v);
                 n += 1;
             }
@@ -220,8 +231,12 @@ impl Db {
         Ok(page)
     }
 
-    /// Removes every point and latest value of a device, in bounded batches.
+    /// Removes every point and series of a device, in bounded batches.
     pub fn delete_device_telemetry(&self, device: DeviceId) -> Result<()> {
+        self.known_series
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|k| !k.starts_with(device.as_bytes()));
         for tree in [&self.trees().ts, &self.trees().series] {
             loop {
                 let mut batch = sled::Batch::default();
