@@ -68,7 +68,8 @@ pub struct App {
     pub pki_init: PkiInit,
     ready: Arc<Readiness>,
     mqtt: MqttServerHandle,
-    http_tasks: Vec<JoinHandle<()>>,
+    /// HTTP listeners and periodic work, all ending when `shutdown` flips.
+    tasks: Vec<JoinHandle<()>>,
     shutdown: watch::Sender<bool>,
 }
 
@@ -143,12 +144,12 @@ impl App {
         let router = api::router(services.clone(), ready.clone());
         let (shutdown, rx) = watch::channel(false);
         let rx_activity = rx.clone();
-        let mut http_tasks = Vec::new();
+        let mut tasks = Vec::new();
         let to_tokio = |l: std::net::TcpListener| -> anyhow::Result<tokio::net::TcpListener> {
             l.set_nonblocking(true)?;
             Ok(tokio::net::TcpListener::from_std(l)?)
         };
-        http_tasks.push(tokio::spawn(api::serve(
+        tasks.push(tokio::spawn(api::serve(
             to_tokio(listeners.http)?,
             router.clone(),
             None,
@@ -156,7 +157,7 @@ impl App {
         )));
         if let Some(l) = listeners.https {
             let tls = services.pki.server_config(&[b"h2", b"http/1.1"])?;
-            http_tasks.push(tokio::spawn(api::serve(
+            tasks.push(tokio::spawn(api::serve(
                 to_tokio(l)?,
                 router,
                 Some(tls),
@@ -165,7 +166,7 @@ impl App {
         }
         // "Last seen" of connected devices reaches the disk every minute, not only on disconnect.
         let activity = services.clone();
-        http_tasks.push(tokio::spawn(async move {
+        tasks.push(tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(60));
             let mut stop = rx_activity;
             loop {
@@ -183,7 +184,7 @@ impl App {
             pki_init,
             ready,
             mqtt,
-            http_tasks,
+            tasks,
             shutdown,
         })
     }
@@ -194,7 +195,7 @@ impl App {
         self.ready.set(false);
         let _ = self.shutdown.send(true);
         self.mqtt.stop().await;
-        for t in self.http_tasks {
+        for t in self.tasks {
             let _ = t.await;
         }
         self.services.store.commit().await?;

@@ -83,7 +83,7 @@ impl Metrics {
         let store_flushes = Counter::default();
         registry.register(
             "store_flushes",
-            "Group-commit flushes to disk",
+            "Group-commit syncs of the write-ahead log",
             store_flushes.clone(),
         );
         let store_flush_seconds = Histogram::new([
@@ -91,7 +91,7 @@ impl Metrics {
         ]);
         registry.register(
             "store_flush_seconds",
-            "Latency of one group-commit flush",
+            "Latency of one group-commit sync of the write-ahead log",
             store_flush_seconds.clone(),
         );
         let store_flush_batch =

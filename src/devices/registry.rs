@@ -448,7 +448,7 @@ impl Registry {
 
     /// Marks one connection of a device closed, saving its last activity.
     pub fn disconnected(&self, id: DeviceId) {
-        let (last_activity, _offline) = self.presence.disconnect(id);
+        let (last_activity, _went_offline) = self.presence.disconnect(id);
         let now = now_ms();
         self.record(id, move |d| {
             d.last_disconnect_at = Some(now);

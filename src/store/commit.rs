@@ -83,9 +83,15 @@ impl Pipeline {
     }
 
     pub(super) async fn points(&self, op: PointsOp, durable: bool) -> Result<usize> {
+        self.request(|reply| Job::Points { op, reply, durable })
+            .await
+    }
+
+    /// Queues the job `make` builds around a reply channel and waits for the reply.
+    async fn request<T>(&self, make: impl FnOnce(oneshot::Sender<Result<T>>) -> Job) -> Result<T> {
         let (reply, rx) = oneshot::channel();
         self.tx
-            .send(Job::Points { op, reply, durable })
+            .send(make(reply))
             .await
             .map_err(|_| StoreError::Closed)?;
         rx.await.map_err(|_| StoreError::Closed)?
@@ -102,21 +108,11 @@ impl Pipeline {
     }
 
     pub(super) async fn commit(&self) -> Result<()> {
-        let (reply, rx) = oneshot::channel();
-        self.tx
-            .send(Job::Commit(reply))
-            .await
-            .map_err(|_| StoreError::Closed)?;
-        rx.await.map_err(|_| StoreError::Closed)?
+        self.request(Job::Commit).await
     }
 
     pub(super) async fn checkpoint(&self) -> Result<()> {
-        let (reply, rx) = oneshot::channel();
-        self.tx
-            .send(Job::Checkpoint(reply))
-            .await
-            .map_err(|_| StoreError::Closed)?;
-        rx.await.map_err(|_| StoreError::Closed)?
+        self.request(Job::Checkpoint).await
     }
 }
 
