@@ -117,6 +117,8 @@ impl App {
         let admin_key = config.admin_key_secret().map_err(anyhow::Error::msg)?;
         let services = Arc::new(Services::new(config, store, pki, metrics));
         let bootstrap = services.auth.bootstrap(admin_key.as_deref()).await?;
+        // The device listener's trust (revocation list, manufacturer CAs) before it accepts.
+        services.credentials.refresh_trust()?;
 
         let addrs = Addrs {
             mqtt_tls: listeners.mqtt_tls.local_addr()?,
@@ -173,6 +175,18 @@ impl App {
                 tokio::select! {
                     _ = tick.tick() => activity.registry.persist_activity(),
                     _ = stop.changed() => return,
+                }
+            }
+        }));
+        // Sessions whose credential's grace period ended are closed within seconds.
+        let sweep = services.clone();
+        let mut stop_sweep = shutdown.subscribe();
+        tasks.push(tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(5));
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => sweep.credentials.sweep_expired(),
+                    _ = stop_sweep.changed() => return,
                 }
             }
         }));

@@ -31,6 +31,46 @@ pub struct Config {
     pub https: HttpsConfig,
     pub pki: PkiConfig,
     pub store: StoreConfig,
+    pub limits: LimitsConfig,
+    pub credentials: CredentialsConfig,
+    pub audit: AuditConfig,
+}
+
+/// `[limits]`: rates devices and clients may not exceed. 0 disables a limit.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsConfig {
+    pub device_messages_per_sec: u32,
+    pub device_message_burst: u32,
+    pub ip_connects_per_sec: u32,
+    pub ip_connect_burst: u32,
+}
+
+/// `[credentials]`: device credential lifetimes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CredentialsConfig {
+    pub rotation_grace_secs: u64,
+    pub device_cert_validity_days: u32,
+}
+
+/// `[audit]`: the audit log.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuditConfig {
+    pub max_entries: usize,
+}
+
+/// How an MQTT client id must relate to the device that logs in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ClientIdPolicy {
+    /// Any client id (ThingsBoard's rule; its SDK sends an empty one).
+    Any,
+    /// With a client certificate, the client id must equal the certificate's common name.
+    CertificateCn,
+    /// The client id must equal the device's name, whatever the login method.
+    DeviceName,
 }
 
 /// `[log]`: how Corral reports what it does.
@@ -62,6 +102,7 @@ pub struct MqttConfig {
     pub connect_timeout_secs: u16,
     pub max_inflight: u16,
     pub workers: usize,
+    pub client_id_policy: ClientIdPolicy,
 }
 
 /// `[http]`: the plain HTTP listener.
@@ -109,6 +150,37 @@ impl Default for Config {
             https: HttpsConfig::default(),
             pki: PkiConfig::default(),
             store: StoreConfig::default(),
+            limits: LimitsConfig::default(),
+            credentials: CredentialsConfig::default(),
+            audit: AuditConfig::default(),
+        }
+    }
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            device_messages_per_sec: 200,
+            device_message_burst: 1000,
+            ip_connects_per_sec: 100,
+            ip_connect_burst: 1000,
+        }
+    }
+}
+
+impl Default for CredentialsConfig {
+    fn default() -> Self {
+        Self {
+            rotation_grace_secs: 86400,
+            device_cert_validity_days: 825,
+        }
+    }
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        Self {
+            max_entries: 100_000,
         }
     }
 }
@@ -132,6 +204,7 @@ impl Default for MqttConfig {
             connect_timeout_secs: 5,
             max_inflight: 64,
             workers: 0,
+            client_id_policy: ClientIdPolicy::Any,
         }
     }
 }
@@ -224,6 +297,12 @@ impl Config {
             }
         };
         addr("mqtt.tls_listen", &self.mqtt.tls_listen, problems);
+        if !(1..=36500).contains(&self.credentials.device_cert_validity_days) {
+            problems.push("credentials.device_cert_validity_days: must be 1 to 36500".into());
+        }
+        if self.audit.max_entries < 100 {
+            problems.push("audit.max_entries: at least 100".into());
+        }
         addr("mqtt.plain_listen", &self.mqtt.plain_listen, problems);
         addr("http.listen", &self.http.listen, problems);
         addr("https.listen", &self.https.listen, problems);
@@ -374,6 +453,9 @@ fn deserialize_collecting(table: toml::Table, problems: &mut Vec<String>) -> Opt
                     "https" => HttpsConfig::deserialize(value).map(drop),
                     "pki" => PkiConfig::deserialize(value).map(drop),
                     "store" => StoreConfig::deserialize(value).map(drop),
+                    "limits" => LimitsConfig::deserialize(value).map(drop),
+                    "credentials" => CredentialsConfig::deserialize(value).map(drop),
+                    "audit" => AuditConfig::deserialize(value).map(drop),
                     "data_dir" | "admin_key" | "admin_key_file" => {
                         top.insert(key.clone(), value);
                         continue;

@@ -1,17 +1,20 @@
 //! Corral: a single-binary, on-premises IoT device management appliance.
 //!
 //! Layers, bottom to top (dependencies point down only):
-//! `config`, `metrics`, `model` → `store` → `pki`, `events`, `devices`, `data`, `auth` →
+//! `config`, `metrics`, `model`, `limits` → `store` → `pki`, `events`, `audit` → `devices`,
+//! `data`, `auth` →
 //! `services` → transports `mqtt`, `api` → `app` (wiring, lifecycle) → `cli`.
 
 pub mod api;
 pub mod app;
+pub mod audit;
 pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod data;
 pub mod devices;
 pub mod events;
+pub mod limits;
 pub mod metrics;
 pub mod model;
 pub mod mqtt;

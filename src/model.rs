@@ -73,6 +73,12 @@ id_type!(WorkspaceId, "Identifies a workspace.");
 id_type!(FleetId, "Identifies a fleet.");
 id_type!(DeviceId, "Identifies a device.");
 id_type!(ApiKeyId, "Identifies an admin API key.");
+id_type!(CredentialId, "Identifies one credential of a device.");
+id_type!(
+    FleetCaId,
+    "Identifies a manufacturer CA registered on a fleet."
+);
+id_type!(AuditId, "Identifies an audit record; time-ordered.");
 
 /// A workspace groups the fleets and devices of one project.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
@@ -95,6 +101,62 @@ pub struct Fleet {
     pub updated_at: Millis,
 }
 
+/// How a fleet's provisioning key may be used (ThingsBoard's strategies, §5.9).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ProvisionStrategy {
+    /// Any new name creates a device; an existing name is refused.
+    AllowCreateNewDevices,
+    /// Only devices created beforehand, and not provisioned yet, may claim credentials.
+    CheckPreProvisionedDevices,
+}
+
+/// A fleet's provisioning key and the argon2 hash of its secret. Kept apart from the fleet
+/// record so that no fleet listing can carry the hash.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FleetProvisioning {
+    pub fleet_id: FleetId,
+    pub key: String,
+    pub secret_hash: String,
+    pub strategy: ProvisionStrategy,
+    pub created_at: Millis,
+}
+
+/// What the API shows of a fleet's provisioning: never the secret or its hash.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ProvisioningView {
+    pub fleet_id: FleetId,
+    pub key: String,
+    pub strategy: ProvisionStrategy,
+    pub created_at: Millis,
+}
+
+impl From<&FleetProvisioning> for ProvisioningView {
+    fn from(p: &FleetProvisioning) -> Self {
+        Self {
+            fleet_id: p.fleet_id,
+            key: p.key.clone(),
+            strategy: p.strategy,
+            created_at: p.created_at,
+        }
+    }
+}
+
+/// A manufacturer CA registered on a fleet: a device presenting a certificate it signed joins
+/// the fleet on first connect.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct FleetCa {
+    pub id: FleetCaId,
+    pub fleet_id: FleetId,
+    pub name: String,
+    pub subject: String,
+    /// SHA-256 of the certificate's DER, hex.
+    pub sha256: String,
+    pub not_after: Millis,
+    pub certificate_pem: String,
+    pub created_at: Millis,
+}
+
 /// The stored part of a device: identity and bookkeeping. Live status is added by the registry.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Device {
@@ -110,16 +172,137 @@ pub struct Device {
     pub last_connect_at: Option<Millis>,
     pub last_disconnect_at: Option<Millis>,
     pub last_activity_at: Option<Millis>,
+    /// When the device obtained credentials through fleet provisioning.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provisioned_at: Option<Millis>,
 }
 
-/// A device access token credential. Only the SHA-256 of the token is kept.
+/// One way a device proves who it is. A device may hold several (during a rotation, or a token
+/// beside a certificate); each is revoked on its own.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct AccessToken {
+pub struct Credential {
+    pub id: CredentialId,
     pub device_id: DeviceId,
-    pub token_sha256: [u8; 32],
-    /// First characters of the token, so operators can tell tokens apart.
-    pub hint: String,
+    pub secret: CredentialSecret,
     pub created_at: Millis,
+    /// Set by a rotation: the old credential keeps working until then.
+    pub expires_at: Option<Millis>,
+    pub revoked_at: Option<Millis>,
+}
+
+impl Credential {
+    pub fn new(device_id: DeviceId, secret: CredentialSecret, now: Millis) -> Self {
+        Self {
+            id: CredentialId::new(),
+            device_id,
+            secret,
+            created_at: now,
+            expires_at: None,
+            revoked_at: None,
+        }
+    }
+
+    /// Why this credential cannot be used at `now`, if it cannot.
+    pub fn unusable(&self, now: Millis) -> Option<&'static str> {
+        if self.revoked_at.is_some() {
+            return Some("credential revoked");
+        }
+        if self.expires_at.is_some_and(|t| t <= now) {
+            return Some("credential expired");
+        }
+        if let CredentialSecret::Certificate(c) = &self.secret {
+            if c.not_after <= now {
+                return Some("certificate expired");
+            }
+            if c.not_before > now {
+                return Some("certificate not yet valid");
+            }
+        }
+        None
+    }
+}
+
+/// The verifiable part of a credential. Secrets are kept only as hashes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum CredentialSecret {
+    /// The MQTT username (or HTTP path segment) is the token; its SHA-256 is kept.
+    AccessToken {
+        #[serde(with = "hex_bytes")]
+        token_sha256: [u8; 32],
+        /// First characters of the token, so operators can tell tokens apart.
+        hint: String,
+    },
+    /// ThingsBoard's MQTT basic credentials: every field that is set must match (§2).
+    MqttBasic {
+        client_id: Option<String>,
+        username: Option<String>,
+        /// argon2 PHC string.
+        password_hash: Option<String>,
+    },
+    /// An X.509 certificate: issued by Corral's CA, registered (a secure element's), or
+    /// signed by a fleet's manufacturer CA and joined on first connect.
+    Certificate(CertificateInfo),
+    /// A bare public key (a secure element that exports no certificate): any certificate
+    /// carrying this key identifies the device.
+    PublicKey {
+        /// SHA-256 of the SubjectPublicKeyInfo DER, hex.
+        spki_sha256: String,
+        public_key_pem: String,
+    },
+}
+
+/// Where a device certificate came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum CertOrigin {
+    /// Key and certificate generated by Corral's CA.
+    Issued,
+    /// Signed by Corral's CA from the device's certificate signing request.
+    Csr,
+    /// An existing certificate registered by an operator or by provisioning.
+    Registered,
+    /// Signed by a fleet's manufacturer CA; registered on first connect.
+    ManufacturerCa,
+}
+
+/// What is kept of a device certificate.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct CertificateInfo {
+    pub origin: CertOrigin,
+    /// ThingsBoard's X.509 identity: SHA3-256 hex of the base64 of the DER (§2).
+    pub fingerprint: String,
+    /// SHA-256 of the SubjectPublicKeyInfo DER, hex.
+    pub spki_sha256: String,
+    /// Serial number, hex.
+    pub serial: String,
+    pub subject: String,
+    pub issuer: String,
+    pub not_before: Millis,
+    pub not_after: Millis,
+    pub certificate_pem: String,
+}
+
+/// One audit record: a credential or administrative event.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct AuditEvent {
+    pub id: AuditId,
+    pub ts: Millis,
+    /// Stable event name, e.g. `credential_issued`, `auth_failed`, `device_created_jit`.
+    pub kind: String,
+    /// Who acted: `admin`, `device`, `provisioning`, `system`.
+    pub actor: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device_id: Option<DeviceId>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fleet_id: Option<FleetId>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credential_id: Option<CredentialId>,
+    /// Remote address of the device or client, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer: Option<String>,
+    /// Human-readable detail; never a secret.
+    pub detail: String,
 }
 
 /// An admin API key. Only the SHA-256 of the secret is kept.

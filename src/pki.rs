@@ -1,6 +1,8 @@
 //! Corral's own PKI: the CA and the server certificate, generated with rcgen on first start and
-//! kept under `<data_dir>/pki` (private keys mode 0600), and the rustls server configurations
-//! built from them. Device certificates and revocation build on this in later work.
+//! kept under `<data_dir>/pki` (private keys mode 0600); device certificates issued by the CA
+//! (from a generated key or a device's CSR); the revocation list; and the rustls server
+//! configurations, with a client-certificate verifier whose trust anchors and CRL are swapped
+//! at run time. Which certificate belongs to which device is the credential service's business.
 
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
@@ -14,6 +16,7 @@ use rcgen::{
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use time::{Duration, OffsetDateTime};
+use x509_parser::prelude::FromDer as _;
 
 use crate::config::PkiConfig;
 
@@ -36,11 +39,12 @@ pub enum PkiError {
 pub struct Pki {
     dir: PathBuf,
     ca_pem: String,
-    /// Kept for issuing device certificates.
-    #[allow(dead_code)]
     ca: Issuer<'static, KeyPair>,
+    ca_der: CertificateDer<'static>,
     server_chain: Vec<CertificateDer<'static>>,
     server_key: PrivateKeyDer<'static>,
+    verifier: Arc<DeviceCertVerifier>,
+    crl_pem: std::sync::RwLock<String>,
 }
 
 impl std::fmt::Debug for Pki {
@@ -154,13 +158,22 @@ impl Pki {
                 path: dir.join(SERVER_KEY),
                 what: "private key",
             })?;
+        let ca_der =
+            CertificateDer::from_pem_slice(ca_pem.as_bytes()).map_err(|_| PkiError::Pem {
+                path: dir.join(CA_CERT),
+                what: "CA certificate",
+            })?;
+        let verifier = Arc::new(DeviceCertVerifier::new(vec![ca_der.clone()], Vec::new())?);
         Ok((
             Pki {
                 dir,
                 ca_pem,
                 ca,
+                ca_der,
                 server_chain,
                 server_key,
+                verifier,
+                crl_pem: Default::default(),
             },
             init,
         ))
@@ -186,6 +199,409 @@ impl Pki {
             .with_single_cert(self.server_chain.clone(), self.server_key.clone_key())?;
         cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
         Ok(Arc::new(cfg))
+    }
+
+    /// The device listener's configuration: as `server_config`, and a client certificate is
+    /// asked for but optional (devices may log in with a token instead). Session resumption is
+    /// off so that every connection's certificate meets the current revocation list.
+    pub fn device_server_config(&self) -> Result<Arc<rustls::ServerConfig>, PkiError> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
+            .with_client_cert_verifier(self.verifier.clone())
+            .with_single_cert(self.server_chain.clone(), self.server_key.clone_key())?;
+        cfg.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+        cfg.send_tls13_tickets = 0;
+        Ok(Arc::new(cfg))
+    }
+
+    /// The client-certificate verifier of the device listener.
+    pub fn verifier(&self) -> &DeviceCertVerifier {
+        &self.verifier
+    }
+
+    /// Issues a device key and certificate signed by the CA. Returns (key PEM, certificate PEM).
+    pub fn issue_device_cert(
+        &self,
+        common_name: &str,
+        validity_days: u32,
+    ) -> Result<(String, String), PkiError> {
+        let key = KeyPair::generate()?;
+        let cert = device_params(common_name, validity_days)?.signed_by(&key, &self.ca)?;
+        Ok((key.serialize_pem(), cert.pem()))
+    }
+
+    /// Signs a device's certificate signing request (EC or RSA key). The request's signature is
+    /// checked; its subject, extensions and CA flag are replaced by Corral's: a device never
+    /// obtains more than a client certificate naming it.
+    pub fn sign_csr(
+        &self,
+        csr_pem: &str,
+        common_name: &str,
+        validity_days: u32,
+    ) -> Result<String, PkiError> {
+        let mut csr = rcgen::CertificateSigningRequestParams::from_pem(csr_pem)?;
+        csr.params = device_params(common_name, validity_days)?;
+        Ok(csr.signed_by(&self.ca)?.pem())
+    }
+
+    /// Builds and signs the CRL of revoked device certificates (serials in hex, revocation time
+    /// in ms), installs it in the device listener's verifier with `extra_roots` (manufacturer
+    /// CAs), and keeps its PEM for `crl_pem`. Takes effect for the next handshake.
+    pub fn set_device_trust(
+        &self,
+        revoked: &[(String, i64)],
+        extra_roots: Vec<CertificateDer<'static>>,
+    ) -> Result<(), PkiError> {
+        let now = OffsetDateTime::now_utc();
+        let revoked_certs = revoked
+            .iter()
+            .filter_map(|(serial, at)| {
+                let bytes = hex_decode(serial)?;
+                Some(rcgen::RevokedCertParams {
+                    serial_number: SerialNumber::from_slice(&bytes),
+                    revocation_time: OffsetDateTime::from_unix_timestamp(at / 1000).ok()?,
+                    reason_code: None,
+                    invalidity_date: None,
+                })
+            })
+            .collect();
+        let params = rcgen::CertificateRevocationListParams {
+            this_update: now - Duration::minutes(5),
+            // Corral reloads its own copy on every change; a week is for outside relying parties
+            // that download it.
+            next_update: now + Duration::days(7),
+            crl_number: SerialNumber::from_slice(&now.unix_timestamp_nanos().to_be_bytes()[4..]),
+            issuing_distribution_point: None,
+            revoked_certs,
+            key_identifier_method: rcgen::KeyIdMethod::Sha256,
+        };
+        let crl = params.signed_by(&self.ca)?;
+        let mut roots = vec![self.ca_der.clone()];
+        roots.extend(extra_roots);
+        self.verifier.replace(roots, vec![crl.der().clone()])?;
+        *self.crl_pem.write().unwrap_or_else(|p| p.into_inner()) = crl.pem()?;
+        Ok(())
+    }
+
+    /// The current revocation list of device certificates (PEM); empty before the first
+    /// `set_device_trust`.
+    pub fn crl_pem(&self) -> String {
+        self.crl_pem
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+}
+
+/// A certificate as Corral records it: ThingsBoard's fingerprint, the key hash, serial,
+/// names and validity.
+pub fn describe_cert(
+    der: &CertificateDer<'_>,
+    origin: crate::model::CertOrigin,
+) -> Result<crate::model::CertificateInfo, CertError> {
+    use base64::Engine as _;
+    use sha2::Digest as _;
+    let (_, cert) = x509_parser::parse_x509_certificate(der).map_err(|_| CertError::Parse)?;
+    // ThingsBoard's X.509 identity: SHA3-256 of the base64 text of the DER, no armour (§2).
+    let b64 = base64::engine::general_purpose::STANDARD.encode(der.as_ref());
+    let fingerprint = hex(&sha3::Sha3_256::digest(b64.as_bytes()));
+    Ok(crate::model::CertificateInfo {
+        origin,
+        fingerprint,
+        spki_sha256: hex(&sha2::Sha256::digest(cert.public_key().raw)),
+        serial: hex(cert.raw_serial()),
+        subject: cert.subject().to_string(),
+        issuer: cert.issuer().to_string(),
+        not_before: cert.validity().not_before.timestamp() * 1000,
+        not_after: cert.validity().not_after.timestamp() * 1000,
+        certificate_pem: pem_of(der),
+    })
+}
+
+/// The common name of a certificate's subject, if it has one.
+pub fn common_name(der: &CertificateDer<'_>) -> Option<String> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+    let cn = cert
+        .subject()
+        .iter_common_name()
+        .next()?
+        .as_str()
+        .ok()?
+        .to_string();
+    Some(cn)
+}
+
+/// Parses the first certificate of a PEM text (or a bare base64 DER body, which ThingsBoard
+/// provisioning sends).
+pub fn parse_cert_text(text: &str) -> Result<CertificateDer<'static>, CertError> {
+    use base64::Engine as _;
+    let t = text.trim();
+    let der = if t.starts_with("-----BEGIN") {
+        CertificateDer::from_pem_slice(t.as_bytes()).map_err(|_| CertError::Pem)?
+    } else {
+        let body: String = t.split_whitespace().collect();
+        CertificateDer::from(
+            base64::engine::general_purpose::STANDARD
+                .decode(body)
+                .map_err(|_| CertError::Pem)?,
+        )
+    };
+    x509_parser::parse_x509_certificate(&der).map_err(|_| CertError::Parse)?;
+    Ok(der)
+}
+
+/// SHA-256 (hex) of the SubjectPublicKeyInfo in a PEM public key (`PUBLIC KEY`) or certificate.
+pub fn spki_sha256_of_pem(text: &str) -> Result<String, CertError> {
+    use rustls::pki_types::SubjectPublicKeyInfoDer;
+    use sha2::Digest as _;
+    let t = text.trim();
+    if t.contains("BEGIN CERTIFICATE") {
+        let der = parse_cert_text(t)?;
+        let (_, cert) = x509_parser::parse_x509_certificate(&der).map_err(|_| CertError::Parse)?;
+        return Ok(hex(&sha2::Sha256::digest(cert.public_key().raw)));
+    }
+    let spki = SubjectPublicKeyInfoDer::from_pem_slice(t.as_bytes()).map_err(|_| CertError::Pem)?;
+    x509_parser::x509::SubjectPublicKeyInfo::from_der(spki.as_ref())
+        .map_err(|_| CertError::Parse)?;
+    Ok(hex(&sha2::Sha256::digest(spki.as_ref())))
+}
+
+/// Whether `chain` (leaf first) is a client certificate issued under `ca` and valid now.
+pub fn chains_to(chain: &[CertificateDer<'_>], ca: &CertificateDer<'_>) -> bool {
+    let Some((leaf, rest)) = chain.split_first() else {
+        return false;
+    };
+    let (Ok(ee), Ok(anchor)) = (
+        webpki::EndEntityCert::try_from(leaf),
+        webpki::anchor_from_trusted_cert(ca),
+    ) else {
+        return false;
+    };
+    let algs = rustls::crypto::ring::default_provider()
+        .signature_verification_algorithms
+        .all;
+    ee.verify_for_usage(
+        algs,
+        &[anchor],
+        rest,
+        rustls::pki_types::UnixTime::now(),
+        webpki::KeyUsage::client_auth(),
+        None,
+        None,
+    )
+    .is_ok()
+}
+
+/// A CA certificate an operator registers (a manufacturer CA): must parse and be a CA.
+pub fn check_ca_cert(der: &CertificateDer<'_>) -> Result<(), CertError> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).map_err(|_| CertError::Parse)?;
+    if !cert.is_ca() {
+        return Err(CertError::NotCa);
+    }
+    webpki::anchor_from_trusted_cert(der).map_err(|_| CertError::Parse)?;
+    Ok(())
+}
+
+/// Why a certificate or key given to Corral was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CertError {
+    #[error("not a PEM certificate or key (or base64 DER)")]
+    Pem,
+    #[error("the certificate or key cannot be parsed")]
+    Parse,
+    #[error("the certificate is not a CA certificate (basicConstraints CA:TRUE)")]
+    NotCa,
+}
+
+pub fn pem_of(der: &CertificateDer<'_>) -> String {
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(der.as_ref());
+    let mut out = String::from("-----BEGIN CERTIFICATE-----\n");
+    for chunk in b64.as_bytes().chunks(64) {
+        out.push_str(std::str::from_utf8(chunk).unwrap_or_default());
+        out.push('\n');
+    }
+    out.push_str("-----END CERTIFICATE-----\n");
+    out
+}
+
+pub fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn device_params(common_name: &str, validity_days: u32) -> Result<CertificateParams, PkiError> {
+    let mut p = CertificateParams::new(Vec::<String>::new())?;
+    p.distinguished_name
+        .push(DnType::CommonName, common_name.to_string());
+    p.distinguished_name
+        .push(DnType::OrganizationName, "Corral");
+    p.is_ca = IsCa::ExplicitNoCa;
+    p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    let now = OffsetDateTime::now_utc();
+    p.not_before = now - Duration::hours(1);
+    p.not_after = now + Duration::days(i64::from(validity_days));
+    p.serial_number = Some(random_serial());
+    Ok(p)
+}
+
+fn hex_decode(s: &str) -> Option<Vec<u8>> {
+    if !s.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
+/// The device listener's client-certificate verifier. A certificate is optional (token logins
+/// send none). One that chains to Corral's CA or a manufacturer CA is checked against the
+/// revocation list and its validity period, and refused in the handshake when revoked or
+/// expired. Any other certificate (self-signed, from a secure element, from an unknown
+/// issuer) passes the handshake, as ThingsBoard allows (§2): the TLS layer still proves the
+/// client holds its key, and CONNECT then accepts it only if it is registered to a device.
+#[derive(Debug)]
+pub struct DeviceCertVerifier {
+    inner: std::sync::RwLock<Arc<dyn rustls::server::danger::ClientCertVerifier>>,
+    algs: rustls::crypto::WebPkiSupportedAlgorithms,
+}
+
+impl DeviceCertVerifier {
+    fn new(
+        roots: Vec<CertificateDer<'static>>,
+        crls: Vec<rustls::pki_types::CertificateRevocationListDer<'static>>,
+    ) -> Result<Self, PkiError> {
+        Ok(Self {
+            inner: std::sync::RwLock::new(Self::build(roots, crls)?),
+            algs: rustls::crypto::ring::default_provider().signature_verification_algorithms,
+        })
+    }
+
+    fn build(
+        roots: Vec<CertificateDer<'static>>,
+        crls: Vec<rustls::pki_types::CertificateRevocationListDer<'static>>,
+    ) -> Result<Arc<dyn rustls::server::danger::ClientCertVerifier>, PkiError> {
+        let mut store = rustls::RootCertStore::empty();
+        for r in roots {
+            // A manufacturer CA that webpki cannot use as an anchor is skipped, not fatal:
+            // it was validated when registered.
+            if let Err(e) = store.add(r) {
+                tracing::warn!(error = %e, "a trust anchor was not usable");
+            }
+        }
+        rustls::server::WebPkiClientVerifier::builder_with_provider(
+            Arc::new(store),
+            Arc::new(rustls::crypto::ring::default_provider()),
+        )
+        .with_crls(crls)
+        .only_check_end_entity_revocation()
+        // Manufacturer CAs publish no CRL here; their devices are revoked by credential.
+        .allow_unknown_revocation_status()
+        .allow_unauthenticated()
+        .build()
+        .map_err(|e| PkiError::Tls(rustls::Error::General(e.to_string())))
+    }
+
+    fn replace(
+        &self,
+        roots: Vec<CertificateDer<'static>>,
+        crls: Vec<rustls::pki_types::CertificateRevocationListDer<'static>>,
+    ) -> Result<(), PkiError> {
+        let v = Self::build(roots, crls)?;
+        *self.inner.write().unwrap_or_else(|p| p.into_inner()) = v;
+        Ok(())
+    }
+
+    fn current(&self) -> Arc<dyn rustls::server::danger::ClientCertVerifier> {
+        self.inner.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Whether `chain` (leaf first) verifies to one of Corral's trust anchors right now:
+    /// `Ok(true)` when it does, `Ok(false)` for an unknown issuer, `Err` for a certificate
+    /// that is revoked, expired or otherwise refused.
+    pub fn check_chain(&self, chain: &[CertificateDer<'_>]) -> Result<bool, rustls::Error> {
+        let Some((leaf, rest)) = chain.split_first() else {
+            return Ok(false);
+        };
+        match self
+            .current()
+            .verify_client_cert(leaf, rest, rustls::pki_types::UnixTime::now())
+        {
+            Ok(_) => Ok(true),
+            Err(rustls::Error::InvalidCertificate(e)) if !handshake_fatal(&e) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// Certificate errors that end the handshake: revocation and validity. Any other failure to
+/// chain leaves the decision to CONNECT (registered certificates need no chain).
+fn handshake_fatal(e: &rustls::CertificateError) -> bool {
+    use rustls::CertificateError as E;
+    matches!(
+        e,
+        E::Revoked
+            | E::Expired
+            | E::ExpiredContext { .. }
+            | E::NotValidYet
+            | E::NotValidYetContext { .. }
+    )
+}
+
+impl rustls::server::danger::ClientCertVerifier for DeviceCertVerifier {
+    fn offer_client_auth(&self) -> bool {
+        true
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        false
+    }
+
+    fn root_hint_subjects(&self) -> &[rustls::DistinguishedName] {
+        // No hints: a device sends the one certificate it has, whoever issued it.
+        &[]
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::server::danger::ClientCertVerified, rustls::Error> {
+        match self
+            .current()
+            .verify_client_cert(end_entity, intermediates, now)
+        {
+            Ok(v) => Ok(v),
+            Err(rustls::Error::InvalidCertificate(e)) if !handshake_fatal(&e) => {
+                Ok(rustls::server::danger::ClientCertVerified::assertion())
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algs)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algs)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.algs.supported_schemes()
     }
 }
 

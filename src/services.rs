@@ -1,13 +1,19 @@
 //! The service layer as one value: everything transports (MQTT, HTTP) need, built once by `app`
 //! and shared by `Arc`. No transport type appears here.
 
+use std::net::IpAddr;
 use std::sync::Arc;
 
+use crate::audit::AuditLog;
 use crate::auth::AuthService;
 use crate::config::Config;
 use crate::data::DataService;
+use crate::devices::credentials::CredentialService;
+use crate::devices::provisioning::ProvisioningService;
+use crate::devices::sessions::Sessions;
 use crate::devices::{Presence, Registry};
 use crate::events::EventBus;
+use crate::limits::KeyedLimiter;
 use crate::metrics::Metrics;
 use crate::pki::Pki;
 use crate::store::Store;
@@ -15,23 +21,58 @@ use crate::store::Store;
 pub struct Services {
     pub config: Config,
     pub store: Store,
-    pub pki: Pki,
-    pub registry: Registry,
+    pub pki: Arc<Pki>,
+    pub registry: Arc<Registry>,
+    pub credentials: Arc<CredentialService>,
+    pub provisioning: ProvisioningService,
+    pub sessions: Arc<Sessions>,
     pub presence: Arc<Presence>,
     pub data: DataService,
     pub auth: AuthService,
+    pub audit: Arc<AuditLog>,
     pub events: EventBus,
     pub metrics: Arc<Metrics>,
+    /// New connections per client address (all transports).
+    pub connect_limiter: KeyedLimiter<IpAddr>,
 }
 
 impl Services {
     pub fn new(config: Config, store: Store, pki: Pki, metrics: Arc<Metrics>) -> Self {
         let presence = Arc::new(Presence::default());
         let events = EventBus::default();
+        let pki = Arc::new(pki);
+        let sessions = Arc::new(Sessions::default());
+        let audit = Arc::new(AuditLog::new(store.clone(), config.audit.max_entries));
+        let registry = Arc::new(Registry::new(
+            store.clone(),
+            presence.clone(),
+            sessions.clone(),
+            audit.clone(),
+        ));
+        let credentials = Arc::new(CredentialService::new(
+            store.clone(),
+            pki.clone(),
+            registry.clone(),
+            sessions.clone(),
+            audit.clone(),
+            config.credentials.clone(),
+        ));
+        let provisioning = ProvisioningService::new(
+            store.clone(),
+            registry.clone(),
+            credentials.clone(),
+            audit.clone(),
+        );
+        let l = &config.limits;
         Self {
-            registry: Registry::new(store.clone(), presence.clone()),
+            connect_limiter: KeyedLimiter::new(l.ip_connects_per_sec, l.ip_connect_burst),
             data: DataService::new(store.clone(), events.clone(), metrics.clone()),
             auth: AuthService::new(store.clone()),
+            registry,
+            credentials,
+            provisioning,
+            sessions,
+            audit,
             config,
             store,
             pki,

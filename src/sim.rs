@@ -159,7 +159,9 @@ async fn create_devices(client: &ClientArgs, fleet: &str, n: usize) -> anyhow::R
                     &serde_json::json!({"fleet_id": fleet_id, "name": name}),
                 )
                 .await?;
-            anyhow::Ok(d.credentials.token)
+            d.credentials
+                .token
+                .ok_or_else(|| anyhow::anyhow!("the server returned no access token"))
         }));
     }
     let mut out = Vec::with_capacity(n);

@@ -193,7 +193,8 @@ async fn registry_crud_pagination_and_errors() {
             )
             .await;
         assert_eq!(s, StatusCode::CREATED);
-        assert_eq!(d["credentials"]["type"], "access_token");
+        assert_eq!(d["credentials"]["credential"]["type"], "access_token");
+        assert_eq!(d["credentials"]["token"].as_str().map(str::len), Some(20));
         assert_eq!(d["device"]["status"], "offline");
         assert_eq!(d["device"]["workspace_id"], ws_id.as_str());
         ids.push(d["device"]["id"].as_str().expect("id").to_string());
@@ -352,6 +353,15 @@ async fn every_documented_route_requires_an_api_key_and_exists() {
         "/devices/{id}",
         "/devices/{id}/telemetry",
         "/devices/{id}/telemetry/latest",
+        "/devices/{id}/credentials",
+        "/devices/{id}/credentials/{credential_id}",
+        "/devices/{id}/credentials/{credential_id}/rotate",
+        "/devices/{id}/credentials/{credential_id}/revoke",
+        "/devices/{id}/csr",
+        "/fleets/{id}/provisioning",
+        "/fleets/{id}/cas",
+        "/fleets/{id}/cas/{ca_id}",
+        "/audit",
     ];
     let mut documented: Vec<_> = paths.keys().cloned().collect();
     documented.sort();
@@ -363,7 +373,10 @@ async fn every_documented_route_requires_an_api_key_and_exists() {
     for (path, item) in paths {
         for method in item.as_object().expect("item").keys() {
             let m: reqwest::Method = method.to_uppercase().parse().expect("method");
-            let url = format!("{base}/api/v1{}", path.replace("{id}", &nil));
+            let concrete = ["{id}", "{credential_id}", "{ca_id}"]
+                .iter()
+                .fold(path.clone(), |p, v| p.replace(v, &nil));
+            let url = format!("{base}/api/v1{concrete}");
             for key in [None, Some("crl_wrong"), Some("Bearer-less")] {
                 let mut r = c.request(m.clone(), &url).json(&json!({}));
                 if let Some(k) = key {
@@ -395,7 +408,7 @@ async fn every_documented_route_requires_an_api_key_and_exists() {
             checked += 1;
         }
     }
-    assert_eq!(checked, 17);
+    assert_eq!(checked, 30);
     let resp = c
         .get(format!("{base}/api/v1/nothing"))
         .bearer_auth(&t.admin_key)

@@ -94,6 +94,14 @@ impl From<RegistryError> for ApiError {
             e @ RegistryError::NotEmpty(_) => {
                 ApiError::new(StatusCode::CONFLICT, "not_empty", e.to_string())
             }
+            e @ RegistryError::CredentialTaken => {
+                ApiError::new(StatusCode::CONFLICT, "credential_taken", e.to_string())
+            }
+            RegistryError::Conflict(m) => ApiError::new(StatusCode::CONFLICT, "conflict", m),
+            RegistryError::Unsupported(m) => {
+                ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "unsupported", m)
+            }
+            RegistryError::Internal(m) => ApiError::internal(m),
             RegistryError::Store(e) => ApiError::internal(e),
         }
     }

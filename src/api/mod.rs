@@ -2,6 +2,7 @@
 //! generated from the handlers (utoipa), health, readiness and metrics endpoints, API-key
 //! authentication, and the plain and TLS listeners.
 
+mod credentials;
 pub mod error;
 mod registry;
 mod telemetry;
@@ -84,6 +85,7 @@ impl Readiness {
 fn api_v1() -> (Router<Arc<Services>>, utoipa::openapi::OpenApi) {
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .merge(registry::routes())
+        .merge(credentials::routes())
         .merge(telemetry::routes())
         .split_for_parts()
 }
@@ -121,7 +123,14 @@ pub fn router(services: Arc<Services>, ready: Arc<Readiness>) -> Router {
             "/api/v1/openapi.json",
             get(move || async move { axum::Json(doc.as_ref().clone()) }),
         )
-        .route("/api/v1/ca.pem", get(ca_pem));
+        .route("/api/v1/ca.pem", get(ca_pem))
+        .route("/api/v1/crl.pem", get(crl_pem))
+        // ThingsBoard's device provisioning: authenticated by the fleet's key and secret in
+        // the body, not by an API key.
+        .route(
+            "/api/v1/provision",
+            axum::routing::post(credentials::provision),
+        );
     Router::new()
         .nest("/api/v1", api)
         .merge(public)
@@ -147,6 +156,15 @@ async fn ca_pem(State(s): State<Arc<Services>>) -> Response {
     r.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/x-pem-file"),
+    );
+    r
+}
+
+async fn crl_pem(State(s): State<Arc<Services>>) -> Response {
+    let mut r = s.pki.crl_pem().into_response();
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/pkix-crl"),
     );
     r
 }
@@ -199,7 +217,13 @@ pub async fn serve(
             _ = until_true(&mut shutdown) => break,
         };
         let _ = tcp.set_nodelay(true);
-        let svc = hyper_util::service::TowerToHyperService::new(router.clone());
+        // The peer address reaches handlers (audit records of device provisioning) as
+        // `ConnectInfo`, as axum's own `serve` would provide it.
+        let svc = hyper_util::service::TowerToHyperService::new(
+            router
+                .clone()
+                .layer(axum::Extension(axum::extract::ConnectInfo(peer))),
+        );
         let watcher = graceful.watcher();
         let acceptor = acceptor.clone();
         tokio::spawn(async move {

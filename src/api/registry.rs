@@ -10,6 +10,7 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 
 use super::error::{ApiError, ApiJson, ApiPath, ApiQuery, ErrorBody};
 use super::{ApiResult, page_limit};
+use crate::devices::credentials::IssuedCredential;
 use crate::devices::registry::{
     DeviceFilter, DevicePatch, DeviceStatus, DeviceView, FleetPatch, NewDevice, NewFleet,
     NewWorkspace, WorkspacePatch,
@@ -36,14 +37,14 @@ pub struct Page<T> {
     pub next_cursor: Option<String>,
 }
 
-fn page<T, U>(p: crate::store::Page<T>, f: impl Fn(T) -> U) -> Page<U> {
+pub(super) fn page<T, U>(p: crate::store::Page<T>, f: impl Fn(T) -> U) -> Page<U> {
     Page {
         items: p.items.into_iter().map(f).collect(),
         next_cursor: p.next_cursor,
     }
 }
 
-fn cursor<T: std::str::FromStr>(c: Option<&str>) -> Result<Option<T>, ApiError> {
+pub(super) fn cursor<T: std::str::FromStr>(c: Option<&str>) -> Result<Option<T>, ApiError> {
     c.map(|c| {
         c.parse().map_err(|_| {
             ApiError::bad_request("invalid_cursor", "cursor is not one this API returned")
@@ -205,19 +206,12 @@ async fn list_devices(
     Ok(axum::Json(page(p, |d| d)))
 }
 
-/// The created device and its credentials. The token is shown only in this response.
+/// The created device and its first credential. Secrets (token, generated private key) are
+/// shown only in this response.
 #[derive(Serialize, Deserialize, ToSchema)]
 pub struct CreatedDevice {
     pub device: DeviceView,
-    pub credentials: DeviceCredentials,
-}
-
-#[derive(Serialize, Deserialize, ToSchema)]
-pub struct DeviceCredentials {
-    /// `access_token`: the MQTT username or the HTTP device API path segment.
-    #[serde(rename = "type")]
-    pub kind: String,
-    pub token: String,
+    pub credentials: IssuedCredential,
 }
 
 #[utoipa::path(post, path = "/devices", tag = "devices", request_body = NewDevice,
@@ -226,12 +220,8 @@ async fn create_device(
     State(s): S,
     ApiJson(body): ApiJson<NewDevice>,
 ) -> ApiResult<(StatusCode, axum::Json<CreatedDevice>)> {
-    let (device, token) = s.registry.create_device(body).await?;
+    let (device, credentials) = s.credentials.create_device(body).await?;
     tracing::info!(device = %device.id, name = %device.name, "device created");
-    let credentials = DeviceCredentials {
-        kind: "access_token".into(),
-        token,
-    };
     Ok((
         StatusCode::CREATED,
         axum::Json(CreatedDevice {

@@ -448,7 +448,7 @@ pub async fn device(cmd: DeviceCmd) -> anyhow::Result<ExitCode> {
             if client.json {
                 output::json(&d)?;
             } else {
-                show_device_fields(&d.device, Some(&d.credentials.token));
+                show_device_fields(&d.device, d.credentials.token.as_deref());
                 eprintln!("(the access token is shown only now: it is the device's MQTT username)");
             }
             Ok(ExitCode::SUCCESS)

@@ -1,9 +1,13 @@
-//! Devices: the registry of workspaces, fleets and devices, their live presence, and the
-//! ThingsBoard-compatible device protocol (topics and payloads) shared by every transport.
+//! Devices: the registry of workspaces, fleets and devices, their credentials and provisioning,
+//! live presence and sessions, and the ThingsBoard-compatible device protocol (topics and
+//! payloads) shared by every transport.
 
+pub mod credentials;
 pub mod presence;
 pub mod protocol;
+pub mod provisioning;
 pub mod registry;
+pub mod sessions;
 
 pub use presence::Presence;
 pub use registry::{Registry, RegistryError};

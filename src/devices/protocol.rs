@@ -12,6 +12,11 @@ pub const ATTRIBUTES_RESPONSE_FILTER: &str = "v1/devices/me/attributes/response/
 pub const RPC_REQUEST_FILTER: &str = "v1/devices/me/rpc/request/+";
 pub const RPC_RESPONSE_FILTER: &str = "v1/devices/me/rpc/response/+";
 
+pub const RPC_REQUEST_PREFIX: &str = "v1/devices/me/rpc/request/";
+pub const RPC_RESPONSE_PREFIX: &str = "v1/devices/me/rpc/response/";
+pub const PROVISION_REQUEST_TOPIC: &str = "/provision/request";
+pub const PROVISION_RESPONSE_TOPIC: &str = "/provision/response";
+
 /// The subscriptions a device session is granted (§3: sent by the SDK on every connect).
 pub const DEVICE_FILTERS: &[&str] = &[
     ATTRIBUTES_TOPIC,
@@ -27,17 +32,64 @@ pub const MAX_KEY_LEN: usize = 255;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DeviceTopic {
     Telemetry,
+    /// A client-side RPC call with its request id (§5.6).
+    RpcRequest(u64),
+    /// A provisioning request (§5.9): only provisioning sessions may send it.
+    ProvisionRequest,
+    /// A topic naming another device or another session kind (`v1/devices/<other>/…`,
+    /// the gateway API, wildcards, `$` topics): refused as not authorized.
+    Foreign,
     /// A topic this server does not handle.
     Unknown,
 }
 
 impl DeviceTopic {
     pub fn parse(topic: &str) -> DeviceTopic {
-        match topic {
-            TELEMETRY_TOPIC => DeviceTopic::Telemetry,
-            _ => DeviceTopic::Unknown,
+        if topic == TELEMETRY_TOPIC {
+            return DeviceTopic::Telemetry;
         }
+        if let Some(id) = topic.strip_prefix(RPC_REQUEST_PREFIX) {
+            return match id.parse() {
+                Ok(n) => DeviceTopic::RpcRequest(n),
+                Err(_) => DeviceTopic::Unknown,
+            };
+        }
+        if topic == PROVISION_REQUEST_TOPIC {
+            return DeviceTopic::ProvisionRequest;
+        }
+        let own = topic.starts_with("v1/devices/me/") || topic.starts_with("v2/");
+        if !own
+            && (topic.starts_with("v1/")
+                || topic.starts_with('$')
+                || topic.starts_with("/provision/")
+                || topic.contains(['+', '#']))
+        {
+            return DeviceTopic::Foreign;
+        }
+        DeviceTopic::Unknown
     }
+}
+
+/// ThingsBoard's `getSessionLimits` reply (§5.2), from Corral's limits: the SDK sizes its
+/// in-flight window, payload splitting and client-side rate limits from it.
+pub fn session_limits(max_payload: u32, max_inflight: u16, msgs_per_sec: u32) -> Json {
+    let rate = if msgs_per_sec == 0 {
+        String::new()
+    } else {
+        format!("{msgs_per_sec}:1,{}:60", u64::from(msgs_per_sec) * 60)
+    };
+    let limits = serde_json::json!({
+        "messages": rate,
+        "telemetryMessages": rate,
+        "telemetryDataPoints": "",
+    });
+    serde_json::json!({
+        "maxPayloadSize": max_payload,
+        "maxInflightMessages": max_inflight,
+        "rateLimits": limits,
+        // Equal in both keys: the SDK reads them the other way round from TB (§5.2).
+        "gatewayRateLimits": limits,
+    })
 }
 
 /// Whether a SUBSCRIBE filter is one a device may hold.
@@ -232,9 +284,25 @@ mod tests {
             DeviceTopic::parse("v1/devices/me/telemetry"),
             DeviceTopic::Telemetry
         );
+        // Another device's topics, the gateway API, wildcards and `$` topics are not this
+        // device's to use; a topic outside the protocol is merely unknown.
+        for t in [
+            "v1/devices/other/telemetry",
+            "v1/gateway/telemetry",
+            "$SYS/x",
+            "/provision/response",
+            "a/+/b",
+        ] {
+            assert_eq!(DeviceTopic::parse(t), DeviceTopic::Foreign, "{t}");
+        }
+        assert_eq!(DeviceTopic::parse("x/y"), DeviceTopic::Unknown);
         assert_eq!(
-            DeviceTopic::parse("v1/devices/other/telemetry"),
-            DeviceTopic::Unknown
+            DeviceTopic::parse("v1/devices/me/rpc/request/17"),
+            DeviceTopic::RpcRequest(17)
+        );
+        assert_eq!(
+            DeviceTopic::parse("/provision/request"),
+            DeviceTopic::ProvisionRequest
         );
         assert!(is_device_filter("v1/devices/me/rpc/request/+"));
         assert!(!is_device_filter("#"));

@@ -4,17 +4,17 @@
 
 use std::sync::Arc;
 
-use rand::Rng;
-use rand::distr::Alphanumeric;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use utoipa::ToSchema;
 
 use super::presence::{Liveness, Presence};
+use super::sessions::{CloseReason, Sessions};
+use crate::audit::{AuditLog, Entry};
 use crate::model::{
-    AccessToken, Device, DeviceId, Fleet, FleetId, Millis, Workspace, WorkspaceId, now_ms,
+    Credential, Device, DeviceId, Fleet, FleetId, Millis, Workspace, WorkspaceId, now_ms,
 };
-use crate::store::{NameClash, Page, Store, StoreError};
+use crate::store::{DeviceClash, NameClash, Page, Store, StoreError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
@@ -29,6 +29,14 @@ pub enum RegistryError {
     },
     #[error("the {0} is not empty: delete what it holds first")]
     NotEmpty(&'static str),
+    #[error("another device already answers to this credential")]
+    CredentialTaken,
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    Unsupported(String),
+    #[error("{0}")]
+    Internal(String),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -75,6 +83,9 @@ pub struct NewDevice {
     pub name: String,
     #[serde(default)]
     pub label: String,
+    /// The device's first credential; a generated access token when absent.
+    #[serde(default)]
+    pub credentials: Option<super::credentials::NewCredential>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, ToSchema)]
@@ -129,6 +140,8 @@ pub struct DeviceFilter {
 pub struct Registry {
     store: Store,
     presence: Arc<Presence>,
+    sessions: Arc<Sessions>,
+    audit: Arc<AuditLog>,
 }
 
 const MAX_NAME: usize = 128;
@@ -167,18 +180,19 @@ pub fn secret_hash(secret: &str) -> [u8; 32] {
     Sha256::digest(secret.as_bytes()).into()
 }
 
-/// A new device access token: 20 alphanumerics (~119 bits), the length ThingsBoard uses.
-fn new_token() -> String {
-    rand::rng()
-        .sample_iter(&Alphanumeric)
-        .take(20)
-        .map(char::from)
-        .collect()
-}
-
 impl Registry {
-    pub fn new(store: Store, presence: Arc<Presence>) -> Self {
-        Self { store, presence }
+    pub fn new(
+        store: Store,
+        presence: Arc<Presence>,
+        sessions: Arc<Sessions>,
+        audit: Arc<AuditLog>,
+    ) -> Self {
+        Self {
+            store,
+            presence,
+            sessions,
+            audit,
+        }
     }
 
     // ---- workspaces -------------------------------------------------------------------
@@ -311,20 +325,38 @@ impl Registry {
 
     pub async fn delete_fleet(&self, id: FleetId) -> Result<()> {
         let fleet = self.fleet(id)?;
-        if !self.store.delete_fleet(&fleet)? {
+        // Manufacturer CAs count as content: removing one changes who can join.
+        if !self.store.fleet_cas(Some(id))?.is_empty() || !self.store.delete_fleet(&fleet)? {
             return Err(RegistryError::NotEmpty("fleet"));
         }
+        self.store.delete_provisioning(id)?;
         self.store.commit().await?;
         Ok(())
     }
 
     // ---- devices ----------------------------------------------------------------------
 
-    /// Creates a device with a fresh access token, returned once in clear.
-    pub async fn create_device(&self, new: NewDevice) -> Result<(DeviceView, String)> {
+    /// Creates a device in `fleet_id` with the credentials `creds` makes for it, atomically:
+    /// a name or credential clash stores nothing.
+    pub async fn create_device_with(
+        &self,
+        fleet_id: FleetId,
+        name: &str,
+        creds: impl FnOnce(&Device) -> Result<Vec<Credential>>,
+    ) -> Result<(Device, Vec<Credential>)> {
+        self.create_device_labelled(fleet_id, name, "", creds).await
+    }
+
+    pub async fn create_device_labelled(
+        &self,
+        fleet_id: FleetId,
+        name: &str,
+        label: &str,
+        creds: impl FnOnce(&Device) -> Result<Vec<Credential>>,
+    ) -> Result<(Device, Vec<Credential>)> {
         let fleet = self
             .store
-            .get_fleet(new.fleet_id)?
+            .get_fleet(fleet_id)?
             .ok_or(RegistryError::Invalid {
                 field: "fleet_id",
                 message: "no such fleet".into(),
@@ -334,27 +366,44 @@ impl Registry {
             id: DeviceId::new(),
             workspace_id: fleet.workspace_id,
             fleet_id: fleet.id,
-            name: check_name(&new.name)?,
-            label: check_text("label", &new.label)?,
+            name: check_name(name)?,
+            label: check_text("label", label)?,
             enabled: true,
             created_at: now,
             updated_at: now,
             last_connect_at: None,
             last_disconnect_at: None,
             last_activity_at: None,
+            provisioned_at: None,
         };
-        let token = new_token();
-        let cred = AccessToken {
-            device_id: dev.id,
-            token_sha256: secret_hash(&token),
-            hint: token.chars().take(4).collect(),
-            created_at: now,
-        };
+        let creds = creds(&dev)?;
         self.store
-            .create_device(&dev, &cred)?
-            .map_err(|NameClash| clash("device", &dev.name))?;
+            .create_device(&dev, &creds)?
+            .map_err(|c| match c {
+                DeviceClash::Name => clash("device", &dev.name),
+                DeviceClash::Credential => RegistryError::CredentialTaken,
+            })?;
         self.store.commit().await?;
-        Ok((self.view(dev), token))
+        Ok((dev, creds))
+    }
+
+    /// The device of a workspace with this name.
+    pub fn device_by_name(&self, ws: WorkspaceId, name: &str) -> Result<Option<Device>> {
+        Ok(self.store.device_by_name(ws, name)?)
+    }
+
+    /// Records that a device obtained its credentials through provisioning.
+    pub async fn mark_provisioned(&self, id: DeviceId) -> Result<()> {
+        let now = now_ms();
+        self.store
+            .update_device_record(id, move |d| d.provisioned_at = Some(now))?;
+        self.store.commit().await?;
+        Ok(())
+    }
+
+    /// The live view of a stored device record.
+    pub fn view_of(&self, d: Device) -> DeviceView {
+        self.view(d)
     }
 
     pub fn device(&self, id: DeviceId) -> Result<DeviceView> {
@@ -414,7 +463,21 @@ impl Registry {
         self.store
             .update_device(&dev, &old)?
             .map_err(|NameClash| clash("device", &dev.name))?;
+        if old.enabled != dev.enabled {
+            let kind = if dev.enabled {
+                "device_enabled"
+            } else {
+                "device_disabled"
+            };
+            self.audit
+                .record(Entry::new(kind, "admin").device(dev.id).fleet(dev.fleet_id));
+        }
         self.store.commit().await?;
+        if !dev.enabled {
+            // After the commit: a session that reconnects now finds the device disabled.
+            self.sessions
+                .close_device(dev.id, CloseReason::DeviceDisabled);
+        }
         Ok(self.view(dev))
     }
 
@@ -422,19 +485,19 @@ impl Registry {
         let dev = self.device_record(id)?;
         self.store.delete_device(&dev)?;
         self.store.delete_device_telemetry(dev.id)?;
+        self.audit.record(
+            Entry::new("device_deleted", "admin")
+                .device(dev.id)
+                .fleet(dev.fleet_id)
+                .detail(dev.name.clone()),
+        );
         self.store.commit().await?;
+        self.sessions
+            .close_device(dev.id, CloseReason::DeviceDeleted);
         Ok(())
     }
 
     // ---- device sessions --------------------------------------------------------------
-
-    /// The enabled device an access token belongs to, if any.
-    pub fn authenticate_token(&self, token: &str) -> Result<Option<Device>> {
-        let Some(id) = self.store.device_for_token(&secret_hash(token))? else {
-            return Ok(None);
-        };
-        Ok(self.store.get_device(id)?)
-    }
 
     /// Marks a device connected; the returned liveness is touched on every message. The
     /// stored connect time is written by the store's writer thread: this runs on a connection
@@ -520,10 +583,25 @@ mod tests {
     use super::*;
     use crate::store::test_util::open_temp;
 
+    fn registry(store: Store) -> Registry {
+        Registry::new(
+            store.clone(),
+            Arc::new(Presence::default()),
+            Arc::new(Sessions::default()),
+            Arc::new(AuditLog::new(store, 1000)),
+        )
+    }
+
+    async fn device(r: &Registry, fleet: FleetId, name: &str) -> Result<Device> {
+        r.create_device_with(fleet, name, |_| Ok(Vec::new()))
+            .await
+            .map(|(d, _)| d)
+    }
+
     #[tokio::test]
     async fn names_are_unique_per_scope_and_containers_must_be_empty() {
         let (_d, store) = open_temp();
-        let r = Registry::new(store, Arc::new(Presence::default()));
+        let r = registry(store);
         let ws = r
             .create_workspace(NewWorkspace {
                 name: "Plant".into(),
@@ -547,27 +625,9 @@ mod tests {
             })
             .await
             .expect("fleet");
-        let (dev, token) = r
-            .create_device(NewDevice {
-                fleet_id: fleet.id,
-                name: "pump-1".into(),
-                label: String::new(),
-            })
-            .await
-            .expect("device");
-        assert_eq!(token.len(), 20);
-        assert_eq!(
-            r.authenticate_token(&token).expect("auth").map(|d| d.id),
-            Some(dev.id)
-        );
-        assert!(r.authenticate_token("nope").expect("auth").is_none());
+        let dev = device(&r, fleet.id, "pump-1").await.expect("device");
         assert!(matches!(
-            r.create_device(NewDevice {
-                fleet_id: fleet.id,
-                name: "PUMP-1".into(),
-                label: String::new()
-            })
-            .await,
+            device(&r, fleet.id, "PUMP-1").await,
             Err(RegistryError::NameTaken { .. })
         ));
         assert!(matches!(
@@ -588,13 +648,9 @@ mod tests {
         )
         .await
         .expect("rename");
-        r.create_device(NewDevice {
-            fleet_id: fleet.id,
-            name: "pump-1".into(),
-            label: String::new(),
-        })
-        .await
-        .expect("old name is free");
+        device(&r, fleet.id, "pump-1")
+            .await
+            .expect("old name is free");
         let page = r
             .list_devices(
                 &DeviceFilter {
@@ -620,13 +676,13 @@ mod tests {
         assert_eq!(page2.items.len(), 1);
         assert!(page2.next_cursor.is_none());
         r.delete_device(dev.id).await.expect("delete");
-        assert!(r.authenticate_token(&token).expect("auth").is_none());
+        assert!(matches!(r.device(dev.id), Err(RegistryError::NotFound(_))));
     }
 
     #[tokio::test]
     async fn activity_of_connected_devices_is_persisted() {
         let (_d, store) = open_temp();
-        let r = Registry::new(store.clone(), Arc::new(Presence::default()));
+        let r = registry(store.clone());
         let ws = r
             .create_workspace(NewWorkspace {
                 name: "w".into(),
@@ -642,14 +698,7 @@ mod tests {
             })
             .await
             .expect("fleet");
-        let (dev, _) = r
-            .create_device(NewDevice {
-                fleet_id: fleet.id,
-                name: "d".into(),
-                label: String::new(),
-            })
-            .await
-            .expect("device");
+        let dev = device(&r, fleet.id, "d").await.expect("device");
         let live = r.connected(dev.id);
         live.touch();
         r.persist_activity();

@@ -48,7 +48,7 @@ pub fn start(
     services: Arc<Services>,
     listeners: MqttListeners,
 ) -> anyhow::Result<MqttServerHandle> {
-    let tls_config = services.pki.server_config(&[])?;
+    let tls_config = services.pki.device_server_config()?;
     let (tx, rx) = std::sync::mpsc::channel();
     let thread = std::thread::Builder::new()
         .name("mqtt-system".into())

@@ -1,16 +1,26 @@
-//! One device connection over MQTT: CONNECT authentication with ThingsBoard's refusal codes
-//! (thingsboard-device-api.md §2), PUBLISH dispatch to the data service with PUBACK after the
-//! data is durable, SUBSCRIBE grants, and presence bookkeeping for the connection's lifetime.
+//! One device connection over MQTT: CONNECT (connection rate, provisioning sessions, the login
+//! decision with ThingsBoard's refusal codes of thingsboard-device-api.md §2, the client id
+//! policy, taking over an older session), PUBLISH dispatch with PUBACK after the data is
+//! durable and reason codes for everything refused (other devices' topics, rate, payload),
+//! SUBSCRIBE grants confined to the session's own topics, server-initiated close, and
+//! presence bookkeeping for the connection's lifetime.
 
-use std::sync::Arc;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
 
 use ntex_bytes::Bytes;
 use ntex_mqtt::{Control, QoS, v3, v5};
+use rustls::pki_types::CertificateDer;
 
+use crate::audit::Entry;
+use crate::config::ClientIdPolicy;
 use crate::data::{DataService, Durability};
+use crate::devices::credentials::{LoginAttempt, PROVISION_USERNAME, Refusal};
 use crate::devices::presence::Liveness;
-use crate::devices::protocol::{self, DeviceTopic};
+use crate::devices::protocol::{self, DeviceTopic, PROVISION_RESPONSE_TOPIC, RPC_RESPONSE_PREFIX};
+use crate::devices::sessions::{CloseReason, SessionCommand, SessionSlot};
 use crate::events::Event;
+use crate::limits::TokenBucket;
 use crate::metrics::{ReasonLabel, TransportLabel};
 use crate::model::DeviceId;
 use crate::services::Services;
@@ -24,6 +34,10 @@ pub enum MqttErr {
     BadPayload(String),
     #[error("storage failed; the message was not acknowledged")]
     Storage,
+    #[error("publish outside the session's own topics")]
+    NotAuthorized,
+    #[error("message rate limit exceeded")]
+    RateExceeded,
     #[error("protocol error")]
     Protocol,
 }
@@ -41,19 +55,39 @@ impl TryFrom<MqttErr> for v5::PublishAck {
     }
 }
 
-/// State of one authenticated device connection. Dropped when the connection ends, which is
-/// when presence is updated: that covers every way a connection can close.
+/// The authenticated device behind a connection.
+pub struct DeviceCtx {
+    id: DeviceId,
+    name: String,
+    conn: u64,
+    live: Arc<Liveness>,
+    bucket: Mutex<RateState>,
+}
+
+/// Message-rate accounting of one device session.
+struct RateState {
+    bucket: TokenBucket,
+    /// Messages refused in a row; past the burst the device is disconnected (v5 0x96).
+    refused_in_a_row: u32,
+}
+
+/// State of one accepted connection: a device session, or a provisioning session that may only
+/// ask for credentials (§2, §5.9). Dropped when the connection ends, which is when presence is
+/// updated: that covers every way a connection can close.
 pub struct DeviceSession {
     services: Arc<Services>,
-    device_id: DeviceId,
-    device_name: String,
     transport: &'static str,
-    live: Arc<Liveness>,
+    peer: Option<SocketAddr>,
+    device: Option<DeviceCtx>,
 }
 
 impl Drop for DeviceSession {
     fn drop(&mut self) {
-        self.services.registry.disconnected(self.device_id);
+        let Some(d) = &self.device else {
+            return;
+        };
+        self.services.sessions.unregister(d.id, d.conn);
+        self.services.registry.disconnected(d.id);
         self.services
             .metrics
             .connections
@@ -61,109 +95,201 @@ impl Drop for DeviceSession {
                 transport: self.transport,
             })
             .dec();
-        self.services.events.publish(Event::DeviceDisconnected {
-            device_id: self.device_id,
-        });
-        tracing::info!(device = %self.device_id, name = %self.device_name, "device disconnected");
+        self.services
+            .events
+            .publish(Event::DeviceDisconnected { device_id: d.id });
+        tracing::info!(device = %d.id, name = %d.name, "device disconnected");
     }
 }
 
-/// Why a CONNECT was refused; mapped to v3 return codes and v5 reason codes as ThingsBoard does.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Refusal {
-    /// Unknown token sent without a password (how the SDK sends tokens): v3 4, v5 0x86.
-    BadUsernameOrPassword,
-    /// Unknown credentials, disabled device: v3 5, v5 0x87.
-    NotAuthorized,
-    /// Only a client id: v3 2, v5 0x85.
-    IdentifierRejected,
-    /// The store failed: v3 3, v5 0x88.
-    Unavailable,
+/// Why a CONNECT was refused beyond the login decision itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum ConnectRefusal {
+    Login(Refusal),
+    /// Too many connections from the client's address: v5 0x9F, v3 3.
+    RateExceeded,
 }
 
-impl Refusal {
-    fn label(self) -> &'static str {
+impl ConnectRefusal {
+    fn label(&self) -> &'static str {
         match self {
-            Refusal::BadUsernameOrPassword => "bad_username_or_password",
-            Refusal::NotAuthorized => "not_authorized",
-            Refusal::IdentifierRejected => "identifier_rejected",
-            Refusal::Unavailable => "unavailable",
+            ConnectRefusal::Login(r) => r.label(),
+            ConnectRefusal::RateExceeded => "connection_rate_exceeded",
         }
     }
 }
 
-fn authenticate(
-    services: &Services,
-    username: Option<&str>,
-    has_password: bool,
-    client_id: &str,
-) -> Result<crate::model::Device, Refusal> {
-    match username.filter(|u| !u.is_empty()) {
-        Some(token) => match services.registry.authenticate_token(token) {
-            Ok(Some(dev)) if dev.enabled => Ok(dev),
-            Ok(Some(_)) => Err(Refusal::NotAuthorized),
-            Ok(None) if has_password => Err(Refusal::NotAuthorized),
-            Ok(None) => Err(Refusal::BadUsernameOrPassword),
-            Err(e) => {
-                tracing::error!(error = %e, "credential lookup failed");
-                Err(Refusal::Unavailable)
-            }
-        },
-        None if !client_id.is_empty() => Err(Refusal::IdentifierRejected),
-        None => Err(Refusal::NotAuthorized),
+/// What a CONNECT packet carries, independent of the protocol version.
+struct ConnectInfo<'a> {
+    username: Option<&'a str>,
+    password: Option<&'a [u8]>,
+    client_id: &'a str,
+    peer: Option<SocketAddr>,
+    chain: Option<Vec<CertificateDer<'static>>>,
+}
+
+fn connect_info<'a>(
+    io: &ntex_io::IoBoxed,
+    username: Option<&'a str>,
+    password: Option<&'a [u8]>,
+    client_id: &'a str,
+) -> ConnectInfo<'a> {
+    let chain = io
+        .query::<ntex_tls::rustls::PeerCertChain<'static>>()
+        .as_ref()
+        .map(|c| c.0.iter().map(|d| d.clone().into_owned()).collect());
+    ConnectInfo {
+        username,
+        password,
+        client_id,
+        peer: peer_of(io),
+        chain,
     }
 }
 
-fn open_session(
+/// Decides a CONNECT: the per-address rate, the provisioning username, the device login and
+/// the client id policy. On success the session is registered (taking over an older session
+/// of the same device) and its commands are handed to `on_command`'s task.
+async fn open_session(
     services: &Arc<Services>,
     transport: &'static str,
-    username: Option<&str>,
-    has_password: bool,
-    client_id: &str,
-    peer: Option<std::net::SocketAddr>,
-) -> Result<DeviceSession, Refusal> {
-    match authenticate(services, username, has_password, client_id) {
-        Ok(dev) => {
-            let live = services.registry.connected(dev.id);
-            services
-                .metrics
-                .connections
-                .get_or_create(&TransportLabel { transport })
-                .inc();
-            services.events.publish(Event::DeviceConnected {
-                device_id: dev.id,
-                transport,
-            });
-            tracing::info!(device = %dev.id, name = %dev.name, ?peer, transport, "device connected");
-            Ok(DeviceSession {
-                services: services.clone(),
-                device_id: dev.id,
-                device_name: dev.name,
-                transport,
-                live,
-            })
-        }
-        Err(r) => {
-            services
-                .metrics
-                .connects_refused
-                .get_or_create(&ReasonLabel { reason: r.label() })
-                .inc();
-            // The username may be a token: log only that one was given, never its value.
-            tracing::warn!(
-                ?peer,
-                transport,
-                reason = r.label(),
-                username_given = username.is_some(),
-                "connection refused"
-            );
-            Err(r)
-        }
+    c: ConnectInfo<'_>,
+) -> Result<(DeviceSession, Option<SessionSlot>), ConnectRefusal> {
+    let res = open_session_inner(services, transport, &c).await;
+    if let Err(r) = &res {
+        services
+            .metrics
+            .connects_refused
+            .get_or_create(&ReasonLabel { reason: r.label() })
+            .inc();
+        // The username may be a token: log only that one was given, never its value.
+        tracing::warn!(
+            peer = ?c.peer,
+            transport,
+            reason = r.label(),
+            detail = match r {
+                ConnectRefusal::Login(l) => l.reason(),
+                ConnectRefusal::RateExceeded => "too many connections from this address",
+            },
+            username_given = c.username.is_some(),
+            certificate_given = c.chain.is_some(),
+            "connection refused"
+        );
     }
+    res
+}
+
+async fn open_session_inner(
+    services: &Arc<Services>,
+    transport: &'static str,
+    c: &ConnectInfo<'_>,
+) -> Result<(DeviceSession, Option<SessionSlot>), ConnectRefusal> {
+    if let Some(p) = c.peer
+        && !services.connect_limiter.allow(&p.ip())
+    {
+        return Err(ConnectRefusal::RateExceeded);
+    }
+    let provisioning = match c.username.filter(|u| !u.is_empty()) {
+        Some(u) => u == PROVISION_USERNAME,
+        None => c.client_id == PROVISION_USERNAME && c.chain.is_none(),
+    };
+    if provisioning {
+        tracing::info!(peer = ?c.peer, transport, "provisioning session opened");
+        return Ok((
+            DeviceSession {
+                services: services.clone(),
+                transport,
+                peer: c.peer,
+                device: None,
+            },
+            None,
+        ));
+    }
+    let login = services
+        .credentials
+        .login(LoginAttempt {
+            username: c.username,
+            password: c.password,
+            client_id: c.client_id,
+            cert_chain: c.chain.clone(),
+            peer: c.peer,
+        })
+        .await
+        .map_err(ConnectRefusal::Login)?;
+    let policy_ok = match services.config.mqtt.client_id_policy {
+        ClientIdPolicy::Any => true,
+        ClientIdPolicy::CertificateCn => {
+            login.cert_cn.as_deref().is_none_or(|cn| cn == c.client_id)
+        }
+        ClientIdPolicy::DeviceName => c.client_id == login.device.name,
+    };
+    if !policy_ok {
+        let reason = "client id does not match the device identity";
+        services.audit.record(
+            Entry::new("auth_failed", "device")
+                .device(login.device.id)
+                .credential(login.credential)
+                .peer(c.peer)
+                .detail(reason),
+        );
+        return Err(ConnectRefusal::Login(Refusal::IdentifierRejected(reason)));
+    }
+    let dev = login.device;
+    let (slot, taken) = services.sessions.register(dev.id, Some(login.credential));
+    let live = services.registry.connected(dev.id);
+    services
+        .metrics
+        .connections
+        .get_or_create(&TransportLabel { transport })
+        .inc();
+    services.events.publish(Event::DeviceConnected {
+        device_id: dev.id,
+        transport,
+    });
+    tracing::info!(
+        device = %dev.id,
+        name = %dev.name,
+        peer = ?c.peer,
+        transport,
+        method = login.method,
+        took_over = taken,
+        "device connected"
+    );
+    let l = &services.config.limits;
+    Ok((
+        DeviceSession {
+            services: services.clone(),
+            transport,
+            peer: c.peer,
+            device: Some(DeviceCtx {
+                id: dev.id,
+                name: dev.name,
+                conn: slot.conn,
+                live,
+                bucket: Mutex::new(RateState {
+                    bucket: TokenBucket::new(l.device_messages_per_sec, l.device_message_burst),
+                    refused_in_a_row: 0,
+                }),
+            }),
+        },
+        Some(slot),
+    ))
 }
 
 fn peer_of(io: &ntex_io::IoBoxed) -> Option<std::net::SocketAddr> {
     io.query::<ntex_io::types::PeerAddr>().get().map(|p| p.0)
+}
+
+/// Runs a session's commands on the connection's own thread until the session ends (its
+/// registry entry goes, and with it the sender).
+fn spawn_commands(mut slot: SessionSlot, device: DeviceId, close: impl Fn(CloseReason) + 'static) {
+    ntex_rt::spawn(async move {
+        // The only command so far ends the session; a closed channel means it ended anyway.
+        if let Some(SessionCommand::Close(reason)) = slot.commands.recv().await {
+            tracing::info!(device = %device, reason = reason.label(), "closing the session");
+            close(reason);
+        }
+    });
 }
 
 pub async fn connect_v3(
@@ -172,21 +298,29 @@ pub async fn connect_v3(
     c: v3::Connect,
 ) -> Result<v3::ConnectAck<DeviceSession>, MqttErr> {
     let pkt = c.packet();
-    let username = pkt.username.as_ref().map(|u| u.as_str());
-    let res = open_session(
-        services,
-        transport,
-        username,
-        pkt.password.is_some(),
+    let info = connect_info(
+        c.io(),
+        pkt.username.as_ref().map(|u| u.as_str()),
+        pkt.password.as_deref(),
         &pkt.client_id,
-        peer_of(c.io()),
     );
+    let res = open_session(services, transport, info).await;
     Ok(match res {
-        Ok(s) => c.ack(s, false),
-        Err(Refusal::BadUsernameOrPassword) => c.bad_username_or_pwd(),
-        Err(Refusal::NotAuthorized) => c.not_authorized(),
-        Err(Refusal::IdentifierRejected) => c.identifier_rejected(),
-        Err(Refusal::Unavailable) => c.service_unavailable(),
+        Ok((s, slot)) => {
+            if let (Some(slot), Some(d)) = (slot, &s.device) {
+                let sink = c.sink();
+                // 3.1.1 has no server DISCONNECT: the connection is closed.
+                spawn_commands(slot, d.id, move |_| sink.close());
+            }
+            c.ack(s, false)
+        }
+        Err(ConnectRefusal::RateExceeded) => c.service_unavailable(),
+        Err(ConnectRefusal::Login(r)) => match r {
+            Refusal::BadUsernameOrPassword(_) => c.bad_username_or_pwd(),
+            Refusal::NotAuthorized(_) => c.not_authorized(),
+            Refusal::IdentifierRejected(_) => c.identifier_rejected(),
+            Refusal::Unavailable => c.service_unavailable(),
+        },
     })
 }
 
@@ -197,43 +331,70 @@ pub async fn connect_v5(
 ) -> Result<v5::ConnectAck<DeviceSession>, MqttErr> {
     use v5::codec::ConnectAckReason as R;
     let pkt = c.packet();
-    let username = pkt.username.as_ref().map(|u| u.as_str());
-    let res = open_session(
-        services,
-        transport,
-        username,
-        pkt.password.is_some(),
+    let info = connect_info(
+        c.io(),
+        pkt.username.as_ref().map(|u| u.as_str()),
+        pkt.password.as_deref(),
         &pkt.client_id,
-        peer_of(c.io()),
     );
+    let res = open_session(services, transport, info).await;
     Ok(match res {
-        // The maximum packet size is advertised by ntex-mqtt from the service configuration.
-        Ok(s) => c.ack(s),
-        Err(Refusal::BadUsernameOrPassword) => c.failed(R::BadUserNameOrPassword),
-        Err(Refusal::NotAuthorized) => c.failed(R::NotAuthorized),
-        Err(Refusal::IdentifierRejected) => c.failed(R::ClientIdentifierNotValid),
-        Err(Refusal::Unavailable) => c.failed(R::ServerUnavailable),
+        Ok((s, slot)) => {
+            if let (Some(slot), Some(d)) = (slot, &s.device) {
+                let sink = c.sink();
+                spawn_commands(slot, d.id, move |reason| {
+                    use v5::codec::DisconnectReasonCode as D;
+                    let code = match reason {
+                        CloseReason::TakenOver => D::SessionTakenOver,
+                        CloseReason::CredentialRevoked => D::NotAuthorized,
+                        CloseReason::DeviceDisabled | CloseReason::DeviceDeleted => {
+                            D::AdministrativeAction
+                        }
+                    };
+                    let mut pkt = v5::codec::Disconnect::new(code);
+                    pkt.reason_string = Some(reason.label().into());
+                    sink.close_with_reason(pkt);
+                });
+            }
+            // The maximum packet size is advertised by ntex-mqtt from the service configuration.
+            c.ack(s)
+        }
+        Err(ConnectRefusal::RateExceeded) => c.failed(R::ConnectionRateExceeded),
+        Err(ConnectRefusal::Login(r)) => match r {
+            Refusal::BadUsernameOrPassword(_) => c.failed(R::BadUserNameOrPassword),
+            Refusal::NotAuthorized(_) => c.failed(R::NotAuthorized),
+            Refusal::IdentifierRejected(_) => c.failed(R::ClientIdentifierNotValid),
+            Refusal::Unavailable => c.failed(R::ServerUnavailable),
+        },
     })
 }
 
 /// Outcome of a device publish, before it is mapped to the protocol version's answer.
 enum Outcome {
     Stored,
+    /// Handled; nothing to store (a provisioning or RPC request), with a reply to send.
+    Reply(&'static str, String, Vec<u8>),
     UnknownTopic,
+    /// The topic belongs to another device or another kind of session.
+    NotAuthorized,
     BadPayload(String),
+    /// Over the device's message rate: not stored, so the device may send it again.
+    RateExceeded,
+    /// Far over the rate: end the session (v5 DISCONNECT 0x96).
+    RateAbuse,
     Storage,
 }
 
-/// Handles one device publish. Takes the payload by value and drops it before any await: the
-/// payload shares ntex's read buffer, and holding it while the store works would pin a whole
-/// buffer per in-flight message.
+/// Handles one publish. Takes the payload by value and drops it before any await on the
+/// store: the payload shares ntex's read buffer, and holding it while the store works would
+/// pin a whole buffer per in-flight message.
 async fn handle_publish(
     s: &DeviceSession,
-    topic: DeviceTopic,
+    topic_str: &str,
     payload: Bytes,
     qos: QoS,
+    v5: bool,
 ) -> Outcome {
-    s.live.touch();
     let m = &s.services.metrics;
     let label = TransportLabel {
         transport: s.transport,
@@ -247,15 +408,59 @@ async fn handle_publish(
             .get_or_create(&ReasonLabel { reason })
             .inc()
     };
+    let topic = DeviceTopic::parse(topic_str);
+    let Some(d) = &s.device else {
+        // A provisioning session: one kind of message, answered on its response topic.
+        if topic != DeviceTopic::ProvisionRequest {
+            reject("not_authorized");
+            tracing::info!(peer = ?s.peer, topic = topic_str, "provisioning session publish refused");
+            return Outcome::NotAuthorized;
+        }
+        let resp = s.services.provisioning.provision(&payload, s.peer).await;
+        return Outcome::Reply(
+            PROVISION_RESPONSE_TOPIC,
+            String::new(),
+            resp.to_string().into_bytes(),
+        );
+    };
+    d.live.touch();
     match topic {
         DeviceTopic::Telemetry => {
+            // Rate before parsing: a flood costs as little as possible.
+            let wait = {
+                let mut r = d.bucket.lock().unwrap_or_else(|p| p.into_inner());
+                if v5 {
+                    if r.bucket.try_take() {
+                        r.refused_in_a_row = 0;
+                        None
+                    } else {
+                        r.refused_in_a_row += 1;
+                        let abuse = r.refused_in_a_row
+                            > s.services.config.limits.device_message_burst.max(1);
+                        drop(r);
+                        reject("rate_exceeded");
+                        return if abuse {
+                            Outcome::RateAbuse
+                        } else {
+                            Outcome::RateExceeded
+                        };
+                    }
+                } else {
+                    // 3.1.1 has no negative PUBACK: slow the device down instead. While this
+                    // handler waits, the in-flight window fills and ntex stops reading.
+                    Some(r.bucket.take_or_wait())
+                }
+            };
             let parsed = DataService::parse_telemetry(&payload);
             drop(payload);
+            if let Some(w) = wait.filter(|w| !w.is_zero()) {
+                ntex_util::time::sleep(w).await;
+            }
             let telemetry = match parsed {
                 Ok(t) => t,
                 Err(e) => {
                     reject("bad_payload");
-                    tracing::debug!(device = %s.device_id, error = %e, "telemetry refused");
+                    tracing::debug!(device = %d.id, error = %e, "telemetry refused");
                     return Outcome::BadPayload(e.to_string());
                 }
             };
@@ -268,37 +473,83 @@ async fn handle_publish(
             match s
                 .services
                 .data
-                .store_telemetry(s.device_id, telemetry, durability)
+                .store_telemetry(d.id, telemetry, durability)
                 .await
             {
                 Ok(_) => Outcome::Stored,
                 Err(e) => {
                     reject("storage");
-                    tracing::error!(device = %s.device_id, error = %e, "telemetry not stored");
+                    tracing::error!(device = %d.id, error = %e, "telemetry not stored");
                     Outcome::Storage
                 }
             }
         }
+        DeviceTopic::RpcRequest(id) => {
+            let reply = client_rpc(&s.services, &payload);
+            Outcome::Reply(
+                RPC_RESPONSE_PREFIX,
+                id.to_string(),
+                reply.to_string().into_bytes(),
+            )
+        }
+        DeviceTopic::ProvisionRequest | DeviceTopic::Foreign => {
+            reject("not_authorized");
+            tracing::warn!(device = %d.id, topic = topic_str, "publish outside the device's own topics refused");
+            Outcome::NotAuthorized
+        }
         DeviceTopic::Unknown => {
             reject("unknown_topic");
-            tracing::debug!(device = %s.device_id, "publish to an unknown topic");
+            tracing::debug!(device = %d.id, "publish to an unknown topic");
             Outcome::UnknownTopic
         }
     }
 }
 
+/// Client-side RPC answered by the transport itself (§5.2). Other methods belong to the
+/// jobs work; until then they get ThingsBoard's error shape so the SDK's callback fires.
+fn client_rpc(services: &Services, payload: &[u8]) -> serde_json::Value {
+    let method = serde_json::from_slice::<serde_json::Value>(payload)
+        .ok()
+        .and_then(|v| v.get("method").and_then(|m| m.as_str()).map(String::from));
+    match method.as_deref() {
+        Some("getSessionLimits") => {
+            let c = &services.config;
+            protocol::session_limits(
+                c.mqtt.max_packet_size,
+                c.mqtt.max_inflight,
+                c.limits.device_messages_per_sec,
+            )
+        }
+        Some(m) => serde_json::json!({"error": format!("unsupported method {m}")}),
+        None => serde_json::json!({"error": "the request needs a \"method\""}),
+    }
+}
+
 pub async fn publish_v3(s: &v3::Session<DeviceSession>, p: v3::Publish) -> Result<(), MqttErr> {
     let payload = p.read_all().await.map_err(|_| MqttErr::Protocol)?;
-    let (topic, qos) = (DeviceTopic::parse(p.publish_topic()), p.qos());
-    // The packet (its topic) shares the read buffer too; the v3 ack needs nothing from it.
+    let (topic, qos) = (p.publish_topic().to_string(), p.qos());
+    // The packet shares the read buffer too; the v3 ack needs nothing from it.
     drop(p);
-    match handle_publish(s, topic, payload, qos).await {
+    match handle_publish(s, &topic, payload, qos, false).await {
         Outcome::Stored => Ok(()),
+        Outcome::Reply(prefix, suffix, body) => {
+            let topic = format!("{prefix}{suffix}");
+            let _ = s
+                .sink()
+                .publish(topic.as_str())
+                .send_at_most_once(Bytes::from(body))
+                .await;
+            Ok(())
+        }
         // MQTT 3.1.1 has no negative PUBACK; acknowledging keeps the session usable, as
         // ThingsBoard does, and the message is counted and logged as rejected.
         Outcome::UnknownTopic => Ok(()),
+        // Reaching for another device's topics ends the session (MQTT-3.3.5-2 allows either).
+        Outcome::NotAuthorized => Err(MqttErr::NotAuthorized),
         // TB closes a 3.1.1 session on a bad payload (§4); the client learns from the close.
         Outcome::BadPayload(e) => Err(MqttErr::BadPayload(e)),
+        // Not reached for 3.1.1 (it waits instead), but never acknowledge unstored data.
+        Outcome::RateExceeded | Outcome::RateAbuse => Err(MqttErr::RateExceeded),
         // No PUBACK: the client keeps the message and sends it again after reconnecting.
         Outcome::Storage => Err(MqttErr::Storage),
     }
@@ -310,15 +561,36 @@ pub async fn publish_v5(
 ) -> Result<v5::PublishAck, MqttErr> {
     use v5::codec::PublishAckReason as R;
     let payload = p.read_all().await.map_err(|_| MqttErr::Protocol)?;
-    let (topic, qos) = (DeviceTopic::parse(p.publish_topic()), p.qos());
+    let (topic, qos) = (p.publish_topic().to_string(), p.qos());
     // The dispatcher matches the ack to the packet id itself: the packet can go.
     drop(p);
-    Ok(match handle_publish(s, topic, payload, qos).await {
+    Ok(match handle_publish(s, &topic, payload, qos, true).await {
         Outcome::Stored => v5::PublishAck::new(R::Success),
+        Outcome::Reply(prefix, suffix, body) => {
+            let topic = format!("{prefix}{suffix}");
+            let _ = s
+                .sink()
+                .publish(topic.as_str())
+                .send_at_most_once(Bytes::from(body))
+                .await;
+            v5::PublishAck::new(R::Success)
+        }
         Outcome::UnknownTopic => {
             v5::PublishAck::new(R::TopicNameInvalid).reason("unknown topic".into())
         }
+        Outcome::NotAuthorized => {
+            v5::PublishAck::new(R::NotAuthorized).reason("not one of this session's topics".into())
+        }
         Outcome::BadPayload(e) => v5::PublishAck::new(R::PayloadFormatInvalid).reason(e.into()),
+        Outcome::RateExceeded => v5::PublishAck::new(R::QuotaExceeded)
+            .reason("message rate limit exceeded; not stored".into()),
+        Outcome::RateAbuse => {
+            let mut pkt =
+                v5::codec::Disconnect::new(v5::codec::DisconnectReasonCode::MessageRateTooHigh);
+            pkt.reason_string = Some("message rate far over the limit".into());
+            s.sink().close_with_reason(pkt);
+            v5::PublishAck::new(R::QuotaExceeded)
+        }
         Outcome::Storage => v5::PublishAck::new(R::UnspecifiedError).reason("not stored".into()),
     })
 }
@@ -326,8 +598,17 @@ pub async fn publish_v5(
 /// The QoS granted for a SUBSCRIBE filter: device topics at most QoS 1, as ThingsBoard grants
 /// (thingsboard-device-api.md §1); `None` refuses anything else.
 fn grant(s: &DeviceSession, filter: &str, requested: QoS) -> Option<QoS> {
-    if !protocol::is_device_filter(filter) {
-        tracing::info!(device = %s.device_id, filter, "subscription refused");
+    let allowed = match &s.device {
+        Some(_) => protocol::is_device_filter(filter),
+        None => filter == PROVISION_RESPONSE_TOPIC,
+    };
+    if !allowed {
+        tracing::warn!(
+            device = ?s.device.as_ref().map(|d| d.id),
+            peer = ?s.peer,
+            filter,
+            "subscription outside the session's own topics refused"
+        );
         return None;
     }
     Some(if requested == QoS::AtMostOnce {
@@ -341,7 +622,7 @@ pub async fn protocol_v3(
     s: &v3::Session<DeviceSession>,
     m: v3::ProtocolMessage,
 ) -> Result<v3::ProtocolMessageAck, MqttErr> {
-    s.live.touch();
+    s.touch();
     Ok(match m {
         v3::ProtocolMessage::Subscribe(mut sub) => {
             for mut t in sub.iter_mut() {
@@ -360,7 +641,7 @@ pub async fn protocol_v5(
     s: &v5::Session<DeviceSession>,
     m: v5::ProtocolMessage,
 ) -> Result<v5::ProtocolMessageAck, MqttErr> {
-    s.live.touch();
+    s.touch();
     Ok(match m {
         v5::ProtocolMessage::Subscribe(mut sub) => {
             for mut t in sub.iter_mut() {
@@ -380,7 +661,7 @@ pub async fn control_v3(
     s: &v3::Session<DeviceSession>,
     c: Control<MqttErr>,
 ) -> Result<Option<v3::codec::Encoded>, MqttErr> {
-    log_stop(s.device_id, &c);
+    log_stop(s, &c);
     Ok(None)
 }
 
@@ -388,12 +669,20 @@ pub async fn control_v5(
     s: &v5::Session<DeviceSession>,
     c: Control<MqttErr>,
 ) -> Result<Option<v5::codec::Encoded>, MqttErr> {
-    log_stop(s.device_id, &c);
+    log_stop(s, &c);
     Ok(None)
 }
 
-fn log_stop(device: DeviceId, c: &Control<MqttErr>) {
+fn log_stop(s: &DeviceSession, c: &Control<MqttErr>) {
     if let Control::Stop(reason) = c {
-        tracing::debug!(device = %device, ?reason, "connection stopping");
+        tracing::debug!(device = ?s.device.as_ref().map(|d| d.id), ?reason, "connection stopping");
+    }
+}
+
+impl DeviceSession {
+    fn touch(&self) {
+        if let Some(d) = &self.device {
+            d.live.touch();
+        }
     }
 }

@@ -5,22 +5,26 @@
 
 mod codec;
 mod commit;
+mod credentials;
 mod registry;
 mod telemetry;
 mod wal;
 
 use std::path::{Path, PathBuf};
+
+use sled::Transactional;
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use registry::{NameClash, Page};
+pub use credentials::{CredentialClash, CredentialKey};
+pub use registry::{DeviceClash, NameClash, Page};
 pub use telemetry::{RawPage, RawQuery, SeriesKey};
 pub use wal::{Points, PointsOp};
 
 use crate::metrics::Metrics;
 
 /// Current on-disk schema. Bump it and add a step to `migrate` when the layout changes.
-pub const SCHEMA_VERSION: u32 = 1;
+pub const SCHEMA_VERSION: u32 = 2;
 
 /// Store failures. A store error is never "not found": lookups return `Option`.
 #[derive(Debug, thiserror::Error)]
@@ -44,6 +48,9 @@ pub enum StoreError {
     Flush(String),
     #[error("the store is shutting down")]
     Closed,
+    /// Aborts a transaction whose unique value is taken; mapped back to a result by the caller.
+    #[error("a unique value is already taken")]
+    Clash(registry::DeviceClash),
 }
 
 impl From<sled::transaction::TransactionError<StoreError>> for StoreError {
@@ -94,8 +101,12 @@ struct Trees {
     devices: sled::Tree,
     device_names: sled::Tree,
     fleet_devices: sled::Tree,
-    tokens: sled::Tree,
-    device_tokens: sled::Tree,
+    credentials: sled::Tree,
+    cred_index: sled::Tree,
+    fleet_provisioning: sled::Tree,
+    provision_keys: sled::Tree,
+    fleet_cas: sled::Tree,
+    audit: sled::Tree,
     api_keys: sled::Tree,
     api_key_hashes: sled::Tree,
     ts: sled::Tree,
@@ -145,14 +156,18 @@ impl Store {
             devices: t("devices")?,
             device_names: t("device_names")?,
             fleet_devices: t("fleet_devices")?,
-            tokens: t("tokens")?,
-            device_tokens: t("device_tokens")?,
+            credentials: t("credentials")?,
+            cred_index: t("cred_index")?,
+            fleet_provisioning: t("fleet_provisioning")?,
+            provision_keys: t("provision_keys")?,
+            fleet_cas: t("fleet_cas")?,
+            audit: t("audit")?,
             api_keys: t("api_keys")?,
             api_key_hashes: t("api_key_hashes")?,
             ts: t("ts")?,
             series: t("series")?,
         };
-        migrate(path, &trees.meta)?;
+        migrate(path, &db, &trees)?;
         db.flush().map_err(open_err)?;
         let db = Arc::new(Db {
             db,
@@ -243,7 +258,8 @@ fn read_version(meta: &sled::Tree) -> Result<Option<u32>> {
 }
 
 /// Brings the store to `SCHEMA_VERSION`, one step function per version.
-fn migrate(path: &Path, meta: &sled::Tree) -> Result<()> {
+fn migrate(path: &Path, db: &sled::Db, trees: &Trees) -> Result<()> {
+    let meta = &trees.meta;
     let mut version = read_version(meta)?.unwrap_or(0);
     if version > SCHEMA_VERSION {
         return Err(StoreError::TooNew {
@@ -255,11 +271,46 @@ fn migrate(path: &Path, meta: &sled::Tree) -> Result<()> {
         match version {
             // 0 → 1: a new store; nothing to convert.
             0 => {}
+            // 1 → 2: access tokens become one kind of credential among several.
+            1 => migrate_tokens_to_credentials(db, trees)?,
             _ => unreachable_version(version)?,
         }
         version += 1;
         meta.insert(VERSION_KEY, &version.to_be_bytes())?;
     }
+    Ok(())
+}
+
+/// Version 1 kept device tokens in `device_tokens` (device ‖ hash → record) with a `tokens`
+/// index; version 2 keeps every credential kind in `credentials` with one `cred_index`.
+fn migrate_tokens_to_credentials(db: &sled::Db, trees: &Trees) -> Result<()> {
+    #[derive(serde::Deserialize)]
+    struct V1Token {
+        device_id: crate::model::DeviceId,
+        token_sha256: [u8; 32],
+        hint: String,
+        created_at: crate::model::Millis,
+    }
+    let old = db.open_tree("device_tokens")?;
+    let mut creds = Vec::new();
+    for kv in old.iter() {
+        let t: V1Token = codec::decode_json("device_tokens", &kv?.1)?;
+        let mut c = crate::model::Credential::new(
+            t.device_id,
+            crate::model::CredentialSecret::AccessToken {
+                token_sha256: t.token_sha256,
+                hint: t.hint,
+            },
+            t.created_at,
+        );
+        c.created_at = t.created_at;
+        creds.push(c);
+    }
+    (&trees.credentials, &trees.cred_index)
+        .transaction(|(c, i)| credentials::insert_credentials(c, i, &creds))
+        .map_err(StoreError::from)?;
+    db.drop_tree("device_tokens")?;
+    db.drop_tree("tokens")?;
     Ok(())
 }
 

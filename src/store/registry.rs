@@ -2,17 +2,27 @@
 //! with their name and lookup indexes kept consistent by sled transactions.
 
 use sled::Transactional;
-use sled::transaction::{ConflictableTransactionError, TransactionalTree};
+use sled::transaction::{ConflictableTransactionError, TransactionError, TransactionalTree};
 
 use super::codec::{concat, decode_json, encode_json};
+use super::credentials::{insert_credentials, remove_credentials};
 use super::{Db, Result, StoreError};
 use crate::model::{
-    AccessToken, ApiKey, ApiKeyId, Device, DeviceId, Fleet, FleetId, Workspace, WorkspaceId,
+    ApiKey, ApiKeyId, Credential, Device, DeviceId, Fleet, FleetId, Workspace, WorkspaceId,
 };
 
 /// The name is already used by another record in the same scope.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NameClash;
+
+/// Why a new device could not be stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeviceClash {
+    /// Another device of the workspace has the name.
+    Name,
+    /// Another device answers to one of the credentials.
+    Credential,
+}
 
 /// One page of a listing, in creation order.
 #[derive(Debug, Clone)]
@@ -161,38 +171,42 @@ impl Db {
 
     // ---- devices ----------------------------------------------------------------------
 
-    /// Inserts a new device with its first access token.
+    /// Inserts a new device with its first credentials.
     pub fn create_device(
         &self,
         dev: &Device,
-        token: &AccessToken,
-    ) -> Result<std::result::Result<(), NameClash>> {
+        new_creds: &[Credential],
+    ) -> Result<std::result::Result<(), DeviceClash>> {
         let t = self.trees();
         let name = concat(&[dev.workspace_id.as_bytes(), &name_key(&dev.name)]);
         let membership = concat(&[dev.fleet_id.as_bytes(), dev.id.as_bytes()]);
-        let token_key = concat(&[dev.id.as_bytes(), &token.token_sha256]);
         let trees = [
             &t.devices,
             &t.device_names,
             &t.fleet_devices,
-            &t.tokens,
-            &t.device_tokens,
+            &t.credentials,
+            &t.cred_index,
         ];
         let res = trees[..].transaction(|tx: &Vec<TransactionalTree>| {
-            let [devices, names, members, tokens, dev_tokens] = &tx[..] else {
+            let [devices, names, members, creds, index] = &tx[..] else {
                 return Err(ConflictableTransactionError::Abort(StoreError::Closed));
             };
             if names.get(&name)?.is_some() {
-                return abort_clash();
+                return Err(ConflictableTransactionError::Abort(StoreError::Clash(
+                    DeviceClash::Name,
+                )));
             }
+            insert_credentials(creds, index, new_creds)?;
             names.insert(name.as_slice(), dev.id.as_bytes())?;
             members.insert(membership.as_slice(), &[])?;
-            tokens.insert(&token.token_sha256, dev.id.as_bytes())?;
-            dev_tokens.insert(token_key.as_slice(), encode_json(token))?;
             devices.insert(dev.id.as_bytes(), encode_json(dev))?;
-            Ok(Ok(()))
-        })?;
-        Ok(res)
+            Ok(())
+        });
+        match res {
+            Ok(()) => Ok(Ok(())),
+            Err(TransactionError::Abort(StoreError::Clash(c))) => Ok(Err(c)),
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// Updates a device record, moving its name and fleet indexes when those changed.
@@ -243,6 +257,20 @@ impl Db {
                 }
             })?;
         Ok(())
+    }
+
+    /// The device of a workspace with this name (case-insensitive).
+    pub fn device_by_name(&self, ws: WorkspaceId, name: &str) -> Result<Option<Device>> {
+        let key = concat(&[ws.as_bytes(), &name_key(name)]);
+        match self
+            .trees()
+            .device_names
+            .get(key)?
+            .and_then(|v| DeviceId::from_slice(&v))
+        {
+            None => Ok(None),
+            Some(id) => self.get_device(id),
+        }
     }
 
     pub fn get_device(&self, id: DeviceId) -> Result<Option<Device>> {
@@ -307,56 +335,27 @@ impl Db {
         let t = self.trees();
         let name = concat(&[dev.workspace_id.as_bytes(), &name_key(&dev.name)]);
         let member = concat(&[dev.fleet_id.as_bytes(), dev.id.as_bytes()]);
-        let tokens: Vec<(Vec<u8>, [u8; 32])> = t
-            .device_tokens
-            .scan_prefix(dev.id.as_bytes())
-            .map(|kv| {
-                let (k, v) = kv?;
-                let tok: AccessToken = decode_json("device_tokens", &v)?;
-                Ok((k.to_vec(), tok.token_sha256))
-            })
-            .collect::<Result<_>>()?;
+        let creds = self.credentials_of(dev.id)?;
         let trees = [
             &t.devices,
             &t.device_names,
             &t.fleet_devices,
-            &t.tokens,
-            &t.device_tokens,
+            &t.credentials,
+            &t.cred_index,
         ];
         trees[..]
             .transaction(|tx: &Vec<TransactionalTree>| {
-                let [devices, names, members, tok, dev_tok] = &tx[..] else {
+                let [devices, names, members, cred_tree, index] = &tx[..] else {
                     return Err(ConflictableTransactionError::Abort(StoreError::Closed));
                 };
                 devices.remove(dev.id.as_bytes())?;
                 names.remove(name.as_slice())?;
                 members.remove(member.as_slice())?;
-                for (k, h) in &tokens {
-                    dev_tok.remove(k.as_slice())?;
-                    tok.remove(&h[..])?;
-                }
+                remove_credentials(cred_tree, index, &creds)?;
                 Ok(())
             })
             .map_err(StoreError::from)?;
         Ok(())
-    }
-
-    /// The device an access token (by its SHA-256) belongs to.
-    pub fn device_for_token(&self, sha256: &[u8; 32]) -> Result<Option<DeviceId>> {
-        Ok(self
-            .trees()
-            .tokens
-            .get(sha256)?
-            .and_then(|v| DeviceId::from_slice(&v)))
-    }
-
-    /// A device's access tokens.
-    pub fn device_tokens(&self, id: DeviceId) -> Result<Vec<AccessToken>> {
-        self.trees()
-            .device_tokens
-            .scan_prefix(id.as_bytes())
-            .map(|kv| decode_json("device_tokens", &kv?.1))
-            .collect()
     }
 
     // ---- admin API keys ---------------------------------------------------------------
@@ -393,7 +392,7 @@ impl Db {
 
 /// Writes a record and keeps its name index unique, in one transaction: `new_key` must be free
 /// unless it is the record's own `old_key`.
-fn put_named(
+pub(super) fn put_named(
     records: &sled::Tree,
     names: &sled::Tree,
     id: &[u8],

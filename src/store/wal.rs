@@ -285,7 +285,7 @@ mod tests {
 
     #[test]
     fn replay_applies_whole_records_skips_deleted_devices_and_stops_at_a_torn_tail() {
-        use crate::model::{AccessToken, Device, FleetId, WorkspaceId};
+        use crate::model::{Device, FleetId, WorkspaceId};
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("store");
         let dev = Device {
@@ -300,18 +300,11 @@ mod tests {
             last_connect_at: None,
             last_disconnect_at: None,
             last_activity_at: None,
+            provisioned_at: None,
         };
         {
             let s = open(&path).expect("open");
-            let token = AccessToken {
-                device_id: dev.id,
-                token_sha256: [7; 32],
-                hint: "x".into(),
-                created_at: 0,
-            };
-            s.create_device(&dev, &token)
-                .expect("create")
-                .expect("unique");
+            s.create_device(&dev, &[]).expect("create").expect("unique");
             s.flush_now().expect("flush");
         }
         // What a crash leaves: two whole records, one for a device that no longer exists, and a

@@ -1,0 +1,253 @@
+//! REST routes for device credentials (`/devices/{id}/credentials`, `/devices/{id}/csr`),
+//! fleet provisioning keys and manufacturer CAs (`/fleets/{id}/provisioning`, `/fleets/{id}/cas`)
+//! and the audit log (`/audit`). ThingsBoard's unauthenticated device provisioning endpoint
+//! (`POST /api/v1/provision`) is `provision`, mounted outside the admin routes.
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{ConnectInfo, State};
+use axum::http::StatusCode;
+use serde::Deserialize;
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::{router::OpenApiRouter, routes};
+
+use super::error::{ApiJson, ApiPath, ApiQuery, ErrorBody};
+use super::registry::{Page, cursor, page};
+use super::{ApiResult, page_limit};
+use crate::audit::AuditFilter;
+use crate::devices::credentials::{
+    CredentialView, IssuedCredential, NewCredential, NewFleetCa, RotateRequest,
+};
+use crate::devices::provisioning::{ProvisioningSecret, ProvisioningSettings};
+use crate::model::{
+    AuditEvent, CredentialId, DeviceId, FleetCa, FleetCaId, FleetId, ProvisioningView,
+};
+use crate::services::Services;
+
+type S = State<Arc<Services>>;
+
+pub fn routes() -> OpenApiRouter<Arc<Services>> {
+    OpenApiRouter::new()
+        .routes(routes!(list_credentials, add_credential))
+        .routes(routes!(delete_credential))
+        .routes(routes!(rotate_credential))
+        .routes(routes!(revoke_credential))
+        .routes(routes!(sign_csr))
+        .routes(routes!(
+            get_provisioning,
+            set_provisioning,
+            delete_provisioning
+        ))
+        .routes(routes!(list_fleet_cas, add_fleet_ca))
+        .routes(routes!(delete_fleet_ca))
+        .routes(routes!(list_audit))
+}
+
+#[utoipa::path(get, path = "/devices/{id}/credentials", tag = "credentials",
+    params(("id" = String, Path, description = "device id")),
+    responses((status = 200, body = Vec<CredentialView>), (status = 404, body = ErrorBody)))]
+async fn list_credentials(
+    State(s): S,
+    ApiPath(id): ApiPath<DeviceId>,
+) -> ApiResult<axum::Json<Vec<CredentialView>>> {
+    Ok(axum::Json(s.credentials.list(id)?))
+}
+
+#[utoipa::path(post, path = "/devices/{id}/credentials", tag = "credentials",
+    params(("id" = String, Path, description = "device id")), request_body = NewCredential,
+    responses((status = 201, body = IssuedCredential), (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
+async fn add_credential(
+    State(s): S,
+    ApiPath(id): ApiPath<DeviceId>,
+    ApiJson(body): ApiJson<NewCredential>,
+) -> ApiResult<(StatusCode, axum::Json<IssuedCredential>)> {
+    Ok((
+        StatusCode::CREATED,
+        axum::Json(s.credentials.add(id, body).await?),
+    ))
+}
+
+#[utoipa::path(delete, path = "/devices/{id}/credentials/{credential_id}", tag = "credentials",
+    params(("id" = String, Path, description = "device id"), ("credential_id" = String, Path, description = "credential id")),
+    responses((status = 204), (status = 404, body = ErrorBody)))]
+async fn delete_credential(
+    State(s): S,
+    ApiPath((id, cid)): ApiPath<(DeviceId, CredentialId)>,
+) -> ApiResult<StatusCode> {
+    s.credentials.delete(id, cid).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[utoipa::path(post, path = "/devices/{id}/credentials/{credential_id}/rotate", tag = "credentials",
+    params(("id" = String, Path, description = "device id"), ("credential_id" = String, Path, description = "credential id")),
+    request_body = RotateRequest,
+    responses((status = 201, body = IssuedCredential), (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
+async fn rotate_credential(
+    State(s): S,
+    ApiPath((id, cid)): ApiPath<(DeviceId, CredentialId)>,
+    body: Bytes,
+) -> ApiResult<(StatusCode, axum::Json<IssuedCredential>)> {
+    // The body is optional: a token or an issued certificate needs nothing.
+    let req: RotateRequest = if body.iter().all(u8::is_ascii_whitespace) {
+        RotateRequest::default()
+    } else {
+        serde_json::from_slice(&body)
+            .map_err(|e| super::ApiError::bad_request("invalid_body", e.to_string()))?
+    };
+    Ok((
+        StatusCode::CREATED,
+        axum::Json(s.credentials.rotate(id, cid, req).await?),
+    ))
+}
+
+#[utoipa::path(post, path = "/devices/{id}/credentials/{credential_id}/revoke", tag = "credentials",
+    params(("id" = String, Path, description = "device id"), ("credential_id" = String, Path, description = "credential id")),
+    responses((status = 200, body = CredentialView), (status = 404, body = ErrorBody)))]
+async fn revoke_credential(
+    State(s): S,
+    ApiPath((id, cid)): ApiPath<(DeviceId, CredentialId)>,
+) -> ApiResult<axum::Json<CredentialView>> {
+    Ok(axum::Json(s.credentials.revoke(id, cid).await?))
+}
+
+/// A certificate signing request from a device that keeps its key.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CsrRequest {
+    pub csr_pem: String,
+    #[serde(default)]
+    pub validity_days: Option<u32>,
+}
+
+#[utoipa::path(post, path = "/devices/{id}/csr", tag = "credentials",
+    params(("id" = String, Path, description = "device id")), request_body = CsrRequest,
+    responses((status = 201, body = IssuedCredential), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)))]
+async fn sign_csr(
+    State(s): S,
+    ApiPath(id): ApiPath<DeviceId>,
+    ApiJson(body): ApiJson<CsrRequest>,
+) -> ApiResult<(StatusCode, axum::Json<IssuedCredential>)> {
+    let new = NewCredential::Csr {
+        csr_pem: body.csr_pem,
+        validity_days: body.validity_days,
+    };
+    Ok((
+        StatusCode::CREATED,
+        axum::Json(s.credentials.add(id, new).await?),
+    ))
+}
+
+#[utoipa::path(get, path = "/fleets/{id}/provisioning", tag = "provisioning",
+    params(("id" = String, Path, description = "fleet id")),
+    responses((status = 200, body = ProvisioningView), (status = 404, body = ErrorBody)))]
+async fn get_provisioning(
+    State(s): S,
+    ApiPath(id): ApiPath<FleetId>,
+) -> ApiResult<axum::Json<ProvisioningView>> {
+    Ok(axum::Json(s.provisioning.get(id)?))
+}
+
+#[utoipa::path(put, path = "/fleets/{id}/provisioning", tag = "provisioning",
+    params(("id" = String, Path, description = "fleet id")), request_body = ProvisioningSettings,
+    responses((status = 200, body = ProvisioningSecret), (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
+async fn set_provisioning(
+    State(s): S,
+    ApiPath(id): ApiPath<FleetId>,
+    ApiJson(body): ApiJson<ProvisioningSettings>,
+) -> ApiResult<axum::Json<ProvisioningSecret>> {
+    Ok(axum::Json(s.provisioning.set(id, body).await?))
+}
+
+#[utoipa::path(delete, path = "/fleets/{id}/provisioning", tag = "provisioning",
+    params(("id" = String, Path, description = "fleet id")),
+    responses((status = 204), (status = 404, body = ErrorBody)))]
+async fn delete_provisioning(State(s): S, ApiPath(id): ApiPath<FleetId>) -> ApiResult<StatusCode> {
+    s.provisioning.delete(id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[utoipa::path(get, path = "/fleets/{id}/cas", tag = "provisioning",
+    params(("id" = String, Path, description = "fleet id")),
+    responses((status = 200, body = Vec<FleetCa>), (status = 404, body = ErrorBody)))]
+async fn list_fleet_cas(
+    State(s): S,
+    ApiPath(id): ApiPath<FleetId>,
+) -> ApiResult<axum::Json<Vec<FleetCa>>> {
+    Ok(axum::Json(s.credentials.fleet_cas(id)?))
+}
+
+#[utoipa::path(post, path = "/fleets/{id}/cas", tag = "provisioning",
+    params(("id" = String, Path, description = "fleet id")), request_body = NewFleetCa,
+    responses((status = 201, body = FleetCa), (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
+async fn add_fleet_ca(
+    State(s): S,
+    ApiPath(id): ApiPath<FleetId>,
+    ApiJson(body): ApiJson<NewFleetCa>,
+) -> ApiResult<(StatusCode, axum::Json<FleetCa>)> {
+    Ok((
+        StatusCode::CREATED,
+        axum::Json(s.credentials.add_fleet_ca(id, body).await?),
+    ))
+}
+
+#[utoipa::path(delete, path = "/fleets/{id}/cas/{ca_id}", tag = "provisioning",
+    params(("id" = String, Path, description = "fleet id"), ("ca_id" = String, Path, description = "CA id")),
+    responses((status = 204), (status = 404, body = ErrorBody)))]
+async fn delete_fleet_ca(
+    State(s): S,
+    ApiPath((id, ca)): ApiPath<(FleetId, FleetCaId)>,
+) -> ApiResult<StatusCode> {
+    s.credentials.delete_fleet_ca(id, ca).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct AuditParams {
+    device_id: Option<DeviceId>,
+    fleet_id: Option<FleetId>,
+    /// Event kind, e.g. `auth_failed`, `credential_revoked`.
+    kind: Option<String>,
+    /// Only events at or after this time (ms since the epoch).
+    since: Option<i64>,
+    limit: Option<usize>,
+    /// `next_cursor` of the previous page (pages go from newest to oldest).
+    cursor: Option<String>,
+}
+
+#[utoipa::path(get, path = "/audit", tag = "audit", params(AuditParams),
+    responses((status = 200, body = Page<AuditEvent>)))]
+async fn list_audit(
+    State(s): S,
+    ApiQuery(q): ApiQuery<AuditParams>,
+) -> ApiResult<axum::Json<Page<AuditEvent>>> {
+    let f = AuditFilter {
+        device_id: q.device_id,
+        fleet_id: q.fleet_id,
+        kind: q.kind,
+        since: q.since,
+    };
+    let p = s
+        .audit
+        .list(&f, cursor(q.cursor.as_deref())?, page_limit(q.limit)?)?;
+    Ok(axum::Json(page(p, |e| e)))
+}
+
+/// ThingsBoard's HTTP provisioning (§5.9): always 200 with the TB response body, since the
+/// SDK raises on an HTTP error status before reading `errorMsg`.
+pub async fn provision(State(s): S, req: axum::extract::Request) -> axum::Json<serde_json::Value> {
+    let peer = req
+        .extensions()
+        .get::<ConnectInfo<std::net::SocketAddr>>()
+        .map(|c| c.0);
+    // A provisioning request is a few hundred bytes; 64 KiB is the device packet limit.
+    let body = axum::body::to_bytes(req.into_body(), 65536)
+        .await
+        .unwrap_or_default();
+    axum::Json(s.provisioning.provision(&body, peer).await)
+}

@@ -1,0 +1,141 @@
+//! The audit log: credential events (issued, rotated, revoked, refused logins with their
+//! reason, devices joining by certificate or provisioning) and administrative changes, kept in
+//! the store, newest first, bounded in size. Records never carry a secret.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use serde::Deserialize;
+use utoipa::{IntoParams, ToSchema};
+
+use crate::model::{AuditEvent, AuditId, CredentialId, DeviceId, FleetId, now_ms};
+use crate::store::{Page, Store, StoreError};
+
+/// Check the size bound once per this many records.
+const TRIM_EVERY: u64 = 1024;
+
+/// Builder-style description of one event.
+#[derive(Debug, Clone, Default)]
+pub struct Entry {
+    pub kind: &'static str,
+    pub actor: &'static str,
+    pub device_id: Option<DeviceId>,
+    pub fleet_id: Option<FleetId>,
+    pub credential_id: Option<CredentialId>,
+    pub peer: Option<String>,
+    pub detail: String,
+}
+
+impl Entry {
+    pub fn new(kind: &'static str, actor: &'static str) -> Self {
+        Self {
+            kind,
+            actor,
+            ..Default::default()
+        }
+    }
+    pub fn device(mut self, d: DeviceId) -> Self {
+        self.device_id = Some(d);
+        self
+    }
+    pub fn fleet(mut self, f: FleetId) -> Self {
+        self.fleet_id = Some(f);
+        self
+    }
+    pub fn credential(mut self, c: CredentialId) -> Self {
+        self.credential_id = Some(c);
+        self
+    }
+    pub fn peer(mut self, p: Option<std::net::SocketAddr>) -> Self {
+        self.peer = p.map(|p| p.to_string());
+        self
+    }
+    pub fn detail(mut self, d: impl Into<String>) -> Self {
+        self.detail = d.into();
+        self
+    }
+}
+
+/// Filters of an audit listing.
+#[derive(Debug, Clone, Default, Deserialize, IntoParams, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct AuditFilter {
+    pub device_id: Option<DeviceId>,
+    pub fleet_id: Option<FleetId>,
+    /// Event kind, e.g. `auth_failed`.
+    pub kind: Option<String>,
+    /// Only events at or after this time (ms).
+    pub since: Option<i64>,
+}
+
+pub struct AuditLog {
+    store: Store,
+    max_entries: usize,
+    appended: AtomicU64,
+}
+
+impl AuditLog {
+    pub fn new(store: Store, max_entries: usize) -> Self {
+        Self {
+            store,
+            max_entries,
+            appended: AtomicU64::new(0),
+        }
+    }
+
+    /// Records an event. Written by the store's writer thread, so a device connection never
+    /// waits for it; durable with the next commit (admin actions commit right after).
+    pub fn record(&self, e: Entry) {
+        let ev = AuditEvent {
+            id: AuditId::new(),
+            ts: now_ms(),
+            kind: e.kind.to_string(),
+            actor: e.actor.to_string(),
+            device_id: e.device_id,
+            fleet_id: e.fleet_id,
+            credential_id: e.credential_id,
+            peer: e.peer,
+            detail: e.detail,
+        };
+        tracing::info!(
+            target: "corral::audit",
+            kind = %ev.kind,
+            actor = %ev.actor,
+            device = ?ev.device_id,
+            credential = ?ev.credential_id,
+            peer = ?ev.peer,
+            detail = %ev.detail,
+            "audit"
+        );
+        let trim = self.appended.fetch_add(1, Ordering::Relaxed) % TRIM_EVERY == TRIM_EVERY - 1;
+        let max = self.max_entries;
+        self.store.apply_later(move |db| {
+            if let Err(e) = db.append_audit(&ev) {
+                tracing::error!(error = %e, "cannot write an audit record");
+            }
+            if trim && let Err(e) = db.trim_audit(max) {
+                tracing::warn!(error = %e, "cannot trim the audit log");
+            }
+        });
+    }
+
+    /// Newest first; `before` is the cursor of the previous page.
+    pub fn list(
+        &self,
+        f: &AuditFilter,
+        before: Option<AuditId>,
+        limit: usize,
+    ) -> Result<Page<AuditEvent>, StoreError> {
+        self.store.list_audit(before, limit, |e| {
+            f.device_id.is_none_or(|d| e.device_id == Some(d))
+                && f.fleet_id.is_none_or(|d| e.fleet_id == Some(d))
+                && f.kind.as_deref().is_none_or(|k| e.kind == k)
+                && f.since.is_none_or(|s| e.ts >= s)
+        })
+    }
+
+    /// Makes recorded events durable now (after `record`, for tests and admin actions).
+    pub async fn flush(&self) -> Result<(), StoreError> {
+        self.store.commit().await
+    }
+}

@@ -1,0 +1,320 @@
+//! Fleet provisioning (self-registration): a fleet's provisioning key and secret, and
+//! ThingsBoard's provisioning request and response (thingsboard-device-api.md §5.9), shared by
+//! the MQTT `/provision/request` topic and `POST /api/v1/provision`. Responses keep
+//! ThingsBoard's exact shape, `errorMsg` included on failure: the SDK waits 60 s without it.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Value as Json, json};
+use utoipa::ToSchema;
+
+use super::credentials::{
+    CredentialService, NewCredential, PROVISION_USERNAME, describe, hash_password, random_alnum,
+    verify_password,
+};
+use super::registry::{Registry, RegistryError};
+use crate::audit::{AuditLog, Entry};
+use crate::model::{FleetId, FleetProvisioning, ProvisionStrategy, ProvisioningView, now_ms};
+use crate::store::{NameClash, Store};
+
+type Result<T> = std::result::Result<T, RegistryError>;
+
+/// Provisioning settings of a fleet. A missing key or secret is generated.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ProvisioningSettings {
+    #[serde(default)]
+    pub key: Option<String>,
+    #[serde(default)]
+    pub secret: Option<String>,
+    pub strategy: ProvisionStrategy,
+}
+
+/// The provisioning key and secret; the secret is shown only in this response.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ProvisioningSecret {
+    pub fleet_id: FleetId,
+    pub key: String,
+    pub secret: String,
+    pub strategy: ProvisionStrategy,
+}
+
+/// ThingsBoard's provisioning request (§5.9).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ProvisionRequest {
+    provision_device_key: Option<String>,
+    provision_device_secret: Option<String>,
+    device_name: Option<String>,
+    credentials_type: Option<String>,
+    token: Option<String>,
+    client_id: Option<String>,
+    username: Option<String>,
+    password: Option<String>,
+    hash: Option<String>,
+}
+
+/// Builds `credentialsValue` of a success response from the generated token, if any.
+type Echo = Box<dyn Fn(Option<&str>) -> Json + Send>;
+
+const NOT_FOUND_MSG: &str = "Provision data was not found!";
+const FAILURE_MSG: &str = "Failed to provision device!";
+
+fn not_found() -> Json {
+    json!({"status": "NOT_FOUND", "errorMsg": NOT_FOUND_MSG})
+}
+
+fn failure(msg: &str) -> Json {
+    json!({"status": "FAILURE", "errorMsg": msg})
+}
+
+pub struct ProvisioningService {
+    store: Store,
+    registry: Arc<Registry>,
+    credentials: Arc<CredentialService>,
+    audit: Arc<AuditLog>,
+}
+
+impl ProvisioningService {
+    pub fn new(
+        store: Store,
+        registry: Arc<Registry>,
+        credentials: Arc<CredentialService>,
+        audit: Arc<AuditLog>,
+    ) -> Self {
+        Self {
+            store,
+            registry,
+            credentials,
+            audit,
+        }
+    }
+
+    /// Sets (or replaces) a fleet's provisioning key and secret.
+    pub async fn set(&self, fleet: FleetId, s: ProvisioningSettings) -> Result<ProvisioningSecret> {
+        self.registry.fleet(fleet)?;
+        let key = s.key.unwrap_or_else(|| random_alnum(20));
+        let secret = s.secret.unwrap_or_else(|| random_alnum(20));
+        for (field, v) in [("key", &key), ("secret", &secret)] {
+            if v.len() < 8 || v.len() > 256 || v.chars().any(char::is_control) {
+                return Err(RegistryError::Invalid {
+                    field,
+                    message: "must be 8 to 256 characters without control characters".into(),
+                });
+            }
+        }
+        let old = self.store.provisioning_of(fleet)?;
+        let p = FleetProvisioning {
+            fleet_id: fleet,
+            key: key.clone(),
+            secret_hash: hash_password(&secret)?,
+            strategy: s.strategy,
+            created_at: now_ms(),
+        };
+        self.store
+            .put_provisioning(&p, old.as_ref().map(|o| o.key.as_str()))?
+            .map_err(|NameClash| {
+                RegistryError::Conflict("another fleet uses this provisioning key".into())
+            })?;
+        self.audit.record(
+            Entry::new("provisioning_key_set", "admin")
+                .fleet(fleet)
+                .detail(format!("strategy {:?}", s.strategy)),
+        );
+        self.store.commit().await?;
+        Ok(ProvisioningSecret {
+            fleet_id: fleet,
+            key,
+            secret,
+            strategy: s.strategy,
+        })
+    }
+
+    pub fn get(&self, fleet: FleetId) -> Result<ProvisioningView> {
+        self.registry.fleet(fleet)?;
+        self.store
+            .provisioning_of(fleet)?
+            .map(|p| ProvisioningView::from(&p))
+            .ok_or(RegistryError::NotFound("provisioning key"))
+    }
+
+    pub async fn delete(&self, fleet: FleetId) -> Result<()> {
+        self.registry.fleet(fleet)?;
+        if self.store.provisioning_of(fleet)?.is_none() {
+            return Err(RegistryError::NotFound("provisioning key"));
+        }
+        self.store.delete_provisioning(fleet)?;
+        self.audit
+            .record(Entry::new("provisioning_key_removed", "admin").fleet(fleet));
+        self.store.commit().await?;
+        Ok(())
+    }
+
+    /// Handles one provisioning request and returns ThingsBoard's response JSON. Never fails:
+    /// every problem is a `NOT_FOUND` or `FAILURE` response with `errorMsg`.
+    pub async fn provision(&self, payload: &[u8], peer: Option<SocketAddr>) -> Json {
+        let req: ProvisionRequest = match serde_json::from_slice(payload) {
+            Ok(r) => r,
+            Err(_) => return failure("Provision request is not a valid JSON object!"),
+        };
+        let res = self.provision_inner(req, peer).await;
+        if let Some(status) = res.get("status").and_then(Json::as_str)
+            && status != "SUCCESS"
+        {
+            self.audit.record(
+                Entry::new("provision_failed", "provisioning")
+                    .peer(peer)
+                    .detail(
+                        res.get("errorMsg")
+                            .and_then(Json::as_str)
+                            .unwrap_or_default()
+                            .to_string(),
+                    ),
+            );
+        }
+        res
+    }
+
+    async fn provision_inner(&self, req: ProvisionRequest, peer: Option<SocketAddr>) -> Json {
+        let (Some(key), Some(secret)) = (
+            req.provision_device_key.as_deref(),
+            req.provision_device_secret.as_deref(),
+        ) else {
+            return not_found();
+        };
+        let p = match self.store.provisioning_by_key(key) {
+            Ok(Some(p)) => p,
+            Ok(None) => return not_found(),
+            Err(e) => {
+                tracing::error!(error = %e, "provisioning lookup failed");
+                return failure(FAILURE_MSG);
+            }
+        };
+        if !verify_password(p.secret_hash.clone(), secret.as_bytes().to_vec()).await {
+            return not_found();
+        }
+        // The credential asked for, and what the response echoes back (§5.9).
+        let (spec, echo): (NewCredential, Echo) = match req.credentials_type.as_deref() {
+            None | Some("ACCESS_TOKEN") => (
+                NewCredential::AccessToken {
+                    token: req.token.clone().filter(|t| !t.is_empty()),
+                },
+                Box::new(|t| json!(t.unwrap_or_default())),
+            ),
+            Some("MQTT_BASIC") => {
+                let (c, u, pw) = (
+                    req.client_id.clone(),
+                    req.username.clone(),
+                    req.password.clone(),
+                );
+                if c.is_none() && u.is_none() {
+                    return failure(FAILURE_MSG);
+                }
+                let echo = json!({"clientId": c, "userName": u, "password": pw});
+                (
+                    NewCredential::MqttBasic {
+                        client_id: c,
+                        username: u,
+                        password: pw,
+                    },
+                    Box::new(move |_| echo.clone()),
+                )
+            }
+            Some("X509_CERTIFICATE") => {
+                let Some(body) = req.hash.clone() else {
+                    return failure(FAILURE_MSG);
+                };
+                let echo = json!(body.clone());
+                (
+                    NewCredential::X509Certificate {
+                        certificate_pem: body,
+                    },
+                    Box::new(move |_| echo.clone()),
+                )
+            }
+            Some(_) => return failure("Unsupported credentials type!"),
+        };
+        let ctype = req
+            .credentials_type
+            .clone()
+            .unwrap_or_else(|| "ACCESS_TOKEN".into());
+        let name = req
+            .device_name
+            .clone()
+            .filter(|n| !n.trim().is_empty())
+            .unwrap_or_else(|| random_alnum(20));
+        if name == PROVISION_USERNAME {
+            return failure(FAILURE_MSG);
+        }
+        let result = match p.strategy {
+            ProvisionStrategy::AllowCreateNewDevices => {
+                let mut token = None;
+                self.registry
+                    .create_device_with(p.fleet_id, &name, |d| {
+                        let (c, t, _) = self.credentials.prepare(d, spec)?;
+                        token = t;
+                        Ok(vec![c])
+                    })
+                    .await
+                    .map(|(d, c)| (d, c.into_iter().next(), token))
+            }
+            ProvisionStrategy::CheckPreProvisionedDevices => {
+                self.claim_pre_provisioned(&p, &name, spec).await
+            }
+        };
+        match result {
+            Ok((dev, Some(cred), token)) => {
+                if let Err(e) = self.registry.mark_provisioned(dev.id).await {
+                    tracing::error!(error = %e, "cannot mark a device provisioned");
+                    return failure(FAILURE_MSG);
+                }
+                self.audit.record(
+                    Entry::new("device_provisioned", "provisioning")
+                        .device(dev.id)
+                        .fleet(p.fleet_id)
+                        .credential(cred.id)
+                        .peer(peer)
+                        .detail(describe(&cred)),
+                );
+                json!({
+                    "status": "SUCCESS",
+                    "credentialsType": ctype,
+                    "credentialsValue": echo(token.as_deref()),
+                })
+            }
+            Ok((_, None, _)) => failure(FAILURE_MSG),
+            Err(e) => {
+                tracing::info!(error = %e, device = %name, "provisioning refused");
+                failure(FAILURE_MSG)
+            }
+        }
+    }
+
+    /// CHECK_PRE_PROVISIONED_DEVICES: the device must exist in the fleet and not have been
+    /// provisioned before; it receives the new credential.
+    async fn claim_pre_provisioned(
+        &self,
+        p: &FleetProvisioning,
+        name: &str,
+        spec: NewCredential,
+    ) -> Result<(
+        crate::model::Device,
+        Option<crate::model::Credential>,
+        Option<String>,
+    )> {
+        let fleet = self.registry.fleet(p.fleet_id)?;
+        let dev = self
+            .registry
+            .device_by_name(fleet.workspace_id, name)?
+            .filter(|d| d.fleet_id == p.fleet_id && d.provisioned_at.is_none())
+            .ok_or(RegistryError::NotFound("pre-provisioned device"))?;
+        let (cred, token, _) = self.credentials.prepare(&dev, spec)?;
+        self.store
+            .add_credential(&cred)?
+            .map_err(|_| RegistryError::CredentialTaken)?;
+        self.store.commit().await?;
+        Ok((dev, Some(cred), token))
+    }
+}
