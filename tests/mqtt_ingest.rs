@@ -6,94 +6,12 @@ mod common;
 
 use std::time::Duration;
 
+use common::mqtt::{next, next_v3, next_v5, spawn_v3, spawn_v5};
 use common::{TestApp, eventually};
+use rumqttc::v5::ConnectionError as V5Error;
 use rumqttc::v5::mqttbytes::v5::{ConnectReturnCode as V5Code, Packet as V5Packet, PubAckReason};
-use rumqttc::v5::{AsyncClient as V5Client, ConnectionError as V5Error, Event as V5Event};
-use rumqttc::{AsyncClient, ConnectReturnCode, ConnectionError, Event, Packet, QoS};
+use rumqttc::{ConnectReturnCode, ConnectionError, Packet, QoS};
 use serde_json::{Value, json};
-use tokio::sync::mpsc;
-
-/// Drives a v3 event loop, forwarding incoming packets and the final error.
-fn spawn_v3(
-    opts: rumqttc::MqttOptions,
-) -> (
-    AsyncClient,
-    mpsc::UnboundedReceiver<Result<Packet, ConnectionError>>,
-) {
-    let (client, mut el) = AsyncClient::new(opts, 64);
-    let (tx, rx) = mpsc::unbounded_channel();
-    tokio::spawn(async move {
-        loop {
-            match el.poll().await {
-                Ok(Event::Incoming(p)) => {
-                    if tx.send(Ok(p)).is_err() {
-                        return;
-                    }
-                }
-                Ok(_) => {}
-                Err(e) => {
-                    let _ = tx.send(Err(e));
-                    return;
-                }
-            }
-        }
-    });
-    (client, rx)
-}
-
-fn spawn_v5(
-    opts: rumqttc::v5::MqttOptions,
-) -> (V5Client, mpsc::UnboundedReceiver<Result<V5Packet, V5Error>>) {
-    let (client, mut el) = V5Client::new(opts, 64);
-    let (tx, rx) = mpsc::unbounded_channel();
-    tokio::spawn(async move {
-        loop {
-            match el.poll().await {
-                Ok(V5Event::Incoming(p)) => {
-                    if tx.send(Ok(p)).is_err() {
-                        return;
-                    }
-                }
-                Ok(_) => {}
-                Err(e) => {
-                    let _ = tx.send(Err(e));
-                    return;
-                }
-            }
-        }
-    });
-    (client, rx)
-}
-
-async fn next<T>(rx: &mut mpsc::UnboundedReceiver<T>) -> T {
-    tokio::time::timeout(Duration::from_secs(10), rx.recv())
-        .await
-        .expect("event within 10 s")
-        .expect("event")
-}
-
-/// Skips pings and returns the next interesting v3 packet.
-async fn next_v3(
-    rx: &mut mpsc::UnboundedReceiver<Result<Packet, ConnectionError>>,
-) -> Result<Packet, ConnectionError> {
-    loop {
-        match next(rx).await {
-            Ok(Packet::PingResp) => continue,
-            other => return other,
-        }
-    }
-}
-
-async fn next_v5(
-    rx: &mut mpsc::UnboundedReceiver<Result<V5Packet, V5Error>>,
-) -> Result<V5Packet, V5Error> {
-    loop {
-        match next(rx).await {
-            Ok(V5Packet::PingResp(_)) => continue,
-            other => return other,
-        }
-    }
-}
 
 fn points(t: &Value, key: &str) -> Vec<Value> {
     t["data"][key].as_array().cloned().unwrap_or_default()

@@ -90,12 +90,13 @@ async fn rotate_credential(
     ApiPath((id, cid)): ApiPath<(DeviceId, CredentialId)>,
     body: Bytes,
 ) -> ApiResult<(StatusCode, axum::Json<IssuedCredential>)> {
-    // The body is optional: a token or an issued certificate needs nothing.
+    // The body is optional (absent or `null`): a token or an issued certificate needs nothing.
     let req: RotateRequest = if body.iter().all(u8::is_ascii_whitespace) {
         RotateRequest::default()
     } else {
-        serde_json::from_slice(&body)
+        serde_json::from_slice::<Option<RotateRequest>>(&body)
             .map_err(|e| super::ApiError::bad_request("invalid_body", e.to_string()))?
+            .unwrap_or_default()
     };
     Ok((
         StatusCode::CREATED,

@@ -67,7 +67,7 @@ pub struct DeviceCtx {
 /// Message-rate accounting of one device session.
 struct RateState {
     bucket: TokenBucket,
-    /// Messages refused in a row; past the burst the device is disconnected (v5 0x96).
+    /// Messages refused in a row; far past the burst the device is disconnected (v5 0x96).
     refused_in_a_row: u32,
 }
 
@@ -435,8 +435,10 @@ async fn handle_publish(
                         None
                     } else {
                         r.refused_in_a_row += 1;
+                        // A device that ignores refusals and keeps sending far beyond its
+                        // burst is cut off instead of being answered forever.
                         let abuse = r.refused_in_a_row
-                            > s.services.config.limits.device_message_burst.max(1);
+                            > s.services.config.limits.device_message_burst.max(10) * 10;
                         drop(r);
                         reject("rate_exceeded");
                         return if abuse {

@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+pub mod mqtt;
 pub mod server;
 
 use std::sync::Arc;
