@@ -215,3 +215,215 @@ async fn quickstart_through_the_cli() {
             .success()
     );
 }
+
+/// Connects with a client certificate over MQTT 3.1.1 and publishes once; true when acked.
+async fn publish_with_cert(srv: &Server, cert: &str, key: &str) -> bool {
+    let mut opts = MqttOptions::new("", "127.0.0.1", srv.mqtt_tls.port());
+    opts.set_transport(common::mqtt::tls_with_cert(&srv.ca_pem(), cert, key));
+    let (client, mut el) = AsyncClient::new(opts, 8);
+    let _ = client
+        .publish(
+            "v1/devices/me/telemetry",
+            QoS::AtLeastOnce,
+            false,
+            r#"{"v":1}"#,
+        )
+        .await;
+    tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match el.poll().await {
+                Ok(Event::Incoming(Packet::PubAck(_))) => return true,
+                Ok(_) => {}
+                Err(_) => return false,
+            }
+        }
+    })
+    .await
+    .unwrap_or(false)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credentials_through_the_cli_and_no_secret_in_the_logs() {
+    corral::pki::install_crypto_provider();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let key = corral::auth::new_api_key();
+    let srv = Server::spawn(&dir.path().join("data"), &key);
+    let base = srv.base();
+    let env = [
+        ("CORRAL_SERVER", base.as_str()),
+        ("CORRAL_API_KEY", key.as_str()),
+    ];
+    let run = |args: &[&str]| corral(args, &env);
+    let path = |name: &str| dir.path().join(name).to_str().expect("utf8").to_string();
+
+    ok(&run(&["workspace", "create", "Plant"]));
+    ok(&run(&["fleet", "create", "meters", "--workspace", "Plant"]));
+
+    // --cert writes the key (0600), the certificate and the CA; the key never hits stdout.
+    let out = ok(&run(&[
+        "device",
+        "create",
+        "m-1",
+        "--fleet",
+        "meters",
+        "--cert",
+        "--out-dir",
+        &path("certs"),
+    ]));
+    let key_pem = std::fs::read_to_string(path("certs/m-1.key")).expect("key file");
+    assert!(!out.contains("PRIVATE KEY"), "{out}");
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(path("certs/m-1.key"))
+            .expect("meta")
+            .permissions(),
+    );
+    assert_eq!(mode & 0o777, 0o600);
+    let cert_pem = std::fs::read_to_string(path("certs/m-1.pem")).expect("cert file");
+    assert!(publish_with_cert(&srv, &cert_pem, &key_pem).await);
+
+    // MQTT basic credentials with the password from a file.
+    std::fs::write(path("pw"), "s3cret-pass\n").expect("pw");
+    ok(&run(&[
+        "device",
+        "create",
+        "m-2",
+        "--fleet",
+        "meters",
+        "--basic-username",
+        "meter-two",
+        "--basic-password-file",
+        &path("pw"),
+    ]));
+    let creds = ok(&run(&["device", "credentials", "m-2"]));
+    assert!(
+        creds.contains("mqtt_basic") && creds.contains("meter-two"),
+        "{creds}"
+    );
+
+    // sign-csr prints the certificate for a key the device keeps.
+    let dev_key = rcgen::KeyPair::generate().expect("key");
+    let csr = rcgen::CertificateParams::new(Vec::<String>::new())
+        .expect("params")
+        .serialize_request(&dev_key)
+        .expect("csr")
+        .pem()
+        .expect("pem");
+    std::fs::write(path("m-2.csr"), csr).expect("csr");
+    let signed = ok(&run(&[
+        "device",
+        "sign-csr",
+        "m-2",
+        "--csr",
+        &path("m-2.csr"),
+    ]));
+    assert!(
+        signed.starts_with("-----BEGIN CERTIFICATE-----"),
+        "{signed}"
+    );
+    assert!(publish_with_cert(&srv, &signed, &dev_key.serialize_pem()).await);
+
+    // Revoking every credential of m-1 ends its certificate.
+    let revoked = ok(&run(&["device", "revoke", "m-1"]));
+    assert!(revoked.contains("revoked"), "{revoked}");
+    assert!(!publish_with_cert(&srv, &cert_pem, &key_pem).await);
+
+    // Fleet provisioning and manufacturer CAs.
+    let prov: Value = serde_json::from_str(&ok(&run(&[
+        "fleet",
+        "provisioning",
+        "set",
+        "meters",
+        "--strategy",
+        "allow-create",
+        "--json",
+    ])))
+    .expect("json");
+    let secret = prov["secret"].as_str().expect("secret").to_string();
+    let shown = ok(&run(&["fleet", "provisioning", "show", "meters"]));
+    assert!(
+        shown.contains("allow_create_new_devices") && !shown.contains(&secret),
+        "{shown}"
+    );
+    let resp: Value = reqwest::Client::new()
+        .post(format!("{base}/api/v1/provision"))
+        .json(
+            &serde_json::json!({"deviceName": "m-3", "provisionDeviceKey": prov["key"],
+            "provisionDeviceSecret": secret}),
+        )
+        .send()
+        .await
+        .expect("provision")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(resp["status"], "SUCCESS", "{resp}");
+    let provisioned_token = resp["credentialsValue"]
+        .as_str()
+        .expect("token")
+        .to_string();
+
+    let ca_key = rcgen::KeyPair::generate().expect("key");
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "Meter Vendor CA");
+    std::fs::write(
+        path("vendor.pem"),
+        ca_params.self_signed(&ca_key).expect("ca").pem(),
+    )
+    .expect("ca");
+    ok(&run(&[
+        "fleet",
+        "ca",
+        "add",
+        "meters",
+        &path("vendor.pem"),
+        "--name",
+        "Vendor",
+    ]));
+    let cas = ok(&run(&["fleet", "ca", "list", "meters"]));
+    assert!(
+        cas.contains("Vendor") && cas.contains("Meter Vendor CA"),
+        "{cas}"
+    );
+
+    // The audit log names what happened.
+    let audit = ok(&run(&["audit", "--device", "m-1"]));
+    assert!(
+        audit.contains("credential_revoked") && audit.contains("credential_issued"),
+        "{audit}"
+    );
+    let audit_all = ok(&run(&["audit", "--kind", "device_provisioned"]));
+    assert!(audit_all.contains("device_provisioned"), "{audit_all}");
+
+    // A refused login with a secret-looking username, then check that no secret reached the log.
+    let mut opts = MqttOptions::new("", "127.0.0.1", srv.mqtt_tls.port());
+    opts.set_credentials("meter-two", "wrong-password-xyz");
+    opts.set_transport(tls_transport(&srv.ca_pem()));
+    let (_c, mut el) = AsyncClient::new(opts, 8);
+    let _ = tokio::time::timeout(Duration::from_secs(5), el.poll()).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let logs: Vec<String> = srv
+        .logs
+        .try_iter()
+        .chain(srv.startup_logs.clone())
+        .collect();
+    assert!(
+        logs.iter().any(|l| l.contains("connection refused")),
+        "no refusal logged"
+    );
+    for secret in [
+        key.as_str(),
+        "s3cret-pass",
+        "wrong-password-xyz",
+        secret.as_str(),
+        provisioned_token.as_str(),
+        key_pem.lines().nth(1).expect("key body"),
+    ] {
+        assert!(
+            !logs.iter().any(|l| l.contains(secret)),
+            "a secret reached the log"
+        );
+    }
+}

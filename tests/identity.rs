@@ -943,3 +943,43 @@ async fn http_provisioning_answers_in_thingsboard_shapes() {
     .await;
     assert!(failed.iter().all(|e| e["peer"].is_string()), "{failed:?}");
 }
+
+#[tokio::test]
+async fn client_id_policy_binds_the_client_id_to_the_certificate() {
+    let t = TestApp::start_with(|c| {
+        c.mqtt.client_id_policy = corral::config::ClientIdPolicy::CertificateCn;
+    })
+    .await;
+    let f = fleet(&t, "policy").await;
+    let d = device(&t, &f, "pol-1", json!({"type": "issued_certificate"})).await;
+    let b = &d["credentials"]["bundle"];
+    let (cert, key) = (
+        b["certificate_pem"].as_str().expect("cert"),
+        b["private_key_pem"].as_str().expect("key"),
+    );
+    // Issued certificates carry the device name as their common name.
+    assert_eq!(
+        connack_v5(cert_v5(&t, "pol-1", cert, key)).await,
+        Some(V5Code::Success)
+    );
+    assert_eq!(
+        connack_v5(cert_v5(&t, "someone-else", cert, key)).await,
+        Some(V5Code::ClientIdentifierNotValid)
+    );
+    // Token logins have no certificate to bind to.
+    let d = device(&t, &f, "pol-2", json!({"type": "access_token"})).await;
+    let token = d["credentials"]["token"].as_str().expect("token");
+    assert_eq!(
+        connack_v5(t.v5_options("anything", token, "")).await,
+        Some(V5Code::Success)
+    );
+    let refused = eventually(5, || async {
+        let a = audit(&t, "kind=auth_failed").await;
+        (!a.is_empty()).then_some(a)
+    })
+    .await;
+    assert_eq!(
+        refused[0]["detail"],
+        "client id does not match the device identity"
+    );
+}

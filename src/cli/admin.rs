@@ -1,15 +1,19 @@
-//! Admin commands over REST: `workspace`, `fleet`, `device` (create, list, show, update, delete)
-//! and `telemetry`. Objects may be named by id or by exact name.
+//! Admin commands over REST: `workspace`, `fleet`, `device` (create, list, show, update, delete;
+//! credential commands delegate to `credentials`) and `telemetry`. Objects may be named by id
+//! or by exact name.
 
 use std::process::ExitCode;
 
 use clap::{Args, Subcommand};
 use serde_json::json;
 
+use std::path::PathBuf;
+
 use super::ClientArgs;
 use super::client::ApiClient;
+use super::credentials::{self, CredentialArgs, FleetCaCmd, ProvisioningCmd};
 use super::output;
-use crate::api::{CreatedDevice, LatestValues, Page, TelemetryPage};
+use crate::api::{LatestValues, Page, TelemetryPage};
 use crate::devices::registry::DeviceView;
 use crate::model::{Fleet, Millis, Workspace};
 
@@ -104,11 +108,17 @@ pub enum FleetCmd {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// The fleet's provisioning key and secret (device self-registration).
+    #[command(subcommand)]
+    Provisioning(ProvisioningCmd),
+    /// Manufacturer CAs whose devices join the fleet on first connect.
+    #[command(subcommand)]
+    Ca(FleetCaCmd),
 }
 
 #[derive(Subcommand)]
 pub enum DeviceCmd {
-    /// Create a device; prints its access token once.
+    /// Create a device with its first credential (default: an access token, printed once).
     Create {
         name: String,
         /// Fleet id or name.
@@ -116,6 +126,60 @@ pub enum DeviceCmd {
         fleet: String,
         #[arg(long, default_value = "")]
         label: String,
+        #[command(flatten)]
+        creds: CredentialArgs,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// List a device's credentials.
+    Credentials {
+        device: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Add a credential to a device (default: a generated access token).
+    AddCredential {
+        device: String,
+        #[command(flatten)]
+        creds: CredentialArgs,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Sign a device's certificate signing request with Corral's CA (EC or RSA key).
+    SignCsr {
+        device: String,
+        /// The CSR (PEM file).
+        #[arg(long)]
+        csr: PathBuf,
+        /// Write the certificate here (default: print it).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Replace a credential; the old one works for the grace period.
+    Rotate {
+        device: String,
+        credential: String,
+        /// Seconds the old credential keeps working (default: the server's setting).
+        #[arg(long)]
+        grace: Option<u64>,
+        /// A new CSR, for a certificate signed from a CSR.
+        #[arg(long)]
+        csr: Option<PathBuf>,
+        /// The new certificate, for a registered certificate.
+        #[arg(long)]
+        cert: Option<PathBuf>,
+        #[arg(long, default_value = ".")]
+        out_dir: PathBuf,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Revoke one credential, or all of them; connected sessions using them are closed.
+    Revoke {
+        device: String,
+        /// Credential id (default: every credential of the device).
+        credential: Option<String>,
         #[command(flatten)]
         client: ClientArgs,
     },
@@ -197,7 +261,12 @@ fn parse_time(s: &str) -> anyhow::Result<Millis> {
 }
 
 /// Resolves an id or an exact (case-insensitive) name through a listing endpoint.
-async fn resolve(c: &ApiClient, path: &str, kind: &str, s: &str) -> anyhow::Result<String> {
+pub(super) async fn resolve(
+    c: &ApiClient,
+    path: &str,
+    kind: &str,
+    s: &str,
+) -> anyhow::Result<String> {
     if uuid::Uuid::parse_str(s).is_ok() {
         return Ok(s.to_string());
     }
@@ -411,6 +480,8 @@ pub async fn fleet(cmd: FleetCmd) -> anyhow::Result<ExitCode> {
             eprintln!("deleted fleet {id}");
             Ok(ExitCode::SUCCESS)
         }
+        FleetCmd::Provisioning(cmd) => credentials::provisioning(cmd).await,
+        FleetCmd::Ca(cmd) => credentials::fleet_ca(cmd).await,
     }
 }
 
@@ -435,22 +506,68 @@ pub async fn device(cmd: DeviceCmd) -> anyhow::Result<ExitCode> {
             name,
             fleet,
             label,
+            creds,
             client,
         } => {
             let c = ApiClient::from_args(&client)?;
             let fid = resolve(&c, "/fleets", "fleet", &fleet).await?;
-            let d: CreatedDevice = c
-                .post(
-                    "/devices",
-                    &json!({"fleet_id": fid, "name": name, "label": label}),
-                )
-                .await?;
-            if client.json {
-                output::json(&d)?;
-            } else {
-                show_device_fields(&d.device, d.credentials.token.as_deref());
-                eprintln!("(the access token is shown only now: it is the device's MQTT username)");
-            }
+            credentials::create_device(&c, &fid, &name, &label, &creds, client.json).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        DeviceCmd::Credentials { device, client } => {
+            let c = ApiClient::from_args(&client)?;
+            credentials::list(&c, &device, client.json).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        DeviceCmd::AddCredential {
+            device,
+            creds,
+            client,
+        } => {
+            let c = ApiClient::from_args(&client)?;
+            credentials::add(&c, &device, &creds, client.json).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        DeviceCmd::SignCsr {
+            device,
+            csr,
+            out,
+            client,
+        } => {
+            let c = ApiClient::from_args(&client)?;
+            credentials::sign_csr(&c, &device, &csr, out.as_deref(), client.json).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        DeviceCmd::Rotate {
+            device,
+            credential,
+            grace,
+            csr,
+            cert,
+            out_dir,
+            client,
+        } => {
+            let c = ApiClient::from_args(&client)?;
+            credentials::rotate(
+                &c,
+                &device,
+                &credential,
+                grace,
+                csr.as_deref(),
+                cert.as_deref(),
+                &out_dir,
+                client.json,
+            )
+            .await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        DeviceCmd::Revoke {
+            device,
+            credential,
+            client,
+        } => {
+            let c = ApiClient::from_args(&client)?;
+            credentials::revoke(&c, &device, credential.as_deref(), client.json).await?;
             Ok(ExitCode::SUCCESS)
         }
         DeviceCmd::List {

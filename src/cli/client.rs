@@ -114,6 +114,15 @@ impl ApiClient {
             .await
     }
 
+    pub async fn put<B: Serialize, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> anyhow::Result<T> {
+        self.send(self.req(reqwest::Method::PUT, path).json(body))
+            .await
+    }
+
     pub async fn delete(&self, path: &str) -> anyhow::Result<()> {
         self.send::<serde_json::Value>(self.req(reqwest::Method::DELETE, path))
             .await

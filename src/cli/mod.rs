@@ -1,9 +1,10 @@
 //! The command line: `serve`, `init`, `config`, `ca`, `healthcheck` run locally; the noun-verb
-//! admin commands (`workspace`, `fleet`, `device`, `telemetry`) call the REST API; `simulate`
-//! runs virtual devices.
+//! admin commands (`workspace`, `fleet`, `device`, `telemetry`, `audit`) call the REST API;
+//! `simulate` runs virtual devices.
 
 mod admin;
 pub mod client;
+mod credentials;
 mod output;
 mod serve;
 
@@ -56,6 +57,8 @@ enum Command {
     Device(admin::DeviceCmd),
     /// Read a device's telemetry.
     Telemetry(admin::TelemetryArgs),
+    /// The audit log: credential events and administrative changes, newest first.
+    Audit(credentials::AuditArgs),
     /// Run virtual devices against an MQTT server (demos, tests, benchmarks).
     Simulate(crate::sim::SimulateArgs),
 }
@@ -138,6 +141,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Fleet(c) => runtime()?.block_on(admin::fleet(c)),
         Command::Device(c) => runtime()?.block_on(admin::device(c)),
         Command::Telemetry(a) => runtime()?.block_on(admin::telemetry(a)),
+        Command::Audit(a) => runtime()?.block_on(credentials::audit(a)),
         Command::Simulate(a) => {
             serve::init_logging("info", cli.log_format.unwrap_or(LogFormat::Human))?;
             runtime()?.block_on(crate::sim::run(a))

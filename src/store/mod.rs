@@ -371,6 +371,61 @@ mod tests {
         assert_eq!(s.schema_version().expect("version"), SCHEMA_VERSION);
     }
 
+    #[test]
+    fn version_1_tokens_become_credentials() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("db");
+        let device = crate::model::DeviceId::new();
+        {
+            // A version-1 store as the first release wrote it.
+            let db = sled::open(&path).expect("sled");
+            db.open_tree("meta")
+                .expect("meta")
+                .insert(VERSION_KEY, &1u32.to_be_bytes())
+                .expect("version");
+            let hash = [9u8; 32];
+            let rec = serde_json::json!({"device_id": device, "token_sha256": hash,
+                "hint": "abcd", "created_at": 42});
+            let mut key = device.as_bytes().to_vec();
+            key.extend_from_slice(&hash);
+            db.open_tree("device_tokens")
+                .expect("tree")
+                .insert(key, serde_json::to_vec(&rec).expect("json"))
+                .expect("insert");
+            db.open_tree("tokens")
+                .expect("tree")
+                .insert(hash, device.as_bytes())
+                .expect("insert");
+            db.flush().expect("flush");
+        }
+        let s = Store::open(
+            &path,
+            StoreOptions {
+                cache_capacity_bytes: 1 << 20,
+                group_commit_delay: Duration::ZERO,
+            },
+            Arc::new(Metrics::new()),
+        )
+        .expect("open");
+        assert_eq!(s.schema_version().expect("version"), SCHEMA_VERSION);
+        let c = s
+            .find_credential(CredentialKey::TokenSha256(&[9u8; 32]))
+            .expect("find")
+            .expect("migrated");
+        assert_eq!((c.device_id, c.created_at), (device, 42));
+        assert!(matches!(
+            c.secret,
+            crate::model::CredentialSecret::AccessToken { ref hint, .. } if hint == "abcd"
+        ));
+        assert!(
+            !s.db
+                .db
+                .tree_names()
+                .iter()
+                .any(|n| &n[..] == b"device_tokens")
+        );
+    }
+
     #[tokio::test]
     async fn foreign_directory_is_refused_not_recreated() {
         let dir = tempfile::tempdir().expect("tempdir");
