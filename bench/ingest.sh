@@ -207,6 +207,7 @@ start_corral() { # start_corral DATA_DIR LOG
         CORRAL_MQTT__PLAIN_ENABLED=true CORRAL_MQTT__PLAIN_LISTEN="127.0.0.1:$CORRAL_PLAIN_PORT" \
         CORRAL_HTTP__LISTEN="127.0.0.1:$CORRAL_HTTP_PORT" CORRAL_HTTPS__ENABLED=false \
         CORRAL_LOG__LEVEL=warn \
+        CORRAL_LIMITS__DEVICE_MESSAGES_PER_SEC=0 CORRAL_LIMITS__IP_CONNECTS_PER_SEC=0 \
         "$BIN" serve >>"$2" 2>&1 &
     SRV_PID=$!
     wait_until 60 corral_ready || die "corral did not become ready in 60 s; see $2"

@@ -983,3 +983,34 @@ async fn client_id_policy_binds_the_client_id_to_the_certificate() {
         "client id does not match the device identity"
     );
 }
+
+#[tokio::test]
+async fn a_registered_certificate_stops_working_when_it_expires() {
+    let t = TestApp::start().await;
+    let f = fleet(&t, "expiry").await;
+    let key = KeyPair::generate().expect("key");
+    let mut p = CertificateParams::new(Vec::<String>::new()).expect("params");
+    p.distinguished_name.push(DnType::CommonName, "short-lived");
+    let now = time::OffsetDateTime::now_utc();
+    p.not_before = now - time::Duration::hours(1);
+    p.not_after = now + time::Duration::seconds(3);
+    let cert = p.self_signed(&key).expect("cert").pem();
+    device(
+        &t,
+        &f,
+        "short-lived",
+        json!({"type": "x509_certificate", "certificate_pem": cert}),
+    )
+    .await;
+    assert_eq!(
+        connack_v5(cert_v5(&t, "", &cert, &key.serialize_pem())).await,
+        Some(V5Code::Success)
+    );
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    // Refused in the handshake or at CONNECT, never accepted.
+    let code = connack_v5(cert_v5(&t, "", &cert, &key.serialize_pem())).await;
+    assert!(
+        matches!(code, None | Some(V5Code::NotAuthorized)),
+        "{code:?}"
+    );
+}

@@ -292,6 +292,17 @@ fn spawn_commands(mut slot: SessionSlot, device: DeviceId, close: impl Fn(CloseR
     });
 }
 
+/// How long a provisioning session may stay open: ThingsBoard closes it 60 s after its
+/// response (§5.9); the SDK disconnects itself as soon as it has the answer.
+const PROVISIONING_SESSION: std::time::Duration = std::time::Duration::from_secs(60);
+
+fn close_provisioning_later(close: impl FnOnce() + 'static) {
+    ntex_rt::spawn(async move {
+        ntex_util::time::sleep(PROVISIONING_SESSION).await;
+        close();
+    });
+}
+
 pub async fn connect_v3(
     services: &Arc<Services>,
     transport: &'static str,
@@ -311,6 +322,9 @@ pub async fn connect_v3(
                 let sink = c.sink();
                 // 3.1.1 has no server DISCONNECT: the connection is closed.
                 spawn_commands(slot, d.id, move |_| sink.close());
+            } else {
+                let sink = c.sink();
+                close_provisioning_later(move || sink.close());
             }
             c.ack(s, false)
         }
@@ -354,6 +368,13 @@ pub async fn connect_v5(
                     let mut pkt = v5::codec::Disconnect::new(code);
                     pkt.reason_string = Some(reason.label().into());
                     sink.close_with_reason(pkt);
+                });
+            } else {
+                let sink = c.sink();
+                close_provisioning_later(move || {
+                    sink.close_with_reason(v5::codec::Disconnect::new(
+                        v5::codec::DisconnectReasonCode::NormalDisconnection,
+                    ))
                 });
             }
             // The maximum packet size is advertised by ntex-mqtt from the service configuration.
