@@ -241,14 +241,27 @@ async fn list_audit(
 
 /// ThingsBoard's HTTP provisioning (§5.9): always 200 with the TB response body, since the
 /// SDK raises on an HTTP error status before reading `errorMsg`.
-pub async fn provision(State(s): S, req: axum::extract::Request) -> axum::Json<serde_json::Value> {
+pub async fn provision(
+    State(s): S,
+    req: axum::extract::Request,
+) -> (StatusCode, axum::Json<serde_json::Value>) {
     let peer = req
         .extensions()
         .get::<ConnectInfo<std::net::SocketAddr>>()
         .map(|c| c.0);
+    // Each request costs an argon2 check: the per-address connection rate applies here too.
+    if let Some(p) = peer
+        && !s.connect_limiter.allow(&p.ip())
+    {
+        let body = serde_json::json!({"status": "FAILURE", "errorMsg": "Too many requests!"});
+        return (StatusCode::TOO_MANY_REQUESTS, axum::Json(body));
+    }
     // A provisioning request is a few hundred bytes; 64 KiB is the device packet limit.
     let body = axum::body::to_bytes(req.into_body(), 65536)
         .await
         .unwrap_or_default();
-    axum::Json(s.provisioning.provision(&body, peer).await)
+    (
+        StatusCode::OK,
+        axum::Json(s.provisioning.provision(&body, peer).await),
+    )
 }

@@ -79,7 +79,13 @@ pub struct DeviceSession {
     transport: &'static str,
     peer: Option<SocketAddr>,
     device: Option<DeviceCtx>,
+    /// Provisioning requests answered on this session; each costs an argon2 check, so a
+    /// session gets a few, not a stream.
+    provision_requests: std::sync::atomic::AtomicU32,
 }
+
+/// Provisioning requests one session may make (the SDK makes one).
+const MAX_PROVISION_REQUESTS: u32 = 3;
 
 impl Drop for DeviceSession {
     fn drop(&mut self) {
@@ -201,6 +207,7 @@ async fn open_session_inner(
                 transport,
                 peer: c.peer,
                 device: None,
+                provision_requests: Default::default(),
             },
             None,
         ));
@@ -261,6 +268,7 @@ async fn open_session_inner(
             services: services.clone(),
             transport,
             peer: c.peer,
+            provision_requests: Default::default(),
             device: Some(DeviceCtx {
                 id: dev.id,
                 name: dev.name,
@@ -436,6 +444,13 @@ async fn handle_publish(
             reject("not_authorized");
             tracing::info!(peer = ?s.peer, topic = topic_str, "provisioning session publish refused");
             return Outcome::NotAuthorized;
+        }
+        let n = s
+            .provision_requests
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if n >= MAX_PROVISION_REQUESTS {
+            reject("rate_exceeded");
+            return Outcome::RateAbuse;
         }
         let resp = s.services.provisioning.provision(&payload, s.peer).await;
         return Outcome::Reply(
