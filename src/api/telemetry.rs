@@ -11,9 +11,11 @@ use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::{router::OpenApiRouter, routes};
 
 use super::error::{ApiError, ApiPath, ApiQuery, ErrorBody};
-use super::{ApiResult, page_limit};
+use super::{ApiResult, MAX_PAGE, page_limit};
 use crate::data::DEFAULT_WINDOW_MS;
-use crate::model::{DEFAULT_TAG, DeviceId, Millis, Point, now_ms};
+use crate::data::aggregate::{AggError, Bucket, boundaries, parse_interval, parse_tz};
+use crate::devices::registry::DeviceFilter;
+use crate::model::{DEFAULT_TAG, DeviceId, FleetId, Millis, Point, now_ms};
 use crate::services::Services;
 use crate::store::RawQuery;
 
@@ -21,6 +23,173 @@ pub fn routes() -> OpenApiRouter<Arc<Services>> {
     OpenApiRouter::new()
         .routes(routes!(get_telemetry))
         .routes(routes!(get_latest))
+        .routes(routes!(device_aggregate))
+        .routes(routes!(fleet_aggregate))
+        .routes(routes!(device_tags))
+        .routes(routes!(fleet_tags))
+}
+
+impl From<AggError> for ApiError {
+    fn from(e: AggError) -> Self {
+        let code = match &e {
+            AggError::Interval(_) => "invalid_interval",
+            AggError::TimeZone(_) => "invalid_tz",
+            AggError::TooManyBuckets => "too_many_buckets",
+            AggError::Range => "invalid_range",
+            AggError::Store(e) => return ApiError::internal(e),
+        };
+        ApiError::bad_request(code, e.to_string())
+    }
+}
+
+/// Every device of a fleet (404 when the fleet does not exist).
+pub(super) fn fleet_devices(s: &Services, fleet: FleetId) -> ApiResult<Vec<DeviceId>> {
+    s.registry.fleet(fleet)?;
+    let filter = DeviceFilter {
+        fleet_id: Some(fleet),
+        ..Default::default()
+    };
+    let mut out = Vec::new();
+    let mut after = None;
+    loop {
+        let page = s.registry.list_devices(&filter, after, MAX_PAGE)?;
+        out.extend(page.items.iter().map(|d| d.id));
+        match page.next_cursor.and_then(|c| c.parse().ok()) {
+            Some(c) => after = Some(c),
+            None => return Ok(out),
+        }
+    }
+}
+
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct AggregateParams {
+    /// Bucket length: a whole number of minutes from `1m` to `1d` (`15m`, `1h`, `1d`).
+    interval: String,
+    /// Comma-separated keys; all keys of the tag when absent.
+    keys: Option<String>,
+    /// Start, inclusive, in ms since the epoch (default: 24 hours before `to`).
+    from: Option<Millis>,
+    /// End, inclusive, in ms since the epoch (default: now).
+    to: Option<Millis>,
+    /// IANA time zone for bucket alignment and day boundaries (default `UTC`).
+    tz: Option<String>,
+    /// Tag (default `default`).
+    tag: Option<String>,
+}
+
+/// Aggregates per key, buckets in time order (empty buckets included, with count 0).
+#[derive(Serialize, Deserialize, ToSchema)]
+pub struct AggregateResult {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub device_id: Option<DeviceId>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fleet_id: Option<FleetId>,
+    /// Devices merged into the result.
+    pub devices: usize,
+    pub tag: String,
+    pub interval_ms: Millis,
+    pub tz: String,
+    pub data: BTreeMap<String, Vec<Bucket>>,
+}
+
+fn run_aggregate(
+    s: &Services,
+    devices: &[DeviceId],
+    q: AggregateParams,
+) -> ApiResult<AggregateResult> {
+    let interval = parse_interval(&q.interval)?;
+    let tz = parse_tz(q.tz.as_deref())?;
+    let to = q.to.unwrap_or_else(now_ms);
+    let from = q.from.unwrap_or(to.saturating_sub(DEFAULT_WINDOW_MS));
+    let bounds = boundaries(from, to, interval, &tz)?;
+    let tag = q.tag.unwrap_or_else(|| DEFAULT_TAG.to_string());
+    let data = s.data.aggregate(
+        devices,
+        &tag,
+        split_keys(q.keys.as_deref()),
+        &bounds,
+        from,
+        to,
+    )?;
+    Ok(AggregateResult {
+        device_id: None,
+        fleet_id: None,
+        devices: devices.len(),
+        tag,
+        interval_ms: interval,
+        tz: q.tz.unwrap_or_else(|| "UTC".into()),
+        data,
+    })
+}
+
+#[utoipa::path(get, path = "/devices/{id}/telemetry/aggregate", tag = "telemetry",
+    params(("id" = String, Path, description = "device id"), AggregateParams),
+    responses((status = 200, body = AggregateResult), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+async fn device_aggregate(
+    State(s): State<Arc<Services>>,
+    ApiPath(id): ApiPath<DeviceId>,
+    ApiQuery(q): ApiQuery<AggregateParams>,
+) -> ApiResult<axum::Json<AggregateResult>> {
+    s.registry.device_record(id)?;
+    let s2 = s.clone();
+    // A long range costs milliseconds of sled reads: off the async threads.
+    let mut r = tokio::task::spawn_blocking(move || run_aggregate(&s2, &[id], q))
+        .await
+        .map_err(ApiError::internal)??;
+    r.device_id = Some(id);
+    Ok(axum::Json(r))
+}
+
+#[utoipa::path(get, path = "/fleets/{id}/telemetry/aggregate", tag = "telemetry",
+    params(("id" = String, Path, description = "fleet id"), AggregateParams),
+    responses((status = 200, body = AggregateResult), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+async fn fleet_aggregate(
+    State(s): State<Arc<Services>>,
+    ApiPath(id): ApiPath<FleetId>,
+    ApiQuery(q): ApiQuery<AggregateParams>,
+) -> ApiResult<axum::Json<AggregateResult>> {
+    let s2 = s.clone();
+    let mut r = tokio::task::spawn_blocking(move || {
+        let devices = fleet_devices(&s2, id)?;
+        run_aggregate(&s2, &devices, q)
+    })
+    .await
+    .map_err(ApiError::internal)??;
+    r.fleet_id = Some(id);
+    Ok(axum::Json(r))
+}
+
+/// Tags with their keys.
+#[derive(Serialize, Deserialize, ToSchema)]
+pub struct Tags {
+    pub tags: BTreeMap<String, Vec<String>>,
+}
+
+#[utoipa::path(get, path = "/devices/{id}/tags", tag = "telemetry",
+    params(("id" = String, Path, description = "device id")),
+    responses((status = 200, body = Tags), (status = 404, body = ErrorBody)))]
+async fn device_tags(
+    State(s): State<Arc<Services>>,
+    ApiPath(id): ApiPath<DeviceId>,
+) -> ApiResult<axum::Json<Tags>> {
+    s.registry.device_record(id)?;
+    Ok(axum::Json(Tags {
+        tags: s.data.tags(&[id])?,
+    }))
+}
+
+#[utoipa::path(get, path = "/fleets/{id}/tags", tag = "telemetry",
+    params(("id" = String, Path, description = "fleet id")),
+    responses((status = 200, body = Tags), (status = 404, body = ErrorBody)))]
+async fn fleet_tags(
+    State(s): State<Arc<Services>>,
+    ApiPath(id): ApiPath<FleetId>,
+) -> ApiResult<axum::Json<Tags>> {
+    let devices = fleet_devices(&s, id)?;
+    Ok(axum::Json(Tags {
+        tags: s.data.tags(&devices)?,
+    }))
 }
 
 #[derive(Debug, Clone, Copy, Default, Deserialize, ToSchema)]
@@ -59,7 +228,7 @@ pub struct TelemetryPage {
     pub next_cursor: Option<String>,
 }
 
-fn split_keys(keys: Option<&str>) -> Option<Vec<String>> {
+pub(super) fn split_keys(keys: Option<&str>) -> Option<Vec<String>> {
     keys.map(|k| {
         k.split(',')
             .map(str::trim)

@@ -28,10 +28,32 @@ pub const DEVICE_FILTERS: &[&str] = &[
 /// Longest telemetry key, in bytes (keys are length-prefixed with one byte in the store).
 pub const MAX_KEY_LEN: usize = 255;
 
+/// Prefix of Corral's tagged telemetry topic, `v1/devices/me/telemetry/{tag}`: the same
+/// payloads as the ThingsBoard topic, stored under the named tag instead of `default`.
+pub const TAGGED_TELEMETRY_PREFIX: &str = "v1/devices/me/telemetry/";
+
+/// Longest tag name.
+pub const MAX_TAG_LEN: usize = 64;
+
+/// Checks a tag name: 1 to 64 of `A-Z a-z 0-9 _ - .`.
+pub fn check_tag(tag: &str) -> Result<(), PayloadError> {
+    if tag.is_empty()
+        || tag.len() > MAX_TAG_LEN
+        || !tag
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+    {
+        return Err(PayloadError::BadTag);
+    }
+    Ok(())
+}
+
 /// What a device publish is, by its topic.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DeviceTopic {
     Telemetry,
+    /// Telemetry under a named tag (Corral's extension); the tag is not yet checked.
+    TaggedTelemetry(String),
     /// A client-side RPC call with its request id (§5.6).
     RpcRequest(u64),
     /// A provisioning request (§5.9): only provisioning sessions may send it.
@@ -47,6 +69,9 @@ impl DeviceTopic {
     pub fn parse(topic: &str) -> DeviceTopic {
         if topic == TELEMETRY_TOPIC {
             return DeviceTopic::Telemetry;
+        }
+        if let Some(tag) = topic.strip_prefix(TAGGED_TELEMETRY_PREFIX) {
+            return DeviceTopic::TaggedTelemetry(tag.to_string());
         }
         if let Some(id) = topic.strip_prefix(RPC_REQUEST_PREFIX) {
             return match id.parse() {
@@ -115,6 +140,8 @@ pub enum PayloadError {
     BadValues,
     #[error("keys must be 1 to {MAX_KEY_LEN} bytes")]
     BadKey,
+    #[error("tags are 1 to {MAX_TAG_LEN} of A-Z a-z 0-9 _ - .")]
+    BadTag,
 }
 
 /// Parses telemetry in its three forms (§4): `{k:v}`, `{"ts":ms,"values":{k:v}}`, or an array

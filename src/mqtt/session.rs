@@ -461,7 +461,17 @@ async fn handle_publish(
     };
     d.live.touch();
     match topic {
-        DeviceTopic::Telemetry => {
+        DeviceTopic::Telemetry | DeviceTopic::TaggedTelemetry(_) => {
+            let tag = match &topic {
+                DeviceTopic::TaggedTelemetry(t) => {
+                    if protocol::check_tag(t).is_err() {
+                        reject("bad_tag");
+                        return Outcome::UnknownTopic;
+                    }
+                    t.as_str()
+                }
+                _ => crate::model::DEFAULT_TAG,
+            };
             // Rate before parsing: a flood costs as little as possible.
             let wait = {
                 let mut r = d.bucket.lock().unwrap_or_else(|p| p.into_inner());
@@ -511,7 +521,7 @@ async fn handle_publish(
             match s
                 .services
                 .data
-                .store_telemetry(d.id, telemetry, durability)
+                .store_tagged(d.id, tag, telemetry, durability)
                 .await
             {
                 Ok(_) => Outcome::Stored,

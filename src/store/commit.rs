@@ -133,7 +133,7 @@ fn write_loop(
             }
         }
         buf.clear();
-        let mut staged = sled::Batch::default();
+        let mut staged = super::telemetry::Staged::default();
         // (reply, values staged or the error staging them, waits for durability)
         let mut done: Vec<(Reply, Result<usize>, bool)> = Vec::with_capacity(jobs.len());
         let mut checkpoints = Vec::new();

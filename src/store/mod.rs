@@ -18,13 +18,13 @@ use std::time::Duration;
 
 pub use credentials::{CredentialClash, CredentialKey};
 pub use registry::{DeviceClash, NameClash, Page};
-pub use telemetry::{RawPage, RawQuery, SeriesKey};
+pub use telemetry::{Agg, HOUR_MS, RawPage, RawQuery, SeriesKey, hour_of};
 pub use wal::{Points, PointsOp};
 
 use crate::metrics::Metrics;
 
 /// Current on-disk schema. Bump it and add a step to `migrate` when the layout changes.
-pub const SCHEMA_VERSION: u32 = 2;
+pub const SCHEMA_VERSION: u32 = 3;
 
 /// Store failures. A store error is never "not found": lookups return `Option`.
 #[derive(Debug, thiserror::Error)]
@@ -81,7 +81,9 @@ pub struct Db {
     trees: Trees,
     /// Series known to be in the `series` directory, so that ingest skips the lookup. Only the
     /// writer thread (and replay) touches it; bounded by `SERIES_CACHE_MAX`.
-    known_series: std::sync::Mutex<std::collections::HashSet<Vec<u8>>>,
+    /// Maps each to the timestamp of its newest point, which decides whether a point extends
+    /// its hour's rollup or makes it dirty.
+    known_series: std::sync::Mutex<std::collections::HashMap<Vec<u8>, crate::model::Millis>>,
 }
 
 impl std::ops::Deref for Store {
@@ -111,6 +113,7 @@ struct Trees {
     api_key_hashes: sled::Tree,
     ts: sled::Tree,
     series: sled::Tree,
+    rollup_h: sled::Tree,
 }
 
 /// Options for opening the store.
@@ -166,6 +169,7 @@ impl Store {
             api_key_hashes: t("api_key_hashes")?,
             ts: t("ts")?,
             series: t("series")?,
+            rollup_h: t("rollup_h")?,
         };
         migrate(path, &db, &trees)?;
         db.flush().map_err(open_err)?;
@@ -273,6 +277,8 @@ fn migrate(path: &Path, db: &sled::Db, trees: &Trees) -> Result<()> {
             0 => {}
             // 1 → 2: access tokens become one kind of credential among several.
             1 => migrate_tokens_to_credentials(db, trees)?,
+            // 2 → 3: hourly rollups, built from the points already stored.
+            2 => build_rollups(trees)?,
             _ => unreachable_version(version)?,
         }
         version += 1;
@@ -311,6 +317,35 @@ fn migrate_tokens_to_credentials(db: &sled::Db, trees: &Trees) -> Result<()> {
         .map_err(StoreError::from)?;
     db.drop_tree("device_tokens")?;
     db.drop_tree("tokens")?;
+    Ok(())
+}
+
+/// Builds `rollup_h` from every stored point (a one-time scan when upgrading).
+fn build_rollups(trees: &Trees) -> Result<()> {
+    let mut current: Option<(Vec<u8>, telemetry::Agg)> = None;
+    let mut batch = sled::Batch::default();
+    for kv in trees.ts.iter() {
+        let (k, v) = kv?;
+        let Some(split) = k.len().checked_sub(8) else {
+            continue;
+        };
+        let ts = codec::ts_from(&k[split..]).unwrap_or_default();
+        let mut bucket = k[..split].to_vec();
+        bucket.extend_from_slice(&codec::ts_bytes(telemetry::hour_of(ts)));
+        if current.as_ref().is_some_and(|(b, _)| *b != bucket)
+            && let Some((b, agg)) = current.take()
+        {
+            batch.insert(b, &agg.encode()[..]);
+        }
+        current
+            .get_or_insert_with(|| (bucket, telemetry::Agg::default()))
+            .1
+            .add(&codec::decode_value(&v)?);
+    }
+    if let Some((b, agg)) = current {
+        batch.insert(b, &agg.encode()[..]);
+    }
+    trees.rollup_h.apply_batch(batch)?;
     Ok(())
 }
 

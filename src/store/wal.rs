@@ -86,14 +86,13 @@ impl PointsOp {
         })
     }
 
-    pub(super) fn apply(&self, db: &Db) -> Result<usize> {
-        db.put_points(self.device, &self.tag, &self.points)
-    }
-
-    pub(super) fn stage(&self, db: &Db, batch: &mut sled::Batch) -> Result<usize> {
-        db.stage_points(batch, self.device, &self.tag, &self.points)
+    pub(super) fn stage(&self, db: &Db, staged: &mut super::telemetry::Staged) -> Result<usize> {
+        db.stage_points(staged, self.device, &self.tag, &self.points)
     }
 }
+
+/// Records replayed per sled batch.
+const REPLAY_GROUP: usize = 4096;
 
 /// The open log: the segment being appended to.
 pub(super) struct Wal {
@@ -137,6 +136,11 @@ impl Wal {
         std::fs::create_dir_all(dir).map_err(io)?;
         let existing = segments(dir).map_err(io)?;
         let mut replayed = 0;
+        // Records are applied in groups, as the writer thread does: a replayed point usually
+        // exists already and dirties its hour, which is then recomputed once per group, not
+        // once per record.
+        let mut staged = super::telemetry::Staged::default();
+        let mut in_group = 0;
         for (_, path) in &existing {
             let mut bytes = Vec::new();
             File::open(path)
@@ -157,7 +161,12 @@ impl Wal {
                 };
                 // A device deleted after its data was logged must not come back.
                 if db.get_device(op.device)?.is_some() {
-                    op.apply(db)?;
+                    op.stage(db, &mut staged)?;
+                    in_group += 1;
+                    if in_group == REPLAY_GROUP {
+                        db.apply_points(std::mem::take(&mut staged))?;
+                        in_group = 0;
+                    }
                 }
                 replayed += 1;
                 pos += 8 + len;
@@ -166,6 +175,7 @@ impl Wal {
                 tracing::warn!(segment = %path.display(), offset = pos, "WAL ends in a torn or corrupt record; the rest was never acknowledged");
             }
         }
+        db.apply_points(staged)?;
         db.flush_now()?;
         for (_, path) in &existing {
             std::fs::remove_file(path).map_err(io)?;

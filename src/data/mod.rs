@@ -1,6 +1,9 @@
 //! The data service: ingesting device telemetry (parse, store, make durable, announce) and
-//! reading it back (raw ranges, latest values). Aggregation, export and retention build on it.
+//! reading it back (raw ranges, latest values, tags); aggregation is in `aggregate`.
 
+pub mod aggregate;
+
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use crate::devices::protocol::{self, PayloadError, Telemetry};
@@ -59,10 +62,22 @@ impl DataService {
         protocol::parse_telemetry(payload, now_ms())
     }
 
-    /// Stores parsed telemetry; see `ingest_telemetry`.
+    /// Stores parsed telemetry under the default tag; see `ingest_telemetry`.
     pub async fn store_telemetry(
         &self,
         device: DeviceId,
+        telemetry: Telemetry,
+        durability: Durability,
+    ) -> Result<usize, IngestError> {
+        self.store_tagged(device, DEFAULT_TAG, telemetry, durability)
+            .await
+    }
+
+    /// Stores parsed telemetry under `tag` (already checked with `protocol::check_tag`).
+    pub async fn store_tagged(
+        &self,
+        device: DeviceId,
+        tag: &str,
         telemetry: Telemetry,
         durability: Durability,
     ) -> Result<usize, IngestError> {
@@ -72,7 +87,7 @@ impl DataService {
         // Logged and applied on the store's writer thread: no runtime thread blocks on disk.
         let op = PointsOp {
             device,
-            tag: DEFAULT_TAG.into(),
+            tag: tag.into(),
             points: telemetry,
         };
         let n = self
@@ -82,7 +97,7 @@ impl DataService {
         self.metrics.points_stored.inc_by(n as u64);
         self.events.publish(Event::TelemetryStored {
             device_id: device,
-            tag: DEFAULT_TAG.into(),
+            tag: tag.into(),
             values: n,
         });
         Ok(n)
@@ -103,6 +118,40 @@ impl DataService {
 
     pub fn series(&self, device: DeviceId) -> Result<Vec<SeriesKey>, StoreError> {
         self.store.device_series(device)
+    }
+
+    /// The tags of the given devices with their keys, merged.
+    pub fn tags(&self, devices: &[DeviceId]) -> Result<BTreeMap<String, Vec<String>>, StoreError> {
+        let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for d in devices {
+            for s in self.store.device_series(*d)? {
+                let keys = out.entry(s.tag).or_default();
+                if !keys.contains(&s.key) {
+                    keys.push(s.key);
+                }
+            }
+        }
+        for keys in out.values_mut() {
+            keys.sort();
+        }
+        Ok(out)
+    }
+
+    /// Aggregates; see `aggregate::aggregate`. `keys` defaults to every key of the tag.
+    pub fn aggregate(
+        &self,
+        devices: &[DeviceId],
+        tag: &str,
+        keys: Option<Vec<String>>,
+        bounds: &[Millis],
+        from: Millis,
+        to: Millis,
+    ) -> Result<BTreeMap<String, Vec<aggregate::Bucket>>, aggregate::AggError> {
+        let keys = match keys {
+            Some(k) => k,
+            None => self.tags(devices)?.remove(tag).unwrap_or_default(),
+        };
+        aggregate::aggregate(&self.store, devices, tag, &keys, bounds, from, to)
     }
 }
 
