@@ -83,7 +83,7 @@ pub struct Db {
     /// writer thread (and replay) touches it; bounded by `SERIES_CACHE_MAX`.
     /// Maps each to the timestamp of its newest point, which decides whether a point extends
     /// its hour's rollup or makes it dirty.
-    known_series: std::sync::Mutex<std::collections::HashMap<Vec<u8>, crate::model::Millis>>,
+    known_series: std::sync::Mutex<std::collections::HashMap<Vec<u8>, telemetry::LastPoint>>,
 }
 
 impl std::ops::Deref for Store {

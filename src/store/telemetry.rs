@@ -5,8 +5,10 @@
 //! `device ‖ tag ‖ key ‖ hour → Agg`, hourly count/sum/min/max maintained on ingest, so that an
 //! aggregate over 30 days reads 720 records instead of 43,200 points.
 //!
-//! Rollups stay exact: a point newer than its series' last point adds to its hour; any other
-//! point (out of order, a duplicate, a replayed log record) marks its hour dirty, and a dirty
+//! Rollups stay exact: a point newer than its series' last point adds to its hour; a point at
+//! the same millisecond replaces the last one, whose value is remembered, so the hour trades
+//! one value for the other (recomputed only if the replaced value was the hour's min or max);
+//! any other point (out of order, a replayed log record) marks its hour dirty, and a dirty
 //! hour is recomputed from the raw points once the batch is applied.
 
 use std::collections::{HashMap, HashSet};
@@ -19,7 +21,9 @@ use crate::model::{DeviceId, Millis, Point, Value};
 pub const HOUR_MS: Millis = 3_600_000;
 
 /// Count, sum, min and max of a set of values. `count` counts every value; the others cover
-/// the numeric ones (longs and doubles) only.
+/// the numeric ones (longs and doubles) only. How many values equal the min and the max is
+/// kept too, so that taking a value out (a replaced point) stays exact unless it was the last
+/// one at an extreme.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Agg {
     pub count: u64,
@@ -27,6 +31,8 @@ pub struct Agg {
     pub sum: f64,
     pub min: f64,
     pub max: f64,
+    pub min_count: u64,
+    pub max_count: u64,
 }
 
 impl Default for Agg {
@@ -37,6 +43,8 @@ impl Default for Agg {
             sum: 0.0,
             min: f64::INFINITY,
             max: f64::NEG_INFINITY,
+            min_count: 0,
+            max_count: 0,
         }
     }
 }
@@ -44,32 +52,86 @@ impl Default for Agg {
 impl Agg {
     pub fn add(&mut self, v: &Value) {
         self.count += 1;
-        let x = match v {
-            Value::Long(l) => *l as f64,
-            Value::Double(d) if d.is_finite() => *d,
-            _ => return,
-        };
-        self.numeric += 1;
-        self.sum += x;
-        self.min = self.min.min(x);
-        self.max = self.max.max(x);
+        if let Some(x) = numeric(v) {
+            self.add_numeric(x, 1);
+        }
+    }
+
+    fn add_numeric(&mut self, x: f64, n: u64) {
+        self.numeric += n;
+        self.sum += x * n as f64;
+        self.fold_extremes(x, n, x, n);
+    }
+
+    fn fold_extremes(&mut self, min: f64, min_n: u64, max: f64, max_n: u64) {
+        if min_n > 0 {
+            if min < self.min {
+                (self.min, self.min_count) = (min, min_n);
+            } else if min == self.min {
+                self.min_count += min_n;
+            }
+        }
+        if max_n > 0 {
+            if max > self.max {
+                (self.max, self.max_count) = (max, max_n);
+            } else if max == self.max {
+                self.max_count += max_n;
+            }
+        }
     }
 
     pub fn merge(&mut self, o: &Agg) {
         self.count += o.count;
         self.numeric += o.numeric;
         self.sum += o.sum;
-        self.min = self.min.min(o.min);
-        self.max = self.max.max(o.max);
+        self.fold_extremes(o.min, o.min_count, o.max, o.max_count);
     }
 
-    pub(super) fn encode(&self) -> [u8; 40] {
-        let mut b = [0u8; 40];
+    /// Takes one value out (`None`: a non-numeric one). False when the result is unknown
+    /// (the value was the last one at the min or the max, or was never in): recompute then.
+    fn remove(&mut self, v: Option<f64>) -> bool {
+        if self.count == 0 {
+            return false;
+        }
+        self.count -= 1;
+        let Some(x) = v else {
+            return true;
+        };
+        if self.numeric == 0 || x < self.min || x > self.max {
+            return false;
+        }
+        self.numeric -= 1;
+        self.sum -= x;
+        if self.numeric == 0 {
+            *self = Agg {
+                count: self.count,
+                ..Agg::default()
+            };
+            return true;
+        }
+        for (extreme, n) in [
+            (self.min, &mut self.min_count),
+            (self.max, &mut self.max_count),
+        ] {
+            if x == extreme {
+                if *n <= 1 {
+                    return false;
+                }
+                *n -= 1;
+            }
+        }
+        true
+    }
+
+    pub(super) fn encode(&self) -> [u8; 56] {
+        let mut b = [0u8; 56];
         b[0..8].copy_from_slice(&self.count.to_be_bytes());
         b[8..16].copy_from_slice(&self.numeric.to_be_bytes());
         b[16..24].copy_from_slice(&self.sum.to_be_bytes());
         b[24..32].copy_from_slice(&self.min.to_be_bytes());
         b[32..40].copy_from_slice(&self.max.to_be_bytes());
+        b[40..48].copy_from_slice(&self.min_count.to_be_bytes());
+        b[48..56].copy_from_slice(&self.max_count.to_be_bytes());
         b
     }
 
@@ -85,6 +147,8 @@ impl Agg {
             sum: f64::from_be_bytes(f(16)?),
             min: f64::from_be_bytes(f(24)?),
             max: f64::from_be_bytes(f(32)?),
+            min_count: u64::from_be_bytes(f(40)?),
+            max_count: u64::from_be_bytes(f(48)?),
         })
     }
 }
@@ -94,13 +158,37 @@ pub fn hour_of(ts: Millis) -> Millis {
     ts.div_euclid(HOUR_MS) * HOUR_MS
 }
 
+/// The newest point of a series, as the writer thread last wrote it.
+#[derive(Debug, Clone, Copy)]
+pub struct LastPoint {
+    ts: Millis,
+    /// Its value when numeric (what a replacement at the same millisecond takes out).
+    numeric: Option<f64>,
+}
+
+fn numeric(v: &Value) -> Option<f64> {
+    match v {
+        Value::Long(l) => Some(*l as f64),
+        Value::Double(d) if d.is_finite() => Some(*d),
+        _ => None,
+    }
+}
+
+/// How a group changes one hour: values added, and values replaced (taken out after the
+/// additions; `None` for a non-numeric value).
+#[derive(Debug, Default)]
+struct Delta {
+    added: Agg,
+    removed: Vec<Option<f64>>,
+}
+
 /// Writes gathered by the writer thread for one group: the raw points as one sled batch, and
 /// the rollup changes they imply.
 #[derive(Default)]
 pub struct Staged {
     batch: sled::Batch,
-    /// `series ‖ hour` → what the new points add.
-    deltas: HashMap<Vec<u8>, Agg>,
+    /// `series ‖ hour` → what the group's points change.
+    deltas: HashMap<Vec<u8>, Delta>,
     /// `series ‖ hour` to recompute from raw points after the batch is applied.
     dirty: HashSet<Vec<u8>>,
 }
@@ -187,15 +275,19 @@ impl Db {
                     None => {
                         // First sight in this process: register the series, or learn its
                         // newest point.
-                        let last = if t.series.contains_key(&k)? {
-                            match t.ts.scan_prefix(&k).next_back() {
-                                Some(kv) => ts_from(&kv?.0[series_len..]).unwrap_or(Millis::MAX),
-                                None => Millis::MIN,
+                        let mut last = LastPoint {
+                            ts: Millis::MIN,
+                            numeric: None,
+                        };
+                        if t.series.contains_key(&k)? {
+                            if let Some(kv) = t.ts.scan_prefix(&k).next_back() {
+                                let (lk, lv) = kv?;
+                                last.ts = ts_from(&lk[series_len..]).unwrap_or(Millis::MAX);
+                                last.numeric = numeric(&decode_value(&lv)?);
                             }
                         } else {
                             t.series.insert(k.as_slice(), &[])?;
-                            Millis::MIN
-                        };
+                        }
                         if known.len() >= SERIES_CACHE_MAX {
                             known.clear();
                         }
@@ -204,11 +296,25 @@ impl Db {
                 };
                 let mut bucket = k.clone();
                 bucket.extend_from_slice(&ts_bytes(hour_of(*ts)));
-                if *ts > *last {
-                    *last = *ts;
-                    staged.deltas.entry(bucket).or_default().add(value);
+                if *ts > last.ts {
+                    *last = LastPoint {
+                        ts: *ts,
+                        numeric: numeric(value),
+                    };
+                    staged.deltas.entry(bucket).or_default().added.add(value);
+                } else if *ts == last.ts {
+                    // Replaces the newest point (two messages in one millisecond, or a
+                    // re-sent message): trade its value for the new one. The same value, as
+                    // in a re-sent message, changes nothing.
+                    let new = numeric(value);
+                    if new != last.numeric {
+                        let d = staged.deltas.entry(bucket).or_default();
+                        d.added.add(value);
+                        d.removed.push(last.numeric);
+                        last.numeric = new;
+                    }
                 } else {
-                    // Maybe an overwrite: only the raw points can tell what the hour holds.
+                    // Out of order: only the raw points can tell what the hour holds.
                     staged.dirty.insert(bucket);
                 }
                 k.truncate(series_len);
@@ -227,18 +333,24 @@ impl Db {
         let t = self.trees();
         t.ts.apply_batch(staged.batch)?;
         let mut rollups = sled::Batch::default();
+        let mut dirty = staged.dirty;
         for (bucket, delta) in staged.deltas {
-            if staged.dirty.contains(&bucket) {
+            if dirty.contains(&bucket) {
                 continue;
             }
             let mut agg = match t.rollup_h.get(&bucket)? {
                 Some(v) => Agg::decode(&v)?,
                 None => Agg::default(),
             };
-            agg.merge(&delta);
+            agg.merge(&delta.added);
+            // A replaced value that was the hour's last one at an extreme leaves it unknown.
+            if !delta.removed.iter().all(|v| agg.remove(*v)) {
+                dirty.insert(bucket);
+                continue;
+            }
             rollups.insert(bucket, &agg.encode()[..]);
         }
-        for bucket in staged.dirty {
+        for bucket in dirty {
             let series_len = bucket.len() - 8;
             let hour = ts_from(&bucket[series_len..]).ok_or_else(|| corrupt("rollup key"))?;
             let agg = self.raw_agg(&bucket[..series_len], hour, hour + HOUR_MS)?;
@@ -603,10 +715,12 @@ mod tests {
         for i in 0..180 {
             put(i * 60_000, i as f64);
         }
-        // A duplicate of an old point with a new value, an out-of-order point, and a
-        // re-sent latest point.
+        // A duplicate of an old point with a new value, an out-of-order point, a re-sent
+        // latest point (not an extreme), and then one replacing the hour's maximum.
         put(30 * 60_000, 1000.0);
         put(90 * 60_000 + 1, -5.0);
+        put(179 * 60_000, 170.5);
+        put(179 * 60_000, 171.0);
         put(179 * 60_000, 7.0);
         let truth = truth;
         for (from, to, step) in [
@@ -625,10 +739,54 @@ mod tests {
                     got[i].count, want.count,
                     "bucket {i} of {from}..{to}/{step}"
                 );
-                assert_eq!(got[i].sum, want.sum, "bucket {i}");
+                assert!((got[i].sum - want.sum).abs() < 1e-9, "bucket {i}");
                 if want.count > 0 {
                     assert_eq!((got[i].min, got[i].max), (want.min, want.max), "bucket {i}");
                 }
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn rollups_match_the_raw_points_under_random_replacements() {
+        let (_d, s) = open_temp();
+        let dev = DeviceId::new();
+        let mut truth = std::collections::BTreeMap::new();
+        let mut ts: Millis = 0;
+        let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut rnd = |n: u64| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed % n
+        };
+        // Groups of points, as the writer thread stages them: mostly forward in time, often
+        // at the same millisecond, sometimes back; few distinct values, so extremes repeat.
+        for _ in 0..300 {
+            let mut group = Vec::new();
+            for _ in 0..1 + rnd(8) {
+                match rnd(10) {
+                    0..=4 => ts += 1 + rnd(40_000) as Millis,
+                    5..=7 => {}
+                    _ => ts = ts.saturating_sub(rnd(200_000) as Millis).max(0),
+                }
+                let v = rnd(6) as f64;
+                group.push((ts, vec![("x".to_string(), Value::Double(v))]));
+                truth.insert(ts, v);
+            }
+            s.put_points(dev, "default", &group).expect("put");
+        }
+        let end = truth.keys().last().copied().unwrap_or(0) + 1;
+        let bounds: Vec<Millis> = (0..=end / HOUR_MS + 1).map(|h| h * HOUR_MS).collect();
+        let got = s
+            .aggregate(dev, "default", "x", &bounds, 0, end)
+            .expect("aggregate");
+        for (i, w) in bounds.windows(2).enumerate() {
+            let want = expected(&truth, w[0], w[1]);
+            assert_eq!(got[i].count, want.count, "hour {i}");
+            assert!((got[i].sum - want.sum).abs() < 1e-6, "hour {i}");
+            if want.count > 0 {
+                assert_eq!((got[i].min, got[i].max), (want.min, want.max), "hour {i}");
             }
         }
     }

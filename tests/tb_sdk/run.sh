@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs the ThingsBoard SDK suite (tb-mqtt-client 1.13.14) against a corral binary.
 #
-#   bash tests/tb_sdk/run.sh target/debug/corral [--only NAME] [--keep] [--verbose]
+#   bash tests/tb_sdk/run.sh target/debug/corral [--only NUMBER_OR_NAME] [--keep] [--verbose]
 #
 # The venv lives in target/tb-sdk-venv and is reused while it holds the pinned SDK. The suite
 # starts and stops the server itself on 127.0.0.1; this script bounds the whole run to 600 s
@@ -82,7 +82,8 @@ trap 'exit 130' INT
 trap 'exit 143' TERM
 
 cd "$root"
-TB_SDK_PIDFILE=$pidfile PYTHONUNBUFFERED=1 PYTHONWARNINGS=ignore::DeprecationWarning \
+# TZ=UTC: TBHTTPDevice stamps telemetry with naive local time labelled UTC (the suite sets it too).
+TB_SDK_PIDFILE=$pidfile TZ=UTC PYTHONUNBUFFERED=1 PYTHONWARNINGS=ignore::DeprecationWarning \
   timeout --kill-after=15 600 "$venv/bin/python" "$here/suite.py" "$binary" "$@" &
 suite_pid=$!
 status=0

@@ -2,14 +2,17 @@
 """External-client suite: the real ThingsBoard Python SDK (tb-mqtt-client 1.13.14) against a real
 `corral` binary.
 
-Usage: suite.py BINARY [--only SUBSTR ...] [--keep] [--verbose]
+Usage: suite.py BINARY [--only NUMBER_OR_SUBSTR ...] [--keep] [--verbose]
 
 Starts `BINARY serve` on free 127.0.0.1 ports with a fresh data directory, runs every check
 (each makes its own workspace, fleet and devices), prints PASS/FAIL/SKIP per check and a summary,
 stops the server and exits 1 if any check failed. Every wait is bounded.
 
-The device side uses only the SDK's public API (TBDeviceMqttClient, TBPublishInfo, provision(),
-TBHTTPDevice.provision()); the admin side uses urllib against the REST API.
+The device side uses the SDK's public API (TBDeviceMqttClient, TBPublishInfo, provision(),
+TBDeviceMqttClient's attribute/RPC calls, TBHTTPDevice); the admin side uses urllib against the
+REST API. A few checks reach past it, each for a reason given where it happens: the paho client
+(`_client`) for topics and payloads the SDK cannot send and for PUBACK reason codes, the SDK's
+applied limits after getSessionLimits, and TBHTTPDevice's request timeout (its long-poll length).
 """
 
 import argparse
@@ -19,6 +22,7 @@ import datetime
 import json
 import logging
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -42,7 +46,8 @@ from cryptography.x509.oid import NameOID
 
 # The SDK imports mmh3 (or tries to pip-install it at import time); run.sh installs it up front.
 from tb_device_http import TBHTTPDevice  # noqa: E402
-from tb_device_mqtt import TBDeviceMqttClient, TBPublishInfo  # noqa: E402
+import tb_device_mqtt  # noqa: E402
+from tb_device_mqtt import ATTRIBUTES_TOPIC, TELEMETRY_TOPIC, TBDeviceMqttClient, TBPublishInfo  # noqa: E402
 
 HOST = "127.0.0.1"
 CONNECT_TIMEOUT = 10.0  # seconds to wait for is_connected()
@@ -50,6 +55,10 @@ REFUSED_WINDOW = 3.0  # a refused client must stay disconnected this long
 REST_TIMEOUT = 5.0  # seconds to wait for telemetry/status to show up over REST
 PROVISION_MAX = 10.0  # provision() must return within this (its own limit is 60 s)
 CHECK_TIMEOUT = 60.0  # hard limit per check, in case the SDK blocks somewhere unexpected
+PUSH_TIMEOUT = 2.0  # an attribute push must reach the session within this after the REST call
+HTTP_POLL = 2  # seconds: the HTTP SDK's request timeout, so its long poll ends (408) and renews
+HOUR = 3_600_000
+RATE_LIMIT_RE = re.compile(r"^$|^\d+:\d+(,\d+:\d+)*,?$")  # ThingsBoard's "capacity:seconds,..."
 
 
 class CheckFailed(Exception):
@@ -86,6 +95,68 @@ def port_is_free(port):
             return True
         except OSError:
             return False
+
+
+def now_ms():
+    return int(time.time() * 1000)
+
+
+def value_kind(v):
+    """The ThingsBoard type a JSON value read back over REST has."""
+    if isinstance(v, bool):
+        return "bool"
+    if isinstance(v, int):
+        return "long"
+    if isinstance(v, float):
+        return "double"
+    if isinstance(v, str):
+        return "string"
+    if isinstance(v, (dict, list)):
+        return "json"
+    return type(v).__name__
+
+
+def same(a, b):
+    """Equal JSON values of equal types: True is not 1, and 3 is not 3.0 (long vs double)."""
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(same(a[k], b[k]) for k in a)
+    if isinstance(a, list):
+        return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b))
+    return a == b
+
+
+def fmt_code(code):
+    return "none seen" if code is None else f"0x{code:02x}" if isinstance(code, int) else str(code)
+
+
+def close(a, b):
+    return a is not None and b is not None and abs(a - b) <= 1e-9 * max(1.0, abs(a), abs(b))
+
+
+def check_buckets(buckets, points, what):
+    """Every non-empty bucket of an aggregate answer against the points that fall in it:
+    count (any type), numeric, and avg/min/max/sum over the numeric ones; nothing may be lost."""
+    expect(isinstance(buckets, list) and buckets, f"{what}: no buckets in the answer")
+    seen = 0
+    for b in buckets:
+        for field in ("ts", "end", "count", "numeric"):
+            expect(isinstance(b.get(field), int), f"{what}: bucket field {field} in {short(b)}")
+        inside = [v for t, v in points if b["ts"] <= t < b["end"]]
+        nums = [v for v in inside if not isinstance(v, (str, bool))]
+        seen += len(inside)
+        want = {"count": len(inside), "numeric": len(nums)}
+        if nums:
+            want.update(avg=sum(nums) / len(nums), min=min(nums), max=max(nums), sum=sum(nums))
+        else:
+            want.update(avg=None, min=None, max=None, sum=None)
+        for field, value in want.items():
+            got = b.get(field)
+            ok = got == value if value is None or field in ("count", "numeric") else close(got, value)
+            expect(ok, f"{what}: bucket {b['ts']}..{b['end']} {field} = {got!r}, want {value!r} "
+                       f"(values {inside})")
+    expect(seen == len(points), f"{what}: the buckets cover {seen} of {len(points)} points")
 
 
 def bounded(fn, timeout, what):
@@ -341,6 +412,43 @@ class Api:
         point = (doc or {}).get("data", {}).get(key)
         return None if point is None else point.get("value")
 
+    # data helpers (attributes, tags, aggregates)
+
+    def latest_points(self, device_id, tag=None):
+        """Every latest point of a tag: {key: {"ts", "value"}}."""
+        q = "" if tag is None else "?" + urllib.parse.urlencode({"tag": tag})
+        doc = self.ok("GET", f"/api/v1/devices/{device_id}/telemetry/latest{q}")
+        return (doc or {}).get("data") or {}
+
+    def history(self, device_id, key, frm, to):
+        q = urllib.parse.urlencode({"keys": key, "from": frm, "to": to})
+        doc = self.ok("GET", f"/api/v1/devices/{device_id}/telemetry?{q}")
+        return ((doc or {}).get("data") or {}).get(key) or []
+
+    def tags(self, device_id):
+        return (self.ok("GET", f"/api/v1/devices/{device_id}/tags") or {}).get("tags") or {}
+
+    def attributes(self, device_id, scope=None):
+        """GET /devices/{id}/attributes: {scope: {key: {"value", "ts"}}}."""
+        q = "" if scope is None else "?" + urllib.parse.urlencode({"scope": scope})
+        return self.ok("GET", f"/api/v1/devices/{device_id}/attributes{q}") or {}
+
+    def attribute_values(self, device_id, scope):
+        """{key: value} of one scope, from GET /devices/{id}/attributes."""
+        entries = self.attributes(device_id).get(scope) or {}
+        return {k: (e.get("value") if isinstance(e, dict) else e) for k, e in entries.items()}
+
+    def put_attributes(self, device_id, scope, values):
+        return self.ok("PUT", f"/api/v1/devices/{device_id}/attributes/{scope}", values, expect_status=(200,))
+
+    def delete_attributes(self, device_id, scope, keys):
+        q = urllib.parse.urlencode({"keys": ",".join(keys)})
+        self.ok("DELETE", f"/api/v1/devices/{device_id}/attributes/{scope}?{q}", expect_status=(204,))
+
+    def aggregate(self, device_id, **params):
+        q = urllib.parse.urlencode(params)
+        return self.ok("GET", f"/api/v1/devices/{device_id}/telemetry/aggregate?{q}") or {}
+
 
 def short(doc, n=300):
     s = doc if isinstance(doc, str) else json.dumps(doc)
@@ -351,12 +459,55 @@ def short(doc, n=300):
 # the device side
 
 
+class Inbox:
+    """Records SDK callbacks (any signature) with their arrival time; wait() is bounded."""
+
+    def __init__(self):
+        self.items = []  # (monotonic time, args)
+        self._cond = threading.Condition()
+
+    def __call__(self, *args, **kwargs):
+        with self._cond:
+            self.items.append((time.monotonic(), args))
+            self._cond.notify_all()
+
+    def wait(self, n=1, timeout=5.0, since=None):
+        """Waits until at least n calls arrived or `timeout` passed; returns every call so far
+        as (seconds since `since`, a time.monotonic() value, or since the wait began; args)."""
+        t0 = time.monotonic()
+        since = t0 if since is None else since
+        with self._cond:
+            while len(self.items) < n:
+                left = t0 + timeout - time.monotonic()
+                if left <= 0:
+                    break
+                self._cond.wait(left)
+            return [(t - since, args) for t, args in self.items]
+
+    def count(self):
+        with self._cond:
+            return len(self.items)
+
+
+# Exceptions raised in threads the suite does not own (paho's loop, the HTTP SDK's workers): the
+# SDK dies silently there, so each check reports the ones that happened while it ran.
+THREAD_ERRORS = []
+
+
+def record_thread_error(args):
+    THREAD_ERRORS.append(f"{args.thread.name if args.thread else '?'}: "
+                         f"{args.exc_type.__name__}: {args.exc_value}")
+    logging.getLogger("suite").error("exception in thread %s", args.thread and args.thread.name,
+                                     exc_info=(args.exc_type, args.exc_value, args.exc_traceback))
+
+
 class Suite:
     def __init__(self, server, api, workdir):
         self.server = server
         self.api = api
         self.workdir = workdir
         self.clients = []  # every TBDeviceMqttClient made, stopped after its check
+        self.cleanups = []  # more things to stop after the check (HTTP SDK workers)
         self.results = []  # (name, verdict, reason, seconds)
 
     # -- SDK helpers ------------------------------------------------------------------------
@@ -422,13 +573,54 @@ class Suite:
     def telemetry(self, c, values):
         """send_telemetry(values) and TBPublishInfo.get() == 0 with the PUBACK in."""
         info = bounded(lambda: c.send_telemetry(values), 10, "send_telemetry()")
-        expect(isinstance(info, TBPublishInfo), f"send_telemetry returned {info!r}")
+        self.acked(info, "send_telemetry")
+
+    def acked(self, info, what):
+        """TBPublishInfo.get() == 0 and every part of the publish has its PUBACK."""
+        expect(isinstance(info, TBPublishInfo), f"{what} returned {info!r}")
         rc = bounded(info.get, 10, "TBPublishInfo.get()")
-        expect(rc == TBPublishInfo.TB_ERR_SUCCESS, f"TBPublishInfo.get() = {rc!r}, want 0")
+        expect(rc == TBPublishInfo.TB_ERR_SUCCESS, f"{what}: TBPublishInfo.get() = {rc!r}, want 0")
         infos = info.message_info if isinstance(info.message_info, list) else [info.message_info]
-        expect(infos, "send_telemetry published nothing")
+        expect(infos, f"{what} published nothing")
         # get() waits about 1 s per message; the PUBACK must be in by then (spec §10.4).
-        expect(all(mi.is_published() for mi in infos), "no PUBACK within the SDK's 1 s wait")
+        expect(all(mi.is_published() for mi in infos), f"{what}: no PUBACK within the SDK's 1 s wait")
+        return [mi.mid for mi in infos]
+
+    @staticmethod
+    def puback_spy(c):
+        """Records the PUBACK reason code of every publish, by mid ({mid: int}). The SDK itself
+        only logs non-zero reasons at debug level, and TBPublishInfo does not carry them."""
+        codes = {}
+        inner = c._client.on_publish  # the SDK's own handler
+
+        def on_publish(client, userdata, mid, rc=None, properties=None):
+            codes[mid] = getattr(rc, "value", rc)
+            inner(client, userdata, mid, rc, properties)
+
+        c._client.on_publish = on_publish
+        return codes
+
+    @staticmethod
+    def session_ready(c, timeout=5.0):
+        """Waits for the getSessionLimits answer. It is the SDK's last step after CONNACK (the four
+        SUBSCRIBEs go first, in order), so the session's subscriptions are in place by then."""
+        return poll(lambda: c.rate_limits_received, timeout)
+
+    def request_attributes(self, c, client_keys=None, shared_keys=None, timeout=5.0):
+        """request_attributes() and its callback; returns (content, seconds)."""
+        inbox = Inbox()
+        t0 = time.monotonic()
+        info = bounded(lambda: c.request_attributes(client_keys=client_keys, shared_keys=shared_keys,
+                                                    callback=inbox), 10, "request_attributes()")
+        expect(isinstance(info, TBPublishInfo), f"request_attributes returned {info!r}")
+        got = inbox.wait(1, timeout, t0)
+        if not got:
+            fail(f"request_attributes(client_keys={client_keys}, shared_keys={shared_keys}): "
+                 f"no attributes/response within {timeout:.0f} s")
+        dt, (content, err, *_) = got[0]
+        expect(err is None, f"request_attributes: callback error {err!r}")
+        expect(isinstance(content, dict), f"attributes response is not an object: {content!r}")
+        return content, dt
 
     def expect_latest(self, device_id, key, value):
         if not poll(lambda: self.api.latest(device_id, key) == value, REST_TIMEOUT):
@@ -471,6 +663,7 @@ class Suite:
 
     def run(self, name, fn):
         t0 = time.monotonic()
+        errors_before = len(THREAD_ERRORS)
         try:
             note = bounded(fn, CHECK_TIMEOUT, name)
             verdict, reason = "PASS", note or ""
@@ -485,6 +678,15 @@ class Suite:
                 traceback.print_exc()
         finally:
             self.stop_clients()
+            for stop in self.cleanups:
+                try:
+                    stop()
+                except Exception:  # noqa: BLE001 - best-effort cleanup
+                    pass
+            self.cleanups = []
+        thread_errors = THREAD_ERRORS[errors_before:]
+        if verdict == "FAIL" and thread_errors:
+            reason += f" [SDK thread errors: {'; '.join(thread_errors)}]"
         dt = time.monotonic() - t0
         self.results.append((name, verdict, reason, dt))
         print(f"{verdict} {name} ({dt:.1f} s){': ' + reason if reason else ''}", flush=True)
@@ -701,6 +903,433 @@ def checks(s: Suite):
                f"bad secret: want status NOT_FOUND, got {short(doc)}")
         expect(doc.get("errorMsg"), f"bad secret: no errorMsg in {short(doc)}")
 
+    # -- telemetry forms and types (spec §3, §4) --
+
+    def telemetry_forms():
+        dev, token = api.new_device("tm-forms")
+        c = s.client(port=srv.plain_port, username=token)
+        s.connect(c)
+        t_sent = now_ms()
+        # a dict: the SDK wraps it in a one-item array on the wire
+        s.telemetry(c, {"t_bool": True, "t_long": 42, "t_big": 2**53 + 1, "t_double": 2.5,
+                        "t_whole": 5.0, "t_str": "hello", "t_json": {"a": 1, "b": [1, "x"]},
+                        "t_numstr": "17", "t_dblstr": "3.25", "t_null": None})
+        # a list of dicts
+        s.telemetry(c, [{"l_a": 1}, {"l_b": "x"}])
+        # {"ts","values"} as list items, and as a bare dict (which the SDK also sends as [{...}])
+        ts1, ts2, ts3 = t_sent - 120_000, t_sent - 60_000, t_sent - 30_000
+        s.telemetry(c, [{"ts": ts1, "values": {"ts_a": 7}}, {"ts": ts2, "values": {"ts_a": 8}}])
+        s.telemetry(c, {"ts": ts3, "values": {"ts_b": 9}})
+        # The SDK always sends an array: send the two bare-object forms through its paho client.
+        codes = s.puback_spy(c)
+        ts4 = t_sent - 20_000
+        raw = [c._client.publish(TELEMETRY_TOPIC, json.dumps(p), qos=1)
+               for p in ({"o_plain": "on"}, {"ts": ts4, "values": {"o_ts": 2.75}})]
+        for mi in raw:
+            bounded(lambda mi=mi: mi.wait_for_publish(5), 6, "wait_for_publish()")
+        poll(lambda: all(mi.mid in codes for mi in raw), 2)
+        expect(all(codes.get(mi.mid) == 0 for mi in raw),
+               f"bare-object telemetry got PUBACK {[fmt_code(codes.get(mi.mid)) for mi in raw]}")
+        want = {
+            "t_bool": (True, "bool"), "t_long": (42, "long"), "t_big": (2**53 + 1, "long"),
+            "t_double": (2.5, "double"), "t_whole": (5.0, "double"), "t_str": ("hello", "string"),
+            "t_json": ({"a": 1, "b": [1, "x"]}, "json"), "t_numstr": (17, "long"),
+            "t_dblstr": (3.25, "double"), "l_a": (1, "long"), "l_b": ("x", "string"),
+            "ts_a": (8, "long"), "ts_b": (9, "long"), "o_plain": ("on", "string"),
+            "o_ts": (2.75, "double"),
+        }
+        data = poll(lambda: (lambda d: d if set(want) <= set(d) else None)(api.latest_points(dev)),
+                    REST_TIMEOUT)
+        if not data:
+            missing = sorted(set(want) - set(api.latest_points(dev)))
+            fail(f"latest over REST lacks {missing}")
+        notes = []
+        for key, (value, kind) in want.items():
+            got = data[key].get("value")
+            if key == "t_json" and isinstance(got, str):  # ThingsBoard's REST gives JSON as a string
+                try:
+                    got = json.loads(got)
+                    notes.append("nested JSON comes back as a string")
+                except ValueError:
+                    pass
+            expect(got == value and value_kind(got) == kind,
+                   f"latest {key} = {got!r} ({value_kind(got)}), want {value!r} ({kind})")
+        expect("t_null" not in data, f"a null value was stored: {short(data['t_null']) if 't_null' in data else ''}")
+        expect(data["ts_a"].get("ts") == ts2, f"ts_a has ts {data['ts_a'].get('ts')}, want {ts2}")
+        expect(data["ts_b"].get("ts") == ts3, f"ts_b has ts {data['ts_b'].get('ts')}, want {ts3}")
+        expect(data["o_ts"].get("ts") == ts4, f"o_ts has ts {data['o_ts'].get('ts')}, want {ts4}")
+        for key in ("t_long", "l_a"):  # no ts: the server's receive time
+            ts = data[key].get("ts")
+            expect(isinstance(ts, int) and abs(ts - t_sent) < 60_000,
+                   f"{key} has ts {ts!r}, want the receive time (about {t_sent})")
+        hist = [(p.get("ts"), p.get("value")) for p in api.history(dev, "ts_a", ts1 - 1, ts2 + 1)]
+        expect(hist == [(ts1, 7), (ts2, 8)], f"ts_a history {hist}, want {[(ts1, 7), (ts2, 8)]}")
+        return "; ".join(notes)
+
+    # -- tagged telemetry (Corral's extension topic) --
+
+    def tagged_telemetry():
+        dev, token = api.new_device("tm-tag")
+        c = s.client(port=srv.plain_port, username=token)
+        s.connect(c)
+        codes = s.puback_spy(c)
+        s.telemetry(c, {"temperature": 20.5})  # default tag, for contrast
+        ts = now_ms() - 10_000
+        # The SDK has no tagged topic: publish through its paho client, the SDK's `_client`.
+        infos = [
+            c._client.publish(f"{TELEMETRY_TOPIC}/power", json.dumps({"watts": 512.5}), qos=1),
+            c._client.publish(f"{TELEMETRY_TOPIC}/power",
+                              json.dumps([{"ts": ts, "values": {"volts": 230}}]), qos=1),
+        ]
+        for mi in infos:
+            bounded(lambda mi=mi: mi.wait_for_publish(5), 6, "wait_for_publish()")
+            expect(mi.is_published(), f"no PUBACK for mid {mi.mid} within 5 s")
+        poll(lambda: all(mi.mid in codes for mi in infos), 2)
+        for mi in infos:
+            expect(codes.get(mi.mid) == 0,
+                   f"tagged publish got PUBACK {fmt_code(codes.get(mi.mid))} (0x90: topic unknown)")
+        tags = poll(lambda: (lambda t: t if {"watts", "volts"} <= set(t.get("power") or []) else None)(
+            api.tags(dev)), REST_TIMEOUT)
+        expect(tags, f"GET /devices/{{id}}/tags = {short(api.tags(dev))}, want power: [watts, volts]")
+        expect("temperature" in (tags.get("default") or []) and "watts" not in (tags.get("default") or []),
+               f"tags: default should list temperature only: {short(tags)}")
+        power = api.latest_points(dev, "power")
+        expect((power.get("watts") or {}).get("value") == 512.5,
+               f"latest?tag=power watts = {short(power.get('watts'))}, want 512.5")
+        volts = power.get("volts") or {}
+        expect(volts.get("value") == 230 and volts.get("ts") == ts,
+               f"latest?tag=power volts = {short(volts)}, want 230 at ts {ts}")
+        default = api.latest_points(dev)
+        expect("watts" not in default and "volts" not in default,
+               f"tagged keys leaked into the default tag: {sorted(default)}")
+        return f"tags {short(tags)}"
+
+    # -- getSessionLimits (spec §5.2) --
+
+    def session_limits():
+        dev, token = api.new_device("limits")
+        c = s.client(port=srv.plain_port, username=token)
+        replies = []
+        inner = c.service_configuration_callback  # the SDK's own handler, called by its service loop
+
+        def spy(request_id, response, *args, **kwargs):
+            replies.append(response)
+            return inner(request_id, response, *args, **kwargs)
+
+        c.service_configuration_callback = spy
+        t0 = time.monotonic()
+        s.connect(c)
+        ready = s.session_ready(c, 5.0)
+        dt = time.monotonic() - t0
+        expect(ready, f"rate_limits_received still False 5 s after connecting "
+                      f"(replies seen: {short(replies) if replies else 'none'})")
+        expect(replies, "rate_limits_received without a getSessionLimits reply")
+        r = replies[-1]
+        expect(isinstance(r, dict) and "error" not in r, f"getSessionLimits answered {short(r)}")
+        mps, mif = r.get("maxPayloadSize"), r.get("maxInflightMessages")
+        expect(isinstance(mps, int) and mps > 0, f"maxPayloadSize {mps!r}")
+        expect(isinstance(mif, int) and mif > 0, f"maxInflightMessages {mif!r}")
+        for field in ("rateLimits", "gatewayRateLimits"):
+            limits = r.get(field)
+            expect(isinstance(limits, dict), f"{field} is {limits!r}")
+            for k in ("messages", "telemetryMessages", "telemetryDataPoints"):
+                v = limits.get(k)
+                expect(v is None or (isinstance(v, str) and RATE_LIMIT_RE.match(v)),
+                       f"{field}.{k} = {v!r}, want \"capacity:seconds,...\" or \"\"")
+        pct = tb_device_mqtt.DEFAULT_RATE_LIMIT_PERCENTAGE
+        expect(c.max_payload_size == int(mps * pct / 100),
+               f"SDK max_payload_size {c.max_payload_size}, want {pct} % of {mps}")
+        inflight = c._client._max_inflight_messages
+        expect(1 <= inflight <= mif, f"SDK max in-flight {inflight}, want 1..{mif}")
+        # The SDK now throttles itself by these limits: it must still get telemetry through.
+        s.telemetry(c, {"after_limits": 1})
+        s.expect_latest(dev, "after_limits", 1)
+        return (f"answered {dt:.1f} s after connect(): maxPayloadSize {mps} (SDK splits at "
+                f"{c.max_payload_size}), maxInflightMessages {mif} (SDK in-flight {inflight}), "
+                f"rateLimits {short(r.get('rateLimits'), 120)}")
+
+    # -- client-side RPC (spec §5.6) --
+
+    def client_rpc():
+        dev, token = api.new_device("crpc")
+        c = s.client(port=srv.plain_port, username=token)
+        s.connect(c)
+        s.session_ready(c)
+        unknown, limits = Inbox(), Inbox()
+        t0 = time.monotonic()
+        # Two calls in flight at once (ids 2 and 3; the SDK used 1): each answer must come back
+        # on its own id, since the SDK finds the callback by the response topic.
+        bounded(lambda: c.send_rpc_call("noSuchMethod", {}, unknown), 10, "send_rpc_call()")
+        bounded(lambda: c.send_rpc_call("getSessionLimits", {"timeout": 5000}, limits), 10,
+                "send_rpc_call()")
+        got = unknown.wait(1, 5.0, t0)
+        expect(got, "noSuchMethod: no callback within 5 s (the SDK has no RPC timeout of its own)")
+        dt, (rid, content, err, *_) = got[0]
+        expect(err is None, f"noSuchMethod: callback error {err!r}")
+        expect(isinstance(content, dict) and isinstance(content.get("error"), str) and content["error"],
+               f"noSuchMethod answered {short(content)}, want {{\"error\": \"...\"}}")
+        got2 = limits.wait(1, 5.0)
+        expect(got2, "getSessionLimits (second call): no callback within 5 s")
+        rid2, content2 = got2[0][1][0], got2[0][1][1]
+        expect(isinstance(content2, dict) and "rateLimits" in content2,
+               f"getSessionLimits on id {rid2} answered {short(content2)}")
+        return f"id {rid} answered in {dt:.2f} s: {short(content, 120)}"
+
+    # -- attributes over MQTT (spec §3, §5.4) --
+
+    def attributes_mqtt():
+        dev, token = api.new_device("attr")
+        api.put_attributes(dev, "shared", {"sh_mode": "eco", "sh_level": 3})
+        api.put_attributes(dev, "server", {"srv_secret": "s1"})
+        c = s.client(port=srv.plain_port, username=token)
+        s.connect(c)
+        s.session_ready(c)
+        codes = s.puback_spy(c)
+        mine = {"fw": "2.3.1", "serial": "SN1", "nested": {"x": 1, "y": [1, 2]}, "count": 3,
+                "ratio": 0.5, "flag": True}
+        t_sent = now_ms()
+        mids = s.acked(bounded(lambda: c.send_attributes(dict(mine)), 10, "send_attributes()"),
+                       "send_attributes")
+        poll(lambda: all(m in codes for m in mids), 2)
+        expect(all(codes.get(m) == 0 for m in mids),
+               f"send_attributes got PUBACK {[fmt_code(codes.get(m)) for m in mids]} (0x90: topic unknown)")
+        # a partial update merges into the stored set
+        s.acked(bounded(lambda: c.send_attributes({"fw": "2.4.0"}), 10, "send_attributes()"),
+                "send_attributes")
+        mine["fw"] = "2.4.0"
+        if not poll(lambda: same(api.attribute_values(dev, "client"), mine), REST_TIMEOUT):
+            fail(f"REST client attributes {short(api.attribute_values(dev, 'client'))}, want {short(mine)}")
+        doc = api.attributes(dev)
+        ts = (doc.get("client") or {}).get("serial", {}).get("ts")
+        expect(isinstance(ts, int) and abs(ts - t_sent) < 60_000, f"client attribute ts {ts!r}")
+        expect(same(api.attribute_values(dev, "shared"), {"sh_mode": "eco", "sh_level": 3}),
+               f"REST shared attributes {short(doc.get('shared'))}")
+        expect(same(api.attribute_values(dev, "server"), {"srv_secret": "s1"}),
+               f"REST server attributes {short(doc.get('server'))}")
+        only = api.attributes(dev, "shared")
+        expect(set(only.get("shared") or {}) == {"sh_mode", "sh_level"}
+               and not (only.get("client") or only.get("server")),
+               f"GET attributes?scope=shared = {short(only)}")
+
+        # attribute requests: scopes only when something was found, missing keys omitted
+        cases = [
+            ((["serial", "nested", "nope"], ["sh_mode", "nope2"]),
+             {"client": {"serial": "SN1", "nested": {"x": 1, "y": [1, 2]}}, "shared": {"sh_mode": "eco"}}),
+            ((["fw"], None), {"client": {"fw": "2.4.0"}}),
+            ((None, ["sh_level"]), {"shared": {"sh_level": 3}}),
+            ((None, ["missing"]), {}),
+            ((None, None), {"client": mine, "shared": {"sh_mode": "eco", "sh_level": 3}}),
+            # server-scope attributes are never visible to the device
+            ((["srv_secret"], ["srv_secret"]), {}),
+        ]
+        slowest = 0.0
+        for (ck, sk), want in cases:
+            content, dt = s.request_attributes(c, ck, sk)
+            slowest = max(slowest, dt)
+            expect(same(content, want), f"request_attributes(client_keys={ck}, shared_keys={sk}) -> "
+                                    f"{short(content)}, want {short(want)}")
+
+        # not an object: PUBACK 0x99 on v5, nothing stored, the session stays open
+        mi = c._client.publish(ATTRIBUTES_TOPIC, "[1,2]", qos=1)
+        bounded(lambda: mi.wait_for_publish(5), 6, "wait_for_publish()")
+        poll(lambda: mi.mid in codes, 2)
+        expect(codes.get(mi.mid) == 0x99, f"attributes payload [1,2]: PUBACK {fmt_code(codes.get(mi.mid))}, want 0x99")
+        content, _ = s.request_attributes(c, ["fw"], None)
+        expect(c.is_connected() and same(content, {"client": {"fw": "2.4.0"}}),
+               f"after the bad payload: connected {c.is_connected()}, fw {short(content)}")
+        return f"{len(cases) + 1} requests, slowest {slowest:.2f} s"
+
+    # -- shared attribute push (spec §3, §5.4) --
+
+    def attributes_push():
+        dev, token = api.new_device("push")
+        c = s.client(port=srv.plain_port, username=token)
+        s.connect(c)
+        # getSessionLimits is answered after the SUBSCRIBE to v1/devices/me/attributes
+        expect(s.session_ready(c), "no getSessionLimits answer within 5 s")
+        keyed, every = Inbox(), Inbox()
+        c.subscribe_to_attribute("target", keyed)
+        c.subscribe_to_all_attributes(every)
+
+        def push(n, want, what, since):
+            got = every.wait(n, PUSH_TIMEOUT, since)
+            expect(len(got) >= n, f"{what}: no push within {PUSH_TIMEOUT:.0f} s "
+                                  f"(pushes so far: {[short(a[0]) for _, a in got]})")
+            dt, (content, err, *_) = got[n - 1]
+            expect(err is None and same(content, want), f"{what}: push #{n} is {short(content)}, want {short(want)}")
+            return dt
+
+        t0 = time.monotonic()
+        api.put_attributes(dev, "shared", {"target": 26})
+        dt1 = push(1, {"target": 26}, "PUT shared target", t0)
+        got = keyed.wait(1, 1.0)
+        expect(got and same(got[0][1][0], {"target": 26}),
+               f"subscribe_to_attribute('target') callback: {[short(a[0]) for _, a in got]}")
+        t0 = time.monotonic()
+        api.put_attributes(dev, "shared", {"other": "x"})
+        dt2 = push(2, {"other": "x"}, "PUT shared other (only the changed key)", t0)
+        # neither server-scope changes nor the device's own client attributes are pushed
+        api.put_attributes(dev, "server", {"srv": 1})
+        s.acked(bounded(lambda: c.send_attributes({"mine": 1}), 10, "send_attributes()"), "send_attributes")
+        t0 = time.monotonic()
+        api.delete_attributes(dev, "shared", ["target"])
+        dt3 = push(3, {"deleted": ["target"]}, "DELETE shared target", t0)
+        time.sleep(0.5)
+        expect(every.count() == 3, f"unexpected extra pushes: {[short(a[0]) for _, a in every.items[3:]]}")
+        # the keyed callback fires only when its key is a top-level key of the push
+        expect(keyed.count() == 1, f"subscribe_to_attribute('target') fired {keyed.count()} times, want 1")
+        return f"push latency {dt1:.2f} / {dt2:.2f} / {dt3:.2f} s"
+
+    # -- fleet default shared attributes --
+
+    def fleet_defaults():
+        _, fleet = api.workspace_fleet("fleet-attr")
+        api.ok("PUT", f"/api/v1/fleets/{fleet}/attributes/shared", {"interval": 60, "mode": "eco"},
+               expect_status=(200,))
+        dev, token = api.device(fleet, "fleet-attr-dev")
+        api.put_attributes(dev, "shared", {"mode": "boost"})
+        c = s.client(port=srv.plain_port, username=token)
+        s.connect(c)
+        s.session_ready(c)
+        content, _ = s.request_attributes(c, None, ["interval", "mode"])
+        want = {"shared": {"interval": 60, "mode": "boost"}}
+        expect(same(content, want), f"request sharedKeys=interval,mode -> {short(content)}, want {short(want)} "
+                                f"(fleet default interval, the device's own mode)")
+        content, _ = s.request_attributes(c)
+        expect(same(content.get("shared") or {}, want["shared"]),
+               f"request everything -> shared {short(content.get('shared'))}, want {short(want['shared'])}")
+        api.delete_attributes(dev, "shared", ["mode"])
+        content, _ = s.request_attributes(c, None, ["mode"])
+        expect(same(content, {"shared": {"mode": "eco"}}),
+               f"after deleting the device's mode: {short(content)}, want the fleet default eco")
+
+    # -- HTTP device API (spec §7) --
+
+    def dev_call(token, method, path, body=None, timeout=15):
+        t0 = time.monotonic()
+        status, doc = api.call(method, f"/api/v1/{urllib.parse.quote(token)}{path}", body, auth=False,
+                               timeout=timeout)
+        return status, doc, time.monotonic() - t0
+
+    def http_device_api():
+        dev, token = api.new_device("http-dev")
+        d = TBHTTPDevice(srv.base, token)
+        s.cleanups += [lambda: d.unsubscribe("attributes"), d.stop_publish_worker]
+        if bounded(d.connect, 15, "TBHTTPDevice.connect()") is not True:
+            status, doc, _ = dev_call(token, "POST", "/telemetry", {})
+            fail(f"connect() returned False: POST /api/v1/{{token}}/telemetry {{}} -> {status} {short(doc)}, want 200")
+
+        # telemetry: {"ts","values"}, with ts from local time labelled UTC (TZ=UTC here)
+        bounded(lambda: d.send_telemetry({"h_temp": 21.5}, queued=False), 10, "send_telemetry()")
+        t_sent = now_ms()
+        s.expect_latest(dev, "h_temp", 21.5)
+        ts = api.latest_points(dev)["h_temp"].get("ts")
+        expect(isinstance(ts, int) and abs(ts - t_sent) < 60_000, f"h_temp ts {ts!r}, want about {t_sent}")
+        d.send_telemetry({"h_queued": 1})  # queued: the SDK's worker thread posts it
+        s.expect_latest(dev, "h_queued", 1)
+
+        # attributes
+        bounded(lambda: d.send_attributes({"h_attr": "v1", "h_n": 2}), 10, "send_attributes()")
+        if not poll(lambda: same(api.attribute_values(dev, "client"), {"h_attr": "v1", "h_n": 2}), REST_TIMEOUT):
+            fail(f"REST client attributes {short(api.attribute_values(dev, 'client'))}")
+        api.put_attributes(dev, "shared", {"h_shared": 7, "h_shared2": "b"})
+        # The SDK sends client_keys/shared_keys, which ThingsBoard ignores: everything comes back.
+        doc = bounded(lambda: d.request_attributes(client_keys=["h_attr"], shared_keys=["h_shared"]), 10,
+                      "request_attributes()")
+        expect(isinstance(doc, dict) and (doc.get("client") or {}).get("h_attr") == "v1"
+               and (doc.get("shared") or {}).get("h_shared") == 7, f"SDK request_attributes -> {short(doc)}")
+        status, doc, _ = dev_call(token, "GET", "/attributes?clientKeys=h_attr,nope&sharedKeys=h_shared")
+        want = {"client": {"h_attr": "v1"}, "shared": {"h_shared": 7}}
+        expect(status == 200 and same(doc, want), f"GET attributes?clientKeys&sharedKeys -> {status} {short(doc)}")
+        status, doc, _ = dev_call(token, "GET", "/attributes?sharedKeys=h_shared&sharedKeys=h_shared2")
+        want = {"shared": {"h_shared": 7, "h_shared2": "b"}}
+        expect(status == 200 and same(doc, want),
+               f"GET attributes?sharedKeys=..&sharedKeys=.. (repeated) -> {status} {short(doc)}")
+
+        # long polls end in 408
+        for path in ("/attributes/updates?timeout=1000", "/rpc?timeout=1000"):
+            status, doc, dt = dev_call(token, "GET", path)
+            expect(status == 408 and 0.8 <= dt < 5, f"GET {path} -> {status} after {dt:.1f} s, want 408 after ~1 s")
+
+        # subscribe('attributes'): after one 408 the SDK polls again, then gets the change
+        # The SDK long-polls with its request timeout (30 s), read when its worker starts: shorten it
+        # so that a poll ends in 408 and is renewed during the check, and the worker stops soon
+        # after; then put it back for the plain requests.
+        inbox = Inbox()
+        d._TBHTTPDevice__config["timeout"] = HTTP_POLL
+        d.subscribe("attributes", inbox)
+        time.sleep(HTTP_POLL + 0.7)
+        d._TBHTTPDevice__config["timeout"] = 30
+        t0 = time.monotonic()
+        api.put_attributes(dev, "shared", {"h_target": 30})
+        got = inbox.wait(1, 3.0, t0)
+        expect(got, "subscribe('attributes'): no update within 3 s of the REST change")
+        dt_push, (content, *_) = got[0]
+        expect(same(content, {"h_target": 30}), f"subscribe('attributes') got {short(content)}, want {{'h_target': 30}}")
+
+        # client RPC
+        r = bounded(lambda: d.send_rpc("noSuchMethod", {}), 10, "send_rpc()")
+        expect(isinstance(r, dict) and isinstance(r.get("error"), str), f"send_rpc('noSuchMethod') -> {short(r)}")
+        r = bounded(lambda: d.send_rpc("getSessionLimits", {"timeout": 5000}), 10, "send_rpc()")
+        expect(isinstance(r, dict) and "rateLimits" in r and "maxPayloadSize" in r,
+               f"send_rpc('getSessionLimits') -> {short(r)}")
+        status, doc, _ = dev_call(token, "POST", "/claim", {"secretKey": "s3cr3t", "durationMs": 60000})
+        expect(status == 200, f"POST /claim -> {status} {short(doc)}")
+        rpc_reply, _, _ = dev_call(token, "POST", "/rpc/1", {"ok": True})  # no RPC pending: noted only
+
+        # unknown token: the SDK's connect() gives False; every endpoint 401, without waiting
+        bad_token = "no-such-" + uid(20)
+        bad = TBHTTPDevice(srv.base, bad_token)
+        expect(bounded(bad.connect, 15, "TBHTTPDevice.connect()") is False, "connect() with an unknown token succeeded")
+        for method, path, body in [("POST", "/telemetry", {"a": 1}), ("POST", "/attributes", {"a": 1}),
+                                   ("GET", "/attributes", None), ("GET", "/attributes/updates?timeout=5000", None),
+                                   ("GET", "/rpc?timeout=5000", None),
+                                   ("POST", "/rpc", {"method": "getSessionLimits", "params": {}}),
+                                   ("POST", "/claim", {})]:
+            status, doc, dt = dev_call(bad_token, method, path, body)
+            expect(status == 401 and dt < 3, f"unknown token: {method} {path} -> {status} after {dt:.1f} s, want 401")
+        return f"long-poll update in {dt_push:.2f} s; POST /rpc/1 with nothing pending -> {rpc_reply}"
+
+    # -- aggregates --
+
+    def aggregates():
+        dev, token = api.new_device("agg")
+        c = s.client(port=srv.plain_port, username=token)
+        s.connect(c)
+        base = (now_ms() // HOUR - 3) * HOUR  # a UTC hour boundary three hours ago
+        minutes = [4, 13, 25, 37, 58, 62, 71, 86, 99, 117]
+        values = [21.5, 19, 23.25, 18.75, 30, -2.5, 7, 12.125, 0, 40]
+        points = [(base + m * 60_000, v) for m, v in zip(minutes, values)]
+        mixed = [(base + 65 * 60_000, 5), (base + 70 * 60_000, "n/a"), (base + 75 * 60_000, 7.5)]
+        items = [{"ts": t, "values": {"agg_v": v}} for t, v in points]
+        items += [{"ts": t, "values": {"agg_mix": v}} for t, v in mixed]
+        s.telemetry(c, items)
+        window = {"from": base, "to": base + 2 * HOUR - 1}
+
+        def fetch(**extra):
+            doc = api.aggregate(dev, interval="1h", keys="agg_v,agg_mix", **window, **extra)
+            data = doc.get("data") or {}
+            total = sum(b.get("count", 0) for b in data.get("agg_v") or [])
+            return data if total == len(points) else None
+
+        data = poll(fetch, REST_TIMEOUT)
+        if not data:
+            fail(f"aggregate counts never reached {len(points)}: "
+                 f"{short(api.aggregate(dev, interval='1h', keys='agg_v', **window))}")
+        check_buckets(data.get("agg_v"), points, "agg_v (UTC)")
+        starts = sorted(b["ts"] for b in data["agg_v"] if b.get("count"))
+        expect(starts == [base, base + HOUR], f"non-empty UTC buckets start at {starts}, want {[base, base + HOUR]}")
+        check_buckets(data.get("agg_mix"), mixed, "agg_mix (a string among numbers)")
+
+        # Asia/Kolkata is UTC+5:30 without DST: hour buckets start at :30 UTC
+        data = poll(lambda: fetch(tz="Asia/Kolkata"), REST_TIMEOUT)
+        expect(data, "tz=Asia/Kolkata: counts do not add up")
+        check_buckets(data.get("agg_v"), points, "agg_v (Asia/Kolkata)")
+        first = next((b for b in data["agg_v"] if b["ts"] <= points[0][0] < b["end"]), None)
+        expect(first and first["end"] == base + 30 * 60_000,
+               f"tz=Asia/Kolkata: the bucket of {points[0][0]} is {short(first)}, want it to end at {base + 30 * 60_000}")
+        return "10 points over 2 h: count/numeric/avg/min/max/sum match in UTC and Asia/Kolkata"
+
     return [
         ("1 token over TLS", token_tls),
         ("2 token over plain MQTT", token_plain),
@@ -717,6 +1346,15 @@ def checks(s: Suite):
         ("7g provision: check_pre_provisioned_devices", prov_pre_provisioned),
         ("7h provision over TLS (port 8883)", prov_tls),
         ("8 HTTP provisioning", http_provision),
+        ("9 telemetry forms and value types", telemetry_forms),
+        ("10 tagged telemetry (v1/devices/me/telemetry/{tag})", tagged_telemetry),
+        ("11 getSessionLimits applied by the SDK", session_limits),
+        ("12 client RPC: unknown method -> error", client_rpc),
+        ("13 attributes: publish, REST, requests", attributes_mqtt),
+        ("14 shared attribute push (change, delete)", attributes_push),
+        ("15 fleet default shared attributes", fleet_defaults),
+        ("16 HTTP device API (TBHTTPDevice)", http_device_api),
+        ("17 aggregates (1h buckets, UTC and a tz)", aggregates),
     ]
 
 
@@ -743,10 +1381,19 @@ def fetch_ca(srv, api):
     return source
 
 
+def selects(only, name):
+    """--only: a check number ("7" = 7a-7h, "1" = check 1 only) or any part of a name."""
+    if re.fullmatch(r"\d+[a-z]?", only):
+        number = name.split()[0]
+        return number == only or number.rstrip(string.ascii_lowercase) == only
+    return only in name
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("binary")
-    ap.add_argument("--only", action="append", default=[], help="run checks whose name contains this")
+    ap.add_argument("--only", action="append", default=[],
+                    help='a check number ("7" runs 7a-7h, "1" only check 1) or part of a name')
     ap.add_argument("--keep", action="store_true", help="keep the work directory")
     ap.add_argument("--verbose", action="store_true", help="SDK logs to stderr, tracebacks")
     args = ap.parse_args()
@@ -757,6 +1404,11 @@ def main():
         return 2
     if args.verbose:
         os.environ["TB_SDK_VERBOSE"] = "1"
+
+    # The HTTP SDK stamps telemetry with naive local time labelled UTC (spec §7).
+    os.environ["TZ"] = "UTC"
+    time.tzset()
+    threading.excepthook = record_thread_error
 
     # SIGTERM (from timeout(1) or run.sh's trap) unwinds through the finally below.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
@@ -781,7 +1433,7 @@ def main():
         api = Api(srv.base, srv.admin_key)
         print(f"CA from {fetch_ca(srv, api)}", flush=True)
         suite = Suite(srv, api, workdir)
-        selected = [(n, f) for n, f in checks(suite) if not args.only or any(o in n for o in args.only)]
+        selected = [(n, f) for n, f in checks(suite) if not args.only or any(selects(o, n) for o in args.only)]
         for name, fn in selected:
             if srv.proc.poll() is not None:
                 suite.results.append((name, "FAIL", f"corral exited with {srv.proc.returncode}", 0.0))
