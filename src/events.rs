@@ -23,6 +23,11 @@ pub enum Event {
         tag: String,
         values: usize,
     },
+    /// Shared attributes changed: the update as the device receives it.
+    SharedAttributes {
+        device_id: DeviceId,
+        update: serde_json::Value,
+    },
 }
 
 /// Cloneable handle to the bus.

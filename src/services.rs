@@ -8,6 +8,7 @@ use crate::audit::AuditLog;
 use crate::auth::AuthService;
 use crate::config::Config;
 use crate::data::DataService;
+use crate::devices::attributes::AttributeService;
 use crate::devices::credentials::CredentialService;
 use crate::devices::provisioning::ProvisioningService;
 use crate::devices::sessions::Sessions;
@@ -24,6 +25,7 @@ pub struct Services {
     pub pki: Arc<Pki>,
     pub registry: Arc<Registry>,
     pub credentials: Arc<CredentialService>,
+    pub attributes: AttributeService,
     pub provisioning: ProvisioningService,
     pub sessions: Arc<Sessions>,
     pub presence: Arc<Presence>,
@@ -63,6 +65,12 @@ impl Services {
             credentials.clone(),
             audit.clone(),
         );
+        let attributes = AttributeService::new(
+            store.clone(),
+            registry.clone(),
+            sessions.clone(),
+            events.clone(),
+        );
         let l = &config.limits;
         Self {
             connect_limiter: KeyedLimiter::new(l.ip_connects_per_sec, l.ip_connect_burst),
@@ -70,6 +78,7 @@ impl Services {
             auth: AuthService::new(store.clone()),
             registry,
             credentials,
+            attributes,
             provisioning,
             sessions,
             audit,

@@ -366,6 +366,9 @@ async fn every_documented_route_requires_an_api_key_and_exists() {
         "/fleets/{id}/telemetry/aggregate",
         "/devices/{id}/tags",
         "/fleets/{id}/tags",
+        "/devices/{id}/attributes",
+        "/devices/{id}/attributes/{scope}",
+        "/fleets/{id}/attributes/shared",
     ];
     let mut documented: Vec<_> = paths.keys().cloned().collect();
     documented.sort();
@@ -379,7 +382,7 @@ async fn every_documented_route_requires_an_api_key_and_exists() {
             let m: reqwest::Method = method.to_uppercase().parse().expect("method");
             let concrete = ["{id}", "{credential_id}", "{ca_id}"]
                 .iter()
-                .fold(path.clone(), |p, v| p.replace(v, &nil));
+                .fold(path.replace("{scope}", "shared"), |p, v| p.replace(v, &nil));
             let url = format!("{base}/api/v1{concrete}");
             for key in [None, Some("crl_wrong"), Some("Bearer-less")] {
                 let mut r = c.request(m.clone(), &url).json(&json!({}));
@@ -412,7 +415,7 @@ async fn every_documented_route_requires_an_api_key_and_exists() {
             checked += 1;
         }
     }
-    assert_eq!(checked, 34);
+    assert_eq!(checked, 40);
     let resp = c
         .get(format!("{base}/api/v1/nothing"))
         .bearer_auth(&t.admin_key)

@@ -2,7 +2,9 @@
 //! generated from the handlers (utoipa), health, readiness and metrics endpoints, API-key
 //! authentication, and the plain and TLS listeners.
 
+mod attributes;
 mod credentials;
+mod device_http;
 pub mod error;
 mod registry;
 mod telemetry;
@@ -86,6 +88,7 @@ fn api_v1() -> (Router<Arc<Services>>, utoipa::openapi::OpenApi) {
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .merge(registry::routes())
         .merge(credentials::routes())
+        .merge(attributes::routes())
         .merge(telemetry::routes())
         .split_for_parts()
 }
@@ -133,6 +136,7 @@ pub fn router(services: Arc<Services>, ready: Arc<Readiness>) -> Router {
         );
     Router::new()
         .nest("/api/v1", api)
+        .nest("/api/v1", device_http::routes())
         .merge(public)
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no_route", "no such route") })
         .layer(middleware::from_fn_with_state(

@@ -311,8 +311,33 @@ fn check_ident(field: &'static str, s: &str) -> Result<()> {
     if s == PROVISION_USERNAME {
         return Err(invalid(field, "\"provision\" is reserved for provisioning"));
     }
+    // A token is also a path segment of the HTTP device API (`/api/v1/{token}/...`): it must
+    // be URL-safe and must not be one of the REST API's own resource names.
+    if field == "token"
+        && (RESERVED_TOKENS.contains(&s)
+            || !s
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '~')))
+    {
+        return Err(invalid(
+            field,
+            "must be URL-safe (A-Z a-z 0-9 - _ . ~) and not a REST resource name",
+        ));
+    }
     Ok(())
 }
+
+/// Path segments of `/api/v1/...` that the REST API uses, so no token may take them.
+const RESERVED_TOKENS: &[&str] = &[
+    "workspaces",
+    "fleets",
+    "devices",
+    "audit",
+    "provision",
+    "openapi.json",
+    "ca.pem",
+    "crl.pem",
+];
 
 impl CredentialService {
     pub fn new(

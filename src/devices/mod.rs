@@ -2,11 +2,13 @@
 //! live presence and sessions, and the ThingsBoard-compatible device protocol (topics and
 //! payloads) shared by every transport.
 
+pub mod attributes;
 pub mod credentials;
 pub mod presence;
 pub mod protocol;
 pub mod provisioning;
 pub mod registry;
+pub mod rpc;
 pub mod sessions;
 
 pub use presence::Presence;

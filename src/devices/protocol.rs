@@ -12,6 +12,8 @@ pub const ATTRIBUTES_RESPONSE_FILTER: &str = "v1/devices/me/attributes/response/
 pub const RPC_REQUEST_FILTER: &str = "v1/devices/me/rpc/request/+";
 pub const RPC_RESPONSE_FILTER: &str = "v1/devices/me/rpc/response/+";
 
+pub const ATTRIBUTES_REQUEST_PREFIX: &str = "v1/devices/me/attributes/request/";
+pub const ATTRIBUTES_RESPONSE_PREFIX: &str = "v1/devices/me/attributes/response/";
 pub const RPC_REQUEST_PREFIX: &str = "v1/devices/me/rpc/request/";
 pub const RPC_RESPONSE_PREFIX: &str = "v1/devices/me/rpc/response/";
 pub const PROVISION_REQUEST_TOPIC: &str = "/provision/request";
@@ -54,6 +56,10 @@ pub enum DeviceTopic {
     Telemetry,
     /// Telemetry under a named tag (Corral's extension); the tag is not yet checked.
     TaggedTelemetry(String),
+    /// Client attributes reported by the device (§5.4).
+    Attributes,
+    /// An attribute request with its id, answered on the response topic.
+    AttributeRequest(u64),
     /// A client-side RPC call with its request id (§5.6).
     RpcRequest(u64),
     /// A provisioning request (§5.9): only provisioning sessions may send it.
@@ -72,6 +78,15 @@ impl DeviceTopic {
         }
         if let Some(tag) = topic.strip_prefix(TAGGED_TELEMETRY_PREFIX) {
             return DeviceTopic::TaggedTelemetry(tag.to_string());
+        }
+        if topic == ATTRIBUTES_TOPIC {
+            return DeviceTopic::Attributes;
+        }
+        if let Some(id) = topic.strip_prefix(ATTRIBUTES_REQUEST_PREFIX) {
+            return match id.parse() {
+                Ok(n) => DeviceTopic::AttributeRequest(n),
+                Err(_) => DeviceTopic::Unknown,
+            };
         }
         if let Some(id) = topic.strip_prefix(RPC_REQUEST_PREFIX) {
             return match id.parse() {
@@ -142,6 +157,8 @@ pub enum PayloadError {
     BadKey,
     #[error("tags are 1 to {MAX_TAG_LEN} of A-Z a-z 0-9 _ - .")]
     BadTag,
+    #[error("attributes must be a JSON object")]
+    AttributesShape,
 }
 
 /// Parses telemetry in its three forms (§4): `{k:v}`, `{"ts":ms,"values":{k:v}}`, or an array
@@ -182,6 +199,52 @@ fn parse_item(
         return Ok((ts, parse_values(values)?));
     }
     Ok((now, parse_values(obj)?))
+}
+
+/// Parses client attributes: a JSON object, typed as telemetry values (§4).
+pub fn parse_attributes(payload: &[u8]) -> Result<Vec<(String, Value)>, PayloadError> {
+    match serde_json::from_slice(payload).map_err(|e| PayloadError::NotJson(e.to_string()))? {
+        Json::Object(obj) => parse_values(obj),
+        _ => Err(PayloadError::AttributesShape),
+    }
+}
+
+/// Which attributes a request asks for: `None` for a scope means "not asked", an empty list
+/// never occurs (empty means not asked). Both `None` means everything (§5.4).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AttributeRequest {
+    pub client: Option<Vec<String>>,
+    pub shared: Option<Vec<String>>,
+}
+
+/// Splits comma-joined key lists; empty entries are dropped.
+pub fn split_key_list(parts: &[&str]) -> Option<Vec<String>> {
+    let keys: Vec<String> = parts
+        .iter()
+        .flat_map(|p| p.split(','))
+        .map(str::trim)
+        .filter(|k| !k.is_empty())
+        .map(String::from)
+        .collect();
+    (!keys.is_empty()).then_some(keys)
+}
+
+/// Parses `{"clientKeys":"a,b","sharedKeys":"c"}` (either may be missing; `{}` = all). An
+/// empty or unreadable payload asks for everything, as ThingsBoard treats it.
+pub fn parse_attribute_request(payload: &[u8]) -> AttributeRequest {
+    let v: Json = serde_json::from_slice(payload).unwrap_or(Json::Null);
+    let list = |k: &str| match v.get(k) {
+        Some(Json::String(s)) => split_key_list(&[s]),
+        Some(Json::Array(a)) => {
+            let parts: Vec<&str> = a.iter().filter_map(Json::as_str).collect();
+            split_key_list(&parts)
+        }
+        _ => None,
+    };
+    AttributeRequest {
+        client: list("clientKeys"),
+        shared: list("sharedKeys"),
+    }
 }
 
 /// Converts a JSON object of key → value into typed values, skipping nulls.

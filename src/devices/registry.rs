@@ -330,6 +330,7 @@ impl Registry {
             return Err(RegistryError::NotEmpty("fleet"));
         }
         self.store.delete_provisioning(id)?;
+        self.store.delete_owner_attributes(id.as_bytes())?;
         self.store.commit().await?;
         Ok(())
     }
@@ -485,6 +486,7 @@ impl Registry {
         let dev = self.device_record(id)?;
         self.store.delete_device(&dev)?;
         self.store.delete_device_telemetry(dev.id)?;
+        self.store.delete_owner_attributes(dev.id.as_bytes())?;
         self.audit.record(
             Entry::new("device_deleted", "admin")
                 .device(dev.id)
@@ -516,6 +518,14 @@ impl Registry {
         self.record(id, move |d| {
             d.last_disconnect_at = Some(now);
             d.last_activity_at = Some(last_activity.max(d.last_activity_at.unwrap_or(0)));
+        });
+    }
+
+    /// Records activity of a device that has no connection (an HTTP device API request).
+    pub fn touched(&self, id: DeviceId) {
+        let now = now_ms();
+        self.record(id, move |d| {
+            d.last_activity_at = Some(now.max(d.last_activity_at.unwrap_or(0)))
         });
     }
 

@@ -35,10 +35,23 @@ impl CloseReason {
     }
 }
 
+/// Subscriptions a message may require before a session gets it (ThingsBoard pushes
+/// attribute updates only after a subscribe to `v1/devices/me/attributes`, §3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Subscription {
+    Attributes,
+}
+
 /// What the service layer asks of a session.
 #[derive(Debug, Clone)]
 pub enum SessionCommand {
     Close(CloseReason),
+    /// Publish to the device, if it holds the subscription (when one is needed).
+    Push {
+        topic: &'static str,
+        payload: Vec<u8>,
+        needs: Option<Subscription>,
+    },
 }
 
 struct Entry {
@@ -125,6 +138,16 @@ impl Sessions {
             list.iter()
                 .filter(|e| f(e))
                 .filter(|e| e.tx.send(SessionCommand::Close(reason)).is_ok())
+                .count()
+        })
+    }
+
+    /// Sends a command to every session of `device`. Returns how many got it.
+    pub fn send(&self, device: DeviceId, cmd: SessionCommand) -> usize {
+        let map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        map.get(&device).map_or(0, |list| {
+            list.iter()
+                .filter(|e| e.tx.send(cmd.clone()).is_ok())
                 .count()
         })
     }

@@ -18,7 +18,7 @@ use crate::data::{DataService, Durability};
 use crate::devices::credentials::{LoginAttempt, PROVISION_USERNAME, Refusal};
 use crate::devices::presence::Liveness;
 use crate::devices::protocol::{self, DeviceTopic, PROVISION_RESPONSE_TOPIC, RPC_RESPONSE_PREFIX};
-use crate::devices::sessions::{CloseReason, SessionCommand, SessionSlot};
+use crate::devices::sessions::{CloseReason, SessionCommand, SessionSlot, Subscription};
 use crate::events::Event;
 use crate::limits::TokenBucket;
 use crate::metrics::{ReasonLabel, TransportLabel};
@@ -62,6 +62,7 @@ pub struct DeviceCtx {
     conn: u64,
     live: Arc<Liveness>,
     bucket: Mutex<RateState>,
+    subs: Arc<Subscribed>,
 }
 
 /// Message-rate accounting of one device session.
@@ -274,6 +275,7 @@ async fn open_session_inner(
                 name: dev.name,
                 conn: slot.conn,
                 live,
+                subs: Default::default(),
                 bucket: Mutex::new(RateState {
                     bucket: TokenBucket::new(l.device_messages_per_sec, l.device_message_burst),
                     refused_in_a_row: 0,
@@ -288,14 +290,86 @@ fn peer_of(io: &ntex_io::IoBoxed) -> Option<std::net::SocketAddr> {
     io.query::<ntex_io::types::PeerAddr>().get().map(|p| p.0)
 }
 
+/// The server side of one connection, as the command task drives it; implemented for both
+/// protocol versions' sinks.
+trait DeviceSink: 'static {
+    fn close_for(&self, reason: CloseReason);
+    async fn publish(&self, topic: &'static str, payload: Vec<u8>);
+}
+
+impl DeviceSink for v3::MqttSink {
+    fn close_for(&self, _: CloseReason) {
+        // 3.1.1 has no server DISCONNECT: the connection is closed.
+        self.close();
+    }
+    async fn publish(&self, topic: &'static str, payload: Vec<u8>) {
+        let _ = self
+            .publish(topic)
+            .send_at_most_once(Bytes::from(payload))
+            .await;
+    }
+}
+
+impl DeviceSink for v5::MqttSink {
+    fn close_for(&self, reason: CloseReason) {
+        use v5::codec::DisconnectReasonCode as D;
+        let code = match reason {
+            CloseReason::TakenOver => D::SessionTakenOver,
+            CloseReason::CredentialRevoked => D::NotAuthorized,
+            CloseReason::DeviceDisabled | CloseReason::DeviceDeleted => D::AdministrativeAction,
+        };
+        let mut pkt = v5::codec::Disconnect::new(code);
+        pkt.reason_string = Some(reason.label().into());
+        self.close_with_reason(pkt);
+    }
+    async fn publish(&self, topic: &'static str, payload: Vec<u8>) {
+        let _ = self
+            .publish(topic)
+            .send_at_most_once(Bytes::from(payload))
+            .await;
+    }
+}
+
+/// What a session has subscribed to, shared with its command task.
+#[derive(Debug, Default)]
+pub struct Subscribed {
+    attributes: std::sync::atomic::AtomicBool,
+}
+
+impl Subscribed {
+    fn has(&self, s: Subscription) -> bool {
+        match s {
+            Subscription::Attributes => self.attributes.load(std::sync::atomic::Ordering::Relaxed),
+        }
+    }
+}
+
 /// Runs a session's commands on the connection's own thread until the session ends (its
 /// registry entry goes, and with it the sender).
-fn spawn_commands(mut slot: SessionSlot, device: DeviceId, close: impl Fn(CloseReason) + 'static) {
+fn spawn_commands(
+    mut slot: SessionSlot,
+    device: DeviceId,
+    subs: Arc<Subscribed>,
+    sink: impl DeviceSink,
+) {
     ntex_rt::spawn(async move {
-        // The only command so far ends the session; a closed channel means it ended anyway.
-        if let Some(SessionCommand::Close(reason)) = slot.commands.recv().await {
-            tracing::info!(device = %device, reason = reason.label(), "closing the session");
-            close(reason);
+        while let Some(cmd) = slot.commands.recv().await {
+            match cmd {
+                SessionCommand::Close(reason) => {
+                    tracing::info!(device = %device, reason = reason.label(), "closing the session");
+                    sink.close_for(reason);
+                    return;
+                }
+                SessionCommand::Push {
+                    topic,
+                    payload,
+                    needs,
+                } => {
+                    if needs.is_none_or(|n| subs.has(n)) {
+                        sink.publish(topic, payload).await;
+                    }
+                }
+            }
         }
     });
 }
@@ -327,9 +401,7 @@ pub async fn connect_v3(
     Ok(match res {
         Ok((s, slot)) => {
             if let (Some(slot), Some(d)) = (slot, &s.device) {
-                let sink = c.sink();
-                // 3.1.1 has no server DISCONNECT: the connection is closed.
-                spawn_commands(slot, d.id, move |_| sink.close());
+                spawn_commands(slot, d.id, d.subs.clone(), c.sink());
             } else {
                 let sink = c.sink();
                 close_provisioning_later(move || sink.close());
@@ -363,20 +435,7 @@ pub async fn connect_v5(
     Ok(match res {
         Ok((s, slot)) => {
             if let (Some(slot), Some(d)) = (slot, &s.device) {
-                let sink = c.sink();
-                spawn_commands(slot, d.id, move |reason| {
-                    use v5::codec::DisconnectReasonCode as D;
-                    let code = match reason {
-                        CloseReason::TakenOver => D::SessionTakenOver,
-                        CloseReason::CredentialRevoked => D::NotAuthorized,
-                        CloseReason::DeviceDisabled | CloseReason::DeviceDeleted => {
-                            D::AdministrativeAction
-                        }
-                    };
-                    let mut pkt = v5::codec::Disconnect::new(code);
-                    pkt.reason_string = Some(reason.label().into());
-                    sink.close_with_reason(pkt);
-                });
+                spawn_commands(slot, d.id, d.subs.clone(), c.sink());
             } else {
                 let sink = c.sink();
                 close_provisioning_later(move || {
@@ -532,8 +591,41 @@ async fn handle_publish(
                 }
             }
         }
+        DeviceTopic::Attributes => {
+            let parsed = protocol::parse_attributes(&payload);
+            drop(payload);
+            let values = match parsed {
+                Ok(v) => v,
+                Err(e) => {
+                    reject("bad_payload");
+                    return Outcome::BadPayload(e.to_string());
+                }
+            };
+            match s.services.attributes.report(d.id, values).await {
+                Ok(()) => Outcome::Stored,
+                Err(e) => {
+                    reject("storage");
+                    tracing::error!(device = %d.id, error = %e, "attributes not stored");
+                    Outcome::Storage
+                }
+            }
+        }
+        DeviceTopic::AttributeRequest(id) => {
+            let req = protocol::parse_attribute_request(&payload);
+            match s.services.attributes.request(d.id, &req) {
+                Ok(body) => Outcome::Reply(
+                    protocol::ATTRIBUTES_RESPONSE_PREFIX,
+                    id.to_string(),
+                    body.to_string().into_bytes(),
+                ),
+                Err(e) => {
+                    tracing::error!(device = %d.id, error = %e, "attribute request failed");
+                    Outcome::Storage
+                }
+            }
+        }
         DeviceTopic::RpcRequest(id) => {
-            let reply = client_rpc(&s.services, &payload);
+            let reply = crate::devices::rpc::client_rpc(&s.services.config, &payload);
             Outcome::Reply(
                 RPC_RESPONSE_PREFIX,
                 id.to_string(),
@@ -550,26 +642,6 @@ async fn handle_publish(
             tracing::debug!(device = %d.id, "publish to an unknown topic");
             Outcome::UnknownTopic
         }
-    }
-}
-
-/// Client-side RPC answered by the transport itself (§5.2). Other methods belong to the
-/// jobs work; until then they get ThingsBoard's error shape so the SDK's callback fires.
-fn client_rpc(services: &Services, payload: &[u8]) -> serde_json::Value {
-    let method = serde_json::from_slice::<serde_json::Value>(payload)
-        .ok()
-        .and_then(|v| v.get("method").and_then(|m| m.as_str()).map(String::from));
-    match method.as_deref() {
-        Some("getSessionLimits") => {
-            let c = &services.config;
-            protocol::session_limits(
-                c.mqtt.max_packet_size,
-                c.mqtt.max_inflight,
-                c.limits.device_messages_per_sec,
-            )
-        }
-        Some(m) => serde_json::json!({"error": format!("unsupported method {m}")}),
-        None => serde_json::json!({"error": "the request needs a \"method\""}),
     }
 }
 
@@ -647,7 +719,15 @@ pub async fn publish_v5(
 /// (thingsboard-device-api.md §1); `None` refuses anything else.
 fn grant(s: &DeviceSession, filter: &str, requested: QoS) -> Option<QoS> {
     let allowed = match &s.device {
-        Some(_) => protocol::is_device_filter(filter),
+        Some(d) => {
+            let ok = protocol::is_device_filter(filter);
+            if ok && filter == protocol::ATTRIBUTES_TOPIC {
+                d.subs
+                    .attributes
+                    .store(true, std::sync::atomic::Ordering::Relaxed);
+            }
+            ok
+        }
         None => filter == PROVISION_RESPONSE_TOPIC,
     };
     if !allowed {

@@ -3,6 +3,7 @@
 //! schema version with its migrations. A second engine must be possible by changing only this
 //! module.
 
+mod attributes;
 mod codec;
 mod commit;
 mod credentials;
@@ -16,6 +17,7 @@ use sled::Transactional;
 use std::sync::Arc;
 use std::time::Duration;
 
+pub use attributes::Scope;
 pub use credentials::{CredentialClash, CredentialKey};
 pub use registry::{DeviceClash, NameClash, Page};
 pub use telemetry::{Agg, HOUR_MS, RawPage, RawQuery, SeriesKey, hour_of};
@@ -114,6 +116,7 @@ struct Trees {
     ts: sled::Tree,
     series: sled::Tree,
     rollup_h: sled::Tree,
+    attributes: sled::Tree,
 }
 
 /// Options for opening the store.
@@ -170,6 +173,7 @@ impl Store {
             ts: t("ts")?,
             series: t("series")?,
             rollup_h: t("rollup_h")?,
+            attributes: t("attributes")?,
         };
         migrate(path, &db, &trees)?;
         db.flush().map_err(open_err)?;

@@ -1,0 +1,259 @@
+//! ThingsBoard's HTTP device API (thingsboard-device-api.md §7) under `/api/v1/{token}`:
+//! telemetry (and Corral's tagged form), client attributes, attribute requests, long-polls for
+//! shared-attribute updates and server RPC, RPC replies, client RPC and claiming, with
+//! ThingsBoard's status codes: 400 bad body, 401 unknown token, 403 disabled device,
+//! 408 long-poll timeout. The token authenticates; no API key is involved.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{RawQuery, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde_json::{Value as Json, json};
+
+use crate::audit::Entry;
+use crate::data::Durability;
+use crate::devices::credentials::{LoginAttempt, Refusal};
+use crate::devices::protocol::{self, AttributeRequest};
+use crate::events::Event;
+use crate::model::{DEFAULT_TAG, Device};
+use crate::services::Services;
+
+type S = State<Arc<Services>>;
+
+/// Longest long-poll a device may ask for.
+const MAX_POLL: Duration = Duration::from_secs(300);
+/// Long-poll length when the device gives none.
+const DEFAULT_POLL: Duration = Duration::from_secs(30);
+
+/// The device API routes, to be mounted at `/api/v1` outside the admin authentication.
+pub fn routes() -> Router<Arc<Services>> {
+    Router::new()
+        .route("/{token}/telemetry", post(telemetry))
+        .route("/{token}/telemetry/{tag}", post(tagged_telemetry))
+        .route(
+            "/{token}/attributes",
+            post(post_attributes).get(get_attributes),
+        )
+        .route("/{token}/attributes/updates", get(attribute_updates))
+        .route("/{token}/rpc", get(rpc_poll).post(client_rpc))
+        .route("/{token}/rpc/{id}", post(rpc_reply))
+        .route("/{token}/claim", post(claim))
+}
+
+/// A device API error: status and a short JSON message (never a secret).
+struct DevError(StatusCode, String);
+
+impl IntoResponse for DevError {
+    fn into_response(self) -> Response {
+        (self.0, axum::Json(json!({"error": self.1}))).into_response()
+    }
+}
+
+type DevResult<T> = Result<T, DevError>;
+
+fn bad(msg: impl Into<String>) -> DevError {
+    DevError(StatusCode::BAD_REQUEST, msg.into())
+}
+
+fn internal(e: impl std::fmt::Display) -> DevError {
+    tracing::error!(error = %e, "device API request failed");
+    DevError(StatusCode::INTERNAL_SERVER_ERROR, "internal error".into())
+}
+
+/// The device a token belongs to: 401 unknown, 403 disabled or revoked.
+async fn device(s: &Services, token: &str) -> DevResult<Device> {
+    let login = s
+        .credentials
+        .login(LoginAttempt {
+            username: Some(token),
+            ..Default::default()
+        })
+        .await;
+    match login {
+        Ok(l) if l.method == "access_token" => {
+            // An HTTP request is activity: "last seen" moves without a connection to count.
+            s.registry.touched(l.device.id);
+            Ok(l.device)
+        }
+        Ok(_) | Err(Refusal::BadUsernameOrPassword(_) | Refusal::IdentifierRejected(_)) => {
+            Err(DevError(StatusCode::UNAUTHORIZED, "unknown token".into()))
+        }
+        Err(Refusal::NotAuthorized(why)) => Err(DevError(StatusCode::FORBIDDEN, why.into())),
+        Err(Refusal::Unavailable) => Err(internal("credential store unavailable")),
+    }
+}
+
+async fn store(s: &Services, token: &str, tag: &str, body: &[u8]) -> DevResult<StatusCode> {
+    let dev = device(s, token).await?;
+    protocol::check_tag(tag).map_err(|e| bad(e.to_string()))?;
+    let t = crate::data::DataService::parse_telemetry(body).map_err(|e| bad(e.to_string()))?;
+    s.data
+        .store_tagged(dev.id, tag, t, Durability::Durable)
+        .await
+        .map_err(internal)?;
+    Ok(StatusCode::OK)
+}
+
+async fn telemetry(
+    State(s): S,
+    axum::extract::Path(token): axum::extract::Path<String>,
+    body: Bytes,
+) -> DevResult<StatusCode> {
+    store(&s, &token, DEFAULT_TAG, &body).await
+}
+
+async fn tagged_telemetry(
+    State(s): S,
+    axum::extract::Path((token, tag)): axum::extract::Path<(String, String)>,
+    body: Bytes,
+) -> DevResult<StatusCode> {
+    store(&s, &token, &tag, &body).await
+}
+
+async fn post_attributes(
+    State(s): S,
+    axum::extract::Path(token): axum::extract::Path<String>,
+    body: Bytes,
+) -> DevResult<StatusCode> {
+    let dev = device(&s, &token).await?;
+    let values = protocol::parse_attributes(&body).map_err(|e| bad(e.to_string()))?;
+    s.attributes
+        .report(dev.id, values)
+        .await
+        .map_err(internal)?;
+    Ok(StatusCode::OK)
+}
+
+/// `clientKeys`/`sharedKeys`, comma-joined and/or repeated (Spring joins repeats, §7). Other
+/// parameters (the SDK's `client_keys`) are ignored, which asks for everything, as in TB.
+fn attribute_request(query: Option<&str>) -> AttributeRequest {
+    let mut client = Vec::new();
+    let mut shared = Vec::new();
+    for (k, v) in form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {
+        match k.as_ref() {
+            "clientKeys" => client.push(v.into_owned()),
+            "sharedKeys" => shared.push(v.into_owned()),
+            _ => {}
+        }
+    }
+    let list = |v: &[String]| {
+        let parts: Vec<&str> = v.iter().map(String::as_str).collect();
+        protocol::split_key_list(&parts)
+    };
+    AttributeRequest {
+        client: list(&client),
+        shared: list(&shared),
+    }
+}
+
+async fn get_attributes(
+    State(s): S,
+    axum::extract::Path(token): axum::extract::Path<String>,
+    RawQuery(q): RawQuery,
+) -> DevResult<axum::Json<Json>> {
+    let dev = device(&s, &token).await?;
+    let req = attribute_request(q.as_deref());
+    Ok(axum::Json(
+        s.attributes.request(dev.id, &req).map_err(internal)?,
+    ))
+}
+
+/// The `timeout` parameter of a long-poll, in ms.
+fn poll_timeout(query: Option<&str>) -> DevResult<Duration> {
+    for (k, v) in form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {
+        if k == "timeout" {
+            let ms: u64 = v.parse().map_err(|_| bad("timeout must be milliseconds"))?;
+            return Ok(Duration::from_millis(ms).min(MAX_POLL));
+        }
+    }
+    Ok(DEFAULT_POLL)
+}
+
+async fn attribute_updates(
+    State(s): S,
+    axum::extract::Path(token): axum::extract::Path<String>,
+    RawQuery(q): RawQuery,
+) -> DevResult<Response> {
+    let dev = device(&s, &token).await?;
+    let wait = poll_timeout(q.as_deref())?;
+    let mut events = s.events.subscribe();
+    let update = tokio::time::timeout(wait, async {
+        loop {
+            match events.recv().await {
+                Ok(Event::SharedAttributes { device_id, update }) if device_id == dev.id => {
+                    return Some(update);
+                }
+                Ok(_) => {}
+                // Lagging behind the bus only costs other devices' events; keep waiting.
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+            }
+        }
+    })
+    .await;
+    Ok(match update {
+        Ok(Some(u)) => axum::Json(u).into_response(),
+        _ => StatusCode::REQUEST_TIMEOUT.into_response(),
+    })
+}
+
+/// Server-side RPC long-poll. Commands to devices arrive with the jobs service; until one is
+/// pending the poll ends with 408, which the SDK answers by polling again.
+async fn rpc_poll(
+    State(s): S,
+    axum::extract::Path(token): axum::extract::Path<String>,
+    RawQuery(q): RawQuery,
+) -> DevResult<StatusCode> {
+    device(&s, &token).await?;
+    tokio::time::sleep(poll_timeout(q.as_deref())?).await;
+    Ok(StatusCode::REQUEST_TIMEOUT)
+}
+
+async fn rpc_reply(
+    State(s): S,
+    axum::extract::Path((token, id)): axum::extract::Path<(String, u64)>,
+    body: Bytes,
+) -> DevResult<StatusCode> {
+    let dev = device(&s, &token).await?;
+    serde_json::from_slice::<Json>(&body).map_err(|e| bad(format!("reply is not JSON: {e}")))?;
+    tracing::debug!(device = %dev.id, rpc = id, "RPC reply with no pending request");
+    Ok(StatusCode::OK)
+}
+
+async fn client_rpc(
+    State(s): S,
+    axum::extract::Path(token): axum::extract::Path<String>,
+    body: Bytes,
+) -> DevResult<axum::Json<Json>> {
+    device(&s, &token).await?;
+    Ok(axum::Json(crate::devices::rpc::client_rpc(
+        &s.config, &body,
+    )))
+}
+
+async fn claim(
+    State(s): S,
+    axum::extract::Path(token): axum::extract::Path<String>,
+    body: Bytes,
+) -> DevResult<StatusCode> {
+    let dev = device(&s, &token).await?;
+    // Both fields are optional (§5.7); an empty body is a claim with no secret.
+    let v: Json = if body.is_empty() {
+        json!({})
+    } else {
+        serde_json::from_slice(&body).map_err(|e| bad(format!("not JSON: {e}")))?
+    };
+    let duration = v.get("durationMs").and_then(Json::as_i64).unwrap_or(0);
+    s.audit.record(
+        Entry::new("claim_requested", "device")
+            .device(dev.id)
+            .fleet(dev.fleet_id)
+            .detail(format!("claim window {duration} ms (0 = default)")),
+    );
+    Ok(StatusCode::OK)
+}

@@ -1,0 +1,315 @@
+//! Device attributes, ThingsBoard's three scopes (§5.4): client attributes reported by the
+//! device, shared attributes (desired configuration) set by operators for a device or as a
+//! fleet default, and server attributes the device never sees. Shared changes are pushed to
+//! the device's sessions (changed keys only, or `{"deleted":[...]}`) and announced on the
+//! event bus for HTTP long-polls.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value as Json};
+use utoipa::ToSchema;
+
+use super::protocol::{self, ATTRIBUTES_TOPIC, AttributeRequest};
+use super::registry::{DeviceFilter, Registry, RegistryError};
+use super::sessions::{SessionCommand, Sessions, Subscription};
+use crate::events::{Event, EventBus};
+use crate::model::{DeviceId, FleetId, Millis, Value, now_ms};
+use crate::store::{Scope, Store};
+
+type Result<T> = std::result::Result<T, RegistryError>;
+
+/// One attribute value with the time it was set.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct AttrValue {
+    pub value: Value,
+    pub ts: Millis,
+}
+
+/// A device's attributes by scope; `shared` is the effective value (the fleet's default unless
+/// the device has its own).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+pub struct DeviceAttributes {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client: Option<BTreeMap<String, AttrValue>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shared: Option<BTreeMap<String, AttrValue>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub server: Option<BTreeMap<String, AttrValue>>,
+}
+
+/// JSON of a typed value, as a device receives it.
+pub fn to_json(v: &Value) -> Json {
+    serde_json::to_value(v).unwrap_or(Json::Null)
+}
+
+fn as_map(list: Vec<(String, Millis, Value)>) -> BTreeMap<String, AttrValue> {
+    list.into_iter()
+        .map(|(k, ts, value)| (k, AttrValue { value, ts }))
+        .collect()
+}
+
+pub struct AttributeService {
+    store: Store,
+    registry: Arc<Registry>,
+    sessions: Arc<Sessions>,
+    events: EventBus,
+}
+
+/// Validates operator-supplied attributes (a JSON object) into typed values.
+pub fn parse_body(body: Map<String, Json>) -> Result<Vec<(String, Value)>> {
+    protocol::parse_values(body).map_err(|e| RegistryError::Invalid {
+        field: "attributes",
+        message: e.to_string(),
+    })
+}
+
+impl AttributeService {
+    pub fn new(
+        store: Store,
+        registry: Arc<Registry>,
+        sessions: Arc<Sessions>,
+        events: EventBus,
+    ) -> Self {
+        Self {
+            store,
+            registry,
+            sessions,
+            events,
+        }
+    }
+
+    /// Client attributes reported by a device; durable when this returns.
+    pub async fn report(&self, device: DeviceId, values: Vec<(String, Value)>) -> Result<()> {
+        if values.is_empty() {
+            return Ok(());
+        }
+        self.store
+            .put_attributes(device.as_bytes(), Scope::Client, &values, now_ms())?;
+        self.store.commit().await?;
+        Ok(())
+    }
+
+    /// Sets shared or server attributes of a device (operators); shared ones are pushed.
+    pub async fn set(
+        &self,
+        device: DeviceId,
+        scope: Scope,
+        values: Vec<(String, Value)>,
+    ) -> Result<()> {
+        self.registry.device_record(device)?;
+        if scope == Scope::Client {
+            return Err(RegistryError::Invalid {
+                field: "scope",
+                message: "client attributes are reported by the device".into(),
+            });
+        }
+        self.store
+            .put_attributes(device.as_bytes(), scope, &values, now_ms())?;
+        self.store.commit().await?;
+        if scope == Scope::Shared && !values.is_empty() {
+            let update: Map<String, Json> = values
+                .iter()
+                .map(|(k, v)| (k.clone(), to_json(v)))
+                .collect();
+            self.push(device, Json::Object(update));
+        }
+        Ok(())
+    }
+
+    /// Deletes attributes of a device. A deleted shared key that has a fleet default falls
+    /// back to it, which is what the device is told.
+    pub async fn delete(&self, device: DeviceId, scope: Scope, keys: &[String]) -> Result<()> {
+        let dev = self.registry.device_record(device)?;
+        let gone = self
+            .store
+            .delete_attributes(device.as_bytes(), scope, keys)?;
+        self.store.commit().await?;
+        if scope == Scope::Shared && !gone.is_empty() {
+            let defaults =
+                self.store
+                    .get_attributes(dev.fleet_id.as_bytes(), Scope::Shared, Some(&gone))?;
+            let mut fallback = Map::new();
+            for (k, _, v) in &defaults {
+                fallback.insert(k.clone(), to_json(v));
+            }
+            let deleted: Vec<&String> =
+                gone.iter().filter(|k| !fallback.contains_key(*k)).collect();
+            if !fallback.is_empty() {
+                self.push(device, Json::Object(fallback));
+            }
+            if !deleted.is_empty() {
+                self.push(device, serde_json::json!({ "deleted": deleted }));
+            }
+        }
+        Ok(())
+    }
+
+    /// Sets fleet defaults of shared attributes; devices without their own value are told.
+    pub async fn set_fleet(&self, fleet: FleetId, values: Vec<(String, Value)>) -> Result<()> {
+        self.registry.fleet(fleet)?;
+        self.store
+            .put_attributes(fleet.as_bytes(), Scope::Shared, &values, now_ms())?;
+        self.store.commit().await?;
+        let keys: Vec<String> = values.iter().map(|(k, _)| k.clone()).collect();
+        for d in self.fleet_devices(fleet)? {
+            let own: Vec<String> = self
+                .store
+                .get_attributes(d.as_bytes(), Scope::Shared, Some(&keys))?
+                .into_iter()
+                .map(|(k, _, _)| k)
+                .collect();
+            let update: Map<String, Json> = values
+                .iter()
+                .filter(|(k, _)| !own.contains(k))
+                .map(|(k, v)| (k.clone(), to_json(v)))
+                .collect();
+            if !update.is_empty() {
+                self.push(d, Json::Object(update));
+            }
+        }
+        Ok(())
+    }
+
+    pub async fn delete_fleet(&self, fleet: FleetId, keys: &[String]) -> Result<()> {
+        self.registry.fleet(fleet)?;
+        let gone = self
+            .store
+            .delete_attributes(fleet.as_bytes(), Scope::Shared, keys)?;
+        self.store.commit().await?;
+        if gone.is_empty() {
+            return Ok(());
+        }
+        for d in self.fleet_devices(fleet)? {
+            let own: Vec<String> = self
+                .store
+                .get_attributes(d.as_bytes(), Scope::Shared, Some(&gone))?
+                .into_iter()
+                .map(|(k, _, _)| k)
+                .collect();
+            let deleted: Vec<&String> = gone.iter().filter(|k| !own.contains(k)).collect();
+            if !deleted.is_empty() {
+                self.push(d, serde_json::json!({ "deleted": deleted }));
+            }
+        }
+        Ok(())
+    }
+
+    pub fn fleet_defaults(&self, fleet: FleetId) -> Result<BTreeMap<String, AttrValue>> {
+        self.registry.fleet(fleet)?;
+        Ok(as_map(self.store.get_attributes(
+            fleet.as_bytes(),
+            Scope::Shared,
+            None,
+        )?))
+    }
+
+    /// Effective shared attributes: the fleet's defaults overlaid by the device's own.
+    fn effective_shared(
+        &self,
+        device: DeviceId,
+        fleet: FleetId,
+        keys: Option<&[String]>,
+    ) -> Result<BTreeMap<String, AttrValue>> {
+        let mut out = as_map(
+            self.store
+                .get_attributes(fleet.as_bytes(), Scope::Shared, keys)?,
+        );
+        out.extend(as_map(self.store.get_attributes(
+            device.as_bytes(),
+            Scope::Shared,
+            keys,
+        )?));
+        Ok(out)
+    }
+
+    /// A device's attributes, all scopes or one.
+    pub fn get(&self, device: DeviceId, scope: Option<Scope>) -> Result<DeviceAttributes> {
+        let dev = self.registry.device_record(device)?;
+        let want = |s: Scope| scope.is_none_or(|x| x == s);
+        let mut out = DeviceAttributes::default();
+        if want(Scope::Client) {
+            out.client = Some(as_map(self.store.get_attributes(
+                device.as_bytes(),
+                Scope::Client,
+                None,
+            )?));
+        }
+        if want(Scope::Shared) {
+            out.shared = Some(self.effective_shared(device, dev.fleet_id, None)?);
+        }
+        if want(Scope::Server) {
+            out.server = Some(as_map(self.store.get_attributes(
+                device.as_bytes(),
+                Scope::Server,
+                None,
+            )?));
+        }
+        Ok(out)
+    }
+
+    /// Answers a device's attribute request with ThingsBoard's semantics (§5.4): the asked
+    /// keys of each asked scope (everything when nothing is asked); a scope appears only if
+    /// something in it was found; missing keys are left out.
+    pub fn request(&self, device: DeviceId, req: &AttributeRequest) -> Result<Json> {
+        let dev = self.registry.device_record(device)?;
+        let all = req.client.is_none() && req.shared.is_none();
+        let mut out = Map::new();
+        let to_obj = |m: BTreeMap<String, AttrValue>| -> Json {
+            Json::Object(m.into_iter().map(|(k, a)| (k, to_json(&a.value))).collect())
+        };
+        if all || req.client.is_some() {
+            let client = as_map(self.store.get_attributes(
+                device.as_bytes(),
+                Scope::Client,
+                req.client.as_deref(),
+            )?);
+            if !client.is_empty() {
+                out.insert("client".into(), to_obj(client));
+            }
+        }
+        if all || req.shared.is_some() {
+            let shared = self.effective_shared(device, dev.fleet_id, req.shared.as_deref())?;
+            if !shared.is_empty() {
+                out.insert("shared".into(), to_obj(shared));
+            }
+        }
+        Ok(Json::Object(out))
+    }
+
+    /// Sends an update to the device's sessions subscribed to the attributes topic, and to
+    /// HTTP long-polls.
+    fn push(&self, device: DeviceId, update: Json) {
+        let payload = update.to_string().into_bytes();
+        self.sessions.send(
+            device,
+            SessionCommand::Push {
+                topic: ATTRIBUTES_TOPIC,
+                payload: payload.clone(),
+                needs: Some(Subscription::Attributes),
+            },
+        );
+        self.events.publish(Event::SharedAttributes {
+            device_id: device,
+            update,
+        });
+    }
+
+    fn fleet_devices(&self, fleet: FleetId) -> Result<Vec<DeviceId>> {
+        let filter = DeviceFilter {
+            fleet_id: Some(fleet),
+            ..Default::default()
+        };
+        let mut out = Vec::new();
+        let mut after = None;
+        loop {
+            let page = self.registry.list_devices(&filter, after, 1000)?;
+            out.extend(page.items.iter().map(|d| d.id));
+            match page.next_cursor.and_then(|c| c.parse().ok()) {
+                Some(c) => after = Some(c),
+                None => return Ok(out),
+            }
+        }
+    }
+}
