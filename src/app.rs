@@ -190,6 +190,32 @@ impl App {
                 }
             }
         }));
+        // Retention: delete what workspaces no longer keep, off the async threads.
+        let retention = services.clone();
+        let mut stop_retention = shutdown.subscribe();
+        tasks.push(tokio::spawn(async move {
+            let every = Duration::from_secs(retention.config.retention.sweep_interval_secs);
+            let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {
+                        let s = retention.clone();
+                        let res = tokio::task::spawn_blocking(move || {
+                            crate::data::retention::sweep(
+                                &s.store,
+                                &s.registry,
+                                s.config.retention.default_days,
+                            )
+                        })
+                        .await;
+                        if let Ok(Err(e)) = res {
+                            tracing::error!(error = %e, "retention sweep failed");
+                        }
+                    }
+                    _ = stop_retention.changed() => return,
+                }
+            }
+        }));
         ready.set(true);
         Ok(App {
             services,

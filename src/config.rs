@@ -34,6 +34,24 @@ pub struct Config {
     pub limits: LimitsConfig,
     pub credentials: CredentialsConfig,
     pub audit: AuditConfig,
+    pub retention: RetentionConfig,
+}
+
+/// `[retention]`: how long telemetry is kept.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RetentionConfig {
+    pub default_days: u32,
+    pub sweep_interval_secs: u64,
+}
+
+impl Default for RetentionConfig {
+    fn default() -> Self {
+        Self {
+            default_days: 0,
+            sweep_interval_secs: 3600,
+        }
+    }
 }
 
 /// `[limits]`: rates devices and clients may not exceed. 0 disables a limit.
@@ -153,6 +171,7 @@ impl Default for Config {
             limits: LimitsConfig::default(),
             credentials: CredentialsConfig::default(),
             audit: AuditConfig::default(),
+            retention: RetentionConfig::default(),
         }
     }
 }
@@ -299,6 +318,9 @@ impl Config {
         addr("mqtt.tls_listen", &self.mqtt.tls_listen, problems);
         if !(1..=36500).contains(&self.credentials.device_cert_validity_days) {
             problems.push("credentials.device_cert_validity_days: must be 1 to 36500".into());
+        }
+        if self.retention.sweep_interval_secs < 10 {
+            problems.push("retention.sweep_interval_secs: at least 10".into());
         }
         if self.audit.max_entries < 100 {
             problems.push("audit.max_entries: at least 100".into());
@@ -456,6 +478,7 @@ fn deserialize_collecting(table: toml::Table, problems: &mut Vec<String>) -> Opt
                     "limits" => LimitsConfig::deserialize(value).map(drop),
                     "credentials" => CredentialsConfig::deserialize(value).map(drop),
                     "audit" => AuditConfig::deserialize(value).map(drop),
+                    "retention" => RetentionConfig::deserialize(value).map(drop),
                     "data_dir" | "admin_key" | "admin_key_file" => {
                         top.insert(key.clone(), value);
                         continue;

@@ -88,6 +88,10 @@ pub struct Workspace {
     pub description: String,
     pub created_at: Millis,
     pub updated_at: Millis,
+    /// Telemetry older than this many days is deleted by the retention sweeper; `None` keeps
+    /// it for `retention.default_days` (0: forever).
+    #[serde(default)]
+    pub retention_days: Option<u32>,
 }
 
 /// A fleet is a group of similar devices inside a workspace.

@@ -14,6 +14,7 @@ use super::error::{ApiError, ApiPath, ApiQuery, ErrorBody};
 use super::{ApiResult, MAX_PAGE, page_limit};
 use crate::data::DEFAULT_WINDOW_MS;
 use crate::data::aggregate::{AggError, Bucket, boundaries, parse_interval, parse_tz};
+use crate::data::retention::{SweepReport, WorkspaceUsage};
 use crate::devices::registry::DeviceFilter;
 use crate::model::{DEFAULT_TAG, DeviceId, FleetId, Millis, Point, now_ms};
 use crate::services::Services;
@@ -27,6 +28,162 @@ pub fn routes() -> OpenApiRouter<Arc<Services>> {
         .routes(routes!(fleet_aggregate))
         .routes(routes!(device_tags))
         .routes(routes!(fleet_tags))
+        .routes(routes!(export))
+        .routes(routes!(retention_sweep))
+        .routes(routes!(workspace_usage))
+        .routes(routes!(store_usage))
+}
+
+/// Runs the retention sweep now (it also runs every `retention.sweep_interval_secs`).
+#[utoipa::path(post, path = "/retention/sweep", tag = "telemetry",
+    responses((status = 200, body = SweepReport)))]
+async fn retention_sweep(State(s): State<Arc<Services>>) -> ApiResult<axum::Json<SweepReport>> {
+    let r = tokio::task::spawn_blocking(move || {
+        crate::data::retention::sweep(&s.store, &s.registry, s.config.retention.default_days)
+    })
+    .await
+    .map_err(ApiError::internal)??;
+    Ok(axum::Json(r))
+}
+
+#[utoipa::path(get, path = "/workspaces/{id}/usage", tag = "telemetry",
+    params(("id" = String, Path, description = "workspace id")),
+    responses((status = 200, body = WorkspaceUsage), (status = 404, body = ErrorBody)))]
+async fn workspace_usage(
+    State(s): State<Arc<Services>>,
+    ApiPath(id): ApiPath<crate::model::WorkspaceId>,
+) -> ApiResult<axum::Json<WorkspaceUsage>> {
+    let u = tokio::task::spawn_blocking(move || {
+        crate::data::retention::usage(&s.store, &s.registry, id)
+    })
+    .await
+    .map_err(ApiError::internal)??;
+    Ok(axum::Json(u))
+}
+
+/// Disk used by the whole store.
+#[derive(Serialize, Deserialize, ToSchema)]
+pub struct StoreUsage {
+    /// The database (sled) on disk.
+    pub store_bytes: u64,
+    /// The write-ahead log not yet checkpointed.
+    pub wal_bytes: u64,
+    pub schema_version: u32,
+}
+
+#[utoipa::path(get, path = "/store/usage", tag = "telemetry",
+    responses((status = 200, body = StoreUsage)))]
+async fn store_usage(State(s): State<Arc<Services>>) -> ApiResult<axum::Json<StoreUsage>> {
+    let wal = s.store.path().with_extension("wal");
+    let wal_bytes = std::fs::read_dir(&wal)
+        .map(|d| {
+            d.filter_map(Result::ok)
+                .filter_map(|e| e.metadata().ok())
+                .map(|m| m.len())
+                .sum()
+        })
+        .unwrap_or(0);
+    Ok(axum::Json(StoreUsage {
+        store_bytes: s.store.size_on_disk()?,
+        wal_bytes,
+        schema_version: s.store.schema_version()?,
+    }))
+}
+
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ExportParams {
+    /// Comma-separated device ids.
+    device_id: Option<String>,
+    /// Comma-separated fleet ids: every device of each.
+    fleet_id: Option<String>,
+    /// Start, inclusive, ms (default: 24 hours before `to`).
+    from: Option<Millis>,
+    /// End, inclusive, ms (default: now).
+    to: Option<Millis>,
+    /// Comma-separated tags (default: all).
+    tags: Option<String>,
+    /// Comma-separated keys (default: all).
+    keys: Option<String>,
+    /// `csv` (default) or `json`.
+    format: Option<String>,
+}
+
+/// Telemetry of devices and fleets as CSV (`device_id,device,tag,key,ts,time,value`) or a JSON
+/// array, streamed: any size in constant memory.
+#[utoipa::path(get, path = "/export", tag = "telemetry", params(ExportParams),
+    responses((status = 200, description = "CSV or JSON, streamed", content_type = "text/csv"),
+        (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+async fn export(
+    State(s): State<Arc<Services>>,
+    ApiQuery(q): ApiQuery<ExportParams>,
+) -> ApiResult<axum::response::Response> {
+    use crate::data::export::{ExportSpec, Format};
+    let format = Format::parse(q.format.as_deref())
+        .ok_or_else(|| ApiError::bad_request("invalid_format", "format is csv or json"))?;
+    let to = q.to.unwrap_or_else(now_ms);
+    let from = q.from.unwrap_or(to.saturating_sub(DEFAULT_WINDOW_MS));
+    if from > to {
+        return Err(ApiError::bad_request(
+            "invalid_range",
+            "from must not be after to",
+        ));
+    }
+    let ids = |v: Option<&str>| -> ApiResult<Vec<uuid::Uuid>> {
+        split_keys(v)
+            .unwrap_or_default()
+            .iter()
+            .map(|x| {
+                x.parse().map_err(|_| {
+                    ApiError::bad_request("invalid_id", format!("\"{x}\" is not an id"))
+                })
+            })
+            .collect()
+    };
+    let mut devices = Vec::new();
+    for d in ids(q.device_id.as_deref())? {
+        let dev = s.registry.device_record(DeviceId(d))?;
+        devices.push((dev.id, dev.name));
+    }
+    for f in ids(q.fleet_id.as_deref())? {
+        for id in fleet_devices(&s, FleetId(f))? {
+            if !devices.iter().any(|(d, _)| *d == id) {
+                devices.push((id, s.registry.device_record(id)?.name));
+            }
+        }
+    }
+    if q.device_id.is_none() && q.fleet_id.is_none() {
+        return Err(ApiError::bad_request(
+            "invalid_query",
+            "name devices (device_id) or fleets (fleet_id) to export",
+        ));
+    }
+    let spec = ExportSpec {
+        devices,
+        tags: split_keys(q.tags.as_deref()),
+        keys: split_keys(q.keys.as_deref()),
+        from,
+        to,
+        format,
+    };
+    let rx = crate::data::export::spawn(s.store.clone(), spec);
+    let body = axum::body::Body::from_stream(tokio_stream_of(rx));
+    let ext = if format == Format::Csv { "csv" } else { "json" };
+    axum::response::Response::builder()
+        .header(axum::http::header::CONTENT_TYPE, format.content_type())
+        .header(
+            axum::http::header::CONTENT_DISPOSITION,
+            format!("attachment; filename=\"corral-export.{ext}\""),
+        )
+        .body(body)
+        .map_err(ApiError::internal)
+}
+
+/// A receiver as a stream, for a streamed body.
+fn tokio_stream_of(
+    mut rx: tokio::sync::mpsc::Receiver<Result<bytes::Bytes, std::io::Error>>,
+) -> impl futures_util::Stream<Item = Result<bytes::Bytes, std::io::Error>> {
+    futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
 }
 
 impl From<AggError> for ApiError {

@@ -2,6 +2,8 @@
 //! reading it back (raw ranges, latest values, tags); aggregation is in `aggregate`.
 
 pub mod aggregate;
+pub mod export;
+pub mod retention;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

@@ -50,6 +50,9 @@ pub struct NewWorkspace {
     pub name: String,
     #[serde(default)]
     pub description: String,
+    /// Days of telemetry to keep (1 to 36500); the server default when absent.
+    #[serde(default)]
+    pub retention_days: Option<u32>,
 }
 
 /// Changes to a workspace; absent fields stay as they are.
@@ -58,6 +61,8 @@ pub struct NewWorkspace {
 pub struct WorkspacePatch {
     pub name: Option<String>,
     pub description: Option<String>,
+    /// Days of telemetry to keep; 0 clears the workspace's own setting.
+    pub retention_days: Option<u32>,
 }
 
 #[derive(Debug, Clone, Deserialize, ToSchema)]
@@ -168,6 +173,16 @@ fn check_text(field: &'static str, s: &str) -> Result<String> {
     Ok(s.to_string())
 }
 
+fn check_retention(days: Option<u32>) -> Result<Option<u32>> {
+    match days {
+        Some(d) if !(1..=36500).contains(&d) => Err(RegistryError::Invalid {
+            field: "retention_days",
+            message: "must be 1 to 36500 days".into(),
+        }),
+        d => Ok(d),
+    }
+}
+
 fn clash(kind: &'static str, name: &str) -> RegistryError {
     RegistryError::NameTaken {
         kind,
@@ -205,6 +220,7 @@ impl Registry {
             description: check_text("description", &new.description)?,
             created_at: now,
             updated_at: now,
+            retention_days: check_retention(new.retention_days)?,
         };
         self.store
             .put_workspace(&ws, None)?
@@ -243,6 +259,9 @@ impl Registry {
         }
         if let Some(d) = &patch.description {
             ws.description = check_text("description", d)?;
+        }
+        if let Some(r) = patch.retention_days {
+            ws.retention_days = check_retention(Some(r).filter(|r| *r > 0))?;
         }
         ws.updated_at = now_ms();
         self.store
@@ -616,13 +635,15 @@ mod tests {
             .create_workspace(NewWorkspace {
                 name: "Plant".into(),
                 description: String::new(),
+                retention_days: None,
             })
             .await
             .expect("ws");
         assert!(matches!(
             r.create_workspace(NewWorkspace {
                 name: "plant".into(),
-                description: String::new()
+                description: String::new(),
+                retention_days: None,
             })
             .await,
             Err(RegistryError::NameTaken { .. })
@@ -697,6 +718,7 @@ mod tests {
             .create_workspace(NewWorkspace {
                 name: "w".into(),
                 description: String::new(),
+                retention_days: None,
             })
             .await
             .expect("ws");

@@ -555,6 +555,82 @@ impl Db {
         Ok(page)
     }
 
+    /// Points of one series in `[from, to]`, oldest first, read lazily (for streaming export).
+    pub fn scan_series(
+        &self,
+        device: DeviceId,
+        tag: &str,
+        key: &str,
+        from: Millis,
+        to: Millis,
+    ) -> impl Iterator<Item = Result<(Millis, Value)>> + use<> {
+        let base = series_key(device, tag, key);
+        let start = [&base[..], &ts_bytes(from)].concat();
+        let end = [&base[..], &ts_bytes(to)].concat();
+        let n = base.len();
+        self.trees().ts.range(start..=end).map(move |kv| {
+            let (k, v) = kv?;
+            let ts = ts_from(&k[n..]).ok_or_else(|| corrupt("ts key"))?;
+            Ok((ts, decode_value(&v)?))
+        })
+    }
+
+    /// Points stored in one series (from the rollups, so without reading the points).
+    pub fn series_points(&self, device: DeviceId, tag: &str, key: &str) -> Result<u64> {
+        let mut n = 0;
+        for kv in self
+            .trees()
+            .rollup_h
+            .scan_prefix(series_key(device, tag, key))
+        {
+            n += Agg::decode(&kv?.1)?.count;
+        }
+        Ok(n)
+    }
+
+    /// Deletes the points of one series older than `cutoff`, in bounded batches, with their
+    /// rollups; the hour holding `cutoff` is recomputed from what remains. Returns how many
+    /// points went.
+    pub fn delete_series_before(
+        &self,
+        device: DeviceId,
+        tag: &str,
+        key: &str,
+        cutoff: Millis,
+    ) -> Result<u64> {
+        let t = self.trees();
+        let base = series_key(device, tag, key);
+        let end = [&base[..], &ts_bytes(cutoff)].concat();
+        let mut removed = 0u64;
+        loop {
+            let mut batch = sled::Batch::default();
+            let mut n = 0;
+            for kv in t.ts.range(base.clone()..end.clone()).take(10_000) {
+                batch.remove(kv?.0);
+                n += 1;
+            }
+            if n == 0 {
+                break;
+            }
+            t.ts.apply_batch(batch)?;
+            removed += n;
+        }
+        let hour = hour_of(cutoff);
+        let hour_key = [&base[..], &ts_bytes(hour)].concat();
+        let mut batch = sled::Batch::default();
+        for kv in t.rollup_h.range(base.clone()..hour_key.clone()) {
+            batch.remove(kv?.0);
+        }
+        let agg = self.raw_agg(&base, hour, hour + HOUR_MS)?;
+        if agg.count == 0 {
+            batch.remove(hour_key);
+        } else {
+            batch.insert(hour_key, &agg.encode()[..]);
+        }
+        t.rollup_h.apply_batch(batch)?;
+        Ok(removed)
+    }
+
     /// Removes every point and series of a device, in bounded batches.
     pub fn delete_device_telemetry(&self, device: DeviceId) -> Result<()> {
         self.known_series

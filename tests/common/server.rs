@@ -24,6 +24,11 @@ pub fn bin() -> &'static str {
 
 impl Server {
     pub fn spawn(data_dir: &Path, admin_key: &str) -> Server {
+        Self::spawn_with(data_dir, admin_key, &[])
+    }
+
+    /// As `spawn`, with extra `CORRAL_*` settings.
+    pub fn spawn_with(data_dir: &Path, admin_key: &str, env: &[(&str, &str)]) -> Server {
         let mut child = Command::new(bin())
             .args(["serve", "--log-format", "json"])
             .env_clear()
@@ -34,6 +39,7 @@ impl Server {
             .env("CORRAL_HTTP__LISTEN", "127.0.0.1:0")
             .env("CORRAL_HTTPS__ENABLED", "false")
             .env("CORRAL_LOG__LEVEL", "info")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
