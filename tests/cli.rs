@@ -427,3 +427,165 @@ async fn credentials_through_the_cli_and_no_secret_in_the_logs() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn data_commands_through_the_cli() {
+    corral::pki::install_crypto_provider();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let key = corral::auth::new_api_key();
+    let srv = Server::spawn(&dir.path().join("data"), &key);
+    let base = srv.base();
+    let env = [
+        ("CORRAL_SERVER", base.as_str()),
+        ("CORRAL_API_KEY", key.as_str()),
+    ];
+    let run = |args: &[&str]| corral(args, &env);
+    ok(&run(&[
+        "workspace",
+        "create",
+        "Farm",
+        "--retention-days",
+        "3650",
+    ]));
+    ok(&run(&["fleet", "create", "probes", "--workspace", "Farm"]));
+    let created: Value = serde_json::from_str(&ok(&run(&[
+        "device", "create", "probe-1", "--fleet", "probes", "--json",
+    ])))
+    .expect("json");
+    let token = created["credentials"]["token"].as_str().expect("token");
+    // Six points over two hours through the HTTP device API, one under a tag.
+    let t0: i64 = 1_767_225_600_000;
+    let items: Vec<Value> = (0..6)
+        .map(|i| serde_json::json!({"ts": t0 + i * 1_200_000, "values": {"moisture": i * 10}}))
+        .collect();
+    let http = reqwest::Client::new();
+    for (path, body) in [
+        ("telemetry", Value::Array(items)),
+        (
+            "telemetry/battery",
+            serde_json::json!({"ts": t0, "values": {"volts": 3.3}}),
+        ),
+    ] {
+        let r = http
+            .post(format!("{base}/api/v1/{token}/{path}"))
+            .json(&body)
+            .send()
+            .await
+            .expect("post");
+        assert_eq!(r.status(), 200);
+    }
+    let (from, to) = (t0.to_string(), (t0 + 2 * 3_600_000 - 1).to_string());
+    let agg: Value = serde_json::from_str(&ok(&run(&[
+        "aggregate",
+        "--device",
+        "probe-1",
+        "--interval",
+        "1h",
+        "--from",
+        &from,
+        "--to",
+        &to,
+        "--json",
+    ])))
+    .expect("json");
+    let buckets = agg["data"]["moisture"].as_array().expect("buckets");
+    assert_eq!(
+        (buckets[0]["count"].as_u64(), buckets[0]["avg"].as_f64()),
+        (Some(3), Some(10.0))
+    );
+    assert_eq!(buckets[1]["max"].as_f64(), Some(50.0));
+    let table = ok(&run(&[
+        "aggregate",
+        "--fleet",
+        "probes",
+        "--interval",
+        "1d",
+        "--from",
+        &from,
+        "--to",
+        &to,
+        "--tz",
+        "Europe/Berlin",
+    ]));
+    assert!(
+        table.contains("moisture") && table.contains("AVG"),
+        "{table}"
+    );
+    let tags = ok(&run(&["tags", "--device", "probe-1"]));
+    assert!(tags.contains("battery") && tags.contains("volts"), "{tags}");
+
+    ok(&run(&[
+        "attributes",
+        "set",
+        "--device",
+        "probe-1",
+        "target=26",
+        "mode=eco",
+    ]));
+    ok(&run(&[
+        "attributes",
+        "set",
+        "--fleet",
+        "probes",
+        "interval=60",
+    ]));
+    let attrs: Value = serde_json::from_str(&ok(&run(&[
+        "attributes",
+        "show",
+        "--device",
+        "probe-1",
+        "--json",
+    ])))
+    .expect("json");
+    assert_eq!(attrs["shared"]["target"]["value"], 26);
+    assert_eq!(attrs["shared"]["mode"]["value"], "eco");
+    assert_eq!(attrs["shared"]["interval"]["value"], 60);
+    ok(&run(&[
+        "attributes",
+        "delete",
+        "--device",
+        "probe-1",
+        "mode",
+    ]));
+    let shown = ok(&run(&["attributes", "show", "--device", "probe-1"]));
+    assert!(
+        !shown.contains("eco") && shown.contains("target"),
+        "{shown}"
+    );
+
+    let out = dir.path().join("export.csv");
+    ok(&run(&[
+        "export",
+        "--fleet",
+        "probes",
+        "--from",
+        &from,
+        "--to",
+        &to,
+        "-o",
+        out.to_str().expect("utf8"),
+    ]));
+    let csv = std::fs::read_to_string(&out).expect("csv");
+    assert_eq!(csv.lines().count(), 1 + 6 + 1, "{csv}");
+    let json_out = ok(&run(&[
+        "export", "--device", "probe-1", "--tags", "battery", "--format", "json", "--from", &from,
+        "--to", &to,
+    ]));
+    let rows: Value = serde_json::from_str(&json_out).expect("json");
+    assert_eq!(rows[0]["value"], 3.3);
+
+    let usage: Value = serde_json::from_str(&ok(&run(&[
+        "usage",
+        "--workspace",
+        "Farm",
+        "--sweep",
+        "--json",
+    ])))
+    .expect("json");
+    assert_eq!(
+        (usage["points"].as_u64(), usage["retention_days"].as_u64()),
+        (Some(7), Some(3650))
+    );
+    let store = ok(&run(&["usage"]));
+    assert!(store.contains("store_bytes"), "{store}");
+}

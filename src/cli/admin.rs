@@ -39,6 +39,9 @@ pub enum WorkspaceCmd {
         name: String,
         #[arg(long, default_value = "")]
         description: String,
+        /// Days of telemetry to keep (default: the server's `retention.default_days`).
+        #[arg(long)]
+        retention_days: Option<u32>,
         #[command(flatten)]
         client: ClientArgs,
     },
@@ -59,6 +62,9 @@ pub enum WorkspaceCmd {
         name: Option<String>,
         #[arg(long)]
         description: Option<String>,
+        /// Days of telemetry to keep; 0 returns to the server default.
+        #[arg(long)]
+        retention_days: Option<u32>,
         #[command(flatten)]
         client: ClientArgs,
     },
@@ -251,7 +257,7 @@ pub struct TelemetryArgs {
     client: ClientArgs,
 }
 
-fn parse_time(s: &str) -> anyhow::Result<Millis> {
+pub(super) fn parse_time(s: &str) -> anyhow::Result<Millis> {
     if let Ok(ms) = s.parse::<Millis>() {
         return Ok(ms);
     }
@@ -330,13 +336,15 @@ pub async fn workspace(cmd: WorkspaceCmd) -> anyhow::Result<ExitCode> {
         WorkspaceCmd::Create {
             name,
             description,
+            retention_days,
             client,
         } => {
             let c = ApiClient::from_args(&client)?;
             let w: Workspace = c
                 .post(
                     "/workspaces",
-                    &json!({"name": name, "description": description}),
+                    &json!({"name": name, "description": description,
+                            "retention_days": retention_days}),
                 )
                 .await?;
             show_workspace(&client, &w)
@@ -365,6 +373,7 @@ pub async fn workspace(cmd: WorkspaceCmd) -> anyhow::Result<ExitCode> {
             workspace,
             name,
             description,
+            retention_days,
             client,
         } => {
             let c = ApiClient::from_args(&client)?;
@@ -372,7 +381,8 @@ pub async fn workspace(cmd: WorkspaceCmd) -> anyhow::Result<ExitCode> {
             let w: Workspace = c
                 .patch(
                     &format!("/workspaces/{id}"),
-                    &json!({"name": name, "description": description}),
+                    &json!({"name": name, "description": description,
+                            "retention_days": retention_days}),
                 )
                 .await?;
             show_workspace(&client, &w)

@@ -123,6 +123,39 @@ impl ApiClient {
             .await
     }
 
+    /// Streams a GET response body into `out` (exports of any size): no overall timeout.
+    pub async fn download(
+        &self,
+        path: &str,
+        query: &[(&str, String)],
+        out: &mut (dyn std::io::Write + Send),
+    ) -> anyhow::Result<u64> {
+        let mut resp = self
+            .req(reqwest::Method::GET, path)
+            .query(query)
+            .timeout(Duration::from_secs(24 * 3600))
+            .send()
+            .await
+            .with_context(|| format!("cannot reach {}", self.base))?;
+        if !resp.status().is_success() {
+            let status = resp.status().as_u16();
+            let v: serde_json::Value = resp.json().await.unwrap_or_default();
+            return Err(ServerError {
+                status,
+                code: v["error"]["code"].as_str().unwrap_or("http_error").into(),
+                message: v["error"]["message"].as_str().unwrap_or("").into(),
+            }
+            .into());
+        }
+        let mut n = 0u64;
+        while let Some(chunk) = resp.chunk().await? {
+            out.write_all(&chunk)?;
+            n += chunk.len() as u64;
+        }
+        out.flush()?;
+        Ok(n)
+    }
+
     pub async fn delete(&self, path: &str) -> anyhow::Result<()> {
         self.send::<serde_json::Value>(self.req(reqwest::Method::DELETE, path))
             .await

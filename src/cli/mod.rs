@@ -1,10 +1,12 @@
 //! The command line: `serve`, `init`, `config`, `ca`, `healthcheck` run locally; the noun-verb
-//! admin commands (`workspace`, `fleet`, `device`, `telemetry`, `audit`) call the REST API;
+//! admin commands (`workspace`, `fleet`, `device`, `telemetry`, `aggregate`, `attributes`,
+//! `export`, `tags`, `usage`, `audit`) call the REST API;
 //! `simulate` runs virtual devices.
 
 mod admin;
 pub mod client;
 mod credentials;
+mod data;
 mod output;
 mod serve;
 
@@ -59,6 +61,17 @@ enum Command {
     Telemetry(admin::TelemetryArgs),
     /// The audit log: credential events and administrative changes, newest first.
     Audit(credentials::AuditArgs),
+    /// Aggregated telemetry (avg/min/max/sum/count) of a device or a fleet.
+    Aggregate(data::AggregateArgs),
+    /// A device's attributes, or a fleet's shared defaults.
+    #[command(subcommand)]
+    Attributes(data::AttributesCmd),
+    /// Export telemetry as CSV or JSON (streamed).
+    Export(data::ExportArgs),
+    /// The tags (and their keys) of a device or a fleet.
+    Tags(data::TagsArgs),
+    /// Disk usage of a workspace or the store; `--sweep` runs retention first.
+    Usage(data::UsageArgs),
     /// Run virtual devices against an MQTT server (demos, tests, benchmarks).
     Simulate(crate::sim::SimulateArgs),
 }
@@ -142,6 +155,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Device(c) => runtime()?.block_on(admin::device(c)),
         Command::Telemetry(a) => runtime()?.block_on(admin::telemetry(a)),
         Command::Audit(a) => runtime()?.block_on(credentials::audit(a)),
+        Command::Aggregate(a) => runtime()?.block_on(data::aggregate(a)),
+        Command::Attributes(c) => runtime()?.block_on(data::attributes(c)),
+        Command::Export(a) => runtime()?.block_on(data::export(a)),
+        Command::Tags(a) => runtime()?.block_on(data::tags(a)),
+        Command::Usage(a) => runtime()?.block_on(data::usage(a)),
         Command::Simulate(a) => {
             serve::init_logging("info", cli.log_format.unwrap_or(LogFormat::Human))?;
             runtime()?.block_on(crate::sim::run(a))
