@@ -19,7 +19,6 @@ use crate::audit::Entry;
 use crate::data::Durability;
 use crate::devices::credentials::{LoginAttempt, Refusal};
 use crate::devices::protocol::{self, AttributeRequest};
-use crate::events::Event;
 use crate::model::{DEFAULT_TAG, Device};
 use crate::services::Services;
 
@@ -181,24 +180,10 @@ async fn attribute_updates(
 ) -> DevResult<Response> {
     let dev = device(&s, &token).await?;
     let wait = poll_timeout(q.as_deref())?;
-    let mut events = s.events.subscribe();
-    let update = tokio::time::timeout(wait, async {
-        loop {
-            match events.recv().await {
-                Ok(Event::SharedAttributes { device_id, update }) if device_id == dev.id => {
-                    return Some(update);
-                }
-                Ok(_) => {}
-                // Lagging behind the bus only costs other devices' events; keep waiting.
-                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
-                Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
-            }
-        }
-    })
-    .await;
+    let update = s.attributes.next_update(dev.id, wait).await;
     Ok(match update {
-        Ok(Some(u)) => axum::Json(u).into_response(),
-        _ => StatusCode::REQUEST_TIMEOUT.into_response(),
+        Some(u) => axum::Json(u).into_response(),
+        None => StatusCode::REQUEST_TIMEOUT.into_response(),
     })
 }
 

@@ -1,8 +1,8 @@
 //! Device attributes, ThingsBoard's three scopes (§5.4): client attributes reported by the
 //! device, shared attributes (desired configuration) set by operators for a device or as a
 //! fleet default, and server attributes the device never sees. Shared changes are pushed to
-//! the device's sessions (changed keys only, or `{"deleted":[...]}`) and announced on the
-//! event bus for HTTP long-polls.
+//! the device's sessions (changed keys only, or `{"deleted":[...]}`), kept for HTTP long-polls
+//! in a per-device mailbox, and announced on the event bus.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -55,6 +55,59 @@ pub struct AttributeService {
     registry: Arc<Registry>,
     sessions: Arc<Sessions>,
     events: EventBus,
+    mailboxes: Mailboxes,
+}
+
+/// Shared-attribute updates kept for devices that long-poll over HTTP: the SDK polls again
+/// 0.1 s after each answer, and an update made between two polls must wait for the next one
+/// instead of being lost. A device's box exists while it polls and for a while after.
+#[derive(Default)]
+struct Mailboxes {
+    map: std::sync::Mutex<std::collections::HashMap<DeviceId, Mailbox>>,
+}
+
+struct Mailbox {
+    updates: std::collections::VecDeque<Json>,
+    last_poll: std::time::Instant,
+    notify: Arc<tokio::sync::Notify>,
+}
+
+/// How long a box outlives a device's last poll.
+const MAILBOX_IDLE: std::time::Duration = std::time::Duration::from_secs(120);
+/// Updates a box holds; the oldest go first.
+const MAILBOX_MAX: usize = 100;
+
+impl Mailboxes {
+    fn put(&self, device: DeviceId, update: &Json) {
+        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(b) = map.get_mut(&device) {
+            if b.last_poll.elapsed() > MAILBOX_IDLE {
+                map.remove(&device);
+                return;
+            }
+            if b.updates.len() == MAILBOX_MAX {
+                b.updates.pop_front();
+            }
+            b.updates.push_back(update.clone());
+            b.notify.notify_one();
+        }
+    }
+
+    /// The next update for `device`, or the notifier to wait on.
+    fn take(&self, device: DeviceId) -> std::result::Result<Json, Arc<tokio::sync::Notify>> {
+        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        // Forget boxes of devices that stopped polling.
+        if map.len() > 1024 {
+            map.retain(|_, b| b.last_poll.elapsed() <= MAILBOX_IDLE);
+        }
+        let b = map.entry(device).or_insert_with(|| Mailbox {
+            updates: Default::default(),
+            last_poll: std::time::Instant::now(),
+            notify: Default::default(),
+        });
+        b.last_poll = std::time::Instant::now();
+        b.updates.pop_front().ok_or_else(|| b.notify.clone())
+    }
 }
 
 /// Validates operator-supplied attributes (a JSON object) into typed values.
@@ -77,6 +130,26 @@ impl AttributeService {
             registry,
             sessions,
             events,
+            mailboxes: Mailboxes::default(),
+        }
+    }
+
+    /// Long-poll for the next shared-attribute update of a device (HTTP device API): at once
+    /// if one is waiting, else when one comes, else `None` after `wait`.
+    pub async fn next_update(&self, device: DeviceId, wait: std::time::Duration) -> Option<Json> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let notify = match self.mailboxes.take(device) {
+                Ok(u) => return Some(u),
+                Err(n) => n,
+            };
+            if tokio::time::timeout_at(deadline, notify.notified())
+                .await
+                .is_err()
+            {
+                // A last look: an update may have landed as the time ran out.
+                return self.mailboxes.take(device).ok();
+            }
         }
     }
 
@@ -290,6 +363,7 @@ impl AttributeService {
                 needs: Some(Subscription::Attributes),
             },
         );
+        self.mailboxes.put(device, &update);
         self.events.publish(Event::SharedAttributes {
             device_id: device,
             update,
