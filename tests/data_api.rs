@@ -7,7 +7,7 @@
 //! Europe/Berlin across both DST changes and Asia/Kolkata) checked bucket by bucket against an
 //! independent computation in this file (jiff offsets, not Corral's boundary code), for one
 //! device and merged across a fleet, with key and tag filters, tag listings and the aggregate
-//! error codes. Two tests are ignored because they show bugs in src/ (see their reasons).
+//! error codes; UNSUBSCRIBE stops pushes; multi-hour buckets follow the local clock across DST.
 
 mod common;
 
@@ -739,9 +739,6 @@ async fn fleet_defaults_are_pushed_unless_overridden_and_fall_back_on_delete() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "bug: UNSUBSCRIBE of v1/devices/me/attributes is acknowledged but shared-attribute \
-            pushes continue (src/mqtt/session.rs protocol_v3/protocol_v5 never clear \
-            Subscribed::attributes)"]
 async fn unsubscribing_from_attributes_stops_pushes() {
     let mut t = TestApp::start().await;
     let h = Http::new(&t);
@@ -1929,9 +1926,6 @@ async fn berlin_autumn_change_gives_a_25_hour_day() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "bug: sub-day buckets are a fixed-length grid from the local midnight of `from` \
-            (src/data/aggregate.rs boundaries), so after a DST change 2h/3h/4h/6h/12h buckets \
-            start off the local clock (12h in Berlin: 01:00 and 13:00 CEST) and depend on `from`"]
 async fn multi_hour_buckets_follow_the_local_clock_across_dst() {
     let mut t = TestApp::start().await;
     let h = Http::new(&t);

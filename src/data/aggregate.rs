@@ -67,8 +67,48 @@ pub fn parse_tz(name: Option<&str>) -> Result<TimeZone, AggError> {
     }
 }
 
-/// Bucket boundaries covering `[from, to]`: from the local midnight before `from`, one
-/// interval apart (a local calendar day for `1d`), up to the first boundary after `to`.
+/// Milliseconds since local midnight at `ms`.
+fn local_ms_of_day(tz: &TimeZone, ms: Millis) -> Result<Millis, AggError> {
+    let off = tz.to_offset(ts(ms)?).seconds() as Millis * 1000;
+    Ok((ms + off).rem_euclid(DAY_MS))
+}
+
+fn ts(ms: Millis) -> Result<Timestamp, AggError> {
+    Timestamp::from_millisecond(ms).map_err(|e| AggError::Interval(format!("time: {e}")))
+}
+
+/// The first bucket start after `t`: an instant whose local time of day is a whole number of
+/// intervals since local midnight. Within one UTC offset that is arithmetic; when the offset
+/// changes on the way, the search restarts at the change.
+fn next_start(tz: &TimeZone, t: Millis, interval: Millis) -> Result<Millis, AggError> {
+    let mut c = t + 1;
+    loop {
+        let lod = local_ms_of_day(tz, c)?;
+        let rem = lod % interval;
+        if rem == 0 {
+            return Ok(c);
+        }
+        // The next grid point of this local day, or the next local midnight if that is sooner
+        // (an interval that does not divide a day restarts at midnight).
+        let cand = c + (interval - rem).min(DAY_MS - lod);
+        let change = tz
+            .following(ts(c)?)
+            .next()
+            .map(|tr| tr.timestamp().as_millisecond())
+            .filter(|&x| x <= cand);
+        match change {
+            // The offset changes first: look again from the change.
+            Some(x) if x > c => c = x,
+            _ => return Ok(cand),
+        }
+    }
+}
+
+/// Bucket boundaries covering `[from, to]`: a bucket starts wherever the local wall clock in
+/// `tz` reads a whole number of intervals since local midnight, so buckets follow the local
+/// clock across DST changes (a spring day has 23 one-hour buckets, an autumn day 25; 12-hour
+/// buckets start at local midnight and noon) and an instant falls in the same bucket whatever
+/// the query's range. `1d` buckets are local calendar days.
 pub fn boundaries(
     from: Millis,
     to: Millis,
@@ -78,9 +118,10 @@ pub fn boundaries(
     if from > to {
         return Err(AggError::Range);
     }
-    let ts = |ms: Millis| {
-        Timestamp::from_millisecond(ms).map_err(|e| AggError::Interval(format!("time: {e}")))
-    };
+    // Rough count first: refuse before computing millions of boundaries.
+    if (to - from) / interval > MAX_BUCKETS as Millis + 2 {
+        return Err(AggError::TooManyBuckets);
+    }
     let midnight = ts(from)?
         .to_zoned(tz.clone())
         .start_of_day()
@@ -90,7 +131,6 @@ pub fn boundaries(
         let mut day = midnight;
         loop {
             let b = day.timestamp().as_millisecond();
-            // Skip whole buckets before `from` (never more than one here).
             out.push(b);
             if b > to {
                 break;
@@ -102,19 +142,23 @@ pub fn boundaries(
                 return Err(AggError::TooManyBuckets);
             }
         }
-    } else {
-        let start = midnight.timestamp().as_millisecond();
-        // The first bucket that can hold `from`.
-        let mut b = start + (from - start) / interval * interval;
-        loop {
-            out.push(b);
-            if b > to {
-                break;
-            }
-            b += interval;
-            if out.len() > MAX_BUCKETS + 1 {
-                return Err(AggError::TooManyBuckets);
-            }
+        return Ok(out);
+    }
+    // The last start at or before `from`: walk forward from local midnight.
+    let mut b = midnight.timestamp().as_millisecond();
+    loop {
+        let n = next_start(tz, b, interval)?;
+        if n > from {
+            break;
+        }
+        b = n;
+    }
+    out.push(b);
+    while b <= to {
+        b = next_start(tz, b, interval)?;
+        out.push(b);
+        if out.len() > MAX_BUCKETS + 1 {
+            return Err(AggError::TooManyBuckets);
         }
     }
     Ok(out)

@@ -761,6 +761,10 @@ pub async fn protocol_v3(
             }
             sub.ack()
         }
+        v3::ProtocolMessage::Unsubscribe(u) => {
+            s.unsubscribed(u.iter().map(|t| t.as_str()));
+            u.ack()
+        }
         other => other.ack(),
     })
 }
@@ -779,6 +783,10 @@ pub async fn protocol_v5(
                 }
             }
             sub.ack()
+        }
+        v5::ProtocolMessage::Unsubscribe(u) => {
+            s.unsubscribed(u.iter().map(|t| t.as_str()));
+            u.ack()
         }
         v5::ProtocolMessage::Auth(a) => a.ack(v5::codec::Auth::default()),
         other => other.ack(),
@@ -808,6 +816,19 @@ fn log_stop(s: &DeviceSession, c: &Control<MqttErr>) {
 }
 
 impl DeviceSession {
+    /// Forgets subscriptions the device dropped: pushes need them (MQTT-3.10.4-2).
+    fn unsubscribed<'a>(&self, filters: impl Iterator<Item = &'a str>) {
+        if let Some(d) = &self.device {
+            for f in filters {
+                if f == protocol::ATTRIBUTES_TOPIC {
+                    d.subs
+                        .attributes
+                        .store(false, std::sync::atomic::Ordering::Relaxed);
+                }
+            }
+        }
+    }
+
     fn touch(&self) {
         if let Some(d) = &self.device {
             d.live.touch();
