@@ -201,8 +201,11 @@ corral_ready() {
 
 start_corral() { # start_corral DATA_DIR LOG
     # env execs corral, so $! is corral's pid. A CORRAL_CONFIG file in the caller's environment is
-    # dropped; other CORRAL_* variables pass through on purpose (e.g. CORRAL_MQTT__WORKERS=1).
-    env -u CORRAL_CONFIG CORRAL_DATA_DIR="$1" CORRAL_ADMIN_KEY="$ADMIN_KEY" \
+    # dropped, and so are this script's own settings (CORRAL_BIN, CORRAL_*_PORT), which corral
+    # would refuse as unknown keys; other CORRAL_* variables pass through on purpose
+    # (e.g. CORRAL_MQTT__WORKERS=1).
+    env -u CORRAL_CONFIG -u CORRAL_BIN -u CORRAL_MQTT_PORT -u CORRAL_PLAIN_PORT -u CORRAL_HTTP_PORT \
+        CORRAL_DATA_DIR="$1" CORRAL_ADMIN_KEY="$ADMIN_KEY" \
         CORRAL_MQTT__TLS_LISTEN="127.0.0.1:$CORRAL_MQTT_PORT" \
         CORRAL_MQTT__PLAIN_ENABLED=true CORRAL_MQTT__PLAIN_LISTEN="127.0.0.1:$CORRAL_PLAIN_PORT" \
         CORRAL_HTTP__LISTEN="127.0.0.1:$CORRAL_HTTP_PORT" CORRAL_HTTPS__ENABLED=false \
