@@ -36,6 +36,8 @@ pub struct Services {
     pub metrics: Arc<Metrics>,
     /// New connections per client address (all transports).
     pub connect_limiter: KeyedLimiter<IpAddr>,
+    /// Messages per device over the HTTP device API (MQTT sessions keep their own bucket).
+    pub http_device_limiter: KeyedLimiter<crate::model::DeviceId>,
 }
 
 impl Services {
@@ -74,6 +76,10 @@ impl Services {
         let l = &config.limits;
         Self {
             connect_limiter: KeyedLimiter::new(l.ip_connects_per_sec, l.ip_connect_burst),
+            http_device_limiter: KeyedLimiter::new(
+                l.device_messages_per_sec,
+                l.device_message_burst,
+            ),
             data: DataService::new(store.clone(), events.clone(), metrics.clone()),
             auth: AuthService::new(store.clone()),
             registry,

@@ -846,6 +846,43 @@ async fn message_and_connection_rates_are_limited_without_losing_acknowledged_da
         "{page}"
     );
 
+    // The HTTP device API has the same per-device rate: 429 over it, and only what got a 200
+    // is stored.
+    let http = reqwest::Client::new();
+    let (mut ok_http, mut limited) = (0usize, 0usize);
+    for i in 0..20i64 {
+        let r = http
+            .post(format!("{}/api/v1/{token}/telemetry", t.http_base()))
+            .json(&json!({"ts": 1_700_000_001_000i64 + i, "values": {"h": i}}))
+            .send()
+            .await
+            .expect("post");
+        match r.status().as_u16() {
+            200 => ok_http += 1,
+            429 => limited += 1,
+            other => panic!("status {other}"),
+        }
+    }
+    assert!(
+        limited > 0 && ok_http >= 5,
+        "ok {ok_http}, limited {limited}"
+    );
+    let page = t
+        .telemetry(
+            &id,
+            &[
+                ("from", "1700000001000".into()),
+                ("to", "1700000001100".into()),
+                ("keys", "h".into()),
+            ],
+        )
+        .await;
+    assert_eq!(
+        page["data"]["h"].as_array().map(Vec::len),
+        Some(ok_http),
+        "{page}"
+    );
+
     // Connection rate per address: the burst (3, one used above) then 0x9F.
     let mut codes = Vec::new();
     for _ in 0..3 {

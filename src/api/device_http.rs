@@ -2,7 +2,7 @@
 //! telemetry (and Corral's tagged form), client attributes, attribute requests, long-polls for
 //! shared-attribute updates and server RPC, RPC replies, client RPC and claiming, with
 //! ThingsBoard's status codes: 400 bad body, 401 unknown token, 403 disabled device,
-//! 408 long-poll timeout. The token authenticates; no API key is involved.
+//! 408 long-poll timeout, 429 over the device's message rate. The token authenticates; no API key is involved.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -87,8 +87,22 @@ async fn device(s: &Services, token: &str) -> DevResult<Device> {
     }
 }
 
+/// The device's message rate over HTTP: 429 over the limit (the data is not stored; send it
+/// again later).
+fn rate(s: &Services, dev: &Device) -> DevResult<()> {
+    if s.http_device_limiter.allow(&dev.id) {
+        Ok(())
+    } else {
+        Err(DevError(
+            StatusCode::TOO_MANY_REQUESTS,
+            "message rate limit exceeded; not stored".into(),
+        ))
+    }
+}
+
 async fn store(s: &Services, token: &str, tag: &str, body: &[u8]) -> DevResult<StatusCode> {
     let dev = device(s, token).await?;
+    rate(s, &dev)?;
     protocol::check_tag(tag).map_err(|e| bad(e.to_string()))?;
     let t = crate::data::DataService::parse_telemetry(body).map_err(|e| bad(e.to_string()))?;
     s.data
@@ -120,6 +134,7 @@ async fn post_attributes(
     body: Bytes,
 ) -> DevResult<StatusCode> {
     let dev = device(&s, &token).await?;
+    rate(&s, &dev)?;
     let values = protocol::parse_attributes(&body).map_err(|e| bad(e.to_string()))?;
     s.attributes
         .report(dev.id, values)

@@ -532,30 +532,11 @@ async fn handle_publish(
                 _ => crate::model::DEFAULT_TAG,
             };
             // Rate before parsing: a flood costs as little as possible.
-            let wait = {
-                let mut r = d.bucket.lock().unwrap_or_else(|p| p.into_inner());
-                if v5 {
-                    if r.bucket.try_take() {
-                        r.refused_in_a_row = 0;
-                        None
-                    } else {
-                        r.refused_in_a_row += 1;
-                        // A device that ignores refusals and keeps sending far beyond its
-                        // burst is cut off instead of being answered forever.
-                        let abuse = r.refused_in_a_row
-                            > s.services.config.limits.device_message_burst.max(10) * 10;
-                        drop(r);
-                        reject("rate_exceeded");
-                        return if abuse {
-                            Outcome::RateAbuse
-                        } else {
-                            Outcome::RateExceeded
-                        };
-                    }
-                } else {
-                    // 3.1.1 has no negative PUBACK: slow the device down instead. While this
-                    // handler waits, the in-flight window fills and ntex stops reading.
-                    Some(r.bucket.take_or_wait())
+            let wait = match d.rate(&s.services, v5) {
+                Ok(w) => w,
+                Err(o) => {
+                    reject("rate_exceeded");
+                    return o;
                 }
             };
             let parsed = DataService::parse_telemetry(&payload);
@@ -592,8 +573,19 @@ async fn handle_publish(
             }
         }
         DeviceTopic::Attributes => {
+            // Attributes count against the same rate as telemetry, as ThingsBoard counts them.
+            let wait = match d.rate(&s.services, v5) {
+                Ok(w) => w,
+                Err(o) => {
+                    reject("rate_exceeded");
+                    return o;
+                }
+            };
             let parsed = protocol::parse_attributes(&payload);
             drop(payload);
+            if let Some(w) = wait.filter(|w| !w.is_zero()) {
+                ntex_util::time::sleep(w).await;
+            }
             let values = match parsed {
                 Ok(v) => v,
                 Err(e) => {
@@ -812,6 +804,31 @@ pub async fn control_v5(
 fn log_stop(s: &DeviceSession, c: &Control<MqttErr>) {
     if let Control::Stop(reason) = c {
         tracing::debug!(device = ?s.device.as_ref().map(|d| d.id), ?reason, "connection stopping");
+    }
+}
+
+impl DeviceCtx {
+    /// Takes one message from the device's rate. MQTT 5: refused over the limit (0x97), and
+    /// cut off far beyond it (0x96). MQTT 3.1.1 has no negative PUBACK: the answer is a wait,
+    /// during which the in-flight window fills and ntex stops reading from the device.
+    fn rate(&self, services: &Services, v5: bool) -> Result<Option<std::time::Duration>, Outcome> {
+        let mut r = self.bucket.lock().unwrap_or_else(|p| p.into_inner());
+        if !v5 {
+            return Ok(Some(r.bucket.take_or_wait()));
+        }
+        if r.bucket.try_take() {
+            r.refused_in_a_row = 0;
+            return Ok(None);
+        }
+        r.refused_in_a_row += 1;
+        // A device that ignores refusals and keeps sending far beyond its burst is cut off
+        // instead of being answered forever.
+        let abuse = r.refused_in_a_row > services.config.limits.device_message_burst.max(10) * 10;
+        Err(if abuse {
+            Outcome::RateAbuse
+        } else {
+            Outcome::RateExceeded
+        })
     }
 }
 
