@@ -119,6 +119,14 @@ impl App {
         let bootstrap = services.auth.bootstrap(admin_key.as_deref()).await?;
         // The device listener's trust (revocation list, manufacturer CAs) before it accepts.
         services.credentials.refresh_trust()?;
+        // Jobs that were being sent when the last run ended go back to their queues.
+        let requeued = services.jobs.recover()?;
+        if requeued > 0 {
+            tracing::info!(
+                jobs = requeued,
+                "jobs in flight at the last stop are queued again"
+            );
+        }
 
         let addrs = Addrs {
             mqtt_tls: listeners.mqtt_tls.local_addr()?,
@@ -187,6 +195,21 @@ impl App {
                 tokio::select! {
                     _ = tick.tick() => sweep.credentials.sweep_expired(),
                     _ = stop_sweep.changed() => return,
+                }
+            }
+        }));
+        // The job scheduler: expiry, retries, sends that lost their session.
+        let scheduler = services.clone();
+        let mut stop_jobs = shutdown.subscribe();
+        tasks.push(tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {
+                        let s = scheduler.clone();
+                        let _ = tokio::task::spawn_blocking(move || s.jobs.tick()).await;
+                    }
+                    _ = stop_jobs.changed() => return,
                 }
             }
         }));

@@ -35,6 +35,7 @@ pub struct Config {
     pub credentials: CredentialsConfig,
     pub audit: AuditConfig,
     pub retention: RetentionConfig,
+    pub jobs: crate::jobs::JobsConfig,
 }
 
 /// `[retention]`: how long telemetry is kept.
@@ -172,6 +173,7 @@ impl Default for Config {
             credentials: CredentialsConfig::default(),
             audit: AuditConfig::default(),
             retention: RetentionConfig::default(),
+            jobs: crate::jobs::JobsConfig::default(),
         }
     }
 }
@@ -479,6 +481,7 @@ fn deserialize_collecting(table: toml::Table, problems: &mut Vec<String>) -> Opt
                     "credentials" => CredentialsConfig::deserialize(value).map(drop),
                     "audit" => AuditConfig::deserialize(value).map(drop),
                     "retention" => RetentionConfig::deserialize(value).map(drop),
+                    "jobs" => crate::jobs::JobsConfig::deserialize(value).map(drop),
                     "data_dir" | "admin_key" | "admin_key_file" => {
                         top.insert(key.clone(), value);
                         continue;

@@ -23,6 +23,12 @@ pub enum Event {
         tag: String,
         values: usize,
     },
+    /// A job changed state.
+    JobUpdated {
+        job_id: crate::model::JobId,
+        device_id: DeviceId,
+        state: crate::model::JobState,
+    },
     /// Shared attributes changed: the update as the device receives it.
     SharedAttributes {
         device_id: DeviceId,

@@ -2,7 +2,7 @@
 //!
 //! Layers, bottom to top (dependencies point down only):
 //! `config`, `metrics`, `model`, `limits` → `store` → `pki`, `events`, `audit` → `devices`,
-//! `data`, `auth` →
+//! `data`, `auth`, `jobs` →
 //! `services` → transports `mqtt`, `api` → `app` (wiring, lifecycle) → `cli`.
 
 pub mod api;
@@ -14,6 +14,7 @@ pub mod config;
 pub mod data;
 pub mod devices;
 pub mod events;
+pub mod jobs;
 pub mod limits;
 pub mod metrics;
 pub mod model;

@@ -79,6 +79,10 @@ id_type!(
     "Identifies a manufacturer CA registered on a fleet."
 );
 id_type!(AuditId, "Identifies an audit record; time-ordered.");
+id_type!(
+    JobId,
+    "Identifies a job (a command to a device); time-ordered."
+);
 
 /// A workspace groups the fleets and devices of one project.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
@@ -360,4 +364,78 @@ pub const DEFAULT_TAG: &str = "default";
 pub struct Point {
     pub ts: Millis,
     pub value: Value,
+}
+
+/// Where a job stands (ThingsBoard's server-side RPC, §5.5, made persistent).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum JobState {
+    /// Waiting for the device (offline, busy with an earlier job, or before a retry).
+    Queued,
+    /// Published to the device; no PUBACK yet.
+    Sent,
+    /// The device acknowledged it; a two-way job waits for the reply.
+    Delivered,
+    Succeeded,
+    Failed,
+    Expired,
+    Cancelled,
+}
+
+impl JobState {
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            JobState::Succeeded | JobState::Failed | JobState::Expired | JobState::Cancelled
+        )
+    }
+}
+
+/// One timestamped step of a job's life.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct JobTransition {
+    pub state: JobState,
+    pub at: Millis,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+}
+
+/// A command to one device.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Job {
+    pub id: JobId,
+    pub device_id: DeviceId,
+    pub method: String,
+    #[schema(value_type = Object)]
+    pub params: serde_json::Value,
+    /// Two-way jobs succeed when the device replies; one-way jobs when it acknowledges.
+    pub two_way: bool,
+    pub state: JobState,
+    pub created_at: Millis,
+    pub expires_at: Millis,
+    /// The request id on the device's RPC topic, from the latest send.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rpc_id: Option<u32>,
+    pub attempts: u32,
+    /// When a queued job may be sent again (after a failed attempt).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_attempt_at: Option<Millis>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub result: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idempotency_key: Option<String>,
+    pub history: Vec<JobTransition>,
+}
+
+impl Job {
+    /// Moves to `state`, recording when (and why).
+    pub fn transition(&mut self, state: JobState, note: Option<String>) {
+        self.state = state;
+        self.history.push(JobTransition {
+            state,
+            at: now_ms(),
+            note,
+        });
+    }
 }

@@ -14,6 +14,7 @@ use crate::devices::provisioning::ProvisioningService;
 use crate::devices::sessions::Sessions;
 use crate::devices::{Presence, Registry};
 use crate::events::EventBus;
+use crate::jobs::JobService;
 use crate::limits::KeyedLimiter;
 use crate::metrics::Metrics;
 use crate::pki::Pki;
@@ -26,6 +27,7 @@ pub struct Services {
     pub registry: Arc<Registry>,
     pub credentials: Arc<CredentialService>,
     pub attributes: AttributeService,
+    pub jobs: JobService,
     pub provisioning: ProvisioningService,
     pub sessions: Arc<Sessions>,
     pub presence: Arc<Presence>,
@@ -73,6 +75,13 @@ impl Services {
             sessions.clone(),
             events.clone(),
         );
+        let jobs = JobService::new(
+            store.clone(),
+            registry.clone(),
+            sessions.clone(),
+            events.clone(),
+            config.jobs.clone(),
+        );
         let l = &config.limits;
         Self {
             connect_limiter: KeyedLimiter::new(l.ip_connects_per_sec, l.ip_connect_burst),
@@ -85,6 +94,7 @@ impl Services {
             registry,
             credentials,
             attributes,
+            jobs,
             provisioning,
             sessions,
             audit,

@@ -589,3 +589,77 @@ async fn data_commands_through_the_cli() {
     let store = ok(&run(&["usage"]));
     assert!(store.contains("store_bytes"), "{store}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_through_the_cli() {
+    corral::pki::install_crypto_provider();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let key = corral::auth::new_api_key();
+    let srv = Server::spawn(&dir.path().join("data"), &key);
+    let base = srv.base();
+    let env = [
+        ("CORRAL_SERVER", base.as_str()),
+        ("CORRAL_API_KEY", key.as_str()),
+    ];
+    let run = |args: &[&str]| corral(args, &env);
+    ok(&run(&["workspace", "create", "W"]));
+    ok(&run(&["fleet", "create", "F", "--workspace", "W"]));
+    let created: Value = serde_json::from_str(&ok(&run(&[
+        "device", "create", "valve", "--fleet", "F", "--json",
+    ])))
+    .expect("json");
+    let token = created["credentials"]["token"].as_str().expect("token");
+    // Queued while the device is away.
+    let queued: Value = serde_json::from_str(&ok(&run(&[
+        "job",
+        "send",
+        "valve",
+        "open",
+        "--params",
+        r#"{"pct":50}"#,
+        "--json",
+    ])))
+    .expect("json");
+    assert_eq!(queued["state"], "queued");
+    let job_id = queued["id"].as_str().expect("id").to_string();
+    // The device comes, subscribes, and acknowledges (rumqttc acks QoS 1 by itself).
+    let mut opts = MqttOptions::new("", "127.0.0.1", srv.mqtt_tls.port());
+    opts.set_credentials(token, "");
+    opts.set_transport(tls_transport(&srv.ca_pem()));
+    let (client, mut el) = AsyncClient::new(opts, 8);
+    client
+        .subscribe("v1/devices/me/rpc/request/+", QoS::AtLeastOnce)
+        .await
+        .expect("sub");
+    let got = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            if let Event::Incoming(Packet::Publish(p)) = el.poll().await.expect("poll") {
+                return serde_json::from_slice::<Value>(&p.payload).expect("json");
+            }
+        }
+    })
+    .await
+    .expect("the queued job arrives");
+    assert_eq!(
+        got,
+        serde_json::json!({"method": "open", "params": {"pct": 50}})
+    );
+    // Keep the event loop turning so the PUBACK goes out, while the CLI watches.
+    let pump = tokio::spawn(async move {
+        loop {
+            if el.poll().await.is_err() {
+                return;
+            }
+        }
+    });
+    let watched = ok(&run(&["job", "watch", &job_id, "--timeout", "20"]));
+    assert!(watched.contains("Succeeded"), "{watched}");
+    let list = ok(&run(&["job", "list", "valve"]));
+    assert!(
+        list.contains("open") && list.contains("succeeded"),
+        "{list}"
+    );
+    let shown = ok(&run(&["job", "show", &job_id]));
+    assert!(shown.contains("succeeded"), "{shown}");
+    pump.abort();
+}

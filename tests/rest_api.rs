@@ -373,6 +373,9 @@ async fn every_documented_route_requires_an_api_key_and_exists() {
         "/retention/sweep",
         "/workspaces/{id}/usage",
         "/store/usage",
+        "/devices/{id}/jobs",
+        "/jobs/{id}",
+        "/jobs/{id}/cancel",
     ];
     let mut documented: Vec<_> = paths.keys().cloned().collect();
     documented.sort();
@@ -419,7 +422,7 @@ async fn every_documented_route_requires_an_api_key_and_exists() {
             checked += 1;
         }
     }
-    assert_eq!(checked, 44);
+    assert_eq!(checked, 48);
     let resp = c
         .get(format!("{base}/api/v1/nothing"))
         .bearer_auth(&t.admin_key)

@@ -202,16 +202,25 @@ async fn attribute_updates(
     })
 }
 
-/// Server-side RPC long-poll. Commands to devices arrive with the jobs service; until one is
-/// pending the poll ends with 408, which the SDK answers by polling again.
+/// Server-side RPC long-poll: the device's next job as `{"id","method","params"}`, or 408.
 async fn rpc_poll(
     State(s): S,
     axum::extract::Path(token): axum::extract::Path<String>,
     RawQuery(q): RawQuery,
-) -> DevResult<StatusCode> {
-    device(&s, &token).await?;
-    tokio::time::sleep(poll_timeout(q.as_deref())?).await;
-    Ok(StatusCode::REQUEST_TIMEOUT)
+) -> DevResult<Response> {
+    let dev = device(&s, &token).await?;
+    let wait = poll_timeout(q.as_deref())?;
+    Ok(
+        match s.jobs.next_for_http(dev.id, wait).await.map_err(internal)? {
+            Some(job) => axum::Json(json!({
+                "id": job.rpc_id,
+                "method": job.method,
+                "params": job.params,
+            }))
+            .into_response(),
+            None => StatusCode::REQUEST_TIMEOUT.into_response(),
+        },
+    )
 }
 
 async fn rpc_reply(
@@ -221,7 +230,10 @@ async fn rpc_reply(
 ) -> DevResult<StatusCode> {
     let dev = device(&s, &token).await?;
     serde_json::from_slice::<Json>(&body).map_err(|e| bad(format!("reply is not JSON: {e}")))?;
-    tracing::debug!(device = %dev.id, rpc = id, "RPC reply with no pending request");
+    let known = u32::try_from(id).is_ok_and(|id| s.jobs.on_reply(dev.id, id, &body));
+    if !known {
+        tracing::debug!(device = %dev.id, rpc = id, "RPC reply with no pending job");
+    }
     Ok(StatusCode::OK)
 }
 

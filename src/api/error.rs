@@ -98,6 +98,7 @@ impl From<RegistryError> for ApiError {
                 ApiError::new(StatusCode::CONFLICT, "credential_taken", e.to_string())
             }
             RegistryError::Conflict(m) => ApiError::new(StatusCode::CONFLICT, "conflict", m),
+            RegistryError::QueueFull(m) => ApiError::new(StatusCode::CONFLICT, "queue_full", m),
             RegistryError::Unsupported(m) => {
                 ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "unsupported", m)
             }

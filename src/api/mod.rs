@@ -6,6 +6,7 @@ mod attributes;
 mod credentials;
 mod device_http;
 pub mod error;
+mod jobs;
 mod registry;
 mod telemetry;
 
@@ -89,6 +90,7 @@ fn api_v1() -> (Router<Arc<Services>>, utoipa::openapi::OpenApi) {
         .merge(registry::routes())
         .merge(credentials::routes())
         .merge(attributes::routes())
+        .merge(jobs::routes())
         .merge(telemetry::routes())
         .split_for_parts()
 }

@@ -1,12 +1,13 @@
 //! The command line: `serve`, `init`, `config`, `ca`, `healthcheck` run locally; the noun-verb
 //! admin commands (`workspace`, `fleet`, `device`, `telemetry`, `aggregate`, `attributes`,
-//! `export`, `tags`, `usage`, `audit`) call the REST API;
+//! `export`, `tags`, `usage`, `audit`, `job`) call the REST API;
 //! `simulate` runs virtual devices.
 
 mod admin;
 pub mod client;
 mod credentials;
 mod data;
+mod jobs;
 mod output;
 mod serve;
 
@@ -72,6 +73,9 @@ enum Command {
     Tags(data::TagsArgs),
     /// Disk usage of a workspace or the store; `--sweep` runs retention first.
     Usage(data::UsageArgs),
+    /// Commands to devices (server-side RPC): send, list, show, cancel, watch.
+    #[command(subcommand)]
+    Job(jobs::JobCmd),
     /// Run virtual devices against an MQTT server (demos, tests, benchmarks).
     Simulate(crate::sim::SimulateArgs),
 }
@@ -160,6 +164,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Export(a) => runtime()?.block_on(data::export(a)),
         Command::Tags(a) => runtime()?.block_on(data::tags(a)),
         Command::Usage(a) => runtime()?.block_on(data::usage(a)),
+        Command::Job(c) => runtime()?.block_on(jobs::run(c)),
         Command::Simulate(a) => {
             serve::init_logging("info", cli.log_format.unwrap_or(LogFormat::Human))?;
             runtime()?.block_on(crate::sim::run(a))

@@ -333,6 +333,7 @@ const RESERVED_TOKENS: &[&str] = &[
     "fleets",
     "devices",
     "audit",
+    "jobs",
     "export",
     "retention",
     "store",

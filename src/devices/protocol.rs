@@ -62,6 +62,8 @@ pub enum DeviceTopic {
     AttributeRequest(u64),
     /// A client-side RPC call with its request id (§5.6).
     RpcRequest(u64),
+    /// The device's reply to server-side RPC request `id` (§5.5).
+    RpcResponse(u64),
     /// A provisioning request (§5.9): only provisioning sessions may send it.
     ProvisionRequest,
     /// A topic naming another device or another session kind (`v1/devices/<other>/…`,
@@ -91,6 +93,12 @@ impl DeviceTopic {
         if let Some(id) = topic.strip_prefix(RPC_REQUEST_PREFIX) {
             return match id.parse() {
                 Ok(n) => DeviceTopic::RpcRequest(n),
+                Err(_) => DeviceTopic::Unknown,
+            };
+        }
+        if let Some(id) = topic.strip_prefix(RPC_RESPONSE_PREFIX) {
+            return match id.parse() {
+                Ok(n) => DeviceTopic::RpcResponse(n),
                 Err(_) => DeviceTopic::Unknown,
             };
         }

@@ -34,6 +34,8 @@ pub enum RegistryError {
     #[error("{0}")]
     Conflict(String),
     #[error("{0}")]
+    QueueFull(String),
+    #[error("{0}")]
     Unsupported(String),
     #[error("{0}")]
     Internal(String),
@@ -506,6 +508,7 @@ impl Registry {
         self.store.delete_device(&dev)?;
         self.store.delete_device_telemetry(dev.id)?;
         self.store.delete_owner_attributes(dev.id.as_bytes())?;
+        self.store.delete_device_jobs(dev.id)?;
         self.audit.record(
             Entry::new("device_deleted", "admin")
                 .device(dev.id)

@@ -52,6 +52,13 @@ pub enum SessionCommand {
         payload: Vec<u8>,
         needs: Option<Subscription>,
     },
+    /// Send a job as server-side RPC `v1/devices/me/rpc/request/{rpc_id}` at QoS 1 and report
+    /// the outcome to the jobs service (needs the RPC subscription).
+    Rpc {
+        job: crate::model::JobId,
+        rpc_id: u32,
+        payload: Vec<u8>,
+    },
 }
 
 struct Entry {

@@ -20,6 +20,7 @@ use crate::devices::presence::Liveness;
 use crate::devices::protocol::{self, DeviceTopic, PROVISION_RESPONSE_TOPIC, RPC_RESPONSE_PREFIX};
 use crate::devices::sessions::{CloseReason, SessionCommand, SessionSlot, Subscription};
 use crate::events::Event;
+use crate::jobs::SendOutcome;
 use crate::limits::TokenBucket;
 use crate::metrics::{ReasonLabel, TransportLabel};
 use crate::model::DeviceId;
@@ -292,9 +293,11 @@ fn peer_of(io: &ntex_io::IoBoxed) -> Option<std::net::SocketAddr> {
 
 /// The server side of one connection, as the command task drives it; implemented for both
 /// protocol versions' sinks.
-trait DeviceSink: 'static {
+trait DeviceSink: Clone + 'static {
     fn close_for(&self, reason: CloseReason);
     async fn publish(&self, topic: &'static str, payload: Vec<u8>);
+    /// Publishes at QoS 1; true once the device's PUBACK (a success, on MQTT 5) arrives.
+    async fn publish_acked(&self, topic: String, payload: Vec<u8>) -> bool;
 }
 
 impl DeviceSink for v3::MqttSink {
@@ -307,6 +310,12 @@ impl DeviceSink for v3::MqttSink {
             .publish(topic)
             .send_at_most_once(Bytes::from(payload))
             .await;
+    }
+    async fn publish_acked(&self, topic: String, payload: Vec<u8>) -> bool {
+        self.publish(topic)
+            .send_at_least_once(Bytes::from(payload))
+            .await
+            .is_ok()
     }
 }
 
@@ -328,12 +337,20 @@ impl DeviceSink for v5::MqttSink {
             .send_at_most_once(Bytes::from(payload))
             .await;
     }
+    async fn publish_acked(&self, topic: String, payload: Vec<u8>) -> bool {
+        self.publish(topic)
+            .send_at_least_once(Bytes::from(payload))
+            .await
+            .is_ok_and(|ack| ack.reason_code == v5::codec::PublishAckReason::Success)
+    }
 }
 
 /// What a session has subscribed to, shared with its command task.
 #[derive(Debug, Default)]
 pub struct Subscribed {
     attributes: std::sync::atomic::AtomicBool,
+    /// `v1/devices/me/rpc/request/+`: jobs are sent only to sessions holding it (§3).
+    rpc: std::sync::atomic::AtomicBool,
 }
 
 impl Subscribed {
@@ -351,6 +368,7 @@ fn spawn_commands(
     device: DeviceId,
     subs: Arc<Subscribed>,
     sink: impl DeviceSink,
+    services: Arc<Services>,
 ) {
     ntex_rt::spawn(async move {
         while let Some(cmd) = slot.commands.recv().await {
@@ -368,6 +386,33 @@ fn spawn_commands(
                     if needs.is_none_or(|n| subs.has(n)) {
                         sink.publish(topic, payload).await;
                     }
+                }
+                SessionCommand::Rpc {
+                    job,
+                    rpc_id,
+                    payload,
+                } => {
+                    if !subs.rpc.load(std::sync::atomic::Ordering::Relaxed) {
+                        services.jobs.on_sent(job, SendOutcome::NotSubscribed);
+                        continue;
+                    }
+                    // Its own task: a device that withholds PUBACK must not hold up a close.
+                    let (sink, services) = (sink.clone(), services.clone());
+                    ntex_rt::spawn(async move {
+                        let topic = format!("{}{rpc_id}", protocol::RPC_REQUEST_PREFIX);
+                        let acked = ntex_util::time::timeout(
+                            services.jobs.ack_timeout(),
+                            sink.publish_acked(topic, payload),
+                        )
+                        .await
+                        .unwrap_or(false);
+                        let outcome = if acked {
+                            SendOutcome::Acked
+                        } else {
+                            SendOutcome::NoAck
+                        };
+                        services.jobs.on_sent(job, outcome);
+                    });
                 }
             }
         }
@@ -401,7 +446,7 @@ pub async fn connect_v3(
     Ok(match res {
         Ok((s, slot)) => {
             if let (Some(slot), Some(d)) = (slot, &s.device) {
-                spawn_commands(slot, d.id, d.subs.clone(), c.sink());
+                spawn_commands(slot, d.id, d.subs.clone(), c.sink(), services.clone());
             } else {
                 let sink = c.sink();
                 close_provisioning_later(move || sink.close());
@@ -435,7 +480,7 @@ pub async fn connect_v5(
     Ok(match res {
         Ok((s, slot)) => {
             if let (Some(slot), Some(d)) = (slot, &s.device) {
-                spawn_commands(slot, d.id, d.subs.clone(), c.sink());
+                spawn_commands(slot, d.id, d.subs.clone(), c.sink(), services.clone());
             } else {
                 let sink = c.sink();
                 close_provisioning_later(move || {
@@ -616,6 +661,15 @@ async fn handle_publish(
                 }
             }
         }
+        DeviceTopic::RpcResponse(id) => {
+            // A reply nobody waits for (a late or repeated one) is still acknowledged.
+            let known =
+                u32::try_from(id).is_ok_and(|id| s.services.jobs.on_reply(d.id, id, &payload));
+            if !known {
+                tracing::debug!(device = %d.id, rpc = id, "RPC reply with no pending job");
+            }
+            Outcome::Stored
+        }
         DeviceTopic::RpcRequest(id) => {
             let reply = crate::devices::rpc::client_rpc(&s.services.config, &payload);
             Outcome::Reply(
@@ -717,6 +771,13 @@ fn grant(s: &DeviceSession, filter: &str, requested: QoS) -> Option<QoS> {
                 d.subs
                     .attributes
                     .store(true, std::sync::atomic::Ordering::Relaxed);
+            }
+            if ok && filter == protocol::RPC_REQUEST_FILTER {
+                d.subs.rpc.store(true, std::sync::atomic::Ordering::Relaxed);
+                // Jobs waiting for this device go out now that it listens.
+                if let Err(e) = s.services.jobs.dispatch(d.id) {
+                    tracing::error!(device = %d.id, error = %e, "cannot send queued jobs");
+                }
             }
             ok
         }
@@ -840,6 +901,11 @@ impl DeviceSession {
                 if f == protocol::ATTRIBUTES_TOPIC {
                     d.subs
                         .attributes
+                        .store(false, std::sync::atomic::Ordering::Relaxed);
+                }
+                if f == protocol::RPC_REQUEST_FILTER {
+                    d.subs
+                        .rpc
                         .store(false, std::sync::atomic::Ordering::Relaxed);
                 }
             }

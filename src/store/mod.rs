@@ -7,6 +7,7 @@ mod attributes;
 mod codec;
 mod commit;
 mod credentials;
+mod jobs;
 mod registry;
 mod telemetry;
 mod wal;
@@ -117,6 +118,11 @@ struct Trees {
     series: sled::Tree,
     rollup_h: sled::Tree,
     attributes: sled::Tree,
+    jobs: sled::Tree,
+    job_devices: sled::Tree,
+    jobs_active: sled::Tree,
+    job_keys: sled::Tree,
+    rpc_seq: sled::Tree,
 }
 
 /// Options for opening the store.
@@ -174,6 +180,11 @@ impl Store {
             series: t("series")?,
             rollup_h: t("rollup_h")?,
             attributes: t("attributes")?,
+            jobs: t("jobs")?,
+            job_devices: t("job_devices")?,
+            jobs_active: t("jobs_active")?,
+            job_keys: t("job_keys")?,
+            rpc_seq: t("rpc_seq")?,
         };
         migrate(path, &db, &trees)?;
         db.flush().map_err(open_err)?;

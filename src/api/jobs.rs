@@ -1,0 +1,91 @@
+//! REST routes for jobs: send a command to a device (optionally waiting for its outcome),
+//! list a device's jobs, read one, cancel one.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use serde::Deserialize;
+use utoipa::IntoParams;
+use utoipa_axum::{router::OpenApiRouter, routes};
+
+use super::ApiResult;
+use super::error::{ApiJson, ApiPath, ApiQuery, ErrorBody};
+use crate::jobs::NewJob;
+use crate::model::{DeviceId, Job, JobId};
+use crate::services::Services;
+
+type S = State<Arc<Services>>;
+
+pub fn routes() -> OpenApiRouter<Arc<Services>> {
+    OpenApiRouter::new()
+        .routes(routes!(list_jobs, create_job))
+        .routes(routes!(get_job))
+        .routes(routes!(cancel_job))
+}
+
+/// Longest an operator call may wait for a job's outcome.
+const MAX_WAIT: Duration = Duration::from_secs(300);
+
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct WaitParams {
+    /// Wait up to this many ms for the job to finish (succeeded, failed, expired); the job is
+    /// returned as it stands then. 0 or absent: return at once.
+    wait_ms: Option<u64>,
+}
+
+#[utoipa::path(post, path = "/devices/{id}/jobs", tag = "jobs",
+    params(("id" = String, Path, description = "device id"), WaitParams), request_body = NewJob,
+    responses((status = 201, body = Job), (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody, description = "queue_full"), (status = 422, body = ErrorBody)))]
+async fn create_job(
+    State(s): S,
+    ApiPath(id): ApiPath<DeviceId>,
+    ApiQuery(q): ApiQuery<WaitParams>,
+    ApiJson(body): ApiJson<NewJob>,
+) -> ApiResult<(StatusCode, axum::Json<Job>)> {
+    let job = s.jobs.create(id, body).await?;
+    let job = match q.wait_ms.filter(|w| *w > 0) {
+        Some(w) => {
+            s.jobs
+                .wait(job.id, Duration::from_millis(w).min(MAX_WAIT))
+                .await?
+        }
+        None => job,
+    };
+    Ok((StatusCode::CREATED, axum::Json(job)))
+}
+
+#[utoipa::path(get, path = "/devices/{id}/jobs", tag = "jobs",
+    params(("id" = String, Path, description = "device id")),
+    responses((status = 200, body = Vec<Job>), (status = 404, body = ErrorBody)))]
+async fn list_jobs(State(s): S, ApiPath(id): ApiPath<DeviceId>) -> ApiResult<axum::Json<Vec<Job>>> {
+    Ok(axum::Json(s.jobs.list(id)?))
+}
+
+#[utoipa::path(get, path = "/jobs/{id}", tag = "jobs",
+    params(("id" = String, Path, description = "job id"), WaitParams),
+    responses((status = 200, body = Job), (status = 404, body = ErrorBody)))]
+async fn get_job(
+    State(s): S,
+    ApiPath(id): ApiPath<JobId>,
+    ApiQuery(q): ApiQuery<WaitParams>,
+) -> ApiResult<axum::Json<Job>> {
+    Ok(axum::Json(match q.wait_ms.filter(|w| *w > 0) {
+        Some(w) => {
+            s.jobs
+                .wait(id, Duration::from_millis(w).min(MAX_WAIT))
+                .await?
+        }
+        None => s.jobs.get(id)?,
+    }))
+}
+
+#[utoipa::path(post, path = "/jobs/{id}/cancel", tag = "jobs",
+    params(("id" = String, Path, description = "job id")),
+    responses((status = 200, body = Job), (status = 404, body = ErrorBody)))]
+async fn cancel_job(State(s): S, ApiPath(id): ApiPath<JobId>) -> ApiResult<axum::Json<Job>> {
+    Ok(axum::Json(s.jobs.cancel(id).await?))
+}

@@ -1,0 +1,460 @@
+//! Jobs: persistent commands to devices (ThingsBoard server-side RPC, §5.5). A job moves
+//! queued → sent → delivered → succeeded | failed | expired | cancelled, every step
+//! timestamped and stored. Jobs to an offline device wait and are delivered in order when it
+//! comes back (also after a restart); a send without PUBACK is retried with backoff; a TTL
+//! ends a job that cannot be delivered; a per-device cap refuses new jobs rather than dropping
+//! old ones; an idempotency key makes a create safe to repeat. Transports deliver through the
+//! session registry (MQTT) or a long poll (HTTP) and report back here.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::Deserialize;
+use serde_json::{Value as Json, json};
+use utoipa::ToSchema;
+
+use crate::devices::registry::{Registry, RegistryError};
+use crate::devices::sessions::{SessionCommand, Sessions};
+use crate::events::{Event, EventBus};
+use crate::model::{DeviceId, Job, JobId, JobState, now_ms};
+use crate::store::Store;
+
+type Result<T> = std::result::Result<T, RegistryError>;
+
+/// Jobs settings (`[jobs]`).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct JobsConfig {
+    /// Unfinished jobs a device may have; more are refused (409 `queue_full`).
+    pub max_queued_per_device: usize,
+    /// Lifetime of a job that gives none.
+    pub default_ttl_secs: u64,
+    /// How long a send waits for the device's PUBACK before it is retried.
+    pub ack_timeout_secs: u64,
+    /// Sends without PUBACK before the job fails.
+    pub max_attempts: u32,
+}
+
+impl Default for JobsConfig {
+    fn default() -> Self {
+        Self {
+            max_queued_per_device: 100,
+            default_ttl_secs: 86_400,
+            ack_timeout_secs: 10,
+            max_attempts: 5,
+        }
+    }
+}
+
+/// A command to create.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewJob {
+    pub method: String,
+    #[serde(default)]
+    #[schema(value_type = Object)]
+    pub params: Json,
+    /// Wait for the device's reply (`rpc/response/{id}`) rather than only its PUBACK.
+    #[serde(default)]
+    pub two_way: bool,
+    /// Seconds the job may wait for delivery (default `jobs.default_ttl_secs`).
+    #[serde(default)]
+    pub ttl_secs: Option<u64>,
+    /// A repeated create with the same key returns the first job.
+    #[serde(default)]
+    pub idempotency_key: Option<String>,
+}
+
+/// How a send went, as the transport reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SendOutcome {
+    Acked,
+    NoAck,
+    /// The session does not hold the RPC subscription: the job waits for one that does.
+    NotSubscribed,
+}
+
+pub struct JobService {
+    store: Store,
+    registry: Arc<Registry>,
+    sessions: Arc<Sessions>,
+    events: EventBus,
+    cfg: JobsConfig,
+    /// Serializes the decision of what to send next, so that each device has one job in flight
+    /// and jobs go out in order.
+    dispatching: Mutex<()>,
+}
+
+fn invalid(field: &'static str, message: impl Into<String>) -> RegistryError {
+    RegistryError::Invalid {
+        field,
+        message: message.into(),
+    }
+}
+
+impl JobService {
+    pub fn new(
+        store: Store,
+        registry: Arc<Registry>,
+        sessions: Arc<Sessions>,
+        events: EventBus,
+        cfg: JobsConfig,
+    ) -> Self {
+        Self {
+            store,
+            registry,
+            sessions,
+            events,
+            cfg,
+            dispatching: Mutex::new(()),
+        }
+    }
+
+    pub fn ack_timeout(&self) -> Duration {
+        Duration::from_secs(self.cfg.ack_timeout_secs.max(1))
+    }
+
+    fn save(&self, job: &Job) -> Result<()> {
+        self.store.put_job(job)?;
+        self.events.publish(Event::JobUpdated {
+            job_id: job.id,
+            device_id: job.device_id,
+            state: job.state,
+        });
+        Ok(())
+    }
+
+    /// Creates a job for a device and sends it if the device is there.
+    pub async fn create(&self, device: DeviceId, new: NewJob) -> Result<Job> {
+        self.registry.device_record(device)?;
+        let method = new.method.trim().to_string();
+        if method.is_empty() || method.len() > 256 {
+            return Err(invalid("method", "must be 1 to 256 characters"));
+        }
+        if let Some(k) = &new.idempotency_key {
+            if k.is_empty() || k.len() > 128 {
+                return Err(invalid("idempotency_key", "must be 1 to 128 characters"));
+            }
+            if let Some(j) = self.store.job_by_key(device, k)? {
+                return Ok(j);
+            }
+        }
+        let active = self.store.device_jobs(device, true)?.len();
+        if active >= self.cfg.max_queued_per_device {
+            return Err(RegistryError::QueueFull(format!(
+                "the device already has {active} unfinished jobs (jobs.max_queued_per_device); \
+                 wait for them or cancel some"
+            )));
+        }
+        let ttl = new.ttl_secs.unwrap_or(self.cfg.default_ttl_secs);
+        if ttl == 0 || ttl > 365 * 86_400 {
+            return Err(invalid("ttl_secs", "must be 1 s to 365 days"));
+        }
+        let now = now_ms();
+        let mut job = Job {
+            id: JobId::new(),
+            device_id: device,
+            method,
+            params: new.params,
+            two_way: new.two_way,
+            state: JobState::Queued,
+            created_at: now,
+            expires_at: now + (ttl as i64) * 1000,
+            rpc_id: None,
+            attempts: 0,
+            next_attempt_at: None,
+            result: None,
+            idempotency_key: new.idempotency_key,
+            history: Vec::new(),
+        };
+        job.transition(JobState::Queued, None);
+        self.save(&job)?;
+        self.store.commit().await?;
+        self.dispatch(device)?;
+        Ok(job)
+    }
+
+    pub fn get(&self, id: JobId) -> Result<Job> {
+        self.store
+            .get_job(id)?
+            .ok_or(RegistryError::NotFound("job"))
+    }
+
+    /// A device's jobs, newest first.
+    pub fn list(&self, device: DeviceId) -> Result<Vec<Job>> {
+        self.registry.device_record(device)?;
+        let mut v = self.store.device_jobs(device, false)?;
+        v.reverse();
+        Ok(v)
+    }
+
+    pub async fn cancel(&self, id: JobId) -> Result<Job> {
+        let mut job = self.get(id)?;
+        if !job.state.is_terminal() {
+            job.transition(JobState::Cancelled, Some("cancelled by an operator".into()));
+            self.save(&job)?;
+            self.store.commit().await?;
+            self.dispatch(job.device_id)?;
+        }
+        Ok(job)
+    }
+
+    /// Waits until a job finishes or `wait` passes; returns it as it stands.
+    pub async fn wait(&self, id: JobId, wait: Duration) -> Result<Job> {
+        let mut events = self.events.subscribe();
+        let job = self.get(id)?;
+        if job.state.is_terminal() {
+            return Ok(job);
+        }
+        let _ = tokio::time::timeout(wait, async {
+            loop {
+                match events.recv().await {
+                    Ok(Event::JobUpdated { job_id, state, .. })
+                        if job_id == id && state.is_terminal() =>
+                    {
+                        return;
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                    _ => {}
+                }
+            }
+        })
+        .await;
+        self.get(id)
+    }
+
+    /// Sends the device's next job when nothing is in flight: one job at a time, in order.
+    pub fn dispatch(&self, device: DeviceId) -> Result<()> {
+        let _guard = self.dispatching.lock().unwrap_or_else(|p| p.into_inner());
+        let now = now_ms();
+        // The oldest job not yet delivered goes first; until it is delivered (or finished),
+        // nothing overtakes it, not even while it waits out a retry backoff.
+        let Some(mut job) = self
+            .store
+            .device_jobs(device, true)?
+            .into_iter()
+            .find(|j| j.state != JobState::Delivered)
+        else {
+            return Ok(());
+        };
+        if job.state != JobState::Queued || job.next_attempt_at.is_some_and(|t| t > now) {
+            return Ok(());
+        }
+        if job.expires_at <= now {
+            job.transition(
+                JobState::Expired,
+                Some("not delivered before its TTL".into()),
+            );
+            self.save(&job)?;
+            return Ok(());
+        }
+        let rpc_id = self.store.next_rpc_id(device)?;
+        let payload = json!({"method": job.method, "params": job.params})
+            .to_string()
+            .into_bytes();
+        job.rpc_id = Some(rpc_id);
+        job.attempts += 1;
+        job.next_attempt_at = None;
+        job.transition(JobState::Sent, Some(format!("request id {rpc_id}")));
+        self.save(&job)?;
+        let sent = self.sessions.send(
+            device,
+            SessionCommand::Rpc {
+                job: job.id,
+                rpc_id,
+                payload,
+            },
+        );
+        if sent == 0 {
+            // Offline after all: back in the queue, the attempt does not count.
+            job.attempts -= 1;
+            job.transition(JobState::Queued, Some("device offline".into()));
+            self.save(&job)?;
+        }
+        Ok(())
+    }
+
+    /// A transport's report on a send.
+    pub fn on_sent(&self, id: JobId, outcome: SendOutcome) {
+        if let Err(e) = self.on_sent_inner(id, outcome) {
+            tracing::error!(job = %id, error = %e, "cannot record a job send");
+        }
+    }
+
+    fn on_sent_inner(&self, id: JobId, outcome: SendOutcome) -> Result<()> {
+        let mut job = self.get(id)?;
+        if job.state != JobState::Sent {
+            return Ok(());
+        }
+        match outcome {
+            SendOutcome::Acked if job.two_way => {
+                job.transition(JobState::Delivered, None);
+            }
+            SendOutcome::Acked => {
+                job.transition(JobState::Succeeded, Some("acknowledged".into()));
+            }
+            SendOutcome::NoAck if job.attempts >= self.cfg.max_attempts => {
+                job.transition(
+                    JobState::Failed,
+                    Some(format!("no acknowledgement after {} sends", job.attempts)),
+                );
+            }
+            SendOutcome::NoAck => {
+                // Backoff: 1 s, 2 s, 4 s, ... up to a minute.
+                let backoff = 1000i64 << job.attempts.saturating_sub(1).min(6);
+                job.next_attempt_at = Some(now_ms() + backoff.min(60_000));
+                job.transition(
+                    JobState::Queued,
+                    Some("no acknowledgement; will retry".into()),
+                );
+            }
+            SendOutcome::NotSubscribed => {
+                job.attempts = job.attempts.saturating_sub(1);
+                job.transition(
+                    JobState::Queued,
+                    Some("the session holds no RPC subscription".into()),
+                );
+            }
+        }
+        self.save(&job)?;
+        if outcome != SendOutcome::NotSubscribed {
+            self.dispatch(job.device_id)?;
+        }
+        Ok(())
+    }
+
+    /// A device's reply to request `rpc_id` (two-way jobs). False when no job waits for it.
+    pub fn on_reply(&self, device: DeviceId, rpc_id: u32, reply: &[u8]) -> bool {
+        let found = self.store.device_jobs(device, true).ok().and_then(|jobs| {
+            jobs.into_iter().find(|j| {
+                j.rpc_id == Some(rpc_id) && matches!(j.state, JobState::Sent | JobState::Delivered)
+            })
+        });
+        let Some(mut job) = found else {
+            return false;
+        };
+        job.result = Some(
+            serde_json::from_slice(reply)
+                .unwrap_or_else(|_| Json::String(String::from_utf8_lossy(reply).into_owned())),
+        );
+        job.transition(JobState::Succeeded, Some("device replied".into()));
+        if let Err(e) = self.save(&job).and_then(|_| self.dispatch(device)) {
+            tracing::error!(job = %job.id, error = %e, "cannot record a job reply");
+        }
+        true
+    }
+
+    /// The next job for a device that polls over HTTP: handed over as delivered.
+    pub fn take_for_http(&self, device: DeviceId) -> Result<Option<Job>> {
+        let _guard = self.dispatching.lock().unwrap_or_else(|p| p.into_inner());
+        let now = now_ms();
+        let Some(mut job) = self
+            .store
+            .device_jobs(device, true)?
+            .into_iter()
+            .find(|j| j.state != JobState::Delivered)
+        else {
+            return Ok(None);
+        };
+        if job.state != JobState::Queued {
+            return Ok(None);
+        }
+        if job.expires_at <= now {
+            job.transition(
+                JobState::Expired,
+                Some("not delivered before its TTL".into()),
+            );
+            self.save(&job)?;
+            return Ok(None);
+        }
+        let rpc_id = self.store.next_rpc_id(device)?;
+        job.rpc_id = Some(rpc_id);
+        job.attempts += 1;
+        job.transition(JobState::Sent, Some(format!("request id {rpc_id} (HTTP)")));
+        if job.two_way {
+            job.transition(JobState::Delivered, None);
+        } else {
+            job.transition(JobState::Succeeded, Some("handed over".into()));
+        }
+        self.save(&job)?;
+        Ok(Some(job))
+    }
+
+    /// Long-poll for the next job of an HTTP device.
+    pub async fn next_for_http(&self, device: DeviceId, wait: Duration) -> Result<Option<Job>> {
+        let mut events = self.events.subscribe();
+        if let Some(j) = self.take_for_http(device)? {
+            return Ok(Some(j));
+        }
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let ev = tokio::time::timeout_at(deadline, events.recv()).await;
+            match ev {
+                Err(_) => return self.take_for_http(device),
+                Ok(Ok(Event::JobUpdated { device_id, .. })) if device_id == device => {
+                    if let Some(j) = self.take_for_http(device)? {
+                        return Ok(Some(j));
+                    }
+                }
+                Ok(Err(tokio::sync::broadcast::error::RecvError::Closed)) => return Ok(None),
+                Ok(_) => {}
+            }
+        }
+    }
+
+    /// After a restart, jobs that were in flight go back to the queue.
+    pub fn recover(&self) -> Result<usize> {
+        let mut n = 0;
+        for (id, _) in self.store.active_jobs()? {
+            let mut job = self.get(id)?;
+            if job.state == JobState::Sent {
+                job.transition(JobState::Queued, Some("in flight at a restart".into()));
+                self.save(&job)?;
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+
+    /// Periodic work: expire jobs past their TTL, requeue sends that lost their session, and
+    /// send what is due (retries, devices that came back).
+    pub fn tick(&self) {
+        if let Err(e) = self.tick_inner() {
+            tracing::error!(error = %e, "job scheduler");
+        }
+    }
+
+    fn tick_inner(&self) -> Result<()> {
+        let now = now_ms();
+        let stuck = self.cfg.ack_timeout_secs.max(1) as i64 * 3000;
+        let mut devices = Vec::new();
+        for (id, device) in self.store.active_jobs()? {
+            let Some(mut job) = self.store.get_job(id)? else {
+                continue;
+            };
+            if job.expires_at <= now && job.state != JobState::Delivered {
+                job.transition(
+                    JobState::Expired,
+                    Some("not delivered before its TTL".into()),
+                );
+                self.save(&job)?;
+            } else if job.state == JobState::Delivered && job.expires_at <= now {
+                job.transition(JobState::Failed, Some("no reply before its TTL".into()));
+                self.save(&job)?;
+            } else if job.state == JobState::Sent
+                && job.history.last().is_some_and(|t| now - t.at > stuck)
+            {
+                // The session ended before the transport could report.
+                job.transition(JobState::Queued, Some("the session ended in flight".into()));
+                self.save(&job)?;
+            }
+            if !devices.contains(&device) {
+                devices.push(device);
+            }
+        }
+        for d in devices {
+            self.dispatch(d)?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,126 @@
+//! Jobs: `jobs` holds `device ‖ job → record` (job ids are time-ordered, so one device's jobs
+//! are in creation order), `job_devices` maps `job → device`, `jobs_active` lists jobs not yet
+//! finished (what the scheduler walks), `job_keys` maps `device ‖ idempotency key → job`, and
+//! `rpc_seq` holds each device's last RPC request id.
+
+use sled::Transactional;
+
+use super::codec::{concat, decode_json, encode_json};
+use super::{Db, Result, StoreError};
+use crate::model::{DeviceId, Job, JobId};
+
+impl Db {
+    /// Writes a job and keeps the active list and the idempotency index in step.
+    pub fn put_job(&self, job: &Job) -> Result<()> {
+        let t = self.trees();
+        let key = concat(&[job.device_id.as_bytes(), job.id.as_bytes()]);
+        let idem = job
+            .idempotency_key
+            .as_ref()
+            .map(|k| concat(&[job.device_id.as_bytes(), k.as_bytes()]));
+        (&t.jobs, &t.job_devices, &t.jobs_active, &t.job_keys)
+            .transaction(|(jobs, devices, active, keys)| {
+                jobs.insert(key.as_slice(), encode_json(job))?;
+                devices.insert(job.id.as_bytes(), job.device_id.as_bytes())?;
+                if job.state.is_terminal() {
+                    active.remove(job.id.as_bytes())?;
+                } else {
+                    active.insert(job.id.as_bytes(), job.device_id.as_bytes())?;
+                }
+                if let Some(k) = &idem {
+                    keys.insert(k.as_slice(), job.id.as_bytes())?;
+                }
+                Ok(())
+            })
+            .map_err(StoreError::from)
+    }
+
+    pub fn get_job(&self, id: JobId) -> Result<Option<Job>> {
+        let t = self.trees();
+        let Some(dev) = t.job_devices.get(id.as_bytes())? else {
+            return Ok(None);
+        };
+        match t.jobs.get(concat(&[&dev, id.as_bytes()]))? {
+            None => Ok(None),
+            Some(v) => decode_json("jobs", &v).map(Some),
+        }
+    }
+
+    /// A device's jobs in creation order (oldest first), optionally only unfinished ones.
+    pub fn device_jobs(&self, device: DeviceId, active_only: bool) -> Result<Vec<Job>> {
+        let mut out = Vec::new();
+        for kv in self.trees().jobs.scan_prefix(device.as_bytes()) {
+            let j: Job = decode_json("jobs", &kv?.1)?;
+            if !active_only || !j.state.is_terminal() {
+                out.push(j);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Every unfinished job's id and device.
+    pub fn active_jobs(&self) -> Result<Vec<(JobId, DeviceId)>> {
+        self.trees()
+            .jobs_active
+            .iter()
+            .map(|kv| {
+                let (k, v) = kv?;
+                match (JobId::from_slice(&k), DeviceId::from_slice(&v)) {
+                    (Some(j), Some(d)) => Ok((j, d)),
+                    _ => Err(StoreError::Corrupt {
+                        tree: "jobs_active",
+                        detail: "bad entry".into(),
+                    }),
+                }
+            })
+            .collect()
+    }
+
+    pub fn job_by_key(&self, device: DeviceId, key: &str) -> Result<Option<Job>> {
+        match self
+            .trees()
+            .job_keys
+            .get(concat(&[device.as_bytes(), key.as_bytes()]))?
+            .and_then(|v| JobId::from_slice(&v))
+        {
+            Some(id) => self.get_job(id),
+            None => Ok(None),
+        }
+    }
+
+    /// The next RPC request id of a device (1, 2, ... wrapping within 31 bits).
+    pub fn next_rpc_id(&self, device: DeviceId) -> Result<u32> {
+        let v = self
+            .trees()
+            .rpc_seq
+            .update_and_fetch(device.as_bytes(), |old| {
+                let n = old
+                    .and_then(|b| <[u8; 4]>::try_from(b).ok())
+                    .map_or(0, u32::from_be_bytes);
+                let next = if n >= i32::MAX as u32 { 1 } else { n + 1 };
+                Some(next.to_be_bytes().to_vec())
+            })?
+            .ok_or_else(|| StoreError::Corrupt {
+                tree: "rpc_seq",
+                detail: "no value".into(),
+            })?;
+        Ok(<[u8; 4]>::try_from(&v[..]).map_or(1, u32::from_be_bytes))
+    }
+
+    /// Removes every job of a deleted device.
+    pub fn delete_device_jobs(&self, device: DeviceId) -> Result<()> {
+        let t = self.trees();
+        for j in self.device_jobs(device, false)? {
+            t.jobs
+                .remove(concat(&[device.as_bytes(), j.id.as_bytes()]))?;
+            t.job_devices.remove(j.id.as_bytes())?;
+            t.jobs_active.remove(j.id.as_bytes())?;
+            if let Some(k) = &j.idempotency_key {
+                t.job_keys
+                    .remove(concat(&[device.as_bytes(), k.as_bytes()]))?;
+            }
+        }
+        t.rpc_seq.remove(device.as_bytes())?;
+        Ok(())
+    }
+}

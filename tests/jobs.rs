@@ -1,0 +1,379 @@
+//! Jobs (server-side RPC made persistent) with real MQTT clients over TLS and the real binary:
+//! one-way jobs succeed on PUBACK, two-way jobs on the device's reply; a device offline at
+//! send time receives its queued jobs in order when it subscribes, also after a `kill -9`
+//! restart; TTL expiry; retries and failure when a client withholds PUBACK; the queue cap;
+//! idempotency keys; cancel; the HTTP device API's RPC long poll.
+
+mod common;
+
+use std::time::Duration;
+
+use common::mqtt::{next_v5, spawn_v5};
+use common::server::Server;
+use common::{TestApp, eventually};
+use rumqttc::v5::mqttbytes::QoS as V5QoS;
+use rumqttc::v5::mqttbytes::v5::Packet as V5Packet;
+use serde_json::{Value, json};
+
+async fn call(base: &str, key: &str, method: &str, path: &str, body: Value) -> (u16, Value) {
+    let r = reqwest::Client::new()
+        .request(
+            method.parse().expect("method"),
+            format!("{base}/api/v1{path}"),
+        )
+        .bearer_auth(key)
+        .json(&body)
+        .send()
+        .await
+        .expect("send");
+    let s = r.status().as_u16();
+    (s, r.json().await.unwrap_or(Value::Null))
+}
+
+/// Waits for the next RPC request publish; returns (request id, body).
+async fn next_rpc(
+    rx: &mut tokio::sync::mpsc::UnboundedReceiver<Result<V5Packet, rumqttc::v5::ConnectionError>>,
+) -> (u32, Value) {
+    loop {
+        match next_v5(rx).await {
+            Ok(V5Packet::Publish(p)) => {
+                let topic = String::from_utf8(p.topic.to_vec()).expect("utf8");
+                let id = topic
+                    .strip_prefix("v1/devices/me/rpc/request/")
+                    .expect("an RPC request topic")
+                    .parse()
+                    .expect("integer id");
+                return (id, serde_json::from_slice(&p.payload).expect("json"));
+            }
+            Ok(_) => continue,
+            Err(e) => panic!("connection ended: {e:?}"),
+        }
+    }
+}
+
+/// A v5 device subscribed to RPC requests.
+async fn rpc_device(
+    t: &TestApp,
+    token: &str,
+    manual_acks: bool,
+) -> (
+    rumqttc::v5::AsyncClient,
+    tokio::sync::mpsc::UnboundedReceiver<Result<V5Packet, rumqttc::v5::ConnectionError>>,
+) {
+    let mut o = t.v5_options("", token, "");
+    o.set_manual_acks(manual_acks);
+    let (c, mut rx) = spawn_v5(o);
+    assert!(matches!(next_v5(&mut rx).await, Ok(V5Packet::ConnAck(_))));
+    c.subscribe("v1/devices/me/rpc/request/+", V5QoS::AtLeastOnce)
+        .await
+        .expect("sub");
+    (c, rx)
+}
+
+#[tokio::test]
+async fn one_way_and_two_way_jobs_and_the_offline_queue() {
+    let t = TestApp::start().await;
+    let (base, key) = (t.http_base(), t.admin_key.clone());
+    let (dev, token) = t.device("pump").await;
+    let id = dev["id"].as_str().expect("id").to_string();
+
+    // Offline: three jobs wait in order.
+    let mut queued = Vec::new();
+    for m in ["first", "second", "third"] {
+        let (s, j) = call(
+            &base,
+            &key,
+            "POST",
+            &format!("/devices/{id}/jobs"),
+            json!({"method": m, "params": {"n": m}}),
+        )
+        .await;
+        assert_eq!((s, j["state"].as_str()), (201, Some("queued")), "{j}");
+        queued.push(j["id"].as_str().expect("id").to_string());
+    }
+    let (c, mut rx) = rpc_device(&t, &token, false).await;
+    let mut ids = Vec::new();
+    for m in ["first", "second", "third"] {
+        let (rid, body) = next_rpc(&mut rx).await;
+        assert_eq!(body, json!({"method": m, "params": {"n": m}}));
+        ids.push(rid);
+    }
+    assert!(ids.windows(2).all(|w| w[0] < w[1]), "{ids:?}");
+    // One-way jobs succeed once acknowledged, every step kept.
+    let done = eventually(5, || async {
+        let (_, j) = call(
+            &base,
+            &key,
+            "GET",
+            &format!("/jobs/{}", queued[2]),
+            Value::Null,
+        )
+        .await;
+        (j["state"] == "succeeded").then_some(j)
+    })
+    .await;
+    let steps: Vec<&str> = done["history"]
+        .as_array()
+        .expect("history")
+        .iter()
+        .map(|h| h["state"].as_str().expect("state"))
+        .collect();
+    assert_eq!(steps, ["queued", "sent", "succeeded"], "{done}");
+
+    // Two-way, with the operator waiting for the answer.
+    let waiter = tokio::spawn({
+        let (base, key, id) = (base.clone(), key.clone(), id.clone());
+        async move {
+            call(
+                &base,
+                &key,
+                "POST",
+                &format!("/devices/{id}/jobs?wait_ms=10000"),
+                json!({"method": "getTemp", "two_way": true}),
+            )
+            .await
+        }
+    });
+    let (rid, body) = next_rpc(&mut rx).await;
+    assert_eq!(body["method"], "getTemp");
+    c.publish(
+        format!("v1/devices/me/rpc/response/{rid}"),
+        V5QoS::AtLeastOnce,
+        false,
+        r#"{"temp":21.5}"#,
+    )
+    .await
+    .expect("reply");
+    let (s, j) = waiter.await.expect("join");
+    assert_eq!(s, 201);
+    assert_eq!(j["state"], "succeeded", "{j}");
+    assert_eq!(j["result"], json!({"temp": 21.5}));
+
+    // Idempotency, the queue cap, cancel and expiry on an offline device.
+    let (other, _) = t.device("offline").await;
+    let oid = other["id"].as_str().expect("id").to_string();
+    let make = |body: Value| {
+        let (base, key, oid) = (base.clone(), key.clone(), oid.clone());
+        async move { call(&base, &key, "POST", &format!("/devices/{oid}/jobs"), body).await }
+    };
+    let (_, a) = make(json!({"method": "m", "idempotency_key": "k1", "ttl_secs": 1})).await;
+    let (_, b) = make(json!({"method": "m", "idempotency_key": "k1"})).await;
+    assert_eq!(a["id"], b["id"]);
+    let (_, c2) = make(json!({"method": "n"})).await;
+    let (s, cancelled) = call(
+        &base,
+        &key,
+        "POST",
+        &format!("/jobs/{}/cancel", c2["id"].as_str().expect("id")),
+        Value::Null,
+    )
+    .await;
+    assert_eq!((s, cancelled["state"].as_str()), (200, Some("cancelled")));
+    eventually(5, || async {
+        let (_, j) = call(
+            &base,
+            &key,
+            "GET",
+            &format!("/jobs/{}", a["id"].as_str().unwrap_or("")),
+            Value::Null,
+        )
+        .await;
+        (j["state"] == "expired").then_some(())
+    })
+    .await;
+    for bad in [json!({"method": ""}), json!({"method": "x", "ttl_secs": 0})] {
+        let (s, e) = make(bad).await;
+        assert_eq!(
+            (s, e["error"]["code"].as_str()),
+            (422, Some("invalid_field"))
+        );
+    }
+    let (s, list) = call(
+        &base,
+        &key,
+        "GET",
+        &format!("/devices/{oid}/jobs"),
+        Value::Null,
+    )
+    .await;
+    assert_eq!((s, list.as_array().map(Vec::len)), (200, Some(2)));
+}
+
+#[tokio::test]
+async fn withheld_pubacks_are_retried_then_fail_and_the_queue_is_capped() {
+    let t = TestApp::start_with(|c| {
+        c.jobs.ack_timeout_secs = 1;
+        c.jobs.max_attempts = 2;
+        c.jobs.max_queued_per_device = 2;
+    })
+    .await;
+    let (base, key) = (t.http_base(), t.admin_key.clone());
+    let (dev, token) = t.device("deaf").await;
+    let id = dev["id"].as_str().expect("id").to_string();
+    // A client that never acknowledges.
+    let (_c, mut rx) = rpc_device(&t, &token, true).await;
+    let (_, j) = call(
+        &base,
+        &key,
+        "POST",
+        &format!("/devices/{id}/jobs"),
+        json!({"method": "reset"}),
+    )
+    .await;
+    let (_, _) = call(
+        &base,
+        &key,
+        "POST",
+        &format!("/devices/{id}/jobs"),
+        json!({"method": "later"}),
+    )
+    .await;
+    let (s, e) = call(
+        &base,
+        &key,
+        "POST",
+        &format!("/devices/{id}/jobs"),
+        json!({"method": "more"}),
+    )
+    .await;
+    assert_eq!(
+        (s, e["error"]["code"].as_str()),
+        (409, Some("queue_full")),
+        "{e}"
+    );
+    let (first, _) = next_rpc(&mut rx).await;
+    let (second, body) = next_rpc(&mut rx).await;
+    assert_eq!(body["method"], "reset", "the retry is the same job");
+    assert!(second > first);
+    let jid = j["id"].as_str().expect("id").to_string();
+    let failed = eventually(15, || async {
+        let (_, j) = call(&base, &key, "GET", &format!("/jobs/{jid}"), Value::Null).await;
+        (j["state"] == "failed").then_some(j)
+    })
+    .await;
+    assert_eq!(failed["attempts"], 2, "{failed}");
+    // The next job goes out after the failed one.
+    let (_, body) = next_rpc(&mut rx).await;
+    assert_eq!(body["method"], "later");
+}
+
+#[tokio::test]
+async fn http_devices_take_jobs_by_long_poll_and_reply() {
+    let t = TestApp::start().await;
+    let (base, key) = (t.http_base(), t.admin_key.clone());
+    let (dev, token) = t.device("http-dev").await;
+    let id = dev["id"].as_str().expect("id").to_string();
+    let http = reqwest::Client::new();
+    let poll = tokio::spawn({
+        let (http, base, token) = (http.clone(), base.clone(), token.clone());
+        async move {
+            let r = http
+                .get(format!("{base}/api/v1/{token}/rpc?timeout=10000"))
+                .send()
+                .await
+                .expect("poll");
+            (
+                r.status().as_u16(),
+                r.json::<Value>().await.unwrap_or(Value::Null),
+            )
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (_, j) = call(
+        &base,
+        &key,
+        "POST",
+        &format!("/devices/{id}/jobs"),
+        json!({"method": "blink", "params": {"times": 3}, "two_way": true}),
+    )
+    .await;
+    let (s, req) = poll.await.expect("join");
+    assert_eq!(s, 200, "{req}");
+    assert_eq!(
+        (req["method"].as_str(), req["params"]["times"].as_i64()),
+        (Some("blink"), Some(3))
+    );
+    let rid = req["id"].as_u64().expect("id");
+    let r = http
+        .post(format!("{base}/api/v1/{token}/rpc/{rid}"))
+        .json(&json!({"ok": true}))
+        .send()
+        .await
+        .expect("reply");
+    assert_eq!(r.status(), 200);
+    let (_, done) = call(
+        &base,
+        &key,
+        "GET",
+        &format!("/jobs/{}?wait_ms=5000", j["id"].as_str().expect("id")),
+        Value::Null,
+    )
+    .await;
+    assert_eq!(
+        (done["state"].as_str(), &done["result"]),
+        (Some("succeeded"), &json!({"ok": true}))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queued_jobs_survive_kill_9_and_arrive_in_order() {
+    corral::pki::install_crypto_provider();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let key = corral::auth::new_api_key();
+    let data = dir.path().join("data");
+    let mut srv = Server::spawn(&data, &key);
+    let base = srv.base();
+    let (_, ws) = call(&base, &key, "POST", "/workspaces", json!({"name": "w"})).await;
+    let (_, fleet) = call(
+        &base,
+        &key,
+        "POST",
+        "/fleets",
+        json!({"workspace_id": ws["id"], "name": "f"}),
+    )
+    .await;
+    let (_, d) = call(
+        &base,
+        &key,
+        "POST",
+        "/devices",
+        json!({"fleet_id": fleet["id"], "name": "d"}),
+    )
+    .await;
+    let id = d["device"]["id"].as_str().expect("id").to_string();
+    let token = d["credentials"]["token"]
+        .as_str()
+        .expect("token")
+        .to_string();
+    for m in ["a", "b", "c"] {
+        let (s, _) = call(
+            &base,
+            &key,
+            "POST",
+            &format!("/devices/{id}/jobs"),
+            json!({"method": m}),
+        )
+        .await;
+        assert_eq!(s, 201);
+    }
+    srv.kill9();
+    let srv = Server::spawn(&data, &key);
+    let mut o = rumqttc::v5::MqttOptions::new("", "127.0.0.1", srv.mqtt_tls.port());
+    o.set_credentials(token, "");
+    o.set_transport(common::tls_transport(&srv.ca_pem()));
+    let (c, mut rx) = spawn_v5(o);
+    assert!(matches!(next_v5(&mut rx).await, Ok(V5Packet::ConnAck(_))));
+    c.subscribe("v1/devices/me/rpc/request/+", V5QoS::AtLeastOnce)
+        .await
+        .expect("sub");
+    let mut got = Vec::new();
+    for _ in 0..3 {
+        got.push(
+            next_rpc(&mut rx).await.1["method"]
+                .as_str()
+                .expect("m")
+                .to_string(),
+        );
+    }
+    assert_eq!(got, ["a", "b", "c"]);
+}
