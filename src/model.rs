@@ -80,6 +80,10 @@ id_type!(
 );
 id_type!(AuditId, "Identifies an audit record; time-ordered.");
 id_type!(
+    FleetJobId,
+    "Identifies a fleet job (a command rolled out to a fleet)."
+);
+id_type!(
     JobId,
     "Identifies a job (a command to a device); time-ordered."
 );
@@ -425,7 +429,49 @@ pub struct Job {
     pub result: Option<serde_json::Value>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idempotency_key: Option<String>,
+    /// The fleet job this job is part of.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fleet_job_id: Option<FleetJobId>,
     pub history: Vec<JobTransition>,
+}
+
+/// Where a fleet rollout stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum RolloutState {
+    Running,
+    /// Every device's job has finished.
+    Completed,
+    /// The failure threshold was reached: no more devices get the job.
+    Aborted,
+    Cancelled,
+}
+
+/// One command rolled out to every device of a fleet.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct FleetJob {
+    pub id: FleetJobId,
+    pub fleet_id: FleetId,
+    pub method: String,
+    #[schema(value_type = Object)]
+    pub params: serde_json::Value,
+    pub two_way: bool,
+    pub ttl_secs: u64,
+    /// Devices started per minute; 0 starts all at once.
+    pub per_minute: u32,
+    /// Abort when this share (percent) of finished jobs failed or expired...
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub abort_failure_pct: Option<u8>,
+    /// ...once at least this many have finished.
+    pub abort_min_sample: u32,
+    pub state: RolloutState,
+    pub created_at: Millis,
+    /// Devices of the fleet when the rollout started, in the order they get the job.
+    pub devices: Vec<DeviceId>,
+    /// Devices that have been given their job.
+    pub launched: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
 }
 
 impl Job {

@@ -377,3 +377,155 @@ async fn queued_jobs_survive_kill_9_and_arrive_in_order() {
     }
     assert_eq!(got, ["a", "b", "c"]);
 }
+
+/// A fleet with `n` devices; returns (fleet id, [(device id, token)]).
+async fn fleet_of(t: &TestApp, name: &str, n: usize) -> (String, Vec<(String, String)>) {
+    let (base, key) = (t.http_base(), t.admin_key.clone());
+    let (_, ws) = call(&base, &key, "POST", "/workspaces", json!({"name": name})).await;
+    let (_, fleet) = call(
+        &base,
+        &key,
+        "POST",
+        "/fleets",
+        json!({"workspace_id": ws["id"], "name": name}),
+    )
+    .await;
+    let mut devices = Vec::new();
+    for i in 0..n {
+        let (_, d) = call(
+            &base,
+            &key,
+            "POST",
+            "/devices",
+            json!({"fleet_id": fleet["id"], "name": format!("{name}-{i}")}),
+        )
+        .await;
+        devices.push((
+            d["device"]["id"].as_str().expect("id").to_string(),
+            d["credentials"]["token"]
+                .as_str()
+                .expect("token")
+                .to_string(),
+        ));
+    }
+    (fleet["id"].as_str().expect("fleet").to_string(), devices)
+}
+
+#[tokio::test]
+async fn fleet_jobs_roll_out_at_their_rate_and_report_progress() {
+    let t = TestApp::start().await;
+    let (base, key) = (t.http_base(), t.admin_key.clone());
+    let (fleet, devices) = fleet_of(&t, "rollout", 4).await;
+    let mut sessions = Vec::new();
+    for (_, token) in &devices {
+        sessions.push(rpc_device(&t, token, false).await);
+    }
+    // 60 devices a minute: one at once, then one a second.
+    let started = std::time::Instant::now();
+    let (s, fj) = call(
+        &base,
+        &key,
+        "POST",
+        &format!("/fleets/{fleet}/jobs"),
+        json!({"method": "reboot", "per_minute": 60}),
+    )
+    .await;
+    assert_eq!(s, 201, "{fj}");
+    assert_eq!(
+        (fj["launched"].as_u64(), fj["progress"]["pending"].as_u64()),
+        (Some(1), Some(3))
+    );
+    let fid = fj["id"].as_str().expect("id").to_string();
+    for (_, rx) in sessions.iter_mut() {
+        assert_eq!(next_rpc(rx).await.1["method"], "reboot");
+    }
+    // Four devices at one a second take about three seconds, not less.
+    assert!(
+        started.elapsed() >= Duration::from_millis(2500),
+        "{:?}",
+        started.elapsed()
+    );
+    let done = eventually(10, || async {
+        let (_, v) = call(
+            &base,
+            &key,
+            "GET",
+            &format!("/fleet-jobs/{fid}"),
+            Value::Null,
+        )
+        .await;
+        (v["state"] == "completed").then_some(v)
+    })
+    .await;
+    assert_eq!(done["progress"]["succeeded"], 4, "{done}");
+    let (_, list) = call(
+        &base,
+        &key,
+        "GET",
+        &format!("/fleets/{fleet}/jobs"),
+        Value::Null,
+    )
+    .await;
+    assert_eq!(list.as_array().map(Vec::len), Some(1));
+}
+
+#[tokio::test]
+async fn fleet_jobs_abort_past_their_failure_threshold_and_can_be_cancelled() {
+    let t = TestApp::start().await;
+    let (base, key) = (t.http_base(), t.admin_key.clone());
+    // Offline devices: every job expires after its one-second TTL.
+    let (fleet, _) = fleet_of(&t, "gone", 8).await;
+    let (_, fj) = call(
+        &base,
+        &key,
+        "POST",
+        &format!("/fleets/{fleet}/jobs"),
+        json!({"method": "update", "ttl_secs": 1, "per_minute": 120,
+               "abort_failure_pct": 50, "abort_min_sample": 2}),
+    )
+    .await;
+    let fid = fj["id"].as_str().expect("id").to_string();
+    let aborted = eventually(15, || async {
+        let (_, v) = call(
+            &base,
+            &key,
+            "GET",
+            &format!("/fleet-jobs/{fid}"),
+            Value::Null,
+        )
+        .await;
+        (v["state"] == "aborted").then_some(v)
+    })
+    .await;
+    assert!(aborted["launched"].as_u64() < Some(8), "{aborted}");
+    assert!(
+        aborted["note"]
+            .as_str()
+            .expect("note")
+            .contains("threshold 50"),
+        "{aborted}"
+    );
+    let pending = aborted["progress"]["pending"].as_u64().expect("pending");
+    assert!(pending > 0, "{aborted}");
+
+    let (fleet2, _) = fleet_of(&t, "later", 3).await;
+    let (_, fj2) = call(
+        &base,
+        &key,
+        "POST",
+        &format!("/fleets/{fleet2}/jobs"),
+        json!({"method": "m", "per_minute": 1}),
+    )
+    .await;
+    let (s, c) = call(
+        &base,
+        &key,
+        "POST",
+        &format!("/fleet-jobs/{}/cancel", fj2["id"].as_str().expect("id")),
+        Value::Null,
+    )
+    .await;
+    assert_eq!((s, c["state"].as_str()), (200, Some("cancelled")));
+    assert_eq!(c["progress"]["cancelled"], 1, "{c}");
+    assert_eq!(c["progress"]["pending"], 2, "{c}");
+}

@@ -376,6 +376,9 @@ async fn every_documented_route_requires_an_api_key_and_exists() {
         "/devices/{id}/jobs",
         "/jobs/{id}",
         "/jobs/{id}/cancel",
+        "/fleets/{id}/jobs",
+        "/fleet-jobs/{id}",
+        "/fleet-jobs/{id}/cancel",
     ];
     let mut documented: Vec<_> = paths.keys().cloned().collect();
     documented.sort();
@@ -422,7 +425,7 @@ async fn every_documented_route_requires_an_api_key_and_exists() {
             checked += 1;
         }
     }
-    assert_eq!(checked, 48);
+    assert_eq!(checked, 52);
     let resp = c
         .get(format!("{base}/api/v1/nothing"))
         .bearer_auth(&t.admin_key)

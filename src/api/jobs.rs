@@ -1,5 +1,6 @@
 //! REST routes for jobs: send a command to a device (optionally waiting for its outcome),
-//! list a device's jobs, read one, cancel one.
+//! list a device's jobs, read one, cancel one; roll a command out to a fleet, follow its
+//! progress, cancel it.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,7 +14,8 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 use super::ApiResult;
 use super::error::{ApiJson, ApiPath, ApiQuery, ErrorBody};
 use crate::jobs::NewJob;
-use crate::model::{DeviceId, Job, JobId};
+use crate::jobs::fleet::{FleetJobView, NewFleetJob};
+use crate::model::{DeviceId, FleetId, FleetJobId, Job, JobId};
 use crate::services::Services;
 
 type S = State<Arc<Services>>;
@@ -23,6 +25,53 @@ pub fn routes() -> OpenApiRouter<Arc<Services>> {
         .routes(routes!(list_jobs, create_job))
         .routes(routes!(get_job))
         .routes(routes!(cancel_job))
+        .routes(routes!(list_fleet_jobs, create_fleet_job))
+        .routes(routes!(get_fleet_job))
+        .routes(routes!(cancel_fleet_job))
+}
+
+#[utoipa::path(post, path = "/fleets/{id}/jobs", tag = "jobs",
+    params(("id" = String, Path, description = "fleet id")), request_body = NewFleetJob,
+    responses((status = 201, body = FleetJobView), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)))]
+async fn create_fleet_job(
+    State(s): S,
+    ApiPath(id): ApiPath<FleetId>,
+    ApiJson(body): ApiJson<NewFleetJob>,
+) -> ApiResult<(StatusCode, axum::Json<FleetJobView>)> {
+    Ok((
+        StatusCode::CREATED,
+        axum::Json(s.jobs.create_fleet_job(id, body).await?),
+    ))
+}
+
+#[utoipa::path(get, path = "/fleets/{id}/jobs", tag = "jobs",
+    params(("id" = String, Path, description = "fleet id")),
+    responses((status = 200, body = Vec<FleetJobView>), (status = 404, body = ErrorBody)))]
+async fn list_fleet_jobs(
+    State(s): S,
+    ApiPath(id): ApiPath<FleetId>,
+) -> ApiResult<axum::Json<Vec<FleetJobView>>> {
+    Ok(axum::Json(s.jobs.fleet_jobs_of(id)?))
+}
+
+#[utoipa::path(get, path = "/fleet-jobs/{id}", tag = "jobs",
+    params(("id" = String, Path, description = "fleet job id")),
+    responses((status = 200, body = FleetJobView), (status = 404, body = ErrorBody)))]
+async fn get_fleet_job(
+    State(s): S,
+    ApiPath(id): ApiPath<FleetJobId>,
+) -> ApiResult<axum::Json<FleetJobView>> {
+    Ok(axum::Json(s.jobs.fleet_job(id)?))
+}
+
+#[utoipa::path(post, path = "/fleet-jobs/{id}/cancel", tag = "jobs",
+    params(("id" = String, Path, description = "fleet job id")),
+    responses((status = 200, body = FleetJobView), (status = 404, body = ErrorBody)))]
+async fn cancel_fleet_job(
+    State(s): S,
+    ApiPath(id): ApiPath<FleetJobId>,
+) -> ApiResult<axum::Json<FleetJobView>> {
+    Ok(axum::Json(s.jobs.cancel_fleet_job(id).await?))
 }
 
 /// Longest an operator call may wait for a job's outcome.

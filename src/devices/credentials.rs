@@ -334,6 +334,7 @@ const RESERVED_TOKENS: &[&str] = &[
     "devices",
     "audit",
     "jobs",
+    "fleet-jobs",
     "export",
     "retention",
     "store",

@@ -149,6 +149,12 @@ impl Sessions {
         })
     }
 
+    /// Whether `device` has a live session.
+    pub fn is_connected(&self, device: DeviceId) -> bool {
+        let map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        map.get(&device).is_some_and(|l| !l.is_empty())
+    }
+
     /// Sends a command to every session of `device`. Returns how many got it.
     pub fn send(&self, device: DeviceId, cmd: SessionCommand) -> usize {
         let map = self.map.lock().unwrap_or_else(|p| p.into_inner());

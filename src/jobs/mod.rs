@@ -6,6 +6,8 @@
 //! old ones; an idempotency key makes a create safe to repeat. Transports deliver through the
 //! session registry (MQTT) or a long poll (HTTP) and report back here.
 
+pub mod fleet;
+
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -114,7 +116,7 @@ impl JobService {
         Duration::from_secs(self.cfg.ack_timeout_secs.max(1))
     }
 
-    fn save(&self, job: &Job) -> Result<()> {
+    pub(crate) fn save(&self, job: &Job) -> Result<()> {
         self.store.put_job(job)?;
         self.events.publish(Event::JobUpdated {
             job_id: job.id,
@@ -165,6 +167,7 @@ impl JobService {
             next_attempt_at: None,
             result: None,
             idempotency_key: new.idempotency_key,
+            fleet_job_id: None,
             history: Vec::new(),
         };
         job.transition(JobState::Queued, None);
@@ -246,6 +249,10 @@ impl JobService {
                 Some("not delivered before its TTL".into()),
             );
             self.save(&job)?;
+            return Ok(());
+        }
+        // Offline: the job waits; no request id is used up.
+        if !self.sessions.is_connected(device) {
             return Ok(());
         }
         let rpc_id = self.store.next_rpc_id(device)?;
@@ -455,6 +462,6 @@ impl JobService {
         for d in devices {
             self.dispatch(d)?;
         }
-        Ok(())
+        self.advance_all()
     }
 }

@@ -124,3 +124,53 @@ impl Db {
         Ok(())
     }
 }
+
+impl Db {
+    pub fn put_fleet_job(&self, fj: &crate::model::FleetJob) -> Result<()> {
+        self.trees()
+            .fleet_jobs
+            .insert(fj.id.as_bytes(), encode_json(fj))?;
+        Ok(())
+    }
+
+    pub fn get_fleet_job(
+        &self,
+        id: crate::model::FleetJobId,
+    ) -> Result<Option<crate::model::FleetJob>> {
+        match self.trees().fleet_jobs.get(id.as_bytes())? {
+            None => Ok(None),
+            Some(v) => decode_json("fleet_jobs", &v).map(Some),
+        }
+    }
+
+    /// Every fleet job, oldest first.
+    pub fn fleet_jobs(&self) -> Result<Vec<crate::model::FleetJob>> {
+        self.trees()
+            .fleet_jobs
+            .iter()
+            .map(|kv| decode_json("fleet_jobs", &kv?.1))
+            .collect()
+    }
+
+    /// Records that `job` belongs to fleet job `fj`.
+    pub fn add_fleet_job_child(&self, fj: crate::model::FleetJobId, job: JobId) -> Result<()> {
+        self.trees()
+            .fleet_job_children
+            .insert(concat(&[fj.as_bytes(), job.as_bytes()]), &[])?;
+        Ok(())
+    }
+
+    /// The jobs of a fleet job.
+    pub fn fleet_job_children(&self, fj: crate::model::FleetJobId) -> Result<Vec<Job>> {
+        let mut out = Vec::new();
+        for kv in self.trees().fleet_job_children.scan_prefix(fj.as_bytes()) {
+            let (k, _) = kv?;
+            if let Some(id) = JobId::from_slice(&k[16..])
+                && let Some(j) = self.get_job(id)?
+            {
+                out.push(j);
+            }
+        }
+        Ok(out)
+    }
+}

@@ -123,6 +123,8 @@ struct Trees {
     jobs_active: sled::Tree,
     job_keys: sled::Tree,
     rpc_seq: sled::Tree,
+    fleet_jobs: sled::Tree,
+    fleet_job_children: sled::Tree,
 }
 
 /// Options for opening the store.
@@ -185,6 +187,8 @@ impl Store {
             jobs_active: t("jobs_active")?,
             job_keys: t("job_keys")?,
             rpc_seq: t("rpc_seq")?,
+            fleet_jobs: t("fleet_jobs")?,
+            fleet_job_children: t("fleet_job_children")?,
         };
         migrate(path, &db, &trees)?;
         db.flush().map_err(open_err)?;

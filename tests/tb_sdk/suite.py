@@ -57,6 +57,7 @@ PROVISION_MAX = 10.0  # provision() must return within this (its own limit is 60
 CHECK_TIMEOUT = 60.0  # hard limit per check, in case the SDK blocks somewhere unexpected
 PUSH_TIMEOUT = 2.0  # an attribute push must reach the session within this after the REST call
 HTTP_POLL = 2  # seconds: the HTTP SDK's request timeout, so its long poll ends (408) and renews
+JOB_WAIT_MS = 10_000  # ?wait_ms= on a job create: the server holds the answer until the job ends
 HOUR = 3_600_000
 RATE_LIMIT_RE = re.compile(r"^$|^\d+:\d+(,\d+:\d+)*,?$")  # ThingsBoard's "capacity:seconds,..."
 
@@ -1330,6 +1331,145 @@ def checks(s: Suite):
                f"tz=Asia/Kolkata: the bucket of {points[0][0]} is {short(first)}, want it to end at {base + 30 * 60_000}")
         return "10 points over 2 h: count/numeric/avg/min/max/sum match in UTC and Asia/Kolkata"
 
+    # -- server-side RPC: jobs (spec §5.5, §7) --
+
+    def create_job(dev, method, params, two_way, wait_ms=None):
+        """POST /devices/{id}/jobs (201); with wait_ms the server answers when the job has ended.
+        Returns (job, seconds)."""
+        q = f"?wait_ms={wait_ms}" if wait_ms else ""
+        body = {"method": method, "params": params, "two_way": two_way, "ttl_secs": 60}
+        t0 = time.monotonic()
+        status, doc = api.call("POST", f"/api/v1/devices/{dev}/jobs{q}", body,
+                               timeout=(wait_ms or 0) / 1000 + 5)
+        expect(status == 201 and isinstance(doc, dict) and doc.get("id"),
+               f"POST /devices/{{id}}/jobs{q} ({method}) -> {status} {short(doc)}, want 201 and a job")
+        return doc, time.monotonic() - t0
+
+    def job_history(job):
+        return ">".join(str(h.get("state")) for h in job.get("history") or [] if isinstance(h, dict))
+
+    def expect_job(job, what, result=None, two_way=True):
+        expect(job.get("state") == "succeeded",
+               f"{what}: job state {job.get('state')!r}, want 'succeeded' (history {job_history(job)})")
+        if two_way:
+            expect(same(job.get("result"), result),
+                   f"{what}: job result {short(job.get('result'))}, want the reply {short(result)}")
+        else:
+            expect(job.get("result") is None, f"{what}: one-way job has a result {short(job.get('result'))}")
+
+    def rpc_handler(c, seen):
+        """The device's server-side RPC handler. The SDK calls it on paho's thread with the request
+        id as a str; it replies with send_rpc_reply from there (without wait_for_publish: that
+        would wait for a PUBACK that this very thread has to read). `notify` is one-way: no reply."""
+        def handler(request_id, body):
+            seen(request_id, body)
+            if isinstance(body, dict) and body.get("method") != "notify":
+                c.send_rpc_reply(request_id, rpc_reply(body))
+        return handler
+
+    def rpc_reply(body):
+        return {"ok": True, "method": body.get("method"), "echo": body.get("params")}
+
+    def expect_request(got, n, job, method, params, what):
+        """The handler's n-th call (1-based): a str request id equal to the job's rpc_id, and
+        exactly {"method", "params"}. Returns the id."""
+        expect(len(got) >= n, f"{what}: the handler saw {len(got)} requests within 5 s, want {n}")
+        rid, body = got[n - 1][1][:2]
+        expect(isinstance(rid, str) and rid.isdigit(), f"{what}: request id {rid!r}, want a str of digits")
+        expect(same(body, {"method": method, "params": params}),
+               f"{what}: request {rid} body {short(body)}, want {short({'method': method, 'params': params})}")
+        if job.get("rpc_id") is not None:
+            expect(str(job["rpc_id"]) == rid, f"{what}: the job's rpc_id {job['rpc_id']} but the device got id {rid}")
+        return rid
+
+    def jobs():
+        _, fleet = api.workspace_fleet("jobs")
+        dev, token = api.device(fleet, "jobs-mqtt")
+        notes = []
+
+        # (a) two-way: the handler's reply becomes the result of a create that waits
+        seen = Inbox()
+        c = s.client(port=srv.plain_port, username=token)
+        c.set_server_side_rpc_request_handler(rpc_handler(c, seen))
+        s.connect(c)
+        expect(s.session_ready(c), "no getSessionLimits answer within 5 s")
+        params = {"pin": 7, "on": True, "level": 0.5, "label": "x"}
+        job, dt = create_job(dev, "setGpio", params, True, JOB_WAIT_MS)
+        rid_a = expect_request(seen.wait(1, 0.5), 1, job, "setGpio", params, "(a) two-way")
+        expect_job(job, "(a) two-way, created with wait_ms", rpc_reply({"method": "setGpio", "params": params}))
+        notes.append(f"(a) two-way id {rid_a} succeeded in {dt:.2f} s ({job_history(job)})")
+
+        # (b) one-way: succeeds on the PUBACK; the device does not reply
+        params = {"msg": "hello", "n": 1}
+        job, dt = create_job(dev, "notify", params, False, JOB_WAIT_MS)
+        rid_b = expect_request(seen.wait(2, 0.5), 2, job, "notify", params, "(b) one-way")
+        expect_job(job, "(b) one-way, created with wait_ms", two_way=False)
+        expect(int(rid_b) > int(rid_a), f"(b) request id {rid_b} after {rid_a}: ids must increase")
+        notes.append(f"(b) one-way id {rid_b} succeeded in {dt:.2f} s")
+
+        # (c) three jobs while the device is away: queued, then delivered in creation order
+        bounded(c.disconnect, 5, "disconnect()")
+        s.expect_status(dev, "offline")
+        queued = []
+        for i in (1, 2, 3):
+            job, _ = create_job(dev, "seq", {"seq": i}, True)
+            expect(job.get("state") == "queued",
+                   f"(c) job {i} created while offline is {job.get('state')!r}, want 'queued'")
+            queued.append(job)
+        seen2 = Inbox()
+        c2 = s.client(port=srv.plain_port, username=token)
+        c2.set_server_side_rpc_request_handler(rpc_handler(c2, seen2))
+        t0 = time.monotonic()
+        s.connect(c2)
+        got = seen2.wait(3, 5.0, t0)
+        order = [short(a[1]) for _, a in got]
+        expect(len(got) == 3 and [a[1].get("params") if isinstance(a[1], dict) else a[1] for _, a in got]
+               == [{"seq": 1}, {"seq": 2}, {"seq": 3}],
+               f"(c) after connecting, the handler saw {order} within 5 s, want seq 1, 2, 3 in that order")
+        rids = []
+        for i, job in enumerate(queued, 1):
+            status, doc = api.call("GET", f"/api/v1/jobs/{job['id']}?wait_ms=5000", timeout=10)
+            expect(status == 200 and isinstance(doc, dict), f"(c) GET /jobs/{{id}}?wait_ms -> {status} {short(doc)}")
+            rids.append(expect_request(got, i, doc, "seq", {"seq": i}, f"(c) job {i}"))
+            expect_job(doc, f"(c) job {i}", rpc_reply({"method": "seq", "params": {"seq": i}}))
+        expect(int(rids[0]) > int(rid_b) and rids == sorted(rids, key=int),
+               f"(c) request ids {rids} (after {rid_b}): ids must keep increasing across sessions")
+        notes.append(f"(c) 3 queued offline, delivered in order as ids {', '.join(rids)} "
+                     f"{got[-1][0]:.2f} s after connect(), all succeeded")
+
+        # (d) TBHTTPDevice: subscribe('rpc') long-polls GET /rpc; send_rpc(.., rpc_id) replies
+        dev_h, token_h = api.device(fleet, "jobs-http")
+        d = TBHTTPDevice(srv.base, token_h)
+        # Its request timeout is also its long-poll length and what unsubscribe() waits out.
+        d._TBHTTPDevice__config["timeout"] = HTTP_POLL
+        s.cleanups.append(lambda: d.unsubscribe("rpc"))
+        polled, replied = Inbox(), Inbox()
+
+        def on_rpc(data):  # on the SDK's subscription worker thread
+            polled(data)
+            try:
+                replied(d.send_rpc(data.get("method"), {"seen": data.get("params")}, rpc_id=data.get("id")))
+            except Exception as e:  # noqa: BLE001 - an exception here would end the subscription silently
+                replied(f"{type(e).__name__}: {e}")
+
+        d.subscribe("rpc", on_rpc)
+        params = {"mode": "eco", "n": 2}
+        job, dt = create_job(dev_h, "setMode", params, True, JOB_WAIT_MS)
+        got = polled.wait(1, 0.5)
+        expect(got, f"(d) subscribe('rpc') got nothing (job {job.get('state')!r}, history {job_history(job)})")
+        data = got[0][1][0]
+        expect(isinstance(data, dict) and isinstance(data.get("id"), int) and data["id"] > 0
+               and same({k: v for k, v in data.items() if k != "id"}, {"method": "setMode", "params": params}),
+               f"(d) GET /rpc gave {short(data)}, want {{\"id\": n > 0, \"method\": \"setMode\", \"params\": ..}}")
+        r = replied.wait(1, 1.0)
+        expect(r and isinstance(r[0][1][0], dict), f"(d) send_rpc(.., rpc_id={data['id']}) -> {r and r[0][1][0]!r}")
+        # The SDK posts the same {"method","params"} wrapper as the reply: that is the result.
+        expect_job(job, "(d) HTTP two-way, created with wait_ms",
+                   {"method": "setMode", "params": {"seen": params}})
+        expect(job.get("rpc_id") in (None, data["id"]), f"(d) job rpc_id {job.get('rpc_id')}, polled id {data['id']}")
+        notes.append(f"(d) HTTP long poll got id {data['id']}; its reply completed the job in {dt:.2f} s")
+        return "; ".join(notes)
+
     return [
         ("1 token over TLS", token_tls),
         ("2 token over plain MQTT", token_plain),
@@ -1355,6 +1495,7 @@ def checks(s: Suite):
         ("15 fleet default shared attributes", fleet_defaults),
         ("16 HTTP device API (TBHTTPDevice)", http_device_api),
         ("17 aggregates (1h buckets, UTC and a tz)", aggregates),
+        ("18 server-side RPC (jobs)", jobs),
     ]
 
 
