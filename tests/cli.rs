@@ -661,5 +661,34 @@ async fn jobs_through_the_cli() {
     );
     let shown = ok(&run(&["job", "show", &job_id]));
     assert!(shown.contains("succeeded"), "{shown}");
+    // A rollout to the fleet (one device here), followed to the end.
+    let fj: Value = serde_json::from_str(&ok(&run(&[
+        "job",
+        "fleet-send",
+        "F",
+        "ping",
+        "--per-minute",
+        "600",
+        "--json",
+    ])))
+    .expect("json");
+    let fid = fj["id"].as_str().expect("id").to_string();
+    let mut state = String::new();
+    for _ in 0..100 {
+        let v: Value =
+            serde_json::from_str(&ok(&run(&["job", "fleet-show", &fid, "--json"]))).expect("json");
+        state = v["state"].as_str().unwrap_or_default().to_string();
+        if state == "completed" {
+            assert_eq!(v["progress"]["succeeded"], 1, "{v}");
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(state, "completed");
+    let list = ok(&run(&["job", "fleet-list", "F"]));
+    assert!(
+        list.contains("ping") && list.contains("succeeded 1"),
+        "{list}"
+    );
     pump.abort();
 }

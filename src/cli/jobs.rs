@@ -1,5 +1,6 @@
 //! Job commands over REST: `job send` (optionally waiting for the outcome), `job list`,
-//! `job show`, `job cancel` and `job watch` (follows a job until it finishes).
+//! `job show`, `job cancel` and `job watch` (follows a job until it finishes); fleet rollouts
+//! with `job fleet-send|fleet-list|fleet-show|fleet-cancel`.
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -54,6 +55,47 @@ pub enum JobCmd {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// Roll a command out to every device of a fleet.
+    FleetSend {
+        /// Fleet id or name.
+        fleet: String,
+        method: String,
+        #[arg(long, default_value = "{}")]
+        params: String,
+        #[arg(long)]
+        two_way: bool,
+        #[arg(long)]
+        ttl: Option<u64>,
+        /// Devices started per minute (0: all at once).
+        #[arg(long, default_value_t = 0)]
+        per_minute: u32,
+        /// Stop when this percentage of finished jobs failed or expired...
+        #[arg(long)]
+        abort_pct: Option<u8>,
+        /// ...once at least this many finished.
+        #[arg(long)]
+        min_sample: Option<u32>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// A fleet's rollouts, newest first.
+    FleetList {
+        fleet: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// A rollout and its progress per state.
+    FleetShow {
+        id: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Stop a rollout; jobs not sent yet are cancelled.
+    FleetCancel {
+        id: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
     /// Print a job's steps as they happen, until it finishes.
     Watch {
         job: String,
@@ -97,8 +139,90 @@ fn show(j: &Job, json: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn fleet_row(v: &Value) -> Vec<String> {
+    let progress: Vec<String> = v["progress"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .map(|(k, n)| format!("{k} {n}"))
+        .collect();
+    vec![
+        v["id"].as_str().unwrap_or_default().to_string(),
+        v["method"].as_str().unwrap_or_default().to_string(),
+        v["state"].as_str().unwrap_or_default().to_string(),
+        format!(
+            "{}/{}",
+            v["launched"],
+            v["devices"].as_array().map_or(0, Vec::len)
+        ),
+        progress.join(", "),
+    ]
+}
+
+const FLEET_HEADERS: [&str; 5] = ["ID", "METHOD", "STATE", "STARTED", "PROGRESS"];
+
 pub async fn run(cmd: JobCmd) -> anyhow::Result<ExitCode> {
     match cmd {
+        JobCmd::FleetSend {
+            fleet,
+            method,
+            params,
+            two_way,
+            ttl,
+            per_minute,
+            abort_pct,
+            min_sample,
+            client,
+        } => {
+            let c = ApiClient::from_args(&client)?;
+            let id = resolve(&c, "/fleets", "fleet", &fleet).await?;
+            let params: Value = serde_json::from_str(&params)
+                .map_err(|e| anyhow::anyhow!("--params is not JSON: {e}"))?;
+            let v: Value = c
+                .post(
+                    &format!("/fleets/{id}/jobs"),
+                    &json!({"method": method, "params": params, "two_way": two_way,
+                            "ttl_secs": ttl, "per_minute": per_minute,
+                            "abort_failure_pct": abort_pct, "abort_min_sample": min_sample}),
+                )
+                .await?;
+            if client.json {
+                output::json(&v)?;
+            } else {
+                output::table(&FLEET_HEADERS, &[fleet_row(&v)]);
+            }
+        }
+        JobCmd::FleetList { fleet, client } => {
+            let c = ApiClient::from_args(&client)?;
+            let id = resolve(&c, "/fleets", "fleet", &fleet).await?;
+            let v: Vec<Value> = c.get(&format!("/fleets/{id}/jobs"), &[]).await?;
+            if client.json {
+                output::json(&v)?;
+            } else {
+                let rows: Vec<_> = v.iter().map(fleet_row).collect();
+                output::table(&FLEET_HEADERS, &rows);
+            }
+        }
+        JobCmd::FleetShow { id, client } => {
+            let c = ApiClient::from_args(&client)?;
+            let v: Value = c.get(&format!("/fleet-jobs/{id}"), &[]).await?;
+            if client.json {
+                output::json(&v)?;
+            } else {
+                output::table(&FLEET_HEADERS, &[fleet_row(&v)]);
+            }
+        }
+        JobCmd::FleetCancel { id, client } => {
+            let c = ApiClient::from_args(&client)?;
+            let v: Value = c
+                .post(&format!("/fleet-jobs/{id}/cancel"), &json!(null))
+                .await?;
+            if client.json {
+                output::json(&v)?;
+            } else {
+                output::table(&FLEET_HEADERS, &[fleet_row(&v)]);
+            }
+        }
         JobCmd::Send {
             device,
             method,
