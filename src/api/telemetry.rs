@@ -11,7 +11,7 @@ use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::{router::OpenApiRouter, routes};
 
 use super::error::{ApiError, ApiPath, ApiQuery, ErrorBody};
-use super::{ApiResult, MAX_PAGE, page_limit};
+use super::{ApiResult, page_limit};
 use crate::data::DEFAULT_WINDOW_MS;
 use crate::data::aggregate::{AggError, Bucket, boundaries, parse_interval, parse_tz};
 use crate::data::retention::{SweepReport, WorkspaceUsage};
@@ -206,16 +206,7 @@ pub(super) fn fleet_devices(s: &Services, fleet: FleetId) -> ApiResult<Vec<Devic
         fleet_id: Some(fleet),
         ..Default::default()
     };
-    let mut out = Vec::new();
-    let mut after = None;
-    loop {
-        let page = s.registry.list_devices(&filter, after, MAX_PAGE)?;
-        out.extend(page.items.iter().map(|d| d.id));
-        match page.next_cursor.and_then(|c| c.parse().ok()) {
-            Some(c) => after = Some(c),
-            None => return Ok(out),
-        }
-    }
+    Ok(s.registry.device_ids(&filter, false)?)
 }
 
 #[derive(Deserialize, IntoParams)]

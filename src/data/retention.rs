@@ -41,16 +41,7 @@ fn devices_of(registry: &Registry, ws: WorkspaceId) -> Result<Vec<DeviceId>, Reg
         workspace_id: Some(ws),
         ..Default::default()
     };
-    let mut out = Vec::new();
-    let mut after = None;
-    loop {
-        let page = registry.list_devices(&filter, after, 1000)?;
-        out.extend(page.items.iter().map(|d| d.id));
-        match page.next_cursor.and_then(|c| c.parse().ok()) {
-            Some(c) => after = Some(c),
-            None => return Ok(out),
-        }
-    }
+    registry.device_ids(&filter, false)
 }
 
 /// Deletes what every workspace's retention no longer keeps. Blocking: run it off the async

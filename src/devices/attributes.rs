@@ -375,15 +375,6 @@ impl AttributeService {
             fleet_id: Some(fleet),
             ..Default::default()
         };
-        let mut out = Vec::new();
-        let mut after = None;
-        loop {
-            let page = self.registry.list_devices(&filter, after, 1000)?;
-            out.extend(page.items.iter().map(|d| d.id));
-            match page.next_cursor.and_then(|c| c.parse().ok()) {
-                Some(c) => after = Some(c),
-                None => return Ok(out),
-            }
-        }
+        self.registry.device_ids(&filter, false)
     }
 }

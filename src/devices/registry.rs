@@ -456,6 +456,26 @@ impl Registry {
         })
     }
 
+    /// Every device matching `f` (all pages), optionally only enabled ones: for fan-out,
+    /// fleet queries and sweeps.
+    pub fn device_ids(&self, f: &DeviceFilter, only_enabled: bool) -> Result<Vec<DeviceId>> {
+        let mut out = Vec::new();
+        let mut after = None;
+        loop {
+            let page = self.list_devices(f, after, 1000)?;
+            out.extend(
+                page.items
+                    .iter()
+                    .filter(|d| d.enabled || !only_enabled)
+                    .map(|d| d.id),
+            );
+            match page.next_cursor.and_then(|c| c.parse().ok()) {
+                Some(c) => after = Some(c),
+                None => return Ok(out),
+            }
+        }
+    }
+
     pub async fn update_device(&self, id: DeviceId, patch: DevicePatch) -> Result<DeviceView> {
         let old = self.device_record(id)?;
         let mut dev = old.clone();

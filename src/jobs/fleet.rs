@@ -63,16 +63,7 @@ impl JobService {
             fleet_id: Some(fleet),
             ..Default::default()
         };
-        let mut devices = Vec::new();
-        let mut after = None;
-        loop {
-            let page = self.registry.list_devices(&filter, after, 1000)?;
-            devices.extend(page.items.iter().filter(|d| d.enabled).map(|d| d.id));
-            match page.next_cursor.and_then(|c| c.parse().ok()) {
-                Some(c) => after = Some(c),
-                None => break,
-            }
-        }
+        let devices = self.registry.device_ids(&filter, true)?;
         let fj = FleetJob {
             id: FleetJobId::new(),
             fleet_id: fleet,

@@ -226,22 +226,20 @@ impl JobService {
         self.get(id)
     }
 
-    /// Sends the device's next job when nothing is in flight: one job at a time, in order.
-    pub fn dispatch(&self, device: DeviceId) -> Result<()> {
-        let _guard = self.dispatching.lock().unwrap_or_else(|p| p.into_inner());
-        let now = now_ms();
-        // The oldest job not yet delivered goes first; until it is delivered (or finished),
-        // nothing overtakes it, not even while it waits out a retry backoff.
+    /// The device's next job to send, if it is queued: the oldest job not yet delivered goes
+    /// first, and until it is delivered (or finished) nothing overtakes it, not even while it
+    /// waits out a retry backoff. A head past its TTL expires here.
+    fn head(&self, device: DeviceId, now: i64) -> Result<Option<Job>> {
         let Some(mut job) = self
             .store
             .device_jobs(device, true)?
             .into_iter()
             .find(|j| j.state != JobState::Delivered)
         else {
-            return Ok(());
+            return Ok(None);
         };
-        if job.state != JobState::Queued || job.next_attempt_at.is_some_and(|t| t > now) {
-            return Ok(());
+        if job.state != JobState::Queued {
+            return Ok(None);
         }
         if job.expires_at <= now {
             job.transition(
@@ -249,6 +247,19 @@ impl JobService {
                 Some("not delivered before its TTL".into()),
             );
             self.save(&job)?;
+            return Ok(None);
+        }
+        Ok(Some(job))
+    }
+
+    /// Sends the device's next job when nothing is in flight: one job at a time, in order.
+    pub fn dispatch(&self, device: DeviceId) -> Result<()> {
+        let _guard = self.dispatching.lock().unwrap_or_else(|p| p.into_inner());
+        let now = now_ms();
+        let Some(mut job) = self.head(device, now)? else {
+            return Ok(());
+        };
+        if job.next_attempt_at.is_some_and(|t| t > now) {
             return Ok(());
         }
         // Offline: the job waits; no request id is used up.
@@ -355,25 +366,9 @@ impl JobService {
     pub fn take_for_http(&self, device: DeviceId) -> Result<Option<Job>> {
         let _guard = self.dispatching.lock().unwrap_or_else(|p| p.into_inner());
         let now = now_ms();
-        let Some(mut job) = self
-            .store
-            .device_jobs(device, true)?
-            .into_iter()
-            .find(|j| j.state != JobState::Delivered)
-        else {
+        let Some(mut job) = self.head(device, now)? else {
             return Ok(None);
         };
-        if job.state != JobState::Queued {
-            return Ok(None);
-        }
-        if job.expires_at <= now {
-            job.transition(
-                JobState::Expired,
-                Some("not delivered before its TTL".into()),
-            );
-            self.save(&job)?;
-            return Ok(None);
-        }
         let rpc_id = self.store.next_rpc_id(device)?;
         job.rpc_id = Some(rpc_id);
         job.attempts += 1;
