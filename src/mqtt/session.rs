@@ -539,7 +539,7 @@ async fn handle_publish(
     let reject = |reason: &'static str| {
         m.publish_rejected
             .get_or_create(&ReasonLabel { reason })
-            .inc()
+            .inc();
     };
     let topic = DeviceTopic::parse(topic_str);
     let Some(d) = &s.device else {
@@ -576,27 +576,11 @@ async fn handle_publish(
                 }
                 _ => crate::model::DEFAULT_TAG,
             };
-            // Rate before parsing: a flood costs as little as possible.
-            let wait = match d.rate(&s.services, v5) {
-                Ok(w) => w,
-                Err(o) => {
-                    reject("rate_exceeded");
-                    return o;
-                }
-            };
-            let parsed = DataService::parse_telemetry(&payload);
-            drop(payload);
-            if let Some(w) = wait.filter(|w| !w.is_zero()) {
-                ntex_util::time::sleep(w).await;
-            }
-            let telemetry = match parsed {
-                Ok(t) => t,
-                Err(e) => {
-                    reject("bad_payload");
-                    tracing::debug!(device = %d.id, error = %e, "telemetry refused");
-                    return Outcome::BadPayload(e.to_string());
-                }
-            };
+            let telemetry =
+                match rated_parse(d, s, v5, payload, DataService::parse_telemetry, &reject).await {
+                    Ok(t) => t,
+                    Err(o) => return o,
+                };
             // QoS 0 has no acknowledgement to delay; its data rides the next sync.
             let durability = if qos == QoS::AtMostOnce {
                 Durability::BestEffort
@@ -619,25 +603,11 @@ async fn handle_publish(
         }
         DeviceTopic::Attributes => {
             // Attributes count against the same rate as telemetry, as ThingsBoard counts them.
-            let wait = match d.rate(&s.services, v5) {
-                Ok(w) => w,
-                Err(o) => {
-                    reject("rate_exceeded");
-                    return o;
-                }
-            };
-            let parsed = protocol::parse_attributes(&payload);
-            drop(payload);
-            if let Some(w) = wait.filter(|w| !w.is_zero()) {
-                ntex_util::time::sleep(w).await;
-            }
-            let values = match parsed {
-                Ok(v) => v,
-                Err(e) => {
-                    reject("bad_payload");
-                    return Outcome::BadPayload(e.to_string());
-                }
-            };
+            let values =
+                match rated_parse(d, s, v5, payload, protocol::parse_attributes, &reject).await {
+                    Ok(v) => v,
+                    Err(o) => return o,
+                };
             match s.services.attributes.report(d.id, values).await {
                 Ok(()) => Outcome::Stored,
                 Err(e) => {
@@ -689,6 +659,32 @@ async fn handle_publish(
             Outcome::UnknownTopic
         }
     }
+}
+
+/// Takes one message from the device's rate (before parsing, so that a flood costs as little
+/// as possible), parses the payload and drops it, then waits out any backpressure. The error
+/// is the answer to give: over the rate, or a bad payload.
+async fn rated_parse<T>(
+    d: &DeviceCtx,
+    s: &DeviceSession,
+    v5: bool,
+    payload: Bytes,
+    parse: impl FnOnce(&[u8]) -> Result<T, protocol::PayloadError>,
+    reject: &impl Fn(&'static str),
+) -> Result<T, Outcome> {
+    let wait = d
+        .rate(&s.services, v5)
+        .inspect_err(|_| reject("rate_exceeded"))?;
+    let parsed = parse(&payload);
+    drop(payload);
+    if let Some(w) = wait.filter(|w| !w.is_zero()) {
+        ntex_util::time::sleep(w).await;
+    }
+    parsed.map_err(|e| {
+        reject("bad_payload");
+        tracing::debug!(device = %d.id, error = %e, "payload refused");
+        Outcome::BadPayload(e.to_string())
+    })
 }
 
 pub async fn publish_v3(s: &v3::Session<DeviceSession>, p: v3::Publish) -> Result<(), MqttErr> {
