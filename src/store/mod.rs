@@ -481,6 +481,59 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn version_2_stores_get_rollups_built_from_their_points() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("db");
+        let opts = || StoreOptions {
+            cache_capacity_bytes: 1 << 20,
+            group_commit_delay: Duration::ZERO,
+        };
+        let dev = crate::model::DeviceId::new();
+        {
+            let s = Store::open(&path, opts(), Arc::new(Metrics::new())).expect("open");
+            let pts: Vec<_> = (0..500)
+                .map(|i| {
+                    (
+                        i * 37_000,
+                        vec![("x".to_string(), crate::model::Value::Long(i % 7))],
+                    )
+                })
+                .collect();
+            s.put_points(dev, "default", &pts).expect("put");
+            // What a version-2 store looks like: points, no rollups.
+            s.db.db
+                .open_tree("rollup_h")
+                .expect("tree")
+                .clear()
+                .expect("clear");
+            s.trees
+                .meta
+                .insert(VERSION_KEY, &2u32.to_be_bytes())
+                .expect("version");
+            s.commit().await.expect("commit");
+        }
+        let mut reopened = None;
+        for _ in 0..500 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            if let Ok(s) = Store::open(&path, opts(), Arc::new(Metrics::new())) {
+                reopened = Some(s);
+                break;
+            }
+        }
+        let s = reopened.expect("reopen");
+        assert_eq!(s.schema_version().expect("version"), SCHEMA_VERSION);
+        let bounds: Vec<i64> = (0..=6).map(|h| h * HOUR_MS).collect();
+        let rolled = s
+            .aggregate(dev, "default", "x", &bounds, 0, 6 * HOUR_MS)
+            .expect("aggregate");
+        let raw = s
+            .aggregate_from_raw(dev, "default", "x", &bounds, 0, 6 * HOUR_MS)
+            .expect("raw");
+        assert_eq!(rolled, raw);
+        assert_eq!(rolled.iter().map(|a| a.count).sum::<u64>(), 500);
+    }
+
+    #[tokio::test]
     async fn foreign_directory_is_refused_not_recreated() {
         let dir = tempfile::tempdir().expect("tempdir");
         std::fs::write(dir.path().join("precious.txt"), "data").expect("write");
