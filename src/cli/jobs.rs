@@ -161,6 +161,14 @@ fn fleet_row(v: &Value) -> Vec<String> {
 
 const FLEET_HEADERS: [&str; 5] = ["ID", "METHOD", "STATE", "STARTED", "PROGRESS"];
 
+fn show_fleet(v: &Value, json: bool) -> anyhow::Result<()> {
+    if json {
+        return output::json(v);
+    }
+    output::table(&FLEET_HEADERS, &[fleet_row(v)]);
+    Ok(())
+}
+
 pub async fn run(cmd: JobCmd) -> anyhow::Result<ExitCode> {
     match cmd {
         JobCmd::FleetSend {
@@ -186,11 +194,7 @@ pub async fn run(cmd: JobCmd) -> anyhow::Result<ExitCode> {
                             "abort_failure_pct": abort_pct, "abort_min_sample": min_sample}),
                 )
                 .await?;
-            if client.json {
-                output::json(&v)?;
-            } else {
-                output::table(&FLEET_HEADERS, &[fleet_row(&v)]);
-            }
+            show_fleet(&v, client.json)?;
         }
         JobCmd::FleetList { fleet, client } => {
             let c = ApiClient::from_args(&client)?;
@@ -206,22 +210,14 @@ pub async fn run(cmd: JobCmd) -> anyhow::Result<ExitCode> {
         JobCmd::FleetShow { id, client } => {
             let c = ApiClient::from_args(&client)?;
             let v: Value = c.get(&format!("/fleet-jobs/{id}"), &[]).await?;
-            if client.json {
-                output::json(&v)?;
-            } else {
-                output::table(&FLEET_HEADERS, &[fleet_row(&v)]);
-            }
+            show_fleet(&v, client.json)?;
         }
         JobCmd::FleetCancel { id, client } => {
             let c = ApiClient::from_args(&client)?;
             let v: Value = c
                 .post(&format!("/fleet-jobs/{id}/cancel"), &json!(null))
                 .await?;
-            if client.json {
-                output::json(&v)?;
-            } else {
-                output::table(&FLEET_HEADERS, &[fleet_row(&v)]);
-            }
+            show_fleet(&v, client.json)?;
         }
         JobCmd::Send {
             device,

@@ -498,13 +498,7 @@ impl CredentialService {
             })
             .await?;
         let cred = &creds[0];
-        self.audit.record(
-            Entry::new("credential_issued", "admin")
-                .device(dev.id)
-                .fleet(dev.fleet_id)
-                .credential(cred.id)
-                .detail(describe(cred)),
-        );
+        self.audit_admin("credential_issued", &dev, cred);
         self.store.commit().await?;
         let (token, bundle) = shown.unwrap_or_default();
         let issued = IssuedCredential {
@@ -603,13 +597,7 @@ impl CredentialService {
         self.store
             .add_credential(&cred)?
             .map_err(|CredentialClash| RegistryError::CredentialTaken)?;
-        self.audit.record(
-            Entry::new("credential_issued", "admin")
-                .device(dev.id)
-                .fleet(dev.fleet_id)
-                .credential(cred.id)
-                .detail(describe(&cred)),
-        );
+        self.audit_admin("credential_issued", &dev, &cred);
         self.store.commit().await?;
         Ok(IssuedCredential {
             credential: CredentialView::of(&cred, now_ms()),
@@ -723,13 +711,7 @@ impl CredentialService {
         if cred.revoked_at.is_none() {
             cred.revoked_at = Some(now_ms());
             self.store.update_credential(&cred)?;
-            self.audit.record(
-                Entry::new("credential_revoked", "admin")
-                    .device(dev.id)
-                    .fleet(dev.fleet_id)
-                    .credential(cred.id)
-                    .detail(describe(&cred)),
-            );
+            self.audit_admin("credential_revoked", &dev, &cred);
             self.store.commit().await?;
             if matches!(cred.secret, CredentialSecret::Certificate(_)) {
                 self.refresh_trust()?;
@@ -740,18 +722,23 @@ impl CredentialService {
         Ok(CredentialView::of(&cred, now_ms()))
     }
 
+    /// Records an operator's change to a device's credential.
+    fn audit_admin(&self, kind: &'static str, dev: &Device, cred: &Credential) {
+        self.audit.record(
+            Entry::new(kind, "admin")
+                .device(dev.id)
+                .fleet(dev.fleet_id)
+                .credential(cred.id)
+                .detail(describe(cred)),
+        );
+    }
+
     /// Deletes a credential, freeing its token, identifiers or certificate for reuse.
     pub async fn delete(&self, device: DeviceId, id: CredentialId) -> Result<()> {
         let dev = self.registry.device_record(device)?;
         let cred = self.get(device, id)?;
         self.store.delete_credential(&cred)?;
-        self.audit.record(
-            Entry::new("credential_deleted", "admin")
-                .device(dev.id)
-                .fleet(dev.fleet_id)
-                .credential(cred.id)
-                .detail(describe(&cred)),
-        );
+        self.audit_admin("credential_deleted", &dev, &cred);
         self.store.commit().await?;
         self.sessions
             .close_credential(device, id, CloseReason::CredentialRevoked);

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value as Json;
 use utoipa::ToSchema;
 
-use super::{JobService, Result, invalid};
+use super::{JobService, Result, check_method, invalid};
 use crate::devices::registry::{DeviceFilter, RegistryError};
 use crate::model::{FleetId, FleetJob, FleetJobId, Job, JobId, JobState, RolloutState, now_ms};
 
@@ -48,17 +48,11 @@ pub struct FleetJobView {
 impl JobService {
     pub async fn create_fleet_job(&self, fleet: FleetId, new: NewFleetJob) -> Result<FleetJobView> {
         self.registry.fleet(fleet)?;
-        let method = new.method.trim().to_string();
-        if method.is_empty() || method.len() > 256 {
-            return Err(invalid("method", "must be 1 to 256 characters"));
-        }
+        let method = check_method(&new.method)?;
         if new.abort_failure_pct.is_some_and(|p| p == 0 || p > 100) {
             return Err(invalid("abort_failure_pct", "must be 1 to 100"));
         }
-        let ttl = new.ttl_secs.unwrap_or(self.cfg.default_ttl_secs);
-        if ttl == 0 || ttl > 365 * 86_400 {
-            return Err(invalid("ttl_secs", "must be 1 s to 365 days"));
-        }
+        let ttl = self.check_ttl(new.ttl_secs)?;
         let filter = DeviceFilter {
             fleet_id: Some(fleet),
             ..Default::default()

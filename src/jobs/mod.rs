@@ -94,7 +94,25 @@ fn invalid(field: &'static str, message: impl Into<String>) -> RegistryError {
     }
 }
 
+/// A job's method: trimmed, 1 to 256 characters.
+fn check_method(m: &str) -> Result<String> {
+    let method = m.trim();
+    if method.is_empty() || method.len() > 256 {
+        return Err(invalid("method", "must be 1 to 256 characters"));
+    }
+    Ok(method.to_string())
+}
+
 impl JobService {
+    /// A job's lifetime in seconds: the given one or the default, 1 s to 365 days.
+    fn check_ttl(&self, ttl: Option<u64>) -> Result<u64> {
+        let ttl = ttl.unwrap_or(self.cfg.default_ttl_secs);
+        if ttl == 0 || ttl > 365 * 86_400 {
+            return Err(invalid("ttl_secs", "must be 1 s to 365 days"));
+        }
+        Ok(ttl)
+    }
+
     pub fn new(
         store: Store,
         registry: Arc<Registry>,
@@ -129,10 +147,7 @@ impl JobService {
     /// Creates a job for a device and sends it if the device is there.
     pub async fn create(&self, device: DeviceId, new: NewJob) -> Result<Job> {
         self.registry.device_record(device)?;
-        let method = new.method.trim().to_string();
-        if method.is_empty() || method.len() > 256 {
-            return Err(invalid("method", "must be 1 to 256 characters"));
-        }
+        let method = check_method(&new.method)?;
         if let Some(k) = &new.idempotency_key {
             if k.is_empty() || k.len() > 128 {
                 return Err(invalid("idempotency_key", "must be 1 to 128 characters"));
@@ -148,10 +163,7 @@ impl JobService {
                  wait for them or cancel some"
             )));
         }
-        let ttl = new.ttl_secs.unwrap_or(self.cfg.default_ttl_secs);
-        if ttl == 0 || ttl > 365 * 86_400 {
-            return Err(invalid("ttl_secs", "must be 1 s to 365 days"));
-        }
+        let ttl = self.check_ttl(new.ttl_secs)?;
         let now = now_ms();
         let mut job = Job {
             id: JobId::new(),
