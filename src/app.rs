@@ -256,6 +256,7 @@ impl App {
     /// flush the store.
     pub async fn shutdown(self) -> anyhow::Result<()> {
         self.ready.set(false);
+        self.services.events.stop();
         let _ = self.shutdown.send(true);
         self.mqtt.stop().await;
         for t in self.tasks {

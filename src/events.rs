@@ -40,6 +40,9 @@ pub enum Event {
 #[derive(Clone)]
 pub struct EventBus {
     tx: broadcast::Sender<Event>,
+    /// Set at shutdown, so that long-lived subscribers (event streams) end and do not hold up
+    /// the HTTP server's graceful stop.
+    stop: std::sync::Arc<tokio::sync::watch::Sender<bool>>,
 }
 
 impl Default for EventBus {
@@ -52,6 +55,20 @@ impl EventBus {
     pub fn new(capacity: usize) -> Self {
         Self {
             tx: broadcast::channel(capacity).0,
+            stop: std::sync::Arc::new(tokio::sync::watch::channel(false).0),
+        }
+    }
+
+    /// Ends long-lived subscriptions (see `stopped`).
+    pub fn stop(&self) {
+        self.stop.send_replace(true);
+    }
+
+    /// Completes once `stop` has been called.
+    pub fn stopped(&self) -> impl std::future::Future<Output = ()> + Send + use<> {
+        let mut rx = self.stop.subscribe();
+        async move {
+            let _ = rx.wait_for(|s| *s).await;
         }
     }
 

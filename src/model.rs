@@ -79,6 +79,7 @@ id_type!(
     "Identifies a manufacturer CA registered on a fleet."
 );
 id_type!(AuditId, "Identifies an audit record; time-ordered.");
+id_type!(ScheduleId, "Identifies a job schedule.");
 id_type!(
     FleetJobId,
     "Identifies a fleet job (a command rolled out to a fleet)."
@@ -472,6 +473,128 @@ pub struct FleetJob {
     pub launched: u32,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub note: Option<String>,
+    /// The filter that chose `devices` among the fleet's, when one was given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub filter: Option<TargetFilter>,
+    /// Devices start only inside this window; outside it the rollout waits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub window: Option<Window>,
+    /// The schedule that started this rollout.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schedule_id: Option<ScheduleId>,
+    /// Pacing: when the current run of starts began (reset when a window closes), and how
+    /// many devices had started by then. The rate applies from there, so a window that
+    /// reopens does not release a burst for the time it was closed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub paced_from: Option<Millis>,
+    #[serde(default)]
+    pub paced_base: u32,
+}
+
+/// Which devices of a fleet a fleet job (or schedule) targets; every given condition must hold.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TargetFilter {
+    /// Devices that have sent telemetry under this tag.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tag: Option<String>,
+    /// Devices whose label is exactly this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub label: Option<String>,
+    /// Attribute values the device must have, in any scope (a fleet's shared default counts).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    #[schema(value_type = Object)]
+    pub attributes: std::collections::BTreeMap<String, serde_json::Value>,
+    /// The firmware the device reports (client attribute `current_fw_version`, as ThingsBoard
+    /// OTA clients do) is this version...
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub firmware_version: Option<String>,
+    /// ...or is not this version (devices not yet updated, including silent ones).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub firmware_version_not: Option<String>,
+}
+
+impl TargetFilter {
+    pub fn is_empty(&self) -> bool {
+        self == &TargetFilter::default()
+    }
+}
+
+/// A recurring maintenance window in a time zone: `start`–`end` local time ("HH:MM"; an end
+/// before the start crosses midnight) on the given days (every day when empty).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Window {
+    pub start: String,
+    pub end: String,
+    /// IANA time zone (default UTC).
+    #[serde(default = "utc")]
+    pub tz: String,
+    /// Days the window opens on: `mon` … `sun`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub days: Vec<String>,
+}
+
+fn utc() -> String {
+    "UTC".into()
+}
+
+/// When a schedule fires: once at a time, or on a cron expression in a time zone.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum Trigger {
+    /// Once, at this time (ms since the epoch).
+    At(Millis),
+    /// Standard five-field cron (`min hour day-of-month month day-of-week`, 0 or 7 = Sunday,
+    /// names allowed) or `@hourly`/`@daily`/`@weekly`/`@monthly`, in `tz` (default UTC).
+    Cron {
+        expr: String,
+        #[serde(default = "utc")]
+        tz: String,
+    },
+}
+
+/// A job to create when a schedule fires: to one device, or to a fleet (with a filter and
+/// rollout settings).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Schedule {
+    pub id: ScheduleId,
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device_id: Option<DeviceId>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fleet_id: Option<FleetId>,
+    pub method: String,
+    #[schema(value_type = Object)]
+    pub params: serde_json::Value,
+    pub two_way: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl_secs: Option<u64>,
+    /// Fleet schedules: devices started per minute (0 = all at once).
+    #[serde(default)]
+    pub per_minute: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub abort_failure_pct: Option<u8>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub abort_min_sample: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub filter: Option<TargetFilter>,
+    pub trigger: Trigger,
+    /// Runs happen only inside this window: a run due outside it waits for the window to
+    /// open, and a fleet rollout starts devices only while it is open.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub window: Option<Window>,
+    pub enabled: bool,
+    pub created_at: Millis,
+    /// When it fires next (none: a one-shot that has run, or disabled).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_run_at: Option<Millis>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_run_at: Option<Millis>,
+    /// What the last run created (a job or fleet job id), or why it could not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_result: Option<String>,
+    pub runs: u32,
 }
 
 impl Job {

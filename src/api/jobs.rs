@@ -1,6 +1,6 @@
 //! REST routes for jobs: send a command to a device (optionally waiting for its outcome),
 //! list a device's jobs, read one, cancel one; roll a command out to a fleet, follow its
-//! progress, cancel it.
+//! progress, cancel it; schedule commands (at a time or on cron, in a window), run one now.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,7 +15,8 @@ use super::ApiResult;
 use super::error::{ApiJson, ApiPath, ApiQuery, ErrorBody};
 use crate::jobs::NewJob;
 use crate::jobs::fleet::{FleetJobView, NewFleetJob};
-use crate::model::{DeviceId, FleetId, FleetJobId, Job, JobId};
+use crate::jobs::schedule::NewSchedule;
+use crate::model::{DeviceId, FleetId, FleetJobId, Job, JobId, Schedule, ScheduleId};
 use crate::services::Services;
 
 type S = State<Arc<Services>>;
@@ -28,6 +29,78 @@ pub fn routes() -> OpenApiRouter<Arc<Services>> {
         .routes(routes!(list_fleet_jobs, create_fleet_job))
         .routes(routes!(get_fleet_job))
         .routes(routes!(cancel_fleet_job))
+        .routes(routes!(list_schedules, create_schedule))
+        .routes(routes!(get_schedule, delete_schedule))
+        .routes(routes!(run_schedule))
+        .routes(routes!(enable_schedule))
+        .routes(routes!(disable_schedule))
+}
+
+#[utoipa::path(post, path = "/schedules", tag = "jobs", request_body = NewSchedule,
+    responses((status = 201, body = Schedule), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)))]
+async fn create_schedule(
+    State(s): S,
+    ApiJson(body): ApiJson<NewSchedule>,
+) -> ApiResult<(StatusCode, axum::Json<Schedule>)> {
+    Ok((
+        StatusCode::CREATED,
+        axum::Json(s.jobs.create_schedule(body).await?),
+    ))
+}
+
+#[utoipa::path(get, path = "/schedules", tag = "jobs",
+    responses((status = 200, body = Vec<Schedule>)))]
+async fn list_schedules(State(s): S) -> ApiResult<axum::Json<Vec<Schedule>>> {
+    Ok(axum::Json(s.jobs.schedules()?))
+}
+
+#[utoipa::path(get, path = "/schedules/{id}", tag = "jobs",
+    params(("id" = String, Path, description = "schedule id")),
+    responses((status = 200, body = Schedule), (status = 404, body = ErrorBody)))]
+async fn get_schedule(
+    State(s): S,
+    ApiPath(id): ApiPath<ScheduleId>,
+) -> ApiResult<axum::Json<Schedule>> {
+    Ok(axum::Json(s.jobs.schedule(id)?))
+}
+
+#[utoipa::path(delete, path = "/schedules/{id}", tag = "jobs",
+    params(("id" = String, Path, description = "schedule id")),
+    responses((status = 204), (status = 404, body = ErrorBody)))]
+async fn delete_schedule(State(s): S, ApiPath(id): ApiPath<ScheduleId>) -> ApiResult<StatusCode> {
+    s.jobs.delete_schedule(id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[utoipa::path(post, path = "/schedules/{id}/run", tag = "jobs",
+    params(("id" = String, Path, description = "schedule id")),
+    responses((status = 200, body = Schedule, description = "`last_result` names the job created"),
+        (status = 404, body = ErrorBody)))]
+async fn run_schedule(
+    State(s): S,
+    ApiPath(id): ApiPath<ScheduleId>,
+) -> ApiResult<axum::Json<Schedule>> {
+    Ok(axum::Json(s.jobs.run_schedule_now(id).await?))
+}
+
+#[utoipa::path(post, path = "/schedules/{id}/enable", tag = "jobs",
+    params(("id" = String, Path, description = "schedule id")),
+    responses((status = 200, body = Schedule), (status = 404, body = ErrorBody)))]
+async fn enable_schedule(
+    State(s): S,
+    ApiPath(id): ApiPath<ScheduleId>,
+) -> ApiResult<axum::Json<Schedule>> {
+    Ok(axum::Json(s.jobs.set_schedule_enabled(id, true).await?))
+}
+
+#[utoipa::path(post, path = "/schedules/{id}/disable", tag = "jobs",
+    params(("id" = String, Path, description = "schedule id")),
+    responses((status = 200, body = Schedule), (status = 404, body = ErrorBody)))]
+async fn disable_schedule(
+    State(s): S,
+    ApiPath(id): ApiPath<ScheduleId>,
+) -> ApiResult<axum::Json<Schedule>> {
+    Ok(axum::Json(s.jobs.set_schedule_enabled(id, false).await?))
 }
 
 #[utoipa::path(post, path = "/fleets/{id}/jobs", tag = "jobs",

@@ -1,6 +1,7 @@
 //! Job commands over REST: `job send` (optionally waiting for the outcome), `job list`,
 //! `job show`, `job cancel` and `job watch` (follows a job until it finishes); fleet rollouts
-//! with `job fleet-send|fleet-list|fleet-show|fleet-cancel`.
+//! with `job fleet-send|fleet-list|fleet-show|fleet-cancel|fleet-watch`; schedules with
+//! `schedule create|list|show|run|enable|disable|delete`.
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -12,7 +13,7 @@ use super::ClientArgs;
 use super::admin::resolve;
 use super::client::ApiClient;
 use super::output;
-use crate::model::Job;
+use crate::model::{Job, Schedule, Trigger};
 
 #[derive(Subcommand)]
 pub enum JobCmd {
@@ -76,6 +77,19 @@ pub enum JobCmd {
         #[arg(long)]
         min_sample: Option<u32>,
         #[command(flatten)]
+        target: TargetArgs,
+        #[command(flatten)]
+        window: WindowArgs,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Print a rollout's progress as it changes, until it ends.
+    FleetWatch {
+        id: String,
+        /// Give up after this many seconds.
+        #[arg(long, default_value_t = 600)]
+        timeout: u64,
+        #[command(flatten)]
         client: ClientArgs,
     },
     /// A fleet's rollouts, newest first.
@@ -105,6 +119,75 @@ pub enum JobCmd {
         #[command(flatten)]
         client: ClientArgs,
     },
+}
+
+/// Which devices of the fleet get the command (all when none is given).
+#[derive(clap::Args)]
+pub struct TargetArgs {
+    /// Only devices that sent telemetry under this tag.
+    #[arg(long)]
+    tag: Option<String>,
+    /// Only devices with this label.
+    #[arg(long)]
+    label: Option<String>,
+    /// Only devices with this attribute value (`key=value`, value as JSON or text); repeatable.
+    #[arg(long = "attr", value_name = "KEY=VALUE")]
+    attrs: Vec<String>,
+    /// Only devices reporting this firmware version (`current_fw_version`).
+    #[arg(long)]
+    firmware: Option<String>,
+    /// Only devices not reporting this firmware version.
+    #[arg(long)]
+    firmware_not: Option<String>,
+}
+
+impl TargetArgs {
+    fn to_json(&self) -> anyhow::Result<Value> {
+        let mut attributes = serde_json::Map::new();
+        for a in &self.attrs {
+            let (k, v) = a
+                .split_once('=')
+                .ok_or_else(|| anyhow::anyhow!("--attr {a:?}: expected KEY=VALUE"))?;
+            let v = serde_json::from_str(v).unwrap_or_else(|_| Value::String(v.into()));
+            attributes.insert(k.to_string(), v);
+        }
+        Ok(
+            json!({"tag": self.tag, "label": self.label, "attributes": attributes,
+                  "firmware_version": self.firmware, "firmware_version_not": self.firmware_not}),
+        )
+    }
+}
+
+/// A maintenance window: devices start (and schedules run) only inside it.
+#[derive(clap::Args)]
+pub struct WindowArgs {
+    /// Window start, local HH:MM.
+    #[arg(long, requires = "window_end")]
+    window_start: Option<String>,
+    /// Window end, local HH:MM (before the start: crosses midnight).
+    #[arg(long, requires = "window_start")]
+    window_end: Option<String>,
+    /// The window's time zone (IANA name).
+    #[arg(long, default_value = "UTC")]
+    window_tz: String,
+    /// Days the window opens, e.g. `mon,tue` (every day when absent).
+    #[arg(long, value_delimiter = ',')]
+    window_days: Vec<String>,
+}
+
+impl WindowArgs {
+    fn to_json(&self) -> Value {
+        match (&self.window_start, &self.window_end) {
+            (Some(a), Some(b)) => {
+                json!({"start": a, "end": b, "tz": self.window_tz, "days": self.window_days})
+            }
+            _ => Value::Null,
+        }
+    }
+}
+
+fn parse_params(p: &str) -> anyhow::Result<Value> {
+    serde_json::from_str(p).map_err(|e| anyhow::anyhow!("--params is not JSON: {e}"))
 }
 
 fn row(j: &Job) -> Vec<String> {
@@ -180,21 +263,49 @@ pub async fn run(cmd: JobCmd) -> anyhow::Result<ExitCode> {
             per_minute,
             abort_pct,
             min_sample,
+            target,
+            window,
             client,
         } => {
             let c = ApiClient::from_args(&client)?;
             let id = resolve(&c, "/fleets", "fleet", &fleet).await?;
-            let params: Value = serde_json::from_str(&params)
-                .map_err(|e| anyhow::anyhow!("--params is not JSON: {e}"))?;
             let v: Value = c
                 .post(
                     &format!("/fleets/{id}/jobs"),
-                    &json!({"method": method, "params": params, "two_way": two_way,
-                            "ttl_secs": ttl, "per_minute": per_minute,
-                            "abort_failure_pct": abort_pct, "abort_min_sample": min_sample}),
+                    &json!({"method": method, "params": parse_params(&params)?,
+                            "two_way": two_way, "ttl_secs": ttl, "per_minute": per_minute,
+                            "abort_failure_pct": abort_pct, "abort_min_sample": min_sample,
+                            "filter": target.to_json()?, "window": window.to_json()}),
                 )
                 .await?;
             show_fleet(&v, client.json)?;
+        }
+        JobCmd::FleetWatch {
+            id,
+            timeout,
+            client,
+        } => {
+            let c = ApiClient::from_args(&client)?;
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(timeout);
+            let mut last = String::new();
+            loop {
+                let v: Value = c.get(&format!("/fleet-jobs/{id}"), &[]).await?;
+                let line = fleet_row(&v)[2..].join("  ");
+                if line != last {
+                    println!("{}  {line}", output::time(Some(crate::model::now_ms())));
+                    last = line;
+                }
+                if v["state"] != "running" {
+                    if let Some(n) = v["note"].as_str() {
+                        println!("{n}");
+                    }
+                    break;
+                }
+                if tokio::time::Instant::now() >= deadline {
+                    anyhow::bail!("the rollout is still running after {timeout} s");
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
         }
         JobCmd::FleetList { fleet, client } => {
             let c = ApiClient::from_args(&client)?;
@@ -231,8 +342,7 @@ pub async fn run(cmd: JobCmd) -> anyhow::Result<ExitCode> {
         } => {
             let c = ApiClient::from_args(&client)?;
             let id = resolve(&c, "/devices", "device", &device).await?;
-            let params: Value = serde_json::from_str(&params)
-                .map_err(|e| anyhow::anyhow!("--params is not JSON: {e}"))?;
+            let params = parse_params(&params)?;
             let path = match wait {
                 Some(w) => format!("/devices/{id}/jobs?wait_ms={}", w * 1000),
                 None => format!("/devices/{id}/jobs"),
@@ -301,6 +411,203 @@ pub async fn run(cmd: JobCmd) -> anyhow::Result<ExitCode> {
                     anyhow::bail!("the job has not finished after {timeout} s");
                 }
             }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+// Parsed once per process: the size of the largest variant does not matter.
+#[allow(clippy::large_enum_variant)]
+#[derive(Subcommand)]
+pub enum ScheduleCmd {
+    /// Schedule a command to a device or a fleet, once (`--at`) or on cron (`--cron`).
+    Create {
+        name: String,
+        method: String,
+        /// Device id or name (or give --fleet).
+        #[arg(long, conflicts_with = "fleet", required_unless_present = "fleet")]
+        device: Option<String>,
+        /// Fleet id or name.
+        #[arg(long)]
+        fleet: Option<String>,
+        #[arg(long, default_value = "{}")]
+        params: String,
+        #[arg(long)]
+        two_way: bool,
+        #[arg(long)]
+        ttl: Option<u64>,
+        /// Run once at this time (RFC 3339, e.g. 2026-12-01T02:00:00+01:00).
+        #[arg(long, conflicts_with = "cron", required_unless_present = "cron")]
+        at: Option<String>,
+        /// Five-field cron: minute hour day-of-month month day-of-week (0 or 7 = Sunday).
+        #[arg(long)]
+        cron: Option<String>,
+        /// The cron expression's time zone (IANA name).
+        #[arg(long, default_value = "UTC")]
+        tz: String,
+        /// Fleet schedules: devices started per minute (0: all at once).
+        #[arg(long, default_value_t = 0)]
+        per_minute: u32,
+        #[arg(long)]
+        abort_pct: Option<u8>,
+        #[arg(long)]
+        min_sample: Option<u32>,
+        /// Create it disabled.
+        #[arg(long)]
+        disabled: bool,
+        #[command(flatten)]
+        target: TargetArgs,
+        #[command(flatten)]
+        window: WindowArgs,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    List {
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    Show {
+        id: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Run it now, whatever its time and window.
+    Run {
+        id: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    Enable {
+        id: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    Disable {
+        id: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    Delete {
+        id: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
+const SCHEDULE_HEADERS: [&str; 7] = ["ID", "NAME", "TARGET", "WHEN", "NEXT RUN", "RUNS", "LAST"];
+
+fn schedule_row(s: &Schedule) -> Vec<String> {
+    let target = match (s.device_id, s.fleet_id) {
+        (Some(d), _) => format!("device {d}"),
+        (_, Some(f)) => format!("fleet {f}"),
+        _ => String::new(),
+    };
+    let when = match &s.trigger {
+        Trigger::At(t) => format!("at {}", output::time(Some(*t))),
+        Trigger::Cron { expr, tz } => format!("cron {expr} ({tz})"),
+    };
+    vec![
+        s.id.to_string(),
+        s.name.clone(),
+        target,
+        if s.enabled {
+            when
+        } else {
+            format!("{when}, disabled")
+        },
+        output::time(s.next_run_at),
+        s.runs.to_string(),
+        s.last_result.clone().unwrap_or_default(),
+    ]
+}
+
+fn show_schedules(v: &[Schedule], json: bool) -> anyhow::Result<()> {
+    if json {
+        return output::json(&v);
+    }
+    let rows: Vec<_> = v.iter().map(schedule_row).collect();
+    output::table(&SCHEDULE_HEADERS, &rows);
+    Ok(())
+}
+
+pub async fn run_schedule(cmd: ScheduleCmd) -> anyhow::Result<ExitCode> {
+    let one = |c: &ClientArgs| ApiClient::from_args(c);
+    match cmd {
+        ScheduleCmd::Create {
+            name,
+            method,
+            device,
+            fleet,
+            params,
+            two_way,
+            ttl,
+            at,
+            cron,
+            tz,
+            per_minute,
+            abort_pct,
+            min_sample,
+            disabled,
+            target,
+            window,
+            client,
+        } => {
+            let c = one(&client)?;
+            let trigger = match (at, cron) {
+                (Some(at), _) => {
+                    let t: jiff::Timestamp = at
+                        .parse()
+                        .map_err(|e| anyhow::anyhow!("--at {at:?} is not an RFC 3339 time: {e}"))?;
+                    json!({"at": t.as_millisecond()})
+                }
+                (None, Some(expr)) => json!({"cron": {"expr": expr, "tz": tz}}),
+                (None, None) => anyhow::bail!("give --at or --cron"),
+            };
+            let mut body = json!({"name": name, "method": method,
+                "params": parse_params(&params)?, "two_way": two_way, "ttl_secs": ttl,
+                "trigger": trigger, "window": window.to_json(), "enabled": !disabled});
+            if let Some(d) = device {
+                body["device_id"] = json!(resolve(&c, "/devices", "device", &d).await?);
+            }
+            if let Some(f) = fleet {
+                body["fleet_id"] = json!(resolve(&c, "/fleets", "fleet", &f).await?);
+                body["per_minute"] = json!(per_minute);
+                body["abort_failure_pct"] = json!(abort_pct);
+                body["abort_min_sample"] = json!(min_sample);
+                body["filter"] = target.to_json()?;
+            }
+            let s: Schedule = c.post("/schedules", &body).await?;
+            show_schedules(&[s], client.json)?;
+        }
+        ScheduleCmd::List { client } => {
+            let v: Vec<Schedule> = one(&client)?.get("/schedules", &[]).await?;
+            show_schedules(&v, client.json)?;
+        }
+        ScheduleCmd::Show { id, client } => {
+            let s: Schedule = one(&client)?.get(&format!("/schedules/{id}"), &[]).await?;
+            show_schedules(&[s], client.json)?;
+        }
+        ScheduleCmd::Run { id, client } => {
+            let s: Schedule = one(&client)?
+                .post(&format!("/schedules/{id}/run"), &json!(null))
+                .await?;
+            show_schedules(&[s], client.json)?;
+        }
+        ScheduleCmd::Enable { id, client } => {
+            let s: Schedule = one(&client)?
+                .post(&format!("/schedules/{id}/enable"), &json!(null))
+                .await?;
+            show_schedules(&[s], client.json)?;
+        }
+        ScheduleCmd::Disable { id, client } => {
+            let s: Schedule = one(&client)?
+                .post(&format!("/schedules/{id}/disable"), &json!(null))
+                .await?;
+            show_schedules(&[s], client.json)?;
+        }
+        ScheduleCmd::Delete { id, client } => {
+            one(&client)?.delete(&format!("/schedules/{id}")).await?;
+            eprintln!("deleted schedule {id}");
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -76,6 +76,9 @@ enum Command {
     /// Commands to devices (server-side RPC): send, list, show, cancel, watch.
     #[command(subcommand)]
     Job(jobs::JobCmd),
+    /// Commands at a time or on cron, optionally in a maintenance window.
+    #[command(subcommand)]
+    Schedule(jobs::ScheduleCmd),
     /// Run virtual devices against an MQTT server (demos, tests, benchmarks).
     Simulate(crate::sim::SimulateArgs),
 }
@@ -165,6 +168,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Tags(a) => runtime()?.block_on(data::tags(a)),
         Command::Usage(a) => runtime()?.block_on(data::usage(a)),
         Command::Job(c) => runtime()?.block_on(jobs::run(c)),
+        Command::Schedule(c) => runtime()?.block_on(jobs::run_schedule(c)),
         Command::Simulate(a) => {
             serve::init_logging("info", cli.log_format.unwrap_or(LogFormat::Human))?;
             runtime()?.block_on(crate::sim::run(a))

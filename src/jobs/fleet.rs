@@ -9,9 +9,29 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value as Json;
 use utoipa::ToSchema;
 
+use serde_json::json;
+
+use super::schedule::WindowSpec;
 use super::{JobService, Result, check_method, invalid};
+use crate::devices::attributes;
 use crate::devices::registry::{DeviceFilter, RegistryError};
-use crate::model::{FleetId, FleetJob, FleetJobId, Job, JobId, JobState, RolloutState, now_ms};
+use crate::devices::sessions::SessionCommand;
+use crate::model::{
+    DeviceId, FleetId, FleetJob, FleetJobId, Job, JobState, RolloutState, ScheduleId, TargetFilter,
+    Window,
+};
+use crate::store::Scope;
+
+/// The client attribute ThingsBoard OTA clients report their firmware version in.
+pub const FIRMWARE_ATTRIBUTE: &str = "current_fw_version";
+
+/// Attribute equality as an operator means it: numbers compare by value (1 equals 1.0).
+fn same_value(a: &Json, b: &Json) -> bool {
+    match (a.as_f64(), b.as_f64()) {
+        (Some(x), Some(y)) if a.is_number() && b.is_number() => x == y,
+        _ => a == b,
+    }
+}
 
 /// A command for a whole fleet.
 #[derive(Debug, Clone, Deserialize, ToSchema)]
@@ -34,6 +54,12 @@ pub struct NewFleetJob {
     /// ...once at least this many jobs have finished (default 10).
     #[serde(default)]
     pub abort_min_sample: Option<u32>,
+    /// Only the fleet's devices that match (all of fleet when absent).
+    #[serde(default)]
+    pub filter: Option<TargetFilter>,
+    /// Start devices only inside this maintenance window.
+    #[serde(default)]
+    pub window: Option<Window>,
 }
 
 /// A fleet job with its progress.
@@ -47,17 +73,50 @@ pub struct FleetJobView {
 
 impl JobService {
     pub async fn create_fleet_job(&self, fleet: FleetId, new: NewFleetJob) -> Result<FleetJobView> {
+        let fj = self.create_fleet_job_sync(fleet, new, None, None)?;
+        self.store.commit().await?;
+        self.fleet_job(fj.id)
+    }
+
+    /// Checks and stores a rollout and starts its first devices (durable at the next commit).
+    /// `schedule` and `schedule_window` come from a schedule that fired.
+    pub(crate) fn create_fleet_job_sync(
+        &self,
+        fleet: FleetId,
+        new: NewFleetJob,
+        schedule: Option<ScheduleId>,
+        schedule_window: Option<Window>,
+    ) -> Result<FleetJob> {
         self.registry.fleet(fleet)?;
         let method = check_method(&new.method)?;
         if new.abort_failure_pct.is_some_and(|p| p == 0 || p > 100) {
             return Err(invalid("abort_failure_pct", "must be 1 to 100"));
         }
         let ttl = self.check_ttl(new.ttl_secs)?;
-        let filter = DeviceFilter {
-            fleet_id: Some(fleet),
-            ..Default::default()
+        let window = new.window.or(schedule_window);
+        if let Some(w) = &window {
+            WindowSpec::parse(w)?;
+        }
+        let filter = new.filter.filter(|f| !f.is_empty());
+        let all = self.registry.device_ids(
+            &DeviceFilter {
+                fleet_id: Some(fleet),
+                ..Default::default()
+            },
+            true,
+        )?;
+        let devices = match &filter {
+            None => all,
+            Some(f) => {
+                let mut v = Vec::new();
+                for d in all {
+                    if self.matches(d, fleet, f)? {
+                        v.push(d);
+                    }
+                }
+                v
+            }
         };
-        let devices = self.registry.device_ids(&filter, true)?;
         let fj = FleetJob {
             id: FleetJobId::new(),
             fleet_id: fleet,
@@ -69,15 +128,72 @@ impl JobService {
             abort_failure_pct: new.abort_failure_pct,
             abort_min_sample: new.abort_min_sample.unwrap_or(10).max(1),
             state: RolloutState::Running,
-            created_at: now_ms(),
+            created_at: self.now(),
             devices,
             launched: 0,
             note: None,
+            filter,
+            window,
+            schedule_id: schedule,
+            paced_from: None,
+            paced_base: 0,
         };
         self.store.put_fleet_job(&fj)?;
         self.advance(fj.id)?;
-        self.store.commit().await?;
-        self.fleet_job(fj.id)
+        Ok(fj)
+    }
+
+    /// Whether a device passes a fleet job's filter.
+    fn matches(&self, device: DeviceId, fleet: FleetId, f: &TargetFilter) -> Result<bool> {
+        if let Some(label) = &f.label
+            && &self.registry.device_record(device)?.label != label
+        {
+            return Ok(false);
+        }
+        if let Some(tag) = &f.tag
+            && !self
+                .store
+                .device_series(device)?
+                .iter()
+                .any(|s| &s.tag == tag)
+        {
+            return Ok(false);
+        }
+        let attr = |key: &str| -> Result<Option<Json>> {
+            let k = [key.to_string()];
+            let owners: [(&[u8; 16], Scope); 4] = [
+                (device.as_bytes(), Scope::Client),
+                (device.as_bytes(), Scope::Shared),
+                (device.as_bytes(), Scope::Server),
+                (fleet.as_bytes(), Scope::Shared),
+            ];
+            for (owner, scope) in owners {
+                if let Some((_, _, v)) = self.store.get_attributes(owner, scope, Some(&k))?.pop() {
+                    return Ok(Some(attributes::to_json(&v)));
+                }
+            }
+            Ok(None)
+        };
+        for (k, want) in &f.attributes {
+            if !attr(k)?.is_some_and(|v| same_value(&v, want)) {
+                return Ok(false);
+            }
+        }
+        if f.firmware_version.is_some() || f.firmware_version_not.is_some() {
+            let fw = attr(FIRMWARE_ATTRIBUTE)?;
+            let fw = fw.as_ref().and_then(Json::as_str);
+            if let Some(v) = &f.firmware_version
+                && fw != Some(v.as_str())
+            {
+                return Ok(false);
+            }
+            if let Some(v) = &f.firmware_version_not
+                && fw == Some(v.as_str())
+            {
+                return Ok(false);
+            }
+        }
+        Ok(true)
     }
 
     pub fn fleet_job(&self, id: FleetJobId) -> Result<FleetJobView> {
@@ -163,48 +279,32 @@ impl JobService {
             return self.cancel_queued_children(id, "the fleet job was aborted");
         }
         let total = fj.devices.len() as u32;
+        let now = self.now();
+        if let Some(w) = &fj.window
+            && !WindowSpec::parse(w)?.contains(now)
+        {
+            // Closed: nothing starts, and the pace restarts when it opens.
+            if fj.paced_from.take().is_some() {
+                self.store.put_fleet_job(&fj)?;
+            }
+            return Ok(());
+        }
+        let from = *fj.paced_from.get_or_insert(now);
+        if fj.paced_from == Some(now) {
+            fj.paced_base = fj.launched;
+        }
         let allowed = if fj.per_minute == 0 {
             total
         } else {
             // The first device at once, then evenly at the rate.
-            let elapsed = (now_ms() - fj.created_at).max(0) as u64;
-            (1 + elapsed * u64::from(fj.per_minute) / 60_000).min(u64::from(total)) as u32
+            let elapsed = (now - from).max(0) as u64;
+            (u64::from(fj.paced_base) + 1 + elapsed * u64::from(fj.per_minute) / 60_000)
+                .min(u64::from(total)) as u32
         };
-        while fj.launched < allowed {
-            let device = fj.devices[fj.launched as usize];
-            fj.launched += 1;
-            let now = now_ms();
-            let mut job = Job {
-                id: JobId::new(),
-                device_id: device,
-                method: fj.method.clone(),
-                params: fj.params.clone(),
-                two_way: fj.two_way,
-                state: JobState::Queued,
-                created_at: now,
-                expires_at: now + fj.ttl_secs as i64 * 1000,
-                rpc_id: None,
-                attempts: 0,
-                next_attempt_at: None,
-                result: None,
-                idempotency_key: None,
-                fleet_job_id: Some(id),
-                history: Vec::new(),
-            };
-            let queued = self.store.device_jobs(device, true)?.len();
-            if queued >= self.cfg.max_queued_per_device {
-                job.transition(
-                    JobState::Failed,
-                    Some("the device's job queue is full".into()),
-                );
-            } else {
-                job.transition(JobState::Queued, None);
-            }
-            self.save(&job)?;
-            self.store.add_fleet_job_child(id, job.id)?;
-            if job.state == JobState::Queued {
-                self.dispatch(device)?;
-            }
+        if fj.launched < allowed {
+            let start = fj.launched as usize;
+            self.launch(&fj, &fj.devices[start..allowed as usize])?;
+            fj.launched = allowed;
         }
         if fj.launched == total
             && children.len() as u32 == total
@@ -213,6 +313,69 @@ impl JobService {
             fj.state = RolloutState::Completed;
         }
         self.store.put_fleet_job(&fj)?;
+        Ok(())
+    }
+
+    /// Gives `devices` their jobs in one batch. A device that is online with nothing else
+    /// in its queue gets its request right away; the others queue as usual. Writing all jobs
+    /// in one transaction, rather than one per job, is what makes fan-out to thousands of
+    /// devices fast (see BENCHMARKS.md).
+    fn launch(&self, fj: &FleetJob, devices: &[DeviceId]) -> Result<()> {
+        let _guard = self.dispatching.lock().unwrap_or_else(|p| p.into_inner());
+        let mut batch = Vec::with_capacity(devices.len());
+        let mut send = Vec::new();
+        for &device in devices {
+            let mut job = self.new_job(
+                device,
+                fj.method.clone(),
+                fj.params.clone(),
+                fj.two_way,
+                fj.ttl_secs,
+            );
+            job.fleet_job_id = Some(fj.id);
+            let queued = self.store.device_jobs(device, true)?.len();
+            if queued >= self.cfg.max_queued_per_device {
+                job.transition(
+                    JobState::Failed,
+                    Some("the device's job queue is full".into()),
+                );
+            } else {
+                job.transition(JobState::Queued, None);
+                if queued == 0 && self.sessions.is_connected(device) {
+                    let rpc_id = self.store.next_rpc_id(device)?;
+                    job.rpc_id = Some(rpc_id);
+                    job.attempts = 1;
+                    job.transition(JobState::Sent, Some(format!("request id {rpc_id}")));
+                    send.push(batch.len());
+                }
+            }
+            batch.push(job);
+        }
+        self.store.put_fleet_children(fj.id, &batch)?;
+        for job in &batch {
+            self.announce(job);
+        }
+        let payload = json!({"method": fj.method, "params": fj.params})
+            .to_string()
+            .into_bytes();
+        for i in send {
+            let job = &mut batch[i];
+            let (device, rpc_id) = (job.device_id, job.rpc_id.unwrap_or_default());
+            let sent = self.sessions.send(
+                device,
+                SessionCommand::Rpc {
+                    job: job.id,
+                    rpc_id,
+                    payload: payload.clone(),
+                },
+            );
+            if sent == 0 {
+                // Gone since the check: back in the queue, the attempt does not count.
+                job.attempts = 0;
+                job.transition(JobState::Queued, Some("device offline".into()));
+                self.save(job)?;
+            }
+        }
         Ok(())
     }
 

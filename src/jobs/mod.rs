@@ -7,6 +7,7 @@
 //! session registry (MQTT) or a long poll (HTTP) and report back here.
 
 pub mod fleet;
+pub mod schedule;
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -18,7 +19,7 @@ use utoipa::ToSchema;
 use crate::devices::registry::{Registry, RegistryError};
 use crate::devices::sessions::{SessionCommand, Sessions};
 use crate::events::{Event, EventBus};
-use crate::model::{DeviceId, Job, JobId, JobState, now_ms};
+use crate::model::{DeviceId, Job, JobId, JobState};
 use crate::store::Store;
 
 type Result<T> = std::result::Result<T, RegistryError>;
@@ -85,6 +86,7 @@ pub struct JobService {
     /// Serializes the decision of what to send next, so that each device has one job in flight
     /// and jobs go out in order.
     dispatching: Mutex<()>,
+    clock: schedule::Clock,
 }
 
 fn invalid(field: &'static str, message: impl Into<String>) -> RegistryError {
@@ -127,6 +129,7 @@ impl JobService {
             events,
             cfg,
             dispatching: Mutex::new(()),
+            clock: schedule::Clock::System,
         }
     }
 
@@ -136,16 +139,29 @@ impl JobService {
 
     pub(crate) fn save(&self, job: &Job) -> Result<()> {
         self.store.put_job(job)?;
+        self.announce(job);
+        Ok(())
+    }
+
+    /// Tells live views (and HTTP long polls) that a job changed.
+    fn announce(&self, job: &Job) {
         self.events.publish(Event::JobUpdated {
             job_id: job.id,
             device_id: job.device_id,
             state: job.state,
         });
-        Ok(())
     }
 
     /// Creates a job for a device and sends it if the device is there.
     pub async fn create(&self, device: DeviceId, new: NewJob) -> Result<Job> {
+        let job = self.create_job_sync(device, new)?;
+        self.store.commit().await?;
+        self.dispatch(device)?;
+        Ok(job)
+    }
+
+    /// Checks and stores a new job (durable at the next commit); does not send it.
+    pub(crate) fn create_job_sync(&self, device: DeviceId, new: NewJob) -> Result<Job> {
         self.registry.device_record(device)?;
         let method = check_method(&new.method)?;
         if let Some(k) = &new.idempotency_key {
@@ -164,29 +180,40 @@ impl JobService {
             )));
         }
         let ttl = self.check_ttl(new.ttl_secs)?;
-        let now = now_ms();
-        let mut job = Job {
+        let mut job = self.new_job(device, method, new.params, new.two_way, ttl);
+        job.idempotency_key = new.idempotency_key;
+        job.transition(JobState::Queued, None);
+        self.save(&job)?;
+        Ok(job)
+    }
+
+    /// A job record in no state yet.
+    fn new_job(
+        &self,
+        device: DeviceId,
+        method: String,
+        params: Json,
+        two_way: bool,
+        ttl_secs: u64,
+    ) -> Job {
+        let now = self.now();
+        Job {
             id: JobId::new(),
             device_id: device,
             method,
-            params: new.params,
-            two_way: new.two_way,
+            params,
+            two_way,
             state: JobState::Queued,
             created_at: now,
-            expires_at: now + (ttl as i64) * 1000,
+            expires_at: now + (ttl_secs as i64) * 1000,
             rpc_id: None,
             attempts: 0,
             next_attempt_at: None,
             result: None,
-            idempotency_key: new.idempotency_key,
+            idempotency_key: None,
             fleet_job_id: None,
             history: Vec::new(),
-        };
-        job.transition(JobState::Queued, None);
-        self.save(&job)?;
-        self.store.commit().await?;
-        self.dispatch(device)?;
-        Ok(job)
+        }
     }
 
     pub fn get(&self, id: JobId) -> Result<Job> {
@@ -267,7 +294,7 @@ impl JobService {
     /// Sends the device's next job when nothing is in flight: one job at a time, in order.
     pub fn dispatch(&self, device: DeviceId) -> Result<()> {
         let _guard = self.dispatching.lock().unwrap_or_else(|p| p.into_inner());
-        let now = now_ms();
+        let now = self.now();
         let Some(mut job) = self.head(device, now)? else {
             return Ok(());
         };
@@ -332,7 +359,7 @@ impl JobService {
             SendOutcome::NoAck => {
                 // Backoff: 1 s, 2 s, 4 s, ... up to a minute.
                 let backoff = 1000i64 << job.attempts.saturating_sub(1).min(6);
-                job.next_attempt_at = Some(now_ms() + backoff.min(60_000));
+                job.next_attempt_at = Some(self.now() + backoff.min(60_000));
                 job.transition(
                     JobState::Queued,
                     Some("no acknowledgement; will retry".into()),
@@ -377,7 +404,7 @@ impl JobService {
     /// The next job for a device that polls over HTTP: handed over as delivered.
     pub fn take_for_http(&self, device: DeviceId) -> Result<Option<Job>> {
         let _guard = self.dispatching.lock().unwrap_or_else(|p| p.into_inner());
-        let now = now_ms();
+        let now = self.now();
         let Some(mut job) = self.head(device, now)? else {
             return Ok(None);
         };
@@ -439,7 +466,7 @@ impl JobService {
     }
 
     fn tick_inner(&self) -> Result<()> {
-        let now = now_ms();
+        let now = self.now();
         let stuck = self.cfg.ack_timeout_secs.max(1) as i64 * 3000;
         let mut devices = Vec::new();
         for (id, device) in self.store.active_jobs()? {
@@ -469,6 +496,7 @@ impl JobService {
         for d in devices {
             self.dispatch(d)?;
         }
+        self.run_due_schedules()?;
         self.advance_all()
     }
 }

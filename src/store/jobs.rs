@@ -35,6 +35,34 @@ impl Db {
             .map_err(StoreError::from)
     }
 
+    /// Writes many new jobs of one fleet job at once: one transaction for the jobs and their
+    /// indexes, and the fleet job's child list, instead of one transaction per job (fan-out to
+    /// thousands of devices is dominated by per-transaction cost otherwise).
+    pub fn put_fleet_children(&self, fj: crate::model::FleetJobId, batch: &[Job]) -> Result<()> {
+        let t = self.trees();
+        (
+            &t.jobs,
+            &t.job_devices,
+            &t.jobs_active,
+            &t.fleet_job_children,
+        )
+            .transaction(|(jobs, devices, active, children)| {
+                for job in batch {
+                    let key = concat(&[job.device_id.as_bytes(), job.id.as_bytes()]);
+                    jobs.insert(key, encode_json(job))?;
+                    devices.insert(job.id.as_bytes(), job.device_id.as_bytes())?;
+                    if job.state.is_terminal() {
+                        active.remove(job.id.as_bytes())?;
+                    } else {
+                        active.insert(job.id.as_bytes(), job.device_id.as_bytes())?;
+                    }
+                    children.insert(concat(&[fj.as_bytes(), job.id.as_bytes()]), &[])?;
+                }
+                Ok(())
+            })
+            .map_err(StoreError::from)
+    }
+
     pub fn get_job(&self, id: JobId) -> Result<Option<Job>> {
         let t = self.trees();
         let Some(dev) = t.job_devices.get(id.as_bytes())? else {
@@ -172,5 +200,37 @@ impl Db {
             }
         }
         Ok(out)
+    }
+}
+
+impl Db {
+    pub fn put_schedule(&self, s: &crate::model::Schedule) -> Result<()> {
+        self.trees()
+            .schedules
+            .insert(s.id.as_bytes(), encode_json(s))?;
+        Ok(())
+    }
+
+    pub fn get_schedule(
+        &self,
+        id: crate::model::ScheduleId,
+    ) -> Result<Option<crate::model::Schedule>> {
+        match self.trees().schedules.get(id.as_bytes())? {
+            None => Ok(None),
+            Some(v) => decode_json("schedules", &v).map(Some),
+        }
+    }
+
+    /// Every schedule, oldest first.
+    pub fn schedules(&self) -> Result<Vec<crate::model::Schedule>> {
+        self.trees()
+            .schedules
+            .iter()
+            .map(|kv| decode_json("schedules", &kv?.1))
+            .collect()
+    }
+
+    pub fn delete_schedule(&self, id: crate::model::ScheduleId) -> Result<bool> {
+        Ok(self.trees().schedules.remove(id.as_bytes())?.is_some())
     }
 }

@@ -125,6 +125,7 @@ struct Trees {
     rpc_seq: sled::Tree,
     fleet_jobs: sled::Tree,
     fleet_job_children: sled::Tree,
+    schedules: sled::Tree,
 }
 
 /// Options for opening the store.
@@ -189,6 +190,7 @@ impl Store {
             rpc_seq: t("rpc_seq")?,
             fleet_jobs: t("fleet_jobs")?,
             fleet_job_children: t("fleet_job_children")?,
+            schedules: t("schedules")?,
         };
         migrate(path, &db, &trees)?;
         db.flush().map_err(open_err)?;

@@ -1,0 +1,86 @@
+//! Live events for dashboards and `watch` commands: the in-process event bus as a
+//! server-sent-event stream, filtered by kind and device. Live views only: a client that
+//! falls behind is told how many events it missed (event `lagged`) and should re-read state.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use futures_util::{Stream, StreamExt};
+use serde::Deserialize;
+use tokio::sync::broadcast::error::RecvError;
+use utoipa::IntoParams;
+use utoipa_axum::{router::OpenApiRouter, routes};
+
+use super::error::ApiQuery;
+use crate::events::Event;
+use crate::model::DeviceId;
+use crate::services::Services;
+
+pub fn routes() -> OpenApiRouter<Arc<Services>> {
+    OpenApiRouter::new().routes(routes!(events))
+}
+
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct EventParams {
+    /// Comma-separated kinds to receive (`device_connected`, `device_disconnected`,
+    /// `telemetry_stored`, `job_updated`, `shared_attributes`); all when absent.
+    kinds: Option<String>,
+    /// Only events of this device.
+    device_id: Option<DeviceId>,
+}
+
+/// The `kind` and device of an event, for filtering.
+fn kind_of(e: &Event) -> (&'static str, DeviceId) {
+    match e {
+        Event::DeviceConnected { device_id, .. } => ("device_connected", *device_id),
+        Event::DeviceDisconnected { device_id } => ("device_disconnected", *device_id),
+        Event::TelemetryStored { device_id, .. } => ("telemetry_stored", *device_id),
+        Event::JobUpdated { device_id, .. } => ("job_updated", *device_id),
+        Event::SharedAttributes { device_id, .. } => ("shared_attributes", *device_id),
+    }
+}
+
+#[utoipa::path(get, path = "/events", tag = "events", params(EventParams),
+    responses((status = 200, content_type = "text/event-stream",
+        description = "one SSE event per bus event: `event:` is the kind, `data:` the event as JSON")))]
+async fn events(
+    State(s): State<Arc<Services>>,
+    ApiQuery(q): ApiQuery<EventParams>,
+) -> Sse<impl Stream<Item = Result<SseEvent, Infallible>>> {
+    let kinds: Option<Vec<String>> = q
+        .kinds
+        .map(|k| k.split(',').map(|x| x.trim().to_string()).collect());
+    let rx = s.events.subscribe();
+    let stream = futures_util::stream::unfold(rx, move |mut rx| {
+        let kinds = kinds.clone();
+        async move {
+            loop {
+                match rx.recv().await {
+                    Ok(e) => {
+                        let (kind, device) = kind_of(&e);
+                        if kinds.as_ref().is_some_and(|k| !k.iter().any(|x| x == kind))
+                            || q.device_id.is_some_and(|d| d != device)
+                        {
+                            continue;
+                        }
+                        let data = serde_json::to_string(&e).unwrap_or_default();
+                        return Some((Ok(SseEvent::default().event(kind).data(data)), rx));
+                    }
+                    Err(RecvError::Lagged(n)) => {
+                        let ev = SseEvent::default()
+                            .event("lagged")
+                            .data(format!("{{\"missed\":{n}}}"));
+                        return Some((Ok(ev), rx));
+                    }
+                    Err(RecvError::Closed) => return None,
+                }
+            }
+        }
+    });
+    let stream = stream.take_until(s.events.stopped());
+    Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+}
