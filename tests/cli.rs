@@ -9,7 +9,7 @@ use std::time::Duration;
 use common::server::{Server, bin};
 use common::tls_transport;
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
-use serde_json::Value;
+use serde_json::{Value, json};
 
 fn corral(args: &[&str], env: &[(&str, &str)]) -> Output {
     let mut c = Command::new(bin());
@@ -690,5 +690,60 @@ async fn jobs_through_the_cli() {
         list.contains("ping") && list.contains("succeeded 1"),
         "{list}"
     );
+    // A filtered rollout followed with fleet-watch: the one device does not match.
+    let fj: Value = serde_json::from_str(&ok(&run(&[
+        "job",
+        "fleet-send",
+        "F",
+        "ping",
+        "--label",
+        "no-such-label",
+        "--attr",
+        "model=X200",
+        "--json",
+    ])))
+    .expect("json");
+    assert_eq!(fj["devices"], json!([]), "{fj}");
+    assert_eq!(fj["filter"]["attributes"]["model"], "X200", "{fj}");
+    let fid = fj["id"].as_str().expect("id").to_string();
+    let watched = ok(&run(&["job", "fleet-watch", &fid, "--timeout", "20"]));
+    assert!(watched.contains("completed"), "{watched}");
+    // Schedules: a cron schedule, listed, run now, disabled, deleted.
+    let sc: Value = serde_json::from_str(&ok(&run(&[
+        "schedule",
+        "create",
+        "nightly-ping",
+        "ping",
+        "--device",
+        "valve",
+        "--cron",
+        "30 2 * * 1-5",
+        "--tz",
+        "Europe/Berlin",
+        "--json",
+    ])))
+    .expect("json");
+    let sid = sc["id"].as_str().expect("id").to_string();
+    assert!(sc["next_run_at"].is_i64(), "{sc}");
+    let list = ok(&run(&["schedule", "list"]));
+    assert!(
+        list.contains("nightly-ping") && list.contains("cron 30 2 * * 1-5 (Europe/Berlin)"),
+        "{list}"
+    );
+    let ran = ok(&run(&["schedule", "run", &sid]));
+    assert!(ran.contains("job "), "{ran}");
+    let off = ok(&run(&["schedule", "disable", &sid]));
+    assert!(off.contains("disabled"), "{off}");
+    let bad = run(&[
+        "schedule", "create", "x", "ping", "--device", "valve", "--cron", "* *",
+    ]);
+    assert!(!bad.status.success());
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("five fields"),
+        "{}",
+        String::from_utf8_lossy(&bad.stderr)
+    );
+    ok(&run(&["schedule", "delete", &sid]));
+    assert!(!ok(&run(&["schedule", "list"])).contains("nightly-ping"));
     pump.abort();
 }

@@ -529,3 +529,231 @@ async fn fleet_jobs_abort_past_their_failure_threshold_and_can_be_cancelled() {
     assert_eq!(c["progress"]["cancelled"], 1, "{c}");
     assert_eq!(c["progress"]["pending"], 2, "{c}");
 }
+
+/// Reads server-sent events until one satisfies `want` (bounded by 20 s).
+async fn next_sse(
+    resp: &mut reqwest::Response,
+    buf: &mut String,
+    want: impl Fn(&str, &Value) -> bool,
+) -> Value {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        while let Some(end) = buf.find("\n\n") {
+            let block: String = buf.drain(..end + 2).collect();
+            let mut kind = "";
+            let mut data = Value::Null;
+            for line in block.lines() {
+                if let Some(k) = line.strip_prefix("event: ").or(line.strip_prefix("event:")) {
+                    kind = k.trim();
+                } else if let Some(d) = line.strip_prefix("data: ").or(line.strip_prefix("data:")) {
+                    data = serde_json::from_str(d.trim()).expect("event data is JSON");
+                }
+            }
+            if want(kind, &data) {
+                return data;
+            }
+        }
+        let chunk = tokio::time::timeout_at(deadline, resp.chunk())
+            .await
+            .expect("an event in time")
+            .expect("stream")
+            .expect("stream open");
+        buf.push_str(&String::from_utf8_lossy(&chunk));
+    }
+}
+
+#[tokio::test]
+async fn schedules_over_rest_and_job_events_as_a_live_stream() {
+    let mut t = TestApp::start().await;
+    let (base, key) = (t.http_base(), t.admin_key.clone());
+    let (fleet, devices) = fleet_of(&t, "sched", 2).await;
+    let device = devices[0].0.clone();
+    // The live stream of job events for one device.
+    let mut events = reqwest::Client::new()
+        .get(format!(
+            "{base}/api/v1/events?kinds=job_updated&device_id={device}"
+        ))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .expect("events");
+    assert_eq!(events.status(), 200);
+    assert_eq!(
+        events.headers()["content-type"].to_str().unwrap_or(""),
+        "text/event-stream"
+    );
+    let unauthenticated = reqwest::get(format!("{base}/api/v1/events"))
+        .await
+        .expect("get");
+    assert_eq!(unauthenticated.status(), 401);
+
+    let (st, s) = call(
+        &base,
+        &key,
+        "POST",
+        "/schedules",
+        json!({"name": "nightly", "device_id": device, "method": "reboot",
+               "trigger": {"cron": {"expr": "0 3 * * *", "tz": "Asia/Kolkata"}},
+               "window": {"start": "02:00", "end": "05:00", "tz": "Asia/Kolkata"}}),
+    )
+    .await;
+    assert_eq!(st, 201, "{s}");
+    let id = s["id"].as_str().expect("id").to_string();
+    // 03:00 in Kolkata is 21:30 UTC.
+    let next = s["next_run_at"].as_i64().expect("next run");
+    assert_eq!(
+        next.rem_euclid(86_400_000),
+        (21 * 3600 + 1800) * 1000,
+        "{s}"
+    );
+
+    // Run now: the job is created and announced on the stream.
+    let (st, ran) = call(
+        &base,
+        &key,
+        "POST",
+        &format!("/schedules/{id}/run"),
+        json!(null),
+    )
+    .await;
+    assert_eq!(st, 200, "{ran}");
+    assert_eq!(ran["runs"], 1);
+    let job_id = ran["last_result"]
+        .as_str()
+        .and_then(|r| r.strip_prefix("job "))
+        .expect("the job created")
+        .to_string();
+    let mut buf = String::new();
+    let ev = next_sse(&mut events, &mut buf, |kind, d| {
+        kind == "job_updated" && d["job_id"] == job_id.as_str()
+    })
+    .await;
+    assert_eq!(ev["state"], "queued", "{ev}");
+    // Cancelling it is announced too.
+    let (st, _) = call(
+        &base,
+        &key,
+        "POST",
+        &format!("/jobs/{job_id}/cancel"),
+        json!(null),
+    )
+    .await;
+    assert_eq!(st, 200);
+    let ev = next_sse(&mut events, &mut buf, |_, d| {
+        d["job_id"] == job_id.as_str() && d["state"] == "cancelled"
+    })
+    .await;
+    assert_eq!(ev["device_id"], device.as_str());
+
+    let (st, list) = call(&base, &key, "GET", "/schedules", json!(null)).await;
+    assert_eq!(st, 200);
+    assert_eq!(list.as_array().map(Vec::len), Some(1));
+    let (st, off) = call(
+        &base,
+        &key,
+        "POST",
+        &format!("/schedules/{id}/disable"),
+        json!(null),
+    )
+    .await;
+    assert_eq!(
+        (st, &off["enabled"], off.get("next_run_at")),
+        (200, &json!(false), None)
+    );
+    let (st, on) = call(
+        &base,
+        &key,
+        "POST",
+        &format!("/schedules/{id}/enable"),
+        json!(null),
+    )
+    .await;
+    assert_eq!((st, on["next_run_at"].as_i64()), (200, Some(next)));
+
+    // Bad input: precise codes and fields.
+    for (body, field) in [
+        (
+            json!({"name": "x", "method": "m", "trigger": {"cron": {"expr": "0 3 * * *"}}}),
+            "device_id",
+        ),
+        (
+            json!({"name": "x", "device_id": device, "fleet_id": fleet, "method": "m",
+                "trigger": {"cron": {"expr": "0 3 * * *"}}}),
+            "device_id",
+        ),
+        (
+            json!({"name": "x", "device_id": device, "method": "m",
+                "trigger": {"cron": {"expr": "0 3 * * 9"}}}),
+            "trigger",
+        ),
+        (
+            json!({"name": "x", "fleet_id": fleet, "method": "m", "trigger": {"at": 1}}),
+            "trigger",
+        ),
+        (
+            json!({"name": "x", "fleet_id": fleet, "method": "m", "trigger": {"cron": {"expr": "@daily"}},
+                "window": {"start": "2:60", "end": "03:00"}}),
+            "window.start",
+        ),
+        (
+            json!({"name": "x", "device_id": device, "method": "m", "trigger": {"cron": {"expr": "@daily"}},
+                "filter": {"tag": "gps"}}),
+            "filter",
+        ),
+    ] {
+        let (st, e) = call(&base, &key, "POST", "/schedules", body.clone()).await;
+        assert_eq!(st, 422, "{body} → {e}");
+        assert_eq!(e["error"]["code"], "invalid_field", "{body} → {e}");
+        assert!(
+            e["error"]["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with(&format!("{field}: "))),
+            "{body} → {e}"
+        );
+    }
+    let (st, e) = call(&base, &key, "POST", "/schedules", json!({"name": "x"})).await;
+    assert_eq!(
+        (st, e["error"]["code"].as_str()),
+        (400, Some("invalid_body")),
+        "{e}"
+    );
+
+    // A fleet rollout filtered by label over REST.
+    let (st, fj) = call(
+        &base,
+        &key,
+        "POST",
+        &format!("/fleets/{fleet}/jobs"),
+        json!({"method": "ping", "filter": {"label": "none-has-this"}}),
+    )
+    .await;
+    assert_eq!(st, 201, "{fj}");
+    assert_eq!(fj["devices"], json!([]));
+    assert_eq!(fj["state"], "completed", "{fj}");
+    assert_eq!(fj["note"], "no enabled device of the fleet matches", "{fj}");
+
+    let (st, _) = call(
+        &base,
+        &key,
+        "DELETE",
+        &format!("/schedules/{id}"),
+        json!(null),
+    )
+    .await;
+    assert_eq!(st, 204);
+    let (st, e) = call(&base, &key, "GET", &format!("/schedules/{id}"), json!(null)).await;
+    assert_eq!(
+        (st, e["error"]["code"].as_str()),
+        (404, Some("not_found")),
+        "{e}"
+    );
+    // An open event stream ends at shutdown instead of holding the server up.
+    tokio::time::timeout(Duration::from_secs(8), t.stop())
+        .await
+        .expect("shutdown is not held up by the open event stream");
+    let rest = tokio::time::timeout(Duration::from_secs(5), events.chunk()).await;
+    assert!(
+        matches!(rest, Ok(Ok(None)) | Ok(Err(_))),
+        "the stream ended: {rest:?}"
+    );
+}

@@ -521,6 +521,13 @@ fn schedule_row(s: &Schedule) -> Vec<String> {
     ]
 }
 
+fn show_schedule(s: &Schedule, json: bool) -> anyhow::Result<()> {
+    if json {
+        return output::json(s);
+    }
+    show_schedules(std::slice::from_ref(s), false)
+}
+
 fn show_schedules(v: &[Schedule], json: bool) -> anyhow::Result<()> {
     if json {
         return output::json(&v);
@@ -577,7 +584,7 @@ pub async fn run_schedule(cmd: ScheduleCmd) -> anyhow::Result<ExitCode> {
                 body["filter"] = target.to_json()?;
             }
             let s: Schedule = c.post("/schedules", &body).await?;
-            show_schedules(&[s], client.json)?;
+            show_schedule(&s, client.json)?;
         }
         ScheduleCmd::List { client } => {
             let v: Vec<Schedule> = one(&client)?.get("/schedules", &[]).await?;
@@ -585,25 +592,25 @@ pub async fn run_schedule(cmd: ScheduleCmd) -> anyhow::Result<ExitCode> {
         }
         ScheduleCmd::Show { id, client } => {
             let s: Schedule = one(&client)?.get(&format!("/schedules/{id}"), &[]).await?;
-            show_schedules(&[s], client.json)?;
+            show_schedule(&s, client.json)?;
         }
         ScheduleCmd::Run { id, client } => {
             let s: Schedule = one(&client)?
                 .post(&format!("/schedules/{id}/run"), &json!(null))
                 .await?;
-            show_schedules(&[s], client.json)?;
+            show_schedule(&s, client.json)?;
         }
         ScheduleCmd::Enable { id, client } => {
             let s: Schedule = one(&client)?
                 .post(&format!("/schedules/{id}/enable"), &json!(null))
                 .await?;
-            show_schedules(&[s], client.json)?;
+            show_schedule(&s, client.json)?;
         }
         ScheduleCmd::Disable { id, client } => {
             let s: Schedule = one(&client)?
                 .post(&format!("/schedules/{id}/disable"), &json!(null))
                 .await?;
-            show_schedules(&[s], client.json)?;
+            show_schedule(&s, client.json)?;
         }
         ScheduleCmd::Delete { id, client } => {
             one(&client)?.delete(&format!("/schedules/{id}")).await?;

@@ -138,6 +138,13 @@ impl JobService {
             paced_from: None,
             paced_base: 0,
         };
+        let fj = FleetJob {
+            note: fj
+                .devices
+                .is_empty()
+                .then(|| "no enabled device of the fleet matches".to_string()),
+            ..fj
+        };
         self.store.put_fleet_job(&fj)?;
         self.advance(fj.id)?;
         Ok(fj)
