@@ -137,7 +137,11 @@ pub async fn authenticate(State(s): S, mut req: Request, next: Next) -> Response
         }
     }
     let peer = peer_of(req.extensions());
-    let path = req.uri().path().to_string();
+    // The full path (the router is nested under /api/v1), for the audit record.
+    let path = req
+        .extensions()
+        .get::<axum::extract::OriginalUri>()
+        .map_or_else(|| req.uri().path().to_string(), |u| u.path().to_string());
     let actor = principal.name.clone();
     req.extensions_mut().insert(principal);
     let resp = crate::audit::with_actor(actor.clone(), next.run(req)).await;
@@ -172,6 +176,8 @@ enum Need {
     Fleet(WorkspaceId, FleetId, Role),
     /// The object named does not exist: 404 whoever asks.
     Missing(&'static str),
+    /// A user's own record and keys, or a server admin.
+    UserOrAdmin(UserId),
 }
 
 fn read_or(method: &Method, write: Role) -> Role {
@@ -269,7 +275,12 @@ async fn need(
         {
             Need::Anyone
         }
-        p_ if p_.starts_with("/users") => Need::Anyone,
+        "/users" => Need::ServerAdmin,
+        p_ if p_.starts_with("/users/{id}") => match parse("id") {
+            Some(_) if *method == Method::DELETE && p_ == "/users/{id}" => Need::ServerAdmin,
+            Some(u) => Need::UserOrAdmin(UserId(u)),
+            None => Need::Missing("user"),
+        },
         "/workspaces" => Need::ServerAdmin,
         "/workspaces/{id}" | "/workspaces/{id}/usage" => match parse("id")
             .map(WorkspaceId)
@@ -278,6 +289,9 @@ async fn need(
             None => Need::Missing("workspace"),
             Some(w) if *method == Method::GET && path == "/workspaces/{id}" => {
                 Need::SeesWorkspace(w.id)
+            }
+            Some(w) if *method == Method::DELETE && !p.sees_workspace(w.id) => {
+                Need::Missing("workspace")
             }
             Some(_) if *method == Method::DELETE => Need::ServerAdmin,
             Some(w) => Need::Workspace(w.id, read_or(method, Role::Admin)),
@@ -439,6 +453,8 @@ pub async fn authorize(
         Need::Missing(what) => Err(ApiError::not_found(what)),
         Need::ServerAdmin if p.admin => Ok(()),
         Need::ServerAdmin => Err(forbidden("server administrators only")),
+        Need::UserOrAdmin(u) if p.admin || p.user_id == Some(u) => Ok(()),
+        Need::UserOrAdmin(_) => Err(forbidden("server administrators only")),
         Need::SeesWorkspace(w) if p.sees_workspace(w) => Ok(()),
         Need::SeesWorkspace(_) => Err(ApiError::not_found("workspace")),
         Need::Workspace(w, role) => match p.role_on_workspace(w) {

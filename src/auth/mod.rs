@@ -7,7 +7,7 @@ pub mod policy;
 pub mod users;
 
 use std::net::IpAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use base64::Engine;
 use serde::{Deserialize, Serialize};
@@ -90,7 +90,8 @@ pub struct AuthService {
     /// Sign-in attempts per client address and per username.
     by_peer: KeyedLimiter<IpAddr>,
     by_name: KeyedLimiter<String>,
-    setup: Mutex<Option<SetupToken>>,
+    /// Held across the whole setup, so two setups cannot both create a first admin.
+    setup: tokio::sync::Mutex<Option<SetupToken>>,
     /// A valid argon2 hash to check against when the user does not exist, so that the answer
     /// takes as long as for a real user.
     decoy_hash: String,
@@ -115,7 +116,7 @@ impl AuthService {
             store,
             audit,
             cfg,
-            setup: Mutex::new(None),
+            setup: tokio::sync::Mutex::new(None),
             decoy_hash: users::hash_password(&new_api_key()).unwrap_or_default(),
         }
     }
@@ -295,7 +296,11 @@ impl AuthService {
             return Ok(None);
         }
         let token = random_secret();
-        *self.setup.lock().unwrap_or_else(|p| p.into_inner()) = Some(SetupToken {
+        let Ok(mut slot) = self.setup.try_lock() else {
+            // A setup is running right now: it will create the first user.
+            return Ok(None);
+        };
+        *slot = Some(SetupToken {
             hash: secret_hash(&token),
             expires_at: now_ms() + self.cfg.setup_token_mins as i64 * 60_000,
         });
@@ -310,23 +315,19 @@ impl AuthService {
         password: &str,
         peer: Option<IpAddr>,
     ) -> Result<SignedIn, AuthError> {
-        {
-            let mut slot = self.setup.lock().unwrap_or_else(|p| p.into_inner());
-            let valid = slot.as_ref().is_some_and(|t| {
-                t.expires_at > now_ms() && constant_eq(&t.hash, &secret_hash(token))
-            });
-            if !valid || self.store.user_count()? > 0 {
-                drop(slot);
-                self.audit.record(
-                    Entry::new("setup_failed", "anonymous")
-                        .ip(peer)
-                        .detail("invalid, used or expired setup token"),
-                );
-                return Err(AuthError::InvalidSetup);
-            }
-            // Used once.
-            *slot = None;
+        let mut slot = self.setup.lock().await;
+        let valid = slot
+            .as_ref()
+            .is_some_and(|t| t.expires_at > now_ms() && constant_eq(&t.hash, &secret_hash(token)));
+        if !valid || self.store.user_count()? > 0 {
+            self.audit.record(
+                Entry::new("setup_failed", "anonymous")
+                    .ip(peer)
+                    .detail("invalid, used or expired setup token"),
+            );
+            return Err(AuthError::InvalidSetup);
         }
+        // A refused username or password leaves the token usable for another try.
         let user = self
             .create_user(
                 users::NewUser {
@@ -339,6 +340,8 @@ impl AuthService {
                 "setup",
             )
             .await?;
+        *slot = None;
+        drop(slot);
         let user = self
             .store
             .get_user(user.id)?
@@ -401,5 +404,73 @@ mod tests {
             Bootstrap::Configured
         );
         assert!(auth.verify(&configured).expect("verify").is_some());
+    }
+
+    #[tokio::test]
+    async fn sessions_end_when_idle_or_too_old_and_at_logout() {
+        let (_d, store) = open_temp();
+        let audit = Arc::new(AuditLog::new(store.clone(), 1000));
+        let auth = AuthService::new(store.clone(), audit, AuthConfig::default());
+        auth.create_user(
+            users::NewUser {
+                username: "ana".into(),
+                password: "long enough password".into(),
+                display_name: String::new(),
+                admin: false,
+                grants: Vec::new(),
+            },
+            "test",
+        )
+        .await
+        .expect("user");
+        let signed = auth
+            .login("ana", "long enough password", None)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let cookie = signed.cookie.clone();
+        assert!(auth.principal_for_session(&cookie).expect("read").is_some());
+        let hash = secret_hash(&cookie);
+        let mut s = store.get_session(&hash).expect("read").expect("stored");
+        // Idle for 31 minutes (the limit is 30).
+        s.last_seen_at = now_ms() - 31 * 60_000;
+        store.put_session(&hash, &s).expect("write");
+        assert!(auth.principal_for_session(&cookie).expect("read").is_none());
+        assert!(store.get_session(&hash).expect("read").is_none(), "dropped");
+        // Active, but signed in 13 hours ago (the limit is 12).
+        let signed = auth
+            .login("ana", "long enough password", None)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let hash = secret_hash(&signed.cookie);
+        let mut s = store.get_session(&hash).expect("read").expect("stored");
+        s.created_at = now_ms() - 13 * 3_600_000;
+        store.put_session(&hash, &s).expect("write");
+        assert!(
+            auth.principal_for_session(&signed.cookie)
+                .expect("read")
+                .is_none()
+        );
+        // Logout ends a live one.
+        let signed = auth
+            .login("ana", "long enough password", None)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let p = auth
+            .principal_for_session(&signed.cookie)
+            .expect("read")
+            .expect("live");
+        auth.logout(&p, None).await.expect("logout");
+        assert!(
+            auth.principal_for_session(&signed.cookie)
+                .expect("read")
+                .is_none()
+        );
+        // Only hashes are stored: the cookie value is nowhere in the store.
+        assert!(
+            store
+                .get_session(&secret_hash(&signed.cookie))
+                .expect("read")
+                .is_none()
+        );
     }
 }
