@@ -833,7 +833,7 @@ mod tests {
             .await
             .expect("fleet");
         let dev = device(&r, fleet.id, "d").await.expect("device");
-        let live = r.connected(dev.id);
+        let live = r.connected(dev.id, "mqtt-tls", None);
         live.touch();
         r.persist_activity();
         // Bookkeeping runs on the writer thread before the commit it queues behind.
