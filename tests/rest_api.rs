@@ -379,6 +379,14 @@ async fn every_documented_route_requires_an_api_key_and_exists() {
         "/fleets/{id}/jobs",
         "/fleet-jobs/{id}",
         "/fleet-jobs/{id}/cancel",
+        "/integrations",
+        "/integrations/{id}",
+        "/integrations/{id}/pause",
+        "/integrations/{id}/resume",
+        "/integrations/{id}/test",
+        "/integrations/{id}/status",
+        "/integrations/{id}/dead-letters",
+        "/integrations/{id}/dead-letters/replay",
     ];
     let mut documented: Vec<_> = paths.keys().cloned().collect();
     documented.sort();
@@ -425,7 +433,7 @@ async fn every_documented_route_requires_an_api_key_and_exists() {
             checked += 1;
         }
     }
-    assert_eq!(checked, 52);
+    assert_eq!(checked, 64);
     let resp = c
         .get(format!("{base}/api/v1/nothing"))
         .bearer_auth(&t.admin_key)

@@ -6,6 +6,7 @@ mod attributes;
 mod credentials;
 mod device_http;
 pub mod error;
+mod integrations;
 mod jobs;
 mod registry;
 mod telemetry;
@@ -91,6 +92,7 @@ fn api_v1() -> (Router<Arc<Services>>, utoipa::openapi::OpenApi) {
         .merge(credentials::routes())
         .merge(attributes::routes())
         .merge(jobs::routes())
+        .merge(integrations::routes())
         .merge(telemetry::routes())
         .split_for_parts()
 }
