@@ -587,3 +587,254 @@ fn decode_dead(seq: u64, v: &[u8]) -> Result<DeadLetter> {
 fn read_u64(v: &[u8]) -> u64 {
     v.try_into().map(u64::from_be_bytes).unwrap_or(0)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{ClientErrorPolicy, Device, DeviceId, FleetId, Secret, WorkspaceId};
+    use crate::store::{PointsOp, Store, StoreOptions};
+    use std::path::Path;
+
+    fn open(path: &Path) -> Option<Store> {
+        Store::open(
+            path,
+            StoreOptions {
+                cache_capacity_bytes: 1 << 20,
+                group_commit_delay: std::time::Duration::ZERO,
+            },
+            Arc::new(crate::metrics::Metrics::new()),
+        )
+        .ok()
+    }
+
+    /// The store lets go of sled shortly after its last handle is dropped.
+    fn reopen(path: &Path) -> Store {
+        for _ in 0..500 {
+            if let Some(s) = open(path) {
+                return s;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        panic!("store did not reopen")
+    }
+
+    fn integration() -> Integration {
+        Integration {
+            id: IntegrationId::new(),
+            name: "i".into(),
+            url: "http://127.0.0.1:1/".into(),
+            workspace_id: None,
+            fleet_ids: vec![],
+            tags: vec![],
+            kinds: vec![],
+            auth_header_name: None,
+            auth_header_value: None,
+            signing_secret: Secret("0123456789abcdef".into()),
+            max_items: 100,
+            max_wait_ms: 0,
+            timeout_ms: 1000,
+            ca_pem: None,
+            on_client_error: ClientErrorPolicy::DeadLetter,
+            retry_initial_ms: 10,
+            retry_max_ms: 100,
+            max_bytes: 1 << 20,
+            max_age_secs: 3600,
+            dead_letter_max: 10,
+            paused: false,
+            created_at: 0,
+            updated_at: 0,
+        }
+    }
+
+    fn device() -> Device {
+        Device {
+            id: DeviceId::new(),
+            workspace_id: WorkspaceId::new(),
+            fleet_id: FleetId::new(),
+            name: "d".into(),
+            label: String::new(),
+            enabled: true,
+            created_at: 0,
+            updated_at: 0,
+            last_connect_at: None,
+            last_disconnect_at: None,
+            last_activity_at: None,
+            provisioned_at: None,
+        }
+    }
+
+    fn op(device: DeviceId, v: i64) -> PointsOp {
+        PointsOp {
+            device,
+            tag: "default".into(),
+            points: vec![(v, vec![("v".into(), crate::model::Value::Long(v))])],
+        }
+    }
+
+    fn enqueue(ids: &[IntegrationId], v: i64) -> Enqueue {
+        Enqueue {
+            integrations: ids.to_vec(),
+            event: format!("{{\"v\":{v}}}").into_bytes(),
+        }
+    }
+
+    #[tokio::test]
+    async fn keys_are_never_reused_after_the_queues_empty_and_the_store_reopens() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("store");
+        let i = integration();
+        let dev = device();
+        {
+            let s = open(&path).expect("open");
+            s.put_integration(&i).expect("put");
+            for v in 0..3 {
+                s.append_points_queued(op(dev.id, v), Some(enqueue(&[i.id], v)), true)
+                    .await
+                    .expect("append");
+            }
+            let head = s.queue_head(i.id, 10).expect("head");
+            let keys: Vec<&str> = head.iter().map(|e| e.key.as_str()).collect();
+            assert_eq!(
+                keys,
+                ["0000000000000000", "0000000000000001", "0000000000000002"]
+            );
+            let stats = s.queue_stats(i.id).expect("stats");
+            assert_eq!(stats.depth.load(Ordering::Relaxed), 3);
+            let seqs: Vec<u64> = head.iter().map(|e| e.seq).collect();
+            assert_eq!(s.queue_remove(i.id, &seqs).expect("remove").entries, 3);
+            assert_eq!(stats.depth.load(Ordering::Relaxed), 0);
+            assert_eq!(stats.bytes.load(Ordering::Relaxed), 0);
+            s.commit().await.expect("commit");
+        }
+        let s = reopen(&path);
+        s.append_points_queued(op(dev.id, 9), Some(enqueue(&[i.id], 9)), true)
+            .await
+            .expect("append");
+        let head = s.queue_head(i.id, 10).expect("head");
+        assert_eq!(head.len(), 1);
+        assert_eq!(head[0].key, "0000000000000003", "the counter carries on");
+        assert_eq!(head[0].event, b"{\"v\":9}");
+    }
+
+    #[tokio::test]
+    async fn replay_restores_logged_entries_once_and_skips_what_left_the_queue() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("store");
+        let (a, b, gone) = (integration(), integration(), IntegrationId::new());
+        let dev = device();
+        {
+            let s = open(&path).expect("open");
+            s.create_device(&dev, &[]).expect("create").expect("unique");
+            s.put_integration(&a).expect("put");
+            s.put_integration(&b).expect("put");
+            // `b` has delivered everything below 11 already.
+            s.trees()
+                .int_queue
+                .insert(b.id.as_bytes(), &11u64.to_be_bytes())
+                .expect("mark");
+            s.flush_now().expect("flush");
+        }
+        // What a crash leaves: type-2 records for both integrations and one deleted since,
+        // and an old-style type-1 record.
+        let mut buf = Vec::new();
+        for seq in 10..13u64 {
+            op(dev.id, seq as i64).encode_with(
+                Some((seq, &enqueue(&[a.id, b.id, gone], seq as i64))),
+                &mut buf,
+            );
+        }
+        op(dev.id, 50).encode_with(None, &mut buf);
+        let s = reopen(&path);
+        drop(s);
+        let wal_dir = path.with_extension("wal");
+        std::fs::write(wal_dir.join(format!("{:020}.wal", 999)), &buf).expect("segment");
+        let s = reopen(&path);
+        let seqs = |id| -> Vec<u64> {
+            s.queue_head(id, 100)
+                .expect("head")
+                .iter()
+                .map(|e| e.seq)
+                .collect()
+        };
+        assert_eq!(seqs(a.id), vec![10, 11, 12]);
+        assert_eq!(
+            seqs(b.id),
+            vec![11, 12],
+            "below the head mark: already delivered"
+        );
+        assert!(seqs(gone).is_empty(), "a deleted integration gets nothing");
+        assert_eq!(
+            s.queue_stats(a.id)
+                .expect("stats")
+                .depth
+                .load(Ordering::Relaxed),
+            3
+        );
+        assert_eq!(
+            s.queue_head(a.id, 1).expect("head")[0].key,
+            "000000000000000a",
+            "the key is derived from the logged sequence number"
+        );
+        // Replaying the same records again (a crash right after replay) adds nothing.
+        drop(s);
+        std::fs::write(wal_dir.join(format!("{:020}.wal", 2000)), &buf).expect("segment");
+        let s = reopen(&path);
+        assert_eq!(s.queue_head(a.id, 100).expect("head").len(), 3);
+        assert_eq!(
+            s.queue_stats(a.id)
+                .expect("stats")
+                .depth
+                .load(Ordering::Relaxed),
+            3
+        );
+        // New entries continue after the highest logged sequence number.
+        s.append_points_queued(op(dev.id, 1), Some(enqueue(&[a.id], 1)), true)
+            .await
+            .expect("append");
+        assert_eq!(s.queue_head(a.id, 100).expect("head")[3].seq, 13);
+    }
+
+    #[tokio::test]
+    async fn caps_dead_letters_and_replay_keep_keys_and_order() {
+        let (_dir, s) = crate::store::test_util::open_temp();
+        let i = integration();
+        s.put_integration(&i).expect("put");
+        for v in 0..5 {
+            s.append_points_queued(op(DeviceId::new(), v), Some(enqueue(&[i.id], v)), true)
+                .await
+                .expect("append");
+        }
+        let stats = s.queue_stats(i.id).expect("stats");
+        let per = s.queue_head(i.id, 1).expect("head")[0].size;
+        // Keep room for two: the three oldest go.
+        let m = s.queue_drop_oldest(i.id, per * 2, 0).expect("drop");
+        assert_eq!(m.entries, 3);
+        let head = s.queue_head(i.id, 10).expect("head");
+        assert_eq!(head.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![3, 4]);
+        assert_eq!(stats.bytes.load(Ordering::Relaxed), per * 2);
+        // Dead letters keep their keys; replay re-appends them in order under new seqs.
+        assert_eq!(s.dead_letter(i.id, &head, "HTTP 400", 10).expect("dead"), 0);
+        assert_eq!(stats.depth.load(Ordering::Relaxed), 0);
+        assert_eq!(stats.dead.load(Ordering::Relaxed), 2);
+        let dead = s.dead_letters(i.id, None, 10).expect("list");
+        assert_eq!(dead[0].reason, "HTTP 400");
+        assert_eq!(dead[1].entry.key, "0000000000000004");
+        assert_eq!(s.requeue_dead(i.id).await.expect("requeue").entries, 2);
+        let head = s.queue_head(i.id, 10).expect("head");
+        assert_eq!(
+            head.iter()
+                .map(|e| (e.seq, e.key.as_str()))
+                .collect::<Vec<_>>(),
+            vec![(5, "0000000000000003"), (6, "0000000000000004")]
+        );
+        assert_eq!(stats.dead.load(Ordering::Relaxed), 0);
+        // The dead-letter store is capped too: the oldest letters go first.
+        s.dead_letter(i.id, &head, "HTTP 400", 1).expect("dead");
+        let dead = s.dead_letters(i.id, None, 10).expect("list");
+        assert_eq!(dead.len(), 1);
+        assert_eq!(dead[0].entry.key, "0000000000000004");
+        s.delete_integration(i.id).await.expect("delete");
+        assert!(s.queue_stats(i.id).is_none());
+        assert!(s.dead_letters(i.id, None, 10).expect("list").is_empty());
+    }
+}

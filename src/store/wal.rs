@@ -324,6 +324,47 @@ mod tests {
         assert_eq!(PointsOp::decode(&buf[8..buf.len() - 1]), None, "truncated");
     }
 
+    #[test]
+    fn queue_records_round_trip_and_old_records_still_decode() {
+        let op = PointsOp {
+            device: DeviceId::new(),
+            tag: "hot".into(),
+            points: vec![(5, vec![("a".into(), Value::Double(1.5))])],
+        };
+        let q = Enqueue {
+            integrations: vec![IntegrationId::new(), IntegrationId::new()],
+            event: br#"{"kind":"data"}"#.to_vec(),
+        };
+        let mut buf = Vec::new();
+        op.encode_with(Some((42, &q)), &mut buf);
+        assert_eq!(buf[8], 2, "record type 2");
+        assert_eq!(
+            PointsOp::decode_record(&buf[8..]),
+            Some((op.clone(), Some((42, q))))
+        );
+        assert_eq!(PointsOp::decode_record(&buf[8..buf.len() - 1]), None);
+        // A type-1 record, byte for byte as binaries before integrations wrote it.
+        let mut old = vec![1u8];
+        old.extend_from_slice(op.device.as_bytes());
+        old.extend_from_slice(&[3, b'h', b'o', b't']);
+        old.extend_from_slice(&1u32.to_be_bytes());
+        old.extend_from_slice(&5i64.to_be_bytes());
+        old.extend_from_slice(&1u32.to_be_bytes());
+        old.extend_from_slice(&[1, b'a']);
+        let mut v = Vec::new();
+        encode_value(&mut v, &Value::Double(1.5));
+        old.extend_from_slice(&(v.len() as u32).to_be_bytes());
+        old.extend_from_slice(&v);
+        assert_eq!(PointsOp::decode_record(&old), Some((op.clone(), None)));
+        let mut new = Vec::new();
+        op.encode(&mut new);
+        assert_eq!(
+            &new[8..],
+            &old[..],
+            "without queue entries the old format is written"
+        );
+    }
+
     fn open(path: &Path) -> Option<crate::store::Store> {
         crate::store::Store::open(
             path,
