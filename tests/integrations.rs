@@ -876,3 +876,129 @@ async fn every_acknowledged_message_is_delivered_in_order_across_an_outage_and_k
     }
     drop(clients);
 }
+
+/// Runs the `corral` CLI against `base` (blocking, off the runtime's threads).
+async fn cli(base: &str, key: &str, args: &[&str]) -> String {
+    let (base, key) = (base.to_string(), key.to_string());
+    let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(common::server::bin())
+            .args(&args)
+            .env_clear()
+            .env("CORRAL_SERVER", base)
+            .env("CORRAL_API_KEY", key)
+            .output()
+            .expect("run corral")
+    })
+    .await
+    .expect("join");
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    );
+    assert!(out.status.success(), "corral failed: {stdout}\n{stderr}");
+    stdout + &stderr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_manages_integrations() {
+    let t = TestApp::start().await;
+    let (base, key) = (t.http_base(), t.admin_key.clone());
+    let sink = Sink::start().await;
+    sink.set_secret(SECRET);
+    let secret_file = t.dir.path().join("secret");
+    std::fs::write(&secret_file, format!("{SECRET}\n")).expect("write");
+    let auth_file = t.dir.path().join("auth");
+    std::fs::write(&auth_file, AUTH_VALUE).expect("write");
+    let secret_path = secret_file.to_str().expect("path");
+    let auth_path = auth_file.to_str().expect("path");
+    let url = sink.url();
+    let out = cli(
+        &base,
+        &key,
+        &[
+            "integration",
+            "create",
+            "cli-hook",
+            "--url",
+            &url,
+            "--kind",
+            "data",
+            "--kind",
+            "job_results",
+            "--signing-secret-file",
+            secret_path,
+            "--auth-header-name",
+            "Authorization",
+            "--auth-header-value-file",
+            auth_path,
+            "--max-items",
+            "5",
+            "--json",
+        ],
+    )
+    .await;
+    assert!(
+        !out.contains(SECRET) && !out.contains("sink-auth-value"),
+        "{out}"
+    );
+    let created: Value = serde_json::from_str(&out).expect("json");
+    assert!(created.get("signing_secret").is_none());
+    let list = cli(&base, &key, &["integration", "list"]).await;
+    assert!(list.contains("cli-hook") && list.contains("idle"), "{list}");
+    let shown: Value = serde_json::from_str(
+        &cli(&base, &key, &["integration", "show", "cli-hook", "--json"]).await,
+    )
+    .expect("json");
+    assert_eq!(shown["max_items"], 5);
+    assert_eq!(shown["kinds"], json!(["data", "job_results"]));
+    let out = cli(
+        &base,
+        &key,
+        &[
+            "integration",
+            "update",
+            "cli-hook",
+            "--max-items",
+            "7",
+            "--json",
+        ],
+    )
+    .await;
+    assert_eq!(
+        serde_json::from_str::<Value>(&out).expect("json")["max_items"],
+        7
+    );
+    assert!(
+        cli(&base, &key, &["integration", "pause", "cli-hook"])
+            .await
+            .contains("paused")
+    );
+    cli(&base, &key, &["integration", "test", "cli-hook"]).await;
+    cli(&base, &key, &["integration", "resume", "cli-hook"]).await;
+    eventually(10, || async { (sink.received().len() == 1).then_some(()) }).await;
+    assert_eq!(sink.received()[0].event["kind"], "test");
+    // Refused → dead letter → listed → replayed.
+    sink.set_mode(REFUSING);
+    cli(&base, &key, &["integration", "test", "cli-hook"]).await;
+    let id = shown["id"].as_str().expect("id").to_string();
+    eventually(10, || async {
+        (status(&base, &key, &id).await["dead_letters"] == 1).then_some(())
+    })
+    .await;
+    let dl = cli(&base, &key, &["integration", "dead-letters", "cli-hook"]).await;
+    assert!(dl.contains("HTTP 400") && dl.contains("test"), "{dl}");
+    sink.set_mode(UP);
+    assert!(
+        cli(&base, &key, &["integration", "replay", "cli-hook"])
+            .await
+            .contains("1 dead letters")
+    );
+    eventually(10, || async { (sink.received().len() == 2).then_some(()) }).await;
+    cli(&base, &key, &["integration", "delete", "cli-hook"]).await;
+    assert!(
+        !cli(&base, &key, &["integration", "list"])
+            .await
+            .contains("cli-hook")
+    );
+}
