@@ -403,6 +403,13 @@ pub(super) async fn run(ctx: Ctx) {
             }
         };
         if entries.is_empty() {
+            // The counter ran ahead of the queue (entries dropped by a cap in between): wait
+            // for the next entry rather than spin.
+            tokio::select! {
+                _ = ctx.stats.notify.notified() => {}
+                _ = w.control.notified() => {}
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
             continue;
         }
         // The client is rebuilt when the integration changes (timeout, CA).

@@ -215,6 +215,8 @@ pub struct IntegrationService {
     events: EventBus,
     metrics: Arc<Metrics>,
     workers: Mutex<HashMap<IntegrationId, Running>>,
+    /// Background tasks other than delivery (the committer).
+    tasks: Mutex<Vec<JoinHandle<()>>>,
     /// Serializes creates, updates and deletes (name checks and the routing snapshot).
     changing: tokio::sync::Mutex<()>,
 }
@@ -237,6 +239,7 @@ impl IntegrationService {
             events,
             metrics,
             workers: Mutex::default(),
+            tasks: Mutex::default(),
             changing: tokio::sync::Mutex::new(()),
         }
     }
@@ -245,9 +248,24 @@ impl IntegrationService {
         self.workers.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    fn tasks(&self) -> std::sync::MutexGuard<'_, Vec<JoinHandle<()>>> {
+        self.tasks.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// Loads the integrations, routes to them and starts their delivery tasks (before devices
     /// are accepted). Returns how many there are.
     pub fn start(&self) -> Result<usize> {
+        // The committer: events queued from the bus tap are made durable by one commit soon
+        // after, shared by everything queued meanwhile.
+        let (store, wanted) = (self.store.clone(), self.router.commit_wanted.clone());
+        self.tasks().push(tokio::spawn(async move {
+            loop {
+                wanted.notified().await;
+                if let Err(e) = store.commit().await {
+                    tracing::error!(error = %e, "cannot commit integration queue entries");
+                }
+            }
+        }));
         let list = self.store.list_integrations()?;
         self.router.set(&list);
         let n = list.len();
@@ -259,6 +277,9 @@ impl IntegrationService {
 
     /// Stops every delivery task (at shutdown; queues are durable, nothing is lost).
     pub fn stop(&self) {
+        for t in self.tasks().drain(..) {
+            t.abort();
+        }
         for r in self.workers().values_mut() {
             if let Some(t) = r.task.take() {
                 t.abort();

@@ -38,6 +38,9 @@ impl Route {
 pub struct Router {
     store: Store,
     routes: RwLock<Arc<Vec<Route>>>,
+    /// Woken after an event is queued outside the logged path: the service's committer then
+    /// makes it durable (connectivity and job results have no caller that commits).
+    pub(super) commit_wanted: Arc<tokio::sync::Notify>,
 }
 
 impl Router {
@@ -45,6 +48,7 @@ impl Router {
         Self {
             store,
             routes: RwLock::new(Arc::new(Vec::new())),
+            commit_wanted: Arc::default(),
         }
     }
 
@@ -166,6 +170,7 @@ impl Router {
             integrations,
             event: event_json(kind.as_str(), &dev, extra),
         });
+        self.commit_wanted.notify_one();
     }
 }
 
