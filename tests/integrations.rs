@@ -29,7 +29,10 @@ async fn call(
     path: &str,
     body: Option<Value>,
 ) -> (u16, Value) {
-    let mut r = reqwest::Client::new()
+    let mut r = reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .expect("client")
         .request(
             method.parse().expect("method"),
             format!("{base}/api/v1{path}"),
