@@ -29,7 +29,7 @@ pub use wal::{Points, PointsOp};
 use crate::metrics::Metrics;
 
 /// Current on-disk schema. Bump it and add a step to `migrate` when the layout changes.
-pub const SCHEMA_VERSION: u32 = 3;
+pub const SCHEMA_VERSION: u32 = 4;
 
 /// Store failures. A store error is never "not found": lookups return `Option`.
 #[derive(Debug, thiserror::Error)]
@@ -355,6 +355,10 @@ fn migrate(path: &Path, db: &sled::Db, trees: &Trees) -> Result<()> {
             1 => migrate_tokens_to_credentials(db, trees)?,
             // 2 → 3: hourly rollups, built from the points already stored.
             2 => build_rollups(trees)?,
+            // 3 → 4: integration trees (created empty on open) and WAL record type 2. Nothing
+            // to convert; the bump makes an older binary refuse the store instead of taking
+            // type-2 records for a torn log tail and dropping them.
+            3 => {}
             _ => unreachable_version(version)?,
         }
         version += 1;
