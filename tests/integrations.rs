@@ -1005,3 +1005,118 @@ async fn the_cli_manages_integrations() {
             .contains("cli-hook")
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn job_results_and_http_device_data_are_forwarded_and_tls_trust_is_per_integration() {
+    let t = TestApp::start().await;
+    let (base, key) = (t.http_base(), t.admin_key.clone());
+    let sink = Sink::start().await;
+    sink.set_secret(SECRET);
+    let (dev, token) = t.device("http-dev").await;
+    let (code, i) = call(
+        &base,
+        &key,
+        "POST",
+        "/integrations",
+        Some(json!({
+            "name": "jobs", "url": sink.url(), "signing_secret": SECRET,
+            "kinds": ["data", "job_results"],
+        })),
+    )
+    .await;
+    assert_eq!(code, 201, "{i}");
+    // Telemetry over the HTTP device API takes the same path as MQTT.
+    let r = reqwest::Client::new()
+        .post(format!("{base}/api/v1/{token}/telemetry"))
+        .json(&json!({"h": 7}))
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(r.status(), 200);
+    // A job reaching a final state (here: cancelled while the device is offline).
+    let dev_id = dev["id"].as_str().expect("id");
+    let (code, job) = call(
+        &base,
+        &key,
+        "POST",
+        &format!("/devices/{dev_id}/jobs"),
+        Some(json!({"method": "reboot"})),
+    )
+    .await;
+    assert_eq!(code, 201, "{job}");
+    let job_id = job["id"].as_str().expect("id");
+    let (code, _) = call(&base, &key, "POST", &format!("/jobs/{job_id}/cancel"), None).await;
+    assert_eq!(code, 200);
+    let got = eventually(10, || async {
+        let r = sink.received();
+        (r.len() >= 2).then_some(r)
+    })
+    .await;
+    assert_eq!(got[0].event["kind"], "data");
+    assert_eq!(got[0].event["points"][0]["values"]["h"], 7);
+    assert_eq!(got[1].event["kind"], "job_results");
+    assert_eq!(got[1].event["job_id"].as_str(), Some(job_id));
+    assert_eq!(got[1].event["method"], "reboot");
+    assert_eq!(got[1].event["state"], "cancelled");
+    assert_eq!(got.len(), 2, "queued, sent: not final, not forwarded");
+
+    // TLS trust: Corral's own HTTPS listener as the receiver. With its CA given, the handshake
+    // succeeds and the answer (401: no API key) is a client error → dead letter. With the
+    // system roots, which do not hold that CA, the handshake fails → retried.
+    let https = t.app().addrs.https.expect("https listener");
+    let url = format!("https://127.0.0.1:{}/api/v1/workspaces", https.port());
+    let (code, bad) = call(
+        &base,
+        &key,
+        "POST",
+        "/integrations",
+        Some(json!({
+            "name": "bad-ca", "url": url, "ca_pem": "not a pem",
+        })),
+    )
+    .await;
+    assert_eq!(
+        (code, bad["error"]["code"].as_str()),
+        (422, Some("invalid_field")),
+        "{bad}"
+    );
+    let mut ids = Vec::new();
+    for (name, ca) in [("own-ca", Some(t.ca_pem.clone())), ("system-roots", None)] {
+        let (code, i) = call(
+            &base,
+            &key,
+            "POST",
+            "/integrations",
+            Some(json!({
+                "name": name, "url": url, "ca_pem": ca, "kinds": ["data"],
+                "retry_initial_ms": 20, "retry_max_ms": 100,
+            })),
+        )
+        .await;
+        assert_eq!(code, 201, "{i}");
+        ids.push(i["integration"]["id"].as_str().expect("id").to_string());
+    }
+    let r = reqwest::Client::new()
+        .post(format!("{base}/api/v1/{token}/telemetry"))
+        .json(&json!({"h": 8}))
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(r.status(), 200);
+    let own = eventually(10, || async {
+        let s = status(&base, &key, &ids[0]).await;
+        (s["dead_letters"] == 1).then_some(s)
+    })
+    .await;
+    assert!(
+        own["last_error"].as_str().expect("error").contains("401"),
+        "{own}"
+    );
+    let system = eventually(10, || async {
+        let s = status(&base, &key, &ids[1]).await;
+        (s["failed_attempts"].as_u64() >= Some(2)).then_some(s)
+    })
+    .await;
+    assert_eq!(system["dead_letters"], 0);
+    assert_eq!(system["queue_depth"], 1, "kept for a retry: {system}");
+}
