@@ -356,6 +356,9 @@ impl Ctx {
     }
 }
 
+/// How often an idle or paused queue re-checks its age cap and refreshes its gauges.
+const IDLE_TICK: Duration = Duration::from_secs(30);
+
 /// The delivery loop of one integration; ends when its queue is deleted (the service aborts it
 /// at shutdown).
 pub(super) async fn run(ctx: Ctx) {
@@ -368,15 +371,14 @@ pub(super) async fn run(ctx: Ctx) {
         }
         let cfg = w.cfg();
         ctx.enforce_caps(&cfg);
-        if cfg.paused {
-            w.control.notified().await;
-            continue;
-        }
         let depth = ctx.stats.depth.load(Ordering::Relaxed);
-        if depth == 0 {
+        if cfg.paused || depth == 0 {
+            // Idle or paused: wake on an enqueue (caps hold while paused too), on an operator's
+            // action, and now and then for the age cap and the gauges.
             tokio::select! {
                 _ = ctx.stats.notify.notified() => {}
                 _ = w.control.notified() => {}
+                _ = tokio::time::sleep(IDLE_TICK) => {}
             }
             continue;
         }
