@@ -122,6 +122,11 @@ impl App {
         let setup_token = services.auth.issue_setup_token()?;
         // The device listener's trust (revocation list, manufacturer CAs) before it accepts.
         services.credentials.refresh_trust()?;
+        // Integrations route and deliver before the first device message is accepted.
+        let integrations = services.integrations.start()?;
+        if integrations > 0 {
+            tracing::info!(integrations, "integration delivery started");
+        }
         // Jobs that were being sent when the last run ended go back to their queues.
         let requeued = services.jobs.recover()?;
         if requeued > 0 {
@@ -272,6 +277,7 @@ impl App {
         for t in self.tasks {
             let _ = t.await;
         }
+        self.services.integrations.stop();
         self.services.store.commit().await?;
         self.services.store.checkpoint().await?;
         Ok(())

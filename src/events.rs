@@ -1,6 +1,7 @@
 //! The in-process event bus (tokio broadcast): device connectivity and data arrival, for live
 //! views and metrics. Subscribers that lag lose events; anything that must not lose data reads a
-//! durable queue in the store instead.
+//! durable queue in the store instead (integrations see events through a synchronous tap that
+//! writes their queues).
 
 use serde::Serialize;
 use tokio::sync::broadcast;
@@ -34,7 +35,23 @@ pub enum Event {
         device_id: DeviceId,
         update: serde_json::Value,
     },
+    /// A device reported client attributes (the values as it sent them).
+    ClientAttributes {
+        device_id: DeviceId,
+        values: serde_json::Value,
+    },
+    /// An integration's queue reached a cap and dropped entries (`raised`), or is back under
+    /// 90 % of its caps (`!raised`).
+    IntegrationAlarm {
+        integration_id: crate::model::IntegrationId,
+        raised: bool,
+        dropped: u64,
+    },
 }
+
+/// A synchronous observer of every event, called by `publish` before the broadcast: for
+/// consumers that must not lose events to lag (integration queues).
+pub type Tap = std::sync::Arc<dyn Fn(&Event) + Send + Sync>;
 
 /// Cloneable handle to the bus.
 #[derive(Clone)]
@@ -43,6 +60,7 @@ pub struct EventBus {
     /// Set at shutdown, so that long-lived subscribers (event streams) end and do not hold up
     /// the HTTP server's graceful stop.
     stop: std::sync::Arc<tokio::sync::watch::Sender<bool>>,
+    tap: Option<Tap>,
 }
 
 impl Default for EventBus {
@@ -56,6 +74,15 @@ impl EventBus {
         Self {
             tx: broadcast::channel(capacity).0,
             stop: std::sync::Arc::new(tokio::sync::watch::channel(false).0),
+            tap: None,
+        }
+    }
+
+    /// A bus whose every event is first shown to `tap`.
+    pub fn with_tap(capacity: usize, tap: Tap) -> Self {
+        Self {
+            tap: Some(tap),
+            ..Self::new(capacity)
         }
     }
 
@@ -74,6 +101,9 @@ impl EventBus {
 
     /// Publishes to current subscribers; having none is normal.
     pub fn publish(&self, e: Event) {
+        if let Some(tap) = &self.tap {
+            tap(&e);
+        }
         let _ = self.tx.send(e);
     }
 

@@ -1,8 +1,8 @@
 //! Corral: a single-binary, on-premises IoT device management appliance.
 //!
 //! Layers, bottom to top (dependencies point down only):
-//! `config`, `metrics`, `model`, `limits` → `store` → `pki`, `events`, `audit` → `devices`,
-//! `data`, `auth`, `jobs` →
+//! `config`, `metrics`, `model`, `limits` → `store` → `pki`, `events`, `audit` → `devices` →
+//! `integrations` → `data`, `auth`, `jobs` →
 //! `services` → transports `mqtt`, `api` → `app` (wiring, lifecycle) → `cli`.
 
 pub mod api;
@@ -14,6 +14,7 @@ pub mod config;
 pub mod data;
 pub mod devices;
 pub mod events;
+pub mod integrations;
 pub mod jobs;
 pub mod limits;
 pub mod metrics;

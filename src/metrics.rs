@@ -20,6 +20,12 @@ pub struct ReasonLabel {
     pub reason: &'static str,
 }
 
+/// Label set for per-integration metrics: the integration's id.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+pub struct IntegrationLabel {
+    pub integration: String,
+}
+
 /// All metrics Corral exports.
 pub struct Metrics {
     registry: Registry,
@@ -37,6 +43,15 @@ pub struct Metrics {
     pub telemetry_messages: Counter,
     /// Samples of `telemetry_messages` over the last minute, for `recent_message_rate`.
     rate_samples: std::sync::Mutex<std::collections::VecDeque<(std::time::Instant, u64)>>,
+    pub integration_queue_depth: Family<IntegrationLabel, Gauge>,
+    pub integration_queue_bytes: Family<IntegrationLabel, Gauge>,
+    pub integration_oldest_age_seconds: Family<IntegrationLabel, Gauge>,
+    pub integration_delivered: Family<IntegrationLabel, Counter>,
+    pub integration_failed_attempts: Family<IntegrationLabel, Counter>,
+    pub integration_dropped: Family<IntegrationLabel, Counter>,
+    pub integration_dead_letters: Family<IntegrationLabel, Gauge>,
+    pub integration_alarm: Family<IntegrationLabel, Gauge>,
+    pub integration_delivery_seconds: Histogram,
 }
 
 impl Default for Metrics {
@@ -117,9 +132,74 @@ impl Metrics {
             "Device telemetry messages stored",
             telemetry_messages.clone(),
         );
+        let integration_queue_depth = Family::<IntegrationLabel, Gauge>::default();
+        registry.register(
+            "integration_queue_depth",
+            "Entries waiting in an integration's queue",
+            integration_queue_depth.clone(),
+        );
+        let integration_queue_bytes = Family::<IntegrationLabel, Gauge>::default();
+        registry.register(
+            "integration_queue_bytes",
+            "Bytes held by an integration's queue",
+            integration_queue_bytes.clone(),
+        );
+        let integration_oldest_age_seconds = Family::<IntegrationLabel, Gauge>::default();
+        registry.register(
+            "integration_oldest_age_seconds",
+            "Age of the oldest entry of an integration's queue",
+            integration_oldest_age_seconds.clone(),
+        );
+        let integration_delivered = Family::<IntegrationLabel, Counter>::default();
+        registry.register(
+            "integration_delivered",
+            "Entries an integration's receiver accepted",
+            integration_delivered.clone(),
+        );
+        let integration_failed_attempts = Family::<IntegrationLabel, Counter>::default();
+        registry.register(
+            "integration_failed_attempts",
+            "Delivery attempts that failed (network, timeout, non-2xx)",
+            integration_failed_attempts.clone(),
+        );
+        let integration_dropped = Family::<IntegrationLabel, Counter>::default();
+        registry.register(
+            "integration_dropped",
+            "Entries dropped by an integration's queue or dead-letter caps",
+            integration_dropped.clone(),
+        );
+        let integration_dead_letters = Family::<IntegrationLabel, Gauge>::default();
+        registry.register(
+            "integration_dead_letters",
+            "Entries in an integration's dead-letter store",
+            integration_dead_letters.clone(),
+        );
+        let integration_alarm = Family::<IntegrationLabel, Gauge>::default();
+        registry.register(
+            "integration_alarm",
+            "1 while an integration's queue alarm is raised (entries were dropped)",
+            integration_alarm.clone(),
+        );
+        let integration_delivery_seconds = Histogram::new([
+            0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0, 30.0, 300.0,
+        ]);
+        registry.register(
+            "integration_delivery_seconds",
+            "Time from queueing to the receiver's 2xx, per entry",
+            integration_delivery_seconds.clone(),
+        );
         Self {
             telemetry_messages,
             rate_samples: Default::default(),
+            integration_queue_depth,
+            integration_queue_bytes,
+            integration_oldest_age_seconds,
+            integration_delivered,
+            integration_failed_attempts,
+            integration_dropped,
+            integration_dead_letters,
+            integration_alarm,
+            integration_delivery_seconds,
             registry,
             connections,
             connects_refused,

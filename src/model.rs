@@ -89,6 +89,10 @@ id_type!(
     JobId,
     "Identifies a job (a command to a device); time-ordered."
 );
+id_type!(
+    IntegrationId,
+    "Identifies an integration (an outbound webhook)."
+);
 
 /// A workspace groups the fleets and devices of one project.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
@@ -681,4 +685,81 @@ impl Job {
             note,
         });
     }
+}
+
+/// A secret kept in the store (an integration's signing secret or auth header value): it is
+/// serialized to the store, but its `Debug` never shows it, so it cannot reach a log line.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(transparent)]
+pub struct Secret(pub String);
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+/// What an integration can receive. `Conditions` is accepted in filters; nothing emits it yet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum EventKind {
+    Data,
+    Attributes,
+    Conditions,
+    Connectivity,
+    JobResults,
+}
+
+impl EventKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::Data => "data",
+            EventKind::Attributes => "attributes",
+            EventKind::Conditions => "conditions",
+            EventKind::Connectivity => "connectivity",
+            EventKind::JobResults => "job_results",
+        }
+    }
+}
+
+/// What a 4xx answer (other than 408 and 429) does to a batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum ClientErrorPolicy {
+    /// Move the batch to the dead-letter store and go on with the next entries.
+    #[default]
+    DeadLetter,
+    /// Retry it like a 5xx, holding up the queue until the receiver accepts it.
+    Retry,
+}
+
+/// An integration: a webhook fed from its own durable queue. Its secrets are stored (they are
+/// needed to sign and authenticate) but never leave the server: the API shows `IntegrationView`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Integration {
+    pub id: IntegrationId,
+    pub name: String,
+    pub url: String,
+    /// Filters; an empty list (or `None`) matches everything.
+    pub workspace_id: Option<WorkspaceId>,
+    pub fleet_ids: Vec<FleetId>,
+    pub tags: Vec<String>,
+    pub kinds: Vec<EventKind>,
+    pub auth_header_name: Option<String>,
+    pub auth_header_value: Option<Secret>,
+    pub signing_secret: Secret,
+    pub max_items: u32,
+    pub max_wait_ms: u64,
+    pub timeout_ms: u64,
+    /// PEM of the CA(s) to trust instead of the system roots.
+    pub ca_pem: Option<String>,
+    pub on_client_error: ClientErrorPolicy,
+    pub retry_initial_ms: u64,
+    pub retry_max_ms: u64,
+    pub max_bytes: u64,
+    pub max_age_secs: u64,
+    pub dead_letter_max: u64,
+    pub paused: bool,
+    pub created_at: Millis,
+    pub updated_at: Millis,
 }

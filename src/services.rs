@@ -14,6 +14,7 @@ use crate::devices::provisioning::ProvisioningService;
 use crate::devices::sessions::Sessions;
 use crate::devices::{Presence, Registry};
 use crate::events::EventBus;
+use crate::integrations::{IntegrationService, Router};
 use crate::jobs::JobService;
 use crate::limits::KeyedLimiter;
 use crate::metrics::Metrics;
@@ -28,6 +29,7 @@ pub struct Services {
     pub credentials: Arc<CredentialService>,
     pub attributes: AttributeService,
     pub jobs: JobService,
+    pub integrations: IntegrationService,
     pub provisioning: ProvisioningService,
     pub sessions: Arc<Sessions>,
     pub presence: Arc<Presence>,
@@ -45,7 +47,9 @@ pub struct Services {
 impl Services {
     pub fn new(config: Config, store: Store, pki: Pki, metrics: Arc<Metrics>) -> Self {
         let presence = Arc::new(Presence::default());
-        let events = EventBus::default();
+        let router = Arc::new(Router::new(store.clone()));
+        let tap = router.clone();
+        let events = EventBus::with_tap(1024, Arc::new(move |e| tap.on_event(e)));
         let pki = Arc::new(pki);
         let sessions = Arc::new(Sessions::default());
         let audit = Arc::new(AuditLog::new(store.clone(), config.audit.max_entries));
@@ -89,7 +93,18 @@ impl Services {
                 l.device_messages_per_sec,
                 l.device_message_burst,
             ),
-            data: DataService::new(store.clone(), events.clone(), metrics.clone()),
+            data: DataService::new(
+                store.clone(),
+                events.clone(),
+                metrics.clone(),
+                router.clone(),
+            ),
+            integrations: IntegrationService::new(
+                store.clone(),
+                router,
+                events.clone(),
+                metrics.clone(),
+            ),
             auth: AuthService::new(store.clone(), audit.clone(), config.auth.clone()),
             registry,
             credentials,

@@ -444,6 +444,7 @@ fn needs(method: &str, path: &str) -> Option<&'static str> {
         "/auth/me" | "/auth/logout" | "/overview" | "/events" | "/audit" | "/export" => None,
         "/workspaces" | "/fleets" | "/devices" | "/schedules" if read => None,
         p if p.starts_with("/users") => Some("self"),
+        p if p.starts_with("/integrations") => Some("server"),
         "/workspaces" | "/retention/sweep" | "/store/usage" => Some("server"),
         "/workspaces/{id}" if read => Some("viewer"),
         "/workspaces/{id}" if method == "delete" => Some("server"),
@@ -494,6 +495,17 @@ async fn every_route_checks_role_and_workspace() {
     )
     .await;
 
+    // A webhook integration (server-wide: server admins only).
+    let (s, integ) = api
+        .send(
+            "POST",
+            "/integrations",
+            Some(&root),
+            Some(json!({"name": "sink", "url": "http://127.0.0.1:9/hook", "workspace_id": w1.ws})),
+        )
+        .await;
+    assert_eq!(s, 201, "{integ}");
+    let integration = integ["integration"]["id"].as_str().expect("id").to_string();
     let (_, doc) = api.send("GET", "/openapi.json", None, None).await;
     let nil = uuid::Uuid::nil().to_string();
     let mut checked = 0;
@@ -513,6 +525,10 @@ async fn every_route_checks_role_and_workspace() {
                 .replace("/fleet-jobs/{id}", &format!("/fleet-jobs/{}", w1.fleet_job))
                 .replace("/schedules/{id}", &format!("/schedules/{}", w1.schedule))
                 .replace("/users/{id}", &format!("/users/{outsider_id}"))
+                .replace(
+                    "/integrations/{id}",
+                    &format!("/integrations/{integration}"),
+                )
                 .replace("{credential_id}", &w1.credential)
                 .replace("{scope}", "shared")
                 .replace("{ca_id}", &nil)
@@ -552,7 +568,10 @@ async fn every_route_checks_role_and_workspace() {
             }
             let need = needs(method, path);
             // The outsider (admin of the other workspace) never sees w1's objects.
-            if path.contains('{') && !path.starts_with("/users") {
+            if path.contains('{')
+                && !path.starts_with("/users")
+                && !path.starts_with("/integrations")
+            {
                 let (s, v) = call(Some(outsider.clone())).await;
                 assert_eq!(s, 404, "outsider: {m} {path} → {v}");
                 assert_eq!(code(&v), "not_found", "outsider: {m} {path}");

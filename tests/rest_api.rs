@@ -395,6 +395,14 @@ async fn every_documented_route_requires_an_api_key_and_exists() {
         "/users/{id}/api-keys/{key_id}",
         "/overview",
         "/devices/{id}/connections",
+        "/integrations",
+        "/integrations/{id}",
+        "/integrations/{id}/pause",
+        "/integrations/{id}/resume",
+        "/integrations/{id}/test",
+        "/integrations/{id}/status",
+        "/integrations/{id}/dead-letters",
+        "/integrations/{id}/dead-letters/replay",
     ];
     let mut documented: Vec<_> = paths.keys().cloned().collect();
     documented.sort();
@@ -451,7 +459,7 @@ async fn every_documented_route_requires_an_api_key_and_exists() {
             checked += 1;
         }
     }
-    assert_eq!(checked, 72);
+    assert_eq!(checked, 84);
     let resp = c
         .get(format!("{base}/api/v1/nothing"))
         .bearer_auth(&t.admin_key)

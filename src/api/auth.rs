@@ -774,7 +774,9 @@ pub struct Overview {
     open_conditions: u64,
     /// Jobs not finished yet.
     running_jobs: u64,
-    /// Webhook integrations and their health (server admins only).
+    /// Webhook integrations and their health (server admins only): `id`, `name`, `state`
+    /// (`alarm` while entries are being dropped), `queue_depth`, `oldest_age_secs`,
+    /// `dead_letters`, `last_error`.
     #[schema(value_type = Vec<Object>)]
     integrations: Vec<Json_>,
 }
@@ -827,6 +829,25 @@ async fn overview(State(s): S, Extension(p): Extension<Principal>) -> ApiResult<
         messages_per_sec: s.metrics.recent_message_rate(),
         open_conditions: 0,
         running_jobs: running,
-        integrations: Vec::new(),
+        integrations: if p.admin {
+            s.integrations
+                .list()
+                .map_err(ApiError::from)?
+                .into_iter()
+                .map(|i| {
+                    let st = &i.status;
+                    serde_json::json!({
+                        "id": i.id, "name": i.name,
+                        "state": if st.alarm { "alarm" } else { st.state },
+                        "queue_depth": st.queue_depth,
+                        "oldest_age_secs": st.oldest_age_ms.map(|ms| ms / 1000),
+                        "dead_letters": st.dead_letters,
+                        "last_error": st.last_error,
+                    })
+                })
+                .collect()
+        } else {
+            Vec::new()
+        },
     }))
 }

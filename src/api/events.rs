@@ -27,20 +27,23 @@ pub fn routes() -> OpenApiRouter<Arc<Services>> {
 #[into_params(parameter_in = Query)]
 pub struct EventParams {
     /// Comma-separated kinds to receive (`device_connected`, `device_disconnected`,
-    /// `telemetry_stored`, `job_updated`, `shared_attributes`); all when absent.
+    /// `telemetry_stored`, `job_updated`, `shared_attributes`, `client_attributes`,
+    /// `integration_alarm`); all when absent.
     kinds: Option<String>,
     /// Only events of this device.
     device_id: Option<DeviceId>,
 }
 
-/// The `kind` and device of an event, for filtering.
-fn kind_of(e: &Event) -> (&'static str, DeviceId) {
+/// The `kind` and device of an event, for filtering (no device: a server-wide event).
+fn kind_of(e: &Event) -> (&'static str, Option<DeviceId>) {
     match e {
-        Event::DeviceConnected { device_id, .. } => ("device_connected", *device_id),
-        Event::DeviceDisconnected { device_id } => ("device_disconnected", *device_id),
-        Event::TelemetryStored { device_id, .. } => ("telemetry_stored", *device_id),
-        Event::JobUpdated { device_id, .. } => ("job_updated", *device_id),
-        Event::SharedAttributes { device_id, .. } => ("shared_attributes", *device_id),
+        Event::DeviceConnected { device_id, .. } => ("device_connected", Some(*device_id)),
+        Event::DeviceDisconnected { device_id } => ("device_disconnected", Some(*device_id)),
+        Event::TelemetryStored { device_id, .. } => ("telemetry_stored", Some(*device_id)),
+        Event::JobUpdated { device_id, .. } => ("job_updated", Some(*device_id)),
+        Event::SharedAttributes { device_id, .. } => ("shared_attributes", Some(*device_id)),
+        Event::ClientAttributes { device_id, .. } => ("client_attributes", Some(*device_id)),
+        Event::IntegrationAlarm { .. } => ("integration_alarm", None),
     }
 }
 
@@ -68,16 +71,19 @@ async fn events(
                     Ok(e) => {
                         let (kind, device) = kind_of(&e);
                         if kinds.as_ref().is_some_and(|k| !k.iter().any(|x| x == kind))
-                            || q.device_id.is_some_and(|d| d != device)
+                            || q.device_id.is_some_and(|d| Some(d) != device)
                         {
                             continue;
                         }
+                        // Server-wide events (integration alarms) are for server admins.
                         let visible = who.admin
-                            || *seen
-                                .lock()
-                                .unwrap_or_else(|p| p.into_inner())
-                                .entry(device)
-                                .or_insert_with(|| s.sees_device(&who, device));
+                            || device.is_some_and(|device| {
+                                *seen
+                                    .lock()
+                                    .unwrap_or_else(|p| p.into_inner())
+                                    .entry(device)
+                                    .or_insert_with(|| s.sees_device(&who, device))
+                            });
                         if !visible {
                             continue;
                         }

@@ -8,6 +8,7 @@ mod credentials;
 mod device_http;
 pub mod error;
 mod events;
+mod integrations;
 mod jobs;
 mod registry;
 mod telemetry;
@@ -95,6 +96,7 @@ fn api_v1() -> (Router<Arc<Services>>, utoipa::openapi::OpenApi) {
         .merge(jobs::routes())
         .merge(events::routes())
         .merge(auth::routes())
+        .merge(integrations::routes())
         .merge(telemetry::routes())
         .split_for_parts()
 }

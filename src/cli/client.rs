@@ -156,6 +156,11 @@ impl ApiClient {
         Ok(n)
     }
 
+    /// A DELETE whose answer has a body.
+    pub async fn delete_json<T: DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
+        self.send(self.req(reqwest::Method::DELETE, path)).await
+    }
+
     pub async fn delete(&self, path: &str) -> anyhow::Result<()> {
         self.send::<serde_json::Value>(self.req(reqwest::Method::DELETE, path))
             .await

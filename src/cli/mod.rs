@@ -1,12 +1,13 @@
 //! The command line: `serve`, `init`, `config`, `ca`, `healthcheck` run locally; the noun-verb
 //! admin commands (`workspace`, `fleet`, `device`, `telemetry`, `aggregate`, `attributes`,
-//! `export`, `tags`, `usage`, `audit`, `job`) call the REST API;
+//! `export`, `tags`, `usage`, `audit`, `job`, `integration`) call the REST API;
 //! `simulate` runs virtual devices.
 
 mod admin;
 pub mod client;
 mod credentials;
 mod data;
+mod integrations;
 mod jobs;
 mod output;
 mod serve;
@@ -83,6 +84,10 @@ enum Command {
     /// Commands at a time or on cron, optionally in a maintenance window.
     #[command(subcommand)]
     Schedule(jobs::ScheduleCmd),
+    /// Webhooks fed from durable queues: create, list, show, update, pause, resume, delete,
+    /// test, dead-letters, replay.
+    #[command(subcommand)]
+    Integration(integrations::IntegrationCmd),
     /// Run virtual devices against an MQTT server (demos, tests, benchmarks).
     Simulate(crate::sim::SimulateArgs),
 }
@@ -174,6 +179,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Job(c) => runtime()?.block_on(jobs::run(c)),
         Command::Schedule(c) => runtime()?.block_on(jobs::run_schedule(c)),
         Command::User(c) => runtime()?.block_on(users::run(c)),
+        Command::Integration(c) => runtime()?.block_on(integrations::run(c)),
         Command::Simulate(a) => {
             serve::init_logging("info", cli.log_format.unwrap_or(LogFormat::Human))?;
             runtime()?.block_on(crate::sim::run(a))

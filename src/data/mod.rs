@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use crate::devices::protocol::{self, PayloadError, Telemetry};
 use crate::events::{Event, EventBus};
+use crate::integrations::Router;
 use crate::metrics::Metrics;
 use crate::model::{DEFAULT_TAG, DeviceId, Millis, Point, now_ms};
 use crate::store::{PointsOp, RawPage, RawQuery, SeriesKey, Store, StoreError};
@@ -34,14 +35,17 @@ pub struct DataService {
     store: Store,
     events: EventBus,
     metrics: Arc<Metrics>,
+    /// Integration queues a message goes to, resolved before it is logged.
+    router: Arc<Router>,
 }
 
 impl DataService {
-    pub fn new(store: Store, events: EventBus, metrics: Arc<Metrics>) -> Self {
+    pub fn new(store: Store, events: EventBus, metrics: Arc<Metrics>, router: Arc<Router>) -> Self {
         Self {
             store,
             events,
             metrics,
+            router,
         }
     }
 
@@ -86,6 +90,9 @@ impl DataService {
         if telemetry.is_empty() {
             return Ok(0);
         }
+        // The matching integrations' queue entries go into the same logged record, so an
+        // acknowledged message is in its queues whenever it is in the store.
+        let queue = self.router.data(device, tag, &telemetry);
         // Logged and applied on the store's writer thread: no runtime thread blocks on disk.
         let op = PointsOp {
             device,
@@ -94,7 +101,7 @@ impl DataService {
         };
         let n = self
             .store
-            .append_points(op, durability == Durability::Durable)
+            .append_points_queued(op, queue, durability == Durability::Durable)
             .await?;
         self.metrics.points_stored.inc_by(n as u64);
         self.metrics.telemetry_messages.inc();

@@ -160,6 +160,17 @@ impl AttributeService {
         }
         self.store
             .put_attributes(device.as_bytes(), Scope::Client, &values, now_ms())?;
+        // Published before the commit: integrations queue the report through the bus tap, and
+        // the commit below makes their entries durable with the attributes.
+        self.events.publish(Event::ClientAttributes {
+            device_id: device,
+            values: Json::Object(
+                values
+                    .iter()
+                    .map(|(k, v)| (k.clone(), to_json(v)))
+                    .collect(),
+            ),
+        });
         self.store.commit().await?;
         Ok(())
     }

@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot};
 
+use super::integrations::{Enqueue, StagedQueue};
 use super::wal::{PointsOp, Wal};
 use super::{Db, Result, StoreError};
 use crate::metrics::Metrics;
@@ -27,6 +28,8 @@ enum Job {
     /// Log and apply; reply once durable (`durable`) or once applied.
     Points {
         op: PointsOp,
+        /// Integration queue entries logged and applied with the points.
+        queue: Option<Enqueue>,
         reply: Reply,
         durable: bool,
     },
@@ -82,9 +85,19 @@ impl Pipeline {
         Ok(Self { tx, later })
     }
 
-    pub(super) async fn points(&self, op: PointsOp, durable: bool) -> Result<usize> {
-        self.request(|reply| Job::Points { op, reply, durable })
-            .await
+    pub(super) async fn points(
+        &self,
+        op: PointsOp,
+        queue: Option<Enqueue>,
+        durable: bool,
+    ) -> Result<usize> {
+        self.request(|reply| Job::Points {
+            op,
+            queue,
+            reply,
+            durable,
+        })
+        .await
     }
 
     /// Queues the job `make` builds around a reply channel and waits for the reply.
@@ -134,14 +147,29 @@ fn write_loop(
         }
         buf.clear();
         let mut staged = super::telemetry::Staged::default();
+        let mut queued = StagedQueue::default();
         // (reply, values staged or the error staging them, waits for durability)
         let mut done: Vec<(Reply, Result<usize>, bool)> = Vec::with_capacity(jobs.len());
         let mut checkpoints = Vec::new();
         let mut commits = Vec::new();
         for job in jobs {
             match job {
-                Job::Points { op, reply, durable } => {
-                    op.encode(&mut buf);
+                Job::Points {
+                    op,
+                    queue,
+                    reply,
+                    durable,
+                } => {
+                    // The sequence number is taken here, in log order, and written into the
+                    // record, so that replay re-creates exactly the same queue keys.
+                    match &queue {
+                        Some(q) => {
+                            let seq = db.take_seq();
+                            op.encode_with(Some((seq, q)), &mut buf);
+                            db.stage_queue(&mut queued, seq, q);
+                        }
+                        None => op.encode_with(None, &mut buf),
+                    }
                     let res = op.stage(db, &mut staged);
                     done.push((reply, res, durable));
                 }
@@ -150,12 +178,15 @@ fn write_loop(
                 Job::Wake => {}
             }
         }
+        // Queue entries first: bookkeeping below may enqueue too, under later sequence numbers,
+        // and a queue's reader must never see a later entry before an earlier one.
+        let queue_applied = db.apply_queue(queued);
         let pending = std::mem::take(&mut *later.lock().unwrap_or_else(|p| p.into_inner()));
         for f in pending {
             f(db);
         }
         // One atomic sled batch for the whole group: per-batch overhead dominates small writes.
-        let applied = db.apply_points(staged);
+        let applied = queue_applied.and(db.apply_points(staged));
         let mut waiting = Vec::new();
         for (reply, res, durable) in done {
             let res = match (&applied, res) {

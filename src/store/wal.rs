@@ -5,6 +5,10 @@
 //!
 //! Segment files `NNNNNNNNNNNNNNNNNNNN.wal` hold records `len u32 ‖ crc32 u32 ‖ payload`. Only the
 //! tail of the last segment can be torn by a crash; replay stops at the first bad record.
+//! A payload starts with its type: 1 = points; 2 = points and the integration queue entries
+//! they make (`seq u64 ‖ n u16 ‖ n integration ids ‖ len u32 ‖ event`, then the type-1 body).
+//! Type 1 is still written when no integration matches, and logs written before type 2 existed
+//! replay unchanged.
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
@@ -12,8 +16,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use super::codec::{decode_value, encode_value, push_str, read_str};
+use super::integrations::Enqueue;
 use super::{Db, Result, StoreError};
-use crate::model::{DeviceId, Millis, Value};
+use crate::model::{DeviceId, IntegrationId, Millis, Value};
 
 /// Points grouped by timestamp, as the data service hands them over.
 pub type Points = Vec<(Millis, Vec<(String, Value)>)>;
@@ -27,10 +32,29 @@ pub struct PointsOp {
 }
 
 impl PointsOp {
+    #[cfg(test)]
     pub(super) fn encode(&self, out: &mut Vec<u8>) {
+        self.encode_with(None, out)
+    }
+
+    /// Encodes the record: type 1 (points) without queue entries, type 2 (points and the
+    /// integration queue entries they make, under sequence number `seq`) with them.
+    pub(super) fn encode_with(&self, queue: Option<(u64, &Enqueue)>, out: &mut Vec<u8>) {
         let start = out.len();
         out.extend_from_slice(&[0; 8]); // length and checksum, filled in below
-        out.push(1); // record type: points
+        match queue {
+            None => out.push(1), // record type: points
+            Some((seq, q)) => {
+                out.push(2); // record type: points with queue entries
+                out.extend_from_slice(&seq.to_be_bytes());
+                out.extend_from_slice(&(q.integrations.len() as u16).to_be_bytes());
+                for id in &q.integrations {
+                    out.extend_from_slice(id.as_bytes());
+                }
+                out.extend_from_slice(&(q.event.len() as u32).to_be_bytes());
+                out.extend_from_slice(&q.event);
+            }
+        }
         out.extend_from_slice(self.device.as_bytes());
         push_str(out, &self.tag);
         out.extend_from_slice(&(self.points.len() as u32).to_be_bytes());
@@ -51,7 +75,13 @@ impl PointsOp {
         out[start + 4..start + 8].copy_from_slice(&crc.to_be_bytes());
     }
 
+    #[cfg(test)]
     fn decode(p: &[u8]) -> Option<PointsOp> {
+        Self::decode_record(p).map(|(op, _)| op)
+    }
+
+    /// Decodes a record of either type; old logs hold only type 1.
+    fn decode_record(p: &[u8]) -> Option<(PointsOp, Option<(u64, Enqueue)>)> {
         let mut pos = 0;
         let take = |pos: &mut usize, n: usize| -> Option<&[u8]> {
             let s = p.get(*pos..*pos + n)?;
@@ -61,9 +91,27 @@ impl PointsOp {
         let u32_at = |pos: &mut usize| -> Option<u32> {
             Some(u32::from_be_bytes(take(pos, 4)?.try_into().ok()?))
         };
-        if take(&mut pos, 1)? != [1] {
-            return None;
-        }
+        let queue = match take(&mut pos, 1)? {
+            [1] => None,
+            [2] => {
+                let seq = u64::from_be_bytes(take(&mut pos, 8)?.try_into().ok()?);
+                let n = u16::from_be_bytes(take(&mut pos, 2)?.try_into().ok()?);
+                let mut integrations = Vec::with_capacity(n as usize);
+                for _ in 0..n {
+                    integrations.push(IntegrationId::from_slice(take(&mut pos, 16)?)?);
+                }
+                let len = u32_at(&mut pos)? as usize;
+                let event = take(&mut pos, len)?.to_vec();
+                Some((
+                    seq,
+                    Enqueue {
+                        integrations,
+                        event,
+                    },
+                ))
+            }
+            _ => return None,
+        };
         let device = DeviceId::from_slice(take(&mut pos, 16)?)?;
         let tag = read_str(p, &mut pos)?.to_string();
         let n = u32_at(&mut pos)?;
@@ -79,11 +127,14 @@ impl PointsOp {
             }
             points.push((ts, values));
         }
-        (pos == p.len()).then_some(PointsOp {
-            device,
-            tag,
-            points,
-        })
+        (pos == p.len()).then_some((
+            PointsOp {
+                device,
+                tag,
+                points,
+            },
+            queue,
+        ))
     }
 
     pub(super) fn stage(&self, db: &Db, staged: &mut super::telemetry::Staged) -> Result<usize> {
@@ -156,12 +207,15 @@ impl Wal {
                 if crc32fast::hash(payload) != crc {
                     break;
                 }
-                let Some(op) = PointsOp::decode(payload) else {
+                let Some((op, queue)) = PointsOp::decode_record(payload) else {
                     break;
                 };
                 // A device deleted after its data was logged must not come back.
                 if db.get_device(op.device)?.is_some() {
                     op.stage(db, &mut staged)?;
+                    if let Some((seq, q)) = &queue {
+                        db.replay_queue(*seq, q)?;
+                    }
                     in_group += 1;
                     if in_group == REPLAY_GROUP {
                         db.apply_points(std::mem::take(&mut staged))?;
@@ -268,6 +322,47 @@ mod tests {
         );
         assert_eq!(PointsOp::decode(&buf[8..]), Some(op));
         assert_eq!(PointsOp::decode(&buf[8..buf.len() - 1]), None, "truncated");
+    }
+
+    #[test]
+    fn queue_records_round_trip_and_old_records_still_decode() {
+        let op = PointsOp {
+            device: DeviceId::new(),
+            tag: "hot".into(),
+            points: vec![(5, vec![("a".into(), Value::Double(1.5))])],
+        };
+        let q = Enqueue {
+            integrations: vec![IntegrationId::new(), IntegrationId::new()],
+            event: br#"{"kind":"data"}"#.to_vec(),
+        };
+        let mut buf = Vec::new();
+        op.encode_with(Some((42, &q)), &mut buf);
+        assert_eq!(buf[8], 2, "record type 2");
+        assert_eq!(
+            PointsOp::decode_record(&buf[8..]),
+            Some((op.clone(), Some((42, q))))
+        );
+        assert_eq!(PointsOp::decode_record(&buf[8..buf.len() - 1]), None);
+        // A type-1 record, byte for byte as binaries before integrations wrote it.
+        let mut old = vec![1u8];
+        old.extend_from_slice(op.device.as_bytes());
+        old.extend_from_slice(&[3, b'h', b'o', b't']);
+        old.extend_from_slice(&1u32.to_be_bytes());
+        old.extend_from_slice(&5i64.to_be_bytes());
+        old.extend_from_slice(&1u32.to_be_bytes());
+        old.extend_from_slice(&[1, b'a']);
+        let mut v = Vec::new();
+        encode_value(&mut v, &Value::Double(1.5));
+        old.extend_from_slice(&(v.len() as u32).to_be_bytes());
+        old.extend_from_slice(&v);
+        assert_eq!(PointsOp::decode_record(&old), Some((op.clone(), None)));
+        let mut new = Vec::new();
+        op.encode(&mut new);
+        assert_eq!(
+            &new[8..],
+            &old[..],
+            "without queue entries the old format is written"
+        );
     }
 
     fn open(path: &Path) -> Option<crate::store::Store> {

@@ -5,6 +5,7 @@
 
 pub mod mqtt;
 pub mod server;
+pub mod sink;
 
 use std::sync::Arc;
 use std::time::Duration;
