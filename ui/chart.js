@@ -3,8 +3,6 @@
 // draws the min–max range behind the average line.
 
 const NS = 'http://www.w3.org/2000/svg';
-const W = 800;
-const H = 280;
 const M = { top: 12, right: 16, bottom: 34, left: 64 };
 
 function s(tag, attrs, ...children) {
@@ -35,10 +33,13 @@ function timeLabel(ms, span) {
 }
 
 /**
- * points: [{ts, v, min?, max?}] in time order; from/to: the range shown (ms).
+ * points: [{ts, v, min?, max?}] in time order; from/to: the range shown (ms); width: of the box.
  * Returns an <svg> element (role img, labelled by `label`).
  */
-export function lineChart(points, { from, to, label, band = false }) {
+export function lineChart(points, { from, to, label, band = false, width = 800 }) {
+  // The drawing is as wide as its box (in CSS pixels), so that labels keep their size on a phone.
+  const W = Math.round(Math.max(320, Math.min(1200, width)));
+  const H = W < 600 ? 220 : 280;
   const svg = s('svg', { viewBox: `0 0 ${W} ${H}`, class: 'chart', role: 'img', 'aria-label': label });
   svg.append(s('title', {}, label));
   const nums = points.filter((p) => Number.isFinite(p.v));
@@ -62,7 +63,7 @@ export function lineChart(points, { from, to, label, band = false }) {
     grid.append(s('line', { x1: M.left, x2: W - M.right, y1: py(t), y2: py(t) }));
     grid.append(s('text', { x: M.left - 8, y: py(t) + 4, 'text-anchor': 'end', class: 'tick' }, String(t)));
   }
-  const nx = 6;
+  const nx = W < 600 ? 3 : 6;
   for (let i = 0; i <= nx; i++) {
     const t = x0 + ((x1 - x0) * i) / nx;
     grid.append(s('text', { x: px(t), y: H - M.bottom + 20, 'text-anchor': i === 0 ? 'start' : i === nx ? 'end' : 'middle', class: 'tick' }, timeLabel(t, x1 - x0)));

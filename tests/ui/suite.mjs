@@ -236,6 +236,20 @@ async function main() {
     await shot(page, '08-device-page');
   });
 
+  await step('telemetry by tag: a named tag has its own keys and chart', async () => {
+    await device.publish('v1/devices/me/telemetry/power', JSON.stringify([{ ts: Date.now() - 120_000, values: { watts: 110 } }, { watts: 125 }]));
+    await page.waitForSelector('#chart-tag option[value="power"]', { state: 'attached', timeout: 15_000 });
+    await page.selectOption('#chart-tag', 'power');
+    await page.waitForSelector('#chart-key option[value="watts"]', { state: 'attached' });
+    await page.waitForFunction(() => Number(document.querySelector('#chart')?.dataset.points) === 2 && document.querySelector('#chart-count')?.textContent.includes('watts'));
+    await page.waitForSelector('#latest td.value:text-is("125")');
+    await page.selectOption('#chart-range', '7d'); // hourly rollups
+    await page.waitForFunction(() => document.querySelector('#chart-count')?.textContent.includes('hourly average'));
+    await page.locator('#telemetry').screenshot({ path: join(artifacts, '07b-telemetry-tag-rollups.png') });
+    await page.selectOption('#chart-range', '1h');
+    await page.selectOption('#chart-tag', 'default');
+  });
+
   await step('shared attribute edit reaches the device page', async () => {
     await page.fill('#shared-key', 'target_temp');
     await page.fill('#shared-value', '21.5');
@@ -252,6 +266,43 @@ async function main() {
     }
     const online = await page.textContent('#stat-online .stat-value');
     if (online.trim() !== '1') throw new Error(`overview shows ${online} online`);
+  });
+
+  await step('devices table: server-side paging and search', async () => {
+    const call = async (method, path, body) => {
+      const r = await fetch(`${base}/api/v1${path}`, {
+        method,
+        headers: { Authorization: `Bearer ${adminKey}`, 'Content-Type': 'application/json' },
+        body: body && JSON.stringify(body),
+      });
+      if (!r.ok) throw new Error(`${method} ${path}: HTTP ${r.status}`);
+      return r.json();
+    };
+    const fleet = (await call('GET', '/fleets?name=sensors')).items[0];
+    const names = Array.from({ length: 120 }, (_, i) => `bulk-${String(i).padStart(3, '0')}`);
+    for (let i = 0; i < names.length; i += 10) {
+      await Promise.all(names.slice(i, i + 10).map((name) => call('POST', '/devices', { fleet_id: fleet.id, name })));
+    }
+    await page.goto(`${base}/#/devices`);
+    await page.waitForSelector('#page-info:text("Page 1 · 50 devices")');
+    if (await page.isDisabled('#page-next')) throw new Error('no next page with 121 devices');
+    await page.click('#page-next');
+    await page.waitForSelector('#page-info:text("Page 2 · 50 devices")');
+    await page.click('#page-next');
+    await page.waitForSelector('#page-info:text("Page 3 · 21 devices")');
+    if (!(await page.isDisabled('#page-next'))) throw new Error('a fourth page is offered');
+    await page.click('#page-prev');
+    await page.waitForSelector('#page-info:text("Page 2 · 50 devices")');
+    await page.fill('#device-search', 'bulk-11');
+    await page.waitForSelector('#page-info:text("Page 1 · 10 devices")');
+    await page.fill('#device-search', '');
+    await page.selectOption('#device-status', 'online');
+    await page.waitForSelector('#page-info:text("Page 1 · 1 device")');
+    await page.waitForSelector('tr[data-status="online"] a:text-is("thermo-1")');
+    if (!page.url().includes('status=online')) throw new Error(`filters are not in the address: ${page.url()}`);
+    await shot(page, '09b-devices-filtered');
+    await page.selectOption('#device-status', '');
+    await page.waitForSelector('#page-info:text("Page 1 · 50 devices")');
   });
 
   await step('phone-sized screen', async () => {

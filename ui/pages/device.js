@@ -17,6 +17,7 @@ const RANGES = [
 ];
 // Longer ranges read hourly rollups instead of raw points.
 const AGG_INTERVAL = { '7d': '1h', '30d': '6h' };
+const AGG_NAME = { '1h': 'hourly', '6h': '6-hourly' };
 
 export async function render(main, ctx) {
   const id = ctx.params[0];
@@ -204,8 +205,8 @@ export async function render(main, ctx) {
         points = (r.data[tel.key] || []).map((p) => ({ ts: p.ts, v: typeof p.value === 'number' ? p.value : typeof p.value === 'boolean' ? Number(p.value) : NaN })).reverse();
       }
       const numeric = points.filter((p) => Number.isFinite(p.v));
-      clear(chartBox, lineChart(points, { from, to, label, band }),
-        h('p', { class: 'muted chart-note', id: 'chart-count' }, `${numeric.length} ${interval ? `${interval} averages` : 'points'} · ${label}`));
+      clear(chartBox, lineChart(points, { from, to, label, band, width: chartBox.clientWidth || 800 }),
+        h('p', { class: 'muted chart-note', id: 'chart-count' }, `${numeric.length} ${interval ? `${AGG_NAME[interval]} average${numeric.length === 1 ? '' : 's'} (band: min to max)` : `point${numeric.length === 1 ? '' : 's'}`} · ${label}`));
       chartBox.dataset.points = String(numeric.length);
     } catch (e) {
       clear(chartBox, errorBox(e));
@@ -331,6 +332,11 @@ export async function render(main, ctx) {
       }
     } else if (kind === 'shared_attributes') {
       renderAttributes();
+    } else if (kind === 'lagged') {
+      // Events were missed: read everything again.
+      refreshDevice();
+      refreshJobs();
+      refreshData(tel.tag);
     }
   }));
 }

@@ -125,6 +125,11 @@ export async function render(main, ctx) {
   const live = h('span', { class: 'live-dot', id: 'live-state', title: 'live updates' }, 'connecting…');
   main.querySelector('h1').append(' ', live);
   ctx.cleanup(api.events({ kinds: 'device_connected,device_disconnected' }, (kind, ev) => {
+    if (kind === 'lagged') {
+      // Events were missed: read the page again.
+      load(state.cursors[state.cursors.length - 1]);
+      return;
+    }
     const entry = ev && state.rows.get(ev.device_id);
     if (!entry) return;
     const status = kind === 'device_connected' ? 'online' : 'offline';
