@@ -94,7 +94,7 @@ async function step(name, f) {
     console.log(`ok - ${name} (${Date.now() - started} ms)`);
   } catch (e) {
     results.push([name, false]);
-    console.log(`not ok - ${name}: ${e.message.split('\n')[0]}`);
+    console.log(`not ok - ${name}: ${e.message.split('\n').slice(0, 4).join(' | ')}`);
     throw e;
   }
 }
@@ -161,6 +161,7 @@ async function main() {
   await step('sign in', async () => {
     await page.goto(`${base}/`);
     await page.waitForSelector('#login-form');
+    if (await page.isVisible('#sign-out') || await page.isVisible('#nav')) throw new Error('navigation shows before signing in');
     await shot(page, '01-sign-in');
     await signIn(page, base, adminKey);
     await page.waitForSelector('#stat-total');
@@ -341,7 +342,8 @@ async function main() {
     await tabTo(p, '#nav a[href="#/devices"]');
     await p.keyboard.press('Enter');
     await p.waitForSelector('main h1:has-text("Devices")');
-    if (!(await p.evaluate(() => document.activeElement?.tagName === 'H1'))) throw new Error('focus did not move to the page heading');
+    await p.waitForFunction(() => document.activeElement?.tagName === 'H1', null, { timeout: 5000 })
+      .catch(() => { throw new Error('focus did not move to the page heading'); });
     await tabTo(p, 'tr a:text-is("thermo-1")');
     await p.keyboard.press('Enter');
     await p.waitForSelector('#command-form');
@@ -351,6 +353,90 @@ async function main() {
     await p.waitForSelector('#job-result [data-state="succeeded"]', { timeout: 20_000 });
     await shot(p, '12-keyboard-command');
     await kb.close();
+  });
+
+  await step('password sign-in, CSRF header, sign-out and setup (auth contract, mocked in the browser)', async () => {
+    // Until the server has user accounts, the browser plays the contract's auth endpoints and
+    // stands in for the session cookie by adding the API key to every other API call. It checks
+    // that every mutating call carries the CSRF token from the login answer.
+    const c = await browser.newContext({ viewport: { width: 1280, height: 860 } });
+    const p = await c.newPage();
+    p.setDefaultTimeout(STEP_MS);
+    guard(p, problems);
+    const user = { id: 'u1', username: 'ada', display_name: 'Ada Admin', admin: true, grants: [] };
+    const csrf = 'csrf-test-token';
+    let signedIn = false;
+    let attempts = 0;
+    const seen = { mutations: 0, missingCsrf: [], logout: false };
+    await p.route('**/api/v1/**', async (route) => {
+      const req = route.request();
+      const path = new URL(req.url()).pathname;
+      const json = (status, body) => route.fulfill({ status, contentType: 'application/json', body: JSON.stringify(body) });
+      if (path === '/api/v1/auth/login') {
+        const b = req.postDataJSON();
+        attempts += 1;
+        if (attempts >= 3) return json(429, { error: { code: 'too_many_attempts', message: 'slow down' } });
+        if (b.username !== 'ada' || b.password !== 'correct horse') return json(401, { error: { code: 'invalid_login', message: 'no' } });
+        signedIn = true;
+        return json(200, { user, csrf_token: csrf });
+      }
+      if (path === '/api/v1/auth/setup') {
+        const b = req.postDataJSON();
+        if (b.token !== 'setup-123') return json(401, { error: { code: 'invalid_login', message: 'bad token' } });
+        signedIn = true;
+        return json(200, { user: { ...user, username: b.username, display_name: b.username }, csrf_token: csrf });
+      }
+      if (path === '/api/v1/auth/me') return signedIn ? json(200, { user, csrf_token: csrf }) : json(401, { error: { code: 'unauthorized', message: 'no session' } });
+      if (path === '/api/v1/auth/logout') {
+        seen.logout = req.headers()['x-csrf-token'] === csrf;
+        signedIn = false;
+        return route.fulfill({ status: 204 });
+      }
+      if (!signedIn) return json(401, { error: { code: 'unauthorized', message: 'no session' } });
+      if (req.method() !== 'GET') {
+        seen.mutations += 1;
+        if (req.headers()['x-csrf-token'] !== csrf) seen.missingCsrf.push(`${req.method()} ${path}`);
+      }
+      return route.continue({ headers: { ...req.headers(), authorization: `Bearer ${adminKey}` } });
+    });
+    await p.goto(`${base}/`);
+    await p.waitForSelector('#login-form');
+    await p.fill('#login-username', 'ada');
+    await p.fill('#login-password', 'wrong');
+    await p.click('#login-form button[type=submit]');
+    await p.waitForSelector('#login-error:text("Wrong username or password.")');
+    await p.fill('#login-password', 'correct horse');
+    await p.click('#login-form button[type=submit]');
+    await p.waitForSelector('main h1:text("Overview")');
+    await p.waitForSelector('#who:text("Ada Admin")');
+    // A mutating call through the UI carries the CSRF token.
+    await p.goto(`${base}/#/fleets`);
+    await p.fill('#workspace-name', 'Lab');
+    await p.click('#workspace-form button[type=submit]');
+    await p.waitForSelector('td:text-is("Lab")');
+    if (!seen.mutations || seen.missingCsrf.length) throw new Error(`calls without the CSRF token: ${seen.missingCsrf.join(', ') || 'no mutating call seen'}`);
+    // A reload keeps the session (through /auth/me).
+    await p.reload();
+    await p.waitForSelector('#who:text("Ada Admin")');
+    await p.click('#sign-out');
+    await p.waitForSelector('#login-form');
+    if (!seen.logout) throw new Error('sign-out did not call /auth/logout with the CSRF token');
+    // Too many attempts.
+    await p.fill('#login-username', 'ada');
+    await p.fill('#login-password', 'wrong');
+    await p.click('#login-form button[type=submit]');
+    await p.waitForSelector('#login-error:text("Too many attempts")');
+    // The one-time setup link.
+    await p.goto(`${base}/#/setup?token=setup-123`);
+    await p.waitForSelector('#setup-title');
+    if ((await p.inputValue('[name=token]')) !== 'setup-123') throw new Error('the setup token is not filled in from the link');
+    await p.fill('[name=username]', 'root');
+    await p.fill('[name=password]', 'a long password');
+    await p.click('form button[type=submit]');
+    await p.waitForSelector('main h1:text("Overview")');
+    await p.waitForSelector('#who:text("root")');
+    await shot(p, '13-password-session');
+    await c.close();
   });
 
   await step('no script errors and no CSP violations', async () => {
