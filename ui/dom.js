@@ -10,7 +10,11 @@ export function h(tag, attrs, ...children) {
   for (const [k, v] of Object.entries(attrs || {})) {
     if (v === false || v === null || v === undefined) continue;
     if (k.startsWith('on') && typeof v === 'function') el.addEventListener(k.slice(2), v);
-    else if (k === 'value') el.value = v;
+    else if (k === 'value') {
+      // The default value too, so that a form reset goes back to it.
+      if (tag === 'input') el.defaultValue = v;
+      el.value = v;
+    }
     else if (k === 'checked') el.checked = Boolean(v);
     else el.setAttribute(k, v === true ? '' : String(v));
   }

@@ -258,6 +258,22 @@ async function main() {
     await page.waitForSelector('#attributes th:text-is("target_temp")');
   });
 
+  await step('jobs page: a fleet rollout and a schedule', async () => {
+    await page.goto(`${base}/#/jobs`);
+    await page.waitForSelector('#fleet-job-form');
+    await page.fill('#fleet-job-form [name=method]', 'blink');
+    await page.click('#fleet-job-form button[type=submit]');
+    await page.waitForSelector('#fleet-jobs td:text-is("blink")');
+    await page.fill('#schedule-name', 'nightly');
+    await page.fill('#schedule-method', 'selfTest');
+    await page.fill('#schedule-cron', '30 2 * * *');
+    await page.click('#schedule-form button[type=submit]');
+    await page.waitForSelector('#schedules td:text-is("nightly")');
+    await page.click('#schedules button:text-is("Disable")');
+    await page.waitForSelector('#schedules button:text-is("Enable")');
+    await shot(page, '09a-jobs');
+  });
+
   await step('the other pages render', async () => {
     for (const [hash, sel] of [['#/jobs', '#fleet-jobs'], ['#/integrations', '#integrations-body'], ['#/users', '#users-body'], ['#/audit', '#audit-table table'], ['#/', '#stat-online']]) {
       await page.goto(`${base}/${hash}`);

@@ -84,7 +84,31 @@ export async function render(main, ctx) {
     if (d.get('abort_failure_pct')) body.abort_failure_pct = Number(d.get('abort_failure_pct'));
     const fj = await api.post(`/fleets/${fleetId}/jobs`, body);
     announce(`Rollout started to ${fj.devices.length} devices.`);
+    form.reset();
     renderRollouts();
+  });
+
+  const tz = Intl.DateTimeFormat().resolvedOptions().timeZone || 'UTC';
+  const scheduleForm = onSubmit(h('form', { class: 'inline-form', id: 'schedule-form', 'aria-labelledby': 'sched-new' },
+    h('h3', { id: 'sched-new' }, 'New fleet schedule'),
+    field('Name', h('input', { name: 'name', required: true, id: 'schedule-name', autocomplete: 'off' })),
+    field('Fleet', h('select', { name: 'fleet_id', id: 'schedule-fleet' }, fleets.map((f) => h('option', { value: f.id, selected: f.id === fleetId }, f.name)))),
+    field('Method', h('input', { name: 'method', required: true, id: 'schedule-method', autocomplete: 'off' })),
+    field('Parameters (JSON)', h('textarea', { name: 'params', rows: '1', spellcheck: 'false' }, '{}')),
+    field('Cron expression', h('input', { name: 'cron', id: 'schedule-cron', placeholder: '30 2 * * 1-5', autocomplete: 'off' }), 'minute hour day month weekday, or @daily'),
+    field('Time zone', h('input', { name: 'tz', id: 'schedule-tz', value: tz, autocomplete: 'off' })),
+    field('…or once at', h('input', { name: 'at', id: 'schedule-at', type: 'datetime-local' })),
+    h('button', { type: 'submit', class: 'primary' }, 'Create schedule')), async (d) => {
+    let params = {};
+    try { params = JSON.parse(String(d.get('params') || '{}')); } catch { throw new Error('Parameters are not valid JSON.'); }
+    let trigger;
+    if (d.get('at')) trigger = { at: new Date(String(d.get('at'))).getTime() };
+    else if (d.get('cron')) trigger = { cron: { expr: String(d.get('cron')).trim(), tz: String(d.get('tz') || 'UTC').trim() } };
+    else throw new Error('Give a cron expression or a time.');
+    const sc = await api.post('/schedules', { name: d.get('name'), fleet_id: d.get('fleet_id'), method: d.get('method'), params, trigger });
+    announce(`Schedule ${sc.name} created; next run ${fmtTime(sc.next_run_at)}.`);
+    scheduleForm.reset();
+    renderSchedules();
   });
 
   fleetSel.addEventListener('change', () => {
@@ -97,7 +121,8 @@ export async function render(main, ctx) {
     h('section', { 'aria-labelledby': 'rollouts-h' }, h('h2', { id: 'rollouts-h' }, 'Fleet jobs'),
       fleets.length ? field('Fleet', fleetSel) : null, rollouts, fleets.length ? form : null),
     h('section', { 'aria-labelledby': 'schedules-h' }, h('h2', { id: 'schedules-h' }, 'Schedules'), schedules,
-      h('p', { class: 'muted' }, 'Create schedules with the CLI (corral schedule create) or the API (POST /api/v1/schedules).')));
+      fleets.length ? scheduleForm : null,
+      h('p', { class: 'muted' }, 'Device schedules, filters and maintenance windows: the CLI (corral schedule create) or the API (POST /api/v1/schedules).')));
   await Promise.all([renderRollouts(), renderSchedules()]);
   const timer = setInterval(renderRollouts, 5000);
   ctx.cleanup(() => clearInterval(timer));
