@@ -258,6 +258,24 @@ async function main() {
     await page.waitForSelector('#attributes th:text-is("target_temp")');
   });
 
+  await step('credentials: issue a certificate, download it, revoke it', async () => {
+    await page.selectOption('#credential-type', 'issued_certificate');
+    await page.click('#credentials form button[type=submit]');
+    await page.waitForSelector('#credential-issued button:text-is("Download private key")');
+    const [keyFile] = await Promise.all([page.waitForEvent('download'), page.click('#credential-issued button:text-is("Download private key")')]);
+    const keyText = await readDownload(keyFile);
+    if (keyFile.suggestedFilename() !== 'thermo-1.key' || !keyText.includes('PRIVATE KEY')) throw new Error(`bad key download ${keyFile.suggestedFilename()}`);
+    const row = page.locator('#credentials tr', { hasText: 'certificate' }).first();
+    const [bundle] = await Promise.all([page.waitForEvent('download'), row.locator('button:text-is("Download certificate + CA")').click()]);
+    const pem = await readDownload(bundle);
+    if ((pem.match(/BEGIN CERTIFICATE/g) || []).length !== 2) throw new Error('the bundle should hold the certificate and the CA');
+    page.once('dialog', (d) => d.accept());
+    await row.locator('button:text-is("Revoke")').click();
+    await page.waitForSelector('#credentials tr:has-text("certificate") .badge.revoked');
+    await page.waitForSelector('#device-status .badge.online'); // the token session is untouched
+    await page.locator('#credentials').screenshot({ path: join(artifacts, '07c-credentials.png') });
+  });
+
   await step('jobs page: a fleet rollout and a schedule', async () => {
     await page.goto(`${base}/#/jobs`);
     await page.waitForSelector('#fleet-job-form');
@@ -458,6 +476,11 @@ async function main() {
   await step('no script errors and no CSP violations', async () => {
     if (problems.length) throw new Error(problems.join('; '));
   });
+}
+
+async function readDownload(d) {
+  const path = await d.path();
+  return (await import('node:fs')).readFileSync(path, 'utf8');
 }
 
 /** Presses Tab until `selector` has focus (at most `max` times). */
