@@ -306,8 +306,8 @@ async function main() {
       await page.goto(`${base}/${hash}`);
       await page.waitForSelector('main .notice:has-text("not available on this server")');
     }
-    await page.click('#nav a[href="#/devices"]');
-    await page.waitForSelector('a:text-is("thermo-1")');
+    await page.click('#nav a[href="#/"]');
+    await page.waitForSelector('#stat-online');
   });
 
   await step('devices table: server-side paging and search', async () => {
