@@ -137,7 +137,8 @@ async function main() {
   browser = await chromium.launch({
     executablePath,
     headless: true,
-    args: process.getuid && process.getuid() === 0 ? ['--no-sandbox'] : [],
+    // A small /dev/shm (containers) must not crash the renderer; root cannot use the sandbox.
+    args: ['--disable-dev-shm-usage', ...(process.getuid && process.getuid() === 0 ? ['--no-sandbox'] : [])],
     timeout: STEP_MS,
   });
   const problems = [];
