@@ -65,6 +65,8 @@ pub struct App {
     pub addrs: Addrs,
     /// What happened to the admin key at start; `Generated` carries the key to show once.
     pub bootstrap: Bootstrap,
+    /// While no user exists: the one-time token of the first-run setup link (shown once).
+    pub setup_token: Option<String>,
     pub pki_init: PkiInit,
     ready: Arc<Readiness>,
     mqtt: MqttServerHandle,
@@ -117,6 +119,7 @@ impl App {
         let admin_key = config.admin_key_secret().map_err(anyhow::Error::msg)?;
         let services = Arc::new(Services::new(config, store, pki, metrics));
         let bootstrap = services.auth.bootstrap(admin_key.as_deref()).await?;
+        let setup_token = services.auth.issue_setup_token()?;
         // The device listener's trust (revocation list, manufacturer CAs) before it accepts.
         services.credentials.refresh_trust()?;
         // Jobs that were being sent when the last run ended go back to their queues.
@@ -181,7 +184,13 @@ impl App {
             let mut stop = rx_activity;
             loop {
                 tokio::select! {
-                    _ = tick.tick() => activity.registry.persist_activity(),
+                    _ = tick.tick() => {
+                        activity.registry.persist_activity();
+                        // Expired UI sessions go, so the store does not keep them forever.
+                        if let Err(e) = activity.auth.sweep_sessions() {
+                            tracing::warn!(error = %e, "cannot sweep expired sessions");
+                        }
+                    }
                     _ = stop.changed() => return,
                 }
             }
@@ -244,6 +253,7 @@ impl App {
             services,
             addrs,
             bootstrap,
+            setup_token,
             pki_init,
             ready,
             mqtt,

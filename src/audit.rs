@@ -10,6 +10,24 @@ use utoipa::{IntoParams, ToSchema};
 use crate::model::{AuditEvent, AuditId, CredentialId, DeviceId, FleetId, now_ms};
 use crate::store::{Page, Store, StoreError};
 
+tokio::task_local! {
+    /// The operator on whose behalf the current API request runs, set by the HTTP layer, so
+    /// that records made deep in a service name who acted without every call passing it.
+    static ACTOR: String;
+}
+
+/// Runs `f` with `actor` as the current operator (see `operator`).
+pub async fn with_actor<F: std::future::Future>(actor: String, f: F) -> F::Output {
+    ACTOR.scope(actor, f).await
+}
+
+/// The operator of the current API request, or `operator` outside one.
+pub fn operator() -> String {
+    ACTOR
+        .try_with(Clone::clone)
+        .unwrap_or_else(|_| "operator".to_string())
+}
+
 /// Check the size bound once per this many records.
 const TRIM_EVERY: u64 = 1024;
 
@@ -17,7 +35,8 @@ const TRIM_EVERY: u64 = 1024;
 #[derive(Debug, Clone, Default)]
 pub struct Entry {
     pub kind: &'static str,
-    pub actor: &'static str,
+    /// Who: a username, `api-key:NAME`, `device`, ...
+    pub actor: String,
     pub device_id: Option<DeviceId>,
     pub fleet_id: Option<FleetId>,
     pub credential_id: Option<CredentialId>,
@@ -26,10 +45,10 @@ pub struct Entry {
 }
 
 impl Entry {
-    pub fn new(kind: &'static str, actor: &'static str) -> Self {
+    pub fn new(kind: &'static str, actor: impl Into<String>) -> Self {
         Self {
             kind,
-            actor,
+            actor: actor.into(),
             ..Default::default()
         }
     }
@@ -49,6 +68,10 @@ impl Entry {
         self.peer = p.map(|p| p.to_string());
         self
     }
+    pub fn ip(mut self, p: Option<std::net::IpAddr>) -> Self {
+        self.peer = p.map(|p| p.to_string());
+        self
+    }
     pub fn detail(mut self, d: impl Into<String>) -> Self {
         self.detail = d.into();
         self
@@ -64,6 +87,8 @@ pub struct AuditFilter {
     pub fleet_id: Option<FleetId>,
     /// Event kind, e.g. `auth_failed`.
     pub kind: Option<String>,
+    /// Who acted (a username, `api-key:NAME`, `device`).
+    pub actor: Option<String>,
     /// Only events at or after this time (ms).
     pub since: Option<i64>,
 }
@@ -90,7 +115,7 @@ impl AuditLog {
             id: AuditId::new(),
             ts: now_ms(),
             kind: e.kind.to_string(),
-            actor: e.actor.to_string(),
+            actor: e.actor,
             device_id: e.device_id,
             fleet_id: e.fleet_id,
             credential_id: e.credential_id,
@@ -126,8 +151,21 @@ impl AuditLog {
         before: Option<AuditId>,
         limit: usize,
     ) -> Result<Page<AuditEvent>, StoreError> {
+        self.list_where(f, before, limit, |_| true)
+    }
+
+    /// As `list`, keeping only records `visible` accepts (the caller's).
+    pub fn list_where(
+        &self,
+        f: &AuditFilter,
+        before: Option<AuditId>,
+        limit: usize,
+        visible: impl Fn(&AuditEvent) -> bool,
+    ) -> Result<Page<AuditEvent>, StoreError> {
         self.store.list_audit(before, limit, |e| {
-            f.device_id.is_none_or(|d| e.device_id == Some(d))
+            visible(e)
+                && f.device_id.is_none_or(|d| e.device_id == Some(d))
+                && f.actor.as_deref().is_none_or(|a| e.actor == a)
                 && f.fleet_id.is_none_or(|d| e.fleet_id == Some(d))
                 && f.kind.as_deref().is_none_or(|k| e.kind == k)
                 && f.since.is_none_or(|s| e.ts >= s)

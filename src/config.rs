@@ -36,6 +36,7 @@ pub struct Config {
     pub audit: AuditConfig,
     pub retention: RetentionConfig,
     pub jobs: crate::jobs::JobsConfig,
+    pub auth: crate::auth::AuthConfig,
 }
 
 /// `[retention]`: how long telemetry is kept.
@@ -174,6 +175,7 @@ impl Default for Config {
             audit: AuditConfig::default(),
             retention: RetentionConfig::default(),
             jobs: crate::jobs::JobsConfig::default(),
+            auth: crate::auth::AuthConfig::default(),
         }
     }
 }
@@ -482,6 +484,7 @@ fn deserialize_collecting(table: toml::Table, problems: &mut Vec<String>) -> Opt
                     "audit" => AuditConfig::deserialize(value).map(drop),
                     "retention" => RetentionConfig::deserialize(value).map(drop),
                     "jobs" => crate::jobs::JobsConfig::deserialize(value).map(drop),
+                    "auth" => crate::auth::AuthConfig::deserialize(value).map(drop),
                     "data_dir" | "admin_key" | "admin_key_file" => {
                         top.insert(key.clone(), value);
                         continue;

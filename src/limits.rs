@@ -18,9 +18,14 @@ pub struct TokenBucket {
 
 impl TokenBucket {
     pub fn new(rate: u32, burst: u32) -> Self {
-        let burst = f64::from(burst.max(rate).max(1));
+        Self::with_rate(f64::from(rate), burst)
+    }
+
+    /// A bucket refilled at `rate` tokens per second, which may be below one.
+    pub fn with_rate(rate: f64, burst: u32) -> Self {
+        let burst = f64::from(burst).max(rate).max(1.0);
         Self {
-            rate: f64::from(rate),
+            rate,
             burst,
             tokens: burst,
             at: Instant::now(),
@@ -78,7 +83,8 @@ impl TokenBucket {
 
 /// Buckets per key (a client IP), bounded: full buckets are forgotten when the table grows.
 pub struct KeyedLimiter<K> {
-    rate: u32,
+    /// Tokens per second; 0 is unlimited.
+    rate: f64,
     burst: u32,
     max_keys: usize,
     map: Mutex<HashMap<K, TokenBucket>>,
@@ -86,6 +92,15 @@ pub struct KeyedLimiter<K> {
 
 impl<K: Eq + Hash + Clone> KeyedLimiter<K> {
     pub fn new(rate: u32, burst: u32) -> Self {
+        Self::with_rate(f64::from(rate), burst)
+    }
+
+    /// `per_minute` tokens a minute per key (sign-in attempts, where a second is too coarse).
+    pub fn per_minute(per_minute: u32, burst: u32) -> Self {
+        Self::with_rate(f64::from(per_minute) / 60.0, burst)
+    }
+
+    fn with_rate(rate: f64, burst: u32) -> Self {
         Self {
             rate,
             burst,
@@ -96,7 +111,7 @@ impl<K: Eq + Hash + Clone> KeyedLimiter<K> {
 
     /// Whether `key` may act now; takes a token when it may.
     pub fn allow(&self, key: &K) -> bool {
-        if self.rate == 0 {
+        if self.rate == 0.0 {
             return true;
         }
         let now = Instant::now();
@@ -110,7 +125,7 @@ impl<K: Eq + Hash + Clone> KeyedLimiter<K> {
             }
         }
         map.entry(key.clone())
-            .or_insert_with(|| TokenBucket::new(self.rate, self.burst))
+            .or_insert_with(|| TokenBucket::with_rate(self.rate, self.burst))
             .try_take_at(now)
     }
 }

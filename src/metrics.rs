@@ -33,6 +33,10 @@ pub struct Metrics {
     pub store_flush_seconds: Histogram,
     pub store_flush_batch: Histogram,
     pub http_requests: Counter,
+    /// Device messages stored (telemetry, any transport), for the message rate.
+    pub telemetry_messages: Counter,
+    /// Samples of `telemetry_messages` over the last minute, for `recent_message_rate`.
+    rate_samples: std::sync::Mutex<std::collections::VecDeque<(std::time::Instant, u64)>>,
 }
 
 impl Default for Metrics {
@@ -107,7 +111,15 @@ impl Metrics {
             "HTTP requests served",
             http_requests.clone(),
         );
+        let telemetry_messages = Counter::default();
+        registry.register(
+            "telemetry_messages",
+            "Device telemetry messages stored",
+            telemetry_messages.clone(),
+        );
         Self {
+            telemetry_messages,
+            rate_samples: Default::default(),
             registry,
             connections,
             connects_refused,
@@ -119,6 +131,31 @@ impl Metrics {
             store_flush_seconds,
             store_flush_batch,
             http_requests,
+        }
+    }
+
+    /// Telemetry messages stored per second over about the last minute (0 until two samples,
+    /// taken when this is called, are a second apart).
+    pub fn recent_message_rate(&self) -> f64 {
+        let now = std::time::Instant::now();
+        let total = self.telemetry_messages.get();
+        let mut q = self.rate_samples.lock().unwrap_or_else(|p| p.into_inner());
+        while q.len() > 1
+            && q.front()
+                .is_some_and(|(t, _)| now - *t > std::time::Duration::from_secs(60))
+        {
+            q.pop_front();
+        }
+        if q.back()
+            .is_none_or(|(t, _)| now - *t >= std::time::Duration::from_secs(2))
+        {
+            q.push_back((now, total));
+        }
+        match q.front() {
+            Some((t, n)) if now - *t >= std::time::Duration::from_secs(1) => {
+                (total - n) as f64 / (now - *t).as_secs_f64()
+            }
+            _ => 0.0,
         }
     }
 

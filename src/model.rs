@@ -80,6 +80,7 @@ id_type!(
 );
 id_type!(AuditId, "Identifies an audit record; time-ordered.");
 id_type!(ScheduleId, "Identifies a job schedule.");
+id_type!(UserId, "Identifies a user.");
 id_type!(
     FleetJobId,
     "Identifies a fleet job (a command rolled out to a fleet)."
@@ -318,7 +319,8 @@ pub struct AuditEvent {
     pub detail: String,
 }
 
-/// An admin API key. Only the SHA-256 of the secret is kept.
+/// An API key. Only the SHA-256 of the secret is kept. A key belongs to a user and acts with
+/// that user's rights; the bootstrap key (no user) has full rights.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct ApiKey {
     pub id: ApiKeyId,
@@ -327,6 +329,66 @@ pub struct ApiKey {
     #[schema(value_type = String)]
     pub key_sha256: [u8; 32],
     pub created_at: Millis,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_id: Option<UserId>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_used_at: Option<Millis>,
+}
+
+/// What a user may do in a workspace. Each role includes the ones before it.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, ToSchema,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// Reads everything in scope.
+    Viewer,
+    /// Also operates devices: attributes, commands, credentials, schedules, creating devices.
+    Operator,
+    /// Also manages the workspace: fleets, provisioning, manufacturer CAs, deleting devices.
+    Admin,
+}
+
+/// A role in one workspace, optionally limited to some of its fleets (a customer sees only
+/// the fleets granted to them).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Grant {
+    pub workspace_id: WorkspaceId,
+    pub role: Role,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fleets: Option<Vec<FleetId>>,
+}
+
+/// A person who signs in to the UI (or uses API keys). `admin` users manage the whole server:
+/// users, workspaces, integrations, retention.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct User {
+    pub id: UserId,
+    pub username: String,
+    #[serde(default)]
+    pub display_name: String,
+    /// argon2id PHC string; never serialized to API responses (see `UserView`).
+    pub password_hash: String,
+    pub enabled: bool,
+    pub admin: bool,
+    #[serde(default)]
+    pub grants: Vec<Grant>,
+    pub created_at: Millis,
+    pub updated_at: Millis,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_login_at: Option<Millis>,
+}
+
+/// A signed-in browser session. Only the SHA-256 of the cookie value is the key.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UserSession {
+    pub user_id: UserId,
+    pub csrf_token: String,
+    pub created_at: Millis,
+    pub last_seen_at: Millis,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer: Option<String>,
 }
 
 mod hex_bytes {

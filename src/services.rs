@@ -90,7 +90,7 @@ impl Services {
                 l.device_message_burst,
             ),
             data: DataService::new(store.clone(), events.clone(), metrics.clone()),
-            auth: AuthService::new(store.clone()),
+            auth: AuthService::new(store.clone(), audit.clone(), config.auth.clone()),
             registry,
             credentials,
             attributes,

@@ -747,3 +747,91 @@ async fn jobs_through_the_cli() {
     assert!(!ok(&run(&["schedule", "list"])).contains("nightly-ping"));
     pump.abort();
 }
+
+/// Runs the CLI with `stdin` on standard input.
+fn corral_stdin(args: &[&str], env: &[(&str, &str)], stdin: &str) -> Output {
+    use std::io::Write;
+    let mut c = Command::new(bin());
+    c.args(args)
+        .env_clear()
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    let mut child = c.spawn().expect("spawn corral");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(stdin.as_bytes())
+        .expect("write stdin");
+    child.wait_with_output().expect("run corral")
+}
+
+#[test]
+fn users_roles_and_keys_through_the_cli() {
+    corral::pki::install_crypto_provider();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let key = corral::auth::new_api_key();
+    let srv = Server::spawn(&dir.path().join("data"), &key);
+    let base = srv.base();
+    let env = [
+        ("CORRAL_SERVER", base.as_str()),
+        ("CORRAL_API_KEY", key.as_str()),
+    ];
+    let run = |args: &[&str]| corral(args, &env);
+    ok(&run(&["workspace", "create", "W"]));
+    ok(&run(&["workspace", "create", "Other"]));
+    ok(&run(&["fleet", "create", "F", "--workspace", "W"]));
+    ok(&run(&["fleet", "create", "G", "--workspace", "Other"]));
+    // A customer of fleet F, with the password on standard input (never in argv).
+    let u: Value = serde_json::from_str(&ok(&corral_stdin(
+        &["user", "create", "carla", "--grant", "W:viewer:F", "--json"],
+        &env,
+        "a very long password\n",
+    )))
+    .expect("json");
+    assert_eq!(u["grants"][0]["role"], "viewer", "{u}");
+    assert_eq!(u["grants"][0]["fleets"].as_array().map(Vec::len), Some(1));
+    let list = ok(&run(&["user", "list"]));
+    assert!(
+        list.contains("carla") && list.contains("viewer (1 fleets)"),
+        "{list}"
+    );
+    // Her API key acts with her rights: F is listed, G is not, and she cannot create.
+    let secret = ok(&run(&["user", "key-create", "carla", "laptop"]));
+    let secret = secret.trim();
+    assert!(secret.starts_with("crl_"), "{secret}");
+    let as_carla = [("CORRAL_SERVER", base.as_str()), ("CORRAL_API_KEY", secret)];
+    let fleets = ok(&corral(&["fleet", "list"], &as_carla));
+    assert!(
+        fleets.contains('F') && !fleets.contains("Other"),
+        "{fleets}"
+    );
+    let denied = corral(&["workspace", "create", "Mine"], &as_carla);
+    assert!(!denied.status.success());
+    assert!(
+        String::from_utf8_lossy(&denied.stderr).contains("forbidden"),
+        "{}",
+        String::from_utf8_lossy(&denied.stderr)
+    );
+    // Disabled: her key stops working.
+    ok(&run(&["user", "update", "carla", "--disable"]));
+    let refused = corral(&["fleet", "list"], &as_carla);
+    assert!(!refused.status.success());
+    // The audit log names who did what.
+    let audit = ok(&run(&["audit", "--kind", "user_created"]));
+    assert!(audit.contains("carla"), "{audit}");
+    let denied = ok(&run(&["audit", "--actor", "carla", "--kind", "api_denied"]));
+    assert!(denied.contains("POST /api/v1/workspaces"), "{denied}");
+    let keys = ok(&run(&["user", "key-list", "carla"]));
+    assert!(keys.contains("laptop"), "{keys}");
+    ok(&run(&["user", "delete", "carla"]));
+    assert!(!ok(&run(&["user", "list"])).contains("carla"));
+    // No password or key secret in the server's log.
+    let logs: Vec<String> = srv.logs.try_iter().collect();
+    let all = logs.join("\n");
+    assert!(!all.contains("a very long password") && !all.contains(secret));
+}

@@ -214,6 +214,8 @@ pub struct AuditParams {
     fleet_id: Option<FleetId>,
     /// Event kind, e.g. `auth_failed`, `credential_revoked`.
     kind: Option<String>,
+    /// Who acted: a username, `api-key:NAME`, `device`.
+    actor: Option<String>,
     /// Only events at or after this time (ms since the epoch).
     since: Option<i64>,
     limit: Option<usize>,
@@ -225,17 +227,28 @@ pub struct AuditParams {
     responses((status = 200, body = Page<AuditEvent>)))]
 async fn list_audit(
     State(s): S,
+    axum::Extension(who): axum::Extension<crate::auth::Principal>,
     ApiQuery(q): ApiQuery<AuditParams>,
 ) -> ApiResult<axum::Json<Page<AuditEvent>>> {
     let f = AuditFilter {
         device_id: q.device_id,
         fleet_id: q.fleet_id,
         kind: q.kind,
+        actor: q.actor,
         since: q.since,
     };
-    let p = s
-        .audit
-        .list(&f, cursor(q.cursor.as_deref())?, page_limit(q.limit)?)?;
+    // Server admins read everything; others the records of fleets they administer.
+    let admin_of = |e: &AuditEvent| {
+        who.admin
+            || e.fleet_id
+                .is_some_and(|f| s.role_on(&who, f) == Some(crate::model::Role::Admin))
+    };
+    let p = s.audit.list_where(
+        &f,
+        cursor(q.cursor.as_deref())?,
+        page_limit(q.limit)?,
+        admin_of,
+    )?;
     Ok(axum::Json(page(p, |e| e)))
 }
 

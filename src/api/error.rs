@@ -52,7 +52,7 @@ impl ApiError {
         Self::new(
             StatusCode::UNAUTHORIZED,
             "unauthorized",
-            "a valid API key is required (Authorization: Bearer <key>)",
+            "sign in, or give a valid API key (Authorization: Bearer <key>)",
         )
     }
     /// Logs the cause under a fresh error id and returns a 500 that names only the id.

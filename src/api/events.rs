@@ -49,14 +49,19 @@ fn kind_of(e: &Event) -> (&'static str, DeviceId) {
         description = "one SSE event per bus event: `event:` is the kind, `data:` the event as JSON")))]
 async fn events(
     State(s): State<Arc<Services>>,
+    axum::Extension(who): axum::Extension<crate::auth::Principal>,
     ApiQuery(q): ApiQuery<EventParams>,
 ) -> Sse<impl Stream<Item = Result<SseEvent, Infallible>>> {
     let kinds: Option<Vec<String>> = q
         .kinds
         .map(|k| k.split(',').map(|x| x.trim().to_string()).collect());
     let rx = s.events.subscribe();
+    let stop = s.events.stopped();
+    // Whether the caller sees a device, remembered per device for the stream's life.
+    let seen = Arc::new(std::sync::Mutex::new(std::collections::HashMap::new()));
     let stream = futures_util::stream::unfold(rx, move |mut rx| {
         let kinds = kinds.clone();
+        let (s, who, seen) = (s.clone(), who.clone(), seen.clone());
         async move {
             loop {
                 match rx.recv().await {
@@ -65,6 +70,15 @@ async fn events(
                         if kinds.as_ref().is_some_and(|k| !k.iter().any(|x| x == kind))
                             || q.device_id.is_some_and(|d| d != device)
                         {
+                            continue;
+                        }
+                        let visible = who.admin
+                            || *seen
+                                .lock()
+                                .unwrap_or_else(|p| p.into_inner())
+                                .entry(device)
+                                .or_insert_with(|| s.sees_device(&who, device));
+                        if !visible {
                             continue;
                         }
                         let data = serde_json::to_string(&e).unwrap_or_default();
@@ -81,6 +95,6 @@ async fn events(
             }
         }
     });
-    let stream = stream.take_until(s.events.stopped());
+    let stream = stream.take_until(stop);
     Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
 }

@@ -50,8 +50,17 @@ async fn create_schedule(
 
 #[utoipa::path(get, path = "/schedules", tag = "jobs",
     responses((status = 200, body = Vec<Schedule>)))]
-async fn list_schedules(State(s): S) -> ApiResult<axum::Json<Vec<Schedule>>> {
-    Ok(axum::Json(s.jobs.schedules()?))
+async fn list_schedules(
+    State(s): S,
+    axum::Extension(who): axum::Extension<crate::auth::Principal>,
+) -> ApiResult<axum::Json<Vec<Schedule>>> {
+    let mut v = s.jobs.schedules()?;
+    v.retain(|sc| match (sc.device_id, sc.fleet_id) {
+        (Some(d), _) => s.sees_device(&who, d),
+        (_, Some(f)) => s.sees_fleet(&who, f),
+        _ => who.admin,
+    });
+    Ok(axum::Json(v))
 }
 
 #[utoipa::path(get, path = "/schedules/{id}", tag = "jobs",

@@ -4,6 +4,7 @@
 //! the plain and TLS listeners.
 
 mod attributes;
+pub mod auth;
 mod credentials;
 mod device_http;
 pub mod error;
@@ -95,23 +96,35 @@ fn api_v1() -> (Router<Arc<Services>>, utoipa::openapi::OpenApi) {
         .merge(attributes::routes())
         .merge(jobs::routes())
         .merge(events::routes())
+        .merge(auth::routes())
         .merge(telemetry::routes())
         .split_for_parts()
 }
 
 /// The OpenAPI document of every `/api/v1` route.
 pub fn openapi() -> utoipa::openapi::OpenApi {
-    api_v1().1
+    let mut doc = api_v1().1;
+    doc.merge(auth::public_routes().split_for_parts().1);
+    doc
 }
 
 /// Builds the whole HTTP surface without a socket, so tests can call it in-process.
 pub fn router(services: Arc<Services>, ready: Arc<Readiness>) -> Router {
-    let (api, doc) = api_v1();
+    let (api, mut doc) = api_v1();
+    let (sign_in, sign_in_doc) = auth::public_routes().split_for_parts();
+    doc.merge(sign_in_doc);
     let doc = Arc::new(doc);
-    let api = api.layer(middleware::from_fn_with_state(
-        services.clone(),
-        require_api_key,
-    ));
+    // Authorization runs after routing (it reads the route template and the object ids);
+    // authentication wraps everything.
+    let api = api
+        .route_layer(middleware::from_fn_with_state(
+            services.clone(),
+            auth::authorize,
+        ))
+        .layer(middleware::from_fn_with_state(
+            services.clone(),
+            auth::authenticate,
+        ));
     let public = Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route(
@@ -143,6 +156,7 @@ pub fn router(services: Arc<Services>, ready: Arc<Readiness>) -> Router {
     Router::new()
         .nest("/api/v1", api)
         .nest("/api/v1", device_http::routes())
+        .nest("/api/v1", sign_in.with_state(services.clone()))
         .merge(public)
         .merge(ui::routes())
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no_route", "no such route") })
@@ -186,20 +200,6 @@ async fn count_requests(State(s): State<Arc<Services>>, req: Request, next: Next
     next.run(req).await
 }
 
-async fn require_api_key(State(s): State<Arc<Services>>, req: Request, next: Next) -> Response {
-    let presented = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
-    match presented.map(|k| s.auth.verify(k)) {
-        Some(Ok(Some(_key))) => next.run(req).await,
-        Some(Err(e)) => ApiError::internal(e).into_response(),
-        _ => ApiError::unauthorized().into_response(),
-    }
-}
-
 /// Resolves when the watched flag becomes true (or its sender is gone).
 async fn until_true(rx: &mut watch::Receiver<bool>) {
     // Drop the borrow guard inside: it is not `Send`.
@@ -239,7 +239,8 @@ pub async fn serve(
         let svc = hyper_util::service::TowerToHyperService::new(
             router
                 .clone()
-                .layer(axum::Extension(axum::extract::ConnectInfo(peer))),
+                .layer(axum::Extension(axum::extract::ConnectInfo(peer)))
+                .layer(axum::Extension(auth::Tls(acceptor.is_some()))),
         );
         let watcher = graceful.watcher();
         let acceptor = acceptor.clone();

@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 
+use axum::Extension;
 use axum::extract::State;
 use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
@@ -10,6 +11,7 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 
 use super::error::{ApiError, ApiJson, ApiPath, ApiQuery, ErrorBody};
 use super::{ApiResult, page_limit};
+use crate::auth::Principal;
 use crate::devices::credentials::IssuedCredential;
 use crate::devices::registry::{
     DeviceFilter, DevicePatch, DeviceStatus, DeviceView, FleetPatch, NewDevice, NewFleet,
@@ -68,12 +70,14 @@ pub struct ListWorkspaces {
     responses((status = 200, body = Page<Workspace>), (status = 401, body = ErrorBody)))]
 async fn list_workspaces(
     State(s): S,
+    Extension(who): Extension<Principal>,
     ApiQuery(q): ApiQuery<ListWorkspaces>,
 ) -> ApiResult<axum::Json<Page<Workspace>>> {
-    let p = s.registry.list_workspaces(
+    let p = s.registry.list_workspaces_where(
         q.name.as_deref(),
         cursor(q.cursor.as_deref())?,
         page_limit(q.limit)?,
+        |w| who.sees_workspace(w.id),
     )?;
     Ok(axum::Json(page(p, |w| w)))
 }
@@ -130,13 +134,15 @@ pub struct ListFleets {
     responses((status = 200, body = Page<Fleet>)))]
 async fn list_fleets(
     State(s): S,
+    Extension(who): Extension<Principal>,
     ApiQuery(q): ApiQuery<ListFleets>,
 ) -> ApiResult<axum::Json<Page<Fleet>>> {
-    let p = s.registry.list_fleets(
+    let p = s.registry.list_fleets_where(
         q.workspace_id,
         q.name.as_deref(),
         cursor(q.cursor.as_deref())?,
         page_limit(q.limit)?,
+        |f| who.sees_fleet(f.workspace_id, f.id),
     )?;
     Ok(axum::Json(page(p, |f| f)))
 }
@@ -192,6 +198,7 @@ pub struct ListDevices {
     responses((status = 200, body = Page<DeviceView>)))]
 async fn list_devices(
     State(s): S,
+    Extension(who): Extension<Principal>,
     ApiQuery(q): ApiQuery<ListDevices>,
 ) -> ApiResult<axum::Json<Page<DeviceView>>> {
     let filter = DeviceFilter {
@@ -200,9 +207,12 @@ async fn list_devices(
         name: q.name,
         status: q.status,
     };
-    let p = s
-        .registry
-        .list_devices(&filter, cursor(q.cursor.as_deref())?, page_limit(q.limit)?)?;
+    let p = s.registry.list_devices_where(
+        &filter,
+        cursor(q.cursor.as_deref())?,
+        page_limit(q.limit)?,
+        |d| who.sees_fleet(d.workspace_id, d.fleet_id),
+    )?;
     Ok(axum::Json(page(p, |d| d)))
 }
 

@@ -145,9 +145,12 @@ pub struct AuditArgs {
     /// Only this fleet (id or name).
     #[arg(long)]
     fleet: Option<String>,
-    /// Only this kind, e.g. auth_failed, credential_revoked.
+    /// Only this kind, e.g. auth_failed, credential_revoked, login_failed, api_change.
     #[arg(long)]
     kind: Option<String>,
+    /// Only this actor: a username, `api-key:NAME`, `device`.
+    #[arg(long)]
+    actor: Option<String>,
     #[arg(long, default_value_t = 100)]
     limit: usize,
     #[arg(long)]
@@ -567,6 +570,9 @@ pub async fn audit(a: AuditArgs) -> anyhow::Result<ExitCode> {
     }
     if let Some(f) = &a.fleet {
         q.push(("fleet_id", resolve(&c, "/fleets", "fleet", f).await?));
+    }
+    if let Some(k) = &a.actor {
+        q.push(("actor", k.clone()));
     }
     if let Some(k) = &a.kind {
         q.push(("kind", k.clone()));

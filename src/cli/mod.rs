@@ -10,6 +10,7 @@ mod data;
 mod jobs;
 mod output;
 mod serve;
+mod users;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -76,6 +77,9 @@ enum Command {
     /// Commands to devices (server-side RPC): send, list, show, cancel, watch.
     #[command(subcommand)]
     Job(jobs::JobCmd),
+    /// Users of the web UI and API, their roles and API keys.
+    #[command(subcommand)]
+    User(users::UserCmd),
     /// Commands at a time or on cron, optionally in a maintenance window.
     #[command(subcommand)]
     Schedule(jobs::ScheduleCmd),
@@ -169,6 +173,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Usage(a) => runtime()?.block_on(data::usage(a)),
         Command::Job(c) => runtime()?.block_on(jobs::run(c)),
         Command::Schedule(c) => runtime()?.block_on(jobs::run_schedule(c)),
+        Command::User(c) => runtime()?.block_on(users::run(c)),
         Command::Simulate(a) => {
             serve::init_logging("info", cli.log_format.unwrap_or(LogFormat::Human))?;
             runtime()?.block_on(crate::sim::run(a))

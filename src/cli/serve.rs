@@ -92,6 +92,21 @@ fn banner(app: &App, data_dir: &std::path::Path, took: std::time::Duration) {
             data_dir.join("pki/ca.pem").display()
         );
     }
+    if let Some(token) = &app.setup_token {
+        // The web UI has no user yet: a one-time link creates the first admin. Shown on the
+        // terminal only, like the key above.
+        let base = match a.https {
+            Some(h) => format!("https://{h}"),
+            None => format!("http://{}", a.http),
+        };
+        eprintln!(
+            "\n================================================================\n\
+             No web UI user exists yet. Create the first admin (link valid once, for a limited time):\n\n    \
+             {base}/#/setup?token={token}\n\n\
+             (Or: corral user create NAME --admin, with the admin API key.)\n\
+             ================================================================\n"
+        );
+    }
 }
 
 pub fn init(path: Option<PathBuf>) -> anyhow::Result<ExitCode> {
@@ -103,7 +118,11 @@ pub fn init(path: Option<PathBuf>) -> anyhow::Result<ExitCode> {
         let metrics = std::sync::Arc::new(crate::metrics::Metrics::new());
         let (store, pki, _) = crate::app::open_state(&config, metrics).await?;
         let admin = config.admin_key_secret().map_err(anyhow::Error::msg)?;
-        let auth = crate::auth::AuthService::new(store.clone());
+        let audit = std::sync::Arc::new(crate::audit::AuditLog::new(
+            store.clone(),
+            config.audit.max_entries,
+        ));
+        let auth = crate::auth::AuthService::new(store.clone(), audit, config.auth.clone());
         match auth.bootstrap(admin.as_deref()).await? {
             Bootstrap::Generated(key) => println!("admin API key (shown once): {key}"),
             Bootstrap::Configured => println!("admin API key: the configured one"),

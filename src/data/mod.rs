@@ -97,6 +97,7 @@ impl DataService {
             .append_points(op, durability == Durability::Durable)
             .await?;
         self.metrics.points_stored.inc_by(n as u64);
+        self.metrics.telemetry_messages.inc();
         self.events.publish(Event::TelemetryStored {
             device_id: device,
             tag: tag.into(),

@@ -554,7 +554,7 @@ impl CredentialService {
         };
         self.store.put_fleet_ca(&ca)?;
         self.audit.record(
-            Entry::new("manufacturer_ca_added", "admin")
+            Entry::new("manufacturer_ca_added", crate::audit::operator())
                 .fleet(fleet)
                 .detail(format!("{} ({})", ca.name, ca.subject)),
         );
@@ -577,7 +577,7 @@ impl CredentialService {
             return Err(RegistryError::NotFound("manufacturer CA"));
         }
         self.audit.record(
-            Entry::new("manufacturer_ca_removed", "admin")
+            Entry::new("manufacturer_ca_removed", crate::audit::operator())
                 .fleet(fleet)
                 .detail(id.to_string()),
         );
@@ -682,7 +682,7 @@ impl CredentialService {
         old.expires_at = Some(old.expires_at.map_or(until, |e| e.min(until)));
         self.store.update_credential(&old)?;
         self.audit.record(
-            Entry::new("credential_rotated", "admin")
+            Entry::new("credential_rotated", crate::audit::operator())
                 .device(dev.id)
                 .fleet(dev.fleet_id)
                 .credential(old.id)
@@ -725,7 +725,7 @@ impl CredentialService {
     /// Records an operator's change to a device's credential.
     fn audit_admin(&self, kind: &'static str, dev: &Device, cred: &Credential) {
         self.audit.record(
-            Entry::new(kind, "admin")
+            Entry::new(kind, crate::audit::operator())
                 .device(dev.id)
                 .fleet(dev.fleet_id)
                 .credential(cred.id)

@@ -119,7 +119,7 @@ impl ProvisioningService {
                 RegistryError::Conflict("another fleet uses this provisioning key".into())
             })?;
         self.audit.record(
-            Entry::new("provisioning_key_set", "admin")
+            Entry::new("provisioning_key_set", crate::audit::operator())
                 .fleet(fleet)
                 .detail(format!("strategy {:?}", s.strategy)),
         );
@@ -147,7 +147,7 @@ impl ProvisioningService {
         }
         self.store.delete_provisioning(fleet)?;
         self.audit
-            .record(Entry::new("provisioning_key_removed", "admin").fleet(fleet));
+            .record(Entry::new("provisioning_key_removed", crate::audit::operator()).fleet(fleet));
         self.store.commit().await?;
         Ok(())
     }

@@ -243,10 +243,21 @@ impl Registry {
         after: Option<WorkspaceId>,
         limit: usize,
     ) -> Result<Page<Workspace>> {
+        self.list_workspaces_where(name, after, limit, |_| true)
+    }
+
+    /// As `list_workspaces`, keeping only those `visible` accepts (the caller's).
+    pub fn list_workspaces_where(
+        &self,
+        name: Option<&str>,
+        after: Option<WorkspaceId>,
+        limit: usize,
+        visible: impl Fn(&Workspace) -> bool,
+    ) -> Result<Page<Workspace>> {
         let needle = name.map(str::to_lowercase);
-        Ok(self
-            .store
-            .list_workspaces(after, limit, |w| matches_name(&w.name, needle.as_deref()))?)
+        Ok(self.store.list_workspaces(after, limit, |w| {
+            visible(w) && matches_name(&w.name, needle.as_deref())
+        })?)
     }
 
     pub async fn update_workspace(
@@ -320,9 +331,22 @@ impl Registry {
         after: Option<FleetId>,
         limit: usize,
     ) -> Result<Page<Fleet>> {
+        self.list_fleets_where(workspace, name, after, limit, |_| true)
+    }
+
+    /// As `list_fleets`, keeping only those `visible` accepts (the caller's).
+    pub fn list_fleets_where(
+        &self,
+        workspace: Option<WorkspaceId>,
+        name: Option<&str>,
+        after: Option<FleetId>,
+        limit: usize,
+        visible: impl Fn(&Fleet) -> bool,
+    ) -> Result<Page<Fleet>> {
         let needle = name.map(str::to_lowercase);
         Ok(self.store.list_fleets(after, limit, |f| {
             workspace.is_none_or(|w| f.workspace_id == w)
+                && visible(f)
                 && matches_name(&f.name, needle.as_deref())
         })?)
     }
@@ -444,9 +468,21 @@ impl Registry {
         after: Option<DeviceId>,
         limit: usize,
     ) -> Result<Page<DeviceView>> {
+        self.list_devices_where(f, after, limit, |_| true)
+    }
+
+    /// As `list_devices`, keeping only devices `visible` accepts (the caller's).
+    pub fn list_devices_where(
+        &self,
+        f: &DeviceFilter,
+        after: Option<DeviceId>,
+        limit: usize,
+        visible: impl Fn(&Device) -> bool,
+    ) -> Result<Page<DeviceView>> {
         let needle = f.name.as_deref().map(str::to_lowercase);
         let page = self.store.list_devices(f.fleet_id, after, limit, |d| {
-            f.workspace_id.is_none_or(|w| d.workspace_id == w)
+            visible(d)
+                && f.workspace_id.is_none_or(|w| d.workspace_id == w)
                 && matches_name(&d.name, needle.as_deref())
                 && f.status.is_none_or(|s| self.status_of(d.id) == s)
         })?;
@@ -511,8 +547,11 @@ impl Registry {
             } else {
                 "device_disabled"
             };
-            self.audit
-                .record(Entry::new(kind, "admin").device(dev.id).fleet(dev.fleet_id));
+            self.audit.record(
+                Entry::new(kind, crate::audit::operator())
+                    .device(dev.id)
+                    .fleet(dev.fleet_id),
+            );
         }
         self.store.commit().await?;
         if !dev.enabled {
@@ -530,7 +569,7 @@ impl Registry {
         self.store.delete_owner_attributes(dev.id.as_bytes())?;
         self.store.delete_device_jobs(dev.id)?;
         self.audit.record(
-            Entry::new("device_deleted", "admin")
+            Entry::new("device_deleted", crate::audit::operator())
                 .device(dev.id)
                 .fleet(dev.fleet_id)
                 .detail(dev.name.clone()),

@@ -10,6 +10,7 @@ mod credentials;
 mod jobs;
 mod registry;
 mod telemetry;
+mod users;
 mod wal;
 
 use std::path::{Path, PathBuf};
@@ -126,6 +127,9 @@ struct Trees {
     fleet_jobs: sled::Tree,
     fleet_job_children: sled::Tree,
     schedules: sled::Tree,
+    users: sled::Tree,
+    user_names: sled::Tree,
+    sessions: sled::Tree,
 }
 
 /// Options for opening the store.
@@ -191,6 +195,9 @@ impl Store {
             fleet_jobs: t("fleet_jobs")?,
             fleet_job_children: t("fleet_job_children")?,
             schedules: t("schedules")?,
+            users: t("users")?,
+            user_names: t("user_names")?,
+            sessions: t("sessions")?,
         };
         migrate(path, &db, &trees)?;
         db.flush().map_err(open_err)?;

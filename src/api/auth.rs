@@ -1,0 +1,828 @@
+//! Operator authentication and authorization for `/api/v1`: who is calling (an API key, or a
+//! browser session cookie with its CSRF token), whether they may call this route on this
+//! object (checked on every request against the object's workspace and fleet), an audit
+//! record of every change they make; and the sign-in, setup, user, API-key and overview routes.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use axum::extract::{ConnectInfo, MatchedPath, RawPathParams, Request, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
+use serde::{Deserialize, Serialize};
+use serde_json::Value as Json_;
+use utoipa::ToSchema;
+use utoipa_axum::{router::OpenApiRouter, routes};
+
+use super::ApiResult;
+use super::error::{ApiError, ApiJson, ApiPath, ErrorBody};
+use crate::audit::Entry;
+use crate::auth::users::{ApiKeyView, NewApiKey, NewUser, UserPatch};
+use crate::auth::{AuthError, Principal, SignedIn, policy::UserView};
+use crate::devices::registry::DeviceStatus;
+use crate::model::WorkspaceId;
+use crate::model::{ApiKeyId, DeviceId, FleetId, FleetJobId, JobId, Role, ScheduleId, UserId};
+use crate::services::Services;
+
+type S = State<Arc<Services>>;
+
+/// Whether the request came over TLS (set by the listener): session cookies are then
+/// `__Host-` prefixed and `Secure`.
+#[derive(Debug, Clone, Copy)]
+pub struct Tls(pub bool);
+
+/// Cookie names: `__Host-` requires `Secure`, which browsers accept only over TLS.
+const COOKIE_TLS: &str = "__Host-corral_session";
+const COOKIE_PLAIN: &str = "corral_session";
+const CSRF_HEADER: &str = "x-csrf-token";
+
+impl From<AuthError> for ApiError {
+    fn from(e: AuthError) -> Self {
+        match e {
+            AuthError::InvalidLogin => {
+                ApiError::new(StatusCode::UNAUTHORIZED, "invalid_login", e.to_string())
+            }
+            AuthError::Throttled => ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too_many_attempts",
+                e.to_string(),
+            ),
+            AuthError::InvalidSetup => {
+                ApiError::new(StatusCode::FORBIDDEN, "invalid_setup_token", e.to_string())
+            }
+            AuthError::Invalid { .. } => ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_field",
+                e.to_string(),
+            ),
+            AuthError::NotFound(what) => ApiError::not_found(what),
+            AuthError::NameTaken(_) => {
+                ApiError::new(StatusCode::CONFLICT, "name_taken", e.to_string())
+            }
+            AuthError::Forbidden(m) => ApiError::new(StatusCode::FORBIDDEN, "forbidden", m),
+            AuthError::Store(e) => ApiError::internal(e),
+            AuthError::Internal(m) => ApiError::internal(m),
+        }
+    }
+}
+
+fn forbidden(what: &str) -> ApiError {
+    ApiError::new(
+        StatusCode::FORBIDDEN,
+        "forbidden",
+        format!("your role does not allow this: {what}"),
+    )
+}
+
+fn peer_of(req_ext: &axum::http::Extensions) -> Option<IpAddr> {
+    req_ext.get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip())
+}
+
+fn session_cookie(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|kv| kv.trim().split_once('='))
+        .find(|(k, _)| *k == COOKIE_TLS || *k == COOKIE_PLAIN)
+        .map(|(_, v)| v.to_string())
+}
+
+fn constant_eq(a: &str, b: &str) -> bool {
+    a.len() == b.len()
+        && a.bytes()
+            .zip(b.bytes())
+            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+            == 0
+}
+
+/// Authenticates every `/api/v1` request (401 without valid credentials), enforces the CSRF
+/// token on changes made with a session cookie, and records every change in the audit log.
+pub async fn authenticate(State(s): S, mut req: Request, next: Next) -> Response {
+    let bearer = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+        .map(str::to_string);
+    let found = match (&bearer, session_cookie(req.headers())) {
+        (Some(k), _) => s.auth.principal_for_key(k),
+        (None, Some(c)) => s.auth.principal_for_session(&c),
+        (None, None) => Ok(None),
+    };
+    let principal = match found {
+        Ok(Some(p)) => p,
+        Ok(None) => return ApiError::unauthorized().into_response(),
+        Err(e) => return ApiError::internal(e).into_response(),
+    };
+    let method = req.method().clone();
+    let changes = !matches!(method, Method::GET | Method::HEAD | Method::OPTIONS);
+    if changes && let Some((_, csrf)) = &principal.session {
+        let given = req
+            .headers()
+            .get(CSRF_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        if !constant_eq(given, csrf) {
+            return ApiError::new(
+                StatusCode::FORBIDDEN,
+                "csrf_failed",
+                "changes made with a session need the X-CSRF-Token header from sign-in",
+            )
+            .into_response();
+        }
+    }
+    let peer = peer_of(req.extensions());
+    // The full path (the router is nested under /api/v1), for the audit record.
+    let path = req
+        .extensions()
+        .get::<axum::extract::OriginalUri>()
+        .map_or_else(|| req.uri().path().to_string(), |u| u.path().to_string());
+    let actor = principal.name.clone();
+    req.extensions_mut().insert(principal);
+    let resp = crate::audit::with_actor(actor.clone(), next.run(req)).await;
+    if changes {
+        let status = resp.status();
+        let kind = if status.is_success() {
+            "api_change"
+        } else if status == StatusCode::FORBIDDEN {
+            "api_denied"
+        } else {
+            ""
+        };
+        if !kind.is_empty() {
+            s.audit.record(
+                Entry::new(kind, actor)
+                    .ip(peer)
+                    .detail(format!("{method} {path} → {}", status.as_u16())),
+            );
+        }
+    }
+    resp
+}
+
+/// What a route needs of the caller on the object it names.
+enum Need {
+    /// Any authenticated caller; the handler filters what it returns.
+    Anyone,
+    ServerAdmin,
+    Workspace(WorkspaceId, Role),
+    /// Sees the workspace (any grant in it).
+    SeesWorkspace(WorkspaceId),
+    Fleet(WorkspaceId, FleetId, Role),
+    /// The object named does not exist: 404 whoever asks.
+    Missing(&'static str),
+    /// A user's own record and keys, or a server admin.
+    UserOrAdmin(UserId),
+}
+
+fn read_or(method: &Method, write: Role) -> Role {
+    if matches!(*method, Method::GET | Method::HEAD) {
+        Role::Viewer
+    } else {
+        write
+    }
+}
+
+/// Reads the ids a create request names in its body, and puts the body back.
+async fn peek_body(req: Request) -> (Request, Json_) {
+    let (parts, body) = req.into_parts();
+    let bytes = axum::body::to_bytes(body, 1 << 20)
+        .await
+        .unwrap_or_default();
+    let v = serde_json::from_slice(&bytes).unwrap_or(Json_::Null);
+    (Request::from_parts(parts, axum::body::Body::from(bytes)), v)
+}
+
+fn id_in<T: std::str::FromStr>(v: &Json_, field: &str) -> Option<T> {
+    v.get(field)?.as_str()?.parse().ok()
+}
+
+impl Services {
+    fn fleet_need(&self, fleet: FleetId, role: Role) -> Need {
+        match self.registry.fleet(fleet) {
+            Ok(f) => Need::Fleet(f.workspace_id, f.id, role),
+            Err(_) => Need::Missing("fleet"),
+        }
+    }
+
+    fn device_need(&self, device: DeviceId, role: Role) -> Need {
+        match self.registry.device_record(device) {
+            Ok(d) => Need::Fleet(d.workspace_id, d.fleet_id, role),
+            Err(_) => Need::Missing("device"),
+        }
+    }
+
+    /// Whether the caller sees a device (lists, live events).
+    pub(crate) fn sees_device(&self, p: &Principal, device: DeviceId) -> bool {
+        p.admin
+            || self
+                .registry
+                .device_record(device)
+                .is_ok_and(|d| p.sees_fleet(d.workspace_id, d.fleet_id))
+    }
+
+    pub(crate) fn sees_fleet(&self, p: &Principal, fleet: FleetId) -> bool {
+        p.admin
+            || self
+                .registry
+                .fleet(fleet)
+                .is_ok_and(|f| p.sees_fleet(f.workspace_id, f.id))
+    }
+
+    /// The caller's highest role on a fleet (for audit listings).
+    pub(crate) fn role_on(&self, p: &Principal, fleet: FleetId) -> Option<Role> {
+        self.registry
+            .fleet(fleet)
+            .ok()
+            .and_then(|f| p.role_on_fleet(f.workspace_id, f.id))
+    }
+}
+
+/// What `method path` needs, from the route template, its parameters and (for creates) the body.
+async fn need(
+    s: &Services,
+    p: &Principal,
+    method: &Method,
+    path: &str,
+    params: &[(String, String)],
+    req: Request,
+) -> (Request, Need) {
+    let id = |name: &str| {
+        params
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+            .unwrap_or("")
+    };
+    let parse = |name: &str| -> Option<uuid::Uuid> { id(name).parse().ok() };
+    // A malformed id names nothing: the handler answers 400 `invalid_id`.
+    if params
+        .iter()
+        .any(|(k, v)| k.ends_with("id") && v.parse::<uuid::Uuid>().is_err())
+    {
+        return (req, Need::Anyone);
+    }
+    let is_post = *method == Method::POST;
+    let n = match path {
+        "/auth/me" | "/auth/logout" | "/overview" | "/events" | "/audit" | "/workspaces"
+        | "/fleets" | "/devices" | "/schedules"
+            if !is_post || path.starts_with("/auth") =>
+        {
+            Need::Anyone
+        }
+        "/users" => Need::ServerAdmin,
+        p_ if p_.starts_with("/users/{id}") => match parse("id") {
+            Some(_) if *method == Method::DELETE && p_ == "/users/{id}" => Need::ServerAdmin,
+            Some(u) => Need::UserOrAdmin(UserId(u)),
+            None => Need::Missing("user"),
+        },
+        "/workspaces" => Need::ServerAdmin,
+        "/workspaces/{id}" | "/workspaces/{id}/usage" => match parse("id")
+            .map(WorkspaceId)
+            .and_then(|w| s.registry.workspace(w).ok())
+        {
+            None => Need::Missing("workspace"),
+            Some(w) if *method == Method::GET && path == "/workspaces/{id}" => {
+                Need::SeesWorkspace(w.id)
+            }
+            Some(w) if *method == Method::DELETE && !p.sees_workspace(w.id) => {
+                Need::Missing("workspace")
+            }
+            Some(_) if *method == Method::DELETE => Need::ServerAdmin,
+            Some(w) => Need::Workspace(w.id, read_or(method, Role::Admin)),
+        },
+        "/fleets" | "/devices" | "/schedules" if p.admin => Need::Anyone,
+        "/fleets" => {
+            let (r, body) = peek_body(req).await;
+            let n = match id_in::<WorkspaceId>(&body, "workspace_id") {
+                Some(w) if s.registry.workspace(w).is_ok() => Need::Workspace(w, Role::Admin),
+                _ => Need::Anyone, // the handler refuses the body
+            };
+            return (r, n);
+        }
+        "/devices" => {
+            let (r, body) = peek_body(req).await;
+            let n = match id_in::<FleetId>(&body, "fleet_id") {
+                Some(f) => s.fleet_need(f, Role::Operator),
+                None => Need::Anyone,
+            };
+            return (r, n);
+        }
+        "/schedules" => {
+            let (r, body) = peek_body(req).await;
+            let n = match (
+                id_in::<DeviceId>(&body, "device_id"),
+                id_in::<FleetId>(&body, "fleet_id"),
+            ) {
+                (Some(d), _) => s.device_need(d, Role::Operator),
+                (None, Some(f)) => s.fleet_need(f, Role::Operator),
+                _ => Need::Anyone,
+            };
+            return (r, n);
+        }
+        "/fleets/{id}"
+        | "/fleets/{id}/provisioning"
+        | "/fleets/{id}/cas"
+        | "/fleets/{id}/cas/{ca_id}" => {
+            let admin_path = path == "/fleets/{id}/provisioning"
+                || !matches!(*method, Method::GET | Method::HEAD);
+            match parse("id")
+                .map(FleetId)
+                .map(|f| s.fleet_need(f, Role::Viewer))
+            {
+                Some(Need::Fleet(w, f, _)) if admin_path => {
+                    // Fleet settings and trust are the workspace admin's.
+                    if p.role_on_fleet(w, f).is_some() {
+                        Need::Workspace(w, Role::Admin)
+                    } else {
+                        Need::Missing("fleet")
+                    }
+                }
+                Some(n) => n,
+                None => Need::Missing("fleet"),
+            }
+        }
+        p_ if p_.starts_with("/fleets/{id}/") => match parse("id") {
+            Some(f) => s.fleet_need(FleetId(f), read_or(method, Role::Operator)),
+            None => Need::Missing("fleet"),
+        },
+        "/devices/{id}" if *method == Method::DELETE => match parse("id") {
+            Some(d) => s.device_need(DeviceId(d), Role::Admin),
+            None => Need::Missing("device"),
+        },
+        p_ if p_.starts_with("/devices/{id}") => match parse("id") {
+            Some(d) => s.device_need(DeviceId(d), read_or(method, Role::Operator)),
+            None => Need::Missing("device"),
+        },
+        p_ if p_.starts_with("/jobs/{id}") => {
+            match parse("id").and_then(|j| s.jobs.get(JobId(j)).ok()) {
+                Some(j) => s.device_need(j.device_id, read_or(method, Role::Operator)),
+                None => Need::Missing("job"),
+            }
+        }
+        p_ if p_.starts_with("/fleet-jobs/{id}") => {
+            match parse("id").and_then(|j| s.jobs.fleet_job(FleetJobId(j)).ok()) {
+                Some(j) => s.fleet_need(j.job.fleet_id, read_or(method, Role::Operator)),
+                None => Need::Missing("fleet job"),
+            }
+        }
+        p_ if p_.starts_with("/schedules/{id}") => {
+            match parse("id").and_then(|j| s.jobs.schedule(ScheduleId(j)).ok()) {
+                Some(sc) => match (sc.device_id, sc.fleet_id) {
+                    (Some(d), _) => s.device_need(d, read_or(method, Role::Operator)),
+                    (_, Some(f)) => s.fleet_need(f, read_or(method, Role::Operator)),
+                    _ => Need::ServerAdmin,
+                },
+                None => Need::Missing("schedule"),
+            }
+        }
+        // Export names what it reads in its query; checked below.
+        "/export" => Need::Anyone,
+        // Anything else (server-wide settings, retention, integrations): server admins.
+        _ => Need::ServerAdmin,
+    };
+    (req, n)
+}
+
+/// Export reads what its query names: every device and fleet must be visible, and a caller
+/// who is not a server admin must name them.
+fn check_export(s: &Services, p: &Principal, query: &str) -> Result<(), ApiError> {
+    if p.admin {
+        return Ok(());
+    }
+    let mut named = false;
+    for (k, v) in form_urlencoded::parse(query.as_bytes()) {
+        for one in v.split(',').filter(|x| !x.is_empty()) {
+            let ok = match &*k {
+                "device_id" => one.parse().is_ok_and(|d| s.sees_device(p, DeviceId(d))),
+                "fleet_id" => one.parse().is_ok_and(|f| s.sees_fleet(p, FleetId(f))),
+                _ => continue,
+            };
+            if !ok {
+                return Err(ApiError::not_found(&k.replace("_id", "")));
+            }
+            named = true;
+        }
+    }
+    if !named {
+        return Err(forbidden("name the devices or fleets to export"));
+    }
+    Ok(())
+}
+
+/// Checks, after routing, that the caller may call this route on the object it names: 404
+/// when the object is not visible to them (or does not exist), 403 when it is but their role
+/// is too low.
+pub async fn authorize(
+    State(s): S,
+    Extension(p): Extension<Principal>,
+    req: Request,
+    next: Next,
+) -> Response {
+    use axum::extract::FromRequestParts;
+    let (mut parts, body) = req.into_parts();
+    let matched = parts.extensions.get::<MatchedPath>().cloned();
+    // A route without parameters has none to extract.
+    let params = RawPathParams::from_request_parts(&mut parts, &s).await.ok();
+    let req = Request::from_parts(parts, body);
+    let method = req.method().clone();
+    let path = matched
+        .as_ref()
+        .map(|m| m.as_str().trim_start_matches("/api/v1").to_string())
+        .unwrap_or_default();
+    let params: Vec<(String, String)> = params
+        .map(|p| {
+            p.iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        })
+        .unwrap_or_default();
+    if path == "/export"
+        && let Err(e) = check_export(&s, &p, req.uri().query().unwrap_or(""))
+    {
+        return e.into_response();
+    }
+    let (req, n) = need(&s, &p, &method, &path, &params, req).await;
+    let verdict = match n {
+        Need::Anyone => Ok(()),
+        Need::Missing(what) => Err(ApiError::not_found(what)),
+        Need::ServerAdmin if p.admin => Ok(()),
+        Need::ServerAdmin => Err(forbidden("server administrators only")),
+        Need::UserOrAdmin(u) if p.admin || p.user_id == Some(u) => Ok(()),
+        Need::UserOrAdmin(_) => Err(forbidden("server administrators only")),
+        Need::SeesWorkspace(w) if p.sees_workspace(w) => Ok(()),
+        Need::SeesWorkspace(_) => Err(ApiError::not_found("workspace")),
+        Need::Workspace(w, role) => match p.role_on_workspace(w) {
+            Some(r) if r >= role => Ok(()),
+            _ if !p.sees_workspace(w) => Err(ApiError::not_found("workspace")),
+            _ => Err(forbidden(
+                &format!("needs the {role:?} role on the workspace").to_lowercase(),
+            )),
+        },
+        Need::Fleet(w, f, role) => match p.role_on_fleet(w, f) {
+            Some(r) if r >= role => Ok(()),
+            Some(_) => Err(forbidden(
+                &format!("needs the {role:?} role").to_lowercase(),
+            )),
+            None => Err(ApiError::not_found(if path.starts_with("/devices") {
+                "device"
+            } else {
+                "fleet"
+            })),
+        },
+    };
+    match verdict {
+        Ok(()) => next.run(req).await,
+        Err(e) => e.into_response(),
+    }
+}
+
+// ---- routes --------------------------------------------------------------------------------
+
+/// Sign-in and setup: no credentials needed (they are the way in).
+pub fn public_routes() -> OpenApiRouter<Arc<Services>> {
+    OpenApiRouter::new()
+        .routes(routes!(login))
+        .routes(routes!(setup))
+}
+
+pub fn routes() -> OpenApiRouter<Arc<Services>> {
+    OpenApiRouter::new()
+        .routes(routes!(me))
+        .routes(routes!(logout))
+        .routes(routes!(list_users, create_user))
+        .routes(routes!(get_user, update_user, delete_user))
+        .routes(routes!(list_api_keys, create_api_key))
+        .routes(routes!(delete_api_key))
+        .routes(routes!(overview))
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LoginBody {
+    username: String,
+    password: String,
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SetupBody {
+    token: String,
+    username: String,
+    password: String,
+}
+
+/// Who is signed in, and the CSRF token to send as `X-CSRF-Token` with every change.
+#[derive(Serialize, ToSchema)]
+pub struct Me {
+    user: MeUser,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    csrf_token: Option<String>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct MeUser {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    id: Option<UserId>,
+    username: String,
+    display_name: String,
+    admin: bool,
+    grants: Vec<crate::model::Grant>,
+}
+
+fn me_of(s: &Services, p: &Principal) -> Me {
+    let display_name = p
+        .user_id
+        .and_then(|u| s.auth.user(u).ok())
+        .map(|u| u.display_name)
+        .unwrap_or_default();
+    Me {
+        user: MeUser {
+            id: p.user_id,
+            username: p.name.clone(),
+            display_name,
+            admin: p.admin,
+            grants: p.grants.clone(),
+        },
+        csrf_token: p.session.as_ref().map(|(_, c)| c.clone()),
+    }
+}
+
+fn cookie_header(value: &str, tls: bool, max_age: Option<u64>) -> HeaderValue {
+    let name = if tls { COOKIE_TLS } else { COOKIE_PLAIN };
+    let secure = if tls { "; Secure" } else { "" };
+    let age = max_age
+        .map(|a| format!("; Max-Age={a}"))
+        .unwrap_or_default();
+    HeaderValue::from_str(&format!(
+        "{name}={value}; Path=/; HttpOnly; SameSite=Strict{secure}{age}"
+    ))
+    .unwrap_or_else(|_| HeaderValue::from_static(""))
+}
+
+fn signed_in(s: &Services, si: SignedIn, tls: bool) -> Response {
+    let max = s.config.auth.session_max_hours * 3600;
+    let mut r = Json(me_of(s, &si.principal)).into_response();
+    r.headers_mut().insert(
+        header::SET_COOKIE,
+        cookie_header(&si.cookie, tls, Some(max)),
+    );
+    r.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r
+}
+
+fn is_tls(ext: &axum::http::Extensions) -> bool {
+    ext.get::<Tls>().is_some_and(|t| t.0)
+}
+
+#[utoipa::path(post, path = "/auth/login", tag = "auth", request_body = LoginBody, security(()),
+    responses((status = 200, body = Me, description = "signed in; the session cookie is set"),
+        (status = 401, body = ErrorBody, description = "invalid_login"),
+        (status = 429, body = ErrorBody, description = "too_many_attempts")))]
+async fn login(State(s): S, req: Request) -> ApiResult<Response> {
+    let (peer, tls) = (peer_of(req.extensions()), is_tls(req.extensions()));
+    let body = axum::body::to_bytes(req.into_body(), 65536)
+        .await
+        .map_err(|_| ApiError::bad_request("invalid_body", "the body is too large"))?;
+    let b: LoginBody = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::bad_request("invalid_body", e.to_string()))?;
+    let si = s.auth.login(&b.username, &b.password, peer).await?;
+    Ok(signed_in(&s, si, tls))
+}
+
+#[utoipa::path(post, path = "/auth/setup", tag = "auth", request_body = SetupBody, security(()),
+    responses((status = 200, body = Me, description = "the first admin is created and signed in"),
+        (status = 403, body = ErrorBody, description = "invalid_setup_token"),
+        (status = 422, body = ErrorBody)))]
+async fn setup(State(s): S, req: Request) -> ApiResult<Response> {
+    let (peer, tls) = (peer_of(req.extensions()), is_tls(req.extensions()));
+    let body = axum::body::to_bytes(req.into_body(), 65536)
+        .await
+        .map_err(|_| ApiError::bad_request("invalid_body", "the body is too large"))?;
+    let b: SetupBody = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::bad_request("invalid_body", e.to_string()))?;
+    let si = s
+        .auth
+        .setup(&b.token, &b.username, &b.password, peer)
+        .await?;
+    Ok(signed_in(&s, si, tls))
+}
+
+#[utoipa::path(get, path = "/auth/me", tag = "auth", responses((status = 200, body = Me)))]
+async fn me(State(s): S, Extension(p): Extension<Principal>) -> Json<Me> {
+    Json(me_of(&s, &p))
+}
+
+#[utoipa::path(post, path = "/auth/logout", tag = "auth",
+    responses((status = 204, description = "the session is ended server-side and the cookie cleared")))]
+async fn logout(
+    State(s): S,
+    Extension(p): Extension<Principal>,
+    req: Request,
+) -> ApiResult<Response> {
+    let (peer, tls) = (peer_of(req.extensions()), is_tls(req.extensions()));
+    s.auth.logout(&p, peer).await?;
+    let mut r = StatusCode::NO_CONTENT.into_response();
+    r.headers_mut()
+        .insert(header::SET_COOKIE, cookie_header("", tls, Some(0)));
+    Ok(r)
+}
+
+/// Server admins manage everyone; a user may read and change their own record (name and
+/// password only) and their own API keys.
+fn admin_or_self(p: &Principal, id: UserId) -> ApiResult<()> {
+    if p.admin || p.user_id == Some(id) {
+        Ok(())
+    } else if p.admin {
+        Err(ApiError::not_found("user"))
+    } else {
+        Err(forbidden("server administrators only"))
+    }
+}
+
+fn admin_only(p: &Principal) -> ApiResult<()> {
+    if p.admin {
+        Ok(())
+    } else {
+        Err(forbidden("server administrators only"))
+    }
+}
+
+#[utoipa::path(get, path = "/users", tag = "users", responses((status = 200, body = Vec<UserView>), (status = 403, body = ErrorBody)))]
+async fn list_users(
+    State(s): S,
+    Extension(p): Extension<Principal>,
+) -> ApiResult<Json<Vec<UserView>>> {
+    admin_only(&p)?;
+    Ok(Json(s.auth.users()?))
+}
+
+#[utoipa::path(post, path = "/users", tag = "users", request_body = NewUser,
+    responses((status = 201, body = UserView), (status = 403, body = ErrorBody), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
+async fn create_user(
+    State(s): S,
+    Extension(p): Extension<Principal>,
+    ApiJson(body): ApiJson<NewUser>,
+) -> ApiResult<(StatusCode, Json<UserView>)> {
+    admin_only(&p)?;
+    Ok((
+        StatusCode::CREATED,
+        Json(s.auth.create_user(body, &p.name).await?),
+    ))
+}
+
+#[utoipa::path(get, path = "/users/{id}", tag = "users", params(("id" = String, Path, description = "user id")),
+    responses((status = 200, body = UserView), (status = 404, body = ErrorBody)))]
+async fn get_user(
+    State(s): S,
+    Extension(p): Extension<Principal>,
+    ApiPath(id): ApiPath<UserId>,
+) -> ApiResult<Json<UserView>> {
+    admin_or_self(&p, id)?;
+    Ok(Json(UserView::from(&s.auth.user(id)?)))
+}
+
+#[utoipa::path(patch, path = "/users/{id}", tag = "users", params(("id" = String, Path, description = "user id")),
+    request_body = UserPatch,
+    responses((status = 200, body = UserView), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+async fn update_user(
+    State(s): S,
+    Extension(p): Extension<Principal>,
+    ApiPath(id): ApiPath<UserId>,
+    ApiJson(patch): ApiJson<UserPatch>,
+) -> ApiResult<Json<UserView>> {
+    admin_or_self(&p, id)?;
+    if !p.admin && (patch.admin.is_some() || patch.enabled.is_some() || patch.grants.is_some()) {
+        return Err(forbidden(
+            "only server administrators change roles or enable users",
+        ));
+    }
+    Ok(Json(s.auth.update_user(id, patch, &p.name).await?))
+}
+
+#[utoipa::path(delete, path = "/users/{id}", tag = "users", params(("id" = String, Path, description = "user id")),
+    responses((status = 204), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+async fn delete_user(
+    State(s): S,
+    Extension(p): Extension<Principal>,
+    ApiPath(id): ApiPath<UserId>,
+) -> ApiResult<StatusCode> {
+    admin_only(&p)?;
+    s.auth.delete_user(id, &p.name).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewKeyBody {
+    name: String,
+}
+
+#[utoipa::path(get, path = "/users/{id}/api-keys", tag = "users", params(("id" = String, Path, description = "user id")),
+    responses((status = 200, body = Vec<ApiKeyView>), (status = 404, body = ErrorBody)))]
+async fn list_api_keys(
+    State(s): S,
+    Extension(p): Extension<Principal>,
+    ApiPath(id): ApiPath<UserId>,
+) -> ApiResult<Json<Vec<ApiKeyView>>> {
+    admin_or_self(&p, id)?;
+    Ok(Json(s.auth.api_keys_of(id)?))
+}
+
+#[utoipa::path(post, path = "/users/{id}/api-keys", tag = "users", params(("id" = String, Path, description = "user id")),
+    request_body = NewKeyBody,
+    responses((status = 201, body = NewApiKey, description = "the secret is shown only here"), (status = 404, body = ErrorBody)))]
+async fn create_api_key(
+    State(s): S,
+    Extension(p): Extension<Principal>,
+    ApiPath(id): ApiPath<UserId>,
+    ApiJson(b): ApiJson<NewKeyBody>,
+) -> ApiResult<(StatusCode, Json<NewApiKey>)> {
+    admin_or_self(&p, id)?;
+    Ok((
+        StatusCode::CREATED,
+        Json(s.auth.create_api_key(id, &b.name, &p.name).await?),
+    ))
+}
+
+#[utoipa::path(delete, path = "/users/{id}/api-keys/{key_id}", tag = "users",
+    params(("id" = String, Path, description = "user id"), ("key_id" = String, Path, description = "API key id")),
+    responses((status = 204), (status = 404, body = ErrorBody)))]
+async fn delete_api_key(
+    State(s): S,
+    Extension(p): Extension<Principal>,
+    ApiPath((id, key)): ApiPath<(UserId, ApiKeyId)>,
+) -> ApiResult<StatusCode> {
+    admin_or_self(&p, id)?;
+    s.auth.delete_api_key(id, key, &p.name).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// The dashboard's numbers, over what the caller sees.
+#[derive(Serialize, ToSchema)]
+pub struct Overview {
+    devices: DeviceCounts,
+    /// Telemetry messages stored per second, over the last minute (server-wide).
+    messages_per_sec: f64,
+    /// Device conditions (alarms) open; conditions are not implemented yet, so always 0.
+    open_conditions: u64,
+    /// Jobs not finished yet.
+    running_jobs: u64,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct DeviceCounts {
+    total: u64,
+    online: u64,
+    offline: u64,
+}
+
+#[utoipa::path(get, path = "/overview", tag = "overview", responses((status = 200, body = Overview)))]
+async fn overview(State(s): S, Extension(p): Extension<Principal>) -> ApiResult<Json<Overview>> {
+    let s2 = s.clone();
+    let p2 = p.clone();
+    let (total, online, running) =
+        tokio::task::spawn_blocking(move || -> ApiResult<(u64, u64, u64)> {
+            let mut after = None;
+            let (mut total, mut online) = (0u64, 0u64);
+            loop {
+                let page = s2.registry.list_devices(&Default::default(), after, 1000)?;
+                for d in &page.items {
+                    if p2.admin || p2.sees_fleet(d.workspace_id, d.fleet_id) {
+                        total += 1;
+                        online += u64::from(d.status == DeviceStatus::Online);
+                    }
+                }
+                match page.next_cursor.and_then(|c| c.parse().ok()) {
+                    Some(c) => after = Some(c),
+                    None => break,
+                }
+            }
+            let running = s2
+                .store
+                .active_jobs()
+                .map_err(ApiError::internal)?
+                .iter()
+                .filter(|(_, d)| p2.admin || s2.sees_device(&p2, *d))
+                .count() as u64;
+            Ok((total, online, running))
+        })
+        .await
+        .map_err(ApiError::internal)??;
+    Ok(Json(Overview {
+        devices: DeviceCounts {
+            total,
+            online,
+            offline: total - online,
+        },
+        messages_per_sec: s.metrics.recent_message_rate(),
+        open_conditions: 0,
+        running_jobs: running,
+    }))
+}
