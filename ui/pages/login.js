@@ -13,10 +13,10 @@ export function render(main, ctx) {
     const token = ctx.query.token || '';
     const form = h('form', { class: 'card narrow', 'aria-labelledby': 'setup-title' },
       h('h1', { id: 'setup-title' }, 'Create the first administrator'),
-      h('p', {}, 'This one-time link sets up the first account of this Corral.'),
+      h('p', {}, 'This one-time link sets up the first account of this Corral: a server administrator. Passwords have at least 10 characters.'),
       field('Setup token', h('input', { name: 'token', required: true, value: token, autocomplete: 'off' })),
       field('Username', h('input', { name: 'username', required: true, autocomplete: 'username' })),
-      field('Password', h('input', { name: 'password', type: 'password', required: true, minlength: '8', autocomplete: 'new-password' })),
+      field('Password', h('input', { name: 'password', type: 'password', required: true, minlength: '10', autocomplete: 'new-password' })),
       status,
       h('button', { type: 'submit', class: 'primary' }, 'Create and sign in'));
     form.addEventListener('submit', async (ev) => {

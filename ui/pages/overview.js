@@ -53,14 +53,15 @@ export async function render(main, ctx) {
       return;
     }
     if (!ctx.current()) return;
-    const integ = o.integrations;
+    // Integration health comes with the integrations API; absent, the section says so.
+    const integ = Array.isArray(o.integrations) ? o.integrations : null;
     clear(body,
       h('section', { 'aria-label': 'Summary', class: 'stats' },
         stat('devices', o.devices.total, 'stat-total'),
         stat('online', o.devices.online, 'stat-online'),
         stat('offline', o.devices.offline, 'stat-offline'),
         stat('messages / s', o.messages_per_sec === null ? null : Number(o.messages_per_sec).toFixed(1), 'stat-rate'),
-        stat('open conditions', o.open_conditions, 'stat-conditions'),
+        stat('open conditions', o.open_conditions ?? null, 'stat-conditions'),
         stat('running jobs', o.running_jobs, 'stat-jobs')),
       o.full ? null : h('p', { class: 'muted' }, 'This server has no overview endpoint: device counts come from the device list; rates, conditions and jobs are not shown.'),
       h('h2', {}, 'Integrations'),
@@ -73,7 +74,7 @@ export async function render(main, ctx) {
             h('td', {}, String(i.queue_depth)),
             h('td', {}, i.oldest_age_secs ? `${i.oldest_age_secs} s` : '—'),
             h('td', {}, i.last_error || '—'))),
-          { empty: 'No integrations.' }),
+          { empty: 'No integrations.', hideCaption: true }),
       h('p', {}, h('a', { href: '#/devices' }, 'All devices'), ' · ', h('a', { href: '#/devices?status=offline' }, 'Offline devices')));
   };
   await refresh();

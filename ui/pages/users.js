@@ -42,8 +42,8 @@ export async function render(main, ctx) {
         render();
       });
       clear(keysBox, h('h2', { tabindex: '-1', id: 'keys-h' }, `API keys of ${u.username}`),
-        table('API keys', ['Name', 'Created', 'Last used', ''], keys.map((k) => h('tr', {},
-          h('td', {}, k.name), h('td', {}, fmtTime(k.created_at)), h('td', {}, fmtTime(k.last_used_at)),
+        table('API keys', ['Name', 'Created', ''], keys.map((k) => h('tr', {},
+          h('td', {}, k.name), h('td', {}, fmtTime(k.created_at)),
           h('td', {}, h('button', { type: 'button', class: 'small danger', onclick: async () => {
             if (!window.confirm(`Delete API key ${k.name}? Programs using it stop working.`)) return;
             try { await api.del(`/users/${u.id}/api-keys/${k.id}`); announce('API key deleted.'); render(); } catch (e) { toast(errorText(e), 'error'); }
@@ -64,7 +64,7 @@ export async function render(main, ctx) {
     h('h2', { id: 'user-new' }, 'New user'),
     field('Username', h('input', { name: 'username', required: true, autocomplete: 'off' })),
     field('Display name', h('input', { name: 'display_name' })),
-    field('Password', h('input', { name: 'password', type: 'password', required: true, minlength: '8', autocomplete: 'new-password' })),
+    field('Password', h('input', { name: 'password', type: 'password', required: true, minlength: '10', autocomplete: 'new-password' })),
     h('div', { class: 'field check' }, h('input', { type: 'checkbox', name: 'admin', id: 'user-admin' }), h('label', { for: 'user-admin' }, 'Administrator (all workspaces, users and settings)')),
     field('Workspace', wsSel), field('Role there', roleSel),
     h('button', { type: 'submit', class: 'primary' }, 'Create user')), async (d) => {
@@ -74,12 +74,15 @@ export async function render(main, ctx) {
     ctx.go('/users');
   });
 
+  const wsName = Object.fromEntries(workspaces.map((w) => [w.id, w.name]));
+  for (const u of users) for (const g of u.grants || []) g.workspace_name = wsName[g.workspace_id];
   clear(body,
-    table('Users', ['Username', 'Name', 'Access', 'Enabled', ''], users.map((u) => h('tr', {},
+    table('Users', ['Username', 'Name', 'Access', 'Enabled', 'Last sign-in', ''], users.map((u) => h('tr', {},
       h('th', { scope: 'row' }, u.username),
       h('td', {}, u.display_name || '—'),
       h('td', {}, grantsText(u)),
       h('td', {}, u.enabled === false ? 'no' : 'yes'),
+      h('td', {}, fmtTime(u.last_login_at)),
       h('td', { class: 'actions' },
         h('button', { type: 'button', class: 'small', onclick: () => showKeys(u) }, 'API keys'),
         h('button', { type: 'button', class: 'small', onclick: patchUser(u, { enabled: u.enabled === false }, u.enabled === false ? 'enabled' : 'disabled') }, u.enabled === false ? 'Enable' : 'Disable'),
