@@ -380,6 +380,18 @@ pub struct User {
     pub last_login_at: Option<Millis>,
 }
 
+/// One entry of a device's connection history.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ConnectionEvent {
+    pub at: Millis,
+    /// `connected` or `disconnected`.
+    pub event: String,
+    /// The listener: `mqtt-tls` or `mqtt` (plain).
+    pub transport: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer: Option<String>,
+}
+
 /// A signed-in browser session. Only the SHA-256 of the cookie value is the key.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct UserSession {

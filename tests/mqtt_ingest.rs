@@ -482,3 +482,48 @@ async fn v3_subscriptions_and_tls12_only_clients() {
     }
     t.stop().await;
 }
+
+#[tokio::test]
+async fn connection_history_records_connects_and_disconnects() {
+    let t = TestApp::start().await;
+    let (dev, token) = t.device("historian").await;
+    let id = dev["id"].as_str().expect("id").to_string();
+    for _ in 0..2 {
+        let (c, mut rx) = spawn_v3(t.v3_options("h1", &token, ""));
+        match next_v3(&mut rx).await {
+            Ok(Packet::ConnAck(a)) => assert_eq!(a.code, ConnectReturnCode::Success),
+            other => panic!("expected CONNACK, got {other:?}"),
+        }
+        c.disconnect().await.expect("disconnect");
+        let _ = next(&mut rx).await;
+    }
+    let history: Value = eventually(10, || async {
+        let v: Value = t
+            .api
+            .get(&format!("/devices/{id}/connections"), &[])
+            .await
+            .expect("history");
+        (v.as_array().map_or(0, Vec::len) == 4).then_some(v)
+    })
+    .await;
+    let events: Vec<&str> = history
+        .as_array()
+        .expect("list")
+        .iter()
+        .filter_map(|e| e["event"].as_str())
+        .collect();
+    // Newest first.
+    assert_eq!(
+        events,
+        ["disconnected", "connected", "disconnected", "connected"]
+    );
+    for e in history.as_array().expect("list") {
+        assert_eq!(e["transport"], "mqtt-tls", "{e}");
+        assert!(
+            e["peer"]
+                .as_str()
+                .is_some_and(|p| p.starts_with("127.0.0.1:")),
+            "{e}"
+        );
+    }
+}

@@ -394,6 +394,7 @@ async fn every_documented_route_requires_an_api_key_and_exists() {
         "/users/{id}/api-keys",
         "/users/{id}/api-keys/{key_id}",
         "/overview",
+        "/devices/{id}/connections",
     ];
     let mut documented: Vec<_> = paths.keys().cloned().collect();
     documented.sort();
@@ -450,7 +451,7 @@ async fn every_documented_route_requires_an_api_key_and_exists() {
             checked += 1;
         }
     }
-    assert_eq!(checked, 71);
+    assert_eq!(checked, 72);
     let resp = c
         .get(format!("{base}/api/v1/nothing"))
         .bearer_auth(&t.admin_key)

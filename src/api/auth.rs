@@ -774,6 +774,9 @@ pub struct Overview {
     open_conditions: u64,
     /// Jobs not finished yet.
     running_jobs: u64,
+    /// Webhook integrations and their health (server admins only).
+    #[schema(value_type = Vec<Object>)]
+    integrations: Vec<Json_>,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -824,5 +827,6 @@ async fn overview(State(s): S, Extension(p): Extension<Principal>) -> ApiResult<
         messages_per_sec: s.metrics.recent_message_rate(),
         open_conditions: 0,
         running_jobs: running,
+        integrations: Vec::new(),
     }))
 }

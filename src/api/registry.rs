@@ -17,7 +17,7 @@ use crate::devices::registry::{
     DeviceFilter, DevicePatch, DeviceStatus, DeviceView, FleetPatch, NewDevice, NewFleet,
     NewWorkspace, WorkspacePatch,
 };
-use crate::model::{DeviceId, Fleet, FleetId, Workspace, WorkspaceId};
+use crate::model::{ConnectionEvent, DeviceId, Fleet, FleetId, Workspace, WorkspaceId};
 use crate::services::Services;
 
 type S = State<Arc<Services>>;
@@ -30,6 +30,7 @@ pub fn routes() -> OpenApiRouter<Arc<Services>> {
         .routes(routes!(get_fleet, update_fleet, delete_fleet))
         .routes(routes!(list_devices, create_device))
         .routes(routes!(get_device, update_device, delete_device))
+        .routes(routes!(device_connections))
 }
 
 /// A page of results in creation order; pass `next_cursor` as `cursor` for the next page.
@@ -248,6 +249,16 @@ async fn get_device(
     ApiPath(id): ApiPath<DeviceId>,
 ) -> ApiResult<axum::Json<DeviceView>> {
     Ok(axum::Json(s.registry.device(id)?))
+}
+
+#[utoipa::path(get, path = "/devices/{id}/connections", tag = "devices", params(("id" = String, Path, description = "device id")),
+    responses((status = 200, body = Vec<ConnectionEvent>, description = "the last 100 connects and disconnects, newest first"),
+        (status = 404, body = ErrorBody)))]
+async fn device_connections(
+    State(s): S,
+    ApiPath(id): ApiPath<DeviceId>,
+) -> ApiResult<axum::Json<Vec<ConnectionEvent>>> {
+    Ok(axum::Json(s.registry.connection_history(id)?))
 }
 
 #[utoipa::path(patch, path = "/devices/{id}", tag = "devices", params(("id" = String, Path, description = "device id")),

@@ -568,6 +568,7 @@ impl Registry {
         self.store.delete_device_telemetry(dev.id)?;
         self.store.delete_owner_attributes(dev.id.as_bytes())?;
         self.store.delete_device_jobs(dev.id)?;
+        self.store.delete_device_connections(dev.id)?;
         self.audit.record(
             Entry::new("device_deleted", crate::audit::operator())
                 .device(dev.id)
@@ -585,21 +586,60 @@ impl Registry {
     /// Marks a device connected; the returned liveness is touched on every message. The
     /// stored connect time is written by the store's writer thread: this runs on a connection
     /// thread, which must never wait for the disk.
-    pub fn connected(&self, id: DeviceId) -> Arc<Liveness> {
+    pub fn connected(
+        &self,
+        id: DeviceId,
+        transport: &'static str,
+        peer: Option<std::net::SocketAddr>,
+    ) -> Arc<Liveness> {
         let live = self.presence.connect(id);
         let now = now_ms();
         self.record(id, move |d| d.last_connect_at = Some(now));
+        self.history(id, "connected", transport, peer);
         live
     }
 
     /// Marks one connection of a device closed, saving its last activity.
-    pub fn disconnected(&self, id: DeviceId) {
+    pub fn disconnected(
+        &self,
+        id: DeviceId,
+        transport: &'static str,
+        peer: Option<std::net::SocketAddr>,
+    ) {
         let (last_activity, _went_offline) = self.presence.disconnect(id);
         let now = now_ms();
         self.record(id, move |d| {
             d.last_disconnect_at = Some(now);
             d.last_activity_at = Some(last_activity.max(d.last_activity_at.unwrap_or(0)));
         });
+        self.history(id, "disconnected", transport, peer);
+    }
+
+    /// Appends to the device's connection history, off the connection's path.
+    fn history(
+        &self,
+        id: DeviceId,
+        event: &'static str,
+        transport: &'static str,
+        peer: Option<std::net::SocketAddr>,
+    ) {
+        let e = crate::model::ConnectionEvent {
+            at: now_ms(),
+            event: event.into(),
+            transport: transport.into(),
+            peer: peer.map(|p| p.to_string()),
+        };
+        self.store.apply_later(move |db| {
+            if let Err(err) = db.append_connection(id, &e) {
+                tracing::warn!(device = %id, error = %err, "cannot record connection history");
+            }
+        });
+    }
+
+    /// A device's recent connections, newest first.
+    pub fn connection_history(&self, id: DeviceId) -> Result<Vec<crate::model::ConnectionEvent>> {
+        self.device_record(id)?;
+        Ok(self.store.connections(id)?)
     }
 
     /// Records activity of a device that has no connection (an HTTP device API request).
@@ -793,7 +833,7 @@ mod tests {
             .await
             .expect("fleet");
         let dev = device(&r, fleet.id, "d").await.expect("device");
-        let live = r.connected(dev.id);
+        let live = r.connected(dev.id, "mqtt-tls", None);
         live.touch();
         r.persist_activity();
         // Bookkeeping runs on the writer thread before the commit it queues behind.

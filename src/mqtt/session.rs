@@ -95,7 +95,9 @@ impl Drop for DeviceSession {
             return;
         };
         self.services.sessions.unregister(d.id, d.conn);
-        self.services.registry.disconnected(d.id);
+        self.services
+            .registry
+            .disconnected(d.id, self.transport, self.peer);
         self.services
             .metrics
             .connections
@@ -245,7 +247,7 @@ async fn open_session_inner(
     }
     let dev = login.device;
     let (slot, taken) = services.sessions.register(dev.id, Some(login.credential));
-    let live = services.registry.connected(dev.id);
+    let live = services.registry.connected(dev.id, transport, c.peer);
     services
         .metrics
         .connections

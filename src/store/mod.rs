@@ -6,6 +6,7 @@
 mod attributes;
 mod codec;
 mod commit;
+mod connections;
 mod credentials;
 mod jobs;
 mod registry;
@@ -130,6 +131,7 @@ struct Trees {
     users: sled::Tree,
     user_names: sled::Tree,
     sessions: sled::Tree,
+    connections: sled::Tree,
 }
 
 /// Options for opening the store.
@@ -198,6 +200,7 @@ impl Store {
             users: t("users")?,
             user_names: t("user_names")?,
             sessions: t("sessions")?,
+            connections: t("connections")?,
         };
         migrate(path, &db, &trees)?;
         db.flush().map_err(open_err)?;
