@@ -266,6 +266,7 @@ async function main() {
     if (!result.includes('"ok": true') || !result.includes('"verbose": true')) throw new Error(`unexpected result: ${result}`);
     if (!rpcSeen.some((r) => r.method === 'getStatus')) throw new Error('the device never got the command');
     await page.waitForSelector('#jobs-table tr[data-job-id] .badge.succeeded');
+    await page.waitForSelector('#connections tr[data-event="connected"] td:text-is("mqtt-tls")');
     await page.locator('#jobs').screenshot({ path: join(artifacts, '07-command-result.png') });
     await shot(page, '08-device-page');
   });

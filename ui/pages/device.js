@@ -277,6 +277,7 @@ export async function render(main, ctx) {
 
   // ---- connection history ----
   const liveLog = h('ol', { id: 'live-log', class: 'log' });
+  const connBox = h('div', { id: 'connections' });
   const auditBox = h('div', { id: 'device-audit' });
   function renderHistory(d) {
     clear(sections.history, h('h2', { id: 'history-h' }, 'Connection history'),
@@ -285,7 +286,17 @@ export async function render(main, ctx) {
         h('dt', {}, 'Last disconnected'), h('dd', {}, fmtTime(d.last_disconnect_at)),
         h('dt', {}, 'Last activity'), h('dd', {}, fmtTime(d.last_activity_at))),
       h('h3', {}, 'While this page is open'), liveLog,
+      h('h3', {}, 'Connects and disconnects'), connBox,
       h('h3', {}, 'Credential and login events'), auditBox);
+  }
+  async function renderConnections() {
+    try {
+      const list = await api.get(`${base}/connections`);
+      clear(connBox, table('Connects and disconnects, newest first', ['Time', 'Event', 'Listener', 'Address'], list.map((c) => h('tr', { 'data-event': c.event },
+        h('td', {}, fmtTime(c.at)), h('td', {}, statusBadge(c.event)), h('td', {}, c.transport), h('td', {}, c.peer || '—'))), { hideCaption: true, empty: 'Never connected.' }));
+    } catch (e) {
+      clear(connBox, e.status === 404 && e.missing ? h('p', { class: 'muted' }, 'This server keeps no per-device connection log.') : errorBox(e));
+    }
   }
   async function renderAudit() {
     try {
@@ -298,7 +309,7 @@ export async function render(main, ctx) {
   }
   renderHistory(dev);
 
-  await Promise.all([renderCredentials(), renderAttributes(), loadTags().then(() => Promise.all([renderChart(), renderLatest()])), renderJobs(), renderAudit()]);
+  await Promise.all([renderCredentials(), renderAttributes(), loadTags().then(() => Promise.all([renderChart(), renderLatest()])), renderJobs(), renderConnections(), renderAudit()]);
 
   // ---- live ----
   const refreshData = debounce(async (tag) => {
@@ -313,6 +324,7 @@ export async function render(main, ctx) {
       renderHistory(dev);
       const c = document.getElementById('device-connections');
       if (c) c.textContent = String(dev.connections);
+      renderConnections();
       renderAudit();
     } catch { /* shown on the next load */ }
   }, 300);
