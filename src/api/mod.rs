@@ -1,6 +1,7 @@
 //! The HTTP transport: the REST API under `/api/v1` (axum on hyper), its OpenAPI document
 //! generated from the handlers (utoipa), health, readiness and metrics endpoints, API-key
-//! authentication, and the plain and TLS listeners.
+//! authentication, the embedded web UI with the security headers of every response (`ui`), and
+//! the plain and TLS listeners.
 
 mod attributes;
 pub mod auth;
@@ -12,6 +13,7 @@ mod integrations;
 mod jobs;
 mod registry;
 mod telemetry;
+pub mod ui;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -158,11 +160,13 @@ pub fn router(services: Arc<Services>, ready: Arc<Readiness>) -> Router {
         .nest("/api/v1", device_http::routes())
         .nest("/api/v1", sign_in.with_state(services.clone()))
         .merge(public)
+        .merge(ui::routes())
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no_route", "no such route") })
         .layer(middleware::from_fn_with_state(
             services.clone(),
             count_requests,
         ))
+        .layer(middleware::from_fn(ui::security_headers))
         .with_state(services)
 }
 
@@ -205,7 +209,8 @@ async fn until_true(rx: &mut watch::Receiver<bool>) {
 }
 
 /// Serves `router` on `listener` until `shutdown` turns true, then lets open requests finish.
-/// With `tls`, every connection is a TLS connection (ALPN h2 and http/1.1).
+/// With `tls`, every connection is a TLS connection (ALPN h2 and http/1.1) and every response
+/// carries `Strict-Transport-Security`.
 pub async fn serve(
     listener: TcpListener,
     router: Router,
@@ -213,6 +218,10 @@ pub async fn serve(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
+    let router = match acceptor {
+        Some(_) => router.layer(middleware::from_fn(ui::hsts)),
+        None => router,
+    };
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     loop {
         let (tcp, peer) = tokio::select! {

@@ -1,0 +1,571 @@
+// Browser tests of the embedded web UI: the real `corral` binary on 127.0.0.1 (port 0, a temp
+// data dir), driven in headless Chromium by playwright-core. The main flow: create the first
+// admin from the one-time setup link, sign in with a password, create a
+// workspace, a fleet and a device, watch the device turn online when a test device connects,
+// see its telemetry on the chart, send it a command that the test device answers and see the
+// result; then the same UI on a phone-sized screen and the main flow by keyboard only.
+// Screenshots go to target/ui-artifacts/. Every wait is bounded, and the whole run stops
+// itself after SUITE_LIMIT_MS.
+//
+//   node tests/ui/suite.mjs BINARY        (tests/ui/run.sh installs playwright-core first)
+
+import { spawn } from 'node:child_process';
+import { createRequire } from 'node:module';
+import { mkdtempSync, mkdirSync, rmSync, writeFileSync, existsSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join, resolve } from 'node:path';
+import { randomBytes } from 'node:crypto';
+import { createInterface } from 'node:readline';
+import { Mqtt } from './mqtt.mjs';
+
+const SUITE_LIMIT_MS = 170_000;
+const STEP_MS = 30_000; // default bound of one wait
+const binary = process.argv[2];
+if (!binary) {
+  console.error('usage: node suite.mjs BINARY');
+  process.exit(2);
+}
+const root = resolve(new URL('../..', import.meta.url).pathname);
+const nodeDir = process.env.UI_TEST_NODE_DIR || join(root, 'target', 'ui-tests');
+const artifacts = process.env.UI_ARTIFACTS || join(root, 'target', 'ui-artifacts');
+mkdirSync(artifacts, { recursive: true });
+const { chromium } = createRequire(join(nodeDir, 'package.json'))('playwright-core');
+
+const results = [];
+let server;
+let browser;
+let device;
+const dataDir = mkdtempSync(join(tmpdir(), 'corral-ui-'));
+const serverLog = [];
+let setupToken = null;
+const ADMIN = { username: 'admin', password: 'correct horse battery' };
+
+const watchdog = setTimeout(() => {
+  console.error(`FAIL: the suite did not finish within ${SUITE_LIMIT_MS / 1000} s`);
+  shutdown(1);
+}, SUITE_LIMIT_MS);
+
+function shutdown(code) {
+  try { device?.close(); } catch { /* gone */ }
+  try { server?.kill('SIGTERM'); } catch { /* gone */ }
+  writeFileSync(join(artifacts, 'server.log'), serverLog.join('\n'));
+  const done = () => {
+    try { rmSync(dataDir, { recursive: true, force: true }); } catch { /* left for inspection */ }
+    process.exit(code);
+  };
+  if (browser) browser.close().then(done, done);
+  else done();
+  setTimeout(done, 5000).unref();
+}
+
+/** Starts corral and resolves with its addresses once it logs that it is running. */
+function startServer(adminKey) {
+  return new Promise((resolvePromise, reject) => {
+    server = spawn(binary, ['serve', '--log-format', 'json'], {
+      env: {
+        PATH: process.env.PATH,
+        CORRAL_DATA_DIR: join(dataDir, 'data'),
+        CORRAL_ADMIN_KEY: adminKey,
+        CORRAL_HTTP__LISTEN: '127.0.0.1:0',
+        CORRAL_HTTPS__ENABLED: 'false',
+        CORRAL_MQTT__TLS_LISTEN: '127.0.0.1:0',
+        CORRAL_MQTT__WORKERS: '1',
+        CORRAL_LOG__LEVEL: 'info',
+      },
+      stdio: ['ignore', 'ignore', 'pipe'],
+    });
+    const timer = setTimeout(() => reject(new Error('corral did not start within 30 s')), 30_000);
+    server.on('exit', (code) => { clearTimeout(timer); reject(new Error(`corral exited with ${code}`)); });
+    createInterface({ input: server.stderr }).on('line', (line) => {
+      serverLog.push(line.replace(/token=\S+/, 'token=…'));
+      const m = line.match(/#\/setup\?token=(\S+)/);
+      if (m) [, setupToken] = m;
+      let v;
+      try { v = JSON.parse(line); } catch { return; }
+      const f = v.fields || v;
+      if ((f.message || v.message) === 'corral is running') {
+        clearTimeout(timer);
+        resolvePromise({ http: f.http || v.http, mqtt: f.mqtt_tls || v.mqtt_tls });
+      }
+    });
+  });
+}
+
+async function step(name, f) {
+  const started = Date.now();
+  try {
+    await f();
+    results.push([name, true]);
+    console.log(`ok - ${name} (${Date.now() - started} ms)`);
+  } catch (e) {
+    results.push([name, false]);
+    console.log(`not ok - ${name}: ${e.message.split('\n').slice(0, 4).join(' | ')}`);
+    throw e;
+  }
+}
+
+async function shot(page, name) {
+  await page.screenshot({ path: join(artifacts, `${name}.png`), fullPage: true });
+}
+
+/** Fails on any CSP violation or script error in the page. */
+function guard(page, problems) {
+  page.on('pageerror', (e) => problems.push(`page error: ${e.message}`));
+  page.on('console', (m) => {
+    if (m.type() === 'error' && !/Failed to load resource/.test(m.text())) problems.push(`console: ${m.text()}`);
+  });
+  page.on('console', (m) => { if (/Content Security Policy/i.test(m.text())) problems.push(`CSP: ${m.text()}`); });
+}
+
+/** Signs in with the admin's username and password (a session cookie). */
+async function signIn(page, base) {
+  await page.goto(`${base}/`, { timeout: STEP_MS });
+  await page.waitForSelector('#login-form', { timeout: STEP_MS });
+  await page.fill('#login-username', ADMIN.username);
+  await page.fill('#login-password', ADMIN.password);
+  await page.click('#login-form button[type=submit]');
+  await page.waitForSelector('main h1:text("Overview")', { timeout: STEP_MS });
+}
+
+/** Signs in with the documented fallback, an admin API key kept in the tab. */
+async function signInWithKey(page, base, key) {
+  await page.goto(`${base}/`, { timeout: STEP_MS });
+  await page.waitForSelector('#api-key', { timeout: STEP_MS });
+  await page.fill('#api-key', key);
+  await page.click('#key-form button[type=submit]');
+  await page.waitForSelector('main h1:text("Overview")', { timeout: STEP_MS });
+}
+
+async function main() {
+  const adminKey = `crl_uitest_${randomBytes(24).toString('hex')}`;
+  const addrs = await startServer(adminKey);
+  const base = `http://${addrs.http}`;
+  const [mqttHost, mqttPort] = [addrs.mqtt.slice(0, addrs.mqtt.lastIndexOf(':')), Number(addrs.mqtt.slice(addrs.mqtt.lastIndexOf(':') + 1))];
+  console.log(`# corral at ${base}, MQTT/TLS at ${addrs.mqtt}`);
+  const ca = await (await fetch(`${base}/api/v1/ca.pem`)).text();
+
+  const executablePath = process.env.CHROMIUM || ['/usr/bin/chromium', '/usr/bin/chromium-browser'].find(existsSync);
+  if (!executablePath) throw new Error('no chromium found (install Debian\'s chromium or set CHROMIUM)');
+  browser = await chromium.launch({
+    executablePath,
+    headless: true,
+    // A small /dev/shm (containers) must not crash the renderer; root cannot use the sandbox.
+    args: ['--disable-dev-shm-usage', ...(process.getuid && process.getuid() === 0 ? ['--no-sandbox'] : [])],
+    timeout: STEP_MS,
+  });
+  const problems = [];
+  const ctx = await browser.newContext({ viewport: { width: 1280, height: 860 } });
+  const page = await ctx.newPage();
+  page.setDefaultTimeout(STEP_MS);
+  guard(page, problems);
+  let token;
+  const rpcSeen = [];
+
+  await step('security headers on the UI and the API', async () => {
+    for (const path of ['/', '/ui/app.js', '/api/v1/workspaces']) {
+      const r = await fetch(`${base}${path}`);
+      const csp = r.headers.get('content-security-policy') || '';
+      if (!csp.includes("frame-ancestors 'none'") || !csp.includes("script-src 'self'")) throw new Error(`${path}: CSP is "${csp}"`);
+      if (r.headers.get('x-content-type-options') !== 'nosniff') throw new Error(`${path}: no nosniff`);
+      if (r.headers.get('strict-transport-security')) throw new Error(`${path}: HSTS over plain HTTP`);
+    }
+  });
+
+  await step('first admin from the one-time setup link', async () => {
+    for (let i = 0; i < 50 && !setupToken; i++) await new Promise((r) => setTimeout(r, 100));
+    if (!setupToken) throw new Error('the server printed no setup link');
+    await page.goto(`${base}/#/setup?token=${encodeURIComponent(setupToken)}`);
+    await page.waitForSelector('#setup-title');
+    if ((await page.inputValue('[name=token]')) !== setupToken) throw new Error('the setup token is not filled in from the link');
+    await page.fill('[name=username]', ADMIN.username);
+    await page.fill('[name=password]', ADMIN.password);
+    await page.click('form button[type=submit]');
+    await page.waitForSelector('main h1:text("Overview")');
+    await page.waitForSelector(`#who:text("${ADMIN.username}")`);
+  });
+
+  await step('sign out, then sign in with a password', async () => {
+    await page.click('#sign-out');
+    await page.waitForSelector('#login-form');
+    if (await page.isVisible('#sign-out') || await page.isVisible('#nav')) throw new Error('navigation shows before signing in');
+    await shot(page, '01-sign-in');
+    await page.fill('#login-username', ADMIN.username);
+    await page.fill('#login-password', 'wrong password');
+    await page.click('#login-form button[type=submit]');
+    await page.waitForSelector('#login-error:text("Wrong username or password.")');
+    await signIn(page, base);
+    await page.waitForSelector('#stat-total');
+    // The session survives a reload (the cookie, read back through /auth/me).
+    await page.reload();
+    await page.waitForSelector(`#who:text("${ADMIN.username}")`);
+    await shot(page, '02-overview');
+  });
+
+  await step('create a workspace and a fleet', async () => {
+    await page.click('#nav a[href="#/fleets"]');
+    await page.waitForSelector('#workspace-form');
+    await page.fill('#workspace-name', 'Plant');
+    await page.click('#workspace-form button[type=submit]');
+    await page.waitForSelector('td:text-is("Plant")');
+    await page.waitForSelector('#fleet-form');
+    await page.fill('#fleet-name', 'sensors');
+    await page.click('#fleet-form button[type=submit]');
+    await page.waitForSelector('a:text-is("sensors")');
+    await shot(page, '03-fleets');
+  });
+
+  await step('create a device', async () => {
+    await page.click('a:text-is("sensors")'); // the fleet's devices
+    await page.waitForSelector('#device-form');
+    await page.fill('#new-device-name', 'thermo-1');
+    await page.fill('#new-device-label', 'boiler room');
+    await page.click('#device-form button[type=submit]');
+    await page.waitForSelector('#created-token');
+    token = await page.inputValue('#created-token');
+    if (!/^\w{10,}$/.test(token)) throw new Error(`no token shown: "${token}"`);
+    await page.waitForSelector('tr[data-status="offline"] a:text-is("thermo-1")');
+    await page.waitForSelector('#live-state.up');
+    await shot(page, '04-device-created');
+  });
+
+  await step('the device turns online in the table without a reload', async () => {
+    device = await Mqtt.connect({ host: mqttHost, port: mqttPort, ca, username: token });
+    await page.waitForSelector('tr[data-status="online"] a:text-is("thermo-1")', { timeout: 15_000 });
+    await shot(page, '05-device-online');
+  });
+
+  await step('telemetry shows on the chart', async () => {
+    device.on('message', async (topic, payload) => {
+      const m = topic.match(/^v1\/devices\/me\/rpc\/request\/(\d+)$/);
+      if (!m) return;
+      const req = JSON.parse(payload);
+      rpcSeen.push(req);
+      await device.publish(`v1/devices/me/rpc/response/${m[1]}`, JSON.stringify({ ok: true, method: req.method, echo: req.params }));
+    });
+    await device.subscribe('v1/devices/me/rpc/request/+');
+    const now = Date.now();
+    const points = Array.from({ length: 12 }, (_, i) => ({ ts: now - (11 - i) * 60_000, values: { temperature: 20 + Math.sin(i / 2) * 3, humidity: 40 + i } }));
+    await device.publish('v1/devices/me/telemetry', JSON.stringify(points));
+    await page.click('a:text-is("thermo-1")');
+    await page.waitForSelector('#device-status .badge.online');
+    await page.waitForFunction(() => Number(document.querySelector('#chart')?.dataset.points) >= 12, null, { timeout: 15_000 });
+    await page.waitForSelector('#chart svg path.line');
+    // A new point arrives live.
+    await device.publish('v1/devices/me/telemetry', JSON.stringify({ temperature: 25.5, humidity: 55 }));
+    await page.waitForFunction(() => Number(document.querySelector('#chart')?.dataset.points) >= 13, null, { timeout: 15_000 });
+    await page.waitForSelector('#latest td.value:text-is("25.5")');
+    await page.locator('#telemetry').screenshot({ path: join(artifacts, '06-telemetry-chart.png') });
+  });
+
+  await step('send a command and see the device\'s answer', async () => {
+    await page.fill('#command-method', 'getStatus');
+    await page.fill('#command-params', '{"verbose": true}');
+    await page.click('#command-form button[type=submit]');
+    await page.waitForSelector('#job-result [data-state="succeeded"]', { timeout: 20_000 });
+    const result = await page.textContent('#job-result-value');
+    if (!result.includes('"ok": true') || !result.includes('"verbose": true')) throw new Error(`unexpected result: ${result}`);
+    if (!rpcSeen.some((r) => r.method === 'getStatus')) throw new Error('the device never got the command');
+    await page.waitForSelector('#jobs-table tr[data-job-id] .badge.succeeded');
+    await page.waitForSelector('#connections tr[data-event="connected"] td:text-is("mqtt-tls")');
+    await page.locator('#jobs').screenshot({ path: join(artifacts, '07-command-result.png') });
+    await shot(page, '08-device-page');
+  });
+
+  await step('telemetry by tag: a named tag has its own keys and chart', async () => {
+    await device.publish('v1/devices/me/telemetry/power', JSON.stringify([{ ts: Date.now() - 120_000, values: { watts: 110 } }, { watts: 125 }]));
+    await page.waitForSelector('#chart-tag option[value="power"]', { state: 'attached', timeout: 15_000 });
+    await page.selectOption('#chart-tag', 'power');
+    await page.waitForSelector('#chart-key option[value="watts"]', { state: 'attached' });
+    await page.waitForFunction(() => Number(document.querySelector('#chart')?.dataset.points) === 2 && document.querySelector('#chart-count')?.textContent.includes('watts'));
+    await page.waitForSelector('#latest td.value:text-is("125")');
+    await page.selectOption('#chart-range', '7d'); // hourly rollups
+    await page.waitForFunction(() => document.querySelector('#chart-count')?.textContent.includes('hourly average'));
+    await page.locator('#telemetry').screenshot({ path: join(artifacts, '07b-telemetry-tag-rollups.png') });
+    await page.selectOption('#chart-range', '1h');
+    await page.selectOption('#chart-tag', 'default');
+  });
+
+  await step('shared attribute edit reaches the device page', async () => {
+    await page.fill('#shared-key', 'target_temp');
+    await page.fill('#shared-value', '21.5');
+    await page.click('#shared-form button[type=submit]');
+    await page.waitForSelector('#attributes th:text-is("target_temp")');
+  });
+
+  await step('credentials: issue a certificate, download it, revoke it', async () => {
+    await page.selectOption('#credential-type', 'issued_certificate');
+    await page.click('#credentials form button[type=submit]');
+    await page.waitForSelector('#credential-issued button:text-is("Download private key")');
+    const [keyFile] = await Promise.all([page.waitForEvent('download'), page.click('#credential-issued button:text-is("Download private key")')]);
+    const keyText = await readDownload(keyFile);
+    if (keyFile.suggestedFilename() !== 'thermo-1.key' || !keyText.includes('PRIVATE KEY')) throw new Error(`bad key download ${keyFile.suggestedFilename()}`);
+    const row = page.locator('#credentials tr', { hasText: 'certificate' }).first();
+    const [bundle] = await Promise.all([page.waitForEvent('download'), row.locator('button:text-is("Download certificate + CA")').click()]);
+    const pem = await readDownload(bundle);
+    if ((pem.match(/BEGIN CERTIFICATE/g) || []).length !== 2) throw new Error('the bundle should hold the certificate and the CA');
+    page.once('dialog', (d) => d.accept());
+    await row.locator('button:text-is("Revoke")').click();
+    await page.waitForSelector('#credentials tr:has-text("certificate") .badge.revoked');
+    await page.waitForSelector('#device-status .badge.online'); // the token session is untouched
+    await page.locator('#credentials').screenshot({ path: join(artifacts, '07c-credentials.png') });
+  });
+
+  await step('jobs page: a fleet rollout and a schedule', async () => {
+    await page.goto(`${base}/#/jobs`);
+    await page.waitForSelector('#fleet-job-form');
+    await page.fill('#fleet-job-form [name=method]', 'blink');
+    await page.click('#fleet-job-form button[type=submit]');
+    await page.waitForSelector('#fleet-jobs td:text-is("blink")');
+    await page.fill('#schedule-name', 'nightly');
+    await page.fill('#schedule-method', 'selfTest');
+    await page.fill('#schedule-cron', '30 2 * * *');
+    await page.click('#schedule-form button[type=submit]');
+    await page.waitForSelector('#schedules td:text-is("nightly")');
+    await page.click('#schedules button:text-is("Disable")');
+    await page.waitForSelector('#schedules button:text-is("Enable")');
+    await shot(page, '09a-jobs');
+  });
+
+  await step('the other pages render', async () => {
+    for (const [hash, sel] of [['#/jobs', '#fleet-jobs'], ['#/integrations', '#integrations-body'], ['#/users', '#users-body'], ['#/audit', '#audit-table table'], ['#/', '#stat-online']]) {
+      await page.goto(`${base}/${hash}`);
+      await page.waitForSelector(sel);
+      await page.waitForFunction((s) => !document.querySelector(s)?.textContent.includes('Loading'), sel);
+      await shot(page, `09-page-${hash.replace(/[#/]/g, '') || 'overview'}`);
+    }
+    const online = await page.textContent('#stat-online .stat-value');
+    if (online.trim() !== '1') throw new Error(`overview shows ${online} online`);
+    // APIs this server does not have yet are named as such, and the app goes on working.
+    for (const hash of ['#/integrations']) {
+      await page.goto(`${base}/${hash}`);
+      await page.waitForSelector('main .notice:has-text("not available on this server")');
+    }
+    await page.click('#nav a[href="#/"]');
+    await page.waitForSelector('#stat-online');
+  });
+
+  await step('devices table: server-side paging and search', async () => {
+    const call = async (method, path, body) => {
+      const r = await fetch(`${base}/api/v1${path}`, {
+        method,
+        headers: { Authorization: `Bearer ${adminKey}`, 'Content-Type': 'application/json' },
+        body: body && JSON.stringify(body),
+      });
+      if (!r.ok) throw new Error(`${method} ${path}: HTTP ${r.status}`);
+      return r.json();
+    };
+    const fleet = (await call('GET', '/fleets?name=sensors')).items[0];
+    const names = Array.from({ length: 120 }, (_, i) => `bulk-${String(i).padStart(3, '0')}`);
+    for (let i = 0; i < names.length; i += 10) {
+      await Promise.all(names.slice(i, i + 10).map((name) => call('POST', '/devices', { fleet_id: fleet.id, name })));
+    }
+    await page.goto(`${base}/#/devices`);
+    await page.waitForSelector('#page-info:text("Page 1 · 50 devices")');
+    if (await page.isDisabled('#page-next')) throw new Error('no next page with 121 devices');
+    await page.click('#page-next');
+    await page.waitForSelector('#page-info:text("Page 2 · 50 devices")');
+    await page.click('#page-next');
+    await page.waitForSelector('#page-info:text("Page 3 · 21 devices")');
+    if (!(await page.isDisabled('#page-next'))) throw new Error('a fourth page is offered');
+    await page.click('#page-prev');
+    await page.waitForSelector('#page-info:text("Page 2 · 50 devices")');
+    await page.fill('#device-search', 'bulk-11');
+    await page.waitForSelector('#page-info:text("Page 1 · 10 devices")');
+    await page.fill('#device-search', '');
+    await page.selectOption('#device-status', 'online');
+    await page.waitForSelector('#page-info:text("Page 1 · 1 device")');
+    await page.waitForSelector('tr[data-status="online"] a:text-is("thermo-1")');
+    if (!page.url().includes('status=online')) throw new Error(`filters are not in the address: ${page.url()}`);
+    await shot(page, '09b-devices-filtered');
+    await page.selectOption('#device-status', '');
+    await page.waitForSelector('#page-info:text("Page 1 · 50 devices")');
+  });
+
+  await step('phone-sized screen', async () => {
+    const phone = await browser.newContext({ viewport: { width: 390, height: 844 }, isMobile: true, hasTouch: true, deviceScaleFactor: 2 });
+    const p = await phone.newPage();
+    p.setDefaultTimeout(STEP_MS);
+    guard(p, problems);
+    await signIn(p, base);
+    if (await p.isVisible('#nav a[href="#/devices"]')) throw new Error('the menu should fold on a phone');
+    await p.click('#menu-toggle');
+    await p.click('#nav a[href="#/devices"]');
+    await p.waitForSelector('tr[data-status="online"] a:text-is("thermo-1")');
+    const overflow = await p.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
+    if (overflow > 1) throw new Error(`the page is ${overflow} px wider than the screen`);
+    await shot(p, '10-phone-devices');
+    await p.click('a:text-is("thermo-1")');
+    await p.waitForFunction(() => Number(document.querySelector('#chart')?.dataset.points) >= 13);
+    const overflow2 = await p.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
+    if (overflow2 > 1) throw new Error(`the device page is ${overflow2} px wider than the screen`);
+    await shot(p, '11-phone-device');
+    await phone.close();
+  });
+
+  await step('keyboard only: sign in, find the device, send a command', async () => {
+    const kb = await browser.newContext({ viewport: { width: 1280, height: 860 } });
+    const p = await kb.newPage();
+    p.setDefaultTimeout(STEP_MS);
+    guard(p, problems);
+    await p.goto(`${base}/`);
+    await p.waitForSelector('#login-form');
+    // Tab to the username, type it, Tab to the password, type it; Enter submits the form.
+    await tabTo(p, '#login-username');
+    await p.keyboard.type(ADMIN.username);
+    await p.keyboard.press('Tab');
+    await p.keyboard.type(ADMIN.password);
+    await p.keyboard.press('Enter');
+    await p.waitForSelector('main h1:text("Overview")');
+    await tabTo(p, '#nav a[href="#/devices"]');
+    await p.keyboard.press('Enter');
+    await p.waitForSelector('main h1:has-text("Devices")');
+    await p.waitForFunction(() => document.activeElement?.tagName === 'H1', null, { timeout: 5000 })
+      .catch(() => { throw new Error('focus did not move to the page heading'); });
+    await tabTo(p, 'tr a:text-is("thermo-1")');
+    await p.keyboard.press('Enter');
+    await p.waitForSelector('#command-form');
+    await tabTo(p, '#command-method', 80);
+    await p.keyboard.type('reboot');
+    await p.keyboard.press('Enter');
+    await p.waitForSelector('#job-result [data-state="succeeded"]', { timeout: 20_000 });
+    await shot(p, '12-keyboard-command');
+    await kb.close();
+  });
+
+  await step('users and API keys; the fallback sign-in with an API key', async () => {
+    await page.goto(`${base}/#/users`);
+    await page.waitForSelector(`#users-body th:text-is("${ADMIN.username}")`);
+    await page.fill('#user-form [name=username]', 'bob');
+    await page.fill('#user-form [name=display_name]', 'Bob Operator');
+    await page.fill('#user-form [name=password]', 'another long password');
+    await page.selectOption('#user-form [name=workspace_id]', { label: 'Plant' });
+    await page.selectOption('#user-form [name=role]', 'operator');
+    await page.click('#user-form button[type=submit]');
+    await page.waitForSelector('#users-body th:text-is("bob")');
+    await page.waitForSelector('#users-body td:text("operator in Plant")');
+    await page.click(`#users-body tr:has-text("${ADMIN.username}") button:text-is("API keys")`);
+    await page.fill('#api-key-name', 'ui-test');
+    await page.click('#user-keys button:text-is("Create API key")');
+    await page.waitForSelector('#user-keys input.secret');
+    const secret = await page.inputValue('#user-keys input.secret');
+    await page.waitForSelector('#user-keys td:text-is("ui-test")');
+    await shot(page, '13-users');
+    // The new key signs in through the fallback form, in a tab of its own.
+    const c = await browser.newContext({ viewport: { width: 1280, height: 860 } });
+    const p = await c.newPage();
+    p.setDefaultTimeout(STEP_MS);
+    guard(p, problems);
+    await signInWithKey(p, base, secret);
+    await p.waitForSelector('#who:text("API key")');
+    await p.goto(`${base}/#/devices`);
+    await p.waitForSelector('a:text-is("thermo-1")');
+    await c.close();
+    // The bootstrap key too.
+    const c2 = await browser.newContext();
+    const p2 = await c2.newPage();
+    guard(p2, problems);
+    await signInWithKey(p2, base, adminKey);
+    await c2.close();
+  });
+
+  await step('integration health and dead-letter replay (integrations API played by the browser)', async () => {
+    // The integrations API comes with another part of this release; until then the browser
+    // answers it, and the overview's integration health, in the agreed shapes.
+    const c = await browser.newContext({ viewport: { width: 1280, height: 860 } });
+    const p = await c.newPage();
+    p.setDefaultTimeout(STEP_MS);
+    guard(p, problems);
+    const integ = { id: 'i1', name: 'erp-webhook', state: 'failing', queue_depth: 42, oldest_age_secs: 90, last_error: 'HTTP 503' };
+    let replayed = false;
+    await p.route('**/api/v1/**', async (route) => {
+      const req = route.request();
+      const path = new URL(req.url()).pathname.replace('/api/v1', '');
+      const json = (body, status = 200) => route.fulfill({ status, contentType: 'application/json', body: JSON.stringify(body) });
+      if (path === '/overview') {
+        const real = await (await route.fetch()).json();
+        return json({ ...real, integrations: [integ] });
+      }
+      if (path === '/integrations') return json([integ]);
+      if (path === '/integrations/i1/status') return json({ ...integ, delivered: 1000 });
+      if (path === '/integrations/i1/dead-letters') return json(replayed ? [] : [{ id: 'd1', ts: Date.now(), error: 'HTTP 503', attempts: 5 }]);
+      if (path === '/integrations/i1/dead-letters/replay') { replayed = true; return json({ replayed: 1 }); }
+      return route.continue();
+    });
+    await signIn(p, base);
+    await p.waitForSelector('#stat-total .stat-value:text-is("121")');
+    await p.waitForSelector('td:text-is("HTTP 503")');
+    await shot(p, '14-overview-full');
+    await p.goto(`${base}/#/integrations`);
+    await p.waitForSelector('#integrations-body td:text-is("42")');
+    await p.click('button:text-is("Dead letters")');
+    await p.waitForSelector('#integration-detail button:text-is("Replay all dead letters")');
+    await p.click('#integration-detail button:text-is("Replay all dead letters")');
+    await p.waitForSelector('#integration-detail td:text-is("No dead letters.")');
+    if (!replayed) throw new Error('replay was not called');
+    await shot(p, '15-integrations');
+    await c.close();
+  });
+
+  await step('sign-in throttling is explained', async () => {
+    // Last: it throttles this address for a while.
+    const c = await browser.newContext();
+    const p = await c.newPage();
+    p.setDefaultTimeout(STEP_MS);
+    guard(p, problems);
+    await p.goto(`${base}/`);
+    await p.waitForSelector('#login-form');
+    for (let i = 0; i < 20; i++) {
+      await p.fill('#login-username', 'nobody');
+      await p.fill('#login-password', `wrong ${i}`);
+      await p.click('#login-form button[type=submit]');
+      await p.waitForFunction(() => document.getElementById('login-error').textContent !== '');
+      if ((await p.textContent('#login-error')).includes('Too many attempts')) break;
+      await p.evaluate(() => { document.getElementById('login-error').textContent = ''; });
+    }
+    await p.waitForSelector('#login-error:text("Too many attempts")', { timeout: 1000 });
+    await c.close();
+  });
+
+  await step('no script errors and no CSP violations', async () => {
+    if (problems.length) throw new Error(problems.join('; '));
+  });
+}
+
+async function readDownload(d) {
+  const path = await d.path();
+  return (await import('node:fs')).readFileSync(path, 'utf8');
+}
+
+/** Presses Tab until `selector` has focus (at most `max` times). */
+async function tabTo(page, selector, max = 40) {
+  for (let i = 0; i < max; i++) {
+    const target = page.locator(selector).first();
+    if (await target.count() && await target.evaluate((el) => el === document.activeElement)) {
+      // The focused element must show a focus ring.
+      const ring = await page.evaluate(() => getComputedStyle(document.activeElement).outlineStyle);
+      if (ring === 'none') throw new Error(`${selector} has no visible focus style`);
+      return;
+    }
+    await page.keyboard.press('Tab');
+  }
+  throw new Error(`${selector} not reached with ${max} Tab presses`);
+}
+
+let code = 0;
+try {
+  await main();
+} catch (e) {
+  code = 1;
+  if (!results.some(([, ok]) => !ok)) console.log(`not ok - setup: ${e.message}`);
+  try {
+    for (const ctx of browser?.contexts() ?? []) {
+      for (const [i, p] of ctx.pages().entries()) await p.screenshot({ path: join(artifacts, `failure-${i}.png`), fullPage: true }).catch(() => {});
+    }
+  } catch { /* best effort */ }
+}
+const passed = results.filter(([, ok]) => ok).length;
+const failed = results.length - passed + (code && !results.some(([, ok]) => !ok) ? 1 : 0);
+console.log(`${passed} passed, ${failed} failed`);
+console.log(`# screenshots in ${artifacts}`);
+clearTimeout(watchdog);
+shutdown(failed ? 1 : 0);

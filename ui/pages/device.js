@@ -1,0 +1,354 @@
+// One device: identity and status, credentials (revoke, add, certificate download),
+// attributes (shared ones editable), telemetry (chart by tag and key over a chosen range, and
+// latest values), jobs (list and a send-command form whose result updates live) and connection
+// history. One event stream for the device keeps status, data and jobs current.
+
+import * as api from '../api.js';
+import { h, clear, field, table, onSubmit, toast, announce, timeEl, fmtTime, fmtValue, statusBadge, errorBox, debounce, download, secretBox, errorText } from '../dom.js';
+import { lineChart } from '../chart.js';
+
+const RANGES = [
+  ['15m', '15 minutes', 15 * 60e3],
+  ['1h', '1 hour', 3600e3],
+  ['6h', '6 hours', 6 * 3600e3],
+  ['24h', '24 hours', 86400e3],
+  ['7d', '7 days', 7 * 86400e3],
+  ['30d', '30 days', 30 * 86400e3],
+];
+// Longer ranges read hourly rollups instead of raw points.
+const AGG_INTERVAL = { '7d': '1h', '30d': '6h' };
+const AGG_NAME = { '1h': 'hourly', '6h': '6-hourly' };
+
+export async function render(main, ctx) {
+  const id = ctx.params[0];
+  const base = `/devices/${id}`;
+  const dev = await api.get(base);
+  const [fleet, workspace] = await Promise.all([
+    api.get(`/fleets/${dev.fleet_id}`).catch(() => null),
+    api.get(`/workspaces/${dev.workspace_id}`).catch(() => null),
+  ]);
+
+  const sections = {
+    identity: h('section', { id: 'identity', 'aria-labelledby': 'identity-h' }),
+    credentials: h('section', { id: 'credentials', 'aria-labelledby': 'credentials-h' }),
+    attributes: h('section', { id: 'attributes', 'aria-labelledby': 'attributes-h' }),
+    telemetry: h('section', { id: 'telemetry', 'aria-labelledby': 'telemetry-h' }),
+    jobs: h('section', { id: 'jobs', 'aria-labelledby': 'jobs-h' }),
+    history: h('section', { id: 'history', 'aria-labelledby': 'history-h' }),
+  };
+  const statusEl = h('span', { id: 'device-status', 'aria-live': 'polite' }, statusBadge(dev.status));
+  const toc = h('nav', { class: 'toc', 'aria-label': 'Sections' }, h('ul', {},
+    [['identity', 'Identity'], ['credentials', 'Credentials'], ['attributes', 'Attributes'], ['telemetry', 'Telemetry'], ['jobs', 'Jobs'], ['history', 'Connection history']]
+      .map(([k, l]) => h('li', {}, h('a', { href: `#/devices/${id}`, 'data-section': k, onclick: (ev) => {
+        ev.preventDefault();
+        const target = sections[k].querySelector('h2');
+        target.setAttribute('tabindex', '-1');
+        target.focus();
+        target.scrollIntoView({ block: 'start' });
+      } }, l)))));
+  clear(main,
+    h('p', { class: 'crumbs' }, h('a', { href: '#/devices' }, 'Devices'), ' / ', fleet ? h('a', { href: `#/devices?fleet_id=${fleet.id}` }, fleet.name) : ''),
+    h('h1', {}, dev.name, ' ', statusEl),
+    toc, ...Object.values(sections));
+
+  // ---- identity ----
+  function renderIdentity(d) {
+    clear(sections.identity,
+      h('h2', { id: 'identity-h' }, 'Identity'),
+      h('dl', { class: 'facts' },
+        h('dt', {}, 'ID'), h('dd', {}, h('code', {}, d.id)),
+        h('dt', {}, 'Label'), h('dd', {}, d.label || '—'),
+        h('dt', {}, 'Workspace'), h('dd', {}, workspace ? workspace.name : d.workspace_id),
+        h('dt', {}, 'Fleet'), h('dd', {}, fleet ? fleet.name : d.fleet_id),
+        h('dt', {}, 'Enabled'), h('dd', {}, d.enabled ? 'yes' : 'no (it cannot connect)'),
+        h('dt', {}, 'Connections'), h('dd', { id: 'device-connections' }, String(d.connections)),
+        h('dt', {}, 'Created'), h('dd', {}, fmtTime(d.created_at))),
+      h('div', { class: 'actions' },
+        h('button', { type: 'button', id: 'toggle-enabled', onclick: async () => {
+          try {
+            const nd = await api.patch(base, { enabled: !d.enabled });
+            Object.assign(dev, nd);
+            renderIdentity(dev);
+            announce(nd.enabled ? 'Device enabled.' : 'Device disabled.');
+          } catch (e) { toast(errorText(e), 'error'); }
+        } }, d.enabled ? 'Disable device' : 'Enable device'),
+        h('button', { type: 'button', class: 'danger', onclick: async () => {
+          if (!window.confirm(`Delete device ${d.name} and its data?`)) return;
+          try { await api.del(base); toast('Device deleted.'); ctx.go('/devices'); } catch (e) { toast(errorText(e), 'error'); }
+        } }, 'Delete device')));
+  }
+  renderIdentity(dev);
+
+  // ---- credentials ----
+  let caPem = null;
+  const ca = async () => {
+    if (caPem === null) caPem = await (await fetch('/api/v1/ca.pem')).text();
+    return caPem;
+  };
+  const issued = h('div', { id: 'credential-issued' });
+  async function renderCredentials() {
+    let creds;
+    try { creds = await api.get(`${base}/credentials`); } catch (e) { clear(sections.credentials, h('h2', { id: 'credentials-h' }, 'Credentials'), errorBox(e)); return; }
+    const rows = creds.map((c) => {
+      const what = c.type === 'access_token' ? `token ${c.hint}…`
+        : c.type === 'mqtt_basic' ? [c.client_id && `client id ${c.client_id}`, c.username && `user ${c.username}`].filter(Boolean).join(', ')
+          : c.certificate ? `${c.certificate.subject} (${c.certificate.origin}, until ${fmtTime(c.certificate.not_after)})`
+            : c.spki_sha256 ? `key ${c.spki_sha256.slice(0, 16)}…` : '';
+      return h('tr', {},
+        h('td', {}, c.type),
+        h('td', {}, statusBadge(c.status)),
+        h('td', {}, what),
+        h('td', {}, fmtTime(c.created_at)),
+        h('td', { class: 'actions' },
+          c.certificate ? h('button', { type: 'button', class: 'small', onclick: async () => {
+            download(`${dev.name}-cert.pem`, `${c.certificate.certificate_pem.trim()}\n${(await ca()).trim()}\n`);
+          } }, 'Download certificate + CA') : null,
+          c.status !== 'revoked' ? h('button', { type: 'button', class: 'small danger', onclick: async () => {
+            if (!window.confirm('Revoke this credential? Sessions using it are closed.')) return;
+            try { await api.post(`${base}/credentials/${c.id}/revoke`); announce('Credential revoked.'); renderCredentials(); } catch (e) { toast(errorText(e), 'error'); }
+          } }, 'Revoke') : null));
+    });
+    const form = onSubmit(h('form', { class: 'inline-form', 'aria-label': 'Add a credential' },
+      field('New credential', h('select', { name: 'type', id: 'credential-type' },
+        h('option', { value: 'access_token' }, 'Access token'),
+        h('option', { value: 'issued_certificate' }, 'Certificate from Corral\'s CA (key generated)'))),
+      h('button', { type: 'submit' }, 'Add credential')), async (d) => {
+      const r = await api.post(`${base}/credentials`, { type: d.get('type') });
+      clear(issued,
+        r.token ? secretBox('Access token', r.token) : null,
+        r.bundle ? h('div', { class: 'notice' },
+          h('p', {}, h('strong', {}, 'Certificate issued.'), ' The private key is shown only now: download it.'),
+          h('div', { class: 'actions' },
+            r.bundle.private_key_pem ? h('button', { type: 'button', onclick: () => download(`${dev.name}.key`, r.bundle.private_key_pem) }, 'Download private key') : null,
+            h('button', { type: 'button', onclick: () => download(`${dev.name}.pem`, r.bundle.certificate_pem) }, 'Download certificate'),
+            h('button', { type: 'button', onclick: () => download('ca.pem', r.bundle.ca_pem) }, 'Download CA'))) : null);
+      announce('Credential added.');
+      renderCredentials();
+    });
+    clear(sections.credentials, h('h2', { id: 'credentials-h' }, 'Credentials'),
+      table('Credentials', ['Type', 'Status', 'Identity', 'Created', ''], rows, { hideCaption: true, empty: 'No credentials.' }),
+      form, issued);
+  }
+
+  // ---- attributes ----
+  async function renderAttributes() {
+    let a;
+    try { a = await api.get(`${base}/attributes`); } catch (e) { clear(sections.attributes, h('h2', { id: 'attributes-h' }, 'Attributes'), errorBox(e)); return; }
+    const rowsOf = (scope, m, editable) => Object.entries(m || {}).map(([k, v]) => h('tr', {},
+      h('th', { scope: 'row' }, k), h('td', {}, h('code', {}, fmtValue(v.value))), h('td', {}, timeEl(v.ts)),
+      editable ? h('td', {}, h('button', { type: 'button', class: 'small', 'aria-label': `Delete shared attribute ${k}`, onclick: async () => {
+        try { await api.del(`${base}/attributes/${scope}?keys=${encodeURIComponent(k)}`); announce(`Attribute ${k} deleted.`); renderAttributes(); } catch (e) { toast(errorText(e), 'error'); }
+      } }, 'Delete')) : null));
+    const form = onSubmit(h('form', { class: 'inline-form', id: 'shared-form', 'aria-label': 'Set a shared attribute' },
+      field('Key', h('input', { name: 'key', required: true, id: 'shared-key', autocomplete: 'off' })),
+      field('Value', h('input', { name: 'value', required: true, id: 'shared-value', autocomplete: 'off' }), 'JSON (42, true, "text", {…}) or plain text'),
+      h('button', { type: 'submit' }, 'Set shared attribute')), async (d) => {
+      const raw = d.get('value');
+      let value;
+      try { value = JSON.parse(raw); } catch { value = raw; }
+      await api.put(`${base}/attributes/shared`, { [d.get('key')]: value });
+      announce(`Shared attribute ${d.get('key')} set; pushed to the device.`);
+      renderAttributes();
+    });
+    clear(sections.attributes, h('h2', { id: 'attributes-h' }, 'Attributes'),
+      h('div', { class: 'cols' },
+        h('div', {}, table('Shared (desired, pushed to the device)', ['Key', 'Value', 'Updated', ''], rowsOf('shared', a.shared, true), { empty: 'No shared attributes.' }), form),
+        h('div', {}, table('Client (reported by the device)', ['Key', 'Value', 'Updated'], rowsOf('client', a.client, false), { empty: 'None reported.' })),
+        h('div', {}, table('Server (private)', ['Key', 'Value', 'Updated'], rowsOf('server', a.server, false), { empty: 'None.' }))));
+  }
+
+  // ---- telemetry ----
+  const tel = { tags: {}, tag: 'default', key: '', range: '1h' };
+  const tagSel = h('select', { id: 'chart-tag' });
+  const keySel = h('select', { id: 'chart-key' });
+  const rangeSel = h('select', { id: 'chart-range' }, RANGES.map(([v, l]) => h('option', { value: v, selected: v === tel.range }, l)));
+  const chartBox = h('div', { id: 'chart', class: 'chart-box', 'aria-live': 'polite', 'aria-busy': 'true' });
+  const latestBox = h('div', { id: 'latest' });
+  clear(sections.telemetry, h('h2', { id: 'telemetry-h' }, 'Telemetry'),
+    h('form', { class: 'filters', 'aria-label': 'Chart settings', onsubmit: (ev) => ev.preventDefault() },
+      field('Tag', tagSel), field('Key', keySel), field('Range', rangeSel)),
+    chartBox, h('h3', {}, 'Latest values'), latestBox);
+
+  async function loadTags() {
+    const r = await api.get(`${base}/tags`);
+    tel.tags = r.tags || {};
+    const tags = Object.keys(tel.tags);
+    if (!tags.includes(tel.tag) && tags.length) [tel.tag] = tags;
+    clear(tagSel, (tags.length ? tags : ['default']).map((t) => h('option', { value: t, selected: t === tel.tag }, t)));
+    fillKeys();
+  }
+  function fillKeys() {
+    const keys = tel.tags[tel.tag] || [];
+    if (!keys.includes(tel.key)) tel.key = keys[0] || '';
+    clear(keySel, keys.length ? keys.map((k) => h('option', { value: k, selected: k === tel.key }, k)) : h('option', { value: '' }, '(no data yet)'));
+  }
+  async function renderChart() {
+    const span = RANGES.find(([v]) => v === tel.range)[2];
+    const to = Date.now();
+    const from = to - span;
+    chartBox.setAttribute('aria-busy', 'true');
+    try {
+      if (!tel.key) {
+        clear(chartBox, h('p', { class: 'muted', id: 'chart-empty' }, 'No telemetry under this tag yet. The chart fills in as the device publishes.'));
+        return;
+      }
+      const label = `${tel.key} (${tel.tag}) over the last ${RANGES.find(([v]) => v === tel.range)[1]}`;
+      let points;
+      let band = false;
+      const interval = AGG_INTERVAL[tel.range];
+      if (interval) {
+        const r = await api.get(`${base}/telemetry/aggregate${api.qs({ interval, keys: tel.key, tag: tel.tag, from, to, tz: Intl.DateTimeFormat().resolvedOptions().timeZone })}`);
+        points = (r.data[tel.key] || []).filter((b) => b.numeric > 0).map((b) => ({ ts: b.ts, v: b.avg, min: b.min, max: b.max }));
+        band = true;
+      } else {
+        const r = await api.get(`${base}/telemetry${api.qs({ keys: tel.key, tag: tel.tag, from, to, limit: 1000, order: 'desc' })}`);
+        points = (r.data[tel.key] || []).map((p) => ({ ts: p.ts, v: typeof p.value === 'number' ? p.value : typeof p.value === 'boolean' ? Number(p.value) : NaN })).reverse();
+      }
+      const numeric = points.filter((p) => Number.isFinite(p.v));
+      clear(chartBox, lineChart(points, { from, to, label, band, width: chartBox.clientWidth || 800 }),
+        h('p', { class: 'muted chart-note', id: 'chart-count' }, `${numeric.length} ${interval ? `${AGG_NAME[interval]} average${numeric.length === 1 ? '' : 's'} (band: min to max)` : `point${numeric.length === 1 ? '' : 's'}`} · ${label}`));
+      chartBox.dataset.points = String(numeric.length);
+    } catch (e) {
+      clear(chartBox, errorBox(e));
+    } finally {
+      chartBox.setAttribute('aria-busy', 'false');
+    }
+  }
+  async function renderLatest() {
+    try {
+      const r = await api.get(`${base}/telemetry/latest${api.qs({ tag: tel.tag })}`);
+      clear(latestBox, table('Latest values', ['Key', 'Value', 'Time'], Object.entries(r.data).map(([k, p]) => h('tr', {},
+        h('th', { scope: 'row' }, k), h('td', { class: 'value' }, fmtValue(p.value)), h('td', {}, timeEl(p.ts)))), { hideCaption: true, empty: 'No values yet.' }));
+    } catch (e) {
+      clear(latestBox, errorBox(e));
+    }
+  }
+  tagSel.addEventListener('change', () => { tel.tag = tagSel.value; fillKeys(); renderChart(); renderLatest(); });
+  keySel.addEventListener('change', () => { tel.key = keySel.value; renderChart(); });
+  rangeSel.addEventListener('change', () => { tel.range = rangeSel.value; renderChart(); });
+
+  // ---- jobs ----
+  const jobResult = h('div', { id: 'job-result', 'aria-live': 'polite' });
+  const jobsBox = h('div', { id: 'jobs-table' });
+  let watched = null; // the job sent from the form
+  const jobForm = onSubmit(h('form', { class: 'inline-form', id: 'command-form', 'aria-labelledby': 'cmd-h' },
+    h('h3', { id: 'cmd-h' }, 'Send a command'),
+    field('Method', h('input', { name: 'method', required: true, id: 'command-method', autocomplete: 'off', placeholder: 'reboot' })),
+    field('Parameters (JSON)', h('textarea', { name: 'params', id: 'command-params', rows: '2', spellcheck: 'false' }, '{}')),
+    h('div', { class: 'field check' }, h('input', { type: 'checkbox', name: 'two_way', id: 'command-two-way', checked: true }), h('label', { for: 'command-two-way' }, 'Wait for the device\'s reply (two-way)')),
+    field('Time to live (s)', h('input', { name: 'ttl_secs', type: 'number', min: '1', id: 'command-ttl', placeholder: 'server default' })),
+    h('button', { type: 'submit', class: 'primary' }, 'Send command')), async (d) => {
+    let params = {};
+    const raw = String(d.get('params') || '').trim();
+    if (raw) {
+      try { params = JSON.parse(raw); } catch { throw new Error('Parameters are not valid JSON.'); }
+    }
+    const body = { method: d.get('method'), params, two_way: d.get('two_way') === 'on' };
+    if (d.get('ttl_secs')) body.ttl_secs = Number(d.get('ttl_secs'));
+    const job = await api.post(`${base}/jobs`, body);
+    watched = job.id;
+    showJob(job);
+    renderJobs();
+  });
+  function showJob(job) {
+    const done = ['succeeded', 'failed', 'expired', 'cancelled'].includes(job.state);
+    clear(jobResult, h('div', { class: `notice job-${job.state}`, 'data-state': job.state },
+      h('p', {}, h('strong', {}, `${job.method}: `), statusBadge(job.state), done ? '' : ' — waiting for the device…'),
+      job.result !== undefined ? h('pre', { id: 'job-result-value' }, JSON.stringify(job.result, null, 2)) : null,
+      job.history.length ? h('p', { class: 'muted' }, job.history.map((t) => `${t.state} ${new Date(t.at).toLocaleTimeString()}${t.note ? ` (${t.note})` : ''}`).join(' → ')) : null));
+    if (done) announce(`Command ${job.method} ${job.state}.`);
+  }
+  async function renderJobs() {
+    try {
+      const jobs = (await api.get(`${base}/jobs`)).slice().sort((a, b) => b.created_at - a.created_at).slice(0, 50);
+      clear(jobsBox, table('Jobs of this device', ['Method', 'State', 'Created', 'Result', ''], jobs.map((j) => h('tr', { 'data-job-id': j.id },
+        h('td', {}, j.method),
+        h('td', {}, statusBadge(j.state)),
+        h('td', {}, timeEl(j.created_at)),
+        h('td', {}, j.result !== undefined ? h('code', {}, JSON.stringify(j.result).slice(0, 80)) : '—'),
+        h('td', {}, ['queued', 'sent', 'delivered'].includes(j.state) ? h('button', { type: 'button', class: 'small', onclick: async () => {
+          try { await api.post(`/jobs/${j.id}/cancel`); renderJobs(); } catch (e) { toast(errorText(e), 'error'); }
+        } }, 'Cancel') : null))), { hideCaption: true, empty: 'No jobs yet.' }));
+    } catch (e) {
+      clear(jobsBox, errorBox(e));
+    }
+  }
+  clear(sections.jobs, h('h2', { id: 'jobs-h' }, 'Jobs'), jobForm, jobResult, h('h3', {}, 'Recent jobs'), jobsBox);
+
+  // ---- connection history ----
+  const liveLog = h('ol', { id: 'live-log', class: 'log' });
+  const connBox = h('div', { id: 'connections' });
+  const auditBox = h('div', { id: 'device-audit' });
+  function renderHistory(d) {
+    clear(sections.history, h('h2', { id: 'history-h' }, 'Connection history'),
+      h('dl', { class: 'facts' },
+        h('dt', {}, 'Last connected'), h('dd', {}, fmtTime(d.last_connect_at)),
+        h('dt', {}, 'Last disconnected'), h('dd', {}, fmtTime(d.last_disconnect_at)),
+        h('dt', {}, 'Last activity'), h('dd', {}, fmtTime(d.last_activity_at))),
+      h('h3', {}, 'While this page is open'), liveLog,
+      h('h3', {}, 'Connects and disconnects'), connBox,
+      h('h3', {}, 'Credential and login events'), auditBox);
+  }
+  async function renderConnections() {
+    try {
+      const list = await api.get(`${base}/connections`);
+      clear(connBox, table('Connects and disconnects, newest first', ['Time', 'Event', 'Listener', 'Address'], list.map((c) => h('tr', { 'data-event': c.event },
+        h('td', {}, fmtTime(c.at)), h('td', {}, statusBadge(c.event)), h('td', {}, c.transport), h('td', {}, c.peer || '—'))), { hideCaption: true, empty: 'Never connected.' }));
+    } catch (e) {
+      clear(connBox, e.status === 404 && e.missing ? h('p', { class: 'muted' }, 'This server keeps no per-device connection log.') : errorBox(e));
+    }
+  }
+  async function renderAudit() {
+    try {
+      const p = await api.get(`/audit${api.qs({ device_id: id, limit: 50 })}`);
+      clear(auditBox, table('Audit events of this device', ['Time', 'Event', 'Actor', 'Address', 'Detail'], p.items.map((e) => h('tr', {},
+        h('td', {}, fmtTime(e.ts)), h('td', {}, e.kind), h('td', {}, e.actor), h('td', {}, e.peer || '—'), h('td', {}, e.detail))), { hideCaption: true, empty: 'No events.' }));
+    } catch (e) {
+      clear(auditBox, errorBox(e));
+    }
+  }
+  renderHistory(dev);
+
+  await Promise.all([renderCredentials(), renderAttributes(), loadTags().then(() => Promise.all([renderChart(), renderLatest()])), renderJobs(), renderConnections(), renderAudit()]);
+
+  // ---- live ----
+  const refreshData = debounce(async (tag) => {
+    if (!tel.tags[tag] || !(tel.tags[tag] || []).length || !tel.key) await loadTags();
+    if (tag === tel.tag) { renderChart(); renderLatest(); }
+  }, 500);
+  const refreshJobs = debounce(renderJobs, 300);
+  const refreshDevice = debounce(async () => {
+    try {
+      Object.assign(dev, await api.get(base));
+      clear(statusEl, statusBadge(dev.status));
+      renderHistory(dev);
+      const c = document.getElementById('device-connections');
+      if (c) c.textContent = String(dev.connections);
+      renderConnections();
+      renderAudit();
+    } catch { /* shown on the next load */ }
+  }, 300);
+  ctx.cleanup(api.events({ device_id: id }, async (kind, ev) => {
+    if (kind === 'device_connected' || kind === 'device_disconnected') {
+      const status = kind === 'device_connected' ? 'online' : 'offline';
+      clear(statusEl, statusBadge(status));
+      liveLog.prepend(h('li', {}, `${new Date().toLocaleTimeString()} — ${status}${ev.transport ? ` (${ev.transport})` : ''}`));
+      announce(`${dev.name} is ${status}.`);
+      refreshDevice();
+    } else if (kind === 'telemetry_stored') {
+      refreshData(ev.tag);
+    } else if (kind === 'job_updated') {
+      refreshJobs();
+      if (ev.job_id === watched) {
+        try { showJob(await api.get(`/jobs/${ev.job_id}`)); } catch { /* next event */ }
+      }
+    } else if (kind === 'shared_attributes') {
+      renderAttributes();
+    } else if (kind === 'lagged') {
+      // Events were missed: read everything again.
+      refreshDevice();
+      refreshJobs();
+      refreshData(tel.tag);
+    }
+  }));
+}

@@ -1,0 +1,84 @@
+// Workspaces and fleets: list and create both; a fleet links to its devices and jobs.
+
+import * as api from '../api.js';
+import { h, clear, field, table, onSubmit, toast, fmtTime, announce } from '../dom.js';
+
+async function all(path) {
+  const items = [];
+  let cursor;
+  for (let i = 0; i < 20; i++) {
+    const p = await api.get(`${path}${path.includes('?') ? '&' : '?'}limit=1000${cursor ? `&cursor=${encodeURIComponent(cursor)}` : ''}`);
+    items.push(...p.items);
+    if (!p.next_cursor) break;
+    cursor = p.next_cursor;
+  }
+  return items;
+}
+
+export const allWorkspaces = () => all('/workspaces');
+export const allFleets = () => all('/fleets');
+
+export async function render(main, ctx) {
+  const [workspaces, fleets] = await Promise.all([allWorkspaces(), allFleets()]);
+  const wsName = Object.fromEntries(workspaces.map((w) => [w.id, w.name]));
+
+  const wsForm = onSubmit(h('form', { class: 'inline-form', id: 'workspace-form', 'aria-labelledby': 'ws-new' },
+    h('h3', { id: 'ws-new' }, 'New workspace'),
+    field('Name', h('input', { name: 'name', required: true, id: 'workspace-name' })),
+    field('Description', h('input', { name: 'description' })),
+    h('button', { type: 'submit', class: 'primary' }, 'Create workspace')), async (d) => {
+    const w = await api.post('/workspaces', { name: d.get('name'), description: d.get('description') });
+    toast(`Workspace ${w.name} created.`);
+    announce(`Workspace ${w.name} created.`);
+    ctx.go('/fleets');
+  });
+
+  const fleetForm = onSubmit(h('form', { class: 'inline-form', id: 'fleet-form', 'aria-labelledby': 'fleet-new' },
+    h('h3', { id: 'fleet-new' }, 'New fleet'),
+    field('Workspace', h('select', { name: 'workspace_id', required: true, id: 'fleet-workspace' },
+      workspaces.map((w) => h('option', { value: w.id }, w.name)))),
+    field('Name', h('input', { name: 'name', required: true, id: 'fleet-name' })),
+    field('Description', h('input', { name: 'description' })),
+    h('button', { type: 'submit', class: 'primary', disabled: workspaces.length === 0 }, 'Create fleet')), async (d) => {
+    const f = await api.post('/fleets', { workspace_id: d.get('workspace_id'), name: d.get('name'), description: d.get('description') });
+    toast(`Fleet ${f.name} created.`);
+    announce(`Fleet ${f.name} created.`);
+    ctx.go('/fleets');
+  });
+
+  const del = (path, what) => async () => {
+    if (!window.confirm(`Delete ${what}?`)) return;
+    try {
+      await api.del(path);
+      toast(`${what} deleted.`);
+      ctx.go('/fleets');
+    } catch (e) {
+      toast(e.code === 'not_empty' ? `${what} is not empty.` : e.message, 'error');
+    }
+  };
+
+  clear(main,
+    h('h1', {}, 'Workspaces & fleets'),
+    h('section', { 'aria-labelledby': 'ws-title' },
+      h('h2', { id: 'ws-title' }, 'Workspaces'),
+      table('Workspaces', ['Name', 'Description', 'Fleets', 'Created', ''], workspaces.map((w) => h('tr', {},
+        h('td', {}, w.name),
+        h('td', {}, w.description || '—'),
+        h('td', {}, String(fleets.filter((f) => f.workspace_id === w.id).length)),
+        h('td', {}, fmtTime(w.created_at)),
+        h('td', {}, h('button', { type: 'button', class: 'small', onclick: del(`/workspaces/${w.id}`, `Workspace ${w.name}`) }, 'Delete')))),
+      { hideCaption: true, empty: 'No workspaces yet: create one below.' }),
+      wsForm),
+    h('section', { 'aria-labelledby': 'fleets-title' },
+      h('h2', { id: 'fleets-title' }, 'Fleets'),
+      table('Fleets', ['Name', 'Workspace', 'Description', 'Created', ''], fleets.map((f) => h('tr', {},
+        h('td', {}, h('a', { href: `#/devices?fleet_id=${f.id}` }, f.name)),
+        h('td', {}, wsName[f.workspace_id] || f.workspace_id),
+        h('td', {}, f.description || '—'),
+        h('td', {}, fmtTime(f.created_at)),
+        h('td', { class: 'actions' },
+          h('a', { href: `#/jobs?fleet_id=${f.id}`, class: 'button small' }, 'Jobs'),
+          h('button', { type: 'button', class: 'small', onclick: del(`/fleets/${f.id}`, `Fleet ${f.name}`) }, 'Delete')))),
+      { hideCaption: true, empty: 'No fleets yet.' }),
+      workspaces.length ? fleetForm : h('p', { class: 'muted' }, 'Create a workspace first.')));
+}
