@@ -335,11 +335,9 @@ async function main() {
     }
     const online = await page.textContent('#stat-online .stat-value');
     if (online.trim() !== '1') throw new Error(`overview shows ${online} online`);
-    // APIs this server does not have yet are named as such, and the app goes on working.
-    for (const hash of ['#/integrations']) {
-      await page.goto(`${base}/${hash}`);
-      await page.waitForSelector('main .notice:has-text("not available on this server")');
-    }
+    // No integration yet: the page says so.
+    await page.goto(`${base}/#/integrations`);
+    await page.waitForSelector('#integrations-body td:has-text("No integrations yet")');
     await page.click('#nav a[href="#/"]');
     await page.waitForSelector('#stat-online');
   });
@@ -468,42 +466,68 @@ async function main() {
     await c2.close();
   });
 
-  await step('integration health and dead-letter replay (integrations API played by the browser)', async () => {
-    // The integrations API comes with another part of this release; until then the browser
-    // answers it, and the overview's integration health, in the agreed shapes.
-    const c = await browser.newContext({ viewport: { width: 1280, height: 860 } });
-    const p = await c.newPage();
-    p.setDefaultTimeout(STEP_MS);
-    guard(p, problems);
-    const integ = { id: 'i1', name: 'erp-webhook', state: 'failing', queue_depth: 42, oldest_age_secs: 90, last_error: 'HTTP 503' };
-    let replayed = false;
-    await p.route('**/api/v1/**', async (route) => {
-      const req = route.request();
-      const path = new URL(req.url()).pathname.replace('/api/v1', '');
-      const json = (body, status = 200) => route.fulfill({ status, contentType: 'application/json', body: JSON.stringify(body) });
-      if (path === '/overview') {
-        const real = await (await route.fetch()).json();
-        return json({ ...real, integrations: [integ] });
-      }
-      if (path === '/integrations') return json([integ]);
-      if (path === '/integrations/i1/status') return json({ ...integ, delivered: 1000 });
-      if (path === '/integrations/i1/dead-letters') return json(replayed ? [] : [{ id: 'd1', ts: Date.now(), error: 'HTTP 503', attempts: 5 }]);
-      if (path === '/integrations/i1/dead-letters/replay') { replayed = true; return json({ replayed: 1 }); }
-      return route.continue();
+  await step('integration health, dead letters and replay against a real receiver', async () => {
+    // A receiver on loopback that refuses with 400 until told otherwise: the test event goes to
+    // the dead letters; once it accepts, a replay from the UI delivers it.
+    const { createServer } = await import('node:http');
+    let accept = false;
+    const received = [];
+    const sink = createServer((req, res) => {
+      let body = '';
+      req.on('data', (c) => { body += c; });
+      req.on('end', () => {
+        if (accept) received.push(body);
+        res.writeHead(accept ? 200 : 400, { 'Content-Type': 'text/plain' });
+        res.end(accept ? 'ok' : 'bad request');
+      });
     });
-    await signIn(p, base);
-    await p.waitForSelector('#stat-total .stat-value:text-is("121")');
-    await p.waitForSelector('td:text-is("HTTP 503")');
-    await shot(p, '14-overview-full');
-    await p.goto(`${base}/#/integrations`);
-    await p.waitForSelector('#integrations-body td:text-is("42")');
-    await p.click('button:text-is("Dead letters")');
-    await p.waitForSelector('#integration-detail button:text-is("Replay all dead letters")');
-    await p.click('#integration-detail button:text-is("Replay all dead letters")');
-    await p.waitForSelector('#integration-detail td:text-is("No dead letters.")');
-    if (!replayed) throw new Error('replay was not called');
-    await shot(p, '15-integrations');
-    await c.close();
+    await new Promise((r) => sink.listen(0, '127.0.0.1', r));
+    const port = sink.address().port;
+    const call = async (method, path, body) => {
+      const r = await fetch(`${base}/api/v1${path}`, {
+        method,
+        headers: { Authorization: `Bearer ${adminKey}`, 'Content-Type': 'application/json' },
+        body: body === undefined ? undefined : JSON.stringify(body),
+      });
+      const text = await r.text();
+      if (!r.ok) throw new Error(`${method} ${path}: ${r.status} ${text}`);
+      return text ? JSON.parse(text) : null;
+    };
+    try {
+      const created = await call('POST', '/integrations', { name: 'erp-webhook', url: `http://127.0.0.1:${port}/hook` });
+      const id = created.integration.id;
+      await call('POST', `/integrations/${id}/test`, {});
+      const until = Date.now() + 15000;
+      while ((await call('GET', `/integrations/${id}/status`)).dead_letters < 1) {
+        if (Date.now() > until) throw new Error('the refused test event did not become a dead letter');
+        await new Promise((r) => setTimeout(r, 100));
+      }
+      const c = await browser.newContext({ viewport: { width: 1280, height: 860 } });
+      const p = await c.newPage();
+      p.setDefaultTimeout(STEP_MS);
+      guard(p, problems);
+      await signIn(p, base);
+      // The overview shows its health: the refusal as the last error.
+      await p.waitForSelector('a:text-is("erp-webhook")');
+      await p.waitForSelector('td:text-is("HTTP 400 Bad Request")');
+      await shot(p, '14-overview-full');
+      await p.goto(`${base}/#/integrations`);
+      await p.waitForSelector('#integrations-body td:text-is("erp-webhook")');
+      await p.click('button:text-is("Dead letters")');
+      await p.waitForSelector('#integration-detail td:has-text("400")');
+      accept = true;
+      await p.click('#integration-detail button:text-is("Replay all dead letters")');
+      await p.waitForSelector('#integration-detail td:text-is("No dead letters.")');
+      const deadline = Date.now() + 15000;
+      while (received.length < 1) {
+        if (Date.now() > deadline) throw new Error('the replayed event did not reach the receiver');
+        await new Promise((r) => setTimeout(r, 100));
+      }
+      await shot(p, '15-integrations');
+      await c.close();
+    } finally {
+      sink.close();
+    }
   });
 
   await step('sign-in throttling is explained', async () => {

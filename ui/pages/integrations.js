@@ -15,7 +15,7 @@ export async function render(main) {
     clear(body, e.status === 404 ? unavailable('Integrations') : errorBox(e));
     return;
   }
-  const items = Array.isArray(list) ? list : list.items || [];
+  const items = list.items;
   const details = h('div', { id: 'integration-detail' });
 
   async function showDead(i) {
@@ -29,8 +29,8 @@ export async function render(main) {
       const letters = Array.isArray(dead) ? dead : dead.items || [];
       clear(details, h('h2', { tabindex: '-1' }, `Dead letters of ${i.name}`),
         status ? h('dl', { class: 'facts' }, Object.entries(status).filter(([, v]) => typeof v !== 'object' || v === null).map(([k, v]) => [h('dt', {}, k), h('dd', {}, v === null ? '—' : String(v))])) : null,
-        table('Dead letters', ['Time', 'Error', 'Attempts'], letters.map((d) => h('tr', {},
-          h('td', {}, fmtTime(d.ts || d.failed_at || d.created_at)), h('td', {}, d.error || d.last_error || '—'), h('td', {}, String(d.attempts ?? '—')))), { hideCaption: true, empty: 'No dead letters.' }),
+        table('Dead letters', ['Failed', 'Reason', 'Idempotency key'], letters.map((d) => h('tr', {},
+          h('td', {}, fmtTime(d.dead_at)), h('td', {}, d.reason || '—'), h('td', {}, h('code', {}, d.id)))), { hideCaption: true, empty: 'No dead letters.' }),
         letters.length ? h('button', { type: 'button', class: 'primary', onclick: async () => {
           try {
             await api.post(`/integrations/${i.id}/dead-letters/replay`);
@@ -45,12 +45,13 @@ export async function render(main) {
   }
 
   clear(body,
-    table('Integrations', ['Name', 'State', 'Queue depth', 'Oldest queued', 'Last error', ''], items.map((i) => h('tr', {},
+    table('Integrations', ['Name', 'State', 'Queue depth', 'Oldest queued', 'Dead letters', 'Last error', ''], items.map((i) => h('tr', {},
       h('td', {}, i.name),
-      h('td', {}, statusBadge(i.state || (i.enabled === false ? 'disabled' : 'unknown'))),
-      h('td', {}, String(i.queue_depth ?? '—')),
-      h('td', {}, i.oldest_age_secs ? `${i.oldest_age_secs} s` : '—'),
-      h('td', {}, i.last_error || '—'),
+      h('td', {}, statusBadge(i.status.alarm ? 'alarm' : i.status.state)),
+      h('td', {}, String(i.status.queue_depth)),
+      h('td', {}, i.status.oldest_age_ms ? `${Math.round(i.status.oldest_age_ms / 1000)} s` : '—'),
+      h('td', {}, String(i.status.dead_letters)),
+      h('td', {}, i.status.last_error || '—'),
       h('td', {}, h('button', { type: 'button', class: 'small', onclick: () => showDead(i) }, 'Dead letters')))),
     { hideCaption: true, empty: 'No integrations yet. Create them with the CLI or the API.' }),
     details);
