@@ -132,6 +132,11 @@ export async function logout() {
   sessionStorage.removeItem(KEY_STORE);
 }
 
+/** Whether the signed-in user is a server admin; null when unknown (signed in with an API key). */
+export function isServerAdmin() {
+  return session.user ? Boolean(session.user.admin) : null;
+}
+
 export function whoAmI() {
   if (session.user) return session.user.display_name || session.user.username;
   if (session.apiKey) return 'API key';

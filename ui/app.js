@@ -48,6 +48,9 @@ function shell(signedIn) {
   document.getElementById('session').hidden = !signedIn;
   document.getElementById('menu-toggle').hidden = !signedIn;
   document.getElementById('who').textContent = signedIn ? api.whoAmI() : '';
+  // Server-wide pages are for server admins; the server checks anyway, this only tidies the menu.
+  const notAdmin = api.isServerAdmin() === false;
+  for (const li of document.querySelectorAll('#nav [data-admin-only]')) li.hidden = notAdmin;
   const { path } = parseHash();
   for (const a of document.querySelectorAll('#nav a')) {
     const target = a.getAttribute('href').slice(1);

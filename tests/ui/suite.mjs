@@ -458,6 +458,24 @@ async function main() {
     await p.goto(`${base}/#/devices`);
     await p.waitForSelector('a:text-is("thermo-1")');
     await c.close();
+    // Bob, an operator of one workspace, signs in: the server-wide pages are not in his menu,
+    // and the server refuses him the user list anyway.
+    const cb = await browser.newContext({ viewport: { width: 1280, height: 860 } });
+    const pb = await cb.newPage();
+    pb.setDefaultTimeout(STEP_MS);
+    guard(pb, problems);
+    await pb.goto(`${base}/`);
+    await pb.waitForSelector('#login-form');
+    await pb.fill('#login-username', 'bob');
+    await pb.fill('#login-password', 'another long password');
+    await pb.click('#login-form button[type=submit]');
+    await pb.waitForSelector('main h1:text("Overview")');
+    await pb.waitForSelector('#nav a[href="#/devices"]', { state: 'visible' });
+    await pb.waitForSelector('#nav a[href="#/users"]', { state: 'hidden' });
+    await pb.waitForSelector('#nav a[href="#/integrations"]', { state: 'hidden' });
+    const refused = await pb.evaluate(async () => (await fetch('/api/v1/users')).status);
+    if (refused !== 403) throw new Error(`an operator listed users: HTTP ${refused}`);
+    await cb.close();
     // The bootstrap key too.
     const c2 = await browser.newContext();
     const p2 = await c2.newPage();
