@@ -387,9 +387,21 @@ impl JobService {
     }
 
     /// Advances every running rollout (scheduler tick).
+    /// Advances the running rollouts that need it (scheduler tick): those still starting
+    /// devices, and those whose children changed since the last tick.
     pub(super) fn advance_all(&self) -> Result<()> {
+        let all = !self
+            .rollouts_checked
+            .swap(true, std::sync::atomic::Ordering::Relaxed);
+        let changed = std::mem::take(
+            &mut *self
+                .changed_rollouts
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()),
+        );
         for fj in self.store.fleet_jobs()? {
-            if fj.state == RolloutState::Running {
+            let starting = (fj.launched as usize) < fj.devices.len();
+            if fj.state == RolloutState::Running && (all || starting || changed.contains(&fj.id)) {
                 self.advance(fj.id)?;
             }
         }

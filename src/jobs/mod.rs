@@ -87,6 +87,12 @@ pub struct JobService {
     /// and jobs go out in order.
     dispatching: Mutex<()>,
     clock: schedule::Clock,
+    /// Rollouts whose children changed since the scheduler last looked: a fully launched
+    /// rollout only needs its abort and completion checks (which read every child) then.
+    changed_rollouts: Mutex<std::collections::HashSet<crate::model::FleetJobId>>,
+    /// Until the first scheduler pass, every running rollout is checked (a restart may have
+    /// left one whose children all finished).
+    rollouts_checked: std::sync::atomic::AtomicBool,
 }
 
 fn invalid(field: &'static str, message: impl Into<String>) -> RegistryError {
@@ -130,6 +136,8 @@ impl JobService {
             cfg,
             dispatching: Mutex::new(()),
             clock: schedule::Clock::System,
+            changed_rollouts: Mutex::default(),
+            rollouts_checked: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -145,6 +153,12 @@ impl JobService {
 
     /// Tells live views (and HTTP long polls) that a job changed.
     fn announce(&self, job: &Job) {
+        if let Some(fj) = job.fleet_job_id {
+            self.changed_rollouts
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(fj);
+        }
         self.events.publish(Event::JobUpdated {
             job_id: job.id,
             device_id: job.device_id,
