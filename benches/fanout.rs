@@ -6,6 +6,8 @@
 //!
 //! `cargo bench --ignore-rust-version --bench fanout -- --devices 10000`
 
+mod common;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -27,33 +29,12 @@ async fn main() -> anyhow::Result<()> {
         .and_then(|i| args.get(i + 1))
         .and_then(|d| d.parse().ok())
         .unwrap_or(1000);
-    corral::pki::install_crypto_provider();
-    let dir = tempfile::tempdir()?;
-    let key = corral::auth::new_api_key();
-    let mut config = corral::config::Config {
-        data_dir: dir.path().join("data"),
-        admin_key: Some(key.clone()),
-        ..Default::default()
-    };
-    config.mqtt.tls_listen = "127.0.0.1:0".into();
-    config.http.listen = "127.0.0.1:0".into();
-    config.https.enabled = false;
-    config.log.level = "warn".into();
-    config.limits.ip_connects_per_sec = 0;
-    let app =
-        corral::app::App::start(config.clone(), corral::app::Listeners::bind(&config)?).await?;
-    let api = corral::cli::client::ApiClient::new(
-        &format!("http://{}", app.addrs.http),
-        Some(key),
-        None,
-    )?;
-    let ws: Value = api.post("/workspaces", &json!({"name": "bench"})).await?;
-    let fleet: Value = api
-        .post(
-            "/fleets",
-            &json!({"workspace_id": ws["id"], "name": "bench"}),
-        )
-        .await?;
+    let common::BenchApp {
+        app,
+        api,
+        fleet,
+        _dir,
+    } = common::start().await?;
     let t = Instant::now();
     let mut tokens = Vec::with_capacity(n);
     for i in 0..n {

@@ -8,6 +8,8 @@
 //! `cargo bench --ignore-rust-version --bench webhook -- --devices 10 --rate 5000 --secs 20`
 //! (`--rate 0`: as fast as the devices can publish, with 64 in flight each).
 
+mod common;
+
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -75,32 +77,12 @@ async fn main() -> anyhow::Result<()> {
         let _ = axum::serve(listener, router).await;
     });
 
-    let dir = tempfile::tempdir()?;
-    let key = corral::auth::new_api_key();
-    let mut config = corral::config::Config {
-        data_dir: dir.path().join("data"),
-        admin_key: Some(key.clone()),
-        ..Default::default()
-    };
-    config.mqtt.tls_listen = "127.0.0.1:0".into();
-    config.http.listen = "127.0.0.1:0".into();
-    config.https.enabled = false;
-    config.log.level = "warn".into();
-    config.limits.device_messages_per_sec = 0;
-    let app =
-        corral::app::App::start(config.clone(), corral::app::Listeners::bind(&config)?).await?;
-    let api = corral::cli::client::ApiClient::new(
-        &format!("http://{}", app.addrs.http),
-        Some(key),
-        None,
-    )?;
-    let ws: Value = api.post("/workspaces", &json!({"name": "bench"})).await?;
-    let fleet: Value = api
-        .post(
-            "/fleets",
-            &json!({"workspace_id": ws["id"], "name": "bench"}),
-        )
-        .await?;
+    let common::BenchApp {
+        app,
+        api,
+        fleet,
+        _dir,
+    } = common::start().await?;
     let _: Value = api
         .post(
             "/integrations",

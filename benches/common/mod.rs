@@ -1,0 +1,48 @@
+//! What the benchmarks share: a real `App` on loopback ports (HTTPS off, rate limits off, so
+//! the figures measure Corral rather than its guards), an admin API client, and an empty fleet
+//! to put the devices in.
+
+use corral::app::{App, Listeners};
+use corral::cli::client::ApiClient;
+use serde_json::{Value, json};
+
+pub struct BenchApp {
+    pub app: App,
+    pub api: ApiClient,
+    /// The fleet's JSON record (`fleet["id"]`).
+    pub fleet: Value,
+    /// Holds the data directory until the bench ends.
+    pub _dir: tempfile::TempDir,
+}
+
+pub async fn start() -> anyhow::Result<BenchApp> {
+    corral::pki::install_crypto_provider();
+    let dir = tempfile::tempdir()?;
+    let key = corral::auth::new_api_key();
+    let mut config = corral::config::Config {
+        data_dir: dir.path().join("data"),
+        admin_key: Some(key.clone()),
+        ..Default::default()
+    };
+    config.mqtt.tls_listen = "127.0.0.1:0".into();
+    config.http.listen = "127.0.0.1:0".into();
+    config.https.enabled = false;
+    config.log.level = "warn".into();
+    config.limits.ip_connects_per_sec = 0;
+    config.limits.device_messages_per_sec = 0;
+    let app = App::start(config.clone(), Listeners::bind(&config)?).await?;
+    let api = ApiClient::new(&format!("http://{}", app.addrs.http), Some(key), None)?;
+    let ws: Value = api.post("/workspaces", &json!({"name": "bench"})).await?;
+    let fleet: Value = api
+        .post(
+            "/fleets",
+            &json!({"workspace_id": ws["id"], "name": "bench"}),
+        )
+        .await?;
+    Ok(BenchApp {
+        app,
+        api,
+        fleet,
+        _dir: dir,
+    })
+}
