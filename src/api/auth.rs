@@ -116,7 +116,23 @@ pub async fn authenticate(State(s): S, mut req: Request, next: Next) -> Response
     };
     let principal = match found {
         Ok(Some(p)) => p,
-        Ok(None) => return ApiError::unauthorized().into_response(),
+        Ok(None) => {
+            // Credentials were presented and refused: an authentication event. (A request
+            // with none is not an attempt, and is not recorded.)
+            let what = if bearer.is_some() {
+                "unknown or revoked API key"
+            } else {
+                "expired or unknown session"
+            };
+            if bearer.is_some() || session_cookie(req.headers()).is_some() {
+                s.audit.record(
+                    Entry::new("api_auth_failed", "anonymous")
+                        .ip(peer_of(req.extensions()))
+                        .detail(format!("{what}: {} {}", req.method(), req.uri().path())),
+                );
+            }
+            return ApiError::unauthorized().into_response();
+        }
         Err(e) => return ApiError::internal(e).into_response(),
     };
     let method = req.method().clone();
