@@ -42,6 +42,9 @@ pub struct Services {
     pub connect_limiter: KeyedLimiter<IpAddr>,
     /// Messages per device over the HTTP device API (MQTT sessions keep their own bucket).
     pub http_device_limiter: KeyedLimiter<crate::model::DeviceId>,
+    /// Audit records of refused API credentials per client address: a flood of bad keys from
+    /// one address must not push the rest of the (bounded) audit log out.
+    pub auth_failure_audit: KeyedLimiter<IpAddr>,
 }
 
 impl Services {
@@ -89,6 +92,7 @@ impl Services {
         let l = &config.limits;
         Self {
             connect_limiter: KeyedLimiter::new(l.ip_connects_per_sec, l.ip_connect_burst),
+            auth_failure_audit: KeyedLimiter::per_minute(60, 20),
             http_device_limiter: KeyedLimiter::new(
                 l.device_messages_per_sec,
                 l.device_message_burst,

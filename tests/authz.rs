@@ -688,6 +688,31 @@ async fn every_route_checks_role_and_workspace() {
         !v["items"].as_array().expect("items").is_empty(),
         "denied changes are audited"
     );
+    // Refused credentials are authentication events too, with the client's address. One
+    // refused key per route came from this address; past a burst of 20 the records are capped
+    // per address, so a flood cannot push the rest of the log out.
+    let (_, v) = api
+        .send(
+            "GET",
+            "/audit?kind=api_auth_failed&limit=1000",
+            Some(&root),
+            None,
+        )
+        .await;
+    let items = v["items"].as_array().expect("items");
+    let e = &items[0];
+    assert_eq!(e["peer"], "127.0.0.1", "{e}");
+    assert!(
+        e["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("unknown or revoked API key")),
+        "{e}"
+    );
+    assert!(
+        items.len() >= 20 && items.len() < checked,
+        "{} records for {checked} refused keys",
+        items.len()
+    );
 
     // Live events: the outsider's stream carries their workspace's devices only. A job on
     // w1's device is created first; when w2's job event arrives, w1's would have come before.

@@ -124,10 +124,12 @@ pub async fn authenticate(State(s): S, mut req: Request, next: Next) -> Response
             } else {
                 "expired or unknown session"
             };
-            if bearer.is_some() || session_cookie(req.headers()).is_some() {
+            let peer = peer_of(req.extensions());
+            let presented = bearer.is_some() || session_cookie(req.headers()).is_some();
+            if presented && peer.is_none_or(|p| s.auth_failure_audit.allow(&p)) {
                 s.audit.record(
                     Entry::new("api_auth_failed", "anonymous")
-                        .ip(peer_of(req.extensions()))
+                        .ip(peer)
                         .detail(format!("{what}: {} {}", req.method(), req.uri().path())),
                 );
             }
