@@ -567,6 +567,10 @@ pub struct FleetJob {
     pub paced_from: Option<Millis>,
     #[serde(default)]
     pub paced_base: u32,
+    /// Makes a repeated create (by a client, or by a schedule's run repeated after a crash)
+    /// return this rollout instead of starting another.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idempotency_key: Option<String>,
 }
 
 /// Which devices of a fleet a fleet job (or schedule) targets; every given condition must hold.

@@ -427,7 +427,7 @@ async fn fleet_jobs_roll_out_at_their_rate_and_report_progress() {
         &key,
         "POST",
         &format!("/fleets/{fleet}/jobs"),
-        json!({"method": "reboot", "per_minute": 60}),
+        json!({"method": "reboot", "per_minute": 60, "idempotency_key": "reboot-2026-11"}),
     )
     .await;
     assert_eq!(s, 201, "{fj}");
@@ -458,6 +458,37 @@ async fn fleet_jobs_roll_out_at_their_rate_and_report_progress() {
     })
     .await;
     assert_eq!(done["progress"]["succeeded"], 4, "{done}");
+    // The same key again (a client retrying after a lost answer) returns the first rollout;
+    // an empty key is refused by name.
+    let (_, again) = call(
+        &base,
+        &key,
+        "POST",
+        &format!("/fleets/{fleet}/jobs"),
+        json!({"method": "reboot", "idempotency_key": "reboot-2026-11"}),
+    )
+    .await;
+    assert_eq!(again["id"].as_str(), Some(fid.as_str()), "{again}");
+    assert_eq!(again["state"], "completed", "{again}");
+    let (s, bad) = call(
+        &base,
+        &key,
+        "POST",
+        &format!("/fleets/{fleet}/jobs"),
+        json!({"method": "reboot", "idempotency_key": ""}),
+    )
+    .await;
+    assert_eq!(
+        (s, bad["error"]["code"].as_str()),
+        (422, Some("invalid_field")),
+        "{bad}"
+    );
+    assert!(
+        bad["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("idempotency_key: ")),
+        "{bad}"
+    );
     let (_, list) = call(
         &base,
         &key,

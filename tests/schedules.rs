@@ -281,6 +281,72 @@ async fn schedules_survive_a_restart_and_a_missed_run_fires_once() {
     assert!(s.jobs.schedule(hourly).is_err());
 }
 
+/// A crash between writing a run's job and writing the schedule's next run makes the run
+/// fire again on restart; the occurrence's idempotency key keeps it to one job per device and
+/// one rollout per fleet.
+#[tokio::test(start_paused = true)]
+async fn a_run_repeated_after_a_crash_queues_nothing_twice() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let s = services(dir.path(), ms("2026-11-24T09:10:00+00:00[UTC]")).await;
+    let (fleet_id, devices) = fleet(&s, 3).await;
+    let hourly = Trigger::Cron {
+        expr: "0 * * * *".into(),
+        tz: "UTC".into(),
+    };
+    let one = s
+        .jobs
+        .create_schedule(device_schedule(devices[0], hourly.clone(), None))
+        .await
+        .expect("device schedule");
+    let all = s
+        .jobs
+        .create_schedule(
+            serde_json::from_value::<NewSchedule>(json!({
+                "name": "fleet-wide", "fleet_id": fleet_id, "method": "reboot",
+                "trigger": hourly,
+            }))
+            .expect("fleet schedule"),
+        )
+        .await
+        .expect("fleet schedule");
+    let before: Vec<_> = [one.id, all.id]
+        .iter()
+        .map(|id| s.store.get_schedule(*id).expect("read").expect("kept"))
+        .collect();
+    run_for(&s, Duration::from_secs(50 * 60), Duration::from_secs(60)).await;
+    assert_eq!(s.jobs.schedule(all.id).expect("kept").runs, 1);
+    assert_eq!(s.jobs.fleet_jobs_of(fleet_id).expect("rollouts").len(), 1);
+    assert_eq!(s.jobs.list(devices[0]).expect("jobs").len(), 2);
+
+    // What a crash right after the jobs were written would leave: the schedules as they were
+    // before the 10:00 run.
+    for old in &before {
+        s.store.put_schedule(old).expect("rewind");
+    }
+    s.jobs.tick();
+    assert_eq!(
+        s.jobs.schedule(all.id).expect("kept").runs,
+        1,
+        "the rewound schedule ran again"
+    );
+    let rollouts = s.jobs.fleet_jobs_of(fleet_id).expect("rollouts");
+    assert_eq!(rollouts.len(), 1, "one rollout for the 10:00 run");
+    assert_eq!(
+        rollouts[0].job.idempotency_key.as_deref(),
+        Some(
+            format!(
+                "schedule-{}-{}",
+                all.id,
+                ms("2026-11-24T10:00:00+00:00[UTC]")
+            )
+            .as_str()
+        )
+    );
+    // Device 0: one job from its own schedule and one from the rollout, not four.
+    assert_eq!(s.jobs.list(devices[0]).expect("jobs").len(), 2);
+    assert_eq!(s.jobs.list(devices[1]).expect("jobs").len(), 1);
+}
+
 #[tokio::test(start_paused = true)]
 async fn fleet_jobs_target_by_filter_and_start_only_inside_their_window() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -353,6 +419,7 @@ async fn fleet_jobs_target_by_filter_and_start_only_inside_their_window() {
                         abort_min_sample: None,
                         filter: Some(filter),
                         window: None,
+                        idempotency_key: None,
                     },
                 )
                 .await

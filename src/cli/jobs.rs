@@ -76,6 +76,9 @@ pub enum JobCmd {
         /// ...once at least this many finished.
         #[arg(long)]
         min_sample: Option<u32>,
+        /// Makes a repeated send to the fleet return the first rollout.
+        #[arg(long)]
+        idempotency_key: Option<String>,
         #[command(flatten)]
         target: TargetArgs,
         #[command(flatten)]
@@ -263,6 +266,7 @@ pub async fn run(cmd: JobCmd) -> anyhow::Result<ExitCode> {
             per_minute,
             abort_pct,
             min_sample,
+            idempotency_key,
             target,
             window,
             client,
@@ -275,7 +279,8 @@ pub async fn run(cmd: JobCmd) -> anyhow::Result<ExitCode> {
                     &json!({"method": method, "params": parse_params(&params)?,
                             "two_way": two_way, "ttl_secs": ttl, "per_minute": per_minute,
                             "abort_failure_pct": abort_pct, "abort_min_sample": min_sample,
-                            "filter": target.to_json()?, "window": window.to_json()}),
+                            "filter": target.to_json()?, "window": window.to_json(),
+                            "idempotency_key": idempotency_key}),
                 )
                 .await?;
             show_fleet(&v, client.json)?;

@@ -1,6 +1,7 @@
 //! Delivery: one task per integration reads the head of its queue, POSTs it as one signed JSON
 //! batch and removes it on 2xx. Retryable failures (network, timeout, 408, 429, 5xx) back off
-//! exponentially and hold the queue (never skipping ahead, so order holds); other 4xx answers
+//! exponentially, or as long as the receiver's `Retry-After` asks, and hold the queue (never
+//! skipping ahead, so order holds); other 4xx answers
 //! move the batch to the dead-letter store (or are retried, per integration). The task also
 //! enforces the queue's caps and raises and clears its alarm. The task is woken by the store on
 //! every enqueue: no polling on the hot path.
@@ -67,12 +68,17 @@ pub fn body_of(entries: &[QueueEntry]) -> Vec<u8> {
     out
 }
 
+/// The longest `Retry-After` honoured: a receiver asking for more gets retried after an hour
+/// anyway, so a typo on its side cannot park the queue for days.
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
+
 /// How one attempt went.
 #[derive(Debug)]
 pub(super) enum Outcome {
     Delivered,
-    /// Try again later (network error, timeout, 408, 429, 5xx).
-    Retry(String),
+    /// Try again later (network error, timeout, 408, 429, 5xx), after the receiver's
+    /// `Retry-After` when it gave one.
+    Retry(String, Option<Duration>),
     /// The receiver refused the batch for good (other 4xx).
     Refused(String),
 }
@@ -127,15 +133,44 @@ pub(super) async fn post(
             } else {
                 "request failed"
             };
-            Outcome::Retry(format!("{kind}: {}", e.without_url()))
+            Outcome::Retry(format!("{kind}: {}", e.without_url()), None)
         }
         Ok(resp) => {
             let status = resp.status();
+            let retry_after = resp
+                .headers()
+                .get(reqwest::header::RETRY_AFTER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| retry_after(v, std::time::SystemTime::now()));
             // Drain a little of the body so the connection can be reused.
             let _ = resp.bytes().await;
-            classify(status, i.on_client_error)
+            match classify(status, i.on_client_error) {
+                // Only 429 and 503 define Retry-After (RFC 9110 §10.2.3).
+                Outcome::Retry(m, None)
+                    if status == StatusCode::TOO_MANY_REQUESTS
+                        || status == StatusCode::SERVICE_UNAVAILABLE =>
+                {
+                    Outcome::Retry(m, retry_after)
+                }
+                o => o,
+            }
         }
     }
+}
+
+/// A `Retry-After` value: delay-seconds or an HTTP date, as a delay from `now` (a date in the
+/// past is no delay), capped at [`MAX_RETRY_AFTER`]. `None` when it is neither.
+fn retry_after(v: &str, now: std::time::SystemTime) -> Option<Duration> {
+    let v = v.trim();
+    let d = if let Ok(secs) = v.parse::<u64>() {
+        Duration::from_secs(secs)
+    } else {
+        httpdate::parse_http_date(v)
+            .ok()?
+            .duration_since(now)
+            .unwrap_or_default()
+    };
+    Some(d.min(MAX_RETRY_AFTER))
 }
 
 fn classify(status: StatusCode, policy: ClientErrorPolicy) -> Outcome {
@@ -146,12 +181,12 @@ fn classify(status: StatusCode, policy: ClientErrorPolicy) -> Outcome {
         || status == StatusCode::REQUEST_TIMEOUT
         || status == StatusCode::TOO_MANY_REQUESTS
     {
-        Outcome::Retry(msg())
+        Outcome::Retry(msg(), None)
     } else if status.is_client_error() && policy == ClientErrorPolicy::DeadLetter {
         Outcome::Refused(msg())
     } else {
         // 1xx/3xx (redirects are not followed) and, by choice, 4xx: wait and retry.
-        Outcome::Retry(msg())
+        Outcome::Retry(msg(), None)
     }
 }
 
@@ -424,7 +459,7 @@ pub(super) async fn run(ctx: Ctx) {
                 }
                 Err(e) => {
                     ctx.record_failure(&e);
-                    wait_backoff(&ctx, &cfg, &mut backoff).await;
+                    wait_backoff(&ctx, &cfg, &mut backoff, None).await;
                     continue;
                 }
             },
@@ -465,22 +500,30 @@ pub(super) async fn run(ctx: Ctx) {
                 }
                 backoff = None;
             }
-            Outcome::Retry(msg) => {
+            Outcome::Retry(msg, after) => {
                 ctx.record_failure(&msg);
-                tracing::debug!(integration = %w.id, error = %msg, "delivery failed; retrying");
-                wait_backoff(&ctx, &cfg, &mut backoff).await;
+                tracing::debug!(integration = %w.id, error = %msg, retry_after = ?after, "delivery failed; retrying");
+                wait_backoff(&ctx, &cfg, &mut backoff, after).await;
             }
         }
     }
 }
 
-/// Waits the next backoff delay (doubling from `retry_initial_ms` up to `retry_max_ms`), still
-/// enforcing caps on enqueue and ending early on pause, resume or update.
-async fn wait_backoff(ctx: &Ctx, cfg: &Integration, backoff: &mut Option<Duration>) {
+/// Waits the next backoff delay (doubling from `retry_initial_ms` up to `retry_max_ms`), or the
+/// receiver's `Retry-After` instead when it gave one (at least `retry_initial_ms`, so `0` cannot
+/// make a busy loop), still enforcing caps on enqueue and ending early on pause, resume or
+/// update.
+async fn wait_backoff(
+    ctx: &Ctx,
+    cfg: &Integration,
+    backoff: &mut Option<Duration>,
+    retry_after: Option<Duration>,
+) {
     let initial = Duration::from_millis(cfg.retry_initial_ms);
     let max = Duration::from_millis(cfg.retry_max_ms).max(initial);
-    let delay = backoff.map_or(initial, |b| (b * 2).min(max));
-    *backoff = Some(delay);
+    let next = backoff.map_or(initial, |b| (b * 2).min(max));
+    *backoff = Some(next);
+    let delay = retry_after.map_or(next, |d| d.max(initial));
     ctx.worker.health().next_attempt_at = Some(now_ms() + delay.as_millis() as i64);
     let deadline = Instant::now() + delay;
     loop {
@@ -557,6 +600,25 @@ mod tests {
     }
 
     #[test]
+    fn retry_after_is_seconds_or_a_date_and_capped() {
+        let now = httpdate::parse_http_date("Tue, 24 Nov 2026 12:00:00 GMT").expect("date");
+        assert_eq!(retry_after("120", now), Some(Duration::from_secs(120)));
+        assert_eq!(retry_after(" 0 ", now), Some(Duration::ZERO));
+        assert_eq!(
+            retry_after("Tue, 24 Nov 2026 12:00:30 GMT", now),
+            Some(Duration::from_secs(30))
+        );
+        assert_eq!(
+            retry_after("Tue, 24 Nov 2026 11:00:00 GMT", now),
+            Some(Duration::ZERO),
+            "a date in the past: retry now"
+        );
+        assert_eq!(retry_after("86400", now), Some(MAX_RETRY_AFTER));
+        assert_eq!(retry_after("soon", now), None);
+        assert_eq!(retry_after("-5", now), None);
+    }
+
+    #[test]
     fn statuses_are_classified() {
         let p = ClientErrorPolicy::DeadLetter;
         assert!(matches!(classify(StatusCode::OK, p), Outcome::Delivered));
@@ -566,15 +628,15 @@ mod tests {
         ));
         assert!(matches!(
             classify(StatusCode::SERVICE_UNAVAILABLE, p),
-            Outcome::Retry(_)
+            Outcome::Retry(..)
         ));
         assert!(matches!(
             classify(StatusCode::TOO_MANY_REQUESTS, p),
-            Outcome::Retry(_)
+            Outcome::Retry(..)
         ));
         assert!(matches!(
             classify(StatusCode::REQUEST_TIMEOUT, p),
-            Outcome::Retry(_)
+            Outcome::Retry(..)
         ));
         assert!(matches!(
             classify(StatusCode::BAD_REQUEST, p),
@@ -582,8 +644,8 @@ mod tests {
         ));
         assert!(matches!(
             classify(StatusCode::BAD_REQUEST, ClientErrorPolicy::Retry),
-            Outcome::Retry(_)
+            Outcome::Retry(..)
         ));
-        assert!(matches!(classify(StatusCode::FOUND, p), Outcome::Retry(_)));
+        assert!(matches!(classify(StatusCode::FOUND, p), Outcome::Retry(..)));
     }
 }

@@ -60,6 +60,9 @@ pub struct NewFleetJob {
     /// Start devices only inside this maintenance window.
     #[serde(default)]
     pub window: Option<Window>,
+    /// A repeated create with the same key (per fleet) returns the first rollout.
+    #[serde(default)]
+    pub idempotency_key: Option<String>,
 }
 
 /// A fleet job with its progress.
@@ -89,6 +92,14 @@ impl JobService {
     ) -> Result<FleetJob> {
         self.registry.fleet(fleet)?;
         let method = check_method(&new.method)?;
+        if let Some(k) = &new.idempotency_key {
+            if k.is_empty() || k.len() > 128 {
+                return Err(invalid("idempotency_key", "must be 1 to 128 characters"));
+            }
+            if let Some(fj) = self.store.fleet_job_by_key(fleet, k)? {
+                return Ok(fj);
+            }
+        }
         if new.abort_failure_pct.is_some_and(|p| p == 0 || p > 100) {
             return Err(invalid("abort_failure_pct", "must be 1 to 100"));
         }
@@ -137,6 +148,7 @@ impl JobService {
             schedule_id: schedule,
             paced_from: None,
             paced_base: 0,
+            idempotency_key: new.idempotency_key,
         };
         let fj = FleetJob {
             note: fj

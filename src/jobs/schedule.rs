@@ -426,8 +426,9 @@ impl JobService {
         Ok(s)
     }
 
-    /// Creates the schedule's job. `occurrence` (the planned run time) makes a device job's
-    /// idempotency key, so a run repeated after a crash does not queue the command twice.
+    /// Creates the schedule's job. `occurrence` (the planned run time) makes the job's or the
+    /// rollout's idempotency key, so a run repeated after a crash (the job written, the
+    /// schedule's next run not yet) does not queue the command twice.
     fn fire(&self, s: &mut Schedule, now: Millis, occurrence: Option<Millis>) -> Result<()> {
         let made = match (s.device_id, s.fleet_id) {
             (Some(d), _) => self
@@ -455,6 +456,7 @@ impl JobService {
                         abort_min_sample: s.abort_min_sample,
                         filter: s.filter.clone(),
                         window: None,
+                        idempotency_key: occurrence.map(|o| format!("schedule-{}-{o}", s.id)),
                     },
                     Some(s.id),
                     // A scheduled rollout keeps to the schedule's window; "run now" does not.

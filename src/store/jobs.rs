@@ -1,7 +1,8 @@
 //! Jobs: `jobs` holds `device ‖ job → record` (job ids are time-ordered, so one device's jobs
 //! are in creation order), `job_devices` maps `job → device`, `jobs_active` lists jobs not yet
 //! finished (what the scheduler walks), `job_keys` maps `device ‖ idempotency key → job`, and
-//! `rpc_seq` holds each device's last RPC request id.
+//! `rpc_seq` holds each device's last RPC request id. Fleet jobs live in `fleet_jobs`, their
+//! device jobs in `fleet_job_children` and their idempotency keys in `fleet_job_keys`.
 
 use sled::Transactional;
 
@@ -154,11 +155,43 @@ impl Db {
 }
 
 impl Db {
+    /// Writes a fleet job and, in the same transaction, its idempotency key
+    /// (`fleet ‖ key → fleet job` in `fleet_job_keys`), so a key never outlives or predates
+    /// its rollout.
     pub fn put_fleet_job(&self, fj: &crate::model::FleetJob) -> Result<()> {
-        self.trees()
-            .fleet_jobs
-            .insert(fj.id.as_bytes(), encode_json(fj))?;
-        Ok(())
+        let t = self.trees();
+        let idem = fj
+            .idempotency_key
+            .as_ref()
+            .map(|k| concat(&[fj.fleet_id.as_bytes(), k.as_bytes()]));
+        (&t.fleet_jobs, &t.fleet_job_keys)
+            .transaction(|(jobs, keys)| {
+                jobs.insert(fj.id.as_bytes(), encode_json(fj))?;
+                if let Some(k) = &idem {
+                    keys.insert(k.as_slice(), fj.id.as_bytes())?;
+                }
+                Ok(())
+            })
+            .map_err(StoreError::from)
+    }
+
+    /// The fleet job created with this idempotency key for this fleet, if any.
+    pub fn fleet_job_by_key(
+        &self,
+        fleet: crate::model::FleetId,
+        key: &str,
+    ) -> Result<Option<crate::model::FleetJob>> {
+        let t = self.trees();
+        let Some(id) = t
+            .fleet_job_keys
+            .get(concat(&[fleet.as_bytes(), key.as_bytes()]))?
+        else {
+            return Ok(None);
+        };
+        match crate::model::FleetJobId::from_slice(&id) {
+            Some(id) => self.get_fleet_job(id),
+            None => Ok(None),
+        }
     }
 
     pub fn get_fleet_job(

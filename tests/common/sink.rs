@@ -1,6 +1,7 @@
 //! A real HTTP webhook receiver for integration tests: an axum server on 127.0.0.1:0 that
 //! verifies every request's HMAC-SHA256 signature the way the README tells receivers to, records
-//! the events it accepts, and can be switched to answer 503 (down) or 400 (refusing).
+//! the events it accepts, and can be switched to answer 503 (down), 400 (refusing), or 429 with
+//! `Retry-After` once (throttling) before it takes events again.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
@@ -9,12 +10,15 @@ use std::sync::{Arc, Mutex};
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 pub const UP: u8 = 0;
 pub const DOWN: u8 = 1;
 pub const REFUSING: u8 = 2;
+/// Answers the next request `429 Too Many Requests` with `Retry-After: 2`, then goes `UP`.
+pub const THROTTLING: u8 = 3;
 
 /// One accepted event with what came with it.
 #[derive(Debug, Clone)]
@@ -36,6 +40,8 @@ pub struct SinkState {
     pub bad_signatures: AtomicU64,
     /// Requests whose body carried more than one event.
     pub batches: AtomicU64,
+    /// When each request arrived.
+    pub arrivals: Mutex<Vec<std::time::Instant>>,
 }
 
 pub struct Sink {
@@ -107,8 +113,16 @@ impl Sink {
     }
 }
 
-async fn receive(State(s): State<Arc<SinkState>>, headers: HeaderMap, body: Bytes) -> StatusCode {
+async fn receive(State(s): State<Arc<SinkState>>, headers: HeaderMap, body: Bytes) -> Response {
     s.requests.fetch_add(1, Ordering::SeqCst);
+    s.arrivals
+        .lock()
+        .expect("lock")
+        .push(std::time::Instant::now());
+    accept(&s, &headers, &body)
+}
+
+fn accept(s: &SinkState, headers: &HeaderMap, body: &Bytes) -> Response {
     let header = |n: &str| {
         headers
             .get(n)
@@ -125,16 +139,20 @@ async fn receive(State(s): State<Arc<SinkState>>, headers: HeaderMap, body: Byte
         let expected = format!("sha256={}", hmac_sha256_hex(secret.as_bytes(), &signed));
         if header("x-corral-signature").as_deref() != Some(expected.as_str()) || ts.is_empty() {
             s.bad_signatures.fetch_add(1, Ordering::SeqCst);
-            return StatusCode::UNAUTHORIZED;
+            return StatusCode::UNAUTHORIZED.into_response();
         }
     }
     match s.mode.load(Ordering::SeqCst) {
-        DOWN => return StatusCode::SERVICE_UNAVAILABLE,
-        REFUSING => return StatusCode::BAD_REQUEST,
+        DOWN => return StatusCode::SERVICE_UNAVAILABLE.into_response(),
+        REFUSING => return StatusCode::BAD_REQUEST.into_response(),
+        THROTTLING => {
+            s.mode.store(UP, Ordering::SeqCst);
+            return (StatusCode::TOO_MANY_REQUESTS, [("retry-after", "2")]).into_response();
+        }
         _ => {}
     }
-    let Ok(Value::Array(events)) = serde_json::from_slice::<Value>(&body) else {
-        return StatusCode::UNPROCESSABLE_ENTITY;
+    let Ok(Value::Array(events)) = serde_json::from_slice::<Value>(body) else {
+        return StatusCode::UNPROCESSABLE_ENTITY.into_response();
     };
     if events.len() > 1 {
         s.batches.fetch_add(1, Ordering::SeqCst);
@@ -150,5 +168,5 @@ async fn receive(State(s): State<Arc<SinkState>>, headers: HeaderMap, body: Byte
             auth: auth.clone(),
         });
     }
-    StatusCode::NO_CONTENT
+    StatusCode::NO_CONTENT.into_response()
 }
