@@ -15,6 +15,8 @@ use super::client::ApiClient;
 use super::output;
 use crate::model::{Job, Schedule, Trigger};
 
+// Parsed once per process: the size of the largest variant does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 pub enum JobCmd {
     /// Send a command to a device; queued until the device is there.
