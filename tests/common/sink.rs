@@ -135,7 +135,7 @@ fn accept(s: &SinkState, headers: &HeaderMap, body: &Bytes) -> Response {
         let ts = header("x-corral-timestamp").unwrap_or_default();
         let mut signed = ts.clone().into_bytes();
         signed.push(b'.');
-        signed.extend_from_slice(&body);
+        signed.extend_from_slice(body);
         let expected = format!("sha256={}", hmac_sha256_hex(secret.as_bytes(), &signed));
         if header("x-corral-signature").as_deref() != Some(expected.as_str()) || ts.is_empty() {
             s.bad_signatures.fetch_add(1, Ordering::SeqCst);
