@@ -40,6 +40,12 @@ pub enum Event {
         device_id: DeviceId,
         values: serde_json::Value,
     },
+    /// A condition was opened, updated, acknowledged or closed (`action`), as it now stands.
+    Condition {
+        device_id: DeviceId,
+        action: &'static str,
+        condition: Box<crate::model::Condition>,
+    },
     /// An integration's queue reached a cap and dropped entries (`raised`), or is back under
     /// 90 % of its caps (`!raised`).
     IntegrationAlarm {

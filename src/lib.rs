@@ -2,7 +2,7 @@
 //!
 //! Layers, bottom to top (dependencies point down only):
 //! `config`, `metrics`, `model`, `limits` → `store` → `pki`, `events`, `audit` → `devices` →
-//! `integrations` → `data`, `auth`, `jobs` →
+//! `integrations` → `data`, `auth`, `jobs`, `conditions` →
 //! `services` → transports `mqtt`, `api` → `app` (wiring, lifecycle) → `cli`.
 
 pub mod api;
@@ -10,6 +10,7 @@ pub mod app;
 pub mod audit;
 pub mod auth;
 pub mod cli;
+pub mod conditions;
 pub mod config;
 pub mod data;
 pub mod devices;

@@ -93,6 +93,10 @@ id_type!(
     IntegrationId,
     "Identifies an integration (an outbound webhook)."
 );
+id_type!(
+    ConditionId,
+    "Identifies a device condition (an alarm a device opened); time-ordered."
+);
 
 /// A workspace groups the fleets and devices of one project.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
@@ -766,4 +770,74 @@ pub struct Integration {
     pub paused: bool,
     pub created_at: Millis,
     pub updated_at: Millis,
+}
+
+/// How serious a condition is, most serious first (the order sorts and filters by it).
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, ToSchema,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum Severity {
+    Critical,
+    Major,
+    Minor,
+    Warning,
+    Info,
+}
+
+impl Severity {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Severity::Critical => "critical",
+            Severity::Major => "major",
+            Severity::Minor => "minor",
+            Severity::Warning => "warning",
+            Severity::Info => "info",
+        }
+    }
+}
+
+impl FromStr for Severity {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(match s {
+            "critical" => Severity::Critical,
+            "major" => Severity::Major,
+            "minor" => Severity::Minor,
+            "warning" => Severity::Warning,
+            "info" => Severity::Info,
+            _ => return Err(format!("unknown severity {s:?}")),
+        })
+    }
+}
+
+/// A condition a device reported: open until the device (or an operator) closes it. At most
+/// one condition of a name is open per device; opening it again updates it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Condition {
+    pub id: ConditionId,
+    pub device_id: DeviceId,
+    pub fleet_id: FleetId,
+    pub workspace_id: WorkspaceId,
+    /// What is wrong, as the device names it (`overheat`, `battery_low`).
+    pub name: String,
+    pub severity: Severity,
+    pub open: bool,
+    /// Details as the device last sent them.
+    #[schema(value_type = Object)]
+    pub details: serde_json::Value,
+    /// When it was opened (the device's time when it gave one).
+    pub opened_at: Millis,
+    pub updated_at: Millis,
+    /// Opens and updates received while it was open, the first included.
+    pub reports: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub closed_at: Option<Millis>,
+    /// `device`, or the operator who closed it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub closed_by: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub acknowledged_at: Option<Millis>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub acknowledged_by: Option<String>,
 }

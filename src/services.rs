@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use crate::audit::AuditLog;
 use crate::auth::AuthService;
+use crate::conditions::ConditionService;
 use crate::config::Config;
 use crate::data::DataService;
 use crate::devices::attributes::AttributeService;
@@ -29,6 +30,7 @@ pub struct Services {
     pub credentials: Arc<CredentialService>,
     pub attributes: AttributeService,
     pub jobs: JobService,
+    pub conditions: ConditionService,
     pub integrations: IntegrationService,
     pub provisioning: ProvisioningService,
     pub sessions: Arc<Sessions>,
@@ -89,8 +91,10 @@ impl Services {
             events.clone(),
             config.jobs.clone(),
         );
+        let conditions = ConditionService::new(store.clone(), registry.clone(), events.clone());
         let l = &config.limits;
         Self {
+            conditions,
             connect_limiter: KeyedLimiter::new(l.ip_connects_per_sec, l.ip_connect_burst),
             auth_failure_audit: KeyedLimiter::per_minute(60, 20),
             http_device_limiter: KeyedLimiter::new(

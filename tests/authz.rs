@@ -350,6 +350,7 @@ struct World {
     job: String,
     fleet_job: String,
     schedule: String,
+    condition: String,
 }
 
 async fn world(api: &Api, key: &str, name: &str) -> World {
@@ -407,6 +408,16 @@ async fn world(api: &Api, key: &str, name: &str) -> World {
             Some(json!({"method": "m"})),
         )
         .await;
+    // The device opens a condition over the HTTP device API.
+    let token = d["credentials"]["token"].as_str().expect("token");
+    let r = api
+        .c
+        .post(format!("{}/api/v1/{token}/conditions", api.base))
+        .body(json!({"name": "overheat", "action": "open", "severity": "major"}).to_string())
+        .send()
+        .await
+        .expect("send");
+    let opened: Value = r.json().await.expect("json");
     let sc = post(
         "/schedules",
         json!({"name": "s", "device_id": device, "method": "m", "trigger": {"cron": {"expr": "@daily"}}}),
@@ -421,6 +432,10 @@ async fn world(api: &Api, key: &str, name: &str) -> World {
         job: job["id"].as_str().expect("job").to_string(),
         fleet_job: fj["id"].as_str().expect("fleet job").to_string(),
         schedule: sc["id"].as_str().expect("schedule").to_string(),
+        condition: opened["conditions"][0]["id"]
+            .as_str()
+            .expect("condition")
+            .to_string(),
     }
 }
 
@@ -454,7 +469,7 @@ fn needs(method: &str, path: &str) -> Option<&'static str> {
     let read = method == "get";
     match path {
         "/auth/me" | "/auth/logout" | "/overview" | "/events" | "/audit" | "/export" => None,
-        "/workspaces" | "/fleets" | "/devices" | "/schedules" if read => None,
+        "/workspaces" | "/fleets" | "/devices" | "/schedules" | "/conditions" if read => None,
         p if p.starts_with("/users") => Some("self"),
         p if p.starts_with("/integrations") => Some("server"),
         "/workspaces" | "/retention/sweep" | "/store/usage" => Some("server"),
@@ -536,6 +551,7 @@ async fn every_route_checks_role_and_workspace() {
                 .replace("/jobs/{id}", &format!("/jobs/{}", w1.job))
                 .replace("/fleet-jobs/{id}", &format!("/fleet-jobs/{}", w1.fleet_job))
                 .replace("/schedules/{id}", &format!("/schedules/{}", w1.schedule))
+                .replace("/conditions/{id}", &format!("/conditions/{}", w1.condition))
                 .replace("/users/{id}", &format!("/users/{outsider_id}"))
                 .replace(
                     "/integrations/{id}",
@@ -594,6 +610,7 @@ async fn every_route_checks_role_and_workspace() {
                 || path.starts_with("/jobs/")
                 || path.starts_with("/fleet-jobs/")
                 || path.starts_with("/schedules/{id}")
+                || path.starts_with("/conditions/{id}")
             {
                 let (s, v) = call(Some(customer.clone())).await;
                 assert_eq!(s, 404, "customer: {m} {path} → {v}");
@@ -671,6 +688,15 @@ async fn every_route_checks_role_and_workspace() {
     assert_eq!((s, code(&v)), (StatusCode::FORBIDDEN, "forbidden"));
     let (_, v) = api.send("GET", "/overview", Some(&outsider), None).await;
     assert_eq!(v["devices"]["total"], 1, "{v}");
+    // Conditions: each workspace's own (w1's may have been closed by the matrix: all states).
+    let (_, v) = api
+        .send("GET", "/conditions?state=all", Some(&outsider), None)
+        .await;
+    assert_eq!(names(&v, "id"), std::slice::from_ref(&w2.condition));
+    let (_, v) = api
+        .send("GET", "/conditions?state=all", Some(&customer), None)
+        .await;
+    assert_eq!(names(&v, "id"), Vec::<String>::new());
 
     // Audit: a workspace admin reads their fleets' records; nobody else's.
     let (_, v) = api

@@ -403,6 +403,11 @@ async fn every_documented_route_requires_an_api_key_and_exists() {
         "/integrations/{id}/status",
         "/integrations/{id}/dead-letters",
         "/integrations/{id}/dead-letters/replay",
+        "/conditions",
+        "/conditions/{id}",
+        "/conditions/{id}/acknowledge",
+        "/conditions/{id}/close",
+        "/devices/{id}/conditions",
     ];
     let mut documented: Vec<_> = paths.keys().cloned().collect();
     documented.sort();

@@ -23,7 +23,9 @@ use crate::auth::users::{ApiKeyView, NewApiKey, NewUser, UserPatch};
 use crate::auth::{AuthError, Principal, SignedIn, policy::UserView};
 use crate::devices::registry::DeviceStatus;
 use crate::model::WorkspaceId;
-use crate::model::{ApiKeyId, DeviceId, FleetId, FleetJobId, JobId, Role, ScheduleId, UserId};
+use crate::model::{
+    ApiKeyId, ConditionId, DeviceId, FleetId, FleetJobId, JobId, Role, ScheduleId, UserId,
+};
 use crate::services::Services;
 
 type S = State<Arc<Services>>;
@@ -288,7 +290,9 @@ async fn need(
     let is_post = *method == Method::POST;
     let n = match path {
         // The caller's own session, and reads that the handlers filter to what they see.
-        "/auth/me" | "/auth/logout" | "/overview" | "/events" | "/audit" => Need::Anyone,
+        "/auth/me" | "/auth/logout" | "/overview" | "/events" | "/audit" | "/conditions" => {
+            Need::Anyone
+        }
         "/workspaces" | "/fleets" | "/devices" | "/schedules" if !is_post => Need::Anyone,
         "/users" => Need::ServerAdmin,
         p_ if p_.starts_with("/users/{id}") => match parse("id") {
@@ -384,6 +388,12 @@ async fn need(
             match parse("id").and_then(|j| s.jobs.fleet_job(FleetJobId(j)).ok()) {
                 Some(j) => s.fleet_need(j.job.fleet_id, read_or(method, Role::Operator)),
                 None => Need::Missing("fleet job"),
+            }
+        }
+        p_ if p_.starts_with("/conditions/{id}") => {
+            match parse("id").and_then(|c| s.conditions.get(ConditionId(c)).ok()) {
+                Some(c) => s.device_need(c.device_id, read_or(method, Role::Operator)),
+                None => Need::Missing("condition"),
             }
         }
         p_ if p_.starts_with("/schedules/{id}") => {
@@ -783,7 +793,7 @@ pub struct Overview {
     devices: DeviceCounts,
     /// Telemetry messages stored per second, over the last minute (server-wide).
     messages_per_sec: f64,
-    /// Device conditions (alarms) open; conditions are not implemented yet, so always 0.
+    /// Device conditions (alarms) open now.
     open_conditions: u64,
     /// Jobs not finished yet.
     running_jobs: u64,
@@ -805,8 +815,8 @@ pub struct DeviceCounts {
 async fn overview(State(s): S, Extension(p): Extension<Principal>) -> ApiResult<Json<Overview>> {
     let s2 = s.clone();
     let p2 = p.clone();
-    let (total, online, running) =
-        tokio::task::spawn_blocking(move || -> ApiResult<(u64, u64, u64)> {
+    let (total, online, running, conditions) =
+        tokio::task::spawn_blocking(move || -> ApiResult<(u64, u64, u64, u64)> {
             let mut after = None;
             let (mut total, mut online) = (0u64, 0u64);
             loop {
@@ -829,7 +839,10 @@ async fn overview(State(s): S, Extension(p): Extension<Principal>) -> ApiResult<
                 .iter()
                 .filter(|(_, d)| p2.admin || s2.sees_device(&p2, *d))
                 .count() as u64;
-            Ok((total, online, running))
+            let conditions = s2
+                .conditions
+                .open_count(&|d| p2.admin || s2.sees_device(&p2, d))?;
+            Ok((total, online, running, conditions))
         })
         .await
         .map_err(ApiError::internal)??;
@@ -840,7 +853,7 @@ async fn overview(State(s): S, Extension(p): Extension<Principal>) -> ApiResult<
             offline: total - online,
         },
         messages_per_sec: s.metrics.recent_message_rate(),
-        open_conditions: 0,
+        open_conditions: conditions,
         running_jobs: running,
         integrations: if p.admin {
             s.integrations

@@ -1,6 +1,7 @@
 //! ThingsBoard's HTTP device API (thingsboard-device-api.md §7) under `/api/v1/{token}`:
 //! telemetry (and Corral's tagged form), client attributes, attribute requests, long-polls for
-//! shared-attribute updates and server RPC, RPC replies, client RPC and claiming, with
+//! shared-attribute updates and server RPC, RPC replies, client RPC, claiming and (Corral's
+//! extension) conditions, with
 //! ThingsBoard's status codes: 400 bad body, 401 unknown token, 403 disabled device,
 //! 408 long-poll timeout, 429 over the device's message rate. The token authenticates; no API key is involved.
 
@@ -42,6 +43,25 @@ pub fn routes() -> Router<Arc<Services>> {
         .route("/{token}/rpc", get(rpc_poll).post(client_rpc))
         .route("/{token}/rpc/{id}", post(rpc_reply))
         .route("/{token}/claim", post(claim))
+        .route("/{token}/conditions", post(post_conditions))
+}
+
+/// Corral's extension: the device opens, updates or closes conditions (the payload of
+/// `v1/devices/me/conditions`). 200 with the conditions as they now stand.
+async fn post_conditions(
+    State(s): S,
+    axum::extract::Path(token): axum::extract::Path<String>,
+    body: Bytes,
+) -> DevResult<axum::Json<Json>> {
+    let dev = device(&s, &token).await?;
+    rate(&s, &dev)?;
+    let reports = crate::conditions::parse_reports(&body).map_err(|e| bad(e.to_string()))?;
+    let now = s
+        .conditions
+        .report(dev.id, reports)
+        .await
+        .map_err(internal)?;
+    Ok(axum::Json(json!({ "conditions": now })))
 }
 
 /// A device API error: status and a short JSON message (never a secret).

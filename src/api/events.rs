@@ -43,6 +43,7 @@ fn kind_of(e: &Event) -> (&'static str, Option<DeviceId>) {
         Event::JobUpdated { device_id, .. } => ("job_updated", Some(*device_id)),
         Event::SharedAttributes { device_id, .. } => ("shared_attributes", Some(*device_id)),
         Event::ClientAttributes { device_id, .. } => ("client_attributes", Some(*device_id)),
+        Event::Condition { device_id, .. } => ("condition", Some(*device_id)),
         Event::IntegrationAlarm { .. } => ("integration_alarm", None),
     }
 }

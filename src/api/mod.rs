@@ -5,6 +5,7 @@
 
 mod attributes;
 pub mod auth;
+mod conditions;
 mod credentials;
 mod device_http;
 pub mod error;
@@ -96,6 +97,7 @@ fn api_v1() -> (Router<Arc<Services>>, utoipa::openapi::OpenApi) {
         .merge(credentials::routes())
         .merge(attributes::routes())
         .merge(jobs::routes())
+        .merge(conditions::routes())
         .merge(events::routes())
         .merge(auth::routes())
         .merge(integrations::routes())

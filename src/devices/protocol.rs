@@ -7,6 +7,8 @@ use serde_json::{Map, Value as Json};
 use crate::model::{Millis, Value};
 
 pub const TELEMETRY_TOPIC: &str = "v1/devices/me/telemetry";
+/// Corral's extension topic for device conditions (open, update, close).
+pub const CONDITIONS_TOPIC: &str = "v1/devices/me/conditions";
 pub const ATTRIBUTES_TOPIC: &str = "v1/devices/me/attributes";
 pub const ATTRIBUTES_RESPONSE_FILTER: &str = "v1/devices/me/attributes/response/+";
 pub const RPC_REQUEST_FILTER: &str = "v1/devices/me/rpc/request/+";
@@ -58,6 +60,8 @@ pub enum DeviceTopic {
     TaggedTelemetry(String),
     /// Client attributes reported by the device (§5.4).
     Attributes,
+    /// Conditions the device opens, updates or closes (Corral's extension).
+    Conditions,
     /// An attribute request with its id, answered on the response topic.
     AttributeRequest(u64),
     /// A client-side RPC call with its request id (§5.6).
@@ -83,6 +87,9 @@ impl DeviceTopic {
         }
         if topic == ATTRIBUTES_TOPIC {
             return DeviceTopic::Attributes;
+        }
+        if topic == CONDITIONS_TOPIC {
+            return DeviceTopic::Conditions;
         }
         if let Some(id) = topic.strip_prefix(ATTRIBUTES_REQUEST_PREFIX) {
             return match id.parse() {
@@ -167,6 +174,8 @@ pub enum PayloadError {
     BadTag,
     #[error("attributes must be a JSON object")]
     AttributesShape,
+    #[error("condition: {0}")]
+    Condition(String),
 }
 
 /// Parses telemetry in its three forms (§4): `{k:v}`, `{"ts":ms,"values":{k:v}}`, or an array

@@ -569,6 +569,7 @@ impl Registry {
         self.store.delete_owner_attributes(dev.id.as_bytes())?;
         self.store.delete_device_jobs(dev.id)?;
         self.store.delete_device_connections(dev.id)?;
+        self.store.delete_device_conditions(dev.id)?;
         self.audit.record(
             Entry::new("device_deleted", crate::audit::operator())
                 .device(dev.id)

@@ -118,7 +118,7 @@ impl Router {
         })
     }
 
-    /// The event bus tap: client attributes, connectivity and job results. Called
+    /// The event bus tap: client attributes, conditions, connectivity and job results. Called
     /// synchronously by `EventBus::publish`, so nothing is lost to a lagging subscriber; the
     /// entries are durable at the store's next `commit`.
     pub fn on_event(&self, e: &Event) {
@@ -141,6 +141,16 @@ impl Router {
                 let mut m = Map::new();
                 m.insert("event".into(), Json::from("disconnected"));
                 (EventKind::Connectivity, *device_id, m)
+            }
+            Event::Condition {
+                device_id,
+                action,
+                condition,
+            } => {
+                let mut m = Map::new();
+                m.insert("action".into(), Json::from(*action));
+                m.insert("condition".into(), json!(condition));
+                (EventKind::Conditions, *device_id, m)
             }
             Event::JobUpdated {
                 job_id,

@@ -619,6 +619,24 @@ async fn handle_publish(
                 }
             }
         }
+        DeviceTopic::Conditions => {
+            // Conditions count against the device's message rate, as telemetry does.
+            let reports =
+                match rated_parse(d, s, v5, payload, crate::conditions::parse_reports, &reject)
+                    .await
+                {
+                    Ok(r) => r,
+                    Err(o) => return o,
+                };
+            match s.services.conditions.report(d.id, reports).await {
+                Ok(_) => Outcome::Stored,
+                Err(e) => {
+                    reject("storage");
+                    tracing::error!(device = %d.id, error = %e, "conditions not stored");
+                    Outcome::Storage
+                }
+            }
+        }
         DeviceTopic::AttributeRequest(id) => {
             let req = protocol::parse_attribute_request(&payload);
             match s.services.attributes.request(d.id, &req) {

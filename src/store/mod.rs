@@ -6,6 +6,7 @@
 mod attributes;
 mod codec;
 mod commit;
+mod conditions;
 mod connections;
 mod credentials;
 mod integrations;
@@ -22,6 +23,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use attributes::Scope;
+pub use conditions::{CLOSED_CONDITIONS_KEPT, ConditionScan};
 pub use credentials::{CredentialClash, CredentialKey};
 pub use integrations::{DeadLetter, Enqueue, Moved, QueueEntry, QueueStats};
 pub use registry::{DeviceClash, NameClash, Page};
@@ -137,6 +139,9 @@ struct Trees {
     user_names: sled::Tree,
     sessions: sled::Tree,
     connections: sled::Tree,
+    conditions: sled::Tree,
+    device_conditions: sled::Tree,
+    conditions_open: sled::Tree,
     integrations: sled::Tree,
     int_queue: sled::Tree,
     int_dead: sled::Tree,
@@ -210,6 +215,9 @@ impl Store {
             user_names: t("user_names")?,
             sessions: t("sessions")?,
             connections: t("connections")?,
+            conditions: t("conditions")?,
+            device_conditions: t("device_conditions")?,
+            conditions_open: t("conditions_open")?,
             integrations: t("integrations")?,
             int_queue: t("int_queue")?,
             int_dead: t("int_dead")?,

@@ -1,0 +1,162 @@
+//! REST routes for device conditions: list them (server-wide, per fleet or workspace, or per
+//! device; open, closed or both; by severity and name), read one, acknowledge one, close one.
+//! Lists hold only what the caller may see; the authorization layer checks the single ones.
+
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::{Extension, Json};
+use serde::Deserialize;
+use utoipa::IntoParams;
+use utoipa_axum::{router::OpenApiRouter, routes};
+
+use super::error::{ApiError, ApiPath, ApiQuery, ErrorBody};
+use super::registry::{Page, cursor};
+use super::{ApiResult, page_limit};
+use crate::auth::Principal;
+use crate::conditions::ConditionQuery;
+use crate::model::{Condition, ConditionId, DeviceId, FleetId, Severity, WorkspaceId};
+use crate::services::Services;
+
+type S = State<Arc<Services>>;
+
+pub fn routes() -> OpenApiRouter<Arc<Services>> {
+    OpenApiRouter::new()
+        .routes(routes!(list_conditions))
+        .routes(routes!(device_conditions))
+        .routes(routes!(get_condition))
+        .routes(routes!(acknowledge_condition))
+        .routes(routes!(close_condition))
+}
+
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ListConditions {
+    device_id: Option<DeviceId>,
+    fleet_id: Option<FleetId>,
+    workspace_id: Option<WorkspaceId>,
+    /// `open` (the default), `closed` or `all`.
+    state: Option<String>,
+    /// Comma-separated severities: `critical,major,minor,warning,info`.
+    severity: Option<String>,
+    /// Exact condition name.
+    name: Option<String>,
+    /// Page size, 1 to 1000 (default 100).
+    limit: Option<usize>,
+    /// `next_cursor` of the previous page.
+    cursor: Option<String>,
+}
+
+impl ListConditions {
+    fn query(&self) -> ApiResult<ConditionQuery> {
+        let open = match self.state.as_deref().unwrap_or("open") {
+            "open" => Some(true),
+            "closed" => Some(false),
+            "all" => None,
+            _ => {
+                return Err(ApiError::bad_request(
+                    "invalid_query",
+                    "state must be open, closed or all",
+                ));
+            }
+        };
+        let severities = match &self.severity {
+            None => Vec::new(),
+            Some(v) => v
+                .split(',')
+                .filter(|x| !x.is_empty())
+                .map(|x| x.parse::<Severity>())
+                .collect::<Result<_, _>>()
+                .map_err(|e| ApiError::bad_request("invalid_query", format!("severity: {e}")))?,
+        };
+        Ok(ConditionQuery {
+            device: self.device_id,
+            fleet: self.fleet_id,
+            workspace: self.workspace_id,
+            open,
+            severities,
+            name: self.name.clone(),
+            before: cursor(self.cursor.as_deref())?,
+        })
+    }
+}
+
+fn listing(
+    s: &Services,
+    who: &Principal,
+    q: ConditionQuery,
+    limit: Option<usize>,
+) -> ApiResult<Page<Condition>> {
+    let limit = page_limit(limit)?;
+    let (items, next) = s.conditions.list(&q, limit, &|c| {
+        who.admin || who.sees_fleet(c.workspace_id, c.fleet_id)
+    })?;
+    Ok(Page {
+        items,
+        next_cursor: next.map(|c| c.to_string()),
+    })
+}
+
+#[utoipa::path(get, path = "/conditions", tag = "conditions", params(ListConditions),
+    responses((status = 200, body = Page<Condition>), (status = 400, body = ErrorBody)))]
+async fn list_conditions(
+    State(s): S,
+    Extension(who): Extension<Principal>,
+    ApiQuery(q): ApiQuery<ListConditions>,
+) -> ApiResult<Json<Page<Condition>>> {
+    let query = q.query()?;
+    let s2 = s.clone();
+    // A filter that matches little may walk much of the history: off the async workers.
+    let page = tokio::task::spawn_blocking(move || listing(&s2, &who, query, q.limit))
+        .await
+        .map_err(ApiError::internal)??;
+    Ok(Json(page))
+}
+
+#[utoipa::path(get, path = "/devices/{id}/conditions", tag = "conditions",
+    params(("id" = String, Path, description = "device id"), ListConditions),
+    responses((status = 200, body = Page<Condition>), (status = 404, body = ErrorBody)))]
+async fn device_conditions(
+    State(s): S,
+    Extension(who): Extension<Principal>,
+    ApiPath(id): ApiPath<DeviceId>,
+    ApiQuery(q): ApiQuery<ListConditions>,
+) -> ApiResult<Json<Page<Condition>>> {
+    s.registry.device_record(id)?;
+    let mut query = q.query()?;
+    query.device = Some(id);
+    Ok(Json(listing(&s, &who, query, q.limit)?))
+}
+
+#[utoipa::path(get, path = "/conditions/{id}", tag = "conditions",
+    params(("id" = String, Path, description = "condition id")),
+    responses((status = 200, body = Condition), (status = 404, body = ErrorBody)))]
+async fn get_condition(
+    State(s): S,
+    ApiPath(id): ApiPath<ConditionId>,
+) -> ApiResult<Json<Condition>> {
+    Ok(Json(s.conditions.get(id)?))
+}
+
+#[utoipa::path(post, path = "/conditions/{id}/acknowledge", tag = "conditions",
+    params(("id" = String, Path, description = "condition id")),
+    responses((status = 200, body = Condition), (status = 404, body = ErrorBody)))]
+async fn acknowledge_condition(
+    State(s): S,
+    Extension(who): Extension<Principal>,
+    ApiPath(id): ApiPath<ConditionId>,
+) -> ApiResult<Json<Condition>> {
+    Ok(Json(s.conditions.acknowledge(id, &who.name).await?))
+}
+
+#[utoipa::path(post, path = "/conditions/{id}/close", tag = "conditions",
+    params(("id" = String, Path, description = "condition id")),
+    responses((status = 200, body = Condition), (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody)))]
+async fn close_condition(
+    State(s): S,
+    Extension(who): Extension<Principal>,
+    ApiPath(id): ApiPath<ConditionId>,
+) -> ApiResult<Json<Condition>> {
+    Ok(Json(s.conditions.close(id, &who.name).await?))
+}

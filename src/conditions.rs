@@ -1,0 +1,378 @@
+//! Device conditions (alarms): what a device says is wrong with it. A device opens a condition
+//! by name with a severity and details, updates it, and closes it; operators list them,
+//! acknowledge them, and may close one themselves. At most one condition of a name is open per
+//! device, so a repeated open (a QoS 1 redelivery, a device re-announcing after a reboot)
+//! updates the open one instead of piling up duplicates, and a close of a condition that is not
+//! open is a harmless repeat. Reports are durable before the device is answered.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use serde::Deserialize;
+use serde_json::Value as Json;
+use utoipa::ToSchema;
+
+use crate::devices::Registry;
+use crate::devices::protocol::PayloadError;
+use crate::devices::registry::RegistryError;
+use crate::events::{Event, EventBus};
+use crate::model::{
+    Condition, ConditionId, DeviceId, FleetId, Millis, Severity, WorkspaceId, now_ms,
+};
+use crate::store::{ConditionScan, Store};
+
+type Result<T> = std::result::Result<T, RegistryError>;
+
+/// Longest condition name.
+pub const MAX_NAME_LEN: usize = 64;
+/// Most conditions in one message.
+pub const MAX_REPORTS: usize = 100;
+
+/// What a device does to a condition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Action {
+    /// Open it, or update it when it is already open.
+    Open,
+    /// Update the open condition (opening it when it is not: the device's view wins).
+    Update,
+    /// Close it; closing one that is not open changes nothing.
+    Close,
+}
+
+impl Action {
+    fn as_str(self) -> &'static str {
+        match self {
+            Action::Open => "opened",
+            Action::Update => "updated",
+            Action::Close => "closed",
+        }
+    }
+}
+
+/// One condition report from a device, on `v1/devices/me/conditions` (MQTT) or
+/// `POST /api/v1/{token}/conditions` (HTTP): an object or an array of them.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ConditionReport {
+    /// 1 to 64 of `A-Z a-z 0-9 _ - .`.
+    pub name: String,
+    pub action: Action,
+    /// Required to open; an update without one keeps the severity.
+    #[serde(default)]
+    pub severity: Option<Severity>,
+    /// Any JSON object; replaces the details held so far.
+    #[serde(default)]
+    #[schema(value_type = Object)]
+    pub details: Option<Json>,
+    /// When it happened on the device (milliseconds); now when absent.
+    #[serde(default)]
+    pub ts: Option<Millis>,
+}
+
+/// Checks a condition name: 1 to 64 of `A-Z a-z 0-9 _ - .`.
+fn check_name(name: &str) -> std::result::Result<(), String> {
+    if name.is_empty()
+        || name.len() > MAX_NAME_LEN
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+    {
+        return Err(format!(
+            "name must be 1 to {MAX_NAME_LEN} of A-Z a-z 0-9 _ - ."
+        ));
+    }
+    Ok(())
+}
+
+/// Parses and checks a device's condition message; the error names what is wrong and is safe
+/// to return to the device.
+pub fn parse_reports(payload: &[u8]) -> std::result::Result<Vec<ConditionReport>, PayloadError> {
+    let bad = |m: String| PayloadError::Condition(m);
+    let json: Json =
+        serde_json::from_slice(payload).map_err(|e| PayloadError::NotJson(e.to_string()))?;
+    let items = match json {
+        Json::Array(v) => v,
+        o @ Json::Object(_) => vec![o],
+        _ => return Err(bad("must be an object or an array of objects".into())),
+    };
+    if items.is_empty() || items.len() > MAX_REPORTS {
+        return Err(bad(format!("send 1 to {MAX_REPORTS} conditions at a time")));
+    }
+    let mut out = Vec::with_capacity(items.len());
+    for item in items {
+        let r: ConditionReport = serde_json::from_value(item).map_err(|e| bad(e.to_string()))?;
+        check_name(&r.name).map_err(bad)?;
+        if r.action == Action::Open && r.severity.is_none() {
+            return Err(bad(format!("{}: opening needs a severity", r.name)));
+        }
+        if r.details.as_ref().is_some_and(|d| !d.is_object()) {
+            return Err(bad(format!("{}: details must be a JSON object", r.name)));
+        }
+        out.push(r);
+    }
+    Ok(out)
+}
+
+/// Which conditions a listing shows.
+#[derive(Debug, Clone, Default)]
+pub struct ConditionQuery {
+    pub device: Option<DeviceId>,
+    pub fleet: Option<crate::model::FleetId>,
+    pub workspace: Option<crate::model::WorkspaceId>,
+    /// `Some(true)`: open only; `Some(false)`: closed only; `None`: both.
+    pub open: Option<bool>,
+    /// Only these severities (all when empty).
+    pub severities: Vec<Severity>,
+    pub name: Option<String>,
+    pub before: Option<ConditionId>,
+}
+
+pub struct ConditionService {
+    store: Store,
+    registry: std::sync::Arc<Registry>,
+    events: EventBus,
+    /// Serializes the read-modify-write of the open index: two sessions of one device (or a
+    /// device and an operator) must not both open the same name.
+    writing: Mutex<()>,
+}
+
+impl ConditionService {
+    pub fn new(store: Store, registry: std::sync::Arc<Registry>, events: EventBus) -> Self {
+        Self {
+            store,
+            registry,
+            events,
+            writing: Mutex::new(()),
+        }
+    }
+
+    /// Applies a device's reports in order and makes them durable; returns the conditions as
+    /// they stand afterwards (a close of a condition that was not open returns nothing for it).
+    pub async fn report(
+        &self,
+        device: DeviceId,
+        reports: Vec<ConditionReport>,
+    ) -> Result<Vec<Condition>> {
+        let dev = self.registry.device_record(device)?;
+        let mut out = Vec::with_capacity(reports.len());
+        {
+            let _w = self.writing.lock().unwrap_or_else(|p| p.into_inner());
+            let now = now_ms();
+            let mut closed_any = false;
+            for r in reports {
+                let at = r.ts.unwrap_or(now);
+                let current = self.store.open_condition(device, &r.name)?;
+                let c = match (r.action, current) {
+                    (Action::Close, None) => continue,
+                    (Action::Close, Some(mut c)) => {
+                        c.open = false;
+                        c.closed_at = Some(at);
+                        c.closed_by = Some("device".into());
+                        c.updated_at = at;
+                        if let Some(d) = r.details {
+                            c.details = d;
+                        }
+                        closed_any = true;
+                        c
+                    }
+                    (_, Some(mut c)) => {
+                        c.severity = r.severity.unwrap_or(c.severity);
+                        if let Some(d) = r.details {
+                            c.details = d;
+                        }
+                        c.updated_at = at;
+                        c.reports = c.reports.saturating_add(1);
+                        c
+                    }
+                    (_, None) => Condition {
+                        id: ConditionId::new(),
+                        device_id: device,
+                        fleet_id: dev.fleet_id,
+                        workspace_id: dev.workspace_id,
+                        name: r.name,
+                        // An update of a condition that is not open opens it, at `warning`
+                        // when the device gave no severity.
+                        severity: r.severity.unwrap_or(Severity::Warning),
+                        open: true,
+                        details: r.details.unwrap_or(Json::Object(Default::default())),
+                        opened_at: at,
+                        updated_at: at,
+                        reports: 1,
+                        closed_at: None,
+                        closed_by: None,
+                        acknowledged_at: None,
+                        acknowledged_by: None,
+                    },
+                };
+                self.store.put_condition(&c)?;
+                // Published before the commit: integrations queue the event through the bus
+                // tap, and the commit below makes their entries durable with the condition.
+                self.events.publish(Event::Condition {
+                    device_id: device,
+                    action: if c.open && c.reports == 1 {
+                        "opened"
+                    } else {
+                        r.action.as_str()
+                    },
+                    condition: Box::new(c.clone()),
+                });
+                out.push(c);
+            }
+            if closed_any {
+                self.store.trim_closed_conditions(device)?;
+            }
+        }
+        self.store.commit().await?;
+        Ok(out)
+    }
+
+    pub fn get(&self, id: ConditionId) -> Result<Condition> {
+        let mut c = self
+            .store
+            .get_condition(id)?
+            .ok_or(RegistryError::NotFound("condition"))?;
+        self.current_fleet(&mut c, &mut HashMap::new());
+        Ok(c)
+    }
+
+    /// A device may have moved to another fleet since it opened a condition: the condition
+    /// follows the device (for filters, visibility and what is shown).
+    fn current_fleet(
+        &self,
+        c: &mut Condition,
+        seen: &mut HashMap<DeviceId, Option<(FleetId, WorkspaceId)>>,
+    ) {
+        let now = *seen.entry(c.device_id).or_insert_with(|| {
+            self.registry
+                .device_record(c.device_id)
+                .ok()
+                .map(|d| (d.fleet_id, d.workspace_id))
+        });
+        if let Some((f, w)) = now {
+            c.fleet_id = f;
+            c.workspace_id = w;
+        }
+    }
+
+    /// An operator has seen the condition (it stays open until it is closed).
+    pub async fn acknowledge(&self, id: ConditionId, by: &str) -> Result<Condition> {
+        self.operator_change(id, "acknowledged", |c, now| {
+            if c.acknowledged_at.is_none() {
+                c.acknowledged_at = Some(now);
+                c.acknowledged_by = Some(by.to_string());
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    /// An operator closes the condition (the device may open it again).
+    pub async fn close(&self, id: ConditionId, by: &str) -> Result<Condition> {
+        self.operator_change(id, "closed", |c, now| {
+            if !c.open {
+                return Err(RegistryError::Conflict(
+                    "the condition is already closed".into(),
+                ));
+            }
+            c.open = false;
+            c.closed_at = Some(now);
+            c.closed_by = Some(by.to_string());
+            c.updated_at = now;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn operator_change(
+        &self,
+        id: ConditionId,
+        action: &'static str,
+        change: impl FnOnce(&mut Condition, Millis) -> Result<()>,
+    ) -> Result<Condition> {
+        let c = {
+            let _w = self.writing.lock().unwrap_or_else(|p| p.into_inner());
+            let mut c = self
+                .store
+                .get_condition(id)?
+                .ok_or(RegistryError::NotFound("condition"))?;
+            change(&mut c, now_ms())?;
+            self.store.put_condition(&c)?;
+            if !c.open {
+                self.store.trim_closed_conditions(c.device_id)?;
+            }
+            self.events.publish(Event::Condition {
+                device_id: c.device_id,
+                action,
+                condition: Box::new(c.clone()),
+            });
+            c
+        };
+        self.store.commit().await?;
+        Ok(c)
+    }
+
+    /// Conditions newest first that match `q` and that `visible` lets through, at most
+    /// `limit`, with the cursor of the next page.
+    pub fn list(
+        &self,
+        q: &ConditionQuery,
+        limit: usize,
+        visible: &dyn Fn(&Condition) -> bool,
+    ) -> Result<(Vec<Condition>, Option<ConditionId>)> {
+        let scan = ConditionScan {
+            device: q.device,
+            open_only: q.open == Some(true),
+            before: q.before,
+        };
+        let mut seen = HashMap::new();
+        let mut keep = |c: &mut Condition| {
+            self.current_fleet(c, &mut seen);
+            q.open.is_none_or(|o| c.open == o)
+                && q.fleet.is_none_or(|f| c.fleet_id == f)
+                && q.workspace.is_none_or(|w| c.workspace_id == w)
+                && (q.severities.is_empty() || q.severities.contains(&c.severity))
+                && q.name.as_ref().is_none_or(|n| &c.name == n)
+                && visible(c)
+        };
+        Ok(self.store.conditions(scan, limit, &mut keep)?)
+    }
+
+    /// How many conditions are open on devices `visible` lets through.
+    pub fn open_count(&self, visible: &dyn Fn(DeviceId) -> bool) -> Result<u64> {
+        Ok(self
+            .store
+            .open_condition_devices()?
+            .into_iter()
+            .filter(|d| visible(*d))
+            .count() as u64)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reports_are_checked_by_field() {
+        let ok = parse_reports(
+            br#"[{"name":"overheat","action":"open","severity":"major","details":{"t":91}},
+                 {"name":"overheat","action":"close"}]"#,
+        )
+        .expect("valid");
+        assert_eq!(ok.len(), 2);
+        assert_eq!(ok[0].severity, Some(Severity::Major));
+        let err = |p: &str| parse_reports(p.as_bytes()).expect_err(p).to_string();
+        assert!(err(r#"{"name":"x","action":"open"}"#).contains("needs a severity"));
+        assert!(err(r#"{"name":"x y","action":"close"}"#).contains("name must be"));
+        assert!(err(r#"{"name":"x","action":"explode"}"#).contains("unknown variant"));
+        assert!(err(r#"{"name":"x","action":"close","colour":1}"#).contains("unknown field"));
+        assert!(
+            err(r#"{"name":"x","action":"open","severity":"bad"}"#).contains("unknown variant")
+        );
+        assert!(err(r#"{"name":"x","action":"close","details":[1]}"#).contains("JSON object"));
+        assert!(err("[]").contains("1 to 100"));
+        assert!(err("7").contains("object or an array"));
+        assert!(err("{").contains("not valid JSON"));
+    }
+}
