@@ -745,7 +745,58 @@ async fn jobs_through_the_cli() {
     );
     ok(&run(&["schedule", "delete", &sid]));
     assert!(!ok(&run(&["schedule", "list"])).contains("nightly-ping"));
+    // A rollout sent twice with one idempotency key is one rollout.
+    let send_once = || {
+        let v: Value = serde_json::from_str(&ok(&run(&[
+            "job",
+            "fleet-send",
+            "F",
+            "ping",
+            "--idempotency-key",
+            "ping-once",
+            "--json",
+        ])))
+        .expect("json");
+        v["id"].as_str().expect("id").to_string()
+    };
+    assert_eq!(send_once(), send_once());
     pump.abort();
+
+    // Conditions: the device opens one over the HTTP device API; the CLI follows it.
+    let r = reqwest::Client::new()
+        .post(format!("{base}/api/v1/{token}/conditions"))
+        .body(r#"{"name":"overheat","action":"open","severity":"major","details":{"temp":91}}"#)
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(r.status(), 200);
+    let list = ok(&run(&["condition", "list", "--device", "valve"]));
+    assert!(
+        list.contains("overheat") && list.contains("major") && list.contains("open"),
+        "{list}"
+    );
+    assert!(!ok(&run(&["condition", "list", "--severity", "info"])).contains("overheat"));
+    let page: Value =
+        serde_json::from_str(&ok(&run(&["condition", "list", "--json"]))).expect("json");
+    let cid = page["items"][0]["id"].as_str().expect("id").to_string();
+    let acked = ok(&run(&["condition", "ack", &cid]));
+    assert!(
+        acked.contains("acknowledged") && acked.contains(" by "),
+        "{acked}"
+    );
+    let closed = ok(&run(&["condition", "close", &cid]));
+    assert!(closed.contains("closed"), "{closed}");
+    let again = run(&["condition", "close", &cid]);
+    assert!(!again.status.success());
+    assert!(
+        String::from_utf8_lossy(&again.stderr).contains("already closed"),
+        "{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+    let shown = ok(&run(&["condition", "show", &cid]));
+    assert!(shown.contains(r#"{"temp":91}"#), "{shown}");
+    assert!(!ok(&run(&["condition", "list"])).contains("overheat"));
+    assert!(ok(&run(&["condition", "list", "--state", "all"])).contains("overheat"));
 }
 
 /// Runs the CLI with `stdin` on standard input.

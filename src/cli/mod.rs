@@ -1,10 +1,12 @@
 //! The command line: `serve`, `init`, `config`, `ca`, `healthcheck` run locally; the noun-verb
 //! admin commands (`workspace`, `fleet`, `device`, `telemetry`, `aggregate`, `attributes`,
-//! `export`, `tags`, `usage`, `audit`, `job`, `integration`) call the REST API;
+//! `export`, `tags`, `usage`, `audit`, `job`, `schedule`, `condition`, `integration`, `user`)
+//! call the REST API;
 //! `simulate` runs virtual devices.
 
 mod admin;
 pub mod client;
+mod conditions;
 mod credentials;
 mod data;
 mod integrations;
@@ -88,6 +90,9 @@ enum Command {
     /// test, dead-letters, replay.
     #[command(subcommand)]
     Integration(integrations::IntegrationCmd),
+    /// Conditions devices reported: list, show, acknowledge, close.
+    #[command(subcommand)]
+    Condition(conditions::ConditionCmd),
     /// Run virtual devices against an MQTT server (demos, tests, benchmarks).
     Simulate(crate::sim::SimulateArgs),
 }
@@ -180,6 +185,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Schedule(c) => runtime()?.block_on(jobs::run_schedule(c)),
         Command::User(c) => runtime()?.block_on(users::run(c)),
         Command::Integration(c) => runtime()?.block_on(integrations::run(c)),
+        Command::Condition(c) => runtime()?.block_on(conditions::run(c)),
         Command::Simulate(a) => {
             serve::init_logging("info", cli.log_format.unwrap_or(LogFormat::Human))?;
             runtime()?.block_on(crate::sim::run(a))
