@@ -27,7 +27,7 @@ pub fn routes() -> OpenApiRouter<Arc<Services>> {
 #[into_params(parameter_in = Query)]
 pub struct EventParams {
     /// Comma-separated kinds to receive (`device_connected`, `device_disconnected`,
-    /// `telemetry_stored`, `job_updated`, `shared_attributes`, `client_attributes`,
+    /// `telemetry_stored`, `job_updated`, `shared_attributes`, `client_attributes`, `condition`,
     /// `integration_alarm`); all when absent.
     kinds: Option<String>,
     /// Only events of this device.
