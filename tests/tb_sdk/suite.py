@@ -1005,6 +1005,37 @@ def checks(s: Suite):
                f"tagged keys leaked into the default tag: {sorted(default)}")
         return f"tags {short(tags)}"
 
+    # -- conditions (Corral's extension topic) --
+
+    def conditions():
+        dev, token = api.new_device("cond")
+        c = s.client(port=srv.plain_port, username=token)
+        s.connect(c)
+        codes = s.puback_spy(c)
+        topic = "v1/devices/me/conditions"
+        # The SDK has no conditions topic: publish through its paho client, the SDK's `_client`.
+        def send(body):
+            mi = c._client.publish(topic, json.dumps(body), qos=1)
+            bounded(lambda: mi.wait_for_publish(5), 6, "wait_for_publish()")
+            expect(mi.is_published(), f"no PUBACK for mid {mi.mid} within 5 s")
+            poll(lambda: mi.mid in codes, 2)
+            expect(codes.get(mi.mid) == 0,
+                   f"conditions publish got PUBACK {fmt_code(codes.get(mi.mid))}")
+        send({"name": "overheat", "action": "open", "severity": "major", "details": {"temp": 91}})
+        send([{"name": "overheat", "action": "update", "details": {"temp": 95}},
+              {"name": "door_open", "action": "open", "severity": "info"}])
+        page = api.ok("GET", f"/api/v1/devices/{dev}/conditions") or {}
+        got = {c["name"]: c for c in page.get("items", [])}
+        expect(set(got) == {"overheat", "door_open"}, f"open conditions {sorted(got)}")
+        o = got["overheat"]
+        expect(o["severity"] == "major" and o["details"] == {"temp": 95} and o["reports"] == 2,
+               f"overheat is {short(o)}")
+        send({"name": "overheat", "action": "close"})
+        closed = api.ok("GET", f"/api/v1/conditions/{o['id']}") or {}
+        expect(closed.get("open") is False and closed.get("closed_by") == "device",
+               f"after close: {short(closed)}")
+        return f"{len(got)} opened, overheat closed by the device"
+
     # -- getSessionLimits (spec §5.2) --
 
     def session_limits():
@@ -1488,6 +1519,7 @@ def checks(s: Suite):
         ("8 HTTP provisioning", http_provision),
         ("9 telemetry forms and value types", telemetry_forms),
         ("10 tagged telemetry (v1/devices/me/telemetry/{tag})", tagged_telemetry),
+        ("10b conditions (v1/devices/me/conditions)", conditions),
         ("11 getSessionLimits applied by the SDK", session_limits),
         ("12 client RPC: unknown method -> error", client_rpc),
         ("13 attributes: publish, REST, requests", attributes_mqtt),
