@@ -372,6 +372,7 @@ impl JobService {
         }
         self.store.put_fleet_children(fj.id, &batch)?;
         for job in &batch {
+            self.noted(job);
             self.announce(job);
         }
         let payload = json!({"method": fj.method, "params": fj.params})

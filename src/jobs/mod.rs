@@ -8,6 +8,7 @@
 
 pub mod fleet;
 pub mod schedule;
+mod wakes;
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -93,7 +94,15 @@ pub struct JobService {
     /// Until the first scheduler pass, every running rollout is checked (a restart may have
     /// left one whose children all finished).
     rollouts_checked: std::sync::atomic::AtomicBool,
+    /// When each unfinished job next needs the scheduler.
+    wakes: wakes::Wakes,
+    /// When the scheduler last read every unfinished job (`i64::MIN`: not yet).
+    last_sweep: std::sync::atomic::AtomicI64,
 }
+
+/// How often the scheduler reads every unfinished job anyway, rebuilding the wake-up index:
+/// a safety net (a wall-clock jump, a write that noted a stale wake), not the way work is found.
+const FULL_SWEEP_MS: i64 = 60_000;
 
 fn invalid(field: &'static str, message: impl Into<String>) -> RegistryError {
     RegistryError::Invalid {
@@ -138,7 +147,20 @@ impl JobService {
             clock: schedule::Clock::System,
             changed_rollouts: Mutex::default(),
             rollouts_checked: std::sync::atomic::AtomicBool::new(false),
+            wakes: wakes::Wakes::default(),
+            last_sweep: std::sync::atomic::AtomicI64::new(i64::MIN),
         }
+    }
+
+    /// How long a send may wait for its transport's report before it counts as lost with its
+    /// session (three acknowledgement timeouts).
+    fn stuck_ms(&self) -> i64 {
+        self.cfg.ack_timeout_secs.max(1) as i64 * 3000
+    }
+
+    /// Keeps the wake-up index in step with a job just written.
+    pub(crate) fn noted(&self, job: &Job) {
+        self.wakes.note(job, self.now(), self.stuck_ms());
     }
 
     pub fn ack_timeout(&self) -> Duration {
@@ -147,6 +169,7 @@ impl JobService {
 
     pub(crate) fn save(&self, job: &Job) -> Result<()> {
         self.store.put_job(job)?;
+        self.noted(job);
         self.announce(job);
         Ok(())
     }
@@ -480,13 +503,27 @@ impl JobService {
     }
 
     fn tick_inner(&self) -> Result<()> {
+        use std::sync::atomic::Ordering;
         let now = self.now();
-        let stuck = self.cfg.ack_timeout_secs.max(1) as i64 * 3000;
-        let mut devices = Vec::new();
-        for (id, device) in self.store.active_jobs()? {
+        let stuck = self.stuck_ms();
+        // Normally only the jobs whose wake-up time has come; every unfinished job on the
+        // first pass and then once every `FULL_SWEEP_MS`.
+        let last = self.last_sweep.load(Ordering::Relaxed);
+        let full = last == i64::MIN || now.saturating_sub(last) >= FULL_SWEEP_MS || now < last;
+        let candidates = if full {
+            self.last_sweep.store(now, Ordering::Relaxed);
+            self.store.active_jobs()?
+        } else {
+            self.wakes.take_due(now)
+        };
+        let mut devices = std::collections::BTreeSet::new();
+        for (id, device) in candidates {
             let Some(mut job) = self.store.get_job(id)? else {
                 continue;
             };
+            // Whatever happens below, the job is looked at again when it is next due (a
+            // transition notes it again through `save`).
+            self.noted(&job);
             if job.expires_at <= now && job.state != JobState::Delivered {
                 job.transition(
                     JobState::Expired,
@@ -503,9 +540,7 @@ impl JobService {
                 job.transition(JobState::Queued, Some("the session ended in flight".into()));
                 self.save(&job)?;
             }
-            if !devices.contains(&device) {
-                devices.push(device);
-            }
+            devices.insert(device);
         }
         for d in devices {
             self.dispatch(d)?;
