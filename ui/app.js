@@ -10,6 +10,7 @@ import * as overview from './pages/overview.js';
 import * as fleets from './pages/fleets.js';
 import * as devices from './pages/devices.js';
 import * as device from './pages/device.js';
+import * as conditions from './pages/conditions.js';
 import * as jobs from './pages/jobs.js';
 import * as integrations from './pages/integrations.js';
 import * as users from './pages/users.js';
@@ -20,6 +21,7 @@ const routes = [
   [/^\/fleets$/, fleets, 'Workspaces & fleets'],
   [/^\/devices$/, devices, 'Devices'],
   [/^\/devices\/([0-9a-fA-F-]{36})$/, device, 'Device'],
+  [/^\/conditions$/, conditions, 'Conditions'],
   [/^\/jobs$/, jobs, 'Jobs'],
   [/^\/integrations$/, integrations, 'Integrations'],
   [/^\/users$/, users, 'Users & API keys'],

@@ -117,12 +117,15 @@ export function errorBox(e) {
   return h('div', { class: 'notice error', role: 'alert' }, errorText(e));
 }
 
-/** A table with a caption (visually hidden when `hideCaption`), header cells and rows. */
+/**
+ * A table with a caption (visually hidden when `hideCaption`), header cells (text, nodes, or
+ * ready `th` elements) and rows.
+ */
 export function table(caption, headers, rows, opts = {}) {
   return h('div', { class: 'table-wrap', tabindex: opts.focusable ? '0' : null, role: opts.focusable ? 'region' : null, 'aria-label': opts.focusable ? caption : null },
     h('table', { class: opts.class || '' },
       h('caption', { class: opts.hideCaption ? 'visually-hidden' : '' }, caption),
-      h('thead', {}, h('tr', {}, headers.map((x) => h('th', { scope: 'col' }, x)))),
+      h('thead', {}, h('tr', {}, headers.map((x) => (x instanceof Element && x.tagName === 'TH' ? x : h('th', { scope: 'col' }, x))))),
       h('tbody', {}, rows.length ? rows : h('tr', {}, h('td', { colspan: headers.length, class: 'empty' }, opts.empty || 'Nothing here yet.')))));
 }
 

@@ -3,7 +3,8 @@
 // admin from the one-time setup link, sign in with a password, create a
 // workspace, a fleet and a device, watch the device turn online when a test device connects,
 // see its telemetry on the chart, send it a command that the test device answers and see the
-// result; then the same UI on a phone-sized screen and the main flow by keyboard only.
+// result, follow a condition it reports (a viewer is refused, the operator acknowledges and
+// closes it); then the same UI on a phone-sized screen and the main flow by keyboard only.
 // Screenshots go to target/ui-artifacts/. Every wait is bounded, and the whole run stops
 // itself after SUITE_LIMIT_MS.
 //
@@ -308,6 +309,90 @@ async function main() {
     await page.waitForSelector('#credentials tr:has-text("certificate") .badge.revoked');
     await page.waitForSelector('#device-status .badge.online'); // the token session is untouched
     await page.locator('#credentials').screenshot({ path: join(artifacts, '07c-credentials.png') });
+  });
+
+  await step('conditions: the device reports one; a viewer is refused, the operator acknowledges and closes it', async () => {
+    const call = async (method, path, body) => {
+      const r = await fetch(`${base}/api/v1${path}`, {
+        method,
+        headers: { Authorization: `Bearer ${adminKey}`, 'Content-Type': 'application/json' },
+        body: body === undefined ? undefined : JSON.stringify(body),
+      });
+      const text = await r.text();
+      if (!r.ok) throw new Error(`${method} ${path}: ${r.status} ${text}`);
+      return text ? JSON.parse(text) : null;
+    };
+    // The device's side: the HTTP device API, authenticated by its access token.
+    const report = async (body) => {
+      const r = await fetch(`${base}/api/v1/${token}/conditions`, { method: 'POST', headers: { 'Content-Type': 'application/json' }, body: JSON.stringify(body) });
+      if (!r.ok) throw new Error(`device report: HTTP ${r.status} ${await r.text()}`);
+    };
+    // The device page is open: the condition appears there live.
+    await page.waitForSelector('#device-conditions td:text-is("No conditions reported.")');
+    await report({ name: 'overheat', action: 'open', severity: 'critical', details: { temp: 97 } });
+    await page.waitForSelector('#device-conditions tr[data-state="open"][data-severity="critical"] th:text-is("overheat")', { timeout: 15_000 });
+    await page.locator('#conditions').screenshot({ path: join(artifacts, '08b-device-conditions.png') });
+    // The overview counts it, and the count leads to the conditions page.
+    await page.click('#nav a[href="#/"]');
+    await page.waitForSelector('#stat-conditions');
+    const open = Number((await page.textContent('#stat-conditions .stat-value')).trim());
+    if (!(open >= 1)) throw new Error(`the overview shows ${open} open conditions`);
+    await page.click('#stat-conditions');
+    await page.waitForSelector('main h1:has-text("Conditions")');
+    const row = page.locator('#conditions-table tr', { has: page.locator('th:text-is("overheat")') });
+    await row.locator('.badge.severity-critical:text-is("critical")').waitFor();
+    await row.locator('a:text-is("thermo-1")').waitFor();
+    await page.waitForSelector('#live-state.up');
+
+    // A viewer, on a phone: the list fits the screen, and the server's refusal is shown.
+    const fleet = (await call('GET', '/fleets?name=sensors')).items[0];
+    await call('POST', '/users', { username: 'vera', display_name: 'Vera Viewer', password: 'a viewer password', admin: false, grants: [{ workspace_id: fleet.workspace_id, role: 'viewer', fleets: null }] });
+    const phone = await browser.newContext({ viewport: { width: 390, height: 844 }, isMobile: true, hasTouch: true, deviceScaleFactor: 2 });
+    try {
+      const p = await phone.newPage();
+      p.setDefaultTimeout(STEP_MS);
+      guard(p, problems);
+      await p.goto(`${base}/#/conditions`);
+      await p.waitForSelector('#login-form');
+      await p.fill('#login-username', 'vera');
+      await p.fill('#login-password', 'a viewer password');
+      await p.click('#login-form button[type=submit]');
+      await p.waitForSelector('#conditions-table th:text-is("overheat")');
+      const overflow = await p.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
+      if (overflow > 1) throw new Error(`the conditions page is ${overflow} px wider than the screen`);
+      await p.click('#conditions-table button:text-is("Acknowledge")');
+      await p.waitForSelector('#toast.error:has-text("forbidden")');
+      await p.waitForSelector('#conditions-table tr[data-acknowledged="no"] button:text-is("Acknowledge"):enabled');
+      const overflow2 = await p.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
+      if (overflow2 > 1) throw new Error(`with the error shown, the page is ${overflow2} px wider than the screen`);
+      await shot(p, '16b-phone-conditions-viewer-refused');
+    } finally {
+      await phone.close();
+    }
+
+    // The operator (here the admin) acknowledges, then closes it: the row says so each time.
+    await row.locator('button:text-is("Acknowledge")').click();
+    await page.waitForSelector('#conditions-table tr[data-acknowledged="yes"][data-state="open"] th:text-is("overheat")');
+    await row.locator(`td.ack-cell:has-text("${ADMIN.username}")`).waitFor();
+    if (await row.locator('button:text-is("Acknowledge")').count()) throw new Error('an acknowledged condition still offers Acknowledge');
+    await shot(page, '16-conditions-acknowledged');
+    await row.locator('button:text-is("Close")').click();
+    await page.waitForSelector('#conditions-table tr[data-state="closed"] th:text-is("overheat")');
+    await row.locator(`td.state-cell:has-text("by ${ADMIN.username}")`).waitFor();
+    if (await row.locator('button').count()) throw new Error('a closed condition still offers actions');
+    // Live: the device opens another, which appears without a reload, then closes it itself.
+    await report({ name: 'battery_low', action: 'open', severity: 'minor', details: { level: 7 } });
+    await page.waitForSelector('#conditions-table tr[data-state="open"][data-severity="minor"] th:text-is("battery_low")', { timeout: 15_000 });
+    await report({ name: 'battery_low', action: 'close' });
+    await page.waitForSelector('#conditions-table tr[data-state="closed"] th:text-is("battery_low")', { timeout: 15_000 });
+    // Filters run on the server: both closed ones under "closed", only the critical one by severity.
+    await page.selectOption('#conditions-state', 'closed');
+    await page.waitForSelector('#conditions-count:text("2 closed conditions")');
+    await page.selectOption('#conditions-severity', 'critical');
+    await page.waitForSelector('#conditions-count:text("1 closed condition")');
+    await page.waitForSelector('#conditions-table th:text-is("overheat")');
+    if (!page.url().includes('state=closed') || !page.url().includes('severity=critical')) throw new Error(`filters are not in the address: ${page.url()}`);
+    await shot(page, '16c-conditions-closed');
   });
 
   await step('jobs page: a fleet rollout and a schedule', async () => {

@@ -1,11 +1,12 @@
-// One device: identity and status, credentials (revoke, add, certificate download),
-// attributes (shared ones editable), telemetry (chart by tag and key over a chosen range, and
+// One device: identity and status, conditions (open first; acknowledge, close), credentials
+// (revoke, add, certificate download), attributes (shared ones editable), telemetry (chart by tag and key over a chosen range, and
 // latest values), jobs (list and a send-command form whose result updates live) and connection
 // history. One event stream for the device keeps status, data and jobs current.
 
 import * as api from '../api.js';
 import { h, clear, field, table, onSubmit, toast, announce, timeEl, fmtTime, fmtValue, statusBadge, errorBox, debounce, download, secretBox, errorText } from '../dom.js';
 import { lineChart } from '../chart.js';
+import { ConditionRows } from './conditions.js';
 
 const RANGES = [
   ['15m', '15 minutes', 15 * 60e3],
@@ -30,6 +31,7 @@ export async function render(main, ctx) {
 
   const sections = {
     identity: h('section', { id: 'identity', 'aria-labelledby': 'identity-h' }),
+    conditions: h('section', { id: 'conditions', 'aria-labelledby': 'conditions-h' }),
     credentials: h('section', { id: 'credentials', 'aria-labelledby': 'credentials-h' }),
     attributes: h('section', { id: 'attributes', 'aria-labelledby': 'attributes-h' }),
     telemetry: h('section', { id: 'telemetry', 'aria-labelledby': 'telemetry-h' }),
@@ -38,7 +40,7 @@ export async function render(main, ctx) {
   };
   const statusEl = h('span', { id: 'device-status', 'aria-live': 'polite' }, statusBadge(dev.status));
   const toc = h('nav', { class: 'toc', 'aria-label': 'Sections' }, h('ul', {},
-    [['identity', 'Identity'], ['credentials', 'Credentials'], ['attributes', 'Attributes'], ['telemetry', 'Telemetry'], ['jobs', 'Jobs'], ['history', 'Connection history']]
+    [['identity', 'Identity'], ['conditions', 'Conditions'], ['credentials', 'Credentials'], ['attributes', 'Attributes'], ['telemetry', 'Telemetry'], ['jobs', 'Jobs'], ['history', 'Connection history']]
       .map(([k, l]) => h('li', {}, h('a', { href: `#/devices/${id}`, 'data-section': k, onclick: (ev) => {
         ev.preventDefault();
         const target = sections[k].querySelector('h2');
@@ -78,6 +80,27 @@ export async function render(main, ctx) {
         } }, 'Delete device')));
   }
   renderIdentity(dev);
+
+  // ---- conditions ----
+  // Open ones first, then the latest closed ones; each newest first. An action changes its row
+  // at once; the event it causes reads the list again (a closed one moves down).
+  const condBox = h('div', { id: 'device-conditions' });
+  const condRows = new ConditionRows({ withDevice: false });
+  async function renderConditions() {
+    try {
+      const [open, closed] = await Promise.all([
+        api.get(`${base}/conditions${api.qs({ state: 'open', limit: 100 })}`),
+        api.get(`${base}/conditions${api.qs({ state: 'closed', limit: 10 })}`),
+      ]);
+      if (!ctx.current()) return;
+      condRows.render(condBox, 'Conditions of this device, open ones first', open.items.concat(closed.items), { empty: 'No conditions reported.' });
+      condBox.dataset.open = String(open.items.length);
+    } catch (e) {
+      clear(condBox, errorBox(e));
+    }
+  }
+  clear(sections.conditions, h('h2', { id: 'conditions-h' }, 'Conditions'), condBox,
+    h('p', {}, h('a', { href: `#/conditions${api.qs({ device_id: id, state: 'all' })}`, id: 'device-conditions-all' }, 'All conditions of this device')));
 
   // ---- credentials ----
   let caPem = null;
@@ -309,7 +332,7 @@ export async function render(main, ctx) {
   }
   renderHistory(dev);
 
-  await Promise.all([renderCredentials(), renderAttributes(), loadTags().then(() => Promise.all([renderChart(), renderLatest()])), renderJobs(), renderConnections(), renderAudit()]);
+  await Promise.all([renderConditions(), renderCredentials(), renderAttributes(), loadTags().then(() => Promise.all([renderChart(), renderLatest()])), renderJobs(), renderConnections(), renderAudit()]);
 
   // ---- live ----
   const refreshData = debounce(async (tag) => {
@@ -317,6 +340,7 @@ export async function render(main, ctx) {
     if (tag === tel.tag) { renderChart(); renderLatest(); }
   }, 500);
   const refreshJobs = debounce(renderJobs, 300);
+  const refreshConditions = debounce(renderConditions, 300);
   const refreshDevice = debounce(async () => {
     try {
       Object.assign(dev, await api.get(base));
@@ -342,12 +366,19 @@ export async function render(main, ctx) {
       if (ev.job_id === watched) {
         try { showJob(await api.get(`/jobs/${ev.job_id}`)); } catch { /* next event */ }
       }
+    } else if (kind === 'condition') {
+      if (ev && ev.condition) {
+        condRows.update(ev.condition);
+        if (ev.action !== 'updated') announce(`Condition ${ev.condition.name}: ${ev.action}.`);
+      }
+      refreshConditions();
     } else if (kind === 'shared_attributes') {
       renderAttributes();
     } else if (kind === 'lagged') {
       // Events were missed: read everything again.
       refreshDevice();
       refreshJobs();
+      refreshConditions();
       refreshData(tel.tag);
     }
   }));

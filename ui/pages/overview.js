@@ -1,14 +1,22 @@
-// Overview: devices online and offline, message rate, open conditions, running jobs and the
-// health of integrations, from `GET /api/v1/overview`; refreshed on device events and every
-// 10 s. Without that endpoint it counts devices from the device listing instead.
+// Overview: devices online and offline, message rate, open conditions (a link to them), running
+// jobs and the health of integrations, from `GET /api/v1/overview`; refreshed on device, job and
+// condition events and every 10 s. Without that endpoint it counts devices from the device listing instead.
 
 import * as api from '../api.js';
 import { h, clear, errorBox, table, statusBadge, debounce } from '../dom.js';
 
-function stat(label, value, id) {
-  return h('div', { class: 'stat', id },
+function stat(label, value, id, href) {
+  return h(href ? 'a' : 'div', { class: 'stat', id, href },
     h('span', { class: 'stat-value' }, value === null || value === undefined ? '—' : String(value)),
     h('span', { class: 'stat-label' }, label));
+}
+
+/** The open conditions, linking to the conditions page when the server counts them. */
+function conditionsStat(n) {
+  if (n === null || n === undefined) return stat('open conditions', null, 'stat-conditions');
+  const el = stat('open conditions', n, 'stat-conditions', '#/conditions');
+  if (n > 0) el.classList.add('raised');
+  return el;
 }
 
 async function countDevices(status) {
@@ -61,7 +69,7 @@ export async function render(main, ctx) {
         stat('online', o.devices.online, 'stat-online'),
         stat('offline', o.devices.offline, 'stat-offline'),
         stat('messages / s', o.messages_per_sec === null ? null : Number(o.messages_per_sec).toFixed(1), 'stat-rate'),
-        stat('open conditions', o.open_conditions ?? null, 'stat-conditions'),
+        conditionsStat(o.open_conditions),
         stat('running jobs', o.running_jobs, 'stat-jobs')),
       o.full ? null : h('p', { class: 'muted' }, 'This server has no overview endpoint: device counts come from the device list; rates, conditions and jobs are not shown.'),
       h('h2', {}, 'Integrations'),
@@ -79,7 +87,7 @@ export async function render(main, ctx) {
   };
   await refresh();
   const again = debounce(refresh, 1000);
-  ctx.cleanup(api.events({ kinds: 'device_connected,device_disconnected,job_updated' }, () => again()));
+  ctx.cleanup(api.events({ kinds: 'device_connected,device_disconnected,job_updated,condition' }, () => again()));
   const timer = setInterval(refresh, 10000);
   ctx.cleanup(() => clearInterval(timer));
 }
