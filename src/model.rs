@@ -707,7 +707,7 @@ impl fmt::Debug for Secret {
     }
 }
 
-/// What an integration can receive. `Conditions` is accepted in filters; nothing emits it yet.
+/// What an integration can receive.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum EventKind {
