@@ -11,36 +11,11 @@ use std::time::Duration;
 use common::mqtt::{next_v5, spawn_v3, spawn_v5};
 use common::server::Server;
 use common::sink::Sink;
-use common::{TestApp, eventually, tls_transport};
+use common::{TestApp, call, eventually, tls_transport};
 use rumqttc::v5::mqttbytes::QoS as V5QoS;
 use rumqttc::v5::mqttbytes::v5::{Packet as V5Packet, PubAckReason};
 use rumqttc::{MqttOptions, Packet, QoS};
 use serde_json::{Value, json};
-
-async fn call(
-    base: &str,
-    key: &str,
-    method: &str,
-    path: &str,
-    body: Option<Value>,
-) -> (u16, Value) {
-    let mut r = reqwest::Client::builder()
-        .timeout(Duration::from_secs(30))
-        .build()
-        .expect("client")
-        .request(
-            method.parse().expect("method"),
-            format!("{base}/api/v1{path}"),
-        )
-        .bearer_auth(key);
-    if let Some(b) = body {
-        r = r.json(&b);
-    }
-    let r = r.send().await.expect("send");
-    let s = r.status().as_u16();
-    let text = r.text().await.unwrap_or_default();
-    (s, serde_json::from_str(&text).unwrap_or(Value::Null))
-}
 
 fn items(v: &Value) -> Vec<Value> {
     v["items"].as_array().cloned().unwrap_or_default()

@@ -15,37 +15,12 @@ use tokio::sync::broadcast;
 use common::mqtt::spawn_v3;
 use common::server::Server;
 use common::sink::{DOWN, REFUSING, Sink, THROTTLING, UP};
-use common::{TestApp, eventually, tls_transport};
+use common::{TestApp, call, eventually, tls_transport};
 use rumqttc::{AsyncClient, Event, MqttOptions, Outgoing, Packet, QoS};
 use serde_json::{Value, json};
 
 const SECRET: &str = "integration-test-signing-secret";
 const AUTH_VALUE: &str = "Bearer sink-auth-value-42";
-
-async fn call(
-    base: &str,
-    key: &str,
-    method: &str,
-    path: &str,
-    body: Option<Value>,
-) -> (u16, Value) {
-    let mut r = reqwest::Client::builder()
-        .timeout(Duration::from_secs(30))
-        .build()
-        .expect("client")
-        .request(
-            method.parse().expect("method"),
-            format!("{base}/api/v1{path}"),
-        )
-        .bearer_auth(key);
-    if let Some(b) = body {
-        r = r.json(&b);
-    }
-    let r = r.send().await.expect("send");
-    let s = r.status().as_u16();
-    let text = r.text().await.unwrap_or_default();
-    (s, serde_json::from_str(&text).unwrap_or(Value::Null))
-}
 
 async fn status(base: &str, key: &str, id: &str) -> Value {
     let (code, s) = call(

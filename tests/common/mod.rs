@@ -178,3 +178,30 @@ where
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// One REST call with an API key: the status and the JSON body (`Null` when there is none).
+/// The client gives up after 30 s, so a hung server fails the test with a message.
+pub async fn call(
+    base: &str,
+    key: &str,
+    method: &str,
+    path: &str,
+    body: Option<Value>,
+) -> (u16, Value) {
+    let mut r = reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .expect("client")
+        .request(
+            method.parse().expect("method"),
+            format!("{base}/api/v1{path}"),
+        )
+        .bearer_auth(key);
+    if let Some(b) = body {
+        r = r.json(&b);
+    }
+    let r = r.send().await.expect("send");
+    let s = r.status().as_u16();
+    let text = r.text().await.unwrap_or_default();
+    (s, serde_json::from_str(&text).unwrap_or(Value::Null))
+}
