@@ -40,16 +40,6 @@ pub enum Action {
     Close,
 }
 
-impl Action {
-    fn as_str(self) -> &'static str {
-        match self {
-            Action::Open => "opened",
-            Action::Update => "updated",
-            Action::Close => "closed",
-        }
-    }
-}
-
 /// One condition report from a device, on `v1/devices/me/conditions` (MQTT) or
 /// `POST /api/v1/{token}/conditions` (HTTP): an object or an array of them.
 #[derive(Debug, Clone, Deserialize, ToSchema)]
@@ -163,6 +153,12 @@ impl ConditionService {
             for r in reports {
                 let at = r.ts.unwrap_or(now);
                 let current = self.store.open_condition(device, &r.name)?;
+                // What the event says happened: a repeated open is an update.
+                let action = match (r.action, &current) {
+                    (Action::Close, _) => "closed",
+                    (_, Some(_)) => "updated",
+                    (_, None) => "opened",
+                };
                 let c = match (r.action, current) {
                     (Action::Close, None) => continue,
                     (Action::Close, Some(mut c)) => {
@@ -210,11 +206,7 @@ impl ConditionService {
                 // tap, and the commit below makes their entries durable with the condition.
                 self.events.publish(Event::Condition {
                     device_id: device,
-                    action: if c.open && c.reports == 1 {
-                        "opened"
-                    } else {
-                        r.action.as_str()
-                    },
+                    action,
                     condition: Box::new(c.clone()),
                 });
                 out.push(c);

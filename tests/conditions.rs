@@ -89,20 +89,28 @@ async fn devices_open_update_and_close_conditions_and_operators_follow_them() {
     assert_eq!(c["fleet_id"], dev["fleet_id"]);
     let overheat = c["id"].as_str().expect("id").to_string();
 
-    // The live bus said so, with the action.
+    // The live bus said so, with the action: the repeated open is an update.
     let ev = tokio::time::timeout(Duration::from_secs(5), async {
-        loop {
+        let mut seen = Vec::new();
+        while seen.len() < 2 {
             if let Ok(corral::events::Event::Condition {
                 action, condition, ..
             }) = bus.recv().await
             {
-                return (action, condition.name.clone());
+                seen.push((action, condition.name.clone(), condition.reports));
             }
         }
+        seen
     })
     .await
-    .expect("a condition event");
-    assert_eq!(ev, ("opened", "overheat".to_string()));
+    .expect("two condition events");
+    assert_eq!(
+        ev,
+        [
+            ("opened", "overheat".to_string(), 1),
+            ("updated", "overheat".to_string(), 2)
+        ]
+    );
 
     // Bad reports: refused with "payload format invalid", and nothing changes.
     for bad in [
