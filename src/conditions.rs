@@ -330,6 +330,33 @@ impl ConditionService {
         Ok(self.store.conditions(scan, limit, &mut keep)?)
     }
 
+    /// Open conditions per severity, every severity present (for the metrics scrape: open
+    /// conditions are few, and counting them from the store cannot drift from it).
+    pub fn open_by_severity(&self) -> Result<Vec<(Severity, u64)>> {
+        let mut counts = [0u64; 5];
+        let (open, _) = self.store.conditions(
+            ConditionScan {
+                open_only: true,
+                ..Default::default()
+            },
+            usize::MAX,
+            &mut |_| true,
+        )?;
+        for c in open {
+            counts[c.severity as usize] += 1;
+        }
+        Ok([
+            Severity::Critical,
+            Severity::Major,
+            Severity::Minor,
+            Severity::Warning,
+            Severity::Info,
+        ]
+        .into_iter()
+        .map(|s| (s, counts[s as usize]))
+        .collect())
+    }
+
     /// How many conditions are open on devices `visible` lets through.
     pub fn open_count(&self, visible: &dyn Fn(DeviceId) -> bool) -> Result<u64> {
         Ok(self

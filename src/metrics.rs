@@ -26,6 +26,12 @@ pub struct IntegrationLabel {
     pub integration: String,
 }
 
+/// Label set for per-severity metrics.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+pub struct SeverityLabel {
+    pub severity: &'static str,
+}
+
 /// All metrics Corral exports.
 pub struct Metrics {
     registry: Registry,
@@ -52,6 +58,8 @@ pub struct Metrics {
     pub integration_dead_letters: Family<IntegrationLabel, Gauge>,
     pub integration_alarm: Family<IntegrationLabel, Gauge>,
     pub integration_delivery_seconds: Histogram,
+    /// Open device conditions per severity, counted when metrics are scraped.
+    pub conditions_open: Family<SeverityLabel, Gauge>,
 }
 
 impl Default for Metrics {
@@ -188,7 +196,14 @@ impl Metrics {
             "Time from queueing to the receiver's 2xx, per entry",
             integration_delivery_seconds.clone(),
         );
+        let conditions_open = Family::<SeverityLabel, Gauge>::default();
+        registry.register(
+            "conditions_open",
+            "Device conditions open now, per severity",
+            conditions_open.clone(),
+        );
         Self {
+            conditions_open,
             telemetry_messages,
             rate_samples: Default::default(),
             integration_queue_depth,

@@ -194,6 +194,19 @@ async fn devices_open_update_and_close_conditions_and_operators_follow_them() {
     );
     let (_, v) = call(&base, &key, "GET", "/overview", None).await;
     assert_eq!(v["open_conditions"], 2, "{v}");
+    let metrics = reqwest::get(format!("{base}/metrics"))
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    for line in [
+        "corral_conditions_open{severity=\"critical\"} 1",
+        "corral_conditions_open{severity=\"warning\"} 1",
+        "corral_conditions_open{severity=\"info\"} 0",
+    ] {
+        assert!(metrics.contains(line), "{line} missing from {metrics}");
+    }
 
     // An operator acknowledges overheat: it stays open.
     let (s, v) = call(

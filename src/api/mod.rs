@@ -173,6 +173,19 @@ pub fn router(services: Arc<Services>, ready: Arc<Readiness>) -> Router {
 }
 
 async fn metrics(State(s): State<Arc<Services>>) -> Response {
+    match s.conditions.open_by_severity() {
+        Ok(counts) => {
+            for (sev, n) in counts {
+                s.metrics
+                    .conditions_open
+                    .get_or_create(&crate::metrics::SeverityLabel {
+                        severity: sev.as_str(),
+                    })
+                    .set(n as i64);
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "cannot count open conditions for the metrics"),
+    }
     let mut r = s.metrics.render().into_response();
     r.headers_mut().insert(
         header::CONTENT_TYPE,
