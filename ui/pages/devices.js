@@ -98,6 +98,8 @@ export async function render(main, ctx) {
   }
 
   function reload() {
+    // A search typed just before leaving the page must not rewrite the next page's address.
+    if (!ctx.current()) return;
     state.name = search.value.trim();
     state.fleet_id = fleetSel.value;
     state.status = statusSel.value;
