@@ -8,6 +8,9 @@ const KEY_STORE = 'corral.apiKey';
 export const session = {
   user: null, // {id, username, display_name, admin, grants} when signed in with a password
   csrf: null,
+  // {admin, grants} of whoever is signed in (password or API key), from /auth/me; null when
+  // unknown. Only for showing the controls the caller's role allows: the server decides.
+  access: null,
   apiKey: sessionStorage.getItem(KEY_STORE),
   get signedIn() { return Boolean(this.user || this.apiKey); },
 };
@@ -79,6 +82,24 @@ export function qs(params) {
 function setUser(body) {
   session.user = body.user;
   session.csrf = body.csrf_token || null;
+  setAccess(body.user);
+}
+
+function setAccess(user) {
+  session.access = user ? { admin: Boolean(user.admin), grants: Array.isArray(user.grants) ? user.grants : [] } : null;
+}
+
+/**
+ * Reads the caller's roles again (an admin may have changed them since the sign-in); keeps
+ * what was known when that fails.
+ */
+export async function refreshAccess() {
+  try {
+    const me = await api('GET', '/auth/me', undefined, { quiet401: true });
+    if (!me || !me.user) return;
+    setAccess(me.user);
+    if (session.user) session.user = { ...session.user, ...me.user };
+  } catch { /* the page's own requests report the problem */ }
 }
 
 export async function login(username, password) {
@@ -99,6 +120,7 @@ export async function useApiKey(key) {
     throw e;
   }
   sessionStorage.setItem(KEY_STORE, session.apiKey);
+  await refreshAccess();
 }
 
 /** Restores the session on load: the stored API key, or the session cookie through /auth/me. */
@@ -106,6 +128,7 @@ export async function restore() {
   if (session.apiKey) {
     try {
       await api('GET', '/workspaces?limit=1', undefined, { quiet401: true });
+      await refreshAccess();
       return true;
     } catch (e) {
       if (e.status !== 401) throw e;
@@ -129,12 +152,13 @@ export async function logout() {
   session.user = null;
   session.csrf = null;
   session.apiKey = null;
+  session.access = null;
   sessionStorage.removeItem(KEY_STORE);
 }
 
-/** Whether the signed-in user is a server admin; null when unknown (signed in with an API key). */
+/** Whether the caller is a server admin; null when unknown. */
 export function isServerAdmin() {
-  return session.user ? Boolean(session.user.admin) : null;
+  return session.access ? session.access.admin : null;
 }
 
 export function whoAmI() {

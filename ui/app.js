@@ -8,6 +8,7 @@ import { clear, h, errorBox } from './dom.js';
 import * as login from './pages/login.js';
 import * as overview from './pages/overview.js';
 import * as fleets from './pages/fleets.js';
+import * as fleet from './pages/fleet.js';
 import * as devices from './pages/devices.js';
 import * as device from './pages/device.js';
 import * as conditions from './pages/conditions.js';
@@ -19,6 +20,7 @@ import * as audit from './pages/audit.js';
 const routes = [
   [/^\/$/, overview, 'Overview'],
   [/^\/fleets$/, fleets, 'Workspaces & fleets'],
+  [/^\/fleets\/([0-9a-fA-F-]{36})$/, fleet, 'Fleet'],
   [/^\/devices$/, devices, 'Devices'],
   [/^\/devices\/([0-9a-fA-F-]{36})$/, device, 'Device'],
   [/^\/conditions$/, conditions, 'Conditions'],
@@ -85,6 +87,9 @@ async function render() {
     go('/login', path === '/' ? undefined : { next: path });
     return;
   }
+  // The caller's roles, read again on every page: the page shows only the controls they allow.
+  await api.refreshAccess();
+  if (seq !== renderSeq) return;
   shell(true);
   const nav = document.getElementById('nav');
   if (window.matchMedia('(max-width: 760px)').matches) {
@@ -122,6 +127,7 @@ async function start() {
   api.onUnauthorized(() => {
     api.session.user = null;
     api.session.apiKey = null;
+    api.session.access = null;
     sessionStorage.removeItem('corral.apiKey');
     const { path } = parseHash();
     if (path !== '/login' && path !== '/setup') go('/login', { next: path });

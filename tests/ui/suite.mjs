@@ -4,15 +4,17 @@
 // workspace, a fleet and a device, watch the device turn online when a test device connects,
 // see its telemetry on the chart, send it a command that the test device answers and see the
 // result, follow a condition it reports (a viewer is refused, the operator acknowledges and
-// closes it); then the same UI on a phone-sized screen and the main flow by keyboard only.
+// closes it), manage a fleet's onboarding (provisioning used for real, a manufacturer CA) and
+// shared defaults, check what a viewer is offered (and that the server refuses a demoted
+// operator); then the same UI on a phone-sized screen and the main flow by keyboard only.
 // Screenshots go to target/ui-artifacts/. Every wait is bounded, and the whole run stops
 // itself after SUITE_LIMIT_MS.
 //
 //   node tests/ui/suite.mjs BINARY        (tests/ui/run.sh installs playwright-core first)
 
-import { spawn } from 'node:child_process';
+import { spawn, execFileSync } from 'node:child_process';
 import { createRequire } from 'node:module';
-import { mkdtempSync, mkdirSync, rmSync, writeFileSync, existsSync } from 'node:fs';
+import { mkdtempSync, mkdirSync, rmSync, writeFileSync, existsSync, readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { randomBytes } from 'node:crypto';
@@ -161,6 +163,17 @@ async function main() {
   guard(page, problems);
   let token;
   const rpcSeen = [];
+  /** A REST call with the bootstrap admin key; the parsed answer. */
+  const rest = async (method, path, body) => {
+    const r = await fetch(`${base}/api/v1${path}`, {
+      method,
+      headers: { Authorization: `Bearer ${adminKey}`, 'Content-Type': 'application/json' },
+      body: body === undefined ? undefined : JSON.stringify(body),
+    });
+    const text = await r.text();
+    if (!r.ok) throw new Error(`${method} ${path}: ${r.status} ${text}`);
+    return text ? JSON.parse(text) : null;
+  };
 
   await step('security headers on the UI and the API', async () => {
     for (const path of ['/', '/ui/app.js', '/api/v1/workspaces']) {
@@ -344,7 +357,8 @@ async function main() {
     await row.locator('a:text-is("thermo-1")').waitFor();
     await page.waitForSelector('#live-state.up');
 
-    // A viewer, on a phone: the list fits the screen, and the server's refusal is shown.
+    // A viewer, on a phone: the list fits the screen, and says why it offers her no actions
+    // (a refusal by the server is checked with a demoted operator below).
     const fleet = (await call('GET', '/fleets?name=sensors')).items[0];
     await call('POST', '/users', { username: 'vera', display_name: 'Vera Viewer', password: 'a viewer password', admin: false, grants: [{ workspace_id: fleet.workspace_id, role: 'viewer', fleets: null }] });
     const phone = await browser.newContext({ viewport: { width: 390, height: 844 }, isMobile: true, hasTouch: true, deviceScaleFactor: 2 });
@@ -360,12 +374,16 @@ async function main() {
       await p.waitForSelector('#conditions-table th:text-is("overheat")');
       const overflow = await p.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
       if (overflow > 1) throw new Error(`the conditions page is ${overflow} px wider than the screen`);
-      await p.click('#conditions-table button:text-is("Acknowledge")');
-      await p.waitForSelector('#toast.error:has-text("forbidden")');
-      await p.waitForSelector('#conditions-table tr[data-acknowledged="no"] button:text-is("Acknowledge"):enabled');
-      const overflow2 = await p.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
-      if (overflow2 > 1) throw new Error(`with the error shown, the page is ${overflow2} px wider than the screen`);
-      await shot(p, '16b-phone-conditions-viewer-refused');
+      await p.waitForSelector('#conditions-table tr[data-acknowledged="no"] [data-needs="operator"]');
+      if (await p.locator('#conditions-table button').count()) throw new Error('a viewer is offered Acknowledge or Close');
+      // The server is the authority: the same request, with her session and its CSRF token.
+      const refused = await p.evaluate(async (id) => {
+        const { csrf_token: csrf } = await (await fetch('/api/v1/auth/me')).json();
+        const r = await fetch(`/api/v1/conditions/${id}/acknowledge`, { method: 'POST', headers: { 'X-CSRF-Token': csrf } });
+        return `${r.status} ${(await r.json()).error?.code}`;
+      }, await p.getAttribute('#conditions-table tr[data-acknowledged="no"]', 'data-condition-id'));
+      if (refused !== '403 forbidden') throw new Error(`a viewer's acknowledge: ${refused}`);
+      await shot(p, '16b-phone-conditions-viewer');
     } finally {
       await phone.close();
     }
@@ -462,6 +480,219 @@ async function main() {
     await shot(page, '09b-devices-filtered');
     await page.selectOption('#device-status', '');
     await page.waitForSelector('#page-info:text("Page 1 · 50 devices")');
+  });
+
+  await step('fleet settings: provisioning that works, a manufacturer CA, shared defaults', async () => {
+    const fleet = (await rest('GET', '/fleets?name=sensors')).items[0];
+    await page.goto(`${base}/#/fleets`);
+    await page.click('a[data-fleet-settings="sensors"]');
+    await page.waitForSelector('main h1:text-is("Fleet sensors")');
+    await page.waitForSelector('#provisioning-state[data-enabled="no"]');
+    // Provisioning: enabled with a generated key and secret; the secret is shown this once.
+    await page.selectOption('#provisioning-strategy', 'allow_create_new_devices');
+    await page.click('#provisioning-form button[type=submit]');
+    await page.waitForSelector('#provisioning-state[data-enabled="yes"]');
+    const secret = await page.inputValue('#provisioning-secret input.secret');
+    const key = (await page.textContent('#provisioning-new-key')).trim();
+    if (!/^\S{8,}$/.test(secret) || !/^\S{8,}$/.test(key)) throw new Error(`no key and secret shown: "${key}", "${secret}"`);
+    if ((await page.textContent('#provisioning-key-now')).trim() !== key) throw new Error('the provisioning key shown is not the one set');
+    await page.waitForSelector('#provisioning-secret:has-text("Copy it now")');
+    await page.locator('#provisioning').screenshot({ path: join(artifacts, '17-fleet-provisioning.png') });
+    // A device provisions itself with them, the way the README documents it.
+    const r = await fetch(`${base}/api/v1/provision`, {
+      method: 'POST',
+      headers: { 'Content-Type': 'application/json' },
+      body: JSON.stringify({ deviceName: 'self-registered-1', provisionDeviceKey: key, provisionDeviceSecret: secret }),
+    });
+    const prov = await r.json();
+    if (prov.status !== 'SUCCESS' || prov.credentialsType !== 'ACCESS_TOKEN' || !prov.credentialsValue) throw new Error(`provisioning: ${JSON.stringify(prov)}`);
+    const wrong = await (await fetch(`${base}/api/v1/provision`, {
+      method: 'POST',
+      headers: { 'Content-Type': 'application/json' },
+      body: JSON.stringify({ deviceName: 'self-registered-2', provisionDeviceKey: key, provisionDeviceSecret: 'not the secret' }),
+    })).json();
+    if (wrong.status === 'SUCCESS') throw new Error('a wrong secret provisioned a device');
+    // Read again, the page shows the key but the secret nowhere.
+    await page.reload();
+    await page.waitForSelector('#provisioning-state[data-enabled="yes"]');
+    const leaks = await page.evaluate((s) => document.documentElement.outerHTML.includes(s)
+      || [...document.querySelectorAll('input, textarea')].some((el) => el.value.includes(s))
+      || Object.values(sessionStorage).concat(Object.values(localStorage)).some((v) => String(v).includes(s)), secret);
+    if (leaks) throw new Error('the provisioning secret is shown again');
+    await page.click('#fleet-devices-link');
+    await page.waitForSelector('a:text-is("thermo-1")');
+    await page.fill('#device-search', 'self-registered');
+    await page.waitForSelector('#page-info:text("Page 1 · 1 device")');
+    await page.waitForSelector('tr a:text-is("self-registered-1")');
+    await page.goto(`${base}/#/fleets/${fleet.id}`);
+    await page.waitForSelector('#manufacturer-cas td:text-is("No manufacturer CAs.")');
+
+    // A manufacturer CA, pasted; the same one again from a file is refused with the server's reason.
+    const caDir = mkdtempSync(join(tmpdir(), 'corral-ui-ca-'));
+    let caPem;
+    let caFile;
+    let fingerprint = null;
+    try {
+      execFileSync('openssl', ['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes',
+        '-keyout', join(caDir, 'ca.key'), '-out', join(caDir, 'ca.pem'), '-days', '30', '-subj', '/CN=Acme Devices Test CA',
+        '-addext', 'basicConstraints=critical,CA:TRUE', '-addext', 'keyUsage=critical,keyCertSign,cRLSign'], { stdio: 'pipe' });
+      caFile = join(caDir, 'ca.pem');
+      caPem = readFileSync(caFile, 'utf8');
+      fingerprint = execFileSync('openssl', ['x509', '-in', caFile, '-noout', '-fingerprint', '-sha256'], { encoding: 'utf8' }).split('=')[1].trim();
+    } catch {
+      // No openssl: Corral's own CA is a CA certificate too.
+      console.log('# no openssl: registering the server\'s CA as the manufacturer CA');
+      caPem = ca;
+      caFile = join(caDir, 'ca.pem');
+      writeFileSync(caFile, ca);
+    }
+    try {
+      await page.fill('#ca-name', 'Acme');
+      await page.fill('#ca-pem', caPem);
+      await page.click('#ca-form button[type=submit]');
+      const caRow = page.locator('#manufacturer-cas tr', { has: page.locator('th:text-is("Acme")') });
+      await caRow.waitFor();
+      if (fingerprint && (await caRow.locator('code.fingerprint').textContent()).trim() !== fingerprint) throw new Error('the fingerprint shown is not the certificate\'s');
+      if (fingerprint) await caRow.locator('td:has-text("Acme Devices Test CA")').waitFor();
+      await page.setInputFiles('#ca-file', caFile);
+      await page.waitForFunction(() => document.getElementById('ca-pem').value.includes('BEGIN CERTIFICATE'));
+      await page.click('#ca-form button[type=submit]');
+      await page.waitForSelector('#toast.error:has-text("already registered")');
+      await page.locator('#manufacturer-cas').screenshot({ path: join(artifacts, '18-fleet-manufacturer-ca.png') });
+      page.once('dialog', (d) => d.accept());
+      await page.click('#manufacturer-cas button[aria-label="Delete CA Acme"]');
+      await page.waitForSelector('#manufacturer-cas td:text-is("No manufacturer CAs.")');
+      if ((await rest('GET', `/fleets/${fleet.id}/cas`)).length !== 0) throw new Error('the CA is still registered');
+    } finally {
+      rmSync(caDir, { recursive: true, force: true });
+    }
+
+    // A shared default: set, edited as JSON, then what a device of the fleet gets.
+    await page.fill('#default-key', 'report_interval');
+    await page.fill('#default-value', '60');
+    await page.click('#defaults-form button[type=submit]');
+    await page.waitForSelector('#fleet-defaults tr[data-key="report_interval"] code:text-is("60")');
+    await page.click('#fleet-defaults button[aria-label="Edit default report_interval"]');
+    if ((await page.inputValue('#default-key')) !== 'report_interval') throw new Error('Edit does not fill in the key');
+    await page.fill('#default-value', '{"seconds": 30, "jitter": true}');
+    await page.click('#defaults-form button[type=submit]');
+    await page.waitForFunction(() => {
+      try {
+        const v = JSON.parse(document.querySelector('#fleet-defaults tr[data-key="report_interval"] code')?.textContent);
+        return v.seconds === 30 && v.jitter === true;
+      } catch { return false; }
+    });
+    const defaults = await rest('GET', `/fleets/${fleet.id}/attributes/shared`);
+    const value = defaults.report_interval?.value;
+    if (value?.seconds !== 30 || value?.jitter !== true) throw new Error(`fleet defaults: ${JSON.stringify(defaults)}`);
+    const got = await (await fetch(`${base}/api/v1/${prov.credentialsValue}/attributes?sharedKeys=report_interval`)).json();
+    if (got.shared?.report_interval?.seconds !== 30) throw new Error(`the provisioned device gets ${JSON.stringify(got)}`);
+    await page.locator('#fleet-defaults').screenshot({ path: join(artifacts, '19-fleet-defaults.png') });
+    await shot(page, '19b-fleet-page');
+    // The device page says where the value comes from.
+    await page.goto(`${base}/#/devices?fleet_id=${fleet.id}`);
+    await page.click('a:text-is("thermo-1")');
+    await page.waitForSelector('#attributes tr[data-key="report_interval"][data-from-fleet="yes"] a:text-is("fleet default")');
+    await page.waitForSelector('#attributes tr[data-key="target_temp"]:not([data-from-fleet])');
+
+    // On a phone, the fleet page fits the screen.
+    const phone = await browser.newContext({ viewport: { width: 390, height: 844 }, isMobile: true, hasTouch: true, deviceScaleFactor: 2 });
+    try {
+      const p = await phone.newPage();
+      p.setDefaultTimeout(STEP_MS);
+      guard(p, problems);
+      await signInWithKey(p, base, adminKey);
+      await p.goto(`${base}/#/fleets/${fleet.id}`);
+      await p.waitForSelector('#provisioning-form');
+      await p.waitForSelector('#fleet-defaults tr[data-key="report_interval"]');
+      const overflow = await p.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
+      if (overflow > 1) throw new Error(`the fleet page is ${overflow} px wider than the screen`);
+      await shot(p, '19c-phone-fleet');
+    } finally {
+      await phone.close();
+    }
+  });
+
+  await step('a viewer reads fleets and devices without the controls they may not use; the server still decides', async () => {
+    const fleet = (await rest('GET', '/fleets?name=sensors')).items[0];
+    const vera = (await rest('GET', '/users')).find((u) => u.username === 'vera');
+    const { secret } = await rest('POST', `/users/${vera.id}/api-keys`, { name: 'vera-ui' });
+    const c = await browser.newContext({ viewport: { width: 1280, height: 860 } });
+    try {
+      const p = await c.newPage();
+      p.setDefaultTimeout(STEP_MS);
+      guard(p, problems);
+      await signInWithKey(p, base, secret);
+      await p.waitForSelector('#nav a[href="#/users"]', { state: 'hidden' });
+      // Workspaces and fleets: listed, with notes instead of the forms and delete buttons.
+      await p.goto(`${base}/#/fleets`);
+      await p.waitForSelector('a:text-is("sensors")');
+      await p.waitForSelector('#main [data-needs="server-admin"]');
+      await p.waitForSelector('#main [data-needs="admin"]:has-text("Creating and deleting fleets")');
+      for (const sel of ['#workspace-form', '#fleet-form', 'main button:text-is("Delete")']) {
+        if (await p.locator(sel).count()) throw new Error(`a viewer is offered ${sel}`);
+      }
+      // The fleet page: reading works, every change is replaced by a note.
+      await p.click('a[data-fleet-settings="sensors"]');
+      await p.waitForSelector('#fleet-role:text-is("viewer")');
+      await p.waitForSelector('#fleet-defaults tr[data-key="report_interval"]');
+      await p.waitForSelector('#manufacturer-cas td:text-is("No manufacturer CAs.")');
+      await p.waitForSelector('#provisioning [data-needs="admin"]');
+      await p.waitForSelector('#manufacturer-cas [data-needs="admin"]');
+      await p.waitForSelector('#fleet-defaults [data-needs="operator"]');
+      for (const sel of ['#fleet-edit-form', '#provisioning-form', '#provisioning-state', '#ca-form', '#defaults-form', '#fleet-defaults button']) {
+        if (await p.locator(sel).count()) throw new Error(`a viewer is offered ${sel}`);
+      }
+      await shot(p, '20-viewer-fleet');
+      // The devices page and a device page: data, no changes.
+      await p.click('#fleet-devices-link');
+      await p.waitForSelector('a:text-is("thermo-1")');
+      await p.waitForSelector('#main [data-needs="operator"]:has-text("Adding devices")');
+      if (await p.locator('#device-form').count()) throw new Error('a viewer is offered the new device form');
+      await p.click('a:text-is("thermo-1")');
+      await p.waitForSelector('#device-role:text-is("viewer")');
+      await p.waitForFunction(() => Number(document.querySelector('#chart')?.dataset.points) >= 13);
+      await p.waitForSelector('#attributes th:text-is("target_temp")');
+      await p.waitForSelector('#jobs-table tr[data-job-id]');
+      await p.waitForSelector('#credentials tr:has-text("certificate")');
+      for (const [section, needs] of [['identity', 'operator'], ['credentials', 'operator'], ['attributes', 'operator'], ['jobs', 'operator']]) {
+        await p.waitForSelector(`#${section} [data-needs="${needs}"]`);
+      }
+      for (const sel of ['#command-form', '#shared-form', '#toggle-enabled', '#delete-device', '#credentials form', '#credentials button:text-is("Revoke")', '#attributes button', '#jobs-table button']) {
+        if (await p.locator(sel).count()) throw new Error(`a viewer is offered ${sel}`);
+      }
+      await shot(p, '21-viewer-device');
+      // The jobs page: rollouts and schedules listed, none to send, cancel or change.
+      await p.click('#nav a[href="#/jobs"]');
+      await p.waitForSelector('#fleet-jobs td:text-is("blink")');
+      await p.waitForSelector('#schedules td:text-is("nightly")');
+      await p.waitForSelector('#fleet-job-form-box [data-needs="operator"]');
+      await p.waitForSelector('#schedules [data-needs="operator"]');
+      for (const sel of ['#fleet-job-form', '#schedule-form', '#schedules button', '#fleet-jobs button']) {
+        if (await p.locator(sel).count()) throw new Error(`a viewer is offered ${sel}`);
+      }
+
+      // Made an operator, she gets the command form; demoted while the page is open, her
+      // command is refused by the server, and the page says why.
+      const grant = (role) => rest('PATCH', `/users/${vera.id}`, { grants: [{ workspace_id: fleet.workspace_id, role }] });
+      await grant('operator');
+      await p.goto(`${base}/#/devices`);
+      await p.click('a:text-is("thermo-1")');
+      await p.waitForSelector('#device-role:text-is("operator")');
+      await p.waitForSelector('#command-form');
+      await p.waitForSelector('#identity [data-needs="admin"]:has-text("Deleting the device")');
+      if (await p.locator('#delete-device').count()) throw new Error('an operator is offered Delete device');
+      await grant('viewer');
+      await p.fill('#command-method', 'reboot');
+      await p.click('#command-form button[type=submit]');
+      await p.waitForSelector('#toast.error:has-text("needs the operator role")');
+      await p.click('#nav a[href="#/devices"]');
+      await p.click('a:text-is("thermo-1")');
+      await p.waitForSelector('#device-role:text-is("viewer")');
+      if (await p.locator('#command-form').count()) throw new Error('the command form stays after the demotion');
+    } finally {
+      await c.close();
+    }
   });
 
   await step('phone-sized screen', async () => {

@@ -1,12 +1,13 @@
 // Conditions (alarms) that devices report: every condition the signed-in user may see, newest
 // first, filtered on the server by state, severity, name and device and paged with
-// `next_cursor`; open ones can be acknowledged and closed (the server refuses roles that may
-// not, and its message is shown). Live: a `condition` event changes its row in place, and one
+// `next_cursor`; open ones can be acknowledged and closed by operators of the device's fleet
+// (other roles see why they cannot; the server refuses them anyway, and its message is shown). Live: a `condition` event changes its row in place, and one
 // this list does not show yet reloads it. The device page lists one device's conditions with
 // the same rows (`ConditionRows`).
 
 import * as api from '../api.js';
 import { h, clear, field, select, table, toast, announce, timeEl, fmtTime, errorBox, errorText, debounce } from '../dom.js';
+import { canOnFleet } from '../roles.js';
 
 const PAGE = 50;
 export const SEVERITIES = ['critical', 'major', 'minor', 'warning', 'info'];
@@ -70,11 +71,18 @@ function tableRoles(wrap) {
  * `onChange(c)` is told of a condition an action changed.
  */
 export class ConditionRows {
-  constructor({ withDevice = true, onChange = () => {} } = {}) {
+  constructor({ withDevice = true, onChange = () => {}, canAct } = {}) {
     this.withDevice = withDevice;
     this.onChange = onChange;
     this.rows = new Map(); // condition id -> tr
     this.names = new Map(); // device id -> name (null: not readable)
+    this.fleets = new Map(); // device id -> [workspace id, fleet id]
+    // Whether the caller may acknowledge and close `c`: the operator role on its device's
+    // fleet; allowed while the device is not known.
+    this.canAct = canAct || ((c) => {
+      const f = this.fleets.get(c.device_id);
+      return !f || canOnFleet(f[0], f[1], 'operator');
+    });
     this.pending = new Map(); // device id -> promise of the name
   }
 
@@ -83,7 +91,7 @@ export class ConditionRows {
     if (!this.withDevice) return;
     await Promise.all([...new Set(ids)].filter((d) => !this.names.has(d)).map((d) => {
       if (!this.pending.has(d)) {
-        this.pending.set(d, api.get(`/devices/${d}`).then((dev) => dev.name, () => null).then((n) => { this.names.set(d, n); this.pending.delete(d); return n; }));
+        this.pending.set(d, api.get(`/devices/${d}`).then((dev) => { this.fleets.set(d, [dev.workspace_id, dev.fleet_id]); return dev.name; }, () => null).then((n) => { this.names.set(d, n); this.pending.delete(d); return n; }));
       }
       return this.pending.get(d);
     }));
@@ -132,9 +140,11 @@ export class ConditionRows {
       h('td', { class: 'ack-cell', 'data-label': 'Acknowledged' }, ack),
       stateCell(c),
       detailsCell(c),
-      h('td', { class: 'row-actions' }, c.open ? h('div', { class: 'actions' },
-        c.acknowledged_at ? null : this.button(c, 'acknowledge', 'Acknowledge'),
-        this.button(c, 'close', 'Close')) : null));
+      h('td', { class: 'row-actions' }, !c.open ? null
+        : this.canAct(c) ? h('div', { class: 'actions' },
+          c.acknowledged_at ? null : this.button(c, 'acknowledge', 'Acknowledge'),
+          this.button(c, 'close', 'Close'))
+          : h('small', { class: 'role-note', 'data-needs': 'operator' }, 'Acknowledging and closing need the operator role.')));
     this.rows.set(c.id, tr);
     return rowRoles(tr);
   }

@@ -1,12 +1,16 @@
 // One device: identity and status, conditions (open first; acknowledge, close), credentials
-// (revoke, add, certificate download), attributes (shared ones editable), telemetry (chart by tag and key over a chosen range, and
+// (revoke, add, certificate download), attributes (shared ones editable; those that come from
+// the fleet's defaults say so), telemetry (chart by tag and key over a chosen range, and
 // latest values), jobs (list and a send-command form whose result updates live) and connection
-// history. One event stream for the device keeps status, data and jobs current.
+// history. One event stream for the device keeps status, data and jobs current. Changes need
+// the operator role on the device's fleet (deleting it the admin role): with a lower role the
+// controls are replaced by a note (roles.js).
 
 import * as api from '../api.js';
 import { h, clear, field, table, onSubmit, toast, announce, timeEl, fmtTime, fmtValue, statusBadge, errorBox, debounce, download, secretBox, errorText } from '../dom.js';
 import { lineChart } from '../chart.js';
 import { ConditionRows } from './conditions.js';
+import { roleOnFleet, allows, roleNote, roleText } from '../roles.js';
 
 const RANGES = [
   ['15m', '15 minutes', 15 * 60e3],
@@ -28,6 +32,9 @@ export async function render(main, ctx) {
     api.get(`/fleets/${dev.fleet_id}`).catch(() => null),
     api.get(`/workspaces/${dev.workspace_id}`).catch(() => null),
   ]);
+  const role = roleOnFleet(dev.workspace_id, dev.fleet_id);
+  const operate = allows(role, 'operator');
+  const yourRole = roleText(role);
 
   const sections = {
     identity: h('section', { id: 'identity', 'aria-labelledby': 'identity-h' }),
@@ -61,23 +68,26 @@ export async function render(main, ctx) {
         h('dt', {}, 'ID'), h('dd', {}, h('code', {}, d.id)),
         h('dt', {}, 'Label'), h('dd', {}, d.label || '—'),
         h('dt', {}, 'Workspace'), h('dd', {}, workspace ? workspace.name : d.workspace_id),
-        h('dt', {}, 'Fleet'), h('dd', {}, fleet ? fleet.name : d.fleet_id),
+        h('dt', {}, 'Fleet'), h('dd', {}, fleet ? h('a', { href: `#/fleets/${fleet.id}`, title: 'The fleet\'s settings' }, fleet.name) : d.fleet_id),
         h('dt', {}, 'Enabled'), h('dd', {}, d.enabled ? 'yes' : 'no (it cannot connect)'),
         h('dt', {}, 'Connections'), h('dd', { id: 'device-connections' }, String(d.connections)),
-        h('dt', {}, 'Created'), h('dd', {}, fmtTime(d.created_at))),
+        h('dt', {}, 'Created'), h('dd', {}, fmtTime(d.created_at)),
+        yourRole ? [h('dt', {}, 'Your role'), h('dd', { id: 'device-role' }, yourRole)] : null),
       h('div', { class: 'actions' },
-        h('button', { type: 'button', id: 'toggle-enabled', onclick: async () => {
+        operate ? h('button', { type: 'button', id: 'toggle-enabled', onclick: async () => {
           try {
             const nd = await api.patch(base, { enabled: !d.enabled });
             Object.assign(dev, nd);
             renderIdentity(dev);
             announce(nd.enabled ? 'Device enabled.' : 'Device disabled.');
           } catch (e) { toast(errorText(e), 'error'); }
-        } }, d.enabled ? 'Disable device' : 'Enable device'),
-        h('button', { type: 'button', class: 'danger', onclick: async () => {
+        } }, d.enabled ? 'Disable device' : 'Enable device') : null,
+        allows(role, 'admin') ? h('button', { type: 'button', class: 'danger', id: 'delete-device', onclick: async () => {
           if (!window.confirm(`Delete device ${d.name} and its data?`)) return;
           try { await api.del(base); toast('Device deleted.'); ctx.go('/devices'); } catch (e) { toast(errorText(e), 'error'); }
-        } }, 'Delete device')));
+        } }, 'Delete device') : null),
+      operate ? (allows(role, 'admin') ? null : roleNote('admin', 'Deleting the device'))
+        : roleNote('operator', 'Enabling, disabling and deleting the device'));
   }
   renderIdentity(dev);
 
@@ -85,7 +95,7 @@ export async function render(main, ctx) {
   // Open ones first, then the latest closed ones; each newest first. An action changes its row
   // at once; the event it causes reads the list again (a closed one moves down).
   const condBox = h('div', { id: 'device-conditions' });
-  const condRows = new ConditionRows({ withDevice: false });
+  const condRows = new ConditionRows({ withDevice: false, canAct: () => operate });
   async function renderConditions() {
     try {
       const [open, closed] = await Promise.all([
@@ -126,12 +136,12 @@ export async function render(main, ctx) {
           c.certificate ? h('button', { type: 'button', class: 'small', onclick: async () => {
             download(`${dev.name}-cert.pem`, `${c.certificate.certificate_pem.trim()}\n${(await ca()).trim()}\n`);
           } }, 'Download certificate + CA') : null,
-          c.status !== 'revoked' ? h('button', { type: 'button', class: 'small danger', onclick: async () => {
+          c.status !== 'revoked' && operate ? h('button', { type: 'button', class: 'small danger', onclick: async () => {
             if (!window.confirm('Revoke this credential? Sessions using it are closed.')) return;
             try { await api.post(`${base}/credentials/${c.id}/revoke`); announce('Credential revoked.'); renderCredentials(); } catch (e) { toast(errorText(e), 'error'); }
           } }, 'Revoke') : null));
     });
-    const form = onSubmit(h('form', { class: 'inline-form', 'aria-label': 'Add a credential' },
+    const form = !operate ? roleNote('operator', 'Adding and revoking credentials') : onSubmit(h('form', { class: 'inline-form', 'aria-label': 'Add a credential' },
       field('New credential', h('select', { name: 'type', id: 'credential-type' },
         h('option', { value: 'access_token' }, 'Access token'),
         h('option', { value: 'issued_certificate' }, 'Certificate from Corral\'s CA (key generated)'))),
@@ -156,13 +166,20 @@ export async function render(main, ctx) {
   // ---- attributes ----
   async function renderAttributes() {
     let a;
-    try { a = await api.get(`${base}/attributes`); } catch (e) { clear(sections.attributes, h('h2', { id: 'attributes-h' }, 'Attributes'), errorBox(e)); return; }
-    const rowsOf = (scope, m, editable) => Object.entries(m || {}).map(([k, v]) => h('tr', {},
+    let defaults;
+    try {
+      [a, defaults] = await Promise.all([api.get(`${base}/attributes`), api.get(`/fleets/${dev.fleet_id}/attributes/shared`).catch(() => ({}))]);
+    } catch (e) { clear(sections.attributes, h('h2', { id: 'attributes-h' }, 'Attributes'), errorBox(e)); return; }
+    // A shared value that is the fleet's default (its time and value): the device has none of
+    // its own, so there is nothing of the device's to delete; setting one overrides it.
+    const fromFleet = (k, v) => defaults[k] && defaults[k].ts === v.ts && JSON.stringify(defaults[k].value) === JSON.stringify(v.value);
+    const rowsOf = (scope, m, editable) => Object.entries(m || {}).map(([k, v]) => h('tr', { 'data-key': k, 'data-from-fleet': scope === 'shared' && fromFleet(k, v) ? 'yes' : null },
       h('th', { scope: 'row' }, k), h('td', {}, h('code', {}, fmtValue(v.value))), h('td', {}, timeEl(v.ts)),
-      editable ? h('td', {}, h('button', { type: 'button', class: 'small', 'aria-label': `Delete shared attribute ${k}`, onclick: async () => {
-        try { await api.del(`${base}/attributes/${scope}?keys=${encodeURIComponent(k)}`); announce(`Attribute ${k} deleted.`); renderAttributes(); } catch (e) { toast(errorText(e), 'error'); }
-      } }, 'Delete')) : null));
-    const form = onSubmit(h('form', { class: 'inline-form', id: 'shared-form', 'aria-label': 'Set a shared attribute' },
+      scope === 'shared' && fromFleet(k, v) ? h('td', {}, h('a', { href: `#/fleets/${dev.fleet_id}`, class: 'small' }, 'fleet default'))
+        : editable ? h('td', {}, h('button', { type: 'button', class: 'small', 'aria-label': `Delete shared attribute ${k}`, onclick: async () => {
+          try { await api.del(`${base}/attributes/${scope}?keys=${encodeURIComponent(k)}`); announce(`Attribute ${k} deleted.`); renderAttributes(); } catch (e) { toast(errorText(e), 'error'); }
+        } }, 'Delete')) : scope === 'shared' ? h('td', {}) : null));
+    const form = !operate ? roleNote('operator', 'Setting shared attributes') : onSubmit(h('form', { class: 'inline-form', id: 'shared-form', 'aria-label': 'Set a shared attribute' },
       field('Key', h('input', { name: 'key', required: true, id: 'shared-key', autocomplete: 'off' })),
       field('Value', h('input', { name: 'value', required: true, id: 'shared-value', autocomplete: 'off' }), 'JSON (42, true, "text", {…}) or plain text'),
       h('button', { type: 'submit' }, 'Set shared attribute')), async (d) => {
@@ -175,7 +192,7 @@ export async function render(main, ctx) {
     });
     clear(sections.attributes, h('h2', { id: 'attributes-h' }, 'Attributes'),
       h('div', { class: 'cols' },
-        h('div', {}, table('Shared (desired, pushed to the device)', ['Key', 'Value', 'Updated', ''], rowsOf('shared', a.shared, true), { empty: 'No shared attributes.' }), form),
+        h('div', {}, table('Shared (desired, pushed to the device)', ['Key', 'Value', 'Updated', ''], rowsOf('shared', a.shared, operate), { empty: 'No shared attributes.' }), form),
         h('div', {}, table('Client (reported by the device)', ['Key', 'Value', 'Updated'], rowsOf('client', a.client, false), { empty: 'None reported.' })),
         h('div', {}, table('Server (private)', ['Key', 'Value', 'Updated'], rowsOf('server', a.server, false), { empty: 'None.' }))));
   }
@@ -254,7 +271,7 @@ export async function render(main, ctx) {
   const jobResult = h('div', { id: 'job-result', 'aria-live': 'polite' });
   const jobsBox = h('div', { id: 'jobs-table' });
   let watched = null; // the job sent from the form
-  const jobForm = onSubmit(h('form', { class: 'inline-form', id: 'command-form', 'aria-labelledby': 'cmd-h' },
+  const jobForm = !operate ? h('div', {}, h('h3', {}, 'Send a command'), roleNote('operator', 'Sending commands')) : onSubmit(h('form', { class: 'inline-form', id: 'command-form', 'aria-labelledby': 'cmd-h' },
     h('h3', { id: 'cmd-h' }, 'Send a command'),
     field('Method', h('input', { name: 'method', required: true, id: 'command-method', autocomplete: 'off', placeholder: 'reboot' })),
     field('Parameters (JSON)', h('textarea', { name: 'params', id: 'command-params', rows: '2', spellcheck: 'false' }, '{}')),
@@ -289,7 +306,7 @@ export async function render(main, ctx) {
         h('td', {}, statusBadge(j.state)),
         h('td', {}, timeEl(j.created_at)),
         h('td', {}, j.result !== undefined ? h('code', {}, JSON.stringify(j.result).slice(0, 80)) : '—'),
-        h('td', {}, ['queued', 'sent', 'delivered'].includes(j.state) ? h('button', { type: 'button', class: 'small', onclick: async () => {
+        h('td', {}, ['queued', 'sent', 'delivered'].includes(j.state) && operate ? h('button', { type: 'button', class: 'small', onclick: async () => {
           try { await api.post(`/jobs/${j.id}/cancel`); renderJobs(); } catch (e) { toast(errorText(e), 'error'); }
         } }, 'Cancel') : null))), { hideCaption: true, empty: 'No jobs yet.' }));
     } catch (e) {

@@ -1,16 +1,19 @@
 // The devices table: server-side paging (`next_cursor`), search by name, filters by fleet and
 // status, and live online/offline status from the event stream. Built for 10,000+ devices: only
-// one page (50 rows) is ever in the browser, and filters run on the server.
+// one page (50 rows) is ever in the browser, and filters run on the server. Adding a device
+// is offered in the fleets where the caller is an operator (roles.js).
 
 import * as api from '../api.js';
 import { h, clear, field, table, onSubmit, announce, timeEl, statusBadge, errorBox, debounce, secretBox } from '../dom.js';
 import { allFleets } from './fleets.js';
+import { canOnFleet, roleNote } from '../roles.js';
 
 const PAGE = 50;
 
 export async function render(main, ctx) {
   const fleets = await allFleets();
   const fleetName = Object.fromEntries(fleets.map((f) => [f.id, f.name]));
+  const ownFleets = fleets.filter((f) => canOnFleet(f.workspace_id, f.id, 'operator'));
   const state = {
     name: ctx.query.name || '',
     fleet_id: ctx.query.fleet_id || '',
@@ -39,10 +42,10 @@ export async function render(main, ctx) {
   const createForm = onSubmit(h('form', { class: 'inline-form', id: 'device-form', 'aria-labelledby': 'device-new' },
     h('h2', { id: 'device-new' }, 'New device'),
     field('Fleet', h('select', { name: 'fleet_id', required: true, id: 'new-device-fleet' },
-      fleets.map((f) => h('option', { value: f.id, selected: f.id === state.fleet_id }, f.name)))),
+      ownFleets.map((f) => h('option', { value: f.id, selected: f.id === state.fleet_id }, f.name)))),
     field('Name', h('input', { name: 'name', required: true, id: 'new-device-name', autocomplete: 'off' })),
     field('Label', h('input', { name: 'label', id: 'new-device-label' })),
-    h('button', { type: 'submit', class: 'primary', disabled: !fleets.length }, 'Create device')), async (d) => {
+    h('button', { type: 'submit', class: 'primary', disabled: !ownFleets.length }, 'Create device')), async (d) => {
     const r = await api.post('/devices', { fleet_id: d.get('fleet_id'), name: d.get('name'), label: d.get('label') || '' });
     announce(`Device ${r.device.name} created.`);
     clear(created,
@@ -54,8 +57,9 @@ export async function render(main, ctx) {
   });
 
   clear(main, h('h1', {}, 'Devices'), filters, tableBox, pager,
-    fleets.length ? h('details', { class: 'card', open: true, id: 'add-device' }, h('summary', {}, 'Add a device'), createForm, created)
-      : h('p', { class: 'muted' }, 'Create a fleet before adding devices: ', h('a', { href: '#/fleets' }, 'Workspaces & fleets'), '.'));
+    !fleets.length ? h('p', { class: 'muted' }, 'Create a fleet before adding devices: ', h('a', { href: '#/fleets' }, 'Workspaces & fleets'), '.')
+      : ownFleets.length ? h('details', { class: 'card', open: true, id: 'add-device' }, h('summary', {}, 'Add a device'), createForm, created)
+        : roleNote('operator', 'Adding devices'));
 
   const syncHash = () => {
     const q = new URLSearchParams(Object.entries({ name: state.name, fleet_id: state.fleet_id, status: state.status }).filter(([, v]) => v)).toString();
@@ -98,6 +102,8 @@ export async function render(main, ctx) {
   }
 
   function reload() {
+    // A search typed just before leaving the page must not rewrite the next page's address.
+    if (!ctx.current()) return;
     state.name = search.value.trim();
     state.fleet_id = fleetSel.value;
     state.status = statusSel.value;

@@ -1,7 +1,10 @@
-// Workspaces and fleets: list and create both; a fleet links to its devices and jobs.
+// Workspaces and fleets: list and create both; a fleet links to its devices, its jobs and its
+// settings page (fleet.js). Creating and deleting workspaces is for server admins, creating and
+// deleting fleets for the workspace's admins: other callers see a note instead (roles.js).
 
 import * as api from '../api.js';
 import { h, clear, field, table, onSubmit, toast, fmtTime, announce } from '../dom.js';
+import { canOnWorkspace, serverAdmin, roleNote } from '../roles.js';
 
 async function all(path) {
   const items = [];
@@ -21,6 +24,9 @@ export const allFleets = () => all('/fleets');
 export async function render(main, ctx) {
   const [workspaces, fleets] = await Promise.all([allWorkspaces(), allFleets()]);
   const wsName = Object.fromEntries(workspaces.map((w) => [w.id, w.name]));
+  const admin = serverAdmin();
+  // Workspaces where the caller may create and delete fleets.
+  const fleetAdmin = workspaces.filter((w) => canOnWorkspace(w.id, 'admin'));
 
   const wsForm = onSubmit(h('form', { class: 'inline-form', id: 'workspace-form', 'aria-labelledby': 'ws-new' },
     h('h3', { id: 'ws-new' }, 'New workspace'),
@@ -36,10 +42,10 @@ export async function render(main, ctx) {
   const fleetForm = onSubmit(h('form', { class: 'inline-form', id: 'fleet-form', 'aria-labelledby': 'fleet-new' },
     h('h3', { id: 'fleet-new' }, 'New fleet'),
     field('Workspace', h('select', { name: 'workspace_id', required: true, id: 'fleet-workspace' },
-      workspaces.map((w) => h('option', { value: w.id }, w.name)))),
+      fleetAdmin.map((w) => h('option', { value: w.id }, w.name)))),
     field('Name', h('input', { name: 'name', required: true, id: 'fleet-name' })),
     field('Description', h('input', { name: 'description' })),
-    h('button', { type: 'submit', class: 'primary', disabled: workspaces.length === 0 }, 'Create fleet')), async (d) => {
+    h('button', { type: 'submit', class: 'primary', disabled: fleetAdmin.length === 0 }, 'Create fleet')), async (d) => {
     const f = await api.post('/fleets', { workspace_id: d.get('workspace_id'), name: d.get('name'), description: d.get('description') });
     toast(`Fleet ${f.name} created.`);
     announce(`Fleet ${f.name} created.`);
@@ -66,9 +72,9 @@ export async function render(main, ctx) {
         h('td', {}, w.description || '—'),
         h('td', {}, String(fleets.filter((f) => f.workspace_id === w.id).length)),
         h('td', {}, fmtTime(w.created_at)),
-        h('td', {}, h('button', { type: 'button', class: 'small', onclick: del(`/workspaces/${w.id}`, `Workspace ${w.name}`) }, 'Delete')))),
-      { hideCaption: true, empty: 'No workspaces yet: create one below.' }),
-      wsForm),
+        h('td', {}, admin ? h('button', { type: 'button', class: 'small', 'aria-label': `Delete workspace ${w.name}`, onclick: del(`/workspaces/${w.id}`, `Workspace ${w.name}`) }, 'Delete') : null))),
+      { hideCaption: true, empty: admin ? 'No workspaces yet: create one below.' : 'No workspaces.' }),
+      admin ? wsForm : roleNote('admin', 'Creating and deleting workspaces', 'server')),
     h('section', { 'aria-labelledby': 'fleets-title' },
       h('h2', { id: 'fleets-title' }, 'Fleets'),
       table('Fleets', ['Name', 'Workspace', 'Description', 'Created', ''], fleets.map((f) => h('tr', {},
@@ -77,8 +83,10 @@ export async function render(main, ctx) {
         h('td', {}, f.description || '—'),
         h('td', {}, fmtTime(f.created_at)),
         h('td', { class: 'actions' },
-          h('a', { href: `#/jobs?fleet_id=${f.id}`, class: 'button small' }, 'Jobs'),
-          h('button', { type: 'button', class: 'small', onclick: del(`/fleets/${f.id}`, `Fleet ${f.name}`) }, 'Delete')))),
+          h('a', { href: `#/fleets/${f.id}`, class: 'button small', 'data-fleet-settings': f.name, 'aria-label': `Settings of fleet ${f.name}` }, 'Settings'),
+          h('a', { href: `#/jobs?fleet_id=${f.id}`, class: 'button small', 'aria-label': `Jobs of fleet ${f.name}` }, 'Jobs'),
+          canOnWorkspace(f.workspace_id, 'admin') ? h('button', { type: 'button', class: 'small', 'aria-label': `Delete fleet ${f.name}`, onclick: del(`/fleets/${f.id}`, `Fleet ${f.name}`) }, 'Delete') : null))),
       { hideCaption: true, empty: 'No fleets yet.' }),
-      workspaces.length ? fleetForm : h('p', { class: 'muted' }, 'Create a workspace first.')));
+      !workspaces.length ? h('p', { class: 'muted' }, admin ? 'Create a workspace first.' : 'No workspace yet.')
+        : fleetAdmin.length ? fleetForm : roleNote('admin', 'Creating and deleting fleets', 'workspace')));
 }

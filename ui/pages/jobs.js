@@ -1,9 +1,11 @@
 // Jobs: a fleet's rollouts with their progress (send one, cancel one) and every schedule (run
-// now, enable, disable, delete). Single-device jobs live on the device page.
+// now, enable, disable, delete). Single-device jobs live on the device page. Sending,
+// cancelling and scheduling need the operator role on the fleet (roles.js).
 
 import * as api from '../api.js';
 import { h, clear, field, table, onSubmit, toast, announce, timeEl, fmtTime, statusBadge, errorBox, errorText } from '../dom.js';
 import { allFleets } from './fleets.js';
+import { canOnFleet, roleNote } from '../roles.js';
 
 function progressText(p) {
   return Object.entries(p || {}).filter(([, n]) => n > 0).map(([k, n]) => `${k} ${n}`).join(', ') || '—';
@@ -12,6 +14,12 @@ function progressText(p) {
 export async function render(main, ctx) {
   const fleets = await allFleets();
   const fleetName = Object.fromEntries(fleets.map((f) => [f.id, f.name]));
+  // Whether the caller operates a fleet (a fleet not listed here: the server decides).
+  const operates = (fid) => {
+    const f = fleets.find((x) => x.id === fid);
+    return !f || canOnFleet(f.workspace_id, f.id, 'operator');
+  };
+  const ownFleets = fleets.filter((f) => operates(f.id));
   let fleetId = ctx.query.fleet_id || (fleets[0] && fleets[0].id) || '';
   const fleetSel = h('select', { id: 'jobs-fleet' }, fleets.map((f) => h('option', { value: f.id, selected: f.id === fleetId }, f.name)));
   const rollouts = h('div', { id: 'fleet-jobs' });
@@ -29,7 +37,7 @@ export async function render(main, ctx) {
           h('td', {}, String(j.devices.length)),
           h('td', {}, h('progress', { max: String(Math.max(j.devices.length, 1)), value: String(done), 'aria-label': `${done} of ${j.devices.length} finished` }), ' ', progressText(j.progress)),
           h('td', {}, timeEl(j.created_at)),
-          h('td', {}, j.state === 'running' ? h('button', { type: 'button', class: 'small', onclick: async () => {
+          h('td', {}, j.state === 'running' && operates(fleetId) ? h('button', { type: 'button', class: 'small', onclick: async () => {
             try { await api.post(`/fleet-jobs/${j.id}/cancel`); renderRollouts(); } catch (e) { toast(errorText(e), 'error'); }
           } }, 'Cancel') : null));
       }), { hideCaption: true, empty: 'No fleet jobs.' }));
@@ -61,10 +69,11 @@ export async function render(main, ctx) {
         h('td', {}, s.enabled ? fmtTime(s.next_run_at) : 'disabled'),
         h('td', {}, s.last_run_at ? [fmtTime(s.last_run_at), s.last_result ? h('small', { class: 'muted' }, ` ${s.last_result}`) : ''] : '—'),
         h('td', {}, String(s.runs)),
-        h('td', { class: 'actions' },
+        h('td', { class: 'actions' }, !s.fleet_id || operates(s.fleet_id) ? [
           h('button', { type: 'button', class: 'small', onclick: act(s, 'run') }, 'Run now'),
           h('button', { type: 'button', class: 'small', onclick: act(s, s.enabled ? 'disable' : 'enable') }, s.enabled ? 'Disable' : 'Enable'),
-          h('button', { type: 'button', class: 'small danger', onclick: act(s, 'delete') }, 'Delete')))), { hideCaption: true, empty: 'No schedules.' }));
+          h('button', { type: 'button', class: 'small danger', onclick: act(s, 'delete') }, 'Delete')]
+          : h('small', { class: 'role-note', 'data-needs': 'operator' }, 'needs the operator role')))), { hideCaption: true, empty: 'No schedules.' }));
     } catch (e) {
       clear(schedules, errorBox(e));
     }
@@ -92,7 +101,7 @@ export async function render(main, ctx) {
   const scheduleForm = onSubmit(h('form', { class: 'inline-form', id: 'schedule-form', 'aria-labelledby': 'sched-new' },
     h('h3', { id: 'sched-new' }, 'New fleet schedule'),
     field('Name', h('input', { name: 'name', required: true, id: 'schedule-name', autocomplete: 'off' })),
-    field('Fleet', h('select', { name: 'fleet_id', id: 'schedule-fleet' }, fleets.map((f) => h('option', { value: f.id, selected: f.id === fleetId }, f.name)))),
+    field('Fleet', h('select', { name: 'fleet_id', id: 'schedule-fleet' }, ownFleets.map((f) => h('option', { value: f.id, selected: f.id === fleetId }, f.name)))),
     field('Method', h('input', { name: 'method', required: true, id: 'schedule-method', autocomplete: 'off' })),
     field('Parameters (JSON)', h('textarea', { name: 'params', rows: '1', spellcheck: 'false' }, '{}')),
     field('Cron expression', h('input', { name: 'cron', id: 'schedule-cron', placeholder: '30 2 * * 1-5', autocomplete: 'off' }), 'minute hour day month weekday, or @daily'),
@@ -111,17 +120,22 @@ export async function render(main, ctx) {
     renderSchedules();
   });
 
+  // The rollout form, or why the selected fleet offers none.
+  const formBox = h('div', { id: 'fleet-job-form-box' });
+  const showForm = () => clear(formBox, !fleets.length ? null : operates(fleetId) ? form : roleNote('operator', 'Sending commands to this fleet'));
   fleetSel.addEventListener('change', () => {
     fleetId = fleetSel.value;
     history.replaceState(null, '', `#/jobs?fleet_id=${fleetId}`);
+    showForm();
     renderRollouts();
   });
+  showForm();
 
   clear(main, h('h1', {}, 'Jobs'),
     h('section', { 'aria-labelledby': 'rollouts-h' }, h('h2', { id: 'rollouts-h' }, 'Fleet jobs'),
-      fleets.length ? field('Fleet', fleetSel) : null, rollouts, fleets.length ? form : null),
+      fleets.length ? field('Fleet', fleetSel) : null, rollouts, formBox),
     h('section', { 'aria-labelledby': 'schedules-h' }, h('h2', { id: 'schedules-h' }, 'Schedules'), schedules,
-      fleets.length ? scheduleForm : null,
+      !fleets.length ? null : ownFleets.length ? scheduleForm : roleNote('operator', 'Creating schedules'),
       h('p', { class: 'muted' }, 'Device schedules, filters and maintenance windows: the CLI (corral schedule create) or the API (POST /api/v1/schedules).')));
   await Promise.all([renderRollouts(), renderSchedules()]);
   const timer = setInterval(renderRollouts, 5000);
