@@ -634,6 +634,23 @@ async fn shared_changes_are_pushed_to_subscribed_sessions_only() {
         )
         .await;
     assert_eq!((s, code(&e)), (400, "invalid_scope"), "{e}");
+    // A key with a comma could never be asked for or deleted (both list keys comma-separated).
+    for path in [
+        format!("/devices/{id1}/attributes/shared"),
+        format!(
+            "/fleets/{}/attributes/shared",
+            d1["fleet_id"].as_str().expect("fleet")
+        ),
+    ] {
+        let (s, e) = h.admin("PUT", &path, Some(json!({"a,b": 1}))).await;
+        assert_eq!((s, code(&e)), (422, "invalid_field"), "{path}: {e}");
+        assert!(
+            e["error"]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("comma")),
+            "{e}"
+        );
+    }
     let (s, e) = h
         .admin(
             "PUT",

@@ -112,6 +112,14 @@ impl Mailboxes {
 
 /// Validates operator-supplied attributes (a JSON object) into typed values.
 pub fn parse_body(body: Map<String, Json>) -> Result<Vec<(String, Value)>> {
+    // Devices ask for shared keys as a comma-joined list (ThingsBoard §5.4), and deletes name
+    // keys the same way: a key with a comma could be set but never asked for or deleted.
+    if let Some(k) = body.keys().find(|k| k.contains(',')) {
+        return Err(RegistryError::Invalid {
+            field: "attributes",
+            message: format!("key {k:?} contains a comma: keys are listed comma-separated"),
+        });
+    }
     protocol::parse_values(body).map_err(|e| RegistryError::Invalid {
         field: "attributes",
         message: e.to_string(),
