@@ -21,6 +21,20 @@ fn items(v: &Value) -> Vec<Value> {
     v["items"].as_array().cloned().unwrap_or_default()
 }
 
+/// A device's open conditions over REST.
+async fn device_conditions(base: &str, key: &str, device: &str) -> Vec<Value> {
+    let (s, v) = call(
+        base,
+        key,
+        "GET",
+        &format!("/devices/{device}/conditions"),
+        None,
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    items(&v)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn devices_open_update_and_close_conditions_and_operators_follow_them() {
     let t = TestApp::start().await;
@@ -62,17 +76,8 @@ async fn devices_open_update_and_close_conditions_and_operators_follow_them() {
     )
     .await;
     assert_eq!(puback().await, PubAckReason::Success);
-    let (s, v) = call(
-        &base,
-        &key,
-        "GET",
-        &format!("/devices/{id}/conditions"),
-        None,
-    )
-    .await;
-    assert_eq!(s, 200, "{v}");
-    let open = items(&v);
-    assert_eq!(open.len(), 1, "{v}");
+    let open = device_conditions(&base, &key, &id).await;
+    assert_eq!(open.len(), 1, "{open:?}");
     let c = &open[0];
     assert_eq!(
         (
@@ -425,17 +430,8 @@ async fn conditions_reach_integrations_and_an_acknowledged_open_survives_kill_9(
 
     srv.kill9();
     let srv = Server::spawn(dir.path(), &key);
-    let (s, v) = call(
-        &srv.base(),
-        &key,
-        "GET",
-        &format!("/devices/{device}/conditions"),
-        None,
-    )
-    .await;
-    assert_eq!(s, 200, "{v}");
-    let open = items(&v);
-    assert_eq!(open.len(), 1, "{v}");
+    let open = device_conditions(&srv.base(), &key, &device).await;
+    assert_eq!(open.len(), 1, "{open:?}");
     assert_eq!(open[0]["name"], "pressure_high");
     assert_eq!(open[0]["open"], true);
 }
