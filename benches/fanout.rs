@@ -23,12 +23,7 @@ async fn main() -> anyhow::Result<()> {
     if let Some(i) = args.iter().position(|a| a == "--devices-side") {
         return devices_side(&args[i + 1..]).await;
     }
-    let n: usize = args
-        .iter()
-        .position(|a| a == "--devices")
-        .and_then(|i| args.get(i + 1))
-        .and_then(|d| d.parse().ok())
-        .unwrap_or(1000);
+    let n: usize = common::arg(&args, "--devices", 1000);
     let common::BenchApp {
         app,
         api,

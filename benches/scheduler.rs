@@ -22,12 +22,7 @@ fn median(mut v: Vec<Duration>) -> Duration {
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
-    let n: usize = args
-        .iter()
-        .position(|a| a == "--devices")
-        .and_then(|i| args.get(i + 1))
-        .and_then(|d| d.parse().ok())
-        .unwrap_or(10_000);
+    let n: usize = common::arg(&args, "--devices", 10_000);
     let b = common::start().await?;
     let s = b.app.services.clone();
     let fleet: FleetId = b.fleet["id"].as_str().unwrap_or_default().parse()?;

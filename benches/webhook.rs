@@ -51,20 +51,12 @@ async fn receive(State(s): State<Arc<Sink>>, body: Bytes) -> StatusCode {
     StatusCode::NO_CONTENT
 }
 
-fn arg<T: std::str::FromStr>(args: &[String], name: &str, default: T) -> T {
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
-    let n: usize = arg(&args, "--devices", 10);
-    let rate: u64 = arg(&args, "--rate", 5000);
-    let secs: u64 = arg(&args, "--secs", 20).min(300);
+    let n: usize = common::arg(&args, "--devices", 10);
+    let rate: u64 = common::arg(&args, "--rate", 5000);
+    let secs: u64 = common::arg(&args, "--secs", 20).min(300);
     corral::pki::install_crypto_provider();
 
     let sink = Arc::new(Sink::default());

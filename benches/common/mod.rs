@@ -1,6 +1,6 @@
 //! What the benchmarks share: a real `App` on loopback ports (HTTPS off, rate limits off, so
-//! the figures measure Corral rather than its guards), an admin API client, and an empty fleet
-//! to put the devices in.
+//! the figures measure Corral rather than its guards), an admin API client, an empty fleet to
+//! put the devices in, and command-line option parsing.
 
 use corral::app::{App, Listeners};
 use corral::cli::client::ApiClient;
@@ -45,4 +45,13 @@ pub async fn start() -> anyhow::Result<BenchApp> {
         fleet,
         _dir: dir,
     })
+}
+
+/// The value after `name` on the command line (`--devices 1000`), or `default`.
+pub fn arg<T: std::str::FromStr>(args: &[String], name: &str, default: T) -> T {
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
