@@ -27,6 +27,9 @@ type Result<T> = std::result::Result<T, RegistryError>;
 pub const MAX_NAME_LEN: usize = 64;
 /// Most conditions in one message.
 pub const MAX_REPORTS: usize = 100;
+/// Largest `details` of one condition, as JSON: a condition says what is wrong, it is not a
+/// data channel, and every device keeps up to 200 closed ones.
+pub const MAX_DETAILS_BYTES: usize = 16 * 1024;
 
 /// What a device does to a condition.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, ToSchema)]
@@ -96,8 +99,17 @@ pub fn parse_reports(payload: &[u8]) -> std::result::Result<Vec<ConditionReport>
         if r.action == Action::Open && r.severity.is_none() {
             return Err(bad(format!("{}: opening needs a severity", r.name)));
         }
-        if r.details.as_ref().is_some_and(|d| !d.is_object()) {
-            return Err(bad(format!("{}: details must be a JSON object", r.name)));
+        if let Some(d) = &r.details {
+            if !d.is_object() {
+                return Err(bad(format!("{}: details must be a JSON object", r.name)));
+            }
+            let size = serde_json::to_vec(d).map_or(usize::MAX, |v| v.len());
+            if size > MAX_DETAILS_BYTES {
+                return Err(bad(format!(
+                    "{}: details are {size} bytes; at most {MAX_DETAILS_BYTES}",
+                    r.name
+                )));
+            }
         }
         out.push(r);
     }
@@ -390,6 +402,11 @@ mod tests {
             err(r#"{"name":"x","action":"open","severity":"bad"}"#).contains("unknown variant")
         );
         assert!(err(r#"{"name":"x","action":"close","details":[1]}"#).contains("JSON object"));
+        let big = format!(
+            r#"{{"name":"x","action":"close","details":{{"log":"{}"}}}}"#,
+            "a".repeat(MAX_DETAILS_BYTES)
+        );
+        assert!(err(&big).contains("at most 16384"));
         assert!(err("[]").contains("1 to 100"));
         assert!(err("7").contains("object or an array"));
         assert!(err("{").contains("not valid JSON"));
