@@ -283,13 +283,15 @@ async fn setup_sign_in_sessions_csrf_and_throttling() {
     let mut codes = Vec::new();
     for i in 0..8 {
         let u = if i % 2 == 0 { "root" } else { "ghost" };
-        codes.push(
-            login(u, "wrong wrong wrong")
-                .await
-                .expect("send")
-                .status()
-                .as_u16(),
-        );
+        let r = login(u, "wrong wrong wrong").await.expect("send");
+        if r.status() == 429 {
+            // Attempts are counted per minute: the client is told when to come back.
+            assert_eq!(
+                r.headers().get("retry-after").and_then(|v| v.to_str().ok()),
+                Some("60")
+            );
+        }
+        codes.push(r.status().as_u16());
     }
     assert!(codes.contains(&429), "{codes:?}");
     let last_two = &codes[6..];

@@ -859,7 +859,13 @@ async fn message_and_connection_rates_are_limited_without_losing_acknowledged_da
             .expect("post");
         match r.status().as_u16() {
             200 => ok_http += 1,
-            429 => limited += 1,
+            429 => {
+                assert_eq!(
+                    r.headers().get("retry-after").and_then(|v| v.to_str().ok()),
+                    Some("1")
+                );
+                limited += 1;
+            }
             other => panic!("status {other}"),
         }
     }

@@ -46,11 +46,13 @@ impl From<AuthError> for ApiError {
             AuthError::InvalidLogin => {
                 ApiError::new(StatusCode::UNAUTHORIZED, "invalid_login", e.to_string())
             }
+            // Sign-in attempts are counted per minute.
             AuthError::Throttled => ApiError::new(
                 StatusCode::TOO_MANY_REQUESTS,
                 "too_many_attempts",
                 e.to_string(),
-            ),
+            )
+            .retry_after(60),
             AuthError::InvalidSetup => {
                 ApiError::new(StatusCode::FORBIDDEN, "invalid_setup_token", e.to_string())
             }

@@ -69,7 +69,13 @@ struct DevError(StatusCode, String);
 
 impl IntoResponse for DevError {
     fn into_response(self) -> Response {
-        (self.0, axum::Json(json!({"error": self.1}))).into_response()
+        let mut r = (self.0, axum::Json(json!({"error": self.1}))).into_response();
+        if self.0 == StatusCode::TOO_MANY_REQUESTS {
+            // The device message rate is per second: the next message fits within one.
+            r.headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, 1u32.into());
+        }
+        r
     }
 }
 
