@@ -325,16 +325,6 @@ async function main() {
   });
 
   await step('conditions: the device reports one; a viewer is refused, the operator acknowledges and closes it', async () => {
-    const call = async (method, path, body) => {
-      const r = await fetch(`${base}/api/v1${path}`, {
-        method,
-        headers: { Authorization: `Bearer ${adminKey}`, 'Content-Type': 'application/json' },
-        body: body === undefined ? undefined : JSON.stringify(body),
-      });
-      const text = await r.text();
-      if (!r.ok) throw new Error(`${method} ${path}: ${r.status} ${text}`);
-      return text ? JSON.parse(text) : null;
-    };
     // The device's side: the HTTP device API, authenticated by its access token.
     const report = async (body) => {
       const r = await fetch(`${base}/api/v1/${token}/conditions`, { method: 'POST', headers: { 'Content-Type': 'application/json' }, body: JSON.stringify(body) });
@@ -359,8 +349,8 @@ async function main() {
 
     // A viewer, on a phone: the list fits the screen, and says why it offers her no actions
     // (a refusal by the server is checked with a demoted operator below).
-    const fleet = (await call('GET', '/fleets?name=sensors')).items[0];
-    await call('POST', '/users', { username: 'vera', display_name: 'Vera Viewer', password: 'a viewer password', admin: false, grants: [{ workspace_id: fleet.workspace_id, role: 'viewer', fleets: null }] });
+    const fleet = (await rest('GET', '/fleets?name=sensors')).items[0];
+    await rest('POST', '/users', { username: 'vera', display_name: 'Vera Viewer', password: 'a viewer password', admin: false, grants: [{ workspace_id: fleet.workspace_id, role: 'viewer', fleets: null }] });
     const phone = await browser.newContext({ viewport: { width: 390, height: 844 }, isMobile: true, hasTouch: true, deviceScaleFactor: 2 });
     try {
       const p = await phone.newPage();
@@ -446,19 +436,10 @@ async function main() {
   });
 
   await step('devices table: server-side paging and search', async () => {
-    const call = async (method, path, body) => {
-      const r = await fetch(`${base}/api/v1${path}`, {
-        method,
-        headers: { Authorization: `Bearer ${adminKey}`, 'Content-Type': 'application/json' },
-        body: body && JSON.stringify(body),
-      });
-      if (!r.ok) throw new Error(`${method} ${path}: HTTP ${r.status}`);
-      return r.json();
-    };
-    const fleet = (await call('GET', '/fleets?name=sensors')).items[0];
+    const fleet = (await rest('GET', '/fleets?name=sensors')).items[0];
     const names = Array.from({ length: 120 }, (_, i) => `bulk-${String(i).padStart(3, '0')}`);
     for (let i = 0; i < names.length; i += 10) {
-      await Promise.all(names.slice(i, i + 10).map((name) => call('POST', '/devices', { fleet_id: fleet.id, name })));
+      await Promise.all(names.slice(i, i + 10).map((name) => rest('POST', '/devices', { fleet_id: fleet.id, name })));
     }
     await page.goto(`${base}/#/devices`);
     await page.waitForSelector('#page-info:text("Page 1 · 50 devices")');
@@ -817,22 +798,12 @@ async function main() {
     });
     await new Promise((r) => sink.listen(0, '127.0.0.1', r));
     const port = sink.address().port;
-    const call = async (method, path, body) => {
-      const r = await fetch(`${base}/api/v1${path}`, {
-        method,
-        headers: { Authorization: `Bearer ${adminKey}`, 'Content-Type': 'application/json' },
-        body: body === undefined ? undefined : JSON.stringify(body),
-      });
-      const text = await r.text();
-      if (!r.ok) throw new Error(`${method} ${path}: ${r.status} ${text}`);
-      return text ? JSON.parse(text) : null;
-    };
     try {
-      const created = await call('POST', '/integrations', { name: 'erp-webhook', url: `http://127.0.0.1:${port}/hook` });
+      const created = await rest('POST', '/integrations', { name: 'erp-webhook', url: `http://127.0.0.1:${port}/hook` });
       const id = created.integration.id;
-      await call('POST', `/integrations/${id}/test`, {});
+      await rest('POST', `/integrations/${id}/test`, {});
       const until = Date.now() + 15000;
-      while ((await call('GET', `/integrations/${id}/status`)).dead_letters < 1) {
+      while ((await rest('GET', `/integrations/${id}/status`)).dead_letters < 1) {
         if (Date.now() > until) throw new Error('the refused test event did not become a dead letter');
         await new Promise((r) => setTimeout(r, 100));
       }
