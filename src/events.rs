@@ -1,5 +1,6 @@
-//! The in-process event bus (tokio broadcast): device connectivity and data arrival, for live
-//! views and metrics. Subscribers that lag lose events; anything that must not lose data reads a
+//! The in-process event bus (tokio broadcast): device connectivity, data arrival, attribute
+//! changes, job transitions, device conditions and integration alarms, for live views and
+//! metrics. Subscribers that lag lose events; anything that must not lose data reads a
 //! durable queue in the store instead (integrations see events through a synchronous tap that
 //! writes their queues).
 

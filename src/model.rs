@@ -817,6 +817,8 @@ impl FromStr for Severity {
 pub struct Condition {
     pub id: ConditionId,
     pub device_id: DeviceId,
+    /// The device's fleet and workspace. Stored as they were at opening; every read replaces
+    /// them with the device's current ones, since a device may move to another fleet.
     pub fleet_id: FleetId,
     pub workspace_id: WorkspaceId,
     /// What is wrong, as the device names it (`overheat`, `battery_low`).

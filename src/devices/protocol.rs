@@ -1,6 +1,7 @@
 //! The ThingsBoard device protocol, transport-neutral: the topic grammar of
-//! `thingsboard-device-api.md` §3 and the telemetry value model of §4. MQTT and the HTTP device
-//! API both call into this module; nothing here knows about sockets.
+//! `thingsboard-device-api.md` §3 with Corral's extension topics (tagged telemetry, conditions),
+//! and the telemetry value model of §4. MQTT and the HTTP device API both call into this module;
+//! nothing here knows about sockets.
 
 use serde_json::{Map, Value as Json};
 

@@ -4,7 +4,9 @@
 //! comes back (also after a restart); a send without PUBACK is retried with backoff; a TTL
 //! ends a job that cannot be delivered; a per-device cap refuses new jobs rather than dropping
 //! old ones; an idempotency key makes a create safe to repeat. Transports deliver through the
-//! session registry (MQTT) or a long poll (HTTP) and report back here.
+//! session registry (MQTT) or a long poll (HTTP) and report back here. The scheduler `tick`
+//! finds due work (expiry, retries, lost sends) through the wake-up index in `wakes`, and runs
+//! fleet rollouts (`fleet`) and schedules (`schedule`).
 
 pub mod fleet;
 pub mod schedule;
