@@ -47,6 +47,7 @@ async fn main() -> anyhow::Result<()> {
         StoreOptions {
             cache_capacity_bytes: 64 << 20,
             group_commit_delay: Duration::ZERO,
+            ..Default::default()
         },
         metrics,
     )?;

@@ -88,14 +88,45 @@ pub async fn open_state(
         )
     })?;
     restrict_dir(dir)?;
+    let store_path = dir.join("store");
+    let accept = config.accept_data_loss;
+    let ca = dir.join("pki").join("ca.pem");
+    let presence = crate::store::guard::presence(&store_path);
+    // The store and the CA belong together: either without the other means a directory that
+    // has lost something, and starting would silently replace it.
+    if presence == crate::store::guard::Presence::New && ca.exists() && !accept {
+        return Err(crate::store::StoreError::Damaged {
+            path: store_path,
+            what: format!(
+                "there is no store, but {} is there, so this data directory was in use",
+                ca.display()
+            ),
+        }
+        .into());
+    }
     let store = Store::open(
-        &dir.join("store"),
+        &store_path,
         StoreOptions {
             cache_capacity_bytes: config.store.cache_capacity_mb << 20,
             group_commit_delay: Duration::from_millis(config.store.group_commit_delay_ms),
+            min_free_bytes: config.store.min_free_mb << 20,
+            accept_data_loss: accept,
         },
         metrics,
     )?;
+    if presence == crate::store::guard::Presence::Existing && !ca.exists() {
+        if !accept {
+            anyhow::bail!(
+                "the data directory {} holds a store but no CA ({} is missing). A new CA would \
+                 make every certificate issued to devices useless.\n\
+                 Nothing was changed. Restore pki/ from a backup (`corral restore`), or start with \
+                 `corral serve --accept-data-loss` to make a new CA.",
+                dir.display(),
+                ca.display()
+            );
+        }
+        tracing::warn!(missing = %ca.display(), "making a new CA (--accept-data-loss): certificates issued by the old one no longer work");
+    }
     let (pki, init) = Pki::load_or_init(dir, &config.pki)?;
     Ok((store, pki, init))
 }
@@ -279,7 +310,7 @@ impl App {
         }
         self.services.integrations.stop();
         self.services.store.commit().await?;
-        self.services.store.checkpoint().await?;
+        self.services.store.close_clean().await?;
         Ok(())
     }
 }

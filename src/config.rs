@@ -37,6 +37,10 @@ pub struct Config {
     pub retention: RetentionConfig,
     pub jobs: crate::jobs::JobsConfig,
     pub auth: crate::auth::AuthConfig,
+    /// `serve --accept-data-loss`: open a damaged or incomplete data directory anyway. Never
+    /// read from a file or the environment: it must be asked for on each start.
+    #[serde(skip)]
+    pub accept_data_loss: bool,
 }
 
 /// `[retention]`: how long telemetry is kept.
@@ -156,6 +160,8 @@ pub struct PkiConfig {
 pub struct StoreConfig {
     pub cache_capacity_mb: u64,
     pub group_commit_delay_ms: u64,
+    /// Free space (MiB) below which device writes are refused; a start needs half of it.
+    pub min_free_mb: u64,
 }
 
 impl Default for Config {
@@ -176,6 +182,7 @@ impl Default for Config {
             retention: RetentionConfig::default(),
             jobs: crate::jobs::JobsConfig::default(),
             auth: crate::auth::AuthConfig::default(),
+            accept_data_loss: false,
         }
     }
 }
@@ -265,6 +272,7 @@ impl Default for StoreConfig {
         Self {
             cache_capacity_mb: 64,
             group_commit_delay_ms: 0,
+            min_free_mb: 256,
         }
     }
 }

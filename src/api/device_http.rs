@@ -85,6 +85,18 @@ fn bad(msg: impl Into<String>) -> DevError {
     DevError(StatusCode::BAD_REQUEST, msg.into())
 }
 
+/// A refused write: 507 when free space is below the reserve (nothing was stored; send it
+/// again later), 500 otherwise.
+fn not_stored(e: crate::data::IngestError) -> DevError {
+    match e {
+        crate::data::IngestError::Store(
+            e @ (crate::store::StoreError::DiskLow { .. }
+            | crate::store::StoreError::DiskFull { .. }),
+        ) => DevError(StatusCode::INSUFFICIENT_STORAGE, format!("not stored: {e}")),
+        e => internal(e),
+    }
+}
+
 fn internal(e: impl std::fmt::Display) -> DevError {
     tracing::error!(error = %e, "device API request failed");
     DevError(StatusCode::INTERNAL_SERVER_ERROR, "internal error".into())
@@ -134,7 +146,7 @@ async fn store(s: &Services, token: &str, tag: &str, body: &[u8]) -> DevResult<S
     s.data
         .store_tagged(dev.id, tag, t, Durability::Durable)
         .await
-        .map_err(internal)?;
+        .map_err(not_stored)?;
     Ok(StatusCode::OK)
 }
 

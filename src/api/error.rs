@@ -117,14 +117,22 @@ impl From<RegistryError> for ApiError {
                 ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "unsupported", m)
             }
             RegistryError::Internal(m) => ApiError::internal(m),
-            RegistryError::Store(e) => ApiError::internal(e),
+            RegistryError::Store(e) => e.into(),
         }
     }
 }
 
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
-        ApiError::internal(e)
+        match e {
+            // Refused before the disk filled: nothing of the request was stored.
+            e @ (StoreError::DiskLow { .. } | StoreError::DiskFull { .. }) => ApiError::new(
+                StatusCode::INSUFFICIENT_STORAGE,
+                "insufficient_storage",
+                e.to_string(),
+            ),
+            e => ApiError::internal(e),
+        }
     }
 }
 

@@ -39,7 +39,7 @@ pub struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the appliance: MQTT, HTTP API, store.
-    Serve(ConfigArg),
+    Serve(ServeArgs),
     /// Create the data directory, CA, server certificate and admin key, then exit.
     Init(ConfigArg),
     /// Print or check configuration.
@@ -104,6 +104,18 @@ struct ConfigArg {
     config: Option<PathBuf>,
 }
 
+#[derive(Args)]
+struct ServeArgs {
+    /// Configuration file (optional: defaults apply without one).
+    #[arg(long, short, env = "CORRAL_CONFIG")]
+    config: Option<PathBuf>,
+    /// Start even though the store, its write-ahead log or the CA is damaged or missing, keeping
+    /// what can still be read. Damaged files are moved or copied aside, never deleted. Without
+    /// it, Corral refuses to start on such a data directory and says what is wrong.
+    #[arg(long)]
+    accept_data_loss: bool,
+}
+
 #[derive(Subcommand)]
 enum ConfigCmd {
     /// Print the documented default configuration file.
@@ -162,7 +174,7 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
-        Command::Serve(a) => serve::serve(a.config, cli.log_format),
+        Command::Serve(a) => serve::serve(a.config, cli.log_format, a.accept_data_loss),
         Command::Init(a) => serve::init(a.config),
         Command::Config(ConfigCmd::PrintDefault) => {
             print!("{}", crate::config::DEFAULT_TOML);

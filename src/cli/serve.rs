@@ -36,14 +36,24 @@ pub fn init_logging(level: &str, format: LogFormat) -> anyhow::Result<()> {
     res.map_err(|e| anyhow::anyhow!("cannot set up logging: {e}"))
 }
 
-pub fn serve(path: Option<PathBuf>, log_format: Option<LogFormat>) -> anyhow::Result<ExitCode> {
-    let config = load(path)?;
+/// Longest a graceful stop may take before Corral gives up and exits non-zero, leaving the
+/// write-ahead log to replay at the next start. Below systemd's default `TimeoutStopSec` (30 s)
+/// and Docker's stop grace period would need raising to match (see README).
+const STOP_DEADLINE: std::time::Duration = std::time::Duration::from_secs(20);
+
+pub fn serve(
+    path: Option<PathBuf>,
+    log_format: Option<LogFormat>,
+    accept_data_loss: bool,
+) -> anyhow::Result<ExitCode> {
+    let mut config = load(path)?;
+    config.accept_data_loss = accept_data_loss;
     init_logging(&config.log.level, log_format.unwrap_or(config.log.format))?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("corral")
         .build()?;
-    rt.block_on(async move {
+    let code = rt.block_on(async move {
         let started = std::time::Instant::now();
         let listeners = Listeners::bind(&config)?;
         let data_dir = config.data_dir.clone();
@@ -51,10 +61,27 @@ pub fn serve(path: Option<PathBuf>, log_format: Option<LogFormat>) -> anyhow::Re
         banner(&app, &data_dir, started.elapsed());
         wait_for_signal().await?;
         tracing::info!("shutting down: refusing new connections, finishing in-flight writes");
-        app.shutdown().await?;
-        tracing::info!("stopped cleanly");
-        Ok(ExitCode::SUCCESS)
-    })
+        match tokio::time::timeout(STOP_DEADLINE, app.shutdown()).await {
+            Ok(Ok(())) => {
+                tracing::info!("stopped cleanly");
+                anyhow::Ok(ExitCode::SUCCESS)
+            }
+            Ok(Err(e)) => {
+                tracing::error!(error = %format!("{e:#}"), "the stop was not clean; the write-ahead log replays at the next start");
+                Ok(ExitCode::FAILURE)
+            }
+            Err(_) => {
+                tracing::error!(
+                    seconds = STOP_DEADLINE.as_secs(),
+                    "the stop did not finish in time (is the disk full?); exiting anyway: the write-ahead log replays at the next start"
+                );
+                Ok(ExitCode::FAILURE)
+            }
+        }
+    });
+    // Work stuck on a full disk must not hold the process: the log covers it.
+    rt.shutdown_timeout(std::time::Duration::from_secs(2));
+    code
 }
 
 async fn wait_for_signal() -> anyhow::Result<()> {

@@ -70,6 +70,7 @@ impl Pipeline {
         db: Arc<Db>,
         wal: Wal,
         delay: Duration,
+        min_free: u64,
         metrics: Arc<Metrics>,
     ) -> std::io::Result<Self> {
         let (tx, rx) = mpsc::channel::<Job>(QUEUE);
@@ -78,7 +79,7 @@ impl Pipeline {
         let writer_later = later.clone();
         std::thread::Builder::new()
             .name("store-writer".into())
-            .spawn(move || write_loop(&db, wal, rx, &writer_later, batches_tx))?;
+            .spawn(move || write_loop(&db, wal, rx, &writer_later, batches_tx, min_free))?;
         std::thread::Builder::new()
             .name("store-flusher".into())
             .spawn(move || flush_loop(batches_rx, delay, &metrics))?;
@@ -129,14 +130,30 @@ impl Pipeline {
     }
 }
 
+/// Device data refused because free space is below `min_free`; `None` when there is room (or
+/// no reserve is configured). A statvfs per batch costs microseconds.
+fn disk_low(db: &Db, min_free: u64) -> Option<(u64, u64)> {
+    if min_free == 0 {
+        return None;
+    }
+    match super::guard::free_bytes(db.path()) {
+        Ok(free) if free < min_free => Some((free >> 20, min_free >> 20)),
+        _ => None,
+    }
+}
+
 fn write_loop(
     db: &Db,
     mut wal: Wal,
     mut rx: mpsc::Receiver<Job>,
     later: &Mutex<Vec<Later>>,
     batches: std_mpsc::Sender<Batch>,
+    min_free: u64,
 ) {
     let mut buf = Vec::with_capacity(1 << 16);
+    let mut was_low = false;
+    // Set when sled failed to take writes the log holds: see below.
+    let mut behind: Option<String> = None;
     while let Some(first) = rx.blocking_recv() {
         let mut jobs = vec![first];
         while jobs.len() < MAX_BATCH {
@@ -148,10 +165,29 @@ fn write_loop(
         buf.clear();
         let mut staged = super::telemetry::Staged::default();
         let mut queued = StagedQueue::default();
-        // (reply, values staged or the error staging them, waits for durability)
-        let mut done: Vec<(Reply, Result<usize>, bool)> = Vec::with_capacity(jobs.len());
+        // (reply, values staged or the error staging them, waits for durability, values logged)
+        let mut done: Vec<(Reply, Result<usize>, bool, usize)> = Vec::with_capacity(jobs.len());
         let mut checkpoints = Vec::new();
         let mut commits = Vec::new();
+        // Points whose records are in `buf`, applied only once the log has them.
+        let mut logged = Vec::new();
+        let low = jobs
+            .iter()
+            .any(|j| matches!(j, Job::Points { .. }))
+            .then(|| disk_low(db, min_free))
+            .flatten();
+        match (low, was_low) {
+            (Some((free, need)), false) => tracing::error!(
+                free_mib = free,
+                need_mib = need,
+                "free disk space is below store.min_free_mb: device data is refused until space is freed"
+            ),
+            (None, true) => tracing::info!(
+                "free disk space is back above store.min_free_mb: device data is accepted again"
+            ),
+            _ => {}
+        }
+        was_low = low.is_some();
         for job in jobs {
             match job {
                 Job::Points {
@@ -160,23 +196,49 @@ fn write_loop(
                     reply,
                     durable,
                 } => {
+                    if behind.is_some() {
+                        let _ = reply.send(Err(StoreError::DiskFull {
+                            path: db.path().to_path_buf(),
+                        }));
+                        continue;
+                    }
+                    if let Some((free_mib, need_mib)) = low {
+                        let _ = reply.send(Err(StoreError::DiskLow {
+                            path: db.path().to_path_buf(),
+                            free_mib,
+                            need_mib,
+                        }));
+                        continue;
+                    }
                     // The sequence number is taken here, in log order, and written into the
                     // record, so that replay re-creates exactly the same queue keys.
-                    match &queue {
-                        Some(q) => {
-                            let seq = db.take_seq();
-                            op.encode_with(Some((seq, q)), &mut buf);
-                            db.stage_queue(&mut queued, seq, q);
-                        }
-                        None => op.encode_with(None, &mut buf),
-                    }
-                    let res = op.stage(db, &mut staged);
-                    done.push((reply, res, durable));
+                    let seq = queue.as_ref().map(|_| db.take_seq());
+                    op.encode_with(seq.zip(queue.as_ref()), &mut buf);
+                    logged.push((op, queue, seq, reply, durable));
                 }
                 Job::Checkpoint(reply) => checkpoints.push(reply),
                 Job::Commit(reply) => commits.push(reply),
                 Job::Wake => {}
             }
+        }
+        // Log before applying: a write the log refused (a full disk) is answered with an error
+        // and must not reach sled, or a device told "not stored" would find it stored and its
+        // retry would store it twice.
+        if !buf.is_empty()
+            && let Err(e) = wal.append(&buf)
+        {
+            tracing::error!(error = %e, "cannot append to the write-ahead log; the writes are refused");
+            for (_, _, _, reply, _) in logged.drain(..) {
+                let _ = reply.send(Err(StoreError::Flush(e.to_string())));
+            }
+        }
+        for (op, queue, seq, reply, durable) in logged {
+            if let (Some(seq), Some(q)) = (seq, &queue) {
+                db.stage_queue(&mut queued, seq, q);
+            }
+            let res = op.stage(db, &mut staged);
+            let values = op.points.iter().map(|(_, v)| v.len()).sum::<usize>();
+            done.push((reply, res, durable, values));
         }
         // Queue entries first: bookkeeping below may enqueue too, under later sequence numbers,
         // and a queue's reader must never see a later entry before an earlier one.
@@ -186,23 +248,36 @@ fn write_loop(
             f(db);
         }
         // One atomic sled batch for the whole group: per-batch overhead dominates small writes.
-        let applied = queue_applied.and(db.apply_points(staged));
+        let mut applied = queue_applied.and(db.apply_points(staged));
+        if applied.is_ok()
+            && let Some((_, Err(e), _, _)) = done.iter().find(|(_, r, _, _)| r.is_err())
+        {
+            applied = Err(StoreError::Flush(e.to_string()));
+        }
+        if let Err(e) = &applied {
+            // sled could not take writes the log already holds (typically a full disk). sled
+            // may keep part of them and write it out later, so refusing them now could store
+            // what a device was told was not stored. The log is the durability point: they are
+            // acknowledged once it is synced, and sled gets them from the log at the next
+            // start. Until then no checkpoint may drop the log, and new data is refused.
+            if behind.is_none() {
+                tracing::error!(error = %e, "the store cannot write (is the disk full?): device data is refused and the write-ahead log is kept until corral restarts with free space; nothing acknowledged is lost");
+            }
+            behind = Some(e.to_string());
+        }
+        let done: Vec<_> = done
+            .into_iter()
+            .map(|(reply, res, durable, values)| match &applied {
+                Ok(()) => (reply, res, durable),
+                Err(_) => (reply, Ok(values), durable),
+            })
+            .collect();
         let mut waiting = Vec::new();
         for (reply, res, durable) in done {
-            let res = match (&applied, res) {
-                (Ok(()), r) => r,
-                (Err(e), _) => Err(StoreError::Flush(e.to_string())),
-            };
             if durable {
                 waiting.push((reply, res));
             } else {
                 let _ = reply.send(res);
-            }
-        }
-        if let Err(e) = wal.append(&buf) {
-            tracing::error!(error = %e, "cannot append to the write-ahead log; the writes are refused");
-            for (reply, _) in waiting.drain(..) {
-                let _ = reply.send(Err(StoreError::Flush(e.to_string())));
             }
         }
         if !waiting.is_empty()
@@ -226,7 +301,14 @@ fn write_loop(
                 );
             }
         }
-        if !checkpoints.is_empty() || wal.bytes >= CHECKPOINT_BYTES {
+        if let Some(e) = &behind {
+            for reply in checkpoints.drain(..) {
+                let _ = reply.send(Err(StoreError::Flush(format!(
+                    "no checkpoint while the store is behind its log ({e})"
+                ))));
+            }
+        }
+        if behind.is_none() && (!checkpoints.is_empty() || wal.bytes >= CHECKPOINT_BYTES) {
             let res = wal.checkpoint(db);
             if let Err(e) = &res {
                 tracing::error!(error = %e, "checkpoint failed; the log keeps growing until one succeeds");
@@ -241,6 +323,9 @@ fn write_loop(
         }
     }
     // Senders are gone (shutdown): leave sled complete so the next start replays nothing.
+    if behind.is_some() {
+        return;
+    }
     if let Err(e) = wal.checkpoint(db) {
         tracing::warn!(error = %e, "final checkpoint failed; the log will be replayed at next start");
     }

@@ -601,6 +601,7 @@ mod tests {
             StoreOptions {
                 cache_capacity_bytes: 1 << 20,
                 group_commit_delay: std::time::Duration::ZERO,
+                ..Default::default()
             },
             Arc::new(crate::metrics::Metrics::new()),
         )

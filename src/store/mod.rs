@@ -9,6 +9,7 @@ mod commit;
 mod conditions;
 mod connections;
 mod credentials;
+pub mod guard;
 mod integrations;
 mod jobs;
 mod registry;
@@ -40,6 +41,34 @@ pub const SCHEMA_VERSION: u32 = 4;
 pub enum StoreError {
     #[error("cannot open the store at {path}: {source}")]
     Open { path: PathBuf, source: sled::Error },
+    /// The store is damaged or missing: opening it would silently lose acknowledged data.
+    #[error(
+        "the store at {path} is damaged or missing: {what}.\n\
+         Nothing was changed. To recover, either\n  \
+         - restore the latest backup: `corral restore BACKUP_FILE NEW_DATA_DIR`, then start with \
+         data_dir = NEW_DATA_DIR; or\n  \
+         - start with `corral serve --accept-data-loss` to go on with what can still be read (a \
+         store that cannot be read at all, and damaged log segments, are set aside in a \
+         damaged-<time> directory beside the store, never deleted)"
+    )]
+    Damaged { path: PathBuf, what: String },
+    #[error(
+        "the disk holding the store at {path} is full (no disk space left); free some space, then start again"
+    )]
+    DiskFull { path: PathBuf },
+    #[error(
+        "the store at {path} is in use by another process (is another corral running on this data directory?)"
+    )]
+    InUse { path: PathBuf },
+    /// Free space is below what is kept in reserve; device writes are refused until it returns.
+    #[error(
+        "not enough free disk space for the store at {path}: {free_mib} MiB free, {need_mib} MiB kept in reserve (store.min_free_mb); free some space"
+    )]
+    DiskLow {
+        path: PathBuf,
+        free_mib: u64,
+        need_mib: u64,
+    },
     #[error(
         "the store at {path} has schema version {found}, newer than this binary understands ({SCHEMA_VERSION}); run a newer corral"
     )]
@@ -73,6 +102,23 @@ impl From<sled::transaction::TransactionError<StoreError>> for StoreError {
 
 pub type Result<T> = std::result::Result<T, StoreError>;
 
+impl StoreError {
+    /// Whether the error is the file system running out of space (ENOSPC).
+    pub fn is_disk_full(&self) -> bool {
+        let io = match self {
+            StoreError::Open {
+                source: sled::Error::Io(e),
+                ..
+            }
+            | StoreError::Sled(sled::Error::Io(e))
+            | StoreError::Wal { source: e, .. } => e,
+            StoreError::DiskFull { .. } => return true,
+            _ => return false,
+        };
+        io.kind() == std::io::ErrorKind::StorageFull
+    }
+}
+
 /// Handle to the embedded store; cheap to clone. Reads and registry writes go straight to `Db`
 /// (through `Deref`) and are made durable with `commit`; device data goes through the
 /// write-ahead-logged pipeline (`append_points`).
@@ -95,6 +141,11 @@ pub struct Db {
     known_series: std::sync::Mutex<std::collections::HashMap<Vec<u8>, telemetry::LastPoint>>,
     /// The integration queues' sequence counter and live counters.
     queues: integrations::Queues,
+    /// The flush generation last written into `meta` (see `guard`). Locked while it is bumped
+    /// and written, so the value in `meta` only ever grows.
+    generation: std::sync::Mutex<u64>,
+    /// The generation in `store.state` and when it was written.
+    state_written: std::sync::Mutex<Option<(u64, std::time::Instant)>>,
 }
 
 impl std::ops::Deref for Store {
@@ -148,18 +199,52 @@ struct Trees {
 }
 
 /// Options for opening the store.
+#[derive(Debug, Clone)]
 pub struct StoreOptions {
     pub cache_capacity_bytes: u64,
     pub group_commit_delay: Duration,
+    /// Free bytes kept in reserve: device writes are refused below it, and a start needs half.
+    pub min_free_bytes: u64,
+    /// Open a damaged store anyway, keeping what can be read (`serve --accept-data-loss`).
+    pub accept_data_loss: bool,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        Self {
+            cache_capacity_bytes: 64 << 20,
+            group_commit_delay: Duration::ZERO,
+            min_free_bytes: 0,
+            accept_data_loss: false,
+        }
+    }
 }
 
 impl Store {
-    /// Opens the store in `path`, creating it only when the directory holds no store yet.
-    /// Starts the writer and flusher threads.
+    /// Opens the store in `path`, creating it only when there is no trace of one yet.
+    /// Refuses a damaged or missing store (`StoreError::Damaged`) unless
+    /// `opts.accept_data_loss`; replays the write-ahead log after an unclean stop; starts the
+    /// writer and flusher threads.
     pub fn open(path: &Path, opts: StoreOptions, metrics: Arc<Metrics>) -> Result<Store> {
+        Self::open_inner(path, opts, metrics).map_err(|e| {
+            if e.is_disk_full() {
+                StoreError::DiskFull {
+                    path: path.to_path_buf(),
+                }
+            } else {
+                e
+            }
+        })
+    }
+
+    fn open_inner(path: &Path, opts: StoreOptions, metrics: Arc<Metrics>) -> Result<Store> {
         let open_err = |source| StoreError::Open {
             path: path.to_path_buf(),
             source,
+        };
+        let damaged = |what: String| StoreError::Damaged {
+            path: path.to_path_buf(),
+            what,
         };
         // A directory that exists but lacks sled's `conf` file, or an unreadable one, must not be
         // silently replaced by an empty store: sled would create one, so check first.
@@ -167,19 +252,44 @@ impl Store {
             let entries = std::fs::read_dir(path)
                 .map_err(|e| open_err(sled::Error::Io(e)))?
                 .count();
-            if entries > 0 && !path.join("conf").exists() {
+            if entries > 0 && !path.join("conf").exists() && !path.join("db").exists() {
                 return Err(open_err(sled::Error::Unsupported(
                     "the directory is not empty and holds no Corral store".into(),
                 )));
             }
         }
-        let db = sled::Config::new()
-            .path(path)
-            .cache_capacity(opts.cache_capacity_bytes)
-            // Durability comes from our group commit, never from a timer.
-            .flush_every_ms(None)
-            .open()
-            .map_err(open_err)?;
+        guard::preflight(path, opts.min_free_bytes / 2)?;
+        let presence = guard::presence(path);
+        if let guard::Presence::Missing(what) = &presence {
+            if !opts.accept_data_loss {
+                return Err(damaged(what.clone()));
+            }
+            let aside = guard::set_aside(
+                path,
+                &[path, &guard::wal_path(path), &guard::state_path(path)],
+            )
+            .map_err(|e| open_err(sled::Error::Io(e)))?;
+            tracing::warn!(problem = %what, moved_to = %aside.display(), "starting with a new, empty store (--accept-data-loss)");
+        }
+        let existed = presence == guard::Presence::Existing;
+        let state = match guard::read_state(path) {
+            Ok(s) => s,
+            Err(what) if opts.accept_data_loss => {
+                tracing::warn!(problem = %what, "ignoring an unreadable integrity record (--accept-data-loss)");
+                None
+            }
+            Err(what) => return Err(damaged(what)),
+        };
+        let db = match open_sled(path, opts.cache_capacity_bytes) {
+            Ok(db) => db,
+            Err(StoreError::Damaged { what, .. }) if opts.accept_data_loss && existed => {
+                let aside = guard::set_aside(path, &[path, &guard::state_path(path)])
+                    .map_err(|e| open_err(sled::Error::Io(e)))?;
+                tracing::warn!(problem = %what, moved_to = %aside.display(), "the store cannot be read at all; starting with a new, empty one (--accept-data-loss)");
+                open_sled(path, opts.cache_capacity_bytes)?
+            }
+            Err(e) => return Err(e),
+        };
         let t = |name: &str| db.open_tree(name).map_err(open_err);
         let trees = Trees {
             meta: t("meta")?,
@@ -222,29 +332,73 @@ impl Store {
             int_queue: t("int_queue")?,
             int_dead: t("int_dead")?,
         };
+        let generation = read_generation(&trees.meta)?;
+        match &state {
+            Some(st) => match guard::verify(st, generation, || trees.counts()) {
+                Ok(guard::Verdict::Clean) => {}
+                Ok(guard::Verdict::Recovering) => {
+                    tracing::info!(
+                        "the last stop was not clean: recovering from the write-ahead log"
+                    )
+                }
+                Err(what) if opts.accept_data_loss => {
+                    tracing::warn!(problem = %what, "opening a damaged store (--accept-data-loss): what it lost is gone")
+                }
+                Err(what) => return Err(damaged(what)),
+            },
+            None if existed => tracing::info!(
+                "this store has no integrity record yet (written by an earlier corral); one is kept from now on"
+            ),
+            None => {}
+        }
         migrate(path, &db, &trees)?;
-        db.flush().map_err(open_err)?;
         let db = Arc::new(Db {
             db,
             path: path.to_path_buf(),
             trees,
             known_series: Default::default(),
             queues: Default::default(),
+            generation: std::sync::Mutex::new(
+                generation.max(state.as_ref().map_or(0, |s| s.generation)),
+            ),
+            state_written: std::sync::Mutex::new(None),
         });
+        db.flush_now()?;
         db.init_queues()?;
-        let (wal, replayed) = wal::Wal::open_and_replay(&path.with_extension("wal"), &db)?;
+        let (wal, replayed) =
+            wal::Wal::open_and_replay(&guard::wal_path(path), &db, opts.accept_data_loss)?;
         if replayed > 0 {
             tracing::info!(
                 records = replayed,
                 "replayed the write-ahead log after an unclean stop"
             );
         }
-        let pipeline = commit::Pipeline::spawn(db.clone(), wal, opts.group_commit_delay, metrics)
+        // From here on the record says "not clean" until a clean stop says otherwise.
+        let g = *db.generation.lock().unwrap_or_else(|p| p.into_inner());
+        db.record_generation(g, true)
             .map_err(|e| open_err(sled::Error::Io(e)))?;
+        let pipeline = commit::Pipeline::spawn(
+            db.clone(),
+            wal,
+            opts.group_commit_delay,
+            opts.min_free_bytes,
+            metrics,
+        )
+        .map_err(|e| open_err(sled::Error::Io(e)))?;
         Ok(Store {
             db,
             pipeline: Arc::new(pipeline),
         })
+    }
+
+    /// Ends a run cleanly: flushes sled, empties the log and records a clean stop (with record
+    /// counts) in the integrity record. Call once nothing writes any more.
+    pub async fn close_clean(&self) -> Result<()> {
+        self.pipeline.checkpoint().await?;
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || db.record_clean())
+            .await
+            .map_err(|_| StoreError::Closed)?
     }
 
     /// Logs and stores telemetry points of one device. With `durable`, returns once the write is
@@ -317,10 +471,97 @@ impl Store {
     }
 }
 
+/// How often, at most, an ordinary flush rewrites `store.state` (checkpoints and stops always
+/// do). The record may lag the store, never lead it, so this only bounds how recent the
+/// damage check's reference point is.
+const STATE_EVERY: Duration = Duration::from_secs(1);
+
+/// Registry trees whose record counts a clean stop records and the next start checks. Only
+/// trees that change through API requests and device provisioning, which have all ended when a
+/// clean stop counts, so a late background write can never make a good store look damaged.
+const COUNTED_TREES: &[&str] = &[
+    "workspaces",
+    "fleets",
+    "devices",
+    "credentials",
+    "users",
+    "api_keys",
+    "integrations",
+    "schedules",
+];
+
+impl Trees {
+    fn counts(&self) -> std::collections::BTreeMap<String, u64> {
+        let tree = |name: &str| match name {
+            "workspaces" => &self.workspaces,
+            "fleets" => &self.fleets,
+            "devices" => &self.devices,
+            "credentials" => &self.credentials,
+            "users" => &self.users,
+            "api_keys" => &self.api_keys,
+            "integrations" => &self.integrations,
+            _ => &self.schedules,
+        };
+        COUNTED_TREES
+            .iter()
+            .map(|n| (n.to_string(), tree(n).len() as u64))
+            .collect()
+    }
+}
+
 impl Db {
-    /// Flushes synchronously; used at shutdown after the listeners have stopped.
+    /// Makes every write so far durable (a sled flush), under a new generation.
     pub fn flush_now(&self) -> Result<()> {
+        let g = {
+            let mut g = self.generation.lock().unwrap_or_else(|p| p.into_inner());
+            *g += 1;
+            self.trees.meta.insert(GENERATION_KEY, &g.to_be_bytes())?;
+            *g
+        };
         self.db.flush()?;
+        // `g` was written before this flush began, so the disk holds at least `g`.
+        if let Err(e) = self.record_generation(g, false) {
+            tracing::warn!(error = %e, "cannot update the store's integrity record");
+        }
+        Ok(())
+    }
+
+    /// Writes `g`, a generation known to be on disk, to `store.state` (as "not clean"):
+    /// always with `force`, otherwise at most every `STATE_EVERY`.
+    fn record_generation(&self, g: u64, force: bool) -> std::io::Result<()> {
+        let mut w = self.state_written.lock().unwrap_or_else(|p| p.into_inner());
+        let last = w.map_or(0, |(last, _)| last);
+        if let Some((_, at)) = *w
+            && !force
+            && (g <= last || at.elapsed() < STATE_EVERY)
+        {
+            return Ok(());
+        }
+        let g = g.max(last);
+        guard::write_state(
+            &self.path,
+            &guard::StoreState::new(g, false, Default::default()),
+        )?;
+        *w = Some((g, std::time::Instant::now()));
+        Ok(())
+    }
+
+    /// Records a clean stop: the generation on disk and the record counts.
+    fn record_clean(&self) -> Result<()> {
+        let mut w = self.state_written.lock().unwrap_or_else(|p| p.into_inner());
+        // Held across the flush: no generation is handed out that this flush might miss.
+        let g = self.generation.lock().unwrap_or_else(|p| p.into_inner());
+        self.db.flush()?;
+        let g = *g;
+        guard::write_state(
+            &self.path,
+            &guard::StoreState::new(g, true, self.trees.counts()),
+        )
+        .map_err(|e| StoreError::Wal {
+            path: guard::state_path(&self.path),
+            source: e,
+        })?;
+        *w = Some((g, std::time::Instant::now()));
         Ok(())
     }
 
@@ -345,6 +586,66 @@ impl Db {
 }
 
 const VERSION_KEY: &[u8] = b"schema_version";
+/// The flush generation (u64 BE), bumped before every flush Corral makes (see `guard`).
+const GENERATION_KEY: &[u8] = b"flush_generation";
+
+fn read_generation(meta: &sled::Tree) -> Result<u64> {
+    match meta.get(GENERATION_KEY)? {
+        None => Ok(0),
+        Some(v) => {
+            let b: [u8; 8] = v.as_ref().try_into().map_err(|_| StoreError::Corrupt {
+                tree: "meta",
+                detail: "flush_generation is not 8 bytes".into(),
+            })?;
+            Ok(u64::from_be_bytes(b))
+        }
+    }
+}
+
+/// Opens sled, turning the ways it reports damage (errors, and panics on some corruptions)
+/// into `StoreError::Damaged`.
+fn open_sled(path: &Path, cache: u64) -> Result<sled::Db> {
+    let config = sled::Config::new()
+        .path(path)
+        .cache_capacity(cache)
+        // Durability comes from our group commit, never from a timer.
+        .flush_every_ms(None);
+    let opened = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| config.open()));
+    let damaged = |what: String| StoreError::Damaged {
+        path: path.to_path_buf(),
+        what,
+    };
+    match opened {
+        Ok(Ok(db)) => Ok(db),
+        Ok(Err(e @ (sled::Error::Corruption { .. } | sled::Error::ReportableBug(_)))) => Err(
+            damaged(format!("the storage engine found corrupted data ({e})")),
+        ),
+        Ok(Err(sled::Error::Io(e)))
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::InvalidData | std::io::ErrorKind::UnexpectedEof
+            ) =>
+        {
+            Err(damaged(format!(
+                "the storage engine found corrupted data ({e})"
+            )))
+        }
+        Ok(Err(e)) => Err(StoreError::Open {
+            path: path.to_path_buf(),
+            source: e,
+        }),
+        Err(panic) => {
+            let msg = panic
+                .downcast_ref::<String>()
+                .map(String::as_str)
+                .or_else(|| panic.downcast_ref::<&str>().copied())
+                .unwrap_or("no message");
+            Err(damaged(format!(
+                "the storage engine failed while reading it ({msg})"
+            )))
+        }
+    }
+}
 
 fn read_version(meta: &sled::Tree) -> Result<Option<u32>> {
     match meta.get(VERSION_KEY)? {
@@ -469,6 +770,7 @@ pub(crate) mod test_util {
             StoreOptions {
                 cache_capacity_bytes: 8 << 20,
                 group_commit_delay: Duration::ZERO,
+                ..Default::default()
             },
             Arc::new(Metrics::new()),
         )
@@ -488,6 +790,7 @@ mod tests {
         let opts = || StoreOptions {
             cache_capacity_bytes: 1 << 20,
             group_commit_delay: Duration::ZERO,
+            ..Default::default()
         };
         {
             let s = Store::open(&path, opts(), Arc::new(Metrics::new())).expect("open");
@@ -540,6 +843,7 @@ mod tests {
             StoreOptions {
                 cache_capacity_bytes: 1 << 20,
                 group_commit_delay: Duration::ZERO,
+                ..Default::default()
             },
             Arc::new(Metrics::new()),
         )
@@ -570,6 +874,7 @@ mod tests {
         let opts = || StoreOptions {
             cache_capacity_bytes: 1 << 20,
             group_commit_delay: Duration::ZERO,
+            ..Default::default()
         };
         let dev = crate::model::DeviceId::new();
         {
@@ -625,6 +930,7 @@ mod tests {
             StoreOptions {
                 cache_capacity_bytes: 1 << 20,
                 group_commit_delay: Duration::ZERO,
+                ..Default::default()
             },
             Arc::new(Metrics::new()),
         )

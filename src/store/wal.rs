@@ -145,6 +145,55 @@ impl PointsOp {
 /// Records replayed per sled batch.
 const REPLAY_GROUP: usize = 4096;
 
+/// Where the whole records of a segment are, and where damage interrupts them.
+#[derive(Debug, Default, PartialEq)]
+struct Scan {
+    /// (payload offset, payload length) of each readable record, in order.
+    records: Vec<(usize, usize)>,
+    /// (offset, bytes) of unreadable stretches that readable records follow.
+    damaged: Vec<(usize, usize)>,
+    /// Offset of an unreadable stretch that runs to the end: a record torn by a crash.
+    torn_tail: Option<usize>,
+}
+
+/// The payload length of a whole, checksummed, decodable record at `pos`.
+fn record_at(bytes: &[u8], pos: usize) -> Option<usize> {
+    let header = bytes.get(pos..pos + 8)?;
+    let len = u32::from_be_bytes([header[0], header[1], header[2], header[3]]) as usize;
+    let crc = u32::from_be_bytes([header[4], header[5], header[6], header[7]]);
+    let payload = bytes.get(pos + 8..pos.checked_add(8 + len)?)?;
+    // Cheap tests first: resynchronising after damage tries every offset.
+    if !matches!(payload.first(), Some(1 | 2)) || crc32fast::hash(payload) != crc {
+        return None;
+    }
+    PointsOp::decode_record(payload).map(|_| len)
+}
+
+/// Splits a segment into records, telling a torn tail (normal after a crash) from damage
+/// followed by records (never normal).
+fn scan(bytes: &[u8]) -> Scan {
+    let mut out = Scan::default();
+    let mut pos = 0;
+    while pos < bytes.len() {
+        if let Some(len) = record_at(bytes, pos) {
+            out.records.push((pos + 8, len));
+            pos += 8 + len;
+            continue;
+        }
+        match (pos + 1..bytes.len()).find(|&p| record_at(bytes, p).is_some()) {
+            Some(next) => {
+                out.damaged.push((pos, next - pos));
+                pos = next;
+            }
+            None => {
+                out.torn_tail = Some(pos);
+                break;
+            }
+        }
+    }
+    out
+}
+
 /// The open log: the segment being appended to.
 pub(super) struct Wal {
     dir: PathBuf,
@@ -152,6 +201,9 @@ pub(super) struct Wal {
     current: Arc<File>,
     /// Bytes appended to the current segment.
     pub(super) bytes: u64,
+    /// A failed append could not be cut back off the segment: nothing more may follow it
+    /// there (replay would stop at it), so the next append starts a new segment first.
+    poisoned: bool,
 }
 
 fn segment_path(dir: &Path, seq: u64) -> PathBuf {
@@ -179,36 +231,61 @@ fn segments(dir: &Path) -> std::io::Result<Vec<(u64, PathBuf)>> {
 impl Wal {
     /// Replays every segment in `dir` into `db`, makes sled durable, removes the replayed
     /// segments and opens a fresh one. Returns the log and the number of records replayed.
-    pub(super) fn open_and_replay(dir: &Path, db: &Db) -> Result<(Wal, usize)> {
+    ///
+    /// A record cut short at the end of a segment is what a crash leaves (it was never
+    /// acknowledged) and is dropped quietly. An unreadable record *followed by readable ones*
+    /// is damage: the records after it may have been acknowledged, so the store refuses to
+    /// open, unless `salvage`, which copies the segment aside and replays every readable
+    /// record around the damage.
+    pub(super) fn open_and_replay(dir: &Path, db: &Db, salvage: bool) -> Result<(Wal, usize)> {
         let io = |e: std::io::Error| StoreError::Wal {
             path: dir.to_path_buf(),
             source: e,
         };
         std::fs::create_dir_all(dir).map_err(io)?;
         let existing = segments(dir).map_err(io)?;
+        // Read and check every segment before applying anything, so a refusal changes nothing.
+        let mut scanned = Vec::with_capacity(existing.len());
+        let mut damaged = Vec::new();
+        for (_, path) in &existing {
+            let mut bytes = Vec::new();
+            File::open(path)
+                .and_then(|mut f| f.read_to_end(&mut bytes))
+                .map_err(io)?;
+            let scan = scan(&bytes);
+            for (offset, skipped) in &scan.damaged {
+                damaged.push(format!(
+                    "{} has {skipped} unreadable bytes at offset {offset}, followed by readable records",
+                    path.display()
+                ));
+            }
+            if let Some(offset) = scan.torn_tail {
+                tracing::info!(segment = %path.display(), offset, bytes = bytes.len() - offset, "the write-ahead log ends in a record cut short by a crash; it was never acknowledged");
+            }
+            scanned.push((bytes, scan));
+        }
+        if !damaged.is_empty() {
+            let what = format!("the write-ahead log is damaged: {}", damaged.join("; "));
+            if !salvage {
+                return Err(StoreError::Damaged {
+                    path: db.path().to_path_buf(),
+                    what,
+                });
+            }
+            let files: Vec<PathBuf> = existing.iter().map(|(_, p)| p.clone()).collect();
+            let aside = super::guard::copy_aside(db.path(), &files).map_err(io)?;
+            tracing::warn!(problem = %what, copied_to = %aside.display(), "replaying every readable record around the damage (--accept-data-loss)");
+        }
         let mut replayed = 0;
         // Records are applied in groups, as the writer thread does: a replayed point usually
         // exists already and dirties its hour, which is then recomputed once per group, not
         // once per record.
         let mut staged = super::telemetry::Staged::default();
         let mut in_group = 0;
-        for (_, path) in &existing {
-            let mut bytes = Vec::new();
-            File::open(path)
-                .and_then(|mut f| f.read_to_end(&mut bytes))
-                .map_err(io)?;
-            let mut pos = 0;
-            while let Some(header) = bytes.get(pos..pos + 8) {
-                let len = u32::from_be_bytes([header[0], header[1], header[2], header[3]]) as usize;
-                let crc = u32::from_be_bytes([header[4], header[5], header[6], header[7]]);
-                let Some(payload) = bytes.get(pos + 8..pos + 8 + len) else {
-                    break;
-                };
-                if crc32fast::hash(payload) != crc {
-                    break;
-                }
-                let Some((op, queue)) = PointsOp::decode_record(payload) else {
-                    break;
+        for (bytes, scan) in &scanned {
+            for &(start, len) in &scan.records {
+                let Some((op, queue)) = PointsOp::decode_record(&bytes[start..start + len]) else {
+                    continue;
                 };
                 // A device deleted after its data was logged must not come back.
                 if db.get_device(op.device)?.is_some() {
@@ -223,10 +300,6 @@ impl Wal {
                     }
                 }
                 replayed += 1;
-                pos += 8 + len;
-            }
-            if pos < bytes.len() {
-                tracing::warn!(segment = %path.display(), offset = pos, "WAL ends in a torn or corrupt record; the rest was never acknowledged");
             }
         }
         db.apply_points(staged)?;
@@ -242,14 +315,39 @@ impl Wal {
                 seq,
                 current,
                 bytes: 0,
+                poisoned: false,
             },
             replayed,
         ))
     }
 
+    /// Appends whole records. On failure (a full disk) nothing of `buf` stays in the log: a
+    /// partial record left there would hide every later record from replay.
     pub(super) fn append(&mut self, buf: &[u8]) -> std::io::Result<()> {
-        (&*self.current).write_all(buf)?;
-        self.bytes += buf.len() as u64;
+        if self.poisoned {
+            self.rotate()?;
+            self.poisoned = false;
+        }
+        match (&*self.current).write_all(buf) {
+            Ok(()) => {
+                self.bytes += buf.len() as u64;
+                Ok(())
+            }
+            Err(e) => {
+                if self.current.set_len(self.bytes).is_err() {
+                    self.poisoned = true;
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Starts a new segment; the older ones stay until the next checkpoint.
+    fn rotate(&mut self) -> std::io::Result<()> {
+        let next = self.seq + 1;
+        self.current = Arc::new(create_segment(&self.dir, next)?);
+        self.seq = next;
+        self.bytes = 0;
         Ok(())
     }
 
@@ -261,14 +359,14 @@ impl Wal {
     /// Checkpoint: start a new segment, flush sled (which then holds everything the older
     /// segments logged, since every record is applied right after it is appended), delete them.
     pub(super) fn checkpoint(&mut self, db: &Db) -> Result<()> {
+        let dir = self.dir.clone();
         let io = |e: std::io::Error| StoreError::Wal {
-            path: self.dir.clone(),
+            path: dir.clone(),
             source: e,
         };
-        let next = self.seq + 1;
-        self.current = Arc::new(create_segment(&self.dir, next).map_err(io)?);
-        self.seq = next;
-        self.bytes = 0;
+        self.rotate().map_err(io)?;
+        self.poisoned = false;
+        let next = self.seq;
         db.flush_now()?;
         for (seq, path) in segments(&self.dir).map_err(io)? {
             if seq < next {
@@ -365,12 +463,53 @@ mod tests {
         );
     }
 
+    fn records(n: i64) -> Vec<u8> {
+        let mut buf = Vec::new();
+        for v in 0..n {
+            PointsOp {
+                device: DeviceId::new(),
+                tag: "default".into(),
+                points: vec![(v, vec![("t".into(), Value::Long(v))])],
+            }
+            .encode(&mut buf);
+        }
+        buf
+    }
+
+    #[test]
+    fn scan_tells_a_torn_tail_from_damage_followed_by_records() {
+        let whole = records(10);
+        let one = whole.len() / 10;
+        let clean = scan(&whole);
+        assert_eq!(clean.records.len(), 10);
+        assert_eq!((clean.damaged.len(), clean.torn_tail), (0, None));
+
+        let torn = scan(&whole[..whole.len() - 3]);
+        assert_eq!(torn.records.len(), 9);
+        assert_eq!(torn.torn_tail, Some(9 * one));
+        assert!(torn.damaged.is_empty());
+
+        // Zeros where the file grew but the data never reached the disk: a torn tail too.
+        let mut zeros = whole.clone();
+        zeros.extend_from_slice(&[0; 100]);
+        assert_eq!(scan(&zeros).torn_tail, Some(whole.len()));
+
+        // Bytes flipped inside the fourth record: the six after it are still found.
+        let mut flipped = whole.clone();
+        flipped[3 * one + 12] ^= 0xff;
+        let s = scan(&flipped);
+        assert_eq!(s.records.len(), 9);
+        assert_eq!(s.damaged, vec![(3 * one, one)]);
+        assert_eq!(s.torn_tail, None);
+    }
+
     fn open(path: &Path) -> Option<crate::store::Store> {
         crate::store::Store::open(
             path,
             crate::store::StoreOptions {
                 cache_capacity_bytes: 1 << 20,
                 group_commit_delay: std::time::Duration::ZERO,
+                ..Default::default()
             },
             std::sync::Arc::new(crate::metrics::Metrics::new()),
         )

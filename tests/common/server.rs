@@ -29,22 +29,103 @@ impl Server {
 
     /// As `spawn`, with extra `CORRAL_*` settings.
     pub fn spawn_with(data_dir: &Path, admin_key: &str, env: &[(&str, &str)]) -> Server {
-        let mut child = Command::new(bin())
-            .args(["serve", "--log-format", "json"])
-            .env_clear()
-            .env("CORRAL_DATA_DIR", data_dir)
-            .env("CORRAL_ADMIN_KEY", admin_key)
-            .env("CORRAL_MQTT__TLS_LISTEN", "127.0.0.1:0")
-            .env("CORRAL_MQTT__WORKERS", "1")
-            .env("CORRAL_HTTP__LISTEN", "127.0.0.1:0")
-            .env("CORRAL_HTTPS__ENABLED", "false")
-            .env("CORRAL_LOG__LEVEL", "info")
-            .envs(env.iter().copied())
+        Self::spawn_args(data_dir, admin_key, &[], env)
+    }
+
+    /// As `spawn_with`, with extra arguments to `serve`.
+    pub fn spawn_args(
+        data_dir: &Path,
+        admin_key: &str,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Server {
+        let mut child = command(data_dir, admin_key, args, env)
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
             .expect("spawn corral");
         let stderr = child.stderr.take().expect("stderr");
+        match Self::await_running(stderr, child, data_dir) {
+            Ok(srv) => srv,
+            Err((code, logs)) => {
+                panic!("corral did not report that it is running (exit {code:?}):\n{logs}")
+            }
+        }
+    }
+
+    /// Starts `corral serve` and returns it once running, or its exit code and log if it ends
+    /// first.
+    pub fn start_or_exit(
+        data_dir: &Path,
+        admin_key: &str,
+        env: &[(&str, &str)],
+    ) -> Result<Server, (Option<i32>, String)> {
+        let mut child = command(data_dir, admin_key, &[], env)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn corral");
+        let stderr = child.stderr.take().expect("stderr");
+        Self::await_running(stderr, child, data_dir)
+    }
+}
+
+/// `corral serve` on port-0 listeners for `data_dir`, not yet started.
+fn command(data_dir: &Path, admin_key: &str, args: &[&str], env: &[(&str, &str)]) -> Command {
+    let mut c = Command::new(bin());
+    c.args(["serve", "--log-format", "json"])
+        .args(args)
+        .env_clear()
+        .env("CORRAL_DATA_DIR", data_dir)
+        .env("CORRAL_ADMIN_KEY", admin_key)
+        .env("CORRAL_MQTT__TLS_LISTEN", "127.0.0.1:0")
+        .env("CORRAL_MQTT__WORKERS", "1")
+        .env("CORRAL_HTTP__LISTEN", "127.0.0.1:0")
+        .env("CORRAL_HTTPS__ENABLED", "false")
+        .env("CORRAL_LOG__LEVEL", "info")
+        // Test machines can be short of disk; the reserve is tested on its own.
+        .env("CORRAL_STORE__MIN_FREE_MB", "16")
+        .envs(env.iter().copied());
+    c
+}
+
+/// Runs `corral serve` on `data_dir` expecting it to refuse to start: returns its exit code and
+/// everything it wrote to standard error. Panics if it is still running after 60 s.
+pub fn refused_start(
+    data_dir: &Path,
+    admin_key: &str,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> (Option<i32>, String) {
+    let mut child = command(data_dir, admin_key, args, env)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn corral");
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            let mut err = String::new();
+            std::io::Read::read_to_string(&mut child.stderr.take().expect("stderr"), &mut err)
+                .expect("read stderr");
+            return (status.code(), err);
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("corral kept running on a data directory it should refuse");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+impl Server {
+    /// Reads the child's log until it reports its addresses.
+    fn await_running(
+        stderr: std::process::ChildStderr,
+        mut child: Child,
+        data_dir: &Path,
+    ) -> Result<Server, (Option<i32>, String)> {
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
@@ -71,17 +152,21 @@ impl Server {
         }
         let Some((http, mqtt_tls)) = found else {
             let _ = child.kill();
-            let _ = child.wait();
-            panic!("corral did not report that it is running");
+            let status = child.wait().ok().and_then(|s| s.code());
+            // Whatever it wrote before ending.
+            while let Ok(line) = rx.recv_timeout(Duration::from_millis(200)) {
+                startup_logs.push(line);
+            }
+            return Err((status, startup_logs.join("\n")));
         };
-        Server {
+        Ok(Server {
             child,
             http,
             mqtt_tls,
             data_dir: data_dir.to_path_buf(),
             logs: rx,
             startup_logs,
-        }
+        })
     }
 
     pub fn base(&self) -> String {
