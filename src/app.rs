@@ -284,6 +284,11 @@ impl App {
                 }
             }
         }));
+        // Scheduled snapshots (`[backup]`).
+        tasks.push(tokio::spawn(crate::backups::schedule(
+            services.clone(),
+            shutdown.subscribe(),
+        )));
         ready.set(true);
         Ok(App {
             services,

@@ -34,6 +34,7 @@ pub struct Config {
     pub limits: LimitsConfig,
     pub credentials: CredentialsConfig,
     pub audit: AuditConfig,
+    pub backup: BackupConfig,
     pub retention: RetentionConfig,
     pub jobs: crate::jobs::JobsConfig,
     pub auth: crate::auth::AuthConfig,
@@ -76,6 +77,39 @@ pub struct LimitsConfig {
 pub struct CredentialsConfig {
     pub rotation_grace_secs: u64,
     pub device_cert_validity_days: u32,
+}
+
+/// `[backup]`: scheduled snapshots of the whole data directory, kept in rotation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BackupConfig {
+    /// Hours between snapshots; 0 turns them off.
+    pub interval_hours: u64,
+    /// Snapshots kept; the oldest go first.
+    pub keep: usize,
+    /// Where they are written; empty means `<data_dir>/backups`.
+    pub dir: PathBuf,
+}
+
+impl Default for BackupConfig {
+    fn default() -> Self {
+        Self {
+            interval_hours: 24,
+            keep: 3,
+            dir: PathBuf::new(),
+        }
+    }
+}
+
+impl BackupConfig {
+    /// The directory snapshots go to.
+    pub fn dir(&self, data_dir: &std::path::Path) -> PathBuf {
+        if self.dir.as_os_str().is_empty() {
+            data_dir.join("backups")
+        } else {
+            self.dir.clone()
+        }
+    }
 }
 
 /// `[audit]`: the audit log.
@@ -179,6 +213,7 @@ impl Default for Config {
             limits: LimitsConfig::default(),
             credentials: CredentialsConfig::default(),
             audit: AuditConfig::default(),
+            backup: BackupConfig::default(),
             retention: RetentionConfig::default(),
             jobs: crate::jobs::JobsConfig::default(),
             auth: crate::auth::AuthConfig::default(),
@@ -369,6 +404,10 @@ impl Config {
         }
         if self.pki.server_validity_days > self.pki.ca_validity_days {
             problems.push("pki.server_validity_days: cannot exceed ca_validity_days".into());
+        }
+        if self.backup.interval_hours > 0 && self.backup.keep == 0 {
+            problems
+                .push("backup.keep: must be at least 1 while backup.interval_hours is set".into());
         }
         if self.store.cache_capacity_mb == 0 {
             problems.push("store.cache_capacity_mb: must be at least 1".into());

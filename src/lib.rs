@@ -9,6 +9,7 @@ pub mod api;
 pub mod app;
 pub mod audit;
 pub mod auth;
+pub mod backups;
 pub mod cli;
 pub mod conditions;
 pub mod config;

@@ -296,7 +296,7 @@ async fn need(
             Need::Anyone
         }
         "/workspaces" | "/fleets" | "/devices" | "/schedules" if !is_post => Need::Anyone,
-        "/users" => Need::ServerAdmin,
+        "/users" | "/backup" => Need::ServerAdmin,
         p_ if p_.starts_with("/users/{id}") => match parse("id") {
             Some(_) if *method == Method::DELETE && p_ == "/users/{id}" => Need::ServerAdmin,
             Some(u) => Need::UserOrAdmin(UserId(u)),

@@ -5,6 +5,7 @@
 
 mod attributes;
 pub mod auth;
+pub mod backup;
 mod conditions;
 mod credentials;
 mod device_http;
@@ -101,6 +102,7 @@ fn api_v1() -> (Router<Arc<Services>>, utoipa::openapi::OpenApi) {
         .merge(events::routes())
         .merge(auth::routes())
         .merge(integrations::routes())
+        .merge(backup::routes())
         .merge(telemetry::routes())
         .split_for_parts()
 }

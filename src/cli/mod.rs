@@ -1,10 +1,11 @@
 //! The command line: `serve`, `init`, `config`, `ca`, `healthcheck` run locally; the noun-verb
 //! admin commands (`workspace`, `fleet`, `device`, `telemetry`, `aggregate`, `attributes`,
-//! `export`, `tags`, `usage`, `audit`, `job`, `schedule`, `condition`, `integration`, `user`)
-//! call the REST API;
+//! `export`, `tags`, `usage`, `audit`, `job`, `schedule`, `condition`, `integration`, `user`,
+//! `backup`) call the REST API; `backup verify` and `restore` work on a backup file;
 //! `simulate` runs virtual devices.
 
 mod admin;
+mod backup;
 pub mod client;
 mod conditions;
 mod credentials;
@@ -93,6 +94,11 @@ enum Command {
     /// Conditions devices reported: list, show, acknowledge, close.
     #[command(subcommand)]
     Condition(conditions::ConditionCmd),
+    /// Write an online backup of a running server to a file (`backup FILE`), or check one
+    /// (`backup verify FILE`).
+    Backup(backup::BackupArgs),
+    /// Make a new data directory from a backup file.
+    Restore(backup::RestoreArgs),
     /// Run virtual devices against an MQTT server (demos, tests, benchmarks).
     Simulate(crate::sim::SimulateArgs),
 }
@@ -198,6 +204,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::User(c) => runtime()?.block_on(users::run(c)),
         Command::Integration(c) => runtime()?.block_on(integrations::run(c)),
         Command::Condition(c) => runtime()?.block_on(conditions::run(c)),
+        Command::Backup(a) => runtime()?.block_on(backup::run(a)),
+        Command::Restore(a) => runtime()?.block_on(backup::restore(a)),
         Command::Simulate(a) => {
             serve::init_logging("info", cli.log_format.unwrap_or(LogFormat::Human))?;
             runtime()?.block_on(crate::sim::run(a))

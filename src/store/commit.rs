@@ -40,6 +40,11 @@ enum Job {
     Commit(oneshot::Sender<Result<()>>),
     /// Wakes the writer to run the bookkeeping queued in `Pipeline::later`.
     Wake,
+    /// Starts a new segment and keeps it, and every later one, from checkpoints until the pin
+    /// `id` is dropped (an online backup reads them). Replies with the new segment's number.
+    Pin(u64, oneshot::Sender<Result<u64>>),
+    /// Starts a new segment, so the ones before it are complete; replies with its number.
+    Rotate(oneshot::Sender<Result<u64>>),
 }
 
 /// Bookkeeping applied on the writer thread, durable at the next checkpoint or `commit`.
@@ -60,6 +65,11 @@ const CHECKPOINT_BYTES: u64 = 64 << 20;
 
 pub(super) struct Pipeline {
     tx: mpsc::Sender<Job>,
+    /// The writer thread, joined by `close`.
+    writer: Option<std::thread::JoinHandle<()>>,
+    /// Log segments kept for readers: pin id → first segment needed. Shared with the log.
+    pins: super::wal::Pins,
+    next_pin: std::sync::atomic::AtomicU64,
     /// Unbounded on purpose: it grows with connection churn (two entries per connection), not
     /// with message rate, and must not be dropped when the data queue is full.
     later: Arc<Mutex<Vec<Later>>>,
@@ -77,13 +87,49 @@ impl Pipeline {
         let (batches_tx, batches_rx) = std_mpsc::channel::<Batch>();
         let later = Arc::new(Mutex::new(Vec::new()));
         let writer_later = later.clone();
-        std::thread::Builder::new()
+        let pins = wal.pins();
+        let writer = std::thread::Builder::new()
             .name("store-writer".into())
             .spawn(move || write_loop(&db, wal, rx, &writer_later, batches_tx, min_free))?;
         std::thread::Builder::new()
             .name("store-flusher".into())
             .spawn(move || flush_loop(batches_rx, delay, &metrics))?;
-        Ok(Self { tx, later })
+        Ok(Self {
+            tx,
+            writer: Some(writer),
+            later,
+            pins,
+            next_pin: Default::default(),
+        })
+    }
+
+    /// Stops the writer (it checkpoints and lets go of the database) and waits for it.
+    pub(super) fn close(mut self) {
+        let writer = self.writer.take();
+        drop(self);
+        if let Some(w) = writer {
+            let _ = w.join();
+        }
+    }
+
+    /// Pins the log from a new segment on; returns the pin id and that segment's number.
+    pub(super) async fn pin(&self) -> Result<(u64, u64)> {
+        let id = self
+            .next_pin
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let seq = self.request(|reply| Job::Pin(id, reply)).await?;
+        Ok((id, seq))
+    }
+
+    pub(super) fn unpin(&self, id: u64) {
+        self.pins
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&id);
+    }
+
+    pub(super) async fn rotate(&self) -> Result<u64> {
+        self.request(Job::Rotate).await
     }
 
     pub(super) async fn points(
@@ -219,6 +265,12 @@ fn write_loop(
                 Job::Checkpoint(reply) => checkpoints.push(reply),
                 Job::Commit(reply) => commits.push(reply),
                 Job::Wake => {}
+                Job::Pin(id, reply) => {
+                    let _ = reply.send(wal.rotate_pinned(Some(id)));
+                }
+                Job::Rotate(reply) => {
+                    let _ = reply.send(wal.rotate_pinned(None));
+                }
             }
         }
         // Log before applying: a write the log refused (a full disk) is answered with an error

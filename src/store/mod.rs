@@ -4,6 +4,7 @@
 //! module.
 
 mod attributes;
+pub mod backup;
 mod codec;
 mod commit;
 mod conditions;
@@ -351,7 +352,7 @@ impl Store {
             ),
             None => {}
         }
-        migrate(path, &db, &trees)?;
+        let version = read_version(&trees.meta)?;
         let db = Arc::new(Db {
             db,
             path: path.to_path_buf(),
@@ -363,6 +364,17 @@ impl Store {
             ),
             state_written: std::sync::Mutex::new(None),
         });
+        if existed && let Some(v) = version.filter(|v| *v < SCHEMA_VERSION) {
+            // A failed upgrade must always be able to go back: snapshot first.
+            let file = backup::before_migration(&db, v).map_err(|e| StoreError::Damaged {
+                path: path.to_path_buf(),
+                what: format!(
+                    "the snapshot taken before upgrading it from schema {v} failed ({e}); nothing was changed"
+                ),
+            })?;
+            tracing::info!(file = %file.display(), from = v, to = SCHEMA_VERSION, "snapshot taken before the schema migration");
+        }
+        migrate(path, &db.db, &db.trees)?;
         db.flush_now()?;
         db.init_queues()?;
         let (wal, replayed) =
@@ -389,6 +401,16 @@ impl Store {
             db,
             pipeline: Arc::new(pipeline),
         })
+    }
+
+    /// Lets go of the store and waits until it is closed (its files free for another open).
+    /// Only the last handle can close it: with others alive, `StoreError::Closed`.
+    pub fn close(self) -> Result<()> {
+        let Store { db, pipeline } = self;
+        let pipeline = Arc::try_unwrap(pipeline).map_err(|_| StoreError::Closed)?;
+        pipeline.close();
+        drop(db);
+        Ok(())
     }
 
     /// Ends a run cleanly: flushes sled, empties the log and records a clean stop (with record
@@ -910,6 +932,21 @@ mod tests {
         }
         let s = reopened.expect("reopen");
         assert_eq!(s.schema_version().expect("version"), SCHEMA_VERSION);
+        // The store as it was before the upgrade, kept where a rollback finds it.
+        let snaps: Vec<_> = std::fs::read_dir(dir.path().join("backups"))
+            .expect("backups")
+            .flatten()
+            .map(|e| e.path())
+            .collect();
+        assert_eq!(snaps.len(), 1, "{snaps:?}");
+        assert!(
+            snaps[0]
+                .to_string_lossy()
+                .contains(&format!("pre-migration-v2-to-v{SCHEMA_VERSION}"))
+        );
+        let snap = backup::check(&snaps[0]).expect("a good backup");
+        assert_eq!(snap.manifest.schema_version, 2);
+        assert_eq!(snap.manifest.records("ts"), 500);
         let bounds: Vec<i64> = (0..=6).map(|h| h * HOUR_MS).collect();
         let rolled = s
             .aggregate(dev, "default", "x", &bounds, 0, 6 * HOUR_MS)

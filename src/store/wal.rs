@@ -194,8 +194,12 @@ fn scan(bytes: &[u8]) -> Scan {
     out
 }
 
+/// Log segments kept for readers (online backups): pin id → first segment number needed.
+pub(super) type Pins = Arc<std::sync::Mutex<std::collections::BTreeMap<u64, u64>>>;
+
 /// The open log: the segment being appended to.
 pub(super) struct Wal {
+    pins: Pins,
     dir: PathBuf,
     seq: u64,
     current: Arc<File>,
@@ -311,6 +315,7 @@ impl Wal {
         let current = Arc::new(create_segment(dir, seq).map_err(io)?);
         Ok((
             Wal {
+                pins: Default::default(),
                 dir: dir.to_path_buf(),
                 seq,
                 current,
@@ -342,6 +347,36 @@ impl Wal {
         }
     }
 
+    pub(super) fn pins(&self) -> Pins {
+        self.pins.clone()
+    }
+
+    /// Starts a new segment and, with `pin`, keeps it and the ones after it until unpinned.
+    /// Returns its number: every segment before it is complete.
+    pub(super) fn rotate_pinned(&mut self, pin: Option<u64>) -> Result<u64> {
+        self.rotate().map_err(|e| StoreError::Wal {
+            path: self.dir.clone(),
+            source: e,
+        })?;
+        self.poisoned = false;
+        if let Some(id) = pin {
+            self.pins
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(id, self.seq);
+        }
+        Ok(self.seq)
+    }
+
+    /// The directory of the log's segments.
+    pub(super) fn segment_files(dir: &Path, from: u64, to: u64) -> std::io::Result<Vec<PathBuf>> {
+        Ok(segments(dir)?
+            .into_iter()
+            .filter(|(seq, _)| (from..to).contains(seq))
+            .map(|(_, p)| p)
+            .collect())
+    }
+
     /// Starts a new segment; the older ones stay until the next checkpoint.
     fn rotate(&mut self) -> std::io::Result<()> {
         let next = self.seq + 1;
@@ -366,7 +401,13 @@ impl Wal {
         };
         self.rotate().map_err(io)?;
         self.poisoned = false;
-        let next = self.seq;
+        // Pinned segments stay for their readers; the next start replays them harmlessly.
+        let next = self
+            .pins
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .fold(self.seq, |a, b| a.min(*b));
         db.flush_now()?;
         for (seq, path) in segments(&self.dir).map_err(io)? {
             if seq < next {
