@@ -170,6 +170,7 @@ impl App {
         tasks.push(tokio::spawn(api::serve(
             to_tokio(listeners.http)?,
             router.clone(),
+            services.clone(),
             None,
             rx.clone(),
         )));
@@ -178,6 +179,7 @@ impl App {
             tasks.push(tokio::spawn(api::serve(
                 to_tokio(l)?,
                 router,
+                services.clone(),
                 Some(tls),
                 rx,
             )));

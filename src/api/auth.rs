@@ -200,6 +200,8 @@ enum Need {
     Missing(&'static str),
     /// A user's own record and keys, or a server admin.
     UserOrAdmin(UserId),
+    /// The body could not be read to find the object: refused with this.
+    Refused(ApiError),
 }
 
 fn read_or(method: &Method, write: Role) -> Role {
@@ -210,14 +212,19 @@ fn read_or(method: &Method, write: Role) -> Role {
     }
 }
 
-/// Reads the ids a create request names in its body, and puts the body back.
-async fn peek_body(req: Request) -> (Request, Json_) {
+/// The largest body read before routing: axum's default body limit, which the handler's JSON
+/// extractor applies anyway.
+const PEEK_BODY_LIMIT: usize = 2 << 20;
+
+/// Reads the ids a create request names in its body, and puts the body back. A body that
+/// cannot be read is refused here (413 past the limit).
+async fn peek_body(req: Request) -> Result<(Request, Json_), ApiError> {
     let (parts, body) = req.into_parts();
-    let bytes = axum::body::to_bytes(body, 1 << 20)
+    let bytes = axum::body::to_bytes(body, PEEK_BODY_LIMIT)
         .await
-        .unwrap_or_default();
+        .map_err(|e| ApiError::unreadable_body(e, PEEK_BODY_LIMIT))?;
     let v = serde_json::from_slice(&bytes).unwrap_or(Json_::Null);
-    (Request::from_parts(parts, axum::body::Body::from(bytes)), v)
+    Ok((Request::from_parts(parts, axum::body::Body::from(bytes)), v))
 }
 
 fn id_in<T: std::str::FromStr>(v: &Json_, field: &str) -> Option<T> {
@@ -319,7 +326,10 @@ async fn need(
         },
         "/fleets" | "/devices" | "/schedules" if p.admin => Need::Anyone,
         "/fleets" => {
-            let (r, body) = peek_body(req).await;
+            let (r, body) = match peek_body(req).await {
+                Ok(x) => x,
+                Err(e) => return (Request::default(), Need::Refused(e)),
+            };
             let n = match id_in::<WorkspaceId>(&body, "workspace_id") {
                 Some(w) if s.registry.workspace(w).is_ok() => Need::Workspace(w, Role::Admin),
                 _ => Need::Anyone, // the handler refuses the body
@@ -327,7 +337,10 @@ async fn need(
             return (r, n);
         }
         "/devices" => {
-            let (r, body) = peek_body(req).await;
+            let (r, body) = match peek_body(req).await {
+                Ok(x) => x,
+                Err(e) => return (Request::default(), Need::Refused(e)),
+            };
             let n = match id_in::<FleetId>(&body, "fleet_id") {
                 Some(f) => s.fleet_need(f, Role::Operator),
                 None => Need::Anyone,
@@ -335,7 +348,10 @@ async fn need(
             return (r, n);
         }
         "/schedules" => {
-            let (r, body) = peek_body(req).await;
+            let (r, body) = match peek_body(req).await {
+                Ok(x) => x,
+                Err(e) => return (Request::default(), Need::Refused(e)),
+            };
             let n = match (
                 id_in::<DeviceId>(&body, "device_id"),
                 id_in::<FleetId>(&body, "fleet_id"),
@@ -478,6 +494,7 @@ pub async fn authorize(
     let verdict = match n {
         Need::Anyone => Ok(()),
         Need::Missing(what) => Err(ApiError::not_found(what)),
+        Need::Refused(e) => Err(e),
         Need::ServerAdmin if p.admin => Ok(()),
         Need::ServerAdmin => Err(forbidden("server administrators only")),
         Need::UserOrAdmin(u) if p.admin || p.user_id == Some(u) => Ok(()),
@@ -604,6 +621,9 @@ fn signed_in(s: &Services, si: SignedIn, tls: bool) -> Response {
     r
 }
 
+/// Sign-in and setup bodies hold a name, a password and a token.
+const SIGN_IN_BODY_LIMIT: usize = 65536;
+
 fn is_tls(ext: &axum::http::Extensions) -> bool {
     ext.get::<Tls>().is_some_and(|t| t.0)
 }
@@ -614,9 +634,9 @@ fn is_tls(ext: &axum::http::Extensions) -> bool {
         (status = 429, body = ErrorBody, description = "too_many_attempts")))]
 async fn login(State(s): S, req: Request) -> ApiResult<Response> {
     let (peer, tls) = (peer_of(req.extensions()), is_tls(req.extensions()));
-    let body = axum::body::to_bytes(req.into_body(), 65536)
+    let body = axum::body::to_bytes(req.into_body(), SIGN_IN_BODY_LIMIT)
         .await
-        .map_err(|_| ApiError::bad_request("invalid_body", "the body is too large"))?;
+        .map_err(|e| ApiError::unreadable_body(e, SIGN_IN_BODY_LIMIT))?;
     let b: LoginBody = serde_json::from_slice(&body)
         .map_err(|e| ApiError::bad_request("invalid_body", e.to_string()))?;
     let si = s.auth.login(&b.username, &b.password, peer).await?;
@@ -629,9 +649,9 @@ async fn login(State(s): S, req: Request) -> ApiResult<Response> {
         (status = 422, body = ErrorBody)))]
 async fn setup(State(s): S, req: Request) -> ApiResult<Response> {
     let (peer, tls) = (peer_of(req.extensions()), is_tls(req.extensions()));
-    let body = axum::body::to_bytes(req.into_body(), 65536)
+    let body = axum::body::to_bytes(req.into_body(), SIGN_IN_BODY_LIMIT)
         .await
-        .map_err(|_| ApiError::bad_request("invalid_body", "the body is too large"))?;
+        .map_err(|e| ApiError::unreadable_body(e, SIGN_IN_BODY_LIMIT))?;
     let b: SetupBody = serde_json::from_slice(&body)
         .map_err(|e| ApiError::bad_request("invalid_body", e.to_string()))?;
     let si = s

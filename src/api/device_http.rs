@@ -3,7 +3,9 @@
 //! shared-attribute updates and server RPC, RPC replies, client RPC, claiming and (Corral's
 //! extension) conditions, with
 //! ThingsBoard's status codes: 400 bad body, 401 unknown token, 403 disabled device,
-//! 408 long-poll timeout, 429 over the device's message rate. The token authenticates; no API key is involved.
+//! 408 long-poll timeout, 429 over the device's message rate, and 413 for a body over the MQTT
+//! packet limit (`mqtt.max_packet_size`: a device may not send over HTTP what MQTT refuses). The
+//! token authenticates; no API key is involved.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -30,8 +32,9 @@ const MAX_POLL: Duration = Duration::from_secs(300);
 /// Long-poll length when the device gives none.
 const DEFAULT_POLL: Duration = Duration::from_secs(30);
 
-/// The device API routes, to be mounted at `/api/v1` outside the admin authentication.
-pub fn routes() -> Router<Arc<Services>> {
+/// The device API routes, to be mounted at `/api/v1` outside the admin authentication; bodies
+/// over `max_body` bytes are refused with 413.
+pub fn routes(max_body: usize) -> Router<Arc<Services>> {
     Router::new()
         .route("/{token}/telemetry", post(telemetry))
         .route("/{token}/telemetry/{tag}", post(tagged_telemetry))
@@ -44,6 +47,25 @@ pub fn routes() -> Router<Arc<Services>> {
         .route("/{token}/rpc/{id}", post(rpc_reply))
         .route("/{token}/claim", post(claim))
         .route("/{token}/conditions", post(post_conditions))
+        .layer(axum::extract::DefaultBodyLimit::max(max_body))
+}
+
+/// A device's request body, within the route's size limit: 413 past it.
+struct DevBody(Bytes);
+
+impl<St: Send + Sync> axum::extract::FromRequest<St> for DevBody {
+    type Rejection = DevError;
+
+    async fn from_request(req: axum::extract::Request, state: &St) -> Result<Self, DevError> {
+        match Bytes::from_request(req, state).await {
+            Ok(b) => Ok(DevBody(b)),
+            Err(r) if r.status() == StatusCode::PAYLOAD_TOO_LARGE => Err(DevError(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload too large: over mqtt.max_packet_size".into(),
+            )),
+            Err(r) => Err(bad(r.body_text())),
+        }
+    }
 }
 
 /// Corral's extension: the device opens, updates or closes conditions (the payload of
@@ -51,7 +73,7 @@ pub fn routes() -> Router<Arc<Services>> {
 async fn post_conditions(
     State(s): S,
     axum::extract::Path(token): axum::extract::Path<String>,
-    body: Bytes,
+    DevBody(body): DevBody,
 ) -> DevResult<axum::Json<Json>> {
     let dev = device(&s, &token).await?;
     rate(&s, &dev)?;
@@ -141,7 +163,7 @@ async fn store(s: &Services, token: &str, tag: &str, body: &[u8]) -> DevResult<S
 async fn telemetry(
     State(s): S,
     axum::extract::Path(token): axum::extract::Path<String>,
-    body: Bytes,
+    DevBody(body): DevBody,
 ) -> DevResult<StatusCode> {
     store(&s, &token, DEFAULT_TAG, &body).await
 }
@@ -149,7 +171,7 @@ async fn telemetry(
 async fn tagged_telemetry(
     State(s): S,
     axum::extract::Path((token, tag)): axum::extract::Path<(String, String)>,
-    body: Bytes,
+    DevBody(body): DevBody,
 ) -> DevResult<StatusCode> {
     store(&s, &token, &tag, &body).await
 }
@@ -157,7 +179,7 @@ async fn tagged_telemetry(
 async fn post_attributes(
     State(s): S,
     axum::extract::Path(token): axum::extract::Path<String>,
-    body: Bytes,
+    DevBody(body): DevBody,
 ) -> DevResult<StatusCode> {
     let dev = device(&s, &token).await?;
     rate(&s, &dev)?;
@@ -252,7 +274,7 @@ async fn rpc_poll(
 async fn rpc_reply(
     State(s): S,
     axum::extract::Path((token, id)): axum::extract::Path<(String, u64)>,
-    body: Bytes,
+    DevBody(body): DevBody,
 ) -> DevResult<StatusCode> {
     let dev = device(&s, &token).await?;
     serde_json::from_slice::<Json>(&body).map_err(|e| bad(format!("reply is not JSON: {e}")))?;
@@ -266,7 +288,7 @@ async fn rpc_reply(
 async fn client_rpc(
     State(s): S,
     axum::extract::Path(token): axum::extract::Path<String>,
-    body: Bytes,
+    DevBody(body): DevBody,
 ) -> DevResult<axum::Json<Json>> {
     device(&s, &token).await?;
     Ok(axum::Json(crate::devices::rpc::client_rpc(
@@ -277,7 +299,7 @@ async fn client_rpc(
 async fn claim(
     State(s): S,
     axum::extract::Path(token): axum::extract::Path<String>,
-    body: Bytes,
+    DevBody(body): DevBody,
 ) -> DevResult<StatusCode> {
     let dev = device(&s, &token).await?;
     // Both fields are optional (§5.7); an empty body is a claim with no secret.
