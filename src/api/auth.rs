@@ -130,11 +130,12 @@ pub async fn authenticate(State(s): S, mut req: Request, next: Next) -> Response
             };
             let peer = peer_of(req.extensions());
             let presented = bearer.is_some() || session_cookie(req.headers()).is_some();
-            if presented && peer.is_none_or(|p| s.auth_failure_audit.allow(&p)) {
-                s.audit.record(
+            if presented {
+                s.audit.record_unauthenticated(
                     Entry::new("api_auth_failed", "anonymous")
                         .ip(peer)
                         .detail(format!("{what}: {} {}", req.method(), req.uri().path())),
+                    peer,
                 );
             }
             return ApiError::unauthorized().into_response();

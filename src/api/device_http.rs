@@ -7,6 +7,7 @@
 //! packet limit (`mqtt.max_packet_size`: a device may not send over HTTP what MQTT refuses). The
 //! token authenticates; no API key is involved.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -50,6 +51,25 @@ pub fn routes(max_body: usize) -> Router<Arc<Services>> {
         .layer(axum::extract::DefaultBodyLimit::max(max_body))
 }
 
+/// The client's address, when the request came over a socket.
+struct Peer(Option<SocketAddr>);
+
+impl<St: Send + Sync> axum::extract::FromRequestParts<St> for Peer {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _: &St,
+    ) -> Result<Self, Self::Rejection> {
+        Ok(Peer(
+            parts
+                .extensions
+                .get::<axum::extract::ConnectInfo<SocketAddr>>()
+                .map(|c| c.0),
+        ))
+    }
+}
+
 /// A device's request body, within the route's size limit: 413 past it.
 struct DevBody(Bytes);
 
@@ -72,10 +92,11 @@ impl<St: Send + Sync> axum::extract::FromRequest<St> for DevBody {
 /// `v1/devices/me/conditions`). 200 with the conditions as they now stand.
 async fn post_conditions(
     State(s): S,
+    Peer(peer): Peer,
     axum::extract::Path(token): axum::extract::Path<String>,
     DevBody(body): DevBody,
 ) -> DevResult<axum::Json<Json>> {
-    let dev = device(&s, &token).await?;
+    let dev = device(&s, &token, peer).await?;
     rate(&s, &dev)?;
     let reports = crate::conditions::parse_reports(&body).map_err(|e| bad(e.to_string()))?;
     let now = s
@@ -113,11 +134,13 @@ fn internal(e: impl std::fmt::Display) -> DevError {
 }
 
 /// The device a token belongs to: 401 unknown, 403 disabled or revoked.
-async fn device(s: &Services, token: &str) -> DevResult<Device> {
+async fn device(s: &Services, token: &str, peer: Option<SocketAddr>) -> DevResult<Device> {
     let login = s
         .credentials
         .login(LoginAttempt {
             username: Some(token),
+            // The refusal's audit record names the address (and is rate-limited by it).
+            peer,
             ..Default::default()
         })
         .await;
@@ -148,8 +171,14 @@ fn rate(s: &Services, dev: &Device) -> DevResult<()> {
     }
 }
 
-async fn store(s: &Services, token: &str, tag: &str, body: &[u8]) -> DevResult<StatusCode> {
-    let dev = device(s, token).await?;
+async fn store(
+    s: &Services,
+    token: &str,
+    peer: Option<SocketAddr>,
+    tag: &str,
+    body: &[u8],
+) -> DevResult<StatusCode> {
+    let dev = device(s, token, peer).await?;
     rate(s, &dev)?;
     protocol::check_tag(tag).map_err(|e| bad(e.to_string()))?;
     let t = crate::data::DataService::parse_telemetry(body).map_err(|e| bad(e.to_string()))?;
@@ -162,26 +191,29 @@ async fn store(s: &Services, token: &str, tag: &str, body: &[u8]) -> DevResult<S
 
 async fn telemetry(
     State(s): S,
+    Peer(peer): Peer,
     axum::extract::Path(token): axum::extract::Path<String>,
     DevBody(body): DevBody,
 ) -> DevResult<StatusCode> {
-    store(&s, &token, DEFAULT_TAG, &body).await
+    store(&s, &token, peer, DEFAULT_TAG, &body).await
 }
 
 async fn tagged_telemetry(
     State(s): S,
+    Peer(peer): Peer,
     axum::extract::Path((token, tag)): axum::extract::Path<(String, String)>,
     DevBody(body): DevBody,
 ) -> DevResult<StatusCode> {
-    store(&s, &token, &tag, &body).await
+    store(&s, &token, peer, &tag, &body).await
 }
 
 async fn post_attributes(
     State(s): S,
+    Peer(peer): Peer,
     axum::extract::Path(token): axum::extract::Path<String>,
     DevBody(body): DevBody,
 ) -> DevResult<StatusCode> {
-    let dev = device(&s, &token).await?;
+    let dev = device(&s, &token, peer).await?;
     rate(&s, &dev)?;
     let values = protocol::parse_attributes(&body).map_err(|e| bad(e.to_string()))?;
     s.attributes
@@ -215,10 +247,11 @@ fn attribute_request(query: Option<&str>) -> AttributeRequest {
 
 async fn get_attributes(
     State(s): S,
+    Peer(peer): Peer,
     axum::extract::Path(token): axum::extract::Path<String>,
     RawQuery(q): RawQuery,
 ) -> DevResult<axum::Json<Json>> {
-    let dev = device(&s, &token).await?;
+    let dev = device(&s, &token, peer).await?;
     let req = attribute_request(q.as_deref());
     Ok(axum::Json(
         s.attributes.request(dev.id, &req).map_err(internal)?,
@@ -238,10 +271,11 @@ fn poll_timeout(query: Option<&str>) -> DevResult<Duration> {
 
 async fn attribute_updates(
     State(s): S,
+    Peer(peer): Peer,
     axum::extract::Path(token): axum::extract::Path<String>,
     RawQuery(q): RawQuery,
 ) -> DevResult<Response> {
-    let dev = device(&s, &token).await?;
+    let dev = device(&s, &token, peer).await?;
     let wait = poll_timeout(q.as_deref())?;
     let update = s.attributes.next_update(dev.id, wait).await;
     Ok(match update {
@@ -253,10 +287,11 @@ async fn attribute_updates(
 /// Server-side RPC long-poll: the device's next job as `{"id","method","params"}`, or 408.
 async fn rpc_poll(
     State(s): S,
+    Peer(peer): Peer,
     axum::extract::Path(token): axum::extract::Path<String>,
     RawQuery(q): RawQuery,
 ) -> DevResult<Response> {
-    let dev = device(&s, &token).await?;
+    let dev = device(&s, &token, peer).await?;
     let wait = poll_timeout(q.as_deref())?;
     Ok(
         match s.jobs.next_for_http(dev.id, wait).await.map_err(internal)? {
@@ -273,10 +308,11 @@ async fn rpc_poll(
 
 async fn rpc_reply(
     State(s): S,
+    Peer(peer): Peer,
     axum::extract::Path((token, id)): axum::extract::Path<(String, u64)>,
     DevBody(body): DevBody,
 ) -> DevResult<StatusCode> {
-    let dev = device(&s, &token).await?;
+    let dev = device(&s, &token, peer).await?;
     serde_json::from_slice::<Json>(&body).map_err(|e| bad(format!("reply is not JSON: {e}")))?;
     let known = u32::try_from(id).is_ok_and(|id| s.jobs.on_reply(dev.id, id, &body));
     if !known {
@@ -287,10 +323,11 @@ async fn rpc_reply(
 
 async fn client_rpc(
     State(s): S,
+    Peer(peer): Peer,
     axum::extract::Path(token): axum::extract::Path<String>,
     DevBody(body): DevBody,
 ) -> DevResult<axum::Json<Json>> {
-    device(&s, &token).await?;
+    device(&s, &token, peer).await?;
     Ok(axum::Json(crate::devices::rpc::client_rpc(
         &s.config, &body,
     )))
@@ -298,10 +335,11 @@ async fn client_rpc(
 
 async fn claim(
     State(s): S,
+    Peer(peer): Peer,
     axum::extract::Path(token): axum::extract::Path<String>,
     DevBody(body): DevBody,
 ) -> DevResult<StatusCode> {
-    let dev = device(&s, &token).await?;
+    let dev = device(&s, &token, peer).await?;
     // Both fields are optional (§5.7); an empty body is a claim with no secret.
     let v: Json = if body.is_empty() {
         json!({})

@@ -220,10 +220,11 @@ impl AuthService {
         let name = username.trim().to_lowercase();
         let peer_ok = peer.is_none_or(|p| self.by_peer.allow(&p));
         if !peer_ok || !self.by_name.allow(&name) {
-            self.audit.record(
+            self.audit.record_unauthenticated(
                 Entry::new("login_throttled", username_for_audit(&name))
                     .ip(peer)
                     .detail("too many sign-in attempts"),
+                peer,
             );
             return Err(AuthError::Throttled);
         }
@@ -320,10 +321,11 @@ impl AuthService {
             .as_ref()
             .is_some_and(|t| t.expires_at > now_ms() && constant_eq(&t.hash, &secret_hash(token)));
         if !valid || self.store.user_count()? > 0 {
-            self.audit.record(
+            self.audit.record_unauthenticated(
                 Entry::new("setup_failed", "anonymous")
                     .ip(peer)
                     .detail("invalid, used or expired setup token"),
+                peer,
             );
             return Err(AuthError::InvalidSetup);
         }
