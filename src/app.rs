@@ -159,7 +159,7 @@ impl App {
         )?;
 
         let ready = Arc::new(Readiness::default());
-        let router = api::router(services.clone(), ready.clone());
+        let router = api::router(services.clone(), ready.clone(), addrs.https);
         let (shutdown, rx) = watch::channel(false);
         let rx_activity = rx.clone();
         let mut tasks = Vec::new();

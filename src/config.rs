@@ -142,6 +142,22 @@ pub struct HttpConfig {
     pub max_connections: u32,
     /// HTTP and HTTPS connections open at once from one client address; 0 is no cap.
     pub max_connections_per_address: u32,
+    /// Which clients get the web UI, sign-in and the admin REST API over plain HTTP.
+    pub admin: PlainHttpAdmin,
+}
+
+/// Who may use the web UI, sign-in and the admin REST API over plain HTTP (where passwords,
+/// API keys and session cookies would cross the network in clear). HTTPS always serves them;
+/// the device API, provisioning, health, metrics and the CA are served over both to anyone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PlainHttpAdmin {
+    /// Clients on this machine only (a loopback address); others are sent to HTTPS.
+    Loopback,
+    /// Every client (a trusted network, or TLS ended by a reverse proxy).
+    Any,
+    /// No client, not even on this machine.
+    None,
 }
 
 /// `[https]`: the TLS HTTP listener.
@@ -253,6 +269,7 @@ impl Default for HttpConfig {
             idle_timeout_secs: 60,
             max_connections: 1024,
             max_connections_per_address: 64,
+            admin: PlainHttpAdmin::Loopback,
         }
     }
 }

@@ -84,15 +84,28 @@ fn peer_of(req_ext: &axum::http::Extensions) -> Option<IpAddr> {
     req_ext.get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip())
 }
 
-fn session_cookie(headers: &HeaderMap) -> Option<String> {
+/// The session cookie of this transport: `__Host-corral_session` over TLS, `corral_session`
+/// over plain HTTP (the session itself is also bound to its transport).
+fn session_cookie(headers: &HeaderMap, tls: bool) -> Option<String> {
+    let name = if tls { COOKIE_TLS } else { COOKIE_PLAIN };
     headers
         .get_all(header::COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(';'))
         .filter_map(|kv| kv.trim().split_once('='))
-        .find(|(k, _)| *k == COOKIE_TLS || *k == COOKIE_PLAIN)
+        .find(|(k, _)| *k == name)
         .map(|(_, v)| v.to_string())
+}
+
+/// The key of `Authorization: Bearer <key>`; the scheme name is case-insensitive (RFC 7235
+/// §2.1), so `bearer` and `BEARER` work too.
+fn bearer_key(headers: &HeaderMap) -> Option<String> {
+    let v = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, key) = v.trim_start().split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| key.trim().to_string())
 }
 
 fn constant_eq(a: &str, b: &str) -> bool {
@@ -106,16 +119,12 @@ fn constant_eq(a: &str, b: &str) -> bool {
 /// Authenticates every `/api/v1` request (401 without valid credentials), enforces the CSRF
 /// token on changes made with a session cookie, and records every change in the audit log.
 pub async fn authenticate(State(s): S, mut req: Request, next: Next) -> Response {
-    let bearer = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim)
-        .map(str::to_string);
-    let found = match (&bearer, session_cookie(req.headers())) {
+    let bearer = bearer_key(req.headers());
+    let tls = is_tls(req.extensions());
+    let cookie = session_cookie(req.headers(), tls);
+    let found = match (&bearer, &cookie) {
         (Some(k), _) => s.auth.principal_for_key(k),
-        (None, Some(c)) => s.auth.principal_for_session(&c),
+        (None, Some(c)) => s.auth.principal_for_session(c, tls),
         (None, None) => Ok(None),
     };
     let principal = match found {
@@ -129,7 +138,7 @@ pub async fn authenticate(State(s): S, mut req: Request, next: Next) -> Response
                 "expired or unknown session"
             };
             let peer = peer_of(req.extensions());
-            let presented = bearer.is_some() || session_cookie(req.headers()).is_some();
+            let presented = bearer.is_some() || cookie.is_some();
             if presented {
                 s.audit.record_unauthenticated(
                     Entry::new("api_auth_failed", "anonymous")
@@ -640,7 +649,7 @@ async fn login(State(s): S, req: Request) -> ApiResult<Response> {
         .map_err(|e| ApiError::unreadable_body(e, SIGN_IN_BODY_LIMIT))?;
     let b: LoginBody = serde_json::from_slice(&body)
         .map_err(|e| ApiError::bad_request("invalid_body", e.to_string()))?;
-    let si = s.auth.login(&b.username, &b.password, peer).await?;
+    let si = s.auth.login(&b.username, &b.password, peer, tls).await?;
     Ok(signed_in(&s, si, tls))
 }
 
@@ -657,7 +666,7 @@ async fn setup(State(s): S, req: Request) -> ApiResult<Response> {
         .map_err(|e| ApiError::bad_request("invalid_body", e.to_string()))?;
     let si = s
         .auth
-        .setup(&b.token, &b.username, &b.password, peer)
+        .setup(&b.token, &b.username, &b.password, peer, tls)
         .await?;
     Ok(signed_in(&s, si, tls))
 }

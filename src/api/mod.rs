@@ -11,6 +11,7 @@ mod credentials;
 mod device_http;
 pub mod error;
 mod events;
+mod exposure;
 mod integrations;
 mod jobs;
 mod registry;
@@ -115,12 +116,28 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
     doc
 }
 
-/// Builds the whole HTTP surface without a socket, so tests can call it in-process.
-pub fn router(services: Arc<Services>, ready: Arc<Readiness>) -> Router {
+/// Builds the whole HTTP surface without a socket, so tests can call it in-process. `https` is
+/// the HTTPS listener's address, where plain HTTP sends the clients `http.admin` does not serve.
+pub fn router(
+    services: Arc<Services>,
+    ready: Arc<Readiness>,
+    https: Option<std::net::SocketAddr>,
+) -> Router {
     let (api, mut doc) = api_v1();
     let (sign_in, sign_in_doc) = auth::public_routes().split_for_parts();
     doc.merge(sign_in_doc);
     let doc = Arc::new(doc);
+    let exposure = Arc::new(exposure::Exposure::new(
+        services.config.http.admin,
+        https,
+        services
+            .config
+            .pki
+            .hosts
+            .first()
+            .map_or("localhost", String::as_str),
+    ));
+    let admin_only = || middleware::from_fn_with_state(exposure.clone(), exposure::admin_api);
     // Authorization runs after routing (it reads the route template and the object ids);
     // authentication wraps everything.
     let api = api
@@ -131,7 +148,14 @@ pub fn router(services: Arc<Services>, ready: Arc<Readiness>) -> Router {
         .layer(middleware::from_fn_with_state(
             services.clone(),
             auth::authenticate,
-        ));
+        ))
+        .layer(admin_only());
+    let openapi = Router::new()
+        .route(
+            "/api/v1/openapi.json",
+            get(move || async move { axum::Json(doc.as_ref().clone()) }),
+        )
+        .layer(admin_only());
     let public = Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route(
@@ -148,10 +172,6 @@ pub fn router(services: Arc<Services>, ready: Arc<Readiness>) -> Router {
             }),
         )
         .route("/metrics", get(metrics))
-        .route(
-            "/api/v1/openapi.json",
-            get(move || async move { axum::Json(doc.as_ref().clone()) }),
-        )
         .route("/api/v1/ca.pem", get(ca_pem))
         .route("/api/v1/crl.pem", get(crl_pem))
         // ThingsBoard's device provisioning: authenticated by the fleet's key and secret in
@@ -166,9 +186,16 @@ pub fn router(services: Arc<Services>, ready: Arc<Readiness>) -> Router {
             "/api/v1",
             device_http::routes(services.config.mqtt.max_packet_size as usize),
         )
-        .nest("/api/v1", sign_in.with_state(services.clone()))
+        .nest(
+            "/api/v1",
+            sign_in.with_state(services.clone()).layer(admin_only()),
+        )
         .merge(public)
-        .merge(ui::routes())
+        .merge(openapi)
+        .merge(ui::routes().layer(middleware::from_fn_with_state(
+            exposure.clone(),
+            exposure::web_ui,
+        )))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no_route", "no such route") })
         .layer(middleware::from_fn_with_state(
             services.clone(),
