@@ -347,3 +347,55 @@ async fn oversized_bodies_get_413_on_the_rest_and_device_apis() {
     .await;
     assert_eq!(status, 201, "{v}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_https_listener_has_the_same_deadline_and_cap() {
+    let t = common::TestApp::start_with(|c| {
+        c.http.header_timeout_secs = 1;
+        c.http.max_connections_per_address = 2;
+    })
+    .await;
+    let https = t.app().addrs.https.expect("https listener");
+    let tls = std::sync::Arc::new(corral::pki::client_config_trusting(&t.ca_pem).expect("tls"));
+    tokio::task::spawn_blocking(move || {
+        let connect = || {
+            let tcp = TcpStream::connect(https).expect("connect");
+            let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
+            let conn = rustls::ClientConnection::new(tls.clone(), name).expect("client");
+            rustls::StreamOwned::new(conn, tcp)
+        };
+        // Half a request over TLS, then silence: closed by the header deadline.
+        let mut half = connect();
+        half.write_all(b"GET /api/v1/workspaces HTTP/1.1\r\nHost: x\r\n")
+            .expect("handshake and write");
+        half.sock
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        let mut buf = [0u8; 64];
+        match half.read(&mut buf) {
+            // Closed: an EOF, with or without close_notify, or a reset.
+            Ok(0) => {}
+            Err(e) => assert!(
+                !matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ),
+                "the half request over TLS is still open"
+            ),
+            Ok(n) => panic!("answered a half request: {:?}", &buf[..n]),
+        }
+        // Two held connections are the per-address cap: a third is closed before its handshake.
+        let mut held: Vec<_> = (0..2).map(|_| connect()).collect();
+        for h in &mut held {
+            h.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+                .expect("held");
+        }
+        let mut third = TcpStream::connect(https).expect("connect");
+        assert!(
+            read_until_closed(&mut third, 10).1,
+            "a third connection was kept"
+        );
+    })
+    .await
+    .expect("probe");
+}

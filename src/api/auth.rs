@@ -1,5 +1,5 @@
 //! Operator authentication and authorization for `/api/v1`: who is calling (an API key, or a
-//! browser session cookie with its CSRF token), whether they may call this route on this
+//! browser session cookie, bound to the transport it was made over, with its CSRF token), whether they may call this route on this
 //! object (checked on every request against the object's workspace and fleet), an audit
 //! record of every change they make; and the sign-in, setup, user, API-key and overview routes.
 
