@@ -190,7 +190,7 @@ impl App {
         )?;
 
         let ready = Arc::new(Readiness::default());
-        let router = api::router(services.clone(), ready.clone());
+        let router = api::router(services.clone(), ready.clone(), addrs.https);
         let (shutdown, rx) = watch::channel(false);
         let rx_activity = rx.clone();
         let mut tasks = Vec::new();
@@ -201,6 +201,7 @@ impl App {
         tasks.push(tokio::spawn(api::serve(
             to_tokio(listeners.http)?,
             router.clone(),
+            services.clone(),
             None,
             rx.clone(),
         )));
@@ -209,6 +210,7 @@ impl App {
             tasks.push(tokio::spawn(api::serve(
                 to_tokio(l)?,
                 router,
+                services.clone(),
                 Some(tls),
                 rx,
             )));

@@ -1,12 +1,18 @@
 //! The audit log: credential events (issued, rotated, revoked, refused logins with their
 //! reason, devices joining by certificate or provisioning) and administrative changes, kept in
-//! the store, newest first, bounded in size. Records never carry a secret.
+//! the store, newest first, bounded in size. Records that a client without credentials can
+//! cause are rate-limited per client address, so that a flood cannot push the trail of real
+//! actions out of the bounded log. Records never carry a secret.
 
+use std::net::IpAddr;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::Deserialize;
 use utoipa::{IntoParams, ToSchema};
 
+use crate::limits::KeyedLimiter;
+use crate::metrics::{KindLabel, Metrics};
 use crate::model::{AuditEvent, AuditId, CredentialId, DeviceId, FleetId, now_ms};
 use crate::store::{Page, Store, StoreError};
 
@@ -30,6 +36,11 @@ pub fn operator() -> String {
 
 /// Check the size bound once per this many records.
 const TRIM_EVERY: u64 = 1024;
+
+/// Records of one kind from one address without credentials: this many at once...
+const UNAUTHENTICATED_BURST: u32 = 20;
+/// ...then this many a minute (one a second).
+const UNAUTHENTICATED_PER_MIN: u32 = 60;
 
 /// Builder-style description of one event.
 #[derive(Debug, Clone, Default)]
@@ -97,6 +108,9 @@ pub struct AuditLog {
     store: Store,
     max_entries: usize,
     appended: AtomicU64,
+    /// Records of clients without credentials, per address and kind.
+    unauthenticated: KeyedLimiter<(IpAddr, &'static str)>,
+    metrics: Option<Arc<Metrics>>,
 }
 
 impl AuditLog {
@@ -105,7 +119,35 @@ impl AuditLog {
             store,
             max_entries,
             appended: AtomicU64::new(0),
+            unauthenticated: KeyedLimiter::per_minute(
+                UNAUTHENTICATED_PER_MIN,
+                UNAUTHENTICATED_BURST,
+            ),
+            metrics: None,
         }
+    }
+
+    /// Counts the records `record_unauthenticated` leaves out in `metrics`.
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
+    }
+
+    /// Records an event that a client without valid credentials caused (a refused device
+    /// credential or API key, a throttled sign-in, a refused setup or provisioning request), at
+    /// most a burst of 20 and then one a second per client address and kind; the rest are
+    /// counted in `corral_audit_suppressed_total` and not written. Without an address (an
+    /// in-process caller) the record is always written. Returns whether it was.
+    pub fn record_unauthenticated(&self, e: Entry, peer: Option<IpAddr>) -> bool {
+        let allowed = peer.is_none_or(|p| self.unauthenticated.allow(&(p.to_canonical(), e.kind)));
+        if allowed {
+            self.record(e);
+        } else if let Some(m) = &self.metrics {
+            m.audit_suppressed
+                .get_or_create(&KindLabel { kind: e.kind })
+                .inc();
+        }
+        allowed
     }
 
     /// Records an event. Written by the store's writer thread, so a device connection never

@@ -163,11 +163,39 @@ pub struct MqttConfig {
     pub client_id_policy: ClientIdPolicy,
 }
 
-/// `[http]`: the plain HTTP listener.
+/// `[http]`: the plain HTTP listener, and the deadlines and connection caps of both HTTP
+/// listeners (plain and TLS).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct HttpConfig {
     pub listen: String,
+    /// Seconds a client has to send a request's complete header, from its first byte (or from
+    /// the opening of the connection, for the first request).
+    pub header_timeout_secs: u64,
+    /// Seconds a request body has to arrive completely, from the end of its header.
+    pub body_timeout_secs: u64,
+    /// Seconds a connection may stay open with no request in flight and nothing received.
+    pub idle_timeout_secs: u64,
+    /// HTTP and HTTPS connections open at once, overall; 0 is no cap.
+    pub max_connections: u32,
+    /// HTTP and HTTPS connections open at once from one client address; 0 is no cap.
+    pub max_connections_per_address: u32,
+    /// Which clients get the web UI, sign-in and the admin REST API over plain HTTP.
+    pub admin: PlainHttpAdmin,
+}
+
+/// Who may use the web UI, sign-in and the admin REST API over plain HTTP (where passwords,
+/// API keys and session cookies would cross the network in clear). HTTPS always serves them;
+/// the device API, provisioning, health, metrics and the CA are served over both to anyone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PlainHttpAdmin {
+    /// Clients on this machine only (a loopback address); others are sent to HTTPS.
+    Loopback,
+    /// Every client (a trusted network, or TLS ended by a reverse proxy).
+    Any,
+    /// No client, not even on this machine.
+    None,
 }
 
 /// `[https]`: the TLS HTTP listener.
@@ -278,6 +306,12 @@ impl Default for HttpConfig {
     fn default() -> Self {
         Self {
             listen: "0.0.0.0:8080".into(),
+            header_timeout_secs: 10,
+            body_timeout_secs: 30,
+            idle_timeout_secs: 60,
+            max_connections: 1024,
+            max_connections_per_address: 64,
+            admin: PlainHttpAdmin::Loopback,
         }
     }
 }
@@ -374,6 +408,15 @@ impl Config {
         }
         addr("mqtt.plain_listen", &self.mqtt.plain_listen, problems);
         addr("http.listen", &self.http.listen, problems);
+        for (key, v) in [
+            ("http.header_timeout_secs", self.http.header_timeout_secs),
+            ("http.body_timeout_secs", self.http.body_timeout_secs),
+            ("http.idle_timeout_secs", self.http.idle_timeout_secs),
+        ] {
+            if !(1..=86_400).contains(&v) {
+                problems.push(format!("{key}: {v} is outside 1..=86400"));
+            }
+        }
         addr("https.listen", &self.https.listen, problems);
         // MQTT 5 §2.2.3: the largest encodable packet is 268,435,455 bytes; below 1 KiB the
         // ThingsBoard SDKs cannot even send their session-limits request.
@@ -591,6 +634,19 @@ mod tests {
         assert!(c.mqtt.plain_enabled);
         assert_eq!(c.mqtt.max_packet_size, 4096);
         assert_eq!(c.pki.hosts, vec!["corral.lan", "10.0.0.5"]);
+        let c = Config::load(
+            None,
+            env(&[
+                ("CORRAL_HTTP__HEADER_TIMEOUT_SECS", "3"),
+                ("CORRAL_HTTP__MAX_CONNECTIONS_PER_ADDRESS", "8"),
+            ]),
+        )
+        .expect("valid");
+        assert_eq!(c.http.header_timeout_secs, 3);
+        assert_eq!(c.http.max_connections_per_address, 8);
+        let err = Config::load(None, env(&[("CORRAL_HTTP__BODY_TIMEOUT_SECS", "0")]))
+            .expect_err("a zero deadline");
+        assert!(err.problems[0].contains("http.body_timeout_secs"), "{err}");
     }
 
     #[test]

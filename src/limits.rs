@@ -1,10 +1,10 @@
-//! Rate limits: a token bucket, and a table of buckets keyed by client address for connection
-//! attempts. Transport-neutral; MQTT and HTTP apply them and choose the answer (reason code or
-//! backpressure).
+//! Rate limits: a token bucket, a table of buckets keyed by client address for connection
+//! attempts, and a cap on connections open at once (overall and per address). Transport-neutral;
+//! MQTT and HTTP apply them and choose the answer (reason code, backpressure or a closed socket).
 
 use std::collections::HashMap;
 use std::hash::Hash;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// A token bucket: `rate` tokens per second up to `burst`. A zero rate means unlimited.
@@ -130,6 +130,82 @@ impl<K: Eq + Hash + Clone> KeyedLimiter<K> {
     }
 }
 
+/// Connections open at once, overall and per key (a client address). 0 disables either cap.
+pub struct ConnectionCap<K: Eq + Hash> {
+    max_total: usize,
+    max_per_key: usize,
+    open: Mutex<OpenCount<K>>,
+}
+
+struct OpenCount<K> {
+    total: usize,
+    /// Only keys with at least one open connection: the table is as large as the set of
+    /// connections, which the total cap bounds.
+    per_key: HashMap<K, usize>,
+}
+
+/// Why a connection was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CapExceeded {
+    Total,
+    PerKey,
+}
+
+/// One open connection; closing it (dropping this) frees its place.
+pub struct ConnectionPermit<K: Eq + Hash> {
+    cap: Arc<ConnectionCap<K>>,
+    key: K,
+}
+
+impl<K: Eq + Hash + Clone> ConnectionCap<K> {
+    pub fn new(max_total: usize, max_per_key: usize) -> Arc<Self> {
+        Arc::new(Self {
+            max_total,
+            max_per_key,
+            open: Mutex::new(OpenCount {
+                total: 0,
+                per_key: HashMap::new(),
+            }),
+        })
+    }
+
+    /// Takes a place for a new connection from `key`, or says which cap it would exceed.
+    pub fn try_open(self: &Arc<Self>, key: K) -> Result<ConnectionPermit<K>, CapExceeded> {
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        if self.max_total != 0 && open.total >= self.max_total {
+            return Err(CapExceeded::Total);
+        }
+        let n = open.per_key.get(&key).copied().unwrap_or(0);
+        if self.max_per_key != 0 && n >= self.max_per_key {
+            return Err(CapExceeded::PerKey);
+        }
+        open.total += 1;
+        open.per_key.insert(key.clone(), n + 1);
+        Ok(ConnectionPermit {
+            cap: self.clone(),
+            key,
+        })
+    }
+
+    /// Connections open now.
+    pub fn open(&self) -> usize {
+        self.open.lock().unwrap_or_else(|p| p.into_inner()).total
+    }
+}
+
+impl<K: Eq + Hash> Drop for ConnectionPermit<K> {
+    fn drop(&mut self) {
+        let mut open = self.cap.open.lock().unwrap_or_else(|p| p.into_inner());
+        open.total = open.total.saturating_sub(1);
+        if let Some(n) = open.per_key.get_mut(&self.key) {
+            *n -= 1;
+            if *n == 0 {
+                open.per_key.remove(&self.key);
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -167,5 +243,21 @@ mod tests {
         assert!(l.allow(&"a") && l.allow(&"a"));
         assert!(!l.allow(&"a"));
         assert!(l.allow(&"b"));
+    }
+
+    #[test]
+    fn connection_cap_counts_per_key_and_overall_and_frees_on_drop() {
+        let cap = ConnectionCap::new(3, 2);
+        let a1 = cap.try_open("a").expect("first");
+        let _a2 = cap.try_open("a").expect("second");
+        assert_eq!(cap.try_open("a").err(), Some(CapExceeded::PerKey));
+        let _b1 = cap.try_open("b").expect("another key");
+        assert_eq!(cap.try_open("c").err(), Some(CapExceeded::Total));
+        drop(a1);
+        assert_eq!(cap.open(), 2);
+        let _c1 = cap.try_open("c").expect("a place was freed");
+        let unlimited = ConnectionCap::new(0, 0);
+        let all: Vec<_> = (0..100).map(|_| unlimited.try_open(1)).collect();
+        assert!(all.iter().all(Result::is_ok));
     }
 }

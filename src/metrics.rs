@@ -26,6 +26,12 @@ pub struct IntegrationLabel {
     pub integration: String,
 }
 
+/// Label set for per-kind metrics (audit record kinds).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+pub struct KindLabel {
+    pub kind: &'static str,
+}
+
 /// Label set for per-severity metrics.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
 pub struct SeverityLabel {
@@ -45,6 +51,14 @@ pub struct Metrics {
     pub store_flush_seconds: Histogram,
     pub store_flush_batch: Histogram,
     pub http_requests: Counter,
+    /// HTTP and HTTPS connections open, set when metrics are scraped.
+    pub http_connections: Gauge,
+    /// HTTP connections closed at accept because a connection cap was reached.
+    pub http_connections_refused: Family<ReasonLabel, Counter>,
+    /// HTTP connections closed by a deadline (header, body, idle).
+    pub http_timeouts: Family<ReasonLabel, Counter>,
+    /// Audit records not written because their client address was over its rate.
+    pub audit_suppressed: Family<KindLabel, Counter>,
     /// Device messages stored (telemetry, any transport), for the message rate.
     pub telemetry_messages: Counter,
     /// Samples of `telemetry_messages` over the last minute, for `recent_message_rate`.
@@ -133,6 +147,30 @@ impl Metrics {
             "http_requests",
             "HTTP requests served",
             http_requests.clone(),
+        );
+        let http_connections = Gauge::default();
+        registry.register(
+            "http_connections",
+            "HTTP and HTTPS connections open",
+            http_connections.clone(),
+        );
+        let http_connections_refused = Family::<ReasonLabel, Counter>::default();
+        registry.register(
+            "http_connections_refused",
+            "HTTP connections closed at accept by a connection cap (reason: total, per_address)",
+            http_connections_refused.clone(),
+        );
+        let http_timeouts = Family::<ReasonLabel, Counter>::default();
+        registry.register(
+            "http_timeouts",
+            "HTTP connections closed or requests ended by a deadline (reason: header, body, idle, tls_handshake)",
+            http_timeouts.clone(),
+        );
+        let audit_suppressed = Family::<KindLabel, Counter>::default();
+        registry.register(
+            "audit_suppressed",
+            "Audit records of unauthenticated clients not written: their address was over its rate",
+            audit_suppressed.clone(),
         );
         let telemetry_messages = Counter::default();
         registry.register(
@@ -226,6 +264,10 @@ impl Metrics {
             store_flush_seconds,
             store_flush_batch,
             http_requests,
+            http_connections,
+            http_connections_refused,
+            http_timeouts,
+            audit_suppressed,
         }
     }
 

@@ -409,6 +409,10 @@ pub struct UserSession {
     pub last_seen_at: Millis,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub peer: Option<String>,
+    /// Signed in over TLS: the session is accepted only over TLS, and one made over plain HTTP
+    /// only over plain HTTP (a cookie sniffed on plain HTTP does not open the HTTPS side).
+    #[serde(default)]
+    pub tls: bool,
 }
 
 mod hex_bytes {

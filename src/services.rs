@@ -17,7 +17,7 @@ use crate::devices::{Presence, Registry};
 use crate::events::EventBus;
 use crate::integrations::{IntegrationService, Router};
 use crate::jobs::JobService;
-use crate::limits::KeyedLimiter;
+use crate::limits::{ConnectionCap, KeyedLimiter};
 use crate::metrics::Metrics;
 use crate::pki::Pki;
 use crate::store::Store;
@@ -44,9 +44,8 @@ pub struct Services {
     pub connect_limiter: KeyedLimiter<IpAddr>,
     /// Messages per device over the HTTP device API (MQTT sessions keep their own bucket).
     pub http_device_limiter: KeyedLimiter<crate::model::DeviceId>,
-    /// Audit records of refused API credentials per client address: a flood of bad keys from
-    /// one address must not push the rest of the (bounded) audit log out.
-    pub auth_failure_audit: KeyedLimiter<IpAddr>,
+    /// HTTP and HTTPS connections open at once, overall and per client address.
+    pub http_connections: Arc<ConnectionCap<IpAddr>>,
 }
 
 impl Services {
@@ -57,7 +56,9 @@ impl Services {
         let events = EventBus::with_tap(1024, Arc::new(move |e| tap.on_event(e)));
         let pki = Arc::new(pki);
         let sessions = Arc::new(Sessions::default());
-        let audit = Arc::new(AuditLog::new(store.clone(), config.audit.max_entries));
+        let audit = Arc::new(
+            AuditLog::new(store.clone(), config.audit.max_entries).with_metrics(metrics.clone()),
+        );
         let registry = Arc::new(Registry::new(
             store.clone(),
             presence.clone(),
@@ -93,10 +94,14 @@ impl Services {
         );
         let conditions = ConditionService::new(store.clone(), registry.clone(), events.clone());
         let l = &config.limits;
+        let http_connections = ConnectionCap::new(
+            config.http.max_connections as usize,
+            config.http.max_connections_per_address as usize,
+        );
         Self {
+            http_connections,
             conditions,
             connect_limiter: KeyedLimiter::new(l.ip_connects_per_sec, l.ip_connect_burst),
-            auth_failure_audit: KeyedLimiter::per_minute(60, 20),
             http_device_limiter: KeyedLimiter::new(
                 l.device_messages_per_sec,
                 l.device_message_burst,

@@ -133,11 +133,16 @@ async fn exports_stream_in_constant_memory_and_match_what_was_written() {
     corral::pki::install_crypto_provider();
     let dir = tempfile::tempdir().expect("tempdir");
     let key = corral::auth::new_api_key();
-    // A small page cache, so that reading the whole store cannot hide in it.
+    // A small page cache, so that reading the whole store cannot hide in it. The points are
+    // loaded over the HTTP device API 5,000 (about 200 KB) at a time: over the default device
+    // payload limit (mqtt.max_packet_size, 64 KiB), so the limit is raised.
     let srv = Server::spawn_with(
         &dir.path().join("data"),
         &key,
-        &[("CORRAL_STORE__CACHE_CAPACITY_MB", "4")],
+        &[
+            ("CORRAL_STORE__CACHE_CAPACITY_MB", "4"),
+            ("CORRAL_MQTT__MAX_PACKET_SIZE", "1048576"),
+        ],
     );
     let api = Api {
         base: srv.base(),

@@ -530,8 +530,9 @@ async fn https_listener_serves_the_api_with_the_generated_certificate() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_creates_all_complete() {
-    // Many writers committing at once share flushes; none may stall.
-    let mut t = TestApp::start().await;
+    // Many writers committing at once share flushes; none may stall. 200 requests at once over
+    // HTTP/1.1 are 200 connections from one address: over the default per-address cap.
+    let mut t = TestApp::start_with(|c| c.http.max_connections_per_address = 0).await;
     let ws: Value = t
         .api
         .post("/workspaces", &json!({"name": "busy"}))

@@ -1,5 +1,5 @@
 //! Operator authentication and authorization for `/api/v1`: who is calling (an API key, or a
-//! browser session cookie with its CSRF token), whether they may call this route on this
+//! browser session cookie, bound to the transport it was made over, with its CSRF token), whether they may call this route on this
 //! object (checked on every request against the object's workspace and fleet), an audit
 //! record of every change they make; and the sign-in, setup, user, API-key and overview routes.
 
@@ -84,15 +84,28 @@ fn peer_of(req_ext: &axum::http::Extensions) -> Option<IpAddr> {
     req_ext.get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip())
 }
 
-fn session_cookie(headers: &HeaderMap) -> Option<String> {
+/// The session cookie of this transport: `__Host-corral_session` over TLS, `corral_session`
+/// over plain HTTP (the session itself is also bound to its transport).
+fn session_cookie(headers: &HeaderMap, tls: bool) -> Option<String> {
+    let name = if tls { COOKIE_TLS } else { COOKIE_PLAIN };
     headers
         .get_all(header::COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(';'))
         .filter_map(|kv| kv.trim().split_once('='))
-        .find(|(k, _)| *k == COOKIE_TLS || *k == COOKIE_PLAIN)
+        .find(|(k, _)| *k == name)
         .map(|(_, v)| v.to_string())
+}
+
+/// The key of `Authorization: Bearer <key>`; the scheme name is case-insensitive (RFC 7235
+/// §2.1), so `bearer` and `BEARER` work too.
+fn bearer_key(headers: &HeaderMap) -> Option<String> {
+    let v = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, key) = v.trim_start().split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| key.trim().to_string())
 }
 
 fn constant_eq(a: &str, b: &str) -> bool {
@@ -106,16 +119,12 @@ fn constant_eq(a: &str, b: &str) -> bool {
 /// Authenticates every `/api/v1` request (401 without valid credentials), enforces the CSRF
 /// token on changes made with a session cookie, and records every change in the audit log.
 pub async fn authenticate(State(s): S, mut req: Request, next: Next) -> Response {
-    let bearer = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim)
-        .map(str::to_string);
-    let found = match (&bearer, session_cookie(req.headers())) {
+    let bearer = bearer_key(req.headers());
+    let tls = is_tls(req.extensions());
+    let cookie = session_cookie(req.headers(), tls);
+    let found = match (&bearer, &cookie) {
         (Some(k), _) => s.auth.principal_for_key(k),
-        (None, Some(c)) => s.auth.principal_for_session(&c),
+        (None, Some(c)) => s.auth.principal_for_session(c, tls),
         (None, None) => Ok(None),
     };
     let principal = match found {
@@ -129,12 +138,13 @@ pub async fn authenticate(State(s): S, mut req: Request, next: Next) -> Response
                 "expired or unknown session"
             };
             let peer = peer_of(req.extensions());
-            let presented = bearer.is_some() || session_cookie(req.headers()).is_some();
-            if presented && peer.is_none_or(|p| s.auth_failure_audit.allow(&p)) {
-                s.audit.record(
+            let presented = bearer.is_some() || cookie.is_some();
+            if presented {
+                s.audit.record_unauthenticated(
                     Entry::new("api_auth_failed", "anonymous")
                         .ip(peer)
                         .detail(format!("{what}: {} {}", req.method(), req.uri().path())),
+                    peer,
                 );
             }
             return ApiError::unauthorized().into_response();
@@ -200,6 +210,8 @@ enum Need {
     Missing(&'static str),
     /// A user's own record and keys, or a server admin.
     UserOrAdmin(UserId),
+    /// The body could not be read to find the object: refused with this.
+    Refused(ApiError),
 }
 
 fn read_or(method: &Method, write: Role) -> Role {
@@ -210,14 +222,19 @@ fn read_or(method: &Method, write: Role) -> Role {
     }
 }
 
-/// Reads the ids a create request names in its body, and puts the body back.
-async fn peek_body(req: Request) -> (Request, Json_) {
+/// The largest body read before routing: axum's default body limit, which the handler's JSON
+/// extractor applies anyway.
+const PEEK_BODY_LIMIT: usize = 2 << 20;
+
+/// Reads the ids a create request names in its body, and puts the body back. A body that
+/// cannot be read is refused here (413 past the limit).
+async fn peek_body(req: Request) -> Result<(Request, Json_), ApiError> {
     let (parts, body) = req.into_parts();
-    let bytes = axum::body::to_bytes(body, 1 << 20)
+    let bytes = axum::body::to_bytes(body, PEEK_BODY_LIMIT)
         .await
-        .unwrap_or_default();
+        .map_err(|e| ApiError::unreadable_body(e, PEEK_BODY_LIMIT))?;
     let v = serde_json::from_slice(&bytes).unwrap_or(Json_::Null);
-    (Request::from_parts(parts, axum::body::Body::from(bytes)), v)
+    Ok((Request::from_parts(parts, axum::body::Body::from(bytes)), v))
 }
 
 fn id_in<T: std::str::FromStr>(v: &Json_, field: &str) -> Option<T> {
@@ -319,7 +336,10 @@ async fn need(
         },
         "/fleets" | "/devices" | "/schedules" if p.admin => Need::Anyone,
         "/fleets" => {
-            let (r, body) = peek_body(req).await;
+            let (r, body) = match peek_body(req).await {
+                Ok(x) => x,
+                Err(e) => return (Request::default(), Need::Refused(e)),
+            };
             let n = match id_in::<WorkspaceId>(&body, "workspace_id") {
                 Some(w) if s.registry.workspace(w).is_ok() => Need::Workspace(w, Role::Admin),
                 _ => Need::Anyone, // the handler refuses the body
@@ -327,7 +347,10 @@ async fn need(
             return (r, n);
         }
         "/devices" => {
-            let (r, body) = peek_body(req).await;
+            let (r, body) = match peek_body(req).await {
+                Ok(x) => x,
+                Err(e) => return (Request::default(), Need::Refused(e)),
+            };
             let n = match id_in::<FleetId>(&body, "fleet_id") {
                 Some(f) => s.fleet_need(f, Role::Operator),
                 None => Need::Anyone,
@@ -335,7 +358,10 @@ async fn need(
             return (r, n);
         }
         "/schedules" => {
-            let (r, body) = peek_body(req).await;
+            let (r, body) = match peek_body(req).await {
+                Ok(x) => x,
+                Err(e) => return (Request::default(), Need::Refused(e)),
+            };
             let n = match (
                 id_in::<DeviceId>(&body, "device_id"),
                 id_in::<FleetId>(&body, "fleet_id"),
@@ -478,6 +504,7 @@ pub async fn authorize(
     let verdict = match n {
         Need::Anyone => Ok(()),
         Need::Missing(what) => Err(ApiError::not_found(what)),
+        Need::Refused(e) => Err(e),
         Need::ServerAdmin if p.admin => Ok(()),
         Need::ServerAdmin => Err(forbidden("server administrators only")),
         Need::UserOrAdmin(u) if p.admin || p.user_id == Some(u) => Ok(()),
@@ -604,6 +631,9 @@ fn signed_in(s: &Services, si: SignedIn, tls: bool) -> Response {
     r
 }
 
+/// Sign-in and setup bodies hold a name, a password and a token.
+const SIGN_IN_BODY_LIMIT: usize = 65536;
+
 fn is_tls(ext: &axum::http::Extensions) -> bool {
     ext.get::<Tls>().is_some_and(|t| t.0)
 }
@@ -614,12 +644,12 @@ fn is_tls(ext: &axum::http::Extensions) -> bool {
         (status = 429, body = ErrorBody, description = "too_many_attempts")))]
 async fn login(State(s): S, req: Request) -> ApiResult<Response> {
     let (peer, tls) = (peer_of(req.extensions()), is_tls(req.extensions()));
-    let body = axum::body::to_bytes(req.into_body(), 65536)
+    let body = axum::body::to_bytes(req.into_body(), SIGN_IN_BODY_LIMIT)
         .await
-        .map_err(|_| ApiError::bad_request("invalid_body", "the body is too large"))?;
+        .map_err(|e| ApiError::unreadable_body(e, SIGN_IN_BODY_LIMIT))?;
     let b: LoginBody = serde_json::from_slice(&body)
         .map_err(|e| ApiError::bad_request("invalid_body", e.to_string()))?;
-    let si = s.auth.login(&b.username, &b.password, peer).await?;
+    let si = s.auth.login(&b.username, &b.password, peer, tls).await?;
     Ok(signed_in(&s, si, tls))
 }
 
@@ -629,14 +659,14 @@ async fn login(State(s): S, req: Request) -> ApiResult<Response> {
         (status = 422, body = ErrorBody)))]
 async fn setup(State(s): S, req: Request) -> ApiResult<Response> {
     let (peer, tls) = (peer_of(req.extensions()), is_tls(req.extensions()));
-    let body = axum::body::to_bytes(req.into_body(), 65536)
+    let body = axum::body::to_bytes(req.into_body(), SIGN_IN_BODY_LIMIT)
         .await
-        .map_err(|_| ApiError::bad_request("invalid_body", "the body is too large"))?;
+        .map_err(|e| ApiError::unreadable_body(e, SIGN_IN_BODY_LIMIT))?;
     let b: SetupBody = serde_json::from_slice(&body)
         .map_err(|e| ApiError::bad_request("invalid_body", e.to_string()))?;
     let si = s
         .auth
-        .setup(&b.token, &b.username, &b.password, peer)
+        .setup(&b.token, &b.username, &b.password, peer, tls)
         .await?;
     Ok(signed_in(&s, si, tls))
 }

@@ -5,7 +5,6 @@
 
 use std::sync::Arc;
 
-use axum::body::Bytes;
 use axum::extract::{ConnectInfo, State};
 use axum::http::StatusCode;
 use serde::Deserialize;
@@ -88,7 +87,7 @@ async fn delete_credential(
 async fn rotate_credential(
     State(s): S,
     ApiPath((id, cid)): ApiPath<(DeviceId, CredentialId)>,
-    body: Bytes,
+    super::error::ApiBytes(body): super::error::ApiBytes,
 ) -> ApiResult<(StatusCode, axum::Json<IssuedCredential>)> {
     // The body is optional (absent or `null`): a token or an issued certificate needs nothing.
     let req: RotateRequest = if body.iter().all(u8::is_ascii_whitespace) {
@@ -269,10 +268,18 @@ pub async fn provision(
         let body = serde_json::json!({"status": "FAILURE", "errorMsg": "Too many requests!"});
         return (StatusCode::TOO_MANY_REQUESTS, axum::Json(body));
     }
-    // A provisioning request is a few hundred bytes; 64 KiB is the device packet limit.
-    let body = axum::body::to_bytes(req.into_body(), 65536)
-        .await
-        .unwrap_or_default();
+    // A provisioning request is a few hundred bytes; the device packet limit applies, as over
+    // MQTT.
+    let limit = s.config.mqtt.max_packet_size as usize;
+    let body = match axum::body::to_bytes(req.into_body(), limit).await {
+        Ok(b) => b,
+        Err(e) if super::error::is_length_limit(&e) => {
+            let msg = format!("Payload too large: the limit is {limit} bytes");
+            let body = serde_json::json!({"status": "FAILURE", "errorMsg": msg});
+            return (StatusCode::PAYLOAD_TOO_LARGE, axum::Json(body));
+        }
+        Err(_) => Default::default(),
+    };
     (
         StatusCode::OK,
         axum::Json(s.provisioning.provision(&body, peer).await),

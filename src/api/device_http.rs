@@ -3,8 +3,11 @@
 //! shared-attribute updates and server RPC, RPC replies, client RPC, claiming and (Corral's
 //! extension) conditions, with
 //! ThingsBoard's status codes: 400 bad body, 401 unknown token, 403 disabled device,
-//! 408 long-poll timeout, 429 over the device's message rate. The token authenticates; no API key is involved.
+//! 408 long-poll timeout, 429 over the device's message rate, and 413 for a body over the MQTT
+//! packet limit (`mqtt.max_packet_size`: a device may not send over HTTP what MQTT refuses). The
+//! token authenticates; no API key is involved.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -30,8 +33,9 @@ const MAX_POLL: Duration = Duration::from_secs(300);
 /// Long-poll length when the device gives none.
 const DEFAULT_POLL: Duration = Duration::from_secs(30);
 
-/// The device API routes, to be mounted at `/api/v1` outside the admin authentication.
-pub fn routes() -> Router<Arc<Services>> {
+/// The device API routes, to be mounted at `/api/v1` outside the admin authentication; bodies
+/// over `max_body` bytes are refused with 413.
+pub fn routes(max_body: usize) -> Router<Arc<Services>> {
     Router::new()
         .route("/{token}/telemetry", post(telemetry))
         .route("/{token}/telemetry/{tag}", post(tagged_telemetry))
@@ -44,16 +48,55 @@ pub fn routes() -> Router<Arc<Services>> {
         .route("/{token}/rpc/{id}", post(rpc_reply))
         .route("/{token}/claim", post(claim))
         .route("/{token}/conditions", post(post_conditions))
+        .layer(axum::extract::DefaultBodyLimit::max(max_body))
+}
+
+/// The client's address, when the request came over a socket.
+struct Peer(Option<SocketAddr>);
+
+impl<St: Send + Sync> axum::extract::FromRequestParts<St> for Peer {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _: &St,
+    ) -> Result<Self, Self::Rejection> {
+        Ok(Peer(
+            parts
+                .extensions
+                .get::<axum::extract::ConnectInfo<SocketAddr>>()
+                .map(|c| c.0),
+        ))
+    }
+}
+
+/// A device's request body, within the route's size limit: 413 past it.
+struct DevBody(Bytes);
+
+impl<St: Send + Sync> axum::extract::FromRequest<St> for DevBody {
+    type Rejection = DevError;
+
+    async fn from_request(req: axum::extract::Request, state: &St) -> Result<Self, DevError> {
+        match Bytes::from_request(req, state).await {
+            Ok(b) => Ok(DevBody(b)),
+            Err(r) if r.status() == StatusCode::PAYLOAD_TOO_LARGE => Err(DevError(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload too large: over mqtt.max_packet_size".into(),
+            )),
+            Err(r) => Err(bad(r.body_text())),
+        }
+    }
 }
 
 /// Corral's extension: the device opens, updates or closes conditions (the payload of
 /// `v1/devices/me/conditions`). 200 with the conditions as they now stand.
 async fn post_conditions(
     State(s): S,
+    Peer(peer): Peer,
     axum::extract::Path(token): axum::extract::Path<String>,
-    body: Bytes,
+    DevBody(body): DevBody,
 ) -> DevResult<axum::Json<Json>> {
-    let dev = device(&s, &token).await?;
+    let dev = device(&s, &token, peer).await?;
     rate(&s, &dev)?;
     let reports = crate::conditions::parse_reports(&body).map_err(|e| bad(e.to_string()))?;
     let now = s
@@ -103,11 +146,13 @@ fn internal(e: impl std::fmt::Display) -> DevError {
 }
 
 /// The device a token belongs to: 401 unknown, 403 disabled or revoked.
-async fn device(s: &Services, token: &str) -> DevResult<Device> {
+async fn device(s: &Services, token: &str, peer: Option<SocketAddr>) -> DevResult<Device> {
     let login = s
         .credentials
         .login(LoginAttempt {
             username: Some(token),
+            // The refusal's audit record names the address (and is rate-limited by it).
+            peer,
             ..Default::default()
         })
         .await;
@@ -138,8 +183,14 @@ fn rate(s: &Services, dev: &Device) -> DevResult<()> {
     }
 }
 
-async fn store(s: &Services, token: &str, tag: &str, body: &[u8]) -> DevResult<StatusCode> {
-    let dev = device(s, token).await?;
+async fn store(
+    s: &Services,
+    token: &str,
+    peer: Option<SocketAddr>,
+    tag: &str,
+    body: &[u8],
+) -> DevResult<StatusCode> {
+    let dev = device(s, token, peer).await?;
     rate(s, &dev)?;
     protocol::check_tag(tag).map_err(|e| bad(e.to_string()))?;
     let t = crate::data::DataService::parse_telemetry(body).map_err(|e| bad(e.to_string()))?;
@@ -152,26 +203,29 @@ async fn store(s: &Services, token: &str, tag: &str, body: &[u8]) -> DevResult<S
 
 async fn telemetry(
     State(s): S,
+    Peer(peer): Peer,
     axum::extract::Path(token): axum::extract::Path<String>,
-    body: Bytes,
+    DevBody(body): DevBody,
 ) -> DevResult<StatusCode> {
-    store(&s, &token, DEFAULT_TAG, &body).await
+    store(&s, &token, peer, DEFAULT_TAG, &body).await
 }
 
 async fn tagged_telemetry(
     State(s): S,
+    Peer(peer): Peer,
     axum::extract::Path((token, tag)): axum::extract::Path<(String, String)>,
-    body: Bytes,
+    DevBody(body): DevBody,
 ) -> DevResult<StatusCode> {
-    store(&s, &token, &tag, &body).await
+    store(&s, &token, peer, &tag, &body).await
 }
 
 async fn post_attributes(
     State(s): S,
+    Peer(peer): Peer,
     axum::extract::Path(token): axum::extract::Path<String>,
-    body: Bytes,
+    DevBody(body): DevBody,
 ) -> DevResult<StatusCode> {
-    let dev = device(&s, &token).await?;
+    let dev = device(&s, &token, peer).await?;
     rate(&s, &dev)?;
     let values = protocol::parse_attributes(&body).map_err(|e| bad(e.to_string()))?;
     s.attributes
@@ -205,10 +259,11 @@ fn attribute_request(query: Option<&str>) -> AttributeRequest {
 
 async fn get_attributes(
     State(s): S,
+    Peer(peer): Peer,
     axum::extract::Path(token): axum::extract::Path<String>,
     RawQuery(q): RawQuery,
 ) -> DevResult<axum::Json<Json>> {
-    let dev = device(&s, &token).await?;
+    let dev = device(&s, &token, peer).await?;
     let req = attribute_request(q.as_deref());
     Ok(axum::Json(
         s.attributes.request(dev.id, &req).map_err(internal)?,
@@ -228,10 +283,11 @@ fn poll_timeout(query: Option<&str>) -> DevResult<Duration> {
 
 async fn attribute_updates(
     State(s): S,
+    Peer(peer): Peer,
     axum::extract::Path(token): axum::extract::Path<String>,
     RawQuery(q): RawQuery,
 ) -> DevResult<Response> {
-    let dev = device(&s, &token).await?;
+    let dev = device(&s, &token, peer).await?;
     let wait = poll_timeout(q.as_deref())?;
     let update = s.attributes.next_update(dev.id, wait).await;
     Ok(match update {
@@ -243,10 +299,11 @@ async fn attribute_updates(
 /// Server-side RPC long-poll: the device's next job as `{"id","method","params"}`, or 408.
 async fn rpc_poll(
     State(s): S,
+    Peer(peer): Peer,
     axum::extract::Path(token): axum::extract::Path<String>,
     RawQuery(q): RawQuery,
 ) -> DevResult<Response> {
-    let dev = device(&s, &token).await?;
+    let dev = device(&s, &token, peer).await?;
     let wait = poll_timeout(q.as_deref())?;
     Ok(
         match s.jobs.next_for_http(dev.id, wait).await.map_err(internal)? {
@@ -263,10 +320,11 @@ async fn rpc_poll(
 
 async fn rpc_reply(
     State(s): S,
+    Peer(peer): Peer,
     axum::extract::Path((token, id)): axum::extract::Path<(String, u64)>,
-    body: Bytes,
+    DevBody(body): DevBody,
 ) -> DevResult<StatusCode> {
-    let dev = device(&s, &token).await?;
+    let dev = device(&s, &token, peer).await?;
     serde_json::from_slice::<Json>(&body).map_err(|e| bad(format!("reply is not JSON: {e}")))?;
     let known = u32::try_from(id).is_ok_and(|id| s.jobs.on_reply(dev.id, id, &body));
     if !known {
@@ -277,10 +335,11 @@ async fn rpc_reply(
 
 async fn client_rpc(
     State(s): S,
+    Peer(peer): Peer,
     axum::extract::Path(token): axum::extract::Path<String>,
-    body: Bytes,
+    DevBody(body): DevBody,
 ) -> DevResult<axum::Json<Json>> {
-    device(&s, &token).await?;
+    device(&s, &token, peer).await?;
     Ok(axum::Json(crate::devices::rpc::client_rpc(
         &s.config, &body,
     )))
@@ -288,10 +347,11 @@ async fn client_rpc(
 
 async fn claim(
     State(s): S,
+    Peer(peer): Peer,
     axum::extract::Path(token): axum::extract::Path<String>,
-    body: Bytes,
+    DevBody(body): DevBody,
 ) -> DevResult<StatusCode> {
-    let dev = device(&s, &token).await?;
+    let dev = device(&s, &token, peer).await?;
     // Both fields are optional (§5.7); an empty body is a claim with no secret.
     let v: Json = if body.is_empty() {
         json!({})

@@ -1,7 +1,7 @@
 //! The one API error type: HTTP status, stable `snake_case` code, user-safe message. Internal
 //! causes are logged with an error id that is also returned, never the cause itself.
 
-use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
+use axum::extract::rejection::{BytesRejection, JsonRejection, PathRejection, QueryRejection};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
@@ -63,6 +63,22 @@ impl ApiError {
             "unauthorized",
             "sign in, or give a valid API key (Authorization: Bearer <key>)",
         )
+    }
+    /// 413 `payload_too_large`: the body is over `limit` bytes.
+    pub fn payload_too_large(limit: impl std::fmt::Display) -> Self {
+        Self::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!("the request body is over the limit of {limit} bytes"),
+        )
+    }
+    /// The answer to a body that could not be read: 413 past the size limit, else 400.
+    pub fn unreadable_body(e: axum::Error, limit: usize) -> Self {
+        if is_length_limit(&e) {
+            Self::payload_too_large(limit)
+        } else {
+            Self::bad_request("invalid_body", format!("cannot read the body: {e}"))
+        }
     }
     /// Logs the cause under a fresh error id and returns a 500 that names only the id.
     pub fn internal(cause: impl std::fmt::Display) -> Self {
@@ -144,9 +160,41 @@ impl From<JsonRejection> for ApiError {
                 "unsupported_media_type",
                 "send the body as JSON with Content-Type: application/json",
             ),
+            // A body past the limit (`DefaultBodyLimit`, 2 MiB) is 413, not a bad body.
+            other if other.status() == StatusCode::PAYLOAD_TOO_LARGE => ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                other.body_text(),
+            ),
             other => ApiError::bad_request("invalid_body", other.body_text()),
         }
     }
+}
+
+impl From<BytesRejection> for ApiError {
+    fn from(r: BytesRejection) -> Self {
+        if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                r.body_text(),
+            )
+        } else {
+            ApiError::bad_request("invalid_body", r.body_text())
+        }
+    }
+}
+
+/// Whether reading a body failed because it was over its size limit.
+pub fn is_length_limit(e: &axum::Error) -> bool {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(c) = cause {
+        if c.is::<http_body_util::LengthLimitError>() {
+            return true;
+        }
+        cause = c.source();
+    }
+    false
 }
 
 impl From<QueryRejection> for ApiError {
@@ -165,6 +213,20 @@ impl From<PathRejection> for ApiError {
 #[derive(axum::extract::FromRequest)]
 #[from_request(via(axum::Json), rejection(ApiError))]
 pub struct ApiJson<T>(pub T);
+
+/// The raw body (`Bytes`) whose rejections use our error format.
+pub struct ApiBytes(pub axum::body::Bytes);
+
+impl<S: Send + Sync> axum::extract::FromRequest<S> for ApiBytes {
+    type Rejection = ApiError;
+
+    async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, ApiError> {
+        axum::body::Bytes::from_request(req, state)
+            .await
+            .map(ApiBytes)
+            .map_err(ApiError::from)
+    }
+}
 
 /// `Query<T>` whose rejections use our error format.
 #[derive(axum::extract::FromRequestParts)]

@@ -1,16 +1,18 @@
 //! The HTTP transport: the REST API under `/api/v1` (axum on hyper), its OpenAPI document
 //! generated from the handlers (utoipa), health, readiness and metrics endpoints, API-key
 //! authentication, the embedded web UI with the security headers of every response (`ui`), and
-//! the plain and TLS listeners.
+//! the plain and TLS listeners with their connection caps and deadlines (`conn`).
 
 mod attributes;
 pub mod auth;
 pub mod backup;
 mod conditions;
+mod conn;
 mod credentials;
 mod device_http;
 pub mod error;
 mod events;
+mod exposure;
 mod integrations;
 mod jobs;
 mod registry;
@@ -26,10 +28,12 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
+use tower::ServiceExt;
 use utoipa::OpenApi;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa_axum::router::OpenApiRouter;
@@ -114,12 +118,28 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
     doc
 }
 
-/// Builds the whole HTTP surface without a socket, so tests can call it in-process.
-pub fn router(services: Arc<Services>, ready: Arc<Readiness>) -> Router {
+/// Builds the whole HTTP surface without a socket, so tests can call it in-process. `https` is
+/// the HTTPS listener's address, where plain HTTP sends the clients `http.admin` does not serve.
+pub fn router(
+    services: Arc<Services>,
+    ready: Arc<Readiness>,
+    https: Option<std::net::SocketAddr>,
+) -> Router {
     let (api, mut doc) = api_v1();
     let (sign_in, sign_in_doc) = auth::public_routes().split_for_parts();
     doc.merge(sign_in_doc);
     let doc = Arc::new(doc);
+    let exposure = Arc::new(exposure::Exposure::new(
+        services.config.http.admin,
+        https,
+        services
+            .config
+            .pki
+            .hosts
+            .first()
+            .map_or("localhost", String::as_str),
+    ));
+    let admin_only = || middleware::from_fn_with_state(exposure.clone(), exposure::admin_api);
     // Authorization runs after routing (it reads the route template and the object ids);
     // authentication wraps everything.
     let api = api
@@ -130,7 +150,14 @@ pub fn router(services: Arc<Services>, ready: Arc<Readiness>) -> Router {
         .layer(middleware::from_fn_with_state(
             services.clone(),
             auth::authenticate,
-        ));
+        ))
+        .layer(admin_only());
+    let openapi = Router::new()
+        .route(
+            "/api/v1/openapi.json",
+            get(move || async move { axum::Json(doc.as_ref().clone()) }),
+        )
+        .layer(admin_only());
     let public = Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route(
@@ -147,10 +174,6 @@ pub fn router(services: Arc<Services>, ready: Arc<Readiness>) -> Router {
             }),
         )
         .route("/metrics", get(metrics))
-        .route(
-            "/api/v1/openapi.json",
-            get(move || async move { axum::Json(doc.as_ref().clone()) }),
-        )
         .route("/api/v1/ca.pem", get(ca_pem))
         .route("/api/v1/crl.pem", get(crl_pem))
         // ThingsBoard's device provisioning: authenticated by the fleet's key and secret in
@@ -161,20 +184,37 @@ pub fn router(services: Arc<Services>, ready: Arc<Readiness>) -> Router {
         );
     Router::new()
         .nest("/api/v1", api)
-        .nest("/api/v1", device_http::routes())
-        .nest("/api/v1", sign_in.with_state(services.clone()))
+        .nest(
+            "/api/v1",
+            device_http::routes(services.config.mqtt.max_packet_size as usize),
+        )
+        .nest(
+            "/api/v1",
+            sign_in.with_state(services.clone()).layer(admin_only()),
+        )
         .merge(public)
-        .merge(ui::routes())
+        .merge(openapi)
+        .merge(ui::routes().layer(middleware::from_fn_with_state(
+            exposure.clone(),
+            exposure::web_ui,
+        )))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no_route", "no such route") })
         .layer(middleware::from_fn_with_state(
             services.clone(),
             count_requests,
+        ))
+        .layer(middleware::from_fn_with_state(
+            services.clone(),
+            conn::body_deadline,
         ))
         .layer(middleware::from_fn(ui::security_headers))
         .with_state(services)
 }
 
 async fn metrics(State(s): State<Arc<Services>>) -> Response {
+    s.metrics
+        .http_connections
+        .set(s.http_connections.open() as i64);
     match s.conditions.open_by_severity() {
         Ok(counts) => {
             for (sev, n) in counts {
@@ -227,10 +267,12 @@ async fn until_true(rx: &mut watch::Receiver<bool>) {
 
 /// Serves `router` on `listener` until `shutdown` turns true, then lets open requests finish.
 /// With `tls`, every connection is a TLS connection (ALPN h2 and http/1.1) and every response
-/// carries `Strict-Transport-Security`.
+/// carries `Strict-Transport-Security`. Connections over the caps of `[http]` are closed at
+/// once; the others get the deadlines of `conn`.
 pub async fn serve(
     listener: TcpListener,
     router: Router,
+    services: Arc<Services>,
     tls: Option<Arc<rustls::ServerConfig>>,
     mut shutdown: watch::Receiver<bool>,
 ) {
@@ -239,6 +281,7 @@ pub async fn serve(
         Some(_) => router.layer(middleware::from_fn(ui::hsts)),
         None => router,
     };
+    let deadlines = conn::Deadlines::of(&services.config.http);
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     loop {
         let (tcp, peer) = tokio::select! {
@@ -252,57 +295,106 @@ pub async fn serve(
             },
             _ = until_true(&mut shutdown) => break,
         };
+        let permit = match services.http_connections.try_open(peer.ip()) {
+            Ok(p) => p,
+            Err(over) => {
+                let reason = match over {
+                    crate::limits::CapExceeded::Total => "total",
+                    crate::limits::CapExceeded::PerKey => "per_address",
+                };
+                services
+                    .metrics
+                    .http_connections_refused
+                    .get_or_create(&crate::metrics::ReasonLabel { reason })
+                    .inc();
+                tracing::debug!(%peer, reason, "HTTP connection over the cap closed");
+                drop(tcp);
+                continue;
+            }
+        };
         let _ = tcp.set_nodelay(true);
-        // The peer address reaches handlers (audit records of device provisioning) as
-        // `ConnectInfo`, as axum's own `serve` would provide it.
-        let svc = hyper_util::service::TowerToHyperService::new(
-            router
-                .clone()
-                .layer(axum::Extension(axum::extract::ConnectInfo(peer)))
-                .layer(axum::Extension(auth::Tls(acceptor.is_some()))),
-        );
         let watcher = graceful.watcher();
         let acceptor = acceptor.clone();
+        let router = router.clone();
+        let services = services.clone();
         tokio::spawn(async move {
-            let builder = auto::Builder::new(TokioExecutor::new());
-            let res = match acceptor {
-                Some(acc) => {
-                    let tls = match tokio::time::timeout(
-                        std::time::Duration::from_secs(10),
-                        acc.accept(tcp),
-                    )
-                    .await
-                    {
-                        Ok(Ok(t)) => t,
-                        Ok(Err(e)) => {
-                            tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                            return;
-                        }
-                        Err(_) => return,
-                    };
-                    watcher
-                        .watch(
-                            builder
-                                .serve_connection_with_upgrades(TokioIo::new(tls), svc)
-                                .into_owned(),
-                        )
-                        .await
-                }
-                None => {
-                    watcher
-                        .watch(
-                            builder
-                                .serve_connection_with_upgrades(TokioIo::new(tcp), svc)
-                                .into_owned(),
-                        )
-                        .await
-                }
+            let _permit = permit;
+            let Some(acc) = acceptor else {
+                serve_connection(tcp, peer, false, router, deadlines, watcher, &services).await;
+                return;
             };
-            if let Err(e) = res {
-                tracing::debug!(%peer, error = %e, "HTTP connection ended with an error");
+            match tokio::time::timeout(deadlines.header, acc.accept(tcp)).await {
+                Ok(Ok(stream)) => {
+                    serve_connection(stream, peer, true, router, deadlines, watcher, &services)
+                        .await;
+                }
+                Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                Err(_) => {
+                    services
+                        .metrics
+                        .http_timeouts
+                        .get_or_create(&crate::metrics::ReasonLabel {
+                            reason: "tls_handshake",
+                        })
+                        .inc();
+                }
             }
         });
     }
     // Bounded: clients holding idle keep-alive connections must not block shutdown.
     let _ = tokio::time::timeout(std::time::Duration::from_secs(10), graceful.shutdown()).await;
+}
+
+/// Serves one connection until it ends or one of its deadlines passes (then it is dropped).
+async fn serve_connection<T>(
+    io: T,
+    peer: std::net::SocketAddr,
+    tls: bool,
+    router: Router,
+    deadlines: conn::Deadlines,
+    watcher: hyper_util::server::graceful::Watcher,
+    services: &Services,
+) where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let conn = conn::Conn::new();
+    let io = TokioIo::new(conn::Tracked::new(io, conn.clone()));
+    let requests = conn.clone();
+    // The peer address and the transport reach handlers as request extensions (`ConnectInfo`,
+    // as axum's own `serve` provides it): set per request, so that no per-connection copy of
+    // the router is built.
+    let svc = hyper::service::service_fn(move |mut req: axum::http::Request<Incoming>| {
+        let in_flight = requests.begin(req.version());
+        req.extensions_mut()
+            .insert(axum::extract::ConnectInfo(peer));
+        req.extensions_mut().insert(auth::Tls(tls));
+        let req = conn::with_body_deadline(req, deadlines.body);
+        let router = router.clone();
+        async move {
+            let resp = match router.oneshot(req).await {
+                Ok(r) => r,
+                Err(never) => match never {},
+            };
+            Ok::<_, std::convert::Infallible>(
+                resp.map(|b| axum::body::Body::new(conn::InFlightBody::new(b, in_flight))),
+            )
+        }
+    });
+    let builder = auto::Builder::new(TokioExecutor::new());
+    let serving = watcher.watch(builder.serve_connection_with_upgrades(io, svc).into_owned());
+    tokio::select! {
+        res = serving => {
+            if let Err(e) = res {
+                tracing::debug!(%peer, error = %e, "HTTP connection ended with an error");
+            }
+        }
+        expired = conn::watchdog(conn, deadlines) => {
+            services
+                .metrics
+                .http_timeouts
+                .get_or_create(&crate::metrics::ReasonLabel { reason: expired.as_str() })
+                .inc();
+            tracing::debug!(%peer, deadline = expired.as_str(), "HTTP connection closed by its deadline");
+        }
+    }
 }

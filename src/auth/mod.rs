@@ -186,12 +186,21 @@ impl AuthService {
         now - s.last_seen_at > idle || now - s.created_at > max
     }
 
-    /// Who a session cookie belongs to, if the session is live; refreshes its idle timer.
-    pub fn principal_for_session(&self, cookie: &str) -> Result<Option<Principal>, StoreError> {
+    /// Who a session cookie presented over TLS (`tls`) or plain HTTP belongs to, if the session
+    /// is live and was made over the same transport; refreshes its idle timer.
+    pub fn principal_for_session(
+        &self,
+        cookie: &str,
+        tls: bool,
+    ) -> Result<Option<Principal>, StoreError> {
         let hash = secret_hash(cookie);
         let Some(mut s) = self.store.get_session(&hash)? else {
             return Ok(None);
         };
+        if s.tls != tls {
+            // Not this transport's session: refused, but left alone for its own transport.
+            return Ok(None);
+        }
         let now = now_ms();
         if self.session_expired(&s, now) {
             self.store.delete_session(&hash)?;
@@ -209,21 +218,24 @@ impl AuthService {
         Ok(Some(Principal::user(&user, Some((hash, s.csrf_token)))))
     }
 
-    /// Signs a user in. Throttled per address and per username before any password check;
-    /// an unknown user costs the same password check as a known one.
+    /// Signs a user in (over TLS or not: the session is bound to that transport). Throttled per
+    /// address and per username before any password check; an unknown user costs the same
+    /// password check as a known one.
     pub async fn login(
         &self,
         username: &str,
         password: &str,
         peer: Option<IpAddr>,
+        tls: bool,
     ) -> Result<SignedIn, AuthError> {
         let name = username.trim().to_lowercase();
         let peer_ok = peer.is_none_or(|p| self.by_peer.allow(&p));
         if !peer_ok || !self.by_name.allow(&name) {
-            self.audit.record(
+            self.audit.record_unauthenticated(
                 Entry::new("login_throttled", username_for_audit(&name))
                     .ip(peer)
                     .detail("too many sign-in attempts"),
+                peer,
             );
             return Err(AuthError::Throttled);
         }
@@ -248,13 +260,14 @@ impl AuthService {
                 return Err(AuthError::InvalidLogin);
             }
         };
-        self.start_session(user, peer).await
+        self.start_session(user, peer, tls).await
     }
 
     async fn start_session(
         &self,
         mut user: User,
         peer: Option<IpAddr>,
+        tls: bool,
     ) -> Result<SignedIn, AuthError> {
         let cookie = random_secret();
         let now = now_ms();
@@ -264,6 +277,7 @@ impl AuthService {
             created_at: now,
             last_seen_at: now,
             peer: peer.map(|p| p.to_string()),
+            tls,
         };
         let hash = secret_hash(&cookie);
         self.store.put_session(&hash, &session)?;
@@ -314,16 +328,18 @@ impl AuthService {
         username: &str,
         password: &str,
         peer: Option<IpAddr>,
+        tls: bool,
     ) -> Result<SignedIn, AuthError> {
         let mut slot = self.setup.lock().await;
         let valid = slot
             .as_ref()
             .is_some_and(|t| t.expires_at > now_ms() && constant_eq(&t.hash, &secret_hash(token)));
         if !valid || self.store.user_count()? > 0 {
-            self.audit.record(
+            self.audit.record_unauthenticated(
                 Entry::new("setup_failed", "anonymous")
                     .ip(peer)
                     .detail("invalid, used or expired setup token"),
+                peer,
             );
             return Err(AuthError::InvalidSetup);
         }
@@ -346,7 +362,7 @@ impl AuthService {
             .store
             .get_user(user.id)?
             .ok_or(AuthError::NotFound("user"))?;
-        self.start_session(user, peer).await
+        self.start_session(user, peer, tls).await
     }
 
     /// Drops sessions past their limits (periodic).
@@ -424,21 +440,29 @@ mod tests {
         .await
         .expect("user");
         let signed = auth
-            .login("ana", "long enough password", None)
+            .login("ana", "long enough password", None, true)
             .await
             .unwrap_or_else(|e| panic!("{e}"));
         let cookie = signed.cookie.clone();
-        assert!(auth.principal_for_session(&cookie).expect("read").is_some());
+        assert!(
+            auth.principal_for_session(&cookie, true)
+                .expect("read")
+                .is_some()
+        );
         let hash = secret_hash(&cookie);
         let mut s = store.get_session(&hash).expect("read").expect("stored");
         // Idle for 31 minutes (the limit is 30).
         s.last_seen_at = now_ms() - 31 * 60_000;
         store.put_session(&hash, &s).expect("write");
-        assert!(auth.principal_for_session(&cookie).expect("read").is_none());
+        assert!(
+            auth.principal_for_session(&cookie, true)
+                .expect("read")
+                .is_none()
+        );
         assert!(store.get_session(&hash).expect("read").is_none(), "dropped");
         // Active, but signed in 13 hours ago (the limit is 12).
         let signed = auth
-            .login("ana", "long enough password", None)
+            .login("ana", "long enough password", None, true)
             .await
             .unwrap_or_else(|e| panic!("{e}"));
         let hash = secret_hash(&signed.cookie);
@@ -446,25 +470,46 @@ mod tests {
         s.created_at = now_ms() - 13 * 3_600_000;
         store.put_session(&hash, &s).expect("write");
         assert!(
-            auth.principal_for_session(&signed.cookie)
+            auth.principal_for_session(&signed.cookie, true)
                 .expect("read")
                 .is_none()
         );
         // Logout ends a live one.
         let signed = auth
-            .login("ana", "long enough password", None)
+            .login("ana", "long enough password", None, true)
             .await
             .unwrap_or_else(|e| panic!("{e}"));
         let p = auth
-            .principal_for_session(&signed.cookie)
+            .principal_for_session(&signed.cookie, true)
             .expect("read")
             .expect("live");
         auth.logout(&p, None).await.expect("logout");
         assert!(
-            auth.principal_for_session(&signed.cookie)
+            auth.principal_for_session(&signed.cookie, true)
                 .expect("read")
                 .is_none()
         );
+        // A session is bound to the transport it was made over.
+        let over_tls = auth
+            .login("ana", "long enough password", None, true)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let over_plain = auth
+            .login("ana", "long enough password", None, false)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        for (cookie, tls) in [(&over_tls.cookie, true), (&over_plain.cookie, false)] {
+            assert!(
+                auth.principal_for_session(cookie, !tls)
+                    .expect("read")
+                    .is_none()
+            );
+            assert!(
+                auth.principal_for_session(cookie, tls)
+                    .expect("read")
+                    .is_some()
+            );
+        }
         // Only hashes are stored: the cookie value is nowhere in the store.
         assert!(
             store

@@ -800,7 +800,8 @@ impl CredentialService {
             if let Some(d) = self.refused_device(&a) {
                 e = e.device(d);
             }
-            self.audit.record(e);
+            // Anyone can cause these (an unknown token costs nothing): rate-limited per address.
+            self.audit.record_unauthenticated(e, a.peer.map(|p| p.ip()));
         }
         res
     }

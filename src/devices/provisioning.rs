@@ -163,7 +163,8 @@ impl ProvisioningService {
         if let Some(status) = res.get("status").and_then(Json::as_str)
             && status != "SUCCESS"
         {
-            self.audit.record(
+            // Anyone can send a wrong key: rate-limited per address.
+            self.audit.record_unauthenticated(
                 Entry::new("provision_failed", "provisioning")
                     .peer(peer)
                     .detail(
@@ -172,6 +173,7 @@ impl ProvisioningService {
                             .unwrap_or_default()
                             .to_string(),
                     ),
+                peer.map(|p| p.ip()),
             );
         }
         res
