@@ -31,7 +31,7 @@ impl Listeners {
     /// Binds the addresses of `config`, naming the one that fails.
     pub fn bind(config: &Config) -> anyhow::Result<Listeners> {
         let bind = |what: &str, addr: &str| {
-            std::net::TcpListener::bind(addr).with_context(|| {
+            listen(addr).with_context(|| {
                 format!("cannot listen on {addr} for {what} (is another process using it?)")
             })
         };
@@ -48,6 +48,29 @@ impl Listeners {
             },
         })
     }
+}
+
+/// Connections the kernel queues for `accept` per listener. std binds with 128, which a
+/// reconnect storm or a flood of idle sockets fills, making honest devices wait for their
+/// SYN to be retried (seconds). The kernel caps it at `net.core.somaxconn`.
+const BACKLOG: i32 = 4096;
+
+/// Binds a listening socket with `BACKLOG` (and address reuse, as std does).
+fn listen(addr: &str) -> std::io::Result<std::net::TcpListener> {
+    use std::net::ToSocketAddrs;
+    let addr = addr
+        .to_socket_addrs()?
+        .next()
+        .ok_or_else(|| std::io::Error::other("the address resolves to nothing"))?;
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    )?;
+    socket.set_reuse_address(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(BACKLOG)?;
+    Ok(socket.into())
 }
 
 /// Where a running app listens.

@@ -473,7 +473,7 @@ fn needs(method: &str, path: &str) -> Option<&'static str> {
         "/auth/me" | "/auth/logout" | "/overview" | "/events" | "/audit" | "/export" => None,
         "/workspaces" | "/fleets" | "/devices" | "/schedules" | "/conditions" if read => None,
         p if p.starts_with("/users") => Some("self"),
-        p if p.starts_with("/integrations") => Some("server"),
+        p if p.starts_with("/integrations") || p == "/backup" => Some("server"),
         "/workspaces" | "/retention/sweep" | "/store/usage" => Some("server"),
         "/workspaces/{id}" if read => Some("viewer"),
         "/workspaces/{id}" if method == "delete" => Some("server"),

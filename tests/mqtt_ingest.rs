@@ -527,3 +527,46 @@ async fn connection_history_records_connects_and_disconnects() {
         );
     }
 }
+
+/// MQTT 5: a packet that does not decode ends the connection with DISCONNECT 0x81 (malformed
+/// packet), as the specification and other brokers answer, not 0x83.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn undecodable_v5_packets_get_disconnect_0x81() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut t = TestApp::start().await;
+    let (_dev, token) = t.device("malformed").await;
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(
+        corral::pki::client_config_trusting(&t.ca_pem).expect("tls"),
+    ));
+    // Each bad PUBLISH body: invalid UTF-8 in the topic, a NUL in the topic, packet id 0.
+    let bad: [&[u8]; 3] = [
+        &[0x32, 9, 0, 3, 0xff, 0xfe, 0xfd, 0, 1, 0, b'1'],
+        &[0x32, 9, 0, 3, b'a', 0, b'b', 0, 1, 0, b'1'],
+        &[0x32, 7, 0, 1, b'a', 0, 0, 0, b'1'],
+    ];
+    for publish in bad {
+        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", t.mqtt_port()))
+            .await
+            .expect("connect");
+        let name = rustls::pki_types::ServerName::try_from("127.0.0.1").expect("name");
+        let mut tls = connector.connect(name, tcp).await.expect("handshake");
+        let mut connect = vec![0, 4, b'M', b'Q', b'T', b'T', 5, 0x82, 0, 60, 0, 0, 0];
+        connect.extend_from_slice(&(token.len() as u16).to_be_bytes());
+        connect.extend_from_slice(token.as_bytes());
+        let mut packet = vec![0x10, connect.len() as u8];
+        packet.extend_from_slice(&connect);
+        tls.write_all(&packet).await.expect("connect");
+        let mut connack = [0u8; 2];
+        tls.read_exact(&mut connack).await.expect("connack");
+        assert_eq!(connack[0], 0x20);
+        let mut rest = vec![0u8; connack[1] as usize];
+        tls.read_exact(&mut rest).await.expect("connack body");
+        assert_eq!(rest[1], 0, "accepted");
+        tls.write_all(publish).await.expect("publish");
+        let mut got = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(5), tls.read_to_end(&mut got)).await;
+        assert!(got.len() >= 3 && got[0] == 0xE0, "a DISCONNECT: {got:02x?}");
+        assert_eq!(got[2], 0x81, "malformed packet for {publish:02x?}");
+    }
+    t.stop().await;
+}

@@ -61,6 +61,29 @@ export async function api(method, path, body, opts = {}) {
   return data;
 }
 
+/**
+ * Downloads an online backup of the server (server administrators). With a session cookie the
+ * browser streams it straight to disk through a link; with an API key (which must travel in a
+ * header) it is fetched and saved from memory.
+ */
+export async function downloadBackup() {
+  const save = (href, name) => {
+    const a = document.createElement('a');
+    a.href = href;
+    a.download = name || '';
+    document.body.append(a);
+    a.click();
+    a.remove();
+  };
+  if (!session.apiKey) { save('/api/v1/backup'); return; }
+  const r = await fetch('/api/v1/backup', { headers: headers(), credentials: 'same-origin' });
+  if (!r.ok) throw new ApiError(r.status, 'backup_failed', `The backup failed (${r.status}).`);
+  const name = /filename="([^"]+)"/.exec(r.headers.get('Content-Disposition') || '')?.[1];
+  const url = URL.createObjectURL(await r.blob());
+  save(url, name || 'corral.backup.tar');
+  setTimeout(() => URL.revokeObjectURL(url), 60000);
+}
+
 export const get = (p, o) => api('GET', p, undefined, o);
 export const post = (p, b, o) => api('POST', p, b === undefined ? {} : b, o);
 export const put = (p, b, o) => api('PUT', p, b, o);

@@ -875,7 +875,26 @@ pub async fn control_v5(
     c: Control<MqttErr>,
 ) -> Result<Option<v5::codec::Encoded>, MqttErr> {
     log_stop(s, &c);
-    Ok(None)
+    Ok(malformed_v5(&c)
+        .map(|code| v5::codec::Packet::from(v5::codec::Disconnect::new(code)).into()))
+}
+
+/// The DISCONNECT reason for a packet that does not decode. ntex answers these with 0x83
+/// (implementation specific); the specification and other brokers say 0x81 (malformed
+/// packet): a bad UTF-8 or NUL topic, QoS 3, packet id 0, a duplicated property. Oversized
+/// packets keep their 0x95 and protocol violations their own codes.
+fn malformed_v5(c: &Control<MqttErr>) -> Option<v5::codec::DisconnectReasonCode> {
+    use ntex_mqtt::error::DecodeError;
+    match c {
+        Control::Stop(ntex_mqtt::Reason::Protocol(e)) => match e.get_ref() {
+            ntex_mqtt::MqttProtocolError::Decode(DecodeError::MaxSizeExceeded { .. }) => None,
+            ntex_mqtt::MqttProtocolError::Decode(_) => {
+                Some(v5::codec::DisconnectReasonCode::MalformedPacket)
+            }
+            _ => None,
+        },
+        _ => None,
+    }
 }
 
 fn log_stop(s: &DeviceSession, c: &Control<MqttErr>) {

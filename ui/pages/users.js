@@ -1,6 +1,6 @@
 // Users and API keys: list, create, enable/disable, make admin, delete users; per user, list,
 // create (the secret is shown once) and delete API keys. Degrades to a notice when the server
-// has no user accounts.
+// has no user accounts. Also the server's backup download (this page is the administrators').
 
 import * as api from '../api.js';
 import { h, clear, field, table, onSubmit, toast, announce, fmtTime, errorBox, errorText, unavailable, secretBox } from '../dom.js';
@@ -90,5 +90,12 @@ export async function render(main, ctx) {
           if (!window.confirm(`Delete user ${u.username}?`)) return;
           try { await api.del(`/users/${u.id}`); announce('User deleted.'); ctx.go('/users'); } catch (e) { toast(errorText(e), 'error'); }
         } }, 'Delete')))), { hideCaption: true, empty: 'No users.' }),
-    keysBox, form);
+    keysBox, form,
+    h('section', { 'aria-labelledby': 'backup-h' },
+      h('h2', { id: 'backup-h' }, 'Backup'),
+      h('p', {}, 'One file with the whole server as it is now: devices, data, users, keys and the CA. Devices keep publishing while it is written. Check it with ',
+        h('code', {}, 'corral backup verify FILE'), ' and restore it with ', h('code', {}, 'corral restore FILE DIR'), '.'),
+      h('button', { type: 'button', id: 'backup-download', onclick: async () => {
+        try { await api.downloadBackup(); announce('Backup download started.'); } catch (e) { toast(errorText(e), 'error'); }
+      } }, 'Download a backup')));
 }
