@@ -53,13 +53,26 @@ pub struct ExportSpec {
 
 pub const CSV_HEADER: &str = "device_id,device,tag,key,ts,time,value\n";
 
+/// Writes one CSV field (RFC 4180): quoted when it holds a comma, a quote, CR or LF, with
+/// quotes doubled. Other control characters (NUL, escapes, DEL, C1; a string value may hold
+/// any, and keys stored before they were refused may too) have no CSV form and break the
+/// tools that read it: each becomes U+FFFD. Tabs stay.
 fn csv_field(out: &mut Vec<u8>, s: &str) {
-    if s.contains([',', '"', '\n', '\r']) {
+    let quote = s.contains([',', '"', '\n', '\r']);
+    if quote {
         out.push(b'"');
-        out.extend_from_slice(s.replace('"', "\"\"").as_bytes());
+    }
+    let mut utf8 = [0u8; 4];
+    for c in s.chars() {
+        match c {
+            '"' => out.extend_from_slice(b"\"\""),
+            '\t' | '\n' | '\r' => out.push(c as u8),
+            c if c.is_control() => out.extend_from_slice("\u{fffd}".as_bytes()),
+            c => out.extend_from_slice(c.encode_utf8(&mut utf8).as_bytes()),
+        }
+    }
+    if quote {
         out.push(b'"');
-    } else {
-        out.extend_from_slice(s.as_bytes());
     }
 }
 
@@ -173,5 +186,22 @@ mod tests {
             "plain|\"a,\"\"b\"\"\""
         );
         assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
+    }
+
+    #[test]
+    fn csv_fields_carry_no_raw_control_characters() {
+        let field = |s: &str| {
+            let mut out = Vec::new();
+            csv_field(&mut out, s);
+            String::from_utf8(out).expect("utf8")
+        };
+        assert_eq!(field("a\0b"), "a\u{fffd}b");
+        assert_eq!(field("\x1b[31mred\x7f\u{85}"), "\u{fffd}[31mred\u{fffd}\u{fffd}");
+        // Line breaks are legal inside a quoted field; tabs need nothing.
+        assert_eq!(field("two\r\nlines"), "\"two\r\nlines\"");
+        assert_eq!(field("a\tb"), "a\tb");
+        assert_eq!(field("say \"hi\"\0"), "\"say \"\"hi\"\"\u{fffd}\"");
+        assert_eq!(field("x,\"y\"\0"), "\"x,\"\"y\"\"\u{fffd}\"");
+        assert_eq!(field("température ✓"), "température ✓");
     }
 }
