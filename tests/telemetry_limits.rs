@@ -99,6 +99,152 @@ async fn device(base: &str, key: &str, name: &str) -> (String, String, String) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mqtt_refuses_messages_over_the_key_caps_whole() {
+    let mut t = TestApp::start_with(|c| {
+        c.limits.telemetry_keys_per_message = 5;
+        c.limits.telemetry_keys_per_device = 8;
+    })
+    .await;
+    let base = t.http_base();
+    let (dev, token) = t.device("capped").await;
+    let id = dev["id"].as_str().expect("id").to_string();
+    let (client, mut rx) = spawn_v5(t.v5_options("", &token, ""));
+    assert!(matches!(next_v5(&mut rx).await, Ok(V5Packet::ConnAck(_))));
+    let mut publish = async |body: Value| {
+        client
+            .publish(
+                "v1/devices/me/telemetry",
+                rumqttc::v5::mqttbytes::QoS::AtLeastOnce,
+                false,
+                body.to_string(),
+            )
+            .await
+            .expect("publish");
+        match next_v5(&mut rx).await {
+            Ok(V5Packet::PubAck(a)) => a.reason,
+            other => panic!("expected PUBACK, got {other:?}"),
+        }
+    };
+    assert_eq!(publish(keys("a", 0, 4)).await, PubAckReason::Success);
+    // Six distinct keys in one message: 0x99, nothing of it stored.
+    assert_eq!(
+        publish(keys("m", 0, 6)).await,
+        PubAckReason::PayloadFormatInvalid
+    );
+    assert_eq!(publish(keys("a", 4, 4)).await, PubAckReason::Success);
+    // The device holds 8 keys: a new one is over its quota (0x97), even beside a known key,
+    // and in the array form too; the known key's value in that message is not stored either.
+    assert_eq!(
+        publish(json!({"a0": 99, "new": 1})).await,
+        PubAckReason::QuotaExceeded
+    );
+    assert_eq!(
+        publish(json!([{"ts": 1_000, "values": {"a1": 5}}, {"ts": 2_000, "values": {"b": 1}}]))
+            .await,
+        PubAckReason::QuotaExceeded
+    );
+    // Keys the device has are always accepted.
+    assert_eq!(
+        publish(json!({"a0": 7, "a5": 7})).await,
+        PubAckReason::Success
+    );
+    assert_eq!(
+        listed(&base, &t.admin_key, &id).await,
+        names("a", 0, 8),
+        "the refused messages left no key behind"
+    );
+    let a0: Vec<Value> = t.telemetry(&id, &[]).await["data"]["a0"]
+        .as_array()
+        .expect("a0")
+        .iter()
+        .map(|p| p["value"].clone())
+        .collect();
+    assert_eq!(a0, [json!(0), json!(7)], "99 was refused with its message");
+
+    // MQTT 3.1.1 has no negative PUBACK: the connection is closed, as for a bad payload.
+    for body in [json!({"new": 1}), keys("a", 0, 6)] {
+        let (c3, mut rx3) = spawn_v3(t.v3_options("", &token, ""));
+        assert!(matches!(next_v3(&mut rx3).await, Ok(Packet::ConnAck(_))));
+        c3.publish("v1/devices/me/telemetry", QoS::AtLeastOnce, false, body.to_string())
+            .await
+            .expect("publish");
+        assert!(next_v3(&mut rx3).await.is_err(), "closed after {body}");
+    }
+    let (c3, mut rx3) = spawn_v3(t.v3_options("", &token, ""));
+    assert!(matches!(next_v3(&mut rx3).await, Ok(Packet::ConnAck(_))));
+    c3.publish("v1/devices/me/telemetry", QoS::AtLeastOnce, false, r#"{"a1":3}"#)
+        .await
+        .expect("publish");
+    assert!(matches!(next_v3(&mut rx3).await, Ok(Packet::PubAck(_))));
+    assert_eq!(listed(&base, &t.admin_key, &id).await, names("a", 0, 8));
+    assert_eq!(rejected(&base, "too_many_keys").await, 2);
+    assert_eq!(rejected(&base, "key_quota_exceeded").await, 3);
+    t.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_key_caps_hold_across_a_crash_and_retention_frees_keys() {
+    corral::pki::install_crypto_provider();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let key = corral::auth::new_api_key();
+    let env = [
+        ("CORRAL_LIMITS__TELEMETRY_KEYS_PER_MESSAGE", "2"),
+        ("CORRAL_LIMITS__TELEMETRY_KEYS_PER_DEVICE", "3"),
+    ];
+    let mut srv = Server::spawn_with(&data, &key, &env);
+    let base = srv.base();
+    let (ws, id, token) = device(&base, &key, "http-capped").await;
+    let old = corral::model::now_ms() - 10 * 86_400_000;
+    let post = |body: Value| {
+        let (base, token) = (base.clone(), token.clone());
+        async move { post_telemetry(&base, &token, &body).await }
+    };
+    assert_eq!(post(json!({"ts": old, "values": {"a": 1, "b": 2}})).await.0, 200);
+    let (s, e) = post(json!({"x": 1, "y": 2, "z": 3})).await;
+    assert_eq!((s, e["code"].as_str()), (422, Some("too_many_keys")), "{e}");
+    assert_eq!(post(json!({"c": 1})).await.0, 200);
+    let (s, e) = post(json!({"c": 2, "d": 1})).await;
+    assert_eq!((s, e["code"].as_str()), (422, Some("key_quota_exceeded")), "{e}");
+    assert!(e["error"].as_str().is_some_and(|m| m.contains("3")), "{e}");
+    assert_eq!(post(json!({"c": 3})).await.0, 200);
+    assert_eq!(rejected(&base, "too_many_keys").await, 1);
+    assert_eq!(rejected(&base, "key_quota_exceeded").await, 1);
+
+    // After a crash the count is rebuilt from the store (and the replayed log).
+    srv.kill9();
+    let srv = Server::spawn_with(&data, &key, &env);
+    let base = srv.base();
+    let post = |body: Value| {
+        let (base, token) = (base.clone(), token.clone());
+        async move { post_telemetry(&base, &token, &body).await }
+    };
+    let (s, e) = post(json!({"d": 1})).await;
+    assert_eq!((s, e["code"].as_str()), (422, Some("key_quota_exceeded")), "{e}");
+    assert_eq!(post(json!({"b": 3})).await.0, 200);
+    assert_eq!(listed(&base, &key, &id).await, BTreeSet::from(["a", "b", "c"].map(String::from)));
+
+    // Retention empties "a" (only old points); "b" keeps its new point. "a" stops counting.
+    let (s, _) = call(
+        &base,
+        &key,
+        "PATCH",
+        &format!("/workspaces/{ws}"),
+        Some(json!({"retention_days": 5})),
+    )
+    .await;
+    assert_eq!(s, 200);
+    let (s, report) = call(&base, &key, "POST", "/retention/sweep", None).await;
+    assert_eq!((s, report["series_emptied"].as_u64()), (200, Some(1)), "{report}");
+    eventually(10, || {
+        let accepted = post(json!({"d": 1}));
+        async move { (accepted.await.0 == 200).then_some(()) }
+    })
+    .await;
+    assert_eq!(listed(&base, &key, &id).await, BTreeSet::from(["b", "c", "d"].map(String::from)));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn control_characters_in_keys_and_negative_times_are_refused() {
     let mut t = TestApp::start().await;
     let base = t.http_base();

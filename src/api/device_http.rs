@@ -3,7 +3,8 @@
 //! shared-attribute updates and server RPC, RPC replies, client RPC, claiming and (Corral's
 //! extension) conditions, with
 //! ThingsBoard's status codes: 400 bad body, 401 unknown token, 403 disabled device,
-//! 408 long-poll timeout, 429 over the device's message rate. The token authenticates; no API key is involved.
+//! 408 long-poll timeout, 429 over the device's message rate, and Corral's 422 with a `code`
+//! for telemetry over a key cap. The token authenticates; no API key is involved.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,7 +18,8 @@ use axum::routing::{get, post};
 use serde_json::{Value as Json, json};
 
 use crate::audit::Entry;
-use crate::data::Durability;
+use crate::data::keys::KeyRefusal;
+use crate::data::{Durability, IngestError};
 use crate::devices::credentials::{LoginAttempt, Refusal};
 use crate::devices::protocol::{self, AttributeRequest};
 use crate::model::{DEFAULT_TAG, Device};
@@ -126,23 +128,51 @@ fn rate(s: &Services, dev: &Device) -> DevResult<()> {
     }
 }
 
-async fn store(s: &Services, token: &str, tag: &str, body: &[u8]) -> DevResult<StatusCode> {
+/// A telemetry refusal with a stable code beside the message:
+/// `{"error": "...", "code": "too_many_keys" | "key_quota_exceeded"}`, or any `DevError`.
+struct TelemetryError(Result<KeyRefusal, DevError>);
+
+impl From<DevError> for TelemetryError {
+    fn from(e: DevError) -> Self {
+        TelemetryError(Err(e))
+    }
+}
+
+impl IntoResponse for TelemetryError {
+    fn into_response(self) -> Response {
+        match self.0 {
+            Ok(r) => (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                axum::Json(json!({"error": r.to_string(), "code": r.code()})),
+            )
+                .into_response(),
+            Err(e) => e.into_response(),
+        }
+    }
+}
+
+async fn store(
+    s: &Services,
+    token: &str,
+    tag: &str,
+    body: &[u8],
+) -> Result<StatusCode, TelemetryError> {
     let dev = device(s, token).await?;
     rate(s, &dev)?;
     protocol::check_tag(tag).map_err(|e| bad(e.to_string()))?;
     let t = crate::data::DataService::parse_telemetry(body).map_err(|e| bad(e.to_string()))?;
-    s.data
-        .store_tagged(dev.id, tag, t, Durability::Durable)
-        .await
-        .map_err(internal)?;
-    Ok(StatusCode::OK)
+    match s.data.store_tagged(dev.id, tag, t, Durability::Durable).await {
+        Ok(_) => Ok(StatusCode::OK),
+        Err(IngestError::Keys(r)) => Err(TelemetryError(Ok(r))),
+        Err(e) => Err(internal(e).into()),
+    }
 }
 
 async fn telemetry(
     State(s): S,
     axum::extract::Path(token): axum::extract::Path<String>,
     body: Bytes,
-) -> DevResult<StatusCode> {
+) -> Result<StatusCode, TelemetryError> {
     store(&s, &token, DEFAULT_TAG, &body).await
 }
 
@@ -150,7 +180,7 @@ async fn tagged_telemetry(
     State(s): S,
     axum::extract::Path((token, tag)): axum::extract::Path<(String, String)>,
     body: Bytes,
-) -> DevResult<StatusCode> {
+) -> Result<StatusCode, TelemetryError> {
     store(&s, &token, &tag, &body).await
 }
 

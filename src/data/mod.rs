@@ -1,17 +1,21 @@
-//! The data service: ingesting device telemetry (parse, store, make durable, announce) and
-//! reading it back (raw ranges, latest values, tags); aggregation is in `aggregate`.
+//! The data service: ingesting device telemetry (parse, check the key caps, store, make
+//! durable, announce) and reading it back (raw ranges, latest values, tags); aggregation is in
+//! `aggregate`, the key caps in `keys`. Reads here are blocking: REST handlers call them on
+//! blocking threads.
 
 pub mod aggregate;
 pub mod export;
+pub mod keys;
 pub mod retention;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use crate::devices::protocol::{self, PayloadError, Telemetry};
 use crate::events::{Event, EventBus};
 use crate::integrations::Router;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, ReasonLabel};
+use keys::{GateError, KeyGate, KeyRefusal};
 use crate::model::{DEFAULT_TAG, DeviceId, Millis, Point, now_ms};
 use crate::store::{PointsOp, RawPage, RawQuery, SeriesKey, Store, StoreError};
 
@@ -19,8 +23,20 @@ use crate::store::{PointsOp, RawPage, RawQuery, SeriesKey, Store, StoreError};
 pub enum IngestError {
     #[error(transparent)]
     Payload(#[from] PayloadError),
+    /// Over a key cap: nothing of the message is stored.
+    #[error(transparent)]
+    Keys(#[from] KeyRefusal),
     #[error(transparent)]
     Store(#[from] StoreError),
+}
+
+impl From<GateError> for IngestError {
+    fn from(e: GateError) -> Self {
+        match e {
+            GateError::Refused(r) => IngestError::Keys(r),
+            GateError::Store(e) => IngestError::Store(e),
+        }
+    }
 }
 
 /// Whether the caller needs the data on disk before it answers (QoS 1, HTTP 200) or not (QoS 0).
@@ -37,15 +53,23 @@ pub struct DataService {
     metrics: Arc<Metrics>,
     /// Integration queues a message goes to, resolved before it is logged.
     router: Arc<Router>,
+    keys: KeyGate,
 }
 
 impl DataService {
-    pub fn new(store: Store, events: EventBus, metrics: Arc<Metrics>, router: Arc<Router>) -> Self {
+    pub fn new(
+        store: Store,
+        events: EventBus,
+        metrics: Arc<Metrics>,
+        router: Arc<Router>,
+        keys: KeyGate,
+    ) -> Self {
         Self {
             store,
             events,
             metrics,
             router,
+            keys,
         }
     }
 
@@ -90,6 +114,21 @@ impl DataService {
         if telemetry.is_empty() {
             return Ok(0);
         }
+        // Held until the points are stored, when the store's series count includes them.
+        let _reservation = self
+            .keys
+            .admit(&self.store, device, tag, &telemetry)
+            .map_err(IngestError::from)
+            .inspect_err(|e| {
+                if let IngestError::Keys(r) = e {
+                    // Counted here, once for every transport.
+                    self.metrics
+                        .publish_rejected
+                        .get_or_create(&ReasonLabel { reason: r.code() })
+                        .inc();
+                    tracing::info!(device = %device, error = %r, "telemetry refused by a key cap");
+                }
+            })?;
         // The matching integrations' queue entries go into the same logged record, so an
         // acknowledged message is in its queues whenever it is in the store.
         let queue = self.router.data(device, tag, &telemetry);

@@ -93,6 +93,8 @@ pub struct Db {
     /// Maps each to the timestamp of its newest point, which decides whether a point extends
     /// its hour's rollup or makes it dirty.
     known_series: std::sync::Mutex<std::collections::HashMap<Vec<u8>, telemetry::LastPoint>>,
+    /// Series per device, for the key cap (see `telemetry::SeriesCounts`).
+    series_counts: telemetry::SeriesCounts,
     /// The integration queues' sequence counter and live counters.
     queues: integrations::Queues,
 }
@@ -229,10 +231,12 @@ impl Store {
             path: path.to_path_buf(),
             trees,
             known_series: Default::default(),
+            series_counts: Default::default(),
             queues: Default::default(),
         });
         db.init_queues()?;
         let (wal, replayed) = wal::Wal::open_and_replay(&path.with_extension("wal"), &db)?;
+        db.count_series()?;
         if replayed > 0 {
             tracing::info!(
                 records = replayed,
