@@ -47,7 +47,11 @@ async fn listed(base: &str, key: &str, id: &str) -> BTreeSet<String> {
     assert_eq!(s, 200, "{v}");
     v["tags"]["default"]
         .as_array()
-        .map(|a| a.iter().filter_map(|k| k.as_str().map(String::from)).collect())
+        .map(|a| {
+            a.iter()
+                .filter_map(|k| k.as_str().map(String::from))
+                .collect()
+        })
         .unwrap_or_default()
 }
 
@@ -72,7 +76,14 @@ async fn rejected(base: &str, reason: &str) -> u64 {
 
 /// Creates a workspace, fleet and device over REST; returns (workspace id, device id, token).
 async fn device(base: &str, key: &str, name: &str) -> (String, String, String) {
-    let (_, ws) = call(base, key, "POST", "/workspaces", Some(json!({"name": name}))).await;
+    let (_, ws) = call(
+        base,
+        key,
+        "POST",
+        "/workspaces",
+        Some(json!({"name": name})),
+    )
+    .await;
     let (_, fleet) = call(
         base,
         key,
@@ -165,16 +176,26 @@ async fn mqtt_refuses_messages_over_the_key_caps_whole() {
     for body in [json!({"new": 1}), keys("a", 0, 6)] {
         let (c3, mut rx3) = spawn_v3(t.v3_options("", &token, ""));
         assert!(matches!(next_v3(&mut rx3).await, Ok(Packet::ConnAck(_))));
-        c3.publish("v1/devices/me/telemetry", QoS::AtLeastOnce, false, body.to_string())
-            .await
-            .expect("publish");
+        c3.publish(
+            "v1/devices/me/telemetry",
+            QoS::AtLeastOnce,
+            false,
+            body.to_string(),
+        )
+        .await
+        .expect("publish");
         assert!(next_v3(&mut rx3).await.is_err(), "closed after {body}");
     }
     let (c3, mut rx3) = spawn_v3(t.v3_options("", &token, ""));
     assert!(matches!(next_v3(&mut rx3).await, Ok(Packet::ConnAck(_))));
-    c3.publish("v1/devices/me/telemetry", QoS::AtLeastOnce, false, r#"{"a1":3}"#)
-        .await
-        .expect("publish");
+    c3.publish(
+        "v1/devices/me/telemetry",
+        QoS::AtLeastOnce,
+        false,
+        r#"{"a1":3}"#,
+    )
+    .await
+    .expect("publish");
     assert!(matches!(next_v3(&mut rx3).await, Ok(Packet::PubAck(_))));
     assert_eq!(listed(&base, &t.admin_key, &id).await, names("a", 0, 8));
     assert_eq!(rejected(&base, "too_many_keys").await, 2);
@@ -200,12 +221,19 @@ async fn http_key_caps_hold_across_a_crash_and_retention_frees_keys() {
         let (base, token) = (base.clone(), token.clone());
         async move { post_telemetry(&base, &token, &body).await }
     };
-    assert_eq!(post(json!({"ts": old, "values": {"a": 1, "b": 2}})).await.0, 200);
+    assert_eq!(
+        post(json!({"ts": old, "values": {"a": 1, "b": 2}})).await.0,
+        200
+    );
     let (s, e) = post(json!({"x": 1, "y": 2, "z": 3})).await;
     assert_eq!((s, e["code"].as_str()), (422, Some("too_many_keys")), "{e}");
     assert_eq!(post(json!({"c": 1})).await.0, 200);
     let (s, e) = post(json!({"c": 2, "d": 1})).await;
-    assert_eq!((s, e["code"].as_str()), (422, Some("key_quota_exceeded")), "{e}");
+    assert_eq!(
+        (s, e["code"].as_str()),
+        (422, Some("key_quota_exceeded")),
+        "{e}"
+    );
     assert!(e["error"].as_str().is_some_and(|m| m.contains("3")), "{e}");
     assert_eq!(post(json!({"c": 3})).await.0, 200);
     assert_eq!(rejected(&base, "too_many_keys").await, 1);
@@ -220,9 +248,16 @@ async fn http_key_caps_hold_across_a_crash_and_retention_frees_keys() {
         async move { post_telemetry(&base, &token, &body).await }
     };
     let (s, e) = post(json!({"d": 1})).await;
-    assert_eq!((s, e["code"].as_str()), (422, Some("key_quota_exceeded")), "{e}");
+    assert_eq!(
+        (s, e["code"].as_str()),
+        (422, Some("key_quota_exceeded")),
+        "{e}"
+    );
     assert_eq!(post(json!({"b": 3})).await.0, 200);
-    assert_eq!(listed(&base, &key, &id).await, BTreeSet::from(["a", "b", "c"].map(String::from)));
+    assert_eq!(
+        listed(&base, &key, &id).await,
+        BTreeSet::from(["a", "b", "c"].map(String::from))
+    );
 
     // Retention empties "a" (only old points); "b" keeps its new point. "a" stops counting.
     let (s, _) = call(
@@ -235,13 +270,103 @@ async fn http_key_caps_hold_across_a_crash_and_retention_frees_keys() {
     .await;
     assert_eq!(s, 200);
     let (s, report) = call(&base, &key, "POST", "/retention/sweep", None).await;
-    assert_eq!((s, report["series_emptied"].as_u64()), (200, Some(1)), "{report}");
+    assert_eq!(
+        (s, report["series_emptied"].as_u64()),
+        (200, Some(1)),
+        "{report}"
+    );
     eventually(10, || {
         let accepted = post(json!({"d": 1}));
         async move { (accepted.await.0 == 200).then_some(()) }
     })
     .await;
-    assert_eq!(listed(&base, &key, &id).await, BTreeSet::from(["b", "c", "d"].map(String::from)));
+    assert_eq!(
+        listed(&base, &key, &id).await,
+        BTreeSet::from(["b", "c", "d"].map(String::from))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heavy_queries_leave_health_and_other_calls_answering() {
+    corral::pki::install_crypto_provider();
+    const CAP: usize = 20_000;
+    const PER_MESSAGE: usize = 5_000;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let key = corral::auth::new_api_key();
+    let srv = Server::spawn_with(
+        &dir.path().join("data"),
+        &key,
+        &[
+            ("CORRAL_LIMITS__TELEMETRY_KEYS_PER_MESSAGE", "5000"),
+            ("CORRAL_LIMITS__TELEMETRY_KEYS_PER_DEVICE", "20000"),
+        ],
+    );
+    let base = srv.base();
+    let (_, id, token) = device(&base, &key, "heavy").await;
+    // The device fills its cap, 5,000 keys a message (about 55 KB each).
+    for m in 0..CAP / PER_MESSAGE {
+        let (s, e) = post_telemetry(&base, &token, &keys("k", m * PER_MESSAGE, PER_MESSAGE)).await;
+        assert_eq!(s, 200, "{e}");
+    }
+    let (s, e) = post_telemetry(&base, &token, &json!({"one_more": 1})).await;
+    assert_eq!((s, e["code"].as_str()), (422, Some("key_quota_exceeded")));
+    assert_eq!(
+        listed(&base, &key, &id).await,
+        names("k", 0, CAP),
+        "the listing holds every key exactly once"
+    );
+    // All keys × 25 hourly buckets is over what one answer may hold: refused up front.
+    let agg = format!("/devices/{id}/telemetry/aggregate?interval=1h");
+    let (s, e) = call(&base, &key, "GET", &agg, None).await;
+    assert_eq!(
+        (s, e["error"]["code"].as_str()),
+        (400, Some("too_many_series")),
+        "{e}"
+    );
+    let (s, e) = call(&base, &key, "GET", &format!("{agg}&keys=k1,k2"), None).await;
+    assert_eq!(
+        (s, e["data"].as_object().map(|d| d.len())),
+        (200, Some(2)),
+        "{e}"
+    );
+
+    // Heavy reads in flight, more of them than the server has cores...
+    let mut heavy = Vec::new();
+    for i in 0..12 {
+        let (base, key) = (base.clone(), key.clone());
+        let path = match i % 3 {
+            0 => format!("/devices/{id}/tags"),
+            1 => format!("/devices/{id}/telemetry/latest"),
+            _ => format!("/export?device_id={id}&from=0&format=json"),
+        };
+        heavy.push(tokio::spawn(async move {
+            call(&base, &key, "GET", &path, None).await.0
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    // ...while health and an ordinary call answer, within a generous bound.
+    let quick = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .expect("client");
+    for _ in 0..3 {
+        let h = quick
+            .get(format!("{base}/healthz"))
+            .send()
+            .await
+            .expect("healthz answers within 5 s while heavy queries run");
+        assert_eq!(h.status().as_u16(), 200);
+        let d = quick
+            .get(format!("{base}/api/v1/devices/{id}"))
+            .bearer_auth(&key)
+            .send()
+            .await
+            .expect("a device read answers within 5 s while heavy queries run");
+        assert_eq!(d.status().as_u16(), 200);
+    }
+    for h in heavy {
+        assert_eq!(h.await.expect("join"), 200);
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -279,7 +404,11 @@ async fn control_characters_in_keys_and_negative_times_are_refused() {
         assert_eq!(s, 400, "{body}: {e}");
     }
     let all = t.telemetry(&id, &[("from", "0".into())]).await;
-    assert_eq!(all["data"], json!({}), "nothing of a refused message is stored");
+    assert_eq!(
+        all["data"],
+        json!({}),
+        "nothing of a refused message is stored"
+    );
 
     // A string value may hold any character: the CSV export quotes it, and control
     // characters other than line breaks and tabs reach no CSV raw.

@@ -161,7 +161,11 @@ async fn store(
     rate(s, &dev)?;
     protocol::check_tag(tag).map_err(|e| bad(e.to_string()))?;
     let t = crate::data::DataService::parse_telemetry(body).map_err(|e| bad(e.to_string()))?;
-    match s.data.store_tagged(dev.id, tag, t, Durability::Durable).await {
+    match s
+        .data
+        .store_tagged(dev.id, tag, t, Durability::Durable)
+        .await
+    {
         Ok(_) => Ok(StatusCode::OK),
         Err(IngestError::Keys(r)) => Err(TelemetryError(Ok(r))),
         Err(e) => Err(internal(e).into()),

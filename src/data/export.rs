@@ -3,6 +3,8 @@
 //! series and hands 64 KiB chunks through a bounded channel, so memory stays constant however
 //! large the export and a client that stops reading stops the producer.
 
+use std::collections::HashSet;
+
 use bytes::Bytes;
 use serde_json::json;
 use tokio::sync::mpsc;
@@ -124,11 +126,13 @@ fn produce(
         Format::Csv => buf.extend_from_slice(CSV_HEADER.as_bytes()),
         Format::Json => buf.push(b'['),
     }
+    let tags: Option<HashSet<&String>> = spec.tags.as_ref().map(|t| t.iter().collect());
+    let keys: Option<HashSet<&String>> = spec.keys.as_ref().map(|k| k.iter().collect());
     for (device, name) in &spec.devices {
         let mut series = store.device_series(*device)?;
         series.retain(|s| {
-            spec.tags.as_ref().is_none_or(|t| t.contains(&s.tag))
-                && spec.keys.as_ref().is_none_or(|k| k.contains(&s.key))
+            tags.as_ref().is_none_or(|t| t.contains(&s.tag))
+                && keys.as_ref().is_none_or(|k| k.contains(&s.key))
         });
         series.sort();
         let id = device.to_string();
@@ -196,7 +200,10 @@ mod tests {
             String::from_utf8(out).expect("utf8")
         };
         assert_eq!(field("a\0b"), "a\u{fffd}b");
-        assert_eq!(field("\x1b[31mred\x7f\u{85}"), "\u{fffd}[31mred\u{fffd}\u{fffd}");
+        assert_eq!(
+            field("\x1b[31mred\x7f\u{85}"),
+            "\u{fffd}[31mred\u{fffd}\u{fffd}"
+        );
         // Line breaks are legal inside a quoted field; tabs need nothing.
         assert_eq!(field("two\r\nlines"), "\"two\r\nlines\"");
         assert_eq!(field("a\tb"), "a\tb");

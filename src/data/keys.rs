@@ -124,15 +124,13 @@ impl KeyGate {
         if new == 0 {
             return Ok(None);
         }
-        self.reserve(store, device, new)
-            .map(Some)
-            .ok_or_else(|| {
-                KeyRefusal::DeviceCap {
-                    max: self.per_device,
-                    new,
-                }
-                .into()
-            })
+        self.reserve(store, device, new).map(Some).ok_or_else(|| {
+            KeyRefusal::DeviceCap {
+                max: self.per_device,
+                new,
+            }
+            .into()
+        })
     }
 
     /// Reserves `n` new keys if the device's stored and reserved keys leave room for them.
@@ -190,7 +188,10 @@ mod tests {
             .expect("put");
         assert!(matches!(
             admit(&["a", "b", "c", "d", "e"]),
-            Err(GateError::Refused(KeyRefusal::TooManyInMessage { keys: 5, max: 4 }))
+            Err(GateError::Refused(KeyRefusal::TooManyInMessage {
+                keys: 5,
+                max: 4
+            }))
         ));
         // Near the cap only the new keys count: two of these four are new.
         let near = admit(&["a", "b", "x", "y"]).expect("two new keys fit");

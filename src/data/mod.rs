@@ -15,9 +15,9 @@ use crate::devices::protocol::{self, PayloadError, Telemetry};
 use crate::events::{Event, EventBus};
 use crate::integrations::Router;
 use crate::metrics::{Metrics, ReasonLabel};
-use keys::{GateError, KeyGate, KeyRefusal};
 use crate::model::{DEFAULT_TAG, DeviceId, Millis, Point, now_ms};
 use crate::store::{PointsOp, RawPage, RawQuery, SeriesKey, Store, StoreError};
+use keys::{GateError, KeyGate, KeyRefusal};
 
 #[derive(Debug, thiserror::Error)]
 pub enum IngestError {
@@ -169,21 +169,48 @@ impl DataService {
         self.store.device_series(device)
     }
 
-    /// The tags of the given devices with their keys, merged.
-    pub fn tags(&self, devices: &[DeviceId]) -> Result<BTreeMap<String, Vec<String>>, StoreError> {
-        let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    /// The tags of the given devices with their keys, merged and sorted. Linear in the
+    /// series read (each merged into ordered sets); `Err(TooMany)` once more than `max`
+    /// distinct keys are found, so a request's work and answer stay bounded.
+    pub fn tags(
+        &self,
+        devices: &[DeviceId],
+        max: usize,
+    ) -> Result<BTreeMap<String, Vec<String>>, TagsError> {
+        let mut sets: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+        let mut n = 0;
         for d in devices {
             for s in self.store.device_series(*d)? {
-                let keys = out.entry(s.tag).or_default();
-                if !keys.contains(&s.key) {
-                    keys.push(s.key);
+                if sets.entry(s.tag).or_default().insert(s.key) {
+                    n += 1;
+                    if n > max {
+                        return Err(TagsError::TooMany(max));
+                    }
                 }
             }
         }
-        for keys in out.values_mut() {
-            keys.sort();
+        Ok(sets
+            .into_iter()
+            .map(|(tag, keys)| (tag, keys.into_iter().collect()))
+            .collect())
+    }
+
+    /// The keys of one tag across the given devices, sorted, at most `max` of them.
+    pub fn tag_keys(
+        &self,
+        devices: &[DeviceId],
+        tag: &str,
+        max: usize,
+    ) -> Result<Vec<String>, TagsError> {
+        let mut keys = BTreeSet::new();
+        for d in devices {
+            for k in self.store.tag_keys(*d, tag)? {
+                if keys.insert(k) && keys.len() > max {
+                    return Err(TagsError::TooMany(max));
+                }
+            }
         }
-        Ok(out)
+        Ok(keys.into_iter().collect())
     }
 
     /// Aggregates; see `aggregate::aggregate`. `keys` defaults to every key of the tag.
@@ -196,12 +223,40 @@ impl DataService {
         from: Millis,
         to: Millis,
     ) -> Result<BTreeMap<String, Vec<aggregate::Bucket>>, aggregate::AggError> {
+        let buckets = bounds.len().saturating_sub(1).max(1);
+        // The answer holds keys × buckets cells: refuse before reading what it cannot hold.
+        let max_keys = aggregate::MAX_CELLS / buckets;
         let keys = match keys {
-            Some(k) => k,
-            None => self.tags(devices)?.remove(tag).unwrap_or_default(),
+            Some(mut k) => {
+                k.sort();
+                k.dedup();
+                k
+            }
+            None => self.tag_keys(devices, tag, max_keys).map_err(|e| match e {
+                TagsError::TooMany(_) => aggregate::AggError::TooManySeries {
+                    keys: None,
+                    buckets,
+                },
+                TagsError::Store(e) => aggregate::AggError::Store(e),
+            })?,
         };
+        if keys.len() > max_keys {
+            return Err(aggregate::AggError::TooManySeries {
+                keys: Some(keys.len()),
+                buckets,
+            });
+        }
         aggregate::aggregate(&self.store, devices, tag, &keys, bounds, from, to)
     }
+}
+
+/// Why a tag listing was not answered.
+#[derive(Debug, thiserror::Error)]
+pub enum TagsError {
+    #[error("more than {0} distinct keys; list one tag at a time (tag=)")]
+    TooMany(usize),
+    #[error(transparent)]
+    Store(#[from] StoreError),
 }
 
 /// Default time window of a raw query when `from` is not given: the last 24 hours.

@@ -397,15 +397,26 @@ mod tests {
                 "{key}"
             );
         }
-        assert!(p(r#"{"température ✓":1}"#).is_ok(), "non-ASCII keys stay fine");
-        for ts in ["-1", "-1700000000000", "253402300800000", "9223372036854775807"] {
+        assert!(
+            p(r#"{"température ✓":1}"#).is_ok(),
+            "non-ASCII keys stay fine"
+        );
+        for ts in [
+            "-1",
+            "-1700000000000",
+            "253402300800000",
+            "9223372036854775807",
+        ] {
             assert_eq!(
                 p(&format!(r#"{{"ts":{ts},"values":{{"t":1}}}}"#)),
                 Err(PayloadError::BadTs),
                 "{ts}"
             );
         }
-        assert!(p(r#"{"ts":0,"values":{"t":1}}"#).is_ok(), "the epoch itself is a time");
+        assert!(
+            p(r#"{"ts":0,"values":{"t":1}}"#).is_ok(),
+            "the epoch itself is a time"
+        );
         assert_eq!(p("{}"), Ok(vec![]));
     }
 

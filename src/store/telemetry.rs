@@ -509,7 +509,13 @@ impl Db {
     /// Whether a series holds no point (one seek).
     pub fn series_is_empty(&self, device: DeviceId, tag: &str, key: &str) -> Result<bool> {
         let series = series_key(device, tag, key);
-        Ok(self.trees().ts.scan_prefix(&series).next().transpose()?.is_none())
+        Ok(self
+            .trees()
+            .ts
+            .scan_prefix(&series)
+            .next()
+            .transpose()?
+            .is_none())
     }
 
     /// Removes a series from the directory once retention has emptied it, so that it no
@@ -559,26 +565,27 @@ impl Db {
         tag: &str,
         keys: Option<&[String]>,
     ) -> Result<Vec<(String, Point)>> {
-        let prefix = series_prefix(device, tag);
         let t = self.trees();
-        let mut out = Vec::new();
-        for kv in t.series.scan_prefix(&prefix) {
-            let (series, _) = kv?;
-            let mut pos = prefix.len();
-            let key = read_str(&series, &mut pos).ok_or_else(|| corrupt("series key"))?;
-            if keys.is_some_and(|ks| !ks.iter().any(|x| x == key)) {
-                continue;
-            }
+        // Named keys are looked up one by one; otherwise the tag's directory is read once.
+        let keys = match keys {
+            Some(ks) => ks
+                .iter()
+                // Longer keys cannot be stored (and would be cut to another key's name).
+                .filter(|k| k.len() <= 255)
+                .collect::<std::collections::BTreeSet<_>>()
+                .into_iter()
+                .cloned()
+                .collect(),
+            None => self.tag_keys(device, tag)?,
+        };
+        let mut out = Vec::with_capacity(keys.len());
+        for key in keys {
+            let series = series_key(device, tag, &key);
             if let Some(kv) = t.ts.scan_prefix(&series).next_back() {
                 let (k, v) = kv?;
                 let ts = ts_from(&k[series.len()..]).ok_or_else(|| corrupt("ts key"))?;
-                out.push((
-                    key.to_string(),
-                    Point {
-                        ts,
-                        value: decode_value(&v)?,
-                    },
-                ));
+                let value = decode_value(&v)?;
+                out.push((key, Point { ts, value }));
             }
         }
         Ok(out)
@@ -586,12 +593,11 @@ impl Db {
 
     /// Raw points in a time range, paginated across keys in key-name order.
     pub fn raw(&self, device: DeviceId, q: &RawQuery) -> Result<RawPage> {
+        let wanted: Option<HashSet<&String>> = q.keys.as_ref().map(|ks| ks.iter().collect());
         let mut keys: Vec<String> = self
-            .device_series(device)?
+            .tag_keys(device, &q.tag)?
             .into_iter()
-            .filter(|s| s.tag == q.tag)
-            .map(|s| s.key)
-            .filter(|k| q.keys.as_ref().is_none_or(|ks| ks.contains(k)))
+            .filter(|k| wanted.as_ref().is_none_or(|w| w.contains(k)))
             .collect();
         keys.sort();
         if let Some((after_key, _)) = &q.after {
@@ -922,8 +928,12 @@ mod tests {
                         .expect("put");
                 }
             }
-            let two = vec![("a".to_string(), Value::Long(1)), ("b".into(), Value::Long(2))];
-            s.put_points(dev, "power", &[(5, two.clone())]).expect("put");
+            let two = vec![
+                ("a".to_string(), Value::Long(1)),
+                ("b".into(), Value::Long(2)),
+            ];
+            s.put_points(dev, "power", &[(5, two.clone())])
+                .expect("put");
             s.put_points(other, "default", &[(5, two)]).expect("put");
             assert_eq!(s.series_count(dev), 10_002);
             assert_eq!(s.series_count(other), 2);
@@ -947,7 +957,8 @@ mod tests {
         let s = reopened.expect("reopen");
         assert_eq!(s.series_count(dev), 10_002);
         // A series retention emptied leaves the directory and the count; one with points stays.
-        s.delete_series_before(dev, "power", "a", 10).expect("delete");
+        s.delete_series_before(dev, "power", "a", 10)
+            .expect("delete");
         s.forget_series_if_empty(dev, "power", "a");
         s.forget_series_if_empty(dev, "power", "b");
         s.commit().await.expect("commit");
