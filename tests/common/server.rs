@@ -72,7 +72,7 @@ impl Server {
         let Some((http, mqtt_tls)) = found else {
             let _ = child.kill();
             let _ = child.wait();
-            panic!("corral did not report that it is running");
+            panic!("corral did not report that it is running: {startup_logs:?}");
         };
         Server {
             child,
