@@ -61,7 +61,7 @@ impl Default for RetentionConfig {
     }
 }
 
-/// `[limits]`: rates devices and clients may not exceed. 0 disables a limit.
+/// `[limits]`: rates and sizes devices and clients may not exceed. 0 disables a limit.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct LimitsConfig {
@@ -69,6 +69,13 @@ pub struct LimitsConfig {
     pub device_message_burst: u32,
     pub ip_connects_per_sec: u32,
     pub ip_connect_burst: u32,
+    /// Distinct telemetry keys one message may carry, across its points. Real devices send
+    /// tens to a few hundred; a message over it is refused whole (MQTT 5 PUBACK 0x99).
+    pub telemetry_keys_per_message: u32,
+    /// Distinct telemetry keys one device may have, each tag's keys counted. A message adding
+    /// keys past it is refused whole (MQTT 5 PUBACK 0x97); keys the device has stay accepted.
+    /// It bounds what one device's tag listing, latest values and aggregates must read.
+    pub telemetry_keys_per_device: u32,
 }
 
 /// `[credentials]`: device credential lifetimes.
@@ -257,6 +264,8 @@ impl Default for LimitsConfig {
             device_message_burst: 1000,
             ip_connects_per_sec: 100,
             ip_connect_burst: 1000,
+            telemetry_keys_per_message: 1000,
+            telemetry_keys_per_device: 10_000,
         }
     }
 }

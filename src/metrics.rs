@@ -46,6 +46,8 @@ pub struct Metrics {
     pub messages_in: Family<TransportLabel, Counter>,
     pub bytes_in: Family<TransportLabel, Counter>,
     pub points_stored: Counter,
+    /// Device messages refused, by reason: MQTT refusals (`bad_payload`, `rate_exceeded`, ...)
+    /// and, on every transport, the telemetry key caps (`too_many_keys`, `key_quota_exceeded`).
     pub publish_rejected: Family<ReasonLabel, Counter>,
     pub store_flushes: Counter,
     pub store_flush_seconds: Histogram,

@@ -111,6 +111,7 @@ impl Services {
                 events.clone(),
                 metrics.clone(),
                 router.clone(),
+                crate::data::keys::KeyGate::new(l),
             ),
             integrations: IntegrationService::new(
                 store.clone(),

@@ -3,9 +3,10 @@
 //! shared-attribute updates and server RPC, RPC replies, client RPC, claiming and (Corral's
 //! extension) conditions, with
 //! ThingsBoard's status codes: 400 bad body, 401 unknown token, 403 disabled device,
-//! 408 long-poll timeout, 429 over the device's message rate, and 413 for a body over the MQTT
-//! packet limit (`mqtt.max_packet_size`: a device may not send over HTTP what MQTT refuses). The
-//! token authenticates; no API key is involved.
+//! 408 long-poll timeout, 429 over the device's message rate, 413 for a body over the MQTT
+//! packet limit (`mqtt.max_packet_size`: a device may not send over HTTP what MQTT refuses),
+//! Corral's 422 with a `code` for telemetry over a key cap, and 507 when free disk space is
+//! below the store's reserve (nothing stored). The token authenticates; no API key is involved.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -20,7 +21,8 @@ use axum::routing::{get, post};
 use serde_json::{Value as Json, json};
 
 use crate::audit::Entry;
-use crate::data::Durability;
+use crate::data::keys::KeyRefusal;
+use crate::data::{Durability, IngestError};
 use crate::devices::credentials::{LoginAttempt, Refusal};
 use crate::devices::protocol::{self, AttributeRequest};
 use crate::model::{DEFAULT_TAG, Device};
@@ -183,22 +185,49 @@ fn rate(s: &Services, dev: &Device) -> DevResult<()> {
     }
 }
 
+/// A telemetry refusal with a stable code beside the message:
+/// `{"error": "...", "code": "too_many_keys" | "key_quota_exceeded"}`, or any `DevError`.
+struct TelemetryError(Result<KeyRefusal, DevError>);
+
+impl From<DevError> for TelemetryError {
+    fn from(e: DevError) -> Self {
+        TelemetryError(Err(e))
+    }
+}
+
+impl IntoResponse for TelemetryError {
+    fn into_response(self) -> Response {
+        match self.0 {
+            Ok(r) => (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                axum::Json(json!({"error": r.to_string(), "code": r.code()})),
+            )
+                .into_response(),
+            Err(e) => e.into_response(),
+        }
+    }
+}
+
 async fn store(
     s: &Services,
     token: &str,
     peer: Option<SocketAddr>,
     tag: &str,
     body: &[u8],
-) -> DevResult<StatusCode> {
+) -> Result<StatusCode, TelemetryError> {
     let dev = device(s, token, peer).await?;
     rate(s, &dev)?;
     protocol::check_tag(tag).map_err(|e| bad(e.to_string()))?;
     let t = crate::data::DataService::parse_telemetry(body).map_err(|e| bad(e.to_string()))?;
-    s.data
+    match s
+        .data
         .store_tagged(dev.id, tag, t, Durability::Durable)
         .await
-        .map_err(not_stored)?;
-    Ok(StatusCode::OK)
+    {
+        Ok(_) => Ok(StatusCode::OK),
+        Err(IngestError::Keys(r)) => Err(TelemetryError(Ok(r))),
+        Err(e) => Err(not_stored(e).into()),
+    }
 }
 
 async fn telemetry(
@@ -206,7 +235,7 @@ async fn telemetry(
     Peer(peer): Peer,
     axum::extract::Path(token): axum::extract::Path<String>,
     DevBody(body): DevBody,
-) -> DevResult<StatusCode> {
+) -> Result<StatusCode, TelemetryError> {
     store(&s, &token, peer, DEFAULT_TAG, &body).await
 }
 
@@ -215,7 +244,7 @@ async fn tagged_telemetry(
     Peer(peer): Peer,
     axum::extract::Path((token, tag)): axum::extract::Path<(String, String)>,
     DevBody(body): DevBody,
-) -> DevResult<StatusCode> {
+) -> Result<StatusCode, TelemetryError> {
     store(&s, &token, peer, &tag, &body).await
 }
 

@@ -1,5 +1,8 @@
-//! REST routes reading a device's telemetry back: raw ranges with cursor pagination and latest
-//! values (`/api/v1/devices/{id}/telemetry`, `/telemetry/latest`).
+//! REST routes reading telemetry back: raw ranges with cursor pagination, latest values,
+//! aggregates, tags, exports, retention and usage. Everything that reads the store at size
+//! runs on a blocking thread (`blocking`), never on the threads that serve requests, so one
+//! heavy query cannot hold up `/healthz` or another client; answers are bounded (pages,
+//! `too_many_buckets`, `too_many_series`) or streamed.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -12,9 +15,9 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 
 use super::error::{ApiError, ApiPath, ApiQuery, ErrorBody};
 use super::{ApiResult, page_limit};
-use crate::data::DEFAULT_WINDOW_MS;
 use crate::data::aggregate::{AggError, Bucket, boundaries, parse_interval, parse_tz};
 use crate::data::retention::{SweepReport, WorkspaceUsage};
+use crate::data::{DEFAULT_WINDOW_MS, TagsError};
 use crate::devices::registry::DeviceFilter;
 use crate::model::{DEFAULT_TAG, DeviceId, FleetId, Millis, Point, now_ms};
 use crate::services::Services;
@@ -33,6 +36,19 @@ pub fn routes() -> OpenApiRouter<Arc<Services>> {
         .routes(routes!(workspace_usage))
         .routes(routes!(store_usage))
 }
+
+/// Runs `f` on a blocking thread: store reads that grow with the data never run on the
+/// threads that serve requests.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> ApiResult<T> + Send + 'static,
+) -> ApiResult<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(ApiError::internal)?
+}
+
+/// Most distinct keys one tag listing answers with: ten devices at the default key cap.
+pub const MAX_LISTED_KEYS: usize = 100_000;
 
 /// Runs the retention sweep now (it also runs every `retention.sweep_interval_secs`).
 #[utoipa::path(post, path = "/retention/sweep", tag = "telemetry",
@@ -74,20 +90,25 @@ pub struct StoreUsage {
 #[utoipa::path(get, path = "/store/usage", tag = "telemetry",
     responses((status = 200, body = StoreUsage)))]
 async fn store_usage(State(s): State<Arc<Services>>) -> ApiResult<axum::Json<StoreUsage>> {
-    let wal = s.store.path().with_extension("wal");
-    let wal_bytes = std::fs::read_dir(&wal)
-        .map(|d| {
-            d.filter_map(Result::ok)
-                .filter_map(|e| e.metadata().ok())
-                .map(|m| m.len())
-                .sum()
+    // Walks the store's files: off the request threads.
+    let usage = blocking(move || {
+        let wal = s.store.path().with_extension("wal");
+        let wal_bytes = std::fs::read_dir(&wal)
+            .map(|d| {
+                d.filter_map(Result::ok)
+                    .filter_map(|e| e.metadata().ok())
+                    .map(|m| m.len())
+                    .sum()
+            })
+            .unwrap_or(0);
+        Ok(StoreUsage {
+            store_bytes: s.store.size_on_disk()?,
+            wal_bytes,
+            schema_version: s.store.schema_version()?,
         })
-        .unwrap_or(0);
-    Ok(axum::Json(StoreUsage {
-        store_bytes: s.store.size_on_disk()?,
-        wal_bytes,
-        schema_version: s.store.schema_version()?,
-    }))
+    })
+    .await?;
+    Ok(axum::Json(usage))
 }
 
 #[derive(Deserialize, IntoParams)]
@@ -140,24 +161,34 @@ async fn export(
             })
             .collect()
     };
-    let mut devices = Vec::new();
-    for d in ids(q.device_id.as_deref())? {
-        let dev = s.registry.device_record(DeviceId(d))?;
-        devices.push((dev.id, dev.name));
-    }
-    for f in ids(q.fleet_id.as_deref())? {
-        for id in fleet_devices(&s, FleetId(f))? {
-            if !devices.iter().any(|(d, _)| *d == id) {
-                devices.push((id, s.registry.device_record(id)?.name));
-            }
-        }
-    }
     if q.device_id.is_none() && q.fleet_id.is_none() {
         return Err(ApiError::bad_request(
             "invalid_query",
             "name devices (device_id) or fleets (fleet_id) to export",
         ));
     }
+    let (device_ids, fleet_ids) = (ids(q.device_id.as_deref())?, ids(q.fleet_id.as_deref())?);
+    // Whole fleets are read from the registry: off the request threads.
+    let s2 = s.clone();
+    let devices = blocking(move || {
+        let mut devices = Vec::new();
+        let mut seen = std::collections::HashSet::new();
+        for d in device_ids {
+            let dev = s2.registry.device_record(DeviceId(d))?;
+            if seen.insert(dev.id) {
+                devices.push((dev.id, dev.name));
+            }
+        }
+        for f in fleet_ids {
+            for id in fleet_devices(&s2, FleetId(f))? {
+                if seen.insert(id) {
+                    devices.push((id, s2.registry.device_record(id)?.name));
+                }
+            }
+        }
+        Ok(devices)
+    })
+    .await?;
     let spec = ExportSpec {
         devices,
         tags: split_keys(q.tags.as_deref()),
@@ -192,10 +223,20 @@ impl From<AggError> for ApiError {
             AggError::Interval(_) => "invalid_interval",
             AggError::TimeZone(_) => "invalid_tz",
             AggError::TooManyBuckets => "too_many_buckets",
+            AggError::TooManySeries { .. } => "too_many_series",
             AggError::Range => "invalid_range",
             AggError::Store(e) => return ApiError::internal(e),
         };
         ApiError::bad_request(code, e.to_string())
+    }
+}
+
+impl From<TagsError> for ApiError {
+    fn from(e: TagsError) -> Self {
+        match e {
+            TagsError::TooMany(_) => ApiError::bad_request("too_many_series", e.to_string()),
+            TagsError::Store(e) => ApiError::internal(e),
+        }
     }
 }
 
@@ -279,12 +320,12 @@ async fn device_aggregate(
     ApiPath(id): ApiPath<DeviceId>,
     ApiQuery(q): ApiQuery<AggregateParams>,
 ) -> ApiResult<axum::Json<AggregateResult>> {
-    s.registry.device_record(id)?;
-    let s2 = s.clone();
-    // A long range costs milliseconds of sled reads: off the async threads.
-    let mut r = tokio::task::spawn_blocking(move || run_aggregate(&s2, &[id], q))
-        .await
-        .map_err(ApiError::internal)??;
+    // A long range or many keys cost many sled reads: off the request threads.
+    let mut r = blocking(move || {
+        s.registry.device_record(id)?;
+        run_aggregate(&s, &[id], q)
+    })
+    .await?;
     r.device_id = Some(id);
     Ok(axum::Json(r))
 }
@@ -297,47 +338,74 @@ async fn fleet_aggregate(
     ApiPath(id): ApiPath<FleetId>,
     ApiQuery(q): ApiQuery<AggregateParams>,
 ) -> ApiResult<axum::Json<AggregateResult>> {
-    let s2 = s.clone();
-    let mut r = tokio::task::spawn_blocking(move || {
-        let devices = fleet_devices(&s2, id)?;
-        run_aggregate(&s2, &devices, q)
+    let mut r = blocking(move || {
+        let devices = fleet_devices(&s, id)?;
+        run_aggregate(&s, &devices, q)
     })
-    .await
-    .map_err(ApiError::internal)??;
+    .await?;
     r.fleet_id = Some(id);
     Ok(axum::Json(r))
 }
 
-/// Tags with their keys.
+/// Tags with their keys, sorted.
 #[derive(Serialize, Deserialize, ToSchema)]
 pub struct Tags {
     pub tags: BTreeMap<String, Vec<String>>,
 }
 
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct TagsParams {
+    /// Only this tag (default: every tag).
+    tag: Option<String>,
+}
+
+/// The tags (or the one named) of `devices` with their keys; at most `MAX_LISTED_KEYS`.
+fn list_tags(s: &Services, devices: &[DeviceId], tag: Option<String>) -> ApiResult<Tags> {
+    let tags = match tag {
+        None => s.data.tags(devices, MAX_LISTED_KEYS)?,
+        Some(t) => {
+            let keys = s.data.tag_keys(devices, &t, MAX_LISTED_KEYS)?;
+            if keys.is_empty() {
+                BTreeMap::new()
+            } else {
+                BTreeMap::from([(t, keys)])
+            }
+        }
+    };
+    Ok(Tags { tags })
+}
+
 #[utoipa::path(get, path = "/devices/{id}/tags", tag = "telemetry",
-    params(("id" = String, Path, description = "device id")),
-    responses((status = 200, body = Tags), (status = 404, body = ErrorBody)))]
+    params(("id" = String, Path, description = "device id"), TagsParams),
+    responses((status = 200, body = Tags), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
 async fn device_tags(
     State(s): State<Arc<Services>>,
     ApiPath(id): ApiPath<DeviceId>,
+    ApiQuery(q): ApiQuery<TagsParams>,
 ) -> ApiResult<axum::Json<Tags>> {
-    s.registry.device_record(id)?;
-    Ok(axum::Json(Tags {
-        tags: s.data.tags(&[id])?,
-    }))
+    let tags = blocking(move || {
+        s.registry.device_record(id)?;
+        list_tags(&s, &[id], q.tag)
+    })
+    .await?;
+    Ok(axum::Json(tags))
 }
 
 #[utoipa::path(get, path = "/fleets/{id}/tags", tag = "telemetry",
-    params(("id" = String, Path, description = "fleet id")),
-    responses((status = 200, body = Tags), (status = 404, body = ErrorBody)))]
+    params(("id" = String, Path, description = "fleet id"), TagsParams),
+    responses((status = 200, body = Tags), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
 async fn fleet_tags(
     State(s): State<Arc<Services>>,
     ApiPath(id): ApiPath<FleetId>,
+    ApiQuery(q): ApiQuery<TagsParams>,
 ) -> ApiResult<axum::Json<Tags>> {
-    let devices = fleet_devices(&s, id)?;
-    Ok(axum::Json(Tags {
-        tags: s.data.tags(&devices)?,
-    }))
+    let tags = blocking(move || {
+        let devices = fleet_devices(&s, id)?;
+        list_tags(&s, &devices, q.tag)
+    })
+    .await?;
+    Ok(axum::Json(tags))
 }
 
 #[derive(Debug, Clone, Copy, Default, Deserialize, ToSchema)]
@@ -407,7 +475,6 @@ async fn get_telemetry(
     ApiPath(id): ApiPath<DeviceId>,
     ApiQuery(q): ApiQuery<TelemetryParams>,
 ) -> ApiResult<axum::Json<TelemetryPage>> {
-    s.registry.device_record(id)?;
     let to = q.to.unwrap_or_else(now_ms);
     let from = q.from.unwrap_or(to.saturating_sub(DEFAULT_WINDOW_MS));
     if from > to {
@@ -426,7 +493,12 @@ async fn get_telemetry(
         limit: page_limit(q.limit)?,
         after: q.cursor.as_deref().map(decode_cursor).transpose()?,
     };
-    let page = s.data.raw(id, &query)?;
+    // A page holds at most `limit` points, but finding them reads the tag's directory.
+    let page = blocking(move || {
+        s.registry.device_record(id)?;
+        Ok(s.data.raw(id, &query)?)
+    })
+    .await?;
     Ok(axum::Json(TelemetryPage {
         device_id: id,
         tag,
@@ -460,14 +532,17 @@ async fn get_latest(
     ApiPath(id): ApiPath<DeviceId>,
     ApiQuery(q): ApiQuery<LatestParams>,
 ) -> ApiResult<axum::Json<LatestValues>> {
-    s.registry.device_record(id)?;
     let tag = q.tag.unwrap_or_else(|| DEFAULT_TAG.to_string());
     let keys = split_keys(q.keys.as_deref());
-    let data = s
-        .data
-        .latest(id, &tag, keys.as_deref())?
-        .into_iter()
-        .collect();
+    let t = tag.clone();
+    // One read per key, up to the device's key cap: off the request threads.
+    let data = blocking(move || {
+        s.registry.device_record(id)?;
+        Ok(s.data.latest(id, &t, keys.as_deref())?)
+    })
+    .await?
+    .into_iter()
+    .collect();
     Ok(axum::Json(LatestValues {
         device_id: id,
         tag,

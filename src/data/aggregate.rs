@@ -16,6 +16,9 @@ pub const MINUTE_MS: Millis = 60_000;
 pub const DAY_MS: Millis = 86_400_000;
 /// Most buckets one query may return.
 pub const MAX_BUCKETS: usize = 10_000;
+/// Most keys × buckets one answer may hold (about 13 MB of JSON): ten keys at the most
+/// buckets, or every key of a device at its default cap over ten buckets.
+pub const MAX_CELLS: usize = 100_000;
 
 /// Why an aggregate query was refused; the message is safe to return.
 #[derive(Debug, thiserror::Error)]
@@ -26,6 +29,9 @@ pub enum AggError {
     TimeZone(String),
     #[error("the range holds more than {MAX_BUCKETS} buckets; use a longer interval")]
     TooManyBuckets,
+    /// Keys (`None`: more than fit) × buckets over `MAX_CELLS`.
+    #[error("{} keys × {buckets} buckets is more than {MAX_CELLS} per answer; name fewer keys (keys=) or use a longer interval", keys.map_or_else(|| "so many".to_string(), |k| k.to_string()))]
+    TooManySeries { keys: Option<usize>, buckets: usize },
     #[error("from must not be after to")]
     Range,
     #[error(transparent)]

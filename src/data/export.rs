@@ -3,6 +3,8 @@
 //! series and hands 64 KiB chunks through a bounded channel, so memory stays constant however
 //! large the export and a client that stops reading stops the producer.
 
+use std::collections::HashSet;
+
 use bytes::Bytes;
 use serde_json::json;
 use tokio::sync::mpsc;
@@ -53,13 +55,26 @@ pub struct ExportSpec {
 
 pub const CSV_HEADER: &str = "device_id,device,tag,key,ts,time,value\n";
 
+/// Writes one CSV field (RFC 4180): quoted when it holds a comma, a quote, CR or LF, with
+/// quotes doubled. Other control characters (NUL, escapes, DEL, C1; a string value may hold
+/// any, and keys stored before they were refused may too) have no CSV form and break the
+/// tools that read it: each becomes U+FFFD. Tabs stay.
 fn csv_field(out: &mut Vec<u8>, s: &str) {
-    if s.contains([',', '"', '\n', '\r']) {
+    let quote = s.contains([',', '"', '\n', '\r']);
+    if quote {
         out.push(b'"');
-        out.extend_from_slice(s.replace('"', "\"\"").as_bytes());
+    }
+    let mut utf8 = [0u8; 4];
+    for c in s.chars() {
+        match c {
+            '"' => out.extend_from_slice(b"\"\""),
+            '\t' | '\n' | '\r' => out.push(c as u8),
+            c if c.is_control() => out.extend_from_slice("\u{fffd}".as_bytes()),
+            c => out.extend_from_slice(c.encode_utf8(&mut utf8).as_bytes()),
+        }
+    }
+    if quote {
         out.push(b'"');
-    } else {
-        out.extend_from_slice(s.as_bytes());
     }
 }
 
@@ -111,11 +126,13 @@ fn produce(
         Format::Csv => buf.extend_from_slice(CSV_HEADER.as_bytes()),
         Format::Json => buf.push(b'['),
     }
+    let tags: Option<HashSet<&String>> = spec.tags.as_ref().map(|t| t.iter().collect());
+    let keys: Option<HashSet<&String>> = spec.keys.as_ref().map(|k| k.iter().collect());
     for (device, name) in &spec.devices {
         let mut series = store.device_series(*device)?;
         series.retain(|s| {
-            spec.tags.as_ref().is_none_or(|t| t.contains(&s.tag))
-                && spec.keys.as_ref().is_none_or(|k| k.contains(&s.key))
+            tags.as_ref().is_none_or(|t| t.contains(&s.tag))
+                && keys.as_ref().is_none_or(|k| k.contains(&s.key))
         });
         series.sort();
         let id = device.to_string();
@@ -173,5 +190,25 @@ mod tests {
             "plain|\"a,\"\"b\"\"\""
         );
         assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
+    }
+
+    #[test]
+    fn csv_fields_carry_no_raw_control_characters() {
+        let field = |s: &str| {
+            let mut out = Vec::new();
+            csv_field(&mut out, s);
+            String::from_utf8(out).expect("utf8")
+        };
+        assert_eq!(field("a\0b"), "a\u{fffd}b");
+        assert_eq!(
+            field("\x1b[31mred\x7f\u{85}"),
+            "\u{fffd}[31mred\u{fffd}\u{fffd}"
+        );
+        // Line breaks are legal inside a quoted field; tabs need nothing.
+        assert_eq!(field("two\r\nlines"), "\"two\r\nlines\"");
+        assert_eq!(field("a\tb"), "a\tb");
+        assert_eq!(field("say \"hi\"\0"), "\"say \"\"hi\"\"\u{fffd}\"");
+        assert_eq!(field("x,\"y\"\0"), "\"x,\"\"y\"\"\u{fffd}\"");
+        assert_eq!(field("température ✓"), "température ✓");
     }
 }

@@ -1,26 +1,42 @@
-//! The data service: ingesting device telemetry (parse, store, make durable, announce) and
-//! reading it back (raw ranges, latest values, tags); aggregation is in `aggregate`.
+//! The data service: ingesting device telemetry (parse, check the key caps, store, make
+//! durable, announce) and reading it back (raw ranges, latest values, tags); aggregation is in
+//! `aggregate`, the key caps in `keys`. Reads here are blocking: REST handlers call them on
+//! blocking threads.
 
 pub mod aggregate;
 pub mod export;
+pub mod keys;
 pub mod retention;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use crate::devices::protocol::{self, PayloadError, Telemetry};
 use crate::events::{Event, EventBus};
 use crate::integrations::Router;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, ReasonLabel};
 use crate::model::{DEFAULT_TAG, DeviceId, Millis, Point, now_ms};
 use crate::store::{PointsOp, RawPage, RawQuery, SeriesKey, Store, StoreError};
+use keys::{GateError, KeyGate, KeyRefusal};
 
 #[derive(Debug, thiserror::Error)]
 pub enum IngestError {
     #[error(transparent)]
     Payload(#[from] PayloadError),
+    /// Over a key cap: nothing of the message is stored.
+    #[error(transparent)]
+    Keys(#[from] KeyRefusal),
     #[error(transparent)]
     Store(#[from] StoreError),
+}
+
+impl From<GateError> for IngestError {
+    fn from(e: GateError) -> Self {
+        match e {
+            GateError::Refused(r) => IngestError::Keys(r),
+            GateError::Store(e) => IngestError::Store(e),
+        }
+    }
 }
 
 /// Whether the caller needs the data on disk before it answers (QoS 1, HTTP 200) or not (QoS 0).
@@ -37,15 +53,23 @@ pub struct DataService {
     metrics: Arc<Metrics>,
     /// Integration queues a message goes to, resolved before it is logged.
     router: Arc<Router>,
+    keys: KeyGate,
 }
 
 impl DataService {
-    pub fn new(store: Store, events: EventBus, metrics: Arc<Metrics>, router: Arc<Router>) -> Self {
+    pub fn new(
+        store: Store,
+        events: EventBus,
+        metrics: Arc<Metrics>,
+        router: Arc<Router>,
+        keys: KeyGate,
+    ) -> Self {
         Self {
             store,
             events,
             metrics,
             router,
+            keys,
         }
     }
 
@@ -90,6 +114,21 @@ impl DataService {
         if telemetry.is_empty() {
             return Ok(0);
         }
+        // Held until the points are stored, when the store's series count includes them.
+        let _reservation = self
+            .keys
+            .admit(&self.store, device, tag, &telemetry)
+            .map_err(IngestError::from)
+            .inspect_err(|e| {
+                if let IngestError::Keys(r) = e {
+                    // Counted here, once for every transport.
+                    self.metrics
+                        .publish_rejected
+                        .get_or_create(&ReasonLabel { reason: r.code() })
+                        .inc();
+                    tracing::info!(device = %device, error = %r, "telemetry refused by a key cap");
+                }
+            })?;
         // The matching integrations' queue entries go into the same logged record, so an
         // acknowledged message is in its queues whenever it is in the store.
         let queue = self.router.data(device, tag, &telemetry);
@@ -130,21 +169,48 @@ impl DataService {
         self.store.device_series(device)
     }
 
-    /// The tags of the given devices with their keys, merged.
-    pub fn tags(&self, devices: &[DeviceId]) -> Result<BTreeMap<String, Vec<String>>, StoreError> {
-        let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    /// The tags of the given devices with their keys, merged and sorted. Linear in the
+    /// series read (each merged into ordered sets); `Err(TooMany)` once more than `max`
+    /// distinct keys are found, so a request's work and answer stay bounded.
+    pub fn tags(
+        &self,
+        devices: &[DeviceId],
+        max: usize,
+    ) -> Result<BTreeMap<String, Vec<String>>, TagsError> {
+        let mut sets: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+        let mut n = 0;
         for d in devices {
             for s in self.store.device_series(*d)? {
-                let keys = out.entry(s.tag).or_default();
-                if !keys.contains(&s.key) {
-                    keys.push(s.key);
+                if sets.entry(s.tag).or_default().insert(s.key) {
+                    n += 1;
+                    if n > max {
+                        return Err(TagsError::TooMany(max));
+                    }
                 }
             }
         }
-        for keys in out.values_mut() {
-            keys.sort();
+        Ok(sets
+            .into_iter()
+            .map(|(tag, keys)| (tag, keys.into_iter().collect()))
+            .collect())
+    }
+
+    /// The keys of one tag across the given devices, sorted, at most `max` of them.
+    pub fn tag_keys(
+        &self,
+        devices: &[DeviceId],
+        tag: &str,
+        max: usize,
+    ) -> Result<Vec<String>, TagsError> {
+        let mut keys = BTreeSet::new();
+        for d in devices {
+            for k in self.store.tag_keys(*d, tag)? {
+                if keys.insert(k) && keys.len() > max {
+                    return Err(TagsError::TooMany(max));
+                }
+            }
         }
-        Ok(out)
+        Ok(keys.into_iter().collect())
     }
 
     /// Aggregates; see `aggregate::aggregate`. `keys` defaults to every key of the tag.
@@ -157,12 +223,40 @@ impl DataService {
         from: Millis,
         to: Millis,
     ) -> Result<BTreeMap<String, Vec<aggregate::Bucket>>, aggregate::AggError> {
+        let buckets = bounds.len().saturating_sub(1).max(1);
+        // The answer holds keys × buckets cells: refuse before reading what it cannot hold.
+        let max_keys = aggregate::MAX_CELLS / buckets;
         let keys = match keys {
-            Some(k) => k,
-            None => self.tags(devices)?.remove(tag).unwrap_or_default(),
+            Some(mut k) => {
+                k.sort();
+                k.dedup();
+                k
+            }
+            None => self.tag_keys(devices, tag, max_keys).map_err(|e| match e {
+                TagsError::TooMany(_) => aggregate::AggError::TooManySeries {
+                    keys: None,
+                    buckets,
+                },
+                TagsError::Store(e) => aggregate::AggError::Store(e),
+            })?,
         };
+        if keys.len() > max_keys {
+            return Err(aggregate::AggError::TooManySeries {
+                keys: Some(keys.len()),
+                buckets,
+            });
+        }
         aggregate::aggregate(&self.store, devices, tag, &keys, bounds, from, to)
     }
+}
+
+/// Why a tag listing was not answered.
+#[derive(Debug, thiserror::Error)]
+pub enum TagsError {
+    #[error("more than {0} distinct keys; list one tag at a time (tag=)")]
+    TooMany(usize),
+    #[error(transparent)]
+    Store(#[from] StoreError),
 }
 
 /// Default time window of a raw query when `from` is not given: the last 24 hours.

@@ -1,6 +1,8 @@
 //! Retention: telemetry older than a workspace's `retention_days` (or the configured default)
-//! is deleted by a periodic sweep, with its rollups; and disk usage per workspace (points and
-//! an estimate of bytes, read from the rollups rather than the points) and for the store.
+//! is deleted by a periodic sweep, with its rollups, and a series left without points leaves
+//! the device's directory (so it no longer lists or counts against the key cap); and disk
+//! usage per workspace (points and an estimate of bytes, read from the rollups rather than the
+//! points) and for the store.
 
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -21,6 +23,8 @@ pub struct SweepReport {
     pub workspaces: usize,
     pub devices: usize,
     pub points_deleted: u64,
+    /// Series left without points, removed from their device's keys.
+    pub series_emptied: u64,
     pub took_ms: u64,
 }
 
@@ -68,6 +72,11 @@ pub fn sweep(
                 for s in store.device_series(d)? {
                     report.points_deleted +=
                         store.delete_series_before(d, &s.tag, &s.key, cutoff)?;
+                    if store.series_is_empty(d, &s.tag, &s.key)? {
+                        // Checked again on the writer thread, where no point can slip in.
+                        store.forget_series_if_empty(d, &s.tag, &s.key);
+                        report.series_emptied += 1;
+                    }
                 }
             }
         }

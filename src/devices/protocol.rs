@@ -33,6 +33,10 @@ pub const DEVICE_FILTERS: &[&str] = &[
 /// Longest telemetry key, in bytes (keys are length-prefixed with one byte in the store).
 pub const MAX_KEY_LEN: usize = 255;
 
+/// Latest accepted `ts`: 9999-12-31T23:59:59.999Z, the last instant a calendar date (and
+/// RFC 3339 in exports) can show. The earliest is the epoch: a negative time is a device bug.
+pub const MAX_TS: Millis = 253_402_300_799_999;
+
 /// Prefix of Corral's tagged telemetry topic, `v1/devices/me/telemetry/{tag}`: the same
 /// payloads as the ThingsBoard topic, stored under the named tag instead of `default`.
 pub const TAGGED_TELEMETRY_PREFIX: &str = "v1/devices/me/telemetry/";
@@ -165,11 +169,11 @@ pub enum PayloadError {
         "telemetry must be a JSON object, an array of objects, or {{\"ts\":..,\"values\":{{..}}}}"
     )]
     Shape,
-    #[error("\"ts\" must be an integer number of milliseconds")]
+    #[error("\"ts\" must be an integer number of milliseconds from 1970 to 9999")]
     BadTs,
     #[error("\"values\" must be a JSON object")]
     BadValues,
-    #[error("keys must be 1 to {MAX_KEY_LEN} bytes")]
+    #[error("keys must be 1 to {MAX_KEY_LEN} bytes without control characters")]
     BadKey,
     #[error("tags are 1 to {MAX_TAG_LEN} of A-Z a-z 0-9 _ - .")]
     BadTag,
@@ -210,6 +214,7 @@ fn parse_item(
         let ts = obj
             .get("ts")
             .and_then(Json::as_i64)
+            .filter(|ts| (0..=MAX_TS).contains(ts))
             .ok_or(PayloadError::BadTs)?;
         let Some(Json::Object(values)) = obj.remove("values") else {
             return Err(PayloadError::BadValues);
@@ -269,7 +274,9 @@ pub fn parse_attribute_request(payload: &[u8]) -> AttributeRequest {
 pub fn parse_values(obj: Map<String, Json>) -> Result<Vec<(String, Value)>, PayloadError> {
     let mut out = Vec::with_capacity(obj.len());
     for (k, v) in obj {
-        if k.is_empty() || k.len() > MAX_KEY_LEN {
+        // Control characters (NUL, newlines, escapes) in a key only break what reads it back:
+        // CSV exports, terminals, logs.
+        if k.is_empty() || k.len() > MAX_KEY_LEN || k.chars().any(char::is_control) {
             return Err(PayloadError::BadKey);
         }
         if let Some(v) = typed(v) {
@@ -383,6 +390,33 @@ mod tests {
         assert_eq!(p(r#"{"":1}"#), Err(PayloadError::BadKey));
         let long = format!(r#"{{"{}":1}}"#, "k".repeat(256));
         assert_eq!(p(&long), Err(PayloadError::BadKey));
+        for key in [r"a\u0000b", r"a\nb", r"\u001b[31m", r"x\u007f", r"x\u0085"] {
+            assert_eq!(
+                p(&format!(r#"{{"{key}":1}}"#)),
+                Err(PayloadError::BadKey),
+                "{key}"
+            );
+        }
+        assert!(
+            p(r#"{"température ✓":1}"#).is_ok(),
+            "non-ASCII keys stay fine"
+        );
+        for ts in [
+            "-1",
+            "-1700000000000",
+            "253402300800000",
+            "9223372036854775807",
+        ] {
+            assert_eq!(
+                p(&format!(r#"{{"ts":{ts},"values":{{"t":1}}}}"#)),
+                Err(PayloadError::BadTs),
+                "{ts}"
+            );
+        }
+        assert!(
+            p(r#"{"ts":0,"values":{"t":1}}"#).is_ok(),
+            "the epoch itself is a time"
+        );
         assert_eq!(p("{}"), Ok(vec![]));
     }
 

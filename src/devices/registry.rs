@@ -565,7 +565,9 @@ impl Registry {
     pub async fn delete_device(&self, id: DeviceId) -> Result<()> {
         let dev = self.device_record(id)?;
         self.store.delete_device(&dev)?;
-        self.store.delete_device_telemetry(dev.id)?;
+        self.store
+            .delete_device_telemetry_off_thread(dev.id)
+            .await?;
         self.store.delete_owner_attributes(dev.id.as_bytes())?;
         self.store.delete_device_jobs(dev.id)?;
         self.store.delete_device_connections(dev.id)?;

@@ -1,7 +1,8 @@
 //! One device connection over MQTT: CONNECT (connection rate, provisioning sessions, the login
 //! decision with ThingsBoard's refusal codes of thingsboard-device-api.md §2, the client id
 //! policy, taking over an older session), PUBLISH dispatch with PUBACK after the data is
-//! durable and reason codes for everything refused (other devices' topics, rate, payload),
+//! durable and reason codes for everything refused (other devices' topics, rate, payload,
+//! telemetry key caps),
 //! SUBSCRIBE grants confined to the session's own topics, server-initiated close, and
 //! presence bookkeeping for the connection's lifetime.
 
@@ -14,7 +15,8 @@ use rustls::pki_types::CertificateDer;
 
 use crate::audit::Entry;
 use crate::config::ClientIdPolicy;
-use crate::data::{DataService, Durability};
+use crate::data::keys::KeyRefusal;
+use crate::data::{DataService, Durability, IngestError};
 use crate::devices::credentials::{LoginAttempt, PROVISION_USERNAME, Refusal};
 use crate::devices::presence::Liveness;
 use crate::devices::protocol::{self, DeviceTopic, PROVISION_RESPONSE_TOPIC, RPC_RESPONSE_PREFIX};
@@ -39,6 +41,8 @@ pub enum MqttErr {
     NotAuthorized,
     #[error("message rate limit exceeded")]
     RateExceeded,
+    #[error("telemetry refused: {0}")]
+    KeyLimit(String),
     #[error("protocol error")]
     Protocol,
 }
@@ -517,6 +521,8 @@ enum Outcome {
     RateExceeded,
     /// Far over the rate: end the session (v5 DISCONNECT 0x96).
     RateAbuse,
+    /// Over a telemetry key cap (`limits.telemetry_keys_per_*`): nothing stored.
+    KeyLimit(KeyRefusal),
     Storage,
 }
 
@@ -596,6 +602,8 @@ async fn handle_publish(
                 .await
             {
                 Ok(_) => Outcome::Stored,
+                // Counted and logged by the data service, for every transport.
+                Err(IngestError::Keys(r)) => Outcome::KeyLimit(r),
                 Err(e) => {
                     reject("storage");
                     tracing::error!(device = %d.id, error = %e, "telemetry not stored");
@@ -730,6 +738,8 @@ pub async fn publish_v3(s: &v3::Session<DeviceSession>, p: v3::Publish) -> Resul
         Outcome::NotAuthorized => Err(MqttErr::NotAuthorized),
         // TB closes a 3.1.1 session on a bad payload (§4); the client learns from the close.
         Outcome::BadPayload(e) => Err(MqttErr::BadPayload(e)),
+        // Refused as a bad payload is: without a negative PUBACK, only the close tells.
+        Outcome::KeyLimit(r) => Err(MqttErr::KeyLimit(r.to_string())),
         // Not reached for 3.1.1 (it waits instead), but never acknowledge unstored data.
         Outcome::RateExceeded | Outcome::RateAbuse => Err(MqttErr::RateExceeded),
         // No PUBACK: the client keeps the message and sends it again after reconnecting.
@@ -764,6 +774,16 @@ pub async fn publish_v5(
             v5::PublishAck::new(R::NotAuthorized).reason("not one of this session's topics".into())
         }
         Outcome::BadPayload(e) => v5::PublishAck::new(R::PayloadFormatInvalid).reason(e.into()),
+        // 0x99 for too many keys in one message: PUBACK has no "too large" code (0x95 is
+        // DISCONNECT only), and the message itself is what must change. 0x97 for the device's
+        // cap: a quota, which only an operator (or retention) frees.
+        Outcome::KeyLimit(r) => {
+            let code = match r {
+                KeyRefusal::TooManyInMessage { .. } => R::PayloadFormatInvalid,
+                KeyRefusal::DeviceCap { .. } => R::QuotaExceeded,
+            };
+            v5::PublishAck::new(code).reason(r.to_string().into())
+        }
         Outcome::RateExceeded => v5::PublishAck::new(R::QuotaExceeded)
             .reason("message rate limit exceeded; not stored".into()),
         Outcome::RateAbuse => {

@@ -140,6 +140,8 @@ pub struct Db {
     /// Maps each to the timestamp of its newest point, which decides whether a point extends
     /// its hour's rollup or makes it dirty.
     known_series: std::sync::Mutex<std::collections::HashMap<Vec<u8>, telemetry::LastPoint>>,
+    /// Series per device, for the key cap (see `telemetry::SeriesCounts`).
+    series_counts: telemetry::SeriesCounts,
     /// The integration queues' sequence counter and live counters.
     queues: integrations::Queues,
     /// The flush generation last written into `meta` (see `guard`). Locked while it is bumped
@@ -358,6 +360,7 @@ impl Store {
             path: path.to_path_buf(),
             trees,
             known_series: Default::default(),
+            series_counts: Default::default(),
             queues: Default::default(),
             generation: std::sync::Mutex::new(
                 generation.max(state.as_ref().map_or(0, |s| s.generation)),
@@ -379,6 +382,7 @@ impl Store {
         db.init_queues()?;
         let (wal, replayed) =
             wal::Wal::open_and_replay(&guard::wal_path(path), &db, opts.accept_data_loss)?;
+        db.count_series()?;
         if replayed > 0 {
             tracing::info!(
                 records = replayed,

@@ -3,7 +3,9 @@
 //! `series` holds `device ‖ tag ‖ key → ()`, the directory of a device's series, written only
 //! when a series first appears so that ingest costs one write per value; `rollup_h` holds
 //! `device ‖ tag ‖ key ‖ hour → Agg`, hourly count/sum/min/max maintained on ingest, so that an
-//! aggregate over 30 days reads 720 records instead of 43,200 points.
+//! aggregate over 30 days reads 720 records instead of 43,200 points. How many series each
+//! device has is kept in memory (`SeriesCounts`: counted from `series` at open, kept by the
+//! writer thread), so that the per-device key cap costs no scan per message.
 //!
 //! Rollups stay exact: a point newer than its series' last point adds to its hour; a point at
 //! the same millisecond replaces the last one, whose value is remembered, so the hour trades
@@ -226,6 +228,32 @@ pub struct RawPage {
 /// Series remembered as registered; past this the memory is given back and relearnt.
 const SERIES_CACHE_MAX: usize = 1 << 20;
 
+/// How many series (keys, across tags) each device has in the `series` directory. Counted once
+/// at open, then kept exact by the only places that change the directory: the writer thread
+/// registering a series, a device's deletion, and the removal of a series retention emptied.
+#[derive(Debug, Default)]
+pub struct SeriesCounts(std::sync::Mutex<HashMap<DeviceId, usize>>);
+
+impl SeriesCounts {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<DeviceId, usize>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn add(&self, device: DeviceId) {
+        *self.lock().entry(device).or_default() += 1;
+    }
+
+    fn remove_one(&self, device: DeviceId) {
+        let mut m = self.lock();
+        if let Some(n) = m.get_mut(&device) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                m.remove(&device);
+            }
+        }
+    }
+}
+
 fn series_prefix(device: DeviceId, tag: &str) -> Vec<u8> {
     let mut k = device.as_bytes().to_vec();
     push_str(&mut k, tag);
@@ -287,6 +315,7 @@ impl Db {
                             }
                         } else {
                             t.series.insert(k.as_slice(), &[])?;
+                            self.series_counts.add(device);
                         }
                         if known.len() >= SERIES_CACHE_MAX {
                             known.clear();
@@ -434,6 +463,85 @@ impl Db {
         Ok(out)
     }
 
+    /// Counts every device's series from the directory. Run at open, after the log is
+    /// replayed and before the writer thread starts, so nothing registers series meanwhile.
+    pub(super) fn count_series(&self) -> Result<()> {
+        let mut counts: HashMap<DeviceId, usize> = HashMap::new();
+        for kv in self.trees().series.iter().keys() {
+            let k = kv?;
+            let device = DeviceId::from_slice(k.get(..16).ok_or_else(|| corrupt("series key"))?)
+                .ok_or_else(|| corrupt("series key"))?;
+            *counts.entry(device).or_default() += 1;
+        }
+        *self.series_counts.lock() = counts;
+        Ok(())
+    }
+
+    /// How many series (keys, across its tags) the device has: from memory, no scan.
+    pub fn series_count(&self, device: DeviceId) -> usize {
+        self.series_counts.lock().get(&device).copied().unwrap_or(0)
+    }
+
+    /// Whether the device has this series (one lookup).
+    pub fn has_series(&self, device: DeviceId, tag: &str, key: &str) -> Result<bool> {
+        Ok(self
+            .trees()
+            .series
+            .contains_key(series_key(device, tag, key))?)
+    }
+
+    /// The keys a device has under one tag, in the directory's order (by length, then bytes).
+    pub fn tag_keys(&self, device: DeviceId, tag: &str) -> Result<Vec<String>> {
+        let prefix = series_prefix(device, tag);
+        let mut out = Vec::new();
+        for kv in self.trees().series.scan_prefix(&prefix).keys() {
+            let k = kv?;
+            let mut pos = prefix.len();
+            out.push(
+                read_str(&k, &mut pos)
+                    .ok_or_else(|| corrupt("series key"))?
+                    .to_string(),
+            );
+        }
+        Ok(out)
+    }
+
+    /// Whether a series holds no point (one seek).
+    pub fn series_is_empty(&self, device: DeviceId, tag: &str, key: &str) -> Result<bool> {
+        let series = series_key(device, tag, key);
+        Ok(self
+            .trees()
+            .ts
+            .scan_prefix(&series)
+            .next()
+            .transpose()?
+            .is_none())
+    }
+
+    /// Removes a series from the directory once retention has emptied it, so that it no
+    /// longer lists or counts against the device's key cap. Must run on the writer thread:
+    /// there no point can arrive between the check and the removal, and the writer's memory
+    /// of registered series is corrected with it.
+    fn forget_series_if_empty(&self, device: DeviceId, tag: &str, key: &str) -> Result<bool> {
+        let t = self.trees();
+        let series = series_key(device, tag, key);
+        if t.ts.scan_prefix(&series).next().is_some() || !t.series.contains_key(&series)? {
+            return Ok(false);
+        }
+        let mut rollups = sled::Batch::default();
+        for k in t.rollup_h.scan_prefix(&series).keys() {
+            rollups.remove(k?);
+        }
+        t.rollup_h.apply_batch(rollups)?;
+        t.series.remove(&series)?;
+        self.known_series
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&series);
+        self.series_counts.remove_one(device);
+        Ok(true)
+    }
+
     /// Every series (tag, key) a device has.
     pub fn device_series(&self, device: DeviceId) -> Result<Vec<SeriesKey>> {
         let mut out = Vec::new();
@@ -457,26 +565,27 @@ impl Db {
         tag: &str,
         keys: Option<&[String]>,
     ) -> Result<Vec<(String, Point)>> {
-        let prefix = series_prefix(device, tag);
         let t = self.trees();
-        let mut out = Vec::new();
-        for kv in t.series.scan_prefix(&prefix) {
-            let (series, _) = kv?;
-            let mut pos = prefix.len();
-            let key = read_str(&series, &mut pos).ok_or_else(|| corrupt("series key"))?;
-            if keys.is_some_and(|ks| !ks.iter().any(|x| x == key)) {
-                continue;
-            }
+        // Named keys are looked up one by one; otherwise the tag's directory is read once.
+        let keys = match keys {
+            Some(ks) => ks
+                .iter()
+                // Longer keys cannot be stored (and would be cut to another key's name).
+                .filter(|k| k.len() <= 255)
+                .collect::<std::collections::BTreeSet<_>>()
+                .into_iter()
+                .cloned()
+                .collect(),
+            None => self.tag_keys(device, tag)?,
+        };
+        let mut out = Vec::with_capacity(keys.len());
+        for key in keys {
+            let series = series_key(device, tag, &key);
             if let Some(kv) = t.ts.scan_prefix(&series).next_back() {
                 let (k, v) = kv?;
                 let ts = ts_from(&k[series.len()..]).ok_or_else(|| corrupt("ts key"))?;
-                out.push((
-                    key.to_string(),
-                    Point {
-                        ts,
-                        value: decode_value(&v)?,
-                    },
-                ));
+                let value = decode_value(&v)?;
+                out.push((key, Point { ts, value }));
             }
         }
         Ok(out)
@@ -484,12 +593,11 @@ impl Db {
 
     /// Raw points in a time range, paginated across keys in key-name order.
     pub fn raw(&self, device: DeviceId, q: &RawQuery) -> Result<RawPage> {
+        let wanted: Option<HashSet<&String>> = q.keys.as_ref().map(|ks| ks.iter().collect());
         let mut keys: Vec<String> = self
-            .device_series(device)?
+            .tag_keys(device, &q.tag)?
             .into_iter()
-            .filter(|s| s.tag == q.tag)
-            .map(|s| s.key)
-            .filter(|k| q.keys.as_ref().is_none_or(|ks| ks.contains(k)))
+            .filter(|k| wanted.as_ref().is_none_or(|w| w.contains(k)))
             .collect();
         keys.sort();
         if let Some((after_key, _)) = &q.after {
@@ -633,6 +741,7 @@ impl Db {
 
     /// Removes every point and series of a device, in bounded batches.
     pub fn delete_device_telemetry(&self, device: DeviceId) -> Result<()> {
+        self.series_counts.lock().remove(&device);
         self.known_series
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -655,7 +764,34 @@ impl Db {
                 tree.apply_batch(batch)?;
             }
         }
+        // A message in flight while the device was deleted may have registered a series
+        // meanwhile; the device is gone, so its count goes too.
+        self.series_counts.lock().remove(&device);
         Ok(())
+    }
+}
+
+impl super::Store {
+    /// As `Db::delete_device_telemetry`, on a blocking thread: a device can hold millions of
+    /// points, and deleting them must not hold up a thread that serves requests.
+    pub async fn delete_device_telemetry_off_thread(&self, device: DeviceId) -> Result<()> {
+        let store = self.clone();
+        tokio::task::spawn_blocking(move || store.delete_device_telemetry(device))
+            .await
+            // Only a runtime shutting down cancels a blocking task.
+            .map_err(|_| StoreError::Closed)?
+    }
+
+    /// Queues, on the writer thread, the removal of a series retention has emptied (see
+    /// `Db::forget_series_if_empty`); durable with the next checkpoint. Losing it in a crash
+    /// only leaves an empty series listed until the next sweep.
+    pub fn forget_series_if_empty(&self, device: DeviceId, tag: &str, key: &str) {
+        let (tag, key) = (tag.to_string(), key.to_string());
+        self.pipeline.apply_later(move |db| {
+            if let Err(e) = db.forget_series_if_empty(device, &tag, &key) {
+                tracing::error!(device = %device, error = %e, "cannot remove an emptied series");
+            }
+        });
     }
 }
 
@@ -762,6 +898,80 @@ mod tests {
                 .series
                 .is_empty()
         );
+    }
+
+    #[tokio::test]
+    async fn series_counts_follow_the_directory_at_the_default_cap() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("db");
+        let open = || {
+            crate::store::Store::open(
+                &path,
+                crate::store::StoreOptions {
+                    cache_capacity_bytes: 8 << 20,
+                    group_commit_delay: std::time::Duration::ZERO,
+                },
+                std::sync::Arc::new(crate::metrics::Metrics::new()),
+            )
+        };
+        let (dev, other) = (DeviceId::new(), DeviceId::new());
+        {
+            let s = open().expect("open");
+            // 10,000 keys (the default cap) in one tag, two more in another, each written twice.
+            for round in 0..2 {
+                for chunk in (0..10_000).collect::<Vec<_>>().chunks(2_000) {
+                    let values = chunk
+                        .iter()
+                        .map(|i| (format!("k{i}"), Value::Long(round)))
+                        .collect();
+                    s.put_points(dev, "default", &[(1000 + round, values)])
+                        .expect("put");
+                }
+            }
+            let two = vec![
+                ("a".to_string(), Value::Long(1)),
+                ("b".into(), Value::Long(2)),
+            ];
+            s.put_points(dev, "power", &[(5, two.clone())])
+                .expect("put");
+            s.put_points(other, "default", &[(5, two)]).expect("put");
+            assert_eq!(s.series_count(dev), 10_002);
+            assert_eq!(s.series_count(other), 2);
+            let keys = s.tag_keys(dev, "default").expect("keys");
+            assert_eq!(keys.len(), 10_000);
+            let distinct: HashSet<&String> = keys.iter().collect();
+            assert_eq!(distinct.len(), 10_000);
+            assert!(s.has_series(dev, "power", "a").expect("lookup"));
+            assert!(!s.has_series(dev, "default", "a").expect("lookup"));
+            s.flush_now().expect("flush");
+        }
+        // Counted again from the directory at open (once the writer thread has let go).
+        let mut reopened = None;
+        for _ in 0..500 {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            if let Ok(s) = open() {
+                reopened = Some(s);
+                break;
+            }
+        }
+        let s = reopened.expect("reopen");
+        assert_eq!(s.series_count(dev), 10_002);
+        // A series retention emptied leaves the directory and the count; one with points stays.
+        s.delete_series_before(dev, "power", "a", 10)
+            .expect("delete");
+        s.forget_series_if_empty(dev, "power", "a");
+        s.forget_series_if_empty(dev, "power", "b");
+        s.commit().await.expect("commit");
+        assert_eq!(s.series_count(dev), 10_001);
+        assert!(!s.has_series(dev, "power", "a").expect("lookup"));
+        assert_eq!(s.tag_keys(dev, "power").expect("keys"), ["b"]);
+        // Written again, it is registered (and counted) again.
+        s.put_points(dev, "power", &[(20, vec![("a".into(), Value::Long(3))])])
+            .expect("put");
+        assert_eq!(s.series_count(dev), 10_002);
+        s.delete_device_telemetry(dev).expect("delete");
+        assert_eq!(s.series_count(dev), 0);
+        assert_eq!(s.series_count(other), 2);
     }
 
     /// What an aggregate must be, computed from the points the test wrote (last write wins).
