@@ -910,6 +910,7 @@ mod tests {
                 crate::store::StoreOptions {
                     cache_capacity_bytes: 8 << 20,
                     group_commit_delay: std::time::Duration::ZERO,
+                    ..Default::default()
                 },
                 std::sync::Arc::new(crate::metrics::Metrics::new()),
             )
