@@ -190,7 +190,7 @@ fn publish(
     srv: &Server,
     token: &str,
     first: i64,
-    acked: Arc<Mutex<BTreeSet<i64>>>,
+    acked: Acked,
 ) -> [tokio::task::JoinHandle<()>; 2] {
     let mut opts = MqttOptions::new("", "127.0.0.1", srv.mqtt_tls.port());
     opts.set_credentials(token, "");
@@ -236,6 +236,9 @@ fn publish(
     [publisher, events]
 }
 
+/// The sequence numbers the server acknowledged, for one device.
+type Acked = Arc<Mutex<BTreeSet<i64>>>;
+
 /// How a round ends.
 #[derive(Debug, Clone, Copy)]
 enum Cut {
@@ -268,7 +271,8 @@ async fn every_acknowledged_message_survives_a_power_cut() {
         Cut::MidIngest(jitter(1500, 1500)),
     ];
 
-    let mut devices: Vec<(String, String, Arc<Mutex<BTreeSet<i64>>>)> = Vec::new();
+    // (id, token, acknowledged seqs) per device
+    let mut devices: Vec<(String, String, Acked)> = Vec::new();
     let mut totals = Vec::new();
     for (round, cut) in cuts.iter().enumerate() {
         let m = Mount::new(&disk, &mnt);
@@ -314,14 +318,11 @@ async fn every_acknowledged_message_survives_a_power_cut() {
             }
             Cut::AfterCleanStop(after) => {
                 tokio::time::sleep(after).await;
-                let status = tokio::task::spawn_blocking(move || {
-                    let status = srv.terminate();
-                    (status, srv)
-                })
-                .await
-                .expect("join");
-                assert!(status.0.success(), "clean stop on lazyfs: {:?}", status.0);
-                m.cut(Some(status.1));
+                let (status, srv) = tokio::task::spawn_blocking(move || (srv.terminate(), srv))
+                    .await
+                    .expect("join");
+                assert!(status.success(), "clean stop on lazyfs: {status:?}");
+                m.cut(Some(srv));
             }
         }
         for t in tasks {
