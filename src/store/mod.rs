@@ -149,6 +149,8 @@ pub struct Db {
     generation: std::sync::Mutex<u64>,
     /// The generation in `store.state` and when it was written.
     state_written: std::sync::Mutex<Option<(u64, std::time::Instant)>>,
+    /// sled's blob files already fsynced (see `guard::sync_sled`).
+    synced_blobs: std::sync::Mutex<std::collections::HashSet<std::ffi::OsString>>,
 }
 
 impl std::ops::Deref for Store {
@@ -366,6 +368,7 @@ impl Store {
                 generation.max(state.as_ref().map_or(0, |s| s.generation)),
             ),
             state_written: std::sync::Mutex::new(None),
+            synced_blobs: Default::default(),
         });
         if existed && let Some(v) = version.filter(|v| *v < SCHEMA_VERSION) {
             // A failed upgrade must always be able to go back: snapshot first.
@@ -545,11 +548,19 @@ impl Db {
             *g
         };
         self.db.flush()?;
+        self.sync_sled()?;
         // `g` was written before this flush began, so the disk holds at least `g`.
         if let Err(e) = self.record_generation(g, false) {
             tracing::warn!(error = %e, "cannot update the store's integrity record");
         }
         Ok(())
+    }
+
+    /// After a sled flush: makes what it wrote durable (sled alone does not, see
+    /// `guard::sync_sled`).
+    fn sync_sled(&self) -> Result<()> {
+        let mut synced = self.synced_blobs.lock().unwrap_or_else(|p| p.into_inner());
+        guard::sync_sled(&self.path, &mut synced).map_err(|e| StoreError::Sled(sled::Error::Io(e)))
     }
 
     /// Writes `g`, a generation known to be on disk, to `store.state` (as "not clean"):
@@ -578,6 +589,7 @@ impl Db {
         // Held across the flush: no generation is handed out that this flush might miss.
         let g = self.generation.lock().unwrap_or_else(|p| p.into_inner());
         self.db.flush()?;
+        self.sync_sled()?;
         let g = *g;
         guard::write_state(
             &self.path,
