@@ -465,7 +465,7 @@ async fn every_documented_route_requires_an_api_key_and_exists() {
             checked += 1;
         }
     }
-    assert_eq!(checked, 89);
+    assert_eq!(checked, 90);
     let resp = c
         .get(format!("{base}/api/v1/nothing"))
         .bearer_auth(&t.admin_key)

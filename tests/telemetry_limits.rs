@@ -299,6 +299,9 @@ async fn heavy_queries_leave_health_and_other_calls_answering() {
         &[
             ("CORRAL_LIMITS__TELEMETRY_KEYS_PER_MESSAGE", "5000"),
             ("CORRAL_LIMITS__TELEMETRY_KEYS_PER_DEVICE", "20000"),
+            // 5,000 keys a message are about 90 KB of JSON: over the default packet size,
+            // which the HTTP device API applies too.
+            ("CORRAL_MQTT__MAX_PACKET_SIZE", "262144"),
         ],
     );
     let base = srv.base();
