@@ -35,10 +35,13 @@ fn berlin(local: &str) -> Millis {
 
 fn config(dir: &std::path::Path) -> Config {
     corral::pki::install_crypto_provider();
-    Config {
+    let mut c = Config {
         data_dir: dir.to_path_buf(),
         ..Default::default()
-    }
+    };
+    // Test machines can be short of disk; the reserve is tested on its own.
+    c.store.min_free_mb = 16;
+    c
 }
 
 /// Real services on a store in `dir`, whose scheduler reads tokio's clock set to `now`.

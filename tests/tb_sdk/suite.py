@@ -284,6 +284,8 @@ class Server:
                 "CORRAL_MQTT__PLAIN_LISTEN": f"{HOST}:{self.plain_port}",
                 "CORRAL_HTTP__LISTEN": f"{HOST}:{self.http_port}",
                 "CORRAL_HTTPS__ENABLED": "false",
+                # Test machines can be short of disk; the reserve has its own suite.
+                "CORRAL_STORE__MIN_FREE_MB": "16",
             }
         )
         for k in ("CORRAL_CONFIG", "CORRAL_ADMIN_KEY_FILE"):

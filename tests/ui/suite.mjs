@@ -74,6 +74,8 @@ function startServer(adminKey) {
         CORRAL_MQTT__TLS_LISTEN: '127.0.0.1:0',
         CORRAL_MQTT__WORKERS: '1',
         CORRAL_LOG__LEVEL: 'info',
+        // Test machines can be short of disk; the reserve has its own suite.
+        CORRAL_STORE__MIN_FREE_MB: '16',
       },
       stdio: ['ignore', 'ignore', 'pipe'],
     });
