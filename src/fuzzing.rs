@@ -17,9 +17,12 @@ use crate::pki::{self, CertError, Pki};
 use crate::store::wal::fuzzing as wal;
 use crate::store::{Enqueue, PointsOp, codec};
 
+/// A fuzz target's entry point.
+pub type Target = fn(&[u8]);
+
 /// Every target by name: the name is the fuzz target's and its corpus directory's
 /// (`fuzz/corpus/<name>/`). `csr` needs a CA and is separate (`csr`, `test_pki`).
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+pub const TARGETS: &[(&str, Target)] = &[
     ("topic", topic),
     ("telemetry", telemetry),
     ("attributes", attributes),

@@ -403,8 +403,11 @@ pub(crate) mod fuzzing {
         out
     }
 
+    /// (offset, length) stretches of a segment.
+    pub type Spans = Vec<(usize, usize)>;
+
     /// `scan`: (payload offset, length) of each record, the damaged stretches, the torn tail.
-    pub fn scan(bytes: &[u8]) -> (Vec<(usize, usize)>, Vec<(usize, usize)>, Option<usize>) {
+    pub fn scan(bytes: &[u8]) -> (Spans, Spans, Option<usize>) {
         let s = super::scan(bytes);
         (s.records, s.damaged, s.torn_tail)
     }
