@@ -369,22 +369,30 @@ impl Config {
         file: Option<&Path>,
         env: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Config, ConfigErrors> {
-        let mut problems = Vec::new();
-        let mut table = match file {
-            None => toml::Table::new(),
+        match file {
+            None => Self::parse("", "", env),
             Some(path) => match std::fs::read_to_string(path) {
-                Ok(text) => match text.parse::<toml::Table>() {
-                    Ok(t) => t,
-                    Err(e) => {
-                        problems.push(format!("{}: {}", path.display(), e.message()));
-                        return Err(ConfigErrors { problems });
-                    }
-                },
-                Err(e) => {
-                    problems.push(format!("cannot read config file {}: {e}", path.display()));
-                    return Err(ConfigErrors { problems });
-                }
+                Ok(text) => Self::parse(&text, &path.display().to_string(), env),
+                Err(e) => Err(ConfigErrors {
+                    problems: vec![format!("cannot read config file {}: {e}", path.display())],
+                }),
             },
+        }
+    }
+
+    /// `load` of a file's text: `origin` names the file in a syntax error.
+    pub fn parse(
+        text: &str,
+        origin: &str,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigErrors> {
+        let mut problems = Vec::new();
+        let mut table = match text.parse::<toml::Table>() {
+            Ok(t) => t,
+            Err(e) => {
+                problems.push(format!("{origin}: {}", e.message()));
+                return Err(ConfigErrors { problems });
+            }
         };
         apply_env(&mut table, env, &mut problems);
         let config = deserialize_collecting(table, &mut problems);

@@ -16,6 +16,8 @@ pub mod config;
 pub mod data;
 pub mod devices;
 pub mod events;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod integrations;
 pub mod jobs;
 pub mod limits;

@@ -449,4 +449,24 @@ mod tests {
         assert!(is_device_filter("v1/devices/me/rpc/request/+"));
         assert!(!is_device_filter("#"));
     }
+
+    /// Found by fuzzing: serde_json's default float parser is off by one unit in the last place
+    /// for many 17-digit numbers, so Corral stored a number the device never sent.
+    #[test]
+    fn numbers_are_stored_as_sent() {
+        for text in [
+            "123.45678901234567",
+            "1.602176634e-19",
+            "-1.81996730402717e-179",
+        ] {
+            let exact: f64 = text.parse().expect("a number");
+            let t = p(&format!(r#"{{"n":{text},"j":{{"n":{text}}}}}"#)).expect("valid");
+            let vals: std::collections::HashMap<_, _> = t[0].1.iter().cloned().collect();
+            assert_eq!(vals["n"], Value::Double(exact), "{text}");
+            let Value::Json(j) = &vals["j"] else {
+                panic!("nested JSON stays JSON")
+            };
+            assert_eq!(j["n"].as_f64(), Some(exact), "{text}");
+        }
+    }
 }

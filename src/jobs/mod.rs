@@ -122,6 +122,13 @@ fn check_method(m: &str) -> Result<String> {
     Ok(method.to_string())
 }
 
+/// A device's reply to a two-way job, as the job's result: its JSON, or the text it sent
+/// when that is not JSON (devices reply `ok` as often as `"ok"`).
+pub fn reply_result(reply: &[u8]) -> Json {
+    serde_json::from_slice(reply)
+        .unwrap_or_else(|_| Json::String(String::from_utf8_lossy(reply).into_owned()))
+}
+
 impl JobService {
     /// A job's lifetime in seconds: the given one or the default, 1 s to 365 days.
     fn check_ttl(&self, ttl: Option<u64>) -> Result<u64> {
@@ -429,10 +436,7 @@ impl JobService {
         let Some(mut job) = found else {
             return false;
         };
-        job.result = Some(
-            serde_json::from_slice(reply)
-                .unwrap_or_else(|_| Json::String(String::from_utf8_lossy(reply).into_owned())),
-        );
+        job.result = Some(reply_result(reply));
         job.transition(JobState::Succeeded, Some("device replied".into()));
         if let Err(e) = self.save(&job).and_then(|_| self.dispatch(device)) {
             tracing::error!(job = %job.id, error = %e, "cannot record a job reply");

@@ -133,6 +133,19 @@ mod tests {
         assert!(decode_value(&[]).is_err());
     }
 
+    /// Found by fuzzing: JSON values are stored as text, and serde_json's default float parser
+    /// read some numbers back one unit in the last place away from what was stored.
+    #[test]
+    fn json_numbers_read_back_exactly() {
+        for text in ["-1.81996730402717e-179", "-1.603964615428183e143"] {
+            let n: f64 = text.parse().expect("a number");
+            let v = Value::Json(serde_json::json!({ "n": n }));
+            let mut b = Vec::new();
+            encode_value(&mut b, &v);
+            assert_eq!(decode_value(&b).expect("decodes"), v, "{text}");
+        }
+    }
+
     #[test]
     fn strings_round_trip_with_length_prefix() {
         let mut k = Vec::new();

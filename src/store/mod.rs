@@ -5,7 +5,8 @@
 
 mod attributes;
 pub mod backup;
-mod codec;
+// Crate-visible for the `fuzzing` forwarders only; the rest of the crate goes through `Store`.
+pub(crate) mod codec;
 mod commit;
 mod conditions;
 mod connections;
@@ -16,7 +17,7 @@ mod jobs;
 mod registry;
 mod telemetry;
 mod users;
-mod wal;
+pub(crate) mod wal;
 
 use std::path::{Path, PathBuf};
 

@@ -428,6 +428,32 @@ fn create_segment(dir: &Path, seq: u64) -> std::io::Result<File> {
     Ok(f)
 }
 
+/// Forwarders for `crate::fuzzing`: the fuzz targets and the corpus replay test reach the
+/// record decoder and the segment scanner that replay uses, and nothing else of the log.
+pub(crate) mod fuzzing {
+    use super::{Enqueue, PointsOp};
+
+    pub fn decode_record(p: &[u8]) -> Option<(PointsOp, Option<(u64, Enqueue)>)> {
+        PointsOp::decode_record(p)
+    }
+
+    /// A whole record, header included, as the writer appends it.
+    pub fn encode_record(op: &PointsOp, queue: Option<(u64, &Enqueue)>) -> Vec<u8> {
+        let mut out = Vec::new();
+        op.encode_with(queue, &mut out);
+        out
+    }
+
+    /// (offset, length) stretches of a segment.
+    pub type Spans = Vec<(usize, usize)>;
+
+    /// `scan`: (payload offset, length) of each record, the damaged stretches, the torn tail.
+    pub fn scan(bytes: &[u8]) -> (Spans, Spans, Option<usize>) {
+        let s = super::scan(bytes);
+        (s.records, s.damaged, s.torn_tail)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
