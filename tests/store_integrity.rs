@@ -238,7 +238,8 @@ fn last_segment(data: &Path) -> std::path::PathBuf {
         .expect("wal")
         .flatten()
         .map(|e| e.path())
-        .filter(|p| std::fs::metadata(p).map(|m| m.len() > 0).unwrap_or(false))
+        // A segment holds a 24-byte header before its records.
+        .filter(|p| std::fs::metadata(p).map(|m| m.len() > 24).unwrap_or(false))
         .collect();
     segs.sort();
     segs.pop().expect("a segment with records")
@@ -333,4 +334,74 @@ async fn device_data_is_refused_whole_when_free_space_runs_low() {
     let srv = Server::spawn(&data, &key);
     assert_eq!(publish(&srv, &token, 0..5).await, vec![200; 5]);
     assert_eq!(stored(&srv, &key, &device).await, 5);
+}
+
+/// A whole WAL record in the format of segments without a salt, built the way a device could
+/// build it, every byte ASCII so that it fits in a JSON string value.
+fn forged_record() -> Vec<u8> {
+    for attempt in 0u32.. {
+        let mut payload = vec![1u8]; // record type: points
+        payload.extend_from_slice(&[0x41; 16]); // a device id
+        payload.push(7);
+        payload.extend_from_slice(b"default");
+        payload.extend_from_slice(&1u32.to_be_bytes());
+        payload.extend_from_slice(&1_000_000i64.to_be_bytes());
+        payload.extend_from_slice(&1u32.to_be_bytes());
+        let key = format!("k{attempt}");
+        payload.push(key.len() as u8);
+        payload.extend_from_slice(key.as_bytes());
+        payload.extend_from_slice(&9u32.to_be_bytes());
+        payload.push(1); // a long
+        payload.extend_from_slice(&100i64.to_be_bytes());
+        let mut rec = (payload.len() as u32).to_be_bytes().to_vec();
+        rec.extend_from_slice(&crc32fast::hash(&payload).to_be_bytes());
+        rec.extend_from_slice(&payload);
+        if rec.iter().all(|b| b.is_ascii()) {
+            return rec;
+        }
+    }
+    unreachable!()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_forged_in_a_value_and_torn_by_a_crash_does_not_stop_the_start() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let key = key();
+    let data = dir.path().join("data");
+    let mut srv = Server::spawn(&data, &key);
+    let (device, token) = make_device(&srv, &key).await;
+    assert!(publish(&srv, &token, 0..20).await.iter().all(|s| *s == 200));
+    // The forgery, with more text after it so that the record carrying it can be torn after it.
+    let forged = forged_record();
+    let text = format!(
+        "{}{}",
+        String::from_utf8(forged.clone()).expect("ascii"),
+        "z".repeat(64)
+    );
+    let r = reqwest::Client::new()
+        .post(format!("{}/api/v1/{token}/telemetry", srv.base()))
+        .json(&json!({"ts": BASE_TS + 100, "values": {"note": text}}))
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(r.status(), 200);
+    srv.kill9();
+
+    // The crash tore the carrying record just after the forgery.
+    let seg = last_segment(&data);
+    let bytes = std::fs::read(&seg).expect("read");
+    let at = bytes
+        .windows(forged.len())
+        .rposition(|w| w == forged.as_slice())
+        .expect("the forgery is in the log");
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&seg)
+        .expect("open")
+        .set_len((at + forged.len() + 5) as u64)
+        .expect("tear");
+
+    // A torn tail, nothing more: the start goes on and every earlier record is there.
+    let srv = Server::spawn(&data, &key);
+    assert_eq!(stored(&srv, &key, &device).await, 20);
 }

@@ -277,7 +277,7 @@ fn write_loop(
         // and must not reach sled, or a device told "not stored" would find it stored and its
         // retry would store it twice.
         if !buf.is_empty()
-            && let Err(e) = wal.append(&buf)
+            && let Err(e) = wal.append(&mut buf)
         {
             tracing::error!(error = %e, "cannot append to the write-ahead log; the writes are refused");
             for (_, _, _, reply, _) in logged.drain(..) {

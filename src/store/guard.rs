@@ -166,10 +166,17 @@ pub fn preflight(store: &Path, min_free_to_start: u64) -> Result<(), StoreError>
                 path: store.to_path_buf(),
                 source: sled::Error::Io(e),
             })?;
-        if f.try_lock_exclusive().is_err() {
-            return Err(StoreError::InUse {
-                path: store.to_path_buf(),
-            });
+        // sled's IO threads let go of the file a moment after its last handle is dropped (a
+        // restore that loads a store and then opens it, a restart in the same process): wait a
+        // little before calling it a second server, which holds the lock for as long as it runs.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+        while f.try_lock_exclusive().is_err() {
+            if std::time::Instant::now() >= deadline {
+                return Err(StoreError::InUse {
+                    path: store.to_path_buf(),
+                });
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
         }
         let _ = FileExt::unlock(&f);
     }

@@ -3,8 +3,16 @@
 //! flushed at checkpoints, after which the older segments are deleted. On start, segments left
 //! by a crash are replayed into sled.
 //!
-//! Segment files `NNNNNNNNNNNNNNNNNNNN.wal` hold records `len u32 ‖ crc32 u32 ‖ payload`. Only the
-//! tail of the last segment can be torn by a crash; replay stops at the first bad record.
+//! Segment files `NNNNNNNNNNNNNNNNNNNN.wal` start with a header `"corralW2" ‖ salt [u8; 16]` and
+//! hold records `len u32 ‖ crc32(salt ‖ payload) u32 ‖ payload`. Only the tail of the last
+//! segment can be torn by a crash; replay stops at the first bad record.
+//!
+//! The salt is random per segment and never leaves the server. Without it a device could put
+//! bytes that look like a whole record inside a string value; if a crash then tore the record
+//! carrying them, the scan that looks for records after damage would find the forgery, and refuse
+//! to start (damage followed by records) or, when salvaging, replay it. A checksum over a salt the
+//! device cannot know makes such a forgery a 1-in-2^32 guess per crash. Segments without the
+//! header were written before it existed and are read with the plain checksum.
 //! A payload starts with its type: 1 = points; 2 = points and the integration queue entries
 //! they make (`seq u64 ‖ n u16 ‖ n integration ids ‖ len u32 ‖ event`, then the type-1 body).
 //! Type 1 is still written when no integration matches, and logs written before type 2 existed
@@ -32,9 +40,12 @@ pub struct PointsOp {
 }
 
 impl PointsOp {
+    /// A type-1 record with the checksum of a segment without header (`salt` `None`).
     #[cfg(test)]
     pub(super) fn encode(&self, out: &mut Vec<u8>) {
-        self.encode_with(None, out)
+        let start = out.len();
+        self.encode_with(None, out);
+        stamp(&mut out[start..], None);
     }
 
     /// Encodes the record: type 1 (points) without queue entries, type 2 (points and the
@@ -69,10 +80,9 @@ impl PointsOp {
                 out.extend_from_slice(&enc);
             }
         }
+        // The checksum is left to `stamp`, at append: it depends on the segment's salt.
         let payload_len = (out.len() - start - 8) as u32;
-        let crc = crc32fast::hash(&out[start + 8..]);
         out[start..start + 4].copy_from_slice(&payload_len.to_be_bytes());
-        out[start + 4..start + 8].copy_from_slice(&crc.to_be_bytes());
     }
 
     #[cfg(test)]
@@ -145,6 +155,36 @@ impl PointsOp {
 /// Records replayed per sled batch.
 const REPLAY_GROUP: usize = 4096;
 
+/// The first bytes of a segment with a salt; a record length never starts like this (it would
+/// be over 1 GB).
+const MAGIC: &[u8; 8] = b"corralW2";
+/// Header bytes: the magic and the salt.
+const HEADER_LEN: usize = 24;
+
+type Salt = [u8; 16];
+
+/// The checksum of a record payload in a segment with `salt` (`None`: a segment without header).
+fn checksum(salt: Option<&Salt>, payload: &[u8]) -> u32 {
+    let mut h = crc32fast::Hasher::new();
+    if let Some(salt) = salt {
+        h.update(salt);
+    }
+    h.update(payload);
+    h.finalize()
+}
+
+/// Fills in the checksum of every record in `buf` (whole records, as `encode_with` writes them).
+pub(super) fn stamp(buf: &mut [u8], salt: Option<&Salt>) {
+    let mut pos = 0;
+    while pos + 8 <= buf.len() {
+        let len = u32::from_be_bytes([buf[pos], buf[pos + 1], buf[pos + 2], buf[pos + 3]]) as usize;
+        let end = (pos + 8 + len).min(buf.len());
+        let crc = checksum(salt, &buf[pos + 8..end]);
+        buf[pos + 4..pos + 8].copy_from_slice(&crc.to_be_bytes());
+        pos = end;
+    }
+}
+
 /// Where the whole records of a segment are, and where damage interrupts them.
 #[derive(Debug, Default, PartialEq)]
 struct Scan {
@@ -154,16 +194,18 @@ struct Scan {
     damaged: Vec<(usize, usize)>,
     /// Offset of an unreadable stretch that runs to the end: a record torn by a crash.
     torn_tail: Option<usize>,
+    /// Where the records start: after the header, if the segment has one.
+    body: usize,
 }
 
 /// The payload length of a whole, checksummed, decodable record at `pos`.
-fn record_at(bytes: &[u8], pos: usize) -> Option<usize> {
+fn record_at(bytes: &[u8], pos: usize, salt: Option<&Salt>) -> Option<usize> {
     let header = bytes.get(pos..pos + 8)?;
     let len = u32::from_be_bytes([header[0], header[1], header[2], header[3]]) as usize;
     let crc = u32::from_be_bytes([header[4], header[5], header[6], header[7]]);
     let payload = bytes.get(pos + 8..pos.checked_add(8 + len)?)?;
     // Cheap tests first: resynchronising after damage tries every offset.
-    if !matches!(payload.first(), Some(1 | 2)) || crc32fast::hash(payload) != crc {
+    if !matches!(payload.first(), Some(1 | 2)) || checksum(salt, payload) != crc {
         return None;
     }
     PointsOp::decode_record(payload).map(|_| len)
@@ -173,14 +215,25 @@ fn record_at(bytes: &[u8], pos: usize) -> Option<usize> {
 /// followed by records (never normal).
 fn scan(bytes: &[u8]) -> Scan {
     let mut out = Scan::default();
-    let mut pos = 0;
+    let salt: Option<Salt> = if bytes.starts_with(MAGIC) && bytes.len() >= HEADER_LEN {
+        bytes[8..HEADER_LEN].try_into().ok()
+    } else if MAGIC.starts_with(&bytes[..bytes.len().min(MAGIC.len())]) && !bytes.is_empty() {
+        // A header cut short: the segment was created just before a crash and holds nothing.
+        out.torn_tail = Some(0);
+        return out;
+    } else {
+        None
+    };
+    let salt = salt.as_ref();
+    let mut pos = if salt.is_some() { HEADER_LEN } else { 0 };
+    out.body = pos;
     while pos < bytes.len() {
-        if let Some(len) = record_at(bytes, pos) {
+        if let Some(len) = record_at(bytes, pos, salt) {
             out.records.push((pos + 8, len));
             pos += 8 + len;
             continue;
         }
-        match (pos + 1..bytes.len()).find(|&p| record_at(bytes, p).is_some()) {
+        match (pos + 1..bytes.len()).find(|&p| record_at(bytes, p, salt).is_some()) {
             Some(next) => {
                 out.damaged.push((pos, next - pos));
                 pos = next;
@@ -203,7 +256,9 @@ pub(super) struct Wal {
     dir: PathBuf,
     seq: u64,
     current: Arc<File>,
-    /// Bytes appended to the current segment.
+    /// The current segment's salt, for the record checksums.
+    salt: Salt,
+    /// Bytes in the current segment, header included.
     pub(super) bytes: u64,
     /// A failed append could not be cut back off the segment: nothing more may follow it
     /// there (replay would stop at it), so the next append starts a new segment first.
@@ -312,27 +367,30 @@ impl Wal {
             std::fs::remove_file(path).map_err(io)?;
         }
         let seq = existing.last().map_or(0, |(s, _)| s + 1);
-        let current = Arc::new(create_segment(dir, seq).map_err(io)?);
+        let (current, salt) = create_segment(dir, seq).map_err(io)?;
         Ok((
             Wal {
                 pins: Default::default(),
                 dir: dir.to_path_buf(),
                 seq,
-                current,
-                bytes: 0,
+                current: Arc::new(current),
+                salt,
+                bytes: HEADER_LEN as u64,
                 poisoned: false,
             },
             replayed,
         ))
     }
 
-    /// Appends whole records. On failure (a full disk) nothing of `buf` stays in the log: a
-    /// partial record left there would hide every later record from replay.
-    pub(super) fn append(&mut self, buf: &[u8]) -> std::io::Result<()> {
+    /// Appends whole records (as `PointsOp::encode_with` writes them), checksummed with the
+    /// segment's salt. On failure (a full disk) nothing of `buf` stays in the log: a partial
+    /// record left there would hide every later record from replay.
+    pub(super) fn append(&mut self, buf: &mut [u8]) -> std::io::Result<()> {
         if self.poisoned {
             self.rotate()?;
             self.poisoned = false;
         }
+        stamp(buf, Some(&self.salt));
         match (&*self.current).write_all(buf) {
             Ok(()) => {
                 self.bytes += buf.len() as u64;
@@ -380,9 +438,11 @@ impl Wal {
     /// Starts a new segment; the older ones stay until the next checkpoint.
     fn rotate(&mut self) -> std::io::Result<()> {
         let next = self.seq + 1;
-        self.current = Arc::new(create_segment(&self.dir, next)?);
+        let (current, salt) = create_segment(&self.dir, next)?;
+        self.current = Arc::new(current);
+        self.salt = salt;
         self.seq = next;
-        self.bytes = 0;
+        self.bytes = HEADER_LEN as u64;
         Ok(())
     }
 
@@ -418,14 +478,25 @@ impl Wal {
     }
 }
 
-fn create_segment(dir: &Path, seq: u64) -> std::io::Result<File> {
-    let f = OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(segment_path(dir, seq))?;
+/// Creates segment `seq` with its header and a fresh salt. The header reaches the disk with the
+/// first records (the flusher syncs the file's data), or not at all, which replay reads as an
+/// empty segment.
+fn create_segment(dir: &Path, seq: u64) -> std::io::Result<(File, Salt)> {
+    let path = segment_path(dir, seq);
+    let mut f = OpenOptions::new().create(true).append(true).open(&path)?;
+    let salt: Salt = rand::random();
+    let mut header = [0u8; HEADER_LEN];
+    header[..8].copy_from_slice(MAGIC);
+    header[8..].copy_from_slice(&salt);
+    if let Err(e) = f.write_all(&header) {
+        // A full disk: leave no file that would read as a torn segment forever.
+        drop(f);
+        let _ = std::fs::remove_file(&path);
+        return Err(e);
+    }
     // Make the new file's directory entry durable, or a crash could lose the whole segment.
     File::open(dir)?.sync_all()?;
-    Ok(f)
+    Ok((f, salt))
 }
 
 /// Forwarders for `crate::fuzzing`: the fuzz targets and the corpus replay test reach the
@@ -437,20 +508,47 @@ pub(crate) mod fuzzing {
         PointsOp::decode_record(p)
     }
 
-    /// A whole record, header included, as the writer appends it.
+    /// A whole record, length and checksum included, as a segment without header holds it.
     pub fn encode_record(op: &PointsOp, queue: Option<(u64, &Enqueue)>) -> Vec<u8> {
         let mut out = Vec::new();
         op.encode_with(queue, &mut out);
+        super::stamp(&mut out, None);
+        out
+    }
+
+    /// A segment with a header and `salt`, holding `records` (as `encode_record` makes them).
+    pub fn segment(salt: [u8; 16], records: &[u8]) -> Vec<u8> {
+        let mut out = super::MAGIC.to_vec();
+        out.extend_from_slice(&salt);
+        let body = out.len();
+        out.extend_from_slice(records);
+        super::stamp(&mut out[body..], Some(&salt));
         out
     }
 
     /// (offset, length) stretches of a segment.
     pub type Spans = Vec<(usize, usize)>;
 
-    /// `scan`: (payload offset, length) of each record, the damaged stretches, the torn tail.
-    pub fn scan(bytes: &[u8]) -> (Spans, Spans, Option<usize>) {
+    /// What `scan` finds in a segment.
+    pub struct Scanned {
+        /// (payload offset, length) of each record.
+        pub records: Spans,
+        /// Unreadable stretches followed by records.
+        pub damaged: Spans,
+        /// Where a torn tail starts.
+        pub torn_tail: Option<usize>,
+        /// Where the records start (after the header).
+        pub body: usize,
+    }
+
+    pub fn scan(bytes: &[u8]) -> Scanned {
         let s = super::scan(bytes);
-        (s.records, s.damaged, s.torn_tail)
+        Scanned {
+            records: s.records,
+            damaged: s.damaged,
+            torn_tail: s.torn_tail,
+            body: s.body,
+        }
     }
 }
 
@@ -568,6 +666,65 @@ mod tests {
         assert_eq!(s.records.len(), 9);
         assert_eq!(s.damaged, vec![(3 * one, one)]);
         assert_eq!(s.torn_tail, None);
+    }
+
+    #[test]
+    fn a_record_forged_inside_a_value_is_not_taken_for_one_after_a_crash() {
+        // What a device could hide in a string value: a whole record with a valid plain checksum.
+        let mut forged = Vec::new();
+        PointsOp {
+            device: DeviceId::new(),
+            tag: "default".into(),
+            points: vec![(1, vec![("x".into(), Value::Long(666))])],
+        }
+        .encode(&mut forged);
+        // The record that carried it, torn by a crash after the forgery: a length the file does
+        // not reach, the start of a payload, then the forged bytes.
+        let mut carrier = Vec::new();
+        carrier.extend_from_slice(&4000u32.to_be_bytes());
+        carrier.extend_from_slice(&[0; 4]);
+        carrier.extend_from_slice(&[1; 40]);
+        carrier.extend_from_slice(&forged);
+        carrier.extend_from_slice(&[b'x'; 30]);
+
+        // In a segment with a salt the forgery does not check out: just a torn tail.
+        let mut salted = MAGIC.to_vec();
+        salted.extend_from_slice(&[7; 16]);
+        salted.extend_from_slice(&carrier);
+        let s = scan(&salted);
+        assert_eq!(s.records, vec![]);
+        assert_eq!(s.damaged, vec![]);
+        assert_eq!(s.torn_tail, Some(HEADER_LEN));
+
+        // Without the salt (segments from before it) it reads as damage followed by a record:
+        // the start refused, or with --accept-data-loss the forgery replayed.
+        let plain = scan(&carrier);
+        assert_eq!(plain.records.len(), 1);
+        assert_eq!(plain.damaged.len(), 1);
+    }
+
+    #[test]
+    fn salted_segments_hold_records_and_a_torn_header_holds_nothing() {
+        let seg = fuzzing::segment([9; 16], &records(5));
+        let s = scan(&seg);
+        assert_eq!(
+            (s.records.len(), s.damaged.len(), s.torn_tail),
+            (5, 0, None)
+        );
+        assert_eq!(s.body, HEADER_LEN);
+        // Another salt: not one record checks out.
+        let mut other = seg.clone();
+        other[8] ^= 1;
+        assert_eq!(scan(&other).records, vec![]);
+        for cut in [1, 7, 8, 23] {
+            let s = scan(&seg[..cut]);
+            assert_eq!((s.records.len(), s.torn_tail), (0, Some(0)), "cut at {cut}");
+        }
+        let s = scan(&seg[..HEADER_LEN]);
+        assert_eq!(
+            (s.records.len(), s.damaged.len(), s.torn_tail),
+            (0, 0, None)
+        );
     }
 
     fn open(path: &Path) -> Option<crate::store::Store> {
