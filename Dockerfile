@@ -27,13 +27,17 @@ ENV CARGO_TERM_COLOR=never \
     CARGO_INCREMENTAL=0
 
 # 1) Dependencies only: build the locked dependency graph against a dummy main so this layer is
-#    reused until Cargo.toml / Cargo.lock change. `--ignore-rust-version` is required: some ntex
-#    crates (and our own manifest) declare rustc 1.97 but build fine on 1.95.
+#    reused until Cargo.toml / Cargo.lock change. Cargo reads every target the manifest declares
+#    before it builds any, so each `[[bench]]` gets an empty stand-in too. `--ignore-rust-version`
+#    is required: some ntex crates (and our own manifest) declare rustc 1.97 but build fine on 1.95.
 COPY Cargo.toml Cargo.lock ./
-RUN mkdir -p src \
+RUN mkdir -p src benches \
  && echo 'fn main() {}' > src/main.rs \
+ && for b in $(awk '/^\[\[bench\]\]/ {b = 1; next} b && /^name *=/ {gsub(/[" ]/, ""); sub(/^name=/, ""); print; b = 0}' Cargo.toml); do \
+      echo 'fn main() {}' > "benches/$b.rs"; \
+    done \
  && cargo build --release --locked --ignore-rust-version \
- && rm -rf src
+ && rm -rf src benches
 
 # 2) The real sources: the whole filtered context (src/, assets/, ui/, build.rs, .cargo/ …,
 #    whatever exists; see .dockerignore). COPY keeps the files' original mtimes, which can be

@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # bench/soak.sh — owns the soak benchmark: does the server's memory level off under sustained
 # QoS 1 ingest? Runs Corral, then Debian's mosquitto, each for DUR seconds under the same load
-# generator (`corral simulate`, TLS, unthrottled), and samples RSS and messages stored every
+# generator (`corral simulate`, TLS, RATE messages/s on each of CONNS connections), and samples RSS and messages stored every
 # INTERVAL seconds. Stays on 127.0.0.1, bounds every wait, kills its servers on exit. A benchmark,
 # never a test: it prints a table for BENCHMARKS.md and asserts nothing.
 set -Eeuo pipefail
 
-CONNS=${CONNS:-20}              # connections, unthrottled
+CONNS=${CONNS:-100}             # connections
+RATE=${RATE:-50}                # messages/s per connection (0 = unthrottled)
 DUR=${DUR:-600}                 # seconds of publishing per server
 INTERVAL=${INTERVAL:-30}        # seconds between samples
 INFLIGHT=${INFLIGHT:-64}
@@ -120,9 +121,9 @@ soak() { # soak SERVER
         ;;
     esac
     local idle; sleep 1; idle=$(rss_mib "$SRV_PID")
-    log "$server: $CONNS connections for ${DUR}s, idle RSS ${idle} MiB"
+    log "$server: $CONNS connections at $RATE msg/s each for ${DUR}s, idle RSS ${idle} MiB"
     "$BIN" simulate --host 127.0.0.1 --port "$port" --ca "$ca" --connections "$CONNS" \
-        --rate 0 --inflight "$INFLIGHT" --duration "$DUR" "${tokens[@]}" \
+        --rate "$RATE" --inflight "$INFLIGHT" --duration "$DUR" "${tokens[@]}" \
         >"$RUN_DIR/$server.gen.json" 2>"$RUN_DIR/$server.gen.log" &
     GEN_PID=$!
     local t0; t0=$(date +%s)
@@ -148,7 +149,7 @@ for s in $SERVERS; do soak "$s"; done
     echo "### Soak: RSS under sustained QoS 1 ingest ($STAMP)"
     echo
     echo "Machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.1f GiB", $2 / 1048576}' /proc/meminfo), $(uname -r). Tree: $(git -C "$ROOT" rev-parse --short HEAD)$(git -C "$ROOT" diff --quiet || echo +changes)."
-    echo "Load: \`corral simulate\`, $CONNS TLS connections, unthrottled, QoS 1, inflight $INFLIGHT, ${DUR} s per server; RSS sampled every ${INTERVAL} s, and 10 s after the load stopped."
+    echo "Load: \`corral simulate\`, $CONNS TLS connections at $RATE msg/s each (0: unthrottled), QoS 1, inflight $INFLIGHT, ${DUR} s per server; RSS sampled every ${INTERVAL} s, and 10 s after the load stopped."
     echo
     for s in $SERVERS; do
         echo "**$s** (seconds → RSS MiB$([[ $s == corral ]] && echo ", points stored"))"

@@ -214,6 +214,33 @@ async fn quickstart_through_the_cli() {
             .status
             .success()
     );
+    // Without --url it asks the port the server's own configuration names, here from the
+    // environment as in a container, with the wildcard address asked on loopback.
+    let port = base.rsplit(':').next().expect("port");
+    ok(&corral(
+        &["healthcheck"],
+        &[("CORRAL_HTTP__LISTEN", &format!("0.0.0.0:{port}"))],
+    ));
+    // And from a configuration file.
+    let conf = tempfile::NamedTempFile::new().expect("tmp");
+    std::fs::write(
+        conf.path(),
+        format!("[http]\nlisten = \"127.0.0.1:{port}\"\n"),
+    )
+    .expect("write");
+    ok(&corral(
+        &[
+            "healthcheck",
+            "--config",
+            conf.path().to_str().expect("utf-8"),
+        ],
+        &[],
+    ));
+    assert!(
+        !corral(&["healthcheck"], &[("CORRAL_HTTP__LISTEN", "127.0.0.1:9")])
+            .status
+            .success()
+    );
 }
 
 /// Connects with a client certificate over MQTT 3.1.1 and publishes once; true when acked.

@@ -6,6 +6,7 @@
 
 mod admin;
 mod backup;
+mod banner;
 pub mod client;
 mod conditions;
 mod credentials;
@@ -49,10 +50,15 @@ enum Command {
     /// The CA devices must trust.
     #[command(subcommand)]
     Ca(CaCmd),
-    /// Exit 0 when the server answers /healthz (for container health checks).
+    /// Exit 0 when the local server answers /healthz (container health checks, systemd). Finds
+    /// the server's plain HTTP port in the same configuration `serve` reads (file and
+    /// `CORRAL_*` environment).
     Healthcheck {
-        #[arg(long, default_value = "http://127.0.0.1:8080/healthz")]
-        url: String,
+        /// Ask this URL instead.
+        #[arg(long)]
+        url: Option<String>,
+        #[command(flatten)]
+        config: ConfigArg,
     },
     /// Manage workspaces.
     #[command(subcommand)]
@@ -188,7 +194,13 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Config(ConfigCmd::Check { file, print }) => Ok(serve::check(file, print)),
         Command::Ca(CaCmd::Show(a)) => serve::ca_show(a.config),
-        Command::Healthcheck { url } => runtime()?.block_on(serve::healthcheck(&url)),
+        Command::Healthcheck { url, config } => {
+            let url = match url {
+                Some(url) => url,
+                None => serve::healthz_url(config.config)?,
+            };
+            runtime()?.block_on(serve::healthcheck(&url))
+        }
         Command::Workspace(c) => runtime()?.block_on(admin::workspace(c)),
         Command::Fleet(c) => runtime()?.block_on(admin::fleet(c)),
         Command::Device(c) => runtime()?.block_on(admin::device(c)),

@@ -97,20 +97,26 @@ async fn wait_for_signal() -> anyhow::Result<()> {
 
 fn banner(app: &App, data_dir: &std::path::Path, took: std::time::Duration) {
     let a = &app.addrs;
+    let config = &app.services.config;
     tracing::info!(
         mqtt_tls = %a.mqtt_tls,
-        mqtt_plain = ?a.mqtt_plain,
+        mqtt_plain = %a.mqtt_plain.map(|a| a.to_string()).unwrap_or_else(|| "off".into()),
         http = %a.http,
-        https = ?a.https,
+        https = %a.https.map(|a| a.to_string()).unwrap_or_else(|| "off".into()),
         data_dir = %data_dir.display(),
         startup_ms = took.as_millis() as u64,
         "corral is running"
+    );
+    // For a person at the terminal (or reading the container log): addresses they can open.
+    eprintln!(
+        "\n{}\n",
+        super::banner::urls(a, config, data_dir).join("\n")
     );
     if let Bootstrap::Generated(key) = &app.bootstrap {
         // Printed once, on the terminal (or container log), not through the logger: secrets are
         // never logged. Only its SHA-256 is stored.
         eprintln!(
-            "\n================================================================\n\
+            "================================================================\n\
              First start: an admin API key was generated. It is shown only now.\n\n    \
              {key}\n\n\
              Use it with the CLI:  export CORRAL_API_KEY={key}\n\
@@ -122,16 +128,14 @@ fn banner(app: &App, data_dir: &std::path::Path, took: std::time::Duration) {
     if let Some(token) = &app.setup_token {
         // The web UI has no user yet: a one-time link creates the first admin. Shown on the
         // terminal only, like the key above.
-        let base = match a.https {
-            Some(h) => format!("https://{h}"),
-            None => format!("http://{}", a.http),
-        };
+        let links = super::banner::setup_links(a, config, token);
         eprintln!(
-            "\n================================================================\n\
+            "================================================================\n\
              No web UI user exists yet. Create the first admin (link valid once, for a limited time):\n\n    \
-             {base}/#/setup?token={token}\n\n\
+             {}\n\n\
              (Or: corral user create NAME --admin, with the admin API key.)\n\
-             ================================================================\n"
+             ================================================================\n",
+            links.join("\n    ")
         );
     }
 }
@@ -194,6 +198,35 @@ pub fn ca_show(path: Option<PathBuf>) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// The `/healthz` URL of the server the configuration at `path` (and the environment)
+/// describes, on loopback: plain HTTP always serves health.
+pub fn healthz_url(path: Option<PathBuf>) -> anyhow::Result<String> {
+    let config = load(path)?;
+    Ok(format!(
+        "http://{}/healthz",
+        local_addr(&config.http.listen)?
+    ))
+}
+
+/// Where a local client reaches a listener bound to `listen`: a wildcard address is asked on
+/// the loopback address of its family.
+fn local_addr(listen: &str) -> anyhow::Result<std::net::SocketAddr> {
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+    let addr: SocketAddr = listen
+        .parse()
+        .with_context(|| format!("http.listen = {listen:?} is not an address and port"))?;
+    anyhow::ensure!(
+        addr.port() != 0,
+        "http.listen = {listen:?} picks a port at start; pass --url"
+    );
+    let ip = match addr.ip() {
+        IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
+        ip => ip,
+    };
+    Ok(SocketAddr::new(ip, addr.port()))
+}
+
 pub async fn healthcheck(url: &str) -> anyhow::Result<ExitCode> {
     let client = reqwest::Client::builder()
         .timeout(std::time::Duration::from_secs(5))
@@ -208,5 +241,24 @@ pub async fn healthcheck(url: &str) -> anyhow::Result<ExitCode> {
             eprintln!("unhealthy: {e}");
             Ok(ExitCode::FAILURE)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::local_addr;
+
+    #[test]
+    fn the_health_check_asks_loopback_for_a_wildcard_listener() {
+        let at = |l: &str| {
+            local_addr(l)
+                .map(|a| a.to_string())
+                .map_err(|e| e.to_string())
+        };
+        assert_eq!(at("0.0.0.0:8080"), Ok("127.0.0.1:8080".into()));
+        assert_eq!(at("[::]:9090"), Ok("[::1]:9090".into()));
+        assert_eq!(at("10.1.2.3:80"), Ok("10.1.2.3:80".into()));
+        assert!(at("127.0.0.1:0").is_err_and(|e| e.contains("--url")));
+        assert!(at("localhost:80").is_err());
     }
 }
