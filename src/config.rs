@@ -227,6 +227,7 @@ pub struct PkiConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct StoreConfig {
+    /// sled's cache, measured in stored bytes: the memory it takes is several times larger.
     pub cache_capacity_mb: u64,
     pub group_commit_delay_ms: u64,
     /// Free space (MiB) below which device writes are refused; a start needs half of it.
@@ -348,7 +349,7 @@ impl Default for PkiConfig {
 impl Default for StoreConfig {
     fn default() -> Self {
         Self {
-            cache_capacity_mb: 64,
+            cache_capacity_mb: 16,
             group_commit_delay_ms: 0,
             min_free_mb: 256,
         }

@@ -129,6 +129,11 @@ export async function login(username, password) {
   setUser(await api('POST', '/auth/login', { username, password }, { quiet401: true }));
 }
 
+/** Whether any web UI user exists yet (no credentials needed). */
+export async function authStatus() {
+  return api('GET', '/auth/status', undefined, { quiet401: true });
+}
+
 export async function setup(token, username, password) {
   setUser(await api('POST', '/auth/setup', { token, username, password }, { quiet401: true }));
 }

@@ -543,6 +543,7 @@ pub fn public_routes() -> OpenApiRouter<Arc<Services>> {
     OpenApiRouter::new()
         .routes(routes!(login))
         .routes(routes!(setup))
+        .routes(routes!(status))
 }
 
 pub fn routes() -> OpenApiRouter<Arc<Services>> {
@@ -669,6 +670,21 @@ async fn setup(State(s): S, req: Request) -> ApiResult<Response> {
         .setup(&b.token, &b.username, &b.password, peer, tls)
         .await?;
     Ok(signed_in(&s, si, tls))
+}
+
+/// What the sign-in page needs to know before anyone signs in.
+#[derive(Serialize, ToSchema)]
+struct AuthStatus {
+    /// False until the first web UI user is created (with the setup link the server prints at
+    /// start, or `corral user create NAME --admin`).
+    users_exist: bool,
+}
+
+#[utoipa::path(get, path = "/auth/status", tag = "auth", security(()),
+    responses((status = 200, body = AuthStatus, description = "whether any web UI user exists yet")))]
+async fn status(State(s): S) -> ApiResult<Json<AuthStatus>> {
+    let users_exist = s.auth.users_exist()?;
+    Ok(Json(AuthStatus { users_exist }))
 }
 
 #[utoipa::path(get, path = "/auth/me", tag = "auth", responses((status = 200, body = Me)))]

@@ -303,6 +303,11 @@ impl AuthService {
         Ok(())
     }
 
+    /// Whether any web UI user exists (the sign-in page explains the setup link until one does).
+    pub fn users_exist(&self) -> Result<bool, StoreError> {
+        Ok(self.store.user_count()? > 0)
+    }
+
     /// A one-time setup token while no user exists (for the start-up banner), valid for
     /// `auth.setup_token_mins`; None once users exist.
     pub fn issue_setup_token(&self) -> Result<Option<String>, StoreError> {

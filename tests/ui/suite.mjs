@@ -187,6 +187,12 @@ async function main() {
     }
   });
 
+  await step('before any user exists, the sign-in page says how to make the first one', async () => {
+    await page.goto(`${base}/#/login`);
+    await page.waitForSelector('#no-user-yet:has-text("No user exists yet")');
+    await page.waitForSelector('#no-user-yet:has-text("corral user create NAME --admin")');
+  });
+
   await step('first admin from the one-time setup link', async () => {
     for (let i = 0; i < 50 && !setupToken; i++) await new Promise((r) => setTimeout(r, 100));
     if (!setupToken) throw new Error('the server printed no setup link');
@@ -205,6 +211,9 @@ async function main() {
     await page.waitForSelector('#login-form');
     if (await page.isVisible('#sign-out') || await page.isVisible('#nav')) throw new Error('navigation shows before signing in');
     await shot(page, '01-sign-in');
+    // A user exists now: no first-user notice (it comes after an asynchronous check).
+    await page.waitForTimeout(300);
+    if (await page.isVisible('#no-user-yet')) throw new Error('the first-user notice shows although a user exists');
     await page.fill('#login-username', ADMIN.username);
     await page.fill('#login-password', 'wrong password');
     await page.click('#login-form button[type=submit]');
@@ -747,6 +756,12 @@ async function main() {
     const secret = await page.inputValue('#user-keys input.secret');
     await page.waitForSelector('#user-keys td:text-is("ui-test")');
     await shot(page, '13-users');
+    // The backup button streams an online backup: a tar whose manifest comes last.
+    const [backup] = await Promise.all([page.waitForEvent('download'), page.click('#backup-download')]);
+    const tarPath = await backup.path();
+    const tar = readFileSync(tarPath);
+    if (!/^corral-.*\.backup\.tar$/.test(backup.suggestedFilename())) throw new Error(`backup named ${backup.suggestedFilename()}`);
+    if (tar.length < 10240 || !tar.includes('corral-backup/manifest.json') || !tar.includes('pki/ca.pem')) throw new Error(`the backup download is not a backup (${tar.length} bytes)`);
     // The new key signs in through the fallback form, in a tab of its own.
     const c = await browser.newContext({ viewport: { width: 1280, height: 860 } });
     const p = await c.newPage();

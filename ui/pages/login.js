@@ -73,6 +73,18 @@ export function render(main, ctx) {
     }
   });
 
-  clear(main, h('div', { class: 'login' }, pw, key));
+  const page = h('div', { class: 'login' }, pw, key);
+  clear(main, page);
   pw.querySelector('input').focus();
+  // A fresh server has no user yet: say how the first one is made instead of a bare form.
+  api.authStatus().then((st) => {
+    if (!st || st.users_exist) return;
+    page.prepend(h('section', { class: 'card narrow notice', id: 'no-user-yet', role: 'status' },
+      h('h2', {}, 'No user exists yet'),
+      h('p', {}, 'Open the one-time setup link the server printed when it started (in its terminal, ',
+        h('code', {}, 'docker logs corral'), ' or ', h('code', {}, 'journalctl -u corral'),
+        '). It creates the first administrator. The link is valid for a limited time; a restart prints a new one.'),
+      h('p', {}, 'Or create one from the command line with the admin API key: ',
+        h('code', {}, 'corral user create NAME --admin'), '.')));
+  }).catch(() => { /* an older server: nothing to add */ });
 }
