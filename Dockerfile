@@ -39,7 +39,7 @@ RUN mkdir -p src benches \
  && cargo build --release --locked --ignore-rust-version \
  && rm -rf src benches
 
-# 2) The real sources: the whole filtered context (src/, assets/, ui/, build.rs, .cargo/ …,
+# 2) The real sources: the whole filtered context (src/, assets/, web-ui/, build.rs, .cargo/ …,
 #    whatever exists; see .dockerignore). COPY keeps the files' original mtimes, which can be
 #    older than the dummy build above, so drop the dummy's fingerprints to force cargo to rebuild
 #    the `corral` crate itself. Finally make sure we really got the real binary.

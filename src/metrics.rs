@@ -76,6 +76,18 @@ pub struct Metrics {
     pub integration_delivery_seconds: Histogram,
     /// Open device conditions per severity, counted when metrics are scraped.
     pub conditions_open: Family<SeverityLabel, Gauge>,
+    /// The process, read from `/proc/self` when metrics are scraped.
+    process_rss_bytes: Gauge,
+    process_cpu_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
+    process_open_fds: Gauge,
+    /// Bytes the store takes on disk, set when metrics are scraped.
+    pub store_size_bytes: Gauge,
+}
+
+/// Label set of the build-info gauge.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+pub struct BuildLabel {
+    pub version: &'static str,
 }
 
 impl Default for Metrics {
@@ -242,7 +254,46 @@ impl Metrics {
             "Device conditions open now, per severity",
             conditions_open.clone(),
         );
+        let process_rss_bytes = Gauge::default();
+        registry.register(
+            "process_resident_memory_bytes",
+            "Resident memory of the server process",
+            process_rss_bytes.clone(),
+        );
+        let process_cpu_seconds = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
+        registry.register(
+            "process_cpu_seconds",
+            "CPU time the server process has used (user and system)",
+            process_cpu_seconds.clone(),
+        );
+        let process_open_fds = Gauge::default();
+        registry.register(
+            "process_open_fds",
+            "Open file descriptors of the server process (sockets included)",
+            process_open_fds.clone(),
+        );
+        let store_size_bytes = Gauge::default();
+        registry.register(
+            "store_size_bytes",
+            "Bytes the store takes on disk",
+            store_size_bytes.clone(),
+        );
+        let build_info = Family::<BuildLabel, Gauge>::default();
+        registry.register(
+            "build_info",
+            "Always 1; the label names the running version",
+            build_info.clone(),
+        );
+        build_info
+            .get_or_create(&BuildLabel {
+                version: env!("CARGO_PKG_VERSION"),
+            })
+            .set(1);
         Self {
+            process_rss_bytes,
+            process_cpu_seconds,
+            process_open_fds,
+            store_size_bytes,
             conditions_open,
             telemetry_messages,
             rate_samples: Default::default(),
@@ -295,6 +346,34 @@ impl Metrics {
                 (total - n) as f64 / (now - *t).as_secs_f64()
             }
             _ => 0.0,
+        }
+    }
+
+    /// Reads the process's resident memory, CPU time and open files from `/proc/self` (Linux;
+    /// elsewhere they stay 0).
+    pub fn sample_process(&self) {
+        if let Ok(status) = std::fs::read_to_string("/proc/self/status") {
+            let kib = status
+                .lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<i64>().ok());
+            if let Some(kib) = kib {
+                self.process_rss_bytes.set(kib * 1024);
+            }
+        }
+        if let Ok(stat) = std::fs::read_to_string("/proc/self/stat") {
+            // Fields after the command name, which may hold spaces: utime and stime are the
+            // 12th and 13th, in USER_HZ ticks (100 per second on Linux).
+            let ticks: Option<u64> = stat.rsplit_once(')').and_then(|(_, rest)| {
+                let f: Vec<&str> = rest.split_whitespace().collect();
+                Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
+            });
+            if let Some(t) = ticks {
+                self.process_cpu_seconds.set(t as f64 / 100.0);
+            }
+        }
+        if let Ok(fds) = std::fs::read_dir("/proc/self/fd") {
+            self.process_open_fds.set(fds.count() as i64);
         }
     }
 

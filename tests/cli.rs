@@ -913,3 +913,71 @@ fn users_roles_and_keys_through_the_cli() {
     let all = logs.join("\n");
     assert!(!all.contains("a very long password") && !all.contains(secret));
 }
+
+/// Logs written to a pipe (journald, files, `docker logs`) carry no colour escape codes, and the
+/// start banner names every address with a host others can use.
+#[test]
+fn logs_to_a_pipe_have_no_colour_and_the_banner_lists_every_url() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut child = Command::new(bin())
+        .args(["serve", "--log-format", "human"])
+        .env_clear()
+        .env("CORRAL_DATA_DIR", dir.path().join("data"))
+        .env("CORRAL_MQTT__TLS_LISTEN", "127.0.0.1:0")
+        .env("CORRAL_HTTP__LISTEN", "127.0.0.1:0")
+        .env("CORRAL_HTTPS__LISTEN", "0.0.0.0:0")
+        .env("CORRAL_PKI__HOSTS", r#"["localhost", "corral.lan"]"#)
+        .env("CORRAL_STORE__MIN_FREE_MB", "16")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let stderr = child.stderr.take().expect("stderr");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut lines = Vec::new();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    // The banner block follows the log line; the setup link block comes last.
+    while !lines.iter().any(|l: &String| l.contains("/#/setup?token=")) {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(l) => lines.push(l),
+            Err(_) => break,
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let all = lines.join("\n");
+    assert!(all.contains("corral is running"), "{all}");
+    assert!(
+        !all.contains('\u{1b}'),
+        "colour codes in piped logs:\n{all}"
+    );
+    for want in [
+        "Web UI",
+        "REST API",
+        "OpenAPI",
+        "mqtts://127.0.0.1:",
+        "https://corral.lan:",
+        "/#/setup?token=",
+    ] {
+        assert!(all.contains(want), "{want} missing from:\n{all}");
+    }
+    // The structured log line names the bound address; what a person reads names a host.
+    let banner = &all[all.find("Corral is running.").expect("banner")..];
+    assert!(
+        !banner.contains("0.0.0.0"),
+        "a wildcard address in:\n{banner}"
+    );
+}

@@ -135,6 +135,22 @@ async fn v3_telemetry_in_all_forms_is_stored_and_read_back() {
         "{metrics}"
     );
     assert!(metrics.contains("corral_store_flushes_total"));
+    // The process and the store, measured at the scrape.
+    let value = |name: &str| -> f64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("{name} missing:\n{metrics}"))
+    };
+    assert!(value("corral_process_resident_memory_bytes") > 1e6);
+    assert!(value("corral_process_cpu_seconds") > 0.0);
+    assert!(value("corral_process_open_fds") >= 3.0);
+    assert!(value("corral_store_size_bytes") > 0.0);
+    let version = format!(
+        "corral_build_info{{version=\"{}\"}} 1",
+        env!("CARGO_PKG_VERSION")
+    );
+    assert!(metrics.contains(&version), "{metrics}");
     t.stop().await;
 }
 

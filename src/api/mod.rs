@@ -228,6 +228,13 @@ async fn metrics(State(s): State<Arc<Services>>) -> Response {
         }
         Err(e) => tracing::warn!(error = %e, "cannot count open conditions for the metrics"),
     }
+    s.metrics.sample_process();
+    match s.store.size_on_disk() {
+        Ok(b) => {
+            s.metrics.store_size_bytes.set(b as i64);
+        }
+        Err(e) => tracing::warn!(error = %e, "cannot read the store's size for the metrics"),
+    }
     let mut r = s.metrics.render().into_response();
     r.headers_mut().insert(
         header::CONTENT_TYPE,

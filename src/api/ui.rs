@@ -1,4 +1,4 @@
-//! The embedded admin web UI (`ui/` in the repository, compiled into the binary with rust-embed)
+//! The embedded admin web UI (`web-ui/` in the repository, compiled into the binary with rust-embed)
 //! served at `/` and `/ui/...`, and the security headers every HTTP response carries (UI and API
 //! alike). The UI is a hash-routed single page: `index.html` is the only document, so app routes
 //! never reach the server. The API it calls lives under `/api/v1` and is not touched here.
@@ -16,7 +16,7 @@ use super::ApiError;
 
 /// The UI's files: plain HTML, JS modules and CSS, no build step.
 #[derive(RustEmbed)]
-#[folder = "ui/"]
+#[folder = "web-ui/"]
 struct Assets;
 
 /// Scripts, styles, connections and images only from this origin; no framing, no inline code.

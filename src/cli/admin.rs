@@ -35,6 +35,7 @@ pub struct ListArgs {
 
 #[derive(Subcommand)]
 pub enum WorkspaceCmd {
+    /// Create a workspace.
     Create {
         name: String,
         #[arg(long, default_value = "")]
@@ -45,17 +46,20 @@ pub enum WorkspaceCmd {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// List workspaces.
     List {
         #[command(flatten)]
         list: ListArgs,
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// Show one workspace.
     Show {
         workspace: String,
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// Change a workspace's name, description or retention.
     Update {
         workspace: String,
         #[arg(long)]
@@ -68,6 +72,7 @@ pub enum WorkspaceCmd {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// Delete an empty workspace.
     Delete {
         workspace: String,
         #[command(flatten)]
@@ -77,6 +82,7 @@ pub enum WorkspaceCmd {
 
 #[derive(Subcommand)]
 pub enum FleetCmd {
+    /// Create a fleet in a workspace.
     Create {
         name: String,
         /// Workspace id or name.
@@ -87,6 +93,7 @@ pub enum FleetCmd {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// List fleets.
     List {
         #[arg(long)]
         workspace: Option<String>,
@@ -95,11 +102,13 @@ pub enum FleetCmd {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// Show one fleet.
     Show {
         fleet: String,
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// Change a fleet's name or description.
     Update {
         fleet: String,
         #[arg(long)]
@@ -109,6 +118,7 @@ pub enum FleetCmd {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// Delete an empty fleet.
     Delete {
         fleet: String,
         #[command(flatten)]
@@ -189,6 +199,7 @@ pub enum DeviceCmd {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// List devices.
     List {
         #[arg(long)]
         workspace: Option<String>,
@@ -202,11 +213,13 @@ pub enum DeviceCmd {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// Show one device.
     Show {
         device: String,
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// Change a device's name, label or fleet, or enable or disable it.
     Update {
         device: String,
         #[arg(long)]
@@ -223,6 +236,7 @@ pub enum DeviceCmd {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// Delete a device and its data.
     Delete {
         device: String,
         #[command(flatten)]

@@ -91,6 +91,7 @@ pub enum ProvisioningCmd {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// Show a fleet's provisioning settings.
     Show {
         fleet: String,
         #[command(flatten)]
@@ -124,11 +125,13 @@ pub enum FleetCaCmd {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// List the manufacturer CAs a fleet trusts.
     List {
         fleet: String,
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// Stop trusting a manufacturer CA.
     Remove {
         fleet: String,
         ca_id: String,

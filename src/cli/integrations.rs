@@ -109,6 +109,7 @@ pub enum IntegrationCmd {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// Resume a paused integration.
     Resume {
         integration: String,
         #[command(flatten)]

@@ -48,11 +48,13 @@ pub enum JobCmd {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// Show one job: its state, request and the device's answer.
     Show {
         job: String,
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// Cancel a job that has not finished.
     Cancel {
         job: String,
         #[command(flatten)]
@@ -469,10 +471,12 @@ pub enum ScheduleCmd {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// List schedules.
     List {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// Show one schedule and its next run.
     Show {
         id: String,
         #[command(flatten)]
@@ -484,16 +488,19 @@ pub enum ScheduleCmd {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// Enable a schedule.
     Enable {
         id: String,
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// Disable a schedule (it keeps its settings).
     Disable {
         id: String,
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// Delete a schedule.
     Delete {
         id: String,
         #[command(flatten)]

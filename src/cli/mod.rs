@@ -148,7 +148,8 @@ enum CaCmd {
     Show(ConfigArg),
 }
 
-/// Flags shared by every command that talks to a server.
+// Flags shared by every command that talks to a server. A plain comment: clap would show a doc
+// comment as the description of every subcommand that lacks its own.
 #[derive(Args, Clone)]
 pub struct ClientArgs {
     /// Base URL of the Corral HTTP API.
@@ -222,5 +223,33 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             serve::init_logging("info", cli.log_format.unwrap_or(LogFormat::Human))?;
             runtime()?.block_on(crate::sim::run(a))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    /// Every command and subcommand says what it does, in words of its own: none borrows the
+    /// description of a flag group, and no two siblings share one.
+    #[test]
+    fn every_command_has_its_own_description() {
+        fn walk(cmd: &clap::Command, path: &str, bad: &mut Vec<String>) {
+            let mut seen = std::collections::HashSet::new();
+            for sub in cmd.get_subcommands().filter(|s| s.get_name() != "help") {
+                let name = format!("{path} {}", sub.get_name());
+                match sub.get_about().map(|a| a.to_string()) {
+                    None => bad.push(format!("{name}: no description")),
+                    Some(a) if !seen.insert(a.clone()) => {
+                        bad.push(format!("{name}: the same description as a sibling ({a})"))
+                    }
+                    Some(_) => {}
+                }
+                walk(sub, &name, bad);
+            }
+        }
+        let mut bad = Vec::new();
+        walk(&super::Cli::command(), "corral", &mut bad);
+        assert!(bad.is_empty(), "{}", bad.join("\n"));
     }
 }

@@ -26,8 +26,11 @@ pub fn init_logging(level: &str, format: LogFormat) -> anyhow::Result<()> {
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .or_else(|_| tracing_subscriber::EnvFilter::try_new(directive))?;
+    // Colour only on a terminal: journald, files and `docker logs` would keep the escape codes.
+    use std::io::IsTerminal;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     let res = match format {
         LogFormat::Human => builder.try_init(),

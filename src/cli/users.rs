@@ -29,10 +29,12 @@ pub enum UserCmd {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// List web UI users.
     List {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// Show one user.
     Show {
         user: String,
         #[command(flatten)]
@@ -56,6 +58,7 @@ pub enum UserCmd {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// Delete a user (their sessions end).
     Delete {
         user: String,
         #[command(flatten)]
@@ -68,11 +71,13 @@ pub enum UserCmd {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// List a user's API keys.
     KeyList {
         user: String,
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// Delete an API key.
     KeyDelete {
         user: String,
         key_id: String,

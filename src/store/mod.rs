@@ -649,7 +649,15 @@ fn open_sled(path: &Path, cache: u64) -> Result<sled::Db> {
         .cache_capacity(cache)
         // Durability comes from our group commit, never from a timer.
         .flush_every_ms(None);
-    let opened = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| config.open()));
+    guarded_open(path, || config.open())
+}
+
+/// Runs sled's `open`, turning the ways it reports a damaged store (corruption errors, I/O
+/// errors on unreadable data, and panics: one flipped byte can make sled panic while it reads
+/// its log) into `StoreError::Damaged`, so that a damaged store is a clear refusal rather than
+/// a crash on every start.
+fn guarded_open(path: &Path, open: impl FnOnce() -> sled::Result<sled::Db>) -> Result<sled::Db> {
+    let opened = std::panic::catch_unwind(std::panic::AssertUnwindSafe(open));
     let damaged = |what: String| StoreError::Damaged {
         path: path.to_path_buf(),
         what,
@@ -821,6 +829,51 @@ pub(crate) mod test_util {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_panic_inside_sled_on_open_is_a_damaged_store_not_a_crash() {
+        let path = Path::new("/nowhere/store");
+        let err =
+            guarded_open(path, || panic!("tried to serialize Uninitialized")).expect_err("refused");
+        assert!(
+            matches!(&err, StoreError::Damaged { what, .. } if what.contains("tried to serialize Uninitialized")),
+            "{err:?}"
+        );
+        let err = guarded_open(path, || Err(sled::Error::Corruption { at: None, bt: () }))
+            .expect_err("refused");
+        assert!(matches!(err, StoreError::Damaged { .. }), "{err:?}");
+    }
+
+    /// Single flipped bytes across sled's file: every open returns (a store or a refusal);
+    /// none panics past the guard.
+    #[test]
+    fn flipped_bytes_in_sleds_file_never_crash_the_open() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let src = dir.path().join("src");
+        {
+            let db = open_sled(&src, 1 << 20).expect("open");
+            for i in 0..2000u32 {
+                db.insert(i.to_be_bytes(), vec![i as u8; 40])
+                    .expect("insert");
+            }
+            db.flush().expect("flush");
+        }
+        let len = std::fs::metadata(src.join("db")).expect("db").len();
+        for n in 1..32u64 {
+            let copy = dir.path().join(format!("copy{n}"));
+            std::fs::create_dir_all(&copy).expect("mkdir");
+            for e in std::fs::read_dir(&src).expect("list").flatten() {
+                if e.path().is_file() {
+                    std::fs::copy(e.path(), copy.join(e.file_name())).expect("copy");
+                }
+            }
+            let at = len * n / 32;
+            let mut bytes = std::fs::read(copy.join("db")).expect("read");
+            bytes[at as usize] ^= 0xff;
+            std::fs::write(copy.join("db"), &bytes).expect("write");
+            let _ = open_sled(&copy, 1 << 20);
+        }
+    }
 
     #[tokio::test]
     async fn new_store_records_schema_version_and_reopens() {
