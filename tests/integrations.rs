@@ -909,6 +909,7 @@ async fn cli(base: &str, key: &str, args: &[&str]) -> String {
 async fn the_cli_manages_integrations() {
     let t = TestApp::start().await;
     let (base, key) = (t.http_base(), t.admin_key.clone());
+    let (dev, _) = t.device("named").await;
     let sink = Sink::start().await;
     sink.set_secret(SECRET);
     let secret_file = t.dir.path().join("secret");
@@ -966,14 +967,19 @@ async fn the_cli_manages_integrations() {
             "cli-hook",
             "--max-items",
             "7",
+            "--workspace",
+            "ws-named",
+            "--fleet",
+            "fleet",
             "--json",
         ],
     )
     .await;
-    assert_eq!(
-        serde_json::from_str::<Value>(&out).expect("json")["max_items"],
-        7
-    );
+    let updated: Value = serde_json::from_str(&out).expect("json");
+    assert_eq!(updated["max_items"], 7);
+    // The workspace and the fleet were named, as everywhere in the CLI, and sent as ids.
+    assert_eq!(updated["workspace_id"], dev["workspace_id"], "{out}");
+    assert_eq!(updated["fleet_ids"], json!([dev["fleet_id"]]), "{out}");
     assert!(
         cli(&base, &key, &["integration", "pause", "cli-hook"])
             .await

@@ -20,10 +20,10 @@ pub struct Settings {
     /// URL the batches are POSTed to (http:// or https://).
     #[arg(long)]
     url: Option<String>,
-    /// Only devices of this workspace (id).
+    /// Only devices of this workspace (id or name).
     #[arg(long)]
     workspace: Option<String>,
-    /// Only devices of this fleet (id; repeat for several).
+    /// Only devices of this fleet (id or name; repeat for several).
     #[arg(long = "fleet")]
     fleets: Vec<String>,
     /// Only telemetry under this tag (repeat for several).
@@ -150,18 +150,27 @@ fn read_secret(p: &PathBuf) -> anyhow::Result<String> {
         .to_string())
 }
 
-fn body_of(s: &Settings, out: &mut Map<String, Value>) -> anyhow::Result<()> {
+/// The request body of `create` and `update`; workspaces and fleets named by id or name.
+async fn body_of(c: &ApiClient, s: &Settings, out: &mut Map<String, Value>) -> anyhow::Result<()> {
+    let workspace = match &s.workspace {
+        Some(w) => Some(super::admin::resolve(c, "/workspaces", "workspace", w).await?),
+        None => None,
+    };
+    let mut fleets = Vec::with_capacity(s.fleets.len());
+    for f in &s.fleets {
+        fleets.push(super::admin::resolve(c, "/fleets", "fleet", f).await?);
+    }
     let mut put = |k: &str, v: Value| {
         out.insert(k.into(), v);
     };
     if let Some(u) = &s.url {
         put("url", json!(u));
     }
-    if let Some(w) = &s.workspace {
+    if let Some(w) = workspace {
         put("workspace_id", json!(w));
     }
-    if !s.fleets.is_empty() {
-        put("fleet_ids", json!(s.fleets));
+    if !fleets.is_empty() {
+        put("fleet_ids", json!(fleets));
     }
     if !s.tags.is_empty() {
         put("tags", json!(s.tags));
@@ -325,7 +334,7 @@ pub async fn run(cmd: IntegrationCmd) -> anyhow::Result<ExitCode> {
             let mut body = Map::new();
             body.insert("name".into(), json!(name));
             body.insert("paused".into(), json!(paused));
-            body_of(&settings, &mut body)?;
+            body_of(&c, &settings, &mut body).await?;
             let v: Value = c.post("/integrations", &Value::Object(body)).await?;
             if client.json {
                 return output::json(&v).map(|()| ExitCode::SUCCESS);
@@ -371,7 +380,7 @@ pub async fn run(cmd: IntegrationCmd) -> anyhow::Result<ExitCode> {
             if let Some(n) = name {
                 body.insert("name".into(), json!(n));
             }
-            body_of(&settings, &mut body)?;
+            body_of(&c, &settings, &mut body).await?;
             let v: Value = c
                 .patch(&format!("/integrations/{id}"), &Value::Object(body))
                 .await?;
