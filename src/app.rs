@@ -82,6 +82,23 @@ pub struct Addrs {
     pub https: Option<SocketAddr>,
 }
 
+/// Logs, once a minute and only when something changed, how many device sessions are open and
+/// how many opened and closed since `seen` (the totals at the previous call); returns the totals.
+/// Each connect and disconnect is logged at debug level only: a fleet reconnecting at once would
+/// otherwise bury everything else.
+fn log_connections(metrics: &crate::metrics::Metrics, seen: (u64, u64)) -> (u64, u64) {
+    let now = (metrics.device_connects.get(), metrics.device_disconnects.get());
+    if now != seen {
+        tracing::info!(
+            open = now.0.saturating_sub(now.1),
+            connected = now.0 - seen.0,
+            disconnected = now.1 - seen.1,
+            "device sessions in the last minute"
+        );
+    }
+    now
+}
+
 /// A running Corral.
 pub struct App {
     pub services: Arc<Services>,
@@ -243,10 +260,12 @@ impl App {
         tasks.push(tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(60));
             let mut stop = rx_activity;
+            let mut seen = (0, 0);
             loop {
                 tokio::select! {
                     _ = tick.tick() => {
                         activity.registry.persist_activity();
+                        seen = log_connections(&activity.metrics, seen);
                         // Expired UI sessions go, so the store does not keep them forever.
                         if let Err(e) = activity.auth.sweep_sessions() {
                             tracing::warn!(error = %e, "cannot sweep expired sessions");

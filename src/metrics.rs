@@ -43,6 +43,9 @@ pub struct Metrics {
     registry: Registry,
     pub connections: Family<TransportLabel, Gauge>,
     pub connects_refused: Family<ReasonLabel, Counter>,
+    /// Device sessions opened and closed, for the connection summary in the log.
+    pub device_connects: Counter,
+    pub device_disconnects: Counter,
     pub messages_in: Family<TransportLabel, Counter>,
     pub bytes_in: Family<TransportLabel, Counter>,
     pub points_stored: Counter,
@@ -110,6 +113,18 @@ impl Metrics {
             "device_connects_refused",
             "Device connection attempts refused, by reason",
             connects_refused.clone(),
+        );
+        let device_connects = Counter::default();
+        registry.register(
+            "device_connects",
+            "Device sessions opened",
+            device_connects.clone(),
+        );
+        let device_disconnects = Counter::default();
+        registry.register(
+            "device_disconnects",
+            "Device sessions closed",
+            device_disconnects.clone(),
         );
         let messages_in = Family::<TransportLabel, Counter>::default();
         registry.register(
@@ -290,6 +305,8 @@ impl Metrics {
             })
             .set(1);
         Self {
+            device_connects,
+            device_disconnects,
             process_rss_bytes,
             process_cpu_seconds,
             process_open_fds,

@@ -146,6 +146,9 @@ async fn v3_telemetry_in_all_forms_is_stored_and_read_back() {
     assert!(value("corral_process_cpu_seconds") > 0.0);
     assert!(value("corral_process_open_fds") >= 3.0);
     assert!(value("corral_store_size_bytes") > 0.0);
+    // Sessions opened and closed: the log's per-minute summary counts these.
+    assert!(value("corral_device_connects_total") >= 1.0);
+    assert!(value("corral_device_disconnects_total") >= 1.0);
     let version = format!(
         "corral_build_info{{version=\"{}\"}} 1",
         env!("CARGO_PKG_VERSION")

@@ -112,7 +112,9 @@ impl Drop for DeviceSession {
         self.services
             .events
             .publish(Event::DeviceDisconnected { device_id: d.id });
-        tracing::info!(device = %d.id, name = %d.name, "device disconnected");
+        self.services.metrics.device_disconnects.inc();
+        // Per device at debug: a fleet reconnecting would flood the log; `app` logs a summary.
+        tracing::debug!(device = %d.id, name = %d.name, "device disconnected");
     }
 }
 
@@ -208,7 +210,7 @@ async fn open_session_inner(
         None => c.client_id == PROVISION_USERNAME && c.chain.is_none(),
     };
     if provisioning {
-        tracing::info!(peer = ?c.peer, transport, "provisioning session opened");
+        tracing::info!(peer = %shown(c.peer), transport, "provisioning session opened");
         return Ok((
             DeviceSession {
                 services: services.clone(),
@@ -261,10 +263,11 @@ async fn open_session_inner(
         device_id: dev.id,
         transport,
     });
-    tracing::info!(
+    services.metrics.device_connects.inc();
+    tracing::debug!(
         device = %dev.id,
         name = %dev.name,
-        peer = ?c.peer,
+        peer = %shown(c.peer),
         transport,
         method = login.method,
         took_over = taken,
@@ -554,7 +557,7 @@ async fn handle_publish(
         // A provisioning session: one kind of message, answered on its response topic.
         if topic != DeviceTopic::ProvisionRequest {
             reject("not_authorized");
-            tracing::info!(peer = ?s.peer, topic = topic_str, "provisioning session publish refused");
+            tracing::info!(peer = %shown(s.peer), topic = topic_str, "provisioning session publish refused");
             return Outcome::NotAuthorized;
         }
         let n = s
@@ -917,9 +920,14 @@ fn malformed_v5(c: &Control<MqttErr>) -> Option<v5::codec::DisconnectReasonCode>
     }
 }
 
+/// An optional value for a log field: the value, or `-` (never `Some(..)`).
+fn shown<T: std::fmt::Display>(v: Option<T>) -> String {
+    v.map_or_else(|| "-".to_string(), |v| v.to_string())
+}
+
 fn log_stop(s: &DeviceSession, c: &Control<MqttErr>) {
     if let Control::Stop(reason) = c {
-        tracing::debug!(device = ?s.device.as_ref().map(|d| d.id), ?reason, "connection stopping");
+        tracing::debug!(device = %shown(s.device.as_ref().map(|d| d.id)), ?reason, "connection stopping");
     }
 }
 
