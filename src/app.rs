@@ -87,7 +87,10 @@ pub struct Addrs {
 /// Each connect and disconnect is logged at debug level only: a fleet reconnecting at once would
 /// otherwise bury everything else.
 fn log_connections(metrics: &crate::metrics::Metrics, seen: (u64, u64)) -> (u64, u64) {
-    let now = (metrics.device_connects.get(), metrics.device_disconnects.get());
+    let now = (
+        metrics.device_connects.get(),
+        metrics.device_disconnects.get(),
+    );
     if now != seen {
         tracing::info!(
             open = now.0.saturating_sub(now.1),
