@@ -278,14 +278,20 @@ impl App {
                 }
             }
         }));
-        // Sessions whose credential's grace period ended are closed within seconds.
+        // Sessions whose credential's grace period ended are closed within seconds; the
+        // message rate is sampled on the same tick.
         let sweep = services.clone();
         let mut stop_sweep = shutdown.subscribe();
         tasks.push(tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(5));
             loop {
                 tokio::select! {
-                    _ = tick.tick() => sweep.credentials.sweep_expired(),
+                    _ = tick.tick() => {
+                        sweep.credentials.sweep_expired();
+                        // The overview's message rate covers the last minute whenever it is
+                        // read, not the time since the previous read: sample it steadily.
+                        sweep.metrics.recent_message_rate();
+                    }
                     _ = stop_sweep.changed() => return,
                 }
             }

@@ -589,3 +589,27 @@ async fn undecodable_v5_packets_get_disconnect_0x81() {
     }
     t.stop().await;
 }
+
+/// The overview's message rate is the rate of the last minute, sampled all along: the first
+/// view after a burst already shows it (it used to read 0.0 until a second view).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_overview_rate_is_measured_before_anyone_looks() {
+    let mut t = TestApp::start().await;
+    let (_, token) = t.device("rate-dev").await;
+    let http = reqwest::Client::new();
+    for i in 0..30 {
+        let r = http
+            .post(format!("{}/api/v1/{token}/telemetry", t.http_base()))
+            .json(&json!({"t": i}))
+            .send()
+            .await
+            .expect("post");
+        assert!(r.status().is_success());
+    }
+    // Two sampling ticks (5 s apart) without a single view in between.
+    tokio::time::sleep(Duration::from_secs(11)).await;
+    let v: Value = t.api.get("/overview", &[]).await.expect("overview");
+    let rate = v["messages_per_sec"].as_f64().expect("rate");
+    assert!(rate > 0.0, "first view: {v}");
+    t.stop().await;
+}
