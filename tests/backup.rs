@@ -11,49 +11,13 @@ use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use common::device_data::{BASE_TS, admin, stored_longs};
 use common::server::{Server, bin};
 use common::tls_transport;
 use rumqttc::{AsyncClient, Event, MqttOptions, Outgoing, Packet, QoS};
 use serde_json::{Value, json};
 
-const BASE_TS: i64 = 1_700_000_000_000;
 const DEVICES: usize = 10;
-
-fn api(srv: &Server, key: &str) -> corral::cli::client::ApiClient {
-    corral::cli::client::ApiClient::new(&srv.base(), Some(key.to_string()), None).expect("client")
-}
-
-/// Every (seq, twin) pair stored for the device.
-async fn stored(srv: &Server, key: &str, device: &str) -> (BTreeSet<i64>, BTreeSet<i64>) {
-    let api = api(srv, key);
-    let mut out = (BTreeSet::new(), BTreeSet::new());
-    for (k, set) in [("seq", &mut out.0), ("twin", &mut out.1)] {
-        let mut cursor: Option<String> = None;
-        loop {
-            let mut q = vec![
-                ("keys", k.to_string()),
-                ("from", "0".into()),
-                ("to", (BASE_TS + 100_000_000).to_string()),
-                ("limit", "1000".into()),
-            ];
-            if let Some(c) = &cursor {
-                q.push(("cursor", c.clone()));
-            }
-            let page: Value = api
-                .get(&format!("/devices/{device}/telemetry"), &q)
-                .await
-                .expect("telemetry");
-            for p in page["data"][k].as_array().into_iter().flatten() {
-                set.insert(p["value"].as_i64().expect("value"));
-            }
-            match page["next_cursor"].as_str() {
-                Some(c) => cursor = Some(c.to_string()),
-                None => break,
-            }
-        }
-    }
-    out
-}
 
 /// Publishes QoS 1 as fast as the window allows until `stop`; records acknowledged seqs.
 fn publisher(
@@ -125,7 +89,7 @@ async fn a_backup_taken_while_ten_devices_publish_restores_everything_acknowledg
     let dir = tempfile::tempdir().expect("tempdir");
     let key = corral::auth::new_api_key();
     let srv = Server::spawn(&dir.path().join("data"), &key);
-    let api = api(&srv, &key);
+    let api = admin(&srv.base(), &key);
     let ws: Value = api
         .post("/workspaces", &json!({"name": "w"}))
         .await
@@ -226,7 +190,8 @@ async fn a_backup_taken_while_ten_devices_publish_restores_everything_acknowledg
     drop(srv);
     let srv = Server::spawn(&restored, &key);
     for ((device, _), before) in devices.iter().zip(&before) {
-        let (seq, twin) = stored(&srv, &key, device).await;
+        let seq = stored_longs(&srv.base(), &key, device, "seq").await;
+        let twin = stored_longs(&srv.base(), &key, device, "twin").await;
         let missing: Vec<_> = before.difference(&seq).collect();
         assert!(
             missing.is_empty(),
@@ -241,7 +206,7 @@ async fn truncated_or_altered_backups_fail_verify_and_restore() {
     let dir = tempfile::tempdir().expect("tempdir");
     let key = corral::auth::new_api_key();
     let srv = Server::spawn(&dir.path().join("data"), &key);
-    let api = api(&srv, &key);
+    let api = admin(&srv.base(), &key);
     let _: Value = api
         .post("/workspaces", &json!({"name": "w"}))
         .await

@@ -13,10 +13,9 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use common::device_data::{BASE_TS, make_device, stored_longs};
 use common::server::{Server, refused_start};
-use serde_json::{Value, json};
-
-const BASE_TS: i64 = 1_700_000_000_000;
+use serde_json::json;
 
 /// A directory on the small file system, removed again when dropped: the tests share it and
 /// run one at a time (`--test-threads 1`).
@@ -42,27 +41,6 @@ fn ballast(dir: &Path, name: &str, mib: usize) -> PathBuf {
     let path = dir.join(format!("ballast-{name}"));
     std::fs::write(&path, vec![1u8; mib << 20]).expect("ballast");
     path
-}
-
-async fn make_device(srv: &Server, key: &str) -> (String, String) {
-    let api =
-        corral::cli::client::ApiClient::new(&srv.base(), Some(key.to_string()), None).expect("api");
-    let ws: Value = api
-        .post("/workspaces", &json!({"name": "w"}))
-        .await
-        .expect("ws");
-    let fleet: Value = api
-        .post("/fleets", &json!({"workspace_id": ws["id"], "name": "f"}))
-        .await
-        .expect("fleet");
-    let d: Value = api
-        .post("/devices", &json!({"fleet_id": fleet["id"], "name": "d"}))
-        .await
-        .expect("device");
-    (
-        d["device"]["id"].as_str().expect("id").into(),
-        d["credentials"]["token"].as_str().expect("token").into(),
-    )
 }
 
 /// Posts 16 KiB messages, `seq` from `first` on, until `refusals` in a row are refused; returns
@@ -107,35 +85,6 @@ async fn fill(
     (acked, refused)
 }
 
-async fn stored(srv: &Server, key: &str, device: &str) -> BTreeSet<i64> {
-    let api =
-        corral::cli::client::ApiClient::new(&srv.base(), Some(key.to_string()), None).expect("api");
-    let mut out = BTreeSet::new();
-    let mut cursor: Option<String> = None;
-    loop {
-        let mut q = vec![
-            ("keys", "seq".to_string()),
-            ("from", "0".into()),
-            ("to", (BASE_TS + 1_000_000).to_string()),
-            ("limit", "1000".into()),
-        ];
-        if let Some(c) = &cursor {
-            q.push(("cursor", c.clone()));
-        }
-        let page: Value = api
-            .get(&format!("/devices/{device}/telemetry"), &q)
-            .await
-            .expect("telemetry");
-        for p in page["data"]["seq"].as_array().into_iter().flatten() {
-            out.insert(p["value"].as_i64().expect("seq"));
-        }
-        match page["next_cursor"].as_str() {
-            Some(c) => cursor = Some(c.to_string()),
-            None => return out,
-        }
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs a small file system: CORRAL_TEST_SMALL_FS (see .ci/run)"]
 async fn a_full_disk_loses_nothing_acknowledged_and_never_bricks_the_store() {
@@ -146,7 +95,7 @@ async fn a_full_disk_loses_nothing_acknowledged_and_never_bricks_the_store() {
     // No reserve: the disk really fills.
     let env = [("CORRAL_STORE__MIN_FREE_MB", "0")];
     let mut srv = Server::spawn_with(&data, &key, &env);
-    let (device, token) = make_device(&srv, &key).await;
+    let (device, token) = make_device(&srv.base(), &key).await;
     let (mut acked, mut refused) = fill(&srv, &token, 0, 20).await;
 
     // SIGTERM on a full disk ends, in bounded time (D5).
@@ -209,7 +158,7 @@ async fn check(
     acked: &BTreeSet<i64>,
     refused: &BTreeSet<i64>,
 ) {
-    let have = stored(srv, key, device).await;
+    let have = stored_longs(&srv.base(), key, device, "seq").await;
     let lost: Vec<_> = acked.difference(&have).collect();
     assert!(lost.is_empty(), "acknowledged but lost: {lost:?}");
     let stored_anyway: Vec<_> = refused.intersection(&have).collect();
@@ -227,7 +176,7 @@ async fn the_reserve_refuses_device_data_before_the_disk_fills() {
     let key = corral::auth::new_api_key();
     let env = [("CORRAL_STORE__MIN_FREE_MB", "6")];
     let mut srv = Server::spawn_with(&data, &key, &env);
-    let (device, token) = make_device(&srv, &key).await;
+    let (device, token) = make_device(&srv.base(), &key).await;
     let (acked, refused) = fill(&srv, &token, 0, 5).await;
     // Refused early, so the store still had room for a clean stop.
     assert!(
@@ -235,7 +184,7 @@ async fn the_reserve_refuses_device_data_before_the_disk_fills() {
         "a clean stop with the reserve kept"
     );
     let srv = Server::spawn_with(&data, &key, &env);
-    let have = stored(&srv, &key, &device).await;
+    let have = stored_longs(&srv.base(), &key, &device, "seq").await;
     assert_eq!(have, acked, "exactly the acknowledged messages");
     assert!(refused.intersection(&have).next().is_none());
 }

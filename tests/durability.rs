@@ -7,64 +7,12 @@ use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use common::device_data::{BASE_TS, make_device, stored_longs};
 use common::server::Server;
 use common::tls_transport;
 use rand::Rng;
 use rumqttc::{AsyncClient, Event, MqttOptions, Outgoing, Packet, QoS};
-use serde_json::{Value, json};
-
-const BASE_TS: i64 = 1_700_000_000_000;
-
-async fn make_device(base: &str, key: &str) -> (String, String) {
-    let api =
-        corral::cli::client::ApiClient::new(base, Some(key.to_string()), None).expect("client");
-    let ws: Value = api
-        .post("/workspaces", &json!({"name": "crash"}))
-        .await
-        .expect("ws");
-    let fleet: Value = api
-        .post("/fleets", &json!({"workspace_id": ws["id"], "name": "f"}))
-        .await
-        .expect("fleet");
-    let d: Value = api
-        .post("/devices", &json!({"fleet_id": fleet["id"], "name": "d"}))
-        .await
-        .expect("device");
-    (
-        d["device"]["id"].as_str().expect("id").into(),
-        d["credentials"]["token"].as_str().expect("token").into(),
-    )
-}
-
-/// Every `seq` value stored for the device.
-async fn stored_seqs(base: &str, key: &str, device: &str) -> BTreeSet<i64> {
-    let api =
-        corral::cli::client::ApiClient::new(base, Some(key.to_string()), None).expect("client");
-    let mut out = BTreeSet::new();
-    let mut cursor: Option<String> = None;
-    loop {
-        let mut q = vec![
-            ("keys", "seq".to_string()),
-            ("from", "0".into()),
-            ("to", (BASE_TS + 10_000_000).to_string()),
-            ("limit", "1000".into()),
-        ];
-        if let Some(c) = &cursor {
-            q.push(("cursor", c.clone()));
-        }
-        let page: Value = api
-            .get(&format!("/devices/{device}/telemetry"), &q)
-            .await
-            .expect("telemetry");
-        for p in page["data"]["seq"].as_array().into_iter().flatten() {
-            out.insert(p["value"].as_i64().expect("seq"));
-        }
-        match page["next_cursor"].as_str() {
-            Some(c) => cursor = Some(c.to_string()),
-            None => return out,
-        }
-    }
-}
+use serde_json::json;
 
 /// Publishes QoS 1 messages from `first` on, pipelined, until the connection dies; records which
 /// sequence numbers the server acknowledged. Returns the next unused sequence number.
@@ -164,7 +112,7 @@ async fn every_acknowledged_message_survives_kill_9() {
     }
     let srv = Server::spawn(dir.path(), &key);
     assert_replayed(&srv);
-    let stored = stored_seqs(&srv.base(), &key, &device).await;
+    let stored = stored_longs(&srv.base(), &key, &device, "seq").await;
     let acked = acked.lock().expect("lock").clone();
     let lost: Vec<_> = acked.difference(&stored).take(10).collect();
     assert!(
@@ -205,7 +153,7 @@ async fn sigterm_stops_cleanly_and_keeps_acknowledged_data() {
             .any(|l| l.contains("replayed the write-ahead log")),
         "a clean stop checkpoints: nothing to replay"
     );
-    let stored = stored_seqs(&srv.base(), &key, &device).await;
+    let stored = stored_longs(&srv.base(), &key, &device, "seq").await;
     let acked = acked.lock().expect("lock").clone();
     assert!(!acked.is_empty());
     assert!(

@@ -18,13 +18,13 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::device_data::{BASE_TS, admin, stored_longs};
 use common::server::Server;
 use common::tls_transport;
 use rand::Rng;
 use rumqttc::{AsyncClient, Event, MqttOptions, Outgoing, Packet, QoS};
 use serde_json::{Value, json};
 
-const BASE_TS: i64 = 1_700_000_000_000;
 const DEVICES: usize = 4;
 /// Settings for every start: a small free-space reserve (statfs reports the backing disk).
 const ENV: &[(&str, &str)] = &[("CORRAL_STORE__MIN_FREE_MB", "1")];
@@ -151,39 +151,6 @@ fn lazyfs_loses_what_was_not_fsynced_and_keeps_what_was() {
     assert_eq!(read("sub/renamed"), b"synced, then renamed");
 }
 
-fn api(srv: &Server, key: &str) -> corral::cli::client::ApiClient {
-    corral::cli::client::ApiClient::new(&srv.base(), Some(key.to_string()), None).expect("client")
-}
-
-/// Every `seq` value stored for the device.
-async fn stored_seqs(srv: &Server, key: &str, device: &str) -> BTreeSet<i64> {
-    let api = api(srv, key);
-    let mut out = BTreeSet::new();
-    let mut cursor: Option<String> = None;
-    loop {
-        let mut q = vec![
-            ("keys", "seq".to_string()),
-            ("from", "0".into()),
-            ("to", (BASE_TS + 100_000_000).to_string()),
-            ("limit", "1000".into()),
-        ];
-        if let Some(c) = &cursor {
-            q.push(("cursor", c.clone()));
-        }
-        let page: Value = api
-            .get(&format!("/devices/{device}/telemetry"), &q)
-            .await
-            .expect("telemetry");
-        for p in page["data"]["seq"].as_array().into_iter().flatten() {
-            out.insert(p["value"].as_i64().expect("seq"));
-        }
-        match page["next_cursor"].as_str() {
-            Some(c) => cursor = Some(c.to_string()),
-            None => return out,
-        }
-    }
-}
-
 /// Publishes QoS 1 from `first` on, pipelined, until the connection dies; records which
 /// sequence numbers the server acknowledged.
 fn publish(
@@ -278,7 +245,7 @@ async fn every_acknowledged_message_survives_a_power_cut() {
         let m = Mount::new(&disk, &mnt);
         let mut srv = Server::spawn_with(&mnt.join("data"), &key, ENV);
         if devices.is_empty() {
-            let api = api(&srv, &key);
+            let api = admin(&srv.base(), &key);
             let ws: Value = api
                 .post("/workspaces", &json!({"name": "power"}))
                 .await
@@ -351,7 +318,7 @@ async fn every_acknowledged_message_survives_a_power_cut() {
         let mut lost = 0;
         let mut examples = Vec::new();
         for (id, _, acked) in &devices {
-            let stored = stored_seqs(&check, &key, id).await;
+            let stored = stored_longs(&check.base(), &key, id, "seq").await;
             let acked = acked.lock().expect("lock").clone();
             let missing: Vec<i64> = acked.difference(&stored).copied().collect();
             lost += missing.len();

@@ -8,38 +8,12 @@ mod common;
 
 use std::path::Path;
 
+use common::device_data::{BASE_TS, make_device, stored_longs};
 use common::server::{Server, refused_start};
 use serde_json::{Value, json};
 
-const BASE_TS: i64 = 1_700_000_000_000;
-
 fn key() -> String {
     corral::auth::new_api_key()
-}
-
-fn api(srv: &Server, key: &str) -> corral::cli::client::ApiClient {
-    corral::cli::client::ApiClient::new(&srv.base(), Some(key.to_string()), None).expect("client")
-}
-
-/// A device on `srv`: (id, access token).
-async fn make_device(srv: &Server, key: &str) -> (String, String) {
-    let api = api(srv, key);
-    let ws: Value = api
-        .post("/workspaces", &json!({"name": "w"}))
-        .await
-        .expect("workspace");
-    let fleet: Value = api
-        .post("/fleets", &json!({"workspace_id": ws["id"], "name": "f"}))
-        .await
-        .expect("fleet");
-    let d: Value = api
-        .post("/devices", &json!({"fleet_id": fleet["id"], "name": "d"}))
-        .await
-        .expect("device");
-    (
-        d["device"]["id"].as_str().expect("id").into(),
-        d["credentials"]["token"].as_str().expect("token").into(),
-    )
 }
 
 /// Posts `seq` values `range` through the HTTP device API; returns the HTTP statuses.
@@ -60,26 +34,14 @@ async fn publish(srv: &Server, token: &str, range: std::ops::Range<i64>) -> Vec<
 
 /// How many `seq` points the device has.
 async fn stored(srv: &Server, key: &str, device: &str) -> usize {
-    let page: Value = api(srv, key)
-        .get(
-            &format!("/devices/{device}/telemetry"),
-            &[
-                ("keys", "seq".to_string()),
-                ("from", "0".into()),
-                ("to", (BASE_TS + 1_000_000).to_string()),
-                ("limit", "1000".into()),
-            ],
-        )
-        .await
-        .expect("telemetry");
-    page["data"]["seq"].as_array().map_or(0, Vec::len)
+    stored_longs(&srv.base(), key, device, "seq").await.len()
 }
 
 /// A data directory whose store holds one device with 200 acknowledged points, stopped cleanly.
 /// Returns (device id, token).
 async fn populated(data: &Path, key: &str) -> (String, String) {
     let mut srv = Server::spawn(data, key);
-    let (device, token) = make_device(&srv, key).await;
+    let (device, token) = make_device(&srv.base(), key).await;
     assert!(
         publish(&srv, &token, 0..200)
             .await
@@ -251,7 +213,7 @@ async fn a_torn_log_tail_replays_and_damage_inside_the_log_is_refused() {
     let key = key();
     let data = dir.path().join("data");
     let mut srv = Server::spawn(&data, &key);
-    let (device, token) = make_device(&srv, &key).await;
+    let (device, token) = make_device(&srv.base(), &key).await;
     assert!(
         publish(&srv, &token, 0..300)
             .await
@@ -306,7 +268,7 @@ async fn device_data_is_refused_whole_when_free_space_runs_low() {
     // and every device write is then refused.
     let reserve = (free_mib + free_mib / 3 + 64).to_string();
     let mut srv = Server::spawn_with(&data, &key, &[("CORRAL_STORE__MIN_FREE_MB", &reserve)]);
-    let (device, token) = make_device(&srv, &key).await;
+    let (device, token) = make_device(&srv.base(), &key).await;
     let http = reqwest::Client::new();
     let r = http
         .post(format!("{}/api/v1/{token}/telemetry", srv.base()))
@@ -369,7 +331,7 @@ async fn a_record_forged_in_a_value_and_torn_by_a_crash_does_not_stop_the_start(
     let key = key();
     let data = dir.path().join("data");
     let mut srv = Server::spawn(&data, &key);
-    let (device, token) = make_device(&srv, &key).await;
+    let (device, token) = make_device(&srv.base(), &key).await;
     assert!(publish(&srv, &token, 0..20).await.iter().all(|s| *s == 200));
     // The forgery, with more text after it so that the record carrying it can be torn after it.
     let forged = forged_record();

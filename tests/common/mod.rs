@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+pub mod device_data;
 pub mod mqtt;
 pub mod server;
 pub mod sink;
