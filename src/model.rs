@@ -497,7 +497,7 @@ pub struct Job {
     pub id: JobId,
     pub device_id: DeviceId,
     pub method: String,
-    #[schema(value_type = Object)]
+    /// The command's parameters as given: any JSON value, `null` when none were given.
     pub params: serde_json::Value,
     /// Two-way jobs succeed when the device replies; one-way jobs when it acknowledges.
     pub two_way: bool,
@@ -540,7 +540,7 @@ pub struct FleetJob {
     pub id: FleetJobId,
     pub fleet_id: FleetId,
     pub method: String,
-    #[schema(value_type = Object)]
+    /// The command's parameters as given: any JSON value, `null` when none were given.
     pub params: serde_json::Value,
     pub two_way: bool,
     pub ttl_secs: u64,
@@ -655,7 +655,7 @@ pub struct Schedule {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fleet_id: Option<FleetId>,
     pub method: String,
-    #[schema(value_type = Object)]
+    /// The command's parameters as given: any JSON value, `null` when none were given.
     pub params: serde_json::Value,
     pub two_way: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -12,13 +12,13 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{RawQuery, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
 use serde_json::{Value as Json, json};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::audit::Entry;
 use crate::data::keys::KeyRefusal;
@@ -35,22 +35,29 @@ const MAX_POLL: Duration = Duration::from_secs(300);
 /// Long-poll length when the device gives none.
 const DEFAULT_POLL: Duration = Duration::from_secs(30);
 
-/// The device API routes, to be mounted at `/api/v1` outside the admin authentication; bodies
-/// over `max_body` bytes are refused with 413.
-pub fn routes(max_body: usize) -> Router<Arc<Services>> {
-    Router::new()
-        .route("/{token}/telemetry", post(telemetry))
-        .route("/{token}/telemetry/{tag}", post(tagged_telemetry))
-        .route(
-            "/{token}/attributes",
-            post(post_attributes).get(get_attributes),
-        )
-        .route("/{token}/attributes/updates", get(attribute_updates))
-        .route("/{token}/rpc", get(rpc_poll).post(client_rpc))
-        .route("/{token}/rpc/{id}", post(rpc_reply))
-        .route("/{token}/claim", post(claim))
-        .route("/{token}/conditions", post(post_conditions))
+/// The device API routes and their OpenAPI document, to be mounted at `/api/v1` outside the
+/// admin authentication; bodies over `max_body` bytes are refused with 413.
+pub fn routes(max_body: usize) -> OpenApiRouter<Arc<Services>> {
+    OpenApiRouter::new()
+        .routes(routes!(telemetry))
+        .routes(routes!(tagged_telemetry))
+        .routes(routes!(post_attributes, get_attributes))
+        .routes(routes!(attribute_updates))
+        .routes(routes!(rpc_poll, client_rpc))
+        .routes(routes!(rpc_reply))
+        .routes(routes!(claim))
+        .routes(routes!(post_conditions))
         .layer(axum::extract::DefaultBodyLimit::max(max_body))
+}
+
+/// The body of a device API error: ThingsBoard's shape, a message and, for telemetry refused
+/// over a key cap, a stable code.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct DeviceApiError {
+    pub error: String,
+    /// `too_many_keys` or `key_quota_exceeded`, on 422 only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub code: Option<String>,
 }
 
 /// The client's address, when the request came over a socket.
@@ -90,8 +97,12 @@ impl<St: Send + Sync> axum::extract::FromRequest<St> for DevBody {
     }
 }
 
-/// Corral's extension: the device opens, updates or closes conditions (the payload of
-/// `v1/devices/me/conditions`). 200 with the conditions as they now stand.
+/// Report conditions
+///
+/// Corral's extension: the device opens, updates or closes its conditions (alarms) with the
+/// payload of the MQTT topic `v1/devices/me/conditions`, and gets its conditions as they now
+/// stand.
+#[utoipa::path(post, path = "/{token}/conditions", tag = "device-api", security(()), params(("token" = String, Path, description = "The device's access token.")), request_body(content = serde_json::Value, content_type = "application/json", description = "One condition report or an array of them: `name`, `severity`, `open`, `details`."), responses((status = 200, description = "The device's conditions as they now stand.", body = Object), (status = 400, description = "The request is not what the operation takes.", body = DeviceApiError), (status = 401, description = "No device has this access token.", body = DeviceApiError), (status = 403, description = "The device or its credential is disabled or revoked.", body = DeviceApiError), (status = 413, description = "The body is over `mqtt.max_packet_size`.", body = DeviceApiError), (status = 429, description = "Over the device's message rate; nothing stored. `Retry-After` says when to send again.", body = DeviceApiError), (status = 500, description = "An internal error.", body = DeviceApiError)))]
 async fn post_conditions(
     State(s): S,
     Peer(peer): Peer,
@@ -230,6 +241,11 @@ async fn store(
     }
 }
 
+/// Upload telemetry
+///
+/// ThingsBoard's telemetry upload: `{"key": value, ...}`, `{"ts": ms, "values": {...}}`, or an
+/// array of either. A 200 means the points are durable. Stored under the tag `default`.
+#[utoipa::path(post, path = "/{token}/telemetry", tag = "device-api", security(()), params(("token" = String, Path, description = "The device's access token.")), request_body(content = serde_json::Value, content_type = "application/json", description = "Telemetry: values, a timestamped object, or an array of either."), responses((status = 200, description = "Stored durably."), (status = 400, description = "The request is not what the operation takes.", body = DeviceApiError), (status = 401, description = "No device has this access token.", body = DeviceApiError), (status = 403, description = "The device or its credential is disabled or revoked.", body = DeviceApiError), (status = 413, description = "The body is over `mqtt.max_packet_size`.", body = DeviceApiError), (status = 422, description = "Refused over a key cap (`too_many_keys`, `key_quota_exceeded`); nothing stored.", body = DeviceApiError), (status = 429, description = "Over the device's message rate; nothing stored. `Retry-After` says when to send again.", body = DeviceApiError), (status = 500, description = "An internal error.", body = DeviceApiError), (status = 507, description = "Free disk space is below the store's reserve; nothing stored.", body = DeviceApiError)))]
 async fn telemetry(
     State(s): S,
     Peer(peer): Peer,
@@ -239,6 +255,11 @@ async fn telemetry(
     store(&s, &token, peer, DEFAULT_TAG, &body).await
 }
 
+/// Upload telemetry under a tag
+///
+/// Corral's extension: the same bodies as the telemetry upload, stored under `tag` (1 to 64
+/// of `A-Z a-z 0-9 _ - .`), so that one device can keep separate series per source.
+#[utoipa::path(post, path = "/{token}/telemetry/{tag}", tag = "device-api", security(()), params(("token" = String, Path, description = "The device's access token."), ("tag" = String, Path, description = "The tag to store under.")), request_body(content = serde_json::Value, content_type = "application/json", description = "Telemetry: values, a timestamped object, or an array of either."), responses((status = 200, description = "Stored durably."), (status = 400, description = "The request is not what the operation takes.", body = DeviceApiError), (status = 401, description = "No device has this access token.", body = DeviceApiError), (status = 403, description = "The device or its credential is disabled or revoked.", body = DeviceApiError), (status = 413, description = "The body is over `mqtt.max_packet_size`.", body = DeviceApiError), (status = 422, description = "Refused over a key cap (`too_many_keys`, `key_quota_exceeded`); nothing stored.", body = DeviceApiError), (status = 429, description = "Over the device's message rate; nothing stored. `Retry-After` says when to send again.", body = DeviceApiError), (status = 500, description = "An internal error.", body = DeviceApiError), (status = 507, description = "Free disk space is below the store's reserve; nothing stored.", body = DeviceApiError)))]
 async fn tagged_telemetry(
     State(s): S,
     Peer(peer): Peer,
@@ -248,6 +269,10 @@ async fn tagged_telemetry(
     store(&s, &token, peer, &tag, &body).await
 }
 
+/// Publish client attributes
+///
+/// The device reports its client-side attributes as a flat JSON object of key and value.
+#[utoipa::path(post, path = "/{token}/attributes", tag = "device-api", security(()), params(("token" = String, Path, description = "The device's access token.")), request_body(content = serde_json::Value, content_type = "application/json", description = "A JSON object of attribute keys and values."), responses((status = 200, description = "Stored."), (status = 400, description = "The request is not what the operation takes.", body = DeviceApiError), (status = 401, description = "No device has this access token.", body = DeviceApiError), (status = 403, description = "The device or its credential is disabled or revoked.", body = DeviceApiError), (status = 413, description = "The body is over `mqtt.max_packet_size`.", body = DeviceApiError), (status = 429, description = "Over the device's message rate; nothing stored. `Retry-After` says when to send again.", body = DeviceApiError), (status = 500, description = "An internal error.", body = DeviceApiError)))]
 async fn post_attributes(
     State(s): S,
     Peer(peer): Peer,
@@ -286,6 +311,12 @@ fn attribute_request(query: Option<&str>) -> AttributeRequest {
     }
 }
 
+/// Request attribute values
+///
+/// The device's client and shared attribute values, as ThingsBoard returns them:
+/// `{"client": {...}, "shared": {...}}`; `clientKeys` and `sharedKeys` select keys (all when
+/// both are absent).
+#[utoipa::path(get, path = "/{token}/attributes", tag = "device-api", security(()), params(("token" = String, Path, description = "The device's access token."), ("clientKeys" = Option<String>, Query, description = "Comma-separated client attribute keys."), ("sharedKeys" = Option<String>, Query, description = "Comma-separated shared attribute keys.")), responses((status = 200, description = "The values.", body = Object), (status = 401, description = "No device has this access token.", body = DeviceApiError), (status = 403, description = "The device or its credential is disabled or revoked.", body = DeviceApiError), (status = 500, description = "An internal error.", body = DeviceApiError)))]
 async fn get_attributes(
     State(s): S,
     Peer(peer): Peer,
@@ -310,6 +341,11 @@ fn poll_timeout(query: Option<&str>) -> DevResult<Duration> {
     Ok(DEFAULT_POLL)
 }
 
+/// Wait for a shared-attribute update
+///
+/// A long-poll: answers with the next change of the device's shared attributes, or 408 when
+/// none arrives within `timeout` milliseconds (default 30 s, at most 300 s).
+#[utoipa::path(get, path = "/{token}/attributes/updates", tag = "device-api", security(()), params(("token" = String, Path, description = "The device's access token."), ("timeout" = Option<u64>, Query, description = "How long to wait, in ms.")), responses((status = 200, description = "The changed attributes.", body = Object), (status = 400, description = "The request is not what the operation takes.", body = DeviceApiError), (status = 401, description = "No device has this access token.", body = DeviceApiError), (status = 403, description = "The device or its credential is disabled or revoked.", body = DeviceApiError), (status = 408, description = "Nothing arrived before the long-poll's timeout.")))]
 async fn attribute_updates(
     State(s): S,
     Peer(peer): Peer,
@@ -326,6 +362,12 @@ async fn attribute_updates(
 }
 
 /// Server-side RPC long-poll: the device's next job as `{"id","method","params"}`, or 408.
+/// Wait for a command (server-side RPC)
+///
+/// A long-poll: answers with the device's next job as `{"id", "method", "params"}`, or 408
+/// when none arrives within `timeout` milliseconds (default 30 s, at most 300 s). Reply with
+/// `POST /{token}/rpc/{id}`.
+#[utoipa::path(get, path = "/{token}/rpc", tag = "device-api", security(()), params(("token" = String, Path, description = "The device's access token."), ("timeout" = Option<u64>, Query, description = "How long to wait, in ms.")), responses((status = 200, description = "The command.", body = Object), (status = 400, description = "The request is not what the operation takes.", body = DeviceApiError), (status = 401, description = "No device has this access token.", body = DeviceApiError), (status = 403, description = "The device or its credential is disabled or revoked.", body = DeviceApiError), (status = 408, description = "Nothing arrived before the long-poll's timeout."), (status = 500, description = "An internal error.", body = DeviceApiError)))]
 async fn rpc_poll(
     State(s): S,
     Peer(peer): Peer,
@@ -347,6 +389,11 @@ async fn rpc_poll(
     )
 }
 
+/// Reply to a command
+///
+/// The device's reply to the server-side RPC `id`: any JSON. A two-way job succeeds with it;
+/// a reply to no pending job is accepted and ignored.
+#[utoipa::path(post, path = "/{token}/rpc/{id}", tag = "device-api", security(()), params(("token" = String, Path, description = "The device's access token."), ("id" = u64, Path, description = "The RPC id the command carried.")), request_body(content = serde_json::Value, content_type = "application/json", description = "The reply: any JSON."), responses((status = 200, description = "Accepted."), (status = 400, description = "The request is not what the operation takes.", body = DeviceApiError), (status = 401, description = "No device has this access token.", body = DeviceApiError), (status = 403, description = "The device or its credential is disabled or revoked.", body = DeviceApiError), (status = 413, description = "The body is over `mqtt.max_packet_size`.", body = DeviceApiError)))]
 async fn rpc_reply(
     State(s): S,
     Peer(peer): Peer,
@@ -362,6 +409,11 @@ async fn rpc_reply(
     Ok(StatusCode::OK)
 }
 
+/// Call the server (client-side RPC)
+///
+/// ThingsBoard's client-side RPC: `{"method": ..., "params": ...}`; Corral answers
+/// `getCurrentTime` and the methods configured under `[rpc]`.
+#[utoipa::path(post, path = "/{token}/rpc", tag = "device-api", security(()), params(("token" = String, Path, description = "The device's access token.")), request_body(content = serde_json::Value, content_type = "application/json", description = "The call: `{\"method\": ..., \"params\": ...}`."), responses((status = 200, description = "The server's answer.", body = Object), (status = 401, description = "No device has this access token.", body = DeviceApiError), (status = 403, description = "The device or its credential is disabled or revoked.", body = DeviceApiError), (status = 413, description = "The body is over `mqtt.max_packet_size`.", body = DeviceApiError)))]
 async fn client_rpc(
     State(s): S,
     Peer(peer): Peer,
@@ -374,6 +426,11 @@ async fn client_rpc(
     )))
 }
 
+/// Ask to be claimed
+///
+/// ThingsBoard's claiming request (`{"secretKey", "durationMs"}`, both optional); recorded in
+/// the audit log.
+#[utoipa::path(post, path = "/{token}/claim", tag = "device-api", security(()), params(("token" = String, Path, description = "The device's access token.")), request_body(content = serde_json::Value, content_type = "application/json", description = "Optional `secretKey` and `durationMs`."), responses((status = 200, description = "Recorded."), (status = 400, description = "The request is not what the operation takes.", body = DeviceApiError), (status = 401, description = "No device has this access token.", body = DeviceApiError), (status = 403, description = "The device or its credential is disabled or revoked.", body = DeviceApiError), (status = 413, description = "The body is over `mqtt.max_packet_size`.", body = DeviceApiError)))]
 async fn claim(
     State(s): S,
     Peer(peer): Peer,

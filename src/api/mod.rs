@@ -15,6 +15,7 @@ mod events;
 mod exposure;
 mod integrations;
 mod jobs;
+mod openapi;
 mod registry;
 mod telemetry;
 pub mod ui;
@@ -35,7 +36,6 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tower::ServiceExt;
 use utoipa::OpenApi;
-use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa_axum::router::OpenApiRouter;
 
 pub use error::ApiError;
@@ -61,27 +61,6 @@ pub fn page_limit(limit: Option<usize>) -> ApiResult<usize> {
     }
 }
 
-#[derive(OpenApi)]
-#[openapi(
-    info(title = "Corral REST API", description = "Manage workspaces, fleets and devices, and read device data. Authenticate with `Authorization: Bearer <api key>`."),
-    servers((url = "/api/v1")),
-    modifiers(&BearerAuth),
-    security(("api_key" = [])),
-)]
-struct ApiDoc;
-
-struct BearerAuth;
-
-impl utoipa::Modify for BearerAuth {
-    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
-        let components = openapi.components.get_or_insert_with(Default::default);
-        components.add_security_scheme(
-            "api_key",
-            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
-        );
-    }
-}
-
 /// Readiness, flipped by `app` once every listener runs and again at shutdown.
 #[derive(Default)]
 pub struct Readiness(AtomicBool);
@@ -97,7 +76,7 @@ impl Readiness {
 
 /// The authenticated `/api/v1` routes and their OpenAPI document.
 fn api_v1() -> (Router<Arc<Services>>, utoipa::openapi::OpenApi) {
-    OpenApiRouter::with_openapi(ApiDoc::openapi())
+    OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
         .merge(registry::routes())
         .merge(credentials::routes())
         .merge(attributes::routes())
@@ -111,10 +90,13 @@ fn api_v1() -> (Router<Arc<Services>>, utoipa::openapi::OpenApi) {
         .split_for_parts()
 }
 
-/// The OpenAPI document of every `/api/v1` route.
+/// The OpenAPI document of every `/api/v1` route: the authenticated API, signing in, the
+/// device API, provisioning and the CA files.
 pub fn openapi() -> utoipa::openapi::OpenApi {
     let mut doc = api_v1().1;
     doc.merge(auth::public_routes().split_for_parts().1);
+    doc.merge(device_http::routes(0).split_for_parts().1);
+    openapi::apply_conventions(&mut doc);
     doc
 }
 
@@ -125,10 +107,11 @@ pub fn router(
     ready: Arc<Readiness>,
     https: Option<std::net::SocketAddr>,
 ) -> Router {
-    let (api, mut doc) = api_v1();
-    let (sign_in, sign_in_doc) = auth::public_routes().split_for_parts();
-    doc.merge(sign_in_doc);
-    let doc = Arc::new(doc);
+    let (api, _) = api_v1();
+    let (sign_in, _) = auth::public_routes().split_for_parts();
+    let (device_api, _) =
+        device_http::routes(services.config.mqtt.max_packet_size as usize).split_for_parts();
+    let doc = Arc::new(openapi());
     let exposure = Arc::new(exposure::Exposure::new(
         services.config.http.admin,
         https,
@@ -184,10 +167,7 @@ pub fn router(
         );
     Router::new()
         .nest("/api/v1", api)
-        .nest(
-            "/api/v1",
-            device_http::routes(services.config.mqtt.max_packet_size as usize),
-        )
+        .nest("/api/v1", device_api)
         .nest(
             "/api/v1",
             sign_in.with_state(services.clone()).layer(admin_only()),

@@ -38,8 +38,8 @@ fn same_value(a: &Json, b: &Json) -> bool {
 #[serde(deny_unknown_fields)]
 pub struct NewFleetJob {
     pub method: String,
+    /// The command's parameters: any JSON value (`null` when absent).
     #[serde(default)]
-    #[schema(value_type = Object)]
     pub params: Json,
     #[serde(default)]
     pub two_way: bool,

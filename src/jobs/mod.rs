@@ -57,8 +57,8 @@ impl Default for JobsConfig {
 #[serde(deny_unknown_fields)]
 pub struct NewJob {
     pub method: String,
+    /// The command's parameters: any JSON value (`null` when absent).
     #[serde(default)]
-    #[schema(value_type = Object)]
     pub params: Json,
     /// Wait for the device's reply (`rpc/response/{id}`) rather than only its PUBACK.
     #[serde(default)]

@@ -264,8 +264,8 @@ pub struct NewSchedule {
     #[serde(default)]
     pub fleet_id: Option<FleetId>,
     pub method: String,
+    /// The command's parameters: any JSON value (`null` when absent).
     #[serde(default)]
-    #[schema(value_type = Object)]
     pub params: Json,
     #[serde(default)]
     pub two_way: bool,
