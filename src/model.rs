@@ -102,9 +102,12 @@ id_type!(
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct Workspace {
     pub id: WorkspaceId,
+    /// Unique on the server, regardless of case.
     pub name: String,
     pub description: String,
+    /// Creation time, ms since the epoch.
     pub created_at: Millis,
+    /// Time of the last change, ms since the epoch.
     pub updated_at: Millis,
     /// Telemetry older than this many days is deleted by the retention sweeper; `None` keeps
     /// it for `retention.default_days` (0: forever).
@@ -117,9 +120,12 @@ pub struct Workspace {
 pub struct Fleet {
     pub id: FleetId,
     pub workspace_id: WorkspaceId,
+    /// Unique within the workspace, regardless of case.
     pub name: String,
     pub description: String,
+    /// Creation time, ms since the epoch.
     pub created_at: Millis,
+    /// Time of the last change, ms since the epoch.
     pub updated_at: Millis,
 }
 
@@ -148,8 +154,10 @@ pub struct FleetProvisioning {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct ProvisioningView {
     pub fleet_id: FleetId,
+    /// The provisioning key devices present (the secret is never shown again).
     pub key: String,
     pub strategy: ProvisionStrategy,
+    /// When the key was set, ms since the epoch.
     pub created_at: Millis,
 }
 
@@ -170,12 +178,17 @@ impl From<&FleetProvisioning> for ProvisioningView {
 pub struct FleetCa {
     pub id: FleetCaId,
     pub fleet_id: FleetId,
+    /// The given name, or the certificate's subject.
     pub name: String,
+    /// Subject of the CA certificate.
     pub subject: String,
     /// SHA-256 of the certificate's DER, hex.
     pub sha256: String,
+    /// End of the CA certificate's validity, ms since the epoch.
     pub not_after: Millis,
+    /// The CA certificate, PEM.
     pub certificate_pem: String,
+    /// When it was registered, ms since the epoch.
     pub created_at: Millis,
 }
 
@@ -300,8 +313,11 @@ pub struct CertificateInfo {
     pub serial: String,
     pub subject: String,
     pub issuer: String,
+    /// Start of the certificate's validity, ms since the epoch.
     pub not_before: Millis,
+    /// End of the certificate's validity, ms since the epoch.
     pub not_after: Millis,
+    /// The certificate, PEM (never a private key).
     pub certificate_pem: String,
 }
 
@@ -309,10 +325,12 @@ pub struct CertificateInfo {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct AuditEvent {
     pub id: AuditId,
+    /// When it happened, ms since the epoch.
     pub ts: Millis,
     /// Stable event name, e.g. `credential_issued`, `auth_failed`, `device_created_jit`.
     pub kind: String,
-    /// Who acted: `admin`, `device`, `provisioning`, `system`.
+    /// Who acted: a username (or `api-key:NAME` for the bootstrap key) for API changes and
+    /// sign-ins, or e.g. `device`, `provisioning`, `setup`, `anonymous`.
     pub actor: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub device_id: Option<DeviceId>,
@@ -333,12 +351,16 @@ pub struct AuditEvent {
 pub struct ApiKey {
     pub id: ApiKeyId,
     pub name: String,
+    /// SHA-256 of the key's secret, hex.
     #[serde(with = "hex_bytes")]
     #[schema(value_type = String)]
     pub key_sha256: [u8; 32],
+    /// Creation time, ms since the epoch.
     pub created_at: Millis,
+    /// The user whose rights the key acts with; absent for the bootstrap key.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user_id: Option<UserId>,
+    /// When the key was last used, ms since the epoch.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_used_at: Option<Millis>,
 }
@@ -364,6 +386,7 @@ pub enum Role {
 pub struct Grant {
     pub workspace_id: WorkspaceId,
     pub role: Role,
+    /// Only these fleets of the workspace; absent: the whole workspace.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fleets: Option<Vec<FleetId>>,
 }
@@ -378,12 +401,17 @@ pub struct User {
     pub display_name: String,
     /// argon2id PHC string; never serialized to API responses (see `UserView`).
     pub password_hash: String,
+    /// A disabled user cannot sign in, and their API keys are refused.
     pub enabled: bool,
+    /// A server admin, who may do everything.
     pub admin: bool,
     #[serde(default)]
     pub grants: Vec<Grant>,
+    /// Creation time, ms since the epoch.
     pub created_at: Millis,
+    /// Time of the last change, ms since the epoch.
     pub updated_at: Millis,
+    /// Last sign-in, ms since the epoch.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_login_at: Option<Millis>,
 }
@@ -391,11 +419,13 @@ pub struct User {
 /// One entry of a device's connection history.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct ConnectionEvent {
+    /// When it happened, ms since the epoch.
     pub at: Millis,
     /// `connected` or `disconnected`.
     pub event: String,
     /// The listener: `mqtt-tls` or `mqtt` (plain).
     pub transport: String,
+    /// Remote address of the device, when known.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub peer: Option<String>,
 }
@@ -453,6 +483,7 @@ pub const DEFAULT_TAG: &str = "default";
 /// One stored telemetry point.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct Point {
+    /// The point's time, ms since the epoch (the device's timestamp when it gave one).
     pub ts: Millis,
     pub value: Value,
 }
@@ -486,7 +517,9 @@ impl JobState {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct JobTransition {
     pub state: JobState,
+    /// When the job entered the state, ms since the epoch.
     pub at: Millis,
+    /// Why, when there is more to say (a failure reason, who cancelled).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub note: Option<String>,
 }
@@ -496,29 +529,36 @@ pub struct JobTransition {
 pub struct Job {
     pub id: JobId,
     pub device_id: DeviceId,
+    /// The RPC method the device receives.
     pub method: String,
-    /// The command's parameters as given: any JSON value, `null` when none were given.
+    /// The RPC params the device receives: any JSON value, `null` when none were given.
     pub params: serde_json::Value,
     /// Two-way jobs succeed when the device replies; one-way jobs when it acknowledges.
     pub two_way: bool,
     pub state: JobState,
+    /// Creation time, ms since the epoch.
     pub created_at: Millis,
+    /// When an undelivered job expires, ms since the epoch.
     pub expires_at: Millis,
     /// The request id on the device's RPC topic, from the latest send.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rpc_id: Option<u32>,
+    /// Sends so far.
     pub attempts: u32,
     /// When a queued job may be sent again (after a failed attempt).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next_attempt_at: Option<Millis>,
+    /// The device's reply to a two-way job: its JSON, or the text it sent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<Object>)]
     pub result: Option<serde_json::Value>,
+    /// A repeated create with the same key returns this job instead of queueing another.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idempotency_key: Option<String>,
     /// The fleet job this job is part of.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fleet_job_id: Option<FleetJobId>,
+    /// Every state the job went through, oldest first.
     pub history: Vec<JobTransition>,
 }
 
@@ -542,7 +582,9 @@ pub struct FleetJob {
     pub method: String,
     /// The command's parameters as given: any JSON value, `null` when none were given.
     pub params: serde_json::Value,
+    /// Each device's job succeeds on its reply rather than on its acknowledgement.
     pub two_way: bool,
+    /// Seconds each device's job may wait for delivery.
     pub ttl_secs: u64,
     /// Devices started per minute; 0 starts all at once.
     pub per_minute: u32,
@@ -552,11 +594,13 @@ pub struct FleetJob {
     /// ...once at least this many have finished.
     pub abort_min_sample: u32,
     pub state: RolloutState,
+    /// Creation time, ms since the epoch.
     pub created_at: Millis,
     /// Devices of the fleet when the rollout started, in the order they get the job.
     pub devices: Vec<DeviceId>,
     /// Devices that have been given their job.
     pub launched: u32,
+    /// A note on the rollout: why it was aborted or cancelled, or that no device matched.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub note: Option<String>,
     /// The filter that chose `devices` among the fleet's, when one was given.
@@ -615,7 +659,9 @@ impl TargetFilter {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Window {
+    /// Local time the window opens, `HH:MM`.
     pub start: String,
+    /// Local time the window closes, `HH:MM`.
     pub end: String,
     /// IANA time zone (default UTC).
     #[serde(default = "utc")]
@@ -658,15 +704,20 @@ pub struct Schedule {
     /// The command's parameters as given: any JSON value, `null` when none were given.
     pub params: serde_json::Value,
     pub two_way: bool,
+    /// Seconds each job may wait for delivery (the server default when absent).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ttl_secs: Option<u64>,
     /// Fleet schedules: devices started per minute (0 = all at once).
     #[serde(default)]
     pub per_minute: u32,
+    /// Fleet schedules: abort the rollout when this share (percent) of finished jobs failed or
+    /// expired...
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub abort_failure_pct: Option<u8>,
+    /// ...once at least this many have finished (default 10).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub abort_min_sample: Option<u32>,
+    /// Fleet schedules: which devices of the fleet get the job.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub filter: Option<TargetFilter>,
     pub trigger: Trigger,
@@ -674,16 +725,20 @@ pub struct Schedule {
     /// open, and a fleet rollout starts devices only while it is open.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub window: Option<Window>,
+    /// A disabled schedule does not fire.
     pub enabled: bool,
+    /// Creation time, ms since the epoch.
     pub created_at: Millis,
     /// When it fires next (none: a one-shot that has run, or disabled).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next_run_at: Option<Millis>,
+    /// When it last fired, ms since the epoch.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_run_at: Option<Millis>,
     /// What the last run created (a job or fleet job id), or why it could not.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_result: Option<String>,
+    /// Times it has fired.
     pub runs: u32,
 }
 
@@ -828,22 +883,27 @@ pub struct Condition {
     /// What is wrong, as the device names it (`overheat`, `battery_low`).
     pub name: String,
     pub severity: Severity,
+    /// Open until the device or an operator closes it.
     pub open: bool,
     /// Details as the device last sent them.
     #[schema(value_type = Object)]
     pub details: serde_json::Value,
     /// When it was opened (the device's time when it gave one).
     pub opened_at: Millis,
+    /// Last change, ms since the epoch.
     pub updated_at: Millis,
     /// Opens and updates received while it was open, the first included.
     pub reports: u32,
+    /// When it was closed, ms since the epoch.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub closed_at: Option<Millis>,
     /// `device`, or the operator who closed it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub closed_by: Option<String>,
+    /// When an operator acknowledged it, ms since the epoch.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub acknowledged_at: Option<Millis>,
+    /// The operator who acknowledged it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub acknowledged_by: Option<String>,
 }

@@ -59,6 +59,12 @@ pub struct KeysParams {
     keys: String,
 }
 
+/// Get a device's attributes
+///
+/// Returns the device's attributes by scope, each value with the time (ms since the epoch) it was
+/// set: `client` (reported by the device), `shared` (sent to the device; the fleet's defaults
+/// overlaid by the device's own values) and `server` (kept on the server). `scope` limits the
+/// answer to one scope. Needs the viewer role on the device's fleet. Errors: 400 `invalid_scope`.
 #[utoipa::path(get, path = "/devices/{id}/attributes", tag = "attributes",
     params(("id" = String, Path, description = "device id"), ScopeParams),
     responses((status = 200, body = DeviceAttributes), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
@@ -71,6 +77,14 @@ async fn get_attributes(
     Ok(axum::Json(s.attributes.get(id, sc)?))
 }
 
+/// Set a device's attributes
+///
+/// Sets shared or server attributes of a device from a JSON object of keys and values; keys not
+/// named keep their value. Shared attributes are pushed to the device's sessions subscribed to
+/// attribute updates and to its HTTP long-polls. Returns every attribute of the scope. Needs the
+/// operator role on the device's fleet. Errors: 400 `invalid_scope`, 422 `invalid_field` (client
+/// attributes, which only the device reports; a key containing a comma; a value that cannot be
+/// stored).
 #[utoipa::path(put, path = "/devices/{id}/attributes/{scope}", tag = "attributes",
     params(("id" = String, Path, description = "device id"), ("scope" = String, Path, description = "shared or server")),
     request_body = Object,
@@ -85,6 +99,12 @@ async fn set_attributes(
     Ok(axum::Json(s.attributes.get(id, Some(sc))?))
 }
 
+/// Delete a device's attributes
+///
+/// Deletes the named keys (comma-separated in `keys`) from one scope of a device; keys it does not
+/// have are ignored. A deleted shared key that the fleet has a default for falls back to that
+/// default, and the device is told the new value; other deleted shared keys are announced to the
+/// device as deleted. Needs the operator role on the device's fleet. Errors: 400 `invalid_scope`.
 #[utoipa::path(delete, path = "/devices/{id}/attributes/{scope}", tag = "attributes",
     params(("id" = String, Path, description = "device id"), ("scope" = String, Path, description = "client, shared or server"), KeysParams),
     responses((status = 204), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
@@ -98,6 +118,11 @@ async fn delete_attributes(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// Get a fleet's shared attribute defaults
+///
+/// Returns the fleet's default shared attributes, each with the time (ms since the epoch) it was
+/// set. Every device of the fleet sees these unless it has its own value for the key. Needs the
+/// viewer role on the fleet.
 #[utoipa::path(get, path = "/fleets/{id}/attributes/shared", tag = "attributes",
     params(("id" = String, Path, description = "fleet id")),
     responses((status = 200, body = BTreeMap<String, AttrValue>), (status = 404, body = ErrorBody)))]
@@ -108,6 +133,12 @@ async fn get_fleet_shared(
     Ok(axum::Json(s.attributes.fleet_defaults(id)?))
 }
 
+/// Set a fleet's shared attribute defaults
+///
+/// Sets default shared attributes for every device of the fleet from a JSON object; keys not named
+/// keep their value. Devices without their own value for a key are sent the new default. Returns
+/// all the fleet's defaults. Needs the operator role on the fleet. Errors: 422 `invalid_field` (a
+/// key containing a comma, a value that cannot be stored).
 #[utoipa::path(put, path = "/fleets/{id}/attributes/shared", tag = "attributes",
     params(("id" = String, Path, description = "fleet id")), request_body = Object,
     responses((status = 200, body = BTreeMap<String, AttrValue>), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)))]
@@ -120,6 +151,11 @@ async fn set_fleet_shared(
     Ok(axum::Json(s.attributes.fleet_defaults(id)?))
 }
 
+/// Delete a fleet's shared attribute defaults
+///
+/// Deletes the named default keys (comma-separated in `keys`) of the fleet; unknown keys are
+/// ignored. Devices that have no value of their own for a deleted key are told it was deleted.
+/// Needs the operator role on the fleet.
 #[utoipa::path(delete, path = "/fleets/{id}/attributes/shared", tag = "attributes",
     params(("id" = String, Path, description = "fleet id"), KeysParams),
     responses((status = 204), (status = 404, body = ErrorBody)))]

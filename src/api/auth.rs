@@ -560,6 +560,7 @@ pub fn routes() -> OpenApiRouter<Arc<Services>> {
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LoginBody {
+    /// Not case-sensitive.
     username: String,
     password: String,
 }
@@ -567,8 +568,11 @@ pub struct LoginBody {
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SetupBody {
+    /// The one-time setup token the server prints at start while no user exists.
     token: String,
+    /// 1 to 64 letters, digits or `._-@`.
     username: String,
+    /// 10 to 1024 characters.
     password: String,
 }
 
@@ -576,17 +580,23 @@ pub struct SetupBody {
 #[derive(Serialize, ToSchema)]
 pub struct Me {
     user: MeUser,
+    /// Send as `X-CSRF-Token` with every change made with the session cookie; absent when calling
+    /// with an API key.
     #[serde(skip_serializing_if = "Option::is_none")]
     csrf_token: Option<String>,
 }
 
 #[derive(Serialize, ToSchema)]
 pub struct MeUser {
+    /// Absent for the bootstrap API key, which belongs to no user.
     #[serde(skip_serializing_if = "Option::is_none")]
     id: Option<UserId>,
+    /// The username, or `api-key:NAME` for the bootstrap API key.
     username: String,
     display_name: String,
+    /// A server admin, who may do everything.
     admin: bool,
+    /// Roles in workspaces (server admins need none).
     grants: Vec<crate::model::Grant>,
 }
 
@@ -639,6 +649,16 @@ fn is_tls(ext: &axum::http::Extensions) -> bool {
     ext.get::<Tls>().is_some_and(|t| t.0)
 }
 
+/// Sign in
+///
+/// Checks a username and password and starts a browser session: the response sets an HttpOnly,
+/// SameSite=Strict session cookie (`__Host-corral_session` over HTTPS, `corral_session` over plain
+/// HTTP; a session works only over the transport it was made on) and returns who signed in with the
+/// CSRF token to send as `X-CSRF-Token` with every change. Needs no credentials. Attempts are
+/// limited per client address and per username. Sign-ins, failures and throttled attempts are
+/// recorded in the audit log. Errors: 400 `invalid_body`, 401 `invalid_login` (wrong username or
+/// password, or a disabled user), 413 `payload_too_large` (the body is over 64 KiB), 429
+/// `too_many_attempts` with `Retry-After`.
 #[utoipa::path(post, path = "/auth/login", tag = "auth", request_body = LoginBody, security(()),
     responses((status = 200, body = Me, description = "signed in; the session cookie is set"),
         (status = 401, body = ErrorBody, description = "invalid_login"),
@@ -654,6 +674,14 @@ async fn login(State(s): S, req: Request) -> ApiResult<Response> {
     Ok(signed_in(&s, si, tls))
 }
 
+/// Create the first admin
+///
+/// Creates the first user, a server admin, with the one-time setup token the server prints at start
+/// while no user exists, and signs them in as `POST /auth/login` does (session cookie and CSRF
+/// token). Needs no credentials. A refused username or password leaves the token usable for another
+/// try. Errors: 400 `invalid_body`, 403 `invalid_setup_token` (wrong, used or expired token, or
+/// users already exist), 413 `payload_too_large`, 422 `invalid_field` (username 1 to 64 letters,
+/// digits or `._-@`; password 10 to 1024 characters).
 #[utoipa::path(post, path = "/auth/setup", tag = "auth", request_body = SetupBody, security(()),
     responses((status = 200, body = Me, description = "the first admin is created and signed in"),
         (status = 403, body = ErrorBody, description = "invalid_setup_token"),
@@ -680,6 +708,10 @@ struct AuthStatus {
     users_exist: bool,
 }
 
+/// Get the sign-in status
+///
+/// Tells the sign-in page whether any user exists yet; until one does, the first admin is created
+/// with `POST /auth/setup`. Needs no credentials.
 #[utoipa::path(get, path = "/auth/status", tag = "auth", security(()),
     responses((status = 200, body = AuthStatus, description = "whether any web UI user exists yet")))]
 async fn status(State(s): S) -> ApiResult<Json<AuthStatus>> {
@@ -687,11 +719,21 @@ async fn status(State(s): S) -> ApiResult<Json<AuthStatus>> {
     Ok(Json(AuthStatus { users_exist }))
 }
 
+/// Get the current caller
+///
+/// Returns who is calling: the user (or the bootstrap API key, which has no user id), whether they
+/// are a server admin, and their grants. For a browser session it also returns the CSRF token to
+/// send as `X-CSRF-Token` with every change. Any authenticated caller.
 #[utoipa::path(get, path = "/auth/me", tag = "auth", responses((status = 200, body = Me)))]
 async fn me(State(s): S, Extension(p): Extension<Principal>) -> Json<Me> {
     Json(me_of(&s, &p))
 }
 
+/// Sign out
+///
+/// Ends the caller's browser session on the server and clears the session cookie; the cookie is
+/// worthless afterwards. Recorded in the audit log (`logout`). Called with an API key it changes
+/// nothing. Any authenticated caller.
 #[utoipa::path(post, path = "/auth/logout", tag = "auth",
     responses((status = 204, description = "the session is ended server-side and the cookie cleared")))]
 async fn logout(
@@ -725,6 +767,9 @@ fn admin_only(p: &Principal) -> ApiResult<()> {
     }
 }
 
+/// List users
+///
+/// Returns every user with their grants, never a password hash. Needs a server admin.
 #[utoipa::path(get, path = "/users", tag = "users", responses((status = 200, body = Vec<UserView>), (status = 403, body = ErrorBody)))]
 async fn list_users(
     State(s): S,
@@ -734,6 +779,13 @@ async fn list_users(
     Ok(Json(s.auth.users()?))
 }
 
+/// Create a user
+///
+/// Creates a user who signs in with a username and password, optionally a server admin, with grants
+/// (a role in a workspace, optionally limited to some of its fleets). Recorded in the audit log
+/// (`user_created`). Needs a server admin. Errors: 409 `name_taken`, 422 `invalid_field` (username
+/// 1 to 64 letters, digits or `._-@`; password 10 to 1024 characters; a grant naming an unknown
+/// workspace or a fleet outside it).
 #[utoipa::path(post, path = "/users", tag = "users", request_body = NewUser,
     responses((status = 201, body = UserView), (status = 403, body = ErrorBody), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
 async fn create_user(
@@ -748,6 +800,10 @@ async fn create_user(
     ))
 }
 
+/// Get a user
+///
+/// Returns one user with their grants. A user may read their own record; server admins read
+/// anyone's (others get 403 `forbidden`).
 #[utoipa::path(get, path = "/users/{id}", tag = "users", params(("id" = String, Path, description = "user id")),
     responses((status = 200, body = UserView), (status = 404, body = ErrorBody)))]
 async fn get_user(
@@ -759,6 +815,14 @@ async fn get_user(
     Ok(Json(UserView::from(&s.auth.user(id)?)))
 }
 
+/// Update a user
+///
+/// Changes a user; fields left out keep their value. Users may change their own display name and
+/// password; only server admins change `admin`, `enabled` and `grants` (403 `forbidden` otherwise).
+/// A new password or disabling the user ends their sessions at once. The last enabled server admin
+/// cannot be demoted or disabled (403 `forbidden`). Recorded in the audit log (`user_updated`).
+/// Errors: 422 `invalid_field` (password 10 to 1024 characters, a grant naming an unknown workspace
+/// or fleet).
 #[utoipa::path(patch, path = "/users/{id}", tag = "users", params(("id" = String, Path, description = "user id")),
     request_body = UserPatch,
     responses((status = 200, body = UserView), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
@@ -777,6 +841,10 @@ async fn update_user(
     Ok(Json(s.auth.update_user(id, patch, &p.name).await?))
 }
 
+/// Delete a user
+///
+/// Deletes a user with their sessions and API keys. The last enabled server admin cannot be deleted
+/// (403 `forbidden`). Recorded in the audit log (`user_deleted`). Needs a server admin.
 #[utoipa::path(delete, path = "/users/{id}", tag = "users", params(("id" = String, Path, description = "user id")),
     responses((status = 204), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
 async fn delete_user(
@@ -792,9 +860,14 @@ async fn delete_user(
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewKeyBody {
+    /// What the key is for, 1 to 128 characters.
     name: String,
 }
 
+/// List a user's API keys
+///
+/// Returns the user's API keys (id, name, creation time), never a secret. Users may list their own
+/// keys; server admins anyone's (others get 403 `forbidden`).
 #[utoipa::path(get, path = "/users/{id}/api-keys", tag = "users", params(("id" = String, Path, description = "user id")),
     responses((status = 200, body = Vec<ApiKeyView>), (status = 404, body = ErrorBody)))]
 async fn list_api_keys(
@@ -806,6 +879,12 @@ async fn list_api_keys(
     Ok(Json(s.auth.api_keys_of(id)?))
 }
 
+/// Create an API key
+///
+/// Creates an API key for the user; it acts with that user's rights, as
+/// `Authorization: Bearer <key>`. The secret is returned only in this response. Recorded in the
+/// audit log (`api_key_created`). Users may create their own keys; server admins anyone's (others
+/// get 403 `forbidden`). Errors: 422 `invalid_field` (the name is 1 to 128 characters).
 #[utoipa::path(post, path = "/users/{id}/api-keys", tag = "users", params(("id" = String, Path, description = "user id")),
     request_body = NewKeyBody,
     responses((status = 201, body = NewApiKey, description = "the secret is shown only here"), (status = 404, body = ErrorBody)))]
@@ -822,6 +901,11 @@ async fn create_api_key(
     ))
 }
 
+/// Delete an API key
+///
+/// Deletes one of the user's API keys: requests made with it are refused from then on. Recorded in
+/// the audit log (`api_key_deleted`). Users may delete their own keys; server admins anyone's
+/// (others get 403 `forbidden`).
 #[utoipa::path(delete, path = "/users/{id}/api-keys/{key_id}", tag = "users",
     params(("id" = String, Path, description = "user id"), ("key_id" = String, Path, description = "API key id")),
     responses((status = 204), (status = 404, body = ErrorBody)))]
@@ -838,6 +922,7 @@ async fn delete_api_key(
 /// The dashboard's numbers, over what the caller sees.
 #[derive(Serialize, ToSchema)]
 pub struct Overview {
+    /// Devices the caller can see.
     devices: DeviceCounts,
     /// Telemetry messages stored per second, over the last minute (server-wide).
     messages_per_sec: f64,
@@ -855,10 +940,16 @@ pub struct Overview {
 #[derive(Serialize, ToSchema)]
 pub struct DeviceCounts {
     total: u64,
+    /// Devices with at least one open connection now.
     online: u64,
     offline: u64,
 }
 
+/// Get the dashboard overview
+///
+/// Returns the dashboard's numbers over what the caller can see: devices (total, online, offline),
+/// open conditions and unfinished jobs, plus the server-wide rate of stored telemetry messages.
+/// Server admins also get each integration's health. Any authenticated caller.
 #[utoipa::path(get, path = "/overview", tag = "overview", responses((status = 200, body = Overview)))]
 async fn overview(State(s): S, Extension(p): Extension<Principal>) -> ApiResult<Json<Overview>> {
     let s2 = s.clone();

@@ -57,6 +57,12 @@ impl std::io::Write for ChannelWriter {
     }
 }
 
+/// Download a backup
+///
+/// Streams a consistent backup of the running server as a tar file: the store, the log needed to
+/// reach its point in time, the PKI and the configuration. Devices keep publishing while it runs.
+/// If the backup fails midway the download ends in an error rather than a short file; check a saved
+/// backup with `corral backup verify FILE`. Needs a server admin.
 #[utoipa::path(get, path = "/backup", tag = "backup",
     responses((status = 200, content_type = "application/x-tar",
         description = "a consistent backup of the running server, streamed; check it with `corral backup verify FILE`")))]

@@ -97,6 +97,14 @@ fn listing(
     })
 }
 
+/// List conditions
+///
+/// Returns device conditions (alarms) newest first, a page at a time; pass `next_cursor` as
+/// `cursor` for older ones. By default only open conditions; `state` selects `closed` or `all`.
+/// Filter by `device_id`, `fleet_id`, `workspace_id`, `severity` (comma-separated) and exact
+/// `name`. Any authenticated caller may list; only conditions of devices in fleets they can see are
+/// returned. Errors: 400 `invalid_query` (bad `state` or `severity`), 400 `invalid_cursor`, 400
+/// `invalid_limit`.
 #[utoipa::path(get, path = "/conditions", tag = "conditions", params(ListConditions),
     responses((status = 200, body = Page<Condition>), (status = 400, body = ErrorBody)))]
 async fn list_conditions(
@@ -113,6 +121,11 @@ async fn list_conditions(
     Ok(Json(page))
 }
 
+/// List a device's conditions
+///
+/// Returns the device's conditions newest first, a page at a time, with the same filters and paging
+/// as `GET /conditions` (open ones by default). Needs the viewer role on the device's fleet.
+/// Errors: 400 `invalid_query`, 400 `invalid_cursor`, 400 `invalid_limit`.
 #[utoipa::path(get, path = "/devices/{id}/conditions", tag = "conditions",
     params(("id" = String, Path, description = "device id"), ListConditions),
     responses((status = 200, body = Page<Condition>), (status = 404, body = ErrorBody)))]
@@ -128,6 +141,9 @@ async fn device_conditions(
     Ok(Json(listing(&s, &who, query, q.limit)?))
 }
 
+/// Get a condition
+///
+/// Returns one condition. Needs the viewer role on the fleet of the device that reported it.
 #[utoipa::path(get, path = "/conditions/{id}", tag = "conditions",
     params(("id" = String, Path, description = "condition id")),
     responses((status = 200, body = Condition), (status = 404, body = ErrorBody)))]
@@ -138,6 +154,11 @@ async fn get_condition(
     Ok(Json(s.conditions.get(id)?))
 }
 
+/// Acknowledge a condition
+///
+/// Marks a condition as seen by the caller; it stays open until it is closed. Acknowledging again
+/// keeps the first acknowledgement. Publishes a `condition` event. Returns the condition. Needs the
+/// operator role on the device's fleet.
 #[utoipa::path(post, path = "/conditions/{id}/acknowledge", tag = "conditions",
     params(("id" = String, Path, description = "condition id")),
     responses((status = 200, body = Condition), (status = 404, body = ErrorBody)))]
@@ -149,6 +170,11 @@ async fn acknowledge_condition(
     Ok(Json(s.conditions.acknowledge(id, &who.name).await?))
 }
 
+/// Close a condition
+///
+/// Closes an open condition in the caller's name; the device may open it again later. Publishes a
+/// `condition` event. Returns the closed condition. Needs the operator role on the device's fleet.
+/// Errors: 409 `conflict` (the condition is already closed).
 #[utoipa::path(post, path = "/conditions/{id}/close", tag = "conditions",
     params(("id" = String, Path, description = "condition id")),
     responses((status = 200, body = Condition), (status = 404, body = ErrorBody),

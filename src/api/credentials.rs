@@ -43,6 +43,11 @@ pub fn routes() -> OpenApiRouter<Arc<Services>> {
         .routes(routes!(list_audit))
 }
 
+/// List a device's credentials
+///
+/// Returns every credential of the device, revoked and expired ones included, each with its type,
+/// status (`active`, `expiring`, `expired` or `revoked`) and identifying details. Secrets and
+/// hashes are never returned. Needs the viewer role on the device's fleet.
 #[utoipa::path(get, path = "/devices/{id}/credentials", tag = "credentials",
     params(("id" = String, Path, description = "device id")),
     responses((status = 200, body = Vec<CredentialView>), (status = 404, body = ErrorBody)))]
@@ -53,6 +58,14 @@ async fn list_credentials(
     Ok(axum::Json(s.credentials.list(id)?))
 }
 
+/// Add a credential to a device
+///
+/// Adds a credential to a device alongside those it has: an access token (given or generated), MQTT
+/// basic credentials, a registered certificate or public key, a certificate issued by Corral's CA,
+/// or one signed from the device's CSR. Generated secrets (token, private key) are returned only in
+/// this response. Recorded in the audit log (`credential_issued`). Needs the operator role on the
+/// device's fleet. Errors: 409 `credential_taken` (another device already answers to it), 422
+/// `invalid_field`.
 #[utoipa::path(post, path = "/devices/{id}/credentials", tag = "credentials",
     params(("id" = String, Path, description = "device id")), request_body = NewCredential,
     responses((status = 201, body = IssuedCredential), (status = 404, body = ErrorBody),
@@ -68,6 +81,12 @@ async fn add_credential(
     ))
 }
 
+/// Delete a device credential
+///
+/// Deletes a credential for good, freeing its token, identifiers or certificate for reuse, and
+/// closes the device's sessions that logged in with it. Recorded in the audit log
+/// (`credential_deleted`). To stop a credential while keeping its record, revoke it instead. Needs
+/// the operator role on the device's fleet.
 #[utoipa::path(delete, path = "/devices/{id}/credentials/{credential_id}", tag = "credentials",
     params(("id" = String, Path, description = "device id"), ("credential_id" = String, Path, description = "credential id")),
     responses((status = 204), (status = 404, body = ErrorBody)))]
@@ -79,6 +98,16 @@ async fn delete_credential(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// Rotate a device credential
+///
+/// Issues a new credential of the same kind and returns it with its secrets (shown only here). The
+/// old credential keeps working for `grace_secs` (the configured default when absent), then
+/// expires; with 0 its sessions are closed at once. A CSR-signed certificate needs the device's new
+/// `csr_pem`, a registered certificate the new `certificate_pem`; the body may be empty for tokens
+/// and issued certificates. Recorded in the audit log (`credential_rotated`). Needs the operator
+/// role on the device's fleet. Errors: 400 `invalid_body`, 409 `conflict` (the credential is
+/// revoked), 409 `credential_taken`, 422 `invalid_field`, 422 `unsupported` (MQTT basic credentials
+/// and public keys: add the new one and revoke the old one).
 #[utoipa::path(post, path = "/devices/{id}/credentials/{credential_id}/rotate", tag = "credentials",
     params(("id" = String, Path, description = "device id"), ("credential_id" = String, Path, description = "credential id")),
     request_body = RotateRequest,
@@ -103,6 +132,12 @@ async fn rotate_credential(
     ))
 }
 
+/// Revoke a device credential
+///
+/// Revokes a credential now: it can no longer log in, the device's sessions that used it are
+/// closed, and a certificate that Corral's CA issued or signed goes on the revocation list
+/// (`/api/v1/crl.pem`). The record stays, with status `revoked`; revoking again changes nothing.
+/// Recorded in the audit log (`credential_revoked`). Needs the operator role on the device's fleet.
 #[utoipa::path(post, path = "/devices/{id}/credentials/{credential_id}/revoke", tag = "credentials",
     params(("id" = String, Path, description = "device id"), ("credential_id" = String, Path, description = "credential id")),
     responses((status = 200, body = CredentialView), (status = 404, body = ErrorBody)))]
@@ -117,11 +152,21 @@ async fn revoke_credential(
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CsrRequest {
+    /// The device's PKCS#10 certificate signing request, PEM (EC or RSA key).
     pub csr_pem: String,
+    /// Days the certificate is valid, 1 to 36500; the server's default for device certificates when
+    /// absent.
     #[serde(default)]
     pub validity_days: Option<u32>,
 }
 
+/// Sign a device's certificate request
+///
+/// Corral's CA signs the device's certificate signing request (PEM, EC or RSA) and adds the
+/// certificate as a credential of the device; the device keeps its private key. Returns the
+/// certificate and the CA certificate. `validity_days` is 1 to 36500 (the configured default when
+/// absent). Recorded in the audit log (`credential_issued`). Needs the operator role on the
+/// device's fleet. Errors: 409 `credential_taken`, 422 `invalid_field`.
 #[utoipa::path(post, path = "/devices/{id}/csr", tag = "credentials",
     params(("id" = String, Path, description = "device id")), request_body = CsrRequest,
     responses((status = 201, body = IssuedCredential), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)))]
@@ -140,6 +185,10 @@ async fn sign_csr(
     ))
 }
 
+/// Get a fleet's provisioning key
+///
+/// Returns the fleet's provisioning key and strategy, never its secret. Needs the admin role on the
+/// fleet's whole workspace. Answers 404 `not_found` when the fleet has no provisioning key.
 #[utoipa::path(get, path = "/fleets/{id}/provisioning", tag = "provisioning",
     params(("id" = String, Path, description = "fleet id")),
     responses((status = 200, body = ProvisioningView), (status = 404, body = ErrorBody)))]
@@ -150,6 +199,14 @@ async fn get_provisioning(
     Ok(axum::Json(s.provisioning.get(id)?))
 }
 
+/// Set a fleet's provisioning key
+///
+/// Sets or replaces the key and secret that devices present to provision themselves into this fleet
+/// (ThingsBoard device provisioning), with the strategy that decides whether new devices may be
+/// created. A key or secret left out is generated (20 characters); given ones are 8 to 256
+/// characters. The secret is returned only in this response; a replaced key stops working. Recorded
+/// in the audit log (`provisioning_key_set`). Needs the admin role on the fleet's whole workspace.
+/// Errors: 409 `conflict` (another fleet uses the key), 422 `invalid_field`.
 #[utoipa::path(put, path = "/fleets/{id}/provisioning", tag = "provisioning",
     params(("id" = String, Path, description = "fleet id")), request_body = ProvisioningSettings,
     responses((status = 200, body = ProvisioningSecret), (status = 404, body = ErrorBody),
@@ -162,6 +219,12 @@ async fn set_provisioning(
     Ok(axum::Json(s.provisioning.set(id, body).await?))
 }
 
+/// Remove a fleet's provisioning key
+///
+/// Removes the fleet's provisioning key: devices can no longer provision themselves into it.
+/// Devices provisioned before keep their credentials. Recorded in the audit log
+/// (`provisioning_key_removed`). Needs the admin role on the fleet's whole workspace. Answers 404
+/// `not_found` when the fleet has no provisioning key.
 #[utoipa::path(delete, path = "/fleets/{id}/provisioning", tag = "provisioning",
     params(("id" = String, Path, description = "fleet id")),
     responses((status = 204), (status = 404, body = ErrorBody)))]
@@ -170,6 +233,10 @@ async fn delete_provisioning(State(s): S, ApiPath(id): ApiPath<FleetId>) -> ApiR
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// List a fleet's manufacturer CAs
+///
+/// Returns the manufacturer CA certificates registered on the fleet. Needs the viewer role on the
+/// fleet.
 #[utoipa::path(get, path = "/fleets/{id}/cas", tag = "provisioning",
     params(("id" = String, Path, description = "fleet id")),
     responses((status = 200, body = Vec<FleetCa>), (status = 404, body = ErrorBody)))]
@@ -180,6 +247,13 @@ async fn list_fleet_cas(
     Ok(axum::Json(s.credentials.fleet_cas(id)?))
 }
 
+/// Register a manufacturer CA on a fleet
+///
+/// Registers a CA certificate (PEM) on the fleet: a device presenting a client certificate this CA
+/// signed joins the fleet on its first connect. The name defaults to the certificate's subject.
+/// Recorded in the audit log (`manufacturer_ca_added`). Needs the admin role on the fleet's whole
+/// workspace. Errors: 409 `conflict` (the CA is already registered on a fleet), 422 `invalid_field`
+/// (not a CA certificate, unreadable or expired).
 #[utoipa::path(post, path = "/fleets/{id}/cas", tag = "provisioning",
     params(("id" = String, Path, description = "fleet id")), request_body = NewFleetCa,
     responses((status = 201, body = FleetCa), (status = 404, body = ErrorBody),
@@ -195,6 +269,11 @@ async fn add_fleet_ca(
     ))
 }
 
+/// Remove a manufacturer CA from a fleet
+///
+/// Removes a manufacturer CA from the fleet: devices it signed can no longer join the fleet.
+/// Devices that already joined keep their certificate credentials. Recorded in the audit log
+/// (`manufacturer_ca_removed`). Needs the admin role on the fleet's whole workspace.
 #[utoipa::path(delete, path = "/fleets/{id}/cas/{ca_id}", tag = "provisioning",
     params(("id" = String, Path, description = "fleet id"), ("ca_id" = String, Path, description = "CA id")),
     responses((status = 204), (status = 404, body = ErrorBody)))]
@@ -209,7 +288,9 @@ async fn delete_fleet_ca(
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct AuditParams {
+    /// Only records about this device.
     device_id: Option<DeviceId>,
+    /// Only records about this fleet.
     fleet_id: Option<FleetId>,
     /// Event kind, e.g. `auth_failed`, `credential_revoked`.
     kind: Option<String>,
@@ -217,11 +298,19 @@ pub struct AuditParams {
     actor: Option<String>,
     /// Only events at or after this time (ms since the epoch).
     since: Option<i64>,
+    /// Page size, 1 to 1000 (default 100).
     limit: Option<usize>,
     /// `next_cursor` of the previous page (pages go from newest to oldest).
     cursor: Option<String>,
 }
 
+/// List audit events
+///
+/// Returns audit records (credential, device, user and API changes, sign-ins and refused
+/// authentications), newest first, a page at a time; pass `next_cursor` as `cursor` for older
+/// records. Filter by `device_id`, `fleet_id`, `kind`, `actor` and `since`. Any authenticated
+/// caller may list, but only server admins see every record: other users see only records of fleets
+/// they hold the admin role on. Errors: 400 `invalid_cursor`, 400 `invalid_limit`.
 #[utoipa::path(get, path = "/audit", tag = "audit", params(AuditParams),
     responses((status = 200, body = Page<AuditEvent>)))]
 async fn list_audit(

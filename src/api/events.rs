@@ -48,6 +48,14 @@ fn kind_of(e: &Event) -> (&'static str, Option<DeviceId>) {
     }
 }
 
+/// Stream live events
+///
+/// Streams live events as server-sent events: the `event:` field is the kind, `data:` the event as
+/// JSON. Filter with `kinds` (comma-separated) and `device_id`. Only events of devices the caller
+/// can see are sent; server-wide events (`integration_alarm`) only to server admins. This is a live
+/// view, not a log: a client that falls behind gets a `lagged` event with the number of events it
+/// missed and should re-read the state it shows. A comment is sent every 15 s to keep the
+/// connection open. Any authenticated caller.
 #[utoipa::path(get, path = "/events", tag = "events", params(EventParams),
     responses((status = 200, content_type = "text/event-stream",
         description = "one SSE event per bus event: `event:` is the kind, `data:` the event as JSON")))]

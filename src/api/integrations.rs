@@ -37,6 +37,14 @@ pub fn routes() -> OpenApiRouter<Arc<Services>> {
         .routes(routes!(replay_dead_letters))
 }
 
+/// Create an integration
+///
+/// Creates a webhook integration: matching events (filtered by workspace, fleets, tags and kinds)
+/// are queued durably and POSTed to `url` in batches signed with HMAC-SHA256
+/// (`X-Corral-Signature`). A signing secret left out is generated and returned only in this
+/// response; the auth header value is never returned. Delivery starts at once unless `paused`.
+/// Needs a server admin. Errors: 404 `not_found` (an unknown workspace or fleet), 409 `name_taken`,
+/// 422 `invalid_field` (a setting out of range, a bad URL, header or CA).
 #[utoipa::path(post, path = "/integrations", tag = "integrations", request_body = NewIntegration,
     responses((status = 201, body = CreatedIntegration, description = "the signing secret is included once when Corral generated it"),
         (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
@@ -55,6 +63,10 @@ pub struct IntegrationList {
     pub items: Vec<IntegrationView>,
 }
 
+/// List integrations
+///
+/// Returns every integration with its settings and live status, never a secret. Needs a server
+/// admin.
 #[utoipa::path(get, path = "/integrations", tag = "integrations",
     responses((status = 200, body = IntegrationList)))]
 async fn list_integrations(State(s): S) -> ApiResult<axum::Json<IntegrationList>> {
@@ -63,6 +75,9 @@ async fn list_integrations(State(s): S) -> ApiResult<axum::Json<IntegrationList>
     }))
 }
 
+/// Get an integration
+///
+/// Returns one integration with its settings and live status, never a secret. Needs a server admin.
 #[utoipa::path(get, path = "/integrations/{id}", tag = "integrations",
     params(("id" = String, Path, description = "integration id")),
     responses((status = 200, body = IntegrationView), (status = 404, body = ErrorBody)))]
@@ -73,6 +88,12 @@ async fn get_integration(
     Ok(axum::Json(s.integrations.get(id)?))
 }
 
+/// Update an integration
+///
+/// Changes an integration's settings; fields left out keep their value, and `null` clears
+/// `workspace_id`, `auth_header` or `ca_pem`. The delivery task picks up the change at once; queued
+/// entries stay queued. Returns the integration. Needs a server admin. Errors: 404 `not_found` (the
+/// integration, or an unknown workspace or fleet), 409 `name_taken`, 422 `invalid_field`.
 #[utoipa::path(patch, path = "/integrations/{id}", tag = "integrations",
     params(("id" = String, Path, description = "integration id")), request_body = IntegrationPatch,
     responses((status = 200, body = IntegrationView), (status = 404, body = ErrorBody),
@@ -85,6 +106,10 @@ async fn update_integration(
     Ok(axum::Json(s.integrations.update(id, body).await?))
 }
 
+/// Delete an integration
+///
+/// Deletes an integration with its queue and dead letters, and stops its delivery; entries not yet
+/// delivered are lost. Needs a server admin.
 #[utoipa::path(delete, path = "/integrations/{id}", tag = "integrations",
     params(("id" = String, Path, description = "integration id")),
     responses((status = 204, description = "deleted with its queue and dead letters"), (status = 404, body = ErrorBody)))]
@@ -96,6 +121,10 @@ async fn delete_integration(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// Pause an integration
+///
+/// Stops sending: matching events keep queueing (up to the integration's caps) and are delivered
+/// after `POST /integrations/{id}/resume`. Returns the integration. Needs a server admin.
 #[utoipa::path(post, path = "/integrations/{id}/pause", tag = "integrations",
     params(("id" = String, Path, description = "integration id")),
     responses((status = 200, body = IntegrationView, description = "entries keep queueing; nothing is sent"), (status = 404, body = ErrorBody)))]
@@ -106,6 +135,10 @@ async fn pause_integration(
     Ok(axum::Json(s.integrations.set_paused(id, true).await?))
 }
 
+/// Resume an integration
+///
+/// Resumes sending from a paused integration's queue, oldest entries first. Returns the
+/// integration. Needs a server admin.
 #[utoipa::path(post, path = "/integrations/{id}/resume", tag = "integrations",
     params(("id" = String, Path, description = "integration id")),
     responses((status = 200, body = IntegrationView), (status = 404, body = ErrorBody)))]
@@ -116,6 +149,11 @@ async fn resume_integration(
     Ok(axum::Json(s.integrations.set_paused(id, false).await?))
 }
 
+/// Send a test event
+///
+/// Queues a test event (`kind: test`) for this integration only, whatever its filters, through the
+/// same durable queue and delivery as real events; answers once it is queued, not once it is
+/// delivered. A paused integration sends it after it is resumed. Needs a server admin.
 #[utoipa::path(post, path = "/integrations/{id}/test", tag = "integrations",
     params(("id" = String, Path, description = "integration id")),
     responses((status = 202, description = "a test event is queued (durably) for this integration"), (status = 404, body = ErrorBody)))]
@@ -127,6 +165,12 @@ async fn test_integration(
     Ok(StatusCode::ACCEPTED)
 }
 
+/// Get an integration's status
+///
+/// Returns the live state of an integration's delivery: `paused`, `idle`, `delivering` or
+/// `retrying`, queue depth and size, the age of its oldest entry, delivery counters, the last
+/// error, dead letters, and the alarm raised when entries were dropped by the caps. Needs a server
+/// admin.
 #[utoipa::path(get, path = "/integrations/{id}/status", tag = "integrations",
     params(("id" = String, Path, description = "integration id")),
     responses((status = 200, body = IntegrationStatus), (status = 404, body = ErrorBody)))]
@@ -146,6 +190,13 @@ pub struct DeadLetterParams {
     cursor: Option<String>,
 }
 
+/// List an integration's dead letters
+///
+/// Returns the entries moved aside after the receiver refused them (a 4xx answer under the
+/// `dead_letter` client-error policy), in queue order, a page at a time; pass `next_cursor` as
+/// `cursor` for the next page. Each holds the event, its idempotency key and why it failed. Needs a
+/// server admin. Errors: 400 `invalid_limit`, 422 `invalid_field` (a cursor this listing did not
+/// return).
 #[utoipa::path(get, path = "/integrations/{id}/dead-letters", tag = "integrations",
     params(("id" = String, Path, description = "integration id"), DeadLetterParams),
     responses((status = 200, body = DeadLetterPage), (status = 404, body = ErrorBody)))]
@@ -164,9 +215,15 @@ async fn list_dead_letters(
 
 #[derive(Serialize, ToSchema)]
 pub struct Count {
+    /// How many dead letters were moved or deleted.
     pub count: u64,
 }
 
+/// Replay an integration's dead letters
+///
+/// Moves every dead letter back to the tail of the queue, in order and with their original
+/// idempotency keys, so they are delivered again. Returns how many were moved. Needs a server
+/// admin.
 #[utoipa::path(post, path = "/integrations/{id}/dead-letters/replay", tag = "integrations",
     params(("id" = String, Path, description = "integration id")),
     responses((status = 200, body = Count, description = "dead letters moved back to the tail of the queue, in order, with their original ids"),
@@ -180,6 +237,10 @@ async fn replay_dead_letters(
     }))
 }
 
+/// Delete an integration's dead letters
+///
+/// Deletes every dead letter of the integration for good. Returns how many were deleted. Needs a
+/// server admin.
 #[utoipa::path(delete, path = "/integrations/{id}/dead-letters", tag = "integrations",
     params(("id" = String, Path, description = "integration id")),
     responses((status = 200, body = Count), (status = 404, body = ErrorBody)))]

@@ -36,6 +36,15 @@ pub fn routes() -> OpenApiRouter<Arc<Services>> {
         .routes(routes!(disable_schedule))
 }
 
+/// Create a schedule
+///
+/// Creates a schedule that sends a command when its trigger fires: once at a time (`at`, ms since
+/// the epoch) or on a cron expression in a time zone, optionally only inside a maintenance window.
+/// It targets exactly one of `device_id` (a job for the device) or `fleet_id` (a fleet rollout,
+/// with an optional filter, pacing and abort threshold). Needs the operator role on the target's
+/// fleet. Errors: 404 `not_found` (the device or fleet), 422 `invalid_field` (both or neither
+/// target, a trigger time in the past, a bad cron expression, time zone or window, rollout settings
+/// on a device schedule).
 #[utoipa::path(post, path = "/schedules", tag = "jobs", request_body = NewSchedule,
     responses((status = 201, body = Schedule), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)))]
 async fn create_schedule(
@@ -48,6 +57,10 @@ async fn create_schedule(
     ))
 }
 
+/// List schedules
+///
+/// Returns every schedule the caller can see, newest first: those of devices and fleets in fleets
+/// they can see. Any authenticated caller.
 #[utoipa::path(get, path = "/schedules", tag = "jobs",
     responses((status = 200, body = Vec<Schedule>)))]
 async fn list_schedules(
@@ -63,6 +76,10 @@ async fn list_schedules(
     Ok(axum::Json(v))
 }
 
+/// Get a schedule
+///
+/// Returns one schedule with its next run time, last run and last result. Needs the viewer role on
+/// the fleet of its device or fleet.
 #[utoipa::path(get, path = "/schedules/{id}", tag = "jobs",
     params(("id" = String, Path, description = "schedule id")),
     responses((status = 200, body = Schedule), (status = 404, body = ErrorBody)))]
@@ -73,6 +90,10 @@ async fn get_schedule(
     Ok(axum::Json(s.jobs.schedule(id)?))
 }
 
+/// Delete a schedule
+///
+/// Deletes a schedule: it fires no more. Jobs and rollouts it already created are not affected.
+/// Needs the operator role on the fleet of its device or fleet.
 #[utoipa::path(delete, path = "/schedules/{id}", tag = "jobs",
     params(("id" = String, Path, description = "schedule id")),
     responses((status = 204), (status = 404, body = ErrorBody)))]
@@ -81,6 +102,13 @@ async fn delete_schedule(State(s): S, ApiPath(id): ApiPath<ScheduleId>) -> ApiRe
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// Run a schedule now
+///
+/// Fires the schedule at once, whatever its trigger, window or enabled flag say, and returns it;
+/// its next planned run is unchanged. `last_result` names the job or fleet job created, or starts
+/// with `error:` when it could not be created (the request still succeeds). A fleet rollout started
+/// this way ignores the schedule's window. Needs the operator role on the fleet of its device or
+/// fleet.
 #[utoipa::path(post, path = "/schedules/{id}/run", tag = "jobs",
     params(("id" = String, Path, description = "schedule id")),
     responses((status = 200, body = Schedule, description = "`last_result` names the job created"),
@@ -92,6 +120,10 @@ async fn run_schedule(
     Ok(axum::Json(s.jobs.run_schedule_now(id).await?))
 }
 
+/// Enable a schedule
+///
+/// Enables a schedule and computes its next run from now (held back to its window's opening).
+/// Returns the schedule. Needs the operator role on the fleet of its device or fleet.
 #[utoipa::path(post, path = "/schedules/{id}/enable", tag = "jobs",
     params(("id" = String, Path, description = "schedule id")),
     responses((status = 200, body = Schedule), (status = 404, body = ErrorBody)))]
@@ -102,6 +134,10 @@ async fn enable_schedule(
     Ok(axum::Json(s.jobs.set_schedule_enabled(id, true).await?))
 }
 
+/// Disable a schedule
+///
+/// Disables a schedule: it does not fire until it is enabled again (`next_run_at` is cleared).
+/// Returns the schedule. Needs the operator role on the fleet of its device or fleet.
 #[utoipa::path(post, path = "/schedules/{id}/disable", tag = "jobs",
     params(("id" = String, Path, description = "schedule id")),
     responses((status = 200, body = Schedule), (status = 404, body = ErrorBody)))]
@@ -112,6 +148,15 @@ async fn disable_schedule(
     Ok(axum::Json(s.jobs.set_schedule_enabled(id, false).await?))
 }
 
+/// Roll a command out to a fleet
+///
+/// Starts a rollout: a job with the command for every enabled device of the fleet that matches
+/// `filter`, started `per_minute` devices a minute (all at once when 0) and only inside `window`
+/// when one is given. The rollout aborts when `abort_failure_pct` of finished jobs failed or
+/// expired, once `abort_min_sample` have finished. A repeated create with the same
+/// `idempotency_key` returns the first rollout. Returns the rollout with its progress. Needs the
+/// operator role on the fleet. Errors: 422 `invalid_field` (method, TTL, abort percentage, window,
+/// idempotency key).
 #[utoipa::path(post, path = "/fleets/{id}/jobs", tag = "jobs",
     params(("id" = String, Path, description = "fleet id")), request_body = NewFleetJob,
     responses((status = 201, body = FleetJobView), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)))]
@@ -126,6 +171,10 @@ async fn create_fleet_job(
     ))
 }
 
+/// List a fleet's rollouts
+///
+/// Returns the fleet's rollouts, newest first, each with its progress (jobs per state, and
+/// `pending` for devices not started yet). Needs the viewer role on the fleet.
 #[utoipa::path(get, path = "/fleets/{id}/jobs", tag = "jobs",
     params(("id" = String, Path, description = "fleet id")),
     responses((status = 200, body = Vec<FleetJobView>), (status = 404, body = ErrorBody)))]
@@ -136,6 +185,10 @@ async fn list_fleet_jobs(
     Ok(axum::Json(s.jobs.fleet_jobs_of(id)?))
 }
 
+/// Get a rollout
+///
+/// Returns one rollout with its progress: jobs per state, and `pending` for devices not started
+/// yet. Needs the viewer role on the fleet.
 #[utoipa::path(get, path = "/fleet-jobs/{id}", tag = "jobs",
     params(("id" = String, Path, description = "fleet job id")),
     responses((status = 200, body = FleetJobView), (status = 404, body = ErrorBody)))]
@@ -146,6 +199,11 @@ async fn get_fleet_job(
     Ok(axum::Json(s.jobs.fleet_job(id)?))
 }
 
+/// Cancel a rollout
+///
+/// Cancels a running rollout: no more devices start, and its jobs not yet sent are cancelled; jobs
+/// already sent run to their end. A rollout that is no longer running is returned unchanged. Needs
+/// the operator role on the fleet.
 #[utoipa::path(post, path = "/fleet-jobs/{id}/cancel", tag = "jobs",
     params(("id" = String, Path, description = "fleet job id")),
     responses((status = 200, body = FleetJobView), (status = 404, body = ErrorBody)))]
@@ -167,6 +225,16 @@ pub struct WaitParams {
     wait_ms: Option<u64>,
 }
 
+/// Send a command to a device
+///
+/// Queues a command (a ThingsBoard server-side RPC) for the device and sends it if the device is
+/// connected; jobs go out one at a time, in order, and wait up to `ttl_secs` for delivery. A
+/// two-way job succeeds when the device replies, a one-way job when it acknowledges. With `wait_ms`
+/// the call waits (at most 300000 ms) for the job to finish and returns it as it stands then. A
+/// repeated create with the same `idempotency_key` returns the first job. Needs the operator role
+/// on the device's fleet. Errors: 409 `queue_full` (the device has too many unfinished jobs), 422
+/// `invalid_field` (method 1 to 256 characters, TTL 1 s to 365 days, idempotency key 1 to 128
+/// characters).
 #[utoipa::path(post, path = "/devices/{id}/jobs", tag = "jobs",
     params(("id" = String, Path, description = "device id"), WaitParams), request_body = NewJob,
     responses((status = 201, body = Job), (status = 404, body = ErrorBody),
@@ -189,6 +257,10 @@ async fn create_job(
     Ok((StatusCode::CREATED, axum::Json(job)))
 }
 
+/// List a device's jobs
+///
+/// Returns every job of the device, newest first, each with its state and history. Needs the viewer
+/// role on the device's fleet.
 #[utoipa::path(get, path = "/devices/{id}/jobs", tag = "jobs",
     params(("id" = String, Path, description = "device id")),
     responses((status = 200, body = Vec<Job>), (status = 404, body = ErrorBody)))]
@@ -196,6 +268,11 @@ async fn list_jobs(State(s): S, ApiPath(id): ApiPath<DeviceId>) -> ApiResult<axu
     Ok(axum::Json(s.jobs.list(id)?))
 }
 
+/// Get a job
+///
+/// Returns one job with its state, result and history. With `wait_ms` the call waits (at most
+/// 300000 ms) for the job to finish and returns it as it stands then. Needs the viewer role on the
+/// device's fleet.
 #[utoipa::path(get, path = "/jobs/{id}", tag = "jobs",
     params(("id" = String, Path, description = "job id"), WaitParams),
     responses((status = 200, body = Job), (status = 404, body = ErrorBody)))]
@@ -214,6 +291,10 @@ async fn get_job(
     }))
 }
 
+/// Cancel a job
+///
+/// Cancels a job that has not finished; the device's next queued job is sent. A finished job is
+/// returned unchanged. Needs the operator role on the device's fleet.
 #[utoipa::path(post, path = "/jobs/{id}/cancel", tag = "jobs",
     params(("id" = String, Path, description = "job id")),
     responses((status = 200, body = Job), (status = 404, body = ErrorBody)))]

@@ -36,7 +36,9 @@ pub fn routes() -> OpenApiRouter<Arc<Services>> {
 /// A page of results in creation order; pass `next_cursor` as `cursor` for the next page.
 #[derive(Serialize, Deserialize, ToSchema)]
 pub struct Page<T> {
+    /// This page's items, at most `limit`.
     pub items: Vec<T>,
+    /// Pass as `cursor` to get the next page; null on the last page.
     pub next_cursor: Option<String>,
 }
 
@@ -67,6 +69,13 @@ pub struct ListWorkspaces {
     cursor: Option<String>,
 }
 
+/// List workspaces
+///
+/// Returns the workspaces the caller can see (server admins: all; other users: those they hold any
+/// grant in), a page at a time in creation order. Filter by `name` (case-insensitive substring);
+/// pass the page's `next_cursor` as `cursor` for the next page. Any authenticated caller may list.
+/// Errors: 400 `invalid_cursor` for a cursor this API did not return, 400 `invalid_limit` for a
+/// `limit` outside 1 to 1000.
 #[utoipa::path(get, path = "/workspaces", tag = "workspaces", params(ListWorkspaces),
     responses((status = 200, body = Page<Workspace>), (status = 401, body = ErrorBody)))]
 async fn list_workspaces(
@@ -83,6 +92,12 @@ async fn list_workspaces(
     Ok(axum::Json(page(p, |w| w)))
 }
 
+/// Create a workspace
+///
+/// Creates a workspace and returns it. Names are 1 to 128 printable characters, unique on the
+/// server regardless of case; the description holds at most 1024 characters; `retention_days` (1 to
+/// 36500) overrides the server's telemetry retention for the workspace. Needs a server admin.
+/// Errors: 409 `name_taken`, 422 `invalid_field`.
 #[utoipa::path(post, path = "/workspaces", tag = "workspaces", request_body = NewWorkspace,
     responses((status = 201, body = Workspace), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
 async fn create_workspace(
@@ -95,6 +110,10 @@ async fn create_workspace(
     ))
 }
 
+/// Get a workspace
+///
+/// Returns one workspace. Any caller with a grant in the workspace (even one limited to some
+/// fleets) may read it; to others it answers 404 `not_found`.
 #[utoipa::path(get, path = "/workspaces/{id}", tag = "workspaces", params(("id" = String, Path, description = "workspace id")),
     responses((status = 200, body = Workspace), (status = 404, body = ErrorBody)))]
 async fn get_workspace(
@@ -104,6 +123,13 @@ async fn get_workspace(
     Ok(axum::Json(s.registry.workspace(id)?))
 }
 
+/// Update a workspace
+///
+/// Changes the name, description or telemetry retention of a workspace; fields left out keep their
+/// value, and `retention_days: 0` clears the workspace's own retention so the server default
+/// applies. Returns the updated workspace. Needs the admin role on the whole workspace. Errors: 409
+/// `name_taken` when another workspace has the name, 422 `invalid_field` for a bad name,
+/// description or retention.
 #[utoipa::path(patch, path = "/workspaces/{id}", tag = "workspaces", params(("id" = String, Path, description = "workspace id")),
     request_body = WorkspacePatch,
     responses((status = 200, body = Workspace), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
@@ -115,6 +141,11 @@ async fn update_workspace(
     Ok(axum::Json(s.registry.update_workspace(id, p).await?))
 }
 
+/// Delete a workspace
+///
+/// Deletes an empty workspace. A workspace that still holds fleets is refused with 409 `not_empty`:
+/// delete its fleets first. Needs a server admin (callers who cannot see the workspace get 404
+/// `not_found`).
 #[utoipa::path(delete, path = "/workspaces/{id}", tag = "workspaces", params(("id" = String, Path, description = "workspace id")),
     responses((status = 204), (status = 404, body = ErrorBody), (status = 409, description = "the workspace still has fleets", body = ErrorBody)))]
 async fn delete_workspace(State(s): S, ApiPath(id): ApiPath<WorkspaceId>) -> ApiResult<StatusCode> {
@@ -125,12 +156,22 @@ async fn delete_workspace(State(s): S, ApiPath(id): ApiPath<WorkspaceId>) -> Api
 #[derive(Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct ListFleets {
+    /// Only fleets of this workspace.
     workspace_id: Option<WorkspaceId>,
+    /// Case-insensitive substring of the name.
     name: Option<String>,
+    /// Page size, 1 to 1000 (default 100).
     limit: Option<usize>,
+    /// `next_cursor` of the previous page.
     cursor: Option<String>,
 }
 
+/// List fleets
+///
+/// Returns the fleets the caller can see, a page at a time in creation order: server admins see
+/// every fleet, other users the fleets their grants cover. Filter by `workspace_id` and by `name`
+/// (case-insensitive substring); pass `next_cursor` as `cursor` for the next page. Any
+/// authenticated caller may list. Errors: 400 `invalid_cursor`, 400 `invalid_limit`.
 #[utoipa::path(get, path = "/fleets", tag = "fleets", params(ListFleets),
     responses((status = 200, body = Page<Fleet>)))]
 async fn list_fleets(
@@ -148,6 +189,12 @@ async fn list_fleets(
     Ok(axum::Json(page(p, |f| f)))
 }
 
+/// Create a fleet
+///
+/// Creates a fleet in the workspace named by `workspace_id` and returns it. Fleet names are 1 to
+/// 128 printable characters, unique within the workspace regardless of case. Needs the admin role
+/// on the whole workspace. Errors: 409 `name_taken`, 422 `invalid_field` (for instance
+/// `workspace_id` naming no workspace, or a bad name or description).
 #[utoipa::path(post, path = "/fleets", tag = "fleets", request_body = NewFleet,
     responses((status = 201, body = Fleet), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
 async fn create_fleet(
@@ -160,12 +207,22 @@ async fn create_fleet(
     ))
 }
 
+/// Get a fleet
+///
+/// Returns one fleet. Needs the viewer role on the fleet; a caller who cannot see it gets 404
+/// `not_found`.
 #[utoipa::path(get, path = "/fleets/{id}", tag = "fleets", params(("id" = String, Path, description = "fleet id")),
     responses((status = 200, body = Fleet), (status = 404, body = ErrorBody)))]
 async fn get_fleet(State(s): S, ApiPath(id): ApiPath<FleetId>) -> ApiResult<axum::Json<Fleet>> {
     Ok(axum::Json(s.registry.fleet(id)?))
 }
 
+/// Update a fleet
+///
+/// Changes the name or description of a fleet; fields left out keep their value. Returns the
+/// updated fleet. Needs the admin role on the fleet's whole workspace. Errors: 409 `name_taken`
+/// when another fleet of the workspace has the name, 422 `invalid_field` for a bad name or
+/// description.
 #[utoipa::path(patch, path = "/fleets/{id}", tag = "fleets", params(("id" = String, Path, description = "fleet id")),
     request_body = FleetPatch, responses((status = 200, body = Fleet), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 async fn update_fleet(
@@ -176,6 +233,11 @@ async fn update_fleet(
     Ok(axum::Json(s.registry.update_fleet(id, p).await?))
 }
 
+/// Delete a fleet
+///
+/// Deletes an empty fleet, with its provisioning key and its shared attribute defaults. A fleet
+/// that still holds devices or manufacturer CAs is refused with 409 `not_empty`: delete or move its
+/// devices and remove its CAs first. Needs the admin role on the fleet's whole workspace.
 #[utoipa::path(delete, path = "/fleets/{id}", tag = "fleets", params(("id" = String, Path, description = "fleet id")),
     responses((status = 204), (status = 404, body = ErrorBody), (status = 409, description = "the fleet still has devices", body = ErrorBody)))]
 async fn delete_fleet(State(s): S, ApiPath(id): ApiPath<FleetId>) -> ApiResult<StatusCode> {
@@ -186,15 +248,27 @@ async fn delete_fleet(State(s): S, ApiPath(id): ApiPath<FleetId>) -> ApiResult<S
 #[derive(Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct ListDevices {
+    /// Only devices of this workspace.
     workspace_id: Option<WorkspaceId>,
+    /// Only devices of this fleet.
     fleet_id: Option<FleetId>,
     /// Case-insensitive substring of the name.
     name: Option<String>,
+    /// Only devices that are `online` or `offline` now.
     status: Option<DeviceStatus>,
+    /// Page size, 1 to 1000 (default 100).
     limit: Option<usize>,
+    /// `next_cursor` of the previous page.
     cursor: Option<String>,
 }
 
+/// List devices
+///
+/// Returns the devices the caller can see with their live status, a page at a time in creation
+/// order. Filter by `workspace_id`, `fleet_id`, `name` (case-insensitive substring) and `status`
+/// (`online` or `offline`); pass `next_cursor` as `cursor` for the next page. Any authenticated
+/// caller may list; only devices of fleets they can see are returned. Errors: 400 `invalid_cursor`,
+/// 400 `invalid_limit`.
 #[utoipa::path(get, path = "/devices", tag = "devices", params(ListDevices),
     responses((status = 200, body = Page<DeviceView>)))]
 async fn list_devices(
@@ -222,9 +296,19 @@ async fn list_devices(
 #[derive(Serialize, Deserialize, ToSchema)]
 pub struct CreatedDevice {
     pub device: DeviceView,
+    /// The device's first credential with its secrets, shown only here: the access token, or
+    /// the certificate bundle (with the private key when Corral generated it).
     pub credentials: IssuedCredential,
 }
 
+/// Create a device
+///
+/// Creates a device in the fleet named by `fleet_id` together with its first credential: the one
+/// given in `credentials`, or a generated access token. The response holds the secrets (token,
+/// generated private key) that are shown only this once; issuing the credential is recorded in the
+/// audit log (`credential_issued`). Device names are unique within the workspace regardless of
+/// case. Needs the operator role on the fleet. Errors: 409 `name_taken`, 409 `credential_taken`
+/// (another device already answers to the credential), 422 `invalid_field`.
 #[utoipa::path(post, path = "/devices", tag = "devices", request_body = NewDevice,
     responses((status = 201, body = CreatedDevice), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
 async fn create_device(
@@ -242,6 +326,10 @@ async fn create_device(
     ))
 }
 
+/// Get a device
+///
+/// Returns one device with its live status: whether it is online, its open connections and when it
+/// last connected, disconnected and was active. Needs the viewer role on the device's fleet.
 #[utoipa::path(get, path = "/devices/{id}", tag = "devices", params(("id" = String, Path, description = "device id")),
     responses((status = 200, body = DeviceView), (status = 404, body = ErrorBody)))]
 async fn get_device(
@@ -251,6 +339,10 @@ async fn get_device(
     Ok(axum::Json(s.registry.device(id)?))
 }
 
+/// List a device's connection history
+///
+/// Returns the device's last 100 connects and disconnects, newest first, each with its time, the
+/// listener it used and the remote address. Needs the viewer role on the device's fleet.
 #[utoipa::path(get, path = "/devices/{id}/connections", tag = "devices", params(("id" = String, Path, description = "device id")),
     responses((status = 200, body = Vec<ConnectionEvent>, description = "the last 100 connects and disconnects, newest first"),
         (status = 404, body = ErrorBody)))]
@@ -261,6 +353,14 @@ async fn device_connections(
     Ok(axum::Json(s.registry.connection_history(id)?))
 }
 
+/// Update a device
+///
+/// Changes a device's name, label or enabled flag, or moves it to another fleet of the same
+/// workspace; fields left out keep their value. Disabling a device closes its open sessions at once
+/// and refuses its logins until it is enabled again; enabling or disabling is recorded in the audit
+/// log (`device_enabled`, `device_disabled`). Returns the updated device. Needs the operator role
+/// on the device's fleet. Errors: 409 `name_taken`, 422 `invalid_field` (for instance a `fleet_id`
+/// of another workspace).
 #[utoipa::path(patch, path = "/devices/{id}", tag = "devices", params(("id" = String, Path, description = "device id")),
     request_body = DevicePatch, responses((status = 200, body = DeviceView), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 async fn update_device(
@@ -271,6 +371,11 @@ async fn update_device(
     Ok(axum::Json(s.registry.update_device(id, p).await?))
 }
 
+/// Delete a device
+///
+/// Deletes a device with everything it holds: credentials, telemetry, attributes, jobs, connection
+/// history and conditions. Its open sessions are closed, and the deletion is recorded in the audit
+/// log (`device_deleted`). Cannot be undone. Needs the admin role on the device's fleet.
 #[utoipa::path(delete, path = "/devices/{id}", tag = "devices", params(("id" = String, Path, description = "device id")),
     responses((status = 204), (status = 404, body = ErrorBody)))]
 async fn delete_device(State(s): S, ApiPath(id): ApiPath<DeviceId>) -> ApiResult<StatusCode> {

@@ -50,7 +50,10 @@ async fn blocking<T: Send + 'static>(
 /// Most distinct keys one tag listing answers with: ten devices at the default key cap.
 pub const MAX_LISTED_KEYS: usize = 100_000;
 
-/// Runs the retention sweep now (it also runs every `retention.sweep_interval_secs`).
+/// Run the retention sweep
+///
+/// Deletes telemetry older than each workspace's retention now, and reports what it deleted. The
+/// sweep also runs every `retention.sweep_interval_secs`. Needs a server admin.
 #[utoipa::path(post, path = "/retention/sweep", tag = "telemetry",
     responses((status = 200, body = SweepReport)))]
 async fn retention_sweep(State(s): State<Arc<Services>>) -> ApiResult<axum::Json<SweepReport>> {
@@ -62,6 +65,10 @@ async fn retention_sweep(State(s): State<Arc<Services>>) -> ApiResult<axum::Json
     Ok(axum::Json(r))
 }
 
+/// Get a workspace's telemetry usage
+///
+/// Returns how much telemetry a workspace holds: devices, series, points, an estimate of their
+/// size, and the workspace's retention. Needs the viewer role on the whole workspace.
 #[utoipa::path(get, path = "/workspaces/{id}/usage", tag = "telemetry",
     params(("id" = String, Path, description = "workspace id")),
     responses((status = 200, body = WorkspaceUsage), (status = 404, body = ErrorBody)))]
@@ -84,9 +91,14 @@ pub struct StoreUsage {
     pub store_bytes: u64,
     /// The write-ahead log not yet checkpointed.
     pub wal_bytes: u64,
+    /// Version of the store's on-disk layout.
     pub schema_version: u32,
 }
 
+/// Get the store's disk usage
+///
+/// Returns the disk space used by the whole store (the database and its write-ahead log not yet
+/// checkpointed) and the store's schema version. Needs a server admin.
 #[utoipa::path(get, path = "/store/usage", tag = "telemetry",
     responses((status = 200, body = StoreUsage)))]
 async fn store_usage(State(s): State<Arc<Services>>) -> ApiResult<axum::Json<StoreUsage>> {
@@ -130,8 +142,17 @@ pub struct ExportParams {
     format: Option<String>,
 }
 
-/// Telemetry of devices and fleets as CSV (`device_id,device,tag,key,ts,time,value`) or a JSON
-/// array, streamed: any size in constant memory.
+/// Export telemetry
+///
+/// Streams the telemetry of the named devices (`device_id`) and of every device of the named fleets
+/// (`fleet_id`) between `from` and `to` (ms since the epoch, inclusive; the last 24 hours by
+/// default) as a download: CSV (`device_id,device,tag,key,ts,time,value`) or a JSON array
+/// (`format=json`). Filter by `tags` and `keys`; exports of any size are streamed. Server admins
+/// may export anything; other callers must name devices or fleets, all of which they can see.
+/// Errors: 400 `invalid_format`, 400 `invalid_range` (`from` after `to`), 400 `invalid_id`, 400
+/// `invalid_query` (no device or fleet named), 403 `forbidden` (nothing named, for callers who are
+/// not server admins), 404 `not_found` (a device or fleet that does not exist or that the caller
+/// cannot see).
 #[utoipa::path(get, path = "/export", tag = "telemetry", params(ExportParams),
     responses((status = 200, description = "CSV or JSON, streamed", content_type = "text/csv"),
         (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
@@ -270,15 +291,20 @@ pub struct AggregateParams {
 /// Aggregates per key, buckets in time order (empty buckets included, with count 0).
 #[derive(Serialize, Deserialize, ToSchema)]
 pub struct AggregateResult {
+    /// The device aggregated (device aggregates).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub device_id: Option<DeviceId>,
+    /// The fleet aggregated (fleet aggregates).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub fleet_id: Option<FleetId>,
     /// Devices merged into the result.
     pub devices: usize,
     pub tag: String,
+    /// Bucket length in ms.
     pub interval_ms: Millis,
+    /// Time zone the buckets are aligned in.
     pub tz: String,
+    /// Buckets per key, in time order.
     pub data: BTreeMap<String, Vec<Bucket>>,
 }
 
@@ -312,6 +338,13 @@ fn run_aggregate(
     })
 }
 
+/// Aggregate a device's telemetry
+///
+/// Returns, per key of one tag, time buckets of `interval` between `from` and `to` (the last 24
+/// hours by default), aligned in time zone `tz`, each with the count of values and the average,
+/// minimum, maximum and sum of the numeric ones. Empty buckets are included. Needs the viewer role
+/// on the device's fleet. Errors: 400 `invalid_interval`, 400 `invalid_tz`, 400 `invalid_range`,
+/// 400 `too_many_buckets` (over 10000), 400 `too_many_series` (keys × buckets over 100000).
 #[utoipa::path(get, path = "/devices/{id}/telemetry/aggregate", tag = "telemetry",
     params(("id" = String, Path, description = "device id"), AggregateParams),
     responses((status = 200, body = AggregateResult), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
@@ -330,6 +363,13 @@ async fn device_aggregate(
     Ok(axum::Json(r))
 }
 
+/// Aggregate a fleet's telemetry
+///
+/// Aggregates the telemetry of every device of the fleet together, as
+/// `GET /devices/{id}/telemetry/aggregate` does for one device: per key, buckets of `interval`
+/// between `from` and `to`, aligned in time zone `tz`. Needs the viewer role on the fleet. Errors:
+/// 400 `invalid_interval`, 400 `invalid_tz`, 400 `invalid_range`, 400 `too_many_buckets`, 400
+/// `too_many_series`.
 #[utoipa::path(get, path = "/fleets/{id}/telemetry/aggregate", tag = "telemetry",
     params(("id" = String, Path, description = "fleet id"), AggregateParams),
     responses((status = 200, body = AggregateResult), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
@@ -350,6 +390,7 @@ async fn fleet_aggregate(
 /// Tags with their keys, sorted.
 #[derive(Serialize, Deserialize, ToSchema)]
 pub struct Tags {
+    /// Each tag with its keys.
     pub tags: BTreeMap<String, Vec<String>>,
 }
 
@@ -376,6 +417,11 @@ fn list_tags(s: &Services, devices: &[DeviceId], tag: Option<String>) -> ApiResu
     Ok(Tags { tags })
 }
 
+/// List a device's telemetry tags
+///
+/// Returns the tags the device has sent telemetry under, each with its keys, sorted; `tag` limits
+/// the answer to one tag. Needs the viewer role on the device's fleet. Errors: 400
+/// `too_many_series` (more than 100000 keys).
 #[utoipa::path(get, path = "/devices/{id}/tags", tag = "telemetry",
     params(("id" = String, Path, description = "device id"), TagsParams),
     responses((status = 200, body = Tags), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
@@ -392,6 +438,11 @@ async fn device_tags(
     Ok(axum::Json(tags))
 }
 
+/// List a fleet's telemetry tags
+///
+/// Returns the tags the fleet's devices have sent telemetry under, each with the union of their
+/// keys, sorted; `tag` limits the answer to one tag. Needs the viewer role on the fleet. Errors:
+/// 400 `too_many_series` (more than 100000 keys).
 #[utoipa::path(get, path = "/fleets/{id}/tags", tag = "telemetry",
     params(("id" = String, Path, description = "fleet id"), TagsParams),
     responses((status = 200, body = Tags), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
@@ -440,7 +491,9 @@ pub struct TelemetryParams {
 pub struct TelemetryPage {
     pub device_id: DeviceId,
     pub tag: String,
+    /// Points per key; each point's `ts` is in ms since the epoch.
     pub data: BTreeMap<String, Vec<Point>>,
+    /// Pass as `cursor` to get the next page; null on the last page.
     pub next_cursor: Option<String>,
 }
 
@@ -467,6 +520,13 @@ fn decode_cursor(c: &str) -> Result<(String, Millis), ApiError> {
     serde_json::from_slice(&raw).map_err(|_| bad())
 }
 
+/// Read a device's telemetry
+///
+/// Returns raw telemetry points of one tag between `from` and `to` (ms since the epoch, inclusive;
+/// the last 24 hours by default), grouped by key, keys in name order and points by time
+/// (`order=desc` for newest first). A page holds at most `limit` points across keys; pass
+/// `next_cursor` as `cursor` for the next page. Needs the viewer role on the device's fleet.
+/// Errors: 400 `invalid_range`, 400 `invalid_cursor`, 400 `invalid_limit`.
 #[utoipa::path(get, path = "/devices/{id}/telemetry", tag = "telemetry",
     params(("id" = String, Path, description = "device id"), TelemetryParams),
     responses((status = 200, body = TelemetryPage), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
@@ -521,9 +581,14 @@ pub struct LatestParams {
 pub struct LatestValues {
     pub device_id: DeviceId,
     pub tag: String,
+    /// The latest point of each key; `ts` is in ms since the epoch.
     pub data: BTreeMap<String, Point>,
 }
 
+/// Get a device's latest telemetry
+///
+/// Returns the latest point of each key of one tag (`default` unless `tag` is given), or of the
+/// keys named in `keys`. Needs the viewer role on the device's fleet.
 #[utoipa::path(get, path = "/devices/{id}/telemetry/latest", tag = "telemetry",
     params(("id" = String, Path, description = "device id"), LatestParams),
     responses((status = 200, body = LatestValues), (status = 404, body = ErrorBody)))]
