@@ -1,7 +1,7 @@
 //! Corral: a single-binary, on-premises IoT device management appliance.
 //!
 //! Layers, bottom to top (dependencies point down only):
-//! `config`, `metrics`, `model`, `limits` → `store` → `pki`, `events`, `audit` → `devices` →
+//! `config`, `metrics`, `model`, `names`, `limits` → `store` → `pki`, `events`, `audit` → `devices` →
 //! `integrations` → `data`, `auth`, `jobs`, `conditions` →
 //! `services` → transports `mqtt`, `api` → `app` (wiring, lifecycle) → `cli`.
 
@@ -24,6 +24,7 @@ pub mod limits;
 pub mod metrics;
 pub mod model;
 pub mod mqtt;
+pub mod names;
 pub mod pki;
 pub mod services;
 pub mod sim;

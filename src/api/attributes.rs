@@ -49,6 +49,7 @@ fn scope(s: &str) -> ApiResult<Scope> {
 #[into_params(parameter_in = Query)]
 pub struct ScopeParams {
     /// `client`, `shared` or `server`; all three when absent.
+    #[param(pattern = "^(client|shared|server)$")]
     scope: Option<String>,
 }
 
@@ -86,7 +87,7 @@ async fn get_attributes(
 /// attributes, which only the device reports; a key containing a comma; a value that cannot be
 /// stored).
 #[utoipa::path(put, path = "/devices/{id}/attributes/{scope}", tag = "attributes",
-    params(("id" = String, Path, description = "device id"), ("scope" = String, Path, description = "shared or server")),
+    params(("id" = String, Path, description = "device id"), ("scope" = String, Path, description = "`shared` or `server` (a device writes its own `client` attributes)", pattern = "^(client|shared|server)$")),
     request_body = Object,
     responses((status = 200, body = DeviceAttributes), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)))]
 async fn set_attributes(
@@ -106,7 +107,7 @@ async fn set_attributes(
 /// default, and the device is told the new value; other deleted shared keys are announced to the
 /// device as deleted. Needs the operator role on the device's fleet. Errors: 400 `invalid_scope`.
 #[utoipa::path(delete, path = "/devices/{id}/attributes/{scope}", tag = "attributes",
-    params(("id" = String, Path, description = "device id"), ("scope" = String, Path, description = "client, shared or server"), KeysParams),
+    params(("id" = String, Path, description = "device id"), ("scope" = String, Path, description = "`client`, `shared` or `server`", pattern = "^(client|shared|server)$"), KeysParams),
     responses((status = 204), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
 async fn delete_attributes(
     State(s): S,

@@ -36,14 +36,19 @@ pub struct ListConditions {
     fleet_id: Option<FleetId>,
     workspace_id: Option<WorkspaceId>,
     /// `open` (the default), `closed` or `all`.
+    #[param(pattern = "^(open|closed|all)$")]
     state: Option<String>,
     /// Comma-separated severities: `critical,major,minor,warning,info`.
+    #[param(
+        pattern = "^,*((critical|major|minor|warning|info)(,+(critical|major|minor|warning|info))*)?,*$"
+    )]
     severity: Option<String>,
     /// Exact condition name.
     name: Option<String>,
     /// Page size, 1 to 1000 (default 100).
     limit: Option<usize>,
     /// `next_cursor` of the previous page.
+    #[param(value_type = Option<uuid::Uuid>)]
     cursor: Option<String>,
 }
 

@@ -110,7 +110,7 @@ async fn delete_credential(
 /// and public keys: add the new one and revoke the old one).
 #[utoipa::path(post, path = "/devices/{id}/credentials/{credential_id}/rotate", tag = "credentials",
     params(("id" = String, Path, description = "device id"), ("credential_id" = String, Path, description = "credential id")),
-    request_body = RotateRequest,
+    request_body = Option<RotateRequest>,
     responses((status = 201, body = IssuedCredential), (status = 404, body = ErrorBody),
         (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
 async fn rotate_credential(
@@ -122,9 +122,14 @@ async fn rotate_credential(
     let req: RotateRequest = if body.iter().all(u8::is_ascii_whitespace) {
         RotateRequest::default()
     } else {
-        serde_json::from_slice::<Option<RotateRequest>>(&body)
-            .map_err(|e| super::ApiError::bad_request("invalid_body", e.to_string()))?
-            .unwrap_or_default()
+        let bad = |e: String| super::ApiError::bad_request("invalid_body", e);
+        match serde_json::from_slice(&body).map_err(|e| bad(e.to_string()))? {
+            serde_json::Value::Null => RotateRequest::default(),
+            v @ serde_json::Value::Object(_) => {
+                super::json::from_value(v).map_err(|e| bad(e.to_string()))?
+            }
+            _ => return Err(bad("the body must be a JSON object or null".into())),
+        }
     };
     Ok((
         StatusCode::CREATED,
@@ -301,6 +306,7 @@ pub struct AuditParams {
     /// Page size, 1 to 1000 (default 100).
     limit: Option<usize>,
     /// `next_cursor` of the previous page (pages go from newest to oldest).
+    #[param(value_type = Option<uuid::Uuid>)]
     cursor: Option<String>,
 }
 

@@ -272,7 +272,7 @@ async fn tagged_telemetry(
 /// Publish client attributes
 ///
 /// The device reports its client-side attributes as a flat JSON object of key and value.
-#[utoipa::path(post, path = "/{token}/attributes", tag = "device-api", security(()), params(("token" = String, Path, description = "The device's access token.")), request_body(content = serde_json::Value, content_type = "application/json", description = "A JSON object of attribute keys and values."), responses((status = 200, description = "Stored."), (status = 400, description = "The request is not what the operation takes.", body = DeviceApiError), (status = 401, description = "No device has this access token.", body = DeviceApiError), (status = 403, description = "The device or its credential is disabled or revoked.", body = DeviceApiError), (status = 413, description = "The body is over `mqtt.max_packet_size`.", body = DeviceApiError), (status = 429, description = "Over the device's message rate; nothing stored. `Retry-After` says when to send again.", body = DeviceApiError), (status = 500, description = "An internal error.", body = DeviceApiError)))]
+#[utoipa::path(post, path = "/{token}/attributes", tag = "device-api", security(()), params(("token" = String, Path, description = "The device's access token.")), request_body(content = Object, content_type = "application/json", description = "A JSON object of attribute keys and values."), responses((status = 200, description = "Stored."), (status = 400, description = "The request is not what the operation takes.", body = DeviceApiError), (status = 401, description = "No device has this access token.", body = DeviceApiError), (status = 403, description = "The device or its credential is disabled or revoked.", body = DeviceApiError), (status = 413, description = "The body is over `mqtt.max_packet_size`.", body = DeviceApiError), (status = 429, description = "Over the device's message rate; nothing stored. `Retry-After` says when to send again.", body = DeviceApiError), (status = 500, description = "An internal error.", body = DeviceApiError)))]
 async fn post_attributes(
     State(s): S,
     Peer(peer): Peer,
@@ -397,9 +397,11 @@ async fn rpc_poll(
 async fn rpc_reply(
     State(s): S,
     Peer(peer): Peer,
-    axum::extract::Path((token, id)): axum::extract::Path<(String, u64)>,
+    axum::extract::Path((token, id)): axum::extract::Path<(String, String)>,
     DevBody(body): DevBody,
 ) -> DevResult<StatusCode> {
+    // Parsed here rather than by `Path<u64>`, whose rejection would be plain text.
+    let id: u64 = id.parse().map_err(|_| bad("the RPC id is not a number"))?;
     let dev = device(&s, &token, peer).await?;
     serde_json::from_slice::<Json>(&body).map_err(|e| bad(format!("reply is not JSON: {e}")))?;
     let known = u32::try_from(id).is_ok_and(|id| s.jobs.on_reply(dev.id, id, &body));

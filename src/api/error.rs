@@ -132,6 +132,9 @@ impl From<RegistryError> for ApiError {
             RegistryError::Unsupported(m) => {
                 ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "unsupported", m)
             }
+            RegistryError::BadCursor => {
+                ApiError::bad_request("invalid_cursor", "cursor is not one this API returned")
+            }
             RegistryError::Internal(m) => ApiError::internal(m),
             RegistryError::Store(e) => e.into(),
         }
@@ -209,10 +212,35 @@ impl From<PathRejection> for ApiError {
     }
 }
 
-/// `Json<T>` whose rejections use our error format.
-#[derive(axum::extract::FromRequest)]
-#[from_request(via(axum::Json), rejection(ApiError))]
+/// A JSON request body whose rejections use our error format. Every body of the API is a JSON
+/// object: anything else is refused with 400 `invalid_body` (serde would otherwise read a
+/// struct from an array of its fields, `[null, null]`). Integral floats fill integer fields
+/// (`json`).
 pub struct ApiJson<T>(pub T);
+
+impl<S, T> axum::extract::FromRequest<S> for ApiJson<T>
+where
+    S: Send + Sync,
+    T: serde::de::DeserializeOwned,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, ApiError> {
+        let axum::Json(v) = axum::Json::<serde_json::Value>::from_request(req, state).await?;
+        if !v.is_object() {
+            return Err(ApiError::bad_request(
+                "invalid_body",
+                "the body must be a JSON object",
+            ));
+        }
+        super::json::from_value(v).map(ApiJson).map_err(|e| {
+            ApiError::bad_request(
+                "invalid_body",
+                format!("Failed to deserialize the JSON body into the target type: {e}"),
+            )
+        })
+    }
+}
 
 /// The raw body (`Bytes`) whose rejections use our error format.
 pub struct ApiBytes(pub axum::body::Bytes);

@@ -195,7 +195,7 @@ pub struct DeadLetterParams {
 /// Returns the entries moved aside after the receiver refused them (a 4xx answer under the
 /// `dead_letter` client-error policy), in queue order, a page at a time; pass `next_cursor` as
 /// `cursor` for the next page. Each holds the event, its idempotency key and why it failed. Needs a
-/// server admin. Errors: 400 `invalid_limit`, 422 `invalid_field` (a cursor this listing did not
+/// server admin. Errors: 400 `invalid_limit`, 400 `invalid_cursor` (a cursor this listing did not
 /// return).
 #[utoipa::path(get, path = "/integrations/{id}/dead-letters", tag = "integrations",
     params(("id" = String, Path, description = "integration id"), DeadLetterParams),
@@ -208,7 +208,7 @@ async fn list_dead_letters(
     let limit = page_limit(q.limit)?;
     Ok(axum::Json(s.integrations.dead_letters(
         id,
-        q.cursor.as_deref(),
+        q.cursor.as_deref().filter(|c| !c.is_empty()),
         limit,
     )?))
 }

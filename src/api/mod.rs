@@ -15,6 +15,7 @@ mod events;
 mod exposure;
 mod integrations;
 mod jobs;
+mod json;
 mod openapi;
 mod registry;
 mod telemetry;

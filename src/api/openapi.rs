@@ -119,6 +119,11 @@ fn provision() {}
 /// Applies the conventions every operation follows (see the module header). An operation's
 /// own declaration of a status wins over the generic one.
 pub(super) fn apply_conventions(doc: &mut utoipa::openapi::OpenApi) {
+    if let Some(c) = doc.components.as_mut() {
+        for s in c.schemas.values_mut() {
+            unsigned_ranges(s);
+        }
+    }
     for item in doc.paths.paths.values_mut() {
         let ops = [
             (&mut item.get, false),
@@ -134,6 +139,12 @@ pub(super) fn apply_conventions(doc: &mut utoipa::openapi::OpenApi) {
                 .as_ref()
                 .is_some_and(|t| t.iter().any(|t| t == "device-api"));
             uuid_path_ids(op);
+            page_limits(op);
+            for p in op.parameters.iter_mut().flatten() {
+                if let Some(s) = p.schema.as_mut() {
+                    unsigned_ranges(s);
+                }
+            }
             if !device_api {
                 error_responses(op, mutating);
             }
@@ -165,6 +176,85 @@ fn uuid_path_ids(op: &mut Operation) {
     }
 }
 
+/// utoipa types `u32` and `u64` as `int32` and `int64` with `minimum: 0`, which are narrower
+/// than what the server takes (a `u32` of 3,000,000,000 is fine): the format goes, and the
+/// unsigned maximum is stated instead. Fields with their own maximum keep it.
+fn unsigned_ranges(s: &mut RefOr<Schema>) {
+    let RefOr::T(schema) = s else { return };
+    match schema {
+        Schema::Object(o) => {
+            let unsigned = o.schema_type == Type::Integer.into()
+                || o.schema_type
+                    == utoipa::openapi::schema::SchemaType::from_iter([Type::Integer, Type::Null]);
+            if unsigned
+                && o.minimum.as_ref().is_some_and(|m| {
+                    serde_json::to_value(m).ok().and_then(|v| v.as_f64()) == Some(0.0)
+                })
+                && o.maximum.is_none()
+            {
+                let max = match &o.format {
+                    Some(SchemaFormat::KnownFormat(KnownFormat::Int32)) => Some(u32::MAX as u64),
+                    Some(SchemaFormat::KnownFormat(KnownFormat::Int64)) => Some(u64::MAX),
+                    _ => None,
+                };
+                if let Some(max) = max {
+                    o.format = None;
+                    o.maximum = Some(max.into());
+                }
+            }
+            for p in o.properties.values_mut() {
+                unsigned_ranges(p);
+            }
+        }
+        Schema::Array(a) => {
+            if let utoipa::openapi::schema::ArrayItems::RefOrSchema(items) = &mut a.items {
+                unsigned_ranges(items);
+            }
+        }
+        Schema::OneOf(x) => {
+            closed_variants(x);
+            x.items.iter_mut().for_each(unsigned_ranges)
+        }
+        Schema::AllOf(x) => x.items.iter_mut().for_each(unsigned_ranges),
+        Schema::AnyOf(x) => x.items.iter_mut().for_each(unsigned_ranges),
+        _ => {}
+    }
+}
+
+/// An externally tagged enum (`{"variant": {...}}`) is a `oneOf` of objects with one required
+/// property each; serde takes exactly one key, so each variant object is closed.
+fn closed_variants(x: &mut utoipa::openapi::schema::OneOf) {
+    let tagged = |s: &RefOr<Schema>| match s {
+        RefOr::T(Schema::Object(o)) => o.properties.len() == 1 && o.required.len() == 1,
+        _ => false,
+    };
+    if x.items.len() < 2 || !x.items.iter().all(tagged) {
+        return;
+    }
+    for s in &mut x.items {
+        if let RefOr::T(Schema::Object(o)) = s {
+            o.additional_properties = Some(Box::new(
+                utoipa::openapi::schema::AdditionalProperties::FreeForm(false),
+            ));
+        }
+    }
+}
+
+/// A query parameter `limit` is a page size: 1 to `MAX_PAGE` (see `page_limit`).
+fn page_limits(op: &mut Operation) {
+    for p in op.parameters.iter_mut().flatten() {
+        if p.parameter_in != ParameterIn::Query || p.name != "limit" {
+            continue;
+        }
+        if let Some(RefOr::T(Schema::Object(o))) = &mut p.schema
+            && o.maximum.is_none()
+        {
+            o.minimum = Some(1.into());
+            o.maximum = Some((super::MAX_PAGE as u64).into());
+        }
+    }
+}
+
 fn error_responses(op: &mut Operation, mutating: bool) {
     // A public operation declares `security(())`: one requirement with no scheme.
     let authenticated = op.security.as_ref().is_none_or(|reqs| {
@@ -174,6 +264,14 @@ fn error_responses(op: &mut Operation, mutating: bool) {
     });
     let has_params = op.parameters.as_ref().is_some_and(|p| !p.is_empty());
     let body = op.request_body.as_ref().map(is_json_body);
+    if body == Some(true) {
+        // Bodies name other objects (a fleet, a workspace, a device): one that does not exist,
+        // or that the caller cannot see, is 404.
+        op.responses
+            .responses
+            .entry("404".to_string())
+            .or_insert_with(|| RefOr::T(error("An object the request names does not exist, or the caller cannot see it (`not_found`).")));
+    }
     let responses = &mut op.responses.responses;
     let mut add = |status: &str, text: &str| {
         responses
@@ -204,6 +302,10 @@ fn error_responses(op: &mut Operation, mutating: bool) {
             "The body is over the API's size limit (`payload_too_large`).",
         );
         if json {
+            add(
+                "422",
+                "A field is out of its range or names nothing usable (`invalid_field`).",
+            );
             add(
                 "415",
                 "The body was not sent as `Content-Type: application/json` (`unsupported_media_type`).",

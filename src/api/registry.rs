@@ -17,7 +17,7 @@ use crate::devices::registry::{
     DeviceFilter, DevicePatch, DeviceStatus, DeviceView, FleetPatch, NewDevice, NewFleet,
     NewWorkspace, WorkspacePatch,
 };
-use crate::model::{ConnectionEvent, DeviceId, Fleet, FleetId, Workspace, WorkspaceId};
+use crate::model::{ConnectionEvent, DeviceId, Fleet, FleetId, Role, Workspace, WorkspaceId};
 use crate::services::Services;
 
 type S = State<Arc<Services>>;
@@ -66,6 +66,7 @@ pub struct ListWorkspaces {
     /// Page size, 1 to 1000 (default 100).
     limit: Option<usize>,
     /// `next_cursor` of the previous page.
+    #[param(value_type = Option<uuid::Uuid>)]
     cursor: Option<String>,
 }
 
@@ -163,6 +164,7 @@ pub struct ListFleets {
     /// Page size, 1 to 1000 (default 100).
     limit: Option<usize>,
     /// `next_cursor` of the previous page.
+    #[param(value_type = Option<uuid::Uuid>)]
     cursor: Option<String>,
 }
 
@@ -259,6 +261,7 @@ pub struct ListDevices {
     /// Page size, 1 to 1000 (default 100).
     limit: Option<usize>,
     /// `next_cursor` of the previous page.
+    #[param(value_type = Option<uuid::Uuid>)]
     cursor: Option<String>,
 }
 
@@ -365,9 +368,25 @@ async fn device_connections(
     request_body = DevicePatch, responses((status = 200, body = DeviceView), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 async fn update_device(
     State(s): S,
+    Extension(who): Extension<Principal>,
     ApiPath(id): ApiPath<DeviceId>,
     ApiJson(p): ApiJson<DevicePatch>,
 ) -> ApiResult<axum::Json<DeviceView>> {
+    // Authorization checked the operator role on the device's fleet; a move needs it on the
+    // fleet it goes to as well, and a fleet the caller cannot see does not exist for them.
+    if let Some(dest) = p.fleet_id {
+        match s.role_on(&who, dest) {
+            Some(r) if r >= Role::Operator => {}
+            Some(_) => {
+                return Err(ApiError::new(
+                    StatusCode::FORBIDDEN,
+                    "forbidden",
+                    "moving a device needs the operator role on the fleet it goes to",
+                ));
+            }
+            None => return Err(ApiError::not_found("fleet")),
+        }
+    }
     Ok(axum::Json(s.registry.update_device(id, p).await?))
 }
 

@@ -139,6 +139,7 @@ pub struct ExportParams {
     /// Comma-separated keys (default: all).
     keys: Option<String>,
     /// `csv` (default) or `json`.
+    #[param(pattern = "^(csv|json)$")]
     format: Option<String>,
 }
 
@@ -154,7 +155,8 @@ pub struct ExportParams {
 /// not server admins), 404 `not_found` (a device or fleet that does not exist or that the caller
 /// cannot see).
 #[utoipa::path(get, path = "/export", tag = "telemetry", params(ExportParams),
-    responses((status = 200, description = "CSV or JSON, streamed", content_type = "text/csv"),
+    responses((status = 200, description = "CSV (the default) or a JSON array (`format=json`), streamed",
+            content((String = "text/csv"), (Vec<Object> = "application/json"))),
         (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
 async fn export(
     State(s): State<Arc<Services>>,
@@ -551,7 +553,12 @@ async fn get_telemetry(
         to,
         descending: matches!(q.order.unwrap_or_default(), Order::Desc),
         limit: page_limit(q.limit)?,
-        after: q.cursor.as_deref().map(decode_cursor).transpose()?,
+        after: q
+            .cursor
+            .as_deref()
+            .filter(|c| !c.is_empty())
+            .map(decode_cursor)
+            .transpose()?,
     };
     // A page holds at most `limit` points, but finding them reads the tag's directory.
     let page = blocking(move || {

@@ -21,7 +21,13 @@ pub fn hash_password(p: &str) -> Result<String, AuthError> {
 #[derive(Debug, Clone, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewUser {
+    /// 1 to 64 ASCII letters, digits or `. _ - @` (surrounding whitespace is trimmed).
+    #[schema(
+        pattern = r"^[\t-\r \u0085\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*[A-Za-z0-9._@-]{1,64}[\t-\r \u0085\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*$"
+    )]
     pub username: String,
+    /// 10 to 1024 characters.
+    #[schema(min_length = 10, max_length = 1024)]
     pub password: String,
     #[serde(default)]
     pub display_name: String,
@@ -36,6 +42,8 @@ pub struct NewUser {
 #[serde(deny_unknown_fields)]
 pub struct UserPatch {
     pub display_name: Option<String>,
+    /// 10 to 1024 characters.
+    #[schema(min_length = 10, max_length = 1024)]
     pub password: Option<String>,
     pub enabled: Option<bool>,
     pub admin: Option<bool>,
@@ -67,7 +75,11 @@ fn invalid(field: &'static str, message: impl Into<String>) -> AuthError {
 
 fn check_username(u: &str) -> Result<String, AuthError> {
     let u = u.trim();
-    if u.is_empty() || u.len() > 64 || !u.chars().all(|c| c.is_alphanumeric() || "._-@".contains(c))
+    if u.is_empty()
+        || u.len() > 64
+        || !u
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "._-@".contains(c))
     {
         return Err(invalid(
             "username",
@@ -78,7 +90,7 @@ fn check_username(u: &str) -> Result<String, AuthError> {
 }
 
 fn check_password(p: &str) -> Result<(), AuthError> {
-    if p.chars().count() < 10 || p.len() > 1024 {
+    if !(10..=1024).contains(&p.chars().count()) {
         return Err(invalid("password", "must be 10 to 1024 characters"));
     }
     Ok(())

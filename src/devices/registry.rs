@@ -37,6 +37,8 @@ pub enum RegistryError {
     QueueFull(String),
     #[error("{0}")]
     Unsupported(String),
+    #[error("cursor is not one this API returned")]
+    BadCursor,
     #[error("{0}")]
     Internal(String),
     #[error(transparent)]
@@ -49,11 +51,17 @@ type Result<T> = std::result::Result<T, RegistryError>;
 #[derive(Debug, Clone, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewWorkspace {
+    /// 1 to 128 characters after trimming surrounding whitespace; no control characters.
+    #[schema(
+        pattern = r"^[\t-\r \u0085\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*[^\u0000-\u0020\u007f-\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000](?:[^\u0000-\u001f\u007f-\u009f]{0,126}[^\u0000-\u0020\u007f-\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000])?[\t-\r \u0085\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*$"
+    )]
     pub name: String,
     #[serde(default)]
+    #[schema(max_length = 1024)]
     pub description: String,
     /// Days of telemetry to keep (1 to 36500); the server default when absent.
     #[serde(default)]
+    #[schema(minimum = 1, maximum = 36500)]
     pub retention_days: Option<u32>,
 }
 
@@ -61,9 +69,15 @@ pub struct NewWorkspace {
 #[derive(Debug, Clone, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct WorkspacePatch {
+    /// 1 to 128 characters after trimming surrounding whitespace; no control characters.
+    #[schema(
+        pattern = r"^[\t-\r \u0085\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*[^\u0000-\u0020\u007f-\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000](?:[^\u0000-\u001f\u007f-\u009f]{0,126}[^\u0000-\u0020\u007f-\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000])?[\t-\r \u0085\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*$"
+    )]
     pub name: Option<String>,
+    #[schema(max_length = 1024)]
     pub description: Option<String>,
-    /// Days of telemetry to keep; 0 clears the workspace's own setting.
+    /// Days of telemetry to keep (1 to 36500); 0 clears the workspace's own setting.
+    #[schema(minimum = 0, maximum = 36500)]
     pub retention_days: Option<u32>,
 }
 
@@ -71,15 +85,25 @@ pub struct WorkspacePatch {
 #[serde(deny_unknown_fields)]
 pub struct NewFleet {
     pub workspace_id: WorkspaceId,
+    /// 1 to 128 characters after trimming surrounding whitespace; no control characters.
+    #[schema(
+        pattern = r"^[\t-\r \u0085\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*[^\u0000-\u0020\u007f-\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000](?:[^\u0000-\u001f\u007f-\u009f]{0,126}[^\u0000-\u0020\u007f-\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000])?[\t-\r \u0085\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*$"
+    )]
     pub name: String,
     #[serde(default)]
+    #[schema(max_length = 1024)]
     pub description: String,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FleetPatch {
+    /// 1 to 128 characters after trimming surrounding whitespace; no control characters.
+    #[schema(
+        pattern = r"^[\t-\r \u0085\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*[^\u0000-\u0020\u007f-\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000](?:[^\u0000-\u001f\u007f-\u009f]{0,126}[^\u0000-\u0020\u007f-\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000])?[\t-\r \u0085\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*$"
+    )]
     pub name: Option<String>,
+    #[schema(max_length = 1024)]
     pub description: Option<String>,
 }
 
@@ -87,8 +111,13 @@ pub struct FleetPatch {
 #[serde(deny_unknown_fields)]
 pub struct NewDevice {
     pub fleet_id: FleetId,
+    /// 1 to 128 characters after trimming surrounding whitespace; no control characters.
+    #[schema(
+        pattern = r"^[\t-\r \u0085\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*[^\u0000-\u0020\u007f-\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000](?:[^\u0000-\u001f\u007f-\u009f]{0,126}[^\u0000-\u0020\u007f-\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000])?[\t-\r \u0085\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*$"
+    )]
     pub name: String,
     #[serde(default)]
+    #[schema(max_length = 1024)]
     pub label: String,
     /// The device's first credential; a generated access token when absent.
     #[serde(default)]
@@ -98,7 +127,12 @@ pub struct NewDevice {
 #[derive(Debug, Clone, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DevicePatch {
+    /// 1 to 128 characters after trimming surrounding whitespace; no control characters.
+    #[schema(
+        pattern = r"^[\t-\r \u0085\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*[^\u0000-\u0020\u007f-\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000](?:[^\u0000-\u001f\u007f-\u009f]{0,126}[^\u0000-\u0020\u007f-\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000])?[\t-\r \u0085\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*$"
+    )]
     pub name: Option<String>,
+    #[schema(max_length = 1024)]
     pub label: Option<String>,
     /// Move the device to another fleet of the same workspace.
     pub fleet_id: Option<FleetId>,
@@ -151,18 +185,13 @@ pub struct Registry {
     audit: Arc<AuditLog>,
 }
 
-const MAX_NAME: usize = 128;
 const MAX_TEXT: usize = 1024;
 
 fn check_name(name: &str) -> Result<String> {
-    let n = name.trim();
-    if n.is_empty() || n.chars().count() > MAX_NAME || n.chars().any(char::is_control) {
-        return Err(RegistryError::Invalid {
-            field: "name",
-            message: format!("must be 1 to {MAX_NAME} printable characters"),
-        });
-    }
-    Ok(n.to_string())
+    crate::names::check(name, crate::names::MAX_NAME).map_err(|message| RegistryError::Invalid {
+        field: "name",
+        message,
+    })
 }
 
 fn check_text(field: &'static str, s: &str) -> Result<String> {
@@ -298,10 +327,7 @@ impl Registry {
     pub async fn create_fleet(&self, new: NewFleet) -> Result<Fleet> {
         self.store
             .get_workspace(new.workspace_id)?
-            .ok_or(RegistryError::Invalid {
-                field: "workspace_id",
-                message: "no such workspace".into(),
-            })?;
+            .ok_or(RegistryError::NotFound("workspace"))?;
         let now = now_ms();
         let fleet = Fleet {
             id: FleetId::new(),
@@ -403,10 +429,7 @@ impl Registry {
         let fleet = self
             .store
             .get_fleet(fleet_id)?
-            .ok_or(RegistryError::Invalid {
-                field: "fleet_id",
-                message: "no such fleet".into(),
-            })?;
+            .ok_or(RegistryError::NotFound("fleet"))?;
         let now = now_ms();
         let dev = Device {
             id: DeviceId::new(),
@@ -522,10 +545,10 @@ impl Registry {
             dev.label = check_text("label", l)?;
         }
         if let Some(fid) = patch.fleet_id {
-            let fleet = self.store.get_fleet(fid)?.ok_or(RegistryError::Invalid {
-                field: "fleet_id",
-                message: "no such fleet".into(),
-            })?;
+            let fleet = self
+                .store
+                .get_fleet(fid)?
+                .ok_or(RegistryError::NotFound("fleet"))?;
             if fleet.workspace_id != dev.workspace_id {
                 return Err(RegistryError::Invalid {
                     field: "fleet_id",

@@ -41,8 +41,13 @@ pub struct AuthHeader {
 #[derive(Debug, Clone, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewIntegration {
+    /// 1 to 128 characters after trimming surrounding whitespace; no control characters.
+    #[schema(
+        pattern = r"^[\t-\r \u0085\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*[^\u0000-\u0020\u007f-\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000](?:[^\u0000-\u001f\u007f-\u009f]{0,126}[^\u0000-\u0020\u007f-\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000])?[\t-\r \u0085\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*$"
+    )]
     pub name: String,
     /// `http://` or `https://` URL the batches are POSTed to.
+    #[schema(pattern = r"^[Hh][Tt][Tt][Pp][Ss]?://")]
     pub url: String,
     /// Only devices of this workspace.
     pub workspace_id: Option<WorkspaceId>,
@@ -57,25 +62,34 @@ pub struct NewIntegration {
     pub kinds: Vec<EventKind>,
     pub auth_header: Option<AuthHeader>,
     /// HMAC-SHA256 key for `X-Corral-Signature`; generated (and returned once) when absent.
+    #[schema(min_length = 16, max_length = 512)]
     pub signing_secret: Option<String>,
     /// Entries per request (1 to 1000, default 100).
+    #[schema(minimum = 1, maximum = 1000)]
     pub max_items: Option<u32>,
     /// How long a batch smaller than `max_items` may wait to fill up (0 to 60000 ms, default 0).
+    #[schema(minimum = 0, maximum = 60000)]
     pub max_wait_ms: Option<u64>,
     /// Request timeout (100 to 120000 ms, default 10000).
+    #[schema(minimum = 100, maximum = 120000)]
     pub timeout_ms: Option<u64>,
     /// PEM CA certificate(s) to trust instead of the system roots.
     pub ca_pem: Option<String>,
     pub on_client_error: Option<ClientErrorPolicy>,
     /// First retry delay (10 to 60000 ms, default 500); doubles on each failure.
+    #[schema(minimum = 10, maximum = 60000)]
     pub retry_initial_ms: Option<u64>,
     /// Longest retry delay (default 60000 ms, at most an hour).
+    #[schema(minimum = 10, maximum = 3600000)]
     pub retry_max_ms: Option<u64>,
     /// Queue cap in bytes (at least 1024, default 256 MiB).
+    #[schema(minimum = 1024, maximum = 1125899906842624_i64)]
     pub max_bytes: Option<u64>,
     /// Queue cap in age (default 7 days).
+    #[schema(minimum = 1, maximum = 315360000)]
     pub max_age_secs: Option<u64>,
     /// Dead letters kept (1 to 1,000,000, default 10,000).
+    #[schema(minimum = 1, maximum = 1000000)]
     pub dead_letter_max: Option<u64>,
     /// Create it paused: entries queue up, nothing is sent.
     #[serde(default)]
@@ -87,10 +101,14 @@ pub struct NewIntegration {
 #[derive(Debug, Clone, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct IntegrationPatch {
+    #[schema(
+        pattern = r"^[\t-\r \u0085\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*[^\u0000-\u0020\u007f-\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000](?:[^\u0000-\u001f\u007f-\u009f]{0,126}[^\u0000-\u0020\u007f-\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000])?[\t-\r \u0085\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*$"
+    )]
     pub name: Option<String>,
+    #[schema(pattern = r"^[Hh][Tt][Tt][Pp][Ss]?://")]
     pub url: Option<String>,
     #[serde(default, deserialize_with = "double_option")]
-    #[schema(value_type = Option<String>)]
+    #[schema(value_type = Option<uuid::Uuid>)]
     pub workspace_id: Option<Option<WorkspaceId>>,
     pub fleet_ids: Option<Vec<FleetId>>,
     pub tags: Option<Vec<String>>,
@@ -98,18 +116,27 @@ pub struct IntegrationPatch {
     #[serde(default, deserialize_with = "double_option")]
     #[schema(value_type = Option<AuthHeader>)]
     pub auth_header: Option<Option<AuthHeader>>,
+    #[schema(min_length = 16, max_length = 512)]
     pub signing_secret: Option<String>,
+    #[schema(minimum = 1, maximum = 1000)]
     pub max_items: Option<u32>,
+    #[schema(minimum = 0, maximum = 60000)]
     pub max_wait_ms: Option<u64>,
+    #[schema(minimum = 100, maximum = 120000)]
     pub timeout_ms: Option<u64>,
     #[serde(default, deserialize_with = "double_option")]
     #[schema(value_type = Option<String>)]
     pub ca_pem: Option<Option<String>>,
     pub on_client_error: Option<ClientErrorPolicy>,
+    #[schema(minimum = 10, maximum = 60000)]
     pub retry_initial_ms: Option<u64>,
+    #[schema(minimum = 10, maximum = 3600000)]
     pub retry_max_ms: Option<u64>,
+    #[schema(minimum = 1024, maximum = 1125899906842624_i64)]
     pub max_bytes: Option<u64>,
+    #[schema(minimum = 1, maximum = 315360000)]
     pub max_age_secs: Option<u64>,
+    #[schema(minimum = 1, maximum = 1000000)]
     pub dead_letter_max: Option<u64>,
 }
 
@@ -337,10 +364,8 @@ impl IntegrationService {
 
     /// Checks every setting of `i`.
     fn validate(&self, i: &mut Integration) -> Result<()> {
-        i.name = i.name.trim().to_string();
-        if i.name.is_empty() || i.name.len() > 128 {
-            return Err(invalid("name", "must be 1 to 128 characters"));
-        }
+        i.name =
+            crate::names::check(&i.name, crate::names::MAX_NAME).map_err(|m| invalid("name", m))?;
         let url = reqwest::Url::parse(&i.url).map_err(|e| invalid("url", e.to_string()))?;
         if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
             return Err(invalid(
@@ -378,8 +403,8 @@ impl IntegrationService {
             reqwest::header::HeaderValue::from_str(&v.0)
                 .map_err(|_| invalid("auth_header", "not a valid header value"))?;
         }
-        if i.signing_secret.0.len() < 16 || i.signing_secret.0.len() > 512 {
-            return Err(invalid("signing_secret", "must be 16 to 512 bytes"));
+        if !(16..=512).contains(&i.signing_secret.0.chars().count()) {
+            return Err(invalid("signing_secret", "must be 16 to 512 characters"));
         }
         let range = |field, v: u64, lo: u64, hi: u64| {
             if v < lo || v > hi {
@@ -672,10 +697,7 @@ impl IntegrationService {
     ) -> Result<DeadLetterPage> {
         self.record(id)?;
         let after = match cursor {
-            Some(c) => Some(
-                c.parse::<u64>()
-                    .map_err(|_| invalid("cursor", "not a cursor from this listing"))?,
-            ),
+            Some(c) => Some(c.parse::<u64>().map_err(|_| RegistryError::BadCursor)?),
             None => None,
         };
         let letters = self.store.dead_letters(id, after, limit + 1)?;

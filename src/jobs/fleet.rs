@@ -37,6 +37,10 @@ fn same_value(a: &Json, b: &Json) -> bool {
 #[derive(Debug, Clone, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewFleetJob {
+    /// The RPC method: 1 to 256 characters after trimming; no control characters.
+    #[schema(
+        pattern = r"^[\t-\r \u0085\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*[^\u0000-\u0020\u007f-\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000](?:[^\u0000-\u001f\u007f-\u009f]{0,254}[^\u0000-\u0020\u007f-\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000])?[\t-\r \u0085\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*$"
+    )]
     pub method: String,
     /// The command's parameters: any JSON value (`null` when absent).
     #[serde(default)]
@@ -44,12 +48,14 @@ pub struct NewFleetJob {
     #[serde(default)]
     pub two_way: bool,
     #[serde(default)]
+    #[schema(minimum = 1, maximum = 31536000)]
     pub ttl_secs: Option<u64>,
     /// Devices started per minute; 0 (the default) starts all at once.
     #[serde(default)]
     pub per_minute: u32,
     /// Stop the rollout when this percentage of finished jobs failed or expired...
     #[serde(default)]
+    #[schema(minimum = 1, maximum = 100)]
     pub abort_failure_pct: Option<u8>,
     /// ...once at least this many jobs have finished (default 10).
     #[serde(default)]
@@ -62,6 +68,7 @@ pub struct NewFleetJob {
     pub window: Option<Window>,
     /// A repeated create with the same key (per fleet) returns the first rollout.
     #[serde(default)]
+    #[schema(min_length = 1, max_length = 128)]
     pub idempotency_key: Option<String>,
 }
 
@@ -92,14 +99,8 @@ impl JobService {
     ) -> Result<FleetJob> {
         self.registry.fleet(fleet)?;
         let method = check_method(&new.method)?;
-        if let Some(k) = &new.idempotency_key {
-            if k.is_empty() || k.len() > 128 {
-                return Err(invalid("idempotency_key", "must be 1 to 128 characters"));
-            }
-            if let Some(fj) = self.store.fleet_job_by_key(fleet, k)? {
-                return Ok(fj);
-            }
-        }
+        // The whole request is checked before a repeated key returns the first rollout: an
+        // invalid request is refused whatever its key.
         if new.abort_failure_pct.is_some_and(|p| p == 0 || p > 100) {
             return Err(invalid("abort_failure_pct", "must be 1 to 100"));
         }
@@ -107,6 +108,14 @@ impl JobService {
         let window = new.window.or(schedule_window);
         if let Some(w) = &window {
             WindowSpec::parse(w)?;
+        }
+        if let Some(k) = &new.idempotency_key {
+            if k.is_empty() || k.chars().count() > 128 {
+                return Err(invalid("idempotency_key", "must be 1 to 128 characters"));
+            }
+            if let Some(fj) = self.store.fleet_job_by_key(fleet, k)? {
+                return Ok(fj);
+            }
         }
         let filter = new.filter.filter(|f| !f.is_empty());
         let all = self.registry.device_ids(

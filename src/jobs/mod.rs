@@ -56,6 +56,10 @@ impl Default for JobsConfig {
 #[derive(Debug, Clone, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewJob {
+    /// The RPC method: 1 to 256 characters after trimming; no control characters.
+    #[schema(
+        pattern = r"^[\t-\r \u0085\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*[^\u0000-\u0020\u007f-\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000](?:[^\u0000-\u001f\u007f-\u009f]{0,254}[^\u0000-\u0020\u007f-\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000])?[\t-\r \u0085\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*$"
+    )]
     pub method: String,
     /// The command's parameters: any JSON value (`null` when absent).
     #[serde(default)]
@@ -65,9 +69,11 @@ pub struct NewJob {
     pub two_way: bool,
     /// Seconds the job may wait for delivery (default `jobs.default_ttl_secs`).
     #[serde(default)]
+    #[schema(minimum = 1, maximum = 31536000)]
     pub ttl_secs: Option<u64>,
     /// A repeated create with the same key returns the first job.
     #[serde(default)]
+    #[schema(min_length = 1, max_length = 128)]
     pub idempotency_key: Option<String>,
 }
 
@@ -115,11 +121,7 @@ fn invalid(field: &'static str, message: impl Into<String>) -> RegistryError {
 
 /// A job's method: trimmed, 1 to 256 characters.
 fn check_method(m: &str) -> Result<String> {
-    let method = m.trim();
-    if method.is_empty() || method.len() > 256 {
-        return Err(invalid("method", "must be 1 to 256 characters"));
-    }
-    Ok(method.to_string())
+    crate::names::check(m, crate::names::MAX_METHOD).map_err(|e| invalid("method", e))
 }
 
 /// A device's reply to a two-way job, as the job's result: its JSON, or the text it sent
@@ -210,8 +212,11 @@ impl JobService {
     pub(crate) fn create_job_sync(&self, device: DeviceId, new: NewJob) -> Result<Job> {
         self.registry.device_record(device)?;
         let method = check_method(&new.method)?;
+        // The whole request is checked before a repeated key returns the first job: an invalid
+        // request is refused whatever its key.
+        let ttl = self.check_ttl(new.ttl_secs)?;
         if let Some(k) = &new.idempotency_key {
-            if k.is_empty() || k.len() > 128 {
+            if k.is_empty() || k.chars().count() > 128 {
                 return Err(invalid("idempotency_key", "must be 1 to 128 characters"));
             }
             if let Some(j) = self.store.job_by_key(device, k)? {
@@ -225,7 +230,6 @@ impl JobService {
                  wait for them or cancel some"
             )));
         }
-        let ttl = self.check_ttl(new.ttl_secs)?;
         let mut job = self.new_job(device, method, new.params, new.two_way, ttl);
         job.idempotency_key = new.idempotency_key;
         job.transition(JobState::Queued, None);

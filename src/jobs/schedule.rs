@@ -257,12 +257,20 @@ impl TriggerSpec {
 #[derive(Debug, Clone, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewSchedule {
+    /// 1 to 128 characters after trimming surrounding whitespace; no control characters.
+    #[schema(
+        pattern = r"^[\t-\r \u0085\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*[^\u0000-\u0020\u007f-\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000](?:[^\u0000-\u001f\u007f-\u009f]{0,126}[^\u0000-\u0020\u007f-\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000])?[\t-\r \u0085\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*$"
+    )]
     pub name: String,
     /// Exactly one of `device_id` and `fleet_id`.
     #[serde(default)]
     pub device_id: Option<DeviceId>,
     #[serde(default)]
     pub fleet_id: Option<FleetId>,
+    /// The RPC method: 1 to 256 characters after trimming; no control characters.
+    #[schema(
+        pattern = r"^[\t-\r \u0085\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*[^\u0000-\u0020\u007f-\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000](?:[^\u0000-\u001f\u007f-\u009f]{0,254}[^\u0000-\u0020\u007f-\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000])?[\t-\r \u0085\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*$"
+    )]
     pub method: String,
     /// The command's parameters: any JSON value (`null` when absent).
     #[serde(default)]
@@ -270,10 +278,12 @@ pub struct NewSchedule {
     #[serde(default)]
     pub two_way: bool,
     #[serde(default)]
+    #[schema(minimum = 1, maximum = 31536000)]
     pub ttl_secs: Option<u64>,
     #[serde(default)]
     pub per_minute: u32,
     #[serde(default)]
+    #[schema(minimum = 1, maximum = 100)]
     pub abort_failure_pct: Option<u8>,
     #[serde(default)]
     pub abort_min_sample: Option<u32>,
@@ -315,10 +325,8 @@ impl JobService {
     }
 
     pub async fn create_schedule(&self, new: NewSchedule) -> Result<Schedule> {
-        let name = new.name.trim();
-        if name.is_empty() || name.len() > 128 {
-            return Err(invalid("name", "must be 1 to 128 characters"));
-        }
+        let name = crate::names::check(&new.name, crate::names::MAX_NAME)
+            .map_err(|m| invalid("name", m))?;
         match (new.device_id, new.fleet_id) {
             (Some(d), None) => {
                 self.registry.device_record(d)?;
@@ -356,7 +364,7 @@ impl JobService {
         }
         let mut s = Schedule {
             id: ScheduleId::new(),
-            name: name.to_string(),
+            name,
             device_id: new.device_id,
             fleet_id: new.fleet_id,
             method,
