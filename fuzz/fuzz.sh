@@ -1,7 +1,7 @@
 #!/bin/sh
-# `cargo fuzz ARGS...` on the stable toolchain (README "Fuzzing"): RUSTC_BOOTSTRAP=1 lets
-# stable rustc take the -Z flags libFuzzer's instrumentation needs, and shim/cargo adds
-# `--ignore-rust-version` to the builds cargo-fuzz starts. Example:
+# `cargo fuzz ARGS...` on the stable toolchain (docs/development.md, "Fuzzing"):
+# RUSTC_BOOTSTRAP=1 lets stable rustc take the -Z flags libFuzzer's instrumentation needs, and
+# shim/cargo adds `--ignore-rust-version` to the builds cargo-fuzz starts. Example:
 #   fuzz/fuzz.sh run telemetry -- -max_total_time=60
 set -eu
 here=$(cd "$(dirname "$0")" && pwd)

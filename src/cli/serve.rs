@@ -41,7 +41,7 @@ pub fn init_logging(level: &str, format: LogFormat) -> anyhow::Result<()> {
 
 /// Longest a graceful stop may take before Corral gives up and exits non-zero, leaving the
 /// write-ahead log to replay at the next start. Below systemd's default `TimeoutStopSec` (30 s)
-/// and Docker's stop grace period would need raising to match (see README).
+/// and Docker's stop grace period would need raising to match (docs/operations.md, "Shutdown").
 const STOP_DEADLINE: std::time::Duration = std::time::Duration::from_secs(20);
 
 pub fn serve(

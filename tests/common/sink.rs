@@ -1,7 +1,7 @@
 //! A real HTTP webhook receiver for integration tests: an axum server on 127.0.0.1:0 that
-//! verifies every request's HMAC-SHA256 signature the way the README tells receivers to, records
-//! the events it accepts, and can be switched to answer 503 (down), 400 (refusing), or 429 with
-//! `Retry-After` once (throttling) before it takes events again.
+//! verifies every request's HMAC-SHA256 signature the way docs/integrations.md tells receivers
+//! to, records the events it accepts, and can be switched to answer 503 (down), 400 (refusing),
+//! or 429 with `Retry-After` once (throttling) before it takes events again.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};

@@ -490,7 +490,7 @@ async function main() {
     if ((await page.textContent('#provisioning-key-now')).trim() !== key) throw new Error('the provisioning key shown is not the one set');
     await page.waitForSelector('#provisioning-secret:has-text("Copy it now")');
     await page.locator('#provisioning').screenshot({ path: join(artifacts, '17-fleet-provisioning.png') });
-    // A device provisions itself with them, the way the README documents it.
+    // A device provisions itself with them, the way docs/identity.md documents it.
     const r = await fetch(`${base}/api/v1/provision`, {
       method: 'POST',
       headers: { 'Content-Type': 'application/json' },

@@ -22,7 +22,7 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use serde_json::{Value, json};
 
-// ThingsBoard's device topics (Corral's README, "Device protocol").
+// ThingsBoard's device topics (Corral's docs/device-protocol.md).
 const TELEMETRY: &str = "v1/devices/me/telemetry";
 const ATTRIBUTES: &str = "v1/devices/me/attributes";
 const RPC_REQUESTS: &str = "v1/devices/me/rpc/request/+";
