@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs the README quickstart literally against a fresh server on loopback: create a workspace,
-# fleet and device with the CLI, publish one message with mosquitto_pub over TLS, read it back.
+# fleet and device with the CLI (checking the line each prints), publish one message with
+# mosquitto_pub over TLS, read it back.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 CORRAL=${CORRAL:-$PWD/target/debug/corral}
@@ -21,10 +22,13 @@ export CORRAL_SERVER=http://127.0.0.1:28080
 export CORRAL_API_KEY=$(grep -o 'crl_[A-Za-z0-9_-]*' serve.log | head -n1)
 corral() { "$CORRAL" "$@"; }
 
-corral workspace create Plant
-corral fleet create sensors --workspace Plant
+# Each change says what it did, as the README shows.
+expect() { echo "$2"; [[ $2 =~ $1 ]] || { echo "expected a line like: $1" >&2; exit 1; }; }
+expect '^created workspace Plant \(id [0-9a-f-]+\)$' "$(corral workspace create Plant)"
+expect '^created fleet sensors \(id [0-9a-f-]+\) in workspace Plant$' \
+  "$(corral fleet create sensors --workspace Plant)"
 out=$(corral device create thermo-1 --fleet sensors)
-echo "$out"
+expect '^created device thermo-1 \(id [0-9a-f-]+\) in fleet sensors' "$out"
 TOKEN=$(echo "$out" | awk '/^access token/ {print $3}')
 mosquitto_pub -h 127.0.0.1 -p 28883 --cafile data/pki/ca.pem \
   -u "$TOKEN" -q 1 -t v1/devices/me/telemetry -m '{"temperature":21.5}'

@@ -224,7 +224,7 @@ example_python_sdk() {
   wait_for 20 grep -q '^ready:' "$work/python-sdk-device.out" \
     || fail "not ready within 20 s: $(tail -n 3 "$work/python-sdk-device.out")" || return
   # Both reach the live session: the attribute as a push, the command as an RPC request.
-  corral attributes set --device sdk-thermo target_temperature=23.5 \
+  corral attributes set sdk-thermo target_temperature=23.5 \
     || fail "attributes set" || return
   job=$(corral job send sdk-thermo setInterval --params '{"seconds":10}' --two-way --wait 20 \
     --json) || fail "job send" || return
@@ -249,7 +249,7 @@ example_curl() {
   doc=$(corral device create shell-1 --fleet shell --json) || fail "device create" || return
   dev=$(jget device.id <<<"$doc")
   token=$(jget credentials.token <<<"$doc")
-  corral attributes set --device shell-1 interval=30 || fail "attributes set" || return
+  corral attributes set shell-1 interval=30 || fail "attributes set" || return
   job=$(corral job send shell-1 blink --params '{"times":3}' --two-way --json | jget id) \
     || fail "job send" || return
   CORRAL_URL=$http TOKEN=$token RPC_WAIT_MS=10000 timeout 60 sh "$here/curl-device/device.sh" \

@@ -414,6 +414,13 @@ async fn credentials_through_the_cli_and_no_secret_in_the_logs() {
         cas.contains("Vendor") && cas.contains("Meter Vendor CA"),
         "{cas}"
     );
+    // A manufacturer CA is removed by its name, and the CLI says so.
+    let removed = ok(&run(&["fleet", "ca", "remove", "meters", "vendor"]));
+    assert_eq!(
+        removed.trim(),
+        "removed manufacturer CA Vendor from fleet meters"
+    );
+    assert!(!ok(&run(&["fleet", "ca", "list", "meters"])).contains("Vendor"));
 
     // The audit log names what happened.
     let audit = ok(&run(&["audit", "--device", "m-1"]));
@@ -504,7 +511,6 @@ async fn data_commands_through_the_cli() {
     let (from, to) = (t0.to_string(), (t0 + 2 * 3_600_000 - 1).to_string());
     let agg: Value = serde_json::from_str(&ok(&run(&[
         "aggregate",
-        "--device",
         "probe-1",
         "--interval",
         "1h",
@@ -538,43 +544,57 @@ async fn data_commands_through_the_cli() {
         table.contains("moisture") && table.contains("AVG"),
         "{table}"
     );
-    let tags = ok(&run(&["tags", "--device", "probe-1"]));
+    let tags = ok(&run(&["tags", "probe-1"]));
     assert!(tags.contains("battery") && tags.contains("volts"), "{tags}");
+    // The former `--device DEVICE` spelling still works where it is unambiguous.
+    assert_eq!(ok(&run(&["tags", "--device", "probe-1"])), tags);
 
-    ok(&run(&[
+    let set = ok(&run(&[
         "attributes",
         "set",
-        "--device",
         "probe-1",
         "target=26",
         "mode=eco",
     ]));
-    ok(&run(&[
+    assert_eq!(
+        set.trim(),
+        "set 2 shared attributes of device probe-1: mode, target"
+    );
+    let set = ok(&run(&[
         "attributes",
         "set",
         "--fleet",
         "probes",
         "interval=60",
     ]));
-    let attrs: Value = serde_json::from_str(&ok(&run(&[
-        "attributes",
-        "show",
-        "--device",
-        "probe-1",
-        "--json",
-    ])))
-    .expect("json");
+    assert_eq!(
+        set.trim(),
+        "set 1 shared default attribute of fleet probes: interval"
+    );
+    let attrs: Value =
+        serde_json::from_str(&ok(&run(&["attributes", "show", "probe-1", "--json"])))
+            .expect("json");
     assert_eq!(attrs["shared"]["target"]["value"], 26);
     assert_eq!(attrs["shared"]["mode"]["value"], "eco");
     assert_eq!(attrs["shared"]["interval"]["value"], 60);
-    ok(&run(&[
+    // The former `--device DEVICE` spelling of the device still works.
+    let legacy = ok(&run(&[
         "attributes",
-        "delete",
+        "set",
         "--device",
         "probe-1",
-        "mode",
+        "legacy=1",
     ]));
-    let shown = ok(&run(&["attributes", "show", "--device", "probe-1"]));
+    assert_eq!(
+        legacy.trim(),
+        "set 1 shared attribute of device probe-1: legacy"
+    );
+    let deleted = ok(&run(&["attributes", "delete", "probe-1", "mode"]));
+    assert_eq!(
+        deleted.trim(),
+        "deleted 1 shared attribute of device probe-1: mode"
+    );
+    let shown = ok(&run(&["attributes", "show", "probe-1"]));
     assert!(
         !shown.contains("eco") && shown.contains("target"),
         "{shown}"
@@ -826,6 +846,372 @@ async fn jobs_through_the_cli() {
     assert!(ok(&run(&["condition", "list", "--state", "all"])).contains("overheat"));
 }
 
+/// The first line of standard output, for the one-line confirmation of a change.
+fn first_line(out: &str) -> &str {
+    out.lines().next().unwrap_or_default()
+}
+
+/// The failure message of a command that must fail.
+fn fails(o: &Output) -> String {
+    assert!(
+        !o.status.success(),
+        "succeeded: {}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// One set of names used the same way by every command: objects named by id or exact name
+/// (case-insensitive, narrowed to a workspace where names are only unique there), the device
+/// as the positional DEVICE, a one-line confirmation of every change (on standard error under
+/// `--json`, whose standard output stays pure JSON), and names rather than parent ids in tables.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn names_positional_devices_confirmations_and_name_columns() {
+    corral::pki::install_crypto_provider();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let key = corral::auth::new_api_key();
+    let srv = Server::spawn(&dir.path().join("data"), &key);
+    let base = srv.base();
+    let env = [
+        ("CORRAL_SERVER", base.as_str()),
+        ("CORRAL_API_KEY", key.as_str()),
+    ];
+    let run = |args: &[&str]| corral(args, &env);
+    let json_of = |args: &[&str]| -> Value {
+        serde_json::from_str(&ok(&run(args))).expect("standard output is JSON alone")
+    };
+
+    // Creations say what they made, with the id and the parent by name.
+    let plant = ok(&run(&["workspace", "create", "Plant"]));
+    assert!(
+        plant.starts_with("created workspace Plant (id ") && plant.lines().count() == 1,
+        "{plant}"
+    );
+    // Under --json the JSON is alone on standard output; the line goes to standard error.
+    let o = run(&["workspace", "create", "Lab", "--json"]);
+    let lab: Value = serde_json::from_str(&ok(&o)).expect("json");
+    let lab_id = lab["id"].as_str().expect("id").to_string();
+    assert_eq!(
+        String::from_utf8_lossy(&o.stderr).trim(),
+        format!("created workspace Lab (id {lab_id})")
+    );
+    let made = ok(&run(&[
+        "fleet",
+        "create",
+        "sensors",
+        "--workspace",
+        "plant",
+    ]));
+    assert!(
+        made.starts_with("created fleet sensors (id ")
+            && made.trim_end().ends_with(") in workspace Plant"),
+        "{made}"
+    );
+    let lab_sensors = json_of(&[
+        "fleet",
+        "create",
+        "sensors",
+        "--workspace",
+        &lab_id,
+        "--json",
+    ]);
+    let lab_sensors_id = lab_sensors["id"].as_str().expect("id").to_string();
+    ok(&run(&["fleet", "create", "racks", "--workspace", "Plant"]));
+    ok(&run(&["fleet", "create", "racks", "--workspace", "Lab"]));
+
+    // A name two workspaces use is refused with the candidates; an id settles it.
+    let err = fails(&run(&[
+        "device", "create", "thermo-1", "--fleet", "sensors",
+    ]));
+    assert!(
+        err.contains("2 fleets are named \"sensors\"") && err.contains(&lab_sensors_id),
+        "{err}"
+    );
+    let plant_sensors: Value = json_of(&["fleet", "list", "--workspace", "Plant", "--json"]);
+    let plant_sensors_id = plant_sensors
+        .as_array()
+        .expect("list")
+        .iter()
+        .find(|f| f["name"] == "sensors")
+        .and_then(|f| f["id"].as_str())
+        .expect("sensors")
+        .to_string();
+    let created = ok(&run(&[
+        "device",
+        "create",
+        "thermo-1",
+        "--fleet",
+        &plant_sensors_id,
+    ]));
+    assert!(
+        first_line(&created).starts_with("created device thermo-1 (id ")
+            && first_line(&created).ends_with(") in fleet sensors"),
+        "{created}"
+    );
+    let token1 = created
+        .lines()
+        .find_map(|l| l.strip_prefix("access token"))
+        .expect("token")
+        .trim()
+        .to_string();
+    let d2 = json_of(&[
+        "device",
+        "create",
+        "thermo-2",
+        "--fleet",
+        &lab_sensors_id,
+        "--json",
+    ]);
+    let token2 = d2["credentials"]["token"]
+        .as_str()
+        .expect("token")
+        .to_string();
+    let d1: Value = json_of(&["device", "show", "THERMO-1", "--json"]);
+    let d1_id = d1["id"].as_str().expect("id").to_string();
+
+    // Tables name the parents; the ids stay in the JSON.
+    let fleets = ok(&run(&["fleet", "list"]));
+    assert!(fleets.lines().next().expect("header").contains("WORKSPACE"));
+    assert!(
+        fleets
+            .lines()
+            .any(|l| l.contains("sensors") && l.contains("Plant"))
+            && fleets
+                .lines()
+                .any(|l| l.contains("sensors") && l.contains("Lab"))
+            && !fleets.contains(&lab_id),
+        "{fleets}"
+    );
+    let devices = ok(&run(&["device", "list"]));
+    assert!(
+        devices.lines().next().expect("header").contains("FLEET")
+            && devices
+                .lines()
+                .any(|l| l.contains("thermo-1") && l.contains("sensors") && l.contains("Plant"))
+            && devices
+                .lines()
+                .any(|l| l.contains("thermo-2") && l.contains("Lab"))
+            && !devices.contains(&plant_sensors_id)
+            && !devices.contains(&lab_id),
+        "{devices}"
+    );
+    let listed: Value = json_of(&["device", "list", "--json"]);
+    assert!(listed[0]["fleet_id"].is_string(), "{listed}");
+    let shown = ok(&run(&["device", "show", &d1_id]));
+    assert!(
+        shown.contains(&format!("sensors ({plant_sensors_id})")),
+        "{shown}"
+    );
+
+    // Device-scoped commands take the device as the positional DEVICE, by id or name.
+    let set = ok(&run(&["attributes", "set", "thermo-1", "target=26"]));
+    assert_eq!(
+        set.trim(),
+        "set 1 shared attribute of device thermo-1: target"
+    );
+    let attrs: Value = json_of(&["attributes", "show", &d1_id, "--json"]);
+    assert_eq!(attrs["shared"]["target"]["value"], 26, "{attrs}");
+    ok(&run(&["tags", "thermo-1"]));
+    ok(&run(&["telemetry", "Thermo-1", "--latest"]));
+    ok(&run(&["device", "credentials", "thermo-1"]));
+    let err = fails(&run(&["telemetry", "no-such-device"]));
+    assert!(err.contains("no device named \"no-such-device\""), "{err}");
+
+    // Jobs: sent to a device by name, cancelled by id, each with its line.
+    let sent = ok(&run(&["job", "send", "thermo-1", "reboot"]));
+    let line = first_line(&sent);
+    assert!(
+        line.starts_with("created job ") && line.ends_with(" (reboot) for device thermo-1: queued"),
+        "{sent}"
+    );
+    let job_id = line.split(' ').nth(2).expect("id").to_string();
+    let cancelled = ok(&run(&["job", "cancel", &job_id]));
+    assert_eq!(
+        first_line(&cancelled),
+        format!("cancelled job {job_id} (reboot) for device thermo-1: cancelled")
+    );
+
+    // Schedules by name, with the target named in the table.
+    let sc = ok(&run(&[
+        "schedule",
+        "create",
+        "nightly",
+        "reboot",
+        "--device",
+        "thermo-1",
+        "--cron",
+        "0 3 * * *",
+    ]));
+    assert!(
+        first_line(&sc).starts_with("created schedule nightly (id ")
+            && first_line(&sc).ends_with(") for device thermo-1"),
+        "{sc}"
+    );
+    let list = ok(&run(&["schedule", "list"]));
+    assert!(
+        list.contains("device thermo-1") && !list.contains(&d1_id),
+        "{list}"
+    );
+    assert_eq!(
+        first_line(&ok(&run(&["schedule", "disable", "Nightly"]))),
+        "disabled schedule nightly"
+    );
+    assert_eq!(
+        ok(&run(&["schedule", "delete", "nightly"])).trim(),
+        "deleted schedule nightly"
+    );
+
+    // Conditions: by name and device; the table names the device.
+    let http = reqwest::Client::new();
+    for token in [&token1, &token2] {
+        let r = http
+            .post(format!("{base}/api/v1/{token}/conditions"))
+            .body(r#"{"name":"overheat","action":"open","severity":"major"}"#)
+            .send()
+            .await
+            .expect("send");
+        assert_eq!(r.status(), 200);
+    }
+    let conditions = ok(&run(&["condition", "list"]));
+    assert!(
+        conditions.contains("thermo-1")
+            && conditions.contains("thermo-2")
+            && !conditions.contains(&d1_id),
+        "{conditions}"
+    );
+    let err = fails(&run(&["condition", "ack", "overheat"]));
+    assert!(
+        err.contains("2 open conditions are named \"overheat\"") && err.contains("--device"),
+        "{err}"
+    );
+    let acked = ok(&run(&[
+        "condition",
+        "ack",
+        "overheat",
+        "--device",
+        "thermo-1",
+    ]));
+    assert!(
+        first_line(&acked).starts_with("acknowledged condition overheat (id ")
+            && first_line(&acked).ends_with(") of device thermo-1"),
+        "{acked}"
+    );
+    let o = run(&[
+        "condition",
+        "close",
+        "overheat",
+        "--device",
+        "thermo-2",
+        "--json",
+    ]);
+    let closed: Value = serde_json::from_str(&ok(&o)).expect("json alone");
+    assert_eq!(closed["open"], false);
+    assert!(String::from_utf8_lossy(&o.stderr).starts_with("closed condition overheat"));
+
+    // Updates say what changed; a fleet name is looked up in the device's workspace.
+    let moved = ok(&run(&[
+        "device",
+        "update",
+        "thermo-1",
+        "--fleet",
+        "racks",
+        "--label",
+        "spare",
+        "--disable",
+    ]));
+    assert_eq!(
+        moved.trim(),
+        "updated device thermo-1: label \"spare\", moved to fleet racks, disabled"
+    );
+    let err = fails(&run(&["fleet", "update", "racks", "--name", "shelves"]));
+    assert!(err.contains("2 fleets are named \"racks\""), "{err}");
+    let renamed = ok(&run(&[
+        "workspace",
+        "update",
+        "lab",
+        "--description",
+        "the lab",
+        "--retention-days",
+        "30",
+    ]));
+    assert_eq!(
+        renamed.trim(),
+        "updated workspace Lab: description \"the lab\", retention 30 days"
+    );
+
+    // Integrations and users name workspaces and fleets the same way (the fleet within the
+    // workspace given).
+    let hook = ok(&run(&[
+        "integration",
+        "create",
+        "hook",
+        "--url",
+        "http://127.0.0.1:9/",
+        "--workspace",
+        "Plant",
+        "--fleet",
+        "racks",
+        "--paused",
+    ]));
+    assert!(
+        first_line(&hook).starts_with("created integration hook (id ")
+            && first_line(&hook).ends_with("), paused"),
+        "{hook}"
+    );
+    let shown = ok(&run(&["integration", "show", "HOOK"]));
+    assert!(shown.contains("workspace Plant; fleets racks"), "{shown}");
+    assert_eq!(
+        first_line(&ok(&run(&["integration", "resume", "hook"]))),
+        "resumed integration hook"
+    );
+    assert_eq!(
+        ok(&run(&["integration", "delete", "hook"])).trim(),
+        "deleted integration hook with its queue and dead letters"
+    );
+    let user = ok(&corral_stdin(
+        &["user", "create", "ann", "--grant", "Plant:operator:racks"],
+        &env,
+        "a long enough password\n",
+    ));
+    assert!(
+        first_line(&user).starts_with("created user ann (id "),
+        "{user}"
+    );
+    assert!(user.contains("Plant:operator (1 fleet)"), "{user}");
+    let o = run(&["user", "key-create", "ann", "laptop"]);
+    assert!(ok(&o).trim().starts_with("crl_"));
+    assert!(String::from_utf8_lossy(&o.stderr).starts_with("created API key laptop (id "));
+    let gone = ok(&run(&["user", "key-delete", "ann", "LAPTOP"]));
+    assert!(
+        gone.starts_with("deleted API key laptop (id ")
+            && gone.trim_end().ends_with(" of user ann"),
+        "{gone}"
+    );
+    assert_eq!(
+        ok(&run(&["user", "delete", "ann"])).trim(),
+        "deleted user ann: their sessions and API keys end"
+    );
+
+    // The audit log names the device.
+    let audit = ok(&run(&["audit", "--device", "thermo-1"]));
+    assert!(
+        audit.contains("thermo-1") && !audit.contains(&d1_id),
+        "{audit}"
+    );
+
+    // Deletions name what they deleted.
+    assert_eq!(
+        ok(&run(&["device", "delete", "thermo-2"])).trim(),
+        "deleted device thermo-2 and its data"
+    );
+    let o = run(&["fleet", "delete", &lab_sensors_id, "--json"]);
+    assert_eq!(ok(&o), "");
+    assert_eq!(
+        String::from_utf8_lossy(&o.stderr).trim(),
+        "deleted fleet sensors"
+    );
+}
+
 /// Runs the CLI with `stdin` on standard input.
 fn corral_stdin(args: &[&str], env: &[(&str, &str)], stdin: &str) -> Output {
     use std::io::Write;
@@ -874,8 +1260,9 @@ fn users_roles_and_keys_through_the_cli() {
     assert_eq!(u["grants"][0]["role"], "viewer", "{u}");
     assert_eq!(u["grants"][0]["fleets"].as_array().map(Vec::len), Some(1));
     let list = ok(&run(&["user", "list"]));
+    // Roles name the workspace, not its id.
     assert!(
-        list.contains("carla") && list.contains("viewer (1 fleets)"),
+        list.contains("carla") && list.contains("W:viewer (1 fleet)"),
         "{list}"
     );
     // Her API key acts with her rights: F is listed, G is not, and she cannot create.

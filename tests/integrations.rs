@@ -882,8 +882,15 @@ async fn every_acknowledged_message_is_delivered_in_order_across_an_outage_and_k
     drop(clients);
 }
 
-/// Runs the `corral` CLI against `base` (blocking, off the runtime's threads).
+/// Runs the `corral` CLI against `base`: standard output and standard error together.
 async fn cli(base: &str, key: &str, args: &[&str]) -> String {
+    let (stdout, stderr) = cli_streams(base, key, args).await;
+    stdout + &stderr
+}
+
+/// Runs the `corral` CLI against `base` (blocking, off the runtime's threads): standard output
+/// (under `--json`, the JSON alone) and standard error (the line saying what changed).
+async fn cli_streams(base: &str, key: &str, args: &[&str]) -> (String, String) {
     let (base, key) = (base.to_string(), key.to_string());
     let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
     let out = tokio::task::spawn_blocking(move || {
@@ -902,7 +909,7 @@ async fn cli(base: &str, key: &str, args: &[&str]) -> String {
         String::from_utf8_lossy(&out.stderr).into_owned(),
     );
     assert!(out.status.success(), "corral failed: {stdout}\n{stderr}");
-    stdout + &stderr
+    (stdout, stderr)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -919,7 +926,7 @@ async fn the_cli_manages_integrations() {
     let secret_path = secret_file.to_str().expect("path");
     let auth_path = auth_file.to_str().expect("path");
     let url = sink.url();
-    let out = cli(
+    let (out, said) = cli_streams(
         &base,
         &key,
         &[
@@ -948,6 +955,10 @@ async fn the_cli_manages_integrations() {
         !out.contains(SECRET) && !out.contains("sink-auth-value"),
         "{out}"
     );
+    assert!(
+        said.starts_with("created integration cli-hook (id "),
+        "{said}"
+    );
     let created: Value = serde_json::from_str(&out).expect("json");
     assert!(created.get("signing_secret").is_none());
     let list = cli(&base, &key, &["integration", "list"]).await;
@@ -958,7 +969,7 @@ async fn the_cli_manages_integrations() {
     .expect("json");
     assert_eq!(shown["max_items"], 5);
     assert_eq!(shown["kinds"], json!(["data", "job_results"]));
-    let out = cli(
+    let (out, _) = cli_streams(
         &base,
         &key,
         &[
@@ -1003,7 +1014,7 @@ async fn the_cli_manages_integrations() {
     assert!(
         cli(&base, &key, &["integration", "replay", "cli-hook"])
             .await
-            .contains("1 dead letters")
+            .contains("queued 1 dead letter of integration cli-hook again")
     );
     eventually(10, || async { (sink.received().len() == 2).then_some(()) }).await;
     cli(&base, &key, &["integration", "delete", "cli-hook"]).await;

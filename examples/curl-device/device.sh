@@ -34,7 +34,7 @@ echo "telemetry sent"
 post attributes '{"firmware_version":"0.9.1","transport":"http"}'
 echo "attributes sent"
 
-# Shared attributes are what operators configure (corral attributes set --device NAME interval=30).
+# Shared attributes are what operators configure (corral attributes set NAME interval=30).
 shared=$(req 10 -f "$base/attributes?sharedKeys=interval")
 echo "attributes answer: $shared"
 # No JSON parser on a small device: pick the number out of {"shared":{"interval":30}}.

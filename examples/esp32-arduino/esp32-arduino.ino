@@ -54,7 +54,7 @@ bool subscribed = false;
 bool attributesSent = false;
 
 // Called from tb.loop() when Corral pushes a change of `interval`
-// (corral attributes set --device esp32-1 interval=30).
+// (corral attributes set esp32-1 interval=30).
 void onSharedAttributes(const JsonObjectConst &data) {
   if (data[INTERVAL_KEY].is<uint32_t>()) {
     const uint32_t seconds = data[INTERVAL_KEY].as<uint32_t>();

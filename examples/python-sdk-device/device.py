@@ -19,7 +19,7 @@ import time
 from tb_device_mqtt import TBDeviceMqttClient, TBPublishInfo
 
 # The shared attribute this device follows; an operator sets it with
-#   corral attributes set --device NAME target_temperature=23.5
+#   corral attributes set NAME target_temperature=23.5
 WATCHED_ATTRIBUTE = "target_temperature"
 
 

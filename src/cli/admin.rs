@@ -1,6 +1,6 @@
 //! Admin commands over REST: `workspace`, `fleet`, `device` (create, list, show, update, delete;
-//! credential commands delegate to `credentials`) and `telemetry`. Objects may be named by id
-//! or by exact name.
+//! credential commands delegate to `credentials`) and `telemetry`. Names are resolved by
+//! `resolve`; every change prints one line saying what it did.
 
 use std::process::ExitCode;
 
@@ -13,6 +13,7 @@ use super::ClientArgs;
 use super::client::ApiClient;
 use super::credentials::{self, CredentialArgs, FleetCaCmd, ProvisioningCmd};
 use super::output;
+use super::resolve::{Kind, Names, resolve};
 use crate::api::{LatestValues, Page, TelemetryPage};
 use crate::devices::registry::DeviceView;
 use crate::model::{Fleet, Millis, Workspace};
@@ -37,7 +38,9 @@ pub struct ListArgs {
 pub enum WorkspaceCmd {
     /// Create a workspace.
     Create {
+        /// Its name, unique on the server.
         name: String,
+        /// Free text shown with the workspace.
         #[arg(long, default_value = "")]
         description: String,
         /// Days of telemetry to keep (default: the server's `retention.default_days`).
@@ -55,15 +58,19 @@ pub enum WorkspaceCmd {
     },
     /// Show one workspace.
     Show {
+        /// Workspace id or name.
         workspace: String,
         #[command(flatten)]
         client: ClientArgs,
     },
     /// Change a workspace's name, description or retention.
     Update {
+        /// Workspace id or name.
         workspace: String,
+        /// New name.
         #[arg(long)]
         name: Option<String>,
+        /// New description.
         #[arg(long)]
         description: Option<String>,
         /// Days of telemetry to keep; 0 returns to the server default.
@@ -74,6 +81,7 @@ pub enum WorkspaceCmd {
     },
     /// Delete an empty workspace.
     Delete {
+        /// Workspace id or name.
         workspace: String,
         #[command(flatten)]
         client: ClientArgs,
@@ -84,10 +92,12 @@ pub enum WorkspaceCmd {
 pub enum FleetCmd {
     /// Create a fleet in a workspace.
     Create {
+        /// Its name, unique within the workspace.
         name: String,
         /// Workspace id or name.
         #[arg(long)]
         workspace: String,
+        /// Free text shown with the fleet.
         #[arg(long, default_value = "")]
         description: String,
         #[command(flatten)]
@@ -95,6 +105,7 @@ pub enum FleetCmd {
     },
     /// List fleets.
     List {
+        /// Only fleets of this workspace (id or name).
         #[arg(long)]
         workspace: Option<String>,
         #[command(flatten)]
@@ -104,15 +115,19 @@ pub enum FleetCmd {
     },
     /// Show one fleet.
     Show {
+        /// Fleet id or name.
         fleet: String,
         #[command(flatten)]
         client: ClientArgs,
     },
     /// Change a fleet's name or description.
     Update {
+        /// Fleet id or name.
         fleet: String,
+        /// New name.
         #[arg(long)]
         name: Option<String>,
+        /// New description.
         #[arg(long)]
         description: Option<String>,
         #[command(flatten)]
@@ -120,6 +135,7 @@ pub enum FleetCmd {
     },
     /// Delete an empty fleet.
     Delete {
+        /// Fleet id or name.
         fleet: String,
         #[command(flatten)]
         client: ClientArgs,
@@ -136,10 +152,12 @@ pub enum FleetCmd {
 pub enum DeviceCmd {
     /// Create a device with its first credential (default: an access token, printed once).
     Create {
+        /// Its name, unique within the fleet's workspace.
         name: String,
         /// Fleet id or name.
         #[arg(long)]
         fleet: String,
+        /// Free text shown with the device.
         #[arg(long, default_value = "")]
         label: String,
         #[command(flatten)]
@@ -149,12 +167,14 @@ pub enum DeviceCmd {
     },
     /// List a device's credentials.
     Credentials {
+        /// Device id or name.
         device: String,
         #[command(flatten)]
         client: ClientArgs,
     },
     /// Add a credential to a device (default: a generated access token).
     AddCredential {
+        /// Device id or name.
         device: String,
         #[command(flatten)]
         creds: CredentialArgs,
@@ -163,6 +183,7 @@ pub enum DeviceCmd {
     },
     /// Sign a device's certificate signing request with Corral's CA (EC or RSA key).
     SignCsr {
+        /// Device id or name.
         device: String,
         /// The CSR (PEM file).
         #[arg(long)]
@@ -175,7 +196,9 @@ pub enum DeviceCmd {
     },
     /// Replace a credential; the old one works for the grace period.
     Rotate {
+        /// Device id or name.
         device: String,
+        /// Credential id (`corral device credentials DEVICE` lists them).
         credential: String,
         /// Seconds the old credential keeps working (default: the server's setting).
         #[arg(long)]
@@ -186,6 +209,7 @@ pub enum DeviceCmd {
         /// The new certificate, for a registered certificate.
         #[arg(long)]
         cert: Option<PathBuf>,
+        /// Where a newly issued key and certificate are written.
         #[arg(long, default_value = ".")]
         out_dir: PathBuf,
         #[command(flatten)]
@@ -193,6 +217,7 @@ pub enum DeviceCmd {
     },
     /// Revoke one credential, or all of them; connected sessions using them are closed.
     Revoke {
+        /// Device id or name.
         device: String,
         /// Credential id (default: every credential of the device).
         credential: Option<String>,
@@ -201,8 +226,10 @@ pub enum DeviceCmd {
     },
     /// List devices.
     List {
+        /// Only devices of this workspace (id or name).
         #[arg(long)]
         workspace: Option<String>,
+        /// Only devices of this fleet (id or name).
         #[arg(long)]
         fleet: Option<String>,
         /// online or offline.
@@ -215,22 +242,28 @@ pub enum DeviceCmd {
     },
     /// Show one device.
     Show {
+        /// Device id or name.
         device: String,
         #[command(flatten)]
         client: ClientArgs,
     },
     /// Change a device's name, label or fleet, or enable or disable it.
     Update {
+        /// Device id or name.
         device: String,
+        /// New name.
         #[arg(long)]
         name: Option<String>,
+        /// New label.
         #[arg(long)]
         label: Option<String>,
         /// Move to another fleet (id or name) of the same workspace.
         #[arg(long)]
         fleet: Option<String>,
+        /// Let the device connect again.
         #[arg(long, conflicts_with = "disable")]
         enable: bool,
+        /// Refuse the device's logins and close its sessions.
         #[arg(long)]
         disable: bool,
         #[command(flatten)]
@@ -238,6 +271,7 @@ pub enum DeviceCmd {
     },
     /// Delete a device and its data.
     Delete {
+        /// Device id or name.
         device: String,
         #[command(flatten)]
         client: ClientArgs,
@@ -257,11 +291,13 @@ pub struct TelemetryArgs {
     /// End: ms since the epoch or RFC 3339 (default: now).
     #[arg(long)]
     to: Option<String>,
+    /// Points per page (1-1000).
     #[arg(long, default_value_t = 100)]
     limit: usize,
     /// Newest first.
     #[arg(long)]
     desc: bool,
+    /// Only telemetry sent under this tag.
     #[arg(long)]
     tag: Option<String>,
     /// Only the latest value of each key.
@@ -278,35 +314,6 @@ pub(super) fn parse_time(s: &str) -> anyhow::Result<Millis> {
     let t = time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
         .map_err(|_| anyhow::anyhow!("\"{s}\" is neither milliseconds nor an RFC 3339 time"))?;
     Ok((t.unix_timestamp_nanos() / 1_000_000) as Millis)
-}
-
-/// Resolves an id or an exact (case-insensitive) name through a listing endpoint.
-pub(super) async fn resolve(
-    c: &ApiClient,
-    path: &str,
-    kind: &str,
-    s: &str,
-) -> anyhow::Result<String> {
-    if uuid::Uuid::parse_str(s).is_ok() {
-        return Ok(s.to_string());
-    }
-    let page: Page<serde_json::Value> = c
-        .get(path, &[("name", s.to_string()), ("limit", "1000".into())])
-        .await?;
-    let hits: Vec<_> = page
-        .items
-        .iter()
-        .filter(|v| {
-            v["name"]
-                .as_str()
-                .is_some_and(|n| n.eq_ignore_ascii_case(s))
-        })
-        .collect();
-    match hits.as_slice() {
-        [one] => Ok(one["id"].as_str().unwrap_or_default().to_string()),
-        [] => anyhow::bail!("no {kind} named \"{s}\""),
-        _ => anyhow::bail!("several {kind}s are named \"{s}\"; use the id"),
-    }
 }
 
 async fn list_all<T: serde::de::DeserializeOwned>(
@@ -345,6 +352,26 @@ fn ws_row(w: &Workspace) -> Vec<String> {
     vec![w.id.to_string(), w.name.clone(), w.description.clone()]
 }
 
+/// `: name "x", label "y"` for the settings a command changed, or `` when none.
+fn changes(list: &[(&str, Option<String>)]) -> String {
+    let parts: Vec<String> = list
+        .iter()
+        .filter_map(|(k, v)| {
+            v.as_ref()
+                .map(|v| format!("{k} {v}").trim_end().to_string())
+        })
+        .collect();
+    if parts.is_empty() {
+        " (nothing to change)".into()
+    } else {
+        format!(": {}", parts.join(", "))
+    }
+}
+
+fn quoted(v: &Option<String>) -> Option<String> {
+    v.as_ref().map(|v| format!("{v:?}"))
+}
+
 pub async fn workspace(cmd: WorkspaceCmd) -> anyhow::Result<ExitCode> {
     match cmd {
         WorkspaceCmd::Create {
@@ -361,7 +388,13 @@ pub async fn workspace(cmd: WorkspaceCmd) -> anyhow::Result<ExitCode> {
                             "retention_days": retention_days}),
                 )
                 .await?;
-            show_workspace(&client, &w)
+            if client.json {
+                output::json(&w)?;
+            }
+            output::done(
+                client.json,
+                format!("created workspace {} (id {})", w.name, w.id),
+            );
         }
         WorkspaceCmd::List { list, client } => {
             let c = ApiClient::from_args(&client)?;
@@ -375,13 +408,26 @@ pub async fn workspace(cmd: WorkspaceCmd) -> anyhow::Result<ExitCode> {
                 &items.iter().map(ws_row).collect::<Vec<_>>(),
             );
             more(cur);
-            Ok(ExitCode::SUCCESS)
         }
         WorkspaceCmd::Show { workspace, client } => {
             let c = ApiClient::from_args(&client)?;
-            let id = resolve(&c, "/workspaces", "workspace", &workspace).await?;
-            let w: Workspace = c.get(&format!("/workspaces/{id}"), &[]).await?;
-            show_workspace(&client, &w)
+            let ws = resolve(&c, &Kind::workspace(), &workspace).await?;
+            let w: Workspace = c.get(&format!("/workspaces/{}", ws.id), &[]).await?;
+            if client.json {
+                output::json(&w)?;
+            } else {
+                output::fields(&[
+                    ("id", w.id.to_string()),
+                    ("name", w.name.clone()),
+                    ("description", w.description.clone()),
+                    (
+                        "retention",
+                        w.retention_days
+                            .map_or("the server's default".into(), |d| format!("{d} days")),
+                    ),
+                    ("created", output::time(Some(w.created_at))),
+                ]);
+            }
         }
         WorkspaceCmd::Update {
             workspace,
@@ -391,36 +437,39 @@ pub async fn workspace(cmd: WorkspaceCmd) -> anyhow::Result<ExitCode> {
             client,
         } => {
             let c = ApiClient::from_args(&client)?;
-            let id = resolve(&c, "/workspaces", "workspace", &workspace).await?;
+            let ws = resolve(&c, &Kind::workspace(), &workspace).await?;
             let w: Workspace = c
                 .patch(
-                    &format!("/workspaces/{id}"),
+                    &format!("/workspaces/{}", ws.id),
                     &json!({"name": name, "description": description,
                             "retention_days": retention_days}),
                 )
                 .await?;
-            show_workspace(&client, &w)
+            if client.json {
+                output::json(&w)?;
+            }
+            let retention = retention_days.map(|d| match d {
+                0 => "the server's default".to_string(),
+                d => format!("{d} days"),
+            });
+            output::done(
+                client.json,
+                format!(
+                    "updated workspace {ws}{}",
+                    changes(&[
+                        ("name", quoted(&name)),
+                        ("description", quoted(&description)),
+                        ("retention", retention),
+                    ])
+                ),
+            );
         }
         WorkspaceCmd::Delete { workspace, client } => {
             let c = ApiClient::from_args(&client)?;
-            let id = resolve(&c, "/workspaces", "workspace", &workspace).await?;
-            c.delete(&format!("/workspaces/{id}")).await?;
-            eprintln!("deleted workspace {id}");
-            Ok(ExitCode::SUCCESS)
+            let ws = resolve(&c, &Kind::workspace(), &workspace).await?;
+            c.delete(&format!("/workspaces/{}", ws.id)).await?;
+            output::done(client.json, format!("deleted workspace {ws}"));
         }
-    }
-}
-
-fn show_workspace(a: &ClientArgs, w: &Workspace) -> anyhow::Result<ExitCode> {
-    if a.json {
-        output::json(w)?;
-    } else {
-        output::fields(&[
-            ("id", w.id.to_string()),
-            ("name", w.name.clone()),
-            ("description", w.description.clone()),
-            ("created", output::time(Some(w.created_at))),
-        ]);
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -434,14 +483,20 @@ pub async fn fleet(cmd: FleetCmd) -> anyhow::Result<ExitCode> {
             client,
         } => {
             let c = ApiClient::from_args(&client)?;
-            let ws = resolve(&c, "/workspaces", "workspace", &workspace).await?;
+            let ws = resolve(&c, &Kind::workspace(), &workspace).await?;
             let f: Fleet = c
                 .post(
                     "/fleets",
-                    &json!({"workspace_id": ws, "name": name, "description": description}),
+                    &json!({"workspace_id": ws.id, "name": name, "description": description}),
                 )
                 .await?;
-            show_fleet(&client, &f)
+            if client.json {
+                output::json(&f)?;
+            }
+            output::done(
+                client.json,
+                format!("created fleet {} (id {}) in workspace {ws}", f.name, f.id),
+            );
         }
         FleetCmd::List {
             workspace,
@@ -453,33 +508,49 @@ pub async fn fleet(cmd: FleetCmd) -> anyhow::Result<ExitCode> {
             if let Some(w) = workspace {
                 q.push((
                     "workspace_id",
-                    resolve(&c, "/workspaces", "workspace", &w).await?,
+                    resolve(&c, &Kind::workspace(), &w).await?.id,
                 ));
             }
             let (items, cur): (Vec<Fleet>, _) = list_all(&c, "/fleets", q, &list).await?;
             if client.json {
                 return output::json(&items).map(|_| ExitCode::SUCCESS);
             }
+            let ws = Names::of(
+                &c,
+                Kind::workspace(),
+                items.iter().map(|f| f.workspace_id.to_string()),
+            )
+            .await?;
             let rows: Vec<_> = items
                 .iter()
                 .map(|f| {
                     vec![
                         f.id.to_string(),
                         f.name.clone(),
-                        f.workspace_id.to_string(),
+                        ws.get(f.workspace_id.to_string()),
                         f.description.clone(),
                     ]
                 })
                 .collect();
             output::table(&["ID", "NAME", "WORKSPACE", "DESCRIPTION"], &rows);
             more(cur);
-            Ok(ExitCode::SUCCESS)
         }
         FleetCmd::Show { fleet, client } => {
             let c = ApiClient::from_args(&client)?;
-            let id = resolve(&c, "/fleets", "fleet", &fleet).await?;
-            let f: Fleet = c.get(&format!("/fleets/{id}"), &[]).await?;
-            show_fleet(&client, &f)
+            let r = resolve(&c, &Kind::fleet(), &fleet).await?;
+            let f: Fleet = c.get(&format!("/fleets/{}", r.id), &[]).await?;
+            if client.json {
+                output::json(&f)?;
+            } else {
+                let ws = Names::of(&c, Kind::workspace(), [f.workspace_id.to_string()]).await?;
+                output::fields(&[
+                    ("id", f.id.to_string()),
+                    ("name", f.name.clone()),
+                    ("workspace", ws.with_id(f.workspace_id)),
+                    ("description", f.description.clone()),
+                    ("created", output::time(Some(f.created_at))),
+                ]);
+            }
         }
         FleetCmd::Update {
             fleet,
@@ -488,38 +559,35 @@ pub async fn fleet(cmd: FleetCmd) -> anyhow::Result<ExitCode> {
             client,
         } => {
             let c = ApiClient::from_args(&client)?;
-            let id = resolve(&c, "/fleets", "fleet", &fleet).await?;
+            let r = resolve(&c, &Kind::fleet(), &fleet).await?;
             let f: Fleet = c
                 .patch(
-                    &format!("/fleets/{id}"),
+                    &format!("/fleets/{}", r.id),
                     &json!({"name": name, "description": description}),
                 )
                 .await?;
-            show_fleet(&client, &f)
+            if client.json {
+                output::json(&f)?;
+            }
+            output::done(
+                client.json,
+                format!(
+                    "updated fleet {r}{}",
+                    changes(&[
+                        ("name", quoted(&name)),
+                        ("description", quoted(&description)),
+                    ])
+                ),
+            );
         }
         FleetCmd::Delete { fleet, client } => {
             let c = ApiClient::from_args(&client)?;
-            let id = resolve(&c, "/fleets", "fleet", &fleet).await?;
-            c.delete(&format!("/fleets/{id}")).await?;
-            eprintln!("deleted fleet {id}");
-            Ok(ExitCode::SUCCESS)
+            let r = resolve(&c, &Kind::fleet(), &fleet).await?;
+            c.delete(&format!("/fleets/{}", r.id)).await?;
+            output::done(client.json, format!("deleted fleet {r}"));
         }
-        FleetCmd::Provisioning(cmd) => credentials::provisioning(cmd).await,
-        FleetCmd::Ca(cmd) => credentials::fleet_ca(cmd).await,
-    }
-}
-
-fn show_fleet(a: &ClientArgs, f: &Fleet) -> anyhow::Result<ExitCode> {
-    if a.json {
-        output::json(f)?;
-    } else {
-        output::fields(&[
-            ("id", f.id.to_string()),
-            ("name", f.name.clone()),
-            ("workspace", f.workspace_id.to_string()),
-            ("description", f.description.clone()),
-            ("created", output::time(Some(f.created_at))),
-        ]);
+        FleetCmd::Provisioning(cmd) => return credentials::provisioning(cmd).await,
+        FleetCmd::Ca(cmd) => return credentials::fleet_ca(cmd).await,
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -534,14 +602,12 @@ pub async fn device(cmd: DeviceCmd) -> anyhow::Result<ExitCode> {
             client,
         } => {
             let c = ApiClient::from_args(&client)?;
-            let fid = resolve(&c, "/fleets", "fleet", &fleet).await?;
-            credentials::create_device(&c, &fid, &name, &label, &creds, client.json).await?;
-            Ok(ExitCode::SUCCESS)
+            let f = resolve(&c, &Kind::fleet(), &fleet).await?;
+            credentials::create_device(&c, &f, &name, &label, &creds, client.json).await?;
         }
         DeviceCmd::Credentials { device, client } => {
             let c = ApiClient::from_args(&client)?;
             credentials::list(&c, &device, client.json).await?;
-            Ok(ExitCode::SUCCESS)
         }
         DeviceCmd::AddCredential {
             device,
@@ -550,7 +616,6 @@ pub async fn device(cmd: DeviceCmd) -> anyhow::Result<ExitCode> {
         } => {
             let c = ApiClient::from_args(&client)?;
             credentials::add(&c, &device, &creds, client.json).await?;
-            Ok(ExitCode::SUCCESS)
         }
         DeviceCmd::SignCsr {
             device,
@@ -560,7 +625,6 @@ pub async fn device(cmd: DeviceCmd) -> anyhow::Result<ExitCode> {
         } => {
             let c = ApiClient::from_args(&client)?;
             credentials::sign_csr(&c, &device, &csr, out.as_deref(), client.json).await?;
-            Ok(ExitCode::SUCCESS)
         }
         DeviceCmd::Rotate {
             device,
@@ -583,7 +647,6 @@ pub async fn device(cmd: DeviceCmd) -> anyhow::Result<ExitCode> {
                 client.json,
             )
             .await?;
-            Ok(ExitCode::SUCCESS)
         }
         DeviceCmd::Revoke {
             device,
@@ -592,7 +655,6 @@ pub async fn device(cmd: DeviceCmd) -> anyhow::Result<ExitCode> {
         } => {
             let c = ApiClient::from_args(&client)?;
             credentials::revoke(&c, &device, credential.as_deref(), client.json).await?;
-            Ok(ExitCode::SUCCESS)
         }
         DeviceCmd::List {
             workspace,
@@ -606,11 +668,11 @@ pub async fn device(cmd: DeviceCmd) -> anyhow::Result<ExitCode> {
             if let Some(w) = workspace {
                 q.push((
                     "workspace_id",
-                    resolve(&c, "/workspaces", "workspace", &w).await?,
+                    resolve(&c, &Kind::workspace(), &w).await?.id,
                 ));
             }
             if let Some(f) = fleet {
-                q.push(("fleet_id", resolve(&c, "/fleets", "fleet", &f).await?));
+                q.push(("fleet_id", resolve(&c, &Kind::fleet(), &f).await?.id));
             }
             if let Some(s) = status {
                 q.push(("status", s));
@@ -619,6 +681,18 @@ pub async fn device(cmd: DeviceCmd) -> anyhow::Result<ExitCode> {
             if client.json {
                 return output::json(&items).map(|_| ExitCode::SUCCESS);
             }
+            let (fleets, workspaces) = tokio::try_join!(
+                Names::of(
+                    &c,
+                    Kind::fleet(),
+                    items.iter().map(|d| d.fleet_id.to_string())
+                ),
+                Names::of(
+                    &c,
+                    Kind::workspace(),
+                    items.iter().map(|d| d.workspace_id.to_string())
+                ),
+            )?;
             let rows: Vec<_> = items
                 .iter()
                 .map(|d| {
@@ -626,25 +700,34 @@ pub async fn device(cmd: DeviceCmd) -> anyhow::Result<ExitCode> {
                         d.id.to_string(),
                         d.name.clone(),
                         format!("{:?}", d.status).to_lowercase(),
-                        d.fleet_id.to_string(),
+                        fleets.get(d.fleet_id.to_string()),
+                        workspaces.get(d.workspace_id.to_string()),
                         output::time(d.last_activity_at),
                     ]
                 })
                 .collect();
-            output::table(&["ID", "NAME", "STATUS", "FLEET", "LAST ACTIVITY"], &rows);
+            output::table(
+                &[
+                    "ID",
+                    "NAME",
+                    "STATUS",
+                    "FLEET",
+                    "WORKSPACE",
+                    "LAST ACTIVITY",
+                ],
+                &rows,
+            );
             more(cur);
-            Ok(ExitCode::SUCCESS)
         }
         DeviceCmd::Show { device, client } => {
             let c = ApiClient::from_args(&client)?;
-            let id = resolve(&c, "/devices", "device", &device).await?;
-            let d: DeviceView = c.get(&format!("/devices/{id}"), &[]).await?;
+            let r = resolve(&c, &Kind::device(), &device).await?;
+            let d: DeviceView = c.get(&format!("/devices/{}", r.id), &[]).await?;
             if client.json {
                 output::json(&d)?;
             } else {
-                show_device_fields(&d, None);
+                show_device_fields(&c, &d).await?;
             }
-            Ok(ExitCode::SUCCESS)
         }
         DeviceCmd::Update {
             device,
@@ -656,9 +739,14 @@ pub async fn device(cmd: DeviceCmd) -> anyhow::Result<ExitCode> {
             client,
         } => {
             let c = ApiClient::from_args(&client)?;
-            let id = resolve(&c, "/devices", "device", &device).await?;
-            let fleet_id = match fleet {
-                Some(f) => Some(resolve(&c, "/fleets", "fleet", &f).await?),
+            let r = resolve(&c, &Kind::device(), &device).await?;
+            // Fleet names are unique within a workspace: look in the device's.
+            let fleet = match fleet {
+                Some(f) => {
+                    let d: DeviceView = c.get(&format!("/devices/{}", r.id), &[]).await?;
+                    let kind = Kind::fleet().within("workspace_id", d.workspace_id.to_string());
+                    Some(resolve(&c, &kind, &f).await?)
+                }
                 None => None,
             };
             let enabled = if enable {
@@ -670,34 +758,49 @@ pub async fn device(cmd: DeviceCmd) -> anyhow::Result<ExitCode> {
             };
             let d: DeviceView = c
                 .patch(
-                    &format!("/devices/{id}"),
-                    &json!({"name": name, "label": label, "fleet_id": fleet_id, "enabled": enabled}),
+                    &format!("/devices/{}", r.id),
+                    &json!({"name": name, "label": label,
+                            "fleet_id": fleet.as_ref().map(|f| &f.id), "enabled": enabled}),
                 )
                 .await?;
             if client.json {
                 output::json(&d)?;
-            } else {
-                show_device_fields(&d, None);
             }
-            Ok(ExitCode::SUCCESS)
+            output::done(
+                client.json,
+                format!(
+                    "updated device {r}{}",
+                    changes(&[
+                        ("name", quoted(&name)),
+                        ("label", quoted(&label)),
+                        ("moved to fleet", fleet.map(|f| f.name)),
+                        ("enabled", enable.then(String::new)),
+                        ("disabled", disable.then(String::new)),
+                    ])
+                ),
+            );
         }
         DeviceCmd::Delete { device, client } => {
             let c = ApiClient::from_args(&client)?;
-            let id = resolve(&c, "/devices", "device", &device).await?;
-            c.delete(&format!("/devices/{id}")).await?;
-            eprintln!("deleted device {id} and its data");
-            Ok(ExitCode::SUCCESS)
+            let r = resolve(&c, &Kind::device(), &device).await?;
+            c.delete(&format!("/devices/{}", r.id)).await?;
+            output::done(client.json, format!("deleted device {r} and its data"));
         }
     }
+    Ok(ExitCode::SUCCESS)
 }
 
-fn show_device_fields(d: &DeviceView, token: Option<&str>) {
-    let mut pairs = vec![
+async fn show_device_fields(c: &ApiClient, d: &DeviceView) -> anyhow::Result<()> {
+    let (fleets, workspaces) = tokio::try_join!(
+        Names::of(c, Kind::fleet(), [d.fleet_id.to_string()]),
+        Names::of(c, Kind::workspace(), [d.workspace_id.to_string()]),
+    )?;
+    output::fields(&[
         ("id", d.id.to_string()),
         ("name", d.name.clone()),
         ("label", d.label.clone()),
-        ("fleet", d.fleet_id.to_string()),
-        ("workspace", d.workspace_id.to_string()),
+        ("fleet", fleets.with_id(d.fleet_id)),
+        ("workspace", workspaces.with_id(d.workspace_id)),
         ("enabled", d.enabled.to_string()),
         ("status", format!("{:?}", d.status).to_lowercase()),
         ("connections", d.connections.to_string()),
@@ -705,16 +808,13 @@ fn show_device_fields(d: &DeviceView, token: Option<&str>) {
         ("last disconnect", output::time(d.last_disconnect_at)),
         ("last activity", output::time(d.last_activity_at)),
         ("created", output::time(Some(d.created_at))),
-    ];
-    if let Some(t) = token {
-        pairs.push(("access token", t.to_string()));
-    }
-    output::fields(&pairs);
+    ]);
+    Ok(())
 }
 
 pub async fn telemetry(a: TelemetryArgs) -> anyhow::Result<ExitCode> {
     let c = ApiClient::from_args(&a.client)?;
-    let id = resolve(&c, "/devices", "device", &a.device).await?;
+    let id = resolve(&c, &Kind::device(), &a.device).await?.id;
     let mut q: Vec<(&str, String)> = vec![];
     if let Some(k) = &a.keys {
         q.push(("keys", k.clone()));

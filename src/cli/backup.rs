@@ -26,7 +26,10 @@ pub struct BackupArgs {
 enum BackupCmd {
     /// Restore a backup into a temporary directory and check it: every checksum, every record
     /// count, and that the restored store opens.
-    Verify { file: PathBuf },
+    Verify {
+        /// The backup file.
+        file: PathBuf,
+    },
 }
 
 #[derive(Args)]

@@ -3,12 +3,12 @@
 
 use std::process::ExitCode;
 
-use clap::Subcommand;
+use clap::{Args, Subcommand};
 
 use super::ClientArgs;
-use super::admin::resolve;
 use super::client::ApiClient;
 use super::output;
+use super::resolve::{Kind, Names, resolve, resolve_opt};
 use crate::api::Page;
 use crate::model::Condition;
 
@@ -22,6 +22,9 @@ pub enum ConditionCmd {
         /// Only devices of this fleet (id or name).
         #[arg(long)]
         fleet: Option<String>,
+        /// Only devices of this workspace (id or name).
+        #[arg(long)]
+        workspace: Option<String>,
         /// open, closed or all.
         #[arg(long, default_value = "open")]
         state: String,
@@ -31,6 +34,7 @@ pub enum ConditionCmd {
         /// Only conditions of this name.
         #[arg(long)]
         name: Option<String>,
+        /// Conditions per page (1-1000).
         #[arg(long, default_value_t = 100)]
         limit: usize,
         /// `next_cursor` of the previous page.
@@ -41,51 +45,79 @@ pub enum ConditionCmd {
     },
     /// One condition with its details.
     Show {
-        id: String,
+        #[command(flatten)]
+        condition: ConditionRef,
         #[command(flatten)]
         client: ClientArgs,
     },
     /// Mark a condition as seen by an operator (it stays open).
     Ack {
-        id: String,
+        #[command(flatten)]
+        condition: ConditionRef,
         #[command(flatten)]
         client: ClientArgs,
     },
     /// Close a condition on the device's behalf.
     Close {
-        id: String,
+        #[command(flatten)]
+        condition: ConditionRef,
         #[command(flatten)]
         client: ClientArgs,
     },
+}
+
+/// A condition by id, or an open one by its name (and device, when several devices have it
+/// open).
+#[derive(Args)]
+pub struct ConditionRef {
+    /// Condition id, or the name of an open condition (e.g. overheat).
+    condition: String,
+    /// The device whose open condition is meant (id or name).
+    #[arg(long)]
+    device: Option<String>,
+}
+
+impl ConditionRef {
+    async fn id(&self, c: &ApiClient) -> anyhow::Result<String> {
+        let mut kind = Kind::open_condition();
+        if let Some(d) = resolve_opt(c, &Kind::device(), self.device.as_deref()).await? {
+            kind = kind.within("device_id", d.id);
+        }
+        Ok(resolve(c, &kind, &self.condition).await?.id)
+    }
 }
 
 const HEADERS: [&str; 7] = [
     "ID", "SEVERITY", "NAME", "DEVICE", "STATE", "OPENED", "ACKED BY",
 ];
 
-fn row(c: &Condition) -> Vec<String> {
+fn row(c: &Condition, devices: &Names) -> Vec<String> {
     vec![
         c.id.to_string(),
         c.severity.as_str().to_string(),
         c.name.clone(),
-        c.device_id.to_string(),
+        devices.get(c.device_id.to_string()),
         if c.open { "open" } else { "closed" }.to_string(),
         output::time(Some(c.opened_at)),
         c.acknowledged_by.clone().unwrap_or_else(|| "-".into()),
     ]
 }
 
-fn show(c: &Condition, json: bool) -> anyhow::Result<()> {
+async fn show(api: &ApiClient, c: &Condition, json: bool) -> anyhow::Result<()> {
     if json {
         return output::json(c);
     }
+    let (devices, fleets) = tokio::try_join!(
+        Names::of(api, Kind::device(), [c.device_id.to_string()]),
+        Names::of(api, Kind::fleet(), [c.fleet_id.to_string()]),
+    )?;
     output::fields(&[
         ("id", c.id.to_string()),
         ("name", c.name.clone()),
         ("severity", c.severity.as_str().to_string()),
         ("state", if c.open { "open" } else { "closed" }.to_string()),
-        ("device", c.device_id.to_string()),
-        ("fleet", c.fleet_id.to_string()),
+        ("device", devices.with_id(c.device_id)),
+        ("fleet", fleets.with_id(c.fleet_id)),
         ("opened", output::time(Some(c.opened_at))),
         ("updated", output::time(Some(c.updated_at))),
         ("reports", c.reports.to_string()),
@@ -108,11 +140,33 @@ fn show(c: &Condition, json: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `acknowledged condition overheat (id …) of device valve`, then the condition.
+async fn done(api: &ApiClient, verb: &str, v: &Condition, json: bool) -> anyhow::Result<()> {
+    let devices = Names::of(api, Kind::device(), [v.device_id.to_string()]).await?;
+    if json {
+        output::json(v)?;
+    }
+    output::done(
+        json,
+        format!(
+            "{verb} condition {} (id {}) of device {}",
+            v.name,
+            v.id,
+            devices.get(v.device_id.to_string())
+        ),
+    );
+    if !json {
+        show(api, v, false).await?;
+    }
+    Ok(())
+}
+
 pub async fn run(cmd: ConditionCmd) -> anyhow::Result<ExitCode> {
     match cmd {
         ConditionCmd::List {
             device,
             fleet,
+            workspace,
             state,
             severity,
             name,
@@ -123,10 +177,13 @@ pub async fn run(cmd: ConditionCmd) -> anyhow::Result<ExitCode> {
             let c = ApiClient::from_args(&client)?;
             let mut q: Vec<(&str, String)> = vec![("state", state), ("limit", limit.to_string())];
             if let Some(d) = &device {
-                q.push(("device_id", resolve(&c, "/devices", "device", d).await?));
+                q.push(("device_id", resolve(&c, &Kind::device(), d).await?.id));
             }
             if let Some(f) = &fleet {
-                q.push(("fleet_id", resolve(&c, "/fleets", "fleet", f).await?));
+                q.push(("fleet_id", resolve(&c, &Kind::fleet(), f).await?.id));
+            }
+            if let Some(w) = &workspace {
+                q.push(("workspace_id", resolve(&c, &Kind::workspace(), w).await?.id));
             }
             if let Some(s) = severity {
                 q.push(("severity", s));
@@ -141,34 +198,43 @@ pub async fn run(cmd: ConditionCmd) -> anyhow::Result<ExitCode> {
             if client.json {
                 output::json(&page)?;
             } else {
-                let rows: Vec<_> = page.items.iter().map(row).collect();
+                let devices = Names::of(
+                    &c,
+                    Kind::device(),
+                    page.items.iter().map(|x| x.device_id.to_string()),
+                )
+                .await?;
+                let rows: Vec<_> = page.items.iter().map(|x| row(x, &devices)).collect();
                 output::table(&HEADERS, &rows);
                 if let Some(c) = page.next_cursor {
                     eprintln!("(older conditions: --cursor {c})");
                 }
             }
         }
-        ConditionCmd::Show { id, client } => {
+        ConditionCmd::Show { condition, client } => {
             let c = ApiClient::from_args(&client)?;
+            let id = condition.id(&c).await?;
             let v: Condition = c.get(&format!("/conditions/{id}"), &[]).await?;
-            show(&v, client.json)?;
+            show(&c, &v, client.json).await?;
         }
-        ConditionCmd::Ack { id, client } => {
+        ConditionCmd::Ack { condition, client } => {
             let c = ApiClient::from_args(&client)?;
+            let id = condition.id(&c).await?;
             let v: Condition = c
                 .post(
                     &format!("/conditions/{id}/acknowledge"),
                     &serde_json::json!(null),
                 )
                 .await?;
-            show(&v, client.json)?;
+            done(&c, "acknowledged", &v, client.json).await?;
         }
-        ConditionCmd::Close { id, client } => {
+        ConditionCmd::Close { condition, client } => {
             let c = ApiClient::from_args(&client)?;
+            let id = condition.id(&c).await?;
             let v: Condition = c
                 .post(&format!("/conditions/{id}/close"), &serde_json::json!(null))
                 .await?;
-            show(&v, client.json)?;
+            done(&c, "closed", &v, client.json).await?;
         }
     }
     Ok(ExitCode::SUCCESS)

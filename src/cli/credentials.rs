@@ -12,9 +12,9 @@ use clap::{Args, Subcommand, ValueEnum};
 use serde_json::{Value, json};
 
 use super::ClientArgs;
-use super::admin::resolve;
 use super::client::ApiClient;
 use super::output;
+use super::resolve::{Kind, Names, Ref, resolve};
 use crate::api::Page;
 use crate::devices::credentials::{CredentialView, IssuedCredential};
 use crate::model::{AuditEvent, FleetCa};
@@ -79,7 +79,9 @@ impl CredentialArgs {
 pub enum ProvisioningCmd {
     /// Set (or replace) the fleet's provisioning key and secret; prints the secret once.
     Set {
+        /// Fleet id or name.
         fleet: String,
+        /// Which devices may register themselves.
         #[arg(long, value_enum)]
         strategy: Strategy,
         /// The key (default: generated).
@@ -93,12 +95,14 @@ pub enum ProvisioningCmd {
     },
     /// Show a fleet's provisioning settings.
     Show {
+        /// Fleet id or name.
         fleet: String,
         #[command(flatten)]
         client: ClientArgs,
     },
     /// Stop self-registration into the fleet.
     Remove {
+        /// Fleet id or name.
         fleet: String,
         #[command(flatten)]
         client: ClientArgs,
@@ -117,9 +121,11 @@ pub enum Strategy {
 pub enum FleetCaCmd {
     /// Register a manufacturer CA: devices with a certificate it signed join the fleet.
     Add {
+        /// Fleet id or name.
         fleet: String,
         /// The CA certificate (PEM file).
         cert: PathBuf,
+        /// A name for the CA (default: from its subject).
         #[arg(long)]
         name: Option<String>,
         #[command(flatten)]
@@ -127,14 +133,17 @@ pub enum FleetCaCmd {
     },
     /// List the manufacturer CAs a fleet trusts.
     List {
+        /// Fleet id or name.
         fleet: String,
         #[command(flatten)]
         client: ClientArgs,
     },
     /// Stop trusting a manufacturer CA.
     Remove {
+        /// Fleet id or name.
         fleet: String,
-        ca_id: String,
+        /// Manufacturer CA id or name.
+        ca: String,
         #[command(flatten)]
         client: ClientArgs,
     },
@@ -154,8 +163,10 @@ pub struct AuditArgs {
     /// Only this actor: a username, `api-key:NAME`, `device`.
     #[arg(long)]
     actor: Option<String>,
+    /// Records per page (1-1000).
     #[arg(long, default_value_t = 100)]
     limit: usize,
+    /// `next_cursor` of the previous page: older records.
     #[arg(long)]
     cursor: Option<String>,
     #[command(flatten)]
@@ -284,32 +295,39 @@ fn credential_row(c: &CredentialView) -> Vec<String> {
 
 pub async fn create_device(
     c: &ApiClient,
-    fleet_id: &str,
+    fleet: &Ref,
     name: &str,
     label: &str,
     creds: &CredentialArgs,
     json: bool,
 ) -> anyhow::Result<()> {
-    let mut body = json!({"fleet_id": fleet_id, "name": name, "label": label});
+    let mut body = json!({"fleet_id": fleet.id, "name": name, "label": label});
     if let Some(cr) = creds.body()? {
         body["credentials"] = cr;
     }
     let d: crate::api::CreatedDevice = c.post("/devices", &body).await?;
-    let files = write_bundle(name, &d.credentials, &creds.out_dir)?;
+    let files = write_bundle(&d.device.name, &d.credentials, &creds.out_dir)?;
     if json {
-        return output::json(&redacted(&d, "/credentials", &files)?);
+        output::json(&redacted(&d, "/credentials", &files)?)?;
     }
-    output::fields(&[
-        ("device", d.device.id.to_string()),
-        ("name", d.device.name.clone()),
-    ]);
-    print_issued(&d.credentials, &files);
+    output::done(
+        json,
+        format!(
+            "created device {} (id {}) in fleet {fleet}",
+            d.device.name, d.device.id
+        ),
+    );
+    if !json {
+        print_issued(&d.credentials, &files);
+    }
     Ok(())
 }
 
 pub async fn list(c: &ApiClient, device: &str, json: bool) -> anyhow::Result<()> {
-    let id = resolve(c, "/devices", "device", device).await?;
-    let list: Vec<CredentialView> = c.get(&format!("/devices/{id}/credentials"), &[]).await?;
+    let dev = resolve(c, &Kind::device(), device).await?;
+    let list: Vec<CredentialView> = c
+        .get(&format!("/devices/{}/credentials", dev.id), &[])
+        .await?;
     if json {
         return output::json(&list);
     }
@@ -324,12 +342,21 @@ pub async fn add(
     creds: &CredentialArgs,
     json: bool,
 ) -> anyhow::Result<()> {
-    let id = resolve(c, "/devices", "device", device).await?;
+    let dev = resolve(c, &Kind::device(), device).await?;
     let body = creds
         .body()?
         .unwrap_or_else(|| json!({"type": "access_token"}));
-    let issued: IssuedCredential = c.post(&format!("/devices/{id}/credentials"), &body).await?;
-    show_issued(device, &issued, &creds.out_dir, json)
+    let issued: IssuedCredential = c
+        .post(&format!("/devices/{}/credentials", dev.id), &body)
+        .await?;
+    output::done(
+        json,
+        format!(
+            "added a {} credential (id {}) to device {dev}",
+            issued.credential.kind, issued.credential.id
+        ),
+    );
+    show_issued(&dev.name, &issued, &creds.out_dir, json)
 }
 
 pub async fn sign_csr(
@@ -339,30 +366,45 @@ pub async fn sign_csr(
     out: Option<&Path>,
     json: bool,
 ) -> anyhow::Result<()> {
-    let id = resolve(c, "/devices", "device", device).await?;
+    let dev = resolve(c, &Kind::device(), device).await?;
     let csr_pem =
         std::fs::read_to_string(csr).map_err(|e| anyhow::anyhow!("{}: {e}", csr.display()))?;
     let issued: IssuedCredential = c
-        .post(&format!("/devices/{id}/csr"), &json!({"csr_pem": csr_pem}))
+        .post(
+            &format!("/devices/{}/csr", dev.id),
+            &json!({"csr_pem": csr_pem}),
+        )
         .await?;
     let cert = issued
         .bundle
         .as_ref()
         .map(|b| b.certificate_pem.clone())
         .unwrap_or_default();
+    let line = format!(
+        "signed a certificate for device {dev} (credential id {})",
+        issued.credential.id
+    );
     match out {
         Some(p) => {
             std::fs::write(p, &cert).map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?;
             if json {
                 output::json(&issued)?;
-            } else {
+            }
+            output::done(json, line);
+            if !json {
                 show_credential(&issued.credential);
                 eprintln!("wrote {}", p.display());
             }
         }
         // The certificate alone on stdout, for `> device.pem`.
-        None if !json => print!("{cert}"),
-        None => output::json(&issued)?,
+        None if !json => {
+            print!("{cert}");
+            eprintln!("{line}");
+        }
+        None => {
+            output::json(&issued)?;
+            eprintln!("{line}");
+        }
     }
     Ok(())
 }
@@ -378,7 +420,7 @@ pub async fn rotate(
     out_dir: &Path,
     json: bool,
 ) -> anyhow::Result<()> {
-    let id = resolve(c, "/devices", "device", device).await?;
+    let dev = resolve(c, &Kind::device(), device).await?;
     let read =
         |p: &Path| std::fs::read_to_string(p).map_err(|e| anyhow::anyhow!("{}: {e}", p.display()));
     let body = json!({
@@ -388,11 +430,18 @@ pub async fn rotate(
     });
     let issued: IssuedCredential = c
         .post(
-            &format!("/devices/{id}/credentials/{credential}/rotate"),
+            &format!("/devices/{}/credentials/{credential}/rotate", dev.id),
             &body,
         )
         .await?;
-    show_issued(device, &issued, out_dir, json)
+    output::done(
+        json,
+        format!(
+            "rotated credential {credential} of device {dev}: the new one is {}",
+            issued.credential.id
+        ),
+    );
+    show_issued(&dev.name, &issued, out_dir, json)
 }
 
 /// Revokes one credential, or every credential of the device.
@@ -402,7 +451,8 @@ pub async fn revoke(
     credential: Option<&str>,
     json: bool,
 ) -> anyhow::Result<()> {
-    let id = resolve(c, "/devices", "device", device).await?;
+    let dev = resolve(c, &Kind::device(), device).await?;
+    let id = &dev.id;
     let targets: Vec<String> = match credential {
         Some(cred) => vec![cred.to_string()],
         None => c
@@ -424,10 +474,19 @@ pub async fn revoke(
         done.push(v);
     }
     if json {
-        return output::json(&done);
+        output::json(&done)?;
     }
-    let rows: Vec<_> = done.iter().map(credential_row).collect();
-    output::table(&["ID", "TYPE", "STATUS", "DETAIL", "UNTIL"], &rows);
+    output::done(
+        json,
+        format!(
+            "revoked {} of device {dev}",
+            output::count(done.len(), "credential")
+        ),
+    );
+    if !json {
+        let rows: Vec<_> = done.iter().map(credential_row).collect();
+        output::table(&["ID", "TYPE", "STATUS", "DETAIL", "UNTIL"], &rows);
+    }
     Ok(())
 }
 
@@ -441,7 +500,7 @@ pub async fn provisioning(cmd: ProvisioningCmd) -> anyhow::Result<ExitCode> {
             client,
         } => {
             let c = ApiClient::from_args(&client)?;
-            let fid = resolve(&c, "/fleets", "fleet", &fleet).await?;
+            let f = resolve(&c, &Kind::fleet(), &fleet).await?;
             let secret = match secret_file {
                 Some(p) => Some(
                     std::fs::read_to_string(&p)
@@ -457,16 +516,19 @@ pub async fn provisioning(cmd: ProvisioningCmd) -> anyhow::Result<ExitCode> {
             };
             let v: Value = c
                 .put(
-                    &format!("/fleets/{fid}/provisioning"),
+                    &format!("/fleets/{}/provisioning", f.id),
                     &json!({"key": key, "secret": secret, "strategy": strategy}),
                 )
                 .await?;
             if client.json {
                 output::json(&v)?;
-            } else {
+            }
+            output::done(
+                client.json,
+                format!("enabled provisioning into fleet {f} ({strategy})"),
+            );
+            if !client.json {
                 output::fields(&[
-                    ("fleet", fid),
-                    ("strategy", strategy.into()),
                     (
                         "provision key",
                         v["key"].as_str().unwrap_or_default().into(),
@@ -481,13 +543,15 @@ pub async fn provisioning(cmd: ProvisioningCmd) -> anyhow::Result<ExitCode> {
         }
         ProvisioningCmd::Show { fleet, client } => {
             let c = ApiClient::from_args(&client)?;
-            let fid = resolve(&c, "/fleets", "fleet", &fleet).await?;
-            let v: Value = c.get(&format!("/fleets/{fid}/provisioning"), &[]).await?;
+            let f = resolve(&c, &Kind::fleet(), &fleet).await?;
+            let v: Value = c
+                .get(&format!("/fleets/{}/provisioning", f.id), &[])
+                .await?;
             if client.json {
                 output::json(&v)?;
             } else {
                 output::fields(&[
-                    ("fleet", fid),
+                    ("fleet", format!("{f} ({})", f.id)),
                     (
                         "strategy",
                         v["strategy"].as_str().unwrap_or_default().into(),
@@ -502,8 +566,14 @@ pub async fn provisioning(cmd: ProvisioningCmd) -> anyhow::Result<ExitCode> {
         }
         ProvisioningCmd::Remove { fleet, client } => {
             let c = ApiClient::from_args(&client)?;
-            let fid = resolve(&c, "/fleets", "fleet", &fleet).await?;
-            c.delete(&format!("/fleets/{fid}/provisioning")).await?;
+            let f = resolve(&c, &Kind::fleet(), &fleet).await?;
+            c.delete(&format!("/fleets/{}/provisioning", f.id)).await?;
+            output::done(
+                client.json,
+                format!(
+                    "removed provisioning from fleet {f}: devices no longer register themselves into it"
+                ),
+            );
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -526,25 +596,33 @@ pub async fn fleet_ca(cmd: FleetCaCmd) -> anyhow::Result<ExitCode> {
             client,
         } => {
             let c = ApiClient::from_args(&client)?;
-            let fid = resolve(&c, "/fleets", "fleet", &fleet).await?;
+            let f = resolve(&c, &Kind::fleet(), &fleet).await?;
             let pem = std::fs::read_to_string(&cert)
                 .map_err(|e| anyhow::anyhow!("{}: {e}", cert.display()))?;
             let ca: FleetCa = c
                 .post(
-                    &format!("/fleets/{fid}/cas"),
+                    &format!("/fleets/{}/cas", f.id),
                     &json!({"certificate_pem": pem, "name": name}),
                 )
                 .await?;
             if client.json {
                 output::json(&ca)?;
-            } else {
+            }
+            output::done(
+                client.json,
+                format!(
+                    "added manufacturer CA {} (id {}) to fleet {f}",
+                    ca.name, ca.id
+                ),
+            );
+            if !client.json {
                 output::table(&["ID", "NAME", "SUBJECT", "NOT AFTER"], &[row(&ca)]);
             }
         }
         FleetCaCmd::List { fleet, client } => {
             let c = ApiClient::from_args(&client)?;
-            let fid = resolve(&c, "/fleets", "fleet", &fleet).await?;
-            let cas: Vec<FleetCa> = c.get(&format!("/fleets/{fid}/cas"), &[]).await?;
+            let f = resolve(&c, &Kind::fleet(), &fleet).await?;
+            let cas: Vec<FleetCa> = c.get(&format!("/fleets/{}/cas", f.id), &[]).await?;
             if client.json {
                 output::json(&cas)?;
             } else {
@@ -552,14 +630,15 @@ pub async fn fleet_ca(cmd: FleetCaCmd) -> anyhow::Result<ExitCode> {
                 output::table(&["ID", "NAME", "SUBJECT", "NOT AFTER"], &rows);
             }
         }
-        FleetCaCmd::Remove {
-            fleet,
-            ca_id,
-            client,
-        } => {
+        FleetCaCmd::Remove { fleet, ca, client } => {
             let c = ApiClient::from_args(&client)?;
-            let fid = resolve(&c, "/fleets", "fleet", &fleet).await?;
-            c.delete(&format!("/fleets/{fid}/cas/{ca_id}")).await?;
+            let f = resolve(&c, &Kind::fleet(), &fleet).await?;
+            let ca = resolve(&c, &Kind::fleet_ca(&f.id), &ca).await?;
+            c.delete(&format!("/fleets/{}/cas/{}", f.id, ca.id)).await?;
+            output::done(
+                client.json,
+                format!("removed manufacturer CA {ca} from fleet {f}"),
+            );
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -569,10 +648,10 @@ pub async fn audit(a: AuditArgs) -> anyhow::Result<ExitCode> {
     let c = ApiClient::from_args(&a.client)?;
     let mut q: Vec<(&str, String)> = vec![("limit", a.limit.to_string())];
     if let Some(d) = &a.device {
-        q.push(("device_id", resolve(&c, "/devices", "device", d).await?));
+        q.push(("device_id", resolve(&c, &Kind::device(), d).await?.id));
     }
     if let Some(f) = &a.fleet {
-        q.push(("fleet_id", resolve(&c, "/fleets", "fleet", f).await?));
+        q.push(("fleet_id", resolve(&c, &Kind::fleet(), f).await?.id));
     }
     if let Some(k) = &a.actor {
         q.push(("actor", k.clone()));
@@ -587,6 +666,14 @@ pub async fn audit(a: AuditArgs) -> anyhow::Result<ExitCode> {
     if a.client.json {
         return output::json(&page).map(|_| ExitCode::SUCCESS);
     }
+    let devices = Names::of(
+        &c,
+        Kind::device(),
+        page.items
+            .iter()
+            .filter_map(|e| e.device_id.map(|d| d.to_string())),
+    )
+    .await?;
     let rows: Vec<_> = page
         .items
         .iter()
@@ -595,7 +682,9 @@ pub async fn audit(a: AuditArgs) -> anyhow::Result<ExitCode> {
                 output::time(Some(e.ts)),
                 e.kind.clone(),
                 e.actor.clone(),
-                e.device_id.map(|d| d.to_string()).unwrap_or_default(),
+                e.device_id
+                    .map(|d| devices.get(d.to_string()))
+                    .unwrap_or_default(),
                 e.peer.clone().unwrap_or_default(),
                 e.detail.clone(),
             ]

@@ -9,37 +9,88 @@ use clap::{Args, Subcommand};
 use serde_json::{Map, Value, json};
 
 use super::ClientArgs;
-use super::admin::resolve;
 use super::client::ApiClient;
 use super::output;
+use super::resolve::{Kind, resolve};
 
-/// A device or a fleet, by id or name.
+/// The device a command is about (positional, as everywhere), or with `--fleet` a fleet.
 #[derive(Args)]
-#[group(required = true, multiple = false)]
 pub struct Target {
-    /// Device id or name.
+    /// Device id or name (with --fleet: fleet id or name).
+    #[arg(value_name = "DEVICE")]
+    device: String,
+    /// The command is about a fleet: DEVICE names a fleet.
     #[arg(long)]
+    fleet: bool,
+}
+
+/// As `Target`, also taking the former spelling `--device DEVICE`, kept for scripts.
+#[derive(Args)]
+pub struct TargetOrFlag {
+    /// Device id or name (with --fleet: fleet id or name).
+    #[arg(value_name = "DEVICE", required_unless_present = "device_flag")]
     device: Option<String>,
-    /// Fleet id or name.
+    /// The command is about a fleet: DEVICE names a fleet.
     #[arg(long)]
-    fleet: Option<String>,
+    fleet: bool,
+    /// The former spelling `--device DEVICE`.
+    #[arg(
+        long = "device",
+        value_name = "DEVICE",
+        hide = true,
+        conflicts_with = "fleet"
+    )]
+    device_flag: Option<String>,
+}
+
+impl TargetOrFlag {
+    fn target(&self) -> anyhow::Result<Target> {
+        let (t, rest) = self.split(Vec::new())?;
+        anyhow::ensure!(rest.is_empty(), "name the device once");
+        Ok(t)
+    }
+
+    /// The target and the positionals after it (`KEY=VALUE` pairs, keys). Under the former
+    /// `--device DEVICE`, the first positional clap took for DEVICE is the first of them.
+    fn split(&self, mut rest: Vec<String>) -> anyhow::Result<(Target, Vec<String>)> {
+        let device = match (&self.device_flag, &self.device) {
+            (Some(flag), positional) => {
+                if let Some(p) = positional {
+                    rest.insert(0, p.clone());
+                }
+                flag.clone()
+            }
+            (None, Some(d)) => d.clone(),
+            (None, None) => anyhow::bail!("name the device (or the fleet, with --fleet)"),
+        };
+        Ok((
+            Target {
+                device,
+                fleet: self.fleet,
+            },
+            rest,
+        ))
+    }
 }
 
 impl Target {
-    /// The REST path prefix (`/devices/{id}` or `/fleets/{id}`).
-    async fn path(&self, c: &ApiClient) -> anyhow::Result<String> {
-        Ok(match (&self.device, &self.fleet) {
-            (Some(d), _) => format!("/devices/{}", resolve(c, "/devices", "device", d).await?),
-            (_, Some(f)) => format!("/fleets/{}", resolve(c, "/fleets", "fleet", f).await?),
-            _ => anyhow::bail!("give --device or --fleet"),
+    /// The REST path prefix (`/devices/{id}` or `/fleets/{id}`) and what to call the object.
+    async fn path(&self, c: &ApiClient) -> anyhow::Result<(String, String)> {
+        Ok(if self.fleet {
+            let f = resolve(c, &Kind::fleet(), &self.device).await?;
+            (format!("/fleets/{}", f.id), format!("fleet {f}"))
+        } else {
+            let d = resolve(c, &Kind::device(), &self.device).await?;
+            (format!("/devices/{}", d.id), format!("device {d}"))
         })
     }
 }
 
 #[derive(Args)]
+#[command(override_usage = "corral aggregate [OPTIONS] <DEVICE>")]
 pub struct AggregateArgs {
     #[command(flatten)]
-    target: Target,
+    target: TargetOrFlag,
     /// Bucket length: 1m to 1d (e.g. 15m, 1h, 1d).
     #[arg(long, default_value = "1h")]
     interval: String,
@@ -55,6 +106,7 @@ pub struct AggregateArgs {
     /// Comma-separated keys (default: all).
     #[arg(long)]
     keys: Option<String>,
+    /// Only telemetry sent under this tag.
     #[arg(long)]
     tag: Option<String>,
     #[command(flatten)]
@@ -64,9 +116,10 @@ pub struct AggregateArgs {
 #[derive(Subcommand)]
 pub enum AttributesCmd {
     /// Show a device's attributes (all scopes, or --scope), or a fleet's shared defaults.
+    #[command(override_usage = "corral attributes show [OPTIONS] <DEVICE>")]
     Show {
         #[command(flatten)]
-        target: Target,
+        target: TargetOrFlag,
         /// client, shared or server.
         #[arg(long)]
         scope: Option<String>,
@@ -74,24 +127,29 @@ pub enum AttributesCmd {
         client: ClientArgs,
     },
     /// Set attributes: KEY=VALUE pairs, VALUE read as JSON when it parses (else a string).
+    #[command(override_usage = "corral attributes set [OPTIONS] <DEVICE> <KEY=VALUE>...")]
     Set {
         #[command(flatten)]
-        target: Target,
+        target: TargetOrFlag,
         /// shared (default) or server; fleets hold shared defaults only.
         #[arg(long, default_value = "shared")]
         scope: String,
-        #[arg(required = true)]
+        /// KEY=VALUE, one or more.
+        #[arg(value_name = "KEY=VALUE")]
         pairs: Vec<String>,
         #[command(flatten)]
         client: ClientArgs,
     },
     /// Delete attributes by key.
+    #[command(override_usage = "corral attributes delete [OPTIONS] <DEVICE> <KEY>...")]
     Delete {
         #[command(flatten)]
-        target: Target,
+        target: TargetOrFlag,
+        /// shared (default) or server; fleets hold shared defaults only.
         #[arg(long, default_value = "shared")]
         scope: String,
-        #[arg(required = true)]
+        /// The keys to delete, one or more.
+        #[arg(value_name = "KEY")]
         keys: Vec<String>,
         #[command(flatten)]
         client: ClientArgs,
@@ -100,14 +158,16 @@ pub enum AttributesCmd {
 
 #[derive(Args)]
 pub struct ExportArgs {
-    /// Device ids or names (repeatable).
+    /// A device (id or name); repeatable.
     #[arg(long)]
     device: Vec<String>,
-    /// Fleet ids or names (repeatable): every device of each.
+    /// A fleet (id or name), meaning every device of it; repeatable.
     #[arg(long)]
     fleet: Vec<String>,
+    /// Start: ms since the epoch or RFC 3339.
     #[arg(long)]
     from: Option<String>,
+    /// End: ms since the epoch or RFC 3339.
     #[arg(long)]
     to: Option<String>,
     /// Comma-separated tags (default: all).
@@ -127,9 +187,10 @@ pub struct ExportArgs {
 }
 
 #[derive(Args)]
+#[command(override_usage = "corral tags [OPTIONS] <DEVICE>")]
 pub struct TagsArgs {
     #[command(flatten)]
-    target: Target,
+    target: TargetOrFlag,
     #[command(flatten)]
     client: ClientArgs,
 }
@@ -154,7 +215,7 @@ fn time_arg(s: &Option<String>) -> anyhow::Result<Option<String>> {
 
 pub async fn aggregate(a: AggregateArgs) -> anyhow::Result<ExitCode> {
     let c = ApiClient::from_args(&a.client)?;
-    let base = a.target.path(&c).await?;
+    let (base, _) = a.target.target()?.path(&c).await?;
     let mut q = vec![("interval", a.interval.clone())];
     for (k, v) in [
         ("from", time_arg(&a.from)?),
@@ -214,8 +275,9 @@ pub async fn attributes(cmd: AttributesCmd) -> anyhow::Result<ExitCode> {
             client,
         } => {
             let c = ApiClient::from_args(&client)?;
-            let base = target.path(&c).await?;
-            let v: Value = if target.fleet.is_some() {
+            let target = target.target()?;
+            let (base, _) = target.path(&c).await?;
+            let v: Value = if target.fleet {
                 json!({"shared": c.get::<Value>(&format!("{base}/attributes/shared"), &[]).await?})
             } else {
                 let q: Vec<(&str, String)> = scope.map(|s| ("scope", s)).into_iter().collect();
@@ -243,17 +305,27 @@ pub async fn attributes(cmd: AttributesCmd) -> anyhow::Result<ExitCode> {
             pairs: list,
             client,
         } => {
+            let (target, list) = target.split(list)?;
+            anyhow::ensure!(!list.is_empty(), "give one or more KEY=VALUE pairs");
             let c = ApiClient::from_args(&client)?;
-            let base = target.path(&c).await?;
-            let path = if target.fleet.is_some() {
-                format!("{base}/attributes/shared")
+            let (base, what) = target.path(&c).await?;
+            let (path, scope) = if target.fleet {
+                (format!("{base}/attributes/shared"), "shared default")
             } else {
-                format!("{base}/attributes/{scope}")
+                (format!("{base}/attributes/{scope}"), scope.as_str())
             };
-            let v: Value = c.put(&path, &pairs(&list)?).await?;
+            let set = pairs(&list)?;
+            let keys: Vec<&str> = set.keys().map(String::as_str).collect();
+            let line = format!(
+                "set {} of {what}: {}",
+                output::count(keys.len(), &format!("{scope} attribute")),
+                keys.join(", ")
+            );
+            let v: Value = c.put(&path, &set).await?;
             if client.json {
                 output::json(&v)?;
             }
+            output::done(client.json, line);
         }
         AttributesCmd::Delete {
             target,
@@ -261,15 +333,25 @@ pub async fn attributes(cmd: AttributesCmd) -> anyhow::Result<ExitCode> {
             keys,
             client,
         } => {
+            let (target, keys) = target.split(keys)?;
+            anyhow::ensure!(!keys.is_empty(), "give one or more keys to delete");
             let c = ApiClient::from_args(&client)?;
-            let base = target.path(&c).await?;
-            let sc = if target.fleet.is_some() {
-                "shared".to_string()
+            let (base, what) = target.path(&c).await?;
+            let (sc, noun) = if target.fleet {
+                ("shared".to_string(), "shared default".to_string())
             } else {
-                scope
+                (scope.clone(), format!("{scope} attribute"))
             };
             let path = format!("{base}/attributes/{sc}?keys={}", keys.join(","));
             c.delete(&path).await?;
+            output::done(
+                client.json,
+                format!(
+                    "deleted {} of {what}: {}",
+                    output::count(keys.len(), &noun),
+                    keys.join(", ")
+                ),
+            );
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -279,11 +361,11 @@ pub async fn export(a: ExportArgs) -> anyhow::Result<ExitCode> {
     let c = ApiClient::from_args(&a.client)?;
     let mut devices = Vec::new();
     for d in &a.device {
-        devices.push(resolve(&c, "/devices", "device", d).await?);
+        devices.push(resolve(&c, &Kind::device(), d).await?.id);
     }
     let mut fleets = Vec::new();
     for f in &a.fleet {
-        fleets.push(resolve(&c, "/fleets", "fleet", f).await?);
+        fleets.push(resolve(&c, &Kind::fleet(), f).await?.id);
     }
     let mut q = vec![("format", a.format.clone())];
     if !devices.is_empty() {
@@ -319,7 +401,7 @@ pub async fn export(a: ExportArgs) -> anyhow::Result<ExitCode> {
 
 pub async fn tags(a: TagsArgs) -> anyhow::Result<ExitCode> {
     let c = ApiClient::from_args(&a.client)?;
-    let base = a.target.path(&c).await?;
+    let (base, _) = a.target.target()?.path(&c).await?;
     let v: Value = c.get(&format!("{base}/tags"), &[]).await?;
     if a.client.json {
         return output::json(&v).map(|_| ExitCode::SUCCESS);
@@ -346,14 +428,17 @@ pub async fn usage(a: UsageArgs) -> anyhow::Result<ExitCode> {
     let c = ApiClient::from_args(&a.client)?;
     if a.sweep {
         let r: Value = c.post("/retention/sweep", &json!(null)).await?;
-        eprintln!(
-            "retention sweep: {} points deleted in {} ms",
-            r["points_deleted"], r["took_ms"]
+        output::done(
+            a.client.json,
+            format!(
+                "ran the retention sweep: {} points deleted in {} ms",
+                r["points_deleted"], r["took_ms"]
+            ),
         );
     }
     let v: Value = match &a.workspace {
         Some(w) => {
-            let id = resolve(&c, "/workspaces", "workspace", w).await?;
+            let id = resolve(&c, &Kind::workspace(), w).await?.id;
             c.get(&format!("/workspaces/{id}/usage"), &[]).await?
         }
         None => c.get("/store/usage", &[]).await?,

@@ -12,6 +12,7 @@ use serde_json::{Map, Value, json};
 use super::ClientArgs;
 use super::client::ApiClient;
 use super::output;
+use super::resolve::{Kind, Names, Ref, resolve, resolve_opt};
 
 /// Settings shared by `create` and `update`; absent flags leave a setting as it is (or at its
 /// default on create).
@@ -44,17 +45,22 @@ pub struct Settings {
     /// PEM file of the CA(s) to trust instead of the system roots.
     #[arg(long)]
     ca_pem: Option<PathBuf>,
+    /// Events per batch at most.
     #[arg(long)]
     max_items: Option<u32>,
+    /// Milliseconds a batch waits to fill before it is sent.
     #[arg(long)]
     max_wait_ms: Option<u64>,
+    /// Milliseconds a request may take.
     #[arg(long)]
     timeout_ms: Option<u64>,
     /// What a 4xx answer does: dead_letter or retry.
     #[arg(long)]
     on_client_error: Option<String>,
+    /// First retry delay in milliseconds (it doubles on each failure)...
     #[arg(long)]
     retry_initial_ms: Option<u64>,
+    /// ...up to this many milliseconds.
     #[arg(long)]
     retry_max_ms: Option<u64>,
     /// Queue cap in bytes.
@@ -63,6 +69,7 @@ pub struct Settings {
     /// Queue cap in age.
     #[arg(long)]
     max_age_secs: Option<u64>,
+    /// Dead letters kept at most (the oldest go first).
     #[arg(long)]
     dead_letter_max: Option<u64>,
 }
@@ -71,6 +78,7 @@ pub struct Settings {
 pub enum IntegrationCmd {
     /// Create a webhook integration.
     Create {
+        /// Its name, unique on the server.
         name: String,
         #[command(flatten)]
         settings: Settings,
@@ -94,6 +102,7 @@ pub enum IntegrationCmd {
     },
     /// Change settings of an integration.
     Update {
+        /// Integration id or name.
         integration: String,
         /// New name.
         #[arg(long)]
@@ -105,31 +114,37 @@ pub enum IntegrationCmd {
     },
     /// Stop sending (entries keep queueing).
     Pause {
+        /// Integration id or name.
         integration: String,
         #[command(flatten)]
         client: ClientArgs,
     },
     /// Resume a paused integration.
     Resume {
+        /// Integration id or name.
         integration: String,
         #[command(flatten)]
         client: ClientArgs,
     },
     /// Delete an integration with its queue and dead letters.
     Delete {
+        /// Integration id or name.
         integration: String,
         #[command(flatten)]
         client: ClientArgs,
     },
     /// Queue a test event for an integration.
     Test {
+        /// Integration id or name.
         integration: String,
         #[command(flatten)]
         client: ClientArgs,
     },
     /// List dead letters (entries the receiver refused); `--purge` deletes them.
     DeadLetters {
+        /// Integration id or name.
         integration: String,
+        /// Delete them instead of listing them.
         #[arg(long)]
         purge: bool,
         #[command(flatten)]
@@ -137,6 +152,7 @@ pub enum IntegrationCmd {
     },
     /// Send the dead letters again (appended to the queue, in order, with their original ids).
     Replay {
+        /// Integration id or name.
         integration: String,
         #[command(flatten)]
         client: ClientArgs,
@@ -152,13 +168,15 @@ fn read_secret(p: &PathBuf) -> anyhow::Result<String> {
 
 /// The request body of `create` and `update`; workspaces and fleets named by id or name.
 async fn body_of(c: &ApiClient, s: &Settings, out: &mut Map<String, Value>) -> anyhow::Result<()> {
-    let workspace = match &s.workspace {
-        Some(w) => Some(super::admin::resolve(c, "/workspaces", "workspace", w).await?),
-        None => None,
+    let workspace = resolve_opt(c, &Kind::workspace(), s.workspace.as_deref()).await?;
+    // Fleet names are unique within a workspace: look in the one given, if any.
+    let fleet_kind = match &workspace {
+        Some(w) => Kind::fleet().within("workspace_id", w.id.clone()),
+        None => Kind::fleet(),
     };
     let mut fleets = Vec::with_capacity(s.fleets.len());
     for f in &s.fleets {
-        fleets.push(super::admin::resolve(c, "/fleets", "fleet", f).await?);
+        fleets.push(resolve(c, &fleet_kind, f).await?.id);
     }
     let mut put = |k: &str, v: Value| {
         out.insert(k.into(), v);
@@ -167,7 +185,7 @@ async fn body_of(c: &ApiClient, s: &Settings, out: &mut Map<String, Value>) -> a
         put("url", json!(u));
     }
     if let Some(w) = workspace {
-        put("workspace_id", json!(w));
+        put("workspace_id", json!(w.id));
     }
     if !fleets.is_empty() {
         put("fleet_ids", json!(fleets));
@@ -211,28 +229,6 @@ async fn body_of(c: &ApiClient, s: &Settings, out: &mut Map<String, Value>) -> a
     Ok(())
 }
 
-/// An integration's id from its id or exact name.
-async fn resolve(c: &ApiClient, s: &str) -> anyhow::Result<String> {
-    if uuid::Uuid::parse_str(s).is_ok() {
-        return Ok(s.to_string());
-    }
-    let list: Value = c.get("/integrations", &[]).await?;
-    let hits: Vec<&Value> = list["items"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|v| {
-            v["name"]
-                .as_str()
-                .is_some_and(|n| n.eq_ignore_ascii_case(s))
-        })
-        .collect();
-    match hits.as_slice() {
-        [one] => Ok(one["id"].as_str().unwrap_or_default().to_string()),
-        _ => anyhow::bail!("no integration named \"{s}\""),
-    }
-}
-
 const HEADERS: [&str; 8] = [
     "ID",
     "NAME",
@@ -269,16 +265,54 @@ fn row(v: &Value) -> Vec<String> {
     ]
 }
 
-fn show(v: &Value, json: bool) -> anyhow::Result<()> {
+/// What an integration forwards: the workspace and fleets by name, tags and kinds.
+async fn scope(c: &ApiClient, v: &Value) -> anyhow::Result<String> {
+    let strs = |x: &Value| -> Vec<String> {
+        x.as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|s| s.as_str().map(str::to_string))
+            .collect()
+    };
+    let fleet_ids = strs(&v["fleet_ids"]);
+    let ws_id = v["workspace_id"].as_str();
+    let (ws, fleets) = tokio::try_join!(
+        Names::of(c, Kind::workspace(), ws_id),
+        Names::of(c, Kind::fleet(), fleet_ids.clone()),
+    )?;
+    let mut parts = Vec::new();
+    if let Some(w) = ws_id {
+        parts.push(format!("workspace {}", ws.get(w)));
+    }
+    if !fleet_ids.is_empty() {
+        let names: Vec<String> = fleet_ids.iter().map(|f| fleets.get(f)).collect();
+        parts.push(format!("fleets {}", names.join(", ")));
+    }
+    for (label, key) in [("tags", "tags"), ("kinds", "kinds")] {
+        let list = strs(&v[key]);
+        if !list.is_empty() {
+            parts.push(format!("{label} {}", list.join(", ")));
+        }
+    }
+    Ok(if parts.is_empty() {
+        "every device event".into()
+    } else {
+        parts.join("; ")
+    })
+}
+
+async fn show(c: &ApiClient, v: &Value, json: bool) -> anyhow::Result<()> {
     if json {
         return output::json(v);
     }
+    let scope = scope(c, v).await?;
     let s = &v["status"];
     let t = |x: &Value| x.as_i64().map_or("-".into(), |ms| output::time(Some(ms)));
     output::fields(&[
         ("id", v["id"].as_str().unwrap_or_default().into()),
         ("name", v["name"].as_str().unwrap_or_default().into()),
         ("url", v["url"].as_str().unwrap_or_default().into()),
+        ("forwards", scope),
         ("state", s["state"].as_str().unwrap_or_default().into()),
         (
             "queue",
@@ -313,13 +347,34 @@ fn show(v: &Value, json: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Prints `line`, then the integration (as JSON, or as a block).
+async fn done(c: &ApiClient, v: &Value, json: bool, line: String) -> anyhow::Result<()> {
+    if json {
+        output::json(v)?;
+    }
+    output::done(json, line);
+    if !json {
+        show(c, v, false).await?;
+    }
+    Ok(())
+}
+
 async fn pause_or_resume(integration: &str, client: &ClientArgs, verb: &str) -> anyhow::Result<()> {
     let c = ApiClient::from_args(client)?;
-    let id = resolve(&c, integration).await?;
+    let r = resolve(&c, &Kind::integration(), integration).await?;
     let v: Value = c
-        .post(&format!("/integrations/{id}/{verb}"), &json!(null))
+        .post(&format!("/integrations/{}/{verb}", r.id), &json!(null))
         .await?;
-    show(&v, client.json)
+    let line = match verb {
+        "pause" => format!("paused integration {r}: events keep queueing"),
+        _ => format!("resumed integration {r}"),
+    };
+    done(&c, &v, client.json, line).await
+}
+
+/// An integration's id and name from its id or name.
+async fn integration(c: &ApiClient, s: &str) -> anyhow::Result<Ref> {
+    resolve(c, &Kind::integration(), s).await
 }
 
 pub async fn run(cmd: IntegrationCmd) -> anyhow::Result<ExitCode> {
@@ -336,10 +391,20 @@ pub async fn run(cmd: IntegrationCmd) -> anyhow::Result<ExitCode> {
             body.insert("paused".into(), json!(paused));
             body_of(&c, &settings, &mut body).await?;
             let v: Value = c.post("/integrations", &Value::Object(body)).await?;
+            let i = &v["integration"];
+            let line = format!(
+                "created integration {} (id {}){}",
+                i["name"].as_str().unwrap_or_default(),
+                i["id"].as_str().unwrap_or_default(),
+                if paused { ", paused" } else { "" }
+            );
             if client.json {
-                return output::json(&v).map(|()| ExitCode::SUCCESS);
+                output::json(&v)?;
+                output::done(true, line);
+                return Ok(ExitCode::SUCCESS);
             }
-            show(&v["integration"], false)?;
+            output::done(false, line);
+            show(&c, i, false).await?;
             if let Some(s) = v["signing_secret"].as_str() {
                 eprintln!("\nsigning secret (shown once; give it to the receiver): {s}");
             }
@@ -360,31 +425,51 @@ pub async fn run(cmd: IntegrationCmd) -> anyhow::Result<ExitCode> {
             }
         }
         IntegrationCmd::Show {
-            integration,
+            integration: i,
             client,
         } => {
             let c = ApiClient::from_args(&client)?;
-            let id = resolve(&c, &integration).await?;
-            let v: Value = c.get(&format!("/integrations/{id}"), &[]).await?;
-            show(&v, client.json)?;
+            let r = integration(&c, &i).await?;
+            let v: Value = c.get(&format!("/integrations/{}", r.id), &[]).await?;
+            show(&c, &v, client.json).await?;
         }
         IntegrationCmd::Update {
-            integration,
+            integration: i,
             name,
             settings,
             client,
         } => {
             let c = ApiClient::from_args(&client)?;
-            let id = resolve(&c, &integration).await?;
+            let r = integration(&c, &i).await?;
             let mut body = Map::new();
             if let Some(n) = name {
                 body.insert("name".into(), json!(n));
             }
             body_of(&c, &settings, &mut body).await?;
+            let mut changed: Vec<&str> = body
+                .keys()
+                .map(String::as_str)
+                .filter(|k| *k != "name")
+                .collect();
+            changed.sort_unstable();
             let v: Value = c
-                .patch(&format!("/integrations/{id}"), &Value::Object(body))
+                .patch(
+                    &format!("/integrations/{}", r.id),
+                    &Value::Object(body.clone()),
+                )
                 .await?;
-            show(&v, client.json)?;
+            let mut line = format!("updated integration {r}");
+            if let Some(n) = body.get("name").and_then(Value::as_str) {
+                line.push_str(&format!(": renamed to {n}"));
+            }
+            if !changed.is_empty() {
+                line.push_str(&format!(
+                    "{} {}",
+                    if body.contains_key("name") { ";" } else { ":" },
+                    changed.join(", ")
+                ));
+            }
+            done(&c, &v, client.json, line).await?;
         }
         IntegrationCmd::Pause {
             integration,
@@ -395,36 +480,48 @@ pub async fn run(cmd: IntegrationCmd) -> anyhow::Result<ExitCode> {
             client,
         } => pause_or_resume(&integration, &client, "resume").await?,
         IntegrationCmd::Delete {
-            integration,
+            integration: i,
             client,
         } => {
             let c = ApiClient::from_args(&client)?;
-            let id = resolve(&c, &integration).await?;
-            c.delete(&format!("/integrations/{id}")).await?;
-            eprintln!("deleted integration {id}");
+            let r = integration(&c, &i).await?;
+            c.delete(&format!("/integrations/{}", r.id)).await?;
+            output::done(
+                client.json,
+                format!("deleted integration {r} with its queue and dead letters"),
+            );
         }
         IntegrationCmd::Test {
-            integration,
+            integration: i,
             client,
         } => {
             let c = ApiClient::from_args(&client)?;
-            let id = resolve(&c, &integration).await?;
+            let r = integration(&c, &i).await?;
             let _: Value = c
-                .post(&format!("/integrations/{id}/test"), &json!(null))
+                .post(&format!("/integrations/{}/test", r.id), &json!(null))
                 .await?;
-            eprintln!("test event queued for integration {id}");
+            output::done(
+                client.json,
+                format!("queued a test event for integration {r}"),
+            );
         }
         IntegrationCmd::DeadLetters {
-            integration,
+            integration: i,
             purge,
             client,
         } => {
             let c = ApiClient::from_args(&client)?;
-            let id = resolve(&c, &integration).await?;
-            let path = format!("/integrations/{id}/dead-letters");
+            let r = integration(&c, &i).await?;
+            let path = format!("/integrations/{}/dead-letters", r.id);
             if purge {
                 let v: Value = c.delete_json(&path).await?;
-                eprintln!("deleted {} dead letters", v["count"]);
+                output::done(
+                    client.json,
+                    format!(
+                        "deleted {} of integration {r}",
+                        output::count(v["count"].as_u64().unwrap_or(0) as usize, "dead letter")
+                    ),
+                );
                 return Ok(ExitCode::SUCCESS);
             }
             let mut all = Vec::new();
@@ -463,18 +560,24 @@ pub async fn run(cmd: IntegrationCmd) -> anyhow::Result<ExitCode> {
             }
         }
         IntegrationCmd::Replay {
-            integration,
+            integration: i,
             client,
         } => {
             let c = ApiClient::from_args(&client)?;
-            let id = resolve(&c, &integration).await?;
+            let r = integration(&c, &i).await?;
             let v: Value = c
                 .post(
-                    &format!("/integrations/{id}/dead-letters/replay"),
+                    &format!("/integrations/{}/dead-letters/replay", r.id),
                     &json!(null),
                 )
                 .await?;
-            eprintln!("{} dead letters queued again", v["count"]);
+            output::done(
+                client.json,
+                format!(
+                    "queued {} of integration {r} again",
+                    output::count(v["count"].as_u64().unwrap_or(0) as usize, "dead letter")
+                ),
+            );
         }
     }
     Ok(ExitCode::SUCCESS)

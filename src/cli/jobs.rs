@@ -10,9 +10,9 @@ use clap::Subcommand;
 use serde_json::{Value, json};
 
 use super::ClientArgs;
-use super::admin::resolve;
 use super::client::ApiClient;
 use super::output;
+use super::resolve::{Kind, Names, resolve};
 use crate::model::{Job, Schedule, Trigger};
 
 // Parsed once per process: the size of the largest variant does not matter.
@@ -23,6 +23,7 @@ pub enum JobCmd {
     Send {
         /// Device id or name.
         device: String,
+        /// The RPC method the device gets.
         method: String,
         /// Parameters as JSON.
         #[arg(long, default_value = "{}")]
@@ -44,18 +45,21 @@ pub enum JobCmd {
     },
     /// A device's jobs, newest first.
     List {
+        /// Device id or name.
         device: String,
         #[command(flatten)]
         client: ClientArgs,
     },
     /// Show one job: its state, request and the device's answer.
     Show {
+        /// Job id.
         job: String,
         #[command(flatten)]
         client: ClientArgs,
     },
     /// Cancel a job that has not finished.
     Cancel {
+        /// Job id.
         job: String,
         #[command(flatten)]
         client: ClientArgs,
@@ -64,11 +68,15 @@ pub enum JobCmd {
     FleetSend {
         /// Fleet id or name.
         fleet: String,
+        /// The RPC method every device gets.
         method: String,
+        /// Parameters as JSON.
         #[arg(long, default_value = "{}")]
         params: String,
+        /// Wait for each device's reply rather than only its acknowledgement.
         #[arg(long)]
         two_way: bool,
+        /// Seconds each job may wait for delivery.
         #[arg(long)]
         ttl: Option<u64>,
         /// Devices started per minute (0: all at once).
@@ -92,6 +100,7 @@ pub enum JobCmd {
     },
     /// Print a rollout's progress as it changes, until it ends.
     FleetWatch {
+        /// Rollout id.
         id: String,
         /// Give up after this many seconds.
         #[arg(long, default_value_t = 600)]
@@ -101,24 +110,28 @@ pub enum JobCmd {
     },
     /// A fleet's rollouts, newest first.
     FleetList {
+        /// Fleet id or name.
         fleet: String,
         #[command(flatten)]
         client: ClientArgs,
     },
     /// A rollout and its progress per state.
     FleetShow {
+        /// Rollout id.
         id: String,
         #[command(flatten)]
         client: ClientArgs,
     },
     /// Stop a rollout; jobs not sent yet are cancelled.
     FleetCancel {
+        /// Rollout id.
         id: String,
         #[command(flatten)]
         client: ClientArgs,
     },
     /// Print a job's steps as they happen, until it finishes.
     Watch {
+        /// Job id.
         job: String,
         /// Give up after this many seconds.
         #[arg(long, default_value_t = 300)]
@@ -208,6 +221,10 @@ fn row(j: &Job) -> Vec<String> {
     ]
 }
 
+fn state(j: &Job) -> String {
+    format!("{:?}", j.state).to_lowercase()
+}
+
 const HEADERS: [&str; 6] = ["ID", "METHOD", "STATE", "SENDS", "CREATED", "RESULT"];
 
 fn show(j: &Job, json: bool) -> anyhow::Result<()> {
@@ -276,10 +293,10 @@ pub async fn run(cmd: JobCmd) -> anyhow::Result<ExitCode> {
             client,
         } => {
             let c = ApiClient::from_args(&client)?;
-            let id = resolve(&c, "/fleets", "fleet", &fleet).await?;
+            let f = resolve(&c, &Kind::fleet(), &fleet).await?;
             let v: Value = c
                 .post(
-                    &format!("/fleets/{id}/jobs"),
+                    &format!("/fleets/{}/jobs", f.id),
                     &json!({"method": method, "params": parse_params(&params)?,
                             "two_way": two_way, "ttl_secs": ttl, "per_minute": per_minute,
                             "abort_failure_pct": abort_pct, "abort_min_sample": min_sample,
@@ -287,7 +304,20 @@ pub async fn run(cmd: JobCmd) -> anyhow::Result<ExitCode> {
                             "idempotency_key": idempotency_key}),
                 )
                 .await?;
-            show_fleet(&v, client.json)?;
+            if client.json {
+                output::json(&v)?;
+            }
+            output::done(
+                client.json,
+                format!(
+                    "started rollout {} ({method}) to fleet {f}: {}",
+                    v["id"].as_str().unwrap_or_default(),
+                    output::count(v["devices"].as_array().map_or(0, Vec::len), "device")
+                ),
+            );
+            if !client.json {
+                show_fleet(&v, false)?;
+            }
         }
         JobCmd::FleetWatch {
             id,
@@ -318,7 +348,7 @@ pub async fn run(cmd: JobCmd) -> anyhow::Result<ExitCode> {
         }
         JobCmd::FleetList { fleet, client } => {
             let c = ApiClient::from_args(&client)?;
-            let id = resolve(&c, "/fleets", "fleet", &fleet).await?;
+            let id = resolve(&c, &Kind::fleet(), &fleet).await?.id;
             let v: Vec<Value> = c.get(&format!("/fleets/{id}/jobs"), &[]).await?;
             if client.json {
                 output::json(&v)?;
@@ -337,7 +367,19 @@ pub async fn run(cmd: JobCmd) -> anyhow::Result<ExitCode> {
             let v: Value = c
                 .post(&format!("/fleet-jobs/{id}/cancel"), &json!(null))
                 .await?;
-            show_fleet(&v, client.json)?;
+            if client.json {
+                output::json(&v)?;
+            }
+            output::done(
+                client.json,
+                format!(
+                    "cancelled rollout {id} ({}): jobs not sent yet are cancelled",
+                    v["method"].as_str().unwrap_or_default()
+                ),
+            );
+            if !client.json {
+                show_fleet(&v, false)?;
+            }
         }
         JobCmd::Send {
             device,
@@ -350,11 +392,11 @@ pub async fn run(cmd: JobCmd) -> anyhow::Result<ExitCode> {
             client,
         } => {
             let c = ApiClient::from_args(&client)?;
-            let id = resolve(&c, "/devices", "device", &device).await?;
+            let dev = resolve(&c, &Kind::device(), &device).await?;
             let params = parse_params(&params)?;
             let path = match wait {
-                Some(w) => format!("/devices/{id}/jobs?wait_ms={}", w * 1000),
-                None => format!("/devices/{id}/jobs"),
+                Some(w) => format!("/devices/{}/jobs?wait_ms={}", dev.id, w * 1000),
+                None => format!("/devices/{}/jobs", dev.id),
             };
             let j: Job = c
                 .post(
@@ -363,11 +405,25 @@ pub async fn run(cmd: JobCmd) -> anyhow::Result<ExitCode> {
                             "ttl_secs": ttl, "idempotency_key": idempotency_key}),
                 )
                 .await?;
-            show(&j, client.json)?;
+            if client.json {
+                output::json(&j)?;
+            }
+            output::done(
+                client.json,
+                format!(
+                    "created job {} ({}) for device {dev}: {}",
+                    j.id,
+                    j.method,
+                    state(&j)
+                ),
+            );
+            if !client.json {
+                show(&j, false)?;
+            }
         }
         JobCmd::List { device, client } => {
             let c = ApiClient::from_args(&client)?;
-            let id = resolve(&c, "/devices", "device", &device).await?;
+            let id = resolve(&c, &Kind::device(), &device).await?.id;
             let jobs: Vec<Job> = c.get(&format!("/devices/{id}/jobs"), &[]).await?;
             if client.json {
                 output::json(&jobs)?;
@@ -384,7 +440,23 @@ pub async fn run(cmd: JobCmd) -> anyhow::Result<ExitCode> {
         JobCmd::Cancel { job, client } => {
             let c = ApiClient::from_args(&client)?;
             let j: Job = c.post(&format!("/jobs/{job}/cancel"), &json!(null)).await?;
-            show(&j, client.json)?;
+            if client.json {
+                output::json(&j)?;
+            }
+            let dev = Names::of(&c, Kind::device(), [j.device_id.to_string()]).await?;
+            output::done(
+                client.json,
+                format!(
+                    "cancelled job {} ({}) for device {}: {}",
+                    j.id,
+                    j.method,
+                    dev.get(j.device_id.to_string()),
+                    state(&j)
+                ),
+            );
+            if !client.json {
+                show(&j, false)?;
+            }
         }
         JobCmd::Watch {
             job,
@@ -431,7 +503,9 @@ pub async fn run(cmd: JobCmd) -> anyhow::Result<ExitCode> {
 pub enum ScheduleCmd {
     /// Schedule a command to a device or a fleet, once (`--at`) or on cron (`--cron`).
     Create {
+        /// Its name, unique on the server.
         name: String,
+        /// The RPC method the device (or every device of the fleet) gets.
         method: String,
         /// Device id or name (or give --fleet).
         #[arg(long, conflicts_with = "fleet", required_unless_present = "fleet")]
@@ -439,10 +513,13 @@ pub enum ScheduleCmd {
         /// Fleet id or name.
         #[arg(long)]
         fleet: Option<String>,
+        /// Parameters as JSON.
         #[arg(long, default_value = "{}")]
         params: String,
+        /// Wait for the device's reply rather than only its acknowledgement.
         #[arg(long)]
         two_way: bool,
+        /// Seconds each job may wait for delivery.
         #[arg(long)]
         ttl: Option<u64>,
         /// Run once at this time (RFC 3339, e.g. 2026-12-01T02:00:00+01:00).
@@ -457,8 +534,10 @@ pub enum ScheduleCmd {
         /// Fleet schedules: devices started per minute (0: all at once).
         #[arg(long, default_value_t = 0)]
         per_minute: u32,
+        /// Fleet schedules: stop when this percentage of finished jobs failed or expired...
         #[arg(long)]
         abort_pct: Option<u8>,
+        /// ...once at least this many finished.
         #[arg(long)]
         min_sample: Option<u32>,
         /// Create it disabled.
@@ -478,31 +557,36 @@ pub enum ScheduleCmd {
     },
     /// Show one schedule and its next run.
     Show {
-        id: String,
+        /// Schedule id or name.
+        schedule: String,
         #[command(flatten)]
         client: ClientArgs,
     },
     /// Run it now, whatever its time and window.
     Run {
-        id: String,
+        /// Schedule id or name.
+        schedule: String,
         #[command(flatten)]
         client: ClientArgs,
     },
     /// Enable a schedule.
     Enable {
-        id: String,
+        /// Schedule id or name.
+        schedule: String,
         #[command(flatten)]
         client: ClientArgs,
     },
     /// Disable a schedule (it keeps its settings).
     Disable {
-        id: String,
+        /// Schedule id or name.
+        schedule: String,
         #[command(flatten)]
         client: ClientArgs,
     },
     /// Delete a schedule.
     Delete {
-        id: String,
+        /// Schedule id or name.
+        schedule: String,
         #[command(flatten)]
         client: ClientArgs,
     },
@@ -510,10 +594,26 @@ pub enum ScheduleCmd {
 
 const SCHEDULE_HEADERS: [&str; 7] = ["ID", "NAME", "TARGET", "WHEN", "NEXT RUN", "RUNS", "LAST"];
 
-fn schedule_row(s: &Schedule) -> Vec<String> {
+/// The names of the devices and fleets schedules target, fetched once.
+async fn targets(c: &ApiClient, v: &[Schedule]) -> anyhow::Result<(Names, Names)> {
+    tokio::try_join!(
+        Names::of(
+            c,
+            Kind::device(),
+            v.iter().filter_map(|s| s.device_id.map(|d| d.to_string()))
+        ),
+        Names::of(
+            c,
+            Kind::fleet(),
+            v.iter().filter_map(|s| s.fleet_id.map(|f| f.to_string()))
+        ),
+    )
+}
+
+fn schedule_row(s: &Schedule, (devices, fleets): &(Names, Names)) -> Vec<String> {
     let target = match (s.device_id, s.fleet_id) {
-        (Some(d), _) => format!("device {d}"),
-        (_, Some(f)) => format!("fleet {f}"),
+        (Some(d), _) => format!("device {}", devices.get(d.to_string())),
+        (_, Some(f)) => format!("fleet {}", fleets.get(f.to_string())),
         _ => String::new(),
     };
     let when = match &s.trigger {
@@ -535,19 +635,30 @@ fn schedule_row(s: &Schedule) -> Vec<String> {
     ]
 }
 
-fn show_schedule(s: &Schedule, json: bool) -> anyhow::Result<()> {
-    if json {
-        return output::json(s);
-    }
-    show_schedules(std::slice::from_ref(s), false)
-}
-
-fn show_schedules(v: &[Schedule], json: bool) -> anyhow::Result<()> {
+async fn show_schedules(c: &ApiClient, v: &[Schedule], json: bool) -> anyhow::Result<()> {
     if json {
         return output::json(&v);
     }
-    let rows: Vec<_> = v.iter().map(schedule_row).collect();
+    let names = targets(c, v).await?;
+    let rows: Vec<_> = v.iter().map(|s| schedule_row(s, &names)).collect();
     output::table(&SCHEDULE_HEADERS, &rows);
+    Ok(())
+}
+
+/// Prints `line` and then the schedule (as JSON, or as a one-row table).
+async fn schedule_done(
+    c: &ApiClient,
+    s: &Schedule,
+    json: bool,
+    line: String,
+) -> anyhow::Result<()> {
+    if json {
+        output::json(s)?;
+    }
+    output::done(json, line);
+    if !json {
+        show_schedules(c, std::slice::from_ref(s), false).await?;
+    }
     Ok(())
 }
 
@@ -587,48 +698,85 @@ pub async fn run_schedule(cmd: ScheduleCmd) -> anyhow::Result<ExitCode> {
             let mut body = json!({"name": name, "method": method,
                 "params": parse_params(&params)?, "two_way": two_way, "ttl_secs": ttl,
                 "trigger": trigger, "window": window.to_json(), "enabled": !disabled});
-            if let Some(d) = device {
-                body["device_id"] = json!(resolve(&c, "/devices", "device", &d).await?);
+            let dev = match device {
+                Some(d) => Some(resolve(&c, &Kind::device(), &d).await?),
+                None => None,
+            };
+            let fl = match fleet {
+                Some(f) => Some(resolve(&c, &Kind::fleet(), &f).await?),
+                None => None,
+            };
+            if let Some(d) = &dev {
+                body["device_id"] = json!(d.id);
             }
-            if let Some(f) = fleet {
-                body["fleet_id"] = json!(resolve(&c, "/fleets", "fleet", &f).await?);
+            if let Some(f) = &fl {
+                body["fleet_id"] = json!(f.id);
                 body["per_minute"] = json!(per_minute);
                 body["abort_failure_pct"] = json!(abort_pct);
                 body["abort_min_sample"] = json!(min_sample);
                 body["filter"] = target.to_json()?;
             }
             let s: Schedule = c.post("/schedules", &body).await?;
-            show_schedule(&s, client.json)?;
+            let target = match (&dev, &fl) {
+                (Some(d), _) => format!("device {d}"),
+                (_, Some(f)) => format!("fleet {f}"),
+                _ => String::new(),
+            };
+            let line = format!("created schedule {} (id {}) for {target}", s.name, s.id);
+            schedule_done(&c, &s, client.json, line).await?;
         }
         ScheduleCmd::List { client } => {
-            let v: Vec<Schedule> = one(&client)?.get("/schedules", &[]).await?;
-            show_schedules(&v, client.json)?;
+            let c = one(&client)?;
+            let v: Vec<Schedule> = c.get("/schedules", &[]).await?;
+            show_schedules(&c, &v, client.json).await?;
         }
-        ScheduleCmd::Show { id, client } => {
-            let s: Schedule = one(&client)?.get(&format!("/schedules/{id}"), &[]).await?;
-            show_schedule(&s, client.json)?;
+        ScheduleCmd::Show { schedule, client } => {
+            let c = one(&client)?;
+            let r = resolve(&c, &Kind::schedule(), &schedule).await?;
+            let s: Schedule = c.get(&format!("/schedules/{}", r.id), &[]).await?;
+            if client.json {
+                output::json(&s)?;
+            } else {
+                show_schedules(&c, std::slice::from_ref(&s), false).await?;
+            }
         }
-        ScheduleCmd::Run { id, client } => {
-            let s: Schedule = one(&client)?
-                .post(&format!("/schedules/{id}/run"), &json!(null))
+        ScheduleCmd::Run { schedule, client } => {
+            let c = one(&client)?;
+            let r = resolve(&c, &Kind::schedule(), &schedule).await?;
+            let s: Schedule = c
+                .post(&format!("/schedules/{}/run", r.id), &json!(null))
                 .await?;
-            show_schedule(&s, client.json)?;
+            let line = format!(
+                "ran schedule {r}: {}",
+                s.last_result.as_deref().unwrap_or("done")
+            );
+            schedule_done(&c, &s, client.json, line).await?;
         }
-        ScheduleCmd::Enable { id, client } => {
-            let s: Schedule = one(&client)?
-                .post(&format!("/schedules/{id}/enable"), &json!(null))
+        ScheduleCmd::Enable { schedule, client } => {
+            let c = one(&client)?;
+            let r = resolve(&c, &Kind::schedule(), &schedule).await?;
+            let s: Schedule = c
+                .post(&format!("/schedules/{}/enable", r.id), &json!(null))
                 .await?;
-            show_schedule(&s, client.json)?;
+            let line = format!(
+                "enabled schedule {r}: next run {}",
+                output::time(s.next_run_at)
+            );
+            schedule_done(&c, &s, client.json, line).await?;
         }
-        ScheduleCmd::Disable { id, client } => {
-            let s: Schedule = one(&client)?
-                .post(&format!("/schedules/{id}/disable"), &json!(null))
+        ScheduleCmd::Disable { schedule, client } => {
+            let c = one(&client)?;
+            let r = resolve(&c, &Kind::schedule(), &schedule).await?;
+            let s: Schedule = c
+                .post(&format!("/schedules/{}/disable", r.id), &json!(null))
                 .await?;
-            show_schedule(&s, client.json)?;
+            schedule_done(&c, &s, client.json, format!("disabled schedule {r}")).await?;
         }
-        ScheduleCmd::Delete { id, client } => {
-            one(&client)?.delete(&format!("/schedules/{id}")).await?;
-            eprintln!("deleted schedule {id}");
+        ScheduleCmd::Delete { schedule, client } => {
+            let c = one(&client)?;
+            let r = resolve(&c, &Kind::schedule(), &schedule).await?;
+            c.delete(&format!("/schedules/{}", r.id)).await?;
+            output::done(client.json, format!("deleted schedule {r}"));
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -14,6 +14,7 @@ mod data;
 mod integrations;
 mod jobs;
 mod output;
+mod resolve;
 mod serve;
 mod users;
 
@@ -134,6 +135,7 @@ enum ConfigCmd {
     PrintDefault,
     /// Validate a configuration (file + CORRAL_* environment) and report every problem.
     Check {
+        /// Configuration file (optional: defaults apply without one).
         #[arg(env = "CORRAL_CONFIG")]
         file: Option<PathBuf>,
         /// Also print the effective configuration (secrets masked).
@@ -230,6 +232,27 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 mod tests {
     use clap::CommandFactory;
 
+    /// Every command below `corral`, with its path (`corral device create`).
+    fn commands() -> Vec<(String, clap::Command)> {
+        fn walk(cmd: &clap::Command, path: &str, out: &mut Vec<(String, clap::Command)>) {
+            for sub in cmd.get_subcommands().filter(|s| s.get_name() != "help") {
+                let name = format!("{path} {}", sub.get_name());
+                out.push((name.clone(), sub.clone()));
+                walk(sub, &name, out);
+            }
+        }
+        let mut out = Vec::new();
+        walk(&super::Cli::command(), "corral", &mut out);
+        out
+    }
+
+    /// clap's own consistency checks (an optional positional before a required one, clashing
+    /// names), which otherwise fire only when the command is run.
+    #[test]
+    fn the_command_tree_is_well_formed() {
+        super::Cli::command().debug_assert();
+    }
+
     /// Every command and subcommand says what it does, in words of its own: none borrows the
     /// description of a flag group, and no two siblings share one.
     #[test]
@@ -250,6 +273,68 @@ mod tests {
         }
         let mut bad = Vec::new();
         walk(&super::Cli::command(), "corral", &mut bad);
+        assert!(bad.is_empty(), "{}", bad.join("\n"));
+    }
+
+    /// Every argument a user can see says what it is for.
+    #[test]
+    fn every_argument_has_help() {
+        let mut bad = Vec::new();
+        for (path, cmd) in commands() {
+            for a in cmd.get_arguments() {
+                let id = a.get_id().as_str();
+                if a.is_hide_set() || id == "help" || id == "version" {
+                    continue;
+                }
+                if a.get_help().is_none() {
+                    bad.push(format!("{path}: {id} has no help"));
+                }
+            }
+        }
+        assert!(bad.is_empty(), "{}", bad.join("\n"));
+    }
+
+    /// An object is named the same way everywhere: an argument that takes a workspace, fleet,
+    /// device, integration, schedule or user says it takes an id or a name, and a device
+    /// that is the subject of a command is the positional DEVICE.
+    #[test]
+    fn object_arguments_take_an_id_or_a_name() {
+        let mut bad = Vec::new();
+        for (path, cmd) in commands() {
+            for a in cmd.get_arguments().filter(|a| !a.is_hide_set()) {
+                let id = a.get_id().as_str();
+                let named = |n: &str| {
+                    a.get_value_names()
+                        .is_some_and(|v| v.iter().any(|v| v.as_str() == n))
+                };
+                let object = [
+                    "device",
+                    "fleet",
+                    "workspace",
+                    "integration",
+                    "schedule",
+                    "user",
+                ]
+                .into_iter()
+                .find(|o| id == *o || named(&o.to_uppercase()));
+                let Some(object) = object else { continue };
+                if !a.get_action().takes_values() {
+                    continue; // a switch such as `--fleet` on `tags`: DEVICE names a fleet
+                }
+                let help = a.get_help().map(|h| h.to_string()).unwrap_or_default();
+                let wanted = if object == "user" {
+                    "id or username"
+                } else {
+                    "id or name"
+                };
+                if !help.contains(wanted) {
+                    bad.push(format!("{path}: {id} ({help:?}) does not say \"{wanted}\""));
+                }
+                if object == "device" && a.is_positional() && !named("DEVICE") {
+                    bad.push(format!("{path}: the device positional is not DEVICE"));
+                }
+            }
+        }
         assert!(bad.is_empty(), "{}", bad.join("\n"));
     }
 }

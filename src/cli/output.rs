@@ -1,4 +1,5 @@
-//! Human output: aligned tables and key/value blocks; `--json` bypasses this module.
+//! Human output: aligned tables, key/value blocks and the one-line confirmation of a change;
+//! `--json` bypasses the tables and blocks.
 
 use crate::model::Millis;
 
@@ -47,4 +48,23 @@ pub fn time(ms: Option<Millis>) -> String {
 pub fn json<T: serde::Serialize>(v: &T) -> anyhow::Result<()> {
     println!("{}", serde_json::to_string_pretty(v)?);
     Ok(())
+}
+
+/// The one line that says what a change did: on standard output, or on standard error under
+/// `--json` (standard output then holds the JSON alone).
+pub fn done(json: bool, line: impl std::fmt::Display) {
+    if json {
+        eprintln!("{line}");
+    } else {
+        println!("{line}");
+    }
+}
+
+/// `1 thing` or `2 things`.
+pub fn count(n: usize, noun: &str) -> String {
+    if n == 1 {
+        format!("1 {noun}")
+    } else {
+        format!("{n} {noun}s")
+    }
 }
