@@ -38,6 +38,36 @@ pub struct SeverityLabel {
     pub severity: &'static str,
 }
 
+/// Label set of per-route HTTP metrics: the route template (`/api/v1/devices/{id}`, or
+/// `unmatched`), so that the label's values are as few as the routes.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+pub struct RouteLabel {
+    pub route: String,
+    pub method: &'static str,
+}
+
+/// `RouteLabel` with the response's status code.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+pub struct RouteStatusLabel {
+    pub route: String,
+    pub method: &'static str,
+    pub status: u16,
+}
+
+/// Label set of per-state job counts.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+pub struct StateLabel {
+    pub state: &'static str,
+}
+
+type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
+
+fn http_latency_histogram() -> Histogram {
+    Histogram::new([
+        0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+    ])
+}
+
 /// All metrics Corral exports.
 pub struct Metrics {
     registry: Registry,
@@ -56,6 +86,12 @@ pub struct Metrics {
     pub store_flush_seconds: Histogram,
     pub store_flush_batch: Histogram,
     pub http_requests: Counter,
+    /// HTTP responses by route, method and status.
+    pub http_responses: Family<RouteStatusLabel, Counter>,
+    /// Time to the response's head by route and method (a streamed body may take longer).
+    pub http_request_seconds: HistogramFamily<RouteLabel>,
+    /// Unfinished jobs by state (`queued`, `sent`, `delivered`), counted when scraped.
+    pub jobs_unfinished: Family<StateLabel, Gauge>,
     /// HTTP and HTTPS connections open, set when metrics are scraped.
     pub http_connections: Gauge,
     /// HTTP connections closed at accept because a connection cap was reached.
@@ -287,6 +323,25 @@ impl Metrics {
             "Open file descriptors of the server process (sockets included)",
             process_open_fds.clone(),
         );
+        let http_responses = Family::<RouteStatusLabel, Counter>::default();
+        registry.register(
+            "http_responses",
+            "HTTP responses by route template, method and status code",
+            http_responses.clone(),
+        );
+        let http_request_seconds: HistogramFamily<RouteLabel> =
+            Family::new_with_constructor(http_latency_histogram);
+        registry.register(
+            "http_request_seconds",
+            "Seconds from an HTTP request to its response's head, by route template and method",
+            http_request_seconds.clone(),
+        );
+        let jobs_unfinished = Family::<StateLabel, Gauge>::default();
+        registry.register(
+            "jobs_unfinished",
+            "Jobs not finished yet, by state (queued, sent, delivered)",
+            jobs_unfinished.clone(),
+        );
         let store_size_bytes = Gauge::default();
         registry.register(
             "store_size_bytes",
@@ -334,6 +389,9 @@ impl Metrics {
             store_flush_seconds,
             store_flush_batch,
             http_requests,
+            http_responses,
+            http_request_seconds,
+            jobs_unfinished,
             http_connections,
             http_connections_refused,
             http_timeouts,

@@ -489,7 +489,9 @@ pub struct Point {
 }
 
 /// Where a job stands (ThingsBoard's server-side RPC, §5.5, made persistent).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, ToSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum JobState {
     /// Waiting for the device (offline, busy with an earlier job, or before a retry).
@@ -505,6 +507,19 @@ pub enum JobState {
 }
 
 impl JobState {
+    /// The state's name as the API spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobState::Queued => "queued",
+            JobState::Sent => "sent",
+            JobState::Delivered => "delivered",
+            JobState::Succeeded => "succeeded",
+            JobState::Failed => "failed",
+            JobState::Expired => "expired",
+            JobState::Cancelled => "cancelled",
+        }
+    }
+
     pub fn is_terminal(self) -> bool {
         matches!(
             self,

@@ -67,6 +67,7 @@ async fn assert_sent_to_https(t: &TestApp, base: &str, host_for_https: &str) {
         ("GET", "/api/v1/workspaces"),
         ("POST", "/api/v1/auth/login"),
         ("GET", "/api/v1/openapi.json"),
+        ("GET", "/api/docs"),
     ] {
         let r = c
             .request(method.parse().expect("method"), format!("{base}{path}"))

@@ -410,6 +410,18 @@ async fn every_documented_route_requires_an_api_key_and_exists() {
         "/conditions/{id}/close",
         "/devices/{id}/conditions",
         "/backup",
+        // Public: the CA files, provisioning and the device API.
+        "/ca.pem",
+        "/crl.pem",
+        "/provision",
+        "/{token}/telemetry",
+        "/{token}/telemetry/{tag}",
+        "/{token}/attributes",
+        "/{token}/attributes/updates",
+        "/{token}/rpc",
+        "/{token}/rpc/{id}",
+        "/{token}/claim",
+        "/{token}/conditions",
     ];
     let mut documented: Vec<_> = paths.keys().cloned().collect();
     documented.sort();
@@ -419,12 +431,12 @@ async fn every_documented_route_requires_an_api_key_and_exists() {
     let nil = uuid::Uuid::nil().to_string();
     let mut checked = 0;
     for (path, item) in paths {
-        // Signing in is the way to get credentials: it needs none (tests/authz.rs), nor does
-        // asking whether anyone can sign in yet.
-        if path == "/auth/login" || path == "/auth/setup" || path == "/auth/status" {
-            continue;
-        }
-        for method in item.as_object().expect("item").keys() {
+        for (method, op) in item.as_object().expect("item") {
+            // Public operations say so (`security: [{}]`): signing in (tests/authz.rs), the CA
+            // files, provisioning and the device API, whose token is in the path.
+            if op["security"] == json!([{}]) {
+                continue;
+            }
             let m: reqwest::Method = method.to_uppercase().parse().expect("method");
             let concrete = ["{id}", "{credential_id}", "{ca_id}", "{key_id}"]
                 .iter()
@@ -571,5 +583,177 @@ async fn concurrent_creates_all_complete() {
         .await
         .expect("list");
     assert_eq!(page["items"].as_array().expect("items").len(), 200);
+    t.stop().await;
+}
+
+/// The served document describes the API for its readers and for generated clients: every
+/// operation has a summary and a description, every authenticated one declares 401 and 403
+/// with the error body, ids in paths are UUIDs, names carry the server's own pattern, and job
+/// parameters are any JSON value (`null` included), as the server stores them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_openapi_document_is_complete() {
+    let mut t = TestApp::start().await;
+    let doc: Value = reqwest::get(format!("{}/api/v1/openapi.json", t.http_base()))
+        .await
+        .expect("doc")
+        .json()
+        .await
+        .expect("json");
+    let mut ops = 0;
+    for (path, item) in doc["paths"].as_object().expect("paths") {
+        for (method, op) in item.as_object().expect("item") {
+            ops += 1;
+            let what = format!("{method} {path}");
+            let summary = op["summary"].as_str().unwrap_or_default();
+            assert!(!summary.is_empty() && summary.len() < 80, "{what}: summary");
+            assert!(
+                op["description"].as_str().is_some_and(|d| d.len() > 20),
+                "{what}: description"
+            );
+            let responses = op["responses"].as_object().expect("responses");
+            if op["security"] != json!([{}]) {
+                for status in ["401", "403", "500"] {
+                    assert_eq!(
+                        responses[status]["content"]["application/json"]["schema"]["$ref"],
+                        "#/components/schemas/ErrorBody",
+                        "{what}: {status}"
+                    );
+                }
+            }
+            for p in op["parameters"].as_array().into_iter().flatten() {
+                let name = p["name"].as_str().expect("name");
+                // Object ids are UUIDs; the device API's `{id}` is an RPC number.
+                if p["in"] == "path"
+                    && (name == "id" || name.ends_with("_id"))
+                    && !path.starts_with("/{token}")
+                {
+                    assert_eq!(p["schema"]["format"], "uuid", "{what}: {name}");
+                }
+            }
+            if op["requestBody"]["content"]["application/json"].is_object()
+                && op["security"] != json!([{}])
+            {
+                for status in ["400", "413", "415", "422"] {
+                    assert!(responses.contains_key(status), "{what}: {status}");
+                }
+            }
+        }
+    }
+    assert!(ops > 100, "{ops} operations");
+    let schemas = &doc["components"]["schemas"];
+    for s in [
+        "NewWorkspace",
+        "NewFleet",
+        "NewDevice",
+        "NewIntegration",
+        "NewSchedule",
+    ] {
+        assert_eq!(
+            schemas[s]["properties"]["name"]["pattern"],
+            corral::names::NAME_PATTERN,
+            "{s}.name"
+        );
+    }
+    assert_eq!(
+        schemas["NewJob"]["properties"]["method"]["pattern"],
+        corral::names::METHOD_PATTERN
+    );
+    assert_eq!(
+        schemas["NewWorkspace"]["properties"]["retention_days"]["maximum"],
+        36500
+    );
+    // A job's parameters are whatever was sent, `null` when nothing was: any JSON value.
+    for s in ["Job", "FleetJob", "Schedule", "NewJob", "NewFleetJob"] {
+        let params = &schemas[s]["properties"]["params"];
+        assert!(params.get("type").is_none(), "{s}.params: {params}");
+    }
+    // Unsigned fields state their real range.
+    assert_eq!(
+        schemas["NewFleetJob"]["properties"]["per_minute"]["maximum"],
+        u32::MAX
+    );
+    // The readable reference: rendered from the same document, with no script.
+    let page = reqwest::get(format!("{}/api/docs", t.http_base()))
+        .await
+        .expect("page");
+    assert_eq!(page.status(), StatusCode::OK);
+    assert!(
+        page.headers()["content-type"]
+            .to_str()
+            .is_ok_and(|v| v.starts_with("text/html"))
+    );
+    let page = page.text().await.expect("html");
+    for (path, item) in doc["paths"].as_object().expect("paths") {
+        for (method, op) in item.as_object().expect("item") {
+            let heading = format!("{}</span> <code>{path}</code>", method.to_uppercase());
+            assert!(page.contains(&heading), "{heading}");
+            assert!(page.contains(op["summary"].as_str().expect("summary")));
+        }
+    }
+    assert!(!page.contains("<script"));
+    let css = reqwest::get(format!("{}/api/docs/style.css", t.http_base()))
+        .await
+        .expect("css");
+    assert_eq!(css.headers()["content-type"], "text/css; charset=utf-8");
+    t.stop().await;
+}
+
+/// The metrics an operator watches beside the device ones: responses by route template,
+/// method and status with their latency, and unfinished jobs by state.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_count_http_routes_and_unfinished_jobs() {
+    let mut t = TestApp::start().await;
+    let (dev, _token) = t.device("metrics-dev").await;
+    let id = dev["id"].as_str().expect("id");
+    let http = Http::new(&t);
+    for _ in 0..3 {
+        assert_eq!(http.get(&format!("/devices/{id}")).await.0, StatusCode::OK);
+    }
+    let nil = uuid::Uuid::nil();
+    assert_eq!(
+        http.get(&format!("/devices/{nil}")).await.0,
+        StatusCode::NOT_FOUND
+    );
+    // The device is offline: its jobs wait, queued.
+    for n in 0..2 {
+        let (s, _) = http
+            .post(
+                &format!("/devices/{id}/jobs"),
+                json!({"method": format!("m{n}")}),
+            )
+            .await;
+        assert_eq!(s, StatusCode::CREATED);
+    }
+    let metrics = reqwest::get(format!("{}/metrics", t.http_base()))
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    let value = |line: &str| -> f64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(line)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("{line} missing:\n{metrics}"))
+    };
+    let route = "route=\"/api/v1/devices/{id}\",method=\"GET\"";
+    assert_eq!(
+        value(&format!(
+            "corral_http_responses_total{{{route},status=\"200\"}}"
+        )),
+        3.0
+    );
+    assert_eq!(
+        value(&format!(
+            "corral_http_responses_total{{{route},status=\"404\"}}"
+        )),
+        1.0
+    );
+    assert_eq!(
+        value(&format!("corral_http_request_seconds_count{{{route}}}")),
+        4.0
+    );
+    assert_eq!(value("corral_jobs_unfinished{state=\"queued\"}"), 2.0);
+    assert_eq!(value("corral_jobs_unfinished{state=\"sent\"}"), 0.0);
     t.stop().await;
 }

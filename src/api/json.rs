@@ -92,9 +92,37 @@ impl<'de> Deserializer<'de> for Lenient {
         }
     }
 
+    /// A struct comes from an object only: serde would also take an array of its fields
+    /// (`[null, null]`), which no client means.
+    fn deserialize_struct<V: Visitor<'de>>(
+        self,
+        _name: &'static str,
+        _fields: &'static [&'static str],
+        visitor: V,
+    ) -> Result<V::Value, Self::Error> {
+        match self.0 {
+            Value::Object(_) => self.deserialize_any(visitor),
+            other => Err(de::Error::invalid_type(
+                unexpected(&other),
+                &"a JSON object",
+            )),
+        }
+    }
+
     serde::forward_to_deserialize_any! {
         bool f32 f64 char str string bytes byte_buf unit unit_struct seq tuple tuple_struct
-        map struct identifier ignored_any
+        map identifier ignored_any
+    }
+}
+
+fn unexpected(v: &Value) -> de::Unexpected<'_> {
+    match v {
+        Value::Null => de::Unexpected::Unit,
+        Value::Bool(b) => de::Unexpected::Bool(*b),
+        Value::Number(_) => de::Unexpected::Other("a number"),
+        Value::String(s) => de::Unexpected::Str(s),
+        Value::Array(_) => de::Unexpected::Seq,
+        Value::Object(_) => de::Unexpected::Map,
     }
 }
 
@@ -297,6 +325,8 @@ mod tests {
             json!({"n": 1, "other": 2}),
             json!({"n": 1, "list": [256.0]}),
             json!({"n": 1, "kind": {"plain": 1, "at": 2}}),
+            json!({"n": 1, "kind": {"span": [5]}}),
+            json!([null, 1]),
         ] {
             assert!(
                 from_value::<Body>(bad.clone()).is_err(),

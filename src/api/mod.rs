@@ -1,7 +1,9 @@
 //! The HTTP transport: the REST API under `/api/v1` (axum on hyper), its OpenAPI document
-//! generated from the handlers (utoipa), health, readiness and metrics endpoints, API-key
-//! authentication, the embedded web UI with the security headers of every response (`ui`), and
-//! the plain and TLS listeners with their connection caps and deadlines (`conn`).
+//! generated from the handlers (utoipa; conventions in `openapi`) and the readable reference
+//! rendered from it (`reference`, at `/api/docs`), health, readiness and metrics endpoints
+//! with per-route HTTP metrics, API-key authentication, the embedded web UI with the security
+//! headers of every response (`ui`), and the plain and TLS listeners with their connection caps
+//! and deadlines (`conn`).
 
 mod attributes;
 pub mod auth;
@@ -17,6 +19,7 @@ mod integrations;
 mod jobs;
 mod json;
 mod openapi;
+mod reference;
 mod registry;
 mod telemetry;
 pub mod ui;
@@ -43,6 +46,7 @@ pub use error::ApiError;
 pub use registry::{CreatedDevice, Page};
 pub use telemetry::{LatestValues, TelemetryPage};
 
+use crate::model::JobState;
 use crate::services::Services;
 
 pub type ApiResult<T> = Result<T, ApiError>;
@@ -136,10 +140,24 @@ pub fn router(
             auth::authenticate,
         ))
         .layer(admin_only());
+    let page = axum::body::Bytes::from(reference::render(&doc));
     let openapi = Router::new()
         .route(
             "/api/v1/openapi.json",
             get(move || async move { axum::Json(doc.as_ref().clone()) }),
+        )
+        .route(
+            "/api/docs",
+            get(move || async move { axum::response::Html(page.clone()) }),
+        )
+        .route(
+            "/api/docs/style.css",
+            get(|| async {
+                (
+                    [(header::CONTENT_TYPE, "text/css; charset=utf-8")],
+                    reference::STYLE,
+                )
+            }),
         )
         .layer(admin_only());
     let public = Router::new()
@@ -179,6 +197,7 @@ pub fn router(
             exposure.clone(),
             exposure::web_ui,
         )))
+        .route_layer(middleware::from_fn(note_route))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no_route", "no such route") })
         .layer(middleware::from_fn_with_state(
             services.clone(),
@@ -208,6 +227,19 @@ async fn metrics(State(s): State<Arc<Services>>) -> Response {
             }
         }
         Err(e) => tracing::warn!(error = %e, "cannot count open conditions for the metrics"),
+    }
+    match s.jobs.unfinished_by_state() {
+        Ok(counts) => {
+            for state in [JobState::Queued, JobState::Sent, JobState::Delivered] {
+                s.metrics
+                    .jobs_unfinished
+                    .get_or_create(&crate::metrics::StateLabel {
+                        state: state.as_str(),
+                    })
+                    .set(counts.get(&state).copied().unwrap_or(0) as i64);
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "cannot count unfinished jobs for the metrics"),
     }
     s.metrics.sample_process();
     match s.store.size_on_disk() {
@@ -242,9 +274,54 @@ async fn crl_pem(State(s): State<Arc<Services>>) -> Response {
     r
 }
 
+/// The route a request matched, carried on its response from inside the router to
+/// `count_requests` outside it (where the route is not known yet).
+#[derive(Clone)]
+struct MatchedRoute(String);
+
+async fn note_route(path: axum::extract::MatchedPath, req: Request, next: Next) -> Response {
+    let route = MatchedRoute(path.as_str().to_string());
+    let mut r = next.run(req).await;
+    r.extensions_mut().insert(route);
+    r
+}
+
+/// Counts every request, and its response by route, method and status with the time to the
+/// response's head.
 async fn count_requests(State(s): State<Arc<Services>>, req: Request, next: Next) -> Response {
     s.metrics.http_requests.inc();
-    next.run(req).await
+    let started = std::time::Instant::now();
+    let method = match *req.method() {
+        axum::http::Method::GET => "GET",
+        axum::http::Method::POST => "POST",
+        axum::http::Method::PUT => "PUT",
+        axum::http::Method::PATCH => "PATCH",
+        axum::http::Method::DELETE => "DELETE",
+        axum::http::Method::HEAD => "HEAD",
+        axum::http::Method::OPTIONS => "OPTIONS",
+        _ => "other",
+    };
+    let r = next.run(req).await;
+    let route = r
+        .extensions()
+        .get::<MatchedRoute>()
+        .map_or_else(|| "unmatched".to_string(), |m| m.0.clone());
+    s.metrics
+        .http_request_seconds
+        .get_or_create(&crate::metrics::RouteLabel {
+            route: route.clone(),
+            method,
+        })
+        .observe(started.elapsed().as_secs_f64());
+    s.metrics
+        .http_responses
+        .get_or_create(&crate::metrics::RouteStatusLabel {
+            route,
+            method,
+            status: r.status().as_u16(),
+        })
+        .inc();
+    r
 }
 
 /// Resolves when the watched flag becomes true (or its sender is gone).

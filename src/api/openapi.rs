@@ -134,6 +134,7 @@ pub(super) fn apply_conventions(doc: &mut utoipa::openapi::OpenApi) {
         ];
         for (op, mutating) in ops {
             let Some(op) = op else { continue };
+            default_descriptions(op);
             let device_api = op
                 .tags
                 .as_ref()
@@ -149,6 +150,31 @@ pub(super) fn apply_conventions(doc: &mut utoipa::openapi::OpenApi) {
                 error_responses(op, mutating);
             }
         }
+    }
+}
+
+/// Responses a handler declares without words get the usual meaning of their status.
+fn default_descriptions(op: &mut Operation) {
+    for (status, r) in op.responses.responses.iter_mut() {
+        let RefOr::T(r) = r else { continue };
+        if !r.description.is_empty() {
+            continue;
+        }
+        r.description = match status.as_str() {
+            "200" => "Success.",
+            "201" => "Created.",
+            "202" => "Accepted; the work goes on in the background.",
+            "204" => "Done; no body.",
+            "400" => "A malformed request (`invalid_id`, `invalid_query`, `invalid_body`, ...).",
+            "401" => "Not signed in: no valid API key or session (`unauthorized`).",
+            "403" => "The caller's role does not allow this (`forbidden`).",
+            "404" => "Not found, or not visible to the caller (`not_found`).",
+            "409" => "In conflict with what exists (`name_taken`, `not_empty`, `conflict`, ...).",
+            "422" => "A field is out of its range or names nothing usable (`invalid_field`).",
+            "429" => "Too many requests; `Retry-After` says when to try again.",
+            _ => "See the status code.",
+        }
+        .to_string();
     }
 }
 
@@ -231,11 +257,23 @@ fn closed_variants(x: &mut utoipa::openapi::schema::OneOf) {
     if x.items.len() < 2 || !x.items.iter().all(tagged) {
         return;
     }
+    let closed = || {
+        Some(Box::new(
+            utoipa::openapi::schema::AdditionalProperties::FreeForm(false),
+        ))
+    };
     for s in &mut x.items {
         if let RefOr::T(Schema::Object(o)) = s {
-            o.additional_properties = Some(Box::new(
-                utoipa::openapi::schema::AdditionalProperties::FreeForm(false),
-            ));
+            o.additional_properties = closed();
+            // A struct variant's fields, inline: serde refuses unknown ones there too (its
+            // enums derive `deny_unknown_fields`).
+            for p in o.properties.values_mut() {
+                if let RefOr::T(Schema::Object(inner)) = p
+                    && !inner.properties.is_empty()
+                {
+                    inner.additional_properties = closed();
+                }
+            }
         }
     }
 }

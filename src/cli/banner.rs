@@ -83,6 +83,7 @@ pub fn urls(addrs: &Addrs, config: &Config, data_dir: &Path) -> Vec<String> {
     }
     if let Some(api) = ui.as_ref().or(local.as_ref()) {
         row("REST API", format!("{api}/api/v1"));
+        row("API reference", format!("{api}/api/docs"));
         row("OpenAPI", format!("{api}/api/v1/openapi.json"));
     }
     row(

@@ -178,6 +178,18 @@ impl JobService {
         Duration::from_secs(self.cfg.ack_timeout_secs.max(1))
     }
 
+    /// How many unfinished jobs are in each state (for the metrics): one read per unfinished
+    /// job, which the per-device queue cap bounds.
+    pub fn unfinished_by_state(&self) -> Result<std::collections::BTreeMap<JobState, u64>> {
+        let mut counts = std::collections::BTreeMap::new();
+        for (id, _) in self.store.active_jobs()? {
+            if let Some(j) = self.store.get_job(id)? {
+                *counts.entry(j.state).or_insert(0) += 1;
+            }
+        }
+        Ok(counts)
+    }
+
     pub(crate) fn save(&self, job: &Job) -> Result<()> {
         self.store.put_job(job)?;
         self.noted(job);

@@ -67,7 +67,8 @@ CORRAL_FLEET=$(api -d "{\"name\":\"openapi-fleet\",\"workspace_id\":\"$CORRAL_WS
 CORRAL_DEVICE=$(api -d "{\"name\":\"openapi-device\",\"fleet_id\":\"$CORRAL_FLEET\"}" "$base/api/v1/devices" \
   | "$venv/bin/python" -c 'import json,sys; print(json.load(sys.stdin)["device"]["id"])')
 
-cd "$here"
+# schemathesis keeps its example database in the working directory: the run's own.
+cd "$work"
 status=0
 timeout 900 "$venv/bin/st" --no-color --config-file "$here/schemathesis.toml" run "$base/api/v1/openapi.json" \
   --max-examples 20 --workers 2 --seed 7 --phases examples,coverage,fuzzing \
