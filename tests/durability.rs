@@ -161,3 +161,80 @@ async fn sigterm_stops_cleanly_and_keeps_acknowledged_data() {
         "acknowledged data missing after SIGTERM"
     );
 }
+
+/// A device's reply to a two-way command is acknowledged (PUBACK) only once the job's success
+/// and result are on disk: `kill -9` right after the PUBACK, and the job is still `succeeded`
+/// with the result after the restart. Three rounds, each killed at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_acknowledged_command_reply_survives_kill_9() {
+    use common::mqtt::{next_v3, spawn_v3};
+    corral::pki::install_crypto_provider();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let key = corral::auth::new_api_key();
+    let mut srv = Server::spawn(dir.path(), &key);
+    let (device, token) = make_device(&srv.base(), &key).await;
+    let mut jobs = Vec::new();
+    for round in 0..3 {
+        if round > 0 {
+            srv = Server::spawn(dir.path(), &key);
+        }
+        let api = common::device_data::admin(&srv.base(), &key);
+        let mut opts =
+            MqttOptions::new(format!("replier-{round}"), "127.0.0.1", srv.mqtt_tls.port());
+        opts.set_credentials(token.as_str(), "");
+        opts.set_transport(tls_transport(&srv.ca_pem()));
+        let (client, mut rx) = spawn_v3(opts);
+        assert!(matches!(next_v3(&mut rx).await, Ok(Packet::ConnAck(_))));
+        client
+            .subscribe("v1/devices/me/rpc/request/+", QoS::AtLeastOnce)
+            .await
+            .expect("subscribe");
+        assert!(matches!(next_v3(&mut rx).await, Ok(Packet::SubAck(_))));
+        let job: serde_json::Value = api
+            .post(
+                &format!("/devices/{device}/jobs"),
+                &json!({"method": "measure", "params": {"round": round}, "two_way": true}),
+            )
+            .await
+            .expect("job");
+        let job_id = job["id"].as_str().expect("job id").to_string();
+        let request = loop {
+            match next_v3(&mut rx).await {
+                Ok(Packet::Publish(p)) => break p,
+                Ok(_) => continue,
+                Err(e) => panic!("connection ended before the command: {e}"),
+            }
+        };
+        let rpc_id = request
+            .topic
+            .rsplit('/')
+            .next()
+            .expect("request id")
+            .to_string();
+        client
+            .publish(
+                format!("v1/devices/me/rpc/response/{rpc_id}"),
+                QoS::AtLeastOnce,
+                false,
+                json!({"value": round * 10}).to_string(),
+            )
+            .await
+            .expect("reply");
+        loop {
+            match next_v3(&mut rx).await {
+                Ok(Packet::PubAck(_)) => break,
+                Ok(_) => continue,
+                Err(e) => panic!("connection ended before the reply's PUBACK: {e}"),
+            }
+        }
+        srv.kill9();
+        jobs.push((job_id, round));
+    }
+    let srv = Server::spawn(dir.path(), &key);
+    let api = common::device_data::admin(&srv.base(), &key);
+    for (id, round) in jobs {
+        let job: serde_json::Value = api.get(&format!("/jobs/{id}"), &[]).await.expect("job");
+        assert_eq!(job["state"], "succeeded", "round {round}: {job}");
+        assert_eq!(job["result"], json!({"value": round * 10}), "round {round}");
+    }
+}

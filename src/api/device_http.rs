@@ -361,7 +361,6 @@ async fn attribute_updates(
     })
 }
 
-/// Server-side RPC long-poll: the device's next job as `{"id","method","params"}`, or 408.
 /// Wait for a command (server-side RPC)
 ///
 /// A long-poll: answers with the device's next job as `{"id", "method", "params"}`, or 408
@@ -404,7 +403,18 @@ async fn rpc_reply(
     let id: u64 = id.parse().map_err(|_| bad("the RPC id is not a number"))?;
     let dev = device(&s, &token, peer).await?;
     serde_json::from_slice::<Json>(&body).map_err(|e| bad(format!("reply is not JSON: {e}")))?;
-    let known = u32::try_from(id).is_ok_and(|id| s.jobs.on_reply(dev.id, id, &body));
+    // 200 once the job's result is durable.
+    let known = match u32::try_from(id) {
+        Ok(id) => s
+            .jobs
+            .on_reply(dev.id, id, &body)
+            .await
+            .map_err(|e| match e {
+                crate::devices::RegistryError::Store(e) => not_stored(IngestError::Store(e)),
+                other => internal(other),
+            })?,
+        Err(_) => false,
+    };
     if !known {
         tracing::debug!(device = %dev.id, rpc = id, "RPC reply with no pending job");
     }

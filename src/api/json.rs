@@ -247,7 +247,11 @@ impl<'de> VariantAccess<'de> for Variant {
         visitor: V,
     ) -> Result<V::Value, Self::Error> {
         match self.value {
-            Some(v) => Lenient(v).deserialize_any(visitor),
+            Some(v @ Value::Object(_)) => Lenient(v).deserialize_any(visitor),
+            Some(other) => Err(de::Error::invalid_type(
+                unexpected(&other),
+                &"a JSON object",
+            )),
             None => Err(de::Error::invalid_type(
                 de::Unexpected::UnitVariant,
                 &"a struct variant",

@@ -443,21 +443,28 @@ impl JobService {
     }
 
     /// A device's reply to request `rpc_id` (two-way jobs). False when no job waits for it.
-    pub fn on_reply(&self, device: DeviceId, rpc_id: u32, reply: &[u8]) -> bool {
-        let found = self.store.device_jobs(device, true).ok().and_then(|jobs| {
-            jobs.into_iter().find(|j| {
-                j.rpc_id == Some(rpc_id) && matches!(j.state, JobState::Sent | JobState::Delivered)
-            })
+    ///
+    /// Returns once the job's success and result are durable, so that the transport
+    /// acknowledges the reply (PUBACK, HTTP 200) only then: `Ok(false)` when no job waits for
+    /// this reply (a late or repeated one), an error when it could not be stored (the device
+    /// sends it again).
+    pub async fn on_reply(&self, device: DeviceId, rpc_id: u32, reply: &[u8]) -> Result<bool> {
+        let found = self.store.device_jobs(device, true)?.into_iter().find(|j| {
+            j.rpc_id == Some(rpc_id) && matches!(j.state, JobState::Sent | JobState::Delivered)
         });
         let Some(mut job) = found else {
-            return false;
+            return Ok(false);
         };
         job.result = Some(reply_result(reply));
         job.transition(JobState::Succeeded, Some("device replied".into()));
-        if let Err(e) = self.save(&job).and_then(|_| self.dispatch(device)) {
-            tracing::error!(job = %job.id, error = %e, "cannot record a job reply");
+        self.save(&job)?;
+        self.store.commit().await?;
+        // The device is free for its next job; failing to start it now is not the reply's
+        // failure (the scheduler tries again).
+        if let Err(e) = self.dispatch(device) {
+            tracing::error!(device = %device, error = %e, "cannot send the next job after a reply");
         }
-        true
+        Ok(true)
     }
 
     /// The next job for a device that polls over HTTP: handed over as delivered.

@@ -663,13 +663,24 @@ async fn handle_publish(
             }
         }
         DeviceTopic::RpcResponse(id) => {
-            // A reply nobody waits for (a late or repeated one) is still acknowledged.
-            let known =
-                u32::try_from(id).is_ok_and(|id| s.services.jobs.on_reply(d.id, id, &payload));
-            if !known {
-                tracing::debug!(device = %d.id, rpc = id, "RPC reply with no pending job");
+            // Acknowledged once the job's result is durable. A reply nobody waits for (a late
+            // or repeated one) is still acknowledged.
+            let known = match u32::try_from(id) {
+                Ok(id) => s.services.jobs.on_reply(d.id, id, &payload).await,
+                Err(_) => Ok(false),
+            };
+            match known {
+                Ok(true) => Outcome::Stored,
+                Ok(false) => {
+                    tracing::debug!(device = %d.id, rpc = id, "RPC reply with no pending job");
+                    Outcome::Stored
+                }
+                Err(e) => {
+                    reject("storage");
+                    tracing::error!(device = %d.id, error = %e, "RPC reply not stored");
+                    Outcome::Storage
+                }
             }
-            Outcome::Stored
         }
         DeviceTopic::RpcRequest(id) => {
             let reply = crate::devices::rpc::client_rpc(&s.services.config, &payload);
