@@ -576,7 +576,7 @@ impl IntegrationService {
             .collect())
     }
 
-    /// Finds an integration by id or exact name (for the CLI).
+    /// The live status of one integration (the CLI resolves names to ids before asking).
     pub fn status(&self, id: IntegrationId) -> Result<IntegrationStatus> {
         let i = self.record(id)?;
         Ok(self.status_of(&i))
