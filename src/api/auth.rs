@@ -21,6 +21,7 @@ use super::error::{ApiError, ApiJson, ApiPath, ErrorBody};
 use crate::audit::Entry;
 use crate::auth::users::{ApiKeyView, NewApiKey, NewUser, UserPatch};
 use crate::auth::{AuthError, Principal, SignedIn, policy::UserView};
+use crate::devices::RegistryError;
 use crate::devices::registry::DeviceStatus;
 use crate::model::WorkspaceId;
 use crate::model::{
@@ -210,7 +211,8 @@ enum Need {
     Missing(&'static str),
     /// A user's own record and keys, or a server admin.
     UserOrAdmin(UserId),
-    /// The body could not be read to find the object: refused with this.
+    /// Refused with this: the body could not be read to find the object, or looking the
+    /// object up failed.
     Refused(ApiError),
 }
 
@@ -243,17 +245,15 @@ fn id_in<T: std::str::FromStr>(v: &Json_, field: &str) -> Option<T> {
 
 impl Services {
     fn fleet_need(&self, fleet: FleetId, role: Role) -> Need {
-        match self.registry.fleet(fleet) {
-            Ok(f) => Need::Fleet(f.workspace_id, f.id, role),
-            Err(_) => Need::Missing("fleet"),
-        }
+        found(self.registry.fleet(fleet), "fleet", |f| {
+            Need::Fleet(f.workspace_id, f.id, role)
+        })
     }
 
     fn device_need(&self, device: DeviceId, role: Role) -> Need {
-        match self.registry.device_record(device) {
-            Ok(d) => Need::Fleet(d.workspace_id, d.fleet_id, role),
-            Err(_) => Need::Missing("device"),
-        }
+        found(self.registry.device_record(device), "device", |d| {
+            Need::Fleet(d.workspace_id, d.fleet_id, role)
+        })
     }
 
     /// Whether the caller sees a device (lists, live events).
@@ -279,6 +279,16 @@ impl Services {
             .fleet(fleet)
             .ok()
             .and_then(|f| p.role_on_fleet(f.workspace_id, f.id))
+    }
+}
+
+/// The need of an object looked up for authorization: `then` with it, 404 when it does not
+/// exist, and the lookup's own error (a store failure is a 500, never a "not found").
+fn found<T>(r: Result<T, RegistryError>, what: &'static str, then: impl FnOnce(T) -> Need) -> Need {
+    match r {
+        Ok(x) => then(x),
+        Err(RegistryError::NotFound(_)) => Need::Missing(what),
+        Err(e) => Need::Refused(e.into()),
     }
 }
 
@@ -320,19 +330,18 @@ async fn need(
             None => Need::Missing("user"),
         },
         "/workspaces" => Need::ServerAdmin,
-        "/workspaces/{id}" | "/workspaces/{id}/usage" => match parse("id")
-            .map(WorkspaceId)
-            .and_then(|w| s.registry.workspace(w).ok())
-        {
+        "/workspaces/{id}" | "/workspaces/{id}/usage" => match parse("id").map(WorkspaceId) {
             None => Need::Missing("workspace"),
-            Some(w) if *method == Method::GET && path == "/workspaces/{id}" => {
-                Need::SeesWorkspace(w.id)
-            }
-            Some(w) if *method == Method::DELETE && !p.sees_workspace(w.id) => {
-                Need::Missing("workspace")
-            }
-            Some(_) if *method == Method::DELETE => Need::ServerAdmin,
-            Some(w) => Need::Workspace(w.id, read_or(method, Role::Admin)),
+            Some(w) => found(s.registry.workspace(w), "workspace", |w| match () {
+                _ if *method == Method::GET && path == "/workspaces/{id}" => {
+                    Need::SeesWorkspace(w.id)
+                }
+                _ if *method == Method::DELETE && !p.sees_workspace(w.id) => {
+                    Need::Missing("workspace")
+                }
+                _ if *method == Method::DELETE => Need::ServerAdmin,
+                _ => Need::Workspace(w.id, read_or(method, Role::Admin)),
+            }),
         },
         "/fleets" | "/devices" | "/schedules" if p.admin => Need::Anyone,
         "/fleets" => {
@@ -406,34 +415,34 @@ async fn need(
             Some(d) => s.device_need(DeviceId(d), read_or(method, Role::Operator)),
             None => Need::Missing("device"),
         },
-        p_ if p_.starts_with("/jobs/{id}") => {
-            match parse("id").and_then(|j| s.jobs.get(JobId(j)).ok()) {
-                Some(j) => s.device_need(j.device_id, read_or(method, Role::Operator)),
-                None => Need::Missing("job"),
-            }
-        }
-        p_ if p_.starts_with("/fleet-jobs/{id}") => {
-            match parse("id").and_then(|j| s.jobs.fleet_job(FleetJobId(j)).ok()) {
-                Some(j) => s.fleet_need(j.job.fleet_id, read_or(method, Role::Operator)),
-                None => Need::Missing("fleet job"),
-            }
-        }
-        p_ if p_.starts_with("/conditions/{id}") => {
-            match parse("id").and_then(|c| s.conditions.get(ConditionId(c)).ok()) {
-                Some(c) => s.device_need(c.device_id, read_or(method, Role::Operator)),
-                None => Need::Missing("condition"),
-            }
-        }
-        p_ if p_.starts_with("/schedules/{id}") => {
-            match parse("id").and_then(|j| s.jobs.schedule(ScheduleId(j)).ok()) {
-                Some(sc) => match (sc.device_id, sc.fleet_id) {
+        p_ if p_.starts_with("/jobs/{id}") => match parse("id") {
+            Some(j) => found(s.jobs.get(JobId(j)), "job", |j| {
+                s.device_need(j.device_id, read_or(method, Role::Operator))
+            }),
+            None => Need::Missing("job"),
+        },
+        p_ if p_.starts_with("/fleet-jobs/{id}") => match parse("id") {
+            Some(j) => found(s.jobs.fleet_job(FleetJobId(j)), "fleet job", |j| {
+                s.fleet_need(j.job.fleet_id, read_or(method, Role::Operator))
+            }),
+            None => Need::Missing("fleet job"),
+        },
+        p_ if p_.starts_with("/conditions/{id}") => match parse("id") {
+            Some(c) => found(s.conditions.get(ConditionId(c)), "condition", |c| {
+                s.device_need(c.device_id, read_or(method, Role::Operator))
+            }),
+            None => Need::Missing("condition"),
+        },
+        p_ if p_.starts_with("/schedules/{id}") => match parse("id") {
+            Some(j) => found(s.jobs.schedule(ScheduleId(j)), "schedule", |sc| {
+                match (sc.device_id, sc.fleet_id) {
                     (Some(d), _) => s.device_need(d, read_or(method, Role::Operator)),
                     (_, Some(f)) => s.fleet_need(f, read_or(method, Role::Operator)),
                     _ => Need::ServerAdmin,
-                },
-                None => Need::Missing("schedule"),
-            }
-        }
+                }
+            }),
+            None => Need::Missing("schedule"),
+        },
         // Export names what it reads in its query; checked below.
         "/export" => Need::Anyone,
         // Anything else (server-wide settings, retention, integrations): server admins.
@@ -1015,4 +1024,31 @@ async fn overview(State(s): S, Extension(p): Extension<Principal>) -> ApiResult<
             Vec::new()
         },
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failed_lookup_is_an_error_not_a_missing_object() {
+        assert!(matches!(
+            found(Ok(7), "thing", |_| Need::Anyone),
+            Need::Anyone
+        ));
+        assert!(matches!(
+            found::<()>(Err(RegistryError::NotFound("thing")), "thing", |_| {
+                Need::Anyone
+            }),
+            Need::Missing("thing")
+        ));
+        let broken = RegistryError::Store(crate::store::StoreError::Corrupt {
+            tree: "devices",
+            detail: "bad entry".into(),
+        });
+        match found::<()>(Err(broken), "thing", |_| Need::Anyone) {
+            Need::Refused(e) => assert_eq!(e.status, StatusCode::INTERNAL_SERVER_ERROR),
+            _ => panic!("a store failure became a missing object"),
+        }
+    }
 }
