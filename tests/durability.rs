@@ -238,3 +238,108 @@ async fn an_acknowledged_command_reply_survives_kill_9() {
         assert_eq!(job["result"], json!({"value": round * 10}), "round {round}");
     }
 }
+
+/// A rollout's request reaches a device only once its job is durable as sent, under the request
+/// id the device saw: `kill -9` the moment the device has the request (before it acknowledges),
+/// and after the restart the job is there with that id, and the device gets the request again
+/// under the same id, then the job completes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rollout_request_in_flight_at_kill_9_comes_back_under_its_id() {
+    use common::mqtt::{next_v3, spawn_v3};
+    corral::pki::install_crypto_provider();
+    let request_id = |p: &rumqttc::Publish| -> String {
+        p.topic.rsplit('/').next().expect("request id").to_string()
+    };
+    for round in 0..2 {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let key = corral::auth::new_api_key();
+        let srv = Server::spawn(dir.path(), &key);
+        let (device, token) = make_device(&srv.base(), &key).await;
+        let api = common::device_data::admin(&srv.base(), &key);
+        let dev: serde_json::Value = api
+            .get(&format!("/devices/{device}"), &[])
+            .await
+            .expect("device");
+        let fleet = dev["fleet_id"].as_str().expect("fleet").to_string();
+        // A device that does not acknowledge: the request stays unacknowledged at the kill.
+        let mut opts = MqttOptions::new("deaf", "127.0.0.1", srv.mqtt_tls.port());
+        opts.set_credentials(token.as_str(), "");
+        opts.set_transport(tls_transport(&srv.ca_pem()));
+        opts.set_manual_acks(true);
+        let (client, mut rx) = spawn_v3(opts);
+        assert!(matches!(next_v3(&mut rx).await, Ok(Packet::ConnAck(_))));
+        client
+            .subscribe("v1/devices/me/rpc/request/+", QoS::AtLeastOnce)
+            .await
+            .expect("subscribe");
+        assert!(matches!(next_v3(&mut rx).await, Ok(Packet::SubAck(_))));
+        let _: serde_json::Value = api
+            .post(
+                &format!("/fleets/{fleet}/jobs"),
+                &json!({"method": "calibrate", "params": {"round": round}}),
+            )
+            .await
+            .expect("rollout");
+        let first = loop {
+            match next_v3(&mut rx).await {
+                Ok(Packet::Publish(p)) => break request_id(&p),
+                Ok(_) => continue,
+                Err(e) => panic!("connection ended before the request: {e}"),
+            }
+        };
+        let mut srv = srv;
+        srv.kill9();
+        drop(client);
+
+        let srv = Server::spawn(dir.path(), &key);
+        let api = common::device_data::admin(&srv.base(), &key);
+        let jobs: serde_json::Value = api
+            .get(&format!("/devices/{device}/jobs"), &[])
+            .await
+            .expect("jobs");
+        let job = jobs
+            .as_array()
+            .expect("jobs")
+            .iter()
+            .find(|j| j["method"] == "calibrate")
+            .unwrap_or_else(|| panic!("round {round}: the job the device received is gone: {jobs}"))
+            .clone();
+        assert_eq!(
+            job["rpc_id"].to_string(),
+            first,
+            "round {round}: the job's request id after the restart: {job}"
+        );
+        let job_id = job["id"].as_str().expect("id").to_string();
+        // The device comes back, acknowledging now: the request comes again, same id.
+        let mut opts = MqttOptions::new("back", "127.0.0.1", srv.mqtt_tls.port());
+        opts.set_credentials(token.as_str(), "");
+        opts.set_transport(tls_transport(&srv.ca_pem()));
+        let (client, mut rx) = spawn_v3(opts);
+        assert!(matches!(next_v3(&mut rx).await, Ok(Packet::ConnAck(_))));
+        client
+            .subscribe("v1/devices/me/rpc/request/+", QoS::AtLeastOnce)
+            .await
+            .expect("subscribe");
+        let again = loop {
+            match next_v3(&mut rx).await {
+                Ok(Packet::Publish(p)) => break request_id(&p),
+                Ok(_) => continue,
+                Err(e) => panic!("connection ended before the repeat: {e}"),
+            }
+        };
+        assert_eq!(again, first, "round {round}: the repeat's request id");
+        let mut done = false;
+        for _ in 0..100 {
+            let j: serde_json::Value = api.get(&format!("/jobs/{job_id}"), &[]).await.expect("job");
+            if j["state"] == "succeeded" {
+                done = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(
+            done,
+            "round {round}: the job did not complete after the repeat"
+        );
+    }
+}

@@ -367,7 +367,13 @@ impl JobService {
         if !self.sessions.is_connected(device) {
             return Ok(());
         }
-        let rpc_id = self.store.next_rpc_id(device)?;
+        // A job sent before keeps its request id: the earlier request may have reached the
+        // device (its PUBACK lost, or the server stopped in flight), and the same id lets the
+        // device tell a repeat from a new command.
+        let rpc_id = match job.rpc_id {
+            Some(id) => id,
+            None => self.store.next_rpc_id(device)?,
+        };
         let payload = json!({"method": job.method, "params": job.params})
             .to_string()
             .into_bytes();
@@ -487,8 +493,17 @@ impl JobService {
         Ok(Some(job))
     }
 
-    /// Long-poll for the next job of an HTTP device.
+    /// Long-poll for the next job of an HTTP device. The job is handed over (returned) only
+    /// once its new state is durable.
     pub async fn next_for_http(&self, device: DeviceId, wait: Duration) -> Result<Option<Job>> {
+        let job = self.wait_for_http(device, wait).await?;
+        if job.is_some() {
+            self.store.commit().await?;
+        }
+        Ok(job)
+    }
+
+    async fn wait_for_http(&self, device: DeviceId, wait: Duration) -> Result<Option<Job>> {
         let mut events = self.events.subscribe();
         if let Some(j) = self.take_for_http(device)? {
             return Ok(Some(j));
@@ -507,6 +522,13 @@ impl JobService {
                 Ok(_) => {}
             }
         }
+    }
+
+    /// Waits until everything saved so far is durable: a transport calls it before it hands a
+    /// request to a device, so that after a crash the job is found as sent, under the request
+    /// id the device saw.
+    pub async fn durable(&self) -> Result<()> {
+        Ok(self.store.commit().await?)
     }
 
     /// After a restart, jobs that were in flight go back to the queue.

@@ -408,6 +408,13 @@ fn spawn_commands(
                     // Its own task: a device that withholds PUBACK must not hold up a close.
                     let (sink, services) = (sink.clone(), services.clone());
                     ntex_rt::spawn(async move {
+                        // The job's `sent` state and request id are durable before the device
+                        // can see the request; otherwise it is not sent now (retried later).
+                        if let Err(e) = services.jobs.durable().await {
+                            tracing::error!(job = %job, error = %e, "job not sent: its state is not durable");
+                            services.jobs.on_sent(job, SendOutcome::NoAck);
+                            return;
+                        }
                         let topic = format!("{}{rpc_id}", protocol::RPC_REQUEST_PREFIX);
                         let acked = ntex_util::time::timeout(
                             services.jobs.ack_timeout(),
