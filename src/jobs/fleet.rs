@@ -380,6 +380,7 @@ impl JobService {
             batch.push(job);
         }
         self.store.put_fleet_children(fj.id, &batch)?;
+        let write = self.store.written();
         for job in &batch {
             self.noted(job);
             self.announce(job);
@@ -396,6 +397,7 @@ impl JobService {
                     job: job.id,
                     rpc_id,
                     payload: payload.clone(),
+                    write,
                 },
             );
             if sent == 0 {

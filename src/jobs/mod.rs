@@ -382,12 +382,14 @@ impl JobService {
         job.next_attempt_at = None;
         job.transition(JobState::Sent, Some(format!("request id {rpc_id}")));
         self.save(&job)?;
+        let write = self.store.written();
         let sent = self.sessions.send(
             device,
             SessionCommand::Rpc {
                 job: job.id,
                 rpc_id,
                 payload,
+                write,
             },
         );
         if sent == 0 {
@@ -524,11 +526,11 @@ impl JobService {
         }
     }
 
-    /// Waits until everything saved so far is durable: a transport calls it before it hands a
-    /// request to a device, so that after a crash the job is found as sent, under the request
-    /// id the device saw.
-    pub async fn durable(&self) -> Result<()> {
-        Ok(self.store.commit().await?)
+    /// Waits until the writes marked `write` are durable: a transport calls it before it hands
+    /// a request to a device, so that after a crash the job is found as sent, under the
+    /// request id the device saw.
+    pub async fn durable(&self, write: u64) -> Result<()> {
+        Ok(self.store.commit_through(write).await?)
     }
 
     /// After a restart, jobs that were in flight go back to the queue.

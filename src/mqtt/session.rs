@@ -400,6 +400,7 @@ fn spawn_commands(
                     job,
                     rpc_id,
                     payload,
+                    write,
                 } => {
                     if !subs.rpc.load(std::sync::atomic::Ordering::Relaxed) {
                         services.jobs.on_sent(job, SendOutcome::NotSubscribed);
@@ -410,7 +411,7 @@ fn spawn_commands(
                     ntex_rt::spawn(async move {
                         // The job's `sent` state and request id are durable before the device
                         // can see the request; otherwise it is not sent now (retried later).
-                        if let Err(e) = services.jobs.durable().await {
+                        if let Err(e) = services.jobs.durable(write).await {
                             tracing::error!(job = %job, error = %e, "job not sent: its state is not durable");
                             services.jobs.on_sent(job, SendOutcome::NoAck);
                             return;

@@ -152,6 +152,10 @@ pub struct Db {
     state_written: std::sync::Mutex<Option<(u64, std::time::Instant)>>,
     /// sled's blob files already fsynced (see `guard::sync_sled`).
     synced_blobs: std::sync::Mutex<std::collections::HashSet<std::ffi::OsString>>,
+    /// Registry writes marked with `Store::written`, and how many of them the last finished
+    /// `commit` covered: `commit_through` skips the flush when one already did.
+    writes: std::sync::atomic::AtomicU64,
+    durable_writes: std::sync::atomic::AtomicU64,
 }
 
 impl std::ops::Deref for Store {
@@ -370,6 +374,8 @@ impl Store {
             ),
             state_written: std::sync::Mutex::new(None),
             synced_blobs: Default::default(),
+            writes: Default::default(),
+            durable_writes: Default::default(),
         });
         if existed && let Some(v) = version.filter(|v| *v < SCHEMA_VERSION) {
             // A failed upgrade must always be able to go back: snapshot first.
@@ -491,7 +497,31 @@ impl Store {
     /// Makes every registry write made before this call durable (a sled flush; device data has
     /// its own log and does not need this).
     pub async fn commit(&self) -> Result<()> {
-        self.pipeline.commit().await
+        use std::sync::atomic::Ordering::SeqCst;
+        // Every write marked before this load is applied, so the flush below covers it.
+        let marked = self.db.writes.load(SeqCst);
+        self.pipeline.commit().await?;
+        self.db.durable_writes.fetch_max(marked, SeqCst);
+        Ok(())
+    }
+
+    /// Marks the registry writes made so far on this thread: the number returned is durable
+    /// once `commit_through` with it returns.
+    pub fn written(&self) -> u64 {
+        self.db
+            .writes
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+            + 1
+    }
+
+    /// Waits until the writes marked `mark` (and everything before it) are durable: at once
+    /// when a commit since then covered them (a rollout's one commit covers every device's
+    /// send), otherwise through a commit.
+    pub async fn commit_through(&self, mark: u64) -> Result<()> {
+        if self.db.durable_writes.load(std::sync::atomic::Ordering::SeqCst) >= mark {
+            return Ok(());
+        }
+        self.commit().await
     }
 
     /// Flushes sled and truncates the write-ahead log (at shutdown, so the next start has
