@@ -156,6 +156,9 @@ pub struct Db {
     /// `commit` covered: `commit_through` skips the flush when one already did.
     writes: std::sync::atomic::AtomicU64,
     durable_writes: std::sync::atomic::AtomicU64,
+    /// One `commit_through` flush at a time: the callers queued behind it find their writes
+    /// covered when it ends, rather than each starting a flush of its own.
+    commit_gate: tokio::sync::Mutex<()>,
 }
 
 impl std::ops::Deref for Store {
@@ -376,6 +379,7 @@ impl Store {
             synced_blobs: Default::default(),
             writes: Default::default(),
             durable_writes: Default::default(),
+            commit_gate: Default::default(),
         });
         if existed && let Some(v) = version.filter(|v| *v < SCHEMA_VERSION) {
             // A failed upgrade must always be able to go back: snapshot first.
@@ -518,7 +522,12 @@ impl Store {
     /// when a commit since then covered them (a rollout's one commit covers every device's
     /// send), otherwise through a commit.
     pub async fn commit_through(&self, mark: u64) -> Result<()> {
-        if self.db.durable_writes.load(std::sync::atomic::Ordering::SeqCst) >= mark {
+        let covered = || self.db.durable_writes.load(std::sync::atomic::Ordering::SeqCst) >= mark;
+        if covered() {
+            return Ok(());
+        }
+        let _gate = self.db.commit_gate.lock().await;
+        if covered() {
             return Ok(());
         }
         self.commit().await
