@@ -522,7 +522,12 @@ impl Store {
     /// when a commit since then covered them (a rollout's one commit covers every device's
     /// send), otherwise through a commit.
     pub async fn commit_through(&self, mark: u64) -> Result<()> {
-        let covered = || self.db.durable_writes.load(std::sync::atomic::Ordering::SeqCst) >= mark;
+        let covered = || {
+            self.db
+                .durable_writes
+                .load(std::sync::atomic::Ordering::SeqCst)
+                >= mark
+        };
         if covered() {
             return Ok(());
         }
