@@ -162,12 +162,38 @@ async fn sigterm_stops_cleanly_and_keeps_acknowledged_data() {
     );
 }
 
+/// A device on `srv` that has asked for its RPC requests (MQTT 3.1.1 over TLS; the SUBACK is
+/// the next packet on the channel, or comes after a request already due); with `manual_acks`
+/// it never acknowledges what it receives.
+async fn rpc_device(
+    srv: &Server,
+    token: &str,
+    client_id: &str,
+    manual_acks: bool,
+) -> (
+    AsyncClient,
+    tokio::sync::mpsc::UnboundedReceiver<Result<Packet, rumqttc::ConnectionError>>,
+) {
+    use common::mqtt::{next_v3, spawn_v3};
+    let mut opts = MqttOptions::new(client_id, "127.0.0.1", srv.mqtt_tls.port());
+    opts.set_credentials(token, "");
+    opts.set_transport(tls_transport(&srv.ca_pem()));
+    opts.set_manual_acks(manual_acks);
+    let (client, mut rx) = spawn_v3(opts);
+    assert!(matches!(next_v3(&mut rx).await, Ok(Packet::ConnAck(_))));
+    client
+        .subscribe("v1/devices/me/rpc/request/+", QoS::AtLeastOnce)
+        .await
+        .expect("subscribe");
+    (client, rx)
+}
+
 /// A device's reply to a two-way command is acknowledged (PUBACK) only once the job's success
 /// and result are on disk: `kill -9` right after the PUBACK, and the job is still `succeeded`
 /// with the result after the restart. Three rounds, each killed at once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_acknowledged_command_reply_survives_kill_9() {
-    use common::mqtt::{next_v3, spawn_v3};
+    use common::mqtt::next_v3;
     corral::pki::install_crypto_provider();
     let dir = tempfile::tempdir().expect("tempdir");
     let key = corral::auth::new_api_key();
@@ -179,16 +205,7 @@ async fn an_acknowledged_command_reply_survives_kill_9() {
             srv = Server::spawn(dir.path(), &key);
         }
         let api = common::device_data::admin(&srv.base(), &key);
-        let mut opts =
-            MqttOptions::new(format!("replier-{round}"), "127.0.0.1", srv.mqtt_tls.port());
-        opts.set_credentials(token.as_str(), "");
-        opts.set_transport(tls_transport(&srv.ca_pem()));
-        let (client, mut rx) = spawn_v3(opts);
-        assert!(matches!(next_v3(&mut rx).await, Ok(Packet::ConnAck(_))));
-        client
-            .subscribe("v1/devices/me/rpc/request/+", QoS::AtLeastOnce)
-            .await
-            .expect("subscribe");
+        let (client, mut rx) = rpc_device(&srv, &token, &format!("replier-{round}"), false).await;
         assert!(matches!(next_v3(&mut rx).await, Ok(Packet::SubAck(_))));
         let job: serde_json::Value = api
             .post(
@@ -245,7 +262,7 @@ async fn an_acknowledged_command_reply_survives_kill_9() {
 /// under the same id, then the job completes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rollout_request_in_flight_at_kill_9_comes_back_under_its_id() {
-    use common::mqtt::{next_v3, spawn_v3};
+    use common::mqtt::next_v3;
     corral::pki::install_crypto_provider();
     let request_id = |p: &rumqttc::Publish| -> String {
         p.topic.rsplit('/').next().expect("request id").to_string()
@@ -262,16 +279,7 @@ async fn a_rollout_request_in_flight_at_kill_9_comes_back_under_its_id() {
             .expect("device");
         let fleet = dev["fleet_id"].as_str().expect("fleet").to_string();
         // A device that does not acknowledge: the request stays unacknowledged at the kill.
-        let mut opts = MqttOptions::new("deaf", "127.0.0.1", srv.mqtt_tls.port());
-        opts.set_credentials(token.as_str(), "");
-        opts.set_transport(tls_transport(&srv.ca_pem()));
-        opts.set_manual_acks(true);
-        let (client, mut rx) = spawn_v3(opts);
-        assert!(matches!(next_v3(&mut rx).await, Ok(Packet::ConnAck(_))));
-        client
-            .subscribe("v1/devices/me/rpc/request/+", QoS::AtLeastOnce)
-            .await
-            .expect("subscribe");
+        let (client, mut rx) = rpc_device(&srv, &token, "deaf", true).await;
         assert!(matches!(next_v3(&mut rx).await, Ok(Packet::SubAck(_))));
         let _: serde_json::Value = api
             .post(
@@ -311,15 +319,7 @@ async fn a_rollout_request_in_flight_at_kill_9_comes_back_under_its_id() {
         );
         let job_id = job["id"].as_str().expect("id").to_string();
         // The device comes back, acknowledging now: the request comes again, same id.
-        let mut opts = MqttOptions::new("back", "127.0.0.1", srv.mqtt_tls.port());
-        opts.set_credentials(token.as_str(), "");
-        opts.set_transport(tls_transport(&srv.ca_pem()));
-        let (client, mut rx) = spawn_v3(opts);
-        assert!(matches!(next_v3(&mut rx).await, Ok(Packet::ConnAck(_))));
-        client
-            .subscribe("v1/devices/me/rpc/request/+", QoS::AtLeastOnce)
-            .await
-            .expect("subscribe");
+        let (_client, mut rx) = rpc_device(&srv, &token, "back", false).await;
         let again = loop {
             match next_v3(&mut rx).await {
                 Ok(Packet::Publish(p)) => break request_id(&p),
