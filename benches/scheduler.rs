@@ -29,7 +29,7 @@ async fn main() -> anyhow::Result<()> {
     let t = Instant::now();
     for i in 0..n {
         s.registry
-            .create_device_labelled(fleet, &format!("d{i}"), "", |_| Ok(vec![]))
+            .create_device_with(fleet, &format!("d{i}"), |_| Ok(vec![]))
             .await?;
     }
     println!("{n} devices created in {:.1} s", t.elapsed().as_secs_f64());

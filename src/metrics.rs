@@ -83,6 +83,7 @@ pub struct Metrics {
     /// and, on every transport, the telemetry key caps (`too_many_keys`, `key_quota_exceeded`).
     pub publish_rejected: Family<ReasonLabel, Counter>,
     pub store_flushes: Counter,
+    pub store_commits: Counter,
     pub store_flush_seconds: Histogram,
     pub store_flush_batch: Histogram,
     pub http_requests: Counter,
@@ -191,6 +192,12 @@ impl Metrics {
             "store_flushes",
             "Group-commit syncs of the write-ahead log",
             store_flushes.clone(),
+        );
+        let store_commits = Counter::default();
+        registry.register(
+            "store_commits",
+            "Flushes of the embedded database that make registry, job and audit writes durable",
+            store_commits.clone(),
         );
         let store_flush_seconds = Histogram::new([
             0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1.0,
@@ -386,6 +393,7 @@ impl Metrics {
             points_stored,
             publish_rejected,
             store_flushes,
+            store_commits,
             store_flush_seconds,
             store_flush_batch,
             http_requests,

@@ -343,3 +343,67 @@ async fn a_rollout_request_in_flight_at_kill_9_comes_back_under_its_id() {
         );
     }
 }
+
+/// Creating a device is one unit of work: the record, its credential and its audit entry become
+/// durable through one flush of the database, and the audit log holds one entry for it. Run on
+/// the real services over a store in a temp dir, with no background loops to add flushes.
+#[tokio::test]
+async fn creating_a_device_costs_one_flush_and_one_audit_entry() {
+    use corral::devices::registry::{NewDevice, NewFleet, NewWorkspace};
+    corral::pki::install_crypto_provider();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut config = corral::config::Config {
+        data_dir: dir.path().to_path_buf(),
+        ..Default::default()
+    };
+    config.store.min_free_mb = 16;
+    let metrics = Arc::new(corral::metrics::Metrics::new());
+    let (store, pki, _) = corral::app::open_state(&config, metrics.clone())
+        .await
+        .expect("open the data directory");
+    let s = corral::services::Services::new(config, store, pki, metrics.clone());
+    let ws = s
+        .registry
+        .create_workspace(NewWorkspace {
+            name: "w".into(),
+            description: String::new(),
+            retention_days: None,
+        })
+        .await
+        .expect("workspace");
+    let fleet = s
+        .registry
+        .create_fleet(NewFleet {
+            workspace_id: ws.id,
+            name: "f".into(),
+            description: String::new(),
+        })
+        .await
+        .expect("fleet");
+    let audit_entries = || {
+        s.audit
+            .list(&Default::default(), None, 1000)
+            .expect("audit")
+            .items
+            .len()
+    };
+    for i in 0..3 {
+        let (flushes, entries) = (metrics.store_commits.get(), audit_entries());
+        let (dev, issued) = s
+            .credentials
+            .create_device(NewDevice {
+                fleet_id: fleet.id,
+                name: format!("d{i}"),
+                label: String::new(),
+                credentials: None,
+            })
+            .await
+            .expect("device");
+        assert_eq!(metrics.store_commits.get() - flushes, 1, "flushes for {i}");
+        assert_eq!(audit_entries() - entries, 1, "audit entries for {i}");
+        let newest = s.audit.list(&Default::default(), None, 1).expect("audit");
+        assert_eq!(newest.items[0].kind, "credential_issued");
+        assert_eq!(newest.items[0].device_id, Some(dev.id));
+        assert!(issued.token.is_some(), "a generated token is shown once");
+    }
+}

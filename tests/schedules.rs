@@ -89,7 +89,16 @@ async fn fleet(s: &Services, devices: usize) -> (FleetId, Vec<DeviceId>) {
         let label = if i % 2 == 0 { "even" } else { "odd" };
         let (d, _) = s
             .registry
-            .create_device_labelled(f.id, &format!("d{i}"), label, |_| Ok(vec![]))
+            .create_device(
+                corral::devices::registry::DeviceDraft {
+                    fleet_id: f.id,
+                    name: &format!("d{i}"),
+                    label,
+                    provisioned: false,
+                },
+                |_| Ok(vec![]),
+                |_, _| None,
+            )
             .await
             .expect("device");
         ids.push(d.id);

@@ -489,17 +489,25 @@ impl CredentialService {
             .clone()
             .unwrap_or(NewCredential::AccessToken { token: None });
         let mut shown = None;
+        let draft = super::registry::DeviceDraft {
+            fleet_id: new.fleet_id,
+            name: &new.name,
+            label: &new.label,
+            provisioned: false,
+        };
         let (dev, creds) = self
             .registry
-            .create_device_labelled(new.fleet_id, &new.name, &new.label, |d| {
-                let (c, t, b) = self.prepare(d, spec)?;
-                shown = Some((t, b));
-                Ok(vec![c])
-            })
+            .create_device(
+                draft,
+                |d| {
+                    let (c, t, b) = self.prepare(d, spec)?;
+                    shown = Some((t, b));
+                    Ok(vec![c])
+                },
+                |dev, creds| Some(admin_entry("credential_issued", dev, &creds[0])),
+            )
             .await?;
         let cred = &creds[0];
-        self.audit_admin("credential_issued", &dev, cred);
-        self.store.commit().await?;
         let (token, bundle) = shown.unwrap_or_default();
         let issued = IssuedCredential {
             credential: CredentialView::of(cred, now_ms()),
@@ -724,13 +732,7 @@ impl CredentialService {
 
     /// Records an operator's change to a device's credential.
     fn audit_admin(&self, kind: &'static str, dev: &Device, cred: &Credential) {
-        self.audit.record(
-            Entry::new(kind, crate::audit::operator())
-                .device(dev.id)
-                .fleet(dev.fleet_id)
-                .credential(cred.id)
-                .detail(describe(cred)),
-        );
+        self.audit.record(admin_entry(kind, dev, cred));
     }
 
     /// Deletes a credential, freeing its token, identifiers or certificate for reuse.
@@ -994,25 +996,34 @@ impl CredentialService {
         let fp8 = info.fingerprint[..8].to_string();
         for name in [base.clone(), format!("{base}-{fp8}")] {
             let secret = CredentialSecret::Certificate(info.clone());
-            match self
+            let draft = super::registry::DeviceDraft {
+                fleet_id: ca.fleet_id,
+                name: &name,
+                label: "",
+                provisioned: false,
+            };
+            let joined = self
                 .registry
-                .create_device_with(ca.fleet_id, &name, |d| {
-                    Ok(vec![Credential::new(d.id, secret.clone(), now_ms())])
-                })
-                .await
-            {
+                .create_device(
+                    draft,
+                    |d| Ok(vec![Credential::new(d.id, secret.clone(), now_ms())]),
+                    |dev, creds| {
+                        Some(
+                            Entry::new("device_created_jit", "device")
+                                .device(dev.id)
+                                .fleet(ca.fleet_id)
+                                .credential(creds[0].id)
+                                .peer(peer)
+                                .detail(format!(
+                                    "joined with a certificate signed by manufacturer CA \"{}\" ({})",
+                                    ca.name, info.subject
+                                )),
+                        )
+                    },
+                )
+                .await;
+            match joined {
                 Ok((dev, creds)) => {
-                    self.audit.record(
-                        Entry::new("device_created_jit", "device")
-                            .device(dev.id)
-                            .fleet(ca.fleet_id)
-                            .credential(creds[0].id)
-                            .peer(peer)
-                            .detail(format!(
-                                "joined with a certificate signed by manufacturer CA \"{}\" ({})",
-                                ca.name, info.subject
-                            )),
-                    );
                     let id = creds[0].id;
                     return Ok(Login {
                         device: dev,
@@ -1042,6 +1053,15 @@ impl CredentialService {
             "certificate name clashes with existing devices",
         ))
     }
+}
+
+/// The audit record of an operator's change to a device's credential.
+fn admin_entry(kind: &'static str, dev: &Device, cred: &Credential) -> Entry {
+    Entry::new(kind, crate::audit::operator())
+        .device(dev.id)
+        .fleet(dev.fleet_id)
+        .credential(cred.id)
+        .detail(describe(cred))
 }
 
 /// A one-line description of a credential for the audit log: never a secret.

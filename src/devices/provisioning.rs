@@ -66,6 +66,20 @@ fn not_found() -> Json {
     json!({"status": "NOT_FOUND", "errorMsg": NOT_FOUND_MSG})
 }
 
+/// The audit record of a device that obtained its credential through provisioning.
+fn provisioned_entry(
+    dev: &crate::model::Device,
+    cred: &crate::model::Credential,
+    peer: Option<SocketAddr>,
+) -> Entry {
+    Entry::new("device_provisioned", "provisioning")
+        .device(dev.id)
+        .fleet(dev.fleet_id)
+        .credential(cred.id)
+        .peer(peer)
+        .detail(describe(cred))
+}
+
 fn failure(msg: &str) -> Json {
     json!({"status": "FAILURE", "errorMsg": msg})
 }
@@ -253,33 +267,31 @@ impl ProvisioningService {
         let result = match p.strategy {
             ProvisionStrategy::AllowCreateNewDevices => {
                 let mut token = None;
+                let draft = super::registry::DeviceDraft {
+                    fleet_id: p.fleet_id,
+                    name: &name,
+                    label: "",
+                    provisioned: true,
+                };
                 self.registry
-                    .create_device_with(p.fleet_id, &name, |d| {
-                        let (c, t, _) = self.credentials.prepare(d, spec)?;
-                        token = t;
-                        Ok(vec![c])
-                    })
+                    .create_device(
+                        draft,
+                        |d| {
+                            let (c, t, _) = self.credentials.prepare(d, spec)?;
+                            token = t;
+                            Ok(vec![c])
+                        },
+                        |d, creds| Some(provisioned_entry(d, &creds[0], peer)),
+                    )
                     .await
                     .map(|(d, c)| (d, c.into_iter().next(), token))
             }
             ProvisionStrategy::CheckPreProvisionedDevices => {
-                self.claim_pre_provisioned(&p, &name, spec).await
+                self.claim_pre_provisioned(&p, &name, spec, peer).await
             }
         };
         match result {
-            Ok((dev, Some(cred), token)) => {
-                if let Err(e) = self.registry.mark_provisioned(dev.id).await {
-                    tracing::error!(error = %e, "cannot mark a device provisioned");
-                    return failure(FAILURE_MSG);
-                }
-                self.audit.record(
-                    Entry::new("device_provisioned", "provisioning")
-                        .device(dev.id)
-                        .fleet(p.fleet_id)
-                        .credential(cred.id)
-                        .peer(peer)
-                        .detail(describe(&cred)),
-                );
+            Ok((_, Some(_), token)) => {
                 json!({
                     "status": "SUCCESS",
                     "credentialsType": ctype,
@@ -301,6 +313,7 @@ impl ProvisioningService {
         p: &FleetProvisioning,
         name: &str,
         spec: NewCredential,
+        peer: Option<SocketAddr>,
     ) -> Result<(
         crate::model::Device,
         Option<crate::model::Credential>,
@@ -316,6 +329,11 @@ impl ProvisioningService {
         self.store
             .add_credential(&cred)?
             .map_err(|_| RegistryError::CredentialTaken)?;
+        let now = now_ms();
+        self.store
+            .update_device_record(dev.id, move |d| d.provisioned_at = Some(now))?;
+        self.audit.record(provisioned_entry(&dev, &cred, peer));
+        // One commit makes the credential, the mark and the audit entry durable together.
         self.store.commit().await?;
         Ok((dev, Some(cred), token))
     }

@@ -107,6 +107,17 @@ pub struct FleetPatch {
     pub description: Option<String>,
 }
 
+/// What a new device is made from, whoever creates it (an operator, provisioning, a
+/// manufacturer CA on first connect).
+#[derive(Debug, Clone, Copy)]
+pub struct DeviceDraft<'a> {
+    pub fleet_id: FleetId,
+    pub name: &'a str,
+    pub label: &'a str,
+    /// Created by the device itself through provisioning (sets `provisioned_at`).
+    pub provisioned: bool,
+}
+
 #[derive(Debug, Clone, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewDevice {
@@ -416,34 +427,42 @@ impl Registry {
         name: &str,
         creds: impl FnOnce(&Device) -> Result<Vec<Credential>>,
     ) -> Result<(Device, Vec<Credential>)> {
-        self.create_device_labelled(fleet_id, name, "", creds).await
+        let draft = DeviceDraft {
+            fleet_id,
+            name,
+            label: "",
+            provisioned: false,
+        };
+        self.create_device(draft, creds, |_, _| None).await
     }
 
-    pub async fn create_device_labelled(
+    /// Creates a device with the credentials `creds` makes for it and the audit record `audit`
+    /// describes, as one unit: a name or credential clash stores nothing, and the record, the
+    /// credentials and the audit entry are durable together after one commit.
+    pub async fn create_device(
         &self,
-        fleet_id: FleetId,
-        name: &str,
-        label: &str,
+        draft: DeviceDraft<'_>,
         creds: impl FnOnce(&Device) -> Result<Vec<Credential>>,
+        audit: impl FnOnce(&Device, &[Credential]) -> Option<Entry>,
     ) -> Result<(Device, Vec<Credential>)> {
         let fleet = self
             .store
-            .get_fleet(fleet_id)?
+            .get_fleet(draft.fleet_id)?
             .ok_or(RegistryError::NotFound("fleet"))?;
         let now = now_ms();
         let dev = Device {
             id: DeviceId::new(),
             workspace_id: fleet.workspace_id,
             fleet_id: fleet.id,
-            name: check_name(name)?,
-            label: check_text("label", label)?,
+            name: check_name(draft.name)?,
+            label: check_text("label", draft.label)?,
             enabled: true,
             created_at: now,
             updated_at: now,
             last_connect_at: None,
             last_disconnect_at: None,
             last_activity_at: None,
-            provisioned_at: None,
+            provisioned_at: draft.provisioned.then_some(now),
         };
         let creds = creds(&dev)?;
         self.store
@@ -452,6 +471,10 @@ impl Registry {
                 DeviceClash::Name => clash("device", &dev.name),
                 DeviceClash::Credential => RegistryError::CredentialTaken,
             })?;
+        if let Some(e) = audit(&dev, &creds) {
+            // Queued on the writer thread ahead of the commit below, so it is durable with it.
+            self.audit.record(e);
+        }
         self.store.commit().await?;
         Ok((dev, creds))
     }
@@ -459,15 +482,6 @@ impl Registry {
     /// The device of a workspace with this name.
     pub fn device_by_name(&self, ws: WorkspaceId, name: &str) -> Result<Option<Device>> {
         Ok(self.store.device_by_name(ws, name)?)
-    }
-
-    /// Records that a device obtained its credentials through provisioning.
-    pub async fn mark_provisioned(&self, id: DeviceId) -> Result<()> {
-        let now = now_ms();
-        self.store
-            .update_device_record(id, move |d| d.provisioned_at = Some(now))?;
-        self.store.commit().await?;
-        Ok(())
     }
 
     /// The live view of a stored device record.

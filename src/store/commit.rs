@@ -87,10 +87,13 @@ impl Pipeline {
         let (batches_tx, batches_rx) = std_mpsc::channel::<Batch>();
         let later = Arc::new(Mutex::new(Vec::new()));
         let writer_later = later.clone();
+        let commits = metrics.store_commits.clone();
         let pins = wal.pins();
         let writer = std::thread::Builder::new()
             .name("store-writer".into())
-            .spawn(move || write_loop(&db, wal, rx, &writer_later, batches_tx, min_free))?;
+            .spawn(move || {
+                write_loop(&db, wal, rx, &writer_later, batches_tx, min_free, &commits)
+            })?;
         std::thread::Builder::new()
             .name("store-flusher".into())
             .spawn(move || flush_loop(batches_rx, delay, &metrics))?;
@@ -195,6 +198,7 @@ fn write_loop(
     later: &Mutex<Vec<Later>>,
     batches: std_mpsc::Sender<Batch>,
     min_free: u64,
+    flushes: &prometheus_client::metrics::counter::Counter,
 ) {
     let mut buf = Vec::with_capacity(1 << 16);
     let mut was_low = false;
@@ -345,6 +349,7 @@ fn write_loop(
         if !commits.is_empty() {
             // One flush answers every commit of the group.
             let res = db.flush_now();
+            flushes.inc();
             for reply in commits {
                 let _ = reply.send(
                     res.as_ref()
