@@ -58,9 +58,9 @@ pub enum SessionCommand {
         job: crate::model::JobId,
         rpc_id: u32,
         payload: Vec<u8>,
-        /// The store's mark (`Store::written`) after the job was saved as sent: the request
-        /// goes out only once that is durable.
-        write: u64,
+        /// The store's mark after the job was saved as sent: the request goes out only once
+        /// that is durable.
+        write: crate::store::Mark,
     },
 }
 

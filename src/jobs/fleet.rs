@@ -84,7 +84,7 @@ pub struct FleetJobView {
 impl JobService {
     pub async fn create_fleet_job(&self, fleet: FleetId, new: NewFleetJob) -> Result<FleetJobView> {
         let fj = self.create_fleet_job_sync(fleet, new, None, None)?;
-        self.store.commit().await?;
+        self.store.sync_logged().await?;
         self.fleet_job(fj.id)
     }
 
@@ -264,7 +264,7 @@ impl JobService {
             fj.note = Some("cancelled by an operator".into());
             self.store.put_fleet_job(&fj)?;
             self.cancel_queued_children(id, "the fleet job was cancelled")?;
-            self.store.commit().await?;
+            self.store.sync_logged().await?;
         }
         self.fleet_job(id)
     }
@@ -350,37 +350,43 @@ impl JobService {
     /// devices fast (see BENCHMARKS.md).
     fn launch(&self, fj: &FleetJob, devices: &[DeviceId]) -> Result<()> {
         let _guard = self.dispatching.lock().unwrap_or_else(|p| p.into_inner());
-        let mut batch = Vec::with_capacity(devices.len());
         let mut send = Vec::new();
-        for &device in devices {
-            let mut job = self.new_job(
-                device,
-                fj.method.clone(),
-                fj.params.clone(),
-                fj.two_way,
-                fj.ttl_secs,
-            );
-            job.fleet_job_id = Some(fj.id);
-            let queued = self.store.device_jobs(device, true)?.len();
-            if queued >= self.cfg.max_queued_per_device {
-                job.transition(
-                    JobState::Failed,
-                    Some("the device's job queue is full".into()),
+        // One unit of work for the whole launch: the jobs, their request ids and the child
+        // list are applied together and logged as one record, so the first request waits for
+        // one log sync (not a database flush) before it goes out.
+        let (mut batch, write) = self.store.write_logged(|w| {
+            let mut batch = Vec::with_capacity(devices.len());
+            for &device in devices {
+                let mut job = self.new_job(
+                    device,
+                    fj.method.clone(),
+                    fj.params.clone(),
+                    fj.two_way,
+                    fj.ttl_secs,
                 );
-            } else {
-                job.transition(JobState::Queued, None);
-                if queued == 0 && self.sessions.is_connected(device) {
-                    let rpc_id = self.store.next_rpc_id(device)?;
-                    job.rpc_id = Some(rpc_id);
-                    job.attempts = 1;
-                    job.transition(JobState::Sent, Some(format!("request id {rpc_id}")));
-                    send.push(batch.len());
+                job.fleet_job_id = Some(fj.id);
+                let queued = self.store.device_jobs(device, true)?.len();
+                if queued >= self.cfg.max_queued_per_device {
+                    job.transition(
+                        JobState::Failed,
+                        Some("the device's job queue is full".into()),
+                    );
+                } else {
+                    job.transition(JobState::Queued, None);
+                    if queued == 0 && self.sessions.is_connected(device) {
+                        let rpc_id = w.next_rpc_id(device)?;
+                        job.rpc_id = Some(rpc_id);
+                        job.attempts = 1;
+                        job.transition(JobState::Sent, Some(format!("request id {rpc_id}")));
+                        send.push(batch.len());
+                    }
                 }
+                w.put_job(&job);
+                w.add_fleet_job_child(fj.id, job.id);
+                batch.push(job);
             }
-            batch.push(job);
-        }
-        self.store.put_fleet_children(fj.id, &batch)?;
-        let write = self.store.written();
+            Ok(batch)
+        })?;
         for job in &batch {
             self.noted(job);
             self.announce(job);

@@ -23,7 +23,7 @@ use crate::devices::registry::{Registry, RegistryError};
 use crate::devices::sessions::{SessionCommand, Sessions};
 use crate::events::{Event, EventBus};
 use crate::model::{DeviceId, Job, JobId, JobState};
-use crate::store::Store;
+use crate::store::{Mark, Store};
 
 type Result<T> = std::result::Result<T, RegistryError>;
 
@@ -190,11 +190,12 @@ impl JobService {
         Ok(counts)
     }
 
-    pub(crate) fn save(&self, job: &Job) -> Result<()> {
-        self.store.put_job(job)?;
+    /// Stores a job (one unit of work): durable once the returned mark is.
+    pub(crate) fn save(&self, job: &Job) -> Result<Mark> {
+        let mark = self.store.put_job(job)?;
         self.noted(job);
         self.announce(job);
-        Ok(())
+        Ok(mark)
     }
 
     /// Tells live views (and HTTP long polls) that a job changed.
@@ -215,7 +216,7 @@ impl JobService {
     /// Creates a job for a device and sends it if the device is there.
     pub async fn create(&self, device: DeviceId, new: NewJob) -> Result<Job> {
         let job = self.create_job_sync(device, new)?;
-        self.store.commit().await?;
+        self.store.sync_logged().await?;
         self.dispatch(device)?;
         Ok(job)
     }
@@ -296,8 +297,8 @@ impl JobService {
         let mut job = self.get(id)?;
         if !job.state.is_terminal() {
             job.transition(JobState::Cancelled, Some("cancelled by an operator".into()));
-            self.save(&job)?;
-            self.store.commit().await?;
+            let mark = self.save(&job)?;
+            self.store.durable(mark).await?;
             self.dispatch(job.device_id)?;
         }
         Ok(job)
@@ -381,8 +382,7 @@ impl JobService {
         job.attempts += 1;
         job.next_attempt_at = None;
         job.transition(JobState::Sent, Some(format!("request id {rpc_id}")));
-        self.save(&job)?;
-        let write = self.store.written();
+        let write = self.save(&job)?;
         let sent = self.sessions.send(
             device,
             SessionCommand::Rpc {
@@ -465,8 +465,8 @@ impl JobService {
         };
         job.result = Some(reply_result(reply));
         job.transition(JobState::Succeeded, Some("device replied".into()));
-        self.save(&job)?;
-        self.store.commit().await?;
+        let mark = self.save(&job)?;
+        self.store.durable(mark).await?;
         // The device is free for its next job; failing to start it now is not the reply's
         // failure (the scheduler tries again).
         if let Err(e) = self.dispatch(device) {
@@ -500,7 +500,7 @@ impl JobService {
     pub async fn next_for_http(&self, device: DeviceId, wait: Duration) -> Result<Option<Job>> {
         let job = self.wait_for_http(device, wait).await?;
         if job.is_some() {
-            self.store.commit().await?;
+            self.store.sync_logged().await?;
         }
         Ok(job)
     }
@@ -529,8 +529,8 @@ impl JobService {
     /// Waits until the writes marked `write` are durable: a transport calls it before it hands
     /// a request to a device, so that after a crash the job is found as sent, under the
     /// request id the device saw.
-    pub async fn durable(&self, write: u64) -> Result<()> {
-        Ok(self.store.commit_through(write).await?)
+    pub async fn durable(&self, write: Mark) -> Result<()> {
+        Ok(self.store.durable(write).await?)
     }
 
     /// After a restart, jobs that were in flight go back to the queue.

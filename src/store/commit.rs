@@ -54,6 +54,8 @@ type Later = Box<dyn FnOnce(&Db) + Send>;
 struct Batch {
     file: Arc<File>,
     waiting: Vec<(Reply, Result<usize>)>,
+    /// Logged registry writes (first, last) in the segment, durable with the sync.
+    logged: Option<(u64, u64)>,
 }
 
 /// Jobs queued before callers feel backpressure.
@@ -88,6 +90,7 @@ impl Pipeline {
         let later = Arc::new(Mutex::new(Vec::new()));
         let writer_later = later.clone();
         let commits = metrics.store_commits.clone();
+        let flusher_db = db.clone();
         let pins = wal.pins();
         let writer = std::thread::Builder::new()
             .name("store-writer".into())
@@ -96,7 +99,7 @@ impl Pipeline {
             })?;
         std::thread::Builder::new()
             .name("store-flusher".into())
-            .spawn(move || flush_loop(batches_rx, delay, &metrics))?;
+            .spawn(move || flush_loop(batches_rx, delay, &metrics, &flusher_db))?;
         Ok(Self {
             tx,
             writer: Some(writer),
@@ -172,6 +175,12 @@ impl Pipeline {
 
     pub(super) async fn commit(&self) -> Result<()> {
         self.request(Job::Commit).await
+    }
+
+    /// Wakes the writer to log the registry writes queued in `Db::logged`.
+    pub(super) fn wake(&self) {
+        // A full data queue means the writer is busy and will see them anyway.
+        let _ = self.tx.try_send(Job::Wake);
     }
 
     pub(super) async fn checkpoint(&self) -> Result<()> {
@@ -277,6 +286,8 @@ fn write_loop(
                 }
             }
         }
+        // Logged registry writes are applied already; the log makes them durable.
+        let mut logged_writes = db.logged.drain_into(&mut buf);
         // Log before applying: a write the log refused (a full disk) is answered with an error
         // and must not reach sled, or a device told "not stored" would find it stored and its
         // retry would store it twice.
@@ -286,6 +297,17 @@ fn write_loop(
             tracing::error!(error = %e, "cannot append to the write-ahead log; the writes are refused");
             for (_, _, _, reply, _) in logged.drain(..) {
                 let _ = reply.send(Err(StoreError::Flush(e.to_string())));
+            }
+            if let Some((first, last)) = logged_writes.take() {
+                // They are in sled already: a flush makes them durable without the log.
+                let flushed = db.flush_now();
+                flushes.inc();
+                db.logged.marks().send_modify(|m| match flushed {
+                    Ok(()) => {
+                        m.durable(last);
+                    }
+                    Err(f) => m.failed(first, last, format!("{e}; then {f}")),
+                });
             }
         }
         for (op, queue, seq, reply, durable) in logged {
@@ -336,11 +358,12 @@ fn write_loop(
                 let _ = reply.send(res);
             }
         }
-        if !waiting.is_empty()
+        if (!waiting.is_empty() || logged_writes.is_some())
             && batches
                 .send(Batch {
                     file: wal.current(),
                     waiting,
+                    logged: logged_writes,
                 })
                 .is_err()
         {
@@ -388,7 +411,7 @@ fn write_loop(
     }
 }
 
-fn flush_loop(rx: std_mpsc::Receiver<Batch>, delay: Duration, m: &Metrics) {
+fn flush_loop(rx: std_mpsc::Receiver<Batch>, delay: Duration, m: &Metrics, db: &Db) {
     while let Ok(first) = rx.recv() {
         if !delay.is_zero() {
             std::thread::sleep(delay);
@@ -419,6 +442,15 @@ fn flush_loop(rx: std_mpsc::Receiver<Batch>, delay: Duration, m: &Metrics) {
             tracing::error!(error = %e, "log sync failed; writers are told their data is not durable");
         }
         for b in batches {
+            if let Some((first, last)) = b.logged {
+                db.logged.marks().send_if_modified(|marks| match &result {
+                    Ok(()) => marks.durable(last),
+                    Err(e) => {
+                        marks.failed(first, last, e.clone());
+                        true
+                    }
+                });
+            }
             for (reply, res) in b.waiting {
                 let out = match (&result, res) {
                     (Ok(()), r) => r,

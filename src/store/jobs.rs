@@ -2,68 +2,47 @@
 //! are in creation order), `job_devices` maps `job → device`, `jobs_active` lists jobs not yet
 //! finished (what the scheduler walks), `job_keys` maps `device ‖ idempotency key → job`, and
 //! `rpc_seq` holds each device's last RPC request id. Fleet jobs live in `fleet_jobs`, their
-//! device jobs in `fleet_job_children` and their idempotency keys in `fleet_job_keys`.
-
-use sled::Transactional;
+//! device jobs in `fleet_job_children` and their idempotency keys in `fleet_job_keys`. Every
+//! write to these trees is a logged unit of work (see `logged`); reads go straight to sled.
 
 use super::codec::{concat, decode_json, encode_json};
-use super::{Db, Result, StoreError};
-use crate::model::{DeviceId, Job, JobId};
+use super::{Db, Mark, Result, Store, StoreError};
+use crate::model::{DeviceId, FleetJob, Job, JobId};
+
+/// The job area's writes, each one unit of work (`Store::write_logged`): applied at once,
+/// durable once the returned mark is (`Store::durable`).
+impl Store {
+    pub fn put_job(&self, job: &Job) -> Result<Mark> {
+        Ok(self
+            .write_logged(|w| {
+                w.put_job(job);
+                Ok(())
+            })?
+            .1)
+    }
+
+    /// The next RPC request id of a device (1, 2, ... wrapping within 31 bits).
+    pub fn next_rpc_id(&self, device: DeviceId) -> Result<u32> {
+        Ok(self.write_logged(|w| w.next_rpc_id(device))?.0)
+    }
+
+    /// Removes every job of a deleted device.
+    pub fn delete_device_jobs(&self, device: DeviceId) -> Result<Mark> {
+        Ok(self.write_logged(|w| w.delete_device_jobs(device))?.1)
+    }
+
+    /// Writes a fleet job and its idempotency key in one unit.
+    pub fn put_fleet_job(&self, fj: &FleetJob) -> Result<Mark> {
+        Ok(self
+            .write_logged(|w| {
+                w.put_fleet_job(fj);
+                Ok(())
+            })?
+            .1)
+    }
+}
 
 impl Db {
-    /// Writes a job and keeps the active list and the idempotency index in step.
-    pub fn put_job(&self, job: &Job) -> Result<()> {
-        let t = self.trees();
-        let key = concat(&[job.device_id.as_bytes(), job.id.as_bytes()]);
-        let idem = job
-            .idempotency_key
-            .as_ref()
-            .map(|k| concat(&[job.device_id.as_bytes(), k.as_bytes()]));
-        (&t.jobs, &t.job_devices, &t.jobs_active, &t.job_keys)
-            .transaction(|(jobs, devices, active, keys)| {
-                jobs.insert(key.as_slice(), encode_json(job))?;
-                devices.insert(job.id.as_bytes(), job.device_id.as_bytes())?;
-                if job.state.is_terminal() {
-                    active.remove(job.id.as_bytes())?;
-                } else {
-                    active.insert(job.id.as_bytes(), job.device_id.as_bytes())?;
-                }
-                if let Some(k) = &idem {
-                    keys.insert(k.as_slice(), job.id.as_bytes())?;
-                }
-                Ok(())
-            })
-            .map_err(StoreError::from)
-    }
-
-    /// Writes many new jobs of one fleet job at once: one transaction for the jobs and their
-    /// indexes, and the fleet job's child list, instead of one transaction per job (fan-out to
-    /// thousands of devices is dominated by per-transaction cost otherwise).
-    pub fn put_fleet_children(&self, fj: crate::model::FleetJobId, batch: &[Job]) -> Result<()> {
-        let t = self.trees();
-        (
-            &t.jobs,
-            &t.job_devices,
-            &t.jobs_active,
-            &t.fleet_job_children,
-        )
-            .transaction(|(jobs, devices, active, children)| {
-                for job in batch {
-                    let key = concat(&[job.device_id.as_bytes(), job.id.as_bytes()]);
-                    jobs.insert(key, encode_json(job))?;
-                    devices.insert(job.id.as_bytes(), job.device_id.as_bytes())?;
-                    if job.state.is_terminal() {
-                        active.remove(job.id.as_bytes())?;
-                    } else {
-                        active.insert(job.id.as_bytes(), job.device_id.as_bytes())?;
-                    }
-                    children.insert(concat(&[fj.as_bytes(), job.id.as_bytes()]), &[])?;
-                }
-                Ok(())
-            })
-            .map_err(StoreError::from)
-    }
-
     pub fn get_job(&self, id: JobId) -> Result<Option<Job>> {
         let t = self.trees();
         let Some(dev) = t.job_devices.get(id.as_bytes())? else {
@@ -116,65 +95,9 @@ impl Db {
             None => Ok(None),
         }
     }
-
-    /// The next RPC request id of a device (1, 2, ... wrapping within 31 bits).
-    pub fn next_rpc_id(&self, device: DeviceId) -> Result<u32> {
-        let v = self
-            .trees()
-            .rpc_seq
-            .update_and_fetch(device.as_bytes(), |old| {
-                let n = old
-                    .and_then(|b| <[u8; 4]>::try_from(b).ok())
-                    .map_or(0, u32::from_be_bytes);
-                let next = if n >= i32::MAX as u32 { 1 } else { n + 1 };
-                Some(next.to_be_bytes().to_vec())
-            })?
-            .ok_or_else(|| StoreError::Corrupt {
-                tree: "rpc_seq",
-                detail: "no value".into(),
-            })?;
-        Ok(<[u8; 4]>::try_from(&v[..]).map_or(1, u32::from_be_bytes))
-    }
-
-    /// Removes every job of a deleted device.
-    pub fn delete_device_jobs(&self, device: DeviceId) -> Result<()> {
-        let t = self.trees();
-        for j in self.device_jobs(device, false)? {
-            t.jobs
-                .remove(concat(&[device.as_bytes(), j.id.as_bytes()]))?;
-            t.job_devices.remove(j.id.as_bytes())?;
-            t.jobs_active.remove(j.id.as_bytes())?;
-            if let Some(k) = &j.idempotency_key {
-                t.job_keys
-                    .remove(concat(&[device.as_bytes(), k.as_bytes()]))?;
-            }
-        }
-        t.rpc_seq.remove(device.as_bytes())?;
-        Ok(())
-    }
 }
 
 impl Db {
-    /// Writes a fleet job and, in the same transaction, its idempotency key
-    /// (`fleet ‖ key → fleet job` in `fleet_job_keys`), so a key never outlives or predates
-    /// its rollout.
-    pub fn put_fleet_job(&self, fj: &crate::model::FleetJob) -> Result<()> {
-        let t = self.trees();
-        let idem = fj
-            .idempotency_key
-            .as_ref()
-            .map(|k| concat(&[fj.fleet_id.as_bytes(), k.as_bytes()]));
-        (&t.fleet_jobs, &t.fleet_job_keys)
-            .transaction(|(jobs, keys)| {
-                jobs.insert(fj.id.as_bytes(), encode_json(fj))?;
-                if let Some(k) = &idem {
-                    keys.insert(k.as_slice(), fj.id.as_bytes())?;
-                }
-                Ok(())
-            })
-            .map_err(StoreError::from)
-    }
-
     /// The fleet job created with this idempotency key for this fleet, if any.
     pub fn fleet_job_by_key(
         &self,
@@ -211,14 +134,6 @@ impl Db {
             .iter()
             .map(|kv| decode_json("fleet_jobs", &kv?.1))
             .collect()
-    }
-
-    /// Records that `job` belongs to fleet job `fj`.
-    pub fn add_fleet_job_child(&self, fj: crate::model::FleetJobId, job: JobId) -> Result<()> {
-        self.trees()
-            .fleet_job_children
-            .insert(concat(&[fj.as_bytes(), job.as_bytes()]), &[])?;
-        Ok(())
     }
 
     /// The jobs of a fleet job.

@@ -14,6 +14,7 @@ mod credentials;
 pub mod guard;
 mod integrations;
 mod jobs;
+mod logged;
 mod registry;
 mod telemetry;
 mod users;
@@ -29,6 +30,7 @@ pub use attributes::Scope;
 pub use conditions::{CLOSED_CONDITIONS_KEPT, ConditionScan};
 pub use credentials::{CredentialClash, CredentialKey};
 pub use integrations::{DeadLetter, Enqueue, Moved, QueueEntry, QueueStats};
+pub use logged::{JobWrites, Mark};
 pub use registry::{DeviceClash, NameClash, Page};
 pub use telemetry::{Agg, HOUR_MS, RawPage, RawQuery, SeriesKey, hour_of};
 pub use wal::{Points, PointsOp};
@@ -152,13 +154,8 @@ pub struct Db {
     state_written: std::sync::Mutex<Option<(u64, std::time::Instant)>>,
     /// sled's blob files already fsynced (see `guard::sync_sled`).
     synced_blobs: std::sync::Mutex<std::collections::HashSet<std::ffi::OsString>>,
-    /// Registry writes marked with `Store::written`, and how many of them the last finished
-    /// `commit` covered: `commit_through` skips the flush when one already did.
-    writes: std::sync::atomic::AtomicU64,
-    durable_writes: std::sync::atomic::AtomicU64,
-    /// One `commit_through` flush at a time: the callers queued behind it find their writes
-    /// covered when it ends, rather than each starting a flush of its own.
-    commit_gate: tokio::sync::Mutex<()>,
+    /// The job area's logged writes (see `logged`).
+    logged: logged::Logged,
 }
 
 impl std::ops::Deref for Store {
@@ -377,9 +374,7 @@ impl Store {
             ),
             state_written: std::sync::Mutex::new(None),
             synced_blobs: Default::default(),
-            writes: Default::default(),
-            durable_writes: Default::default(),
-            commit_gate: Default::default(),
+            logged: Default::default(),
         });
         if existed && let Some(v) = version.filter(|v| *v < SCHEMA_VERSION) {
             // A failed upgrade must always be able to go back: snapshot first.
@@ -498,44 +493,14 @@ impl Store {
         self.pipeline.apply_later(f)
     }
 
-    /// Makes every registry write made before this call durable (a sled flush; device data has
-    /// its own log and does not need this).
+    /// Makes every registry write made before this call durable (a sled flush; device data
+    /// and the job area have their own log and do not need this).
     pub async fn commit(&self) -> Result<()> {
-        use std::sync::atomic::Ordering::SeqCst;
-        // Every write marked before this load is applied, so the flush below covers it.
-        let marked = self.db.writes.load(SeqCst);
+        // Every logged write up to here is in sled already, so the flush covers it too.
+        let covered = self.covered_by_flush();
         self.pipeline.commit().await?;
-        self.db.durable_writes.fetch_max(marked, SeqCst);
+        self.mark_durable(covered);
         Ok(())
-    }
-
-    /// Marks the registry writes made so far on this thread: the number returned is durable
-    /// once `commit_through` with it returns.
-    pub fn written(&self) -> u64 {
-        self.db
-            .writes
-            .fetch_add(1, std::sync::atomic::Ordering::SeqCst)
-            + 1
-    }
-
-    /// Waits until the writes marked `mark` (and everything before it) are durable: at once
-    /// when a commit since then covered them (a rollout's one commit covers every device's
-    /// send), otherwise through a commit.
-    pub async fn commit_through(&self, mark: u64) -> Result<()> {
-        let covered = || {
-            self.db
-                .durable_writes
-                .load(std::sync::atomic::Ordering::SeqCst)
-                >= mark
-        };
-        if covered() {
-            return Ok(());
-        }
-        let _gate = self.db.commit_gate.lock().await;
-        if covered() {
-            return Ok(());
-        }
-        self.commit().await
     }
 
     /// Flushes sled and truncates the write-ahead log (at shutdown, so the next start has

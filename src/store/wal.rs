@@ -14,7 +14,8 @@
 //! device cannot know makes such a forgery a 1-in-2^32 guess per crash. Segments without the
 //! header were written before it existed and are read with the plain checksum.
 //! A payload starts with its type: 1 = points; 2 = points and the integration queue entries
-//! they make (`seq u64 ‖ n u16 ‖ n integration ids ‖ len u32 ‖ event`, then the type-1 body).
+//! they make (`seq u64 ‖ n u16 ‖ n integration ids ‖ len u32 ‖ event`, then the type-1 body);
+//! 3 = logged registry writes of the job area (see `logged`).
 //! Type 1 is still written when no integration matches, and logs written before type 2 existed
 //! replay unchanged.
 
@@ -205,10 +206,13 @@ fn record_at(bytes: &[u8], pos: usize, salt: Option<&Salt>) -> Option<usize> {
     let crc = u32::from_be_bytes([header[4], header[5], header[6], header[7]]);
     let payload = bytes.get(pos + 8..pos.checked_add(8 + len)?)?;
     // Cheap tests first: resynchronising after damage tries every offset.
-    if !matches!(payload.first(), Some(1 | 2)) || checksum(salt, payload) != crc {
+    if !matches!(payload.first(), Some(1..=3)) || checksum(salt, payload) != crc {
         return None;
     }
-    PointsOp::decode_record(payload).map(|_| len)
+    match payload[0] {
+        super::logged::RECORD_TYPE => super::logged::decode(payload).map(|_| len),
+        _ => PointsOp::decode_record(payload).map(|_| len),
+    }
 }
 
 /// Splits a segment into records, telling a torn tail (normal after a crash) from damage
@@ -343,7 +347,16 @@ impl Wal {
         let mut in_group = 0;
         for (bytes, scan) in &scanned {
             for &(start, len) in &scan.records {
-                let Some((op, queue)) = PointsOp::decode_record(&bytes[start..start + len]) else {
+                let payload = &bytes[start..start + len];
+                if payload.first() == Some(&super::logged::RECORD_TYPE) {
+                    // Job-area writes: absolute values, replayed in log order.
+                    if let Some(writes) = super::logged::decode(payload) {
+                        db.apply_logged(&writes)?;
+                        replayed += 1;
+                    }
+                    continue;
+                }
+                let Some((op, queue)) = PointsOp::decode_record(payload) else {
                     continue;
                 };
                 // A device deleted after its data was logged must not come back.
@@ -506,6 +519,14 @@ pub(crate) mod fuzzing {
 
     pub fn decode_record(p: &[u8]) -> Option<(PointsOp, Option<(u64, Enqueue)>)> {
         PointsOp::decode_record(p)
+    }
+
+    /// Whether replay reads `p` as a record payload of any type (points or logged writes).
+    pub fn decodes(p: &[u8]) -> bool {
+        match p.first() {
+            Some(&super::super::logged::RECORD_TYPE) => super::super::logged::decode(p).is_some(),
+            _ => PointsOp::decode_record(p).is_some(),
+        }
     }
 
     /// A whole record, length and checksum included, as a segment without header holds it.
