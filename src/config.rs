@@ -36,8 +36,8 @@ pub struct Config {
     pub audit: AuditConfig,
     pub backup: BackupConfig,
     pub retention: RetentionConfig,
-    pub jobs: crate::jobs::JobsConfig,
-    pub auth: crate::auth::AuthConfig,
+    pub jobs: JobsConfig,
+    pub auth: AuthConfig,
     /// `serve --accept-data-loss`: open a damaged or incomplete data directory anyway. Never
     /// read from a file or the environment: it must be asked for on each start.
     #[serde(skip)]
@@ -234,6 +234,54 @@ pub struct StoreConfig {
     pub min_free_mb: u64,
 }
 
+/// Jobs settings (`[jobs]`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct JobsConfig {
+    /// Unfinished jobs a device may have; more are refused (409 `queue_full`).
+    pub max_queued_per_device: usize,
+    /// Lifetime of a job that gives none.
+    pub default_ttl_secs: u64,
+    /// How long a send waits for the device's PUBACK before it is retried.
+    pub ack_timeout_secs: u64,
+    /// Sends without PUBACK before the job fails.
+    pub max_attempts: u32,
+}
+
+impl Default for JobsConfig {
+    fn default() -> Self {
+        Self {
+            max_queued_per_device: 100,
+            default_ttl_secs: 86_400,
+            ack_timeout_secs: 10,
+            max_attempts: 5,
+        }
+    }
+}
+
+/// `[auth]` settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    pub session_idle_mins: u64,
+    pub session_max_hours: u64,
+    pub login_attempts_per_min: u32,
+    pub login_burst: u32,
+    pub setup_token_mins: u64,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            session_idle_mins: 30,
+            session_max_hours: 12,
+            login_attempts_per_min: 6,
+            login_burst: 10,
+            setup_token_mins: 60,
+        }
+    }
+}
+
 impl Default for Config {
     fn default() -> Self {
         Self {
@@ -251,8 +299,8 @@ impl Default for Config {
             audit: AuditConfig::default(),
             backup: BackupConfig::default(),
             retention: RetentionConfig::default(),
-            jobs: crate::jobs::JobsConfig::default(),
-            auth: crate::auth::AuthConfig::default(),
+            jobs: JobsConfig::default(),
+            auth: AuthConfig::default(),
             accept_data_loss: false,
         }
     }
@@ -591,8 +639,8 @@ fn deserialize_collecting(table: toml::Table, problems: &mut Vec<String>) -> Opt
                     "credentials" => CredentialsConfig::deserialize(value).map(drop),
                     "audit" => AuditConfig::deserialize(value).map(drop),
                     "retention" => RetentionConfig::deserialize(value).map(drop),
-                    "jobs" => crate::jobs::JobsConfig::deserialize(value).map(drop),
-                    "auth" => crate::auth::AuthConfig::deserialize(value).map(drop),
+                    "jobs" => JobsConfig::deserialize(value).map(drop),
+                    "auth" => AuthConfig::deserialize(value).map(drop),
                     "data_dir" | "admin_key" | "admin_key_file" => {
                         top.insert(key.clone(), value);
                         continue;

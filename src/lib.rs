@@ -1,9 +1,9 @@
 //! Corral: a single-binary, on-premises IoT device management appliance.
 //!
-//! Layers, bottom to top (dependencies point down only):
-//! `config`, `metrics`, `model`, `names`, `limits` → `store` → `pki`, `events`, `audit` → `devices` →
-//! `integrations` → `data`, `auth`, `jobs`, `conditions` →
-//! `services` → transports `mqtt`, `api` → `app` (wiring, lifecycle) → `cli`.
+//! Layers, bottom to top (dependencies point down only; `tests/layers.rs` checks it):
+//! `config`, `metrics`, `model`, `names`, `limits`, `secrets` → `store` → `pki`, `events`, `audit` →
+//! `devices` → `integrations` → `data`, `auth`, `jobs`, `conditions` → `services` → `backups` →
+//! transports `mqtt`, `api` → `app`, `client` → `sim` → `cli` → `fuzzing` (harness only).
 
 pub mod api;
 pub mod app;
@@ -11,6 +11,7 @@ pub mod audit;
 pub mod auth;
 pub mod backups;
 pub mod cli;
+pub mod client;
 pub mod conditions;
 pub mod config;
 pub mod data;
@@ -26,6 +27,7 @@ pub mod model;
 pub mod mqtt;
 pub mod names;
 pub mod pki;
+pub mod secrets;
 pub mod services;
 pub mod sim;
 pub mod store;

@@ -15,7 +15,7 @@ use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS, TlsConfiguration, Tr
 use serde::Serialize;
 use tokio::sync::Semaphore;
 
-use crate::cli::ClientArgs;
+use crate::client::ClientArgs;
 
 #[derive(Args, Clone)]
 pub struct SimulateArgs {
@@ -125,7 +125,7 @@ async fn usernames(a: &SimulateArgs) -> anyhow::Result<Vec<String>> {
 }
 
 async fn create_devices(client: &ClientArgs, fleet: &str, n: usize) -> anyhow::Result<Vec<String>> {
-    let api = crate::cli::client::ApiClient::from_args(client)?;
+    let api = crate::client::ApiClient::from_args(client)?;
     let fleet_id = if uuid::Uuid::parse_str(fleet).is_ok() {
         fleet.to_string()
     } else {

@@ -10,37 +10,14 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use base64::Engine;
-use serde::{Deserialize, Serialize};
 
 use crate::audit::{AuditLog, Entry};
-use crate::devices::registry::secret_hash;
+pub use crate::config::AuthConfig;
 use crate::limits::KeyedLimiter;
 use crate::model::{ApiKey, ApiKeyId, Millis, User, UserSession, now_ms};
+use crate::secrets::secret_hash;
 use crate::store::{Store, StoreError};
 pub use policy::Principal;
-
-/// `[auth]` settings.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct AuthConfig {
-    pub session_idle_mins: u64,
-    pub session_max_hours: u64,
-    pub login_attempts_per_min: u32,
-    pub login_burst: u32,
-    pub setup_token_mins: u64,
-}
-
-impl Default for AuthConfig {
-    fn default() -> Self {
-        Self {
-            session_idle_mins: 30,
-            session_max_hours: 12,
-            login_attempts_per_min: 6,
-            login_burst: 10,
-            setup_token_mins: 60,
-        }
-    }
-}
 
 /// Why an authentication step failed. Sign-in failures are deliberately not more precise.
 #[derive(Debug, thiserror::Error)]

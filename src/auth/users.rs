@@ -8,14 +8,14 @@ use utoipa::ToSchema;
 use super::policy::UserView;
 use super::{AuthError, AuthService, new_api_key};
 use crate::audit::Entry;
-use crate::devices::registry::secret_hash;
 use crate::model::{ApiKey, ApiKeyId, Grant, User, UserId, now_ms};
+use crate::secrets::secret_hash;
 
-pub use crate::devices::credentials::verify_password;
+pub use crate::secrets::verify_password;
 
 /// argon2id PHC string of a password.
 pub fn hash_password(p: &str) -> Result<String, AuthError> {
-    crate::devices::credentials::hash_password(p).map_err(|e| AuthError::Internal(e.to_string()))
+    crate::secrets::hash_password(p).map_err(|e| AuthError::Internal(e.to_string()))
 }
 
 #[derive(Debug, Clone, Deserialize, ToSchema)]

@@ -7,7 +7,6 @@
 mod admin;
 mod backup;
 mod banner;
-pub mod client;
 mod conditions;
 mod credentials;
 mod data;
@@ -23,6 +22,7 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 
+pub use crate::client::{self, ClientArgs};
 use crate::config::LogFormat;
 
 #[derive(Parser)]
@@ -148,24 +148,6 @@ enum ConfigCmd {
 enum CaCmd {
     /// Print the CA certificate (PEM) from the local data directory.
     Show(ConfigArg),
-}
-
-// Flags shared by every command that talks to a server. A plain comment: clap would show a doc
-// comment as the description of every subcommand that lacks its own.
-#[derive(Args, Clone)]
-pub struct ClientArgs {
-    /// Base URL of the Corral HTTP API.
-    #[arg(long, env = "CORRAL_SERVER", default_value = "http://127.0.0.1:8080")]
-    pub server: String,
-    /// Admin API key.
-    #[arg(long, env = "CORRAL_API_KEY", hide_env_values = true)]
-    pub api_key: Option<String>,
-    /// CA certificate to trust for an https:// server (default: the system has none; pass Corral's ca.pem).
-    #[arg(long, env = "CORRAL_CA_FILE")]
-    pub ca_file: Option<PathBuf>,
-    /// Print JSON instead of tables.
-    #[arg(long)]
-    pub json: bool,
 }
 
 /// Entry point of the binary.

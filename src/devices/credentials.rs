@@ -8,7 +8,6 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use rand::Rng;
 use rand::distr::Alphanumeric;
 use rustls::pki_types::CertificateDer;
@@ -24,6 +23,7 @@ use crate::model::{
     Millis, now_ms,
 };
 use crate::pki::{self, Pki};
+pub use crate::secrets::verify_password;
 use crate::store::{CredentialClash, CredentialKey, Store};
 
 type Result<T> = std::result::Result<T, RegistryError>;
@@ -268,25 +268,7 @@ pub fn random_alnum(n: usize) -> String {
 
 /// argon2id hash (PHC string) of a device password or provisioning secret.
 pub fn hash_password(p: &str) -> Result<String> {
-    let salt = SaltString::encode_b64(&rand::random::<[u8; 16]>()).map_err(|e| internal(&e))?;
-    argon2::Argon2::default()
-        .hash_password(p.as_bytes(), &salt)
-        .map(|h| h.to_string())
-        .map_err(|e| internal(&e))
-}
-
-/// Checks a password against an argon2 PHC string; off the caller's thread, since a check
-/// costs tens of milliseconds of CPU by design.
-pub async fn verify_password(hash: String, given: Vec<u8>) -> bool {
-    tokio::task::spawn_blocking(move || {
-        PasswordHash::new(&hash).is_ok_and(|h| {
-            argon2::Argon2::default()
-                .verify_password(&given, &h)
-                .is_ok()
-        })
-    })
-    .await
-    .unwrap_or(false)
+    crate::secrets::hash_password(p).map_err(|e| internal(&e))
 }
 
 fn internal(e: &dyn std::fmt::Display) -> RegistryError {

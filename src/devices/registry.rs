@@ -5,7 +5,6 @@
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 use utoipa::ToSchema;
 
 use super::presence::{Liveness, Presence};
@@ -14,6 +13,7 @@ use crate::audit::{AuditLog, Entry};
 use crate::model::{
     Credential, Device, DeviceId, Fleet, FleetId, Millis, Workspace, WorkspaceId, now_ms,
 };
+pub use crate::secrets::secret_hash;
 use crate::store::{DeviceClash, NameClash, Page, Store, StoreError};
 
 #[derive(Debug, thiserror::Error)]
@@ -230,11 +230,6 @@ fn clash(kind: &'static str, name: &str) -> RegistryError {
         kind,
         name: name.to_string(),
     }
-}
-
-/// SHA-256 of a device token or API key: what the store indexes.
-pub fn secret_hash(secret: &str) -> [u8; 32] {
-    Sha256::digest(secret.as_bytes()).into()
 }
 
 impl Registry {

@@ -19,6 +19,7 @@ use serde::Deserialize;
 use serde_json::{Value as Json, json};
 use utoipa::ToSchema;
 
+pub use crate::config::JobsConfig;
 use crate::devices::registry::{Registry, RegistryError};
 use crate::devices::sessions::{SessionCommand, Sessions};
 use crate::events::{Event, EventBus};
@@ -26,31 +27,6 @@ use crate::model::{DeviceId, Job, JobId, JobState};
 use crate::store::{Mark, Store};
 
 type Result<T> = std::result::Result<T, RegistryError>;
-
-/// Jobs settings (`[jobs]`).
-#[derive(Debug, Clone, PartialEq, serde::Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct JobsConfig {
-    /// Unfinished jobs a device may have; more are refused (409 `queue_full`).
-    pub max_queued_per_device: usize,
-    /// Lifetime of a job that gives none.
-    pub default_ttl_secs: u64,
-    /// How long a send waits for the device's PUBACK before it is retried.
-    pub ack_timeout_secs: u64,
-    /// Sends without PUBACK before the job fails.
-    pub max_attempts: u32,
-}
-
-impl Default for JobsConfig {
-    fn default() -> Self {
-        Self {
-            max_queued_per_device: 100,
-            default_ttl_secs: 86_400,
-            ack_timeout_secs: 10,
-            max_attempts: 5,
-        }
-    }
-}
 
 /// A command to create.
 #[derive(Debug, Clone, Deserialize, ToSchema)]

@@ -1,13 +1,31 @@
 //! A small typed client for the REST API, used by the admin commands (and by tests and the
 //! simulator through `ApiClient`). Errors carry the server's stable code and message.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
+use clap::Args;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use super::ClientArgs;
+// Flags shared by every command that talks to a server. A plain comment: clap would show a doc
+// comment as the description of every subcommand that lacks its own.
+#[derive(Args, Clone)]
+pub struct ClientArgs {
+    /// Base URL of the Corral HTTP API.
+    #[arg(long, env = "CORRAL_SERVER", default_value = "http://127.0.0.1:8080")]
+    pub server: String,
+    /// Admin API key.
+    #[arg(long, env = "CORRAL_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+    /// CA certificate to trust for an https:// server (default: the system has none; pass Corral's ca.pem).
+    #[arg(long, env = "CORRAL_CA_FILE")]
+    pub ca_file: Option<PathBuf>,
+    /// Print JSON instead of tables.
+    #[arg(long)]
+    pub json: bool,
+}
 
 #[derive(Debug, thiserror::Error)]
 #[error("{status}: {code}: {message}")]
