@@ -13,10 +13,11 @@ use utoipa::IntoParams;
 use utoipa_axum::{router::OpenApiRouter, routes};
 
 use super::ApiResult;
+use super::authz::{Device, Fleet, On, Operator, Viewer};
 use super::error::{ApiError, ApiJson, ApiPath, ApiQuery, ErrorBody};
 use super::telemetry::split_keys;
 use crate::devices::attributes::{AttrValue, DeviceAttributes, parse_body};
-use crate::model::{DeviceId, FleetId};
+use crate::model::DeviceId;
 use crate::services::Services;
 use crate::store::Scope;
 
@@ -71,7 +72,7 @@ pub struct KeysParams {
     responses((status = 200, body = DeviceAttributes), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
 async fn get_attributes(
     State(s): S,
-    ApiPath(id): ApiPath<DeviceId>,
+    On(id, _): On<Device, Viewer>,
     ApiQuery(q): ApiQuery<ScopeParams>,
 ) -> ApiResult<axum::Json<DeviceAttributes>> {
     let sc = q.scope.as_deref().map(scope).transpose()?;
@@ -92,6 +93,7 @@ async fn get_attributes(
     responses((status = 200, body = DeviceAttributes), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)))]
 async fn set_attributes(
     State(s): S,
+    _: On<Device, Operator>,
     ApiPath((id, sc)): ApiPath<(DeviceId, String)>,
     ApiJson(body): ApiJson<Map<String, Json>>,
 ) -> ApiResult<axum::Json<DeviceAttributes>> {
@@ -111,6 +113,7 @@ async fn set_attributes(
     responses((status = 204), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
 async fn delete_attributes(
     State(s): S,
+    _: On<Device, Operator>,
     ApiPath((id, sc)): ApiPath<(DeviceId, String)>,
     ApiQuery(q): ApiQuery<KeysParams>,
 ) -> ApiResult<StatusCode> {
@@ -129,7 +132,7 @@ async fn delete_attributes(
     responses((status = 200, body = BTreeMap<String, AttrValue>), (status = 404, body = ErrorBody)))]
 async fn get_fleet_shared(
     State(s): S,
-    ApiPath(id): ApiPath<FleetId>,
+    On(id, _): On<Fleet, Viewer>,
 ) -> ApiResult<axum::Json<BTreeMap<String, AttrValue>>> {
     Ok(axum::Json(s.attributes.fleet_defaults(id)?))
 }
@@ -145,7 +148,7 @@ async fn get_fleet_shared(
     responses((status = 200, body = BTreeMap<String, AttrValue>), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)))]
 async fn set_fleet_shared(
     State(s): S,
-    ApiPath(id): ApiPath<FleetId>,
+    On(id, _): On<Fleet, Operator>,
     ApiJson(body): ApiJson<Map<String, Json>>,
 ) -> ApiResult<axum::Json<BTreeMap<String, AttrValue>>> {
     s.attributes.set_fleet(id, parse_body(body)?).await?;
@@ -162,7 +165,7 @@ async fn set_fleet_shared(
     responses((status = 204), (status = 404, body = ErrorBody)))]
 async fn delete_fleet_shared(
     State(s): S,
-    ApiPath(id): ApiPath<FleetId>,
+    On(id, _): On<Fleet, Operator>,
     ApiQuery(q): ApiQuery<KeysParams>,
 ) -> ApiResult<StatusCode> {
     let keys = split_keys(Some(&q.keys)).unwrap_or_default();

@@ -1,12 +1,12 @@
-//! Operator authentication and authorization for `/api/v1`: who is calling (an API key, or a
-//! browser session cookie, bound to the transport it was made over, with its CSRF token), whether they may call this route on this
-//! object (checked on every request against the object's workspace and fleet), an audit
-//! record of every change they make; and the sign-in, setup, user, API-key and overview routes.
+//! Operator authentication for `/api/v1`: who is calling (an API key, or a browser session
+//! cookie, bound to the transport it was made over, with its CSRF token), an audit record of
+//! every change they make; and the sign-in, setup, user, API-key and overview routes. What a
+//! caller may do is checked by each handler (`authz`).
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
-use axum::extract::{ConnectInfo, MatchedPath, RawPathParams, Request, State};
+use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -17,16 +17,13 @@ use utoipa::ToSchema;
 use utoipa_axum::{router::OpenApiRouter, routes};
 
 use super::ApiResult;
+use super::authz::{Caller, SelfOrAdmin, ServerAdmin};
 use super::error::{ApiError, ApiJson, ApiPath, ErrorBody};
 use crate::audit::Entry;
 use crate::auth::users::{ApiKeyView, NewApiKey, NewUser, UserPatch};
 use crate::auth::{AuthError, Principal, SignedIn, policy::UserView};
-use crate::devices::RegistryError;
 use crate::devices::registry::DeviceStatus;
-use crate::model::WorkspaceId;
-use crate::model::{
-    ApiKeyId, ConditionId, DeviceId, FleetId, FleetJobId, JobId, Role, ScheduleId, UserId,
-};
+use crate::model::{ApiKeyId, DeviceId, FleetId, Role, UserId};
 use crate::services::Services;
 
 type S = State<Arc<Services>>;
@@ -198,64 +195,7 @@ pub async fn authenticate(State(s): S, mut req: Request, next: Next) -> Response
     resp
 }
 
-/// What a route needs of the caller on the object it names.
-enum Need {
-    /// Any authenticated caller; the handler filters what it returns.
-    Anyone,
-    ServerAdmin,
-    Workspace(WorkspaceId, Role),
-    /// Sees the workspace (any grant in it).
-    SeesWorkspace(WorkspaceId),
-    Fleet(WorkspaceId, FleetId, Role),
-    /// The object named does not exist: 404 whoever asks.
-    Missing(&'static str),
-    /// A user's own record and keys, or a server admin.
-    UserOrAdmin(UserId),
-    /// Refused with this: the body could not be read to find the object, or looking the
-    /// object up failed.
-    Refused(ApiError),
-}
-
-fn read_or(method: &Method, write: Role) -> Role {
-    if matches!(*method, Method::GET | Method::HEAD) {
-        Role::Viewer
-    } else {
-        write
-    }
-}
-
-/// The largest body read before routing: axum's default body limit, which the handler's JSON
-/// extractor applies anyway.
-const PEEK_BODY_LIMIT: usize = 2 << 20;
-
-/// Reads the ids a create request names in its body, and puts the body back. A body that
-/// cannot be read is refused here (413 past the limit).
-async fn peek_body(req: Request) -> Result<(Request, Json_), ApiError> {
-    let (parts, body) = req.into_parts();
-    let bytes = axum::body::to_bytes(body, PEEK_BODY_LIMIT)
-        .await
-        .map_err(|e| ApiError::unreadable_body(e, PEEK_BODY_LIMIT))?;
-    let v = serde_json::from_slice(&bytes).unwrap_or(Json_::Null);
-    Ok((Request::from_parts(parts, axum::body::Body::from(bytes)), v))
-}
-
-fn id_in<T: std::str::FromStr>(v: &Json_, field: &str) -> Option<T> {
-    v.get(field)?.as_str()?.parse().ok()
-}
-
 impl Services {
-    fn fleet_need(&self, fleet: FleetId, role: Role) -> Need {
-        found(self.registry.fleet(fleet), "fleet", |f| {
-            Need::Fleet(f.workspace_id, f.id, role)
-        })
-    }
-
-    fn device_need(&self, device: DeviceId, role: Role) -> Need {
-        found(self.registry.device_record(device), "device", |d| {
-            Need::Fleet(d.workspace_id, d.fleet_id, role)
-        })
-    }
-
     /// Whether the caller sees a device (lists, live events).
     pub(crate) fn sees_device(&self, p: &Principal, device: DeviceId) -> bool {
         p.admin
@@ -279,269 +219,6 @@ impl Services {
             .fleet(fleet)
             .ok()
             .and_then(|f| p.role_on_fleet(f.workspace_id, f.id))
-    }
-}
-
-/// The need of an object looked up for authorization: `then` with it, 404 when it does not
-/// exist, and the lookup's own error (a store failure is a 500, never a "not found").
-fn found<T>(r: Result<T, RegistryError>, what: &'static str, then: impl FnOnce(T) -> Need) -> Need {
-    match r {
-        Ok(x) => then(x),
-        Err(RegistryError::NotFound(_)) => Need::Missing(what),
-        Err(e) => Need::Refused(e.into()),
-    }
-}
-
-/// What `method path` needs, from the route template, its parameters and (for creates) the body.
-async fn need(
-    s: &Services,
-    p: &Principal,
-    method: &Method,
-    path: &str,
-    params: &[(String, String)],
-    req: Request,
-) -> (Request, Need) {
-    let id = |name: &str| {
-        params
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.as_str())
-            .unwrap_or("")
-    };
-    let parse = |name: &str| -> Option<uuid::Uuid> { id(name).parse().ok() };
-    // A malformed id names nothing: the handler answers 400 `invalid_id`.
-    if params
-        .iter()
-        .any(|(k, v)| k.ends_with("id") && v.parse::<uuid::Uuid>().is_err())
-    {
-        return (req, Need::Anyone);
-    }
-    let is_post = *method == Method::POST;
-    let n = match path {
-        // The caller's own session, and reads that the handlers filter to what they see.
-        "/auth/me" | "/auth/logout" | "/overview" | "/events" | "/audit" | "/conditions" => {
-            Need::Anyone
-        }
-        "/workspaces" | "/fleets" | "/devices" | "/schedules" if !is_post => Need::Anyone,
-        "/users" | "/backup" => Need::ServerAdmin,
-        p_ if p_.starts_with("/users/{id}") => match parse("id") {
-            Some(_) if *method == Method::DELETE && p_ == "/users/{id}" => Need::ServerAdmin,
-            Some(u) => Need::UserOrAdmin(UserId(u)),
-            None => Need::Missing("user"),
-        },
-        "/workspaces" => Need::ServerAdmin,
-        "/workspaces/{id}" | "/workspaces/{id}/usage" => match parse("id").map(WorkspaceId) {
-            None => Need::Missing("workspace"),
-            Some(w) => found(s.registry.workspace(w), "workspace", |w| match () {
-                _ if *method == Method::GET && path == "/workspaces/{id}" => {
-                    Need::SeesWorkspace(w.id)
-                }
-                _ if *method == Method::DELETE && !p.sees_workspace(w.id) => {
-                    Need::Missing("workspace")
-                }
-                _ if *method == Method::DELETE => Need::ServerAdmin,
-                _ => Need::Workspace(w.id, read_or(method, Role::Admin)),
-            }),
-        },
-        "/fleets" | "/devices" | "/schedules" if p.admin => Need::Anyone,
-        "/fleets" => {
-            let (r, body) = match peek_body(req).await {
-                Ok(x) => x,
-                Err(e) => return (Request::default(), Need::Refused(e)),
-            };
-            let n = match id_in::<WorkspaceId>(&body, "workspace_id") {
-                Some(w) if s.registry.workspace(w).is_ok() => Need::Workspace(w, Role::Admin),
-                _ => Need::Anyone, // the handler refuses the body
-            };
-            return (r, n);
-        }
-        "/devices" => {
-            let (r, body) = match peek_body(req).await {
-                Ok(x) => x,
-                Err(e) => return (Request::default(), Need::Refused(e)),
-            };
-            let n = match id_in::<FleetId>(&body, "fleet_id") {
-                Some(f) => s.fleet_need(f, Role::Operator),
-                None => Need::Anyone,
-            };
-            return (r, n);
-        }
-        "/schedules" => {
-            let (r, body) = match peek_body(req).await {
-                Ok(x) => x,
-                Err(e) => return (Request::default(), Need::Refused(e)),
-            };
-            let n = match (
-                id_in::<DeviceId>(&body, "device_id"),
-                id_in::<FleetId>(&body, "fleet_id"),
-            ) {
-                (Some(d), _) => s.device_need(d, Role::Operator),
-                (None, Some(f)) => s.fleet_need(f, Role::Operator),
-                _ => Need::Anyone,
-            };
-            return (r, n);
-        }
-        "/fleets/{id}"
-        | "/fleets/{id}/provisioning"
-        | "/fleets/{id}/cas"
-        | "/fleets/{id}/cas/{ca_id}" => {
-            let admin_path = path == "/fleets/{id}/provisioning"
-                || !matches!(*method, Method::GET | Method::HEAD);
-            match parse("id")
-                .map(FleetId)
-                .map(|f| s.fleet_need(f, Role::Viewer))
-            {
-                Some(Need::Fleet(w, f, _)) if admin_path => {
-                    // Fleet settings and trust are the workspace admin's.
-                    if p.role_on_fleet(w, f).is_some() {
-                        Need::Workspace(w, Role::Admin)
-                    } else {
-                        Need::Missing("fleet")
-                    }
-                }
-                Some(n) => n,
-                None => Need::Missing("fleet"),
-            }
-        }
-        p_ if p_.starts_with("/fleets/{id}/") => match parse("id") {
-            Some(f) => s.fleet_need(FleetId(f), read_or(method, Role::Operator)),
-            None => Need::Missing("fleet"),
-        },
-        "/devices/{id}" if *method == Method::DELETE => match parse("id") {
-            Some(d) => s.device_need(DeviceId(d), Role::Admin),
-            None => Need::Missing("device"),
-        },
-        p_ if p_.starts_with("/devices/{id}") => match parse("id") {
-            Some(d) => s.device_need(DeviceId(d), read_or(method, Role::Operator)),
-            None => Need::Missing("device"),
-        },
-        p_ if p_.starts_with("/jobs/{id}") => match parse("id") {
-            Some(j) => found(s.jobs.get(JobId(j)), "job", |j| {
-                s.device_need(j.device_id, read_or(method, Role::Operator))
-            }),
-            None => Need::Missing("job"),
-        },
-        p_ if p_.starts_with("/fleet-jobs/{id}") => match parse("id") {
-            Some(j) => found(s.jobs.fleet_job(FleetJobId(j)), "fleet job", |j| {
-                s.fleet_need(j.job.fleet_id, read_or(method, Role::Operator))
-            }),
-            None => Need::Missing("fleet job"),
-        },
-        p_ if p_.starts_with("/conditions/{id}") => match parse("id") {
-            Some(c) => found(s.conditions.get(ConditionId(c)), "condition", |c| {
-                s.device_need(c.device_id, read_or(method, Role::Operator))
-            }),
-            None => Need::Missing("condition"),
-        },
-        p_ if p_.starts_with("/schedules/{id}") => match parse("id") {
-            Some(j) => found(s.jobs.schedule(ScheduleId(j)), "schedule", |sc| {
-                match (sc.device_id, sc.fleet_id) {
-                    (Some(d), _) => s.device_need(d, read_or(method, Role::Operator)),
-                    (_, Some(f)) => s.fleet_need(f, read_or(method, Role::Operator)),
-                    _ => Need::ServerAdmin,
-                }
-            }),
-            None => Need::Missing("schedule"),
-        },
-        // Export names what it reads in its query; checked below.
-        "/export" => Need::Anyone,
-        // Anything else (server-wide settings, retention, integrations): server admins.
-        _ => Need::ServerAdmin,
-    };
-    (req, n)
-}
-
-/// Export reads what its query names: every device and fleet must be visible, and a caller
-/// who is not a server admin must name them.
-fn check_export(s: &Services, p: &Principal, query: &str) -> Result<(), ApiError> {
-    if p.admin {
-        return Ok(());
-    }
-    let mut named = false;
-    for (k, v) in form_urlencoded::parse(query.as_bytes()) {
-        for one in v.split(',').filter(|x| !x.is_empty()) {
-            let ok = match &*k {
-                "device_id" => one.parse().is_ok_and(|d| s.sees_device(p, DeviceId(d))),
-                "fleet_id" => one.parse().is_ok_and(|f| s.sees_fleet(p, FleetId(f))),
-                _ => continue,
-            };
-            if !ok {
-                return Err(ApiError::not_found(&k.replace("_id", "")));
-            }
-            named = true;
-        }
-    }
-    if !named {
-        return Err(forbidden("name the devices or fleets to export"));
-    }
-    Ok(())
-}
-
-/// Checks, after routing, that the caller may call this route on the object it names: 404
-/// when the object is not visible to them (or does not exist), 403 when it is but their role
-/// is too low.
-pub async fn authorize(
-    State(s): S,
-    Extension(p): Extension<Principal>,
-    req: Request,
-    next: Next,
-) -> Response {
-    use axum::extract::FromRequestParts;
-    let (mut parts, body) = req.into_parts();
-    let matched = parts.extensions.get::<MatchedPath>().cloned();
-    // A route without parameters has none to extract.
-    let params = RawPathParams::from_request_parts(&mut parts, &s).await.ok();
-    let req = Request::from_parts(parts, body);
-    let method = req.method().clone();
-    let path = matched
-        .as_ref()
-        .map(|m| m.as_str().trim_start_matches("/api/v1").to_string())
-        .unwrap_or_default();
-    let params: Vec<(String, String)> = params
-        .map(|p| {
-            p.iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect()
-        })
-        .unwrap_or_default();
-    if path == "/export"
-        && let Err(e) = check_export(&s, &p, req.uri().query().unwrap_or(""))
-    {
-        return e.into_response();
-    }
-    let (req, n) = need(&s, &p, &method, &path, &params, req).await;
-    let verdict = match n {
-        Need::Anyone => Ok(()),
-        Need::Missing(what) => Err(ApiError::not_found(what)),
-        Need::Refused(e) => Err(e),
-        Need::ServerAdmin if p.admin => Ok(()),
-        Need::ServerAdmin => Err(forbidden("server administrators only")),
-        Need::UserOrAdmin(u) if p.admin || p.user_id == Some(u) => Ok(()),
-        Need::UserOrAdmin(_) => Err(forbidden("server administrators only")),
-        Need::SeesWorkspace(w) if p.sees_workspace(w) => Ok(()),
-        Need::SeesWorkspace(_) => Err(ApiError::not_found("workspace")),
-        Need::Workspace(w, role) => match p.role_on_workspace(w) {
-            Some(r) if r >= role => Ok(()),
-            _ if !p.sees_workspace(w) => Err(ApiError::not_found("workspace")),
-            _ => Err(forbidden(
-                &format!("needs the {role:?} role on the workspace").to_lowercase(),
-            )),
-        },
-        Need::Fleet(w, f, role) => match p.role_on_fleet(w, f) {
-            Some(r) if r >= role => Ok(()),
-            Some(_) => Err(forbidden(
-                &format!("needs the {role:?} role").to_lowercase(),
-            )),
-            None => Err(ApiError::not_found(if path.starts_with("/devices") {
-                "device"
-            } else {
-                "fleet"
-            })),
-        },
-    };
-    match verdict {
-        Ok(()) => next.run(req).await,
-        Err(e) => e.into_response(),
     }
 }
 
@@ -734,7 +411,8 @@ async fn status(State(s): S) -> ApiResult<Json<AuthStatus>> {
 /// are a server admin, and their grants. For a browser session it also returns the CSRF token to
 /// send as `X-CSRF-Token` with every change. Any authenticated caller.
 #[utoipa::path(get, path = "/auth/me", tag = "auth", responses((status = 200, body = Me)))]
-async fn me(State(s): S, Extension(p): Extension<Principal>) -> Json<Me> {
+async fn me(State(s): S, caller: Caller) -> Json<Me> {
+    let p = caller.filters().clone();
     Json(me_of(&s, &p))
 }
 
@@ -745,11 +423,8 @@ async fn me(State(s): S, Extension(p): Extension<Principal>) -> Json<Me> {
 /// nothing. Any authenticated caller.
 #[utoipa::path(post, path = "/auth/logout", tag = "auth",
     responses((status = 204, description = "the session is ended server-side and the cookie cleared")))]
-async fn logout(
-    State(s): S,
-    Extension(p): Extension<Principal>,
-    req: Request,
-) -> ApiResult<Response> {
+async fn logout(State(s): S, caller: Caller, req: Request) -> ApiResult<Response> {
+    let p = caller.filters().clone();
     let (peer, tls) = (peer_of(req.extensions()), is_tls(req.extensions()));
     s.auth.logout(&p, peer).await?;
     let mut r = StatusCode::NO_CONTENT.into_response();
@@ -758,33 +433,15 @@ async fn logout(
     Ok(r)
 }
 
-/// Server admins manage everyone; a user may read and change their own record (name and
-/// password only) and their own API keys.
-fn admin_or_self(p: &Principal, id: UserId) -> ApiResult<()> {
-    if p.admin || p.user_id == Some(id) {
-        Ok(())
-    } else {
-        Err(forbidden("server administrators only"))
-    }
-}
-
-fn admin_only(p: &Principal) -> ApiResult<()> {
-    if p.admin {
-        Ok(())
-    } else {
-        Err(forbidden("server administrators only"))
-    }
-}
-
 /// List users
 ///
 /// Returns every user with their grants, never a password hash. Needs a server admin.
 #[utoipa::path(get, path = "/users", tag = "users", responses((status = 200, body = Vec<UserView>), (status = 403, body = ErrorBody)))]
 async fn list_users(
     State(s): S,
-    Extension(p): Extension<Principal>,
+    _: ServerAdmin,
+    Extension(_p): Extension<Principal>,
 ) -> ApiResult<Json<Vec<UserView>>> {
-    admin_only(&p)?;
     Ok(Json(s.auth.users()?))
 }
 
@@ -799,10 +456,10 @@ async fn list_users(
     responses((status = 201, body = UserView), (status = 403, body = ErrorBody), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
 async fn create_user(
     State(s): S,
+    _: ServerAdmin,
     Extension(p): Extension<Principal>,
     ApiJson(body): ApiJson<NewUser>,
 ) -> ApiResult<(StatusCode, Json<UserView>)> {
-    admin_only(&p)?;
     Ok((
         StatusCode::CREATED,
         Json(s.auth.create_user(body, &p.name).await?),
@@ -817,10 +474,9 @@ async fn create_user(
     responses((status = 200, body = UserView), (status = 404, body = ErrorBody)))]
 async fn get_user(
     State(s): S,
-    Extension(p): Extension<Principal>,
-    ApiPath(id): ApiPath<UserId>,
+    Extension(_p): Extension<Principal>,
+    SelfOrAdmin(id): SelfOrAdmin,
 ) -> ApiResult<Json<UserView>> {
-    admin_or_self(&p, id)?;
     Ok(Json(UserView::from(&s.auth.user(id)?)))
 }
 
@@ -838,10 +494,9 @@ async fn get_user(
 async fn update_user(
     State(s): S,
     Extension(p): Extension<Principal>,
-    ApiPath(id): ApiPath<UserId>,
+    SelfOrAdmin(id): SelfOrAdmin,
     ApiJson(patch): ApiJson<UserPatch>,
 ) -> ApiResult<Json<UserView>> {
-    admin_or_self(&p, id)?;
     if !p.admin && (patch.admin.is_some() || patch.enabled.is_some() || patch.grants.is_some()) {
         return Err(forbidden(
             "only server administrators change roles or enable users",
@@ -858,10 +513,10 @@ async fn update_user(
     responses((status = 204), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
 async fn delete_user(
     State(s): S,
+    _: ServerAdmin,
     Extension(p): Extension<Principal>,
     ApiPath(id): ApiPath<UserId>,
 ) -> ApiResult<StatusCode> {
-    admin_only(&p)?;
     s.auth.delete_user(id, &p.name).await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -881,10 +536,9 @@ pub struct NewKeyBody {
     responses((status = 200, body = Vec<ApiKeyView>), (status = 404, body = ErrorBody)))]
 async fn list_api_keys(
     State(s): S,
-    Extension(p): Extension<Principal>,
-    ApiPath(id): ApiPath<UserId>,
+    Extension(_p): Extension<Principal>,
+    SelfOrAdmin(id): SelfOrAdmin,
 ) -> ApiResult<Json<Vec<ApiKeyView>>> {
-    admin_or_self(&p, id)?;
     Ok(Json(s.auth.api_keys_of(id)?))
 }
 
@@ -900,10 +554,9 @@ async fn list_api_keys(
 async fn create_api_key(
     State(s): S,
     Extension(p): Extension<Principal>,
-    ApiPath(id): ApiPath<UserId>,
+    SelfOrAdmin(id): SelfOrAdmin,
     ApiJson(b): ApiJson<NewKeyBody>,
 ) -> ApiResult<(StatusCode, Json<NewApiKey>)> {
-    admin_or_self(&p, id)?;
     Ok((
         StatusCode::CREATED,
         Json(s.auth.create_api_key(id, &b.name, &p.name).await?),
@@ -920,10 +573,10 @@ async fn create_api_key(
     responses((status = 204), (status = 404, body = ErrorBody)))]
 async fn delete_api_key(
     State(s): S,
+    _: SelfOrAdmin,
     Extension(p): Extension<Principal>,
     ApiPath((id, key)): ApiPath<(UserId, ApiKeyId)>,
 ) -> ApiResult<StatusCode> {
-    admin_or_self(&p, id)?;
     s.auth.delete_api_key(id, key, &p.name).await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -960,7 +613,8 @@ pub struct DeviceCounts {
 /// open conditions and unfinished jobs, plus the server-wide rate of stored telemetry messages.
 /// Server admins also get each integration's health. Any authenticated caller.
 #[utoipa::path(get, path = "/overview", tag = "overview", responses((status = 200, body = Overview)))]
-async fn overview(State(s): S, Extension(p): Extension<Principal>) -> ApiResult<Json<Overview>> {
+async fn overview(State(s): S, caller: Caller) -> ApiResult<Json<Overview>> {
+    let p = caller.filters().clone();
     let s2 = s.clone();
     let p2 = p.clone();
     let (total, online, running, conditions) =
@@ -1024,31 +678,4 @@ async fn overview(State(s): S, Extension(p): Extension<Principal>) -> ApiResult<
             Vec::new()
         },
     }))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_failed_lookup_is_an_error_not_a_missing_object() {
-        assert!(matches!(
-            found(Ok(7), "thing", |_| Need::Anyone),
-            Need::Anyone
-        ));
-        assert!(matches!(
-            found::<()>(Err(RegistryError::NotFound("thing")), "thing", |_| {
-                Need::Anyone
-            }),
-            Need::Missing("thing")
-        ));
-        let broken = RegistryError::Store(crate::store::StoreError::Corrupt {
-            tree: "devices",
-            detail: "bad entry".into(),
-        });
-        match found::<()>(Err(broken), "thing", |_| Need::Anyone) {
-            Need::Refused(e) => assert_eq!(e.status, StatusCode::INTERNAL_SERVER_ERROR),
-            _ => panic!("a store failure became a missing object"),
-        }
-    }
 }

@@ -66,7 +66,7 @@ impl std::io::Write for ChannelWriter {
 #[utoipa::path(get, path = "/backup", tag = "backup",
     responses((status = 200, content_type = "application/x-tar",
         description = "a consistent backup of the running server, streamed; check it with `corral backup verify FILE`")))]
-async fn backup(State(s): State<Arc<Services>>) -> Response {
+async fn backup(State(s): State<Arc<Services>>, _: super::authz::ServerAdmin) -> Response {
     let extras = match crate::backups::extras(&s) {
         Ok(e) => e,
         Err(e) => return super::ApiError::internal(e).into_response(),

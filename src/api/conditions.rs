@@ -10,12 +10,13 @@ use serde::Deserialize;
 use utoipa::IntoParams;
 use utoipa_axum::{router::OpenApiRouter, routes};
 
-use super::error::{ApiError, ApiPath, ApiQuery, ErrorBody};
+use super::authz::{Caller, Condition as ConditionObj, Device, On, Operator, Viewer};
+use super::error::{ApiError, ApiQuery, ErrorBody};
 use super::registry::{Page, cursor};
 use super::{ApiResult, page_limit};
 use crate::auth::Principal;
 use crate::conditions::ConditionQuery;
-use crate::model::{Condition, ConditionId, DeviceId, FleetId, Severity, WorkspaceId};
+use crate::model::{Condition, DeviceId, FleetId, Severity, WorkspaceId};
 use crate::services::Services;
 
 type S = State<Arc<Services>>;
@@ -114,9 +115,10 @@ fn listing(
     responses((status = 200, body = Page<Condition>), (status = 400, body = ErrorBody)))]
 async fn list_conditions(
     State(s): S,
-    Extension(who): Extension<Principal>,
+    caller: Caller,
     ApiQuery(q): ApiQuery<ListConditions>,
 ) -> ApiResult<Json<Page<Condition>>> {
+    let who = caller.filters().clone();
     let query = q.query()?;
     let s2 = s.clone();
     // A filter that matches little may walk much of the history: off the async workers.
@@ -137,7 +139,7 @@ async fn list_conditions(
 async fn device_conditions(
     State(s): S,
     Extension(who): Extension<Principal>,
-    ApiPath(id): ApiPath<DeviceId>,
+    On(id, _): On<Device, Viewer>,
     ApiQuery(q): ApiQuery<ListConditions>,
 ) -> ApiResult<Json<Page<Condition>>> {
     s.registry.device_record(id)?;
@@ -154,7 +156,7 @@ async fn device_conditions(
     responses((status = 200, body = Condition), (status = 404, body = ErrorBody)))]
 async fn get_condition(
     State(s): S,
-    ApiPath(id): ApiPath<ConditionId>,
+    On(id, _): On<ConditionObj, Viewer>,
 ) -> ApiResult<Json<Condition>> {
     Ok(Json(s.conditions.get(id)?))
 }
@@ -170,7 +172,7 @@ async fn get_condition(
 async fn acknowledge_condition(
     State(s): S,
     Extension(who): Extension<Principal>,
-    ApiPath(id): ApiPath<ConditionId>,
+    On(id, _): On<ConditionObj, Operator>,
 ) -> ApiResult<Json<Condition>> {
     Ok(Json(s.conditions.acknowledge(id, &who.name).await?))
 }
@@ -187,7 +189,7 @@ async fn acknowledge_condition(
 async fn close_condition(
     State(s): S,
     Extension(who): Extension<Principal>,
-    ApiPath(id): ApiPath<ConditionId>,
+    On(id, _): On<ConditionObj, Operator>,
 ) -> ApiResult<Json<Condition>> {
     Ok(Json(s.conditions.close(id, &who.name).await?))
 }

@@ -11,6 +11,7 @@ use serde::Deserialize;
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::{router::OpenApiRouter, routes};
 
+use super::authz::{Caller, Device, Fleet, FleetSettings, On, Operator, Viewer};
 use super::error::{ApiJson, ApiPath, ApiQuery, ErrorBody};
 use super::registry::{Page, cursor, page};
 use super::{ApiResult, page_limit};
@@ -53,7 +54,7 @@ pub fn routes() -> OpenApiRouter<Arc<Services>> {
     responses((status = 200, body = Vec<CredentialView>), (status = 404, body = ErrorBody)))]
 async fn list_credentials(
     State(s): S,
-    ApiPath(id): ApiPath<DeviceId>,
+    On(id, _): On<Device, Viewer>,
 ) -> ApiResult<axum::Json<Vec<CredentialView>>> {
     Ok(axum::Json(s.credentials.list(id)?))
 }
@@ -72,7 +73,7 @@ async fn list_credentials(
         (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
 async fn add_credential(
     State(s): S,
-    ApiPath(id): ApiPath<DeviceId>,
+    On(id, _): On<Device, Operator>,
     ApiJson(body): ApiJson<NewCredential>,
 ) -> ApiResult<(StatusCode, axum::Json<IssuedCredential>)> {
     Ok((
@@ -92,6 +93,7 @@ async fn add_credential(
     responses((status = 204), (status = 404, body = ErrorBody)))]
 async fn delete_credential(
     State(s): S,
+    _: On<Device, Operator>,
     ApiPath((id, cid)): ApiPath<(DeviceId, CredentialId)>,
 ) -> ApiResult<StatusCode> {
     s.credentials.delete(id, cid).await?;
@@ -115,6 +117,7 @@ async fn delete_credential(
         (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
 async fn rotate_credential(
     State(s): S,
+    _: On<Device, Operator>,
     ApiPath((id, cid)): ApiPath<(DeviceId, CredentialId)>,
     super::error::ApiBytes(body): super::error::ApiBytes,
 ) -> ApiResult<(StatusCode, axum::Json<IssuedCredential>)> {
@@ -148,6 +151,7 @@ async fn rotate_credential(
     responses((status = 200, body = CredentialView), (status = 404, body = ErrorBody)))]
 async fn revoke_credential(
     State(s): S,
+    _: On<Device, Operator>,
     ApiPath((id, cid)): ApiPath<(DeviceId, CredentialId)>,
 ) -> ApiResult<axum::Json<CredentialView>> {
     Ok(axum::Json(s.credentials.revoke(id, cid).await?))
@@ -177,7 +181,7 @@ pub struct CsrRequest {
     responses((status = 201, body = IssuedCredential), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)))]
 async fn sign_csr(
     State(s): S,
-    ApiPath(id): ApiPath<DeviceId>,
+    On(id, _): On<Device, Operator>,
     ApiJson(body): ApiJson<CsrRequest>,
 ) -> ApiResult<(StatusCode, axum::Json<IssuedCredential>)> {
     let new = NewCredential::Csr {
@@ -199,7 +203,7 @@ async fn sign_csr(
     responses((status = 200, body = ProvisioningView), (status = 404, body = ErrorBody)))]
 async fn get_provisioning(
     State(s): S,
-    ApiPath(id): ApiPath<FleetId>,
+    FleetSettings(id): FleetSettings,
 ) -> ApiResult<axum::Json<ProvisioningView>> {
     Ok(axum::Json(s.provisioning.get(id)?))
 }
@@ -218,7 +222,7 @@ async fn get_provisioning(
         (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
 async fn set_provisioning(
     State(s): S,
-    ApiPath(id): ApiPath<FleetId>,
+    FleetSettings(id): FleetSettings,
     ApiJson(body): ApiJson<ProvisioningSettings>,
 ) -> ApiResult<axum::Json<ProvisioningSecret>> {
     Ok(axum::Json(s.provisioning.set(id, body).await?))
@@ -233,7 +237,10 @@ async fn set_provisioning(
 #[utoipa::path(delete, path = "/fleets/{id}/provisioning", tag = "provisioning",
     params(("id" = String, Path, description = "fleet id")),
     responses((status = 204), (status = 404, body = ErrorBody)))]
-async fn delete_provisioning(State(s): S, ApiPath(id): ApiPath<FleetId>) -> ApiResult<StatusCode> {
+async fn delete_provisioning(
+    State(s): S,
+    FleetSettings(id): FleetSettings,
+) -> ApiResult<StatusCode> {
     s.provisioning.delete(id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -247,7 +254,7 @@ async fn delete_provisioning(State(s): S, ApiPath(id): ApiPath<FleetId>) -> ApiR
     responses((status = 200, body = Vec<FleetCa>), (status = 404, body = ErrorBody)))]
 async fn list_fleet_cas(
     State(s): S,
-    ApiPath(id): ApiPath<FleetId>,
+    On(id, _): On<Fleet, Viewer>,
 ) -> ApiResult<axum::Json<Vec<FleetCa>>> {
     Ok(axum::Json(s.credentials.fleet_cas(id)?))
 }
@@ -265,7 +272,7 @@ async fn list_fleet_cas(
         (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
 async fn add_fleet_ca(
     State(s): S,
-    ApiPath(id): ApiPath<FleetId>,
+    FleetSettings(id): FleetSettings,
     ApiJson(body): ApiJson<NewFleetCa>,
 ) -> ApiResult<(StatusCode, axum::Json<FleetCa>)> {
     Ok((
@@ -284,6 +291,7 @@ async fn add_fleet_ca(
     responses((status = 204), (status = 404, body = ErrorBody)))]
 async fn delete_fleet_ca(
     State(s): S,
+    _: FleetSettings,
     ApiPath((id, ca)): ApiPath<(FleetId, FleetCaId)>,
 ) -> ApiResult<StatusCode> {
     s.credentials.delete_fleet_ca(id, ca).await?;
@@ -321,9 +329,10 @@ pub struct AuditParams {
     responses((status = 200, body = Page<AuditEvent>)))]
 async fn list_audit(
     State(s): S,
-    axum::Extension(who): axum::Extension<crate::auth::Principal>,
+    caller: Caller,
     ApiQuery(q): ApiQuery<AuditParams>,
 ) -> ApiResult<axum::Json<Page<AuditEvent>>> {
+    let who = caller.filters();
     let f = AuditFilter {
         device_id: q.device_id,
         fleet_id: q.fleet_id,
@@ -335,7 +344,7 @@ async fn list_audit(
     let admin_of = |e: &AuditEvent| {
         who.admin
             || e.fleet_id
-                .is_some_and(|f| s.role_on(&who, f) == Some(crate::model::Role::Admin))
+                .is_some_and(|f| s.role_on(who, f) == Some(crate::model::Role::Admin))
     };
     let p = s.audit.list_where(
         &f,

@@ -61,9 +61,10 @@ fn kind_of(e: &Event) -> (&'static str, Option<DeviceId>) {
         description = "one SSE event per bus event: `event:` is the kind, `data:` the event as JSON")))]
 async fn events(
     State(s): State<Arc<Services>>,
-    axum::Extension(who): axum::Extension<crate::auth::Principal>,
+    caller: super::authz::Caller,
     ApiQuery(q): ApiQuery<EventParams>,
 ) -> Sse<impl Stream<Item = Result<SseEvent, Infallible>>> {
+    let who = caller.filters().clone();
     let kinds: Option<Vec<String>> = q
         .kinds
         .map(|k| k.split(',').map(|x| x.trim().to_string()).collect());

@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::{router::OpenApiRouter, routes};
 
+use super::authz::ServerAdmin;
 use super::error::{ApiJson, ApiPath, ApiQuery, ErrorBody};
 use super::{ApiResult, page_limit};
 use crate::integrations::{
@@ -50,6 +51,7 @@ pub fn routes() -> OpenApiRouter<Arc<Services>> {
         (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
 async fn create_integration(
     State(s): S,
+    _: ServerAdmin,
     ApiJson(body): ApiJson<NewIntegration>,
 ) -> ApiResult<(StatusCode, axum::Json<CreatedIntegration>)> {
     Ok((
@@ -69,7 +71,7 @@ pub struct IntegrationList {
 /// admin.
 #[utoipa::path(get, path = "/integrations", tag = "integrations",
     responses((status = 200, body = IntegrationList)))]
-async fn list_integrations(State(s): S) -> ApiResult<axum::Json<IntegrationList>> {
+async fn list_integrations(State(s): S, _: ServerAdmin) -> ApiResult<axum::Json<IntegrationList>> {
     Ok(axum::Json(IntegrationList {
         items: s.integrations.list()?,
     }))
@@ -83,6 +85,7 @@ async fn list_integrations(State(s): S) -> ApiResult<axum::Json<IntegrationList>
     responses((status = 200, body = IntegrationView), (status = 404, body = ErrorBody)))]
 async fn get_integration(
     State(s): S,
+    _: ServerAdmin,
     ApiPath(id): ApiPath<IntegrationId>,
 ) -> ApiResult<axum::Json<IntegrationView>> {
     Ok(axum::Json(s.integrations.get(id)?))
@@ -100,6 +103,7 @@ async fn get_integration(
         (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
 async fn update_integration(
     State(s): S,
+    _: ServerAdmin,
     ApiPath(id): ApiPath<IntegrationId>,
     ApiJson(body): ApiJson<IntegrationPatch>,
 ) -> ApiResult<axum::Json<IntegrationView>> {
@@ -115,6 +119,7 @@ async fn update_integration(
     responses((status = 204, description = "deleted with its queue and dead letters"), (status = 404, body = ErrorBody)))]
 async fn delete_integration(
     State(s): S,
+    _: ServerAdmin,
     ApiPath(id): ApiPath<IntegrationId>,
 ) -> ApiResult<StatusCode> {
     s.integrations.delete(id).await?;
@@ -130,6 +135,7 @@ async fn delete_integration(
     responses((status = 200, body = IntegrationView, description = "entries keep queueing; nothing is sent"), (status = 404, body = ErrorBody)))]
 async fn pause_integration(
     State(s): S,
+    _: ServerAdmin,
     ApiPath(id): ApiPath<IntegrationId>,
 ) -> ApiResult<axum::Json<IntegrationView>> {
     Ok(axum::Json(s.integrations.set_paused(id, true).await?))
@@ -144,6 +150,7 @@ async fn pause_integration(
     responses((status = 200, body = IntegrationView), (status = 404, body = ErrorBody)))]
 async fn resume_integration(
     State(s): S,
+    _: ServerAdmin,
     ApiPath(id): ApiPath<IntegrationId>,
 ) -> ApiResult<axum::Json<IntegrationView>> {
     Ok(axum::Json(s.integrations.set_paused(id, false).await?))
@@ -159,6 +166,7 @@ async fn resume_integration(
     responses((status = 202, description = "a test event is queued (durably) for this integration"), (status = 404, body = ErrorBody)))]
 async fn test_integration(
     State(s): S,
+    _: ServerAdmin,
     ApiPath(id): ApiPath<IntegrationId>,
 ) -> ApiResult<StatusCode> {
     s.integrations.send_test(id).await?;
@@ -176,6 +184,7 @@ async fn test_integration(
     responses((status = 200, body = IntegrationStatus), (status = 404, body = ErrorBody)))]
 async fn integration_status(
     State(s): S,
+    _: ServerAdmin,
     ApiPath(id): ApiPath<IntegrationId>,
 ) -> ApiResult<axum::Json<IntegrationStatus>> {
     Ok(axum::Json(s.integrations.status(id)?))
@@ -202,6 +211,7 @@ pub struct DeadLetterParams {
     responses((status = 200, body = DeadLetterPage), (status = 404, body = ErrorBody)))]
 async fn list_dead_letters(
     State(s): S,
+    _: ServerAdmin,
     ApiPath(id): ApiPath<IntegrationId>,
     ApiQuery(q): ApiQuery<DeadLetterParams>,
 ) -> ApiResult<axum::Json<DeadLetterPage>> {
@@ -230,6 +240,7 @@ pub struct Count {
         (status = 404, body = ErrorBody)))]
 async fn replay_dead_letters(
     State(s): S,
+    _: ServerAdmin,
     ApiPath(id): ApiPath<IntegrationId>,
 ) -> ApiResult<axum::Json<Count>> {
     Ok(axum::Json(Count {
@@ -246,6 +257,7 @@ async fn replay_dead_letters(
     responses((status = 200, body = Count), (status = 404, body = ErrorBody)))]
 async fn delete_dead_letters(
     State(s): S,
+    _: ServerAdmin,
     ApiPath(id): ApiPath<IntegrationId>,
 ) -> ApiResult<axum::Json<Count>> {
     Ok(axum::Json(Count {

@@ -12,11 +12,15 @@ use utoipa::IntoParams;
 use utoipa_axum::{router::OpenApiRouter, routes};
 
 use super::ApiResult;
-use super::error::{ApiJson, ApiPath, ApiQuery, ErrorBody};
+use super::authz::{
+    Action, Caller, Device, Fleet, FleetJob, Job as JobObj, On, Operator, Schedule as ScheduleObj,
+    Viewer,
+};
+use super::error::{ApiJson, ApiQuery, ErrorBody};
 use crate::jobs::NewJob;
 use crate::jobs::fleet::{FleetJobView, NewFleetJob};
 use crate::jobs::schedule::NewSchedule;
-use crate::model::{DeviceId, FleetId, FleetJobId, Job, JobId, Schedule, ScheduleId};
+use crate::model::{Job, Role, Schedule};
 use crate::services::Services;
 
 type S = State<Arc<Services>>;
@@ -49,8 +53,15 @@ pub fn routes() -> OpenApiRouter<Arc<Services>> {
     responses((status = 201, body = Schedule), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)))]
 async fn create_schedule(
     State(s): S,
+    caller: Caller,
     ApiJson(body): ApiJson<NewSchedule>,
 ) -> ApiResult<(StatusCode, axum::Json<Schedule>)> {
+    // Exactly one target is valid; with neither, the service refuses the body (422).
+    match (body.device_id, body.fleet_id) {
+        (Some(d), _) => caller.require(Action::Device(d, Role::Operator))?,
+        (None, Some(f)) => caller.require(Action::Fleet(f, Role::Operator))?,
+        (None, None) => {}
+    }
     Ok((
         StatusCode::CREATED,
         axum::Json(s.jobs.create_schedule(body).await?),
@@ -63,14 +74,12 @@ async fn create_schedule(
 /// they can see. Any authenticated caller.
 #[utoipa::path(get, path = "/schedules", tag = "jobs",
     responses((status = 200, body = Vec<Schedule>)))]
-async fn list_schedules(
-    State(s): S,
-    axum::Extension(who): axum::Extension<crate::auth::Principal>,
-) -> ApiResult<axum::Json<Vec<Schedule>>> {
+async fn list_schedules(State(s): S, caller: Caller) -> ApiResult<axum::Json<Vec<Schedule>>> {
+    let who = caller.filters();
     let mut v = s.jobs.schedules()?;
     v.retain(|sc| match (sc.device_id, sc.fleet_id) {
-        (Some(d), _) => s.sees_device(&who, d),
-        (_, Some(f)) => s.sees_fleet(&who, f),
+        (Some(d), _) => s.sees_device(who, d),
+        (_, Some(f)) => s.sees_fleet(who, f),
         _ => who.admin,
     });
     Ok(axum::Json(v))
@@ -85,7 +94,7 @@ async fn list_schedules(
     responses((status = 200, body = Schedule), (status = 404, body = ErrorBody)))]
 async fn get_schedule(
     State(s): S,
-    ApiPath(id): ApiPath<ScheduleId>,
+    On(id, _): On<ScheduleObj, Viewer>,
 ) -> ApiResult<axum::Json<Schedule>> {
     Ok(axum::Json(s.jobs.schedule(id)?))
 }
@@ -97,7 +106,10 @@ async fn get_schedule(
 #[utoipa::path(delete, path = "/schedules/{id}", tag = "jobs",
     params(("id" = String, Path, description = "schedule id")),
     responses((status = 204), (status = 404, body = ErrorBody)))]
-async fn delete_schedule(State(s): S, ApiPath(id): ApiPath<ScheduleId>) -> ApiResult<StatusCode> {
+async fn delete_schedule(
+    State(s): S,
+    On(id, _): On<ScheduleObj, Operator>,
+) -> ApiResult<StatusCode> {
     s.jobs.delete_schedule(id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -115,7 +127,7 @@ async fn delete_schedule(State(s): S, ApiPath(id): ApiPath<ScheduleId>) -> ApiRe
         (status = 404, body = ErrorBody)))]
 async fn run_schedule(
     State(s): S,
-    ApiPath(id): ApiPath<ScheduleId>,
+    On(id, _): On<ScheduleObj, Operator>,
 ) -> ApiResult<axum::Json<Schedule>> {
     Ok(axum::Json(s.jobs.run_schedule_now(id).await?))
 }
@@ -129,7 +141,7 @@ async fn run_schedule(
     responses((status = 200, body = Schedule), (status = 404, body = ErrorBody)))]
 async fn enable_schedule(
     State(s): S,
-    ApiPath(id): ApiPath<ScheduleId>,
+    On(id, _): On<ScheduleObj, Operator>,
 ) -> ApiResult<axum::Json<Schedule>> {
     Ok(axum::Json(s.jobs.set_schedule_enabled(id, true).await?))
 }
@@ -143,7 +155,7 @@ async fn enable_schedule(
     responses((status = 200, body = Schedule), (status = 404, body = ErrorBody)))]
 async fn disable_schedule(
     State(s): S,
-    ApiPath(id): ApiPath<ScheduleId>,
+    On(id, _): On<ScheduleObj, Operator>,
 ) -> ApiResult<axum::Json<Schedule>> {
     Ok(axum::Json(s.jobs.set_schedule_enabled(id, false).await?))
 }
@@ -162,7 +174,7 @@ async fn disable_schedule(
     responses((status = 201, body = FleetJobView), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)))]
 async fn create_fleet_job(
     State(s): S,
-    ApiPath(id): ApiPath<FleetId>,
+    On(id, _): On<Fleet, Operator>,
     ApiJson(body): ApiJson<NewFleetJob>,
 ) -> ApiResult<(StatusCode, axum::Json<FleetJobView>)> {
     Ok((
@@ -180,7 +192,7 @@ async fn create_fleet_job(
     responses((status = 200, body = Vec<FleetJobView>), (status = 404, body = ErrorBody)))]
 async fn list_fleet_jobs(
     State(s): S,
-    ApiPath(id): ApiPath<FleetId>,
+    On(id, _): On<Fleet, Viewer>,
 ) -> ApiResult<axum::Json<Vec<FleetJobView>>> {
     Ok(axum::Json(s.jobs.fleet_jobs_of(id)?))
 }
@@ -194,7 +206,7 @@ async fn list_fleet_jobs(
     responses((status = 200, body = FleetJobView), (status = 404, body = ErrorBody)))]
 async fn get_fleet_job(
     State(s): S,
-    ApiPath(id): ApiPath<FleetJobId>,
+    On(id, _): On<FleetJob, Viewer>,
 ) -> ApiResult<axum::Json<FleetJobView>> {
     Ok(axum::Json(s.jobs.fleet_job(id)?))
 }
@@ -209,7 +221,7 @@ async fn get_fleet_job(
     responses((status = 200, body = FleetJobView), (status = 404, body = ErrorBody)))]
 async fn cancel_fleet_job(
     State(s): S,
-    ApiPath(id): ApiPath<FleetJobId>,
+    On(id, _): On<FleetJob, Operator>,
 ) -> ApiResult<axum::Json<FleetJobView>> {
     Ok(axum::Json(s.jobs.cancel_fleet_job(id).await?))
 }
@@ -241,7 +253,7 @@ pub struct WaitParams {
         (status = 409, body = ErrorBody, description = "queue_full"), (status = 422, body = ErrorBody)))]
 async fn create_job(
     State(s): S,
-    ApiPath(id): ApiPath<DeviceId>,
+    On(id, _): On<Device, Operator>,
     ApiQuery(q): ApiQuery<WaitParams>,
     ApiJson(body): ApiJson<NewJob>,
 ) -> ApiResult<(StatusCode, axum::Json<Job>)> {
@@ -264,7 +276,7 @@ async fn create_job(
 #[utoipa::path(get, path = "/devices/{id}/jobs", tag = "jobs",
     params(("id" = String, Path, description = "device id")),
     responses((status = 200, body = Vec<Job>), (status = 404, body = ErrorBody)))]
-async fn list_jobs(State(s): S, ApiPath(id): ApiPath<DeviceId>) -> ApiResult<axum::Json<Vec<Job>>> {
+async fn list_jobs(State(s): S, On(id, _): On<Device, Viewer>) -> ApiResult<axum::Json<Vec<Job>>> {
     Ok(axum::Json(s.jobs.list(id)?))
 }
 
@@ -278,7 +290,7 @@ async fn list_jobs(State(s): S, ApiPath(id): ApiPath<DeviceId>) -> ApiResult<axu
     responses((status = 200, body = Job), (status = 404, body = ErrorBody)))]
 async fn get_job(
     State(s): S,
-    ApiPath(id): ApiPath<JobId>,
+    On(id, _): On<JobObj, Viewer>,
     ApiQuery(q): ApiQuery<WaitParams>,
 ) -> ApiResult<axum::Json<Job>> {
     Ok(axum::Json(match q.wait_ms.filter(|w| *w > 0) {
@@ -298,6 +310,6 @@ async fn get_job(
 #[utoipa::path(post, path = "/jobs/{id}/cancel", tag = "jobs",
     params(("id" = String, Path, description = "job id")),
     responses((status = 200, body = Job), (status = 404, body = ErrorBody)))]
-async fn cancel_job(State(s): S, ApiPath(id): ApiPath<JobId>) -> ApiResult<axum::Json<Job>> {
+async fn cancel_job(State(s): S, On(id, _): On<JobObj, Operator>) -> ApiResult<axum::Json<Job>> {
     Ok(axum::Json(s.jobs.cancel(id).await?))
 }

@@ -7,6 +7,7 @@
 
 mod attributes;
 pub mod auth;
+mod authz;
 pub mod backup;
 mod conditions;
 mod conn;
@@ -128,13 +129,10 @@ pub fn router(
             .map_or("localhost", String::as_str),
     ));
     let admin_only = || middleware::from_fn_with_state(exposure.clone(), exposure::admin_api);
-    // Authorization runs after routing (it reads the route template and the object ids);
-    // authentication wraps everything.
+    // Each handler checks its own authorization (`authz`); `enforce` refuses a success from
+    // one that did not. Authentication wraps everything.
     let api = api
-        .route_layer(middleware::from_fn_with_state(
-            services.clone(),
-            auth::authorize,
-        ))
+        .route_layer(middleware::from_fn(authz::enforce))
         .layer(middleware::from_fn_with_state(
             services.clone(),
             auth::authenticate,

@@ -2,22 +2,24 @@
 
 use std::sync::Arc;
 
-use axum::Extension;
 use axum::extract::State;
 use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::{router::OpenApiRouter, routes};
 
-use super::error::{ApiError, ApiJson, ApiPath, ApiQuery, ErrorBody};
+use super::authz::{
+    Action, Admin, Caller, DeleteWorkspace, Device, Fleet as FleetObj, FleetSettings, InWorkspace,
+    On, Operator, SeesWorkspace, ServerAdmin, Viewer,
+};
+use super::error::{ApiError, ApiJson, ApiQuery, ErrorBody};
 use super::{ApiResult, page_limit};
-use crate::auth::Principal;
 use crate::devices::credentials::IssuedCredential;
 use crate::devices::registry::{
     DeviceFilter, DevicePatch, DeviceStatus, DeviceView, FleetPatch, NewDevice, NewFleet,
     NewWorkspace, WorkspacePatch,
 };
-use crate::model::{ConnectionEvent, DeviceId, Fleet, FleetId, Role, Workspace, WorkspaceId};
+use crate::model::{ConnectionEvent, Fleet, FleetId, Role, Workspace, WorkspaceId};
 use crate::services::Services;
 
 type S = State<Arc<Services>>;
@@ -81,9 +83,10 @@ pub struct ListWorkspaces {
     responses((status = 200, body = Page<Workspace>), (status = 401, body = ErrorBody)))]
 async fn list_workspaces(
     State(s): S,
-    Extension(who): Extension<Principal>,
+    caller: Caller,
     ApiQuery(q): ApiQuery<ListWorkspaces>,
 ) -> ApiResult<axum::Json<Page<Workspace>>> {
+    let who = caller.filters();
     let p = s.registry.list_workspaces_where(
         q.name.as_deref(),
         cursor(q.cursor.as_deref())?,
@@ -103,6 +106,7 @@ async fn list_workspaces(
     responses((status = 201, body = Workspace), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
 async fn create_workspace(
     State(s): S,
+    _: ServerAdmin,
     ApiJson(body): ApiJson<NewWorkspace>,
 ) -> ApiResult<(StatusCode, axum::Json<Workspace>)> {
     Ok((
@@ -119,7 +123,7 @@ async fn create_workspace(
     responses((status = 200, body = Workspace), (status = 404, body = ErrorBody)))]
 async fn get_workspace(
     State(s): S,
-    ApiPath(id): ApiPath<WorkspaceId>,
+    SeesWorkspace(id): SeesWorkspace,
 ) -> ApiResult<axum::Json<Workspace>> {
     Ok(axum::Json(s.registry.workspace(id)?))
 }
@@ -136,7 +140,7 @@ async fn get_workspace(
     responses((status = 200, body = Workspace), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 async fn update_workspace(
     State(s): S,
-    ApiPath(id): ApiPath<WorkspaceId>,
+    InWorkspace(id, _): InWorkspace<Admin>,
     ApiJson(p): ApiJson<WorkspacePatch>,
 ) -> ApiResult<axum::Json<Workspace>> {
     Ok(axum::Json(s.registry.update_workspace(id, p).await?))
@@ -149,7 +153,10 @@ async fn update_workspace(
 /// `not_found`).
 #[utoipa::path(delete, path = "/workspaces/{id}", tag = "workspaces", params(("id" = String, Path, description = "workspace id")),
     responses((status = 204), (status = 404, body = ErrorBody), (status = 409, description = "the workspace still has fleets", body = ErrorBody)))]
-async fn delete_workspace(State(s): S, ApiPath(id): ApiPath<WorkspaceId>) -> ApiResult<StatusCode> {
+async fn delete_workspace(
+    State(s): S,
+    DeleteWorkspace(id): DeleteWorkspace,
+) -> ApiResult<StatusCode> {
     s.registry.delete_workspace(id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -178,9 +185,10 @@ pub struct ListFleets {
     responses((status = 200, body = Page<Fleet>)))]
 async fn list_fleets(
     State(s): S,
-    Extension(who): Extension<Principal>,
+    caller: Caller,
     ApiQuery(q): ApiQuery<ListFleets>,
 ) -> ApiResult<axum::Json<Page<Fleet>>> {
+    let who = caller.filters();
     let p = s.registry.list_fleets_where(
         q.workspace_id,
         q.name.as_deref(),
@@ -201,8 +209,10 @@ async fn list_fleets(
     responses((status = 201, body = Fleet), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
 async fn create_fleet(
     State(s): S,
+    caller: Caller,
     ApiJson(body): ApiJson<NewFleet>,
 ) -> ApiResult<(StatusCode, axum::Json<Fleet>)> {
+    caller.require(Action::Workspace(body.workspace_id, Role::Admin))?;
     Ok((
         StatusCode::CREATED,
         axum::Json(s.registry.create_fleet(body).await?),
@@ -215,7 +225,7 @@ async fn create_fleet(
 /// `not_found`.
 #[utoipa::path(get, path = "/fleets/{id}", tag = "fleets", params(("id" = String, Path, description = "fleet id")),
     responses((status = 200, body = Fleet), (status = 404, body = ErrorBody)))]
-async fn get_fleet(State(s): S, ApiPath(id): ApiPath<FleetId>) -> ApiResult<axum::Json<Fleet>> {
+async fn get_fleet(State(s): S, On(id, _): On<FleetObj, Viewer>) -> ApiResult<axum::Json<Fleet>> {
     Ok(axum::Json(s.registry.fleet(id)?))
 }
 
@@ -229,7 +239,7 @@ async fn get_fleet(State(s): S, ApiPath(id): ApiPath<FleetId>) -> ApiResult<axum
     request_body = FleetPatch, responses((status = 200, body = Fleet), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 async fn update_fleet(
     State(s): S,
-    ApiPath(id): ApiPath<FleetId>,
+    FleetSettings(id): FleetSettings,
     ApiJson(p): ApiJson<FleetPatch>,
 ) -> ApiResult<axum::Json<Fleet>> {
     Ok(axum::Json(s.registry.update_fleet(id, p).await?))
@@ -242,7 +252,7 @@ async fn update_fleet(
 /// devices and remove its CAs first. Needs the admin role on the fleet's whole workspace.
 #[utoipa::path(delete, path = "/fleets/{id}", tag = "fleets", params(("id" = String, Path, description = "fleet id")),
     responses((status = 204), (status = 404, body = ErrorBody), (status = 409, description = "the fleet still has devices", body = ErrorBody)))]
-async fn delete_fleet(State(s): S, ApiPath(id): ApiPath<FleetId>) -> ApiResult<StatusCode> {
+async fn delete_fleet(State(s): S, FleetSettings(id): FleetSettings) -> ApiResult<StatusCode> {
     s.registry.delete_fleet(id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -276,9 +286,10 @@ pub struct ListDevices {
     responses((status = 200, body = Page<DeviceView>)))]
 async fn list_devices(
     State(s): S,
-    Extension(who): Extension<Principal>,
+    caller: Caller,
     ApiQuery(q): ApiQuery<ListDevices>,
 ) -> ApiResult<axum::Json<Page<DeviceView>>> {
+    let who = caller.filters();
     let filter = DeviceFilter {
         workspace_id: q.workspace_id,
         fleet_id: q.fleet_id,
@@ -316,8 +327,10 @@ pub struct CreatedDevice {
     responses((status = 201, body = CreatedDevice), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
 async fn create_device(
     State(s): S,
+    caller: Caller,
     ApiJson(body): ApiJson<NewDevice>,
 ) -> ApiResult<(StatusCode, axum::Json<CreatedDevice>)> {
+    caller.require(Action::Fleet(body.fleet_id, Role::Operator))?;
     let (device, credentials) = s.credentials.create_device(body).await?;
     tracing::info!(device = %device.id, name = %device.name, "device created");
     Ok((
@@ -337,7 +350,7 @@ async fn create_device(
     responses((status = 200, body = DeviceView), (status = 404, body = ErrorBody)))]
 async fn get_device(
     State(s): S,
-    ApiPath(id): ApiPath<DeviceId>,
+    On(id, _): On<Device, Viewer>,
 ) -> ApiResult<axum::Json<DeviceView>> {
     Ok(axum::Json(s.registry.device(id)?))
 }
@@ -351,7 +364,7 @@ async fn get_device(
         (status = 404, body = ErrorBody)))]
 async fn device_connections(
     State(s): S,
-    ApiPath(id): ApiPath<DeviceId>,
+    On(id, _): On<Device, Viewer>,
 ) -> ApiResult<axum::Json<Vec<ConnectionEvent>>> {
     Ok(axum::Json(s.registry.connection_history(id)?))
 }
@@ -368,24 +381,14 @@ async fn device_connections(
     request_body = DevicePatch, responses((status = 200, body = DeviceView), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 async fn update_device(
     State(s): S,
-    Extension(who): Extension<Principal>,
-    ApiPath(id): ApiPath<DeviceId>,
+    On(id, _): On<Device, Operator>,
+    caller: Caller,
     ApiJson(p): ApiJson<DevicePatch>,
 ) -> ApiResult<axum::Json<DeviceView>> {
-    // Authorization checked the operator role on the device's fleet; a move needs it on the
-    // fleet it goes to as well, and a fleet the caller cannot see does not exist for them.
+    // A move needs the operator role on the fleet it goes to as well, and a fleet the caller
+    // cannot see does not exist for them.
     if let Some(dest) = p.fleet_id {
-        match s.role_on(&who, dest) {
-            Some(r) if r >= Role::Operator => {}
-            Some(_) => {
-                return Err(ApiError::new(
-                    StatusCode::FORBIDDEN,
-                    "forbidden",
-                    "moving a device needs the operator role on the fleet it goes to",
-                ));
-            }
-            None => return Err(ApiError::not_found("fleet")),
-        }
+        caller.require(Action::Fleet(dest, Role::Operator))?;
     }
     Ok(axum::Json(s.registry.update_device(id, p).await?))
 }
@@ -397,7 +400,7 @@ async fn update_device(
 /// log (`device_deleted`). Cannot be undone. Needs the admin role on the device's fleet.
 #[utoipa::path(delete, path = "/devices/{id}", tag = "devices", params(("id" = String, Path, description = "device id")),
     responses((status = 204), (status = 404, body = ErrorBody)))]
-async fn delete_device(State(s): S, ApiPath(id): ApiPath<DeviceId>) -> ApiResult<StatusCode> {
+async fn delete_device(State(s): S, On(id, _): On<Device, Admin>) -> ApiResult<StatusCode> {
     s.registry.delete_device(id).await?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -13,7 +13,8 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::{router::OpenApiRouter, routes};
 
-use super::error::{ApiError, ApiPath, ApiQuery, ErrorBody};
+use super::authz::{Device, ExportScope, Fleet, InWorkspace, On, ServerAdmin, Viewer};
+use super::error::{ApiError, ApiQuery, ErrorBody};
 use super::{ApiResult, page_limit};
 use crate::data::aggregate::{AggError, Bucket, boundaries, parse_interval, parse_tz};
 use crate::data::retention::{SweepReport, WorkspaceUsage};
@@ -56,7 +57,10 @@ pub const MAX_LISTED_KEYS: usize = 100_000;
 /// sweep also runs every `retention.sweep_interval_secs`. Needs a server admin.
 #[utoipa::path(post, path = "/retention/sweep", tag = "telemetry",
     responses((status = 200, body = SweepReport)))]
-async fn retention_sweep(State(s): State<Arc<Services>>) -> ApiResult<axum::Json<SweepReport>> {
+async fn retention_sweep(
+    State(s): State<Arc<Services>>,
+    _: ServerAdmin,
+) -> ApiResult<axum::Json<SweepReport>> {
     let r = tokio::task::spawn_blocking(move || {
         crate::data::retention::sweep(&s.store, &s.registry, s.config.retention.default_days)
     })
@@ -74,7 +78,7 @@ async fn retention_sweep(State(s): State<Arc<Services>>) -> ApiResult<axum::Json
     responses((status = 200, body = WorkspaceUsage), (status = 404, body = ErrorBody)))]
 async fn workspace_usage(
     State(s): State<Arc<Services>>,
-    ApiPath(id): ApiPath<crate::model::WorkspaceId>,
+    InWorkspace(id, _): InWorkspace<Viewer>,
 ) -> ApiResult<axum::Json<WorkspaceUsage>> {
     let u = tokio::task::spawn_blocking(move || {
         crate::data::retention::usage(&s.store, &s.registry, id)
@@ -101,7 +105,10 @@ pub struct StoreUsage {
 /// checkpointed) and the store's schema version. Needs a server admin.
 #[utoipa::path(get, path = "/store/usage", tag = "telemetry",
     responses((status = 200, body = StoreUsage)))]
-async fn store_usage(State(s): State<Arc<Services>>) -> ApiResult<axum::Json<StoreUsage>> {
+async fn store_usage(
+    State(s): State<Arc<Services>>,
+    _: ServerAdmin,
+) -> ApiResult<axum::Json<StoreUsage>> {
     // Walks the store's files: off the request threads.
     let usage = blocking(move || {
         let wal = s.store.path().with_extension("wal");
@@ -160,6 +167,7 @@ pub struct ExportParams {
         (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
 async fn export(
     State(s): State<Arc<Services>>,
+    _: ExportScope,
     ApiQuery(q): ApiQuery<ExportParams>,
 ) -> ApiResult<axum::response::Response> {
     use crate::data::export::{ExportSpec, Format};
@@ -352,7 +360,7 @@ fn run_aggregate(
     responses((status = 200, body = AggregateResult), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
 async fn device_aggregate(
     State(s): State<Arc<Services>>,
-    ApiPath(id): ApiPath<DeviceId>,
+    On(id, _): On<Device, Viewer>,
     ApiQuery(q): ApiQuery<AggregateParams>,
 ) -> ApiResult<axum::Json<AggregateResult>> {
     // A long range or many keys cost many sled reads: off the request threads.
@@ -377,7 +385,7 @@ async fn device_aggregate(
     responses((status = 200, body = AggregateResult), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
 async fn fleet_aggregate(
     State(s): State<Arc<Services>>,
-    ApiPath(id): ApiPath<FleetId>,
+    On(id, _): On<Fleet, Viewer>,
     ApiQuery(q): ApiQuery<AggregateParams>,
 ) -> ApiResult<axum::Json<AggregateResult>> {
     let mut r = blocking(move || {
@@ -429,7 +437,7 @@ fn list_tags(s: &Services, devices: &[DeviceId], tag: Option<String>) -> ApiResu
     responses((status = 200, body = Tags), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
 async fn device_tags(
     State(s): State<Arc<Services>>,
-    ApiPath(id): ApiPath<DeviceId>,
+    On(id, _): On<Device, Viewer>,
     ApiQuery(q): ApiQuery<TagsParams>,
 ) -> ApiResult<axum::Json<Tags>> {
     let tags = blocking(move || {
@@ -450,7 +458,7 @@ async fn device_tags(
     responses((status = 200, body = Tags), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
 async fn fleet_tags(
     State(s): State<Arc<Services>>,
-    ApiPath(id): ApiPath<FleetId>,
+    On(id, _): On<Fleet, Viewer>,
     ApiQuery(q): ApiQuery<TagsParams>,
 ) -> ApiResult<axum::Json<Tags>> {
     let tags = blocking(move || {
@@ -534,7 +542,7 @@ fn decode_cursor(c: &str) -> Result<(String, Millis), ApiError> {
     responses((status = 200, body = TelemetryPage), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
 async fn get_telemetry(
     State(s): State<Arc<Services>>,
-    ApiPath(id): ApiPath<DeviceId>,
+    On(id, _): On<Device, Viewer>,
     ApiQuery(q): ApiQuery<TelemetryParams>,
 ) -> ApiResult<axum::Json<TelemetryPage>> {
     let to = q.to.unwrap_or_else(now_ms);
@@ -601,7 +609,7 @@ pub struct LatestValues {
     responses((status = 200, body = LatestValues), (status = 404, body = ErrorBody)))]
 async fn get_latest(
     State(s): State<Arc<Services>>,
-    ApiPath(id): ApiPath<DeviceId>,
+    On(id, _): On<Device, Viewer>,
     ApiQuery(q): ApiQuery<LatestParams>,
 ) -> ApiResult<axum::Json<LatestValues>> {
     let tag = q.tag.unwrap_or_else(|| DEFAULT_TAG.to_string());

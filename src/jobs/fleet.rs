@@ -224,6 +224,13 @@ impl JobService {
         Ok(true)
     }
 
+    /// A rollout's record without its progress (what authorization needs: its fleet).
+    pub fn fleet_job_record(&self, id: FleetJobId) -> Result<FleetJob> {
+        self.store
+            .get_fleet_job(id)?
+            .ok_or(RegistryError::NotFound("fleet job"))
+    }
+
     pub fn fleet_job(&self, id: FleetJobId) -> Result<FleetJobView> {
         let job = self
             .store
