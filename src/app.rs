@@ -235,7 +235,6 @@ impl App {
         let ready = Arc::new(Readiness::default());
         let router = api::router(services.clone(), ready.clone(), addrs.https);
         let (shutdown, rx) = watch::channel(false);
-        let rx_activity = rx.clone();
         let mut tasks = Vec::new();
         let to_tokio = |l: std::net::TcpListener| -> anyhow::Result<tokio::net::TcpListener> {
             l.set_nonblocking(true)?;
@@ -258,90 +257,7 @@ impl App {
                 rx,
             )));
         }
-        // "Last seen" of connected devices reaches the disk every minute, not only on disconnect.
-        let activity = services.clone();
-        tasks.push(tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_secs(60));
-            let mut stop = rx_activity;
-            let mut seen = (0, 0);
-            loop {
-                tokio::select! {
-                    _ = tick.tick() => {
-                        activity.registry.persist_activity();
-                        seen = log_connections(&activity.metrics, seen);
-                        // Expired UI sessions go, so the store does not keep them forever.
-                        if let Err(e) = activity.auth.sweep_sessions() {
-                            tracing::warn!(error = %e, "cannot sweep expired sessions");
-                        }
-                    }
-                    _ = stop.changed() => return,
-                }
-            }
-        }));
-        // Sessions whose credential's grace period ended are closed within seconds; the
-        // message rate is sampled on the same tick.
-        let sweep = services.clone();
-        let mut stop_sweep = shutdown.subscribe();
-        tasks.push(tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_secs(5));
-            loop {
-                tokio::select! {
-                    _ = tick.tick() => {
-                        sweep.credentials.sweep_expired();
-                        // The overview's message rate covers the last minute whenever it is
-                        // read, not the time since the previous read: sample it steadily.
-                        sweep.metrics.recent_message_rate();
-                    }
-                    _ = stop_sweep.changed() => return,
-                }
-            }
-        }));
-        // The job scheduler: expiry, retries, sends that lost their session.
-        let scheduler = services.clone();
-        let mut stop_jobs = shutdown.subscribe();
-        tasks.push(tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_secs(1));
-            loop {
-                tokio::select! {
-                    _ = tick.tick() => {
-                        let s = scheduler.clone();
-                        let _ = tokio::task::spawn_blocking(move || s.jobs.tick()).await;
-                    }
-                    _ = stop_jobs.changed() => return,
-                }
-            }
-        }));
-        // Retention: delete what workspaces no longer keep, off the async threads.
-        let retention = services.clone();
-        let mut stop_retention = shutdown.subscribe();
-        tasks.push(tokio::spawn(async move {
-            let every = Duration::from_secs(retention.config.retention.sweep_interval_secs);
-            let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
-            loop {
-                tokio::select! {
-                    _ = tick.tick() => {
-                        let s = retention.clone();
-                        let res = tokio::task::spawn_blocking(move || {
-                            crate::data::retention::sweep(
-                                &s.store,
-                                &s.registry,
-                                s.config.retention.default_days,
-                            )
-                        })
-                        .await;
-                        if let Ok(Err(e)) = res {
-                            tracing::error!(error = %e, "retention sweep failed");
-                        }
-                    }
-                    _ = stop_retention.changed() => return,
-                }
-            }
-        }));
-        // Scheduled snapshots (`[backup]`).
-        tasks.push(tokio::spawn(crate::backups::schedule(
-            services.clone(),
-            shutdown.subscribe(),
-        )));
+        start_workers(&services);
         ready.set(true);
         Ok(App {
             services,
@@ -366,9 +282,78 @@ impl App {
         for t in self.tasks {
             let _ = t.await;
         }
+        self.services.workers.stop().await;
         self.services.integrations.stop();
         self.services.store.commit().await?;
         self.services.store.close_clean().await?;
         Ok(())
     }
+}
+
+/// The server's background work, each a named worker (`workers`).
+fn start_workers(services: &Arc<Services>) {
+    let w = &services.workers;
+    let s = services.clone();
+    w.every(
+        "activity",
+        "writes connected devices' last activity, logs the connection summary, removes expired UI sessions",
+        Duration::from_secs(60),
+        Duration::ZERO,
+        {
+            let seen = std::sync::Mutex::new((0, 0));
+            move || {
+                s.registry.persist_activity();
+                let mut last = seen.lock().unwrap_or_else(|p| p.into_inner());
+                *last = log_connections(&s.metrics, *last);
+                s.auth
+                    .sweep_sessions()
+                    .map(drop)
+                    .map_err(|e| format!("cannot sweep expired sessions: {e}"))
+            }
+        },
+    );
+    let s = services.clone();
+    w.every(
+        "credential-sweep",
+        "closes sessions whose credential expired or left its grace period; samples the message rate",
+        Duration::from_secs(5),
+        Duration::ZERO,
+        move || {
+            s.credentials.sweep_expired();
+            // The overview's message rate covers the last minute whenever it is read, not
+            // the time since the previous read: sample it steadily.
+            s.metrics.recent_message_rate();
+            Ok(())
+        },
+    );
+    let s = services.clone();
+    w.every(
+        "job-scheduler",
+        "expires jobs, retries sends, requeues sends that lost their session, fires schedules, advances rollouts",
+        Duration::from_secs(1),
+        Duration::ZERO,
+        move || {
+            s.jobs.tick();
+            Ok(())
+        },
+    );
+    let s = services.clone();
+    let every = Duration::from_secs(services.config.retention.sweep_interval_secs);
+    w.every(
+        "retention",
+        "deletes telemetry older than each workspace keeps",
+        every,
+        every,
+        move || {
+            crate::data::retention::sweep(&s.store, &s.registry, s.config.retention.default_days)
+                .map(drop)
+                .map_err(|e| format!("retention sweep failed: {e}"))
+        },
+    );
+    let s = services.clone();
+    w.spawn(
+        "backups",
+        "writes scheduled snapshots ([backup] interval_hours)",
+        move |stop, report| crate::backups::schedule(s, stop, report),
+    );
 }

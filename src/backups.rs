@@ -91,7 +91,11 @@ pub async fn snapshot(s: &Services, dir: &Path, keep: usize) -> anyhow::Result<P
 /// Runs scheduled snapshots until `stop`. The first comes one interval after the newest
 /// snapshot already there (a minute after the start at the earliest), so restarts do not
 /// multiply them.
-pub async fn schedule(s: Arc<Services>, mut stop: watch::Receiver<bool>) {
+pub async fn schedule(
+    s: Arc<Services>,
+    mut stop: watch::Receiver<bool>,
+    report: crate::workers::Report,
+) {
     let cfg = s.config.backup.clone();
     if cfg.interval_hours == 0 {
         return;
@@ -113,13 +117,18 @@ pub async fn schedule(s: Arc<Services>, mut stop: watch::Receiver<bool>) {
             _ = stop.changed() => return,
         }
         // A stop does not wait for a snapshot: the partial file is removed by the next one.
-        let res = tokio::select! {
-            r = snapshot(&s, &dir, cfg.keep) => r,
+        let run = report.run(|| async {
+            match snapshot(&s, &dir, cfg.keep).await {
+                Ok(p) => {
+                    tracing::info!(file = %p.display(), "scheduled snapshot written");
+                    Ok(())
+                }
+                Err(e) => Err(format!("scheduled snapshot skipped: {e:#}")),
+            }
+        });
+        tokio::select! {
+            _ = run => {}
             _ = stop.changed() => return,
-        };
-        match res {
-            Ok(p) => tracing::info!(file = %p.display(), "scheduled snapshot written"),
-            Err(e) => tracing::warn!(error = %format!("{e:#}"), "scheduled snapshot skipped"),
         }
         wait = every;
     }

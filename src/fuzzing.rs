@@ -1,5 +1,5 @@
 //! The fuzz targets' entry points, shared by the `cargo fuzz` targets in `fuzz/` and the corpus
-//! replay test `tests/fuzz_corpus.rs`: one function per target, each handing arbitrary bytes to
+//! replay test `tests/it/fuzz_corpus.rs`: one function per target, each handing arbitrary bytes to
 //! the decoders that devices (over MQTT and the HTTP device API), operators and the disk reach,
 //! exactly as production calls them, and asserting what must hold beyond "does not panic":
 //! encode→decode round trips and parse→serialize→parse stability. A failed check panics, which

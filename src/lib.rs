@@ -1,9 +1,10 @@
 //! Corral: a single-binary, on-premises IoT device management appliance.
 //!
-//! Layers, bottom to top (dependencies point down only; `tests/layers.rs` checks it):
-//! `config`, `metrics`, `model`, `names`, `limits`, `secrets` → `store` → `pki`, `events`, `audit` →
-//! `devices` → `integrations` → `data`, `auth`, `jobs`, `conditions` → `services` → `backups` →
-//! transports `mqtt`, `api` → `app`, `client` → `sim` → `cli` → `fuzzing` (harness only).
+//! Layers, bottom to top (dependencies point down only; `tests/it/layers.rs` checks it):
+//! `config`, `metrics`, `model`, `names`, `limits`, `secrets` → `store`, `workers` → `pki`,
+//! `events`, `audit` → `devices` → `integrations` → `data`, `auth`, `jobs`, `conditions` →
+//! `services` → `backups` → transports `mqtt`, `api` → `app`, `client` → `sim` → `cli` →
+//! `fuzzing` (harness only).
 
 pub mod api;
 pub mod app;
@@ -31,3 +32,4 @@ pub mod secrets;
 pub mod services;
 pub mod sim;
 pub mod store;
+pub mod workers;

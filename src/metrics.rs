@@ -32,6 +32,12 @@ pub struct KindLabel {
     pub kind: &'static str,
 }
 
+/// Label set for per-worker metrics: the worker's name.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+pub struct WorkerLabel {
+    pub worker: String,
+}
+
 /// Label set for per-severity metrics.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
 pub struct SeverityLabel {
@@ -93,6 +99,10 @@ pub struct Metrics {
     pub http_request_seconds: HistogramFamily<RouteLabel>,
     /// Unfinished jobs by state (`queued`, `sent`, `delivered`), counted when scraped.
     pub jobs_unfinished: Family<StateLabel, Gauge>,
+    pub worker_runs: Family<WorkerLabel, Counter>,
+    pub worker_failures: Family<WorkerLabel, Counter>,
+    pub worker_seconds: Family<WorkerLabel, Counter<f64, std::sync::atomic::AtomicU64>>,
+    pub worker_running: Family<WorkerLabel, Gauge>,
     /// HTTP and HTTPS connections open, set when metrics are scraped.
     pub http_connections: Gauge,
     /// HTTP connections closed at accept because a connection cap was reached.
@@ -349,6 +359,31 @@ impl Metrics {
             "Jobs not finished yet, by state (queued, sent, delivered)",
             jobs_unfinished.clone(),
         );
+        let worker_runs = Family::<WorkerLabel, Counter>::default();
+        registry.register(
+            "worker_runs",
+            "Runs of a background worker (scheduler, retention, sweeps, backups)",
+            worker_runs.clone(),
+        );
+        let worker_failures = Family::<WorkerLabel, Counter>::default();
+        registry.register(
+            "worker_failures",
+            "Runs of a background worker that ended in an error",
+            worker_failures.clone(),
+        );
+        let worker_seconds =
+            Family::<WorkerLabel, Counter<f64, std::sync::atomic::AtomicU64>>::default();
+        registry.register(
+            "worker_seconds",
+            "Seconds spent in a background worker's runs",
+            worker_seconds.clone(),
+        );
+        let worker_running = Family::<WorkerLabel, Gauge>::default();
+        registry.register(
+            "worker_running",
+            "1 while a background worker is in a run",
+            worker_running.clone(),
+        );
         let store_size_bytes = Gauge::default();
         registry.register(
             "store_size_bytes",
@@ -400,6 +435,10 @@ impl Metrics {
             http_responses,
             http_request_seconds,
             jobs_unfinished,
+            worker_runs,
+            worker_failures,
+            worker_seconds,
+            worker_running,
             http_connections,
             http_connections_refused,
             http_timeouts,

@@ -46,6 +46,8 @@ pub struct Services {
     pub http_device_limiter: KeyedLimiter<crate::model::DeviceId>,
     /// HTTP and HTTPS connections open at once, overall and per client address.
     pub http_connections: Arc<ConnectionCap<IpAddr>>,
+    /// Background work (the scheduler, retention, sweeps, backups), started by `App`.
+    pub workers: crate::workers::Workers,
 }
 
 impl Services {
@@ -99,6 +101,7 @@ impl Services {
             config.http.max_connections_per_address as usize,
         );
         Self {
+            workers: crate::workers::Workers::new(metrics.clone()),
             http_connections,
             conditions,
             connect_limiter: KeyedLimiter::new(l.ip_connects_per_sec, l.ip_connect_burst),

@@ -1,5 +1,5 @@
 //! Fuzz target `telemetry`: arbitrary bytes through `corral::fuzzing::telemetry` (what it checks is
-//! documented there); its corpus is `fuzz/corpus/telemetry/`, replayed by `tests/fuzz_corpus.rs`.
+//! documented there); its corpus is `fuzz/corpus/telemetry/`, replayed by `tests/it/fuzz_corpus.rs`.
 #![no_main]
 
 libfuzzer_sys::fuzz_target!(|data: &[u8]| corral::fuzzing::telemetry(data));

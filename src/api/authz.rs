@@ -11,7 +11,7 @@
 //!
 //! `enforce` wraps every authenticated route: a handler that answers with a success without
 //! having done either is a bug, so its response is replaced with a 500 and logged. The role
-//! matrix test (`tests/authz.rs`), which calls every route of the OpenAPI document, fails on it.
+//! matrix test (`tests/it/authz.rs`), which calls every route of the OpenAPI document, fails on it.
 
 use std::marker::PhantomData;
 use std::sync::Arc;

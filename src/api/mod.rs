@@ -24,6 +24,7 @@ mod reference;
 mod registry;
 mod telemetry;
 pub mod ui;
+mod workers;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -93,6 +94,7 @@ fn api_v1() -> (Router<Arc<Services>>, utoipa::openapi::OpenApi) {
         .merge(integrations::routes())
         .merge(backup::routes())
         .merge(telemetry::routes())
+        .merge(workers::routes())
         .split_for_parts()
 }
 

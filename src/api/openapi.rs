@@ -54,6 +54,7 @@ use utoipa::openapi::{Content, RefOr, Response, ResponseBuilder};
         (name = "audit", description = "The audit log of security-relevant actions."),
         (name = "overview", description = "Server-wide counts and the store's usage."),
         (name = "backup", description = "Online backups of the whole store."),
+        (name = "server", description = "The server's background workers and their state."),
         (name = "device-api", description = "ThingsBoard's HTTP device API: a device authenticated by its access token in the path."),
         (name = "pki", description = "Corral's device CA certificate and its revocation list."),
     ),

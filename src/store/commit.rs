@@ -2,13 +2,16 @@
 //!
 //! ```text
 //! callers ──ops──▶ writer thread: log to WAL, apply to sled ──batches──▶ flusher: fdatasync WAL ──▶ replies
+//!                        └──commits──▶ committer: sled flush ──▶ replies
 //! ```
 //!
 //! Callers never block a runtime thread on disk: they queue an op and await its reply. The
 //! flusher drains every batch written so far before each sync, so one `fdatasync` covers
 //! everything waiting, and a reply says "durable" only for records written before that sync
 //! started. While one sync runs, the writer keeps logging and applying the next batch. Every
-//! `CHECKPOINT_BYTES` of log, the writer flushes sled and drops the old segments.
+//! `CHECKPOINT_BYTES` of log, the writer flushes sled and drops the old segments. Registry
+//! commits (sled flushes, seconds after many writes) run on the committer thread, so logged
+//! writes never queue behind one.
 
 use std::fs::File;
 use std::sync::mpsc as std_mpsc;
@@ -35,8 +38,9 @@ enum Job {
     },
     /// Flush sled and drop the log written so far.
     Checkpoint(oneshot::Sender<Result<()>>),
-    /// Flush sled: makes registry writes made on other threads durable. Serialized here
-    /// because concurrent sled flushes can stall each other.
+    /// Flush sled: makes registry writes made on other threads durable. Passed through the
+    /// writer (so the bookkeeping queued before it is applied first) to the committer thread,
+    /// which runs one flush at a time.
     Commit(oneshot::Sender<Result<()>>),
     /// Wakes the writer to run the bookkeeping queued in `Pipeline::later`.
     Wake,
@@ -92,10 +96,29 @@ impl Pipeline {
         let commits = metrics.store_commits.clone();
         let flusher_db = db.clone();
         let pins = wal.pins();
+        // sled flushes run on their own thread, one at a time (concurrent sled flushes can
+        // stall each other), so the writer keeps logging while one runs: a flush can take
+        // seconds after many registry writes, and logged writes must not wait behind it.
+        let (commit_tx, commit_rx) = std_mpsc::channel::<Vec<Committed>>();
+        let committer_db = db.clone();
+        let committer = std::thread::Builder::new()
+            .name("store-committer".into())
+            .spawn(move || commit_loop(&committer_db, commit_rx, &commits))?;
         let writer = std::thread::Builder::new()
             .name("store-writer".into())
             .spawn(move || {
-                write_loop(&db, wal, rx, &writer_later, batches_tx, min_free, &commits)
+                write_loop(
+                    &db,
+                    wal,
+                    rx,
+                    &writer_later,
+                    batches_tx,
+                    min_free,
+                    &commit_tx,
+                );
+                // The committer lets go of the database before `close` returns.
+                drop(commit_tx);
+                let _ = committer.join();
             })?;
         std::thread::Builder::new()
             .name("store-flusher".into())
@@ -207,7 +230,7 @@ fn write_loop(
     later: &Mutex<Vec<Later>>,
     batches: std_mpsc::Sender<Batch>,
     min_free: u64,
-    flushes: &prometheus_client::metrics::counter::Counter,
+    committer: &std_mpsc::Sender<Vec<Committed>>,
 ) {
     let mut buf = Vec::with_capacity(1 << 16);
     let mut was_low = false;
@@ -300,14 +323,16 @@ fn write_loop(
             }
             if let Some((first, last)) = logged_writes.take() {
                 // They are in sled already: a flush makes them durable without the log.
-                let flushed = db.flush_now();
-                flushes.inc();
-                db.logged.marks().send_modify(|m| match flushed {
-                    Ok(()) => {
-                        m.durable(last);
-                    }
-                    Err(f) => m.failed(first, last, format!("{e}; then {f}")),
-                });
+                let (tx, rx) = oneshot::channel();
+                let _ = committer.send(vec![tx]);
+                let flushed = rx.blocking_recv().unwrap_or(Err(StoreError::Closed));
+                match flushed {
+                    Ok(()) => db.logged.marks().durable(last),
+                    Err(f) => db
+                        .logged
+                        .marks()
+                        .failed(first, last, format!("{e}; then {f}")),
+                }
             }
         }
         for (op, queue, seq, reply, durable) in logged {
@@ -370,16 +395,8 @@ fn write_loop(
             return;
         }
         if !commits.is_empty() {
-            // One flush answers every commit of the group.
-            let res = db.flush_now();
-            flushes.inc();
-            for reply in commits {
-                let _ = reply.send(
-                    res.as_ref()
-                        .map(drop)
-                        .map_err(|e| StoreError::Flush(e.to_string())),
-                );
-            }
+            // The bookkeeping above is applied, so the flush covers it.
+            let _ = committer.send(commits);
         }
         if let Some(e) = &behind {
             for reply in checkpoints.drain(..) {
@@ -408,6 +425,32 @@ fn write_loop(
     }
     if let Err(e) = wal.checkpoint(db) {
         tracing::warn!(error = %e, "final checkpoint failed; the log will be replayed at next start");
+    }
+}
+
+/// A commit's reply: answered once a sled flush that began after the request was applied.
+type Committed = oneshot::Sender<Result<()>>;
+
+/// Flushes sled for the commits queued behind the writer: one flush answers every commit
+/// waiting when it starts.
+fn commit_loop(
+    db: &Db,
+    rx: std_mpsc::Receiver<Vec<Committed>>,
+    flushes: &prometheus_client::metrics::counter::Counter,
+) {
+    while let Ok(mut waiting) = rx.recv() {
+        while let Ok(more) = rx.try_recv() {
+            waiting.extend(more);
+        }
+        let res = db.flush_now();
+        flushes.inc();
+        for reply in waiting {
+            let _ = reply.send(
+                res.as_ref()
+                    .map(drop)
+                    .map_err(|e| StoreError::Flush(e.to_string())),
+            );
+        }
     }
 }
 
@@ -443,13 +486,10 @@ fn flush_loop(rx: std_mpsc::Receiver<Batch>, delay: Duration, m: &Metrics, db: &
         }
         for b in batches {
             if let Some((first, last)) = b.logged {
-                db.logged.marks().send_if_modified(|marks| match &result {
-                    Ok(()) => marks.durable(last),
-                    Err(e) => {
-                        marks.failed(first, last, e.clone());
-                        true
-                    }
-                });
+                match &result {
+                    Ok(()) => db.logged.marks().durable(last),
+                    Err(e) => db.logged.marks().failed(first, last, e.clone()),
+                }
             }
             for (reply, res) in b.waiting {
                 let out = match (&result, res) {

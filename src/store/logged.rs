@@ -17,10 +17,10 @@
 //!
 //! Record payload: `3 ‖ n u32 ‖ n × (tree u8 ‖ key_len u32 ‖ key ‖ 0 | 1 ‖ [value_len u32 ‖ value])`.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Mutex;
 
-use tokio::sync::watch;
+use tokio::sync::oneshot;
 
 use super::codec::{concat, encode_json};
 use super::{Db, Result, Store, StoreError};
@@ -128,13 +128,18 @@ pub(super) fn decode(p: &[u8]) -> Option<Vec<TreeWrite>> {
 /// Failed ranges remembered for late waiters; older ones are forgotten.
 const FAILED_KEPT: usize = 64;
 
-/// How far the logged records are durable.
+type Waiter = oneshot::Sender<Result<()>>;
+
+/// How far the logged records are durable, and who waits for what. Waiters are kept by mark,
+/// so a sync wakes only those it covers: ten thousand sessions waiting for one rollout's
+/// record must not all be woken by every later sync.
 #[derive(Debug, Default)]
 pub(super) struct Marks {
     /// Every record numbered up to this one is durable, except those in `failed`.
     durable: u64,
     /// Records (first, last) that could be neither logged nor flushed, and why.
     failed: VecDeque<(u64, u64, String)>,
+    waiters: BTreeMap<u64, Vec<Waiter>>,
 }
 
 impl Marks {
@@ -150,14 +155,26 @@ impl Marks {
     }
 
     /// Records up to `through` are durable.
-    pub(super) fn durable(&mut self, through: u64) -> bool {
-        let moved = through > self.durable;
+    pub(super) fn durable(&mut self, through: u64) {
         self.durable = self.durable.max(through);
-        moved
+        let later = self.waiters.split_off(&(through + 1));
+        for (_, ws) in std::mem::replace(&mut self.waiters, later) {
+            for w in ws {
+                let _ = w.send(Ok(()));
+            }
+        }
     }
 
     /// Records `first..=last` are lost from the log and not flushed.
     pub(super) fn failed(&mut self, first: u64, last: u64, why: String) {
+        let mut hit = self.waiters.split_off(&first);
+        let mut after = hit.split_off(&(last + 1));
+        self.waiters.append(&mut after);
+        for (_, ws) in hit {
+            for w in ws {
+                let _ = w.send(Err(StoreError::Flush(why.clone())));
+            }
+        }
         if self.failed.len() == FAILED_KEPT {
             self.failed.pop_front();
         }
@@ -171,7 +188,7 @@ pub(super) struct Logged {
     order: Mutex<u64>,
     /// Encoded records waiting for the writer thread, in order.
     queue: Mutex<Vec<(u64, Vec<u8>)>>,
-    marks: watch::Sender<Marks>,
+    marks: Mutex<Marks>,
 }
 
 impl Default for Logged {
@@ -179,7 +196,7 @@ impl Default for Logged {
         Self {
             order: Mutex::new(0),
             queue: Mutex::new(Vec::new()),
-            marks: watch::Sender::new(Marks::default()),
+            marks: Mutex::new(Marks::default()),
         }
     }
 }
@@ -196,8 +213,8 @@ impl Logged {
         Some((first, last))
     }
 
-    pub(super) fn marks(&self) -> &watch::Sender<Marks> {
-        &self.marks
+    pub(super) fn marks(&self) -> std::sync::MutexGuard<'_, Marks> {
+        self.marks.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// The number of the last record applied: every write made before this call is covered.
@@ -315,11 +332,8 @@ impl Db {
     /// Applies logged writes to sled in one transaction (at runtime and at replay).
     pub(super) fn apply_logged(&self, writes: &[TreeWrite]) -> Result<()> {
         use sled::Transactional;
-        if writes.is_empty() {
-            return Ok(());
-        }
         let t = self.trees();
-        let trees = [
+        let all = [
             &t.jobs,
             &t.job_devices,
             &t.jobs_active,
@@ -329,18 +343,40 @@ impl Db {
             &t.fleet_job_children,
             &t.fleet_job_keys,
         ];
-        trees[..]
-            .transaction(|tx| {
+        // Only the trees the unit touches take part: a transaction's cost grows with them.
+        let mut touched: Vec<LoggedTree> = writes.iter().map(|w| w.tree).collect();
+        touched.sort_by_key(|t| *t as u8);
+        touched.dedup();
+        match touched[..] {
+            [] => Ok(()),
+            [one] => {
+                // One tree: a batch is atomic on its own.
+                let mut batch = sled::Batch::default();
                 for w in writes {
-                    let tree = &tx[w.tree as usize - 1];
                     match &w.value {
-                        Some(v) => tree.insert(w.key.as_slice(), v.as_slice())?,
-                        None => tree.remove(w.key.as_slice())?,
-                    };
+                        Some(v) => batch.insert(w.key.as_slice(), v.as_slice()),
+                        None => batch.remove(w.key.as_slice()),
+                    }
                 }
-                Ok(())
-            })
-            .map_err(StoreError::from)
+                Ok(all[one as usize - 1].apply_batch(batch)?)
+            }
+            _ => {
+                let trees: Vec<&sled::Tree> =
+                    touched.iter().map(|t| all[*t as usize - 1]).collect();
+                trees[..]
+                    .transaction(|tx| {
+                        for w in writes {
+                            let i = touched.iter().position(|t| *t == w.tree).unwrap_or(0);
+                            match &w.value {
+                                Some(v) => tx[i].insert(w.key.as_slice(), v.as_slice())?,
+                                None => tx[i].remove(w.key.as_slice())?,
+                            };
+                        }
+                        Ok(())
+                    })
+                    .map_err(StoreError::from)
+            }
+        }
     }
 }
 
@@ -393,12 +429,16 @@ impl Store {
         if mark.0 == 0 {
             return Ok(());
         }
-        let mut rx = self.db.logged.marks.subscribe();
-        let seen = rx
-            .wait_for(|m| m.outcome(mark.0).is_some())
-            .await
-            .map_err(|_| StoreError::Closed)?;
-        seen.outcome(mark.0).unwrap_or(Err(StoreError::Closed))
+        let rx = {
+            let mut m = self.db.logged.marks();
+            if let Some(done) = m.outcome(mark.0) {
+                return done;
+            }
+            let (tx, rx) = oneshot::channel();
+            m.waiters.entry(mark.0).or_default().push(tx);
+            rx
+        };
+        rx.await.map_err(|_| StoreError::Closed)?
     }
 
     /// Waits until every logged write made so far is durable.
@@ -413,10 +453,7 @@ impl Store {
     }
 
     pub(super) fn mark_durable(&self, through: u64) {
-        self.db
-            .logged
-            .marks
-            .send_if_modified(|m| m.durable(through));
+        self.db.logged.marks().durable(through);
     }
 }
 
@@ -632,5 +669,26 @@ mod tests {
         assert!(matches!(m.outcome(3), Some(Err(_))));
         assert!(matches!(m.outcome(5), Some(Ok(()))));
         assert!(m.outcome(7).is_none());
+    }
+
+    #[test]
+    fn a_sync_wakes_only_the_waiters_it_covers() {
+        let mut m = Marks::default();
+        let mut wait = |mark: u64| {
+            let (tx, rx) = oneshot::channel();
+            m.waiters.entry(mark).or_default().push(tx);
+            rx
+        };
+        let (mut w3, mut w5, mut w7) = (wait(3), wait(5), wait(7));
+        m.failed(3, 4, "disk full".into());
+        assert!(matches!(w3.try_recv(), Ok(Err(_))));
+        assert!(w5.try_recv().is_err(), "not yet");
+        m.durable(6);
+        assert!(matches!(w5.try_recv(), Ok(Ok(()))));
+        assert!(
+            w7.try_recv().is_err(),
+            "7 is not covered by a sync through 6"
+        );
+        assert_eq!(m.waiters.len(), 1);
     }
 }

@@ -4,7 +4,7 @@
 //! them; integrations and the live bus carry them; and an acknowledged open survives `kill -9`
 //! of the real binary.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -4,7 +4,7 @@
 //! half-written one; a truncated or altered file fails `verify` with a clear message. Also the
 //! snapshot taken before a schema migration.
 
-mod common;
+use crate::common;
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::process::Command;

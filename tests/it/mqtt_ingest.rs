@@ -2,7 +2,7 @@
 //! payload forms stored and read back over REST, PUBACK semantics, every CONNECT refusal, unknown
 //! topics, bad payloads, oversize packets, subscriptions and presence.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

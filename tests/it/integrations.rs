@@ -4,7 +4,7 @@
 //! and logs, and, with the real binary, every acknowledged message delivered in order per device
 //! across a sink outage and a `kill -9`.
 
-mod common;
+use crate::common;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};

@@ -5,7 +5,7 @@
 //! calls answer while they run, tag listings exact, aggregates bounded), and the refused key and
 //! timestamp shapes of D13 with a CSV export that carries no raw control bytes.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeSet;
 use std::time::Duration;

@@ -17,6 +17,7 @@ const LAYERS: &[(&str, u32)] = &[
     ("limits", 0),
     ("secrets", 0),
     ("store", 1),
+    ("workers", 1),
     ("pki", 2),
     ("events", 2),
     ("audit", 2),

@@ -8,7 +8,7 @@
 //! treats every plain-HTTP client (127.0.0.1 included) as one; and, when this machine has a
 //! non-loopback address, by connecting to that address for real with the default policy.
 
-mod common;
+use crate::common;
 
 use std::net::{IpAddr, SocketAddr};
 

@@ -5,9 +5,9 @@
 //! free-space reserve refuses device data before the disk fills.
 //!
 //! The tests are `#[ignore]`d because they need that file system: `.ci/run` mounts it and runs
-//! `cargo test --test disk_full -- --ignored`.
+//! `cargo test --test it -- --ignored disk_full::`.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};

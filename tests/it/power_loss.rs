@@ -9,7 +9,7 @@
 //! Ignored by default: it needs root, /dev/fuse, Debian's `fuse` and `libfuse2`, and the Python
 //! package `fusepy`. CI runs it with `--ignored` (see `.ci/run`).
 
-mod common;
+use crate::common;
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::io::Write;

@@ -4,7 +4,7 @@
 //! retention sweep deletes only what a workspace no longer keeps, rollups included; usage counts
 //! the points.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

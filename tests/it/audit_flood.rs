@@ -3,7 +3,7 @@
 //! records per client address and kind, so the trail of real actions stays in the bounded log.
 //! Against the real binary, with the smallest log Corral allows.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 

@@ -3,7 +3,7 @@
 //! the per-address cap are closed while other clients are served, the event stream outlives the
 //! idle timeout, and oversized bodies get 413 on the REST API and the device API.
 
-mod common;
+use crate::common;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};

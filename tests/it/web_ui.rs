@@ -2,7 +2,7 @@
 //! ETag revalidation, a 404 for an unknown asset, the API left where it was, and the security
 //! headers on every response (HSTS only on the HTTPS listener).
 
-mod common;
+use crate::common;
 
 use common::TestApp;
 use reqwest::StatusCode;

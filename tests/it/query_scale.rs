@@ -2,11 +2,11 @@
 //! holding many keys, written straight into the store, then the tag listing timed end to end
 //! over REST. Run by hand in a release build:
 //!
-//! `CORRAL_SCALE_KEYS=10000,40000 cargo test --release --ignore-rust-version --test query_scale -- --ignored --nocapture`
+//! `CORRAL_SCALE_KEYS=10000,40000 cargo test --release --ignore-rust-version --test it -- --ignored --nocapture query_scale::`
 //!
 //! It prints the times and checks only that the listing holds exactly the keys written.
 
-mod common;
+use crate::common;
 
 use std::time::Instant;
 

@@ -2,7 +2,7 @@
 //! filters, authentication on every documented route, stable error codes, and the OpenAPI
 //! document matching the router.
 
-mod common;
+use crate::common;
 
 use common::TestApp;
 use reqwest::StatusCode;
@@ -408,6 +408,7 @@ async fn every_documented_route_requires_an_api_key_and_exists() {
         "/conditions/{id}/close",
         "/devices/{id}/conditions",
         "/backup",
+        "/workers",
         // Public: the CA files, provisioning and the device API.
         "/ca.pem",
         "/crl.pem",
@@ -477,7 +478,7 @@ async fn every_documented_route_requires_an_api_key_and_exists() {
             checked += 1;
         }
     }
-    assert_eq!(checked, 90);
+    assert_eq!(checked, 91);
     let resp = c
         .get(format!("{base}/api/v1/nothing"))
         .bearer_auth(&t.admin_key)
@@ -761,4 +762,59 @@ async fn metrics_count_http_routes_and_unfinished_jobs() {
     assert_eq!(value("corral_jobs_unfinished{state=\"queued\"}"), 2.0);
     assert_eq!(value("corral_jobs_unfinished{state=\"sent\"}"), 0.0);
     t.stop().await;
+}
+
+/// The background workers are listed with their state and runs, and counted in `/metrics`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn background_workers_report_their_runs() {
+    let t = TestApp::start().await;
+    let workers = common::eventually(10, || {
+        let t = &t;
+        async move {
+            let v: Value = t.api.get("/workers", &[]).await.expect("workers");
+            let scheduler = v
+                .as_array()?
+                .iter()
+                .find(|w| w["name"] == "job-scheduler")?
+                .clone();
+            (scheduler["runs"].as_u64()? >= 2).then_some(v)
+        }
+    })
+    .await;
+    let names: Vec<&str> = workers
+        .as_array()
+        .expect("list")
+        .iter()
+        .filter_map(|w| w["name"].as_str())
+        .collect();
+    for n in [
+        "activity",
+        "backups",
+        "credential-sweep",
+        "job-scheduler",
+        "retention",
+    ] {
+        assert!(names.contains(&n), "{n} in {names:?}");
+    }
+    let scheduler = workers
+        .as_array()
+        .expect("list")
+        .iter()
+        .find(|w| w["name"] == "job-scheduler")
+        .expect("scheduler");
+    assert_eq!(scheduler["every_secs"], 1);
+    assert_eq!(scheduler["failures"], 0);
+    assert!(scheduler["last_run_at"].as_i64().is_some());
+    let metrics = reqwest::get(format!("{}/metrics", t.http_base()))
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with(r#"corral_worker_runs_total{worker="job-scheduler"}"#)),
+        "{metrics}"
+    );
 }

@@ -9,7 +9,7 @@
 //! device and merged across a fleet, with key and tag filters, tag listings and the aggregate
 //! error codes; UNSUBSCRIBE stops pushes; multi-hour buckets follow the local clock across DST.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::time::Duration;

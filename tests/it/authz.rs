@@ -5,7 +5,7 @@
 //! other workspace, customer limited to one fleet — expecting 401/403/404 wherever it must,
 //! lists and live events filtered to what the caller sees, and every change in the audit log.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 
@@ -489,7 +489,7 @@ fn needs(method: &str, path: &str) -> Option<&'static str> {
         "/workspaces" | "/fleets" | "/devices" | "/schedules" | "/conditions" if read => None,
         p if p.starts_with("/users") => Some("self"),
         p if p.starts_with("/integrations") || p == "/backup" => Some("server"),
-        "/workspaces" | "/retention/sweep" | "/store/usage" => Some("server"),
+        "/workspaces" | "/retention/sweep" | "/store/usage" | "/workers" => Some("server"),
         "/workspaces/{id}" if read => Some("viewer"),
         "/workspaces/{id}" if method == "delete" => Some("server"),
         "/workspaces/{id}" => Some("admin"),

@@ -5,7 +5,7 @@
 //! revocation, disabling and rotation of a connected device; session takeover; isolation of
 //! a device to its own topics; message and connection rate limits; the audit log.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

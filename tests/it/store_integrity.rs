@@ -4,7 +4,7 @@
 //! snapshot file a failed start left behind is cleaned up; a torn log tail after `kill -9` is
 //! normal and replays; and device data is refused, not half-stored, when free space runs low.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 

@@ -1,7 +1,7 @@
 //! Durability of the real binary: every PUBACKed message survives `kill -9` at a random moment,
 //! and SIGTERM stops cleanly (exit 0) with acknowledged data on disk.
 
-mod common;
+use crate::common;
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::{Arc, Mutex};

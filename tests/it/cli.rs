@@ -1,7 +1,7 @@
 //! The `corral` command line against a real server: config commands, init and `ca show`, the
 //! admin commands (tables and `--json`), and reading telemetry published over MQTT/TLS.
 
-mod common;
+use crate::common;
 
 use std::process::{Command, Output};
 use std::time::Duration;

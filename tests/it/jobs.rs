@@ -4,7 +4,7 @@
 //! restart; TTL expiry; retries and failure when a client withholds PUBACK; the queue cap;
 //! idempotency keys; cancel; the HTTP device API's RPC long poll.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 
