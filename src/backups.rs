@@ -17,6 +17,15 @@ const SUFFIX: &str = ".backup.tar";
 
 /// The files besides the store a backup carries: the PKI and the running configuration
 /// (secrets masked).
+/// Writes an online backup of the running server to `out` (see `store::backup`).
+pub async fn write(
+    s: &Services,
+    extras: Vec<Extra>,
+    out: impl std::io::Write + Send + 'static,
+) -> Result<crate::store::backup::Manifest, crate::store::backup::BackupError> {
+    s.store.backup(extras, out).await
+}
+
 pub fn extras(s: &Services) -> std::io::Result<Vec<Extra>> {
     let mut extras = crate::store::backup::data_dir_files(&s.config.data_dir)?;
     extras.push(("corral.toml".into(), s.config.to_masked_toml().into_bytes()));

@@ -922,3 +922,47 @@ pub struct Condition {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub acknowledged_by: Option<String>,
 }
+
+// ---- storage query and result shapes shared by services and the store ----------------
+
+/// Attribute scopes, ThingsBoard's three.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Scope {
+    /// Reported by the device.
+    Client,
+    /// Desired: set by operators, pushed to the device.
+    Shared,
+    /// Operator-only; the device never sees them.
+    Server,
+}
+
+/// One page of a listing, in creation order.
+#[derive(Debug, Clone)]
+pub struct Page<T> {
+    pub items: Vec<T>,
+    /// Id of the last item when more may follow.
+    pub next_cursor: Option<String>,
+}
+
+/// A raw range query over one tag of one device.
+#[derive(Debug, Clone)]
+pub struct RawQuery {
+    pub tag: String,
+    /// Keys to read; `None` reads every key of the tag.
+    pub keys: Option<Vec<String>>,
+    /// Inclusive range.
+    pub from: Millis,
+    pub to: Millis,
+    pub descending: bool,
+    /// Total points in the page, across keys.
+    pub limit: usize,
+    /// Resume after this (key, ts), as returned in `RawPage::next`.
+    pub after: Option<(String, Millis)>,
+}
+
+/// Points grouped by key, keys in name order.
+#[derive(Debug, Clone, Default)]
+pub struct RawPage {
+    pub series: Vec<(String, Vec<Point>)>,
+    pub next: Option<(String, Millis)>,
+}

@@ -18,8 +18,8 @@ use super::error::{ApiError, ApiJson, ApiPath, ApiQuery, ErrorBody};
 use super::telemetry::split_keys;
 use crate::devices::attributes::{AttrValue, DeviceAttributes, parse_body};
 use crate::model::DeviceId;
+use crate::model::Scope;
 use crate::services::Services;
-use crate::store::Scope;
 
 type S = State<Arc<Services>>;
 

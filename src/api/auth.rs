@@ -635,8 +635,8 @@ async fn overview(State(s): S, caller: Caller) -> ApiResult<Json<Overview>> {
                 }
             }
             let running = s2
-                .store
-                .active_jobs()
+                .jobs
+                .unfinished()
                 .map_err(ApiError::internal)?
                 .iter()
                 .filter(|(_, d)| p2.admin || s2.sees_device(&p2, *d))

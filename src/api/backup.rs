@@ -76,9 +76,9 @@ async fn backup(State(s): State<Arc<Services>>, _: super::authz::ServerAdmin) ->
         tx: tx.clone(),
         buf: Vec::with_capacity(CHUNK),
     };
-    let store = s.store.clone();
+    let s = s.clone();
     tokio::spawn(async move {
-        match store.backup(extras, writer).await {
+        match crate::backups::write(&s, extras, writer).await {
             Ok(m) => tracing::info!(
                 trees = m.trees.len(),
                 log_segments = m.wal.len(),

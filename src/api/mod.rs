@@ -242,7 +242,7 @@ async fn metrics(State(s): State<Arc<Services>>) -> Response {
         Err(e) => tracing::warn!(error = %e, "cannot count unfinished jobs for the metrics"),
     }
     s.metrics.sample_process();
-    match s.store.size_on_disk() {
+    match s.data.store_size() {
         Ok(b) => {
             s.metrics.store_size_bytes.set(b as i64);
         }

@@ -44,7 +44,7 @@ pub struct Page<T> {
     pub next_cursor: Option<String>,
 }
 
-pub(super) fn page<T, U>(p: crate::store::Page<T>, f: impl Fn(T) -> U) -> Page<U> {
+pub(super) fn page<T, U>(p: crate::model::Page<T>, f: impl Fn(T) -> U) -> Page<U> {
     Page {
         items: p.items.into_iter().map(f).collect(),
         next_cursor: p.next_cursor,

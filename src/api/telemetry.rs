@@ -16,13 +16,14 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 use super::authz::{Device, ExportScope, Fleet, InWorkspace, On, ServerAdmin, Viewer};
 use super::error::{ApiError, ApiQuery, ErrorBody};
 use super::{ApiResult, page_limit};
+use crate::data::StoreUsage;
 use crate::data::aggregate::{AggError, Bucket, boundaries, parse_interval, parse_tz};
 use crate::data::retention::{SweepReport, WorkspaceUsage};
 use crate::data::{DEFAULT_WINDOW_MS, TagsError};
 use crate::devices::registry::DeviceFilter;
+use crate::model::RawQuery;
 use crate::model::{DEFAULT_TAG, DeviceId, FleetId, Millis, Point, now_ms};
 use crate::services::Services;
-use crate::store::RawQuery;
 
 pub fn routes() -> OpenApiRouter<Arc<Services>> {
     OpenApiRouter::new()
@@ -62,7 +63,8 @@ async fn retention_sweep(
     _: ServerAdmin,
 ) -> ApiResult<axum::Json<SweepReport>> {
     let r = tokio::task::spawn_blocking(move || {
-        crate::data::retention::sweep(&s.store, &s.registry, s.config.retention.default_days)
+        s.data
+            .retention_sweep(&s.registry, s.config.retention.default_days)
     })
     .await
     .map_err(ApiError::internal)??;
@@ -80,23 +82,10 @@ async fn workspace_usage(
     State(s): State<Arc<Services>>,
     InWorkspace(id, _): InWorkspace<Viewer>,
 ) -> ApiResult<axum::Json<WorkspaceUsage>> {
-    let u = tokio::task::spawn_blocking(move || {
-        crate::data::retention::usage(&s.store, &s.registry, id)
-    })
-    .await
-    .map_err(ApiError::internal)??;
+    let u = tokio::task::spawn_blocking(move || s.data.workspace_usage(&s.registry, id))
+        .await
+        .map_err(ApiError::internal)??;
     Ok(axum::Json(u))
-}
-
-/// Disk used by the whole store.
-#[derive(Serialize, Deserialize, ToSchema)]
-pub struct StoreUsage {
-    /// The database (sled) on disk.
-    pub store_bytes: u64,
-    /// The write-ahead log not yet checkpointed.
-    pub wal_bytes: u64,
-    /// Version of the store's on-disk layout.
-    pub schema_version: u32,
 }
 
 /// Get the store's disk usage
@@ -110,23 +99,7 @@ async fn store_usage(
     _: ServerAdmin,
 ) -> ApiResult<axum::Json<StoreUsage>> {
     // Walks the store's files: off the request threads.
-    let usage = blocking(move || {
-        let wal = s.store.path().with_extension("wal");
-        let wal_bytes = std::fs::read_dir(&wal)
-            .map(|d| {
-                d.filter_map(Result::ok)
-                    .filter_map(|e| e.metadata().ok())
-                    .map(|m| m.len())
-                    .sum()
-            })
-            .unwrap_or(0);
-        Ok(StoreUsage {
-            store_bytes: s.store.size_on_disk()?,
-            wal_bytes,
-            schema_version: s.store.schema_version()?,
-        })
-    })
-    .await?;
+    let usage = blocking(move || Ok(s.data.store_usage()?)).await?;
     Ok(axum::Json(usage))
 }
 
@@ -228,7 +201,7 @@ async fn export(
         to,
         format,
     };
-    let rx = crate::data::export::spawn(s.store.clone(), spec);
+    let rx = s.data.export(spec);
     let body = axum::body::Body::from_stream(tokio_stream_of(rx));
     let ext = if format == Format::Csv { "csv" } else { "json" };
     axum::response::Response::builder()

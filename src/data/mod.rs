@@ -56,7 +56,67 @@ pub struct DataService {
     keys: KeyGate,
 }
 
+/// Disk used by the whole store.
+#[derive(Debug, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct StoreUsage {
+    /// The database (sled) on disk.
+    pub store_bytes: u64,
+    /// The write-ahead log not yet checkpointed.
+    pub wal_bytes: u64,
+    /// Version of the store's on-disk layout.
+    pub schema_version: u32,
+}
+
 impl DataService {
+    /// Deletes what each workspace no longer keeps (blocking: call it off the async threads).
+    pub fn retention_sweep(
+        &self,
+        registry: &crate::devices::Registry,
+        default_days: u32,
+    ) -> Result<retention::SweepReport, crate::devices::RegistryError> {
+        retention::sweep(&self.store, registry, default_days)
+    }
+
+    /// A workspace's telemetry usage (blocking).
+    pub fn workspace_usage(
+        &self,
+        registry: &crate::devices::Registry,
+        id: crate::model::WorkspaceId,
+    ) -> Result<retention::WorkspaceUsage, crate::devices::RegistryError> {
+        retention::usage(&self.store, registry, id)
+    }
+
+    /// Disk used by the store and its log (blocking: it walks the files).
+    pub fn store_usage(&self) -> Result<StoreUsage, crate::store::StoreError> {
+        let wal = self.store.path().with_extension("wal");
+        let wal_bytes = std::fs::read_dir(&wal)
+            .map(|d| {
+                d.filter_map(Result::ok)
+                    .filter_map(|e| e.metadata().ok())
+                    .map(|m| m.len())
+                    .sum()
+            })
+            .unwrap_or(0);
+        Ok(StoreUsage {
+            store_bytes: self.store.size_on_disk()?,
+            wal_bytes,
+            schema_version: self.store.schema_version()?,
+        })
+    }
+
+    /// The store's size on disk (for the metrics).
+    pub fn store_size(&self) -> Result<u64, crate::store::StoreError> {
+        self.store.size_on_disk()
+    }
+
+    /// Streams an export in bounded memory (see `export`).
+    pub fn export(
+        &self,
+        spec: export::ExportSpec,
+    ) -> tokio::sync::mpsc::Receiver<Result<bytes::Bytes, std::io::Error>> {
+        export::spawn(self.store.clone(), spec)
+    }
+
     pub fn new(
         store: Store,
         events: EventBus,

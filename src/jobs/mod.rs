@@ -150,6 +150,11 @@ impl JobService {
         self.wakes.note(job, self.now(), self.stuck_ms());
     }
 
+    /// Every unfinished job's id and device.
+    pub fn unfinished(&self) -> Result<Vec<(JobId, DeviceId)>> {
+        Ok(self.store.active_jobs()?)
+    }
+
     pub fn ack_timeout(&self) -> Duration {
         Duration::from_secs(self.cfg.ack_timeout_secs.max(1))
     }

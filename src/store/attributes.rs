@@ -4,32 +4,20 @@
 
 use super::codec::{decode_value, encode_value, push_str, read_str, ts_bytes, ts_from};
 use super::{Db, Result, StoreError};
-use crate::model::{Millis, Value};
+use crate::model::{Millis, Scope, Value};
 
-/// Attribute scopes, ThingsBoard's three.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Scope {
-    /// Reported by the device.
-    Client,
-    /// Desired: set by operators, pushed to the device.
-    Shared,
-    /// Operator-only; the device never sees them.
-    Server,
-}
-
-impl Scope {
-    fn byte(self) -> u8 {
-        match self {
-            Scope::Client => b'c',
-            Scope::Shared => b's',
-            Scope::Server => b'v',
-        }
+/// A scope's byte in attribute keys.
+fn scope_byte(scope: Scope) -> u8 {
+    match scope {
+        Scope::Client => b'c',
+        Scope::Shared => b's',
+        Scope::Server => b'v',
     }
 }
 
 fn prefix(owner: &[u8; 16], scope: Scope) -> Vec<u8> {
     let mut k = owner.to_vec();
-    k.push(scope.byte());
+    k.push(scope_byte(scope));
     k
 }
 

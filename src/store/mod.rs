@@ -26,13 +26,13 @@ use sled::Transactional;
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use attributes::Scope;
+pub use crate::model::{Page, RawPage, RawQuery, Scope};
 pub use conditions::{CLOSED_CONDITIONS_KEPT, ConditionScan};
 pub use credentials::{CredentialClash, CredentialKey};
 pub use integrations::{DeadLetter, Enqueue, Moved, QueueEntry, QueueStats};
 pub use logged::{JobWrites, Mark};
-pub use registry::{DeviceClash, NameClash, Page};
-pub use telemetry::{Agg, HOUR_MS, RawPage, RawQuery, SeriesKey, hour_of};
+pub use registry::{DeviceClash, NameClash};
+pub use telemetry::{Agg, HOUR_MS, SeriesKey, hour_of};
 pub use wal::{Points, PointsOp};
 
 use crate::metrics::Metrics;

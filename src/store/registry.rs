@@ -6,7 +6,7 @@ use sled::transaction::{ConflictableTransactionError, TransactionError, Transact
 
 use super::codec::{concat, decode_json, encode_json};
 use super::credentials::{insert_credentials, remove_credentials};
-use super::{Db, Result, StoreError};
+use super::{Db, Page, Result, StoreError};
 use crate::model::{
     ApiKey, ApiKeyId, Credential, Device, DeviceId, Fleet, FleetId, Workspace, WorkspaceId,
 };
@@ -22,14 +22,6 @@ pub enum DeviceClash {
     Name,
     /// Another device answers to one of the credentials.
     Credential,
-}
-
-/// One page of a listing, in creation order.
-#[derive(Debug, Clone)]
-pub struct Page<T> {
-    pub items: Vec<T>,
-    /// Id of the last item when more may follow.
-    pub next_cursor: Option<String>,
 }
 
 type TxResult<T> = std::result::Result<T, ConflictableTransactionError<StoreError>>;

@@ -16,7 +16,7 @@
 use std::collections::{HashMap, HashSet};
 
 use super::codec::{decode_value, encode_value, push_str, read_str, ts_bytes, ts_from};
-use super::{Db, Result, StoreError};
+use super::{Db, RawPage, RawQuery, Result, StoreError};
 use crate::model::{DeviceId, Millis, Point, Value};
 
 /// One hour, in ms.
@@ -200,29 +200,6 @@ pub struct Staged {
 pub struct SeriesKey {
     pub tag: String,
     pub key: String,
-}
-
-/// A raw range query over one tag of one device.
-#[derive(Debug, Clone)]
-pub struct RawQuery {
-    pub tag: String,
-    /// Keys to read; `None` reads every key of the tag.
-    pub keys: Option<Vec<String>>,
-    /// Inclusive range.
-    pub from: Millis,
-    pub to: Millis,
-    pub descending: bool,
-    /// Total points in the page, across keys.
-    pub limit: usize,
-    /// Resume after this (key, ts), as returned in `RawPage::next`.
-    pub after: Option<(String, Millis)>,
-}
-
-/// Points grouped by key, keys in name order.
-#[derive(Debug, Clone, Default)]
-pub struct RawPage {
-    pub series: Vec<(String, Vec<Point>)>,
-    pub next: Option<(String, Millis)>,
 }
 
 /// Series remembered as registered; past this the memory is given back and relearnt.

@@ -102,6 +102,54 @@ fn modules_only_reference_lower_layers() {
     );
 }
 
+/// The transports reach storage only through the services: besides the error type they map to
+/// status codes (until the domain error replaces it), they name nothing of `store`, and never
+/// `s.store`.
+#[test]
+fn transports_do_not_use_the_store() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut problems = Vec::new();
+    for dir in ["api", "mqtt"] {
+        let mut files = Vec::new();
+        rust_files(&src.join(dir), &mut files);
+        files.sort();
+        for path in files {
+            let text = fs::read_to_string(&path).expect("read source");
+            let code = strip(&text);
+            let tests = cfg_test_ranges(&code);
+            let in_test = |p: usize| tests.iter().any(|&(a, b)| a <= p && p <= b);
+            let mut bad = Vec::new();
+            for (p, _) in code.match_indices("crate::store::") {
+                if !code[p + "crate::store::".len()..].starts_with("StoreError") {
+                    bad.push(p);
+                }
+            }
+            // `.store` as a field (`s.store.x`, `&s.store`), not an atomic's `.store(..)` or a
+            // longer name (`.store_usage`).
+            for (p, _) in code.match_indices(".store") {
+                let rest = &code[p + ".store".len()..];
+                let word_ends = !rest.starts_with(|c: char| c.is_alphanumeric() || c == '_');
+                if word_ends && !rest.trim_start().starts_with('(') {
+                    bad.push(p);
+                }
+            }
+            for p in bad.into_iter().filter(|p| !in_test(*p)) {
+                let line = code[..p].matches('\n').count() + 1;
+                problems.push(format!(
+                    "{}:{line}: {}",
+                    path.strip_prefix(&src).expect("under src").display(),
+                    text.lines().nth(line - 1).unwrap_or("").trim()
+                ));
+            }
+        }
+    }
+    assert!(
+        problems.is_empty(),
+        "transports using the store directly:\n{}",
+        problems.join("\n")
+    );
+}
+
 fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
     for entry in fs::read_dir(dir).expect("read_dir") {
         let path = entry.expect("dir entry").path();
