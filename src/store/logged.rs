@@ -407,14 +407,18 @@ impl Store {
         *order += 1;
         let mut bytes = Vec::new();
         encode(&unit.writes, &mut bytes);
-        logged
-            .queue
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push((*order, bytes));
+        let first_queued = {
+            let mut queue = logged.queue.lock().unwrap_or_else(|p| p.into_inner());
+            queue.push((*order, bytes));
+            queue.len() == 1
+        };
         let mark = Mark(*order);
         drop(order);
-        self.pipeline.wake();
+        // The writer takes the whole queue at each wake-up: one wake per batch of records, not
+        // one per record (a rollout's acknowledgements come ten thousand at a time).
+        if first_queued {
+            self.pipeline.wake();
+        }
         Ok((value, mark))
     }
 

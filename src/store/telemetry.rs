@@ -189,6 +189,8 @@ struct Delta {
 #[derive(Default)]
 pub struct Staged {
     batch: sled::Batch,
+    /// Points in `batch`: an empty group touches nothing (see `apply_points`).
+    points: usize,
     /// `series ‖ hour` → what the group's points change.
     deltas: HashMap<Vec<u8>, Delta>,
     /// `series ‖ hour` to recompute from raw points after the batch is applied.
@@ -328,6 +330,7 @@ impl Db {
                 let mut v = Vec::with_capacity(16);
                 encode_value(&mut v, value);
                 staged.batch.insert(k, v);
+                staged.points += 1;
                 n += 1;
             }
         }
@@ -336,6 +339,12 @@ impl Db {
 
     /// Applies a group staged with `stage_points`: the points, then their rollups.
     pub(super) fn apply_points(&self, staged: Staged) -> Result<()> {
+        // Even an empty sled batch takes sled's exclusive write lock and seals a batch in its
+        // log; the writer runs a group for every wake-up (a job save, a connection's
+        // bookkeeping), most of them without points.
+        if staged.points == 0 && staged.deltas.is_empty() && staged.dirty.is_empty() {
+            return Ok(());
+        }
         let t = self.trees();
         t.ts.apply_batch(staged.batch)?;
         let mut rollups = sled::Batch::default();
