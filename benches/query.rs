@@ -115,11 +115,8 @@ async fn main() -> anyhow::Result<()> {
     config.log.level = "warn".into();
     let app =
         corral::app::App::start(config.clone(), corral::app::Listeners::bind(&config)?).await?;
-    let api = corral::cli::client::ApiClient::new(
-        &format!("http://{}", app.addrs.http),
-        Some(key),
-        None,
-    )?;
+    let api =
+        corral::client::ApiClient::new(&format!("http://{}", app.addrs.http), Some(key), None)?;
     let ws: serde_json::Value = api
         .post("/workspaces", &serde_json::json!({"name": "b"}))
         .await?;

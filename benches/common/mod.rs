@@ -3,7 +3,7 @@
 //! put the devices in, and command-line option parsing.
 
 use corral::app::{App, Listeners};
-use corral::cli::client::ApiClient;
+use corral::client::ApiClient;
 use serde_json::{Value, json};
 
 pub struct BenchApp {

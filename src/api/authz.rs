@@ -181,6 +181,12 @@ impl Object for Schedule {
     }
 }
 
+/// The caller, noting that this request's authorization is being checked.
+fn checking(parts: &Parts) -> Result<Principal, ApiError> {
+    mark_checked(parts);
+    principal(parts)
+}
+
 fn principal(parts: &Parts) -> Result<Principal, ApiError> {
     parts
         .extensions
@@ -333,8 +339,7 @@ impl<O: Object, R: RoleMark> FromRequestParts<Arc<Services>> for On<O, R> {
         parts: &mut Parts,
         state: &Arc<Services>,
     ) -> Result<Self, ApiError> {
-        mark_checked(parts);
-        let p = principal(parts)?;
+        let p = checking(parts)?;
         let id: O::Id = path_id(parts, state, "id").await?;
         match found(O::scope(state, id), O::WHAT)? {
             Scope::Fleet(w, f) => fleet_role(&p, w, f, R::ROLE, O::WHAT)?,
@@ -354,8 +359,7 @@ impl FromRequestParts<Arc<Services>> for FleetSettings {
         parts: &mut Parts,
         state: &Arc<Services>,
     ) -> Result<Self, ApiError> {
-        mark_checked(parts);
-        let p = principal(parts)?;
+        let p = checking(parts)?;
         let id: FleetId = path_id(parts, state, "id").await?;
         let f = found(state.registry.fleet(id), "fleet")?;
         if p.role_on_fleet(f.workspace_id, f.id).is_none() {
@@ -375,8 +379,7 @@ impl<R: RoleMark> FromRequestParts<Arc<Services>> for InWorkspace<R> {
         parts: &mut Parts,
         state: &Arc<Services>,
     ) -> Result<Self, ApiError> {
-        mark_checked(parts);
-        let p = principal(parts)?;
+        let p = checking(parts)?;
         let id: WorkspaceId = path_id(parts, state, "id").await?;
         found(state.registry.workspace(id), "workspace")?;
         workspace_role(&p, id, R::ROLE)?;
@@ -393,8 +396,7 @@ impl FromRequestParts<Arc<Services>> for SeesWorkspace {
         parts: &mut Parts,
         state: &Arc<Services>,
     ) -> Result<Self, ApiError> {
-        mark_checked(parts);
-        let p = principal(parts)?;
+        let p = checking(parts)?;
         let id: WorkspaceId = path_id(parts, state, "id").await?;
         found(state.registry.workspace(id), "workspace")?;
         if !p.sees_workspace(id) {
@@ -425,8 +427,7 @@ pub struct ServerAdmin;
 impl<S: Send + Sync> FromRequestParts<S> for ServerAdmin {
     type Rejection = ApiError;
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
-        mark_checked(parts);
-        server_admin(&principal(parts)?)?;
+        server_admin(&checking(parts)?)?;
         Ok(ServerAdmin)
     }
 }
@@ -440,8 +441,7 @@ impl FromRequestParts<Arc<Services>> for SelfOrAdmin {
         parts: &mut Parts,
         state: &Arc<Services>,
     ) -> Result<Self, ApiError> {
-        mark_checked(parts);
-        let p = principal(parts)?;
+        let p = checking(parts)?;
         let id: UserId = path_id(parts, state, "id").await?;
         if p.admin || p.user_id == Some(id) {
             Ok(SelfOrAdmin(id))
@@ -458,8 +458,7 @@ pub struct ExportScope;
 impl FromRequestParts<Arc<Services>> for ExportScope {
     type Rejection = ApiError;
     async fn from_request_parts(parts: &mut Parts, s: &Arc<Services>) -> Result<Self, ApiError> {
-        mark_checked(parts);
-        let p = principal(parts)?;
+        let p = checking(parts)?;
         if p.admin {
             return Ok(ExportScope);
         }

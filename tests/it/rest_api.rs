@@ -519,7 +519,7 @@ async fn every_documented_route_requires_an_api_key_and_exists() {
 async fn https_listener_serves_the_api_with_the_generated_certificate() {
     let mut t = TestApp::start().await;
     let addr = t.app().addrs.https.expect("https enabled by default");
-    let api = corral::cli::client::ApiClient::new(
+    let api = corral::client::ApiClient::new(
         &format!("https://127.0.0.1:{}", addr.port()),
         Some(t.admin_key.clone()),
         Some(&t.ca_pem),

@@ -5,7 +5,7 @@
 
 use std::collections::BTreeSet;
 
-use corral::cli::client::ApiClient;
+use corral::client::ApiClient;
 use serde_json::{Value, json};
 
 /// The timestamp the suites' points start from; every point they write is within 100,000 s of it.

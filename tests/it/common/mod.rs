@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use corral::app::{App, Listeners};
-use corral::cli::client::ApiClient;
+use corral::client::ApiClient;
 use corral::config::Config;
 use rumqttc::{TlsConfiguration, Transport};
 use serde_json::{Value, json};
