@@ -283,7 +283,6 @@ impl App {
             let _ = t.await;
         }
         self.services.workers.stop().await;
-        self.services.integrations.stop();
         self.services.store.commit().await?;
         self.services.store.close_clean().await?;
         Ok(())
@@ -348,6 +347,42 @@ fn start_workers(services: &Arc<Services>) {
             crate::data::retention::sweep(&s.store, &s.registry, s.config.retention.default_days)
                 .map(drop)
                 .map_err(|e| format!("retention sweep failed: {e}"))
+        },
+    );
+    let s = services.clone();
+    w.spawn(
+        "job-sends",
+        "records how each request send went (acknowledged or not) and sends devices their next jobs",
+        move |mut stop, report| async move {
+            loop {
+                let batch = tokio::select! {
+                    b = s.jobs.next_send_work() => b,
+                    _ = stop.changed() => break,
+                };
+                let s = s.clone();
+                let _ = report
+                    .run(|| async move {
+                        tokio::task::spawn_blocking(move || s.jobs.do_send_work(batch))
+                            .await
+                            .map_err(|e| format!("the run panicked: {e}"))?
+                            .map_err(|e| format!("cannot record job sends: {e}"))
+                    })
+                    .await;
+            }
+            // Outcomes reported before the stop are recorded, so a clean shutdown sends none
+            // of those requests again.
+            let rest = s.jobs.take_send_work();
+            if !rest.outcomes.is_empty() {
+                let rest = crate::jobs::SendWork {
+                    outcomes: rest.outcomes,
+                    devices: Default::default(),
+                };
+                let s = s.clone();
+                let res = tokio::task::spawn_blocking(move || s.jobs.do_send_work(rest)).await;
+                if let Ok(Err(e)) = res {
+                    tracing::error!(error = %e, "cannot record job sends at shutdown");
+                }
+            }
         },
     );
     let s = services.clone();

@@ -13,7 +13,7 @@ use utoipa::{IntoParams, ToSchema};
 
 use crate::limits::KeyedLimiter;
 use crate::metrics::{KindLabel, Metrics};
-use crate::model::{AuditEvent, AuditId, CredentialId, DeviceId, FleetId, now_ms};
+use crate::model::{AuditEvent, AuditId, AuditKind, CredentialId, DeviceId, FleetId, now_ms};
 use crate::store::{Page, Store, StoreError};
 
 tokio::task_local! {
@@ -43,9 +43,9 @@ const UNAUTHENTICATED_BURST: u32 = 20;
 const UNAUTHENTICATED_PER_MIN: u32 = 60;
 
 /// Builder-style description of one event.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct Entry {
-    pub kind: &'static str,
+    pub kind: AuditKind,
     /// Who: a username, `api-key:NAME`, `device`, ...
     pub actor: String,
     pub device_id: Option<DeviceId>,
@@ -56,11 +56,15 @@ pub struct Entry {
 }
 
 impl Entry {
-    pub fn new(kind: &'static str, actor: impl Into<String>) -> Self {
+    pub fn new(kind: AuditKind, actor: impl Into<String>) -> Self {
         Self {
             kind,
             actor: actor.into(),
-            ..Default::default()
+            device_id: None,
+            fleet_id: None,
+            credential_id: None,
+            peer: None,
+            detail: String::new(),
         }
     }
     pub fn device(mut self, d: DeviceId) -> Self {
@@ -96,7 +100,7 @@ impl Entry {
 pub struct AuditFilter {
     pub device_id: Option<DeviceId>,
     pub fleet_id: Option<FleetId>,
-    /// Event kind, e.g. `auth_failed`.
+    /// Event kind, e.g. `auth_failed` (a name no record has matches nothing).
     pub kind: Option<String>,
     /// Who acted (a username, `api-key:NAME`, `device`).
     pub actor: Option<String>,
@@ -109,7 +113,7 @@ pub struct AuditLog {
     max_entries: usize,
     appended: AtomicU64,
     /// Records of clients without credentials, per address and kind.
-    unauthenticated: KeyedLimiter<(IpAddr, &'static str)>,
+    unauthenticated: KeyedLimiter<(IpAddr, AuditKind)>,
     metrics: Option<Arc<Metrics>>,
 }
 
@@ -144,7 +148,9 @@ impl AuditLog {
             self.record(e);
         } else if let Some(m) = &self.metrics {
             m.audit_suppressed
-                .get_or_create(&KindLabel { kind: e.kind })
+                .get_or_create(&KindLabel {
+                    kind: e.kind.as_str(),
+                })
                 .inc();
         }
         allowed
@@ -156,7 +162,7 @@ impl AuditLog {
         let ev = AuditEvent {
             id: AuditId::new(),
             ts: now_ms(),
-            kind: e.kind.to_string(),
+            kind: e.kind,
             actor: e.actor,
             device_id: e.device_id,
             fleet_id: e.fleet_id,
@@ -192,7 +198,7 @@ impl AuditLog {
         f: &AuditFilter,
         before: Option<AuditId>,
         limit: usize,
-    ) -> Result<Page<AuditEvent>, StoreError> {
+    ) -> Result<Page<AuditEvent>, crate::error::Error> {
         self.list_where(f, before, limit, |_| true)
     }
 
@@ -203,15 +209,15 @@ impl AuditLog {
         before: Option<AuditId>,
         limit: usize,
         visible: impl Fn(&AuditEvent) -> bool,
-    ) -> Result<Page<AuditEvent>, StoreError> {
-        self.store.list_audit(before, limit, |e| {
+    ) -> Result<Page<AuditEvent>, crate::error::Error> {
+        Ok(self.store.list_audit(before, limit, |e| {
             visible(e)
                 && f.device_id.is_none_or(|d| e.device_id == Some(d))
                 && f.actor.as_deref().is_none_or(|a| e.actor == a)
                 && f.fleet_id.is_none_or(|d| e.fleet_id == Some(d))
-                && f.kind.as_deref().is_none_or(|k| e.kind == k)
+                && f.kind.as_deref().is_none_or(|k| e.kind.as_str() == k)
                 && f.since.is_none_or(|s| e.ts >= s)
-        })
+        })?)
     }
 
     /// Makes recorded events durable now (after `record`, for tests and admin actions).

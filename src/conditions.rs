@@ -14,14 +14,14 @@ use utoipa::ToSchema;
 
 use crate::devices::Registry;
 use crate::devices::protocol::PayloadError;
-use crate::devices::registry::RegistryError;
-use crate::events::{Event, EventBus};
+use crate::error::Error;
+use crate::events::{ConditionChange, Event, EventBus};
 use crate::model::{
     Condition, ConditionId, DeviceId, FleetId, Millis, Severity, WorkspaceId, now_ms,
 };
 use crate::store::{ConditionScan, Store};
 
-type Result<T> = std::result::Result<T, RegistryError>;
+type Result<T> = std::result::Result<T, Error>;
 
 /// Longest condition name.
 pub const MAX_NAME_LEN: usize = 64;
@@ -167,9 +167,9 @@ impl ConditionService {
                 let current = self.store.open_condition(device, &r.name)?;
                 // What the event says happened: a repeated open is an update.
                 let action = match (r.action, &current) {
-                    (Action::Close, _) => "closed",
-                    (_, Some(_)) => "updated",
-                    (_, None) => "opened",
+                    (Action::Close, _) => ConditionChange::Closed,
+                    (_, Some(_)) => ConditionChange::Updated,
+                    (_, None) => ConditionChange::Opened,
                 };
                 let c = match (r.action, current) {
                     (Action::Close, None) => continue,
@@ -235,7 +235,7 @@ impl ConditionService {
         let mut c = self
             .store
             .get_condition(id)?
-            .ok_or(RegistryError::NotFound("condition"))?;
+            .ok_or(Error::NotFound("condition"))?;
         self.current_fleet(&mut c, &mut HashMap::new());
         Ok(c)
     }
@@ -261,7 +261,7 @@ impl ConditionService {
 
     /// An operator has seen the condition (it stays open until it is closed).
     pub async fn acknowledge(&self, id: ConditionId, by: &str) -> Result<Condition> {
-        self.operator_change(id, "acknowledged", |c, now| {
+        self.operator_change(id, ConditionChange::Acknowledged, |c, now| {
             if c.acknowledged_at.is_none() {
                 c.acknowledged_at = Some(now);
                 c.acknowledged_by = Some(by.to_string());
@@ -273,11 +273,9 @@ impl ConditionService {
 
     /// An operator closes the condition (the device may open it again).
     pub async fn close(&self, id: ConditionId, by: &str) -> Result<Condition> {
-        self.operator_change(id, "closed", |c, now| {
+        self.operator_change(id, ConditionChange::Closed, |c, now| {
             if !c.open {
-                return Err(RegistryError::Conflict(
-                    "the condition is already closed".into(),
-                ));
+                return Err(Error::conflict("the condition is already closed"));
             }
             c.open = false;
             c.closed_at = Some(now);
@@ -291,7 +289,7 @@ impl ConditionService {
     async fn operator_change(
         &self,
         id: ConditionId,
-        action: &'static str,
+        action: ConditionChange,
         change: impl FnOnce(&mut Condition, Millis) -> Result<()>,
     ) -> Result<Condition> {
         let c = {
@@ -299,7 +297,7 @@ impl ConditionService {
             let mut c = self
                 .store
                 .get_condition(id)?
-                .ok_or(RegistryError::NotFound("condition"))?;
+                .ok_or(Error::NotFound("condition"))?;
             change(&mut c, now_ms())?;
             self.store.put_condition(&c)?;
             if !c.open {

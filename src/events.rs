@@ -44,7 +44,7 @@ pub enum Event {
     /// A condition was opened, updated, acknowledged or closed (`action`), as it now stands.
     Condition {
         device_id: DeviceId,
-        action: &'static str,
+        action: ConditionChange,
         condition: Box<crate::model::Condition>,
     },
     /// An integration's queue reached a cap and dropped entries (`raised`), or is back under
@@ -54,6 +54,29 @@ pub enum Event {
         raised: bool,
         dropped: u64,
     },
+}
+
+/// What happened to a condition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ConditionChange {
+    Opened,
+    /// Reported again while open: severity, details or count changed.
+    Updated,
+    Acknowledged,
+    Closed,
+}
+
+impl ConditionChange {
+    /// The name integrations and live views receive.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Opened => "opened",
+            Self::Updated => "updated",
+            Self::Acknowledged => "acknowledged",
+            Self::Closed => "closed",
+        }
+    }
 }
 
 /// A synchronous observer of every event, called by `publish` before the broadcast: for

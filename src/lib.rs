@@ -1,8 +1,8 @@
 //! Corral: a single-binary, on-premises IoT device management appliance.
 //!
 //! Layers, bottom to top (dependencies point down only; `tests/it/layers.rs` checks it):
-//! `config`, `metrics`, `model`, `names`, `limits`, `secrets` → `store`, `workers` → `pki`,
-//! `events`, `audit` → `devices` → `integrations` → `data`, `auth`, `jobs`, `conditions` →
+//! `config`, `metrics`, `model`, `names`, `limits`, `secrets` → `store`, `workers` → `error`,
+//! `pki`, `events`, `audit` → `devices` → `integrations` → `data`, `auth`, `jobs`, `conditions` →
 //! `services` → `backups` → transports `mqtt`, `api` → `app`, `client` → `sim` → `cli` →
 //! `fuzzing` (harness only).
 
@@ -17,6 +17,7 @@ pub mod conditions;
 pub mod config;
 pub mod data;
 pub mod devices;
+pub mod error;
 pub mod events;
 #[doc(hidden)]
 pub mod fuzzing;

@@ -321,14 +321,76 @@ pub struct CertificateInfo {
     pub certificate_pem: String,
 }
 
+/// Declares `AuditKind` with each kind's stable name (its JSON form and its metric label).
+macro_rules! audit_kinds {
+    ($($(#[$doc:meta])* $v:ident = $s:literal,)*) => {
+        /// What an audit record is about. The names are stable: API clients filter on them.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+        pub enum AuditKind {
+            $($(#[$doc])* #[serde(rename = $s)] $v,)*
+        }
+
+        impl AuditKind {
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $(Self::$v => $s,)*
+                }
+            }
+        }
+    };
+}
+
+audit_kinds! {
+    /// A REST request with an unknown or wrong key or session.
+    ApiAuthFailed = "api_auth_failed",
+    /// A REST request that changed something succeeded.
+    ApiChange = "api_change",
+    /// A REST request was refused for the caller's role.
+    ApiDenied = "api_denied",
+    ApiKeyCreated = "api_key_created",
+    ApiKeyDeleted = "api_key_deleted",
+    /// A device was refused at connect (the detail says why).
+    AuthFailed = "auth_failed",
+    ClaimRequested = "claim_requested",
+    CredentialDeleted = "credential_deleted",
+    CredentialIssued = "credential_issued",
+    CredentialRevoked = "credential_revoked",
+    CredentialRotated = "credential_rotated",
+    /// A device joined with a certificate of a fleet's manufacturer CA.
+    DeviceCreatedJit = "device_created_jit",
+    DeviceDeleted = "device_deleted",
+    DeviceDisabled = "device_disabled",
+    DeviceEnabled = "device_enabled",
+    DeviceProvisioned = "device_provisioned",
+    Login = "login",
+    LoginFailed = "login_failed",
+    LoginThrottled = "login_throttled",
+    Logout = "logout",
+    ManufacturerCaAdded = "manufacturer_ca_added",
+    ManufacturerCaRemoved = "manufacturer_ca_removed",
+    ProvisionFailed = "provision_failed",
+    ProvisioningKeyRemoved = "provisioning_key_removed",
+    ProvisioningKeySet = "provisioning_key_set",
+    /// A first-run setup link that is invalid, used or expired.
+    SetupFailed = "setup_failed",
+    UserCreated = "user_created",
+    UserDeleted = "user_deleted",
+    UserUpdated = "user_updated",
+}
+
+impl std::fmt::Display for AuditKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// One audit record: a credential or administrative event.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct AuditEvent {
     pub id: AuditId,
     /// When it happened, ms since the epoch.
     pub ts: Millis,
-    /// Stable event name, e.g. `credential_issued`, `auth_failed`, `device_created_jit`.
-    pub kind: String,
+    pub kind: AuditKind,
     /// Who acted: a username (or `api-key:NAME` for the bootstrap key) for API changes and
     /// sign-ins, or e.g. `device`, `provisioning`, `setup`, `anonymous`.
     pub actor: String,

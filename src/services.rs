@@ -47,7 +47,7 @@ pub struct Services {
     /// HTTP and HTTPS connections open at once, overall and per client address.
     pub http_connections: Arc<ConnectionCap<IpAddr>>,
     /// Background work (the scheduler, retention, sweeps, backups), started by `App`.
-    pub workers: crate::workers::Workers,
+    pub workers: Arc<crate::workers::Workers>,
 }
 
 impl Services {
@@ -100,8 +100,8 @@ impl Services {
             config.http.max_connections as usize,
             config.http.max_connections_per_address as usize,
         );
+        let workers = Arc::new(crate::workers::Workers::new(metrics.clone()));
         Self {
-            workers: crate::workers::Workers::new(metrics.clone()),
             http_connections,
             conditions,
             connect_limiter: KeyedLimiter::new(l.ip_connects_per_sec, l.ip_connect_burst),
@@ -121,7 +121,9 @@ impl Services {
                 router,
                 events.clone(),
                 metrics.clone(),
+                workers.clone(),
             ),
+            workers,
             auth: AuthService::new(store.clone(), audit.clone(), config.auth.clone()),
             registry,
             credentials,

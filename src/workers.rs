@@ -74,24 +74,39 @@ impl Report {
         }
     }
 
-    /// Runs `run` as one run of this worker: its state, duration and outcome are recorded.
+    /// Runs `run` as one run of this worker: its state, duration and outcome are recorded, and
+    /// a failure is logged.
     pub async fn run<F, Fut>(&self, run: F) -> Result<(), String>
     where
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<(), String>>,
     {
-        let started = Instant::now();
-        let at = now_ms();
+        let started = self.started();
+        let res = run().await;
+        if let Err(e) = &res {
+            tracing::error!(worker = %self.name, error = %e, "background work failed");
+        }
+        self.finished(started, &res);
+        res
+    }
+
+    /// A run begins (for workers whose runs are not one future, such as a delivery whose
+    /// failure its own log reports): pass the value to `finished`.
+    pub fn started(&self) -> Started {
         self.update(|s| {
             s.state = WorkerState::Running;
-            s.last_run_at = Some(at);
+            s.last_run_at = Some(now_ms());
         });
         self.metrics
             .worker_running
             .get_or_create(&self.label())
             .set(1);
-        let res = run().await;
-        let took = started.elapsed();
+        Started(Instant::now())
+    }
+
+    /// A run ends with `res`.
+    pub fn finished(&self, started: Started, res: &Result<(), String>) {
+        let took = started.0.elapsed();
         self.metrics
             .worker_running
             .get_or_create(&self.label())
@@ -101,8 +116,7 @@ impl Report {
             .worker_seconds
             .get_or_create(&self.label())
             .inc_by(took.as_secs_f64());
-        if let Err(e) = &res {
-            tracing::error!(worker = %self.name, error = %e, "background work failed");
+        if res.is_err() {
             self.metrics
                 .worker_failures
                 .get_or_create(&self.label())
@@ -112,13 +126,12 @@ impl Report {
             s.state = WorkerState::Idle;
             s.runs += 1;
             s.last_duration_ms = Some(took.as_millis() as u64);
-            if let Err(e) = &res {
+            if let Err(e) = res {
                 s.failures += 1;
                 s.last_error = Some(e.clone());
                 s.last_error_at = Some(now_ms());
             }
         });
-        res
     }
 
     fn stopped(&self) {
@@ -130,10 +143,15 @@ impl Report {
     }
 }
 
+/// When a run started (`Report::started`).
+#[must_use]
+pub struct Started(Instant);
+
 /// The server's background workers.
 pub struct Workers {
     stop: watch::Sender<bool>,
-    tasks: Mutex<Vec<JoinHandle<()>>>,
+    /// Running tasks by worker name.
+    tasks: Mutex<BTreeMap<String, JoinHandle<()>>>,
     board: Board,
     metrics: Arc<Metrics>,
 }
@@ -142,7 +160,7 @@ impl Workers {
     pub fn new(metrics: Arc<Metrics>) -> Self {
         Self {
             stop: watch::Sender::new(false),
-            tasks: Mutex::new(Vec::new()),
+            tasks: Mutex::new(BTreeMap::new()),
             board: Default::default(),
             metrics,
         }
@@ -199,10 +217,7 @@ impl Workers {
             }
             report.stopped();
         });
-        self.tasks
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(task);
+        self.keep(name, task);
     }
 
     /// Starts a long-running worker: `make` gets the shutdown signal (it returns when that
@@ -221,10 +236,67 @@ impl Workers {
             fut.await;
             report.stopped();
         });
-        self.tasks
+        self.keep(name, task);
+    }
+
+    /// Starts a worker that comes and goes at run time (one per integration): `fut` runs
+    /// until it ends, `remove` is called with its name, or the shutdown signal, whichever
+    /// comes first; a future cancelled at any await point must lose nothing (a delivery
+    /// leaves its entries queued). A worker of the same name is replaced.
+    pub fn spawn_removable<Fut>(&self, name: &str, about: &str, make: impl FnOnce(Report) -> Fut)
+    where
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        self.remove(name);
+        let report = self.register(name, about, None);
+        let fut = make(report.clone());
+        let mut stop = self.stop.subscribe();
+        let task = tokio::spawn(async move {
+            tokio::select! {
+                _ = fut => {}
+                _ = stop.wait_for(|s| *s) => {}
+            }
+            report.stopped();
+        });
+        self.keep(name, task);
+    }
+
+    /// Stops a worker started by `spawn_removable` and forgets it.
+    pub fn remove(&self, name: &str) {
+        if let Some(t) = self
+            .tasks
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .push(task);
+            .remove(name)
+        {
+            t.abort();
+        }
+        self.board
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(name);
+        for family in [&self.metrics.worker_runs, &self.metrics.worker_failures] {
+            family.remove(&WorkerLabel {
+                worker: name.to_string(),
+            });
+        }
+        self.metrics.worker_seconds.remove(&WorkerLabel {
+            worker: name.to_string(),
+        });
+        self.metrics.worker_running.remove(&WorkerLabel {
+            worker: name.to_string(),
+        });
+    }
+
+    fn keep(&self, name: &str, task: JoinHandle<()>) {
+        if let Some(old) = self
+            .tasks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(name.to_string(), task)
+        {
+            old.abort();
+        }
     }
 
     /// Every worker's state, by name.
@@ -241,7 +313,7 @@ impl Workers {
     pub async fn stop(&self) {
         let _ = self.stop.send(true);
         let tasks = std::mem::take(&mut *self.tasks.lock().unwrap_or_else(|p| p.into_inner()));
-        for t in tasks {
+        for t in tasks.into_values() {
             let _ = t.await;
         }
     }

@@ -21,9 +21,9 @@ use super::authz::{Caller, SelfOrAdmin, ServerAdmin};
 use super::error::{ApiError, ApiJson, ApiPath, ErrorBody};
 use crate::audit::Entry;
 use crate::auth::users::{ApiKeyView, NewApiKey, NewUser, UserPatch};
-use crate::auth::{AuthError, Principal, SignedIn, policy::UserView};
+use crate::auth::{Principal, SignedIn, policy::UserView};
 use crate::devices::registry::DeviceStatus;
-use crate::model::{ApiKeyId, DeviceId, FleetId, Role, UserId};
+use crate::model::{ApiKeyId, AuditKind, DeviceId, FleetId, Role, UserId};
 use crate::services::Services;
 
 type S = State<Arc<Services>>;
@@ -37,38 +37,6 @@ pub struct Tls(pub bool);
 const COOKIE_TLS: &str = "__Host-corral_session";
 const COOKIE_PLAIN: &str = "corral_session";
 const CSRF_HEADER: &str = "x-csrf-token";
-
-impl From<AuthError> for ApiError {
-    fn from(e: AuthError) -> Self {
-        match e {
-            AuthError::InvalidLogin => {
-                ApiError::new(StatusCode::UNAUTHORIZED, "invalid_login", e.to_string())
-            }
-            // Sign-in attempts are counted per minute.
-            AuthError::Throttled => ApiError::new(
-                StatusCode::TOO_MANY_REQUESTS,
-                "too_many_attempts",
-                e.to_string(),
-            )
-            .retry_after(60),
-            AuthError::InvalidSetup => {
-                ApiError::new(StatusCode::FORBIDDEN, "invalid_setup_token", e.to_string())
-            }
-            AuthError::Invalid { .. } => ApiError::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "invalid_field",
-                e.to_string(),
-            ),
-            AuthError::NotFound(what) => ApiError::not_found(what),
-            AuthError::NameTaken(_) => {
-                ApiError::new(StatusCode::CONFLICT, "name_taken", e.to_string())
-            }
-            AuthError::Forbidden(m) => ApiError::new(StatusCode::FORBIDDEN, "forbidden", m),
-            AuthError::Store(e) => ApiError::internal(e),
-            AuthError::Internal(m) => ApiError::internal(m),
-        }
-    }
-}
 
 fn forbidden(what: &str) -> ApiError {
     ApiError::new(
@@ -139,7 +107,7 @@ pub async fn authenticate(State(s): S, mut req: Request, next: Next) -> Response
             let presented = bearer.is_some() || cookie.is_some();
             if presented {
                 s.audit.record_unauthenticated(
-                    Entry::new("api_auth_failed", "anonymous")
+                    Entry::new(AuditKind::ApiAuthFailed, "anonymous")
                         .ip(peer)
                         .detail(format!("{what}: {} {}", req.method(), req.uri().path())),
                     peer,
@@ -178,13 +146,13 @@ pub async fn authenticate(State(s): S, mut req: Request, next: Next) -> Response
     if changes {
         let status = resp.status();
         let kind = if status.is_success() {
-            "api_change"
+            Some(AuditKind::ApiChange)
         } else if status == StatusCode::FORBIDDEN {
-            "api_denied"
+            Some(AuditKind::ApiDenied)
         } else {
-            ""
+            None
         };
-        if !kind.is_empty() {
+        if let Some(kind) = kind {
             s.audit.record(
                 Entry::new(kind, actor)
                     .ip(peer)
@@ -666,7 +634,7 @@ async fn overview(State(s): S, caller: Caller) -> ApiResult<Json<Overview>> {
                     let st = &i.status;
                     serde_json::json!({
                         "id": i.id, "name": i.name,
-                        "state": if st.alarm { "alarm" } else { st.state },
+                        "state": if st.alarm { "alarm" } else { st.state.as_str() },
                         "queue_depth": st.queue_depth,
                         "oldest_age_secs": st.oldest_age_ms.map(|ms| ms / 1000),
                         "dead_letters": st.dead_letters,

@@ -25,7 +25,7 @@ use axum::response::{IntoResponse, Response};
 
 use super::error::ApiError;
 use crate::auth::Principal;
-use crate::devices::RegistryError;
+use crate::error::Error;
 use crate::model::{
     ConditionId, DeviceId, FleetId, FleetJobId, JobId, Role, ScheduleId, UserId, WorkspaceId,
 };
@@ -103,15 +103,15 @@ pub trait Object: Send + Sync + 'static {
     type Id: std::str::FromStr + Copy + Send;
     /// What a 404 calls it.
     const WHAT: &'static str;
-    fn scope(s: &Services, id: Self::Id) -> Result<Scope, RegistryError>;
+    fn scope(s: &Services, id: Self::Id) -> Result<Scope, Error>;
 }
 
-fn device_scope(s: &Services, id: DeviceId) -> Result<Scope, RegistryError> {
+fn device_scope(s: &Services, id: DeviceId) -> Result<Scope, Error> {
     let d = s.registry.device_record(id)?;
     Ok(Scope::Fleet(d.workspace_id, d.fleet_id))
 }
 
-fn fleet_scope(s: &Services, id: FleetId) -> Result<Scope, RegistryError> {
+fn fleet_scope(s: &Services, id: FleetId) -> Result<Scope, Error> {
     let f = s.registry.fleet(id)?;
     Ok(Scope::Fleet(f.workspace_id, f.id))
 }
@@ -121,7 +121,7 @@ pub struct Device;
 impl Object for Device {
     type Id = DeviceId;
     const WHAT: &'static str = "device";
-    fn scope(s: &Services, id: DeviceId) -> Result<Scope, RegistryError> {
+    fn scope(s: &Services, id: DeviceId) -> Result<Scope, Error> {
         device_scope(s, id)
     }
 }
@@ -131,7 +131,7 @@ pub struct Fleet;
 impl Object for Fleet {
     type Id = FleetId;
     const WHAT: &'static str = "fleet";
-    fn scope(s: &Services, id: FleetId) -> Result<Scope, RegistryError> {
+    fn scope(s: &Services, id: FleetId) -> Result<Scope, Error> {
         fleet_scope(s, id)
     }
 }
@@ -141,7 +141,7 @@ pub struct Job;
 impl Object for Job {
     type Id = JobId;
     const WHAT: &'static str = "job";
-    fn scope(s: &Services, id: JobId) -> Result<Scope, RegistryError> {
+    fn scope(s: &Services, id: JobId) -> Result<Scope, Error> {
         device_scope(s, s.jobs.get(id)?.device_id)
     }
 }
@@ -151,7 +151,7 @@ pub struct FleetJob;
 impl Object for FleetJob {
     type Id = FleetJobId;
     const WHAT: &'static str = "fleet job";
-    fn scope(s: &Services, id: FleetJobId) -> Result<Scope, RegistryError> {
+    fn scope(s: &Services, id: FleetJobId) -> Result<Scope, Error> {
         fleet_scope(s, s.jobs.fleet_job_record(id)?.fleet_id)
     }
 }
@@ -161,7 +161,7 @@ pub struct Condition;
 impl Object for Condition {
     type Id = ConditionId;
     const WHAT: &'static str = "condition";
-    fn scope(s: &Services, id: ConditionId) -> Result<Scope, RegistryError> {
+    fn scope(s: &Services, id: ConditionId) -> Result<Scope, Error> {
         device_scope(s, s.conditions.get(id)?.device_id)
     }
 }
@@ -171,7 +171,7 @@ pub struct Schedule;
 impl Object for Schedule {
     type Id = ScheduleId;
     const WHAT: &'static str = "schedule";
-    fn scope(s: &Services, id: ScheduleId) -> Result<Scope, RegistryError> {
+    fn scope(s: &Services, id: ScheduleId) -> Result<Scope, Error> {
         let sc = s.jobs.schedule(id)?;
         match (sc.device_id, sc.fleet_id) {
             (Some(d), _) => device_scope(s, d),
@@ -219,10 +219,10 @@ async fn path_id<T: std::str::FromStr>(
 
 /// The lookup behind a check: 404 when the object does not exist, its own error otherwise (a
 /// store failure is a 500, never a "not found").
-fn found<T>(r: Result<T, RegistryError>, what: &str) -> Result<T, ApiError> {
+fn found<T>(r: Result<T, Error>, what: &str) -> Result<T, ApiError> {
     match r {
         Ok(x) => Ok(x),
-        Err(RegistryError::NotFound(_)) => Err(ApiError::not_found(what)),
+        Err(Error::NotFound(_)) => Err(ApiError::not_found(what)),
         Err(e) => Err(e.into()),
     }
 }
@@ -493,18 +493,15 @@ mod tests {
 
     #[test]
     fn a_failed_lookup_is_an_error_not_a_missing_object() {
-        assert_eq!(found(Ok::<_, RegistryError>(7), "thing").ok(), Some(7));
-        let missing = found::<()>(Err(RegistryError::NotFound("thing")), "thing");
+        assert_eq!(found(Ok::<_, Error>(7), "thing").ok(), Some(7));
+        let missing = found::<()>(Err(Error::NotFound("thing")), "thing");
         assert_eq!(missing.err().map(|e| e.status), Some(StatusCode::NOT_FOUND));
-        let broken = RegistryError::Store(crate::store::StoreError::Corrupt {
-            tree: "devices",
-            detail: "bad entry".into(),
-        });
+        let broken = Error::Internal("a damaged record".into());
         let e = found::<()>(Err(broken), "thing").expect_err("an error");
         assert_eq!(
             e.status,
             StatusCode::INTERNAL_SERVER_ERROR,
-            "a store failure is not a 404"
+            "a failed lookup is not a 404"
         );
     }
 

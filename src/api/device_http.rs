@@ -25,7 +25,8 @@ use crate::data::keys::KeyRefusal;
 use crate::data::{Durability, IngestError};
 use crate::devices::credentials::{LoginAttempt, Refusal};
 use crate::devices::protocol::{self, AttributeRequest};
-use crate::model::{DEFAULT_TAG, Device};
+use crate::error::{Error, ErrorKind};
+use crate::model::{AuditKind, DEFAULT_TAG, Device};
 use crate::services::Services;
 
 type S = State<Arc<Services>>;
@@ -143,13 +144,13 @@ fn bad(msg: impl Into<String>) -> DevError {
 
 /// A refused write: 507 when free space is below the reserve (nothing was stored; send it
 /// again later), 500 otherwise.
-fn not_stored(e: crate::data::IngestError) -> DevError {
-    match e {
-        crate::data::IngestError::Store(
-            e @ (crate::store::StoreError::DiskLow { .. }
-            | crate::store::StoreError::DiskFull { .. }),
-        ) => DevError(StatusCode::INSUFFICIENT_STORAGE, format!("not stored: {e}")),
-        e => internal(e),
+fn not_stored(e: impl Into<Error>) -> DevError {
+    let e = e.into();
+    match e.kind() {
+        ErrorKind::StorageFull => {
+            DevError(StatusCode::INSUFFICIENT_STORAGE, format!("not stored: {e}"))
+        }
+        _ => internal(e),
     }
 }
 
@@ -409,10 +410,7 @@ async fn rpc_reply(
             .jobs
             .on_reply(dev.id, id, &body)
             .await
-            .map_err(|e| match e {
-                crate::devices::RegistryError::Store(e) => not_stored(IngestError::Store(e)),
-                other => internal(other),
-            })?,
+            .map_err(not_stored)?,
         Err(_) => false,
     };
     if !known {
@@ -458,7 +456,7 @@ async fn claim(
     };
     let duration = v.get("durationMs").and_then(Json::as_i64).unwrap_or(0);
     s.audit.record(
-        Entry::new("claim_requested", "device")
+        Entry::new(AuditKind::ClaimRequested, "device")
             .device(dev.id)
             .fleet(dev.fleet_id)
             .detail(format!("claim window {duration} ms (0 = default)")),

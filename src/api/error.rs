@@ -7,8 +7,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use utoipa::ToSchema;
 
-use crate::devices::RegistryError;
-use crate::store::StoreError;
+use crate::error::{Denial, Error, ErrorKind};
 
 #[derive(Debug)]
 pub struct ApiError {
@@ -109,49 +108,32 @@ impl IntoResponse for ApiError {
     }
 }
 
-impl From<RegistryError> for ApiError {
-    fn from(e: RegistryError) -> Self {
-        match e {
-            RegistryError::NotFound(what) => ApiError::not_found(what),
-            e @ RegistryError::NameTaken { .. } => {
-                ApiError::new(StatusCode::CONFLICT, "name_taken", e.to_string())
+impl From<Error> for ApiError {
+    /// The status follows the error's kind; the code is the error's own.
+    fn from(e: Error) -> Self {
+        let status = match e.kind() {
+            ErrorKind::NotFound => StatusCode::NOT_FOUND,
+            ErrorKind::Conflict | ErrorKind::QueueFull => StatusCode::CONFLICT,
+            // A cursor is not a field of the body: the request itself is malformed.
+            ErrorKind::Invalid if matches!(e, Error::BadCursor) => StatusCode::BAD_REQUEST,
+            ErrorKind::Invalid | ErrorKind::Unsupported => StatusCode::UNPROCESSABLE_ENTITY,
+            ErrorKind::Denied if matches!(e, Error::Denied(Denial::InvalidLogin)) => {
+                StatusCode::UNAUTHORIZED
             }
-            e @ RegistryError::Invalid { .. } => ApiError::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "invalid_field",
-                e.to_string(),
-            ),
-            e @ RegistryError::NotEmpty(_) => {
-                ApiError::new(StatusCode::CONFLICT, "not_empty", e.to_string())
-            }
-            e @ RegistryError::CredentialTaken => {
-                ApiError::new(StatusCode::CONFLICT, "credential_taken", e.to_string())
-            }
-            RegistryError::Conflict(m) => ApiError::new(StatusCode::CONFLICT, "conflict", m),
-            RegistryError::QueueFull(m) => ApiError::new(StatusCode::CONFLICT, "queue_full", m),
-            RegistryError::Unsupported(m) => {
-                ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "unsupported", m)
-            }
-            RegistryError::BadCursor => {
-                ApiError::bad_request("invalid_cursor", "cursor is not one this API returned")
-            }
-            RegistryError::Internal(m) => ApiError::internal(m),
-            RegistryError::Store(e) => e.into(),
-        }
-    }
-}
-
-impl From<StoreError> for ApiError {
-    fn from(e: StoreError) -> Self {
-        match e {
-            // Refused before the disk filled: nothing of the request was stored.
-            e @ (StoreError::DiskLow { .. } | StoreError::DiskFull { .. }) => ApiError::new(
-                StatusCode::INSUFFICIENT_STORAGE,
-                "insufficient_storage",
-                e.to_string(),
-            ),
-            e => ApiError::internal(e),
-        }
+            ErrorKind::Denied => StatusCode::FORBIDDEN,
+            ErrorKind::Throttled => StatusCode::TOO_MANY_REQUESTS,
+            ErrorKind::StorageFull => StatusCode::INSUFFICIENT_STORAGE,
+            ErrorKind::Unavailable | ErrorKind::Internal => return ApiError::internal(e),
+        };
+        let retry = match e {
+            Error::Throttled {
+                retry_after_secs, ..
+            } => Some(retry_after_secs),
+            _ => None,
+        };
+        let mut api = ApiError::new(status, e.code(), e.to_string());
+        api.retry_after_secs = retry;
+        api
     }
 }
 

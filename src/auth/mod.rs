@@ -13,37 +13,12 @@ use base64::Engine;
 
 use crate::audit::{AuditLog, Entry};
 pub use crate::config::AuthConfig;
+use crate::error::{Denial, Error};
 use crate::limits::KeyedLimiter;
-use crate::model::{ApiKey, ApiKeyId, Millis, User, UserSession, now_ms};
+use crate::model::{ApiKey, ApiKeyId, AuditKind, Millis, User, UserSession, now_ms};
 use crate::secrets::secret_hash;
 use crate::store::{Store, StoreError};
 pub use policy::Principal;
-
-/// Why an authentication step failed. Sign-in failures are deliberately not more precise.
-#[derive(Debug, thiserror::Error)]
-pub enum AuthError {
-    #[error("wrong username or password")]
-    InvalidLogin,
-    #[error("too many sign-in attempts; wait a minute")]
-    Throttled,
-    #[error("the setup link is invalid, used or expired")]
-    InvalidSetup,
-    #[error("{field}: {message}")]
-    Invalid {
-        field: &'static str,
-        message: String,
-    },
-    #[error("no such {0}")]
-    NotFound(&'static str),
-    #[error("the username {0:?} is taken")]
-    NameTaken(String),
-    #[error("{0}")]
-    Forbidden(String),
-    #[error(transparent)]
-    Store(#[from] StoreError),
-    #[error("{0}")]
-    Internal(String),
-}
 
 /// A successful sign-in: the session cookie's value (shown to the browser only) and who.
 pub struct SignedIn {
@@ -204,17 +179,20 @@ impl AuthService {
         password: &str,
         peer: Option<IpAddr>,
         tls: bool,
-    ) -> Result<SignedIn, AuthError> {
+    ) -> Result<SignedIn, Error> {
         let name = username.trim().to_lowercase();
         let peer_ok = peer.is_none_or(|p| self.by_peer.allow(&p));
         if !peer_ok || !self.by_name.allow(&name) {
             self.audit.record_unauthenticated(
-                Entry::new("login_throttled", username_for_audit(&name))
+                Entry::new(AuditKind::LoginThrottled, username_for_audit(&name))
                     .ip(peer)
                     .detail("too many sign-in attempts"),
                 peer,
             );
-            return Err(AuthError::Throttled);
+            return Err(Error::Throttled {
+                message: "too many sign-in attempts; wait a minute".into(),
+                retry_after_secs: 60,
+            });
         }
         let user = self.store.user_by_name(&name)?;
         let hash = user
@@ -230,11 +208,11 @@ impl AuthService {
                     _ => "wrong password",
                 };
                 self.audit.record(
-                    Entry::new("login_failed", username_for_audit(&name))
+                    Entry::new(AuditKind::LoginFailed, username_for_audit(&name))
                         .ip(peer)
                         .detail(why),
                 );
-                return Err(AuthError::InvalidLogin);
+                return Err(Error::Denied(Denial::InvalidLogin));
             }
         };
         self.start_session(user, peer, tls).await
@@ -245,7 +223,7 @@ impl AuthService {
         mut user: User,
         peer: Option<IpAddr>,
         tls: bool,
-    ) -> Result<SignedIn, AuthError> {
+    ) -> Result<SignedIn, Error> {
         let cookie = random_secret();
         let now = now_ms();
         let session = UserSession {
@@ -261,7 +239,7 @@ impl AuthService {
         user.last_login_at = Some(now);
         let _ = self.store.put_user(&user, Some(&user.username))?;
         self.audit
-            .record(Entry::new("login", user.username.clone()).ip(peer));
+            .record(Entry::new(AuditKind::Login, user.username.clone()).ip(peer));
         self.store.commit().await?;
         Ok(SignedIn {
             cookie,
@@ -270,18 +248,18 @@ impl AuthService {
     }
 
     /// Ends a session server-side: the cookie is worthless afterwards.
-    pub async fn logout(&self, p: &Principal, peer: Option<IpAddr>) -> Result<(), AuthError> {
+    pub async fn logout(&self, p: &Principal, peer: Option<IpAddr>) -> Result<(), Error> {
         if let Some((hash, _)) = &p.session {
             self.store.delete_session(hash)?;
             self.audit
-                .record(Entry::new("logout", p.name.clone()).ip(peer));
+                .record(Entry::new(AuditKind::Logout, p.name.clone()).ip(peer));
             self.store.commit().await?;
         }
         Ok(())
     }
 
     /// Whether any web UI user exists (the sign-in page explains the setup link until one does).
-    pub fn users_exist(&self) -> Result<bool, StoreError> {
+    pub fn users_exist(&self) -> Result<bool, crate::error::Error> {
         Ok(self.store.user_count()? > 0)
     }
 
@@ -311,19 +289,19 @@ impl AuthService {
         password: &str,
         peer: Option<IpAddr>,
         tls: bool,
-    ) -> Result<SignedIn, AuthError> {
+    ) -> Result<SignedIn, Error> {
         let mut slot = self.setup.lock().await;
         let valid = slot
             .as_ref()
             .is_some_and(|t| t.expires_at > now_ms() && constant_eq(&t.hash, &secret_hash(token)));
         if !valid || self.store.user_count()? > 0 {
             self.audit.record_unauthenticated(
-                Entry::new("setup_failed", "anonymous")
+                Entry::new(AuditKind::SetupFailed, "anonymous")
                     .ip(peer)
                     .detail("invalid, used or expired setup token"),
                 peer,
             );
-            return Err(AuthError::InvalidSetup);
+            return Err(Error::Denied(Denial::InvalidSetup));
         }
         // A refused username or password leaves the token usable for another try.
         let user = self
@@ -343,7 +321,7 @@ impl AuthService {
         let user = self
             .store
             .get_user(user.id)?
-            .ok_or(AuthError::NotFound("user"))?;
+            .ok_or(Error::NotFound("user"))?;
         self.start_session(user, peer, tls).await
     }
 

@@ -6,16 +6,17 @@ use serde::Deserialize;
 use utoipa::ToSchema;
 
 use super::policy::UserView;
-use super::{AuthError, AuthService, new_api_key};
+use super::{AuthService, new_api_key};
 use crate::audit::Entry;
-use crate::model::{ApiKey, ApiKeyId, Grant, User, UserId, now_ms};
+use crate::error::{Conflict, Error};
+use crate::model::{ApiKey, ApiKeyId, AuditKind, Grant, User, UserId, now_ms};
 use crate::secrets::secret_hash;
 
 pub use crate::secrets::verify_password;
 
 /// argon2id PHC string of a password.
-pub fn hash_password(p: &str) -> Result<String, AuthError> {
-    crate::secrets::hash_password(p).map_err(|e| AuthError::Internal(e.to_string()))
+pub fn hash_password(p: &str) -> Result<String, Error> {
+    crate::secrets::hash_password(p).map_err(|e| Error::Internal(e.to_string()))
 }
 
 #[derive(Debug, Clone, Deserialize, ToSchema)]
@@ -66,14 +67,14 @@ pub struct ApiKeyView {
     pub created_at: i64,
 }
 
-fn invalid(field: &'static str, message: impl Into<String>) -> AuthError {
-    AuthError::Invalid {
+fn invalid(field: &'static str, message: impl Into<String>) -> Error {
+    Error::Invalid {
         field,
         message: message.into(),
     }
 }
 
-fn check_username(u: &str) -> Result<String, AuthError> {
+fn check_username(u: &str) -> Result<String, Error> {
     let u = u.trim();
     if u.is_empty()
         || u.len() > 64
@@ -89,7 +90,7 @@ fn check_username(u: &str) -> Result<String, AuthError> {
     Ok(u.to_string())
 }
 
-fn check_password(p: &str) -> Result<(), AuthError> {
+fn check_password(p: &str) -> Result<(), Error> {
     if !(10..=1024).contains(&p.chars().count()) {
         return Err(invalid("password", "must be 10 to 1024 characters"));
     }
@@ -97,7 +98,7 @@ fn check_password(p: &str) -> Result<(), AuthError> {
 }
 
 impl AuthService {
-    fn check_grants(&self, grants: &[Grant]) -> Result<(), AuthError> {
+    fn check_grants(&self, grants: &[Grant]) -> Result<(), Error> {
         for g in grants {
             let ws = self
                 .store
@@ -119,14 +120,14 @@ impl AuthService {
         Ok(())
     }
 
-    pub async fn create_user(&self, new: NewUser, actor: &str) -> Result<UserView, AuthError> {
+    pub async fn create_user(&self, new: NewUser, actor: &str) -> Result<UserView, Error> {
         let username = check_username(&new.username)?;
         check_password(&new.password)?;
         self.check_grants(&new.grants)?;
         let password = new.password;
         let hash = tokio::task::spawn_blocking(move || hash_password(&password))
             .await
-            .map_err(|e| AuthError::Internal(e.to_string()))??;
+            .map_err(|e| Error::Internal(e.to_string()))??;
         let now = now_ms();
         let user = User {
             id: UserId::new(),
@@ -140,11 +141,14 @@ impl AuthService {
             updated_at: now,
             last_login_at: None,
         };
-        self.store
-            .put_user(&user, None)?
-            .map_err(|_| AuthError::NameTaken(username.clone()))?;
+        self.store.put_user(&user, None)?.map_err(|_| {
+            Error::Conflict(Conflict::NameTaken {
+                kind: "user",
+                name: username.clone(),
+            })
+        })?;
         self.audit
-            .record(Entry::new("user_created", actor).detail(format!(
+            .record(Entry::new(AuditKind::UserCreated, actor).detail(format!(
                 "user {username}{}",
                 if user.admin { " (server admin)" } else { "" }
             )));
@@ -152,16 +156,16 @@ impl AuthService {
         Ok(UserView::from(&user))
     }
 
-    pub fn user(&self, id: UserId) -> Result<User, AuthError> {
-        self.store.get_user(id)?.ok_or(AuthError::NotFound("user"))
+    pub fn user(&self, id: UserId) -> Result<User, Error> {
+        self.store.get_user(id)?.ok_or(Error::NotFound("user"))
     }
 
-    pub fn users(&self) -> Result<Vec<UserView>, AuthError> {
+    pub fn users(&self) -> Result<Vec<UserView>, Error> {
         Ok(self.store.users()?.iter().map(UserView::from).collect())
     }
 
     /// The number of enabled server admins other than `except`.
-    fn other_admins(&self, except: UserId) -> Result<usize, AuthError> {
+    fn other_admins(&self, except: UserId) -> Result<usize, Error> {
         Ok(self
             .store
             .users()?
@@ -175,7 +179,7 @@ impl AuthService {
         id: UserId,
         patch: UserPatch,
         actor: &str,
-    ) -> Result<UserView, AuthError> {
+    ) -> Result<UserView, Error> {
         let mut user = self.user(id)?;
         let mut end_sessions = false;
         let mut what = Vec::new();
@@ -187,7 +191,7 @@ impl AuthService {
             check_password(&p)?;
             user.password_hash = tokio::task::spawn_blocking(move || hash_password(&p))
                 .await
-                .map_err(|e| AuthError::Internal(e.to_string()))??;
+                .map_err(|e| Error::Internal(e.to_string()))??;
             end_sessions = true;
             what.push("password");
         }
@@ -198,8 +202,8 @@ impl AuthService {
         }
         let demoted = patch.admin == Some(false) || patch.enabled == Some(false);
         if demoted && user.admin && self.other_admins(id)? == 0 {
-            return Err(AuthError::Forbidden(
-                "this is the last server admin; make another admin first".into(),
+            return Err(Error::forbidden(
+                "this is the last server admin; make another admin first",
             ));
         }
         if let Some(a) = patch.admin {
@@ -217,7 +221,7 @@ impl AuthService {
             self.store.delete_user_sessions(id)?;
         }
         self.audit
-            .record(Entry::new("user_updated", actor).detail(format!(
+            .record(Entry::new(AuditKind::UserUpdated, actor).detail(format!(
                 "user {}: {}",
                 user.username,
                 what.join(", ")
@@ -226,16 +230,17 @@ impl AuthService {
         Ok(UserView::from(&user))
     }
 
-    pub async fn delete_user(&self, id: UserId, actor: &str) -> Result<(), AuthError> {
+    pub async fn delete_user(&self, id: UserId, actor: &str) -> Result<(), Error> {
         let user = self.user(id)?;
         if user.admin && self.other_admins(id)? == 0 {
-            return Err(AuthError::Forbidden(
-                "this is the last server admin; make another admin first".into(),
+            return Err(Error::forbidden(
+                "this is the last server admin; make another admin first",
             ));
         }
         self.store.delete_user(&user)?;
-        self.audit
-            .record(Entry::new("user_deleted", actor).detail(format!("user {}", user.username)));
+        self.audit.record(
+            Entry::new(AuditKind::UserDeleted, actor).detail(format!("user {}", user.username)),
+        );
         self.store.commit().await?;
         Ok(())
     }
@@ -245,7 +250,7 @@ impl AuthService {
         user: UserId,
         name: &str,
         actor: &str,
-    ) -> Result<NewApiKey, AuthError> {
+    ) -> Result<NewApiKey, Error> {
         let u = self.user(user)?;
         let name = name.trim();
         if name.is_empty() || name.len() > 128 {
@@ -262,7 +267,7 @@ impl AuthService {
         };
         self.store.put_api_key(&key)?;
         self.audit.record(
-            Entry::new("api_key_created", actor)
+            Entry::new(AuditKind::ApiKeyCreated, actor)
                 .detail(format!("key {name:?} of user {}", u.username)),
         );
         self.store.commit().await?;
@@ -273,7 +278,7 @@ impl AuthService {
         })
     }
 
-    pub fn api_keys_of(&self, user: UserId) -> Result<Vec<ApiKeyView>, AuthError> {
+    pub fn api_keys_of(&self, user: UserId) -> Result<Vec<ApiKeyView>, Error> {
         self.user(user)?;
         Ok(self
             .store
@@ -292,14 +297,15 @@ impl AuthService {
         user: UserId,
         key: ApiKeyId,
         actor: &str,
-    ) -> Result<(), AuthError> {
+    ) -> Result<(), Error> {
         let u = self.user(user)?;
         if !self.store.user_api_keys(user)?.iter().any(|k| k.id == key) {
-            return Err(AuthError::NotFound("API key"));
+            return Err(Error::NotFound("API key"));
         }
         self.store.delete_api_key(key)?;
         self.audit.record(
-            Entry::new("api_key_deleted", actor).detail(format!("a key of user {}", u.username)),
+            Entry::new(AuditKind::ApiKeyDeleted, actor)
+                .detail(format!("a key of user {}", u.username)),
         );
         self.store.commit().await?;
         Ok(())

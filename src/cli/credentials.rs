@@ -16,7 +16,7 @@ use super::client::ApiClient;
 use super::output;
 use super::resolve::{Kind, Names, Ref, resolve};
 use crate::api::Page;
-use crate::devices::credentials::{CredentialView, IssuedCredential};
+use crate::devices::credentials::{CredentialStatus, CredentialView, IssuedCredential};
 use crate::model::{AuditEvent, FleetCa};
 
 /// How a device proves who it is; at most one may be given (default: a generated token).
@@ -254,8 +254,8 @@ fn print_issued(issued: &IssuedCredential, files: &[PathBuf]) {
 fn show_credential(c: &CredentialView) {
     let mut pairs = vec![
         ("credential", c.id.to_string()),
-        ("type", c.kind.clone()),
-        ("status", c.status.clone()),
+        ("type", c.kind.as_str().to_string()),
+        ("status", c.status.as_str().to_string()),
         ("created", output::time(Some(c.created_at))),
     ];
     if let Some(e) = c.expires_at {
@@ -286,8 +286,8 @@ fn credential_row(c: &CredentialView) -> Vec<String> {
     };
     vec![
         c.id.to_string(),
-        c.kind.clone(),
-        c.status.clone(),
+        c.kind.as_str().to_string(),
+        c.status.as_str().to_string(),
         detail,
         output::time(c.expires_at.or(c.revoked_at)),
     ]
@@ -353,7 +353,8 @@ pub async fn add(
         json,
         format!(
             "added a {} credential (id {}) to device {dev}",
-            issued.credential.kind, issued.credential.id
+            issued.credential.kind.as_str(),
+            issued.credential.id
         ),
     );
     show_issued(&dev.name, &issued, &creds.out_dir, json)
@@ -459,7 +460,7 @@ pub async fn revoke(
             .get::<Vec<CredentialView>>(&format!("/devices/{id}/credentials"), &[])
             .await?
             .into_iter()
-            .filter(|v| v.status != "revoked")
+            .filter(|v| v.status != CredentialStatus::Revoked)
             .map(|v| v.id.to_string())
             .collect(),
     };
@@ -680,7 +681,7 @@ pub async fn audit(a: AuditArgs) -> anyhow::Result<ExitCode> {
         .map(|e| {
             vec![
                 output::time(Some(e.ts)),
-                e.kind.clone(),
+                e.kind.to_string(),
                 e.actor.clone(),
                 e.device_id
                     .map(|d| devices.get(d.to_string()))

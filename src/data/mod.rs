@@ -30,6 +30,17 @@ pub enum IngestError {
     Store(#[from] StoreError),
 }
 
+/// As the domain error: a refused payload or key is invalid input (nothing of the message
+/// was stored); a store failure keeps its kind (a full disk, say).
+impl From<IngestError> for crate::error::Error {
+    fn from(e: IngestError) -> Self {
+        match e {
+            IngestError::Store(e) => Self::Store(e),
+            other => Self::invalid("payload", other.to_string()),
+        }
+    }
+}
+
 impl From<GateError> for IngestError {
     fn from(e: GateError) -> Self {
         match e {
@@ -73,7 +84,7 @@ impl DataService {
         &self,
         registry: &crate::devices::Registry,
         default_days: u32,
-    ) -> Result<retention::SweepReport, crate::devices::RegistryError> {
+    ) -> Result<retention::SweepReport, crate::error::Error> {
         retention::sweep(&self.store, registry, default_days)
     }
 
@@ -82,12 +93,12 @@ impl DataService {
         &self,
         registry: &crate::devices::Registry,
         id: crate::model::WorkspaceId,
-    ) -> Result<retention::WorkspaceUsage, crate::devices::RegistryError> {
+    ) -> Result<retention::WorkspaceUsage, crate::error::Error> {
         retention::usage(&self.store, registry, id)
     }
 
     /// Disk used by the store and its log (blocking: it walks the files).
-    pub fn store_usage(&self) -> Result<StoreUsage, crate::store::StoreError> {
+    pub fn store_usage(&self) -> Result<StoreUsage, crate::error::Error> {
         let wal = self.store.path().with_extension("wal");
         let wal_bytes = std::fs::read_dir(&wal)
             .map(|d| {
@@ -212,8 +223,8 @@ impl DataService {
         Ok(n)
     }
 
-    pub fn raw(&self, device: DeviceId, q: &RawQuery) -> Result<RawPage, StoreError> {
-        self.store.raw(device, q)
+    pub fn raw(&self, device: DeviceId, q: &RawQuery) -> Result<RawPage, crate::error::Error> {
+        Ok(self.store.raw(device, q)?)
     }
 
     pub fn latest(
@@ -221,12 +232,12 @@ impl DataService {
         device: DeviceId,
         tag: &str,
         keys: Option<&[String]>,
-    ) -> Result<Vec<(String, Point)>, StoreError> {
-        self.store.latest(device, tag, keys)
+    ) -> Result<Vec<(String, Point)>, crate::error::Error> {
+        Ok(self.store.latest(device, tag, keys)?)
     }
 
-    pub fn series(&self, device: DeviceId) -> Result<Vec<SeriesKey>, StoreError> {
-        self.store.device_series(device)
+    pub fn series(&self, device: DeviceId) -> Result<Vec<SeriesKey>, crate::error::Error> {
+        Ok(self.store.device_series(device)?)
     }
 
     /// The tags of the given devices with their keys, merged and sorted. Linear in the

@@ -8,7 +8,8 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use crate::devices::Registry;
-use crate::devices::registry::{DeviceFilter, RegistryError};
+use crate::devices::registry::DeviceFilter;
+use crate::error::Error;
 use crate::model::{DeviceId, Millis, WorkspaceId, now_ms};
 use crate::store::Store;
 
@@ -40,7 +41,7 @@ pub struct WorkspaceUsage {
     pub retention_days: Option<u32>,
 }
 
-fn devices_of(registry: &Registry, ws: WorkspaceId) -> Result<Vec<DeviceId>, RegistryError> {
+fn devices_of(registry: &Registry, ws: WorkspaceId) -> Result<Vec<DeviceId>, Error> {
     let filter = DeviceFilter {
         workspace_id: Some(ws),
         ..Default::default()
@@ -50,11 +51,7 @@ fn devices_of(registry: &Registry, ws: WorkspaceId) -> Result<Vec<DeviceId>, Reg
 
 /// Deletes what every workspace's retention no longer keeps. Blocking: run it off the async
 /// threads.
-pub fn sweep(
-    store: &Store,
-    registry: &Registry,
-    default_days: u32,
-) -> Result<SweepReport, RegistryError> {
+pub fn sweep(store: &Store, registry: &Registry, default_days: u32) -> Result<SweepReport, Error> {
     let started = std::time::Instant::now();
     let mut report = SweepReport::default();
     let mut after = None;
@@ -97,11 +94,7 @@ pub fn sweep(
 }
 
 /// Telemetry held by a workspace.
-pub fn usage(
-    store: &Store,
-    registry: &Registry,
-    ws: WorkspaceId,
-) -> Result<WorkspaceUsage, RegistryError> {
+pub fn usage(store: &Store, registry: &Registry, ws: WorkspaceId) -> Result<WorkspaceUsage, Error> {
     let w = registry.workspace(ws)?;
     let mut u = WorkspaceUsage {
         workspace_id: ws,

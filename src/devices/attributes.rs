@@ -12,13 +12,14 @@ use serde_json::{Map, Value as Json};
 use utoipa::ToSchema;
 
 use super::protocol::{self, ATTRIBUTES_TOPIC, AttributeRequest};
-use super::registry::{DeviceFilter, Registry, RegistryError};
+use super::registry::{DeviceFilter, Registry};
 use super::sessions::{SessionCommand, Sessions, Subscription};
+use crate::error::Error;
 use crate::events::{Event, EventBus};
 use crate::model::{DeviceId, FleetId, Millis, Value, now_ms};
 use crate::store::{Scope, Store};
 
-type Result<T> = std::result::Result<T, RegistryError>;
+type Result<T> = std::result::Result<T, Error>;
 
 /// One attribute value with the time it was set.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
@@ -115,12 +116,12 @@ pub fn parse_body(body: Map<String, Json>) -> Result<Vec<(String, Value)>> {
     // Devices ask for shared keys as a comma-joined list (ThingsBoard §5.4), and deletes name
     // keys the same way: a key with a comma could be set but never asked for or deleted.
     if let Some(k) = body.keys().find(|k| k.contains(',')) {
-        return Err(RegistryError::Invalid {
+        return Err(Error::Invalid {
             field: "attributes",
             message: format!("key {k:?} contains a comma: keys are listed comma-separated"),
         });
     }
-    protocol::parse_values(body).map_err(|e| RegistryError::Invalid {
+    protocol::parse_values(body).map_err(|e| Error::Invalid {
         field: "attributes",
         message: e.to_string(),
     })
@@ -192,7 +193,7 @@ impl AttributeService {
     ) -> Result<()> {
         self.registry.device_record(device)?;
         if scope == Scope::Client {
-            return Err(RegistryError::Invalid {
+            return Err(Error::Invalid {
                 field: "scope",
                 message: "client attributes are reported by the device".into(),
             });

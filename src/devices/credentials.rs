@@ -14,19 +14,20 @@ use rustls::pki_types::CertificateDer;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use super::registry::{Registry, RegistryError, secret_hash};
+use super::registry::{Registry, secret_hash};
 use super::sessions::{CloseReason, Sessions};
 use crate::audit::{AuditLog, Entry};
 use crate::config::CredentialsConfig;
+use crate::error::{Conflict, Error};
 use crate::model::{
-    CertOrigin, CertificateInfo, Credential, CredentialId, CredentialSecret, Device, DeviceId,
-    Millis, now_ms,
+    AuditKind, CertOrigin, CertificateInfo, Credential, CredentialId, CredentialSecret, Device,
+    DeviceId, Millis, now_ms,
 };
 use crate::pki::{self, Pki};
 pub use crate::secrets::verify_password;
 use crate::store::{CredentialClash, CredentialKey, Store};
 
-type Result<T> = std::result::Result<T, RegistryError>;
+type Result<T> = std::result::Result<T, Error>;
 
 /// The username (or client id) of ThingsBoard's provisioning sessions; never a credential.
 pub const PROVISION_USERNAME: &str = "provision";
@@ -82,11 +83,9 @@ pub struct CertBundle {
 pub struct CredentialView {
     pub id: CredentialId,
     pub device_id: DeviceId,
-    /// `access_token`, `mqtt_basic`, `certificate` or `public_key`.
     #[serde(rename = "type")]
-    pub kind: String,
-    /// `active`, `expiring` (rotated, in its grace period), `expired` or `revoked`.
-    pub status: String,
+    pub kind: CredentialKind,
+    pub status: CredentialStatus,
     pub created_at: Millis,
     pub expires_at: Option<Millis>,
     pub revoked_at: Option<Millis>,
@@ -105,22 +104,71 @@ pub struct CredentialView {
     pub spki_sha256: Option<String>,
 }
 
+/// How a device proves who it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum CredentialKind {
+    AccessToken,
+    MqttBasic,
+    Certificate,
+    PublicKey,
+}
+
+/// Whether a credential works now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum CredentialStatus {
+    Active,
+    /// Rotated: it works until its grace period ends.
+    Expiring,
+    Expired,
+    Revoked,
+}
+
+impl CredentialKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::AccessToken => "access_token",
+            Self::MqttBasic => "mqtt_basic",
+            Self::Certificate => "certificate",
+            Self::PublicKey => "public_key",
+        }
+    }
+}
+
+impl CredentialStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Active => "active",
+            Self::Expiring => "expiring",
+            Self::Expired => "expired",
+            Self::Revoked => "revoked",
+        }
+    }
+}
+
 impl CredentialView {
     pub fn of(c: &Credential, now: Millis) -> Self {
         let status = if c.revoked_at.is_some() {
-            "revoked"
+            CredentialStatus::Revoked
         } else if c.unusable(now).is_some() {
-            "expired"
+            CredentialStatus::Expired
         } else if c.expires_at.is_some() {
-            "expiring"
+            CredentialStatus::Expiring
         } else {
-            "active"
+            CredentialStatus::Active
+        };
+        let kind = match &c.secret {
+            CredentialSecret::AccessToken { .. } => CredentialKind::AccessToken,
+            CredentialSecret::MqttBasic { .. } => CredentialKind::MqttBasic,
+            CredentialSecret::Certificate(_) => CredentialKind::Certificate,
+            CredentialSecret::PublicKey { .. } => CredentialKind::PublicKey,
         };
         let mut v = CredentialView {
             id: c.id,
             device_id: c.device_id,
-            kind: String::new(),
-            status: status.into(),
+            kind,
+            status,
             created_at: c.created_at,
             expires_at: c.expires_at,
             revoked_at: c.revoked_at,
@@ -133,7 +181,6 @@ impl CredentialView {
         };
         match &c.secret {
             CredentialSecret::AccessToken { hint, .. } => {
-                v.kind = "access_token".into();
                 v.hint = Some(hint.clone());
             }
             CredentialSecret::MqttBasic {
@@ -141,17 +188,14 @@ impl CredentialView {
                 username,
                 password_hash,
             } => {
-                v.kind = "mqtt_basic".into();
                 v.client_id = client_id.clone();
                 v.username = username.clone();
                 v.has_password = Some(password_hash.is_some());
             }
             CredentialSecret::Certificate(info) => {
-                v.kind = "certificate".into();
                 v.certificate = Some(info.clone());
             }
             CredentialSecret::PublicKey { spki_sha256, .. } => {
-                v.kind = "public_key".into();
                 v.spki_sha256 = Some(spki_sha256.clone());
             }
         }
@@ -271,12 +315,12 @@ pub fn hash_password(p: &str) -> Result<String> {
     crate::secrets::hash_password(p).map_err(|e| internal(&e))
 }
 
-fn internal(e: &dyn std::fmt::Display) -> RegistryError {
-    RegistryError::Internal(e.to_string())
+fn internal(e: &dyn std::fmt::Display) -> Error {
+    Error::Internal(e.to_string())
 }
 
-fn invalid(field: &'static str, message: impl Into<String>) -> RegistryError {
-    RegistryError::Invalid {
+fn invalid(field: &'static str, message: impl Into<String>) -> Error {
+    Error::Invalid {
         field,
         message: message.into(),
     }
@@ -486,7 +530,7 @@ impl CredentialService {
                     shown = Some((t, b));
                     Ok(vec![c])
                 },
-                |dev, creds| Some(admin_entry("credential_issued", dev, &creds[0])),
+                |dev, creds| Some(admin_entry(AuditKind::CredentialIssued, dev, &creds[0])),
             )
             .await?;
         let cred = &creds[0];
@@ -525,9 +569,7 @@ impl CredentialService {
             .iter()
             .any(|c| c.sha256 == sha256)
         {
-            return Err(RegistryError::Conflict(
-                "this CA is already registered on a fleet".into(),
-            ));
+            return Err(Error::conflict("this CA is already registered on a fleet"));
         }
         let ca = crate::model::FleetCa {
             id: crate::model::FleetCaId::new(),
@@ -544,7 +586,7 @@ impl CredentialService {
         };
         self.store.put_fleet_ca(&ca)?;
         self.audit.record(
-            Entry::new("manufacturer_ca_added", crate::audit::operator())
+            Entry::new(AuditKind::ManufacturerCaAdded, crate::audit::operator())
                 .fleet(fleet)
                 .detail(format!("{} ({})", ca.name, ca.subject)),
         );
@@ -564,10 +606,10 @@ impl CredentialService {
         id: crate::model::FleetCaId,
     ) -> Result<()> {
         if !self.store.delete_fleet_ca(fleet, id)? {
-            return Err(RegistryError::NotFound("manufacturer CA"));
+            return Err(Error::NotFound("manufacturer CA"));
         }
         self.audit.record(
-            Entry::new("manufacturer_ca_removed", crate::audit::operator())
+            Entry::new(AuditKind::ManufacturerCaRemoved, crate::audit::operator())
                 .fleet(fleet)
                 .detail(id.to_string()),
         );
@@ -586,8 +628,8 @@ impl CredentialService {
         let (cred, token, bundle) = self.prepare(&dev, new)?;
         self.store
             .add_credential(&cred)?
-            .map_err(|CredentialClash| RegistryError::CredentialTaken)?;
-        self.audit_admin("credential_issued", &dev, &cred);
+            .map_err(|CredentialClash| Error::Conflict(Conflict::CredentialTaken))?;
+        self.audit_admin(AuditKind::CredentialIssued, &dev, &cred);
         self.store.commit().await?;
         Ok(IssuedCredential {
             credential: CredentialView::of(&cred, now_ms()),
@@ -610,7 +652,7 @@ impl CredentialService {
     fn get(&self, device: DeviceId, id: CredentialId) -> Result<Credential> {
         self.store
             .get_credential(device, id)?
-            .ok_or(RegistryError::NotFound("credential"))
+            .ok_or(Error::NotFound("credential"))
     }
 
     /// Replaces a credential with a new one of the same kind; the old one keeps working for
@@ -624,9 +666,7 @@ impl CredentialService {
         let dev = self.registry.device_record(device)?;
         let mut old = self.get(device, id)?;
         if old.revoked_at.is_some() {
-            return Err(RegistryError::Conflict(
-                "a revoked credential cannot be rotated".into(),
-            ));
+            return Err(Error::conflict("a revoked credential cannot be rotated"));
         }
         let new = match &old.secret {
             CredentialSecret::AccessToken { .. } => NewCredential::AccessToken { token: None },
@@ -655,7 +695,7 @@ impl CredentialService {
                 }
             },
             CredentialSecret::MqttBasic { .. } | CredentialSecret::PublicKey { .. } => {
-                return Err(RegistryError::Unsupported(
+                return Err(Error::Unsupported(
                     "MQTT basic credentials and public keys are rotated by adding the new one \
                      and revoking the old one"
                         .into(),
@@ -665,14 +705,14 @@ impl CredentialService {
         let (cred, token, bundle) = self.prepare(&dev, new)?;
         self.store
             .add_credential(&cred)?
-            .map_err(|CredentialClash| RegistryError::CredentialTaken)?;
+            .map_err(|CredentialClash| Error::Conflict(Conflict::CredentialTaken))?;
         let grace = req.grace_secs.unwrap_or(self.cfg.rotation_grace_secs);
         let until =
             now_ms().saturating_add(i64::try_from(grace.saturating_mul(1000)).unwrap_or(i64::MAX));
         old.expires_at = Some(old.expires_at.map_or(until, |e| e.min(until)));
         self.store.update_credential(&old)?;
         self.audit.record(
-            Entry::new("credential_rotated", crate::audit::operator())
+            Entry::new(AuditKind::CredentialRotated, crate::audit::operator())
                 .device(dev.id)
                 .fleet(dev.fleet_id)
                 .credential(old.id)
@@ -701,7 +741,7 @@ impl CredentialService {
         if cred.revoked_at.is_none() {
             cred.revoked_at = Some(now_ms());
             self.store.update_credential(&cred)?;
-            self.audit_admin("credential_revoked", &dev, &cred);
+            self.audit_admin(AuditKind::CredentialRevoked, &dev, &cred);
             self.store.commit().await?;
             if matches!(cred.secret, CredentialSecret::Certificate(_)) {
                 self.refresh_trust()?;
@@ -713,7 +753,7 @@ impl CredentialService {
     }
 
     /// Records an operator's change to a device's credential.
-    fn audit_admin(&self, kind: &'static str, dev: &Device, cred: &Credential) {
+    fn audit_admin(&self, kind: AuditKind, dev: &Device, cred: &Credential) {
         self.audit.record(admin_entry(kind, dev, cred));
     }
 
@@ -722,7 +762,7 @@ impl CredentialService {
         let dev = self.registry.device_record(device)?;
         let cred = self.get(device, id)?;
         self.store.delete_credential(&cred)?;
-        self.audit_admin("credential_deleted", &dev, &cred);
+        self.audit_admin(AuditKind::CredentialDeleted, &dev, &cred);
         self.store.commit().await?;
         self.sessions
             .close_credential(device, id, CloseReason::CredentialRevoked);
@@ -778,7 +818,7 @@ impl CredentialService {
     pub async fn login(&self, a: LoginAttempt<'_>) -> std::result::Result<Login, Refusal> {
         let res = self.login_inner(&a).await;
         if let Err(r) = &res {
-            let mut e = Entry::new("auth_failed", "device")
+            let mut e = Entry::new(AuditKind::AuthFailed, "device")
                 .peer(a.peer)
                 .detail(r.reason());
             if let Some(d) = self.refused_device(&a) {
@@ -991,7 +1031,7 @@ impl CredentialService {
                     |d| Ok(vec![Credential::new(d.id, secret.clone(), now_ms())]),
                     |dev, creds| {
                         Some(
-                            Entry::new("device_created_jit", "device")
+                            Entry::new(AuditKind::DeviceCreatedJit, "device")
                                 .device(dev.id)
                                 .fleet(ca.fleet_id)
                                 .credential(creds[0].id)
@@ -1014,9 +1054,9 @@ impl CredentialService {
                         cert_cn: cn,
                     });
                 }
-                Err(RegistryError::NameTaken { .. }) => continue,
+                Err(Error::Conflict(Conflict::NameTaken { .. })) => continue,
                 // Two connections of the same new device raced; the other one registered it.
-                Err(RegistryError::CredentialTaken) => {
+                Err(Error::Conflict(Conflict::CredentialTaken)) => {
                     return match self
                         .store
                         .find_credential(CredentialKey::Fingerprint(&info.fingerprint))
@@ -1038,7 +1078,7 @@ impl CredentialService {
 }
 
 /// The audit record of an operator's change to a device's credential.
-fn admin_entry(kind: &'static str, dev: &Device, cred: &Credential) -> Entry {
+fn admin_entry(kind: AuditKind, dev: &Device, cred: &Credential) -> Entry {
     Entry::new(kind, crate::audit::operator())
         .device(dev.id)
         .fleet(dev.fleet_id)

@@ -12,4 +12,4 @@ pub mod rpc;
 pub mod sessions;
 
 pub use presence::Presence;
-pub use registry::{Registry, RegistryError};
+pub use registry::Registry;

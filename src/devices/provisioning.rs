@@ -14,12 +14,15 @@ use super::credentials::{
     CredentialService, NewCredential, PROVISION_USERNAME, describe, hash_password, random_alnum,
     verify_password,
 };
-use super::registry::{Registry, RegistryError};
+use super::registry::Registry;
 use crate::audit::{AuditLog, Entry};
-use crate::model::{FleetId, FleetProvisioning, ProvisionStrategy, ProvisioningView, now_ms};
+use crate::error::{Conflict, Error};
+use crate::model::{
+    AuditKind, FleetId, FleetProvisioning, ProvisionStrategy, ProvisioningView, now_ms,
+};
 use crate::store::{NameClash, Store};
 
-type Result<T> = std::result::Result<T, RegistryError>;
+type Result<T> = std::result::Result<T, Error>;
 
 /// Provisioning settings of a fleet. A missing key or secret is generated.
 #[derive(Debug, Clone, Deserialize, ToSchema)]
@@ -72,7 +75,7 @@ fn provisioned_entry(
     cred: &crate::model::Credential,
     peer: Option<SocketAddr>,
 ) -> Entry {
-    Entry::new("device_provisioned", "provisioning")
+    Entry::new(AuditKind::DeviceProvisioned, "provisioning")
         .device(dev.id)
         .fleet(dev.fleet_id)
         .credential(cred.id)
@@ -113,7 +116,7 @@ impl ProvisioningService {
         let secret = s.secret.unwrap_or_else(|| random_alnum(20));
         for (field, v) in [("key", &key), ("secret", &secret)] {
             if v.len() < 8 || v.len() > 256 || v.chars().any(char::is_control) {
-                return Err(RegistryError::Invalid {
+                return Err(Error::Invalid {
                     field,
                     message: "must be 8 to 256 characters without control characters".into(),
                 });
@@ -129,11 +132,9 @@ impl ProvisioningService {
         };
         self.store
             .put_provisioning(&p, old.as_ref().map(|o| o.key.as_str()))?
-            .map_err(|NameClash| {
-                RegistryError::Conflict("another fleet uses this provisioning key".into())
-            })?;
+            .map_err(|NameClash| Error::conflict("another fleet uses this provisioning key"))?;
         self.audit.record(
-            Entry::new("provisioning_key_set", crate::audit::operator())
+            Entry::new(AuditKind::ProvisioningKeySet, crate::audit::operator())
                 .fleet(fleet)
                 .detail(format!("strategy {:?}", s.strategy)),
         );
@@ -151,17 +152,18 @@ impl ProvisioningService {
         self.store
             .provisioning_of(fleet)?
             .map(|p| ProvisioningView::from(&p))
-            .ok_or(RegistryError::NotFound("provisioning key"))
+            .ok_or(Error::NotFound("provisioning key"))
     }
 
     pub async fn delete(&self, fleet: FleetId) -> Result<()> {
         self.registry.fleet(fleet)?;
         if self.store.provisioning_of(fleet)?.is_none() {
-            return Err(RegistryError::NotFound("provisioning key"));
+            return Err(Error::NotFound("provisioning key"));
         }
         self.store.delete_provisioning(fleet)?;
-        self.audit
-            .record(Entry::new("provisioning_key_removed", crate::audit::operator()).fleet(fleet));
+        self.audit.record(
+            Entry::new(AuditKind::ProvisioningKeyRemoved, crate::audit::operator()).fleet(fleet),
+        );
         self.store.commit().await?;
         Ok(())
     }
@@ -179,7 +181,7 @@ impl ProvisioningService {
         {
             // Anyone can send a wrong key: rate-limited per address.
             self.audit.record_unauthenticated(
-                Entry::new("provision_failed", "provisioning")
+                Entry::new(AuditKind::ProvisionFailed, "provisioning")
                     .peer(peer)
                     .detail(
                         res.get("errorMsg")
@@ -324,11 +326,11 @@ impl ProvisioningService {
             .registry
             .device_by_name(fleet.workspace_id, name)?
             .filter(|d| d.fleet_id == p.fleet_id && d.provisioned_at.is_none())
-            .ok_or(RegistryError::NotFound("pre-provisioned device"))?;
+            .ok_or(Error::NotFound("pre-provisioned device"))?;
         let (cred, token, _) = self.credentials.prepare(&dev, spec)?;
         self.store
             .add_credential(&cred)?
-            .map_err(|_| RegistryError::CredentialTaken)?;
+            .map_err(|_| Error::Conflict(Conflict::CredentialTaken))?;
         let now = now_ms();
         self.store
             .update_device_record(dev.id, move |d| d.provisioned_at = Some(now))?;

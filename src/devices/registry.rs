@@ -10,42 +10,14 @@ use utoipa::ToSchema;
 use super::presence::{Liveness, Presence};
 use super::sessions::{CloseReason, Sessions};
 use crate::audit::{AuditLog, Entry};
+use crate::error::{Conflict, Error};
 use crate::model::{
-    Credential, Device, DeviceId, Fleet, FleetId, Millis, Workspace, WorkspaceId, now_ms,
+    AuditKind, Credential, Device, DeviceId, Fleet, FleetId, Millis, Workspace, WorkspaceId, now_ms,
 };
 pub use crate::secrets::secret_hash;
-use crate::store::{DeviceClash, NameClash, Page, Store, StoreError};
+use crate::store::{DeviceClash, NameClash, Page, Store};
 
-#[derive(Debug, thiserror::Error)]
-pub enum RegistryError {
-    #[error("{0} not found")]
-    NotFound(&'static str),
-    #[error("a {kind} named \"{name}\" already exists")]
-    NameTaken { kind: &'static str, name: String },
-    #[error("{field}: {message}")]
-    Invalid {
-        field: &'static str,
-        message: String,
-    },
-    #[error("the {0} is not empty: delete what it holds first")]
-    NotEmpty(&'static str),
-    #[error("another device already answers to this credential")]
-    CredentialTaken,
-    #[error("{0}")]
-    Conflict(String),
-    #[error("{0}")]
-    QueueFull(String),
-    #[error("{0}")]
-    Unsupported(String),
-    #[error("cursor is not one this API returned")]
-    BadCursor,
-    #[error("{0}")]
-    Internal(String),
-    #[error(transparent)]
-    Store(#[from] StoreError),
-}
-
-type Result<T> = std::result::Result<T, RegistryError>;
+type Result<T> = std::result::Result<T, Error>;
 
 /// Fields of a new workspace.
 #[derive(Debug, Clone, Deserialize, ToSchema)]
@@ -199,7 +171,7 @@ pub struct Registry {
 const MAX_TEXT: usize = 1024;
 
 fn check_name(name: &str) -> Result<String> {
-    crate::names::check(name, crate::names::MAX_NAME).map_err(|message| RegistryError::Invalid {
+    crate::names::check(name, crate::names::MAX_NAME).map_err(|message| Error::Invalid {
         field: "name",
         message,
     })
@@ -207,7 +179,7 @@ fn check_name(name: &str) -> Result<String> {
 
 fn check_text(field: &'static str, s: &str) -> Result<String> {
     if s.chars().count() > MAX_TEXT {
-        return Err(RegistryError::Invalid {
+        return Err(Error::Invalid {
             field,
             message: format!("at most {MAX_TEXT} characters"),
         });
@@ -217,7 +189,7 @@ fn check_text(field: &'static str, s: &str) -> Result<String> {
 
 fn check_retention(days: Option<u32>) -> Result<Option<u32>> {
     match days {
-        Some(d) if !(1..=36500).contains(&d) => Err(RegistryError::Invalid {
+        Some(d) if !(1..=36500).contains(&d) => Err(Error::Invalid {
             field: "retention_days",
             message: "must be 1 to 36500 days".into(),
         }),
@@ -225,11 +197,12 @@ fn check_retention(days: Option<u32>) -> Result<Option<u32>> {
     }
 }
 
-fn clash(kind: &'static str, name: &str) -> RegistryError {
-    RegistryError::NameTaken {
+fn clash(kind: &'static str, name: &str) -> Error {
+    Conflict::NameTaken {
         kind,
         name: name.to_string(),
     }
+    .into()
 }
 
 impl Registry {
@@ -269,7 +242,7 @@ impl Registry {
     pub fn workspace(&self, id: WorkspaceId) -> Result<Workspace> {
         self.store
             .get_workspace(id)?
-            .ok_or(RegistryError::NotFound("workspace"))
+            .ok_or(Error::NotFound("workspace"))
     }
 
     pub fn list_workspaces(
@@ -322,7 +295,7 @@ impl Registry {
     pub async fn delete_workspace(&self, id: WorkspaceId) -> Result<()> {
         let ws = self.workspace(id)?;
         if !self.store.delete_workspace(&ws)? {
-            return Err(RegistryError::NotEmpty("workspace"));
+            return Err(Error::Conflict(Conflict::NotEmpty("workspace")));
         }
         self.store.commit().await?;
         Ok(())
@@ -333,7 +306,7 @@ impl Registry {
     pub async fn create_fleet(&self, new: NewFleet) -> Result<Fleet> {
         self.store
             .get_workspace(new.workspace_id)?
-            .ok_or(RegistryError::NotFound("workspace"))?;
+            .ok_or(Error::NotFound("workspace"))?;
         let now = now_ms();
         let fleet = Fleet {
             id: FleetId::new(),
@@ -351,9 +324,7 @@ impl Registry {
     }
 
     pub fn fleet(&self, id: FleetId) -> Result<Fleet> {
-        self.store
-            .get_fleet(id)?
-            .ok_or(RegistryError::NotFound("fleet"))
+        self.store.get_fleet(id)?.ok_or(Error::NotFound("fleet"))
     }
 
     pub fn list_fleets(
@@ -404,7 +375,7 @@ impl Registry {
         let fleet = self.fleet(id)?;
         // Manufacturer CAs count as content: removing one changes who can join.
         if !self.store.fleet_cas(Some(id))?.is_empty() || !self.store.delete_fleet(&fleet)? {
-            return Err(RegistryError::NotEmpty("fleet"));
+            return Err(Error::Conflict(Conflict::NotEmpty("fleet")));
         }
         self.store.delete_provisioning(id)?;
         self.store.delete_owner_attributes(id.as_bytes())?;
@@ -443,7 +414,7 @@ impl Registry {
         let fleet = self
             .store
             .get_fleet(draft.fleet_id)?
-            .ok_or(RegistryError::NotFound("fleet"))?;
+            .ok_or(Error::NotFound("fleet"))?;
         let now = now_ms();
         let dev = Device {
             id: DeviceId::new(),
@@ -464,7 +435,7 @@ impl Registry {
             .create_device(&dev, &creds)?
             .map_err(|c| match c {
                 DeviceClash::Name => clash("device", &dev.name),
-                DeviceClash::Credential => RegistryError::CredentialTaken,
+                DeviceClash::Credential => Error::Conflict(Conflict::CredentialTaken),
             })?;
         if let Some(e) = audit(&dev, &creds) {
             // Queued on the writer thread ahead of the commit below, so it is durable with it.
@@ -489,9 +460,7 @@ impl Registry {
     }
 
     pub fn device_record(&self, id: DeviceId) -> Result<Device> {
-        self.store
-            .get_device(id)?
-            .ok_or(RegistryError::NotFound("device"))
+        self.store.get_device(id)?.ok_or(Error::NotFound("device"))
     }
 
     pub fn list_devices(
@@ -554,12 +523,9 @@ impl Registry {
             dev.label = check_text("label", l)?;
         }
         if let Some(fid) = patch.fleet_id {
-            let fleet = self
-                .store
-                .get_fleet(fid)?
-                .ok_or(RegistryError::NotFound("fleet"))?;
+            let fleet = self.store.get_fleet(fid)?.ok_or(Error::NotFound("fleet"))?;
             if fleet.workspace_id != dev.workspace_id {
-                return Err(RegistryError::Invalid {
+                return Err(Error::Invalid {
                     field: "fleet_id",
                     message: "the fleet belongs to another workspace".into(),
                 });
@@ -575,9 +541,9 @@ impl Registry {
             .map_err(|NameClash| clash("device", &dev.name))?;
         if old.enabled != dev.enabled {
             let kind = if dev.enabled {
-                "device_enabled"
+                AuditKind::DeviceEnabled
             } else {
-                "device_disabled"
+                AuditKind::DeviceDisabled
             };
             self.audit.record(
                 Entry::new(kind, crate::audit::operator())
@@ -605,7 +571,7 @@ impl Registry {
         self.store.delete_device_connections(dev.id)?;
         self.store.delete_device_conditions(dev.id)?;
         self.audit.record(
-            Entry::new("device_deleted", crate::audit::operator())
+            Entry::new(AuditKind::DeviceDeleted, crate::audit::operator())
                 .device(dev.id)
                 .fleet(dev.fleet_id)
                 .detail(dev.name.clone()),
@@ -783,7 +749,7 @@ mod tests {
                 retention_days: None,
             })
             .await,
-            Err(RegistryError::NameTaken { .. })
+            Err(Error::Conflict(Conflict::NameTaken { .. }))
         ));
         let fleet = r
             .create_fleet(NewFleet {
@@ -796,15 +762,15 @@ mod tests {
         let dev = device(&r, fleet.id, "pump-1").await.expect("device");
         assert!(matches!(
             device(&r, fleet.id, "PUMP-1").await,
-            Err(RegistryError::NameTaken { .. })
+            Err(Error::Conflict(Conflict::NameTaken { .. }))
         ));
         assert!(matches!(
             r.delete_fleet(fleet.id).await,
-            Err(RegistryError::NotEmpty(_))
+            Err(Error::Conflict(Conflict::NotEmpty(_)))
         ));
         assert!(matches!(
             r.delete_workspace(ws.id).await,
-            Err(RegistryError::NotEmpty(_))
+            Err(Error::Conflict(Conflict::NotEmpty(_)))
         ));
         // Rename frees the old name.
         r.update_device(
@@ -844,7 +810,7 @@ mod tests {
         assert_eq!(page2.items.len(), 1);
         assert!(page2.next_cursor.is_none());
         r.delete_device(dev.id).await.expect("delete");
-        assert!(matches!(r.device(dev.id), Err(RegistryError::NotFound(_))));
+        assert!(matches!(r.device(dev.id), Err(Error::NotFound(_))));
     }
 
     #[tokio::test]

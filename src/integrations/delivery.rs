@@ -257,6 +257,8 @@ pub(super) struct Ctx {
     pub stats: Arc<QueueStats>,
     pub metrics: Arc<Metrics>,
     pub events: EventBus,
+    /// Each batch sent is a run of the integration's worker.
+    pub report: crate::workers::Report,
 }
 
 impl Ctx {
@@ -465,6 +467,7 @@ pub(super) async fn run(ctx: Ctx) {
             },
         };
         w.health().delivering = true;
+        let started = ctx.report.started();
         let outcome = {
             let mut attempt = pin!(post(&http, &cfg, &entries));
             // Caps hold while a slow request is out, too.
@@ -476,6 +479,13 @@ pub(super) async fn run(ctx: Ctx) {
             }
         };
         w.health().delivering = false;
+        ctx.report.finished(
+            started,
+            &match &outcome {
+                Outcome::Delivered => Ok(()),
+                Outcome::Refused(m) | Outcome::Retry(m, _) => Err(m.clone()),
+            },
+        );
         let seqs: Vec<u64> = entries.iter().map(|e| e.seq).collect();
         match outcome {
             Outcome::Delivered => {

@@ -12,11 +12,10 @@ use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Value as Json, json};
-use tokio::task::JoinHandle;
 use utoipa::ToSchema;
 
 use crate::devices::protocol;
-use crate::devices::registry::RegistryError;
+use crate::error::{Conflict, Error};
 use crate::events::EventBus;
 use crate::metrics::{IntegrationLabel, Metrics};
 use crate::model::{
@@ -24,10 +23,11 @@ use crate::model::{
     now_ms,
 };
 use crate::store::{Enqueue, Store};
+use crate::workers::Workers;
 use delivery::Worker;
 pub use routing::Router;
 
-type Result<T> = std::result::Result<T, RegistryError>;
+type Result<T> = std::result::Result<T, Error>;
 
 /// A header sent with every request (e.g. `Authorization: Bearer ...`); the value is a secret.
 #[derive(Debug, Clone, Deserialize, ToSchema)]
@@ -148,11 +148,35 @@ where
     Option::<T>::deserialize(d).map(Some)
 }
 
+/// What an integration's delivery is doing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum IntegrationState {
+    /// Stopped by an operator; events still queue.
+    Paused,
+    /// Nothing queued.
+    Idle,
+    /// Sending what is queued.
+    Delivering,
+    /// The last attempt failed; the next one waits out its backoff.
+    Retrying,
+}
+
+impl IntegrationState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Paused => "paused",
+            Self::Idle => "idle",
+            Self::Delivering => "delivering",
+            Self::Retrying => "retrying",
+        }
+    }
+}
+
 /// Live state of an integration.
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct IntegrationStatus {
-    /// `paused`, `idle`, `delivering` or `retrying`.
-    pub state: &'static str,
+    pub state: IntegrationState,
     pub queue_depth: u64,
     pub queue_bytes: u64,
     /// Age of the oldest queued entry.
@@ -233,7 +257,11 @@ pub struct DeadLetterPage {
 
 struct Running {
     worker: Arc<Worker>,
-    task: Option<JoinHandle<()>>,
+}
+
+/// The name of an integration's delivery worker in `GET /api/v1/workers` and `/metrics`.
+fn worker_name(id: IntegrationId) -> String {
+    format!("integration-{id}")
 }
 
 pub struct IntegrationService {
@@ -242,14 +270,14 @@ pub struct IntegrationService {
     events: EventBus,
     metrics: Arc<Metrics>,
     workers: Mutex<HashMap<IntegrationId, Running>>,
-    /// Background tasks other than delivery (the committer).
-    tasks: Mutex<Vec<JoinHandle<()>>>,
+    /// Where the committer and each integration's delivery run, as named workers.
+    background: Arc<Workers>,
     /// Serializes creates, updates and deletes (name checks and the routing snapshot).
     changing: tokio::sync::Mutex<()>,
 }
 
-fn invalid(field: &'static str, message: impl Into<String>) -> RegistryError {
-    RegistryError::Invalid {
+fn invalid(field: &'static str, message: impl Into<String>) -> Error {
+    Error::Invalid {
         field,
         message: message.into(),
     }
@@ -259,14 +287,20 @@ const DEFAULT_MAX_BYTES: u64 = 256 << 20;
 const DEFAULT_MAX_AGE_SECS: u64 = 7 * 86_400;
 
 impl IntegrationService {
-    pub fn new(store: Store, router: Arc<Router>, events: EventBus, metrics: Arc<Metrics>) -> Self {
+    pub fn new(
+        store: Store,
+        router: Arc<Router>,
+        events: EventBus,
+        metrics: Arc<Metrics>,
+        background: Arc<Workers>,
+    ) -> Self {
         Self {
             store,
             router,
             events,
             metrics,
             workers: Mutex::default(),
-            tasks: Mutex::default(),
+            background,
             changing: tokio::sync::Mutex::new(()),
         }
     }
@@ -275,24 +309,29 @@ impl IntegrationService {
         self.workers.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn tasks(&self) -> std::sync::MutexGuard<'_, Vec<JoinHandle<()>>> {
-        self.tasks.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Loads the integrations, routes to them and starts their delivery tasks (before devices
-    /// are accepted). Returns how many there are.
+    /// Loads the integrations, routes to them and starts their delivery workers (before
+    /// devices are accepted). Returns how many there are. The workers stop with the others.
     pub fn start(&self) -> Result<usize> {
-        // The committer: events queued from the bus tap are made durable by one commit soon
-        // after, shared by everything queued meanwhile.
         let (store, wanted) = (self.store.clone(), self.router.commit_wanted.clone());
-        self.tasks().push(tokio::spawn(async move {
-            loop {
-                wanted.notified().await;
-                if let Err(e) = store.commit().await {
-                    tracing::error!(error = %e, "cannot commit integration queue entries");
+        self.background.spawn(
+            "integration-commits",
+            "makes events queued for integrations durable: one commit for everything queued meanwhile",
+            |mut stop, report| async move {
+                loop {
+                    tokio::select! {
+                        _ = wanted.notified() => {}
+                        _ = stop.changed() => break,
+                    }
+                    let _ = report
+                        .run(|| async {
+                            store.commit().await.map_err(|e| {
+                                format!("cannot commit integration queue entries: {e}")
+                            })
+                        })
+                        .await;
                 }
-            }
-        }));
+            },
+        );
         let list = self.store.list_integrations()?;
         self.router.set(&list);
         let n = list.len();
@@ -302,36 +341,34 @@ impl IntegrationService {
         Ok(n)
     }
 
-    /// Stops every delivery task (at shutdown; queues are durable, nothing is lost).
-    pub fn stop(&self) {
-        for t in self.tasks().drain(..) {
-            t.abort();
-        }
-        for r in self.workers().values_mut() {
-            if let Some(t) = r.task.take() {
-                t.abort();
-            }
-        }
-    }
-
     fn spawn(&self, i: Integration) {
         let Some(stats) = self.store.queue_stats(i.id) else {
             return;
         };
         let worker = Arc::new(Worker::new(i));
-        let ctx = delivery::Ctx {
-            worker: worker.clone(),
-            store: self.store.clone(),
-            stats,
-            metrics: self.metrics.clone(),
-            events: self.events.clone(),
-        };
-        let task = tokio::spawn(delivery::run(ctx));
+        let (store, metrics, events) = (
+            self.store.clone(),
+            self.metrics.clone(),
+            self.events.clone(),
+        );
         self.workers().insert(
             worker.id,
             Running {
-                worker,
-                task: Some(task),
+                worker: worker.clone(),
+            },
+        );
+        self.background.spawn_removable(
+            &worker_name(worker.id),
+            "delivers an integration's queued events to its receiver (named by the integration's id)",
+            |report| {
+                delivery::run(delivery::Ctx {
+                    worker,
+                    store,
+                    stats,
+                    metrics,
+                    events,
+                    report,
+                })
             },
         );
     }
@@ -344,7 +381,7 @@ impl IntegrationService {
     fn record(&self, id: IntegrationId) -> Result<Integration> {
         self.store
             .get_integration(id)?
-            .ok_or(RegistryError::NotFound("integration"))
+            .ok_or(Error::NotFound("integration"))
     }
 
     fn check_name_free(&self, name: &str, except: Option<IntegrationId>) -> Result<()> {
@@ -354,10 +391,11 @@ impl IntegrationService {
             .iter()
             .any(|i| Some(i.id) != except && i.name.eq_ignore_ascii_case(name));
         if taken {
-            return Err(RegistryError::NameTaken {
+            return Err(Conflict::NameTaken {
                 kind: "integration",
                 name: name.to_string(),
-            });
+            }
+            .into());
         }
         Ok(())
     }
@@ -376,13 +414,10 @@ impl IntegrationService {
         if let Some(ws) = i.workspace_id
             && self.store.get_workspace(ws)?.is_none()
         {
-            return Err(RegistryError::NotFound("workspace"));
+            return Err(Error::NotFound("workspace"));
         }
         for f in &i.fleet_ids {
-            let fleet = self
-                .store
-                .get_fleet(*f)?
-                .ok_or(RegistryError::NotFound("fleet"))?;
+            let fleet = self.store.get_fleet(*f)?.ok_or(Error::NotFound("fleet"))?;
             if i.workspace_id.is_some_and(|w| w != fleet.workspace_id) {
                 return Err(invalid(
                     "fleet_ids",
@@ -545,11 +580,8 @@ impl IntegrationService {
         self.record(id)?;
         self.store.delete_integration(id).await?;
         self.refresh_routes()?;
-        if let Some(mut r) = self.workers().remove(&id)
-            && let Some(t) = r.task.take()
-        {
-            t.abort();
-        }
+        self.workers().remove(&id);
+        self.background.remove(&worker_name(id));
         let label = IntegrationLabel {
             integration: id.to_string(),
         };
@@ -616,13 +648,13 @@ impl IntegrationService {
             health;
         let depth = load(|s| s.depth.load(Ordering::Relaxed));
         let state = if i.paused {
-            "paused"
+            IntegrationState::Paused
         } else if next_attempt_at.is_some() {
-            "retrying"
+            IntegrationState::Retrying
         } else if busy || depth > 0 {
-            "delivering"
+            IntegrationState::Delivering
         } else {
-            "idle"
+            IntegrationState::Idle
         };
         IntegrationStatus {
             state,
@@ -697,7 +729,7 @@ impl IntegrationService {
     ) -> Result<DeadLetterPage> {
         self.record(id)?;
         let after = match cursor {
-            Some(c) => Some(c.parse::<u64>().map_err(|_| RegistryError::BadCursor)?),
+            Some(c) => Some(c.parse::<u64>().map_err(|_| Error::BadCursor)?),
             None => None,
         };
         let letters = self.store.dead_letters(id, after, limit + 1)?;

@@ -148,7 +148,7 @@ impl Router {
                 condition,
             } => {
                 let mut m = Map::new();
-                m.insert("action".into(), Json::from(*action));
+                m.insert("action".into(), Json::from(action.as_str()));
                 m.insert("condition".into(), json!(condition));
                 (EventKind::Conditions, *device_id, m)
             }

@@ -3,8 +3,6 @@
 //! cancellable, with progress counted per state. Each device gets an ordinary job, so offline
 //! devices, retries and expiry work as for one device; the scheduler tick advances rollouts.
 
-use std::collections::BTreeMap;
-
 use serde::{Deserialize, Serialize};
 use serde_json::Value as Json;
 use utoipa::ToSchema;
@@ -14,8 +12,9 @@ use serde_json::json;
 use super::schedule::WindowSpec;
 use super::{JobService, Result, check_method, invalid};
 use crate::devices::attributes;
-use crate::devices::registry::{DeviceFilter, RegistryError};
+use crate::devices::registry::DeviceFilter;
 use crate::devices::sessions::SessionCommand;
+use crate::error::Error;
 use crate::model::{
     DeviceId, FleetId, FleetJob, FleetJobId, Job, JobState, RolloutState, ScheduleId, TargetFilter,
     Window,
@@ -78,7 +77,60 @@ pub struct FleetJobView {
     #[serde(flatten)]
     pub job: FleetJob,
     /// Jobs per state; `pending` counts devices not started yet.
-    pub progress: BTreeMap<String, u32>,
+    pub progress: RolloutProgress,
+}
+
+/// A rollout's jobs per state (states without jobs left out), and the devices not started.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct RolloutProgress {
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub cancelled: u32,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub delivered: u32,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub expired: u32,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub failed: u32,
+    /// Devices the rollout has not started yet (its pace or window holds them).
+    pub pending: u32,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub queued: u32,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub sent: u32,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub succeeded: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
+impl RolloutProgress {
+    /// The jobs in `state`.
+    pub fn of(&self, state: JobState) -> u32 {
+        match state {
+            JobState::Queued => self.queued,
+            JobState::Sent => self.sent,
+            JobState::Delivered => self.delivered,
+            JobState::Succeeded => self.succeeded,
+            JobState::Failed => self.failed,
+            JobState::Expired => self.expired,
+            JobState::Cancelled => self.cancelled,
+        }
+    }
+
+    fn count(&mut self, state: JobState) {
+        let n = match state {
+            JobState::Queued => &mut self.queued,
+            JobState::Sent => &mut self.sent,
+            JobState::Delivered => &mut self.delivered,
+            JobState::Succeeded => &mut self.succeeded,
+            JobState::Failed => &mut self.failed,
+            JobState::Expired => &mut self.expired,
+            JobState::Cancelled => &mut self.cancelled,
+        };
+        *n += 1;
+    }
 }
 
 impl JobService {
@@ -228,24 +280,21 @@ impl JobService {
     pub fn fleet_job_record(&self, id: FleetJobId) -> Result<FleetJob> {
         self.store
             .get_fleet_job(id)?
-            .ok_or(RegistryError::NotFound("fleet job"))
+            .ok_or(Error::NotFound("fleet job"))
     }
 
     pub fn fleet_job(&self, id: FleetJobId) -> Result<FleetJobView> {
         let job = self
             .store
             .get_fleet_job(id)?
-            .ok_or(RegistryError::NotFound("fleet job"))?;
-        let mut progress = BTreeMap::new();
+            .ok_or(Error::NotFound("fleet job"))?;
+        let mut progress = RolloutProgress {
+            pending: (job.devices.len() as u32).saturating_sub(job.launched),
+            ..Default::default()
+        };
         for j in self.store.fleet_job_children(id)? {
-            *progress
-                .entry(format!("{:?}", j.state).to_lowercase())
-                .or_insert(0) += 1;
+            progress.count(j.state);
         }
-        progress.insert(
-            "pending".into(),
-            (job.devices.len() as u32).saturating_sub(job.launched),
-        );
         Ok(FleetJobView { job, progress })
     }
 
@@ -265,7 +314,7 @@ impl JobService {
         let mut fj = self
             .store
             .get_fleet_job(id)?
-            .ok_or(RegistryError::NotFound("fleet job"))?;
+            .ok_or(Error::NotFound("fleet job"))?;
         if fj.state == RolloutState::Running {
             fj.state = RolloutState::Cancelled;
             fj.note = Some("cancelled by an operator".into());

@@ -20,13 +20,14 @@ use serde_json::{Value as Json, json};
 use utoipa::ToSchema;
 
 pub use crate::config::JobsConfig;
-use crate::devices::registry::{Registry, RegistryError};
+use crate::devices::registry::Registry;
 use crate::devices::sessions::{SessionCommand, Sessions};
+use crate::error::Error;
 use crate::events::{Event, EventBus};
 use crate::model::{DeviceId, Job, JobId, JobState};
 use crate::store::{Mark, Store};
 
-type Result<T> = std::result::Result<T, RegistryError>;
+type Result<T> = std::result::Result<T, Error>;
 
 /// A command to create.
 #[derive(Debug, Clone, Deserialize, ToSchema)]
@@ -62,6 +63,21 @@ pub enum SendOutcome {
     NotSubscribed,
 }
 
+/// Work for the `job-sends` worker: what transports reported since its last run.
+#[derive(Debug, Default)]
+pub struct SendWork {
+    /// How sends went, in the order they were reported.
+    pub outcomes: Vec<(JobId, SendOutcome)>,
+    /// Devices that may take their next job now (one came online or finished a job).
+    pub devices: std::collections::BTreeSet<DeviceId>,
+}
+
+impl SendWork {
+    pub fn is_empty(&self) -> bool {
+        self.outcomes.is_empty() && self.devices.is_empty()
+    }
+}
+
 pub struct JobService {
     store: Store,
     registry: Arc<Registry>,
@@ -82,14 +98,17 @@ pub struct JobService {
     wakes: wakes::Wakes,
     /// When the scheduler last read every unfinished job (`i64::MIN`: not yet).
     last_sweep: std::sync::atomic::AtomicI64,
+    /// Send outcomes and devices ready for their next job, waiting for the `job-sends` worker.
+    pending: Mutex<SendWork>,
+    pending_ready: tokio::sync::Notify,
 }
 
 /// How often the scheduler reads every unfinished job anyway, rebuilding the wake-up index:
 /// a safety net (a wall-clock jump, a write that noted a stale wake), not the way work is found.
 const FULL_SWEEP_MS: i64 = 60_000;
 
-fn invalid(field: &'static str, message: impl Into<String>) -> RegistryError {
-    RegistryError::Invalid {
+fn invalid(field: &'static str, message: impl Into<String>) -> Error {
+    Error::Invalid {
         field,
         message: message.into(),
     }
@@ -136,6 +155,8 @@ impl JobService {
             rollouts_checked: std::sync::atomic::AtomicBool::new(false),
             wakes: wakes::Wakes::default(),
             last_sweep: std::sync::atomic::AtomicI64::new(i64::MIN),
+            pending: Mutex::default(),
+            pending_ready: tokio::sync::Notify::new(),
         }
     }
 
@@ -219,7 +240,7 @@ impl JobService {
         }
         let active = self.store.device_jobs(device, true)?.len();
         if active >= self.cfg.max_queued_per_device {
-            return Err(RegistryError::QueueFull(format!(
+            return Err(Error::QueueFull(format!(
                 "the device already has {active} unfinished jobs (jobs.max_queued_per_device); \
                  wait for them or cancel some"
             )));
@@ -261,9 +282,7 @@ impl JobService {
     }
 
     pub fn get(&self, id: JobId) -> Result<Job> {
-        self.store
-            .get_job(id)?
-            .ok_or(RegistryError::NotFound("job"))
+        self.store.get_job(id)?.ok_or(Error::NotFound("job"))
     }
 
     /// A device's jobs, newest first.
@@ -382,18 +401,92 @@ impl JobService {
         Ok(())
     }
 
-    /// A transport's report on a send.
+    /// A transport's report on a send. It is recorded by the `job-sends` worker, off the
+    /// transport's thread and together with the reports that arrive meanwhile: a rollout's
+    /// acknowledgements come ten thousand at once, and one unit of work per acknowledgement
+    /// cost each its own transaction and log record (see BENCHMARKS.md, fan-out). Until it is
+    /// recorded the job stays `sent`, which is what a crash in between leaves too: the request
+    /// goes again under the same id.
     pub fn on_sent(&self, id: JobId, outcome: SendOutcome) {
-        if let Err(e) = self.on_sent_inner(id, outcome) {
-            tracing::error!(job = %id, error = %e, "cannot record a job send");
+        self.queue_work(|w| w.outcomes.push((id, outcome)));
+    }
+
+    /// A device may take its next job (it now listens for requests, or finished one): the
+    /// `job-sends` worker sends it, so a transport never waits for the job area (nor for a
+    /// rollout being launched) on its own thread.
+    pub fn ready(&self, device: DeviceId) {
+        self.queue_work(|w| {
+            w.devices.insert(device);
+        });
+    }
+
+    fn queue_work(&self, f: impl FnOnce(&mut SendWork)) {
+        f(&mut self.pending.lock().unwrap_or_else(|p| p.into_inner()));
+        self.pending_ready.notify_one();
+    }
+
+    /// Waits for work for the `job-sends` worker and takes all that is there.
+    pub async fn next_send_work(&self) -> SendWork {
+        loop {
+            let work = self.take_send_work();
+            if !work.is_empty() {
+                return work;
+            }
+            self.pending_ready.notified().await;
         }
     }
 
-    fn on_sent_inner(&self, id: JobId, outcome: SendOutcome) -> Result<()> {
-        let mut job = self.get(id)?;
-        if job.state != JobState::Sent {
-            return Ok(());
+    /// The work reported so far (at shutdown, what is left to record).
+    pub fn take_send_work(&self) -> SendWork {
+        std::mem::take(&mut *self.pending.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// Records send outcomes as one unit of work, then sends each device concerned its next
+    /// job.
+    pub fn do_send_work(&self, work: SendWork) -> Result<()> {
+        let SendWork {
+            outcomes,
+            mut devices,
+        } = work;
+        let mut changed = Vec::with_capacity(outcomes.len());
+        for (id, outcome) in outcomes {
+            let Some(mut job) = self.store.get_job(id)? else {
+                continue;
+            };
+            // Cancelled, expired or requeued meanwhile: the report is stale.
+            if job.state != JobState::Sent {
+                continue;
+            }
+            self.apply_outcome(&mut job, outcome);
+            changed.push((job, outcome));
         }
+        if !changed.is_empty() {
+            self.store.write_logged(|w| {
+                for (job, _) in &changed {
+                    w.put_job(job);
+                }
+                Ok(())
+            })?;
+        }
+        for (job, outcome) in &changed {
+            self.noted(job);
+            self.announce(job);
+            if *outcome != SendOutcome::NotSubscribed {
+                devices.insert(job.device_id);
+            }
+        }
+        // A device whose next job cannot start now is not the batch's failure: the scheduler
+        // tries again.
+        for d in devices {
+            if let Err(e) = self.dispatch(d) {
+                tracing::error!(device = %d, error = %e, "cannot send a device's next job");
+            }
+        }
+        Ok(())
+    }
+
+    /// A send's outcome as a transition of its (sent) job.
+    fn apply_outcome(&self, job: &mut Job, outcome: SendOutcome) {
         match outcome {
             SendOutcome::Acked if job.two_way => {
                 job.transition(JobState::Delivered, None);
@@ -424,11 +517,6 @@ impl JobService {
                 );
             }
         }
-        self.save(&job)?;
-        if outcome != SendOutcome::NotSubscribed {
-            self.dispatch(job.device_id)?;
-        }
-        Ok(())
     }
 
     /// A device's reply to request `rpc_id` (two-way jobs). False when no job waits for it.
@@ -448,11 +536,8 @@ impl JobService {
         job.transition(JobState::Succeeded, Some("device replied".into()));
         let mark = self.save(&job)?;
         self.store.durable(mark).await?;
-        // The device is free for its next job; failing to start it now is not the reply's
-        // failure (the scheduler tries again).
-        if let Err(e) = self.dispatch(device) {
-            tracing::error!(device = %device, error = %e, "cannot send the next job after a reply");
-        }
+        // The device is free for its next job.
+        self.ready(device);
         Ok(true)
     }
 

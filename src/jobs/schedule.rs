@@ -14,7 +14,7 @@ use utoipa::ToSchema;
 
 use super::fleet::NewFleetJob;
 use super::{JobService, NewJob, Result, check_method, invalid};
-use crate::devices::registry::RegistryError;
+use crate::error::Error;
 use crate::model::{
     DeviceId, FleetId, Millis, Schedule, ScheduleId, TargetFilter, Trigger, Window, now_ms,
 };
@@ -393,7 +393,7 @@ impl JobService {
     pub fn schedule(&self, id: ScheduleId) -> Result<Schedule> {
         self.store
             .get_schedule(id)?
-            .ok_or(RegistryError::NotFound("schedule"))
+            .ok_or(Error::NotFound("schedule"))
     }
 
     /// Every schedule, newest first.
@@ -405,7 +405,7 @@ impl JobService {
 
     pub async fn delete_schedule(&self, id: ScheduleId) -> Result<()> {
         if !self.store.delete_schedule(id)? {
-            return Err(RegistryError::NotFound("schedule"));
+            return Err(Error::NotFound("schedule"));
         }
         self.store.commit().await?;
         Ok(())

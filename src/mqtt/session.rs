@@ -25,7 +25,7 @@ use crate::events::Event;
 use crate::jobs::SendOutcome;
 use crate::limits::TokenBucket;
 use crate::metrics::{ReasonLabel, TransportLabel};
-use crate::model::DeviceId;
+use crate::model::{AuditKind, DeviceId};
 use crate::services::Services;
 
 /// Errors that end a connection. The message never carries a secret.
@@ -243,7 +243,7 @@ async fn open_session_inner(
     if !policy_ok {
         let reason = "client id does not match the device identity";
         services.audit.record(
-            Entry::new("auth_failed", "device")
+            Entry::new(AuditKind::AuthFailed, "device")
                 .device(login.device.id)
                 .credential(login.credential)
                 .peer(c.peer)
@@ -833,9 +833,7 @@ fn grant(s: &DeviceSession, filter: &str, requested: QoS) -> Option<QoS> {
             if ok && filter == protocol::RPC_REQUEST_FILTER {
                 d.subs.rpc.store(true, std::sync::atomic::Ordering::Relaxed);
                 // Jobs waiting for this device go out now that it listens.
-                if let Err(e) = s.services.jobs.dispatch(d.id) {
-                    tracing::error!(device = %d.id, error = %e, "cannot send queued jobs");
-                }
+                s.services.jobs.ready(d.id);
             }
             ok
         }

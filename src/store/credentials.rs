@@ -423,7 +423,7 @@ mod tests {
             let ev = AuditEvent {
                 id: AuditId::new(),
                 ts: i,
-                kind: "k".into(),
+                kind: crate::model::AuditKind::Login,
                 actor: "system".into(),
                 device_id: None,
                 fleet_id: None,

@@ -102,7 +102,7 @@ async fn devices_open_update_and_close_conditions_and_operators_follow_them() {
                 action, condition, ..
             }) = bus.recv().await
             {
-                seen.push((action, condition.name.clone(), condition.reports));
+                seen.push((action.as_str(), condition.name.clone(), condition.reports));
             }
         }
         seen

@@ -402,7 +402,7 @@ async fn creating_a_device_costs_one_flush_and_one_audit_entry() {
         assert_eq!(metrics.store_commits.get() - flushes, 1, "flushes for {i}");
         assert_eq!(audit_entries() - entries, 1, "audit entries for {i}");
         let newest = s.audit.list(&Default::default(), None, 1).expect("audit");
-        assert_eq!(newest.items[0].kind, "credential_issued");
+        assert_eq!(newest.items[0].kind.as_str(), "credential_issued");
         assert_eq!(newest.items[0].device_id, Some(dev.id));
         assert!(issued.token.is_some(), "a generated token is shown once");
     }

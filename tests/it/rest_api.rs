@@ -792,6 +792,7 @@ async fn background_workers_report_their_runs() {
         "backups",
         "credential-sweep",
         "job-scheduler",
+        "job-sends",
         "retention",
     ] {
         assert!(names.contains(&n), "{n} in {names:?}");

@@ -233,7 +233,7 @@ async fn cron_schedules_fire_on_local_time_and_respect_windows_across_dst() {
         let mut new = device_schedule(devices[0], cron("0 * * * *"), None);
         new.trigger = serde_json::from_value(bad.clone()).expect("trigger");
         match s.jobs.create_schedule(new).await {
-            Err(corral::devices::registry::RegistryError::Invalid { field: f, .. }) => {
+            Err(corral::error::Error::Invalid { field: f, .. }) => {
                 assert_eq!(f, field, "{bad}")
             }
             other => panic!("{bad}: expected a refusal, got {other:?}"),
@@ -527,6 +527,6 @@ async fn fleet_jobs_target_by_filter_and_start_only_inside_their_window() {
     let v = s.jobs.fleet_job(id).expect("view");
     assert_eq!(v.job.launched, 6);
     assert_eq!(v.job.state, RolloutState::Running);
-    assert_eq!(v.progress.get("pending"), Some(&0));
-    assert_eq!(v.progress.get("queued"), Some(&6), "{:?}", v.progress);
+    assert_eq!(v.progress.pending, 0);
+    assert_eq!(v.progress.of(JobState::Queued), 6, "{:?}", v.progress);
 }
