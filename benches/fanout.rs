@@ -4,7 +4,12 @@
 //! `v1/devices/me/rpc/request/+`, then creates one fleet job (all devices at once) and times
 //! until every client has the request. Prints the figure; never asserts on time.
 //!
-//! `cargo bench --ignore-rust-version --bench fanout -- --devices 10000`
+//! With `--ingest K`, K more devices (in another fleet) publish QoS 1 telemetry without pause
+//! from 3 s before the fleet job until 2 s after every device has it, and the bench reports
+//! their acknowledged rate before and during the launch and the longest wait for any PUBACK:
+//! what a launch does to ingest.
+//!
+//! `cargo bench --ignore-rust-version --bench fanout -- --devices 10000 [--ingest 10]`
 
 mod common;
 
@@ -24,6 +29,7 @@ async fn main() -> anyhow::Result<()> {
         return devices_side(&args[i + 1..]).await;
     }
     let n: usize = common::arg(&args, "--devices", 1000);
+    let ingest_devices: usize = common::arg(&args, "--ingest", 0);
     let common::BenchApp {
         app,
         api,
@@ -47,6 +53,29 @@ async fn main() -> anyhow::Result<()> {
         );
     }
     let created = t.elapsed();
+    let mut ingest_tokens = Vec::new();
+    if ingest_devices > 0 {
+        let other: Value = api
+            .post(
+                "/fleets",
+                &json!({"workspace_id": fleet["workspace_id"], "name": "ingest"}),
+            )
+            .await?;
+        for i in 0..ingest_devices {
+            let d: Value = api
+                .post(
+                    "/devices",
+                    &json!({"fleet_id": other["id"], "name": format!("ingest{i}")}),
+                )
+                .await?;
+            ingest_tokens.push(
+                d["credentials"]["token"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string(),
+            );
+        }
+    }
     // The devices run in a child process (this executable again): a process may hold 20,000
     // descriptors here, and 10,000 connections need 10,000 on each side.
     let tmp = tempfile::tempdir()?;
@@ -72,6 +101,22 @@ async fn main() -> anyhow::Result<()> {
     };
     anyhow::ensure!(next().await? == "subscribed", "unexpected report");
     let connected = t.elapsed();
+    let ingest = (!ingest_tokens.is_empty()).then(|| {
+        Ingest::start(
+            app.addrs.mqtt_tls.port(),
+            app.services.pki.ca_pem(),
+            &ingest_tokens,
+        )
+    });
+    let ingest = match ingest {
+        Some(i) => {
+            let i = i?;
+            // A second to connect, then the 3 s before the launch that are compared with it.
+            tokio::time::sleep(Duration::from_secs(4)).await;
+            Some(i)
+        }
+        None => None,
+    };
     let t = Instant::now();
     let _: Value = api
         .post(
@@ -84,6 +129,13 @@ async fn main() -> anyhow::Result<()> {
     let half = t.elapsed();
     anyhow::ensure!(next().await? == "all", "unexpected report");
     let all = t.elapsed();
+    let ingest_report = match ingest {
+        Some(i) => {
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            Some(i.report(t, t + all))
+        }
+        None => None,
+    };
     let _ = child.kill().await;
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
@@ -116,8 +168,106 @@ async fn main() -> anyhow::Result<()> {
         "| every device has the request | {:.2} |",
         all.as_secs_f64()
     );
+    if let Some(r) = ingest_report {
+        println!();
+        println!("{r}");
+    }
     app.shutdown().await?;
     Ok(())
+}
+
+/// Devices that publish QoS 1 telemetry without pause, each with up to 16 messages in flight,
+/// recording when each PUBACK arrives.
+struct Ingest {
+    acks: Arc<std::sync::Mutex<Vec<Instant>>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    devices: usize,
+}
+
+impl Ingest {
+    fn start(port: u16, ca_pem: &str, tokens: &[String]) -> anyhow::Result<Ingest> {
+        let tls = Arc::new(corral::pki::client_config_trusting(ca_pem)?);
+        let acks = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let mut tasks = Vec::new();
+        for token in tokens {
+            let mut o = MqttOptions::new("", "127.0.0.1", port);
+            o.set_credentials(token.clone(), "");
+            o.set_keep_alive(Duration::from_secs(120));
+            o.set_inflight(16);
+            o.set_transport(Transport::Tls(TlsConfiguration::Rustls(tls.clone())));
+            let (c, mut el) = AsyncClient::new(o, 16);
+            tasks.push(tokio::spawn(async move {
+                let mut i = 0u64;
+                loop {
+                    i += 1;
+                    let body = json!({"temperature": i % 100, "seq": i}).to_string();
+                    if c.publish("v1/devices/me/telemetry", QoS::AtLeastOnce, false, body)
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+            }));
+            let acks = acks.clone();
+            tasks.push(tokio::spawn(async move {
+                loop {
+                    match el.poll().await {
+                        Ok(Event::Incoming(Packet::PubAck(_))) => acks
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .push(Instant::now()),
+                        Ok(_) => {}
+                        Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+                    }
+                }
+            }));
+        }
+        Ok(Ingest {
+            acks,
+            tasks,
+            devices: tokens.len(),
+        })
+    }
+
+    /// Stops the devices; the rate and longest PUBACK gap in the 3 s before `launch`, and from
+    /// `launch` until `done` (every device of the fleet had its request).
+    fn report(self, launch: Instant, done: Instant) -> String {
+        for t in &self.tasks {
+            t.abort();
+        }
+        let acks = self.acks.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let window = |from: Instant, to: Instant| {
+            let inside: Vec<Instant> = acks
+                .iter()
+                .copied()
+                .filter(|a| *a >= from && *a <= to)
+                .collect();
+            let secs = (to - from).as_secs_f64().max(1e-3);
+            let mut gap = Duration::ZERO;
+            let mut last = from;
+            for a in &inside {
+                gap = gap.max(*a - last);
+                last = *a;
+            }
+            gap = gap.max(to - last);
+            (inside.len() as f64 / secs, gap)
+        };
+        let (before, before_gap) = window(launch - Duration::from_secs(3), launch);
+        let (during, during_gap) = window(launch, done);
+        format!(
+            "| ingest, {} devices, QoS 1 | msg/s acknowledged | longest wait for a PUBACK |\n\
+             |---|---:|---:|\n\
+             | 3 s before the launch | {before:.0} | {:.0} ms |\n\
+             | from the `POST` until every device has the request | {during:.0} | {:.0} ms |\n\
+             \n\
+             During the launch: {:.2}x the rate before it.",
+            self.devices,
+            before_gap.as_secs_f64() * 1e3,
+            during_gap.as_secs_f64() * 1e3,
+            during / before.max(1e-9),
+        )
+    }
 }
 
 /// The device side: connects one MQTT client per token (at most 200 handshakes at a time),

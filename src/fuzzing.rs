@@ -50,6 +50,7 @@ pub fn topic(data: &[u8]) {
         DeviceTopic::Telemetry => assert_eq!(t, protocol::TELEMETRY_TOPIC),
         DeviceTopic::Attributes => assert_eq!(t, protocol::ATTRIBUTES_TOPIC),
         DeviceTopic::Conditions => assert_eq!(t, protocol::CONDITIONS_TOPIC),
+        DeviceTopic::Claim => assert_eq!(t, protocol::CLAIM_TOPIC),
         DeviceTopic::ProvisionRequest => assert_eq!(t, protocol::PROVISION_REQUEST_TOPIC),
         DeviceTopic::TaggedTelemetry(tag) => {
             again(format!("{}{tag}", protocol::TAGGED_TELEMETRY_PREFIX));

@@ -3,7 +3,7 @@
 //! Layers, bottom to top (dependencies point down only; `tests/it/layers.rs` checks it):
 //! `config`, `metrics`, `model`, `names`, `limits`, `secrets` → `store`, `workers` → `error`,
 //! `pki`, `events`, `audit` → `devices` → `integrations` → `data`, `auth`, `jobs`, `conditions` →
-//! `services` → `backups` → transports `mqtt`, `api` → `app`, `client` → `sim` → `cli` →
+//! `services` → `backups`, `device_messages` → transports `mqtt`, `api` → `app`, `client` → `sim` → `cli` →
 //! `fuzzing` (harness only).
 
 pub mod api;
@@ -16,6 +16,7 @@ pub mod client;
 pub mod conditions;
 pub mod config;
 pub mod data;
+pub mod device_messages;
 pub mod devices;
 pub mod error;
 pub mod events;

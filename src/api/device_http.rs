@@ -20,13 +20,13 @@ use serde_json::{Value as Json, json};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::audit::Entry;
+use crate::data::Durability;
 use crate::data::keys::KeyRefusal;
-use crate::data::{Durability, IngestError};
-use crate::devices::credentials::{LoginAttempt, Refusal};
+use crate::device_messages::{self, Answer, Kind, Message, Refusal};
+use crate::devices::credentials::{LoginAttempt, Refusal as LoginRefusal};
 use crate::devices::protocol::{self, AttributeRequest};
 use crate::error::{Error, ErrorKind};
-use crate::model::{AuditKind, DEFAULT_TAG, Device};
+use crate::model::{DEFAULT_TAG, Device};
 use crate::services::Services;
 
 type S = State<Arc<Services>>;
@@ -112,13 +112,13 @@ async fn post_conditions(
 ) -> DevResult<axum::Json<Json>> {
     let dev = device(&s, &token, peer).await?;
     rate(&s, &dev)?;
-    let reports = crate::conditions::parse_reports(&body).map_err(|e| bad(e.to_string()))?;
-    let now = s
-        .conditions
-        .report(dev.id, reports)
+    match run(&s, &dev, Kind::Conditions, &body)
         .await
-        .map_err(internal)?;
-    Ok(axum::Json(json!({ "conditions": now })))
+        .map_err(refused)?
+    {
+        Answer::Reply(now) => Ok(axum::Json(now)),
+        _ => Err(internal("a condition report has an answer")),
+    }
 }
 
 /// A device API error: status and a short JSON message (never a secret).
@@ -154,6 +154,22 @@ fn not_stored(e: impl Into<Error>) -> DevError {
     }
 }
 
+/// Parses and does a device message; a refusal comes back as is, for the caller to answer.
+async fn run(s: &Services, dev: &Device, kind: Kind, body: &[u8]) -> Result<Answer, Refusal> {
+    let message = kind.parse(body)?;
+    device_messages::handle(s, dev.into(), message, Durability::Durable).await
+}
+
+/// The device API's answer to a refused message.
+fn refused(e: Refusal) -> DevError {
+    match e {
+        Refusal::BadTag(_) => bad(e.to_string()),
+        Refusal::BadPayload(m) => bad(m),
+        Refusal::KeyLimit(r) => DevError(StatusCode::UNPROCESSABLE_ENTITY, r.to_string()),
+        Refusal::NotStored(e) => not_stored(e),
+    }
+}
+
 fn internal(e: impl std::fmt::Display) -> DevError {
     tracing::error!(error = %e, "device API request failed");
     DevError(StatusCode::INTERNAL_SERVER_ERROR, "internal error".into())
@@ -176,11 +192,12 @@ async fn device(s: &Services, token: &str, peer: Option<SocketAddr>) -> DevResul
             s.registry.touched(l.device.id);
             Ok(l.device)
         }
-        Ok(_) | Err(Refusal::BadUsernameOrPassword(_) | Refusal::IdentifierRejected(_)) => {
+        Ok(_)
+        | Err(LoginRefusal::BadUsernameOrPassword(_) | LoginRefusal::IdentifierRejected(_)) => {
             Err(DevError(StatusCode::UNAUTHORIZED, "unknown token".into()))
         }
-        Err(Refusal::NotAuthorized(why)) => Err(DevError(StatusCode::FORBIDDEN, why.into())),
-        Err(Refusal::Unavailable) => Err(internal("credential store unavailable")),
+        Err(LoginRefusal::NotAuthorized(why)) => Err(DevError(StatusCode::FORBIDDEN, why.into())),
+        Err(LoginRefusal::Unavailable) => Err(internal("credential store unavailable")),
     }
 }
 
@@ -229,16 +246,13 @@ async fn store(
 ) -> Result<StatusCode, TelemetryError> {
     let dev = device(s, token, peer).await?;
     rate(s, &dev)?;
-    protocol::check_tag(tag).map_err(|e| bad(e.to_string()))?;
-    let t = crate::data::DataService::parse_telemetry(body).map_err(|e| bad(e.to_string()))?;
-    match s
-        .data
-        .store_tagged(dev.id, tag, t, Durability::Durable)
-        .await
-    {
+    let kind = Kind::Telemetry {
+        tag: tag.to_string(),
+    };
+    match run(s, &dev, kind, body).await {
         Ok(_) => Ok(StatusCode::OK),
-        Err(IngestError::Keys(r)) => Err(TelemetryError(Ok(r))),
-        Err(e) => Err(not_stored(e).into()),
+        Err(Refusal::KeyLimit(r)) => Err(TelemetryError(Ok(r))),
+        Err(e) => Err(refused(e).into()),
     }
 }
 
@@ -282,11 +296,9 @@ async fn post_attributes(
 ) -> DevResult<StatusCode> {
     let dev = device(&s, &token, peer).await?;
     rate(&s, &dev)?;
-    let values = protocol::parse_attributes(&body).map_err(|e| bad(e.to_string()))?;
-    s.attributes
-        .report(dev.id, values)
+    run(&s, &dev, Kind::Attributes, &body)
         .await
-        .map_err(internal)?;
+        .map_err(refused)?;
     Ok(StatusCode::OK)
 }
 
@@ -325,10 +337,12 @@ async fn get_attributes(
     RawQuery(q): RawQuery,
 ) -> DevResult<axum::Json<Json>> {
     let dev = device(&s, &token, peer).await?;
-    let req = attribute_request(q.as_deref());
-    Ok(axum::Json(
-        s.attributes.request(dev.id, &req).map_err(internal)?,
-    ))
+    let message = Message::AttributeRequest(attribute_request(q.as_deref()));
+    match device_messages::handle(&s, (&dev).into(), message, Durability::Durable).await {
+        Ok(Answer::Reply(v)) => Ok(axum::Json(v)),
+        Ok(_) => Err(internal("an attribute request has an answer")),
+        Err(e) => Err(refused(e)),
+    }
 }
 
 /// The `timeout` parameter of a long-poll, in ms.
@@ -403,19 +417,12 @@ async fn rpc_reply(
     // Parsed here rather than by `Path<u64>`, whose rejection would be plain text.
     let id: u64 = id.parse().map_err(|_| bad("the RPC id is not a number"))?;
     let dev = device(&s, &token, peer).await?;
+    // ThingsBoard's HTTP API takes a JSON reply (MQTT devices may send text).
     serde_json::from_slice::<Json>(&body).map_err(|e| bad(format!("reply is not JSON: {e}")))?;
-    // 200 once the job's result is durable.
-    let known = match u32::try_from(id) {
-        Ok(id) => s
-            .jobs
-            .on_reply(dev.id, id, &body)
-            .await
-            .map_err(not_stored)?,
-        Err(_) => false,
-    };
-    if !known {
-        tracing::debug!(device = %dev.id, rpc = id, "RPC reply with no pending job");
-    }
+    // 200 once the job's result is durable (or nobody waits for it).
+    run(&s, &dev, Kind::RpcReply { id }, &body)
+        .await
+        .map_err(refused)?;
     Ok(StatusCode::OK)
 }
 
@@ -430,10 +437,12 @@ async fn client_rpc(
     axum::extract::Path(token): axum::extract::Path<String>,
     DevBody(body): DevBody,
 ) -> DevResult<axum::Json<Json>> {
-    device(&s, &token, peer).await?;
-    Ok(axum::Json(crate::devices::rpc::client_rpc(
-        &s.config, &body,
-    )))
+    let dev = device(&s, &token, peer).await?;
+    match run(&s, &dev, Kind::RpcCall, &body).await {
+        Ok(Answer::Reply(v)) => Ok(axum::Json(v)),
+        Ok(_) => Err(internal("an RPC call has an answer")),
+        Err(e) => Err(refused(e)),
+    }
 }
 
 /// Ask to be claimed
@@ -448,18 +457,6 @@ async fn claim(
     DevBody(body): DevBody,
 ) -> DevResult<StatusCode> {
     let dev = device(&s, &token, peer).await?;
-    // Both fields are optional (§5.7); an empty body is a claim with no secret.
-    let v: Json = if body.is_empty() {
-        json!({})
-    } else {
-        serde_json::from_slice(&body).map_err(|e| bad(format!("not JSON: {e}")))?
-    };
-    let duration = v.get("durationMs").and_then(Json::as_i64).unwrap_or(0);
-    s.audit.record(
-        Entry::new(AuditKind::ClaimRequested, "device")
-            .device(dev.id)
-            .fleet(dev.fleet_id)
-            .detail(format!("claim window {duration} ms (0 = default)")),
-    );
+    run(&s, &dev, Kind::Claim, &body).await.map_err(refused)?;
     Ok(StatusCode::OK)
 }

@@ -10,6 +10,8 @@ use crate::model::{Millis, Value};
 pub const TELEMETRY_TOPIC: &str = "v1/devices/me/telemetry";
 /// Corral's extension topic for device conditions (open, update, close).
 pub const CONDITIONS_TOPIC: &str = "v1/devices/me/conditions";
+/// Claiming (§5.7): `{"secretKey", "durationMs"}`, both optional.
+pub const CLAIM_TOPIC: &str = "v1/devices/me/claim";
 pub const ATTRIBUTES_TOPIC: &str = "v1/devices/me/attributes";
 pub const ATTRIBUTES_RESPONSE_FILTER: &str = "v1/devices/me/attributes/response/+";
 pub const RPC_REQUEST_FILTER: &str = "v1/devices/me/rpc/request/+";
@@ -67,6 +69,8 @@ pub enum DeviceTopic {
     Attributes,
     /// Conditions the device opens, updates or closes (Corral's extension).
     Conditions,
+    /// A claiming request (§5.7).
+    Claim,
     /// An attribute request with its id, answered on the response topic.
     AttributeRequest(u64),
     /// A client-side RPC call with its request id (§5.6).
@@ -95,6 +99,9 @@ impl DeviceTopic {
         }
         if topic == CONDITIONS_TOPIC {
             return DeviceTopic::Conditions;
+        }
+        if topic == CLAIM_TOPIC {
+            return DeviceTopic::Claim;
         }
         if let Some(id) = topic.strip_prefix(ATTRIBUTES_REQUEST_PREFIX) {
             return match id.parse() {

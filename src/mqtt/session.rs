@@ -11,21 +11,20 @@ use std::sync::{Arc, Mutex};
 
 use ntex_bytes::Bytes;
 use ntex_mqtt::{Control, QoS, v3, v5};
-use rustls::pki_types::CertificateDer;
 
-use crate::audit::Entry;
-use crate::config::ClientIdPolicy;
+use crate::data::Durability;
 use crate::data::keys::KeyRefusal;
-use crate::data::{DataService, Durability, IngestError};
-use crate::devices::credentials::{LoginAttempt, PROVISION_USERNAME, Refusal};
+use crate::device_messages::{
+    self, Answer, Connect, ConnectRefusal, Kind, Message, Opened, Origin, Refusal,
+};
+use crate::devices::credentials::Refusal as LoginRefusal;
 use crate::devices::presence::Liveness;
 use crate::devices::protocol::{self, DeviceTopic, PROVISION_RESPONSE_TOPIC, RPC_RESPONSE_PREFIX};
 use crate::devices::sessions::{CloseReason, SessionCommand, SessionSlot, Subscription};
-use crate::events::Event;
 use crate::jobs::SendOutcome;
 use crate::limits::TokenBucket;
 use crate::metrics::{ReasonLabel, TransportLabel};
-use crate::model::{AuditKind, DeviceId};
+use crate::model::{DeviceId, FleetId};
 use crate::services::Services;
 
 /// Errors that end a connection. The message never carries a secret.
@@ -63,7 +62,7 @@ impl TryFrom<MqttErr> for v5::PublishAck {
 /// The authenticated device behind a connection.
 pub struct DeviceCtx {
     id: DeviceId,
-    name: String,
+    fleet_id: FleetId,
     conn: u64,
     live: Arc<Liveness>,
     bucket: Mutex<RateState>,
@@ -95,53 +94,10 @@ const MAX_PROVISION_REQUESTS: u32 = 3;
 
 impl Drop for DeviceSession {
     fn drop(&mut self) {
-        let Some(d) = &self.device else {
-            return;
-        };
-        self.services.sessions.unregister(d.id, d.conn);
-        self.services
-            .registry
-            .disconnected(d.id, self.transport, self.peer);
-        self.services
-            .metrics
-            .connections
-            .get_or_create(&TransportLabel {
-                transport: self.transport,
-            })
-            .dec();
-        self.services
-            .events
-            .publish(Event::DeviceDisconnected { device_id: d.id });
-        self.services.metrics.device_disconnects.inc();
-        // Per device at debug: a fleet reconnecting would flood the log; `app` logs a summary.
-        tracing::debug!(device = %d.id, name = %d.name, "device disconnected");
-    }
-}
-
-/// Why a CONNECT was refused beyond the login decision itself.
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum ConnectRefusal {
-    Login(Refusal),
-    /// Too many connections from the client's address: v5 0x9F, v3 3.
-    RateExceeded,
-}
-
-impl ConnectRefusal {
-    fn label(&self) -> &'static str {
-        match self {
-            ConnectRefusal::Login(r) => r.label(),
-            ConnectRefusal::RateExceeded => "connection_rate_exceeded",
+        if let Some(d) = &self.device {
+            device_messages::close(&self.services, self.transport, d.id, d.conn, self.peer);
         }
     }
-}
-
-/// What a CONNECT packet carries, independent of the protocol version.
-struct ConnectInfo<'a> {
-    username: Option<&'a str>,
-    password: Option<&'a [u8]>,
-    client_id: &'a str,
-    peer: Option<SocketAddr>,
-    chain: Option<Vec<CertificateDer<'static>>>,
 }
 
 fn connect_info<'a>(
@@ -149,12 +105,12 @@ fn connect_info<'a>(
     username: Option<&'a str>,
     password: Option<&'a [u8]>,
     client_id: &'a str,
-) -> ConnectInfo<'a> {
+) -> Connect<'a> {
     let chain = io
         .query::<ntex_tls::rustls::PeerCertChain<'static>>()
         .as_ref()
         .map(|c| c.0.iter().map(|d| d.clone().into_owned()).collect());
-    ConnectInfo {
+    Connect {
         username,
         password,
         client_id,
@@ -169,7 +125,7 @@ fn connect_info<'a>(
 async fn open_session(
     services: &Arc<Services>,
     transport: &'static str,
-    c: ConnectInfo<'_>,
+    c: Connect<'_>,
 ) -> Result<(DeviceSession, Option<SessionSlot>), ConnectRefusal> {
     let res = open_session_inner(services, transport, &c).await;
     if let Err(r) = &res {
@@ -183,10 +139,7 @@ async fn open_session(
             peer = ?c.peer,
             transport,
             reason = r.label(),
-            detail = match r {
-                ConnectRefusal::Login(l) => l.reason(),
-                ConnectRefusal::RateExceeded => "too many connections from this address",
-            },
+            detail = r.detail(),
             username_given = c.username.is_some(),
             certificate_given = c.chain.is_some(),
             "connection refused"
@@ -198,18 +151,10 @@ async fn open_session(
 async fn open_session_inner(
     services: &Arc<Services>,
     transport: &'static str,
-    c: &ConnectInfo<'_>,
+    c: &Connect<'_>,
 ) -> Result<(DeviceSession, Option<SessionSlot>), ConnectRefusal> {
-    if let Some(p) = c.peer
-        && !services.connect_limiter.allow(&p.ip())
-    {
-        return Err(ConnectRefusal::RateExceeded);
-    }
-    let provisioning = match c.username.filter(|u| !u.is_empty()) {
-        Some(u) => u == PROVISION_USERNAME,
-        None => c.client_id == PROVISION_USERNAME && c.chain.is_none(),
-    };
-    if provisioning {
+    device_messages::admit(services, c.peer)?;
+    if device_messages::is_provisioning(c) {
         tracing::info!(peer = %shown(c.peer), transport, "provisioning session opened");
         return Ok((
             DeviceSession {
@@ -222,57 +167,7 @@ async fn open_session_inner(
             None,
         ));
     }
-    let login = services
-        .credentials
-        .login(LoginAttempt {
-            username: c.username,
-            password: c.password,
-            client_id: c.client_id,
-            cert_chain: c.chain.clone(),
-            peer: c.peer,
-        })
-        .await
-        .map_err(ConnectRefusal::Login)?;
-    let policy_ok = match services.config.mqtt.client_id_policy {
-        ClientIdPolicy::Any => true,
-        ClientIdPolicy::CertificateCn => {
-            login.cert_cn.as_deref().is_none_or(|cn| cn == c.client_id)
-        }
-        ClientIdPolicy::DeviceName => c.client_id == login.device.name,
-    };
-    if !policy_ok {
-        let reason = "client id does not match the device identity";
-        services.audit.record(
-            Entry::new(AuditKind::AuthFailed, "device")
-                .device(login.device.id)
-                .credential(login.credential)
-                .peer(c.peer)
-                .detail(reason),
-        );
-        return Err(ConnectRefusal::Login(Refusal::IdentifierRejected(reason)));
-    }
-    let dev = login.device;
-    let (slot, taken) = services.sessions.register(dev.id, Some(login.credential));
-    let live = services.registry.connected(dev.id, transport, c.peer);
-    services
-        .metrics
-        .connections
-        .get_or_create(&TransportLabel { transport })
-        .inc();
-    services.events.publish(Event::DeviceConnected {
-        device_id: dev.id,
-        transport,
-    });
-    services.metrics.device_connects.inc();
-    tracing::debug!(
-        device = %dev.id,
-        name = %dev.name,
-        peer = %shown(c.peer),
-        transport,
-        method = login.method,
-        took_over = taken,
-        "device connected"
-    );
+    let Opened { device, slot, live } = device_messages::open(services, transport, c).await?;
     let l = &services.config.limits;
     Ok((
         DeviceSession {
@@ -281,8 +176,8 @@ async fn open_session_inner(
             peer: c.peer,
             provision_requests: Default::default(),
             device: Some(DeviceCtx {
-                id: dev.id,
-                name: dev.name,
+                id: device.id,
+                fleet_id: device.fleet_id,
                 conn: slot.conn,
                 live,
                 subs: Default::default(),
@@ -472,10 +367,10 @@ pub async fn connect_v3(
         }
         Err(ConnectRefusal::RateExceeded) => c.service_unavailable(),
         Err(ConnectRefusal::Login(r)) => match r {
-            Refusal::BadUsernameOrPassword(_) => c.bad_username_or_pwd(),
-            Refusal::NotAuthorized(_) => c.not_authorized(),
-            Refusal::IdentifierRejected(_) => c.identifier_rejected(),
-            Refusal::Unavailable => c.service_unavailable(),
+            LoginRefusal::BadUsernameOrPassword(_) => c.bad_username_or_pwd(),
+            LoginRefusal::NotAuthorized(_) => c.not_authorized(),
+            LoginRefusal::IdentifierRejected(_) => c.identifier_rejected(),
+            LoginRefusal::Unavailable => c.service_unavailable(),
         },
     })
 }
@@ -511,10 +406,10 @@ pub async fn connect_v5(
         }
         Err(ConnectRefusal::RateExceeded) => c.failed(R::ConnectionRateExceeded),
         Err(ConnectRefusal::Login(r)) => match r {
-            Refusal::BadUsernameOrPassword(_) => c.failed(R::BadUserNameOrPassword),
-            Refusal::NotAuthorized(_) => c.failed(R::NotAuthorized),
-            Refusal::IdentifierRejected(_) => c.failed(R::ClientIdentifierNotValid),
-            Refusal::Unavailable => c.failed(R::ServerUnavailable),
+            LoginRefusal::BadUsernameOrPassword(_) => c.failed(R::BadUserNameOrPassword),
+            LoginRefusal::NotAuthorized(_) => c.failed(R::NotAuthorized),
+            LoginRefusal::IdentifierRejected(_) => c.failed(R::ClientIdentifierNotValid),
+            LoginRefusal::Unavailable => c.failed(R::ServerUnavailable),
         },
     })
 }
@@ -575,7 +470,7 @@ async fn handle_publish(
             reject("rate_exceeded");
             return Outcome::RateAbuse;
         }
-        let resp = s.services.provisioning.provision(&payload, s.peer).await;
+        let resp = device_messages::provision(&s.services, &payload, s.peer).await;
         return Outcome::Reply(
             PROVISION_RESPONSE_TOPIC,
             String::new(),
@@ -583,130 +478,94 @@ async fn handle_publish(
         );
     };
     d.live.touch();
-    match topic {
-        DeviceTopic::Telemetry | DeviceTopic::TaggedTelemetry(_) => {
-            let tag = match &topic {
-                DeviceTopic::TaggedTelemetry(t) => {
-                    if protocol::check_tag(t).is_err() {
-                        reject("bad_tag");
-                        return Outcome::UnknownTopic;
-                    }
-                    t.as_str()
-                }
-                _ => crate::model::DEFAULT_TAG,
-            };
-            let telemetry =
-                match rated_parse(d, s, v5, payload, DataService::parse_telemetry, &reject).await {
-                    Ok(t) => t,
-                    Err(o) => return o,
-                };
-            // QoS 0 has no acknowledgement to delay; its data rides the next sync.
-            let durability = if qos == QoS::AtMostOnce {
-                Durability::BestEffort
-            } else {
-                Durability::Durable
-            };
-            match s
-                .services
-                .data
-                .store_tagged(d.id, tag, telemetry, durability)
-                .await
-            {
-                Ok(_) => Outcome::Stored,
-                // Counted and logged by the data service, for every transport.
-                Err(IngestError::Keys(r)) => Outcome::KeyLimit(r),
-                Err(e) => {
-                    reject("storage");
-                    tracing::error!(device = %d.id, error = %e, "telemetry not stored");
-                    Outcome::Storage
-                }
-            }
-        }
-        DeviceTopic::Attributes => {
-            // Attributes count against the same rate as telemetry, as ThingsBoard counts them.
-            let values =
-                match rated_parse(d, s, v5, payload, protocol::parse_attributes, &reject).await {
-                    Ok(v) => v,
-                    Err(o) => return o,
-                };
-            match s.services.attributes.report(d.id, values).await {
-                Ok(()) => Outcome::Stored,
-                Err(e) => {
-                    reject("storage");
-                    tracing::error!(device = %d.id, error = %e, "attributes not stored");
-                    Outcome::Storage
-                }
-            }
-        }
-        DeviceTopic::Conditions => {
-            // Conditions count against the device's message rate, as telemetry does.
-            let reports =
-                match rated_parse(d, s, v5, payload, crate::conditions::parse_reports, &reject)
-                    .await
-                {
-                    Ok(r) => r,
-                    Err(o) => return o,
-                };
-            match s.services.conditions.report(d.id, reports).await {
-                Ok(_) => Outcome::Stored,
-                Err(e) => {
-                    reject("storage");
-                    tracing::error!(device = %d.id, error = %e, "conditions not stored");
-                    Outcome::Storage
-                }
-            }
-        }
-        DeviceTopic::AttributeRequest(id) => {
-            let req = protocol::parse_attribute_request(&payload);
-            match s.services.attributes.request(d.id, &req) {
-                Ok(body) => Outcome::Reply(
-                    protocol::ATTRIBUTES_RESPONSE_PREFIX,
-                    id.to_string(),
-                    body.to_string().into_bytes(),
-                ),
-                Err(e) => {
-                    tracing::error!(device = %d.id, error = %e, "attribute request failed");
-                    Outcome::Storage
-                }
-            }
-        }
-        DeviceTopic::RpcResponse(id) => {
-            // Acknowledged once the job's result is durable. A reply nobody waits for (a late
-            // or repeated one) is still acknowledged.
-            let known = match u32::try_from(id) {
-                Ok(id) => s.services.jobs.on_reply(d.id, id, &payload).await,
-                Err(_) => Ok(false),
-            };
-            match known {
-                Ok(true) => Outcome::Stored,
-                Ok(false) => {
-                    tracing::debug!(device = %d.id, rpc = id, "RPC reply with no pending job");
-                    Outcome::Stored
-                }
-                Err(e) => {
-                    reject("storage");
-                    tracing::error!(device = %d.id, error = %e, "RPC reply not stored");
-                    Outcome::Storage
-                }
-            }
-        }
-        DeviceTopic::RpcRequest(id) => {
-            let reply = crate::devices::rpc::client_rpc(&s.services.config, &payload);
-            Outcome::Reply(
-                RPC_RESPONSE_PREFIX,
-                id.to_string(),
-                reply.to_string().into_bytes(),
-            )
-        }
+    let origin = Origin {
+        id: d.id,
+        fleet_id: d.fleet_id,
+    };
+    // Messages that store something count against the device's rate, as ThingsBoard counts
+    // them; requests and replies do not. `reply_to` is the response topic of a request.
+    let rated = |kind| rated_parse(d, s, v5, kind, &reject);
+    let (parsed, reply_to) = match topic {
+        DeviceTopic::Telemetry => (
+            rated(Kind::Telemetry {
+                tag: crate::model::DEFAULT_TAG.to_string(),
+            })(payload)
+            .await,
+            None,
+        ),
+        DeviceTopic::TaggedTelemetry(tag) => (rated(Kind::Telemetry { tag })(payload).await, None),
+        DeviceTopic::Attributes => (rated(Kind::Attributes)(payload).await, None),
+        DeviceTopic::Conditions => (rated(Kind::Conditions)(payload).await, None),
+        DeviceTopic::Claim => (rated(Kind::Claim)(payload).await, None),
+        DeviceTopic::AttributeRequest(id) => (
+            Ok(Message::AttributeRequest(
+                protocol::parse_attribute_request(&payload),
+            )),
+            Some((protocol::ATTRIBUTES_RESPONSE_PREFIX, id)),
+        ),
+        DeviceTopic::RpcResponse(id) => (
+            Kind::RpcReply { id }
+                .parse(&payload)
+                .map_err(|e| refused(d, e, &reject)),
+            None,
+        ),
+        DeviceTopic::RpcRequest(id) => (
+            Kind::RpcCall
+                .parse(&payload)
+                .map_err(|e| refused(d, e, &reject)),
+            Some((RPC_RESPONSE_PREFIX, id)),
+        ),
         DeviceTopic::ProvisionRequest | DeviceTopic::Foreign => {
             reject("not_authorized");
             tracing::warn!(device = %d.id, topic = topic_str, "publish outside the device's own topics refused");
-            Outcome::NotAuthorized
+            return Outcome::NotAuthorized;
         }
         DeviceTopic::Unknown => {
             reject("unknown_topic");
             tracing::debug!(device = %d.id, "publish to an unknown topic");
+            return Outcome::UnknownTopic;
+        }
+    };
+    let message = match parsed {
+        Ok(m) => m,
+        Err(o) => return o,
+    };
+    // QoS 0 has no acknowledgement to delay; its data rides the next sync.
+    let durability = if qos == QoS::AtMostOnce {
+        Durability::BestEffort
+    } else {
+        Durability::Durable
+    };
+    match device_messages::handle(&s.services, origin, message, durability).await {
+        Ok(Answer::Reply(body)) => match reply_to {
+            Some((prefix, id)) => {
+                Outcome::Reply(prefix, id.to_string(), body.to_string().into_bytes())
+            }
+            None => Outcome::Stored,
+        },
+        Ok(Answer::Done | Answer::Ignored) => Outcome::Stored,
+        Err(e) => refused(d, e, &reject),
+    }
+}
+
+/// The answer to a refused message.
+fn refused(d: &DeviceCtx, e: Refusal, reject: &impl Fn(&'static str)) -> Outcome {
+    match e {
+        Refusal::BadTag(_) => {
+            reject("bad_tag");
             Outcome::UnknownTopic
+        }
+        Refusal::BadPayload(m) => {
+            reject("bad_payload");
+            tracing::debug!(device = %d.id, error = %m, "payload refused");
+            Outcome::BadPayload(m)
+        }
+        // Counted and logged by the data service, for every transport.
+        Refusal::KeyLimit(r) => Outcome::KeyLimit(r),
+        Refusal::NotStored(e) => {
+            reject("storage");
+            tracing::error!(device = %d.id, error = %e, "device message not stored");
+            Outcome::Storage
         }
     }
 }
@@ -714,27 +573,28 @@ async fn handle_publish(
 /// Takes one message from the device's rate (before parsing, so that a flood costs as little
 /// as possible), parses the payload and drops it, then waits out any backpressure. The error
 /// is the answer to give: over the rate, or a bad payload.
-async fn rated_parse<T>(
-    d: &DeviceCtx,
-    s: &DeviceSession,
+fn rated_parse<'a>(
+    d: &'a DeviceCtx,
+    s: &'a DeviceSession,
     v5: bool,
-    payload: Bytes,
-    parse: impl FnOnce(&[u8]) -> Result<T, protocol::PayloadError>,
-    reject: &impl Fn(&'static str),
-) -> Result<T, Outcome> {
-    let wait = d
-        .rate(&s.services, v5)
-        .inspect_err(|_| reject("rate_exceeded"))?;
-    let parsed = parse(&payload);
-    drop(payload);
-    if let Some(w) = wait.filter(|w| !w.is_zero()) {
-        ntex_util::time::sleep(w).await;
+    kind: Kind,
+    reject: &'a impl Fn(&'static str),
+) -> impl FnOnce(
+    Bytes,
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<Message, Outcome>> + 'a>> {
+    move |payload| {
+        Box::pin(async move {
+            let wait = d
+                .rate(&s.services, v5)
+                .inspect_err(|_| reject("rate_exceeded"))?;
+            let parsed = kind.parse(&payload);
+            drop(payload);
+            if let Some(w) = wait.filter(|w| !w.is_zero()) {
+                ntex_util::time::sleep(w).await;
+            }
+            parsed.map_err(|e| refused(d, e, reject))
+        })
     }
-    parsed.map_err(|e| {
-        reject("bad_payload");
-        tracing::debug!(device = %d.id, error = %e, "payload refused");
-        Outcome::BadPayload(e.to_string())
-    })
 }
 
 pub async fn publish_v3(s: &v3::Session<DeviceSession>, p: v3::Publish) -> Result<(), MqttErr> {

@@ -30,6 +30,7 @@ const LAYERS: &[(&str, u32)] = &[
     ("conditions", 6),
     ("services", 7),
     ("backups", 8),
+    ("device_messages", 8),
     ("mqtt", 9),
     ("api", 9),
     ("app", 10),

@@ -613,3 +613,65 @@ async fn the_overview_rate_is_measured_before_anyone_looks() {
     assert!(rate > 0.0, "first view: {v}");
     t.stop().await;
 }
+
+/// Claiming over MQTT (§5.7): the same handling as over HTTP, acknowledged and audited; a
+/// payload that is not JSON is refused and leaves no record.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn claims_over_mqtt_are_acknowledged_and_audited() {
+    let mut t = TestApp::start().await;
+    let (dev, token) = t.device("claimer").await;
+    let id = dev["id"].as_str().expect("id").to_string();
+    let (client, mut rx) = spawn_v5(t.v5_options("", &token, ""));
+    match next_v5(&mut rx).await {
+        Ok(V5Packet::ConnAck(ack)) => assert_eq!(ack.code, V5Code::Success),
+        other => panic!("expected CONNACK, got {other:?}"),
+    }
+    let claim = |body: String| {
+        let c = client.clone();
+        async move {
+            c.publish(
+                "v1/devices/me/claim",
+                rumqttc::v5::mqttbytes::QoS::AtLeastOnce,
+                false,
+                body,
+            )
+            .await
+            .expect("publish")
+        }
+    };
+    claim("{not json".to_string()).await;
+    match next_v5(&mut rx).await {
+        Ok(V5Packet::PubAck(a)) => assert_eq!(a.reason, PubAckReason::PayloadFormatInvalid),
+        other => panic!("{other:?}"),
+    }
+    claim(json!({"secretKey": "s3cr3t", "durationMs": 60000}).to_string()).await;
+    match next_v5(&mut rx).await {
+        Ok(V5Packet::PubAck(a)) => assert_eq!(a.reason, PubAckReason::Success),
+        other => panic!("{other:?}"),
+    }
+    let audit: Value = t
+        .api
+        .get(
+            "/audit",
+            &[
+                ("kind", "claim_requested".to_string()),
+                ("device_id", id.clone()),
+            ],
+        )
+        .await
+        .expect("audit");
+    let items = audit["items"].as_array().expect("items");
+    assert_eq!(items.len(), 1, "{audit}");
+    assert_eq!(items[0]["actor"], "device");
+    assert!(
+        items[0]["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("60000 ms")),
+        "{audit}"
+    );
+    assert!(
+        !audit.to_string().contains("s3cr3t"),
+        "no secret in the audit"
+    );
+    t.stop().await;
+}
