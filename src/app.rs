@@ -272,6 +272,11 @@ impl App {
         })
     }
 
+    /// The whole HTTP surface without a socket, for in-process calls (tests).
+    pub fn router(&self) -> axum::Router {
+        crate::api::router(self.services.clone(), self.ready.clone(), None)
+    }
+
     /// Graceful stop: refuse new work, let in-flight device writes finish and become durable,
     /// flush the store.
     pub async fn shutdown(self) -> anyhow::Result<()> {

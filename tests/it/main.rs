@@ -27,6 +27,7 @@ mod mqtt_ingest;
 mod power_loss;
 mod query_scale;
 mod rest_api;
+mod rest_scenarios;
 mod schedules;
 mod store_integrity;
 mod telemetry_limits;

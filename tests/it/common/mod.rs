@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod device_data;
+pub mod fixture;
 pub mod mqtt;
 pub mod server;
 pub mod sink;
