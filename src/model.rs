@@ -326,11 +326,15 @@ macro_rules! audit_kinds {
     ($($(#[$doc:meta])* $v:ident = $s:literal,)*) => {
         /// What an audit record is about. The names are stable: API clients filter on them.
         #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+        #[serde(rename_all = "snake_case")]
         pub enum AuditKind {
-            $($(#[$doc])* #[serde(rename = $s)] $v,)*
+            $($(#[$doc])* $v,)*
         }
 
         impl AuditKind {
+            /// Every kind, for tests and documentation.
+            pub const ALL: &[AuditKind] = &[$(Self::$v,)*];
+
             pub fn as_str(self) -> &'static str {
                 match self {
                     $(Self::$v => $s,)*
@@ -381,6 +385,34 @@ audit_kinds! {
 impl std::fmt::Display for AuditKind {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.as_str())
+    }
+}
+
+#[cfg(test)]
+mod audit_kind_tests {
+    use super::AuditKind;
+
+    /// The JSON name, the OpenAPI enum value and `as_str` (metric labels, filters) agree.
+    #[test]
+    fn each_kind_has_one_name() {
+        let schema =
+            serde_json::to_value(<AuditKind as utoipa::PartialSchema>::schema()).expect("schema");
+        let listed: Vec<&str> = schema["enum"]
+            .as_array()
+            .expect("enum")
+            .iter()
+            .filter_map(|v| v.as_str())
+            .collect();
+        assert_eq!(listed.len(), AuditKind::ALL.len());
+        for k in AuditKind::ALL {
+            let json = serde_json::to_value(k).expect("json");
+            assert_eq!(json, k.as_str());
+            assert!(
+                listed.contains(&k.as_str()),
+                "{k} in the schema: {listed:?}"
+            );
+            assert_eq!(serde_json::from_value::<AuditKind>(json).ok(), Some(*k));
+        }
     }
 }
 
@@ -590,8 +622,8 @@ impl JobState {
     }
 }
 
-/// One timestamped step of a job's life.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+/// One timestamped step of a job's life, as stored (the API's is `jobs::views::TransitionView`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct JobTransition {
     pub state: JobState,
     /// When the job entered the state, ms since the epoch.
@@ -601,8 +633,8 @@ pub struct JobTransition {
     pub note: Option<String>,
 }
 
-/// A command to one device.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+/// A command to one device, as stored (the API's is `jobs::views::JobView`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Job {
     pub id: JobId,
     pub device_id: DeviceId,
@@ -627,7 +659,6 @@ pub struct Job {
     pub next_attempt_at: Option<Millis>,
     /// The device's reply to a two-way job: its JSON, or the text it sent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Option<Object>)]
     pub result: Option<serde_json::Value>,
     /// A repeated create with the same key returns this job instead of queueing another.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -651,8 +682,9 @@ pub enum RolloutState {
     Cancelled,
 }
 
-/// One command rolled out to every device of a fleet.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+/// One command rolled out to every device of a fleet, as stored (the API's is
+/// `jobs::views::RolloutView`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct FleetJob {
     pub id: FleetJobId,
     pub fleet_id: FleetId,
@@ -769,7 +801,7 @@ pub enum Trigger {
 
 /// A job to create when a schedule fires: to one device, or to a fleet (with a filter and
 /// rollout settings).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Schedule {
     pub id: ScheduleId,
     pub name: String,

@@ -20,7 +20,8 @@ use super::error::{ApiJson, ApiQuery, ErrorBody};
 use crate::jobs::NewJob;
 use crate::jobs::fleet::{FleetJobView, NewFleetJob};
 use crate::jobs::schedule::NewSchedule;
-use crate::model::{Job, Role, Schedule};
+use crate::jobs::views::{JobView, ScheduleView};
+use crate::model::Role;
 use crate::services::Services;
 
 type S = State<Arc<Services>>;
@@ -50,12 +51,12 @@ pub fn routes() -> OpenApiRouter<Arc<Services>> {
 /// target, a trigger time in the past, a bad cron expression, time zone or window, rollout settings
 /// on a device schedule).
 #[utoipa::path(post, path = "/schedules", tag = "jobs", request_body = NewSchedule,
-    responses((status = 201, body = Schedule), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)))]
+    responses((status = 201, body = ScheduleView), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)))]
 async fn create_schedule(
     State(s): S,
     caller: Caller,
     ApiJson(body): ApiJson<NewSchedule>,
-) -> ApiResult<(StatusCode, axum::Json<Schedule>)> {
+) -> ApiResult<(StatusCode, axum::Json<ScheduleView>)> {
     // Exactly one target is valid; with neither, the service refuses the body (422).
     match (body.device_id, body.fleet_id) {
         (Some(d), _) => caller.require(Action::Device(d, Role::Operator))?,
@@ -64,7 +65,7 @@ async fn create_schedule(
     }
     Ok((
         StatusCode::CREATED,
-        axum::Json(s.jobs.create_schedule(body).await?),
+        axum::Json(s.jobs.create_schedule(body).await?.into()),
     ))
 }
 
@@ -73,8 +74,8 @@ async fn create_schedule(
 /// Returns every schedule the caller can see, newest first: those of devices and fleets in fleets
 /// they can see. Any authenticated caller.
 #[utoipa::path(get, path = "/schedules", tag = "jobs",
-    responses((status = 200, body = Vec<Schedule>)))]
-async fn list_schedules(State(s): S, caller: Caller) -> ApiResult<axum::Json<Vec<Schedule>>> {
+    responses((status = 200, body = Vec<ScheduleView>)))]
+async fn list_schedules(State(s): S, caller: Caller) -> ApiResult<axum::Json<Vec<ScheduleView>>> {
     let who = caller.filters();
     let mut v = s.jobs.schedules()?;
     v.retain(|sc| match (sc.device_id, sc.fleet_id) {
@@ -82,7 +83,7 @@ async fn list_schedules(State(s): S, caller: Caller) -> ApiResult<axum::Json<Vec
         (_, Some(f)) => s.sees_fleet(who, f),
         _ => who.admin,
     });
-    Ok(axum::Json(v))
+    Ok(axum::Json(v.iter().map(ScheduleView::from).collect()))
 }
 
 /// Get a schedule
@@ -91,12 +92,12 @@ async fn list_schedules(State(s): S, caller: Caller) -> ApiResult<axum::Json<Vec
 /// the fleet of its device or fleet.
 #[utoipa::path(get, path = "/schedules/{id}", tag = "jobs",
     params(("id" = String, Path, description = "schedule id")),
-    responses((status = 200, body = Schedule), (status = 404, body = ErrorBody)))]
+    responses((status = 200, body = ScheduleView), (status = 404, body = ErrorBody)))]
 async fn get_schedule(
     State(s): S,
     On(id, _): On<ScheduleObj, Viewer>,
-) -> ApiResult<axum::Json<Schedule>> {
-    Ok(axum::Json(s.jobs.schedule(id)?))
+) -> ApiResult<axum::Json<ScheduleView>> {
+    Ok(axum::Json(s.jobs.schedule(id)?.into()))
 }
 
 /// Delete a schedule
@@ -123,13 +124,13 @@ async fn delete_schedule(
 /// fleet.
 #[utoipa::path(post, path = "/schedules/{id}/run", tag = "jobs",
     params(("id" = String, Path, description = "schedule id")),
-    responses((status = 200, body = Schedule, description = "`last_result` names the job created"),
+    responses((status = 200, body = ScheduleView, description = "`last_result` names the job created"),
         (status = 404, body = ErrorBody)))]
 async fn run_schedule(
     State(s): S,
     On(id, _): On<ScheduleObj, Operator>,
-) -> ApiResult<axum::Json<Schedule>> {
-    Ok(axum::Json(s.jobs.run_schedule_now(id).await?))
+) -> ApiResult<axum::Json<ScheduleView>> {
+    Ok(axum::Json(s.jobs.run_schedule_now(id).await?.into()))
 }
 
 /// Enable a schedule
@@ -138,12 +139,14 @@ async fn run_schedule(
 /// Returns the schedule. Needs the operator role on the fleet of its device or fleet.
 #[utoipa::path(post, path = "/schedules/{id}/enable", tag = "jobs",
     params(("id" = String, Path, description = "schedule id")),
-    responses((status = 200, body = Schedule), (status = 404, body = ErrorBody)))]
+    responses((status = 200, body = ScheduleView), (status = 404, body = ErrorBody)))]
 async fn enable_schedule(
     State(s): S,
     On(id, _): On<ScheduleObj, Operator>,
-) -> ApiResult<axum::Json<Schedule>> {
-    Ok(axum::Json(s.jobs.set_schedule_enabled(id, true).await?))
+) -> ApiResult<axum::Json<ScheduleView>> {
+    Ok(axum::Json(
+        s.jobs.set_schedule_enabled(id, true).await?.into(),
+    ))
 }
 
 /// Disable a schedule
@@ -152,12 +155,14 @@ async fn enable_schedule(
 /// Returns the schedule. Needs the operator role on the fleet of its device or fleet.
 #[utoipa::path(post, path = "/schedules/{id}/disable", tag = "jobs",
     params(("id" = String, Path, description = "schedule id")),
-    responses((status = 200, body = Schedule), (status = 404, body = ErrorBody)))]
+    responses((status = 200, body = ScheduleView), (status = 404, body = ErrorBody)))]
 async fn disable_schedule(
     State(s): S,
     On(id, _): On<ScheduleObj, Operator>,
-) -> ApiResult<axum::Json<Schedule>> {
-    Ok(axum::Json(s.jobs.set_schedule_enabled(id, false).await?))
+) -> ApiResult<axum::Json<ScheduleView>> {
+    Ok(axum::Json(
+        s.jobs.set_schedule_enabled(id, false).await?.into(),
+    ))
 }
 
 /// Roll a command out to a fleet
@@ -249,14 +254,14 @@ pub struct WaitParams {
 /// characters).
 #[utoipa::path(post, path = "/devices/{id}/jobs", tag = "jobs",
     params(("id" = String, Path, description = "device id"), WaitParams), request_body = NewJob,
-    responses((status = 201, body = Job), (status = 404, body = ErrorBody),
+    responses((status = 201, body = JobView), (status = 404, body = ErrorBody),
         (status = 409, body = ErrorBody, description = "queue_full"), (status = 422, body = ErrorBody)))]
 async fn create_job(
     State(s): S,
     On(id, _): On<Device, Operator>,
     ApiQuery(q): ApiQuery<WaitParams>,
     ApiJson(body): ApiJson<NewJob>,
-) -> ApiResult<(StatusCode, axum::Json<Job>)> {
+) -> ApiResult<(StatusCode, axum::Json<JobView>)> {
     let job = s.jobs.create(id, body).await?;
     let job = match q.wait_ms.filter(|w| *w > 0) {
         Some(w) => {
@@ -266,7 +271,7 @@ async fn create_job(
         }
         None => job,
     };
-    Ok((StatusCode::CREATED, axum::Json(job)))
+    Ok((StatusCode::CREATED, axum::Json(job.into())))
 }
 
 /// List a device's jobs
@@ -275,9 +280,14 @@ async fn create_job(
 /// role on the device's fleet.
 #[utoipa::path(get, path = "/devices/{id}/jobs", tag = "jobs",
     params(("id" = String, Path, description = "device id")),
-    responses((status = 200, body = Vec<Job>), (status = 404, body = ErrorBody)))]
-async fn list_jobs(State(s): S, On(id, _): On<Device, Viewer>) -> ApiResult<axum::Json<Vec<Job>>> {
-    Ok(axum::Json(s.jobs.list(id)?))
+    responses((status = 200, body = Vec<JobView>), (status = 404, body = ErrorBody)))]
+async fn list_jobs(
+    State(s): S,
+    On(id, _): On<Device, Viewer>,
+) -> ApiResult<axum::Json<Vec<JobView>>> {
+    Ok(axum::Json(
+        s.jobs.list(id)?.iter().map(JobView::from).collect(),
+    ))
 }
 
 /// Get a job
@@ -287,20 +297,21 @@ async fn list_jobs(State(s): S, On(id, _): On<Device, Viewer>) -> ApiResult<axum
 /// device's fleet.
 #[utoipa::path(get, path = "/jobs/{id}", tag = "jobs",
     params(("id" = String, Path, description = "job id"), WaitParams),
-    responses((status = 200, body = Job), (status = 404, body = ErrorBody)))]
+    responses((status = 200, body = JobView), (status = 404, body = ErrorBody)))]
 async fn get_job(
     State(s): S,
     On(id, _): On<JobObj, Viewer>,
     ApiQuery(q): ApiQuery<WaitParams>,
-) -> ApiResult<axum::Json<Job>> {
-    Ok(axum::Json(match q.wait_ms.filter(|w| *w > 0) {
+) -> ApiResult<axum::Json<JobView>> {
+    let job = match q.wait_ms.filter(|w| *w > 0) {
         Some(w) => {
             s.jobs
                 .wait(id, Duration::from_millis(w).min(MAX_WAIT))
                 .await?
         }
         None => s.jobs.get(id)?,
-    }))
+    };
+    Ok(axum::Json(job.into()))
 }
 
 /// Cancel a job
@@ -309,7 +320,10 @@ async fn get_job(
 /// returned unchanged. Needs the operator role on the device's fleet.
 #[utoipa::path(post, path = "/jobs/{id}/cancel", tag = "jobs",
     params(("id" = String, Path, description = "job id")),
-    responses((status = 200, body = Job), (status = 404, body = ErrorBody)))]
-async fn cancel_job(State(s): S, On(id, _): On<JobObj, Operator>) -> ApiResult<axum::Json<Job>> {
-    Ok(axum::Json(s.jobs.cancel(id).await?))
+    responses((status = 200, body = JobView), (status = 404, body = ErrorBody)))]
+async fn cancel_job(
+    State(s): S,
+    On(id, _): On<JobObj, Operator>,
+) -> ApiResult<axum::Json<JobView>> {
+    Ok(axum::Json(s.jobs.cancel(id).await?.into()))
 }

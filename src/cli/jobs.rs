@@ -13,7 +13,8 @@ use super::ClientArgs;
 use super::client::ApiClient;
 use super::output;
 use super::resolve::{Kind, Names, resolve};
-use crate::model::{Job, Schedule, Trigger};
+use crate::jobs::views::{JobView as Job, ScheduleView as Schedule};
+use crate::model::Trigger;
 
 // Parsed once per process: the size of the largest variant does not matter.
 #[allow(clippy::large_enum_variant)]

@@ -75,7 +75,7 @@ pub struct NewFleetJob {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct FleetJobView {
     #[serde(flatten)]
-    pub job: FleetJob,
+    pub job: super::views::RolloutView,
     /// Jobs per state; `pending` counts devices not started yet.
     pub progress: RolloutProgress,
 }
@@ -295,7 +295,10 @@ impl JobService {
         for j in self.store.fleet_job_children(id)? {
             progress.count(j.state);
         }
-        Ok(FleetJobView { job, progress })
+        Ok(FleetJobView {
+            job: (&job).into(),
+            progress,
+        })
     }
 
     pub fn fleet_jobs_of(&self, fleet: FleetId) -> Result<Vec<FleetJobView>> {

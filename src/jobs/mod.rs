@@ -10,6 +10,7 @@
 
 pub mod fleet;
 pub mod schedule;
+pub mod views;
 mod wakes;
 
 use std::sync::{Arc, Mutex};
