@@ -1019,6 +1019,13 @@ pub struct Condition {
 
 // ---- storage query and result shapes shared by services and the store ----------------
 
+/// Whose attributes: a device's own (every scope), or a fleet's shared defaults.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttributeOwner {
+    Device(DeviceId),
+    Fleet(FleetId),
+}
+
 /// Attribute scopes, ThingsBoard's three.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Scope {

@@ -16,7 +16,7 @@ use super::registry::{DeviceFilter, Registry};
 use super::sessions::{SessionCommand, Sessions, Subscription};
 use crate::error::Error;
 use crate::events::{Event, EventBus};
-use crate::model::{DeviceId, FleetId, Millis, Value, now_ms};
+use crate::model::{AttributeOwner, DeviceId, FleetId, Millis, Value, now_ms};
 use crate::store::{Scope, Store};
 
 type Result<T> = std::result::Result<T, Error>;
@@ -167,8 +167,12 @@ impl AttributeService {
         if values.is_empty() {
             return Ok(());
         }
-        self.store
-            .put_attributes(device.as_bytes(), Scope::Client, &values, now_ms())?;
+        self.store.put_attributes(
+            AttributeOwner::Device(device),
+            Scope::Client,
+            &values,
+            now_ms(),
+        )?;
         // Published before the commit: integrations queue the report through the bus tap, and
         // the commit below makes their entries durable with the attributes.
         self.events.publish(Event::ClientAttributes {
@@ -199,7 +203,7 @@ impl AttributeService {
             });
         }
         self.store
-            .put_attributes(device.as_bytes(), scope, &values, now_ms())?;
+            .put_attributes(AttributeOwner::Device(device), scope, &values, now_ms())?;
         self.store.commit().await?;
         if scope == Scope::Shared && !values.is_empty() {
             let update: Map<String, Json> = values
@@ -217,12 +221,14 @@ impl AttributeService {
         let dev = self.registry.device_record(device)?;
         let gone = self
             .store
-            .delete_attributes(device.as_bytes(), scope, keys)?;
+            .delete_attributes(AttributeOwner::Device(device), scope, keys)?;
         self.store.commit().await?;
         if scope == Scope::Shared && !gone.is_empty() {
-            let defaults =
-                self.store
-                    .get_attributes(dev.fleet_id.as_bytes(), Scope::Shared, Some(&gone))?;
+            let defaults = self.store.get_attributes(
+                AttributeOwner::Fleet(dev.fleet_id),
+                Scope::Shared,
+                Some(&gone),
+            )?;
             let mut fallback = Map::new();
             for (k, _, v) in &defaults {
                 fallback.insert(k.clone(), to_json(v));
@@ -242,14 +248,18 @@ impl AttributeService {
     /// Sets fleet defaults of shared attributes; devices without their own value are told.
     pub async fn set_fleet(&self, fleet: FleetId, values: Vec<(String, Value)>) -> Result<()> {
         self.registry.fleet(fleet)?;
-        self.store
-            .put_attributes(fleet.as_bytes(), Scope::Shared, &values, now_ms())?;
+        self.store.put_attributes(
+            AttributeOwner::Fleet(fleet),
+            Scope::Shared,
+            &values,
+            now_ms(),
+        )?;
         self.store.commit().await?;
         let keys: Vec<String> = values.iter().map(|(k, _)| k.clone()).collect();
         for d in self.fleet_devices(fleet)? {
             let own: Vec<String> = self
                 .store
-                .get_attributes(d.as_bytes(), Scope::Shared, Some(&keys))?
+                .get_attributes(AttributeOwner::Device(d), Scope::Shared, Some(&keys))?
                 .into_iter()
                 .map(|(k, _, _)| k)
                 .collect();
@@ -267,9 +277,9 @@ impl AttributeService {
 
     pub async fn delete_fleet(&self, fleet: FleetId, keys: &[String]) -> Result<()> {
         self.registry.fleet(fleet)?;
-        let gone = self
-            .store
-            .delete_attributes(fleet.as_bytes(), Scope::Shared, keys)?;
+        let gone =
+            self.store
+                .delete_attributes(AttributeOwner::Fleet(fleet), Scope::Shared, keys)?;
         self.store.commit().await?;
         if gone.is_empty() {
             return Ok(());
@@ -277,7 +287,7 @@ impl AttributeService {
         for d in self.fleet_devices(fleet)? {
             let own: Vec<String> = self
                 .store
-                .get_attributes(d.as_bytes(), Scope::Shared, Some(&gone))?
+                .get_attributes(AttributeOwner::Device(d), Scope::Shared, Some(&gone))?
                 .into_iter()
                 .map(|(k, _, _)| k)
                 .collect();
@@ -292,7 +302,7 @@ impl AttributeService {
     pub fn fleet_defaults(&self, fleet: FleetId) -> Result<BTreeMap<String, AttrValue>> {
         self.registry.fleet(fleet)?;
         Ok(as_map(self.store.get_attributes(
-            fleet.as_bytes(),
+            AttributeOwner::Fleet(fleet),
             Scope::Shared,
             None,
         )?))
@@ -305,12 +315,13 @@ impl AttributeService {
         fleet: FleetId,
         keys: Option<&[String]>,
     ) -> Result<BTreeMap<String, AttrValue>> {
-        let mut out = as_map(
-            self.store
-                .get_attributes(fleet.as_bytes(), Scope::Shared, keys)?,
-        );
+        let mut out = as_map(self.store.get_attributes(
+            AttributeOwner::Fleet(fleet),
+            Scope::Shared,
+            keys,
+        )?);
         out.extend(as_map(self.store.get_attributes(
-            device.as_bytes(),
+            AttributeOwner::Device(device),
             Scope::Shared,
             keys,
         )?));
@@ -324,7 +335,7 @@ impl AttributeService {
         let mut out = DeviceAttributes::default();
         if want(Scope::Client) {
             out.client = Some(as_map(self.store.get_attributes(
-                device.as_bytes(),
+                AttributeOwner::Device(device),
                 Scope::Client,
                 None,
             )?));
@@ -334,7 +345,7 @@ impl AttributeService {
         }
         if want(Scope::Server) {
             out.server = Some(as_map(self.store.get_attributes(
-                device.as_bytes(),
+                AttributeOwner::Device(device),
                 Scope::Server,
                 None,
             )?));
@@ -354,7 +365,7 @@ impl AttributeService {
         };
         if all || req.client.is_some() {
             let client = as_map(self.store.get_attributes(
-                device.as_bytes(),
+                AttributeOwner::Device(device),
                 Scope::Client,
                 req.client.as_deref(),
             )?);

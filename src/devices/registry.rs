@@ -12,7 +12,8 @@ use super::sessions::{CloseReason, Sessions};
 use crate::audit::{AuditLog, Entry};
 use crate::error::{Conflict, Error};
 use crate::model::{
-    AuditKind, Credential, Device, DeviceId, Fleet, FleetId, Millis, Workspace, WorkspaceId, now_ms,
+    AttributeOwner, AuditKind, Credential, Device, DeviceId, Fleet, FleetId, Millis, Workspace,
+    WorkspaceId, now_ms,
 };
 pub use crate::secrets::secret_hash;
 use crate::store::{DeviceClash, NameClash, Page, Store};
@@ -378,7 +379,8 @@ impl Registry {
             return Err(Error::Conflict(Conflict::NotEmpty("fleet")));
         }
         self.store.delete_provisioning(id)?;
-        self.store.delete_owner_attributes(id.as_bytes())?;
+        self.store
+            .delete_owner_attributes(AttributeOwner::Fleet(id))?;
         self.store.commit().await?;
         Ok(())
     }
@@ -566,7 +568,8 @@ impl Registry {
         self.store
             .delete_device_telemetry_off_thread(dev.id)
             .await?;
-        self.store.delete_owner_attributes(dev.id.as_bytes())?;
+        self.store
+            .delete_owner_attributes(AttributeOwner::Device(dev.id))?;
         self.store.delete_device_jobs(dev.id)?;
         self.store.delete_device_connections(dev.id)?;
         self.store.delete_device_conditions(dev.id)?;

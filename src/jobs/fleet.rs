@@ -16,8 +16,8 @@ use crate::devices::registry::DeviceFilter;
 use crate::devices::sessions::SessionCommand;
 use crate::error::Error;
 use crate::model::{
-    DeviceId, FleetId, FleetJob, FleetJobId, Job, JobState, RolloutState, ScheduleId, TargetFilter,
-    Window,
+    AttributeOwner, DeviceId, FleetId, FleetJob, FleetJobId, Job, JobState, RolloutState,
+    ScheduleId, TargetFilter, Window,
 };
 use crate::store::Scope;
 
@@ -241,11 +241,11 @@ impl JobService {
         }
         let attr = |key: &str| -> Result<Option<Json>> {
             let k = [key.to_string()];
-            let owners: [(&[u8; 16], Scope); 4] = [
-                (device.as_bytes(), Scope::Client),
-                (device.as_bytes(), Scope::Shared),
-                (device.as_bytes(), Scope::Server),
-                (fleet.as_bytes(), Scope::Shared),
+            let owners = [
+                (AttributeOwner::Device(device), Scope::Client),
+                (AttributeOwner::Device(device), Scope::Shared),
+                (AttributeOwner::Device(device), Scope::Server),
+                (AttributeOwner::Fleet(fleet), Scope::Shared),
             ];
             for (owner, scope) in owners {
                 if let Some((_, _, v)) = self.store.get_attributes(owner, scope, Some(&k))?.pop() {

@@ -4,7 +4,7 @@
 
 use super::codec::{decode_value, encode_value, push_str, read_str, ts_bytes, ts_from};
 use super::{Db, Result, StoreError};
-use crate::model::{Millis, Scope, Value};
+use crate::model::{AttributeOwner, Millis, Scope, Value};
 
 /// A scope's byte in attribute keys.
 fn scope_byte(scope: Scope) -> u8 {
@@ -15,13 +15,21 @@ fn scope_byte(scope: Scope) -> u8 {
     }
 }
 
-fn prefix(owner: &[u8; 16], scope: Scope) -> Vec<u8> {
-    let mut k = owner.to_vec();
+/// An owner's bytes in attribute keys: its id (device and fleet ids never collide).
+fn owner_key(owner: AttributeOwner) -> [u8; 16] {
+    match owner {
+        AttributeOwner::Device(d) => *d.as_bytes(),
+        AttributeOwner::Fleet(f) => *f.as_bytes(),
+    }
+}
+
+fn prefix(owner: AttributeOwner, scope: Scope) -> Vec<u8> {
+    let mut k = owner_key(owner).to_vec();
     k.push(scope_byte(scope));
     k
 }
 
-fn key(owner: &[u8; 16], scope: Scope, name: &str) -> Vec<u8> {
+fn key(owner: AttributeOwner, scope: Scope, name: &str) -> Vec<u8> {
     let mut k = prefix(owner, scope);
     push_str(&mut k, name);
     k
@@ -42,7 +50,7 @@ impl Db {
     /// Sets attributes of one owner and scope at time `ts`.
     pub fn put_attributes(
         &self,
-        owner: &[u8; 16],
+        owner: AttributeOwner,
         scope: Scope,
         values: &[(String, Value)],
         ts: Millis,
@@ -60,7 +68,7 @@ impl Db {
     /// Deletes attributes; returns the names that existed.
     pub fn delete_attributes(
         &self,
-        owner: &[u8; 16],
+        owner: AttributeOwner,
         scope: Scope,
         names: &[String],
     ) -> Result<Vec<String>> {
@@ -77,7 +85,7 @@ impl Db {
     /// Attributes of one owner and scope, in name order: the named ones that exist, or all.
     pub fn get_attributes(
         &self,
-        owner: &[u8; 16],
+        owner: AttributeOwner,
         scope: Scope,
         names: Option<&[String]>,
     ) -> Result<Vec<(String, Millis, Value)>> {
@@ -112,10 +120,10 @@ impl Db {
     }
 
     /// Removes every attribute of an owner (a deleted device or fleet).
-    pub fn delete_owner_attributes(&self, owner: &[u8; 16]) -> Result<()> {
+    pub fn delete_owner_attributes(&self, owner: AttributeOwner) -> Result<()> {
         let t = &self.trees().attributes;
         let mut batch = sled::Batch::default();
-        for kv in t.scan_prefix(owner) {
+        for kv in t.scan_prefix(owner_key(owner)) {
             batch.remove(kv?.0);
         }
         t.apply_batch(batch)?;
