@@ -357,7 +357,7 @@ fn start_workers(services: &Arc<Services>) {
     let s = services.clone();
     w.spawn(
         "job-sends",
-        "records how each request send went (acknowledged or not) and sends devices their next jobs",
+        "records how request sends went and devices' replies, and sends devices their next jobs",
         move |mut stop, report| async move {
             loop {
                 let batch = tokio::select! {
@@ -367,21 +367,34 @@ fn start_workers(services: &Arc<Services>) {
                 let s = s.clone();
                 let _ = report
                     .run(|| async move {
-                        tokio::task::spawn_blocking(move || s.jobs.do_send_work(batch))
-                            .await
-                            .map_err(|e| format!("the run panicked: {e}"))?
-                            .map_err(|e| format!("cannot record job sends: {e}"))
+                        let worker = s.clone();
+                        let answers =
+                            tokio::task::spawn_blocking(move || worker.jobs.do_send_work(batch))
+                                .await
+                                .map_err(|e| format!("the run panicked: {e}"))?
+                                .map_err(|e| format!("cannot record job sends: {e}"))?;
+                        // Replies are answered (PUBACK, HTTP 200) once durable; the next run
+                        // does not wait for that sync.
+                        if !answers.is_empty() {
+                            tokio::spawn(async move {
+                                let durable = s.jobs.durable(answers.mark).await;
+                                answers.answer(&durable);
+                            });
+                        }
+                        Ok(())
                     })
                     .await;
             }
             // Outcomes reported before the stop are recorded, so a clean shutdown sends none
-            // of those requests again.
-            let rest = s.jobs.take_send_work();
+            // of those requests again; replies still waiting are refused (sent again).
+            let mut rest = s.jobs.take_send_work();
+            let replies = std::mem::take(&mut rest.replies);
+            s.jobs.refuse_replies(crate::jobs::SendWork {
+                replies,
+                ..Default::default()
+            });
             if !rest.outcomes.is_empty() {
-                let rest = crate::jobs::SendWork {
-                    outcomes: rest.outcomes,
-                    devices: Default::default(),
-                };
+                rest.devices.clear();
                 let s = s.clone();
                 let res = tokio::task::spawn_blocking(move || s.jobs.do_send_work(rest)).await;
                 if let Ok(Err(e)) = res {

@@ -71,11 +71,57 @@ pub struct SendWork {
     pub outcomes: Vec<(JobId, SendOutcome)>,
     /// Devices that may take their next job now (one came online or finished a job).
     pub devices: std::collections::BTreeSet<DeviceId>,
+    /// Devices' replies to two-way jobs, each with the transport waiting for its answer.
+    pub replies: Vec<Reply>,
 }
 
 impl SendWork {
     pub fn is_empty(&self) -> bool {
-        self.outcomes.is_empty() && self.devices.is_empty()
+        self.outcomes.is_empty() && self.devices.is_empty() && self.replies.is_empty()
+    }
+}
+
+/// A device's reply to request `rpc_id`, waiting to be recorded.
+#[derive(Debug)]
+pub struct Reply {
+    device: DeviceId,
+    rpc_id: u32,
+    body: Vec<u8>,
+    /// Told whether a job waited for the reply, once its result is durable.
+    answer: tokio::sync::oneshot::Sender<Result<bool>>,
+}
+
+/// What a run of the `job-sends` worker leaves to do once its writes are durable: answer the
+/// transports waiting for their devices' replies.
+#[derive(Debug, Default)]
+pub struct Answers {
+    /// The writes the answers wait for.
+    pub mark: Mark,
+    replies: Vec<(tokio::sync::oneshot::Sender<Result<bool>>, bool)>,
+}
+
+impl Answers {
+    /// No transport waits for this run.
+    pub fn is_empty(&self) -> bool {
+        self.replies.is_empty()
+    }
+
+    /// Tells each waiting transport how its reply went: `durable` is the outcome of waiting
+    /// for `mark`.
+    pub fn answer(self, durable: &Result<()>) {
+        for (tx, found) in self.replies {
+            let _ = tx.send(match durable {
+                Ok(()) => Ok(found),
+                Err(e) => Err(Error::Internal(format!("the reply is not durable: {e}"))),
+            });
+        }
+    }
+
+    /// Every reply refused with `why` (the run failed, or the worker stops).
+    fn refuse(replies: Vec<Reply>, why: &str) {
+        for r in replies {
+            let _ = r.answer.send(Err(Error::Internal(why.to_string())));
+        }
     }
 }
 
@@ -442,16 +488,54 @@ impl JobService {
         std::mem::take(&mut *self.pending.lock().unwrap_or_else(|p| p.into_inner()))
     }
 
-    /// Records send outcomes as one unit of work, then sends each device concerned its next
-    /// job.
-    pub fn do_send_work(&self, work: SendWork) -> Result<()> {
+    /// Records send outcomes and replies as one unit of work, then sends each device
+    /// concerned its next job. The returned answers are for the transports waiting for their
+    /// replies: give them once the returned mark is durable (`Answers::answer`).
+    pub fn do_send_work(&self, work: SendWork) -> Result<Answers> {
         let SendWork {
             outcomes,
             mut devices,
+            replies,
         } = work;
-        let mut changed = Vec::with_capacity(outcomes.len());
+        match self.record_send_work(outcomes, replies, &mut devices) {
+            Ok(answers) => {
+                // A device whose next job cannot start now is not the batch's failure: the
+                // scheduler tries again.
+                for d in devices {
+                    if let Err(e) = self.dispatch(d) {
+                        tracing::error!(device = %d, error = %e, "cannot send a device's next job");
+                    }
+                }
+                Ok(answers)
+            }
+            Err((e, replies)) => {
+                Answers::refuse(replies, &format!("cannot record the reply: {e}"));
+                Err(e)
+            }
+        }
+    }
+
+    /// The replies left unanswered at shutdown are refused: their devices send them again.
+    pub fn refuse_replies(&self, work: SendWork) {
+        Answers::refuse(work.replies, "the server is stopping");
+    }
+
+    fn record_send_work(
+        &self,
+        outcomes: Vec<(JobId, SendOutcome)>,
+        replies: Vec<Reply>,
+        devices: &mut std::collections::BTreeSet<DeviceId>,
+    ) -> std::result::Result<Answers, (Error, Vec<Reply>)> {
+        // Jobs changed in this run, by id: a reply may follow its own acknowledgement here.
+        let mut changed: std::collections::BTreeMap<JobId, (Job, Option<SendOutcome>)> =
+            Default::default();
+        let mut order = Vec::new();
         for (id, outcome) in outcomes {
-            let Some(mut job) = self.store.get_job(id)? else {
+            let job = match self.store.get_job(id) {
+                Ok(j) => j,
+                Err(e) => return Err((e.into(), replies)),
+            };
+            let Some(mut job) = job else {
                 continue;
             };
             // Cancelled, expired or requeued meanwhile: the report is stale.
@@ -459,31 +543,70 @@ impl JobService {
                 continue;
             }
             self.apply_outcome(&mut job, outcome);
-            changed.push((job, outcome));
+            order.push(id);
+            changed.insert(id, (job, Some(outcome)));
         }
-        if !changed.is_empty() {
-            self.store.write_logged(|w| {
-                for (job, _) in &changed {
-                    w.put_job(job);
+        let mut found = Vec::with_capacity(replies.len());
+        for r in &replies {
+            let stored = match self.store.device_jobs(r.device, true) {
+                Ok(v) => v,
+                Err(e) => return Err((e.into(), replies)),
+            };
+            // The job as this run left it, if it changed here.
+            let job = stored
+                .into_iter()
+                .map(|j| match changed.get(&j.id) {
+                    Some((c, _)) => c.clone(),
+                    None => j,
+                })
+                .find(|j| {
+                    j.rpc_id == Some(r.rpc_id)
+                        && matches!(j.state, JobState::Sent | JobState::Delivered)
+                });
+            let Some(mut job) = job else {
+                found.push(false);
+                continue;
+            };
+            job.result = Some(reply_result(&r.body));
+            job.transition(JobState::Succeeded, Some("device replied".into()));
+            devices.insert(job.device_id);
+            if !changed.contains_key(&job.id) {
+                order.push(job.id);
+            }
+            let outcome = changed.get(&job.id).and_then(|(_, o)| *o);
+            changed.insert(job.id, (job, outcome));
+            found.push(true);
+        }
+        let mark = if changed.is_empty() {
+            Mark::default()
+        } else {
+            let written = self.store.write_logged(|w| {
+                for id in &order {
+                    w.put_job(&changed[id].0);
                 }
                 Ok(())
-            })?;
-        }
-        for (job, outcome) in &changed {
+            });
+            match written {
+                Ok(((), mark)) => mark,
+                Err(e) => return Err((e.into(), replies)),
+            }
+        };
+        for id in &order {
+            let (job, outcome) = &changed[id];
             self.noted(job);
             self.announce(job);
-            if *outcome != SendOutcome::NotSubscribed {
+            if *outcome != Some(SendOutcome::NotSubscribed) {
                 devices.insert(job.device_id);
             }
         }
-        // A device whose next job cannot start now is not the batch's failure: the scheduler
-        // tries again.
-        for d in devices {
-            if let Err(e) = self.dispatch(d) {
-                tracing::error!(device = %d, error = %e, "cannot send a device's next job");
-            }
-        }
-        Ok(())
+        Ok(Answers {
+            mark,
+            replies: replies
+                .into_iter()
+                .zip(found)
+                .map(|(r, f)| (r.answer, f))
+                .collect(),
+        })
     }
 
     /// A send's outcome as a transition of its (sent) job.
@@ -527,19 +650,20 @@ impl JobService {
     /// this reply (a late or repeated one), an error when it could not be stored (the device
     /// sends it again).
     pub async fn on_reply(&self, device: DeviceId, rpc_id: u32, reply: &[u8]) -> Result<bool> {
-        let found = self.store.device_jobs(device, true)?.into_iter().find(|j| {
-            j.rpc_id == Some(rpc_id) && matches!(j.state, JobState::Sent | JobState::Delivered)
+        // Recorded by the `job-sends` worker with whatever else came meanwhile (a two-way
+        // rollout's replies come thousands at once), off the transport's thread.
+        let (answer, answered) = tokio::sync::oneshot::channel();
+        self.queue_work(|w| {
+            w.replies.push(Reply {
+                device,
+                rpc_id,
+                body: reply.to_vec(),
+                answer,
+            })
         });
-        let Some(mut job) = found else {
-            return Ok(false);
-        };
-        job.result = Some(reply_result(reply));
-        job.transition(JobState::Succeeded, Some("device replied".into()));
-        let mark = self.save(&job)?;
-        self.store.durable(mark).await?;
-        // The device is free for its next job.
-        self.ready(device);
-        Ok(true)
+        answered
+            .await
+            .unwrap_or_else(|_| Err(Error::Internal("the reply was not recorded".into())))
     }
 
     /// The next job for a device that polls over HTTP: handed over as delivered.

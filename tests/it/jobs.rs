@@ -790,3 +790,83 @@ async fn schedules_over_rest_and_job_events_as_a_live_stream() {
         "the stream ended: {rest:?}"
     );
 }
+
+/// The `job-sends` worker's unit of work on real services (no transport, no worker: the test
+/// plays both): a device's acknowledgement and its reply recorded in one run leave the job
+/// `succeeded` with the reply as its result, after `delivered`; the transport waiting for the
+/// reply is told once the run's writes are durable; a reply nobody waits for is answered
+/// `false` in the same run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_acknowledgement_and_its_reply_are_recorded_in_one_run() {
+    use corral::jobs::{NewJob, SendOutcome};
+    use corral::model::JobState;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let s = crate::schedules::services(dir.path(), 1_800_000_000_000).await;
+    let (_, devices) = crate::schedules::fleet(&s, 1).await;
+    let device = devices[0];
+    // Online: its job goes out at once, under request id 1.
+    let (mut slot, _) = s.sessions.register(device, None);
+    let job = s
+        .jobs
+        .create(
+            device,
+            NewJob {
+                method: "read".into(),
+                params: json!({}),
+                two_way: true,
+                ttl_secs: None,
+                idempotency_key: None,
+            },
+        )
+        .await
+        .expect("job");
+    let sent = slot
+        .commands
+        .recv()
+        .await
+        .expect("a command for the session");
+    assert!(
+        matches!(
+            sent,
+            corral::devices::sessions::SessionCommand::Rpc { rpc_id: 1, .. }
+        ),
+        "{sent:?}"
+    );
+    s.jobs.on_sent(job.id, SendOutcome::Acked);
+    let (a, b) = (s.clone(), s.clone());
+    let reply = tokio::spawn(async move { a.jobs.on_reply(device, 1, br#"{"t": 21.5}"#).await });
+    let stray = tokio::spawn(async move { b.jobs.on_reply(device, 99, b"late").await });
+    let mut work = corral::jobs::SendWork::default();
+    while work.replies.len() < 2 {
+        let more = s.jobs.take_send_work();
+        work.outcomes.extend(more.outcomes);
+        work.replies.extend(more.replies);
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(work.outcomes.len(), 1);
+    let answers = s.jobs.do_send_work(work).expect("one run");
+    assert!(
+        !reply.is_finished(),
+        "answered before its writes are durable"
+    );
+    let durable = s.jobs.durable(answers.mark).await;
+    answers.answer(&durable);
+    assert!(reply.await.expect("task").expect("stored"), "a job waited");
+    assert!(
+        !stray.await.expect("task").expect("answered"),
+        "no job waited"
+    );
+    let done = s.jobs.get(job.id).expect("job");
+    assert_eq!(done.state, JobState::Succeeded);
+    assert_eq!(done.result, Some(json!({"t": 21.5})));
+    let states: Vec<JobState> = done.history.iter().map(|t| t.state).collect();
+    assert_eq!(
+        states,
+        [
+            JobState::Queued,
+            JobState::Sent,
+            JobState::Delivered,
+            JobState::Succeeded
+        ]
+    );
+}

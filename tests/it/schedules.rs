@@ -45,7 +45,7 @@ fn config(dir: &std::path::Path) -> Config {
 }
 
 /// Real services on a store in `dir`, whose scheduler reads tokio's clock set to `now`.
-async fn services(dir: &std::path::Path, now: Millis) -> Arc<Services> {
+pub(crate) async fn services(dir: &std::path::Path, now: Millis) -> Arc<Services> {
     let config = config(dir);
     let metrics = Arc::new(Metrics::new());
     // Reopening right after a drop: the store's writer thread lets go of the files shortly.
@@ -65,7 +65,7 @@ async fn services(dir: &std::path::Path, now: Millis) -> Arc<Services> {
     Arc::new(s)
 }
 
-async fn fleet(s: &Services, devices: usize) -> (FleetId, Vec<DeviceId>) {
+pub(crate) async fn fleet(s: &Services, devices: usize) -> (FleetId, Vec<DeviceId>) {
     let ws = s
         .registry
         .create_workspace(NewWorkspace {
