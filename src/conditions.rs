@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 use std::sync::Mutex;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value as Json;
 use utoipa::ToSchema;
 
@@ -76,6 +76,74 @@ fn check_name(name: &str) -> std::result::Result<(), String> {
         ));
     }
     Ok(())
+}
+
+/// A condition a device reported: open until the device (or an operator) closes it. At most
+/// one condition of a name is open per device; opening it again updates it.
+// The API's view of a condition; the stored record is `model::Condition`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[schema(as = Condition)]
+pub struct ConditionView {
+    pub id: ConditionId,
+    pub device_id: DeviceId,
+    /// The device's fleet and workspace. Stored as they were at opening; every read replaces
+    /// them with the device's current ones, since a device may move to another fleet.
+    pub fleet_id: FleetId,
+    pub workspace_id: WorkspaceId,
+    /// What is wrong, as the device names it (`overheat`, `battery_low`).
+    pub name: String,
+    pub severity: Severity,
+    /// Open until the device or an operator closes it.
+    pub open: bool,
+    /// Details as the device last sent them.
+    #[schema(value_type = Object)]
+    pub details: serde_json::Value,
+    /// When it was opened (the device's time when it gave one).
+    pub opened_at: Millis,
+    /// Last change, ms since the epoch.
+    pub updated_at: Millis,
+    /// Opens and updates received while it was open, the first included.
+    pub reports: u32,
+    /// When it was closed, ms since the epoch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub closed_at: Option<Millis>,
+    /// `device`, or the operator who closed it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub closed_by: Option<String>,
+    /// When an operator acknowledged it, ms since the epoch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub acknowledged_at: Option<Millis>,
+    /// The operator who acknowledged it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub acknowledged_by: Option<String>,
+}
+
+impl From<&Condition> for ConditionView {
+    fn from(r: &Condition) -> Self {
+        Self {
+            id: r.id,
+            device_id: r.device_id,
+            fleet_id: r.fleet_id,
+            workspace_id: r.workspace_id,
+            name: r.name.clone(),
+            severity: r.severity,
+            open: r.open,
+            details: r.details.clone(),
+            opened_at: r.opened_at,
+            updated_at: r.updated_at,
+            reports: r.reports,
+            closed_at: r.closed_at,
+            closed_by: r.closed_by.clone(),
+            acknowledged_at: r.acknowledged_at,
+            acknowledged_by: r.acknowledged_by.clone(),
+        }
+    }
+}
+
+impl From<Condition> for ConditionView {
+    fn from(r: Condition) -> Self {
+        Self::from(&r)
+    }
 }
 
 /// Parses and checks a device's condition message; the error names what is wrong and is safe
@@ -408,5 +476,43 @@ mod tests {
         assert!(err("[]").contains("1 to 100"));
         assert!(err("7").contains("object or an array"));
         assert!(err("{").contains("not valid JSON"));
+    }
+}
+
+#[cfg(test)]
+mod view_tests {
+    use super::*;
+    use serde_json::json;
+
+    /// Every optional field set, then left out: the view spells each as the record does.
+    #[test]
+    fn the_view_matches_the_record_today() {
+        let full = Condition {
+            id: ConditionId::new(),
+            device_id: DeviceId::new(),
+            fleet_id: FleetId::new(),
+            workspace_id: WorkspaceId::new(),
+            name: "overheat".into(),
+            severity: Severity::Major,
+            open: false,
+            details: json!({"t": 90}),
+            opened_at: 1,
+            updated_at: 2,
+            reports: 3,
+            closed_at: Some(4),
+            closed_by: Some("device".into()),
+            acknowledged_at: Some(3),
+            acknowledged_by: Some("ops".into()),
+        };
+        let bare = Condition {
+            closed_at: None,
+            closed_by: None,
+            acknowledged_at: None,
+            acknowledged_by: None,
+            ..full.clone()
+        };
+        for c in [full, bare] {
+            assert_eq!(json!(c), json!(ConditionView::from(&c)));
+        }
     }
 }

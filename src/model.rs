@@ -99,7 +99,7 @@ id_type!(
 );
 
 /// A workspace groups the fleets and devices of one project.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Workspace {
     pub id: WorkspaceId,
     /// Unique on the server, regardless of case.
@@ -116,7 +116,7 @@ pub struct Workspace {
 }
 
 /// A fleet is a group of similar devices inside a workspace.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Fleet {
     pub id: FleetId,
     pub workspace_id: WorkspaceId,
@@ -981,7 +981,7 @@ impl FromStr for Severity {
 
 /// A condition a device reported: open until the device (or an operator) closes it. At most
 /// one condition of a name is open per device; opening it again updates it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Condition {
     pub id: ConditionId,
     pub device_id: DeviceId,
@@ -995,7 +995,6 @@ pub struct Condition {
     /// Open until the device or an operator closes it.
     pub open: bool,
     /// Details as the device last sent them.
-    #[schema(value_type = Object)]
     pub details: serde_json::Value,
     /// When it was opened (the device's time when it gave one).
     pub opened_at: Millis,

@@ -16,7 +16,8 @@ use super::registry::{Page, cursor};
 use super::{ApiResult, page_limit};
 use crate::auth::Principal;
 use crate::conditions::ConditionQuery;
-use crate::model::{Condition, DeviceId, FleetId, Severity, WorkspaceId};
+use crate::conditions::ConditionView;
+use crate::model::{DeviceId, FleetId, Severity, WorkspaceId};
 use crate::services::Services;
 
 type S = State<Arc<Services>>;
@@ -92,13 +93,13 @@ fn listing(
     who: &Principal,
     q: ConditionQuery,
     limit: Option<usize>,
-) -> ApiResult<Page<Condition>> {
+) -> ApiResult<Page<ConditionView>> {
     let limit = page_limit(limit)?;
     let (items, next) = s.conditions.list(&q, limit, &|c| {
         who.admin || who.sees_fleet(c.workspace_id, c.fleet_id)
     })?;
     Ok(Page {
-        items,
+        items: items.iter().map(ConditionView::from).collect(),
         next_cursor: next.map(|c| c.to_string()),
     })
 }
@@ -112,12 +113,12 @@ fn listing(
 /// returned. Errors: 400 `invalid_query` (bad `state` or `severity`), 400 `invalid_cursor`, 400
 /// `invalid_limit`.
 #[utoipa::path(get, path = "/conditions", tag = "conditions", params(ListConditions),
-    responses((status = 200, body = Page<Condition>), (status = 400, body = ErrorBody)))]
+    responses((status = 200, body = Page<ConditionView>), (status = 400, body = ErrorBody)))]
 async fn list_conditions(
     State(s): S,
     caller: Caller,
     ApiQuery(q): ApiQuery<ListConditions>,
-) -> ApiResult<Json<Page<Condition>>> {
+) -> ApiResult<Json<Page<ConditionView>>> {
     let who = caller.filters().clone();
     let query = q.query()?;
     let s2 = s.clone();
@@ -135,13 +136,13 @@ async fn list_conditions(
 /// Errors: 400 `invalid_query`, 400 `invalid_cursor`, 400 `invalid_limit`.
 #[utoipa::path(get, path = "/devices/{id}/conditions", tag = "conditions",
     params(("id" = String, Path, description = "device id"), ListConditions),
-    responses((status = 200, body = Page<Condition>), (status = 404, body = ErrorBody)))]
+    responses((status = 200, body = Page<ConditionView>), (status = 404, body = ErrorBody)))]
 async fn device_conditions(
     State(s): S,
     Extension(who): Extension<Principal>,
     On(id, _): On<Device, Viewer>,
     ApiQuery(q): ApiQuery<ListConditions>,
-) -> ApiResult<Json<Page<Condition>>> {
+) -> ApiResult<Json<Page<ConditionView>>> {
     s.registry.device_record(id)?;
     let mut query = q.query()?;
     query.device = Some(id);
@@ -153,12 +154,12 @@ async fn device_conditions(
 /// Returns one condition. Needs the viewer role on the fleet of the device that reported it.
 #[utoipa::path(get, path = "/conditions/{id}", tag = "conditions",
     params(("id" = String, Path, description = "condition id")),
-    responses((status = 200, body = Condition), (status = 404, body = ErrorBody)))]
+    responses((status = 200, body = ConditionView), (status = 404, body = ErrorBody)))]
 async fn get_condition(
     State(s): S,
     On(id, _): On<ConditionObj, Viewer>,
-) -> ApiResult<Json<Condition>> {
-    Ok(Json(s.conditions.get(id)?))
+) -> ApiResult<Json<ConditionView>> {
+    Ok(Json(s.conditions.get(id)?.into()))
 }
 
 /// Acknowledge a condition
@@ -168,13 +169,13 @@ async fn get_condition(
 /// operator role on the device's fleet.
 #[utoipa::path(post, path = "/conditions/{id}/acknowledge", tag = "conditions",
     params(("id" = String, Path, description = "condition id")),
-    responses((status = 200, body = Condition), (status = 404, body = ErrorBody)))]
+    responses((status = 200, body = ConditionView), (status = 404, body = ErrorBody)))]
 async fn acknowledge_condition(
     State(s): S,
     Extension(who): Extension<Principal>,
     On(id, _): On<ConditionObj, Operator>,
-) -> ApiResult<Json<Condition>> {
-    Ok(Json(s.conditions.acknowledge(id, &who.name).await?))
+) -> ApiResult<Json<ConditionView>> {
+    Ok(Json(s.conditions.acknowledge(id, &who.name).await?.into()))
 }
 
 /// Close a condition
@@ -184,12 +185,12 @@ async fn acknowledge_condition(
 /// Errors: 409 `conflict` (the condition is already closed).
 #[utoipa::path(post, path = "/conditions/{id}/close", tag = "conditions",
     params(("id" = String, Path, description = "condition id")),
-    responses((status = 200, body = Condition), (status = 404, body = ErrorBody),
+    responses((status = 200, body = ConditionView), (status = 404, body = ErrorBody),
         (status = 409, body = ErrorBody)))]
 async fn close_condition(
     State(s): S,
     Extension(who): Extension<Principal>,
     On(id, _): On<ConditionObj, Operator>,
-) -> ApiResult<Json<Condition>> {
-    Ok(Json(s.conditions.close(id, &who.name).await?))
+) -> ApiResult<Json<ConditionView>> {
+    Ok(Json(s.conditions.close(id, &who.name).await?.into()))
 }

@@ -19,7 +19,8 @@ use crate::devices::registry::{
     DeviceFilter, DevicePatch, DeviceStatus, DeviceView, FleetPatch, NewDevice, NewFleet,
     NewWorkspace, WorkspacePatch,
 };
-use crate::model::{ConnectionEvent, Fleet, FleetId, Role, Workspace, WorkspaceId};
+use crate::devices::views::{FleetView, WorkspaceView};
+use crate::model::{ConnectionEvent, FleetId, Role, WorkspaceId};
 use crate::services::Services;
 
 type S = State<Arc<Services>>;
@@ -80,12 +81,12 @@ pub struct ListWorkspaces {
 /// Errors: 400 `invalid_cursor` for a cursor this API did not return, 400 `invalid_limit` for a
 /// `limit` outside 1 to 1000.
 #[utoipa::path(get, path = "/workspaces", tag = "workspaces", params(ListWorkspaces),
-    responses((status = 200, body = Page<Workspace>), (status = 401, body = ErrorBody)))]
+    responses((status = 200, body = Page<WorkspaceView>), (status = 401, body = ErrorBody)))]
 async fn list_workspaces(
     State(s): S,
     caller: Caller,
     ApiQuery(q): ApiQuery<ListWorkspaces>,
-) -> ApiResult<axum::Json<Page<Workspace>>> {
+) -> ApiResult<axum::Json<Page<WorkspaceView>>> {
     let who = caller.filters();
     let p = s.registry.list_workspaces_where(
         q.name.as_deref(),
@@ -93,7 +94,7 @@ async fn list_workspaces(
         page_limit(q.limit)?,
         |w| who.sees_workspace(w.id),
     )?;
-    Ok(axum::Json(page(p, |w| w)))
+    Ok(axum::Json(page(p, WorkspaceView::from)))
 }
 
 /// Create a workspace
@@ -103,15 +104,15 @@ async fn list_workspaces(
 /// 36500) overrides the server's telemetry retention for the workspace. Needs a server admin.
 /// Errors: 409 `name_taken`, 422 `invalid_field`.
 #[utoipa::path(post, path = "/workspaces", tag = "workspaces", request_body = NewWorkspace,
-    responses((status = 201, body = Workspace), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
+    responses((status = 201, body = WorkspaceView), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
 async fn create_workspace(
     State(s): S,
     _: ServerAdmin,
     ApiJson(body): ApiJson<NewWorkspace>,
-) -> ApiResult<(StatusCode, axum::Json<Workspace>)> {
+) -> ApiResult<(StatusCode, axum::Json<WorkspaceView>)> {
     Ok((
         StatusCode::CREATED,
-        axum::Json(s.registry.create_workspace(body).await?),
+        axum::Json(s.registry.create_workspace(body).await?.into()),
     ))
 }
 
@@ -120,12 +121,12 @@ async fn create_workspace(
 /// Returns one workspace. Any caller with a grant in the workspace (even one limited to some
 /// fleets) may read it; to others it answers 404 `not_found`.
 #[utoipa::path(get, path = "/workspaces/{id}", tag = "workspaces", params(("id" = String, Path, description = "workspace id")),
-    responses((status = 200, body = Workspace), (status = 404, body = ErrorBody)))]
+    responses((status = 200, body = WorkspaceView), (status = 404, body = ErrorBody)))]
 async fn get_workspace(
     State(s): S,
     SeesWorkspace(id): SeesWorkspace,
-) -> ApiResult<axum::Json<Workspace>> {
-    Ok(axum::Json(s.registry.workspace(id)?))
+) -> ApiResult<axum::Json<WorkspaceView>> {
+    Ok(axum::Json(s.registry.workspace(id)?.into()))
 }
 
 /// Update a workspace
@@ -137,13 +138,13 @@ async fn get_workspace(
 /// description or retention.
 #[utoipa::path(patch, path = "/workspaces/{id}", tag = "workspaces", params(("id" = String, Path, description = "workspace id")),
     request_body = WorkspacePatch,
-    responses((status = 200, body = Workspace), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+    responses((status = 200, body = WorkspaceView), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 async fn update_workspace(
     State(s): S,
     InWorkspace(id, _): InWorkspace<Admin>,
     ApiJson(p): ApiJson<WorkspacePatch>,
-) -> ApiResult<axum::Json<Workspace>> {
-    Ok(axum::Json(s.registry.update_workspace(id, p).await?))
+) -> ApiResult<axum::Json<WorkspaceView>> {
+    Ok(axum::Json(s.registry.update_workspace(id, p).await?.into()))
 }
 
 /// Delete a workspace
@@ -182,12 +183,12 @@ pub struct ListFleets {
 /// (case-insensitive substring); pass `next_cursor` as `cursor` for the next page. Any
 /// authenticated caller may list. Errors: 400 `invalid_cursor`, 400 `invalid_limit`.
 #[utoipa::path(get, path = "/fleets", tag = "fleets", params(ListFleets),
-    responses((status = 200, body = Page<Fleet>)))]
+    responses((status = 200, body = Page<FleetView>)))]
 async fn list_fleets(
     State(s): S,
     caller: Caller,
     ApiQuery(q): ApiQuery<ListFleets>,
-) -> ApiResult<axum::Json<Page<Fleet>>> {
+) -> ApiResult<axum::Json<Page<FleetView>>> {
     let who = caller.filters();
     let p = s.registry.list_fleets_where(
         q.workspace_id,
@@ -196,7 +197,7 @@ async fn list_fleets(
         page_limit(q.limit)?,
         |f| who.sees_fleet(f.workspace_id, f.id),
     )?;
-    Ok(axum::Json(page(p, |f| f)))
+    Ok(axum::Json(page(p, FleetView::from)))
 }
 
 /// Create a fleet
@@ -206,16 +207,16 @@ async fn list_fleets(
 /// on the whole workspace. Errors: 409 `name_taken`, 422 `invalid_field` (for instance
 /// `workspace_id` naming no workspace, or a bad name or description).
 #[utoipa::path(post, path = "/fleets", tag = "fleets", request_body = NewFleet,
-    responses((status = 201, body = Fleet), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
+    responses((status = 201, body = FleetView), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
 async fn create_fleet(
     State(s): S,
     caller: Caller,
     ApiJson(body): ApiJson<NewFleet>,
-) -> ApiResult<(StatusCode, axum::Json<Fleet>)> {
+) -> ApiResult<(StatusCode, axum::Json<FleetView>)> {
     caller.require(Action::Workspace(body.workspace_id, Role::Admin))?;
     Ok((
         StatusCode::CREATED,
-        axum::Json(s.registry.create_fleet(body).await?),
+        axum::Json(s.registry.create_fleet(body).await?.into()),
     ))
 }
 
@@ -224,9 +225,12 @@ async fn create_fleet(
 /// Returns one fleet. Needs the viewer role on the fleet; a caller who cannot see it gets 404
 /// `not_found`.
 #[utoipa::path(get, path = "/fleets/{id}", tag = "fleets", params(("id" = String, Path, description = "fleet id")),
-    responses((status = 200, body = Fleet), (status = 404, body = ErrorBody)))]
-async fn get_fleet(State(s): S, On(id, _): On<FleetObj, Viewer>) -> ApiResult<axum::Json<Fleet>> {
-    Ok(axum::Json(s.registry.fleet(id)?))
+    responses((status = 200, body = FleetView), (status = 404, body = ErrorBody)))]
+async fn get_fleet(
+    State(s): S,
+    On(id, _): On<FleetObj, Viewer>,
+) -> ApiResult<axum::Json<FleetView>> {
+    Ok(axum::Json(s.registry.fleet(id)?.into()))
 }
 
 /// Update a fleet
@@ -236,13 +240,13 @@ async fn get_fleet(State(s): S, On(id, _): On<FleetObj, Viewer>) -> ApiResult<ax
 /// when another fleet of the workspace has the name, 422 `invalid_field` for a bad name or
 /// description.
 #[utoipa::path(patch, path = "/fleets/{id}", tag = "fleets", params(("id" = String, Path, description = "fleet id")),
-    request_body = FleetPatch, responses((status = 200, body = Fleet), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+    request_body = FleetPatch, responses((status = 200, body = FleetView), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 async fn update_fleet(
     State(s): S,
     FleetSettings(id): FleetSettings,
     ApiJson(p): ApiJson<FleetPatch>,
-) -> ApiResult<axum::Json<Fleet>> {
-    Ok(axum::Json(s.registry.update_fleet(id, p).await?))
+) -> ApiResult<axum::Json<FleetView>> {
+    Ok(axum::Json(s.registry.update_fleet(id, p).await?.into()))
 }
 
 /// Delete a fleet

@@ -16,7 +16,8 @@ use super::output;
 use super::resolve::{Kind, Names, resolve};
 use crate::api::{LatestValues, Page, TelemetryPage};
 use crate::devices::registry::DeviceView;
-use crate::model::{Fleet, Millis, Workspace};
+use crate::devices::views::{FleetView as Fleet, WorkspaceView as Workspace};
+use crate::model::Millis;
 
 #[derive(Args)]
 pub struct ListArgs {

@@ -10,7 +10,7 @@ use super::client::ApiClient;
 use super::output;
 use super::resolve::{Kind, Names, resolve, resolve_opt};
 use crate::api::Page;
-use crate::model::Condition;
+use crate::conditions::ConditionView as Condition;
 
 #[derive(Subcommand)]
 pub enum ConditionCmd {

@@ -10,6 +10,7 @@ pub mod provisioning;
 pub mod registry;
 pub mod rpc;
 pub mod sessions;
+pub mod views;
 
 pub use presence::Presence;
 pub use registry::Registry;

@@ -47,21 +47,9 @@ async fn device(t: &TestApp, fleet_id: &str, name: &str, creds: Value) -> Value 
         .expect("device")
 }
 
-/// Sends a raw request and returns (status, body).
+/// A request as the admin: (status, body), through the harness's one raw client.
 async fn call(t: &TestApp, method: &str, path: &str, body: Value) -> (u16, Value) {
-    let c = reqwest::Client::new();
-    let r = c
-        .request(
-            method.parse().expect("method"),
-            format!("{}/api/v1{path}", t.http_base()),
-        )
-        .bearer_auth(&t.admin_key)
-        .json(&body)
-        .send()
-        .await
-        .expect("send");
-    let status = r.status().as_u16();
-    (status, r.json().await.unwrap_or(Value::Null))
+    common::call(&t.http_base(), &t.admin_key, method, path, Some(body)).await
 }
 
 fn self_signed(cn: &str, days: i64) -> (String, String) {

@@ -15,19 +15,9 @@ use rumqttc::v5::mqttbytes::QoS as V5QoS;
 use rumqttc::v5::mqttbytes::v5::Packet as V5Packet;
 use serde_json::{Value, json};
 
+/// A request with a key: (status, body), through the harness's one raw client.
 async fn call(base: &str, key: &str, method: &str, path: &str, body: Value) -> (u16, Value) {
-    let r = reqwest::Client::new()
-        .request(
-            method.parse().expect("method"),
-            format!("{base}/api/v1{path}"),
-        )
-        .bearer_auth(key)
-        .json(&body)
-        .send()
-        .await
-        .expect("send");
-    let s = r.status().as_u16();
-    (s, r.json().await.unwrap_or(Value::Null))
+    common::call(base, key, method, path, Some(body)).await
 }
 
 /// Waits for the next RPC request publish; returns (request id, body).
