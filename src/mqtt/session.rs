@@ -484,19 +484,29 @@ async fn handle_publish(
     };
     // Messages that store something count against the device's rate, as ThingsBoard counts
     // them; requests and replies do not. `reply_to` is the response topic of a request.
-    let rated = |kind| rated_parse(d, s, v5, kind, &reject);
     let (parsed, reply_to) = match topic {
-        DeviceTopic::Telemetry => (
-            rated(Kind::Telemetry {
+        DeviceTopic::Telemetry => {
+            let kind = Kind::Telemetry {
                 tag: crate::model::DEFAULT_TAG.to_string(),
-            })(payload)
-            .await,
+            };
+            (rated_parse(d, s, v5, kind, payload, &reject).await, None)
+        }
+        DeviceTopic::TaggedTelemetry(tag) => (
+            rated_parse(d, s, v5, Kind::Telemetry { tag }, payload, &reject).await,
             None,
         ),
-        DeviceTopic::TaggedTelemetry(tag) => (rated(Kind::Telemetry { tag })(payload).await, None),
-        DeviceTopic::Attributes => (rated(Kind::Attributes)(payload).await, None),
-        DeviceTopic::Conditions => (rated(Kind::Conditions)(payload).await, None),
-        DeviceTopic::Claim => (rated(Kind::Claim)(payload).await, None),
+        DeviceTopic::Attributes => (
+            rated_parse(d, s, v5, Kind::Attributes, payload, &reject).await,
+            None,
+        ),
+        DeviceTopic::Conditions => (
+            rated_parse(d, s, v5, Kind::Conditions, payload, &reject).await,
+            None,
+        ),
+        DeviceTopic::Claim => (
+            rated_parse(d, s, v5, Kind::Claim, payload, &reject).await,
+            None,
+        ),
         DeviceTopic::AttributeRequest(id) => (
             Ok(Message::AttributeRequest(
                 protocol::parse_attribute_request(&payload),
@@ -573,28 +583,23 @@ fn refused(d: &DeviceCtx, e: Refusal, reject: &impl Fn(&'static str)) -> Outcome
 /// Takes one message from the device's rate (before parsing, so that a flood costs as little
 /// as possible), parses the payload and drops it, then waits out any backpressure. The error
 /// is the answer to give: over the rate, or a bad payload.
-fn rated_parse<'a>(
-    d: &'a DeviceCtx,
-    s: &'a DeviceSession,
+async fn rated_parse(
+    d: &DeviceCtx,
+    s: &DeviceSession,
     v5: bool,
     kind: Kind,
-    reject: &'a impl Fn(&'static str),
-) -> impl FnOnce(
-    Bytes,
-) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<Message, Outcome>> + 'a>> {
-    move |payload| {
-        Box::pin(async move {
-            let wait = d
-                .rate(&s.services, v5)
-                .inspect_err(|_| reject("rate_exceeded"))?;
-            let parsed = kind.parse(&payload);
-            drop(payload);
-            if let Some(w) = wait.filter(|w| !w.is_zero()) {
-                ntex_util::time::sleep(w).await;
-            }
-            parsed.map_err(|e| refused(d, e, reject))
-        })
+    payload: Bytes,
+    reject: &impl Fn(&'static str),
+) -> Result<Message, Outcome> {
+    let wait = d
+        .rate(&s.services, v5)
+        .inspect_err(|_| reject("rate_exceeded"))?;
+    let parsed = kind.parse(&payload);
+    drop(payload);
+    if let Some(w) = wait.filter(|w| !w.is_zero()) {
+        ntex_util::time::sleep(w).await;
     }
+    parsed.map_err(|e| refused(d, e, reject))
 }
 
 pub async fn publish_v3(s: &v3::Session<DeviceSession>, p: v3::Publish) -> Result<(), MqttErr> {
