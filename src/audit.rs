@@ -14,7 +14,7 @@ use utoipa::{IntoParams, ToSchema};
 use crate::limits::KeyedLimiter;
 use crate::metrics::{KindLabel, Metrics};
 use crate::model::{AuditEvent, AuditId, AuditKind, CredentialId, DeviceId, FleetId, now_ms};
-use crate::store::{Page, Store, StoreError};
+use crate::store::{Cursor, Page, Store, StoreError};
 
 tokio::task_local! {
     /// The operator on whose behalf the current API request runs, set by the HTTP layer, so
@@ -196,7 +196,7 @@ impl AuditLog {
     pub fn list(
         &self,
         f: &AuditFilter,
-        before: Option<AuditId>,
+        before: Option<&Cursor>,
         limit: usize,
     ) -> Result<Page<AuditEvent>, crate::error::Error> {
         self.list_where(f, before, limit, |_| true)
@@ -206,7 +206,7 @@ impl AuditLog {
     pub fn list_where(
         &self,
         f: &AuditFilter,
-        before: Option<AuditId>,
+        before: Option<&Cursor>,
         limit: usize,
         visible: impl Fn(&AuditEvent) -> bool,
     ) -> Result<Page<AuditEvent>, crate::error::Error> {

@@ -195,7 +195,8 @@ pub struct ConditionQuery {
     /// Only these severities (all when empty).
     pub severities: Vec<Severity>,
     pub name: Option<String>,
-    pub before: Option<ConditionId>,
+    /// Where the previous page ended.
+    pub before: Option<crate::store::Cursor>,
 }
 
 pub struct ConditionService {
@@ -389,11 +390,11 @@ impl ConditionService {
         q: &ConditionQuery,
         limit: usize,
         visible: &dyn Fn(&Condition) -> bool,
-    ) -> Result<(Vec<Condition>, Option<ConditionId>)> {
+    ) -> Result<(Vec<Condition>, Option<crate::store::Cursor>)> {
         let scan = ConditionScan {
             device: q.device,
             open_only: q.open == Some(true),
-            before: q.before,
+            before: q.before.clone(),
         };
         let mut seen = HashMap::new();
         let mut keep = |c: &mut Condition| {

@@ -84,12 +84,22 @@ pub enum Error {
         retry_after_secs: u32,
     },
     #[error(transparent)]
-    Store(#[from] StoreError),
+    Store(StoreError),
     #[error("{0}")]
     Internal(String),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl From<StoreError> for Error {
+    fn from(e: StoreError) -> Self {
+        match e {
+            // The store read a cursor it did not hand out: the client's mistake, not the store's.
+            StoreError::BadCursor => Error::BadCursor,
+            e => Error::Store(e),
+        }
+    }
+}
 
 impl Error {
     /// A wrong field of a request.
@@ -213,6 +223,11 @@ mod tests {
                 StoreError::Closed.into(),
                 ErrorKind::Unavailable,
                 "unavailable",
+            ),
+            (
+                StoreError::BadCursor.into(),
+                ErrorKind::Invalid,
+                "invalid_cursor",
             ),
             (
                 StoreError::Corrupt {

@@ -1036,12 +1036,35 @@ pub enum Scope {
     Server,
 }
 
+/// Where a listing goes on: handed out with a page, given back for the next one. Opaque to
+/// clients and to the services alike: only the storage engine that made it reads it, so an
+/// engine may page by whatever its order is (an id here, a time and an id elsewhere).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Cursor(String);
+
+impl Cursor {
+    /// A cursor as a client gave it back (checked by the engine when used).
+    pub fn new(s: impl Into<String>) -> Self {
+        Self(s.into())
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for Cursor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
 /// One page of a listing, in creation order.
 #[derive(Debug, Clone)]
 pub struct Page<T> {
     pub items: Vec<T>,
-    /// Id of the last item when more may follow.
-    pub next_cursor: Option<String>,
+    /// Where the next page starts, when more may follow.
+    pub next_cursor: Option<Cursor>,
 }
 
 /// A raw range query over one tag of one device.

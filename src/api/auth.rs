@@ -590,14 +590,16 @@ async fn overview(State(s): S, caller: Caller) -> ApiResult<Json<Overview>> {
             let mut after = None;
             let (mut total, mut online) = (0u64, 0u64);
             loop {
-                let page = s2.registry.list_devices(&Default::default(), after, 1000)?;
+                let page = s2
+                    .registry
+                    .list_devices(&Default::default(), after.as_ref(), 1000)?;
                 for d in &page.items {
                     if p2.admin || p2.sees_fleet(d.workspace_id, d.fleet_id) {
                         total += 1;
                         online += u64::from(d.status == DeviceStatus::Online);
                     }
                 }
-                match page.next_cursor.and_then(|c| c.parse().ok()) {
+                match page.next_cursor {
                     Some(c) => after = Some(c),
                     None => break,
                 }

@@ -12,12 +12,12 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 
 use super::authz::{Caller, Condition as ConditionObj, Device, On, Operator, Viewer};
 use super::error::{ApiError, ApiQuery, ErrorBody};
-use super::registry::{Page, cursor};
+use super::registry::Page;
 use super::{ApiResult, page_limit};
 use crate::auth::Principal;
 use crate::conditions::ConditionQuery;
 use crate::conditions::ConditionView;
-use crate::model::{DeviceId, FleetId, Severity, WorkspaceId};
+use crate::model::{Cursor, DeviceId, FleetId, Severity, WorkspaceId};
 use crate::services::Services;
 
 type S = State<Arc<Services>>;
@@ -83,7 +83,7 @@ impl ListConditions {
             open,
             severities,
             name: self.name.clone(),
-            before: cursor(self.cursor.as_deref())?,
+            before: self.cursor.clone().map(Cursor::new),
         })
     }
 }

@@ -13,7 +13,7 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 
 use super::authz::{Caller, Device, Fleet, FleetSettings, On, Operator, Viewer};
 use super::error::{ApiJson, ApiPath, ApiQuery, ErrorBody};
-use super::registry::{Page, cursor, page};
+use super::registry::{Page, page};
 use super::{ApiResult, page_limit};
 use crate::audit::AuditFilter;
 use crate::devices::credentials::{
@@ -21,7 +21,7 @@ use crate::devices::credentials::{
 };
 use crate::devices::provisioning::{ProvisioningSecret, ProvisioningSettings};
 use crate::model::{
-    AuditEvent, CredentialId, DeviceId, FleetCa, FleetCaId, FleetId, ProvisioningView,
+    AuditEvent, CredentialId, Cursor, DeviceId, FleetCa, FleetCaId, FleetId, ProvisioningView,
 };
 use crate::services::Services;
 
@@ -348,7 +348,7 @@ async fn list_audit(
     };
     let p = s.audit.list_where(
         &f,
-        cursor(q.cursor.as_deref())?,
+        q.cursor.map(Cursor::new).as_ref(),
         page_limit(q.limit)?,
         admin_of,
     )?;

@@ -12,7 +12,7 @@ use super::authz::{
     Action, Admin, Caller, DeleteWorkspace, Device, Fleet as FleetObj, FleetSettings, InWorkspace,
     On, Operator, SeesWorkspace, ServerAdmin, Viewer,
 };
-use super::error::{ApiError, ApiJson, ApiQuery, ErrorBody};
+use super::error::{ApiJson, ApiQuery, ErrorBody};
 use super::{ApiResult, page_limit};
 use crate::devices::credentials::IssuedCredential;
 use crate::devices::registry::{
@@ -20,7 +20,7 @@ use crate::devices::registry::{
     NewWorkspace, WorkspacePatch,
 };
 use crate::devices::views::{FleetView, WorkspaceView};
-use crate::model::{ConnectionEvent, FleetId, Role, WorkspaceId};
+use crate::model::{ConnectionEvent, Cursor, FleetId, Role, WorkspaceId};
 use crate::services::Services;
 
 type S = State<Arc<Services>>;
@@ -48,17 +48,8 @@ pub struct Page<T> {
 pub(super) fn page<T, U>(p: crate::model::Page<T>, f: impl Fn(T) -> U) -> Page<U> {
     Page {
         items: p.items.into_iter().map(f).collect(),
-        next_cursor: p.next_cursor,
+        next_cursor: p.next_cursor.map(|c| c.to_string()),
     }
-}
-
-pub(super) fn cursor<T: std::str::FromStr>(c: Option<&str>) -> Result<Option<T>, ApiError> {
-    c.map(|c| {
-        c.parse().map_err(|_| {
-            ApiError::bad_request("invalid_cursor", "cursor is not one this API returned")
-        })
-    })
-    .transpose()
 }
 
 #[derive(Deserialize, IntoParams)]
@@ -90,7 +81,7 @@ async fn list_workspaces(
     let who = caller.filters();
     let p = s.registry.list_workspaces_where(
         q.name.as_deref(),
-        cursor(q.cursor.as_deref())?,
+        q.cursor.map(Cursor::new).as_ref(),
         page_limit(q.limit)?,
         |w| who.sees_workspace(w.id),
     )?;
@@ -193,7 +184,7 @@ async fn list_fleets(
     let p = s.registry.list_fleets_where(
         q.workspace_id,
         q.name.as_deref(),
-        cursor(q.cursor.as_deref())?,
+        q.cursor.map(Cursor::new).as_ref(),
         page_limit(q.limit)?,
         |f| who.sees_fleet(f.workspace_id, f.id),
     )?;
@@ -302,7 +293,7 @@ async fn list_devices(
     };
     let p = s.registry.list_devices_where(
         &filter,
-        cursor(q.cursor.as_deref())?,
+        q.cursor.map(Cursor::new).as_ref(),
         page_limit(q.limit)?,
         |d| who.sees_fleet(d.workspace_id, d.fleet_id),
     )?;

@@ -56,7 +56,7 @@ pub fn sweep(store: &Store, registry: &Registry, default_days: u32) -> Result<Sw
     let mut report = SweepReport::default();
     let mut after = None;
     loop {
-        let page = registry.list_workspaces(None, after, 1000)?;
+        let page = registry.list_workspaces(None, after.as_ref(), 1000)?;
         for ws in &page.items {
             let days = ws.retention_days.unwrap_or(default_days);
             if days == 0 {
@@ -77,7 +77,7 @@ pub fn sweep(store: &Store, registry: &Registry, default_days: u32) -> Result<Sw
                 }
             }
         }
-        match page.next_cursor.and_then(|c| c.parse().ok()) {
+        match page.next_cursor {
             Some(c) => after = Some(c),
             None => break,
         }

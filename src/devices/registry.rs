@@ -16,7 +16,7 @@ use crate::model::{
     WorkspaceId, now_ms,
 };
 pub use crate::secrets::secret_hash;
-use crate::store::{DeviceClash, NameClash, Page, Store};
+use crate::store::{Cursor, DeviceClash, NameClash, Page, Store};
 
 type Result<T> = std::result::Result<T, Error>;
 
@@ -249,7 +249,7 @@ impl Registry {
     pub fn list_workspaces(
         &self,
         name: Option<&str>,
-        after: Option<WorkspaceId>,
+        after: Option<&Cursor>,
         limit: usize,
     ) -> Result<Page<Workspace>> {
         self.list_workspaces_where(name, after, limit, |_| true)
@@ -259,7 +259,7 @@ impl Registry {
     pub fn list_workspaces_where(
         &self,
         name: Option<&str>,
-        after: Option<WorkspaceId>,
+        after: Option<&Cursor>,
         limit: usize,
         visible: impl Fn(&Workspace) -> bool,
     ) -> Result<Page<Workspace>> {
@@ -332,7 +332,7 @@ impl Registry {
         &self,
         workspace: Option<WorkspaceId>,
         name: Option<&str>,
-        after: Option<FleetId>,
+        after: Option<&Cursor>,
         limit: usize,
     ) -> Result<Page<Fleet>> {
         self.list_fleets_where(workspace, name, after, limit, |_| true)
@@ -343,7 +343,7 @@ impl Registry {
         &self,
         workspace: Option<WorkspaceId>,
         name: Option<&str>,
-        after: Option<FleetId>,
+        after: Option<&Cursor>,
         limit: usize,
         visible: impl Fn(&Fleet) -> bool,
     ) -> Result<Page<Fleet>> {
@@ -468,7 +468,7 @@ impl Registry {
     pub fn list_devices(
         &self,
         f: &DeviceFilter,
-        after: Option<DeviceId>,
+        after: Option<&Cursor>,
         limit: usize,
     ) -> Result<Page<DeviceView>> {
         self.list_devices_where(f, after, limit, |_| true)
@@ -478,7 +478,7 @@ impl Registry {
     pub fn list_devices_where(
         &self,
         f: &DeviceFilter,
-        after: Option<DeviceId>,
+        after: Option<&Cursor>,
         limit: usize,
         visible: impl Fn(&Device) -> bool,
     ) -> Result<Page<DeviceView>> {
@@ -501,14 +501,14 @@ impl Registry {
         let mut out = Vec::new();
         let mut after = None;
         loop {
-            let page = self.list_devices(f, after, 1000)?;
+            let page = self.list_devices(f, after.as_ref(), 1000)?;
             out.extend(
                 page.items
                     .iter()
                     .filter(|d| d.enabled || !only_enabled)
                     .map(|d| d.id),
             );
-            match page.next_cursor.and_then(|c| c.parse().ok()) {
+            match page.next_cursor {
                 Some(c) => after = Some(c),
                 None => return Ok(out),
             }
@@ -799,14 +799,14 @@ mod tests {
             )
             .expect("list");
         assert_eq!(page.items.len(), 1);
-        let next: DeviceId = page.next_cursor.expect("more").parse().expect("id");
+        let next = page.next_cursor.expect("more");
         let page2 = r
             .list_devices(
                 &DeviceFilter {
                     fleet_id: Some(fleet.id),
                     ..Default::default()
                 },
-                Some(next),
+                Some(&next),
                 1,
             )
             .expect("list");

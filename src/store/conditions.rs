@@ -13,12 +13,12 @@ use crate::model::{Condition, ConditionId, DeviceId};
 pub const CLOSED_CONDITIONS_KEPT: usize = 200;
 
 /// Which conditions a listing walks.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct ConditionScan {
     pub device: Option<DeviceId>,
     pub open_only: bool,
-    /// Only conditions opened before this one (the cursor of the previous page).
-    pub before: Option<ConditionId>,
+    /// Where the previous page ended: only conditions opened before it.
+    pub before: Option<super::Cursor>,
 }
 
 impl Db {
@@ -70,7 +70,8 @@ impl Db {
         scan: ConditionScan,
         limit: usize,
         keep: &mut dyn FnMut(&mut Condition) -> bool,
-    ) -> Result<(Vec<Condition>, Option<ConditionId>)> {
+    ) -> Result<(Vec<Condition>, Option<super::Cursor>)> {
+        let before: Option<ConditionId> = super::cursor_id(scan.before.as_ref())?;
         let t = self.trees();
         let ids: Box<dyn Iterator<Item = Result<ConditionId>>> = match (scan.device, scan.open_only)
         {
@@ -89,7 +90,7 @@ impl Db {
                 v.sort_unstable_by(|a, b| b.cmp(a));
                 Box::new(v.into_iter().map(Ok))
             }
-            (None, false) => match scan.before {
+            (None, false) => match before {
                 Some(b) => Box::new(ids_in_keys(
                     t.conditions.range(..b.as_bytes().to_vec()).rev(),
                     0,
@@ -100,7 +101,7 @@ impl Db {
         let mut out = Vec::new();
         for id in ids {
             let id = id?;
-            if scan.before.is_some_and(|b| id >= b) {
+            if before.is_some_and(|b| id >= b) {
                 continue;
             }
             let Some(mut c) = self.get_condition(id)? else {
@@ -113,7 +114,7 @@ impl Db {
                 continue;
             }
             if out.len() == limit {
-                let last = out.last().map(|c: &Condition| c.id);
+                let last = out.last().map(|c: &Condition| super::id_cursor(c.id));
                 return Ok((out, last));
             }
             out.push(c);

@@ -296,10 +296,11 @@ impl Db {
     /// Audit records newest first, strictly older than `before`, matching `pred`.
     pub fn list_audit(
         &self,
-        before: Option<AuditId>,
+        before: Option<&super::Cursor>,
         limit: usize,
         pred: impl Fn(&AuditEvent) -> bool,
     ) -> Result<super::Page<AuditEvent>> {
+        let before: Option<AuditId> = super::cursor_id(before)?;
         let t = &self.trees().audit;
         let iter = match before {
             Some(b) => t.range(..b.as_bytes().to_vec()),
@@ -310,7 +311,7 @@ impl Db {
             let ev: AuditEvent = decode_json("audit", &kv?.1)?;
             if pred(&ev) {
                 if items.len() == limit {
-                    let next = items.last().map(|e| e.id.to_string());
+                    let next = items.last().map(|e| super::id_cursor(e.id));
                     return Ok(super::Page {
                         items,
                         next_cursor: next,
@@ -436,8 +437,14 @@ mod tests {
         }
         let p = s.list_audit(None, 2, |_| true).expect("list");
         assert_eq!(p.items.iter().map(|e| e.ts).collect::<Vec<_>>(), [4, 3]);
-        let before = p.next_cursor.expect("more").parse().expect("id");
-        let p = s.list_audit(Some(before), 10, |_| true).expect("list");
+        let before = p.next_cursor.expect("more");
+        let p = s.list_audit(Some(&before), 10, |_| true).expect("list");
+        assert_eq!(p.items.iter().map(|e| e.ts).collect::<Vec<_>>(), [2, 1, 0]);
+        // A cursor this store did not hand out is refused, not read as "from the start".
+        assert!(matches!(
+            s.list_audit(Some(&super::super::Cursor::new("not-an-id")), 10, |_| true),
+            Err(super::super::StoreError::BadCursor)
+        ));
         assert_eq!(p.items.iter().map(|e| e.ts).collect::<Vec<_>>(), [2, 1, 0]);
         assert_eq!(s.trim_audit(3).expect("trim"), 2);
         let p = s.list_audit(None, 10, |_| true).expect("list");

@@ -26,7 +26,7 @@ use sled::Transactional;
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use crate::model::{Page, RawPage, RawQuery, Scope};
+pub use crate::model::{Cursor, Page, RawPage, RawQuery, Scope};
 pub use conditions::{CLOSED_CONDITIONS_KEPT, ConditionScan};
 pub use credentials::{CredentialClash, CredentialKey};
 pub use integrations::{DeadLetter, Enqueue, Moved, QueueEntry, QueueStats};
@@ -90,6 +90,9 @@ pub enum StoreError {
     Flush(String),
     #[error("the store is shutting down")]
     Closed,
+    /// A cursor this store did not hand out.
+    #[error("cursor is not one this API returned")]
+    BadCursor,
     /// Aborts a transaction whose unique value is taken; mapped back to a result by the caller.
     #[error("a unique value is already taken")]
     Clash(registry::DeviceClash),
@@ -228,6 +231,17 @@ impl Default for StoreOptions {
             accept_data_loss: false,
         }
     }
+}
+
+/// The id a cursor of this store names (its cursors are ids in their text form).
+pub(crate) fn cursor_id<T: std::str::FromStr>(c: Option<&Cursor>) -> Result<Option<T>> {
+    c.map(|c| c.as_str().parse().map_err(|_| StoreError::BadCursor))
+        .transpose()
+}
+
+/// The cursor that names `id`.
+pub(crate) fn id_cursor(id: impl std::fmt::Display) -> Cursor {
+    Cursor::new(id.to_string())
 }
 
 impl Store {

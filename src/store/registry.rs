@@ -6,7 +6,7 @@ use sled::transaction::{ConflictableTransactionError, TransactionError, Transact
 
 use super::codec::{concat, decode_json, encode_json};
 use super::credentials::{insert_credentials, remove_credentials};
-use super::{Db, Page, Result, StoreError};
+use super::{Cursor, Db, Page, Result, StoreError, cursor_id, id_cursor};
 use crate::model::{
     ApiKey, ApiKeyId, Credential, Device, DeviceId, Fleet, FleetId, Workspace, WorkspaceId,
 };
@@ -63,17 +63,18 @@ impl Db {
 
     pub fn list_workspaces(
         &self,
-        after: Option<WorkspaceId>,
+        after: Option<&Cursor>,
         limit: usize,
         pred: impl Fn(&Workspace) -> bool,
     ) -> Result<Page<Workspace>> {
+        let after: Option<WorkspaceId> = cursor_id(after)?;
         scan(
             &self.trees().workspaces,
             "workspaces",
             after.map(|a| a.as_bytes().to_vec()),
             limit,
             pred,
-            |w| w.id.to_string(),
+            |w| id_cursor(w.id),
         )
     }
 
@@ -125,17 +126,18 @@ impl Db {
 
     pub fn list_fleets(
         &self,
-        after: Option<FleetId>,
+        after: Option<&Cursor>,
         limit: usize,
         pred: impl Fn(&Fleet) -> bool,
     ) -> Result<Page<Fleet>> {
+        let after: Option<FleetId> = cursor_id(after)?;
         scan(
             &self.trees().fleets,
             "fleets",
             after.map(|a| a.as_bytes().to_vec()),
             limit,
             pred,
-            |f| f.id.to_string(),
+            |f| id_cursor(f.id),
         )
     }
 
@@ -272,10 +274,11 @@ impl Db {
     pub fn list_devices(
         &self,
         fleet: Option<FleetId>,
-        after: Option<DeviceId>,
+        after: Option<&Cursor>,
         limit: usize,
         pred: impl Fn(&Device) -> bool,
     ) -> Result<Page<Device>> {
+        let after: Option<DeviceId> = cursor_id(after)?;
         let t = self.trees();
         let Some(fleet) = fleet else {
             return scan(
@@ -284,7 +287,7 @@ impl Db {
                 after.map(|a| a.as_bytes().to_vec()),
                 limit,
                 pred,
-                |d| d.id.to_string(),
+                |d| id_cursor(d.id),
             );
         };
         // Walk the fleet's membership index instead of every device.
@@ -306,7 +309,7 @@ impl Db {
                 && pred(&d)
             {
                 if items.len() == limit {
-                    let next = items.last().map(|d: &Device| d.id.to_string());
+                    let next = items.last().map(|d: &Device| id_cursor(d.id));
                     return Ok(Page {
                         items,
                         next_cursor: next,
@@ -426,7 +429,7 @@ fn scan<T: serde::de::DeserializeOwned>(
     after: Option<Vec<u8>>,
     limit: usize,
     pred: impl Fn(&T) -> bool,
-    cursor_of: impl Fn(&T) -> String,
+    cursor_of: impl Fn(&T) -> Cursor,
 ) -> Result<Page<T>> {
     let iter = match after {
         Some(mut a) => {
