@@ -728,15 +728,11 @@ impl IntegrationService {
         limit: usize,
     ) -> Result<DeadLetterPage> {
         self.record(id)?;
-        let after = match cursor {
-            Some(c) => Some(c.parse::<u64>().map_err(|_| Error::BadCursor)?),
-            None => None,
-        };
-        let letters = self.store.dead_letters(id, after, limit + 1)?;
-        let more = letters.len() > limit;
-        let items: Vec<DeadLetterView> = letters
+        let cursor = cursor.map(crate::store::Cursor::new);
+        let page = self.store.dead_letters(id, cursor.as_ref(), limit)?;
+        let items = page
+            .items
             .into_iter()
-            .take(limit)
             .map(|d| DeadLetterView {
                 id: d.entry.key,
                 seq: d.entry.seq,
@@ -746,10 +742,10 @@ impl IntegrationService {
                 event: serde_json::from_slice(&d.entry.event).unwrap_or(Json::Null),
             })
             .collect();
-        let next_cursor = more
-            .then(|| items.last().map(|d| d.seq.to_string()))
-            .flatten();
-        Ok(DeadLetterPage { items, next_cursor })
+        Ok(DeadLetterPage {
+            items,
+            next_cursor: page.next_cursor.map(|c| c.to_string()),
+        })
     }
 
     /// Moves every dead letter back to the tail of the queue (original order, original keys).

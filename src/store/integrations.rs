@@ -492,26 +492,35 @@ impl Db {
         Ok(dropped)
     }
 
-    /// Dead letters of an integration in the order they were queued, after `after` (a seq).
+    /// Dead letters of an integration in the order they were queued, `limit` at a time: the
+    /// page after `after` (a cursor this listing handed out), with the next page's cursor.
     pub fn dead_letters(
         &self,
         id: IntegrationId,
-        after: Option<u64>,
+        after: Option<&super::Cursor>,
         limit: usize,
-    ) -> Result<Vec<DeadLetter>> {
+    ) -> Result<super::Page<DeadLetter>> {
+        let after: Option<u64> = super::cursor_id(after)?;
         let t = self.trees();
         let start = qkey(id, after.map_or(0, |a| a.saturating_add(1)));
         let end = qkey(id, u64::MAX);
-        let mut out = Vec::new();
+        let mut items: Vec<DeadLetter> = Vec::new();
         for kv in t.int_dead.range(&start[..]..=&end[..]) {
             let (k, v) = kv?;
             let Some(seq) = seq_of(&k) else { continue };
-            out.push(decode_dead(seq, &v)?);
-            if out.len() >= limit {
-                break;
+            if items.len() == limit {
+                let next = items.last().map(|d| super::id_cursor(d.entry.seq));
+                return Ok(super::Page {
+                    items,
+                    next_cursor: next,
+                });
             }
+            items.push(decode_dead(seq, &v)?);
         }
-        Ok(out)
+        Ok(super::Page {
+            items,
+            next_cursor: None,
+        })
     }
 
     /// Deletes every dead letter of an integration; returns how many.
@@ -819,9 +828,20 @@ mod tests {
         assert_eq!(s.dead_letter(i.id, &head, "HTTP 400", 10).expect("dead"), 0);
         assert_eq!(stats.depth.load(Ordering::Relaxed), 0);
         assert_eq!(stats.dead.load(Ordering::Relaxed), 2);
-        let dead = s.dead_letters(i.id, None, 10).expect("list");
+        let dead = s.dead_letters(i.id, None, 10).expect("list").items;
         assert_eq!(dead[0].reason, "HTTP 400");
         assert_eq!(dead[1].entry.key, "0000000000000004");
+        // A page at a time, through the cursor the listing hands out; no other cursor.
+        let first = s.dead_letters(i.id, None, 1).expect("list");
+        assert_eq!(first.items.len(), 1);
+        let next = first.next_cursor.expect("more");
+        let second = s.dead_letters(i.id, Some(&next), 1).expect("list");
+        assert_eq!(second.items[0].entry.key, dead[1].entry.key);
+        assert!(second.next_cursor.is_none());
+        assert!(matches!(
+            s.dead_letters(i.id, Some(&super::super::Cursor::new("x")), 1),
+            Err(StoreError::BadCursor)
+        ));
         assert_eq!(s.requeue_dead(i.id).await.expect("requeue").entries, 2);
         let head = s.queue_head(i.id, 10).expect("head");
         assert_eq!(
@@ -833,11 +853,11 @@ mod tests {
         assert_eq!(stats.dead.load(Ordering::Relaxed), 0);
         // The dead-letter store is capped too: the oldest letters go first.
         s.dead_letter(i.id, &head, "HTTP 400", 1).expect("dead");
-        let dead = s.dead_letters(i.id, None, 10).expect("list");
+        let dead = s.dead_letters(i.id, None, 10).expect("list").items;
         assert_eq!(dead.len(), 1);
         assert_eq!(dead[0].entry.key, "0000000000000004");
         s.delete_integration(i.id).await.expect("delete");
         assert!(s.queue_stats(i.id).is_none());
-        assert!(s.dead_letters(i.id, None, 10).expect("list").is_empty());
+        assert!(s.dead_letters(i.id, None, 10).expect("list").items.is_empty());
     }
 }
