@@ -858,6 +858,11 @@ mod tests {
         assert_eq!(dead[0].entry.key, "0000000000000004");
         s.delete_integration(i.id).await.expect("delete");
         assert!(s.queue_stats(i.id).is_none());
-        assert!(s.dead_letters(i.id, None, 10).expect("list").items.is_empty());
+        assert!(
+            s.dead_letters(i.id, None, 10)
+                .expect("list")
+                .items
+                .is_empty()
+        );
     }
 }
