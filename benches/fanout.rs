@@ -37,21 +37,7 @@ async fn main() -> anyhow::Result<()> {
         _dir,
     } = common::start().await?;
     let t = Instant::now();
-    let mut tokens = Vec::with_capacity(n);
-    for i in 0..n {
-        let d: Value = api
-            .post(
-                "/devices",
-                &json!({"fleet_id": fleet["id"], "name": format!("d{i}")}),
-            )
-            .await?;
-        tokens.push(
-            d["credentials"]["token"]
-                .as_str()
-                .unwrap_or_default()
-                .to_string(),
-        );
-    }
+    let tokens = create_devices(&api, &fleet["id"], "d", n).await?;
     let created = t.elapsed();
     let mut ingest_tokens = Vec::new();
     if ingest_devices > 0 {
@@ -61,20 +47,7 @@ async fn main() -> anyhow::Result<()> {
                 &json!({"workspace_id": fleet["workspace_id"], "name": "ingest"}),
             )
             .await?;
-        for i in 0..ingest_devices {
-            let d: Value = api
-                .post(
-                    "/devices",
-                    &json!({"fleet_id": other["id"], "name": format!("ingest{i}")}),
-                )
-                .await?;
-            ingest_tokens.push(
-                d["credentials"]["token"]
-                    .as_str()
-                    .unwrap_or_default()
-                    .to_string(),
-            );
-        }
+        ingest_tokens = create_devices(&api, &other["id"], "ingest", ingest_devices).await?;
     }
     // The devices run in a child process (this executable again): a process may hold 20,000
     // descriptors here, and 10,000 connections need 10,000 on each side.
@@ -174,6 +147,31 @@ async fn main() -> anyhow::Result<()> {
     }
     app.shutdown().await?;
     Ok(())
+}
+
+/// Creates `n` devices named `{prefix}{i}` in a fleet over REST; returns their access tokens.
+async fn create_devices(
+    api: &corral::client::ApiClient,
+    fleet: &Value,
+    prefix: &str,
+    n: usize,
+) -> anyhow::Result<Vec<String>> {
+    let mut tokens = Vec::with_capacity(n);
+    for i in 0..n {
+        let d: Value = api
+            .post(
+                "/devices",
+                &json!({"fleet_id": fleet, "name": format!("{prefix}{i}")}),
+            )
+            .await?;
+        tokens.push(
+            d["credentials"]["token"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string(),
+        );
+    }
+    Ok(tokens)
 }
 
 /// Devices that publish QoS 1 telemetry without pause, each with up to 16 messages in flight,

@@ -5,6 +5,7 @@
 //! device session is here too: the per-address connect rate, provisioning-session detection,
 //! the login, the client-id policy, and the bookkeeping of a session that starts or ends.
 
+use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -30,7 +31,8 @@ use crate::services::Services;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Kind {
     /// Telemetry under a tag (`default` for ThingsBoard's own topic and route).
-    Telemetry { tag: String },
+    /// The tag is borrowed for the default topic: no allocation per message there.
+    Telemetry { tag: Cow<'static, str> },
     /// Client attributes the device reports.
     Attributes,
     /// Conditions the device opens, updates or closes.
@@ -47,7 +49,7 @@ pub enum Kind {
 #[derive(Debug)]
 pub enum Message {
     Telemetry {
-        tag: String,
+        tag: Cow<'static, str>,
         telemetry: Telemetry,
     },
     Attributes(Vec<(String, Value)>),

@@ -247,7 +247,7 @@ async fn store(
     let dev = device(s, token, peer).await?;
     rate(s, &dev)?;
     let kind = Kind::Telemetry {
-        tag: tag.to_string(),
+        tag: tag.to_string().into(),
     };
     match run(s, &dev, kind, body).await {
         Ok(_) => Ok(StatusCode::OK),

@@ -487,12 +487,20 @@ async fn handle_publish(
     let (parsed, reply_to) = match topic {
         DeviceTopic::Telemetry => {
             let kind = Kind::Telemetry {
-                tag: crate::model::DEFAULT_TAG.to_string(),
+                tag: crate::model::DEFAULT_TAG.into(),
             };
             (rated_parse(d, s, v5, kind, payload, &reject).await, None)
         }
         DeviceTopic::TaggedTelemetry(tag) => (
-            rated_parse(d, s, v5, Kind::Telemetry { tag }, payload, &reject).await,
+            rated_parse(
+                d,
+                s,
+                v5,
+                Kind::Telemetry { tag: tag.into() },
+                payload,
+                &reject,
+            )
+            .await,
             None,
         ),
         DeviceTopic::Attributes => (
