@@ -144,8 +144,7 @@ async fn main() -> anyhow::Result<()> {
                 )
             })
             .collect();
-        app.services
-            .store
+        app.store()
             .append_points(
                 corral::store::PointsOp {
                     device: id,
@@ -156,7 +155,7 @@ async fn main() -> anyhow::Result<()> {
             )
             .await?;
     }
-    app.services.store.commit().await?;
+    app.store().commit().await?;
     let path = format!("/devices/{id}/telemetry/aggregate");
     let q = [
         ("interval", "1h".to_string()),

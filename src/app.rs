@@ -111,6 +111,8 @@ pub struct App {
     /// While no user exists: the one-time token of the first-run setup link (shown once).
     pub setup_token: Option<String>,
     pub pki_init: PkiInit,
+    /// The storage engine: the services see only its ports; the app opens and closes it.
+    store: Store,
     ready: Arc<Readiness>,
     mqtt: MqttServerHandle,
     /// HTTP listeners and periodic work, all ending when `shutdown` flips.
@@ -191,7 +193,7 @@ impl App {
         let metrics = Arc::new(Metrics::new());
         let (store, pki, pki_init) = open_state(&config, metrics.clone()).await?;
         let admin_key = config.admin_key_secret().map_err(anyhow::Error::msg)?;
-        let services = Arc::new(Services::new(config, store, pki, metrics));
+        let services = Arc::new(Services::new(config, store.ports(), pki, metrics));
         let bootstrap = services.auth.bootstrap(admin_key.as_deref()).await?;
         let setup_token = services.auth.issue_setup_token()?;
         // The device listener's trust (revocation list, manufacturer CAs) before it accepts.
@@ -265,11 +267,18 @@ impl App {
             bootstrap,
             setup_token,
             pki_init,
+            store,
             ready,
             mqtt,
             tasks,
             shutdown,
         })
+    }
+
+    /// The storage engine itself, for tests and benchmarks that set up data below the
+    /// services (services and transports see only its ports).
+    pub fn store(&self) -> &Store {
+        &self.store
     }
 
     /// The whole HTTP surface without a socket, for in-process calls (tests).
@@ -288,8 +297,8 @@ impl App {
             let _ = t.await;
         }
         self.services.workers.stop().await;
-        self.services.store.commit().await?;
-        self.services.store.close_clean().await?;
+        self.store.commit().await?;
+        self.store.close_clean().await?;
         Ok(())
     }
 }
@@ -349,7 +358,8 @@ fn start_workers(services: &Arc<Services>) {
         every,
         every,
         move || {
-            crate::data::retention::sweep(&s.store, &s.registry, s.config.retention.default_days)
+            s.data
+                .retention_sweep(&s.registry, s.config.retention.default_days)
                 .map(drop)
                 .map_err(|e| format!("retention sweep failed: {e}"))
         },

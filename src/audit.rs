@@ -14,7 +14,7 @@ use utoipa::{IntoParams, ToSchema};
 use crate::limits::KeyedLimiter;
 use crate::metrics::{KindLabel, Metrics};
 use crate::model::{AuditEvent, AuditId, AuditKind, CredentialId, DeviceId, FleetId, now_ms};
-use crate::store::{Cursor, Page, Store, StoreError};
+use crate::store::ports::{Cursor, OperatorStore, Page, StoreError};
 
 tokio::task_local! {
     /// The operator on whose behalf the current API request runs, set by the HTTP layer, so
@@ -109,7 +109,7 @@ pub struct AuditFilter {
 }
 
 pub struct AuditLog {
-    store: Store,
+    store: Arc<dyn OperatorStore>,
     max_entries: usize,
     appended: AtomicU64,
     /// Records of clients without credentials, per address and kind.
@@ -118,7 +118,7 @@ pub struct AuditLog {
 }
 
 impl AuditLog {
-    pub fn new(store: Store, max_entries: usize) -> Self {
+    pub fn new(store: Arc<dyn OperatorStore>, max_entries: usize) -> Self {
         Self {
             store,
             max_entries,
@@ -182,14 +182,7 @@ impl AuditLog {
         );
         let trim = self.appended.fetch_add(1, Ordering::Relaxed) % TRIM_EVERY == TRIM_EVERY - 1;
         let max = self.max_entries;
-        self.store.apply_later(move |db| {
-            if let Err(e) = db.append_audit(&ev) {
-                tracing::error!(error = %e, "cannot write an audit record");
-            }
-            if trim && let Err(e) = db.trim_audit(max) {
-                tracing::warn!(error = %e, "cannot trim the audit log");
-            }
-        });
+        self.store.append_audit_later(ev, trim.then_some(max));
     }
 
     /// Newest first; `before` is the cursor of the previous page.
@@ -210,7 +203,7 @@ impl AuditLog {
         limit: usize,
         visible: impl Fn(&AuditEvent) -> bool,
     ) -> Result<Page<AuditEvent>, crate::error::Error> {
-        Ok(self.store.list_audit(before, limit, |e| {
+        Ok(self.store.list_audit(before, limit, &|e| {
             visible(e)
                 && f.device_id.is_none_or(|d| e.device_id == Some(d))
                 && f.actor.as_deref().is_none_or(|a| e.actor == a)

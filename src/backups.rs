@@ -9,7 +9,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 use crate::services::Services;
-use crate::store::backup::Extra;
+use crate::store::ports::{BackupError, Extra, Manifest};
 
 /// Names of scheduled snapshots: `corral-<UTC time>.backup.tar`, so names sort by time.
 const PREFIX: &str = "corral-";
@@ -22,12 +22,12 @@ pub async fn write(
     s: &Services,
     extras: Vec<Extra>,
     out: impl std::io::Write + Send + 'static,
-) -> Result<crate::store::backup::Manifest, crate::store::backup::BackupError> {
-    s.store.backup(extras, out).await
+) -> Result<Manifest, BackupError> {
+    s.backup.backup(extras, Box::new(out)).await
 }
 
 pub fn extras(s: &Services) -> std::io::Result<Vec<Extra>> {
-    let mut extras = crate::store::backup::data_dir_files(&s.config.data_dir)?;
+    let mut extras = crate::store::ports::data_dir_files(&s.config.data_dir)?;
     extras.push(("corral.toml".into(), s.config.to_masked_toml().into_bytes()));
     Ok(extras)
 }
@@ -61,8 +61,8 @@ pub async fn snapshot(s: &Services, dir: &Path, keep: usize) -> anyhow::Result<P
             let _ = std::fs::remove_file(e.path());
         }
     }
-    let need = s.store.size_on_disk()? + (s.config.store.min_free_mb << 20);
-    let free = crate::store::guard::free_bytes(dir)?;
+    let need = s.backup.size_on_disk()? + (s.config.store.min_free_mb << 20);
+    let free = crate::store::ports::free_bytes(dir)?;
     if free < need {
         anyhow::bail!(
             "not enough free space in {} for a snapshot ({} MiB free; the store takes {} MiB \
@@ -79,8 +79,11 @@ pub async fn snapshot(s: &Services, dir: &Path, keep: usize) -> anyhow::Result<P
     let partial = path.with_extension("partial");
     let file = std::fs::File::create(&partial)?;
     let res = s
-        .store
-        .backup(extras(s)?, std::io::BufWriter::new(file.try_clone()?))
+        .backup
+        .backup(
+            extras(s)?,
+            Box::new(std::io::BufWriter::new(file.try_clone()?)),
+        )
         .await;
     if let Err(e) = res {
         let _ = std::fs::remove_file(&partial);

@@ -19,7 +19,7 @@ use crate::events::{ConditionChange, Event, EventBus};
 use crate::model::{
     Condition, ConditionId, DeviceId, FleetId, Millis, Severity, WorkspaceId, now_ms,
 };
-use crate::store::{ConditionScan, Store};
+use crate::store::ports::{ConditionScan, ConditionStore, Cursor};
 
 type Result<T> = std::result::Result<T, Error>;
 
@@ -196,11 +196,11 @@ pub struct ConditionQuery {
     pub severities: Vec<Severity>,
     pub name: Option<String>,
     /// Where the previous page ended.
-    pub before: Option<crate::store::Cursor>,
+    pub before: Option<Cursor>,
 }
 
 pub struct ConditionService {
-    store: Store,
+    store: std::sync::Arc<dyn ConditionStore>,
     registry: std::sync::Arc<Registry>,
     events: EventBus,
     /// Serializes the read-modify-write of the open index: two sessions of one device (or a
@@ -209,7 +209,11 @@ pub struct ConditionService {
 }
 
 impl ConditionService {
-    pub fn new(store: Store, registry: std::sync::Arc<Registry>, events: EventBus) -> Self {
+    pub fn new(
+        store: std::sync::Arc<dyn ConditionStore>,
+        registry: std::sync::Arc<Registry>,
+        events: EventBus,
+    ) -> Self {
         Self {
             store,
             registry,
@@ -390,7 +394,7 @@ impl ConditionService {
         q: &ConditionQuery,
         limit: usize,
         visible: &dyn Fn(&Condition) -> bool,
-    ) -> Result<(Vec<Condition>, Option<crate::store::Cursor>)> {
+    ) -> Result<(Vec<Condition>, Option<Cursor>)> {
         let scan = ConditionScan {
             device: q.device,
             open_only: q.open == Some(true),

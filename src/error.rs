@@ -5,7 +5,7 @@
 //! Transports map kinds to their own answers: the REST API to HTTP statuses, the device
 //! transports to MQTT reason codes and device-API statuses.
 
-use crate::store::StoreError;
+use crate::store::ports::StoreError;
 
 /// Why a request conflicts with what is stored.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -20,11 +20,12 @@ use crate::jobs::JobService;
 use crate::limits::{ConnectionCap, KeyedLimiter};
 use crate::metrics::Metrics;
 use crate::pki::Pki;
-use crate::store::Store;
+use crate::store::ports::{BackupStore, Ports};
 
 pub struct Services {
     pub config: Config,
-    pub store: Store,
+    /// Online backups of the store (`backups`).
+    pub backup: Arc<dyn BackupStore>,
     pub pki: Arc<Pki>,
     pub registry: Arc<Registry>,
     pub credentials: Arc<CredentialService>,
@@ -51,24 +52,30 @@ pub struct Services {
 }
 
 impl Services {
-    pub fn new(config: Config, store: Store, pki: Pki, metrics: Arc<Metrics>) -> Self {
+    pub fn new(config: Config, ports: Ports, pki: Pki, metrics: Arc<Metrics>) -> Self {
         let presence = Arc::new(Presence::default());
-        let router = Arc::new(Router::new(store.clone()));
+        let router = Arc::new(Router::new(
+            ports.registry.clone(),
+            ports.jobs.clone(),
+            ports.integrations.clone(),
+        ));
         let tap = router.clone();
         let events = EventBus::with_tap(1024, Arc::new(move |e| tap.on_event(e)));
         let pki = Arc::new(pki);
         let sessions = Arc::new(Sessions::default());
         let audit = Arc::new(
-            AuditLog::new(store.clone(), config.audit.max_entries).with_metrics(metrics.clone()),
+            AuditLog::new(ports.operators.clone(), config.audit.max_entries)
+                .with_metrics(metrics.clone()),
         );
         let registry = Arc::new(Registry::new(
-            store.clone(),
+            ports.registry.clone(),
+            ports.identity.clone(),
             presence.clone(),
             sessions.clone(),
             audit.clone(),
         ));
         let credentials = Arc::new(CredentialService::new(
-            store.clone(),
+            ports.identity.clone(),
             pki.clone(),
             registry.clone(),
             sessions.clone(),
@@ -76,25 +83,26 @@ impl Services {
             config.credentials.clone(),
         ));
         let provisioning = ProvisioningService::new(
-            store.clone(),
+            ports.identity.clone(),
             registry.clone(),
             credentials.clone(),
             audit.clone(),
         );
         let attributes = AttributeService::new(
-            store.clone(),
+            ports.attributes.clone(),
             registry.clone(),
             sessions.clone(),
             events.clone(),
         );
         let jobs = JobService::new(
-            store.clone(),
+            &ports,
             registry.clone(),
             sessions.clone(),
             events.clone(),
             config.jobs.clone(),
         );
-        let conditions = ConditionService::new(store.clone(), registry.clone(), events.clone());
+        let conditions =
+            ConditionService::new(ports.conditions.clone(), registry.clone(), events.clone());
         let l = &config.limits;
         let http_connections = ConnectionCap::new(
             config.http.max_connections as usize,
@@ -110,21 +118,27 @@ impl Services {
                 l.device_message_burst,
             ),
             data: DataService::new(
-                store.clone(),
+                ports.telemetry.clone(),
                 events.clone(),
                 metrics.clone(),
                 router.clone(),
                 crate::data::keys::KeyGate::new(l),
             ),
             integrations: IntegrationService::new(
-                store.clone(),
+                ports.integrations.clone(),
+                ports.registry.clone(),
                 router,
                 events.clone(),
                 metrics.clone(),
                 workers.clone(),
             ),
             workers,
-            auth: AuthService::new(store.clone(), audit.clone(), config.auth.clone()),
+            auth: AuthService::new(
+                ports.operators.clone(),
+                ports.registry.clone(),
+                audit.clone(),
+                config.auth.clone(),
+            ),
             registry,
             credentials,
             attributes,
@@ -133,7 +147,7 @@ impl Services {
             sessions,
             audit,
             config,
-            store,
+            backup: ports.backup,
             pki,
             presence,
             events,

@@ -17,7 +17,7 @@ use crate::error::{Denial, Error};
 use crate::limits::KeyedLimiter;
 use crate::model::{ApiKey, ApiKeyId, AuditKind, Millis, User, UserSession, now_ms};
 use crate::secrets::secret_hash;
-use crate::store::{Store, StoreError};
+use crate::store::ports::{OperatorStore, RegistryStore, StoreError};
 pub use policy::Principal;
 
 /// A successful sign-in: the session cookie's value (shown to the browser only) and who.
@@ -36,7 +36,9 @@ struct SetupToken {
 pub const KEY_PREFIX: &str = "crl_";
 
 pub struct AuthService {
-    store: Store,
+    store: Arc<dyn OperatorStore>,
+    /// For checking that a grant names workspaces and fleets that exist.
+    registry: Arc<dyn RegistryStore>,
     audit: Arc<AuditLog>,
     cfg: AuthConfig,
     /// Sign-in attempts per client address and per username.
@@ -61,11 +63,17 @@ pub enum Bootstrap {
 }
 
 impl AuthService {
-    pub fn new(store: Store, audit: Arc<AuditLog>, cfg: AuthConfig) -> Self {
+    pub fn new(
+        store: Arc<dyn OperatorStore>,
+        registry: Arc<dyn RegistryStore>,
+        audit: Arc<AuditLog>,
+        cfg: AuthConfig,
+    ) -> Self {
         Self {
             by_peer: KeyedLimiter::per_minute(cfg.login_attempts_per_min, cfg.login_burst),
             by_name: KeyedLimiter::per_minute(cfg.login_attempts_per_min, cfg.login_burst),
             store,
+            registry,
             audit,
             cfg,
             setup: tokio::sync::Mutex::new(None),
@@ -328,7 +336,7 @@ impl AuthService {
     /// Drops sessions past their limits (periodic).
     pub fn sweep_sessions(&self) -> Result<usize, StoreError> {
         let now = now_ms();
-        self.store.sweep_sessions(|s| self.session_expired(s, now))
+        self.store.sweep_sessions(&|s| self.session_expired(s, now))
     }
 }
 
@@ -363,8 +371,13 @@ mod tests {
     #[tokio::test]
     async fn bootstrap_generates_once_and_accepts_configured_key() {
         let (_d, store) = open_temp();
-        let audit = Arc::new(AuditLog::new(store.clone(), 1000));
-        let auth = AuthService::new(store, audit, AuthConfig::default());
+        let audit = Arc::new(AuditLog::new(store.ports().operators, 1000));
+        let auth = AuthService::new(
+            store.ports().operators,
+            store.ports().registry,
+            audit,
+            AuthConfig::default(),
+        );
         let Bootstrap::Generated(key) = auth.bootstrap(None).await.expect("bootstrap") else {
             panic!("first start generates a key")
         };
@@ -385,8 +398,13 @@ mod tests {
     #[tokio::test]
     async fn sessions_end_when_idle_or_too_old_and_at_logout() {
         let (_d, store) = open_temp();
-        let audit = Arc::new(AuditLog::new(store.clone(), 1000));
-        let auth = AuthService::new(store.clone(), audit, AuthConfig::default());
+        let audit = Arc::new(AuditLog::new(store.ports().operators, 1000));
+        let auth = AuthService::new(
+            store.ports().operators,
+            store.ports().registry,
+            audit,
+            AuthConfig::default(),
+        );
         auth.create_user(
             users::NewUser {
                 username: "ana".into(),

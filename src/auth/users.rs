@@ -101,12 +101,12 @@ impl AuthService {
     fn check_grants(&self, grants: &[Grant]) -> Result<(), Error> {
         for g in grants {
             let ws = self
-                .store
+                .registry
                 .get_workspace(g.workspace_id)?
                 .ok_or_else(|| invalid("grants", format!("no workspace {}", g.workspace_id)))?;
             for f in g.fleets.iter().flatten() {
                 if self
-                    .store
+                    .registry
                     .get_fleet(*f)?
                     .is_none_or(|fl| fl.workspace_id != ws.id)
                 {

@@ -152,11 +152,17 @@ pub fn init(path: Option<PathBuf>) -> anyhow::Result<ExitCode> {
         let metrics = std::sync::Arc::new(crate::metrics::Metrics::new());
         let (store, pki, _) = crate::app::open_state(&config, metrics).await?;
         let admin = config.admin_key_secret().map_err(anyhow::Error::msg)?;
+        let ports = store.ports();
         let audit = std::sync::Arc::new(crate::audit::AuditLog::new(
-            store.clone(),
+            ports.operators.clone(),
             config.audit.max_entries,
         ));
-        let auth = crate::auth::AuthService::new(store.clone(), audit, config.auth.clone());
+        let auth = crate::auth::AuthService::new(
+            ports.operators,
+            ports.registry,
+            audit,
+            config.auth.clone(),
+        );
         match auth.bootstrap(admin.as_deref()).await? {
             Bootstrap::Generated(key) => println!("admin API key (shown once): {key}"),
             Bootstrap::Configured => println!("admin API key: the configured one"),

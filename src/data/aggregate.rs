@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use crate::model::{DeviceId, Millis};
-use crate::store::{Agg, Store, StoreError};
+use crate::store::ports::{Agg, StoreError, TelemetryStore};
 
 pub const MINUTE_MS: Millis = 60_000;
 pub const DAY_MS: Millis = 86_400_000;
@@ -204,7 +204,7 @@ fn bucket(ts: Millis, end: Millis, a: &Agg) -> Bucket {
 /// Aggregates `keys` of `tag` over the buckets of `bounds`, merged across `devices`. Keys
 /// absent everywhere are left out; empty buckets are kept (count 0) so charts see the gaps.
 pub fn aggregate(
-    store: &Store,
+    store: &dyn TelemetryStore,
     devices: &[DeviceId],
     tag: &str,
     keys: &[String],

@@ -10,7 +10,7 @@ use serde_json::json;
 use tokio::sync::mpsc;
 
 use crate::model::{DeviceId, Millis, Value};
-use crate::store::Store;
+use crate::store::ports::{StoreError, TelemetryStore};
 
 /// Bytes gathered before a chunk is handed to the client.
 const CHUNK: usize = 64 * 1024;
@@ -96,10 +96,13 @@ fn value_text(v: &Value) -> String {
 
 /// Starts the export; the receiver yields the body in chunks. Errors while reading end the
 /// stream with an error, which aborts the HTTP response (the client sees it truncated).
-pub fn spawn(store: Store, spec: ExportSpec) -> mpsc::Receiver<Result<Bytes, std::io::Error>> {
+pub fn spawn(
+    store: std::sync::Arc<dyn TelemetryStore>,
+    spec: ExportSpec,
+) -> mpsc::Receiver<Result<Bytes, std::io::Error>> {
     let (tx, rx) = mpsc::channel(IN_FLIGHT);
     tokio::task::spawn_blocking(move || {
-        if let Err(e) = produce(&store, &spec, &tx) {
+        if let Err(e) = produce(&*store, &spec, &tx) {
             tracing::warn!(error = %e, "export stopped");
             let _ = tx.blocking_send(Err(std::io::Error::other(e.to_string())));
         }
@@ -116,10 +119,10 @@ fn flush(buf: &mut Vec<u8>, tx: &mpsc::Sender<Result<Bytes, std::io::Error>>) ->
 }
 
 fn produce(
-    store: &Store,
+    store: &dyn TelemetryStore,
     spec: &ExportSpec,
     tx: &mpsc::Sender<Result<Bytes, std::io::Error>>,
-) -> Result<(), crate::store::StoreError> {
+) -> Result<(), StoreError> {
     let mut buf = Vec::with_capacity(CHUNK + 1024);
     let mut first = true;
     match spec.format {

@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use crate::config::LimitsConfig;
 use crate::devices::protocol::Telemetry;
 use crate::model::DeviceId;
-use crate::store::{Store, StoreError};
+use crate::store::ports::{StoreError, TelemetryStore};
 
 /// Why a message's keys were refused. The message is safe to return to the device.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -89,7 +89,7 @@ impl KeyGate {
     /// reservation until the message is stored.
     pub fn admit(
         &self,
-        store: &Store,
+        store: &dyn TelemetryStore,
         device: DeviceId,
         tag: &str,
         telemetry: &Telemetry,
@@ -134,7 +134,12 @@ impl KeyGate {
     }
 
     /// Reserves `n` new keys if the device's stored and reserved keys leave room for them.
-    fn reserve(&self, store: &Store, device: DeviceId, n: usize) -> Option<Reservation> {
+    fn reserve(
+        &self,
+        store: &dyn TelemetryStore,
+        device: DeviceId,
+        n: usize,
+    ) -> Option<Reservation> {
         let mut r = self.reserved.lock().unwrap_or_else(|p| p.into_inner());
         let pending = r.get(&device).copied().unwrap_or(0);
         if store.series_count(device) + pending + n > self.per_device {

@@ -16,7 +16,7 @@ use crate::events::{Event, EventBus};
 use crate::integrations::Router;
 use crate::metrics::{Metrics, ReasonLabel};
 use crate::model::{DEFAULT_TAG, DeviceId, Millis, Point, now_ms};
-use crate::store::{PointsOp, RawPage, RawQuery, SeriesKey, Store, StoreError};
+use crate::store::ports::{PointsOp, RawPage, RawQuery, SeriesKey, StoreError, TelemetryStore};
 use keys::{GateError, KeyGate, KeyRefusal};
 
 #[derive(Debug, thiserror::Error)]
@@ -59,7 +59,7 @@ pub enum Durability {
 
 #[derive(Clone)]
 pub struct DataService {
-    store: Store,
+    store: Arc<dyn TelemetryStore>,
     events: EventBus,
     metrics: Arc<Metrics>,
     /// Integration queues a message goes to, resolved before it is logged.
@@ -85,7 +85,7 @@ impl DataService {
         registry: &crate::devices::Registry,
         default_days: u32,
     ) -> Result<retention::SweepReport, crate::error::Error> {
-        retention::sweep(&self.store, registry, default_days)
+        retention::sweep(&*self.store, registry, default_days)
     }
 
     /// A workspace's telemetry usage (blocking).
@@ -94,30 +94,22 @@ impl DataService {
         registry: &crate::devices::Registry,
         id: crate::model::WorkspaceId,
     ) -> Result<retention::WorkspaceUsage, crate::error::Error> {
-        retention::usage(&self.store, registry, id)
+        retention::usage(&*self.store, registry, id)
     }
 
     /// Disk used by the store and its log (blocking: it walks the files).
     pub fn store_usage(&self) -> Result<StoreUsage, crate::error::Error> {
-        let wal = self.store.path().with_extension("wal");
-        let wal_bytes = std::fs::read_dir(&wal)
-            .map(|d| {
-                d.filter_map(Result::ok)
-                    .filter_map(|e| e.metadata().ok())
-                    .map(|m| m.len())
-                    .sum()
-            })
-            .unwrap_or(0);
+        let f = self.store.footprint()?;
         Ok(StoreUsage {
-            store_bytes: self.store.size_on_disk()?,
-            wal_bytes,
-            schema_version: self.store.schema_version()?,
+            store_bytes: f.store_bytes,
+            wal_bytes: f.wal_bytes,
+            schema_version: f.schema_version,
         })
     }
 
     /// The store's size on disk (for the metrics).
-    pub fn store_size(&self) -> Result<u64, crate::store::StoreError> {
-        self.store.size_on_disk()
+    pub fn store_size(&self) -> Result<u64, StoreError> {
+        Ok(self.store.footprint()?.store_bytes)
     }
 
     /// Streams an export in bounded memory (see `export`).
@@ -129,7 +121,7 @@ impl DataService {
     }
 
     pub fn new(
-        store: Store,
+        store: Arc<dyn TelemetryStore>,
         events: EventBus,
         metrics: Arc<Metrics>,
         router: Arc<Router>,
@@ -188,7 +180,7 @@ impl DataService {
         // Held until the points are stored, when the store's series count includes them.
         let _reservation = self
             .keys
-            .admit(&self.store, device, tag, &telemetry)
+            .admit(&*self.store, device, tag, &telemetry)
             .map_err(IngestError::from)
             .inspect_err(|e| {
                 if let IngestError::Keys(r) = e {
@@ -211,7 +203,7 @@ impl DataService {
         };
         let n = self
             .store
-            .append_points_queued(op, queue, durability == Durability::Durable)
+            .append_points(op, queue, durability == Durability::Durable)
             .await?;
         self.metrics.points_stored.inc_by(n as u64);
         self.metrics.telemetry_messages.inc();
@@ -317,7 +309,7 @@ impl DataService {
                 buckets,
             });
         }
-        aggregate::aggregate(&self.store, devices, tag, &keys, bounds, from, to)
+        aggregate::aggregate(&*self.store, devices, tag, &keys, bounds, from, to)
     }
 }
 

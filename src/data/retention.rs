@@ -11,7 +11,7 @@ use crate::devices::Registry;
 use crate::devices::registry::DeviceFilter;
 use crate::error::Error;
 use crate::model::{DeviceId, Millis, WorkspaceId, now_ms};
-use crate::store::Store;
+use crate::store::ports::TelemetryStore;
 
 const DAY_MS: Millis = 86_400_000;
 /// Rough bytes one stored point takes: key (device, tag, key, ts) and value, with sled's
@@ -51,7 +51,11 @@ fn devices_of(registry: &Registry, ws: WorkspaceId) -> Result<Vec<DeviceId>, Err
 
 /// Deletes what every workspace's retention no longer keeps. Blocking: run it off the async
 /// threads.
-pub fn sweep(store: &Store, registry: &Registry, default_days: u32) -> Result<SweepReport, Error> {
+pub fn sweep(
+    store: &dyn TelemetryStore,
+    registry: &Registry,
+    default_days: u32,
+) -> Result<SweepReport, Error> {
     let started = std::time::Instant::now();
     let mut report = SweepReport::default();
     let mut after = None;
@@ -94,7 +98,11 @@ pub fn sweep(store: &Store, registry: &Registry, default_days: u32) -> Result<Sw
 }
 
 /// Telemetry held by a workspace.
-pub fn usage(store: &Store, registry: &Registry, ws: WorkspaceId) -> Result<WorkspaceUsage, Error> {
+pub fn usage(
+    store: &dyn TelemetryStore,
+    registry: &Registry,
+    ws: WorkspaceId,
+) -> Result<WorkspaceUsage, Error> {
     let w = registry.workspace(ws)?;
     let mut u = WorkspaceUsage {
         workspace_id: ws,

@@ -17,7 +17,7 @@ use super::sessions::{SessionCommand, Sessions, Subscription};
 use crate::error::Error;
 use crate::events::{Event, EventBus};
 use crate::model::{AttributeOwner, DeviceId, FleetId, Millis, Value, now_ms};
-use crate::store::{Scope, Store};
+use crate::store::ports::{AttributeStore, Scope};
 
 type Result<T> = std::result::Result<T, Error>;
 
@@ -52,7 +52,7 @@ fn as_map(list: Vec<(String, Millis, Value)>) -> BTreeMap<String, AttrValue> {
 }
 
 pub struct AttributeService {
-    store: Store,
+    store: Arc<dyn AttributeStore>,
     registry: Arc<Registry>,
     sessions: Arc<Sessions>,
     events: EventBus,
@@ -129,7 +129,7 @@ pub fn parse_body(body: Map<String, Json>) -> Result<Vec<(String, Value)>> {
 
 impl AttributeService {
     pub fn new(
-        store: Store,
+        store: Arc<dyn AttributeStore>,
         registry: Arc<Registry>,
         sessions: Arc<Sessions>,
         events: EventBus,

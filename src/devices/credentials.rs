@@ -25,7 +25,7 @@ use crate::model::{
 };
 use crate::pki::{self, Pki};
 pub use crate::secrets::verify_password;
-use crate::store::{CredentialClash, CredentialKey, Store};
+use crate::store::ports::{CredentialClash, CredentialKey, IdentityStore, StoreError};
 
 type Result<T> = std::result::Result<T, Error>;
 
@@ -289,7 +289,7 @@ impl Refusal {
 }
 
 pub struct CredentialService {
-    store: Store,
+    store: Arc<dyn IdentityStore>,
     pki: Arc<Pki>,
     registry: Arc<Registry>,
     sessions: Arc<Sessions>,
@@ -372,7 +372,7 @@ const RESERVED_TOKENS: &[&str] = &[
 
 impl CredentialService {
     pub fn new(
-        store: Store,
+        store: Arc<dyn IdentityStore>,
         pki: Arc<Pki>,
         registry: Arc<Registry>,
         sessions: Arc<Sessions>,
@@ -774,7 +774,7 @@ impl CredentialService {
     pub fn refresh_trust(&self) -> Result<()> {
         let revoked: Vec<(String, i64)> = self
             .store
-            .scan_credentials(|c| {
+            .scan_credentials(&|c| {
                 c.revoked_at.is_some()
                     && matches!(&c.secret, CredentialSecret::Certificate(i)
                         if matches!(i.origin, CertOrigin::Issued | CertOrigin::Csr))
@@ -842,7 +842,7 @@ impl CredentialService {
     }
 
     async fn login_inner(&self, a: &LoginAttempt<'_>) -> std::result::Result<Login, Refusal> {
-        let store_err = |e: crate::store::StoreError| {
+        let store_err = |e: StoreError| {
             tracing::error!(error = %e, "credential lookup failed");
             Refusal::Unavailable
         };
@@ -929,7 +929,7 @@ impl CredentialService {
         if let Some(why) = c.unusable(now_ms()) {
             return Err(Refusal::NotAuthorized(why));
         }
-        let device = match self.store.get_device(c.device_id) {
+        let device = match self.registry.find_device(c.device_id) {
             Ok(Some(d)) => d,
             Ok(None) => return Err(Refusal::NotAuthorized("device deleted")),
             Err(e) => {
@@ -960,7 +960,7 @@ impl CredentialService {
         let info = pki::describe_cert(leaf, CertOrigin::Registered)
             .map_err(|_| Refusal::NotAuthorized("unreadable certificate"))?;
         let cn = pki::common_name(leaf);
-        let store_err = |e: crate::store::StoreError| {
+        let store_err = |e: StoreError| {
             tracing::error!(error = %e, "credential lookup failed");
             Refusal::Unavailable
         };

@@ -20,7 +20,7 @@ use crate::error::{Conflict, Error};
 use crate::model::{
     AuditKind, FleetId, FleetProvisioning, ProvisionStrategy, ProvisioningView, now_ms,
 };
-use crate::store::{NameClash, Store};
+use crate::store::ports::{IdentityStore, NameClash};
 
 type Result<T> = std::result::Result<T, Error>;
 
@@ -88,7 +88,7 @@ fn failure(msg: &str) -> Json {
 }
 
 pub struct ProvisioningService {
-    store: Store,
+    store: Arc<dyn IdentityStore>,
     registry: Arc<Registry>,
     credentials: Arc<CredentialService>,
     audit: Arc<AuditLog>,
@@ -96,7 +96,7 @@ pub struct ProvisioningService {
 
 impl ProvisioningService {
     pub fn new(
-        store: Store,
+        store: Arc<dyn IdentityStore>,
         registry: Arc<Registry>,
         credentials: Arc<CredentialService>,
         audit: Arc<AuditLog>,
@@ -332,8 +332,7 @@ impl ProvisioningService {
             .add_credential(&cred)?
             .map_err(|_| Error::Conflict(Conflict::CredentialTaken))?;
         let now = now_ms();
-        self.store
-            .update_device_record(dev.id, move |d| d.provisioned_at = Some(now))?;
+        self.registry.mark_provisioned(dev.id, now)?;
         self.audit.record(provisioned_entry(&dev, &cred, peer));
         // One commit makes the credential, the mark and the audit entry durable together.
         self.store.commit().await?;

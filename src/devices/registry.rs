@@ -12,11 +12,10 @@ use super::sessions::{CloseReason, Sessions};
 use crate::audit::{AuditLog, Entry};
 use crate::error::{Conflict, Error};
 use crate::model::{
-    AttributeOwner, AuditKind, Credential, Device, DeviceId, Fleet, FleetId, Millis, Workspace,
-    WorkspaceId, now_ms,
+    AuditKind, Credential, Device, DeviceId, Fleet, FleetId, Millis, Workspace, WorkspaceId, now_ms,
 };
 pub use crate::secrets::secret_hash;
-use crate::store::{Cursor, DeviceClash, NameClash, Page, Store};
+use crate::store::ports::{Cursor, DeviceClash, IdentityStore, NameClash, Page, RegistryStore};
 
 type Result<T> = std::result::Result<T, Error>;
 
@@ -163,7 +162,9 @@ pub struct DeviceFilter {
 /// The registry service.
 #[derive(Clone)]
 pub struct Registry {
-    store: Store,
+    store: Arc<dyn RegistryStore>,
+    /// For the fleet deletion rule (a fleet with manufacturer CAs is not empty).
+    identity: Arc<dyn IdentityStore>,
     presence: Arc<Presence>,
     sessions: Arc<Sessions>,
     audit: Arc<AuditLog>,
@@ -208,13 +209,15 @@ fn clash(kind: &'static str, name: &str) -> Error {
 
 impl Registry {
     pub fn new(
-        store: Store,
+        store: Arc<dyn RegistryStore>,
+        identity: Arc<dyn IdentityStore>,
         presence: Arc<Presence>,
         sessions: Arc<Sessions>,
         audit: Arc<AuditLog>,
     ) -> Self {
         Self {
             store,
+            identity,
             presence,
             sessions,
             audit,
@@ -264,7 +267,7 @@ impl Registry {
         visible: impl Fn(&Workspace) -> bool,
     ) -> Result<Page<Workspace>> {
         let needle = name.map(str::to_lowercase);
-        Ok(self.store.list_workspaces(after, limit, |w| {
+        Ok(self.store.list_workspaces(after, limit, &|w| {
             visible(w) && matches_name(&w.name, needle.as_deref())
         })?)
     }
@@ -348,7 +351,7 @@ impl Registry {
         visible: impl Fn(&Fleet) -> bool,
     ) -> Result<Page<Fleet>> {
         let needle = name.map(str::to_lowercase);
-        Ok(self.store.list_fleets(after, limit, |f| {
+        Ok(self.store.list_fleets(after, limit, &|f| {
             workspace.is_none_or(|w| f.workspace_id == w)
                 && visible(f)
                 && matches_name(&f.name, needle.as_deref())
@@ -375,12 +378,9 @@ impl Registry {
     pub async fn delete_fleet(&self, id: FleetId) -> Result<()> {
         let fleet = self.fleet(id)?;
         // Manufacturer CAs count as content: removing one changes who can join.
-        if !self.store.fleet_cas(Some(id))?.is_empty() || !self.store.delete_fleet(&fleet)? {
+        if !self.identity.fleet_cas(Some(id))?.is_empty() || !self.store.delete_fleet(&fleet)? {
             return Err(Error::Conflict(Conflict::NotEmpty("fleet")));
         }
-        self.store.delete_provisioning(id)?;
-        self.store
-            .delete_owner_attributes(AttributeOwner::Fleet(id))?;
         self.store.commit().await?;
         Ok(())
     }
@@ -461,6 +461,19 @@ impl Registry {
         Ok(self.view(self.device_record(id)?))
     }
 
+    /// The stored record of a device, if there is one.
+    pub fn find_device(&self, id: DeviceId) -> Result<Option<Device>> {
+        Ok(self.store.get_device(id)?)
+    }
+
+    /// Marks a pre-provisioned device as claimed by provisioning (durable with the caller's
+    /// commit).
+    pub fn mark_provisioned(&self, id: DeviceId, at: Millis) -> Result<()> {
+        Ok(self
+            .store
+            .update_device_record(id, &move |d| d.provisioned_at = Some(at))?)
+    }
+
     pub fn device_record(&self, id: DeviceId) -> Result<Device> {
         self.store.get_device(id)?.ok_or(Error::NotFound("device"))
     }
@@ -483,7 +496,7 @@ impl Registry {
         visible: impl Fn(&Device) -> bool,
     ) -> Result<Page<DeviceView>> {
         let needle = f.name.as_deref().map(str::to_lowercase);
-        let page = self.store.list_devices(f.fleet_id, after, limit, |d| {
+        let page = self.store.list_devices(f.fleet_id, after, limit, &|d| {
             visible(d)
                 && f.workspace_id.is_none_or(|w| d.workspace_id == w)
                 && matches_name(&d.name, needle.as_deref())
@@ -564,15 +577,7 @@ impl Registry {
 
     pub async fn delete_device(&self, id: DeviceId) -> Result<()> {
         let dev = self.device_record(id)?;
-        self.store.delete_device(&dev)?;
-        self.store
-            .delete_device_telemetry_off_thread(dev.id)
-            .await?;
-        self.store
-            .delete_owner_attributes(AttributeOwner::Device(dev.id))?;
-        self.store.delete_device_jobs(dev.id)?;
-        self.store.delete_device_connections(dev.id)?;
-        self.store.delete_device_conditions(dev.id)?;
+        self.store.delete_device(&dev).await?;
         self.audit.record(
             Entry::new(AuditKind::DeviceDeleted, crate::audit::operator())
                 .device(dev.id)
@@ -633,11 +638,7 @@ impl Registry {
             transport: transport.into(),
             peer: peer.map(|p| p.to_string()),
         };
-        self.store.apply_later(move |db| {
-            if let Err(err) = db.append_connection(id, &e) {
-                tracing::warn!(device = %id, error = %err, "cannot record connection history");
-            }
-        });
+        self.store.append_connection_later(id, e);
     }
 
     /// A device's recent connections, newest first.
@@ -666,11 +667,7 @@ impl Registry {
 
     /// Updates a device's bookkeeping fields in the background; best effort by design.
     fn record(&self, id: DeviceId, update: impl Fn(&mut Device) + Send + 'static) {
-        self.store.apply_later(move |db| {
-            if let Err(e) = db.update_device_record(id, &update) {
-                tracing::warn!(device = %id, error = %e, "cannot record connection times");
-            }
-        });
+        self.store.update_device_later(id, Box::new(update));
     }
 
     fn status_of(&self, id: DeviceId) -> DeviceStatus {
@@ -716,14 +713,17 @@ fn matches_name(name: &str, needle: Option<&str>) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::Store;
     use crate::store::test_util::open_temp;
 
     fn registry(store: Store) -> Registry {
+        let ports = store.ports();
         Registry::new(
-            store.clone(),
+            ports.registry,
+            ports.identity,
             Arc::new(Presence::default()),
             Arc::new(Sessions::default()),
-            Arc::new(AuditLog::new(store, 1000)),
+            Arc::new(AuditLog::new(ports.operators, 1000)),
         )
     }
 

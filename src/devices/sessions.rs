@@ -60,7 +60,7 @@ pub enum SessionCommand {
         payload: Vec<u8>,
         /// The store's mark after the job was saved as sent: the request goes out only once
         /// that is durable.
-        write: crate::store::Mark,
+        write: crate::store::ports::Mark,
     },
 }
 

@@ -19,7 +19,7 @@ use tokio::time::Instant;
 use crate::events::{Event, EventBus};
 use crate::metrics::{IntegrationLabel, Metrics};
 use crate::model::{ClientErrorPolicy, Integration, IntegrationId, Millis, now_ms};
-use crate::store::{QueueEntry, QueueStats, Store};
+use crate::store::ports::{IntegrationStore, QueueEntry, QueueStats};
 
 /// Header carrying the Unix time (seconds) the request was signed at.
 pub const TIMESTAMP_HEADER: &str = "X-Corral-Timestamp";
@@ -253,7 +253,7 @@ impl Worker {
 /// Everything a delivery task needs.
 pub(super) struct Ctx {
     pub worker: Arc<Worker>,
-    pub store: Store,
+    pub store: Arc<dyn IntegrationStore>,
     pub stats: Arc<QueueStats>,
     pub metrics: Arc<Metrics>,
     pub events: EventBus,

@@ -22,7 +22,7 @@ use crate::model::{
     ClientErrorPolicy, EventKind, FleetId, Integration, IntegrationId, Millis, Secret, WorkspaceId,
     now_ms,
 };
-use crate::store::{Enqueue, Store};
+use crate::store::ports::{Cursor, Enqueue, IntegrationStore, QueueStats, RegistryStore};
 use crate::workers::Workers;
 use delivery::Worker;
 pub use routing::Router;
@@ -265,7 +265,9 @@ fn worker_name(id: IntegrationId) -> String {
 }
 
 pub struct IntegrationService {
-    store: Store,
+    store: Arc<dyn IntegrationStore>,
+    /// For checking that an integration names workspaces and fleets that exist.
+    registry: Arc<dyn RegistryStore>,
     router: Arc<Router>,
     events: EventBus,
     metrics: Arc<Metrics>,
@@ -288,7 +290,8 @@ const DEFAULT_MAX_AGE_SECS: u64 = 7 * 86_400;
 
 impl IntegrationService {
     pub fn new(
-        store: Store,
+        store: Arc<dyn IntegrationStore>,
+        registry: Arc<dyn RegistryStore>,
         router: Arc<Router>,
         events: EventBus,
         metrics: Arc<Metrics>,
@@ -296,6 +299,7 @@ impl IntegrationService {
     ) -> Self {
         Self {
             store,
+            registry,
             router,
             events,
             metrics,
@@ -412,12 +416,15 @@ impl IntegrationService {
             ));
         }
         if let Some(ws) = i.workspace_id
-            && self.store.get_workspace(ws)?.is_none()
+            && self.registry.get_workspace(ws)?.is_none()
         {
             return Err(Error::NotFound("workspace"));
         }
         for f in &i.fleet_ids {
-            let fleet = self.store.get_fleet(*f)?.ok_or(Error::NotFound("fleet"))?;
+            let fleet = self
+                .registry
+                .get_fleet(*f)?
+                .ok_or(Error::NotFound("fleet"))?;
             if i.workspace_id.is_some_and(|w| w != fleet.workspace_id) {
                 return Err(invalid(
                     "fleet_ids",
@@ -616,7 +623,7 @@ impl IntegrationService {
 
     fn status_of(&self, i: &Integration) -> IntegrationStatus {
         let stats = self.store.queue_stats(i.id);
-        let load = |f: fn(&crate::store::QueueStats) -> u64| stats.as_deref().map_or(0, f);
+        let load = |f: fn(&QueueStats) -> u64| stats.as_deref().map_or(0, f);
         let oldest = self.store.queue_oldest(i.id).ok().flatten();
         let workers = self.workers();
         let w = workers.get(&i.id).map(|r| r.worker.clone());
@@ -728,7 +735,7 @@ impl IntegrationService {
         limit: usize,
     ) -> Result<DeadLetterPage> {
         self.record(id)?;
-        let cursor = cursor.map(crate::store::Cursor::new);
+        let cursor = cursor.map(Cursor::new);
         let page = self.store.dead_letters(id, cursor.as_ref(), limit)?;
         let items = page
             .items

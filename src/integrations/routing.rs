@@ -12,7 +12,7 @@ use crate::events::Event;
 use crate::model::{
     Device, DeviceId, EventKind, FleetId, Integration, IntegrationId, Value, WorkspaceId, now_ms,
 };
-use crate::store::{Enqueue, Points, Store};
+use crate::store::ports::{Enqueue, IntegrationStore, JobStore, Points, RegistryStore};
 
 /// The filters of one integration.
 #[derive(Debug, Clone)]
@@ -36,7 +36,10 @@ impl Route {
 
 /// Routes events to integration queues.
 pub struct Router {
-    store: Store,
+    /// Queues are written here; devices and jobs are read to describe an event.
+    store: Arc<dyn IntegrationStore>,
+    registry: Arc<dyn RegistryStore>,
+    jobs: Arc<dyn JobStore>,
     routes: RwLock<Arc<Vec<Route>>>,
     /// Woken after an event is queued outside the logged path: the service's committer then
     /// makes it durable (connectivity and job results have no caller that commits).
@@ -44,9 +47,15 @@ pub struct Router {
 }
 
 impl Router {
-    pub fn new(store: Store) -> Self {
+    pub fn new(
+        registry: Arc<dyn RegistryStore>,
+        jobs: Arc<dyn JobStore>,
+        store: Arc<dyn IntegrationStore>,
+    ) -> Self {
         Self {
             store,
+            registry,
+            jobs,
             routes: RwLock::new(Arc::new(Vec::new())),
             commit_wanted: Arc::default(),
         }
@@ -86,7 +95,7 @@ impl Router {
         if routes.is_empty() {
             return None;
         }
-        let dev = match self.store.get_device(device) {
+        let dev = match self.registry.get_device(device) {
             Ok(Some(d)) => d,
             Ok(None) => return None,
             Err(e) => {
@@ -160,7 +169,7 @@ impl Router {
                 if self.snapshot().is_empty() {
                     return;
                 }
-                let job = match self.store.get_job(*job_id) {
+                let job = match self.jobs.get_job(*job_id) {
                     Ok(Some(j)) => j,
                     _ => return,
                 };

@@ -19,7 +19,7 @@ use crate::model::{
     AttributeOwner, DeviceId, FleetId, FleetJob, FleetJobId, Job, JobState, RolloutState,
     ScheduleId, TargetFilter, Window,
 };
-use crate::store::Scope;
+use crate::store::ports::Scope;
 
 /// The client attribute ThingsBoard OTA clients report their firmware version in.
 pub const FIRMWARE_ATTRIBUTE: &str = "current_fw_version";
@@ -232,7 +232,7 @@ impl JobService {
         }
         if let Some(tag) = &f.tag
             && !self
-                .store
+                .series
                 .device_series(device)?
                 .iter()
                 .any(|s| &s.tag == tag)
@@ -248,7 +248,11 @@ impl JobService {
                 (AttributeOwner::Fleet(fleet), Scope::Shared),
             ];
             for (owner, scope) in owners {
-                if let Some((_, _, v)) = self.store.get_attributes(owner, scope, Some(&k))?.pop() {
+                if let Some((_, _, v)) = self
+                    .attributes
+                    .get_attributes(owner, scope, Some(&k))?
+                    .pop()
+                {
                     return Ok(Some(attributes::to_json(&v)));
                 }
             }

@@ -26,7 +26,7 @@ use crate::devices::sessions::{SessionCommand, Sessions};
 use crate::error::Error;
 use crate::events::{Event, EventBus};
 use crate::model::{DeviceId, Job, JobId, JobState};
-use crate::store::{Mark, Store};
+use crate::store::ports::{AttributeStore, JobStore, Mark, TelemetryStore};
 
 type Result<T> = std::result::Result<T, Error>;
 
@@ -126,7 +126,10 @@ impl Answers {
 }
 
 pub struct JobService {
-    store: Store,
+    store: Arc<dyn JobStore>,
+    /// Read to match rollout targets by telemetry tag and by attribute.
+    series: Arc<dyn TelemetryStore>,
+    attributes: Arc<dyn AttributeStore>,
     registry: Arc<Registry>,
     sessions: Arc<Sessions>,
     events: EventBus,
@@ -184,14 +187,16 @@ impl JobService {
     }
 
     pub fn new(
-        store: Store,
+        ports: &crate::store::ports::Ports,
         registry: Arc<Registry>,
         sessions: Arc<Sessions>,
         events: EventBus,
         cfg: JobsConfig,
     ) -> Self {
         Self {
-            store,
+            store: ports.jobs.clone(),
+            series: ports.telemetry.clone(),
+            attributes: ports.attributes.clone(),
             registry,
             sessions,
             events,

@@ -3,6 +3,7 @@
 //! schema version with its migrations. A second engine must be possible by changing only this
 //! module.
 
+mod adapters;
 mod attributes;
 pub mod backup;
 // Crate-visible for the `fuzzing` forwarders only; the rest of the crate goes through `Store`.
@@ -15,6 +16,7 @@ pub mod guard;
 mod integrations;
 mod jobs;
 mod logged;
+pub mod ports;
 mod registry;
 mod telemetry;
 mod users;

@@ -361,7 +361,7 @@ async fn creating_a_device_costs_one_flush_and_one_audit_entry() {
     let (store, pki, _) = corral::app::open_state(&config, metrics.clone())
         .await
         .expect("open the data directory");
-    let s = corral::services::Services::new(config, store, pki, metrics.clone());
+    let s = corral::services::Services::new(config, store.ports(), pki, metrics.clone());
     let ws = s
         .registry
         .create_workspace(NewWorkspace {

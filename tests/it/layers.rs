@@ -149,6 +149,61 @@ fn transports_do_not_use_the_store() {
     );
 }
 
+/// Above `store/`, storage is reached only through its ports (`store::ports`): no `Store`, no
+/// sled type, no engine module. The composition root (`app`), the offline commands (`cli`:
+/// restore, maintenance) and the fuzzing entry points open the engine itself; unit tests may
+/// open a temporary store.
+#[test]
+fn services_reach_storage_through_ports() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut files = Vec::new();
+    rust_files(&src, &mut files);
+    files.sort();
+    let mut problems = Vec::new();
+    for path in files {
+        let rel = path.strip_prefix(&src).expect("under src");
+        let top = rel.components().next().expect("a component");
+        let top = top.as_os_str().to_string_lossy();
+        if ["store", "app.rs", "cli", "fuzzing.rs", "main.rs", "lib.rs"].contains(&top.as_ref()) {
+            continue;
+        }
+        let text = fs::read_to_string(&path).expect("read source");
+        let code = strip(&text);
+        let tests = cfg_test_ranges(&code);
+        let in_test = |p: usize| tests.iter().any(|&(a, b)| a <= p && p <= b);
+        let mut bad = Vec::new();
+        for (p, _) in code.match_indices("crate::store::") {
+            if !code[p + "crate::store::".len()..].starts_with("ports") {
+                bad.push(p);
+            }
+        }
+        bad.extend(code.match_indices("sled::").map(|(p, _)| p));
+        // The engine's handle by name (`Store`; not `OperatorStore`, `StoreError` or an error
+        // variant `Store(..)`).
+        let ident = |c: char| c.is_alphanumeric() || c == '_';
+        bad.extend(code.match_indices("Store").map(|(p, _)| p).filter(|&p| {
+            let rest = &code[p + "Store".len()..];
+            !code[..p].ends_with(ident)
+                && !code[..p].ends_with("::")
+                && !rest.starts_with(ident)
+                && !rest.starts_with('(')
+        }));
+        for p in bad.into_iter().filter(|p| !in_test(*p)) {
+            let line = code[..p].matches('\n').count() + 1;
+            problems.push(format!(
+                "{}:{line}: {}",
+                rel.display(),
+                text.lines().nth(line - 1).unwrap_or("").trim()
+            ));
+        }
+    }
+    assert!(
+        problems.is_empty(),
+        "storage reached around its ports:\n{}",
+        problems.join("\n")
+    );
+}
+
 fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
     for entry in fs::read_dir(dir).expect("read_dir") {
         let path = entry.expect("dir entry").path();

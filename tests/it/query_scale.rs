@@ -26,7 +26,7 @@ async fn tag_listing_time_by_key_count() {
     for n in sizes {
         let (dev, _) = t.device(&format!("scale-{n}")).await;
         let id: DeviceId = dev["id"].as_str().expect("id").parse().expect("device id");
-        let store = &t.app().services.store;
+        let store = t.app().store();
         for chunk in (0..n).collect::<Vec<_>>().chunks(5000) {
             let values = chunk
                 .iter()

@@ -44,8 +44,23 @@ fn config(dir: &std::path::Path) -> Config {
     c
 }
 
+/// Real services and the store under them (which a test reaches below the services, to
+/// rewind a record as a crash would leave it).
+#[derive(Clone)]
+pub(crate) struct Harness {
+    services: Arc<Services>,
+    store: corral::store::Store,
+}
+
+impl std::ops::Deref for Harness {
+    type Target = Services;
+    fn deref(&self) -> &Services {
+        &self.services
+    }
+}
+
 /// Real services on a store in `dir`, whose scheduler reads tokio's clock set to `now`.
-pub(crate) async fn services(dir: &std::path::Path, now: Millis) -> Arc<Services> {
+pub(crate) async fn services(dir: &std::path::Path, now: Millis) -> Harness {
     let config = config(dir);
     let metrics = Arc::new(Metrics::new());
     // Reopening right after a drop: the store's writer thread lets go of the files shortly.
@@ -60,9 +75,12 @@ pub(crate) async fn services(dir: &std::path::Path, now: Millis) -> Arc<Services
         }
     }
     let (store, pki, _) = opened.expect("open the data directory");
-    let mut s = Services::new(config, store, pki, metrics);
+    let mut s = Services::new(config, store.ports(), pki, metrics);
     s.jobs.set_clock(Clock::tokio_at(now));
-    Arc::new(s)
+    Harness {
+        services: Arc::new(s),
+        store,
+    }
 }
 
 pub(crate) async fn fleet(s: &Services, devices: usize) -> (FleetId, Vec<DeviceId>) {
