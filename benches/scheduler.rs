@@ -54,10 +54,10 @@ async fn main() -> anyhow::Result<()> {
     let mut full = Vec::with_capacity(rounds);
     for _ in 0..rounds {
         let t = Instant::now();
-        s.jobs.tick_full();
+        s.jobs.tick_full().await;
         full.push(t.elapsed());
         let t = Instant::now();
-        s.jobs.tick();
+        s.jobs.tick().await;
         ordinary.push(t.elapsed());
         // The App's own scheduler ticks every second too; stay out of its way a little.
         tokio::time::sleep(Duration::from_millis(20)).await;

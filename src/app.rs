@@ -195,16 +195,16 @@ impl App {
         let admin_key = config.admin_key_secret().map_err(anyhow::Error::msg)?;
         let services = Arc::new(Services::new(config, store.ports(), pki, metrics));
         let bootstrap = services.auth.bootstrap(admin_key.as_deref()).await?;
-        let setup_token = services.auth.issue_setup_token()?;
+        let setup_token = services.auth.issue_setup_token().await?;
         // The device listener's trust (revocation list, manufacturer CAs) before it accepts.
-        services.credentials.refresh_trust()?;
+        services.credentials.refresh_trust().await?;
         // Integrations route and deliver before the first device message is accepted.
-        let integrations = services.integrations.start()?;
+        let integrations = services.integrations.start().await?;
         if integrations > 0 {
             tracing::info!(integrations, "integration delivery started");
         }
         // Jobs that were being sent when the last run ended go back to their queues.
-        let requeued = services.jobs.recover()?;
+        let requeued = services.jobs.recover().await?;
         if requeued > 0 {
             tracing::info!(
                 jobs = requeued,
@@ -313,15 +313,21 @@ fn start_workers(services: &Arc<Services>) {
         Duration::from_secs(60),
         Duration::ZERO,
         {
-            let seen = std::sync::Mutex::new((0, 0));
+            let seen = Arc::new(std::sync::Mutex::new((0, 0)));
             move || {
-                s.registry.persist_activity();
-                let mut last = seen.lock().unwrap_or_else(|p| p.into_inner());
-                *last = log_connections(&s.metrics, *last);
-                s.auth
-                    .sweep_sessions()
-                    .map(drop)
-                    .map_err(|e| format!("cannot sweep expired sessions: {e}"))
+                let (s, seen) = (s.clone(), seen.clone());
+                async move {
+                    s.registry.persist_activity();
+                    {
+                        let mut last = seen.lock().unwrap_or_else(|p| p.into_inner());
+                        *last = log_connections(&s.metrics, *last);
+                    }
+                    s.auth
+                        .sweep_sessions()
+                        .await
+                        .map(drop)
+                        .map_err(|e| format!("cannot sweep expired sessions: {e}"))
+                }
             }
         },
     );
@@ -332,11 +338,14 @@ fn start_workers(services: &Arc<Services>) {
         Duration::from_secs(5),
         Duration::ZERO,
         move || {
-            s.credentials.sweep_expired();
-            // The overview's message rate covers the last minute whenever it is read, not
-            // the time since the previous read: sample it steadily.
-            s.metrics.recent_message_rate();
-            Ok(())
+            let s = s.clone();
+            async move {
+                s.credentials.sweep_expired().await;
+                // The overview's message rate covers the last minute whenever it is read, not
+                // the time since the previous read: sample it steadily.
+                s.metrics.recent_message_rate();
+                Ok(())
+            }
         },
     );
     let s = services.clone();
@@ -346,8 +355,11 @@ fn start_workers(services: &Arc<Services>) {
         Duration::from_secs(1),
         Duration::ZERO,
         move || {
-            s.jobs.tick();
-            Ok(())
+            let s = s.clone();
+            async move {
+                s.jobs.tick().await;
+                Ok(())
+            }
         },
     );
     let s = services.clone();
@@ -358,10 +370,14 @@ fn start_workers(services: &Arc<Services>) {
         every,
         every,
         move || {
-            s.data
-                .retention_sweep(&s.registry, s.config.retention.default_days)
-                .map(drop)
-                .map_err(|e| format!("retention sweep failed: {e}"))
+            let s = s.clone();
+            async move {
+                s.data
+                    .retention_sweep(&s.registry, s.config.retention.default_days)
+                    .await
+                    .map(drop)
+                    .map_err(|e| format!("retention sweep failed: {e}"))
+            }
         },
     );
     let s = services.clone();
@@ -378,11 +394,12 @@ fn start_workers(services: &Arc<Services>) {
                 let _ = report
                     .run(|| async move {
                         let worker = s.clone();
-                        let answers =
-                            tokio::task::spawn_blocking(move || worker.jobs.do_send_work(batch))
-                                .await
-                                .map_err(|e| format!("the run panicked: {e}"))?
-                                .map_err(|e| format!("cannot record job sends: {e}"))?;
+                        let answers = crate::workers::on_blocking_pool(move || async move {
+                            worker.jobs.do_send_work(batch).await
+                        })
+                        .await
+                        .map_err(|e| format!("the run panicked: {e}"))?
+                        .map_err(|e| format!("cannot record job sends: {e}"))?;
                         // Replies are answered (PUBACK, HTTP 200) once durable; the next run
                         // does not wait for that sync.
                         if !answers.is_empty() {
@@ -406,7 +423,10 @@ fn start_workers(services: &Arc<Services>) {
             if !rest.outcomes.is_empty() {
                 rest.devices.clear();
                 let s = s.clone();
-                let res = tokio::task::spawn_blocking(move || s.jobs.do_send_work(rest)).await;
+                let res = crate::workers::on_blocking_pool(move || async move {
+                    s.jobs.do_send_work(rest).await
+                })
+                .await;
                 if let Ok(Err(e)) = res {
                     tracing::error!(error = %e, "cannot record job sends at shutdown");
                 }

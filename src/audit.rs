@@ -186,31 +186,34 @@ impl AuditLog {
     }
 
     /// Newest first; `before` is the cursor of the previous page.
-    pub fn list(
+    pub async fn list(
         &self,
         f: &AuditFilter,
         before: Option<&Cursor>,
         limit: usize,
     ) -> Result<Page<AuditEvent>, crate::error::Error> {
-        self.list_where(f, before, limit, |_| true)
+        self.list_where(f, before, limit, |_| true).await
     }
 
     /// As `list`, keeping only records `visible` accepts (the caller's).
-    pub fn list_where(
+    pub async fn list_where(
         &self,
         f: &AuditFilter,
         before: Option<&Cursor>,
         limit: usize,
-        visible: impl Fn(&AuditEvent) -> bool,
+        visible: impl Fn(&AuditEvent) -> bool + Sync,
     ) -> Result<Page<AuditEvent>, crate::error::Error> {
-        Ok(self.store.list_audit(before, limit, &|e| {
-            visible(e)
-                && f.device_id.is_none_or(|d| e.device_id == Some(d))
-                && f.actor.as_deref().is_none_or(|a| e.actor == a)
-                && f.fleet_id.is_none_or(|d| e.fleet_id == Some(d))
-                && f.kind.as_deref().is_none_or(|k| e.kind.as_str() == k)
-                && f.since.is_none_or(|s| e.ts >= s)
-        })?)
+        Ok(self
+            .store
+            .list_audit(before, limit, &|e| {
+                visible(e)
+                    && f.device_id.is_none_or(|d| e.device_id == Some(d))
+                    && f.actor.as_deref().is_none_or(|a| e.actor == a)
+                    && f.fleet_id.is_none_or(|d| e.fleet_id == Some(d))
+                    && f.kind.as_deref().is_none_or(|k| e.kind.as_str() == k)
+                    && f.since.is_none_or(|s| e.ts >= s)
+            })
+            .await?)
     }
 
     /// Makes recorded events durable now (after `record`, for tests and admin actions).

@@ -61,7 +61,7 @@ pub async fn snapshot(s: &Services, dir: &Path, keep: usize) -> anyhow::Result<P
             let _ = std::fs::remove_file(e.path());
         }
     }
-    let need = s.backup.size_on_disk()? + (s.config.store.min_free_mb << 20);
+    let need = s.backup.size_on_disk().await? + (s.config.store.min_free_mb << 20);
     let free = crate::store::ports::free_bytes(dir)?;
     if free < need {
         anyhow::bail!(

@@ -6,7 +6,6 @@
 //! open is a harmless repeat. Reports are durable before the device is answered.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value as Json;
@@ -205,7 +204,7 @@ pub struct ConditionService {
     events: EventBus,
     /// Serializes the read-modify-write of the open index: two sessions of one device (or a
     /// device and an operator) must not both open the same name.
-    writing: Mutex<()>,
+    writing: tokio::sync::Mutex<()>,
 }
 
 impl ConditionService {
@@ -218,7 +217,7 @@ impl ConditionService {
             store,
             registry,
             events,
-            writing: Mutex::new(()),
+            writing: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -229,15 +228,15 @@ impl ConditionService {
         device: DeviceId,
         reports: Vec<ConditionReport>,
     ) -> Result<Vec<Condition>> {
-        let dev = self.registry.device_record(device)?;
+        let dev = self.registry.device_record(device).await?;
         let mut out = Vec::with_capacity(reports.len());
         {
-            let _w = self.writing.lock().unwrap_or_else(|p| p.into_inner());
+            let _w = self.writing.lock().await;
             let now = now_ms();
             let mut closed_any = false;
             for r in reports {
                 let at = r.ts.unwrap_or(now);
-                let current = self.store.open_condition(device, &r.name)?;
+                let current = self.store.open_condition(device, &r.name).await?;
                 // What the event says happened: a repeated open is an update.
                 let action = match (r.action, &current) {
                     (Action::Close, _) => ConditionChange::Closed,
@@ -286,7 +285,7 @@ impl ConditionService {
                         acknowledged_by: None,
                     },
                 };
-                self.store.put_condition(&c)?;
+                self.store.put_condition(&c).await?;
                 // Published before the commit: integrations queue the event through the bus
                 // tap, and the commit below makes their entries durable with the condition.
                 self.events.publish(Event::Condition {
@@ -297,38 +296,37 @@ impl ConditionService {
                 out.push(c);
             }
             if closed_any {
-                self.store.trim_closed_conditions(device)?;
+                self.store.trim_closed_conditions(device).await?;
             }
         }
         self.store.commit().await?;
         Ok(out)
     }
 
-    pub fn get(&self, id: ConditionId) -> Result<Condition> {
+    pub async fn get(&self, id: ConditionId) -> Result<Condition> {
         let mut c = self
             .store
-            .get_condition(id)?
+            .get_condition(id)
+            .await?
             .ok_or(Error::NotFound("condition"))?;
-        self.current_fleet(&mut c, &mut HashMap::new());
+        let mut seen = HashMap::new();
+        self.learn_fleet(c.device_id, &mut seen).await;
+        follow_device(&mut c, &seen);
         Ok(c)
     }
 
     /// A device may have moved to another fleet since it opened a condition: the condition
     /// follows the device (for filters, visibility and what is shown).
-    fn current_fleet(
-        &self,
-        c: &mut Condition,
-        seen: &mut HashMap<DeviceId, Option<(FleetId, WorkspaceId)>>,
-    ) {
-        let now = *seen.entry(c.device_id).or_insert_with(|| {
-            self.registry
-                .device_record(c.device_id)
+    /// Looks up where `device` is now, once per listing.
+    async fn learn_fleet(&self, device: DeviceId, seen: &mut Placements) {
+        if let std::collections::hash_map::Entry::Vacant(e) = seen.entry(device) {
+            let now = self
+                .registry
+                .device_record(device)
+                .await
                 .ok()
-                .map(|d| (d.fleet_id, d.workspace_id))
-        });
-        if let Some((f, w)) = now {
-            c.fleet_id = f;
-            c.workspace_id = w;
+                .map(|d| (d.fleet_id, d.workspace_id));
+            e.insert(now);
         }
     }
 
@@ -363,18 +361,19 @@ impl ConditionService {
         &self,
         id: ConditionId,
         action: ConditionChange,
-        change: impl FnOnce(&mut Condition, Millis) -> Result<()>,
+        change: impl FnOnce(&mut Condition, Millis) -> Result<()> + Send,
     ) -> Result<Condition> {
         let c = {
-            let _w = self.writing.lock().unwrap_or_else(|p| p.into_inner());
+            let _w = self.writing.lock().await;
             let mut c = self
                 .store
-                .get_condition(id)?
+                .get_condition(id)
+                .await?
                 .ok_or(Error::NotFound("condition"))?;
             change(&mut c, now_ms())?;
-            self.store.put_condition(&c)?;
+            self.store.put_condition(&c).await?;
             if !c.open {
-                self.store.trim_closed_conditions(c.device_id)?;
+                self.store.trim_closed_conditions(c.device_id).await?;
             }
             self.events.publish(Event::Condition {
                 device_id: c.device_id,
@@ -389,42 +388,65 @@ impl ConditionService {
 
     /// Conditions newest first that match `q` and that `visible` lets through, at most
     /// `limit`, with the cursor of the next page.
-    pub fn list(
+    pub async fn list(
         &self,
         q: &ConditionQuery,
         limit: usize,
-        visible: &dyn Fn(&Condition) -> bool,
+        visible: &(dyn Fn(&Condition) -> bool + Sync),
     ) -> Result<(Vec<Condition>, Option<Cursor>)> {
         let scan = ConditionScan {
             device: q.device,
             open_only: q.open == Some(true),
             before: q.before.clone(),
         };
-        let mut seen = HashMap::new();
-        let mut keep = |c: &mut Condition| {
-            self.current_fleet(c, &mut seen);
-            q.open.is_none_or(|o| c.open == o)
-                && q.fleet.is_none_or(|f| c.fleet_id == f)
-                && q.workspace.is_none_or(|w| c.workspace_id == w)
-                && (q.severities.is_empty() || q.severities.contains(&c.severity))
-                && q.name.as_ref().is_none_or(|n| &c.name == n)
-                && visible(c)
-        };
-        Ok(self.store.conditions(scan, limit, &mut keep)?)
+        // The filter needs each device's current fleet, and the scan's filter cannot wait for
+        // a lookup: a first scan notes the devices it has not placed yet (rejecting their
+        // conditions, so it reads at least as far as a second scan will), they are looked
+        // up, and the scan runs again. Two scans at most.
+        let mut seen = Placements::new();
+        loop {
+            let mut unplaced = Vec::new();
+            let mut keep = |c: &mut Condition| {
+                if !seen.contains_key(&c.device_id) {
+                    unplaced.push(c.device_id);
+                    return false;
+                }
+                follow_device(c, &seen);
+                q.open.is_none_or(|o| c.open == o)
+                    && q.fleet.is_none_or(|f| c.fleet_id == f)
+                    && q.workspace.is_none_or(|w| c.workspace_id == w)
+                    && (q.severities.is_empty() || q.severities.contains(&c.severity))
+                    && q.name.as_ref().is_none_or(|n| &c.name == n)
+                    && visible(c)
+            };
+            let page = self
+                .store
+                .conditions(scan.clone(), limit, &mut keep)
+                .await?;
+            if unplaced.is_empty() {
+                return Ok(page);
+            }
+            for d in unplaced {
+                self.learn_fleet(d, &mut seen).await;
+            }
+        }
     }
 
     /// Open conditions per severity, every severity present (for the metrics scrape: open
     /// conditions are few, and counting them from the store cannot drift from it).
-    pub fn open_by_severity(&self) -> Result<Vec<(Severity, u64)>> {
+    pub async fn open_by_severity(&self) -> Result<Vec<(Severity, u64)>> {
         let mut counts = [0u64; 5];
-        let (open, _) = self.store.conditions(
-            ConditionScan {
-                open_only: true,
-                ..Default::default()
-            },
-            usize::MAX,
-            &mut |_| true,
-        )?;
+        let (open, _) = self
+            .store
+            .conditions(
+                ConditionScan {
+                    open_only: true,
+                    ..Default::default()
+                },
+                usize::MAX,
+                &mut |_| true,
+            )
+            .await?;
         for c in open {
             counts[c.severity as usize] += 1;
         }
@@ -441,13 +463,21 @@ impl ConditionService {
     }
 
     /// How many conditions are open on devices `visible` lets through.
-    pub fn open_count(&self, visible: &dyn Fn(DeviceId) -> bool) -> Result<u64> {
-        Ok(self
-            .store
-            .open_condition_devices()?
-            .into_iter()
-            .filter(|d| visible(*d))
-            .count() as u64)
+    /// The device of each open condition (a device once per condition).
+    pub async fn open_devices(&self) -> Result<Vec<DeviceId>> {
+        Ok(self.store.open_condition_devices().await?)
+    }
+}
+
+/// Where devices are now (fleet and workspace), `None` for a device that is gone.
+type Placements = HashMap<DeviceId, Option<(FleetId, WorkspaceId)>>;
+
+/// A device may have moved to another fleet since it opened a condition: the condition
+/// follows the device (for filters, visibility and what is shown).
+fn follow_device(c: &mut Condition, seen: &Placements) {
+    if let Some(Some((f, w))) = seen.get(&c.device_id) {
+        c.fleet_id = *f;
+        c.workspace_id = *w;
     }
 }
 

@@ -191,6 +191,7 @@ pub async fn handle(
             services
                 .attributes
                 .request(device.id, &req)
+                .await
                 .map_err(not_stored)?,
         )),
         Message::RpcReply { id, reply } => {

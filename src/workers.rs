@@ -147,6 +147,20 @@ impl Report {
 #[must_use]
 pub struct Started(Instant);
 
+/// Runs the future `work` makes on tokio's blocking pool, driving it there: work that blocks
+/// on the disk (sled answers the storage ports synchronously) stalls no runtime thread, while
+/// an engine that really waits on the network is still awaited.
+pub async fn on_blocking_pool<T, Fut>(
+    work: impl FnOnce() -> Fut + Send + 'static,
+) -> Result<T, tokio::task::JoinError>
+where
+    T: Send + 'static,
+    Fut: Future<Output = T>,
+{
+    let rt = tokio::runtime::Handle::current();
+    tokio::task::spawn_blocking(move || rt.block_on(work())).await
+}
+
 /// The server's background workers.
 pub struct Workers {
     stop: watch::Sender<bool>,
@@ -189,11 +203,13 @@ impl Workers {
         }
     }
 
-    /// Runs `job` every `period`, the first time after `first`, on the blocking pool, until
-    /// the shutdown signal. A run in progress finishes before the worker stops.
-    pub fn every<F>(&self, name: &str, about: &str, period: Duration, first: Duration, job: F)
+    /// Runs `job` every `period`, the first time after `first`, until the shutdown signal. Each
+    /// run is driven on the blocking pool (`on_blocking_pool`), so a sweep that blocks on the
+    /// disk stalls no runtime thread. A run in progress finishes before the worker stops.
+    pub fn every<F, Fut>(&self, name: &str, about: &str, period: Duration, first: Duration, job: F)
     where
-        F: Fn() -> Result<(), String> + Send + Sync + 'static,
+        F: Fn() -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<(), String>> + 'static,
     {
         let report = self.register(name, about, Some(period));
         let job = Arc::new(job);
@@ -209,7 +225,7 @@ impl Workers {
                 let job = job.clone();
                 let _ = report
                     .run(|| async move {
-                        tokio::task::spawn_blocking(move || job())
+                        on_blocking_pool(move || job())
                             .await
                             .unwrap_or_else(|e| Err(format!("the run panicked: {e}")))
                     })
@@ -335,9 +351,12 @@ mod tests {
             "counts",
             Duration::from_secs(1),
             Duration::ZERO,
-            move || match seen.fetch_add(1, Ordering::SeqCst) {
-                1 => Err("the second run fails".into()),
-                _ => Ok(()),
+            move || {
+                let r = match seen.fetch_add(1, Ordering::SeqCst) {
+                    1 => Err("the second run fails".into()),
+                    _ => Ok(()),
+                };
+                std::future::ready(r)
             },
         );
         w.spawn(

@@ -76,7 +76,7 @@ async fn get_attributes(
     ApiQuery(q): ApiQuery<ScopeParams>,
 ) -> ApiResult<axum::Json<DeviceAttributes>> {
     let sc = q.scope.as_deref().map(scope).transpose()?;
-    Ok(axum::Json(s.attributes.get(id, sc)?))
+    Ok(axum::Json(s.attributes.get(id, sc).await?))
 }
 
 /// Set a device's attributes
@@ -99,7 +99,7 @@ async fn set_attributes(
 ) -> ApiResult<axum::Json<DeviceAttributes>> {
     let sc = scope(&sc)?;
     s.attributes.set(id, sc, parse_body(body)?).await?;
-    Ok(axum::Json(s.attributes.get(id, Some(sc))?))
+    Ok(axum::Json(s.attributes.get(id, Some(sc)).await?))
 }
 
 /// Delete a device's attributes
@@ -134,7 +134,7 @@ async fn get_fleet_shared(
     State(s): S,
     On(id, _): On<Fleet, Viewer>,
 ) -> ApiResult<axum::Json<BTreeMap<String, AttrValue>>> {
-    Ok(axum::Json(s.attributes.fleet_defaults(id)?))
+    Ok(axum::Json(s.attributes.fleet_defaults(id).await?))
 }
 
 /// Set a fleet's shared attribute defaults
@@ -152,7 +152,7 @@ async fn set_fleet_shared(
     ApiJson(body): ApiJson<Map<String, Json>>,
 ) -> ApiResult<axum::Json<BTreeMap<String, AttrValue>>> {
     s.attributes.set_fleet(id, parse_body(body)?).await?;
-    Ok(axum::Json(s.attributes.fleet_defaults(id)?))
+    Ok(axum::Json(s.attributes.fleet_defaults(id).await?))
 }
 
 /// Delete a fleet's shared attribute defaults

@@ -23,7 +23,7 @@ use crate::audit::Entry;
 use crate::auth::users::{ApiKeyView, NewApiKey, NewUser, UserPatch};
 use crate::auth::{Principal, SignedIn, policy::UserView};
 use crate::devices::registry::DeviceStatus;
-use crate::model::{ApiKeyId, AuditKind, DeviceId, FleetId, Role, UserId};
+use crate::model::{ApiKeyId, AuditKind, DeviceId, FleetId, UserId};
 use crate::services::Services;
 
 type S = State<Arc<Services>>;
@@ -89,8 +89,8 @@ pub async fn authenticate(State(s): S, mut req: Request, next: Next) -> Response
     let tls = is_tls(req.extensions());
     let cookie = session_cookie(req.headers(), tls);
     let found = match (&bearer, &cookie) {
-        (Some(k), _) => s.auth.principal_for_key(k),
-        (None, Some(c)) => s.auth.principal_for_session(c, tls),
+        (Some(k), _) => s.auth.principal_for_key(k).await,
+        (None, Some(c)) => s.auth.principal_for_session(c, tls).await,
         (None, None) => Ok(None),
     };
     let principal = match found {
@@ -165,28 +165,22 @@ pub async fn authenticate(State(s): S, mut req: Request, next: Next) -> Response
 
 impl Services {
     /// Whether the caller sees a device (lists, live events).
-    pub(crate) fn sees_device(&self, p: &Principal, device: DeviceId) -> bool {
+    pub(crate) async fn sees_device(&self, p: &Principal, device: DeviceId) -> bool {
         p.admin
             || self
                 .registry
                 .device_record(device)
+                .await
                 .is_ok_and(|d| p.sees_fleet(d.workspace_id, d.fleet_id))
     }
 
-    pub(crate) fn sees_fleet(&self, p: &Principal, fleet: FleetId) -> bool {
+    pub(crate) async fn sees_fleet(&self, p: &Principal, fleet: FleetId) -> bool {
         p.admin
             || self
                 .registry
                 .fleet(fleet)
+                .await
                 .is_ok_and(|f| p.sees_fleet(f.workspace_id, f.id))
-    }
-
-    /// The caller's highest role on a fleet (for audit listings).
-    pub(crate) fn role_on(&self, p: &Principal, fleet: FleetId) -> Option<Role> {
-        self.registry
-            .fleet(fleet)
-            .ok()
-            .and_then(|f| p.role_on_fleet(f.workspace_id, f.id))
     }
 }
 
@@ -254,12 +248,12 @@ pub struct MeUser {
     grants: Vec<crate::model::Grant>,
 }
 
-fn me_of(s: &Services, p: &Principal) -> Me {
-    let display_name = p
-        .user_id
-        .and_then(|u| s.auth.user(u).ok())
-        .map(|u| u.display_name)
-        .unwrap_or_default();
+async fn me_of(s: &Services, p: &Principal) -> Me {
+    let display_name = match p.user_id {
+        Some(u) => s.auth.user(u).await.ok().map(|u| u.display_name),
+        None => None,
+    }
+    .unwrap_or_default();
     Me {
         user: MeUser {
             id: p.user_id,
@@ -284,9 +278,9 @@ fn cookie_header(value: &str, tls: bool, max_age: Option<u64>) -> HeaderValue {
     .unwrap_or_else(|_| HeaderValue::from_static(""))
 }
 
-fn signed_in(s: &Services, si: SignedIn, tls: bool) -> Response {
+async fn signed_in(s: &Services, si: SignedIn, tls: bool) -> Response {
     let max = s.config.auth.session_max_hours * 3600;
-    let mut r = Json(me_of(s, &si.principal)).into_response();
+    let mut r = Json(me_of(s, &si.principal).await).into_response();
     r.headers_mut().insert(
         header::SET_COOKIE,
         cookie_header(&si.cookie, tls, Some(max)),
@@ -325,7 +319,7 @@ async fn login(State(s): S, req: Request) -> ApiResult<Response> {
     let b: LoginBody = serde_json::from_slice(&body)
         .map_err(|e| ApiError::bad_request("invalid_body", e.to_string()))?;
     let si = s.auth.login(&b.username, &b.password, peer, tls).await?;
-    Ok(signed_in(&s, si, tls))
+    Ok(signed_in(&s, si, tls).await)
 }
 
 /// Create the first admin
@@ -351,7 +345,7 @@ async fn setup(State(s): S, req: Request) -> ApiResult<Response> {
         .auth
         .setup(&b.token, &b.username, &b.password, peer, tls)
         .await?;
-    Ok(signed_in(&s, si, tls))
+    Ok(signed_in(&s, si, tls).await)
 }
 
 /// What the sign-in page needs to know before anyone signs in.
@@ -369,7 +363,7 @@ struct AuthStatus {
 #[utoipa::path(get, path = "/auth/status", tag = "auth", security(()),
     responses((status = 200, body = AuthStatus, description = "whether any web UI user exists yet")))]
 async fn status(State(s): S) -> ApiResult<Json<AuthStatus>> {
-    let users_exist = s.auth.users_exist()?;
+    let users_exist = s.auth.users_exist().await?;
     Ok(Json(AuthStatus { users_exist }))
 }
 
@@ -381,7 +375,7 @@ async fn status(State(s): S) -> ApiResult<Json<AuthStatus>> {
 #[utoipa::path(get, path = "/auth/me", tag = "auth", responses((status = 200, body = Me)))]
 async fn me(State(s): S, caller: Caller) -> Json<Me> {
     let p = caller.filters().clone();
-    Json(me_of(&s, &p))
+    Json(me_of(&s, &p).await)
 }
 
 /// Sign out
@@ -410,7 +404,7 @@ async fn list_users(
     _: ServerAdmin,
     Extension(_p): Extension<Principal>,
 ) -> ApiResult<Json<Vec<UserView>>> {
-    Ok(Json(s.auth.users()?))
+    Ok(Json(s.auth.users().await?))
 }
 
 /// Create a user
@@ -445,7 +439,7 @@ async fn get_user(
     Extension(_p): Extension<Principal>,
     SelfOrAdmin(id): SelfOrAdmin,
 ) -> ApiResult<Json<UserView>> {
-    Ok(Json(UserView::from(&s.auth.user(id)?)))
+    Ok(Json(UserView::from(&s.auth.user(id).await?)))
 }
 
 /// Update a user
@@ -507,7 +501,7 @@ async fn list_api_keys(
     Extension(_p): Extension<Principal>,
     SelfOrAdmin(id): SelfOrAdmin,
 ) -> ApiResult<Json<Vec<ApiKeyView>>> {
-    Ok(Json(s.auth.api_keys_of(id)?))
+    Ok(Json(s.auth.api_keys_of(id).await?))
 }
 
 /// Create an API key
@@ -586,13 +580,14 @@ async fn overview(State(s): S, caller: Caller) -> ApiResult<Json<Overview>> {
     let s2 = s.clone();
     let p2 = p.clone();
     let (total, online, running, conditions) =
-        tokio::task::spawn_blocking(move || -> ApiResult<(u64, u64, u64, u64)> {
+        crate::workers::on_blocking_pool(move || async move {
             let mut after = None;
             let (mut total, mut online) = (0u64, 0u64);
             loop {
                 let page = s2
                     .registry
-                    .list_devices(&Default::default(), after.as_ref(), 1000)?;
+                    .list_devices(&Default::default(), after.as_ref(), 1000)
+                    .await?;
                 for d in &page.items {
                     if p2.admin || p2.sees_fleet(d.workspace_id, d.fleet_id) {
                         total += 1;
@@ -604,17 +599,28 @@ async fn overview(State(s): S, caller: Caller) -> ApiResult<Json<Overview>> {
                     None => break,
                 }
             }
-            let running = s2
-                .jobs
-                .unfinished()
-                .map_err(ApiError::internal)?
-                .iter()
-                .filter(|(_, d)| p2.admin || s2.sees_device(&p2, *d))
-                .count() as u64;
-            let conditions = s2
-                .conditions
-                .open_count(&|d| p2.admin || s2.sees_device(&p2, d))?;
-            Ok((total, online, running, conditions))
+            // Whether the caller sees each device, looked up once per device.
+            let mut sees = std::collections::HashMap::new();
+            let mut visible = async |d: DeviceId| {
+                if p2.admin {
+                    return true;
+                }
+                if let Some(v) = sees.get(&d) {
+                    return *v;
+                }
+                let v = s2.sees_device(&p2, d).await;
+                sees.insert(d, v);
+                v
+            };
+            let mut running = 0u64;
+            for (_, d) in s2.jobs.unfinished().await.map_err(ApiError::internal)? {
+                running += u64::from(visible(d).await);
+            }
+            let mut conditions = 0u64;
+            for d in s2.conditions.open_devices().await? {
+                conditions += u64::from(visible(d).await);
+            }
+            ApiResult::Ok((total, online, running, conditions))
         })
         .await
         .map_err(ApiError::internal)??;
@@ -630,6 +636,7 @@ async fn overview(State(s): S, caller: Caller) -> ApiResult<Json<Overview>> {
         integrations: if p.admin {
             s.integrations
                 .list()
+                .await
                 .map_err(ApiError::from)?
                 .into_iter()
                 .map(|i| {

@@ -103,16 +103,19 @@ pub trait Object: Send + Sync + 'static {
     type Id: std::str::FromStr + Copy + Send;
     /// What a 404 calls it.
     const WHAT: &'static str;
-    fn scope(s: &Services, id: Self::Id) -> Result<Scope, Error>;
+    fn scope(
+        s: &Services,
+        id: Self::Id,
+    ) -> impl std::future::Future<Output = Result<Scope, Error>> + Send;
 }
 
-fn device_scope(s: &Services, id: DeviceId) -> Result<Scope, Error> {
-    let d = s.registry.device_record(id)?;
+async fn device_scope(s: &Services, id: DeviceId) -> Result<Scope, Error> {
+    let d = s.registry.device_record(id).await?;
     Ok(Scope::Fleet(d.workspace_id, d.fleet_id))
 }
 
-fn fleet_scope(s: &Services, id: FleetId) -> Result<Scope, Error> {
-    let f = s.registry.fleet(id)?;
+async fn fleet_scope(s: &Services, id: FleetId) -> Result<Scope, Error> {
+    let f = s.registry.fleet(id).await?;
     Ok(Scope::Fleet(f.workspace_id, f.id))
 }
 
@@ -121,8 +124,8 @@ pub struct Device;
 impl Object for Device {
     type Id = DeviceId;
     const WHAT: &'static str = "device";
-    fn scope(s: &Services, id: DeviceId) -> Result<Scope, Error> {
-        device_scope(s, id)
+    async fn scope(s: &Services, id: DeviceId) -> Result<Scope, Error> {
+        device_scope(s, id).await
     }
 }
 
@@ -131,8 +134,8 @@ pub struct Fleet;
 impl Object for Fleet {
     type Id = FleetId;
     const WHAT: &'static str = "fleet";
-    fn scope(s: &Services, id: FleetId) -> Result<Scope, Error> {
-        fleet_scope(s, id)
+    async fn scope(s: &Services, id: FleetId) -> Result<Scope, Error> {
+        fleet_scope(s, id).await
     }
 }
 
@@ -141,8 +144,8 @@ pub struct Job;
 impl Object for Job {
     type Id = JobId;
     const WHAT: &'static str = "job";
-    fn scope(s: &Services, id: JobId) -> Result<Scope, Error> {
-        device_scope(s, s.jobs.get(id)?.device_id)
+    async fn scope(s: &Services, id: JobId) -> Result<Scope, Error> {
+        device_scope(s, s.jobs.get(id).await?.device_id).await
     }
 }
 
@@ -151,8 +154,8 @@ pub struct FleetJob;
 impl Object for FleetJob {
     type Id = FleetJobId;
     const WHAT: &'static str = "fleet job";
-    fn scope(s: &Services, id: FleetJobId) -> Result<Scope, Error> {
-        fleet_scope(s, s.jobs.fleet_job_record(id)?.fleet_id)
+    async fn scope(s: &Services, id: FleetJobId) -> Result<Scope, Error> {
+        fleet_scope(s, s.jobs.fleet_job_record(id).await?.fleet_id).await
     }
 }
 
@@ -161,8 +164,8 @@ pub struct Condition;
 impl Object for Condition {
     type Id = ConditionId;
     const WHAT: &'static str = "condition";
-    fn scope(s: &Services, id: ConditionId) -> Result<Scope, Error> {
-        device_scope(s, s.conditions.get(id)?.device_id)
+    async fn scope(s: &Services, id: ConditionId) -> Result<Scope, Error> {
+        device_scope(s, s.conditions.get(id).await?.device_id).await
     }
 }
 
@@ -171,11 +174,11 @@ pub struct Schedule;
 impl Object for Schedule {
     type Id = ScheduleId;
     const WHAT: &'static str = "schedule";
-    fn scope(s: &Services, id: ScheduleId) -> Result<Scope, Error> {
-        let sc = s.jobs.schedule(id)?;
+    async fn scope(s: &Services, id: ScheduleId) -> Result<Scope, Error> {
+        let sc = s.jobs.schedule(id).await?;
         match (sc.device_id, sc.fleet_id) {
-            (Some(d), _) => device_scope(s, d),
-            (_, Some(f)) => fleet_scope(s, f),
+            (Some(d), _) => device_scope(s, d).await,
+            (_, Some(f)) => fleet_scope(s, f).await,
             _ => Ok(Scope::Server),
         }
     }
@@ -289,19 +292,19 @@ impl Caller {
 
     /// Checks `action`: 403 when the caller sees the object but lacks the role, 404 when they
     /// do not see it (or it does not exist).
-    pub fn require(&self, action: Action) -> Result<(), ApiError> {
+    pub async fn require(&self, action: Action) -> Result<(), ApiError> {
         self.mark();
         let (p, s) = (&self.principal, &self.services);
         match action {
             Action::Workspace(w, role) => {
-                found(s.registry.workspace(w), "workspace")?;
+                found(s.registry.workspace(w).await, "workspace")?;
                 workspace_role(p, w, role)
             }
-            Action::Fleet(f, role) => match found(fleet_scope(s, f), "fleet")? {
+            Action::Fleet(f, role) => match found(fleet_scope(s, f).await, "fleet")? {
                 Scope::Fleet(w, f) => fleet_role(p, w, f, role, "fleet"),
                 Scope::Server => server_admin(p),
             },
-            Action::Device(d, role) => match found(device_scope(s, d), "device")? {
+            Action::Device(d, role) => match found(device_scope(s, d).await, "device")? {
                 Scope::Fleet(w, f) => fleet_role(p, w, f, role, "device"),
                 Scope::Server => server_admin(p),
             },
@@ -341,7 +344,7 @@ impl<O: Object, R: RoleMark> FromRequestParts<Arc<Services>> for On<O, R> {
     ) -> Result<Self, ApiError> {
         let p = checking(parts)?;
         let id: O::Id = path_id(parts, state, "id").await?;
-        match found(O::scope(state, id), O::WHAT)? {
+        match found(O::scope(state, id).await, O::WHAT)? {
             Scope::Fleet(w, f) => fleet_role(&p, w, f, R::ROLE, O::WHAT)?,
             Scope::Server => server_admin(&p)?,
         }
@@ -361,7 +364,7 @@ impl FromRequestParts<Arc<Services>> for FleetSettings {
     ) -> Result<Self, ApiError> {
         let p = checking(parts)?;
         let id: FleetId = path_id(parts, state, "id").await?;
-        let f = found(state.registry.fleet(id), "fleet")?;
+        let f = found(state.registry.fleet(id).await, "fleet")?;
         if p.role_on_fleet(f.workspace_id, f.id).is_none() {
             return Err(ApiError::not_found("fleet"));
         }
@@ -381,7 +384,7 @@ impl<R: RoleMark> FromRequestParts<Arc<Services>> for InWorkspace<R> {
     ) -> Result<Self, ApiError> {
         let p = checking(parts)?;
         let id: WorkspaceId = path_id(parts, state, "id").await?;
-        found(state.registry.workspace(id), "workspace")?;
+        found(state.registry.workspace(id).await, "workspace")?;
         workspace_role(&p, id, R::ROLE)?;
         Ok(InWorkspace(id, PhantomData))
     }
@@ -398,7 +401,7 @@ impl FromRequestParts<Arc<Services>> for SeesWorkspace {
     ) -> Result<Self, ApiError> {
         let p = checking(parts)?;
         let id: WorkspaceId = path_id(parts, state, "id").await?;
-        found(state.registry.workspace(id), "workspace")?;
+        found(state.registry.workspace(id).await, "workspace")?;
         if !p.sees_workspace(id) {
             return Err(ApiError::not_found("workspace"));
         }
@@ -467,8 +470,14 @@ impl FromRequestParts<Arc<Services>> for ExportScope {
         for (k, v) in form_urlencoded::parse(query.as_bytes()) {
             for one in v.split(',').filter(|x| !x.is_empty()) {
                 let ok = match &*k {
-                    "device_id" => one.parse().is_ok_and(|d| s.sees_device(&p, DeviceId(d))),
-                    "fleet_id" => one.parse().is_ok_and(|f| s.sees_fleet(&p, FleetId(f))),
+                    "device_id" => match one.parse() {
+                        Ok(d) => s.sees_device(&p, DeviceId(d)).await,
+                        Err(_) => false,
+                    },
+                    "fleet_id" => match one.parse() {
+                        Ok(f) => s.sees_fleet(&p, FleetId(f)).await,
+                        Err(_) => false,
+                    },
                     _ => continue,
                 };
                 if !ok {

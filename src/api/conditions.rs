@@ -88,16 +88,19 @@ impl ListConditions {
     }
 }
 
-fn listing(
+async fn listing(
     s: &Services,
     who: &Principal,
     q: ConditionQuery,
     limit: Option<usize>,
 ) -> ApiResult<Page<ConditionView>> {
     let limit = page_limit(limit)?;
-    let (items, next) = s.conditions.list(&q, limit, &|c| {
-        who.admin || who.sees_fleet(c.workspace_id, c.fleet_id)
-    })?;
+    let (items, next) = s
+        .conditions
+        .list(&q, limit, &|c| {
+            who.admin || who.sees_fleet(c.workspace_id, c.fleet_id)
+        })
+        .await?;
     Ok(Page {
         items: items.iter().map(ConditionView::from).collect(),
         next_cursor: next.map(|c| c.to_string()),
@@ -123,9 +126,11 @@ async fn list_conditions(
     let query = q.query()?;
     let s2 = s.clone();
     // A filter that matches little may walk much of the history: off the async workers.
-    let page = tokio::task::spawn_blocking(move || listing(&s2, &who, query, q.limit))
-        .await
-        .map_err(ApiError::internal)??;
+    let page = crate::workers::on_blocking_pool(move || async move {
+        listing(&s2, &who, query, q.limit).await
+    })
+    .await
+    .map_err(ApiError::internal)??;
     Ok(Json(page))
 }
 
@@ -143,10 +148,10 @@ async fn device_conditions(
     On(id, _): On<Device, Viewer>,
     ApiQuery(q): ApiQuery<ListConditions>,
 ) -> ApiResult<Json<Page<ConditionView>>> {
-    s.registry.device_record(id)?;
+    s.registry.device_record(id).await?;
     let mut query = q.query()?;
     query.device = Some(id);
-    Ok(Json(listing(&s, &who, query, q.limit)?))
+    Ok(Json(listing(&s, &who, query, q.limit).await?))
 }
 
 /// Get a condition
@@ -159,7 +164,7 @@ async fn get_condition(
     State(s): S,
     On(id, _): On<ConditionObj, Viewer>,
 ) -> ApiResult<Json<ConditionView>> {
-    Ok(Json(s.conditions.get(id)?.into()))
+    Ok(Json(s.conditions.get(id).await?.into()))
 }
 
 /// Acknowledge a condition

@@ -56,7 +56,7 @@ async fn list_credentials(
     State(s): S,
     On(id, _): On<Device, Viewer>,
 ) -> ApiResult<axum::Json<Vec<CredentialView>>> {
-    Ok(axum::Json(s.credentials.list(id)?))
+    Ok(axum::Json(s.credentials.list(id).await?))
 }
 
 /// Add a credential to a device
@@ -205,7 +205,7 @@ async fn get_provisioning(
     State(s): S,
     FleetSettings(id): FleetSettings,
 ) -> ApiResult<axum::Json<ProvisioningView>> {
-    Ok(axum::Json(s.provisioning.get(id)?))
+    Ok(axum::Json(s.provisioning.get(id).await?))
 }
 
 /// Set a fleet's provisioning key
@@ -256,7 +256,7 @@ async fn list_fleet_cas(
     State(s): S,
     On(id, _): On<Fleet, Viewer>,
 ) -> ApiResult<axum::Json<Vec<FleetCa>>> {
-    Ok(axum::Json(s.credentials.fleet_cas(id)?))
+    Ok(axum::Json(s.credentials.fleet_cas(id).await?))
 }
 
 /// Register a manufacturer CA on a fleet
@@ -340,18 +340,45 @@ async fn list_audit(
         actor: q.actor,
         since: q.since,
     };
-    // Server admins read everything; others the records of fleets they administer.
-    let admin_of = |e: &AuditEvent| {
-        who.admin
-            || e.fleet_id
-                .is_some_and(|f| s.role_on(who, f) == Some(crate::model::Role::Admin))
-    };
-    let p = s.audit.list_where(
-        &f,
-        q.cursor.map(Cursor::new).as_ref(),
-        page_limit(q.limit)?,
-        admin_of,
-    )?;
+    // Server admins read everything; others the records of fleets they administer, which
+    // their grants name (a workspace-wide grant: every fleet of the workspace).
+    let mut administered = std::collections::HashSet::new();
+    if !who.admin {
+        for g in who
+            .grants
+            .iter()
+            .filter(|g| g.role == crate::model::Role::Admin)
+        {
+            match &g.fleets {
+                Some(fleets) => administered.extend(fleets.iter().copied()),
+                None => {
+                    let mut after = None;
+                    loop {
+                        let page = s
+                            .registry
+                            .list_fleets(Some(g.workspace_id), None, after.as_ref(), 1000)
+                            .await?;
+                        administered.extend(page.items.iter().map(|f| f.id));
+                        match page.next_cursor {
+                            Some(c) => after = Some(c),
+                            None => break,
+                        }
+                    }
+                }
+            }
+        }
+    }
+    let admin_of =
+        |e: &AuditEvent| who.admin || e.fleet_id.is_some_and(|f| administered.contains(&f));
+    let p = s
+        .audit
+        .list_where(
+            &f,
+            q.cursor.map(Cursor::new).as_ref(),
+            page_limit(q.limit)?,
+            admin_of,
+        )
+        .await?;
     Ok(axum::Json(page(p, |e| e)))
 }
 

@@ -86,14 +86,27 @@ async fn events(
                             continue;
                         }
                         // Server-wide events (integration alarms) are for server admins.
-                        let visible = who.admin
-                            || device.is_some_and(|device| {
-                                *seen
+                        let visible = match device {
+                            _ if who.admin => true,
+                            None => false,
+                            Some(device) => {
+                                let known = seen
                                     .lock()
                                     .unwrap_or_else(|p| p.into_inner())
-                                    .entry(device)
-                                    .or_insert_with(|| s.sees_device(&who, device))
-                            });
+                                    .get(&device)
+                                    .copied();
+                                match known {
+                                    Some(v) => v,
+                                    None => {
+                                        let v = s.sees_device(&who, device).await;
+                                        seen.lock()
+                                            .unwrap_or_else(|p| p.into_inner())
+                                            .insert(device, v);
+                                        v
+                                    }
+                                }
+                            }
+                        };
                         if !visible {
                             continue;
                         }

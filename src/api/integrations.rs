@@ -73,7 +73,7 @@ pub struct IntegrationList {
     responses((status = 200, body = IntegrationList)))]
 async fn list_integrations(State(s): S, _: ServerAdmin) -> ApiResult<axum::Json<IntegrationList>> {
     Ok(axum::Json(IntegrationList {
-        items: s.integrations.list()?,
+        items: s.integrations.list().await?,
     }))
 }
 
@@ -88,7 +88,7 @@ async fn get_integration(
     _: ServerAdmin,
     ApiPath(id): ApiPath<IntegrationId>,
 ) -> ApiResult<axum::Json<IntegrationView>> {
-    Ok(axum::Json(s.integrations.get(id)?))
+    Ok(axum::Json(s.integrations.get(id).await?))
 }
 
 /// Update an integration
@@ -187,7 +187,7 @@ async fn integration_status(
     _: ServerAdmin,
     ApiPath(id): ApiPath<IntegrationId>,
 ) -> ApiResult<axum::Json<IntegrationStatus>> {
-    Ok(axum::Json(s.integrations.status(id)?))
+    Ok(axum::Json(s.integrations.status(id).await?))
 }
 
 #[derive(Deserialize, IntoParams)]
@@ -216,11 +216,11 @@ async fn list_dead_letters(
     ApiQuery(q): ApiQuery<DeadLetterParams>,
 ) -> ApiResult<axum::Json<DeadLetterPage>> {
     let limit = page_limit(q.limit)?;
-    Ok(axum::Json(s.integrations.dead_letters(
-        id,
-        q.cursor.as_deref().filter(|c| !c.is_empty()),
-        limit,
-    )?))
+    Ok(axum::Json(
+        s.integrations
+            .dead_letters(id, q.cursor.as_deref().filter(|c| !c.is_empty()), limit)
+            .await?,
+    ))
 }
 
 #[derive(Serialize, ToSchema)]

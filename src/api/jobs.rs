@@ -59,8 +59,8 @@ async fn create_schedule(
 ) -> ApiResult<(StatusCode, axum::Json<ScheduleView>)> {
     // Exactly one target is valid; with neither, the service refuses the body (422).
     match (body.device_id, body.fleet_id) {
-        (Some(d), _) => caller.require(Action::Device(d, Role::Operator))?,
-        (None, Some(f)) => caller.require(Action::Fleet(f, Role::Operator))?,
+        (Some(d), _) => caller.require(Action::Device(d, Role::Operator)).await?,
+        (None, Some(f)) => caller.require(Action::Fleet(f, Role::Operator)).await?,
         (None, None) => {}
     }
     Ok((
@@ -77,13 +77,18 @@ async fn create_schedule(
     responses((status = 200, body = Vec<ScheduleView>)))]
 async fn list_schedules(State(s): S, caller: Caller) -> ApiResult<axum::Json<Vec<ScheduleView>>> {
     let who = caller.filters();
-    let mut v = s.jobs.schedules()?;
-    v.retain(|sc| match (sc.device_id, sc.fleet_id) {
-        (Some(d), _) => s.sees_device(who, d),
-        (_, Some(f)) => s.sees_fleet(who, f),
-        _ => who.admin,
-    });
-    Ok(axum::Json(v.iter().map(ScheduleView::from).collect()))
+    let mut v = Vec::new();
+    for sc in s.jobs.schedules().await? {
+        let sees = match (sc.device_id, sc.fleet_id) {
+            (Some(d), _) => s.sees_device(who, d).await,
+            (_, Some(f)) => s.sees_fleet(who, f).await,
+            _ => who.admin,
+        };
+        if sees {
+            v.push(ScheduleView::from(&sc));
+        }
+    }
+    Ok(axum::Json(v))
 }
 
 /// Get a schedule
@@ -97,7 +102,7 @@ async fn get_schedule(
     State(s): S,
     On(id, _): On<ScheduleObj, Viewer>,
 ) -> ApiResult<axum::Json<ScheduleView>> {
-    Ok(axum::Json(s.jobs.schedule(id)?.into()))
+    Ok(axum::Json(s.jobs.schedule(id).await?.into()))
 }
 
 /// Delete a schedule
@@ -199,7 +204,7 @@ async fn list_fleet_jobs(
     State(s): S,
     On(id, _): On<Fleet, Viewer>,
 ) -> ApiResult<axum::Json<Vec<FleetJobView>>> {
-    Ok(axum::Json(s.jobs.fleet_jobs_of(id)?))
+    Ok(axum::Json(s.jobs.fleet_jobs_of(id).await?))
 }
 
 /// Get a rollout
@@ -213,7 +218,7 @@ async fn get_fleet_job(
     State(s): S,
     On(id, _): On<FleetJob, Viewer>,
 ) -> ApiResult<axum::Json<FleetJobView>> {
-    Ok(axum::Json(s.jobs.fleet_job(id)?))
+    Ok(axum::Json(s.jobs.fleet_job(id).await?))
 }
 
 /// Cancel a rollout
@@ -286,7 +291,7 @@ async fn list_jobs(
     On(id, _): On<Device, Viewer>,
 ) -> ApiResult<axum::Json<Vec<JobView>>> {
     Ok(axum::Json(
-        s.jobs.list(id)?.iter().map(JobView::from).collect(),
+        s.jobs.list(id).await?.iter().map(JobView::from).collect(),
     ))
 }
 
@@ -309,7 +314,7 @@ async fn get_job(
                 .wait(id, Duration::from_millis(w).min(MAX_WAIT))
                 .await?
         }
-        None => s.jobs.get(id)?,
+        None => s.jobs.get(id).await?,
     };
     Ok(axum::Json(job.into()))
 }

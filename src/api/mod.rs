@@ -215,7 +215,7 @@ async fn metrics(State(s): State<Arc<Services>>) -> Response {
     s.metrics
         .http_connections
         .set(s.http_connections.open() as i64);
-    match s.conditions.open_by_severity() {
+    match s.conditions.open_by_severity().await {
         Ok(counts) => {
             for (sev, n) in counts {
                 s.metrics
@@ -228,7 +228,7 @@ async fn metrics(State(s): State<Arc<Services>>) -> Response {
         }
         Err(e) => tracing::warn!(error = %e, "cannot count open conditions for the metrics"),
     }
-    match s.jobs.unfinished_by_state() {
+    match s.jobs.unfinished_by_state().await {
         Ok(counts) => {
             for state in [JobState::Queued, JobState::Sent, JobState::Delivered] {
                 s.metrics
@@ -242,7 +242,7 @@ async fn metrics(State(s): State<Arc<Services>>) -> Response {
         Err(e) => tracing::warn!(error = %e, "cannot count unfinished jobs for the metrics"),
     }
     s.metrics.sample_process();
-    match s.data.store_size() {
+    match s.data.store_size().await {
         Ok(b) => {
             s.metrics.store_size_bytes.set(b as i64);
         }

@@ -79,12 +79,15 @@ async fn list_workspaces(
     ApiQuery(q): ApiQuery<ListWorkspaces>,
 ) -> ApiResult<axum::Json<Page<WorkspaceView>>> {
     let who = caller.filters();
-    let p = s.registry.list_workspaces_where(
-        q.name.as_deref(),
-        q.cursor.map(Cursor::new).as_ref(),
-        page_limit(q.limit)?,
-        |w| who.sees_workspace(w.id),
-    )?;
+    let p = s
+        .registry
+        .list_workspaces_where(
+            q.name.as_deref(),
+            q.cursor.map(Cursor::new).as_ref(),
+            page_limit(q.limit)?,
+            |w| who.sees_workspace(w.id),
+        )
+        .await?;
     Ok(axum::Json(page(p, WorkspaceView::from)))
 }
 
@@ -117,7 +120,7 @@ async fn get_workspace(
     State(s): S,
     SeesWorkspace(id): SeesWorkspace,
 ) -> ApiResult<axum::Json<WorkspaceView>> {
-    Ok(axum::Json(s.registry.workspace(id)?.into()))
+    Ok(axum::Json(s.registry.workspace(id).await?.into()))
 }
 
 /// Update a workspace
@@ -181,13 +184,16 @@ async fn list_fleets(
     ApiQuery(q): ApiQuery<ListFleets>,
 ) -> ApiResult<axum::Json<Page<FleetView>>> {
     let who = caller.filters();
-    let p = s.registry.list_fleets_where(
-        q.workspace_id,
-        q.name.as_deref(),
-        q.cursor.map(Cursor::new).as_ref(),
-        page_limit(q.limit)?,
-        |f| who.sees_fleet(f.workspace_id, f.id),
-    )?;
+    let p = s
+        .registry
+        .list_fleets_where(
+            q.workspace_id,
+            q.name.as_deref(),
+            q.cursor.map(Cursor::new).as_ref(),
+            page_limit(q.limit)?,
+            |f| who.sees_fleet(f.workspace_id, f.id),
+        )
+        .await?;
     Ok(axum::Json(page(p, FleetView::from)))
 }
 
@@ -204,7 +210,9 @@ async fn create_fleet(
     caller: Caller,
     ApiJson(body): ApiJson<NewFleet>,
 ) -> ApiResult<(StatusCode, axum::Json<FleetView>)> {
-    caller.require(Action::Workspace(body.workspace_id, Role::Admin))?;
+    caller
+        .require(Action::Workspace(body.workspace_id, Role::Admin))
+        .await?;
     Ok((
         StatusCode::CREATED,
         axum::Json(s.registry.create_fleet(body).await?.into()),
@@ -221,7 +229,7 @@ async fn get_fleet(
     State(s): S,
     On(id, _): On<FleetObj, Viewer>,
 ) -> ApiResult<axum::Json<FleetView>> {
-    Ok(axum::Json(s.registry.fleet(id)?.into()))
+    Ok(axum::Json(s.registry.fleet(id).await?.into()))
 }
 
 /// Update a fleet
@@ -291,12 +299,15 @@ async fn list_devices(
         name: q.name,
         status: q.status,
     };
-    let p = s.registry.list_devices_where(
-        &filter,
-        q.cursor.map(Cursor::new).as_ref(),
-        page_limit(q.limit)?,
-        |d| who.sees_fleet(d.workspace_id, d.fleet_id),
-    )?;
+    let p = s
+        .registry
+        .list_devices_where(
+            &filter,
+            q.cursor.map(Cursor::new).as_ref(),
+            page_limit(q.limit)?,
+            |d| who.sees_fleet(d.workspace_id, d.fleet_id),
+        )
+        .await?;
     Ok(axum::Json(page(p, |d| d)))
 }
 
@@ -325,7 +336,9 @@ async fn create_device(
     caller: Caller,
     ApiJson(body): ApiJson<NewDevice>,
 ) -> ApiResult<(StatusCode, axum::Json<CreatedDevice>)> {
-    caller.require(Action::Fleet(body.fleet_id, Role::Operator))?;
+    caller
+        .require(Action::Fleet(body.fleet_id, Role::Operator))
+        .await?;
     let (device, credentials) = s.credentials.create_device(body).await?;
     tracing::info!(device = %device.id, name = %device.name, "device created");
     Ok((
@@ -347,7 +360,7 @@ async fn get_device(
     State(s): S,
     On(id, _): On<Device, Viewer>,
 ) -> ApiResult<axum::Json<DeviceView>> {
-    Ok(axum::Json(s.registry.device(id)?))
+    Ok(axum::Json(s.registry.device(id).await?))
 }
 
 /// List a device's connection history
@@ -361,7 +374,7 @@ async fn device_connections(
     State(s): S,
     On(id, _): On<Device, Viewer>,
 ) -> ApiResult<axum::Json<Vec<ConnectionEvent>>> {
-    Ok(axum::Json(s.registry.connection_history(id)?))
+    Ok(axum::Json(s.registry.connection_history(id).await?))
 }
 
 /// Update a device
@@ -383,7 +396,7 @@ async fn update_device(
     // A move needs the operator role on the fleet it goes to as well, and a fleet the caller
     // cannot see does not exist for them.
     if let Some(dest) = p.fleet_id {
-        caller.require(Action::Fleet(dest, Role::Operator))?;
+        caller.require(Action::Fleet(dest, Role::Operator)).await?;
     }
     Ok(axum::Json(s.registry.update_device(id, p).await?))
 }

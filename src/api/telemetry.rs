@@ -41,10 +41,10 @@ pub fn routes() -> OpenApiRouter<Arc<Services>> {
 
 /// Runs `f` on a blocking thread: store reads that grow with the data never run on the
 /// threads that serve requests.
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> ApiResult<T> + Send + 'static,
+async fn blocking<T: Send + 'static, Fut: std::future::Future<Output = ApiResult<T>>>(
+    f: impl FnOnce() -> Fut + Send + 'static,
 ) -> ApiResult<T> {
-    tokio::task::spawn_blocking(f)
+    crate::workers::on_blocking_pool(f)
         .await
         .map_err(ApiError::internal)?
 }
@@ -62,9 +62,10 @@ async fn retention_sweep(
     State(s): State<Arc<Services>>,
     _: ServerAdmin,
 ) -> ApiResult<axum::Json<SweepReport>> {
-    let r = tokio::task::spawn_blocking(move || {
+    let r = crate::workers::on_blocking_pool(move || async move {
         s.data
             .retention_sweep(&s.registry, s.config.retention.default_days)
+            .await
     })
     .await
     .map_err(ApiError::internal)??;
@@ -82,9 +83,11 @@ async fn workspace_usage(
     State(s): State<Arc<Services>>,
     InWorkspace(id, _): InWorkspace<Viewer>,
 ) -> ApiResult<axum::Json<WorkspaceUsage>> {
-    let u = tokio::task::spawn_blocking(move || s.data.workspace_usage(&s.registry, id))
-        .await
-        .map_err(ApiError::internal)??;
+    let u = crate::workers::on_blocking_pool(move || async move {
+        s.data.workspace_usage(&s.registry, id).await
+    })
+    .await
+    .map_err(ApiError::internal)??;
     Ok(axum::Json(u))
 }
 
@@ -99,7 +102,7 @@ async fn store_usage(
     _: ServerAdmin,
 ) -> ApiResult<axum::Json<StoreUsage>> {
     // Walks the store's files: off the request threads.
-    let usage = blocking(move || Ok(s.data.store_usage()?)).await?;
+    let usage = blocking(move || async move { Ok(s.data.store_usage().await?) }).await?;
     Ok(axum::Json(usage))
 }
 
@@ -174,19 +177,19 @@ async fn export(
     let (device_ids, fleet_ids) = (ids(q.device_id.as_deref())?, ids(q.fleet_id.as_deref())?);
     // Whole fleets are read from the registry: off the request threads.
     let s2 = s.clone();
-    let devices = blocking(move || {
+    let devices = blocking(move || async move {
         let mut devices = Vec::new();
         let mut seen = std::collections::HashSet::new();
         for d in device_ids {
-            let dev = s2.registry.device_record(DeviceId(d))?;
+            let dev = s2.registry.device_record(DeviceId(d)).await?;
             if seen.insert(dev.id) {
                 devices.push((dev.id, dev.name));
             }
         }
         for f in fleet_ids {
-            for id in fleet_devices(&s2, FleetId(f))? {
+            for id in fleet_devices(&s2, FleetId(f)).await? {
                 if seen.insert(id) {
-                    devices.push((id, s2.registry.device_record(id)?.name));
+                    devices.push((id, s2.registry.device_record(id).await?.name));
                 }
             }
         }
@@ -245,13 +248,13 @@ impl From<TagsError> for ApiError {
 }
 
 /// Every device of a fleet (404 when the fleet does not exist).
-pub(super) fn fleet_devices(s: &Services, fleet: FleetId) -> ApiResult<Vec<DeviceId>> {
-    s.registry.fleet(fleet)?;
+pub(super) async fn fleet_devices(s: &Services, fleet: FleetId) -> ApiResult<Vec<DeviceId>> {
+    s.registry.fleet(fleet).await?;
     let filter = DeviceFilter {
         fleet_id: Some(fleet),
         ..Default::default()
     };
-    Ok(s.registry.device_ids(&filter, false)?)
+    Ok(s.registry.device_ids(&filter, false).await?)
 }
 
 #[derive(Deserialize, IntoParams)]
@@ -291,7 +294,7 @@ pub struct AggregateResult {
     pub data: BTreeMap<String, Vec<Bucket>>,
 }
 
-fn run_aggregate(
+async fn run_aggregate(
     s: &Services,
     devices: &[DeviceId],
     q: AggregateParams,
@@ -302,14 +305,17 @@ fn run_aggregate(
     let from = q.from.unwrap_or(to.saturating_sub(DEFAULT_WINDOW_MS));
     let bounds = boundaries(from, to, interval, &tz)?;
     let tag = q.tag.unwrap_or_else(|| DEFAULT_TAG.to_string());
-    let data = s.data.aggregate(
-        devices,
-        &tag,
-        split_keys(q.keys.as_deref()),
-        &bounds,
-        from,
-        to,
-    )?;
+    let data = s
+        .data
+        .aggregate(
+            devices,
+            &tag,
+            split_keys(q.keys.as_deref()),
+            &bounds,
+            from,
+            to,
+        )
+        .await?;
     Ok(AggregateResult {
         device_id: None,
         fleet_id: None,
@@ -337,9 +343,9 @@ async fn device_aggregate(
     ApiQuery(q): ApiQuery<AggregateParams>,
 ) -> ApiResult<axum::Json<AggregateResult>> {
     // A long range or many keys cost many sled reads: off the request threads.
-    let mut r = blocking(move || {
-        s.registry.device_record(id)?;
-        run_aggregate(&s, &[id], q)
+    let mut r = blocking(move || async move {
+        s.registry.device_record(id).await?;
+        run_aggregate(&s, &[id], q).await
     })
     .await?;
     r.device_id = Some(id);
@@ -361,9 +367,9 @@ async fn fleet_aggregate(
     On(id, _): On<Fleet, Viewer>,
     ApiQuery(q): ApiQuery<AggregateParams>,
 ) -> ApiResult<axum::Json<AggregateResult>> {
-    let mut r = blocking(move || {
-        let devices = fleet_devices(&s, id)?;
-        run_aggregate(&s, &devices, q)
+    let mut r = blocking(move || async move {
+        let devices = fleet_devices(&s, id).await?;
+        run_aggregate(&s, &devices, q).await
     })
     .await?;
     r.fleet_id = Some(id);
@@ -385,11 +391,11 @@ pub struct TagsParams {
 }
 
 /// The tags (or the one named) of `devices` with their keys; at most `MAX_LISTED_KEYS`.
-fn list_tags(s: &Services, devices: &[DeviceId], tag: Option<String>) -> ApiResult<Tags> {
+async fn list_tags(s: &Services, devices: &[DeviceId], tag: Option<String>) -> ApiResult<Tags> {
     let tags = match tag {
-        None => s.data.tags(devices, MAX_LISTED_KEYS)?,
+        None => s.data.tags(devices, MAX_LISTED_KEYS).await?,
         Some(t) => {
-            let keys = s.data.tag_keys(devices, &t, MAX_LISTED_KEYS)?;
+            let keys = s.data.tag_keys(devices, &t, MAX_LISTED_KEYS).await?;
             if keys.is_empty() {
                 BTreeMap::new()
             } else {
@@ -413,9 +419,9 @@ async fn device_tags(
     On(id, _): On<Device, Viewer>,
     ApiQuery(q): ApiQuery<TagsParams>,
 ) -> ApiResult<axum::Json<Tags>> {
-    let tags = blocking(move || {
-        s.registry.device_record(id)?;
-        list_tags(&s, &[id], q.tag)
+    let tags = blocking(move || async move {
+        s.registry.device_record(id).await?;
+        list_tags(&s, &[id], q.tag).await
     })
     .await?;
     Ok(axum::Json(tags))
@@ -434,9 +440,9 @@ async fn fleet_tags(
     On(id, _): On<Fleet, Viewer>,
     ApiQuery(q): ApiQuery<TagsParams>,
 ) -> ApiResult<axum::Json<Tags>> {
-    let tags = blocking(move || {
-        let devices = fleet_devices(&s, id)?;
-        list_tags(&s, &devices, q.tag)
+    let tags = blocking(move || async move {
+        let devices = fleet_devices(&s, id).await?;
+        list_tags(&s, &devices, q.tag).await
     })
     .await?;
     Ok(axum::Json(tags))
@@ -542,9 +548,9 @@ async fn get_telemetry(
             .transpose()?,
     };
     // A page holds at most `limit` points, but finding them reads the tag's directory.
-    let page = blocking(move || {
-        s.registry.device_record(id)?;
-        Ok(s.data.raw(id, &query)?)
+    let page = blocking(move || async move {
+        s.registry.device_record(id).await?;
+        Ok(s.data.raw(id, &query).await?)
     })
     .await?;
     Ok(axum::Json(TelemetryPage {
@@ -589,9 +595,9 @@ async fn get_latest(
     let keys = split_keys(q.keys.as_deref());
     let t = tag.clone();
     // One read per key, up to the device's key cap: off the request threads.
-    let data = blocking(move || {
-        s.registry.device_record(id)?;
-        Ok(s.data.latest(id, &t, keys.as_deref())?)
+    let data = blocking(move || async move {
+        s.registry.device_record(id).await?;
+        Ok(s.data.latest(id, &t, keys.as_deref()).await?)
     })
     .await?
     .into_iter()

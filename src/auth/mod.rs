@@ -86,54 +86,59 @@ impl AuthService {
     pub async fn bootstrap(&self, configured: Option<&str>) -> Result<Bootstrap, StoreError> {
         if let Some(secret) = configured {
             let hash = secret_hash(secret);
-            if self.store.api_key_by_hash(&hash)?.is_none() {
-                self.store.put_api_key(&ApiKey {
-                    id: ApiKeyId::new(),
-                    name: "bootstrap (configured)".into(),
-                    key_sha256: hash,
-                    created_at: now_ms(),
-                    user_id: None,
-                    last_used_at: None,
-                })?;
+            if self.store.api_key_by_hash(&hash).await?.is_none() {
+                self.store
+                    .put_api_key(&ApiKey {
+                        id: ApiKeyId::new(),
+                        name: "bootstrap (configured)".into(),
+                        key_sha256: hash,
+                        created_at: now_ms(),
+                        user_id: None,
+                        last_used_at: None,
+                    })
+                    .await?;
                 self.store.commit().await?;
             }
             return Ok(Bootstrap::Configured);
         }
-        if self.store.api_key_count()? > 0 {
+        if self.store.api_key_count().await? > 0 {
             return Ok(Bootstrap::Existing);
         }
         let secret = new_api_key();
-        self.store.put_api_key(&ApiKey {
-            id: ApiKeyId::new(),
-            name: "bootstrap".into(),
-            key_sha256: secret_hash(&secret),
-            created_at: now_ms(),
-            user_id: None,
-            last_used_at: None,
-        })?;
+        self.store
+            .put_api_key(&ApiKey {
+                id: ApiKeyId::new(),
+                name: "bootstrap".into(),
+                key_sha256: secret_hash(&secret),
+                created_at: now_ms(),
+                user_id: None,
+                last_used_at: None,
+            })
+            .await?;
         self.store.commit().await?;
         Ok(Bootstrap::Generated(secret))
     }
 
     /// The API key a presented secret belongs to.
-    pub fn verify(&self, secret: &str) -> Result<Option<ApiKey>, StoreError> {
+    pub async fn verify(&self, secret: &str) -> Result<Option<ApiKey>, StoreError> {
         if !secret.starts_with(KEY_PREFIX) && secret.len() < 32 {
             return Ok(None);
         }
-        self.store.api_key_by_hash(&secret_hash(secret))
+        self.store.api_key_by_hash(&secret_hash(secret)).await
     }
 
     /// Who a presented API key acts as: its user (if enabled), or full rights for a key of no
     /// user (the bootstrap key).
-    pub fn principal_for_key(&self, secret: &str) -> Result<Option<Principal>, StoreError> {
-        let Some(key) = self.verify(secret)? else {
+    pub async fn principal_for_key(&self, secret: &str) -> Result<Option<Principal>, StoreError> {
+        let Some(key) = self.verify(secret).await? else {
             return Ok(None);
         };
         match key.user_id {
             None => Ok(Some(Principal::key_admin(&key))),
             Some(u) => Ok(self
                 .store
-                .get_user(u)?
+                .get_user(u)
+                .await?
                 .filter(|u| u.enabled)
                 .map(|u| Principal::user(&u, None))),
         }
@@ -148,13 +153,13 @@ impl AuthService {
 
     /// Who a session cookie presented over TLS (`tls`) or plain HTTP belongs to, if the session
     /// is live and was made over the same transport; refreshes its idle timer.
-    pub fn principal_for_session(
+    pub async fn principal_for_session(
         &self,
         cookie: &str,
         tls: bool,
     ) -> Result<Option<Principal>, StoreError> {
         let hash = secret_hash(cookie);
-        let Some(mut s) = self.store.get_session(&hash)? else {
+        let Some(mut s) = self.store.get_session(&hash).await? else {
             return Ok(None);
         };
         if s.tls != tls {
@@ -163,17 +168,17 @@ impl AuthService {
         }
         let now = now_ms();
         if self.session_expired(&s, now) {
-            self.store.delete_session(&hash)?;
+            self.store.delete_session(&hash).await?;
             return Ok(None);
         }
-        let Some(user) = self.store.get_user(s.user_id)?.filter(|u| u.enabled) else {
-            self.store.delete_session(&hash)?;
+        let Some(user) = self.store.get_user(s.user_id).await?.filter(|u| u.enabled) else {
+            self.store.delete_session(&hash).await?;
             return Ok(None);
         };
         // Written at most every 30 s: the idle limit is in minutes.
         if now - s.last_seen_at > 30_000 {
             s.last_seen_at = now;
-            self.store.put_session(&hash, &s)?;
+            self.store.put_session(&hash, &s).await?;
         }
         Ok(Some(Principal::user(&user, Some((hash, s.csrf_token)))))
     }
@@ -202,7 +207,7 @@ impl AuthService {
                 retry_after_secs: 60,
             });
         }
-        let user = self.store.user_by_name(&name)?;
+        let user = self.store.user_by_name(&name).await?;
         let hash = user
             .as_ref()
             .map_or(self.decoy_hash.clone(), |u| u.password_hash.clone());
@@ -243,9 +248,9 @@ impl AuthService {
             tls,
         };
         let hash = secret_hash(&cookie);
-        self.store.put_session(&hash, &session)?;
+        self.store.put_session(&hash, &session).await?;
         user.last_login_at = Some(now);
-        let _ = self.store.put_user(&user, Some(&user.username))?;
+        let _ = self.store.put_user(&user, Some(&user.username)).await?;
         self.audit
             .record(Entry::new(AuditKind::Login, user.username.clone()).ip(peer));
         self.store.commit().await?;
@@ -258,7 +263,7 @@ impl AuthService {
     /// Ends a session server-side: the cookie is worthless afterwards.
     pub async fn logout(&self, p: &Principal, peer: Option<IpAddr>) -> Result<(), Error> {
         if let Some((hash, _)) = &p.session {
-            self.store.delete_session(hash)?;
+            self.store.delete_session(hash).await?;
             self.audit
                 .record(Entry::new(AuditKind::Logout, p.name.clone()).ip(peer));
             self.store.commit().await?;
@@ -267,14 +272,14 @@ impl AuthService {
     }
 
     /// Whether any web UI user exists (the sign-in page explains the setup link until one does).
-    pub fn users_exist(&self) -> Result<bool, crate::error::Error> {
-        Ok(self.store.user_count()? > 0)
+    pub async fn users_exist(&self) -> Result<bool, crate::error::Error> {
+        Ok(self.store.user_count().await? > 0)
     }
 
     /// A one-time setup token while no user exists (for the start-up banner), valid for
     /// `auth.setup_token_mins`; None once users exist.
-    pub fn issue_setup_token(&self) -> Result<Option<String>, StoreError> {
-        if self.store.user_count()? > 0 {
+    pub async fn issue_setup_token(&self) -> Result<Option<String>, StoreError> {
+        if self.store.user_count().await? > 0 {
             return Ok(None);
         }
         let token = random_secret();
@@ -302,7 +307,7 @@ impl AuthService {
         let valid = slot
             .as_ref()
             .is_some_and(|t| t.expires_at > now_ms() && constant_eq(&t.hash, &secret_hash(token)));
-        if !valid || self.store.user_count()? > 0 {
+        if !valid || self.store.user_count().await? > 0 {
             self.audit.record_unauthenticated(
                 Entry::new(AuditKind::SetupFailed, "anonymous")
                     .ip(peer)
@@ -328,15 +333,18 @@ impl AuthService {
         drop(slot);
         let user = self
             .store
-            .get_user(user.id)?
+            .get_user(user.id)
+            .await?
             .ok_or(Error::NotFound("user"))?;
         self.start_session(user, peer, tls).await
     }
 
     /// Drops sessions past their limits (periodic).
-    pub fn sweep_sessions(&self) -> Result<usize, StoreError> {
+    pub async fn sweep_sessions(&self) -> Result<usize, StoreError> {
         let now = now_ms();
-        self.store.sweep_sessions(&|s| self.session_expired(s, now))
+        self.store
+            .sweep_sessions(&|s| self.session_expired(s, now))
+            .await
     }
 }
 
@@ -381,8 +389,8 @@ mod tests {
         let Bootstrap::Generated(key) = auth.bootstrap(None).await.expect("bootstrap") else {
             panic!("first start generates a key")
         };
-        assert!(auth.verify(&key).expect("verify").is_some());
-        assert!(auth.verify("crl_wrong").expect("verify").is_none());
+        assert!(auth.verify(&key).await.expect("verify").is_some());
+        assert!(auth.verify("crl_wrong").await.expect("verify").is_none());
         assert_eq!(
             auth.bootstrap(None).await.expect("again"),
             Bootstrap::Existing
@@ -392,7 +400,7 @@ mod tests {
             auth.bootstrap(Some(&configured)).await.expect("cfg"),
             Bootstrap::Configured
         );
-        assert!(auth.verify(&configured).expect("verify").is_some());
+        assert!(auth.verify(&configured).await.expect("verify").is_some());
     }
 
     #[tokio::test]
@@ -424,31 +432,45 @@ mod tests {
         let cookie = signed.cookie.clone();
         assert!(
             auth.principal_for_session(&cookie, true)
+                .await
                 .expect("read")
                 .is_some()
         );
         let hash = secret_hash(&cookie);
-        let mut s = store.get_session(&hash).expect("read").expect("stored");
+        let mut s = store
+            .get_session(&hash)
+            .await
+            .expect("read")
+            .expect("stored");
         // Idle for 31 minutes (the limit is 30).
         s.last_seen_at = now_ms() - 31 * 60_000;
-        store.put_session(&hash, &s).expect("write");
+        store.put_session(&hash, &s).await.expect("write");
         assert!(
             auth.principal_for_session(&cookie, true)
+                .await
                 .expect("read")
                 .is_none()
         );
-        assert!(store.get_session(&hash).expect("read").is_none(), "dropped");
+        assert!(
+            store.get_session(&hash).await.expect("read").is_none(),
+            "dropped"
+        );
         // Active, but signed in 13 hours ago (the limit is 12).
         let signed = auth
             .login("ana", "long enough password", None, true)
             .await
             .unwrap_or_else(|e| panic!("{e}"));
         let hash = secret_hash(&signed.cookie);
-        let mut s = store.get_session(&hash).expect("read").expect("stored");
+        let mut s = store
+            .get_session(&hash)
+            .await
+            .expect("read")
+            .expect("stored");
         s.created_at = now_ms() - 13 * 3_600_000;
-        store.put_session(&hash, &s).expect("write");
+        store.put_session(&hash, &s).await.expect("write");
         assert!(
             auth.principal_for_session(&signed.cookie, true)
+                .await
                 .expect("read")
                 .is_none()
         );
@@ -459,11 +481,13 @@ mod tests {
             .unwrap_or_else(|e| panic!("{e}"));
         let p = auth
             .principal_for_session(&signed.cookie, true)
+            .await
             .expect("read")
             .expect("live");
         auth.logout(&p, None).await.expect("logout");
         assert!(
             auth.principal_for_session(&signed.cookie, true)
+                .await
                 .expect("read")
                 .is_none()
         );
@@ -479,11 +503,13 @@ mod tests {
         for (cookie, tls) in [(&over_tls.cookie, true), (&over_plain.cookie, false)] {
             assert!(
                 auth.principal_for_session(cookie, !tls)
+                    .await
                     .expect("read")
                     .is_none()
             );
             assert!(
                 auth.principal_for_session(cookie, tls)
+                    .await
                     .expect("read")
                     .is_some()
             );
@@ -492,6 +518,7 @@ mod tests {
         assert!(
             store
                 .get_session(&secret_hash(&signed.cookie))
+                .await
                 .expect("read")
                 .is_none()
         );

@@ -98,16 +98,18 @@ fn check_password(p: &str) -> Result<(), Error> {
 }
 
 impl AuthService {
-    fn check_grants(&self, grants: &[Grant]) -> Result<(), Error> {
+    async fn check_grants(&self, grants: &[Grant]) -> Result<(), Error> {
         for g in grants {
             let ws = self
                 .registry
-                .get_workspace(g.workspace_id)?
+                .get_workspace(g.workspace_id)
+                .await?
                 .ok_or_else(|| invalid("grants", format!("no workspace {}", g.workspace_id)))?;
             for f in g.fleets.iter().flatten() {
                 if self
                     .registry
-                    .get_fleet(*f)?
+                    .get_fleet(*f)
+                    .await?
                     .is_none_or(|fl| fl.workspace_id != ws.id)
                 {
                     return Err(invalid(
@@ -123,7 +125,7 @@ impl AuthService {
     pub async fn create_user(&self, new: NewUser, actor: &str) -> Result<UserView, Error> {
         let username = check_username(&new.username)?;
         check_password(&new.password)?;
-        self.check_grants(&new.grants)?;
+        self.check_grants(&new.grants).await?;
         let password = new.password;
         let hash = tokio::task::spawn_blocking(move || hash_password(&password))
             .await
@@ -141,7 +143,7 @@ impl AuthService {
             updated_at: now,
             last_login_at: None,
         };
-        self.store.put_user(&user, None)?.map_err(|_| {
+        self.store.put_user(&user, None).await?.map_err(|_| {
             Error::Conflict(Conflict::NameTaken {
                 kind: "user",
                 name: username.clone(),
@@ -156,19 +158,29 @@ impl AuthService {
         Ok(UserView::from(&user))
     }
 
-    pub fn user(&self, id: UserId) -> Result<User, Error> {
-        self.store.get_user(id)?.ok_or(Error::NotFound("user"))
+    pub async fn user(&self, id: UserId) -> Result<User, Error> {
+        self.store
+            .get_user(id)
+            .await?
+            .ok_or(Error::NotFound("user"))
     }
 
-    pub fn users(&self) -> Result<Vec<UserView>, Error> {
-        Ok(self.store.users()?.iter().map(UserView::from).collect())
+    pub async fn users(&self) -> Result<Vec<UserView>, Error> {
+        Ok(self
+            .store
+            .users()
+            .await?
+            .iter()
+            .map(UserView::from)
+            .collect())
     }
 
     /// The number of enabled server admins other than `except`.
-    fn other_admins(&self, except: UserId) -> Result<usize, Error> {
+    async fn other_admins(&self, except: UserId) -> Result<usize, Error> {
         Ok(self
             .store
-            .users()?
+            .users()
+            .await?
             .iter()
             .filter(|u| u.admin && u.enabled && u.id != except)
             .count())
@@ -180,7 +192,7 @@ impl AuthService {
         patch: UserPatch,
         actor: &str,
     ) -> Result<UserView, Error> {
-        let mut user = self.user(id)?;
+        let mut user = self.user(id).await?;
         let mut end_sessions = false;
         let mut what = Vec::new();
         if let Some(d) = patch.display_name {
@@ -196,12 +208,12 @@ impl AuthService {
             what.push("password");
         }
         if let Some(g) = patch.grants {
-            self.check_grants(&g)?;
+            self.check_grants(&g).await?;
             user.grants = g;
             what.push("roles");
         }
         let demoted = patch.admin == Some(false) || patch.enabled == Some(false);
-        if demoted && user.admin && self.other_admins(id)? == 0 {
+        if demoted && user.admin && self.other_admins(id).await? == 0 {
             return Err(Error::forbidden(
                 "this is the last server admin; make another admin first",
             ));
@@ -216,9 +228,9 @@ impl AuthService {
             what.push(if e { "enabled" } else { "disabled" });
         }
         user.updated_at = now_ms();
-        let _ = self.store.put_user(&user, Some(&user.username))?;
+        let _ = self.store.put_user(&user, Some(&user.username)).await?;
         if end_sessions {
-            self.store.delete_user_sessions(id)?;
+            self.store.delete_user_sessions(id).await?;
         }
         self.audit
             .record(Entry::new(AuditKind::UserUpdated, actor).detail(format!(
@@ -231,13 +243,13 @@ impl AuthService {
     }
 
     pub async fn delete_user(&self, id: UserId, actor: &str) -> Result<(), Error> {
-        let user = self.user(id)?;
-        if user.admin && self.other_admins(id)? == 0 {
+        let user = self.user(id).await?;
+        if user.admin && self.other_admins(id).await? == 0 {
             return Err(Error::forbidden(
                 "this is the last server admin; make another admin first",
             ));
         }
-        self.store.delete_user(&user)?;
+        self.store.delete_user(&user).await?;
         self.audit.record(
             Entry::new(AuditKind::UserDeleted, actor).detail(format!("user {}", user.username)),
         );
@@ -251,7 +263,7 @@ impl AuthService {
         name: &str,
         actor: &str,
     ) -> Result<NewApiKey, Error> {
-        let u = self.user(user)?;
+        let u = self.user(user).await?;
         let name = name.trim();
         if name.is_empty() || name.len() > 128 {
             return Err(invalid("name", "must be 1 to 128 characters"));
@@ -265,7 +277,7 @@ impl AuthService {
             user_id: Some(user),
             last_used_at: None,
         };
-        self.store.put_api_key(&key)?;
+        self.store.put_api_key(&key).await?;
         self.audit.record(
             Entry::new(AuditKind::ApiKeyCreated, actor)
                 .detail(format!("key {name:?} of user {}", u.username)),
@@ -278,11 +290,12 @@ impl AuthService {
         })
     }
 
-    pub fn api_keys_of(&self, user: UserId) -> Result<Vec<ApiKeyView>, Error> {
-        self.user(user)?;
+    pub async fn api_keys_of(&self, user: UserId) -> Result<Vec<ApiKeyView>, Error> {
+        self.user(user).await?;
         Ok(self
             .store
-            .user_api_keys(user)?
+            .user_api_keys(user)
+            .await?
             .into_iter()
             .map(|k| ApiKeyView {
                 id: k.id,
@@ -298,11 +311,17 @@ impl AuthService {
         key: ApiKeyId,
         actor: &str,
     ) -> Result<(), Error> {
-        let u = self.user(user)?;
-        if !self.store.user_api_keys(user)?.iter().any(|k| k.id == key) {
+        let u = self.user(user).await?;
+        if !self
+            .store
+            .user_api_keys(user)
+            .await?
+            .iter()
+            .any(|k| k.id == key)
+        {
             return Err(Error::NotFound("API key"));
         }
-        self.store.delete_api_key(key)?;
+        self.store.delete_api_key(key).await?;
         self.audit.record(
             Entry::new(AuditKind::ApiKeyDeleted, actor)
                 .detail(format!("a key of user {}", u.username)),

@@ -203,7 +203,7 @@ fn bucket(ts: Millis, end: Millis, a: &Agg) -> Bucket {
 
 /// Aggregates `keys` of `tag` over the buckets of `bounds`, merged across `devices`. Keys
 /// absent everywhere are left out; empty buckets are kept (count 0) so charts see the gaps.
-pub fn aggregate(
+pub async fn aggregate(
     store: &dyn TelemetryStore,
     devices: &[DeviceId],
     tag: &str,
@@ -217,7 +217,7 @@ pub fn aggregate(
         let mut merged = vec![Agg::default(); bounds.len().saturating_sub(1)];
         let mut any = false;
         for d in devices {
-            let aggs = store.aggregate(*d, tag, key, bounds, from, to)?;
+            let aggs = store.aggregate(*d, tag, key, bounds, from, to).await?;
             for (m, a) in merged.iter_mut().zip(&aggs) {
                 any |= a.count > 0;
                 m.merge(a);

@@ -6,6 +6,7 @@
 use std::collections::HashSet;
 
 use bytes::Bytes;
+use futures_util::StreamExt;
 use serde_json::json;
 use tokio::sync::mpsc;
 
@@ -101,24 +102,28 @@ pub fn spawn(
     spec: ExportSpec,
 ) -> mpsc::Receiver<Result<Bytes, std::io::Error>> {
     let (tx, rx) = mpsc::channel(IN_FLIGHT);
-    tokio::task::spawn_blocking(move || {
-        if let Err(e) = produce(&*store, &spec, &tx) {
+    // Driven on the blocking pool: the embedded engine reads the disk as the export goes.
+    tokio::spawn(crate::workers::on_blocking_pool(move || async move {
+        if let Err(e) = produce(&*store, &spec, &tx).await {
             tracing::warn!(error = %e, "export stopped");
-            let _ = tx.blocking_send(Err(std::io::Error::other(e.to_string())));
+            let _ = tx.send(Err(std::io::Error::other(e.to_string()))).await;
         }
-    });
+    }));
     rx
 }
 
 /// The client went away: stop quietly.
 struct Gone;
 
-fn flush(buf: &mut Vec<u8>, tx: &mpsc::Sender<Result<Bytes, std::io::Error>>) -> Result<(), Gone> {
+async fn flush(
+    buf: &mut Vec<u8>,
+    tx: &mpsc::Sender<Result<Bytes, std::io::Error>>,
+) -> Result<(), Gone> {
     let chunk = Bytes::from(std::mem::replace(buf, Vec::with_capacity(CHUNK + 1024)));
-    tx.blocking_send(Ok(chunk)).map_err(|_| Gone)
+    tx.send(Ok(chunk)).await.map_err(|_| Gone)
 }
 
-fn produce(
+async fn produce(
     store: &dyn TelemetryStore,
     spec: &ExportSpec,
     tx: &mpsc::Sender<Result<Bytes, std::io::Error>>,
@@ -132,7 +137,7 @@ fn produce(
     let tags: Option<HashSet<&String>> = spec.tags.as_ref().map(|t| t.iter().collect());
     let keys: Option<HashSet<&String>> = spec.keys.as_ref().map(|k| k.iter().collect());
     for (device, name) in &spec.devices {
-        let mut series = store.device_series(*device)?;
+        let mut series = store.device_series(*device).await?;
         series.retain(|s| {
             tags.as_ref().is_none_or(|t| t.contains(&s.tag))
                 && keys.as_ref().is_none_or(|k| k.contains(&s.key))
@@ -140,7 +145,8 @@ fn produce(
         series.sort();
         let id = device.to_string();
         for s in series {
-            for point in store.scan_series(*device, &s.tag, &s.key, spec.from, spec.to) {
+            let mut points = store.scan_series(*device, &s.tag, &s.key, spec.from, spec.to);
+            while let Some(point) = points.next().await {
                 let (ts, value) = point?;
                 match spec.format {
                     Format::Csv => {
@@ -165,7 +171,7 @@ fn produce(
                     }
                 }
                 first = false;
-                if buf.len() >= CHUNK && flush(&mut buf, tx).is_err() {
+                if buf.len() >= CHUNK && flush(&mut buf, tx).await.is_err() {
                     return Ok(());
                 }
             }
@@ -174,7 +180,7 @@ fn produce(
     if spec.format == Format::Json {
         buf.extend_from_slice(b"]\n");
     }
-    let _ = flush(&mut buf, tx);
+    let _ = flush(&mut buf, tx).await;
     Ok(())
 }
 

@@ -87,7 +87,7 @@ impl KeyGate {
 
     /// Admits a message of `device` under `tag`, or says which cap it would pass. Keep the
     /// reservation until the message is stored.
-    pub fn admit(
+    pub async fn admit(
         &self,
         store: &dyn TelemetryStore,
         device: DeviceId,
@@ -117,7 +117,7 @@ impl KeyGate {
         // lock; a key stored meanwhile is counted twice, which errs on the safe side.
         let mut new = 0;
         for k in &keys {
-            if !store.has_series(device, tag, k)? {
+            if !store.has_series(device, tag, k).await? {
                 new += 1;
             }
         }
@@ -178,28 +178,32 @@ mod tests {
             ..Default::default()
         });
         let dev = DeviceId::new();
-        let admit = |keys: &[&str]| gate.admit(&store, dev, "default", &message(keys));
-        let first = admit(&["a", "b", "c", "d"]).expect("fits");
+        let admit = async |keys: &[&str]| gate.admit(&store, dev, "default", &message(keys)).await;
+        let first = admit(&["a", "b", "c", "d"]).await.expect("fits");
         // While the first is in flight its keys are reserved: four more new keys do not fit.
         assert!(matches!(
-            admit(&["e", "f", "g", "h"]),
+            admit(&["e", "f", "g", "h"]).await,
             Err(GateError::Refused(KeyRefusal::DeviceCap { max: 6, new: 4 }))
         ));
         drop(first);
-        let second = admit(&["e", "f", "g", "h"]).expect("fits once released");
+        let second = admit(&["e", "f", "g", "h"])
+            .await
+            .expect("fits once released");
         drop(second);
         store
             .put_points(dev, "default", &message(&["a", "b", "c", "d"]))
             .expect("put");
         assert!(matches!(
-            admit(&["a", "b", "c", "d", "e"]),
+            admit(&["a", "b", "c", "d", "e"]).await,
             Err(GateError::Refused(KeyRefusal::TooManyInMessage {
                 keys: 5,
                 max: 4
             }))
         ));
         // Near the cap only the new keys count: two of these four are new.
-        let near = admit(&["a", "b", "x", "y"]).expect("two new keys fit");
+        let near = admit(&["a", "b", "x", "y"])
+            .await
+            .expect("two new keys fit");
         assert!(matches!(near, Some(Reservation { n: 2, .. })));
         drop(near);
         store
@@ -207,18 +211,24 @@ mod tests {
             .expect("put");
         assert_eq!(store.series_count(dev), 6);
         // At the cap: keys the device has are accepted, a new one is not; other tags count.
-        assert!(admit(&["a", "b", "x", "y"]).expect("known keys").is_none());
+        assert!(
+            admit(&["a", "b", "x", "y"])
+                .await
+                .expect("known keys")
+                .is_none()
+        );
         assert!(matches!(
-            admit(&["a", "z"]),
+            admit(&["a", "z"]).await,
             Err(GateError::Refused(KeyRefusal::DeviceCap { new: 1, .. }))
         ));
         assert!(matches!(
-            gate.admit(&store, dev, "power", &message(&["a"])),
+            gate.admit(&store, dev, "power", &message(&["a"])).await,
             Err(GateError::Refused(KeyRefusal::DeviceCap { new: 1, .. }))
         ));
         // Another device has its own count; 0 disables both caps.
         assert!(
             gate.admit(&store, DeviceId::new(), "default", &message(&["z"]))
+                .await
                 .expect("fits")
                 .is_some()
         );
@@ -231,6 +241,7 @@ mod tests {
         let many: Vec<&str> = many.iter().map(String::as_str).collect();
         assert!(
             open.admit(&store, dev, "default", &message(&many))
+                .await
                 .expect("no caps")
                 .is_none()
         );

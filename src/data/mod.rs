@@ -80,26 +80,26 @@ pub struct StoreUsage {
 
 impl DataService {
     /// Deletes what each workspace no longer keeps (blocking: call it off the async threads).
-    pub fn retention_sweep(
+    pub async fn retention_sweep(
         &self,
         registry: &crate::devices::Registry,
         default_days: u32,
     ) -> Result<retention::SweepReport, crate::error::Error> {
-        retention::sweep(&*self.store, registry, default_days)
+        retention::sweep(&*self.store, registry, default_days).await
     }
 
     /// A workspace's telemetry usage (blocking).
-    pub fn workspace_usage(
+    pub async fn workspace_usage(
         &self,
         registry: &crate::devices::Registry,
         id: crate::model::WorkspaceId,
     ) -> Result<retention::WorkspaceUsage, crate::error::Error> {
-        retention::usage(&*self.store, registry, id)
+        retention::usage(&*self.store, registry, id).await
     }
 
     /// Disk used by the store and its log (blocking: it walks the files).
-    pub fn store_usage(&self) -> Result<StoreUsage, crate::error::Error> {
-        let f = self.store.footprint()?;
+    pub async fn store_usage(&self) -> Result<StoreUsage, crate::error::Error> {
+        let f = self.store.footprint().await?;
         Ok(StoreUsage {
             store_bytes: f.store_bytes,
             wal_bytes: f.wal_bytes,
@@ -108,8 +108,8 @@ impl DataService {
     }
 
     /// The store's size on disk (for the metrics).
-    pub fn store_size(&self) -> Result<u64, StoreError> {
-        Ok(self.store.footprint()?.store_bytes)
+    pub async fn store_size(&self) -> Result<u64, StoreError> {
+        Ok(self.store.footprint().await?.store_bytes)
     }
 
     /// Streams an export in bounded memory (see `export`).
@@ -181,6 +181,7 @@ impl DataService {
         let _reservation = self
             .keys
             .admit(&*self.store, device, tag, &telemetry)
+            .await
             .map_err(IngestError::from)
             .inspect_err(|e| {
                 if let IngestError::Keys(r) = e {
@@ -194,7 +195,7 @@ impl DataService {
             })?;
         // The matching integrations' queue entries go into the same logged record, so an
         // acknowledged message is in its queues whenever it is in the store.
-        let queue = self.router.data(device, tag, &telemetry);
+        let queue = self.router.data(device, tag, &telemetry).await;
         // Logged and applied on the store's writer thread: no runtime thread blocks on disk.
         let op = PointsOp {
             device,
@@ -215,27 +216,31 @@ impl DataService {
         Ok(n)
     }
 
-    pub fn raw(&self, device: DeviceId, q: &RawQuery) -> Result<RawPage, crate::error::Error> {
-        Ok(self.store.raw(device, q)?)
+    pub async fn raw(
+        &self,
+        device: DeviceId,
+        q: &RawQuery,
+    ) -> Result<RawPage, crate::error::Error> {
+        Ok(self.store.raw(device, q).await?)
     }
 
-    pub fn latest(
+    pub async fn latest(
         &self,
         device: DeviceId,
         tag: &str,
         keys: Option<&[String]>,
     ) -> Result<Vec<(String, Point)>, crate::error::Error> {
-        Ok(self.store.latest(device, tag, keys)?)
+        Ok(self.store.latest(device, tag, keys).await?)
     }
 
-    pub fn series(&self, device: DeviceId) -> Result<Vec<SeriesKey>, crate::error::Error> {
-        Ok(self.store.device_series(device)?)
+    pub async fn series(&self, device: DeviceId) -> Result<Vec<SeriesKey>, crate::error::Error> {
+        Ok(self.store.device_series(device).await?)
     }
 
     /// The tags of the given devices with their keys, merged and sorted. Linear in the
     /// series read (each merged into ordered sets); `Err(TooMany)` once more than `max`
     /// distinct keys are found, so a request's work and answer stay bounded.
-    pub fn tags(
+    pub async fn tags(
         &self,
         devices: &[DeviceId],
         max: usize,
@@ -243,7 +248,7 @@ impl DataService {
         let mut sets: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
         let mut n = 0;
         for d in devices {
-            for s in self.store.device_series(*d)? {
+            for s in self.store.device_series(*d).await? {
                 if sets.entry(s.tag).or_default().insert(s.key) {
                     n += 1;
                     if n > max {
@@ -259,7 +264,7 @@ impl DataService {
     }
 
     /// The keys of one tag across the given devices, sorted, at most `max` of them.
-    pub fn tag_keys(
+    pub async fn tag_keys(
         &self,
         devices: &[DeviceId],
         tag: &str,
@@ -267,7 +272,7 @@ impl DataService {
     ) -> Result<Vec<String>, TagsError> {
         let mut keys = BTreeSet::new();
         for d in devices {
-            for k in self.store.tag_keys(*d, tag)? {
+            for k in self.store.tag_keys(*d, tag).await? {
                 if keys.insert(k) && keys.len() > max {
                     return Err(TagsError::TooMany(max));
                 }
@@ -277,7 +282,7 @@ impl DataService {
     }
 
     /// Aggregates; see `aggregate::aggregate`. `keys` defaults to every key of the tag.
-    pub fn aggregate(
+    pub async fn aggregate(
         &self,
         devices: &[DeviceId],
         tag: &str,
@@ -295,13 +300,16 @@ impl DataService {
                 k.dedup();
                 k
             }
-            None => self.tag_keys(devices, tag, max_keys).map_err(|e| match e {
-                TagsError::TooMany(_) => aggregate::AggError::TooManySeries {
-                    keys: None,
-                    buckets,
-                },
-                TagsError::Store(e) => aggregate::AggError::Store(e),
-            })?,
+            None => self
+                .tag_keys(devices, tag, max_keys)
+                .await
+                .map_err(|e| match e {
+                    TagsError::TooMany(_) => aggregate::AggError::TooManySeries {
+                        keys: None,
+                        buckets,
+                    },
+                    TagsError::Store(e) => aggregate::AggError::Store(e),
+                })?,
         };
         if keys.len() > max_keys {
             return Err(aggregate::AggError::TooManySeries {
@@ -309,7 +317,7 @@ impl DataService {
                 buckets,
             });
         }
-        aggregate::aggregate(&*self.store, devices, tag, &keys, bounds, from, to)
+        aggregate::aggregate(&*self.store, devices, tag, &keys, bounds, from, to).await
     }
 }
 

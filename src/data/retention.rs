@@ -41,17 +41,17 @@ pub struct WorkspaceUsage {
     pub retention_days: Option<u32>,
 }
 
-fn devices_of(registry: &Registry, ws: WorkspaceId) -> Result<Vec<DeviceId>, Error> {
+async fn devices_of(registry: &Registry, ws: WorkspaceId) -> Result<Vec<DeviceId>, Error> {
     let filter = DeviceFilter {
         workspace_id: Some(ws),
         ..Default::default()
     };
-    registry.device_ids(&filter, false)
+    registry.device_ids(&filter, false).await
 }
 
 /// Deletes what every workspace's retention no longer keeps. Blocking: run it off the async
 /// threads.
-pub fn sweep(
+pub async fn sweep(
     store: &dyn TelemetryStore,
     registry: &Registry,
     default_days: u32,
@@ -60,7 +60,7 @@ pub fn sweep(
     let mut report = SweepReport::default();
     let mut after = None;
     loop {
-        let page = registry.list_workspaces(None, after.as_ref(), 1000)?;
+        let page = registry.list_workspaces(None, after.as_ref(), 1000).await?;
         for ws in &page.items {
             let days = ws.retention_days.unwrap_or(default_days);
             if days == 0 {
@@ -68,12 +68,13 @@ pub fn sweep(
             }
             report.workspaces += 1;
             let cutoff = now_ms() - i64::from(days) * DAY_MS;
-            for d in devices_of(registry, ws.id)? {
+            for d in devices_of(registry, ws.id).await? {
                 report.devices += 1;
-                for s in store.device_series(d)? {
-                    report.points_deleted +=
-                        store.delete_series_before(d, &s.tag, &s.key, cutoff)?;
-                    if store.series_is_empty(d, &s.tag, &s.key)? {
+                for s in store.device_series(d).await? {
+                    report.points_deleted += store
+                        .delete_series_before(d, &s.tag, &s.key, cutoff)
+                        .await?;
+                    if store.series_is_empty(d, &s.tag, &s.key).await? {
                         // Checked again on the writer thread, where no point can slip in.
                         store.forget_series_if_empty(d, &s.tag, &s.key);
                         report.series_emptied += 1;
@@ -98,22 +99,22 @@ pub fn sweep(
 }
 
 /// Telemetry held by a workspace.
-pub fn usage(
+pub async fn usage(
     store: &dyn TelemetryStore,
     registry: &Registry,
     ws: WorkspaceId,
 ) -> Result<WorkspaceUsage, Error> {
-    let w = registry.workspace(ws)?;
+    let w = registry.workspace(ws).await?;
     let mut u = WorkspaceUsage {
         workspace_id: ws,
         retention_days: w.retention_days,
         ..Default::default()
     };
-    for d in devices_of(registry, ws)? {
+    for d in devices_of(registry, ws).await? {
         u.devices += 1;
-        for s in store.device_series(d)? {
+        for s in store.device_series(d).await? {
             u.series += 1;
-            u.points += store.series_points(d, &s.tag, &s.key)?;
+            u.points += store.series_points(d, &s.tag, &s.key).await?;
         }
     }
     u.estimated_bytes = u.points * BYTES_PER_POINT;

@@ -167,12 +167,14 @@ impl AttributeService {
         if values.is_empty() {
             return Ok(());
         }
-        self.store.put_attributes(
-            AttributeOwner::Device(device),
-            Scope::Client,
-            &values,
-            now_ms(),
-        )?;
+        self.store
+            .put_attributes(
+                AttributeOwner::Device(device),
+                Scope::Client,
+                &values,
+                now_ms(),
+            )
+            .await?;
         // Published before the commit: integrations queue the report through the bus tap, and
         // the commit below makes their entries durable with the attributes.
         self.events.publish(Event::ClientAttributes {
@@ -195,7 +197,7 @@ impl AttributeService {
         scope: Scope,
         values: Vec<(String, Value)>,
     ) -> Result<()> {
-        self.registry.device_record(device)?;
+        self.registry.device_record(device).await?;
         if scope == Scope::Client {
             return Err(Error::Invalid {
                 field: "scope",
@@ -203,7 +205,8 @@ impl AttributeService {
             });
         }
         self.store
-            .put_attributes(AttributeOwner::Device(device), scope, &values, now_ms())?;
+            .put_attributes(AttributeOwner::Device(device), scope, &values, now_ms())
+            .await?;
         self.store.commit().await?;
         if scope == Scope::Shared && !values.is_empty() {
             let update: Map<String, Json> = values
@@ -218,17 +221,21 @@ impl AttributeService {
     /// Deletes attributes of a device. A deleted shared key that has a fleet default falls
     /// back to it, which is what the device is told.
     pub async fn delete(&self, device: DeviceId, scope: Scope, keys: &[String]) -> Result<()> {
-        let dev = self.registry.device_record(device)?;
+        let dev = self.registry.device_record(device).await?;
         let gone = self
             .store
-            .delete_attributes(AttributeOwner::Device(device), scope, keys)?;
+            .delete_attributes(AttributeOwner::Device(device), scope, keys)
+            .await?;
         self.store.commit().await?;
         if scope == Scope::Shared && !gone.is_empty() {
-            let defaults = self.store.get_attributes(
-                AttributeOwner::Fleet(dev.fleet_id),
-                Scope::Shared,
-                Some(&gone),
-            )?;
+            let defaults = self
+                .store
+                .get_attributes(
+                    AttributeOwner::Fleet(dev.fleet_id),
+                    Scope::Shared,
+                    Some(&gone),
+                )
+                .await?;
             let mut fallback = Map::new();
             for (k, _, v) in &defaults {
                 fallback.insert(k.clone(), to_json(v));
@@ -247,19 +254,22 @@ impl AttributeService {
 
     /// Sets fleet defaults of shared attributes; devices without their own value are told.
     pub async fn set_fleet(&self, fleet: FleetId, values: Vec<(String, Value)>) -> Result<()> {
-        self.registry.fleet(fleet)?;
-        self.store.put_attributes(
-            AttributeOwner::Fleet(fleet),
-            Scope::Shared,
-            &values,
-            now_ms(),
-        )?;
+        self.registry.fleet(fleet).await?;
+        self.store
+            .put_attributes(
+                AttributeOwner::Fleet(fleet),
+                Scope::Shared,
+                &values,
+                now_ms(),
+            )
+            .await?;
         self.store.commit().await?;
         let keys: Vec<String> = values.iter().map(|(k, _)| k.clone()).collect();
-        for d in self.fleet_devices(fleet)? {
+        for d in self.fleet_devices(fleet).await? {
             let own: Vec<String> = self
                 .store
-                .get_attributes(AttributeOwner::Device(d), Scope::Shared, Some(&keys))?
+                .get_attributes(AttributeOwner::Device(d), Scope::Shared, Some(&keys))
+                .await?
                 .into_iter()
                 .map(|(k, _, _)| k)
                 .collect();
@@ -276,18 +286,20 @@ impl AttributeService {
     }
 
     pub async fn delete_fleet(&self, fleet: FleetId, keys: &[String]) -> Result<()> {
-        self.registry.fleet(fleet)?;
-        let gone =
-            self.store
-                .delete_attributes(AttributeOwner::Fleet(fleet), Scope::Shared, keys)?;
+        self.registry.fleet(fleet).await?;
+        let gone = self
+            .store
+            .delete_attributes(AttributeOwner::Fleet(fleet), Scope::Shared, keys)
+            .await?;
         self.store.commit().await?;
         if gone.is_empty() {
             return Ok(());
         }
-        for d in self.fleet_devices(fleet)? {
+        for d in self.fleet_devices(fleet).await? {
             let own: Vec<String> = self
                 .store
-                .get_attributes(AttributeOwner::Device(d), Scope::Shared, Some(&gone))?
+                .get_attributes(AttributeOwner::Device(d), Scope::Shared, Some(&gone))
+                .await?
                 .into_iter()
                 .map(|(k, _, _)| k)
                 .collect();
@@ -299,56 +311,56 @@ impl AttributeService {
         Ok(())
     }
 
-    pub fn fleet_defaults(&self, fleet: FleetId) -> Result<BTreeMap<String, AttrValue>> {
-        self.registry.fleet(fleet)?;
-        Ok(as_map(self.store.get_attributes(
-            AttributeOwner::Fleet(fleet),
-            Scope::Shared,
-            None,
-        )?))
+    pub async fn fleet_defaults(&self, fleet: FleetId) -> Result<BTreeMap<String, AttrValue>> {
+        self.registry.fleet(fleet).await?;
+        Ok(as_map(
+            self.store
+                .get_attributes(AttributeOwner::Fleet(fleet), Scope::Shared, None)
+                .await?,
+        ))
     }
 
     /// Effective shared attributes: the fleet's defaults overlaid by the device's own.
-    fn effective_shared(
+    async fn effective_shared(
         &self,
         device: DeviceId,
         fleet: FleetId,
         keys: Option<&[String]>,
     ) -> Result<BTreeMap<String, AttrValue>> {
-        let mut out = as_map(self.store.get_attributes(
-            AttributeOwner::Fleet(fleet),
-            Scope::Shared,
-            keys,
-        )?);
-        out.extend(as_map(self.store.get_attributes(
-            AttributeOwner::Device(device),
-            Scope::Shared,
-            keys,
-        )?));
+        let mut out = as_map(
+            self.store
+                .get_attributes(AttributeOwner::Fleet(fleet), Scope::Shared, keys)
+                .await?,
+        );
+        out.extend(as_map(
+            self.store
+                .get_attributes(AttributeOwner::Device(device), Scope::Shared, keys)
+                .await?,
+        ));
         Ok(out)
     }
 
     /// A device's attributes, all scopes or one.
-    pub fn get(&self, device: DeviceId, scope: Option<Scope>) -> Result<DeviceAttributes> {
-        let dev = self.registry.device_record(device)?;
+    pub async fn get(&self, device: DeviceId, scope: Option<Scope>) -> Result<DeviceAttributes> {
+        let dev = self.registry.device_record(device).await?;
         let want = |s: Scope| scope.is_none_or(|x| x == s);
         let mut out = DeviceAttributes::default();
         if want(Scope::Client) {
-            out.client = Some(as_map(self.store.get_attributes(
-                AttributeOwner::Device(device),
-                Scope::Client,
-                None,
-            )?));
+            out.client = Some(as_map(
+                self.store
+                    .get_attributes(AttributeOwner::Device(device), Scope::Client, None)
+                    .await?,
+            ));
         }
         if want(Scope::Shared) {
-            out.shared = Some(self.effective_shared(device, dev.fleet_id, None)?);
+            out.shared = Some(self.effective_shared(device, dev.fleet_id, None).await?);
         }
         if want(Scope::Server) {
-            out.server = Some(as_map(self.store.get_attributes(
-                AttributeOwner::Device(device),
-                Scope::Server,
-                None,
-            )?));
+            out.server = Some(as_map(
+                self.store
+                    .get_attributes(AttributeOwner::Device(device), Scope::Server, None)
+                    .await?,
+            ));
         }
         Ok(out)
     }
@@ -356,25 +368,31 @@ impl AttributeService {
     /// Answers a device's attribute request with ThingsBoard's semantics (§5.4): the asked
     /// keys of each asked scope (everything when nothing is asked); a scope appears only if
     /// something in it was found; missing keys are left out.
-    pub fn request(&self, device: DeviceId, req: &AttributeRequest) -> Result<Json> {
-        let dev = self.registry.device_record(device)?;
+    pub async fn request(&self, device: DeviceId, req: &AttributeRequest) -> Result<Json> {
+        let dev = self.registry.device_record(device).await?;
         let all = req.client.is_none() && req.shared.is_none();
         let mut out = Map::new();
         let to_obj = |m: BTreeMap<String, AttrValue>| -> Json {
             Json::Object(m.into_iter().map(|(k, a)| (k, to_json(&a.value))).collect())
         };
         if all || req.client.is_some() {
-            let client = as_map(self.store.get_attributes(
-                AttributeOwner::Device(device),
-                Scope::Client,
-                req.client.as_deref(),
-            )?);
+            let client = as_map(
+                self.store
+                    .get_attributes(
+                        AttributeOwner::Device(device),
+                        Scope::Client,
+                        req.client.as_deref(),
+                    )
+                    .await?,
+            );
             if !client.is_empty() {
                 out.insert("client".into(), to_obj(client));
             }
         }
         if all || req.shared.is_some() {
-            let shared = self.effective_shared(device, dev.fleet_id, req.shared.as_deref())?;
+            let shared = self
+                .effective_shared(device, dev.fleet_id, req.shared.as_deref())
+                .await?;
             if !shared.is_empty() {
                 out.insert("shared".into(), to_obj(shared));
             }
@@ -401,11 +419,11 @@ impl AttributeService {
         });
     }
 
-    fn fleet_devices(&self, fleet: FleetId) -> Result<Vec<DeviceId>> {
+    async fn fleet_devices(&self, fleet: FleetId) -> Result<Vec<DeviceId>> {
         let filter = DeviceFilter {
             fleet_id: Some(fleet),
             ..Default::default()
         };
-        self.registry.device_ids(&filter, false)
+        self.registry.device_ids(&filter, false).await
     }
 }

@@ -553,7 +553,7 @@ impl CredentialService {
         new: NewFleetCa,
     ) -> Result<crate::model::FleetCa> {
         use sha2::Digest as _;
-        self.registry.fleet(fleet)?;
+        self.registry.fleet(fleet).await?;
         let der = pki::parse_cert_text(&new.certificate_pem)
             .map_err(|e| invalid("certificate_pem", e.to_string()))?;
         pki::check_ca_cert(&der).map_err(|e| invalid("certificate_pem", e.to_string()))?;
@@ -565,7 +565,8 @@ impl CredentialService {
         let sha256 = pki::hex(&sha2::Sha256::digest(der.as_ref()));
         if self
             .store
-            .fleet_cas(None)?
+            .fleet_cas(None)
+            .await?
             .iter()
             .any(|c| c.sha256 == sha256)
         {
@@ -584,20 +585,23 @@ impl CredentialService {
             certificate_pem: pki::pem_of(&der),
             created_at: now_ms(),
         };
-        self.store.put_fleet_ca(&ca)?;
+        self.store.put_fleet_ca(&ca).await?;
         self.audit.record(
             Entry::new(AuditKind::ManufacturerCaAdded, crate::audit::operator())
                 .fleet(fleet)
                 .detail(format!("{} ({})", ca.name, ca.subject)),
         );
         self.store.commit().await?;
-        self.refresh_trust()?;
+        self.refresh_trust().await?;
         Ok(ca)
     }
 
-    pub fn fleet_cas(&self, fleet: crate::model::FleetId) -> Result<Vec<crate::model::FleetCa>> {
-        self.registry.fleet(fleet)?;
-        Ok(self.store.fleet_cas(Some(fleet))?)
+    pub async fn fleet_cas(
+        &self,
+        fleet: crate::model::FleetId,
+    ) -> Result<Vec<crate::model::FleetCa>> {
+        self.registry.fleet(fleet).await?;
+        Ok(self.store.fleet_cas(Some(fleet)).await?)
     }
 
     pub async fn delete_fleet_ca(
@@ -605,7 +609,7 @@ impl CredentialService {
         fleet: crate::model::FleetId,
         id: crate::model::FleetCaId,
     ) -> Result<()> {
-        if !self.store.delete_fleet_ca(fleet, id)? {
+        if !self.store.delete_fleet_ca(fleet, id).await? {
             return Err(Error::NotFound("manufacturer CA"));
         }
         self.audit.record(
@@ -614,7 +618,7 @@ impl CredentialService {
                 .detail(id.to_string()),
         );
         self.store.commit().await?;
-        self.refresh_trust()
+        self.refresh_trust().await
     }
 
     fn describe_pem(&self, pem: &str, origin: CertOrigin) -> Result<CertificateInfo> {
@@ -624,10 +628,11 @@ impl CredentialService {
 
     /// Adds a credential to a device.
     pub async fn add(&self, device: DeviceId, new: NewCredential) -> Result<IssuedCredential> {
-        let dev = self.registry.device_record(device)?;
+        let dev = self.registry.device_record(device).await?;
         let (cred, token, bundle) = self.prepare(&dev, new)?;
         self.store
-            .add_credential(&cred)?
+            .add_credential(&cred)
+            .await?
             .map_err(|CredentialClash| Error::Conflict(Conflict::CredentialTaken))?;
         self.audit_admin(AuditKind::CredentialIssued, &dev, &cred);
         self.store.commit().await?;
@@ -638,20 +643,22 @@ impl CredentialService {
         })
     }
 
-    pub fn list(&self, device: DeviceId) -> Result<Vec<CredentialView>> {
-        self.registry.device_record(device)?;
+    pub async fn list(&self, device: DeviceId) -> Result<Vec<CredentialView>> {
+        self.registry.device_record(device).await?;
         let now = now_ms();
         Ok(self
             .store
-            .credentials_of(device)?
+            .credentials_of(device)
+            .await?
             .iter()
             .map(|c| CredentialView::of(c, now))
             .collect())
     }
 
-    fn get(&self, device: DeviceId, id: CredentialId) -> Result<Credential> {
+    async fn get(&self, device: DeviceId, id: CredentialId) -> Result<Credential> {
         self.store
-            .get_credential(device, id)?
+            .get_credential(device, id)
+            .await?
             .ok_or(Error::NotFound("credential"))
     }
 
@@ -663,8 +670,8 @@ impl CredentialService {
         id: CredentialId,
         req: RotateRequest,
     ) -> Result<IssuedCredential> {
-        let dev = self.registry.device_record(device)?;
-        let mut old = self.get(device, id)?;
+        let dev = self.registry.device_record(device).await?;
+        let mut old = self.get(device, id).await?;
         if old.revoked_at.is_some() {
             return Err(Error::conflict("a revoked credential cannot be rotated"));
         }
@@ -704,13 +711,14 @@ impl CredentialService {
         };
         let (cred, token, bundle) = self.prepare(&dev, new)?;
         self.store
-            .add_credential(&cred)?
+            .add_credential(&cred)
+            .await?
             .map_err(|CredentialClash| Error::Conflict(Conflict::CredentialTaken))?;
         let grace = req.grace_secs.unwrap_or(self.cfg.rotation_grace_secs);
         let until =
             now_ms().saturating_add(i64::try_from(grace.saturating_mul(1000)).unwrap_or(i64::MAX));
         old.expires_at = Some(old.expires_at.map_or(until, |e| e.min(until)));
-        self.store.update_credential(&old)?;
+        self.store.update_credential(&old).await?;
         self.audit.record(
             Entry::new(AuditKind::CredentialRotated, crate::audit::operator())
                 .device(dev.id)
@@ -736,15 +744,15 @@ impl CredentialService {
     /// Revokes a credential now: its sessions are closed, it can no longer log in, and a
     /// certificate from Corral's CA goes on the revocation list.
     pub async fn revoke(&self, device: DeviceId, id: CredentialId) -> Result<CredentialView> {
-        let dev = self.registry.device_record(device)?;
-        let mut cred = self.get(device, id)?;
+        let dev = self.registry.device_record(device).await?;
+        let mut cred = self.get(device, id).await?;
         if cred.revoked_at.is_none() {
             cred.revoked_at = Some(now_ms());
-            self.store.update_credential(&cred)?;
+            self.store.update_credential(&cred).await?;
             self.audit_admin(AuditKind::CredentialRevoked, &dev, &cred);
             self.store.commit().await?;
             if matches!(cred.secret, CredentialSecret::Certificate(_)) {
-                self.refresh_trust()?;
+                self.refresh_trust().await?;
             }
         }
         self.sessions
@@ -759,9 +767,9 @@ impl CredentialService {
 
     /// Deletes a credential, freeing its token, identifiers or certificate for reuse.
     pub async fn delete(&self, device: DeviceId, id: CredentialId) -> Result<()> {
-        let dev = self.registry.device_record(device)?;
-        let cred = self.get(device, id)?;
-        self.store.delete_credential(&cred)?;
+        let dev = self.registry.device_record(device).await?;
+        let cred = self.get(device, id).await?;
+        self.store.delete_credential(&cred).await?;
         self.audit_admin(AuditKind::CredentialDeleted, &dev, &cred);
         self.store.commit().await?;
         self.sessions
@@ -771,14 +779,15 @@ impl CredentialService {
 
     /// Rebuilds the device listener's trust: Corral's CA with its revocation list, and every
     /// fleet's manufacturer CAs. Called at start and after every change to either.
-    pub fn refresh_trust(&self) -> Result<()> {
+    pub async fn refresh_trust(&self) -> Result<()> {
         let revoked: Vec<(String, i64)> = self
             .store
             .scan_credentials(&|c| {
                 c.revoked_at.is_some()
                     && matches!(&c.secret, CredentialSecret::Certificate(i)
                         if matches!(i.origin, CertOrigin::Issued | CertOrigin::Csr))
-            })?
+            })
+            .await?
             .into_iter()
             .filter_map(|c| match c.secret {
                 CredentialSecret::Certificate(i) => Some((i.serial, c.revoked_at.unwrap_or(0))),
@@ -787,7 +796,8 @@ impl CredentialService {
             .collect();
         let roots = self
             .store
-            .fleet_cas(None)?
+            .fleet_cas(None)
+            .await?
             .iter()
             .filter_map(|ca| pki::parse_cert_text(&ca.certificate_pem).ok())
             .collect();
@@ -798,10 +808,10 @@ impl CredentialService {
 
     /// Closes the sessions whose credential has expired (end of a rotation's grace period) or
     /// was revoked by other means. Called periodically.
-    pub fn sweep_expired(&self) {
+    pub async fn sweep_expired(&self) {
         let now = now_ms();
         for (device, cred) in self.sessions.credentials_in_use() {
-            match self.store.get_credential(device, cred) {
+            match self.store.get_credential(device, cred).await {
                 Ok(Some(c)) if c.unusable(now).is_none() => {}
                 Ok(_) => {
                     self.sessions
@@ -821,7 +831,7 @@ impl CredentialService {
             let mut e = Entry::new(AuditKind::AuthFailed, "device")
                 .peer(a.peer)
                 .detail(r.reason());
-            if let Some(d) = self.refused_device(&a) {
+            if let Some(d) = self.refused_device(&a).await {
                 e = e.device(d);
             }
             // Anyone can cause these (an unknown token costs nothing): rate-limited per address.
@@ -832,10 +842,11 @@ impl CredentialService {
 
     /// The device a refused attempt was aimed at, when the presented identity names one (a
     /// revoked credential, a disabled device), so operators see it on the device's page.
-    fn refused_device(&self, a: &LoginAttempt<'_>) -> Option<DeviceId> {
+    async fn refused_device(&self, a: &LoginAttempt<'_>) -> Option<DeviceId> {
         let token = a.username.filter(|u| !u.is_empty()).map(secret_hash)?;
         self.store
             .find_credential(CredentialKey::TokenSha256(&token))
+            .await
             .ok()
             .flatten()
             .map(|c| c.device_id)
@@ -862,15 +873,17 @@ impl CredentialService {
             if let Some(c) = self
                 .store
                 .find_credential(CredentialKey::TokenSha256(&h))
+                .await
                 .map_err(store_err)?
             {
-                return self.accept(c, "access_token", None);
+                return self.accept(c, "access_token", None).await;
             }
             let by_pair = if a.client_id.is_empty() {
                 None
             } else {
                 self.store
                     .find_credential(CredentialKey::ClientIdUsername(a.client_id, user))
+                    .await
                     .map_err(store_err)?
             };
             let found = match by_pair {
@@ -878,6 +891,7 @@ impl CredentialService {
                 None => self
                     .store
                     .find_credential(CredentialKey::Username(user))
+                    .await
                     .map_err(store_err)?,
             };
             return match found {
@@ -890,6 +904,7 @@ impl CredentialService {
             return match self
                 .store
                 .find_credential(CredentialKey::ClientId(a.client_id))
+                .await
                 .map_err(store_err)?
             {
                 Some(c) => self.accept_basic(c, a.password).await,
@@ -916,11 +931,11 @@ impl CredentialService {
                 return Err(Refusal::NotAuthorized("wrong password"));
             }
         }
-        self.accept(c, "mqtt_basic", None)
+        self.accept(c, "mqtt_basic", None).await
     }
 
     /// Checks the credential and its device are usable.
-    fn accept(
+    async fn accept(
         &self,
         c: Credential,
         method: &'static str,
@@ -929,7 +944,7 @@ impl CredentialService {
         if let Some(why) = c.unusable(now_ms()) {
             return Err(Refusal::NotAuthorized(why));
         }
-        let device = match self.registry.find_device(c.device_id) {
+        let device = match self.registry.find_device(c.device_id).await {
             Ok(Some(d)) => d,
             Ok(None) => return Err(Refusal::NotAuthorized("device deleted")),
             Err(e) => {
@@ -979,18 +994,20 @@ impl CredentialService {
         if let Some(c) = self
             .store
             .find_credential(CredentialKey::Fingerprint(&info.fingerprint))
+            .await
             .map_err(store_err)?
         {
-            return self.accept(c, "certificate", cn).map(Some);
+            return self.accept(c, "certificate", cn).await.map(Some);
         }
         if let Some(c) = self
             .store
             .find_credential(CredentialKey::Spki(&info.spki_sha256))
+            .await
             .map_err(store_err)?
         {
-            return self.accept(c, "public_key", cn).map(Some);
+            return self.accept(c, "public_key", cn).await.map(Some);
         }
-        let cas = self.store.fleet_cas(None).map_err(store_err)?;
+        let cas = self.store.fleet_cas(None).await.map_err(store_err)?;
         let Some(ca) = cas.iter().find(|ca| {
             pki::parse_cert_text(&ca.certificate_pem).is_ok_and(|der| pki::chains_to(chain, &der))
         }) else {
@@ -1060,8 +1077,9 @@ impl CredentialService {
                     return match self
                         .store
                         .find_credential(CredentialKey::Fingerprint(&info.fingerprint))
+                        .await
                     {
-                        Ok(Some(c)) => self.accept(c, "certificate", cn),
+                        Ok(Some(c)) => self.accept(c, "certificate", cn).await,
                         _ => Err(Refusal::Unavailable),
                     };
                 }

@@ -111,7 +111,7 @@ impl ProvisioningService {
 
     /// Sets (or replaces) a fleet's provisioning key and secret.
     pub async fn set(&self, fleet: FleetId, s: ProvisioningSettings) -> Result<ProvisioningSecret> {
-        self.registry.fleet(fleet)?;
+        self.registry.fleet(fleet).await?;
         let key = s.key.unwrap_or_else(|| random_alnum(20));
         let secret = s.secret.unwrap_or_else(|| random_alnum(20));
         for (field, v) in [("key", &key), ("secret", &secret)] {
@@ -122,7 +122,7 @@ impl ProvisioningService {
                 });
             }
         }
-        let old = self.store.provisioning_of(fleet)?;
+        let old = self.store.provisioning_of(fleet).await?;
         let p = FleetProvisioning {
             fleet_id: fleet,
             key: key.clone(),
@@ -131,7 +131,8 @@ impl ProvisioningService {
             created_at: now_ms(),
         };
         self.store
-            .put_provisioning(&p, old.as_ref().map(|o| o.key.as_str()))?
+            .put_provisioning(&p, old.as_ref().map(|o| o.key.as_str()))
+            .await?
             .map_err(|NameClash| Error::conflict("another fleet uses this provisioning key"))?;
         self.audit.record(
             Entry::new(AuditKind::ProvisioningKeySet, crate::audit::operator())
@@ -147,20 +148,21 @@ impl ProvisioningService {
         })
     }
 
-    pub fn get(&self, fleet: FleetId) -> Result<ProvisioningView> {
-        self.registry.fleet(fleet)?;
+    pub async fn get(&self, fleet: FleetId) -> Result<ProvisioningView> {
+        self.registry.fleet(fleet).await?;
         self.store
-            .provisioning_of(fleet)?
+            .provisioning_of(fleet)
+            .await?
             .map(|p| ProvisioningView::from(&p))
             .ok_or(Error::NotFound("provisioning key"))
     }
 
     pub async fn delete(&self, fleet: FleetId) -> Result<()> {
-        self.registry.fleet(fleet)?;
-        if self.store.provisioning_of(fleet)?.is_none() {
+        self.registry.fleet(fleet).await?;
+        if self.store.provisioning_of(fleet).await?.is_none() {
             return Err(Error::NotFound("provisioning key"));
         }
-        self.store.delete_provisioning(fleet)?;
+        self.store.delete_provisioning(fleet).await?;
         self.audit.record(
             Entry::new(AuditKind::ProvisioningKeyRemoved, crate::audit::operator()).fleet(fleet),
         );
@@ -202,7 +204,7 @@ impl ProvisioningService {
         ) else {
             return not_found();
         };
-        let p = match self.store.provisioning_by_key(key) {
+        let p = match self.store.provisioning_by_key(key).await {
             Ok(Some(p)) => p,
             Ok(None) => return not_found(),
             Err(e) => {
@@ -321,18 +323,20 @@ impl ProvisioningService {
         Option<crate::model::Credential>,
         Option<String>,
     )> {
-        let fleet = self.registry.fleet(p.fleet_id)?;
+        let fleet = self.registry.fleet(p.fleet_id).await?;
         let dev = self
             .registry
-            .device_by_name(fleet.workspace_id, name)?
+            .device_by_name(fleet.workspace_id, name)
+            .await?
             .filter(|d| d.fleet_id == p.fleet_id && d.provisioned_at.is_none())
             .ok_or(Error::NotFound("pre-provisioned device"))?;
         let (cred, token, _) = self.credentials.prepare(&dev, spec)?;
         self.store
-            .add_credential(&cred)?
+            .add_credential(&cred)
+            .await?
             .map_err(|_| Error::Conflict(Conflict::CredentialTaken))?;
         let now = now_ms();
-        self.registry.mark_provisioned(dev.id, now)?;
+        self.registry.mark_provisioned(dev.id, now).await?;
         self.audit.record(provisioned_entry(&dev, &cred, peer));
         // One commit makes the credential, the mark and the audit entry durable together.
         self.store.commit().await?;

@@ -237,39 +237,45 @@ impl Registry {
             retention_days: check_retention(new.retention_days)?,
         };
         self.store
-            .put_workspace(&ws, None)?
+            .put_workspace(&ws, None)
+            .await?
             .map_err(|NameClash| clash("workspace", &ws.name))?;
         self.store.commit().await?;
         Ok(ws)
     }
 
-    pub fn workspace(&self, id: WorkspaceId) -> Result<Workspace> {
+    pub async fn workspace(&self, id: WorkspaceId) -> Result<Workspace> {
         self.store
-            .get_workspace(id)?
+            .get_workspace(id)
+            .await?
             .ok_or(Error::NotFound("workspace"))
     }
 
-    pub fn list_workspaces(
+    pub async fn list_workspaces(
         &self,
         name: Option<&str>,
         after: Option<&Cursor>,
         limit: usize,
     ) -> Result<Page<Workspace>> {
         self.list_workspaces_where(name, after, limit, |_| true)
+            .await
     }
 
     /// As `list_workspaces`, keeping only those `visible` accepts (the caller's).
-    pub fn list_workspaces_where(
+    pub async fn list_workspaces_where(
         &self,
         name: Option<&str>,
         after: Option<&Cursor>,
         limit: usize,
-        visible: impl Fn(&Workspace) -> bool,
+        visible: impl Fn(&Workspace) -> bool + Sync,
     ) -> Result<Page<Workspace>> {
         let needle = name.map(str::to_lowercase);
-        Ok(self.store.list_workspaces(after, limit, &|w| {
-            visible(w) && matches_name(&w.name, needle.as_deref())
-        })?)
+        Ok(self
+            .store
+            .list_workspaces(after, limit, &|w| {
+                visible(w) && matches_name(&w.name, needle.as_deref())
+            })
+            .await?)
     }
 
     pub async fn update_workspace(
@@ -277,7 +283,7 @@ impl Registry {
         id: WorkspaceId,
         patch: WorkspacePatch,
     ) -> Result<Workspace> {
-        let old = self.workspace(id)?;
+        let old = self.workspace(id).await?;
         let mut ws = old.clone();
         if let Some(n) = &patch.name {
             ws.name = check_name(n)?;
@@ -290,15 +296,16 @@ impl Registry {
         }
         ws.updated_at = now_ms();
         self.store
-            .put_workspace(&ws, Some(&old.name))?
+            .put_workspace(&ws, Some(&old.name))
+            .await?
             .map_err(|NameClash| clash("workspace", &ws.name))?;
         self.store.commit().await?;
         Ok(ws)
     }
 
     pub async fn delete_workspace(&self, id: WorkspaceId) -> Result<()> {
-        let ws = self.workspace(id)?;
-        if !self.store.delete_workspace(&ws)? {
+        let ws = self.workspace(id).await?;
+        if !self.store.delete_workspace(&ws).await? {
             return Err(Error::Conflict(Conflict::NotEmpty("workspace")));
         }
         self.store.commit().await?;
@@ -309,7 +316,8 @@ impl Registry {
 
     pub async fn create_fleet(&self, new: NewFleet) -> Result<Fleet> {
         self.store
-            .get_workspace(new.workspace_id)?
+            .get_workspace(new.workspace_id)
+            .await?
             .ok_or(Error::NotFound("workspace"))?;
         let now = now_ms();
         let fleet = Fleet {
@@ -321,17 +329,21 @@ impl Registry {
             updated_at: now,
         };
         self.store
-            .put_fleet(&fleet, None)?
+            .put_fleet(&fleet, None)
+            .await?
             .map_err(|NameClash| clash("fleet", &fleet.name))?;
         self.store.commit().await?;
         Ok(fleet)
     }
 
-    pub fn fleet(&self, id: FleetId) -> Result<Fleet> {
-        self.store.get_fleet(id)?.ok_or(Error::NotFound("fleet"))
+    pub async fn fleet(&self, id: FleetId) -> Result<Fleet> {
+        self.store
+            .get_fleet(id)
+            .await?
+            .ok_or(Error::NotFound("fleet"))
     }
 
-    pub fn list_fleets(
+    pub async fn list_fleets(
         &self,
         workspace: Option<WorkspaceId>,
         name: Option<&str>,
@@ -339,27 +351,31 @@ impl Registry {
         limit: usize,
     ) -> Result<Page<Fleet>> {
         self.list_fleets_where(workspace, name, after, limit, |_| true)
+            .await
     }
 
     /// As `list_fleets`, keeping only those `visible` accepts (the caller's).
-    pub fn list_fleets_where(
+    pub async fn list_fleets_where(
         &self,
         workspace: Option<WorkspaceId>,
         name: Option<&str>,
         after: Option<&Cursor>,
         limit: usize,
-        visible: impl Fn(&Fleet) -> bool,
+        visible: impl Fn(&Fleet) -> bool + Sync,
     ) -> Result<Page<Fleet>> {
         let needle = name.map(str::to_lowercase);
-        Ok(self.store.list_fleets(after, limit, &|f| {
-            workspace.is_none_or(|w| f.workspace_id == w)
-                && visible(f)
-                && matches_name(&f.name, needle.as_deref())
-        })?)
+        Ok(self
+            .store
+            .list_fleets(after, limit, &|f| {
+                workspace.is_none_or(|w| f.workspace_id == w)
+                    && visible(f)
+                    && matches_name(&f.name, needle.as_deref())
+            })
+            .await?)
     }
 
     pub async fn update_fleet(&self, id: FleetId, patch: FleetPatch) -> Result<Fleet> {
-        let old = self.fleet(id)?;
+        let old = self.fleet(id).await?;
         let mut fleet = old.clone();
         if let Some(n) = &patch.name {
             fleet.name = check_name(n)?;
@@ -369,16 +385,19 @@ impl Registry {
         }
         fleet.updated_at = now_ms();
         self.store
-            .put_fleet(&fleet, Some(&old.name))?
+            .put_fleet(&fleet, Some(&old.name))
+            .await?
             .map_err(|NameClash| clash("fleet", &fleet.name))?;
         self.store.commit().await?;
         Ok(fleet)
     }
 
     pub async fn delete_fleet(&self, id: FleetId) -> Result<()> {
-        let fleet = self.fleet(id)?;
+        let fleet = self.fleet(id).await?;
         // Manufacturer CAs count as content: removing one changes who can join.
-        if !self.identity.fleet_cas(Some(id))?.is_empty() || !self.store.delete_fleet(&fleet)? {
+        if !self.identity.fleet_cas(Some(id)).await?.is_empty()
+            || !self.store.delete_fleet(&fleet).await?
+        {
             return Err(Error::Conflict(Conflict::NotEmpty("fleet")));
         }
         self.store.commit().await?;
@@ -415,7 +434,8 @@ impl Registry {
     ) -> Result<(Device, Vec<Credential>)> {
         let fleet = self
             .store
-            .get_fleet(draft.fleet_id)?
+            .get_fleet(draft.fleet_id)
+            .await?
             .ok_or(Error::NotFound("fleet"))?;
         let now = now_ms();
         let dev = Device {
@@ -434,7 +454,8 @@ impl Registry {
         };
         let creds = creds(&dev)?;
         self.store
-            .create_device(&dev, &creds)?
+            .create_device(&dev, &creds)
+            .await?
             .map_err(|c| match c {
                 DeviceClash::Name => clash("device", &dev.name),
                 DeviceClash::Credential => Error::Conflict(Conflict::CredentialTaken),
@@ -448,8 +469,8 @@ impl Registry {
     }
 
     /// The device of a workspace with this name.
-    pub fn device_by_name(&self, ws: WorkspaceId, name: &str) -> Result<Option<Device>> {
-        Ok(self.store.device_by_name(ws, name)?)
+    pub async fn device_by_name(&self, ws: WorkspaceId, name: &str) -> Result<Option<Device>> {
+        Ok(self.store.device_by_name(ws, name).await?)
     }
 
     /// The live view of a stored device record.
@@ -457,51 +478,58 @@ impl Registry {
         self.view(d)
     }
 
-    pub fn device(&self, id: DeviceId) -> Result<DeviceView> {
-        Ok(self.view(self.device_record(id)?))
+    pub async fn device(&self, id: DeviceId) -> Result<DeviceView> {
+        Ok(self.view(self.device_record(id).await?))
     }
 
     /// The stored record of a device, if there is one.
-    pub fn find_device(&self, id: DeviceId) -> Result<Option<Device>> {
-        Ok(self.store.get_device(id)?)
+    pub async fn find_device(&self, id: DeviceId) -> Result<Option<Device>> {
+        Ok(self.store.get_device(id).await?)
     }
 
     /// Marks a pre-provisioned device as claimed by provisioning (durable with the caller's
     /// commit).
-    pub fn mark_provisioned(&self, id: DeviceId, at: Millis) -> Result<()> {
+    pub async fn mark_provisioned(&self, id: DeviceId, at: Millis) -> Result<()> {
         Ok(self
             .store
-            .update_device_record(id, &move |d| d.provisioned_at = Some(at))?)
+            .update_device_record(id, &move |d| d.provisioned_at = Some(at))
+            .await?)
     }
 
-    pub fn device_record(&self, id: DeviceId) -> Result<Device> {
-        self.store.get_device(id)?.ok_or(Error::NotFound("device"))
+    pub async fn device_record(&self, id: DeviceId) -> Result<Device> {
+        self.store
+            .get_device(id)
+            .await?
+            .ok_or(Error::NotFound("device"))
     }
 
-    pub fn list_devices(
+    pub async fn list_devices(
         &self,
         f: &DeviceFilter,
         after: Option<&Cursor>,
         limit: usize,
     ) -> Result<Page<DeviceView>> {
-        self.list_devices_where(f, after, limit, |_| true)
+        self.list_devices_where(f, after, limit, |_| true).await
     }
 
     /// As `list_devices`, keeping only devices `visible` accepts (the caller's).
-    pub fn list_devices_where(
+    pub async fn list_devices_where(
         &self,
         f: &DeviceFilter,
         after: Option<&Cursor>,
         limit: usize,
-        visible: impl Fn(&Device) -> bool,
+        visible: impl Fn(&Device) -> bool + Sync,
     ) -> Result<Page<DeviceView>> {
         let needle = f.name.as_deref().map(str::to_lowercase);
-        let page = self.store.list_devices(f.fleet_id, after, limit, &|d| {
-            visible(d)
-                && f.workspace_id.is_none_or(|w| d.workspace_id == w)
-                && matches_name(&d.name, needle.as_deref())
-                && f.status.is_none_or(|s| self.status_of(d.id) == s)
-        })?;
+        let page = self
+            .store
+            .list_devices(f.fleet_id, after, limit, &|d| {
+                visible(d)
+                    && f.workspace_id.is_none_or(|w| d.workspace_id == w)
+                    && matches_name(&d.name, needle.as_deref())
+                    && f.status.is_none_or(|s| self.status_of(d.id) == s)
+            })
+            .await?;
         Ok(Page {
             items: page.items.into_iter().map(|d| self.view(d)).collect(),
             next_cursor: page.next_cursor,
@@ -510,11 +538,11 @@ impl Registry {
 
     /// Every device matching `f` (all pages), optionally only enabled ones: for fan-out,
     /// fleet queries and sweeps.
-    pub fn device_ids(&self, f: &DeviceFilter, only_enabled: bool) -> Result<Vec<DeviceId>> {
+    pub async fn device_ids(&self, f: &DeviceFilter, only_enabled: bool) -> Result<Vec<DeviceId>> {
         let mut out = Vec::new();
         let mut after = None;
         loop {
-            let page = self.list_devices(f, after.as_ref(), 1000)?;
+            let page = self.list_devices(f, after.as_ref(), 1000).await?;
             out.extend(
                 page.items
                     .iter()
@@ -529,7 +557,7 @@ impl Registry {
     }
 
     pub async fn update_device(&self, id: DeviceId, patch: DevicePatch) -> Result<DeviceView> {
-        let old = self.device_record(id)?;
+        let old = self.device_record(id).await?;
         let mut dev = old.clone();
         if let Some(n) = &patch.name {
             dev.name = check_name(n)?;
@@ -538,7 +566,11 @@ impl Registry {
             dev.label = check_text("label", l)?;
         }
         if let Some(fid) = patch.fleet_id {
-            let fleet = self.store.get_fleet(fid)?.ok_or(Error::NotFound("fleet"))?;
+            let fleet = self
+                .store
+                .get_fleet(fid)
+                .await?
+                .ok_or(Error::NotFound("fleet"))?;
             if fleet.workspace_id != dev.workspace_id {
                 return Err(Error::Invalid {
                     field: "fleet_id",
@@ -552,7 +584,8 @@ impl Registry {
         }
         dev.updated_at = now_ms();
         self.store
-            .update_device(&dev, &old)?
+            .update_device(&dev, &old)
+            .await?
             .map_err(|NameClash| clash("device", &dev.name))?;
         if old.enabled != dev.enabled {
             let kind = if dev.enabled {
@@ -576,7 +609,7 @@ impl Registry {
     }
 
     pub async fn delete_device(&self, id: DeviceId) -> Result<()> {
-        let dev = self.device_record(id)?;
+        let dev = self.device_record(id).await?;
         self.store.delete_device(&dev).await?;
         self.audit.record(
             Entry::new(AuditKind::DeviceDeleted, crate::audit::operator())
@@ -642,9 +675,12 @@ impl Registry {
     }
 
     /// A device's recent connections, newest first.
-    pub fn connection_history(&self, id: DeviceId) -> Result<Vec<crate::model::ConnectionEvent>> {
-        self.device_record(id)?;
-        Ok(self.store.connections(id)?)
+    pub async fn connection_history(
+        &self,
+        id: DeviceId,
+    ) -> Result<Vec<crate::model::ConnectionEvent>> {
+        self.device_record(id).await?;
+        Ok(self.store.connections(id).await?)
     }
 
     /// Records activity of a device that has no connection (an HTTP device API request).
@@ -797,6 +833,7 @@ mod tests {
                 None,
                 1,
             )
+            .await
             .expect("list");
         assert_eq!(page.items.len(), 1);
         let next = page.next_cursor.expect("more");
@@ -809,11 +846,12 @@ mod tests {
                 Some(&next),
                 1,
             )
+            .await
             .expect("list");
         assert_eq!(page2.items.len(), 1);
         assert!(page2.next_cursor.is_none());
         r.delete_device(dev.id).await.expect("delete");
-        assert!(matches!(r.device(dev.id), Err(Error::NotFound(_))));
+        assert!(matches!(r.device(dev.id).await, Err(Error::NotFound(_))));
     }
 
     #[tokio::test]
@@ -842,7 +880,11 @@ mod tests {
         r.persist_activity();
         // Bookkeeping runs on the writer thread before the commit it queues behind.
         store.commit().await.expect("commit");
-        let stored = store.get_device(dev.id).expect("get").expect("exists");
+        let stored = store
+            .get_device(dev.id)
+            .await
+            .expect("get")
+            .expect("exists");
         assert_eq!(stored.last_activity_at, Some(live.last_activity()));
         assert!(stored.last_connect_at.is_some());
     }

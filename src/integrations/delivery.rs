@@ -270,9 +270,9 @@ impl Ctx {
 
     /// Applies the caps: drops the oldest entries past `max_bytes` or `max_age_secs`, raising
     /// the alarm when anything is dropped; clears it once the queue is back under 90 % of both.
-    pub fn enforce_caps(&self, cfg: &Integration) {
+    pub async fn enforce_caps(&self, cfg: &Integration) {
         let bytes = self.stats.bytes.load(Ordering::Relaxed);
-        let oldest = self.store.queue_oldest(self.worker.id).ok().flatten();
+        let oldest = self.store.queue_oldest(self.worker.id).await.ok().flatten();
         let now = now_ms();
         let max_age_ms = (cfg.max_age_secs as i64).saturating_mul(1000);
         let too_old = oldest.is_some_and(|t| now - t > max_age_ms);
@@ -280,6 +280,7 @@ impl Ctx {
             match self
                 .store
                 .queue_drop_oldest(self.worker.id, cfg.max_bytes, now - max_age_ms)
+                .await
             {
                 Ok(m) if m.entries > 0 => self.dropped(m.entries, "queue cap reached"),
                 Ok(_) => {}
@@ -294,6 +295,7 @@ impl Ctx {
             let age = self
                 .store
                 .queue_oldest(self.worker.id)
+                .await
                 .ok()
                 .flatten()
                 .map_or(0, |t| now - t);
@@ -311,7 +313,7 @@ impl Ctx {
                 });
             }
         }
-        self.gauges();
+        self.gauges().await;
     }
 
     /// Counts entries dropped by a cap and raises the alarm: a drop is never silent.
@@ -334,7 +336,7 @@ impl Ctx {
         });
     }
 
-    fn gauges(&self) {
+    async fn gauges(&self) {
         let l = self.label();
         let m = &self.metrics;
         m.integration_queue_depth
@@ -349,6 +351,7 @@ impl Ctx {
         let age = self
             .store
             .queue_oldest(self.worker.id)
+            .await
             .ok()
             .flatten()
             .map_or(0, |t| (now_ms() - t).max(0) / 1000);
@@ -407,7 +410,7 @@ pub(super) async fn run(ctx: Ctx) {
             return; // deleted
         }
         let cfg = w.cfg();
-        ctx.enforce_caps(&cfg);
+        ctx.enforce_caps(&cfg).await;
         let depth = ctx.stats.depth.load(Ordering::Relaxed);
         if cfg.paused || depth == 0 {
             // Idle or paused: wake on an enqueue (caps hold while paused too), on an operator's
@@ -421,7 +424,13 @@ pub(super) async fn run(ctx: Ctx) {
         }
         // Batching: give a small batch up to `max_wait_ms` after its oldest entry to fill up.
         if cfg.max_wait_ms > 0 && depth < cfg.max_items as u64 {
-            let oldest = ctx.store.queue_oldest(w.id).ok().flatten().unwrap_or(0);
+            let oldest = ctx
+                .store
+                .queue_oldest(w.id)
+                .await
+                .ok()
+                .flatten()
+                .unwrap_or(0);
             let left =
                 (oldest + cfg.max_wait_ms as i64 - now_ms()).clamp(0, cfg.max_wait_ms as i64);
             let deadline = Instant::now() + Duration::from_millis(left as u64);
@@ -433,7 +442,7 @@ pub(super) async fn run(ctx: Ctx) {
                 }
             }
         }
-        let entries = match ctx.store.queue_head(w.id, cfg.max_items as usize) {
+        let entries = match ctx.store.queue_head(w.id, cfg.max_items as usize).await {
             Ok(e) => e,
             Err(e) => {
                 tracing::error!(integration = %w.id, error = %e, "cannot read the integration queue");
@@ -474,7 +483,7 @@ pub(super) async fn run(ctx: Ctx) {
             loop {
                 tokio::select! {
                     o = &mut attempt => break o,
-                    _ = ctx.stats.notify.notified() => ctx.enforce_caps(&cfg),
+                    _ = ctx.stats.notify.notified() => ctx.enforce_caps(&cfg).await,
                 }
             }
         };
@@ -489,7 +498,7 @@ pub(super) async fn run(ctx: Ctx) {
         let seqs: Vec<u64> = entries.iter().map(|e| e.seq).collect();
         match outcome {
             Outcome::Delivered => {
-                if let Err(e) = ctx.store.queue_remove(w.id, &seqs) {
+                if let Err(e) = ctx.store.queue_remove(w.id, &seqs).await {
                     tracing::error!(integration = %w.id, error = %e, "cannot remove delivered entries; they will be sent again");
                 }
                 ctx.record_delivered(&entries);
@@ -501,6 +510,7 @@ pub(super) async fn run(ctx: Ctx) {
                 match ctx
                     .store
                     .dead_letter(w.id, &entries, &msg, cfg.dead_letter_max)
+                    .await
                 {
                     Ok(0) => {}
                     Ok(n) => ctx.dropped(n, "dead-letter cap reached"),
@@ -539,7 +549,7 @@ async fn wait_backoff(
     loop {
         tokio::select! {
             _ = tokio::time::sleep_until(deadline) => break,
-            _ = ctx.stats.notify.notified() => ctx.enforce_caps(cfg),
+            _ = ctx.stats.notify.notified() => ctx.enforce_caps(cfg).await,
             _ = ctx.worker.control.notified() => {
                 // An operator acted (resume, update): try again now.
                 *backoff = None;

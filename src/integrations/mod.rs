@@ -315,7 +315,7 @@ impl IntegrationService {
 
     /// Loads the integrations, routes to them and starts their delivery workers (before
     /// devices are accepted). Returns how many there are. The workers stop with the others.
-    pub fn start(&self) -> Result<usize> {
+    pub async fn start(&self) -> Result<usize> {
         let (store, wanted) = (self.store.clone(), self.router.commit_wanted.clone());
         self.background.spawn(
             "integration-commits",
@@ -336,7 +336,34 @@ impl IntegrationService {
                 }
             },
         );
-        let list = self.store.list_integrations()?;
+        if let Some(mut tapped) = self.router.take_tapped() {
+            let router = self.router.clone();
+            self.background.spawn(
+                "integration-events",
+                "queues connectivity, client attribute, condition and job result events for the integrations they go to",
+                |mut stop, report| async move {
+                    loop {
+                        let e = tokio::select! {
+                            e = tapped.recv() => e,
+                            _ = stop.changed() => break,
+                        };
+                        let Some(e) = e else { break };
+                        let router = router.clone();
+                        let _ = report
+                            .run(|| async move {
+                                router.route_event(&e).await;
+                                Ok(())
+                            })
+                            .await;
+                    }
+                    // What was published before the stop is queued, for the last commit.
+                    while let Ok(e) = tapped.try_recv() {
+                        router.route_event(&e).await;
+                    }
+                },
+            );
+        }
+        let list = self.store.list_integrations().await?;
         self.router.set(&list);
         let n = list.len();
         for i in list {
@@ -377,21 +404,23 @@ impl IntegrationService {
         );
     }
 
-    fn refresh_routes(&self) -> Result<()> {
-        self.router.set(&self.store.list_integrations()?);
+    async fn refresh_routes(&self) -> Result<()> {
+        self.router.set(&self.store.list_integrations().await?);
         Ok(())
     }
 
-    fn record(&self, id: IntegrationId) -> Result<Integration> {
+    async fn record(&self, id: IntegrationId) -> Result<Integration> {
         self.store
-            .get_integration(id)?
+            .get_integration(id)
+            .await?
             .ok_or(Error::NotFound("integration"))
     }
 
-    fn check_name_free(&self, name: &str, except: Option<IntegrationId>) -> Result<()> {
+    async fn check_name_free(&self, name: &str, except: Option<IntegrationId>) -> Result<()> {
         let taken = self
             .store
-            .list_integrations()?
+            .list_integrations()
+            .await?
             .iter()
             .any(|i| Some(i.id) != except && i.name.eq_ignore_ascii_case(name));
         if taken {
@@ -405,7 +434,7 @@ impl IntegrationService {
     }
 
     /// Checks every setting of `i`.
-    fn validate(&self, i: &mut Integration) -> Result<()> {
+    async fn validate(&self, i: &mut Integration) -> Result<()> {
         i.name =
             crate::names::check(&i.name, crate::names::MAX_NAME).map_err(|m| invalid("name", m))?;
         let url = reqwest::Url::parse(&i.url).map_err(|e| invalid("url", e.to_string()))?;
@@ -416,14 +445,15 @@ impl IntegrationService {
             ));
         }
         if let Some(ws) = i.workspace_id
-            && self.registry.get_workspace(ws)?.is_none()
+            && self.registry.get_workspace(ws).await?.is_none()
         {
             return Err(Error::NotFound("workspace"));
         }
         for f in &i.fleet_ids {
             let fleet = self
                 .registry
-                .get_fleet(*f)?
+                .get_fleet(*f)
+                .await?
                 .ok_or(Error::NotFound("fleet"))?;
             if i.workspace_id.is_some_and(|w| w != fleet.workspace_id) {
                 return Err(invalid(
@@ -509,22 +539,22 @@ impl IntegrationService {
             created_at: now,
             updated_at: now,
         };
-        self.validate(&mut i)?;
-        self.check_name_free(&i.name, None)?;
-        self.store.put_integration(&i)?;
+        self.validate(&mut i).await?;
+        self.check_name_free(&i.name, None).await?;
+        self.store.put_integration(&i).await?;
         self.store.commit().await?;
-        self.refresh_routes()?;
+        self.refresh_routes().await?;
         tracing::info!(integration = %i.id, name = %i.name, "integration created");
         self.spawn(i.clone());
         Ok(CreatedIntegration {
-            integration: self.view(i),
+            integration: self.view(i).await,
             signing_secret: generated,
         })
     }
 
     pub async fn update(&self, id: IntegrationId, p: IntegrationPatch) -> Result<IntegrationView> {
         let _guard = self.changing.lock().await;
-        let mut i = self.record(id)?;
+        let mut i = self.record(id).await?;
         macro_rules! set {
             ($($f:ident),*) => { $(if let Some(v) = p.$f { i.$f = v; })* };
         }
@@ -556,26 +586,26 @@ impl IntegrationService {
             i.signing_secret = Secret(s);
         }
         i.updated_at = now_ms().max(i.updated_at + 1);
-        self.validate(&mut i)?;
-        self.check_name_free(&i.name, Some(id))?;
+        self.validate(&mut i).await?;
+        self.check_name_free(&i.name, Some(id)).await?;
         self.save(i).await
     }
 
     /// Stores a changed integration and hands it to its delivery task.
     async fn save(&self, i: Integration) -> Result<IntegrationView> {
-        self.store.put_integration(&i)?;
+        self.store.put_integration(&i).await?;
         self.store.commit().await?;
-        self.refresh_routes()?;
+        self.refresh_routes().await?;
         if let Some(r) = self.workers().get(&i.id) {
             *r.worker.cfg.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(i.clone());
             r.worker.control.notify_one();
         }
-        Ok(self.view(i))
+        Ok(self.view(i).await)
     }
 
     pub async fn set_paused(&self, id: IntegrationId, paused: bool) -> Result<IntegrationView> {
         let _guard = self.changing.lock().await;
-        let mut i = self.record(id)?;
+        let mut i = self.record(id).await?;
         i.paused = paused;
         i.updated_at = now_ms().max(i.updated_at + 1);
         tracing::info!(integration = %id, paused, "integration paused or resumed");
@@ -584,9 +614,9 @@ impl IntegrationService {
 
     pub async fn delete(&self, id: IntegrationId) -> Result<()> {
         let _guard = self.changing.lock().await;
-        self.record(id)?;
+        self.record(id).await?;
         self.store.delete_integration(id).await?;
-        self.refresh_routes()?;
+        self.refresh_routes().await?;
         self.workers().remove(&id);
         self.background.remove(&worker_name(id));
         let label = IntegrationLabel {
@@ -602,29 +632,28 @@ impl IntegrationService {
         Ok(())
     }
 
-    pub fn get(&self, id: IntegrationId) -> Result<IntegrationView> {
-        Ok(self.view(self.record(id)?))
+    pub async fn get(&self, id: IntegrationId) -> Result<IntegrationView> {
+        Ok(self.view(self.record(id).await?).await)
     }
 
-    pub fn list(&self) -> Result<Vec<IntegrationView>> {
-        Ok(self
-            .store
-            .list_integrations()?
-            .into_iter()
-            .map(|i| self.view(i))
-            .collect())
+    pub async fn list(&self) -> Result<Vec<IntegrationView>> {
+        let mut out = Vec::new();
+        for i in self.store.list_integrations().await? {
+            out.push(self.view(i).await);
+        }
+        Ok(out)
     }
 
     /// The live status of one integration (the CLI resolves names to ids before asking).
-    pub fn status(&self, id: IntegrationId) -> Result<IntegrationStatus> {
-        let i = self.record(id)?;
-        Ok(self.status_of(&i))
+    pub async fn status(&self, id: IntegrationId) -> Result<IntegrationStatus> {
+        let i = self.record(id).await?;
+        Ok(self.status_of(&i).await)
     }
 
-    fn status_of(&self, i: &Integration) -> IntegrationStatus {
+    async fn status_of(&self, i: &Integration) -> IntegrationStatus {
         let stats = self.store.queue_stats(i.id);
         let load = |f: fn(&QueueStats) -> u64| stats.as_deref().map_or(0, f);
-        let oldest = self.store.queue_oldest(i.id).ok().flatten();
+        let oldest = self.store.queue_oldest(i.id).await.ok().flatten();
         let workers = self.workers();
         let w = workers.get(&i.id).map(|r| r.worker.clone());
         drop(workers);
@@ -682,8 +711,8 @@ impl IntegrationService {
         }
     }
 
-    fn view(&self, i: Integration) -> IntegrationView {
-        let status = self.status_of(&i);
+    async fn view(&self, i: Integration) -> IntegrationView {
+        let status = self.status_of(&i).await;
         IntegrationView {
             id: i.id,
             name: i.name,
@@ -713,7 +742,7 @@ impl IntegrationService {
     /// Queues a test event for this integration only (whatever its filters), through the same
     /// queue and delivery as real events. Returns once it is durable.
     pub async fn send_test(&self, id: IntegrationId) -> Result<()> {
-        let i = self.record(id)?;
+        let i = self.record(id).await?;
         let event = json!({
             "kind": "test",
             "ts": now_ms(),
@@ -728,15 +757,15 @@ impl IntegrationService {
         Ok(())
     }
 
-    pub fn dead_letters(
+    pub async fn dead_letters(
         &self,
         id: IntegrationId,
         cursor: Option<&str>,
         limit: usize,
     ) -> Result<DeadLetterPage> {
-        self.record(id)?;
+        self.record(id).await?;
         let cursor = cursor.map(Cursor::new);
-        let page = self.store.dead_letters(id, cursor.as_ref(), limit)?;
+        let page = self.store.dead_letters(id, cursor.as_ref(), limit).await?;
         let items = page
             .items
             .into_iter()
@@ -757,15 +786,15 @@ impl IntegrationService {
 
     /// Moves every dead letter back to the tail of the queue (original order, original keys).
     pub async fn replay_dead_letters(&self, id: IntegrationId) -> Result<u64> {
-        self.record(id)?;
+        self.record(id).await?;
         let moved = self.store.requeue_dead(id).await?;
         tracing::info!(integration = %id, entries = moved.entries, "dead letters replayed");
         Ok(moved.entries)
     }
 
     pub async fn delete_dead_letters(&self, id: IntegrationId) -> Result<u64> {
-        self.record(id)?;
-        let n = self.store.dead_delete(id)?;
+        self.record(id).await?;
+        let n = self.store.dead_delete(id).await?;
         self.store.commit().await?;
         Ok(n)
     }

@@ -44,6 +44,12 @@ pub struct Router {
     /// Woken after an event is queued outside the logged path: the service's committer then
     /// makes it durable (connectivity and job results have no caller that commits).
     pub(super) commit_wanted: Arc<tokio::sync::Notify>,
+    /// Events the bus showed the tap, in order, for the `integration-events` worker, which
+    /// reads what describes them (the device, the job) and queues them. The tap itself must
+    /// not wait for storage: it runs inside whoever published. Not bounded, so nothing is
+    /// lost: each is a small record, and the worker drains them as fast as they come.
+    tapped: tokio::sync::mpsc::UnboundedSender<Event>,
+    tapped_rx: std::sync::Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<Event>>>,
 }
 
 impl Router {
@@ -52,12 +58,15 @@ impl Router {
         jobs: Arc<dyn JobStore>,
         store: Arc<dyn IntegrationStore>,
     ) -> Self {
+        let (tapped, rx) = tokio::sync::mpsc::unbounded_channel();
         Self {
             store,
             registry,
             jobs,
             routes: RwLock::new(Arc::new(Vec::new())),
             commit_wanted: Arc::default(),
+            tapped,
+            tapped_rx: std::sync::Mutex::new(Some(rx)),
         }
     }
 
@@ -85,7 +94,7 @@ impl Router {
     }
 
     /// The device and the integrations an event of `kind` goes to; `None` when there are none.
-    fn targets(
+    async fn targets(
         &self,
         kind: EventKind,
         device: DeviceId,
@@ -95,7 +104,7 @@ impl Router {
         if routes.is_empty() {
             return None;
         }
-        let dev = match self.registry.get_device(device) {
+        let dev = match self.registry.get_device(device).await {
             Ok(Some(d)) => d,
             Ok(None) => return None,
             Err(e) => {
@@ -112,8 +121,8 @@ impl Router {
     }
 
     /// Queue entries for a telemetry message, to be logged with its points.
-    pub fn data(&self, device: DeviceId, tag: &str, points: &Points) -> Option<Enqueue> {
-        let (dev, integrations) = self.targets(EventKind::Data, device, Some(tag))?;
+    pub async fn data(&self, device: DeviceId, tag: &str, points: &Points) -> Option<Enqueue> {
+        let (dev, integrations) = self.targets(EventKind::Data, device, Some(tag)).await?;
         let points: Vec<Json> = points
             .iter()
             .map(|(ts, values)| json!({"ts": ts, "values": values_json(values)}))
@@ -128,9 +137,33 @@ impl Router {
     }
 
     /// The event bus tap: client attributes, conditions, connectivity and job results. Called
-    /// synchronously by `EventBus::publish`, so nothing is lost to a lagging subscriber; the
-    /// entries are durable at the store's next `commit`.
+    /// synchronously by `EventBus::publish`, so nothing is lost to a lagging subscriber: the
+    /// events integrations take are handed, in order, to `route_event`.
     pub fn on_event(&self, e: &Event) {
+        let wanted = match e {
+            Event::ClientAttributes { .. }
+            | Event::DeviceConnected { .. }
+            | Event::DeviceDisconnected { .. }
+            | Event::Condition { .. } => true,
+            Event::JobUpdated { state, .. } => state.is_terminal(),
+            _ => false,
+        };
+        if wanted && !self.snapshot().is_empty() {
+            let _ = self.tapped.send(e.clone());
+        }
+    }
+
+    /// The tapped events, once (for the `integration-events` worker).
+    pub(super) fn take_tapped(&self) -> Option<tokio::sync::mpsc::UnboundedReceiver<Event>> {
+        self.tapped_rx
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+    }
+
+    /// Queues a tapped event for the integrations it goes to; the entries are durable at the
+    /// store's next `commit`.
+    pub async fn route_event(&self, e: &Event) {
         let (kind, device, extra) = match e {
             Event::ClientAttributes { device_id, values } => {
                 let mut m = Map::new();
@@ -169,7 +202,7 @@ impl Router {
                 if self.snapshot().is_empty() {
                     return;
                 }
-                let job = match self.jobs.get_job(*job_id) {
+                let job = match self.jobs.get_job(*job_id).await {
                     Ok(Some(j)) => j,
                     _ => return,
                 };
@@ -182,7 +215,7 @@ impl Router {
             }
             _ => return,
         };
-        let Some((dev, integrations)) = self.targets(kind, device, None) else {
+        let Some((dev, integrations)) = self.targets(kind, device, None).await else {
             return;
         };
         self.store.enqueue_later(Enqueue {

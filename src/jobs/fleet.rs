@@ -135,21 +135,21 @@ impl RolloutProgress {
 
 impl JobService {
     pub async fn create_fleet_job(&self, fleet: FleetId, new: NewFleetJob) -> Result<FleetJobView> {
-        let fj = self.create_fleet_job_sync(fleet, new, None, None)?;
+        let fj = self.create_fleet_job_sync(fleet, new, None, None).await?;
         self.store.sync_logged().await?;
-        self.fleet_job(fj.id)
+        self.fleet_job(fj.id).await
     }
 
     /// Checks and stores a rollout and starts its first devices (durable at the next commit).
     /// `schedule` and `schedule_window` come from a schedule that fired.
-    pub(crate) fn create_fleet_job_sync(
+    pub(crate) async fn create_fleet_job_sync(
         &self,
         fleet: FleetId,
         new: NewFleetJob,
         schedule: Option<ScheduleId>,
         schedule_window: Option<Window>,
     ) -> Result<FleetJob> {
-        self.registry.fleet(fleet)?;
+        self.registry.fleet(fleet).await?;
         let method = check_method(&new.method)?;
         // The whole request is checked before a repeated key returns the first rollout: an
         // invalid request is refused whatever its key.
@@ -165,24 +165,27 @@ impl JobService {
             if k.is_empty() || k.chars().count() > 128 {
                 return Err(invalid("idempotency_key", "must be 1 to 128 characters"));
             }
-            if let Some(fj) = self.store.fleet_job_by_key(fleet, k)? {
+            if let Some(fj) = self.store.fleet_job_by_key(fleet, k).await? {
                 return Ok(fj);
             }
         }
         let filter = new.filter.filter(|f| !f.is_empty());
-        let all = self.registry.device_ids(
-            &DeviceFilter {
-                fleet_id: Some(fleet),
-                ..Default::default()
-            },
-            true,
-        )?;
+        let all = self
+            .registry
+            .device_ids(
+                &DeviceFilter {
+                    fleet_id: Some(fleet),
+                    ..Default::default()
+                },
+                true,
+            )
+            .await?;
         let devices = match &filter {
             None => all,
             Some(f) => {
                 let mut v = Vec::new();
                 for d in all {
-                    if self.matches(d, fleet, f)? {
+                    if self.matches(d, fleet, f).await? {
                         v.push(d);
                     }
                 }
@@ -219,52 +222,68 @@ impl JobService {
             ..fj
         };
         self.store.put_fleet_job(&fj)?;
-        self.advance(fj.id)?;
+        self.advance(fj.id).await?;
         Ok(fj)
     }
 
+    /// The value a rollout filter sees for attribute `key` of a device: its own (client,
+    /// shared, server), else its fleet's shared default.
+    async fn target_attribute(
+        &self,
+        device: DeviceId,
+        fleet: FleetId,
+        key: &str,
+    ) -> Result<Option<Json>> {
+        let k = [key.to_string()];
+        let owners = [
+            (AttributeOwner::Device(device), Scope::Client),
+            (AttributeOwner::Device(device), Scope::Shared),
+            (AttributeOwner::Device(device), Scope::Server),
+            (AttributeOwner::Fleet(fleet), Scope::Shared),
+        ];
+        for (owner, scope) in owners {
+            if let Some((_, _, v)) = self
+                .attributes
+                .get_attributes(owner, scope, Some(&k))
+                .await?
+                .pop()
+            {
+                return Ok(Some(attributes::to_json(&v)));
+            }
+        }
+        Ok(None)
+    }
+
     /// Whether a device passes a fleet job's filter.
-    fn matches(&self, device: DeviceId, fleet: FleetId, f: &TargetFilter) -> Result<bool> {
+    async fn matches(&self, device: DeviceId, fleet: FleetId, f: &TargetFilter) -> Result<bool> {
         if let Some(label) = &f.label
-            && &self.registry.device_record(device)?.label != label
+            && &self.registry.device_record(device).await?.label != label
         {
             return Ok(false);
         }
         if let Some(tag) = &f.tag
             && !self
                 .series
-                .device_series(device)?
+                .device_series(device)
+                .await?
                 .iter()
                 .any(|s| &s.tag == tag)
         {
             return Ok(false);
         }
-        let attr = |key: &str| -> Result<Option<Json>> {
-            let k = [key.to_string()];
-            let owners = [
-                (AttributeOwner::Device(device), Scope::Client),
-                (AttributeOwner::Device(device), Scope::Shared),
-                (AttributeOwner::Device(device), Scope::Server),
-                (AttributeOwner::Fleet(fleet), Scope::Shared),
-            ];
-            for (owner, scope) in owners {
-                if let Some((_, _, v)) = self
-                    .attributes
-                    .get_attributes(owner, scope, Some(&k))?
-                    .pop()
-                {
-                    return Ok(Some(attributes::to_json(&v)));
-                }
-            }
-            Ok(None)
-        };
         for (k, want) in &f.attributes {
-            if !attr(k)?.is_some_and(|v| same_value(&v, want)) {
+            if !self
+                .target_attribute(device, fleet, k)
+                .await?
+                .is_some_and(|v| same_value(&v, want))
+            {
                 return Ok(false);
             }
         }
         if f.firmware_version.is_some() || f.firmware_version_not.is_some() {
-            let fw = attr(FIRMWARE_ATTRIBUTE)?;
+            let fw = self
+                .target_attribute(device, fleet, FIRMWARE_ATTRIBUTE)
+                .await?;
             let fw = fw.as_ref().and_then(Json::as_str);
             if let Some(v) = &f.firmware_version
                 && fw != Some(v.as_str())
@@ -281,22 +300,24 @@ impl JobService {
     }
 
     /// A rollout's record without its progress (what authorization needs: its fleet).
-    pub fn fleet_job_record(&self, id: FleetJobId) -> Result<FleetJob> {
+    pub async fn fleet_job_record(&self, id: FleetJobId) -> Result<FleetJob> {
         self.store
-            .get_fleet_job(id)?
+            .get_fleet_job(id)
+            .await?
             .ok_or(Error::NotFound("fleet job"))
     }
 
-    pub fn fleet_job(&self, id: FleetJobId) -> Result<FleetJobView> {
+    pub async fn fleet_job(&self, id: FleetJobId) -> Result<FleetJobView> {
         let job = self
             .store
-            .get_fleet_job(id)?
+            .get_fleet_job(id)
+            .await?
             .ok_or(Error::NotFound("fleet job"))?;
         let mut progress = RolloutProgress {
             pending: (job.devices.len() as u32).saturating_sub(job.launched),
             ..Default::default()
         };
-        for j in self.store.fleet_job_children(id)? {
+        for j in self.store.fleet_job_children(id).await? {
             progress.count(j.state);
         }
         Ok(FleetJobView {
@@ -305,12 +326,12 @@ impl JobService {
         })
     }
 
-    pub fn fleet_jobs_of(&self, fleet: FleetId) -> Result<Vec<FleetJobView>> {
-        self.registry.fleet(fleet)?;
+    pub async fn fleet_jobs_of(&self, fleet: FleetId) -> Result<Vec<FleetJobView>> {
+        self.registry.fleet(fleet).await?;
         let mut out = Vec::new();
-        for fj in self.store.fleet_jobs()?.into_iter().rev() {
+        for fj in self.store.fleet_jobs().await?.into_iter().rev() {
             if fj.fleet_id == fleet {
-                out.push(self.fleet_job(fj.id)?);
+                out.push(self.fleet_job(fj.id).await?);
             }
         }
         Ok(out)
@@ -320,20 +341,22 @@ impl JobService {
     pub async fn cancel_fleet_job(&self, id: FleetJobId) -> Result<FleetJobView> {
         let mut fj = self
             .store
-            .get_fleet_job(id)?
+            .get_fleet_job(id)
+            .await?
             .ok_or(Error::NotFound("fleet job"))?;
         if fj.state == RolloutState::Running {
             fj.state = RolloutState::Cancelled;
             fj.note = Some("cancelled by an operator".into());
             self.store.put_fleet_job(&fj)?;
-            self.cancel_queued_children(id, "the fleet job was cancelled")?;
+            self.cancel_queued_children(id, "the fleet job was cancelled")
+                .await?;
             self.store.sync_logged().await?;
         }
-        self.fleet_job(id)
+        self.fleet_job(id).await
     }
 
-    fn cancel_queued_children(&self, id: FleetJobId, why: &str) -> Result<()> {
-        for mut j in self.store.fleet_job_children(id)? {
+    async fn cancel_queued_children(&self, id: FleetJobId, why: &str) -> Result<()> {
+        for mut j in self.store.fleet_job_children(id).await? {
             if j.state == JobState::Queued {
                 j.transition(JobState::Cancelled, Some(why.into()));
                 self.save(&j)?;
@@ -344,14 +367,14 @@ impl JobService {
 
     /// Starts the devices a rollout's rate allows by now, and checks its abort threshold and
     /// completion. Called at creation and by the scheduler tick.
-    pub(super) fn advance(&self, id: FleetJobId) -> Result<()> {
-        let Some(mut fj) = self.store.get_fleet_job(id)? else {
+    pub(super) async fn advance(&self, id: FleetJobId) -> Result<()> {
+        let Some(mut fj) = self.store.get_fleet_job(id).await? else {
             return Ok(());
         };
         if fj.state != RolloutState::Running {
             return Ok(());
         }
-        let children = self.store.fleet_job_children(id)?;
+        let children = self.store.fleet_job_children(id).await?;
         let finished: Vec<&Job> = children.iter().filter(|j| j.state.is_terminal()).collect();
         let bad = finished
             .iter()
@@ -367,7 +390,9 @@ impl JobService {
                 finished.len()
             ));
             self.store.put_fleet_job(&fj)?;
-            return self.cancel_queued_children(id, "the fleet job was aborted");
+            return self
+                .cancel_queued_children(id, "the fleet job was aborted")
+                .await;
         }
         let total = fj.devices.len() as u32;
         let now = self.now();
@@ -394,7 +419,8 @@ impl JobService {
         };
         if fj.launched < allowed {
             let start = fj.launched as usize;
-            self.launch(&fj, &fj.devices[start..allowed as usize])?;
+            self.launch(&fj, &fj.devices[start..allowed as usize])
+                .await?;
             fj.launched = allowed;
         }
         if fj.launched == total
@@ -411,15 +437,20 @@ impl JobService {
     /// in its queue gets its request right away; the others queue as usual. Writing all jobs
     /// in one transaction, rather than one per job, is what makes fan-out to thousands of
     /// devices fast (see BENCHMARKS.md).
-    fn launch(&self, fj: &FleetJob, devices: &[DeviceId]) -> Result<()> {
-        let _guard = self.dispatching.lock().unwrap_or_else(|p| p.into_inner());
+    async fn launch(&self, fj: &FleetJob, devices: &[DeviceId]) -> Result<()> {
+        let _guard = self.dispatching.lock().await;
         let mut send = Vec::new();
+        // Read before the unit of work, which only collects writes.
+        let mut queued = Vec::with_capacity(devices.len());
+        for &device in devices {
+            queued.push(self.store.device_jobs(device, true).await?.len());
+        }
         // One unit of work for the whole launch: the jobs, their request ids and the child
         // list are applied together and logged as one record, so the first request waits for
         // one log sync (not a database flush) before it goes out.
         let (mut batch, write) = self.store.write_logged(|w| {
             let mut batch = Vec::with_capacity(devices.len());
-            for &device in devices {
+            for (&device, &queued) in devices.iter().zip(&queued) {
                 let mut job = self.new_job(
                     device,
                     fj.method.clone(),
@@ -428,7 +459,6 @@ impl JobService {
                     fj.ttl_secs,
                 );
                 job.fleet_job_id = Some(fj.id);
-                let queued = self.store.device_jobs(device, true)?.len();
                 if queued >= self.cfg.max_queued_per_device {
                     job.transition(
                         JobState::Failed,
@@ -482,7 +512,7 @@ impl JobService {
     /// Advances every running rollout (scheduler tick).
     /// Advances the running rollouts that need it (scheduler tick): those still starting
     /// devices, and those whose children changed since the last tick.
-    pub(super) fn advance_all(&self) -> Result<()> {
+    pub(super) async fn advance_all(&self) -> Result<()> {
         let all = !self
             .rollouts_checked
             .swap(true, std::sync::atomic::Ordering::Relaxed);
@@ -492,10 +522,10 @@ impl JobService {
                 .lock()
                 .unwrap_or_else(|p| p.into_inner()),
         );
-        for fj in self.store.fleet_jobs()? {
+        for fj in self.store.fleet_jobs().await? {
             let starting = (fj.launched as usize) < fj.devices.len();
             if fj.state == RolloutState::Running && (all || starting || changed.contains(&fj.id)) {
-                self.advance(fj.id)?;
+                self.advance(fj.id).await?;
             }
         }
         Ok(())

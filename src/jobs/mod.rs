@@ -136,7 +136,7 @@ pub struct JobService {
     cfg: JobsConfig,
     /// Serializes the decision of what to send next, so that each device has one job in flight
     /// and jobs go out in order.
-    dispatching: Mutex<()>,
+    dispatching: tokio::sync::Mutex<()>,
     clock: schedule::Clock,
     /// Rollouts whose children changed since the scheduler last looked: a fully launched
     /// rollout only needs its abort and completion checks (which read every child) then.
@@ -201,7 +201,7 @@ impl JobService {
             sessions,
             events,
             cfg,
-            dispatching: Mutex::new(()),
+            dispatching: tokio::sync::Mutex::new(()),
             clock: schedule::Clock::System,
             changed_rollouts: Mutex::default(),
             rollouts_checked: std::sync::atomic::AtomicBool::new(false),
@@ -224,8 +224,8 @@ impl JobService {
     }
 
     /// Every unfinished job's id and device.
-    pub fn unfinished(&self) -> Result<Vec<(JobId, DeviceId)>> {
-        Ok(self.store.active_jobs()?)
+    pub async fn unfinished(&self) -> Result<Vec<(JobId, DeviceId)>> {
+        Ok(self.store.active_jobs().await?)
     }
 
     pub fn ack_timeout(&self) -> Duration {
@@ -234,10 +234,10 @@ impl JobService {
 
     /// How many unfinished jobs are in each state (for the metrics): one read per unfinished
     /// job, which the per-device queue cap bounds.
-    pub fn unfinished_by_state(&self) -> Result<std::collections::BTreeMap<JobState, u64>> {
+    pub async fn unfinished_by_state(&self) -> Result<std::collections::BTreeMap<JobState, u64>> {
         let mut counts = std::collections::BTreeMap::new();
-        for (id, _) in self.store.active_jobs()? {
-            if let Some(j) = self.store.get_job(id)? {
+        for (id, _) in self.store.active_jobs().await? {
+            if let Some(j) = self.store.get_job(id).await? {
                 *counts.entry(j.state).or_insert(0) += 1;
             }
         }
@@ -269,15 +269,15 @@ impl JobService {
 
     /// Creates a job for a device and sends it if the device is there.
     pub async fn create(&self, device: DeviceId, new: NewJob) -> Result<Job> {
-        let job = self.create_job_sync(device, new)?;
+        let job = self.create_job_sync(device, new).await?;
         self.store.sync_logged().await?;
-        self.dispatch(device)?;
+        self.dispatch(device).await?;
         Ok(job)
     }
 
     /// Checks and stores a new job (durable at the next commit); does not send it.
-    pub(crate) fn create_job_sync(&self, device: DeviceId, new: NewJob) -> Result<Job> {
-        self.registry.device_record(device)?;
+    pub(crate) async fn create_job_sync(&self, device: DeviceId, new: NewJob) -> Result<Job> {
+        self.registry.device_record(device).await?;
         let method = check_method(&new.method)?;
         // The whole request is checked before a repeated key returns the first job: an invalid
         // request is refused whatever its key.
@@ -286,11 +286,11 @@ impl JobService {
             if k.is_empty() || k.chars().count() > 128 {
                 return Err(invalid("idempotency_key", "must be 1 to 128 characters"));
             }
-            if let Some(j) = self.store.job_by_key(device, k)? {
+            if let Some(j) = self.store.job_by_key(device, k).await? {
                 return Ok(j);
             }
         }
-        let active = self.store.device_jobs(device, true)?.len();
+        let active = self.store.device_jobs(device, true).await?.len();
         if active >= self.cfg.max_queued_per_device {
             return Err(Error::QueueFull(format!(
                 "the device already has {active} unfinished jobs (jobs.max_queued_per_device); \
@@ -333,25 +333,25 @@ impl JobService {
         }
     }
 
-    pub fn get(&self, id: JobId) -> Result<Job> {
-        self.store.get_job(id)?.ok_or(Error::NotFound("job"))
+    pub async fn get(&self, id: JobId) -> Result<Job> {
+        self.store.get_job(id).await?.ok_or(Error::NotFound("job"))
     }
 
     /// A device's jobs, newest first.
-    pub fn list(&self, device: DeviceId) -> Result<Vec<Job>> {
-        self.registry.device_record(device)?;
-        let mut v = self.store.device_jobs(device, false)?;
+    pub async fn list(&self, device: DeviceId) -> Result<Vec<Job>> {
+        self.registry.device_record(device).await?;
+        let mut v = self.store.device_jobs(device, false).await?;
         v.reverse();
         Ok(v)
     }
 
     pub async fn cancel(&self, id: JobId) -> Result<Job> {
-        let mut job = self.get(id)?;
+        let mut job = self.get(id).await?;
         if !job.state.is_terminal() {
             job.transition(JobState::Cancelled, Some("cancelled by an operator".into()));
             let mark = self.save(&job)?;
             self.store.durable(mark).await?;
-            self.dispatch(job.device_id)?;
+            self.dispatch(job.device_id).await?;
         }
         Ok(job)
     }
@@ -359,7 +359,7 @@ impl JobService {
     /// Waits until a job finishes or `wait` passes; returns it as it stands.
     pub async fn wait(&self, id: JobId, wait: Duration) -> Result<Job> {
         let mut events = self.events.subscribe();
-        let job = self.get(id)?;
+        let job = self.get(id).await?;
         if job.state.is_terminal() {
             return Ok(job);
         }
@@ -377,16 +377,17 @@ impl JobService {
             }
         })
         .await;
-        self.get(id)
+        self.get(id).await
     }
 
     /// The device's next job to send, if it is queued: the oldest job not yet delivered goes
     /// first, and until it is delivered (or finished) nothing overtakes it, not even while it
     /// waits out a retry backoff. A head past its TTL expires here.
-    fn head(&self, device: DeviceId, now: i64) -> Result<Option<Job>> {
+    async fn head(&self, device: DeviceId, now: i64) -> Result<Option<Job>> {
         let Some(mut job) = self
             .store
-            .device_jobs(device, true)?
+            .device_jobs(device, true)
+            .await?
             .into_iter()
             .find(|j| j.state != JobState::Delivered)
         else {
@@ -407,10 +408,10 @@ impl JobService {
     }
 
     /// Sends the device's next job when nothing is in flight: one job at a time, in order.
-    pub fn dispatch(&self, device: DeviceId) -> Result<()> {
-        let _guard = self.dispatching.lock().unwrap_or_else(|p| p.into_inner());
+    pub async fn dispatch(&self, device: DeviceId) -> Result<()> {
+        let _guard = self.dispatching.lock().await;
         let now = self.now();
-        let Some(mut job) = self.head(device, now)? else {
+        let Some(mut job) = self.head(device, now).await? else {
             return Ok(());
         };
         if job.next_attempt_at.is_some_and(|t| t > now) {
@@ -496,18 +497,18 @@ impl JobService {
     /// Records send outcomes and replies as one unit of work, then sends each device
     /// concerned its next job. The returned answers are for the transports waiting for their
     /// replies: give them once the returned mark is durable (`Answers::answer`).
-    pub fn do_send_work(&self, work: SendWork) -> Result<Answers> {
+    pub async fn do_send_work(&self, work: SendWork) -> Result<Answers> {
         let SendWork {
             outcomes,
             mut devices,
             replies,
         } = work;
-        match self.record_send_work(outcomes, replies, &mut devices) {
+        match self.record_send_work(outcomes, replies, &mut devices).await {
             Ok(answers) => {
                 // A device whose next job cannot start now is not the batch's failure: the
                 // scheduler tries again.
                 for d in devices {
-                    if let Err(e) = self.dispatch(d) {
+                    if let Err(e) = self.dispatch(d).await {
                         tracing::error!(device = %d, error = %e, "cannot send a device's next job");
                     }
                 }
@@ -525,7 +526,7 @@ impl JobService {
         Answers::refuse(work.replies, "the server is stopping");
     }
 
-    fn record_send_work(
+    async fn record_send_work(
         &self,
         outcomes: Vec<(JobId, SendOutcome)>,
         replies: Vec<Reply>,
@@ -536,7 +537,7 @@ impl JobService {
             Default::default();
         let mut order = Vec::new();
         for (id, outcome) in outcomes {
-            let job = match self.store.get_job(id) {
+            let job = match self.store.get_job(id).await {
                 Ok(j) => j,
                 Err(e) => return Err((e.into(), replies)),
             };
@@ -553,7 +554,7 @@ impl JobService {
         }
         let mut found = Vec::with_capacity(replies.len());
         for r in &replies {
-            let stored = match self.store.device_jobs(r.device, true) {
+            let stored = match self.store.device_jobs(r.device, true).await {
                 Ok(v) => v,
                 Err(e) => return Err((e.into(), replies)),
             };
@@ -672,10 +673,10 @@ impl JobService {
     }
 
     /// The next job for a device that polls over HTTP: handed over as delivered.
-    pub fn take_for_http(&self, device: DeviceId) -> Result<Option<Job>> {
-        let _guard = self.dispatching.lock().unwrap_or_else(|p| p.into_inner());
+    pub async fn take_for_http(&self, device: DeviceId) -> Result<Option<Job>> {
+        let _guard = self.dispatching.lock().await;
         let now = self.now();
-        let Some(mut job) = self.head(device, now)? else {
+        let Some(mut job) = self.head(device, now).await? else {
             return Ok(None);
         };
         let rpc_id = self.store.next_rpc_id(device)?;
@@ -703,16 +704,16 @@ impl JobService {
 
     async fn wait_for_http(&self, device: DeviceId, wait: Duration) -> Result<Option<Job>> {
         let mut events = self.events.subscribe();
-        if let Some(j) = self.take_for_http(device)? {
+        if let Some(j) = self.take_for_http(device).await? {
             return Ok(Some(j));
         }
         let deadline = tokio::time::Instant::now() + wait;
         loop {
             let ev = tokio::time::timeout_at(deadline, events.recv()).await;
             match ev {
-                Err(_) => return self.take_for_http(device),
+                Err(_) => return self.take_for_http(device).await,
                 Ok(Ok(Event::JobUpdated { device_id, .. })) if device_id == device => {
-                    if let Some(j) = self.take_for_http(device)? {
+                    if let Some(j) = self.take_for_http(device).await? {
                         return Ok(Some(j));
                     }
                 }
@@ -730,10 +731,10 @@ impl JobService {
     }
 
     /// After a restart, jobs that were in flight go back to the queue.
-    pub fn recover(&self) -> Result<usize> {
+    pub async fn recover(&self) -> Result<usize> {
         let mut n = 0;
-        for (id, _) in self.store.active_jobs()? {
-            let mut job = self.get(id)?;
+        for (id, _) in self.store.active_jobs().await? {
+            let mut job = self.get(id).await?;
             if job.state == JobState::Sent {
                 job.transition(JobState::Queued, Some("in flight at a restart".into()));
                 self.save(&job)?;
@@ -745,21 +746,21 @@ impl JobService {
 
     /// Periodic work: expire jobs past their TTL, requeue sends that lost their session, and
     /// send what is due (retries, devices that came back).
-    pub fn tick(&self) {
-        if let Err(e) = self.tick_inner() {
+    pub async fn tick(&self) {
+        if let Err(e) = self.tick_inner().await {
             tracing::error!(error = %e, "job scheduler");
         }
     }
 
     /// A tick that reads every unfinished job, as the once-a-minute sweep does (the scheduler
     /// benchmark compares it with an ordinary tick).
-    pub fn tick_full(&self) {
+    pub async fn tick_full(&self) {
         self.last_sweep
             .store(i64::MIN, std::sync::atomic::Ordering::Relaxed);
-        self.tick();
+        self.tick().await;
     }
 
-    fn tick_inner(&self) -> Result<()> {
+    async fn tick_inner(&self) -> Result<()> {
         use std::sync::atomic::Ordering;
         let now = self.now();
         let stuck = self.stuck_ms();
@@ -769,13 +770,13 @@ impl JobService {
         let full = last == i64::MIN || now.saturating_sub(last) >= FULL_SWEEP_MS || now < last;
         let candidates = if full {
             self.last_sweep.store(now, Ordering::Relaxed);
-            self.store.active_jobs()?
+            self.store.active_jobs().await?
         } else {
             self.wakes.take_due(now)
         };
         let mut devices = std::collections::BTreeSet::new();
         for (id, device) in candidates {
-            let Some(mut job) = self.store.get_job(id)? else {
+            let Some(mut job) = self.store.get_job(id).await? else {
                 continue;
             };
             // Whatever happens below, the job is looked at again when it is next due (a
@@ -800,9 +801,9 @@ impl JobService {
             devices.insert(device);
         }
         for d in devices {
-            self.dispatch(d)?;
+            self.dispatch(d).await?;
         }
-        self.run_due_schedules()?;
-        self.advance_all()
+        self.run_due_schedules().await?;
+        self.advance_all().await
     }
 }

@@ -329,7 +329,7 @@ impl JobService {
             .map_err(|m| invalid("name", m))?;
         match (new.device_id, new.fleet_id) {
             (Some(d), None) => {
-                self.registry.device_record(d)?;
+                self.registry.device_record(d).await?;
                 if new.filter.is_some() || new.per_minute > 0 || new.abort_failure_pct.is_some() {
                     return Err(invalid(
                         "filter",
@@ -338,7 +338,7 @@ impl JobService {
                 }
             }
             (None, Some(f)) => {
-                self.registry.fleet(f)?;
+                self.registry.fleet(f).await?;
             }
             _ => {
                 return Err(invalid(
@@ -385,26 +385,27 @@ impl JobService {
             runs: 0,
         };
         s.next_run_at = self.next_run(&s, now)?;
-        self.store.put_schedule(&s)?;
+        self.store.put_schedule(&s).await?;
         self.store.commit().await?;
         Ok(s)
     }
 
-    pub fn schedule(&self, id: ScheduleId) -> Result<Schedule> {
+    pub async fn schedule(&self, id: ScheduleId) -> Result<Schedule> {
         self.store
-            .get_schedule(id)?
+            .get_schedule(id)
+            .await?
             .ok_or(Error::NotFound("schedule"))
     }
 
     /// Every schedule, newest first.
-    pub fn schedules(&self) -> Result<Vec<Schedule>> {
-        let mut v = self.store.schedules()?;
+    pub async fn schedules(&self) -> Result<Vec<Schedule>> {
+        let mut v = self.store.schedules().await?;
         v.reverse();
         Ok(v)
     }
 
     pub async fn delete_schedule(&self, id: ScheduleId) -> Result<()> {
-        if !self.store.delete_schedule(id)? {
+        if !self.store.delete_schedule(id).await? {
             return Err(Error::NotFound("schedule"));
         }
         self.store.commit().await?;
@@ -413,23 +414,23 @@ impl JobService {
 
     /// Enables (computing the next run from now) or disables a schedule.
     pub async fn set_schedule_enabled(&self, id: ScheduleId, enabled: bool) -> Result<Schedule> {
-        let mut s = self.schedule(id)?;
+        let mut s = self.schedule(id).await?;
         s.enabled = enabled;
         s.next_run_at = self.next_run(&s, self.now())?;
-        self.store.put_schedule(&s)?;
+        self.store.put_schedule(&s).await?;
         self.store.commit().await?;
         Ok(s)
     }
 
     /// Runs a schedule now, whatever its trigger and window say; its next run is unchanged.
     pub async fn run_schedule_now(&self, id: ScheduleId) -> Result<Schedule> {
-        let mut s = self.schedule(id)?;
+        let mut s = self.schedule(id).await?;
         let now = self.now();
-        self.fire(&mut s, now, None)?;
-        self.store.put_schedule(&s)?;
+        self.fire(&mut s, now, None).await?;
+        self.store.put_schedule(&s).await?;
         self.store.commit().await?;
         if let Some(d) = s.device_id {
-            self.dispatch(d)?;
+            self.dispatch(d).await?;
         }
         Ok(s)
     }
@@ -437,7 +438,7 @@ impl JobService {
     /// Creates the schedule's job. `occurrence` (the planned run time) makes the job's or the
     /// rollout's idempotency key, so a run repeated after a crash (the job written, the
     /// schedule's next run not yet) does not queue the command twice.
-    fn fire(&self, s: &mut Schedule, now: Millis, occurrence: Option<Millis>) -> Result<()> {
+    async fn fire(&self, s: &mut Schedule, now: Millis, occurrence: Option<Millis>) -> Result<()> {
         let made = match (s.device_id, s.fleet_id) {
             (Some(d), _) => self
                 .create_job_sync(
@@ -450,6 +451,7 @@ impl JobService {
                         idempotency_key: occurrence.map(|o| format!("schedule-{}-{o}", s.id)),
                     },
                 )
+                .await
                 .map(|j| format!("job {}", j.id)),
             (None, Some(f)) => self
                 .create_fleet_job_sync(
@@ -470,6 +472,7 @@ impl JobService {
                     // A scheduled rollout keeps to the schedule's window; "run now" does not.
                     occurrence.and(s.window.clone()),
                 )
+                .await
                 .map(|fj| format!("fleet job {}", fj.id)),
             (None, None) => Err(invalid("device_id", "the schedule has no target")),
         };
@@ -487,9 +490,9 @@ impl JobService {
 
     /// Fires every enabled schedule whose time has come (scheduler tick). A run due outside
     /// its window waits for the window to open.
-    pub(super) fn run_due_schedules(&self) -> Result<()> {
+    pub(super) async fn run_due_schedules(&self) -> Result<()> {
         let now = self.now();
-        for mut s in self.store.schedules()? {
+        for mut s in self.store.schedules().await? {
             let Some(due) = s.next_run_at.filter(|t| *t <= now && s.enabled) else {
                 continue;
             };
@@ -497,15 +500,15 @@ impl JobService {
                 let w = WindowSpec::parse(w)?;
                 if !w.contains(now) {
                     s.next_run_at = w.next_open(now);
-                    self.store.put_schedule(&s)?;
+                    self.store.put_schedule(&s).await?;
                     continue;
                 }
             }
-            self.fire(&mut s, now, Some(due))?;
+            self.fire(&mut s, now, Some(due)).await?;
             // Occurrences missed while Corral was down are not replayed one by one: the next
             // run is the first one after now.
             s.next_run_at = self.next_run(&s, now)?;
-            self.store.put_schedule(&s)?;
+            self.store.put_schedule(&s).await?;
         }
         Ok(())
     }

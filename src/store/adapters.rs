@@ -5,6 +5,8 @@
 use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
 
+use super::ports::Fut;
+
 use super::ports::{
     AttributeStore, BackupStore, ConditionStore, Durable, IdentityStore, IntegrationStore,
     JobStore, JobWriter, OperatorStore, Ports, RegistryStore, StoreFootprint, TelemetryStore,
@@ -46,85 +48,91 @@ impl Durable for Store {
 }
 
 impl RegistryStore for Store {
-    fn put_workspace(
-        &self,
-        ws: &Workspace,
-        old_name: Option<&str>,
-    ) -> Result<std::result::Result<(), NameClash>> {
-        self.db.put_workspace(ws, old_name)
+    fn put_workspace<'a>(
+        &'a self,
+        ws: &'a Workspace,
+        old_name: Option<&'a str>,
+    ) -> Fut<'a, std::result::Result<(), NameClash>> {
+        done(self.db.put_workspace(ws, old_name))
     }
-    fn get_workspace(&self, id: WorkspaceId) -> Result<Option<Workspace>> {
-        self.db.get_workspace(id)
+    fn get_workspace<'a>(&'a self, id: WorkspaceId) -> Fut<'a, Option<Workspace>> {
+        done(self.db.get_workspace(id))
     }
-    fn list_workspaces(
-        &self,
-        after: Option<&Cursor>,
+    fn list_workspaces<'a>(
+        &'a self,
+        after: Option<&'a Cursor>,
         limit: usize,
-        keep: &dyn Fn(&Workspace) -> bool,
-    ) -> Result<Page<Workspace>> {
-        self.db.list_workspaces(after, limit, keep)
+        keep: &'a (dyn Fn(&Workspace) -> bool + Sync),
+    ) -> Fut<'a, Page<Workspace>> {
+        done(self.db.list_workspaces(after, limit, keep))
     }
-    fn delete_workspace(&self, ws: &Workspace) -> Result<bool> {
-        self.db.delete_workspace(ws)
+    fn delete_workspace<'a>(&'a self, ws: &'a Workspace) -> Fut<'a, bool> {
+        done(self.db.delete_workspace(ws))
     }
-    fn put_fleet(
-        &self,
-        fleet: &Fleet,
-        old_name: Option<&str>,
-    ) -> Result<std::result::Result<(), NameClash>> {
-        self.db.put_fleet(fleet, old_name)
+    fn put_fleet<'a>(
+        &'a self,
+        fleet: &'a Fleet,
+        old_name: Option<&'a str>,
+    ) -> Fut<'a, std::result::Result<(), NameClash>> {
+        done(self.db.put_fleet(fleet, old_name))
     }
-    fn get_fleet(&self, id: FleetId) -> Result<Option<Fleet>> {
-        self.db.get_fleet(id)
+    fn get_fleet<'a>(&'a self, id: FleetId) -> Fut<'a, Option<Fleet>> {
+        done(self.db.get_fleet(id))
     }
-    fn list_fleets(
-        &self,
-        after: Option<&Cursor>,
+    fn list_fleets<'a>(
+        &'a self,
+        after: Option<&'a Cursor>,
         limit: usize,
-        keep: &dyn Fn(&Fleet) -> bool,
-    ) -> Result<Page<Fleet>> {
-        self.db.list_fleets(after, limit, keep)
+        keep: &'a (dyn Fn(&Fleet) -> bool + Sync),
+    ) -> Fut<'a, Page<Fleet>> {
+        done(self.db.list_fleets(after, limit, keep))
     }
-    fn delete_fleet(&self, fleet: &Fleet) -> Result<bool> {
-        if !self.db.delete_fleet(fleet)? {
-            return Ok(false);
-        }
-        self.db.delete_provisioning(fleet.id)?;
-        self.db
-            .delete_owner_attributes(AttributeOwner::Fleet(fleet.id))?;
-        Ok(true)
+    fn delete_fleet<'a>(&'a self, fleet: &'a Fleet) -> Fut<'a, bool> {
+        done((|| {
+            if !self.db.delete_fleet(fleet)? {
+                return Ok(false);
+            }
+            self.db.delete_provisioning(fleet.id)?;
+            self.db
+                .delete_owner_attributes(AttributeOwner::Fleet(fleet.id))?;
+            Ok(true)
+        })())
     }
-    fn create_device(
-        &self,
-        dev: &Device,
-        creds: &[Credential],
-    ) -> Result<std::result::Result<(), DeviceClash>> {
-        self.db.create_device(dev, creds)
+    fn create_device<'a>(
+        &'a self,
+        dev: &'a Device,
+        creds: &'a [Credential],
+    ) -> Fut<'a, std::result::Result<(), DeviceClash>> {
+        done(self.db.create_device(dev, creds))
     }
-    fn update_device(
-        &self,
-        dev: &Device,
-        old: &Device,
-    ) -> Result<std::result::Result<(), NameClash>> {
-        self.db.update_device(dev, old)
+    fn update_device<'a>(
+        &'a self,
+        dev: &'a Device,
+        old: &'a Device,
+    ) -> Fut<'a, std::result::Result<(), NameClash>> {
+        done(self.db.update_device(dev, old))
     }
-    fn get_device(&self, id: DeviceId) -> Result<Option<Device>> {
-        self.db.get_device(id)
+    fn get_device<'a>(&'a self, id: DeviceId) -> Fut<'a, Option<Device>> {
+        done(self.db.get_device(id))
     }
-    fn update_device_record(&self, id: DeviceId, update: &dyn Fn(&mut Device)) -> Result<()> {
-        self.db.update_device_record(id, update)
+    fn update_device_record<'a>(
+        &'a self,
+        id: DeviceId,
+        update: &'a (dyn Fn(&mut Device) + Sync),
+    ) -> Fut<'a, ()> {
+        done(self.db.update_device_record(id, update))
     }
-    fn device_by_name(&self, ws: WorkspaceId, name: &str) -> Result<Option<Device>> {
-        self.db.device_by_name(ws, name)
+    fn device_by_name<'a>(&'a self, ws: WorkspaceId, name: &'a str) -> Fut<'a, Option<Device>> {
+        done(self.db.device_by_name(ws, name))
     }
-    fn list_devices(
-        &self,
+    fn list_devices<'a>(
+        &'a self,
         fleet: Option<FleetId>,
-        after: Option<&Cursor>,
+        after: Option<&'a Cursor>,
         limit: usize,
-        keep: &dyn Fn(&Device) -> bool,
-    ) -> Result<Page<Device>> {
-        self.db.list_devices(fleet, after, limit, keep)
+        keep: &'a (dyn Fn(&Device) -> bool + Sync),
+    ) -> Fut<'a, Page<Device>> {
+        done(self.db.list_devices(fleet, after, limit, keep))
     }
     fn delete_device<'a>(&'a self, dev: &'a Device) -> BoxFuture<'a, Result<()>> {
         async move {
@@ -154,114 +162,121 @@ impl RegistryStore for Store {
             }
         });
     }
-    fn connections(&self, device: DeviceId) -> Result<Vec<ConnectionEvent>> {
-        self.db.connections(device)
+    fn connections<'a>(&'a self, device: DeviceId) -> Fut<'a, Vec<ConnectionEvent>> {
+        done(self.db.connections(device))
     }
 }
 
 impl IdentityStore for Store {
-    fn add_credential(
-        &self,
-        cred: &Credential,
-    ) -> Result<std::result::Result<(), CredentialClash>> {
-        self.db.add_credential(cred)
+    fn add_credential<'a>(
+        &'a self,
+        cred: &'a Credential,
+    ) -> Fut<'a, std::result::Result<(), CredentialClash>> {
+        done(self.db.add_credential(cred))
     }
-    fn update_credential(&self, cred: &Credential) -> Result<()> {
-        self.db.update_credential(cred)
+    fn update_credential<'a>(&'a self, cred: &'a Credential) -> Fut<'a, ()> {
+        done(self.db.update_credential(cred))
     }
-    fn delete_credential(&self, cred: &Credential) -> Result<()> {
-        self.db.delete_credential(cred)
+    fn delete_credential<'a>(&'a self, cred: &'a Credential) -> Fut<'a, ()> {
+        done(self.db.delete_credential(cred))
     }
-    fn credentials_of(&self, device: DeviceId) -> Result<Vec<Credential>> {
-        self.db.credentials_of(device)
+    fn credentials_of<'a>(&'a self, device: DeviceId) -> Fut<'a, Vec<Credential>> {
+        done(self.db.credentials_of(device))
     }
-    fn get_credential(&self, device: DeviceId, id: CredentialId) -> Result<Option<Credential>> {
-        self.db.get_credential(device, id)
+    fn get_credential<'a>(
+        &'a self,
+        device: DeviceId,
+        id: CredentialId,
+    ) -> Fut<'a, Option<Credential>> {
+        done(self.db.get_credential(device, id))
     }
-    fn find_credential(&self, key: CredentialKey<'_>) -> Result<Option<Credential>> {
-        self.db.find_credential(key)
+    fn find_credential<'a>(&'a self, key: CredentialKey<'a>) -> Fut<'a, Option<Credential>> {
+        done(self.db.find_credential(key))
     }
-    fn scan_credentials(&self, keep: &dyn Fn(&Credential) -> bool) -> Result<Vec<Credential>> {
-        self.db.scan_credentials(keep)
+    fn scan_credentials<'a>(
+        &'a self,
+        keep: &'a (dyn Fn(&Credential) -> bool + Sync),
+    ) -> Fut<'a, Vec<Credential>> {
+        done(self.db.scan_credentials(keep))
     }
-    fn put_provisioning(
-        &self,
-        p: &FleetProvisioning,
-        old_key: Option<&str>,
-    ) -> Result<std::result::Result<(), NameClash>> {
-        self.db.put_provisioning(p, old_key)
+    fn put_provisioning<'a>(
+        &'a self,
+        p: &'a FleetProvisioning,
+        old_key: Option<&'a str>,
+    ) -> Fut<'a, std::result::Result<(), NameClash>> {
+        done(self.db.put_provisioning(p, old_key))
     }
-    fn provisioning_of(&self, fleet: FleetId) -> Result<Option<FleetProvisioning>> {
-        self.db.provisioning_of(fleet)
+    fn provisioning_of<'a>(&'a self, fleet: FleetId) -> Fut<'a, Option<FleetProvisioning>> {
+        done(self.db.provisioning_of(fleet))
     }
-    fn provisioning_by_key(&self, key: &str) -> Result<Option<FleetProvisioning>> {
-        self.db.provisioning_by_key(key)
+    fn provisioning_by_key<'a>(&'a self, key: &'a str) -> Fut<'a, Option<FleetProvisioning>> {
+        done(self.db.provisioning_by_key(key))
     }
-    fn delete_provisioning(&self, fleet: FleetId) -> Result<()> {
-        self.db.delete_provisioning(fleet)
+    fn delete_provisioning<'a>(&'a self, fleet: FleetId) -> Fut<'a, ()> {
+        done(self.db.delete_provisioning(fleet))
     }
-    fn put_fleet_ca(&self, ca: &FleetCa) -> Result<()> {
-        self.db.put_fleet_ca(ca)
+    fn put_fleet_ca<'a>(&'a self, ca: &'a FleetCa) -> Fut<'a, ()> {
+        done(self.db.put_fleet_ca(ca))
     }
-    fn fleet_cas(&self, fleet: Option<FleetId>) -> Result<Vec<FleetCa>> {
-        self.db.fleet_cas(fleet)
+    fn fleet_cas<'a>(&'a self, fleet: Option<FleetId>) -> Fut<'a, Vec<FleetCa>> {
+        done(self.db.fleet_cas(fleet))
     }
-    fn delete_fleet_ca(&self, fleet: FleetId, id: FleetCaId) -> Result<bool> {
-        self.db.delete_fleet_ca(fleet, id)
+    fn delete_fleet_ca<'a>(&'a self, fleet: FleetId, id: FleetCaId) -> Fut<'a, bool> {
+        done(self.db.delete_fleet_ca(fleet, id))
     }
 }
 
 impl AttributeStore for Store {
-    fn put_attributes(
-        &self,
+    fn put_attributes<'a>(
+        &'a self,
         owner: AttributeOwner,
         scope: Scope,
-        values: &[(String, Value)],
+        values: &'a [(String, Value)],
         ts: Millis,
-    ) -> Result<()> {
-        self.db.put_attributes(owner, scope, values, ts)
+    ) -> Fut<'a, ()> {
+        done(self.db.put_attributes(owner, scope, values, ts))
     }
-    fn delete_attributes(
-        &self,
+    fn delete_attributes<'a>(
+        &'a self,
         owner: AttributeOwner,
         scope: Scope,
-        names: &[String],
-    ) -> Result<Vec<String>> {
-        self.db.delete_attributes(owner, scope, names)
+        names: &'a [String],
+    ) -> Fut<'a, Vec<String>> {
+        done(self.db.delete_attributes(owner, scope, names))
     }
-    fn get_attributes(
-        &self,
+    fn get_attributes<'a>(
+        &'a self,
         owner: AttributeOwner,
         scope: Scope,
-        names: Option<&[String]>,
-    ) -> Result<Vec<(String, Millis, Value)>> {
-        self.db.get_attributes(owner, scope, names)
+        names: Option<&'a [String]>,
+    ) -> Fut<'a, Vec<(String, Millis, Value)>> {
+        done(self.db.get_attributes(owner, scope, names))
     }
 }
 
 impl ConditionStore for Store {
-    fn put_condition(&self, c: &Condition) -> Result<()> {
-        self.db.put_condition(c)
+    fn put_condition<'a>(&'a self, c: &'a Condition) -> Fut<'a, ()> {
+        done(self.db.put_condition(c))
     }
-    fn get_condition(&self, id: ConditionId) -> Result<Option<Condition>> {
-        self.db.get_condition(id)
+    fn get_condition<'a>(&'a self, id: ConditionId) -> Fut<'a, Option<Condition>> {
+        done(self.db.get_condition(id))
     }
-    fn open_condition(&self, device: DeviceId, name: &str) -> Result<Option<Condition>> {
-        self.db.open_condition(device, name)
+    fn open_condition<'a>(&'a self, device: DeviceId, name: &'a str) -> Fut<'a, Option<Condition>> {
+        done(self.db.open_condition(device, name))
     }
-    fn conditions(
-        &self,
+    fn conditions<'a>(
+        &'a self,
         scan: ConditionScan,
         limit: usize,
-        keep: &mut dyn FnMut(&mut Condition) -> bool,
-    ) -> Result<(Vec<Condition>, Option<Cursor>)> {
-        self.db.conditions(scan, limit, keep)
+        keep: &'a mut (dyn FnMut(&mut Condition) -> bool + Send),
+    ) -> Fut<'a, (Vec<Condition>, Option<Cursor>)> {
+        done(self.db.conditions(scan, limit, keep))
     }
-    fn open_condition_devices(&self) -> Result<Vec<DeviceId>> {
-        self.db.open_condition_devices()
+    fn open_condition_devices<'a>(&'a self) -> Fut<'a, Vec<DeviceId>> {
+        done(self.db.open_condition_devices())
     }
-    fn trim_closed_conditions(&self, device: DeviceId) -> Result<()> {
-        self.db.trim_closed_conditions(device)
+    fn trim_closed_conditions<'a>(&'a self, device: DeviceId) -> Fut<'a, ()> {
+        done(self.db.trim_closed_conditions(device))
     }
 }
 
@@ -296,53 +311,53 @@ impl JobStore for Store {
     fn durable(&self, mark: Mark) -> BoxFuture<'_, Result<()>> {
         Store::durable(self, mark).boxed()
     }
-    fn get_job(&self, id: JobId) -> Result<Option<Job>> {
-        self.db.get_job(id)
+    fn get_job<'a>(&'a self, id: JobId) -> Fut<'a, Option<Job>> {
+        done(self.db.get_job(id))
     }
-    fn device_jobs(&self, device: DeviceId, active_only: bool) -> Result<Vec<Job>> {
-        self.db.device_jobs(device, active_only)
+    fn device_jobs<'a>(&'a self, device: DeviceId, active_only: bool) -> Fut<'a, Vec<Job>> {
+        done(self.db.device_jobs(device, active_only))
     }
-    fn active_jobs(&self) -> Result<Vec<(JobId, DeviceId)>> {
-        self.db.active_jobs()
+    fn active_jobs<'a>(&'a self) -> Fut<'a, Vec<(JobId, DeviceId)>> {
+        done(self.db.active_jobs())
     }
-    fn job_by_key(&self, device: DeviceId, key: &str) -> Result<Option<Job>> {
-        self.db.job_by_key(device, key)
+    fn job_by_key<'a>(&'a self, device: DeviceId, key: &'a str) -> Fut<'a, Option<Job>> {
+        done(self.db.job_by_key(device, key))
     }
-    fn fleet_job_by_key(&self, fleet: FleetId, key: &str) -> Result<Option<FleetJob>> {
-        self.db.fleet_job_by_key(fleet, key)
+    fn fleet_job_by_key<'a>(&'a self, fleet: FleetId, key: &'a str) -> Fut<'a, Option<FleetJob>> {
+        done(self.db.fleet_job_by_key(fleet, key))
     }
-    fn get_fleet_job(&self, id: FleetJobId) -> Result<Option<FleetJob>> {
-        self.db.get_fleet_job(id)
+    fn get_fleet_job<'a>(&'a self, id: FleetJobId) -> Fut<'a, Option<FleetJob>> {
+        done(self.db.get_fleet_job(id))
     }
-    fn fleet_jobs(&self) -> Result<Vec<FleetJob>> {
-        self.db.fleet_jobs()
+    fn fleet_jobs<'a>(&'a self) -> Fut<'a, Vec<FleetJob>> {
+        done(self.db.fleet_jobs())
     }
-    fn fleet_job_children(&self, fj: FleetJobId) -> Result<Vec<Job>> {
-        self.db.fleet_job_children(fj)
+    fn fleet_job_children<'a>(&'a self, fj: FleetJobId) -> Fut<'a, Vec<Job>> {
+        done(self.db.fleet_job_children(fj))
     }
-    fn put_schedule(&self, s: &Schedule) -> Result<()> {
-        self.db.put_schedule(s)
+    fn put_schedule<'a>(&'a self, s: &'a Schedule) -> Fut<'a, ()> {
+        done(self.db.put_schedule(s))
     }
-    fn get_schedule(&self, id: ScheduleId) -> Result<Option<Schedule>> {
-        self.db.get_schedule(id)
+    fn get_schedule<'a>(&'a self, id: ScheduleId) -> Fut<'a, Option<Schedule>> {
+        done(self.db.get_schedule(id))
     }
-    fn schedules(&self) -> Result<Vec<Schedule>> {
-        self.db.schedules()
+    fn schedules<'a>(&'a self) -> Fut<'a, Vec<Schedule>> {
+        done(self.db.schedules())
     }
-    fn delete_schedule(&self, id: ScheduleId) -> Result<bool> {
-        self.db.delete_schedule(id)
+    fn delete_schedule<'a>(&'a self, id: ScheduleId) -> Fut<'a, bool> {
+        done(self.db.delete_schedule(id))
     }
 }
 
 impl IntegrationStore for Store {
-    fn put_integration(&self, i: &Integration) -> Result<()> {
-        self.db.put_integration(i)
+    fn put_integration<'a>(&'a self, i: &'a Integration) -> Fut<'a, ()> {
+        done(self.db.put_integration(i))
     }
-    fn get_integration(&self, id: IntegrationId) -> Result<Option<Integration>> {
-        self.db.get_integration(id)
+    fn get_integration<'a>(&'a self, id: IntegrationId) -> Fut<'a, Option<Integration>> {
+        done(self.db.get_integration(id))
     }
-    fn list_integrations(&self) -> Result<Vec<Integration>> {
-        self.db.list_integrations()
+    fn list_integrations<'a>(&'a self) -> Fut<'a, Vec<Integration>> {
+        done(self.db.list_integrations())
     }
     fn delete_integration(&self, id: IntegrationId) -> BoxFuture<'_, Result<()>> {
         Store::delete_integration(self, id).boxed()
@@ -353,103 +368,106 @@ impl IntegrationStore for Store {
     fn queue_stats(&self, id: IntegrationId) -> Option<std::sync::Arc<QueueStats>> {
         self.db.queue_stats(id)
     }
-    fn queue_head(&self, id: IntegrationId, max: usize) -> Result<Vec<QueueEntry>> {
-        self.db.queue_head(id, max)
+    fn queue_head<'a>(&'a self, id: IntegrationId, max: usize) -> Fut<'a, Vec<QueueEntry>> {
+        done(self.db.queue_head(id, max))
     }
-    fn queue_oldest(&self, id: IntegrationId) -> Result<Option<Millis>> {
-        self.db.queue_oldest(id)
+    fn queue_oldest<'a>(&'a self, id: IntegrationId) -> Fut<'a, Option<Millis>> {
+        done(self.db.queue_oldest(id))
     }
-    fn queue_remove(&self, id: IntegrationId, seqs: &[u64]) -> Result<Moved> {
-        self.db.queue_remove(id, seqs)
+    fn queue_remove<'a>(&'a self, id: IntegrationId, seqs: &'a [u64]) -> Fut<'a, Moved> {
+        done(self.db.queue_remove(id, seqs))
     }
-    fn queue_drop_oldest(
-        &self,
+    fn queue_drop_oldest<'a>(
+        &'a self,
         id: IntegrationId,
         max_bytes: u64,
         min_enqueued_at: Millis,
-    ) -> Result<Moved> {
-        self.db.queue_drop_oldest(id, max_bytes, min_enqueued_at)
+    ) -> Fut<'a, Moved> {
+        done(self.db.queue_drop_oldest(id, max_bytes, min_enqueued_at))
     }
-    fn dead_letter(
-        &self,
+    fn dead_letter<'a>(
+        &'a self,
         id: IntegrationId,
-        entries: &[QueueEntry],
-        reason: &str,
+        entries: &'a [QueueEntry],
+        reason: &'a str,
         dead_max: u64,
-    ) -> Result<u64> {
-        self.db.dead_letter(id, entries, reason, dead_max)
+    ) -> Fut<'a, u64> {
+        done(self.db.dead_letter(id, entries, reason, dead_max))
     }
-    fn dead_letters(
-        &self,
+    fn dead_letters<'a>(
+        &'a self,
         id: IntegrationId,
-        after: Option<&Cursor>,
+        after: Option<&'a Cursor>,
         limit: usize,
-    ) -> Result<Page<DeadLetter>> {
-        self.db.dead_letters(id, after, limit)
+    ) -> Fut<'a, Page<DeadLetter>> {
+        done(self.db.dead_letters(id, after, limit))
     }
     fn requeue_dead(&self, id: IntegrationId) -> BoxFuture<'_, Result<Moved>> {
         Store::requeue_dead(self, id).boxed()
     }
-    fn dead_delete(&self, id: IntegrationId) -> Result<u64> {
-        self.db.dead_delete(id)
+    fn dead_delete<'a>(&'a self, id: IntegrationId) -> Fut<'a, u64> {
+        done(self.db.dead_delete(id))
     }
 }
 
 impl OperatorStore for Store {
-    fn put_user(
-        &self,
-        user: &User,
-        old_name: Option<&str>,
-    ) -> Result<std::result::Result<(), NameClash>> {
-        self.db.put_user(user, old_name)
+    fn put_user<'a>(
+        &'a self,
+        user: &'a User,
+        old_name: Option<&'a str>,
+    ) -> Fut<'a, std::result::Result<(), NameClash>> {
+        done(self.db.put_user(user, old_name))
     }
-    fn get_user(&self, id: UserId) -> Result<Option<User>> {
-        self.db.get_user(id)
+    fn get_user<'a>(&'a self, id: UserId) -> Fut<'a, Option<User>> {
+        done(self.db.get_user(id))
     }
-    fn user_by_name(&self, name: &str) -> Result<Option<User>> {
-        self.db.user_by_name(name)
+    fn user_by_name<'a>(&'a self, name: &'a str) -> Fut<'a, Option<User>> {
+        done(self.db.user_by_name(name))
     }
-    fn users(&self) -> Result<Vec<User>> {
-        self.db.users()
+    fn users<'a>(&'a self) -> Fut<'a, Vec<User>> {
+        done(self.db.users())
     }
-    fn user_count(&self) -> Result<usize> {
-        self.db.user_count()
+    fn user_count<'a>(&'a self) -> Fut<'a, usize> {
+        done(self.db.user_count())
     }
-    fn delete_user(&self, user: &User) -> Result<()> {
-        self.db.delete_user(user)
+    fn delete_user<'a>(&'a self, user: &'a User) -> Fut<'a, ()> {
+        done(self.db.delete_user(user))
     }
-    fn put_session(&self, hash: &[u8; 32], s: &UserSession) -> Result<()> {
-        self.db.put_session(hash, s)
+    fn put_session<'a>(&'a self, hash: &'a [u8; 32], s: &'a UserSession) -> Fut<'a, ()> {
+        done(self.db.put_session(hash, s))
     }
-    fn get_session(&self, hash: &[u8; 32]) -> Result<Option<UserSession>> {
-        self.db.get_session(hash)
+    fn get_session<'a>(&'a self, hash: &'a [u8; 32]) -> Fut<'a, Option<UserSession>> {
+        done(self.db.get_session(hash))
     }
-    fn delete_session(&self, hash: &[u8; 32]) -> Result<()> {
-        self.db.delete_session(hash)
+    fn delete_session<'a>(&'a self, hash: &'a [u8; 32]) -> Fut<'a, ()> {
+        done(self.db.delete_session(hash))
     }
-    fn delete_user_sessions(&self, user: UserId) -> Result<usize> {
-        self.db.delete_user_sessions(user)
+    fn delete_user_sessions<'a>(&'a self, user: UserId) -> Fut<'a, usize> {
+        done(self.db.delete_user_sessions(user))
     }
-    fn sweep_sessions(&self, expired: &dyn Fn(&UserSession) -> bool) -> Result<usize> {
-        self.db.sweep_sessions(expired)
+    fn sweep_sessions<'a>(
+        &'a self,
+        expired: &'a (dyn Fn(&UserSession) -> bool + Sync),
+    ) -> Fut<'a, usize> {
+        done(self.db.sweep_sessions(expired))
     }
-    fn put_api_key(&self, key: &ApiKey) -> Result<()> {
-        self.db.put_api_key(key)
+    fn put_api_key<'a>(&'a self, key: &'a ApiKey) -> Fut<'a, ()> {
+        done(self.db.put_api_key(key))
     }
-    fn api_key_by_hash(&self, sha256: &[u8; 32]) -> Result<Option<ApiKey>> {
-        self.db.api_key_by_hash(sha256)
+    fn api_key_by_hash<'a>(&'a self, sha256: &'a [u8; 32]) -> Fut<'a, Option<ApiKey>> {
+        done(self.db.api_key_by_hash(sha256))
     }
-    fn api_key_count(&self) -> Result<usize> {
-        self.db.api_key_count()
+    fn api_key_count<'a>(&'a self) -> Fut<'a, usize> {
+        done(self.db.api_key_count())
     }
-    fn api_keys(&self) -> Result<Vec<ApiKey>> {
-        self.db.api_keys()
+    fn api_keys<'a>(&'a self) -> Fut<'a, Vec<ApiKey>> {
+        done(self.db.api_keys())
     }
-    fn user_api_keys(&self, user: UserId) -> Result<Vec<ApiKey>> {
-        self.db.user_api_keys(user)
+    fn user_api_keys<'a>(&'a self, user: UserId) -> Fut<'a, Vec<ApiKey>> {
+        done(self.db.user_api_keys(user))
     }
-    fn delete_api_key(&self, id: ApiKeyId) -> Result<bool> {
-        self.db.delete_api_key(id)
+    fn delete_api_key<'a>(&'a self, id: ApiKeyId) -> Fut<'a, bool> {
+        done(self.db.delete_api_key(id))
     }
     fn append_audit_later(&self, ev: AuditEvent, trim_to: Option<usize>) {
         self.apply_later(move |db| {
@@ -463,13 +481,13 @@ impl OperatorStore for Store {
             }
         });
     }
-    fn list_audit(
-        &self,
-        before: Option<&Cursor>,
+    fn list_audit<'a>(
+        &'a self,
+        before: Option<&'a Cursor>,
         limit: usize,
-        keep: &dyn Fn(&AuditEvent) -> bool,
-    ) -> Result<Page<AuditEvent>> {
-        self.db.list_audit(before, limit, keep)
+        keep: &'a (dyn Fn(&AuditEvent) -> bool + Sync),
+    ) -> Fut<'a, Page<AuditEvent>> {
+        done(self.db.list_audit(before, limit, keep))
     }
 }
 
@@ -482,27 +500,27 @@ impl TelemetryStore for Store {
     ) -> BoxFuture<'_, Result<usize>> {
         self.append_points_queued(op, queue, durable).boxed()
     }
-    fn latest(
-        &self,
+    fn latest<'a>(
+        &'a self,
         device: DeviceId,
-        tag: &str,
-        keys: Option<&[String]>,
-    ) -> Result<Vec<(String, Point)>> {
-        self.db.latest(device, tag, keys)
+        tag: &'a str,
+        keys: Option<&'a [String]>,
+    ) -> Fut<'a, Vec<(String, Point)>> {
+        done(self.db.latest(device, tag, keys))
     }
-    fn raw(&self, device: DeviceId, q: &RawQuery) -> Result<RawPage> {
-        self.db.raw(device, q)
+    fn raw<'a>(&'a self, device: DeviceId, q: &'a RawQuery) -> Fut<'a, RawPage> {
+        done(self.db.raw(device, q))
     }
-    fn aggregate(
-        &self,
+    fn aggregate<'a>(
+        &'a self,
         device: DeviceId,
-        tag: &str,
-        key: &str,
-        bounds: &[Millis],
+        tag: &'a str,
+        key: &'a str,
+        bounds: &'a [Millis],
         from: Millis,
         to: Millis,
-    ) -> Result<Vec<Agg>> {
-        self.db.aggregate(device, tag, key, bounds, from, to)
+    ) -> Fut<'a, Vec<Agg>> {
+        done(self.db.aggregate(device, tag, key, bounds, from, to))
     }
     fn scan_series(
         &self,
@@ -511,40 +529,54 @@ impl TelemetryStore for Store {
         key: &str,
         from: Millis,
         to: Millis,
-    ) -> Box<dyn Iterator<Item = Result<(Millis, Value)>> + Send> {
-        Box::new(self.db.scan_series(device, tag, key, from, to))
+    ) -> futures_util::stream::BoxStream<'static, Result<(Millis, Value)>> {
+        // sled reads lazily as the stream is polled; each step is a local read.
+        Box::pin(futures_util::stream::iter(
+            self.db.scan_series(device, tag, key, from, to),
+        ))
     }
-    fn device_series(&self, device: DeviceId) -> Result<Vec<SeriesKey>> {
-        self.db.device_series(device)
+    fn device_series<'a>(&'a self, device: DeviceId) -> Fut<'a, Vec<SeriesKey>> {
+        done(self.db.device_series(device))
     }
-    fn tag_keys(&self, device: DeviceId, tag: &str) -> Result<Vec<String>> {
-        self.db.tag_keys(device, tag)
+    fn tag_keys<'a>(&'a self, device: DeviceId, tag: &'a str) -> Fut<'a, Vec<String>> {
+        done(self.db.tag_keys(device, tag))
     }
-    fn has_series(&self, device: DeviceId, tag: &str, key: &str) -> Result<bool> {
-        self.db.has_series(device, tag, key)
+    fn has_series<'a>(&'a self, device: DeviceId, tag: &'a str, key: &'a str) -> Fut<'a, bool> {
+        done(self.db.has_series(device, tag, key))
     }
     fn series_count(&self, device: DeviceId) -> usize {
         self.db.series_count(device)
     }
-    fn series_points(&self, device: DeviceId, tag: &str, key: &str) -> Result<u64> {
-        self.db.series_points(device, tag, key)
+    fn series_points<'a>(&'a self, device: DeviceId, tag: &'a str, key: &'a str) -> Fut<'a, u64> {
+        done(self.db.series_points(device, tag, key))
     }
-    fn series_is_empty(&self, device: DeviceId, tag: &str, key: &str) -> Result<bool> {
-        self.db.series_is_empty(device, tag, key)
-    }
-    fn delete_series_before(
-        &self,
+    fn series_is_empty<'a>(
+        &'a self,
         device: DeviceId,
-        tag: &str,
-        key: &str,
+        tag: &'a str,
+        key: &'a str,
+    ) -> Fut<'a, bool> {
+        done(self.db.series_is_empty(device, tag, key))
+    }
+    fn delete_series_before<'a>(
+        &'a self,
+        device: DeviceId,
+        tag: &'a str,
+        key: &'a str,
         cutoff: Millis,
-    ) -> Result<u64> {
-        self.db.delete_series_before(device, tag, key, cutoff)
+    ) -> Fut<'a, u64> {
+        done(self.db.delete_series_before(device, tag, key, cutoff))
     }
     fn forget_series_if_empty(&self, device: DeviceId, tag: &str, key: &str) {
         Store::forget_series_if_empty(self, device, tag, key)
     }
-    fn footprint(&self) -> Result<StoreFootprint> {
+    fn footprint(&self) -> Fut<'_, StoreFootprint> {
+        done(self.footprint_now())
+    }
+}
+
+impl Store {
+    fn footprint_now(&self) -> Result<StoreFootprint> {
         let wal = self.db.path().with_extension("wal");
         let wal_bytes = std::fs::read_dir(&wal)
             .map(|d| {
@@ -571,7 +603,13 @@ impl BackupStore for Store {
     {
         Store::backup(self, extras, out).boxed()
     }
-    fn size_on_disk(&self) -> Result<u64> {
-        self.db.size_on_disk()
+    fn size_on_disk(&self) -> Fut<'_, u64> {
+        done(self.db.size_on_disk())
     }
+}
+
+/// A port's answer computed at the call: sled answers from its cache or a local read, so the
+/// future is ready at once.
+fn done<'a, T: Send + 'a>(r: Result<T>) -> Fut<'a, T> {
+    Box::pin(std::future::ready(r))
 }

@@ -380,15 +380,16 @@ async fn creating_a_device_costs_one_flush_and_one_audit_entry() {
         })
         .await
         .expect("fleet");
-    let audit_entries = || {
+    let audit_entries = async || {
         s.audit
             .list(&Default::default(), None, 1000)
+            .await
             .expect("audit")
             .items
             .len()
     };
     for i in 0..3 {
-        let (flushes, entries) = (metrics.store_commits.get(), audit_entries());
+        let (flushes, entries) = (metrics.store_commits.get(), audit_entries().await);
         let (dev, issued) = s
             .credentials
             .create_device(NewDevice {
@@ -400,8 +401,12 @@ async fn creating_a_device_costs_one_flush_and_one_audit_entry() {
             .await
             .expect("device");
         assert_eq!(metrics.store_commits.get() - flushes, 1, "flushes for {i}");
-        assert_eq!(audit_entries() - entries, 1, "audit entries for {i}");
-        let newest = s.audit.list(&Default::default(), None, 1).expect("audit");
+        assert_eq!(audit_entries().await - entries, 1, "audit entries for {i}");
+        let newest = s
+            .audit
+            .list(&Default::default(), None, 1)
+            .await
+            .expect("audit");
         assert_eq!(newest.items[0].kind.as_str(), "credential_issued");
         assert_eq!(newest.items[0].device_id, Some(dev.id));
         assert!(issued.token.is_some(), "a generated token is shown once");

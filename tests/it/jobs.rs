@@ -834,7 +834,7 @@ async fn an_acknowledgement_and_its_reply_are_recorded_in_one_run() {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     assert_eq!(work.outcomes.len(), 1);
-    let answers = s.jobs.do_send_work(work).expect("one run");
+    let answers = s.jobs.do_send_work(work).await.expect("one run");
     assert!(
         !reply.is_finished(),
         "answered before its writes are durable"
@@ -846,7 +846,7 @@ async fn an_acknowledgement_and_its_reply_are_recorded_in_one_run() {
         !stray.await.expect("task").expect("answered"),
         "no job waited"
     );
-    let done = s.jobs.get(job.id).expect("job");
+    let done = s.jobs.get(job.id).await.expect("job");
     assert_eq!(done.state, JobState::Succeeded);
     assert_eq!(done.result, Some(json!({"t": 21.5})));
     let states: Vec<JobState> = done.history.iter().map(|t| t.state).collect();

@@ -130,7 +130,7 @@ async fn run_for(s: &Services, total: Duration, step: Duration) {
     while passed < total {
         tokio::time::advance(step).await;
         passed += step;
-        s.jobs.tick();
+        s.jobs.tick().await;
     }
 }
 
@@ -180,7 +180,7 @@ async fn cron_schedules_fire_on_local_time_and_respect_windows_across_dst() {
 
     // Two hours in one-minute steps: four half-hourly runs, at their exact times.
     run_for(&s, Duration::from_secs(2 * 3600), Duration::from_secs(60)).await;
-    let jobs = s.jobs.list(devices[0]).expect("jobs");
+    let jobs = s.jobs.list(devices[0]).await.expect("jobs");
     let mut created: Vec<Millis> = jobs.iter().map(|j| j.created_at).collect();
     created.sort();
     assert_eq!(
@@ -195,7 +195,7 @@ async fn cron_schedules_fire_on_local_time_and_respect_windows_across_dst() {
     assert!(jobs.iter().all(|j| j.method == "reboot"
         && j.params == json!({"soft": true})
         && j.state == JobState::Queued));
-    let every = s.jobs.schedule(every.id).expect("schedule");
+    let every = s.jobs.schedule(every.id).await.expect("schedule");
     assert_eq!(every.runs, 4);
     assert_eq!(every.next_run_at, Some(berlin("2026-03-28T02:00:00")));
 
@@ -204,6 +204,7 @@ async fn cron_schedules_fire_on_local_time_and_respect_windows_across_dst() {
     let mut runs: Vec<Millis> = s
         .jobs
         .list(devices[1])
+        .await
         .expect("jobs")
         .iter()
         .map(|j| j.created_at)
@@ -218,7 +219,7 @@ async fn cron_schedules_fire_on_local_time_and_respect_windows_across_dst() {
             ms("2026-03-29T03:00:00+02:00[Europe/Berlin]"),
         ]
     );
-    let windowed = s.jobs.schedule(windowed.id).expect("schedule");
+    let windowed = s.jobs.schedule(windowed.id).await.expect("schedule");
     assert_eq!(windowed.runs, 3);
     assert_eq!(windowed.next_run_at, Some(berlin("2026-03-30T02:00:00")));
 
@@ -228,7 +229,7 @@ async fn cron_schedules_fire_on_local_time_and_respect_windows_across_dst() {
         .await
         .expect("disable");
     run_for(&s, Duration::from_secs(24 * 3600), Duration::from_secs(600)).await;
-    assert_eq!(s.jobs.list(devices[1]).expect("jobs").len(), 3);
+    assert_eq!(s.jobs.list(devices[1]).await.expect("jobs").len(), 3);
     let now = s.jobs.run_schedule_now(windowed.id).await.expect("run");
     assert_eq!(now.runs, 4);
     assert!(
@@ -236,7 +237,7 @@ async fn cron_schedules_fire_on_local_time_and_respect_windows_across_dst() {
         "{:?}",
         now.last_result
     );
-    assert_eq!(s.jobs.list(devices[1]).expect("jobs").len(), 4);
+    assert_eq!(s.jobs.list(devices[1]).await.expect("jobs").len(), 4);
 
     // Bad input is refused with the field named.
     for (bad, field) in [
@@ -292,23 +293,23 @@ async fn schedules_survive_a_restart_and_a_missed_run_fires_once() {
     };
     // Corral is down from 09:10 until 14:20: five hourly runs and the one-shot were missed.
     let s = services(dir.path(), ms("2026-11-24T14:20:00+00:00[UTC]")).await;
-    let h = s.jobs.schedule(hourly).expect("kept");
+    let h = s.jobs.schedule(hourly).await.expect("kept");
     assert_eq!(h.next_run_at, Some(ms("2026-11-24T10:00:00+00:00[UTC]")));
-    s.jobs.tick();
-    let h = s.jobs.schedule(hourly).expect("kept");
+    s.jobs.tick().await;
+    let h = s.jobs.schedule(hourly).await.expect("kept");
     assert_eq!(h.runs, 1, "missed occurrences fire once, not five times");
     assert_eq!(h.next_run_at, Some(ms("2026-11-24T15:00:00+00:00[UTC]")));
-    let o = s.jobs.schedule(once).expect("kept");
+    let o = s.jobs.schedule(once).await.expect("kept");
     assert_eq!(o.runs, 1);
     assert_eq!(o.next_run_at, None, "a one-shot does not fire again");
-    assert_eq!(s.jobs.list(device).expect("jobs").len(), 2);
+    assert_eq!(s.jobs.list(device).await.expect("jobs").len(), 2);
     // The next hourly run comes on time.
     run_for(&s, Duration::from_secs(3600), Duration::from_secs(60)).await;
-    assert_eq!(s.jobs.schedule(hourly).expect("kept").runs, 2);
-    assert_eq!(s.jobs.schedule(once).expect("kept").runs, 1);
-    assert_eq!(s.jobs.list(device).expect("jobs").len(), 3);
+    assert_eq!(s.jobs.schedule(hourly).await.expect("kept").runs, 2);
+    assert_eq!(s.jobs.schedule(once).await.expect("kept").runs, 1);
+    assert_eq!(s.jobs.list(device).await.expect("jobs").len(), 3);
     s.jobs.delete_schedule(hourly).await.expect("delete");
-    assert!(s.jobs.schedule(hourly).is_err());
+    assert!(s.jobs.schedule(hourly).await.is_err());
 }
 
 /// A crash between writing a run's job and writing the schedule's next run makes the run
@@ -344,22 +345,29 @@ async fn a_run_repeated_after_a_crash_queues_nothing_twice() {
         .map(|id| s.store.get_schedule(*id).expect("read").expect("kept"))
         .collect();
     run_for(&s, Duration::from_secs(50 * 60), Duration::from_secs(60)).await;
-    assert_eq!(s.jobs.schedule(all.id).expect("kept").runs, 1);
-    assert_eq!(s.jobs.fleet_jobs_of(fleet_id).expect("rollouts").len(), 1);
-    assert_eq!(s.jobs.list(devices[0]).expect("jobs").len(), 2);
+    assert_eq!(s.jobs.schedule(all.id).await.expect("kept").runs, 1);
+    assert_eq!(
+        s.jobs
+            .fleet_jobs_of(fleet_id)
+            .await
+            .expect("rollouts")
+            .len(),
+        1
+    );
+    assert_eq!(s.jobs.list(devices[0]).await.expect("jobs").len(), 2);
 
     // What a crash right after the jobs were written would leave: the schedules as they were
     // before the 10:00 run.
     for old in &before {
         s.store.put_schedule(old).expect("rewind");
     }
-    s.jobs.tick();
+    s.jobs.tick().await;
     assert_eq!(
-        s.jobs.schedule(all.id).expect("kept").runs,
+        s.jobs.schedule(all.id).await.expect("kept").runs,
         1,
         "the rewound schedule ran again"
     );
-    let rollouts = s.jobs.fleet_jobs_of(fleet_id).expect("rollouts");
+    let rollouts = s.jobs.fleet_jobs_of(fleet_id).await.expect("rollouts");
     assert_eq!(rollouts.len(), 1, "one rollout for the 10:00 run");
     assert_eq!(
         rollouts[0].job.idempotency_key.as_deref(),
@@ -373,8 +381,8 @@ async fn a_run_repeated_after_a_crash_queues_nothing_twice() {
         )
     );
     // Device 0: one job from its own schedule and one from the rollout, not four.
-    assert_eq!(s.jobs.list(devices[0]).expect("jobs").len(), 2);
-    assert_eq!(s.jobs.list(devices[1]).expect("jobs").len(), 1);
+    assert_eq!(s.jobs.list(devices[0]).await.expect("jobs").len(), 2);
+    assert_eq!(s.jobs.list(devices[1]).await.expect("jobs").len(), 1);
 }
 
 #[tokio::test(start_paused = true)]
@@ -525,14 +533,14 @@ async fn fleet_jobs_target_by_filter_and_start_only_inside_their_window() {
         .await
         .expect("rollout");
     let id = v.job.id;
-    let launched = || s.jobs.fleet_job(id).expect("view").job.launched;
-    assert_eq!(launched(), 0);
+    let launched = async || s.jobs.fleet_job(id).await.expect("view").job.launched;
+    assert_eq!(launched().await, 0);
     run_for(&s, Duration::from_secs(3600), Duration::from_secs(10)).await;
-    assert_eq!(launched(), 1, "22:00:00: the first device starts");
+    assert_eq!(launched().await, 1, "22:00:00: the first device starts");
     run_for(&s, Duration::from_secs(150), Duration::from_secs(10)).await;
-    assert_eq!(launched(), 3, "22:02:30");
+    assert_eq!(launched().await, 3, "22:02:30");
     run_for(&s, Duration::from_secs(3600), Duration::from_secs(10)).await;
-    assert_eq!(launched(), 3, "closed from 22:03");
+    assert_eq!(launched().await, 3, "closed from 22:03");
     // To next Tuesday 22:00:00.
     run_for(
         &s,
@@ -540,9 +548,9 @@ async fn fleet_jobs_target_by_filter_and_start_only_inside_their_window() {
         Duration::from_secs(150),
     )
     .await;
-    assert_eq!(launched(), 4);
+    assert_eq!(launched().await, 4);
     run_for(&s, Duration::from_secs(150), Duration::from_secs(10)).await;
-    let v = s.jobs.fleet_job(id).expect("view");
+    let v = s.jobs.fleet_job(id).await.expect("view");
     assert_eq!(v.job.launched, 6);
     assert_eq!(v.job.state, RolloutState::Running);
     assert_eq!(v.progress.pending, 0);

@@ -1,29 +1,29 @@
 //! The attribute area's storage: named values per owner (device or fleet) and scope.
 
-use super::{Durable, Result, Scope};
+use super::{Durable, Fut, Scope};
 use crate::model::{AttributeOwner, Millis, Value};
 
 pub trait AttributeStore: Durable {
     /// Sets values, each stamped `ts`.
-    fn put_attributes(
-        &self,
+    fn put_attributes<'a>(
+        &'a self,
         owner: AttributeOwner,
         scope: Scope,
-        values: &[(String, Value)],
+        values: &'a [(String, Value)],
         ts: Millis,
-    ) -> Result<()>;
+    ) -> Fut<'a, ()>;
     /// Deletes the named values; returns the names that existed.
-    fn delete_attributes(
-        &self,
+    fn delete_attributes<'a>(
+        &'a self,
         owner: AttributeOwner,
         scope: Scope,
-        names: &[String],
-    ) -> Result<Vec<String>>;
+        names: &'a [String],
+    ) -> Fut<'a, Vec<String>>;
     /// The named values (every value when `names` is `None`), with their times.
-    fn get_attributes(
-        &self,
+    fn get_attributes<'a>(
+        &'a self,
         owner: AttributeOwner,
         scope: Scope,
-        names: Option<&[String]>,
-    ) -> Result<Vec<(String, Millis, Value)>>;
+        names: Option<&'a [String]>,
+    ) -> Fut<'a, Vec<(String, Millis, Value)>>;
 }

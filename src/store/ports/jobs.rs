@@ -4,7 +4,7 @@
 
 use futures_util::future::BoxFuture;
 
-use super::{Durable, Mark, Result};
+use super::{Durable, Fut, Mark, Result};
 use crate::model::{DeviceId, FleetId, FleetJob, FleetJobId, Job, JobId, Schedule, ScheduleId};
 
 /// The writes of one job unit of work.
@@ -26,22 +26,22 @@ pub trait JobStore: Durable {
     /// Waits until the logged writes up to `mark` are durable.
     fn durable(&self, mark: Mark) -> BoxFuture<'_, Result<()>>;
 
-    fn get_job(&self, id: JobId) -> Result<Option<Job>>;
-    fn device_jobs(&self, device: DeviceId, active_only: bool) -> Result<Vec<Job>>;
+    fn get_job<'a>(&'a self, id: JobId) -> Fut<'a, Option<Job>>;
+    fn device_jobs<'a>(&'a self, device: DeviceId, active_only: bool) -> Fut<'a, Vec<Job>>;
     /// Every job not yet finished, with its device.
-    fn active_jobs(&self) -> Result<Vec<(JobId, DeviceId)>>;
+    fn active_jobs<'a>(&'a self) -> Fut<'a, Vec<(JobId, DeviceId)>>;
     /// The device's job created with this idempotency key.
-    fn job_by_key(&self, device: DeviceId, key: &str) -> Result<Option<Job>>;
+    fn job_by_key<'a>(&'a self, device: DeviceId, key: &'a str) -> Fut<'a, Option<Job>>;
 
-    fn fleet_job_by_key(&self, fleet: FleetId, key: &str) -> Result<Option<FleetJob>>;
-    fn get_fleet_job(&self, id: FleetJobId) -> Result<Option<FleetJob>>;
-    fn fleet_jobs(&self) -> Result<Vec<FleetJob>>;
-    fn fleet_job_children(&self, fj: FleetJobId) -> Result<Vec<Job>>;
+    fn fleet_job_by_key<'a>(&'a self, fleet: FleetId, key: &'a str) -> Fut<'a, Option<FleetJob>>;
+    fn get_fleet_job<'a>(&'a self, id: FleetJobId) -> Fut<'a, Option<FleetJob>>;
+    fn fleet_jobs<'a>(&'a self) -> Fut<'a, Vec<FleetJob>>;
+    fn fleet_job_children<'a>(&'a self, fj: FleetJobId) -> Fut<'a, Vec<Job>>;
 
-    fn put_schedule(&self, s: &Schedule) -> Result<()>;
-    fn get_schedule(&self, id: ScheduleId) -> Result<Option<Schedule>>;
-    fn schedules(&self) -> Result<Vec<Schedule>>;
-    fn delete_schedule(&self, id: ScheduleId) -> Result<bool>;
+    fn put_schedule<'a>(&'a self, s: &'a Schedule) -> Fut<'a, ()>;
+    fn get_schedule<'a>(&'a self, id: ScheduleId) -> Fut<'a, Option<Schedule>>;
+    fn schedules<'a>(&'a self) -> Fut<'a, Vec<Schedule>>;
+    fn delete_schedule<'a>(&'a self, id: ScheduleId) -> Fut<'a, bool>;
 }
 
 impl dyn JobStore + '_ {

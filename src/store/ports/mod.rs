@@ -12,12 +12,19 @@
 //!   for the registry-like areas (one flush covers every write before it), `write_logged`
 //!   returning a `Mark` for the job area, `append_points` for device data. A transport
 //!   acknowledges only after the matching await.
-//! - **Waiting for durability is async.** What may wait on the disk (a commit, a logged
-//!   write's mark, device data, deleting a device's points, an integration's queue) returns a
-//!   future, so a service awaits it off any thread it would stall. Reads are synchronous: the
-//!   embedded engine answers them from its page cache. A network engine needs them async too;
-//!   the traits are object-safe and ready for that change, which reaches every service's read
-//!   path and belongs to the step that adds such an engine.
+//! - **Every storage operation is a future** (`Fut`), reads included: a network engine
+//!   answers each after a round trip, and a service awaits it without holding a thread. The
+//!   sled engine answers at once (its futures are ready when returned); where its reads may
+//!   grow with the data (sweeps, exports, aggregates, dashboards) the services run them on
+//!   the blocking pool (`workers::on_blocking_pool`). What stays synchronous is what an engine
+//!   keeps in memory whatever it is: live queue counters, the per-device series count of the
+//!   key cap, the job log's last mark, and writes handed to the engine to apply in the
+//!   background (`*_later`), which never wait.
+//! - **Predicates are `Sync`** (`&(dyn Fn(&T) -> bool + Sync)`): a listing's filter may be
+//!   applied by an engine while it waits for the next rows.
+//! - **The job area's unit of work collects writes** (`JobWriter`) and the engine applies
+//!   them atomically; reads it needs come before it, so a network engine sends the writes in
+//!   one transaction.
 
 use futures_util::future::BoxFuture;
 
@@ -47,6 +54,9 @@ pub use crate::model::{Cursor, Page, RawPage, RawQuery, Scope};
 
 /// What every port returns.
 pub type Result<T> = std::result::Result<T, StoreError>;
+
+/// What a port operation returns: a future of its result, borrowing what it was given.
+pub type Fut<'a, T> = BoxFuture<'a, Result<T>>;
 
 /// The unit of work every area shares: one call makes every write of any area made before it
 /// durable. Services call it once per operation, after all of the operation's writes and
@@ -79,7 +89,7 @@ pub trait BackupStore: Send + Sync {
         out: Box<dyn std::io::Write + Send>,
     ) -> BoxFuture<'_, std::result::Result<Manifest, BackupError>>;
     /// Bytes the store occupies on disk (what a backup will roughly take).
-    fn size_on_disk(&self) -> Result<u64>;
+    fn size_on_disk(&self) -> Fut<'_, u64>;
 }
 
 pub use super::backup::{BackupError, Extra, Manifest, data_dir_files};

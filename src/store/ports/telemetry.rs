@@ -2,8 +2,9 @@
 //! what the engine occupies.
 
 use futures_util::future::BoxFuture;
+use futures_util::stream::BoxStream;
 
-use super::{Agg, Durable, Enqueue, PointsOp, RawPage, RawQuery, Result, SeriesKey};
+use super::{Agg, Durable, Enqueue, Fut, PointsOp, RawPage, RawQuery, Result, SeriesKey};
 use crate::model::{DeviceId, Millis, Point, Value};
 
 /// What the store occupies on disk.
@@ -27,24 +28,24 @@ pub trait TelemetryStore: Durable {
     ) -> BoxFuture<'_, Result<usize>>;
 
     /// The newest point of each key of a tag (only `keys` when given).
-    fn latest(
-        &self,
+    fn latest<'a>(
+        &'a self,
         device: DeviceId,
-        tag: &str,
-        keys: Option<&[String]>,
-    ) -> Result<Vec<(String, Point)>>;
+        tag: &'a str,
+        keys: Option<&'a [String]>,
+    ) -> Fut<'a, Vec<(String, Point)>>;
     /// One page of raw points.
-    fn raw(&self, device: DeviceId, q: &RawQuery) -> Result<RawPage>;
+    fn raw<'a>(&'a self, device: DeviceId, q: &'a RawQuery) -> Fut<'a, RawPage>;
     /// Aggregates of one series over the buckets `bounds` delimits within `from..to`.
-    fn aggregate(
-        &self,
+    fn aggregate<'a>(
+        &'a self,
         device: DeviceId,
-        tag: &str,
-        key: &str,
-        bounds: &[Millis],
+        tag: &'a str,
+        key: &'a str,
+        bounds: &'a [Millis],
         from: Millis,
         to: Millis,
-    ) -> Result<Vec<Agg>>;
+    ) -> Fut<'a, Vec<Agg>>;
     /// Points of one series within `from..to`, oldest first, read lazily.
     fn scan_series(
         &self,
@@ -53,27 +54,28 @@ pub trait TelemetryStore: Durable {
         key: &str,
         from: Millis,
         to: Millis,
-    ) -> Box<dyn Iterator<Item = Result<(Millis, Value)>> + Send>;
+    ) -> BoxStream<'static, Result<(Millis, Value)>>;
 
-    fn device_series(&self, device: DeviceId) -> Result<Vec<SeriesKey>>;
-    fn tag_keys(&self, device: DeviceId, tag: &str) -> Result<Vec<String>>;
-    fn has_series(&self, device: DeviceId, tag: &str, key: &str) -> Result<bool>;
+    fn device_series<'a>(&'a self, device: DeviceId) -> Fut<'a, Vec<SeriesKey>>;
+    fn tag_keys<'a>(&'a self, device: DeviceId, tag: &'a str) -> Fut<'a, Vec<String>>;
+    fn has_series<'a>(&'a self, device: DeviceId, tag: &'a str, key: &'a str) -> Fut<'a, bool>;
     /// How many series the device has (for the per-device key cap).
     fn series_count(&self, device: DeviceId) -> usize;
-    fn series_points(&self, device: DeviceId, tag: &str, key: &str) -> Result<u64>;
-    fn series_is_empty(&self, device: DeviceId, tag: &str, key: &str) -> Result<bool>;
+    fn series_points<'a>(&'a self, device: DeviceId, tag: &'a str, key: &'a str) -> Fut<'a, u64>;
+    fn series_is_empty<'a>(&'a self, device: DeviceId, tag: &'a str, key: &'a str)
+    -> Fut<'a, bool>;
 
     /// Deletes a series' points older than `cutoff`; returns how many.
-    fn delete_series_before(
-        &self,
+    fn delete_series_before<'a>(
+        &'a self,
         device: DeviceId,
-        tag: &str,
-        key: &str,
+        tag: &'a str,
+        key: &'a str,
         cutoff: Millis,
-    ) -> Result<u64>;
+    ) -> Fut<'a, u64>;
     /// Forgets a series that has no points left.
     fn forget_series_if_empty(&self, device: DeviceId, tag: &str, key: &str);
 
     /// What the store occupies (blocking: it may walk files).
-    fn footprint(&self) -> Result<StoreFootprint>;
+    fn footprint(&self) -> Fut<'_, StoreFootprint>;
 }
