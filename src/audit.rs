@@ -221,3 +221,77 @@ impl AuditLog {
         self.store.commit().await
     }
 }
+
+// The API's form of an audit record, apart from the stored record (`model::AuditEvent`).
+/// One audit record: a credential or administrative event.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+#[schema(as = AuditEvent)]
+pub struct AuditEventView {
+    pub id: crate::model::AuditId,
+    /// When it happened, ms since the epoch.
+    pub ts: crate::model::Millis,
+    pub kind: AuditKind,
+    /// Who acted: a username (or `api-key:NAME` for the bootstrap key) for API changes and
+    /// sign-ins, or e.g. `device`, `provisioning`, `setup`, `anonymous`.
+    pub actor: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device_id: Option<crate::model::DeviceId>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fleet_id: Option<crate::model::FleetId>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credential_id: Option<crate::model::CredentialId>,
+    /// Remote address of the device or client, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer: Option<String>,
+    /// Human-readable detail; never a secret.
+    pub detail: String,
+}
+
+impl From<AuditEvent> for AuditEventView {
+    fn from(r: AuditEvent) -> Self {
+        Self {
+            id: r.id,
+            ts: r.ts,
+            kind: r.kind,
+            actor: r.actor,
+            device_id: r.device_id,
+            fleet_id: r.fleet_id,
+            credential_id: r.credential_id,
+            peer: r.peer,
+            detail: r.detail,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_view_matches_the_record_today() {
+        let full = AuditEvent {
+            id: crate::model::AuditId::new(),
+            ts: 7,
+            kind: AuditKind::DeviceDeleted,
+            actor: "ana".into(),
+            device_id: Some(crate::model::DeviceId::new()),
+            fleet_id: Some(crate::model::FleetId::new()),
+            credential_id: Some(crate::model::CredentialId::new()),
+            peer: Some("10.0.0.1".into()),
+            detail: "d".into(),
+        };
+        let bare = AuditEvent {
+            device_id: None,
+            fleet_id: None,
+            credential_id: None,
+            peer: None,
+            ..full.clone()
+        };
+        for r in [full, bare] {
+            assert_eq!(
+                serde_json::json!(r),
+                serde_json::json!(AuditEventView::from(r.clone()))
+            );
+        }
+    }
+}

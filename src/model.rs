@@ -174,7 +174,7 @@ impl From<&FleetProvisioning> for ProvisioningView {
 
 /// A manufacturer CA registered on a fleet: a device presenting a certificate it signed joins
 /// the fleet on first connect.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct FleetCa {
     pub id: FleetCaId,
     pub fleet_id: FleetId,
@@ -417,7 +417,7 @@ mod audit_kind_tests {
 }
 
 /// One audit record: a credential or administrative event.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AuditEvent {
     pub id: AuditId,
     /// When it happened, ms since the epoch.
@@ -511,7 +511,7 @@ pub struct User {
 }
 
 /// One entry of a device's connection history.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ConnectionEvent {
     /// When it happened, ms since the epoch.
     pub at: Millis,

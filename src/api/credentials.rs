@@ -15,13 +15,15 @@ use super::authz::{Caller, Device, Fleet, FleetSettings, On, Operator, Viewer};
 use super::error::{ApiJson, ApiPath, ApiQuery, ErrorBody};
 use super::registry::{Page, page};
 use super::{ApiResult, page_limit};
+use crate::audit::AuditEventView;
 use crate::audit::AuditFilter;
 use crate::devices::credentials::{
     CredentialView, IssuedCredential, NewCredential, NewFleetCa, RotateRequest,
 };
 use crate::devices::provisioning::{ProvisioningSecret, ProvisioningSettings};
+use crate::devices::views::FleetCaView;
 use crate::model::{
-    AuditEvent, CredentialId, Cursor, DeviceId, FleetCa, FleetCaId, FleetId, ProvisioningView,
+    AuditEvent, CredentialId, Cursor, DeviceId, FleetCaId, FleetId, ProvisioningView,
 };
 use crate::services::Services;
 
@@ -251,12 +253,13 @@ async fn delete_provisioning(
 /// fleet.
 #[utoipa::path(get, path = "/fleets/{id}/cas", tag = "provisioning",
     params(("id" = String, Path, description = "fleet id")),
-    responses((status = 200, body = Vec<FleetCa>), (status = 404, body = ErrorBody)))]
+    responses((status = 200, body = Vec<FleetCaView>), (status = 404, body = ErrorBody)))]
 async fn list_fleet_cas(
     State(s): S,
     On(id, _): On<Fleet, Viewer>,
-) -> ApiResult<axum::Json<Vec<FleetCa>>> {
-    Ok(axum::Json(s.credentials.fleet_cas(id).await?))
+) -> ApiResult<axum::Json<Vec<FleetCaView>>> {
+    let cas = s.credentials.fleet_cas(id).await?;
+    Ok(axum::Json(cas.iter().map(FleetCaView::from).collect()))
 }
 
 /// Register a manufacturer CA on a fleet
@@ -268,17 +271,15 @@ async fn list_fleet_cas(
 /// (not a CA certificate, unreadable or expired).
 #[utoipa::path(post, path = "/fleets/{id}/cas", tag = "provisioning",
     params(("id" = String, Path, description = "fleet id")), request_body = NewFleetCa,
-    responses((status = 201, body = FleetCa), (status = 404, body = ErrorBody),
+    responses((status = 201, body = FleetCaView), (status = 404, body = ErrorBody),
         (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
 async fn add_fleet_ca(
     State(s): S,
     FleetSettings(id): FleetSettings,
     ApiJson(body): ApiJson<NewFleetCa>,
-) -> ApiResult<(StatusCode, axum::Json<FleetCa>)> {
-    Ok((
-        StatusCode::CREATED,
-        axum::Json(s.credentials.add_fleet_ca(id, body).await?),
-    ))
+) -> ApiResult<(StatusCode, axum::Json<FleetCaView>)> {
+    let ca = s.credentials.add_fleet_ca(id, body).await?;
+    Ok((StatusCode::CREATED, axum::Json(FleetCaView::from(&ca))))
 }
 
 /// Remove a manufacturer CA from a fleet
@@ -326,12 +327,12 @@ pub struct AuditParams {
 /// caller may list, but only server admins see every record: other users see only records of fleets
 /// they hold the admin role on. Errors: 400 `invalid_cursor`, 400 `invalid_limit`.
 #[utoipa::path(get, path = "/audit", tag = "audit", params(AuditParams),
-    responses((status = 200, body = Page<AuditEvent>)))]
+    responses((status = 200, body = Page<AuditEventView>)))]
 async fn list_audit(
     State(s): S,
     caller: Caller,
     ApiQuery(q): ApiQuery<AuditParams>,
-) -> ApiResult<axum::Json<Page<AuditEvent>>> {
+) -> ApiResult<axum::Json<Page<AuditEventView>>> {
     let who = caller.filters();
     let f = AuditFilter {
         device_id: q.device_id,
@@ -379,7 +380,7 @@ async fn list_audit(
             admin_of,
         )
         .await?;
-    Ok(axum::Json(page(p, |e| e)))
+    Ok(axum::Json(page(p, AuditEventView::from)))
 }
 
 /// ThingsBoard's HTTP provisioning (§5.9): always 200 with the TB response body, since the

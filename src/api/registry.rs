@@ -19,8 +19,9 @@ use crate::devices::registry::{
     DeviceFilter, DevicePatch, DeviceStatus, DeviceView, FleetPatch, NewDevice, NewFleet,
     NewWorkspace, WorkspacePatch,
 };
+use crate::devices::views::ConnectionEventView;
 use crate::devices::views::{FleetView, WorkspaceView};
-use crate::model::{ConnectionEvent, Cursor, FleetId, Role, WorkspaceId};
+use crate::model::{Cursor, FleetId, Role, WorkspaceId};
 use crate::services::Services;
 
 type S = State<Arc<Services>>;
@@ -368,13 +369,16 @@ async fn get_device(
 /// Returns the device's last 100 connects and disconnects, newest first, each with its time, the
 /// listener it used and the remote address. Needs the viewer role on the device's fleet.
 #[utoipa::path(get, path = "/devices/{id}/connections", tag = "devices", params(("id" = String, Path, description = "device id")),
-    responses((status = 200, body = Vec<ConnectionEvent>, description = "the last 100 connects and disconnects, newest first"),
+    responses((status = 200, body = Vec<ConnectionEventView>, description = "the last 100 connects and disconnects, newest first"),
         (status = 404, body = ErrorBody)))]
 async fn device_connections(
     State(s): S,
     On(id, _): On<Device, Viewer>,
-) -> ApiResult<axum::Json<Vec<ConnectionEvent>>> {
-    Ok(axum::Json(s.registry.connection_history(id).await?))
+) -> ApiResult<axum::Json<Vec<ConnectionEventView>>> {
+    let history = s.registry.connection_history(id).await?;
+    Ok(axum::Json(
+        history.iter().map(ConnectionEventView::from).collect(),
+    ))
 }
 
 /// Update a device

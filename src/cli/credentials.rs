@@ -16,8 +16,9 @@ use super::client::ApiClient;
 use super::output;
 use super::resolve::{Kind, Names, Ref, resolve};
 use crate::api::Page;
+use crate::audit::AuditEventView as AuditEvent;
 use crate::devices::credentials::{CredentialStatus, CredentialView, IssuedCredential};
-use crate::model::{AuditEvent, FleetCa};
+use crate::devices::views::FleetCaView as FleetCa;
 
 /// How a device proves who it is; at most one may be given (default: a generated token).
 #[derive(Args, Default)]
