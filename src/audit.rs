@@ -75,6 +75,12 @@ impl Entry {
         self.fleet_id = Some(f);
         self
     }
+
+    /// The fleet, when there is one.
+    pub fn fleet_opt(mut self, f: Option<FleetId>) -> Self {
+        self.fleet_id = f.or(self.fleet_id);
+        self
+    }
     pub fn credential(mut self, c: CredentialId) -> Self {
         self.credential_id = Some(c);
         self

@@ -174,6 +174,41 @@ impl ApiClient {
         Ok(n)
     }
 
+    /// Uploads a file as the raw body of a POST, streamed from disk (packages of any size): no
+    /// overall timeout.
+    pub async fn upload<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        query: &[(&str, String)],
+        file: &std::path::Path,
+    ) -> anyhow::Result<T> {
+        let f = tokio::fs::File::open(file)
+            .await
+            .with_context(|| format!("cannot open {}", file.display()))?;
+        let len = f.metadata().await?.len();
+        let stream = futures_util::stream::unfold(f, |mut f| async move {
+            use tokio::io::AsyncReadExt;
+            let mut buf = vec![0u8; 256 << 10];
+            match f.read(&mut buf).await {
+                Ok(0) => None,
+                Ok(n) => {
+                    buf.truncate(n);
+                    Some((Ok::<_, std::io::Error>(bytes::Bytes::from(buf)), f))
+                }
+                Err(e) => Some((Err(e), f)),
+            }
+        });
+        self.send(
+            self.req(reqwest::Method::POST, path)
+                .query(query)
+                .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
+                .header(reqwest::header::CONTENT_LENGTH, len)
+                .timeout(Duration::from_secs(24 * 3600))
+                .body(reqwest::Body::wrap_stream(stream)),
+        )
+        .await
+    }
+
     /// A DELETE whose answer has a body.
     pub async fn delete_json<T: DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
         self.send(self.req(reqwest::Method::DELETE, path)).await

@@ -37,6 +37,7 @@ pub struct Config {
     pub backup: BackupConfig,
     pub retention: RetentionConfig,
     pub jobs: JobsConfig,
+    pub ota: OtaConfig,
     pub auth: AuthConfig,
     /// `serve --accept-data-loss`: open a damaged or incomplete data directory anyway. Never
     /// read from a file or the environment: it must be asked for on each start.
@@ -259,6 +260,22 @@ impl Default for JobsConfig {
     }
 }
 
+/// Over-the-air updates (`[ota]`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct OtaConfig {
+    /// Largest package file accepted (MiB); a larger upload is refused with 413.
+    pub max_package_mb: u64,
+}
+
+impl Default for OtaConfig {
+    fn default() -> Self {
+        Self {
+            max_package_mb: 256,
+        }
+    }
+}
+
 /// `[auth]` settings.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -300,6 +317,7 @@ impl Default for Config {
             backup: BackupConfig::default(),
             retention: RetentionConfig::default(),
             jobs: JobsConfig::default(),
+            ota: OtaConfig::default(),
             auth: AuthConfig::default(),
             accept_data_loss: false,
         }
@@ -455,6 +473,9 @@ impl Config {
     }
 
     fn validate(&self, problems: &mut Vec<String>) {
+        if !(1..=65_536).contains(&self.ota.max_package_mb) {
+            problems.push("ota.max_package_mb: 1 to 65536".into());
+        }
         let addr = |key: &str, v: &str, problems: &mut Vec<String>| {
             if v.parse::<SocketAddr>().is_err() {
                 problems.push(format!(
@@ -640,6 +661,7 @@ fn deserialize_collecting(table: toml::Table, problems: &mut Vec<String>) -> Opt
                     "audit" => AuditConfig::deserialize(value).map(drop),
                     "retention" => RetentionConfig::deserialize(value).map(drop),
                     "jobs" => JobsConfig::deserialize(value).map(drop),
+                    "ota" => OtaConfig::deserialize(value).map(drop),
                     "auth" => AuthConfig::deserialize(value).map(drop),
                     "data_dir" | "admin_key" | "admin_key_file" => {
                         top.insert(key.clone(), value);

@@ -49,6 +49,8 @@ pub enum ErrorKind {
     Denied,
     /// Too many attempts: try again later.
     Throttled,
+    /// The request's content is over a size cap; nothing was stored.
+    TooLarge,
     /// Free disk space is below the reserve: nothing was stored; try again once there is room.
     StorageFull,
     /// The server cannot serve it now (shutting down, storage failing); nothing was changed.
@@ -83,6 +85,9 @@ pub enum Error {
         message: String,
         retry_after_secs: u32,
     },
+    /// What was sent is over a cap (`limit` bytes); nothing was stored.
+    #[error("{what} is larger than the {limit}-byte cap")]
+    TooLarge { what: &'static str, limit: u64 },
     #[error(transparent)]
     Store(StoreError),
     #[error("{0}")]
@@ -129,6 +134,7 @@ impl Error {
             Error::Unsupported(_) => ErrorKind::Unsupported,
             Error::Denied(_) => ErrorKind::Denied,
             Error::Throttled { .. } => ErrorKind::Throttled,
+            Error::TooLarge { .. } => ErrorKind::TooLarge,
             Error::Store(e) => store_kind(e),
             Error::Internal(_) => ErrorKind::Internal,
         }
@@ -150,6 +156,7 @@ impl Error {
             Error::Denied(Denial::InvalidSetup) => "invalid_setup_token",
             Error::Denied(Denial::Forbidden(_)) => "forbidden",
             Error::Throttled { .. } => "too_many_attempts",
+            Error::TooLarge { .. } => "payload_too_large",
             Error::Store(e) if store_kind(e) == ErrorKind::StorageFull => "insufficient_storage",
             Error::Store(e) if store_kind(e) == ErrorKind::Unavailable => "unavailable",
             Error::Store(_) | Error::Internal(_) => "internal",

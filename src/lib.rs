@@ -2,7 +2,7 @@
 //!
 //! Layers, bottom to top (dependencies point down only; `tests/it/layers.rs` checks it):
 //! `config`, `metrics`, `model`, `names`, `limits`, `secrets` → `store`, `workers` → `error`,
-//! `pki`, `events`, `audit` → `devices` → `integrations` → `data`, `auth`, `jobs`, `conditions` →
+//! `pki`, `events`, `audit` → `devices` → `integrations` → `data`, `auth`, `jobs`, `conditions`, `ota` →
 //! `services` → `backups`, `device_messages` → transports `mqtt`, `api` → `app`, `client` → `sim` → `cli` →
 //! `fuzzing` (harness only).
 
@@ -29,6 +29,7 @@ pub mod metrics;
 pub mod model;
 pub mod mqtt;
 pub mod names;
+pub mod ota;
 pub mod pki;
 pub mod secrets;
 pub mod services;

@@ -93,6 +93,7 @@ id_type!(
     IntegrationId,
     "Identifies an integration (an outbound webhook)."
 );
+id_type!(PackageId, "Identifies a firmware or software package.");
 id_type!(
     ConditionId,
     "Identifies a device condition (an alarm a device opened); time-ordered."
@@ -372,6 +373,8 @@ audit_kinds! {
     Logout = "logout",
     ManufacturerCaAdded = "manufacturer_ca_added",
     ManufacturerCaRemoved = "manufacturer_ca_removed",
+    PackageDeleted = "package_deleted",
+    PackageUploaded = "package_uploaded",
     ProvisionFailed = "provision_failed",
     ProvisioningKeyRemoved = "provisioning_key_removed",
     ProvisioningKeySet = "provisioning_key_set",
@@ -1088,4 +1091,111 @@ pub struct RawQuery {
 pub struct RawPage {
     pub series: Vec<(String, Vec<Point>)>,
     pub next: Option<(String, Millis)>,
+}
+
+/// What a package updates: ThingsBoard's `OtaPackageType`. Its shared attributes and topics
+/// use the prefix `fw` or `sw`.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, ToSchema,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum PackageKind {
+    Firmware,
+    Software,
+}
+
+impl PackageKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Firmware => "firmware",
+            Self::Software => "software",
+        }
+    }
+
+    /// The prefix of its shared attributes and MQTT topics (`fw_title`, `v2/fw/...`).
+    pub fn prefix(self) -> &'static str {
+        match self {
+            Self::Firmware => "fw",
+            Self::Software => "sw",
+        }
+    }
+}
+
+/// A checksum algorithm ThingsBoard devices know (`ChecksumAlgorithm`), by its ThingsBoard
+/// name, which is what the `fw_checksum_algorithm` attribute carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+pub enum ChecksumAlgorithm {
+    #[serde(rename = "MD5")]
+    Md5,
+    #[serde(rename = "SHA256")]
+    Sha256,
+    #[serde(rename = "SHA384")]
+    Sha384,
+    #[serde(rename = "SHA512")]
+    Sha512,
+    #[serde(rename = "CRC32")]
+    Crc32,
+    #[serde(rename = "MURMUR3_32")]
+    Murmur3_32,
+    #[serde(rename = "MURMUR3_128")]
+    Murmur3_128,
+}
+
+impl ChecksumAlgorithm {
+    pub const ALL: &[ChecksumAlgorithm] = &[
+        Self::Md5,
+        Self::Sha256,
+        Self::Sha384,
+        Self::Sha512,
+        Self::Crc32,
+        Self::Murmur3_32,
+        Self::Murmur3_128,
+    ];
+
+    /// The ThingsBoard name (`SHA256`, `MURMUR3_32`, ...).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Md5 => "MD5",
+            Self::Sha256 => "SHA256",
+            Self::Sha384 => "SHA384",
+            Self::Sha512 => "SHA512",
+            Self::Crc32 => "CRC32",
+            Self::Murmur3_32 => "MURMUR3_32",
+            Self::Murmur3_128 => "MURMUR3_128",
+        }
+    }
+
+    /// Reads a ThingsBoard name, in any case.
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL
+            .iter()
+            .copied()
+            .find(|a| a.as_str().eq_ignore_ascii_case(s))
+    }
+}
+
+/// A stored firmware or software package: its metadata. The file itself lives in the data
+/// directory under its SHA-256 (`packages/<sha256>`), so two packages with the same bytes share
+/// one file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Package {
+    pub id: PackageId,
+    pub kind: PackageKind,
+    pub title: String,
+    pub version: String,
+    /// Only this fleet's devices may be given it; `None`: any fleet.
+    pub fleet_id: Option<FleetId>,
+    /// The file name devices and downloads see.
+    pub file_name: String,
+    pub content_type: String,
+    /// Exact size in bytes (devices stop reading at this count).
+    pub size: u64,
+    /// SHA-256 of the file, lowercase hex: where the file is kept, and what a manifest signs.
+    pub sha256: String,
+    /// The checksum devices are told to verify (`fw_checksum_algorithm`, `fw_checksum`).
+    pub checksum_algorithm: ChecksumAlgorithm,
+    pub checksum: String,
+    pub created_at: Millis,
+    /// Who uploaded it (a username, or `api-key:NAME`).
+    pub created_by: String,
 }

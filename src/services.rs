@@ -19,6 +19,7 @@ use crate::integrations::{IntegrationService, Router};
 use crate::jobs::JobService;
 use crate::limits::{ConnectionCap, KeyedLimiter};
 use crate::metrics::Metrics;
+use crate::ota::PackageService;
 use crate::pki::Pki;
 use crate::store::ports::{BackupStore, Ports};
 
@@ -34,6 +35,8 @@ pub struct Services {
     pub conditions: ConditionService,
     pub integrations: IntegrationService,
     pub provisioning: ProvisioningService,
+    /// Firmware and software packages.
+    pub packages: PackageService,
     pub sessions: Arc<Sessions>,
     pub presence: Arc<Presence>,
     pub data: DataService,
@@ -101,6 +104,13 @@ impl Services {
             events.clone(),
             config.jobs.clone(),
         );
+        let packages = PackageService::new(
+            ports.packages.clone(),
+            registry.clone(),
+            audit.clone(),
+            &config.data_dir,
+            config.ota.max_package_mb << 20,
+        );
         let conditions =
             ConditionService::new(ports.conditions.clone(), registry.clone(), events.clone());
         let l = &config.limits;
@@ -144,6 +154,7 @@ impl Services {
             attributes,
             jobs,
             provisioning,
+            packages,
             sessions,
             audit,
             config,

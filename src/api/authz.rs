@@ -274,6 +274,8 @@ pub enum Action {
     Fleet(FleetId, Role),
     /// `role` on a device's fleet.
     Device(DeviceId, Role),
+    /// Server-wide objects: server administrators.
+    Server,
 }
 
 /// The authenticated caller, for handlers that check explicitly.
@@ -308,6 +310,7 @@ impl Caller {
                 Scope::Fleet(w, f) => fleet_role(p, w, f, role, "device"),
                 Scope::Server => server_admin(p),
             },
+            Action::Server => server_admin(p),
         }
     }
 

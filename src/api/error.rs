@@ -122,6 +122,7 @@ impl From<Error> for ApiError {
             }
             ErrorKind::Denied => StatusCode::FORBIDDEN,
             ErrorKind::Throttled => StatusCode::TOO_MANY_REQUESTS,
+            ErrorKind::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ErrorKind::StorageFull => StatusCode::INSUFFICIENT_STORAGE,
             ErrorKind::Unavailable | ErrorKind::Internal => return ApiError::internal(e),
         };

@@ -20,6 +20,7 @@ mod integrations;
 mod jobs;
 mod json;
 mod openapi;
+mod packages;
 mod reference;
 mod registry;
 mod telemetry;
@@ -95,6 +96,7 @@ fn api_v1() -> (Router<Arc<Services>>, utoipa::openapi::OpenApi) {
         .merge(backup::routes())
         .merge(telemetry::routes())
         .merge(workers::routes())
+        .merge(packages::routes())
         .split_for_parts()
 }
 

@@ -10,6 +10,7 @@ mod banner;
 mod conditions;
 mod credentials;
 mod data;
+mod firmware;
 mod integrations;
 mod jobs;
 mod output;
@@ -101,6 +102,9 @@ enum Command {
     /// Conditions devices reported: list, show, acknowledge, close.
     #[command(subcommand)]
     Condition(conditions::ConditionCmd),
+    /// Firmware and software packages: upload, list, show, download, delete.
+    #[command(subcommand)]
+    Firmware(firmware::FirmwareCmd),
     /// Write an online backup of a running server to a file (`backup FILE`), or check one
     /// (`backup verify FILE`).
     Backup(backup::BackupArgs),
@@ -201,6 +205,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::User(c) => runtime()?.block_on(users::run(c)),
         Command::Integration(c) => runtime()?.block_on(integrations::run(c)),
         Command::Condition(c) => runtime()?.block_on(conditions::run(c)),
+        Command::Firmware(c) => runtime()?.block_on(firmware::run(c)),
         Command::Backup(a) => runtime()?.block_on(backup::run(a)),
         Command::Restore(a) => runtime()?.block_on(backup::restore(a)),
         Command::Simulate(a) => {

@@ -121,7 +121,9 @@ pub fn parse_body(body: Map<String, Json>) -> Result<Vec<(String, Value)>> {
             message: format!("key {k:?} contains a comma: keys are listed comma-separated"),
         });
     }
-    protocol::parse_values(body).map_err(|e| Error::Invalid {
+    // What an operator sets reaches devices with the JSON type it was given: a version such
+    // as "2.0" must not turn into the number 2.0 (the SDK compares versions as sent).
+    protocol::parse_values_as_sent(body).map_err(|e| Error::Invalid {
         field: "attributes",
         message: e.to_string(),
     })

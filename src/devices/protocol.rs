@@ -277,8 +277,28 @@ pub fn parse_attribute_request(payload: &[u8]) -> AttributeRequest {
     }
 }
 
-/// Converts a JSON object of key → value into typed values, skipping nulls.
+/// Converts a JSON object of key → value sent by a device into typed values, skipping nulls:
+/// numeric strings become numbers, as ThingsBoard types device data.
 pub fn parse_values(obj: Map<String, Json>) -> Result<Vec<(String, Value)>, PayloadError> {
+    values(obj, Strings::Cast)
+}
+
+/// As `parse_values`, for values an operator sets: a JSON string stays a string (`"2.0"` and
+/// `"1.10"` are versions, not numbers), every other JSON type maps as for a device.
+pub fn parse_values_as_sent(obj: Map<String, Json>) -> Result<Vec<(String, Value)>, PayloadError> {
+    values(obj, Strings::Keep)
+}
+
+/// What a JSON string becomes.
+#[derive(Clone, Copy)]
+enum Strings {
+    /// A number when it reads as one (device data, ThingsBoard's JSON_TYPE_CAST_ENABLED).
+    Cast,
+    /// Always a string.
+    Keep,
+}
+
+fn values(obj: Map<String, Json>, strings: Strings) -> Result<Vec<(String, Value)>, PayloadError> {
     let mut out = Vec::with_capacity(obj.len());
     for (k, v) in obj {
         // Control characters (NUL, newlines, escapes) in a key only break what reads it back:
@@ -286,7 +306,7 @@ pub fn parse_values(obj: Map<String, Json>) -> Result<Vec<(String, Value)>, Payl
         if k.is_empty() || k.len() > MAX_KEY_LEN || k.chars().any(char::is_control) {
             return Err(PayloadError::BadKey);
         }
-        if let Some(v) = typed(v) {
+        if let Some(v) = typed(v, strings) {
             out.push((k, v));
         }
     }
@@ -294,13 +314,16 @@ pub fn parse_values(obj: Map<String, Json>) -> Result<Vec<(String, Value)>, Payl
 }
 
 /// §4: integers without a fraction are longs, other numbers doubles; strings that parse as
-/// numbers become numbers (ThingsBoard's JSON_TYPE_CAST_ENABLED default); nested values stay JSON.
-fn typed(v: Json) -> Option<Value> {
+/// numbers become numbers when `strings` says so; nested values stay JSON.
+fn typed(v: Json, strings: Strings) -> Option<Value> {
     Some(match v {
         Json::Null => return None,
         Json::Bool(b) => Value::Bool(b),
         Json::Number(n) => number(&n),
-        Json::String(s) => cast_string(s),
+        Json::String(s) => match strings {
+            Strings::Cast => cast_string(s),
+            Strings::Keep => Value::Str(s),
+        },
         j @ (Json::Array(_) | Json::Object(_)) => Value::Json(j),
     })
 }
@@ -338,6 +361,31 @@ mod tests {
 
     fn p(s: &str) -> Result<Telemetry, PayloadError> {
         parse_telemetry(s.as_bytes(), 1000)
+    }
+
+    #[test]
+    fn strings_an_operator_sets_stay_strings() {
+        let obj = |j: Json| match j {
+            Json::Object(o) => o,
+            _ => unreachable!(),
+        };
+        let body = serde_json::json!({"fw_version": "2.0", "v": "1.10", "n": 2.0, "i": 3});
+        let mut kept = parse_values_as_sent(obj(body.clone())).expect("parse");
+        kept.sort_by(|a, b| a.0.cmp(&b.0));
+        assert_eq!(
+            kept,
+            vec![
+                ("fw_version".into(), Value::Str("2.0".into())),
+                ("i".into(), Value::Long(3)),
+                ("n".into(), Value::Double(2.0)),
+                ("v".into(), Value::Str("1.10".into())),
+            ]
+        );
+        // A device's numeric strings keep ThingsBoard's typing.
+        let mut cast = parse_values(obj(body)).expect("parse");
+        cast.sort_by(|a, b| a.0.cmp(&b.0));
+        assert_eq!(cast[0], ("fw_version".into(), Value::Double(2.0)));
+        assert_eq!(cast[3], ("v".into(), Value::Double(1.1)));
     }
 
     #[test]

@@ -9,7 +9,8 @@ use super::ports::Fut;
 
 use super::ports::{
     AttributeStore, BackupStore, ConditionStore, Durable, IdentityStore, IntegrationStore,
-    JobStore, JobWriter, OperatorStore, Ports, RegistryStore, StoreFootprint, TelemetryStore,
+    JobStore, JobWriter, OperatorStore, PackageStore, Ports, RegistryStore, StoreFootprint,
+    TelemetryStore,
 };
 use super::{
     Agg, ConditionScan, CredentialClash, CredentialKey, Cursor, DeadLetter, DeviceClash, Enqueue,
@@ -36,6 +37,7 @@ impl Store {
             conditions: s.clone(),
             integrations: s.clone(),
             operators: s.clone(),
+            packages: s.clone(),
             backup: s,
         }
     }
@@ -612,4 +614,25 @@ impl BackupStore for Store {
 /// future is ready at once.
 fn done<'a, T: Send + 'a>(r: Result<T>) -> Fut<'a, T> {
     Box::pin(std::future::ready(r))
+}
+
+impl PackageStore for Store {
+    fn add_package<'a>(
+        &'a self,
+        p: &'a crate::model::Package,
+    ) -> Fut<'a, std::result::Result<(), NameClash>> {
+        done(self.db.add_package(p))
+    }
+    fn get_package<'a>(
+        &'a self,
+        id: crate::model::PackageId,
+    ) -> Fut<'a, Option<crate::model::Package>> {
+        done(self.db.get_package(id))
+    }
+    fn packages<'a>(&'a self) -> Fut<'a, Vec<crate::model::Package>> {
+        done(self.db.packages())
+    }
+    fn delete_package<'a>(&'a self, p: &'a crate::model::Package) -> Fut<'a, ()> {
+        done(self.db.delete_package(p))
+    }
 }

@@ -16,6 +16,7 @@ pub mod guard;
 mod integrations;
 mod jobs;
 mod logged;
+mod packages;
 pub mod ports;
 mod registry;
 mod telemetry;
@@ -211,6 +212,8 @@ struct Trees {
     integrations: sled::Tree,
     int_queue: sled::Tree,
     int_dead: sled::Tree,
+    packages: sled::Tree,
+    package_keys: sled::Tree,
 }
 
 /// Options for opening the store.
@@ -357,6 +360,8 @@ impl Store {
             integrations: t("integrations")?,
             int_queue: t("int_queue")?,
             int_dead: t("int_dead")?,
+            packages: t("packages")?,
+            package_keys: t("package_keys")?,
         };
         let generation = read_generation(&trees.meta)?;
         match &state {

@@ -368,6 +368,7 @@ struct World {
     fleet_job: String,
     schedule: String,
     condition: String,
+    package: String,
 }
 
 async fn world(api: &Api, key: &str, name: &str) -> World {
@@ -435,6 +436,22 @@ async fn world(api: &Api, key: &str, name: &str) -> World {
         .await
         .expect("send");
     let opened: Value = r.json().await.expect("json");
+    // A package for the fleet (any bytes will do: here a JSON text).
+    let r = api
+        .c
+        .post(format!("{}/api/v1/packages", api.base))
+        .bearer_auth(key)
+        .query(&[
+            ("title", name),
+            ("version", "1"),
+            ("fleet_id", fleet.as_str()),
+        ])
+        .body("image")
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(r.status(), 201);
+    let package: Value = r.json().await.expect("json");
     let sc = post(
         "/schedules",
         json!({"name": "s", "device_id": device, "method": "m", "trigger": {"cron": {"expr": "@daily"}}}),
@@ -449,6 +466,7 @@ async fn world(api: &Api, key: &str, name: &str) -> World {
         job: job["id"].as_str().expect("job").to_string(),
         fleet_job: fj["id"].as_str().expect("fleet job").to_string(),
         schedule: sc["id"].as_str().expect("schedule").to_string(),
+        package: package["id"].as_str().expect("package").to_string(),
         condition: opened["conditions"][0]["id"]
             .as_str()
             .expect("condition")
@@ -486,7 +504,14 @@ fn needs(method: &str, path: &str) -> Option<&'static str> {
     let read = method == "get";
     match path {
         "/auth/me" | "/auth/logout" | "/overview" | "/events" | "/audit" | "/export" => None,
-        "/workspaces" | "/fleets" | "/devices" | "/schedules" | "/conditions" if read => None,
+        "/workspaces" | "/fleets" | "/devices" | "/schedules" | "/conditions" | "/packages"
+            if read =>
+        {
+            None
+        }
+        // Without a `fleet_id`, an upload is a package for every fleet.
+        "/packages" => Some("server"),
+        "/packages/{id}" if method == "delete" => Some("admin"),
         p if p.starts_with("/users") => Some("self"),
         p if p.starts_with("/integrations") || p == "/backup" => Some("server"),
         "/workspaces" | "/retention/sweep" | "/store/usage" | "/workers" => Some("server"),
@@ -571,6 +596,7 @@ async fn every_route_checks_role_and_workspace() {
                 .replace("/fleet-jobs/{id}", &format!("/fleet-jobs/{}", w1.fleet_job))
                 .replace("/schedules/{id}", &format!("/schedules/{}", w1.schedule))
                 .replace("/conditions/{id}", &format!("/conditions/{}", w1.condition))
+                .replace("/packages/{id}", &format!("/packages/{}", w1.package))
                 .replace("/users/{id}", &format!("/users/{outsider_id}"))
                 .replace(
                     "/integrations/{id}",
@@ -630,6 +656,7 @@ async fn every_route_checks_role_and_workspace() {
                 || path.starts_with("/fleet-jobs/")
                 || path.starts_with("/schedules/{id}")
                 || path.starts_with("/conditions/{id}")
+                || path.starts_with("/packages/{id}")
             {
                 let (s, v) = call(Some(customer.clone())).await;
                 assert_eq!(s, 404, "customer: {m} {path} → {v}");

@@ -28,6 +28,7 @@ const LAYERS: &[(&str, u32)] = &[
     ("auth", 6),
     ("jobs", 6),
     ("conditions", 6),
+    ("ota", 6),
     ("services", 7),
     ("backups", 8),
     ("device_messages", 8),

@@ -24,6 +24,7 @@ mod integrations;
 mod jobs;
 mod layers;
 mod mqtt_ingest;
+mod ota;
 mod power_loss;
 mod query_scale;
 mod rest_api;

@@ -393,6 +393,9 @@ async fn every_documented_route_requires_an_api_key_and_exists() {
         "/users/{id}/api-keys",
         "/users/{id}/api-keys/{key_id}",
         "/overview",
+        "/packages",
+        "/packages/{id}",
+        "/packages/{id}/file",
         "/devices/{id}/connections",
         "/integrations",
         "/integrations/{id}",
@@ -478,7 +481,7 @@ async fn every_documented_route_requires_an_api_key_and_exists() {
             checked += 1;
         }
     }
-    assert_eq!(checked, 91);
+    assert_eq!(checked, 96);
     let resp = c
         .get(format!("{base}/api/v1/nothing"))
         .bearer_auth(&t.admin_key)

@@ -34,6 +34,7 @@ mod identity;
 mod integrations;
 mod jobs;
 mod operators;
+mod packages;
 mod registry;
 mod telemetry;
 
@@ -43,6 +44,7 @@ pub use identity::IdentityStore;
 pub use integrations::IntegrationStore;
 pub use jobs::{JobStore, JobWriter};
 pub use operators::OperatorStore;
+pub use packages::PackageStore;
 pub use registry::RegistryStore;
 pub use telemetry::{StoreFootprint, TelemetryStore};
 
@@ -77,6 +79,7 @@ pub struct Ports {
     pub conditions: std::sync::Arc<dyn ConditionStore>,
     pub integrations: std::sync::Arc<dyn IntegrationStore>,
     pub operators: std::sync::Arc<dyn OperatorStore>,
+    pub packages: std::sync::Arc<dyn PackageStore>,
     pub backup: std::sync::Arc<dyn BackupStore>,
 }
 

@@ -1,0 +1,304 @@
+//! REST routes for firmware and software packages: upload (the raw file as the body, streamed
+//! to disk), list, show, download (with `Range`, for devices and tools that resume) and delete.
+//! A package for one fleet is that fleet's: its viewers read it, its workspace admins upload and
+//! delete it. A package for any fleet is read by every signed-in user and managed by server
+//! admins.
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use futures_util::StreamExt;
+use tokio::io::{AsyncReadExt, AsyncSeekExt};
+use utoipa_axum::{router::OpenApiRouter, routes};
+
+use super::ApiResult;
+use super::authz::{Action, Caller};
+use super::error::{ApiError, ApiPath, ApiQuery, ErrorBody};
+use crate::model::{Package, PackageId, Role};
+use crate::ota::{NewPackage, PackageFilter, PackageView};
+use crate::services::Services;
+
+type S = State<Arc<Services>>;
+
+pub fn routes() -> OpenApiRouter<Arc<Services>> {
+    OpenApiRouter::new()
+        .routes(routes!(list_packages, upload_package))
+        .routes(routes!(get_package, delete_package))
+        .routes(routes!(download_package))
+}
+
+/// Checks that the caller may `role` the package: `role` on its fleet, or, for a package of
+/// every fleet, anyone signed in to read and a server admin to change. 404 when the caller
+/// does not see it.
+async fn check(caller: &Caller, p: &Package, role: Role) -> ApiResult<()> {
+    let res = match p.fleet_id {
+        Some(f) => caller.require(Action::Fleet(f, role)).await,
+        None if role == Role::Viewer => {
+            caller.filters();
+            Ok(())
+        }
+        None => caller.require(Action::Server).await,
+    };
+    res.map_err(|e| {
+        if e.status == StatusCode::NOT_FOUND {
+            ApiError::not_found("package")
+        } else {
+            e
+        }
+    })
+}
+
+/// Upload a package
+///
+/// Stores a firmware or software package: the request body is the file itself (any content
+/// type), streamed to disk and hashed on the way, never held whole in memory. Title, version,
+/// type, fleet, checksum algorithm and file name are query parameters. The SHA-256 is always
+/// computed; the checksum devices verify (`fw_checksum`) uses `checksum_algorithm` (SHA256 by
+/// default) and is written as ThingsBoard devices expect. Answers once the file and its record
+/// are durable. A package for a fleet needs the admin role on the fleet's workspace; a package
+/// for every fleet needs a server admin. Recorded in the audit log (`package_uploaded`).
+/// Errors: 409 `name_taken` (the type, title and version exist), 413 `payload_too_large` (over
+/// `ota.max_package_mb`), 422 `invalid_field` (title, version, algorithm, file name, an empty
+/// or broken-off body).
+#[utoipa::path(post, path = "/packages", tag = "ota", params(NewPackage),
+    request_body(content = Vec<u8>, content_type = "application/octet-stream", description = "the package file"),
+    responses((status = 201, body = PackageView), (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody), (status = 413, body = ErrorBody), (status = 422, body = ErrorBody)))]
+async fn upload_package(
+    State(s): S,
+    caller: Caller,
+    ApiQuery(new): ApiQuery<NewPackage>,
+    body: Body,
+) -> Response {
+    match upload(&s, &caller, new, body).await {
+        Ok(view) => (StatusCode::CREATED, axum::Json(view)).into_response(),
+        Err(e) => {
+            // A refusal may come before the body was read through: the connection cannot be
+            // used for another request, and the client is told so rather than finding out.
+            let mut r = e.into_response();
+            r.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            r
+        }
+    }
+}
+
+async fn upload(
+    s: &Services,
+    caller: &Caller,
+    new: NewPackage,
+    body: Body,
+) -> ApiResult<PackageView> {
+    match new.fleet_id {
+        Some(f) => caller.require(Action::Fleet(f, Role::Admin)).await?,
+        None => caller.require(Action::Server).await?,
+    }
+    // Refusals that need no byte of the file come before it is read.
+    s.packages.check_new(&new).await?;
+    let by = caller.principal.name.clone();
+    Ok(s.packages.upload(new, body.into_data_stream(), &by).await?)
+}
+
+/// List packages
+///
+/// Returns the packages the caller may read, newest first: those of the fleets they see and
+/// those for every fleet. Filter by `type`, `fleet_id` (that fleet's and those for every
+/// fleet) and `title`.
+#[utoipa::path(get, path = "/packages", tag = "ota", params(PackageFilter),
+    responses((status = 200, body = Vec<PackageView>)))]
+async fn list_packages(
+    State(s): S,
+    caller: Caller,
+    ApiQuery(f): ApiQuery<PackageFilter>,
+) -> ApiResult<axum::Json<Vec<PackageView>>> {
+    let who = caller.filters().clone();
+    // The fleets the caller sees, looked up once each.
+    let mut fleets = std::collections::HashMap::new();
+    for p in s.packages.list(&f, |_| true).await? {
+        if let Some(fl) = p.fleet_id
+            && !fleets.contains_key(&fl)
+        {
+            let sees = s.sees_fleet(&who, fl).await;
+            fleets.insert(fl, sees);
+        }
+    }
+    let list = s
+        .packages
+        .list(&f, |p| {
+            p.fleet_id.is_none_or(|fl| fleets.get(&fl) == Some(&true))
+        })
+        .await?;
+    Ok(axum::Json(list))
+}
+
+/// Get a package
+///
+/// Returns a package's metadata: size, SHA-256 and the checksum devices verify. Needs the
+/// viewer role on its fleet (any signed-in user for a package of every fleet).
+#[utoipa::path(get, path = "/packages/{id}", tag = "ota",
+    params(("id" = String, Path, description = "package id")),
+    responses((status = 200, body = PackageView), (status = 404, body = ErrorBody)))]
+async fn get_package(
+    State(s): S,
+    caller: Caller,
+    ApiPath(id): ApiPath<PackageId>,
+) -> ApiResult<axum::Json<PackageView>> {
+    let p = s.packages.record(id).await?;
+    check(&caller, &p, Role::Viewer).await?;
+    Ok(axum::Json(PackageView::from(&p)))
+}
+
+/// Delete a package
+///
+/// Deletes a package and, unless another package has the same bytes, its file. Needs the admin
+/// role on its fleet (a server admin for a package of every fleet). Recorded in the audit log
+/// (`package_deleted`).
+#[utoipa::path(delete, path = "/packages/{id}", tag = "ota",
+    params(("id" = String, Path, description = "package id")),
+    responses((status = 204), (status = 404, body = ErrorBody)))]
+async fn delete_package(
+    State(s): S,
+    caller: Caller,
+    ApiPath(id): ApiPath<PackageId>,
+) -> ApiResult<StatusCode> {
+    let p = s.packages.record(id).await?;
+    check(&caller, &p, Role::Admin).await?;
+    s.packages.delete(id, &caller.principal.name).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Download a package's file
+///
+/// Streams the file, with `Content-Disposition` naming it and its SHA-256 in `x-sha256`. A
+/// single `Range: bytes=first-last` (or `first-`, or `-suffix`) gets 206 with that part, so a
+/// download can resume; a range past the end gets 416. Needs the viewer role on its fleet (any
+/// signed-in user for a package of every fleet).
+#[utoipa::path(get, path = "/packages/{id}/file", tag = "ota",
+    params(("id" = String, Path, description = "package id")),
+    responses((status = 200, content_type = "application/octet-stream", body = Vec<u8>),
+        (status = 206, content_type = "application/octet-stream", body = Vec<u8>),
+        (status = 404, body = ErrorBody), (status = 416, body = ErrorBody)))]
+async fn download_package(
+    State(s): S,
+    caller: Caller,
+    ApiPath(id): ApiPath<PackageId>,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
+    let p = s.packages.record(id).await?;
+    check(&caller, &p, Role::Viewer).await?;
+    let range = match headers.get(header::RANGE) {
+        None => None,
+        Some(v) => match parse_range(v.to_str().unwrap_or(""), p.size) {
+            Some(r) => Some(r),
+            None => {
+                let mut e = ApiError::new(
+                    StatusCode::RANGE_NOT_SATISFIABLE,
+                    "range_not_satisfiable",
+                    format!("the file has {} bytes; ask for one range inside it", p.size),
+                )
+                .into_response();
+                e.headers_mut().insert(
+                    header::CONTENT_RANGE,
+                    HeaderValue::from_str(&format!("bytes */{}", p.size))
+                        .map_err(ApiError::internal)?,
+                );
+                return Ok(e);
+            }
+        },
+    };
+    let (start, end) = range.unwrap_or((0, p.size.saturating_sub(1)));
+    let len = if p.size == 0 { 0 } else { end - start + 1 };
+    let mut file = s.packages.open(&p).await?;
+    file.seek(std::io::SeekFrom::Start(start))
+        .await
+        .map_err(ApiError::internal)?;
+    let body = Body::from_stream(read_chunks(file, len));
+    let mut r = Response::new(body);
+    *r.status_mut() = if range.is_some() {
+        StatusCode::PARTIAL_CONTENT
+    } else {
+        StatusCode::OK
+    };
+    let h = r.headers_mut();
+    let hv = |s: String| HeaderValue::from_str(&s).map_err(ApiError::internal);
+    h.insert(header::CONTENT_TYPE, hv(p.content_type.clone())?);
+    h.insert(header::CONTENT_LENGTH, hv(len.to_string())?);
+    h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+    h.insert(
+        header::CONTENT_DISPOSITION,
+        hv(format!("attachment; filename=\"{}\"", p.file_name))?,
+    );
+    h.insert("x-sha256", hv(p.sha256.clone())?);
+    if range.is_some() {
+        h.insert(
+            header::CONTENT_RANGE,
+            hv(format!("bytes {start}-{end}/{}", p.size))?,
+        );
+    }
+    Ok(r)
+}
+
+/// The first and last byte of a single `bytes=` range within `size` bytes; `None` when it is
+/// not one satisfiable range.
+fn parse_range(v: &str, size: u64) -> Option<(u64, u64)> {
+    let spec = v.trim().strip_prefix("bytes=")?;
+    if spec.contains(',') || size == 0 {
+        return None;
+    }
+    let (a, b) = spec.split_once('-')?;
+    let (a, b) = (a.trim(), b.trim());
+    let (start, end) = if a.is_empty() {
+        // The last `b` bytes.
+        let n: u64 = b.parse().ok().filter(|n| *n > 0)?;
+        (size.saturating_sub(n), size - 1)
+    } else {
+        let start: u64 = a.parse().ok()?;
+        let end = if b.is_empty() {
+            size - 1
+        } else {
+            b.parse::<u64>().ok()?.min(size - 1)
+        };
+        (start, end)
+    };
+    (start <= end && start < size).then_some((start, end))
+}
+
+/// `len` bytes of `file` from where it stands, in chunks: memory per download is one chunk.
+fn read_chunks(
+    file: tokio::fs::File,
+    len: u64,
+) -> impl futures_util::Stream<Item = Result<bytes::Bytes, std::io::Error>> {
+    const CHUNK: u64 = 64 << 10;
+    futures_util::stream::unfold((file, len), |(mut file, left)| async move {
+        if left == 0 {
+            return None;
+        }
+        let mut buf = vec![0u8; CHUNK.min(left) as usize];
+        match file.read_exact(&mut buf).await {
+            Ok(_) => Some((Ok(bytes::Bytes::from(buf)), (file, left - CHUNK.min(left)))),
+            Err(e) => Some((Err(e), (file, 0))),
+        }
+    })
+    .boxed()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_range;
+
+    #[test]
+    fn ranges() {
+        assert_eq!(parse_range("bytes=0-9", 100), Some((0, 9)));
+        assert_eq!(parse_range("bytes=90-", 100), Some((90, 99)));
+        assert_eq!(parse_range("bytes=-10", 100), Some((90, 99)));
+        assert_eq!(parse_range("bytes=-200", 100), Some((0, 99)));
+        assert_eq!(parse_range("bytes=50-500", 100), Some((50, 99)));
+        assert_eq!(parse_range("bytes=100-", 100), None);
+        assert_eq!(parse_range("bytes=5-2", 100), None);
+        assert_eq!(parse_range("bytes=0-1,4-5", 100), None);
+        assert_eq!(parse_range("items=0-1", 100), None);
+    }
+}

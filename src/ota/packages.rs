@@ -1,0 +1,438 @@
+//! The package library: uploads streamed to disk and hashed on the way (never held whole in
+//! memory), stored by content hash in `<data_dir>/packages/<sha256>`, and their records
+//! (title, version, checksum) in the store. A 2xx for an upload means the file and its record
+//! are durable: the file is synced and renamed into place before the record is committed.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures_util::{Stream, StreamExt};
+use serde::{Deserialize, Serialize};
+use tokio::io::AsyncWriteExt;
+use utoipa::ToSchema;
+
+use super::checksum::{self, Hashing};
+use crate::audit::{AuditLog, Entry};
+use crate::devices::Registry;
+use crate::error::{Conflict, Error};
+use crate::model::{
+    AuditKind, ChecksumAlgorithm, FleetId, Millis, Package, PackageId, PackageKind, now_ms,
+};
+use crate::store::ports::{NameClash, PackageStore};
+
+type Result<T> = std::result::Result<T, Error>;
+
+/// Longest version string, in characters.
+pub const MAX_VERSION: usize = 64;
+/// Longest file name, in bytes.
+const MAX_FILE_NAME: usize = 255;
+
+/// What an upload says about the file it carries.
+#[derive(Debug, Clone, Default, Deserialize, ToSchema, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct NewPackage {
+    /// `firmware` (default) or `software`.
+    #[serde(default, rename = "type")]
+    #[param(rename = "type", value_type = Option<PackageKind>)]
+    pub kind: Option<PackageKind>,
+    /// 1 to 128 characters (ThingsBoard's `fw_title`). Required.
+    #[serde(default)]
+    pub title: String,
+    /// 1 to 64 characters (`fw_version`); unique with the title, per type. Required.
+    #[serde(default)]
+    pub version: String,
+    /// Only this fleet's devices may be given it; absent: any fleet (server admins only).
+    #[serde(default)]
+    pub fleet_id: Option<FleetId>,
+    /// The checksum devices verify: `SHA256` (default), `SHA384`, `SHA512`, `MD5`, `CRC32`,
+    /// `MURMUR3_32` or `MURMUR3_128`. The last three fail the ThingsBoard SDK's check for
+    /// about 1 image in 256 (see docs/ota.md).
+    #[serde(default)]
+    #[param(value_type = Option<String>)]
+    pub checksum_algorithm: Option<String>,
+    /// The name devices and downloads see; default `<title>-<version>.bin`.
+    #[serde(default)]
+    pub file_name: Option<String>,
+}
+
+/// Which packages a listing returns.
+#[derive(Debug, Clone, Default, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct PackageFilter {
+    /// Only this type.
+    #[serde(default, rename = "type")]
+    #[param(rename = "type", value_type = Option<PackageKind>)]
+    pub kind: Option<PackageKind>,
+    /// Only packages for this fleet, and those for any fleet.
+    #[serde(default)]
+    pub fleet_id: Option<FleetId>,
+    /// Only this title.
+    #[serde(default)]
+    pub title: Option<String>,
+}
+
+/// A package as the API shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct PackageView {
+    pub id: PackageId,
+    #[serde(rename = "type")]
+    pub kind: PackageKind,
+    pub title: String,
+    pub version: String,
+    /// The fleet it is for; absent: any fleet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fleet_id: Option<FleetId>,
+    pub file_name: String,
+    pub content_type: String,
+    /// Exact size in bytes.
+    pub size: u64,
+    /// SHA-256 of the file, lowercase hex.
+    pub sha256: String,
+    /// What devices are told to verify (`fw_checksum_algorithm`).
+    #[schema(value_type = String, example = "SHA256")]
+    pub checksum_algorithm: ChecksumAlgorithm,
+    /// Lowercase hex, in the byte order ThingsBoard devices expect (`fw_checksum`).
+    pub checksum: String,
+    pub created_at: Millis,
+    pub created_by: String,
+    /// What the operator should know, such as a checksum algorithm the ThingsBoard SDK
+    /// verifies unreliably.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
+}
+
+impl From<&Package> for PackageView {
+    fn from(p: &Package) -> Self {
+        let mut warnings = Vec::new();
+        if !checksum::sdk_safe(p.checksum_algorithm) {
+            warnings.push(format!(
+                "{}: the ThingsBoard SDK drops leading zero bytes of this checksum, so about 1 \
+                 image in 256 fails its check; SHA256 is safe",
+                p.checksum_algorithm.as_str()
+            ));
+        }
+        Self {
+            id: p.id,
+            kind: p.kind,
+            title: p.title.clone(),
+            version: p.version.clone(),
+            fleet_id: p.fleet_id,
+            file_name: p.file_name.clone(),
+            content_type: p.content_type.clone(),
+            size: p.size,
+            sha256: p.sha256.clone(),
+            checksum_algorithm: p.checksum_algorithm,
+            checksum: p.checksum.clone(),
+            created_at: p.created_at,
+            created_by: p.created_by.clone(),
+            warnings,
+        }
+    }
+}
+
+pub struct PackageService {
+    store: Arc<dyn PackageStore>,
+    registry: Arc<Registry>,
+    audit: Arc<AuditLog>,
+    /// `<data_dir>/packages`: files by SHA-256, and `tmp/` for uploads in progress.
+    dir: PathBuf,
+    max_bytes: u64,
+    /// Serializes the decision that a file is no longer used (a delete) against an upload
+    /// that is about to use it.
+    files: tokio::sync::Mutex<()>,
+}
+
+fn invalid(field: &'static str, m: impl Into<String>) -> Error {
+    Error::invalid(field, m)
+}
+
+impl PackageService {
+    pub fn new(
+        store: Arc<dyn PackageStore>,
+        registry: Arc<Registry>,
+        audit: Arc<AuditLog>,
+        data_dir: &Path,
+        max_bytes: u64,
+    ) -> Self {
+        Self {
+            store,
+            registry,
+            audit,
+            dir: data_dir.join("packages"),
+            max_bytes,
+            files: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    /// The largest file an upload may carry, in bytes.
+    pub fn max_bytes(&self) -> u64 {
+        self.max_bytes
+    }
+
+    /// Checks what an upload says before its body is read: a refusal costs the client no
+    /// transfer.
+    pub async fn check_new(&self, new: &NewPackage) -> Result<()> {
+        self.validate(new).await.map(drop)
+    }
+
+    async fn validate(
+        &self,
+        new: &NewPackage,
+    ) -> Result<(PackageKind, String, String, ChecksumAlgorithm, String)> {
+        let kind = new.kind.unwrap_or(PackageKind::Firmware);
+        let title = crate::names::check(&new.title, crate::names::MAX_NAME)
+            .map_err(|m| invalid("title", m))?;
+        let version =
+            crate::names::check(&new.version, MAX_VERSION).map_err(|m| invalid("version", m))?;
+        let alg = match new.checksum_algorithm.as_deref() {
+            None | Some("") => ChecksumAlgorithm::Sha256,
+            Some(a) => ChecksumAlgorithm::parse(a).ok_or_else(|| {
+                invalid(
+                    "checksum_algorithm",
+                    "one of MD5, SHA256, SHA384, SHA512, CRC32, MURMUR3_32, MURMUR3_128",
+                )
+            })?,
+        };
+        let file_name = match new.file_name.as_deref().map(str::trim) {
+            None | Some("") => format!("{title}-{version}.bin"),
+            Some(n) => n.to_string(),
+        };
+        if file_name.len() > MAX_FILE_NAME
+            || file_name
+                .chars()
+                .any(|c| c.is_control() || matches!(c, '/' | '\\' | '"'))
+        {
+            return Err(invalid(
+                "file_name",
+                "at most 255 bytes, without control characters, slashes or quotes",
+            ));
+        }
+        if let Some(f) = new.fleet_id {
+            self.registry.fleet(f).await?;
+        }
+        if self
+            .store
+            .packages()
+            .await?
+            .iter()
+            .any(|p| p.kind == kind && p.title == title && p.version == version)
+        {
+            return Err(taken(kind, &title, &version));
+        }
+        Ok((kind, title, version, alg, file_name))
+    }
+
+    /// Stores a package from `body`, hashing it on the way. Refused whole (nothing kept) when
+    /// the body is empty, over the cap, or cut off.
+    pub async fn upload<S, E>(&self, new: NewPackage, mut body: S, by: &str) -> Result<PackageView>
+    where
+        S: Stream<Item = std::result::Result<Bytes, E>> + Unpin,
+        E: std::fmt::Display,
+    {
+        let (kind, title, version, alg, file_name) = self.validate(&new).await?;
+        let tmp_dir = self.dir.join("tmp");
+        tokio::fs::create_dir_all(&tmp_dir).await.map_err(io)?;
+        let tmp = tmp_dir.join(format!("{}.part", PackageId::new()));
+        // Removes the partial file on every way out but success.
+        let mut guard = TempFile(Some(tmp.clone()));
+        let mut file = tokio::fs::File::create(&tmp).await.map_err(io)?;
+        let mut hashing = Hashing::new(alg);
+        let mut size: u64 = 0;
+        while let Some(chunk) = body.next().await {
+            let chunk = chunk.map_err(|e| invalid("body", format!("the upload broke off: {e}")))?;
+            size += chunk.len() as u64;
+            if size > self.max_bytes {
+                return Err(Error::TooLarge {
+                    what: "the package",
+                    limit: self.max_bytes,
+                });
+            }
+            hashing.update(&chunk);
+            file.write_all(&chunk).await.map_err(io)?;
+        }
+        if size == 0 {
+            return Err(invalid("body", "the package file is empty"));
+        }
+        file.sync_all().await.map_err(io)?;
+        drop(file);
+        let (sha256, device) = hashing.finish();
+        let checksum = match device {
+            Some(c) => c,
+            None if alg == ChecksumAlgorithm::Sha256 => sha256.clone(),
+            None => {
+                let path = tmp.clone();
+                tokio::task::spawn_blocking(move || {
+                    checksum::of_reader(
+                        alg,
+                        &mut std::io::BufReader::new(std::fs::File::open(path)?),
+                    )
+                })
+                .await
+                .map_err(|e| Error::Internal(e.to_string()))?
+                .map_err(io)?
+            }
+        };
+        let pkg = Package {
+            id: PackageId::new(),
+            kind,
+            title,
+            version,
+            fleet_id: new.fleet_id,
+            file_name,
+            content_type: "application/octet-stream".into(),
+            size,
+            sha256,
+            checksum_algorithm: alg,
+            checksum,
+            created_at: now_ms(),
+            created_by: by.to_string(),
+        };
+        let _files = self.files.lock().await;
+        let path = self.file_path(&pkg.sha256);
+        if tokio::fs::try_exists(&path).await.map_err(io)? {
+            // The same bytes are there already (another package): keep that file.
+            drop(guard);
+        } else {
+            tokio::fs::rename(&tmp, &path).await.map_err(io)?;
+            guard.0 = None;
+            sync_dir(&self.dir).await?;
+        }
+        if let Err(NameClash) = self.store.add_package(&pkg).await? {
+            self.forget_file_if_unused(&pkg.sha256).await?;
+            return Err(taken(pkg.kind, &pkg.title, &pkg.version));
+        }
+        self.audit.record(
+            Entry::new(AuditKind::PackageUploaded, by)
+                .detail(format!(
+                    "{} {} {} ({} bytes, sha256 {})",
+                    pkg.kind.as_str(),
+                    pkg.title,
+                    pkg.version,
+                    pkg.size,
+                    pkg.sha256
+                ))
+                .fleet_opt(pkg.fleet_id),
+        );
+        self.store.commit().await?;
+        tracing::info!(package = %pkg.id, title = %pkg.title, version = %pkg.version, size = pkg.size, "package stored");
+        Ok(PackageView::from(&pkg))
+    }
+
+    pub async fn record(&self, id: PackageId) -> Result<Package> {
+        self.store
+            .get_package(id)
+            .await?
+            .ok_or(Error::NotFound("package"))
+    }
+
+    pub async fn get(&self, id: PackageId) -> Result<PackageView> {
+        Ok(PackageView::from(&self.record(id).await?))
+    }
+
+    /// Packages that match `f` and that `visible` lets through, newest first.
+    pub async fn list(
+        &self,
+        f: &PackageFilter,
+        visible: impl Fn(&Package) -> bool,
+    ) -> Result<Vec<PackageView>> {
+        let mut out: Vec<PackageView> = self
+            .store
+            .packages()
+            .await?
+            .iter()
+            .filter(|p| {
+                f.kind.is_none_or(|k| p.kind == k)
+                    && f.fleet_id
+                        .is_none_or(|fl| p.fleet_id.is_none_or(|x| x == fl))
+                    && f.title.as_deref().is_none_or(|t| p.title == t)
+                    && visible(p)
+            })
+            .map(PackageView::from)
+            .collect();
+        out.reverse();
+        Ok(out)
+    }
+
+    /// The package's file, for reading.
+    pub async fn open(&self, p: &Package) -> Result<tokio::fs::File> {
+        tokio::fs::File::open(self.file_path(&p.sha256))
+            .await
+            .map_err(|e| {
+                tracing::error!(package = %p.id, error = %e, "a package's file is missing");
+                Error::Internal(format!("the package file cannot be read: {e}"))
+            })
+    }
+
+    /// Deletes a package; its file goes too unless another package has the same bytes.
+    pub async fn delete(&self, id: PackageId, by: &str) -> Result<()> {
+        let p = self.record(id).await?;
+        self.store.delete_package(&p).await?;
+        self.audit.record(
+            Entry::new(AuditKind::PackageDeleted, by)
+                .detail(format!("{} {} {}", p.kind.as_str(), p.title, p.version))
+                .fleet_opt(p.fleet_id),
+        );
+        self.store.commit().await?;
+        let _files = self.files.lock().await;
+        self.forget_file_if_unused(&p.sha256).await
+    }
+
+    /// Removes the file of `sha256` when no package uses it (the caller holds `files`).
+    async fn forget_file_if_unused(&self, sha256: &str) -> Result<()> {
+        if self
+            .store
+            .packages()
+            .await?
+            .iter()
+            .any(|p| p.sha256 == sha256)
+        {
+            return Ok(());
+        }
+        match tokio::fs::remove_file(self.file_path(sha256)).await {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(io(e)),
+        }
+    }
+
+    fn file_path(&self, sha256: &str) -> PathBuf {
+        self.dir.join(sha256)
+    }
+}
+
+fn taken(kind: PackageKind, title: &str, version: &str) -> Error {
+    Error::Conflict(Conflict::NameTaken {
+        kind: "package",
+        name: format!("{} {title} {version}", kind.as_str()),
+    })
+}
+
+fn io(e: std::io::Error) -> Error {
+    if e.kind() == std::io::ErrorKind::StorageFull {
+        return Error::Store(crate::store::ports::StoreError::DiskFull {
+            path: PathBuf::from("packages"),
+        });
+    }
+    Error::Internal(format!("package file: {e}"))
+}
+
+/// Makes a rename in `dir` durable.
+async fn sync_dir(dir: &Path) -> Result<()> {
+    let dir = dir.to_path_buf();
+    tokio::task::spawn_blocking(move || std::fs::File::open(&dir)?.sync_all())
+        .await
+        .map_err(|e| Error::Internal(e.to_string()))?
+        .map_err(io)
+}
+
+/// A partial upload, removed when dropped unless taken.
+struct TempFile(Option<PathBuf>);
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        if let Some(p) = self.0.take() {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}

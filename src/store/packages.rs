@@ -1,0 +1,57 @@
+//! Firmware and software packages: `packages` holds `package id → record`, `package_keys`
+//! maps `kind \0 title \0 version` to its id, so a title and version are unique per kind. The
+//! files are not here: the package service keeps them in the data directory.
+
+use super::codec::{decode_json, encode_json};
+use super::registry::{NameClash, put_named};
+use super::{Db, Result};
+use crate::model::{Package, PackageId};
+
+/// The unique key of a package: its kind, title and version.
+fn key(p: &Package) -> Vec<u8> {
+    let mut k = Vec::with_capacity(p.title.len() + p.version.len() + 12);
+    k.extend_from_slice(p.kind.as_str().as_bytes());
+    k.push(0);
+    k.extend_from_slice(p.title.as_bytes());
+    k.push(0);
+    k.extend_from_slice(p.version.as_bytes());
+    k
+}
+
+impl Db {
+    /// Stores a new package; another of the same kind, title and version is a clash.
+    pub fn add_package(&self, p: &Package) -> Result<std::result::Result<(), NameClash>> {
+        let t = self.trees();
+        put_named(
+            &t.packages,
+            &t.package_keys,
+            p.id.as_bytes(),
+            &key(p),
+            None,
+            encode_json(p),
+        )
+    }
+
+    pub fn get_package(&self, id: PackageId) -> Result<Option<Package>> {
+        match self.trees().packages.get(id.as_bytes())? {
+            None => Ok(None),
+            Some(v) => decode_json("packages", &v).map(Some),
+        }
+    }
+
+    /// Every package, oldest first.
+    pub fn packages(&self) -> Result<Vec<Package>> {
+        self.trees()
+            .packages
+            .iter()
+            .map(|kv| decode_json("packages", &kv?.1))
+            .collect()
+    }
+
+    pub fn delete_package(&self, p: &Package) -> Result<()> {
+        let t = self.trees();
+        t.packages.remove(p.id.as_bytes())?;
+        t.package_keys.remove(key(p))?;
+        Ok(())
+    }
+}

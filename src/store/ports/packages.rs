@@ -1,0 +1,15 @@
+//! The OTA area's storage: firmware and software packages (their metadata; the files are the
+//! package service's).
+
+use super::{Durable, Fut, NameClash};
+use crate::model::{Package, PackageId};
+
+pub trait PackageStore: Durable {
+    /// Stores a new package; one of the same kind, title and version is a clash (nothing is
+    /// stored).
+    fn add_package<'a>(&'a self, p: &'a Package) -> Fut<'a, std::result::Result<(), NameClash>>;
+    fn get_package<'a>(&'a self, id: PackageId) -> Fut<'a, Option<Package>>;
+    /// Every package, oldest first.
+    fn packages<'a>(&'a self) -> Fut<'a, Vec<Package>>;
+    fn delete_package<'a>(&'a self, p: &'a Package) -> Fut<'a, ()>;
+}

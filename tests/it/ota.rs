@@ -1,0 +1,509 @@
+//! Firmware and software packages (issue 15, packages): uploads streamed over REST and from
+//! the CLI, checksums as ThingsBoard devices verify them, the size cap, duplicates, ranged
+//! downloads, deletes that keep shared files, fleet scoping, a restart; and shared attributes
+//! an operator sets as strings reaching devices as strings.
+
+use crate::common;
+
+use std::process::Command;
+
+use common::TestApp;
+use md5::Md5;
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// Deterministic bytes that do not compress to nothing.
+fn image(len: usize, seed: u32) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(2_654_435_761).max(1);
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            x as u8
+        })
+        .collect()
+}
+
+struct Http {
+    c: reqwest::Client,
+    base: String,
+    key: String,
+}
+
+impl Http {
+    fn new(t: &TestApp) -> Self {
+        Self::with_key(t, &t.admin_key)
+    }
+
+    fn with_key(t: &TestApp, key: &str) -> Self {
+        Self {
+            c: reqwest::Client::new(),
+            base: format!("{}/api/v1", t.http_base()),
+            key: key.to_string(),
+        }
+    }
+
+    async fn upload(&self, query: &[(&str, &str)], body: Vec<u8>) -> (StatusCode, Value) {
+        let r = self
+            .c
+            .post(format!("{}/packages", self.base))
+            .bearer_auth(&self.key)
+            .query(query)
+            .header("content-type", "application/octet-stream")
+            .body(body)
+            .send()
+            .await
+            .expect("send");
+        let s = r.status();
+        (s, r.json().await.unwrap_or(Value::Null))
+    }
+
+    async fn json(&self, method: &str, path: &str) -> (StatusCode, Value) {
+        let r = self
+            .c
+            .request(
+                method.parse().expect("method"),
+                format!("{}{path}", self.base),
+            )
+            .bearer_auth(&self.key)
+            .send()
+            .await
+            .expect("send");
+        let s = r.status();
+        (s, r.json().await.unwrap_or(Value::Null))
+    }
+
+    async fn download(&self, id: &str, range: Option<&str>) -> reqwest::Response {
+        let mut r = self
+            .c
+            .get(format!("{}/packages/{id}/file", self.base))
+            .bearer_auth(&self.key);
+        if let Some(range) = range {
+            r = r.header("range", range);
+        }
+        r.send().await.expect("send")
+    }
+}
+
+fn package_files(t: &TestApp) -> Vec<String> {
+    let dir = t.config.data_dir.join("packages");
+    let mut names: Vec<String> = std::fs::read_dir(&dir)
+        .map(|d| {
+            d.flatten()
+                .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
+fn partial_files(t: &TestApp) -> usize {
+    std::fs::read_dir(t.config.data_dir.join("packages/tmp"))
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn packages_upload_checksum_download_and_delete() {
+    let mut t = TestApp::start_with(|c| c.ota.max_package_mb = 4).await;
+    let http = Http::new(&t);
+    let data = image(3 << 20, 1);
+
+    // SHA256 by default: size, SHA-256 and the device checksum of the bytes sent.
+    let (s, fw) = http
+        .upload(&[("title", "sensor-fw"), ("version", "2.0")], data.clone())
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{fw}");
+    let sha = hex(&Sha256::digest(&data));
+    assert_eq!(fw["size"], data.len() as u64);
+    assert_eq!(fw["sha256"], sha);
+    assert_eq!(fw["checksum_algorithm"], "SHA256");
+    assert_eq!(fw["checksum"], sha);
+    assert_eq!(fw["type"], "firmware");
+    assert_eq!(fw["version"], "2.0", "a version stays the string it was");
+    assert!(fw.get("warnings").is_none(), "{fw}");
+    let id = fw["id"].as_str().expect("id").to_string();
+
+    // The same title and version again: refused before the body matters, nothing kept.
+    let (s, v) = http
+        .upload(
+            &[("title", "sensor-fw"), ("version", "2.0")],
+            b"other".to_vec(),
+        )
+        .await;
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (StatusCode::CONFLICT, Some("name_taken")),
+        "{v}"
+    );
+    // As software it is another package; the same bytes share one file.
+    let (s, sw) = http
+        .upload(
+            &[
+                ("title", "sensor-fw"),
+                ("version", "2.0"),
+                ("type", "software"),
+                ("checksum_algorithm", "md5"),
+            ],
+            data.clone(),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{sw}");
+    assert_eq!(sw["checksum_algorithm"], "MD5");
+    assert_eq!(sw["checksum"], hex(&Md5::digest(&data)));
+    assert_eq!(package_files(&t), vec![sha.clone()], "one file for both");
+
+    // CRC32 in Guava's byte order (little-endian), with the SDK warning.
+    let small = image(1000, 7);
+    let (s, crc) = http
+        .upload(
+            &[
+                ("title", "t"),
+                ("version", "1"),
+                ("checksum_algorithm", "CRC32"),
+            ],
+            small.clone(),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{crc}");
+    assert_eq!(crc["checksum"], hex(&crc32fast::hash(&small).to_le_bytes()));
+    assert!(
+        crc["warnings"][0]
+            .as_str()
+            .expect("warning")
+            .contains("CRC32"),
+        "{crc}"
+    );
+
+    // Refusals: over the cap (413), empty, a bad algorithm, a bad version. Nothing is left.
+    let (s, v) = http
+        .upload(&[("title", "big"), ("version", "1")], image(5 << 20, 3))
+        .await;
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (StatusCode::PAYLOAD_TOO_LARGE, Some("payload_too_large")),
+        "{v}"
+    );
+    let (s, v) = http
+        .upload(&[("title", "empty"), ("version", "1")], Vec::new())
+        .await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{v}");
+    let (s, v) = http
+        .upload(
+            &[
+                ("title", "x"),
+                ("version", "1"),
+                ("checksum_algorithm", "SHA1"),
+            ],
+            b"x".to_vec(),
+        )
+        .await;
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (StatusCode::UNPROCESSABLE_ENTITY, Some("invalid_field")),
+        "{v}"
+    );
+    let (s, _) = http
+        .upload(&[("title", "x"), ("version", " ")], b"x".to_vec())
+        .await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(partial_files(&t), 0, "no partial upload is left");
+    let (_, list) = http.json("GET", "/packages").await;
+    assert_eq!(list.as_array().expect("list").len(), 3, "{list}");
+    let (_, list) = http.json("GET", "/packages?type=software").await;
+    assert_eq!(list.as_array().expect("list").len(), 1, "{list}");
+
+    // Downloads: whole, a range, a suffix, past the end.
+    let r = http.download(&id, None).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(r.headers()["x-sha256"], sha.as_str());
+    assert!(
+        r.headers()["content-disposition"]
+            .to_str()
+            .expect("ascii")
+            .contains("sensor-fw-2.0.bin")
+    );
+    assert_eq!(r.bytes().await.expect("body").to_vec(), data);
+    let r = http.download(&id, Some("bytes=1000-1999")).await;
+    assert_eq!(r.status(), StatusCode::PARTIAL_CONTENT);
+    assert_eq!(
+        r.headers()["content-range"],
+        format!("bytes 1000-1999/{}", data.len()).as_str()
+    );
+    assert_eq!(
+        r.bytes().await.expect("body").to_vec(),
+        data[1000..2000].to_vec()
+    );
+    let r = http.download(&id, Some("bytes=-10")).await;
+    assert_eq!(
+        r.bytes().await.expect("body").to_vec(),
+        data[data.len() - 10..].to_vec()
+    );
+    let r = http
+        .download(&id, Some(&format!("bytes={}-", data.len())))
+        .await;
+    assert_eq!(r.status(), StatusCode::RANGE_NOT_SATISFIABLE);
+
+    // A restart keeps packages and files.
+    t.stop().await;
+    let config = t.config.clone();
+    let app = corral::app::App::start(
+        config.clone(),
+        corral::app::Listeners::bind(&config).expect("bind"),
+    )
+    .await
+    .expect("restart");
+    t.app = Some(app);
+    let http = Http::new(&t);
+    let (s, again) = http.json("GET", &format!("/packages/{id}")).await;
+    assert_eq!((s, &again["sha256"]), (StatusCode::OK, &json!(sha)));
+    assert_eq!(
+        http.download(&id, None)
+            .await
+            .bytes()
+            .await
+            .expect("body")
+            .len(),
+        data.len()
+    );
+
+    // Deleting one of two packages with the same bytes keeps the file; the second removes it.
+    let (s, _) = http.json("DELETE", &format!("/packages/{id}")).await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    assert!(package_files(&t).contains(&sha));
+    let (s, _) = http.json("GET", &format!("/packages/{id}")).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    let (s, _) = http
+        .json(
+            "DELETE",
+            &format!("/packages/{}", sw["id"].as_str().expect("id")),
+        )
+        .await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    assert!(
+        !package_files(&t).contains(&sha),
+        "the last package with these bytes took the file"
+    );
+    let (_, audit) = http.json("GET", "/audit?kind=package_uploaded").await;
+    assert_eq!(
+        audit["items"].as_array().expect("items").len(),
+        3,
+        "{audit}"
+    );
+    let (_, audit) = http.json("GET", "/audit?kind=package_deleted").await;
+    assert_eq!(
+        audit["items"].as_array().expect("items").len(),
+        2,
+        "{audit}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fleet_packages_belong_to_their_fleet() {
+    let t = TestApp::start().await;
+    let admin = Http::new(&t);
+    let post = |p: &'static str, b: Value| {
+        let t = &t;
+        async move {
+            let v: Value = t.api.post(p, &b).await.expect("post");
+            v
+        }
+    };
+    let ws = post("/workspaces", json!({"name": "plant"})).await;
+    let fleet = post(
+        "/fleets",
+        json!({"workspace_id": ws["id"], "name": "valves"}),
+    )
+    .await;
+    let other_ws = post("/workspaces", json!({"name": "elsewhere"})).await;
+    let fleet_id = fleet["id"].as_str().expect("id").to_string();
+    let user = |name: &'static str, grants: Value| {
+        let t = &t;
+        async move {
+            let u: Value = t
+                .api
+                .post("/users", &json!({"username": name, "password": "long enough password", "grants": grants}))
+                .await
+                .expect("user");
+            let k: Value = t
+                .api
+                .post(
+                    &format!("/users/{}/api-keys", u["id"].as_str().expect("id")),
+                    &json!({"name": "k"}),
+                )
+                .await
+                .expect("key");
+            k["secret"].as_str().expect("secret").to_string()
+        }
+    };
+    let viewer = user("vic", json!([{"workspace_id": ws["id"], "role": "viewer"}])).await;
+    let wsadmin = user("ada", json!([{"workspace_id": ws["id"], "role": "admin"}])).await;
+    let outsider = user(
+        "oz",
+        json!([{"workspace_id": other_ws["id"], "role": "admin"}]),
+    )
+    .await;
+
+    // A workspace admin uploads for their fleet, not for every fleet; a viewer neither.
+    let q = [
+        ("title", "valve-fw"),
+        ("version", "1.10"),
+        ("fleet_id", fleet_id.as_str()),
+    ];
+    let (s, _) = Http::with_key(&t, &viewer)
+        .upload(&q, b"image".to_vec())
+        .await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+    let (s, p) = Http::with_key(&t, &wsadmin)
+        .upload(&q, b"image".to_vec())
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{p}");
+    assert_eq!(p["version"], "1.10");
+    let (s, _) = Http::with_key(&t, &wsadmin)
+        .upload(&[("title", "global"), ("version", "1")], b"image".to_vec())
+        .await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+    let (s, global) = admin
+        .upload(&[("title", "global"), ("version", "1")], b"g".to_vec())
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{global}");
+    let id = p["id"].as_str().expect("id");
+
+    // The viewer reads both; the outsider only the one for every fleet, and gets 404 for the other.
+    let (_, list) = Http::with_key(&t, &viewer).json("GET", "/packages").await;
+    assert_eq!(list.as_array().expect("list").len(), 2, "{list}");
+    let (_, list) = Http::with_key(&t, &outsider).json("GET", "/packages").await;
+    let titles: Vec<&str> = list
+        .as_array()
+        .expect("list")
+        .iter()
+        .filter_map(|p| p["title"].as_str())
+        .collect();
+    assert_eq!(titles, ["global"]);
+    let (s, v) = Http::with_key(&t, &outsider)
+        .json("GET", &format!("/packages/{id}"))
+        .await;
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (StatusCode::NOT_FOUND, Some("not_found"))
+    );
+    assert_eq!(
+        Http::with_key(&t, &outsider)
+            .download(id, None)
+            .await
+            .status(),
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        Http::with_key(&t, &viewer)
+            .download(id, None)
+            .await
+            .status(),
+        StatusCode::OK
+    );
+    // Deleting: the viewer may not, the global one needs a server admin.
+    let (s, _) = Http::with_key(&t, &viewer)
+        .json("DELETE", &format!("/packages/{id}"))
+        .await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+    let (s, _) = Http::with_key(&t, &wsadmin)
+        .json(
+            "DELETE",
+            &format!("/packages/{}", global["id"].as_str().expect("id")),
+        )
+        .await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+    let (s, _) = Http::with_key(&t, &wsadmin)
+        .json("DELETE", &format!("/packages/{id}"))
+        .await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+}
+
+/// Shared attributes an operator sets keep their JSON type all the way to the device: "2.0"
+/// and "1.10" are versions, not numbers (the ThingsBoard SDK compares `fw_version` as sent).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attribute_strings_reach_devices_as_strings() {
+    let t = TestApp::start().await;
+    let (dev, token) = t.device("d").await;
+    let id = dev["id"].as_str().expect("id");
+    let _: Value = t
+        .api
+        .put(
+            &format!("/devices/{id}/attributes/shared"),
+            &json!({"fw_version": "2.0", "fw_title": "1.10", "fw_size": 1024, "ratio": 2.5}),
+        )
+        .await
+        .expect("set");
+    let r: Value = reqwest::get(format!(
+        "{}/api/v1/{token}/attributes?sharedKeys=fw_version,fw_title,fw_size,ratio",
+        t.http_base()
+    ))
+    .await
+    .expect("get")
+    .json()
+    .await
+    .expect("json");
+    assert_eq!(
+        r["shared"],
+        json!({"fw_version": "2.0", "fw_title": "1.10", "fw_size": 1024, "ratio": 2.5})
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_uploads_lists_and_downloads_a_package() {
+    let t = TestApp::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("valve-3.1.bin");
+    let data = image(700_000, 9);
+    std::fs::write(&file, &data).expect("write");
+    let run = |args: &[&str]| {
+        let o = Command::new(common::server::bin())
+            .args(args)
+            .args(["--server", &t.http_base()])
+            .env_clear()
+            .env("CORRAL_API_KEY", &t.admin_key)
+            .output()
+            .expect("run corral");
+        assert!(
+            o.status.success(),
+            "{args:?}: {}\n{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    let out = run(&[
+        "firmware",
+        "upload",
+        file.to_str().expect("utf-8"),
+        "--title",
+        "valve",
+        "--version",
+        "3.1",
+        "--json",
+    ]);
+    let p: Value = serde_json::from_str(&out).expect("json");
+    assert_eq!(p["sha256"], hex(&Sha256::digest(&data)));
+    assert_eq!(p["file_name"], "valve-3.1.bin");
+    let list: Value = serde_json::from_str(&run(&["firmware", "list", "--json"])).expect("json");
+    assert_eq!(list[0]["id"], p["id"]);
+    let table = run(&["firmware", "list"]);
+    assert!(table.contains("valve") && table.contains("3.1"), "{table}");
+    let back = dir.path().join("back.bin");
+    run(&[
+        "firmware",
+        "download",
+        p["id"].as_str().expect("id"),
+        "-o",
+        back.to_str().expect("utf-8"),
+    ]);
+    assert_eq!(std::fs::read(&back).expect("read"), data);
+}
