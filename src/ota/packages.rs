@@ -155,11 +155,18 @@ impl PackageService {
         data_dir: &Path,
         max_bytes: u64,
     ) -> Self {
+        let dir = data_dir.join("packages");
+        // Uploads that a stop or a crash cut short: nothing refers to them.
+        if let Err(e) = std::fs::remove_dir_all(dir.join("tmp"))
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            tracing::warn!(error = %e, "cannot remove partial package uploads");
+        }
         Self {
             store,
             registry,
             audit,
-            dir: data_dir.join("packages"),
+            dir,
             max_bytes,
             files: tokio::sync::Mutex::new(()),
         }

@@ -252,8 +252,9 @@ async fn packages_upload_checksum_download_and_delete() {
         .await;
     assert_eq!(r.status(), StatusCode::RANGE_NOT_SATISFIABLE);
 
-    // A restart keeps packages and files.
+    // A restart keeps packages and files, and clears what an interrupted upload left.
     t.stop().await;
+    std::fs::write(t.config.data_dir.join("packages/tmp/cut.part"), b"half").expect("write");
     let config = t.config.clone();
     let app = corral::app::App::start(
         config.clone(),
@@ -265,6 +266,7 @@ async fn packages_upload_checksum_download_and_delete() {
     let http = Http::new(&t);
     let (s, again) = http.json("GET", &format!("/packages/{id}")).await;
     assert_eq!((s, &again["sha256"]), (StatusCode::OK, &json!(sha)));
+    assert_eq!(partial_files(&t), 0, "the interrupted upload is gone");
     assert_eq!(
         http.download(&id, None)
             .await
