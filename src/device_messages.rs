@@ -227,6 +227,95 @@ pub async fn handle(
     }
 }
 
+/// Why a package request gets no bytes: ThingsBoard's error texts, which the MQTT transport
+/// publishes on `v2/fw/error` and the HTTP device API maps to a status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PackageRefusal {
+    /// No package of this type is assigned to the device (HTTP 404).
+    NotFound,
+    /// The title or version asked for is not the assigned package's (HTTP 400).
+    Mismatch,
+    /// A chunk larger than the transport may carry.
+    PayloadTooLarge,
+    /// A malformed request, or the package cannot be read.
+    Failure,
+}
+
+impl PackageRefusal {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::NotFound => "NOT_FOUND",
+            Self::Mismatch => "TITLE_OR_VERSION_MISMATCH",
+            Self::PayloadTooLarge => "PAYLOAD_TOO_LARGE",
+            Self::Failure => "FAILURE",
+        }
+    }
+}
+
+/// What a device asks of a package: chunk `chunk` of `size` bytes (0: the whole file), and,
+/// over HTTP, the title and version it believes it was given.
+#[derive(Debug, Clone, Default)]
+pub struct PackageRequest<'a> {
+    pub size: u64,
+    pub chunk: u64,
+    pub title: Option<&'a str>,
+    pub version: Option<&'a str>,
+}
+
+/// The package of `kind` assigned to a device, by its effective shared attributes
+/// (`fw_title` and `fw_version`: its own, or its fleet's), and the bytes it asks for. The
+/// file is read per request; a chunk past the end is empty.
+pub async fn package_chunk(
+    services: &Services,
+    origin: Origin,
+    kind: crate::model::PackageKind,
+    req: PackageRequest<'_>,
+    max_chunk: u64,
+) -> Result<(crate::model::Package, Vec<u8>), PackageRefusal> {
+    if req.size > max_chunk {
+        return Err(PackageRefusal::PayloadTooLarge);
+    }
+    let keys = [
+        format!("{}_title", kind.prefix()),
+        format!("{}_version", kind.prefix()),
+    ];
+    let attrs = services
+        .attributes
+        .shared_values(origin.id, origin.fleet_id, &keys)
+        .await
+        .map_err(|e| {
+            tracing::error!(device = %origin.id, error = %e, "cannot read the device's package assignment");
+            PackageRefusal::Failure
+        })?;
+    let text = |k: &str| {
+        attrs.get(k).map(|v| match v {
+            Json::String(s) => s.clone(),
+            other => other.to_string(),
+        })
+    };
+    let (Some(title), Some(version)) = (text(&keys[0]), text(&keys[1])) else {
+        return Err(PackageRefusal::NotFound);
+    };
+    if req.title.is_some_and(|t| t != title) || req.version.is_some_and(|v| v != version) {
+        return Err(PackageRefusal::Mismatch);
+    }
+    let package = services
+        .packages
+        .find(kind, origin.fleet_id, &title, &version)
+        .await
+        .map_err(|_| PackageRefusal::Failure)?
+        .ok_or(PackageRefusal::NotFound)?;
+    let bytes = services
+        .packages
+        .chunk(&package, req.size, req.chunk)
+        .await
+        .map_err(|e| {
+            tracing::error!(package = %package.id, error = %e, "cannot read a package chunk");
+            PackageRefusal::Failure
+        })?;
+    Ok((package, bytes))
+}
+
 /// A provisioning request (§5.9): the response to send back, success or not.
 pub async fn provision(services: &Services, payload: &[u8], peer: Option<SocketAddr>) -> Json {
     services.provisioning.provision(payload, peer).await

@@ -64,6 +64,17 @@ pub fn topic(data: &[u8]) {
         }
         DeviceTopic::RpcRequest(n) => again(format!("{}{n}", protocol::RPC_REQUEST_PREFIX)),
         DeviceTopic::RpcResponse(n) => again(format!("{}{n}", protocol::RPC_RESPONSE_PREFIX)),
+        DeviceTopic::PackageChunk {
+            kind,
+            request,
+            chunk,
+        } => {
+            let prefix = match kind {
+                crate::model::PackageKind::Firmware => "fw",
+                crate::model::PackageKind::Software => "sw",
+            };
+            again(format!("v2/{prefix}/request/{request}/chunk/{chunk}"))
+        }
         // A wildcard is never a topic this device may publish to.
         DeviceTopic::Foreign => {}
         DeviceTopic::Unknown => {

@@ -106,6 +106,7 @@ impl Services {
         );
         let packages = PackageService::new(
             ports.packages.clone(),
+            ports.attributes.clone(),
             registry.clone(),
             audit.clone(),
             &config.data_dir,

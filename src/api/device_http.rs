@@ -26,6 +26,7 @@ use crate::device_messages::{self, Answer, Kind, Message, Refusal};
 use crate::devices::credentials::{LoginAttempt, Refusal as LoginRefusal};
 use crate::devices::protocol::{self, AttributeRequest};
 use crate::error::{Error, ErrorKind};
+use crate::model::PackageKind;
 use crate::model::{DEFAULT_TAG, Device};
 use crate::services::Services;
 
@@ -48,6 +49,8 @@ pub fn routes(max_body: usize) -> OpenApiRouter<Arc<Services>> {
         .routes(routes!(rpc_reply))
         .routes(routes!(claim))
         .routes(routes!(post_conditions))
+        .routes(routes!(firmware))
+        .routes(routes!(software))
         .layer(axum::extract::DefaultBodyLimit::max(max_body))
 }
 
@@ -118,6 +121,108 @@ async fn post_conditions(
     {
         Answer::Reply(now) => Ok(axum::Json(now)),
         _ => Err(internal("a condition report has an answer")),
+    }
+}
+
+/// The query of a package download (ThingsBoard's `DeviceApiController`).
+#[derive(Debug, Default, serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+struct PackageQuery {
+    /// The assigned package's title (`fw_title`); another is refused with 400.
+    title: Option<String>,
+    /// The assigned package's version (`fw_version`); another is refused with 400.
+    version: Option<String>,
+    /// Chunk size in bytes; 0 (default) is the whole file.
+    #[serde(default)]
+    size: u64,
+    /// Chunk number from 0; past the end answers 200 with an empty body.
+    #[serde(default)]
+    chunk: u64,
+}
+
+/// Download firmware
+///
+/// ThingsBoard's OTA download: the firmware assigned to the device (its `fw_title` and
+/// `fw_version` shared attributes), whole or one chunk. 404 when none is assigned, 400 when
+/// `title` or `version` is not the assigned one, 200 with an empty body past the end.
+#[utoipa::path(get, path = "/{token}/firmware", tag = "device-api", security(()), params(("token" = String, Path, description = "The device's access token."), PackageQuery), responses((status = 200, description = "The bytes.", content_type = "application/octet-stream", body = Vec<u8>), (status = 400, description = "Another title or version than the assigned package's, or a bad parameter.", body = DeviceApiError), (status = 401, description = "No device has this access token.", body = DeviceApiError), (status = 403, description = "The device or its credential is disabled or revoked.", body = DeviceApiError), (status = 404, description = "No firmware is assigned to the device.", body = DeviceApiError), (status = 500, description = "An internal error.", body = DeviceApiError)))]
+async fn firmware(
+    State(s): S,
+    Peer(peer): Peer,
+    axum::extract::Path(token): axum::extract::Path<String>,
+    RawQuery(q): RawQuery,
+) -> DevResult<Response> {
+    package(&s, peer, &token, q, PackageKind::Firmware).await
+}
+
+/// Download software
+///
+/// As `GET /{token}/firmware`, for the software package (`sw_title`, `sw_version`).
+#[utoipa::path(get, path = "/{token}/software", tag = "device-api", security(()), params(("token" = String, Path, description = "The device's access token."), PackageQuery), responses((status = 200, description = "The bytes.", content_type = "application/octet-stream", body = Vec<u8>), (status = 400, description = "Another title or version than the assigned package's, or a bad parameter.", body = DeviceApiError), (status = 401, description = "No device has this access token.", body = DeviceApiError), (status = 403, description = "The device or its credential is disabled or revoked.", body = DeviceApiError), (status = 404, description = "No software is assigned to the device.", body = DeviceApiError), (status = 500, description = "An internal error.", body = DeviceApiError)))]
+async fn software(
+    State(s): S,
+    Peer(peer): Peer,
+    axum::extract::Path(token): axum::extract::Path<String>,
+    RawQuery(q): RawQuery,
+) -> DevResult<Response> {
+    package(&s, peer, &token, q, PackageKind::Software).await
+}
+
+async fn package(
+    s: &Services,
+    peer: Option<SocketAddr>,
+    token: &str,
+    q: Option<String>,
+    kind: PackageKind,
+) -> DevResult<Response> {
+    let dev = device(s, token, peer).await?;
+    let q: PackageQuery = serde_urlencoded_query(q.as_deref())?;
+    let req = device_messages::PackageRequest {
+        size: q.size,
+        chunk: q.chunk,
+        title: q.title.as_deref(),
+        version: q.version.as_deref(),
+    };
+    // Package files are bounded by `ota.max_package_mb`; a chunk needs no other cap here.
+    match device_messages::package_chunk(s, (&dev).into(), kind, req, u64::MAX).await {
+        Ok((p, bytes)) => {
+            let mut r = Response::new(axum::body::Body::from(bytes));
+            let h = r.headers_mut();
+            let name = p.file_name.replace('"', "");
+            let hv = |v: String| axum::http::HeaderValue::from_str(&v).map_err(internal);
+            h.insert(
+                axum::http::header::CONTENT_TYPE,
+                hv(p.content_type.clone())?,
+            );
+            h.insert(
+                axum::http::header::CONTENT_DISPOSITION,
+                hv(format!("attachment;filename={name}"))?,
+            );
+            h.insert("x-filename", hv(name)?);
+            Ok(r)
+        }
+        Err(device_messages::PackageRefusal::NotFound) => Err(DevError(
+            StatusCode::NOT_FOUND,
+            format!("no {} is assigned to the device", kind.as_str()),
+        )),
+        Err(device_messages::PackageRefusal::Mismatch) => Err(bad(
+            "title and version must be those of the assigned package",
+        )),
+        Err(e) => Err(internal(e.as_str())),
+    }
+}
+
+/// Parses a query string into `T`: 400 with the reason when it does not fit.
+fn serde_urlencoded_query<T: serde::de::DeserializeOwned + Default>(
+    q: Option<&str>,
+) -> DevResult<T> {
+    match q {
+        None | Some("") => Ok(T::default()),
+        Some(q) => axum::extract::Query::<T>::try_from_uri(
+            &format!("/?{q}").parse().map_err(|_| bad("bad query"))?,
+        )
+        .map(|axum::extract::Query(v)| v)
+        .map_err(|e| bad(e.body_text())),
     }
 }
 

@@ -15,8 +15,8 @@ use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use utoipa_axum::{router::OpenApiRouter, routes};
 
 use super::ApiResult;
-use super::authz::{Action, Caller};
-use super::error::{ApiError, ApiPath, ApiQuery, ErrorBody};
+use super::authz::{Action, Caller, Fleet as FleetObject, On, Operator};
+use super::error::{ApiError, ApiJson, ApiPath, ApiQuery, ErrorBody};
 use crate::model::{Package, PackageId, Role};
 use crate::ota::{NewPackage, PackageFilter, PackageView};
 use crate::services::Services;
@@ -28,6 +28,77 @@ pub fn routes() -> OpenApiRouter<Arc<Services>> {
         .routes(routes!(list_packages, upload_package))
         .routes(routes!(get_package, delete_package))
         .routes(routes!(download_package))
+        .routes(routes!(assign_fleet_package, unassign_fleet_package))
+}
+
+/// Which package a fleet's devices are to have.
+#[derive(Debug, serde::Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FleetTarget {
+    /// A package for this fleet or for every fleet.
+    pub package_id: PackageId,
+}
+
+/// Which target a fleet drops.
+#[derive(Debug, Default, serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct TargetKind {
+    /// `firmware` (default) or `software`.
+    #[serde(default, rename = "type")]
+    #[param(rename = "type", value_type = Option<crate::model::PackageKind>)]
+    pub kind: Option<crate::model::PackageKind>,
+}
+
+/// Assign a package to a fleet
+///
+/// Makes the package the target of every device of the fleet, and of devices that join it
+/// later: the fleet's shared attributes `fw_title`, `fw_version`, `fw_size`,
+/// `fw_checksum_algorithm` and `fw_checksum` (`sw_*` for software) are set in one write and
+/// pushed to the fleet's connected devices in one message, as ThingsBoard devices expect; a
+/// device that has its own value of a key keeps it. Devices then fetch the package over MQTT
+/// (`v2/fw/request/...`) or HTTP (`GET /api/v1/{token}/firmware`). Needs the operator role on
+/// the fleet. Errors: 404 (fleet or package), 422 `invalid_field` (a package of another fleet).
+#[utoipa::path(put, path = "/fleets/{id}/packages", tag = "ota",
+    params(("id" = String, Path, description = "fleet id")), request_body = FleetTarget,
+    responses((status = 200, body = PackageView), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)))]
+async fn assign_fleet_package(
+    State(s): S,
+    On(fleet, _): On<FleetObject, Operator>,
+    ApiJson(t): ApiJson<FleetTarget>,
+) -> ApiResult<axum::Json<PackageView>> {
+    let p = s.packages.record(t.package_id).await?;
+    if p.fleet_id.is_some_and(|f| f != fleet) {
+        return Err(crate::error::Error::invalid(
+            "package_id",
+            "the package belongs to another fleet",
+        )
+        .into());
+    }
+    s.attributes
+        .set_fleet(fleet, crate::ota::PackageService::target_attributes(&p))
+        .await?;
+    tracing::info!(%fleet, package = %p.id, title = %p.title, version = %p.version, "package assigned to a fleet");
+    Ok(axum::Json(PackageView::from(&p)))
+}
+
+/// Unassign a fleet's package
+///
+/// Deletes the fleet's target attributes of one type (`fw_*` by default, `sw_*` with
+/// `type=software`); devices are told the keys were deleted. Needs the operator role on the
+/// fleet.
+#[utoipa::path(delete, path = "/fleets/{id}/packages", tag = "ota",
+    params(("id" = String, Path, description = "fleet id"), TargetKind),
+    responses((status = 204), (status = 404, body = ErrorBody)))]
+async fn unassign_fleet_package(
+    State(s): S,
+    On(fleet, _): On<FleetObject, Operator>,
+    ApiQuery(k): ApiQuery<TargetKind>,
+) -> ApiResult<StatusCode> {
+    let kind = k.kind.unwrap_or(crate::model::PackageKind::Firmware);
+    s.attributes
+        .delete_fleet(fleet, &crate::ota::PackageService::target_keys(kind))
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 /// Checks that the caller may `role` the package: `role` on its fleet, or, for a package of

@@ -323,6 +323,22 @@ impl AttributeService {
     }
 
     /// Effective shared attributes: the fleet's defaults overlaid by the device's own.
+    /// A device's effective shared values of `keys` (its own, else its fleet's default), as
+    /// JSON: what the device itself would be told.
+    pub async fn shared_values(
+        &self,
+        device: DeviceId,
+        fleet: FleetId,
+        keys: &[String],
+    ) -> Result<BTreeMap<String, Json>> {
+        Ok(self
+            .effective_shared(device, fleet, Some(keys))
+            .await?
+            .into_iter()
+            .map(|(k, a)| (k, to_json(&a.value)))
+            .collect())
+    }
+
     async fn effective_shared(
         &self,
         device: DeviceId,

@@ -30,7 +30,27 @@ pub const DEVICE_FILTERS: &[&str] = &[
     ATTRIBUTES_RESPONSE_FILTER,
     RPC_REQUEST_FILTER,
     RPC_RESPONSE_FILTER,
+    // Package chunks (thingsboard-ota.md §1.3). Chunk responses reach the requesting session
+    // whether or not it subscribed (the ThingsBoard SDK subscribes to `v2/fw/response/+`,
+    // which matches no chunk topic); these let a careful client subscribe anyway.
+    "v2/fw/response/+/chunk/+",
+    "v2/sw/response/+/chunk/+",
+    "v2/fw/response/+",
+    "v2/sw/response/+",
+    "v2/fw/error",
+    "v2/sw/error",
 ];
+
+/// Where package errors go, for firmware and software alike, as ThingsBoard sends them.
+pub const PACKAGE_ERROR_TOPIC: &str = "v2/fw/error";
+
+/// The prefix of a package chunk response: `v2/fw/response/` + `{request}/chunk/{n}`.
+pub fn package_response_prefix(kind: crate::model::PackageKind) -> &'static str {
+    match kind {
+        crate::model::PackageKind::Firmware => "v2/fw/response/",
+        crate::model::PackageKind::Software => "v2/sw/response/",
+    }
+}
 
 /// Longest telemetry key, in bytes (keys are length-prefixed with one byte in the store).
 pub const MAX_KEY_LEN: usize = 255;
@@ -79,6 +99,12 @@ pub enum DeviceTopic {
     RpcResponse(u64),
     /// A provisioning request (§5.9): only provisioning sessions may send it.
     ProvisionRequest,
+    /// A package chunk request, `v2/fw/request/{request}/chunk/{chunk}` (or `sw`).
+    PackageChunk {
+        kind: crate::model::PackageKind,
+        request: u64,
+        chunk: u64,
+    },
     /// A topic naming another device or another session kind (`v1/devices/<other>/…`,
     /// the gateway API, wildcards, `$` topics): refused as not authorized.
     Foreign,
@@ -123,6 +149,24 @@ impl DeviceTopic {
         }
         if topic == PROVISION_REQUEST_TOPIC {
             return DeviceTopic::ProvisionRequest;
+        }
+        if let Some(rest) = topic.strip_prefix("v2/") {
+            let parts: Vec<&str> = rest.split('/').collect();
+            if let [kind, "request", request, "chunk", chunk] = parts[..] {
+                let kind = match kind {
+                    "fw" => Some(crate::model::PackageKind::Firmware),
+                    "sw" => Some(crate::model::PackageKind::Software),
+                    _ => None,
+                };
+                if let (Some(kind), Ok(request), Ok(chunk)) = (kind, request.parse(), chunk.parse())
+                {
+                    return DeviceTopic::PackageChunk {
+                        kind,
+                        request,
+                        chunk,
+                    };
+                }
+            }
         }
         let own = topic.starts_with("v1/devices/me/") || topic.starts_with("v2/");
         if !own

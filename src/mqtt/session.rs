@@ -533,6 +533,55 @@ async fn handle_publish(
                 .map_err(|e| refused(d, e, &reject)),
             Some((RPC_RESPONSE_PREFIX, id)),
         ),
+        DeviceTopic::PackageChunk {
+            kind,
+            request,
+            chunk,
+        } => {
+            // A request, not data: no rate is taken. The payload is the chunk size in ASCII
+            // decimal, empty for the whole file (thingsboard-ota.md §1.3).
+            let size = match std::str::from_utf8(&payload).map(str::trim) {
+                Ok("") => Some(0),
+                Ok(t) => t.parse::<u64>().ok(),
+                Err(_) => None,
+            };
+            drop(payload);
+            let max = u64::from(s.services.config.mqtt.max_packet_size);
+            let res = match size {
+                Some(size) => {
+                    let req = device_messages::PackageRequest {
+                        size,
+                        chunk,
+                        ..Default::default()
+                    };
+                    device_messages::package_chunk(&s.services, origin, kind, req, max).await
+                }
+                None => Err(device_messages::PackageRefusal::Failure),
+            };
+            let topic_suffix = format!("{request}/chunk/{chunk}");
+            let prefix = protocol::package_response_prefix(kind);
+            // The response must fit in one packet of `mqtt.max_packet_size` (fixed header,
+            // topic and payload): a larger one could not be sent at all.
+            let fits = |n: usize| n + prefix.len() + topic_suffix.len() + 7 <= max as usize;
+            let res = res.and_then(|(p, bytes)| {
+                if fits(bytes.len()) {
+                    Ok((p, bytes))
+                } else {
+                    Err(device_messages::PackageRefusal::PayloadTooLarge)
+                }
+            });
+            return match res {
+                Ok((_, bytes)) => Outcome::Reply(prefix, topic_suffix, bytes),
+                Err(e) => {
+                    tracing::info!(device = %d.id, request, chunk, refusal = e.as_str(), "package request refused");
+                    Outcome::Reply(
+                        protocol::PACKAGE_ERROR_TOPIC,
+                        String::new(),
+                        e.as_str().as_bytes().to_vec(),
+                    )
+                }
+            };
+        }
         DeviceTopic::ProvisionRequest | DeviceTopic::Foreign => {
             reject("not_authorized");
             tracing::warn!(device = %d.id, topic = topic_str, "publish outside the device's own topics refused");

@@ -16,10 +16,11 @@ use super::checksum::{self, Hashing};
 use crate::audit::{AuditLog, Entry};
 use crate::devices::Registry;
 use crate::error::{Conflict, Error};
+use crate::model::{AttributeOwner, Scope, Value};
 use crate::model::{
     AuditKind, ChecksumAlgorithm, FleetId, Millis, Package, PackageId, PackageKind, now_ms,
 };
-use crate::store::ports::{NameClash, PackageStore};
+use crate::store::ports::{AttributeStore, NameClash, PackageStore};
 
 type Result<T> = std::result::Result<T, Error>;
 
@@ -133,6 +134,8 @@ impl From<&Package> for PackageView {
 
 pub struct PackageService {
     store: Arc<dyn PackageStore>,
+    /// Read to tell whether a fleet's target names a package (a delete is refused then).
+    attributes: Arc<dyn AttributeStore>,
     registry: Arc<Registry>,
     audit: Arc<AuditLog>,
     /// `<data_dir>/packages`: files by SHA-256, and `tmp/` for uploads in progress.
@@ -150,6 +153,7 @@ fn invalid(field: &'static str, m: impl Into<String>) -> Error {
 impl PackageService {
     pub fn new(
         store: Arc<dyn PackageStore>,
+        attributes: Arc<dyn AttributeStore>,
         registry: Arc<Registry>,
         audit: Arc<AuditLog>,
         data_dir: &Path,
@@ -164,6 +168,7 @@ impl PackageService {
         }
         Self {
             store,
+            attributes,
             registry,
             audit,
             dir,
@@ -361,6 +366,45 @@ impl PackageService {
         Ok(out)
     }
 
+    /// The package of `kind` titled `title` at `version` that a device of `fleet` may have.
+    pub async fn find(
+        &self,
+        kind: PackageKind,
+        fleet: FleetId,
+        title: &str,
+        version: &str,
+    ) -> Result<Option<Package>> {
+        Ok(self.store.packages().await?.into_iter().find(|p| {
+            p.kind == kind
+                && p.title == title
+                && p.version == version
+                && p.fleet_id.is_none_or(|f| f == fleet)
+        }))
+    }
+
+    /// Chunk `chunk` of `size` bytes of the package's file (the whole file when `size` is 0),
+    /// read from disk for this request alone; empty past the end.
+    pub async fn chunk(&self, p: &Package, size: u64, chunk: u64) -> Result<Vec<u8>> {
+        use tokio::io::{AsyncReadExt, AsyncSeekExt};
+        let (start, len) = if size == 0 {
+            if chunk > 0 {
+                return Ok(Vec::new());
+            }
+            (0, p.size)
+        } else {
+            let start = size.saturating_mul(chunk);
+            if start >= p.size {
+                return Ok(Vec::new());
+            }
+            (start, size.min(p.size - start))
+        };
+        let mut f = self.open(p).await?;
+        f.seek(std::io::SeekFrom::Start(start)).await.map_err(io)?;
+        let mut buf = vec![0u8; len as usize];
+        f.read_exact(&mut buf).await.map_err(io)?;
+        Ok(buf)
+    }
+
     /// The package's file, for reading.
     pub async fn open(&self, p: &Package) -> Result<tokio::fs::File> {
         tokio::fs::File::open(self.file_path(&p.sha256))
@@ -371,9 +415,78 @@ impl PackageService {
             })
     }
 
+    /// The shared attributes that make `p` a device's target, as ThingsBoard sends them in one
+    /// message: title, version, exact size, checksum algorithm and checksum.
+    pub fn target_attributes(p: &Package) -> Vec<(String, Value)> {
+        let k = |s: &str| format!("{}_{s}", p.kind.prefix());
+        vec![
+            (k("title"), Value::Str(p.title.clone())),
+            (k("version"), Value::Str(p.version.clone())),
+            (k("size"), Value::Long(p.size as i64)),
+            (
+                k("checksum_algorithm"),
+                Value::Str(p.checksum_algorithm.as_str().to_string()),
+            ),
+            (k("checksum"), Value::Str(p.checksum.clone())),
+        ]
+    }
+
+    /// The keys `target_attributes` sets for `kind`.
+    pub fn target_keys(kind: PackageKind) -> Vec<String> {
+        ["title", "version", "size", "checksum_algorithm", "checksum"]
+            .iter()
+            .map(|s| format!("{}_{s}", kind.prefix()))
+            .collect()
+    }
+
+    /// The fleets whose target is `p`.
+    async fn targeted_by(&self, p: &Package) -> Result<Vec<FleetId>> {
+        let keys = [
+            format!("{}_title", p.kind.prefix()),
+            format!("{}_version", p.kind.prefix()),
+        ];
+        let mut out = Vec::new();
+        let mut after = None;
+        loop {
+            let page = self
+                .registry
+                .list_fleets(None, None, after.as_ref(), 1000)
+                .await?;
+            for f in &page.items {
+                if p.fleet_id.is_some_and(|x| x != f.id) {
+                    continue;
+                }
+                let got = self
+                    .attributes
+                    .get_attributes(AttributeOwner::Fleet(f.id), Scope::Shared, Some(&keys))
+                    .await?;
+                let is = |k: &str, want: &str| {
+                    got.iter()
+                        .any(|(n, _, v)| n == k && matches!(v, Value::Str(s) if s == want))
+                };
+                if is(&keys[0], &p.title) && is(&keys[1], &p.version) {
+                    out.push(f.id);
+                }
+            }
+            match page.next_cursor {
+                Some(c) => after = Some(c),
+                None => break,
+            }
+        }
+        Ok(out)
+    }
+
     /// Deletes a package; its file goes too unless another package has the same bytes.
+    /// Refused (409) while a fleet's target names it.
     pub async fn delete(&self, id: PackageId, by: &str) -> Result<()> {
         let p = self.record(id).await?;
+        let fleets = self.targeted_by(&p).await?;
+        if let Some(f) = fleets.first() {
+            return Err(Error::conflict(format!(
+                "fleet {f} has this package as its {} target: unassign it first",
+                p.kind.as_str()
+            )));
+        }
         self.store.delete_package(&p).await?;
         self.audit.record(
             Entry::new(AuditKind::PackageDeleted, by)

@@ -509,3 +509,178 @@ async fn the_cli_uploads_lists_and_downloads_a_package() {
     ]);
     assert_eq!(std::fs::read(&back).expect("read"), data);
 }
+
+/// The ThingsBoard OTA device protocol (thingsboard-ota.md §1.3–1.4): a package assigned to a
+/// fleet reaches its devices as the five `fw_*` shared attributes in one message, and a device
+/// downloads it over MQTT in chunks (without subscribing to the response topic) or whole, and
+/// over HTTP; refusals are ThingsBoard's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn devices_fetch_their_fleet_package_over_mqtt_and_http() {
+    use common::mqtt::{next_v3, spawn_v3};
+    use rumqttc::{Packet, QoS};
+
+    let t = TestApp::start().await;
+    let (dev, token) = t.device("valve").await;
+    let fleet = dev["fleet_id"].as_str().expect("fleet").to_string();
+    let data = image(200_000, 11);
+    let http = Http::new(&t);
+    let (s, p) = http
+        .upload(
+            &[
+                ("title", "valve-fw"),
+                ("version", "1.10"),
+                ("fleet_id", &fleet),
+            ],
+            data.clone(),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{p}");
+
+    // Connected and subscribed to attributes before the assignment: it gets the push.
+    let mut o = t.v3_options("valve", &token, "");
+    o.set_max_packet_size(1 << 20, 1 << 20);
+    let (client, mut rx) = spawn_v3(o);
+    assert!(matches!(next_v3(&mut rx).await, Ok(Packet::ConnAck(_))));
+    client
+        .subscribe("v1/devices/me/attributes", QoS::AtLeastOnce)
+        .await
+        .expect("subscribe");
+    assert!(matches!(next_v3(&mut rx).await, Ok(Packet::SubAck(_))));
+    let r = http
+        .c
+        .put(format!("{}/fleets/{fleet}/packages", http.base))
+        .bearer_auth(&http.key)
+        .json(&json!({"package_id": p["id"]}))
+        .send()
+        .await
+        .expect("assign");
+    assert_eq!(r.status(), StatusCode::OK);
+    let push = loop {
+        if let Ok(Packet::Publish(m)) = next_v3(&mut rx).await
+            && m.topic == "v1/devices/me/attributes"
+        {
+            break serde_json::from_slice::<Value>(&m.payload).expect("json");
+        }
+    };
+    assert_eq!(
+        push,
+        json!({
+            "fw_title": "valve-fw", "fw_version": "1.10", "fw_size": data.len(),
+            "fw_checksum_algorithm": "SHA256", "fw_checksum": hex(&Sha256::digest(&data)),
+        }),
+        "all five keys in one message, the version a string"
+    );
+
+    // Chunks of 65,536 bytes (the SDK's request size), answered without a subscription.
+    let mut got = Vec::new();
+    for n in 0.. {
+        client
+            .publish(
+                format!("v2/fw/request/1/chunk/{n}"),
+                QoS::AtLeastOnce,
+                false,
+                "32768",
+            )
+            .await
+            .expect("request");
+        let chunk = loop {
+            match next_v3(&mut rx).await {
+                Ok(Packet::Publish(m)) => {
+                    assert_eq!(m.topic, format!("v2/fw/response/1/chunk/{n}"));
+                    break m.payload;
+                }
+                Ok(_) => continue,
+                Err(e) => panic!("{e}"),
+            }
+        };
+        if chunk.is_empty() {
+            break;
+        }
+        got.extend_from_slice(&chunk);
+    }
+    assert_eq!(got, data, "the chunks make the file; past the end is empty");
+    // Over the packet cap (`mqtt.max_packet_size`, 64 KiB here): a chunk that large, or the
+    // whole 200 kB file (an empty payload), and software with none assigned: v2/fw/error.
+    for (topic, size, want) in [
+        ("v2/fw/request/2/chunk/0", "", "PAYLOAD_TOO_LARGE"),
+        ("v2/fw/request/3/chunk/0", "1000000", "PAYLOAD_TOO_LARGE"),
+        ("v2/sw/request/4/chunk/0", "1024", "NOT_FOUND"),
+    ] {
+        client
+            .publish(topic, QoS::AtLeastOnce, false, size)
+            .await
+            .expect("request");
+        let m = loop {
+            if let Ok(Packet::Publish(m)) = next_v3(&mut rx).await {
+                break m;
+            }
+        };
+        assert_eq!(
+            (m.topic.as_str(), &m.payload[..]),
+            ("v2/fw/error", want.as_bytes())
+        );
+    }
+
+    // HTTP: whole, a chunk, past the end, a wrong version, no software.
+    let get = |q: String| {
+        let url = format!("{}/api/v1/{token}/firmware?{q}", t.http_base());
+        async move { reqwest::get(url).await.expect("get") }
+    };
+    let r = get("title=valve-fw&version=1.10".into()).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    assert!(
+        r.headers()["content-disposition"]
+            .to_str()
+            .expect("ascii")
+            .contains("valve-fw-1.10.bin")
+    );
+    assert_eq!(r.bytes().await.expect("body").to_vec(), data);
+    let r = get("title=valve-fw&version=1.10&size=1000&chunk=3".into()).await;
+    assert_eq!(
+        r.bytes().await.expect("body").to_vec(),
+        data[3000..4000].to_vec()
+    );
+    let r = get("title=valve-fw&version=1.10&size=1000&chunk=200".into()).await;
+    assert_eq!(
+        (r.status(), r.bytes().await.expect("body").len()),
+        (StatusCode::OK, 0)
+    );
+    assert_eq!(
+        get("title=valve-fw&version=1.1".into()).await.status(),
+        StatusCode::BAD_REQUEST
+    );
+    let r = reqwest::get(format!(
+        "{}/api/v1/{token}/software?title=a&version=b",
+        t.http_base()
+    ))
+    .await
+    .expect("get");
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+
+    // Deleting an assigned package is refused; unassigned, it goes, and devices are told.
+    let id = p["id"].as_str().expect("id");
+    let (s, v) = http.json("DELETE", &format!("/packages/{id}")).await;
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (StatusCode::CONFLICT, Some("conflict")),
+        "{v}"
+    );
+    let (s, _) = http
+        .json("DELETE", &format!("/fleets/{fleet}/packages"))
+        .await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    let deleted = loop {
+        if let Ok(Packet::Publish(m)) = next_v3(&mut rx).await
+            && m.topic == "v1/devices/me/attributes"
+        {
+            break serde_json::from_slice::<Value>(&m.payload).expect("json");
+        }
+    };
+    assert_eq!(
+        deleted["deleted"].as_array().expect("deleted").len(),
+        5,
+        "{deleted}"
+    );
+    let (s, _) = http.json("DELETE", &format!("/packages/{id}")).await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+}

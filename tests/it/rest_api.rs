@@ -375,6 +375,7 @@ async fn every_documented_route_requires_an_api_key_and_exists() {
         "/jobs/{id}",
         "/jobs/{id}/cancel",
         "/fleets/{id}/jobs",
+        "/fleets/{id}/packages",
         "/fleet-jobs/{id}",
         "/fleet-jobs/{id}/cancel",
         "/schedules",
@@ -422,8 +423,10 @@ async fn every_documented_route_requires_an_api_key_and_exists() {
         "/{token}/attributes/updates",
         "/{token}/rpc",
         "/{token}/rpc/{id}",
+        "/{token}/software",
         "/{token}/claim",
         "/{token}/conditions",
+        "/{token}/firmware",
     ];
     let mut documented: Vec<_> = paths.keys().cloned().collect();
     documented.sort();
@@ -481,7 +484,7 @@ async fn every_documented_route_requires_an_api_key_and_exists() {
             checked += 1;
         }
     }
-    assert_eq!(checked, 96);
+    assert_eq!(checked, 98);
     let resp = c
         .get(format!("{base}/api/v1/nothing"))
         .bearer_auth(&t.admin_key)

@@ -47,7 +47,9 @@ from cryptography.x509.oid import NameOID
 # The SDK imports mmh3 (or tries to pip-install it at import time); run.sh installs it up front.
 from tb_device_http import TBHTTPDevice  # noqa: E402
 import tb_device_mqtt  # noqa: E402
-from tb_device_mqtt import ATTRIBUTES_TOPIC, TELEMETRY_TOPIC, TBDeviceMqttClient, TBPublishInfo  # noqa: E402
+from tb_device_mqtt import (  # noqa: E402
+    ATTRIBUTES_TOPIC, TELEMETRY_TOPIC, TBDeviceMqttClient, TBFirmwareState, TBPublishInfo,
+)
 
 HOST = "127.0.0.1"
 CONNECT_TIMEOUT = 10.0  # seconds to wait for is_connected()
@@ -1237,6 +1239,53 @@ def checks(s: Suite):
         expect(same(content, {"shared": {"mode": "eco"}}),
                f"after deleting the device's mode: {short(content)}, want the fleet default eco")
 
+    # -- OTA (thingsboard-ota.md §1.3, §1.5) --
+
+    def upload_package(fleet, title, version, data):
+        q = urllib.parse.urlencode({"title": title, "version": version, "fleet_id": fleet})
+        req = urllib.request.Request(f"{api.base}/api/v1/packages?{q}", data=data, method="POST")
+        req.add_header("Content-Type", "application/octet-stream")
+        req.add_header("Authorization", f"Bearer {api.key}")
+        with urllib.request.urlopen(req, timeout=30) as r:
+            expect(r.status == 201, f"upload -> {r.status}")
+            return json.loads(r.read())
+
+    def ota_one(fleet, name, size, chunk_size):
+        data = os.urandom(size)
+        pkg = upload_package(fleet, f"{name}-fw", "1.10", data)
+        api.ok("PUT", f"/api/v1/fleets/{fleet}/packages", {"package_id": pkg["id"]}, expect_status=(200,))
+        dev, token = api.device(fleet, f"{name}-dev")
+        got = {}
+        c = s.client(port=srv.plain_port, username=token, chunk_size=chunk_size)
+
+        def on_firmware(client, firmware, version):
+            got["data"], got["version"] = bytes(firmware), version
+            client.update_firmware_info(title=f"{name}-fw", version=version, state=TBFirmwareState.UPDATED)
+
+        c.set_on_firmware_received_callback(on_firmware)
+        s.connect(c)
+        s.session_ready(c)
+        t0 = time.monotonic()
+        c.get_firmware_update()
+        poll(lambda: "data" in got, 60)
+        expect("data" in got, f"{name}: no firmware received in 60 s")
+        dt = time.monotonic() - t0
+        expect(got["data"] == data, f"{name}: received {len(got['data'])} bytes, not the package's {size}")
+        expect(got["version"] == "1.10", f"{name}: version {got['version']!r}, want the string '1.10'")
+        # The SDK reported its states as telemetry; the last one is UPDATED with the new version.
+        s.expect_latest(dev, "fw_state", "UPDATED")
+        # (`current_fw_version` "1.10" is device telemetry: ThingsBoard types it as the number
+        # 1.1, and so does Corral; the title shows the report.)
+        s.expect_latest(dev, "current_fw_title", f"{name}-fw")
+        return f"{name}: {size} bytes in {'chunks of ' + str(chunk_size) if chunk_size else 'one message'}, {dt:.1f} s"
+
+    def ota_firmware():
+        _, fleet = api.workspace_fleet("ota")
+        notes = [ota_one(fleet, "chunked", 150_000, 32768)]
+        _, fleet2 = api.workspace_fleet("ota-whole")
+        notes.append(ota_one(fleet2, "whole", 20_000, 0))
+        return "; ".join(notes)
+
     # -- HTTP device API (spec §7) --
 
     def dev_call(token, method, path, body=None, timeout=15):
@@ -1530,6 +1579,7 @@ def checks(s: Suite):
         ("16 HTTP device API (TBHTTPDevice)", http_device_api),
         ("17 aggregates (1h buckets, UTC and a tz)", aggregates),
         ("18 server-side RPC (jobs)", jobs),
+        ("19 OTA firmware update (chunked and whole, SHA256)", ota_firmware),
     ]
 
 
