@@ -24,9 +24,9 @@ use crate::store::ports::{AttributeStore, NameClash, PackageStore};
 
 type Result<T> = std::result::Result<T, Error>;
 
-/// Longest version string, in characters.
-pub const MAX_VERSION: usize = 64;
-/// Longest file name, in bytes.
+/// Longest version string, in characters (as a title).
+pub const MAX_VERSION: usize = crate::names::MAX_NAME;
+/// Longest file name, in characters.
 const MAX_FILE_NAME: usize = 255;
 
 /// What an upload says about the file it carries.
@@ -37,11 +37,21 @@ pub struct NewPackage {
     #[serde(default, rename = "type")]
     #[param(rename = "type", value_type = Option<PackageKind>)]
     pub kind: Option<PackageKind>,
-    /// 1 to 128 characters (ThingsBoard's `fw_title`). Required.
+    /// 1 to 128 characters after trimming surrounding whitespace, no control characters
+    /// (ThingsBoard's `fw_title`). Read after the caller's role is checked, so a caller without
+    /// the role learns nothing from a missing title.
     #[serde(default)]
+    #[param(
+        required = true,
+        pattern = r"^[\t-\r \u0085\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*[^\u0000-\u0020\u007f-\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000](?:[^\u0000-\u001f\u007f-\u009f]{0,126}[^\u0000-\u0020\u007f-\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000])?[\t-\r \u0085\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*$"
+    )]
     pub title: String,
-    /// 1 to 64 characters (`fw_version`); unique with the title, per type. Required.
+    /// As `title` (`fw_version`); unique with the title, per type.
     #[serde(default)]
+    #[param(
+        required = true,
+        pattern = r"^[\t-\r \u0085\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*[^\u0000-\u0020\u007f-\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000](?:[^\u0000-\u001f\u007f-\u009f]{0,126}[^\u0000-\u0020\u007f-\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000])?[\t-\r \u0085\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*$"
+    )]
     pub version: String,
     /// Only this fleet's devices may be given it; absent: any fleet (server admins only).
     #[serde(default)]
@@ -50,10 +60,15 @@ pub struct NewPackage {
     /// `MURMUR3_32` or `MURMUR3_128`. The last three fail the ThingsBoard SDK's check for
     /// about 1 image in 256 (see docs/ota.md).
     #[serde(default)]
-    #[param(value_type = Option<String>)]
+    #[param(
+        value_type = Option<String>,
+        pattern = "^(|[Mm][Dd]5|[Ss][Hh][Aa](256|384|512)|[Cc][Rr][Cc]32|[Mm][Uu][Rr][Mm][Uu][Rr]3_(32|128))$"
+    )]
     pub checksum_algorithm: Option<String>,
-    /// The name devices and downloads see; default `<title>-<version>.bin`.
+    /// The name devices and downloads see (at most 255 characters, no control characters,
+    /// slashes or quotes); default `<title>-<version>.bin`.
     #[serde(default)]
+    #[param(pattern = r#"^[^/\\"\u0000-\u001f\u007f-\u009f]{0,255}$"#)]
     pub file_name: Option<String>,
 }
 
@@ -210,14 +225,14 @@ impl PackageService {
             None | Some("") => format!("{title}-{version}.bin"),
             Some(n) => n.to_string(),
         };
-        if file_name.len() > MAX_FILE_NAME
+        if file_name.chars().count() > MAX_FILE_NAME
             || file_name
                 .chars()
                 .any(|c| c.is_control() || matches!(c, '/' | '\\' | '"'))
         {
             return Err(invalid(
                 "file_name",
-                "at most 255 bytes, without control characters, slashes or quotes",
+                "at most 255 characters, without control characters, slashes or quotes",
             ));
         }
         if let Some(f) = new.fleet_id {
