@@ -57,7 +57,8 @@ pub struct TargetKind {
 /// pushed to the fleet's connected devices in one message, as ThingsBoard devices expect; a
 /// device that has its own value of a key keeps it. Devices then fetch the package over MQTT
 /// (`v2/fw/request/...`) or HTTP (`GET /api/v1/{token}/firmware`). Needs the operator role on
-/// the fleet. Errors: 404 (fleet or package), 422 `invalid_field` (a package of another fleet).
+/// the fleet. Recorded in the audit log (`package_assigned`). Errors: 404 (fleet or package),
+/// 422 `invalid_field` (a package of another fleet).
 #[utoipa::path(put, path = "/fleets/{id}/packages", tag = "ota",
     params(("id" = String, Path, description = "fleet id")), request_body = FleetTarget,
     responses((status = 200, body = PackageView), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)))]
@@ -77,6 +78,14 @@ async fn assign_fleet_package(
     s.attributes
         .set_fleet(fleet, crate::ota::PackageService::target_attributes(&p))
         .await?;
+    s.audit.record(
+        crate::audit::Entry::new(
+            crate::model::AuditKind::PackageAssigned,
+            crate::audit::operator(),
+        )
+        .fleet(fleet)
+        .detail(format!("{} {} {}", p.kind.as_str(), p.title, p.version)),
+    );
     tracing::info!(%fleet, package = %p.id, title = %p.title, version = %p.version, "package assigned to a fleet");
     Ok(axum::Json(PackageView::from(&p)))
 }
@@ -85,7 +94,7 @@ async fn assign_fleet_package(
 ///
 /// Deletes the fleet's target attributes of one type (`fw_*` by default, `sw_*` with
 /// `type=software`); devices are told the keys were deleted. Needs the operator role on the
-/// fleet.
+/// fleet. Recorded in the audit log (`package_unassigned`).
 #[utoipa::path(delete, path = "/fleets/{id}/packages", tag = "ota",
     params(("id" = String, Path, description = "fleet id"), TargetKind),
     responses((status = 204), (status = 404, body = ErrorBody)))]
@@ -98,6 +107,14 @@ async fn unassign_fleet_package(
     s.attributes
         .delete_fleet(fleet, &crate::ota::PackageService::target_keys(kind))
         .await?;
+    s.audit.record(
+        crate::audit::Entry::new(
+            crate::model::AuditKind::PackageUnassigned,
+            crate::audit::operator(),
+        )
+        .fleet(fleet)
+        .detail(kind.as_str()),
+    );
     Ok(StatusCode::NO_CONTENT)
 }
 

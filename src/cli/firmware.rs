@@ -65,6 +65,27 @@ pub enum FirmwareCmd {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// Make a package the target of a fleet's devices (they download it).
+    Assign {
+        /// Package id.
+        id: String,
+        /// The fleet (id or name).
+        #[arg(long)]
+        fleet: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Remove a fleet's firmware (or software) target.
+    Unassign {
+        /// The fleet (id or name).
+        #[arg(long)]
+        fleet: String,
+        /// firmware or software.
+        #[arg(long = "type", default_value = "firmware")]
+        kind: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
     /// Delete a package.
     Delete {
         /// Package id.
@@ -205,6 +226,39 @@ pub async fn run(cmd: FirmwareCmd) -> anyhow::Result<ExitCode> {
                 .await?;
             f.sync_all()?;
             output::done(client.json, format!("wrote {n} bytes to {}", out.display()));
+        }
+        FirmwareCmd::Assign { id, fleet, client } => {
+            let c = ApiClient::from_args(&client)?;
+            let f = resolve(&c, &Kind::fleet(), &fleet).await?;
+            let p: PackageView = c
+                .put(
+                    &format!("/fleets/{}/packages", f.id),
+                    &serde_json::json!({"package_id": id}),
+                )
+                .await?;
+            output::done(
+                client.json,
+                format!(
+                    "fleet {fleet} now targets {} {} {}",
+                    p.kind.as_str(),
+                    p.title,
+                    p.version
+                ),
+            );
+            if client.json {
+                output::json(&p)?;
+            }
+        }
+        FirmwareCmd::Unassign {
+            fleet,
+            kind,
+            client,
+        } => {
+            let c = ApiClient::from_args(&client)?;
+            let f = resolve(&c, &Kind::fleet(), &fleet).await?;
+            c.delete(&format!("/fleets/{}/packages?type={kind}", f.id))
+                .await?;
+            output::done(client.json, format!("fleet {fleet} has no {kind} target"));
         }
         FirmwareCmd::Delete { id, client } => {
             let c = ApiClient::from_args(&client)?;

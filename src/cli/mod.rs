@@ -102,7 +102,8 @@ enum Command {
     /// Conditions devices reported: list, show, acknowledge, close.
     #[command(subcommand)]
     Condition(conditions::ConditionCmd),
-    /// Firmware and software packages: upload, list, show, download, delete.
+    /// Firmware and software packages: upload, list, show, download, assign to a fleet,
+    /// unassign, delete.
     #[command(subcommand)]
     Firmware(firmware::FirmwareCmd),
     /// Write an online backup of a running server to a file (`backup FILE`), or check one

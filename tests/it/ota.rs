@@ -499,6 +499,25 @@ async fn the_cli_uploads_lists_and_downloads_a_package() {
     assert_eq!(list[0]["id"], p["id"]);
     let table = run(&["firmware", "list"]);
     assert!(table.contains("valve") && table.contains("3.1"), "{table}");
+    // Assigned to a fleet from the CLI: the fleet's defaults name it; unassigned, they are gone.
+    let (dev, _) = t.device("cli-dev").await;
+    let fleet = dev["fleet_id"].as_str().expect("fleet").to_string();
+    let id = p["id"].as_str().expect("id");
+    run(&["firmware", "assign", id, "--fleet", &fleet]);
+    let attrs: Value = t
+        .api
+        .get(&format!("/fleets/{fleet}/attributes/shared"), &[])
+        .await
+        .expect("fleet attributes");
+    assert_eq!(attrs["fw_version"]["value"], "3.1", "{attrs}");
+    assert_eq!(attrs["fw_size"]["value"], data.len() as u64, "{attrs}");
+    run(&["firmware", "unassign", "--fleet", &fleet]);
+    let attrs: Value = t
+        .api
+        .get(&format!("/fleets/{fleet}/attributes/shared"), &[])
+        .await
+        .expect("fleet attributes");
+    assert!(attrs.get("fw_version").is_none(), "{attrs}");
     let back = dir.path().join("back.bin");
     run(&[
         "firmware",
