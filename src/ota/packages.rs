@@ -240,10 +240,9 @@ impl PackageService {
         }
         if self
             .store
-            .packages()
+            .package_by_version(kind, &title, &version)
             .await?
-            .iter()
-            .any(|p| p.kind == kind && p.title == title && p.version == version)
+            .is_some()
         {
             return Err(taken(kind, &title, &version));
         }
@@ -389,12 +388,12 @@ impl PackageService {
         title: &str,
         version: &str,
     ) -> Result<Option<Package>> {
-        Ok(self.store.packages().await?.into_iter().find(|p| {
-            p.kind == kind
-                && p.title == title
-                && p.version == version
-                && p.fleet_id.is_none_or(|f| f == fleet)
-        }))
+        // One index lookup: this runs for every chunk a device asks for.
+        Ok(self
+            .store
+            .package_by_version(kind, title, version)
+            .await?
+            .filter(|p| p.fleet_id.is_none_or(|f| f == fleet)))
     }
 
     /// Chunk `chunk` of `size` bytes of the package's file (the whole file when `size` is 0),

@@ -629,6 +629,14 @@ impl PackageStore for Store {
     ) -> Fut<'a, Option<crate::model::Package>> {
         done(self.db.get_package(id))
     }
+    fn package_by_version<'a>(
+        &'a self,
+        kind: crate::model::PackageKind,
+        title: &'a str,
+        version: &'a str,
+    ) -> Fut<'a, Option<crate::model::Package>> {
+        done(self.db.package_by_version(kind, title, version))
+    }
     fn packages<'a>(&'a self) -> Fut<'a, Vec<crate::model::Package>> {
         done(self.db.packages())
     }

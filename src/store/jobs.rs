@@ -7,38 +7,14 @@
 
 use super::codec::{concat, decode_json, encode_json};
 use super::{Db, Mark, Result, Store, StoreError};
-use crate::model::{DeviceId, FleetJob, Job, JobId};
+use crate::model::{DeviceId, Job, JobId};
 
-/// The job area's writes, each one unit of work (`Store::write_logged`): applied at once,
-/// durable once the returned mark is (`Store::durable`).
+/// A job-area write of the store's own (a deleted device's jobs), as one unit of work
+/// (`Store::write_logged`); services write through `ports::JobStore`.
 impl Store {
-    pub fn put_job(&self, job: &Job) -> Result<Mark> {
-        Ok(self
-            .write_logged(|w| {
-                w.put_job(job);
-                Ok(())
-            })?
-            .1)
-    }
-
-    /// The next RPC request id of a device (1, 2, ... wrapping within 31 bits).
-    pub fn next_rpc_id(&self, device: DeviceId) -> Result<u32> {
-        Ok(self.write_logged(|w| w.next_rpc_id(device))?.0)
-    }
-
     /// Removes every job of a deleted device.
     pub fn delete_device_jobs(&self, device: DeviceId) -> Result<Mark> {
         Ok(self.write_logged(|w| w.delete_device_jobs(device))?.1)
-    }
-
-    /// Writes a fleet job and its idempotency key in one unit.
-    pub fn put_fleet_job(&self, fj: &FleetJob) -> Result<Mark> {
-        Ok(self
-            .write_logged(|w| {
-                w.put_fleet_job(fj);
-                Ok(())
-            })?
-            .1)
     }
 }
 

@@ -597,7 +597,8 @@ mod tests {
                 && w.value.as_deref() == Some(&2u32.to_be_bytes()[..]))
         );
         // The next id continues from what is stored.
-        assert_eq!(s.next_rpc_id(device).expect("next"), 3);
+        let jobs: &dyn crate::store::ports::JobStore = &s;
+        assert_eq!(jobs.next_rpc_id(device).expect("next"), 3);
         // Nothing logged: the current mark, already durable.
         let (_, none) = s.write_logged(|_| Ok(())).expect("empty unit");
         s.durable(none).await.expect("durable");

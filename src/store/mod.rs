@@ -1,12 +1,13 @@
-//! The only module that touches sled. It exposes a narrow typed API in domain types
-//! (registry records, telemetry points), the group-commit durability point, and the
-//! schema version with its migrations. A second engine must be possible by changing only this
-//! module.
+//! The only module that touches sled. What the rest of Corral may ask of storage is stated in
+//! `ports` (one trait per area, in domain types); `adapters` implements those traits over the
+//! typed operations in the per-area files here (`registry`, `telemetry`, `jobs`, ...), the
+//! group-commit write pipeline (`commit`, `wal`, `logged`), and the schema version with its
+//! migrations. A second engine implements `ports` without any service changing.
 
 mod adapters;
 mod attributes;
 pub mod backup;
-// Crate-visible for the `fuzzing` forwarders only; the rest of the crate goes through `Store`.
+// Crate-visible for the `fuzzing` forwarders only; the rest of the crate goes through `ports`.
 pub(crate) mod codec;
 mod commit;
 mod conditions;

@@ -5,16 +5,20 @@
 use super::codec::{decode_json, encode_json};
 use super::registry::{NameClash, put_named};
 use super::{Db, Result};
-use crate::model::{Package, PackageId};
+use crate::model::{Package, PackageId, PackageKind};
 
 /// The unique key of a package: its kind, title and version.
 fn key(p: &Package) -> Vec<u8> {
-    let mut k = Vec::with_capacity(p.title.len() + p.version.len() + 12);
-    k.extend_from_slice(p.kind.as_str().as_bytes());
+    key_of(p.kind, &p.title, &p.version)
+}
+
+fn key_of(kind: PackageKind, title: &str, version: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(title.len() + version.len() + 12);
+    k.extend_from_slice(kind.as_str().as_bytes());
     k.push(0);
-    k.extend_from_slice(p.title.as_bytes());
+    k.extend_from_slice(title.as_bytes());
     k.push(0);
-    k.extend_from_slice(p.version.as_bytes());
+    k.extend_from_slice(version.as_bytes());
     k
 }
 
@@ -36,6 +40,24 @@ impl Db {
         match self.trees().packages.get(id.as_bytes())? {
             None => Ok(None),
             Some(v) => decode_json("packages", &v).map(Some),
+        }
+    }
+
+    /// The package of this kind, title and version (one index lookup).
+    pub fn package_by_version(
+        &self,
+        kind: PackageKind,
+        title: &str,
+        version: &str,
+    ) -> Result<Option<Package>> {
+        let t = self.trees();
+        match t
+            .package_keys
+            .get(key_of(kind, title, version))?
+            .and_then(|v| PackageId::from_slice(&v))
+        {
+            None => Ok(None),
+            Some(id) => self.get_package(id),
         }
     }
 

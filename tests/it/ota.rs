@@ -215,6 +215,17 @@ async fn packages_upload_checksum_download_and_delete() {
         .upload(&[("title", "x"), ("version", " ")], b"x".to_vec())
         .await;
     assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY);
+    let (s, v) = http
+        .upload(
+            &[
+                ("title", "x"),
+                ("version", "1"),
+                ("file_name", "../etc/passwd"),
+            ],
+            b"x".to_vec(),
+        )
+        .await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{v}");
     assert_eq!(partial_files(&t), 0, "no partial upload is left");
     let (_, list) = http.json("GET", "/packages").await;
     assert_eq!(list.as_array().expect("list").len(), 3, "{list}");
@@ -666,6 +677,12 @@ async fn devices_fetch_their_fleet_package_over_mqtt_and_http() {
     );
     assert_eq!(
         get("title=valve-fw&version=1.1".into()).await.status(),
+        StatusCode::BAD_REQUEST
+    );
+    assert_eq!(
+        get("title=valve-fw&version=1.10&size=abc".into())
+            .await
+            .status(),
         StatusCode::BAD_REQUEST
     );
     let r = reqwest::get(format!(
