@@ -1,7 +1,9 @@
 // The REST client of the UI: every call goes to /api/v1 on this origin, authenticated by the
 // session cookie (with its CSRF token on every request) or, as a fallback, by an API key kept
-// in sessionStorage and sent as `Authorization: Bearer`. Also the live event stream (SSE read
-// through fetch, so that it carries the same authentication as every other call).
+// in sessionStorage and sent as `Authorization: Bearer`. Also file uploads with progress (through
+// XMLHttpRequest, the one browser API that reports how much of a body was sent) and the live
+// event stream (SSE read through fetch, so that it carries the same authentication as every
+// other call).
 
 const KEY_STORE = 'corral.apiKey';
 
@@ -49,16 +51,73 @@ export async function api(method, path, body, opts = {}) {
     throw new ApiError(0, 'network', 'The server cannot be reached.');
   }
   if (r.status === 204) return null;
-  const text = await r.text();
+  return answer(r.status, await r.text(), r.statusText, opts);
+}
+
+/** The parsed body of an answer, or the ApiError it carries (`{"error": {code, message}}`). */
+function answer(status, text, statusText, opts = {}) {
   let data = null;
   try { data = text ? JSON.parse(text) : null; } catch { data = null; }
-  if (!r.ok) {
+  if (status < 200 || status > 299) {
     const err = data && data.error ? data.error : {};
-    const e = new ApiError(r.status, err.code, err.message || text || r.statusText);
-    if (r.status === 401 && !opts.quiet401) listeners.forEach((f) => f());
+    const e = new ApiError(status, err.code, err.message || text || statusText);
+    if (status === 401 && !opts.quiet401) listeners.forEach((f) => f());
     throw e;
   }
   return data;
+}
+
+/**
+ * POSTs `file` (a File or Blob) as the raw body of `/api/v1${path}`. The File object itself is
+ * sent, so the browser streams it from disk: it is never read into memory here.
+ * `onProgress(sent, total)` follows the sending; `signal` (an AbortSignal) cancels it, which
+ * rejects with an AbortError. Resolves with the parsed answer; rejects with an ApiError, whose
+ * status is 0 when the connection ended before an answer came.
+ */
+export function upload(path, file, { onProgress, signal } = {}) {
+  return new Promise((resolve, reject) => {
+    const xhr = new XMLHttpRequest();
+    xhr.open('POST', `/api/v1${path}`);
+    for (const [k, v] of Object.entries(headers({ 'Content-Type': 'application/octet-stream' }))) xhr.setRequestHeader(k, v);
+    if (onProgress) {
+      xhr.upload.addEventListener('progress', (ev) => onProgress(ev.loaded, ev.lengthComputable ? ev.total : file.size));
+    }
+    xhr.addEventListener('load', () => {
+      try { resolve(answer(xhr.status, xhr.responseText, xhr.statusText)); } catch (e) { reject(e); }
+    });
+    xhr.addEventListener('error', () => reject(new ApiError(0, 'network', 'The upload broke off: the connection closed before the server answered.')));
+    xhr.addEventListener('timeout', () => reject(new ApiError(0, 'network', 'The upload timed out.')));
+    xhr.addEventListener('abort', () => reject(new DOMException('The upload was cancelled.', 'AbortError')));
+    if (signal) {
+      if (signal.aborted) { reject(new DOMException('The upload was cancelled.', 'AbortError')); return; }
+      signal.addEventListener('abort', () => xhr.abort(), { once: true });
+    }
+    xhr.send(file);
+  });
+}
+
+/**
+ * Saves what `GET /api/v1${path}` returns as a file. With a session cookie the browser streams
+ * it straight to disk through a link; with an API key (which must travel in a header) it is
+ * fetched and saved from memory. The answer's Content-Disposition names the file
+ * (`fallbackName` when it does not).
+ */
+export async function downloadFile(path, fallbackName) {
+  const save = (href, name) => {
+    const a = document.createElement('a');
+    a.href = href;
+    a.download = name || '';
+    document.body.append(a);
+    a.click();
+    a.remove();
+  };
+  if (!session.apiKey) { save(`/api/v1${path}`); return; }
+  const r = await fetch(`/api/v1${path}`, { headers: headers(), credentials: 'same-origin' });
+  if (!r.ok) answer(r.status, await r.text(), r.statusText);
+  const name = /filename="([^"]+)"/.exec(r.headers.get('Content-Disposition') || '')?.[1];
+  const url = URL.createObjectURL(await r.blob());
+  save(url, name || fallbackName);
+  setTimeout(() => URL.revokeObjectURL(url), 60000);
 }
 
 /**

@@ -1,5 +1,5 @@
 // Small DOM helpers: element building without innerHTML (no markup is ever built from data),
-// formatting of times and values, announcements for screen readers, and common widgets.
+// formatting of times, sizes and values, announcements for screen readers, and common widgets.
 
 /**
  * h('button', {type: 'button', onclick: f, class: 'x'}, 'text', child...) builds an element.
@@ -73,6 +73,21 @@ export function fmtValue(v) {
   if (v === null || v === undefined) return '—';
   if (typeof v === 'object') return JSON.stringify(v);
   return String(v);
+}
+
+/** A byte count for people: `912 B`, `1.5 KiB`, `3.0 MiB`, `120 MiB`, `2.0 GiB`. */
+export function fmtBytes(n) {
+  if (n === null || n === undefined) return '—';
+  const units = ['B', 'KiB', 'MiB', 'GiB', 'TiB'];
+  let v = Number(n);
+  let i = 0;
+  while (v >= 1024 && i < units.length - 1) { v /= 1024; i += 1; }
+  return i === 0 ? `${v} B` : `${v.toFixed(v < 100 ? 1 : 0)} ${units[i]}`;
+}
+
+/** A size for people, with the exact byte count in its title. */
+export function sizeEl(n) {
+  return h('span', { class: 'size', title: `${Number(n).toLocaleString()} bytes` }, fmtBytes(n));
 }
 
 export function timeEl(ms) {
