@@ -13,6 +13,7 @@ import * as devices from './pages/devices.js';
 import * as device from './pages/device.js';
 import * as conditions from './pages/conditions.js';
 import * as jobs from './pages/jobs.js';
+import * as packages from './pages/packages.js';
 import * as integrations from './pages/integrations.js';
 import * as users from './pages/users.js';
 import * as audit from './pages/audit.js';
@@ -25,6 +26,7 @@ const routes = [
   [/^\/devices\/([0-9a-fA-F-]{36})$/, device, 'Device'],
   [/^\/conditions$/, conditions, 'Conditions'],
   [/^\/jobs$/, jobs, 'Jobs'],
+  [/^\/packages$/, packages, 'Packages'],
   [/^\/integrations$/, integrations, 'Integrations'],
   [/^\/users$/, users, 'Users & API keys'],
   [/^\/audit$/, audit, 'Audit log'],
