@@ -1,13 +1,16 @@
 // One fleet: what it is (name and description, editable by a workspace admin), how its devices
 // get onboard — provisioning (self-registration with the fleet's key and secret; the secret
 // is shown once, when it is set) and manufacturer CAs (a device whose certificate one of them
-// signed joins the fleet on first connect) — and the shared-attribute defaults every device of
-// the fleet gets unless it has its own value. Controls the caller's role does not allow are
-// replaced by a note (see roles.js); the server decides anyway, and its refusal is shown.
+// signed joins the fleet on first connect) — its target firmware and software packages (the
+// fleet's fw_* and sw_* shared attributes, set and removed through /fleets/{id}/packages), and
+// the shared-attribute defaults every device of the fleet gets unless it has its own value.
+// Controls the caller's role does not allow are replaced by a note (see roles.js); the server
+// decides anyway, and its refusal is shown.
 
 import * as api from '../api.js';
-import { h, clear, field, table, onSubmit, toast, announce, timeEl, fmtTime, fmtValue, errorBox, errorText, secretBox, download } from '../dom.js';
+import { h, clear, field, table, onSubmit, toast, announce, timeEl, fmtTime, fmtValue, errorBox, errorText, secretBox, download, sizeEl } from '../dom.js';
 import { roleOnFleet, roleOnWorkspace, allows, roleNote, roleText } from '../roles.js';
+import { TYPES, shortHex } from './packages.js';
 
 const STRATEGIES = [
   ['allow_create_new_devices', 'Create a device for any new name'],
@@ -44,13 +47,14 @@ export async function render(main, ctx) {
     about: h('section', { id: 'fleet-about', 'aria-labelledby': 'about-h' }),
     provisioning: h('section', { id: 'provisioning', 'aria-labelledby': 'provisioning-h' }),
     cas: h('section', { id: 'manufacturer-cas', 'aria-labelledby': 'cas-h' }),
+    packages: h('section', { id: 'fleet-packages', 'aria-labelledby': 'packages-h' }),
     defaults: h('section', { id: 'fleet-defaults', 'aria-labelledby': 'defaults-h' }),
   };
   clear(main,
     h('p', { class: 'crumbs' }, h('a', { href: '#/fleets' }, 'Workspaces & fleets'), ' / ', workspace ? workspace.name : fleet.workspace_id),
     h('h1', {}, `Fleet ${fleet.name}`),
     h('nav', { class: 'toc', 'aria-label': 'Sections' }, h('ul', {},
-      [['about', 'About'], ['provisioning', 'Provisioning'], ['cas', 'Manufacturer CAs'], ['defaults', 'Shared attribute defaults']]
+      [['about', 'About'], ['provisioning', 'Provisioning'], ['cas', 'Manufacturer CAs'], ['packages', 'Firmware / software'], ['defaults', 'Shared attribute defaults']]
         .map(([k, l]) => h('li', {}, h('a', { href: `#/fleets/${id}`, onclick: (ev) => {
           ev.preventDefault();
           const target = sections[k].querySelector('h2');
@@ -212,6 +216,69 @@ export async function render(main, ctx) {
       form);
   }
 
+  // ---- firmware / software ----
+  // The target of each type is what the fleet's shared attributes say (the five fw_* or sw_*
+  // keys an assignment sets); the package of the library it names, when there is one.
+  async function renderPackages() {
+    const head = [h('h2', { id: 'packages-h' }, 'Firmware / software'),
+      h('p', { class: 'muted' }, 'The package every device of this fleet is to run. Assigning one sets the fleet\'s fw_* (or sw_*) shared attributes and pushes them to its connected devices, which then download it over the ThingsBoard protocol; a device with its own value of a key keeps it.')];
+    let attrs;
+    let pkgs;
+    try {
+      [attrs, pkgs] = await Promise.all([api.get(`${base}/attributes/shared`), api.get(`/packages${api.qs({ fleet_id: id })}`)]);
+    } catch (e) { clear(sections.packages, head, errorBox(e)); return; }
+    if (!ctx.current()) return;
+    attrs = attrs || {};
+    const targets = TYPES.map(([kind, label]) => {
+      const prefix = kind === 'firmware' ? 'fw' : 'sw';
+      const attr = (k) => attrs[`${prefix}_${k}`];
+      const value = (k) => (attr(k) ? attr(k).value : undefined);
+      const title = value('title');
+      const version = value('version');
+      const assigned = title !== undefined && title !== null;
+      const pkg = assigned ? pkgs.find((p) => p.type === kind && p.title === title && p.version === String(version)) : null;
+      const choices = pkgs.filter((p) => p.type === kind);
+      const now = assigned ? h('dl', { class: 'facts' },
+        h('dt', {}, 'Package'), h('dd', { class: 'target-name' }, pkg ? h('a', { href: `#/packages?id=${pkg.id}` }, `${title} ${version}`) : `${title} ${version ?? ''}`,
+          pkg ? null : h('small', { class: 'muted' }, ' (not a package in the library)')),
+        value('size') !== undefined ? [h('dt', {}, 'Size'), h('dd', {}, sizeEl(value('size')))] : null,
+        value('checksum') ? [h('dt', {}, 'Checksum'), h('dd', {}, `${value('checksum_algorithm') || ''} `, shortHex(String(value('checksum')), 'checksum'))] : null,
+        h('dt', {}, 'Assigned'), h('dd', {}, timeEl(attr('title').ts)))
+        : h('p', { class: 'muted target-none' }, `No ${kind} assigned.`);
+      let controls = null;
+      if (operate && !choices.length) {
+        controls = h('p', { class: 'muted' }, `No ${kind} package for this fleet yet: `, h('a', { href: `#/packages?fleet_id=${id}` }, 'upload one'), '.');
+      } else if (operate) {
+        const sel = h('select', { name: 'package_id', id: `assign-${kind}` }, choices.map((p) => h('option', { value: p.id, selected: pkg && p.id === pkg.id },
+          `${p.title} ${p.version}${p.fleet_id ? '' : ' (all fleets)'}`)));
+        controls = onSubmit(h('form', { class: 'inline-form', id: `assign-${kind}-form`, 'aria-label': `Assign ${kind}` },
+          field(`${label} package`, sel),
+          h('button', { type: 'submit', class: 'primary' }, assigned ? 'Assign instead' : 'Assign')), async (d) => {
+          const p = choices.find((x) => x.id === d.get('package_id'));
+          if (!p) return;
+          if (!window.confirm(`Make ${p.title} ${p.version} the ${kind} of every device of fleet ${fleet.name}? Connected devices are told at once and start downloading it.`)) return;
+          await api.put(`${base}/packages`, { package_id: p.id });
+          toast(`${p.title} ${p.version} assigned to fleet ${fleet.name}.`);
+          announce(`${p.title} ${p.version} is now the fleet's ${kind}.`);
+          await Promise.all([renderPackages(), renderDefaults()]);
+        });
+      }
+      const unassign = operate && assigned ? h('button', { type: 'button', class: 'danger', id: `unassign-${kind}`, onclick: async () => {
+        if (!window.confirm(`Unassign the ${kind} of fleet ${fleet.name}? Its devices are told that the ${prefix}_* attributes are gone.`)) return;
+        try {
+          await api.del(`${base}/packages${api.qs({ type: kind })}`);
+          toast(`The ${kind} of fleet ${fleet.name} was unassigned.`);
+          announce(`The fleet's ${kind} was unassigned.`);
+          await Promise.all([renderPackages(), renderDefaults()]);
+        } catch (e) { toast(errorText(e), 'error'); }
+      } }, `Unassign ${kind}`) : null;
+      return h('div', { class: 'card target', id: `fleet-target-${kind}`, 'data-assigned': assigned ? 'yes' : 'no', 'data-title': assigned ? String(title) : null, 'data-version': assigned ? String(version) : null },
+        h('h3', {}, label), now, controls, unassign ? h('div', { class: 'actions' }, unassign) : null);
+    });
+    clear(sections.packages, head, h('div', { class: 'targets' }, targets),
+      operate ? null : roleNote('operator', 'Assigning and unassigning packages'));
+  }
+
   // ---- shared attribute defaults ----
   async function renderDefaults() {
     const head = [h('h2', { id: 'defaults-h' }, 'Shared attribute defaults'),
@@ -252,5 +319,5 @@ export async function render(main, ctx) {
       form);
   }
 
-  await Promise.all([renderProvisioning(), renderCas(), renderDefaults()]);
+  await Promise.all([renderProvisioning(), renderCas(), renderPackages(), renderDefaults()]);
 }
