@@ -5,8 +5,10 @@
 // see its telemetry on the chart, send it a command that the test device answers and see the
 // result, follow a condition it reports (a viewer is refused, the operator acknowledges and
 // closes it), manage a fleet's onboarding (provisioning used for real, a manufacturer CA) and
-// shared defaults, check what a viewer is offered (and that the server refuses a demoted
-// operator); then the same UI on a phone-sized screen and the main flow by keyboard only.
+// shared defaults, upload firmware with a progress bar and make it a fleet's target (a duplicate,
+// an oversized file and deleting a target are refused with the server's reason), check what a
+// viewer is offered (and that the server refuses a demoted operator); then the same UI on a
+// phone-sized screen and the main flow by keyboard only.
 // Screenshots go to target/ui-artifacts/. Every wait is bounded, and the whole run stops
 // itself after SUITE_LIMIT_MS.
 //
@@ -17,7 +19,7 @@ import { createRequire } from 'node:module';
 import { mkdtempSync, mkdirSync, rmSync, writeFileSync, existsSync, readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
-import { randomBytes } from 'node:crypto';
+import { randomBytes, createHash } from 'node:crypto';
 import { createInterface } from 'node:readline';
 import { Mqtt } from './mqtt.mjs';
 
@@ -76,6 +78,8 @@ function startServer(adminKey) {
         CORRAL_LOG__LEVEL: 'info',
         // Test machines can be short of disk; the reserve has its own suite.
         CORRAL_STORE__MIN_FREE_MB: '16',
+        // A small package cap, so that the UI's answer to an oversized upload is checked.
+        CORRAL_OTA__MAX_PACKAGE_MB: '1',
       },
       stdio: ['ignore', 'ignore', 'pipe'],
     });
@@ -605,6 +609,137 @@ async function main() {
     }
   });
 
+  await step('packages: upload with a progress bar, refusals shown, a fleet target, delete refused while assigned', async () => {
+    const fleet = (await rest('GET', '/fleets?name=sensors')).items[0];
+    const dir = mkdtempSync(join(tmpdir(), 'corral-ui-pkg-'));
+    const sha256 = (b) => createHash('sha256').update(b).digest('hex');
+    try {
+      const fw = randomBytes(900 * 1024);
+      const fwFile = join(dir, 'thermo-fw-1.0.1.bin');
+      writeFileSync(fwFile, fw);
+      await page.click('#nav a[href="#/packages"]');
+      await page.waitForSelector('main h1:text-is("Packages")');
+      await page.waitForSelector('#packages-list td:text-is("No packages yet.")');
+      await page.waitForSelector('#package-upload-form small:has-text("unreliable with the ThingsBoard SDK")');
+      // Every state and value the progress bar goes through.
+      await page.evaluate(() => {
+        window.uploadSeen = [];
+        const box = document.getElementById('upload-progress-box');
+        const bar = document.getElementById('upload-progress');
+        new MutationObserver(() => window.uploadSeen.push([box.dataset.state, Number(bar.value), Number(bar.max)]))
+          .observe(box, { attributes: true, subtree: true });
+      });
+      await page.setInputFiles('#package-file', fwFile);
+      if ((await page.inputValue('#package-file-name')) !== 'thermo-fw-1.0.1.bin') throw new Error('the file name is not taken from the chosen file');
+      if ((await page.inputValue('#package-checksum')) !== 'SHA256') throw new Error('SHA256 is not the default checksum');
+      await page.fill('#package-title', 'thermo-fw');
+      await page.fill('#package-version', '1.0.1');
+      await page.selectOption('#package-type', 'firmware');
+      await page.selectOption('#package-fleet', fleet.id);
+      await page.click('#package-upload-form button[type=submit]');
+      await page.waitForSelector('#upload-progress-box[data-state="done"]');
+      await page.waitForSelector('#upload-done:has-text("Package thermo-fw 1.0.1 uploaded (900 KiB).")');
+      const seen = await page.evaluate(() => window.uploadSeen);
+      const [, value, max] = seen[seen.length - 1];
+      if (value !== fw.length || max !== fw.length) throw new Error(`the bar ends at ${value} of ${max}`);
+      if (!seen.some(([st, v]) => st === 'sending' && v === 0)) throw new Error(`the bar did not start at 0: ${JSON.stringify(seen)}`);
+      if (!seen.some(([st, v]) => st === 'storing' && v === fw.length)) throw new Error(`no progress event reported the whole file sent: ${JSON.stringify(seen)}`);
+      if (!(await page.textContent('#upload-progress-text')).includes('900 KiB of 900 KiB (100%)')) throw new Error('the progress text does not say 100%');
+      const row = page.locator('#packages-list tr[data-title="thermo-fw"][data-version="1.0.1"]');
+      await row.locator('td a:text-is("sensors")').waitFor();
+      await row.locator('td .size:text-is("900 KiB")').waitFor();
+      const [stored] = await rest('GET', '/packages?title=thermo-fw');
+      if (stored.sha256 !== sha256(fw) || stored.size !== fw.length || stored.file_name !== 'thermo-fw-1.0.1.bin') throw new Error(`stored: ${JSON.stringify(stored)}`);
+      if ((await row.locator('code.checksum').getAttribute('title')) !== stored.checksum) throw new Error('the full checksum is not on the short one');
+      // The details: the full SHA-256; the download is the file uploaded.
+      await row.locator('button[aria-expanded="false"]').click();
+      const details = page.locator(`#packages-list tr.package-details[data-package-id="${stored.id}"]`);
+      await details.locator(`code.package-sha256:text-is("${stored.sha256}")`).waitFor();
+      const [dl] = await Promise.all([page.waitForEvent('download'), row.locator('a:text-is("Download")').click()]);
+      if (dl.suggestedFilename() !== 'thermo-fw-1.0.1.bin' || sha256(readFileSync(await dl.path())) !== stored.sha256) throw new Error('the download is not the file uploaded');
+      await shot(page, '22-packages-uploaded');
+
+      // The same type, title and version again: the server's refusal, in the form.
+      await page.setInputFiles('#package-file', fwFile);
+      await page.fill('#package-title', 'thermo-fw');
+      await page.fill('#package-version', '1.0.1');
+      await page.click('#package-upload-form button[type=submit]');
+      await page.waitForSelector('#upload-result .notice.error:has-text("already exists (name_taken)")');
+      await page.waitForSelector('#upload-result .upload-hint:has-text("give a new version")');
+      await page.waitForSelector('#upload-progress-box[data-state="failed"]');
+      // Over the server's cap (1 MiB in this suite): said so, whether the server's 413 arrives
+      // before it closes the connection or not.
+      const big = join(dir, 'too-big.bin');
+      writeFileSync(big, randomBytes(1536 * 1024));
+      await page.setInputFiles('#package-file', big);
+      await page.fill('#package-title', 'too-big');
+      await page.fill('#package-version', '1');
+      await page.click('#package-upload-form button[type=submit]');
+      await page.waitForSelector('#upload-result .upload-hint:has-text("max_package_mb")');
+      console.log(`# oversized upload: ${(await page.textContent('#upload-result')).slice(0, 160)}`);
+      if ((await rest('GET', '/packages?title=too-big')).length) throw new Error('the oversized package was stored');
+      // A CRC32 checksum: the server's warning is shown.
+      const app = join(dir, 'thermo-app.tar');
+      writeFileSync(app, randomBytes(4096));
+      await page.setInputFiles('#package-file', app);
+      await page.fill('#package-title', 'thermo-app');
+      await page.fill('#package-version', '2.0');
+      await page.selectOption('#package-type', 'software');
+      await page.selectOption('#package-fleet', '');
+      await page.selectOption('#package-checksum', 'CRC32');
+      await page.click('#package-upload-form button[type=submit]');
+      await page.waitForSelector('#upload-done:has-text("thermo-app 2.0 uploaded")');
+      await page.waitForSelector('#upload-result .upload-warning:has-text("about 1 image in 256 fails its check")');
+      await page.waitForSelector('#packages-list tr[data-title="thermo-app"] td:has-text("all fleets")');
+      await page.waitForSelector('#packages-list tr[data-title="thermo-app"] .badge:text-is("warning")');
+      // Filtered by type on the server.
+      await page.selectOption('#packages-type', 'software');
+      await page.waitForSelector('#packages-count:text-is("1 package")');
+      if (await page.locator('#packages-list tr[data-title="thermo-fw"]').count()) throw new Error('the software filter shows firmware');
+      if (!page.url().includes('type=software')) throw new Error(`the filter is not in the address: ${page.url()}`);
+      await page.selectOption('#packages-type', '');
+      await page.waitForSelector('#packages-count:text-is("2 packages")');
+
+      // The fleet's target: assigned on the fleet page, where it shows as the firmware.
+      await page.goto(`${base}/#/fleets/${fleet.id}`);
+      await page.waitForSelector('#fleet-target-firmware[data-assigned="no"]');
+      await page.selectOption('#assign-firmware', { label: 'thermo-fw 1.0.1' });
+      page.once('dialog', (d) => d.accept());
+      await page.click('#assign-firmware-form button[type=submit]');
+      await page.waitForSelector('#fleet-target-firmware[data-assigned="yes"][data-title="thermo-fw"][data-version="1.0.1"] .target-name a:text-is("thermo-fw 1.0.1")');
+      await page.waitForSelector('#fleet-target-software[data-assigned="no"]');
+      const attrs = await rest('GET', `/fleets/${fleet.id}/attributes/shared`);
+      if (attrs.fw_title?.value !== 'thermo-fw' || attrs.fw_version?.value !== '1.0.1' || attrs.fw_checksum?.value !== stored.checksum) throw new Error(`fleet attributes: ${JSON.stringify(attrs)}`);
+      await page.locator('#fleet-packages').screenshot({ path: join(artifacts, '23-fleet-target.png') });
+
+      // Deleting it is refused while the fleet targets it: the server's reason, and the way to the fleet.
+      await page.goto(`${base}/#/packages`);
+      page.once('dialog', (d) => d.accept());
+      await page.click('#packages-list button[aria-label="Delete thermo-fw 1.0.1"]');
+      await details.locator('.notice.error:has-text("has this package as its firmware target: unassign it first (conflict)")').waitFor();
+      await details.locator('a.package-fleet-link:text-is("Unassign it on the page of fleet sensors.")').waitFor();
+      await row.waitFor();
+      await shot(page, '24-package-delete-refused');
+      await details.locator('a.package-fleet-link').click();
+      await page.waitForSelector('#fleet-target-firmware[data-assigned="yes"]');
+      page.once('dialog', (d) => d.accept());
+      await page.click('#unassign-firmware');
+      await page.waitForSelector('#fleet-target-firmware[data-assigned="no"] .target-none:text-is("No firmware assigned.")');
+      if ((await rest('GET', `/fleets/${fleet.id}/attributes/shared`)).fw_title) throw new Error('fw_title is still set');
+      // Now the delete goes through.
+      await page.goto(`${base}/#/packages`);
+      await row.waitFor();
+      page.once('dialog', (d) => d.accept());
+      await page.click('#packages-list button[aria-label="Delete thermo-fw 1.0.1"]');
+      await row.waitFor({ state: 'detached' });
+      await page.waitForSelector('#packages-count:text-is("1 package")');
+      const gone = await fetch(`${base}/api/v1/packages/${stored.id}`, { headers: { Authorization: `Bearer ${adminKey}` } });
+      if (gone.status !== 404) throw new Error(`the deleted package answers ${gone.status}`);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
   await step('a viewer reads fleets and devices without the controls they may not use; the server still decides', async () => {
     const fleet = (await rest('GET', '/fleets?name=sensors')).items[0];
     const vera = (await rest('GET', '/users')).find((u) => u.username === 'vera');
@@ -635,7 +770,20 @@ async function main() {
       for (const sel of ['#fleet-edit-form', '#provisioning-form', '#provisioning-state', '#ca-form', '#defaults-form', '#fleet-defaults button']) {
         if (await p.locator(sel).count()) throw new Error(`a viewer is offered ${sel}`);
       }
+      await p.waitForSelector('#fleet-target-firmware[data-assigned="no"]');
+      await p.waitForSelector('#fleet-packages [data-needs="operator"]');
+      if (await p.locator('#fleet-packages form, #fleet-packages button').count()) throw new Error('a viewer is offered to assign packages');
       await shot(p, '20-viewer-fleet');
+      // Packages: listed and downloadable; no upload, no delete.
+      await p.click('#nav a[href="#/packages"]');
+      await p.waitForSelector('#packages-list tr[data-title="thermo-app"] a:text-is("Download")');
+      await p.waitForSelector('#package-upload [data-needs="admin"]');
+      if (await p.locator('#package-upload-form, #packages-list button:text-is("Delete")').count()) throw new Error('a viewer is offered to upload or delete packages');
+      // Signed in with an API key, the download is fetched with it and saved.
+      const [dl] = await Promise.all([p.waitForEvent('download'), p.click('#packages-list tr[data-title="thermo-app"] a:text-is("Download")')]);
+      const got = readFileSync(await dl.path());
+      if (dl.suggestedFilename() !== 'thermo-app.tar' || got.length !== 4096) throw new Error(`a viewer's download: ${dl.suggestedFilename()}, ${got.length} bytes`);
+      await p.goto(`${base}/#/fleets/${fleet.id}`);
       // The devices page and a device page: data, no changes.
       await p.click('#fleet-devices-link');
       await p.waitForSelector('a:text-is("thermo-1")');
