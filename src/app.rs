@@ -211,6 +211,11 @@ impl App {
                 "jobs in flight at the last stop are queued again"
             );
         }
+        // Campaigns resume where the last commit left them, before devices connect.
+        let campaigns = services.campaigns.recover().await?;
+        if campaigns > 0 {
+            tracing::info!(campaigns, "OTA campaigns resumed");
+        }
 
         let addrs = Addrs {
             mqtt_tls: listeners.mqtt_tls.local_addr()?,
@@ -429,6 +434,42 @@ fn start_workers(services: &Arc<Services>) {
                 .await;
                 if let Ok(Err(e)) = res {
                     tracing::error!(error = %e, "cannot record job sends at shutdown");
+                }
+            }
+        },
+    );
+    let s = services.clone();
+    w.spawn(
+        "ota-campaigns",
+        "applies devices' OTA reports; times out, retries and starts devices, waves and gates of running campaigns",
+        move |mut stop, report| async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    batch = s.campaigns.next_reports() => {
+                        let s = s.clone();
+                        let _ = report
+                            .run(|| async move {
+                                s.campaigns
+                                    .apply(batch)
+                                    .await
+                                    .map_err(|e| format!("cannot apply OTA reports: {e}"))
+                            })
+                            .await;
+                    }
+                    _ = tick.tick() => {
+                        let s = s.clone();
+                        let _ = report
+                            .run(|| async move {
+                                s.campaigns
+                                    .tick()
+                                    .await
+                                    .map_err(|e| format!("cannot advance campaigns: {e}"))
+                            })
+                            .await;
+                    }
+                    _ = stop.changed() => break,
                 }
             }
         },

@@ -266,12 +266,16 @@ impl Default for JobsConfig {
 pub struct OtaConfig {
     /// Largest package file accepted (MiB); a larger upload is refused with 413.
     pub max_package_mb: u64,
+    /// Campaigns need another admin's approval before they start (a campaign may ask for it
+    /// anyway).
+    pub require_approval: bool,
 }
 
 impl Default for OtaConfig {
     fn default() -> Self {
         Self {
             max_package_mb: 256,
+            require_approval: false,
         }
     }
 }

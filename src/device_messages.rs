@@ -161,6 +161,17 @@ pub async fn handle(
     let not_stored = |e: Error| Refusal::NotStored(e);
     match message {
         Message::Telemetry { tag, telemetry } => {
+            // A device in an OTA campaign reports its update's progress as telemetry
+            // (`fw_state`, `current_fw_version`). The campaign hears of it before the store
+            // does: a device that disconnects (reboots) right after its report cancels this
+            // handler while it waits for the store, and a report heard twice (a retry after a
+            // refusal) changes nothing the second time.
+            services.campaigns.reported_values(
+                device.id,
+                telemetry
+                    .iter()
+                    .flat_map(|(_, vs)| vs.iter().map(|(k, v)| (k.as_str(), v))),
+            );
             match services
                 .data
                 .store_tagged(device.id, &tag, telemetry, durability)
@@ -172,6 +183,10 @@ pub async fn handle(
             }
         }
         Message::Attributes(values) => {
+            // As for telemetry: the campaign hears of OTA keys whatever becomes of the handler.
+            services
+                .campaigns
+                .reported_values(device.id, values.iter().map(|(k, v)| (k.as_str(), v)));
             services
                 .attributes
                 .report(device.id, values)
@@ -313,6 +328,9 @@ pub async fn package_chunk(
             tracing::error!(package = %package.id, error = %e, "cannot read a package chunk");
             PackageRefusal::Failure
         })?;
+    services
+        .campaigns
+        .chunk_requested(origin.id, kind, req.chunk);
     Ok((package, bytes))
 }
 
@@ -435,6 +453,7 @@ pub async fn open(
         device_id: device.id,
         transport,
     });
+    services.campaigns.connected(device.id);
     services.metrics.device_connects.inc();
     // Per device at debug: a fleet reconnecting would flood the log; `app` logs a summary.
     tracing::debug!(

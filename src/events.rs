@@ -47,6 +47,19 @@ pub enum Event {
         action: ConditionChange,
         condition: Box<crate::model::Condition>,
     },
+    /// A device's update in a campaign changed state.
+    OtaDevice {
+        campaign_id: crate::model::CampaignId,
+        device_id: DeviceId,
+        state: crate::model::OtaState,
+        detail: Option<String>,
+    },
+    /// A campaign changed state.
+    Campaign {
+        campaign_id: crate::model::CampaignId,
+        state: crate::model::CampaignState,
+        note: Option<String>,
+    },
     /// An integration's queue reached a cap and dropped entries (`raised`), or is back under
     /// 90 % of its caps (`!raised`).
     IntegrationAlarm {

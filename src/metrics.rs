@@ -66,6 +66,13 @@ pub struct StateLabel {
     pub state: &'static str,
 }
 
+/// Label set of a campaign's devices per update state.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+pub struct OtaLabel {
+    pub campaign: String,
+    pub state: &'static str,
+}
+
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 
 fn http_latency_histogram() -> Histogram {
@@ -99,6 +106,8 @@ pub struct Metrics {
     pub http_request_seconds: HistogramFamily<RouteLabel>,
     /// Unfinished jobs by state (`queued`, `sent`, `delivered`), counted when scraped.
     pub jobs_unfinished: Family<StateLabel, Gauge>,
+    /// Devices of each campaign with work left, by update state.
+    pub ota_devices: Family<OtaLabel, Gauge>,
     pub worker_runs: Family<WorkerLabel, Counter>,
     pub worker_failures: Family<WorkerLabel, Counter>,
     pub worker_seconds: Family<WorkerLabel, Counter<f64, std::sync::atomic::AtomicU64>>,
@@ -359,6 +368,12 @@ impl Metrics {
             "Jobs not finished yet, by state (queued, sent, delivered)",
             jobs_unfinished.clone(),
         );
+        let ota_devices = Family::<OtaLabel, Gauge>::default();
+        registry.register(
+            "ota_devices",
+            "Devices of each OTA campaign still running, by update state",
+            ota_devices.clone(),
+        );
         let worker_runs = Family::<WorkerLabel, Counter>::default();
         registry.register(
             "worker_runs",
@@ -435,6 +450,7 @@ impl Metrics {
             http_responses,
             http_request_seconds,
             jobs_unfinished,
+            ota_devices,
             worker_runs,
             worker_failures,
             worker_seconds,

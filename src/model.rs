@@ -373,6 +373,16 @@ audit_kinds! {
     Logout = "logout",
     ManufacturerCaAdded = "manufacturer_ca_added",
     ManufacturerCaRemoved = "manufacturer_ca_removed",
+    CampaignApproved = "campaign_approved",
+    CampaignCancelled = "campaign_cancelled",
+    CampaignCreated = "campaign_created",
+    /// Sent the install command of a download-only campaign.
+    CampaignInstall = "campaign_install",
+    CampaignPaused = "campaign_paused",
+    CampaignResumed = "campaign_resumed",
+    CampaignStarted = "campaign_started",
+    /// Every running campaign paused at once.
+    CampaignsStopped = "campaigns_stopped",
     PackageAssigned = "package_assigned",
     PackageDeleted = "package_deleted",
     PackageUnassigned = "package_unassigned",
@@ -889,6 +899,8 @@ pub enum EventKind {
     Conditions,
     Connectivity,
     JobResults,
+    /// A device's update in an OTA campaign changed state.
+    Ota,
 }
 
 impl EventKind {
@@ -899,6 +911,7 @@ impl EventKind {
             EventKind::Conditions => "conditions",
             EventKind::Connectivity => "connectivity",
             EventKind::JobResults => "job_results",
+            EventKind::Ota => "ota",
         }
     }
 }
@@ -1200,4 +1213,279 @@ pub struct Package {
     pub created_at: Millis,
     /// Who uploaded it (a username, or `api-key:NAME`).
     pub created_by: String,
+}
+
+id_type!(CampaignId, "Identifies an OTA campaign.");
+
+/// Where an OTA campaign stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum CampaignState {
+    /// Created, not started (and, when it needs one, waiting for its approval).
+    Draft,
+    Running,
+    /// Stopped by an operator, by the error threshold or by a success gate that was not met;
+    /// devices already updating go on, no new device starts. Resume goes on.
+    Paused,
+    /// Every device has finished (updated, failed or timed out).
+    Completed,
+    /// Stopped for good by the error threshold (or an emergency stop).
+    Aborted,
+    Cancelled,
+}
+
+impl CampaignState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Draft => "draft",
+            Self::Running => "running",
+            Self::Paused => "paused",
+            Self::Completed => "completed",
+            Self::Aborted => "aborted",
+            Self::Cancelled => "cancelled",
+        }
+    }
+
+    /// Finished for good: nothing more happens to it.
+    pub fn is_final(self) -> bool {
+        matches!(self, Self::Completed | Self::Aborted | Self::Cancelled)
+    }
+}
+
+/// One wave of a campaign: a number of devices, or a percentage of its targets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum WaveSize {
+    /// This many devices.
+    Devices(u32),
+    /// This percentage (1 to 100) of the campaign's targets, rounded up.
+    Percent(u8),
+}
+
+/// What the error threshold does when it is crossed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum OnFailure {
+    /// Stop starting devices until an operator resumes.
+    #[default]
+    Pause,
+    /// Stop for good (and start the rollback campaign, when one is asked for).
+    Abort,
+}
+
+/// How devices install what they downloaded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum InstallMode {
+    /// Install right after the download (what ThingsBoard devices do).
+    #[default]
+    Immediate,
+    /// Download and verify only: devices are also told `fw_download_only` = `true` (`sw_` for
+    /// software), and install when an operator sends the install command, an RPC `fw_install`
+    /// (`sw_install`) with the title and version.
+    DownloadOnly,
+}
+
+/// A campaign's rules, as stored (every default resolved).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct CampaignPolicy {
+    /// The waves in order; devices left over after the last form one more wave.
+    pub waves: Vec<WaveSize>,
+    /// Devices started per minute (0: a whole wave at once).
+    pub per_minute: u32,
+    /// Exponential rate: the rate is multiplied by this factor (1 = constant)...
+    pub rate_factor: f64,
+    /// ...each time this many more devices have updated.
+    pub rate_step: u32,
+    /// The rate never goes above this (devices per minute).
+    pub max_per_minute: u32,
+    /// A wave passes its gate when this percentage of its devices have updated...
+    pub success_pct: u8,
+    /// ...and the next starts this long after that (the soak time).
+    pub soak_secs: u64,
+    /// The error threshold: the share of finished devices that failed or timed out...
+    pub failure_pct: Option<u8>,
+    /// ...counted once at least this many devices have finished...
+    pub min_sample: u32,
+    /// ...and what crossing it does.
+    pub on_failure: OnFailure,
+    /// How long a device may take to come online after its wave starts.
+    pub start_timeout_secs: u64,
+    /// How long a device may take from being told of the package to having downloaded it.
+    pub download_timeout_secs: u64,
+    /// How long from downloaded to reporting `UPDATED`.
+    pub install_timeout_secs: u64,
+    /// How long from reporting `UPDATED` to reporting the new version after a reconnect.
+    pub confirm_timeout_secs: u64,
+    /// Retries after a failure the device reported (checksum, install, a rollback)...
+    pub retries_failed: u32,
+    /// ...and after a timeout.
+    pub retries_timed_out: u32,
+    /// The first retry waits this long; each next one twice as long (at most an hour).
+    pub retry_backoff_secs: u64,
+    /// A device counts as updated only once it reports the target version from a session
+    /// opened after it said `UPDATED` (it rebooted into it).
+    pub require_reconnect: bool,
+    pub install: InstallMode,
+    /// Devices start only inside this window.
+    pub window: Option<Window>,
+    /// When the campaign completes, the package becomes its fleet's target (devices joining
+    /// the fleet later get it).
+    pub assign_fleet: bool,
+    /// When the campaign aborts, a campaign back to this package starts for the devices it
+    /// reached.
+    pub rollback_package_id: Option<PackageId>,
+}
+
+/// An OTA campaign, as stored (its devices are `DeviceUpdate` records).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Campaign {
+    pub id: CampaignId,
+    pub name: String,
+    pub package_id: PackageId,
+    pub kind: PackageKind,
+    pub fleet_id: FleetId,
+    pub filter: Option<TargetFilter>,
+    /// Only these devices of the fleet (a rollback names the devices it undoes).
+    pub device_ids: Option<Vec<DeviceId>>,
+    pub policy: CampaignPolicy,
+    pub state: CampaignState,
+    /// Why it stands as it does (paused by whom or by what, aborted why).
+    pub note: Option<String>,
+    pub approval_required: bool,
+    pub approved_by: Option<String>,
+    pub approved_at: Option<Millis>,
+    pub created_by: String,
+    pub created_at: Millis,
+    pub started_at: Option<Millis>,
+    pub finished_at: Option<Millis>,
+    /// Devices the campaign targets, fixed when it starts.
+    pub targets: u32,
+    /// Cumulative device counts at the end of each wave, fixed when it starts.
+    pub wave_ends: Vec<u32>,
+    /// Waves started so far (a wave starts once, recorded before any of its devices starts).
+    pub waves_started: u32,
+    /// When the current wave started, and when it passed its success gate.
+    pub wave_started_at: Option<Millis>,
+    pub gate_met_at: Option<Millis>,
+    /// The campaign this one rolls back, if it is a rollback.
+    pub rollback_of: Option<CampaignId>,
+    /// When the install command of a download-only campaign was sent.
+    pub install_requested_at: Option<Millis>,
+    /// When an operator last resumed it: the error threshold counts devices finished since.
+    #[serde(default)]
+    pub resumed_at: Option<Millis>,
+}
+
+/// Where one device stands in a campaign. The device states are ThingsBoard's
+/// (`fw_state`), with the server's own around them.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, ToSchema,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum OtaState {
+    /// Its wave has not started.
+    Pending,
+    /// Its wave started; it has not been told yet (offline, outside the window, the rate, or
+    /// waiting for a retry).
+    Queued,
+    /// Told of the package (its shared attributes set).
+    Initiated,
+    Downloading,
+    Downloaded,
+    Verified,
+    Updating,
+    /// Runs the target version: it said so from a session opened after it updated.
+    Updated,
+    Failed,
+    TimedOut,
+    /// The campaign stopped before the device started.
+    Cancelled,
+}
+
+impl OtaState {
+    pub const ALL: &[OtaState] = &[
+        Self::Pending,
+        Self::Queued,
+        Self::Initiated,
+        Self::Downloading,
+        Self::Downloaded,
+        Self::Verified,
+        Self::Updating,
+        Self::Updated,
+        Self::Failed,
+        Self::TimedOut,
+        Self::Cancelled,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Queued => "queued",
+            Self::Initiated => "initiated",
+            Self::Downloading => "downloading",
+            Self::Downloaded => "downloaded",
+            Self::Verified => "verified",
+            Self::Updating => "updating",
+            Self::Updated => "updated",
+            Self::Failed => "failed",
+            Self::TimedOut => "timed_out",
+            Self::Cancelled => "cancelled",
+        }
+    }
+
+    /// Nothing more happens to the device in this campaign.
+    pub fn is_final(self) -> bool {
+        matches!(
+            self,
+            Self::Updated | Self::Failed | Self::TimedOut | Self::Cancelled
+        )
+    }
+
+    /// The device has been told of the package and has not finished.
+    pub fn in_flight(self) -> bool {
+        matches!(
+            self,
+            Self::Initiated
+                | Self::Downloading
+                | Self::Downloaded
+                | Self::Verified
+                | Self::Updating
+        )
+    }
+}
+
+/// One step of a device's OTA timeline.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct OtaTransition {
+    pub at: Millis,
+    pub state: OtaState,
+    /// What moved it: the device's report, a deadline, a retry, an operator.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+}
+
+/// One device in one campaign: its state, deadline, retries and timeline.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeviceUpdate {
+    pub campaign_id: CampaignId,
+    pub device_id: DeviceId,
+    /// Its wave, from 0.
+    pub wave: u32,
+    pub state: OtaState,
+    /// Times it was told of the package (1 + retries).
+    pub attempts: u32,
+    /// When the current state times out.
+    pub deadline: Option<Millis>,
+    /// When a queued retry may start.
+    pub retry_at: Option<Millis>,
+    /// When it said `UPDATED` (with the target version).
+    pub claimed_at: Option<Millis>,
+    /// When it last opened a session.
+    pub connected_at: Option<Millis>,
+    /// The version it last reported (`current_fw_version`).
+    pub reported_version: Option<String>,
+    /// Why it failed or timed out (`fw_error`, or the server's reason).
+    pub error: Option<String>,
+    pub timeline: Vec<OtaTransition>,
 }

@@ -19,7 +19,7 @@ use crate::integrations::{IntegrationService, Router};
 use crate::jobs::JobService;
 use crate::limits::{ConnectionCap, KeyedLimiter};
 use crate::metrics::Metrics;
-use crate::ota::PackageService;
+use crate::ota::{CampaignService, PackageService};
 use crate::pki::Pki;
 use crate::store::ports::{BackupStore, Ports};
 
@@ -30,13 +30,15 @@ pub struct Services {
     pub pki: Arc<Pki>,
     pub registry: Arc<Registry>,
     pub credentials: Arc<CredentialService>,
-    pub attributes: AttributeService,
-    pub jobs: JobService,
+    pub attributes: Arc<AttributeService>,
+    pub jobs: Arc<JobService>,
     pub conditions: ConditionService,
     pub integrations: IntegrationService,
     pub provisioning: ProvisioningService,
     /// Firmware and software packages.
-    pub packages: PackageService,
+    pub packages: Arc<PackageService>,
+    /// OTA campaigns and the per-device update state machine.
+    pub campaigns: CampaignService,
     pub sessions: Arc<Sessions>,
     pub presence: Arc<Presence>,
     pub data: DataService,
@@ -91,26 +93,39 @@ impl Services {
             credentials.clone(),
             audit.clone(),
         );
-        let attributes = AttributeService::new(
+        let attributes = Arc::new(AttributeService::new(
             ports.attributes.clone(),
             registry.clone(),
             sessions.clone(),
             events.clone(),
-        );
-        let jobs = JobService::new(
+        ));
+        let jobs = Arc::new(JobService::new(
             &ports,
             registry.clone(),
             sessions.clone(),
             events.clone(),
             config.jobs.clone(),
-        );
-        let packages = PackageService::new(
+        ));
+        let packages = Arc::new(PackageService::new(
             ports.packages.clone(),
             ports.attributes.clone(),
             registry.clone(),
             audit.clone(),
             &config.data_dir,
             config.ota.max_package_mb << 20,
+        ));
+        let campaigns = CampaignService::new(
+            ports.campaigns.clone(),
+            ports.telemetry.clone(),
+            packages.clone(),
+            attributes.clone(),
+            jobs.clone(),
+            registry.clone(),
+            presence.clone(),
+            events.clone(),
+            audit.clone(),
+            metrics.clone(),
+            config.ota.clone(),
         );
         let conditions =
             ConditionService::new(ports.conditions.clone(), registry.clone(), events.clone());
@@ -156,6 +171,7 @@ impl Services {
             jobs,
             provisioning,
             packages,
+            campaigns,
             sessions,
             audit,
             config,

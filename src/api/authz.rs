@@ -159,6 +159,16 @@ impl Object for FleetJob {
     }
 }
 
+/// An OTA campaign: its fleet decides.
+pub struct Campaign;
+impl Object for Campaign {
+    type Id = crate::model::CampaignId;
+    const WHAT: &'static str = "campaign";
+    async fn scope(s: &Services, id: crate::model::CampaignId) -> Result<Scope, Error> {
+        fleet_scope(s, s.campaigns.record(id).await?.fleet_id).await
+    }
+}
+
 /// A condition: its device's fleet decides.
 pub struct Condition;
 impl Object for Condition {

@@ -295,6 +295,7 @@ async fn device(s: &Services, token: &str, peer: Option<SocketAddr>) -> DevResul
         Ok(l) if l.method == "access_token" => {
             // An HTTP request is activity: "last seen" moves without a connection to count.
             s.registry.touched(l.device.id);
+            s.campaigns.http_activity(l.device.id);
             Ok(l.device)
         }
         Ok(_)

@@ -28,7 +28,7 @@ pub fn routes() -> OpenApiRouter<Arc<Services>> {
 pub struct EventParams {
     /// Comma-separated kinds to receive (`device_connected`, `device_disconnected`,
     /// `telemetry_stored`, `job_updated`, `shared_attributes`, `client_attributes`, `condition`,
-    /// `integration_alarm`); all when absent.
+    /// `ota_device`, `campaign`, `integration_alarm`); all when absent.
     kinds: Option<String>,
     /// Only events of this device.
     device_id: Option<DeviceId>,
@@ -44,6 +44,8 @@ fn kind_of(e: &Event) -> (&'static str, Option<DeviceId>) {
         Event::SharedAttributes { device_id, .. } => ("shared_attributes", Some(*device_id)),
         Event::ClientAttributes { device_id, .. } => ("client_attributes", Some(*device_id)),
         Event::Condition { device_id, .. } => ("condition", Some(*device_id)),
+        Event::OtaDevice { device_id, .. } => ("ota_device", Some(*device_id)),
+        Event::Campaign { .. } => ("campaign", None),
         Event::IntegrationAlarm { .. } => ("integration_alarm", None),
     }
 }
@@ -52,7 +54,7 @@ fn kind_of(e: &Event) -> (&'static str, Option<DeviceId>) {
 ///
 /// Streams live events as server-sent events: the `event:` field is the kind, `data:` the event as
 /// JSON. Filter with `kinds` (comma-separated) and `device_id`. Only events of devices the caller
-/// can see are sent; server-wide events (`integration_alarm`) only to server admins. This is a live
+/// can see are sent; server-wide events (`campaign`, `integration_alarm`) only to server admins. This is a live
 /// view, not a log: a client that falls behind gets a `lagged` event with the number of events it
 /// missed and should re-read the state it shows. A comment is sent every 15 s to keep the
 /// connection open. Any authenticated caller.

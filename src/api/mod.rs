@@ -9,6 +9,7 @@ mod attributes;
 pub mod auth;
 mod authz;
 pub mod backup;
+mod campaigns;
 mod conditions;
 mod conn;
 mod credentials;
@@ -97,6 +98,7 @@ fn api_v1() -> (Router<Arc<Services>>, utoipa::openapi::OpenApi) {
         .merge(telemetry::routes())
         .merge(workers::routes())
         .merge(packages::routes())
+        .merge(campaigns::routes())
         .split_for_parts()
 }
 

@@ -46,7 +46,7 @@ use utoipa::openapi::{Content, RefOr, Response, ResponseBuilder};
         (name = "attributes", description = "Client, shared and server attributes of devices and fleets."),
         (name = "telemetry", description = "Time series: raw points, latest values, aggregates, tags and export."),
         (name = "jobs", description = "Commands to devices, fleet rollouts and schedules."),
-        (name = "ota", description = "Firmware and software packages for over-the-air updates."),
+        (name = "ota", description = "Firmware and software packages for over-the-air updates, and campaigns that roll them out."),
         (name = "conditions", description = "Device-reported conditions (alarms): list, acknowledge, close."),
         (name = "events", description = "Connection and lifecycle events."),
         (name = "integrations", description = "Webhooks fed from durable per-integration queues."),

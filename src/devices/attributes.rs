@@ -230,28 +230,92 @@ impl AttributeService {
             .await?;
         self.store.commit().await?;
         if scope == Scope::Shared && !gone.is_empty() {
-            let defaults = self
-                .store
-                .get_attributes(
-                    AttributeOwner::Fleet(dev.fleet_id),
-                    Scope::Shared,
-                    Some(&gone),
-                )
-                .await?;
-            let mut fallback = Map::new();
-            for (k, _, v) in &defaults {
-                fallback.insert(k.clone(), to_json(v));
-            }
-            let deleted: Vec<&String> =
-                gone.iter().filter(|k| !fallback.contains_key(*k)).collect();
-            if !fallback.is_empty() {
-                self.push(device, Json::Object(fallback));
-            }
-            if !deleted.is_empty() {
-                self.push(device, serde_json::json!({ "deleted": deleted }));
-            }
+            self.push_fallback(device, dev.fleet_id, &gone).await?;
         }
         Ok(())
+    }
+
+    /// Sets the same shared attributes on many devices in one commit, and pushes them to
+    /// each (an OTA campaign telling a batch of devices of their package).
+    pub async fn set_shared_many(
+        &self,
+        devices: &[DeviceId],
+        values: &[(String, Value)],
+    ) -> Result<()> {
+        let now = now_ms();
+        for &d in devices {
+            self.store
+                .put_attributes(AttributeOwner::Device(d), Scope::Shared, values, now)
+                .await?;
+        }
+        self.store.commit().await?;
+        let update: Map<String, Json> = values
+            .iter()
+            .map(|(k, v)| (k.clone(), to_json(v)))
+            .collect();
+        for &d in devices {
+            self.push(d, Json::Object(update.clone()));
+        }
+        Ok(())
+    }
+
+    /// Deletes the devices' own values of shared `keys` in one commit; each device is told
+    /// what now applies (its fleet's value, or that the key is gone).
+    pub async fn drop_shared_many(&self, devices: &[DeviceId], keys: &[String]) -> Result<()> {
+        let mut gone_of = Vec::with_capacity(devices.len());
+        for &d in devices {
+            let gone = self
+                .store
+                .delete_attributes(AttributeOwner::Device(d), Scope::Shared, keys)
+                .await?;
+            gone_of.push((d, gone));
+        }
+        self.store.commit().await?;
+        for (d, gone) in gone_of {
+            if gone.is_empty() {
+                continue;
+            }
+            let Ok(dev) = self.registry.device_record(d).await else {
+                continue;
+            };
+            self.push_fallback(d, dev.fleet_id, &gone).await?;
+        }
+        Ok(())
+    }
+
+    /// Tells a device whose own shared `gone` keys were deleted what applies now.
+    async fn push_fallback(&self, device: DeviceId, fleet: FleetId, gone: &[String]) -> Result<()> {
+        let defaults = self
+            .store
+            .get_attributes(AttributeOwner::Fleet(fleet), Scope::Shared, Some(gone))
+            .await?;
+        let mut fallback = Map::new();
+        for (k, _, v) in &defaults {
+            fallback.insert(k.clone(), to_json(v));
+        }
+        let deleted: Vec<&String> = gone.iter().filter(|k| !fallback.contains_key(*k)).collect();
+        if !fallback.is_empty() {
+            self.push(device, Json::Object(fallback));
+        }
+        if !deleted.is_empty() {
+            self.push(device, serde_json::json!({ "deleted": deleted }));
+        }
+        Ok(())
+    }
+
+    /// A device's client attributes `keys` with when each was reported.
+    pub async fn client_values(
+        &self,
+        device: DeviceId,
+        keys: &[String],
+    ) -> Result<Vec<(String, (Millis, Json))>> {
+        Ok(self
+            .store
+            .get_attributes(AttributeOwner::Device(device), Scope::Client, Some(keys))
+            .await?
+            .into_iter()
+            .map(|(k, ts, v)| (k, (ts, to_json(&v))))
+            .collect())
     }
 
     /// Sets fleet defaults of shared attributes; devices without their own value are told.

@@ -144,7 +144,8 @@ impl Router {
             Event::ClientAttributes { .. }
             | Event::DeviceConnected { .. }
             | Event::DeviceDisconnected { .. }
-            | Event::Condition { .. } => true,
+            | Event::Condition { .. }
+            | Event::OtaDevice { .. } => true,
             Event::JobUpdated { state, .. } => state.is_terminal(),
             _ => false,
         };
@@ -193,6 +194,18 @@ impl Router {
                 m.insert("action".into(), Json::from(action.as_str()));
                 m.insert("condition".into(), json!(condition));
                 (EventKind::Conditions, *device_id, m)
+            }
+            Event::OtaDevice {
+                campaign_id,
+                device_id,
+                state,
+                detail,
+            } => {
+                let mut m = Map::new();
+                m.insert("campaign_id".into(), json!(campaign_id));
+                m.insert("state".into(), json!(state));
+                m.insert("detail".into(), json!(detail));
+                (EventKind::Ota, *device_id, m)
             }
             Event::JobUpdated {
                 job_id,

@@ -255,7 +255,12 @@ impl JobService {
     }
 
     /// Whether a device passes a fleet job's filter.
-    async fn matches(&self, device: DeviceId, fleet: FleetId, f: &TargetFilter) -> Result<bool> {
+    pub(crate) async fn matches(
+        &self,
+        device: DeviceId,
+        fleet: FleetId,
+        f: &TargetFilter,
+    ) -> Result<bool> {
         if let Some(label) = &f.label
             && &self.registry.device_record(device).await?.label != label
         {

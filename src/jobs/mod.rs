@@ -137,7 +137,8 @@ pub struct JobService {
     /// Serializes the decision of what to send next, so that each device has one job in flight
     /// and jobs go out in order.
     dispatching: tokio::sync::Mutex<()>,
-    clock: schedule::Clock,
+    /// The system clock unless a test set another (`set_clock`).
+    clock: std::sync::OnceLock<schedule::Clock>,
     /// Rollouts whose children changed since the scheduler last looked: a fully launched
     /// rollout only needs its abort and completion checks (which read every child) then.
     changed_rollouts: Mutex<std::collections::HashSet<crate::model::FleetJobId>>,
@@ -202,7 +203,7 @@ impl JobService {
             events,
             cfg,
             dispatching: tokio::sync::Mutex::new(()),
-            clock: schedule::Clock::System,
+            clock: std::sync::OnceLock::new(),
             changed_rollouts: Mutex::default(),
             rollouts_checked: std::sync::atomic::AtomicBool::new(false),
             wakes: wakes::Wakes::default(),

@@ -302,12 +302,13 @@ fn yes() -> bool {
 
 impl JobService {
     pub fn now(&self) -> Millis {
-        self.clock.now_ms()
+        self.clock.get().map_or_else(now_ms, Clock::now_ms)
     }
 
-    /// Replaces the clock (tests drive schedules with tokio's paused clock).
-    pub fn set_clock(&mut self, clock: Clock) {
-        self.clock = clock;
+    /// Replaces the system clock, once, before the service is used (tests drive schedules
+    /// with tokio's paused clock).
+    pub fn set_clock(&self, clock: Clock) {
+        let _ = self.clock.set(clock);
     }
 
     /// When an enabled schedule fires next after `after`, held back to its window's opening.

@@ -453,6 +453,31 @@ impl PackageService {
             .collect()
     }
 
+    /// The fleet's target package of `kind`: the package its shared `fw_title` and
+    /// `fw_version` (`sw_*`) name, if it exists.
+    pub async fn fleet_target(&self, fleet: FleetId, kind: PackageKind) -> Result<Option<Package>> {
+        let keys = [
+            format!("{}_title", kind.prefix()),
+            format!("{}_version", kind.prefix()),
+        ];
+        let got = self
+            .attributes
+            .get_attributes(AttributeOwner::Fleet(fleet), Scope::Shared, Some(&keys))
+            .await?;
+        let text = |k: &str| {
+            got.iter()
+                .find(|(n, _, _)| n == k)
+                .and_then(|(_, _, v)| match v {
+                    Value::Str(s) => Some(s.clone()),
+                    _ => None,
+                })
+        };
+        match (text(&keys[0]), text(&keys[1])) {
+            (Some(t), Some(v)) => self.find(kind, fleet, &t, &v).await,
+            _ => Ok(None),
+        }
+    }
+
     /// The fleets whose target is `p`.
     async fn targeted_by(&self, p: &Package) -> Result<Vec<FleetId>> {
         let keys = [

@@ -8,9 +8,9 @@ use futures_util::future::BoxFuture;
 use super::ports::Fut;
 
 use super::ports::{
-    AttributeStore, BackupStore, ConditionStore, Durable, IdentityStore, IntegrationStore,
-    JobStore, JobWriter, OperatorStore, PackageStore, Ports, RegistryStore, StoreFootprint,
-    TelemetryStore,
+    AttributeStore, BackupStore, CampaignStore, ConditionStore, Durable, IdentityStore,
+    IntegrationStore, JobStore, JobWriter, OperatorStore, PackageStore, Ports, RegistryStore,
+    StoreFootprint, TelemetryStore,
 };
 use super::{
     Agg, ConditionScan, CredentialClash, CredentialKey, Cursor, DeadLetter, DeviceClash, Enqueue,
@@ -38,6 +38,7 @@ impl Store {
             integrations: s.clone(),
             operators: s.clone(),
             packages: s.clone(),
+            campaigns: s.clone(),
             backup: s,
         }
     }
@@ -642,5 +643,39 @@ impl PackageStore for Store {
     }
     fn delete_package<'a>(&'a self, p: &'a crate::model::Package) -> Fut<'a, ()> {
         done(self.db.delete_package(p))
+    }
+}
+
+impl CampaignStore for Store {
+    fn put_campaign<'a>(&'a self, c: &'a crate::model::Campaign) -> Fut<'a, ()> {
+        done(self.db.put_campaign(c))
+    }
+    fn get_campaign<'a>(
+        &'a self,
+        id: crate::model::CampaignId,
+    ) -> Fut<'a, Option<crate::model::Campaign>> {
+        done(self.db.get_campaign(id))
+    }
+    fn campaigns<'a>(&'a self) -> Fut<'a, Vec<crate::model::Campaign>> {
+        done(self.db.campaigns())
+    }
+    fn delete_campaign<'a>(&'a self, id: crate::model::CampaignId) -> Fut<'a, ()> {
+        done(self.db.delete_campaign(id))
+    }
+    fn put_device_updates<'a>(&'a self, u: &'a [crate::model::DeviceUpdate]) -> Fut<'a, ()> {
+        done(self.db.put_device_updates(u))
+    }
+    fn device_updates<'a>(
+        &'a self,
+        id: crate::model::CampaignId,
+    ) -> Fut<'a, Vec<crate::model::DeviceUpdate>> {
+        done(self.db.device_updates(id))
+    }
+    fn device_update<'a>(
+        &'a self,
+        c: crate::model::CampaignId,
+        d: crate::model::DeviceId,
+    ) -> Fut<'a, Option<crate::model::DeviceUpdate>> {
+        done(self.db.device_update(c, d))
     }
 }

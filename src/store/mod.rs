@@ -7,6 +7,7 @@
 mod adapters;
 mod attributes;
 pub mod backup;
+mod campaigns;
 // Crate-visible for the `fuzzing` forwarders only; the rest of the crate goes through `ports`.
 pub(crate) mod codec;
 mod commit;
@@ -215,6 +216,8 @@ struct Trees {
     int_dead: sled::Tree,
     packages: sled::Tree,
     package_keys: sled::Tree,
+    campaigns: sled::Tree,
+    ota_devices: sled::Tree,
 }
 
 /// Options for opening the store.
@@ -363,6 +366,8 @@ impl Store {
             int_dead: t("int_dead")?,
             packages: t("packages")?,
             package_keys: t("package_keys")?,
+            campaigns: t("campaigns")?,
+            ota_devices: t("ota_devices")?,
         };
         let generation = read_generation(&trees.meta)?;
         match &state {

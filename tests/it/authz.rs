@@ -369,6 +369,7 @@ struct World {
     schedule: String,
     condition: String,
     package: String,
+    campaign: String,
 }
 
 async fn world(api: &Api, key: &str, name: &str) -> World {
@@ -452,6 +453,12 @@ async fn world(api: &Api, key: &str, name: &str) -> World {
         .expect("send");
     assert_eq!(r.status(), 201);
     let package: Value = r.json().await.expect("json");
+    // A campaign of that package (a draft: nothing is sent).
+    let campaign = post(
+        "/campaigns",
+        json!({"name": "c", "package_id": package["id"], "fleet_id": fleet}),
+    )
+    .await;
     let sc = post(
         "/schedules",
         json!({"name": "s", "device_id": device, "method": "m", "trigger": {"cron": {"expr": "@daily"}}}),
@@ -467,6 +474,7 @@ async fn world(api: &Api, key: &str, name: &str) -> World {
         fleet_job: fj["id"].as_str().expect("fleet job").to_string(),
         schedule: sc["id"].as_str().expect("schedule").to_string(),
         package: package["id"].as_str().expect("package").to_string(),
+        campaign: campaign["id"].as_str().expect("campaign").to_string(),
         condition: opened["conditions"][0]["id"]
             .as_str()
             .expect("condition")
@@ -505,6 +513,7 @@ fn needs(method: &str, path: &str) -> Option<&'static str> {
     match path {
         "/auth/me" | "/auth/logout" | "/overview" | "/events" | "/audit" | "/export" => None,
         "/workspaces" | "/fleets" | "/devices" | "/schedules" | "/conditions" | "/packages"
+        | "/campaigns"
             if read =>
         {
             None
@@ -512,6 +521,10 @@ fn needs(method: &str, path: &str) -> Option<&'static str> {
         // Without a `fleet_id`, an upload is a package for every fleet.
         "/packages" => Some("server"),
         "/packages/{id}" if method == "delete" => Some("admin"),
+        // The emergency stop pauses every campaign of the server.
+        "/campaigns/stop" => Some("server"),
+        // Approval is a workspace admin's.
+        "/campaigns/{id}/approve" => Some("admin"),
         p if p.starts_with("/users") => Some("self"),
         p if p.starts_with("/integrations") || p == "/backup" => Some("server"),
         "/workspaces" | "/retention/sweep" | "/store/usage" | "/workers" => Some("server"),
@@ -597,6 +610,7 @@ async fn every_route_checks_role_and_workspace() {
                 .replace("/schedules/{id}", &format!("/schedules/{}", w1.schedule))
                 .replace("/conditions/{id}", &format!("/conditions/{}", w1.condition))
                 .replace("/packages/{id}", &format!("/packages/{}", w1.package))
+                .replace("/campaigns/{id}", &format!("/campaigns/{}", w1.campaign))
                 .replace("/users/{id}", &format!("/users/{outsider_id}"))
                 .replace(
                     "/integrations/{id}",
@@ -612,6 +626,9 @@ async fn every_route_checks_role_and_workspace() {
             };
             let body = match (method.as_str(), path.as_str()) {
                 ("post", "/fleets") => json!({"workspace_id": w1.ws, "name": "new"}),
+                ("post", "/campaigns" | "/campaigns/dry-run") => {
+                    json!({"name": "n", "package_id": w1.package, "fleet_id": w1.fleet})
+                }
                 ("post", "/devices") => json!({"fleet_id": w1.fleet, "name": "new"}),
                 ("post", "/schedules") => json!({"name": "n", "device_id": w1.device,
                     "method": "m", "trigger": {"cron": {"expr": "@daily"}}}),
@@ -657,6 +674,7 @@ async fn every_route_checks_role_and_workspace() {
                 || path.starts_with("/schedules/{id}")
                 || path.starts_with("/conditions/{id}")
                 || path.starts_with("/packages/{id}")
+                || path.starts_with("/campaigns/{id}")
             {
                 let (s, v) = call(Some(customer.clone())).await;
                 assert_eq!(s, 404, "customer: {m} {path} → {v}");

@@ -10,6 +10,7 @@ mod common;
 mod audit_flood;
 mod authz;
 mod backup;
+mod campaigns;
 mod cli;
 mod conditions;
 mod data_api;

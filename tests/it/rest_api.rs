@@ -397,6 +397,18 @@ async fn every_documented_route_requires_an_api_key_and_exists() {
         "/packages",
         "/packages/{id}",
         "/packages/{id}/file",
+        "/campaigns",
+        "/campaigns/dry-run",
+        "/campaigns/stop",
+        "/campaigns/{id}",
+        "/campaigns/{id}/approve",
+        "/campaigns/{id}/start",
+        "/campaigns/{id}/pause",
+        "/campaigns/{id}/resume",
+        "/campaigns/{id}/cancel",
+        "/campaigns/{id}/install",
+        "/campaigns/{id}/devices",
+        "/devices/{id}/ota",
         "/devices/{id}/connections",
         "/integrations",
         "/integrations/{id}",
@@ -484,7 +496,7 @@ async fn every_documented_route_requires_an_api_key_and_exists() {
             checked += 1;
         }
     }
-    assert_eq!(checked, 98);
+    assert_eq!(checked, 112);
     let resp = c
         .get(format!("{base}/api/v1/nothing"))
         .bearer_auth(&t.admin_key)

@@ -75,7 +75,7 @@ pub(crate) async fn services(dir: &std::path::Path, now: Millis) -> Harness {
         }
     }
     let (store, pki, _) = opened.expect("open the data directory");
-    let mut s = Services::new(config, store.ports(), pki, metrics);
+    let s = Services::new(config, store.ports(), pki, metrics);
     s.jobs.set_clock(Clock::tokio_at(now));
     Harness {
         services: Arc::new(s),

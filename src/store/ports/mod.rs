@@ -29,6 +29,7 @@
 use futures_util::future::BoxFuture;
 
 mod attributes;
+mod campaigns;
 mod conditions;
 mod identity;
 mod integrations;
@@ -39,6 +40,7 @@ mod registry;
 mod telemetry;
 
 pub use attributes::AttributeStore;
+pub use campaigns::CampaignStore;
 pub use conditions::ConditionStore;
 pub use identity::IdentityStore;
 pub use integrations::IntegrationStore;
@@ -80,6 +82,7 @@ pub struct Ports {
     pub integrations: std::sync::Arc<dyn IntegrationStore>,
     pub operators: std::sync::Arc<dyn OperatorStore>,
     pub packages: std::sync::Arc<dyn PackageStore>,
+    pub campaigns: std::sync::Arc<dyn CampaignStore>,
     pub backup: std::sync::Arc<dyn BackupStore>,
 }
 

@@ -1,7 +1,11 @@
 //! `corral simulate`: virtual devices for demos, tests and benchmarks. N MQTT connections (rumqttc)
 //! each with its own credentials, pipelined QoS 1 publishes of ThingsBoard telemetry, an optional
 //! per-device rate, and a summary of what the server acknowledged. Runs against Corral or any
-//! MQTT broker, over TLS or plain TCP, and stops by itself after `--duration`.
+//! MQTT broker, over TLS or plain TCP, and stops by itself after `--duration`. With `--ota` the
+//! devices are OTA-capable instead (`ota`): they update when a campaign or their fleet's target
+//! tells them to, some with faults.
+
+pub mod ota;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -55,8 +59,120 @@ pub struct SimulateArgs {
     /// Most connections opened at once while ramping up.
     #[arg(long, default_value_t = 200)]
     pub connect_concurrency: usize,
+    /// OTA-capable devices (ThingsBoard OTA protocol) instead of telemetry publishers: they
+    /// report the version they run and update when told to, for `--duration` seconds.
+    #[arg(long)]
+    pub ota: bool,
+    /// The firmware title the OTA devices run.
+    #[arg(long, default_value = "sim-fw")]
+    pub ota_title: String,
+    /// The firmware version the OTA devices run at first.
+    #[arg(long, default_value = "0.0.0")]
+    pub ota_version: String,
+    /// Bytes per chunk the OTA devices ask for.
+    #[arg(long, default_value_t = 16384)]
+    pub chunk_size: usize,
+    /// Milliseconds an OTA device takes to reboot after an update.
+    #[arg(long, default_value_t = 500)]
+    pub reboot_ms: u64,
+    /// This many OTA devices (the first ones) go silent after downloading...
+    #[arg(long, default_value_t = 0)]
+    pub fault_silent: usize,
+    /// ...the next ones reboot into the old version and claim UPDATED...
+    #[arg(long, default_value_t = 0)]
+    pub fault_rollback: usize,
+    /// ...the next ones drop their connection mid-download once...
+    #[arg(long, default_value_t = 0)]
+    pub fault_drop: usize,
+    /// ...and the next ones get a corrupted chunk in their first download.
+    #[arg(long, default_value_t = 0)]
+    pub fault_corrupt: usize,
     #[command(flatten)]
     pub client: ClientArgs,
+}
+
+impl SimulateArgs {
+    /// The fault of OTA device `i`.
+    pub fn fault_of(&self, i: usize) -> ota::Fault {
+        let mut at = 0;
+        for (n, f) in [
+            (self.fault_silent, ota::Fault::Silent),
+            (self.fault_rollback, ota::Fault::Rollback),
+            (self.fault_drop, ota::Fault::Drop),
+            (self.fault_corrupt, ota::Fault::Corrupt),
+        ] {
+            at += n;
+            if i < at {
+                return f;
+            }
+        }
+        ota::Fault::None
+    }
+}
+
+/// What an OTA run ended with.
+#[derive(Debug, Clone, Serialize)]
+pub struct OtaReport {
+    pub devices: usize,
+    /// Devices per version they run at the end.
+    pub running: std::collections::BTreeMap<String, usize>,
+    pub boots: u64,
+    pub downloads: u64,
+    pub updates: u64,
+}
+
+/// Runs OTA devices for `--duration` seconds and reports what they run at the end.
+pub async fn simulate_ota(a: SimulateArgs) -> anyhow::Result<OtaReport> {
+    crate::pki::install_crypto_provider();
+    let users = usernames(&a).await?;
+    let tls = match &a.ca {
+        Some(p) => {
+            let pem = std::fs::read_to_string(p)
+                .with_context(|| format!("cannot read {}", p.display()))?;
+            Some(Arc::new(crate::pki::client_config_trusting(&pem)?))
+        }
+        None => None,
+    };
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut devices = Vec::new();
+    for (i, token) in users.into_iter().enumerate() {
+        let status = Arc::new(ota::OtaStatus::default());
+        let dev = ota::OtaDevice {
+            host: a.host.clone(),
+            port: a.port,
+            tls: tls.clone(),
+            token,
+            title: a.ota_title.clone(),
+            version: a.ota_version.clone(),
+            chunk_size: a.chunk_size.max(1),
+            fault: a.fault_of(i),
+            reboot: Duration::from_millis(a.reboot_ms),
+        };
+        let task = tokio::spawn(dev.run(status.clone(), stop_rx.clone()));
+        devices.push((status, task));
+    }
+    tokio::time::sleep(Duration::from_secs(a.duration)).await;
+    let _ = stop_tx.send(true);
+    let mut report = OtaReport {
+        devices: devices.len(),
+        running: Default::default(),
+        boots: 0,
+        downloads: 0,
+        updates: 0,
+    };
+    for (status, task) in devices {
+        let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
+        let v = status
+            .running
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        *report.running.entry(v).or_default() += 1;
+        report.boots += u64::from(status.boots.load(Ordering::Relaxed));
+        report.downloads += u64::from(status.downloads.load(Ordering::Relaxed));
+        report.updates += u64::from(status.updates.load(Ordering::Relaxed));
+    }
+    Ok(report)
 }
 
 /// What a run achieved.
@@ -80,6 +196,11 @@ struct Counters {
 }
 
 pub async fn run(a: SimulateArgs) -> anyhow::Result<ExitCode> {
+    if a.ota {
+        let report = simulate_ota(a).await?;
+        println!("{}", serde_json::to_string(&report)?);
+        return Ok(ExitCode::SUCCESS);
+    }
     let report = simulate(a).await?;
     println!("{}", serde_json::to_string(&report)?);
     Ok(if report.connections_up == report.connections_requested {

@@ -1,0 +1,838 @@
+//! OTA campaigns (issue 15): simulated OTA devices (`corral::sim::ota`, real MQTT over TLS)
+//! updated by campaigns with waves, a success gate, deadlines, retries, the error threshold,
+//! an abort that rolls back, the approval step, the dry run, a window, download-only installs,
+//! pause/resume/cancel and the emergency stop; and a `kill -9` in the middle of a campaign that
+//! resumes without starting a wave twice.
+
+use crate::common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::TestApp;
+use common::server::Server;
+use corral::sim::ota::{Fault, OtaDevice, OtaStatus};
+use serde_json::{Value, json};
+
+/// A small REST client with one API key.
+#[derive(Clone)]
+struct Api {
+    c: reqwest::Client,
+    base: String,
+    key: String,
+}
+
+impl Api {
+    fn new(base: &str, key: &str) -> Self {
+        Self {
+            c: reqwest::Client::builder()
+                .timeout(Duration::from_secs(30))
+                .build()
+                .expect("client"),
+            base: format!("{base}/api/v1"),
+            key: key.to_string(),
+        }
+    }
+
+    async fn send(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+        let mut r = self
+            .c
+            .request(
+                method.parse().expect("method"),
+                format!("{}{path}", self.base),
+            )
+            .bearer_auth(&self.key);
+        if let Some(b) = body {
+            r = r.json(&b);
+        }
+        let r = r.send().await.expect("send");
+        let s = r.status().as_u16();
+        (s, r.json().await.unwrap_or(Value::Null))
+    }
+
+    async fn ok(&self, method: &str, path: &str, body: Option<Value>) -> Value {
+        let (s, v) = self.send(method, path, body).await;
+        assert!((200..300).contains(&s), "{method} {path} → {s} {v}");
+        v
+    }
+
+    async fn upload(&self, fleet: &str, title: &str, version: &str, data: Vec<u8>) -> String {
+        let r = self
+            .c
+            .post(format!("{}/packages", self.base))
+            .bearer_auth(&self.key)
+            .query(&[("title", title), ("version", version), ("fleet_id", fleet)])
+            .body(data)
+            .send()
+            .await
+            .expect("upload");
+        assert_eq!(r.status().as_u16(), 201);
+        let v: Value = r.json().await.expect("json");
+        v["id"].as_str().expect("id").to_string()
+    }
+
+    /// A workspace, a fleet and `n` devices; returns the fleet id and the devices' ids and
+    /// tokens, in creation order (which is the order campaigns start them in).
+    async fn fleet(&self, name: &str, n: usize) -> (String, Vec<(String, String)>) {
+        let ws = self
+            .ok("POST", "/workspaces", Some(json!({"name": name})))
+            .await;
+        let fleet = self
+            .ok(
+                "POST",
+                "/fleets",
+                Some(json!({"workspace_id": ws["id"], "name": name})),
+            )
+            .await;
+        let mut devices = Vec::new();
+        for i in 0..n {
+            let d = self
+                .ok(
+                    "POST",
+                    "/devices",
+                    Some(json!({"fleet_id": fleet["id"], "name": format!("{name}-{i:02}")})),
+                )
+                .await;
+            devices.push((
+                d["device"]["id"].as_str().expect("id").to_string(),
+                d["credentials"]["token"]
+                    .as_str()
+                    .expect("token")
+                    .to_string(),
+            ));
+        }
+        (fleet["id"].as_str().expect("fleet").to_string(), devices)
+    }
+
+    /// Waits up to `secs` for the campaign to satisfy `f`; returns it.
+    async fn wait(&self, id: &str, secs: u64, what: &str, f: impl Fn(&Value) -> bool) -> Value {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+        loop {
+            let c = self.ok("GET", &format!("/campaigns/{id}"), None).await;
+            if f(&c) {
+                return c;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                // What the devices that did not finish went through.
+                let (_, all) = self
+                    .send("GET", &format!("/campaigns/{id}/devices"), None)
+                    .await;
+                let open: Vec<&Value> = all
+                    .as_array()
+                    .map(|a| {
+                        a.iter()
+                            .filter(|u| {
+                                !matches!(
+                                    u["state"].as_str(),
+                                    Some("updated" | "failed" | "timed_out" | "cancelled")
+                                )
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                panic!(
+                    "{what}: not within {secs} s; the campaign: {c:#}; unfinished devices: {open:#?}"
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
+/// Deterministic bytes.
+fn image(len: usize, seed: u8) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i as u32).wrapping_mul(2_654_435_761).to_le_bytes()[1] ^ seed)
+        .collect()
+}
+
+/// Simulated OTA devices, one per token, with the given faults; stopped when dropped.
+struct Fleet {
+    status: Vec<Arc<OtaStatus>>,
+    stop: tokio::sync::watch::Sender<bool>,
+}
+
+impl Fleet {
+    fn start(
+        port: u16,
+        ca_pem: &str,
+        tokens: &[(String, String)],
+        version: impl Fn(usize) -> &'static str,
+        fault: impl Fn(usize) -> Fault,
+    ) -> Self {
+        let tls = Arc::new(corral::pki::client_config_trusting(ca_pem).expect("tls"));
+        let (stop, rx) = tokio::sync::watch::channel(false);
+        let mut status = Vec::new();
+        for (i, (_, token)) in tokens.iter().enumerate() {
+            let s = Arc::new(OtaStatus::default());
+            let dev = OtaDevice {
+                host: "127.0.0.1".into(),
+                port,
+                tls: Some(tls.clone()),
+                token: token.clone(),
+                title: "sim-fw".into(),
+                version: version(i).into(),
+                chunk_size: 16 * 1024,
+                fault: fault(i),
+                reboot: Duration::from_millis(200),
+            };
+            tokio::spawn(dev.run(s.clone(), rx.clone()));
+            status.push(s);
+        }
+        Self { status, stop }
+    }
+
+    fn running(&self, i: usize) -> String {
+        self.status[i]
+            .running
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+}
+
+impl Drop for Fleet {
+    fn drop(&mut self) {
+        let _ = self.stop.send(true);
+    }
+}
+
+fn count(c: &Value, state: &str) -> u64 {
+    c["counts"][state].as_u64().unwrap_or(0)
+}
+
+/// The time of the first transition into `state` in a device's timeline.
+fn first(u: &Value, state: &str) -> Option<i64> {
+    u["timeline"]
+        .as_array()?
+        .iter()
+        .find(|t| t["state"] == state)
+        .and_then(|t| t["at"].as_i64())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_campaign_over_50_devices_goes_wave_by_wave_through_their_faults() {
+    let t = TestApp::start().await;
+    let api = Api::new(&t.http_base(), &t.admin_key);
+    let (fleet, devices) = api.fleet("fifty", 50).await;
+    let package = api.upload(&fleet, "sim-fw", "2.0", image(40_000, 7)).await;
+    // Wave 2 (devices 5..20) holds every fault: two of each.
+    let faults = |i: usize| match i {
+        10 | 11 => Fault::Silent,
+        12 | 13 => Fault::Rollback,
+        14 | 15 => Fault::Drop,
+        16 | 17 => Fault::Corrupt,
+        _ => Fault::None,
+    };
+    let sims = Fleet::start(t.mqtt_port(), &t.ca_pem, &devices, |_| "1.0", faults);
+    let body = json!({
+        "name": "fifty to 2.0", "package_id": package, "fleet_id": fleet,
+        "waves": [{"percent": 10}, {"percent": 30}],
+        "success_pct": 70, "soak_secs": 1,
+        "install_timeout_secs": 4, "confirm_timeout_secs": 15, "download_timeout_secs": 30,
+        "retries_failed": 1, "retries_timed_out": 0, "retry_backoff_secs": 1,
+    });
+
+    // The dry run: targets, waves, an estimate; nothing is stored.
+    let dry = api
+        .ok("POST", "/campaigns/dry-run", Some(body.clone()))
+        .await;
+    assert_eq!(dry["targets"], 50, "{dry}");
+    assert_eq!(dry["waves"], json!([5, 15, 30]));
+    assert_eq!(dry["already_updated"], 0);
+    assert!(dry["estimated_last_start_at"].as_i64().is_some());
+    assert_eq!(dry["devices"][0], devices[0].0.as_str());
+    let (_, list) = api.send("GET", "/campaigns", None).await;
+    assert_eq!(list, json!([]), "a dry run stores nothing");
+
+    let c = api.ok("POST", "/campaigns", Some(body)).await;
+    assert_eq!(c["state"], "draft");
+    let id = c["id"].as_str().expect("id").to_string();
+    let c = api
+        .ok("POST", &format!("/campaigns/{id}/start"), None)
+        .await;
+    assert_eq!(
+        (c["state"].as_str(), c["targets"].as_u64()),
+        (Some("running"), Some(50))
+    );
+    let (s, v) = api
+        .send("POST", &format!("/campaigns/{id}/start"), None)
+        .await;
+    assert_eq!((s, v["error"]["code"].as_str()), (409, Some("conflict")));
+
+    let c = api
+        .wait(&id, 120, "the campaign completes", |c| {
+            c["state"] == "completed"
+        })
+        .await;
+    assert_eq!(
+        (
+            count(&c, "updated"),
+            count(&c, "failed"),
+            count(&c, "timed_out")
+        ),
+        (46, 2, 2),
+        "{c:#}"
+    );
+    assert_eq!(c["note"], "46 updated, 2 failed, 2 timed out");
+    let waves: Vec<(u64, u64, u64)> = c["waves"]
+        .as_array()
+        .expect("waves")
+        .iter()
+        .map(|w| {
+            (
+                w["devices"].as_u64().unwrap_or(0),
+                w["updated"].as_u64().unwrap_or(0),
+                w["failed"].as_u64().unwrap_or(0),
+            )
+        })
+        .collect();
+    assert_eq!(waves, [(5, 5, 0), (15, 11, 4), (30, 30, 0)]);
+    let failing: Vec<(String, String)> = c["failing"]
+        .as_array()
+        .expect("failing")
+        .iter()
+        .map(|f| {
+            (
+                f["device_id"].as_str().unwrap_or("").to_string(),
+                f["state"].as_str().unwrap_or("").to_string(),
+            )
+        })
+        .collect();
+    for i in [10, 11] {
+        assert!(
+            failing.contains(&(devices[i].0.clone(), "timed_out".into())),
+            "{failing:?}"
+        );
+    }
+    for i in [12, 13] {
+        assert!(
+            failing.contains(&(devices[i].0.clone(), "failed".into())),
+            "{failing:?}"
+        );
+    }
+
+    // The devices run what the campaign says they run.
+    for i in 0..50 {
+        let want = if (10..14).contains(&i) { "1.0" } else { "2.0" };
+        assert_eq!(sims.running(i), want, "device {i}");
+    }
+
+    let all = api
+        .ok("GET", &format!("/campaigns/{id}/devices"), None)
+        .await;
+    let all = all.as_array().expect("devices");
+    let by_id = |i: usize| {
+        all.iter()
+            .find(|u| u["device_id"] == devices[i].0.as_str())
+            .expect("device entry")
+    };
+    // The gate: no device of wave 3 was told before 11 of wave 2's 15 had updated (70 %).
+    let mut wave2_done: Vec<i64> = all
+        .iter()
+        .filter(|u| u["wave"] == 1 && u["state"] == "updated")
+        .filter_map(|u| first(u, "updated"))
+        .collect();
+    wave2_done.sort();
+    let gate = wave2_done[10];
+    let wave3_first = all
+        .iter()
+        .filter(|u| u["wave"] == 2)
+        .filter_map(|u| first(u, "initiated"))
+        .min()
+        .expect("wave 3 started");
+    assert!(
+        wave3_first >= gate,
+        "wave 3 at {wave3_first}, gate met at {gate}"
+    );
+    // Each wave started once: one "wave N started" per device.
+    for u in all {
+        let starts = u["timeline"]
+            .as_array()
+            .expect("timeline")
+            .iter()
+            .filter(|t| t["detail"].as_str().is_some_and(|d| d.ends_with("started")))
+            .count();
+        assert_eq!(starts, 1, "{u:#}");
+    }
+    // A corrupted chunk: FAILED with the device's error, retried, updated on the second try.
+    let corrupt = by_id(16);
+    assert_eq!(
+        (corrupt["state"].as_str(), corrupt["attempts"].as_u64()),
+        (Some("updated"), Some(2))
+    );
+    assert!(
+        corrupt["timeline"]
+            .to_string()
+            .contains("Checksum verification failed!"),
+        "{corrupt:#}"
+    );
+    // A rollback: the device said UPDATED but came back on 1.0; retried once, then failed.
+    let rolled = by_id(12);
+    assert_eq!(
+        (rolled["state"].as_str(), rolled["attempts"].as_u64()),
+        (Some("failed"), Some(2))
+    );
+    assert!(
+        rolled["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("runs sim-fw 1.0")),
+        "{rolled:#}"
+    );
+    // Silent after the download: timed out in `downloaded` (no retries for timeouts here).
+    let silent = by_id(10);
+    assert!(
+        silent["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("did not report UPDATED")),
+        "{silent:#}"
+    );
+    // A dropped download: the device asked again and updated on its first attempt.
+    let dropped = by_id(14);
+    assert_eq!(
+        (dropped["state"].as_str(), dropped["attempts"].as_u64()),
+        (Some("updated"), Some(1))
+    );
+    // Updated only after reconnecting: the UPDATED report came first.
+    let ok = by_id(0);
+    let states: Vec<&str> = ok["timeline"]
+        .as_array()
+        .expect("timeline")
+        .iter()
+        .filter_map(|t| t["state"].as_str())
+        .collect();
+    assert_eq!(
+        states,
+        [
+            "pending",
+            "queued",
+            "initiated",
+            "downloading",
+            "downloaded",
+            "verified",
+            "updating",
+            "updating",
+            "updated"
+        ],
+        "{ok:#}"
+    );
+    assert!(ok["timeline"].to_string().contains("after reconnecting"));
+
+    // The device's own OTA timeline, and the package is now the fleet's target.
+    let mine = api
+        .ok("GET", &format!("/devices/{}/ota", devices[0].0), None)
+        .await;
+    assert_eq!(
+        (mine[0]["campaign_id"].as_str(), mine[0]["state"].as_str()),
+        (Some(id.as_str()), Some("updated"))
+    );
+    let (s, v) = api
+        .send("DELETE", &format!("/packages/{package}"), None)
+        .await;
+    assert_eq!(s, 409, "the fleet's target: {v}");
+    // Metrics per campaign and state.
+    let metrics = reqwest::get(format!("{}/metrics", t.http_base()))
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    assert!(
+        metrics.contains(&format!(
+            "corral_ota_devices{{campaign=\"{id}\",state=\"updated\"}} 46"
+        )),
+        "{}",
+        metrics
+            .lines()
+            .filter(|l| l.contains("ota"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_error_threshold_pauses_and_an_abort_rolls_back() {
+    let t = TestApp::start().await;
+    let api = Api::new(&t.http_base(), &t.admin_key);
+    let (fleet, devices) = api.fleet("flaky", 6).await;
+    let v1 = api.upload(&fleet, "sim-fw", "1.0", image(20_000, 1)).await;
+    let v2 = api.upload(&fleet, "sim-fw", "2.0", image(20_000, 2)).await;
+    api.ok(
+        "PUT",
+        &format!("/fleets/{fleet}/packages"),
+        Some(json!({"package_id": v1})),
+    )
+    .await;
+    // The first two roll back whatever they are given.
+    let sims = Fleet::start(
+        t.mqtt_port(),
+        &t.ca_pem,
+        &devices,
+        |_| "1.0",
+        |i| {
+            if i < 2 { Fault::Rollback } else { Fault::None }
+        },
+    );
+
+    // Pause: 2 of 2 finished failed (threshold 50 %, sample 2).
+    let c = api
+        .ok(
+            "POST",
+            "/campaigns",
+            Some(json!({
+                "name": "pausing", "package_id": v2, "fleet_id": fleet,
+                "waves": [{"devices": 2}], "failure_pct": 50, "min_sample": 2,
+                "retries_failed": 0, "confirm_timeout_secs": 20, "assign_fleet": false,
+            })),
+        )
+        .await;
+    let id = c["id"].as_str().expect("id").to_string();
+    api.ok("POST", &format!("/campaigns/{id}/start"), None)
+        .await;
+    let c = api
+        .wait(&id, 60, "the threshold pauses it", |c| {
+            c["state"] == "paused"
+        })
+        .await;
+    assert!(
+        c["note"]
+            .as_str()
+            .is_some_and(|n| n.starts_with("error threshold: 2 of 2")),
+        "{c:#}"
+    );
+    assert_eq!(
+        count(&c, "pending"),
+        4,
+        "the second wave did not start: {c:#}"
+    );
+    // Resumed, the threshold counts what finishes from now on: the rest update.
+    api.ok("POST", &format!("/campaigns/{id}/resume"), None)
+        .await;
+    let c = api
+        .wait(&id, 60, "it completes", |c| c["state"] == "completed")
+        .await;
+    assert_eq!((count(&c, "updated"), count(&c, "failed")), (4, 2), "{c:#}");
+    for i in 2..6 {
+        assert_eq!(sims.running(i), "2.0");
+    }
+
+    // Abort with a rollback: back to the fleet's target (1.0) for the devices it reached.
+    let v3 = api.upload(&fleet, "sim-fw", "3.0", image(20_000, 3)).await;
+    let c = api
+        .ok(
+            "POST",
+            "/campaigns",
+            Some(json!({
+                "name": "aborting", "package_id": v3, "fleet_id": fleet,
+                "waves": [{"devices": 2}], "failure_pct": 50, "min_sample": 2,
+                "on_failure": "abort", "rollback": true,
+                "retries_failed": 0, "confirm_timeout_secs": 20,
+            })),
+        )
+        .await;
+    assert_eq!(c["policy"]["rollback_package_id"], v1.as_str());
+    let id = c["id"].as_str().expect("id").to_string();
+    api.ok("POST", &format!("/campaigns/{id}/start"), None)
+        .await;
+    let c = api
+        .wait(&id, 60, "the threshold aborts it", |c| {
+            c["state"] == "aborted"
+        })
+        .await;
+    assert_eq!(
+        (count(&c, "failed"), count(&c, "cancelled")),
+        (2, 4),
+        "{c:#}"
+    );
+    let all = api.ok("GET", "/campaigns", None).await;
+    let rollback = all
+        .as_array()
+        .expect("list")
+        .iter()
+        .find(|x| x["rollback_of"] == id.as_str())
+        .expect("a rollback campaign")
+        .clone();
+    assert_eq!(rollback["package_id"], v1.as_str());
+    assert_eq!(rollback["targets"], 2);
+    let rid = rollback["id"].as_str().expect("id").to_string();
+    // The two devices run 1.0 already (they rolled back themselves): done at once.
+    let rb = api
+        .wait(&rid, 30, "the rollback completes", |c| {
+            c["state"] == "completed"
+        })
+        .await;
+    assert_eq!(count(&rb, "updated"), 2, "{rb:#}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn approval_window_download_only_and_operator_actions() {
+    let t = TestApp::start().await;
+    let api = Api::new(&t.http_base(), &t.admin_key);
+    let (fleet, devices) = api.fleet("careful", 3).await;
+    let (other_fleet, _) = api.fleet("other", 0).await;
+    let pkg = api.upload(&fleet, "sim-fw", "2.0", image(30_000, 9)).await;
+    let foreign = api
+        .upload(&other_fleet, "sim-fw", "9.0", image(10, 9))
+        .await;
+
+    // Bad input: each a precise error, nothing created.
+    let base = json!({"name": "x", "package_id": pkg, "fleet_id": fleet});
+    let with = |k: &str, v: Value| {
+        let mut b = base.clone();
+        b[k] = v;
+        b
+    };
+    for (body, status, field) in [
+        (with("failure_pct", json!(0)), 422, Some("failure_pct")),
+        (with("waves", json!([{"percent": 0}])), 422, Some("waves")),
+        (with("success_pct", json!(101)), 422, Some("success_pct")),
+        (with("package_id", json!(foreign)), 422, Some("package_id")),
+        (
+            with("window", json!({"start": "25:00", "end": "03:00"})),
+            422,
+            Some("window.start"),
+        ),
+        (with("rollback", json!(true)), 422, Some("rollback")),
+        (with("name", json!("")), 422, Some("name")),
+        (with("package_id", json!(uuid::Uuid::nil())), 404, None),
+        (with("surprise", json!(1)), 400, None),
+    ] {
+        let (s, v) = api.send("POST", "/campaigns", Some(body.clone())).await;
+        assert_eq!(s, status, "{body} → {v}");
+        if let Some(f) = field {
+            let m = v["error"]["message"].as_str().unwrap_or("");
+            assert!(m.starts_with(&format!("{f}:")), "{body} → {v}");
+        }
+    }
+    assert_eq!(api.ok("GET", "/campaigns", None).await, json!([]));
+
+    // The approval step: the creator cannot approve; another workspace admin can.
+    let ws = api.ok("GET", &format!("/fleets/{fleet}"), None).await["workspace_id"].clone();
+    let (_, u) = api
+        .send(
+            "POST",
+            "/users",
+            Some(
+                json!({"username": "second", "password": "long enough password",
+                "grants": [{"workspace_id": ws, "role": "admin"}]}),
+            ),
+        )
+        .await;
+    let (_, k) = api
+        .send(
+            "POST",
+            &format!("/users/{}/api-keys", u["id"].as_str().expect("id")),
+            Some(json!({"name": "k"})),
+        )
+        .await;
+    let second = Api::new(&t.http_base(), k["secret"].as_str().expect("secret"));
+    let c = api
+        .ok(
+            "POST",
+            "/campaigns",
+            Some(
+                json!({"name": "needs approval", "package_id": pkg, "fleet_id": fleet,
+                "require_approval": true, "install": "download_only"}),
+            ),
+        )
+        .await;
+    let id = c["id"].as_str().expect("id").to_string();
+    let (s, v) = api
+        .send("POST", &format!("/campaigns/{id}/start"), None)
+        .await;
+    assert_eq!(s, 409, "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("approval"))
+    );
+    let (s, v) = api
+        .send("POST", &format!("/campaigns/{id}/approve"), None)
+        .await;
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (403, Some("forbidden")),
+        "{v}"
+    );
+    let c = second
+        .ok("POST", &format!("/campaigns/{id}/approve"), None)
+        .await;
+    assert_eq!(c["approved_by"], "second");
+    let audit = api.ok("GET", "/audit?kind=campaign_approved", None).await;
+    assert_eq!(audit["items"][0]["actor"], "second", "{audit}");
+
+    // Download only: the devices download and verify, and wait for the install command.
+    let sims = Fleet::start(
+        t.mqtt_port(),
+        &t.ca_pem,
+        &devices,
+        |_| "1.0",
+        |_| Fault::None,
+    );
+    api.ok("POST", &format!("/campaigns/{id}/start"), None)
+        .await;
+    api.wait(&id, 60, "every device verified", |c| {
+        count(c, "verified") == 3
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(sims.running(0), "1.0", "not installed before the command");
+    api.ok("POST", &format!("/campaigns/{id}/install"), None)
+        .await;
+    let (s, _) = api
+        .send("POST", &format!("/campaigns/{id}/install"), None)
+        .await;
+    assert_eq!(s, 409, "the command is sent once");
+    api.wait(&id, 60, "installed", |c| {
+        c["state"] == "completed" && count(c, "updated") == 3
+    })
+    .await;
+    assert_eq!(sims.running(2), "2.0");
+    let (s, _) = api.send("DELETE", &format!("/campaigns/{id}"), None).await;
+    assert_eq!(s, 409, "a started campaign is history");
+
+    // A closed window: queued, nobody told; pause, resume, the emergency stop, cancel.
+    let v3 = api.upload(&fleet, "sim-fw", "3.0", image(30_000, 3)).await;
+    let now = window_an_hour_from_now();
+    let c = api
+        .ok(
+            "POST",
+            "/campaigns",
+            Some(
+                json!({"name": "tonight", "package_id": v3, "fleet_id": fleet,
+                "window": {"start": now.0, "end": now.1}}),
+            ),
+        )
+        .await;
+    let id = c["id"].as_str().expect("id").to_string();
+    let dry = api
+        .ok(
+            "POST",
+            "/campaigns/dry-run",
+            Some(
+                json!({"name": "tonight", "package_id": v3, "fleet_id": fleet,
+                "window": {"start": now.0, "end": now.1}}),
+            ),
+        )
+        .await;
+    assert!(
+        dry["notes"].to_string().contains("window is closed"),
+        "{dry}"
+    );
+    let est = dry["estimated_last_start_at"].as_i64().expect("estimate");
+    assert!(
+        est > corral::model::now_ms() + 30 * 60_000,
+        "starts when the window opens: {dry}"
+    );
+    api.ok("POST", &format!("/campaigns/{id}/start"), None)
+        .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let c = api.ok("GET", &format!("/campaigns/{id}"), None).await;
+    assert_eq!(count(&c, "queued"), 3, "the window is closed: {c:#}");
+    let c = api
+        .ok("POST", &format!("/campaigns/{id}/pause"), None)
+        .await;
+    assert_eq!(c["state"], "paused");
+    let (s, _) = api
+        .send("POST", &format!("/campaigns/{id}/pause"), None)
+        .await;
+    assert_eq!(s, 409);
+    api.ok("POST", &format!("/campaigns/{id}/resume"), None)
+        .await;
+    let stopped = api.ok("POST", "/campaigns/stop", None).await;
+    assert_eq!(stopped["paused"], json!([id]));
+    let c = api.ok("GET", &format!("/campaigns/{id}"), None).await;
+    assert!(
+        c["note"]
+            .as_str()
+            .is_some_and(|n| n.starts_with("emergency stop")),
+        "{c}"
+    );
+    let c = api
+        .ok("POST", &format!("/campaigns/{id}/cancel"), None)
+        .await;
+    assert_eq!(
+        (c["state"].as_str(), count(&c, "cancelled")),
+        (Some("cancelled"), 3)
+    );
+    assert_eq!(sims.running(0), "2.0", "nobody was told of 3.0");
+}
+
+/// A window of one hour starting an hour from now (UTC), as "HH:MM" strings.
+fn window_an_hour_from_now() -> (String, String) {
+    let mins = (corral::model::now_ms() / 60_000) % (24 * 60);
+    let hm = |m: i64| format!("{:02}:{:02}", (m / 60) % 24, m % 60);
+    (hm(mins + 60), hm(mins + 120))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_campaign_resumes_after_kill_9_without_starting_a_wave_twice() {
+    corral::pki::install_crypto_provider();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let key = corral::auth::new_api_key();
+    let data = dir.path().join("data");
+    let mut srv = Server::spawn(&data, &key);
+    let api = Api::new(&srv.base(), &key);
+    let (fleet, devices) = api.fleet("crash", 4).await;
+    let pkg = api.upload(&fleet, "sim-fw", "2.0", image(30_000, 4)).await;
+    let sims = Fleet::start(
+        srv.mqtt_tls.port(),
+        &srv.ca_pem(),
+        &devices,
+        |_| "1.0",
+        |_| Fault::None,
+    );
+    let c = api
+        .ok(
+            "POST",
+            "/campaigns",
+            Some(
+                json!({"name": "through a crash", "package_id": pkg, "fleet_id": fleet,
+                "waves": [{"devices": 2}], "soak_secs": 4}),
+            ),
+        )
+        .await;
+    let id = c["id"].as_str().expect("id").to_string();
+    api.ok("POST", &format!("/campaigns/{id}/start"), None)
+        .await;
+    // Killed while wave 1 soaks.
+    api.wait(&id, 60, "wave 1 updated", |c| c["waves"][0]["updated"] == 2)
+        .await;
+    let (_, w) = api.send("GET", "/workers", None).await;
+    eprintln!("WORKERS {w}");
+    srv.kill9();
+    drop(sims);
+
+    let srv = Server::spawn(&data, &key);
+    let api = Api::new(&srv.base(), &key);
+    // Wave 1's devices kept their update through the server's crash.
+    let sims = Fleet::start(
+        srv.mqtt_tls.port(),
+        &srv.ca_pem(),
+        &devices,
+        |i| if i < 2 { "2.0" } else { "1.0" },
+        |_| Fault::None,
+    );
+    let c = api
+        .wait(&id, 90, "it completes after the restart", |c| {
+            c["state"] == "completed"
+        })
+        .await;
+    assert_eq!(count(&c, "updated"), 4, "{c:#}");
+    let all = api
+        .ok("GET", &format!("/campaigns/{id}/devices"), None)
+        .await;
+    for u in all.as_array().expect("devices") {
+        let starts = u["timeline"]
+            .as_array()
+            .expect("timeline")
+            .iter()
+            .filter(|t| t["detail"].as_str().is_some_and(|d| d.ends_with("started")))
+            .count();
+        assert_eq!(starts, 1, "each wave started once: {u:#}");
+        assert_eq!(u["attempts"], 1, "{u:#}");
+    }
+    for i in 0..4 {
+        assert_eq!(sims.running(i), "2.0");
+    }
+}
