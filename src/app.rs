@@ -211,6 +211,10 @@ impl App {
                 "jobs in flight at the last stop are queued again"
             );
         }
+        let signed = services.packages.sign_unsigned().await?;
+        if signed > 0 {
+            tracing::info!(packages = signed, "package manifests signed");
+        }
         // Campaigns resume where the last commit left them, before devices connect.
         let campaigns = services.campaigns.recover().await?;
         if campaigns > 0 {

@@ -269,6 +269,9 @@ pub struct OtaConfig {
     /// Campaigns need another admin's approval before they start (a campaign may ask for it
     /// anyway).
     pub require_approval: bool,
+    /// Offline signers' ed25519 public keys (base64 of the raw 32 bytes): manifests they
+    /// signed are accepted (`PUT /packages/{id}/manifest`).
+    pub manifest_keys: Vec<String>,
 }
 
 impl Default for OtaConfig {
@@ -276,6 +279,7 @@ impl Default for OtaConfig {
         Self {
             max_package_mb: 256,
             require_approval: false,
+            manifest_keys: Vec::new(),
         }
     }
 }

@@ -385,6 +385,8 @@ audit_kinds! {
     CampaignsStopped = "campaigns_stopped",
     PackageAssigned = "package_assigned",
     PackageDeleted = "package_deleted",
+    /// A package's manifest was replaced by one signed offline.
+    PackageManifestSet = "package_manifest_set",
     PackageUnassigned = "package_unassigned",
     PackageUploaded = "package_uploaded",
     ProvisionFailed = "provision_failed",
@@ -1213,6 +1215,24 @@ pub struct Package {
     pub created_at: Millis,
     /// Who uploaded it (a username, or `api-key:NAME`).
     pub created_by: String,
+    /// Its signed manifest (absent only on packages stored before manifests existed, until
+    /// the next start signs them).
+    #[serde(default)]
+    pub manifest: Option<SignedManifest>,
+}
+
+/// A package's manifest and its ed25519 signature: what a device checks before it trusts an
+/// image. `manifest` is canonical JSON (`title`, `version`, `type`, `size`, `sha256`,
+/// `created`, `kid`, keys sorted, no spaces), signed as these exact bytes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SignedManifest {
+    /// The manifest's JSON text, exactly as signed.
+    #[schema(max_length = 4096)]
+    pub manifest: String,
+    /// The ed25519 signature of `manifest`'s bytes, standard base64.
+    #[schema(max_length = 256)]
+    pub signature: String,
 }
 
 id_type!(CampaignId, "Identifies an OTA campaign.");

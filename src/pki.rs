@@ -45,6 +45,65 @@ pub struct Pki {
     server_key: PrivateKeyDer<'static>,
     verifier: Arc<DeviceCertVerifier>,
     crl_pem: std::sync::RwLock<String>,
+    /// The ed25519 key OTA package manifests are signed with.
+    manifest_key: ManifestKey,
+}
+
+/// The ed25519 key this installation signs OTA package manifests with: created at first start
+/// (`pki/manifest.key`, PKCS#8, owner-only), named by its `kid`, the first 16 hex digits of the
+/// SHA-256 of its public key. Devices verify with the public key (`GET /api/v1/ota/keys`).
+pub struct ManifestKey {
+    pair: ring::signature::Ed25519KeyPair,
+    kid: String,
+}
+
+impl ManifestKey {
+    fn load_or_create(path: &Path) -> Result<Self, PkiError> {
+        use base64::Engine;
+        use ring::signature::Ed25519KeyPair;
+        let b64 = base64::engine::general_purpose::STANDARD;
+        let bad = || PkiError::Pem {
+            path: path.to_path_buf(),
+            what: "ed25519 manifest key",
+        };
+        let der = if path.exists() {
+            b64.decode(read(path)?.trim()).map_err(|_| bad())?
+        } else {
+            let doc = Ed25519KeyPair::generate_pkcs8(&ring::rand::SystemRandom::new())
+                .map_err(|_| bad())?;
+            write_private(path, &b64.encode(doc.as_ref()))?;
+            doc.as_ref().to_vec()
+        };
+        let pair = Ed25519KeyPair::from_pkcs8(&der).map_err(|_| bad())?;
+        let kid = kid_of(ring::signature::KeyPair::public_key(&pair).as_ref());
+        Ok(Self { pair, kid })
+    }
+
+    pub fn kid(&self) -> &str {
+        &self.kid
+    }
+
+    /// The raw 32-byte public key.
+    pub fn public_key(&self) -> &[u8] {
+        ring::signature::KeyPair::public_key(&self.pair).as_ref()
+    }
+
+    /// The signature of `msg` (64 bytes).
+    pub fn sign(&self, msg: &[u8]) -> Vec<u8> {
+        self.pair.sign(msg).as_ref().to_vec()
+    }
+}
+
+/// The key id of an ed25519 public key: the first 16 hex digits of its SHA-256.
+pub fn kid_of(public_key: &[u8]) -> String {
+    hex(&ring::digest::digest(&ring::digest::SHA256, public_key).as_ref()[..8])
+}
+
+/// Whether `sig` is `public_key`'s ed25519 signature of `msg`.
+pub fn verify_ed25519(public_key: &[u8], msg: &[u8], sig: &[u8]) -> bool {
+    ring::signature::UnparsedPublicKey::new(&ring::signature::ED25519, public_key)
+        .verify(msg, sig)
+        .is_ok()
 }
 
 impl std::fmt::Debug for Pki {
@@ -68,6 +127,7 @@ const CA_KEY: &str = "ca.key";
 const SERVER_CERT: &str = "server.pem";
 const SERVER_KEY: &str = "server.key";
 const SERVER_HOSTS: &str = "server.hosts";
+const MANIFEST_KEY: &str = "manifest.key";
 
 impl Pki {
     /// Loads the PKI from `<data_dir>/pki`, creating the CA when absent and (re)issuing the server
@@ -164,6 +224,7 @@ impl Pki {
                 what: "CA certificate",
             })?;
         let verifier = Arc::new(DeviceCertVerifier::new(vec![ca_der.clone()], Vec::new())?);
+        let manifest_key = ManifestKey::load_or_create(&dir.join(MANIFEST_KEY))?;
         Ok((
             Pki {
                 dir,
@@ -174,9 +235,15 @@ impl Pki {
                 server_key,
                 verifier,
                 crl_pem: Default::default(),
+                manifest_key,
             },
             init,
         ))
+    }
+
+    /// The key OTA manifests are signed with.
+    pub fn manifest_key(&self) -> &ManifestKey {
+        &self.manifest_key
     }
 
     /// The CA certificate devices and clients trust.

@@ -113,6 +113,7 @@ impl Services {
             audit.clone(),
             &config.data_dir,
             config.ota.max_package_mb << 20,
+            crate::ota::manifest::Manifests::new(pki.clone(), &config.ota.manifest_keys),
         ));
         let campaigns = CampaignService::new(
             ports.campaigns.clone(),

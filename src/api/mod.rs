@@ -182,6 +182,7 @@ pub fn router(
         .route("/metrics", get(metrics))
         .route("/api/v1/ca.pem", get(ca_pem))
         .route("/api/v1/crl.pem", get(crl_pem))
+        .route("/api/v1/ota/keys", get(ota_keys))
         // ThingsBoard's device provisioning: authenticated by the fleet's key and secret in
         // the body, not by an API key.
         .route(
@@ -267,6 +268,12 @@ async fn ca_pem(State(s): State<Arc<Services>>) -> Response {
         HeaderValue::from_static("application/x-pem-file"),
     );
     r
+}
+
+async fn ota_keys(
+    State(s): State<Arc<Services>>,
+) -> axum::Json<Vec<crate::ota::manifest::ManifestKeyView>> {
+    axum::Json(s.packages.manifest_keys())
 }
 
 async fn crl_pem(State(s): State<Arc<Services>>) -> Response {

@@ -35,7 +35,7 @@ use utoipa::openapi::{Content, RefOr, Response, ResponseBuilder};
     servers((url = "/api/v1")),
     modifiers(&BearerAuth),
     security(("api_key" = [])),
-    paths(ca_pem, crl_pem, provision),
+    paths(ca_pem, crl_pem, ota_keys, provision),
     components(schemas(super::telemetry::Order, crate::api::error::ErrorBody)),
     tags(
         (name = "workspaces", description = "Workspaces: the top-level groups of fleets, each with its own retention."),
@@ -99,6 +99,18 @@ fn ca_pem() {}
     responses((status = 200, description = "The revocation list", content_type = "application/pkix-crl", body = String)))]
 #[allow(dead_code)] // Documents the route `super::crl_pem` serves; never called.
 fn crl_pem() {}
+
+/// The keys OTA manifests are signed with
+///
+/// The ed25519 public keys whose signatures on package manifests this server accepts: its own
+/// (`source: server`, generated at first start) and offline signers' from `[ota]
+/// manifest_keys` (`source: offline`). A device pins one (by `kid`, the first 16 hex digits of
+/// the SHA-256 of the raw key) and checks `fw_signature` over the exact bytes of `fw_manifest`
+/// with it. Public, like the CA certificate.
+#[utoipa::path(get, path = "/ota/keys", tag = "ota", security(()),
+    responses((status = 200, description = "The manifest signing keys", body = Vec<crate::ota::manifest::ManifestKeyView>)))]
+#[allow(dead_code)] // Documents the route `super::ota_keys` serves; never called.
+fn ota_keys() {}
 
 /// Provision a device (ThingsBoard device provisioning)
 ///

@@ -28,6 +28,7 @@ pub fn routes() -> OpenApiRouter<Arc<Services>> {
         .routes(routes!(list_packages, upload_package))
         .routes(routes!(get_package, delete_package))
         .routes(routes!(download_package))
+        .routes(routes!(set_manifest))
         .routes(routes!(assign_fleet_package, unassign_fleet_package))
 }
 
@@ -236,6 +237,35 @@ async fn get_package(
 ) -> ApiResult<axum::Json<PackageView>> {
     let p = s.packages.record(id).await?;
     check(&caller, &p, Role::Viewer).await?;
+    Ok(axum::Json(PackageView::from(&p)))
+}
+
+/// Replace a package's manifest with one signed offline
+///
+/// Takes a manifest signed by a key listed in `[ota] manifest_keys` (see `corral firmware
+/// sign`), so the signing key never has to be on the server. Refused with 422 `invalid_field`
+/// unless the signature verifies with that key (`signature`) and the manifest describes this
+/// package: its title, version, type, size and SHA-256 (`manifest`). Devices get it with the
+/// package's other shared attributes from then on. Needs the admin role on the package's
+/// fleet's workspace (a server admin for a package of every fleet). Recorded in the audit log
+/// (`package_manifest_set`).
+#[utoipa::path(put, path = "/packages/{id}/manifest", tag = "ota",
+    params(("id" = String, Path, description = "package id")),
+    request_body = crate::model::SignedManifest,
+    responses((status = 200, body = PackageView), (status = 404, body = ErrorBody),
+        (status = 422, body = ErrorBody)))]
+async fn set_manifest(
+    State(s): S,
+    caller: Caller,
+    ApiPath(id): ApiPath<PackageId>,
+    ApiJson(m): ApiJson<crate::model::SignedManifest>,
+) -> ApiResult<axum::Json<PackageView>> {
+    let p = s.packages.record(id).await?;
+    check(&caller, &p, Role::Admin).await?;
+    let p = s
+        .packages
+        .set_manifest(id, m, &crate::audit::operator())
+        .await?;
     Ok(axum::Json(PackageView::from(&p)))
 }
 

@@ -1,5 +1,7 @@
-//! Package commands over REST: `firmware upload|list|show|download|delete`. The file is
-//! streamed to the server, never read whole into memory.
+//! Package commands over REST: `firmware upload|list|show|download|assign|unassign|delete`
+//! (the file is streamed to the server, never read whole into memory), and offline manifest
+//! signing: `firmware keygen` makes an ed25519 key that never touches the server, `firmware
+//! sign` signs a file's manifest with it, and `firmware set-manifest` uploads the result.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -90,6 +92,39 @@ pub enum FirmwareCmd {
     Delete {
         /// Package id.
         id: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Make an ed25519 key for signing manifests offline; prints its public key, for
+    /// `[ota] manifest_keys`. Needs no server.
+    Keygen {
+        /// Where to write the private key (PKCS#8, base64; created, never overwritten).
+        #[arg(long, short)]
+        output: PathBuf,
+    },
+    /// Sign the manifest of a package file offline with a key from `keygen`; prints the signed
+    /// manifest as JSON for `set-manifest`. Needs no server.
+    Sign {
+        /// The package file (read to compute its size and SHA-256).
+        file: PathBuf,
+        /// The private key file from `keygen`.
+        #[arg(long)]
+        key: PathBuf,
+        #[arg(long)]
+        title: String,
+        #[arg(long)]
+        version: String,
+        /// firmware or software.
+        #[arg(long = "type", default_value = "firmware")]
+        kind: String,
+    },
+    /// Replace a package's manifest with one signed offline (the JSON `sign` printed).
+    SetManifest {
+        /// Package id.
+        id: String,
+        /// The signed manifest file.
+        #[arg(long)]
+        file: PathBuf,
         #[command(flatten)]
         client: ClientArgs,
     },
@@ -264,6 +299,86 @@ pub async fn run(cmd: FirmwareCmd) -> anyhow::Result<ExitCode> {
             let c = ApiClient::from_args(&client)?;
             c.delete(&format!("/packages/{id}")).await?;
             output::done(client.json, format!("deleted package {id}"));
+        }
+        FirmwareCmd::Keygen { output: out } => {
+            use base64::Engine;
+            use ring::signature::{Ed25519KeyPair, KeyPair};
+            let b64 = base64::engine::general_purpose::STANDARD;
+            let doc = Ed25519KeyPair::generate_pkcs8(&ring::rand::SystemRandom::new())
+                .map_err(|_| anyhow::anyhow!("cannot generate a key"))?;
+            let pair = Ed25519KeyPair::from_pkcs8(doc.as_ref())
+                .map_err(|_| anyhow::anyhow!("cannot read the generated key"))?;
+            {
+                use std::io::Write;
+                use std::os::unix::fs::OpenOptionsExt;
+                let mut f = std::fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .mode(0o600)
+                    .open(&out)
+                    .map_err(|e| anyhow::anyhow!("{}: {e}", out.display()))?;
+                f.write_all(b64.encode(doc.as_ref()).as_bytes())?;
+                f.sync_all()?;
+            }
+            let public = b64.encode(pair.public_key().as_ref());
+            println!("{public}");
+            eprintln!(
+                "private key in {} (keep it off the server); kid {}; add the public key above to [ota] manifest_keys",
+                out.display(),
+                crate::pki::kid_of(pair.public_key().as_ref())
+            );
+        }
+        FirmwareCmd::Sign {
+            file,
+            key,
+            title,
+            version,
+            kind,
+        } => {
+            use base64::Engine;
+            use sha2::Digest;
+            let kind: crate::model::PackageKind =
+                serde_json::from_value(serde_json::Value::String(kind.clone()))
+                    .map_err(|_| anyhow::anyhow!("--type is firmware or software, not {kind}"))?;
+            let der = base64::engine::general_purpose::STANDARD
+                .decode(std::fs::read_to_string(&key)?.trim())
+                .map_err(|_| {
+                    anyhow::anyhow!("{}: not a key from `firmware keygen`", key.display())
+                })?;
+            let mut hasher = sha2::Sha256::new();
+            let mut f = std::fs::File::open(&file)?;
+            let size = std::io::copy(&mut f, &mut hasher)?;
+            let sha256: String = hasher
+                .finalize()
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect();
+            let mut m = crate::ota::manifest::Manifest {
+                created: crate::model::now_ms(),
+                kid: String::new(),
+                sha256,
+                size,
+                title,
+                kind,
+                version,
+            };
+            let signed = crate::ota::manifest::sign_offline(&der, &mut m)?;
+            output::json(&signed)?;
+        }
+        FirmwareCmd::SetManifest { id, file, client } => {
+            let c = ApiClient::from_args(&client)?;
+            let m: crate::model::SignedManifest =
+                serde_json::from_str(&std::fs::read_to_string(&file)?).map_err(|e| {
+                    anyhow::anyhow!("{}: not a signed manifest: {e}", file.display())
+                })?;
+            let p: PackageView = c.put(&format!("/packages/{id}/manifest"), &m).await?;
+            output::done(
+                client.json,
+                format!("package {id} now carries the manifest signed offline"),
+            );
+            if client.json {
+                output::json(&p)?;
+            }
         }
     }
     Ok(ExitCode::SUCCESS)

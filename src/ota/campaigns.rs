@@ -702,6 +702,7 @@ impl CampaignService {
                 ));
             }
             let package = self.packages.record(c.package_id).await?;
+            self.packages.check_manifest(&package)?;
             let targets = self.targets(&c).await?;
             if let Some((d, other)) = self.busy_target(&st, &c, &targets) {
                 return Err(Error::conflict(format!(

@@ -13,12 +13,14 @@ use tokio::io::AsyncWriteExt;
 use utoipa::ToSchema;
 
 use super::checksum::{self, Hashing};
+use super::manifest::Manifests;
 use crate::audit::{AuditLog, Entry};
 use crate::devices::Registry;
 use crate::error::{Conflict, Error};
 use crate::model::{AttributeOwner, Scope, Value};
 use crate::model::{
-    AuditKind, ChecksumAlgorithm, FleetId, Millis, Package, PackageId, PackageKind, now_ms,
+    AuditKind, ChecksumAlgorithm, FleetId, Millis, Package, PackageId, PackageKind, SignedManifest,
+    now_ms,
 };
 use crate::store::ports::{AttributeStore, NameClash, PackageStore};
 
@@ -116,6 +118,9 @@ pub struct PackageView {
     /// verifies unreliably.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub warnings: Vec<String>,
+    /// Its signed manifest, as devices get it (`fw_manifest`, `fw_signature`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub manifest: Option<SignedManifest>,
 }
 
 impl From<&Package> for PackageView {
@@ -143,6 +148,7 @@ impl From<&Package> for PackageView {
             created_at: p.created_at,
             created_by: p.created_by.clone(),
             warnings,
+            manifest: p.manifest.clone(),
         }
     }
 }
@@ -159,6 +165,8 @@ pub struct PackageService {
     /// Serializes the decision that a file is no longer used (a delete) against an upload
     /// that is about to use it.
     files: tokio::sync::Mutex<()>,
+    /// Signs and checks packages' manifests.
+    manifests: Manifests,
 }
 
 fn invalid(field: &'static str, m: impl Into<String>) -> Error {
@@ -173,6 +181,7 @@ impl PackageService {
         audit: Arc<AuditLog>,
         data_dir: &Path,
         max_bytes: u64,
+        manifests: Manifests,
     ) -> Self {
         let dir = data_dir.join("packages");
         // Uploads that a stop or a crash cut short: nothing refers to them.
@@ -189,6 +198,7 @@ impl PackageService {
             dir,
             max_bytes,
             files: tokio::sync::Mutex::new(()),
+            manifests,
         }
     }
 
@@ -313,6 +323,11 @@ impl PackageService {
             checksum,
             created_at: now_ms(),
             created_by: by.to_string(),
+            manifest: None,
+        };
+        let pkg = Package {
+            manifest: Some(self.manifests.sign(&pkg)),
+            ..pkg
         };
         let _files = self.files.lock().await;
         let path = self.file_path(&pkg.sha256);
@@ -430,10 +445,11 @@ impl PackageService {
     }
 
     /// The shared attributes that make `p` a device's target, as ThingsBoard sends them in one
-    /// message: title, version, exact size, checksum algorithm and checksum.
+    /// message: title, version, exact size, checksum algorithm and checksum; and the signed
+    /// manifest (`fw_manifest`, `fw_signature`), which ThingsBoard devices ignore.
     pub fn target_attributes(p: &Package) -> Vec<(String, Value)> {
         let k = |s: &str| format!("{}_{s}", p.kind.prefix());
-        vec![
+        let mut v = vec![
             (k("title"), Value::Str(p.title.clone())),
             (k("version"), Value::Str(p.version.clone())),
             (k("size"), Value::Long(p.size as i64)),
@@ -442,15 +458,95 @@ impl PackageService {
                 Value::Str(p.checksum_algorithm.as_str().to_string()),
             ),
             (k("checksum"), Value::Str(p.checksum.clone())),
-        ]
+        ];
+        if let Some(m) = &p.manifest {
+            v.push((k("manifest"), Value::Str(m.manifest.clone())));
+            v.push((k("signature"), Value::Str(m.signature.clone())));
+        }
+        v
     }
 
     /// The keys `target_attributes` sets for `kind`.
     pub fn target_keys(kind: PackageKind) -> Vec<String> {
-        ["title", "version", "size", "checksum_algorithm", "checksum"]
-            .iter()
-            .map(|s| format!("{}_{s}", kind.prefix()))
-            .collect()
+        [
+            "title",
+            "version",
+            "size",
+            "checksum_algorithm",
+            "checksum",
+            "manifest",
+            "signature",
+        ]
+        .iter()
+        .map(|s| format!("{}_{s}", kind.prefix()))
+        .collect()
+    }
+
+    /// The keys that sign manifests (`GET /ota/keys`).
+    pub fn manifest_keys(&self) -> Vec<super::manifest::ManifestKeyView> {
+        self.manifests.keys()
+    }
+
+    /// Signs the packages stored before manifests existed (at start).
+    pub async fn sign_unsigned(&self) -> Result<usize> {
+        let mut n = 0;
+        for p in self.store.packages().await? {
+            if p.manifest.is_none() {
+                let signed = Package {
+                    manifest: Some(self.manifests.sign(&p)),
+                    ..p
+                };
+                self.store.update_package(&signed).await?;
+                n += 1;
+            }
+        }
+        if n > 0 {
+            self.store.commit().await?;
+        }
+        Ok(n)
+    }
+
+    /// Checks that a package's manifest verifies (before a campaign starts with it).
+    pub fn check_manifest(&self, p: &Package) -> Result<()> {
+        let m = p
+            .manifest
+            .as_ref()
+            .ok_or_else(|| Error::conflict("the package has no signed manifest yet"))?;
+        self.manifests.verify(p, m).map_err(|e| {
+            Error::conflict(format!(
+                "the package's manifest does not verify ({e}): upload a manifest signed by a trusted key"
+            ))
+        })
+    }
+
+    /// Replaces a package's manifest with one signed offline; refused (422) unless it verifies
+    /// with a trusted key and describes the package. Recorded in the audit log.
+    pub async fn set_manifest(
+        &self,
+        id: PackageId,
+        m: SignedManifest,
+        by: &str,
+    ) -> Result<Package> {
+        if m.manifest.len() > 4096 || m.signature.len() > 256 {
+            return Err(invalid(
+                "manifest",
+                "a manifest is at most 4096 bytes, a signature 256",
+            ));
+        }
+        let p = self.record(id).await?;
+        self.manifests.verify(&p, &m)?;
+        let p = Package {
+            manifest: Some(m),
+            ..p
+        };
+        self.store.update_package(&p).await?;
+        self.audit.record(
+            Entry::new(AuditKind::PackageManifestSet, by)
+                .detail(format!("{} {} {}", p.kind.as_str(), p.title, p.version))
+                .fleet_opt(p.fleet_id),
+        );
+        self.store.commit().await?;
+        Ok(p)
     }
 
     /// The fleet's target package of `kind`: the package its shared `fw_title` and

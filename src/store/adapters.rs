@@ -624,6 +624,9 @@ impl PackageStore for Store {
     ) -> Fut<'a, std::result::Result<(), NameClash>> {
         done(self.db.add_package(p))
     }
+    fn update_package<'a>(&'a self, p: &'a crate::model::Package) -> Fut<'a, ()> {
+        done(self.db.update_package(p))
+    }
     fn get_package<'a>(
         &'a self,
         id: crate::model::PackageId,

@@ -36,6 +36,14 @@ impl Db {
         )
     }
 
+    /// Replaces a package's record; its kind, title and version (its unique key) stay.
+    pub fn update_package(&self, p: &Package) -> Result<()> {
+        self.trees()
+            .packages
+            .insert(p.id.as_bytes(), encode_json(p))?;
+        Ok(())
+    }
+
     pub fn get_package(&self, id: PackageId) -> Result<Option<Package>> {
         match self.trees().packages.get(id.as_bytes())? {
             None => Ok(None),

@@ -521,6 +521,7 @@ fn needs(method: &str, path: &str) -> Option<&'static str> {
         // Without a `fleet_id`, an upload is a package for every fleet.
         "/packages" => Some("server"),
         "/packages/{id}" if method == "delete" => Some("admin"),
+        "/packages/{id}/manifest" => Some("admin"),
         // The emergency stop pauses every campaign of the server.
         "/campaigns/stop" => Some("server"),
         // Approval is a workspace admin's.
@@ -626,6 +627,7 @@ async fn every_route_checks_role_and_workspace() {
             };
             let body = match (method.as_str(), path.as_str()) {
                 ("post", "/fleets") => json!({"workspace_id": w1.ws, "name": "new"}),
+                ("put", "/packages/{id}/manifest") => json!({"manifest": "{}", "signature": ""}),
                 ("post", "/campaigns" | "/campaigns/dry-run") => {
                     json!({"name": "n", "package_id": w1.package, "fleet_id": w1.fleet})
                 }

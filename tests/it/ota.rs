@@ -597,8 +597,9 @@ async fn devices_fetch_their_fleet_package_over_mqtt_and_http() {
         json!({
             "fw_title": "valve-fw", "fw_version": "1.10", "fw_size": data.len(),
             "fw_checksum_algorithm": "SHA256", "fw_checksum": hex(&Sha256::digest(&data)),
+            "fw_manifest": p["manifest"]["manifest"], "fw_signature": p["manifest"]["signature"],
         }),
-        "all five keys in one message, the version a string"
+        "all five keys in one message, the version a string, with the signed manifest"
     );
 
     // Chunks of 65,536 bytes (the SDK's request size), answered without a subscription.
@@ -714,9 +715,202 @@ async fn devices_fetch_their_fleet_package_over_mqtt_and_http() {
     };
     assert_eq!(
         deleted["deleted"].as_array().expect("deleted").len(),
-        5,
-        "{deleted}"
+        7,
+        "the five keys and the manifest's two: {deleted}"
     );
     let (s, _) = http.json("DELETE", &format!("/packages/{id}")).await;
     assert_eq!(s, StatusCode::NO_CONTENT);
+}
+
+/// Runs the `corral` binary with `args` (no server); returns stdout.
+fn corral(args: &[&str]) -> String {
+    let o = Command::new(common::server::bin())
+        .args(args)
+        .env_clear()
+        .output()
+        .expect("run corral");
+    assert!(
+        o.status.success(),
+        "{args:?}: {}\n{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn manifests_are_signed_and_offline_signatures_are_checked() {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    // An offline key, made by the CLI without a server; the server trusts its public key.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let key = dir.path().join("signer.key");
+    let public = corral(&["firmware", "keygen", "-o", key.to_str().expect("utf-8")])
+        .trim()
+        .to_string();
+    let t = TestApp::start_with(|c| c.ota.manifest_keys = vec![public.clone()]).await;
+    let http = Http::new(&t);
+    let data = image(50_000, 21);
+    let (s, p) = http
+        .upload(&[("title", "gate-fw"), ("version", "4.2")], data.clone())
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{p}");
+
+    // The published keys (public, no API key): the server's own and the offline one.
+    let keys: Value = reqwest::get(format!("{}/api/v1/ota/keys", t.http_base()))
+        .await
+        .expect("keys")
+        .json()
+        .await
+        .expect("json");
+    let sources: Vec<&str> = keys
+        .as_array()
+        .expect("list")
+        .iter()
+        .filter_map(|k| k["source"].as_str())
+        .collect();
+    assert_eq!(sources, ["server", "offline"]);
+    assert_eq!(keys[1]["public_key"], public.as_str());
+    let key_of = |kid: &str| -> Vec<u8> {
+        let k = keys
+            .as_array()
+            .expect("list")
+            .iter()
+            .find(|k| k["kid"] == kid)
+            .expect("a published key");
+        b64.decode(k["public_key"].as_str().expect("key"))
+            .expect("base64")
+    };
+    // A device's check: the signature over the manifest's exact bytes, then the image.
+    let verify = |m: &Value| {
+        let text = m["manifest"].as_str().expect("manifest");
+        let sig = b64
+            .decode(m["signature"].as_str().expect("signature"))
+            .expect("base64");
+        let parsed: Value = serde_json::from_str(text).expect("manifest json");
+        let pk = key_of(parsed["kid"].as_str().expect("kid"));
+        ring::signature::UnparsedPublicKey::new(&ring::signature::ED25519, pk)
+            .verify(text.as_bytes(), &sig)
+            .expect("the signature verifies");
+        parsed
+    };
+    let parsed = verify(&p["manifest"]);
+    assert_eq!(parsed["kid"], keys[0]["kid"], "signed by the server's key");
+    assert_eq!(
+        (
+            &parsed["title"],
+            &parsed["version"],
+            &parsed["type"],
+            parsed["size"].as_u64(),
+            parsed["sha256"].as_str()
+        ),
+        (
+            &json!("gate-fw"),
+            &json!("4.2"),
+            &json!("firmware"),
+            Some(data.len() as u64),
+            Some(hex(&Sha256::digest(&data)).as_str())
+        )
+    );
+
+    // Signed offline by the CLI, uploaded: the package carries it from then on.
+    let file = dir.path().join("gate-fw.bin");
+    std::fs::write(&file, &data).expect("write");
+    let sign = |title: &str| {
+        corral(&[
+            "firmware",
+            "sign",
+            file.to_str().expect("utf-8"),
+            "--key",
+            key.to_str().expect("utf-8"),
+            "--title",
+            title,
+            "--version",
+            "4.2",
+        ])
+    };
+    let signed: Value = serde_json::from_str(&sign("gate-fw")).expect("json");
+    let id = p["id"].as_str().expect("id");
+    let put = |body: Value| {
+        let (c, url, key) = (
+            http.c.clone(),
+            format!("{}/packages/{id}/manifest", http.base),
+            http.key.clone(),
+        );
+        async move {
+            let r = c
+                .put(url)
+                .bearer_auth(key)
+                .json(&body)
+                .send()
+                .await
+                .expect("put");
+            let s = r.status();
+            (s, r.json::<Value>().await.unwrap_or(Value::Null))
+        }
+    };
+    let (s, v) = put(signed.clone()).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(
+        verify(&v["manifest"])["kid"],
+        keys[1]["kid"],
+        "now signed offline"
+    );
+    // Bad input, each refused with its field, nothing changed.
+    let mut tampered = signed.clone();
+    tampered["manifest"] = json!(
+        signed["manifest"]
+            .as_str()
+            .expect("m")
+            .replace("4.2", "4.3")
+    );
+    let other: Value = serde_json::from_str(&sign("other-fw")).expect("json");
+    let mut bad_b64 = signed.clone();
+    bad_b64["signature"] = json!("not base64!");
+    // Signed by a key the server does not know: the server's own manifest of another
+    // installation would look like this.
+    let stranger = dir.path().join("stranger.key");
+    corral(&[
+        "firmware",
+        "keygen",
+        "-o",
+        stranger.to_str().expect("utf-8"),
+    ]);
+    let unknown: Value = serde_json::from_str(&corral(&[
+        "firmware",
+        "sign",
+        file.to_str().expect("utf-8"),
+        "--key",
+        stranger.to_str().expect("utf-8"),
+        "--title",
+        "gate-fw",
+        "--version",
+        "4.2",
+    ]))
+    .expect("json");
+    for (body, starts) in [
+        (tampered, "signature: does not verify"),
+        (other, "manifest: its title is not the package's"),
+        (bad_b64, "signature: not base64"),
+        (unknown, "signature: signed by key"),
+        (
+            json!({"manifest": "{}", "signature": ""}),
+            "manifest: not a manifest",
+        ),
+    ] {
+        let (s, v) = put(body.clone()).await;
+        assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{body} → {v}");
+        let m = v["error"]["message"].as_str().unwrap_or("");
+        assert!(m.starts_with(starts), "{m}");
+    }
+    let (_, now) = http.json("GET", &format!("/packages/{id}")).await;
+    assert_eq!(
+        now["manifest"],
+        v_manifest(&signed),
+        "unchanged by refusals"
+    );
+}
+
+fn v_manifest(signed: &Value) -> Value {
+    json!({"manifest": signed["manifest"], "signature": signed["signature"]})
 }

@@ -397,6 +397,8 @@ async fn every_documented_route_requires_an_api_key_and_exists() {
         "/packages",
         "/packages/{id}",
         "/packages/{id}/file",
+        "/packages/{id}/manifest",
+        "/ota/keys",
         "/campaigns",
         "/campaigns/dry-run",
         "/campaigns/stop",
@@ -496,7 +498,7 @@ async fn every_documented_route_requires_an_api_key_and_exists() {
             checked += 1;
         }
     }
-    assert_eq!(checked, 112);
+    assert_eq!(checked, 113);
     let resp = c
         .get(format!("{base}/api/v1/nothing"))
         .bearer_auth(&t.admin_key)
