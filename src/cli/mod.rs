@@ -7,6 +7,7 @@
 mod admin;
 mod backup;
 mod banner;
+mod campaigns;
 mod conditions;
 mod credentials;
 mod data;
@@ -103,9 +104,13 @@ enum Command {
     #[command(subcommand)]
     Condition(conditions::ConditionCmd),
     /// Firmware and software packages: upload, list, show, download, assign to a fleet,
-    /// unassign, delete.
+    /// unassign, delete; manifest keys and offline signing.
     #[command(subcommand)]
     Firmware(firmware::FirmwareCmd),
+    /// OTA campaigns: create (with a dry run first), approve, start, pause, resume, cancel,
+    /// install, follow (`watch`), and the emergency stop of every campaign.
+    #[command(subcommand)]
+    Campaign(campaigns::CampaignCmd),
     /// Write an online backup of a running server to a file (`backup FILE`), or check one
     /// (`backup verify FILE`).
     Backup(backup::BackupArgs),
@@ -207,6 +212,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Integration(c) => runtime()?.block_on(integrations::run(c)),
         Command::Condition(c) => runtime()?.block_on(conditions::run(c)),
         Command::Firmware(c) => runtime()?.block_on(firmware::run(c)),
+        Command::Campaign(c) => runtime()?.block_on(campaigns::run(c)),
         Command::Backup(a) => runtime()?.block_on(backup::run(a)),
         Command::Restore(a) => runtime()?.block_on(backup::restore(a)),
         Command::Simulate(a) => {

@@ -836,3 +836,98 @@ async fn a_campaign_resumes_after_kill_9_without_starting_a_wave_twice() {
         assert_eq!(sims.running(i), "2.0");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_dry_runs_creates_starts_and_watches_a_campaign() {
+    let t = TestApp::start().await;
+    let api = Api::new(&t.http_base(), &t.admin_key);
+    let (fleet, devices) = api.fleet("cli-fleet", 3).await;
+    let pkg = api.upload(&fleet, "sim-fw", "2.0", image(20_000, 5)).await;
+    let _sims = Fleet::start(
+        t.mqtt_port(),
+        &t.ca_pem,
+        &devices,
+        |_| "1.0",
+        |_| Fault::None,
+    );
+    let run = |args: Vec<String>| {
+        let (bin, base, key) = (common::server::bin(), t.http_base(), t.admin_key.clone());
+        async move {
+            tokio::task::spawn_blocking(move || {
+                let o = std::process::Command::new(bin)
+                    .args(&args)
+                    .args(["--server", &base])
+                    .env_clear()
+                    .env("CORRAL_API_KEY", key)
+                    .output()
+                    .expect("run corral");
+                assert!(
+                    o.status.success(),
+                    "{args:?}: {}\n{}",
+                    String::from_utf8_lossy(&o.stdout),
+                    String::from_utf8_lossy(&o.stderr)
+                );
+                String::from_utf8_lossy(&o.stdout).into_owned()
+            })
+            .await
+            .expect("join")
+        }
+    };
+    let spec = |cmd: &str| -> Vec<String> {
+        [
+            "campaign",
+            cmd,
+            "--name",
+            "by the cli",
+            "--package",
+            &pkg,
+            "--fleet",
+            "cli-fleet",
+            "--waves",
+            "1,50%",
+            "--failure-pct",
+            "50",
+            "--confirm-timeout-secs",
+            "30",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+    };
+    let dry = run(spec("dry-run")).await;
+    assert!(dry.contains("targets") && dry.contains("1 + 2"), "{dry}");
+    let mut create = spec("create");
+    create.push("--json".into());
+    let created: Value = serde_json::from_str(&run(create).await).expect("json");
+    assert_eq!(
+        created["waves"].as_array().map(Vec::len),
+        Some(0),
+        "waves fixed at start"
+    );
+    assert_eq!(created["policy"]["failure_pct"], 50);
+    let id = created["id"].as_str().expect("id").to_string();
+    let out = run(vec!["campaign".into(), "start".into(), id.clone()]).await;
+    assert!(out.contains("running"), "{out}");
+    let watched = run(vec![
+        "campaign".into(),
+        "watch".into(),
+        id.clone(),
+        "--timeout".into(),
+        "90".into(),
+    ])
+    .await;
+    assert!(
+        watched
+            .lines()
+            .last()
+            .is_some_and(|l| l.contains("completed")),
+        "{watched}"
+    );
+    let shown = run(vec!["campaign".into(), "show".into(), id.clone()]).await;
+    assert!(shown.contains("updated 3"), "{shown}");
+    let list = run(vec!["campaign".into(), "list".into()]).await;
+    assert!(
+        list.contains("by the cli") && list.contains("completed"),
+        "{list}"
+    );
+}
