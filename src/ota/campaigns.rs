@@ -590,7 +590,10 @@ impl CampaignService {
     /// latest telemetry).
     pub(super) async fn reports_target(&self, d: DeviceId, p: &Package) -> Result<bool> {
         let (title, version) = self.reported(d, p.kind).await?;
-        Ok(version.as_deref() == Some(p.version.as_str()) && title.is_none_or(|t| t == p.title))
+        Ok(version
+            .as_deref()
+            .is_some_and(|v| super::engine::same_version(v, &p.version))
+            && title.is_none_or(|t| t == p.title))
     }
 
     /// The title and version a device last reported for `kind` (`current_fw_title`,

@@ -191,6 +191,18 @@ impl Engine {
     }
 }
 
+/// Whether a reported version is `target`. Telemetry follows ThingsBoard's typing, so a
+/// ThingsBoard device's `"current_fw_version": "1.10"` is stored (and reported here) as the
+/// number 1.1: a version that reads as a number matches a target that reads as the same number.
+/// Versions that are not decimal numbers (`v1.10`, `1.10.0`) stay exact.
+pub(super) fn same_version(reported: &str, target: &str) -> bool {
+    reported == target
+        || matches!(
+            (reported.parse::<f64>(), target.parse::<f64>()),
+            (Ok(a), Ok(b)) if a == b && a.is_finite()
+        )
+}
+
 /// The OTA keys of one message for one type.
 #[derive(Debug, Default)]
 struct OtaKeys {
@@ -527,7 +539,8 @@ impl CampaignService {
 
     /// Whether the device's report names the package's title (when it names one) and version.
     fn is_target(l: &Live, title: Option<&str>, version: Option<&str>) -> bool {
-        version == Some(l.package.version.as_str()) && title.is_none_or(|t| t == l.package.title)
+        version.is_some_and(|v| same_version(v, &l.package.version))
+            && title.is_none_or(|t| t == l.package.title)
     }
 
     async fn on_report(&self, l: &mut Live, kind: PackageKind, r: &Report) -> Result<()> {
@@ -1232,5 +1245,41 @@ fn set_metrics(s: &CampaignService, st: &State) {
                 })
                 .set(counts.get(&state).copied().unwrap_or(0));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions_compare_as_devices_report_them() {
+        assert!(same_version("1.10", "1.10"));
+        assert!(
+            same_version("1.1", "1.10"),
+            "telemetry typed 1.10 as the number 1.1"
+        );
+        assert!(same_version("2", "2.0"));
+        assert!(!same_version("1.10.0", "1.10"));
+        assert!(!same_version("v1.10", "1.10"));
+        assert!(!same_version("1.2", "1.10"));
+    }
+
+    #[test]
+    fn ota_keys_are_read_for_their_type_only() {
+        let vals = [
+            ("fw_state".to_string(), Value::Str("UPDATED".into())),
+            ("current_fw_version".to_string(), Value::Double(1.1)),
+            ("current_fw_title".to_string(), Value::Str("valve".into())),
+            ("fw_error".to_string(), Value::Str(String::new())),
+            ("temperature".to_string(), Value::Long(20)),
+        ];
+        let it = || vals.iter().map(|(k, v)| (k.as_str(), v));
+        let fw = ota_keys(it(), PackageKind::Firmware).expect("firmware keys");
+        assert_eq!(fw.state.as_deref(), Some("UPDATED"));
+        assert_eq!(fw.version.as_deref(), Some("1.1"));
+        assert_eq!(fw.title.as_deref(), Some("valve"));
+        assert_eq!(fw.error, None, "an empty fw_error is no error");
+        assert!(ota_keys(it(), PackageKind::Software).is_none());
     }
 }
