@@ -14,6 +14,9 @@ import * as device from './pages/device.js';
 import * as conditions from './pages/conditions.js';
 import * as jobs from './pages/jobs.js';
 import * as packages from './pages/packages.js';
+import * as campaigns from './pages/campaigns.js';
+import * as campaignNew from './pages/campaign-new.js';
+import * as campaign from './pages/campaign.js';
 import * as integrations from './pages/integrations.js';
 import * as users from './pages/users.js';
 import * as audit from './pages/audit.js';
@@ -27,6 +30,9 @@ const routes = [
   [/^\/conditions$/, conditions, 'Conditions'],
   [/^\/jobs$/, jobs, 'Jobs'],
   [/^\/packages$/, packages, 'Packages'],
+  [/^\/campaigns$/, campaigns, 'Campaigns'],
+  [/^\/campaigns\/new$/, campaignNew, 'New campaign'],
+  [/^\/campaigns\/([0-9a-fA-F-]{36})$/, campaign, 'Campaign'],
   [/^\/integrations$/, integrations, 'Integrations'],
   [/^\/users$/, users, 'Users & API keys'],
   [/^\/audit$/, audit, 'Audit log'],

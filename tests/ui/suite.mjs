@@ -7,8 +7,11 @@
 // closes it), manage a fleet's onboarding (provisioning used for real, a manufacturer CA) and
 // shared defaults, upload firmware with a progress bar and make it a fleet's target (a duplicate,
 // an oversized file and deleting a target are refused with the server's reason), check what a
-// viewer is offered (and that the server refuses a demoted operator); then the same UI on a
-// phone-sized screen and the main flow by keyboard only.
+// viewer is offered (and that the server refuses a demoted operator); run an OTA campaign
+// created in the UI (a dry-run preview, refusals at their field, an approval the creator may
+// not give, waves) against simulated devices (`corral simulate --ota`, one of which comes back
+// on its old version) until it completes, and follow it on its page and the devices' pages;
+// then the same UI on a phone-sized screen and the main flow by keyboard only.
 // Screenshots go to target/ui-artifacts/. Every wait is bounded, and the whole run stops
 // itself after SUITE_LIMIT_MS.
 //
@@ -40,6 +43,7 @@ const results = [];
 let server;
 let browser;
 let device;
+let simulator;
 const dataDir = mkdtempSync(join(tmpdir(), 'corral-ui-'));
 const serverLog = [];
 let setupToken = null;
@@ -52,6 +56,7 @@ const watchdog = setTimeout(() => {
 
 function shutdown(code) {
   try { device?.close(); } catch { /* gone */ }
+  try { simulator?.kill('SIGTERM'); } catch { /* gone */ }
   try { server?.kill('SIGTERM'); } catch { /* gone */ }
   writeFileSync(join(artifacts, 'server.log'), serverLog.join('\n'));
   const done = () => {
@@ -143,6 +148,28 @@ async function signInWithKey(page, base, key) {
   await page.fill('#api-key', key);
   await page.click('#key-form button[type=submit]');
   await page.waitForSelector('main h1:text("Overview")', { timeout: STEP_MS });
+}
+
+/**
+ * Uploads a package through the Packages page's form and waits until the page says it is
+ * stored; returns the stored package (read back over the API with `rest`).
+ */
+async function uploadPackage(page, base, rest, { file, title, version, type = 'firmware', fleetId = '' }) {
+  // Through the menu, so that the page is drawn anew (fleets created since included).
+  await page.goto(`${base}/#/`);
+  await page.click('#nav a[href="#/packages"]');
+  await page.waitForSelector('#package-upload-form');
+  if (fleetId) await page.waitForSelector(`#package-fleet option[value="${fleetId}"]`, { state: 'attached' });
+  await page.setInputFiles('#package-file', file);
+  await page.fill('#package-title', title);
+  await page.fill('#package-version', version);
+  await page.selectOption('#package-type', type);
+  await page.selectOption('#package-fleet', fleetId);
+  await page.click('#package-upload-form button[type=submit]');
+  await page.waitForSelector(`#upload-done:has-text("Package ${title} ${version} uploaded")`);
+  const [stored] = (await rest('GET', `/packages?title=${encodeURIComponent(title)}`)).filter((p) => p.version === version);
+  if (!stored) throw new Error(`package ${title} ${version} not stored`);
+  return stored;
 }
 
 async function main() {
@@ -740,6 +767,173 @@ async function main() {
     }
   });
 
+  let campaign; // the campaign run below, which the viewer then reads
+  await step('OTA campaign from the UI: preview, refusals at their field, approval, waves, simulated devices to the end', async () => {
+    const ws = (await rest('GET', '/fleets?name=sensors')).items[0].workspace_id;
+    const fleet = await rest('POST', '/fleets', { workspace_id: ws, name: 'ota' });
+    const tokens = new Map();
+    for (const name of ['ota-a', 'ota-b', 'ota-c']) {
+      const r = await rest('POST', '/devices', { fleet_id: fleet.id, name });
+      tokens.set(name, r.credentials.token);
+    }
+    const dir = mkdtempSync(join(tmpdir(), 'corral-ui-ota-'));
+    const simLog = [];
+    try {
+      const fwFile = join(dir, 'thermo-ota-2.0.bin');
+      writeFileSync(fwFile, randomBytes(40 * 1024));
+      await uploadPackage(page, base, rest, { file: fwFile, title: 'thermo-ota', version: '2.0', fleetId: fleet.id });
+
+      // "Roll out" on the package's row opens the form with the package and its fleet chosen.
+      await page.waitForSelector('#packages-list tr[data-title="thermo-ota"]');
+      await page.click('#packages-list a[aria-label="Roll out thermo-ota 2.0"]');
+      await page.waitForSelector('main h1:text-is("New campaign")');
+      await page.waitForFunction(() => document.querySelector('#campaign-package')?.selectedOptions[0]?.textContent.startsWith('thermo-ota 2.0'));
+      if ((await page.inputValue('#campaign-fleet')) !== fleet.id) throw new Error('the package\'s fleet is not chosen');
+      if ((await page.inputValue('#campaign-name')) !== 'thermo-ota 2.0 to ota') throw new Error(`suggested name: ${await page.inputValue('#campaign-name')}`);
+      await page.fill('#campaign-name', 'thermo-ota rollout');
+      await page.click('#add-wave-devices');
+      await page.fill('#campaign-waves .wave-row:nth-child(1) .wave-size', '1');
+      // Refusals land at the field the server names: a threshold out of range...
+      await page.fill('#campaign-failure-pct', '0');
+      await page.click('#campaign-preview');
+      await page.waitForSelector('#campaign-failure-pct-error:has-text("failure_pct: must be 1 to 100")');
+      if ((await page.getAttribute('#campaign-failure-pct', 'aria-invalid')) !== 'true') throw new Error('the refused field is not marked');
+      if (!(await page.evaluate(() => document.activeElement?.id === 'campaign-failure-pct'))) throw new Error('the refused field does not get the focus');
+      if (await page.isEnabled('#campaign-create')) throw new Error('Create is offered without a preview');
+      // ...and a rollback with no former target to roll back to.
+      await page.fill('#campaign-failure-pct', '60');
+      await page.fill('#campaign-min-sample', '3');
+      await page.check('#campaign-rollback');
+      await page.click('#campaign-preview');
+      await page.waitForSelector('#campaign-rollback-error:has-text("the fleet has no other target package to roll back to")');
+      if (await page.isVisible('#campaign-failure-pct-error')) throw new Error('the previous refusal is still shown');
+      await page.uncheck('#campaign-rollback');
+      // Short deadlines and no retries (advanced), and another admin's approval.
+      await page.click('#campaign-advanced summary');
+      for (const f of ['start', 'download', 'install', 'confirm']) await page.fill(`#campaign-${f}-timeout`, '60');
+      await page.fill('#campaign-retries-failed', '0');
+      await page.check('#campaign-approval');
+      // The preview: 3 targets in a wave of 1 and one of the 2 left over.
+      await page.click('#campaign-preview');
+      await page.waitForSelector('#campaign-preview-result .preview[data-targets="3"][data-waves="1,2"]');
+      await page.waitForSelector('#preview-targets:text-is("3 devices")');
+      await page.waitForSelector('#preview-already:has-text("0 devices")');
+      const waves = await page.$$eval('#preview-waves li', (els) => els.map((e) => e.textContent));
+      if (waves.join('|') !== 'Wave 1: 1 device|Wave 2: 2 devices') throw new Error(`preview waves: ${waves.join('|')}`);
+      if (!/\d/.test(await page.textContent('#preview-last-start'))) throw new Error('no estimated last start');
+      await page.waitForSelector('#preview-notes:text-is("None.")');
+      const order = await page.$$eval('#preview-devices li', (els) => els.map((e) => e.textContent));
+      if (order.slice().sort().join() !== 'ota-a,ota-b,ota-c') throw new Error(`preview devices: ${order}`);
+      await page.locator('#campaign-form').screenshot({ path: join(artifacts, '25-campaign-preview.png') });
+      // A change makes the preview stale until it is run again.
+      await page.fill('#campaign-soak', '1');
+      await page.waitForSelector('#campaign-preview-result[data-stale="yes"] .preview-stale');
+      if (await page.isEnabled('#campaign-create')) throw new Error('Create is offered on a stale preview');
+      await page.fill('#campaign-soak', '0');
+      await page.click('#campaign-preview');
+      await page.waitForSelector('#campaign-preview-result[data-stale="no"] .preview[data-targets="3"]');
+      await page.click('#campaign-create');
+      await page.waitForSelector('main h1:has-text("thermo-ota rollout")');
+      await page.waitForSelector('#campaign-state-text[data-state="draft"]');
+      campaign = (await rest('GET', `/campaigns?fleet_id=${fleet.id}`))[0];
+      if (!page.url().endsWith(`#/campaigns/${campaign.id}`)) throw new Error(`not on the campaign's page: ${page.url()}`);
+      const p = campaign.policy;
+      if (p.failure_pct !== 60 || p.min_sample !== 3 || p.retries_failed !== 0 || p.confirm_timeout_secs !== 60 || JSON.stringify(p.waves) !== '[{"devices":1}]' || !campaign.approval_required) throw new Error(`stored: ${JSON.stringify(campaign)}`);
+
+      // Waiting for approval: no Start; the creator's own approval is refused by the server.
+      await page.waitForSelector('#campaign-approval[data-approved="no"]');
+      if (await page.locator('#campaign-start').count()) throw new Error('Start is offered before the approval');
+      await page.click('#campaign-approve');
+      await page.waitForSelector('#campaign-action-result .notice.error:has-text("other than the one who created it (forbidden)")');
+      // Another admin (the bootstrap key) approves it; Start is offered then.
+      await rest('POST', `/campaigns/${campaign.id}/approve`);
+      await page.reload();
+      await page.waitForSelector('#campaign-approval[data-approved="yes"]:has-text("approved by api-key:")');
+      await shot(page, '26-campaign-approved');
+
+      // The simulated devices: the last one to start (in wave 2) comes back on its old version.
+      const faulty = order[2];
+      const tokFile = join(dir, 'tokens');
+      writeFileSync(tokFile, [faulty, order[0], order[1]].map((n) => tokens.get(n)).join('\n') + '\n');
+      const caFile = join(dir, 'ca.pem');
+      writeFileSync(caFile, ca);
+      simulator = spawn(binary, ['simulate', '--ota', '--host', mqttHost, '--port', String(mqttPort), '--ca', caFile, '--tokens', tokFile,
+        '--connections', '3', '--duration', '60', '--ota-title', 'thermo-ota', '--ota-version', '1.0', '--fault-rollback', '1', '--reboot-ms', '300'],
+      { stdio: ['ignore', 'pipe', 'pipe'] });
+      for (const out of [simulator.stdout, simulator.stderr]) createInterface({ input: out }).on('line', (l) => simLog.push(l));
+      const ranAt = Date.now();
+      page.once('dialog', (d) => d.accept());
+      await page.click('#campaign-start');
+      await page.waitForSelector('#campaign-state-text[data-state="running"]');
+      await page.waitForSelector('#campaign-targets:text-is("3 devices")');
+      // Followed live until it completes: 2 updated, 1 failed.
+      await page.waitForSelector('#campaign-state-text[data-state="completed"]', { timeout: 45_000 });
+      console.log(`# campaign completed ${Date.now() - ranAt} ms after its start`);
+      await page.waitForSelector('#campaign-note:has-text("2 updated, 1 failed, 0 timed out")');
+      await page.waitForSelector('#campaign-progress-bar[data-updated="2"][data-failed="1"][data-open="0"][data-targets="3"]');
+      await page.waitForSelector('#campaign-progress-bar:has-text("2 updated · 1 failed · 0 open of 3")');
+      await page.waitForSelector('#campaign-counts tr[data-state="updated"] td.count:text-is("2")');
+      await page.waitForSelector('#campaign-counts tr[data-state="failed"] td.count:text-is("1")');
+      for (const [w, devices, updated, failed] of [[0, 1, 1, 0], [1, 2, 1, 1]]) {
+        const row = page.locator(`#campaign-waves tr[data-wave="${w}"][data-started="yes"]`);
+        for (const [cls, n] of [['wave-devices', devices], ['wave-updated', updated], ['wave-failed', failed], ['wave-open', 0]]) {
+          const got = (await row.locator(`td.${cls}`).textContent()).trim();
+          if (got !== String(n)) throw new Error(`wave ${w + 1} ${cls}: ${got}, not ${n}`);
+        }
+      }
+      const failing = page.locator('#campaign-failing tbody tr[data-device-id]');
+      if ((await failing.count()) !== 1) throw new Error(`${await failing.count()} failing devices shown`);
+      await failing.locator(`a:text-is("${faulty}")`).waitFor();
+      await failing.locator('td.reason:has-text("reports UPDATED but runs thermo-ota 1.0")').waitFor();
+      await page.waitForSelector('#campaign-actions:has-text("Finished")');
+      if (await page.locator('#campaign-actions button').count()) throw new Error('a completed campaign offers actions');
+      // The device list, filtered by state.
+      await page.selectOption('#campaign-devices-state', 'failed');
+      await page.waitForSelector('#campaign-devices-count:text-is("1 device failed")');
+      await page.waitForSelector(`#campaign-devices-list tr[data-state="failed"] a:text-is("${faulty}")`);
+      await page.selectOption('#campaign-devices-state', 'updated');
+      await page.waitForSelector('#campaign-devices-count:text-is("2 devices updated")');
+      await shot(page, '27-campaign-completed');
+
+      // The failing device's page: the update failed, with the reason.
+      await failing.locator(`a:text-is("${faulty}")`).click();
+      await page.waitForSelector(`main h1:has-text("${faulty}")`);
+      const failedUpdate = page.locator(`#device-ota article.ota-update[data-campaign-id="${campaign.id}"][data-state="failed"]`);
+      await failedUpdate.locator('.ota-error:has-text("reports UPDATED but runs thermo-ota 1.0")').waitFor();
+      // An updated device's page: its timeline, from pending to updated after the reboot.
+      const good = order[0];
+      await page.goto(`${base}/#/devices?fleet_id=${fleet.id}`);
+      await page.click(`a:text-is("${good}")`);
+      const updated = page.locator(`#device-ota article.ota-update[data-campaign-id="${campaign.id}"][data-state="updated"]`);
+      await updated.locator('.ota-package:text-is("firmware thermo-ota 2.0")').waitFor();
+      await updated.locator('.timeline li[data-state="updated"]:has-text("runs thermo-ota 2.0 after reconnecting")').waitFor();
+      const steps = await updated.locator('.timeline li').evaluateAll((els) => els.map((e) => e.dataset.state));
+      for (const st of ['pending', 'queued', 'initiated', 'downloading', 'updated']) {
+        if (!steps.includes(st)) throw new Error(`the timeline lacks ${st}: ${steps.join(' → ')}`);
+      }
+      await page.locator('#updates').screenshot({ path: join(artifacts, '28-device-updates.png') });
+
+      // The list: filtered by state; the emergency stop finds nothing running.
+      await page.click('#nav a[href="#/campaigns"]');
+      const listed = page.locator(`#campaigns-list tr[data-campaign-id="${campaign.id}"][data-state="completed"]`);
+      await listed.locator('.campaign-progress[data-updated="2"][data-failed="1"][data-open="0"]').waitFor();
+      await listed.locator('td:has-text("thermo-ota 2.0")').waitFor();
+      await page.selectOption('#campaigns-state', 'draft');
+      await page.waitForSelector('#campaigns-list td:text-is("No campaign matches.")');
+      await page.selectOption('#campaigns-state', 'completed');
+      await listed.waitFor();
+      if (!page.url().includes('state=completed')) throw new Error(`the filter is not in the address: ${page.url()}`);
+      page.once('dialog', (d) => d.accept());
+      await page.click('#stop-all');
+      await page.waitForSelector('#stop-all-result p:text-is("Emergency stop: no campaign was running.")');
+      await shot(page, '29-campaigns');
+    } finally {
+      try { simulator?.kill('SIGTERM'); } catch { /* gone */ }
+      writeFileSync(join(artifacts, 'simulator.log'), simLog.join('\n'));
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
   await step('a viewer reads fleets and devices without the controls they may not use; the server still decides', async () => {
     const fleet = (await rest('GET', '/fleets?name=sensors')).items[0];
     const vera = (await rest('GET', '/users')).find((u) => u.username === 'vera');
@@ -783,6 +977,32 @@ async function main() {
       const [dl] = await Promise.all([p.waitForEvent('download'), p.click('#packages-list tr[data-title="thermo-app"] a:text-is("Download")')]);
       const got = readFileSync(await dl.path());
       if (dl.suggestedFilename() !== 'thermo-app.tar' || got.length !== 4096) throw new Error(`a viewer's download: ${dl.suggestedFilename()}, ${got.length} bytes`);
+      if (await p.locator('#packages-list a:text-is("Roll out")').count()) throw new Error('a viewer is offered to roll out a package');
+      // Campaigns: the list and a campaign's progress, failures and devices; no action, no new
+      // campaign, no emergency stop, on a draft as on a finished one.
+      const draft = await rest('POST', '/campaigns', { name: 'viewer-draft', package_id: campaign.package_id, fleet_id: campaign.fleet_id });
+      await p.click('#nav a[href="#/campaigns"]');
+      await p.waitForSelector(`#campaigns-list tr[data-campaign-id="${campaign.id}"] .campaign-progress[data-updated="2"]`);
+      await p.waitForSelector(`#campaigns-list tr[data-campaign-id="${draft.id}"][data-state="draft"]`);
+      await p.waitForSelector('main [data-needs="operator"]:has-text("Creating campaigns")');
+      await p.waitForSelector('#emergency-stop [data-needs="server-admin"]');
+      if (await p.locator('#new-campaign, #stop-all').count()) throw new Error('a viewer is offered a new campaign or the emergency stop');
+      await p.click(`#campaigns-list a:text-is("viewer-draft")`);
+      await p.waitForSelector('#campaign-state-text[data-state="draft"]');
+      await p.waitForSelector('#campaign-actions [data-needs="operator"]:has-text("Starting or deleting the campaign")');
+      if (await p.locator('main button:not(.link)').count()) throw new Error(`a viewer is offered ${await p.locator('main button').allTextContents()}`);
+      await p.goto(`${base}/#/campaigns/${campaign.id}`);
+      await p.waitForSelector('#campaign-failing td.reason:has-text("reports UPDATED but runs thermo-ota 1.0")');
+      await p.waitForSelector('#campaign-devices-count:text-is("3 devices")');
+      if (await p.locator('main button').count()) throw new Error(`a viewer is offered ${await p.locator('main button').allTextContents()}`);
+      // The server refuses her anyway.
+      const refusedStart = await p.evaluate(async ([id, key]) => {
+        const r = await fetch(`/api/v1/campaigns/${id}/start`, { method: 'POST', headers: { Authorization: `Bearer ${key}` } });
+        return `${r.status} ${(await r.json()).error?.code}`;
+      }, [draft.id, secret]);
+      if (refusedStart !== '403 forbidden') throw new Error(`a viewer's start: ${refusedStart}`);
+      await shot(p, '30-viewer-campaign');
+      await rest('DELETE', `/campaigns/${draft.id}`);
       await p.goto(`${base}/#/fleets/${fleet.id}`);
       // The devices page and a device page: data, no changes.
       await p.click('#fleet-devices-link');
@@ -853,6 +1073,14 @@ async function main() {
     const overflow2 = await p.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
     if (overflow2 > 1) throw new Error(`the device page is ${overflow2} px wider than the screen`);
     await shot(p, '11-phone-device');
+    // The campaign pages fit too.
+    for (const [hash, sel, name] of [[`#/campaigns/${campaign.id}`, '#campaign-waves tr[data-wave="1"]', 'campaign'], ['#/campaigns/new', '#campaign-preview', 'new-campaign'], ['#/campaigns', '#campaigns-list tr[data-campaign-id]', 'campaigns']]) {
+      await p.goto(`${base}/${hash}`);
+      await p.waitForSelector(sel);
+      const over = await p.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
+      if (over > 1) throw new Error(`${hash} is ${over} px wider than the screen`);
+      await shot(p, `11b-phone-${name}`);
+    }
     await phone.close();
   });
 

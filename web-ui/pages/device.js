@@ -1,8 +1,8 @@
 // One device: identity and status, conditions (open first; acknowledge, close), credentials
 // (revoke, add, certificate download), attributes (shared ones editable; those that come from
 // the fleet's defaults say so), telemetry (chart by tag and key over a chosen range, and
-// latest values), jobs (list and a send-command form whose result updates live) and connection
-// history. One event stream for the device keeps status, data and jobs current. Changes need
+// latest values), jobs (list and a send-command form whose result updates live), updates (the
+// device's OTA timeline in every campaign that targeted it) and connection history. One event stream for the device keeps status, data and jobs current. Changes need
 // the operator role on the device's fleet (deleting it the admin role): with a lower role the
 // controls are replaced by a note (roles.js).
 
@@ -11,6 +11,7 @@ import { h, clear, field, table, onSubmit, toast, announce, timeEl, fmtTime, fmt
 import { lineChart } from '../chart.js';
 import { ConditionRows } from './conditions.js';
 import { roleOnFleet, allows, roleNote, roleText } from '../roles.js';
+import { timelineList } from './campaign.js';
 
 const RANGES = [
   ['15m', '15 minutes', 15 * 60e3],
@@ -43,11 +44,12 @@ export async function render(main, ctx) {
     attributes: h('section', { id: 'attributes', 'aria-labelledby': 'attributes-h' }),
     telemetry: h('section', { id: 'telemetry', 'aria-labelledby': 'telemetry-h' }),
     jobs: h('section', { id: 'jobs', 'aria-labelledby': 'jobs-h' }),
+    updates: h('section', { id: 'updates', 'aria-labelledby': 'updates-h' }),
     history: h('section', { id: 'history', 'aria-labelledby': 'history-h' }),
   };
   const statusEl = h('span', { id: 'device-status', 'aria-live': 'polite' }, statusBadge(dev.status));
   const toc = h('nav', { class: 'toc', 'aria-label': 'Sections' }, h('ul', {},
-    [['identity', 'Identity'], ['conditions', 'Conditions'], ['credentials', 'Credentials'], ['attributes', 'Attributes'], ['telemetry', 'Telemetry'], ['jobs', 'Jobs'], ['history', 'Connection history']]
+    [['identity', 'Identity'], ['conditions', 'Conditions'], ['credentials', 'Credentials'], ['attributes', 'Attributes'], ['telemetry', 'Telemetry'], ['jobs', 'Jobs'], ['updates', 'Updates'], ['history', 'Connection history']]
       .map(([k, l]) => h('li', {}, h('a', { href: `#/devices/${id}`, 'data-section': k, onclick: (ev) => {
         ev.preventDefault();
         const target = sections[k].querySelector('h2');
@@ -315,6 +317,33 @@ export async function render(main, ctx) {
   }
   clear(sections.jobs, h('h2', { id: 'jobs-h' }, 'Jobs'), jobForm, jobResult, h('h3', {}, 'Recent jobs'), jobsBox);
 
+  // ---- updates (OTA) ----
+  const updatesBox = h('div', { id: 'device-ota' });
+  clear(sections.updates, h('h2', { id: 'updates-h' }, 'Updates'),
+    h('p', { class: 'muted' }, 'The device in every OTA campaign that targeted it, newest first, with each step of its update.'), updatesBox);
+  async function renderUpdates() {
+    let list;
+    try {
+      list = await api.get(`${base}/ota`);
+    } catch (e) {
+      clear(updatesBox, errorBox(e));
+      return;
+    }
+    if (!ctx.current()) return;
+    if (!list.length) { clear(updatesBox, h('p', { class: 'muted', id: 'device-ota-none' }, 'No campaign has targeted this device.')); return; }
+    clear(updatesBox, list.map((u) => h('article', { class: 'card ota-update', 'data-campaign-id': u.campaign_id, 'data-state': u.state, 'aria-labelledby': `ota-${u.campaign_id}-h` },
+      h('h3', { id: `ota-${u.campaign_id}-h` }, h('a', { href: `#/campaigns/${u.campaign_id}` }, u.campaign_name), ' ', statusBadge(u.state)),
+      h('dl', { class: 'facts' },
+        h('dt', {}, 'Package'), h('dd', { class: 'ota-package' }, `${u.type} ${u.title} ${u.version}`),
+        h('dt', {}, 'Wave'), h('dd', {}, String(u.wave + 1)),
+        h('dt', {}, 'Attempts'), h('dd', { class: 'ota-attempts' }, String(u.attempts)),
+        h('dt', {}, 'Reports'), h('dd', {}, u.reported_version || '—'),
+        u.error ? [h('dt', {}, 'Error'), h('dd', { class: 'ota-error' }, u.error)] : null,
+        u.deadline ? [h('dt', {}, 'Deadline'), h('dd', {}, fmtTime(u.deadline))] : null,
+        u.retry_at ? [h('dt', {}, 'Retry at'), h('dd', {}, fmtTime(u.retry_at))] : null),
+      h('h4', {}, 'Timeline'), timelineList(u.timeline))));
+  }
+
   // ---- connection history ----
   const liveLog = h('ol', { id: 'live-log', class: 'log' });
   const connBox = h('div', { id: 'connections' });
@@ -349,7 +378,7 @@ export async function render(main, ctx) {
   }
   renderHistory(dev);
 
-  await Promise.all([renderConditions(), renderCredentials(), renderAttributes(), loadTags().then(() => Promise.all([renderChart(), renderLatest()])), renderJobs(), renderConnections(), renderAudit()]);
+  await Promise.all([renderConditions(), renderCredentials(), renderAttributes(), loadTags().then(() => Promise.all([renderChart(), renderLatest()])), renderJobs(), renderUpdates(), renderConnections(), renderAudit()]);
 
   // ---- live ----
   const refreshData = debounce(async (tag) => {
@@ -358,6 +387,7 @@ export async function render(main, ctx) {
   }, 500);
   const refreshJobs = debounce(renderJobs, 300);
   const refreshConditions = debounce(renderConditions, 300);
+  const refreshUpdates = debounce(renderUpdates, 300);
   const refreshDevice = debounce(async () => {
     try {
       Object.assign(dev, await api.get(base));
@@ -389,6 +419,8 @@ export async function render(main, ctx) {
         if (ev.action !== 'updated') announce(`Condition ${ev.condition.name}: ${ev.action}.`);
       }
       refreshConditions();
+    } else if (kind === 'ota_device') {
+      refreshUpdates();
     } else if (kind === 'shared_attributes') {
       renderAttributes();
     } else if (kind === 'lagged') {
@@ -396,6 +428,7 @@ export async function render(main, ctx) {
       refreshDevice();
       refreshJobs();
       refreshConditions();
+      refreshUpdates();
       refreshData(tel.tag);
     }
   }));

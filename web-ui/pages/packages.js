@@ -4,7 +4,8 @@
 // while a fleet targets the package), and the upload form, which sends the chosen file itself
 // as the request body with a progress bar. A package for one fleet is managed by that fleet's
 // admins, one for every fleet by server admins: other callers see a note instead of those
-// controls (roles.js). A fleet's target package is set on the fleet page (fleet.js).
+// controls (roles.js). A fleet's target package is set on the fleet page (fleet.js); "Roll out"
+// opens a new OTA campaign of the package (campaign-new.js) for operators of a fleet it fits.
 
 import * as api from '../api.js';
 import { h, clear, field, table, toast, announce, fmtTime, fmtBytes, sizeEl, errorBox, errorText } from '../dom.js';
@@ -30,6 +31,11 @@ export async function render(main, ctx) {
   const admin = serverAdmin();
   // Fleets whose packages the caller manages (upload and delete).
   const ownFleets = fleets.filter((f) => canOnFleet(f.workspace_id, f.id, 'admin'));
+  // Whether the caller may start a campaign of the package: operator of its fleet, or of any
+  // fleet for a package of every fleet.
+  const rollsOut = (p) => (p.fleet_id
+    ? (!fleetById.get(p.fleet_id) || canOnFleet(fleetById.get(p.fleet_id).workspace_id, p.fleet_id, 'operator'))
+    : fleets.some((f) => canOnFleet(f.workspace_id, f.id, 'operator')));
   const manages = (p) => {
     if (!p.fleet_id) return admin;
     const f = fleetById.get(p.fleet_id);
@@ -115,6 +121,7 @@ export async function render(main, ctx) {
           ev.preventDefault();
           try { await api.downloadFile(`/packages/${p.id}/file`, p.file_name); } catch (e) { toast(errorText(e), 'error'); }
         } }, 'Download'),
+        rollsOut(p) ? h('a', { href: `#/campaigns/new${api.qs({ package_id: p.id })}`, class: 'button small', 'aria-label': `Roll out ${p.title} ${p.version}` }, 'Roll out') : null,
         manages(p) ? h('button', { type: 'button', class: 'small danger', 'aria-label': `Delete ${p.title} ${p.version}`, onclick: async () => {
           if (!window.confirm(`Delete the ${p.type} package ${p.title} ${p.version}? Its file goes too unless another package has the same bytes.`)) return;
           try {
