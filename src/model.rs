@@ -1249,7 +1249,7 @@ pub enum CampaignState {
     Paused,
     /// Every device has finished (updated, failed or timed out).
     Completed,
-    /// Stopped for good by the error threshold (or an emergency stop).
+    /// Stopped for good by the error threshold (`on_failure: abort`).
     Aborted,
     Cancelled,
 }

@@ -138,7 +138,8 @@ pub struct NewCampaign {
     /// was created (`true`), for the devices this one reached.
     #[serde(default)]
     pub rollback: bool,
-    /// Needs another admin's approval before it starts (default: `[ota] require_approval`).
+    /// Needs another admin's approval before it starts (always, when `[ota] require_approval`
+    /// is on).
     #[serde(default)]
     pub require_approval: Option<bool>,
 }
@@ -457,7 +458,8 @@ impl CampaignService {
             policy,
             state: CampaignState::Draft,
             note: None,
-            approval_required: new.require_approval.unwrap_or(self.cfg.require_approval),
+            // `[ota] require_approval` binds every campaign; a campaign may ask for it anyway.
+            approval_required: self.cfg.require_approval || new.require_approval.unwrap_or(false),
             approved_by: None,
             approved_at: None,
             created_by: by.to_string(),

@@ -1286,6 +1286,56 @@ def checks(s: Suite):
         notes.append(ota_one(fleet2, "whole", 20_000, 0))
         return "; ".join(notes)
 
+    def ota_campaign():
+        # A campaign over a device running the SDK unchanged: it downloads in chunks, reports
+        # its states, and the campaign follows each one; it counts the device updated only
+        # once the device, after a "reboot" (a new session), reports the new version.
+        _, fleet = api.workspace_fleet("ota-campaign")
+        data = os.urandom(70_000)
+        pkg = upload_package(fleet, "camp-fw", "2.0.1", data)
+        dev, token = api.device(fleet, "camp-dev")
+        got = {}
+        c = s.client(port=srv.plain_port, username=token, chunk_size=16384)
+
+        def on_firmware(client, firmware, version):
+            got["data"] = bytes(firmware)
+            client.update_firmware_info(title="camp-fw", version=version, state=TBFirmwareState.UPDATED)
+
+        c.set_on_firmware_received_callback(on_firmware)
+        s.connect(c)
+        s.session_ready(c)
+        c.get_firmware_update()
+        camp = api.ok("POST", "/api/v1/campaigns",
+                      {"name": f"sdk-{uid()}", "package_id": pkg["id"], "fleet_id": fleet,
+                       "confirm_timeout_secs": 120}, expect_status=(201,))
+        cid = camp["id"]
+        api.ok("POST", f"/api/v1/campaigns/{cid}/start", {}, expect_status=(200,))
+        poll(lambda: "data" in got, 60)
+        expect(got.get("data") == data, f"received {len(got.get('data') or b'')} bytes, not the package's 70000")
+
+        def entry():
+            devices = api.ok("GET", f"/api/v1/campaigns/{cid}/devices")
+            return devices[0] if devices else {}
+
+        waiting = poll(lambda: (lambda e: e if "reconnect" in str(e.get("timeline")) else None)(entry()), 30)
+        expect(waiting and waiting.get("state") == "updating",
+               f"after UPDATED the campaign waits for the reboot: {short(waiting)}")
+        # The reboot: a new session that reports the version it now runs, as the SDK does at start.
+        c.disconnect()
+        c2 = s.client(port=srv.plain_port, username=token, chunk_size=16384)
+        c2.current_firmware_info["current_fw_title"] = "camp-fw"
+        c2.current_firmware_info["current_fw_version"] = "2.0.1"
+        s.connect(c2)
+        s.session_ready(c2)
+        c2.get_firmware_update()
+        done = poll(lambda: (lambda v: v if v.get("state") == "completed" else None)(
+            api.ok("GET", f"/api/v1/campaigns/{cid}")), 30)
+        expect(done, "the campaign did not complete after the device came back on 2.0.1")
+        states = [t["state"] for t in entry().get("timeline", [])]
+        for want in ["initiated", "downloading", "downloaded", "verified", "updating", "updated"]:
+            expect(want in states, f"the campaign never saw {want}: {states}")
+        return f"states seen: {' > '.join(dict.fromkeys(states))}"
+
     # -- HTTP device API (spec §7) --
 
     def dev_call(token, method, path, body=None, timeout=15):
@@ -1580,6 +1630,7 @@ def checks(s: Suite):
         ("17 aggregates (1h buckets, UTC and a tz)", aggregates),
         ("18 server-side RPC (jobs)", jobs),
         ("19 OTA firmware update (chunked and whole, SHA256)", ota_firmware),
+        ("20 OTA campaign: the SDK updates, the campaign follows each state", ota_campaign),
     ]
 
 
