@@ -37,7 +37,7 @@ async fn main() -> anyhow::Result<()> {
         _dir,
     } = common::start().await?;
     let t = Instant::now();
-    let tokens = create_devices(&api, &fleet["id"], "d", n).await?;
+    let tokens = common::create_devices(&api, &fleet["id"], "d", n).await?;
     let created = t.elapsed();
     let mut ingest_tokens = Vec::new();
     if ingest_devices > 0 {
@@ -47,7 +47,8 @@ async fn main() -> anyhow::Result<()> {
                 &json!({"workspace_id": fleet["workspace_id"], "name": "ingest"}),
             )
             .await?;
-        ingest_tokens = create_devices(&api, &other["id"], "ingest", ingest_devices).await?;
+        ingest_tokens =
+            common::create_devices(&api, &other["id"], "ingest", ingest_devices).await?;
     }
     // The devices run in a child process (this executable again): a process may hold 20,000
     // descriptors here, and 10,000 connections need 10,000 on each side.
@@ -110,14 +111,7 @@ async fn main() -> anyhow::Result<()> {
         None => None,
     };
     let _ = child.kill().await;
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|c| {
-            c.lines()
-                .find(|l| l.starts_with("model name"))
-                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
-        })
-        .unwrap_or_default();
+    let cpu = common::cpu_model();
     println!("### Fleet command fan-out: {n} devices online (MQTT 3.1.1 over TLS, loopback)");
     println!();
     println!(
@@ -147,31 +141,6 @@ async fn main() -> anyhow::Result<()> {
     }
     app.shutdown().await?;
     Ok(())
-}
-
-/// Creates `n` devices named `{prefix}{i}` in a fleet over REST; returns their access tokens.
-async fn create_devices(
-    api: &corral::client::ApiClient,
-    fleet: &Value,
-    prefix: &str,
-    n: usize,
-) -> anyhow::Result<Vec<String>> {
-    let mut tokens = Vec::with_capacity(n);
-    for i in 0..n {
-        let d: Value = api
-            .post(
-                "/devices",
-                &json!({"fleet_id": fleet, "name": format!("{prefix}{i}")}),
-            )
-            .await?;
-        tokens.push(
-            d["credentials"]["token"]
-                .as_str()
-                .unwrap_or_default()
-                .to_string(),
-        );
-    }
-    Ok(tokens)
 }
 
 /// Devices that publish QoS 1 telemetry without pause, each with up to 16 messages in flight,

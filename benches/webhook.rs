@@ -81,21 +81,7 @@ async fn main() -> anyhow::Result<()> {
             &json!({"name": "bench", "url": sink_url, "kinds": ["data"]}),
         )
         .await?;
-    let mut tokens = Vec::with_capacity(n);
-    for i in 0..n {
-        let d: Value = api
-            .post(
-                "/devices",
-                &json!({"fleet_id": fleet["id"], "name": format!("d{i}")}),
-            )
-            .await?;
-        tokens.push(
-            d["credentials"]["token"]
-                .as_str()
-                .unwrap_or_default()
-                .to_string(),
-        );
-    }
+    let tokens = common::create_devices(&api, &fleet["id"], "d", n).await?;
     let tls = Arc::new(corral::pki::client_config_trusting(
         app.services.pki.ca_pem(),
     )?);
