@@ -173,7 +173,14 @@ async fn main() -> anyhow::Result<()> {
     }
     app.shutdown().await?;
 
-    let cpu = common::cpu_model();
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
+        .unwrap_or_default();
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
     let (rm, rp) = stats(rollup);
     let (wm, wp) = stats(raw);

@@ -36,6 +36,7 @@ pub struct Spec {
     /// Exponential rate: multiply the rate by this each `--rate-step` updated devices.
     #[arg(long)]
     rate_factor: Option<f64>,
+    /// Updated devices per rate step (default 10).
     #[arg(long)]
     rate_step: Option<u32>,
     /// A wave passes when this percentage of it updated...
@@ -53,14 +54,19 @@ pub struct Spec {
     /// pause or abort.
     #[arg(long)]
     on_failure: Option<String>,
+    /// Seconds from being told of the package to having downloaded it (default 3600).
     #[arg(long)]
     download_timeout_secs: Option<u64>,
+    /// Seconds from downloaded to reporting UPDATED (default 1800).
     #[arg(long)]
     install_timeout_secs: Option<u64>,
+    /// Seconds from UPDATED to reporting the new version after a reconnect (default 900).
     #[arg(long)]
     confirm_timeout_secs: Option<u64>,
+    /// Retries after a failure the device reports (default 2).
     #[arg(long)]
     retries_failed: Option<u32>,
+    /// Retries after a timeout (default 1).
     #[arg(long)]
     retries_timed_out: Option<u32>,
     /// Devices download and verify only; `campaign install` tells them to install.
@@ -69,6 +75,7 @@ pub struct Spec {
     /// Start devices only between these local times (HH:MM)...
     #[arg(long, requires = "window_end")]
     window_start: Option<String>,
+    /// ...and this one (HH:MM; before the start: the window crosses midnight)...
     #[arg(long, requires = "window_start")]
     window_end: Option<String>,
     /// ...in this IANA time zone (default UTC).
@@ -123,12 +130,14 @@ pub enum CampaignCmd {
     },
     /// One campaign: its state, waves and failing devices.
     Show {
+        /// The campaign id.
         id: String,
         #[command(flatten)]
         client: ClientArgs,
     },
     /// A campaign's devices with their update state.
     Devices {
+        /// The campaign id.
         id: String,
         /// Only devices in this state (queued, downloading, updated, failed, timed_out, ...).
         #[arg(long)]
@@ -138,6 +147,7 @@ pub enum CampaignCmd {
     },
     /// Follow a campaign until it finishes (a line whenever its progress changes).
     Watch {
+        /// The campaign id.
         id: String,
         /// Give up after this many seconds (0: never).
         #[arg(long, default_value_t = 0)]
@@ -147,39 +157,49 @@ pub enum CampaignCmd {
     },
     /// Approve a campaign (an admin other than its creator).
     Approve {
+        /// The campaign id.
         id: String,
         #[command(flatten)]
         client: ClientArgs,
     },
     /// Start a draft.
     Start {
+        /// The campaign id.
         id: String,
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// Pause a running campaign (devices already updating go on).
     Pause {
+        /// The campaign id.
         id: String,
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// Resume a paused campaign.
     Resume {
+        /// The campaign id.
         id: String,
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// Cancel a campaign (devices not yet told of the package stop here).
     Cancel {
+        /// The campaign id.
         id: String,
         #[command(flatten)]
         client: ClientArgs,
     },
     /// Tell a download-only campaign's devices to install.
     Install {
+        /// The campaign id.
         id: String,
         #[command(flatten)]
         client: ClientArgs,
     },
     /// Delete a draft.
     Delete {
+        /// The campaign id.
         id: String,
         #[command(flatten)]
         client: ClientArgs,

@@ -110,8 +110,10 @@ pub enum FirmwareCmd {
         /// The private key file from `keygen`.
         #[arg(long)]
         key: PathBuf,
+        /// The package's title (`fw_title`).
         #[arg(long)]
         title: String,
+        /// The package's version (`fw_version`).
         #[arg(long)]
         version: String,
         /// firmware or software.
