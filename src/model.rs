@@ -1273,14 +1273,50 @@ impl CampaignState {
 }
 
 /// One wave of a campaign: a number of devices, or a percentage of its targets.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum WaveSize {
-    /// This many devices.
+    /// This many devices (1 to 100000).
     Devices(u32),
     /// This percentage (1 to 100) of the campaign's targets, rounded up.
     Percent(u8),
 }
+
+// Written by hand: the derive cannot put bounds on a variant's value, and the document must
+// state them (`{"devices": 1..100000}` or `{"percent": 1..100}`).
+impl utoipa::PartialSchema for WaveSize {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{ObjectBuilder, OneOfBuilder, SchemaType, Type};
+        let one = |key: &str, max: f64, about: &str| {
+            ObjectBuilder::new()
+                .property(
+                    key,
+                    ObjectBuilder::new()
+                        .schema_type(SchemaType::Type(Type::Integer))
+                        .minimum(Some(1.0))
+                        .maximum(Some(max)),
+                )
+                .required(key)
+                .additional_properties(Some(utoipa::openapi::schema::AdditionalProperties::<
+                    utoipa::openapi::schema::Schema,
+                >::FreeForm(false)))
+                .description(Some(about))
+        };
+        OneOfBuilder::new()
+            .item(one("devices", 100_000.0, "This many devices."))
+            .item(one(
+                "percent",
+                100.0,
+                "This percentage of the campaign's targets, rounded up.",
+            ))
+            .description(Some(
+                "One wave of a campaign: a number of devices, or a percentage of its targets.",
+            ))
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for WaveSize {}
 
 /// What the error threshold does when it is crossed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, ToSchema)]

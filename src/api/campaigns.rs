@@ -66,7 +66,7 @@ pub struct Stopped {
 /// Campaigns the caller sees (viewer role on their fleet), newest first, each with its
 /// progress: devices per state, its waves, and up to 50 devices that failed with their reason.
 #[utoipa::path(get, path = "/campaigns", tag = "ota", params(CampaignFilter),
-    responses((status = 200, body = Vec<CampaignView>)))]
+    responses((status = 200, body = Vec<CampaignView>), (status = 404, body = ErrorBody)))]
 async fn list_campaigns(
     State(s): S,
     caller: Caller,

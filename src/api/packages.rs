@@ -271,12 +271,13 @@ async fn set_manifest(
 
 /// Delete a package
 ///
-/// Deletes a package and, unless another package has the same bytes, its file. Needs the admin
-/// role on its fleet (a server admin for a package of every fleet). Recorded in the audit log
-/// (`package_deleted`).
+/// Deletes a package and, unless another package has the same bytes, its file. Refused (409)
+/// while a fleet's target names it or a campaign that has not finished (a draft included)
+/// installs it or would roll back to it. Needs the admin role on its fleet (a server admin for
+/// a package of every fleet). Recorded in the audit log (`package_deleted`).
 #[utoipa::path(delete, path = "/packages/{id}", tag = "ota",
     params(("id" = String, Path, description = "package id")),
-    responses((status = 204), (status = 404, body = ErrorBody)))]
+    responses((status = 204), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 async fn delete_package(
     State(s): S,
     caller: Caller,
@@ -284,6 +285,14 @@ async fn delete_package(
 ) -> ApiResult<StatusCode> {
     let p = s.packages.record(id).await?;
     check(&caller, &p, Role::Admin).await?;
+    // A campaign that has not finished (a draft included) still needs its package, and so
+    // does one that would roll back to it.
+    if let Some(c) = s.campaigns.using_package(id).await? {
+        return Err(crate::error::Error::conflict(format!(
+            "campaign {c} uses this package: finish, cancel or delete it first"
+        ))
+        .into());
+    }
     s.packages.delete(id, &caller.principal.name).await?;
     Ok(StatusCode::NO_CONTENT)
 }

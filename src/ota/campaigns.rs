@@ -650,6 +650,21 @@ impl CampaignService {
         })
     }
 
+    /// A campaign not finished (a draft included) that installs or would roll back to
+    /// package `id`.
+    pub async fn using_package(&self, id: PackageId) -> Result<Option<CampaignId>> {
+        Ok(self
+            .store
+            .campaigns()
+            .await?
+            .into_iter()
+            .find(|c| {
+                !c.state.is_final()
+                    && (c.package_id == id || c.policy.rollback_package_id == Some(id))
+            })
+            .map(|c| c.id))
+    }
+
     pub async fn record(&self, id: CampaignId) -> Result<Campaign> {
         self.store
             .get_campaign(id)

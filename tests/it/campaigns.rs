@@ -748,6 +748,14 @@ async fn approval_window_download_only_and_operator_actions() {
             .is_some_and(|n| n.starts_with("emergency stop")),
         "{c}"
     );
+    let (s, v) = api.send("DELETE", &format!("/packages/{v3}"), None).await;
+    assert_eq!(s, 409, "a running campaign's package stays: {v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains(&id)),
+        "{v}"
+    );
     let c = api
         .ok("POST", &format!("/campaigns/{id}/cancel"), None)
         .await;
@@ -756,6 +764,8 @@ async fn approval_window_download_only_and_operator_actions() {
         (Some("cancelled"), 3)
     );
     assert_eq!(sims.running(0), "2.0", "nobody was told of 3.0");
+    let (s, v) = api.send("DELETE", &format!("/packages/{v3}"), None).await;
+    assert_eq!(s, 204, "its campaign finished: {v}");
 }
 
 /// A window of one hour starting an hour from now (UTC), as "HH:MM" strings.
@@ -843,6 +853,14 @@ async fn the_cli_dry_runs_creates_starts_and_watches_a_campaign() {
     let api = Api::new(&t.http_base(), &t.admin_key);
     let (fleet, devices) = api.fleet("cli-fleet", 3).await;
     let pkg = api.upload(&fleet, "sim-fw", "2.0", image(20_000, 5)).await;
+    // A webhook of the `ota` kind: every device transition, delivered from its durable queue.
+    let sink = common::sink::Sink::start().await;
+    api.ok(
+        "POST",
+        "/integrations",
+        Some(json!({"name": "ota-hook", "url": sink.url(), "kinds": ["ota"]})),
+    )
+    .await;
     let _sims = Fleet::start(
         t.mqtt_port(),
         &t.ca_pem,
@@ -930,4 +948,26 @@ async fn the_cli_dry_runs_creates_starts_and_watches_a_campaign() {
         list.contains("by the cli") && list.contains("completed"),
         "{list}"
     );
+    // The webhook got each device's transitions, ending in `updated`, and nothing else.
+    let got = common::eventually(30, || {
+        let got = sink.received();
+        async move {
+            let updated = got.iter().filter(|r| r.event["state"] == "updated").count();
+            (updated == 3).then_some(got)
+        }
+    })
+    .await;
+    assert!(
+        got.iter()
+            .all(|r| r.event["kind"] == "ota" && r.event["campaign_id"] == id.as_str())
+    );
+    for (dev, _) in &devices {
+        let states: Vec<&str> = got
+            .iter()
+            .filter(|r| r.event["device_id"] == dev.as_str())
+            .filter_map(|r| r.event["state"].as_str())
+            .collect();
+        assert_eq!(states.last(), Some(&"updated"), "{states:?}");
+        assert!(states.contains(&"downloading"), "{states:?}");
+    }
 }
