@@ -815,9 +815,12 @@ impl CampaignService {
                 ),
                 _ => format!("did not report UPDATED within {} s", p.install_timeout_secs),
             };
+            // The start deadline is for devices that do not come online. One that is online
+            // and only held (a paused campaign, a closed window, the rate) waits on.
             if state == OtaState::Queued
-                && !matches!(l.c.state, CampaignState::Running | CampaignState::Paused)
+                && (l.c.state != CampaignState::Running || self.reachable(d, now))
             {
+                Self::set_deadline(l, d, Some(l.c.policy.start_timeout_secs));
                 continue;
             }
             self.fail(l, d, OtaState::TimedOut, reason);

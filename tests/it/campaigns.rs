@@ -700,6 +700,7 @@ async fn approval_window_download_only_and_operator_actions() {
             "/campaigns",
             Some(
                 json!({"name": "tonight", "package_id": v3, "fleet_id": fleet,
+                "start_timeout_secs": 1,
                 "window": {"start": now.0, "end": now.1}}),
             ),
         )
@@ -728,7 +729,11 @@ async fn approval_window_download_only_and_operator_actions() {
         .await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let c = api.ok("GET", &format!("/campaigns/{id}"), None).await;
-    assert_eq!(count(&c, "queued"), 3, "the window is closed: {c:#}");
+    assert_eq!(
+        count(&c, "queued"),
+        3,
+        "the window is closed; online devices wait past their 1 s start deadline: {c:#}"
+    );
     let c = api
         .ok("POST", &format!("/campaigns/{id}/pause"), None)
         .await;
