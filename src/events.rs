@@ -54,9 +54,10 @@ pub enum Event {
         state: crate::model::OtaState,
         detail: Option<String>,
     },
-    /// A campaign changed state.
+    /// A campaign changed state (or was approved).
     Campaign {
         campaign_id: crate::model::CampaignId,
+        fleet_id: crate::model::FleetId,
         state: crate::model::CampaignState,
         note: Option<String>,
     },

@@ -34,19 +34,30 @@ pub struct EventParams {
     device_id: Option<DeviceId>,
 }
 
-/// The `kind` and device of an event, for filtering (no device: a server-wide event).
-fn kind_of(e: &Event) -> (&'static str, Option<DeviceId>) {
+/// Whose an event is, for filtering and visibility.
+#[derive(Clone, Copy)]
+enum Subject {
+    Device(DeviceId),
+    /// A fleet's (a campaign's): seen by whoever sees the fleet.
+    Fleet(crate::model::FleetId),
+    /// Server-wide: server admins only.
+    Server,
+}
+
+/// The `kind` of an event and whose it is.
+fn kind_of(e: &Event) -> (&'static str, Subject) {
+    use Subject::Device as D;
     match e {
-        Event::DeviceConnected { device_id, .. } => ("device_connected", Some(*device_id)),
-        Event::DeviceDisconnected { device_id } => ("device_disconnected", Some(*device_id)),
-        Event::TelemetryStored { device_id, .. } => ("telemetry_stored", Some(*device_id)),
-        Event::JobUpdated { device_id, .. } => ("job_updated", Some(*device_id)),
-        Event::SharedAttributes { device_id, .. } => ("shared_attributes", Some(*device_id)),
-        Event::ClientAttributes { device_id, .. } => ("client_attributes", Some(*device_id)),
-        Event::Condition { device_id, .. } => ("condition", Some(*device_id)),
-        Event::OtaDevice { device_id, .. } => ("ota_device", Some(*device_id)),
-        Event::Campaign { .. } => ("campaign", None),
-        Event::IntegrationAlarm { .. } => ("integration_alarm", None),
+        Event::DeviceConnected { device_id, .. } => ("device_connected", D(*device_id)),
+        Event::DeviceDisconnected { device_id } => ("device_disconnected", D(*device_id)),
+        Event::TelemetryStored { device_id, .. } => ("telemetry_stored", D(*device_id)),
+        Event::JobUpdated { device_id, .. } => ("job_updated", D(*device_id)),
+        Event::SharedAttributes { device_id, .. } => ("shared_attributes", D(*device_id)),
+        Event::ClientAttributes { device_id, .. } => ("client_attributes", D(*device_id)),
+        Event::Condition { device_id, .. } => ("condition", D(*device_id)),
+        Event::OtaDevice { device_id, .. } => ("ota_device", D(*device_id)),
+        Event::Campaign { fleet_id, .. } => ("campaign", Subject::Fleet(*fleet_id)),
+        Event::IntegrationAlarm { .. } => ("integration_alarm", Subject::Server),
     }
 }
 
@@ -54,9 +65,10 @@ fn kind_of(e: &Event) -> (&'static str, Option<DeviceId>) {
 ///
 /// Streams live events as server-sent events: the `event:` field is the kind, `data:` the event as
 /// JSON. Filter with `kinds` (comma-separated) and `device_id`. Only events of devices the caller
-/// can see are sent; server-wide events (`campaign`, `integration_alarm`) only to server admins. This is a live
-/// view, not a log: a client that falls behind gets a `lagged` event with the number of events it
-/// missed and should re-read the state it shows. A comment is sent every 15 s to keep the
+/// can see are sent, `campaign` events to those who see the campaign's fleet, and server-wide
+/// events (`integration_alarm`) only to server admins. This is a live view, not a log: a client
+/// that falls behind gets a `lagged` event with the number of events it missed and should re-read
+/// the state it shows. A comment is sent every 15 s to keep the
 /// connection open. Any authenticated caller.
 #[utoipa::path(get, path = "/events", tag = "events", params(EventParams),
     responses((status = 200, content_type = "text/event-stream",
@@ -81,17 +93,23 @@ async fn events(
             loop {
                 match rx.recv().await {
                     Ok(e) => {
-                        let (kind, device) = kind_of(&e);
+                        let (kind, subject) = kind_of(&e);
+                        let device = match subject {
+                            Subject::Device(d) => Some(d),
+                            _ => None,
+                        };
                         if kinds.as_ref().is_some_and(|k| !k.iter().any(|x| x == kind))
                             || q.device_id.is_some_and(|d| Some(d) != device)
                         {
                             continue;
                         }
-                        // Server-wide events (integration alarms) are for server admins.
-                        let visible = match device {
+                        // Server-wide events (integration alarms) are for server admins;
+                        // a fleet's (campaigns) for those who see the fleet.
+                        let visible = match subject {
                             _ if who.admin => true,
-                            None => false,
-                            Some(device) => {
+                            Subject::Server => false,
+                            Subject::Fleet(f) => s.sees_fleet(&who, f).await,
+                            Subject::Device(device) => {
                                 let known = seen
                                     .lock()
                                     .unwrap_or_else(|p| p.into_inner())

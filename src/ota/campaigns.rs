@@ -700,6 +700,12 @@ impl CampaignService {
                 .detail(c.name.clone()),
         );
         self.store.commit().await?;
+        self.events.publish(crate::events::Event::Campaign {
+            campaign_id: c.id,
+            fleet_id: c.fleet_id,
+            state: c.state,
+            note: Some(format!("approved by {by}")),
+        });
         drop(_g);
         self.get(id).await
     }

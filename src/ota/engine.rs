@@ -485,6 +485,7 @@ impl CampaignService {
         tracing::info!(campaign = %l.c.id, name = %l.c.name, state = state.as_str(), note = ?note, "campaign");
         self.events.publish(Event::Campaign {
             campaign_id: l.c.id,
+            fleet_id: l.c.fleet_id,
             state,
             note,
         });

@@ -626,6 +626,40 @@ async fn approval_window_download_only_and_operator_actions() {
         )
         .await;
     let second = Api::new(&t.http_base(), k["secret"].as_str().expect("secret"));
+    // The second admin follows the fleet's campaigns live; an admin of another workspace does
+    // not see them.
+    let stream = |key: String| {
+        let url = format!("{}/api/v1/events?kinds=campaign", t.http_base());
+        async move {
+            reqwest::Client::new()
+                .get(url)
+                .bearer_auth(key)
+                .send()
+                .await
+                .expect("events")
+        }
+    };
+    let mut seen = stream(k["secret"].as_str().expect("secret").to_string()).await;
+    let other_ws =
+        api.ok("GET", &format!("/fleets/{other_fleet}"), None).await["workspace_id"].clone();
+    let (_, ou) = api
+        .send(
+            "POST",
+            "/users",
+            Some(
+                json!({"username": "outsider", "password": "long enough password",
+                "grants": [{"workspace_id": other_ws, "role": "admin"}]}),
+            ),
+        )
+        .await;
+    let (_, ok_) = api
+        .send(
+            "POST",
+            &format!("/users/{}/api-keys", ou["id"].as_str().expect("id")),
+            Some(json!({"name": "k"})),
+        )
+        .await;
+    let mut unseen = stream(ok_["secret"].as_str().expect("secret").to_string()).await;
     let c = api
         .ok(
             "POST",
@@ -658,6 +692,32 @@ async fn approval_window_download_only_and_operator_actions() {
         .ok("POST", &format!("/campaigns/{id}/approve"), None)
         .await;
     assert_eq!(c["approved_by"], "second");
+    let mut text = String::new();
+    while !text.contains("approved by second") {
+        let chunk = tokio::time::timeout(Duration::from_secs(10), seen.chunk())
+            .await
+            .expect("a campaign event in time")
+            .expect("stream")
+            .expect("open");
+        text.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    assert!(
+        text.contains("event: campaign") && text.contains(&id),
+        "{text}"
+    );
+    let nothing = tokio::time::timeout(Duration::from_millis(500), async {
+        loop {
+            let c = unseen.chunk().await.ok().flatten()?;
+            if String::from_utf8_lossy(&c).contains("event: campaign") {
+                return Some(());
+            }
+        }
+    })
+    .await;
+    assert!(
+        !matches!(nothing, Ok(Some(()))),
+        "another workspace's admin saw the campaign"
+    );
     let audit = api.ok("GET", "/audit?kind=campaign_approved", None).await;
     assert_eq!(audit["items"][0]["actor"], "second", "{audit}");
 
