@@ -591,7 +591,23 @@ impl CampaignService {
     /// Whether a device reports the package's title and version (client attributes or its
     /// latest telemetry).
     pub(super) async fn reports_target(&self, d: DeviceId, p: &Package) -> Result<bool> {
-        let (title, version) = self.reported(d, p.kind).await?;
+        let (mut title, mut version) = self.reported(d, p.kind).await?;
+        // What was heard last is newer than what the store may have yet.
+        let heard = self
+            .engine
+            .heard
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&(d, p.kind))
+            .cloned();
+        if let Some(h) = heard {
+            if h.title.is_some() {
+                title = h.title;
+            }
+            if h.version.is_some() {
+                version = h.version;
+            }
+        }
         Ok(version
             .as_deref()
             .is_some_and(|v| super::engine::same_version(v, &p.version))

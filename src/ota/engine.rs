@@ -72,6 +72,17 @@ pub struct Engine {
     reports: Mutex<Vec<Report>>,
     wake: tokio::sync::Notify,
     http_seen: Mutex<HashMap<DeviceId, Millis>>,
+    /// The title and version tracked devices last reported, as heard (before the store has
+    /// them: a campaign that starts right after a report must not read an older value).
+    pub(super) heard: Mutex<HashMap<(DeviceId, PackageKind), Heard>>,
+}
+
+/// What a device last said it runs.
+#[derive(Debug, Clone, Default)]
+pub(super) struct Heard {
+    pub title: Option<String>,
+    pub version: Option<String>,
+    pub at: Millis,
 }
 
 #[derive(Default)]
@@ -303,6 +314,17 @@ impl CampaignService {
                 error,
             }) = ota_keys(values.clone(), kind)
             {
+                if title.is_some() || version.is_some() {
+                    let mut h = self.engine.heard.lock().unwrap_or_else(|p| p.into_inner());
+                    let e = h.entry((device, kind)).or_default();
+                    if title.is_some() {
+                        e.title = title.clone();
+                    }
+                    if version.is_some() {
+                        e.version = version.clone();
+                    }
+                    e.at = now_ms();
+                }
                 self.engine.push(Report {
                     device,
                     at: now_ms(),
@@ -441,6 +463,19 @@ impl CampaignService {
         }
         set_metrics(self, st);
         st.live.retain(|_, l| l.has_work());
+        // HTTP activity matters only while recent, and only for devices still tracked.
+        let now = now_ms();
+        self.engine
+            .http_seen
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|d, t| now - *t < HTTP_REACHABLE_MS && self.engine.tracks(*d));
+        // By then the store has what was heard.
+        self.engine
+            .heard
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|_, h| now - h.at < HTTP_REACHABLE_MS);
         Ok(())
     }
 
@@ -970,6 +1005,20 @@ impl CampaignService {
                     Some(format!("already runs {runs}")),
                 );
             } else {
+                // A device that polls over HTTP has no session to find it by: its last
+                // request, if recent, says it is reachable (it asks for its attributes again
+                // soon).
+                if self.presence.get(d).is_none()
+                    && let Ok(dev) = self.registry.device_record(d).await
+                    && let Some(seen) = dev.last_activity_at
+                    && now - seen < HTTP_REACHABLE_MS
+                {
+                    self.engine
+                        .http_seen
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .insert(d, seen);
+                }
                 Self::set_deadline(l, d, Some(l.c.policy.start_timeout_secs));
                 self.transition(
                     l,

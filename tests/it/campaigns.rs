@@ -1036,3 +1036,82 @@ async fn the_cli_dry_runs_creates_starts_and_watches_a_campaign() {
         assert!(states.contains(&"downloading"), "{states:?}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http_device_is_updated_by_a_campaign() {
+    let t = TestApp::start().await;
+    let api = Api::new(&t.http_base(), &t.admin_key);
+    let (fleet, devices) = api.fleet("http-ota", 1).await;
+    let data = image(30_000, 8);
+    let pkg = api.upload(&fleet, "poller-fw", "v3", data.clone()).await;
+    let token = devices[0].1.clone();
+    let dev = |path: &str| format!("{}/api/v1/{token}{path}", t.http_base());
+    let http = reqwest::Client::new();
+    let report = |body: Value| {
+        let (http, url) = (http.clone(), dev("/telemetry"));
+        async move {
+            let r = http.post(url).json(&body).send().await.expect("telemetry");
+            assert_eq!(r.status().as_u16(), 200);
+        }
+    };
+    // The device polls: it is seen over HTTP (it has no session) and reports what it runs.
+    report(
+        json!({"current_fw_title": "poller-fw", "current_fw_version": "v2", "fw_state": "IDLE"}),
+    )
+    .await;
+    let c = api
+        .ok(
+            "POST",
+            "/campaigns",
+            Some(json!({"name": "over http", "package_id": pkg, "fleet_id": fleet})),
+        )
+        .await;
+    let id = c["id"].as_str().expect("id").to_string();
+    api.ok("POST", &format!("/campaigns/{id}/start"), None)
+        .await;
+    api.wait(&id, 30, "the device is told", |c| {
+        count(c, "initiated") == 1
+    })
+    .await;
+    let attrs: Value = http
+        .get(dev("/attributes?sharedKeys=fw_title,fw_version,fw_size"))
+        .send()
+        .await
+        .expect("attributes")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(attrs["shared"]["fw_version"], "v3", "{attrs}");
+    report(json!({"fw_state": "DOWNLOADING"})).await;
+    let got = http
+        .get(dev("/firmware?title=poller-fw&version=v3"))
+        .send()
+        .await
+        .expect("firmware")
+        .bytes()
+        .await
+        .expect("body");
+    assert_eq!(got.to_vec(), data);
+    for s in ["DOWNLOADED", "VERIFIED", "UPDATING"] {
+        report(json!({"fw_state": s})).await;
+    }
+    report(
+        json!({"current_fw_title": "poller-fw", "current_fw_version": "v3", "fw_state": "UPDATED"}),
+    )
+    .await;
+    let c = api
+        .wait(&id, 30, "waiting for the device's next report", |c| {
+            count(c, "updating") == 1
+        })
+        .await;
+    assert_eq!(c["state"], "running");
+    // No session to reopen: its next report on the new version confirms it.
+    report(
+        json!({"current_fw_title": "poller-fw", "current_fw_version": "v3", "fw_state": "IDLE"}),
+    )
+    .await;
+    api.wait(&id, 30, "completed", |c| {
+        c["state"] == "completed" && count(c, "updated") == 1
+    })
+    .await;
+}
