@@ -121,18 +121,22 @@ pub struct OtaReport {
     pub updates: u64,
 }
 
+/// The TLS client configuration trusting `--ca`; `None` (plain TCP) without it.
+fn tls_config(a: &SimulateArgs) -> anyhow::Result<Option<Arc<rustls::ClientConfig>>> {
+    a.ca.as_ref()
+        .map(|p| {
+            let pem = std::fs::read_to_string(p)
+                .with_context(|| format!("cannot read {}", p.display()))?;
+            Ok(Arc::new(crate::pki::client_config_trusting(&pem)?))
+        })
+        .transpose()
+}
+
 /// Runs OTA devices for `--duration` seconds and reports what they run at the end.
 pub async fn simulate_ota(a: SimulateArgs) -> anyhow::Result<OtaReport> {
     crate::pki::install_crypto_provider();
     let users = usernames(&a).await?;
-    let tls = match &a.ca {
-        Some(p) => {
-            let pem = std::fs::read_to_string(p)
-                .with_context(|| format!("cannot read {}", p.display()))?;
-            Some(Arc::new(crate::pki::client_config_trusting(&pem)?))
-        }
-        None => None,
-    };
+    let tls = tls_config(&a)?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut devices = Vec::new();
     for (i, token) in users.into_iter().enumerate() {
@@ -296,14 +300,7 @@ async fn create_devices(client: &ClientArgs, fleet: &str, n: usize) -> anyhow::R
 pub async fn simulate(a: SimulateArgs) -> anyhow::Result<SimReport> {
     crate::pki::install_crypto_provider();
     let users = usernames(&a).await?;
-    let tls = match &a.ca {
-        Some(p) => {
-            let pem = std::fs::read_to_string(p)
-                .with_context(|| format!("cannot read {}", p.display()))?;
-            Some(Arc::new(crate::pki::client_config_trusting(&pem)?))
-        }
-        None => None,
-    };
+    let tls = tls_config(&a)?;
     let counters = Arc::new(Counters::default());
     let connect_gate = Arc::new(Semaphore::new(a.connect_concurrency.max(1)));
     let (start_tx, start_rx) = tokio::sync::watch::channel(false);

@@ -104,6 +104,29 @@ impl Api {
         (fleet["id"].as_str().expect("fleet").to_string(), devices)
     }
 
+    /// A user with `role` in workspace `ws`, and a client acting as them (an API key of theirs).
+    async fn user(&self, name: &str, ws: &Value, role: &str) -> Api {
+        let u = self
+            .ok(
+                "POST",
+                "/users",
+                Some(json!({"username": name, "password": "long enough password",
+                    "grants": [{"workspace_id": ws, "role": role}]})),
+            )
+            .await;
+        let k = self
+            .ok(
+                "POST",
+                &format!("/users/{}/api-keys", u["id"].as_str().expect("id")),
+                Some(json!({"name": "k"})),
+            )
+            .await;
+        Api::new(
+            self.base.trim_end_matches("/api/v1"),
+            k["secret"].as_str().expect("secret"),
+        )
+    }
+
     /// Waits up to `secs` for the campaign to satisfy `f`; returns it.
     async fn wait(&self, id: &str, secs: u64, what: &str, f: impl Fn(&Value) -> bool) -> Value {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
@@ -608,24 +631,7 @@ async fn approval_window_download_only_and_operator_actions() {
 
     // The approval step: the creator cannot approve; another workspace admin can.
     let ws = api.ok("GET", &format!("/fleets/{fleet}"), None).await["workspace_id"].clone();
-    let (_, u) = api
-        .send(
-            "POST",
-            "/users",
-            Some(
-                json!({"username": "second", "password": "long enough password",
-                "grants": [{"workspace_id": ws, "role": "admin"}]}),
-            ),
-        )
-        .await;
-    let (_, k) = api
-        .send(
-            "POST",
-            &format!("/users/{}/api-keys", u["id"].as_str().expect("id")),
-            Some(json!({"name": "k"})),
-        )
-        .await;
-    let second = Api::new(&t.http_base(), k["secret"].as_str().expect("secret"));
+    let second = api.user("second", &ws, "admin").await;
     // The second admin follows the fleet's campaigns live; an admin of another workspace does
     // not see them.
     let stream = |key: String| {
@@ -639,27 +645,11 @@ async fn approval_window_download_only_and_operator_actions() {
                 .expect("events")
         }
     };
-    let mut seen = stream(k["secret"].as_str().expect("secret").to_string()).await;
+    let mut seen = stream(second.key.clone()).await;
     let other_ws =
         api.ok("GET", &format!("/fleets/{other_fleet}"), None).await["workspace_id"].clone();
-    let (_, ou) = api
-        .send(
-            "POST",
-            "/users",
-            Some(
-                json!({"username": "outsider", "password": "long enough password",
-                "grants": [{"workspace_id": other_ws, "role": "admin"}]}),
-            ),
-        )
-        .await;
-    let (_, ok_) = api
-        .send(
-            "POST",
-            &format!("/users/{}/api-keys", ou["id"].as_str().expect("id")),
-            Some(json!({"name": "k"})),
-        )
-        .await;
-    let mut unseen = stream(ok_["secret"].as_str().expect("secret").to_string()).await;
+    let outsider = api.user("outsider", &other_ws, "admin").await;
+    let mut unseen = stream(outsider.key.clone()).await;
     let c = api
         .ok(
             "POST",
