@@ -184,6 +184,38 @@ impl Services {
     }
 }
 
+/// Whether a caller sees each fleet, asked of the registry once per fleet: a list filters many
+/// rows that belong to few fleets.
+pub(crate) struct SeenFleets<'a> {
+    services: &'a Services,
+    who: &'a Principal,
+    seen: std::collections::HashMap<FleetId, bool>,
+}
+
+impl<'a> SeenFleets<'a> {
+    pub(crate) fn new(services: &'a Services, who: &'a Principal) -> Self {
+        Self {
+            services,
+            who,
+            seen: Default::default(),
+        }
+    }
+
+    pub(crate) async fn sees(&mut self, fleet: FleetId) -> bool {
+        if let Some(&v) = self.seen.get(&fleet) {
+            return v;
+        }
+        let v = self.services.sees_fleet(self.who, fleet).await;
+        self.seen.insert(fleet, v);
+        v
+    }
+
+    /// What has been asked so far, for a synchronous filter.
+    pub(crate) fn known(&self, fleet: FleetId) -> Option<bool> {
+        self.seen.get(&fleet).copied()
+    }
+}
+
 // ---- routes --------------------------------------------------------------------------------
 
 /// Sign-in and setup: no credentials needed (they are the way in).

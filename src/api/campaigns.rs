@@ -76,19 +76,10 @@ async fn list_campaigns(
         caller.require(Action::Fleet(f, Role::Viewer)).await?;
     }
     let who = caller.filters().clone();
-    // The fleets the caller sees, looked up once each.
-    let mut fleets = std::collections::HashMap::new();
+    let mut fleets = super::auth::SeenFleets::new(&s, &who);
     let mut out = Vec::new();
     for c in s.campaigns.list(q.fleet_id).await? {
-        let sees = match fleets.get(&c.fleet_id) {
-            Some(&v) => v,
-            None => {
-                let v = s.sees_fleet(&who, c.fleet_id).await;
-                fleets.insert(c.fleet_id, v);
-                v
-            }
-        };
-        if sees {
+        if fleets.sees(c.fleet_id).await {
             out.push(c);
         }
     }

@@ -204,20 +204,16 @@ async fn list_packages(
     ApiQuery(f): ApiQuery<PackageFilter>,
 ) -> ApiResult<axum::Json<Vec<PackageView>>> {
     let who = caller.filters().clone();
-    // The fleets the caller sees, looked up once each.
-    let mut fleets = std::collections::HashMap::new();
+    let mut fleets = super::auth::SeenFleets::new(&s, &who);
     for p in s.packages.list(&f, |_| true).await? {
-        if let Some(fl) = p.fleet_id
-            && !fleets.contains_key(&fl)
-        {
-            let sees = s.sees_fleet(&who, fl).await;
-            fleets.insert(fl, sees);
+        if let Some(fl) = p.fleet_id {
+            fleets.sees(fl).await;
         }
     }
     let list = s
         .packages
         .list(&f, |p| {
-            p.fleet_id.is_none_or(|fl| fleets.get(&fl) == Some(&true))
+            p.fleet_id.is_none_or(|fl| fleets.known(fl) == Some(true))
         })
         .await?;
     Ok(axum::Json(list))
