@@ -23,11 +23,13 @@ HTTP_PORT=${HTTP_PORT:-28080}
 podman() { command podman --runtime runc "$@"; }
 log() { printf '[container %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 
+# `type -P` looks for the program on PATH only: `command -v podman` would find the function
+# above and never install podman.
 need=()
-command -v podman >/dev/null || need+=(podman)
-command -v runc >/dev/null || need+=(runc)
-command -v debootstrap >/dev/null || need+=(debootstrap)
-command -v mosquitto_pub >/dev/null || need+=(mosquitto-clients)
+type -P podman >/dev/null || need+=(podman)
+type -P runc >/dev/null || need+=(runc)
+type -P debootstrap >/dev/null || need+=(debootstrap)
+type -P mosquitto_pub >/dev/null || need+=(mosquitto-clients)
 if ((${#need[@]})); then
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null

@@ -277,17 +277,46 @@ pub struct PackageRequest<'a> {
     pub version: Option<&'a str>,
 }
 
+/// The part of a package a device asked for, not yet read.
+pub struct PackageSlice {
+    pub package: crate::model::Package,
+    pub start: u64,
+    /// 0 past the end of the file.
+    pub len: u64,
+}
+
+impl PackageSlice {
+    /// The slice's bytes, read from the file in pieces as they are sent.
+    pub async fn read(
+        &self,
+        services: &Services,
+    ) -> Result<
+        futures_util::stream::BoxStream<'static, std::io::Result<bytes::Bytes>>,
+        PackageRefusal,
+    > {
+        services
+            .packages
+            .read(&self.package, self.start, self.len)
+            .await
+            .map_err(|e| {
+                tracing::error!(package = %self.package.id, error = %e, "cannot read a package chunk");
+                PackageRefusal::Failure
+            })
+    }
+}
+
 /// The package of `kind` assigned to a device, by its effective shared attributes
-/// (`fw_title` and `fw_version`: its own, or its fleet's), and the bytes it asks for. The
-/// file is read per request; a chunk past the end is empty.
-pub async fn package_chunk(
+/// (`fw_title` and `fw_version`: its own, or its fleet's), and the part of it the device asks
+/// for: at most `max_len` bytes, checked before anything is read (a whole 256 MiB file asked
+/// for over MQTT is refused, not loaded). A chunk past the end is empty.
+pub async fn package_slice(
     services: &Services,
     origin: Origin,
     kind: crate::model::PackageKind,
     req: PackageRequest<'_>,
-    max_chunk: u64,
-) -> Result<(crate::model::Package, Vec<u8>), PackageRefusal> {
-    if req.size > max_chunk {
+    max_len: u64,
+) -> Result<PackageSlice, PackageRefusal> {
+    if req.size > max_len {
         return Err(PackageRefusal::PayloadTooLarge);
     }
     let keys = [
@@ -320,18 +349,19 @@ pub async fn package_chunk(
         .await
         .map_err(|_| PackageRefusal::Failure)?
         .ok_or(PackageRefusal::NotFound)?;
-    let bytes = services
-        .packages
-        .chunk(&package, req.size, req.chunk)
-        .await
-        .map_err(|e| {
-            tracing::error!(package = %package.id, error = %e, "cannot read a package chunk");
-            PackageRefusal::Failure
-        })?;
+    let (start, len) =
+        crate::ota::packages::PackageService::chunk_range(&package, req.size, req.chunk);
+    if len > max_len {
+        return Err(PackageRefusal::PayloadTooLarge);
+    }
     services
         .campaigns
         .chunk_requested(origin.id, kind, req.chunk);
-    Ok((package, bytes))
+    Ok(PackageSlice {
+        package,
+        start,
+        len,
+    })
 }
 
 /// A provisioning request (§5.9): the response to send back, success or not.

@@ -183,10 +183,13 @@ async fn package(
         title: q.title.as_deref(),
         version: q.version.as_deref(),
     };
-    // Package files are bounded by `ota.max_package_mb`; a chunk needs no other cap here.
-    match device_messages::package_chunk(s, (&dev).into(), kind, req, u64::MAX).await {
-        Ok((p, bytes)) => {
-            let mut r = Response::new(axum::body::Body::from(bytes));
+    // Package files are bounded by `ota.max_package_mb`; the body streams from the file, so a
+    // whole-file request holds a piece at a time, not the file.
+    match device_messages::package_slice(s, (&dev).into(), kind, req, u64::MAX).await {
+        Ok(slice) => {
+            let stream = slice.read(s).await.map_err(|e| internal(e.as_str()))?;
+            let (p, len) = (slice.package, slice.len);
+            let mut r = Response::new(axum::body::Body::from_stream(stream));
             let h = r.headers_mut();
             let name = p.file_name.replace('"', "");
             let hv = |v: String| axum::http::HeaderValue::from_str(&v).map_err(internal);
@@ -199,6 +202,7 @@ async fn package(
                 hv(format!("attachment;filename={name}"))?,
             );
             h.insert("x-filename", hv(name)?);
+            h.insert(axum::http::header::CONTENT_LENGTH, hv(len.to_string())?);
             Ok(r)
         }
         Err(device_messages::PackageRefusal::NotFound) => Err(DevError(

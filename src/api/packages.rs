@@ -10,8 +10,6 @@ use axum::body::Body;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use futures_util::StreamExt;
-use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use utoipa_axum::{router::OpenApiRouter, routes};
 
 use super::ApiResult;
@@ -334,11 +332,7 @@ async fn download_package(
     };
     let (start, end) = range.unwrap_or((0, p.size.saturating_sub(1)));
     let len = if p.size == 0 { 0 } else { end - start + 1 };
-    let mut file = s.packages.open(&p).await?;
-    file.seek(std::io::SeekFrom::Start(start))
-        .await
-        .map_err(ApiError::internal)?;
-    let body = Body::from_stream(read_chunks(file, len));
+    let body = Body::from_stream(s.packages.read(&p, start, len).await?);
     let mut r = Response::new(body);
     *r.status_mut() = if range.is_some() {
         StatusCode::PARTIAL_CONTENT
@@ -387,25 +381,6 @@ fn parse_range(v: &str, size: u64) -> Option<(u64, u64)> {
         (start, end)
     };
     (start <= end && start < size).then_some((start, end))
-}
-
-/// `len` bytes of `file` from where it stands, in chunks: memory per download is one chunk.
-fn read_chunks(
-    file: tokio::fs::File,
-    len: u64,
-) -> impl futures_util::Stream<Item = Result<bytes::Bytes, std::io::Error>> {
-    const CHUNK: u64 = 64 << 10;
-    futures_util::stream::unfold((file, len), |(mut file, left)| async move {
-        if left == 0 {
-            return None;
-        }
-        let mut buf = vec![0u8; CHUNK.min(left) as usize];
-        match file.read_exact(&mut buf).await {
-            Ok(_) => Some((Ok(bytes::Bytes::from(buf)), (file, left - CHUNK.min(left)))),
-            Err(e) => Some((Err(e), (file, 0))),
-        }
-    })
-    .boxed()
 }
 
 #[cfg(test)]

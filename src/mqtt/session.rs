@@ -419,6 +419,9 @@ enum Outcome {
     Stored,
     /// Handled; nothing to store (a provisioning or RPC request), with a reply to send.
     Reply(&'static str, String, Vec<u8>),
+    /// A package chunk to send on the topic: its length and its bytes, read from the file as
+    /// the connection takes them.
+    Package(String, u64, PackagePieces),
     UnknownTopic,
     /// The topic belongs to another device or another kind of session.
     NotAuthorized,
@@ -547,6 +550,14 @@ async fn handle_publish(
             };
             drop(payload);
             let max = u64::from(s.services.config.mqtt.max_packet_size);
+            let topic = format!(
+                "{}{request}/chunk/{chunk}",
+                protocol::package_response_prefix(kind)
+            );
+            // The response must fit in one packet of `mqtt.max_packet_size` (fixed header,
+            // topic and payload): a larger one could not be sent at all. Checked before a byte
+            // of the file is read.
+            let room = max.saturating_sub(topic.len() as u64 + 7);
             let res = match size {
                 Some(size) => {
                     let req = device_messages::PackageRequest {
@@ -554,24 +565,16 @@ async fn handle_publish(
                         chunk,
                         ..Default::default()
                     };
-                    device_messages::package_chunk(&s.services, origin, kind, req, max).await
+                    device_messages::package_slice(&s.services, origin, kind, req, room).await
                 }
                 None => Err(device_messages::PackageRefusal::Failure),
             };
-            let topic_suffix = format!("{request}/chunk/{chunk}");
-            let prefix = protocol::package_response_prefix(kind);
-            // The response must fit in one packet of `mqtt.max_packet_size` (fixed header,
-            // topic and payload): a larger one could not be sent at all.
-            let fits = |n: usize| n + prefix.len() + topic_suffix.len() + 7 <= max as usize;
-            let res = res.and_then(|(p, bytes)| {
-                if fits(bytes.len()) {
-                    Ok((p, bytes))
-                } else {
-                    Err(device_messages::PackageRefusal::PayloadTooLarge)
-                }
-            });
+            let res = match res {
+                Ok(slice) => slice.read(&s.services).await.map(|p| (slice.len, p)),
+                Err(e) => Err(e),
+            };
             return match res {
-                Ok((_, bytes)) => Outcome::Reply(prefix, topic_suffix, bytes),
+                Ok((len, pieces)) => Outcome::Package(topic, len, pieces),
                 Err(e) => {
                     tracing::info!(device = %d.id, request, chunk, refusal = e.as_str(), "package request refused");
                     Outcome::Reply(
@@ -659,6 +662,54 @@ async fn rated_parse(
     parsed.map_err(|e| refused(d, e, reject))
 }
 
+/// A package chunk's bytes as they are read from its file.
+type PackagePieces = futures_util::stream::BoxStream<'static, std::io::Result<bytes::Bytes>>;
+
+/// Sends a package chunk's pieces as the payload of a publish already started with its
+/// length. Each piece waits for the connection's write buffer to drain (ntex's write
+/// backpressure), so a slow device holds a piece or two, not its chunk. A file that cannot be
+/// read to the end drops the payload half sent, which ends the connection: the device sees a
+/// broken transfer and asks again, never a short chunk it would take as the end of the file.
+async fn send_pieces<F, Fut>(topic: &str, mut pieces: PackagePieces, mut send: F)
+where
+    F: FnMut(Bytes) -> Fut,
+    Fut: std::future::Future<Output = Result<(), ntex_mqtt::error::SendPacketError>>,
+{
+    use futures_util::StreamExt;
+    while let Some(piece) = pieces.next().await {
+        let piece = match piece {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::error!(topic, error = %e, "a package file could not be read to the end; ending the connection");
+                return;
+            }
+        };
+        if let Err(e) = send(Bytes::from(Vec::<u8>::from(piece))).await {
+            tracing::debug!(topic, error = %e, "package chunk not sent");
+            return;
+        }
+    }
+}
+
+/// Publishes a package chunk at QoS 0 (as ThingsBoard does) with its payload streamed from the
+/// file; the same for both protocol versions, whose sinks are different types.
+macro_rules! send_package {
+    ($sink:expr, $topic:expr, $len:expr, $pieces:expr) => {{
+        let publish = $sink.publish($topic.as_str());
+        // `len` fits a u32: it was checked against `mqtt.max_packet_size`.
+        match u32::try_from($len) {
+            Ok(0) | Err(_) => {
+                let _ = publish.send_at_most_once(Bytes::new()).await;
+            }
+            Ok(len) => {
+                if let Ok(payload) = publish.stream_at_most_once(len).await {
+                    send_pieces(&$topic, $pieces, |b| payload.send(b)).await;
+                }
+            }
+        }
+    }};
+}
+
 pub async fn publish_v3(s: &v3::Session<DeviceSession>, p: v3::Publish) -> Result<(), MqttErr> {
     let payload = p.read_all().await.map_err(|_| MqttErr::Protocol)?;
     let (topic, qos) = (p.publish_topic().to_string(), p.qos());
@@ -673,6 +724,10 @@ pub async fn publish_v3(s: &v3::Session<DeviceSession>, p: v3::Publish) -> Resul
                 .publish(topic.as_str())
                 .send_at_most_once(Bytes::from(body))
                 .await;
+            Ok(())
+        }
+        Outcome::Package(topic, len, pieces) => {
+            send_package!(s.sink(), topic, len, pieces);
             Ok(())
         }
         // MQTT 3.1.1 has no negative PUBACK; acknowledging keeps the session usable, as
@@ -709,6 +764,10 @@ pub async fn publish_v5(
                 .publish(topic.as_str())
                 .send_at_most_once(Bytes::from(body))
                 .await;
+            v5::PublishAck::new(R::Success)
+        }
+        Outcome::Package(topic, len, pieces) => {
+            send_package!(s.sink(), topic, len, pieces);
             v5::PublishAck::new(R::Success)
         }
         Outcome::UnknownTopic => {

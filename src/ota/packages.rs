@@ -30,6 +30,10 @@ type Result<T> = std::result::Result<T, Error>;
 pub const MAX_VERSION: usize = crate::names::MAX_NAME;
 /// Longest file name, in characters.
 const MAX_FILE_NAME: usize = 255;
+/// The piece a package file is read in when it is served. Small enough that a thousand
+/// transfers at once hold a few MiB between disk and sockets; large enough that a read is not
+/// mostly overhead.
+const READ_PIECE: u64 = 16 << 10;
 
 /// What an upload says about the file it carries.
 #[derive(Debug, Clone, Default, Deserialize, ToSchema, utoipa::IntoParams)]
@@ -411,27 +415,51 @@ impl PackageService {
             .filter(|p| p.fleet_id.is_none_or(|f| f == fleet)))
     }
 
-    /// Chunk `chunk` of `size` bytes of the package's file (the whole file when `size` is 0),
-    /// read from disk for this request alone; empty past the end.
-    pub async fn chunk(&self, p: &Package, size: u64, chunk: u64) -> Result<Vec<u8>> {
+    /// The first byte and the length of chunk `chunk` of `size` bytes of the package's file
+    /// (the whole file when `size` is 0); the length is 0 past the end. Nothing is read: the
+    /// caller checks the length against what its transport can carry first.
+    pub fn chunk_range(p: &Package, size: u64, chunk: u64) -> (u64, u64) {
+        if size == 0 {
+            return if chunk > 0 { (0, 0) } else { (0, p.size) };
+        }
+        let start = size.saturating_mul(chunk);
+        if start >= p.size {
+            return (p.size, 0);
+        }
+        (start, size.min(p.size - start))
+    }
+
+    /// `len` bytes of the package's file from `start`, read from disk in pieces of
+    /// `READ_PIECE` bytes as the consumer takes them: serving a file to many devices at once
+    /// holds a piece per transfer, never a copy of the file or the chunk per device.
+    pub async fn read(
+        &self,
+        p: &Package,
+        start: u64,
+        len: u64,
+    ) -> Result<futures_util::stream::BoxStream<'static, std::io::Result<Bytes>>> {
         use tokio::io::{AsyncReadExt, AsyncSeekExt};
-        let (start, len) = if size == 0 {
-            if chunk > 0 {
-                return Ok(Vec::new());
-            }
-            (0, p.size)
-        } else {
-            let start = size.saturating_mul(chunk);
-            if start >= p.size {
-                return Ok(Vec::new());
-            }
-            (start, size.min(p.size - start))
-        };
-        let mut f = self.open(p).await?;
-        f.seek(std::io::SeekFrom::Start(start)).await.map_err(io)?;
-        let mut buf = vec![0u8; len as usize];
-        f.read_exact(&mut buf).await.map_err(io)?;
-        Ok(buf)
+        let mut file = self.open(p).await?;
+        if start > 0 {
+            file.seek(std::io::SeekFrom::Start(start))
+                .await
+                .map_err(io)?;
+        }
+        Ok(
+            futures_util::stream::unfold((file, len), |(mut file, left)| async move {
+                if left == 0 {
+                    return None;
+                }
+                let n = READ_PIECE.min(left);
+                let mut buf = vec![0u8; n as usize];
+                match file.read_exact(&mut buf).await {
+                    Ok(_) => Some((Ok(Bytes::from(buf)), (file, left - n))),
+                    // A file shorter than its record: the stream ends with the error.
+                    Err(e) => Some((Err(e), (file, 0))),
+                }
+            })
+            .boxed(),
+        )
     }
 
     /// The package's file, for reading.

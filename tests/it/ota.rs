@@ -652,6 +652,64 @@ async fn devices_fetch_their_fleet_package_over_mqtt_and_http() {
         );
     }
 
+    // MQTT 5, in chunks of 60,000 bytes (each streamed from the file in pieces): the same
+    // bytes, and the whole file over the packet cap refused the same way.
+    {
+        use common::mqtt::{next_v5, spawn_v5};
+        use rumqttc::v5::mqttbytes::{QoS as Q5, v5::Packet as P5};
+        // Another device of the fleet: the same token would take the v3 session over.
+        let d5: Value = t
+            .api
+            .post("/devices", &json!({"fleet_id": fleet, "name": "valve-5"}))
+            .await
+            .expect("device");
+        let token5 = d5["credentials"]["token"].as_str().expect("token");
+        let mut o = t.v5_options("valve-5", token5, "");
+        o.set_max_packet_size(Some(1 << 20));
+        let (c5, mut rx5) = spawn_v5(o);
+        assert!(matches!(next_v5(&mut rx5).await, Ok(P5::ConnAck(_))));
+        let mut got = Vec::new();
+        async fn next_publish(
+            rx: &mut tokio::sync::mpsc::UnboundedReceiver<Result<P5, rumqttc::v5::ConnectionError>>,
+        ) -> rumqttc::v5::mqttbytes::v5::Publish {
+            loop {
+                match next_v5(rx).await {
+                    Ok(P5::Publish(m)) => break m,
+                    Ok(_) => continue,
+                    Err(e) => panic!("{e}"),
+                }
+            }
+        }
+        for n in 0.. {
+            c5.publish(
+                format!("v2/fw/request/7/chunk/{n}"),
+                Q5::AtLeastOnce,
+                false,
+                "60000",
+            )
+            .await
+            .expect("request");
+            let m = next_publish(&mut rx5).await;
+            assert_eq!(
+                &m.topic[..],
+                format!("v2/fw/response/7/chunk/{n}").as_bytes()
+            );
+            if m.payload.is_empty() {
+                break;
+            }
+            got.extend_from_slice(&m.payload);
+        }
+        assert_eq!(got, data, "MQTT 5: the chunks make the file");
+        c5.publish("v2/fw/request/8/chunk/0", Q5::AtLeastOnce, false, "")
+            .await
+            .expect("request");
+        let m = next_publish(&mut rx5).await;
+        assert_eq!(
+            (&m.topic[..], &m.payload[..]),
+            (&b"v2/fw/error"[..], &b"PAYLOAD_TOO_LARGE"[..])
+        );
+    }
+
     // HTTP: whole, a chunk, past the end, a wrong version, no software.
     let get = |q: String| {
         let url = format!("{}/api/v1/{token}/firmware?{q}", t.http_base());
