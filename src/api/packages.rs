@@ -140,27 +140,36 @@ async fn check(caller: &Caller, p: &Package, role: Role) -> ApiResult<()> {
 
 /// Upload a package
 ///
-/// Stores a firmware or software package: the request body is the file itself (any content
-/// type), streamed to disk and hashed on the way, never held whole in memory. Title, version,
-/// type, fleet, checksum algorithm and file name are query parameters. The SHA-256 is always
-/// computed; the checksum devices verify (`fw_checksum`) uses `checksum_algorithm` (SHA256 by
-/// default) and is written as ThingsBoard devices expect. Answers once the file and its record
-/// are durable. A package for a fleet needs the admin role on the fleet's workspace; a package
-/// for every fleet needs a server admin. Recorded in the audit log (`package_uploaded`).
-/// Errors: 409 `name_taken` (the type, title and version exist), 413 `payload_too_large` (over
+/// Stores a firmware or software package, streamed to disk and hashed on the way, never held
+/// whole in memory. The body is either the file itself (any content type) or a
+/// `multipart/form-data` form whose file part is named `file` (or is the first part with a
+/// file name), as `curl -F file=@fw.bin` and browsers send it. Title, version, type, fleet,
+/// checksum algorithm and file name are query parameters, or, in a form, text fields before
+/// the file part (a field given both ways must agree); a form's file name is the default
+/// `file_name`. The SHA-256 is always computed; the checksum devices verify (`fw_checksum`)
+/// uses `checksum_algorithm` (SHA256 by default) and is written as ThingsBoard devices expect.
+/// Answers once the file and its record are durable. A package for a fleet needs the admin
+/// role on the fleet's workspace; a package for every fleet needs a server admin. Recorded in
+/// the audit log (`package_uploaded`). Errors: 400 `invalid_query` (a parameter of the wrong
+/// form), 409 `name_taken` (the type, title and version exist), 413 `payload_too_large` (over
 /// `ota.max_package_mb`), 422 `invalid_field` (title, version, algorithm, file name, an empty
-/// or broken-off body).
+/// or broken-off body, a form without a file part or with an unknown field).
 #[utoipa::path(post, path = "/packages", tag = "ota", params(NewPackage),
-    request_body(content = Vec<u8>, content_type = "application/octet-stream", description = "the package file"),
-    responses((status = 201, body = PackageView), (status = 404, body = ErrorBody),
-        (status = 409, body = ErrorBody), (status = 413, body = ErrorBody), (status = 422, body = ErrorBody)))]
+    request_body(content(
+        (Vec<u8> = "application/octet-stream"),
+        (UploadForm = "multipart/form-data")),
+        description = "the package file, alone or as the `file` part of a form"),
+    responses((status = 201, body = PackageView), (status = 400, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 409, body = ErrorBody),
+        (status = 413, body = ErrorBody), (status = 422, body = ErrorBody)))]
 async fn upload_package(
     State(s): S,
     caller: Caller,
-    ApiQuery(new): ApiQuery<NewPackage>,
+    axum::extract::RawQuery(query): axum::extract::RawQuery,
+    headers: HeaderMap,
     body: Body,
 ) -> Response {
-    match upload(&s, &caller, new, body).await {
+    match upload(&s, &caller, query, &headers, body).await {
         Ok(view) => (StatusCode::CREATED, axum::Json(view)).into_response(),
         Err(e) => {
             // A refusal may come before the body was read through: the connection cannot be
@@ -173,20 +182,155 @@ async fn upload_package(
     }
 }
 
+/// A package upload as a form (documentation only: the form is read as a stream).
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+struct UploadForm {
+    /// Text fields before the file part, as the query parameters: `title`, `version`, `type`,
+    /// `fleet_id`, `checksum_algorithm`, `file_name`.
+    title: Option<String>,
+    version: Option<String>,
+    /// The package file.
+    #[schema(value_type = String, format = Binary)]
+    file: Vec<u8>,
+}
+
+/// The form fields that describe the package (the query parameters' names).
+const FORM_FIELDS: [&str; 6] = [
+    "title",
+    "version",
+    "type",
+    "fleet_id",
+    "checksum_algorithm",
+    "file_name",
+];
+/// Longest text field of an upload form, in bytes.
+const MAX_FORM_FIELD: usize = 1024;
+
 async fn upload(
     s: &Services,
     caller: &Caller,
-    new: NewPackage,
+    query: Option<String>,
+    headers: &HeaderMap,
     body: Body,
 ) -> ApiResult<PackageView> {
+    let boundary = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| {
+            v.trim_start()
+                .to_ascii_lowercase()
+                .starts_with("multipart/form-data")
+        })
+        .map(|v| {
+            multer::parse_boundary(v).map_err(|e| {
+                ApiError::bad_request("invalid_body", format!("a form without a boundary: {e}"))
+            })
+        })
+        .transpose()?;
+    let by = caller.principal.name.clone();
+    let Some(boundary) = boundary else {
+        let new = parse_new(query.as_deref().unwrap_or(""))?;
+        authorize(s, caller, &new).await?;
+        return Ok(s.packages.upload(new, body.into_data_stream(), &by).await?);
+    };
+    let mut form = multer::Multipart::new(body.into_data_stream(), boundary);
+    let mut fields: Vec<(String, String)> = Vec::new();
+    let file = loop {
+        let field = form.next_field().await.map_err(form_error)?;
+        let Some(mut field) = field else {
+            return Err(form_invalid(
+                "file",
+                "the form has no file part (name it `file`)",
+            ));
+        };
+        let name = field.name().unwrap_or_default().to_string();
+        if name == "file" || field.file_name().is_some() {
+            break field;
+        }
+        if !FORM_FIELDS.contains(&name.as_str()) || fields.len() >= FORM_FIELDS.len() {
+            return Err(form_invalid(
+                "form",
+                format!(
+                    "unknown or repeated form field `{name}`; before the file part come only {}",
+                    FORM_FIELDS.join(", ")
+                ),
+            ));
+        }
+        let mut text = Vec::new();
+        while let Some(chunk) = field.chunk().await.map_err(form_error)? {
+            text.extend_from_slice(&chunk);
+            if text.len() > MAX_FORM_FIELD {
+                return Err(form_invalid(
+                    "form",
+                    format!("form field `{name}` is over {MAX_FORM_FIELD} bytes"),
+                ));
+            }
+        }
+        let text = String::from_utf8(text)
+            .map_err(|_| form_invalid("form", format!("form field `{name}` is not UTF-8")))?;
+        fields.push((name, text));
+    };
+    // The query and the form's fields together; one given both ways must agree.
+    let mut pairs: Vec<(String, String)> =
+        form_urlencoded::parse(query.as_deref().unwrap_or("").as_bytes())
+            .into_owned()
+            .collect();
+    for (k, v) in fields {
+        match pairs.iter().find(|(q, _)| *q == k) {
+            Some((_, qv)) if *qv != v => {
+                return Err(form_invalid(
+                    "form",
+                    format!("`{k}` differs between the query and the form"),
+                ));
+            }
+            Some(_) => {}
+            None => pairs.push((k, v)),
+        }
+    }
+    if !pairs.iter().any(|(k, _)| k == "file_name")
+        && let Some(name) = file.file_name()
+    {
+        // Browsers send the path's last part; some send a path.
+        let name = name.rsplit(['/', '\\']).next().unwrap_or(name).to_string();
+        pairs.push(("file_name".into(), name));
+    }
+    let query: String = form_urlencoded::Serializer::new(String::new())
+        .extend_pairs(pairs)
+        .finish();
+    let new = parse_new(&query)?;
+    authorize(s, caller, &new).await?;
+    Ok(s.packages.upload(new, file, &by).await?)
+}
+
+/// The package description from a query string.
+fn parse_new(query: &str) -> ApiResult<NewPackage> {
+    let uri: axum::http::Uri = format!("/?{query}")
+        .parse()
+        .map_err(|_| ApiError::bad_request("invalid_query", "a malformed query"))?;
+    axum::extract::Query::<NewPackage>::try_from_uri(&uri)
+        .map(|axum::extract::Query(n)| n)
+        .map_err(ApiError::from)
+}
+
+/// Checks the caller's role for the package's scope and the refusals that need no byte of the
+/// file, before the file is read.
+async fn authorize(s: &Services, caller: &Caller, new: &NewPackage) -> ApiResult<()> {
     match new.fleet_id {
         Some(f) => caller.require(Action::Fleet(f, Role::Admin)).await?,
         None => caller.require(Action::Server).await?,
     }
-    // Refusals that need no byte of the file come before it is read.
-    s.packages.check_new(&new).await?;
-    let by = caller.principal.name.clone();
-    Ok(s.packages.upload(new, body.into_data_stream(), &by).await?)
+    s.packages.check_new(new).await?;
+    Ok(())
+}
+
+fn form_invalid(field: &'static str, m: impl Into<String>) -> ApiError {
+    crate::error::Error::invalid(field, m).into()
+}
+
+/// A form that cannot be read: over the size the parser allows, or malformed.
+fn form_error(e: multer::Error) -> ApiError {
+    form_invalid("form", format!("the form cannot be read: {e}"))
 }
 
 /// List packages

@@ -91,6 +91,154 @@ impl Http {
     }
 }
 
+/// A multipart/form-data body as curl -F sends it: text fields, then file parts (name, file
+/// name, bytes); `close` false leaves the closing boundary off, as a client that broke off.
+fn form(texts: &[(&str, &str)], files: &[(&str, &str, &[u8])], close: bool) -> Vec<u8> {
+    let mut b = Vec::new();
+    for (k, v) in texts {
+        b.extend_from_slice(
+            format!("--XyZ\r\nContent-Disposition: form-data; name=\"{k}\"\r\n\r\n{v}\r\n")
+                .as_bytes(),
+        );
+    }
+    for (k, name, data) in files {
+        b.extend_from_slice(
+            format!(
+                "--XyZ\r\nContent-Disposition: form-data; name=\"{k}\"; filename=\"{name}\"\r\n\
+                 Content-Type: application/octet-stream\r\n\r\n"
+            )
+            .as_bytes(),
+        );
+        b.extend_from_slice(data);
+        b.extend_from_slice(b"\r\n");
+    }
+    if close {
+        b.extend_from_slice(b"--XyZ--\r\n");
+    }
+    b
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn packages_upload_as_a_form() {
+    let t = TestApp::start_with(|c| c.ota.max_package_mb = 1).await;
+    let http = Http::new(&t);
+    let post = |query: &'static str, body: Vec<u8>| {
+        let r = http
+            .c
+            .post(format!("{}/packages?{query}", http.base))
+            .bearer_auth(&http.key)
+            .header("content-type", "multipart/form-data; boundary=XyZ")
+            .body(body);
+        async move {
+            let r = r.send().await.expect("send");
+            let s = r.status();
+            (s, r.json::<Value>().await.unwrap_or(Value::Null))
+        }
+    };
+    let data = image(300_000, 5);
+
+    // Fields then the file, as curl -F title=.. -F version=.. -F file=@dir/valve.bin.
+    let (s, v) = post(
+        "",
+        form(
+            &[("title", "valve-fw"), ("version", "2.0")],
+            &[("file", "dir/valve.bin", &data)],
+            true,
+        ),
+    )
+    .await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    assert_eq!(
+        (
+            v["title"].as_str(),
+            v["version"].as_str(),
+            v["size"].as_u64()
+        ),
+        (Some("valve-fw"), Some("2.0"), Some(data.len() as u64))
+    );
+    assert_eq!(
+        v["file_name"], "valve.bin",
+        "the form's file name, without its path"
+    );
+    assert_eq!(
+        v["sha256"].as_str(),
+        Some(hex(&Sha256::digest(&data)).as_str())
+    );
+    let got = http.download(v["id"].as_str().expect("id"), None).await;
+    assert_eq!(got.bytes().await.expect("body").to_vec(), data);
+
+    // The query describes the package; the form carries only the file (ThingsBoard's way).
+    let (s, v) = post(
+        "title=valve-fw&version=2.1&file_name=v21.bin",
+        form(&[], &[("file", "other.bin", b"abc")], true),
+    )
+    .await;
+    assert_eq!(
+        (s, v["file_name"].as_str()),
+        (StatusCode::CREATED, Some("v21.bin")),
+        "{v}"
+    );
+
+    // Refusals, each with its reason, and nothing stored.
+    let before = package_files(&t);
+    let cases: Vec<(&str, Vec<u8>, StatusCode, &str)> = vec![
+        (
+            "title=a&version=1",
+            form(&[("version", "2")], &[("file", "f.bin", b"x")], true),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "differs",
+        ),
+        (
+            "title=a&version=1",
+            form(&[("colour", "red")], &[("file", "f.bin", b"x")], true),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "unknown or repeated form field `colour`",
+        ),
+        (
+            "title=a&version=1",
+            form(&[("title", "a")], &[], true),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "no file part",
+        ),
+        (
+            "title=a&version=1",
+            form(&[], &[("file", "f.bin", &data)], false),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "broke off",
+        ),
+        (
+            "title=a&version=1",
+            form(&[], &[("file", "big.bin", &image(1_100_000, 2))], true),
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "",
+        ),
+        (
+            "title=valve-fw&version=2.0",
+            form(&[], &[("file", "f.bin", b"x")], true),
+            StatusCode::CONFLICT,
+            "",
+        ),
+        (
+            "title=a",
+            form(&[], &[("file", "f.bin", b"x")], true),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "version",
+        ),
+    ];
+    for (query, body, status, says) in cases {
+        let (s, v) = post(query, body).await;
+        assert_eq!(s, status, "{query}: {v}");
+        assert!(
+            v["error"]["message"].as_str().unwrap_or("").contains(says),
+            "{query}: {v}"
+        );
+    }
+    assert_eq!(package_files(&t), before, "no refused form left a file");
+    assert_eq!(partial_files(&t), 0, "nor a partial one");
+    let (_, list) = http.json("GET", "/packages").await;
+    assert_eq!(list.as_array().map(Vec::len), Some(2), "{list}");
+}
+
 fn package_files(t: &TestApp) -> Vec<String> {
     let dir = t.config.data_dir.join("packages");
     let mut names: Vec<String> = std::fs::read_dir(&dir)
