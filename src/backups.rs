@@ -15,8 +15,6 @@ use crate::store::ports::{BackupError, Extra, Manifest};
 const PREFIX: &str = "corral-";
 const SUFFIX: &str = ".backup.tar";
 
-/// The files besides the store a backup carries: the PKI and the running configuration
-/// (secrets masked).
 /// Writes an online backup of the running server to `out` (see `store::backup`).
 pub async fn write(
     s: &Services,
@@ -26,10 +24,32 @@ pub async fn write(
     s.backup.backup(extras, Box::new(out)).await
 }
 
+/// The files besides the store a backup carries: the PKI, the running configuration (secrets
+/// masked) and the package files (streamed, not read here), so a restored server serves the
+/// packages its records name.
 pub fn extras(s: &Services) -> std::io::Result<Vec<Extra>> {
     let mut extras = crate::store::ports::data_dir_files(&s.config.data_dir)?;
-    extras.push(("corral.toml".into(), s.config.to_masked_toml().into_bytes()));
+    extras.push(Extra::Bytes(
+        "corral.toml".into(),
+        s.config.to_masked_toml().into_bytes(),
+    ));
+    extras.push(Extra::Dir(
+        crate::ota::packages::FILES_DIR.into(),
+        s.config.data_dir.join(crate::ota::packages::FILES_DIR),
+    ));
     Ok(extras)
+}
+
+/// The bytes of the regular files directly in `dir`.
+fn dir_size(dir: &Path) -> u64 {
+    std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.metadata().ok())
+        .filter(|m| m.is_file())
+        .map(|m| m.len())
+        .sum()
 }
 
 /// Scheduled snapshots in `dir`, oldest first.
@@ -61,7 +81,8 @@ pub async fn snapshot(s: &Services, dir: &Path, keep: usize) -> anyhow::Result<P
             let _ = std::fs::remove_file(e.path());
         }
     }
-    let need = s.backup.size_on_disk().await? + (s.config.store.min_free_mb << 20);
+    let packages = dir_size(&s.config.data_dir.join(crate::ota::packages::FILES_DIR));
+    let need = s.backup.size_on_disk().await? + packages + (s.config.store.min_free_mb << 20);
     let free = crate::store::ports::free_bytes(dir)?;
     if free < need {
         anyhow::bail!(

@@ -28,6 +28,9 @@ type Result<T> = std::result::Result<T, Error>;
 
 /// Longest version string, in characters (as a title).
 pub const MAX_VERSION: usize = crate::names::MAX_NAME;
+/// Where package files live in the data directory, each named by its SHA-256 (backups carry
+/// them under the same name).
+pub const FILES_DIR: &str = "packages";
 /// Longest file name, in characters.
 const MAX_FILE_NAME: usize = 255;
 /// The piece a package file is read in when it is served. Small enough that a thousand
@@ -187,7 +190,7 @@ impl PackageService {
         max_bytes: u64,
         manifests: Manifests,
     ) -> Self {
-        let dir = data_dir.join("packages");
+        let dir = data_dir.join(FILES_DIR);
         // Uploads that a stop or a crash cut short: nothing refers to them.
         if let Err(e) = std::fs::remove_dir_all(dir.join("tmp"))
             && e.kind() != std::io::ErrorKind::NotFound
@@ -694,7 +697,7 @@ fn taken(kind: PackageKind, title: &str, version: &str) -> Error {
 fn io(e: std::io::Error) -> Error {
     if e.kind() == std::io::ErrorKind::StorageFull {
         return Error::Store(crate::store::ports::StoreError::DiskFull {
-            path: PathBuf::from("packages"),
+            path: PathBuf::from(FILES_DIR),
         });
     }
     Error::Internal(format!("package file: {e}"))

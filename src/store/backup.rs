@@ -114,6 +114,33 @@ impl<W: Write> Writer<W> {
         self.tar.append_data(&mut h, format!("{ROOT}/{path}"), data)
     }
 
+    /// Streams the file at `path` into the backup as `dir/name`, hashing it on the way; `None`
+    /// when it is gone (deleted since it was listed).
+    fn stream(&mut self, dir: &str, name: &str, path: &Path) -> std::io::Result<Option<Part>> {
+        let f = match std::fs::File::open(path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let len = f.metadata()?.len();
+        let mut h = tar::Header::new_gnu();
+        h.set_size(len);
+        h.set_mode(0o600);
+        h.set_mtime((crate::model::now_ms() / 1000).max(0) as u64);
+        h.set_entry_type(tar::EntryType::Regular);
+        let mut reader = Hashing {
+            inner: f.take(len),
+            sha: Sha256::new(),
+        };
+        self.tar
+            .append_data(&mut h, format!("{ROOT}/{dir}/{name}"), &mut reader)?;
+        Ok(Some(Part {
+            bytes: len,
+            sha256: hex(&reader.sha.finalize()),
+            ..Default::default()
+        }))
+    }
+
     fn tree(&mut self, name: &[u8], tree: &sled::Tree) -> Result<(), BackupError> {
         let hexname = hex(name);
         let mut part = Part {
@@ -158,8 +185,30 @@ impl<W: Write> Writer<W> {
     }
 }
 
-/// A file to carry in a backup: its path inside the backup and its content.
-pub type Extra = (String, Vec<u8>);
+/// Files to carry in a backup besides the store.
+#[derive(Debug, Clone)]
+pub enum Extra {
+    /// A small file (a key, the configuration): its path inside the backup and its content.
+    Bytes(String, Vec<u8>),
+    /// Every regular file directly in a directory (package files), under `<prefix>/`, listed
+    /// when the backup writes it, after the store's records (so a file a copied record names is
+    /// there: files are in place before their records commit), and streamed from disk.
+    Dir(String, PathBuf),
+}
+
+/// Reads through `inner`, hashing what passes.
+struct Hashing<R> {
+    inner: R,
+    sha: Sha256,
+}
+
+impl<R: Read> Read for Hashing<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.sha.update(&buf[..n]);
+        Ok(n)
+    }
+}
 
 /// Writes a backup of `db` to `out`: every tree, then `segments` (log files, read after the
 /// trees), then `extras`, then the manifest. Blocking.
@@ -196,9 +245,21 @@ fn write(
         let part = w.file("store.wal", &name, &data)?;
         w.manifest.wal.insert(name, part);
     }
-    for (name, data) in extras {
-        let part = w.file("files", name, data)?;
-        w.manifest.files.insert(name.clone(), part);
+    for extra in extras {
+        match extra {
+            Extra::Bytes(name, data) => {
+                let part = w.file("files", name, data)?;
+                w.manifest.files.insert(name.clone(), part);
+            }
+            Extra::Dir(prefix, dir) => {
+                for (name, path) in dir_files(dir)? {
+                    let name = format!("{prefix}/{name}");
+                    if let Some(part) = w.stream("files", &name, &path)? {
+                        w.manifest.files.insert(name, part);
+                    }
+                }
+            }
+        }
     }
     w.manifest.finished_at = crate::model::now_ms();
     let manifest = serde_json::to_vec_pretty(&w.manifest).map_err(std::io::Error::other)?;
@@ -285,18 +346,23 @@ pub(super) fn before_migration(db: &Db, from: u32) -> Result<PathBuf, BackupErro
 /// The files of a data directory a backup carries besides the store: the PKI.
 pub fn data_dir_files(data_dir: &Path) -> std::io::Result<Vec<Extra>> {
     let mut out = Vec::new();
-    let pki = data_dir.join("pki");
-    if pki.is_dir() {
-        let mut names: Vec<_> = std::fs::read_dir(&pki)?
-            .flatten()
-            .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
-            .map(|e| e.file_name().to_string_lossy().into_owned())
-            .collect();
-        names.sort();
-        for n in names {
-            out.push((format!("pki/{n}"), std::fs::read(pki.join(&n))?));
-        }
+    for (n, path) in dir_files(&data_dir.join("pki"))? {
+        out.push(Extra::Bytes(format!("pki/{n}"), std::fs::read(path)?));
     }
+    Ok(out)
+}
+
+/// The regular files directly in `dir` (none when it does not exist), by name.
+fn dir_files(dir: &Path) -> std::io::Result<Vec<(String, PathBuf)>> {
+    if !dir.is_dir() {
+        return Ok(Vec::new());
+    }
+    let mut out: Vec<_> = std::fs::read_dir(dir)?
+        .flatten()
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
+        .map(|e| (e.file_name().to_string_lossy().into_owned(), e.path()))
+        .collect();
+    out.sort();
     Ok(out)
 }
 
@@ -338,6 +404,32 @@ fn read(file: &Path, into: Option<&Path>) -> Result<Report, BackupError> {
         if manifest.is_some() {
             return Err(damaged(format!("{rel} follows the manifest")));
         }
+        // Files and log segments are copied through, never held whole: a package file may be
+        // hundreds of MiB.
+        if rel.starts_with("files/") || rel.starts_with("store.wal/") {
+            let mut reader = Hashing {
+                inner: &mut entry,
+                sha: Sha256::new(),
+            };
+            let copied = match into {
+                Some(dir) => {
+                    let target = safe_target(&rel)
+                        .map(|t| dir.join(t))
+                        .ok_or_else(|| damaged(format!("unexpected entry {rel}")))?;
+                    if let Some(parent) = target.parent() {
+                        std::fs::create_dir_all(parent)?;
+                    }
+                    copy_private(&target, &mut reader)
+                }
+                None => std::io::copy(&mut reader, &mut std::io::sink()),
+            }
+            .map_err(|e| damaged(format!("{rel} cannot be read ({e})")))?;
+            if seen.contains_key(&rel) {
+                return Err(damaged(format!("{rel} appears twice")));
+            }
+            seen.insert(rel, (copied, reader.sha, 0));
+            continue;
+        }
         let mut data = Vec::with_capacity(entry.size().min(CHUNK as u64 * 2) as usize);
         entry
             .read_to_end(&mut data)
@@ -363,16 +455,7 @@ fn read(file: &Path, into: Option<&Path>) -> Result<Report, BackupError> {
             })?;
             (format!("tree:{tree}"), n)
         } else {
-            if let (Some(dir), Some(target)) = (into, safe_target(&rel)) {
-                let target = dir.join(target);
-                if let Some(parent) = target.parent() {
-                    std::fs::create_dir_all(parent)?;
-                }
-                write_private(&target, &data)?;
-            } else if into.is_some() {
-                return Err(damaged(format!("unexpected entry {rel}")));
-            }
-            (rel.clone(), 0)
+            return Err(damaged(format!("unexpected entry {rel}")));
         };
         let e = seen.entry(logical).or_insert_with(|| (0, Sha256::new(), 0));
         e.0 += data.len() as u64;
@@ -449,15 +532,18 @@ fn safe_target(rel: &str) -> Option<PathBuf> {
     rel.strip_prefix("files/").map(PathBuf::from)
 }
 
-fn write_private(path: &Path, data: &[u8]) -> std::io::Result<()> {
+/// Copies `from` into a new file at `path` readable by its owner alone, synced; the bytes
+/// copied.
+fn copy_private(path: &Path, from: &mut impl Read) -> std::io::Result<u64> {
     use std::os::unix::fs::OpenOptionsExt;
     let mut f = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(0o600)
         .open(path)?;
-    f.write_all(data)?;
-    f.sync_all()
+    let n = std::io::copy(from, &mut f)?;
+    f.sync_all()?;
+    Ok(n)
 }
 
 /// Calls `f` on each record of a tree chunk; returns how many there were.

@@ -211,6 +211,21 @@ async fn truncated_or_altered_backups_fail_verify_and_restore() {
         .post("/workspaces", &json!({"name": "w"}))
         .await
         .expect("ws");
+    // A package: its file is carried in the backup, streamed.
+    let image: Vec<u8> = (0..300_000u32).map(|i| (i * 7 + i / 251) as u8).collect();
+    let http = reqwest::Client::new();
+    let package: Value = http
+        .post(format!("{}/api/v1/packages", srv.base()))
+        .bearer_auth(&key)
+        .query(&[("title", "valve-fw"), ("version", "1.0")])
+        .body(image.clone())
+        .send()
+        .await
+        .expect("upload")
+        .json()
+        .await
+        .expect("json");
+    let sha = package["sha256"].as_str().expect("sha256").to_string();
     // The REST route is for server administrators only.
     let anon = reqwest::get(format!("{}/api/v1/backup", srv.base()))
         .await
@@ -232,6 +247,22 @@ async fn truncated_or_altered_backups_fail_verify_and_restore() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("damaged or incomplete"), "{err}");
+
+    // A byte of the package file changed: named as what was altered.
+    let in_file = bytes
+        .windows(image.len().min(64))
+        .position(|w| w == &image[1000..1064])
+        .expect("the package's bytes are in the backup");
+    let mut b = bytes.clone();
+    b[in_file + 5] ^= 1;
+    let altered_file = dir.path().join("altered-file.tar");
+    std::fs::write(&altered_file, &b).expect("write");
+    let out = verify(&altered_file);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains(&format!("file packages/{sha} has been altered")),
+        "{err}"
+    );
 
     let altered = dir.path().join("altered.tar");
     let mut b = bytes.clone();
@@ -269,6 +300,36 @@ async fn truncated_or_altered_backups_fail_verify_and_restore() {
     );
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("not empty"));
+
+    // Restored, the server serves the package it holds the record of.
+    let restored = dir.path().join("restored-ok");
+    let out = corral(
+        &[
+            "restore",
+            good.to_str().expect("utf-8"),
+            restored.to_str().expect("utf-8"),
+        ],
+        &[],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    drop(srv);
+    let srv = Server::spawn(&restored, &key);
+    let got = http
+        .get(format!(
+            "{}/api/v1/packages/{}/file",
+            srv.base(),
+            package["id"].as_str().expect("id")
+        ))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .expect("download");
+    assert_eq!(got.status().as_u16(), 200);
+    assert_eq!(got.bytes().await.expect("body").to_vec(), image);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
