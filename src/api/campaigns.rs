@@ -13,8 +13,9 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 use super::ApiResult;
 use super::authz::{Action, Admin, Caller, Campaign, Device, On, Operator, ServerAdmin, Viewer};
 use super::error::{ApiJson, ApiQuery, ErrorBody};
+use super::registry::Page;
 use crate::audit::operator;
-use crate::model::{CampaignId, FleetId, OtaState, Role};
+use crate::model::{CampaignId, Cursor, FleetId, OtaState, Role};
 use crate::ota::{CampaignView, DeviceUpdateView, DryRun, NewCampaign};
 use crate::services::Services;
 
@@ -53,6 +54,13 @@ pub struct DeviceStateFilter {
     #[serde(default)]
     #[param(value_type = Option<OtaState>)]
     pub state: Option<OtaState>,
+    /// Page size, 1 to 1000 (default 100).
+    #[serde(default)]
+    pub limit: Option<usize>,
+    /// `next_cursor` of the previous page.
+    #[serde(default)]
+    #[param(value_type = Option<uuid::Uuid>)]
+    pub cursor: Option<String>,
 }
 
 /// The campaigns the emergency stop paused.
@@ -268,17 +276,26 @@ async fn stop_all(State(s): S, _: ServerAdmin) -> ApiResult<axum::Json<Stopped>>
 
 /// List a campaign's devices
 ///
-/// Each device's update: its wave, state, attempts, deadline, the version it last reported,
-/// its error and its timeline. Needs the viewer role on the fleet.
+/// Each device's update, in device id order: its name, wave, state, attempts, deadline, the
+/// version it last reported, its error and its timeline. Filter by `state`; pass the page's
+/// `next_cursor` as `cursor` for the next page. Needs the viewer role on the fleet. Errors: 400
+/// `invalid_cursor`, 400 `invalid_limit`, 404.
 #[utoipa::path(get, path = "/campaigns/{id}/devices", tag = "ota",
     params(("id" = String, Path, description = "campaign id"), DeviceStateFilter),
-    responses((status = 200, body = Vec<DeviceUpdateView>), (status = 404, body = ErrorBody)))]
+    responses((status = 200, body = Page<DeviceUpdateView>), (status = 400, body = ErrorBody),
+        (status = 404, body = ErrorBody)))]
 async fn campaign_devices(
     State(s): S,
     On(id, _): On<Campaign, Viewer>,
     ApiQuery(q): ApiQuery<DeviceStateFilter>,
-) -> ApiResult<axum::Json<Vec<DeviceUpdateView>>> {
-    Ok(axum::Json(s.campaigns.devices(id, q.state).await?))
+) -> ApiResult<axum::Json<Page<DeviceUpdateView>>> {
+    let limit = super::page_limit(q.limit)?;
+    let cursor = q.cursor.filter(|c| !c.is_empty()).map(Cursor::new);
+    let p = s
+        .campaigns
+        .devices(id, q.state, cursor.as_ref(), limit)
+        .await?;
+    Ok(axum::Json(super::registry::page(p, |v| v)))
 }
 
 /// A device's OTA timeline

@@ -13,6 +13,7 @@ use super::ClientArgs;
 use super::client::ApiClient;
 use super::output;
 use super::resolve::{Kind, resolve};
+use crate::api::Page;
 use crate::ota::{CampaignView, DeviceUpdateView, DryRun};
 
 /// A campaign's rules as flags (see `POST /campaigns` for what each means).
@@ -142,6 +143,15 @@ pub enum CampaignCmd {
         /// Only devices in this state (queued, downloading, updated, failed, timed_out, ...).
         #[arg(long)]
         state: Option<String>,
+        /// Page size (1-1000).
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+        /// Continue from a previous page's cursor.
+        #[arg(long)]
+        cursor: Option<String>,
+        /// Fetch every page.
+        #[arg(long)]
+        all: bool,
         #[command(flatten)]
         client: ClientArgs,
     },
@@ -451,21 +461,44 @@ pub async fn run(cmd: CampaignCmd) -> anyhow::Result<ExitCode> {
                 show(&v);
             }
         }
-        CampaignCmd::Devices { id, state, client } => {
+        CampaignCmd::Devices {
+            id,
+            state,
+            limit,
+            mut cursor,
+            all,
+            client,
+        } => {
             let c = ApiClient::from_args(&client)?;
-            let q: Vec<(&str, String)> = state.into_iter().map(|s| ("state", s)).collect();
-            let list: Vec<DeviceUpdateView> =
-                c.get(&format!("/campaigns/{id}/devices"), &q).await?;
+            let mut list: Vec<DeviceUpdateView> = Vec::new();
+            loop {
+                let mut q: Vec<(&str, String)> = vec![("limit", limit.to_string())];
+                q.extend(state.clone().map(|s| ("state", s)));
+                q.extend(cursor.clone().map(|c| ("cursor", c)));
+                let page: Page<DeviceUpdateView> =
+                    c.get(&format!("/campaigns/{id}/devices"), &q).await?;
+                list.extend(page.items);
+                cursor = page.next_cursor;
+                if !all || cursor.is_none() {
+                    break;
+                }
+            }
+            if let Some(c) = &cursor {
+                eprintln!("(more devices: --cursor {c}, or --all)");
+            }
             if client.json {
                 output::json(&list)?;
             } else {
                 output::table(
-                    &["DEVICE", "WAVE", "STATE", "ATTEMPTS", "REPORTS", "ERROR"],
+                    &[
+                        "DEVICE", "NAME", "WAVE", "STATE", "ATTEMPTS", "REPORTS", "ERROR",
+                    ],
                     &list
                         .iter()
                         .map(|u| {
                             vec![
                                 u.device_id.to_string(),
+                                u.device_name.clone().unwrap_or_else(|| "-".into()),
                                 (u.wave + 1).to_string(),
                                 u.state.as_str().to_string(),
                                 u.attempts.to_string(),

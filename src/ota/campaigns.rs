@@ -24,9 +24,9 @@ use crate::jobs::JobService;
 use crate::jobs::schedule::WindowSpec;
 use crate::metrics::Metrics;
 use crate::model::{
-    AuditKind, Campaign, CampaignId, CampaignPolicy, CampaignState, DeviceId, DeviceUpdate,
+    AuditKind, Campaign, CampaignId, CampaignPolicy, CampaignState, Cursor, DeviceId, DeviceUpdate,
     FleetId, InstallMode, Millis, OnFailure, OtaState, OtaTransition, Package, PackageId,
-    PackageKind, TargetFilter, WaveSize, Window, now_ms,
+    PackageKind, Page, TargetFilter, WaveSize, Window, now_ms,
 };
 use crate::store::ports::{CampaignStore, TelemetryStore};
 
@@ -219,6 +219,9 @@ pub struct DeviceUpdateView {
     pub campaign_id: CampaignId,
     pub campaign_name: String,
     pub device_id: DeviceId,
+    /// The device's name (absent once the device is deleted).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device_name: Option<String>,
     /// The package's type, title and version.
     #[serde(rename = "type")]
     pub kind: PackageKind,
@@ -880,12 +883,19 @@ impl CampaignService {
     }
 
     /// A campaign's devices, optionally in one state.
+    /// One page of a campaign's devices (in `state`, if given), in device id order: at most
+    /// `limit`, after the device `after` (the previous page's cursor), each with its name.
     pub async fn devices(
         &self,
         id: CampaignId,
         state: Option<OtaState>,
-    ) -> Result<Vec<DeviceUpdateView>> {
-        let (c, p, devices) = match self.engine.snapshot(id).await {
+        after: Option<&Cursor>,
+        limit: usize,
+    ) -> Result<Page<DeviceUpdateView>> {
+        let after: Option<DeviceId> = after
+            .map(|c| c.as_str().parse().map_err(|_| Error::BadCursor))
+            .transpose()?;
+        let (c, p, mut devices) = match self.engine.snapshot(id).await {
             Some(s) => s,
             None => {
                 let c = self.record(id).await?;
@@ -894,16 +904,34 @@ impl CampaignService {
                 (c, p, d)
             }
         };
-        Ok(devices
-            .iter()
-            .filter(|u| state.is_none_or(|s| s == u.state))
-            .map(|u| update_view(&c, &p, u))
-            .collect())
+        devices.retain(|u| {
+            state.is_none_or(|s| s == u.state) && after.is_none_or(|a| u.device_id > a)
+        });
+        devices.sort_unstable_by_key(|u| u.device_id);
+        let more = devices.len() > limit;
+        devices.truncate(limit);
+        let mut items = Vec::with_capacity(devices.len());
+        for u in &devices {
+            let mut v = update_view(&c, &p, u);
+            v.device_name = self.device_name(u.device_id).await;
+            items.push(v);
+        }
+        Ok(Page {
+            next_cursor: more
+                .then(|| devices.last().map(|u| Cursor::new(u.device_id.to_string())))
+                .flatten(),
+            items,
+        })
+    }
+
+    /// A device's name; `None` once it is deleted.
+    async fn device_name(&self, id: DeviceId) -> Option<String> {
+        self.registry.device_record(id).await.ok().map(|d| d.name)
     }
 
     /// A device's OTA timeline: its entry in every campaign that targeted it, newest first.
     pub async fn device_history(&self, device: DeviceId) -> Result<Vec<DeviceUpdateView>> {
-        self.registry.device_record(device).await?;
+        let name = self.registry.device_record(device).await?.name;
         let mut out = Vec::new();
         for c in self.store.campaigns().await?.into_iter().rev() {
             if c.state == CampaignState::Draft {
@@ -915,7 +943,9 @@ impl CampaignService {
             };
             if let Some(u) = u {
                 let p = self.packages.record(c.package_id).await?;
-                out.push(update_view(&c, &p, &u));
+                let mut v = update_view(&c, &p, &u);
+                v.device_name = Some(name.clone());
+                out.push(v);
             }
         }
         Ok(out)
@@ -1000,6 +1030,7 @@ fn update_view(c: &Campaign, p: &Package, u: &DeviceUpdate) -> DeviceUpdateView 
         campaign_id: c.id,
         campaign_name: c.name.clone(),
         device_id: u.device_id,
+        device_name: None,
         kind: p.kind,
         title: p.title.clone(),
         version: p.version.clone(),

@@ -138,9 +138,9 @@ impl Api {
             if tokio::time::Instant::now() >= deadline {
                 // What the devices that did not finish went through.
                 let (_, all) = self
-                    .send("GET", &format!("/campaigns/{id}/devices"), None)
+                    .send("GET", &format!("/campaigns/{id}/devices?limit=1000"), None)
                     .await;
-                let open: Vec<&Value> = all
+                let open: Vec<&Value> = all["items"]
                     .as_array()
                     .map(|a| {
                         a.iter()
@@ -342,9 +342,9 @@ async fn a_campaign_over_50_devices_goes_wave_by_wave_through_their_faults() {
     }
 
     let all = api
-        .ok("GET", &format!("/campaigns/{id}/devices"), None)
+        .ok("GET", &format!("/campaigns/{id}/devices?limit=1000"), None)
         .await;
-    let all = all.as_array().expect("devices");
+    let all = all["items"].as_array().expect("devices");
     let by_id = |i: usize| {
         all.iter()
             .find(|u| u["device_id"] == devices[i].0.as_str())
@@ -377,6 +377,63 @@ async fn a_campaign_over_50_devices_goes_wave_by_wave_through_their_faults() {
             .filter(|t| t["detail"].as_str().is_some_and(|d| d.ends_with("started")))
             .count();
         assert_eq!(starts, 1, "{u:#}");
+    }
+
+    // Pages of 7 in device id order, with names, make the whole list; a state filter pages too.
+    let mut paged: Vec<Value> = Vec::new();
+    let mut cursor = String::new();
+    loop {
+        let p = api
+            .ok(
+                "GET",
+                &format!("/campaigns/{id}/devices?limit=7&cursor={cursor}"),
+                None,
+            )
+            .await;
+        let items = p["items"].as_array().expect("items");
+        assert!(items.len() <= 7);
+        paged.extend(items.iter().cloned());
+        match p["next_cursor"].as_str() {
+            Some(c) => cursor = c.to_string(),
+            None => break,
+        }
+    }
+    let ids = |l: &[Value]| -> Vec<String> {
+        l.iter()
+            .map(|u| u["device_id"].as_str().expect("id").to_string())
+            .collect()
+    };
+    let mut want = ids(all);
+    want.sort();
+    assert_eq!(ids(&paged), want, "every device once, in id order");
+    for u in &paged {
+        let i = devices
+            .iter()
+            .position(|d| u["device_id"] == d.0.as_str())
+            .expect("known");
+        assert_eq!(u["device_name"], format!("fifty-{i:02}").as_str(), "{u}");
+    }
+    let failed = api
+        .ok(
+            "GET",
+            &format!("/campaigns/{id}/devices?state=failed&limit=1"),
+            None,
+        )
+        .await;
+    assert_eq!(
+        failed["items"].as_array().map(Vec::len),
+        Some(1),
+        "{failed}"
+    );
+    assert!(
+        failed["next_cursor"].is_string(),
+        "more failed devices follow"
+    );
+    for q in ["limit=0", "limit=1001", "cursor=nonsense"] {
+        let (status, v) = api
+            .send("GET", &format!("/campaigns/{id}/devices?{q}"), None)
+            .await;
+        assert_eq!(status, 400, "{q}: {v}");
     }
     // A corrupted chunk: FAILED with the device's error, retried, updated on the second try.
     let corrupt = by_id(16);
@@ -885,9 +942,9 @@ async fn a_campaign_resumes_after_kill_9_without_starting_a_wave_twice() {
         .await;
     assert_eq!(count(&c, "updated"), 4, "{c:#}");
     let all = api
-        .ok("GET", &format!("/campaigns/{id}/devices"), None)
+        .ok("GET", &format!("/campaigns/{id}/devices?limit=1000"), None)
         .await;
-    for u in all.as_array().expect("devices") {
+    for u in all["items"].as_array().expect("devices") {
         let starts = u["timeline"]
             .as_array()
             .expect("timeline")

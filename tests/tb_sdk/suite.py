@@ -1314,7 +1314,7 @@ def checks(s: Suite):
         expect(got.get("data") == data, f"received {len(got.get('data') or b'')} bytes, not the package's 70000")
 
         def entry():
-            devices = api.ok("GET", f"/api/v1/campaigns/{cid}/devices")
+            devices = api.ok("GET", f"/api/v1/campaigns/{cid}/devices")["items"]
             return devices[0] if devices else {}
 
         waiting = poll(lambda: (lambda e: e if "reconnect" in str(e.get("timeline")) else None)(entry()), 30)

@@ -12,7 +12,9 @@ import { roleOnFleet, allows, roleNote, roleText } from '../roles.js';
 import { FINAL, DEVICE_STATES, progressBar, tally, deviceNames, deviceLink } from './campaigns.js';
 
 /** Most device rows shown at once (a campaign may have 100 000). */
-const MAX_ROWS = 500;
+// Rows per page of the campaign's devices, and the most the API gives in one page.
+const PAGE = 100;
+const MAX_PAGE = 1000;
 
 const plural = (n, one, many = `${one}s`) => `${n} ${n === 1 ? one : many}`;
 const secs = (s) => (s % 86400 === 0 ? plural(s / 86400, 'day') : s % 3600 === 0 ? `${s / 3600} h` : s % 60 === 0 ? `${s / 60} min` : `${s} s`);
@@ -195,25 +197,31 @@ export async function render(main, ctx) {
     h('form', { class: 'filters', role: 'search', 'aria-label': 'Filter devices', onsubmit: (ev) => ev.preventDefault() }, field('State', stateSel)),
     devCount, devBox);
   let devSeq = 0;
-  async function renderDevices() {
+  // The rows shown so far and where the next page starts; a refresh reads as many rows again.
+  let list = [];
+  let nextCursor = null;
+  const more = h('button', { type: 'button', id: 'campaign-devices-more', hidden: true }, 'Show more devices');
+  devBox.after(more);
+  async function renderDevices({ append = false } = {}) {
     const seq = ++devSeq;
-    let list;
+    let page;
     try {
-      list = await api.get(`${base}/devices${api.qs({ state: stateSel.value })}`);
+      const limit = append ? PAGE : Math.min(Math.max(PAGE, list.length), MAX_PAGE);
+      page = await api.get(`${base}/devices${api.qs({ state: stateSel.value, limit, cursor: append ? nextCursor : '' })}`);
     } catch (e) {
       if (seq === devSeq && ctx.current()) clear(devBox, errorBox(e));
       return;
     }
     if (seq !== devSeq || !ctx.current()) return;
-    if (list.some((u) => !names.has(u.device_id))) names = await deviceNames(c.fleet_id);
-    const shown = list.slice(0, MAX_ROWS);
-    clear(devBox, table('Devices of the campaign', ['Device', 'Wave', 'State', 'Attempts', 'Reports', 'Error', 'Timeline'], shown.map((u) => {
+    list = append ? list.concat(page.items) : page.items;
+    nextCursor = page.next_cursor;
+    clear(devBox, table('Devices of the campaign', ['Device', 'Wave', 'State', 'Attempts', 'Reports', 'Error', 'Timeline'], list.map((u) => {
       const last = u.timeline[u.timeline.length - 1];
       const tl = h('details', { class: 'timeline-box', open: openTimelines.has(u.device_id) },
         h('summary', {}, last ? `${fmtTime(last.at)} · ${plural(u.timeline.length, 'step')}` : '—'), timelineList(u.timeline));
       tl.addEventListener('toggle', () => { if (tl.open) openTimelines.add(u.device_id); else openTimelines.delete(u.device_id); });
       return h('tr', { 'data-device-id': u.device_id, 'data-state': u.state },
-        h('th', { scope: 'row' }, deviceLink(names, u.device_id)),
+        h('th', { scope: 'row' }, h('a', { href: `#/devices/${u.device_id}`, class: 'device-link' }, u.device_name || u.device_id)),
         h('td', {}, String(u.wave + 1)),
         h('td', {}, statusBadge(u.state)),
         h('td', {}, String(u.attempts)),
@@ -222,10 +230,17 @@ export async function render(main, ctx) {
         h('td', {}, tl));
     }), { hideCaption: true, class: 'campaign-devices', empty: stateSel.value ? `No device is ${stateSel.value}.` : c.state === 'draft' ? 'The devices are fixed when the campaign starts.' : 'No devices.' }));
     devBox.setAttribute('aria-busy', 'false');
-    devCount.textContent = `${plural(list.length, 'device')}${stateSel.value ? ` ${stateSel.value}` : ''}${list.length > MAX_ROWS ? ` (the first ${MAX_ROWS} shown)` : ''}`;
+    more.hidden = !nextCursor;
+    // All shown: count the rows; more follow: the campaign's own count of them.
+    const total = !nextCursor ? list.length
+      : stateSel.value ? (c.counts[stateSel.value] || list.length)
+        : Object.values(c.counts || {}).reduce((a, n) => a + n, 0);
+    devCount.textContent = `${plural(total, 'device')}${stateSel.value ? ` ${stateSel.value}` : ''}${nextCursor ? ` (the first ${list.length} shown)` : ''}`;
   }
+  more.addEventListener('click', () => renderDevices({ append: true }));
   stateSel.addEventListener('change', () => {
     history.replaceState(null, '', `#/campaigns/${id}${api.qs({ state: stateSel.value })}`);
+    list = [];
     renderDevices();
   });
 
