@@ -144,28 +144,35 @@ struct PackageQuery {
 ///
 /// ThingsBoard's OTA download: the firmware assigned to the device (its `fw_title` and
 /// `fw_version` shared attributes), whole or one chunk. 404 when none is assigned, 400 when
-/// `title` or `version` is not the assigned one, 200 with an empty body past the end.
-#[utoipa::path(get, path = "/{token}/firmware", tag = "device-api", security(()), params(("token" = String, Path, description = "The device's access token."), PackageQuery), responses((status = 200, description = "The bytes.", content_type = "application/octet-stream", body = Vec<u8>), (status = 400, description = "Another title or version than the assigned package's, or a bad parameter.", body = DeviceApiError), (status = 401, description = "No device has this access token.", body = DeviceApiError), (status = 403, description = "The device or its credential is disabled or revoked.", body = DeviceApiError), (status = 404, description = "No firmware is assigned to the device.", body = DeviceApiError), (status = 500, description = "An internal error.", body = DeviceApiError)))]
+/// `title` or `version` is not the assigned one, 200 with an empty body past the end. Without
+/// `size`, one `Range: bytes=...` gets 206 with that part of the file, so a device can resume
+/// a download it lost (416 for a range outside the file); the whole file's SHA-256 is in
+/// `x-sha256`.
+#[utoipa::path(get, path = "/{token}/firmware", tag = "device-api", security(()), params(("token" = String, Path, description = "The device's access token."), PackageQuery), responses((status = 200, description = "The bytes.", content_type = "application/octet-stream", body = Vec<u8>), (status = 206, description = "The range asked for.", content_type = "application/octet-stream", body = Vec<u8>), (status = 416, description = "A range outside the file.", body = DeviceApiError), (status = 400, description = "Another title or version than the assigned package's, or a bad parameter.", body = DeviceApiError), (status = 401, description = "No device has this access token.", body = DeviceApiError), (status = 403, description = "The device or its credential is disabled or revoked.", body = DeviceApiError), (status = 404, description = "No firmware is assigned to the device.", body = DeviceApiError), (status = 500, description = "An internal error.", body = DeviceApiError)))]
 async fn firmware(
     State(s): S,
     Peer(peer): Peer,
     axum::extract::Path(token): axum::extract::Path<String>,
     RawQuery(q): RawQuery,
+    headers: axum::http::HeaderMap,
 ) -> DevResult<Response> {
-    package(&s, peer, &token, q, PackageKind::Firmware).await
+    let range = headers.get(axum::http::header::RANGE);
+    package(&s, peer, &token, q, range, PackageKind::Firmware).await
 }
 
 /// Download software
 ///
 /// As `GET /{token}/firmware`, for the software package (`sw_title`, `sw_version`).
-#[utoipa::path(get, path = "/{token}/software", tag = "device-api", security(()), params(("token" = String, Path, description = "The device's access token."), PackageQuery), responses((status = 200, description = "The bytes.", content_type = "application/octet-stream", body = Vec<u8>), (status = 400, description = "Another title or version than the assigned package's, or a bad parameter.", body = DeviceApiError), (status = 401, description = "No device has this access token.", body = DeviceApiError), (status = 403, description = "The device or its credential is disabled or revoked.", body = DeviceApiError), (status = 404, description = "No software is assigned to the device.", body = DeviceApiError), (status = 500, description = "An internal error.", body = DeviceApiError)))]
+#[utoipa::path(get, path = "/{token}/software", tag = "device-api", security(()), params(("token" = String, Path, description = "The device's access token."), PackageQuery), responses((status = 200, description = "The bytes.", content_type = "application/octet-stream", body = Vec<u8>), (status = 206, description = "The range asked for.", content_type = "application/octet-stream", body = Vec<u8>), (status = 416, description = "A range outside the file.", body = DeviceApiError), (status = 400, description = "Another title or version than the assigned package's, or a bad parameter.", body = DeviceApiError), (status = 401, description = "No device has this access token.", body = DeviceApiError), (status = 403, description = "The device or its credential is disabled or revoked.", body = DeviceApiError), (status = 404, description = "No software is assigned to the device.", body = DeviceApiError), (status = 500, description = "An internal error.", body = DeviceApiError)))]
 async fn software(
     State(s): S,
     Peer(peer): Peer,
     axum::extract::Path(token): axum::extract::Path<String>,
     RawQuery(q): RawQuery,
+    headers: axum::http::HeaderMap,
 ) -> DevResult<Response> {
-    package(&s, peer, &token, q, PackageKind::Software).await
+    let range = headers.get(axum::http::header::RANGE);
+    package(&s, peer, &token, q, range, PackageKind::Software).await
 }
 
 async fn package(
@@ -173,6 +180,7 @@ async fn package(
     peer: Option<SocketAddr>,
     token: &str,
     q: Option<String>,
+    range: Option<&axum::http::HeaderValue>,
     kind: PackageKind,
 ) -> DevResult<Response> {
     let dev = device(s, token, peer).await?;
@@ -187,8 +195,36 @@ async fn package(
     // whole-file request holds a piece at a time, not the file.
     match device_messages::package_slice(s, (&dev).into(), kind, req, u64::MAX).await {
         Ok(slice) => {
-            let stream = slice.read(s).await.map_err(|e| internal(e.as_str()))?;
-            let (p, len) = (slice.package, slice.len);
+            let p = &slice.package;
+            // A Range applies to the whole file (no `size`), as on any plain download.
+            let range = match range.filter(|_| q.size == 0) {
+                None => None,
+                Some(v) => match super::packages::parse_range(v.to_str().unwrap_or(""), p.size) {
+                    Some((a, b)) => Some((a, b)),
+                    None => {
+                        let mut r = DevError(
+                            StatusCode::RANGE_NOT_SATISFIABLE,
+                            format!("the file has {} bytes; ask for one range inside it", p.size),
+                        )
+                        .into_response();
+                        r.headers_mut().insert(
+                            axum::http::header::CONTENT_RANGE,
+                            axum::http::HeaderValue::from_str(&format!("bytes */{}", p.size))
+                                .map_err(internal)?,
+                        );
+                        return Ok(r);
+                    }
+                },
+            };
+            let (start, len) = match range {
+                Some((a, b)) => (a, b - a + 1),
+                None => (slice.start, slice.len),
+            };
+            let stream = s
+                .packages
+                .read(p, start, len)
+                .await
+                .map_err(|_| internal(device_messages::PackageRefusal::Failure.as_str()))?;
             let mut r = Response::new(axum::body::Body::from_stream(stream));
             let h = r.headers_mut();
             let name = p.file_name.replace('"', "");
@@ -203,6 +239,20 @@ async fn package(
             );
             h.insert("x-filename", hv(name)?);
             h.insert(axum::http::header::CONTENT_LENGTH, hv(len.to_string())?);
+            h.insert("x-sha256", hv(p.sha256.clone())?);
+            if q.size == 0 {
+                h.insert(
+                    axum::http::header::ACCEPT_RANGES,
+                    axum::http::HeaderValue::from_static("bytes"),
+                );
+            }
+            if let Some((a, b)) = range {
+                *r.status_mut() = StatusCode::PARTIAL_CONTENT;
+                r.headers_mut().insert(
+                    axum::http::header::CONTENT_RANGE,
+                    hv(format!("bytes {a}-{b}/{}", p.size))?,
+                );
+            }
             Ok(r)
         }
         Err(device_messages::PackageRefusal::NotFound) => Err(DevError(

@@ -504,7 +504,7 @@ async fn download_package(
 
 /// The first and last byte of a single `bytes=` range within `size` bytes; `None` when it is
 /// not one satisfiable range.
-fn parse_range(v: &str, size: u64) -> Option<(u64, u64)> {
+pub(super) fn parse_range(v: &str, size: u64) -> Option<(u64, u64)> {
     let spec = v.trim().strip_prefix("bytes=")?;
     if spec.contains(',') || size == 0 {
         return None;

@@ -871,7 +871,48 @@ async fn devices_fetch_their_fleet_package_over_mqtt_and_http() {
             .expect("ascii")
             .contains("valve-fw-1.10.bin")
     );
+    assert_eq!(r.headers()["accept-ranges"], "bytes");
     assert_eq!(r.bytes().await.expect("body").to_vec(), data);
+    // A device resuming a download: Range on the same URL (no size).
+    let ranged = |range: &'static str| {
+        let url = format!(
+            "{}/api/v1/{token}/firmware?title=valve-fw&version=1.10",
+            t.http_base()
+        );
+        async move {
+            reqwest::Client::new()
+                .get(url)
+                .header("range", range)
+                .send()
+                .await
+                .expect("get")
+        }
+    };
+    let r = ranged("bytes=150000-").await;
+    assert_eq!(r.status(), StatusCode::PARTIAL_CONTENT);
+    assert_eq!(
+        r.headers()["content-range"].to_str().ok(),
+        Some(format!("bytes 150000-{}/{}", data.len() - 1, data.len()).as_str())
+    );
+    assert_eq!(
+        r.headers()["x-sha256"].to_str().ok(),
+        Some(hex(&Sha256::digest(&data)).as_str())
+    );
+    assert_eq!(
+        r.bytes().await.expect("body").to_vec(),
+        data[150_000..].to_vec()
+    );
+    let r = ranged("bytes=-10").await;
+    assert_eq!(
+        r.bytes().await.expect("body").to_vec(),
+        data[data.len() - 10..].to_vec()
+    );
+    let r = ranged("bytes=999999-").await;
+    assert_eq!(r.status(), StatusCode::RANGE_NOT_SATISFIABLE);
+    assert_eq!(
+        r.headers()["content-range"].to_str().ok(),
+        Some(format!("bytes */{}", data.len()).as_str())
+    );
     let r = get("title=valve-fw&version=1.10&size=1000&chunk=3".into()).await;
     assert_eq!(
         r.bytes().await.expect("body").to_vec(),
