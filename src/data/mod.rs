@@ -4,6 +4,7 @@
 //! blocking threads.
 
 pub mod aggregate;
+pub mod clock;
 pub mod export;
 pub mod keys;
 pub mod retention;
@@ -65,6 +66,8 @@ pub struct DataService {
     /// Integration queues a message goes to, resolved before it is logged.
     router: Arc<Router>,
     keys: KeyGate,
+    /// Timestamps for points sent without `ts`, strictly increasing per device.
+    clock: Arc<clock::DeviceClock>,
 }
 
 /// Disk used by the whole store.
@@ -133,6 +136,7 @@ impl DataService {
             metrics,
             router,
             keys,
+            clock: Arc::default(),
         }
     }
 
@@ -148,11 +152,12 @@ impl DataService {
         self.store_telemetry(device, telemetry, durability).await
     }
 
-    /// Parses a telemetry payload (thingsboard-device-api.md §4), stamping points without `ts`
-    /// with the receive time. Transports parse first and then drop the payload before waiting
-    /// for the store: a payload often shares, and would pin, a whole network read buffer.
+    /// Parses a telemetry payload (thingsboard-device-api.md §4). Points without `ts` get the
+    /// server's time when they are stored (`clock`). Transports parse first and then drop the
+    /// payload before waiting for the store: a payload often shares, and would pin, a whole
+    /// network read buffer.
     pub fn parse_telemetry(payload: &[u8]) -> Result<Telemetry, PayloadError> {
-        protocol::parse_telemetry(payload, now_ms())
+        protocol::parse_telemetry(payload, clock::SERVER_TIME)
     }
 
     /// Stores parsed telemetry under the default tag; see `ingest_telemetry`.
@@ -171,11 +176,22 @@ impl DataService {
         &self,
         device: DeviceId,
         tag: &str,
-        telemetry: Telemetry,
+        mut telemetry: Telemetry,
         durability: Durability,
     ) -> Result<usize, IngestError> {
         if telemetry.is_empty() {
             return Ok(0);
+        }
+        // One stamp per message, strictly after the device's last one: every acknowledged
+        // message is kept, and the items of one message share their instant.
+        if telemetry.iter().any(|(ts, _)| *ts == clock::SERVER_TIME) {
+            let ts = self.clock.stamp(device, now_ms());
+            for (t, _) in telemetry
+                .iter_mut()
+                .filter(|(t, _)| *t == clock::SERVER_TIME)
+            {
+                *t = ts;
+            }
         }
         // Held until the points are stored, when the store's series count includes them.
         let _reservation = self

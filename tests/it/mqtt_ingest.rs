@@ -675,3 +675,105 @@ async fn claims_over_mqtt_are_acknowledged_and_audited() {
     );
     t.stop().await;
 }
+
+/// 2,000 QoS 1 messages without `ts`, sent back to back by one device (many in the same
+/// millisecond): every acknowledged one is stored, at strictly increasing server timestamps.
+/// Two messages with the device's own equal `ts` still replace each other (ThingsBoard's rule).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_stamped_points_never_replace_each_other() {
+    const N: i64 = 2000;
+    let t = TestApp::start().await;
+    let (dev, token) = t.device("burst").await;
+    let id = dev["id"].as_str().expect("id");
+    let mut o = t.v3_options("burst", &token, "");
+    o.set_inflight(100);
+    let (client, mut rx) = spawn_v3(o);
+    assert!(matches!(next_v3(&mut rx).await, Ok(Packet::ConnAck(_))));
+    let before = corral::model::now_ms();
+    let sender = {
+        let client = client.clone();
+        tokio::spawn(async move {
+            for n in 0..N {
+                client
+                    .publish(
+                        "v1/devices/me/telemetry",
+                        QoS::AtLeastOnce,
+                        false,
+                        json!({"n": n}).to_string(),
+                    )
+                    .await
+                    .expect("publish");
+            }
+        })
+    };
+    let mut acked = 0;
+    while acked < N {
+        if let Ok(Packet::PubAck(_)) = next_v3(&mut rx).await {
+            acked += 1;
+        }
+    }
+    sender.await.expect("sender");
+    let took = corral::model::now_ms() - before;
+
+    // Every point, read back a page at a time in time order.
+    let mut stamps: Vec<(i64, i64)> = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let mut q = vec![
+            ("keys", "n".to_string()),
+            ("from", (before - 1000).to_string()),
+            ("to", (corral::model::now_ms() + 60_000).to_string()),
+            ("limit", "1000".into()),
+            ("order", "asc".into()),
+        ];
+        q.extend(cursor.clone().map(|c| ("cursor", c)));
+        let page = t.telemetry(id, &q).await;
+        for p in points(&page, "n") {
+            stamps.push((
+                p["ts"].as_i64().expect("ts"),
+                p["value"].as_i64().expect("value"),
+            ));
+        }
+        match page["next_cursor"].as_str() {
+            Some(c) => cursor = Some(c.to_string()),
+            None => break,
+        }
+    }
+    // Messages in flight together are stamped in the order they are handled, which may swap
+    // neighbours; none is lost and no two share a timestamp.
+    let values: std::collections::BTreeSet<i64> = stamps.iter().map(|(_, v)| *v).collect();
+    let missing: Vec<i64> = (0..N).filter(|n| !values.contains(n)).collect();
+    assert!(
+        missing.is_empty() && stamps.len() == N as usize,
+        "{} points for {N} acknowledged messages ({took} ms for all of them); missing {missing:?}",
+        stamps.len()
+    );
+    let times: std::collections::BTreeSet<i64> = stamps.iter().map(|(t, _)| *t).collect();
+    assert_eq!(times.len(), N as usize, "one timestamp per message");
+
+    // The device's own timestamps keep replace-on-same-ts.
+    for v in [1, 2] {
+        client
+            .publish(
+                "v1/devices/me/telemetry",
+                QoS::AtLeastOnce,
+                false,
+                json!({"ts": before - 5000, "values": {"own": v}}).to_string(),
+            )
+            .await
+            .expect("publish");
+        while !matches!(next_v3(&mut rx).await, Ok(Packet::PubAck(_))) {}
+    }
+    let page = t
+        .telemetry(
+            id,
+            &[
+                ("keys", "own".into()),
+                ("from", (before - 10_000).to_string()),
+            ],
+        )
+        .await;
+    let own = points(&page, "own");
+    assert_eq!(own.len(), 1, "{page}");
+    assert_eq!(own[0]["value"], 2);
+}

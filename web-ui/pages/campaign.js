@@ -9,7 +9,7 @@
 import * as api from '../api.js';
 import { h, clear, field, table, toast, announce, fmtTime, statusBadge, errorBox, errorText, debounce } from '../dom.js';
 import { roleOnFleet, allows, roleNote, roleText } from '../roles.js';
-import { FINAL, DEVICE_STATES, progressBar, tally, deviceNames, deviceLink } from './campaigns.js';
+import { FINAL, DEVICE_STATES, progressBar, deviceNames, deviceLink } from './campaigns.js';
 
 /** Most device rows shown at once (a campaign may have 100 000). */
 // Rows per page of the campaign's devices, and the most the API gives in one page.
@@ -249,8 +249,6 @@ export async function render(main, ctx) {
     renderActions();
     renderProgress();
   }
-  // Finished with no device still updating: nothing more will change.
-  const settled = () => c.state === 'draft' || (FINAL.has(c.state) && !tally(c).open);
   async function refresh() {
     try {
       const next = await api.get(base);
@@ -269,14 +267,16 @@ export async function render(main, ctx) {
 
   // ---- live ----
   const again = debounce(refresh, 400);
+  // Every device step and campaign change is an event for everyone who sees the fleet; a gap
+  // in the stream (lagged, or a reconnect) reads the page again, so it needs no polling.
+  // The first connection reads again too: events between the first read and it are not lost.
+  let wasUp = false;
   ctx.cleanup(api.events({ kinds: 'ota_device,campaign' }, (kind, ev) => {
     if (kind === 'lagged' || (ev && ev.campaign_id === id)) again();
   }, (up) => {
     live.textContent = up ? 'live' : 'reconnecting…';
     live.classList.toggle('up', up);
+    if (up && !wasUp) again();
+    wasUp = up;
   }));
-  // Campaign events reach server admins only, and a wave or a deadline changes no device of
-  // another caller's view: until it has settled, the page reads itself every 2 s.
-  const timer = setInterval(() => { if (!settled()) refresh(); }, 2000);
-  ctx.cleanup(() => clearInterval(timer));
 }

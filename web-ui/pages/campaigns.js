@@ -165,14 +165,15 @@ export async function render(main, ctx) {
     h('section', { 'aria-labelledby': 'stop-h', id: 'emergency-stop' }, h('h2', { id: 'stop-h' }, 'Emergency stop'), stopBox));
   await load();
 
-  // Campaign events reach server admins only; a running campaign's progress is read again
-  // every 5 s for everyone (only while one runs, and only while this page is open).
-  ctx.cleanup(api.events({ kinds: 'campaign' }, () => refresh(), (up) => {
+  // Live: campaign changes and each device's step reach everyone who sees the fleet; the list
+  // is read again (at most twice a second) on any of them, after a gap in the stream, and when
+  // the stream comes back, so nothing is missed without polling.
+  // The first connection reads again too: events between the first read and it are not lost.
+  let wasUp = false;
+  ctx.cleanup(api.events({ kinds: 'campaign,ota_device' }, () => refresh(), (up) => {
     live.textContent = up ? 'live' : 'reconnecting…';
     live.classList.toggle('up', up);
+    if (up && !wasUp) refresh();
+    wasUp = up;
   }));
-  const timer = setInterval(() => {
-    if (list.some((c) => c.state === 'running' || (c.state === 'paused' && tally(c).open))) load();
-  }, 5000);
-  ctx.cleanup(() => clearInterval(timer));
 }
