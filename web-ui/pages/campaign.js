@@ -200,8 +200,8 @@ export async function render(main, ctx) {
   // The rows shown so far and where the next page starts; a refresh reads as many rows again.
   let list = [];
   let nextCursor = null;
-  const more = h('button', { type: 'button', id: 'campaign-devices-more', hidden: true }, 'Show more devices');
-  devBox.after(more);
+  // Paging is reading: offered to everyone who sees the campaign, and only while more follow.
+  const more = h('button', { type: 'button', id: 'campaign-devices-more' }, 'Show more devices');
   async function renderDevices({ append = false } = {}) {
     const seq = ++devSeq;
     let page;
@@ -230,7 +230,7 @@ export async function render(main, ctx) {
         h('td', {}, tl));
     }), { hideCaption: true, class: 'campaign-devices', empty: stateSel.value ? `No device is ${stateSel.value}.` : c.state === 'draft' ? 'The devices are fixed when the campaign starts.' : 'No devices.' }));
     devBox.setAttribute('aria-busy', 'false');
-    more.hidden = !nextCursor;
+    if (nextCursor) devBox.after(more); else more.remove();
     // All shown: count the rows; more follow: the campaign's own count of them.
     const total = !nextCursor ? list.length
       : stateSel.value ? (c.counts[stateSel.value] || list.length)
