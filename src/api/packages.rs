@@ -182,14 +182,13 @@ async fn upload_package(
     }
 }
 
-/// A package upload as a form (documentation only: the form is read as a stream).
-#[derive(utoipa::ToSchema)]
+/// A package upload as a form (documentation only: the form is read as a stream). Text fields
+/// named as the query parameters may come before the file part; the document shows the file
+/// alone, as ThingsBoard's upload takes it.
+#[derive(utoipa::ToSchema, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 #[allow(dead_code)]
 struct UploadForm {
-    /// Text fields before the file part, as the query parameters: `title`, `version`, `type`,
-    /// `fleet_id`, `checksum_algorithm`, `file_name`.
-    title: Option<String>,
-    version: Option<String>,
     /// The package file.
     #[schema(value_type = String, format = Binary)]
     file: Vec<u8>,
