@@ -14,3 +14,6 @@ pub mod views;
 
 pub use presence::Presence;
 pub use registry::Registry;
+pub mod csv;
+pub mod import;
+pub mod table;
