@@ -341,6 +341,31 @@ async function main() {
     await page.selectOption('#chart-tag', 'default');
   });
 
+  await step('device chart: opens on a numeric key, draws several series, downloads what it shows', async () => {
+    // A text key that sorts first must not be what the chart opens on.
+    await device.publish('v1/devices/me/telemetry', JSON.stringify({ a_state: 'idle' }));
+    await page.waitForSelector('#latest th:text-is("a_state")', { timeout: 15_000 });
+    await page.reload();
+    await page.waitForSelector('#chart svg path.line');
+    const key = await page.inputValue('#chart-key');
+    if (key === 'a_state') throw new Error('the chart opened on a text key');
+    if (await page.locator('#chart-series input[data-key="a_state"]').count()) throw new Error('a text key is offered as a series');
+    const other = key === 'humidity' ? 'temperature' : 'humidity';
+    await page.check(`#chart-series input[data-key="${other}"]`);
+    await page.waitForFunction(() => document.querySelector('#chart')?.dataset.series === '2' && document.querySelectorAll('#chart svg path.line').length === 2);
+    await page.waitForSelector(`#chart .legend li:text-is("${other}")`);
+    const [dl] = await Promise.all([page.waitForEvent('download'), page.click('#chart-csv')]);
+    const csv = await readDownload(dl);
+    const lines = csv.trim().split(/\r?\n/);
+    if (lines[0] !== `time,${key},${other}`) throw new Error(`the CSV header is ${lines[0]}`);
+    if (lines.length < 14) throw new Error(`the CSV has ${lines.length} lines`);
+    const last = lines[lines.length - 1].split(',');
+    const want = { temperature: '25.5', humidity: '55' };
+    if (last[1] !== want[key] || last[2] !== want[other]) throw new Error(`the last row is ${lines[lines.length - 1]}`);
+    await page.locator('#telemetry').screenshot({ path: join(artifacts, '06b-chart-two-series.png') });
+    await page.uncheck(`#chart-series input[data-key="${other}"]`);
+  });
+
   await step('shared attribute edit reaches the device page', async () => {
     await page.fill('#shared-key', 'target_temp');
     await page.fill('#shared-value', '21.5');
