@@ -14,12 +14,12 @@ use super::authz::{
 };
 use super::error::{ApiError, ApiJson, ApiQuery, ErrorBody};
 use super::{ApiResult, page_limit};
+use crate::data::table::{DeviceRow, DeviceTable, MAX_KEYS, SortKey, TableQuery};
 use crate::devices::credentials::IssuedCredential;
 use crate::devices::registry::{
     DeviceFilter, DevicePatch, DeviceStatus, DeviceView, FleetPatch, NewDevice, NewFleet,
     NewWorkspace, WorkspacePatch,
 };
-use crate::devices::table::{DeviceRow, DeviceTable, MAX_KEYS, SortKey, TableQuery};
 use crate::devices::views::ConnectionEventView;
 use crate::devices::views::{FleetView, WorkspaceView};
 use crate::model::{Cursor, FleetId, Role, WorkspaceId};

@@ -7,6 +7,7 @@ pub mod aggregate;
 pub mod export;
 pub mod keys;
 pub mod retention;
+pub mod table;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;

@@ -16,4 +16,3 @@ pub use presence::Presence;
 pub use registry::Registry;
 pub mod csv;
 pub mod import;
-pub mod table;

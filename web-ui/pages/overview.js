@@ -75,7 +75,7 @@ function fleetHealth(o) {
   const rows = o.fleets.map((f) => {
     const base = { fleet_id: f.fleet_id };
     const conds = SEVERITIES.filter((s) => f.conditions[s]).map((s) => h('a', {
-      href: `#/conditions?severity=${s}`, class: `badge severity severity-${s}`, 'aria-label': `${f.conditions[s]} ${s}`,
+      href: `#/conditions?severity=${s}&fleet_id=${f.fleet_id}`, class: `badge severity severity-${s}`, 'aria-label': `${f.conditions[s]} ${s}`,
     }, `${f.conditions[s]} ${s}`));
     const unhealthy = f.conditions.critical || f.conditions.major || f.devices.offline > 0;
     return h('tr', { 'data-fleet-id': f.fleet_id, class: unhealthy ? 'attention' : null },

@@ -9,9 +9,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value as Json;
 use utoipa::ToSchema;
 
-use super::attributes::{AttributeService, to_json};
-use super::registry::{DeviceFilter, DeviceStatus, DeviceView, Registry};
-use crate::data::DataService;
+use super::DataService;
+use crate::devices::attributes::{AttributeService, to_json};
+use crate::devices::registry::{DeviceFilter, DeviceStatus, DeviceView, Registry};
 use crate::error::Error;
 use crate::model::{DEFAULT_TAG, Device, DeviceId, FleetId, Millis};
 
