@@ -33,7 +33,7 @@ function start() {
       env: {
         PATH: process.env.PATH, CORRAL_DATA_DIR: join(dataDir, 'data'), CORRAL_ADMIN_KEY: adminKey,
         CORRAL_HTTP__LISTEN: '127.0.0.1:0', CORRAL_HTTPS__ENABLED: 'false', CORRAL_MQTT__TLS_LISTEN: '127.0.0.1:0',
-        CORRAL_LOG__LEVEL: 'warn', CORRAL_STORE__MIN_FREE_MB: '16',
+        CORRAL_LOG__LEVEL: 'info', CORRAL_STORE__MIN_FREE_MB: '16',
       },
       stdio: ['ignore', 'ignore', 'pipe'],
     });
