@@ -1,6 +1,7 @@
-// A small SVG line chart: time on x, one numeric series on y, with nice ticks. Drawn with SVG
+// A small SVG line chart: time on x, numeric series on y (one, or a few on a shared axis, each
+// in its own colour class), with nice ticks and a tooltip on each point. Drawn with SVG
 // attributes and CSS classes only (the CSP allows no inline styles). For aggregates, `band`
-// draws the min–max range behind the average line.
+// draws the min–max range behind the first series' average line.
 
 const NS = 'http://www.w3.org/2000/svg';
 const M = { top: 12, right: 16, bottom: 34, left: 64 };
@@ -33,28 +34,31 @@ function timeLabel(ms, span) {
 }
 
 /**
- * points: [{ts, v, min?, max?}] in time order; from/to: the range shown (ms); width: of the box.
+ * points: [{ts, v, min?, max?}] in time order; from/to: the range shown (ms); width: of the box;
+ * more: further series [{name, points}] drawn on the same axes (classes `line s1`, `s2`...).
  * Returns an <svg> element (role img, labelled by `label`).
  */
-export function lineChart(points, { from, to, label, band = false, width = 800 }) {
+export function lineChart(points, { from, to, label, band = false, width = 800, name = '', more = [] }) {
   // The drawing is as wide as its box (in CSS pixels), so that labels keep their size on a phone.
   const W = Math.round(Math.max(320, Math.min(1200, width)));
   const H = W < 600 ? 220 : 280;
   const svg = s('svg', { viewBox: `0 0 ${W} ${H}`, class: 'chart', role: 'img', 'aria-label': label });
   svg.append(s('title', {}, label));
   const nums = points.filter((p) => Number.isFinite(p.v));
-  if (!nums.length) {
+  const others = more.map((m) => ({ name: m.name, nums: m.points.filter((p) => Number.isFinite(p.v)) }));
+  const all = nums.concat(...others.map((o) => o.nums));
+  if (!all.length) {
     svg.append(s('text', { x: W / 2, y: H / 2, 'text-anchor': 'middle', class: 'chart-empty' }, 'No numeric data in this range'));
     return svg;
   }
-  let lo = Math.min(...nums.map((p) => (band && Number.isFinite(p.min) ? p.min : p.v)));
-  let hi = Math.max(...nums.map((p) => (band && Number.isFinite(p.max) ? p.max : p.v)));
+  let lo = Math.min(...nums.map((p) => (band && Number.isFinite(p.min) ? p.min : p.v)), ...others.flatMap((o) => o.nums.map((p) => p.v)));
+  let hi = Math.max(...nums.map((p) => (band && Number.isFinite(p.max) ? p.max : p.v)), ...others.flatMap((o) => o.nums.map((p) => p.v)));
   const ticks = niceTicks(lo, hi);
   lo = Math.min(lo, ticks[0]);
   hi = Math.max(hi, ticks[ticks.length - 1]);
   if (lo === hi) hi = lo + 1;
-  const x0 = from ?? nums[0].ts;
-  const x1 = Math.max(to ?? nums[nums.length - 1].ts, x0 + 1);
+  const x0 = from ?? Math.min(...all.map((p) => p.ts));
+  const x1 = Math.max(to ?? Math.max(...all.map((p) => p.ts)), x0 + 1);
   const px = (t) => M.left + ((t - x0) / (x1 - x0)) * (W - M.left - M.right);
   const py = (v) => H - M.bottom - ((v - lo) / (hi - lo)) * (H - M.top - M.bottom);
 
@@ -79,12 +83,17 @@ export function lineChart(points, { from, to, label, band = false, width = 800 }
       svg.append(s('polygon', { points: [...top, ...bottom].join(' '), class: 'band' }));
     }
   }
-  const d = nums.map((p, i) => `${i ? 'L' : 'M'}${px(p.ts).toFixed(1)},${py(p.v).toFixed(1)}`).join('');
-  svg.append(s('path', { d, class: 'line' }));
-  if (nums.length <= 60) {
-    const dots = s('g', { class: 'dots' });
-    for (const p of nums) dots.append(s('circle', { cx: px(p.ts).toFixed(1), cy: py(p.v).toFixed(1), r: 3 }, s('title', {}, `${new Date(p.ts).toLocaleString()}: ${p.v}`)));
-    svg.append(dots);
-  }
+  [{ name, nums }, ...others].forEach((series, i) => {
+    if (!series.nums.length) return;
+    const cls = i ? ` s${i}` : '';
+    const d = series.nums.map((p, j) => `${j ? 'L' : 'M'}${px(p.ts).toFixed(1)},${py(p.v).toFixed(1)}`).join('');
+    svg.append(s('path', { d, class: `line${cls}`, 'data-series': series.name }));
+    if (series.nums.length <= 60) {
+      const dots = s('g', { class: `dots${cls}` });
+      const who = series.name ? `${series.name} ` : '';
+      for (const p of series.nums) dots.append(s('circle', { cx: px(p.ts).toFixed(1), cy: py(p.v).toFixed(1), r: 3 }, s('title', {}, `${who}${new Date(p.ts).toLocaleString()}: ${p.v}`)));
+      svg.append(dots);
+    }
+  });
   return svg;
 }

@@ -1,6 +1,6 @@
 //! Operator authentication for `/api/v1`: who is calling (an API key, or a browser session
 //! cookie, bound to the transport it was made over, with its CSRF token), an audit record of
-//! every change they make; and the sign-in, setup, user, API-key and overview routes. What a
+//! every change they make; and the sign-in, setup, user and API-key routes. What a
 //! caller may do is checked by each handler (`authz`).
 
 use std::net::{IpAddr, SocketAddr};
@@ -12,7 +12,6 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use serde::{Deserialize, Serialize};
-use serde_json::Value as Json_;
 use utoipa::ToSchema;
 use utoipa_axum::{router::OpenApiRouter, routes};
 
@@ -22,7 +21,6 @@ use super::error::{ApiError, ApiJson, ApiPath, ErrorBody};
 use crate::audit::Entry;
 use crate::auth::users::{ApiKeyView, NewApiKey, NewUser, UserPatch};
 use crate::auth::{Principal, SignedIn, policy::UserView};
-use crate::devices::registry::DeviceStatus;
 use crate::model::{ApiKeyId, AuditKind, DeviceId, FleetId, UserId};
 use crate::services::Services;
 
@@ -234,7 +232,6 @@ pub fn routes() -> OpenApiRouter<Arc<Services>> {
         .routes(routes!(get_user, update_user, delete_user))
         .routes(routes!(list_api_keys, create_api_key))
         .routes(routes!(delete_api_key))
-        .routes(routes!(overview))
 }
 
 #[derive(Deserialize, ToSchema)]
@@ -573,118 +570,4 @@ async fn delete_api_key(
 ) -> ApiResult<StatusCode> {
     s.auth.delete_api_key(id, key, &p.name).await?;
     Ok(StatusCode::NO_CONTENT)
-}
-
-/// The dashboard's numbers, over what the caller sees.
-#[derive(Serialize, ToSchema)]
-pub struct Overview {
-    /// Devices the caller can see.
-    devices: DeviceCounts,
-    /// Telemetry messages stored per second, over the last minute (server-wide).
-    messages_per_sec: f64,
-    /// Device conditions (alarms) open now.
-    open_conditions: u64,
-    /// Jobs not finished yet.
-    running_jobs: u64,
-    /// Webhook integrations and their health (server admins only): `id`, `name`, `state`
-    /// (`alarm` while entries are being dropped), `queue_depth`, `oldest_age_secs`,
-    /// `dead_letters`, `last_error`.
-    #[schema(value_type = Vec<Object>)]
-    integrations: Vec<Json_>,
-}
-
-#[derive(Serialize, ToSchema)]
-pub struct DeviceCounts {
-    total: u64,
-    /// Devices with at least one open connection now.
-    online: u64,
-    offline: u64,
-}
-
-/// Get the dashboard overview
-///
-/// Returns the dashboard's numbers over what the caller can see: devices (total, online, offline),
-/// open conditions and unfinished jobs, plus the server-wide rate of stored telemetry messages.
-/// Server admins also get each integration's health. Any authenticated caller.
-#[utoipa::path(get, path = "/overview", tag = "overview", responses((status = 200, body = Overview)))]
-async fn overview(State(s): S, caller: Caller) -> ApiResult<Json<Overview>> {
-    let p = caller.filters().clone();
-    let s2 = s.clone();
-    let p2 = p.clone();
-    let (total, online, running, conditions) =
-        crate::workers::on_blocking_pool(move || async move {
-            let mut after = None;
-            let (mut total, mut online) = (0u64, 0u64);
-            loop {
-                let page = s2
-                    .registry
-                    .list_devices(&Default::default(), after.as_ref(), 1000)
-                    .await?;
-                for d in &page.items {
-                    if p2.admin || p2.sees_fleet(d.workspace_id, d.fleet_id) {
-                        total += 1;
-                        online += u64::from(d.status == DeviceStatus::Online);
-                    }
-                }
-                match page.next_cursor {
-                    Some(c) => after = Some(c),
-                    None => break,
-                }
-            }
-            // Whether the caller sees each device, looked up once per device.
-            let mut sees = std::collections::HashMap::new();
-            let mut visible = async |d: DeviceId| {
-                if p2.admin {
-                    return true;
-                }
-                if let Some(v) = sees.get(&d) {
-                    return *v;
-                }
-                let v = s2.sees_device(&p2, d).await;
-                sees.insert(d, v);
-                v
-            };
-            let mut running = 0u64;
-            for (_, d) in s2.jobs.unfinished().await.map_err(ApiError::internal)? {
-                running += u64::from(visible(d).await);
-            }
-            let mut conditions = 0u64;
-            for d in s2.conditions.open_devices().await? {
-                conditions += u64::from(visible(d).await);
-            }
-            ApiResult::Ok((total, online, running, conditions))
-        })
-        .await
-        .map_err(ApiError::internal)??;
-    Ok(Json(Overview {
-        devices: DeviceCounts {
-            total,
-            online,
-            offline: total - online,
-        },
-        messages_per_sec: s.metrics.recent_message_rate(),
-        open_conditions: conditions,
-        running_jobs: running,
-        integrations: if p.admin {
-            s.integrations
-                .list()
-                .await
-                .map_err(ApiError::from)?
-                .into_iter()
-                .map(|i| {
-                    let st = &i.status;
-                    serde_json::json!({
-                        "id": i.id, "name": i.name,
-                        "state": if st.alarm { "alarm" } else { st.state.as_str() },
-                        "queue_depth": st.queue_depth,
-                        "oldest_age_secs": st.oldest_age_ms.map(|ms| ms / 1000),
-                        "dead_letters": st.dead_letters,
-                        "last_error": st.last_error,
-                    })
-                })
-                .collect()
-        } else {
-            Vec::new()
-        },
-    }))
 }

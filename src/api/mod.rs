@@ -14,6 +14,7 @@ mod conditions;
 mod conn;
 mod credentials;
 mod device_http;
+mod device_ops;
 pub mod error;
 mod events;
 mod exposure;
@@ -21,6 +22,7 @@ mod integrations;
 mod jobs;
 mod json;
 mod openapi;
+mod overview;
 mod packages;
 mod reference;
 mod registry;
@@ -87,6 +89,8 @@ impl Readiness {
 fn api_v1() -> (Router<Arc<Services>>, utoipa::openapi::OpenApi) {
     OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
         .merge(registry::routes())
+        .merge(device_ops::routes())
+        .merge(overview::routes())
         .merge(credentials::routes())
         .merge(attributes::routes())
         .merge(jobs::routes())

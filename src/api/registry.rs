@@ -12,8 +12,9 @@ use super::authz::{
     Action, Admin, Caller, DeleteWorkspace, Device, Fleet as FleetObj, FleetSettings, InWorkspace,
     On, Operator, SeesWorkspace, ServerAdmin, Viewer,
 };
-use super::error::{ApiJson, ApiQuery, ErrorBody};
+use super::error::{ApiError, ApiJson, ApiQuery, ErrorBody};
 use super::{ApiResult, page_limit};
+use crate::data::table::{DeviceRow, DeviceTable, MAX_KEYS, SortKey, TableQuery};
 use crate::devices::credentials::IssuedCredential;
 use crate::devices::registry::{
     DeviceFilter, DevicePatch, DeviceStatus, DeviceView, FleetPatch, NewDevice, NewFleet,
@@ -261,55 +262,193 @@ async fn delete_fleet(State(s): S, FleetSettings(id): FleetSettings) -> ApiResul
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[derive(Deserialize, IntoParams)]
+#[derive(Deserialize, IntoParams, Clone, Default)]
 #[into_params(parameter_in = Query)]
 pub struct ListDevices {
     /// Only devices of this workspace.
-    workspace_id: Option<WorkspaceId>,
+    pub(super) workspace_id: Option<WorkspaceId>,
     /// Only devices of this fleet.
-    fleet_id: Option<FleetId>,
+    pub(super) fleet_id: Option<FleetId>,
     /// Case-insensitive substring of the name.
-    name: Option<String>,
+    pub(super) name: Option<String>,
     /// Only devices that are `online` or `offline` now.
-    status: Option<DeviceStatus>,
+    pub(super) status: Option<DeviceStatus>,
+    /// Case-insensitive substring of the label.
+    pub(super) label: Option<String>,
+    /// Only enabled (`true`) or disabled (`false`) devices.
+    pub(super) enabled: Option<bool>,
+    /// Only devices silent for at least this many minutes: no message or connection since
+    /// (never-heard devices included).
+    #[param(minimum = 1)]
+    pub(super) silent_mins: Option<u64>,
+    /// Only devices reporting this firmware version (`current_fw_version`).
+    pub(super) firmware: Option<String>,
+    /// Sort by `name`, `fleet` (its name), `status`, `last_activity`, `firmware` or `created`;
+    /// pages then go by `offset` rather than `cursor`.
+    pub(super) sort: Option<SortKey>,
+    /// `asc` (default) or `desc`. Devices without a last activity or firmware come last
+    /// either way.
+    pub(super) order: Option<SortOrder>,
+    /// Rows to skip in the sorted list (default 0); not with `cursor`.
+    pub(super) offset: Option<usize>,
+    /// Comma-separated telemetry keys (at most 10) whose latest values each row carries in
+    /// `latest`.
+    pub(super) keys: Option<String>,
     /// Page size, 1 to 1000 (default 100).
-    limit: Option<usize>,
-    /// `next_cursor` of the previous page.
+    pub(super) limit: Option<usize>,
+    /// `next_cursor` of the previous page (creation order only).
     #[param(value_type = Option<uuid::Uuid>)]
-    cursor: Option<String>,
+    pub(super) cursor: Option<String>,
+}
+
+/// Sort direction.
+#[derive(Debug, Clone, Copy, Deserialize, ToSchema, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum SortOrder {
+    Asc,
+    Desc,
+}
+
+impl ListDevices {
+    pub(super) fn filter(&self) -> ApiResult<DeviceFilter> {
+        let silent_since = match self.silent_mins {
+            Some(0) => {
+                return Err(ApiError::bad_request(
+                    "invalid_query",
+                    "silent_mins must be at least 1",
+                ));
+            }
+            Some(m) => Some(
+                crate::model::now_ms()
+                    .saturating_sub(i64::try_from(m.saturating_mul(60_000)).unwrap_or(i64::MAX)),
+            ),
+            None => None,
+        };
+        Ok(DeviceFilter {
+            workspace_id: self.workspace_id,
+            fleet_id: self.fleet_id,
+            name: self.name.clone(),
+            status: self.status,
+            label: self.label.clone(),
+            enabled: self.enabled,
+            silent_since,
+        })
+    }
+
+    /// The table query of a sorted listing, an export or a bulk action over a filter.
+    pub(super) fn table(&self, limit: usize) -> ApiResult<TableQuery> {
+        Ok(TableQuery {
+            filter: self.filter()?,
+            firmware: self.firmware.clone().filter(|f| !f.is_empty()),
+            sort: self.sort.unwrap_or(SortKey::Created),
+            descending: self.order == Some(SortOrder::Desc),
+            offset: self.offset.unwrap_or(0),
+            limit,
+            keys: keys(self.keys.as_deref())?,
+        })
+    }
+}
+
+/// The telemetry keys of a `keys` parameter.
+pub(super) fn keys(k: Option<&str>) -> ApiResult<Vec<String>> {
+    let keys: Vec<String> = k
+        .unwrap_or("")
+        .split(',')
+        .map(str::trim)
+        .filter(|k| !k.is_empty())
+        .map(String::from)
+        .collect();
+    if keys.len() > MAX_KEYS {
+        return Err(ApiError::bad_request(
+            "invalid_keys",
+            format!("at most {MAX_KEYS} keys"),
+        ));
+    }
+    Ok(keys)
+}
+
+/// A page of the devices table.
+#[derive(Serialize, Deserialize, ToSchema)]
+pub struct DevicePage {
+    /// This page's devices, at most `limit`.
+    pub items: Vec<DeviceRow>,
+    /// How many devices match the filters in all (over every page).
+    pub total: u64,
+    /// Pass as `cursor` to get the next page in creation order; null on the last page and
+    /// in a sorted listing (which pages by `offset`).
+    pub next_cursor: Option<String>,
 }
 
 /// List devices
 ///
-/// Returns the devices the caller can see with their live status, a page at a time in creation
-/// order. Filter by `workspace_id`, `fleet_id`, `name` (case-insensitive substring) and `status`
-/// (`online` or `offline`); pass `next_cursor` as `cursor` for the next page. Any authenticated
-/// caller may list; only devices of fleets they can see are returned. Errors: 400 `invalid_cursor`,
-/// 400 `invalid_limit`.
+/// Returns the devices the caller can see with their live status, the firmware version each
+/// reports and, with `keys`, their latest values of those telemetry keys; `total` counts every
+/// matching device. Filter by `workspace_id`, `fleet_id`, `name` and `label` (case-insensitive
+/// substrings), `status` (`online` or `offline`), `enabled`, `silent_mins` and `firmware`.
+/// Without `sort` the list is in creation order a page at a time: pass `next_cursor` as
+/// `cursor` for the next page. With `sort` (and `order`), pages go by `offset`. Any
+/// authenticated caller may list; only devices of fleets they can see are returned. Errors:
+/// 400 `invalid_cursor`, 400 `invalid_limit`, 400 `invalid_keys` (more than 10), 400
+/// `invalid_query` (a `cursor` with `sort`, `offset` or `firmware`; `silent_mins` of 0).
 #[utoipa::path(get, path = "/devices", tag = "devices", params(ListDevices),
-    responses((status = 200, body = Page<DeviceView>)))]
+    responses((status = 200, body = DevicePage), (status = 400, body = ErrorBody)))]
 async fn list_devices(
     State(s): S,
     caller: Caller,
     ApiQuery(q): ApiQuery<ListDevices>,
-) -> ApiResult<axum::Json<Page<DeviceView>>> {
-    let who = caller.filters();
-    let filter = DeviceFilter {
-        workspace_id: q.workspace_id,
-        fleet_id: q.fleet_id,
-        name: q.name,
-        status: q.status,
-    };
-    let p = s
-        .registry
-        .list_devices_where(
-            &filter,
-            q.cursor.map(Cursor::new).as_ref(),
-            page_limit(q.limit)?,
-            |d| who.sees_fleet(d.workspace_id, d.fleet_id),
-        )
-        .await?;
-    Ok(axum::Json(page(p, |d| d)))
+) -> ApiResult<axum::Json<DevicePage>> {
+    let who = caller.filters().clone();
+    let limit = page_limit(q.limit)?;
+    let table = q.table(limit)?;
+    let sorted = q.sort.is_some() || q.offset.is_some() || table.firmware.is_some();
+    if sorted && q.cursor.is_some() {
+        return Err(ApiError::bad_request(
+            "invalid_query",
+            "cursor pages the creation order: use offset with sort, offset or firmware",
+        ));
+    }
+    // A sorted page or a total reads every matching device: off the request threads.
+    let page = crate::workers::on_blocking_pool(move || async move {
+        let t = DeviceTable {
+            registry: &s.registry,
+            data: &s.data,
+            attributes: &s.attributes,
+        };
+        let visible = |d: &crate::model::Device| who.sees_fleet(d.workspace_id, d.fleet_id);
+        if sorted {
+            let p = t.page(&table, visible).await?;
+            return ApiResult::Ok(DevicePage {
+                items: p.items,
+                total: p.total,
+                next_cursor: None,
+            });
+        }
+        let p = s
+            .registry
+            .list_devices_where(
+                &table.filter,
+                q.cursor.map(Cursor::new).as_ref(),
+                limit,
+                visible,
+            )
+            .await?;
+        let total = s
+            .registry
+            .count_devices_where(&table.filter, visible)
+            .await?;
+        let mut items = Vec::with_capacity(p.items.len());
+        for d in p.items {
+            items.push(t.row(d, None, &table.keys).await?);
+        }
+        Ok(DevicePage {
+            items,
+            total,
+            next_cursor: p.next_cursor.map(|c| c.to_string()),
+        })
+    })
+    .await
+    .map_err(ApiError::internal)??;
+    Ok(axum::Json(page))
 }
 
 /// The created device and its first credential. Secrets (token, generated private key) are

@@ -8,6 +8,7 @@ pub mod clock;
 pub mod export;
 pub mod keys;
 pub mod retention;
+pub mod table;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;

@@ -840,6 +840,22 @@ impl CredentialService {
         res
     }
 
+    /// Whether `token` could be given to a new device: a valid access token that no device
+    /// answers to yet (an import's dry run checks each row's token this way).
+    pub async fn check_new_token(&self, token: &str) -> Result<()> {
+        check_ident("token", token)?;
+        let h = secret_hash(token);
+        if self
+            .store
+            .find_credential(CredentialKey::TokenSha256(&h))
+            .await?
+            .is_some()
+        {
+            return Err(Error::Conflict(Conflict::CredentialTaken));
+        }
+        Ok(())
+    }
+
     /// The device a refused attempt was aimed at, when the presented identity names one (a
     /// revoked credential, a disabled device), so operators see it on the device's page.
     async fn refused_device(&self, a: &LoginAttempt<'_>) -> Option<DeviceId> {

@@ -14,3 +14,5 @@ pub mod views;
 
 pub use presence::Presence;
 pub use registry::Registry;
+pub mod csv;
+pub mod import;

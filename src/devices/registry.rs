@@ -157,6 +157,11 @@ pub struct DeviceFilter {
     /// Case-insensitive substring of the name.
     pub name: Option<String>,
     pub status: Option<DeviceStatus>,
+    /// Case-insensitive substring of the label.
+    pub label: Option<String>,
+    pub enabled: Option<bool>,
+    /// Only devices silent since this time: no activity after it, or none ever.
+    pub silent_since: Option<Millis>,
 }
 
 /// The registry service.
@@ -520,20 +525,73 @@ impl Registry {
         limit: usize,
         visible: impl Fn(&Device) -> bool + Sync,
     ) -> Result<Page<DeviceView>> {
-        let needle = f.name.as_deref().map(str::to_lowercase);
+        let keep = self.filter_fn(f);
         let page = self
             .store
-            .list_devices(f.fleet_id, after, limit, &|d| {
-                visible(d)
-                    && f.workspace_id.is_none_or(|w| d.workspace_id == w)
-                    && matches_name(&d.name, needle.as_deref())
-                    && f.status.is_none_or(|s| self.status_of(d.id) == s)
-            })
+            .list_devices(f.fleet_id, after, limit, &|d| visible(d) && keep(d))
             .await?;
         Ok(Page {
             items: page.items.into_iter().map(|d| self.view(d)).collect(),
             next_cursor: page.next_cursor,
         })
+    }
+
+    /// Every device matching `f` that `visible` accepts, in creation order, with live
+    /// status: for sorted tables, counts and exports. One pass over the devices (the fleet's
+    /// index with a `fleet_id`), so the work is linear in the devices scanned.
+    pub async fn all_devices_where(
+        &self,
+        f: &DeviceFilter,
+        visible: impl Fn(&Device) -> bool + Sync,
+    ) -> Result<Vec<DeviceView>> {
+        Ok(self
+            .list_devices_where(f, None, usize::MAX, visible)
+            .await?
+            .items)
+    }
+
+    /// How many devices match `f` and pass `visible`, without building their views.
+    pub async fn count_devices_where(
+        &self,
+        f: &DeviceFilter,
+        visible: impl Fn(&Device) -> bool + Sync,
+    ) -> Result<u64> {
+        let keep = self.filter_fn(f);
+        let n = std::sync::atomic::AtomicU64::new(0);
+        // The predicate counts and keeps nothing, so no record is held past the scan.
+        self.store
+            .list_devices(f.fleet_id, None, usize::MAX, &|d| {
+                if visible(d) && keep(d) {
+                    n.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+                false
+            })
+            .await?;
+        Ok(n.into_inner())
+    }
+
+    /// The predicate of a device filter (the fleet is the store's walk, not checked here).
+    fn filter_fn(&self, f: &DeviceFilter) -> impl Fn(&Device) -> bool + Sync + '_ {
+        let needle = f.name.as_deref().map(str::to_lowercase);
+        let label = f.label.as_deref().map(str::to_lowercase);
+        let (workspace, status, enabled, silent) =
+            (f.workspace_id, f.status, f.enabled, f.silent_since);
+        move |d: &Device| {
+            workspace.is_none_or(|w| d.workspace_id == w)
+                && matches_name(&d.name, needle.as_deref())
+                && matches_name(&d.label, label.as_deref())
+                && enabled.is_none_or(|e| d.enabled == e)
+                && status.is_none_or(|s| self.status_of(d.id) == s)
+                && silent.is_none_or(|t| self.last_activity_of(d).is_none_or(|a| a < t))
+        }
+    }
+
+    /// When a device was last heard from: live presence first, else the stored record.
+    fn last_activity_of(&self, d: &Device) -> Option<Millis> {
+        match self.presence.get(d.id) {
+            Some(l) => Some(l.last_activity),
+            None => d.last_activity_at,
+        }
     }
 
     /// Every device matching `f` (all pages), optionally only enabled ones: for fan-out,

@@ -512,8 +512,8 @@ fn needs(method: &str, path: &str) -> Option<&'static str> {
     let read = method == "get";
     match path {
         "/auth/me" | "/auth/logout" | "/overview" | "/events" | "/audit" | "/export" => None,
-        "/workspaces" | "/fleets" | "/devices" | "/schedules" | "/conditions" | "/packages"
-        | "/campaigns"
+        "/workspaces" | "/fleets" | "/devices" | "/devices/export" | "/schedules"
+        | "/conditions" | "/packages" | "/campaigns"
             if read =>
         {
             None
@@ -632,6 +632,14 @@ async fn every_route_checks_role_and_workspace() {
                     json!({"name": "n", "package_id": w1.package, "fleet_id": w1.fleet})
                 }
                 ("post", "/devices") => json!({"fleet_id": w1.fleet, "name": "new"}),
+                // Each device is authorized as its own route would be; a caller who may
+                // change none of them is refused as that route would refuse them.
+                ("post", "/devices/bulk") => {
+                    json!({"action": {"type": "label", "label": "x"}, "device_ids": [w1.device]})
+                }
+                ("post", "/devices/import") => {
+                    json!({"csv": "name\nimported", "fleet_id": w1.fleet, "dry_run": true})
+                }
                 ("post", "/schedules") => json!({"name": "n", "device_id": w1.device,
                     "method": "m", "trigger": {"cron": {"expr": "@daily"}}}),
                 _ => json!({}),

@@ -14,6 +14,7 @@ mod campaigns;
 mod cli;
 mod conditions;
 mod data_api;
+mod device_table;
 mod disk_full;
 mod durability;
 mod export;

@@ -348,6 +348,9 @@ async fn every_documented_route_requires_an_api_key_and_exists() {
         "/fleets",
         "/fleets/{id}",
         "/devices",
+        "/devices/bulk",
+        "/devices/export",
+        "/devices/import",
         "/devices/{id}",
         "/devices/{id}/telemetry",
         "/devices/{id}/telemetry/latest",
@@ -498,7 +501,7 @@ async fn every_documented_route_requires_an_api_key_and_exists() {
             checked += 1;
         }
     }
-    assert_eq!(checked, 113);
+    assert_eq!(checked, 116);
     let resp = c
         .get(format!("{base}/api/v1/nothing"))
         .bearer_auth(&t.admin_key)

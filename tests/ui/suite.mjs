@@ -341,6 +341,31 @@ async function main() {
     await page.selectOption('#chart-tag', 'default');
   });
 
+  await step('device chart: opens on a numeric key, draws several series, downloads what it shows', async () => {
+    // A text key that sorts first must not be what the chart opens on.
+    await device.publish('v1/devices/me/telemetry', JSON.stringify({ a_state: 'idle' }));
+    await page.waitForSelector('#latest th:text-is("a_state")', { timeout: 15_000 });
+    await page.reload();
+    await page.waitForSelector('#chart svg path.line');
+    const key = await page.inputValue('#chart-key');
+    if (key === 'a_state') throw new Error('the chart opened on a text key');
+    if (await page.locator('#chart-series input[data-key="a_state"]').count()) throw new Error('a text key is offered as a series');
+    const other = key === 'humidity' ? 'temperature' : 'humidity';
+    await page.check(`#chart-series input[data-key="${other}"]`);
+    await page.waitForFunction(() => document.querySelector('#chart')?.dataset.series === '2' && document.querySelectorAll('#chart svg path.line').length === 2);
+    await page.waitForSelector(`#chart .legend li:text-is("${other}")`);
+    const [dl] = await Promise.all([page.waitForEvent('download'), page.click('#chart-csv')]);
+    const csv = await readDownload(dl);
+    const lines = csv.trim().split(/\r?\n/);
+    if (lines[0] !== `time,${key},${other}`) throw new Error(`the CSV header is ${lines[0]}`);
+    if (lines.length < 14) throw new Error(`the CSV has ${lines.length} lines`);
+    const last = lines[lines.length - 1].split(',');
+    const want = { temperature: '25.5', humidity: '55' };
+    if (last[1] !== want[key] || last[2] !== want[other]) throw new Error(`the last row is ${lines[lines.length - 1]}`);
+    await page.locator('#telemetry').screenshot({ path: join(artifacts, '06b-chart-two-series.png') });
+    await page.uncheck(`#chart-series input[data-key="${other}"]`);
+  });
+
   await step('shared attribute edit reaches the device page', async () => {
     await page.fill('#shared-key', 'target_temp');
     await page.fill('#shared-value', '21.5');
@@ -484,25 +509,101 @@ async function main() {
       await Promise.all(names.slice(i, i + 10).map((name) => rest('POST', '/devices', { fleet_id: fleet.id, name })));
     }
     await page.goto(`${base}/#/devices`);
-    await page.waitForSelector('#page-info:text("Page 1 · 50 devices")');
+    await page.waitForSelector('#page-info:text("Page 1 of 3 · 50 devices")');
     if (await page.isDisabled('#page-next')) throw new Error('no next page with 121 devices');
     await page.click('#page-next');
-    await page.waitForSelector('#page-info:text("Page 2 · 50 devices")');
+    await page.waitForSelector('#page-info:text("Page 2 of 3 · 50 devices")');
     await page.click('#page-next');
-    await page.waitForSelector('#page-info:text("Page 3 · 21 devices")');
+    await page.waitForSelector('#page-info:text("Page 3 of 3 · 21 devices")');
     if (!(await page.isDisabled('#page-next'))) throw new Error('a fourth page is offered');
     await page.click('#page-prev');
-    await page.waitForSelector('#page-info:text("Page 2 · 50 devices")');
+    await page.waitForSelector('#page-info:text("Page 2 of 3 · 50 devices")');
     await page.fill('#device-search', 'bulk-11');
-    await page.waitForSelector('#page-info:text("Page 1 · 10 devices")');
+    await page.waitForSelector('#page-info:text("Page 1 of 1 · 10 devices")');
     await page.fill('#device-search', '');
     await page.selectOption('#device-status', 'online');
-    await page.waitForSelector('#page-info:text("Page 1 · 1 device")');
+    await page.waitForSelector('#page-info:text("Page 1 of 1 · 1 device")');
     await page.waitForSelector('tr[data-status="online"] a:text-is("thermo-1")');
     if (!page.url().includes('status=online')) throw new Error(`filters are not in the address: ${page.url()}`);
     await shot(page, '09b-devices-filtered');
     await page.selectOption('#device-status', '');
-    await page.waitForSelector('#page-info:text("Page 1 · 50 devices")');
+    await page.waitForSelector('#page-info:text("Page 1 of 3 · 50 devices")');
+  });
+
+  await step('devices table: sorting, a bulk action checked on the server, CSV import with bad rows, export', async () => {
+    const fleet = (await rest('GET', '/fleets?name=sensors')).items[0];
+    await page.goto(`${base}/#/devices`);
+    await page.waitForSelector('#page-info:text("Page 1 of 3")');
+    await page.waitForSelector('#device-count:text("121 devices")');
+    // Sort by name, then the other way: the order comes from the server, kept in the address.
+    await page.click('th button[data-sort="name"]');
+    await page.waitForSelector('th[aria-sort="ascending"] button[data-sort="name"]');
+    await page.waitForSelector('tbody tr:first-child th a:text-is("bulk-000")');
+    await page.click('th button[data-sort="name"]');
+    await page.waitForSelector('tbody tr:first-child th a:text-is("thermo-1")');
+    if (!page.url().includes('sort=name') || !page.url().includes('order=desc')) throw new Error(`the sort is not in the address: ${page.url()}`);
+    // A page's selection, labelled in one request after a confirmation that says how many.
+    await page.fill('#device-search', 'bulk-01');
+    await page.waitForSelector('#page-info:text("Page 1 of 1 · 10 devices")');
+    await page.check('#select-page');
+    await page.waitForSelector('#selection-info:text("10 devices selected.")');
+    await page.selectOption('#bulk-action', 'label');
+    await page.fill('#bulk-label', 'batch-7');
+    await page.click('#bulk-apply');
+    await page.waitForSelector('#bulk-dialog[open] #bulk-confirm-text:text("Set label: 10 devices will be affected.")');
+    await shot(page, '09c-bulk-confirm');
+    await page.click('#bulk-confirm');
+    await page.waitForSelector('#bulk-summary:text("Set label: 10 done, 0 failed.")');
+    const labelled = await rest('GET', '/devices?name=bulk-01&limit=100');
+    if (labelled.total !== 10 || labelled.items.some((d) => d.label !== 'batch-7')) throw new Error(`the server has ${JSON.stringify(labelled.items.map((d) => d.label))}`);
+    // Every device the filter matches (not only this page): shared attributes on each.
+    await page.fill('#device-search', 'bulk-1');
+    await page.waitForSelector('#device-count:text("20 devices match")');
+    await page.click('#select-all-matching');
+    await page.waitForSelector('#selection-info:text("All 20 matching devices selected.")');
+    await page.selectOption('#bulk-action', 'set_shared');
+    await page.fill('#bulk-values', '{"report_every": 15}');
+    await page.click('#bulk-apply');
+    await page.waitForSelector('#bulk-confirm-text:text("20 devices will be affected")');
+    await page.click('#bulk-confirm');
+    await page.waitForSelector('#bulk-summary:text("20 done")');
+    const some = (await rest('GET', '/devices?name=bulk-119')).items[0];
+    const attrs = await rest('GET', `/devices/${some.id}/attributes`);
+    if (!JSON.stringify(attrs).includes('report_every')) throw new Error(`no shared attribute on the server: ${JSON.stringify(attrs)}`);
+    // Export the filtered list as CSV.
+    const [dl] = await Promise.all([page.waitForEvent('download'), page.click('#devices-export')]);
+    const csv = await readDownload(dl);
+    const lines = csv.trim().split(/\r?\n/);
+    if (!lines[0].startsWith('name,label,fleet,id,status') || lines.length !== 21) throw new Error(`the export has ${lines.length} lines: ${lines[0]}`);
+    // Import: a dry run names every bad row and changes nothing, then a clean file imports.
+    await page.fill('#device-search', '');
+    await page.click('#import-devices summary');
+    await page.selectOption('#import-fleet', fleet.id);
+    await page.fill('#import-csv', 'name,label,token,shared:interval\ncsv-1,roof,,30\n,no name,,\nbulk-000,taken,,\ncsv-2,,bad token,\ncsv-3,short\ncsv-4,cellar,,\n');
+    await page.click('#import-check');
+    await page.waitForSelector('#import-summary:text("Dry run: 2 of 6 rows can be imported; nothing was changed.")');
+    for (const line of [3, 4, 5, 6]) await page.waitForSelector(`#import-errors tr[data-line="${line}"]`);
+    await shot(page, '09d-import-dry-run');
+    if ((await rest('GET', '/devices?name=csv-')).total !== 0) throw new Error('a dry run created devices');
+    await page.click('#import-run');
+    await page.waitForSelector('#import-report .notice.error:has-text("invalid_rows")');
+    await page.fill('#import-csv', 'name,label,token,shared:interval\ncsv-1,roof,,30\ncsv-4,cellar,,\n');
+    await page.click('#import-run');
+    await page.waitForSelector('#import-summary:text("Imported 2 devices.")');
+    await page.waitForSelector('#import-tokens');
+    const imported = await rest('GET', '/devices?name=csv-&sort=name');
+    if (imported.total !== 2 || imported.items[0].label !== 'roof' || imported.items[0].fleet_id !== fleet.id) throw new Error(`imported: ${JSON.stringify(imported.items)}`);
+    // Fleet health on the overview: each figure opens the list it counts.
+    await page.goto(`${base}/#/`);
+    const total = page.locator(`#fleet-health tr[data-fleet-id="${fleet.id}"] td[data-col="total"] a`);
+    await total.waitFor();
+    const n = (await total.textContent()).trim();
+    const silent = await page.locator('#stat-silent').getAttribute('href');
+    if (!silent || !silent.includes('silent_mins=')) throw new Error(`the silent figure links to ${silent}`);
+    await shot(page, '09e-fleet-health');
+    await total.click();
+    await page.waitForSelector(`#device-count:text("${n} devices match")`);
+    if (!page.url().includes(`fleet_id=${fleet.id}`)) throw new Error(`the fleet's figure opened ${page.url()}`);
   });
 
   await step('fleet settings: provisioning that works, a manufacturer CA, shared defaults', async () => {
@@ -545,7 +646,7 @@ async function main() {
     await page.click('#fleet-devices-link');
     await page.waitForSelector('a:text-is("thermo-1")');
     await page.fill('#device-search', 'self-registered');
-    await page.waitForSelector('#page-info:text("Page 1 · 1 device")');
+    await page.waitForSelector('#page-info:text("Page 1 of 1 · 1 device")');
     await page.waitForSelector('tr a:text-is("self-registered-1")');
     await page.goto(`${base}/#/fleets/${fleet.id}`);
     await page.waitForSelector('#manufacturer-cas td:text-is("No manufacturer CAs.")');

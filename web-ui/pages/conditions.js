@@ -176,6 +176,8 @@ export async function render(main, ctx) {
     severity: ctx.query.severity || '',
     name: ctx.query.name || '',
     device_id: ctx.query.device_id || '',
+    // One fleet's conditions (the overview's fleet health links here).
+    fleet_id: ctx.query.fleet_id || '',
   };
   const rows = new ConditionRows();
   const stateSel = select([['open', 'Open'], ['closed', 'Closed'], ['all', 'Open and closed']], f.state, { id: 'conditions-state' });
@@ -193,13 +195,16 @@ export async function render(main, ctx) {
     everyHref();
     deviceNote = h('p', { id: 'conditions-device' }, 'Device ', h('a', { href: `#/devices/${f.device_id}` }, rows.names.get(f.device_id) || f.device_id), ' only · ', everyDevice);
   }
+  const fleetName = f.fleet_id ? (await api.get(`/fleets/${f.fleet_id}`).catch(() => null))?.name : null;
+  const fleetNote = f.fleet_id ? h('p', { id: 'conditions-fleet' }, 'Fleet ', h('a', { href: `#/fleets/${f.fleet_id}` }, fleetName || f.fleet_id), ' only · ',
+    h('a', { href: `#/conditions${api.qs({ ...f, fleet_id: '' })}` }, 'show every fleet')) : null;
   const form = h('form', { class: 'filters', role: 'search', 'aria-label': 'Filter conditions' },
     field('State', stateSel), field('Severity', sevSel), field('Name', nameIn));
   const box = h('div', { id: 'conditions-table', 'aria-busy': 'true' });
   const count = h('p', { id: 'conditions-count', class: 'muted', 'aria-live': 'polite' });
   const more = h('button', { type: 'button', id: 'conditions-more', hidden: true }, 'Older conditions');
   const live = h('span', { class: 'live-dot', id: 'live-state', title: 'live updates' }, 'connecting…');
-  clear(main, h('h1', {}, 'Conditions ', live), form, deviceNote, box, h('div', { class: 'pager' }, more, count));
+  clear(main, h('h1', {}, 'Conditions ', live), form, deviceNote, fleetNote, box, h('div', { class: 'pager' }, more, count));
 
   let cursor = null;
   let list = [];
@@ -219,7 +224,7 @@ export async function render(main, ctx) {
     if (seq !== loadSeq || !ctx.current()) return;
     cursor = p.next_cursor;
     list = append ? list.concat(p.items) : p.items;
-    const filtered = f.severity || f.name || f.device_id;
+    const filtered = f.severity || f.name || f.device_id || f.fleet_id;
     rows.render(box, 'Conditions', list, { empty: filtered ? `No ${what()}condition matches.` : `No ${what()}conditions.` });
     box.setAttribute('aria-busy', 'false');
     more.hidden = !cursor;
@@ -249,7 +254,8 @@ export async function render(main, ctx) {
   const matches = (c) => (f.state === 'all' || c.open === (f.state === 'open'))
     && (!sev() || sev().includes(c.severity))
     && (!f.name || c.name === f.name)
-    && (!f.device_id || c.device_id === f.device_id);
+    && (!f.device_id || c.device_id === f.device_id)
+    && (!f.fleet_id || c.fleet_id === f.fleet_id);
   ctx.cleanup(api.events({ kinds: 'condition' }, (kind, ev) => {
     if (kind === 'lagged') { refresh(); return; }
     if (kind !== 'condition' || !ev || !ev.condition) return;

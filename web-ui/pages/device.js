@@ -200,29 +200,73 @@ export async function render(main, ctx) {
   }
 
   // ---- telemetry ----
-  const tel = { tags: {}, tag: 'default', key: '', range: '1h' };
+  // The chart opens on a key whose latest value is a number, over the shortest range that holds
+  // its latest point; further numeric keys can be drawn beside it, and what is shown can be
+  // downloaded as CSV.
+  const MAX_EXTRA = 4;
+  const tel = { tags: {}, tag: 'default', key: '', range: '1h', latest: {}, extra: new Set(), autoRange: true, shown: null };
   const tagSel = h('select', { id: 'chart-tag' });
   const keySel = h('select', { id: 'chart-key' });
   const rangeSel = h('select', { id: 'chart-range' }, RANGES.map(([v, l]) => h('option', { value: v, selected: v === tel.range }, l)));
+  const seriesBox = h('fieldset', { class: 'series', id: 'chart-series' });
   const chartBox = h('div', { id: 'chart', class: 'chart-box', 'aria-live': 'polite', 'aria-busy': 'true' });
+  const csvBtn = h('button', { type: 'button', id: 'chart-csv', class: 'small', disabled: true }, 'Download the shown data (CSV)');
   const latestBox = h('div', { id: 'latest' });
   clear(sections.telemetry, h('h2', { id: 'telemetry-h' }, 'Telemetry'),
     h('form', { class: 'filters', 'aria-label': 'Chart settings', onsubmit: (ev) => ev.preventDefault() },
       field('Tag', tagSel), field('Key', keySel), field('Range', rangeSel)),
-    chartBox, h('h3', {}, 'Latest values'), latestBox);
+    seriesBox, chartBox, h('p', {}, csvBtn), h('h3', {}, 'Latest values'), latestBox);
 
+  const isNumeric = (v) => typeof v === 'number' || typeof v === 'boolean';
   async function loadTags() {
     const r = await api.get(`${base}/tags`);
     tel.tags = r.tags || {};
     const tags = Object.keys(tel.tags);
     if (!tags.includes(tel.tag) && tags.length) [tel.tag] = tags;
     clear(tagSel, (tags.length ? tags : ['default']).map((t) => h('option', { value: t, selected: t === tel.tag }, t)));
+    await loadLatest();
     fillKeys();
+  }
+  async function loadLatest() {
+    try {
+      tel.latest = (await api.get(`${base}/telemetry/latest${api.qs({ tag: tel.tag })}`)).data || {};
+    } catch {
+      tel.latest = {};
+    }
   }
   function fillKeys() {
     const keys = tel.tags[tel.tag] || [];
-    if (!keys.includes(tel.key)) tel.key = keys[0] || '';
+    if (!keys.includes(tel.key)) {
+      // A text key (a status, a version) cannot be drawn: open on the first numeric one.
+      tel.key = keys.find((k) => tel.latest[k] && isNumeric(tel.latest[k].value)) || keys[0] || '';
+      tel.extra.clear();
+      if (tel.autoRange) pickRange();
+    }
     clear(keySel, keys.length ? keys.map((k) => h('option', { value: k, selected: k === tel.key }, k)) : h('option', { value: '' }, '(no data yet)'));
+    fillSeries();
+  }
+  /** The shortest range that holds the key's latest point (its data may be old). */
+  function pickRange() {
+    const ts = tel.latest[tel.key]?.ts;
+    if (!ts) return;
+    const age = Date.now() - ts;
+    const fit = RANGES.find(([, , span]) => span >= age * 1.05) || RANGES[RANGES.length - 1];
+    tel.range = RANGES.findIndex(([v]) => v === fit[0]) > RANGES.findIndex(([v]) => v === tel.range) ? fit[0] : tel.range;
+    rangeSel.value = tel.range;
+  }
+  function fillSeries() {
+    const others = (tel.tags[tel.tag] || []).filter((k) => k !== tel.key && tel.latest[k] && isNumeric(tel.latest[k].value));
+    for (const k of [...tel.extra]) if (!others.includes(k)) tel.extra.delete(k);
+    clear(seriesBox, others.length ? [h('legend', {}, 'Also draw'), others.map((k) => {
+      const box = h('input', { type: 'checkbox', 'data-key': k, checked: tel.extra.has(k), disabled: !tel.extra.has(k) && tel.extra.size >= MAX_EXTRA });
+      box.addEventListener('change', () => {
+        if (box.checked) tel.extra.add(k); else tel.extra.delete(k);
+        fillSeries();
+        renderChart();
+      });
+      return h('label', { class: 'check' }, box, ` ${k}`);
+    })] : null);
+    seriesBox.hidden = !others.length;
   }
   async function renderChart() {
     const span = RANGES.find(([v]) => v === tel.range)[2];
@@ -232,42 +276,69 @@ export async function render(main, ctx) {
     try {
       if (!tel.key) {
         clear(chartBox, h('p', { class: 'muted', id: 'chart-empty' }, 'No telemetry under this tag yet. The chart fills in as the device publishes.'));
+        csvBtn.disabled = true;
         return;
       }
-      const label = `${tel.key} (${tel.tag}) over the last ${RANGES.find(([v]) => v === tel.range)[1]}`;
-      let points;
+      const keys = [tel.key, ...tel.extra];
+      const rangeName = RANGES.find(([v]) => v === tel.range)[1];
+      const label = `${keys.join(', ')} (${tel.tag}) over the last ${rangeName}`;
+      const series = {};
       let band = false;
       const interval = AGG_INTERVAL[tel.range];
       if (interval) {
-        const r = await api.get(`${base}/telemetry/aggregate${api.qs({ interval, keys: tel.key, tag: tel.tag, from, to, tz: Intl.DateTimeFormat().resolvedOptions().timeZone })}`);
-        points = (r.data[tel.key] || []).filter((b) => b.numeric > 0).map((b) => ({ ts: b.ts, v: b.avg, min: b.min, max: b.max }));
+        const r = await api.get(`${base}/telemetry/aggregate${api.qs({ interval, keys: keys.join(','), tag: tel.tag, from, to, tz: Intl.DateTimeFormat().resolvedOptions().timeZone })}`);
+        for (const k of keys) series[k] = (r.data[k] || []).filter((b) => b.numeric > 0).map((b) => ({ ts: b.ts, v: b.avg, min: b.min, max: b.max }));
         band = true;
       } else {
-        const r = await api.get(`${base}/telemetry${api.qs({ keys: tel.key, tag: tel.tag, from, to, limit: 1000, order: 'desc' })}`);
-        points = (r.data[tel.key] || []).map((p) => ({ ts: p.ts, v: typeof p.value === 'number' ? p.value : typeof p.value === 'boolean' ? Number(p.value) : NaN })).reverse();
+        const r = await api.get(`${base}/telemetry${api.qs({ keys: keys.join(','), tag: tel.tag, from, to, limit: 1000, order: 'desc' })}`);
+        for (const k of keys) series[k] = (r.data[k] || []).map((p) => ({ ts: p.ts, v: typeof p.value === 'number' ? p.value : typeof p.value === 'boolean' ? Number(p.value) : NaN })).reverse();
       }
+      const points = series[tel.key];
       const numeric = points.filter((p) => Number.isFinite(p.v));
-      clear(chartBox, lineChart(points, { from, to, label, band, width: chartBox.clientWidth || 800 }),
-        h('p', { class: 'muted chart-note', id: 'chart-count' }, `${numeric.length} ${interval ? `${AGG_NAME[interval]} average${numeric.length === 1 ? '' : 's'} (band: min to max)` : `point${numeric.length === 1 ? '' : 's'}`} · ${label}`));
+      const more = [...tel.extra].map((k) => ({ name: k, points: series[k] }));
+      tel.shown = { keys, series, interval };
+      csvBtn.disabled = !keys.some((k) => series[k].some((p) => Number.isFinite(p.v)));
+      clear(chartBox, lineChart(points, { from, to, label, band: band && !more.length, width: chartBox.clientWidth || 800, name: tel.key, more }),
+        more.length ? h('ul', { class: 'legend', 'aria-label': 'Series' }, keys.map((k, i) => h('li', {}, h('span', { class: `swatch${i ? ` s${i}` : ''}`, 'aria-hidden': 'true' }), k))) : null,
+        h('p', { class: 'muted chart-note', id: 'chart-count' }, `${numeric.length} ${interval ? `${AGG_NAME[interval]} average${numeric.length === 1 ? '' : 's'}${more.length ? '' : ' (band: min to max)'}` : `point${numeric.length === 1 ? '' : 's'}`} · ${label}`));
       chartBox.dataset.points = String(numeric.length);
+      chartBox.dataset.series = String(keys.length);
     } catch (e) {
       clear(chartBox, errorBox(e));
     } finally {
       chartBox.setAttribute('aria-busy', 'false');
     }
   }
+  /** The shown series as CSV: one row per time, a column per key (empty where a key has no point). */
+  csvBtn.addEventListener('click', () => {
+    if (!tel.shown) return;
+    const { keys, series, interval } = tel.shown;
+    const rows = new Map();
+    keys.forEach((k, i) => {
+      for (const p of series[k]) {
+        if (!Number.isFinite(p.v)) continue;
+        if (!rows.has(p.ts)) rows.set(p.ts, new Array(keys.length).fill(''));
+        rows.get(p.ts)[i] = String(p.v);
+      }
+    });
+    const quote = (c) => (/[",\r\n]/.test(c) ? `"${c.replace(/"/g, '""')}"` : c);
+    const lines = [['time', ...keys].map(quote).join(',')];
+    for (const ts of [...rows.keys()].sort((a, b) => a - b)) lines.push([new Date(ts).toISOString(), ...rows.get(ts)].join(','));
+    download(`${dev.name}-${tel.tag}-${interval ? `${interval}-averages` : 'points'}.csv`.replace(/[^\w.-]+/g, '_'), `${lines.join('\r\n')}\r\n`, 'text/csv');
+  });
   async function renderLatest() {
     try {
       const r = await api.get(`${base}/telemetry/latest${api.qs({ tag: tel.tag })}`);
+      tel.latest = r.data || {};
       clear(latestBox, table('Latest values', ['Key', 'Value', 'Time'], Object.entries(r.data).map(([k, p]) => h('tr', {},
         h('th', { scope: 'row' }, k), h('td', { class: 'value' }, fmtValue(p.value)), h('td', {}, timeEl(p.ts)))), { hideCaption: true, empty: 'No values yet.' }));
     } catch (e) {
       clear(latestBox, errorBox(e));
     }
   }
-  tagSel.addEventListener('change', () => { tel.tag = tagSel.value; fillKeys(); renderChart(); renderLatest(); });
-  keySel.addEventListener('change', () => { tel.key = keySel.value; renderChart(); });
-  rangeSel.addEventListener('change', () => { tel.range = rangeSel.value; renderChart(); });
+  tagSel.addEventListener('change', async () => { tel.tag = tagSel.value; await loadLatest(); fillKeys(); renderChart(); renderLatest(); });
+  keySel.addEventListener('change', () => { tel.key = keySel.value; tel.extra.delete(tel.key); fillSeries(); renderChart(); });
+  rangeSel.addEventListener('change', () => { tel.range = rangeSel.value; tel.autoRange = false; renderChart(); });
 
   // ---- jobs ----
   const jobResult = h('div', { id: 'job-result', 'aria-live': 'polite' });

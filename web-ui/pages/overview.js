@@ -1,6 +1,9 @@
-// Overview: devices online and offline, message rate, open conditions (a link to them), running
-// jobs and the health of integrations, from `GET /api/v1/overview`; refreshed on device, job and
-// condition events and every 10 s. Without that endpoint it counts devices from the device listing instead.
+// Overview: devices online, offline and silent, message rate, open conditions, running jobs, the
+// health of integrations, and fleet health (per fleet: devices online, offline and silent, open
+// conditions by severity, running rollouts and campaigns with their progress), all from one call
+// to `GET /api/v1/overview`; every figure links to the list it counts. Refreshed on device, job
+// and condition events and every 10 s. Without that endpoint it counts devices from the device
+// listing instead.
 
 import * as api from '../api.js';
 import { h, clear, errorBox, table, statusBadge, debounce } from '../dom.js';
@@ -49,6 +52,48 @@ async function load() {
   };
 }
 
+const SEVERITIES = ['critical', 'major', 'minor', 'warning', 'info'];
+
+/** A count that links to the devices list filtered to what it counts. */
+function countLink(n, query, label) {
+  return n ? h('a', { href: `#/devices?${new URLSearchParams(query)}`, 'aria-label': `${n} ${label}` }, String(n)) : '0';
+}
+
+/** Progress of a rollout or campaign as a bar with its numbers. */
+function progress(w) {
+  const pct = w.total ? Math.round((100 * w.done) / w.total) : 0;
+  const href = w.kind === 'campaign' ? `#/campaigns/${w.id}` : '#/jobs';
+  return h('li', { 'data-work-id': w.id },
+    h('a', { href }, `${w.kind === 'campaign' ? 'Campaign' : 'Rollout'} ${w.name}`), ' ',
+    w.state !== 'running' ? [statusBadge(w.state), ' '] : null,
+    h('progress', { max: w.total || 1, value: w.done, 'aria-label': `${w.name}: ${w.done} of ${w.total} done` }),
+    ` ${w.done}/${w.total}`, w.failed ? h('span', { class: 'bad' }, ` · ${w.failed} failed`) : null, ` (${pct} %)`);
+}
+
+/** The fleet health table: a row per fleet, each figure a link to the filtered list. */
+function fleetHealth(o) {
+  const rows = o.fleets.map((f) => {
+    const base = { fleet_id: f.fleet_id };
+    const conds = SEVERITIES.filter((s) => f.conditions[s]).map((s) => h('a', {
+      href: `#/conditions?severity=${s}&fleet_id=${f.fleet_id}`, class: `badge severity severity-${s}`, 'aria-label': `${f.conditions[s]} ${s}`,
+    }, `${f.conditions[s]} ${s}`));
+    const unhealthy = f.conditions.critical || f.conditions.major || f.devices.offline > 0;
+    return h('tr', { 'data-fleet-id': f.fleet_id, class: unhealthy ? 'attention' : null },
+      h('th', { scope: 'row' }, h('span', { class: 'muted' }, `${f.workspace} / `), h('a', { href: `#/fleets/${f.fleet_id}` }, f.fleet)),
+      h('td', { 'data-col': 'total' }, countLink(f.devices.total, base, 'devices')),
+      h('td', { 'data-col': 'online' }, countLink(f.devices.online, { ...base, status: 'online' }, 'online')),
+      h('td', { 'data-col': 'offline' }, countLink(f.devices.offline, { ...base, status: 'offline' }, 'offline')),
+      h('td', { 'data-col': 'silent' }, countLink(f.devices.silent, { ...base, silent_mins: o.silent_mins, sort: 'last_activity' }, 'silent')),
+      h('td', { 'data-col': 'conditions' }, conds.length ? conds.flatMap((c) => [c, ' ']) : '—'),
+      h('td', { 'data-col': 'work' }, f.work.length ? h('ul', { class: 'plain' }, f.work.map(progress)) : '—'));
+  });
+  return h('section', { 'aria-labelledby': 'fleet-health-title', id: 'fleet-health' },
+    h('h2', { id: 'fleet-health-title' }, 'Fleet health'),
+    table('Fleet health', ['Fleet', 'Devices', 'Online', 'Offline', `Silent ${o.silent_mins} min+`, 'Open conditions', 'Rollouts & campaigns'], rows,
+      { empty: 'No fleets yet.', hideCaption: true, class: 'fleet-health' }),
+    o.fleets_truncated ? h('p', { class: 'muted' }, 'Only the first 200 fleets are listed; the totals above count them all.') : null);
+}
+
 export async function render(main, ctx) {
   const body = h('div', { id: 'overview-body' }, h('p', {}, 'Loading…'));
   clear(main, h('h1', {}, 'Overview'), body);
@@ -65,12 +110,15 @@ export async function render(main, ctx) {
     const integ = Array.isArray(o.integrations) ? o.integrations : null;
     clear(body,
       h('section', { 'aria-label': 'Summary', class: 'stats' },
-        stat('devices', o.devices.total, 'stat-total'),
-        stat('online', o.devices.online, 'stat-online'),
-        stat('offline', o.devices.offline, 'stat-offline'),
+        stat('devices', o.devices.total, 'stat-total', '#/devices'),
+        stat('online', o.devices.online, 'stat-online', '#/devices?status=online'),
+        stat('offline', o.devices.offline, 'stat-offline', '#/devices?status=offline'),
+        o.devices.silent === undefined ? null
+          : stat(`silent ${o.silent_mins} min+`, o.devices.silent, 'stat-silent', `#/devices?silent_mins=${o.silent_mins}&sort=last_activity`),
         stat('messages / s', o.messages_per_sec === null ? null : Number(o.messages_per_sec).toFixed(1), 'stat-rate'),
         conditionsStat(o.open_conditions),
-        stat('running jobs', o.running_jobs, 'stat-jobs')),
+        stat('running jobs', o.running_jobs, 'stat-jobs', '#/jobs')),
+      Array.isArray(o.fleets) ? fleetHealth(o) : null,
       o.full ? null : h('p', { class: 'muted' }, 'This server has no overview endpoint: device counts come from the device list; rates, conditions and jobs are not shown.'),
       h('h2', {}, 'Integrations'),
       integ === null
