@@ -110,7 +110,8 @@ pub struct DeviceSelection {
     pub label: Option<String>,
     pub status: Option<DeviceStatus>,
     pub enabled: Option<bool>,
-    /// Silent for at least this many minutes.
+    /// Silent for at least this many minutes (1 to 5,256,000, ten years).
+    #[schema(minimum = 1, maximum = 5_256_000)]
     pub silent_mins: Option<u64>,
     /// Reporting exactly this firmware version.
     pub firmware: Option<String>,

@@ -21,7 +21,7 @@ use super::{ApiResult, auth::SeenFleets};
 use crate::conditions::ConditionQuery;
 use crate::devices::registry::DeviceStatus;
 use crate::model::{
-    CampaignState, DeviceId, FleetId, OtaState, RolloutState, Severity, WorkspaceId, now_ms,
+    CampaignState, DeviceId, FleetId, OtaState, RolloutState, Severity, WorkspaceId,
 };
 use crate::services::Services;
 
@@ -38,7 +38,7 @@ pub fn routes() -> OpenApiRouter<Arc<Services>> {
 #[into_params(parameter_in = Query)]
 pub struct OverviewParams {
     /// Minutes without a message after which a device counts as silent (default 60).
-    #[param(minimum = 1)]
+    #[param(minimum = 1, maximum = 5_256_000)]
     silent_mins: Option<u64>,
 }
 
@@ -126,7 +126,7 @@ struct FleetTally {
 /// offline, silent and disabled, its open conditions by severity, and its rollouts and
 /// campaigns that have not finished, with their progress. A device is silent when nothing was
 /// heard from it for `silent_mins` minutes (default 60). Any authenticated caller. Errors: 400
-/// `invalid_query` (`silent_mins` of 0).
+/// `invalid_query` (`silent_mins` outside 1 to 5,256,000, ten years).
 #[utoipa::path(get, path = "/overview", tag = "overview", params(OverviewParams),
     responses((status = 200, body = Overview), (status = 400, body = ErrorBody)))]
 async fn overview(
@@ -135,19 +135,12 @@ async fn overview(
     ApiQuery(q): ApiQuery<OverviewParams>,
 ) -> ApiResult<Json<Overview>> {
     let silent_mins = q.silent_mins.unwrap_or(60);
-    if silent_mins == 0 {
-        return Err(ApiError::bad_request(
-            "invalid_query",
-            "silent_mins must be at least 1",
-        ));
-    }
+    let silent_since = super::registry::silent_since(silent_mins)?;
     let p = caller.filters().clone();
     let s2 = s.clone();
     let p2 = p.clone();
     let (totals, fleets, truncated, running, conditions) =
         crate::workers::on_blocking_pool(move || async move {
-            let silent_since =
-                now_ms().saturating_sub(i64::try_from(silent_mins * 60_000).unwrap_or(i64::MAX));
             let mut totals = DeviceCounts::default();
             let mut per_fleet: HashMap<FleetId, FleetTally> = HashMap::new();
             let mut placed: HashMap<DeviceId, FleetId> = HashMap::new();

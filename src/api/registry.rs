@@ -279,7 +279,7 @@ pub struct ListDevices {
     pub(super) enabled: Option<bool>,
     /// Only devices silent for at least this many minutes: no message or connection since
     /// (never-heard devices included).
-    #[param(minimum = 1)]
+    #[param(minimum = 1, maximum = 5_256_000)]
     pub(super) silent_mins: Option<u64>,
     /// Only devices reporting this firmware version (`current_fw_version`).
     pub(super) firmware: Option<String>,
@@ -311,19 +311,7 @@ pub enum SortOrder {
 
 impl ListDevices {
     pub(super) fn filter(&self) -> ApiResult<DeviceFilter> {
-        let silent_since = match self.silent_mins {
-            Some(0) => {
-                return Err(ApiError::bad_request(
-                    "invalid_query",
-                    "silent_mins must be at least 1",
-                ));
-            }
-            Some(m) => Some(
-                crate::model::now_ms()
-                    .saturating_sub(i64::try_from(m.saturating_mul(60_000)).unwrap_or(i64::MAX)),
-            ),
-            None => None,
-        };
+        let silent_since = self.silent_mins.map(silent_since).transpose()?;
         Ok(DeviceFilter {
             workspace_id: self.workspace_id,
             fleet_id: self.fleet_id,
@@ -347,6 +335,22 @@ impl ListDevices {
             keys: keys(self.keys.as_deref())?,
         })
     }
+}
+
+/// Longest silence a filter names, in minutes: ten years.
+pub(super) const MAX_SILENT_MINS: u64 = 5_256_000;
+
+/// The time before which a device silent for `mins` minutes was last heard from; 400
+/// `invalid_query` outside 1 to `MAX_SILENT_MINS`.
+pub(super) fn silent_since(mins: u64) -> ApiResult<crate::model::Millis> {
+    if !(1..=MAX_SILENT_MINS).contains(&mins) {
+        return Err(ApiError::bad_request(
+            "invalid_query",
+            format!("silent_mins must be 1 to {MAX_SILENT_MINS}"),
+        ));
+    }
+    // In range, the product fits an i64 many times over.
+    Ok(crate::model::now_ms() - (mins * 60_000) as i64)
 }
 
 /// The telemetry keys of a `keys` parameter.
@@ -389,7 +393,7 @@ pub struct DevicePage {
 /// `cursor` for the next page. With `sort` (and `order`), pages go by `offset`. Any
 /// authenticated caller may list; only devices of fleets they can see are returned. Errors:
 /// 400 `invalid_cursor`, 400 `invalid_limit`, 400 `invalid_keys` (more than 10), 400
-/// `invalid_query` (a `cursor` with `sort`, `offset` or `firmware`; `silent_mins` of 0).
+/// `invalid_query` (a `cursor` with `sort`, `offset` or `firmware`; `silent_mins` outside 1 to 5,256,000).
 #[utoipa::path(get, path = "/devices", tag = "devices", params(ListDevices),
     responses((status = 200, body = DevicePage), (status = 400, body = ErrorBody)))]
 async fn list_devices(

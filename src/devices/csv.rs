@@ -1,6 +1,10 @@
 //! CSV as devices are imported and exported (RFC 4180): reading records with the line each
 //! starts on, so that an import can name the line of a bad row, and writing cells quoted
 //! where needed and defused where a spreadsheet would run them as formulas.
+//!
+//! Hand-written rather than the `csv` crate on purpose: that reader accepts an unclosed quote
+//! or text after a closing quote without a word (it is lenient by design), and an import must
+//! name the line of such a row rather than store a device with a mangled name.
 
 /// One record and the line (1-based) it starts on.
 #[derive(Debug, PartialEq)]

@@ -552,6 +552,17 @@ async fn sort_filter_page_bulk_import_export_and_fleet_health() {
         .await
         .expect("send");
     assert_eq!(r.status(), 200);
+    // A silence outside 1 minute to ten years is a 400 wherever it is taken (a huge one made
+    // the overview's arithmetic overflow).
+    for path in [
+        "/overview?silent_mins=9223372036854775808",
+        "/overview?silent_mins=0",
+        "/devices?silent_mins=5256001",
+        "/devices/export?silent_mins=18446744073709551615",
+    ] {
+        let (status, v) = api.call(&root, "GET", path, None).await;
+        assert_eq!(status, 400, "{path}: {v}");
+    }
     let o = get("/overview?silent_mins=30".to_string()).await;
     assert_eq!(o["silent_mins"], 30);
     let fleets = o["fleets"].as_array().expect("fleets");
