@@ -712,8 +712,8 @@ async fn import_devices(
 /// Export devices as CSV
 ///
 /// Returns the devices the caller sees that match the list's filters (the query parameters of
-/// `GET /devices`, in the same order; `limit`, `offset` and `cursor` are ignored: every
-/// matching device is exported) as CSV: `name`, `label`, `fleet`, `id`, `status`, `enabled`,
+/// `GET /devices`, in the same order; `limit`, `offset` and `cursor` are checked as there, then
+/// ignored: every matching device is exported) as CSV: `name`, `label`, `fleet`, `id`, `status`, `enabled`,
 /// `last_activity` (RFC 3339), `firmware_version`, `created_at`, then one column per key in
 /// `keys` with its latest value. The first three columns are those an import reads. Cells a
 /// spreadsheet would run as formulas are prefixed with `'`. Any authenticated caller. Errors:
@@ -727,6 +727,8 @@ async fn export_devices(
     ApiQuery(q): ApiQuery<ListDevices>,
 ) -> ApiResult<axum::response::Response> {
     let who = caller.filters().clone();
+    // Checked as the list checks them, so one query string means the same on both routes.
+    super::page_limit(q.limit)?;
     let mut table = q.table(usize::MAX)?;
     table.offset = 0;
     let text = crate::workers::on_blocking_pool(move || async move {
