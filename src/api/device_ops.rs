@@ -729,6 +729,12 @@ async fn export_devices(
     let who = caller.filters().clone();
     // Checked as the list checks them, so one query string means the same on both routes.
     super::page_limit(q.limit)?;
+    if q.cursor
+        .as_deref()
+        .is_some_and(|c| c.parse::<uuid::Uuid>().is_err())
+    {
+        return Err(crate::error::Error::BadCursor.into());
+    }
     let mut table = q.table(usize::MAX)?;
     table.offset = 0;
     let text = crate::workers::on_blocking_pool(move || async move {

@@ -559,6 +559,8 @@ async fn sort_filter_page_bulk_import_export_and_fleet_health() {
         "/overview?silent_mins=0",
         "/devices?silent_mins=5256001",
         "/devices/export?silent_mins=18446744073709551615",
+        "/devices/export?cursor=",
+        "/devices/export?limit=0",
     ] {
         let (status, v) = api.call(&root, "GET", path, None).await;
         assert_eq!(status, 400, "{path}: {v}");
