@@ -24,6 +24,13 @@ pub struct ListArgs {
     /// Only names containing this text.
     #[arg(long)]
     name: Option<String>,
+    #[command(flatten)]
+    page: PageArgs,
+}
+
+/// How much of a paged listing to fetch: one page, from a cursor, or every page.
+#[derive(Args)]
+pub struct PageArgs {
     /// Page size (1-1000).
     #[arg(long, default_value_t = 100)]
     limit: usize,
@@ -326,8 +333,18 @@ async fn list_all<T: serde::de::DeserializeOwned>(
     if let Some(n) = &l.name {
         query.push(("name", n.clone()));
     }
-    query.push(("limit", l.limit.to_string()));
-    let mut cursor = l.cursor.clone();
+    fetch_pages(c, path, query, &l.page).await
+}
+
+/// The pages of `path` that `p` asks for, and the cursor where the next one starts.
+pub(super) async fn fetch_pages<T: serde::de::DeserializeOwned>(
+    c: &ApiClient,
+    path: &str,
+    mut query: Vec<(&str, String)>,
+    p: &PageArgs,
+) -> anyhow::Result<(Vec<T>, Option<String>)> {
+    query.push(("limit", p.limit.to_string()));
+    let mut cursor = p.cursor.clone();
     let mut items = Vec::new();
     loop {
         let mut q = query.clone();
@@ -337,13 +354,13 @@ async fn list_all<T: serde::de::DeserializeOwned>(
         let page: Page<T> = c.get(path, &q).await?;
         items.extend(page.items);
         cursor = page.next_cursor;
-        if !l.all || cursor.is_none() {
+        if !p.all || cursor.is_none() {
             return Ok((items, cursor));
         }
     }
 }
 
-fn more(cursor: Option<String>) {
+pub(super) fn more(cursor: Option<String>) {
     if let Some(c) = cursor {
         eprintln!("(more results: --cursor {c}, or --all)");
     }

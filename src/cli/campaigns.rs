@@ -13,7 +13,6 @@ use super::ClientArgs;
 use super::client::ApiClient;
 use super::output;
 use super::resolve::{Kind, resolve};
-use crate::api::Page;
 use crate::ota::{CampaignView, DeviceUpdateView, DryRun};
 
 /// A campaign's rules as flags (see `POST /campaigns` for what each means).
@@ -143,15 +142,8 @@ pub enum CampaignCmd {
         /// Only devices in this state (queued, downloading, updated, failed, timed_out, ...).
         #[arg(long)]
         state: Option<String>,
-        /// Page size (1-1000).
-        #[arg(long, default_value_t = 100)]
-        limit: usize,
-        /// Continue from a previous page's cursor.
-        #[arg(long)]
-        cursor: Option<String>,
-        /// Fetch every page.
-        #[arg(long)]
-        all: bool,
+        #[command(flatten)]
+        page: super::admin::PageArgs,
         #[command(flatten)]
         client: ClientArgs,
     },
@@ -464,28 +456,15 @@ pub async fn run(cmd: CampaignCmd) -> anyhow::Result<ExitCode> {
         CampaignCmd::Devices {
             id,
             state,
-            limit,
-            mut cursor,
-            all,
+            page,
             client,
         } => {
             let c = ApiClient::from_args(&client)?;
-            let mut list: Vec<DeviceUpdateView> = Vec::new();
-            loop {
-                let mut q: Vec<(&str, String)> = vec![("limit", limit.to_string())];
-                q.extend(state.clone().map(|s| ("state", s)));
-                q.extend(cursor.clone().map(|c| ("cursor", c)));
-                let page: Page<DeviceUpdateView> =
-                    c.get(&format!("/campaigns/{id}/devices"), &q).await?;
-                list.extend(page.items);
-                cursor = page.next_cursor;
-                if !all || cursor.is_none() {
-                    break;
-                }
-            }
-            if let Some(c) = &cursor {
-                eprintln!("(more devices: --cursor {c}, or --all)");
-            }
+            let q: Vec<(&str, String)> = state.into_iter().map(|s| ("state", s)).collect();
+            let (list, cursor): (Vec<DeviceUpdateView>, _) =
+                super::admin::fetch_pages(&c, &format!("/campaigns/{id}/devices"), q, &page)
+                    .await?;
+            super::admin::more(cursor);
             if client.json {
                 output::json(&list)?;
             } else {

@@ -84,6 +84,12 @@ fn corral(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
         .expect("run corral")
 }
 
+/// `corral restore FILE DIR`.
+fn restore(file: &std::path::Path, dir: &std::path::Path) -> std::process::Output {
+    let path = |p: &std::path::Path| p.to_str().expect("utf-8").to_string();
+    corral(&["restore", &path(file), &path(dir)], &[])
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_backup_taken_while_ten_devices_publish_restores_everything_acknowledged_before_it() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -169,14 +175,7 @@ async fn a_backup_taken_while_ten_devices_publish_restores_everything_acknowledg
     assert!(said.contains(&format!("{DEVICES} devices")), "{said}");
 
     let restored = dir.path().join("restored");
-    let out = corral(
-        &[
-            "restore",
-            file.to_str().expect("utf-8"),
-            restored.to_str().expect("utf-8"),
-        ],
-        &[],
-    );
+    let out = restore(&file, &restored);
     assert!(
         out.status.success(),
         "{}",
@@ -277,40 +276,19 @@ async fn truncated_or_altered_backups_fail_verify_and_restore() {
 
     // Restore refuses a damaged file and leaves nothing behind.
     let target = dir.path().join("restored");
-    let out = corral(
-        &[
-            "restore",
-            cut.to_str().expect("utf-8"),
-            target.to_str().expect("utf-8"),
-        ],
-        &[],
-    );
+    let out = restore(&cut, &target);
     assert!(!out.status.success());
     assert!(!target.exists());
     // And never writes into a directory that holds something.
     std::fs::create_dir_all(&target).expect("mkdir");
     std::fs::write(target.join("keep"), b"x").expect("write");
-    let out = corral(
-        &[
-            "restore",
-            good.to_str().expect("utf-8"),
-            target.to_str().expect("utf-8"),
-        ],
-        &[],
-    );
+    let out = restore(&good, &target);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("not empty"));
 
     // Restored, the server serves the package it holds the record of.
     let restored = dir.path().join("restored-ok");
-    let out = corral(
-        &[
-            "restore",
-            good.to_str().expect("utf-8"),
-            restored.to_str().expect("utf-8"),
-        ],
-        &[],
-    );
+    let out = restore(&good, &restored);
     assert!(
         out.status.success(),
         "{}",
