@@ -206,9 +206,87 @@ impl<K: Eq + Hash> Drop for ConnectionPermit<K> {
     }
 }
 
+/// Admission control for device messages: how many may be taken off the network and not yet
+/// answered at once, across every connection and transport. Past it, MQTT connections stop
+/// being read (the dispatcher pauses on a publish service that is not ready), so the backlog
+/// waits in the devices' own in-flight windows and socket buffers instead of in memory here,
+/// and throughput levels off at what the store sustains instead of collapsing under the cost
+/// of hundreds of thousands of waiting messages. Waiters are served first come, first served
+/// (tokio's semaphore is fair), so no connection is starved while others are read.
+#[derive(Debug, Clone)]
+pub struct InFlight {
+    permits: Arc<tokio::sync::Semaphore>,
+    limit: usize,
+}
+
+/// One admitted message; dropping it lets the next one in.
+#[derive(Debug)]
+pub struct Admitted(#[allow(dead_code)] Option<tokio::sync::OwnedSemaphorePermit>);
+
+impl InFlight {
+    /// At most `limit` messages at once; 0 means no limit.
+    pub fn new(limit: u32) -> Self {
+        let limit = match limit {
+            0 => tokio::sync::Semaphore::MAX_PERMITS,
+            n => n as usize,
+        };
+        Self {
+            permits: Arc::new(tokio::sync::Semaphore::new(limit)),
+            limit,
+        }
+    }
+
+    /// Waits for room for one more message.
+    pub async fn admit(&self) -> Admitted {
+        // The semaphore is never closed, so acquiring fails only if it were.
+        Admitted(self.permits.clone().acquire_owned().await.ok())
+    }
+
+    /// Room for one more message now, without waiting.
+    pub fn try_admit(&self) -> Option<Admitted> {
+        self.permits
+            .clone()
+            .try_acquire_owned()
+            .ok()
+            .map(|p| Admitted(Some(p)))
+    }
+
+    /// Messages admitted and not yet answered.
+    pub fn in_flight(&self) -> usize {
+        self.limit - self.permits.available_permits()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn in_flight_admits_up_to_its_limit_then_in_arrival_order() {
+        let gate = InFlight::new(2);
+        let a = gate.admit().await;
+        let _b = gate.admit().await;
+        assert_eq!(gate.in_flight(), 2);
+        assert!(gate.try_admit().is_none());
+        // Two waiters queue; the first to ask is the first let in.
+        let (g1, g2) = (gate.clone(), gate.clone());
+        let first = tokio::spawn(async move { g1.admit().await });
+        tokio::task::yield_now().await;
+        let second = tokio::spawn(async move { g2.admit().await });
+        tokio::task::yield_now().await;
+        drop(a);
+        let admitted = first.await.expect("first waiter");
+        assert!(!second.is_finished());
+        drop(admitted);
+        let _c = second.await.expect("second waiter");
+        assert_eq!(gate.in_flight(), 2);
+        // No limit: never waits.
+        let open = InFlight::new(0);
+        let held: Vec<_> = (0..10_000)
+            .map(|_| open.try_admit().expect("room"))
+            .collect();
+        assert_eq!(open.in_flight(), held.len());
+    }
 
     #[test]
     fn bucket_allows_the_burst_then_the_rate() {

@@ -114,6 +114,11 @@ pub struct Metrics {
     pub worker_running: Family<WorkerLabel, Gauge>,
     /// HTTP and HTTPS connections open, set when metrics are scraped.
     pub http_connections: Gauge,
+    /// Device messages received and not yet answered, set when metrics are scraped.
+    pub messages_in_flight: Gauge,
+    /// Times a device connection stopped being read because `limits.messages_in_flight`
+    /// messages were already waiting.
+    pub ingest_read_pauses: Counter,
     /// HTTP connections closed at accept because a connection cap was reached.
     pub http_connections_refused: Family<ReasonLabel, Counter>,
     /// HTTP connections closed by a deadline (header, body, idle).
@@ -244,6 +249,18 @@ impl Metrics {
             "http_connections",
             "HTTP and HTTPS connections open",
             http_connections.clone(),
+        );
+        let messages_in_flight = Gauge::default();
+        registry.register(
+            "messages_in_flight",
+            "Device messages received and not yet answered",
+            messages_in_flight.clone(),
+        );
+        let ingest_read_pauses = Counter::default();
+        registry.register(
+            "ingest_read_pauses",
+            "Times a device connection stopped being read because too many messages were in flight",
+            ingest_read_pauses.clone(),
         );
         let http_connections_refused = Family::<ReasonLabel, Counter>::default();
         registry.register(
@@ -456,6 +473,8 @@ impl Metrics {
             worker_seconds,
             worker_running,
             http_connections,
+            messages_in_flight,
+            ingest_read_pauses,
             http_connections_refused,
             http_timeouts,
             audit_suppressed,

@@ -52,6 +52,8 @@ pub struct Services {
     pub http_device_limiter: KeyedLimiter<crate::model::DeviceId>,
     /// HTTP and HTTPS connections open at once, overall and per client address.
     pub http_connections: Arc<ConnectionCap<IpAddr>>,
+    /// Device messages received and not yet answered (`limits.messages_in_flight`).
+    pub in_flight: crate::limits::InFlight,
     /// Background work (the scheduler, retention, sweeps, backups), started by `App`.
     pub workers: Arc<crate::workers::Workers>,
 }
@@ -140,6 +142,7 @@ impl Services {
             http_connections,
             conditions,
             connect_limiter: KeyedLimiter::new(l.ip_connects_per_sec, l.ip_connect_burst),
+            in_flight: crate::limits::InFlight::new(l.messages_in_flight),
             http_device_limiter: KeyedLimiter::new(
                 l.device_messages_per_sec,
                 l.device_message_burst,

@@ -316,6 +316,9 @@ fn not_stored(e: impl Into<Error>) -> DevError {
 /// Parses and does a device message; a refusal comes back as is, for the caller to answer.
 async fn run(s: &Services, dev: &Device, kind: Kind, body: &[u8]) -> Result<Answer, Refusal> {
     let message = kind.parse(body)?;
+    // Waits its turn with MQTT's messages while the store is behind; the wait is bounded by
+    // the HTTP connection caps, as every request holds a connection.
+    let _admitted = s.in_flight.admit().await;
     device_messages::handle(s, dev.into(), message, Durability::Durable).await
 }
 

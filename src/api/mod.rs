@@ -224,6 +224,9 @@ async fn metrics(State(s): State<Arc<Services>>) -> Response {
     s.metrics
         .http_connections
         .set(s.http_connections.open() as i64);
+    s.metrics
+        .messages_in_flight
+        .set(s.in_flight.in_flight() as i64);
     match s.conditions.open_by_severity().await {
         Ok(counts) => {
             for (sev, n) in counts {

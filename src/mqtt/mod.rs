@@ -2,6 +2,7 @@
 //! this module: it runs its own system thread and per-worker runtimes, and talks to the rest of
 //! Corral only through `Services`, which is `Send + Sync`.
 
+mod admission;
 mod session;
 
 use std::net::TcpListener;
@@ -81,14 +82,18 @@ macro_rules! mqtt_service {
     ($services:expr, $transport:expr) => {{
         let (s3, s5) = ($services.clone(), $services.clone());
         MqttServer::new()
-            .v3(v3::MqttServer::new(session::publish_v3)
-                .protocol(session::protocol_v3)
-                .control(session::control_v3)
-                .build(async move |c| session::connect_v3(&s3, $transport, c).await))
-            .v5(v5::MqttServer::new(session::publish_v5)
-                .protocol(session::protocol_v5)
-                .control(session::control_v5)
-                .build(async move |c| session::connect_v5(&s5, $transport, c).await))
+            .v3(
+                v3::MqttServer::new(admission::Gate::new(&$services, session::publish_v3))
+                    .protocol(session::protocol_v3)
+                    .control(session::control_v3)
+                    .build(async move |c| session::connect_v3(&s3, $transport, c).await),
+            )
+            .v5(
+                v5::MqttServer::new(admission::Gate::new(&$services, session::publish_v5))
+                    .protocol(session::protocol_v5)
+                    .control(session::control_v5)
+                    .build(async move |c| session::connect_v5(&s5, $transport, c).await),
+            )
     }};
 }
 

@@ -22,7 +22,7 @@ use crate::devices::presence::Liveness;
 use crate::devices::protocol::{self, DeviceTopic, PROVISION_RESPONSE_TOPIC, RPC_RESPONSE_PREFIX};
 use crate::devices::sessions::{CloseReason, SessionCommand, SessionSlot, Subscription};
 use crate::jobs::SendOutcome;
-use crate::limits::TokenBucket;
+use crate::limits::{Admitted, TokenBucket};
 use crate::metrics::{ReasonLabel, TransportLabel};
 use crate::model::{DeviceId, FleetId};
 use crate::services::Services;
@@ -710,12 +710,20 @@ macro_rules! send_package {
     }};
 }
 
-pub async fn publish_v3(s: &v3::Session<DeviceSession>, p: v3::Publish) -> Result<(), MqttErr> {
+pub async fn publish_v3(
+    s: &v3::Session<DeviceSession>,
+    p: v3::Publish,
+    admitted: Admitted,
+) -> Result<(), MqttErr> {
     let payload = p.read_all().await.map_err(|_| MqttErr::Protocol)?;
     let (topic, qos) = (p.publish_topic().to_string(), p.qos());
     // The packet shares the read buffer too; the v3 ack needs nothing from it.
     drop(p);
-    match handle_publish(s, &topic, payload, qos, false).await {
+    let outcome = handle_publish(s, &topic, payload, qos, false).await;
+    // The store is done with it: a reply, or a package streamed to a slow device, must not
+    // keep other devices' messages waiting.
+    drop(admitted);
+    match outcome {
         Outcome::Stored => Ok(()),
         Outcome::Reply(prefix, suffix, body) => {
             let topic = format!("{prefix}{suffix}");
@@ -749,13 +757,16 @@ pub async fn publish_v3(s: &v3::Session<DeviceSession>, p: v3::Publish) -> Resul
 pub async fn publish_v5(
     s: &v5::Session<DeviceSession>,
     p: v5::Publish,
+    admitted: Admitted,
 ) -> Result<v5::PublishAck, MqttErr> {
     use v5::codec::PublishAckReason as R;
     let payload = p.read_all().await.map_err(|_| MqttErr::Protocol)?;
     let (topic, qos) = (p.publish_topic().to_string(), p.qos());
     // The dispatcher matches the ack to the packet id itself: the packet can go.
     drop(p);
-    Ok(match handle_publish(s, &topic, payload, qos, true).await {
+    let outcome = handle_publish(s, &topic, payload, qos, true).await;
+    drop(admitted);
+    Ok(match outcome {
         Outcome::Stored => v5::PublishAck::new(R::Success),
         Outcome::Reply(prefix, suffix, body) => {
             let topic = format!("{prefix}{suffix}");

@@ -777,3 +777,116 @@ async fn server_stamped_points_never_replace_each_other() {
     assert_eq!(own.len(), 1, "{page}");
     assert_eq!(own[0]["value"], 2);
 }
+
+/// Admission control (`limits.messages_in_flight`): devices offering more than the store takes
+/// are not read until room frees. The messages taken in never exceed the cap, nobody is
+/// disconnected for the overload, and every acknowledged message is stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn overload_waits_in_the_devices_and_loses_nothing() {
+    const DEVICES: usize = 8;
+    const EACH: i64 = 40;
+    const CAP: usize = 4;
+    let t = TestApp::start_with(|c| {
+        c.limits.messages_in_flight = CAP as u32;
+        // A slow store: each group commit waits, so the devices offer far more than it takes.
+        c.store.group_commit_delay_ms = 20;
+    })
+    .await;
+    let gate = t.app().services.in_flight.clone();
+    let watching = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let watcher = {
+        let (gate, watching) = (gate.clone(), watching.clone());
+        tokio::spawn(async move {
+            let mut most = 0;
+            while watching.load(std::sync::atomic::Ordering::Relaxed) {
+                most = most.max(gate.in_flight());
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            most
+        })
+    };
+
+    let mut devices = Vec::new();
+    for i in 0..DEVICES {
+        let (dev, token) = t.device(&format!("flood-{i}")).await;
+        let mut o = t.v3_options(&format!("flood-{i}"), &token, "");
+        o.set_inflight(EACH as u16);
+        let (client, rx) = spawn_v3(o);
+        devices.push((dev["id"].as_str().expect("id").to_string(), client, rx));
+    }
+    let mut runs = Vec::new();
+    for (id, client, mut rx) in devices {
+        runs.push(tokio::spawn(async move {
+            assert!(matches!(next_v3(&mut rx).await, Ok(Packet::ConnAck(_))));
+            for n in 0..EACH {
+                client
+                    .publish(
+                        "v1/devices/me/telemetry",
+                        QoS::AtLeastOnce,
+                        false,
+                        json!({"n": n}).to_string(),
+                    )
+                    .await
+                    .expect("publish");
+            }
+            let mut acked = 0;
+            while acked < EACH {
+                match next_v3(&mut rx).await {
+                    Ok(Packet::PubAck(_)) => acked += 1,
+                    Ok(_) => {}
+                    Err(e) => {
+                        panic!("device {id} lost its connection after {acked} PUBACKs: {e:?}")
+                    }
+                }
+            }
+            id
+        }));
+    }
+    let mut ids = Vec::new();
+    for r in runs {
+        ids.push(r.await.expect("device run"));
+    }
+    watching.store(false, std::sync::atomic::Ordering::Relaxed);
+    let most = watcher.await.expect("watcher");
+    assert!(
+        most <= CAP,
+        "{most} messages in flight at once, over the cap of {CAP}"
+    );
+
+    let metrics = reqwest::get(format!("{}/metrics", t.http_base()))
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("metrics body");
+    let pauses: f64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("corral_ingest_read_pauses_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("the pause counter");
+    assert!(
+        pauses > 0.0,
+        "the devices offered more than the cap, so reading paused"
+    );
+
+    let now = corral::model::now_ms();
+    for id in ids {
+        let page = t
+            .telemetry(
+                &id,
+                &[
+                    ("keys", "n".to_string()),
+                    ("from", (now - 600_000).to_string()),
+                    ("to", (now + 60_000).to_string()),
+                    ("limit", "1000".into()),
+                ],
+            )
+            .await;
+        let mut values: Vec<i64> = points(&page, "n")
+            .iter()
+            .map(|p| p["value"].as_i64().expect("value"))
+            .collect();
+        values.sort_unstable();
+        assert_eq!(values, (0..EACH).collect::<Vec<_>>(), "device {id}");
+    }
+}

@@ -1,0 +1,98 @@
+//! The publish service of a device connection with admission control in front of it
+//! (`limits::InFlight`). ntex-mqtt reads and decodes a connection's next packet only while its
+//! publish service is ready; this service is ready only once it holds room for one more
+//! message, so while the store is behind, connections simply stop being read: the backlog waits
+//! in the devices' in-flight windows and socket buffers, PUBACKs for what was admitted keep
+//! flowing, and nobody is disconnected for the overload itself.
+
+use std::cell::Cell;
+use std::convert::Infallible;
+
+use ntex_service::{Ctx, Service, ServiceFactory};
+use prometheus_client::metrics::counter::Counter;
+
+use crate::limits::{Admitted, InFlight};
+use crate::services::Services;
+
+/// Makes one `Gated` service per connection around a publish handler, which gets the
+/// admission with each message and drops it once the message no longer needs the store.
+#[derive(Clone)]
+pub struct Gate<H> {
+    in_flight: InFlight,
+    pauses: Counter,
+    handler: H,
+}
+
+impl<H> Gate<H> {
+    pub fn new(services: &Services, handler: H) -> Self {
+        Self {
+            in_flight: services.in_flight.clone(),
+            pauses: services.metrics.ingest_read_pauses.clone(),
+            handler,
+        }
+    }
+}
+
+impl<St, Req, H, Res, E> ServiceFactory<St, Req> for Gate<H>
+where
+    H: AsyncFn(&St, Req, Admitted) -> Result<Res, E> + Clone,
+{
+    type Res = Res;
+    type Error = E;
+    type Service = Gated<H>;
+    type InitError = Infallible;
+
+    async fn create(&self, _: &St) -> Result<Self::Service, Self::InitError> {
+        Ok(Gated {
+            gate: self.clone(),
+            waiting: Cell::new(false),
+            admitted: tokio::sync::Notify::new(),
+        })
+    }
+}
+
+/// One connection's publish service. Admission is taken when a message arrives, not while
+/// the dispatcher asks for readiness: a connection that is merely idle must not hold room, or
+/// a few thousand idle devices would lock the rest out. Instead, a connection whose message
+/// waits for room is not ready, so it is not read any further until that message is admitted:
+/// each connection has at most one message waiting, and the gate's waiters are served in the
+/// order they came.
+pub struct Gated<H> {
+    gate: Gate<H>,
+    /// A message of this connection waits for room.
+    waiting: Cell<bool>,
+    admitted: tokio::sync::Notify,
+}
+
+impl<St, Req, H, Res, E> Service<St, Req> for Gated<H>
+where
+    H: AsyncFn(&St, Req, Admitted) -> Result<Res, E>,
+{
+    type Res = Res;
+    type Error = E;
+
+    async fn ready(&self, _: Ctx<'_, Self, St>) -> Result<(), E> {
+        loop {
+            let admitted = self.admitted.notified();
+            if !self.waiting.get() {
+                return Ok(());
+            }
+            admitted.await;
+        }
+    }
+
+    async fn call(&self, req: Req, ctx: Ctx<'_, Self, St>) -> Result<Res, E> {
+        let admitted = match self.gate.in_flight.try_admit() {
+            Some(a) => a,
+            None => {
+                self.gate.pauses.inc();
+                self.waiting.set(true);
+                let a = self.gate.in_flight.admit().await;
+                self.waiting.set(false);
+                self.admitted.notify_waiters();
+                a
+            }
+        };
+        (self.gate.handler)(ctx.st(), req, admitted).await
+    }
+}
