@@ -483,7 +483,19 @@ impl CampaignService {
 
     /// Creates a campaign (a draft: nothing is sent until it starts).
     pub async fn create(&self, new: NewCampaign, by: &str) -> Result<CampaignView> {
-        let (c, package) = self.check(new, by).await?;
+        self.create_as(new, by, None).await
+    }
+
+    /// Creates a campaign, the rollback of `rollback_of` if given: marked as one from its
+    /// first write, so no reader sees it unmarked.
+    pub(super) async fn create_as(
+        &self,
+        new: NewCampaign,
+        by: &str,
+        rollback_of: Option<CampaignId>,
+    ) -> Result<CampaignView> {
+        let (mut c, package) = self.check(new, by).await?;
+        c.rollback_of = rollback_of;
         self.store.put_campaign(&c).await?;
         self.audit.record(
             Entry::new(AuditKind::CampaignCreated, by)

@@ -1273,10 +1273,7 @@ impl CampaignService {
             ..Default::default()
         };
         let by = format!("campaign:{}", c.name);
-        let view = self.create(new, &by).await?;
-        let mut rb = self.record(view.id).await?;
-        rb.rollback_of = Some(of);
-        self.store.put_campaign(&rb).await?;
+        let view = self.create_as(new, &by, Some(of)).await?;
         Box::pin(self.start(view.id, &by)).await?;
         Ok(())
     }

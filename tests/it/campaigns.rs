@@ -9,8 +9,8 @@ use crate::common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::TestApp;
 use common::server::Server;
+use common::{TestApp, eventually};
 use corral::sim::ota::{Fault, OtaDevice, OtaStatus};
 use serde_json::{Value, json};
 
@@ -624,14 +624,16 @@ async fn the_error_threshold_pauses_and_an_abort_rolls_back() {
         (2, 4),
         "{c:#}"
     );
-    let all = api.ok("GET", "/campaigns", None).await;
-    let rollback = all
-        .as_array()
-        .expect("list")
-        .iter()
-        .find(|x| x["rollback_of"] == id.as_str())
-        .expect("a rollback campaign")
-        .clone();
+    // The rollback is created by the same scheduler tick, right after the abort is written.
+    let rollback = eventually(10, || async {
+        let all = api.ok("GET", "/campaigns", None).await;
+        all.as_array()
+            .expect("list")
+            .iter()
+            .find(|x| x["rollback_of"] == id.as_str())
+            .cloned()
+    })
+    .await;
     assert_eq!(rollback["package_id"], v1.as_str());
     assert_eq!(rollback["targets"], 2);
     let rid = rollback["id"].as_str().expect("id").to_string();
