@@ -301,11 +301,13 @@ fn write_loop(
                 Job::Checkpoint(reply) => checkpoints.push(reply),
                 Job::Commit(reply) => commits.push(reply),
                 Job::Wake => {}
+                // A reader of the segments from here on reads sled for what came before, so
+                // points waiting in memory go into sled first.
                 Job::Pin(id, reply) => {
-                    let _ = reply.send(wal.rotate_pinned(Some(id)));
+                    let _ = reply.send(db.settle_all().and_then(|()| wal.rotate_pinned(Some(id))));
                 }
                 Job::Rotate(reply) => {
-                    let _ = reply.send(wal.rotate_pinned(None));
+                    let _ = reply.send(db.settle_all().and_then(|()| wal.rotate_pinned(None)));
                 }
             }
         }
@@ -356,6 +358,13 @@ fn write_loop(
             && let Some((_, Err(e), _, _)) = done.iter().find(|(_, r, _, _)| r.is_err())
         {
             applied = Err(StoreError::Flush(e.to_string()));
+        }
+        if applied.is_ok()
+            && behind.is_none()
+            && let Some(e) = db.pending_failure()
+        {
+            // A reader wrote a device's waiting points and sled refused them.
+            applied = Err(StoreError::Flush(e));
         }
         if let Err(e) = &applied {
             // sled could not take writes the log already holds (typically a full disk). sled

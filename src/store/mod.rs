@@ -153,6 +153,8 @@ pub struct Db {
     known_series: std::sync::Mutex<std::collections::HashMap<Vec<u8>, telemetry::LastPoint>>,
     /// Series per device, for the key cap (see `telemetry::SeriesCounts`).
     series_counts: telemetry::SeriesCounts,
+    /// Telemetry writes waiting in memory to reach sled (see `telemetry`).
+    pending: telemetry::Pending,
     /// The integration queues' sequence counter and live counters.
     queues: integrations::Queues,
     /// The flush generation last written into `meta` (see `guard`). Locked while it is bumped
@@ -395,6 +397,7 @@ impl Store {
             trees,
             known_series: Default::default(),
             series_counts: Default::default(),
+            pending: Default::default(),
             queues: Default::default(),
             generation: std::sync::Mutex::new(
                 generation.max(state.as_ref().map_or(0, |s| s.generation)),

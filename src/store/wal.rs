@@ -375,6 +375,7 @@ impl Wal {
             }
         }
         db.apply_points(staged)?;
+        db.settle_all()?;
         db.flush_now()?;
         for (_, path) in &existing {
             std::fs::remove_file(path).map_err(io)?;
@@ -481,6 +482,8 @@ impl Wal {
             .unwrap_or_else(|p| p.into_inner())
             .values()
             .fold(self.seq, |a, b| a.min(*b));
+        // Points waiting in memory are in the segments about to go: into sled first.
+        db.settle_all()?;
         db.flush_now()?;
         for (seq, path) in segments(&self.dir).map_err(io)? {
             if seq < next {
