@@ -39,6 +39,8 @@ pub struct Services {
     pub packages: Arc<PackageService>,
     /// OTA campaigns and the per-device update state machine.
     pub campaigns: CampaignService,
+    /// Dashboards of workspaces and fleets.
+    pub dashboards: crate::dashboards::DashboardService,
     pub sessions: Arc<Sessions>,
     pub presence: Arc<Presence>,
     pub data: DataService,
@@ -128,6 +130,8 @@ impl Services {
             metrics.clone(),
             config.ota.clone(),
         );
+        let dashboards =
+            crate::dashboards::DashboardService::new(ports.dashboards.clone(), registry.clone());
         let conditions =
             ConditionService::new(ports.conditions.clone(), registry.clone(), events.clone());
         let l = &config.limits;
@@ -173,6 +177,7 @@ impl Services {
             provisioning,
             packages,
             campaigns,
+            dashboards,
             sessions,
             audit,
             config,

@@ -13,6 +13,7 @@ mod backup;
 mod campaigns;
 mod cli;
 mod conditions;
+mod dashboards;
 mod data_api;
 mod device_table;
 mod disk_full;

@@ -366,6 +366,86 @@ async function main() {
     await page.uncheck(`#chart-series input[data-key="${other}"]`);
   });
 
+  await step('dashboard with every widget kind: a refusal at its field, values read back, live, zoom and pan, a map', async () => {
+    const deviceUrl = page.url();
+    await device.publish('v1/devices/me/telemetry', JSON.stringify({ latitude: 48.85, longitude: 2.35 }));
+    await page.click('#nav a[href="#/dashboards"]');
+    await page.waitForSelector('#dashboard-form');
+    await page.fill('#dashboard-name', 'Boiler room');
+    await page.selectOption('#dashboard-scope', { label: 'Plant / sensors' });
+    await page.click('#dashboard-form button[type=submit]');
+    await page.waitForSelector('#widget-form');
+    const add = async (kind, title, fill = async () => {}) => {
+      await page.selectOption('#widget-kind', kind);
+      await page.fill('#widget-title', title);
+      await fill();
+      await page.click('#widget-form button[type=submit]');
+      await page.waitForSelector(`#widget-list li:has-text("${title}")`);
+    };
+    await add('chart', 'Climate', async () => {
+      await page.selectOption('#widget-devices', { label: 'thermo-1' });
+      await page.fill('#widget-keys', 'temperature, humidity');
+      await page.selectOption('#widget-agg', 'max');
+      await page.selectOption('#widget-width', '4');
+    });
+    await add('value', 'Temperature now', async () => {
+      await page.selectOption('#widget-device', { label: 'thermo-1' });
+      await page.fill('#widget-key', 'temperature');
+      await page.fill('#widget-unit', '°C');
+    });
+    await add('gauge', 'Humidity', async () => {
+      await page.selectOption('#widget-device', { label: 'thermo-1' });
+      await page.fill('#widget-key', 'humidity');
+    });
+    await add('table', 'Sensors', async () => { await page.fill('#widget-keys', 'temperature,humidity'); });
+    await add('conditions', 'Alarms');
+    await add('map', 'Where', async () => { await page.selectOption('#widget-width', '4'); });
+    // The server's refusal shows at the form and names the widget and field.
+    await add('gauge', 'Broken', async () => {
+      await page.selectOption('#widget-device', { label: 'thermo-1' });
+      await page.fill('#widget-key', 'humidity');
+      await page.fill('#widget-min', '5');
+      await page.fill('#widget-max', '1');
+    });
+    await page.click('#dashboard-save');
+    await page.waitForSelector('#dashboard-error:has-text("widgets[6].max")');
+    await page.click('button[aria-label="Remove Broken"]');
+    await page.click('#dashboard-save');
+    await page.waitForSelector('#dashboard-editor', { state: 'hidden' });
+    // Each widget, read back.
+    await page.waitForSelector('#widget-0 svg.chart path.line');
+    const titles = await page.$$eval('#widget-0 svg .dots circle title', (ts) => ts.map((t) => t.textContent));
+    if (!titles.some((t) => t.startsWith('thermo-1 · temperature') && t.endsWith(': 25.5'))) throw new Error(`the chart's points: ${titles.join(' | ')}`);
+    if (!titles.some((t) => t.startsWith('thermo-1 · humidity') && t.endsWith(': 55'))) throw new Error(`no humidity series: ${titles.join(' | ')}`);
+    if (await page.locator('#widget-0 svg path.line').count() !== 2) throw new Error('the chart does not draw two series');
+    await page.waitForSelector('#widget-1 .stat-value:text-is("25.5")');
+    await page.waitForSelector('#widget-2 svg.gauge[data-value="55"]');
+    await page.waitForSelector('#widget-3 td[data-key="temperature"]:text-is("25.5")');
+    await page.waitForSelector('#widget-4 td:text-is("No open conditions.")');
+    await page.waitForSelector('#widget-5 svg.map path.land');
+    await page.waitForSelector('#widget-5 circle.marker.online');
+    await shot(page, '06c-dashboard');
+    // Live: a new value reaches the card and the gauge without a reload.
+    await device.publish('v1/devices/me/telemetry', JSON.stringify({ temperature: 31.5, humidity: 60 }));
+    await page.waitForSelector('#widget-1 .stat-value:text-is("31.5")', { timeout: 15_000 });
+    await page.waitForSelector('#widget-2 svg.gauge[data-value="60"]');
+    // Zoom and pan the shared window; back to live.
+    await page.click('#dash-zoom-in');
+    await page.waitForSelector('#dashboard-range:has-text("(30 min)")');
+    await page.click('#dash-earlier');
+    await page.waitForSelector('#dash-live[aria-pressed="false"]');
+    await page.click('#dash-later');
+    await page.click('#dash-live');
+    await page.waitForSelector('#dash-live[aria-pressed="true"]');
+    await page.waitForSelector('#dashboard-range:has-text("(60 min)")');
+    // Stored on the server: a reload draws the same widgets.
+    await page.reload();
+    await page.waitForSelector('#widget-5 svg.map');
+    if (await page.locator('#dashboard-grid article.widget').count() !== 6) throw new Error('the saved dashboard does not have 6 widgets');
+    await page.goto(deviceUrl);
+    await page.waitForSelector('#shared-key');
+  });
+
   await step('shared attribute edit reaches the device page', async () => {
     await page.fill('#shared-key', 'target_temp');
     await page.fill('#shared-value', '21.5');
