@@ -22,6 +22,7 @@ import * as dashboard from './pages/dashboard.js';
 import * as integrations from './pages/integrations.js';
 import * as users from './pages/users.js';
 import * as audit from './pages/audit.js';
+import * as exportPage from './pages/export.js';
 
 const routes = [
   [/^\/$/, overview, 'Overview'],
@@ -40,6 +41,7 @@ const routes = [
   [/^\/integrations$/, integrations, 'Integrations'],
   [/^\/users$/, users, 'Users & API keys'],
   [/^\/audit$/, audit, 'Audit log'],
+  [/^\/export$/, exportPage, 'Export data'],
 ];
 
 let cleanups = [];
