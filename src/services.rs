@@ -43,6 +43,9 @@ pub struct Services {
     pub dashboards: crate::dashboards::DashboardService,
     pub sessions: Arc<Sessions>,
     pub presence: Arc<Presence>,
+    /// Telemetry messages per minute of each fleet over the last hour (the overview's
+    /// sparklines), counted by the `message-rates` worker.
+    pub message_rates: Arc<crate::devices::rates::MessageRates>,
     pub data: DataService,
     pub auth: AuthService,
     pub audit: Arc<AuditLog>,
@@ -184,6 +187,7 @@ impl Services {
             backup: ports.backup,
             pki,
             presence,
+            message_rates: Arc::default(),
             events,
             metrics,
         }

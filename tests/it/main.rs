@@ -26,6 +26,7 @@ mod identity;
 mod integrations;
 mod jobs;
 mod layers;
+mod message_rates;
 mod mqtt_ingest;
 mod ota;
 mod power_loss;

@@ -1465,7 +1465,7 @@ async function main() {
     }
   });
 
-  await step('data export from the UI (a device as JSON, the fleet as CSV); the audit log by kind with names', async () => {
+  await step('data export from the UI (a device as JSON, the fleet as CSV); the audit log by kind with names; the last hour\'s message rates', async () => {
     await page.goto(`${base}/#/export`);
     await page.waitForSelector('#export-devices option:text-is("thermo-1")', { state: 'attached' });
     await page.selectOption('#export-devices', { label: 'thermo-1' });
@@ -1489,6 +1489,16 @@ async function main() {
     await page.waitForSelector('#audit-table tr[data-kind="credential_issued"] a:text-is("thermo-1")');
     await page.waitForSelector('#audit-table tr[data-kind="credential_issued"] a:text-is("sensors")');
     if (await page.locator('#audit-table tr[data-kind]:not([data-kind="credential_issued"])').count()) throw new Error('the kind filter let other kinds through');
+    // The overview's last hour: messages per minute overall, per workspace and per fleet.
+    await page.goto(`${base}/#/`);
+    await page.waitForSelector('#stat-hour svg.sparkline path.spark-line');
+    const total = Number(await page.getAttribute('#stat-hour svg.sparkline', 'data-total'));
+    if (!(total >= 5)) throw new Error(`the last hour counts ${total} messages`);
+    const sensors = await rest('GET', '/fleets');
+    const fid = sensors.items.find((x) => x.name === 'sensors').id;
+    const fleetTotal = Number(await page.getAttribute(`tr[data-fleet-id="${fid}"] td[data-col="messages"] svg.sparkline`, 'data-total'));
+    if (!(fleetTotal >= 5)) throw new Error(`the sensors fleet's last hour counts ${fleetTotal}`);
+    await page.waitForSelector('table.workspace-rates th:text-is("Plant")');
   });
 
   await step('sign-in throttling is explained', async () => {
