@@ -341,7 +341,7 @@ async function main() {
     await page.selectOption('#chart-tag', 'default');
   });
 
-  await step('device chart: opens on a numeric key, draws several series, downloads what it shows', async () => {
+  await step('device chart: opens on a numeric key, draws several series, downloads what it shows, tooltips, zoom and pan', async () => {
     // A text key that sorts first must not be what the chart opens on.
     await device.publish('v1/devices/me/telemetry', JSON.stringify({ a_state: 'idle' }));
     await page.waitForSelector('#latest th:text-is("a_state")', { timeout: 15_000 });
@@ -363,6 +363,27 @@ async function main() {
     const want = { temperature: '25.5', humidity: '55' };
     if (last[1] !== want[key] || last[2] !== want[other]) throw new Error(`the last row is ${lines[lines.length - 1]}`);
     await page.locator('#telemetry').screenshot({ path: join(artifacts, '06b-chart-two-series.png') });
+    // Tooltips on the points; zoom and pan by button and by a drag; back to live.
+    if (!(await page.locator('#chart svg .dots circle title').count())) throw new Error('the points have no tooltips');
+    const span = async () => page.evaluate(() => { const c = document.querySelector('#chart'); return c.getAttribute('aria-busy') === 'false' ? Number(c.dataset.to) - Number(c.dataset.from) : -1; });
+    const span0 = await span();
+    await page.click('#chart-zoom-in');
+    await page.waitForFunction((s0) => { const c = document.querySelector('#chart'); return c.getAttribute('aria-busy') === 'false' && Math.abs(Number(c.dataset.to) - Number(c.dataset.from) - s0 / 2) < 2000; }, span0);
+    if (await page.getAttribute('#chart-live', 'aria-pressed') !== 'false') throw new Error('zoomed, the chart still says live');
+    const to1 = Number(await page.getAttribute('#chart', 'data-to'));
+    await page.click('#chart-earlier');
+    await page.waitForFunction((t) => Number(document.querySelector('#chart').dataset.to) < t - 60000, to1);
+    await page.click('#chart-live');
+    await page.waitForFunction((s0) => Math.abs(Number(document.querySelector('#chart').dataset.to) - Number(document.querySelector('#chart').dataset.from) - s0) < 2000, span0);
+    const box = await page.locator('#chart svg').boundingBox();
+    await page.mouse.move(box.x + box.width * 0.55, box.y + box.height / 2);
+    await page.mouse.down();
+    await page.mouse.move(box.x + box.width * 0.95, box.y + box.height / 2, { steps: 4 });
+    await page.mouse.up();
+    await page.waitForFunction((s0) => { const c = document.querySelector('#chart'); return c.getAttribute('aria-busy') === 'false' && Number(c.dataset.to) - Number(c.dataset.from) < s0 * 0.6; }, span0);
+    await page.waitForSelector('#chart-count:has-text(" from ")');
+    await page.click('#chart-live');
+    await page.waitForSelector('#chart-live[aria-pressed="true"]');
     await page.uncheck(`#chart-series input[data-key="${other}"]`);
   });
 
