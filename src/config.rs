@@ -783,6 +783,32 @@ mod tests {
     }
 
     #[test]
+    fn a_tile_server_is_checked_and_its_origin_allowed() {
+        let c = Config::load(
+            None,
+            env(&[(
+                "CORRAL_UI__TILE_URL",
+                "https://tiles.example.lan:8443/osm/{z}/{x}/{y}.png",
+            )]),
+        )
+        .expect("valid");
+        assert_eq!(
+            c.ui.tile_origin().as_deref(),
+            Some("https://tiles.example.lan:8443")
+        );
+        for bad in [
+            "tiles.example.lan/{z}/{x}/{y}.png",
+            "https://tiles.example.lan/{z}/{x}.png",
+            "ftp://tiles.example.lan/{z}/{x}/{y}.png",
+            "https://a;b/{z}/{x}/{y}",
+        ] {
+            let err =
+                Config::load(None, env(&[("CORRAL_UI__TILE_URL", bad)])).expect_err("refused");
+            assert!(err.problems[0].starts_with("ui.tile_url"), "{bad}: {err}");
+        }
+    }
+
+    #[test]
     fn every_problem_is_reported_at_once() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("bad.toml");

@@ -166,6 +166,21 @@ impl DashboardService {
         Ok(all)
     }
 
+    /// Deletes the dashboards of a fleet, or of a whole workspace and its fleets, once that
+    /// is gone (they would show nothing to no one).
+    pub async fn delete_of(&self, workspace: WorkspaceId, fleet: Option<FleetId>) -> Result<()> {
+        let mut any = false;
+        for d in self.store.dashboards().await? {
+            if d.workspace_id == workspace && fleet.is_none_or(|f| d.fleet_id == Some(f)) {
+                any |= self.store.delete_dashboard(d.id).await?;
+            }
+        }
+        if any {
+            self.store.commit().await?;
+        }
+        Ok(())
+    }
+
     pub async fn delete(&self, id: DashboardId) -> Result<()> {
         if !self.store.delete_dashboard(id).await? {
             return Err(Error::NotFound("dashboard"));

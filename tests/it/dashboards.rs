@@ -333,6 +333,37 @@ async fn dashboards_are_validated_shared_by_role_and_scoped_to_fleets() {
     )
     .await;
     assert_eq!(s, 404);
+
+    // A fleet's dashboards go with the fleet.
+    let (_, f3) = call(
+        &t,
+        &root,
+        "POST",
+        "/fleets",
+        Some(json!({"workspace_id": ws, "name": "spare"})),
+    )
+    .await;
+    let f3 = id(&f3);
+    let (s, spare) = call(
+        &t,
+        &root,
+        "POST",
+        "/dashboards",
+        Some(json!({"workspace_id": ws, "fleet_id": f3, "name": "Spare"})),
+    )
+    .await;
+    assert_eq!(s, 201, "{spare}");
+    let (s, _) = call(&t, &root, "DELETE", &format!("/fleets/{f3}"), None).await;
+    assert_eq!(s, 204);
+    let (s, _) = call(
+        &t,
+        &root,
+        "GET",
+        &format!("/dashboards/{}", id(&spare)),
+        None,
+    )
+    .await;
+    assert_eq!(s, 404);
 }
 
 #[tokio::test]
