@@ -195,6 +195,7 @@ async function main() {
   page.setDefaultTimeout(STEP_MS);
   guard(page, problems);
   let token;
+  let dashboardHash;
   const rpcSeen = [];
   /** A REST call with the bootstrap admin key; the parsed answer. */
   const rest = async (method, path, body) => {
@@ -433,6 +434,7 @@ async function main() {
     await page.click('button[aria-label="Remove Broken"]');
     await page.click('#dashboard-save');
     await page.waitForSelector('#dashboard-editor', { state: 'hidden' });
+    dashboardHash = new URL(page.url()).hash.split('?')[0];
     // Each widget, read back.
     await page.waitForSelector('#widget-0 svg.chart path.line');
     const titles = await page.$$eval('#widget-0 svg .dots circle title', (ts) => ts.map((t) => t.textContent));
@@ -1276,7 +1278,7 @@ async function main() {
     if (overflow2 > 1) throw new Error(`the device page is ${overflow2} px wider than the screen`);
     await shot(p, '11-phone-device');
     // The campaign pages fit too.
-    for (const [hash, sel, name] of [[`#/campaigns/${campaign.id}`, '#campaign-waves tr[data-wave="1"]', 'campaign'], ['#/campaigns/new', '#campaign-preview', 'new-campaign'], ['#/campaigns', '#campaigns-list tr[data-campaign-id]', 'campaigns']]) {
+    for (const [hash, sel, name] of [[`#/campaigns/${campaign.id}`, '#campaign-waves tr[data-wave="1"]', 'campaign'], ['#/campaigns/new', '#campaign-preview', 'new-campaign'], ['#/campaigns', '#campaigns-list tr[data-campaign-id]', 'campaigns'], [dashboardHash, '#widget-5 svg.map circle.marker', 'dashboard']]) {
       await p.goto(`${base}/${hash}`);
       await p.waitForSelector(sel);
       const over = await p.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
