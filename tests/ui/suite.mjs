@@ -432,6 +432,11 @@ async function main() {
     await page.click('#dashboard-save');
     await page.waitForSelector('#dashboard-error:has-text("widgets[6].max")');
     await page.click('button[aria-label="Remove Broken"]');
+    // A widget changed in place: the card's unit.
+    await page.click('button[aria-label="Edit Temperature now"]');
+    if (await page.inputValue('#widget-key') !== 'temperature') throw new Error('the widget did not load into the form');
+    await page.fill('#widget-unit', 'degC');
+    await page.click('#widget-form button[type=submit]');
     await page.click('#dashboard-save');
     await page.waitForSelector('#dashboard-editor', { state: 'hidden' });
     dashboardHash = new URL(page.url()).hash.split('?')[0];
@@ -442,6 +447,8 @@ async function main() {
     if (!titles.some((t) => t.startsWith('thermo-1 · humidity') && t.endsWith(': 55'))) throw new Error(`no humidity series: ${titles.join(' | ')}`);
     if (await page.locator('#widget-0 svg path.line').count() !== 2) throw new Error('the chart does not draw two series');
     await page.waitForSelector('#widget-1 .stat-value:text-is("25.5")');
+    await page.waitForSelector('#widget-1 .unit:text-is(" degC")');
+    if (await page.locator('#dashboard-grid article.widget').count() !== 6) throw new Error('editing a widget changed the count');
     await page.waitForSelector('#widget-2 svg.gauge[data-value="55"]');
     await page.waitForSelector('#widget-3 td[data-key="temperature"]:text-is("25.5")');
     await page.waitForSelector('#widget-4 td:text-is("No open conditions.")');

@@ -1,7 +1,7 @@
 // One dashboard: its widgets on a four-column grid under a shared time window (a window
 // length, zoom in and out, earlier and later, back to live), updated live from the event
 // stream (telemetry, conditions, connections) and every 30 s while live; and, for operators,
-// its editor: name, window, widgets added, moved and removed, saved as a whole with the
+// its editor: name, window, widgets added, changed in place, moved and removed, saved as a whole with the
 // server's refusal shown at the form (it names the widget and field).
 
 import * as api from '../api.js';
@@ -119,6 +119,8 @@ export async function render(main, ctx) {
   // ---- editing ----
   function openEditor() {
     const draft = JSON.parse(JSON.stringify(d));
+    // The widget the form edits (its index), or null while it adds a new one.
+    let editing = null;
     editor.hidden = false;
     const err = h('div', { class: 'form-error', id: 'dashboard-error', role: 'alert' });
     const items = h('ol', { class: 'plain widget-list', id: 'widget-list' });
@@ -130,7 +132,8 @@ export async function render(main, ctx) {
         h('span', {}, `${i + 1}. `, h('strong', {}, w.title || '(untitled)'), ` — ${KINDS.find(([k]) => k === w.kind)?.[1] || w.kind}, ${w.width} column${w.width > 1 ? 's' : ''}`),
         h('button', { type: 'button', class: 'small', disabled: i === 0, 'aria-label': `Move ${w.title} up`, onclick: () => { [draft.widgets[i - 1], draft.widgets[i]] = [draft.widgets[i], draft.widgets[i - 1]]; drawList(); } }, 'Up'),
         h('button', { type: 'button', class: 'small', disabled: i === draft.widgets.length - 1, 'aria-label': `Move ${w.title} down`, onclick: () => { [draft.widgets[i + 1], draft.widgets[i]] = [draft.widgets[i], draft.widgets[i + 1]]; drawList(); } }, 'Down'),
-        h('button', { type: 'button', class: 'small danger', 'aria-label': `Remove ${w.title}`, onclick: () => { draft.widgets.splice(i, 1); drawList(); announce(`${w.title} removed.`); } }, 'Remove'))));
+        h('button', { type: 'button', class: 'small', 'aria-label': `Edit ${w.title}`, onclick: () => loadWidget(w, i) }, 'Edit'),
+        h('button', { type: 'button', class: 'small danger', 'aria-label': `Remove ${w.title}`, onclick: () => { draft.widgets.splice(i, 1); editing = null; drawList(); announce(`${w.title} removed.`); } }, 'Remove'))));
       if (!draft.widgets.length) items.append(h('li', { class: 'muted' }, 'No widgets.'));
     };
     drawList();
@@ -172,13 +175,41 @@ export async function render(main, ctx) {
     };
     kindSel.addEventListener('change', showFields);
     showFields();
+    const formTitle = h('h3', { id: 'widget-new' }, 'Add a widget');
+    const submitBtn = h('button', { type: 'submit' }, 'Add widget');
     const addForm = h('form', { class: 'inline-form', id: 'widget-form', 'aria-labelledby': 'widget-new' },
-      h('h3', { id: 'widget-new' }, 'Add a widget'),
+      formTitle,
       field('Kind', kindSel),
       field('Title', h('input', { name: 'title', id: 'widget-title', maxlength: '100', required: true })),
       field('Width', select([['1', '1 column'], ['2', '2 columns'], ['3', '3 columns'], ['4', 'Full width']], '2', { name: 'width', id: 'widget-width' })),
       kindFields,
-      h('button', { type: 'submit' }, 'Add widget'));
+      submitBtn);
+    const setMode = (i) => {
+      editing = i;
+      formTitle.textContent = i === null ? 'Add a widget' : `Edit widget ${i + 1}`;
+      submitBtn.textContent = i === null ? 'Add widget' : 'Update widget';
+    };
+    /** Fills the form with widget `i` to change it in place. */
+    function loadWidget(w, i) {
+      kindSel.value = w.kind;
+      showFields();
+      const set = (sel, v) => { const el = addForm.querySelector(sel); if (el && v !== undefined && v !== null) el.value = String(v); };
+      set('#widget-title', w.title);
+      set('#widget-width', w.width);
+      if (w.kind === 'chart') {
+        for (const o of addForm.querySelector('#widget-devices').options) o.selected = w.devices.includes(o.value);
+        set('#widget-interval', w.interval || '');
+        set('#widget-agg', w.agg || 'avg');
+      }
+      if (w.keys) set('#widget-keys', w.keys.join(', '));
+      if (w.kind === 'value' || w.kind === 'gauge') { set('#widget-device', w.device_id); set('#widget-key', w.key); set('#widget-unit', w.unit || ''); }
+      if (w.kind === 'gauge') { set('#widget-min', w.min); set('#widget-max', w.max); }
+      if (w.kind === 'table') set('#widget-limit', w.limit);
+      if (w.kind === 'conditions') set('#widget-severity', w.min_severity || '');
+      if (w.kind === 'map') { set('#widget-lat', w.lat_key); set('#widget-lon', w.lon_key); }
+      setMode(i);
+      addForm.querySelector('#widget-title').focus();
+    }
     addForm.addEventListener('submit', (ev) => {
       ev.preventDefault();
       const f = new FormData(addForm);
@@ -190,9 +221,11 @@ export async function render(main, ctx) {
       if (w.kind === 'table') Object.assign(w, { keys: keys(), limit: Number(f.get('limit') || 50) });
       if (w.kind === 'conditions' && f.get('min_severity')) w.min_severity = f.get('min_severity');
       if (w.kind === 'map') Object.assign(w, { lat_key: String(f.get('lat_key')).trim(), lon_key: String(f.get('lon_key')).trim() });
-      draft.widgets.push(w);
+      if (editing === null) draft.widgets.push(w);
+      else draft.widgets[editing] = w;
+      announce(`${w.title} ${editing === null ? 'added' : 'changed'}; save the dashboard to keep it.`);
+      setMode(null);
       drawList();
-      announce(`${w.title} added; save the dashboard to keep it.`);
       addForm.reset();
       showFields();
       addForm.querySelector('#widget-title').focus();
