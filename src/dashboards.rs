@@ -98,14 +98,20 @@ impl DashboardService {
             window: new.window,
             widgets: new.widgets,
         };
-        self.registry.workspace(new.workspace_id).await?;
-        if let Some(f) = new.fleet_id {
-            let fleet = self.registry.fleet(f).await?;
-            if fleet.workspace_id != new.workspace_id {
-                return Err(Error::invalid(
-                    "fleet_id",
-                    "the fleet is not in the dashboard's workspace",
-                ));
+        // The caller's role was checked on the fleet (or the workspace): the fleet is compared
+        // with the workspace named before that workspace is looked up, so that the answer says
+        // nothing of a workspace the caller cannot see.
+        match new.fleet_id {
+            Some(f) => {
+                if self.registry.fleet(f).await?.workspace_id != new.workspace_id {
+                    return Err(Error::invalid(
+                        "fleet_id",
+                        "the fleet is not in the dashboard's workspace",
+                    ));
+                }
+            }
+            None => {
+                self.registry.workspace(new.workspace_id).await?;
             }
         }
         if self.store.dashboards().await?.len() >= MAX_DASHBOARDS {

@@ -1,8 +1,8 @@
 // One dashboard: its widgets on a four-column grid under a shared time window (a window
 // length, zoom in and out, earlier and later, back to live), updated live from the event
 // stream (telemetry, conditions, connections) and every 30 s while live; and, for operators,
-// its editor: name, window, widgets added, changed in place, moved and removed, saved as a whole with the
-// server's refusal shown at the form (it names the widget and field).
+// its editor: name, window, widgets added, changed in place, moved and removed, saved as a
+// whole with the server's refusal shown at the form (it names the widget and field).
 
 import * as api from '../api.js';
 import { h, clear, field, toast, announce, errorText, select, debounce } from '../dom.js';
