@@ -624,14 +624,20 @@ async fn the_error_threshold_pauses_and_an_abort_rolls_back() {
         (2, 4),
         "{c:#}"
     );
-    let all = api.ok("GET", "/campaigns", None).await;
-    let rollback = all
-        .as_array()
-        .expect("list")
-        .iter()
-        .find(|x| x["rollback_of"] == id.as_str())
-        .expect("a rollback campaign")
-        .clone();
+    // The abort is recorded first and the rollback created after it (then marked as one): a
+    // reader may see the one before the other.
+    let rollback = common::eventually(10, || {
+        let (api, id) = (&api, &id);
+        async move {
+            let all = api.ok("GET", "/campaigns", None).await;
+            all.as_array()
+                .expect("list")
+                .iter()
+                .find(|x| x["rollback_of"] == id.as_str())
+                .cloned()
+        }
+    })
+    .await;
     assert_eq!(rollback["package_id"], v1.as_str());
     assert_eq!(rollback["targets"], 2);
     let rid = rollback["id"].as_str().expect("id").to_string();
