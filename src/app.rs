@@ -479,6 +479,17 @@ fn start_workers(services: &Arc<Services>) {
         },
     );
     let s = services.clone();
+    let events = services.events.subscribe();
+    w.spawn(
+        "message-rates",
+        "counts each fleet's telemetry messages per minute over the last hour (the overview's sparklines)",
+        move |stop, _report| {
+            s.message_rates
+                .clone()
+                .run(s.registry.clone(), events, stop)
+        },
+    );
+    let s = services.clone();
     w.spawn(
         "backups",
         "writes scheduled snapshots ([backup] interval_hours)",

@@ -39,6 +39,7 @@ pub struct Config {
     pub jobs: JobsConfig,
     pub ota: OtaConfig,
     pub auth: AuthConfig,
+    pub ui: UiConfig,
     /// `serve --accept-data-loss`: open a damaged or incomplete data directory anyway. Never
     /// read from a file or the environment: it must be asked for on each start.
     #[serde(skip)]
@@ -288,6 +289,26 @@ impl Default for OtaConfig {
     }
 }
 
+/// `[ui]`: the web UI.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct UiConfig {
+    /// A map tile server for the dashboards' maps (`https://tiles.example.lan/{z}/{x}/{y}.png`),
+    /// for sites that run one; without it, maps draw the world outline built into the binary,
+    /// which needs no network. Its origin is added to the pages' `img-src`.
+    pub tile_url: Option<String>,
+}
+
+impl UiConfig {
+    /// The tile server's origin (`https://host:port`), for the content security policy.
+    pub fn tile_origin(&self) -> Option<String> {
+        let url = self.tile_url.as_deref()?;
+        let (scheme, rest) = url.split_once("://")?;
+        let host = rest.split('/').next()?;
+        Some(format!("{scheme}://{host}"))
+    }
+}
+
 /// `[auth]` settings.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -331,6 +352,7 @@ impl Default for Config {
             jobs: JobsConfig::default(),
             ota: OtaConfig::default(),
             auth: AuthConfig::default(),
+            ui: UiConfig::default(),
             accept_data_loss: false,
         }
     }
@@ -486,6 +508,20 @@ impl Config {
     }
 
     fn validate(&self, problems: &mut Vec<String>) {
+        if let Some(url) = &self.ui.tile_url {
+            let scheme_ok = url.starts_with("https://") || url.starts_with("http://");
+            let host_ok = self.ui.tile_origin().is_some_and(|o| {
+                !o.ends_with("://")
+                    && o.chars()
+                        .all(|c| c.is_ascii_graphic() && c != '\'' && c != ';')
+            });
+            let holes = ["{z}", "{x}", "{y}"].iter().all(|h| url.contains(h));
+            if !scheme_ok || !host_ok || !holes {
+                problems.push(
+                    "ui.tile_url: an http:// or https:// URL with {z}, {x} and {y}, e.g. https://tiles.example.lan/{z}/{x}/{y}.png".into(),
+                );
+            }
+        }
         if !(1..=65_536).contains(&self.ota.max_package_mb) {
             problems.push("ota.max_package_mb: 1 to 65536".into());
         }
@@ -676,6 +712,7 @@ fn deserialize_collecting(table: toml::Table, problems: &mut Vec<String>) -> Opt
                     "jobs" => JobsConfig::deserialize(value).map(drop),
                     "ota" => OtaConfig::deserialize(value).map(drop),
                     "auth" => AuthConfig::deserialize(value).map(drop),
+                    "ui" => UiConfig::deserialize(value).map(drop),
                     "data_dir" | "admin_key" | "admin_key_file" => {
                         top.insert(key.clone(), value);
                         continue;
@@ -748,6 +785,32 @@ mod tests {
         let err = Config::load(None, env(&[("CORRAL_HTTP__BODY_TIMEOUT_SECS", "0")]))
             .expect_err("a zero deadline");
         assert!(err.problems[0].contains("http.body_timeout_secs"), "{err}");
+    }
+
+    #[test]
+    fn a_tile_server_is_checked_and_its_origin_allowed() {
+        let c = Config::load(
+            None,
+            env(&[(
+                "CORRAL_UI__TILE_URL",
+                "https://tiles.example.lan:8443/osm/{z}/{x}/{y}.png",
+            )]),
+        )
+        .expect("valid");
+        assert_eq!(
+            c.ui.tile_origin().as_deref(),
+            Some("https://tiles.example.lan:8443")
+        );
+        for bad in [
+            "tiles.example.lan/{z}/{x}/{y}.png",
+            "https://tiles.example.lan/{z}/{x}.png",
+            "ftp://tiles.example.lan/{z}/{x}/{y}.png",
+            "https://a;b/{z}/{x}/{y}",
+        ] {
+            let err =
+                Config::load(None, env(&[("CORRAL_UI__TILE_URL", bad)])).expect_err("refused");
+            assert!(err.problems[0].starts_with("ui.tile_url"), "{bad}: {err}");
+        }
     }
 
     #[test]

@@ -15,6 +15,7 @@ pub mod cli;
 pub mod client;
 pub mod conditions;
 pub mod config;
+pub mod dashboards;
 pub mod data;
 pub mod device_messages;
 pub mod devices;

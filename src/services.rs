@@ -39,8 +39,13 @@ pub struct Services {
     pub packages: Arc<PackageService>,
     /// OTA campaigns and the per-device update state machine.
     pub campaigns: CampaignService,
+    /// Dashboards of workspaces and fleets.
+    pub dashboards: crate::dashboards::DashboardService,
     pub sessions: Arc<Sessions>,
     pub presence: Arc<Presence>,
+    /// Telemetry messages per minute of each fleet over the last hour (the overview's
+    /// sparklines), counted by the `message-rates` worker.
+    pub message_rates: Arc<crate::devices::rates::MessageRates>,
     pub data: DataService,
     pub auth: AuthService,
     pub audit: Arc<AuditLog>,
@@ -130,6 +135,8 @@ impl Services {
             metrics.clone(),
             config.ota.clone(),
         );
+        let dashboards =
+            crate::dashboards::DashboardService::new(ports.dashboards.clone(), registry.clone());
         let conditions =
             ConditionService::new(ports.conditions.clone(), registry.clone(), events.clone());
         let l = &config.limits;
@@ -176,12 +183,14 @@ impl Services {
             provisioning,
             packages,
             campaigns,
+            dashboards,
             sessions,
             audit,
             config,
             backup: ports.backup,
             pki,
             presence,
+            message_rates: Arc::default(),
             events,
             metrics,
         }

@@ -17,12 +17,17 @@ import * as packages from './pages/packages.js';
 import * as campaigns from './pages/campaigns.js';
 import * as campaignNew from './pages/campaign-new.js';
 import * as campaign from './pages/campaign.js';
+import * as dashboards from './pages/dashboards.js';
+import * as dashboard from './pages/dashboard.js';
 import * as integrations from './pages/integrations.js';
 import * as users from './pages/users.js';
 import * as audit from './pages/audit.js';
+import * as exportPage from './pages/export.js';
 
 const routes = [
   [/^\/$/, overview, 'Overview'],
+  [/^\/dashboards$/, dashboards, 'Dashboards'],
+  [/^\/dashboards\/([0-9a-fA-F-]{36})$/, dashboard, 'Dashboard'],
   [/^\/fleets$/, fleets, 'Workspaces & fleets'],
   [/^\/fleets\/([0-9a-fA-F-]{36})$/, fleet, 'Fleet'],
   [/^\/devices$/, devices, 'Devices'],
@@ -36,6 +41,7 @@ const routes = [
   [/^\/integrations$/, integrations, 'Integrations'],
   [/^\/users$/, users, 'Users & API keys'],
   [/^\/audit$/, audit, 'Audit log'],
+  [/^\/export$/, exportPage, 'Export data'],
 ];
 
 let cleanups = [];

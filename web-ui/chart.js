@@ -97,3 +97,22 @@ export function lineChart(points, { from, to, label, band = false, width = 800, 
   });
   return svg;
 }
+
+/**
+ * A sparkline of `values` (one per minute, oldest first): a small SVG line with the total and
+ * the peak in its label (role img), and the total in `data-total` for tests.
+ */
+export function sparkline(values, label) {
+  const W = 120;
+  const H = 28;
+  const total = values.reduce((a, b) => a + b, 0);
+  const peak = Math.max(0, ...values);
+  const text = `${label}: ${total} messages in the last hour, at most ${peak} a minute`;
+  const svg = s('svg', { viewBox: `0 0 ${W} ${H}`, class: 'sparkline', role: 'img', 'aria-label': text, 'data-total': total }, s('title', {}, text));
+  if (values.length > 1) {
+    const px = (i) => (i * (W - 2)) / (values.length - 1) + 1;
+    const py = (v) => H - 2 - (peak ? (v / peak) * (H - 4) : 0);
+    svg.append(s('path', { d: values.map((v, i) => `${i ? 'L' : 'M'}${px(i).toFixed(1)},${py(v).toFixed(1)}`).join(''), class: 'spark-line' }));
+  }
+  return svg;
+}

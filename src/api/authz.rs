@@ -94,6 +94,9 @@ impl RoleMark for Admin {
 /// Where an object sits, which decides who may act on it.
 pub enum Scope {
     Fleet(WorkspaceId, FleetId),
+    /// Objects of a whole workspace (a workspace's dashboards): roles on the workspace, and
+    /// invisible to users limited to some of its fleets.
+    Workspace(WorkspaceId),
     /// Objects of no fleet (a schedule without target): server admins only.
     Server,
 }
@@ -194,6 +197,21 @@ impl Object for Schedule {
     }
 }
 
+/// A dashboard: its fleet decides, or for a workspace's dashboard its workspace. The record
+/// names both, so no registry lookup is needed.
+pub struct Dashboard;
+impl Object for Dashboard {
+    type Id = crate::model::DashboardId;
+    const WHAT: &'static str = "dashboard";
+    async fn scope(s: &Services, id: crate::model::DashboardId) -> Result<Scope, Error> {
+        let d = s.dashboards.get(id).await?;
+        Ok(match d.fleet_id {
+            Some(f) => Scope::Fleet(d.workspace_id, f),
+            None => Scope::Workspace(d.workspace_id),
+        })
+    }
+}
+
 /// The caller, noting that this request's authorization is being checked.
 fn checking(parts: &Parts) -> Result<Principal, ApiError> {
     mark_checked(parts);
@@ -257,6 +275,23 @@ fn fleet_role(
     }
 }
 
+/// `role` on a workspace-wide object: 404 `what` to whoever holds no role on the whole
+/// workspace (a user limited to some fleets does not see it).
+fn workspace_object_role(
+    p: &Principal,
+    w: WorkspaceId,
+    role: Role,
+    what: &str,
+) -> Result<(), ApiError> {
+    match p.role_on_workspace(w) {
+        Some(r) if r >= role => Ok(()),
+        Some(_) => Err(forbidden(
+            &format!("needs the {role:?} role on the workspace").to_lowercase(),
+        )),
+        None => Err(ApiError::not_found(what)),
+    }
+}
+
 fn workspace_role(p: &Principal, w: WorkspaceId, role: Role) -> Result<(), ApiError> {
     match p.role_on_workspace(w) {
         Some(r) if r >= role => Ok(()),
@@ -314,10 +349,12 @@ impl Caller {
             }
             Action::Fleet(f, role) => match found(fleet_scope(s, f).await, "fleet")? {
                 Scope::Fleet(w, f) => fleet_role(p, w, f, role, "fleet"),
+                Scope::Workspace(w) => workspace_object_role(p, w, role, "fleet"),
                 Scope::Server => server_admin(p),
             },
             Action::Device(d, role) => match found(device_scope(s, d).await, "device")? {
                 Scope::Fleet(w, f) => fleet_role(p, w, f, role, "device"),
+                Scope::Workspace(w) => workspace_object_role(p, w, role, "device"),
                 Scope::Server => server_admin(p),
             },
             Action::Server => server_admin(p),
@@ -359,6 +396,7 @@ impl<O: Object, R: RoleMark> FromRequestParts<Arc<Services>> for On<O, R> {
         let id: O::Id = path_id(parts, state, "id").await?;
         match found(O::scope(state, id).await, O::WHAT)? {
             Scope::Fleet(w, f) => fleet_role(&p, w, f, R::ROLE, O::WHAT)?,
+            Scope::Workspace(w) => workspace_object_role(&p, w, R::ROLE, O::WHAT)?,
             Scope::Server => server_admin(&p)?,
         }
         Ok(On(id, PhantomData))

@@ -13,6 +13,7 @@ mod campaigns;
 mod conditions;
 mod conn;
 mod credentials;
+mod dashboards;
 mod device_http;
 mod device_ops;
 pub mod error;
@@ -103,6 +104,7 @@ fn api_v1() -> (Router<Arc<Services>>, utoipa::openapi::OpenApi) {
         .merge(workers::routes())
         .merge(packages::routes())
         .merge(campaigns::routes())
+        .merge(dashboards::routes())
         .split_for_parts()
 }
 
@@ -216,7 +218,10 @@ pub fn router(
             services.clone(),
             conn::body_deadline,
         ))
-        .layer(middleware::from_fn(ui::security_headers))
+        .layer(middleware::from_fn_with_state(
+            ui::content_security_policy(services.config.ui.tile_origin().as_deref()),
+            ui::security_headers,
+        ))
         .with_state(services)
 }
 

@@ -48,6 +48,7 @@ use utoipa::openapi::{Content, RefOr, Response, ResponseBuilder};
         (name = "jobs", description = "Commands to devices, fleet rollouts and schedules."),
         (name = "ota", description = "Firmware and software packages for over-the-air updates, and campaigns that roll them out."),
         (name = "conditions", description = "Device-reported conditions (alarms): list, acknowledge, close."),
+        (name = "dashboards", description = "Dashboards of a workspace or a fleet: charts, values, gauges, tables, conditions and maps of its devices."),
         (name = "events", description = "Connection and lifecycle events."),
         (name = "integrations", description = "Webhooks fed from durable per-integration queues."),
         (name = "users", description = "Users, their grants and their API keys."),

@@ -1,9 +1,10 @@
 //! The overview route (`/overview`): the dashboard's numbers over what the caller sees
 //! (devices online and offline, the message rate, open conditions, unfinished jobs,
 //! integrations' health) and fleet health: per fleet, its devices online, offline, silent and
-//! disabled, its open conditions by severity, and its running rollouts and campaigns with their
-//! progress. One pass over the devices and one over the open conditions answer it, so a page
-//! asks once instead of once per fleet.
+//! disabled, its open conditions by severity, its running rollouts and campaigns with their
+//! progress, and its messages per minute over the last hour (`devices::rates`). One pass over
+//! the devices and one over the open conditions answer it, so a page asks once instead of once
+//! per fleet.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -49,6 +50,9 @@ pub struct Overview {
     devices: DeviceCounts,
     /// Telemetry messages stored per second, over the last minute (server-wide).
     messages_per_sec: f64,
+    /// Telemetry messages per minute over the last hour in the fleets the caller sees, oldest
+    /// first (60 values; the last is the current minute, still counting).
+    messages_per_minute: Vec<u64>,
     /// Device conditions (alarms) open now.
     open_conditions: u64,
     /// Jobs not finished yet.
@@ -90,6 +94,9 @@ pub struct FleetHealth {
     conditions: BTreeMap<Severity, u64>,
     /// Rollouts and campaigns running or paused in the fleet, with their progress.
     work: Vec<RunningWork>,
+    /// Telemetry messages per minute over the last hour, oldest first (60 values; the last is
+    /// the current minute).
+    messages_per_minute: Vec<u32>,
 }
 
 /// A rollout (a command to a fleet) or an OTA campaign that has not finished.
@@ -121,10 +128,11 @@ struct FleetTally {
 ///
 /// Returns the dashboard's numbers over what the caller can see: devices (total, online,
 /// offline, silent), open conditions and unfinished jobs, plus the server-wide rate of stored
-/// telemetry messages. Server admins also get each integration's health. `fleets` gives each
-/// visible fleet's health (at most 200, by workspace and fleet name): its devices online,
-/// offline, silent and disabled, its open conditions by severity, and its rollouts and
-/// campaigns that have not finished, with their progress. A device is silent when nothing was
+/// telemetry messages and the messages per minute of the last hour in the fleets the caller
+/// sees. Server admins also get each integration's health. `fleets` gives each visible fleet's
+/// health (at most 200, by workspace and fleet name): its devices online, offline, silent and
+/// disabled, its open conditions by severity, its rollouts and campaigns that have not
+/// finished, with their progress, and its messages per minute over the last hour. A device is silent when nothing was
 /// heard from it for `silent_mins` minutes (default 60). Any authenticated caller. Errors: 400
 /// `invalid_query` (`silent_mins` outside 1 to 5,256,000, ten years).
 #[utoipa::path(get, path = "/overview", tag = "overview", params(OverviewParams),
@@ -139,6 +147,21 @@ async fn overview(
     let p = caller.filters().clone();
     let s2 = s.clone();
     let p2 = p.clone();
+    // The last hour's message rates: each fleet's, and their sum over the fleets the caller
+    // sees (those past the 200 detailed included).
+    let rates: HashMap<FleetId, Vec<u32>> = s
+        .message_rates
+        .last_hour(crate::model::now_ms())
+        .into_iter()
+        .filter(|r| p.admin || p.sees_fleet(r.workspace_id, r.fleet_id))
+        .map(|r| (r.fleet_id, r.per_minute))
+        .collect();
+    let mut messages_per_minute = vec![0u64; crate::devices::rates::MINUTES];
+    for series in rates.values() {
+        for (sum, n) in messages_per_minute.iter_mut().zip(series) {
+            *sum += u64::from(*n);
+        }
+    }
     let (totals, fleets, truncated, running, conditions) =
         crate::workers::on_blocking_pool(move || async move {
             let mut totals = DeviceCounts::default();
@@ -289,15 +312,24 @@ async fn overview(
                     disabled: t.disabled,
                     conditions: t.conditions,
                     work,
+                    messages_per_minute: Vec::new(),
                 });
             }
             ApiResult::Ok((totals, out, truncated, running, conditions))
         })
         .await
         .map_err(ApiError::internal)??;
+    let mut fleets = fleets;
+    for f in &mut fleets {
+        f.messages_per_minute = rates
+            .get(&f.fleet_id)
+            .cloned()
+            .unwrap_or_else(|| vec![0; crate::devices::rates::MINUTES]);
+    }
     Ok(Json(Overview {
         devices: totals,
         messages_per_sec: s.metrics.recent_message_rate(),
+        messages_per_minute,
         open_conditions: conditions,
         running_jobs: running,
         integrations: if p.admin {

@@ -155,6 +155,7 @@ async fn delete_workspace(
     DeleteWorkspace(id): DeleteWorkspace,
 ) -> ApiResult<StatusCode> {
     s.registry.delete_workspace(id).await?;
+    s.dashboards.delete_of(id, None).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -258,7 +259,10 @@ async fn update_fleet(
 #[utoipa::path(delete, path = "/fleets/{id}", tag = "fleets", params(("id" = String, Path, description = "fleet id")),
     responses((status = 204), (status = 404, body = ErrorBody), (status = 409, description = "the fleet still has devices", body = ErrorBody)))]
 async fn delete_fleet(State(s): S, FleetSettings(id): FleetSettings) -> ApiResult<StatusCode> {
+    let workspace = s.registry.fleet(id).await?.workspace_id;
     s.registry.delete_fleet(id).await?;
+    // The fleet's dashboards go with it (the registry knows nothing of dashboards).
+    s.dashboards.delete_of(workspace, Some(id)).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -24,6 +24,18 @@ pub const CONTENT_SECURITY_POLICY: &str = "default-src 'self'; script-src 'self'
      img-src 'self' data:; connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; \
      form-action 'self'";
 
+/// The policy every response carries: `CONTENT_SECURITY_POLICY`, with the map tile server's
+/// origin (`[ui] tile_url`, checked at start) allowed as an image source.
+pub fn content_security_policy(tile_origin: Option<&str>) -> HeaderValue {
+    let policy = match tile_origin {
+        None => CONTENT_SECURITY_POLICY.to_string(),
+        Some(o) => CONTENT_SECURITY_POLICY
+            .replace("img-src 'self' data:", &format!("img-src 'self' data: {o}")),
+    };
+    HeaderValue::from_str(&policy)
+        .unwrap_or_else(|_| HeaderValue::from_static(CONTENT_SECURITY_POLICY))
+}
+
 /// Two years, the preload list's minimum; sent only on the HTTPS listener (RFC 6797 §7.2: a
 /// browser ignores it over plain HTTP anyway, and a plain-HTTP LAN deployment must not be pinned).
 pub const STRICT_TRANSPORT_SECURITY: &str = "max-age=63072000";
@@ -82,13 +94,14 @@ fn hex(b: &[u8]) -> String {
 }
 
 /// Adds the security headers to every response (a layer over the whole router).
-pub async fn security_headers(req: Request, next: Next) -> Response {
+pub async fn security_headers(
+    axum::extract::State(csp): axum::extract::State<HeaderValue>,
+    req: Request,
+    next: Next,
+) -> Response {
     let mut r = next.run(req).await;
     let h = r.headers_mut();
-    h.insert(
-        header::CONTENT_SECURITY_POLICY,
-        HeaderValue::from_static(CONTENT_SECURITY_POLICY),
-    );
+    h.insert(header::CONTENT_SECURITY_POLICY, csp);
     h.insert(
         header::X_CONTENT_TYPE_OPTIONS,
         HeaderValue::from_static("nosniff"),

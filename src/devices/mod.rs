@@ -7,6 +7,7 @@ pub mod credentials;
 pub mod presence;
 pub mod protocol;
 pub mod provisioning;
+pub mod rates;
 pub mod registry;
 pub mod rpc;
 pub mod sessions;

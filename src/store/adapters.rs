@@ -8,9 +8,9 @@ use futures_util::future::BoxFuture;
 use super::ports::Fut;
 
 use super::ports::{
-    AttributeStore, BackupStore, CampaignStore, ConditionStore, Durable, IdentityStore,
-    IntegrationStore, JobStore, JobWriter, OperatorStore, PackageStore, Ports, RegistryStore,
-    StoreFootprint, TelemetryStore,
+    AttributeStore, BackupStore, CampaignStore, ConditionStore, DashboardStore, Durable,
+    IdentityStore, IntegrationStore, JobStore, JobWriter, OperatorStore, PackageStore, Ports,
+    RegistryStore, StoreFootprint, TelemetryStore,
 };
 use super::{
     Agg, ConditionScan, CredentialClash, CredentialKey, Cursor, DeadLetter, DeviceClash, Enqueue,
@@ -39,6 +39,7 @@ impl Store {
             operators: s.clone(),
             packages: s.clone(),
             campaigns: s.clone(),
+            dashboards: s.clone(),
             backup: s,
         }
     }
@@ -646,6 +647,24 @@ impl PackageStore for Store {
     }
     fn delete_package<'a>(&'a self, p: &'a crate::model::Package) -> Fut<'a, ()> {
         done(self.db.delete_package(p))
+    }
+}
+
+impl DashboardStore for Store {
+    fn put_dashboard<'a>(&'a self, d: &'a crate::model::Dashboard) -> Fut<'a, ()> {
+        done(self.db.put_dashboard(d))
+    }
+    fn get_dashboard<'a>(
+        &'a self,
+        id: crate::model::DashboardId,
+    ) -> Fut<'a, Option<crate::model::Dashboard>> {
+        done(self.db.get_dashboard(id))
+    }
+    fn dashboards<'a>(&'a self) -> Fut<'a, Vec<crate::model::Dashboard>> {
+        done(self.db.dashboards())
+    }
+    fn delete_dashboard<'a>(&'a self, id: crate::model::DashboardId) -> Fut<'a, bool> {
+        done(self.db.delete_dashboard(id))
     }
 }
 

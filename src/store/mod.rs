@@ -14,6 +14,7 @@ mod commit;
 mod conditions;
 mod connections;
 mod credentials;
+mod dashboards;
 pub mod guard;
 mod integrations;
 mod jobs;
@@ -220,6 +221,7 @@ struct Trees {
     package_keys: sled::Tree,
     campaigns: sled::Tree,
     ota_devices: sled::Tree,
+    dashboards: sled::Tree,
 }
 
 /// Options for opening the store.
@@ -370,6 +372,7 @@ impl Store {
             package_keys: t("package_keys")?,
             campaigns: t("campaigns")?,
             ota_devices: t("ota_devices")?,
+            dashboards: t("dashboards")?,
         };
         let generation = read_generation(&trees.meta)?;
         match &state {

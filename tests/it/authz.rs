@@ -370,6 +370,7 @@ struct World {
     condition: String,
     package: String,
     campaign: String,
+    dashboard: String,
 }
 
 async fn world(api: &Api, key: &str, name: &str) -> World {
@@ -459,6 +460,12 @@ async fn world(api: &Api, key: &str, name: &str) -> World {
         json!({"name": "c", "package_id": package["id"], "fleet_id": fleet}),
     )
     .await;
+    let dashboard = post(
+        "/dashboards",
+        json!({"workspace_id": ws, "fleet_id": fleet, "name": "d",
+            "widgets": [{"kind": "value", "title": "v", "device_id": device, "key": "t"}]}),
+    )
+    .await;
     let sc = post(
         "/schedules",
         json!({"name": "s", "device_id": device, "method": "m", "trigger": {"cron": {"expr": "@daily"}}}),
@@ -475,6 +482,7 @@ async fn world(api: &Api, key: &str, name: &str) -> World {
         schedule: sc["id"].as_str().expect("schedule").to_string(),
         package: package["id"].as_str().expect("package").to_string(),
         campaign: campaign["id"].as_str().expect("campaign").to_string(),
+        dashboard: dashboard["id"].as_str().expect("dashboard").to_string(),
         condition: opened["conditions"][0]["id"]
             .as_str()
             .expect("condition")
@@ -513,7 +521,7 @@ fn needs(method: &str, path: &str) -> Option<&'static str> {
     match path {
         "/auth/me" | "/auth/logout" | "/overview" | "/events" | "/audit" | "/export" => None,
         "/workspaces" | "/fleets" | "/devices" | "/devices/export" | "/schedules"
-        | "/conditions" | "/packages" | "/campaigns"
+        | "/conditions" | "/packages" | "/campaigns" | "/dashboards"
             if read =>
         {
             None
@@ -612,6 +620,7 @@ async fn every_route_checks_role_and_workspace() {
                 .replace("/conditions/{id}", &format!("/conditions/{}", w1.condition))
                 .replace("/packages/{id}", &format!("/packages/{}", w1.package))
                 .replace("/campaigns/{id}", &format!("/campaigns/{}", w1.campaign))
+                .replace("/dashboards/{id}", &format!("/dashboards/{}", w1.dashboard))
                 .replace("/users/{id}", &format!("/users/{outsider_id}"))
                 .replace(
                     "/integrations/{id}",
@@ -632,6 +641,10 @@ async fn every_route_checks_role_and_workspace() {
                     json!({"name": "n", "package_id": w1.package, "fleet_id": w1.fleet})
                 }
                 ("post", "/devices") => json!({"fleet_id": w1.fleet, "name": "new"}),
+                // A fleet's dashboard: the operator role on the fleet.
+                ("post", "/dashboards") => {
+                    json!({"workspace_id": w1.ws, "fleet_id": w1.fleet, "name": "new"})
+                }
                 // Each device is authorized as its own route would be; a caller who may
                 // change none of them is refused as that route would refuse them.
                 ("post", "/devices/bulk") => {
@@ -685,6 +698,7 @@ async fn every_route_checks_role_and_workspace() {
                 || path.starts_with("/conditions/{id}")
                 || path.starts_with("/packages/{id}")
                 || path.starts_with("/campaigns/{id}")
+                || path.starts_with("/dashboards/{id}")
             {
                 let (s, v) = call(Some(customer.clone())).await;
                 assert_eq!(s, 404, "customer: {m} {path} → {v}");

@@ -104,6 +104,15 @@ async fn a_backup_taken_while_ten_devices_publish_restores_everything_acknowledg
         .post("/fleets", &json!({"workspace_id": ws["id"], "name": "f"}))
         .await
         .expect("fleet");
+    // A dashboard: its store area is in the backup like every other.
+    let dashboard: Value = api
+        .post(
+            "/dashboards",
+            &json!({"workspace_id": ws["id"], "fleet_id": fleet["id"], "name": "kept",
+                "widgets": [{"kind": "map", "title": "where"}]}),
+        )
+        .await
+        .expect("dashboard");
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let mut devices = Vec::new();
     let mut tasks = Vec::new();
@@ -188,6 +197,14 @@ async fn a_backup_taken_while_ten_devices_publish_restores_everything_acknowledg
     );
     drop(srv);
     let srv = Server::spawn(&restored, &key);
+    let back: Value = admin(&srv.base(), &key)
+        .get(
+            &format!("/dashboards/{}", dashboard["id"].as_str().expect("id")),
+            &[],
+        )
+        .await
+        .expect("the dashboard is restored");
+    assert_eq!(back, dashboard);
     for ((device, _), before) in devices.iter().zip(&before) {
         let seq = stored_longs(&srv.base(), &key, device, "seq").await;
         let twin = stored_longs(&srv.base(), &key, device, "twin").await;

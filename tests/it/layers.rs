@@ -30,6 +30,8 @@ const LAYERS: &[(&str, u32)] = &[
     ("conditions", 6),
     // Campaigns send their install commands as jobs and select targets as rollouts do.
     ("ota", 7),
+    // Dashboards check a chart's interval as the aggregate API reads it.
+    ("dashboards", 7),
     ("services", 8),
     ("backups", 9),
     ("device_messages", 9),

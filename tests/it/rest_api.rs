@@ -425,6 +425,8 @@ async fn every_documented_route_requires_an_api_key_and_exists() {
         "/integrations/{id}/dead-letters/replay",
         "/conditions",
         "/conditions/{id}",
+        "/dashboards",
+        "/dashboards/{id}",
         "/conditions/{id}/acknowledge",
         "/conditions/{id}/close",
         "/devices/{id}/conditions",
@@ -501,7 +503,7 @@ async fn every_documented_route_requires_an_api_key_and_exists() {
             checked += 1;
         }
     }
-    assert_eq!(checked, 116);
+    assert_eq!(checked, 121);
     let resp = c
         .get(format!("{base}/api/v1/nothing"))
         .bearer_auth(&t.admin_key)

@@ -195,6 +195,7 @@ async function main() {
   page.setDefaultTimeout(STEP_MS);
   guard(page, problems);
   let token;
+  let dashboardHash;
   const rpcSeen = [];
   /** A REST call with the bootstrap admin key; the parsed answer. */
   const rest = async (method, path, body) => {
@@ -341,7 +342,7 @@ async function main() {
     await page.selectOption('#chart-tag', 'default');
   });
 
-  await step('device chart: opens on a numeric key, draws several series, downloads what it shows', async () => {
+  await step('device chart: opens on a numeric key, draws several series, downloads what it shows, tooltips, zoom and pan', async () => {
     // A text key that sorts first must not be what the chart opens on.
     await device.publish('v1/devices/me/telemetry', JSON.stringify({ a_state: 'idle' }));
     await page.waitForSelector('#latest th:text-is("a_state")', { timeout: 15_000 });
@@ -363,7 +364,116 @@ async function main() {
     const want = { temperature: '25.5', humidity: '55' };
     if (last[1] !== want[key] || last[2] !== want[other]) throw new Error(`the last row is ${lines[lines.length - 1]}`);
     await page.locator('#telemetry').screenshot({ path: join(artifacts, '06b-chart-two-series.png') });
+    // Tooltips on the points; zoom and pan by button and by a drag; back to live.
+    if (!(await page.locator('#chart svg .dots circle title').count())) throw new Error('the points have no tooltips');
+    const span = async () => page.evaluate(() => { const c = document.querySelector('#chart'); return c.getAttribute('aria-busy') === 'false' ? Number(c.dataset.to) - Number(c.dataset.from) : -1; });
+    const span0 = await span();
+    await page.click('#chart-zoom-in');
+    await page.waitForFunction((s0) => { const c = document.querySelector('#chart'); return c.getAttribute('aria-busy') === 'false' && Math.abs(Number(c.dataset.to) - Number(c.dataset.from) - s0 / 2) < 2000; }, span0);
+    if (await page.getAttribute('#chart-live', 'aria-pressed') !== 'false') throw new Error('zoomed, the chart still says live');
+    const to1 = Number(await page.getAttribute('#chart', 'data-to'));
+    await page.click('#chart-earlier');
+    await page.waitForFunction((t) => Number(document.querySelector('#chart').dataset.to) < t - 60000, to1);
+    await page.click('#chart-live');
+    await page.waitForFunction((s0) => Math.abs(Number(document.querySelector('#chart').dataset.to) - Number(document.querySelector('#chart').dataset.from) - s0) < 2000, span0);
+    const box = await page.locator('#chart svg').boundingBox();
+    await page.mouse.move(box.x + box.width * 0.55, box.y + box.height / 2);
+    await page.mouse.down();
+    await page.mouse.move(box.x + box.width * 0.95, box.y + box.height / 2, { steps: 4 });
+    await page.mouse.up();
+    await page.waitForFunction((s0) => { const c = document.querySelector('#chart'); return c.getAttribute('aria-busy') === 'false' && Number(c.dataset.to) - Number(c.dataset.from) < s0 * 0.6; }, span0);
+    await page.waitForSelector('#chart-count:has-text(" from ")');
+    await page.click('#chart-live');
+    await page.waitForSelector('#chart-live[aria-pressed="true"]');
     await page.uncheck(`#chart-series input[data-key="${other}"]`);
+  });
+
+  await step('dashboard with every widget kind: a refusal at its field, values read back, live, zoom and pan, a map', async () => {
+    const deviceUrl = page.url();
+    await device.publish('v1/devices/me/telemetry', JSON.stringify({ latitude: 48.85, longitude: 2.35 }));
+    await page.click('#nav a[href="#/dashboards"]');
+    await page.waitForSelector('#dashboard-form');
+    await page.fill('#dashboard-name', 'Boiler room');
+    await page.selectOption('#dashboard-scope', { label: 'Plant / sensors' });
+    await page.click('#dashboard-form button[type=submit]');
+    await page.waitForSelector('#widget-form');
+    const add = async (kind, title, fill = async () => {}) => {
+      await page.selectOption('#widget-kind', kind);
+      await page.fill('#widget-title', title);
+      await fill();
+      await page.click('#widget-form button[type=submit]');
+      await page.waitForSelector(`#widget-list li:has-text("${title}")`);
+    };
+    await add('chart', 'Climate', async () => {
+      await page.selectOption('#widget-devices', { label: 'thermo-1' });
+      await page.fill('#widget-keys', 'temperature, humidity');
+      await page.selectOption('#widget-agg', 'max');
+      await page.selectOption('#widget-width', '4');
+    });
+    await add('value', 'Temperature now', async () => {
+      await page.selectOption('#widget-device', { label: 'thermo-1' });
+      await page.fill('#widget-key', 'temperature');
+      await page.fill('#widget-unit', '°C');
+    });
+    await add('gauge', 'Humidity', async () => {
+      await page.selectOption('#widget-device', { label: 'thermo-1' });
+      await page.fill('#widget-key', 'humidity');
+    });
+    await add('table', 'Sensors', async () => { await page.fill('#widget-keys', 'temperature,humidity'); });
+    await add('conditions', 'Alarms');
+    await add('map', 'Where', async () => { await page.selectOption('#widget-width', '4'); });
+    // The server's refusal shows at the form and names the widget and field.
+    await add('gauge', 'Broken', async () => {
+      await page.selectOption('#widget-device', { label: 'thermo-1' });
+      await page.fill('#widget-key', 'humidity');
+      await page.fill('#widget-min', '5');
+      await page.fill('#widget-max', '1');
+    });
+    await page.click('#dashboard-save');
+    await page.waitForSelector('#dashboard-error:has-text("widgets[6].max")');
+    await page.click('button[aria-label="Remove Broken"]');
+    // A widget changed in place: the card's unit.
+    await page.click('button[aria-label="Edit Temperature now"]');
+    if (await page.inputValue('#widget-key') !== 'temperature') throw new Error('the widget did not load into the form');
+    await page.fill('#widget-unit', 'degC');
+    await page.click('#widget-form button[type=submit]');
+    await page.click('#dashboard-save');
+    await page.waitForSelector('#dashboard-editor', { state: 'hidden' });
+    dashboardHash = new URL(page.url()).hash.split('?')[0];
+    // Each widget, read back.
+    await page.waitForSelector('#widget-0 svg.chart path.line');
+    const titles = await page.$$eval('#widget-0 svg .dots circle title', (ts) => ts.map((t) => t.textContent));
+    if (!titles.some((t) => t.startsWith('thermo-1 · temperature') && t.endsWith(': 25.5'))) throw new Error(`the chart's points: ${titles.join(' | ')}`);
+    if (!titles.some((t) => t.startsWith('thermo-1 · humidity') && t.endsWith(': 55'))) throw new Error(`no humidity series: ${titles.join(' | ')}`);
+    if (await page.locator('#widget-0 svg path.line').count() !== 2) throw new Error('the chart does not draw two series');
+    await page.waitForSelector('#widget-1 .stat-value:text-is("25.5")');
+    await page.waitForSelector('#widget-1 .unit:text-is(" degC")');
+    if (await page.locator('#dashboard-grid article.widget').count() !== 6) throw new Error('editing a widget changed the count');
+    await page.waitForSelector('#widget-2 svg.gauge[data-value="55"]');
+    await page.waitForSelector('#widget-3 td[data-key="temperature"]:text-is("25.5")');
+    await page.waitForSelector('#widget-4 td:text-is("No open conditions.")');
+    await page.waitForSelector('#widget-5 svg.map path.land');
+    await page.waitForSelector('#widget-5 circle.marker.online');
+    await shot(page, '06c-dashboard');
+    // Live: a new value reaches the card and the gauge without a reload.
+    await device.publish('v1/devices/me/telemetry', JSON.stringify({ temperature: 31.5, humidity: 60 }));
+    await page.waitForSelector('#widget-1 .stat-value:text-is("31.5")', { timeout: 15_000 });
+    await page.waitForSelector('#widget-2 svg.gauge[data-value="60"]');
+    // Zoom and pan the shared window; back to live.
+    await page.click('#dash-zoom-in');
+    await page.waitForSelector('#dashboard-range:has-text("(30 min)")');
+    await page.click('#dash-earlier');
+    await page.waitForSelector('#dash-live[aria-pressed="false"]');
+    await page.click('#dash-later');
+    await page.click('#dash-live');
+    await page.waitForSelector('#dash-live[aria-pressed="true"]');
+    await page.waitForSelector('#dashboard-range:has-text("(60 min)")');
+    // Stored on the server: a reload draws the same widgets.
+    await page.reload();
+    await page.waitForSelector('#widget-5 svg.map');
+    if (await page.locator('#dashboard-grid article.widget').count() !== 6) throw new Error('the saved dashboard does not have 6 widgets');
+    await page.goto(deviceUrl);
+    await page.waitForSelector('#shared-key');
   });
 
   await step('shared attribute edit reaches the device page', async () => {
@@ -1175,7 +1285,7 @@ async function main() {
     if (overflow2 > 1) throw new Error(`the device page is ${overflow2} px wider than the screen`);
     await shot(p, '11-phone-device');
     // The campaign pages fit too.
-    for (const [hash, sel, name] of [[`#/campaigns/${campaign.id}`, '#campaign-waves tr[data-wave="1"]', 'campaign'], ['#/campaigns/new', '#campaign-preview', 'new-campaign'], ['#/campaigns', '#campaigns-list tr[data-campaign-id]', 'campaigns']]) {
+    for (const [hash, sel, name] of [[`#/campaigns/${campaign.id}`, '#campaign-waves tr[data-wave="1"]', 'campaign'], ['#/campaigns/new', '#campaign-preview', 'new-campaign'], ['#/campaigns', '#campaigns-list tr[data-campaign-id]', 'campaigns'], [dashboardHash, '#widget-5 svg.map circle.marker', 'dashboard']]) {
       await p.goto(`${base}/${hash}`);
       await p.waitForSelector(sel);
       const over = await p.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
@@ -1327,6 +1437,98 @@ async function main() {
     } finally {
       sink.close();
     }
+  });
+
+  await step('integrations from the UI: create with a refusal at the form, edit, pause, resume, test, delete', async () => {
+    const { createServer } = await import('node:http');
+    const got = [];
+    const sink = createServer((req, res) => {
+      let body = '';
+      req.on('data', (c) => { body += c; });
+      req.on('end', () => { got.push({ token: req.headers['x-token'], body }); res.writeHead(200); res.end('ok'); });
+    });
+    await new Promise((r) => sink.listen(0, '127.0.0.1', r));
+    const url = `http://127.0.0.1:${sink.address().port}/in`;
+    try {
+      await page.goto(`${base}/#/integrations`);
+      await page.click('#integration-new');
+      await page.fill('#integration-name', 'ui-hook');
+      await page.fill('#integration-url', 'ftp://nowhere.example/in');
+      await page.check('#integration-kinds input[value="conditions"]');
+      await page.fill('#integration-auth-name', 'X-Token');
+      await page.fill('#integration-auth-value', 's3cret');
+      await page.click('#integration-form button[type=submit]');
+      await page.waitForSelector('#integration-error:has-text("invalid_field")');
+      await page.fill('#integration-url', url);
+      await page.click('#integration-form button[type=submit]');
+      await page.waitForSelector('#integration-editor .secret-box');
+      await page.click('#integration-done');
+      await page.waitForSelector('tr[data-integration="ui-hook"]');
+      const stored = (await rest('GET', '/integrations')).items.find((i) => i.name === 'ui-hook');
+      if (!stored || stored.kinds.join() !== 'conditions' || stored.auth_header_name !== 'X-Token' || stored.url !== url) throw new Error(`stored as ${JSON.stringify(stored)}`);
+      await page.click('button[aria-label="Edit ui-hook"]');
+      await page.fill('#integration-name', 'ui-hook-2');
+      await page.check('#integration-kinds input[value="data"]');
+      await page.click('#integration-form button[type=submit]');
+      await page.waitForSelector('tr[data-integration="ui-hook-2"]');
+      const edited = await rest('GET', `/integrations/${stored.id}`);
+      if (edited.kinds.slice().sort().join() !== 'conditions,data' || edited.auth_header_name !== 'X-Token') throw new Error(`edited to ${JSON.stringify(edited)}`);
+      await page.click('button[aria-label="Pause ui-hook-2"]');
+      await page.waitForSelector('button[aria-label="Resume ui-hook-2"]');
+      if (!(await rest('GET', `/integrations/${stored.id}`)).paused) throw new Error('not paused on the server');
+      await page.click('button[aria-label="Resume ui-hook-2"]');
+      await page.waitForSelector('button[aria-label="Pause ui-hook-2"]');
+      await page.click('button[aria-label="Send a test event to ui-hook-2"]');
+      const until = Date.now() + 15000;
+      while (!got.some((g) => g.token === 's3cret' && g.body.includes('"test"'))) {
+        if (Date.now() > until) throw new Error(`the test event did not arrive with its auth header: ${JSON.stringify(got)}`);
+        await new Promise((r) => setTimeout(r, 100));
+      }
+      await shot(page, '15b-integrations-edit');
+      await page.click('button[aria-label="Delete ui-hook-2"]');
+      await page.waitForSelector('button[aria-label="Delete ui-hook-2"]:text-is("Really delete?")');
+      await page.click('button[aria-label="Delete ui-hook-2"]');
+      await page.waitForSelector('tr[data-integration="ui-hook-2"]', { state: 'detached' });
+      if ((await rest('GET', '/integrations')).items.some((i) => i.id === stored.id)) throw new Error('still on the server');
+    } finally {
+      sink.close();
+    }
+  });
+
+  await step('data export from the UI (a device as JSON, the fleet as CSV); the audit log by kind with names; the last hour\'s message rates', async () => {
+    await page.goto(`${base}/#/export`);
+    await page.waitForSelector('#export-devices option:text-is("thermo-1")', { state: 'attached' });
+    await page.selectOption('#export-devices', { label: 'thermo-1' });
+    await page.fill('#export-keys', 'temperature');
+    await page.check('#export-format input[value="json"]');
+    const [dl] = await Promise.all([page.waitForEvent('download'), page.click('#export-form button[type=submit]')]);
+    const rows = JSON.parse(await readDownload(dl));
+    if (!rows.length || rows.some((r) => r.key !== 'temperature')) throw new Error(`the JSON export holds ${JSON.stringify(rows).slice(0, 300)}`);
+    if (!rows.some((r) => Number(r.value) === 25.5)) throw new Error('the JSON export lacks the value 25.5');
+    await page.selectOption('#export-devices', []);
+    await page.fill('#export-keys', '');
+    await page.check('#export-format input[value="csv"]');
+    const [dl2] = await Promise.all([page.waitForEvent('download'), page.click('#export-form button[type=submit]')]);
+    const csv = (await readDownload(dl2)).trim().split(/\r?\n/);
+    if (csv[0] !== 'device_id,device,tag,key,ts,time,value' || !csv.some((l) => l.includes(',humidity,'))) throw new Error(`the CSV export starts ${csv.slice(0, 3).join(' | ')}`);
+    if (!page.url().includes('format=csv')) throw new Error(`the choices are not in the address: ${page.url()}`);
+    await page.goto(`${base}/#/audit`);
+    await page.selectOption('#audit-kind', 'credential_issued');
+    await page.fill('#audit-actor', ADMIN.username);
+    await page.click('form[role=search] button[type=submit]');
+    await page.waitForSelector('#audit-table tr[data-kind="credential_issued"] a:text-is("thermo-1")');
+    await page.waitForSelector('#audit-table tr[data-kind="credential_issued"] a:text-is("sensors")');
+    if (await page.locator('#audit-table tr[data-kind]:not([data-kind="credential_issued"])').count()) throw new Error('the kind filter let other kinds through');
+    // The overview's last hour: messages per minute overall, per workspace and per fleet.
+    await page.goto(`${base}/#/`);
+    await page.waitForSelector('#stat-hour svg.sparkline path.spark-line');
+    const total = Number(await page.getAttribute('#stat-hour svg.sparkline', 'data-total'));
+    if (!(total >= 5)) throw new Error(`the last hour counts ${total} messages`);
+    const sensors = await rest('GET', '/fleets');
+    const fid = sensors.items.find((x) => x.name === 'sensors').id;
+    const fleetTotal = Number(await page.getAttribute(`tr[data-fleet-id="${fid}"] td[data-col="messages"] svg.sparkline`, 'data-total'));
+    if (!(fleetTotal >= 5)) throw new Error(`the sensors fleet's last hour counts ${fleetTotal}`);
+    await page.waitForSelector('table.workspace-rates th:text-is("Plant")');
   });
 
   await step('sign-in throttling is explained', async () => {

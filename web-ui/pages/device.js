@@ -21,8 +21,11 @@ const RANGES = [
   ['7d', '7 days', 7 * 86400e3],
   ['30d', '30 days', 30 * 86400e3],
 ];
-// Longer ranges read hourly rollups instead of raw points.
-const AGG_INTERVAL = { '7d': '1h', '30d': '6h' };
+// Longer spans read hourly (past two days) or 6-hourly (past eight) rollups instead of raw
+// points.
+const aggInterval = (span) => (span > 8 * 86400e3 ? '6h' : span > 2 * 86400e3 ? '1h' : null);
+const MIN_SPAN = 60e3;
+const MAX_SPAN = 90 * 86400e3;
 const AGG_NAME = { '1h': 'hourly', '6h': '6-hourly' };
 
 export async function render(main, ctx) {
@@ -202,20 +205,63 @@ export async function render(main, ctx) {
   // ---- telemetry ----
   // The chart opens on a key whose latest value is a number, over the shortest range that holds
   // its latest point; further numeric keys can be drawn beside it, and what is shown can be
-  // downloaded as CSV.
+  // downloaded as CSV. Zoom and pan: buttons (keyboard), or a drag across the chart to zoom into
+  // that stretch; `tel.view` holds the window then, until Live goes back to the range.
   const MAX_EXTRA = 4;
-  const tel = { tags: {}, tag: 'default', key: '', range: '1h', latest: {}, extra: new Set(), autoRange: true, shown: null };
+  const tel = { tags: {}, tag: 'default', key: '', range: '1h', latest: {}, extra: new Set(), autoRange: true, shown: null, view: null };
   const tagSel = h('select', { id: 'chart-tag' });
   const keySel = h('select', { id: 'chart-key' });
   const rangeSel = h('select', { id: 'chart-range' }, RANGES.map(([v, l]) => h('option', { value: v, selected: v === tel.range }, l)));
   const seriesBox = h('fieldset', { class: 'series', id: 'chart-series' });
   const chartBox = h('div', { id: 'chart', class: 'chart-box', 'aria-live': 'polite', 'aria-busy': 'true' });
   const csvBtn = h('button', { type: 'button', id: 'chart-csv', class: 'small', disabled: true }, 'Download the shown data (CSV)');
+  /** The window shown: the zoomed one, or the range up to now. */
+  const windowOf = () => {
+    if (tel.view) return tel.view;
+    const to = Date.now();
+    return { from: to - RANGES.find(([v]) => v === tel.range)[2], to };
+  };
+  const setView = (from, to) => {
+    const span = Math.max(MIN_SPAN, Math.min(MAX_SPAN, to - from));
+    const mid = (from + to) / 2;
+    let v = { from: Math.round(mid - span / 2), to: Math.round(mid + span / 2) };
+    // Past now there is nothing to show: a window reaching now is shown up to now.
+    if (v.to > Date.now()) v = { from: Date.now() - span, to: Date.now() };
+    tel.view = v;
+    liveBtn.setAttribute('aria-pressed', 'false');
+    renderChart();
+  };
+  const zoomBtn = (id, text, f) => h('button', { type: 'button', class: 'small', id, onclick: () => { const w = windowOf(); f(w, w.to - w.from); } }, text);
+  const liveBtn = h('button', { type: 'button', class: 'small', id: 'chart-live', 'aria-pressed': 'true', onclick: () => { tel.view = null; liveBtn.setAttribute('aria-pressed', 'true'); renderChart(); } }, 'Live');
+  const zoomBar = h('div', { class: 'row chart-zoom', role: 'group', 'aria-label': 'Zoom and pan the chart' },
+    zoomBtn('chart-zoom-in', 'Zoom in', (w, span) => setView(w.from + span / 4, w.to - span / 4)),
+    zoomBtn('chart-zoom-out', 'Zoom out', (w, span) => setView(w.from - span / 2, w.to + span / 2)),
+    zoomBtn('chart-earlier', '← Earlier', (w, span) => setView(w.from - span / 2, w.to - span / 2)),
+    zoomBtn('chart-later', 'Later →', (w, span) => setView(w.from + span / 2, w.to + span / 2)),
+    liveBtn,
+    h('small', { class: 'muted' }, 'or drag across the chart to zoom in'));
+  // A drag across the plot zooms into the stretch dragged over (the chart's left and right
+  // margins are 64 and 16 of its viewBox units, as chart.js draws it).
+  let dragFrom = null;
+  chartBox.addEventListener('pointerdown', (ev) => { if (ev.button === 0 && chartBox.querySelector('svg')) dragFrom = ev.clientX; });
+  chartBox.addEventListener('pointerup', (ev) => {
+    const svg = chartBox.querySelector('svg');
+    if (dragFrom === null || !svg) return;
+    const x0 = Math.min(dragFrom, ev.clientX);
+    const x1 = Math.max(dragFrom, ev.clientX);
+    dragFrom = null;
+    if (x1 - x0 < 8) return;
+    const rect = svg.getBoundingClientRect();
+    const W = svg.viewBox.baseVal.width;
+    const w = windowOf();
+    const at = (x) => w.from + ((((x - rect.left) * W) / rect.width - 64) / (W - 80)) * (w.to - w.from);
+    setView(at(x0), at(x1));
+  });
   const latestBox = h('div', { id: 'latest' });
   clear(sections.telemetry, h('h2', { id: 'telemetry-h' }, 'Telemetry'),
     h('form', { class: 'filters', 'aria-label': 'Chart settings', onsubmit: (ev) => ev.preventDefault() },
       field('Tag', tagSel), field('Key', keySel), field('Range', rangeSel)),
-    seriesBox, chartBox, h('p', {}, csvBtn), h('h3', {}, 'Latest values'), latestBox);
+    seriesBox, zoomBar, chartBox, h('p', {}, csvBtn), h('h3', {}, 'Latest values'), latestBox);
 
   const isNumeric = (v) => typeof v === 'number' || typeof v === 'boolean';
   async function loadTags() {
@@ -269,9 +315,7 @@ export async function render(main, ctx) {
     seriesBox.hidden = !others.length;
   }
   async function renderChart() {
-    const span = RANGES.find(([v]) => v === tel.range)[2];
-    const to = Date.now();
-    const from = to - span;
+    const { from, to } = windowOf();
     chartBox.setAttribute('aria-busy', 'true');
     try {
       if (!tel.key) {
@@ -281,10 +325,12 @@ export async function render(main, ctx) {
       }
       const keys = [tel.key, ...tel.extra];
       const rangeName = RANGES.find(([v]) => v === tel.range)[1];
-      const label = `${keys.join(', ')} (${tel.tag}) over the last ${rangeName}`;
+      const label = tel.view
+        ? `${keys.join(', ')} (${tel.tag}) from ${new Date(from).toLocaleString()} to ${new Date(to).toLocaleString()}`
+        : `${keys.join(', ')} (${tel.tag}) over the last ${rangeName}`;
       const series = {};
       let band = false;
-      const interval = AGG_INTERVAL[tel.range];
+      const interval = aggInterval(to - from);
       if (interval) {
         const r = await api.get(`${base}/telemetry/aggregate${api.qs({ interval, keys: keys.join(','), tag: tel.tag, from, to, tz: Intl.DateTimeFormat().resolvedOptions().timeZone })}`);
         for (const k of keys) series[k] = (r.data[k] || []).filter((b) => b.numeric > 0).map((b) => ({ ts: b.ts, v: b.avg, min: b.min, max: b.max }));
@@ -302,6 +348,8 @@ export async function render(main, ctx) {
         more.length ? h('ul', { class: 'legend', 'aria-label': 'Series' }, keys.map((k, i) => h('li', {}, h('span', { class: `swatch${i ? ` s${i}` : ''}`, 'aria-hidden': 'true' }), k))) : null,
         h('p', { class: 'muted chart-note', id: 'chart-count' }, `${numeric.length} ${interval ? `${AGG_NAME[interval]} average${numeric.length === 1 ? '' : 's'}${more.length ? '' : ' (band: min to max)'}` : `point${numeric.length === 1 ? '' : 's'}`} · ${label}`));
       chartBox.dataset.points = String(numeric.length);
+      chartBox.dataset.from = String(from);
+      chartBox.dataset.to = String(to);
       chartBox.dataset.series = String(keys.length);
     } catch (e) {
       clear(chartBox, errorBox(e));
@@ -338,7 +386,7 @@ export async function render(main, ctx) {
   }
   tagSel.addEventListener('change', async () => { tel.tag = tagSel.value; await loadLatest(); fillKeys(); renderChart(); renderLatest(); });
   keySel.addEventListener('change', () => { tel.key = keySel.value; tel.extra.delete(tel.key); fillSeries(); renderChart(); });
-  rangeSel.addEventListener('change', () => { tel.range = rangeSel.value; tel.autoRange = false; renderChart(); });
+  rangeSel.addEventListener('change', () => { tel.range = rangeSel.value; tel.autoRange = false; tel.view = null; liveBtn.setAttribute('aria-pressed', 'true'); renderChart(); });
 
   // ---- jobs ----
   const jobResult = h('div', { id: 'job-result', 'aria-live': 'polite' });

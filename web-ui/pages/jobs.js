@@ -1,5 +1,5 @@
-// Jobs: a fleet's rollouts with their progress (send one, cancel one) and every schedule (run
-// now, enable, disable, delete). Single-device jobs live on the device page. Sending,
+// Jobs: rollouts with their progress across every fleet, or one fleet's (send one, cancel one),
+// and every schedule (run now, enable, disable, delete). Single-device jobs live on the device page. Sending,
 // cancelling and scheduling need the operator role on the fleet (roles.js).
 
 import * as api from '../api.js';
@@ -20,24 +20,38 @@ export async function render(main, ctx) {
     return !f || canOnFleet(f.workspace_id, f.id, 'operator');
   };
   const ownFleets = fleets.filter((f) => operates(f.id));
-  let fleetId = ctx.query.fleet_id || (fleets[0] && fleets[0].id) || '';
-  const fleetSel = h('select', { id: 'jobs-fleet' }, fleets.map((f) => h('option', { value: f.id, selected: f.id === fleetId }, f.name)));
+  // '' lists the rollouts of every fleet, so a running one never hides behind a selector.
+  let fleetId = ctx.query.fleet_id || '';
+  const fleetSel = h('select', { id: 'jobs-fleet' }, h('option', { value: '' }, 'All fleets'),
+    fleets.map((f) => h('option', { value: f.id, selected: f.id === fleetId }, f.name)));
   const rollouts = h('div', { id: 'fleet-jobs' });
   const schedules = h('div', { id: 'schedules' });
 
+  // Every fleet's rollouts: one request per fleet, ten at a time.
+  async function allRollouts() {
+    const out = [];
+    for (let i = 0; i < fleets.length; i += 10) {
+      const part = await Promise.all(fleets.slice(i, i + 10).map((f) => api.get(`/fleets/${f.id}/jobs`).catch(() => [])));
+      out.push(...part.flat());
+    }
+    return out;
+  }
+
   async function renderRollouts() {
-    if (!fleetId) { clear(rollouts, h('p', { class: 'muted' }, 'No fleets yet.')); return; }
+    if (!fleets.length) { clear(rollouts, h('p', { class: 'muted' }, 'No fleets yet.')); return; }
     try {
-      const list = (await api.get(`/fleets/${fleetId}/jobs`)).sort((a, b) => b.created_at - a.created_at);
-      clear(rollouts, table('Fleet jobs', ['Method', 'State', 'Devices', 'Progress', 'Created', ''], list.map((j) => {
+      const list = (fleetId ? await api.get(`/fleets/${fleetId}/jobs`) : await allRollouts())
+        .sort((a, b) => (a.state === 'running') !== (b.state === 'running') ? (a.state === 'running' ? -1 : 1) : b.created_at - a.created_at);
+      clear(rollouts, table('Fleet jobs', ['Method', 'Fleet', 'State', 'Devices', 'Progress', 'Created', ''], list.map((j) => {
         const done = Object.entries(j.progress).filter(([k]) => ['succeeded', 'failed', 'expired', 'cancelled'].includes(k)).reduce((n, [, v]) => n + v, 0);
-        return h('tr', {},
+        return h('tr', { 'data-fleet': j.fleet_id },
           h('td', {}, j.method),
+          h('td', {}, h('a', { href: `#/fleets/${j.fleet_id}` }, fleetName[j.fleet_id] || j.fleet_id)),
           h('td', {}, statusBadge(j.state), j.note ? h('small', { class: 'muted' }, ` ${j.note}`) : ''),
           h('td', {}, String(j.devices.length)),
           h('td', {}, h('progress', { max: String(Math.max(j.devices.length, 1)), value: String(done), 'aria-label': `${done} of ${j.devices.length} finished` }), ' ', progressText(j.progress)),
           h('td', {}, timeEl(j.created_at)),
-          h('td', {}, j.state === 'running' && operates(fleetId) ? h('button', { type: 'button', class: 'small', onclick: async () => {
+          h('td', {}, j.state === 'running' && operates(j.fleet_id) ? h('button', { type: 'button', class: 'small', onclick: async () => {
             try { await api.post(`/fleet-jobs/${j.id}/cancel`); renderRollouts(); } catch (e) { toast(errorText(e), 'error'); }
           } }, 'Cancel') : null));
       }), { hideCaption: true, empty: 'No fleet jobs.' }));
@@ -81,6 +95,7 @@ export async function render(main, ctx) {
 
   const form = onSubmit(h('form', { class: 'inline-form', id: 'fleet-job-form', 'aria-labelledby': 'fj-h' },
     h('h3', { id: 'fj-h' }, 'Send a command to the fleet'),
+    field('Fleet', h('select', { name: 'fleet_id', id: 'fj-fleet' }, ownFleets.map((f) => h('option', { value: f.id, selected: f.id === fleetId }, f.name)))),
     field('Method', h('input', { name: 'method', required: true, autocomplete: 'off' })),
     field('Parameters (JSON)', h('textarea', { name: 'params', rows: '2', spellcheck: 'false' }, '{}')),
     h('div', { class: 'field check' }, h('input', { type: 'checkbox', name: 'two_way', id: 'fj-two-way' }), h('label', { for: 'fj-two-way' }, 'Two-way (wait for replies)')),
@@ -91,7 +106,7 @@ export async function render(main, ctx) {
     try { params = JSON.parse(String(d.get('params') || '{}')); } catch { throw new Error('Parameters are not valid JSON.'); }
     const body = { method: d.get('method'), params, two_way: d.get('two_way') === 'on', per_minute: Number(d.get('per_minute') || 0) };
     if (d.get('abort_failure_pct')) body.abort_failure_pct = Number(d.get('abort_failure_pct'));
-    const fj = await api.post(`/fleets/${fleetId}/jobs`, body);
+    const fj = await api.post(`/fleets/${d.get('fleet_id')}/jobs`, body);
     announce(`Rollout started to ${fj.devices.length} devices.`);
     form.reset();
     renderRollouts();
@@ -122,10 +137,14 @@ export async function render(main, ctx) {
 
   // The rollout form, or why the selected fleet offers none.
   const formBox = h('div', { id: 'fleet-job-form-box' });
-  const showForm = () => clear(formBox, !fleets.length ? null : operates(fleetId) ? form : roleNote('operator', 'Sending commands to this fleet'));
+  const showForm = () => {
+    const sel = form.querySelector('#fj-fleet');
+    if (fleetId && ownFleets.some((f) => f.id === fleetId)) sel.value = fleetId;
+    clear(formBox, !fleets.length ? null : ownFleets.length && (!fleetId || operates(fleetId)) ? form : roleNote('operator', 'Sending commands to this fleet'));
+  };
   fleetSel.addEventListener('change', () => {
     fleetId = fleetSel.value;
-    history.replaceState(null, '', `#/jobs?fleet_id=${fleetId}`);
+    history.replaceState(null, '', `#/jobs${api.qs({ fleet_id: fleetId })}`);
     showForm();
     renderRollouts();
   });
@@ -138,6 +157,7 @@ export async function render(main, ctx) {
       !fleets.length ? null : ownFleets.length ? scheduleForm : roleNote('operator', 'Creating schedules'),
       h('p', { class: 'muted' }, 'Device schedules, filters and maintenance windows: the CLI (corral schedule create) or the API (POST /api/v1/schedules).')));
   await Promise.all([renderRollouts(), renderSchedules()]);
-  const timer = setInterval(renderRollouts, 5000);
+  // Every fleet's list costs a request per fleet: refreshed less often than one fleet's.
+  const timer = setInterval(() => { if (fleetId || fleets.length <= 20) renderRollouts(); }, fleetId ? 5000 : 10000);
   ctx.cleanup(() => clearInterval(timer));
 }

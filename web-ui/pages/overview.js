@@ -1,4 +1,5 @@
-// Overview: devices online, offline and silent, message rate, open conditions, running jobs, the
+// Overview: devices online, offline and silent, message rate (now, and per minute over the last
+// hour as sparklines: overall, per workspace, per fleet), open conditions, running jobs, the
 // health of integrations, and fleet health (per fleet: devices online, offline and silent, open
 // conditions by severity, running rollouts and campaigns with their progress), all from one call
 // to `GET /api/v1/overview`; every figure links to the list it counts. Refreshed on device, job
@@ -7,6 +8,7 @@
 
 import * as api from '../api.js';
 import { h, clear, errorBox, table, statusBadge, debounce } from '../dom.js';
+import { sparkline } from '../chart.js';
 
 function stat(label, value, id, href) {
   return h(href ? 'a' : 'div', { class: 'stat', id, href },
@@ -70,6 +72,13 @@ function progress(w) {
     ` ${w.done}/${w.total}`, w.failed ? h('span', { class: 'bad' }, ` · ${w.failed} failed`) : null, ` (${pct} %)`);
 }
 
+/** A last-hour sparkline with its total beside it (absent on a server without rates). */
+function rate(values, label) {
+  if (!Array.isArray(values)) return '—';
+  const total = values.reduce((a, b) => a + b, 0);
+  return h('span', { class: 'rate' }, sparkline(values, label), ` ${total}`);
+}
+
 /** The fleet health table: a row per fleet, each figure a link to the filtered list. */
 function fleetHealth(o) {
   const rows = o.fleets.map((f) => {
@@ -85,12 +94,23 @@ function fleetHealth(o) {
       h('td', { 'data-col': 'offline' }, countLink(f.devices.offline, { ...base, status: 'offline' }, 'offline')),
       h('td', { 'data-col': 'silent' }, countLink(f.devices.silent, { ...base, silent_mins: o.silent_mins, sort: 'last_activity' }, 'silent')),
       h('td', { 'data-col': 'conditions' }, conds.length ? conds.flatMap((c) => [c, ' ']) : '—'),
-      h('td', { 'data-col': 'work' }, f.work.length ? h('ul', { class: 'plain' }, f.work.map(progress)) : '—'));
+      h('td', { 'data-col': 'work' }, f.work.length ? h('ul', { class: 'plain' }, f.work.map(progress)) : '—'),
+      h('td', { 'data-col': 'messages' }, rate(f.messages_per_minute, f.fleet)));
   });
+  // Each workspace's rate: the sum of its fleets'.
+  const byWs = new Map();
+  for (const f of o.fleets) {
+    const w = byWs.get(f.workspace_id) || { name: f.workspace, id: f.workspace_id, values: [] };
+    (f.messages_per_minute || []).forEach((n, i) => { w.values[i] = (w.values[i] || 0) + n; });
+    byWs.set(f.workspace_id, w);
+  }
+  const wsRows = [...byWs.values()].map((w) => h('tr', { 'data-workspace-id': w.id },
+    h('th', { scope: 'row' }, w.name), h('td', { 'data-col': 'messages' }, rate(w.values, w.name))));
   return h('section', { 'aria-labelledby': 'fleet-health-title', id: 'fleet-health' },
     h('h2', { id: 'fleet-health-title' }, 'Fleet health'),
-    table('Fleet health', ['Fleet', 'Devices', 'Online', 'Offline', `Silent ${o.silent_mins} min+`, 'Open conditions', 'Rollouts & campaigns'], rows,
+    table('Fleet health', ['Fleet', 'Devices', 'Online', 'Offline', `Silent ${o.silent_mins} min+`, 'Open conditions', 'Rollouts & campaigns', 'Messages, last hour'], rows,
       { empty: 'No fleets yet.', hideCaption: true, class: 'fleet-health' }),
+    wsRows.length ? table('Messages per workspace, last hour', ['Workspace', 'Messages, last hour'], wsRows, { class: 'workspace-rates' }) : null,
     o.fleets_truncated ? h('p', { class: 'muted' }, 'Only the first 200 fleets are listed; the totals above count them all.') : null);
 }
 
@@ -116,6 +136,9 @@ export async function render(main, ctx) {
         o.devices.silent === undefined ? null
           : stat(`silent ${o.silent_mins} min+`, o.devices.silent, 'stat-silent', `#/devices?silent_mins=${o.silent_mins}&sort=last_activity`),
         stat('messages / s', o.messages_per_sec === null ? null : Number(o.messages_per_sec).toFixed(1), 'stat-rate'),
+        Array.isArray(o.messages_per_minute) ? h('div', { class: 'stat', id: 'stat-hour' },
+          h('span', { class: 'stat-value' }, sparkline(o.messages_per_minute, 'All fleets you see')),
+          h('span', { class: 'stat-label' }, `${o.messages_per_minute.reduce((a, b) => a + b, 0)} messages, last hour`)) : null,
         conditionsStat(o.open_conditions),
         stat('running jobs', o.running_jobs, 'stat-jobs', '#/jobs')),
       Array.isArray(o.fleets) ? fleetHealth(o) : null,

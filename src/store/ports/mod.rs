@@ -31,6 +31,7 @@ use futures_util::future::BoxFuture;
 mod attributes;
 mod campaigns;
 mod conditions;
+mod dashboards;
 mod identity;
 mod integrations;
 mod jobs;
@@ -42,6 +43,7 @@ mod telemetry;
 pub use attributes::AttributeStore;
 pub use campaigns::CampaignStore;
 pub use conditions::ConditionStore;
+pub use dashboards::DashboardStore;
 pub use identity::IdentityStore;
 pub use integrations::IntegrationStore;
 pub use jobs::{JobStore, JobWriter};
@@ -83,6 +85,7 @@ pub struct Ports {
     pub operators: std::sync::Arc<dyn OperatorStore>,
     pub packages: std::sync::Arc<dyn PackageStore>,
     pub campaigns: std::sync::Arc<dyn CampaignStore>,
+    pub dashboards: std::sync::Arc<dyn DashboardStore>,
     pub backup: std::sync::Arc<dyn BackupStore>,
 }
 

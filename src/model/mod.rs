@@ -99,6 +99,11 @@ id_type!(
     "Identifies a device condition (an alarm a device opened); time-ordered."
 );
 
+id_type!(DashboardId, "Identifies a dashboard.");
+
+mod dashboard;
+pub use dashboard::{ChartAgg, Dashboard, TimeWindow, Widget};
+
 /// A workspace groups the fleets and devices of one project.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Workspace {
