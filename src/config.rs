@@ -78,9 +78,9 @@ pub struct LimitsConfig {
     /// keys past it is refused whole (MQTT 5 PUBACK 0x97); keys the device has stay accepted.
     /// It bounds what one device's tag listing, latest values and aggregates must read.
     pub telemetry_keys_per_device: u32,
-    /// Device messages taken off the network and not yet answered, across every connection
-    /// and transport. Past it, MQTT connections are not read until room frees (the backlog
-    /// waits in the devices, not in memory) and HTTP device requests wait their turn.
+    /// Device messages handled at once, across every connection and transport. Past it, an
+    /// MQTT connection whose message waits for room is not read further until that message
+    /// is admitted, and HTTP device requests wait their turn.
     pub messages_in_flight: u32,
 }
 

@@ -206,13 +206,11 @@ impl<K: Eq + Hash> Drop for ConnectionPermit<K> {
     }
 }
 
-/// Admission control for device messages: how many may be taken off the network and not yet
-/// answered at once, across every connection and transport. Past it, MQTT connections stop
-/// being read (the dispatcher pauses on a publish service that is not ready), so the backlog
-/// waits in the devices' own in-flight windows and socket buffers instead of in memory here,
-/// and throughput levels off at what the store sustains instead of collapsing under the cost
-/// of hundreds of thousands of waiting messages. Waiters are served first come, first served
-/// (tokio's semaphore is fair), so no connection is starved while others are read.
+/// Admission control for device messages: how many are handled at once, across every
+/// connection and transport, so that the store's work and its replies stay bounded however
+/// many devices send. Past it, a message waits for room; the MQTT transport then stops reading
+/// that connection (`mqtt::admission`). Waiters are served first come, first served (tokio's
+/// semaphore is fair), so no connection is starved while others are read.
 #[derive(Debug, Clone)]
 pub struct InFlight {
     permits: Arc<tokio::sync::Semaphore>,
