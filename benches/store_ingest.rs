@@ -125,7 +125,9 @@ async fn main() -> anyhow::Result<()> {
     }
     let msgs = (n1 - n0) as f64;
     println!(
-        "devices {devices}, in flight {inflight}, {secs} s: {:.0} msg/s, store threads {:.1} µs CPU per message ({:.0} % of a core), {:.1} messages per device",
+        "devices {devices}, in flight {inflight}, {secs} s: {:.0} msg/s, \
+         store threads {:.1} µs CPU per message ({:.0} % of a core), \
+         {:.1} messages per device",
         msgs / el,
         (c1 - c0) / msgs * 1e6,
         (c1 - c0) / el * 100.0,
