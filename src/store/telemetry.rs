@@ -13,7 +13,7 @@
 //! 10; `benches/store_ingest.rs`). So a device's in-order points and their rollup additions
 //! wait in memory (`Pending`, per device) and reach sled together, a device's points as one
 //! run of inserts into the same few leaves: once the device has `PENDING_PER_DEVICE` values
-//! waiting, a quarter of all while `PENDING_TOTAL` wait, and before every checkpoint and
+//! waiting, some others while `PENDING_TOTAL` wait, and before every checkpoint and
 //! backup pin. The log already holds them (that is what the acknowledgement waits for), and
 //! replay after a crash stages them again. Every read of a device's telemetry first settles
 //! that device's waiting writes, under the same lock, so a read never misses an acknowledged
@@ -248,8 +248,11 @@ impl SeriesCounts {
 /// Values a device may have waiting before they are written to sled.
 const PENDING_PER_DEVICE: usize = 48;
 /// Values waiting across every device before some are written regardless of their count
-/// (a quarter of this at a time): bounds the memory they take.
+/// (`PENDING_SLICE` per group): bounds the memory they take.
 const PENDING_TOTAL: usize = 1 << 18;
+/// Values written in one sled batch when many devices' waiting writes go at once: sled's
+/// batches take a process-wide write lock that every other store access waits behind.
+const PENDING_SLICE: usize = 8192;
 
 /// One device's in-order points (sled keys and encoded values) and the rollup additions they
 /// make (`series ‖ hour` → values added), not yet in sled.
@@ -448,8 +451,19 @@ impl Db {
         let mut p = self.pending.lock();
         p.values = 0;
         p.due.clear();
-        let all: Vec<DeviceWrites> = p.devices.drain().map(|(_, w)| w).collect();
-        self.write_pending(all)
+        // In slices: each sled batch holds sled's process-wide write lock while it applies,
+        // and every other read and write of the store, on any thread, waits behind it.
+        let mut slice = Vec::new();
+        let mut values = 0;
+        for (_, w) in p.devices.drain() {
+            values += w.points.len();
+            slice.push(w);
+            if values >= PENDING_SLICE {
+                self.write_pending(std::mem::take(&mut slice))?;
+                values = 0;
+            }
+        }
+        self.write_pending(slice)
     }
 
     /// Writes waiting writes: the points in one batch (in key order, so each series' run of
@@ -513,14 +527,14 @@ impl Db {
             }
         }
         if p.values >= PENDING_TOTAL {
-            // A quarter at a time, so that no one group carries a write of everything.
+            // A slice at a time, not everything at once (see `PENDING_SLICE`).
             let mut freed = 0;
-            let quarter = PENDING_TOTAL / 4;
+            let slice = PENDING_SLICE;
             let some: Vec<DeviceId> = p
                 .devices
                 .iter()
                 .take_while(|(_, w)| {
-                    let more = freed < quarter;
+                    let more = freed < slice;
                     freed += w.points.len();
                     more
                 })

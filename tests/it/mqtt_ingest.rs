@@ -649,17 +649,22 @@ async fn claims_over_mqtt_are_acknowledged_and_audited() {
         Ok(V5Packet::PubAck(a)) => assert_eq!(a.reason, PubAckReason::Success),
         other => panic!("{other:?}"),
     }
-    let audit: Value = t
-        .api
-        .get(
-            "/audit",
-            &[
-                ("kind", "claim_requested".to_string()),
-                ("device_id", id.clone()),
-            ],
-        )
-        .await
-        .expect("audit");
+    // The store's writer thread writes audit records after the reply: wait for it.
+    let audit: Value = eventually(10, || async {
+        let a: Value = t
+            .api
+            .get(
+                "/audit",
+                &[
+                    ("kind", "claim_requested".to_string()),
+                    ("device_id", id.clone()),
+                ],
+            )
+            .await
+            .expect("audit");
+        (!a["items"].as_array().expect("items").is_empty()).then_some(a)
+    })
+    .await;
     let items = audit["items"].as_array().expect("items");
     assert_eq!(items.len(), 1, "{audit}");
     assert_eq!(items[0]["actor"], "device");
