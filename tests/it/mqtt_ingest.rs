@@ -17,6 +17,21 @@ fn points(t: &Value, key: &str) -> Vec<Value> {
     t["data"][key].as_array().cloned().unwrap_or_default()
 }
 
+/// Queues `count` QoS 1 telemetry messages `{"n": 0}`, `{"n": 1}`, ... back to back.
+async fn publish_numbered(client: &rumqttc::AsyncClient, count: i64) {
+    for n in 0..count {
+        client
+            .publish(
+                "v1/devices/me/telemetry",
+                QoS::AtLeastOnce,
+                false,
+                json!({"n": n}).to_string(),
+            )
+            .await
+            .expect("publish");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn v3_telemetry_in_all_forms_is_stored_and_read_back() {
     let mut t = TestApp::start().await;
@@ -697,19 +712,7 @@ async fn server_stamped_points_never_replace_each_other() {
     let before = corral::model::now_ms();
     let sender = {
         let client = client.clone();
-        tokio::spawn(async move {
-            for n in 0..N {
-                client
-                    .publish(
-                        "v1/devices/me/telemetry",
-                        QoS::AtLeastOnce,
-                        false,
-                        json!({"n": n}).to_string(),
-                    )
-                    .await
-                    .expect("publish");
-            }
-        })
+        tokio::spawn(async move { publish_numbered(&client, N).await })
     };
     let mut acked = 0;
     while acked < N {
@@ -823,17 +826,7 @@ async fn overload_waits_in_the_devices_and_loses_nothing() {
     for (id, client, mut rx) in devices {
         runs.push(tokio::spawn(async move {
             assert!(matches!(next_v3(&mut rx).await, Ok(Packet::ConnAck(_))));
-            for n in 0..EACH {
-                client
-                    .publish(
-                        "v1/devices/me/telemetry",
-                        QoS::AtLeastOnce,
-                        false,
-                        json!({"n": n}).to_string(),
-                    )
-                    .await
-                    .expect("publish");
-            }
+            publish_numbered(&client, EACH).await;
             let mut acked = 0;
             while acked < EACH {
                 match next_v3(&mut rx).await {
