@@ -215,6 +215,8 @@ impl<K: Eq + Hash> Drop for ConnectionPermit<K> {
 pub struct InFlight {
     permits: Arc<tokio::sync::Semaphore>,
     limit: usize,
+    /// Messages waiting for room now.
+    waiting: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 /// One admitted message; dropping it lets the next one in.
@@ -231,13 +233,30 @@ impl InFlight {
         Self {
             permits: Arc::new(tokio::sync::Semaphore::new(limit)),
             limit,
+            waiting: Arc::default(),
         }
     }
 
     /// Waits for room for one more message.
     pub async fn admit(&self) -> Admitted {
+        use std::sync::atomic::Ordering;
+        /// Counts the wait out however it ends (admitted, or the connection gone).
+        struct Waiting<'a>(&'a std::sync::atomic::AtomicUsize);
+        impl Drop for Waiting<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
+        self.waiting.fetch_add(1, Ordering::Relaxed);
+        let _waiting = Waiting(&self.waiting);
         // The semaphore is never closed, so acquiring fails only if it were.
         Admitted(self.permits.clone().acquire_owned().await.ok())
+    }
+
+    /// Messages waiting for room now: under overload, at most one per MQTT connection (the
+    /// connection is not read while it waits) and one per HTTP request.
+    pub fn waiting(&self) -> usize {
+        self.waiting.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Room for one more message now, without waiting.

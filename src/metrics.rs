@@ -116,6 +116,8 @@ pub struct Metrics {
     pub http_connections: Gauge,
     /// Device messages received and not yet answered, set when metrics are scraped.
     pub messages_in_flight: Gauge,
+    /// Device messages received and waiting for room, set when metrics are scraped.
+    pub messages_waiting: Gauge,
     /// Times a device connection stopped being read because `limits.messages_in_flight`
     /// messages were already waiting.
     pub ingest_read_pauses: Counter,
@@ -255,6 +257,12 @@ impl Metrics {
             "messages_in_flight",
             "Device messages received and not yet answered",
             messages_in_flight.clone(),
+        );
+        let messages_waiting = Gauge::default();
+        registry.register(
+            "messages_waiting",
+            "Device messages received and waiting for room (limits.messages_in_flight)",
+            messages_waiting.clone(),
         );
         let ingest_read_pauses = Counter::default();
         registry.register(
@@ -474,6 +482,7 @@ impl Metrics {
             worker_running,
             http_connections,
             messages_in_flight,
+            messages_waiting,
             ingest_read_pauses,
             http_connections_refused,
             http_timeouts,

@@ -232,6 +232,7 @@ async fn metrics(State(s): State<Arc<Services>>) -> Response {
     s.metrics
         .messages_in_flight
         .set(s.in_flight.in_flight() as i64);
+    s.metrics.messages_waiting.set(s.in_flight.waiting() as i64);
     match s.conditions.open_by_severity().await {
         Ok(counts) => {
             for (sev, n) in counts {

@@ -2,14 +2,18 @@
 //! (`limits::InFlight`). ntex-mqtt reads and decodes a connection's next packet only while its
 //! publish service is ready; this service is not ready while one of the connection's messages
 //! waits for room, so under overload connections stop being read, PUBACKs for what was
-//! admitted keep flowing, and nobody is disconnected for the overload itself. What ntex had
-//! already decoded when a connection paused (up to its in-flight window) waits in memory:
-//! ntex runs this service only from inside each decoded packet's own task, so the pause comes
-//! after the decoding (see BENCHMARKS.md, "Ingest at 10,000 devices").
+//! admitted keep flowing, and nobody is disconnected for the overload itself.
+//!
+//! ntex caches a service's readiness until the service says it changed (a `ReadyNotifier`
+//! subscribed in `bind`): without the notification the dispatcher never asks again, keeps
+//! decoding, and every message of a device's in-flight window waits here in memory (about
+//! 4 KiB each; 10,000 devices with 64 each came to gigabytes, BENCHMARKS.md "Ingest at 10,000
+//! devices"). So each transition is announced, and a paused connection holds one waiting
+//! message.
 use std::cell::Cell;
 use std::convert::Infallible;
 
-use ntex_service::{Ctx, Service, ServiceFactory};
+use ntex_service::{BindCtx, Ctx, ReadyNotifier, Service, ServiceFactory};
 use prometheus_client::metrics::counter::Counter;
 
 use crate::limits::{Admitted, InFlight};
@@ -48,6 +52,7 @@ where
             gate: self.clone(),
             waiting: Cell::new(false),
             admitted: tokio::sync::Notify::new(),
+            changed: ReadyNotifier::new(),
         })
     }
 }
@@ -62,7 +67,10 @@ pub struct Gated<H> {
     gate: Gate<H>,
     /// A message of this connection waits for room.
     waiting: Cell<bool>,
+    /// Wakes this connection's readiness check when its message is let in.
     admitted: tokio::sync::Notify,
+    /// Tells ntex that readiness changed (it caches a successful check until told).
+    changed: ReadyNotifier,
 }
 
 impl<St, Req, H, Res, E> Service<St, Req> for Gated<H>
@@ -71,6 +79,10 @@ where
 {
     type Res = Res;
     type Error = E;
+
+    fn bind(&self, ctx: BindCtx<'_>) {
+        ctx.subscribe(&self.changed);
+    }
 
     async fn ready(&self, _: Ctx<'_, Self, St>) -> Result<(), E> {
         loop {
@@ -88,9 +100,11 @@ where
             None => {
                 self.gate.pauses.inc();
                 self.waiting.set(true);
+                self.changed.notify();
                 let a = self.gate.in_flight.admit().await;
                 self.waiting.set(false);
                 self.admitted.notify_waiters();
+                self.changed.notify();
                 a
             }
         };

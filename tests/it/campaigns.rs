@@ -129,6 +129,18 @@ impl Api {
 
     /// Waits up to `secs` for the campaign to satisfy `f`; returns it.
     async fn wait(&self, id: &str, secs: u64, what: &str, f: impl Fn(&Value) -> bool) -> Value {
+        self.wait_telling(id, &[], secs, what, f).await
+    }
+
+    /// `wait`, and on a timeout also tells the story of the campaigns `also`.
+    async fn wait_telling(
+        &self,
+        id: &str,
+        also: &[&str],
+        secs: u64,
+        what: &str,
+        f: impl Fn(&Value) -> bool,
+    ) -> Value {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
         loop {
             let c = self.ok("GET", &format!("/campaigns/{id}"), None).await;
@@ -136,29 +148,46 @@ impl Api {
                 return c;
             }
             if tokio::time::Instant::now() >= deadline {
-                // What the devices that did not finish went through.
-                let (_, all) = self
-                    .send("GET", &format!("/campaigns/{id}/devices?limit=1000"), None)
-                    .await;
-                let open: Vec<&Value> = all["items"]
-                    .as_array()
-                    .map(|a| {
-                        a.iter()
-                            .filter(|u| {
-                                !matches!(
-                                    u["state"].as_str(),
-                                    Some("updated" | "failed" | "timed_out" | "cancelled")
-                                )
-                            })
-                            .collect()
-                    })
-                    .unwrap_or_default();
+                // The story first, compact: a failure report is read from its first lines.
+                let mut story = String::new();
+                for other in also.iter().copied().chain([id]) {
+                    story += &self.story(other).await;
+                }
                 panic!(
-                    "{what}: not within {secs} s; the campaign: {c:#}; unfinished devices: {open:#?}"
+                    "{what}: not within {secs} s\n{story}the campaign: {}",
+                    serde_json::to_string(&c).unwrap_or_default()
                 );
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
+    }
+
+    /// A campaign's state and each device's timeline, a line per device.
+    async fn story(&self, id: &str) -> String {
+        let c = self.ok("GET", &format!("/campaigns/{id}"), None).await;
+        let (_, all) = self
+            .send("GET", &format!("/campaigns/{id}/devices?limit=1000"), None)
+            .await;
+        let mut out = format!(
+            "campaign {} ({}): {} {} {}\n",
+            c["name"], id, c["state"], c["counts"], c["note"]
+        );
+        for u in all["items"].as_array().into_iter().flatten() {
+            let steps: Vec<String> = u["timeline"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|t| format!("{}@{} {}", t["state"], t["at"], t["detail"]))
+                .collect();
+            out += &format!(
+                "  {} {} reported {}: {}\n",
+                u["device_name"],
+                u["state"],
+                u["reported_version"],
+                steps.join(" | ")
+            );
+        }
+        out
     }
 }
 
@@ -639,7 +668,7 @@ async fn the_error_threshold_pauses_and_an_abort_rolls_back() {
     let rid = rollback["id"].as_str().expect("id").to_string();
     // The two devices run 1.0 already (they rolled back themselves): done at once.
     let rb = api
-        .wait(&rid, 30, "the rollback completes", |c| {
+        .wait_telling(&rid, &[&id], 30, "the rollback completes", |c| {
             c["state"] == "completed"
         })
         .await;

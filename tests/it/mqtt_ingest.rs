@@ -805,12 +805,13 @@ async fn overload_waits_in_the_devices_and_loses_nothing() {
     let watcher = {
         let (gate, watching) = (gate.clone(), watching.clone());
         tokio::spawn(async move {
-            let mut most = 0;
+            let (mut most, mut most_waiting) = (0, 0);
             while watching.load(std::sync::atomic::Ordering::Relaxed) {
                 most = most.max(gate.in_flight());
+                most_waiting = most_waiting.max(gate.waiting());
                 tokio::time::sleep(Duration::from_millis(1)).await;
             }
-            most
+            (most, most_waiting)
         })
     };
 
@@ -845,10 +846,16 @@ async fn overload_waits_in_the_devices_and_loses_nothing() {
         ids.push(r.await.expect("device run"));
     }
     watching.store(false, std::sync::atomic::Ordering::Relaxed);
-    let most = watcher.await.expect("watcher");
+    let (most, most_waiting) = watcher.await.expect("watcher");
     assert!(
         most <= CAP,
         "{most} messages in flight at once, over the cap of {CAP}"
+    );
+    // A connection whose message waits is not read: what waits is one message per device,
+    // not the devices' whole in-flight windows (8 x 40 here).
+    assert!(
+        most_waiting > 0 && most_waiting <= DEVICES,
+        "{most_waiting} messages waited at once for {DEVICES} devices"
     );
 
     let metrics = reqwest::get(format!("{}/metrics", t.http_base()))
