@@ -100,6 +100,10 @@ pub(super) struct Live {
     credit_at: Millis,
     dirty: Vec<DeviceId>,
     campaign_dirty: bool,
+    /// Devices that failed for good since the last flush: their own copy of the target keys
+    /// goes, so they fall back to the fleet's target (what they run, as a rule) instead of
+    /// downloading a package that failed on them again and again.
+    untarget: Vec<DeviceId>,
 }
 
 impl Live {
@@ -112,6 +116,7 @@ impl Live {
             credit_at: now_ms(),
             dirty: Vec::new(),
             campaign_dirty: false,
+            untarget: Vec::new(),
         }
     }
 
@@ -439,6 +444,12 @@ impl CampaignService {
     async fn flush(&self, st: &mut State) -> Result<()> {
         let mut wrote = false;
         for l in st.live.values_mut() {
+            if !l.untarget.is_empty() {
+                let devices = std::mem::take(&mut l.untarget);
+                self.attributes
+                    .drop_shared_many(&devices, &PackageService::target_keys(l.package.kind))
+                    .await?;
+            }
             if !l.dirty.is_empty() {
                 l.dirty.sort();
                 l.dirty.dedup();
@@ -563,6 +574,7 @@ impl CampaignService {
         } else {
             u.retry_at = None;
             u.deadline = None;
+            l.untarget.push(d);
             self.transition(l, d, kind, Some(reason));
         }
     }

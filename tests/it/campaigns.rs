@@ -624,6 +624,18 @@ async fn the_error_threshold_pauses_and_an_abort_rolls_back() {
     for i in 2..6 {
         assert_eq!(sims.running(i), "2.0");
     }
+    // The two that failed for good no longer have 2.0 as their own target: they are back on
+    // the fleet's (1.0, what they run), so they stop fetching 2.0 at every boot.
+    for (d, _) in &devices[..2] {
+        let a = api
+            .ok(
+                "GET",
+                &format!("/devices/{d}/attributes?scope=shared"),
+                None,
+            )
+            .await;
+        assert_eq!(a["shared"]["fw_version"]["value"], "1.0", "{a:#}");
+    }
 
     // Abort with a rollback: back to the fleet's target (1.0) for the devices it reached.
     let v3 = api.upload(&fleet, "sim-fw", "3.0", image(20_000, 3)).await;
