@@ -378,6 +378,7 @@ run_case() {
     local p50 p99
     p50=$(jq -r '.puback_p50_ms // "NaN"' <<<"$js")
     p99=$(jq -r '.puback_p99_ms // "NaN"' <<<"$js")
+    local connect_s; connect_s=$(jq -r '.connect_seconds // "NaN"' <<<"$js")
     ((rc == 0)) || log "$tag: generator exit status $rc ($up/$req connections up, $fail failures)"
     local scpu=NaN gcpu=NaN hbusy steal wall hb0 hs0 ht0 hb1 hs1 ht1 threads
     wall=$(calc %.6f "$w1 - $w0")
@@ -407,11 +408,11 @@ run_case() {
     srv_errs=$(grep -v -e 'unexpected eof while reading' -e 'should not be run as root' "$slog" |
         grep -c -e '^[0-9]' -e 'panicked' || true)
     gen_warns=$(grep -ciE 'warn|error' "$RUN_DIR/$tag.gen.log" || true)
-    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' \
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' \
         "$sc" "$server" "$up" "$req" "$msgs" "$scpu" "$gcpu" "$hbusy" "$rss_idle" "$rss_loaded" \
         "$per_conn" "$gen_rss" "$ramp" "$est_end" "$srv_errs" "$gen_warns" "$rc" "$eof_lines" "$other" \
-        "$steal" "$hwm" "$p50" "$p99" "$threads" >>"$TMP/rows.tsv"
-    log "$tag: $(calc %.0f "$msgs") msg/s, server CPU ${scpu}%, generator CPU ${gcpu}%, host busy ${hbusy}% (other ${other}%, steal ${steal}%), RSS $((rss_idle / 1024))→$((rss_loaded / 1024)) MiB (peak $((hwm / 1024))), ${per_conn} KiB/conn, PUBACK p50/p99 ${p50}/${p99} ms, $up/$req up"
+        "$steal" "$hwm" "$p50" "$p99" "$connect_s" "$threads" >>"$TMP/rows.tsv"
+    log "$tag: $(calc %.0f "$msgs") msg/s, server CPU ${scpu}%, generator CPU ${gcpu}%, host busy ${hbusy}% (other ${other}%, steal ${steal}%), RSS $((rss_idle / 1024))→$((rss_loaded / 1024)) MiB (peak $((hwm / 1024))), ${per_conn} KiB/conn, PUBACK p50/p99 ${p50}/${p99} ms, $up/$req up (all answered in ${connect_s} s)"
 }
 
 # ---------------------------------------------------------------- generator check (mqttwrk)
@@ -529,20 +530,20 @@ report() {
         echo "Machine: $model, $(nproc) cores, kernel $kernel, ulimit -n $ULIMIT_N, ${BASELINE_BUSY}% busy before the run, Corral data on $fs. Corral $corral_v (tree $git_rev; binary built $(date -u -r "$BIN" +%Y-%m-%dT%H:%MZ)), Debian mosquitto $mosq_v (persistence off)."
         echo "Load: \`corral simulate\` (rumqttc, MQTT 3.1.1, QoS 1, TLS 1.3, ThingsBoard JSON ~40 B, inflight $INFLIGHT, connect concurrency $CONNECT_CONCURRENCY) on the same host; Corral acknowledges each QoS 1 publish only after it is fsynced, mosquitto keeps nothing."
         echo
-        echo "| scenario | server | conns up | msg/s | server CPU % | msg per server CPU-s | generator CPU % | kernel + other CPU % | host busy % | server RSS idle → loaded (MiB) | peak RSS (MiB) | RSS per conn (KiB) | PUBACK p50 / p99 (ms) | ramp (s) |"
-        echo "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+        echo "| scenario | server | conns up | msg/s | server CPU % | msg per server CPU-s | generator CPU % | kernel + other CPU % | host busy % | server RSS idle → loaded (MiB) | peak RSS (MiB) | RSS per conn (KiB) | PUBACK p50 / p99 (ms) | ramp (s) | connects answered (s) |"
+        echo "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
         local sc server up req msgs scpu gcpu hbusy ri rl pc ramp est errs gw rc desc other hwm p50 p99
-        while IFS=$'\t' read -r sc server up req msgs scpu gcpu hbusy ri rl pc _ ramp est errs gw rc _ other _ hwm p50 p99 _; do
+        while IFS=$'\t' read -r sc server up req msgs scpu gcpu hbusy ri rl pc _ ramp est errs gw rc _ other _ hwm p50 p99 cs _; do
             case $sc in
             A) desc="A: $CONNS_A conns, unthrottled, ${DUR_A} s" ;;
             B) desc="B: $CONNS_B conns × $RATE_B msg/s, ${DUR_B} s" ;;
             esac
             local eff=NaN
             [[ $scpu != NaN && $scpu != 0 ]] && eff=$(calc %.0f "$msgs / ($scpu / 100)")
-            printf '| %s | %s | %s/%s | %s | %s | %s | %s | %s | %s | %s → %s | %s | %s | %s / %s | %s |\n' \
+            printf '| %s | %s | %s/%s | %s | %s | %s | %s | %s | %s | %s → %s | %s | %s | %s / %s | %s | %s |\n' \
                 "$desc" "$server" "$up" "$req" "$(calc %.0f "$msgs")" "$scpu" "$eff" "$gcpu" "$other" "$hbusy" \
                 "$(calc %.1f "$ri / 1024")" "$(calc %.1f "$rl / 1024")" "$(calc %.0f "$hwm / 1024")" "$pc" \
-                "$p50" "$p99" "$ramp"
+                "$(calc %.1f "$p50")" "$(calc %.1f "$p99")" "$ramp" "$(calc %.1f "$cs")"
         done <"$TMP/rows.tsv"
         echo
         for sc in $SCENARIOS; do
@@ -553,13 +554,13 @@ report() {
                 echo "- Scenario $sc: corral/mosquitto msg/s = **$(calc %.2f "$c / $m")**"
             fi
         done
-        [[ " $SCENARIOS " == *" B "* ]] && echo "- Scenario B offers $((CONNS_B * RATE_B)) msg/s in total; a server that keeps up shows about that."
+        [[ " $SCENARIOS " == *" B "* ]] && echo "- Scenario B offers $(calc %.0f "$CONNS_B * $RATE_B") msg/s in total; a server that keeps up shows about that."
         echo "- CPU % is of one core (200 % = both cores of this machine), sampled from /proc/PID/stat over the publishing window minus 1 s at each end; host busy % is the whole machine (steal excluded). Kernel + other = host busy × $NCPU − server − generator: softirq for the loopback traffic, kernel I/O threads (jbd2, kworker) working for fsyncs, and anything else running. Generator and server share the machine: when host busy is near 100 % the figures are bound by the machine, not by the server alone."
         echo "- RSS per conn = (RSS with every connection open − idle RSS before connecting) / connections; with few connections it is dominated by buffers, not per-connection state. Peak RSS is the kernel's high-water mark (VmHWM) at the end of the window, the connect ramp included."
-        echo "- PUBACK p50 / p99: from the generator, the time from a QoS 1 publish leaving the client to its PUBACK, over the measured window, within 5 %. Under overload it is mostly time spent waiting in the devices' own queues and in the server's admission, not service time."
+        echo "- PUBACK p50 / p99: from the generator, the time from a QoS 1 publish leaving the client to its PUBACK, over the measured window, within 5 %. Under overload it is mostly time spent waiting in the devices' own queues and in the server's admission, not service time. Ramp is until the server's TCP connection count reached the target; connects answered is the generator's time from its first CONNECT to its last CONNACK or failure (with \`CONNECT_CONCURRENCY\` = the connection count, a reconnect storm)."
         if [[ -n ${SEED_SECONDS:-} ]]; then echo "- Corral's devices were created once over REST (${SEED_SECONDS} s) in a template data dir; each Corral run starts on a fresh copy of it."; fi
         local anomalies="" notes="" thread_lines="" eof steal threads
-        while IFS=$'\t' read -r sc server up req msgs scpu gcpu hbusy ri rl pc _ ramp est errs gw rc eof other steal _ _ _ threads; do
+        while IFS=$'\t' read -r sc server up req msgs scpu gcpu hbusy ri rl pc _ ramp est errs gw rc eof other steal _ _ _ _ threads; do
             thread_lines+="  - $server $sc: ${threads:-?}"$'\n'
             ((steal <= 5)) || anomalies+="  - $server $sc: ${steal}% of the machine's CPU time was stolen by the hypervisor during the window"$'\n'
             ((eof == 0)) || notes+="  - $server $sc: $eof \"unexpected eof while reading\" line(s) from the server's TLS (generator connections closed without close_notify at the end of the run)"$'\n'

@@ -49,7 +49,8 @@ pub struct SimulateArgs {
     /// Connect with usernames sim-0, sim-1, ... (for brokers without Corral's credentials).
     #[arg(long)]
     pub anonymous: bool,
-    /// Messages per second per device; 0 publishes as fast as acknowledgements allow.
+    /// Messages per second per device; 0 publishes as fast as acknowledgements allow. Devices
+    /// are spread evenly over the period, as a fleet is, not all in the same instant.
     #[arg(long, default_value_t = 0.0)]
     pub rate: f64,
     /// QoS 1 publishes each connection keeps in flight.
@@ -187,6 +188,9 @@ pub struct SimReport {
     pub connections_requested: usize,
     pub connections_up: usize,
     pub connect_failures: u64,
+    /// Seconds from the first connect to the last CONNACK (or failure): a reconnect storm's
+    /// length when `--connect-concurrency` is the number of connections.
+    pub connect_seconds: f64,
     pub published: u64,
     pub acked: u64,
     pub seconds: f64,
@@ -314,6 +318,7 @@ pub async fn simulate(a: SimulateArgs) -> anyhow::Result<SimReport> {
     let (start_tx, start_rx) = tokio::sync::watch::channel(false);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut tasks = Vec::with_capacity(users.len());
+    let n_devices = users.len().max(1);
     for (i, user) in users.into_iter().enumerate() {
         let mut opts = MqttOptions::new(
             format!("sim-{i}-{}", std::process::id()),
@@ -333,11 +338,13 @@ pub async fn simulate(a: SimulateArgs) -> anyhow::Result<SimReport> {
             start: start_rx.clone(),
             stop: stop_rx.clone(),
             rate: a.rate,
+            phase: i as f64 / n_devices as f64,
             inflight: a.inflight.max(1) as usize,
         };
         tasks.push(tokio::spawn(ctx.run(opts, i)));
     }
     // Wait until every connection is up or has failed, bounded in time.
+    let ramp_start = Instant::now();
     let ramp_deadline = Instant::now() + Duration::from_secs(120);
     loop {
         let done =
@@ -347,6 +354,7 @@ pub async fn simulate(a: SimulateArgs) -> anyhow::Result<SimReport> {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    let connect_seconds = ramp_start.elapsed().as_secs_f64();
     let acked_before = counters.acked.load(Ordering::Relaxed);
     let started = Instant::now();
     let _ = start_tx.send(true);
@@ -361,6 +369,7 @@ pub async fn simulate(a: SimulateArgs) -> anyhow::Result<SimReport> {
         connections_requested: a.connections,
         connections_up: counters.up.load(Ordering::Relaxed) as usize,
         connect_failures: counters.connect_failures.load(Ordering::Relaxed),
+        connect_seconds,
         published: counters.published.load(Ordering::Relaxed),
         acked,
         seconds,
@@ -376,6 +385,8 @@ struct DeviceTask {
     start: tokio::sync::watch::Receiver<bool>,
     stop: tokio::sync::watch::Receiver<bool>,
     rate: f64,
+    /// Where in the period this device sends, as a fraction of it (0..1).
+    phase: f64,
     inflight: usize,
 }
 
@@ -440,6 +451,15 @@ impl DeviceTask {
             }
         });
         let _ = self.start.wait_for(|s| *s).await;
+        // Devices in phase would all send in the same instant every period: a burst of
+        // thousands of messages a second apart measures how a server drains bursts, not its
+        // steady rate or latency. Real fleets are spread over the period; so are these.
+        if self.rate > 0.0 && self.phase > 0.0 {
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs_f64(self.phase / self.rate)) => {},
+                _ = self.stop.wait_for(|s| *s) => {},
+            }
+        }
         let mut tick = (self.rate > 0.0).then(|| {
             let mut t = tokio::time::interval(Duration::from_secs_f64(1.0 / self.rate));
             t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

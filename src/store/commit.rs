@@ -9,9 +9,10 @@
 //! flusher drains every batch written so far before each sync, so one `fdatasync` covers
 //! everything waiting, and a reply says "durable" only for records written before that sync
 //! started. While one sync runs, the writer keeps logging and applying the next batch. Every
-//! `CHECKPOINT_BYTES` of log, the writer flushes sled and drops the old segments. Registry
-//! commits (sled flushes, seconds after many writes) run on the committer thread, so logged
-//! writes never queue behind one.
+//! `CHECKPOINT_BYTES` of log, the writer starts a new segment and writes the points waiting in
+//! memory to sled, and the committer flushes sled and drops the old segments. Registry commits and
+//! checkpoint flushes (sled flushes, seconds after many writes) run on the committer thread, so
+//! device data and logged writes never queue behind one.
 
 use std::fs::File;
 use std::sync::mpsc as std_mpsc;
@@ -99,7 +100,7 @@ impl Pipeline {
         // sled flushes run on their own thread, one at a time (concurrent sled flushes can
         // stall each other), so the writer keeps logging while one runs: a flush can take
         // seconds after many registry writes, and logged writes must not wait behind it.
-        let (commit_tx, commit_rx) = std_mpsc::channel::<Vec<Committed>>();
+        let (commit_tx, commit_rx) = std_mpsc::channel::<ToCommitter>();
         let committer_db = db.clone();
         let committer = std::thread::Builder::new()
             .name("store-committer".into())
@@ -230,7 +231,7 @@ fn write_loop(
     later: &Mutex<Vec<Later>>,
     batches: std_mpsc::Sender<Batch>,
     min_free: u64,
-    committer: &std_mpsc::Sender<Vec<Committed>>,
+    committer: &std_mpsc::Sender<ToCommitter>,
 ) {
     let mut buf = Vec::with_capacity(1 << 16);
     let mut was_low = false;
@@ -245,6 +246,8 @@ fn write_loop(
             }
         }
         buf.clear();
+        let t0 = std::time::Instant::now();
+        let mut took = GroupTimes::default();
         let mut staged = super::telemetry::Staged::default();
         let mut queued = StagedQueue::default();
         // (reply, values staged or the error staging them, waits for durability, values logged)
@@ -311,6 +314,7 @@ fn write_loop(
                 }
             }
         }
+        took.jobs = t0.elapsed();
         // Logged registry writes are applied already; the log makes them durable.
         let mut logged_writes = db.logged.drain_into(&mut buf);
         // Log before applying: a write the log refused (a full disk) is answered with an error
@@ -326,7 +330,7 @@ fn write_loop(
             if let Some((first, last)) = logged_writes.take() {
                 // They are in sled already: a flush makes them durable without the log.
                 let (tx, rx) = oneshot::channel();
-                let _ = committer.send(vec![tx]);
+                let _ = committer.send(ToCommitter::Flush(vec![tx]));
                 let flushed = rx.blocking_recv().unwrap_or(Err(StoreError::Closed));
                 match flushed {
                     Ok(()) => db.logged.marks().durable(last),
@@ -337,6 +341,7 @@ fn write_loop(
                 }
             }
         }
+        took.log = t0.elapsed();
         for (op, queue, seq, reply, durable) in logged {
             if let (Some(seq), Some(q)) = (seq, &queue) {
                 db.stage_queue(&mut queued, seq, q);
@@ -352,8 +357,10 @@ fn write_loop(
         for f in pending {
             f(db);
         }
+        took.stage = t0.elapsed();
         // One atomic sled batch for the whole group: per-batch overhead dominates small writes.
         let mut applied = queue_applied.and(db.apply_points(staged));
+        took.apply = t0.elapsed();
         if applied.is_ok()
             && let Some((_, Err(e), _, _)) = done.iter().find(|(_, r, _, _)| r.is_err())
         {
@@ -377,6 +384,7 @@ fn write_loop(
             }
             behind = Some(e.to_string());
         }
+        let done_len = done.len();
         let done: Vec<_> = done
             .into_iter()
             .map(|(reply, res, durable, values)| match &applied {
@@ -405,7 +413,7 @@ fn write_loop(
         }
         if !commits.is_empty() {
             // The bookkeeping above is applied, so the flush covers it.
-            let _ = committer.send(commits);
+            let _ = committer.send(ToCommitter::Flush(commits));
         }
         if let Some(e) = &behind {
             for reply in checkpoints.drain(..) {
@@ -414,17 +422,28 @@ fn write_loop(
                 ))));
             }
         }
+        took.report(t0.elapsed(), done_len);
         if behind.is_none() && (!checkpoints.is_empty() || wal.bytes >= CHECKPOINT_BYTES) {
-            let res = wal.checkpoint(db);
-            if let Err(e) = &res {
-                tracing::error!(error = %e, "checkpoint failed; the log keeps growing until one succeeds");
-            }
-            for reply in checkpoints {
-                let _ = reply.send(
-                    res.as_ref()
-                        .map(drop)
-                        .map_err(|e| StoreError::Flush(e.to_string())),
+            let started = Instant::now();
+            let begun = wal.begin_checkpoint(db);
+            if started.elapsed() >= GroupTimes::SLOW {
+                tracing::warn!(
+                    took_ms = started.elapsed().as_millis(),
+                    "a store checkpoint took long; device messages waited behind it"
                 );
+            }
+            match begun {
+                Ok(tail) => {
+                    // The sled flush and the segments' deletion are the committer's; the
+                    // replies wait for them.
+                    let _ = committer.send(ToCommitter::Checkpoint(tail, checkpoints));
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "checkpoint failed; the log keeps growing until one succeeds");
+                    for reply in checkpoints {
+                        let _ = reply.send(Err(StoreError::Flush(e.to_string())));
+                    }
+                }
             }
         }
     }
@@ -437,22 +456,86 @@ fn write_loop(
     }
 }
 
+/// When each part of a writer group ended, from the group's start: a group that holds device
+/// data for long is logged with where the time went.
+#[derive(Default)]
+struct GroupTimes {
+    jobs: Duration,
+    log: Duration,
+    stage: Duration,
+    apply: Duration,
+}
+
+impl GroupTimes {
+    /// A group this long delays every device message behind it by as much.
+    const SLOW: Duration = Duration::from_millis(500);
+
+    fn report(&self, total: Duration, messages: usize) {
+        if total >= Self::SLOW {
+            let ms = |d: Duration| d.as_millis();
+            tracing::warn!(
+                total_ms = ms(total),
+                messages,
+                read_jobs_ms = ms(self.jobs),
+                log_append_ms = ms(self.log.saturating_sub(self.jobs)),
+                stage_ms = ms(self.stage.saturating_sub(self.log)),
+                apply_ms = ms(self.apply.saturating_sub(self.stage)),
+                after_ms = ms(total.saturating_sub(self.apply)),
+                "a store writer group took long; device messages waited behind it"
+            );
+        }
+    }
+}
+
+/// Work for the committer thread.
+enum ToCommitter {
+    /// Commits waiting for a sled flush.
+    Flush(Vec<Committed>),
+    /// A checkpoint's flush and deletion of the older segments, and who waits for it.
+    Checkpoint(super::wal::CheckpointTail, Vec<Committed>),
+}
+
 /// A commit's reply: answered once a sled flush that began after the request was applied.
 type Committed = oneshot::Sender<Result<()>>;
 
-/// Flushes sled for the commits queued behind the writer: one flush answers every commit
-/// waiting when it starts.
+/// Flushes sled for the commits and checkpoints queued behind the writer: one flush answers
+/// every commit waiting when it starts, and lets each checkpoint drop its older segments.
 fn commit_loop(
     db: &Db,
-    rx: std_mpsc::Receiver<Vec<Committed>>,
+    rx: std_mpsc::Receiver<ToCommitter>,
     flushes: &prometheus_client::metrics::counter::Counter,
 ) {
-    while let Ok(mut waiting) = rx.recv() {
+    while let Ok(first) = rx.recv() {
+        let mut waiting = Vec::new();
+        let mut tails = Vec::new();
+        let mut take = |job| match job {
+            ToCommitter::Flush(w) => waiting.extend(w),
+            ToCommitter::Checkpoint(tail, w) => tails.push((tail, w)),
+        };
+        take(first);
         while let Ok(more) = rx.try_recv() {
-            waiting.extend(more);
+            take(more);
         }
         let res = db.flush_now();
         flushes.inc();
+        // In the order they were begun: each deletes only segments older than its own start.
+        for (tail, replies) in tails {
+            let done = tail.finish(
+                res.as_ref()
+                    .map(drop)
+                    .map_err(|e| StoreError::Flush(e.to_string())),
+            );
+            if let Err(e) = &done {
+                tracing::error!(error = %e, "checkpoint failed; the log keeps growing until one succeeds");
+            }
+            for reply in replies {
+                let _ = reply.send(
+                    done.as_ref()
+                        .map(drop)
+                        .map_err(|e| StoreError::Flush(e.to_string())),
+                );
+            }
+        }
         for reply in waiting {
             let _ = reply.send(
                 res.as_ref()

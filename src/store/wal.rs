@@ -468,12 +468,20 @@ impl Wal {
     /// Checkpoint: start a new segment, flush sled (which then holds everything the older
     /// segments logged, since every record is applied right after it is appended), delete them.
     pub(super) fn checkpoint(&mut self, db: &Db) -> Result<()> {
+        let tail = self.begin_checkpoint(db)?;
+        let flushed = db.flush_now();
+        tail.finish(flushed)
+    }
+
+    /// The writer's part of a checkpoint: a new segment, and every point waiting in memory
+    /// written to sled. What is left (a sled flush, then deleting the older segments) may run
+    /// on another thread while the writer goes on: the new segment holds what comes next.
+    pub(super) fn begin_checkpoint(&mut self, db: &Db) -> Result<CheckpointTail> {
         let dir = self.dir.clone();
-        let io = |e: std::io::Error| StoreError::Wal {
+        self.rotate().map_err(|e| StoreError::Wal {
             path: dir.clone(),
             source: e,
-        };
-        self.rotate().map_err(io)?;
+        })?;
         self.poisoned = false;
         // Pinned segments stay for their readers; the next start replays them harmlessly.
         let next = self
@@ -484,10 +492,34 @@ impl Wal {
             .fold(self.seq, |a, b| a.min(*b));
         // Points waiting in memory are in the segments about to go: into sled first.
         db.settle_all()?;
-        db.flush_now()?;
+        Ok(CheckpointTail { dir, next })
+    }
+}
+
+/// The rest of a checkpoint begun by `Wal::begin_checkpoint`.
+pub(super) struct CheckpointTail {
+    dir: PathBuf,
+    /// Segments before this one go.
+    next: u64,
+}
+
+impl CheckpointTail {
+    /// Deletes the older segments once `flushed`, a sled flush begun after the checkpoint
+    /// began, succeeded; otherwise keeps them (the next start replays them) and says why.
+    pub(super) fn finish(self, flushed: Result<()>) -> Result<()> {
+        flushed?;
+        let io = |e: std::io::Error| StoreError::Wal {
+            path: self.dir.clone(),
+            source: e,
+        };
         for (seq, path) in segments(&self.dir).map_err(io)? {
-            if seq < next {
-                std::fs::remove_file(&path).map_err(io)?;
+            if seq < self.next {
+                match std::fs::remove_file(&path) {
+                    // Another checkpoint's tail (the writer's last one, at shutdown) got there
+                    // first.
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    r => r.map_err(io)?,
+                }
             }
         }
         Ok(())
