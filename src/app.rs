@@ -156,6 +156,7 @@ pub async fn open_state(
             group_commit_delay: Duration::from_millis(config.store.group_commit_delay_ms),
             min_free_bytes: config.store.min_free_mb << 20,
             accept_data_loss: accept,
+            ..Default::default()
         },
         metrics,
     )?;

@@ -9,8 +9,9 @@
 //! flusher drains every batch written so far before each sync, so one `fdatasync` covers
 //! everything waiting, and a reply says "durable" only for records written before that sync
 //! started. While one sync runs, the writer keeps logging and applying the next batch. Every
-//! `CHECKPOINT_BYTES` of log, the writer starts a new segment and writes the points waiting in
-//! memory to sled, and the committer flushes sled and drops the old segments. Registry commits and
+//! `store::StoreOptions::checkpoint_bytes` of log (64 MiB), the writer starts a new segment and writes to sled the points
+//! that have waited in memory since the checkpoint before, and the committer flushes sled and
+//! drops the old segments that hold no point still waiting. Registry commits and
 //! checkpoint flushes (sled flushes, seconds after many writes) run on the committer thread, so
 //! device data and logged writes never queue behind one.
 
@@ -67,8 +68,6 @@ struct Batch {
 const QUEUE: usize = 16_384;
 /// Jobs handled before the batch is handed to the flusher, bounding latency under load.
 const MAX_BATCH: usize = 4_096;
-/// Log size after which sled is flushed and the log truncated; bounds replay time after a crash.
-const CHECKPOINT_BYTES: u64 = 64 << 20;
 
 pub(super) struct Pipeline {
     tx: mpsc::Sender<Job>,
@@ -342,6 +341,8 @@ fn write_loop(
             }
         }
         took.log = t0.elapsed();
+        // Waiting points remember the segment that logged them (see `Wal::begin_checkpoint`).
+        db.logging_to(wal.seq());
         for (op, queue, seq, reply, durable) in logged {
             if let (Some(seq), Some(q)) = (seq, &queue) {
                 db.stage_queue(&mut queued, seq, q);
@@ -423,9 +424,17 @@ fn write_loop(
             }
         }
         took.report(t0.elapsed(), done_len);
-        if behind.is_none() && (!checkpoints.is_empty() || wal.bytes >= CHECKPOINT_BYTES) {
+        if behind.is_none() && (!checkpoints.is_empty() || wal.bytes >= wal.checkpoint_bytes) {
             let started = Instant::now();
-            let begun = wal.begin_checkpoint(db);
+            // One asked for (a clean stop, a test) leaves nothing to replay: every waiting
+            // point goes to sled first. One that the log's size calls for keeps the segments
+            // of points still waiting (see `Wal::begin_checkpoint`).
+            let begun = if checkpoints.is_empty() {
+                Ok(())
+            } else {
+                db.settle_all()
+            }
+            .and_then(|()| wal.begin_checkpoint(db));
             if started.elapsed() >= GroupTimes::SLOW {
                 tracing::warn!(
                     took_ms = started.elapsed().as_millis(),

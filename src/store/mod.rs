@@ -233,6 +233,8 @@ pub struct StoreOptions {
     pub min_free_bytes: u64,
     /// Open a damaged store anyway, keeping what can be read (`serve --accept-data-loss`).
     pub accept_data_loss: bool,
+    /// Log bytes between checkpoints (64 MiB; tests take a few KiB to cross many).
+    pub checkpoint_bytes: u64,
 }
 
 impl Default for StoreOptions {
@@ -242,6 +244,7 @@ impl Default for StoreOptions {
             group_commit_delay: Duration::ZERO,
             min_free_bytes: 0,
             accept_data_loss: false,
+            checkpoint_bytes: 64 << 20,
         }
     }
 }
@@ -422,8 +425,9 @@ impl Store {
         migrate(path, &db.db, &db.trees)?;
         db.flush_now()?;
         db.init_queues()?;
-        let (wal, replayed) =
+        let (mut wal, replayed) =
             wal::Wal::open_and_replay(&guard::wal_path(path), &db, opts.accept_data_loss)?;
+        wal.checkpoint_bytes = opts.checkpoint_bytes.max(1);
         db.count_series()?;
         if replayed > 0 {
             tracing::info!(

@@ -13,9 +13,10 @@
 //! 10; `benches/store_ingest.rs`). So a device's in-order points and their rollup additions
 //! wait in memory (`Pending`, per device) and reach sled together, a device's points as one
 //! run of inserts into the same few leaves: once the device has `PENDING_PER_DEVICE` values
-//! waiting, some others while `PENDING_TOTAL` wait, and before every checkpoint and
-//! backup pin. The log already holds them (that is what the acknowledgement waits for), and
-//! replay after a crash stages them again. Every read of a device's telemetry first settles
+//! waiting, some others while `PENDING_TOTAL` wait, at a checkpoint those that waited
+//! through the previous one (a checkpoint keeps the log segments of the others), and before a
+//! backup pin and the last checkpoint at shutdown. The log already holds them (that is what the
+//! acknowledgement waits for), and replay after a crash stages them again. Every read of a device's telemetry first settles
 //! that device's waiting writes, under the same lock, so a read never misses an acknowledged
 //! point; the layout on disk is unchanged.
 //!
@@ -260,6 +261,9 @@ const PENDING_SLICE: usize = 8192;
 struct DeviceWrites {
     points: Vec<(Vec<u8>, Vec<u8>)>,
     rollups: HashMap<Vec<u8>, Agg>,
+    /// The log segment that holds the oldest of them: a checkpoint keeps it and every later
+    /// one until they are in sled.
+    first_segment: u64,
 }
 
 /// Telemetry writes waiting in memory (see the module header). One lock: the writer takes
@@ -278,6 +282,8 @@ struct PendingInner {
     values: usize,
     /// Devices that reached `PENDING_PER_DEVICE` since the last group was applied.
     due: Vec<DeviceId>,
+    /// The log segment the writer appends to now (see `DeviceWrites::first_segment`).
+    segment: u64,
 }
 
 impl Pending {
@@ -417,7 +423,11 @@ impl Db {
         }
         let mut p = self.pending.lock();
         p.values += writes.points.len();
-        let w = p.devices.entry(device).or_default();
+        let segment = p.segment;
+        let w = p.devices.entry(device).or_insert_with(|| DeviceWrites {
+            first_segment: segment,
+            ..Default::default()
+        });
         let before = w.points.len();
         w.points.extend(writes.points);
         for (bucket, agg) in writes.rollups {
@@ -445,17 +455,39 @@ impl Db {
         self.pending.failure()
     }
 
-    /// Writes every waiting write to sled: before a checkpoint flushes sled and drops the log
-    /// that holds them, and before a backup pins the log from a point on.
+    /// Writes every waiting write to sled: before the last checkpoint at shutdown, and before
+    /// a backup pins the log from a point on.
     pub(super) fn settle_all(&self) -> Result<()> {
+        self.settle_older_than(u64::MAX).map(drop)
+    }
+
+    /// Records which log segment the writer appends to from now on.
+    pub(super) fn logging_to(&self, segment: u64) {
+        self.pending.lock().segment = segment;
+    }
+
+    /// Writes to sled the waiting writes of devices whose oldest waiting point was logged
+    /// before segment `segment`, and returns the oldest segment still holding a waiting point.
+    /// A checkpoint writes only the devices that have waited since the checkpoint before it and
+    /// keeps the segments the rest are in: writing every waiting point at once held the writer,
+    /// and every device message behind it, for seconds with 10,000 devices.
+    pub(super) fn settle_older_than(&self, segment: u64) -> Result<Option<u64>> {
         let mut p = self.pending.lock();
-        p.values = 0;
-        p.due.clear();
+        let old: Vec<DeviceId> = p
+            .devices
+            .iter()
+            .filter(|(_, w)| w.first_segment < segment)
+            .map(|(d, _)| *d)
+            .collect();
         // In slices: each sled batch holds sled's process-wide write lock while it applies,
         // and every other read and write of the store, on any thread, waits behind it.
         let mut slice = Vec::new();
         let mut values = 0;
-        for (_, w) in p.devices.drain() {
+        for d in old {
+            let Some(w) = p.devices.remove(&d) else {
+                continue;
+            };
+            p.values -= w.points.len();
             values += w.points.len();
             slice.push(w);
             if values >= PENDING_SLICE {
@@ -463,7 +495,10 @@ impl Db {
                 values = 0;
             }
         }
-        self.write_pending(slice)
+        self.write_pending(slice)?;
+        let waiting: HashSet<DeviceId> = p.devices.keys().copied().collect();
+        p.due.retain(|d| waiting.contains(d));
+        Ok(p.devices.values().map(|w| w.first_segment).min())
     }
 
     /// Writes waiting writes: the points in one batch (in key order, so each series' run of

@@ -267,6 +267,10 @@ pub(super) struct Wal {
     /// A failed append could not be cut back off the segment: nothing more may follow it
     /// there (replay would stop at it), so the next append starts a new segment first.
     poisoned: bool,
+    /// The segment started by the last checkpoint (or at open).
+    checkpointed: u64,
+    /// A checkpoint is due once the current segment holds this many bytes.
+    pub(super) checkpoint_bytes: u64,
 }
 
 fn segment_path(dir: &Path, seq: u64) -> PathBuf {
@@ -382,6 +386,7 @@ impl Wal {
         }
         let seq = existing.last().map_or(0, |(s, _)| s + 1);
         let (current, salt) = create_segment(dir, seq).map_err(io)?;
+        db.logging_to(seq);
         Ok((
             Wal {
                 pins: Default::default(),
@@ -391,6 +396,8 @@ impl Wal {
                 salt,
                 bytes: HEADER_LEN as u64,
                 poisoned: false,
+                checkpointed: seq,
+                checkpoint_bytes: 64 << 20,
             },
             replayed,
         ))
@@ -460,6 +467,11 @@ impl Wal {
         Ok(())
     }
 
+    /// The number of the segment being appended to.
+    pub(super) fn seq(&self) -> u64 {
+        self.seq
+    }
+
     /// The segment being appended to, for the flusher to sync.
     pub(super) fn current(&self) -> Arc<File> {
         self.current.clone()
@@ -468,14 +480,18 @@ impl Wal {
     /// Checkpoint: start a new segment, flush sled (which then holds everything the older
     /// segments logged, since every record is applied right after it is appended), delete them.
     pub(super) fn checkpoint(&mut self, db: &Db) -> Result<()> {
+        // Everything: this one leaves nothing for the next start to replay.
+        db.settle_all()?;
         let tail = self.begin_checkpoint(db)?;
         let flushed = db.flush_now();
         tail.finish(flushed)
     }
 
-    /// The writer's part of a checkpoint: a new segment, and every point waiting in memory
-    /// written to sled. What is left (a sled flush, then deleting the older segments) may run
-    /// on another thread while the writer goes on: the new segment holds what comes next.
+    /// The writer's part of a checkpoint: a new segment, and the points that have waited in
+    /// memory since the checkpoint before written to sled; segments that hold points still
+    /// waiting are kept (the next checkpoint drops them). What is left (a sled flush, then
+    /// deleting the older segments) may run on another thread while the writer goes on: the
+    /// new segment holds what comes next.
     pub(super) fn begin_checkpoint(&mut self, db: &Db) -> Result<CheckpointTail> {
         let dir = self.dir.clone();
         self.rotate().map_err(|e| StoreError::Wal {
@@ -483,15 +499,19 @@ impl Wal {
             source: e,
         })?;
         self.poisoned = false;
+        db.logging_to(self.seq);
+        // Points waiting in memory since before the last checkpoint go to sled now, so that
+        // no segment is kept for long; the segments of the others stay until they are in sled.
+        let waiting = db.settle_older_than(self.checkpointed)?;
+        self.checkpointed = self.seq;
         // Pinned segments stay for their readers; the next start replays them harmlessly.
         let next = self
             .pins
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .values()
-            .fold(self.seq, |a, b| a.min(*b));
-        // Points waiting in memory are in the segments about to go: into sled first.
-        db.settle_all()?;
+            .fold(self.seq, |a, b| a.min(*b))
+            .min(waiting.unwrap_or(u64::MAX));
         Ok(CheckpointTail { dir, next })
     }
 }
@@ -877,5 +897,125 @@ mod tests {
             vec![1000],
             "replayed segments are removed; a fresh one follows them"
         );
+    }
+
+    /// Copies a directory tree: what a power cut leaves on disk, taken while the store runs.
+    fn copy_tree(from: &Path, to: &Path) {
+        std::fs::create_dir_all(to).expect("mkdir");
+        for e in std::fs::read_dir(from).expect("read dir") {
+            let e = e.expect("entry");
+            let target = to.join(e.file_name());
+            if e.file_type().expect("type").is_dir() {
+                copy_tree(&e.path(), &target);
+            } else {
+                std::fs::copy(e.path(), &target).expect("copy");
+            }
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_checkpoint_keeps_the_log_of_points_still_waiting_in_memory() {
+        use crate::model::{Device, FleetId, WorkspaceId};
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("store");
+        let opts = crate::store::StoreOptions {
+            cache_capacity_bytes: 1 << 20,
+            group_commit_delay: std::time::Duration::ZERO,
+            // A checkpoint every few records: many of them, each with points of the device
+            // still waiting in memory (they wait until 48 have come).
+            checkpoint_bytes: 1024,
+            ..Default::default()
+        };
+        let metrics = std::sync::Arc::new(crate::metrics::Metrics::new());
+        let s = crate::store::Store::open(&path, opts.clone(), metrics.clone()).expect("open");
+        let dev = Device {
+            id: DeviceId::new(),
+            workspace_id: WorkspaceId::new(),
+            fleet_id: FleetId::new(),
+            name: "d".into(),
+            label: String::new(),
+            enabled: true,
+            created_at: 0,
+            updated_at: 0,
+            last_connect_at: None,
+            last_disconnect_at: None,
+            last_activity_at: None,
+            provisioned_at: None,
+        };
+        s.create_device(&dev, &[]).expect("create").expect("unique");
+        let other = Device {
+            id: DeviceId::new(),
+            name: "other".into(),
+            ..dev.clone()
+        };
+        s.create_device(&other, &[])
+            .expect("create")
+            .expect("unique");
+        let put = |device, i: i64| {
+            let s = &s;
+            async move {
+                let op = PointsOp {
+                    device,
+                    tag: "default".into(),
+                    points: vec![(1_000 + i, vec![("t".into(), Value::Long(i))])],
+                };
+                s.append_points_queued(op, None, true)
+                    .await
+                    .expect("acknowledged");
+            }
+        };
+        let wal_dir = path.with_extension("wal");
+        let newest = || {
+            segments(&wal_dir)
+                .expect("list")
+                .last()
+                .map(|(seq, _)| *seq)
+        };
+        // One point of `dev`: it waits in memory (a device's points wait until 48 have come).
+        put(dev.id, 0).await;
+        let logged_in = newest().expect("a segment");
+        // The other device's points until a checkpoint has begun a new segment since.
+        let mut i = 0;
+        while newest() == Some(logged_in) {
+            i += 1;
+            assert!(i < 1_000, "no checkpoint");
+            put(other.id, i).await;
+        }
+        // The checkpoint's flush and deletions are done once a commit after it is.
+        s.commit().await.expect("commit");
+        let image = tempfile::tempdir().expect("tempdir");
+        copy_tree(dir.path(), image.path());
+        assert!(
+            segments(&image.path().join("store.wal"))
+                .expect("list")
+                .iter()
+                .any(|(seq, _)| *seq == logged_in),
+            "the segment that logged the waiting point is kept"
+        );
+        drop(s);
+
+        // Every acknowledged point is there after the "power cut": those in sled, and those
+        // that were waiting in memory, from the segments the checkpoints kept.
+        let r = crate::store::Store::open(&image.path().join("store"), opts, metrics)
+            .expect("reopen the image");
+        let q = crate::store::RawQuery {
+            tag: "default".into(),
+            keys: None,
+            from: 0,
+            to: 10_000,
+            descending: false,
+            limit: 1_000,
+            after: None,
+        };
+        let values = |d: DeviceId| -> Vec<i64> {
+            r.raw(d, &q)
+                .expect("raw")
+                .series
+                .iter()
+                .flat_map(|(_, ps)| ps.iter().map(|p| p.ts - 1_000))
+                .collect()
+        };
+        assert_eq!(values(dev.id), vec![0], "the point that waited in memory");
+        assert_eq!(values(other.id), (1..=i).collect::<Vec<_>>());
     }
 }
