@@ -9,9 +9,9 @@
 //! flusher drains every batch written so far before each sync, so one `fdatasync` covers
 //! everything waiting, and a reply says "durable" only for records written before that sync
 //! started. While one sync runs, the writer keeps logging and applying the next batch. Every
-//! `store::StoreOptions::checkpoint_bytes` of log (64 MiB), the writer starts a new segment and writes to sled the points
-//! that have waited in memory since the checkpoint before, and the committer flushes sled and
-//! drops the old segments that hold no point still waiting. Registry commits and
+//! `store::StoreOptions::checkpoint_bytes` of log (64 MiB), the writer starts a new segment,
+//! and the committer flushes sled and drops the old segments that hold no point still waiting
+//! in memory (the writer's next groups write those a few at a time). Registry commits and
 //! checkpoint flushes (sled flushes, seconds after many writes) run on the committer thread, so
 //! device data and logged writes never queue behind one.
 

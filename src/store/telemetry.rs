@@ -13,9 +13,9 @@
 //! 10; `benches/store_ingest.rs`). So a device's in-order points and their rollup additions
 //! wait in memory (`Pending`, per device) and reach sled together, a device's points as one
 //! run of inserts into the same few leaves: once the device has `PENDING_PER_DEVICE` values
-//! waiting, some others while `PENDING_TOTAL` wait, at a checkpoint those that waited
-//! through the previous one (a checkpoint keeps the log segments of the others), and before a
-//! backup pin and the last checkpoint at shutdown. The log already holds them (that is what the
+//! waiting, some others while `PENDING_TOTAL` wait, a few a group of those logged before the
+//! last checkpoint (a checkpoint keeps the log segments of points still waiting), and before a
+//! backup pin and a checkpoint asked for (a clean stop). The log already holds them (that is what the
 //! acknowledgement waits for), and replay after a crash stages them again. Every read of a device's telemetry first settles
 //! that device's waiting writes, under the same lock, so a read never misses an acknowledged
 //! point; the layout on disk is unchanged.
@@ -254,6 +254,10 @@ const PENDING_TOTAL: usize = 1 << 18;
 /// Values written in one sled batch when many devices' waiting writes go at once: sled's
 /// batches take a process-wide write lock that every other store access waits behind.
 const PENDING_SLICE: usize = 8192;
+/// Stale waiting values (see `PendingInner::stale`) a group writes: a few at a time, so that
+/// no group holds device messages for long (a value costs up to ~100 µs in sled with 10,000
+/// devices), and still done well within a checkpoint interval.
+const PENDING_STALE_PER_GROUP: usize = 256;
 
 /// One device's in-order points (sled keys and encoded values) and the rollup additions they
 /// make (`series ‖ hour` → values added), not yet in sled.
@@ -284,6 +288,11 @@ struct PendingInner {
     due: Vec<DeviceId>,
     /// The log segment the writer appends to now (see `DeviceWrites::first_segment`).
     segment: u64,
+    /// Devices whose waiting points were logged before the last checkpoint: they keep old
+    /// segments, so each group writes a few of them (`PENDING_STALE_PER_GROUP` values).
+    stale: Vec<DeviceId>,
+    /// The segment the last checkpoint began; waiting points logged before it are stale.
+    checkpointed: u64,
 }
 
 impl Pending {
@@ -458,36 +467,15 @@ impl Db {
     /// Writes every waiting write to sled: before the last checkpoint at shutdown, and before
     /// a backup pins the log from a point on.
     pub(super) fn settle_all(&self) -> Result<()> {
-        self.settle_older_than(u64::MAX).map(drop)
-    }
-
-    /// Records which log segment the writer appends to from now on.
-    pub(super) fn logging_to(&self, segment: u64) {
-        self.pending.lock().segment = segment;
-    }
-
-    /// Writes to sled the waiting writes of devices whose oldest waiting point was logged
-    /// before segment `segment`, and returns the oldest segment still holding a waiting point.
-    /// A checkpoint writes only the devices that have waited since the checkpoint before it and
-    /// keeps the segments the rest are in: writing every waiting point at once held the writer,
-    /// and every device message behind it, for seconds with 10,000 devices.
-    pub(super) fn settle_older_than(&self, segment: u64) -> Result<Option<u64>> {
         let mut p = self.pending.lock();
-        let old: Vec<DeviceId> = p
-            .devices
-            .iter()
-            .filter(|(_, w)| w.first_segment < segment)
-            .map(|(d, _)| *d)
-            .collect();
+        p.values = 0;
+        p.due.clear();
+        p.stale.clear();
         // In slices: each sled batch holds sled's process-wide write lock while it applies,
         // and every other read and write of the store, on any thread, waits behind it.
         let mut slice = Vec::new();
         let mut values = 0;
-        for d in old {
-            let Some(w) = p.devices.remove(&d) else {
-                continue;
-            };
-            p.values -= w.points.len();
+        for (_, w) in p.devices.drain() {
             values += w.points.len();
             slice.push(w);
             if values >= PENDING_SLICE {
@@ -495,10 +483,30 @@ impl Db {
                 values = 0;
             }
         }
-        self.write_pending(slice)?;
-        let waiting: HashSet<DeviceId> = p.devices.keys().copied().collect();
-        p.due.retain(|d| waiting.contains(d));
-        Ok(p.devices.values().map(|w| w.first_segment).min())
+        self.write_pending(slice)
+    }
+
+    /// Records which log segment the writer appends to from now on.
+    pub(super) fn logging_to(&self, segment: u64) {
+        self.pending.lock().segment = segment;
+    }
+
+    /// A checkpoint begins segment `segment`: returns the oldest segment still holding a
+    /// waiting point, which the checkpoint keeps (with every later one), and marks the devices
+    /// whose points were logged before `segment` as stale, for the writer's next groups to
+    /// write a few at a time. Writing every waiting point at the checkpoint instead held the
+    /// writer, and every device message behind it, for 3-5 s with 10,000 devices.
+    pub(super) fn checkpoint_begins(&self, segment: u64) -> Option<u64> {
+        let mut p = self.pending.lock();
+        p.checkpointed = segment;
+        let stale: Vec<DeviceId> = p
+            .devices
+            .iter()
+            .filter(|(_, w)| w.first_segment < segment)
+            .map(|(d, _)| *d)
+            .collect();
+        p.stale = stale;
+        p.devices.values().map(|w| w.first_segment).min()
     }
 
     /// Writes waiting writes: the points in one batch (in key order, so each series' run of
@@ -558,6 +566,22 @@ impl Db {
             // A reader may have settled it since.
             if let Some(w) = p.devices.remove(&d) {
                 p.values -= w.points.len();
+                due.push(w);
+            }
+        }
+        // A few stale devices (logged before the last checkpoint), so old segments can go.
+        let mut stale_values = 0;
+        while stale_values < PENDING_STALE_PER_GROUP {
+            let Some(d) = p.stale.pop() else { break };
+            let checkpointed = p.checkpointed;
+            // Settled since, or waiting again from a later segment: not stale any more.
+            if p.devices
+                .get(&d)
+                .is_some_and(|w| w.first_segment < checkpointed)
+                && let Some(w) = p.devices.remove(&d)
+            {
+                p.values -= w.points.len();
+                stale_values += w.points.len();
                 due.push(w);
             }
         }

@@ -267,8 +267,6 @@ pub(super) struct Wal {
     /// A failed append could not be cut back off the segment: nothing more may follow it
     /// there (replay would stop at it), so the next append starts a new segment first.
     poisoned: bool,
-    /// The segment started by the last checkpoint (or at open).
-    checkpointed: u64,
     /// A checkpoint is due once the current segment holds this many bytes.
     pub(super) checkpoint_bytes: u64,
 }
@@ -396,7 +394,6 @@ impl Wal {
                 salt,
                 bytes: HEADER_LEN as u64,
                 poisoned: false,
-                checkpointed: seq,
                 checkpoint_bytes: 64 << 20,
             },
             replayed,
@@ -487,9 +484,9 @@ impl Wal {
         tail.finish(flushed)
     }
 
-    /// The writer's part of a checkpoint: a new segment, and the points that have waited in
-    /// memory since the checkpoint before written to sled; segments that hold points still
-    /// waiting are kept (the next checkpoint drops them). What is left (a sled flush, then
+    /// The writer's part of a checkpoint: a new segment; segments that hold points still
+    /// waiting in memory are kept (a later checkpoint drops them, once the writer's groups have
+    /// written those points). What is left (a sled flush, then
     /// deleting the older segments) may run on another thread while the writer goes on: the
     /// new segment holds what comes next.
     pub(super) fn begin_checkpoint(&mut self, db: &Db) -> Result<CheckpointTail> {
@@ -500,10 +497,8 @@ impl Wal {
         })?;
         self.poisoned = false;
         db.logging_to(self.seq);
-        // Points waiting in memory since before the last checkpoint go to sled now, so that
-        // no segment is kept for long; the segments of the others stay until they are in sled.
-        let waiting = db.settle_older_than(self.checkpointed)?;
-        self.checkpointed = self.seq;
+        // Segments holding points still waiting in memory stay until they are in sled.
+        let waiting = db.checkpoint_begins(self.seq);
         // Pinned segments stay for their readers; the next start replays them harmlessly.
         let next = self
             .pins
@@ -914,7 +909,7 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_checkpoint_keeps_the_log_of_points_still_waiting_in_memory() {
+    async fn a_checkpoint_keeps_the_log_of_points_still_waiting_in_memory_until_written() {
         use crate::model::{Device, FleetId, WorkspaceId};
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("store");
@@ -985,6 +980,7 @@ mod tests {
         s.commit().await.expect("commit");
         let image = tempfile::tempdir().expect("tempdir");
         copy_tree(dir.path(), image.path());
+        let in_image = i;
         assert!(
             segments(&image.path().join("store.wal"))
                 .expect("list")
@@ -992,6 +988,21 @@ mod tests {
                 .any(|(seq, _)| *seq == logged_in),
             "the segment that logged the waiting point is kept"
         );
+        // The writer's next groups write the waiting point, and a later checkpoint drops
+        // its segment: the log does not grow for a device that went quiet.
+        while segments(&wal_dir)
+            .expect("list")
+            .iter()
+            .any(|(seq, _)| *seq == logged_in)
+        {
+            i += 1;
+            assert!(
+                i < 5_000,
+                "the segment of a quiet device's point is never dropped"
+            );
+            put(other.id, i).await;
+            s.commit().await.expect("commit");
+        }
         drop(s);
 
         // Every acknowledged point is there after the "power cut": those in sled, and those
@@ -1016,6 +1027,6 @@ mod tests {
                 .collect()
         };
         assert_eq!(values(dev.id), vec![0], "the point that waited in memory");
-        assert_eq!(values(other.id), (1..=i).collect::<Vec<_>>());
+        assert_eq!(values(other.id), (1..=in_image).collect::<Vec<_>>());
     }
 }
