@@ -245,7 +245,7 @@ fn write_loop(
             }
         }
         buf.clear();
-        let t0 = std::time::Instant::now();
+        let t0 = Instant::now();
         let mut took = GroupTimes::default();
         let mut staged = super::telemetry::Staged::default();
         let mut queued = StagedQueue::default();
@@ -529,30 +529,25 @@ fn commit_loop(
         flushes.inc();
         // In the order they were begun: each deletes only segments older than its own start.
         for (tail, replies) in tails {
-            let done = tail.finish(
-                res.as_ref()
-                    .map(drop)
-                    .map_err(|e| StoreError::Flush(e.to_string())),
-            );
+            let done = tail.finish(shared(&res));
             if let Err(e) = &done {
                 tracing::error!(error = %e, "checkpoint failed; the log keeps growing until one succeeds");
             }
             for reply in replies {
-                let _ = reply.send(
-                    done.as_ref()
-                        .map(drop)
-                        .map_err(|e| StoreError::Flush(e.to_string())),
-                );
+                let _ = reply.send(shared(&done));
             }
         }
         for reply in waiting {
-            let _ = reply.send(
-                res.as_ref()
-                    .map(drop)
-                    .map_err(|e| StoreError::Flush(e.to_string())),
-            );
+            let _ = reply.send(shared(&res));
         }
     }
+}
+
+/// One outcome told to several waiters (a store error is not `Clone`).
+fn shared(res: &Result<()>) -> Result<()> {
+    res.as_ref()
+        .map(drop)
+        .map_err(|e| StoreError::Flush(e.to_string()))
 }
 
 fn flush_loop(rx: std_mpsc::Receiver<Batch>, delay: Duration, m: &Metrics, db: &Db) {

@@ -822,16 +822,14 @@ mod tests {
         panic!("store did not reopen")
     }
 
-    #[test]
-    fn replay_applies_whole_records_skips_deleted_devices_and_stops_at_a_torn_tail() {
-        use crate::model::{Device, FleetId, WorkspaceId};
-        let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("store");
-        let dev = Device {
+    /// A device record of its own workspace and fleet.
+    fn device(name: &str) -> crate::model::Device {
+        use crate::model::{FleetId, WorkspaceId};
+        crate::model::Device {
             id: DeviceId::new(),
             workspace_id: WorkspaceId::new(),
             fleet_id: FleetId::new(),
-            name: "d".into(),
+            name: name.into(),
             label: String::new(),
             enabled: true,
             created_at: 0,
@@ -840,7 +838,14 @@ mod tests {
             last_disconnect_at: None,
             last_activity_at: None,
             provisioned_at: None,
-        };
+        }
+    }
+
+    #[test]
+    fn replay_applies_whole_records_skips_deleted_devices_and_stops_at_a_torn_tail() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("store");
+        let dev = device("d");
         {
             let s = open(&path).expect("open");
             s.create_device(&dev, &[]).expect("create").expect("unique");
@@ -910,7 +915,6 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_checkpoint_keeps_the_log_of_points_still_waiting_in_memory_until_written() {
-        use crate::model::{Device, FleetId, WorkspaceId};
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("store");
         let opts = crate::store::StoreOptions {
@@ -923,26 +927,9 @@ mod tests {
         };
         let metrics = std::sync::Arc::new(crate::metrics::Metrics::new());
         let s = crate::store::Store::open(&path, opts.clone(), metrics.clone()).expect("open");
-        let dev = Device {
-            id: DeviceId::new(),
-            workspace_id: WorkspaceId::new(),
-            fleet_id: FleetId::new(),
-            name: "d".into(),
-            label: String::new(),
-            enabled: true,
-            created_at: 0,
-            updated_at: 0,
-            last_connect_at: None,
-            last_disconnect_at: None,
-            last_activity_at: None,
-            provisioned_at: None,
-        };
+        let dev = device("d");
         s.create_device(&dev, &[]).expect("create").expect("unique");
-        let other = Device {
-            id: DeviceId::new(),
-            name: "other".into(),
-            ..dev.clone()
-        };
+        let other = device("other");
         s.create_device(&other, &[])
             .expect("create")
             .expect("unique");
