@@ -606,8 +606,11 @@ impl CampaignService {
     /// Whether a device reports the package's title and version (client attributes or its
     /// latest telemetry).
     pub(super) async fn reports_target(&self, d: DeviceId, p: &Package) -> Result<bool> {
-        let (mut title, mut version) = self.reported(d, p.kind).await?;
-        // What was heard last is newer than what the store may have yet.
+        let [mut title, mut version] = self.reported_at(d, p.kind).await?;
+        // What was heard may be newer than what the store has yet (a report on its way to
+        // disk); what the store has may be newer than what was heard (a report that came while
+        // no campaign followed the device, such as its boot report after it failed one). The
+        // newer of the two counts.
         let heard = self
             .engine
             .heard
@@ -616,26 +619,28 @@ impl CampaignService {
             .get(&(d, p.kind))
             .cloned();
         if let Some(h) = heard {
-            if h.title.is_some() {
-                title = h.title;
+            if h.title.is_some() && h.at >= title.0 {
+                title = (h.at, h.title);
             }
-            if h.version.is_some() {
-                version = h.version;
+            if h.version.is_some() && h.at >= version.0 {
+                version = (h.at, h.version);
             }
         }
         Ok(version
+            .1
             .as_deref()
             .is_some_and(|v| super::engine::same_version(v, &p.version))
-            && title.is_none_or(|t| t == p.title))
+            && title.1.is_none_or(|t| t == p.title))
     }
 
     /// The title and version a device last reported for `kind` (`current_fw_title`,
-    /// `current_fw_version`), from its telemetry or its client attributes, whichever is newer.
-    pub(super) async fn reported(
+    /// `current_fw_version`), from its telemetry or its client attributes, whichever is newer,
+    /// each with the time it was reported at.
+    async fn reported_at(
         &self,
         d: DeviceId,
         kind: PackageKind,
-    ) -> Result<(Option<String>, Option<String>)> {
+    ) -> Result<[(Millis, Option<String>); 2]> {
         let keys = [
             format!("current_{}_title", kind.prefix()),
             format!("current_{}_version", kind.prefix()),
@@ -661,8 +666,7 @@ impl CampaignService {
                 best[i] = (ts, Some(text(&v)));
             }
         }
-        let [t, v] = best;
-        Ok((t.1, v.1))
+        Ok(best)
     }
 
     /// A target that is in another campaign of the same type that has not finished.

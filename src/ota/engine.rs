@@ -770,8 +770,13 @@ impl CampaignService {
                         self.fail(l, d, OtaState::Failed, why);
                     }
                     _ => {
-                        // Not started yet, and already on the target: nothing to do.
-                        if u.state == OtaState::Queued && u.attempts == 0 && on_target {
+                        // Not started yet (or told, and not started by the device), and
+                        // already on the target: nothing to do. A device told of a version it
+                        // runs says nothing more (the ThingsBoard SDK ignores such a target).
+                        let not_started = (u.state == OtaState::Queued && u.attempts == 0)
+                            || (u.state == OtaState::Initiated
+                                && matches!(state.as_deref(), None | Some("IDLE")));
+                        if not_started && on_target {
                             Self::set_deadline(l, d, None);
                             self.transition(
                                 l,
@@ -1090,9 +1095,28 @@ impl CampaignService {
             .filter(|&d| self.reachable(d, now))
             .take(limit)
             .collect();
+        // A device may have come to run the target since its wave started (a report that
+        // came while it was offline, or one no campaign followed): it is done, not told.
+        let mut told = Vec::with_capacity(due.len());
+        for d in due {
+            if self.reports_target(d, &l.package).await? {
+                Self::set_deadline(l, d, None);
+                let runs = format!("{} {}", l.package.title, l.package.version);
+                self.transition(
+                    l,
+                    d,
+                    OtaState::Updated,
+                    Some(format!("already runs {runs}")),
+                );
+            } else {
+                told.push(d);
+            }
+        }
+        let due = told;
         if due.is_empty() {
             return Ok(());
         }
+        let p = &l.c.policy;
         if p.per_minute != 0 {
             l.credit -= due.len() as f64;
         }

@@ -150,7 +150,7 @@ impl Api {
             if tokio::time::Instant::now() >= deadline {
                 // The story first, compact: a failure report is read from its first lines.
                 let mut story = String::new();
-                for other in also.iter().copied().chain([id]) {
+                for other in [id].into_iter().chain(also.iter().copied()) {
                     story += &self.story(other).await;
                 }
                 panic!(
@@ -1204,4 +1204,76 @@ async fn an_http_device_is_updated_by_a_campaign() {
         c["state"] == "completed" && count(c, "updated") == 1
     })
     .await;
+}
+
+/// A device updated by one campaign goes back to its old version on its own, while no campaign
+/// follows it; a campaign to that old version then finds it already there (what it reported
+/// last counts, not what a campaign heard before).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_back_on_its_old_version_is_already_there_for_the_next_campaign() {
+    let t = TestApp::start().await;
+    let api = Api::new(&t.http_base(), &t.admin_key);
+    let (fleet, devices) = api.fleet("went-back", 1).await;
+    let v2 = api.upload(&fleet, "poller-fw", "v2", image(1_000, 2)).await;
+    let v3 = api.upload(&fleet, "poller-fw", "v3", image(1_000, 3)).await;
+    let token = devices[0].1.clone();
+    let url = format!("{}/api/v1/{token}/telemetry", t.http_base());
+    let http = reqwest::Client::new();
+    let report = |body: Value| {
+        let (http, url) = (http.clone(), url.clone());
+        async move {
+            let r = http.post(url).json(&body).send().await.expect("telemetry");
+            assert_eq!(r.status().as_u16(), 200);
+        }
+    };
+    let campaign = |name: &'static str, pkg: String| {
+        let api = &api;
+        let fleet = fleet.clone();
+        async move {
+            let c = api
+                .ok(
+                    "POST",
+                    "/campaigns",
+                    Some(json!({"name": name, "package_id": pkg, "fleet_id": fleet,
+                        "require_reconnect": false, "assign_fleet": false})),
+                )
+                .await;
+            let id = c["id"].as_str().expect("id").to_string();
+            api.ok("POST", &format!("/campaigns/{id}/start"), None)
+                .await;
+            id
+        }
+    };
+    report(
+        json!({"current_fw_title": "poller-fw", "current_fw_version": "v2", "fw_state": "IDLE"}),
+    )
+    .await;
+    let up = campaign("up", v3).await;
+    api.wait(&up, 30, "the device is told", |c| {
+        count(c, "initiated") == 1
+    })
+    .await;
+    for s in ["DOWNLOADING", "DOWNLOADED", "VERIFIED", "UPDATING"] {
+        report(json!({"fw_state": s})).await;
+    }
+    report(
+        json!({"current_fw_title": "poller-fw", "current_fw_version": "v3", "fw_state": "UPDATED"}),
+    )
+    .await;
+    api.wait(&up, 30, "the update completes", |c| {
+        c["state"] == "completed" && count(c, "updated") == 1
+    })
+    .await;
+    // Back on v2 by itself: no campaign follows the device now.
+    report(
+        json!({"current_fw_title": "poller-fw", "current_fw_version": "v2", "fw_state": "IDLE"}),
+    )
+    .await;
+    let down = campaign("down", v2).await;
+    let c = api
+        .wait(&down, 30, "the device already runs v2", |c| {
+            c["state"] == "completed"
+        })
+        .await;
+    assert_eq!(count(&c, "updated"), 1, "{c:#}");
 }
