@@ -480,14 +480,16 @@ fn start_workers(services: &Arc<Services>) {
         },
     );
     let s = services.clone();
-    let events = services.events.subscribe();
     w.spawn(
         "message-rates",
         "counts each fleet's telemetry messages per minute over the last hour (the overview's sparklines)",
         move |stop, _report| {
-            s.message_rates
-                .clone()
-                .run(s.registry.clone(), events, stop)
+            let data = s.clone();
+            s.message_rates.clone().run(
+                s.registry.clone(),
+                move || data.data.take_stored_counts(),
+                stop,
+            )
         },
     );
     let s = services.clone();

@@ -16,7 +16,7 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 
 use super::error::ApiQuery;
 use crate::events::Event;
-use crate::model::DeviceId;
+use crate::model::{DeviceId, FleetId, WorkspaceId};
 use crate::services::Services;
 
 pub fn routes() -> OpenApiRouter<Arc<Services>> {
@@ -32,6 +32,10 @@ pub struct EventParams {
     kinds: Option<String>,
     /// Only events of this device.
     device_id: Option<DeviceId>,
+    /// Only events of this fleet's devices (and its campaigns).
+    fleet_id: Option<FleetId>,
+    /// Only events of this workspace's devices (and its fleets' campaigns).
+    workspace_id: Option<WorkspaceId>,
 }
 
 /// Whose an event is, for filtering and visibility.
@@ -64,7 +68,9 @@ fn kind_of(e: &Event) -> (&'static str, Subject) {
 /// Stream live events
 ///
 /// Streams live events as server-sent events: the `event:` field is the kind, `data:` the event as
-/// JSON. Filter with `kinds` (comma-separated) and `device_id`. Only events of devices the caller
+/// JSON. Filter with `kinds` (comma-separated), `device_id`, `fleet_id` and `workspace_id` (a
+/// device's fleet and workspace as they were at its first event in the stream; server-wide events
+/// match neither). Only events of devices the caller
 /// can see are sent, `campaign` events to those who see the campaign's fleet, and server-wide
 /// events (`integration_alarm`) only to server admins. This is a live view, not a log: a client
 /// that falls behind gets a `lagged` event with the number of events it missed and should re-read
@@ -84,11 +90,12 @@ async fn events(
         .map(|k| k.split(',').map(|x| x.trim().to_string()).collect());
     let rx = s.events.subscribe();
     let stop = s.events.stopped();
-    // Whether the caller sees a device, remembered per device for the stream's life.
-    let seen = Arc::new(std::sync::Mutex::new(std::collections::HashMap::new()));
+    // Where each device and fleet lives (None: gone), asked once per stream: a device's
+    // visibility and the place filters are decided from it.
+    let places = Arc::new(std::sync::Mutex::new(Places::default()));
     let stream = futures_util::stream::unfold(rx, move |mut rx| {
         let kinds = kinds.clone();
-        let (s, who, seen) = (s.clone(), who.clone(), seen.clone());
+        let (s, who, places) = (s.clone(), who.clone(), places.clone());
         async move {
             loop {
                 match rx.recv().await {
@@ -103,29 +110,23 @@ async fn events(
                         {
                             continue;
                         }
-                        // Server-wide events (integration alarms) are for server admins;
-                        // a fleet's (campaigns) for those who see the fleet.
+                        let place = match subject {
+                            Subject::Server => None,
+                            Subject::Device(d) => places_of(&places, &s, Subject::Device(d)).await,
+                            Subject::Fleet(f) => places_of(&places, &s, Subject::Fleet(f)).await,
+                        };
+                        if q.fleet_id.is_some_and(|f| place.is_none_or(|p| p.1 != f))
+                            || q.workspace_id
+                                .is_some_and(|w| place.is_none_or(|p| p.0 != w))
+                        {
+                            continue;
+                        }
+                        // Server-wide events (integration alarms) are for server admins; a
+                        // device's and a fleet's for those who see the fleet.
                         let visible = match subject {
                             _ if who.admin => true,
                             Subject::Server => false,
-                            Subject::Fleet(f) => s.sees_fleet(&who, f).await,
-                            Subject::Device(device) => {
-                                let known = seen
-                                    .lock()
-                                    .unwrap_or_else(|p| p.into_inner())
-                                    .get(&device)
-                                    .copied();
-                                match known {
-                                    Some(v) => v,
-                                    None => {
-                                        let v = s.sees_device(&who, device).await;
-                                        seen.lock()
-                                            .unwrap_or_else(|p| p.into_inner())
-                                            .insert(device, v);
-                                        v
-                                    }
-                                }
-                            }
+                            _ => place.is_some_and(|(w, f)| who.sees_fleet(w, f)),
                         };
                         if !visible {
                             continue;
@@ -146,4 +147,44 @@ async fn events(
     });
     let stream = stream.take_until(stop);
     Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+}
+
+/// Where devices and fleets of one stream live, remembered for its life.
+#[derive(Default)]
+struct Places {
+    devices: std::collections::HashMap<DeviceId, Option<(WorkspaceId, FleetId)>>,
+    fleets: std::collections::HashMap<FleetId, Option<WorkspaceId>>,
+}
+
+/// The workspace and fleet of a device's or a fleet's event; None when it is gone.
+async fn places_of(
+    places: &std::sync::Mutex<Places>,
+    s: &Services,
+    subject: Subject,
+) -> Option<(WorkspaceId, FleetId)> {
+    let lock = || places.lock().unwrap_or_else(|p| p.into_inner());
+    match subject {
+        Subject::Device(d) => {
+            if let Some(p) = lock().devices.get(&d).copied() {
+                return p;
+            }
+            let p = s
+                .registry
+                .device_record(d)
+                .await
+                .ok()
+                .map(|r| (r.workspace_id, r.fleet_id));
+            lock().devices.insert(d, p);
+            p
+        }
+        Subject::Fleet(f) => {
+            if let Some(w) = lock().fleets.get(&f).copied() {
+                return w.map(|w| (w, f));
+            }
+            let w = s.registry.fleet(f).await.ok().map(|x| x.workspace_id);
+            lock().fleets.insert(f, w);
+            w.map(|w| (w, f))
+        }
+        Subject::Server => None,
+    }
 }

@@ -5,6 +5,7 @@
 
 pub mod aggregate;
 pub mod clock;
+pub mod counts;
 pub mod export;
 pub mod keys;
 pub mod retention;
@@ -69,6 +70,8 @@ pub struct DataService {
     keys: KeyGate,
     /// Timestamps for points sent without `ts`, strictly increasing per device.
     clock: Arc<clock::DeviceClock>,
+    /// Messages stored per device since the overview's rates last took them.
+    counts: Arc<counts::StoredCounts>,
 }
 
 /// Disk used by the whole store.
@@ -138,7 +141,14 @@ impl DataService {
             router,
             keys,
             clock: Arc::default(),
+            counts: Arc::default(),
         }
+    }
+
+    /// The telemetry messages stored per device since the last call (exact, for the
+    /// overview's message rates).
+    pub fn take_stored_counts(&self) -> Vec<(DeviceId, u32)> {
+        self.counts.take()
     }
 
     /// Parses and stores a telemetry payload of `device`. With `Durability::Durable` it returns
@@ -225,6 +235,7 @@ impl DataService {
             .await?;
         self.metrics.points_stored.inc_by(n as u64);
         self.metrics.telemetry_messages.inc();
+        self.counts.add(device);
         self.events.publish(Event::TelemetryStored {
             device_id: device,
             tag: tag.into(),

@@ -1,18 +1,17 @@
 //! Message rates by fleet for the overview's sparklines: telemetry messages per minute over the
-//! last hour, one ring of 60 counters per fleet. Fed from the event bus (`TelemetryStored`) by
-//! the `message-rates` worker, so ingest pays nothing for it; under a burst the bus may drop
-//! events for a slow reader, and the counts are then a little low (the overview's figure is a
-//! trend, the metrics keep the exact totals). Memory stays small and bounded: a ring per fleet
+//! last hour, one ring of 60 counters per fleet. Ingest counts each stored message per device
+//! (`data::counts`, a sharded counter, not the event bus: a burst would overrun a bus reader and
+//! the counts would come out low); the `message-rates` worker takes those counts every
+//! `TAKE_EVERY` and files them by fleet, in the minute it takes them. Memory stays small and bounded: a ring per fleet
 //! that had messages in the last hour, and a device → fleet cache of at most `CACHE_MAX`
 //! entries, each trusted for 10 minutes (a device moved to another fleet counts there after).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use tokio::sync::{broadcast, watch};
+use tokio::sync::watch;
 
 use super::Registry;
-use crate::events::Event;
 use crate::model::{DeviceId, FleetId, Millis, WorkspaceId};
 
 /// Minutes a ring holds.
@@ -22,6 +21,8 @@ const CACHE_MAX: usize = 100_000;
 /// Minutes a device's fleet is trusted before it is looked up again.
 const CACHE_MINUTES: i64 = 10;
 const MINUTE_MS: Millis = 60_000;
+/// How often the worker takes the counts: a message is filed at most this late.
+const TAKE_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// The last hour's messages of one fleet, a counter per minute.
 #[derive(Debug, Clone)]
@@ -149,43 +150,39 @@ impl MessageRates {
         g.cache.insert(device, (w, f, minute));
     }
 
-    /// The `message-rates` worker: counts each stored telemetry message in its device's fleet
-    /// until `stop` turns true.
+    /// The `message-rates` worker: every few seconds takes the messages stored per device
+    /// since its last look (`take`, counted exactly on the ingest path) and files them in each
+    /// device's fleet, until `stop` turns true.
     pub async fn run(
         self: Arc<Self>,
         registry: Arc<Registry>,
-        mut events: broadcast::Receiver<Event>,
+        take: impl Fn() -> Vec<(DeviceId, u32)>,
         mut stop: watch::Receiver<bool>,
     ) {
+        let mut tick = tokio::time::interval(TAKE_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            let e = tokio::select! {
-                e = events.recv() => e,
+            tokio::select! {
+                _ = tick.tick() => {}
                 _ = stop.changed() => return,
-            };
-            let device = match e {
-                Ok(Event::TelemetryStored { device_id, .. }) => device_id,
-                Ok(_) => continue,
-                Err(broadcast::error::RecvError::Lagged(n)) => {
-                    tracing::debug!(missed = n, "message rates missed events under load");
-                    continue;
-                }
-                Err(broadcast::error::RecvError::Closed) => return,
-            };
+            }
             let now = crate::model::now_ms();
             let minute = minute_of(now);
-            let place = match self.cached(device, minute) {
-                Some(p) => Some(p),
-                None => match registry.device_record(device).await {
-                    Ok(d) => {
-                        self.remember(device, d.workspace_id, d.fleet_id, minute);
-                        Some((d.workspace_id, d.fleet_id))
-                    }
-                    // A device deleted meanwhile: its message counts nowhere.
-                    Err(_) => None,
-                },
-            };
-            if let Some((w, f)) = place {
-                self.note(w, f, now, 1);
+            for (device, n) in take() {
+                let place = match self.cached(device, minute) {
+                    Some(p) => Some(p),
+                    None => match registry.device_record(device).await {
+                        Ok(d) => {
+                            self.remember(device, d.workspace_id, d.fleet_id, minute);
+                            Some((d.workspace_id, d.fleet_id))
+                        }
+                        // A device deleted meanwhile: its messages count nowhere.
+                        Err(_) => None,
+                    },
+                };
+                if let Some((w, f)) = place {
+                    self.note(w, f, now, n);
+                }
             }
         }
     }

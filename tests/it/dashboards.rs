@@ -393,3 +393,107 @@ async fn a_tile_server_reaches_the_list_and_the_content_security_policy() {
     );
     assert!(csp.contains("script-src 'self';"), "{csp}");
 }
+
+/// A dashboard's live view follows its scope: the event stream filtered by fleet or workspace
+/// carries that scope's devices only, whatever their number (no list of device ids).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_event_stream_filters_by_fleet_and_workspace() {
+    let t = TestApp::start().await;
+    let root = t.admin_key.clone();
+    // Two workspaces; the first with two fleets. A device in each fleet.
+    let mut places: Vec<(&str, String, String, String, String)> = Vec::new();
+    for (w, f) in [("w1", "a"), ("w1", "b"), ("w2", "c")] {
+        let ws = match places.iter().find(|(n, ..)| *n == w) {
+            Some((_, ws, ..)) => ws.clone(),
+            None => {
+                let (_, v) = call(&t, &root, "POST", "/workspaces", Some(json!({"name": w}))).await;
+                id(&v)
+            }
+        };
+        let (_, fl) = call(
+            &t,
+            &root,
+            "POST",
+            "/fleets",
+            Some(json!({"workspace_id": ws, "name": f})),
+        )
+        .await;
+        let (_, d) = call(
+            &t,
+            &root,
+            "POST",
+            "/devices",
+            Some(json!({"fleet_id": id(&fl), "name": format!("{f}-1")})),
+        )
+        .await;
+        let token = d["credentials"]["token"]
+            .as_str()
+            .expect("token")
+            .to_string();
+        places.push((w, ws, id(&fl), id(&d["device"]), token));
+    }
+    let http = reqwest::Client::new();
+    let stream = |q: String| {
+        let (http, url, key) = (
+            http.clone(),
+            format!("{}/api/v1/events?kinds=telemetry_stored&{q}", t.http_base()),
+            root.clone(),
+        );
+        async move {
+            let r = http.get(url).bearer_auth(key).send().await.expect("events");
+            assert_eq!(r.status(), 200);
+            r
+        }
+    };
+    let mut by_fleet = stream(format!("fleet_id={}", places[0].2)).await;
+    let mut by_ws = stream(format!("workspace_id={}", places[2].1)).await;
+    // Each device sends once, the awaited one last.
+    for (.., token) in [&places[1], &places[2], &places[0]] {
+        let r = http
+            .post(format!("{}/api/v1/{token}/telemetry", t.http_base()))
+            .body(r#"{"t":1}"#)
+            .send()
+            .await
+            .expect("telemetry");
+        assert_eq!(r.status(), 200);
+    }
+    let seen = read_until(&mut by_fleet, &places[0].3).await;
+    assert!(
+        !seen.contains(&places[1].3) && !seen.contains(&places[2].3),
+        "{seen}"
+    );
+    let seen = read_until(&mut by_ws, &places[2].3).await;
+    assert!(
+        !seen.contains(&places[0].3) && !seen.contains(&places[1].3),
+        "{seen}"
+    );
+    // The last event of w2 came before w1's a-1: had the stream let w1's through, a-1 would
+    // show up in what follows; a new message of c-1 arrives alone.
+    let r = http
+        .post(format!(
+            "{}/api/v1/{}/telemetry",
+            t.http_base(),
+            places[2].4
+        ))
+        .body(r#"{"t":2}"#)
+        .send()
+        .await
+        .expect("telemetry");
+    assert_eq!(r.status(), 200);
+    let seen = read_until(&mut by_ws, &places[2].3).await;
+    assert!(!seen.contains(&places[0].3), "{seen}");
+}
+
+/// Reads an event stream until `device` shows up in it; what was read.
+async fn read_until(r: &mut reqwest::Response, device: &str) -> String {
+    let mut seen = String::new();
+    while !seen.contains(device) {
+        let chunk = tokio::time::timeout(std::time::Duration::from_secs(10), r.chunk())
+            .await
+            .expect("an event in time")
+            .expect("stream")
+            .expect("open");
+        seen.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    seen
+}

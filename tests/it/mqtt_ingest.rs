@@ -758,6 +758,21 @@ async fn server_stamped_points_never_replace_each_other() {
     );
     let times: std::collections::BTreeSet<i64> = stamps.iter().map(|(t, _)| *t).collect();
     assert_eq!(times.len(), N as usize, "one timestamp per message");
+    // The overview's message rate counts the whole burst, not what an event reader kept up with.
+    let base = t.http_base();
+    common::eventually(10, || {
+        let (base, key) = (base.clone(), t.admin_key.clone());
+        async move {
+            let (_, v) = common::call(&base, &key, "GET", "/overview", None).await;
+            let sum: u64 = v["messages_per_minute"]
+                .as_array()?
+                .iter()
+                .filter_map(Value::as_u64)
+                .sum();
+            (sum == N as u64).then_some(())
+        }
+    })
+    .await;
 
     // The device's own timestamps keep replace-on-same-ts.
     for v in [1, 2] {
