@@ -82,6 +82,9 @@ pub struct LimitsConfig {
     /// MQTT connection whose message waits for room is not read further until that message
     /// is admitted, and HTTP device requests wait their turn.
     pub messages_in_flight: u32,
+    /// Sub-devices one gateway may create (the gateway API). A message naming a new one past
+    /// it is refused (MQTT 5 PUBACK 0x97); those it has keep working.
+    pub gateway_sub_devices: u32,
 }
 
 /// `[credentials]`: device credential lifetimes.
@@ -368,6 +371,7 @@ impl Default for LimitsConfig {
             telemetry_keys_per_message: 1000,
             telemetry_keys_per_device: 10_000,
             messages_in_flight: 8192,
+            gateway_sub_devices: 1000,
         }
     }
 }

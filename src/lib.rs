@@ -23,6 +23,7 @@ pub mod error;
 pub mod events;
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod gateway;
 pub mod integrations;
 pub mod jobs;
 pub mod limits;

@@ -676,6 +676,8 @@ async fn import_devices(
             credentials: (!p.row.token.is_empty()).then(|| NewCredential::AccessToken {
                 token: Some(p.row.token.clone()),
             }),
+            gateway: false,
+            gateway_type_fleets: None,
         };
         let (dev, cred) = match s.credentials.create_device(new).await {
             Ok(x) => x,

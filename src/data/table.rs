@@ -309,6 +309,7 @@ mod tests {
             last_connect_at: None,
             last_disconnect_at: None,
             last_activity_at: activity,
+            gateway: Default::default(),
         }
     }
 

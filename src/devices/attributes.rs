@@ -403,6 +403,23 @@ impl AttributeService {
             .collect())
     }
 
+    /// The device's effective shared attributes set after `since` (ms): what a device that was
+    /// away since then has not been told (a gateway's sub-device is told on its return).
+    pub async fn shared_changed_since(
+        &self,
+        device: DeviceId,
+        fleet: FleetId,
+        since: Millis,
+    ) -> Result<Map<String, Json>> {
+        Ok(self
+            .effective_shared(device, fleet, None)
+            .await?
+            .into_iter()
+            .filter(|(_, a)| a.ts > since)
+            .map(|(k, a)| (k, to_json(&a.value)))
+            .collect())
+    }
+
     async fn effective_shared(
         &self,
         device: DeviceId,

@@ -515,11 +515,22 @@ impl CredentialService {
             .clone()
             .unwrap_or(NewCredential::AccessToken { token: None });
         let mut shown = None;
+        let fleet = self.registry.fleet(new.fleet_id).await?;
+        let gateway = self
+            .registry
+            .gateway_role(
+                fleet.workspace_id,
+                &Default::default(),
+                Some(new.gateway),
+                new.gateway_type_fleets.clone(),
+            )
+            .await?;
         let draft = super::registry::DeviceDraft {
             fleet_id: new.fleet_id,
             name: &new.name,
             label: &new.label,
             provisioned: false,
+            gateway,
         };
         let (dev, creds) = self
             .registry
@@ -1056,6 +1067,7 @@ impl CredentialService {
                 name: &name,
                 label: "",
                 provisioned: false,
+                gateway: Default::default(),
             };
             let joined = self
                 .registry

@@ -276,6 +276,7 @@ impl ProvisioningService {
                     name: &name,
                     label: "",
                     provisioned: true,
+                    gateway: Default::default(),
                 };
                 self.registry
                     .create_device(

@@ -12,7 +12,8 @@ use super::sessions::{CloseReason, Sessions};
 use crate::audit::{AuditLog, Entry};
 use crate::error::{Conflict, Error};
 use crate::model::{
-    AuditKind, Credential, Device, DeviceId, Fleet, FleetId, Millis, Workspace, WorkspaceId, now_ms,
+    AuditKind, Credential, Device, DeviceId, Fleet, FleetId, GatewayRole, Millis, Workspace,
+    WorkspaceId, now_ms,
 };
 pub use crate::secrets::secret_hash;
 use crate::store::ports::{Cursor, DeviceClash, IdentityStore, NameClash, Page, RegistryStore};
@@ -81,13 +82,14 @@ pub struct FleetPatch {
 
 /// What a new device is made from, whoever creates it (an operator, provisioning, a
 /// manufacturer CA on first connect).
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct DeviceDraft<'a> {
     pub fleet_id: FleetId,
     pub name: &'a str,
     pub label: &'a str,
     /// Created by the device itself through provisioning (sets `provisioned_at`).
     pub provisioned: bool,
+    pub gateway: GatewayRole,
 }
 
 #[derive(Debug, Clone, Deserialize, ToSchema)]
@@ -105,6 +107,13 @@ pub struct NewDevice {
     /// The device's first credential; a generated access token when absent.
     #[serde(default)]
     pub credentials: Option<super::credentials::NewCredential>,
+    /// A gateway speaks for sub-devices over the ThingsBoard gateway API (`v1/gateway/*`).
+    #[serde(default)]
+    pub gateway: bool,
+    /// For a gateway: the fleet of the workspace that sub-devices of each `type` it names join
+    /// when it creates them (others join the gateway's fleet).
+    #[serde(default)]
+    pub gateway_type_fleets: Option<std::collections::BTreeMap<String, FleetId>>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, ToSchema)]
@@ -120,7 +129,15 @@ pub struct DevicePatch {
     /// Move the device to another fleet of the same workspace.
     pub fleet_id: Option<FleetId>,
     pub enabled: Option<bool>,
+    /// Make the device a gateway (true) or an ordinary device again (false). A sub-device
+    /// stays its gateway's.
+    pub gateway: Option<bool>,
+    /// For a gateway: the fleet sub-devices of each `type` join when it creates them.
+    pub gateway_type_fleets: Option<std::collections::BTreeMap<String, FleetId>>,
 }
+
+/// Types a gateway's fleet mapping may name.
+const MAX_TYPE_FLEETS: usize = 100;
 
 /// Connection status of a device.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
@@ -147,6 +164,10 @@ pub struct DeviceView {
     pub last_connect_at: Option<Millis>,
     pub last_disconnect_at: Option<Millis>,
     pub last_activity_at: Option<Millis>,
+    /// Its part in the ThingsBoard gateway API: `{"role": "none"}`, a gateway with its type
+    /// mapping, or a sub-device with its gateway.
+    #[serde(default)]
+    pub gateway: GatewayRole,
 }
 
 /// Filters for listing devices.
@@ -424,6 +445,7 @@ impl Registry {
             name,
             label: "",
             provisioned: false,
+            gateway: Default::default(),
         };
         self.create_device(draft, creds, |_, _| None).await
     }
@@ -456,6 +478,7 @@ impl Registry {
             last_disconnect_at: None,
             last_activity_at: None,
             provisioned_at: draft.provisioned.then_some(now),
+            gateway: draft.gateway,
         };
         let creds = creds(&dev)?;
         self.store
@@ -640,6 +663,14 @@ impl Registry {
         if let Some(e) = patch.enabled {
             dev.enabled = e;
         }
+        dev.gateway = self
+            .gateway_role(
+                dev.workspace_id,
+                &dev.gateway,
+                patch.gateway,
+                patch.gateway_type_fleets,
+            )
+            .await?;
         dev.updated_at = now_ms();
         self.store
             .update_device(&dev, &old)
@@ -664,6 +695,61 @@ impl Registry {
                 .close_device(dev.id, CloseReason::DeviceDisabled);
         }
         Ok(self.view(dev))
+    }
+
+    /// A device's gateway role after a request asks for `gateway` and `type_fleets`: the
+    /// fleets must be of the device's workspace; a sub-device cannot become a gateway.
+    pub async fn gateway_role(
+        &self,
+        workspace: WorkspaceId,
+        current: &GatewayRole,
+        gateway: Option<bool>,
+        type_fleets: Option<std::collections::BTreeMap<String, FleetId>>,
+    ) -> Result<GatewayRole> {
+        let invalid = |field, message: &str| Error::Invalid {
+            field,
+            message: message.into(),
+        };
+        let is_gateway = gateway.unwrap_or(current.is_gateway());
+        if gateway == Some(true) && current.gateway_of().is_some() {
+            return Err(invalid("gateway", "a sub-device cannot be a gateway"));
+        }
+        if !is_gateway {
+            if type_fleets.is_some() {
+                return Err(invalid("gateway_type_fleets", "only a gateway has them"));
+            }
+            return Ok(match gateway {
+                Some(false) if current.is_gateway() => GatewayRole::None,
+                _ => current.clone(),
+            });
+        }
+        let type_fleets = match (type_fleets, current) {
+            (Some(m), _) => m,
+            (None, GatewayRole::Gateway { type_fleets }) => type_fleets.clone(),
+            (None, _) => Default::default(),
+        };
+        if type_fleets.len() > MAX_TYPE_FLEETS {
+            return Err(invalid(
+                "gateway_type_fleets",
+                &format!("at most {MAX_TYPE_FLEETS} types"),
+            ));
+        }
+        for (t, f) in &type_fleets {
+            if t.is_empty() || t.len() > 128 || t.chars().any(char::is_control) {
+                return Err(invalid(
+                    "gateway_type_fleets",
+                    "a type is 1 to 128 characters, no control characters",
+                ));
+            }
+            let fleet = self.store.get_fleet(*f).await?;
+            if fleet.is_none_or(|x| x.workspace_id != workspace) {
+                return Err(invalid(
+                    "gateway_type_fleets",
+                    &format!("type {t:?}: no such fleet in the device's workspace"),
+                ));
+            }
+        }
+        Ok(GatewayRole::Gateway { type_fleets })
     }
 
     pub async fn delete_device(&self, id: DeviceId) -> Result<()> {
@@ -796,6 +882,7 @@ impl Registry {
             // While online, presence knows the connect time before the background write lands.
             last_connect_at: live.map(|l| l.connected_at).or(d.last_connect_at),
             last_disconnect_at: d.last_disconnect_at,
+            gateway: d.gateway,
         }
     }
 }

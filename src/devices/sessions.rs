@@ -2,6 +2,7 @@
 //! channel to each, so that the service layer can end a session (credential revoked, device
 //! disabled or deleted, the same identity connecting again) without knowing about MQTT. The
 //! transport owns the receiving end and acts on the commands on the connection's own thread.
+//! A gateway's sub-devices have sessions too, carried by their gateway's connection.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -62,6 +63,13 @@ pub enum SessionCommand {
         /// that is durable.
         write: crate::store::ports::Mark,
     },
+    /// A command for sub-device `device` (named `name` on the gateway API), which the session
+    /// of its gateway carries.
+    Sub {
+        device: DeviceId,
+        name: std::sync::Arc<str>,
+        cmd: Box<SessionCommand>,
+    },
 }
 
 struct Entry {
@@ -70,6 +78,23 @@ struct Entry {
     /// Boxed: tokio allocates a channel's first block of 32 slots when it is made, and every
     /// connection has one; 32 pointers instead of 32 commands saved ~1.3 KiB per idle device.
     tx: mpsc::UnboundedSender<Box<SessionCommand>>,
+    /// A sub-device's session lives in its gateway's connection: `tx` is the gateway
+    /// session's, and commands go to it wrapped with the sub-device's name.
+    via: Option<std::sync::Arc<str>>,
+}
+
+impl Entry {
+    fn send(&self, device: DeviceId, cmd: SessionCommand) -> bool {
+        let cmd = match &self.via {
+            Some(name) => SessionCommand::Sub {
+                device,
+                name: name.clone(),
+                cmd: Box::new(cmd),
+            },
+            None => cmd,
+        };
+        self.tx.send(Box::new(cmd)).is_ok()
+    }
 }
 
 /// A registered session: its id and the commands addressed to it.
@@ -93,15 +118,44 @@ impl Sessions {
         credential: Option<CredentialId>,
     ) -> (SessionSlot, usize) {
         let (tx, rx) = mpsc::unbounded_channel();
+        let (conn, taken) = self.insert(device, credential, tx, None);
+        (SessionSlot { conn, commands: rx }, taken)
+    }
+
+    /// Registers a session of sub-device `device` carried by session `gateway_conn` of
+    /// `gateway` (its commands reach that session, wrapped with `name`), taking over any older
+    /// session of the sub-device. None when the gateway's session is gone.
+    pub fn register_sub(
+        &self,
+        device: DeviceId,
+        name: std::sync::Arc<str>,
+        gateway: DeviceId,
+        gateway_conn: u64,
+    ) -> Option<u64> {
+        let tx = {
+            let map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+            map.get(&gateway)?
+                .iter()
+                .find(|e| e.conn == gateway_conn)?
+                .tx
+                .clone()
+        };
+        Some(self.insert(device, None, tx, Some(name)).0)
+    }
+
+    fn insert(
+        &self,
+        device: DeviceId,
+        credential: Option<CredentialId>,
+        tx: mpsc::UnboundedSender<Box<SessionCommand>>,
+        via: Option<std::sync::Arc<str>>,
+    ) -> (u64, usize) {
         let conn = self.next.fetch_add(1, Ordering::Relaxed);
         let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
         let list = map.entry(device).or_default();
         let mut taken = 0;
         for e in list.iter() {
-            if e.tx
-                .send(Box::new(SessionCommand::Close(CloseReason::TakenOver)))
-                .is_ok()
-            {
+            if e.send(device, SessionCommand::Close(CloseReason::TakenOver)) {
                 taken += 1;
             }
         }
@@ -109,8 +163,9 @@ impl Sessions {
             conn,
             credential,
             tx,
+            via,
         });
-        (SessionSlot { conn, commands: rx }, taken)
+        (conn, taken)
     }
 
     /// Forgets a session that ended.
@@ -149,7 +204,7 @@ impl Sessions {
         map.get(&device).map_or(0, |list| {
             list.iter()
                 .filter(|e| f(e))
-                .filter(|e| e.tx.send(Box::new(SessionCommand::Close(reason))).is_ok())
+                .filter(|e| e.send(device, SessionCommand::Close(reason)))
                 .count()
         })
     }
@@ -164,9 +219,7 @@ impl Sessions {
     pub fn send(&self, device: DeviceId, cmd: SessionCommand) -> usize {
         let map = self.map.lock().unwrap_or_else(|p| p.into_inner());
         map.get(&device).map_or(0, |list| {
-            list.iter()
-                .filter(|e| e.tx.send(Box::new(cmd.clone())).is_ok())
-                .count()
+            list.iter().filter(|e| e.send(device, cmd.clone())).count()
         })
     }
 

@@ -279,6 +279,7 @@ mod tests {
             last_disconnect_at: None,
             last_activity_at: None,
             provisioned_at: None,
+            gateway: Default::default(),
         }
     }
 

@@ -216,6 +216,46 @@ pub struct Device {
     /// When the device obtained credentials through fleet provisioning.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub provisioned_at: Option<Millis>,
+    /// Its part in the ThingsBoard gateway API: none, a gateway, or a gateway's sub-device.
+    #[serde(default, skip_serializing_if = "GatewayRole::is_none")]
+    pub gateway: GatewayRole,
+}
+
+/// A device's part in the ThingsBoard gateway API (`v1/gateway/*`).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case", tag = "role")]
+pub enum GatewayRole {
+    /// An ordinary device.
+    #[default]
+    None,
+    /// Speaks for sub-devices over `v1/gateway/*`; those it names first are created in its
+    /// fleet, or in the fleet `type_fleets` gives for the `type` it names.
+    Gateway {
+        #[serde(default)]
+        type_fleets: std::collections::BTreeMap<String, FleetId>,
+    },
+    /// Reached only through its gateway, which created it.
+    SubDevice {
+        gateway_id: DeviceId,
+        /// The `type` the gateway named when it created the device (ThingsBoard's profile).
+        device_type: String,
+    },
+}
+
+impl GatewayRole {
+    pub fn is_none(&self) -> bool {
+        *self == GatewayRole::None
+    }
+    pub fn is_gateway(&self) -> bool {
+        matches!(self, GatewayRole::Gateway { .. })
+    }
+    /// The gateway of a sub-device.
+    pub fn gateway_of(&self) -> Option<DeviceId> {
+        match self {
+            GatewayRole::SubDevice { gateway_id, .. } => Some(*gateway_id),
+            _ => None,
+        }
+    }
 }
 
 /// One way a device proves who it is. A device may hold several (during a rotation, or a token
@@ -376,6 +416,8 @@ audit_kinds! {
     LoginFailed = "login_failed",
     LoginThrottled = "login_throttled",
     Logout = "logout",
+    /// A gateway named a device it had not named before: it was created as its sub-device.
+    SubDeviceCreated = "sub_device_created",
     ManufacturerCaAdded = "manufacturer_ca_added",
     ManufacturerCaRemoved = "manufacturer_ca_removed",
     CampaignApproved = "campaign_approved",

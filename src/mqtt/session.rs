@@ -21,6 +21,7 @@ use crate::devices::credentials::Refusal as LoginRefusal;
 use crate::devices::presence::Liveness;
 use crate::devices::protocol::{self, DeviceTopic, PROVISION_RESPONSE_TOPIC, RPC_RESPONSE_PREFIX};
 use crate::devices::sessions::{CloseReason, SessionCommand, SessionSlot, Subscription};
+use crate::gateway::{self, Gateway, GatewayAnswer, GatewayRefusal, GatewayTopic};
 use crate::jobs::SendOutcome;
 use crate::limits::{Admitted, TokenBucket};
 use crate::metrics::{ReasonLabel, TransportLabel};
@@ -42,6 +43,8 @@ pub enum MqttErr {
     RateExceeded,
     #[error("telemetry refused: {0}")]
     KeyLimit(String),
+    #[error("refused: {0}")]
+    Refused(String),
     #[error("protocol error")]
     Protocol,
 }
@@ -67,6 +70,8 @@ pub struct DeviceCtx {
     live: Arc<Liveness>,
     bucket: Mutex<RateState>,
     subs: Arc<Subscribed>,
+    /// The gateway API of a device marked as a gateway: the sub-device sessions it carries.
+    gateway: Option<Arc<Gateway>>,
 }
 
 /// Message-rate accounting of one device session.
@@ -95,6 +100,10 @@ const MAX_PROVISION_REQUESTS: u32 = 3;
 impl Drop for DeviceSession {
     fn drop(&mut self) {
         if let Some(d) = &self.device {
+            // Sub-devices go offline with their gateway.
+            if let Some(g) = &d.gateway {
+                g.close_all(&self.services);
+            }
             device_messages::close(&self.services, self.transport, d.id, d.conn, self.peer);
         }
     }
@@ -169,6 +178,10 @@ async fn open_session_inner(
     }
     let Opened { device, slot, live } = device_messages::open(services, transport, c).await?;
     let l = &services.config.limits;
+    let gateway = device
+        .gateway
+        .is_gateway()
+        .then(|| Arc::new(Gateway::new(device.clone(), slot.conn, c.peer)));
     Ok((
         DeviceSession {
             services: services.clone(),
@@ -181,6 +194,7 @@ async fn open_session_inner(
                 conn: slot.conn,
                 live,
                 subs: Default::default(),
+                gateway,
                 bucket: Mutex::new(RateState {
                     bucket: TokenBucket::new(l.device_messages_per_sec, l.device_message_burst),
                     refused_in_a_row: 0,
@@ -271,12 +285,18 @@ fn spawn_commands(
     mut slot: SessionSlot,
     device: DeviceId,
     subs: Arc<Subscribed>,
+    gateway: Option<Arc<Gateway>>,
     sink: impl DeviceSink,
     services: Arc<Services>,
 ) {
     ntex_rt::spawn(async move {
         while let Some(cmd) = slot.commands.recv().await {
             match *cmd {
+                SessionCommand::Sub { device, name, cmd } => {
+                    if let Some(g) = &gateway {
+                        Box::pin(sub_command(g, device, &name, *cmd, &sink, &services)).await;
+                    }
+                }
                 SessionCommand::Close(reason) => {
                     tracing::info!(device = %device, reason = reason.label(), "closing the session");
                     sink.close_for(reason);
@@ -333,6 +353,72 @@ fn spawn_commands(
     });
 }
 
+/// Carries a command for sub-device `device` (named `name`) on its gateway's connection, in
+/// the gateway API's shapes.
+async fn sub_command(
+    g: &Arc<Gateway>,
+    device: DeviceId,
+    name: &str,
+    cmd: SessionCommand,
+    sink: &impl DeviceSink,
+    services: &Arc<Services>,
+) {
+    use std::sync::atomic::Ordering::Relaxed;
+    match cmd {
+        SessionCommand::Close(reason) => {
+            tracing::info!(gateway = %g.id(), device = %device, reason = reason.label(), "closing a sub-device session");
+            g.closed_by_server(services, name, device);
+            // Taken over by another session of the gateway: this connection is on its way out.
+            if reason != CloseReason::TakenOver {
+                let notice = gateway::disconnect_notice(name, reason.label());
+                sink.publish(gateway::DISCONNECT_TOPIC, notice.to_string().into_bytes())
+                    .await;
+            }
+        }
+        SessionCommand::Push { topic, payload, .. } => {
+            if topic == protocol::ATTRIBUTES_TOPIC && g.attributes_subscribed.load(Relaxed) {
+                let body = gateway::attributes_push(name, &payload);
+                sink.publish(gateway::ATTRIBUTES_TOPIC, body.to_string().into_bytes())
+                    .await;
+            }
+        }
+        SessionCommand::Rpc {
+            job,
+            rpc_id,
+            payload,
+            write,
+        } => {
+            if !g.rpc_subscribed.load(Relaxed) {
+                services.jobs.on_sent(job, SendOutcome::NotSubscribed);
+                return;
+            }
+            let body = gateway::rpc_request(name, rpc_id, &payload);
+            let (sink, services) = (sink.clone(), services.clone());
+            ntex_rt::spawn(async move {
+                if let Err(e) = services.jobs.durable(write).await {
+                    tracing::error!(job = %job, error = %e, "job not sent: its state is not durable");
+                    services.jobs.on_sent(job, SendOutcome::NoAck);
+                    return;
+                }
+                let acked = ntex_util::time::timeout(
+                    services.jobs.ack_timeout(),
+                    sink.publish_acked(gateway::RPC_TOPIC.into(), body.to_string().into_bytes()),
+                )
+                .await
+                .unwrap_or(false);
+                let outcome = if acked {
+                    SendOutcome::Acked
+                } else {
+                    SendOutcome::NoAck
+                };
+                services.jobs.on_sent(job, outcome);
+            });
+        }
+        // Not nested.
+        SessionCommand::Sub { .. } => {}
+    }
+}
+
 /// How long a provisioning session may stay open: ThingsBoard closes it 60 s after its
 /// response (§5.9); the SDK disconnects itself as soon as it has the answer.
 const PROVISIONING_SESSION: std::time::Duration = std::time::Duration::from_secs(60);
@@ -360,7 +446,14 @@ pub async fn connect_v3(
     Ok(match res {
         Ok((s, slot)) => {
             if let (Some(slot), Some(d)) = (slot, &s.device) {
-                spawn_commands(slot, d.id, d.subs.clone(), c.sink(), services.clone());
+                spawn_commands(
+                    slot,
+                    d.id,
+                    d.subs.clone(),
+                    d.gateway.clone(),
+                    c.sink(),
+                    services.clone(),
+                );
             } else {
                 let sink = c.sink();
                 close_provisioning_later(move || sink.close());
@@ -394,7 +487,14 @@ pub async fn connect_v5(
     Ok(match res {
         Ok((s, slot)) => {
             if let (Some(slot), Some(d)) = (slot, &s.device) {
-                spawn_commands(slot, d.id, d.subs.clone(), c.sink(), services.clone());
+                spawn_commands(
+                    slot,
+                    d.id,
+                    d.subs.clone(),
+                    d.gateway.clone(),
+                    c.sink(),
+                    services.clone(),
+                );
             } else {
                 let sink = c.sink();
                 close_provisioning_later(move || {
@@ -427,6 +527,10 @@ enum Outcome {
     UnknownTopic,
     /// The topic belongs to another device or another kind of session.
     NotAuthorized,
+    /// A gateway named a device that is not its own (or a disabled one).
+    Forbidden(String),
+    /// A gateway named a new device past its cap of sub-devices.
+    Quota(String),
     BadPayload(String),
     /// Over the device's message rate: not stored, so the device may send it again.
     RateExceeded,
@@ -483,6 +587,14 @@ async fn handle_publish(
         );
     };
     d.live.touch();
+    if let Some(gt) = GatewayTopic::parse(topic_str) {
+        let Some(g) = &d.gateway else {
+            reject("not_authorized");
+            tracing::warn!(device = %d.id, topic = topic_str, "gateway API publish from a device that is not a gateway refused");
+            return Outcome::NotAuthorized;
+        };
+        return gateway_publish(s, d, g, gt, payload, qos, v5, &reject).await;
+    }
     let origin = Origin {
         id: d.id,
         fleet_id: d.fleet_id,
@@ -620,6 +732,63 @@ async fn handle_publish(
     }
 }
 
+/// Handles one gateway API publish (thingsboard-gateway.md §1): parsed and dropped first, as a
+/// device's message; messages that store something take one message from the gateway's rate.
+#[allow(clippy::too_many_arguments)]
+async fn gateway_publish(
+    s: &DeviceSession,
+    d: &DeviceCtx,
+    g: &Arc<Gateway>,
+    topic: GatewayTopic,
+    payload: Bytes,
+    qos: QoS,
+    v5: bool,
+    reject: &impl Fn(&'static str),
+) -> Outcome {
+    let wait = if topic.stores() {
+        match d.rate(&s.services, v5) {
+            Ok(w) => w,
+            Err(o) => {
+                reject("rate_exceeded");
+                return o;
+            }
+        }
+    } else {
+        None
+    };
+    let parsed = gateway::parse(topic, &payload);
+    drop(payload);
+    if let Some(w) = wait.filter(|w| !w.is_zero()) {
+        ntex_util::time::sleep(w).await;
+    }
+    let durability = if qos == QoS::AtMostOnce {
+        Durability::BestEffort
+    } else {
+        Durability::Durable
+    };
+    let answer = match parsed {
+        Ok(m) => g.handle(&s.services, m, durability).await,
+        Err(e) => Err(e),
+    };
+    match answer {
+        Ok(GatewayAnswer::Done) => Outcome::Stored,
+        Ok(GatewayAnswer::Reply(topic, body)) => {
+            Outcome::Reply(topic, String::new(), body.to_string().into_bytes())
+        }
+        Err(GatewayRefusal::Message(r)) => refused(d, r, reject),
+        Err(GatewayRefusal::NotPermitted(m)) => {
+            reject("not_authorized");
+            tracing::warn!(gateway = %d.id, error = %m, "gateway message refused");
+            Outcome::Forbidden(m)
+        }
+        Err(GatewayRefusal::TooMany(m)) => {
+            reject("gateway_sub_devices");
+            tracing::warn!(gateway = %d.id, error = %m, "gateway message refused");
+            Outcome::Quota(m)
+        }
+    }
+}
+
 /// The answer to a refused message.
 fn refused(d: &DeviceCtx, e: Refusal, reject: &impl Fn(&'static str)) -> Outcome {
     match e {
@@ -745,6 +914,8 @@ pub async fn publish_v3(
         Outcome::UnknownTopic => Ok(()),
         // Reaching for another device's topics ends the session (MQTT-3.3.5-2 allows either).
         Outcome::NotAuthorized => Err(MqttErr::NotAuthorized),
+        // Never acknowledge what was not taken: without a negative PUBACK, the close tells.
+        Outcome::Forbidden(m) | Outcome::Quota(m) => Err(MqttErr::Refused(m)),
         // TB closes a 3.1.1 session on a bad payload (§4); the client learns from the close.
         Outcome::BadPayload(e) => Err(MqttErr::BadPayload(e)),
         // Refused as a bad payload is: without a negative PUBACK, only the close tells.
@@ -789,6 +960,8 @@ pub async fn publish_v5(
         Outcome::NotAuthorized => {
             v5::PublishAck::new(R::NotAuthorized).reason("not one of this session's topics".into())
         }
+        Outcome::Forbidden(m) => v5::PublishAck::new(R::NotAuthorized).reason(m.into()),
+        Outcome::Quota(m) => v5::PublishAck::new(R::QuotaExceeded).reason(m.into()),
         Outcome::BadPayload(e) => v5::PublishAck::new(R::PayloadFormatInvalid).reason(e.into()),
         // 0x99 for too many keys in one message: PUBACK has no "too large" code (0x95 is
         // DISCONNECT only), and the message itself is what must change. 0x97 for the device's
@@ -817,6 +990,22 @@ pub async fn publish_v5(
 /// (thingsboard-device-api.md §1); `None` refuses anything else.
 fn grant(s: &DeviceSession, filter: &str, requested: QoS) -> Option<QoS> {
     let allowed = match &s.device {
+        Some(d) if d.gateway.is_some() && gateway::is_gateway_filter(filter) => {
+            let g = d.gateway.as_ref().expect("checked");
+            if filter == gateway::ATTRIBUTES_TOPIC {
+                g.attributes_subscribed
+                    .store(true, std::sync::atomic::Ordering::Relaxed);
+            }
+            if filter == gateway::RPC_TOPIC {
+                g.rpc_subscribed
+                    .store(true, std::sync::atomic::Ordering::Relaxed);
+                // Jobs waiting for its sub-devices go out now that it listens.
+                for sub in g.open_devices() {
+                    s.services.jobs.ready(sub);
+                }
+            }
+            true
+        }
         Some(d) => {
             let ok = protocol::is_device_filter(filter);
             if ok && filter == protocol::ATTRIBUTES_TOPIC {
@@ -981,6 +1170,16 @@ impl DeviceSession {
                     d.subs
                         .rpc
                         .store(false, std::sync::atomic::Ordering::Relaxed);
+                }
+                if let Some(g) = &d.gateway {
+                    if f == gateway::ATTRIBUTES_TOPIC {
+                        g.attributes_subscribed
+                            .store(false, std::sync::atomic::Ordering::Relaxed);
+                    }
+                    if f == gateway::RPC_TOPIC {
+                        g.rpc_subscribed
+                            .store(false, std::sync::atomic::Ordering::Relaxed);
+                    }
                 }
             }
         }

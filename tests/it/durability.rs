@@ -397,6 +397,8 @@ async fn creating_a_device_costs_one_flush_and_one_audit_entry() {
                 name: format!("d{i}"),
                 label: String::new(),
                 credentials: None,
+                gateway: false,
+                gateway_type_fleets: None,
             })
             .await
             .expect("device");

@@ -21,6 +21,7 @@ mod durability;
 mod export;
 mod exposure;
 mod fuzz_corpus;
+mod gateway;
 mod http_limits;
 mod identity;
 mod integrations;

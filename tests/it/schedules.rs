@@ -113,6 +113,7 @@ pub(crate) async fn fleet(s: &Services, devices: usize) -> (FleetId, Vec<DeviceI
                     name: &format!("d{i}"),
                     label,
                     provisioned: false,
+                    gateway: Default::default(),
                 },
                 |_| Ok(vec![]),
                 |_, _| None,
