@@ -1,5 +1,6 @@
 // Small DOM helpers: element building without innerHTML (no markup is ever built from data),
-// formatting of times, sizes and values, announcements for screen readers, and common widgets.
+// formatting of times, sizes and values, announcements for screen readers, common widgets, and
+// rate limits for handlers (debounce, throttle).
 
 /**
  * h('button', {type: 'button', onclick: f, class: 'x'}, 'text', child...) builds an element.
@@ -189,4 +190,26 @@ export function onSubmit(form, f) {
 export function debounce(f, ms = 250) {
   let t;
   return (...a) => { clearTimeout(t); t = setTimeout(() => f(...a), ms); };
+}
+
+/**
+ * Runs `f` at most once every `ms`: a call when `f` has not run for `ms` runs it at once; calls
+ * within the period fold into one run at its end, with the last call's arguments, so the last
+ * call is never lost. Unlike `debounce`, a steady stream of calls (devices that send all the
+ * time) still runs `f` every `ms`. `.cancel()` drops a pending run (when the page is left).
+ */
+export function throttle(f, ms) {
+  let last = -Infinity;
+  let timer = null;
+  let args = [];
+  const run = () => { timer = null; last = Date.now(); f(...args); };
+  const t = (...a) => {
+    args = a;
+    if (timer) return;
+    const wait = last + ms - Date.now();
+    if (wait <= 0) run();
+    else timer = setTimeout(run, wait);
+  };
+  t.cancel = () => { clearTimeout(timer); timer = null; };
+  return t;
 }

@@ -11,7 +11,10 @@
 // created in the UI (a dry-run preview, refusals at their field, an approval the creator may
 // not give, waves) against simulated devices (`corral simulate --ota`, one of which comes back
 // on its old version) until it completes, and follow it on its page and the devices' pages;
-// then the same UI on a phone-sized screen and the main flow by keyboard only.
+// dashboards: every widget kind, one over more than 1,000 devices, one built by keyboard
+// only, and a map on the tiles of a tile server the suite runs, drawn by a second corral
+// whose `[ui] tile_url` points at it; then the same UI on a phone-sized screen and the main
+// flow by keyboard only.
 // Screenshots go to target/ui-artifacts/. Every wait is bounded, and the whole run stops
 // itself after SUITE_LIMIT_MS.
 //
@@ -24,6 +27,8 @@ import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { randomBytes, createHash } from 'node:crypto';
 import { createInterface } from 'node:readline';
+import { createServer } from 'node:http';
+import { deflateSync } from 'node:zlib';
 import { Mqtt } from './mqtt.mjs';
 
 const SUITE_LIMIT_MS = 170_000;
@@ -41,6 +46,8 @@ const { chromium } = createRequire(join(nodeDir, 'package.json'))('playwright-co
 
 const results = [];
 let server;
+// Further corral servers (the map tile test's), stopped with the suite.
+const others = [];
 let browser;
 let device;
 let simulator;
@@ -58,6 +65,7 @@ function shutdown(code) {
   try { device?.close(); } catch { /* gone */ }
   try { simulator?.kill('SIGTERM'); } catch { /* gone */ }
   try { server?.kill('SIGTERM'); } catch { /* gone */ }
+  for (const p of others) { try { p.kill('SIGTERM'); } catch { /* gone */ } }
   writeFileSync(join(artifacts, 'server.log'), serverLog.join('\n'));
   const done = () => {
     try { rmSync(dataDir, { recursive: true, force: true }); } catch { /* left for inspection */ }
@@ -68,13 +76,17 @@ function shutdown(code) {
   setTimeout(done, 5000).unref();
 }
 
-/** Starts corral and resolves with its addresses once it logs that it is running. */
-function startServer(adminKey) {
+/**
+ * Starts corral and resolves with its addresses once it logs that it is running. `opts`:
+ * `dir` (its data dir; the main server's by default), `env` (more CORRAL_* settings) and `log`
+ * (where its log lines go). The first server started is the suite's main one (`server`).
+ */
+function startServer(adminKey, { dir = join(dataDir, 'data'), env = {}, log = serverLog } = {}) {
   return new Promise((resolvePromise, reject) => {
-    server = spawn(binary, ['serve', '--log-format', 'json'], {
+    const proc = spawn(binary, ['serve', '--log-format', 'json'], {
       env: {
         PATH: process.env.PATH,
-        CORRAL_DATA_DIR: join(dataDir, 'data'),
+        CORRAL_DATA_DIR: dir,
         CORRAL_ADMIN_KEY: adminKey,
         CORRAL_HTTP__LISTEN: '127.0.0.1:0',
         CORRAL_HTTPS__ENABLED: 'false',
@@ -85,24 +97,79 @@ function startServer(adminKey) {
         CORRAL_STORE__MIN_FREE_MB: '16',
         // A small package cap, so that the UI's answer to an oversized upload is checked.
         CORRAL_OTA__MAX_PACKAGE_MB: '1',
+        ...env,
       },
       stdio: ['ignore', 'ignore', 'pipe'],
     });
+    if (server) others.push(proc);
+    else server = proc;
     const timer = setTimeout(() => reject(new Error('corral did not start within 30 s')), 30_000);
-    server.on('exit', (code) => { clearTimeout(timer); reject(new Error(`corral exited with ${code}`)); });
-    createInterface({ input: server.stderr }).on('line', (line) => {
-      serverLog.push(line.replace(/token=\S+/, 'token=…'));
+    proc.on('exit', (code) => { clearTimeout(timer); reject(new Error(`corral exited with ${code}`)); });
+    createInterface({ input: proc.stderr }).on('line', (line) => {
+      log.push(line.replace(/token=\S+/, 'token=…'));
       const m = line.match(/#\/setup\?token=(\S+)/);
-      if (m) [, setupToken] = m;
+      if (m && proc === server) [, setupToken] = m;
       let v;
       try { v = JSON.parse(line); } catch { return; }
       const f = v.fields || v;
       if ((f.message || v.message) === 'corral is running') {
         clearTimeout(timer);
-        resolvePromise({ http: f.http || v.http, mqtt: f.mqtt_tls || v.mqtt_tls });
+        resolvePromise({ http: f.http || v.http, mqtt: f.mqtt_tls || v.mqtt_tls, proc });
       }
     });
   });
+}
+
+/**
+ * A map tile server on 127.0.0.1 (port 0): a small PNG for any `/{z}/{x}/{y}.png`, 404 for the
+ * rest; `seen` lists the paths asked for. Resolves with {url (the `{z}/{x}/{y}` template),
+ * origin, seen, close}.
+ */
+function startTileServer() {
+  // A 1 × 1 RGB PNG (the map scales it to a tile), built here: signature, IHDR, IDAT, IEND.
+  const crcTable = Array.from({ length: 256 }, (_, n) => {
+    let c = n;
+    for (let k = 0; k < 8; k++) c = c & 1 ? 0xedb88320 ^ (c >>> 1) : c >>> 1;
+    return c >>> 0;
+  });
+  const crc32 = (buf) => {
+    let c = 0xffffffff;
+    for (const b of buf) c = crcTable[(c ^ b) & 0xff] ^ (c >>> 8);
+    return (c ^ 0xffffffff) >>> 0;
+  };
+  const chunk = (type, data) => {
+    const len = Buffer.alloc(4);
+    len.writeUInt32BE(data.length);
+    const body = Buffer.concat([Buffer.from(type, 'ascii'), data]);
+    const crc = Buffer.alloc(4);
+    crc.writeUInt32BE(crc32(body));
+    return Buffer.concat([len, body, crc]);
+  };
+  const ihdr = Buffer.alloc(13);
+  ihdr.writeUInt32BE(1, 0);
+  ihdr.writeUInt32BE(1, 4);
+  ihdr.set([8, 2, 0, 0, 0], 8); // 8 bits, RGB, deflate, no filter, no interlace
+  const png = Buffer.concat([
+    Buffer.from([0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a]),
+    chunk('IHDR', ihdr),
+    chunk('IDAT', deflateSync(Buffer.from([0, 0xbf, 0xdb, 0xfe]))),
+    chunk('IEND', Buffer.alloc(0)),
+  ]);
+  const seen = [];
+  const srv = createServer((req, res) => {
+    seen.push(req.url);
+    if (/^\/\d+\/\d+\/\d+\.png$/.test(req.url)) {
+      res.writeHead(200, { 'Content-Type': 'image/png', 'Content-Length': png.length });
+      res.end(png);
+    } else {
+      res.writeHead(404);
+      res.end();
+    }
+  });
+  return new Promise((ok) => srv.listen(0, '127.0.0.1', () => {
+    const origin = `http://127.0.0.1:${srv.address().port}`;
+    ok({ url: `${origin}/{z}/{x}/{y}.png`, origin, seen, close: () => new Promise((done) => { srv.close(done); srv.closeAllConnections(); }) });
+  }));
 }
 
 async function step(name, f) {
@@ -197,9 +264,9 @@ async function main() {
   let token;
   let dashboardHash;
   const rpcSeen = [];
-  /** A REST call with the bootstrap admin key; the parsed answer. */
-  const rest = async (method, path, body) => {
-    const r = await fetch(`${base}/api/v1${path}`, {
+  /** A REST call to the server at `at` with the bootstrap admin key; the parsed answer. */
+  const restAt = (at) => async (method, path, body) => {
+    const r = await fetch(`${at}/api/v1${path}`, {
       method,
       headers: { Authorization: `Bearer ${adminKey}`, 'Content-Type': 'application/json' },
       body: body === undefined ? undefined : JSON.stringify(body),
@@ -208,6 +275,7 @@ async function main() {
     if (!r.ok) throw new Error(`${method} ${path}: ${r.status} ${text}`);
     return text ? JSON.parse(text) : null;
   };
+  const rest = restAt(base);
 
   await step('security headers on the UI and the API', async () => {
     for (const path of ['/', '/ui/app.js', '/api/v1/workspaces']) {
@@ -405,18 +473,18 @@ async function main() {
       await page.waitForSelector(`#widget-list li:has-text("${title}")`);
     };
     await add('chart', 'Climate', async () => {
-      await page.selectOption('#widget-devices', { label: 'thermo-1' });
+      await pickDevice(page, 'widget-devices', 'thermo-1');
       await page.fill('#widget-keys', 'temperature, humidity');
       await page.selectOption('#widget-agg', 'max');
       await page.selectOption('#widget-width', '4');
     });
     await add('value', 'Temperature now', async () => {
-      await page.selectOption('#widget-device', { label: 'thermo-1' });
+      await pickDevice(page, 'widget-device', 'thermo-1');
       await page.fill('#widget-key', 'temperature');
       await page.fill('#widget-unit', '°C');
     });
     await add('gauge', 'Humidity', async () => {
-      await page.selectOption('#widget-device', { label: 'thermo-1' });
+      await pickDevice(page, 'widget-device', 'thermo-1');
       await page.fill('#widget-key', 'humidity');
     });
     await add('table', 'Sensors', async () => { await page.fill('#widget-keys', 'temperature,humidity'); });
@@ -424,7 +492,7 @@ async function main() {
     await add('map', 'Where', async () => { await page.selectOption('#widget-width', '4'); });
     // The server's refusal shows at the form and names the widget and field.
     await add('gauge', 'Broken', async () => {
-      await page.selectOption('#widget-device', { label: 'thermo-1' });
+      await pickDevice(page, 'widget-device', 'thermo-1');
       await page.fill('#widget-key', 'humidity');
       await page.fill('#widget-min', '5');
       await page.fill('#widget-max', '1');
@@ -435,6 +503,7 @@ async function main() {
     // A widget changed in place: the card's unit.
     await page.click('button[aria-label="Edit Temperature now"]');
     if (await page.inputValue('#widget-key') !== 'temperature') throw new Error('the widget did not load into the form');
+    await page.waitForSelector('#widget-device-chosen li:has-text("thermo-1")');
     await page.fill('#widget-unit', 'degC');
     await page.click('#widget-form button[type=submit]');
     await page.click('#dashboard-save');
@@ -1531,6 +1600,298 @@ async function main() {
     await page.waitForSelector('table.workspace-rates th:text-is("Plant")');
   });
 
+  await step('dashboards over more than 1,000 devices: names read by id, devices found by a search, live over the workspace at a steady rate, a map paged through them all', async () => {
+    // A workspace of its own (the steps before count the other devices): 1,100 devices in one
+    // import, and one more that the chart names and that is deleted later.
+    const ws = await rest('POST', '/workspaces', { name: 'Depot' });
+    const yard = await rest('POST', '/fleets', { workspace_id: ws.id, name: 'yard' });
+    const N = 1100;
+    const yardName = (i) => `yard-${String(i).padStart(4, '0')}`;
+    const imported = await rest('POST', '/devices/import', { fleet_id: yard.id, csv: `name\n${Array.from({ length: N }, (_, i) => yardName(i)).join('\n')}\n` });
+    if (imported.created.length !== N) throw new Error(`imported ${imported.created.length} devices`);
+    const tokens = Object.fromEntries(imported.created.map((c) => [c.name, c.token]));
+    const doomed = (await rest('POST', '/devices', { fleet_id: yard.id, name: 'doomed' })).device;
+    const send = async (name, values) => {
+      const r = await fetch(`${base}/api/v1/${tokens[name]}/telemetry`, { method: 'POST', headers: { 'Content-Type': 'application/json' }, body: JSON.stringify(values) });
+      if (!r.ok) throw new Error(`telemetry of ${name}: ${r.status} ${await r.text()}`);
+    };
+    // Positions of ten devices created after the first 1,000 (the map's second page).
+    const late = Array.from({ length: 10 }, (_, i) => yardName(1050 + i));
+    await Promise.all(late.map((n, i) => send(n, { latitude: 40 + i, longitude: -3 - i, temperature: 10 + i })));
+    await send('yard-1099', { temperature: 7.5 });
+    const requests = [];
+    const onRequest = (r) => { if (r.url().includes('/api/v1/')) requests.push(r.url()); };
+    page.on('request', onRequest);
+    await page.goto(`${base}/#/dashboards`);
+    await page.waitForSelector('#dashboard-scope option:text-is("Depot (whole workspace)")', { state: 'attached' });
+    await page.fill('#dashboard-name', 'Depot yard');
+    await page.selectOption('#dashboard-scope', { label: 'Depot (whole workspace)' });
+    await page.click('#dashboard-form button[type=submit]');
+    await page.waitForSelector('#widget-form');
+    // The picker asks the server for 50 at a time, in the dashboard's workspace, and says so.
+    await page.waitForSelector(`#widget-devices-status:text("The first 50 of ${N + 1} devices: type more of the name.")`);
+    await page.fill('#widget-devices-search', 'yard-10');
+    await page.waitForSelector('#widget-devices-status:text("The first 50 of 100 matches: type more of the name.")');
+    await page.fill('#widget-devices-search', 'yard-105');
+    await page.waitForSelector('#widget-devices-status:text("10 matches.")');
+    if (await page.locator('#widget-devices-results button').count() !== 10) throw new Error('not 10 matches listed');
+    await page.click('#widget-devices-results button[aria-label="Add yard-1050"]');
+    await page.waitForSelector('#widget-devices-chosen li:has-text("yard-1050")');
+    if (await page.locator('#widget-devices-results button[aria-label="Add yard-1050"]').count()) throw new Error('a chosen device is still offered');
+    await pickDevice(page, 'widget-devices', 'doomed');
+    await page.fill('#widget-title', 'Late ones');
+    await page.fill('#widget-keys', 'temperature');
+    await page.click('#widget-form button[type=submit]');
+    await page.waitForSelector('#widget-list li:has-text("Late ones")');
+    await page.selectOption('#widget-kind', 'value');
+    await page.fill('#widget-title', 'Last one');
+    await pickDevice(page, 'widget-device', 'yard-1099');
+    await page.fill('#widget-key', 'temperature');
+    await page.click('#widget-form button[type=submit]');
+    await page.waitForSelector('#widget-list li:has-text("Last one")');
+    await page.selectOption('#widget-kind', 'map');
+    await page.fill('#widget-title', 'Yard map');
+    await page.selectOption('#widget-width', '4');
+    await page.click('#widget-form button[type=submit]');
+    await page.waitForSelector('#widget-list li:has-text("Yard map")');
+    await page.click('#dashboard-save');
+    await page.waitForSelector('#dashboard-editor', { state: 'hidden' });
+    const hash = new URL(page.url()).hash.split('?')[0];
+    // Names of the devices the widgets name, each read by id; the map pages through all of them.
+    await page.waitForSelector('#widget-0 .legend li:text-is("yard-1050 · temperature")');
+    await page.waitForSelector('#widget-0 .legend li:text-is("doomed · temperature")');
+    await page.waitForSelector('#widget-1 .stat-value:text-is("7.5")');
+    await page.waitForSelector('#widget-1 p.muted:has-text("temperature of yard-1099")');
+    await page.waitForSelector(`#widget-2 details.map-list summary:text("10 of ${(N + 1).toLocaleString('en-US')} devices report a position")`);
+    for (const n of late) await page.waitForSelector(`#widget-2 svg.map a[aria-label^="${n}, "] circle.marker`, { state: 'attached' });
+    const pages = requests.filter((u) => /\/devices\?/.test(u) && u.includes('keys=latitude'));
+    if (pages.length < 2 || !pages.some((u) => u.includes('cursor='))) throw new Error(`the map did not page: ${pages.join(' ')}`);
+    if (requests.some((u) => /\/devices\?/.test(u) && !u.includes('keys=') && !u.includes('limit=50'))) throw new Error(`a device list was read whole: ${requests.filter((u) => /\/devices\?/.test(u)).join(' ')}`);
+    if (!requests.some((u) => u.includes(`/events?`) && u.includes(`workspace_id=${ws.id}`))) throw new Error('the live stream is not the workspace\'s');
+    await shot(page, '06d-dashboard-1100-devices');
+    // Live over the whole workspace: a device sending every 300 ms redraws the widgets while
+    // it goes on sending (a debounce never would), at most every 2 s.
+    await page.evaluate(() => {
+      window.drawTimes = [];
+      new MutationObserver(() => window.drawTimes.push(Date.now())).observe(document.getElementById('dashboard-grid'), { attributes: true, attributeFilter: ['data-drawn-at'] });
+    });
+    let sending = true;
+    let v = 100;
+    const sender = (async () => {
+      while (sending) {
+        await send('yard-1099', { temperature: v++ });
+        await new Promise((r) => setTimeout(r, 300));
+      }
+    })();
+    try {
+      await page.waitForFunction(() => Number(document.querySelector('#widget-1 .stat-value')?.textContent) >= 100, null, { timeout: 8000 });
+      const first = Number(await page.textContent('#widget-1 .stat-value'));
+      await page.waitForFunction((f) => Number(document.querySelector('#widget-1 .stat-value')?.textContent) > f, first, { timeout: 8000 });
+    } finally {
+      sending = false;
+      await sender;
+    }
+    const times = await page.evaluate(() => window.drawTimes);
+    const gaps = times.slice(1).map((t, i) => t - times[i]);
+    if (times.length < 2 || gaps.some((g) => g < 1000)) throw new Error(`redraws ${times.length}, gaps ${gaps.join(', ')} ms`);
+    // A deleted device: its short id, and the rest of the chart still drawn.
+    await rest('DELETE', `/devices/${doomed.id}`);
+    await page.reload();
+    await page.waitForSelector(`#widget-0 .legend li:text-is("${doomed.id.slice(0, 8)} (not found) · temperature")`);
+    await page.waitForSelector('#widget-0 .legend li:text-is("yard-1050 · temperature")');
+    // The editor shows a widget's devices by name; a chart takes 10 at most.
+    await page.click('#dashboard-edit');
+    await page.click('button[aria-label="Edit Late ones"]');
+    await page.waitForSelector('#widget-devices-chosen li:has-text("yard-1050")');
+    await page.waitForSelector(`#widget-devices-chosen li:has-text("${doomed.id.slice(0, 8)} (not found)")`);
+    await page.fill('#widget-devices-search', 'yard-105');
+    await page.waitForSelector('#widget-devices-status:text("10 matches.")');
+    for (let i = 1; i <= 8; i++) await page.click(`#widget-devices-results button[aria-label="Add yard-105${i}"]`);
+    await page.waitForSelector('#widget-devices-status:has-text("10 devices chosen")');
+    if (!(await page.isDisabled('#widget-devices-results button[aria-label="Add yard-1059"]'))) throw new Error('an eleventh device can be added');
+    await page.locator('#widget-form').screenshot({ path: join(artifacts, '06f-device-picker.png') });
+    await page.click('button[aria-label="Edit Last one"]');
+    await page.waitForSelector('#widget-device-chosen li:has-text("yard-1099")');
+    await page.click('#dashboard-cancel');
+    await page.waitForSelector('#dashboard-editor', { state: 'hidden' });
+    page.off('request', onRequest);
+    if (!hash.startsWith('#/dashboards/')) throw new Error(`the dashboard is at ${hash}`);
+  });
+
+  await step('keyboard only: build a dashboard, reorder and remove widgets, save, use the toolbar and a map marker', async () => {
+    const kb = await browser.newContext({ viewport: { width: 1280, height: 860 } });
+    const p = await kb.newPage();
+    p.setDefaultTimeout(STEP_MS);
+    guard(p, problems);
+    await signIn(p, base);
+    await p.goto(`${base}/#/dashboards`);
+    await p.waitForSelector('#dashboard-scope option:text-is("Plant / sensors")', { state: 'attached' });
+    const focused = () => p.evaluate(() => {
+      const a = document.activeElement;
+      return { id: a?.id, tag: a?.tagName, label: a?.getAttribute('aria-label'), text: a?.textContent.trim(), index: a?.closest('li[data-index]')?.dataset.index };
+    });
+    const expectFocus = async (want, what) => {
+      const f = await focused();
+      for (const [k, v] of Object.entries(want)) if (f[k] !== v) throw new Error(`${what}: focus is on ${JSON.stringify(f)}`);
+    };
+    await tabTo(p, '#dashboard-name');
+    await p.keyboard.type('Keyboard room');
+    await p.keyboard.press('Tab');
+    await p.keyboard.type('Plant / sensors'); // a closed select's type-ahead
+    const sensors = (await rest('GET', '/fleets?name=sensors')).items[0];
+    if (await p.inputValue('#dashboard-scope') !== `f:${sensors.id}`) throw new Error(`the scope is ${await p.inputValue('#dashboard-scope')}`);
+    await tabTo(p, '#dashboard-form button[type=submit]');
+    await p.keyboard.press('Enter');
+    await p.waitForSelector('#widget-form');
+    await p.waitForFunction(() => document.activeElement?.id === 'editor-h');
+    // A latest value: the device found by typing its name, Enter adds it.
+    await tabTo(p, '#widget-kind');
+    await p.keyboard.type('Latest');
+    await p.waitForSelector('#widget-device-search');
+    await p.keyboard.press('Tab');
+    await p.keyboard.type('Now');
+    await tabTo(p, '#widget-device-search');
+    await p.keyboard.type('thermo-1');
+    await p.keyboard.press('Enter');
+    await p.waitForSelector('#widget-device-chosen li:has-text("thermo-1")');
+    await expectFocus({ id: 'widget-device-search' }, 'after choosing a device');
+    await tabTo(p, '#widget-key');
+    await p.keyboard.type('temperature');
+    await p.keyboard.press('Enter');
+    await p.waitForSelector('#widget-list li:has-text("Now")');
+    await expectFocus({ id: 'widget-title' }, 'after adding a widget');
+    // A map and a table, each: back to the kind, type-ahead, title, Enter.
+    for (const [kind, title, keys] of [['Map', 'Where'], ['Table', 'List', 'temperature']]) {
+      await tabTo(p, '#widget-kind', 5, 'Shift+Tab');
+      await p.keyboard.type(kind);
+      await p.keyboard.press('Tab');
+      await p.keyboard.type(title);
+      if (keys) {
+        await tabTo(p, '#widget-keys');
+        await p.keyboard.type(keys);
+      }
+      await p.keyboard.press('Enter');
+      await p.waitForSelector(`#widget-list li:has-text("${title}")`);
+    }
+    // Move "List" up twice: focus follows it (to Down once Up is disabled at the top).
+    await tabTo(p, 'button[aria-label="Move List up"]', 40, 'Shift+Tab');
+    await p.keyboard.press('Enter');
+    await expectFocus({ label: 'Move List up', index: '1' }, 'after moving up');
+    await p.keyboard.press('Enter');
+    await expectFocus({ label: 'Move List down', index: '0' }, 'after moving to the top');
+    const order = async () => p.$$eval('#widget-list li strong', (xs) => xs.map((x) => x.textContent).join(','));
+    if (await order() !== 'List,Now,Where') throw new Error(`the order is ${await order()}`);
+    // Remove "Now" with Space: focus moves to the next widget's Remove.
+    await tabTo(p, 'button[aria-label="Remove Now"]');
+    await p.keyboard.press('Space');
+    await expectFocus({ label: 'Remove Where', index: '1' }, 'after removing');
+    if (await order() !== 'List,Where') throw new Error(`the order is ${await order()}`);
+    // Edit "Where" to full width; after the update focus goes back to its Edit button.
+    await tabTo(p, 'button[aria-label="Edit Where"]', 5, 'Shift+Tab');
+    await p.keyboard.press('Enter');
+    await expectFocus({ id: 'widget-title' }, 'after Edit');
+    if (await p.inputValue('#widget-title') !== 'Where') throw new Error('the widget did not load');
+    await p.keyboard.press('Tab');
+    await p.keyboard.type('Full');
+    await p.keyboard.press('Shift+Tab');
+    await p.keyboard.press('Enter');
+    await expectFocus({ label: 'Edit Where' }, 'after the update');
+    if (!(await p.textContent('#widget-list li[data-index="1"]')).includes('4 columns')) throw new Error('the width did not change');
+    // Save: the editor closes and focus goes to the dashboard's heading.
+    await tabTo(p, '#dashboard-save');
+    await p.keyboard.press('Enter');
+    await p.waitForSelector('#dashboard-editor', { state: 'hidden' });
+    await p.waitForFunction(() => document.activeElement?.tagName === 'H1' && document.activeElement.textContent === 'Keyboard room');
+    await p.waitForSelector('#widget-0 td[data-key="temperature"]');
+    await p.waitForSelector('#widget-1 svg.map circle.marker');
+    // The toolbar: zoom, earlier, live, the window select by arrow key, edit and cancel.
+    await tabTo(p, '#dash-zoom-in');
+    await p.keyboard.press('Enter');
+    await p.waitForSelector('#dashboard-range:has-text("(30 min)")');
+    await tabTo(p, '#dash-earlier');
+    await p.keyboard.press('Enter');
+    await p.waitForSelector('#dash-live[aria-pressed="false"]');
+    await tabTo(p, '#dash-live');
+    await p.keyboard.press('Space');
+    await p.waitForSelector('#dash-live[aria-pressed="true"]');
+    await p.waitForSelector('#dashboard-range:has-text("(60 min)")');
+    await tabTo(p, '#dashboard-window-view', 6, 'Shift+Tab');
+    await p.keyboard.press('ArrowDown');
+    await p.waitForSelector('#dashboard-range:has-text("(6 h)")');
+    await tabTo(p, '#dashboard-edit');
+    await p.keyboard.press('Enter');
+    await p.waitForFunction(() => document.activeElement?.id === 'editor-h');
+    await tabTo(p, '#dashboard-cancel', 80);
+    await p.keyboard.press('Enter');
+    await p.waitForSelector('#dashboard-editor', { state: 'hidden' });
+    await expectFocus({ id: 'dashboard-edit' }, 'after Cancel');
+    // The table's link and the map's marker: reached by Tab, named, with a visible focus.
+    await tabTo(p, '#widget-0 td a, #widget-0 th a', 10);
+    await tabTo(p, '#widget-1 svg a', 80);
+    const marker = await p.evaluate(() => ({ label: document.activeElement.getAttribute('aria-label'), stroke: getComputedStyle(document.activeElement.querySelector('circle')).stroke }));
+    if (!/^thermo-1, online, at 48\.85, 2\.35$/.test(marker.label)) throw new Error(`the marker is named "${marker.label}"`);
+    if (marker.stroke !== 'rgb(0, 0, 0)') throw new Error(`the focused marker's stroke is ${marker.stroke}`);
+    if (await p.getByRole('link', { name: 'thermo-1, online, at 48.85, 2.35' }).count() !== 1) throw new Error('the marker is not a named link');
+    await shot(p, '12b-keyboard-dashboard');
+    await p.keyboard.press('Enter');
+    await p.waitForSelector('#command-form');
+    if (!p.url().includes('#/devices/')) throw new Error(`the marker led to ${p.url()}`);
+    await kb.close();
+  });
+
+  await step('map tiles: a server with [ui] tile_url draws its tiles (allowed by its CSP) and places the markers on them', async () => {
+    const tiles = await startTileServer();
+    try {
+      const log = [];
+      const t0 = Date.now();
+      const other = await startServer(adminKey, { dir: join(dataDir, 'tiles'), env: { CORRAL_UI__TILE_URL: tiles.url }, log });
+      console.log(`# a second corral with tile_url ${tiles.url} started in ${Date.now() - t0} ms`);
+      const base2 = `http://${other.http}`;
+      const rest2 = restAt(base2);
+      const csp = (await fetch(`${base2}/`)).headers.get('content-security-policy') || '';
+      if (!csp.includes(`img-src 'self' data: ${tiles.origin}`)) throw new Error(`the CSP is "${csp}"`);
+      const ws2 = await rest2('POST', '/workspaces', { name: 'Harbour' });
+      const fleet2 = await rest2('POST', '/fleets', { workspace_id: ws2.id, name: 'buoys' });
+      const buoys = [['buoy-null', 0, 0], ['buoy-north', 60, 90]];
+      for (const [name, latitude, longitude] of buoys) {
+        const { credentials } = await rest2('POST', '/devices', { fleet_id: fleet2.id, name });
+        const r = await fetch(`${base2}/api/v1/${credentials.token}/telemetry`, { method: 'POST', headers: { 'Content-Type': 'application/json' }, body: JSON.stringify({ latitude, longitude }) });
+        if (!r.ok) throw new Error(`telemetry: ${r.status}`);
+      }
+      const dash = await rest2('POST', '/dashboards', { workspace_id: ws2.id, fleet_id: fleet2.id, name: 'Harbour', window: { last_mins: 60 }, widgets: [{ kind: 'map', title: 'Buoys', width: 4 }] });
+      const c = await browser.newContext({ viewport: { width: 1280, height: 860 } });
+      const p = await c.newPage();
+      p.setDefaultTimeout(STEP_MS);
+      guard(p, problems);
+      const blocked = [];
+      p.on('console', (m) => { if (/Content Security Policy/i.test(m.text())) blocked.push(m.text()); });
+      await signInWithKey(p, base2, adminKey);
+      await p.goto(`${base2}/#/dashboards/${dash.id}`);
+      await p.waitForSelector('#widget-0 svg.map.tiles[data-tiles-loaded="16"]');
+      const want = [];
+      for (let x = 0; x < 4; x++) for (let y = 0; y < 4; y++) want.push(`/2/${x}/${y}.png`);
+      const missing = want.filter((u) => !tiles.seen.includes(u));
+      if (missing.length) throw new Error(`the tile server was not asked for ${missing.join(' ')} (it saw ${tiles.seen.join(' ')})`);
+      if (await p.getAttribute('#widget-0 svg.map', 'data-tiles-failed')) throw new Error('some tiles failed to load');
+      if (await p.isVisible('#widget-0 .tiles-note')) throw new Error('the map says tiles failed');
+      // Markers in Web Mercator on the 1,024-unit world of zoom 2: (0, 0) at the middle; 60° N,
+      // 90° E three quarters across and about 0.29 down.
+      const at = async (name) => p.$eval(`#widget-0 svg a[aria-label^="${name}, "] circle`, (el) => [Number(el.getAttribute('cx')), Number(el.getAttribute('cy'))]);
+      const [x0, y0] = await at('buoy-null');
+      if (x0 !== 512 || y0 !== 512) throw new Error(`buoy-null at ${x0}, ${y0}`);
+      const [x1, y1] = await at('buoy-north');
+      const yn = (1 - Math.log(Math.tan(Math.PI / 3) + 1 / Math.cos(Math.PI / 3)) / Math.PI) / 2 * 1024;
+      if (Math.abs(x1 - 768) > 0.01 || Math.abs(y1 - yn) > 0.01) throw new Error(`buoy-north at ${x1}, ${y1} (want 768, ${yn.toFixed(2)})`);
+      await p.waitForSelector('#widget-0 details.map-list summary:text("2 of 2 devices report a position")');
+      if (blocked.length) throw new Error(blocked.join('; '));
+      await p.locator('#widget-0').screenshot({ path: join(artifacts, '06e-dashboard-tiles.png') });
+      await c.close();
+      other.proc.kill('SIGTERM');
+    } finally {
+      await tiles.close();
+    }
+  });
+
   await step('sign-in throttling is explained', async () => {
     // Last: it throttles this address for a while.
     const c = await browser.newContext();
@@ -1561,8 +1922,18 @@ async function readDownload(d) {
   return (await import('node:fs')).readFileSync(path, 'utf8');
 }
 
-/** Presses Tab until `selector` has focus (at most `max` times). */
-async function tabTo(page, selector, max = 40) {
+/**
+ * Chooses the device `name` in a dashboard editor's device picker (`id`: `widget-devices` or
+ * `widget-device`) through its search, which the server answers.
+ */
+async function pickDevice(page, id, name) {
+  await page.fill(`#${id}-search`, name);
+  await page.click(`#${id}-results button[aria-label="Add ${name}"]`);
+  await page.waitForSelector(`#${id}-chosen li:has-text("${name}")`);
+}
+
+/** Presses Tab (or `key`, such as Shift+Tab) until `selector` has focus (at most `max` times). */
+async function tabTo(page, selector, max = 40, key = 'Tab') {
   for (let i = 0; i < max; i++) {
     const target = page.locator(selector).first();
     if (await target.count() && await target.evaluate((el) => el === document.activeElement)) {
@@ -1571,9 +1942,9 @@ async function tabTo(page, selector, max = 40) {
       if (ring === 'none') throw new Error(`${selector} has no visible focus style`);
       return;
     }
-    await page.keyboard.press('Tab');
+    await page.keyboard.press(key);
   }
-  throw new Error(`${selector} not reached with ${max} Tab presses`);
+  throw new Error(`${selector} not reached with ${max} ${key} presses`);
 }
 
 let code = 0;
