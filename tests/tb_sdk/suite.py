@@ -46,6 +46,7 @@ from cryptography.x509.oid import NameOID
 
 # The SDK imports mmh3 (or tries to pip-install it at import time); run.sh installs it up front.
 from tb_device_http import TBHTTPDevice  # noqa: E402
+from tb_gateway_mqtt import TBGatewayMqttClient  # noqa: E402
 import tb_device_mqtt  # noqa: E402
 from tb_device_mqtt import (  # noqa: E402
     ATTRIBUTES_TOPIC, TELEMETRY_TOPIC, TBDeviceMqttClient, TBFirmwareState, TBPublishInfo,
@@ -1602,6 +1603,93 @@ def checks(s: Suite):
         notes.append(f"(d) HTTP long poll got id {data['id']}; its reply completed the job in {dt:.2f} s")
         return "; ".join(notes)
 
+
+    # -- the gateway API (TBGatewayMqttClient, thingsboard-gateway.md) --
+
+    def gateway_api():
+        ws, fleet = api.workspace_fleet("gw")
+        thermo = api.ok("POST", "/api/v1/fleets", {"workspace_id": ws, "name": "gw-thermo"})["id"]
+        doc = api.ok("POST", "/api/v1/devices", {"fleet_id": fleet, "name": "gw-edge", "gateway": True,
+                                                   "gateway_type_fleets": {"Thermometer": thermo}})
+        gw_token = doc["credentials"]["token"]
+        gw = TBGatewayMqttClient(HOST, port=srv.plain_port, username=gw_token)
+        s.clients.append(gw)
+        s.connect(gw)
+        expect(s.session_ready(gw), "no getSessionLimits answer within 5 s")
+        expect(poll(lambda: not gw.get_subscriptions_in_progress(), 5),
+               "the gateway's subscriptions (attributes, attributes/response, rpc) were not granted")
+        name, other = f"SN-{uid()}", f"SN-{uid()}"
+        s.acked(bounded(lambda: gw.gw_connect_device(name, "Thermometer"), 10, "gw_connect_device()"),
+                "gw_connect_device")
+        sub = api.find_device(thermo, name)
+        expect(sub is not None, f"{name} was not created in the fleet its type maps to")
+        expect(sub.get("gateway", {}).get("role") == "sub_device" and sub["gateway"].get("device_type") == "Thermometer",
+               f"{name} is not a Thermometer sub-device: {short(sub)}")
+        expect(sub.get("status") == "online", f"{name} is {sub.get('status')}, want online")
+        sid = sub["id"]
+        ts = now_ms() - 5000
+        s.acked(bounded(lambda: gw.gw_send_telemetry(name, {"ts": ts, "values": {"temperature": 21.5}}), 10,
+                        "gw_send_telemetry()"), "gw_send_telemetry")
+        s.acked(bounded(lambda: gw.gw_send_telemetry(other, {"humidity": 40}), 10, "gw_send_telemetry(other)"),
+                "gw_send_telemetry(other)")
+        s.expect_latest(sid, "temperature", 21.5)
+        o = api.find_device(fleet, other)
+        expect(o is not None and o["gateway"].get("device_type") == "default",
+               f"{other}, first named in telemetry, is not a default sub-device of the gateway's fleet: {short(o)}")
+        s.acked(bounded(lambda: gw.gw_send_attributes(name, {"model": "T1000"}), 10, "gw_send_attributes()"),
+                "gw_send_attributes")
+        expect(poll(lambda: api.attribute_values(sid, "client").get("model") == "T1000", 5),
+               f"client attribute model not stored: {short(api.attributes(sid))}")
+
+        # An operator's shared attribute reaches the subscribed callback.
+        pushes = Inbox()
+        gw.gw_subscribe_to_all_device_attributes(name, pushes)
+        t0 = time.monotonic()
+        api.put_attributes(sid, "shared", {"firmwareVersion": "2.0"})
+        got = pushes.wait(1, PUSH_TIMEOUT, t0)
+        expect(got and same(got[0][1][0], {"device": name, "data": {"firmwareVersion": "2.0"}}),
+               f"attribute push: {[short(a[0]) for _, a in got]}")
+        dt_push = got[0][0]
+
+        # Attribute requests, shared and client.
+        answers = Inbox()
+        bounded(lambda: gw.gw_request_shared_attributes(name, ["firmwareVersion"], answers), 10,
+                "gw_request_shared_attributes()")
+        bounded(lambda: gw.gw_request_client_attributes(name, ["model", "missing"], answers), 10,
+                "gw_request_client_attributes()")
+        got = answers.wait(2, 5.0)
+        expect(len(got) == 2, f"attribute responses: {[short(a) for _, a in got]}")
+        by_id = sorted((a[0] for _, a in got), key=lambda c: c.get("id", 0))
+        expect(by_id[0].get("value") == "2.0" and by_id[0].get("device") == name,
+               f"one key asked: want value 2.0, got {short(by_id[0])}")
+        expect(same(by_id[1].get("values"), {"model": "T1000"}),
+               f"two keys asked: want values {{model}}, got {short(by_id[1])}")
+
+        # A two-way job: the handler replies with gw_send_rpc_reply.
+        requests = Inbox()
+
+        def on_rpc(client, content):  # on the SDK's network thread
+            requests(content)
+            d = content.get("data") or {}
+            client.gw_send_rpc_reply(content.get("device"), d.get("id"), {"echo": d.get("params")})
+
+        gw.gw_set_server_side_rpc_request_handler(on_rpc)
+        status, job = api.call("POST", f"/api/v1/devices/{sid}/jobs?wait_ms=10000",
+                               {"method": "echo", "params": {"x": 1}, "two_way": True}, timeout=15)
+        got = requests.wait(1, 1.0)
+        expect(got and got[0][1][0].get("device") == name and got[0][1][0]["data"].get("method") == "echo",
+               f"RPC request: {[short(a[0]) for _, a in got]}")
+        expect(status == 201 and job.get("state") == "succeeded" and same(job.get("result"), {"echo": {"x": 1}}),
+               f"job -> {status} {short(job)}")
+        time.sleep(0.5)
+        expect(requests.count() == 1, f"the reply came back as a request: {[short(a[0]) for _, a in requests.items]}")
+
+        s.acked(bounded(lambda: gw.gw_claim(name, "secret", 60000), 10, "gw_claim()"), "gw_claim")
+        s.acked(bounded(lambda: gw.gw_disconnect_device(other), 10, "gw_disconnect_device()"), "gw_disconnect_device")
+        expect(poll(lambda: api.status(o["id"]) == "offline", 5), f"{other} still online after gw_disconnect_device")
+        expect(api.status(sid) == "online", f"{name} went offline with {other}")
+        return f"push {dt_push:.2f} s; sub-devices created in their type's fleet and the gateway's"
+
     return [
         ("1 token over TLS", token_tls),
         ("2 token over plain MQTT", token_plain),
@@ -1631,6 +1719,7 @@ def checks(s: Suite):
         ("18 server-side RPC (jobs)", jobs),
         ("19 OTA firmware update (chunked and whole, SHA256)", ota_firmware),
         ("20 OTA campaign: the SDK updates, the campaign follows each state", ota_campaign),
+        ("21 gateway API (TBGatewayMqttClient): sub-devices, data, pushes, requests, RPC", gateway_api),
     ]
 
 
