@@ -168,6 +168,13 @@ pub enum DeviceCmd {
         /// Free text shown with the device.
         #[arg(long, default_value = "")]
         label: String,
+        /// A gateway: it speaks for sub-devices over ThingsBoard's gateway API.
+        #[arg(long)]
+        gateway: bool,
+        /// For a gateway: sub-devices of TYPE join FLEET (id or name, in the same workspace)
+        /// when it creates them; repeatable. Implies --gateway.
+        #[arg(long = "type-fleet", value_name = "TYPE=FLEET")]
+        type_fleets: Vec<String>,
         #[command(flatten)]
         creds: CredentialArgs,
         #[command(flatten)]
@@ -274,6 +281,16 @@ pub enum DeviceCmd {
         /// Refuse the device's logins and close its sessions.
         #[arg(long)]
         disable: bool,
+        /// Make it a gateway (sub-devices over ThingsBoard's gateway API).
+        #[arg(long, conflicts_with = "not_gateway")]
+        gateway: bool,
+        /// Make a gateway an ordinary device again (its sub-devices stay, unreachable).
+        #[arg(long)]
+        not_gateway: bool,
+        /// For a gateway: the fleet sub-devices of TYPE join (replaces the mapping when given);
+        /// repeatable.
+        #[arg(long = "type-fleet", value_name = "TYPE=FLEET")]
+        type_fleets: Vec<String>,
         #[command(flatten)]
         client: ClientArgs,
     },
@@ -616,12 +633,20 @@ pub async fn device(cmd: DeviceCmd) -> anyhow::Result<ExitCode> {
             name,
             fleet,
             label,
+            gateway,
+            type_fleets,
             creds,
             client,
         } => {
             let c = ApiClient::from_args(&client)?;
             let f = resolve(&c, &Kind::fleet(), &fleet).await?;
-            credentials::create_device(&c, &f, &name, &label, &creds, client.json).await?;
+            let gateway = if gateway || !type_fleets.is_empty() {
+                let fl: crate::model::Fleet = c.get(&format!("/fleets/{}", f.id), &[]).await?;
+                Some(type_fleet_map(&c, fl.workspace_id, &type_fleets).await?)
+            } else {
+                None
+            };
+            credentials::create_device(&c, &f, &name, &label, gateway, &creds, client.json).await?;
         }
         DeviceCmd::Credentials { device, client } => {
             let c = ApiClient::from_args(&client)?;
@@ -754,18 +779,34 @@ pub async fn device(cmd: DeviceCmd) -> anyhow::Result<ExitCode> {
             fleet,
             enable,
             disable,
+            gateway,
+            not_gateway,
+            type_fleets,
             client,
         } => {
             let c = ApiClient::from_args(&client)?;
             let r = resolve(&c, &Kind::device(), &device).await?;
+            let current: DeviceView = c.get(&format!("/devices/{}", r.id), &[]).await?;
             // Fleet names are unique within a workspace: look in the device's.
             let fleet = match fleet {
                 Some(f) => {
-                    let d: DeviceView = c.get(&format!("/devices/{}", r.id), &[]).await?;
-                    let kind = Kind::fleet().within("workspace_id", d.workspace_id.to_string());
+                    let kind =
+                        Kind::fleet().within("workspace_id", current.workspace_id.to_string());
                     Some(resolve(&c, &kind, &f).await?)
                 }
                 None => None,
+            };
+            let mapping = if type_fleets.is_empty() {
+                None
+            } else {
+                Some(type_fleet_map(&c, current.workspace_id, &type_fleets).await?)
+            };
+            let gateway_flag = if gateway {
+                Some(true)
+            } else if not_gateway {
+                Some(false)
+            } else {
+                None
             };
             let enabled = if enable {
                 Some(true)
@@ -778,7 +819,8 @@ pub async fn device(cmd: DeviceCmd) -> anyhow::Result<ExitCode> {
                 .patch(
                     &format!("/devices/{}", r.id),
                     &json!({"name": name, "label": label,
-                            "fleet_id": fleet.as_ref().map(|f| &f.id), "enabled": enabled}),
+                            "fleet_id": fleet.as_ref().map(|f| &f.id), "enabled": enabled,
+                            "gateway": gateway_flag, "gateway_type_fleets": mapping}),
                 )
                 .await?;
             if client.json {
@@ -794,6 +836,12 @@ pub async fn device(cmd: DeviceCmd) -> anyhow::Result<ExitCode> {
                         ("moved to fleet", fleet.map(|f| f.name)),
                         ("enabled", enable.then(String::new)),
                         ("disabled", disable.then(String::new)),
+                        ("a gateway", gateway.then(String::new)),
+                        ("no longer a gateway", not_gateway.then(String::new)),
+                        (
+                            "type fleets set",
+                            (!type_fleets.is_empty()).then(String::new)
+                        ),
                     ])
                 ),
             );
@@ -889,4 +937,23 @@ fn value_text(v: &crate::model::Value) -> String {
         crate::model::Value::Str(s) => s.clone(),
         other => serde_json::to_string(other).unwrap_or_default(),
     }
+}
+
+/// A gateway's `TYPE=FLEET` arguments as the API's type-to-fleet map, each fleet (id or name)
+/// looked up in `workspace`.
+async fn type_fleet_map(
+    c: &ApiClient,
+    workspace: crate::model::WorkspaceId,
+    pairs: &[String],
+) -> anyhow::Result<serde_json::Map<String, serde_json::Value>> {
+    let mut map = serde_json::Map::new();
+    for p in pairs {
+        let Some((t, f)) = p.split_once('=') else {
+            anyhow::bail!("--type-fleet takes TYPE=FLEET, not {p:?}");
+        };
+        let kind = Kind::fleet().within("workspace_id", workspace.to_string());
+        let fleet = resolve(c, &kind, f).await?;
+        map.insert(t.to_string(), json!(fleet.id));
+    }
+    Ok(map)
 }

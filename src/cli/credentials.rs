@@ -299,10 +299,16 @@ pub async fn create_device(
     fleet: &Ref,
     name: &str,
     label: &str,
+    gateway: Option<serde_json::Map<String, serde_json::Value>>,
     creds: &CredentialArgs,
     json: bool,
 ) -> anyhow::Result<()> {
     let mut body = json!({"fleet_id": fleet.id, "name": name, "label": label});
+    // A gateway, with the fleets its sub-devices join by type.
+    if let Some(type_fleets) = gateway {
+        body["gateway"] = json!(true);
+        body["gateway_type_fleets"] = serde_json::Value::Object(type_fleets);
+    }
     if let Some(cr) = creds.body()? {
         body["credentials"] = cr;
     }

@@ -132,6 +132,42 @@ async fn quickstart_through_the_cli() {
     ]));
     assert!(human.contains("access token"), "{human}");
 
+    // A gateway whose Thermometer sub-devices join another fleet, then an ordinary device again.
+    ok(&run(&[
+        "fleet",
+        "create",
+        "thermos",
+        "--workspace",
+        "Plant",
+    ]));
+    let gw: Value = serde_json::from_str(&ok(&run(&[
+        "device",
+        "create",
+        "edge-gw",
+        "--fleet",
+        "sensors",
+        "--type-fleet",
+        "Thermometer=thermos",
+        "--json",
+    ])))
+    .expect("json");
+    assert_eq!(gw["device"]["gateway"]["role"], "gateway", "{gw}");
+    assert!(
+        gw["device"]["gateway"]["type_fleets"]["Thermometer"].is_string(),
+        "{gw}"
+    );
+    let bad = run(&["device", "update", "edge-gw", "--type-fleet", "nofleet"]);
+    assert!(!bad.status.success());
+    let updated: Value = serde_json::from_str(&ok(&run(&[
+        "device",
+        "update",
+        "edge-gw",
+        "--not-gateway",
+        "--json",
+    ])))
+    .expect("json");
+    assert_eq!(updated["gateway"]["role"], "none", "{updated}");
+
     let list = ok(&run(&["device", "list"]));
     let header = list.lines().next().expect("header");
     assert!(
