@@ -408,7 +408,9 @@ async fn apply(
 #[serde(deny_unknown_fields)]
 pub struct ImportRequest {
     /// The CSV text: a header line with `name` and any of `label`, `fleet` (a fleet's name or
-    /// id), `token` (an access token; generated when empty), `shared:KEY` and `server:KEY`
+    /// id), `token` (an access token; generated when no credential is given), `client_id`,
+    /// `username` and `password` (MQTT basic credentials), `certificate_pem` (a device
+    /// certificate to register, PEM, quoted), `gateway` (`true` for a gateway), `shared:KEY` and `server:KEY`
     /// (attribute values: `true`/`false`, numbers and JSON objects are typed, the rest is
     /// text; an empty cell sets nothing), then one device per line.
     pub csv: String,
@@ -448,6 +450,42 @@ pub struct ImportReport {
     pub created: Vec<ImportedDevice>,
 }
 
+/// The credential a row gives its device (and the column to blame for it), if any: a token,
+/// MQTT basic credentials or a certificate (`import::read` lets a row give one at most).
+fn row_credential(row: &ImportRow) -> Option<(&'static str, NewCredential)> {
+    let some = |s: &str| (!s.is_empty()).then(|| s.to_string());
+    if !row.token.is_empty() {
+        Some((
+            "token",
+            NewCredential::AccessToken {
+                token: Some(row.token.clone()),
+            },
+        ))
+    } else if !row.client_id.is_empty() || !row.username.is_empty() {
+        Some((
+            if row.username.is_empty() {
+                "client_id"
+            } else {
+                "username"
+            },
+            NewCredential::MqttBasic {
+                client_id: some(&row.client_id),
+                username: some(&row.username),
+                password: some(&row.password),
+            },
+        ))
+    } else if !row.certificate_pem.is_empty() {
+        Some((
+            "certificate_pem",
+            NewCredential::X509Certificate {
+                certificate_pem: row.certificate_pem.clone(),
+            },
+        ))
+    } else {
+        None
+    }
+}
+
 /// A row that passed every check, ready to create.
 struct Planned {
     row: ImportRow,
@@ -459,12 +497,13 @@ struct Planned {
 /// Import devices from CSV
 ///
 /// Creates a device for each row of a CSV (header: `name`, and any of `label`, `fleet`,
-/// `token`, `shared:KEY`, `server:KEY`; see the body's `csv`), with its attributes and an
-/// access token (the given one, or a generated one returned once). Fleets are named by name or
+/// `token`, `client_id`, `username`, `password`, `certificate_pem`, `gateway`, `shared:KEY`,
+/// `server:KEY`; see the body's `csv`), with its attributes and one credential: the given
+/// token, MQTT basic credentials or certificate, else a generated access token returned once. Fleets are named by name or
 /// id within the workspace of `fleet_id` (the default fleet of rows without one) or of
 /// `workspace_id`. Every row is checked first: its name (valid, not repeated in the file, not
 /// taken in the workspace), its fleet (that it exists and the caller holds the operator role
-/// on it), its label, token (valid and not taken) and attribute values. With `dry_run` the
+/// on it), its label, credential (valid, one per row, not taken) and attribute values. With `dry_run` the
 /// answer lists every bad row with its line and reason, and nothing changes; without it, any bad
 /// row refuses the whole import (422 `invalid_rows`, the first problems in the message: run a dry
 /// run for the full list), else every device is created. A row that fails while being created
@@ -602,21 +641,33 @@ async fn import_devices(
         if row.label.chars().count() > 1024 {
             errors.push(err(row.line, "label", "at most 1024 characters".into()));
         }
-        if !row.token.is_empty() {
-            if !tokens.insert(row.token.clone()) {
+        if let Some((column, cred)) = row_credential(&row) {
+            // The same identity twice in one file is caught here; one another device holds,
+            // or an invalid one, by the check.
+            let identity = match &cred {
+                NewCredential::AccessToken { token } => format!("t:{token:?}"),
+                // The password is not part of who the device is: the same login twice clashes.
+                NewCredential::MqttBasic {
+                    client_id,
+                    username,
+                    ..
+                } => format!("b:{client_id:?}:{username:?}"),
+                other => format!("{other:?}"),
+            };
+            if !tokens.insert(identity) {
                 errors.push(err(
                     row.line,
-                    "token",
-                    "the token is given on an earlier line".into(),
+                    column,
+                    "the same credential is given on an earlier line".into(),
                 ));
-            } else if let Err(e) = s.credentials.check_new_token(&row.token).await {
+            } else if let Err(e) = s.credentials.check_new(&cred).await {
                 let m = match e {
                     crate::error::Error::Conflict(_) => {
-                        "another device already uses this token".to_string()
+                        "another device already uses this credential".to_string()
                     }
                     other => other.to_string(),
                 };
-                errors.push(err(row.line, "token", m));
+                errors.push(err(row.line, column, m));
             }
         }
         let mut attrs = |scope: &str, m: &Map<String, Json>| match parse_body(m.clone()) {
@@ -673,10 +724,8 @@ async fn import_devices(
             fleet_id: p.fleet,
             name: p.row.name.clone(),
             label: p.row.label.clone(),
-            credentials: (!p.row.token.is_empty()).then(|| NewCredential::AccessToken {
-                token: Some(p.row.token.clone()),
-            }),
-            gateway: false,
+            credentials: row_credential(&p.row).map(|(_, c)| c),
+            gateway: p.row.gateway,
             gateway_type_fleets: None,
         };
         let (dev, cred) = match s.credentials.create_device(new).await {

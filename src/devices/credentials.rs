@@ -853,6 +853,78 @@ impl CredentialService {
 
     /// Whether `token` could be given to a new device: a valid access token that no device
     /// answers to yet (an import's dry run checks each row's token this way).
+    /// Checks that a credential could be given to a new device: valid (as `prepare` checks it)
+    /// and not another device's. For an import's dry run; stores nothing.
+    pub async fn check_new(&self, new: &NewCredential) -> Result<()> {
+        if matches!(
+            new,
+            NewCredential::IssuedCertificate { .. } | NewCredential::Csr { .. }
+        ) {
+            return Ok(());
+        }
+        let now = now_ms();
+        let placeholder = Device {
+            id: DeviceId::new(),
+            workspace_id: crate::model::WorkspaceId::new(),
+            fleet_id: crate::model::FleetId::new(),
+            name: "check".into(),
+            label: String::new(),
+            enabled: true,
+            created_at: now,
+            updated_at: now,
+            last_connect_at: None,
+            last_disconnect_at: None,
+            last_activity_at: None,
+            provisioned_at: None,
+            gateway: Default::default(),
+        };
+        let (c, _, _) = self.prepare(&placeholder, new.clone())?;
+        let nonempty = |s: &Option<String>| s.clone().filter(|s| !s.is_empty());
+        let taken = match &c.secret {
+            CredentialSecret::AccessToken { token_sha256, .. } => {
+                self.store
+                    .find_credential(CredentialKey::TokenSha256(token_sha256))
+                    .await?
+            }
+            CredentialSecret::MqttBasic {
+                client_id,
+                username,
+                ..
+            } => match (nonempty(client_id), nonempty(username)) {
+                (Some(c), None) => {
+                    self.store
+                        .find_credential(CredentialKey::ClientId(&c))
+                        .await?
+                }
+                (None, Some(u)) => {
+                    self.store
+                        .find_credential(CredentialKey::Username(&u))
+                        .await?
+                }
+                (Some(c), Some(u)) => {
+                    self.store
+                        .find_credential(CredentialKey::ClientIdUsername(&c, &u))
+                        .await?
+                }
+                (None, None) => None,
+            },
+            CredentialSecret::Certificate(info) => {
+                self.store
+                    .find_credential(CredentialKey::Fingerprint(&info.fingerprint))
+                    .await?
+            }
+            CredentialSecret::PublicKey { spki_sha256, .. } => {
+                self.store
+                    .find_credential(CredentialKey::Spki(spki_sha256))
+                    .await?
+            }
+        };
+        if taken.is_some() {
+            return Err(Error::Conflict(Conflict::CredentialTaken));
+        }
+        Ok(())
+    }
+
     pub async fn check_new_token(&self, token: &str) -> Result<()> {
         check_ident("token", token)?;
         let h = secret_hash(token);

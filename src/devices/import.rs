@@ -1,5 +1,6 @@
 //! Reading a devices CSV into rows to create: the header's columns (`name`, `label`, `fleet`,
-//! `token`, `shared:KEY`, `server:KEY`), each row's cells checked on their own, and every
+//! `token`, `client_id`, `username`, `password`, `certificate_pem`, `gateway`, `shared:KEY`,
+//! `server:KEY`), each row's cells checked on their own, and every
 //! problem kept with its line. Checks against the registry (fleets, names taken, the caller's
 //! roles) are the import route's.
 
@@ -27,8 +28,17 @@ pub struct ImportRow {
     pub label: String,
     /// A fleet name or id; empty for the import's default fleet.
     pub fleet: String,
-    /// An access token to give the device; a generated one when empty.
+    /// An access token to give the device; a generated one when empty (and no other
+    /// credential is given).
     pub token: String,
+    /// MQTT basic credentials (`client_id`, `username`, `password`), when any cell is set.
+    pub client_id: String,
+    pub username: String,
+    pub password: String,
+    /// A device certificate to register (PEM, quoted in the CSV: it spans lines).
+    pub certificate_pem: String,
+    /// A gateway (`true`) or an ordinary device.
+    pub gateway: bool,
     pub shared: Map<String, Json>,
     pub server: Map<String, Json>,
 }
@@ -39,6 +49,11 @@ enum Column {
     Label,
     Fleet,
     Token,
+    ClientId,
+    Username,
+    Password,
+    Certificate,
+    Gateway,
     Shared,
     Server,
 }
@@ -75,6 +90,11 @@ pub fn read(text: &str) -> (Vec<ImportRow>, Vec<RowError>) {
             "label" => Column::Label,
             "fleet" => Column::Fleet,
             "token" => Column::Token,
+            "client_id" => Column::ClientId,
+            "username" => Column::Username,
+            "password" => Column::Password,
+            "certificate_pem" => Column::Certificate,
+            "gateway" => Column::Gateway,
             _ if h.starts_with("shared:") && h.len() > 7 => Column::Shared,
             _ if h.starts_with("server:") && h.len() > 7 => Column::Server,
             _ => {
@@ -84,7 +104,7 @@ pub fn read(text: &str) -> (Vec<ImportRow>, Vec<RowError>) {
                         header.line,
                         h,
                         format!(
-                            "unknown column {h:?}: columns are name, label, fleet, token, shared:KEY and server:KEY"
+                            "unknown column {h:?}: columns are name, label, fleet, token, client_id, username, password, certificate_pem, gateway, shared:KEY and server:KEY"
                         ),
                     )],
                 );
@@ -137,9 +157,26 @@ pub fn read(text: &str) -> (Vec<ImportRow>, Vec<RowError>) {
             line: r.line,
             ..Default::default()
         };
-        for ((c, key), cell) in columns.iter().zip(&r.fields) {
-            let cell = cell.trim();
+        let mut bad = None;
+        for ((c, key), raw) in columns.iter().zip(&r.fields) {
+            let cell = raw.trim();
             match c {
+                Column::ClientId => row.client_id = cell.to_string(),
+                Column::Username => row.username = cell.to_string(),
+                // A password is taken as given: spaces may be part of it.
+                Column::Password => row.password = raw.clone(),
+                Column::Certificate => row.certificate_pem = cell.to_string(),
+                Column::Gateway => match cell {
+                    "" | "false" => row.gateway = false,
+                    "true" => row.gateway = true,
+                    other => {
+                        bad = Some(err(
+                            r.line,
+                            "gateway",
+                            format!("{other:?}: true, false or empty"),
+                        ))
+                    }
+                },
                 Column::Name => row.name = cell.to_string(),
                 Column::Label => row.label = cell.to_string(),
                 Column::Fleet => row.fleet = cell.to_string(),
@@ -155,8 +192,34 @@ pub fn read(text: &str) -> (Vec<ImportRow>, Vec<RowError>) {
                 }
             }
         }
+        if let Some(e) = bad {
+            errors.push(e);
+            continue;
+        }
         if row.name.is_empty() {
             errors.push(err(r.line, "name", "a device needs a name".into()));
+            continue;
+        }
+        let basic = !(row.client_id.is_empty() && row.username.is_empty());
+        let given = [
+            !row.token.is_empty(),
+            basic,
+            !row.certificate_pem.is_empty(),
+        ];
+        if given.iter().filter(|g| **g).count() > 1 {
+            errors.push(err(
+                r.line,
+                "row",
+                "one credential per row: a token, MQTT basic (client_id, username, password) or a certificate".into(),
+            ));
+            continue;
+        }
+        if !row.password.is_empty() && !basic {
+            errors.push(err(
+                r.line,
+                "password",
+                "a password needs a client_id or a username".into(),
+            ));
             continue;
         }
         out.push(row);

@@ -497,6 +497,108 @@ async fn sort_filter_page_bulk_import_export_and_fleet_health() {
         200
     );
 
+    // Credentials other than tokens, and gateways: one credential per row, each checked in
+    // the dry run (valid, not taken, not repeated in the file).
+    let cert = rcgen::generate_simple_self_signed(vec!["imp-cert".into()])
+        .expect("cert")
+        .cert
+        .pem();
+    let quoted = |s: &str| format!("\"{}\"", s.replace('"', "\"\""));
+    let creds_csv = format!(
+        "name,fleet,client_id,username,password,certificate_pem,token,gateway\n\
+         cr-basic,north,cid-1,user-1,pw with spaces ,,,\n\
+         cr-cert,north,,,,{},,\n\
+         cr-gw,north,,,,,,true\n\
+         cr-two,north,,user-2,,,tok-2,\n\
+         cr-again,north,cid-1,user-1,other,,,\n\
+         cr-nopw,north,,,lonely,,,\n\
+         cr-badpem,north,,,,not a pem,,\n\
+         cr-badgw,north,,,,,,maybe\n",
+        quoted(&cert)
+    );
+    let (s, r) = import(
+        operator.clone(),
+        json!({"csv": creds_csv, "workspace_id": ws, "dry_run": true}),
+    )
+    .await;
+    assert_eq!(s, 200, "{r}");
+    let bad: Vec<(u64, &str)> = r["errors"]
+        .as_array()
+        .expect("errors")
+        .iter()
+        .map(|e| {
+            (
+                e["line"].as_u64().expect("line"),
+                e["column"].as_str().expect("column"),
+            )
+        })
+        .collect();
+    // The quoted certificate spans its own lines from line 3 (its closing quote on one more),
+    // and the rows after it are numbered on from there.
+    let lines = 3 + cert.lines().count() as u64;
+    assert_eq!(
+        bad,
+        [
+            (lines + 2, "row"),
+            (lines + 3, "username"),
+            (lines + 4, "password"),
+            (lines + 5, "certificate_pem"),
+            (lines + 6, "gateway"),
+        ],
+        "{r}"
+    );
+    let good = format!(
+        "name,fleet,client_id,username,password,certificate_pem,gateway\n\
+         cr-basic,north,cid-1,user-1,pw with spaces ,,\n\
+         cr-cert,north,,,,{},\n\
+         cr-gw,north,,,,,true\n",
+        quoted(&cert)
+    );
+    let (s, r) = import(operator.clone(), json!({"csv": good, "workspace_id": ws})).await;
+    assert_eq!(s, 200, "{r}");
+    let created = r["created"].as_array().expect("created");
+    assert_eq!(created.len(), 3, "{r}");
+    assert!(created[0]["token"].is_null() && created[1]["token"].is_null());
+    let kinds = |id: &str| {
+        let id = id.to_string();
+        let get = &get;
+        async move {
+            let list = get(format!("/devices/{id}/credentials")).await;
+            list.as_array()
+                .expect("credentials")
+                .iter()
+                .map(|c| c["type"].as_str().unwrap_or("").to_string())
+                .collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(
+        kinds(created[0]["device_id"].as_str().expect("id")).await,
+        ["mqtt_basic"]
+    );
+    assert_eq!(
+        kinds(created[1]["device_id"].as_str().expect("id")).await,
+        ["certificate"]
+    );
+    let gw = get(format!(
+        "/devices/{}",
+        created[2]["device_id"].as_str().expect("id")
+    ))
+    .await;
+    assert_eq!(gw["gateway"]["role"], "gateway", "{gw}");
+    // Now taken: the same file again is refused at those rows.
+    let (_, r) = import(
+        operator.clone(),
+        json!({"csv": good.replace("cr-", "cr2-"), "workspace_id": ws, "dry_run": true}),
+    )
+    .await;
+    let cols: Vec<&str> = r["errors"]
+        .as_array()
+        .expect("errors")
+        .iter()
+        .filter_map(|e| e["column"].as_str())
+        .collect();
+    assert_eq!(cols, ["username", "certificate_pem"], "{r}");
+
     // ---- CSV export of the filtered list ----
     post(
         "/devices",
@@ -576,7 +678,7 @@ async fn sort_filter_page_bulk_import_export_and_fleet_health() {
     assert_eq!(south_h["devices"]["total"], 6, "{south_h}");
     assert_eq!(south_h["disabled"], 2);
     assert_eq!(south_h["conditions"]["critical"], 1);
-    assert_eq!(o["devices"]["total"], 15);
+    assert_eq!(o["devices"]["total"], 18, "15, and the three imported with credentials");
     // The customer sees their fleet only.
     let (_, o) = api.call(&customer, "GET", "/overview", None).await;
     let seen: Vec<&str> = o["fleets"]

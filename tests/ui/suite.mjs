@@ -552,6 +552,17 @@ async function main() {
     await page.waitForSelector('#attributes th:text-is("target_temp")');
   });
 
+  await step('the device page makes a device a gateway and back, checked on the server', async () => {
+    await page.waitForSelector('#device-gateway:has-text("an ordinary device")');
+    await page.click('#toggle-gateway');
+    await page.waitForSelector('#device-gateway:has-text("a gateway")');
+    const id = new URL(page.url()).hash.split('/')[2].split('?')[0];
+    const d = await rest('GET', `/devices/${id}`);
+    if (d.gateway?.role !== 'gateway') throw new Error(`the server has ${JSON.stringify(d.gateway)}`);
+    await page.click('#toggle-gateway');
+    await page.waitForSelector('#device-gateway:has-text("an ordinary device")');
+  });
+
   await step('credentials: issue a certificate, download it, revoke it', async () => {
     await page.selectOption('#credential-type', 'issued_certificate');
     await page.click('#credentials form button[type=submit]');
@@ -1298,7 +1309,7 @@ async function main() {
       for (const [section, needs] of [['identity', 'operator'], ['credentials', 'operator'], ['attributes', 'operator'], ['jobs', 'operator']]) {
         await p.waitForSelector(`#${section} [data-needs="${needs}"]`);
       }
-      for (const sel of ['#command-form', '#shared-form', '#toggle-enabled', '#delete-device', '#credentials form', '#credentials button:text-is("Revoke")', '#attributes button', '#jobs-table button']) {
+      for (const sel of ['#command-form', '#shared-form', '#toggle-enabled', '#toggle-gateway', '#delete-device', '#credentials form', '#credentials button:text-is("Revoke")', '#attributes button', '#jobs-table button']) {
         if (await p.locator(sel).count()) throw new Error(`a viewer is offered ${sel}`);
       }
       await shot(p, '21-viewer-device');

@@ -66,6 +66,18 @@ export async function render(main, ctx) {
     toc, ...Object.values(sections));
 
   // ---- identity ----
+  /** What the device is in ThingsBoard's gateway API. */
+  function gatewayText(g) {
+    if (g?.role === 'gateway') {
+      const types = Object.keys(g.type_fleets || {});
+      return `a gateway: it speaks for sub-devices${types.length ? ` (types with their own fleet: ${types.join(', ')})` : ''}`;
+    }
+    if (g?.role === 'sub_device') {
+      return h('span', {}, 'a sub-device of ', h('a', { href: `#/devices/${g.gateway_id}` }, 'its gateway'), `, type ${g.device_type}`);
+    }
+    return 'an ordinary device';
+  }
+
   function renderIdentity(d) {
     clear(sections.identity,
       h('h2', { id: 'identity-h' }, 'Identity'),
@@ -75,6 +87,7 @@ export async function render(main, ctx) {
         h('dt', {}, 'Workspace'), h('dd', {}, workspace ? workspace.name : d.workspace_id),
         h('dt', {}, 'Fleet'), h('dd', {}, fleet ? h('a', { href: `#/fleets/${fleet.id}`, title: 'The fleet\'s settings' }, fleet.name) : d.fleet_id),
         h('dt', {}, 'Enabled'), h('dd', {}, d.enabled ? 'yes' : 'no (it cannot connect)'),
+        h('dt', {}, 'Gateway API'), h('dd', { id: 'device-gateway' }, gatewayText(d.gateway)),
         h('dt', {}, 'Connections'), h('dd', { id: 'device-connections' }, String(d.connections)),
         h('dt', {}, 'Created'), h('dd', {}, fmtTime(d.created_at)),
         yourRole ? [h('dt', {}, 'Your role'), h('dd', { id: 'device-role' }, yourRole)] : null),
@@ -87,6 +100,15 @@ export async function render(main, ctx) {
             announce(nd.enabled ? 'Device enabled.' : 'Device disabled.');
           } catch (e) { toast(errorText(e), 'error'); }
         } }, d.enabled ? 'Disable device' : 'Enable device') : null,
+        operate && d.gateway?.role !== 'sub_device' ? h('button', { type: 'button', id: 'toggle-gateway', onclick: async () => {
+          const on = d.gateway?.role !== 'gateway';
+          try {
+            const nd = await api.patch(base, { gateway: on });
+            Object.assign(dev, nd);
+            renderIdentity(dev);
+            announce(on ? 'The device is a gateway now.' : 'The device is no longer a gateway.');
+          } catch (e) { toast(errorText(e), 'error'); }
+        } }, d.gateway?.role === 'gateway' ? 'Stop being a gateway' : 'Make it a gateway') : null,
         allows(role, 'admin') ? h('button', { type: 'button', class: 'danger', id: 'delete-device', onclick: async () => {
           if (!window.confirm(`Delete device ${d.name} and its data?`)) return;
           try { await api.del(base); toast('Device deleted.'); ctx.go('/devices'); } catch (e) { toast(errorText(e), 'error'); }

@@ -112,7 +112,7 @@ export async function render(main, ctx) {
     if (f) importText.value = await f.text();
   });
   const importBox = h('details', { class: 'card', id: 'import-devices' }, h('summary', {}, 'Import devices from CSV'),
-    h('p', { class: 'muted' }, 'Columns: name (required), label, fleet (name or id), token (an access token; generated when empty), shared:KEY and server:KEY for attributes. A dry run checks every row and changes nothing.'),
+    h('p', { class: 'muted' }, 'Columns: name (required), label, fleet (name or id), one credential per row — token (an access token; generated when no credential is given), client_id, username and password (MQTT basic) or certificate_pem (a device certificate, quoted) — gateway (true for a gateway), shared:KEY and server:KEY for attributes. A dry run checks every row and changes nothing.'),
     field('CSV file', importFile), field('…or paste CSV', importText), field('Default fleet', importFleet),
     h('div', { class: 'row' }, dryBtn, ' ', importBtn), importReport);
 
