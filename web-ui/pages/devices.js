@@ -9,7 +9,7 @@
 
 import * as api from '../api.js';
 import { h, clear, field, onSubmit, announce, timeEl, statusBadge, errorBox, debounce, secretBox, fmtValue, toast, errorText, download } from '../dom.js';
-import { allFleets } from './fleets.js';
+import { allFleets, allWorkspaces } from './fleets.js';
 import { canOnFleet, roleNote } from '../roles.js';
 
 const PAGE = 50;
@@ -102,7 +102,12 @@ export async function render(main, ctx) {
   // ---- import ----
   const importFile = h('input', { type: 'file', id: 'import-file', accept: '.csv,text/csv' });
   const importText = h('textarea', { id: 'import-csv', rows: 6, cols: 60, spellcheck: 'false', placeholder: 'name,label,fleet,token,shared:interval\nthermo-9,roof,sensors,,30' });
-  const importFleet = h('select', { id: 'import-fleet' }, h('option', { value: '' }, '(the fleet column names each)'),
+  // Without a default fleet, each row's fleet column names its fleet within the chosen
+  // workspace: one choice per workspace the user may import into.
+  const importWorkspaces = [...new Set(ownFleets.map((f) => f.workspace_id))];
+  const wsNames = importWorkspaces.length > 1 ? Object.fromEntries((await allWorkspaces()).map((w) => [w.id, w.name])) : {};
+  const importFleet = h('select', { id: 'import-fleet' },
+    importWorkspaces.map((w) => h('option', { value: `ws:${w}` }, importWorkspaces.length > 1 ? `(the fleet column names each, in ${wsNames[w] || w.slice(0, 8)})` : '(the fleet column names each)')),
     ownFleets.map((f) => h('option', { value: f.id, selected: f.id === state.fleet_id }, f.name)));
   const importReport = h('div', { id: 'import-report', 'aria-live': 'polite' });
   const dryBtn = h('button', { type: 'button', id: 'import-check' }, 'Check (dry run)');
@@ -330,7 +335,8 @@ export async function render(main, ctx) {
   async function runImport(dry) {
     const csv = importText.value;
     if (!csv.trim()) { toast('Choose a CSV file or paste its text first.', 'error'); return; }
-    const body = { csv, dry_run: dry, ...(importFleet.value ? { fleet_id: importFleet.value } : { workspace_id: fleets.find((f) => f.id === ownFleets[0]?.id)?.workspace_id }) };
+    const v = importFleet.value;
+    const body = { csv, dry_run: dry, ...(v.startsWith('ws:') ? { workspace_id: v.slice(3) } : { fleet_id: v }) };
     dryBtn.disabled = true; importBtn.disabled = true;
     try {
       const r = await api.post('/devices/import', body);
