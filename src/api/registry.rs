@@ -287,6 +287,8 @@ pub struct ListDevices {
     pub(super) silent_mins: Option<u64>,
     /// Only devices reporting this firmware version (`current_fw_version`).
     pub(super) firmware: Option<String>,
+    /// Only sub-devices of this gateway (the gateway API).
+    pub(super) gateway_id: Option<crate::model::DeviceId>,
     /// Sort by `name`, `fleet` (its name), `status`, `last_activity`, `firmware` or `created`;
     /// pages then go by `offset` rather than `cursor`.
     pub(super) sort: Option<SortKey>,
@@ -324,6 +326,7 @@ impl ListDevices {
             label: self.label.clone(),
             enabled: self.enabled,
             silent_since,
+            gateway_id: self.gateway_id,
         })
     }
 
@@ -392,8 +395,8 @@ pub struct DevicePage {
 /// Returns the devices the caller can see with their live status, the firmware version each
 /// reports and, with `keys`, their latest values of those telemetry keys; `total` counts every
 /// matching device. Filter by `workspace_id`, `fleet_id`, `name` and `label` (case-insensitive
-/// substrings), `status` (`online` or `offline`), `enabled`, `silent_mins` and `firmware`.
-/// Without `sort` the list is in creation order a page at a time: pass `next_cursor` as
+/// substrings), `status` (`online` or `offline`), `enabled`, `silent_mins`, `firmware` and
+/// `gateway_id` (a gateway's sub-devices). Without `sort` the list is in creation order a page at a time: pass `next_cursor` as
 /// `cursor` for the next page. With `sort` (and `order`), pages go by `offset`. Any
 /// authenticated caller may list; only devices of fleets they can see are returned. Errors:
 /// 400 `invalid_cursor`, 400 `invalid_limit`, 400 `invalid_keys` (more than 10), 400

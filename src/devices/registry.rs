@@ -183,6 +183,8 @@ pub struct DeviceFilter {
     pub enabled: Option<bool>,
     /// Only devices silent since this time: no activity after it, or none ever.
     pub silent_since: Option<Millis>,
+    /// Only sub-devices of this gateway.
+    pub gateway_id: Option<DeviceId>,
 }
 
 /// The registry service.
@@ -597,10 +599,16 @@ impl Registry {
     fn filter_fn(&self, f: &DeviceFilter) -> impl Fn(&Device) -> bool + Sync + '_ {
         let needle = f.name.as_deref().map(str::to_lowercase);
         let label = f.label.as_deref().map(str::to_lowercase);
-        let (workspace, status, enabled, silent) =
-            (f.workspace_id, f.status, f.enabled, f.silent_since);
+        let (workspace, status, enabled, silent, gateway) = (
+            f.workspace_id,
+            f.status,
+            f.enabled,
+            f.silent_since,
+            f.gateway_id,
+        );
         move |d: &Device| {
             workspace.is_none_or(|w| d.workspace_id == w)
+                && gateway.is_none_or(|g| d.gateway.gateway_of() == Some(g))
                 && matches_name(&d.name, needle.as_deref())
                 && matches_name(&d.label, label.as_deref())
                 && enabled.is_none_or(|e| d.enabled == e)

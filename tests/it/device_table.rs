@@ -678,7 +678,10 @@ async fn sort_filter_page_bulk_import_export_and_fleet_health() {
     assert_eq!(south_h["devices"]["total"], 6, "{south_h}");
     assert_eq!(south_h["disabled"], 2);
     assert_eq!(south_h["conditions"]["critical"], 1);
-    assert_eq!(o["devices"]["total"], 18, "15, and the three imported with credentials");
+    assert_eq!(
+        o["devices"]["total"], 18,
+        "15, and the three imported with credentials"
+    );
     // The customer sees their fleet only.
     let (_, o) = api.call(&customer, "GET", "/overview", None).await;
     let seen: Vec<&str> = o["fleets"]

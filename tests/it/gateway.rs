@@ -401,6 +401,22 @@ async fn a_gateway_speaks_for_its_own_sub_devices_only() {
         PubAckReason::Success
     );
 
+    // The list filtered by gateway: its sub-devices, whatever their fleet.
+    let (_, subs) = call(
+        &t,
+        "GET",
+        &format!("/devices?gateway_id={gw}&sort=name"),
+        None,
+    )
+    .await;
+    let names: Vec<&str> = subs["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .filter_map(|d| d["name"].as_str())
+        .collect();
+    assert_eq!(names, ["SN-001", "SN-002", "SN-003"], "{subs}");
+
     // Another gateway cannot act on this one's sub-devices; a device that is not a gateway
     // cannot use the gateway API.
     let (c2, mut rx2) = connect(&t, "gw2", &gw2_token).await;

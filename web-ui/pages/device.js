@@ -70,7 +70,8 @@ export async function render(main, ctx) {
   function gatewayText(g) {
     if (g?.role === 'gateway') {
       const types = Object.keys(g.type_fleets || {});
-      return `a gateway: it speaks for sub-devices${types.length ? ` (types with their own fleet: ${types.join(', ')})` : ''}`;
+      return h('span', {}, `a gateway: it speaks for `, h('a', { href: `#/devices?gateway_id=${dev.id}`, id: 'gateway-subdevices' }, 'its sub-devices'),
+        types.length ? ` (types with their own fleet: ${types.join(', ')})` : '');
     }
     if (g?.role === 'sub_device') {
       return h('span', {}, 'a sub-device of ', h('a', { href: `#/devices/${g.gateway_id}` }, 'its gateway'), `, type ${g.device_type}`);

@@ -19,7 +19,7 @@ const ACTIONS = [
   ['enable', 'Enable'], ['disable', 'Disable'], ['revoke_credentials', 'Revoke credentials'], ['delete', 'Delete'],
 ];
 // The filters kept in the address, with the control that edits each.
-const FILTERS = ['name', 'label', 'fleet_id', 'status', 'enabled', 'firmware', 'silent_mins'];
+const FILTERS = ['name', 'label', 'fleet_id', 'status', 'enabled', 'firmware', 'silent_mins', 'gateway_id'];
 
 export async function render(main, ctx) {
   const fleets = await allFleets();
