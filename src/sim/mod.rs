@@ -4,7 +4,9 @@
 //! took (`latency`). Runs against Corral or any
 //! MQTT broker, over TLS or plain TCP, and stops by itself after `--duration`. With `--ota` the
 //! devices are OTA-capable instead (`ota`): they update when a campaign or their fleet's target
-//! tells them to, some with faults.
+//! tells them to, some with faults. With `--sub-devices N` each connection is a gateway
+//! speaking for N sub-devices over ThingsBoard's gateway API: it connects them, then each of
+//! its messages carries one reading of every sub-device.
 
 mod latency;
 pub mod ota;
@@ -62,6 +64,12 @@ pub struct SimulateArgs {
     /// Most connections opened at once while ramping up.
     #[arg(long, default_value_t = 200)]
     pub connect_concurrency: usize,
+    /// Each connection is a gateway speaking for this many sub-devices (the gateway API): it
+    /// connects them (`v1/gateway/connect`), then each of its messages
+    /// (`v1/gateway/telemetry`) carries a reading of every one. With --create, the devices
+    /// are created as gateways.
+    #[arg(long, default_value_t = 0)]
+    pub sub_devices: usize,
     /// OTA-capable devices (ThingsBoard OTA protocol) instead of telemetry publishers: they
     /// report the version they run and update when told to, for `--duration` seconds.
     #[arg(long)]
@@ -243,7 +251,7 @@ async fn usernames(a: &SimulateArgs) -> anyhow::Result<Vec<String>> {
     };
     if let Some(n) = a.create {
         let fleet = a.fleet.clone().context("--create needs --fleet")?;
-        let created = create_devices(&a.client, &fleet, n).await?;
+        let created = create_devices(&a.client, &fleet, n, a.sub_devices > 0).await?;
         if let Some(p) = &a.tokens {
             let mut all = tokens.clone();
             all.extend(created.iter().cloned());
@@ -261,7 +269,12 @@ async fn usernames(a: &SimulateArgs) -> anyhow::Result<Vec<String>> {
     Ok(tokens)
 }
 
-async fn create_devices(client: &ClientArgs, fleet: &str, n: usize) -> anyhow::Result<Vec<String>> {
+async fn create_devices(
+    client: &ClientArgs,
+    fleet: &str,
+    n: usize,
+    gateways: bool,
+) -> anyhow::Result<Vec<String>> {
     let api = crate::client::ApiClient::from_args(client)?;
     let fleet_id = if uuid::Uuid::parse_str(fleet).is_ok() {
         fleet.to_string()
@@ -293,7 +306,7 @@ async fn create_devices(client: &ClientArgs, fleet: &str, n: usize) -> anyhow::R
             let d: crate::api::CreatedDevice = api
                 .post(
                     "/devices",
-                    &serde_json::json!({"fleet_id": fleet_id, "name": name}),
+                    &serde_json::json!({"fleet_id": fleet_id, "name": name, "gateway": gateways}),
                 )
                 .await?;
             d.credentials
@@ -319,6 +332,7 @@ pub async fn simulate(a: SimulateArgs) -> anyhow::Result<SimReport> {
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut tasks = Vec::with_capacity(users.len());
     let n_devices = users.len().max(1);
+    let run_id = uuid::Uuid::new_v4().simple().to_string()[..8].to_string();
     for (i, user) in users.into_iter().enumerate() {
         let mut opts = MqttOptions::new(
             format!("sim-{i}-{}", std::process::id()),
@@ -340,6 +354,9 @@ pub async fn simulate(a: SimulateArgs) -> anyhow::Result<SimReport> {
             rate: a.rate,
             phase: i as f64 / n_devices as f64,
             inflight: a.inflight.max(1) as usize,
+            subs: (0..a.sub_devices)
+                .map(|j| format!("sim-{run_id}-gw{i}-{j}"))
+                .collect(),
         };
         tasks.push(tokio::spawn(ctx.run(opts, i)));
     }
@@ -388,9 +405,55 @@ struct DeviceTask {
     /// Where in the period this device sends, as a fraction of it (0..1).
     phase: f64,
     inflight: usize,
+    /// The names of the sub-devices this connection speaks for as a gateway (none: a device).
+    subs: Vec<String>,
 }
 
 impl DeviceTask {
+    /// Publishes `v1/gateway/connect` for each sub-device and waits for every PUBACK (30 s at
+    /// most); false when they do not all come.
+    async fn connect_subs(
+        &self,
+        client: &AsyncClient,
+        eventloop: &mut rumqttc::EventLoop,
+        i: usize,
+    ) -> bool {
+        let all = async {
+            let mut acked = 0;
+            let mut queued = 0;
+            while acked < self.subs.len() {
+                // Keep the client's request queue short: queue while there is room.
+                while queued < self.subs.len() && queued - acked < self.inflight {
+                    let body = serde_json::json!({"device": self.subs[queued], "type": "sim"});
+                    if client
+                        .try_publish(
+                            "v1/gateway/connect",
+                            QoS::AtLeastOnce,
+                            false,
+                            body.to_string(),
+                        )
+                        .is_err()
+                    {
+                        break;
+                    }
+                    queued += 1;
+                }
+                match eventloop.poll().await {
+                    Ok(Event::Incoming(Packet::PubAck(_))) => acked += 1,
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::warn!(connection = i, error = %e, "gateway lost while connecting sub-devices");
+                        return false;
+                    }
+                }
+            }
+            true
+        };
+        tokio::time::timeout(Duration::from_secs(30), all)
+            .await
+            .unwrap_or(false)
+    }
+
     async fn run(mut self, opts: MqttOptions, i: usize) {
         let (client, mut eventloop) = AsyncClient::new(opts, self.inflight * 2);
         // Ramp-up: hold a permit until CONNACK so connects are spread out.
@@ -415,6 +478,14 @@ impl DeviceTask {
                     }
                 }
             }
+        }
+        // A gateway connects its sub-devices first, each acknowledged, so that the measured
+        // window counts telemetry only.
+        if !self.subs.is_empty() && !self.connect_subs(&client, &mut eventloop, i).await {
+            self.counters
+                .connect_failures
+                .fetch_add(1, Ordering::Relaxed);
+            return;
         }
         self.counters.up.fetch_add(1, Ordering::Relaxed);
         let counters = self.counters.clone();
@@ -474,16 +545,21 @@ impl DeviceTask {
                 }
             }
             n += 1;
-            let payload = format!(
+            let reading = format!(
                 r#"{{"seq":{n},"temperature":{}.5,"ok":true}}"#,
                 20 + (n % 10)
             );
-            let publish = client.publish(
-                crate::devices::protocol::TELEMETRY_TOPIC,
-                QoS::AtLeastOnce,
-                false,
-                payload,
-            );
+            let (topic, payload) = if self.subs.is_empty() {
+                (crate::devices::protocol::TELEMETRY_TOPIC, reading)
+            } else {
+                let parts: Vec<String> = self
+                    .subs
+                    .iter()
+                    .map(|s| format!("{}:[{reading}]", serde_json::Value::from(s.as_str())))
+                    .collect();
+                ("v1/gateway/telemetry", format!("{{{}}}", parts.join(",")))
+            };
+            let publish = client.publish(topic, QoS::AtLeastOnce, false, payload);
             tokio::select! {
                 r = publish => if r.is_err() { break },
                 _ = self.stop.wait_for(|s| *s) => break,

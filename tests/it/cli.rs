@@ -1404,3 +1404,64 @@ fn logs_to_a_pipe_have_no_colour_and_the_banner_lists_every_url() {
         "a wildcard address in:\n{banner}"
     );
 }
+
+/// `corral simulate --sub-devices`: each connection a gateway (created as one with --create)
+/// speaking for its sub-devices, which the server creates and stores a reading of per message.
+#[test]
+fn simulated_gateways_bring_their_sub_devices() {
+    corral::pki::install_crypto_provider();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let key = corral::auth::new_api_key();
+    let srv = Server::spawn(dir.path(), &key);
+    let base = srv.base();
+    let env = [
+        ("CORRAL_SERVER", base.as_str()),
+        ("CORRAL_API_KEY", key.as_str()),
+    ];
+    let run = |args: &[&str]| corral(args, &env);
+    ok(&run(&["workspace", "create", "Site"]));
+    ok(&run(&["fleet", "create", "edge", "--workspace", "Site"]));
+    let ca = dir.path().join("sim-ca.pem");
+    std::fs::write(&ca, srv.ca_pem()).expect("ca");
+    let port = srv.mqtt_tls.port().to_string();
+    let out = ok(&run(&[
+        "simulate",
+        "--port",
+        &port,
+        "--ca",
+        ca.to_str().expect("path"),
+        "--create",
+        "2",
+        "--fleet",
+        "edge",
+        "--connections",
+        "2",
+        "--sub-devices",
+        "4",
+        "--rate",
+        "5",
+        "--duration",
+        "2",
+    ]));
+    let report: Value = serde_json::from_str(out.trim()).expect("report");
+    assert_eq!(report["connections_up"], 2, "{report}");
+    assert!(report["acked"].as_u64().unwrap_or(0) > 0, "{report}");
+    let list: Value = serde_json::from_str(&ok(&run(&[
+        "device", "list", "--fleet", "edge", "--json", "--all",
+    ])))
+    .expect("json");
+    let items = list
+        .as_array()
+        .or(list["items"].as_array())
+        .expect("devices");
+    let gateways = items
+        .iter()
+        .filter(|d| d["gateway"]["role"] == "gateway")
+        .count();
+    let subs: Vec<&Value> = items
+        .iter()
+        .filter(|d| d["gateway"]["role"] == "sub_device")
+        .collect();
+    assert_eq!((gateways, subs.len()), (2, 8), "{list}");
+    assert!(subs.iter().all(|d| d["gateway"]["device_type"] == "sim"));
+}
