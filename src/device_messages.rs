@@ -485,6 +485,22 @@ pub async fn open(
     });
     services.campaigns.connected(device.id);
     services.metrics.device_connects.inc();
+    let mut e = crate::devices::trace::TraceEvent::new(
+        "connected",
+        transport,
+        if taken > 0 {
+            format!(
+                "logged in by {}; took over {taken} older session(s)",
+                login.method
+            )
+        } else {
+            format!("logged in by {}", login.method)
+        },
+    );
+    e.device_id = Some(device.id);
+    e.peer = c.peer.map(|p| p.to_string());
+    e.client_id = (!c.client_id.is_empty()).then(|| c.client_id.to_string());
+    services.trace.record(e);
     // Per device at debug: a fleet reconnecting would flood the log; `app` logs a summary.
     tracing::debug!(
         device = %device.id,
@@ -508,6 +524,11 @@ pub fn close(
 ) {
     services.sessions.unregister(device, conn);
     services.registry.disconnected(device, transport, peer);
+    let mut e =
+        crate::devices::trace::TraceEvent::new("disconnected", transport, "the session ended");
+    e.device_id = Some(device);
+    e.peer = peer.map(|p| p.to_string());
+    services.trace.record(e);
     services
         .metrics
         .connections

@@ -46,6 +46,8 @@ pub struct Services {
     /// Telemetry messages per minute of each fleet over the last hour (the overview's
     /// sparklines), counted by the `message-rates` worker.
     pub message_rates: Arc<crate::devices::rates::MessageRates>,
+    /// Each device's recent connection events and the unattributed refusals.
+    pub trace: Arc<crate::devices::trace::ConnectionTrace>,
     pub data: DataService,
     pub auth: AuthService,
     pub audit: Arc<AuditLog>,
@@ -191,6 +193,7 @@ impl Services {
             pki,
             presence,
             message_rates: Arc::default(),
+            trace: Arc::default(),
             events,
             metrics,
         }

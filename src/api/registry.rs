@@ -36,6 +36,8 @@ pub fn routes() -> OpenApiRouter<Arc<Services>> {
         .routes(routes!(list_devices, create_device))
         .routes(routes!(get_device, update_device, delete_device))
         .routes(routes!(device_connections))
+        .routes(routes!(device_trace))
+        .routes(routes!(connection_failures))
 }
 
 /// A page of results in creation order; pass `next_cursor` as `cursor` for the next page.
@@ -529,6 +531,66 @@ async fn device_connections(
     Ok(axum::Json(
         history.iter().map(ConnectionEventView::from).collect(),
     ))
+}
+
+/// A device's connection trace
+///
+/// Returns the device's recent connection events, newest first (at most 32, kept in memory):
+/// connects with the login method and client id, refused attempts that named it (a revoked or
+/// expired credential, a disabled device) with their reason, sessions the server closed and
+/// why (taken over, revoked, disabled), disconnects, and publishes refused with their topic,
+/// size and reason. Never a secret or a payload. Needs the viewer role on the device's fleet.
+#[utoipa::path(get, path = "/devices/{id}/trace", tag = "devices", params(("id" = String, Path, description = "device id")),
+    responses((status = 200, body = Vec<crate::devices::trace::TraceEvent>, description = "recent events, newest first"),
+        (status = 404, body = ErrorBody)))]
+async fn device_trace(
+    State(s): S,
+    On(id, _): On<Device, Viewer>,
+) -> ApiResult<axum::Json<Vec<crate::devices::trace::TraceEvent>>> {
+    Ok(axum::Json(s.trace.of_device(id)))
+}
+
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct FailureQuery {
+    /// Only attempts from this address (`ip` or `ip:port`).
+    peer: Option<String>,
+    /// Only attempts with this MQTT client id.
+    client_id: Option<String>,
+    /// Only attempts whose username's SHA-256 (hex) starts with this (`sha256sum` of a token).
+    token_sha256_prefix: Option<String>,
+    /// Only attempts with a client certificate whose fingerprint starts with this.
+    cert_fingerprint: Option<String>,
+    /// At most this many, 1 to 1000 (default 100).
+    #[param(minimum = 1, maximum = 1000)]
+    limit: Option<usize>,
+}
+
+/// Refused connections that name no device
+///
+/// Returns the server's recent refused connects that no device could be found for (an unknown
+/// token, an unregistered certificate, a client id nobody has), newest first (the last 1,000 are
+/// kept in memory): when, the listener, the source address, the client id, the first 12 hex
+/// digits of the username's SHA-256, the client certificate's fingerprint and subject, and the
+/// reason. Refusals that name a device are on that device's trace instead. Filter by `peer`,
+/// `client_id`, `token_sha256_prefix` and `cert_fingerprint`. Needs a server admin. Errors: 400
+/// `invalid_limit`.
+#[utoipa::path(get, path = "/connection-failures", tag = "server", params(FailureQuery),
+    responses((status = 200, body = Vec<crate::devices::trace::TraceEvent>, description = "refusals, newest first"),
+        (status = 400, body = ErrorBody), (status = 403, body = ErrorBody)))]
+async fn connection_failures(
+    State(s): S,
+    _: ServerAdmin,
+    ApiQuery(q): ApiQuery<FailureQuery>,
+) -> ApiResult<axum::Json<Vec<crate::devices::trace::TraceEvent>>> {
+    let limit = page_limit(q.limit)?;
+    let f = crate::devices::trace::FailureFilter {
+        peer: q.peer,
+        client_id: q.client_id,
+        token_sha256_prefix: q.token_sha256_prefix,
+        cert_fingerprint: q.cert_fingerprint,
+    };
+    Ok(axum::Json(s.trace.failures(&f, limit)))
 }
 
 /// Update a device

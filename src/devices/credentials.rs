@@ -851,8 +851,6 @@ impl CredentialService {
         res
     }
 
-    /// Whether `token` could be given to a new device: a valid access token that no device
-    /// answers to yet (an import's dry run checks each row's token this way).
     /// Checks that a credential could be given to a new device: valid (as `prepare` checks it)
     /// and not another device's. For an import's dry run; stores nothing.
     pub async fn check_new(&self, new: &NewCredential) -> Result<()> {
@@ -925,6 +923,8 @@ impl CredentialService {
         Ok(())
     }
 
+    /// Whether `token` could be given to a new device: a valid access token that no device
+    /// answers to yet.
     pub async fn check_new_token(&self, token: &str) -> Result<()> {
         check_ident("token", token)?;
         let h = secret_hash(token);
@@ -942,7 +942,13 @@ impl CredentialService {
     /// The device a refused attempt was aimed at, when the presented identity names one (a
     /// revoked credential, a disabled device), so operators see it on the device's page.
     async fn refused_device(&self, a: &LoginAttempt<'_>) -> Option<DeviceId> {
-        let token = a.username.filter(|u| !u.is_empty()).map(secret_hash)?;
+        self.device_named_by(a.username).await
+    }
+
+    /// The device whose access token `username` is, if any (revoked included): a refused
+    /// attempt is shown on that device's trace.
+    pub async fn device_named_by(&self, username: Option<&str>) -> Option<DeviceId> {
+        let token = username.filter(|u| !u.is_empty()).map(secret_hash)?;
         self.store
             .find_credential(CredentialKey::TokenSha256(&token))
             .await

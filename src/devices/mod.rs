@@ -11,6 +11,7 @@ pub mod rates;
 pub mod registry;
 pub mod rpc;
 pub mod sessions;
+pub mod trace;
 pub mod views;
 
 pub use presence::Presence;

@@ -138,6 +138,7 @@ async fn open_session(
 ) -> Result<(DeviceSession, Option<SessionSlot>), ConnectRefusal> {
     let res = open_session_inner(services, transport, &c).await;
     if let Err(r) = &res {
+        trace_refusal(services, transport, &c, r).await;
         services
             .metrics
             .connects_refused
@@ -203,6 +204,65 @@ async fn open_session_inner(
         },
         Some(slot),
     ))
+}
+
+/// Records a refused connect in the connection trace: on the device's trace when the attempt
+/// names one (its token, even revoked), else with the server's unattributed refusals, with what
+/// tells the attempt apart and never a secret.
+async fn trace_refusal(
+    services: &Services,
+    transport: &'static str,
+    c: &Connect<'_>,
+    r: &ConnectRefusal,
+) {
+    use crate::devices::trace::{TraceEvent, token_prefix};
+    let mut e = TraceEvent::new("refused", transport, r.detail());
+    e.reason = Some(r.label().into());
+    e.peer = c.peer.map(|p| p.to_string());
+    e.client_id = (!c.client_id.is_empty()).then(|| c.client_id.to_string());
+    e.token_sha256_prefix = c.username.filter(|u| !u.is_empty()).map(token_prefix);
+    if let Some(cert) = c.chain.as_ref().and_then(|ch| ch.first())
+        && let Ok(info) = crate::pki::describe_cert(cert, crate::model::CertOrigin::Registered)
+    {
+        e.cert_fingerprint = Some(info.fingerprint);
+        e.cert_subject = Some(info.subject);
+    }
+    if matches!(r, ConnectRefusal::Login(_)) {
+        e.device_id = services.credentials.device_named_by(c.username).await;
+    }
+    services.trace.record(e);
+}
+
+/// Records a refused publish on the device's trace (topic and size; never the payload).
+fn trace_publish(s: &DeviceSession, topic: &str, size: usize, outcome: &Outcome) {
+    let reason = match outcome {
+        Outcome::UnknownTopic => "unknown_topic",
+        Outcome::NotAuthorized | Outcome::Forbidden(_) => "not_authorized",
+        Outcome::Quota(_) => "quota_exceeded",
+        Outcome::BadPayload(_) => "bad_payload",
+        Outcome::RateExceeded | Outcome::RateAbuse => "rate_exceeded",
+        Outcome::KeyLimit(_) => "key_limit",
+        Outcome::Storage => "not_stored",
+        Outcome::Stored | Outcome::Reply(..) | Outcome::Package(..) => return,
+    };
+    let Some(d) = &s.device else { return };
+    let detail = match outcome {
+        Outcome::Forbidden(m) | Outcome::Quota(m) | Outcome::BadPayload(m) => m.clone(),
+        Outcome::KeyLimit(r) => r.to_string(),
+        _ => String::new(),
+    };
+    let mut e = crate::devices::trace::TraceEvent::new(
+        "publish_refused",
+        s.transport,
+        format!(
+            "{topic} ({size} bytes){}{detail}",
+            if detail.is_empty() { "" } else { ": " }
+        ),
+    );
+    e.device_id = Some(d.id);
+    e.peer = s.peer.map(|p| p.to_string());
+    e.reason = Some(reason.into());
+    s.services.trace.record(e);
 }
 
 fn peer_of(io: &ntex_io::IoBoxed) -> Option<std::net::SocketAddr> {
@@ -299,6 +359,14 @@ fn spawn_commands(
                 }
                 SessionCommand::Close(reason) => {
                     tracing::info!(device = %device, reason = reason.label(), "closing the session");
+                    let mut e = crate::devices::trace::TraceEvent::new(
+                        "closed",
+                        "mqtt",
+                        "the server closed the session",
+                    );
+                    e.device_id = Some(device);
+                    e.reason = Some(reason.label().into());
+                    services.trace.record(e);
                     sink.close_for(reason);
                     return;
                 }
@@ -890,7 +958,9 @@ pub async fn publish_v3(
     let (topic, qos) = (p.publish_topic().to_string(), p.qos());
     // The packet shares the read buffer too; the v3 ack needs nothing from it.
     drop(p);
+    let size = payload.len();
     let outcome = handle_publish(s, &topic, payload, qos, false).await;
+    trace_publish(s, &topic, size, &outcome);
     // The store is done with it: a reply, or a package streamed to a slow device, must not
     // keep other devices' messages waiting.
     drop(admitted);
@@ -937,7 +1007,9 @@ pub async fn publish_v5(
     let (topic, qos) = (p.publish_topic().to_string(), p.qos());
     // The dispatcher matches the ack to the packet id itself: the packet can go.
     drop(p);
+    let size = payload.len();
     let outcome = handle_publish(s, &topic, payload, qos, true).await;
+    trace_publish(s, &topic, size, &outcome);
     drop(admitted);
     Ok(match outcome {
         Outcome::Stored => v5::PublishAck::new(R::Success),

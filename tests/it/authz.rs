@@ -536,7 +536,11 @@ fn needs(method: &str, path: &str) -> Option<&'static str> {
         "/campaigns/{id}/approve" => Some("admin"),
         p if p.starts_with("/users") => Some("self"),
         p if p.starts_with("/integrations") || p == "/backup" => Some("server"),
-        "/workspaces" | "/retention/sweep" | "/store/usage" | "/workers" => Some("server"),
+        "/workspaces"
+        | "/retention/sweep"
+        | "/store/usage"
+        | "/workers"
+        | "/connection-failures" => Some("server"),
         "/workspaces/{id}" if read => Some("viewer"),
         "/workspaces/{id}" if method == "delete" => Some("server"),
         "/workspaces/{id}" => Some("admin"),

@@ -37,4 +37,5 @@ mod rest_scenarios;
 mod schedules;
 mod store_integrity;
 mod telemetry_limits;
+mod trace;
 mod web_ui;

@@ -374,6 +374,8 @@ async fn every_documented_route_requires_an_api_key_and_exists() {
         "/retention/sweep",
         "/workspaces/{id}/usage",
         "/store/usage",
+        "/devices/{id}/trace",
+        "/connection-failures",
         "/devices/{id}/jobs",
         "/jobs/{id}",
         "/jobs/{id}/cancel",
@@ -503,7 +505,7 @@ async fn every_documented_route_requires_an_api_key_and_exists() {
             checked += 1;
         }
     }
-    assert_eq!(checked, 121);
+    assert_eq!(checked, 123);
     let resp = c
         .get(format!("{base}/api/v1/nothing"))
         .bearer_auth(&t.admin_key)
