@@ -552,7 +552,8 @@ async function main() {
     await page.waitForSelector('#attributes th:text-is("target_temp")');
   });
 
-  await step('the device page makes a device a gateway and back, checked on the server', async () => {
+  await step('the device page shows its connection trace, and makes a device a gateway and back, checked on the server', async () => {
+    await page.waitForSelector('#device-trace tr[data-event="connected"]');
     await page.waitForSelector('#device-gateway:has-text("an ordinary device")');
     await page.click('#toggle-gateway');
     await page.waitForSelector('#device-gateway:has-text("a gateway")');

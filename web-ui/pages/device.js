@@ -489,6 +489,7 @@ export async function render(main, ctx) {
   // ---- connection history ----
   const liveLog = h('ol', { id: 'live-log', class: 'log' });
   const connBox = h('div', { id: 'connections' });
+  const traceBox = h('div', { id: 'device-trace' });
   const auditBox = h('div', { id: 'device-audit' });
   function renderHistory(d) {
     clear(sections.history, h('h2', { id: 'history-h' }, 'Connection history'),
@@ -497,6 +498,9 @@ export async function render(main, ctx) {
         h('dt', {}, 'Last disconnected'), h('dd', {}, fmtTime(d.last_disconnect_at)),
         h('dt', {}, 'Last activity'), h('dd', {}, fmtTime(d.last_activity_at))),
       h('h3', {}, 'While this page is open'), liveLog,
+      h('h3', {}, 'Why can\'t it connect? Recent connection events'),
+      h('div', { class: 'row' }, h('button', { type: 'button', class: 'small', id: 'trace-refresh', onclick: () => renderTrace() }, 'Refresh')),
+      traceBox,
       h('h3', {}, 'Connects and disconnects'), connBox,
       h('h3', {}, 'Credential and login events'), auditBox);
   }
@@ -509,6 +513,19 @@ export async function render(main, ctx) {
       clear(connBox, e.status === 404 && e.missing ? h('p', { class: 'muted' }, 'This server keeps no per-device connection log.') : errorBox(e));
     }
   }
+  /** The device's connection trace: refusals and why, closes and why, refused publishes. */
+  async function renderTrace() {
+    try {
+      const list = await api.get(`${base}/trace`);
+      clear(traceBox, table('Connection events, newest first', ['Time', 'Event', 'Reason', 'Listener', 'Address', 'Client id', 'Detail'], list.map((e) => h('tr', { 'data-event': e.event, 'data-reason': e.reason || '' },
+        h('td', {}, fmtTime(e.at)), h('td', {}, e.event.replace('_', ' ')), h('td', {}, e.reason ? h('code', {}, e.reason) : '—'),
+        h('td', {}, e.transport), h('td', {}, e.peer || '—'), h('td', {}, e.client_id || '—'), h('td', {}, e.detail))),
+      { hideCaption: true, empty: 'No connection events since the server started.' }));
+    } catch (e) {
+      clear(traceBox, errorBox(e));
+    }
+  }
+
   async function renderAudit() {
     try {
       const p = await api.get(`/audit${api.qs({ device_id: id, limit: 50 })}`);
@@ -520,7 +537,7 @@ export async function render(main, ctx) {
   }
   renderHistory(dev);
 
-  await Promise.all([renderConditions(), renderCredentials(), renderAttributes(), loadTags().then(() => Promise.all([renderChart(), renderLatest()])), renderJobs(), renderUpdates(), renderConnections(), renderAudit()]);
+  await Promise.all([renderConditions(), renderCredentials(), renderAttributes(), loadTags().then(() => Promise.all([renderChart(), renderLatest()])), renderJobs(), renderUpdates(), renderConnections(), renderTrace(), renderAudit()]);
 
   // ---- live ----
   const refreshData = debounce(async (tag) => {
@@ -538,6 +555,7 @@ export async function render(main, ctx) {
       const c = document.getElementById('device-connections');
       if (c) c.textContent = String(dev.connections);
       renderConnections();
+      renderTrace();
       renderAudit();
     } catch { /* shown on the next load */ }
   }, 300);
