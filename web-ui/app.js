@@ -6,42 +6,28 @@
 import * as api from './api.js';
 import { clear, h, errorBox } from './dom.js';
 import * as login from './pages/login.js';
-import * as overview from './pages/overview.js';
-import * as fleets from './pages/fleets.js';
-import * as fleet from './pages/fleet.js';
-import * as devices from './pages/devices.js';
-import * as device from './pages/device.js';
-import * as conditions from './pages/conditions.js';
-import * as jobs from './pages/jobs.js';
-import * as packages from './pages/packages.js';
-import * as campaigns from './pages/campaigns.js';
-import * as campaignNew from './pages/campaign-new.js';
-import * as campaign from './pages/campaign.js';
-import * as dashboards from './pages/dashboards.js';
-import * as dashboard from './pages/dashboard.js';
-import * as integrations from './pages/integrations.js';
-import * as users from './pages/users.js';
-import * as audit from './pages/audit.js';
-import * as exportPage from './pages/export.js';
+// Pages load when first visited: the first load fetches the shell, the sign-in page and the
+// page asked for, not every page (each is fetched once; the browser keeps it).
+const lazy = (name) => () => import(`./pages/${name}.js`);
 
 const routes = [
-  [/^\/$/, overview, 'Overview'],
-  [/^\/dashboards$/, dashboards, 'Dashboards'],
-  [/^\/dashboards\/([0-9a-fA-F-]{36})$/, dashboard, 'Dashboard'],
-  [/^\/fleets$/, fleets, 'Workspaces & fleets'],
-  [/^\/fleets\/([0-9a-fA-F-]{36})$/, fleet, 'Fleet'],
-  [/^\/devices$/, devices, 'Devices'],
-  [/^\/devices\/([0-9a-fA-F-]{36})$/, device, 'Device'],
-  [/^\/conditions$/, conditions, 'Conditions'],
-  [/^\/jobs$/, jobs, 'Jobs'],
-  [/^\/packages$/, packages, 'Packages'],
-  [/^\/campaigns$/, campaigns, 'Campaigns'],
-  [/^\/campaigns\/new$/, campaignNew, 'New campaign'],
-  [/^\/campaigns\/([0-9a-fA-F-]{36})$/, campaign, 'Campaign'],
-  [/^\/integrations$/, integrations, 'Integrations'],
-  [/^\/users$/, users, 'Users & API keys'],
-  [/^\/audit$/, audit, 'Audit log'],
-  [/^\/export$/, exportPage, 'Export data'],
+  [/^\/$/, lazy('overview'), 'Overview'],
+  [/^\/dashboards$/, lazy('dashboards'), 'Dashboards'],
+  [/^\/dashboards\/([0-9a-fA-F-]{36})$/, lazy('dashboard'), 'Dashboard'],
+  [/^\/fleets$/, lazy('fleets'), 'Workspaces & fleets'],
+  [/^\/fleets\/([0-9a-fA-F-]{36})$/, lazy('fleet'), 'Fleet'],
+  [/^\/devices$/, lazy('devices'), 'Devices'],
+  [/^\/devices\/([0-9a-fA-F-]{36})$/, lazy('device'), 'Device'],
+  [/^\/conditions$/, lazy('conditions'), 'Conditions'],
+  [/^\/jobs$/, lazy('jobs'), 'Jobs'],
+  [/^\/packages$/, lazy('packages'), 'Packages'],
+  [/^\/campaigns$/, lazy('campaigns'), 'Campaigns'],
+  [/^\/campaigns\/new$/, lazy('campaign-new'), 'New campaign'],
+  [/^\/campaigns\/([0-9a-fA-F-]{36})$/, lazy('campaign'), 'Campaign'],
+  [/^\/integrations$/, lazy('integrations'), 'Integrations'],
+  [/^\/users$/, lazy('users'), 'Users & API keys'],
+  [/^\/audit$/, lazy('audit'), 'Audit log'],
+  [/^\/export$/, lazy('export'), 'Export data'],
 ];
 
 let cleanups = [];
@@ -116,10 +102,12 @@ async function render() {
     main.querySelector('h1').focus();
     return;
   }
-  const [re, page, title] = match;
+  const [re, load, title] = match;
   ctx.params = path.match(re).slice(1);
   document.title = `${title} · Corral`;
   try {
+    const page = await load();
+    if (seq !== renderSeq) return;
     await page.render(main, ctx);
   } catch (e) {
     if (seq !== renderSeq) return;

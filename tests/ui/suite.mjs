@@ -1904,6 +1904,35 @@ async function main() {
     }
   });
 
+  await step('the first load (sign-in to the overview drawn) weighs under 300 KB', async () => {
+    // A fresh browser: nothing cached. Every response's body counts, the API's too.
+    const fresh = await browser.newContext({ viewport: { width: 1280, height: 860 } });
+    try {
+      const p = await fresh.newPage();
+      let bytes = 0;
+      const files = [];
+      p.on('response', async (r) => {
+        try {
+          const n = (await r.body()).length;
+          bytes += n;
+          files.push([new URL(r.url()).pathname, n]);
+        } catch { /* an event stream or a redirect has no body to read */ }
+      });
+      await signInWithKey(p, base, adminKey);
+      await p.waitForSelector('#overview-fleets, main h1:text("Overview")');
+      await p.waitForTimeout(500);
+      const ui = files.filter(([f]) => f === '/' || f.startsWith('/ui/'));
+      const uiBytes = ui.reduce((a, [, n]) => a + n, 0);
+      console.log(`# first load: ${ui.length} UI files, ${(uiBytes / 1024).toFixed(1)} KiB (uncompressed; the server sends them as they are); ${(bytes / 1024).toFixed(1)} KiB with the API's answers`);
+      if (uiBytes > 300 * 1024) throw new Error(`the first load is ${uiBytes} bytes: ${JSON.stringify(ui)}`);
+      if (ui.some(([f]) => f.includes('/pages/') && !/login|overview/.test(f))) {
+        throw new Error(`pages not visited were loaded: ${JSON.stringify(ui.map(([f]) => f))}`);
+      }
+    } finally {
+      await fresh.close();
+    }
+  });
+
   await step('sign-in throttling is explained', async () => {
     // Last: it throttles this address for a while.
     const c = await browser.newContext();
