@@ -501,6 +501,26 @@ pub async fn open(
     e.peer = c.peer.map(|p| p.to_string());
     e.client_id = (!c.client_id.is_empty()).then(|| c.client_id.to_string());
     services.trace.record(e);
+    // Sessions that keep throwing each other out: two clients share one identity (a cloned
+    // device, a copied token). Operators are told with a condition on the device.
+    if taken > 0 && services.trace.takeover(device.id, crate::model::now_ms()) {
+        tracing::warn!(device = %device.id, "repeated session takeovers: two clients seem to share this device's identity");
+        let report = crate::conditions::ConditionReport {
+            name: "session_takeovers".into(),
+            action: crate::conditions::Action::Open,
+            severity: Some(crate::model::Severity::Major),
+            details: Some(json!({
+                "takeovers": crate::devices::trace::TAKEOVERS,
+                "within_secs": crate::devices::trace::TAKEOVER_WINDOW_MS / 1000,
+                "detail": "two clients seem to share this device's identity: each login throws the other out",
+                "last_peer": c.peer.map(|p| p.to_string()),
+            })),
+            ts: None,
+        };
+        if let Err(e) = services.conditions.report(device.id, vec![report]).await {
+            tracing::error!(device = %device.id, error = %e, "cannot open the session_takeovers condition");
+        }
+    }
     // Per device at debug: a fleet reconnecting would flood the log; `app` logs a summary.
     tracing::debug!(
         device = %device.id,

@@ -21,6 +21,10 @@ pub const PER_DEVICE: usize = 32;
 const DEVICES: usize = 100_000;
 /// Refusals that name no device, kept server-wide.
 pub const FAILURES: usize = 1000;
+/// Takeovers of one device's session within `TAKEOVER_WINDOW_MS` that mean two clients share
+/// its identity (each logging in throws the other out): a condition is opened.
+pub const TAKEOVERS: usize = 5;
+pub const TAKEOVER_WINDOW_MS: Millis = 60_000;
 
 /// One protocol event of a connection.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
@@ -101,6 +105,8 @@ impl FailureFilter {
 struct Inner {
     rings: HashMap<DeviceId, (Millis, VecDeque<TraceEvent>)>,
     failures: VecDeque<TraceEvent>,
+    /// Recent takeover times per device (at most `TAKEOVERS`, pruned to the window).
+    takeovers: HashMap<DeviceId, VecDeque<Millis>>,
 }
 
 /// Every device's recent connection events and the server's unattributed refusals.
@@ -142,6 +148,24 @@ impl ConnectionTrace {
                 g.failures.push_back(e);
             }
         }
+    }
+
+    /// Notes that a new session of `device` took over an older one at `now`; true when that
+    /// makes `TAKEOVERS` within the window (once per burst: the count starts again after).
+    pub fn takeover(&self, device: DeviceId, now: Millis) -> bool {
+        let mut g = self.lock();
+        if g.takeovers.len() > DEVICES {
+            g.takeovers
+                .retain(|_, t| t.back().is_some_and(|l| now - l < TAKEOVER_WINDOW_MS));
+        }
+        let times = g.takeovers.entry(device).or_default();
+        times.retain(|t| now - t < TAKEOVER_WINDOW_MS);
+        times.push_back(now);
+        if times.len() >= TAKEOVERS {
+            times.clear();
+            return true;
+        }
+        false
     }
 
     /// A device's recent events, newest first.
@@ -221,5 +245,14 @@ mod tests {
         };
         assert_eq!(t.failures(&by_token, 10).len(), 1);
         assert_eq!(token_prefix("x").len(), 12);
+
+        // Five takeovers within a minute, once; slower ones never.
+        let fought = DeviceId::new();
+        let hits: Vec<bool> = (0..7)
+            .map(|i| t.takeover(fought, 1_000 + i * 1_000))
+            .collect();
+        assert_eq!(hits, [false, false, false, false, true, false, false]);
+        let calm = DeviceId::new();
+        assert!((0..10).all(|i| !t.takeover(calm, i * TAKEOVER_WINDOW_MS / 4)));
     }
 }

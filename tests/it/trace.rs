@@ -208,3 +208,33 @@ async fn why_a_device_cannot_connect_shows_up_in_the_trace() {
             .contains(&token)
     );
 }
+
+/// Two clients with one identity keep throwing each other out: after five takeovers within a
+/// minute the device has an open `session_takeovers` condition.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_fighting_over_one_identity_raise_a_condition() {
+    let t = TestApp::start().await;
+    let (dev, token) = t.device("cloned").await;
+    let id = dev["id"].as_str().expect("id").to_string();
+    let mut held = Vec::new();
+    for i in 0..6 {
+        let (c, rx, ok) = connect(t.v5_options(&format!("twin-{}", i % 2), &token, "")).await;
+        assert!(ok);
+        held.push((c, rx));
+    }
+    let c = common::eventually(5, || {
+        let t = &t;
+        let id = id.clone();
+        async move {
+            let all = get(t, &format!("/devices/{id}/conditions")).await;
+            let list = all
+                .as_array()
+                .cloned()
+                .or_else(|| all["items"].as_array().cloned())?;
+            list.into_iter()
+                .find(|c| c["name"] == "session_takeovers" && c["state"] != "closed")
+        }
+    })
+    .await;
+    assert_eq!(c["severity"], "major", "{c}");
+}
