@@ -453,6 +453,21 @@ async fn a_gateway_speaks_for_its_own_sub_devices_only() {
         "{x}"
     );
 
+    // An operator deletes a connected sub-device: its gateway is told, as ThingsBoard does.
+    let sn3 = device_named(&t, &ws, "SN-003").await.expect("sn3");
+    let (s, _) = call(
+        &t,
+        "DELETE",
+        &format!("/devices/{}", sn3["id"].as_str().expect("id")),
+        None,
+    )
+    .await;
+    assert_eq!(s, 204);
+    assert_eq!(
+        message_on(&mut rx, "v1/gateway/disconnect", &mut seen).await,
+        json!({"device": "SN-003", "reason": "device_deleted"})
+    );
+
     // disconnect: that sub-device goes offline; the gateway's end takes the rest with it.
     publish(
         &c,
