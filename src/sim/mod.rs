@@ -70,6 +70,25 @@ pub struct SimulateArgs {
     /// are created as gateways.
     #[arg(long, default_value_t = 0)]
     pub sub_devices: usize,
+    /// Fault: this many more connections log in with a wrong token, again every second; each
+    /// refusal is counted (`faults.bad_token_refused`).
+    #[arg(long, default_value_t = 0)]
+    pub fault_bad_token: usize,
+    /// Fault: this many more devices are each used by two clients at once that keep throwing
+    /// each other out (their tokens are the last ones given, after the connections').
+    #[arg(long, default_value_t = 0)]
+    pub fault_twins: usize,
+    /// Fault: this many of the connections (the last ones) drop and reconnect every
+    /// --flap-secs, sending meanwhile.
+    #[arg(long, default_value_t = 0)]
+    pub fault_flap: usize,
+    /// Seconds a flapping connection stays up.
+    #[arg(long, default_value_t = 2.0)]
+    pub flap_secs: f64,
+    /// Milliseconds added to the clock of the devices' own timestamps: telemetry then carries
+    /// `ts` (a drifting clock: negative is behind).
+    #[arg(long, default_value_t = 0, allow_hyphen_values = true)]
+    pub clock_drift_ms: i64,
     /// OTA-capable devices (ThingsBoard OTA protocol) instead of telemetry publishers: they
     /// report the version they run and update when told to, for `--duration` seconds.
     #[arg(long)]
@@ -207,6 +226,19 @@ pub struct SimReport {
     /// window: median, 99th percentile, in milliseconds (within 5 %).
     pub puback_p50_ms: Option<f64>,
     pub puback_p99_ms: Option<f64>,
+    /// What the faulty clients saw.
+    pub faults: FaultReport,
+}
+
+/// What the faulty clients saw over the run.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct FaultReport {
+    /// Logins with a wrong token that the server refused.
+    pub bad_token_refused: u64,
+    /// Sessions of twin clients that ended because the other twin logged in.
+    pub twin_sessions_lost: u64,
+    /// Reconnects of flapping connections.
+    pub flaps: u64,
 }
 
 #[derive(Default)]
@@ -217,6 +249,9 @@ struct Counters {
     acked: AtomicU64,
     /// PUBACK latencies of publishes sent while measuring.
     latency: latency::Histogram,
+    bad_token_refused: AtomicU64,
+    twin_sessions_lost: AtomicU64,
+    flaps: AtomicU64,
 }
 
 pub async fn run(a: SimulateArgs) -> anyhow::Result<ExitCode> {
@@ -237,7 +272,9 @@ pub async fn run(a: SimulateArgs) -> anyhow::Result<ExitCode> {
 /// Credentials for each connection, in order.
 async fn usernames(a: &SimulateArgs) -> anyhow::Result<Vec<String>> {
     if a.anonymous {
-        return Ok((0..a.connections).map(|i| format!("sim-{i}")).collect());
+        return Ok((0..a.connections + a.fault_twins)
+            .map(|i| format!("sim-{i}"))
+            .collect());
     }
     let mut tokens: Vec<String> = match &a.tokens {
         Some(p) if p.exists() => std::fs::read_to_string(p)
@@ -259,13 +296,13 @@ async fn usernames(a: &SimulateArgs) -> anyhow::Result<Vec<String>> {
         }
         tokens.extend(created);
     }
+    let need = a.connections + a.fault_twins;
     anyhow::ensure!(
-        tokens.len() >= a.connections,
-        "{} connections need as many tokens; have {} (use --tokens, --create or --anonymous)",
-        a.connections,
+        tokens.len() >= need,
+        "{need} connections (with the twins) need as many tokens; have {} (use --tokens, --create or --anonymous)",
         tokens.len()
     );
-    tokens.truncate(a.connections);
+    tokens.truncate(need);
     Ok(tokens)
 }
 
@@ -324,7 +361,8 @@ async fn create_devices(
 /// Runs the simulation and returns its report.
 pub async fn simulate(a: SimulateArgs) -> anyhow::Result<SimReport> {
     crate::pki::install_crypto_provider();
-    let users = usernames(&a).await?;
+    let mut users = usernames(&a).await?;
+    let twins = users.split_off(users.len().min(a.connections));
     let tls = tls_config(&a)?;
     let counters = Arc::new(Counters::default());
     let connect_gate = Arc::new(Semaphore::new(a.connect_concurrency.max(1)));
@@ -346,7 +384,11 @@ pub async fn simulate(a: SimulateArgs) -> anyhow::Result<SimReport> {
         if let Some(cfg) = &tls {
             opts.set_transport(Transport::Tls(TlsConfiguration::Rustls(cfg.clone())));
         }
+        let flap = (i + a.fault_flap >= n_devices && a.fault_flap > 0)
+            .then(|| Duration::from_secs_f64(a.flap_secs.max(0.1)));
         let ctx = DeviceTask {
+            flap,
+            drift_ms: a.clock_drift_ms,
             counters: counters.clone(),
             gate: connect_gate.clone(),
             start: start_rx.clone(),
@@ -359,6 +401,34 @@ pub async fn simulate(a: SimulateArgs) -> anyhow::Result<SimReport> {
                 .collect(),
         };
         tasks.push(tokio::spawn(ctx.run(opts, i)));
+    }
+    // The faulty clients: not counted in the connections or the acknowledgements.
+    let options = |id: String, user: String| {
+        let mut o = MqttOptions::new(id, a.host.clone(), a.port);
+        o.set_credentials(user, "");
+        o.set_keep_alive(Duration::from_secs(30));
+        if let Some(cfg) = &tls {
+            o.set_transport(Transport::Tls(TlsConfiguration::Rustls(cfg.clone())));
+        }
+        o
+    };
+    let mut fault_tasks = Vec::new();
+    for k in 0..a.fault_bad_token {
+        let o = options(
+            format!("sim-bad-{k}-{}", std::process::id()),
+            format!("wrong-{}", uuid::Uuid::new_v4().simple()),
+        );
+        fault_tasks.push(tokio::spawn(bad_token(
+            o,
+            counters.clone(),
+            stop_rx.clone(),
+        )));
+    }
+    for (k, token) in twins.iter().enumerate() {
+        for side in 0..2 {
+            let o = options(format!("sim-twin-{k}-{side}"), token.clone());
+            fault_tasks.push(tokio::spawn(twin(o, counters.clone(), stop_rx.clone())));
+        }
     }
     // Wait until every connection is up or has failed, bounded in time.
     let ramp_start = Instant::now();
@@ -379,7 +449,7 @@ pub async fn simulate(a: SimulateArgs) -> anyhow::Result<SimReport> {
     let acked = counters.acked.load(Ordering::Relaxed) - acked_before;
     let seconds = started.elapsed().as_secs_f64();
     let _ = stop_tx.send(true);
-    for t in tasks {
+    for t in tasks.into_iter().chain(fault_tasks) {
         let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
     }
     Ok(SimReport {
@@ -393,6 +463,11 @@ pub async fn simulate(a: SimulateArgs) -> anyhow::Result<SimReport> {
         acked_per_sec: acked as f64 / seconds,
         puback_p50_ms: counters.latency.quantile_ms(0.5),
         puback_p99_ms: counters.latency.quantile_ms(0.99),
+        faults: FaultReport {
+            bad_token_refused: counters.bad_token_refused.load(Ordering::Relaxed),
+            twin_sessions_lost: counters.twin_sessions_lost.load(Ordering::Relaxed),
+            flaps: counters.flaps.load(Ordering::Relaxed),
+        },
     })
 }
 
@@ -407,6 +482,75 @@ struct DeviceTask {
     inflight: usize,
     /// The names of the sub-devices this connection speaks for as a gateway (none: a device).
     subs: Vec<String>,
+    /// A flapping connection: dropped and made again after this long up.
+    flap: Option<Duration>,
+    /// Telemetry carries the device's own `ts`, this far off the real clock (0: none).
+    drift_ms: i64,
+}
+
+/// A client with a wrong token, logging in every second until `stop`; counts refusals.
+async fn bad_token(
+    opts: MqttOptions,
+    counters: Arc<Counters>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    while !*stop.borrow() {
+        let (_client, mut el) = AsyncClient::new(opts.clone(), 4);
+        let refused = tokio::select! {
+            r = tokio::time::timeout(Duration::from_secs(10), el.poll()) => {
+                !matches!(r, Ok(Ok(Event::Incoming(Packet::ConnAck(ref a)))) if a.code == rumqttc::ConnectReturnCode::Success)
+            }
+            _ = stop.wait_for(|s| *s) => return,
+        };
+        if refused {
+            counters.bad_token_refused.fetch_add(1, Ordering::Relaxed);
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+    }
+}
+
+/// One of two clients sharing a device's token: it logs in, sends, and when the other one's
+/// login throws it out, counts the loss and logs in again, until `stop`.
+async fn twin(
+    opts: MqttOptions,
+    counters: Arc<Counters>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    while !*stop.borrow() {
+        let (client, mut el) = AsyncClient::new(opts.clone(), 4);
+        let mut up = false;
+        let ended = async {
+            loop {
+                match el.poll().await {
+                    Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                        up = true;
+                        let _ = client.try_publish(
+                            crate::devices::protocol::TELEMETRY_TOPIC,
+                            QoS::AtLeastOnce,
+                            false,
+                            r#"{"twin":1}"#,
+                        );
+                    }
+                    Ok(_) => {}
+                    Err(_) => return,
+                }
+            }
+        };
+        tokio::select! {
+            _ = ended => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        if up {
+            counters.twin_sessions_lost.fetch_add(1, Ordering::Relaxed);
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(300)) => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+    }
 }
 
 impl DeviceTask {
@@ -492,14 +636,17 @@ impl DeviceTask {
         let mut stop = self.stop.clone();
         let stopping = self.stop.clone();
         let measuring = self.start.clone();
+        let flapping = self.flap.is_some();
         let poller = tokio::spawn(async move {
             // When each publish in flight left, by packet id (at most `inflight` of them).
             let mut sent: std::collections::HashMap<u16, Instant> = Default::default();
             loop {
+                let mut pause = false;
                 tokio::select! {
                     ev = eventloop.poll() => match ev {
                         Ok(Event::Outgoing(rumqttc::Outgoing::Publish(id))) => {
-                            if *measuring.borrow() && !*stopping.borrow() {
+                            let measured = *measuring.borrow() && !*stopping.borrow();
+                            if measured {
                                 sent.insert(id, Instant::now());
                             }
                         }
@@ -511,13 +658,25 @@ impl DeviceTask {
                         }
                         Ok(_) => {}
                         Err(e) => {
-                            if !*stopping.borrow() {
-                                tracing::warn!(connection = i, error = %e, "connection lost");
+                            let stopped = *stopping.borrow();
+                            // A flapping connection was dropped on purpose: the next poll
+                            // connects again (rumqttc reconnects), after a pause.
+                            if flapping && !stopped {
+                                counters.flaps.fetch_add(1, Ordering::Relaxed);
+                                sent.clear();
+                                pause = true;
+                            } else {
+                                if !stopped {
+                                    tracing::warn!(connection = i, error = %e, "connection lost");
+                                }
+                                return;
                             }
-                            return;
                         }
                     },
                     _ = stop.wait_for(|s| *s) => return,
+                }
+                if pause {
+                    tokio::time::sleep(Duration::from_millis(300)).await;
                 }
             }
         });
@@ -537,7 +696,14 @@ impl DeviceTask {
             t
         });
         let mut n: u64 = 0;
+        let mut up_since = Instant::now();
         while !*self.stop.borrow() {
+            if let Some(f) = self.flap
+                && up_since.elapsed() >= f
+            {
+                let _ = client.disconnect().await;
+                up_since = Instant::now();
+            }
             if let Some(t) = tick.as_mut() {
                 tokio::select! {
                     _ = t.tick() => {},
@@ -545,10 +711,15 @@ impl DeviceTask {
                 }
             }
             n += 1;
-            let reading = format!(
+            let mut reading = format!(
                 r#"{{"seq":{n},"temperature":{}.5,"ok":true}}"#,
                 20 + (n % 10)
             );
+            if self.drift_ms != 0 {
+                // The device's own clock, off by the drift.
+                let ts = (crate::model::now_ms() + self.drift_ms).max(0);
+                reading = format!(r#"{{"ts":{ts},"values":{reading}}}"#);
+            }
             let (topic, payload) = if self.subs.is_empty() {
                 (crate::devices::protocol::TELEMETRY_TOPIC, reading)
             } else {

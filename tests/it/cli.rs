@@ -1465,3 +1465,121 @@ fn simulated_gateways_bring_their_sub_devices() {
     assert_eq!((gateways, subs.len()), (2, 8), "{list}");
     assert!(subs.iter().all(|d| d["gateway"]["device_type"] == "sim"));
 }
+
+/// `corral simulate`'s faults against a real server: wrong tokens (refused, and in the
+/// connection trace), twins fighting over one identity (each throws the other out; the device
+/// gets a `session_takeovers` condition), a flapping connection, and a drifting clock (the
+/// device's own timestamps, a minute behind).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn simulated_faults_show_up_where_an_operator_looks() {
+    corral::pki::install_crypto_provider();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let key = corral::auth::new_api_key();
+    let srv = Server::spawn(dir.path(), &key);
+    let base = srv.base();
+    let env = [
+        ("CORRAL_SERVER", base.as_str()),
+        ("CORRAL_API_KEY", key.as_str()),
+    ];
+    let run = |args: &[&str]| corral(args, &env);
+    ok(&run(&["workspace", "create", "Lab"]));
+    ok(&run(&["fleet", "create", "faulty", "--workspace", "Lab"]));
+    let ca = dir.path().join("sim-ca.pem");
+    std::fs::write(&ca, srv.ca_pem()).expect("ca");
+    let tokens = dir.path().join("tokens.txt");
+    let port = srv.mqtt_tls.port().to_string();
+    let before = corral::model::now_ms();
+    let out = ok(&run(&[
+        "simulate",
+        "--port",
+        &port,
+        "--ca",
+        ca.to_str().expect("path"),
+        "--create",
+        "3",
+        "--fleet",
+        "faulty",
+        "--tokens",
+        tokens.to_str().expect("path"),
+        "--connections",
+        "2",
+        "--fault-twins",
+        "1",
+        "--fault-bad-token",
+        "1",
+        "--fault-flap",
+        "1",
+        "--flap-secs",
+        "1",
+        "--clock-drift-ms",
+        "-60000",
+        "--rate",
+        "5",
+        "--duration",
+        "6",
+    ]));
+    let report: Value = serde_json::from_str(out.trim()).expect("report");
+    let f = &report["faults"];
+    assert_eq!(report["connections_up"], 2, "{report}");
+    assert!(
+        f["bad_token_refused"].as_u64().unwrap_or(0) >= 2,
+        "{report}"
+    );
+    assert!(
+        f["twin_sessions_lost"].as_u64().unwrap_or(0) >= 2,
+        "{report}"
+    );
+    assert!(f["flaps"].as_u64().unwrap_or(0) >= 1, "{report}");
+
+    let http = reqwest::Client::new();
+    let get = |path: String| {
+        let (http, base, key) = (http.clone(), base.clone(), key.clone());
+        async move {
+            http.get(format!("{base}/api/v1{path}"))
+                .bearer_auth(key)
+                .send()
+                .await
+                .expect("get")
+                .json::<Value>()
+                .await
+                .expect("json")
+        }
+    };
+    let failures = get("/connection-failures?client_id=sim-bad-0-".to_string()).await;
+    let refused = get("/connection-failures".to_string()).await;
+    assert!(
+        refused
+            .as_array()
+            .is_some_and(|a| a.iter().any(|e| e["client_id"]
+                .as_str()
+                .is_some_and(|c| c.starts_with("sim-bad-0")))),
+        "{failures} {refused}"
+    );
+    // The twins' device is the third token's.
+    let third = std::fs::read_to_string(&tokens).expect("tokens");
+    let third = third.lines().nth(2).expect("third token").to_string();
+    let devices = get("/devices?limit=10".to_string()).await;
+    let mut found = false;
+    for d in devices["items"].as_array().expect("items") {
+        let id = d["id"].as_str().expect("id");
+        let conds = get(format!("/devices/{id}/conditions")).await;
+        let list = conds.as_array().or(conds["items"].as_array());
+        if list.is_some_and(|a| a.iter().any(|c| c["name"] == "session_takeovers")) {
+            found = true;
+            let trace = get(format!("/devices/{id}/trace")).await.to_string();
+            assert!(trace.contains("session_taken_over") && !trace.contains(&third));
+        }
+        // The drifting clock: timestamps about a minute behind.
+        let latest = get(format!("/devices/{id}/telemetry/latest?keys=seq")).await;
+        if let Some(ts) = latest["data"]["seq"]["ts"].as_i64() {
+            assert!(
+                ts < before + 10_000 - 50_000,
+                "seq at {ts}, started at {before}"
+            );
+        }
+    }
+    assert!(
+        found,
+        "no device has a session_takeovers condition: {report}"
+    );
+}
