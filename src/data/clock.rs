@@ -19,6 +19,16 @@ const SHARDS: usize = 16;
 /// A shard is pruned of stamps older than a second when it grows past this many devices.
 const PRUNE_AT: usize = 1024;
 
+/// Which of `n` shards of a per-device map holds `device`: messages of different devices
+/// rarely wait on one lock (the clock here, the stored counts in `counts`).
+pub(super) fn shard_of(device: DeviceId, n: usize) -> usize {
+    device
+        .as_bytes()
+        .iter()
+        .fold(0usize, |a, b| a ^ usize::from(*b))
+        % n
+}
+
 /// The last timestamp given to each device that sent telemetry in the last moments.
 pub struct DeviceClock {
     shards: Vec<Mutex<Shard>>,
@@ -44,12 +54,9 @@ impl DeviceClock {
     /// last one given to the device when that is not before `now` (the same millisecond, or a
     /// clock stepped back).
     pub fn stamp(&self, device: DeviceId, now: Millis) -> Millis {
-        let i = device
-            .as_bytes()
-            .iter()
-            .fold(0usize, |a, b| a ^ usize::from(*b))
-            % SHARDS;
-        let mut shard = self.shards[i].lock().unwrap_or_else(|e| e.into_inner());
+        let mut shard = self.shards[shard_of(device, SHARDS)]
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
         let ts = match shard.last.get(&device) {
             Some(&last) if last >= now => last + 1,
             _ => now,

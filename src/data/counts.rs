@@ -28,12 +28,9 @@ impl Default for StoredCounts {
 impl StoredCounts {
     /// One more message of `device` stored.
     pub fn add(&self, device: DeviceId) {
-        let i = device
-            .as_bytes()
-            .iter()
-            .fold(0usize, |a, b| a ^ usize::from(*b))
-            % SHARDS;
-        let mut shard = self.shards[i].lock().unwrap_or_else(|e| e.into_inner());
+        let mut shard = self.shards[super::clock::shard_of(device, SHARDS)]
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
         let n = shard.entry(device).or_default();
         *n = n.saturating_add(1);
     }

@@ -4,7 +4,9 @@
 //! durable and reason codes for everything refused (other devices' topics, rate, payload,
 //! telemetry key caps),
 //! SUBSCRIBE grants confined to the session's own topics, server-initiated close, and
-//! presence bookkeeping for the connection's lifetime.
+//! presence bookkeeping for the connection's lifetime. A gateway's connection also carries the
+//! gateway API (`crate::gateway`): its topics, and its sub-devices' commands in the gateway's
+//! shapes. Refused connects and publishes go to the connection trace (`devices::trace`).
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -343,12 +345,11 @@ impl Subscribed {
 /// registry entry goes, and with it the sender).
 fn spawn_commands(
     mut slot: SessionSlot,
-    device: DeviceId,
-    subs: Arc<Subscribed>,
-    gateway: Option<Arc<Gateway>>,
+    d: &DeviceCtx,
     sink: impl DeviceSink,
     services: Arc<Services>,
 ) {
+    let (device, subs, gateway) = (d.id, d.subs.clone(), d.gateway.clone());
     ntex_rt::spawn(async move {
         while let Some(cmd) = slot.commands.recv().await {
             match *cmd {
@@ -391,33 +392,48 @@ fn spawn_commands(
                         services.jobs.on_sent(job, SendOutcome::NotSubscribed);
                         continue;
                     }
-                    // Its own task: a device that withholds PUBACK must not hold up a close.
-                    let (sink, services) = (sink.clone(), services.clone());
-                    ntex_rt::spawn(async move {
-                        // The job's `sent` state and request id are durable before the device
-                        // can see the request; otherwise it is not sent now (retried later).
-                        if let Err(e) = services.jobs.durable(write).await {
-                            tracing::error!(job = %job, error = %e, "job not sent: its state is not durable");
-                            services.jobs.on_sent(job, SendOutcome::NoAck);
-                            return;
-                        }
-                        let topic = format!("{}{rpc_id}", protocol::RPC_REQUEST_PREFIX);
-                        let acked = ntex_util::time::timeout(
-                            services.jobs.ack_timeout(),
-                            sink.publish_acked(topic, payload),
-                        )
-                        .await
-                        .unwrap_or(false);
-                        let outcome = if acked {
-                            SendOutcome::Acked
-                        } else {
-                            SendOutcome::NoAck
-                        };
-                        services.jobs.on_sent(job, outcome);
-                    });
+                    let topic = format!("{}{rpc_id}", protocol::RPC_REQUEST_PREFIX);
+                    let jobs = services.clone();
+                    let durable = async move { jobs.jobs.durable(write).await };
+                    send_job(&sink, &services, job, durable, topic, payload);
                 }
             }
         }
+    });
+}
+
+/// Sends a job's request on `topic` at QoS 1, in its own task (a device that withholds its
+/// PUBACK must not hold up a close), once the job's `sent` state and request id are durable
+/// (otherwise it is not sent now, and is retried later), and reports the outcome to the jobs
+/// service.
+/// `durable` is the wait for the job's write (`JobService::durable`).
+fn send_job<E: std::fmt::Display>(
+    sink: &impl DeviceSink,
+    services: &Arc<Services>,
+    job: crate::model::JobId,
+    durable: impl std::future::Future<Output = Result<(), E>> + 'static,
+    topic: String,
+    payload: Vec<u8>,
+) {
+    let (sink, services) = (sink.clone(), services.clone());
+    ntex_rt::spawn(async move {
+        if let Err(e) = durable.await {
+            tracing::error!(job = %job, error = %e, "job not sent: its state is not durable");
+            services.jobs.on_sent(job, SendOutcome::NoAck);
+            return;
+        }
+        let acked = ntex_util::time::timeout(
+            services.jobs.ack_timeout(),
+            sink.publish_acked(topic, payload),
+        )
+        .await
+        .unwrap_or(false);
+        let outcome = if acked {
+            SendOutcome::Acked
+        } else {
+            SendOutcome::NoAck
+        };
+        services.jobs.on_sent(job, outcome);
     });
 }
 
@@ -461,26 +477,17 @@ async fn sub_command(
                 return;
             }
             let body = gateway::rpc_request(name, rpc_id, &payload);
-            let (sink, services) = (sink.clone(), services.clone());
-            ntex_rt::spawn(async move {
-                if let Err(e) = services.jobs.durable(write).await {
-                    tracing::error!(job = %job, error = %e, "job not sent: its state is not durable");
-                    services.jobs.on_sent(job, SendOutcome::NoAck);
-                    return;
-                }
-                let acked = ntex_util::time::timeout(
-                    services.jobs.ack_timeout(),
-                    sink.publish_acked(gateway::RPC_TOPIC.into(), body.to_string().into_bytes()),
-                )
-                .await
-                .unwrap_or(false);
-                let outcome = if acked {
-                    SendOutcome::Acked
-                } else {
-                    SendOutcome::NoAck
-                };
-                services.jobs.on_sent(job, outcome);
-            });
+            let topic = gateway::RPC_TOPIC.to_string();
+            let jobs = services.clone();
+            let durable = async move { jobs.jobs.durable(write).await };
+            send_job(
+                sink,
+                services,
+                job,
+                durable,
+                topic,
+                body.to_string().into_bytes(),
+            );
         }
         // Not nested.
         SessionCommand::Sub { .. } => {}
@@ -514,14 +521,7 @@ pub async fn connect_v3(
     Ok(match res {
         Ok((s, slot)) => {
             if let (Some(slot), Some(d)) = (slot, &s.device) {
-                spawn_commands(
-                    slot,
-                    d.id,
-                    d.subs.clone(),
-                    d.gateway.clone(),
-                    c.sink(),
-                    services.clone(),
-                );
+                spawn_commands(slot, d, c.sink(), services.clone());
             } else {
                 let sink = c.sink();
                 close_provisioning_later(move || sink.close());
@@ -555,14 +555,7 @@ pub async fn connect_v5(
     Ok(match res {
         Ok((s, slot)) => {
             if let (Some(slot), Some(d)) = (slot, &s.device) {
-                spawn_commands(
-                    slot,
-                    d.id,
-                    d.subs.clone(),
-                    d.gateway.clone(),
-                    c.sink(),
-                    services.clone(),
-                );
+                spawn_commands(slot, d, c.sink(), services.clone());
             } else {
                 let sink = c.sink();
                 close_provisioning_later(move || {

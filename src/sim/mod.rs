@@ -6,7 +6,9 @@
 //! devices are OTA-capable instead (`ota`): they update when a campaign or their fleet's target
 //! tells them to, some with faults. With `--sub-devices N` each connection is a gateway
 //! speaking for N sub-devices over ThingsBoard's gateway API: it connects them, then each of
-//! its messages carries one reading of every sub-device.
+//! its messages carries one reading of every sub-device. Faulty clients (`--fault-bad-token`,
+//! `--fault-twins`, `--fault-flap`, `--clock-drift-ms`) show what an operator sees of them; the
+//! report counts what they saw.
 
 mod latency;
 pub mod ota;

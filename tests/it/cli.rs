@@ -1409,27 +1409,9 @@ fn logs_to_a_pipe_have_no_colour_and_the_banner_lists_every_url() {
 /// speaking for its sub-devices, which the server creates and stores a reading of per message.
 #[test]
 fn simulated_gateways_bring_their_sub_devices() {
-    corral::pki::install_crypto_provider();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let key = corral::auth::new_api_key();
-    let srv = Server::spawn(dir.path(), &key);
-    let base = srv.base();
-    let env = [
-        ("CORRAL_SERVER", base.as_str()),
-        ("CORRAL_API_KEY", key.as_str()),
-    ];
-    let run = |args: &[&str]| corral(args, &env);
-    ok(&run(&["workspace", "create", "Site"]));
-    ok(&run(&["fleet", "create", "edge", "--workspace", "Site"]));
-    let ca = dir.path().join("sim-ca.pem");
-    std::fs::write(&ca, srv.ca_pem()).expect("ca");
-    let port = srv.mqtt_tls.port().to_string();
-    let out = ok(&run(&[
-        "simulate",
-        "--port",
-        &port,
-        "--ca",
-        ca.to_str().expect("path"),
+    let lab = SimLab::new("Site", "edge");
+    let run = |args: &[&str]| lab.run(args);
+    let report = lab.simulate(&[
         "--create",
         "2",
         "--fleet",
@@ -1442,8 +1424,7 @@ fn simulated_gateways_bring_their_sub_devices() {
         "5",
         "--duration",
         "2",
-    ]));
-    let report: Value = serde_json::from_str(out.trim()).expect("report");
+    ]);
     assert_eq!(report["connections_up"], 2, "{report}");
     assert!(report["acked"].as_u64().unwrap_or(0) > 0, "{report}");
     let list: Value = serde_json::from_str(&ok(&run(&[
@@ -1472,29 +1453,11 @@ fn simulated_gateways_bring_their_sub_devices() {
 /// device's own timestamps, a minute behind).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn simulated_faults_show_up_where_an_operator_looks() {
-    corral::pki::install_crypto_provider();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let key = corral::auth::new_api_key();
-    let srv = Server::spawn(dir.path(), &key);
-    let base = srv.base();
-    let env = [
-        ("CORRAL_SERVER", base.as_str()),
-        ("CORRAL_API_KEY", key.as_str()),
-    ];
-    let run = |args: &[&str]| corral(args, &env);
-    ok(&run(&["workspace", "create", "Lab"]));
-    ok(&run(&["fleet", "create", "faulty", "--workspace", "Lab"]));
-    let ca = dir.path().join("sim-ca.pem");
-    std::fs::write(&ca, srv.ca_pem()).expect("ca");
-    let tokens = dir.path().join("tokens.txt");
-    let port = srv.mqtt_tls.port().to_string();
+    let lab = SimLab::new("Lab", "faulty");
+    let (base, key) = (lab.srv.base(), lab.key.clone());
+    let tokens = lab.dir.path().join("tokens.txt");
     let before = corral::model::now_ms();
-    let out = ok(&run(&[
-        "simulate",
-        "--port",
-        &port,
-        "--ca",
-        ca.to_str().expect("path"),
+    let report = lab.simulate(&[
         "--create",
         "3",
         "--fleet",
@@ -1517,8 +1480,7 @@ async fn simulated_faults_show_up_where_an_operator_looks() {
         "5",
         "--duration",
         "6",
-    ]));
-    let report: Value = serde_json::from_str(out.trim()).expect("report");
+    ]);
     let f = &report["faults"];
     assert_eq!(report["connections_up"], 2, "{report}");
     assert!(
@@ -1582,4 +1544,53 @@ async fn simulated_faults_show_up_where_an_operator_looks() {
         found,
         "no device has a session_takeovers condition: {report}"
     );
+}
+
+/// A server with a workspace and a fleet, and the `corral` command run against it: the
+/// simulator's tests.
+struct SimLab {
+    dir: tempfile::TempDir,
+    key: String,
+    srv: Server,
+}
+
+impl SimLab {
+    fn new(workspace: &str, fleet: &str) -> Self {
+        corral::pki::install_crypto_provider();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let key = corral::auth::new_api_key();
+        let srv = Server::spawn(dir.path(), &key);
+        let lab = Self { dir, key, srv };
+        ok(&lab.run(&["workspace", "create", workspace]));
+        ok(&lab.run(&["fleet", "create", fleet, "--workspace", workspace]));
+        lab
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        let base = self.srv.base();
+        corral(
+            args,
+            &[
+                ("CORRAL_SERVER", base.as_str()),
+                ("CORRAL_API_KEY", self.key.as_str()),
+            ],
+        )
+    }
+
+    /// `corral simulate` over TLS to this server with `args`: its report.
+    fn simulate(&self, args: &[&str]) -> Value {
+        let ca = self.dir.path().join("sim-ca.pem");
+        std::fs::write(&ca, self.srv.ca_pem()).expect("ca");
+        let port = self.srv.mqtt_tls.port().to_string();
+        let mut all = vec![
+            "simulate",
+            "--port",
+            &port,
+            "--ca",
+            ca.to_str().expect("path"),
+        ];
+        all.extend_from_slice(args);
+        let out = ok(&self.run(&all));
+        serde_json::from_str(out.trim()).expect("report")
+    }
 }

@@ -414,17 +414,7 @@ async fn sort_filter_page_bulk_import_export_and_fleet_health() {
     )
     .await;
     assert_eq!(s, 200, "{r}");
-    let bad: Vec<(u64, &str)> = r["errors"]
-        .as_array()
-        .expect("errors")
-        .iter()
-        .map(|e| {
-            (
-                e["line"].as_u64().expect("line"),
-                e["column"].as_str().expect("column"),
-            )
-        })
-        .collect();
+    let bad = bad_cells(&r);
     assert_eq!(
         bad,
         [
@@ -522,17 +512,7 @@ async fn sort_filter_page_bulk_import_export_and_fleet_health() {
     )
     .await;
     assert_eq!(s, 200, "{r}");
-    let bad: Vec<(u64, &str)> = r["errors"]
-        .as_array()
-        .expect("errors")
-        .iter()
-        .map(|e| {
-            (
-                e["line"].as_u64().expect("line"),
-                e["column"].as_str().expect("column"),
-            )
-        })
-        .collect();
+    let bad = bad_cells(&r);
     // The quoted certificate spans its own lines from line 3 (its closing quote on one more),
     // and the rows after it are numbered on from there.
     let lines = 3 + cert.lines().count() as u64;
@@ -691,4 +671,19 @@ async fn sort_filter_page_bulk_import_export_and_fleet_health() {
         .map(|f| f["fleet"].as_str().expect("fleet"))
         .collect();
     assert_eq!(seen, ["south"]);
+}
+
+/// The (line, column) of each problem an import reports.
+fn bad_cells(r: &Value) -> Vec<(u64, &str)> {
+    r["errors"]
+        .as_array()
+        .expect("errors")
+        .iter()
+        .map(|e| {
+            (
+                e["line"].as_u64().expect("line"),
+                e["column"].as_str().expect("column"),
+            )
+        })
+        .collect()
 }
